@@ -1,0 +1,43 @@
+"""The agent protocol: a name and one async ``handle``. Users implement it for their own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+# The seed's names for the agents, accepted wherever the API takes an agent name.
+ALIASES = {"mca": "router", "npa": "nutrition", "wpa": "workout", "bma": "budget"}
+
+
+def canonical_agent_name(name: str) -> str:
+    lowered = name.strip().lower()
+    return ALIASES.get(lowered, lowered)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    message: str
+    user_id: str
+    intent: str | None = None
+    synthetic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    content: str
+    agent: str
+    confidence: float = 1.0
+    success: bool = True
+    data: dict[str, Any] = field(default_factory=dict)
+    # Set by a guard when the agent could not answer and a fallback did.
+    degraded: bool = False
+    fallback: str | None = None
+    incident: str | None = None
+    recovery: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class Agent(Protocol):
+    name: str
+
+    async def handle(self, request: AgentRequest) -> AgentReply: ...

@@ -1,0 +1,123 @@
+"""The budget agent (the seed's BMA): monthly limits per category, expenses, what is left."""
+
+from __future__ import annotations
+
+import re
+
+from service.agents.base import AgentReply, AgentRequest
+from service.agents.parsing import format_cents, parse_money_cents
+from service.errors import UserInputError
+from service.stores.base import BudgetBackend
+
+CATEGORIES = {
+    "food": (
+        "food",
+        "groceries",
+        "grocery",
+        "restaurant",
+        "restaurants",
+        "eating out",
+        "lunch",
+        "dinner",
+        "coffee",
+        "meal",
+        "meals",
+    ),
+    "housing": ("rent", "mortgage", "housing"),
+    "transport": ("transport", "gas", "fuel", "bus", "train", "taxi", "uber", "car", "transit"),
+    "utilities": ("utilities", "electricity", "water bill", "internet", "phone"),
+    "entertainment": (
+        "entertainment",
+        "movies",
+        "movie",
+        "games",
+        "concert",
+        "netflix",
+        "streaming",
+        "fun",
+    ),
+    "health": ("health", "gym", "pharmacy", "doctor", "medicine"),
+    "shopping": ("shopping", "clothes", "clothing", "shoes"),
+    "savings": ("savings", "saving"),
+}
+_SET = re.compile(r"\b(set|limit|budget of|budget to|allocate|monthly budget|per month|a month)\b")
+_SPENT = re.compile(r"\b(spent|spend|paid|pay|bought|buy|expense|cost)\b")
+_REPORT = re.compile(r"\b(report|left|remaining|show|summary|status|overview)\b")
+_MAX_CENTS = 100_000_000_00
+
+
+def find_category(text: str) -> str | None:
+    for category, words in CATEGORIES.items():
+        for word in words:
+            if re.search(rf"\b{re.escape(word)}\b", text):
+                return category
+    return None
+
+
+GENERAL_GUIDANCE = (
+    "General guidance while your budget records are unavailable: a common starting split is "
+    "50% of take-home pay for needs, 30% for wants and 20% for savings; write down each "
+    "expense the day you make it and check the totals weekly."
+)
+
+
+class BudgetAgent:
+    name = "budget"
+
+    def __init__(self, budgets: BudgetBackend) -> None:
+        self._budgets = budgets
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        text = request.message.lower()
+        amount = parse_money_cents(text)
+        category = find_category(text)
+        spending = bool(_SPENT.search(text)) and not _SET.search(text)
+        setting = bool(_SET.search(text)) or ("budget" in text and not _REPORT.search(text))
+        if amount is not None and (spending or setting) and not 0 < amount <= _MAX_CENTS:
+            raise UserInputError("amounts must be above zero and below $100,000,000")
+        if amount is not None and spending:
+            category = category or "other"
+            await self._budgets.add_expense(
+                request.user_id, category, amount, request.message[:200]
+            )
+            return await self._report(request, f"Recorded {format_cents(amount)} for {category}.")
+        if amount is not None and setting and amount > 0:
+            if category is None:
+                return AgentReply(
+                    content=(
+                        f"Which category is the {format_cents(amount)} budget for? Try: "
+                        "'set my food budget to $400'. Categories: " + ", ".join(CATEGORIES) + "."
+                    ),
+                    agent=self.name,
+                    confidence=0.7,
+                )
+            await self._budgets.set_limit(request.user_id, category, amount)
+            return await self._report(
+                request, f"Set your monthly {category} budget to {format_cents(amount)}."
+            )
+        return await self._report(request, "")
+
+    async def _report(self, request: AgentRequest, prefix: str) -> AgentReply:
+        rows = await self._budgets.report(request.user_id)
+        if not rows:
+            content = (
+                "You have no budgets yet. Set one with 'set my food budget to $400', then tell "
+                "me what you spend: 'spent $25 on groceries'."
+            )
+            return AgentReply(content=(prefix + " " + content).strip(), agent=self.name)
+        lines = [prefix] if prefix else []
+        lines.append("This month:")
+        for row in rows:
+            if row.limit_cents is None:
+                lines.append(f"- {row.category}: spent {format_cents(row.spent_cents)} (no budget)")
+            else:
+                left = row.left_cents or 0
+                state = "left" if left >= 0 else "over"
+                lines.append(
+                    f"- {row.category}: spent {format_cents(row.spent_cents)} of "
+                    f"{format_cents(row.limit_cents)}, {format_cents(abs(left))} {state}"
+                )
+        data = {
+            r.category: {"limitCents": r.limit_cents, "spentCents": r.spent_cents} for r in rows
+        }
+        return AgentReply(content="\n".join(lines), agent=self.name, data={"categories": data})

@@ -1,0 +1,132 @@
+"""The router agent (the seed's MCA): picks the agent whose intents fit a message best.
+
+Each agent has weighted keyword patterns; a message's score for an agent is the sum of the
+weights that match. Confidence is the winner's share of all matched weight, damped when the
+evidence is thin. Profile facts in a message ("I am 30, 80 kg, ...") are saved on the way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from service.agents.base import Agent, AgentReply, AgentRequest
+from service.agents.parsing import parse_profile_facts
+from service.stores.base import ProfileBackend
+
+INTENTS: dict[str, tuple[tuple[str, float], ...]] = {
+    "nutrition": (
+        (r"\bmeals?\b", 2.0),
+        (r"\bcalories?|kcal\b", 2.5),
+        (r"\bmacros?\b", 2.5),
+        (r"\bdiet\b", 2.0),
+        (r"\bnutrition|nutrient", 2.5),
+        (r"\beat(ing)?\b", 1.5),
+        (r"\bprotein\b", 1.5),
+        (r"\bbreakfast|lunch|dinner|snacks?\b", 1.0),
+        (r"\bfood\b", 1.0),
+        (r"\bcarbs?|fats?\b", 1.0),
+        (r"\brecipes?\b", 1.5),
+        (r"\bhungry|vegetarian|vegan\b", 1.5),
+    ),
+    "workout": (
+        (r"\bworkouts?\b", 2.5),
+        (r"\bexercises?\b", 2.0),
+        (r"\btrain(ing)?\b", 2.0),
+        (r"\bgym\b", 1.5),
+        (r"\bstrength|stronger\b", 2.0),
+        (r"\bmuscles?\b", 1.5),
+        (r"\bcardio|running|run\b", 1.5),
+        (r"\bsquats?|push-?ups?|deadlifts?|bench\b", 2.0),
+        (r"\bfitness|fit\b", 1.5),
+        (r"\bdumbbells?|barbell|kettlebells?\b", 2.0),
+        (r"\breps?|sets\b", 1.0),
+        (r"\bweekly plan|routine\b", 1.0),
+        (r"\babs|core\b", 1.0),
+    ),
+    "budget": (
+        (r"\bbudgets?\b", 3.0),
+        (r"\bspent|spend(ing)?\b", 2.5),
+        (r"\bexpenses?\b", 2.5),
+        (r"[$€£]\s?\d|\b\d+\s?(dollars|euros?|bucks)\b", 2.5),
+        (r"\bmoney\b", 2.0),
+        (r"\bsav(e|ing|ings)\b", 1.5),
+        (r"\bcost|paid|pay\b", 1.5),
+        (r"\brent|bills?|groceries\b", 1.5),
+        (r"\bafford\b", 2.0),
+        (r"\bleft\b", 0.5),
+        (r"\bfinances?|financial\b", 2.5),
+    ),
+}
+_COMPILED = {
+    agent: tuple((re.compile(pattern), weight) for pattern, weight in patterns)
+    for agent, patterns in INTENTS.items()
+}
+# Below this much matched weight the router would be guessing.
+MIN_SCORE = 1.0
+# Evidence at which a clear winner gets full confidence.
+FULL_EVIDENCE = 4.0
+
+GENERAL_ANSWER = (
+    "I can help with three things: meal plans and calories (tell me your age, weight, height, "
+    "sex and activity), weekly workout plans (say your goal, level and equipment), and "
+    "monthly budgets ('set my food budget to $400', 'spent $25 on groceries')."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    agent: str | None
+    confidence: float
+    scores: dict[str, float]
+
+
+def score_message(message: str) -> dict[str, float]:
+    text = message.lower()
+    return {
+        agent: sum(weight for pattern, weight in patterns if pattern.search(text))
+        for agent, patterns in _COMPILED.items()
+    }
+
+
+def route(message: str) -> RouteDecision:
+    scores = score_message(message)
+    best = max(scores, key=lambda name: scores[name])
+    top = scores[best]
+    if top < MIN_SCORE:
+        return RouteDecision(None, 0.2, scores)
+    share = top / sum(scores.values())
+    confidence = round(share * min(1.0, 0.5 + top / (2 * FULL_EVIDENCE)), 3)
+    return RouteDecision(best, confidence, scores)
+
+
+class RouterAgent:
+    name = "router"
+
+    def __init__(self, agents: Mapping[str, Agent], profiles: ProfileBackend) -> None:
+        self._agents = agents
+        self._profiles = profiles
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        facts = parse_profile_facts(request.message) if not request.synthetic else {}
+        saved = len(facts) >= 2
+        if saved:
+            await self._profiles.upsert(request.user_id, **facts)
+        decision = route(request.message)
+        if decision.agent is None or decision.agent not in self._agents:
+            if saved:
+                listed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
+                return AgentReply(
+                    content=f"Saved your profile: {listed}. Ask me to plan your meals or "
+                    "workouts whenever you like.",
+                    agent=self.name,
+                    confidence=0.9,
+                    data={"profile": facts},
+                )
+            return AgentReply(
+                content=GENERAL_ANSWER, agent=self.name, confidence=decision.confidence
+            )
+        chosen = self._agents[decision.agent]
+        reply = await chosen.handle(replace(request, intent=decision.agent))
+        return replace(reply, confidence=min(reply.confidence, decision.confidence))

@@ -1,0 +1,66 @@
+"""One chat turn: route the message through the guarded team and store the turn."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from service.agents.base import AgentReply, AgentRequest
+from service.resilience.guard import GuardedAgent
+from service.stores.base import ChatTurn, ConversationBackend
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    reply: AgentReply
+    turn_id: int
+    system_state: str
+
+    def as_seed_shape(self) -> dict[str, Any]:
+        reply = self.reply
+        return {
+            "response": reply.content,
+            "success": reply.success,
+            "confidence": round(reply.confidence, 3),
+            "agent": reply.agent,
+            "emergency": reply.degraded,
+            "incident": reply.incident,
+            "systemState": self.system_state,
+            "recovery": reply.recovery,
+        }
+
+
+class ChatService:
+    def __init__(
+        self,
+        router: GuardedAgent,
+        conversations: ConversationBackend,
+        system_state: Callable[[], str] = lambda: "normal",
+        enrich: Callable[[AgentReply], AgentReply] | None = None,
+    ) -> None:
+        self._router = router
+        self._conversations = conversations
+        self._system_state = system_state
+        self._enrich = enrich
+
+    async def chat(self, message: str, user_id: str) -> ChatResult:
+        reply = await self._router.handle(AgentRequest(message=message, user_id=user_id))
+        if self._enrich is not None and reply.degraded:
+            reply = self._enrich(reply)
+        context = trace.get_current_span().get_span_context()
+        trace_id = format(context.trace_id, "032x") if context.is_valid else None
+        turn_id = await self._conversations.record_turn(
+            ChatTurn(
+                user_id=user_id,
+                message=message,
+                response=reply.content,
+                agent=reply.agent,
+                success=reply.success,
+                degraded=reply.degraded,
+                trace_id=trace_id,
+            )
+        )
+        return ChatResult(reply=reply, turn_id=turn_id, system_state=self._system_state())

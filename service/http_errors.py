@@ -1,0 +1,79 @@
+"""Error replies a person can act on: never a stack trace, always the cause and a next step."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service.errors import StoreUnavailable, UnknownAgent
+
+log = logging.getLogger("ers.http")
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def describe(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    where = _field(tuple(error.get("loc", ())))
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "syntax error")
+        return f"the request body is not valid JSON ({reason}); check quotes and commas"
+    if kind == "missing":
+        return f"{where} is required"
+    if kind == "extra_forbidden":
+        return f"{where} is not a known field; check its spelling"
+    if kind == "model_attributes_type":
+        return "the request body must be a JSON object"
+    return f"{where}: {error.get('msg', 'invalid value')}"
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    problems = [describe(e) for e in errors[:10]]
+    return JSONResponse(
+        {"error": "invalid request", "detail": "; ".join(problems), "problems": problems},
+        status_code=422,
+    )
+
+
+async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    log.warning("store unavailable: %s", exc)
+    return JSONResponse(
+        {
+            "error": "state store unavailable",
+            "detail": f"the {exc.component} store cannot be used right now; try again shortly",
+            "component": exc.component,
+        },
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def unknown_agent(request: Request, exc: UnknownAgent) -> JSONResponse:
+    return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return JSONResponse(
+        {
+            "error": "internal error",
+            "detail": f"the server failed with {type(exc).__name__}; it is still running, "
+            "so try again, and report it if it repeats",
+        },
+        status_code=500,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreUnavailable, store_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(UnknownAgent, unknown_agent)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, unexpected)

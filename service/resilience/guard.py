@@ -1,0 +1,219 @@
+"""The guard around every agent call (the seed's ``wrapAgentWithErrorHandling``).
+
+One guarded call: open the ``agent.<name>`` span, ask the breaker, run the agent under a
+timeout, retry recoverable errors with exponential backoff and jitter inside a total time
+budget, record the outcome on the breaker, the span and the metrics, and when the breaker
+rejects the call or the call fails, answer with the fallback (``emergency: true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from service.agents.base import Agent, AgentReply, AgentRequest
+from service.errors import DependencyError, UserInputError
+from service.faults import FaultInjector
+from service.instruments import AgentInstruments
+from service.resilience.breaker import CallNotPermitted, CircuitBreaker
+from service.resilience.fallback import FallbackPolicy
+
+# Attribute naming the exception's base classes, so classification rules can match a
+# family of errors ("any DependencyError") and not only the exact class.
+EXCEPTION_BASES_ATTRIBUTE = "ers.exception.bases"
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """How one agent's calls are run. Defaults suit deterministic in-process agents."""
+
+    timeout_s: float = 5.0
+    # Attempts per call including the first; 1 disables retries.
+    max_attempts: int = 3
+    backoff_initial_s: float = 0.05
+    backoff_multiplier: float = 2.0
+    backoff_max_s: float = 1.0
+    # Wall time a call may take across all its attempts and backoffs.
+    total_budget_s: float = 8.0
+    retry_on: tuple[type[BaseException], ...] = field(
+        default=(TimeoutError, DependencyError, ConnectionError)
+    )
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.total_budget_s <= 0:
+            raise ValueError("timeout_s and total_budget_s must be positive")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.backoff_initial_s < 0 or self.backoff_multiplier < 1:
+            raise ValueError("backoff_initial_s must be >= 0 and backoff_multiplier >= 1")
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter backoff before retry number ``attempt`` (1-based)."""
+        ceiling = min(
+            self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier ** (attempt - 1)
+        )
+        return random.uniform(0, ceiling)
+
+
+@lru_cache(maxsize=65_536)
+def hash_user_id(user_id: str) -> str:
+    """User ids never go into telemetry as they are."""
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
+
+
+def exception_bases(exc: BaseException) -> list[str]:
+    return [cls.__name__ for cls in type(exc).__mro__[1:] if cls not in (object, BaseException)]
+
+
+class GuardedAgent:
+    """An agent behind its breaker, timeout, retries and fallback; itself an ``Agent``."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        breaker: CircuitBreaker,
+        fallback: FallbackPolicy,
+        tracer: trace.Tracer,
+        instruments: AgentInstruments | None,
+        config: GuardConfig | None = None,
+        faults: FaultInjector | None = None,
+        factory: Callable[[], Agent] | None = None,
+    ) -> None:
+        self.name = agent.name
+        self.agent = agent
+        self.breaker = breaker
+        self.fallback = fallback
+        self.config = config or GuardConfig()
+        self._tracer = tracer
+        self._instruments = instruments
+        self._faults = faults
+        self._factory = factory
+        self._span_name = f"agent.{agent.name}"
+        self._labels = {"agent": agent.name}
+        self.restarts = 0
+
+    def restart(self) -> bool:
+        """Replace the agent instance with a fresh one; False when there is no factory."""
+        if self._factory is None:
+            return False
+        self.agent = self._factory()
+        self.restarts += 1
+        return True
+
+    async def probe(self) -> str | None:
+        """A synthetic call that bypasses the breaker; the error text, or None when healthy."""
+        try:
+            await self._attempt(
+                AgentRequest(message="health probe", user_id="ers-probe", synthetic=True),
+                self.config.timeout_s,
+            )
+        except UserInputError:
+            return None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span(
+            self._span_name,
+            attributes={
+                "ers.agent": self.name,
+                "ers.user_id": hash_user_id(request.user_id),
+                "ers.synthetic": request.synthetic,
+                "ers.degraded": False,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            if request.synthetic:
+                return await self._attempt(request, self.config.timeout_s)
+            try:
+                reply = await self._run(request, span, started)
+            except CallNotPermitted as rejected:
+                span.set_attribute("ers.breaker.rejected", True)
+                return self._degrade(request, span, started, "rejected", str(rejected))
+            except UserInputError:
+                self._record("user_error", started)
+                raise
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
+                outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
+                return self._degrade(request, span, started, outcome, f"{type(exc).__name__}")
+            self._record("success", started)
+            if self.fallback.cache is not None:
+                self.fallback.cache.remember(request, reply)
+            return reply
+
+    async def _run(self, request: AgentRequest, span: trace.Span, started: float) -> AgentReply:
+        config = self.config
+        attempt = 1
+        while True:
+            permit = self.breaker.acquire()
+            call_started = time.perf_counter()
+            remaining = config.total_budget_s - (call_started - started)
+            try:
+                reply = await self._attempt(request, min(config.timeout_s, remaining))
+            except UserInputError:
+                permit.release()
+                raise
+            except Exception as exc:
+                permit.record_failure(exc, time.perf_counter() - call_started)
+                span.record_exception(exc, attributes={"ers.attempt": attempt})
+                delay = config.backoff(attempt)
+                elapsed = time.perf_counter() - started
+                if (
+                    attempt >= config.max_attempts
+                    or not isinstance(exc, config.retry_on)
+                    or elapsed + delay >= config.total_budget_s
+                ):
+                    raise
+                attempt += 1
+                span.add_event("retry", {"ers.attempt": attempt, "ers.backoff_s": delay})
+                await asyncio.sleep(delay)
+                continue
+            permit.record_success(time.perf_counter() - call_started)
+            if attempt > 1:
+                span.set_attribute("ers.attempts", attempt)
+            return reply
+
+    async def _attempt(self, request: AgentRequest, timeout_s: float) -> AgentReply:
+        async with asyncio.timeout(timeout_s):
+            if self._faults is not None:
+                await self._faults.before_call(self.name)
+            return await self.agent.handle(request)
+
+    def _degrade(
+        self, request: AgentRequest, span: trace.Span, started: float, outcome: str, cause: str
+    ) -> AgentReply:
+        fallback = self.fallback.answer(request)
+        span.set_attribute("ers.degraded", True)
+        span.set_attribute("ers.fallback", fallback.kind)
+        self._record(outcome, started)
+        if self._instruments is not None:
+            self._instruments.fallbacks.add(1, {"agent": self.name, "kind": fallback.kind})
+        return AgentReply(
+            content=fallback.content,
+            agent=self.name,
+            confidence=0.3 if fallback.kind == "cached" else 0.1,
+            success=False,
+            degraded=True,
+            fallback=fallback.kind,
+            data={"cause": cause, "breaker": self.breaker.state.value},
+        )
+
+    def _record(self, outcome: str, started: float) -> None:
+        if self._instruments is None:
+            return
+        self._instruments.calls.add(1, {"agent": self.name, "outcome": outcome})
+        self._instruments.duration.record(time.perf_counter() - started, self._labels)

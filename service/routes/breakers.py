@@ -1,0 +1,84 @@
+"""Circuit breakers: their state, and the operator's reset (the seed's endpoints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.auth import AdminAuth
+from service.deps import Team
+from service.resilience.breaker import ResetRefused
+
+router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"])
+
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(False, description="reset even when the agent is still failing")
+
+
+class ForceOpenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+    ttlSeconds: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+
+
+def breaker_report(team: Any) -> dict[str, Any]:
+    breakers = {guard.name: guard.breaker.snapshot() for guard in team.guards.values()}
+    states = [b["state"] for b in breakers.values()]
+    return {
+        "breakers": breakers,
+        "totals": {
+            "total": len(states),
+            "open": sum(s in ("open", "forced_open") for s in states),
+            "closed": sum(s == "closed" for s in states),
+            "half_open": sum(s == "half_open" for s in states),
+            "forced_open": sum(s == "forced_open" for s in states),
+            "disabled": sum(s == "disabled" for s in states),
+        },
+    }
+
+
+@router.get("/circuit-breakers")
+async def list_breakers(team: Team) -> dict[str, Any]:
+    return breaker_report(team)
+
+
+@router.get("/circuit-breakers/{name}")
+async def get_breaker(name: str, team: Team) -> dict[str, Any]:
+    guard = team.get(name)
+    return {**guard.breaker.snapshot(), "history": [e.to_dict() for e in guard.breaker.history()]}
+
+
+@router.post("/circuit-breaker/{name}/reset")
+async def reset_breaker(
+    name: str, team: Team, who: AdminAuth, body: ResetRequest | None = None
+) -> dict[str, Any]:
+    guard = team.get(name)
+    force = body.force if body is not None else False
+    probe_error = None if force else await guard.probe()
+    try:
+        message = guard.breaker.reset(force=force, probe_error=probe_error, source=who)
+    except ResetRefused as refused:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
+    return {"reset": True, "force": force, "message": message, "breaker": guard.breaker.snapshot()}
+
+
+@router.post("/circuit-breaker/{name}/force-open")
+async def force_open_breaker(
+    name: str, body: ForceOpenRequest, team: Team, who: AdminAuth
+) -> dict[str, Any]:
+    guard = team.get(name)
+    message = guard.breaker.force_open(body.reason, source="operator", ttl_s=body.ttlSeconds)
+    return {"message": message, "breaker": guard.breaker.snapshot()}
+
+
+@router.post("/circuit-breaker/{name}/release")
+async def release_breaker(name: str, team: Team, who: AdminAuth) -> dict[str, Any]:
+    guard = team.get(name)
+    message = guard.breaker.release(source=who)
+    return {"message": message, "breaker": guard.breaker.snapshot()}

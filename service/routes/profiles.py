@@ -1,0 +1,54 @@
+"""Profiles through the API, as an alternative to stating them in chat."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.deps import Stores
+from service.routes.chat import USER_ID_PATTERN
+
+router = APIRouter(prefix="/api/profiles", tags=["profiles"])
+
+UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
+
+
+class ProfileUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    age: int | None = Field(None, ge=10, le=110)
+    weightKg: float | None = Field(None, gt=20, le=400)
+    heightCm: float | None = Field(None, gt=80, le=260)
+    sex: Literal["male", "female"] | None = None
+    activity: Literal["sedentary", "light", "moderate", "active", "very_active"] | None = None
+    goal: Literal["lose", "maintain", "gain"] | None = None
+    level: Literal["beginner", "intermediate", "advanced"] | None = None
+    equipment: list[Literal["bodyweight", "bands", "dumbbells", "barbell"]] | None = Field(
+        None, max_length=4
+    )
+
+
+@router.get("/{user_id}")
+async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
+    profile = await stores.profiles.get(user_id)
+    if profile is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no profile for user '{user_id}'")
+    return profile.as_dict()
+
+
+@router.put("/{user_id}")
+async def put_profile(body: ProfileUpdate, stores: Stores, user_id: str = UserId) -> dict[str, Any]:
+    fields = {
+        "age": body.age,
+        "weight_kg": body.weightKg,
+        "height_cm": body.heightCm,
+        "sex": body.sex,
+        "activity": body.activity,
+        "goal": body.goal,
+        "level": body.level,
+        "equipment": tuple(body.equipment) if body.equipment is not None else None,
+    }
+    profile = await stores.profiles.upsert(user_id, **fields)
+    return profile.as_dict()

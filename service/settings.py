@@ -1,0 +1,190 @@
+"""ERS settings: one object from a YAML file plus ``ERS_*`` environment variables.
+
+Precedence, highest first: constructor arguments, environment variables, the YAML file
+(``ERS_CONFIG``, default ``./ers.yaml`` when it exists), then the defaults stated here.
+The defaults are the seed's: backups every 15 min to 1 h per component, 50 backups kept,
+breakers trip after 5 failures, health checked every 30 s, emergency rollback on,
+automatic rollback off.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class BackupIntervals(BaseModel):
+    """Minutes between scheduled backups of each component (the seed's schedule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_state: float = Field(15, gt=0)
+    conversations: float = Field(30, gt=0)
+    profiles: float = Field(30, gt=0)
+    budgets: float = Field(60, gt=0)
+    full_system: float = Field(60, gt=0)
+
+
+class Notifications(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    webhook_url: str | None = None
+
+
+class SettingsError(Exception):
+    """Start-up configuration is invalid; the message names the key and the problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ERS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path("var/data")
+
+    # restic: a local repository under var/ by default; any restic backend string works.
+    restic_repository: str = "var/restic-repo"
+    restic_password_file: Path = Path("var/restic-password")
+    restic_binary: str = "restic"
+
+    # Access tokens: from the variable itself or from a file named by ``*_FILE``.
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    alert_token: SecretStr | None = None
+    alert_token_file: Path | None = None
+    intake_token: SecretStr | None = None
+    intake_token_file: Path | None = None
+
+    # The seed's knobs.
+    backup_interval_minutes: BackupIntervals = Field(default_factory=BackupIntervals)
+    max_backups: int = Field(50, ge=1, le=10_000)
+    circuit_breaker_threshold: int = Field(5, ge=1, le=1000)
+    health_check_interval_s: float = Field(30.0, gt=0, le=3600)
+    emergency_rollback_enabled: bool = True
+    auto_rollback_enabled: bool = False
+    notifications: Notifications = Field(default_factory=Notifications)
+
+    # Chat.
+    max_message_chars: int = Field(4000, ge=1, le=100_000)
+    agent_timeout_s: float = Field(5.0, gt=0, le=300)
+
+    # Telemetry.
+    service_name: str = "ers"
+    telemetry_enabled: bool = True
+
+    fault_injection_enabled: bool | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = _config_path()
+        if config_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _read_token_files(self) -> Settings:
+        for name in ("admin", "alert", "intake"):
+            path: Path | None = getattr(self, f"{name}_token_file")
+            if path is None or getattr(self, f"{name}_token") is not None:
+                continue
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"{name}_token_file: cannot read {path} ({exc.strerror}); "
+                    "point it at a readable file holding the token"
+                ) from None
+            if not value:
+                raise ValueError(f"{name}_token_file: {path} is empty; write the token into it")
+            object.__setattr__(self, f"{name}_token", SecretStr(value))
+        return self
+
+    @property
+    def fault_injection(self) -> bool:
+        """Fault injection defaults to on outside production and is never on in production."""
+        if self.fault_injection_enabled is None:
+            return self.env is not Environment.PRODUCTION
+        return self.fault_injection_enabled
+
+    def token(self, name: str) -> str | None:
+        secret: SecretStr | None = getattr(self, f"{name}_token")
+        return secret.get_secret_value() if secret is not None else None
+
+    def component_path(self, component: str) -> Path:
+        return self.data_dir / f"{component}.sqlite3"
+
+
+def _config_path() -> Path | None:
+    explicit = os.environ.get("ERS_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SettingsError(f"ERS_CONFIG: no such file {path}; fix the path or unset it")
+        _check_yaml(path)
+        return path
+    default = Path("ers.yaml")
+    if default.is_file():
+        _check_yaml(default)
+        return default
+    return None
+
+
+def _check_yaml(path: Path) -> None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if data is not None and not isinstance(data, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping of setting names")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings or raise SettingsError with one line naming the bad key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "settings"
+    if first["type"] == "extra_forbidden":
+        return f"invalid setting '{key}': unknown key; check its spelling (ERS_{key.upper()})"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid setting '{key}': {message}{more}"

@@ -1,0 +1,70 @@
+"""Monthly budgets per category and the expenses recorded against them, in cents."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from service.stores.base import CategoryReport
+from service.stores.sqlite import SqliteStore
+
+
+def current_month(now: float | None = None) -> str:
+    return datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y-%m")
+
+
+class BudgetStore(SqliteStore):
+    component = "budgets"
+    schema = (
+        """CREATE TABLE IF NOT EXISTS budgets (
+            user_id TEXT NOT NULL,
+            category TEXT NOT NULL,
+            limit_cents INTEGER NOT NULL CHECK (limit_cents >= 0),
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (user_id, category)
+        )""",
+        """CREATE TABLE IF NOT EXISTS expenses (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            category TEXT NOT NULL,
+            amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
+            note TEXT NOT NULL DEFAULT '',
+            month TEXT NOT NULL,
+            spent_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS expenses_by_month ON expenses (user_id, month, category)",
+    )
+
+    async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None:
+        self.execute(
+            "INSERT INTO budgets (user_id, category, limit_cents, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, category) DO UPDATE SET limit_cents = excluded.limit_cents,"
+            " updated_at = excluded.updated_at",
+            (user_id, category, limit_cents, time.time()),
+        )
+
+    async def add_expense(
+        self, user_id: str, category: str, amount_cents: int, note: str = ""
+    ) -> None:
+        now = time.time()
+        self.execute(
+            "INSERT INTO expenses (user_id, category, amount_cents, note, month, spent_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (user_id, category, amount_cents, note, current_month(now), now),
+        )
+
+    async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]:
+        month = month or current_month()
+        rows = self.query(
+            """SELECT category, max(limit_cents) AS limit_cents, sum(spent) AS spent FROM (
+                   SELECT category, limit_cents, 0 AS spent FROM budgets WHERE user_id = ?
+                   UNION ALL
+                   SELECT category, NULL, amount_cents FROM expenses
+                   WHERE user_id = ? AND month = ?
+               ) GROUP BY category ORDER BY category""",
+            (user_id, user_id, month),
+        )
+        return [
+            CategoryReport(row["category"], row["limit_cents"], int(row["spent"] or 0))
+            for row in rows
+        ]

@@ -1,0 +1,71 @@
+"""Every chat turn, as it was answered."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from service.stores.base import ChatTurn
+from service.stores.sqlite import SqliteStore
+
+
+class ConversationStore(SqliteStore):
+    component = "conversations"
+    schema = (
+        """CREATE TABLE IF NOT EXISTS turns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            message TEXT NOT NULL,
+            response TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            success INTEGER NOT NULL,
+            degraded INTEGER NOT NULL,
+            trace_id TEXT,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS turns_by_user ON turns (user_id, id)",
+    )
+
+    async def record_turn(self, turn: ChatTurn) -> int:
+        return self.execute(
+            "INSERT INTO turns (user_id, message, response, agent, success, degraded,"
+            " trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                turn.user_id,
+                turn.message,
+                turn.response,
+                turn.agent,
+                int(turn.success),
+                int(turn.degraded),
+                turn.trace_id,
+                turn.created_at or time.time(),
+            ),
+        )
+
+    async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]:
+        rows = self.query(
+            "SELECT * FROM turns WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
+        )
+        return [_turn(row) for row in reversed(rows)]
+
+    async def get_turn(self, turn_id: int) -> ChatTurn | None:
+        row = self.query_one("SELECT * FROM turns WHERE id = ?", (turn_id,))
+        return _turn(row) if row is not None else None
+
+    async def count(self) -> int:
+        row = self.query_one("SELECT count(*) AS n FROM turns")
+        return int(row["n"]) if row is not None else 0
+
+
+def _turn(row: sqlite3.Row) -> ChatTurn:
+    return ChatTurn(
+        id=row["id"],
+        user_id=row["user_id"],
+        message=row["message"],
+        response=row["response"],
+        agent=row["agent"],
+        success=bool(row["success"]),
+        degraded=bool(row["degraded"]),
+        trace_id=row["trace_id"],
+        created_at=row["created_at"],
+    )

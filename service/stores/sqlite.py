@@ -1,0 +1,136 @@
+"""The SQLite base every component store builds on.
+
+One connection per store, used from the event loop; statements are short, so they run
+inline rather than paying a thread hop each. WAL with ``synchronous=NORMAL`` keeps every
+committed transaction across a killed process. ``paused()`` closes the connection so a
+rollback can swap the file underneath, and makes writers fail fast with StoreUnavailable
+instead of writing into a file that is about to be replaced.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from service.errors import StoreUnavailable
+
+BUSY_TIMEOUT_MS = 2000
+
+
+class SqliteStore:
+    """A component's SQLite file. Subclasses set ``component`` and ``schema``."""
+
+    component: ClassVar[str]
+    schema: ClassVar[Sequence[str]]
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._paused_reason: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+                )
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                with conn:
+                    for statement in self.schema:
+                        conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
+            self._conn = conn
+            self._paused_reason = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def paused(self, reason: str) -> Iterator[None]:
+        """Close the file for the duration (a rollback swaps it), then reopen."""
+        with self._lock:
+            self.close()
+            self._paused_reason = reason
+        try:
+            yield
+        finally:
+            self.open()
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    # -- statements --------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            reason = self._paused_reason or "the store is closed"
+            raise StoreUnavailable(self.component, reason)
+        return self._conn
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one write in its own transaction; returns the new row id."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn:
+                    cursor = conn.execute(sql, params)
+                    return cursor.lastrowid or 0
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.component, str(exc)) from exc
+
+    def execute_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run several writes in one transaction: all or nothing."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn:
+                    for sql, params in statements:
+                        conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.component, str(exc)) from exc
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.component, str(exc)) from exc
+
+    def query_one(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> sqlite3.Row | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a probe row; raises StoreUnavailable when it can't."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn:
+                    conn.execute("CREATE TABLE IF NOT EXISTS _probe (v TEXT)")
+                    conn.execute("INSERT INTO _probe (v) VALUES ('probe')")
+                    if conn.execute("SELECT count(*) FROM _probe").fetchone()[0] < 1:
+                        raise StoreUnavailable(self.component, "probe row not readable")
+                    conn.execute("DELETE FROM _probe")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(self.component, str(exc)) from exc

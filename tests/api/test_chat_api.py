@@ -1,0 +1,154 @@
+"""The chat API through httpx's ASGI transport, with the app's real lifespan."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from service.resilience.guard import hash_user_id
+
+
+async def test_chat_answers_in_the_seed_shape(client: httpx.AsyncClient) -> None:
+    reply = await client.post("/chat", json={"message": "plan my meals", "userId": "u1"})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert set(body) == {
+        "response",
+        "success",
+        "confidence",
+        "agent",
+        "emergency",
+        "incident",
+        "systemState",
+        "recovery",
+    }
+    assert body["agent"] == "nutrition"
+    assert body["success"] is True
+    assert 0 < body["confidence"] <= 1
+    assert (body["emergency"], body["incident"], body["systemState"], body["recovery"]) == (
+        False,
+        None,
+        "normal",
+        None,
+    )
+    assert "your age" in body["response"]
+
+
+async def test_profile_from_chat_then_meal_plan(client: httpx.AsyncClient) -> None:
+    await client.post(
+        "/chat",
+        json={"message": "I am 30, 80 kg, 180 cm, male, moderately active", "userId": "u7"},
+    )
+    reply = await client.post("/chat", json={"message": "plan my meals", "userId": "u7"})
+    assert "2759 kcal" in reply.json()["response"]
+    profile = await client.get("/api/profiles/u7")
+    assert profile.json()["weightKg"] == 80.0
+
+
+async def test_profile_api_round_trip_and_bounds(client: httpx.AsyncClient) -> None:
+    put = await client.put(
+        "/api/profiles/u9", json={"age": 40, "weightKg": 70, "heightCm": 170, "sex": "female"}
+    )
+    assert put.status_code == 200 and put.json()["age"] == 40
+    bad = await client.put("/api/profiles/u9", json={"age": -3})
+    assert bad.status_code == 422 and "age" in bad.json()["detail"]
+    unknown = await client.put("/api/profiles/u9", json={"shoeSize": 44})
+    assert (
+        unknown.status_code == 422 and "shoeSize is not a known field" in unknown.json()["detail"]
+    )
+    assert (await client.get("/api/profiles/nobody")).status_code == 404
+
+
+async def test_default_user_is_anonymous(client: httpx.AsyncClient, app: FastAPI) -> None:
+    reply = await client.post("/chat", json={"message": "budget report"})
+    assert reply.status_code == 200
+    turns = await app.state.runtime.stores.conversations.recent("anonymous")
+    assert turns[-1].message == "budget report"
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ({"message": ""}, "message is empty"),
+        ({"message": "   \n\t "}, "message is empty"),
+        ({"message": "x" * 4001}, "the limit is 4000"),
+        ({"message": 42}, "message: Input should be a valid string"),
+        ({"userId": "u1"}, "message is required"),
+        ({"message": "hi", "userId": ""}, "userId"),
+        ({"message": "hi", "userId": "../etc/passwd"}, "userId"),
+        ({"message": "hi", "extra": 1}, "extra is not a known field"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+async def test_bad_input_gets_422_with_a_reason(
+    client: httpx.AsyncClient, body: object, expected: str
+) -> None:
+    reply = await client.post("/chat", json=body)
+    assert reply.status_code == 422
+    assert expected in reply.json()["detail"]
+
+
+async def test_malformed_json_gets_422(client: httpx.AsyncClient) -> None:
+    reply = await client.post(
+        "/chat", content=b'{"message": "hi",', headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 422
+    assert "not valid JSON" in reply.json()["detail"]
+
+
+async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncClient) -> None:
+    reply = await client.post("/chat", json={"message": "spent $99999999999 on shoes"})
+    assert reply.status_code == 422
+    assert "below $100,000,000" in reply.json()["detail"]
+
+
+async def test_store_failure_gets_503_and_the_process_keeps_serving(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    conversations = app.state.runtime.stores.conversations
+    with conversations.paused("disk detached"):
+        reply = await client.post("/chat", json={"message": "plan my meals"})
+        assert reply.status_code == 503
+        body = reply.json()
+        assert body["component"] == "conversations"
+        assert "Traceback" not in reply.text
+    again = await client.post("/chat", json={"message": "plan my meals"})
+    assert again.status_code == 200
+
+
+async def test_probes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/livez")).json() == {"status": "alive"}
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await client.get("/docs")).status_code == 200
+    schema = (await client.get("/openapi.json")).json()
+    assert "/chat" in schema["paths"]
+
+
+async def test_agent_spans_carry_agent_user_hash_and_degraded(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    exporter = InMemorySpanExporter()
+    app.state.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    await client.post("/chat", json={"message": "plan my meals", "userId": "alice"})
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert {"agent.router", "agent.nutrition"} <= set(spans)
+    nutrition = spans["agent.nutrition"]
+    assert nutrition.attributes["ers.agent"] == "nutrition"
+    assert nutrition.attributes["ers.user_id"] == hash_user_id("alice")
+    assert nutrition.attributes["ers.user_id"] != "alice"
+    assert nutrition.attributes["ers.degraded"] is False
+    assert nutrition.parent.span_id == spans["agent.router"].context.span_id
+    # The HTTP server span from the FastAPI instrumentation is the root.
+    server = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+    assert server and spans["agent.router"].parent.span_id == server[0].context.span_id
+
+
+async def test_metrics_count_agent_calls(client: httpx.AsyncClient) -> None:
+    await client.post("/chat", json={"message": "plan my meals"})
+    text = (await client.get("/metrics")).text
+    assert 'ers_agent_calls_total{agent="nutrition",outcome="success"} 1.0' in text
+    assert 'ers_agent_call_duration_seconds_count{agent="router"} 1.0' in text
+    assert "http_server_request_duration_seconds" in text

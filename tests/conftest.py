@@ -1,0 +1,121 @@
+"""Shared fixtures: settings in a temporary data directory, the app over ASGI, and a real
+uvicorn process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        env="test",
+        data_dir=tmp_path / "data",
+        restic_repository=str(tmp_path / "repo"),
+        restic_password_file=tmp_path / "restic-password",
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as http:
+        yield http
+
+
+@dataclass
+class ErsProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+def start_ers(
+    workdir: Path, env: dict[str, str] | None = None, port: int | None = None
+) -> ErsProcess:
+    """Start ``ers serve`` as its own process and wait until /readyz answers 200."""
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
+        "ERS_ENV": "test",
+        "ERS_DATA_DIR": str(workdir / "data"),
+        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+        **(env or {}),
+    }
+    log_path = workdir / f"ers-{port}.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=workdir,
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ers exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return ErsProcess(url, process, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"ers did not become ready in 30 s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def ers_process(tmp_path: Path) -> Iterator[ErsProcess]:
+    proc = start_ers(tmp_path / "ers")
+    try:
+        yield proc
+    finally:
+        proc.stop()

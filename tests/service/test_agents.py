@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.agents.base import AgentRequest
+from service.agents.budget import BudgetAgent
+from service.agents.nutrition import NutritionAgent, daily_target, plan_meals
+from service.agents.router import RouterAgent
+from service.agents.workout import WorkoutAgent
+from service.errors import UserInputError
+from service.stores import Stores
+from service.stores.base import Profile
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Stores:
+    s = Stores.in_directory(tmp_path)
+    s.open_all()
+    yield s
+    s.close_all()
+
+
+def test_mifflin_st_jeor_matches_the_published_formula() -> None:
+    profile = Profile("u", age=30, weight_kg=80, height_cm=180, sex="male", activity="moderate")
+    target = daily_target(profile)
+    # 10*80 + 6.25*180 - 5*30 + 5 = 1780; x1.55 = 2759
+    assert target.bmr == 1780
+    assert target.kcal == 2759
+    assert target.protein_g == 128
+    assert abs(target.protein_g * 4 + target.fat_g * 9 + target.carbs_g * 4 - target.kcal) < 15
+    female = Profile(
+        "u", age=30, weight_kg=60, height_cm=165, sex="female", activity="light", goal="lose"
+    )
+    # 600 + 1031.25 - 150 - 161 = 1320.25; x1.375 - 500 = 1315.3
+    assert daily_target(female).kcal == 1315
+
+
+def test_meal_plan_adds_up_to_about_the_target() -> None:
+    plan = plan_meals(2400)
+    total = sum(food.kcal * portion for _, food, portion in plan)
+    assert [meal for meal, _, _ in plan] == ["breakfast", "lunch", "dinner", "snack"]
+    assert abs(total - 2400) / 2400 < 0.15
+
+
+async def test_nutrition_asks_for_missing_profile_fields(stores: Stores) -> None:
+    agent = NutritionAgent(stores.profiles)
+    reply = await agent.handle(AgentRequest("plan my meals", "new-user"))
+    assert "your age" in reply.content and "your weight" in reply.content
+    assert reply.data["missing"] == ["age", "weight_kg", "height_cm", "sex", "activity"]
+
+
+async def test_nutrition_plans_from_the_stored_profile(stores: Stores) -> None:
+    await stores.profiles.upsert(
+        "u1", age=30, weight_kg=80.0, height_cm=180.0, sex="male", activity="moderate"
+    )
+    reply = await NutritionAgent(stores.profiles).handle(AgentRequest("plan my meals", "u1"))
+    assert "2759 kcal" in reply.content
+    assert "breakfast" in reply.content and "dinner" in reply.content
+
+
+@pytest.mark.parametrize(
+    "message,days,equipment,goal",
+    [
+        ("beginner workout at home", 3, "bodyweight", "general"),
+        ("advanced strength plan with barbell", 5, "barbell", "strength"),
+        ("intermediate muscle plan with dumbbells", 4, "dumbbells", "muscle"),
+    ],
+)
+async def test_workout_plan_by_goal_level_and_equipment(
+    stores: Stores, message: str, days: int, equipment: str, goal: str
+) -> None:
+    reply = await WorkoutAgent(stores.profiles).handle(AgentRequest(message, "u1"))
+    assert reply.data == {
+        "goal": goal,
+        "level": reply.data["level"],
+        "equipment": equipment,
+        "days": days,
+    }
+    assert reply.content.count("\n- ") == days
+
+
+async def test_workout_remembers_level_and_equipment(stores: Stores) -> None:
+    agent = WorkoutAgent(stores.profiles)
+    await agent.handle(AgentRequest("intermediate plan with dumbbells", "u1"))
+    reply = await agent.handle(AgentRequest("make me a workout plan", "u1"))
+    assert reply.data["level"] == "intermediate"
+    assert reply.data["equipment"] == "dumbbells"
+
+
+async def test_budget_set_spend_and_report(stores: Stores) -> None:
+    agent = BudgetAgent(stores.budgets)
+    reply = await agent.handle(AgentRequest("set my food budget to $400", "u1"))
+    assert "Set your monthly food budget to $400.00" in reply.content
+    reply = await agent.handle(AgentRequest("I spent $25.50 on groceries", "u1"))
+    assert "Recorded $25.50 for food" in reply.content
+    assert "$374.50 left" in reply.content
+    reply = await agent.handle(AgentRequest("how much is left in my budget", "u1"))
+    assert reply.data["categories"]["food"] == {"limitCents": 40000, "spentCents": 2550}
+
+
+async def test_budget_rejects_absurd_amounts(stores: Stores) -> None:
+    with pytest.raises(UserInputError, match="below"):
+        await BudgetAgent(stores.budgets).handle(AgentRequest("spent $999999999999 on shoes", "u1"))
+
+
+async def test_budget_asks_for_a_category(stores: Stores) -> None:
+    reply = await BudgetAgent(stores.budgets).handle(AgentRequest("set a budget of $300", "u1"))
+    assert "Which category" in reply.content
+
+
+async def test_router_saves_profile_facts_and_confirms(stores: Stores) -> None:
+    router = RouterAgent({}, stores.profiles)
+    reply = await router.handle(
+        AgentRequest("I am 30, 80 kg, 180 cm, male, moderately active", "u1")
+    )
+    assert "Saved your profile" in reply.content
+    profile = await stores.profiles.get("u1")
+    assert profile is not None and profile.missing_for_energy() == []
+
+
+async def test_router_hands_off_to_the_chosen_agent(stores: Stores) -> None:
+    agents = {"nutrition": NutritionAgent(stores.profiles), "budget": BudgetAgent(stores.budgets)}
+    router = RouterAgent(agents, stores.profiles)
+    reply = await router.handle(AgentRequest("plan my meals", "u1"))
+    assert reply.agent == "nutrition"
+    assert 0 < reply.confidence <= 1
+    general = await router.handle(AgentRequest("hello", "u1"))
+    assert general.agent == "router" and "meal plans" in general.content

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from service.errors import StoreUnavailable
+from service.stores import Stores
+from service.stores.base import ChatTurn
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Stores:
+    s = Stores.in_directory(tmp_path)
+    s.open_all()
+    yield s
+    s.close_all()
+
+
+async def test_each_component_is_its_own_file_in_wal_mode(stores: Stores, tmp_path: Path) -> None:
+    for name, store in stores.by_component().items():
+        assert store.path == tmp_path / f"{name}.sqlite3"
+        assert store.path.exists()
+        mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+
+
+async def test_conversation_turns_round_trip(stores: Stores) -> None:
+    first = await stores.conversations.record_turn(
+        ChatTurn("u1", "plan my meals", "eat well", "nutrition", True, False, "ab" * 16)
+    )
+    await stores.conversations.record_turn(
+        ChatTurn("u1", "budget", "no budgets", "budget", False, True)
+    )
+    await stores.conversations.record_turn(ChatTurn("u2", "hi", "hello", "router", True, False))
+    recent = await stores.conversations.recent("u1")
+    assert [t.message for t in recent] == ["plan my meals", "budget"]
+    assert recent[1].degraded and not recent[1].success
+    assert (await stores.conversations.get_turn(first)).trace_id == "ab" * 16
+    assert await stores.conversations.count() == 3
+
+
+async def test_profile_upsert_keeps_fields_not_given(stores: Stores) -> None:
+    await stores.profiles.upsert("u1", age=30, weight_kg=80.0, equipment=("dumbbells",))
+    profile = await stores.profiles.upsert("u1", height_cm=180.0)
+    assert (profile.age, profile.weight_kg, profile.height_cm) == (30, 80.0, 180.0)
+    assert profile.equipment == ("dumbbells",)
+    assert await stores.profiles.get("nobody") is None
+    with pytest.raises(ValueError, match="unknown profile fields: shoe_size"):
+        await stores.profiles.upsert("u1", shoe_size=44)
+
+
+async def test_budget_report_combines_limits_and_expenses(stores: Stores) -> None:
+    await stores.budgets.set_limit("u1", "food", 40000)
+    await stores.budgets.add_expense("u1", "food", 2500)
+    await stores.budgets.add_expense("u1", "food", 1000)
+    await stores.budgets.add_expense("u1", "transport", 700)
+    await stores.budgets.set_limit("u1", "food", 50000)
+    report = {r.category: r for r in await stores.budgets.report("u1")}
+    assert report["food"].limit_cents == 50000
+    assert report["food"].spent_cents == 3500
+    assert report["food"].left_cents == 46500
+    assert report["transport"].limit_cents is None
+    assert await stores.budgets.report("u2") == []
+
+
+async def test_system_state_values_are_json(stores: Stores) -> None:
+    await stores.system_state.put("breaker:budget", {"state": "forced_open", "ttl": 30})
+    await stores.system_state.put("mode", "normal")
+    assert await stores.system_state.get("breaker:budget") == {"state": "forced_open", "ttl": 30}
+    assert await stores.system_state.items() == {
+        "breaker:budget": {"state": "forced_open", "ttl": 30},
+        "mode": "normal",
+    }
+
+
+async def test_paused_store_fails_fast_and_reopens(stores: Stores) -> None:
+    with stores.paused(["budgets"], "rollback in progress"):
+        with pytest.raises(StoreUnavailable, match="rollback in progress"):
+            await stores.budgets.set_limit("u1", "food", 100)
+        # Other components keep working while one is paused.
+        await stores.profiles.upsert("u1", age=30)
+    await stores.budgets.set_limit("u1", "food", 100)
+    assert (await stores.budgets.report("u1"))[0].limit_cents == 100
+
+
+async def test_writes_survive_a_reopen_without_close(tmp_path: Path) -> None:
+    """A committed turn is in the file even when the process never closes the store."""
+    first = Stores.in_directory(tmp_path)
+    first.open_all()
+    await first.conversations.record_turn(ChatTurn("u1", "m", "r", "router", True, False))
+    # A second, independent connection sees it without any close or checkpoint.
+    other = sqlite3.connect(tmp_path / "conversations.sqlite3")
+    assert other.execute("SELECT count(*) FROM turns").fetchone()[0] == 1
