@@ -24,11 +24,11 @@ from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
-from service.routes import breakers, chat, probes, profiles  # noqa: E402
+from service.routes import breakers, chat, faults, probes, profiles  # noqa: E402
 from service.runtime import Runtime  # noqa: E402
 from service.settings import Settings, load_settings  # noqa: E402
 from service.stores import Stores  # noqa: E402
-from service.team import build_team  # noqa: E402
+from service.team import breaker_configs, build_team  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
 
 log = logging.getLogger("ers")
@@ -45,6 +45,7 @@ def service_version() -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    breaker_configs(settings)  # an invalid per-agent override stops start-up here, in one line
     telemetry = build_telemetry(
         settings.service_name, service_version(), enabled=settings.telemetry_enabled
     )
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(profiles.router)
     app.include_router(breakers.router)
+    if settings.fault_injection:
+        app.include_router(faults.router)
     app.include_router(probes.router)
     if settings.telemetry_enabled:
         FastAPIInstrumentor.instrument_app(
@@ -86,19 +89,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The team: every agent behind its breaker, timeout, retries and fallback.
     instruments = AgentInstruments.create(telemetry.meter) if telemetry.enabled else None
     faults = FaultInjector() if settings.fault_injection else None
-    team = build_team(
-        stores,
-        telemetry.tracer,
-        instruments,
-        faults,
-        failure_threshold=settings.circuit_breaker_threshold,
-        agent_timeout_s=settings.agent_timeout_s,
-    )
+    team = build_team(stores, telemetry.tracer, instruments, faults, settings)
 
     breaker_metrics = BreakerMetrics(telemetry.meter)
     breaker_metrics.attach(team.breakers())
 
-    chat_service = ChatService(team.router, stores.conversations)
+    chat_service = ChatService(team.router, stores.conversations, instruments=instruments)
     runtime = Runtime(
         settings=settings,
         telemetry=telemetry,

@@ -9,6 +9,8 @@ from typing import Any
 from opentelemetry import trace
 
 from service.agents.base import AgentReply, AgentRequest
+from service.errors import UserInputError
+from service.instruments import AgentInstruments
 from service.resilience.guard import GuardedAgent
 from service.stores.base import ChatTurn, ConversationBackend
 
@@ -40,13 +42,30 @@ class ChatService:
         conversations: ConversationBackend,
         system_state: Callable[[], str] = lambda: "normal",
         enrich: Callable[[AgentReply], AgentReply] | None = None,
+        instruments: AgentInstruments | None = None,
     ) -> None:
+        self._instruments = instruments
         self._router = router
         self._conversations = conversations
         self._system_state = system_state
         self._enrich = enrich
 
     async def chat(self, message: str, user_id: str) -> ChatResult:
+        try:
+            result = await self._chat(message, user_id)
+        except UserInputError:
+            raise
+        except Exception:
+            self._count("error")
+            raise
+        self._count("degraded" if result.reply.degraded else "ok")
+        return result
+
+    def _count(self, outcome: str) -> None:
+        if self._instruments is not None:
+            self._instruments.chat_requests.add(1, {"outcome": outcome})
+
+    async def _chat(self, message: str, user_id: str) -> ChatResult:
         reply = await self._router.handle(AgentRequest(message=message, user_id=user_id))
         if self._enrich is not None and reply.degraded:
             reply = self._enrich(reply)

@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from service import cli_remote
+    from service import cli_breakers
 
-    return list(cli_remote.REGISTRARS)
+    return [cli_breakers.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

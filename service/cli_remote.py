@@ -66,6 +66,3 @@ def run_remote(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
-
-
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     auto_rollback_enabled: bool = False
     notifications: Notifications = Field(default_factory=Notifications)
 
+    # Breakers: defaults for every agent, then per-agent overrides of any BreakerConfig field
+    # (e.g. ``agent_breakers: {budget: {open_duration_s: 60}}``).
+    breaker_open_duration_s: float = Field(30.0, gt=0, le=86_400)
+    breaker_max_open_duration_s: float = Field(300.0, gt=0, le=86_400)
+    breaker_failure_rate_threshold: float = Field(0.5, gt=0, le=1)
+    breaker_slow_call_s: float = Field(5.0, gt=0, le=3600)
+    agent_breakers: dict[str, dict[str, float | int]] = Field(default_factory=dict)
+
     # Chat.
     max_message_chars: int = Field(4000, ge=1, le=100_000)
     agent_timeout_s: float = Field(5.0, gt=0, le=300)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
 
@@ -19,7 +19,10 @@ from service.instruments import AgentInstruments
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
 from service.resilience.guard import GuardConfig, GuardedAgent
+from service.settings import Settings, SettingsError
 from service.stores import Stores
+
+AGENT_NAMES = ("router", "nutrition", "workout", "budget")
 
 GENERAL_GUIDANCE = {
     "nutrition": nutrition.GENERAL_GUIDANCE,
@@ -86,35 +89,61 @@ class Team:
         return (guard.breaker for guard in self.guards.values())
 
 
+def breaker_configs(settings: Settings) -> tuple[BreakerConfig, dict[str, BreakerConfig]]:
+    """The default breaker config and each agent's own, from the settings.
+
+    Raises SettingsError naming the agent and the field when an override is invalid."""
+    default = BreakerConfig(
+        failure_threshold=settings.circuit_breaker_threshold,
+        failure_rate_threshold=settings.breaker_failure_rate_threshold,
+        slow_call_duration_s=settings.breaker_slow_call_s,
+        open_duration_s=settings.breaker_open_duration_s,
+        max_open_duration_s=max(
+            settings.breaker_max_open_duration_s, settings.breaker_open_duration_s
+        ),
+        ignore_exceptions=(UserInputError,),
+    )
+    per_agent = {}
+    for name, overrides in settings.agent_breakers.items():
+        agent = canonical_agent_name(name)
+        if agent not in AGENT_NAMES:
+            raise SettingsError(
+                f"invalid setting 'agent_breakers.{name}': no such agent; "
+                f"use one of {', '.join(AGENT_NAMES)}"
+            )
+        try:
+            per_agent[agent] = replace(default, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"invalid setting 'agent_breakers.{name}': {exc}") from None
+    return default, per_agent
+
+
 def build_team(
     stores: Stores,
     tracer: trace.Tracer,
     instruments: AgentInstruments | None,
     faults: FaultInjector | None,
-    failure_threshold: int = 5,
-    agent_timeout_s: float = 5.0,
+    settings: Settings,
 ) -> Team:
+    default, per_agent = breaker_configs(settings)
+    timeout = settings.agent_timeout_s
     team = Team(
         tracer=tracer,
         instruments=instruments,
         faults=faults,
-        breaker_config=BreakerConfig(
-            failure_threshold=failure_threshold, ignore_exceptions=(UserInputError,)
-        ),
-        guard_config=GuardConfig(timeout_s=agent_timeout_s, total_budget_s=agent_timeout_s * 1.6),
+        breaker_config=default,
+        guard_config=GuardConfig(timeout_s=timeout, total_budget_s=timeout * 1.6),
     )
-    nutrition_guard = team.protect(
-        NutritionAgent(stores.profiles), factory=lambda: NutritionAgent(stores.profiles)
-    )
-    workout_guard = team.protect(
-        WorkoutAgent(stores.profiles), factory=lambda: WorkoutAgent(stores.profiles)
-    )
-    budget_guard = team.protect(
-        BudgetAgent(stores.budgets), factory=lambda: BudgetAgent(stores.budgets)
-    )
-    specialists = {g.name: g for g in (nutrition_guard, workout_guard, budget_guard)}
+    specialists: dict[str, Agent] = {}
+    for name, make in (
+        ("nutrition", lambda: NutritionAgent(stores.profiles)),
+        ("workout", lambda: WorkoutAgent(stores.profiles)),
+        ("budget", lambda: BudgetAgent(stores.budgets)),
+    ):
+        specialists[name] = team.protect(make(), factory=make, breaker_config=per_agent.get(name))
     team.protect(
         RouterAgent(specialists, stores.profiles),
         factory=lambda: RouterAgent(specialists, stores.profiles),
+        breaker_config=per_agent.get("router"),
     )
     return team

@@ -104,7 +104,8 @@ class Permit:
 
     def record_failure(self, exc: BaseException, duration_s: float = 0.0) -> None:
         """Count ``exc`` against the breaker, or treat the call as ignored if its class
-        does not count."""
+        does not count. A failure counts the same however long it took: ``duration_s``
+        only keeps the signature symmetric with ``record_success``."""
         if self._pending:
             self._pending = False
             self._breaker._on_failure(self, exc, duration_s)

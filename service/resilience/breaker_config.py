@@ -34,7 +34,8 @@ class BreakerConfig:
     sliding_window_size: int = 20
     # Rates are not judged until the window holds this many calls.
     minimum_calls: int = 10
-    # A successful call that takes at least this long counts as slow.
+    # A successful call that takes at least this long counts as slow; a slow half-open
+    # trial reopens the breaker, since it does not prove recovery.
     slow_call_duration_s: float = 5.0
     # Share of slow calls in the window that trips the breaker; 1.0 trips only when every
     # call in a window of at least minimum_calls was slow.

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -24,7 +24,10 @@ from service.errors import DependencyError, UserInputError
 from service.faults import FaultInjector
 from service.instruments import AgentInstruments
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker
+from service.resilience.deadlines import DeadlineWatchdog
 from service.resilience.fallback import FallbackPolicy
+
+SHARED_DEADLINES = DeadlineWatchdog()
 
 # Attribute naming the exception's base classes, so classification rules can match a
 # family of errors ("any DependencyError") and not only the exact class.
@@ -86,6 +89,7 @@ class GuardedAgent:
         config: GuardConfig | None = None,
         faults: FaultInjector | None = None,
         factory: Callable[[], Agent] | None = None,
+        deadlines: DeadlineWatchdog | None = None,
     ) -> None:
         self.name = agent.name
         self.agent = agent
@@ -98,6 +102,10 @@ class GuardedAgent:
         self._factory = factory
         self._span_name = f"agent.{agent.name}"
         self._labels = {"agent": agent.name}
+        self._outcome_labels: dict[str, dict[str, str]] = {}
+        self._deadlines = deadlines or SHARED_DEADLINES
+        self._first_timeout = min(self.config.timeout_s, self.config.total_budget_s)
+        self._cache = fallback.cache
         self.restarts = 0
 
     def restart(self) -> bool:
@@ -137,29 +145,69 @@ class GuardedAgent:
             if request.synthetic:
                 return await self._attempt(request, self.config.timeout_s)
             try:
-                reply = await self._run(request, span, started)
+                permit = self.breaker.acquire()
             except CallNotPermitted as rejected:
                 span.set_attribute("ers.breaker.rejected", True)
                 return self._degrade(request, span, started, "rejected", str(rejected))
+            try:
+                # The first attempt runs inline: it is the only one on the healthy path.
+                reply = await self._deadlines.run(self._agent_call(request), self._first_timeout)
             except UserInputError:
+                permit.release()
                 self._record("user_error", started)
                 raise
-            except Exception as exc:
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
-                outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
-                return self._degrade(request, span, started, outcome, f"{type(exc).__name__}")
+            except Exception as first_error:
+                permit.record_failure(first_error, time.perf_counter() - started)
+                try:
+                    reply = await self._retry(request, span, started, first_error)
+                except UserInputError:
+                    self._record("user_error", started)
+                    raise
+                except Exception as exc:
+                    return self._fail(request, span, started, exc)
+            else:
+                permit.record_success(time.perf_counter() - started)
             self._record("success", started)
-            if self.fallback.cache is not None:
-                self.fallback.cache.remember(request, reply)
+            # The router passes on other agents' replies; those agents remember their own.
+            if self._cache is not None and not reply.degraded and reply.agent == self.name:
+                self._cache.remember(request, reply)
             return reply
 
-    async def _run(self, request: AgentRequest, span: trace.Span, started: float) -> AgentReply:
+    def _fail(
+        self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
+    ) -> AgentReply:
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.set_attribute("error.type", type(exc).__qualname__)
+        span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
+        outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
+        return self._degrade(request, span, started, outcome, type(exc).__name__)
+
+    async def _retry(
+        self, request: AgentRequest, span: trace.Span, started: float, error: Exception
+    ) -> AgentReply:
+        """Retry a failed first attempt while the error is recoverable, attempts and the
+        time budget remain, and the breaker still admits calls; raise the last error."""
         config = self.config
         attempt = 1
         while True:
-            permit = self.breaker.acquire()
+            span.record_exception(error, attributes={"ers.attempt": attempt})
+            delay = config.backoff(attempt)
+            elapsed = time.perf_counter() - started
+            if (
+                attempt >= config.max_attempts
+                or not isinstance(error, config.retry_on)
+                or elapsed + delay >= config.total_budget_s
+            ):
+                raise error
+            attempt += 1
+            span.add_event("retry", {"ers.attempt": attempt, "ers.backoff_s": delay})
+            await asyncio.sleep(delay)
+            try:
+                permit = self.breaker.acquire()
+            except CallNotPermitted:
+                # The breaker opened on this call's own failures: the call failed, it was
+                # not turned away.
+                raise error from None
             call_started = time.perf_counter()
             remaining = config.total_budget_s - (call_started - started)
             try:
@@ -169,29 +217,24 @@ class GuardedAgent:
                 raise
             except Exception as exc:
                 permit.record_failure(exc, time.perf_counter() - call_started)
-                span.record_exception(exc, attributes={"ers.attempt": attempt})
-                delay = config.backoff(attempt)
-                elapsed = time.perf_counter() - started
-                if (
-                    attempt >= config.max_attempts
-                    or not isinstance(exc, config.retry_on)
-                    or elapsed + delay >= config.total_budget_s
-                ):
-                    raise
-                attempt += 1
-                span.add_event("retry", {"ers.attempt": attempt, "ers.backoff_s": delay})
-                await asyncio.sleep(delay)
+                error = exc
                 continue
             permit.record_success(time.perf_counter() - call_started)
-            if attempt > 1:
-                span.set_attribute("ers.attempts", attempt)
+            span.set_attribute("ers.attempts", attempt)
             return reply
 
     async def _attempt(self, request: AgentRequest, timeout_s: float) -> AgentReply:
-        async with asyncio.timeout(timeout_s):
-            if self._faults is not None:
-                await self._faults.before_call(self.name)
-            return await self.agent.handle(request)
+        return await self._deadlines.run(self._agent_call(request), timeout_s)
+
+    def _agent_call(self, request: AgentRequest) -> Awaitable[AgentReply]:
+        faults = self._faults
+        if faults is not None and faults.is_faulty(self.name):
+            return self._faulty_call(faults, request)
+        return self.agent.handle(request)
+
+    async def _faulty_call(self, faults: FaultInjector, request: AgentRequest) -> AgentReply:
+        await faults.before_call(self.name)
+        return await self.agent.handle(request)
 
     def _degrade(
         self, request: AgentRequest, span: trace.Span, started: float, outcome: str, cause: str
@@ -215,5 +258,8 @@ class GuardedAgent:
     def _record(self, outcome: str, started: float) -> None:
         if self._instruments is None:
             return
-        self._instruments.calls.add(1, {"agent": self.name, "outcome": outcome})
+        labels = self._outcome_labels.get(outcome)
+        if labels is None:
+            labels = self._outcome_labels[outcome] = {"agent": self.name, "outcome": outcome}
+        self._instruments.calls.add(1, labels)
         self._instruments.duration.record(time.perf_counter() - started, self._labels)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 
 import httpx
 
@@ -50,3 +53,33 @@ def test_acknowledged_turns_survive_kill_9(ers_process: ErsProcess) -> None:
 def test_sigterm_exits_cleanly(ers_process: ErsProcess) -> None:
     assert ers_process.stop(signal.SIGTERM) == 0
     assert "Traceback" not in ers_process.log()
+
+
+def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None:
+    def ers(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args, "--url", ers_process.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = ers("breakers", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "budget" in listed.stdout and "total 4: 4 closed" in listed.stdout
+    forced = ers("breakers", "force-open", "WPA", "--reason", "maintenance", "--ttl", "30")
+    assert forced.returncode == 0 and "forced open by operator for 30 s" in forced.stdout
+    as_json = json.loads(ers("breakers", "list", "--json").stdout)
+    assert as_json["breakers"]["workout"]["state"] == "forced_open"
+    # While the agent still fails its probe, a reset without force is refused.
+    httpx.post(
+        f"{ers_process.url}/api/emergency/simulate-error",
+        json={"component": "workout", "errorType": "network"},
+        timeout=10,
+    ).raise_for_status()
+    refused = ers("breakers", "reset", "workout")
+    assert refused.returncode == 1
+    assert "409" in refused.stderr and "health probe still fails" in refused.stderr
+    assert ers("breakers", "reset", "workout", "--force").returncode == 0
+    unknown = ers("breakers", "reset", "nope")
+    assert unknown.returncode == 1 and "no agent named 'nope'" in unknown.stderr

@@ -1,0 +1,74 @@
+"""``ers breakers``: list, reset and force open breakers of a running service."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from service.cli_remote import add_connection_options, call, print_json, run_remote
+
+
+def _table(report: dict[str, Any]) -> None:
+    print(f"{'agent':<11}{'state':<13}{'failures':>9}{'rate':>7}  last error / forced by")
+    for name, b in sorted(report["breakers"].items()):
+        rate = "-" if b["failureRate"] is None else f"{b['failureRate']:.0%}"
+        forced = b.get("forced")
+        note = f"{forced['source']}: {forced['reason']}" if forced else (b["lastError"] or "")
+        print(f"{name:<11}{b['state']:<13}{b['failureCount']:>9}{rate:>7}  {note[:60]}")
+    totals = report["totals"]
+    print(
+        f"total {totals['total']}: {totals['closed']} closed, {totals['open']} open, "
+        f"{totals['half_open']} half-open"
+    )
+
+
+@run_remote
+def list_breakers(args: argparse.Namespace) -> int:
+    report = call(args, "GET", "/api/emergency/circuit-breakers")
+    print_json(report) if args.json else _table(report)
+    return 0
+
+
+@run_remote
+def reset_breaker(args: argparse.Namespace) -> int:
+    reply = call(
+        args, "POST", f"/api/emergency/circuit-breaker/{args.name}/reset", {"force": args.force}
+    )
+    print_json(reply) if args.json else print(reply["message"])
+    return 0
+
+
+@run_remote
+def force_open(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason, "ttlSeconds": args.ttl}
+    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/force-open", body)
+    print_json(reply) if args.json else print(reply["message"])
+    return 0
+
+
+@run_remote
+def release(args: argparse.Namespace) -> int:
+    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/release")
+    print_json(reply) if args.json else print(reply["message"])
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("breakers", help="circuit breakers of a running service")
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every breaker with its state")
+    listing.set_defaults(handler=list_breakers)
+    reset = actions.add_parser("reset", help="close a breaker (refused while still failing)")
+    reset.add_argument("name", help="agent name or seed alias (NPA, WPA, BMA, MCA)")
+    reset.add_argument("--force", action="store_true", help="reset even if still failing")
+    reset.set_defaults(handler=reset_breaker)
+    forcing = actions.add_parser("force-open", help="isolate an agent")
+    forcing.add_argument("name")
+    forcing.add_argument("--reason", required=True)
+    forcing.add_argument("--ttl", type=float, default=None, help="seconds until half-open")
+    forcing.set_defaults(handler=force_open)
+    releasing = actions.add_parser("release", help="lift a forced open (goes half-open)")
+    releasing.add_argument("name")
+    releasing.set_defaults(handler=release)
+    for sub in (listing, reset, forcing, releasing):
+        add_connection_options(sub)

@@ -1,0 +1,72 @@
+"""Fault injection (development and test only): make an agent's next calls really fail.
+
+The router is not mounted in production, so these paths answer 404 there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.auth import AdminAuth
+from service.deps import RuntimeDep, Team
+from service.faults import ERROR_TYPES
+
+router = APIRouter(prefix="/api/emergency", tags=["fault injection"])
+
+ErrorType = Literal["database", "network", "agent", "system", "resource", "timeout"]
+
+
+class SimulateError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    errorType: ErrorType = "agent"
+    severity: Literal["low", "medium", "high", "critical"] | None = Field(
+        None, description="what the caller expects; the classification rules decide"
+    )
+    component: str = Field(min_length=1, max_length=64, description="agent name or seed alias")
+    message: str | None = Field(None, min_length=1, max_length=500)
+    count: int | None = Field(None, ge=1, le=10_000, description="failing calls; default: all")
+    durationSeconds: float | None = Field(None, gt=0, le=24 * 3600)
+    delaySeconds: float = Field(0.0, ge=0, le=60, description="latency before failing")
+
+
+@router.post("/simulate-error")
+async def simulate_error(
+    body: SimulateError, team: Team, runtime: RuntimeDep, who: AdminAuth
+) -> dict[str, Any]:
+    guard = team.get(body.component)
+    assert runtime.faults is not None  # the router is mounted only with fault injection on
+    fault = runtime.faults.inject(
+        guard.name,
+        body.errorType,
+        message=body.message,
+        count=body.count,
+        delay_s=body.delaySeconds,
+        duration_s=body.durationSeconds,
+    )
+    return {
+        "injected": True,
+        "component": guard.name,
+        "errorType": fault.error_type,
+        "exception": ERROR_TYPES[fault.error_type].__name__,
+        "message": fault.message,
+        "remainingCalls": fault.remaining,
+        "expectedSeverity": body.severity,
+    }
+
+
+@router.delete("/simulate-error")
+async def clear_simulated_errors(
+    team: Team,
+    runtime: RuntimeDep,
+    who: AdminAuth,
+    component: str | None = Query(None, max_length=64),
+) -> dict[str, Any]:
+    if runtime.faults is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "fault injection is off")
+    name = team.get(component).name if component else None
+    runtime.faults.clear(name)
+    return {"cleared": name or "all", "active": sorted(runtime.faults.active())}

@@ -1,0 +1,150 @@
+"""Circuit-breaker endpoints and the access rules of the endpoints that change something."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from service.app import create_app
+from service.settings import Settings
+
+
+async def fail_budget_until_open(client: httpx.AsyncClient, app: FastAPI) -> None:
+    app.state.runtime.faults.inject("budget", "database")
+    for _ in range(5):
+        reply = await client.post("/chat", json={"message": "budget report"})
+        assert reply.status_code == 200
+        assert reply.json()["emergency"] is True
+    assert app.state.runtime.team.get("budget").breaker.state.value == "open"
+
+
+async def test_list_has_every_agent_and_seed_totals(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/api/emergency/circuit-breakers")).json()
+    assert set(body["breakers"]) == {"router", "nutrition", "workout", "budget"}
+    assert body["totals"] == {
+        "total": 4,
+        "open": 0,
+        "closed": 4,
+        "half_open": 0,
+        "forced_open": 0,
+        "disabled": 0,
+    }
+    budget = body["breakers"]["budget"]
+    for key in (
+        "state",
+        "failureCount",
+        "failureRate",
+        "lastFailureAt",
+        "lastError",
+        "openedAt",
+        "nextAttemptAt",
+        "forced",
+    ):
+        assert key in budget
+
+
+async def test_seed_alias_and_unknown_name(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/emergency/circuit-breakers/BMA")).json()["name"] == "budget"
+    missing = await client.post("/api/emergency/circuit-breaker/XYZ/reset", json={})
+    assert missing.status_code == 404
+    assert "known agents: budget, nutrition, router, workout" in missing.json()["detail"]
+
+
+async def test_reset_refused_while_the_cause_still_fails_then_forced(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await fail_budget_until_open(client, app)
+    body = (await client.get("/api/emergency/circuit-breakers")).json()
+    assert body["totals"]["open"] == 1
+    assert "SimulatedDatabaseError" in body["breakers"]["budget"]["lastError"]
+    refused = await client.post("/api/emergency/circuit-breaker/BMA/reset", json={"force": False})
+    assert refused.status_code == 409
+    assert "still fails" in refused.json()["detail"]
+    forced = await client.post("/api/emergency/circuit-breaker/BMA/reset", json={"force": True})
+    assert forced.status_code == 200
+    assert forced.json()["breaker"]["state"] == "closed"
+
+
+async def test_reset_without_force_succeeds_once_the_agent_is_healthy(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await fail_budget_until_open(client, app)
+    app.state.runtime.faults.clear("budget")
+    reply = await client.post("/api/emergency/circuit-breaker/budget/reset")
+    # The probe passes, but the last failure is still recent: the breaker asks for patience.
+    assert reply.status_code in (200, 409)
+    if reply.status_code == 409:
+        assert "last failure was" in reply.json()["detail"]
+
+
+async def test_force_open_and_release(client: httpx.AsyncClient) -> None:
+    forced = await client.post(
+        "/api/emergency/circuit-breaker/workout/force-open",
+        json={"reason": "maintenance", "ttlSeconds": 60},
+    )
+    assert forced.status_code == 200
+    assert forced.json()["breaker"]["forced"]["source"] == "operator"
+    reply = await client.post("/chat", json={"message": "make me a workout plan"})
+    assert reply.json()["emergency"] is True
+    released = await client.post("/api/emergency/circuit-breaker/workout/release")
+    assert released.json()["breaker"]["state"] == "half_open"
+    reply = await client.post("/chat", json={"message": "make me a workout plan"})
+    assert reply.json()["emergency"] is False
+    assert (await client.get("/api/emergency/circuit-breakers")).json()["breakers"]["workout"][
+        "state"
+    ] == "closed"
+
+
+@pytest.fixture
+async def guarded_app(settings: Settings) -> FastAPI:
+    settings = settings.model_copy(update={"admin_token": SecretStr("t0ken-admin")})
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_a_set_token_is_required(guarded_app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=guarded_app, client=("127.0.0.1", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        url = "/api/emergency/circuit-breaker/budget/reset"
+        missing = await http.post(url, json={"force": True})
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        wrong = await http.post(url, json={"force": True}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert "t0ken-admin" not in wrong.text
+        right = await http.post(
+            url, json={"force": True}, headers={"Authorization": "Bearer t0ken-admin"}
+        )
+        assert right.status_code == 200
+        # Reads stay open outside production.
+        assert (await http.get("/api/emergency/circuit-breakers")).status_code == 200
+
+
+async def test_unset_token_answers_loopback_only(app: FastAPI) -> None:
+    url = "/api/emergency/circuit-breaker/budget/reset"
+    remote = httpx.ASGITransport(app=app, client=("203.0.113.9", 1))
+    async with httpx.AsyncClient(transport=remote, base_url="http://t") as http:
+        refused = await http.post(url, json={"force": True})
+        assert refused.status_code == 403
+        assert "loopback clients only" in refused.json()["detail"]
+    local = httpx.ASGITransport(app=app, client=("::1", 1))
+    async with httpx.AsyncClient(transport=local, base_url="http://t") as http:
+        assert (await http.post(url, json={"force": True})).status_code == 200
+
+
+async def test_breaker_metrics_follow_transitions(client: httpx.AsyncClient, app: FastAPI) -> None:
+    await fail_budget_until_open(client, app)
+    await client.post("/chat", json={"message": "budget report"})
+    text = (await client.get("/metrics")).text
+    assert 'ers_breaker_state{agent="budget",state="open"} 1' in text
+    assert 'ers_breaker_state{agent="budget",state="closed"} 0' in text
+    assert 'ers_breaker_transitions_total{agent="budget",from="closed",to="open"} 1.0' in text
+    # Calls 3 to 6 were turned away, and so was call 2's retry after its own failures
+    # tripped the breaker (that call still counts as a failure, not a rejection).
+    assert 'ers_breaker_rejected_calls_total{agent="budget"} 5.0' in text
+    assert 'ers_agent_calls_total{agent="budget",outcome="failure"} 2.0' in text
+    assert 'ers_agent_calls_total{agent="budget",outcome="rejected"} 4.0' in text
+    assert 'ers_fallbacks_total{agent="budget",kind="generic"} 6.0' in text

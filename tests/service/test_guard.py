@@ -1,0 +1,233 @@
+"""The guard around agent calls: span, breaker, timeout, retries, fallback and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from service.agents.base import AgentReply, AgentRequest
+from service.errors import AgentFailure, DependencyError, UserInputError
+from service.instruments import AgentInstruments
+from service.resilience.breaker import BreakerConfig, CircuitBreaker
+from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
+from service.resilience.guard import EXCEPTION_BASES_ATTRIBUTE, GuardConfig, GuardedAgent
+from service.team import Team
+
+
+class ScriptedAgent:
+    """Answers or fails as its script says, one step per call."""
+
+    def __init__(self, name: str, script: list[object]) -> None:
+        self.name = name
+        self.script = script
+        self.calls = 0
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        step = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+            return AgentReply(f"slow answer {self.calls}", self.name)
+        if isinstance(step, BaseException):
+            raise step
+        return AgentReply(f"{step} {self.calls}", self.name)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.tracer = tracer_provider.get_tracer("test")
+        self.reader = InMemoryMetricReader()
+        self.instruments = AgentInstruments.create(
+            MeterProvider(metric_readers=[self.reader]).get_meter("test")
+        )
+        self.cache = LastGoodAnswers(100)
+
+    def guard(self, agent: ScriptedAgent, **config: object) -> GuardedAgent:
+        breaker = CircuitBreaker(
+            agent.name, BreakerConfig(ignore_exceptions=(UserInputError,)), span_events=False
+        )
+        defaults = {"backoff_initial_s": 0.001, "timeout_s": 0.2, "total_budget_s": 2.0}
+        return GuardedAgent(
+            agent,
+            breaker,
+            FallbackPolicy(agent.name, "general guidance", self.cache),
+            self.tracer,
+            self.instruments,
+            GuardConfig(**{**defaults, **config}),  # type: ignore[arg-type]
+        )
+
+    def counts(self) -> dict[tuple[str, ...], float]:
+        found: dict[tuple[str, ...], float] = {}
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name not in ("ers_agent_calls", "ers_fallbacks"):
+                        continue
+                    for point in metric.data.data_points:
+                        key = (metric.name, *(str(v) for v in point.attributes.values()))
+                        found[key] = point.value
+        return found
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+REQUEST = AgentRequest("hello", "user-1")
+
+
+async def test_success_is_one_span_and_one_success(harness: Harness) -> None:
+    guard = harness.guard(ScriptedAgent("nutrition", ["fine"]))
+    reply = await guard.handle(REQUEST)
+    assert reply.content == "fine 1" and not reply.degraded
+    (span,) = harness.spans.get_finished_spans()
+    assert span.name == "agent.nutrition"
+    assert span.attributes["ers.degraded"] is False
+    assert span.status.status_code is StatusCode.UNSET
+    assert harness.counts()[("ers_agent_calls", "nutrition", "success")] == 1
+
+
+async def test_recoverable_errors_are_retried_with_events(harness: Harness) -> None:
+    agent = ScriptedAgent("budget", [DependencyError("db down"), DependencyError("db down"), "ok"])
+    reply = await harness.guard(agent).handle(REQUEST)
+    assert reply.content == "ok 3" and not reply.degraded
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes["ers.attempts"] == 3
+    assert [e.name for e in span.events] == ["exception", "retry", "exception", "retry"]
+    assert span.status.status_code is StatusCode.UNSET
+
+
+async def test_non_recoverable_error_is_not_retried_and_degrades(harness: Harness) -> None:
+    agent = ScriptedAgent("workout", [AgentFailure("crashed"), "ok"])
+    reply = await harness.guard(agent).handle(REQUEST)
+    assert agent.calls == 1
+    assert reply.degraded and reply.fallback == "generic" and reply.success is False
+    assert reply.content == "general guidance"
+    (span,) = harness.spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["ers.degraded"] is True
+    assert span.attributes["error.type"] == "AgentFailure"
+    assert "ErsError" in span.attributes[EXCEPTION_BASES_ATTRIBUTE]
+    counts = harness.counts()
+    assert counts[("ers_agent_calls", "workout", "failure")] == 1
+    assert counts[("ers_fallbacks", "workout", "generic")] == 1
+
+
+async def test_timeout_cuts_a_hung_call(harness: Harness) -> None:
+    agent = ScriptedAgent("nutrition", [5.0])
+    reply = await harness.guard(agent, timeout_s=0.05, max_attempts=2).handle(REQUEST)
+    assert reply.degraded
+    assert agent.calls == 2
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes["error.type"] == "TimeoutError"
+    assert harness.counts()[("ers_agent_calls", "nutrition", "timeout")] == 1
+
+
+async def test_total_budget_stops_retries(harness: Harness) -> None:
+    agent = ScriptedAgent("budget", [0.5])
+    guard = harness.guard(agent, timeout_s=0.1, max_attempts=10, total_budget_s=0.25)
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded
+    assert agent.calls <= 3
+
+
+async def test_user_errors_pass_through_and_never_count(harness: Harness) -> None:
+    agent = ScriptedAgent("budget", [UserInputError("amount must be positive")])
+    guard = harness.guard(agent)
+    for _ in range(10):
+        with pytest.raises(UserInputError):
+            await guard.handle(REQUEST)
+    assert guard.breaker.state.value == "closed"
+    assert guard.breaker.consecutive_failures == 0
+    assert harness.counts()[("ers_agent_calls", "budget", "user_error")] == 10
+
+
+async def test_last_good_answer_is_the_fallback(harness: Harness) -> None:
+    agent = ScriptedAgent("nutrition", ["your plan", AgentFailure("down")])
+    guard = harness.guard(agent)
+    await guard.handle(REQUEST)
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded and reply.fallback == "cached"
+    assert "your plan 1" in reply.content
+    other_user = await guard.handle(AgentRequest("hello", "user-2"))
+    assert other_user.fallback == "generic"
+
+
+async def test_rejected_call_is_degraded_without_running_the_agent(harness: Harness) -> None:
+    agent = ScriptedAgent("budget", ["ok"])
+    guard = harness.guard(agent)
+    guard.breaker.force_open("maintenance", "operator")
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded and agent.calls == 0
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes["ers.breaker.rejected"] is True
+    assert span.status.status_code is StatusCode.UNSET
+    assert harness.counts()[("ers_agent_calls", "budget", "rejected")] == 1
+
+
+async def test_failures_trip_the_breaker_then_it_recovers() -> None:
+    now = [0.0]
+    harness = Harness()
+    agent = ScriptedAgent("workout", [AgentFailure("x")] * 5 + ["healed"])
+    breaker = CircuitBreaker(
+        "workout", BreakerConfig(open_duration_s=10), clock=lambda: now[0], span_events=False
+    )
+    guard = GuardedAgent(
+        agent,
+        breaker,
+        FallbackPolicy("workout", "g", None),
+        harness.tracer,
+        None,
+        GuardConfig(max_attempts=1),
+    )
+    for _ in range(5):
+        assert (await guard.handle(REQUEST)).degraded
+    assert breaker.state.value == "open"
+    assert (await guard.handle(REQUEST)).degraded and agent.calls == 5
+    now[0] += 10
+    healed = await guard.handle(REQUEST)
+    assert not healed.degraded and healed.content == "healed 6"
+    assert breaker.state.value == "closed"
+
+
+async def test_a_users_own_agent_is_protected_with_one_call(harness: Harness) -> None:
+    team = Team(
+        tracer=harness.tracer,
+        instruments=harness.instruments,
+        faults=None,
+        breaker_config=BreakerConfig(),
+        guard_config=GuardConfig(max_attempts=1),
+    )
+    made: list[ScriptedAgent] = []
+
+    def factory() -> ScriptedAgent:
+        made.append(ScriptedAgent("sleep", ["rested"]))
+        return made[-1]
+
+    guarded = team.protect(ScriptedAgent("sleep", [AgentFailure("boom")]), factory=factory)
+    assert team.get("sleep") is guarded
+    assert (await guarded.handle(REQUEST)).degraded
+    assert guarded.restart() is True
+    assert (await guarded.handle(REQUEST)).content == "rested 1"
+    with pytest.raises(ValueError, match="already in the team"):
+        team.protect(ScriptedAgent("sleep", ["x"]))
+
+
+async def test_probe_reports_the_agents_error_without_touching_the_breaker(
+    harness: Harness,
+) -> None:
+    guard = harness.guard(ScriptedAgent("budget", [DependencyError("db gone")]))
+    assert await guard.probe() == "DependencyError: db gone"
+    assert guard.breaker.consecutive_failures == 0

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.settings import Environment, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("ERS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_are_the_seeds() -> None:
+    settings = load_settings()
+    assert settings.env is Environment.DEVELOPMENT
+    assert settings.max_backups == 50
+    assert settings.circuit_breaker_threshold == 5
+    assert settings.health_check_interval_s == 30
+    assert settings.emergency_rollback_enabled is True
+    assert settings.auto_rollback_enabled is False
+    intervals = settings.backup_interval_minutes
+    assert (intervals.system_state, intervals.conversations, intervals.profiles) == (15, 30, 30)
+    assert (intervals.budgets, intervals.full_system) == (60, 60)
+    assert settings.fault_injection is True
+
+
+def test_yaml_file_then_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text(
+        "max_backups: 100\ncircuit_breaker_threshold: 3\n"
+        "backup_interval_minutes:\n  budgets: 30\n"
+    )
+    monkeypatch.setenv("ERS_CIRCUIT_BREAKER_THRESHOLD", "7")
+    settings = load_settings()
+    assert settings.max_backups == 100
+    assert settings.circuit_breaker_threshold == 7
+    assert settings.backup_interval_minutes.budgets == 30
+    assert settings.backup_interval_minutes.conversations == 30
+
+
+def test_explicit_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.yaml"
+    config.write_text("env: production\nfault_injection_enabled: false\n")
+    monkeypatch.setenv("ERS_CONFIG", str(config))
+    settings = load_settings()
+    assert settings.env is Environment.PRODUCTION
+    assert settings.fault_injection is False
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"ERS_MAX_BACKUPS": "zero"}, "invalid setting 'max_backups'"),
+        ({"ERS_CIRCUIT_BREAKER_THRESHOLD": "0"}, "invalid setting 'circuit_breaker_threshold'"),
+        ({"ERS_ENV": "staging"}, "invalid setting 'env'"),
+        ({"ERS_CONFIG": "/nonexistent/ers.yaml"}, "ERS_CONFIG: no such file"),
+        ({"ERS_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "admin_token_file: cannot read"),
+    ],
+)
+def test_invalid_values_name_the_key(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text("max_backup: 3\n")
+    with pytest.raises(SettingsError, match="'max_backup': unknown key"):
+        load_settings()
+
+
+def test_token_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("s3cret-token\n")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", str(token_file))
+    settings = load_settings()
+    assert settings.token("admin") == "s3cret-token"
+    assert "s3cret-token" not in repr(settings)
+
+
+def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        env={"ERS_MAX_BACKUPS": "-1", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("ers: invalid setting 'max_backups'")
