@@ -7,8 +7,10 @@ and the chat service.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -23,12 +25,25 @@ from service import http_errors  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
+from service.health.checks import (  # noqa: E402
+    BreakersCheck,
+    DiskCheck,
+    EventLoopCheck,
+    LoopLagMonitor,
+    MemoryCheck,
+    StoresCheck,
+)
+from service.health.metrics import register_health_metrics  # noqa: E402
+from service.health.monitor import HealthMonitor  # noqa: E402
+from service.health.system_state import StateInputs, SystemStateMachine  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
-from service.routes import breakers, chat, faults, probes, profiles  # noqa: E402
+from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
+from service.routes import breakers, chat, faults, probes, profiles, status  # noqa: E402
 from service.runtime import Runtime  # noqa: E402
 from service.settings import Settings, load_settings  # noqa: E402
 from service.stores import Stores  # noqa: E402
-from service.team import breaker_configs, build_team  # noqa: E402
+from service.system_test import agent_steps, store_steps  # noqa: E402
+from service.team import Team, breaker_configs, build_team  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
 
 log = logging.getLogger("ers")
@@ -61,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(profiles.router)
     app.include_router(breakers.router)
+    app.include_router(status.router)
     if settings.fault_injection:
         app.include_router(faults.router)
     app.include_router(probes.router)
@@ -75,6 +91,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             exclude_spans=["receive", "send"],
         )
     return app
+
+
+def breaker_states(team: Team) -> dict[str, str]:
+    return {guard.name: guard.breaker.state.value for guard in team.guards.values()}
+
+
+SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})
+
+
+def failing_subsystems(health: HealthMonitor) -> list[str]:
+    report = health.last
+    if report is None:
+        return []
+    return [name for name in report.unhealthy() if name in SUBSYSTEM_CHECKS]
+
+
+async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None:
+    """Recovery ends by the passing of time, so the state is also looked at every second."""
+    while True:
+        await asyncio.sleep(interval_s)
+        state.evaluate()
 
 
 @asynccontextmanager
@@ -94,7 +131,41 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     breaker_metrics = BreakerMetrics(telemetry.meter)
     breaker_metrics.attach(team.breakers())
 
-    chat_service = ChatService(team.router, stores.conversations, instruments=instruments)
+    # Health: checks run every interval and on demand; the system state follows them, the
+    # breakers and the incidents.
+    lag_monitor = LoopLagMonitor()
+    memory_check = MemoryCheck()
+    health = HealthMonitor(
+        [
+            memory_check,
+            EventLoopCheck(lag_monitor),
+            StoresCheck(stores.by_component()),
+            DiskCheck(settings.data_dir),
+            BreakersCheck(lambda: breaker_states(team)),
+        ],
+        telemetry.tracer,
+        interval_s=settings.health_check_interval_s,
+    )
+    runtime_ref: list[Runtime] = []
+    state = SystemStateMachine(
+        StateInputs(
+            breaker_states=lambda: breaker_states(team),
+            active_incidents=lambda: runtime_ref[0].active_incidents(),
+            failing_subsystems=lambda: failing_subsystems(health),
+        ),
+        recovery_clean_s=settings.recovery_clean_s,
+    )
+    health.subscribe(lambda report: state.evaluate())
+    for breaker in team.breakers():
+        breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
+    register_health_metrics(telemetry.meter, state, health, memory_check, time.time())
+
+    chat_service = ChatService(
+        team.router,
+        stores.conversations,
+        system_state=lambda: state.state.value,
+        instruments=instruments,
+    )
     runtime = Runtime(
         settings=settings,
         telemetry=telemetry,
@@ -102,14 +173,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         team=team,
         chat=chat_service,
         faults=faults,
+        health=health,
+        state=state,
+        memory_check=memory_check,
+        system_test_steps=lambda: agent_steps(team) + store_steps(stores),
     )
+    runtime_ref.append(runtime)
     app.state.runtime = runtime
+    lag_monitor.start()
+    health.start()
+    state_ticker = asyncio.get_running_loop().create_task(tick_state(state), name="state")
     runtime.ready, runtime.not_ready_reason = True, None
     log.info("ERS ready (env=%s, data in %s)", settings.env, settings.data_dir)
     try:
         yield
     finally:
         runtime.ready, runtime.not_ready_reason = False, "shutting down"
+        state_ticker.cancel()
+        await health.stop()
+        await lag_monitor.stop()
         breaker_metrics.detach()
         stores.close_all()
         telemetry.shutdown()

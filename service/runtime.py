@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.chat import ChatService
 from service.faults import FaultInjector
+from service.health.checks import MemoryCheck
+from service.health.monitor import HealthMonitor
+from service.health.system_state import SystemStateMachine
 from service.settings import Settings
 from service.stores import Stores
+from service.system_test import Step
 from service.team import Team
 from telemetry.providers import Telemetry
 
@@ -21,6 +27,17 @@ class Runtime:
     team: Team
     chat: ChatService
     faults: FaultInjector | None
+    health: HealthMonitor
+    state: SystemStateMachine
+    memory_check: MemoryCheck
+    system_test_steps: Callable[[], list[Step]]
+    active_incidents: Callable[[], dict[str, int]] = lambda: {}
+    incidents_by_severity: Callable[[float], dict[str, int]] = lambda hours: {}
+    backups_summary: Callable[[], dict[str, Any]] = lambda: {
+        "available": 0,
+        "lastBackup": None,
+        "totalSize": "0 B",
+    }
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     not_ready_reason: str | None = "starting"

@@ -13,6 +13,7 @@ from service.agents.budget import BudgetAgent
 from service.agents.nutrition import NutritionAgent
 from service.agents.router import GENERAL_ANSWER, RouterAgent
 from service.agents.workout import WorkoutAgent
+from service.call_stats import CallStats
 from service.errors import UnknownAgent, UserInputError
 from service.faults import FaultInjector
 from service.instruments import AgentInstruments
@@ -42,6 +43,7 @@ class Team:
     breaker_config: BreakerConfig
     guard_config: GuardConfig
     answers: LastGoodAnswers = field(default_factory=LastGoodAnswers)
+    stats: CallStats = field(default_factory=CallStats)
     guards: dict[str, GuardedAgent] = field(default_factory=dict)
 
     def protect(
@@ -71,6 +73,7 @@ class Team:
             guard_config or self.guard_config,
             self.faults,
             factory,
+            stats=self.stats,
         )
         self.guards[agent.name] = guarded
         return guarded

@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from service.agents.base import Agent, AgentReply, AgentRequest
+from service.call_stats import CallStats
 from service.errors import DependencyError, UserInputError
 from service.faults import FaultInjector
 from service.instruments import AgentInstruments
@@ -90,6 +91,7 @@ class GuardedAgent:
         faults: FaultInjector | None = None,
         factory: Callable[[], Agent] | None = None,
         deadlines: DeadlineWatchdog | None = None,
+        stats: CallStats | None = None,
     ) -> None:
         self.name = agent.name
         self.agent = agent
@@ -106,6 +108,7 @@ class GuardedAgent:
         self._deadlines = deadlines or SHARED_DEADLINES
         self._first_timeout = min(self.config.timeout_s, self.config.total_budget_s)
         self._cache = fallback.cache
+        self._stats = stats
         self.restarts = 0
 
     def restart(self) -> bool:
@@ -143,7 +146,7 @@ class GuardedAgent:
             set_status_on_exception=False,
         ) as span:
             if request.synthetic:
-                return await self._attempt(request, self.config.timeout_s)
+                return await self._synthetic(request, span, started)
             try:
                 permit = self.breaker.acquire()
             except CallNotPermitted as rejected:
@@ -172,6 +175,24 @@ class GuardedAgent:
             if self._cache is not None and not reply.degraded and reply.agent == self.name:
                 self._cache.remember(request, reply)
             return reply
+
+    async def _synthetic(
+        self, request: AgentRequest, span: trace.Span, started: float
+    ) -> AgentReply:
+        """A canary call: bypasses the breaker and the call statistics, counted apart."""
+        try:
+            reply = await self._attempt(request, self.config.timeout_s)
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attribute("error.type", type(exc).__qualname__)
+            self._count_synthetic("synthetic_failure", started)
+            raise
+        self._count_synthetic("synthetic_success", started)
+        return reply
+
+    def _count_synthetic(self, outcome: str, started: float) -> None:
+        if self._instruments is not None:
+            self._instruments.calls.add(1, {"agent": self.name, "outcome": outcome})
 
     def _fail(
         self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
@@ -256,6 +277,8 @@ class GuardedAgent:
         )
 
     def _record(self, outcome: str, started: float) -> None:
+        if self._stats is not None:
+            self._stats.record(self.name, outcome, time.perf_counter() - started)
         if self._instruments is None:
             return
         labels = self._outcome_labels.get(outcome)

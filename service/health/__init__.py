@@ -1,0 +1,1 @@
+"""Health: checks with honest statuses, the monitor that runs them, the system state."""

@@ -1,0 +1,308 @@
+"""Health checks: each returns a status (healthy | degraded | unhealthy), a reason and the
+figures behind it. A check whose status is unhealthy may carry the error it stands for, which
+the monitor reports as an error span so the incident pipeline classifies it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from service.errors import StoreUnavailable
+from service.stores.sqlite import SqliteStore
+
+
+class Status(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+    @property
+    def rank(self) -> int:
+        return {"healthy": 0, "degraded": 1, "unhealthy": 2}[self.value]
+
+
+def worst(statuses: list[Status]) -> Status:
+    return max(statuses, key=lambda s: s.rank, default=Status.HEALTHY)
+
+
+class MemoryPressure(MemoryError):
+    """The process uses more memory than its critical line allows."""
+
+
+class EventLoopStalled(RuntimeError):
+    """The event loop did not get to run for too long."""
+
+
+class StoreNotWritable(OSError):
+    """A state store cannot be written."""
+
+
+class DiskSpaceLow(OSError):
+    """The data directory's disk is nearly full."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    reason: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+    component: str = "system"
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "reason": self.reason,
+            "figures": self.figures,
+            "checkedAt": self.at,
+        }
+
+
+class HealthCheck(Protocol):
+    name: str
+
+    async def run(self) -> CheckResult: ...
+
+
+# --- memory ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    rss_bytes: int
+    limit_bytes: int
+    limit_source: str
+
+    @property
+    def ratio(self) -> float:
+        return self.rss_bytes / self.limit_bytes if self.limit_bytes else 0.0
+
+
+def _cgroup_limit() -> int | None:
+    for path, unlimited_above in (
+        (Path("/sys/fs/cgroup/memory.max"), None),
+        (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), 1 << 60),
+    ):
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw == "max":
+            return None
+        value = int(raw)
+        if unlimited_above is not None and value >= unlimited_above:
+            return None
+        return value
+    return None
+
+
+def read_memory() -> MemoryReading:
+    """This process's resident memory against the cgroup limit, else physical memory."""
+    rss = psutil.Process().memory_info().rss
+    limit = _cgroup_limit()
+    if limit is not None:
+        return MemoryReading(rss, limit, "cgroup")
+    return MemoryReading(rss, psutil.virtual_memory().total, "physical")
+
+
+class MemoryCheck:
+    name = "memory"
+
+    def __init__(
+        self,
+        reader: Callable[[], MemoryReading] = read_memory,
+        warning: float = 0.80,
+        critical: float = 0.90,
+    ) -> None:
+        self.reader, self.warning, self.critical = reader, warning, critical
+        self.last: MemoryReading | None = None
+
+    async def run(self) -> CheckResult:
+        reading = self.last = self.reader()
+        share = reading.ratio
+        figures = {
+            "rssBytes": reading.rss_bytes,
+            "limitBytes": reading.limit_bytes,
+            "limitSource": reading.limit_source,
+            "usage": round(share, 4),
+        }
+        percent = f"{share:.0%}"
+        if share >= self.critical:
+            error = MemoryPressure(f"Memory usage exceeded {self.critical:.0%} ({percent})")
+            return CheckResult(
+                self.name, Status.UNHEALTHY, f"memory at {percent} of the limit", figures, error
+            )
+        if share >= self.warning:
+            return CheckResult(
+                self.name, Status.DEGRADED, f"memory at {percent}, over the 80% line", figures
+            )
+        return CheckResult(self.name, Status.HEALTHY, f"memory at {percent}", figures)
+
+
+# --- event loop -----------------------------------------------------------------------
+
+
+class LoopLagMonitor:
+    """Samples how late the event loop wakes a sleeping task; keeps the worst recent lag."""
+
+    def __init__(self, interval_s: float = 0.25, window: int = 40) -> None:
+        self.interval_s = interval_s
+        self._samples: list[float] = []
+        self._window = window
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._sample(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _sample(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.observe(max(0.0, loop.time() - expected))
+
+    def observe(self, lag_s: float) -> None:
+        self._samples.append(lag_s)
+        if len(self._samples) > self._window:
+            del self._samples[0]
+
+    @property
+    def worst_s(self) -> float:
+        return max(self._samples, default=0.0)
+
+
+class EventLoopCheck:
+    name = "event_loop"
+
+    def __init__(self, monitor: LoopLagMonitor, warning_s: float = 0.1, critical_s: float = 1.0):
+        self._monitor, self.warning_s, self.critical_s = monitor, warning_s, critical_s
+
+    async def run(self) -> CheckResult:
+        lag = self._monitor.worst_s
+        figures = {"lagMs": round(lag * 1000, 2)}
+        if lag >= self.critical_s:
+            error = EventLoopStalled(f"event loop lag {lag:.2f} s")
+            return CheckResult(self.name, Status.UNHEALTHY, "event loop stalled", figures, error)
+        if lag >= self.warning_s:
+            return CheckResult(self.name, Status.DEGRADED, f"event loop lag {lag:.2f} s", figures)
+        return CheckResult(self.name, Status.HEALTHY, "event loop responsive", figures)
+
+
+# --- state stores ---------------------------------------------------------------------
+
+
+class StoresCheck:
+    name = "stores"
+
+    def __init__(self, stores: Mapping[str, SqliteStore]) -> None:
+        self._stores = stores
+
+    async def run(self) -> CheckResult:
+        failing: dict[str, str] = {}
+        for component, store in self._stores.items():
+            try:
+                store.check_writable()
+            except StoreUnavailable as exc:
+                failing[component] = exc.reason
+        figures = {name: failing.get(name, "writable") for name in self._stores}
+        if failing:
+            names = ", ".join(sorted(failing))
+            error = StoreNotWritable(f"state store not writable: {names}")
+            return CheckResult(
+                self.name, Status.UNHEALTHY, f"not writable: {names}", figures, error
+            )
+        return CheckResult(self.name, Status.HEALTHY, "every store writable", figures)
+
+
+# --- disk -----------------------------------------------------------------------------
+
+
+class DiskCheck:
+    name = "disk"
+
+    def __init__(
+        self,
+        path: Path,
+        warning_free: float = 0.10,
+        critical_free: float = 0.02,
+        usage: Callable[[Path], Any] = shutil.disk_usage,
+    ) -> None:
+        self._path, self.warning_free, self.critical_free = path, warning_free, critical_free
+        self._usage = usage
+
+    async def run(self) -> CheckResult:
+        try:
+            usage = self._usage(self._path)
+        except OSError as exc:
+            error = DiskSpaceLow(f"cannot read disk usage of {self._path}: {exc.strerror}")
+            return CheckResult(self.name, Status.UNHEALTHY, str(error), {}, error)
+        free = usage.free / usage.total if usage.total else 0.0
+        figures = {"freeBytes": usage.free, "totalBytes": usage.total, "free": round(free, 4)}
+        if free <= self.critical_free:
+            error = DiskSpaceLow(f"disk of {self._path} is {1 - free:.0%} full")
+            return CheckResult(self.name, Status.UNHEALTHY, str(error), figures, error)
+        if free <= self.warning_free:
+            return CheckResult(self.name, Status.DEGRADED, f"{free:.0%} disk free", figures)
+        return CheckResult(self.name, Status.HEALTHY, f"{free:.0%} disk free", figures)
+
+
+# --- breakers and incidents -----------------------------------------------------------
+
+
+class BreakersCheck:
+    name = "breakers"
+
+    def __init__(self, states: Callable[[], dict[str, str]]) -> None:
+        self._states = states
+
+    async def run(self) -> CheckResult:
+        states = self._states()
+        isolated = sorted(n for n, s in states.items() if s in ("open", "forced_open"))
+        testing = sorted(n for n, s in states.items() if s == "half_open")
+        figures = {"states": states, "isolated": isolated, "halfOpen": testing}
+        if isolated and len(isolated) * 2 > len(states):
+            return CheckResult(
+                self.name,
+                Status.UNHEALTHY,
+                f"most agents isolated: {', '.join(isolated)}",
+                figures,
+            )
+        if isolated or testing:
+            words = ", ".join(isolated + testing)
+            return CheckResult(self.name, Status.DEGRADED, f"not closed: {words}", figures)
+        return CheckResult(self.name, Status.HEALTHY, "every breaker closed", figures)
+
+
+class IncidentsCheck:
+    name = "incidents"
+
+    def __init__(self, active: Callable[[], dict[str, int]], alert_at: int = 5) -> None:
+        self._active, self.alert_at = active, alert_at
+
+    async def run(self) -> CheckResult:
+        by_severity = self._active()
+        total = sum(by_severity.values())
+        figures = {"active": total, "bySeverity": by_severity}
+        if by_severity.get("critical"):
+            return CheckResult(
+                self.name, Status.UNHEALTHY, "a critical incident is active", figures
+            )
+        if total >= self.alert_at or by_severity.get("high"):
+            return CheckResult(self.name, Status.DEGRADED, f"{total} active incidents", figures)
+        return CheckResult(self.name, Status.HEALTHY, f"{total} active incidents", figures)

@@ -1,0 +1,129 @@
+"""Runs the health checks every interval and on demand; reports critical ones as error spans.
+
+An unhealthy check that stands for an error (memory pressure, a store that cannot be
+written) becomes a span ``health.<check>`` with status ERROR and the exception recorded, so
+the incident pipeline classifies it like any failed call: no side channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status as SpanStatus
+from opentelemetry.trace import StatusCode
+
+from service.health.checks import CheckResult, HealthCheck, Status, worst
+
+log = logging.getLogger("ers.health")
+
+CHECK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    overall: Status
+    checks: dict[str, CheckResult]
+    at: float = field(default_factory=time.time)
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "overall": self.overall.value,
+            "checkedAt": self.at,
+            "durationMs": round(self.duration_s * 1000, 2),
+            "checks": {name: result.as_dict() for name, result in self.checks.items()},
+        }
+
+    def unhealthy(self) -> list[str]:
+        return sorted(n for n, r in self.checks.items() if r.status is Status.UNHEALTHY)
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        checks: list[HealthCheck],
+        tracer: trace.Tracer,
+        interval_s: float = 30.0,
+    ) -> None:
+        self.checks = checks
+        self.interval_s = interval_s
+        self._tracer = tracer
+        self._listeners: list[Callable[[HealthReport], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.last: HealthReport | None = None
+
+    def add_check(self, check: HealthCheck) -> None:
+        self.checks.append(check)
+
+    def subscribe(self, listener: Callable[[HealthReport], None]) -> None:
+        self._listeners.append(listener)
+
+    async def evaluate(self) -> HealthReport:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(self._run(check) for check in self.checks))
+        report = HealthReport(
+            overall=worst([r.status for r in results]),
+            checks={r.name: r for r in results},
+            duration_s=time.perf_counter() - started,
+        )
+        self.last = report
+        for result in results:
+            if result.status is Status.UNHEALTHY and result.error is not None:
+                self._report_error(result)
+        for listener in self._listeners:
+            try:
+                listener(report)
+            except Exception:
+                log.exception("health listener failed")
+        return report
+
+    async def _run(self, check: HealthCheck) -> CheckResult:
+        try:
+            return await asyncio.wait_for(check.run(), CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return CheckResult(
+                check.name, Status.UNHEALTHY, f"the check took over {CHECK_TIMEOUT_S:g} s"
+            )
+        except Exception as exc:
+            return CheckResult(
+                check.name, Status.UNHEALTHY, f"the check failed: {type(exc).__name__}: {exc}"
+            )
+
+    def _report_error(self, result: CheckResult) -> None:
+        error = result.error
+        assert error is not None
+        with self._tracer.start_as_current_span(
+            f"health.{result.name}",
+            attributes={"ers.check": result.name, "ers.component": result.component},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            span.record_exception(error)
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.set_attribute(
+                "ers.exception.bases",
+                [c.__name__ for c in type(error).__mro__[1:] if c not in (object, BaseException)],
+            )
+            span.set_status(SpanStatus(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.evaluate()
+            except Exception:
+                log.exception("health evaluation failed")
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from service.health.system_state import StateInputs, SystemState, SystemStateMachine
+
+
+class World:
+    def __init__(self) -> None:
+        self.breakers = {
+            "router": "closed",
+            "nutrition": "closed",
+            "workout": "closed",
+            "budget": "closed",
+        }
+        self.incidents: dict[str, int] = {}
+        self.failing: list[str] = []
+        self.now = 1000.0
+
+    def machine(self, recovery_clean_s: float = 60) -> SystemStateMachine:
+        return SystemStateMachine(
+            StateInputs(
+                lambda: dict(self.breakers),
+                lambda: dict(self.incidents),
+                lambda: list(self.failing),
+            ),
+            recovery_clean_s=recovery_clean_s,
+            clock=lambda: self.now,
+        )
+
+
+def test_full_cycle_normal_degraded_emergency_recovery_normal() -> None:
+    world = World()
+    machine = world.machine()
+    seen = []
+    machine.subscribe(seen.append)
+    assert machine.evaluate() is SystemState.NORMAL
+
+    world.breakers["budget"] = "open"
+    assert machine.evaluate() is SystemState.DEGRADED
+    assert "budget" in machine.reason
+
+    world.incidents = {"critical": 1}
+    assert machine.evaluate() is SystemState.EMERGENCY
+
+    world.incidents = {}
+    world.breakers["budget"] = "closed"
+    assert machine.evaluate() is SystemState.RECOVERY
+    world.now += 59
+    assert machine.evaluate() is SystemState.RECOVERY
+    world.now += 1
+    assert machine.evaluate() is SystemState.NORMAL
+    assert [(t.from_state.value, t.to_state.value) for t in seen] == [
+        ("normal", "degraded"),
+        ("degraded", "emergency"),
+        ("emergency", "recovery"),
+        ("recovery", "normal"),
+    ]
+
+
+def test_most_agents_isolated_is_an_emergency() -> None:
+    world = World()
+    machine = world.machine()
+    for name in ("nutrition", "workout", "budget"):
+        world.breakers[name] = "forced_open"
+    assert machine.evaluate() is SystemState.EMERGENCY
+    assert "most agents isolated" in machine.reason
+
+
+def test_high_incident_and_failing_subsystem_degrade() -> None:
+    world = World()
+    machine = world.machine()
+    world.incidents = {"high": 2, "low": 3}
+    assert machine.evaluate() is SystemState.DEGRADED
+    world.incidents = {"low": 3}
+    world.failing = ["backups"]
+    assert machine.evaluate() is SystemState.DEGRADED
+    assert "backups" in machine.reason
+
+
+def test_relapse_during_recovery_goes_back() -> None:
+    world = World()
+    machine = world.machine()
+    world.breakers["workout"] = "open"
+    machine.evaluate()
+    world.breakers["workout"] = "closed"
+    assert machine.evaluate() is SystemState.RECOVERY
+    world.breakers["workout"] = "open"
+    assert machine.evaluate() is SystemState.DEGRADED
+    world.breakers["workout"] = "closed"
+    machine.evaluate()
+    world.now += 30
+    assert machine.evaluate() is SystemState.RECOVERY  # the clean time starts over
