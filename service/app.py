@@ -22,6 +22,7 @@ from fastapi import FastAPI  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
 from service import http_errors  # noqa: E402
+from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
@@ -40,7 +41,7 @@ from service.instruments import AgentInstruments  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
 from service.routes import breakers, chat, faults, probes, profiles, status  # noqa: E402
 from service.runtime import Runtime  # noqa: E402
-from service.settings import Settings, load_settings  # noqa: E402
+from service.settings import Settings, check_production, load_settings  # noqa: E402
 from service.stores import Stores  # noqa: E402
 from service.system_test import agent_steps, store_steps  # noqa: E402
 from service.team import Team, breaker_configs, build_team  # noqa: E402
@@ -60,6 +61,7 @@ def service_version() -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    check_production(settings)
     breaker_configs(settings)  # an invalid per-agent override stops start-up here, in one line
     telemetry = build_telemetry(
         settings.service_name, service_version(), enabled=settings.telemetry_enabled
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # the tracing cost of every chat and say nothing an operator needs.
             exclude_spans=["receive", "send"],
         )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
 
 

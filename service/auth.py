@@ -75,6 +75,15 @@ async def require_intake(request: Request) -> str:
     return check_token(request, _settings(request), "intake")
 
 
+async def require_admin_read(request: Request) -> str:
+    """Reads of /api/emergency/* are open outside production and need the admin token in it."""
+    settings = _settings(request)
+    if settings.env is Environment.PRODUCTION:
+        return check_token(request, settings, "admin")
+    return "reader"
+
+
+AdminRead = Depends(require_admin_read)
 AdminAuth = Annotated[str, Depends(require_admin)]
 AlertAuth = Annotated[str, Depends(require_alert)]
 IntakeAuth = Annotated[str, Depends(require_intake)]

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     telemetry_enabled: bool = True
 
     fault_injection_enabled: bool | None = None
+    # Largest request body accepted; larger ones get 413.
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
 
     @classmethod
     def settings_customise_sources(
@@ -156,6 +158,35 @@ class Settings(BaseSettings):
 
     def component_path(self, component: str) -> Path:
         return self.data_dir / f"{component}.sqlite3"
+
+
+def check_production(settings: Settings) -> None:
+    """Production refuses to start without its tokens, with a restic password file that
+    others can read, or with fault injection on."""
+    if settings.env is not Environment.PRODUCTION:
+        return
+    for name in ("admin", "alert", "intake"):
+        if settings.token(name) is None:
+            raise SettingsError(
+                f"production needs ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE; "
+                "set it before starting"
+            )
+    if settings.fault_injection_enabled:
+        raise SettingsError(
+            "invalid setting 'fault_injection_enabled': fault injection is never allowed in "
+            "production; unset it"
+        )
+    password = settings.restic_password_file
+    try:
+        mode = password.stat().st_mode
+    except OSError:
+        raise SettingsError(
+            f"production needs the restic password file {password}; create it with mode 0600"
+        ) from None
+    if mode & 0o077:
+        raise SettingsError(
+            f"restic password file {password} has mode {mode & 0o777:o}; run: chmod 600 {password}"
+        )
 
 
 def _config_path() -> Path | None:

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.auth import AdminAuth
+from service.auth import AdminAuth, AdminRead
 from service.deps import Team
 from service.resilience.breaker import ResetRefused
 
-router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"])
+router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
 
 
 class ResetRequest(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from service.auth import AdminAuth
+from service.auth import AdminAuth, AdminRead
 from service.call_stats import MAX_HOURS
 from service.deps import RuntimeDep
 from service.health.checks import Status
@@ -16,7 +16,7 @@ from service.health.uptime import describe_uptime
 from service.routes.breakers import breaker_report
 from service.system_test import run_steps
 
-router = APIRouter(prefix="/api/emergency", tags=["status"])
+router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead])
 
 
 @router.get("/status")

@@ -1,0 +1,1 @@
+"""Alertmanager's webhook: validated payloads, an idempotency ledger, and the actions."""

@@ -1,0 +1,54 @@
+"""Alertmanager's webhook payload, version 4, validated."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LabelMap = dict[str, str]
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["firing", "resolved"]
+    labels: LabelMap = Field(max_length=64)
+    annotations: LabelMap = Field(default_factory=dict, max_length=64)
+    startsAt: datetime
+    endsAt: datetime | None = None
+    generatorURL: str = Field("", max_length=2048)
+    fingerprint: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z]+$")
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "unnamed")
+
+    @property
+    def action(self) -> str | None:
+        action = self.labels.get("action")
+        return None if action in (None, "", "none") else action
+
+    @property
+    def target(self) -> str | None:
+        return self.labels.get("agent") or self.labels.get("component")
+
+    def describe(self) -> str:
+        summary = self.annotations.get("summary") or self.annotations.get("description") or ""
+        return f"{self.name}: {summary}".strip(": ")[:300]
+
+
+class WebhookPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    version: Literal["4"]
+    groupKey: str = Field(max_length=4096)
+    truncatedAlerts: int = Field(0, ge=0)
+    status: Literal["firing", "resolved"]
+    receiver: str = Field(max_length=256)
+    groupLabels: LabelMap = Field(default_factory=dict)
+    commonLabels: LabelMap = Field(default_factory=dict)
+    commonAnnotations: LabelMap = Field(default_factory=dict)
+    externalURL: str = Field("", max_length=2048)
+    alerts: list[Alert] = Field(min_length=1, max_length=1000)

@@ -1,0 +1,86 @@
+"""Production rules, body limits and reads that need the admin token in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from service.app import create_app
+from service.settings import Settings, SettingsError
+
+
+def production(tmp_path: Path, **changes: object) -> Settings:
+    password = tmp_path / "restic-password"
+    password.write_text("pw")
+    password.chmod(0o600)
+    values: dict[str, object] = {
+        "env": "production",
+        "data_dir": tmp_path / "data",
+        "restic_password_file": password,
+        "admin_token": SecretStr("adm1n"),
+        "alert_token": SecretStr("al3rt"),
+        "intake_token": SecretStr("int4ke"),
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes,expected",
+    [
+        ({"admin_token": None}, "production needs ERS_ADMIN_TOKEN"),
+        ({"intake_token": None}, "production needs ERS_INTAKE_TOKEN"),
+        ({"fault_injection_enabled": True}, "fault injection is never allowed in production"),
+    ],
+)
+def test_production_refuses_to_start(
+    tmp_path: Path, changes: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(SettingsError, match=expected):
+        create_app(production(tmp_path, **changes))
+
+
+def test_production_refuses_a_readable_password_file(tmp_path: Path) -> None:
+    settings = production(tmp_path)
+    settings.restic_password_file.chmod(0o644)
+    with pytest.raises(SettingsError, match="chmod 600"):
+        create_app(settings)
+
+
+async def test_production_reads_need_the_admin_token_and_hide_fault_injection(
+    tmp_path: Path,
+) -> None:
+    app = create_app(production(tmp_path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            assert (await http.get("/api/emergency/status")).status_code == 401
+            headers = {"Authorization": "Bearer adm1n"}
+            assert (await http.get("/api/emergency/status", headers=headers)).status_code == 200
+            simulate = await http.post(
+                "/api/emergency/simulate-error", json={"component": "budget"}, headers=headers
+            )
+            assert simulate.status_code == 404
+            # The open endpoints stay open.
+            assert (await http.post("/chat", json={"message": "hi"})).status_code == 200
+            assert (await http.get("/livez")).status_code == 200
+            assert (await http.get("/metrics")).status_code == 200
+
+
+async def test_oversized_bodies_get_413(client: httpx.AsyncClient) -> None:
+    big = b'{"message": "' + b"x" * 2_000_000 + b'"}'
+    declared = await client.post("/chat", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+    assert "at most 1048576 bytes" in declared.json()["detail"]
+
+    async def chunks():  # no content-length: the size is counted while reading
+        for _ in range(40):
+            yield b"x" * 65536
+
+    streamed = await client.post(
+        "/chat", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
