@@ -1,0 +1,136 @@
+"""The responder runs each protocol's actions once per incident within a cooldown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from service.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
+from service.settings import Settings
+from service.stores import Stores
+from service.team import build_team
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, str, str, dict[str, Any]]] = []
+
+    def add_timeline(
+        self, incident_id: str, kind: str, message: str, actor: str, data: dict[str, Any]
+    ) -> None:
+        self.entries.append((incident_id, kind, message, actor, data))
+
+    def results(self) -> list[tuple[str, str]]:
+        return [(e[4]["action"], e[4]["result"]) for e in self.entries if e[1] == "action_finished"]
+
+
+@pytest.fixture
+def team(tmp_path: Path):  # noqa: ANN201
+    stores = Stores.in_directory(tmp_path)
+    stores.open_all()
+    yield build_team(
+        stores, TracerProvider().get_tracer("t"), None, None, Settings(data_dir=tmp_path)
+    )
+    stores.close_all()
+
+
+def make(team, **kwargs: Any) -> tuple[Responder, Timeline, list[float]]:  # noqa: ANN001
+    timeline = Timeline()
+    now = [0.0]
+    responder = Responder(team, timeline, clock=lambda: now[0], **kwargs)
+    return responder, timeline, now
+
+
+async def test_agent_failure_isolates_and_restarts(team) -> None:  # noqa: ANN001
+    responder, timeline, _ = make(team, isolate_ttl_s=30)
+    before = team.get("nutrition").agent
+    await responder.respond(ResponseContext("INC_1", "AGENT_FAILURE", "nutrition", "crashes"))
+    breaker = team.get("nutrition").breaker
+    assert breaker.state.value == "forced_open"
+    assert breaker.snapshot()["forced"]["source"] == "responder"
+    assert team.get("nutrition").agent is not before
+    assert timeline.results() == [("isolate", "success"), ("restart_agent", "success")]
+    assert [e[1] for e in timeline.entries] == [
+        "action_started",
+        "action_finished",
+        "action_started",
+        "action_finished",
+    ]
+
+
+async def test_actions_run_once_per_incident_within_the_cooldown(team) -> None:  # noqa: ANN001
+    responder, timeline, now = make(team, cooldown_s=60)
+    context = ResponseContext("INC_2", "SERVICE_DEGRADATION", "budget", "db timeouts")
+    first = await responder.respond(context)
+    second = await responder.respond(context)
+    assert [r.result for r in first] == ["success", "success"]
+    assert [r.result for r in second] == ["skipped", "skipped"]
+    other = await responder.respond(ResponseContext("INC_3", "SERVICE_DEGRADATION", "budget", "x"))
+    assert [r.result for r in other] == ["success", "success"]
+    now[0] += 61
+    assert [r.result for r in await responder.respond(context)] == ["success", "success"]
+
+
+async def test_critical_failure_without_backups_and_auto_rollback(team) -> None:  # noqa: ANN001
+    responder, timeline, _ = make(team)
+    results = await responder.respond(
+        ResponseContext("INC_4", "CRITICAL_SYSTEM_FAILURE", "core", "uncaught")
+    )
+    assert [(r.action, r.result) for r in results] == [
+        ("emergency_backup", "not_available"),
+        ("minimal_response_mode", "success"),
+        ("rollback", "approval_needed"),
+    ]
+    assert responder.minimal_mode
+
+
+async def test_critical_failure_with_backups_and_auto_rollback(team) -> None:  # noqa: ANN001
+    responder, _, _ = make(team, auto_rollback=True)
+    calls: list[str] = []
+
+    async def backup(context: ResponseContext) -> str:
+        calls.append("backup")
+        return "snapshot 1234abcd"
+
+    async def rollback(context: ResponseContext) -> str:
+        calls.append("rollback")
+        return "rolled back to 1234abcd"
+
+    responder.emergency_backup, responder.rollback = backup, rollback
+    results = await responder.respond(ResponseContext("INC_5", "CRITICAL_SYSTEM_FAILURE", "x", "y"))
+    assert [r.result for r in results] == ["success", "success", "success"]
+    assert calls == ["backup", "rollback"]
+
+
+async def test_a_failing_action_is_recorded_not_raised(team) -> None:  # noqa: ANN001
+    responder, timeline, _ = make(team)
+
+    async def broken(context: ResponseContext) -> str:
+        raise OSError("repository unreachable")
+
+    responder.emergency_backup = broken
+    results = await responder.respond(ResponseContext("INC_6", "CRITICAL_SYSTEM_FAILURE", "x", "y"))
+    assert results[0].result == "failed" and "repository unreachable" in results[0].detail
+    assert results[1].result == "success"
+
+
+async def test_resource_exhaustion_trims_caches(team) -> None:  # noqa: ANN001
+    from service.agents.base import AgentReply, AgentRequest
+
+    for i in range(100):
+        team.answers.remember(AgentRequest("m", f"u{i}"), AgentReply("a", "nutrition"))
+    responder, _, _ = make(team)
+    (result,) = await responder.respond(ResponseContext("INC_7", "RESOURCE_EXHAUSTION", "s", "m"))
+    assert result.result == "success" and "dropped 75" in result.detail
+    assert len(team.answers) == 25
+
+
+def test_every_protocol_names_known_actions(team) -> None:  # noqa: ANN001
+    responder, _, _ = make(team)
+    for actions in PROTOCOL_ACTIONS.values():
+        for action in actions:
+            assert action in responder._actions
+    assert responder.actions_for("LOG_ONLY") == ()
