@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.errors import StoreUnavailable, UnknownAgent
 
@@ -72,7 +75,34 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+class ErrorBody(BaseModel):
+    """Every error reply: ``detail`` says what went wrong and what to do."""
+
+    detail: str
+    error: str | None = None
+    problems: list[str] | None = None
+    component: str | None = None
+
+
+def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents 422 replies as its own list of errors; ERS answers with ErrorBody."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["HTTPValidationError"] = ErrorBody.model_json_schema()
+            schemas.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
+    app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownAgent, unknown_agent)  # type: ignore[arg-type]
