@@ -73,10 +73,10 @@ async def run_load(
     connections: int = 16,
     total_requests: int = 2000,
     time_limit_s: float = 30.0,
-    check: Callable[[int, bytes], None] | None = None,
+    check: Callable[[int, int, bytes], None] | None = None,
 ) -> LoadResult:
     """Send ``total_requests`` over ``connections`` keep-alive connections, or stop at the
-    time limit, whichever comes first."""
+    time limit, whichever comes first. ``check(n, status, body)`` sees every reply."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     counter = iter(range(total_requests))
@@ -104,7 +104,7 @@ async def run_load(
                 latencies.append(time.perf_counter() - started)
                 statuses[status] += 1
                 if check is not None:
-                    check(status, body)
+                    check(n, status, body)
         finally:
             writer.close()
 

@@ -8,7 +8,9 @@ fallback all come from the same path a genuine failure takes.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.errors import AgentFailure, DependencyError
@@ -60,14 +62,17 @@ class Fault:
     remaining: int | None  # None: until cleared
     delay_s: float = 0.0
     expires_at: float | None = None
+    # Share of calls that fail (1.0: every call); the others run normally.
+    rate: float = 1.0
 
     def exception(self) -> BaseException:
         return ERROR_TYPES[self.error_type](self.message)
 
 
 class FaultInjector:
-    def __init__(self) -> None:
+    def __init__(self, random_source: Callable[[], float] = random.random) -> None:
         self._faults: dict[str, Fault] = {}
+        self._random = random_source
 
     def inject(
         self,
@@ -77,6 +82,7 @@ class FaultInjector:
         count: int | None = None,
         delay_s: float = 0.0,
         duration_s: float | None = None,
+        rate: float = 1.0,
     ) -> Fault:
         if error_type not in ERROR_TYPES:
             known = ", ".join(ERROR_TYPES)
@@ -87,6 +93,7 @@ class FaultInjector:
             remaining=count,
             delay_s=delay_s,
             expires_at=time.monotonic() + duration_s if duration_s else None,
+            rate=rate,
         )
         self._faults[agent] = fault
         return fault
@@ -110,6 +117,8 @@ class FaultInjector:
             return
         if fault.expires_at is not None and time.monotonic() >= fault.expires_at:
             self._faults.pop(agent, None)
+            return
+        if fault.rate < 1.0 and self._random() >= fault.rate:
             return
         if fault.remaining is not None:
             fault.remaining -= 1

@@ -31,6 +31,7 @@ class SimulateError(BaseModel):
     count: int | None = Field(None, ge=1, le=10_000, description="failing calls; default: all")
     durationSeconds: float | None = Field(None, gt=0, le=24 * 3600)
     delaySeconds: float = Field(0.0, ge=0, le=60, description="latency before failing")
+    failureRate: float = Field(1.0, gt=0, le=1, description="share of calls that fail")
 
 
 @router.post("/simulate-error")
@@ -46,6 +47,7 @@ async def simulate_error(
         count=body.count,
         delay_s=body.delaySeconds,
         duration_s=body.durationSeconds,
+        rate=body.failureRate,
     )
     return {
         "injected": True,
@@ -54,6 +56,7 @@ async def simulate_error(
         "exception": ERROR_TYPES[fault.error_type].__name__,
         "message": fault.message,
         "remainingCalls": fault.remaining,
+        "failureRate": fault.rate,
         "expectedSeverity": body.severity,
     }
 
