@@ -29,7 +29,7 @@ test: $(STAMP) system-test
 	$(PY) -m pytest -q
 
 bench: $(STAMP) system-test
-	$(PY) -m bench
+	$(PY) -m bench --readme
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

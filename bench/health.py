@@ -1,0 +1,115 @@
+"""Cost of the status and health endpoints while /chat is under load, and the service's
+memory after 100,000 chats with 30% of agent calls failing.
+
+Last lines: ``status_p99_ms=`` (target < 20) and ``rss_after_load_mb=`` (target < 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import httpx
+import psutil
+
+from bench.loadgen import build_post, run_load
+from bench.server import ers_server
+
+MESSAGES = ("plan my meals", "make me a workout plan", "budget report", "hello")
+
+
+def _percentiles(samples_ms: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples_ms)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def _probe(url: str, path: str, count: int, pause_s: float) -> list[float]:
+    samples = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for _ in range(count):
+            started = time.perf_counter()
+            reply = await http.get(path)
+            samples.append((time.perf_counter() - started) * 1000)
+            assert reply.status_code in (200, 503), reply.text
+            await asyncio.sleep(pause_s)
+    return samples
+
+
+async def _under_load(url: str, probes: int) -> dict[str, tuple[float, float]]:
+    host = url.removeprefix("http://")
+
+    def request(n: int) -> bytes:
+        return build_post(host, "/chat", {"message": MESSAGES[n % 4], "userId": f"u{n % 50}"})
+
+    load = asyncio.ensure_future(
+        run_load(url, request, connections=16, total_requests=10**6, time_limit_s=30)
+    )
+    await asyncio.sleep(1)
+    status = await _probe(url, "/api/emergency/status", probes, 0.02)
+    health = await _probe(url, "/api/emergency/health?refresh=true", max(10, probes // 10), 0.05)
+    load.cancel()
+    await asyncio.gather(load, return_exceptions=True)
+    return {"status": _percentiles(status), "health": _percentiles(health)}
+
+
+def _server_pid(url: str) -> int:
+    port = int(url.rsplit(":", 1)[1])
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+            return conn.pid
+    raise RuntimeError("cannot find the server process")
+
+
+def measure(chats: int = 100_000, probes: int = 300) -> dict[str, float]:
+    with ers_server({"ERS_BREAKER_OPEN_DURATION_S": "2"}) as url:
+        timings = asyncio.run(_under_load(url, probes))
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for agent in ("router", "nutrition", "workout", "budget"):
+                http.post(
+                    "/api/emergency/simulate-error",
+                    json={"component": agent, "errorType": "agent", "failureRate": 0.3},
+                ).raise_for_status()
+        host = url.removeprefix("http://")
+
+        def request(n: int) -> bytes:
+            body = {"message": f"{MESSAGES[n % 4]} {n}", "userId": f"user-{n % 1000}"}
+            return build_post(host, "/chat", body)
+
+        result = asyncio.run(
+            run_load(url, request, connections=16, total_requests=chats, time_limit_s=600)
+        )
+        rss_mb = psutil.Process(_server_pid(url)).memory_info().rss / 1e6
+    return {
+        "status_p50_ms": timings["status"][0],
+        "status_p99_ms": timings["status"][1],
+        "health_p50_ms": timings["health"][0],
+        "health_p99_ms": timings["health"][1],
+        "chats": result.requests,
+        "chat_rps": result.throughput,
+        "rss_after_load_mb": rss_mb,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chats", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    figures = measure(args.chats)
+    print(f"{'endpoint under /chat load':<36}{'p50 ms':>10}{'p99 ms':>10}")
+    print(
+        f"{'GET /api/emergency/status':<36}{figures['status_p50_ms']:>10.2f}"
+        f"{figures['status_p99_ms']:>10.2f}"
+    )
+    print(
+        f"{'GET /api/emergency/health (full)':<36}{figures['health_p50_ms']:>10.2f}"
+        f"{figures['health_p99_ms']:>10.2f}"
+    )
+    print(f"{figures['chats']} chats at {figures['chat_rps']:.0f}/s with 30% failing")
+    print(f"status_p99_ms={figures['status_p99_ms']:.2f}")
+    print(f"rss_after_load_mb={figures['rss_after_load_mb']:.1f}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
