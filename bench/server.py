@@ -32,6 +32,7 @@ def ers_server(env: dict[str, str] | None = None) -> Iterator[str]:
             "ERS_DATA_DIR": str(workdir / "data"),
             "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
             "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+            "ERS_BACKUPS_ENABLED": "false",
             **(env or {}),
         }
         log = (workdir / "server.log").open("wb")

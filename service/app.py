@@ -22,10 +22,18 @@ from fastapi import FastAPI  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
 from service import http_errors  # noqa: E402
+from service.audit import AuditLog  # noqa: E402
+from service.backup_metrics import BackupMetrics  # noqa: E402
+from service.backups import BackupService  # noqa: E402
 from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
+from service.health.backup_checks import (  # noqa: E402
+    BackupAgeCheck,
+    RepositoryCheck,
+    RestoreDrillCheck,
+)
 from service.health.checks import (  # noqa: E402
     BreakersCheck,
     DiskCheck,
@@ -39,6 +47,7 @@ from service.health.monitor import HealthMonitor  # noqa: E402
 from service.health.system_state import StateInputs, SystemStateMachine  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
+from service.routes import backups as backup_routes  # noqa: E402
 from service.routes import breakers, chat, faults, probes, profiles, status  # noqa: E402
 from service.runtime import Runtime  # noqa: E402
 from service.settings import Settings, check_production, load_settings  # noqa: E402
@@ -79,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(profiles.router)
     app.include_router(breakers.router)
     app.include_router(status.router)
+    app.include_router(backup_routes.router)
     if settings.fault_injection:
         app.include_router(faults.router)
     app.include_router(probes.router)
@@ -182,6 +192,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         system_test_steps=lambda: agent_steps(team) + store_steps(stores),
     )
     runtime_ref.append(runtime)
+
+    # Audit trail and backups: the incidents file holds the audit trail and is backed up,
+    # never rolled back.
+    incidents_path = settings.data_dir / "incidents.sqlite3"
+    runtime.audit = AuditLog(incidents_path)
+    background: list[asyncio.Task[None]] = []
+    if settings.backups_enabled:
+        backups = BackupService(settings, stores, incidents_path, runtime.set_ready)
+        backup_metrics = BackupMetrics(
+            telemetry.meter,
+            backups.last_success,
+            backups.intervals_s,
+            lambda: len(backups.manager.list()) if backups.manager else 0,
+        )
+        backups.subscribe(backup_metrics.on_event)
+        runtime.backups = backups
+        runtime.backups_summary = backups.summary
+        for check in (
+            RepositoryCheck(backups),
+            BackupAgeCheck(backups),
+            RestoreDrillCheck(backups),
+        ):
+            health.add_check(check)
+        background.append(asyncio.create_task(backups.connect(), name="backups-connect"))
+        if settings.backup_schedule_enabled:
+            background.append(asyncio.create_task(backups.run_schedule(), name="backups"))
+
     app.state.runtime = runtime
     lag_monitor.start()
     health.start()
@@ -192,6 +229,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         runtime.ready, runtime.not_ready_reason = False, "shutting down"
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if runtime.backups is not None:
+            await runtime.backups.shutdown_backup()
+        runtime.audit.close()
         state_ticker.cancel()
         await health.stop()
         await lag_monitor.stop()

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.audit import AuditLog
+from service.backups import BackupService
 from service.chat import ChatService
 from service.faults import FaultInjector
 from service.health.checks import MemoryCheck
@@ -38,6 +40,31 @@ class Runtime:
         "lastBackup": None,
         "totalSize": "0 B",
     }
+    backups: BackupService | None = None
+    audit: AuditLog | None = None
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     not_ready_reason: str | None = "starting"
+
+    def set_ready(self, ready: bool, reason: str | None) -> None:
+        self.ready, self.not_ready_reason = ready, reason
+
+    async def snapshot_before_incident(self, incident_id: str | None) -> str:
+        """The newest snapshot taken before the incident first appeared."""
+        raise LookupError(f"no incident {incident_id}")
+
+    def record_rollback(self, request: Any, result: Any, error: str | None) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(
+            "admin",
+            "rollback",
+            {
+                "backupId": getattr(result, "snapshot_id", None) or request.backupId,
+                "beforeIncident": request.beforeIncident,
+                "reason": request.reason,
+                "components": request.components,
+                "safetyBackupId": getattr(result, "safety_snapshot_id", None),
+                "error": error,
+            },
+        )

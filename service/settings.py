@@ -83,6 +83,13 @@ class Settings(BaseSettings):
 
     # The seed's knobs.
     backup_interval_minutes: BackupIntervals = Field(default_factory=BackupIntervals)
+    backups_enabled: bool = True
+    backup_schedule_enabled: bool = True
+    restore_drill_interval_minutes: float = Field(360, gt=0)
+    prune_interval_hours: float = Field(24, gt=0)
+    repository_check_interval_hours: float = Field(24, gt=0)
+    emergency_backup_cooldown_s: float = Field(300, ge=0)
+    shutdown_backup_timeout_s: float = Field(30, gt=0, le=3600)
     max_backups: int = Field(50, ge=1, le=10_000)
     circuit_breaker_threshold: int = Field(5, ge=1, le=1000)
     health_check_interval_s: float = Field(30.0, gt=0, le=3600)

@@ -36,6 +36,9 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         restic_repository=str(tmp_path / "repo"),
         restic_password_file=tmp_path / "restic-password",
+        # Backups have their own tests with a real repository; elsewhere they would only
+        # add restic runs in the background.
+        backups_enabled=False,
     )
 
 
@@ -85,6 +88,7 @@ def start_ers(
         "ERS_DATA_DIR": str(workdir / "data"),
         "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
         "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+        "ERS_BACKUPS_ENABLED": "false",
         **(env or {}),
     }
     log_path = workdir / f"ers-{port}.log"

@@ -62,12 +62,16 @@ class SqliteStore:
                 self._conn.close()
                 self._conn = None
 
-    @contextmanager
-    def paused(self, reason: str) -> Iterator[None]:
-        """Close the file for the duration (a rollback swaps it), then reopen."""
+    def pause(self, reason: str) -> None:
+        """Close the file so it can be swapped; writers fail fast with ``reason`` meanwhile."""
         with self._lock:
             self.close()
             self._paused_reason = reason
+
+    @contextmanager
+    def paused(self, reason: str) -> Iterator[None]:
+        """Close the file for the duration (a rollback swaps it), then reopen."""
+        self.pause(reason)
         try:
             yield
         finally:

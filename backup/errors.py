@@ -1,0 +1,191 @@
+"""Named failures of the backup library and the mapping from restic's answers to them.
+
+restic 0.14 answers most failures with exit code 1 and a recognisable line on stderr; 0.17 and
+later add exit codes 10 (no repository), 11 (locked) and 12 (wrong password). Both are mapped
+here, from the exit code first and the text second, so the rest of the library never parses
+stderr itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+EXIT_REPOSITORY_MISSING = 10
+EXIT_LOCKED = 11
+EXIT_WRONG_PASSWORD = 12
+
+STDERR_TAIL_CHARS = 400
+_SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+class BackupError(Exception):
+    """Base of every failure this library raises; `label` is a short metrics-friendly reason."""
+
+    label = "error"
+
+
+class InvalidSnapshotId(BackupError, ValueError):
+    label = "invalid_snapshot_id"
+
+
+class SnapshotNotFound(BackupError, LookupError):
+    label = "snapshot_not_found"
+
+
+class UnknownComponent(BackupError, ValueError):
+    label = "unknown_component"
+
+
+class RollbackRefused(BackupError, ValueError):
+    label = "rollback_refused"
+
+
+class RollbackFailed(BackupError):
+    """A rollback stopped at `step`; the live files are as they were before it started."""
+
+    label = "rollback_failed"
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        self.step = step
+        self.cause = cause
+        super().__init__(
+            f"rollback failed at step '{step}': {cause}; the live data was left unchanged"
+        )
+
+
+class StagingFailed(BackupError):
+    label = "staging"
+
+
+class ResticError(BackupError):
+    label = "command_failed"
+
+
+class ResticNotInstalled(ResticError):
+    label = "not_installed"
+
+
+class RepositoryNotFound(ResticError):
+    label = "repository_not_found"
+
+
+class WrongPassword(ResticError):
+    label = "wrong_password"
+
+
+class DiskFull(ResticError):
+    label = "disk_full"
+
+
+class ResticTimeout(ResticError):
+    label = "timeout"
+
+
+class ResticCommandFailed(ResticError):
+    label = "command_failed"
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a repository lock, as far as restic told us."""
+
+    pid: int | None = None
+    hostname: str | None = None
+    username: str | None = None
+    created: str | None = None
+    lock_id: str | None = None
+
+    def describe(self) -> str:
+        who = f"PID {self.pid or '?'} on {self.hostname or '?'}"
+        if self.username:
+            who += f" by {self.username}"
+        if self.created:
+            who += f", since {self.created}"
+        return who
+
+
+class RepositoryLocked(ResticError):
+    label = "locked"
+
+    def __init__(self, message: str, holder: LockHolder | None = None) -> None:
+        self.holder = holder
+        super().__init__(message)
+
+
+def validate_snapshot_id(value: str) -> str:
+    """Return `value` if it is a restic snapshot id (8–64 lowercase hex), else raise.
+
+    Ids reach restic's command line, so anything else (`--password-file=x`) is refused here.
+    """
+    if not isinstance(value, str) or not _SNAPSHOT_ID.fullmatch(value):
+        shown = value[:40] if isinstance(value, str) else type(value).__name__
+        raise InvalidSnapshotId(
+            f"'{shown}' is not a snapshot id: use the 8 to 64 hex characters shown in the list"
+        )
+    return value
+
+
+def stderr_tail(stderr: str, limit: int = STDERR_TAIL_CHARS) -> str:
+    text = " ".join(stderr.strip().split())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+_LOCK_PATTERN = re.compile(
+    r"locked (?:exclusively )?by PID (?P<pid>\d+) on (?P<host>\S+) by (?P<user>[^\s(]+)"
+)
+_LOCK_CREATED = re.compile(r"lock was created at (?P<created>[^(\n]+?)\s*\(")
+_LOCK_ID = re.compile(r"storage ID (?P<id>[0-9a-f]+)")
+
+
+def parse_lock_holder(stderr: str) -> LockHolder:
+    match = _LOCK_PATTERN.search(stderr)
+    created = _LOCK_CREATED.search(stderr)
+    lock_id = _LOCK_ID.search(stderr)
+    return LockHolder(
+        pid=int(match["pid"]) if match else None,
+        hostname=match["host"] if match else None,
+        username=match["user"] if match else None,
+        created=created["created"].strip() if created else None,
+        lock_id=lock_id["id"] if lock_id else None,
+    )
+
+
+def locked_error(holder: LockHolder) -> RepositoryLocked:
+    return RepositoryLocked(
+        f"the restic repository is in use by {holder.describe()}: wait for that process to "
+        "finish, or stop it, then try again",
+        holder,
+    )
+
+
+def classify_failure(
+    exit_code: int, stderr: str, *, repository: str, password_file: str
+) -> ResticError:
+    """Turn a failed restic call into the matching named exception."""
+    lowered = stderr.lower()
+    if exit_code == EXIT_REPOSITORY_MISSING or (
+        "is there a repository at the following location" in lowered
+        or "repository does not exist" in lowered
+    ):
+        return RepositoryNotFound(
+            f"no restic repository at '{repository}': check the repository setting, or let "
+            "the backup service initialise it on first use"
+        )
+    if exit_code == EXIT_WRONG_PASSWORD or "wrong password or no key found" in lowered:
+        return WrongPassword(
+            f"the password in '{password_file}' does not open the repository '{repository}': "
+            "restore the original password file"
+        )
+    if exit_code == EXIT_LOCKED or "repository is already locked" in lowered:
+        return locked_error(parse_lock_holder(stderr))
+    if "no space left on device" in lowered or "disk quota exceeded" in lowered:
+        return DiskFull(
+            "restic ran out of disk space: free space where the repository and the data "
+            "directory live, or prune old snapshots"
+        )
+    if "no matching id found" in lowered or "no snapshot found" in lowered:
+        return SnapshotNotFound(
+            "restic does not know that snapshot: refresh the list and pick an existing id"
+        )
+    return ResticCommandFailed(f"restic exited with code {exit_code}: {stderr_tail(stderr)}")

@@ -1,0 +1,97 @@
+"""The snapshot list kept in memory, so serving it never waits for restic (about a second)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from backup.errors import SnapshotNotFound, validate_snapshot_id
+from backup.locks import parse_restic_time
+from backup.models import Snapshot
+
+ERS_TAG = "ers"
+COMPONENT_TAG = "component:"
+REASON_TAG = "reason:"
+
+
+def tags_for(components: Iterable[str], reason: str) -> list[str]:
+    return [ERS_TAG, *(f"{COMPONENT_TAG}{c}" for c in components), f"{REASON_TAG}{reason}"]
+
+
+def snapshot_from_restic(entry: dict[str, Any]) -> Snapshot:
+    tags = tuple(entry.get("tags") or ())
+    reasons = [t[len(REASON_TAG) :] for t in tags if t.startswith(REASON_TAG)]
+    return Snapshot(
+        id=entry["id"],
+        short_id=entry.get("short_id", entry["id"][:8]),
+        time=parse_restic_time(entry.get("time", "")) or datetime.fromtimestamp(0, UTC),
+        components=tuple(
+            sorted(t[len(COMPONENT_TAG) :] for t in tags if t.startswith(COMPONENT_TAG))
+        ),
+        reason=reasons[0] if reasons else None,
+        tags=tags,
+        hostname=entry.get("hostname", ""),
+    )
+
+
+class SnapshotIndex:
+    """ERS snapshots, oldest first, replaced wholesale by `replace` or edited by each operation."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, Snapshot] = {}
+        self.refreshed_at: datetime | None = None
+
+    def replace(self, entries: Iterable[dict[str, Any]]) -> None:
+        snapshots = [snapshot_from_restic(e) for e in entries]
+        self._snapshots = {s.id: s for s in sorted(snapshots, key=lambda s: s.time)}
+        self.refreshed_at = datetime.now(UTC)
+
+    def add(self, snapshot: Snapshot) -> None:
+        self._snapshots[snapshot.id] = snapshot
+
+    def remove(self, ids: Iterable[str]) -> None:
+        for snapshot_id in ids:
+            self._snapshots.pop(snapshot_id, None)
+
+    def contains(self, snapshot_id: str) -> bool:
+        """Full id or the short id restic prints after a backup."""
+        if not snapshot_id:
+            return False
+        return any(i.startswith(snapshot_id) or snapshot_id.startswith(i) for i in self._snapshots)
+
+    def __len__(self) -> int:
+        return len(self._snapshots)
+
+    def all(self) -> list[Snapshot]:
+        """Newest first, the order a person reads a backup list in."""
+        return sorted(self._snapshots.values(), key=lambda s: s.time, reverse=True)
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        """Find by full id or unique prefix (the short id restic prints)."""
+        validate_snapshot_id(snapshot_id)
+        if snapshot_id in self._snapshots:
+            return self._snapshots[snapshot_id]
+        matches = [s for i, s in self._snapshots.items() if i.startswith(snapshot_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise SnapshotNotFound(
+                f"no ERS snapshot {snapshot_id}: refresh the list and pick an existing id"
+            )
+        raise SnapshotNotFound(
+            f"{snapshot_id} matches {len(matches)} snapshots: give more characters of the id"
+        )
+
+    def newest_before(self, moment: datetime, component: str | None = None) -> Snapshot | None:
+        for snapshot in self.all():
+            if snapshot.time < moment and (component is None or component in snapshot.components):
+                return snapshot
+        return None
+
+    def newest_containing(self, components: Iterable[str]) -> Snapshot | None:
+        wanted = set(components)
+        for snapshot in self.all():
+            if wanted <= set(snapshot.components):
+                return snapshot
+        return None

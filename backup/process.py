@@ -1,0 +1,122 @@
+"""Running one external program: no shell, stdin closed, a timeout, JSON lines read as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backup.errors import ResticNotInstalled, ResticTimeout
+from backup.models import Progress
+
+# restic removes its own lock when interrupted; a kill is the last resort.
+INTERRUPT_GRACE_SECONDS = 5.0
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class CommandOutput:
+    exit_code: int
+    stdout: str
+    stderr: str
+    messages: list[dict[str, Any]] = field(default_factory=list)  # JSON lines but status
+
+
+async def run_program(
+    binary: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    cwd: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> CommandOutput:
+    """Run `binary args`; the exit code is returned, not judged."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise ResticNotInstalled(
+            f"restic could not be started from '{binary}' ({exc.strerror}): install restic "
+            "(apt install restic) or point the backup settings at its binary"
+        ) from None
+    collected = CommandOutput(exit_code=-1, stdout="", stderr="")
+    try:
+        await asyncio.wait_for(_collect(process, collected, on_progress), timeout)
+    except TimeoutError:
+        await _stop(process)
+        raise ResticTimeout(
+            f"restic {args[0]} did not finish within {timeout:g} s and was stopped: raise the "
+            "timeout or check that the repository is reachable"
+        ) from None
+    except BaseException:
+        await _stop(process)
+        raise
+    collected.exit_code = process.returncode if process.returncode is not None else -1
+    return collected
+
+
+async def _collect(
+    process: asyncio.subprocess.Process,
+    collected: CommandOutput,
+    on_progress: ProgressCallback | None,
+) -> None:
+    assert process.stdout is not None and process.stderr is not None
+    stderr_task = asyncio.ensure_future(process.stderr.read())
+    lines: list[str] = []
+    try:
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if isinstance(message, dict):
+                        _dispatch(message, collected, on_progress)
+        collected.stderr = (await stderr_task).decode(errors="replace")
+    finally:
+        stderr_task.cancel()
+    collected.stdout = "".join(lines)
+    await process.wait()
+
+
+def _dispatch(
+    message: dict[str, Any], collected: CommandOutput, on_progress: ProgressCallback | None
+) -> None:
+    if message.get("message_type") != "status":
+        collected.messages.append(message)
+        return
+    if on_progress is not None:
+        on_progress(
+            Progress(
+                percent_done=float(message.get("percent_done", 0.0)),
+                bytes_done=int(message.get("bytes_done", message.get("bytes_restored", 0))),
+                total_bytes=int(message.get("total_bytes", 0)),
+            )
+        )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(process.wait(), INTERRUPT_GRACE_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

@@ -1,0 +1,229 @@
+"""The restic binary, called without a shell, with a timeout, and failures as named exceptions.
+
+The repository and the password file travel in the environment (`RESTIC_REPOSITORY`,
+`RESTIC_PASSWORD_FILE`); the password itself is never on a command line or in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from backup.errors import (
+    RepositoryLocked,
+    RepositoryNotFound,
+    ResticCommandFailed,
+    ResticError,
+    SnapshotNotFound,
+    classify_failure,
+    stderr_tail,
+    validate_snapshot_id,
+)
+from backup.locks import remove_stale_locks
+from backup.process import CommandOutput, ProgressCallback, run_program
+
+DEFAULT_TIMEOUT_SECONDS = 600.0
+_VERSION = re.compile(r"restic (\d+)\.(\d+)\.(\d+)")
+
+
+class Restic:
+    """One restic repository reached through the restic binary."""
+
+    def __init__(
+        self,
+        repository: str,
+        password_file: Path,
+        *,
+        binary: str = "restic",
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        cache_dir: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.password_file = Path(password_file).resolve()
+        self.binary = binary
+        self.timeout = timeout
+        self._env = self._environment(cache_dir, extra_env or {})
+        self._version: tuple[int, int, int] | None = None
+
+    def _environment(self, cache_dir: Path | None, extra: Mapping[str, str]) -> dict[str, str]:
+        # Inherited RESTIC_* variables (a stray RESTIC_PASSWORD) must not override ours.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+        env.update(extra)
+        env["RESTIC_REPOSITORY"] = self.repository
+        env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
+        if cache_dir is not None:
+            env["RESTIC_CACHE_DIR"] = str(Path(cache_dir).resolve())
+        return env
+
+    async def version(self) -> tuple[int, int, int]:
+        """restic's version, asked once per wrapper."""
+        if self._version is None:
+            output = await run_program(self.binary, ["version"], env=self._env, timeout=30)
+            match = _VERSION.search(output.stdout)
+            if output.exit_code != 0 or not match:
+                raise ResticCommandFailed(
+                    f"'{self.binary} version' gave no version: {stderr_tail(output.stderr)}"
+                )
+            self._version = (int(match[1]), int(match[2]), int(match[3]))
+        return self._version
+
+    async def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: Path | None = None,
+        on_progress: ProgressCallback | None = None,
+        retry_after_stale_lock: bool = True,
+    ) -> CommandOutput:
+        """Run one restic command; a stale lock is removed and the command retried once."""
+        try:
+            return await self._run_checked(args, timeout, cwd, on_progress)
+        except RepositoryLocked:
+            if not retry_after_stale_lock or not await remove_stale_locks(self):
+                raise
+            return await self._run_checked(args, timeout, cwd, on_progress)
+
+    async def _run_checked(
+        self,
+        args: Sequence[str],
+        timeout: float | None,
+        cwd: Path | None,
+        on_progress: ProgressCallback | None,
+    ) -> CommandOutput:
+        output = await run_program(
+            self.binary,
+            args,
+            env=self._env,
+            timeout=self.timeout if timeout is None else timeout,
+            cwd=cwd,
+            on_progress=on_progress,
+        )
+        if output.exit_code != 0:
+            raise classify_failure(
+                output.exit_code,
+                output.stderr,
+                repository=self.repository,
+                password_file=str(self.password_file),
+            )
+        return output
+
+    # Commands -------------------------------------------------------------------------------
+
+    async def is_initialised(self) -> bool:
+        try:
+            await self.run(["cat", "config", "--no-lock"], timeout=60)
+        except RepositoryNotFound:
+            return False
+        return True
+
+    async def init(self) -> None:
+        await self.run(["init"], timeout=120)
+
+    async def backup(
+        self,
+        targets: Sequence[str],
+        *,
+        cwd: Path,
+        tags: Sequence[str],
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """`restic backup --json`; returns restic's summary message."""
+        args = ["backup", "--json"]
+        for tag in tags:
+            args += ["--tag", tag]
+        output = await self.run(
+            [*args, "--", *targets], cwd=cwd, timeout=timeout, on_progress=on_progress
+        )
+        summaries = [m for m in output.messages if m.get("message_type") == "summary"]
+        if not summaries:
+            raise ResticCommandFailed(
+                f"restic backup printed no summary: {stderr_tail(output.stderr)}"
+            )
+        return summaries[-1]
+
+    async def snapshots(self, tag: str | None = None) -> list[dict[str, Any]]:
+        args = ["snapshots", "--json", "--no-lock"]
+        if tag:
+            args += ["--tag", tag]
+        output = await self.run(args, timeout=120)
+        return json.loads(output.stdout or "[]") or []
+
+    async def ls(self, snapshot_id: str) -> list[dict[str, Any]]:
+        """The nodes of a snapshot (`restic ls --json`), without the snapshot header line."""
+        validate_snapshot_id(snapshot_id)
+        output = await self.run(["ls", "--json", "--no-lock", snapshot_id], timeout=120)
+        kinds = [m.get("struct_type", m.get("message_type")) for m in output.messages]
+        nodes = [m for m, kind in zip(output.messages, kinds, strict=True) if kind == "node"]
+        if "snapshot" not in kinds:
+            raise SnapshotNotFound(
+                f"snapshot {snapshot_id} is not in the repository: refresh the list"
+            )
+        return nodes
+
+    async def restore(
+        self,
+        snapshot_id: str,
+        target: Path,
+        *,
+        include: Sequence[str] = (),
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        validate_snapshot_id(snapshot_id)
+        args = ["restore", "--json", "--target", str(target)]
+        for pattern in include:
+            args += ["--include", pattern]
+        await self.run([*args, snapshot_id], timeout=timeout, on_progress=on_progress)
+
+    async def forget(
+        self,
+        *,
+        tag: str,
+        keep_last: int | None,
+        keep_hourly: int | None,
+        keep_daily: int | None,
+    ) -> list[dict[str, Any]]:
+        """`restic forget --json` over all snapshots with `tag` as one group."""
+        args = ["forget", "--json", "--tag", tag, "--group-by", ""]
+        for flag, value in (
+            ("--keep-last", keep_last),
+            ("--keep-hourly", keep_hourly),
+            ("--keep-daily", keep_daily),
+        ):
+            if value is not None:
+                args += [flag, str(int(value))]
+        output = await self.run(args)
+        return json.loads(output.stdout or "[]") or []
+
+    async def prune(self, timeout: float | None = None) -> CommandOutput:
+        return await self.run(["prune"], timeout=timeout)
+
+    async def check(self, *, read_data: bool = False, timeout: float | None = None) -> str:
+        args = ["check", "--read-data"] if read_data else ["check"]
+        output = await self.run(args, timeout=timeout)
+        return output.stdout
+
+    async def unlock(self, *, remove_all: bool = False) -> None:
+        """Remove stale locks (restic's own rule); `remove_all` also removes live ones."""
+        args = ["unlock", "--remove-all"] if remove_all else ["unlock"]
+        await self.run(args, timeout=60, retry_after_stale_lock=False)
+
+    async def list_lock_ids(self) -> list[str]:
+        output = await self.run(["list", "locks", "--no-lock"], retry_after_stale_lock=False)
+        return [line.strip() for line in output.stdout.splitlines() if line.strip()]
+
+    async def read_lock(self, lock_id: str) -> dict[str, Any] | None:
+        try:
+            output = await self.run(
+                ["cat", "lock", lock_id, "--no-lock"], retry_after_stale_lock=False
+            )
+        except ResticError:
+            return None  # released between listing and reading
+        return json.loads(output.stdout)

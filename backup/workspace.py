@@ -1,0 +1,59 @@
+"""The manager's own folders: a fixed staging folder and throwaway scratch folders.
+
+Rollback scratch folders sit next to the live files, so the restored files are on the same
+filesystem and `os.replace` can swap them in atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+ROLLBACK_SCRATCH_PREFIX = ".ers-rollback-"
+OLD_FILE_MARKER = ".ers-old-"
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def staging_dir(self) -> Path:
+        """Always the same path: restic finds the parent snapshot by the backed-up path."""
+        path = self.root / "staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def scratch(self, purpose: str) -> Iterator[Path]:
+        parent = self.root / "scratch"
+        parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=parent))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def scratch_next_to(self, live_file: Path) -> Iterator[Path]:
+        live_file.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=ROLLBACK_SCRATCH_PREFIX, dir=live_file.parent))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_leftovers(self, live_files: Iterable[Path]) -> None:
+        """Clear what an interrupted run (a crash, a kill) left behind."""
+        shutil.rmtree(self.root / "scratch", ignore_errors=True)
+        for folder in {Path(f).resolve().parent for f in live_files}:
+            if not folder.is_dir():
+                continue
+            for entry in folder.glob(f"{ROLLBACK_SCRATCH_PREFIX}*"):
+                shutil.rmtree(entry, ignore_errors=True)
+            # An old file is a second name of the pre-rollback data, kept only until the
+            # swap is committed; the live name always holds a whole database.
+            for entry in folder.glob(f"*{OLD_FILE_MARKER}*"):
+                entry.unlink(missing_ok=True)

@@ -1,0 +1,254 @@
+"""The service's side of backups: the restic-backed manager wired to the stores, the
+schedules, the emergency protocol, rollbacks that pause writers, and the shutdown backup.
+
+The repository is reached in the background: a missing restic or an unreachable repository
+leaves chat answering, shows in health, and is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backup import (
+    BackupConfig,
+    BackupError,
+    BackupManager,
+    BackupResult,
+    RepositoryConfig,
+    RollbackResult,
+)
+from service.errors import ErsError
+from service.settings import Settings
+from service.stores import Stores
+
+log = logging.getLogger("ers.backups")
+
+ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+class BackupsUnavailable(ErsError):
+    """The backup repository cannot be used right now."""
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{size} B"
+
+
+class BackupService:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        incidents_path: Path,
+        set_ready: Callable[[bool, str | None], None],
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.components: dict[str, Path] = {
+            **{name: store.path for name, store in stores.by_component().items()},
+            "incidents": incidents_path,
+        }
+        minutes = settings.backup_interval_minutes
+        self.intervals_s = {
+            "conversations": minutes.conversations * 60,
+            "budgets": minutes.budgets * 60,
+            "profiles": minutes.profiles * 60,
+            "system_state": minutes.system_state * 60,
+            "incidents": minutes.full_system * 60,
+        }
+        self.full_interval_s = minutes.full_system * 60
+        self._set_ready = set_ready
+        self.manager: BackupManager | None = None
+        self.error: str | None = "connecting to the backup repository"
+        self.connected = asyncio.Event()
+        self._listeners: list[Callable[[object], None]] = []
+        self.started_at = time.time()
+        self.last_drill_at: float | None = None
+        self.last_drill_ok: bool | None = None
+
+    # --- connection ---------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[object], None]) -> None:
+        self._listeners.append(listener)
+        if self.manager is not None:
+            self.manager.subscribe(listener)
+
+    async def connect(self, max_delay_s: float = 60.0) -> None:
+        """Reach the repository (initialising it on first use), retrying with backoff."""
+        delay = 1.0
+        settings = self.settings
+        while self.manager is None:
+            try:
+                manager = await BackupManager.open(
+                    RepositoryConfig(
+                        repository=settings.restic_repository,
+                        password_file=settings.restic_password_file,
+                        binary=settings.restic_binary,
+                    ),
+                    BackupConfig(
+                        components=self.components,
+                        work_dir=settings.data_dir.parent / "backup-work",
+                        emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                        shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
+                    ),
+                )
+            except BackupError as exc:
+                self.error = str(exc)
+                log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(max_delay_s, delay * 2)
+                continue
+            for listener in self._listeners:
+                manager.subscribe(listener)
+            self.manager, self.error = manager, None
+            self.connected.set()
+            log.info("backup repository ready: %d snapshots", len(manager.list()))
+
+    def require(self) -> BackupManager:
+        if self.manager is None:
+            raise BackupsUnavailable(f"backups are not available: {self.error}")
+        return self.manager
+
+    # --- figures ------------------------------------------------------------------------
+
+    def last_success(self) -> dict[str, float]:
+        """The newest snapshot time per component, from the index and this run's backups."""
+        if self.manager is None:
+            return {}
+        newest: dict[str, float] = {}
+        for snapshot in self.manager.list():
+            for component in snapshot.components:
+                at = snapshot.time.timestamp()
+                newest[component] = max(newest.get(component, 0.0), at)
+        for component, at in self.manager.status().last_success.items():
+            newest[component] = max(newest.get(component, 0.0), at.timestamp())
+        return newest
+
+    def last_full(self) -> float | None:
+        if self.manager is None:
+            return None
+        wanted = set(self.components)
+        times = [s.time.timestamp() for s in self.manager.list() if wanted <= set(s.components)]
+        return max(times, default=None)
+
+    def summary(self) -> dict[str, Any]:
+        if self.manager is None:
+            return {"available": 0, "lastBackup": None, "totalSize": "0 B", "error": self.error}
+        snapshots = self.manager.list()
+        last = max((s.time for s in snapshots), default=None)
+        total = sum(self.components_size().values())
+        return {
+            "available": len(snapshots),
+            "lastBackup": last.isoformat().replace("+00:00", "Z") if last else None,
+            "totalSize": human_size(total),
+        }
+
+    def components_size(self) -> dict[str, int]:
+        return {n: p.stat().st_size for n, p in self.components.items() if p.exists()}
+
+    # --- operations ---------------------------------------------------------------------
+
+    async def create(self, components: list[str] | None, reason: str) -> BackupResult:
+        return await self.require().create(components, reason)
+
+    async def emergency(self, why: str) -> str:
+        result = await self.create(None, "emergency")
+        if result.coalesced:
+            return f"an emergency backup ran moments ago: {result.snapshot_id}"
+        return f"emergency snapshot {result.snapshot_id} ({why[:100]})"
+
+    async def rollback(
+        self, snapshot_id: str, components: list[str] | None, reason: str
+    ) -> RollbackResult:
+        manager = self.require()
+        names = components or list(ROLLBACK_COMPONENTS)
+        stores = self.stores.by_component()
+
+        @contextlib.asynccontextmanager
+        async def pause_writers() -> AsyncIterator[None]:
+            self._set_ready(False, "a rollback is swapping state files")
+            for name in names:
+                stores[name].pause("a rollback is swapping this store's file; retry shortly")
+            try:
+                yield
+            finally:
+                for name in names:
+                    if not stores[name].is_open:
+                        stores[name].open()
+                self._set_ready(True, None)
+
+        def reopen() -> None:
+            for name in names:
+                stores[name].open()
+
+        return await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
+
+    def newest_before(self, moment: datetime) -> str | None:
+        snapshot = self.require().newest_snapshot_before(moment)
+        return snapshot.id if snapshot is not None else None
+
+    async def shutdown_backup(self) -> None:
+        if self.manager is None:
+            return
+        try:
+            await self.manager.shutdown_backup(self.settings.shutdown_backup_timeout_s)
+        except (BackupError, TimeoutError) as exc:
+            log.error("final backup failed: %s", exc)
+
+    # --- schedules ----------------------------------------------------------------------
+
+    async def run_schedule(self, tick_s: float = 30.0) -> None:
+        """Scheduled backups, retention, prune, check and restore drills, one at a time."""
+        await self.connected.wait()
+        last_prune = last_check = time.time()
+        while True:
+            try:
+                await self._due_backups()
+                now = time.time()
+                drill_every = self.settings.restore_drill_interval_minutes * 60
+                if self.last_drill_at is None or now - self.last_drill_at >= drill_every:
+                    await self.drill()
+                if now - last_prune >= self.settings.prune_interval_hours * 3600:
+                    await self.require().prune()
+                    last_prune = now
+                if now - last_check >= self.settings.repository_check_interval_hours * 3600:
+                    await self.require().check()
+                    last_check = now
+            except (BackupError, BackupsUnavailable) as exc:
+                log.error("scheduled backup work failed: %s", exc)
+            await asyncio.sleep(tick_s)
+
+    async def _due_backups(self) -> None:
+        now = time.time()
+        last = self.last_success()
+        full = self.last_full()
+        if full is None or now - full >= self.full_interval_s:
+            await self.create(None, "scheduled")
+        else:
+            due = [c for c, every in self.intervals_s.items() if now - last.get(c, 0) >= every]
+            if due:
+                await self.create(due, "scheduled")
+        await self.require().forget(keep_last=self.settings.max_backups)
+
+    async def drill(self) -> bool:
+        self.last_drill_at = time.time()
+        try:
+            result = await self.require().verify_latest()
+        except BackupError as exc:
+            log.error("restore drill failed: %s", exc)
+            self.last_drill_ok = False
+            return False
+        self.last_drill_ok = result.ok
+        return result.ok

@@ -1,0 +1,87 @@
+"""Health checks of the backups: the repository answering, each component's last backup
+against its schedule, and the last restore drill."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from service.backups import BackupService
+from service.health.checks import CheckResult, Status
+
+
+class RepositoryUnreachable(ConnectionError):
+    """The restic repository cannot be reached or opened."""
+
+
+class RepositoryCheck:
+    name = "repository"
+
+    def __init__(self, backups: BackupService) -> None:
+        self._backups = backups
+
+    async def run(self) -> CheckResult:
+        backups = self._backups
+        if backups.manager is None:
+            error = RepositoryUnreachable(backups.error or "not connected")
+            return CheckResult(
+                self.name,
+                Status.UNHEALTHY,
+                f"repository unavailable: {backups.error}",
+                {"repository": backups.settings.restic_repository},
+                error,
+                component="backups",
+            )
+        figures = {"snapshots": len(backups.manager.list())}
+        return CheckResult(self.name, Status.HEALTHY, "repository reachable", figures)
+
+
+class BackupAgeCheck:
+    """Degraded when a component's last backup is older than twice its schedule."""
+
+    name = "backups"
+
+    def __init__(self, backups: BackupService, clock: Callable[[], float] = time.time) -> None:
+        self._backups, self._clock = backups, clock
+
+    async def run(self) -> CheckResult:
+        now = self._clock()
+        last = self._backups.last_success()
+        ages: dict[str, float | None] = {}
+        stale = []
+        for component, interval in self._backups.intervals_s.items():
+            at = last.get(component)
+            ages[component] = None if at is None else round(now - at, 1)
+            since = at if at is not None else self._backups.started_at
+            if now - since > 2 * interval:
+                stale.append(component)
+        figures = {"ageSeconds": ages, "intervalSeconds": self._backups.intervals_s}
+        if stale:
+            return CheckResult(
+                self.name,
+                Status.DEGRADED,
+                f"no backup for over twice the schedule: {', '.join(sorted(stale))}",
+                figures,
+            )
+        return CheckResult(self.name, Status.HEALTHY, "every component within schedule", figures)
+
+
+class RestoreDrillCheck:
+    name = "restore_drill"
+
+    def __init__(self, backups: BackupService, clock: Callable[[], float] = time.time) -> None:
+        self._backups, self._clock = backups, clock
+
+    async def run(self) -> CheckResult:
+        backups = self._backups
+        every = backups.settings.restore_drill_interval_minutes * 60
+        figures = {"lastDrillAt": backups.last_drill_at, "passed": backups.last_drill_ok}
+        if backups.last_drill_ok is False:
+            return CheckResult(self.name, Status.DEGRADED, "the last restore drill failed", figures)
+        since = backups.last_drill_at or backups.started_at
+        if self._clock() - since > 2 * every:
+            return CheckResult(
+                self.name, Status.DEGRADED, "no restore drill within twice its schedule", figures
+            )
+        words = "last drill passed" if backups.last_drill_ok else "no drill due yet"
+        return CheckResult(self.name, Status.HEALTHY, words, figures)

@@ -1,0 +1,91 @@
+"""Consistent copies of SQLite files, their checks, and the folder they are staged in."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from backup.errors import StagingFailed
+from backup.staging import (
+    clear_folder,
+    file_sha256,
+    integrity_of,
+    read_manifest,
+    stage_component,
+    table_row_counts,
+    verify_restored,
+    write_manifest,
+)
+
+
+def live_database(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE conversations (id INTEGER PRIMARY KEY, user_id TEXT, role TEXT, "
+        "text TEXT, created_at REAL)"
+    )
+    db.execute("CREATE TABLE budgets (category TEXT PRIMARY KEY, amount REAL)")
+    db.executemany(
+        "INSERT INTO conversations (user_id, role, text, created_at) VALUES (?, ?, ?, ?)",
+        [(f"u{i % 3}", "user", f"hello {i}", float(i)) for i in range(100)],
+    )
+    db.execute("INSERT INTO budgets VALUES ('food', 400)")
+    db.commit()
+    return db
+
+
+def test_copy_holds_committed_rows_still_in_the_wal_and_not_uncommitted_ones(
+    tmp_path: Path,
+) -> None:
+    db = live_database(tmp_path / "live.sqlite3")
+    assert Path(f"{tmp_path / 'live.sqlite3'}-wal").stat().st_size > 0
+    db.execute("INSERT INTO budgets VALUES ('gym', 60)")  # open transaction, not committed
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    staged = stage_component("conversations", tmp_path / "live.sqlite3", staging)
+    db.rollback()
+    db.close()
+    assert staged.path == staging / "conversations.sqlite3"
+    assert integrity_of(staged.path) == "ok"
+    assert table_row_counts(staged.path, live=False) == {"budgets": 1, "conversations": 100}
+    assert staged.sha256 == file_sha256(staged.path)
+    assert not Path(f"{staged.path}-wal").exists()
+
+
+def test_unchanged_data_gives_the_same_hash(tmp_path: Path) -> None:
+    live_database(tmp_path / "live.sqlite3").close()
+    first = stage_component("c", tmp_path / "live.sqlite3", tmp_path)
+    second = stage_component("c", tmp_path / "live.sqlite3", tmp_path)
+    assert first.sha256 == second.sha256
+
+
+def test_missing_or_broken_source_is_a_named_failure(tmp_path: Path) -> None:
+    with pytest.raises(StagingFailed, match="does not exist"):
+        stage_component("c", tmp_path / "absent.sqlite3", tmp_path)
+    (tmp_path / "junk.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(StagingFailed, match="readable SQLite"):
+        stage_component("c", tmp_path / "junk.sqlite3", tmp_path / "out")
+
+
+def test_manifest_checksums_catch_a_changed_file(tmp_path: Path) -> None:
+    live_database(tmp_path / "live.sqlite3").close()
+    staged = stage_component("conversations", tmp_path / "live.sqlite3", tmp_path)
+    write_manifest(tmp_path, [staged])
+    manifest = read_manifest(tmp_path)
+    assert verify_restored("conversations", staged.path, manifest).ok
+    with staged.path.open("r+b") as handle:
+        handle.seek(5000)
+        handle.write(b"\xff" * 16)
+    damaged = verify_restored("conversations", staged.path, manifest)
+    assert not damaged.ok and damaged.checksum_matches is False
+
+
+def test_clear_folder_keeps_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "a.sqlite3").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_text("y")
+    clear_folder(tmp_path)
+    assert tmp_path.is_dir() and not list(tmp_path.iterdir())

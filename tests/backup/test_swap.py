@@ -1,0 +1,78 @@
+"""Swapping restored files in: whole files only, write-ahead logs folded first, undo on failure."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from backup import swap
+
+
+def database(path: Path, values: list[int], keep_open: bool = False) -> sqlite3.Connection | None:
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
+    db.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
+    db.commit()
+    if keep_open:
+        return db
+    db.close()
+    return None
+
+
+def values(path: Path) -> list[int]:
+    db = sqlite3.connect(path)
+    try:
+        return [row[0] for row in db.execute("SELECT v FROM t ORDER BY v")]
+    finally:
+        db.close()
+
+
+def test_restored_file_replaces_the_live_one_and_stale_logs_go(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live.sqlite3", tmp_path / "restored.sqlite3"
+    database(live, [1, 2, 3])
+    database(restored, [9])
+    Path(f"{live}-shm").write_bytes(b"\0" * 100)
+    done = swap.swap_in([(restored, live)])
+    swap.commit(done)
+    assert values(live) == [9]
+    assert not Path(f"{live}-wal").exists() and not Path(f"{live}-shm").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.sqlite3"]
+
+
+def test_a_failure_on_the_second_file_puts_the_first_back(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"
+    database(first, [1])
+    database(second, [2])
+    new_first = tmp_path / "new-a"
+    database(new_first, [10])
+    with pytest.raises(FileNotFoundError):
+        swap.swap_in([(new_first, first), (tmp_path / "missing", second)])
+    assert values(first) == [1] and values(second) == [2]
+    assert not list(tmp_path.glob("*.ers-old-*"))
+
+
+def test_undo_after_a_swap_restores_the_old_content(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live.sqlite3", tmp_path / "restored.sqlite3"
+    database(live, [1, 2])
+    database(restored, [7])
+    done = swap.swap_in([(restored, live)])
+    swap.undo(done)
+    assert values(live) == [1, 2]
+
+
+def test_a_writer_that_was_not_paused_stops_the_swap(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live.sqlite3", tmp_path / "restored.sqlite3"
+    writer = database(live, [1], keep_open=True)
+    assert writer is not None
+    writer.execute("BEGIN")
+    writer.execute("SELECT * FROM t").fetchall()  # holds a read snapshot of the log
+    database(restored, [5])
+    with pytest.raises(swap.WritersStillActive):
+        swap.swap_in([(restored, live)])
+    writer.rollback()
+    writer.close()
+    assert values(live) == [1]

@@ -1,0 +1,142 @@
+"""Backups through the API against the real restic binary: create, list, details, test
+rollback, rollback with its safety snapshot, component-only rollback, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture
+async def backup_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    settings = settings.model_copy(
+        update={"backups_enabled": True, "backup_schedule_enabled": False}
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
+        yield application
+
+
+@pytest.fixture
+async def http(backup_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=backup_app, client=("127.0.0.1", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+        yield c
+
+
+async def budget_left(http: httpx.AsyncClient) -> str:
+    reply = await http.post("/chat", json={"message": "budget report", "userId": "ann"})
+    return reply.json()["response"]
+
+
+async def test_backup_test_rollback_and_rollback_round_trip(
+    http: httpx.AsyncClient, backup_app: FastAPI
+) -> None:
+    await http.post("/chat", json={"message": "set my food budget to $400", "userId": "ann"})
+    await http.post("/chat", json={"message": "spent $50 on groceries", "userId": "ann"})
+    before = await budget_left(http)
+    assert "$350.00 left" in before
+
+    created = await http.post(
+        "/api/emergency/backups/create", json={"reason": "pre_test_backup", "type": "full_system"}
+    )
+    assert created.status_code == 200, created.text
+    backup_id = created.json()["backupId"]
+    assert set(created.json()["components"]) >= {"budgets", "conversations", "incidents"}
+
+    listed = (await http.get("/api/emergency/backups")).json()
+    assert listed["available"] == 1 and listed["lastBackup"]
+    assert listed["backups"][0]["reason"] == "manual"
+    details = (await http.get(f"/api/emergency/backups/{backup_id}")).json()
+    assert any(f["path"].endswith("budgets.sqlite3") for f in details["files"])
+
+    # Change the data after the backup.
+    await http.post("/chat", json={"message": "spent $300 on restaurants", "userId": "ann"})
+    assert "$50.00 left" in await budget_left(http)
+
+    preview = await http.post(
+        "/api/emergency/backups/test-rollback",
+        json={"backupId": backup_id, "components": ["budgets"]},
+    )
+    assert preview.status_code == 200, preview.text
+    expenses = preview.json()["components"]["budgets"]["tables"]["expenses"]
+    assert expenses == {"rowsNow": 2, "rowsInSnapshot": 1}
+    assert preview.json()["liveStateTouched"] is False
+    assert "$50.00 left" in await budget_left(http)  # the dry run touched nothing
+
+    refused = await http.post(
+        "/api/emergency/rollback", json={"backupId": backup_id, "reason": "oops"}
+    )
+    assert refused.status_code == 400 and '"confirm": true' in refused.json()["detail"]
+
+    done = await http.post(
+        "/api/emergency/rollback",
+        json={
+            "backupId": backup_id,
+            "confirm": True,
+            "reason": "bad import",
+            "components": ["budgets"],
+        },
+    )
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["safetyBackupId"] and body["components"] == ["budgets"]
+    assert {"restore", "verify", "swap"} <= set(body["stepSeconds"])
+    assert "$350.00 left" in await budget_left(http)
+
+    # Only budgets went back: conversations still hold every turn, and the safety snapshot
+    # of the pre-rollback state is in the list.
+    turns = await backup_app.state.runtime.stores.conversations.count()
+    assert turns >= 6
+    snapshots = (await http.get("/api/emergency/backups")).json()["backups"]
+    reasons = {s["backupId"][:8]: s["reason"] for s in snapshots}
+    assert reasons[body["safetyBackupId"][:8]] == "pre-rollback"
+    assert backup_app.state.runtime.audit.recent(1)[0]["action"] == "rollback"
+
+    text = (await http.get("/metrics")).text
+    assert 'ers_rollbacks_total{result="success"} 1.0' in text
+    assert 'ers_backup_last_success_timestamp_seconds{component="budgets"}' in text
+
+
+@pytest.mark.parametrize(
+    "path,code",
+    [
+        ("/api/emergency/backups/--password-file=x", 422),
+        ("/api/emergency/backups/..%2F..%2Fetc", 404),  # no route takes a path
+        ("/api/emergency/backups/deadbeefdeadbeef", 404),
+    ],
+)
+async def test_bad_and_unknown_ids(http: httpx.AsyncClient, path: str, code: int) -> None:
+    reply = await http.get(path)
+    assert reply.status_code == code, reply.text
+
+
+async def test_rollback_refusals(http: httpx.AsyncClient, backup_app: FastAPI) -> None:
+    injected = await http.post(
+        "/api/emergency/rollback",
+        json={"backupId": "--password-file=x", "confirm": True, "reason": "x"},
+    )
+    assert injected.status_code == 422
+    both = await http.post(
+        "/api/emergency/rollback",
+        json={
+            "backupId": "deadbeef",
+            "beforeIncident": "INC_1700000000000_abcdef",
+            "confirm": True,
+            "reason": "x",
+        },
+    )
+    assert both.status_code == 422 and "exactly one" in both.json()["detail"]
+    backup_app.state.settings.__dict__["emergency_rollback_enabled"] = False
+    disabled = await http.post(
+        "/api/emergency/rollback", json={"backupId": "deadbeef", "confirm": True, "reason": "x"}
+    )
+    assert disabled.status_code == 409

@@ -1,0 +1,201 @@
+"""Backups and rollbacks against the real restic binary, each test with its own repository."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup import BackupManager, RollbackFailed, RollbackRefused
+from backup.events import BackupSkipped, BackupSucceeded, RollbackFinished
+from tests.integration.conftest import rows, write_budgets, write_conversations
+
+pytestmark = pytest.mark.integration
+
+
+class Writers:
+    """Stands in for the service's stores: counts pauses and reopens."""
+
+    def __init__(self) -> None:
+        self.paused = 0
+        self.reopened = 0
+
+    @contextlib.asynccontextmanager
+    async def pause(self) -> AsyncIterator[None]:
+        self.paused += 1
+        yield
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+
+async def test_backup_list_details_test_rollback_and_rollback_bring_data_back(
+    manager: BackupManager, state_files: dict[str, Path], tmp_path: Path
+) -> None:
+    password_file = tmp_path / "restic-password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+
+    first = await manager.create(None, "manual")
+    assert first.snapshot_id and not first.skipped
+    assert set(first.components) == set(state_files)
+    assert first.summary is not None and first.summary.data_added > 0
+
+    listed = manager.list()
+    assert [s.short_id for s in listed] == [first.snapshot_id[:8]]
+    assert listed[0].reason == "manual"
+
+    details = await manager.details(first.snapshot_id)
+    names = {Path(f.path).name for f in details.files}
+    assert {"conversations.sqlite3", "budgets.sqlite3", "incidents.sqlite3"} <= names
+    assert details.data_added == first.summary.data_added
+    assert details.total_size > 0
+
+    before = rows(state_files["conversations"], "conversations")
+    write_conversations(state_files["conversations"], 20, start=50)
+    write_budgets(state_files["budgets"], {"food": 9999.0})
+
+    preview = await manager.test_rollback(first.snapshot_id, ["conversations", "budgets"])
+    assert preview.ok and preview.snapshot_reason == "manual"
+    counts = {
+        (c.component, t.table): (t.rows_now, t.rows_in_snapshot)
+        for c in preview.components
+        for t in c.tables
+    }
+    assert counts[("conversations", "conversations")] == (70, 50)
+    assert counts[("budgets", "budgets")] == (2, 2)
+    assert len(rows(state_files["conversations"], "conversations")) == 70  # untouched
+
+    writers = Writers()
+    events: list[object] = []
+    manager.subscribe(events.append)
+    result = await manager.rollback(
+        first.snapshot_id, None, "bad deploy", writers.pause, writers.reopen
+    )
+    assert rows(state_files["conversations"], "conversations") == before
+    assert rows(state_files["budgets"], "budgets") == [("food", 400.0), ("gym", 60.0)]
+    assert writers.paused == writers.reopened == 1
+    assert "incidents" not in result.components
+    assert {"safety-snapshot", "restore", "verify", "swap", "reopen"} <= set(result.step_seconds)
+    assert not list(state_files["conversations"].parent.glob(".ers-*"))
+
+    safety = manager.index.get(result.safety_snapshot_id)
+    assert safety.reason == "pre-rollback"
+    await manager.refresh()
+    assert manager.index.contains(result.safety_snapshot_id)
+    finished = [e for e in events if isinstance(e, RollbackFinished)]
+    assert finished and finished[0].ok
+
+    # The safety snapshot holds the state the rollback replaced.
+    undo = await manager.test_rollback(result.safety_snapshot_id, ["conversations"])
+    assert undo.components[0].tables[0].rows_in_snapshot == 70
+
+
+async def test_component_rollback_leaves_other_components_alone(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    first = await manager.create(None, "scheduled")
+    write_conversations(state_files["conversations"], 5, start=50)
+    write_budgets(state_files["budgets"], {"food": 1.0})
+    writers = Writers()
+    await manager.rollback(first.snapshot_id, ["budgets"], "test", writers.pause, writers.reopen)
+    assert rows(state_files["budgets"], "budgets") == [("food", 400.0), ("gym", 60.0)]
+    assert len(rows(state_files["conversations"], "conversations")) == 55
+
+
+async def test_incidents_are_backed_up_but_never_rolled_back(
+    manager: BackupManager,
+) -> None:
+    first = await manager.create(None, "manual")
+    assert "incidents" in first.components
+    writers = Writers()
+    with pytest.raises(RollbackRefused, match="never rolled back"):
+        await manager.rollback(first.snapshot_id, ["incidents"], "x", writers.pause, writers.reopen)
+    with pytest.raises(RollbackRefused):
+        await manager.test_rollback(first.snapshot_id, ["incidents"])
+    assert writers.paused == 0
+
+
+async def test_a_failing_reopen_puts_the_live_files_back(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    first = await manager.create(None, "manual")
+    write_conversations(state_files["conversations"], 5, start=50)
+    current = rows(state_files["conversations"], "conversations")
+    calls = []
+
+    def reopen() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("store refused to open")
+
+    with pytest.raises(RollbackFailed) as failure:
+        await manager.rollback(first.snapshot_id, ["conversations"], "x", Writers().pause, reopen)
+    assert failure.value.step == "reopen"
+    assert rows(state_files["conversations"], "conversations") == current
+    assert len(calls) == 2  # reopened again on the old files
+    assert not [p for p in os.listdir(state_files["conversations"].parent) if ".ers-" in p]
+
+
+async def test_unchanged_component_is_skipped_and_reported(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    events: list[object] = []
+    manager.subscribe(events.append)
+    await manager.create(["budgets", "conversations"], "scheduled")
+    write_conversations(state_files["conversations"], 1, start=50)
+    second = await manager.create(["budgets", "conversations"], "scheduled")
+    assert second.components == ("conversations",) and second.skipped == ("budgets",)
+    third = await manager.create(["budgets"], "scheduled")
+    assert third.snapshot_id is None and third.skipped == ("budgets",)
+    assert isinstance(events[-1], BackupSkipped)
+    assert sum(isinstance(e, BackupSucceeded) for e in events) == 2
+    assert len(manager.list()) == 2
+    # A full-system backup is all or nothing: every component is in it.
+    full = await manager.create(None, "manual")
+    assert len(full.components) == 4
+
+
+async def test_emergency_backups_inside_the_cooldown_are_coalesced(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    first = await manager.create(None, "emergency")
+    write_conversations(state_files["conversations"], 1, start=50)
+    second = await manager.create(None, "emergency")
+    assert second.coalesced and second.snapshot_id == first.snapshot_id
+    assert len(manager.list()) == 1
+
+
+async def test_retention_keeps_the_configured_number_and_prune_and_check_pass(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    for turn in range(4):
+        write_conversations(state_files["conversations"], 1, start=100 + turn)
+        await manager.create(["conversations"], "scheduled")
+    newest = [s.short_id for s in manager.list()]
+    result = await manager.forget(keep_last=2)
+    assert len(result.kept) == 2 and len(result.removed) == 2
+    assert [s.short_id for s in manager.list()] == newest[:2]
+    await manager.prune()
+    assert (await manager.check()).ok
+    await manager.refresh()
+    assert len(manager.list()) == 2
+
+
+async def test_drill_newest_before_and_shutdown_backup(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    full = await manager.shutdown_backup(timeout=60)
+    assert full.reason == "shutdown"
+    drill = await manager.verify_latest()
+    assert drill.ok and {f.component for f in drill.files} == set(state_files)
+    assert manager.status().last_verified == drill.verified_at
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert manager.newest_snapshot_before(later).short_id == full.snapshot_id[:8]
+    assert manager.newest_snapshot_before(later, "budgets") is not None
+    assert manager.newest_snapshot_before(full.started_at - timedelta(seconds=1)) is None
+    assert set(manager.status().last_success) == set(state_files)

@@ -1,0 +1,112 @@
+"""restic's failures, produced by the real binary, arrive as named exceptions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backup import (
+    BackupManager,
+    RepositoryConfig,
+    RepositoryLocked,
+    RepositoryNotFound,
+    ResticNotInstalled,
+    WrongPassword,
+)
+from backup.repository import restic_for
+
+pytestmark = pytest.mark.integration
+
+
+def start_lock_holder(config: RepositoryConfig) -> subprocess.Popen[bytes]:
+    """A restic backup that reads stdin holds its (shared) lock until stdin closes."""
+    env = {
+        **os.environ,
+        "RESTIC_REPOSITORY": config.repository,
+        "RESTIC_PASSWORD_FILE": str(config.password_file),
+        "RESTIC_CACHE_DIR": str(config.cache_dir),
+    }
+    holder = subprocess.Popen(
+        ["restic", "backup", "--stdin", "--stdin-filename", "holder.txt"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    locks = Path(config.repository) / "locks"
+    deadline = time.monotonic() + 20
+    while not any(locks.iterdir()):
+        assert time.monotonic() < deadline, "restic did not take its lock"
+        time.sleep(0.05)
+    return holder
+
+
+@pytest.fixture
+def lock_holder(
+    manager: BackupManager, repository_config: RepositoryConfig
+) -> Iterator[subprocess.Popen[bytes]]:
+    holder = start_lock_holder(repository_config)
+    try:
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+
+
+async def test_wrong_password_is_named_and_keeps_the_password_secret(
+    repository_config: RepositoryConfig, tmp_path: Path
+) -> None:
+    restic = restic_for(repository_config)
+    assert await restic.is_initialised()
+    secret = "not-the-right-password-123"
+    Path(repository_config.password_file).write_text(secret + "\n")
+    with pytest.raises(WrongPassword) as failure:
+        await restic.snapshots()
+    assert secret not in str(failure.value)
+    assert "password" in str(failure.value)
+
+
+async def test_missing_repository_is_named(tmp_path: Path) -> None:
+    restic = restic_for(RepositoryConfig(str(tmp_path / "nowhere"), tmp_path / "password"))
+    with pytest.raises(RepositoryNotFound, match="no restic repository"):
+        await restic.snapshots()
+
+
+async def test_missing_binary_is_named(repository_config: RepositoryConfig, tmp_path: Path) -> None:
+    config = RepositoryConfig(
+        repository_config.repository,
+        repository_config.password_file,
+        binary=str(tmp_path / "bin" / "restic"),
+    )
+    with pytest.raises(ResticNotInstalled, match="install restic"):
+        await restic_for(config).version()
+
+
+async def test_live_lock_is_reported_with_its_holder(
+    manager: BackupManager, lock_holder: subprocess.Popen[bytes]
+) -> None:
+    with pytest.raises(RepositoryLocked) as failure:
+        await manager.forget(keep_last=5)
+    assert failure.value.holder is not None
+    assert failure.value.holder.pid == lock_holder.pid
+    assert f"PID {lock_holder.pid}" in str(failure.value)
+    assert lock_holder.poll() is None  # a live holder is never unlocked
+
+
+async def test_stale_lock_of_a_dead_process_is_removed_and_the_call_retried(
+    manager: BackupManager, lock_holder: subprocess.Popen[bytes], state_files: dict[str, Path]
+) -> None:
+    await manager.create(None, "manual")
+    lock_holder.kill()  # SIGKILL: restic cannot remove its lock
+    lock_holder.wait()
+    assert any((Path(manager.restic.repository) / "locks").iterdir())
+    result = await manager.forget(keep_last=5)
+    assert len(result.kept) == 1
+    assert (await manager.check()).ok
+    assert not any((Path(manager.restic.repository) / "locks").iterdir())
