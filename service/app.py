@@ -205,6 +205,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             backups.last_success,
             backups.intervals_s,
             lambda: len(backups.manager.list()) if backups.manager else 0,
+            drill_interval_s=settings.restore_drill_interval_minutes * 60,
         )
         backups.subscribe(backup_metrics.on_event)
         runtime.backups = backups

@@ -15,6 +15,19 @@ from backup.events import (
 )
 
 BACKUP_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+# Every failure reason starts at 0, so increase() sees a reason's first failure.
+FAILURE_REASONS = (
+    "error",
+    "staging",
+    "command_failed",
+    "not_installed",
+    "repository_not_found",
+    "wrong_password",
+    "disk_full",
+    "timeout",
+    "locked",
+    "unavailable",
+)
 
 
 class BackupMetrics:
@@ -24,7 +37,9 @@ class BackupMetrics:
         last_success: Callable[[], dict[str, float]],
         intervals_s: dict[str, float],
         snapshot_count: Callable[[], int],
+        drill_interval_s: float = 6 * 3600,
     ) -> None:
+        self._drill_interval_s = drill_interval_s
         self._last_success = last_success
         self._intervals = intervals_s
         self._snapshot_count = snapshot_count
@@ -44,6 +59,8 @@ class BackupMetrics:
         self._failures = meter.create_counter(
             "ers_backup_failures", unit="1", description="Failed backups by reason"
         )
+        for reason in FAILURE_REASONS:
+            self._failures.add(0, {"reason": reason})
         self._skips = meter.create_counter(
             "ers_backup_skips", unit="1", description="Components skipped as unchanged"
         )
@@ -76,6 +93,12 @@ class BackupMetrics:
             [self._observe_verified],
             unit="s",
             description="When a restore drill last passed",
+        )
+        meter.create_observable_gauge(
+            "ers_restore_drill_interval_seconds",
+            [lambda options: [Observation(self._drill_interval_s)]],
+            unit="s",
+            description="How often a restore drill runs",
         )
         meter.create_observable_gauge(
             "ers_restore_drill_success",
