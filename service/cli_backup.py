@@ -1,0 +1,183 @@
+"""``ers backup``: backups of a running service over HTTP, or with ``--offline`` straight on
+the repository and data directory, for the day the service cannot start."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from service.cli_remote import RemoteError, add_connection_options, call, print_json
+from service.settings import load_settings
+
+COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+def _progress(progress: Any) -> None:
+    done = int(progress.percent_done * 30)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {progress.percent_done:5.1%}")
+    sys.stderr.flush()
+
+
+async def _offline_manager():  # noqa: ANN202
+    from backup import BackupConfig, BackupManager, RepositoryConfig
+
+    settings = load_settings()
+    components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
+    components["incidents"] = settings.data_dir / "incidents.sqlite3"
+    return await BackupManager.open(
+        RepositoryConfig(
+            settings.restic_repository, settings.restic_password_file, settings.restic_binary
+        ),
+        BackupConfig(
+            components={k: v for k, v in components.items() if Path(v).exists()},
+            work_dir=settings.data_dir.parent / "backup-work",
+        ),
+    )
+
+
+async def _offline(args: argparse.Namespace) -> Any:
+    manager = await _offline_manager()
+    action = args.action
+    if action == "list":
+        return [
+            {
+                "backupId": s.id,
+                "time": s.time.isoformat(),
+                "components": list(s.components),
+                "reason": s.reason,
+            }
+            for s in manager.list()
+        ]
+    if action == "create":
+        components = None if args.type == "full_system" else [args.type]
+        result = await manager.create(components, "manual", on_progress=_progress)
+        return {
+            "backupId": result.snapshot_id,
+            "components": list(result.components),
+            "skipped": list(result.skipped),
+        }
+    if action == "show":
+        details = await manager.details(args.backup_id)
+        return {
+            "backupId": details.snapshot.id,
+            "files": [{"path": f.path, "size": f.size} for f in details.files],
+        }
+    if action == "test-rollback":
+        preview = await manager.test_rollback(args.backup_id, args.components or None)
+        return {
+            c.component: {
+                t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
+                for t in c.tables
+            }
+            for c in preview.components
+        }
+    if action == "rollback":
+
+        @contextlib.asynccontextmanager
+        async def nothing_to_pause() -> AsyncIterator[None]:
+            yield
+
+        result = await manager.rollback(
+            args.backup_id,
+            args.components or list(COMPONENTS),
+            args.reason,
+            nothing_to_pause,
+            lambda: None,
+            on_progress=_progress,
+        )
+        return {
+            "backupId": result.snapshot_id,
+            "safetyBackupId": result.safety_snapshot_id,
+            "stepSeconds": result.step_seconds,
+        }
+    if action == "check":
+        result = await manager.check()
+        return {"ok": result.ok, "output": result.output_tail}
+    if action == "prune":
+        forgotten = await manager.forget(keep_last=load_settings().max_backups)
+        await manager.prune()
+        return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}
+    raise ValueError(action)
+
+
+def _online(args: argparse.Namespace) -> Any:
+    action = args.action
+    if action == "list":
+        return call(args, "GET", "/api/emergency/backups")
+    if action == "create":
+        body = {"reason": args.reason or "manual", "type": args.type}
+        return call(args, "POST", "/api/emergency/backups/create", body)
+    if action == "show":
+        return call(args, "GET", f"/api/emergency/backups/{args.backup_id}")
+    if action == "test-rollback":
+        body = {"backupId": args.backup_id, "components": args.components or None}
+        return call(args, "POST", "/api/emergency/backups/test-rollback", body)
+    if action == "rollback":
+        body = {
+            "backupId": args.backup_id,
+            "confirm": args.yes,
+            "reason": args.reason,
+            "components": args.components or None,
+        }
+        return call(args, "POST", "/api/emergency/rollback", body)
+    if action in ("check", "prune"):
+        return call(args, "POST", f"/api/emergency/backups/{action}")
+    raise ValueError(action)
+
+
+def run(args: argparse.Namespace) -> int:
+    from backup import BackupError
+
+    if args.action == "rollback" and not args.yes:
+        print("ers: a rollback replaces live state; add --yes to confirm", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(_offline(args)) if args.offline else _online(args)
+    except (RemoteError, BackupError) as exc:
+        print(f"ers: {exc}", file=sys.stderr)
+        return 1
+    if args.offline:
+        sys.stderr.write("\n" if args.action in ("create", "rollback") else "")
+    if args.json or not isinstance(result, dict | list):
+        print_json(result)
+    else:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("backup", help="backups, test rollbacks and rollbacks")
+    actions = parser.add_subparsers(dest="action", required=True)
+    subs = {
+        "list": actions.add_parser("list", help="snapshots, newest first"),
+        "create": actions.add_parser("create", help="take a backup now"),
+        "show": actions.add_parser("show", help="one snapshot's files and sizes"),
+        "test-rollback": actions.add_parser("test-rollback", help="dry run: what would change"),
+        "rollback": actions.add_parser("rollback", help="roll back to a snapshot"),
+        "check": actions.add_parser("check", help="restic check of the repository"),
+        "prune": actions.add_parser("prune", help="apply retention and prune"),
+    }
+    subs["create"].add_argument(
+        "--type", default="full_system", choices=["full_system", *COMPONENTS, "incidents"]
+    )
+    subs["create"].add_argument("--reason", default="manual")
+    for name in ("show", "test-rollback", "rollback"):
+        subs[name].add_argument("backup_id")
+    for name in ("test-rollback", "rollback"):
+        subs[name].add_argument("--components", nargs="*", choices=COMPONENTS)
+    subs["rollback"].add_argument("--reason", required=True)
+    subs["rollback"].add_argument("--yes", action="store_true", help="confirm the rollback")
+    for sub in subs.values():
+        add_connection_options(sub)
+        sub.add_argument(
+            "--offline",
+            action="store_true",
+            help="work on the repository and data directory directly",
+        )
+        sub.set_defaults(handler=run)

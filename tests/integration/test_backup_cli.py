@@ -1,0 +1,95 @@
+"""``ers backup`` against a running service and, with --offline, against the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import start_ers
+
+
+def ers(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ERS_")}, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
+    env = {
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    service = start_ers(
+        tmp_path, env={"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
+    )
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            http.post("/chat", json={"message": "set my food budget to $100", "userId": "a"})
+            deadline = time.monotonic() + 60
+            while http.get("/api/emergency/backups").status_code == 503:
+                assert time.monotonic() < deadline, "the repository never became ready"
+                time.sleep(0.5)
+        created = ers(["backup", "create", "--url", service.url, "--json"], env, tmp_path)
+        assert created.returncode == 0, created.stderr
+        backup_id = json.loads(created.stdout)["backupId"]
+        listed = json.loads(
+            ers(["backup", "list", "--url", service.url, "--json"], env, tmp_path).stdout
+        )
+        assert listed["available"] == 1
+        refused = ers(
+            ["backup", "rollback", backup_id, "--reason", "x", "--url", service.url], env, tmp_path
+        )
+        assert refused.returncode == 2 and "--yes" in refused.stderr
+        httpx.post(f"{service.url}/chat", json={"message": "budget report"}, timeout=30)
+    finally:
+        assert service.stop() == 0
+    # The shutdown took a final backup of what changed since.
+    offline = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
+    assert offline.returncode == 0, offline.stderr
+    snapshots = json.loads(offline.stdout)
+    assert {s["reason"] for s in snapshots} == {"manual", "shutdown"}
+
+    # With the service down: change data, then roll back offline.
+    db = sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
+    with db:
+        db.execute("DELETE FROM budgets")
+    db.close()
+    rolled = ers(
+        [
+            "backup",
+            "rollback",
+            backup_id,
+            "--components",
+            "budgets",
+            "--reason",
+            "restore lost budgets",
+            "--offline",
+            "--yes",
+            "--json",
+        ],
+        env,
+        tmp_path,
+    )
+    assert rolled.returncode == 0, rolled.stderr
+    assert json.loads(rolled.stdout)["safetyBackupId"]
+    rows = (
+        sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
+        .execute("SELECT category, limit_cents FROM budgets")
+        .fetchall()
+    )
+    assert rows == [("food", 10000)]
+    check = ers(["backup", "check", "--offline", "--json"], env, tmp_path)
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"] is True
