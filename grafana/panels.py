@@ -1,0 +1,282 @@
+"""Panel and dashboard builders: one small function per Grafana panel type.
+
+A panel function returns the panel's JSON with its size but no position; ``dashboard`` lays
+panels out left to right, wrapping at Grafana's 24-column grid. Options Grafana already
+defaults to (last value, area graph, legend at the bottom) are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PROMETHEUS_UID = "ers-prometheus"
+TEMPO_UID = "ers-tempo"
+ALERTMANAGER_UID = "ers-alertmanager"
+PROMETHEUS = {"type": "prometheus", "uid": PROMETHEUS_UID}
+TEMPO = {"type": "tempo", "uid": TEMPO_UID}
+# Grafana 11's dashboard schema; Grafana migrates older ones on load, never newer ones.
+SCHEMA_VERSION = 39
+GRID_COLUMNS = 24
+
+Json = dict[str, Any]
+# (lower bound, colour) pairs; the first bound is None, meaning minus infinity.
+Steps = Sequence[tuple[float | None, str]]
+GREEN: Steps = ((None, "green"),)
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str = "__auto"
+    # Instant queries evaluate once, at the end of the range: right for "now" and totals.
+    instant: bool = False
+
+
+def q(expr: str, legend: str = "__auto", instant: bool = False) -> Query:
+    return Query(expr, legend, instant)
+
+
+def value_text(mapping: dict[str, tuple[str, str]]) -> list[Json]:
+    """Value mappings from a raw value to (text, colour)."""
+    options = {
+        value: {"text": text, "color": color, "index": i}
+        for i, (value, (text, color)) in enumerate(mapping.items())
+    }
+    return [{"type": "value", "options": options}]
+
+
+def color_by_name(colors: dict[str, str]) -> list[Json]:
+    return [
+        {
+            "matcher": {"id": "byName", "options": name},
+            "properties": [{"id": "color", "value": {"fixedColor": color, "mode": "fixed"}}],
+        }
+        for name, color in colors.items()
+    ]
+
+
+def _targets(queries: Sequence[Query], table: bool) -> list[Json]:
+    targets = []
+    for ref, query in zip("ABCDEFGHIJ", queries, strict=False):
+        target: Json = {"datasource": PROMETHEUS, "expr": query.expr, "refId": ref}
+        target["legendFormat"] = query.legend
+        if query.instant or table:
+            target.update(instant=True, range=False)
+        if table:
+            target["format"] = "table"
+        targets.append(target)
+    return targets
+
+
+def _panel(
+    kind: str,
+    title: str,
+    queries: Sequence[Query],
+    defaults: Json,
+    *,
+    description: str = "",
+    size: tuple[int, int],
+    overrides: Sequence[Json] = (),
+    **rest: Any,
+) -> Json:
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": PROMETHEUS,
+        "targets": _targets(queries, table=kind == "table"),
+        "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
+        "gridPos": {"w": size[0], "h": size[1]},
+        **rest,
+    }
+
+
+def _thresholds(steps: Steps) -> Json:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
+
+
+def timeseries(
+    title: str,
+    unit: str,
+    *queries: Query,
+    steps: Steps = GREEN,
+    lines: bool = False,
+    bars: bool = False,
+    description: str = "",
+    size: tuple[int, int] = (12, 8),
+) -> Json:
+    """``lines`` draws the thresholds as lines; ``bars`` stacks bars, for counts per step."""
+    custom: Json = {"thresholdsStyle": {"mode": "line" if lines else "off"}}
+    if bars:
+        custom.update(drawStyle="bars", fillOpacity=60, stacking={"group": "A", "mode": "normal"})
+    defaults = {"unit": unit, "min": 0, "thresholds": _thresholds(steps), "custom": custom}
+    return _panel("timeseries", title, queries, defaults, description=description, size=size)
+
+
+def stat(
+    title: str,
+    unit: str,
+    *queries: Query,
+    steps: Steps = GREEN,
+    mappings: Sequence[Json] = (),
+    overrides: Sequence[Json] = (),
+    text: str = "auto",
+    description: str = "",
+    size: tuple[int, int] = (6, 4),
+) -> Json:
+    """``text`` is Grafana's text mode: "name" shows the series name, e.g. the current state."""
+    defaults = {"unit": unit, "thresholds": _thresholds(steps), "mappings": list(mappings)}
+    options = {"colorMode": "background", "graphMode": "none", "textMode": text}
+    return _panel(
+        "stat",
+        title,
+        queries,
+        defaults,
+        description=description,
+        size=size,
+        overrides=overrides,
+        options=options,
+    )
+
+
+def gauge(
+    title: str,
+    unit: str,
+    *queries: Query,
+    steps: Steps = GREEN,
+    description: str = "",
+    size: tuple[int, int] = (6, 8),
+) -> Json:
+    defaults = {"unit": unit, "min": 0, "max": 1, "thresholds": _thresholds(steps)}
+    return _panel("gauge", title, queries, defaults, description=description, size=size)
+
+
+def table(
+    title: str,
+    unit: str,
+    *queries: Query,
+    columns: dict[str, str] | None = None,
+    description: str = "",
+    size: tuple[int, int] = (12, 8),
+) -> Json:
+    """Instant results, one row per label set; ``columns`` renames the value columns."""
+    organize = {"excludeByName": {"Time": True}, "renameByName": columns or {}}
+    transformations = [{"id": "merge", "options": {}}, {"id": "organize", "options": organize}]
+    return _panel(
+        "table",
+        title,
+        queries,
+        {"unit": unit},
+        description=description,
+        size=size,
+        transformations=transformations,
+    )
+
+
+def state_timeline(
+    title: str, query: Query, mappings: Sequence[Json], size: tuple[int, int] = (24, 7)
+) -> Json:
+    defaults = {"mappings": list(mappings), "color": {"mode": "thresholds"}}
+    return _panel("state-timeline", title, [query], defaults, size=size)
+
+
+def trace_search(title: str, traceql: str, *, description: str = "", limit: int = 20) -> Json:
+    """A Tempo TraceQL search table whose trace ids open the trace in Explore."""
+    link = {
+        "title": "Open trace in Tempo",
+        "url": "",
+        "internal": {
+            "datasourceUid": TEMPO_UID,
+            "datasourceName": "Tempo",
+            "query": {"query": "${__value.raw}", "queryType": "traceql"},
+        },
+    }
+    target = {"datasource": TEMPO, "queryType": "traceql", "query": traceql, "refId": "A"}
+    target.update(limit=limit, tableType="traces")
+    trace_id = {"id": "byName", "options": "traceID"}
+    return {
+        **_panel("table", title, [], {}, description=description, size=(24, 10)),
+        "datasource": TEMPO,
+        "targets": [target],
+        "fieldConfig": {
+            "defaults": {},
+            "overrides": [{"matcher": trace_id, "properties": [{"id": "links", "value": [link]}]}],
+        },
+    }
+
+
+def query_variable(name: str, label: str, query: str) -> Json:
+    """A multi-value label variable whose "All" is the regex .* (queries use =~)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": PROMETHEUS,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+    }
+
+
+def layout(panels: Sequence[Json]) -> list[Json]:
+    """Place panels in reading order and number them."""
+    placed: list[Json] = []
+    x = y = row_height = 0
+    for panel_id, panel in enumerate(panels, start=1):
+        w, h = panel["gridPos"]["w"], panel["gridPos"]["h"]
+        if x + w > GRID_COLUMNS:
+            x, y, row_height = 0, y + row_height, 0
+        placed.append({**panel, "id": panel_id, "gridPos": {"x": x, "y": y, "w": w, "h": h}})
+        x += w
+        row_height = max(row_height, h)
+    return placed
+
+
+def dashboard(
+    uid: str, title: str, description: str, panels: Sequence[Json], variables: Sequence[Json] = ()
+) -> Json:
+    # Every ERS dashboard links to the others through the shared tag.
+    links = [{"type": "dashboards", "tags": ["ers"], "asDropdown": True, "title": "ERS"}]
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["ers"],
+        "editable": False,
+        "graphTooltip": 1,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "annotations": {"list": []},
+        "templating": {"list": list(variables)},
+        "links": links,
+        "panels": layout(panels),
+    }
+
+
+GRAFANA_INTERVALS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
+VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+def promql(expr: str, variables: Sequence[str]) -> str:
+    """The expression as Prometheus would receive it: Grafana's interval variables at fixed
+    values and every dashboard variable at its "All" value."""
+
+    def value(match: re.Match[str]) -> str:
+        name = next(g for g in match.groups() if g)
+        if name in GRAFANA_INTERVALS:
+            return GRAFANA_INTERVALS[name]
+        if name in variables:
+            return ".*"
+        raise ValueError(f"{expr!r} uses ${name}, which its dashboard does not define")
+
+    return VARIABLE.sub(value, expr)
