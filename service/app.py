@@ -22,6 +22,8 @@ from fastapi import FastAPI  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
 from service import http_errors  # noqa: E402
+from service.alerting.handler import AlertHandler  # noqa: E402
+from service.alerting.ledger import AlertLedger  # noqa: E402
 from service.audit import AuditLog  # noqa: E402
 from service.backup_metrics import BackupMetrics  # noqa: E402
 from service.backups import BackupService  # noqa: E402
@@ -38,17 +40,33 @@ from service.health.checks import (  # noqa: E402
     BreakersCheck,
     DiskCheck,
     EventLoopCheck,
+    IncidentsCheck,
     LoopLagMonitor,
     MemoryCheck,
     StoresCheck,
 )
 from service.health.metrics import register_health_metrics  # noqa: E402
 from service.health.monitor import HealthMonitor  # noqa: E402
-from service.health.system_state import StateInputs, SystemStateMachine  # noqa: E402
+from service.health.system_state import (  # noqa: E402
+    StateInputs,
+    StateTransition,
+    SystemStateMachine,
+)
+from service.incidents import IncidentService  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
+from service.responder import Responder  # noqa: E402
+from service.routes import (  # noqa: E402
+    alerts,
+    breakers,
+    chat,
+    faults,
+    incidents,
+    probes,
+    profiles,
+    status,
+)
 from service.routes import backups as backup_routes  # noqa: E402
-from service.routes import breakers, chat, faults, probes, profiles, status  # noqa: E402
 from service.runtime import Runtime  # noqa: E402
 from service.settings import Settings, check_production, load_settings  # noqa: E402
 from service.stores import Stores  # noqa: E402
@@ -89,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(breakers.router)
     app.include_router(status.router)
     app.include_router(backup_routes.router)
+    app.include_router(incidents.router)
+    app.include_router(alerts.router)
     if settings.fault_injection:
         app.include_router(faults.router)
     app.include_router(probes.router)
@@ -104,6 +124,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def agent_is_healthy(team: Team, component: str) -> bool:
+    """For auto-resolve: an agent is healthy again once its breaker is closed."""
+    guard = team.guards.get(component)
+    return guard is None or guard.breaker.state.value == "closed"
+
+
+def note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
+    """A system state change goes on the timeline of the incident most likely behind it."""
+    rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+    active, _ = incidents.store.list(status="active", limit=50)
+    if not active:
+        return
+    cause = min(active, key=lambda i: (rank.get(i.severity, 4), -i.last_seen))
+    incidents.store.add_timeline(
+        cause.id,
+        "state_changed",
+        f"system state {transition.from_state} -> {transition.to_state}: {transition.reason}",
+        "ers",
+        {"from": transition.from_state.value, "to": transition.to_state.value},
+    )
+
+
+async def rollback_before(runtime: Runtime, backups: BackupService, context: object) -> str:
+    incident_id = context.incident_id  # type: ignore[attr-defined]
+    snapshot_id = await runtime.snapshot_before_incident(incident_id)
+    result = await backups.rollback(snapshot_id, None, f"automatic rollback for {incident_id}")
+    return f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
 
 
 def breaker_states(team: Team) -> dict[str, str]:
@@ -198,6 +247,45 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     incidents_path = settings.data_dir / "incidents.sqlite3"
     runtime.audit = AuditLog(incidents_path)
     background: list[asyncio.Task[None]] = []
+
+    # Incidents: error spans are classified and grouped off the request path; the responder
+    # runs each protocol's actions; alerts from Alertmanager land on the same incidents.
+    incident_service = IncidentService(
+        incidents_path,
+        telemetry.meter,
+        rules_path=settings.classification_rules,
+        quiet_period_s=settings.incident_quiet_period_s,
+        is_component_healthy=lambda name: agent_is_healthy(team, name),
+    )
+    telemetry.add_span_processor(incident_service.processor)
+    responder = Responder(
+        team,
+        incident_service.store,
+        isolate_ttl_s=settings.breaker_open_duration_s * 4,
+        cooldown_s=settings.responder_cooldown_s,
+        auto_rollback=settings.auto_rollback_enabled,
+        on_action=lambda protocol, action, result: incident_service.actions.add(
+            1, {"protocol": protocol, "action": action, "result": result}
+        ),
+    )
+    incident_service.start(responder if settings.auto_response_enabled else None)
+    incident_service.subscribe(lambda event: state.evaluate())
+    runtime.incident_service = incident_service
+    runtime.incidents = incident_service.store
+    runtime.active_incidents = incident_service.active_counts
+    runtime.incidents_by_severity = lambda hours: incident_service.store.counts_by_severity(
+        time.time() - hours * 3600
+    )
+    chat_service.enrich = incident_service.enrich
+    health.add_check(IncidentsCheck(incident_service.active_counts))
+    state.subscribe(lambda t: note_state_change(incident_service, t))
+    runtime.alerts = AlertHandler(
+        AlertLedger(incidents_path),
+        incident_service.store,
+        responder,
+        isolate_ttl_s=settings.alert_isolate_ttl_s,
+    )
+    background.append(asyncio.create_task(incident_service.run_auto_resolve(), name="resolve"))
     if settings.backups_enabled:
         backups = BackupService(settings, stores, incidents_path, runtime.set_ready)
         backup_metrics = BackupMetrics(
@@ -216,6 +304,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             RestoreDrillCheck(backups),
         ):
             health.add_check(check)
+        responder.emergency_backup = lambda context: backups.emergency(context.reason)
+        responder.rollback = lambda context: rollback_before(runtime, backups, context)
         background.append(asyncio.create_task(backups.connect(), name="backups-connect"))
         if settings.backup_schedule_enabled:
             background.append(asyncio.create_task(backups.run_schedule(), name="backups"))
@@ -235,6 +325,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*background, return_exceptions=True)
         if runtime.backups is not None:
             await runtime.backups.shutdown_backup()
+        incident_service.shutdown()
         runtime.audit.close()
         state_ticker.cancel()
         await health.stop()

@@ -48,7 +48,7 @@ class ChatService:
         self._router = router
         self._conversations = conversations
         self._system_state = system_state
-        self._enrich = enrich
+        self.enrich = enrich
 
     async def chat(self, message: str, user_id: str) -> ChatResult:
         try:
@@ -67,8 +67,8 @@ class ChatService:
 
     async def _chat(self, message: str, user_id: str) -> ChatResult:
         reply = await self._router.handle(AgentRequest(message=message, user_id=user_id))
-        if self._enrich is not None and reply.degraded:
-            reply = self._enrich(reply)
+        if self.enrich is not None and reply.degraded:
+            reply = self.enrich(reply)
         context = trace.get_current_span().get_span_context()
         trace_id = format(context.trace_id, "032x") if context.is_valid else None
         turn_id = await self._conversations.record_turn(

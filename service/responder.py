@@ -52,6 +52,7 @@ class ResponseContext:
     component: str
     reason: str
     source: str = "responder"
+    ttl_s: float | None = None
 
 
 ActionFn = Callable[[ResponseContext], Awaitable[ActionResult]]
@@ -153,7 +154,7 @@ class Responder:
         if guard is None:
             return ActionResult("isolate", "skipped", f"'{context.component}' is not an agent")
         message = guard.breaker.force_open(
-            context.reason[:300], context.source, ttl_s=self.isolate_ttl_s
+            context.reason[:300], context.source, ttl_s=context.ttl_s or self.isolate_ttl_s
         )
         return ActionResult("isolate", "success", message)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from service.alerting.handler import AlertHandler
 from service.audit import AuditLog
 from service.backups import BackupService
 from service.chat import ChatService
@@ -14,10 +17,12 @@ from service.faults import FaultInjector
 from service.health.checks import MemoryCheck
 from service.health.monitor import HealthMonitor
 from service.health.system_state import SystemStateMachine
+from service.incidents import IncidentService
 from service.settings import Settings
 from service.stores import Stores
 from service.system_test import Step
 from service.team import Team
+from telemetry.incident_store import IncidentStore
 from telemetry.providers import Telemetry
 
 
@@ -42,6 +47,10 @@ class Runtime:
     }
     backups: BackupService | None = None
     audit: AuditLog | None = None
+    incident_service: IncidentService | None = None
+    incidents: IncidentStore | None = None
+    alerts: AlertHandler | None = None
+    traces: Any = None
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     not_ready_reason: str | None = "starting"
@@ -51,9 +60,34 @@ class Runtime:
 
     async def snapshot_before_incident(self, incident_id: str | None) -> str:
         """The newest snapshot taken before the incident first appeared."""
-        raise LookupError(f"no incident {incident_id}")
+        from backup import SnapshotNotFound
+        from telemetry.incident_model import IncidentNotFound
+
+        if self.incidents is None or self.backups is None or incident_id is None:
+            raise SnapshotNotFound("incidents or backups are not available")
+        try:
+            incident = self.incidents.get(incident_id)
+        except IncidentNotFound as exc:
+            raise SnapshotNotFound(str(exc)) from None
+        moment = datetime.fromtimestamp(incident.first_seen, UTC)
+        snapshot_id = self.backups.newest_before(moment)
+        if snapshot_id is None:
+            raise SnapshotNotFound(
+                f"no snapshot was taken before {incident_id} first appeared ({moment:%c} UTC)"
+            )
+        return snapshot_id
 
     def record_rollback(self, request: Any, result: Any, error: str | None) -> None:
+        if self.incidents is not None and request.beforeIncident:
+            words = f"failed: {error}" if error else f"rolled back to {result.snapshot_id}"
+            with contextlib.suppress(LookupError):
+                self.incidents.add_timeline(
+                    request.beforeIncident,
+                    "note",
+                    f"rollback {words}",
+                    "admin",
+                    {"reason": request.reason},
+                )
         if self.audit is None:
             return
         self.audit.record(

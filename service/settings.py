@@ -113,6 +113,15 @@ class Settings(BaseSettings):
 
     # Telemetry.
     service_name: str = "ers"
+    # A link to a trace in Grafana/Tempo, e.g.
+    # "http://localhost:3000/explore?left=...{trace_id}..." (``{trace_id}`` is filled in).
+    trace_url_template: str | None = None
+    classification_rules: Path | None = None
+    incident_quiet_period_s: float = Field(300.0, ge=0)
+    alert_isolate_ttl_s: float = Field(900.0, gt=0)
+    responder_cooldown_s: float = Field(300.0, ge=0)
+    # Off: incidents are still classified and recorded, but no protocol action runs.
+    auto_response_enabled: bool = True
     telemetry_enabled: bool = True
 
     fault_injection_enabled: bool | None = None

@@ -11,6 +11,12 @@ from service.app import create_app
 from service.settings import Settings
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Breakers alone: the responder would also force breakers open on the incidents."""
+    return settings.model_copy(update={"auto_response_enabled": False})
+
+
 async def fail_budget_until_open(client: httpx.AsyncClient, app: FastAPI) -> None:
     app.state.runtime.faults.inject("budget", "database")
     for _ in range(5):

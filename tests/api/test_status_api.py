@@ -13,6 +13,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service.health.checks import MemoryReading
+from service.settings import Settings
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """States driven by hand: the responder would also force breakers open on incidents."""
+    return settings.model_copy(update={"auto_response_enabled": False})
 
 
 async def test_status_in_the_seed_shape(client: httpx.AsyncClient) -> None:

@@ -11,7 +11,10 @@ from tests.conftest import start_ers
 
 
 def test_failing_agent_trips_then_breaker_closes_after_healing(tmp_path: Path) -> None:
-    ers = start_ers(tmp_path, env={"ERS_BREAKER_OPEN_DURATION_S": "1"})
+    # The breaker on its own: the responder would also isolate the agent on its incident.
+    ers = start_ers(
+        tmp_path, env={"ERS_BREAKER_OPEN_DURATION_S": "1", "ERS_AUTO_RESPONSE_ENABLED": "false"}
+    )
     try:
         with httpx.Client(base_url=ers.url, timeout=10) as http:
             plan = {"message": "plan my meals", "userId": "u1"}

@@ -1,0 +1,188 @@
+"""The service's side of incidents: the span pipeline wired to the responder, the metrics,
+the chat replies and the system state.
+
+Error spans reach the IncidentProcessor (a span processor); its worker thread classifies and
+stores them and publishes events. Here an opened or reopened incident is handed to the event
+loop, where the responder runs the protocol's actions; the newest incident per component is
+kept in memory so degraded chat replies can name it without a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from service.agents.base import AgentReply
+from service.responder import ActionResult, Responder, ResponseContext
+from telemetry.classifier import load_rules
+from telemetry.incident_model import IllegalTransition, Incident
+from telemetry.incident_processor import IncidentEvent, IncidentProcessor
+from telemetry.incident_store import IncidentStore
+
+log = logging.getLogger("ers.incidents")
+
+RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+class IncidentService:
+    def __init__(
+        self,
+        path: Path,
+        meter: Meter,
+        *,
+        rules_path: Path | None,
+        quiet_period_s: float,
+        is_component_healthy: Callable[[str], bool],
+    ) -> None:
+        self.store = IncidentStore(
+            path, quiet_period_s=quiet_period_s, is_component_healthy=is_component_healthy
+        )
+        self.processor = IncidentProcessor(self.store, load_rules(rules_path))
+        self.responder: Responder | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._latest: dict[str, str] = {}
+        self._results: dict[str, list[ActionResult]] = {}
+        self._listeners: list[Callable[[IncidentEvent], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._opened = meter.create_counter(
+            "ers_incidents", unit="1", description="Incidents opened or reopened"
+        )
+        self._recovery = meter.create_histogram(
+            "ers_incident_recovery_seconds",
+            unit="s",
+            description="Time from an incident opening to its mitigation or resolution",
+            explicit_bucket_boundaries_advisory=RECOVERY_BUCKETS,
+        )
+        self.actions = meter.create_counter(
+            "ers_protocol_actions", unit="1", description="Protocol actions and their results"
+        )
+        meter.create_observable_gauge(
+            "ers_incidents_active", [self._observe_active], description="Active incidents"
+        )
+        meter.create_observable_counter(
+            "ers_spans_classified",
+            [self._observe_classified],
+            description="Error spans classified by the incident pipeline",
+        )
+        meter.create_observable_counter(
+            "ers_incident_spans_dropped",
+            [self._observe_dropped],
+            description="Error spans dropped because the pipeline's queue was full",
+        )
+        self.processor.subscribe(self._on_event)
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def start(self, responder: Responder | None) -> None:
+        self.responder = responder
+        self._loop = asyncio.get_running_loop()
+
+    def subscribe(self, listener: Callable[[IncidentEvent], None]) -> None:
+        """Called on the event loop for every incident event."""
+        self._listeners.append(listener)
+
+    def _on_event(self, event: IncidentEvent) -> None:
+        # The processor's worker thread: hand over to the event loop at once.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._handle, event)
+
+    def _handle(self, event: IncidentEvent) -> None:
+        incident = event.incident
+        self._latest[incident.component] = incident.id
+        if event.kind in ("opened", "reopened"):
+            self._opened.add(
+                1,
+                {
+                    "severity": incident.severity,
+                    "type": incident.type,
+                    "component": incident.component,
+                },
+            )
+            if self.responder is not None and not event.record.attributes.get("ers.synthetic"):
+                task = asyncio.get_running_loop().create_task(self._respond(incident))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("incident listener failed")
+
+    async def _respond(self, incident: Incident) -> None:
+        assert self.responder is not None
+        context = ResponseContext(
+            incident.id,
+            incident.protocol or "",
+            incident.component,
+            f"{incident.severity} {incident.type} incident {incident.id}: {incident.message}",
+        )
+        results = await self.responder.respond(context)
+        self._results[incident.id] = results
+        if len(self._results) > 1000:
+            self._results.pop(next(iter(self._results)))
+        if any(r.action == "isolate" and r.result == "success" for r in results):
+            await asyncio.to_thread(self._mitigate, incident.id, "agent isolated; fallbacks answer")
+
+    def _mitigate(self, incident_id: str, note: str) -> None:
+        try:
+            incident = self.store.mitigate(incident_id, "responder", note)
+        except IllegalTransition:
+            return
+        self.observe_recovery(incident)
+
+    def observe_recovery(self, incident: Incident) -> None:
+        if incident.recovery_time_s is not None:
+            self._recovery.record(incident.recovery_time_s, {"severity": incident.severity})
+
+    async def drain(self) -> None:
+        """Wait until queued error spans are written and their responses have run."""
+        await asyncio.to_thread(self.processor.force_flush, 10_000)
+        await asyncio.sleep(0)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def run_auto_resolve(self, every_s: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                for incident in await asyncio.to_thread(self.store.auto_resolve):
+                    self.observe_recovery(incident)
+            except Exception:
+                log.exception("auto-resolve failed")
+
+    def shutdown(self) -> None:
+        self.processor.shutdown()
+        self.store.close()
+
+    # --- what chat replies and status read ------------------------------------------------
+
+    def enrich(self, reply: AgentReply) -> AgentReply:
+        """Name the agent's current incident and what was done about it in a degraded reply."""
+        incident_id = self._latest.get(reply.agent)
+        recovery: dict[str, Any] = {"fallback": reply.fallback}
+        if incident_id is not None:
+            results = self._results.get(incident_id, [])
+            recovery["actions"] = [{"action": r.action, "result": r.result} for r in results]
+        return replace(reply, incident=incident_id, recovery=recovery)
+
+    def active_counts(self) -> dict[str, int]:
+        return {k: v for k, v in self.store.active_counts_by_severity().items() if v}
+
+    # --- metrics ------------------------------------------------------------------------
+
+    def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
+        for severity, count in self.store.active_counts_by_severity().items():
+            yield Observation(count, {"severity": severity})
+
+    def _observe_classified(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.processor.spans_classified)
+
+    def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.processor.spans_dropped)

@@ -1,0 +1,137 @@
+"""Incidents: list, details with the timeline, acknowledge, resolve; and kept traces."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.auth import AdminAuth, AdminRead
+from service.deps import RuntimeDep
+from telemetry.incident_model import IllegalTransition, Incident, IncidentNotFound
+
+router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
+
+INCIDENT_ID = r"^INC_\d{13}_[a-z0-9]{6}$"
+IncidentId = Path(pattern=INCIDENT_ID, description="INC_<epoch ms>_<6 characters>")
+Status = Literal["open", "acknowledged", "mitigated", "resolved", "active"]
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Acknowledge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field("", max_length=2000)
+
+
+class Resolve(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: str = Field(min_length=1, max_length=2000)
+
+
+def incident_view(runtime: Any, incident: Incident) -> dict[str, Any]:
+    body = incident.to_dict()
+    trace_ids = [t for t in incident.trace_ids if t]
+    body["traceIds"] = trace_ids
+    base = runtime.settings.trace_url_template
+    body["traces"] = [
+        {
+            "traceId": trace_id,
+            "api": f"/api/emergency/traces/{trace_id}",
+            "link": base.format(trace_id=trace_id) if base else None,
+        }
+        for trace_id in trace_ids
+    ]
+    return body
+
+
+def _store(runtime: Any):  # noqa: ANN202
+    if runtime.incidents is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "incidents are starting")
+    return runtime.incidents
+
+
+@router.get("/incidents")
+async def list_incidents(
+    runtime: RuntimeDep,
+    status_filter: Status | None = Query(None, alias="status"),
+    severity: Severity | None = None,
+    component: str | None = Query(None, min_length=1, max_length=64),
+    since: datetime | None = Query(None, description="ISO-8601; last seen at or after"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    store = _store(runtime)
+    items, total = store.list(
+        status=status_filter,
+        severity=severity,
+        component=component,
+        since=since.timestamp() if since else None,
+        limit=limit,
+        offset=offset,
+    )
+    return {
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "incidents": [incident_view(runtime, i) for i in items],
+    }
+
+
+@router.get("/incidents/{incident_id}")
+async def get_incident(runtime: RuntimeDep, incident_id: str = IncidentId) -> dict[str, Any]:
+    store = _store(runtime)
+    try:
+        incident = store.get(incident_id)
+    except IncidentNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    return {
+        **incident_view(runtime, incident),
+        "timeline": [entry.to_dict() for entry in store.timeline(incident_id)],
+    }
+
+
+@router.post("/incidents/{incident_id}/acknowledge")
+async def acknowledge(
+    runtime: RuntimeDep,
+    who: AdminAuth,
+    body: Acknowledge | None = None,
+    incident_id: str = IncidentId,
+) -> dict[str, Any]:
+    return _change(runtime, lambda s: s.acknowledge(incident_id, who, body.note if body else ""))
+
+
+@router.post("/incidents/{incident_id}/resolve")
+async def resolve(
+    runtime: RuntimeDep, body: Resolve, who: AdminAuth, incident_id: str = IncidentId
+) -> dict[str, Any]:
+    return _change(runtime, lambda s: s.resolve(incident_id, who, body.resolution))
+
+
+def _change(runtime: Any, change: Any) -> dict[str, Any]:
+    store = _store(runtime)
+    try:
+        incident = change(store)
+    except IncidentNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except IllegalTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return incident_view(runtime, incident)
+
+
+@router.get("/traces/{trace_id}")
+async def get_trace(
+    runtime: RuntimeDep, trace_id: str = Path(pattern=r"^[0-9a-f]{32}$")
+) -> dict[str, Any]:
+    if runtime.traces is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "trace keeping is off")
+    tree = runtime.traces.tree(trace_id)
+    if tree is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"trace {trace_id} is not kept: unknown, without errors, or evicted",
+        )
+    return tree

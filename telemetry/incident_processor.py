@@ -1,0 +1,231 @@
+"""The span processor that turns error spans into incidents, off the request path.
+
+``on_end`` checks the span's status and returns at once unless it is ERROR; an error span is
+appended to a bounded queue (a full queue drops it and counts the drop, never blocks). One
+worker thread takes batches from the queue, classifies each span, writes the batch through the
+store in one transaction and publishes what happened to subscribers.
+
+Subscribers are called on the worker thread, one event per incident touched per batch (not one
+per failure: a storm of one error is one "updated" event per batch with its occurrence count).
+A subscriber must be quick and must not block; to reach an event loop it should hand over with
+``loop.call_soon_threadsafe``. A subscriber that raises is logged and never stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+
+from telemetry.classifier import Classification, Classifier
+from telemetry.incident_model import Incident
+from telemetry.incident_store import IncidentStore
+from telemetry.span_record import SpanRecord
+
+log = logging.getLogger("ers.incidents")
+ERROR = StatusCode.ERROR
+
+
+@dataclass(frozen=True)
+class IncidentEvent:
+    kind: str  # opened | updated | reopened
+    incident: Incident  # as stored after this batch
+    classification: Classification
+    occurrences: int  # failures of this batch grouped into the incident
+    record: SpanRecord  # the latest of them
+
+
+Subscriber = Callable[[IncidentEvent], None]
+
+
+class _FlushMarker(threading.Event):
+    """Put in the queue; set by the worker once everything before it is written."""
+
+
+class IncidentProcessor(SpanProcessor):
+    """Swap rules at run time by assigning ``processor.classifier``; the worker picks the new
+    one up at its next batch."""
+
+    def __init__(
+        self,
+        store: IncidentStore,
+        classifier: Classifier,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 1_000,
+        keep_span_records: bool = True,
+        idle_wait_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.classifier = classifier
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.keep_span_records = keep_span_records
+        self._idle_wait_s = idle_wait_s
+        self._queue: deque[ReadableSpan | SpanRecord | _FlushMarker] = deque()
+        self._wake = threading.Event()
+        self._accepting = True
+        self._exit = False
+        self._dropped = 0
+        self._drop_lock = threading.Lock()
+        self._classified = 0
+        self._failed = 0
+        self._subscriber_errors = 0
+        self._subscribers: list[Subscriber] = []
+        self._worker = threading.Thread(target=self._run, name="ers-incidents", daemon=True)
+        self._worker.start()
+
+    # -- counters (read by the service's observable metrics) ------------------------------
+
+    @property
+    def spans_classified(self) -> int:
+        return self._classified
+
+    @property
+    def spans_dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def spans_failed(self) -> int:
+        """Classified but not written: the store raised (e.g. the disk is full)."""
+        return self._failed
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "spans_classified": self._classified,
+            "spans_dropped": self._dropped,
+            "spans_failed": self._failed,
+            "subscriber_errors": self._subscriber_errors,
+            "queue_depth": len(self._queue),
+        }
+
+    # -- events ---------------------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber`` for every incident event; returns a function that unsubscribes."""
+        self._subscribers = [*self._subscribers, subscriber]
+
+        def unsubscribe() -> None:
+            self._subscribers = [s for s in self._subscribers if s is not subscriber]
+
+        return unsubscribe
+
+    # -- SpanProcessor --------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.status.status_code is not ERROR:
+            return
+        self._enqueue(span)
+
+    def submit_record(self, record: SpanRecord) -> bool:
+        """Queue a record from elsewhere (the OTLP intake); False when it was not queued
+        (not an error, queue full, or shut down)."""
+        return record.is_error and self._enqueue(record)
+
+    def _enqueue(self, item: ReadableSpan | SpanRecord) -> bool:
+        if not self._accepting:
+            return False
+        if len(self._queue) >= self.queue_size:
+            with self._drop_lock:
+                self._dropped += 1
+            return False
+        self._queue.append(item)
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until everything queued before this call is classified and written."""
+        if not self._worker.is_alive():
+            return not self._queue
+        marker = _FlushMarker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.wait(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        """Stop accepting spans, drain the queue, stop the worker. Safe to call twice."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        self.force_flush()
+        self._exit = True
+        self._wake.set()
+        self._worker.join(timeout=5)
+
+    # -- the worker -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._wake.clear()
+            if not queue:
+                if self._exit:
+                    return
+                self._wake.wait(self._idle_wait_s)
+                continue
+            batch: list[ReadableSpan | SpanRecord] = []
+            marker = None
+            while queue and len(batch) < self.batch_size:
+                item = queue.popleft()
+                if isinstance(item, _FlushMarker):
+                    marker = item
+                    break
+                batch.append(item)
+            if batch:
+                self._process(batch)
+            if marker is not None:
+                marker.set()
+
+    def _process(self, batch: list[ReadableSpan | SpanRecord]) -> None:
+        classify = self.classifier.classify
+        items: list[tuple[SpanRecord, Classification]] = []
+        for item in batch:
+            try:
+                record = (
+                    item if isinstance(item, SpanRecord) else SpanRecord.from_readable_span(item)
+                )
+                items.append((record, classify(record)))
+            except Exception:
+                self._failed += 1
+                log.exception("could not classify an error span; it is skipped")
+        self._classified += len(items)
+        try:
+            outcomes = self.store.record_errors(items, keep_records=self.keep_span_records)
+        except Exception:
+            self._failed += len(items)
+            log.exception("could not write %d error spans to the incident store", len(items))
+            return
+        subscribers = self._subscribers
+        for outcome in outcomes:
+            event = IncidentEvent(
+                outcome.outcome,
+                outcome.incident,
+                outcome.classification,
+                outcome.occurrences,
+                outcome.record,
+            )
+            for subscriber in subscribers:
+                try:
+                    subscriber(event)
+                except Exception:
+                    self._subscriber_errors += 1
+                    # The first failure, then one in a thousand: a broken subscriber in a storm
+                    # must not flood the log.
+                    if self._subscriber_errors % 1000 == 1:
+                        log.exception(
+                            "an incident subscriber failed (%d so far)", self._subscriber_errors
+                        )
