@@ -62,21 +62,37 @@ from service.routes import (  # noqa: E402
     chat,
     faults,
     incidents,
+    intake,
     probes,
     profiles,
     status,
 )
 from service.routes import backups as backup_routes  # noqa: E402
 from service.runtime import Runtime  # noqa: E402
-from service.settings import Settings, check_production, load_settings  # noqa: E402
+from service.settings import (  # noqa: E402
+    Settings,
+    SettingsError,
+    check_production,
+    load_settings,
+)
 from service.stores import Stores  # noqa: E402
 from service.system_test import agent_steps, store_steps  # noqa: E402
 from service.team import Team, breaker_configs, build_team  # noqa: E402
+from telemetry.classifier import RulesError, load_rules  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
+from telemetry.trace_keeper import TraceKeeper, span_tree  # noqa: E402
 
 log = logging.getLogger("ers")
 
 UNTRACED_PATHS = "/livez,/readyz,/metrics"
+
+
+def check_rules(settings: Settings) -> None:
+    """An invalid classification rules file stops start-up, naming the rule and the reason."""
+    try:
+        load_rules(settings.classification_rules)
+    except RulesError as exc:
+        raise SettingsError(f"invalid setting 'classification_rules': {exc}") from None
 
 
 def service_version() -> str:
@@ -90,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     check_production(settings)
     breaker_configs(settings)  # an invalid per-agent override stops start-up here, in one line
+    check_rules(settings)
     telemetry = build_telemetry(
         settings.service_name, service_version(), enabled=settings.telemetry_enabled
     )
@@ -109,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(backup_routes.router)
     app.include_router(incidents.router)
     app.include_router(alerts.router)
+    app.include_router(intake.router)
     if settings.fault_injection:
         app.include_router(faults.router)
     app.include_router(probes.router)
@@ -124,6 +142,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+class KeptTraces:
+    """The traces endpoint's view of the trace keeper: a span tree or None."""
+
+    def __init__(self, keeper: TraceKeeper) -> None:
+        self.keeper = keeper
+
+    def tree(self, trace_id: str) -> dict[str, object] | None:
+        records = self.keeper.get_trace(trace_id)
+        if records is None:
+            return None
+        return {
+            "traceId": trace_id,
+            "spanCount": len(records),
+            "errorSpans": sum(r.is_error for r in records),
+            "spans": span_tree(records),
+        }
 
 
 def agent_is_healthy(team: Team, component: str) -> bool:
@@ -258,6 +294,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         is_component_healthy=lambda name: agent_is_healthy(team, name),
     )
     telemetry.add_span_processor(incident_service.processor)
+    trace_keeper = TraceKeeper()
+    telemetry.add_span_processor(trace_keeper)
+    runtime.traces = KeptTraces(trace_keeper)
     responder = Responder(
         team,
         incident_service.store,

@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from service import cli_backup, cli_breakers
+    from service import cli_backup, cli_breakers, cli_incidents
 
-    return [cli_breakers.register, cli_backup.register]
+    return [cli_breakers.register, cli_backup.register, cli_incidents.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,46 @@
+"""POST /v1/traces: OTLP/HTTP intake (protobuf or JSON) for spans other services send,
+usually through an OpenTelemetry Collector that forwards only error spans."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+
+from service.auth import IntakeAuth
+from service.deps import RuntimeDep
+from telemetry.otlp_intake import (
+    MalformedOtlp,
+    UnsupportedContentType,
+    decode_error_spans,
+    encode_response,
+)
+
+router = APIRouter(tags=["otlp intake"])
+
+
+@router.post(
+    "/v1/traces",
+    response_class=Response,
+    responses={200: {"content": {"application/x-protobuf": {}, "application/json": {}}}},
+)
+async def receive_traces(request: Request, who: IntakeAuth, runtime: RuntimeDep) -> Response:
+    if runtime.incident_service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the incident pipeline is off")
+    content_type = request.headers.get("content-type", "")
+    body = await request.body()
+    try:
+        errors = decode_error_spans(body, content_type, request.headers.get("content-encoding"))
+    except UnsupportedContentType as exc:
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from None
+    except MalformedOtlp as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    processor = runtime.incident_service.processor
+    accepted = sum(processor.submit_record(record) for record in errors)
+    if accepted < len(errors):
+        # The queue is full; the collector retries on 503 with backoff.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the incident queue is full; {len(errors) - accepted} error spans not taken",
+            headers={"Retry-After": "2"},
+        )
+    payload, media = encode_response(content_type)
+    return Response(payload, media_type=media)

@@ -1,0 +1,157 @@
+"""Decoding OTLP/HTTP trace export bodies (protobuf or JSON) into span records.
+
+OTLP/JSON differs from protobuf's own JSON mapping in one way that matters here: trace and
+span ids are hex strings, not base64; they are converted before ``json_format`` parses the
+body. Unknown fields are ignored, as the OTLP specification asks of receivers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from telemetry.span_record import SpanRecord, otlp_attributes
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+# A decompressed body larger than this is refused: a small gzip body can expand enormously.
+MAX_DECODED_BYTES = 32 * 1024 * 1024
+ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+class MalformedOtlp(ValueError):
+    """The body is not a valid OTLP trace export request; the message says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnsupportedContentType(MalformedOtlp):
+    """Neither protobuf nor JSON (answer 415)."""
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def decode_traces(
+    body: bytes, content_type: str, content_encoding: str | None = None
+) -> list[SpanRecord]:
+    """Every span of the request as a record (errors and not); raises ``MalformedOtlp``."""
+    request = decode_request(decompress(body, content_encoding), content_type)
+    records: list[SpanRecord] = []
+    for resource_spans in request.resource_spans:
+        resource = otlp_attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                    raise MalformedOtlp(
+                        f"span {span.name!r} has a trace id of {len(span.trace_id)} bytes and a "
+                        f"span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
+                    )
+                records.append(SpanRecord.from_otlp(span, resource))
+    return records
+
+
+def decode_error_spans(
+    body: bytes, content_type: str, content_encoding: str | None = None
+) -> list[SpanRecord]:
+    """Only the spans whose status is ERROR: what the incident processor takes."""
+    return [r for r in decode_traces(body, content_type, content_encoding) if r.is_error]
+
+
+def decompress(body: bytes, content_encoding: str | None) -> bytes:
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise MalformedOtlp(f"content encoding {encoding!r} is not supported; use gzip or none")
+    try:
+        if encoding == "gzip":
+            decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        else:
+            decoder = zlib.decompressobj()
+        data = decoder.decompress(body, MAX_DECODED_BYTES + 1)
+    except zlib.error as exc:
+        raise MalformedOtlp(f"the body is not valid {encoding}: {exc}") from exc
+    if len(data) > MAX_DECODED_BYTES:
+        raise MalformedOtlp(f"the body expands past {MAX_DECODED_BYTES} bytes")
+    if not decoder.eof:
+        raise MalformedOtlp(f"the {encoding} body is truncated")
+    return data
+
+
+def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
+    kind = media_type(content_type)
+    request = ExportTraceServiceRequest()
+    if kind == PROTOBUF:
+        try:
+            request.ParseFromString(body)
+        except DecodeError as exc:
+            raise MalformedOtlp(f"the protobuf body does not decode: {exc}") from exc
+        return request
+    if kind == JSON:
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MalformedOtlp(f"the JSON body does not parse: {exc}") from exc
+        if not isinstance(document, dict):
+            raise MalformedOtlp("the JSON body must be an object with resourceSpans")
+        try:
+            json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
+        except json_format.ParseError as exc:
+            raise MalformedOtlp(f"the JSON body is not an OTLP trace request: {exc}") from exc
+        return request
+    raise UnsupportedContentType(
+        f"content type {kind or 'none'!r} is not supported; send {PROTOBUF} or {JSON}"
+    )
+
+
+def _hex_ids_to_base64(node: Any) -> Any:
+    """OTLP/JSON ids are hex; protobuf's JSON mapping of bytes is base64."""
+    if isinstance(node, list):
+        return [_hex_ids_to_base64(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {}
+    for key, value in node.items():
+        if key in ID_FIELDS and isinstance(value, str):
+            try:
+                value = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError as exc:
+                raise MalformedOtlp(f"{key} {value!r} is not hexadecimal") from exc
+        else:
+            value = _hex_ids_to_base64(value)
+        converted[key] = value
+    return converted
+
+
+def encode_response(content_type: str) -> tuple[bytes, str]:
+    """The success reply in the request's encoding: an empty ExportTraceServiceResponse."""
+    response = ExportTraceServiceResponse()
+    if media_type(content_type) == JSON:
+        return b"{}", JSON
+    return response.SerializeToString(), PROTOBUF
+
+
+__all__ = [
+    "JSON",
+    "PROTOBUF",
+    "MalformedOtlp",
+    "UnsupportedContentType",
+    "decode_error_spans",
+    "decode_request",
+    "decode_traces",
+    "decompress",
+    "encode_response",
+]

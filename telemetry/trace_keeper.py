@@ -1,0 +1,183 @@
+"""Keeps every span of the traces that contained an error, for inspection after the fact.
+
+A trace's spans wait in a bounded pending area until its fate is known: its local root span
+ended, or it lingered too long. Traces with an error move to the kept area, which holds at
+most ``span_budget`` spans and evicts the oldest traces first; the others are dropped.
+
+``on_end`` only appends a reference to the finished span under a lock (no copying, no
+conversion): spans become ``SpanRecord`` values only when a kept trace is read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+
+from telemetry.span_record import SpanRecord
+
+ERROR = StatusCode.ERROR
+
+
+@dataclass
+class _Pending:
+    started: float
+    spans: list[ReadableSpan] = field(default_factory=list)
+    has_error: bool = False
+
+
+class TraceKeeper(SpanProcessor):
+    def __init__(
+        self,
+        *,
+        span_budget: int = 20_000,
+        pending_span_limit: int = 10_000,
+        linger_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.span_budget = span_budget
+        self.pending_span_limit = pending_span_limit
+        self.linger_s = linger_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._pending_spans = 0
+        self._kept: OrderedDict[int, list[ReadableSpan]] = OrderedDict()
+        self._kept_spans = 0
+        self._next_sweep = clock() + linger_s
+        self.traces_kept = 0
+        self.traces_evicted = 0
+        self.traces_dropped = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        trace_id = span.context.trace_id
+        is_error = span.status.status_code is ERROR
+        parent = span.parent
+        with self._lock:
+            kept = self._kept.get(trace_id)
+            if kept is not None:  # a late span of a trace already kept
+                kept.append(span)
+                self._kept_spans += 1
+                self._evict_over_budget()
+                return
+            pending = self._pending.get(trace_id)
+            if pending is None:
+                pending = self._pending[trace_id] = _Pending(self._clock())
+            pending.spans.append(span)
+            pending.has_error = pending.has_error or is_error
+            self._pending_spans += 1
+            if parent is None or parent.is_remote:
+                self._settle(trace_id)
+            if self._pending_spans > self.pending_span_limit:
+                self._settle_oldest()
+            if self._pending and self._clock() >= self._next_sweep:
+                self._sweep()
+
+    def _settle(self, trace_id: int) -> None:
+        pending = self._pending.pop(trace_id)
+        self._pending_spans -= len(pending.spans)
+        if not pending.has_error:
+            self.traces_dropped += 1
+            return
+        self._kept[trace_id] = pending.spans
+        self._kept_spans += len(pending.spans)
+        self.traces_kept += 1
+        self._evict_over_budget()
+
+    def _settle_oldest(self) -> None:
+        while self._pending_spans > self.pending_span_limit and self._pending:
+            self._settle(next(iter(self._pending)))
+
+    def _sweep(self) -> None:
+        """Settle traces whose root never ended here (it lives in another process, or a
+        request was abandoned)."""
+        now = self._clock()
+        self._next_sweep = now + self.linger_s / 2
+        cutoff = now - self.linger_s
+        while self._pending:
+            trace_id, pending = next(iter(self._pending.items()))
+            if pending.started > cutoff:
+                break
+            self._settle(trace_id)
+
+    def _evict_over_budget(self) -> None:
+        while self._kept_spans > self.span_budget and len(self._kept) > 1:
+            _, spans = self._kept.popitem(last=False)
+            self._kept_spans -= len(spans)
+            self.traces_evicted += 1
+
+    def get_trace(self, trace_id_hex: str) -> list[SpanRecord] | None:
+        """Every span kept for the trace, by start time; also a trace still pending when it
+        already has an error. None when the trace is not kept."""
+        try:
+            trace_id = int(trace_id_hex, 16)
+        except ValueError:
+            return None
+        with self._lock:
+            spans = self._kept.get(trace_id)
+            if spans is None:
+                pending = self._pending.get(trace_id)
+                spans = pending.spans if pending is not None and pending.has_error else None
+            spans = list(spans) if spans is not None else None
+        if spans is None:
+            return None
+        records = [SpanRecord.from_readable_span(span) for span in spans]
+        records.sort(key=lambda record: record.start_ns)
+        return records
+
+    def kept_trace_ids(self) -> list[str]:
+        with self._lock:
+            return [format(trace_id, "032x") for trace_id in self._kept]
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "traces_kept_now": len(self._kept),
+                "spans_kept_now": self._kept_spans,
+                "traces_pending": len(self._pending),
+                "spans_pending": self._pending_spans,
+                "traces_kept": self.traces_kept,
+                "traces_evicted": self.traces_evicted,
+                "traces_dropped": self.traces_dropped,
+            }
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._pending_spans = 0
+
+
+def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:
+    """Nest spans under their parents; spans whose parent is missing become roots."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: r.start_ns):
+        nodes[record.span_id] = {
+            "name": record.name,
+            "spanId": record.span_id,
+            "parentSpanId": record.parent_span_id,
+            "start": record.start_ns,
+            "end": record.end_ns,
+            "durationMs": round(record.duration_ms, 3),
+            "status": {"code": record.status_code, "message": record.status_message},
+            "attributes": record.attributes,
+            "events": [event.to_dict() for event in record.events],
+            "children": [],
+        }
+    roots = []
+    for node in nodes.values():
+        parent = nodes.get(node["parentSpanId"]) if node["parentSpanId"] else None
+        (parent["children"] if parent is not None else roots).append(node)
+    return roots
