@@ -1,0 +1,180 @@
+"""Alertmanager's webhook with recorded version-4 payloads: firing, resolved, duplicates,
+unknown actions, bad tokens and malformed bodies."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from service.settings import Settings
+
+TOKEN = "alert-hook-3f9a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+FIRING: dict[str, Any] = {
+    "version": "4",
+    "groupKey": '{}/{action="isolate"}:{alertname="AgentErrorRatioHigh", agent="workout"}',
+    "truncatedAlerts": 0,
+    "status": "firing",
+    "receiver": "ers-isolate",
+    "groupLabels": {"alertname": "AgentErrorRatioHigh", "agent": "workout"},
+    "commonLabels": {
+        "alertname": "AgentErrorRatioHigh",
+        "agent": "workout",
+        "action": "isolate",
+        "severity": "critical",
+    },
+    "commonAnnotations": {"summary": "workout agent failing"},
+    "externalURL": "http://alertmanager:9093",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {
+                "alertname": "AgentErrorRatioHigh",
+                "agent": "workout",
+                "action": "isolate",
+                "severity": "critical",
+                "job": "ers",
+            },
+            "annotations": {
+                "summary": "workout agent failing",
+                "description": "error ratio 0.9 over 5m",
+                "runbook": "https://ers.example/runbooks/AgentErrorRatioHigh",
+            },
+            "startsAt": "2026-11-28T12:00:00.000Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus:9090/graph?g0.expr=...",
+            "fingerprint": "5e0f1c9a2b3d4e5f",
+        }
+    ],
+}
+
+
+def resolved_payload() -> dict[str, Any]:
+    payload = copy.deepcopy(FIRING)
+    payload["status"] = "resolved"
+    payload["alerts"][0]["status"] = "resolved"
+    payload["alerts"][0]["endsAt"] = "2026-11-28T12:10:00.000Z"
+    return payload
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"alert_token": SecretStr(TOKEN)})
+
+
+@pytest.fixture
+async def hook(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers") as http:
+        yield http
+
+
+async def settle(app: FastAPI) -> None:
+    await app.state.runtime.alerts.drain()
+
+
+async def test_firing_isolate_forces_the_breaker_open_once(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    for _ in range(3):  # retries and an HA pair deliver the same notification again
+        reply = await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
+        assert reply.status_code == 200
+    await settle(app)
+    breaker = app.state.runtime.team.get("workout").breaker
+    assert breaker.state.value == "forced_open"
+    snapshot = breaker.snapshot()
+    assert snapshot["forced"]["source"] == "alertmanager"
+    assert "AgentErrorRatioHigh" in snapshot["forced"]["reason"]
+    history = [e for e in breaker.history() if e.to_state.value == "forced_open"]
+    assert len(history) == 1  # one action for three deliveries
+    store = app.state.runtime.incidents
+    (incident,) = store.list(component="workout")[0]
+    kinds = [e.kind for e in store.timeline(incident.id)]
+    assert kinds.count("alert_received") == 1
+    assert "action_finished" in kinds
+    ledger = app.state.runtime.alerts.ledger.entry(
+        "5e0f1c9a2b3d4e5f", "2026-11-28T12:00:00+00:00", "firing"
+    )
+    assert ledger["deliveries"] == 3 and ledger["incidentId"] == incident.id
+
+
+async def test_resolved_isolate_releases_to_half_open_and_then_closes(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
+    await settle(app)
+    await hook.post("/api/emergency/alerts", json=resolved_payload(), headers=AUTH)
+    await settle(app)
+    breaker = app.state.runtime.team.get("workout").breaker
+    assert breaker.state.value == "half_open"
+    reply = await client.post("/chat", json={"message": "make me a workout plan"})
+    assert reply.json()["emergency"] is False
+    assert breaker.state.value == "closed"
+
+
+async def test_resolved_alert_never_starts_an_action(hook: httpx.AsyncClient, app: FastAPI) -> None:
+    payload = resolved_payload()
+    payload["alerts"][0]["labels"]["action"] = "backup"
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.json() == {"received": 1, "new": 1, "duplicates": 0}
+    await settle(app)
+    assert app.state.runtime.team.get("workout").breaker.state.value == "closed"
+
+
+async def test_unknown_action_is_recorded_and_answered_200(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    payload = copy.deepcopy(FIRING)
+    payload["alerts"][0]["labels"]["action"] = "reboot-the-moon"
+    payload["alerts"][0]["fingerprint"] = "aaaa1111bbbb2222"
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.status_code == 200
+    await settle(app)
+    store = app.state.runtime.incidents
+    (incident,) = store.list(component="workout")[0]
+    notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
+    assert any("unknown action 'reboot-the-moon'" in n for n in notes)
+    assert app.state.runtime.team.get("workout").breaker.state.value == "closed"
+
+
+async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
+        reply = await hook.post("/api/emergency/alerts", json=FIRING, headers=headers)
+        assert reply.status_code == 401
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (lambda p: p.update(version="3"), "version"),
+        (lambda p: p.update(alerts=[]), "alerts"),
+        (lambda p: p["alerts"][0].pop("fingerprint"), "fingerprint"),
+        (lambda p: p["alerts"][0].update(status="pending"), "status"),
+        (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+    ],
+)
+async def test_malformed_payloads_get_422_with_the_reason(
+    hook: httpx.AsyncClient, mutate: Any, expected: str
+) -> None:
+    payload = copy.deepcopy(FIRING)
+    mutate(payload)
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.status_code == 422
+    assert expected in reply.json()["detail"]
+
+
+async def test_unrecordable_alert_gets_503_so_alertmanager_retries(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    app.state.runtime.alerts.ledger.close()
+    reply = await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
+    assert reply.status_code == 503
+    assert "could not record" in reply.json()["detail"]
