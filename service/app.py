@@ -49,7 +49,6 @@ from service.health.metrics import register_health_metrics  # noqa: E402
 from service.health.monitor import HealthMonitor  # noqa: E402
 from service.health.system_state import (  # noqa: E402
     StateInputs,
-    StateTransition,
     SystemStateMachine,
 )
 from service.incidents import IncidentService  # noqa: E402
@@ -77,10 +76,19 @@ from service.settings import (  # noqa: E402
 )
 from service.stores import Stores  # noqa: E402
 from service.system_test import agent_steps, store_steps  # noqa: E402
-from service.team import Team, breaker_configs, build_team  # noqa: E402
+from service.team import breaker_configs, build_team  # noqa: E402
+from service.wiring import (  # noqa: E402
+    KeptTraces,
+    agent_is_healthy,
+    breaker_states,
+    failing_subsystems,
+    note_state_change,
+    rollback_before,
+    tick_state,
+)
 from telemetry.classifier import RulesError, load_rules  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
-from telemetry.trace_keeper import TraceKeeper, span_tree  # noqa: E402
+from telemetry.trace_keeper import TraceKeeper  # noqa: E402
 
 log = logging.getLogger("ers")
 
@@ -142,74 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
-
-
-class KeptTraces:
-    """The traces endpoint's view of the trace keeper: a span tree or None."""
-
-    def __init__(self, keeper: TraceKeeper) -> None:
-        self.keeper = keeper
-
-    def tree(self, trace_id: str) -> dict[str, object] | None:
-        records = self.keeper.get_trace(trace_id)
-        if records is None:
-            return None
-        return {
-            "traceId": trace_id,
-            "spanCount": len(records),
-            "errorSpans": sum(r.is_error for r in records),
-            "spans": span_tree(records),
-        }
-
-
-def agent_is_healthy(team: Team, component: str) -> bool:
-    """For auto-resolve: an agent is healthy again once its breaker is closed."""
-    guard = team.guards.get(component)
-    return guard is None or guard.breaker.state.value == "closed"
-
-
-def note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
-    """A system state change goes on the timeline of the incident most likely behind it."""
-    rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
-    active, _ = incidents.store.list(status="active", limit=50)
-    if not active:
-        return
-    cause = min(active, key=lambda i: (rank.get(i.severity, 4), -i.last_seen))
-    incidents.store.add_timeline(
-        cause.id,
-        "state_changed",
-        f"system state {transition.from_state} -> {transition.to_state}: {transition.reason}",
-        "ers",
-        {"from": transition.from_state.value, "to": transition.to_state.value},
-    )
-
-
-async def rollback_before(runtime: Runtime, backups: BackupService, context: object) -> str:
-    incident_id = context.incident_id  # type: ignore[attr-defined]
-    snapshot_id = await runtime.snapshot_before_incident(incident_id)
-    result = await backups.rollback(snapshot_id, None, f"automatic rollback for {incident_id}")
-    return f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
-
-
-def breaker_states(team: Team) -> dict[str, str]:
-    return {guard.name: guard.breaker.state.value for guard in team.guards.values()}
-
-
-SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})
-
-
-def failing_subsystems(health: HealthMonitor) -> list[str]:
-    report = health.last
-    if report is None:
-        return []
-    return [name for name in report.unhealthy() if name in SUBSYSTEM_CHECKS]
-
-
-async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None:
-    """Recovery ends by the passing of time, so the state is also looked at every second."""
-    while True:
-        await asyncio.sleep(interval_s)
-        state.evaluate()
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ trials happen lazily, on the next ``acquire``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -28,7 +28,6 @@ __all__ = [
     "BreakerConfig",
     "BreakerEvent",
     "BreakerEventKind",
-    "BreakerRegistry",
     "BreakerState",
     "CallNotPermitted",
     "CircuitBreaker",
@@ -517,57 +516,3 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"
-
-
-class BreakerRegistry(Mapping[str, CircuitBreaker]):
-    """The breakers by name; listeners subscribed here reach present and future breakers."""
-
-    def __init__(self, breakers: Iterable[CircuitBreaker] = ()) -> None:
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._listeners: list[tuple[BreakerListener, tuple[BreakerEventKind, ...] | None]] = []
-        for breaker in breakers:
-            self.add(breaker)
-
-    def add(self, breaker: CircuitBreaker) -> CircuitBreaker:
-        if breaker.name in self._breakers:
-            raise ValueError(f"a breaker named '{breaker.name}' is already registered")
-        self._breakers[breaker.name] = breaker
-        for listener, kinds in self._listeners:
-            breaker.subscribe(listener, kinds)
-        return breaker
-
-    def subscribe(
-        self, listener: BreakerListener, kinds: Iterable[BreakerEventKind] | None = None
-    ) -> None:
-        kinds_tuple = None if kinds is None else tuple(kinds)
-        self._listeners.append((listener, kinds_tuple))
-        for breaker in self._breakers.values():
-            breaker.subscribe(listener, kinds_tuple)
-
-    def __getitem__(self, name: str) -> CircuitBreaker:
-        try:
-            return self._breakers[name]
-        except KeyError:
-            known = ", ".join(sorted(self._breakers)) or "none"
-            raise KeyError(f"no breaker named '{name}'; known breakers: {known}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._breakers)
-
-    def __len__(self) -> int:
-        return len(self._breakers)
-
-    def all(self) -> list[CircuitBreaker]:
-        return list(self._breakers.values())
-
-    def totals(self) -> dict[str, int]:
-        """Counts by state; ``open`` includes forced-open breakers."""
-        states = [breaker.state for breaker in self._breakers.values()]
-        return {
-            "total": len(states),
-            "open": sum(state in (OPEN, FORCED_OPEN) for state in states),
-            "closed": states.count(CLOSED),
-            "halfOpen": states.count(HALF_OPEN),
-            "forcedOpen": states.count(FORCED_OPEN),
-            "disabled": states.count(DISABLED),
-        }

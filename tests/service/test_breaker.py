@@ -17,12 +17,12 @@ from service.resilience.breaker import (
     BreakerConfig,
     BreakerEvent,
     BreakerEventKind,
-    BreakerRegistry,
     BreakerState,
     CallNotPermitted,
     CircuitBreaker,
     ResetRefused,
 )
+from service.resilience.breaker_registry import BreakerRegistry
 
 # 2023-11-14T22:13:20Z, so wall-clock timestamps in snapshots are predictable.
 WALL_EPOCH = 1_700_000_000.0

@@ -1,0 +1,81 @@
+"""Small pieces the lifespan connects the parts with: views, predicates and loops."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.backups import BackupService
+from service.health.monitor import HealthMonitor
+from service.health.system_state import StateTransition, SystemStateMachine
+from service.incidents import IncidentService
+from service.runtime import Runtime
+from service.team import Team
+from telemetry.trace_keeper import TraceKeeper, span_tree
+
+
+class KeptTraces:
+    """The traces endpoint's view of the trace keeper: a span tree or None."""
+
+    def __init__(self, keeper: TraceKeeper) -> None:
+        self.keeper = keeper
+
+    def tree(self, trace_id: str) -> dict[str, object] | None:
+        records = self.keeper.get_trace(trace_id)
+        if records is None:
+            return None
+        return {
+            "traceId": trace_id,
+            "spanCount": len(records),
+            "errorSpans": sum(r.is_error for r in records),
+            "spans": span_tree(records),
+        }
+
+
+def agent_is_healthy(team: Team, component: str) -> bool:
+    """For auto-resolve: an agent is healthy again once its breaker is closed."""
+    guard = team.guards.get(component)
+    return guard is None or guard.breaker.state.value == "closed"
+
+
+def note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
+    """A system state change goes on the timeline of the incident most likely behind it."""
+    rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+    active, _ = incidents.store.list(status="active", limit=50)
+    if not active:
+        return
+    cause = min(active, key=lambda i: (rank.get(i.severity, 4), -i.last_seen))
+    incidents.store.add_timeline(
+        cause.id,
+        "state_changed",
+        f"system state {transition.from_state} -> {transition.to_state}: {transition.reason}",
+        "ers",
+        {"from": transition.from_state.value, "to": transition.to_state.value},
+    )
+
+
+async def rollback_before(runtime: Runtime, backups: BackupService, context: object) -> str:
+    incident_id = context.incident_id  # type: ignore[attr-defined]
+    snapshot_id = await runtime.snapshot_before_incident(incident_id)
+    result = await backups.rollback(snapshot_id, None, f"automatic rollback for {incident_id}")
+    return f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
+
+
+def breaker_states(team: Team) -> dict[str, str]:
+    return {guard.name: guard.breaker.state.value for guard in team.guards.values()}
+
+
+SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})
+
+
+def failing_subsystems(health: HealthMonitor) -> list[str]:
+    report = health.last
+    if report is None:
+        return []
+    return [name for name in report.unhealthy() if name in SUBSYSTEM_CHECKS]
+
+
+async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None:
+    """Recovery ends by the passing of time, so the state is also looked at every second."""
+    while True:
+        await asyncio.sleep(interval_s)
+        state.evaluate()
