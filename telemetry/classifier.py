@@ -11,14 +11,22 @@ another file). Conditions of one rule must all hold:
   values, ``{regex: ...}`` or ``{present: true|false}``.
 
 A rule yields severity, type, impact, recoverable, protocol and a fingerprint template.
+
+What the service sets on a span so that the default rules can read it: status ERROR and an
+``exception`` event (``span.record_exception``); ``ers.exception.bases`` (the exception's base
+class names, most specific first); ``ers.agent`` on agent spans and ``ers.component``
+elsewhere (the incident's component); ``ers.check`` on health-check spans. Without an
+exception event, ``error.type`` and a status message "Type: message" are used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from telemetry.fingerprint import component_of
 from telemetry.rule_conditions import Rule, RulesError, parse_rules
@@ -105,8 +113,6 @@ class Explanation:
 
 def load_rules(path: str | Path | None = None) -> Classifier:
     """Read and check a rules file; an invalid file raises ``RulesError`` naming the rule."""
-    import yaml
-
     rules_path = Path(path) if path is not None else DEFAULT_RULES_PATH
     try:
         document = yaml.safe_load(rules_path.read_text())
@@ -213,7 +219,11 @@ def _key_fields(rules: list[Rule]) -> tuple[tuple[str, ...], tuple[str, ...], bo
 
 
 def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):  # an OTLP kvlist attribute
+        return tuple(sorted((key, _hashable(item)) for key, item in value.items()))
+    return value
 
 
 @dataclass
@@ -223,44 +233,47 @@ class ReplaySummary:
     total: int = 0
     changed: int = 0
     regrouped: int = 0  # records whose fingerprint (hence incident) would change
-    by_rule_before: dict[str, int] | None = None
-    by_rule_after: dict[str, int] | None = None
+    by_rule_before: dict[str, int] = field(default_factory=dict)
+    by_rule_after: dict[str, int] = field(default_factory=dict)
     # "old rule (severity/type/protocol) → new rule (…)" → count and one example span name
-    changes: dict[str, dict[str, Any]] | None = None
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def replay(records: Iterable[SpanRecord], old: Classifier, new: Classifier) -> ReplaySummary:
-    return replay_stored(((record, old.classify(record)) for record in records), new)
+    return replay_stored(((record, old.classify(record), 1) for record in records), new)
 
 
 def replay_stored(
-    stored: Iterable[tuple[SpanRecord, Classification | Mapping[str, Any]]], new: Classifier
+    stored: Iterable[tuple[SpanRecord, Classification | Mapping[str, Any], int]],
+    new: Classifier,
 ) -> ReplaySummary:
-    """``stored``: records with the classification they were given when they arrived (as
-    ``IncidentStore.stored_span_records`` returns them)."""
-    summary = ReplaySummary(by_rule_before={}, by_rule_after={}, changes={})
-    assert summary.by_rule_before is not None and summary.by_rule_after is not None
-    assert summary.changes is not None
-    for record, before in stored:
+    """``stored``: records with the classification they were given when they arrived and
+    how many failures each stands for (``IncidentStore.stored_span_records``)."""
+    summary = ReplaySummary()
+    by_rule_before, by_rule_after, changes = (
+        summary.by_rule_before,
+        summary.by_rule_after,
+        summary.changes,
+    )
+    for record, before, weight in stored:
         before_fields = before.to_dict() if isinstance(before, Classification) else dict(before)
         after = new.classify(record).to_dict()
-        summary.total += 1
+        summary.total += weight
         old_rule, new_rule = str(before_fields.get("rule")), after["rule"]
-        summary.by_rule_before[old_rule] = summary.by_rule_before.get(old_rule, 0) + 1
-        summary.by_rule_after[new_rule] = summary.by_rule_after.get(new_rule, 0) + 1
+        by_rule_before[old_rule] = by_rule_before.get(old_rule, 0) + weight
+        by_rule_after[new_rule] = by_rule_after.get(new_rule, 0) + weight
         if before_fields.get("fingerprint") != after["fingerprint"]:
-            summary.regrouped += 1
+            summary.regrouped += weight
         old_label, new_label = _label(before_fields), _label(after)
-        if old_label == new_label:
-            continue
-        summary.changed += 1
-        change = summary.changes.setdefault(
-            f"{old_label} → {new_label}", {"count": 0, "example": record.name}
-        )
-        change["count"] += 1
+        if old_label != new_label:
+            summary.changed += weight
+            change = changes.setdefault(
+                f"{old_label} → {new_label}", {"count": 0, "example": record.name}
+            )
+            change["count"] += weight
     return summary
 
 

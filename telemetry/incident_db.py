@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS timeline (
 CREATE INDEX IF NOT EXISTS timeline_incident ON timeline (incident_id, seq);
 CREATE TABLE IF NOT EXISTS span_records (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, incident_id TEXT NOT NULL,
-    classification TEXT NOT NULL, record TEXT NOT NULL
+    classification TEXT NOT NULL, record TEXT NOT NULL, weight INTEGER NOT NULL
 );
 """
 

@@ -186,7 +186,11 @@ class IncidentProcessor(SpanProcessor):
                     break
                 batch.append(item)
             if batch:
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except Exception:  # the worker must outlive any one batch
+                    self._failed += len(batch)
+                    log.exception("could not process %d error spans", len(batch))
             if marker is not None:
                 marker.set()
 

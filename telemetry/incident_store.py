@@ -7,7 +7,6 @@ Thread-safe: the worker thread writes while the event loop reads (see ``incident
 
 from __future__ import annotations
 
-import json
 import random
 import string
 import time
@@ -30,7 +29,14 @@ from telemetry.incident_model import (
     TimelineEntry,
     UnknownTimelineKind,
 )
-from telemetry.incident_writes import GroupOutcome, keep_span_records, write_groups
+from telemetry.incident_writes import (
+    GroupOutcome,
+    StoredSpanRecord,
+    group_by_fingerprint,
+    keep_span_records,
+    read_span_records,
+    write_groups,
+)
 from telemetry.span_record import SpanRecord
 
 ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -47,6 +53,7 @@ class IncidentStore:
         *,
         max_trace_ids: int = 20,
         max_span_records: int = 10_000,
+        records_per_incident: int = 5,
         quiet_period_s: float = 300.0,
         is_component_healthy: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
@@ -56,6 +63,8 @@ class IncidentStore:
         self.path = Path(path)
         self.max_trace_ids = max_trace_ids
         self.max_span_records = max_span_records
+        # Per incident per batch: see ``keep_span_records``.
+        self.records_per_incident = records_per_incident
         self.quiet_period_s = quiet_period_s
         self.is_component_healthy = is_component_healthy
         self.clock = clock
@@ -83,27 +92,21 @@ class IncidentStore:
         if not items:
             return []
         now = self.clock()
+        groups = group_by_fingerprint(items)
         with self._write() as db:
-            outcomes = write_groups(db, items, now, self.max_trace_ids, new_incident_id)
+            outcomes = write_groups(db, groups, now, self.max_trace_ids, new_incident_id)
             if keep_records:
-                keep_span_records(db, items, outcomes, now, self.max_span_records)
+                keep_span_records(
+                    db, outcomes, groups, now, self.max_span_records, self.records_per_incident
+                )
         return outcomes
 
     def stored_span_records(
         self, limit: int | None = None, incident_id: str | None = None
-    ) -> list[tuple[SpanRecord, dict[str, Any]]]:
-        """Stored error span records with the classification they got, oldest first."""
-        where, params = ("WHERE incident_id = ?", [incident_id]) if incident_id else ("", [])
-        rows = self._db().execute(
-            f"SELECT classification, record FROM span_records {where} ORDER BY seq DESC LIMIT ?",
-            [*params, -1 if limit is None else limit],
-        )
-        found = [
-            (SpanRecord.from_dict(json.loads(row["record"])), json.loads(row["classification"]))
-            for row in rows
-        ]
-        found.reverse()
-        return found
+    ) -> list[StoredSpanRecord]:
+        """Stored error span records (newest ``limit``), oldest first, each with the
+        classification it got and how many failures it stands for."""
+        return read_span_records(self._db(), limit, incident_id)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -303,6 +306,7 @@ __all__ = [
     "Incident",
     "IncidentNotFound",
     "IncidentStore",
+    "StoredSpanRecord",
     "TimelineEntry",
     "UnknownTimelineKind",
 ]

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from telemetry.classifier import Classification
 from telemetry.fingerprint import short_type
@@ -29,22 +30,28 @@ class GroupOutcome:
     record: SpanRecord  # the batch's latest failure of this incident
 
 
+def group_by_fingerprint(
+    items: Sequence[tuple[SpanRecord, Classification]],
+) -> dict[str, list[tuple[SpanRecord, Classification]]]:
+    groups: dict[str, list[tuple[SpanRecord, Classification]]] = {}
+    for item in items:
+        groups.setdefault(item[1].fingerprint, []).append(item)
+    return groups
+
+
 def write_groups(
     db: sqlite3.Connection,
-    items: Sequence[tuple[SpanRecord, Classification]],
+    groups: dict[str, list[tuple[SpanRecord, Classification]]],
     now: float,
     max_trace_ids: int,
     new_id: Callable[[float], str],
 ) -> list[GroupOutcome]:
-    groups: dict[str, list[tuple[SpanRecord, Classification]]] = {}
-    for item in items:
-        groups.setdefault(item[1].fingerprint, []).append(item)
     outcomes = []
     for fingerprint, group in groups.items():
         row = db.execute("SELECT * FROM incidents WHERE fingerprint = ?", (fingerprint,)).fetchone()
         record, classification = group[-1]
         # Only the last few can survive the cap; the rest need not be looked at.
-        recent_ids = [r.trace_id for r, _ in group[-max_trace_ids:]]
+        recent_ids = [r.trace_id for r, _ in group[-max_trace_ids:] if r.trace_id]
         if row is None:
             incident = _new_incident(record, classification, now, new_id(now))
             incident.trace_ids = _merge_ids([], recent_ids, max_trace_ids)
@@ -172,38 +179,74 @@ def _timeline(db: sqlite3.Connection, incident_id: str, at: float, kind: str, te
     insert_timeline(db, incident_id, at, kind, "classifier", text)
 
 
+class StoredSpanRecord(NamedTuple):
+    record: SpanRecord
+    classification: dict[str, Any]  # as classified when it arrived
+    weight: int  # how many failures of its batch this record stands for
+
+
 def keep_span_records(
     db: sqlite3.Connection,
-    items: Sequence[tuple[SpanRecord, Classification]],
     outcomes: list[GroupOutcome],
+    groups: dict[str, list[tuple[SpanRecord, Classification]]],
     now: float,
     limit: int,
+    per_group: int,
 ) -> None:
-    """Store the failures themselves (for replaying rules), keeping the newest ``limit``."""
-    # Older records of a large batch would be deleted at once: skip writing them.
-    newest = items[-limit:]
+    """Store the failures themselves, for replaying rules, keeping the newest ``limit`` rows.
+
+    Of one incident's failures in one batch only the newest ``per_group`` are written; the
+    oldest written row carries the weight of those skipped. In a storm this keeps hours of
+    variety instead of the last second of one error, and keeps the write cheap.
+    """
     incident_of = {o.classification.fingerprint: o.incident.id for o in outcomes}
     dumps = json.dumps
-    # A batch holds few distinct classifications: serialise each once.
-    classification_json: dict[int, str] = {}
-    for _, c in newest:
-        if id(c) not in classification_json:
-            classification_json[id(c)] = dumps(c.to_dict())
-    db.executemany(
-        "INSERT INTO span_records (at, incident_id, classification, record) VALUES (?, ?, ?, ?)",
-        [
-            (
-                now,
-                incident_of[c.fingerprint],
-                classification_json[id(c)],
-                dumps(r.to_dict(), separators=(",", ":")),
+    rows = []
+    for fingerprint, group in groups.items():
+        kept = group[-per_group:]
+        classification_json = dumps(kept[-1][1].to_dict())
+        first_weight = len(group) - len(kept) + 1
+        for position, (record, classification) in enumerate(kept):
+            rows.append(
+                (
+                    now,
+                    incident_of[fingerprint],
+                    classification_json
+                    if classification is kept[-1][1]
+                    else dumps(classification.to_dict()),
+                    dumps(record.to_dict(), separators=(",", ":")),
+                    first_weight if position == 0 else 1,
+                )
             )
-            for r, c in newest
-        ],
+    db.executemany(
+        "INSERT INTO span_records (at, incident_id, classification, record, weight) "
+        "VALUES (?, ?, ?, ?, ?)",
+        rows[-limit:],
     )
     db.execute(
         "DELETE FROM span_records WHERE seq <= (SELECT MAX(seq) FROM span_records) - ?", (limit,)
     )
+
+
+def read_span_records(
+    db: sqlite3.Connection, limit: int | None, incident_id: str | None
+) -> list[StoredSpanRecord]:
+    where, params = ("WHERE incident_id = ?", [incident_id]) if incident_id else ("", [])
+    rows = db.execute(
+        f"SELECT classification, record, weight FROM span_records {where} "
+        "ORDER BY seq DESC LIMIT ?",
+        [*params, -1 if limit is None else limit],
+    )
+    found = [
+        StoredSpanRecord(
+            SpanRecord.from_dict(json.loads(row["record"])),
+            json.loads(row["classification"]),
+            row["weight"],
+        )
+        for row in rows
+    ]
+    found.reverse()
+    return found
 
 
 def _merge_ids(current: list[str], new: list[str], limit: int) -> list[str]:

@@ -26,7 +26,7 @@ from telemetry.span_record import SpanRecord
 ERROR = StatusCode.ERROR
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     started: float
     spans: list[ReadableSpan] = field(default_factory=list)
@@ -71,17 +71,22 @@ class TraceKeeper(SpanProcessor):
                 self._evict_over_budget()
                 return
             pending = self._pending.get(trace_id)
+            is_root = parent is None or parent.is_remote
             if pending is None:
-                pending = self._pending[trace_id] = _Pending(self._clock())
+                if is_root and not is_error:  # a clean trace of one span: nothing to keep
+                    self.traces_dropped += 1
+                    return
+                now = self._clock()
+                if self._pending and now >= self._next_sweep:
+                    self._sweep(now)
+                pending = self._pending[trace_id] = _Pending(now)
             pending.spans.append(span)
             pending.has_error = pending.has_error or is_error
             self._pending_spans += 1
-            if parent is None or parent.is_remote:
+            if is_root:
                 self._settle(trace_id)
             if self._pending_spans > self.pending_span_limit:
                 self._settle_oldest()
-            if self._pending and self._clock() >= self._next_sweep:
-                self._sweep()
 
     def _settle(self, trace_id: int) -> None:
         pending = self._pending.pop(trace_id)
@@ -98,10 +103,9 @@ class TraceKeeper(SpanProcessor):
         while self._pending_spans > self.pending_span_limit and self._pending:
             self._settle(next(iter(self._pending)))
 
-    def _sweep(self) -> None:
+    def _sweep(self, now: float) -> None:
         """Settle traces whose root never ended here (it lives in another process, or a
-        request was abandoned)."""
-        now = self._clock()
+        request was abandoned); checked whenever a new trace starts."""
         self._next_sweep = now + self.linger_s / 2
         cutoff = now - self.linger_s
         while self._pending:

@@ -1,0 +1,86 @@
+"""Helpers for the telemetry tests: span records written by hand, and a real SDK tracer
+provider (never the global one) whose finished spans land in an in-memory exporter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from telemetry.classifier import Classifier, load_rules
+from telemetry.span_record import SpanRecord
+
+
+def error_record(
+    name: str = "agent.npa",
+    exception_type: str = "RuntimeError",
+    message: str = "boom",
+    *,
+    attributes: dict[str, Any] | None = None,
+    resource: dict[str, Any] | None = None,
+    trace_id: str = "0af7651916cd43dd8448eb211c80319c",
+    status: str = "ERROR",
+) -> SpanRecord:
+    resource = {"service.name": "ers", **(resource or {})}
+    return SpanRecord.from_dict(
+        {
+            "name": name,
+            "traceId": trace_id,
+            "spanId": "b7ad6b7169203331",
+            "status": {"code": status, "message": f"{exception_type}: {message}"},
+            "attributes": attributes or {},
+            "resource": resource,
+            "events": [
+                {
+                    "name": "exception",
+                    "timeNs": 1,
+                    "attributes": {"exception.type": exception_type, "exception.message": message},
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def default_classifier() -> Classifier:
+    return load_rules()
+
+
+@dataclass
+class Tracing:
+    provider: TracerProvider
+    exporter: InMemorySpanExporter
+
+    @property
+    def tracer(self) -> Tracer:
+        return self.provider.get_tracer("tests")
+
+    def finished(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+
+@pytest.fixture
+def tracing() -> Iterator[Tracing]:
+    provider = TracerProvider(resource=Resource.create({"service.name": "ers"}))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield Tracing(provider, exporter)
+    provider.shutdown()
+
+
+def fail_span(span: Any, error: BaseException) -> None:
+    """What the service's guard does with a failed call."""
+    span.record_exception(error)
+    span.set_attribute("error.type", type(error).__qualname__)
+    span.set_attribute(
+        "ers.exception.bases",
+        [c.__name__ for c in type(error).__mro__[1:] if c not in (object, BaseException)],
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))

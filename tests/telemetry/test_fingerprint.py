@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from telemetry.fingerprint import FingerprintTemplate, TemplateError, normalise_message, short_type
+from tests.telemetry.conftest import error_record
+
+
+@pytest.mark.parametrize(
+    ("message", "normalised"),
+    [
+        ("Database connection timeout after 5023 ms", "Database connection timeout after <num> ms"),
+        ("Memory usage exceeded 90%", "Memory usage exceeded <num>%"),
+        ("retry 3 of 5 took 0.25 s", "retry <num> of <num> took <num> s"),
+        ("user 8f14e45f-ceea-467f-a0e6-1c3a4b5d6e7f not found", "user <uuid> not found"),
+        ("object at 0x7f3a2b1c9d40 is gone", "object at <hex> is gone"),
+        ("digest deadbeef12345678 mismatch", "digest <hex> mismatch"),
+        ("no row for key 'abc' in \"budgets\"", "no row for key <str> in <str>"),
+        ("request req_8f3a91 failed", "request <id> failed"),
+        ("incident INC_1700000000000_ab12cd reopened", "incident <id> reopened"),
+        ("session a1b2c3d4e5z expired", "session <id> expired"),
+        ("connect to 10.0.0.7:5432 refused", "connect to <ip> refused"),
+        ("mail to ops@example.com bounced", "mail to <email> bounced"),
+        ("at 2026-11-28T13:54:51Z the job died", "at <ts> the job died"),
+        ("too   many\n spaces", "too many spaces"),
+        ("utf8 decode failed on http2 stream", "utf8 decode failed on http2 stream"),
+    ],
+)
+def test_variable_parts_of_messages_are_normalised_away(message: str, normalised: str) -> None:
+    assert normalise_message(message) == normalised
+
+
+def test_normalised_messages_are_capped() -> None:
+    assert len(normalise_message("word " * 100)) <= 160
+
+
+@pytest.mark.parametrize(
+    ("exception_type", "short"),
+    [
+        ("service.faults.SimulatedDatabaseError", "SimulatedDatabaseError"),
+        ("TimeoutError", "TimeoutError"),
+        ("java.net.SocketException", "SocketException"),
+    ],
+)
+def test_short_type_drops_the_module(exception_type: str, short: str) -> None:
+    assert short_type(exception_type) == short
+
+
+def test_template_renders_placeholders_from_the_record_and_the_classification() -> None:
+    template = FingerprintTemplate.parse(
+        "{component}|{type}|{severity}|{exception.type}|{message}|{span.name}|"
+        "{service.name}|{attributes.tier}|{resource.region}"
+    )
+    record = error_record(
+        "agent.npa",
+        "pkg.Boom",
+        "failed after 3 tries",
+        attributes={"tier": "gold"},
+        resource={"region": "eu"},
+    )
+    rendered = template.render(record, {"component": "NPA", "type": "agent", "severity": "medium"})
+    assert rendered == "NPA|agent|medium|Boom|failed after <num> tries|agent.npa|ers|gold|eu"
+
+
+def test_unknown_placeholders_are_refused() -> None:
+    with pytest.raises(TemplateError, match=r"unknown placeholder \{colour\}"):
+        FingerprintTemplate.parse("{component}:{colour}")

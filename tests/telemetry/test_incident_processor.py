@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from telemetry.classifier import Classifier
+from telemetry.incident_processor import IncidentEvent, IncidentProcessor
+from telemetry.incident_store import IncidentStore
+from tests.telemetry.conftest import Tracing, error_record, fail_span
+
+
+class DatabaseDown(ConnectionError):
+    pass
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[IncidentStore]:
+    store = IncidentStore(tmp_path / "incidents.db")
+    yield store
+    store.close()
+
+
+def pipeline(
+    tracing: Tracing, store: IncidentStore, classifier: Classifier, **options: int
+) -> IncidentProcessor:
+    processor = IncidentProcessor(store, classifier, **options)
+    tracing.provider.add_span_processor(processor)
+    return processor
+
+
+def fail_agent(tracing: Tracing, agent: str, error: BaseException) -> None:
+    tracer = tracing.tracer
+    with (
+        tracer.start_as_current_span("POST /chat"),
+        tracer.start_as_current_span(
+            f"agent.{agent.lower()}", attributes={"ers.agent": agent}
+        ) as span,
+    ):
+        fail_span(span, error)
+
+
+def test_error_spans_become_one_incident_per_fingerprint(
+    tracing: Tracing, store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = pipeline(tracing, store, default_classifier)
+    for attempt in range(10):
+        fail_agent(tracing, "BMA", DatabaseDown(f"database connection lost after {attempt} ms"))
+    for _ in range(4):
+        fail_agent(tracing, "NPA", TimeoutError("Agent call timed out"))
+    assert processor.force_flush()
+    incidents, total = store.list()
+    assert total == 2
+    by_component = {incident.component: incident for incident in incidents}
+    assert by_component["BMA"].count == 10 and by_component["BMA"].type == "database"
+    assert by_component["NPA"].count == 4 and by_component["NPA"].type == "timeout"
+    assert by_component["BMA"].exception_type == "DatabaseDown"
+    assert processor.spans_classified == 14
+    assert processor.spans_dropped == 0
+    processor.shutdown()
+
+
+def test_spans_not_in_error_are_ignored(
+    tracing: Tracing, store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = pipeline(tracing, store, default_classifier)
+    for _ in range(20):
+        with tracing.tracer.start_as_current_span("agent.npa", attributes={"ers.agent": "NPA"}):
+            pass
+    assert processor.force_flush()
+    assert store.list()[1] == 0
+    assert processor.spans_classified == 0
+    processor.shutdown()
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(
+    tracing: Tracing, tmp_path: Path, default_classifier: Classifier
+) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class BlockedStore(IncidentStore):
+        def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+            entered.set()
+            release.wait(10)
+            return super().record_errors(items, keep_records=keep_records)
+
+    store = BlockedStore(tmp_path / "i.db")
+    processor = pipeline(tracing, store, default_classifier, queue_size=2, batch_size=1)
+    fail_agent(tracing, "BMA", DatabaseDown("db down"))
+    assert entered.wait(5)  # the worker holds the first span and is stuck in the store
+    for _ in range(5):
+        fail_agent(tracing, "BMA", DatabaseDown("db down"))
+    assert processor.spans_dropped == 3
+    assert processor.queue_depth == 2
+    release.set()
+    assert processor.force_flush()
+    assert processor.spans_classified == 3
+    assert store.list()[0][0].count == 3
+    processor.shutdown()
+    store.close()
+
+
+def test_subscribers_hear_opened_updated_and_reopened(
+    tracing: Tracing, store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = pipeline(tracing, store, default_classifier)
+    events: list[IncidentEvent] = []
+    threads: set[str] = set()
+
+    def listen(event: IncidentEvent) -> None:
+        events.append(event)
+        threads.add(threading.current_thread().name)
+
+    processor.subscribe(listen)
+    fail_agent(tracing, "NPA", RuntimeError("Agent processing failure"))
+    processor.force_flush()
+    fail_agent(tracing, "NPA", RuntimeError("Agent processing failure"))
+    processor.force_flush()
+    store.resolve(events[0].incident.id, "ana", "restarted")
+    fail_agent(tracing, "NPA", RuntimeError("Agent processing failure"))
+    processor.force_flush()
+    assert [event.kind for event in events] == ["opened", "updated", "reopened"]
+    assert events[0].classification.protocol == "AGENT_FAILURE"
+    assert events[0].occurrences == 1
+    assert events[-1].record.name == "agent.npa"
+    assert threads == {"ers-incidents"}
+    processor.shutdown()
+
+
+def test_a_raising_subscriber_never_stops_the_worker(
+    tracing: Tracing, store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = pipeline(tracing, store, default_classifier)
+    heard: list[str] = []
+
+    def broken(event: IncidentEvent) -> None:
+        raise RuntimeError("subscriber bug")
+
+    processor.subscribe(broken)
+    unsubscribe = processor.subscribe(lambda event: heard.append(event.kind))
+    fail_agent(tracing, "NPA", RuntimeError("Agent processing failure"))
+    processor.force_flush()
+    unsubscribe()
+    fail_agent(tracing, "WPA", RuntimeError("Agent processing failure"))
+    processor.force_flush()
+    assert heard == ["opened"]
+    assert processor.counters()["subscriber_errors"] == 2
+    assert store.list()[1] == 2
+    processor.shutdown()
+
+
+def test_records_from_the_intake_share_the_queue(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = IncidentProcessor(store, default_classifier)
+    record = error_record(
+        "GET /orders", "SocketException", "Connection reset", resource={"service.name": "orders"}
+    )
+    assert processor.submit_record(record)
+    assert not processor.submit_record(error_record(status="OK"))
+    processor.force_flush()
+    (incident,), _ = store.list()
+    assert (incident.source_service, incident.component, incident.type) == (
+        "orders",
+        "orders",
+        "network",
+    )
+    processor.shutdown()
+
+
+def test_shutdown_drains_the_queue_and_refuses_new_spans(
+    tmp_path: Path, store: IncidentStore, default_classifier: Classifier
+) -> None:
+    provider = TracerProvider()
+    processor = IncidentProcessor(store, default_classifier, batch_size=7)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("tests")
+    for n in range(100):
+        with tracer.start_as_current_span("agent.npa", attributes={"ers.agent": "NPA"}) as span:
+            fail_span(span, RuntimeError(f"Agent processing failure {n}"))
+    provider.shutdown()
+    assert processor.spans_classified == 100
+    assert store.list()[0][0].count == 100
+    assert not processor.submit_record(error_record())
+    processor.shutdown()  # twice is fine
+
+
+def test_a_failing_store_is_counted_and_the_worker_goes_on(
+    tmp_path: Path, default_classifier: Classifier
+) -> None:
+    calls = []
+
+    class FlakyStore(IncidentStore):
+        def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+            calls.append(len(items))
+            if len(calls) == 1:
+                raise OSError("disk full")
+            return super().record_errors(items, keep_records=keep_records)
+
+    store = FlakyStore(tmp_path / "i.db")
+    processor = IncidentProcessor(store, default_classifier)
+    processor.submit_record(error_record())
+    processor.force_flush()
+    processor.submit_record(error_record())
+    processor.force_flush()
+    assert processor.spans_failed == 1
+    assert store.list()[0][0].count == 1
+    processor.shutdown()
+    store.close()
+
+
+def test_rules_can_be_swapped_while_running(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = IncidentProcessor(store, default_classifier)
+    everything_critical = Classifier.from_document(
+        {
+            "rules": [
+                {
+                    "name": "all",
+                    "severity": "critical",
+                    "type": "system",
+                    "impact": "system_down",
+                    "recoverable": False,
+                }
+            ]
+        }
+    )
+    processor.classifier = everything_critical
+    processor.submit_record(error_record())
+    processor.force_flush()
+    assert store.list()[0][0].severity == "critical"
+    processor.shutdown()

@@ -1,0 +1,308 @@
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from telemetry.classifier import Classifier
+from telemetry.incident_store import (
+    IllegalTransition,
+    IncidentNotFound,
+    IncidentStore,
+    UnknownTimelineKind,
+)
+from tests.telemetry.conftest import error_record
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[IncidentStore]:
+    store = IncidentStore(tmp_path / "incidents.db", clock=clock, quiet_period_s=60)
+    yield store
+    store.close()
+
+
+def record_db_error(store: IncidentStore, classifier: Classifier, agent: str = "BMA", n: int = 1):
+    record = error_record(
+        f"agent.{agent.lower()}",
+        "SimulatedDatabaseError",
+        f"Database connection timeout after {n} ms",
+        attributes={"ers.agent": agent},
+        trace_id=f"{n:032x}",
+    )
+    return store.record_error(record, classifier.classify(record))
+
+
+def test_incident_ids_look_like_the_seed(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    incident, outcome = record_db_error(store, default_classifier)
+    assert outcome == "opened"
+    assert re.fullmatch(r"INC_1700000000000_[a-z0-9]{6}", incident.id)
+    assert incident.to_dict()["classification"] == {
+        "severity": "high",
+        "type": "database",
+        "impact": "service_degraded",
+        "recoverable": True,
+        "rule": "database",
+    }
+    assert incident.to_dict()["response"]["protocol"] == "SERVICE_DEGRADATION"
+
+
+def test_repeated_failures_group_into_one_incident(
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    first, _ = record_db_error(store, default_classifier, n=1)
+    clock.now += 5
+    again, outcome = record_db_error(store, default_classifier, n=2)
+    assert outcome == "updated"
+    assert again.id == first.id
+    assert again.count == 2
+    assert again.last_seen == first.first_seen + 5
+    assert again.trace_ids == [f"{1:032x}", f"{2:032x}"]
+    assert store.list()[1] == 1
+
+
+def test_trace_ids_keep_the_most_recent_up_to_the_limit(
+    tmp_path: Path, default_classifier: Classifier
+) -> None:
+    store = IncidentStore(tmp_path / "i.db", max_trace_ids=3)
+    for n in range(1, 6):
+        incident, _ = record_db_error(store, default_classifier, n=n)
+    assert incident.trace_ids == [f"{n:032x}" for n in (3, 4, 5)]
+    assert store.get(incident.id).trace_ids == incident.trace_ids
+
+
+def test_lifecycle_open_acknowledged_mitigated_resolved(
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    clock.now += 10
+    assert store.acknowledge(incident.id, "ana", "looking").status == "acknowledged"
+    clock.now += 35
+    mitigated = store.mitigate(incident.id, "ana", "breaker open, cache serving")
+    assert mitigated.status == "mitigated"
+    assert mitigated.recovery_time_s == 45
+    clock.now += 100
+    resolved = store.resolve(incident.id, "ana", "database restarted")
+    assert resolved.status == "resolved"
+    assert resolved.recovery_time_s == 45  # measured to the first of mitigated / resolved
+    assert store.get(incident.id).to_dict()["response"]["recoveryTime"] == "45 seconds"
+    changes = [e.message for e in store.timeline(incident.id) if e.kind == "status_changed"]
+    assert changes == [
+        "open → acknowledged: looking",
+        "acknowledged → mitigated: breaker open, cache serving",
+        "mitigated → resolved: database restarted",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "illegal", "message"),
+    [
+        (["resolve"], "resolve", "is resolved and cannot be resolved; it reopens by itself"),
+        (["acknowledge"], "acknowledge", "is acknowledged and cannot be acknowledged"),
+        (["mitigate"], "acknowledge", "is mitigated and cannot be acknowledged"),
+        (["resolve"], "mitigate", "is resolved and cannot be mitigated"),
+    ],
+)
+def test_illegal_transitions_raise_a_named_error(
+    store: IncidentStore, default_classifier: Classifier, steps: list, illegal: str, message: str
+) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    for step in steps:
+        getattr(store, step)(incident.id, "ana", "")
+    with pytest.raises(IllegalTransition, match=message):
+        getattr(store, illegal)(incident.id, "ana", "")
+
+
+def test_unknown_incidents_raise_not_found(store: IncidentStore) -> None:
+    with pytest.raises(IncidentNotFound, match="no incident with id 'INC_0_nope00'"):
+        store.get("INC_0_nope00")
+    with pytest.raises(IncidentNotFound):
+        store.resolve("INC_0_nope00", "ana", "")
+    with pytest.raises(IncidentNotFound):
+        store.add_timeline("INC_0_nope00", "note", "hi", "ana")
+
+
+def test_a_resolved_incident_reopens_when_its_failure_recurs(
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    store.resolve(incident.id, "ana", "fixed")
+    clock.now += 600
+    again, outcome = record_db_error(store, default_classifier, n=7)
+    assert outcome == "reopened"
+    assert again.id == incident.id
+    assert (again.status, again.reopen_count, again.count) == ("open", 1, 2)
+    assert again.opened_at == clock.now
+    assert again.resolved_at is None and again.recovery_time_s is None
+    assert store.timeline(incident.id)[-1].message == "resolved → open: the error recurred"
+    assert record_db_error(store, default_classifier)[1] == "updated"
+
+
+def test_auto_resolve_waits_for_quiet_and_a_healthy_component(
+    tmp_path: Path, default_classifier: Classifier, clock: Clock
+) -> None:
+    healthy = {"BMA": False, "NPA": True}
+    store = IncidentStore(
+        tmp_path / "i.db", clock=clock, quiet_period_s=60, is_component_healthy=healthy.__getitem__
+    )
+    bma, _ = record_db_error(store, default_classifier, "BMA")
+    npa, _ = record_db_error(store, default_classifier, "NPA")
+    assert store.auto_resolve(clock.now + 59) == []
+    resolved = store.auto_resolve(clock.now + 61)
+    assert [i.id for i in resolved] == [npa.id]
+    assert store.get(bma.id).status == "open"
+    healthy["BMA"] = True
+    assert [i.id for i in store.auto_resolve(clock.now + 61)] == [bma.id]
+    entry = store.timeline(bma.id)[-1]
+    assert (entry.actor, entry.kind) == ("auto-resolve", "status_changed")
+    assert "no new errors for 61 s and BMA is healthy" in entry.message
+
+
+def test_list_filters_and_paginates(
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    ids = []
+    for index, agent in enumerate(["NPA", "WPA", "BMA", "MCA", "NPA"]):
+        clock.now += 1
+        name = f"agent.{agent.lower()}"
+        message = (
+            "Database connection timeout"
+            if index % 2 == 0
+            else f"Agent processing failure {index}x"
+        )
+        record = error_record(
+            name, "Boom", message + f" kind{'abcde'[index]}", attributes={"ers.agent": agent}
+        )
+        incident, _ = store.record_error(record, default_classifier.classify(record))
+        ids.append(incident.id)
+    everything, total = store.list()
+    assert total == 5 and [i.id for i in everything] == ids[::-1]  # newest activity first
+    page, total = store.list(limit=2, offset=2)
+    assert total == 5 and [i.id for i in page] == ids[::-1][2:4]
+    high, total = store.list(severity="high")
+    assert total == 3 and {i.type for i in high} == {"database"}
+    npa, total = store.list(component="NPA")
+    assert total == 2
+    recent, total = store.list(since=clock.now - 1)
+    assert total == 2
+    store.resolve(ids[0], "ana", "")
+    assert store.list(status="active")[1] == 4
+    assert store.list(status="resolved")[1] == 1
+    assert store.list(status=["open", "resolved"], severity=["high", "low"])[1] == 3
+    assert store.active_counts_by_severity() == {"low": 0, "medium": 2, "high": 2, "critical": 0}
+    assert store.counts_by_severity(since=0)["high"] == 3
+
+
+def test_find_active_returns_the_latest_active_incident_of_a_component(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    incident, _ = record_db_error(store, default_classifier, "BMA")
+    assert store.find_active("BMA", "database").id == incident.id
+    assert store.find_active("BMA").id == incident.id
+    assert store.find_active("BMA", "network") is None
+    store.resolve(incident.id, "ana", "")
+    assert store.find_active("BMA") is None
+
+
+def test_timeline_is_the_audit_trail(store: IncidentStore, default_classifier: Classifier) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    store.add_timeline(
+        incident.id, "action_started", "isolating BMA", "responder", {"action": "isolate"}
+    )
+    store.add_timeline(
+        incident.id, "action_finished", "BMA isolated", "responder", {"result": "success"}
+    )
+    store.add_timeline(incident.id, "alert_received", "ErrorRateHigh firing", "alertmanager", {})
+    with pytest.raises(UnknownTimelineKind, match="unknown timeline kind 'gossip'"):
+        store.add_timeline(incident.id, "gossip", "", "x", {})
+    entries = store.timeline(incident.id)
+    assert [e.kind for e in entries] == [
+        "classified",
+        "action_started",
+        "action_finished",
+        "alert_received",
+    ]
+    assert entries[0].message.startswith("classified by rule database: high database")
+    assert entries[1].data == {"action": "isolate"}
+    assert entries[2].to_dict()["who"] == "responder"
+
+
+def test_a_new_classification_for_the_same_fingerprint_is_applied_and_noted(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    record = error_record(
+        "agent.npa", "Boom", "Agent processing failure", attributes={"ers.agent": "NPA"}
+    )
+    first = default_classifier.classify(record)
+    store.record_error(record, first)
+    escalated = type(first)(**{**first.to_dict(), "severity": "critical", "rule": "escalate"})
+    incident, _ = store.record_error(record, escalated)
+    assert (incident.severity, incident.rule) == ("critical", "escalate")
+    assert store.timeline(incident.id)[-1].message.startswith("classified by rule escalate")
+
+
+def test_error_span_records_are_kept_bounded_for_replay(
+    tmp_path: Path, default_classifier: Classifier
+) -> None:
+    store = IncidentStore(tmp_path / "i.db", max_span_records=3)
+    for n in range(1, 6):
+        record_db_error(store, default_classifier, n=n)
+    stored = store.stored_span_records()
+    assert [item.record.trace_id for item in stored] == [f"{n:032x}" for n in (3, 4, 5)]
+    assert stored[0].classification["rule"] == "database"
+    assert stored[0].weight == 1
+    assert len(store.stored_span_records(limit=1)) == 1
+
+
+def test_a_large_batch_keeps_a_weighted_sample_per_incident(
+    tmp_path: Path, default_classifier: Classifier
+) -> None:
+    store = IncidentStore(tmp_path / "i.db", records_per_incident=5)
+    records = [
+        error_record("agent.npa", "Boom", f"Agent processing failure {n}", trace_id=f"{n:032x}")
+        for n in range(100)
+    ]
+    outcomes = store.record_errors([(r, default_classifier.classify(r)) for r in records])
+    assert len(outcomes) == 1 and outcomes[0].occurrences == 100
+    stored = store.stored_span_records(incident_id=outcomes[0].incident.id)
+    assert [item.weight for item in stored] == [96, 1, 1, 1, 1]
+    assert stored[-1].record.trace_id == f"{99:032x}"
+
+
+def test_reads_and_writes_from_several_threads(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    errors: list[BaseException] = []
+
+    def write(agent: str) -> None:
+        try:
+            for n in range(50):
+                record_db_error(store, default_classifier, agent, n)
+                store.list(limit=5)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(agent,)) for agent in ("NPA", "WPA", "BMA")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(i.count for i in store.list()[0]) == 150

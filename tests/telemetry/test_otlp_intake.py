@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
+
+from telemetry.otlp_intake import (
+    MalformedOtlp,
+    UnsupportedContentType,
+    decode_error_spans,
+    decode_traces,
+    encode_response,
+)
+from telemetry.span_record import SpanRecord
+
+
+def other_service_spans() -> list[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "orders"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("orders")
+    with (
+        tracer.start_as_current_span("GET /orders", attributes={"http.route": "/orders"}),
+        tracer.start_as_current_span("db.query", attributes={"db.rows": 3}) as span,
+    ):
+        span.record_exception(ConnectionResetError("Connection reset by peer"))
+        span.set_attribute("tags", ["a", "b"])
+        span.set_status(Status(StatusCode.ERROR, "ConnectionResetError: reset"))
+    provider.shutdown()
+    return list(exporter.get_finished_spans())
+
+
+def protobuf_body(spans: list[ReadableSpan] | None = None) -> bytes:
+    return encode_spans(spans or other_service_spans()).SerializeToString()
+
+
+def otlp_json_body(spans: list[ReadableSpan]) -> bytes:
+    """OTLP/JSON as senders write it: camelCase, ids in hex."""
+    document = json_format.MessageToDict(encode_spans(spans))
+    for resource_spans in document["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = _base64_to_hex(span[key])
+    return json.dumps(document).encode()
+
+
+def _base64_to_hex(value: str) -> str:
+    import base64
+
+    return base64.b64decode(value).hex()
+
+
+def test_protobuf_bodies_decode_into_records_matching_the_sdk_spans() -> None:
+    spans = other_service_spans()
+    records = decode_traces(encode_spans(spans).SerializeToString(), "application/x-protobuf")
+    assert records == [SpanRecord.from_readable_span(span) for span in spans]
+    child = next(r for r in records if r.name == "db.query")
+    assert child.service_name == "orders"
+    assert child.exception_type == "ConnectionResetError"
+    assert child.exception_message == "Connection reset by peer"
+    assert child.attributes == {"db.rows": 3, "tags": ["a", "b"]}
+    assert child.parent_span_id == next(r.span_id for r in records if r.name == "GET /orders")
+
+
+def test_json_bodies_with_hex_ids_decode_like_protobuf() -> None:
+    spans = other_service_spans()
+    from_json = decode_traces(otlp_json_body(spans), "application/json; charset=utf-8")
+    from_protobuf = decode_traces(protobuf_body(spans), "application/x-protobuf")
+    assert from_json == from_protobuf
+    assert from_json[0].parent_span_id == from_json[1].span_id
+
+
+def test_only_error_spans_go_to_the_processor() -> None:
+    errors = decode_error_spans(protobuf_body(), "application/x-protobuf")
+    assert [r.name for r in errors] == ["db.query"]
+
+
+def test_gzip_bodies_are_decoded() -> None:
+    records = decode_traces(gzip.compress(protobuf_body()), "application/x-protobuf", "gzip")
+    assert len(records) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "encoding", "reason"),
+    [
+        (b"\xff\xff\xff", "application/x-protobuf", None, "the protobuf body does not decode"),
+        (b"{not json", "application/json", None, "the JSON body does not parse"),
+        (b"[1, 2]", "application/json", None, "must be an object"),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}',
+            "application/json",
+            None,
+            "traceId 'zz' is not hexadecimal",
+        ),
+        (b'{"resourceSpans": 5}', "application/json", None, "not an OTLP trace request"),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": '
+            b'[{"traceId": "abcd", "spanId": "01"}]}]}]}',
+            "application/json",
+            None,
+            "OTLP wants 16 and 8",
+        ),
+        (b"plain", "application/x-protobuf", "gzip", "not valid gzip"),
+        (gzip.compress(b"x" * 100)[:-8], "application/x-protobuf", "gzip", "truncated"),
+        (b"", "application/x-protobuf", "br", "content encoding 'br' is not supported"),
+    ],
+)
+def test_malformed_bodies_raise_with_a_reason(
+    body: bytes, content_type: str, encoding: str | None, reason: str
+) -> None:
+    with pytest.raises(MalformedOtlp, match=reason):
+        decode_traces(body, content_type, encoding)
+
+
+def test_other_content_types_are_unsupported() -> None:
+    with pytest.raises(UnsupportedContentType, match="'text/plain' is not supported"):
+        decode_traces(b"", "text/plain")
+
+
+def test_an_empty_request_has_no_spans() -> None:
+    assert decode_traces(b"", "application/x-protobuf") == []
+    assert decode_traces(b"{}", "application/json") == []
+
+
+def test_responses_use_the_request_encoding() -> None:
+    assert encode_response("application/json") == (b"{}", "application/json")
+    assert encode_response("application/x-protobuf") == (b"", "application/x-protobuf")

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Status, StatusCode
+
+from telemetry.trace_keeper import TraceKeeper, span_tree
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keeper_and_tracer(**options: float) -> tuple[TraceKeeper, TracerProvider]:
+    keeper = TraceKeeper(**options)
+    provider = TracerProvider()
+    provider.add_span_processor(keeper)
+    return keeper, provider
+
+
+def run_trace(provider: TracerProvider, *, fail: bool, children: int = 2) -> str:
+    tracer = provider.get_tracer("tests")
+    with (
+        tracer.start_as_current_span("POST /chat") as root,
+        tracer.start_as_current_span("agent.router"),
+    ):
+        for index in range(children - 1):
+            with tracer.start_as_current_span(f"agent.step{index}") as span:
+                if fail and index == children - 2:
+                    span.set_status(Status(StatusCode.ERROR, "RuntimeError: boom"))
+    return format(root.get_span_context().trace_id, "032x")
+
+
+def test_a_trace_with_an_error_is_kept_with_all_its_spans() -> None:
+    keeper, provider = keeper_and_tracer()
+    trace_id = run_trace(provider, fail=True, children=3)
+    records = keeper.get_trace(trace_id)
+    assert records is not None
+    assert [r.name for r in records] == ["POST /chat", "agent.router", "agent.step0", "agent.step1"]
+    assert records[-1].status_code == "ERROR"
+    assert keeper.kept_trace_ids() == [trace_id]
+
+
+def test_a_clean_trace_is_dropped() -> None:
+    keeper, provider = keeper_and_tracer()
+    trace_id = run_trace(provider, fail=False)
+    assert keeper.get_trace(trace_id) is None
+    assert keeper.stats()["traces_pending"] == 0
+    assert keeper.stats()["traces_dropped"] == 1
+
+
+def test_the_span_budget_evicts_the_oldest_traces_first() -> None:
+    keeper, provider = keeper_and_tracer(span_budget=10)
+    trace_ids = [run_trace(provider, fail=True, children=3) for _ in range(4)]  # 4 spans each
+    assert keeper.get_trace(trace_ids[0]) is None
+    assert keeper.get_trace(trace_ids[1]) is None
+    assert keeper.get_trace(trace_ids[2]) is not None
+    assert keeper.get_trace(trace_ids[3]) is not None
+    assert keeper.stats()["spans_kept_now"] == 8
+    assert keeper.stats()["traces_evicted"] == 2
+
+
+def test_an_error_trace_is_readable_before_its_root_ends() -> None:
+    keeper, provider = keeper_and_tracer()
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("POST /chat") as root:
+        with tracer.start_as_current_span("agent.npa") as span:
+            span.set_status(Status(StatusCode.ERROR, "boom"))
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        assert [r.name for r in keeper.get_trace(trace_id) or []] == ["agent.npa"]
+    assert [r.name for r in keeper.get_trace(trace_id) or []] == ["POST /chat", "agent.npa"]
+
+
+def test_traces_whose_root_never_ends_here_are_settled_after_lingering() -> None:
+    clock = Clock()
+    keeper, provider = keeper_and_tracer(linger_s=30, clock=clock)
+    tracer = provider.get_tracer("tests")
+    root = tracer.start_span("POST /chat")  # never ended: an abandoned request
+    with tracer.start_as_current_span("agent.npa", context=_context_of(root)) as span:
+        span.set_status(Status(StatusCode.ERROR, "boom"))
+    assert keeper.stats()["traces_pending"] == 1
+    clock.now = 31
+    run_trace(provider, fail=False)  # any later span lets the keeper sweep
+    assert keeper.stats()["traces_pending"] == 0
+    assert keeper.stats()["traces_kept"] == 1
+
+
+def test_pending_spans_are_bounded() -> None:
+    keeper, provider = keeper_and_tracer(pending_span_limit=5)
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("POST /chat"):
+        for index in range(12):
+            with tracer.start_as_current_span(f"step{index}"):
+                pass
+        assert keeper.stats()["spans_pending"] <= 5
+
+
+def test_span_tree_nests_children_under_their_parents() -> None:
+    keeper, provider = keeper_and_tracer()
+    trace_id = run_trace(provider, fail=True, children=3)
+    (root,) = span_tree(keeper.get_trace(trace_id) or [])
+    assert root["name"] == "POST /chat" and root["parentSpanId"] is None
+    (router,) = root["children"]
+    assert [child["name"] for child in router["children"]] == ["agent.step0", "agent.step1"]
+    failed = router["children"][1]
+    assert failed["status"] == {"code": "ERROR", "message": "RuntimeError: boom"}
+    assert failed["children"] == [] and failed["durationMs"] >= 0
+    assert set(failed) >= {"spanId", "start", "end", "attributes", "events"}
+
+
+def test_unknown_or_malformed_trace_ids_give_none() -> None:
+    keeper, _ = keeper_and_tracer()
+    assert keeper.get_trace("0" * 32) is None
+    assert keeper.get_trace("not-hex") is None
+
+
+def _context_of(span):
+    from opentelemetry import trace
+
+    return trace.set_span_in_context(span)
