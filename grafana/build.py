@@ -76,6 +76,14 @@ def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
     return [q(f"histogram_quantile({p / 100}, {rate})", f"{legend}p{p}") for p in (50, 95, 99)]
 
 
+# increase() cannot count a series' first sample, and an incident counter's series starts at
+# 1: series that appeared within the range count with their whole value.
+INCIDENTS_IN_RANGE = (
+    "(ers_incidents_total unless ers_incidents_total offset $__range)"
+    " or increase(ers_incidents_total[$__range])"
+)
+
+
 def per_step(by: str, counter: str, legend: str) -> Query:
     return q(f"sum by ({by}) (increase({counter}{RATE}))", legend)
 
@@ -111,10 +119,11 @@ def system_health() -> Json:
         timeseries("Request rate", "reqps",
                    q(f"sum by (http_route) (rate({http}}}{RATE}))", "{{http_route}}")),
         timeseries("Error ratio", "percentunit",
-                   q(f'sum(rate({chat}{{outcome="error"}}{RATE})) / {requests}', "chat error"),
+                   q(f'(sum(rate({chat}{{outcome="error"}}{RATE})) or vector(0)) / {requests}',
+                     "chat error"),
                    q(f'sum(rate({chat}{{outcome="degraded"}}{RATE})) / {requests}', "degraded"),
-                   q(f'sum(rate({http}, http_response_status_code=~"5.."}}{RATE})) / '
-                     f"sum(rate({http}}}{RATE}))", "HTTP 5xx")),
+                   q(f'(sum(rate({http}, http_response_status_code=~"5.."}}{RATE})) or vector(0))'
+                     f" / sum(rate({http}}}{RATE}))", "HTTP 5xx")),
         timeseries("Latency", "s", *quantiles(f"{HTTP}_bucket{{{SERVED}}}"),
                    description="HTTP server latency over every route but the probes."),
         timeseries("SLO burn rate", "none", *burn, lines=True, description=BURN_NOTE,
@@ -180,7 +189,7 @@ def incidents() -> Json:
                                            "{{severity}}"), text="value_and_name", steps=ALARM,
              size=(8, 4)),
         stat("Incidents in range", "none",
-             q("sum(increase(ers_incidents_total[$__range])) or vector(0)", instant=True),
+             q(f"sum({INCIDENTS_IN_RANGE}) or vector(0)", instant=True),
              size=(8, 4)),
         stat("Mean time to recover", "s", q(mttr, instant=True), size=(8, 4)),
         timeseries("Incidents by severity", "none",
@@ -204,7 +213,7 @@ def incidents() -> Json:
                    q(f"sum(increase(ers_incident_spans_dropped_total{RATE}))", "dropped"),
                    description="Dropped spans found the incident queue full."),
         table("Incidents by component in range", "none",
-              q("sum by (severity, type, component) (increase(ers_incidents_total[$__range])) > 0"),
+              q(f"sum by (severity, type, component) ({INCIDENTS_IN_RANGE}) > 0"),
               columns={"Value": "incidents"}),
         trace_search("Error traces", "{ status = error }",
                      description="Recent traces with an error span; a trace id opens the trace "

@@ -304,6 +304,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*background, return_exceptions=True)
         if runtime.backups is not None:
             await runtime.backups.shutdown_backup()
+        await runtime.alerts.drain()
+        await incident_service.drain()
         incident_service.shutdown()
         runtime.audit.close()
         state_ticker.cancel()

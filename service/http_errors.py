@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from service.errors import StoreUnavailable, UnknownAgent
 
@@ -101,9 +102,16 @@ def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    # The client (or the body-size limit, which has already answered) ended the request;
+    # nobody is left to read a reply.
+    return Response(status_code=400)
+
+
 def install(app: FastAPI) -> None:
     app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownAgent, unknown_agent)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, client_gone)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)

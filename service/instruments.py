@@ -38,7 +38,7 @@ class AgentInstruments:
 
     @classmethod
     def create(cls, meter: Meter) -> AgentInstruments:
-        return cls(
+        instruments = cls(
             calls=meter.create_counter(
                 "ers_agent_calls", unit="1", description="Agent calls by agent and outcome"
             ),
@@ -57,3 +57,7 @@ class AgentInstruments:
                 description="Chat requests by outcome (ok, degraded, error)",
             ),
         )
+        # Every outcome exists from start-up, so rates and ratios over it are 0, not empty.
+        for outcome in ("ok", "degraded", "error"):
+            instruments.chat_requests.add(0, {"outcome": outcome})
+        return instruments

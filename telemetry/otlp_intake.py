@@ -103,7 +103,7 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     if kind == JSON:
         try:
             document = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise MalformedOtlp(f"the JSON body does not parse: {exc}") from exc
         if not isinstance(document, dict):
             raise MalformedOtlp("the JSON body must be an object with resourceSpans")

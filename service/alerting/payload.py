@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-LabelMap = dict[str, str]
+
+def _encodable(value: dict[str, str]) -> dict[str, str]:
+    """Label names and values must be text that can be stored: no lone surrogates."""
+    for key, item in value.items():
+        for text in (key, item):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"label {key!r} holds text that is not valid Unicode") from None
+    return value
+
+
+LabelMap = Annotated[dict[str, str], AfterValidator(_encodable)]
 
 
 class Alert(BaseModel):
@@ -44,7 +56,7 @@ class WebhookPayload(BaseModel):
 
     version: Literal["4"]
     groupKey: str = Field(max_length=4096)
-    truncatedAlerts: int = Field(0, ge=0)
+    truncatedAlerts: int = Field(0, ge=0, le=10**9, strict=True)
     status: Literal["firing", "resolved"]
     receiver: str = Field(max_length=256)
     groupLabels: LabelMap = Field(default_factory=dict)

@@ -17,14 +17,16 @@ router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependenc
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    force: bool = Field(False, description="reset even when the agent is still failing")
+    force: bool = Field(
+        False, strict=True, description="reset even when the agent is still failing"
+    )
 
 
 class ForceOpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=500)
-    ttlSeconds: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    ttlSeconds: float | None = Field(None, gt=0, le=7 * 24 * 3600, strict=True)
 
 
 def breaker_report(team: Any) -> dict[str, Any]:
