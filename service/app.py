@@ -75,7 +75,13 @@ from service.settings import (  # noqa: E402
     load_settings,
 )
 from service.stores import Stores  # noqa: E402
-from service.system_test import agent_steps, store_steps  # noqa: E402
+from service.system_test import (  # noqa: E402
+    Step,
+    agent_steps,
+    incident_step,
+    repository_step,
+    store_steps,
+)
 from service.team import breaker_configs, build_team  # noqa: E402
 from service.wiring import (  # noqa: E402
     KeptTraces,
@@ -214,9 +220,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         health=health,
         state=state,
         memory_check=memory_check,
-        system_test_steps=lambda: agent_steps(team) + store_steps(stores),
+        system_test_steps=lambda: system_test_steps(runtime),
     )
     runtime_ref.append(runtime)
+
+    def system_test_steps(runtime: Runtime) -> list[Step]:
+        steps = agent_steps(team) + store_steps(stores)
+        if runtime.backups is not None:
+            steps += repository_step(runtime.backups)
+        if runtime.incident_service is not None:
+            steps += incident_step(runtime.incident_service, telemetry.tracer)
+        return steps
 
     # Audit trail and backups: the incidents file holds the audit trail and is backed up,
     # never rolled back.

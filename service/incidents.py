@@ -47,6 +47,7 @@ class IncidentService:
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._latest: dict[str, str] = {}
+        self._responded: set[str] = set()
         self._results: dict[str, list[ActionResult]] = {}
         self._listeners: list[Callable[[IncidentEvent], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,10 +106,15 @@ class IncidentService:
                     "component": incident.component,
                 },
             )
-            if self.responder is not None and not event.record.attributes.get("ers.synthetic"):
-                task = asyncio.get_running_loop().create_task(self._respond(incident))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._responded.discard(incident.id)
+        # A canary's failure (test-system) opens the incident but does not act on it; the
+        # first real failure grouped into it does.
+        synthetic = bool(event.record.attributes.get("ers.synthetic"))
+        if self.responder is not None and not synthetic and incident.id not in self._responded:
+            self._responded.add(incident.id)
+            task = asyncio.get_running_loop().create_task(self._respond(incident))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -124,6 +130,8 @@ class IncidentService:
             f"{incident.severity} {incident.type} incident {incident.id}: {incident.message}",
         )
         results = await self.responder.respond(context)
+        if len(self._responded) > 10_000:
+            self._responded.clear()
         self._results[incident.id] = results
         if len(self._results) > 1000:
             self._results.pop(next(iter(self._results)))

@@ -8,16 +8,21 @@ they bypass the breakers, so a test run never opens or closes one.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from service.agents.base import AgentRequest
 from service.stores import Stores
 from service.team import Team
 
 STEP_TIMEOUT_S = 30.0
+SYSTEM_TEST_COMPONENT = "system-test"
 
 Step = tuple[str, Callable[[], Awaitable[str]]]
 
@@ -83,3 +88,40 @@ async def run_steps(steps: list[Step]) -> dict[str, Any]:
         "durationMs": round((time.perf_counter() - started) * 1000, 2),
         "steps": [r.as_dict() for r in results],
     }
+
+
+class SystemTestProbe(RuntimeError):
+    """A failure made on purpose by the system test to follow it through the pipeline."""
+
+
+def incident_step(incidents: Any, tracer: trace.Tracer) -> list[Step]:
+    """A synthetic error span must come out as an incident, which is then closed."""
+
+    async def run() -> str:
+        marker = secrets.token_hex(6)
+        with tracer.start_as_current_span(
+            "ers.system_test",
+            attributes={"ers.synthetic": True, "ers.component": SYSTEM_TEST_COMPONENT},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            if not span.is_recording():
+                raise RuntimeError("tracing is off, so failures cannot reach the pipeline")
+            span.record_exception(SystemTestProbe(f"system test probe {marker}"))
+            span.set_status(Status(StatusCode.ERROR, "system test probe"))
+        await incidents.drain()
+        incident = incidents.store.find_active(SYSTEM_TEST_COMPONENT)
+        if incident is None or marker not in incident.message:
+            raise RuntimeError("the synthetic error span did not come out as an incident")
+        incidents.store.resolve(incident.id, "test-system", "synthetic check passed")
+        return f"{incident.id} opened from the span and closed"
+
+    return [("incident-pipeline", run)]
+
+
+def repository_step(backups: Any) -> list[Step]:
+    async def run() -> str:
+        snapshots = await backups.require().refresh()
+        return f"repository answered with {len(snapshots)} snapshots"
+
+    return [("restic-repository", run)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from backup import BackupError
 from service.backups import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -32,8 +33,20 @@ class RepositoryCheck:
                 error,
                 component="backups",
             )
-        figures = {"snapshots": len(backups.manager.list())}
-        return CheckResult(self.name, Status.HEALTHY, "repository reachable", figures)
+        try:
+            snapshots = await backups.manager.refresh()
+        except BackupError as exc:
+            return CheckResult(
+                self.name,
+                Status.UNHEALTHY,
+                f"repository not answering: {exc}",
+                {"repository": backups.settings.restic_repository},
+                RepositoryUnreachable(str(exc)),
+                component="backups",
+            )
+        return CheckResult(
+            self.name, Status.HEALTHY, "repository reachable", {"snapshots": len(snapshots)}
+        )
 
 
 class BackupAgeCheck:

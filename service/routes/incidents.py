@@ -108,7 +108,10 @@ async def acknowledge(
 async def resolve(
     runtime: RuntimeDep, body: Resolve, who: AdminAuth, incident_id: str = IncidentId
 ) -> dict[str, Any]:
-    return _change(runtime, lambda s: s.resolve(incident_id, who, body.resolution))
+    view = _change(runtime, lambda s: s.resolve(incident_id, who, body.resolution))
+    if runtime.incident_service is not None:
+        runtime.incident_service.observe_recovery(runtime.incidents.get(incident_id))
+    return view
 
 
 def _change(runtime: Any, change: Any) -> dict[str, Any]:

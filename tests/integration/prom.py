@@ -103,6 +103,11 @@ class ChildProcess:
 
         try:
             self.wait_for(ready, READY_TIMEOUT_S, interval=0.1)
+        except TimeoutError:
+            self.stop()
+            raise TimeoutError(
+                f"{self.name} was not ready in {READY_TIMEOUT_S:g} s:\n{self.log()}"
+            ) from None
         except BaseException:
             self.stop()
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -140,3 +141,20 @@ async def test_rollback_refusals(http: httpx.AsyncClient, backup_app: FastAPI) -
         "/api/emergency/rollback", json={"backupId": "deadbeef", "confirm": True, "reason": "x"}
     )
     assert disabled.status_code == 409
+
+
+async def test_system_test_names_an_unreachable_repository(
+    http: httpx.AsyncClient, backup_app: FastAPI, tmp_path: Path
+) -> None:
+    healthy = (await http.post("/api/emergency/test-system")).json()
+    assert healthy["passed"] is True, healthy
+    steps = {s["step"]: s for s in healthy["steps"]}
+    assert steps["incident-pipeline"]["passed"] and steps["restic-repository"]["passed"]
+    repository = Path(backup_app.state.settings.restic_repository)
+    repository.rename(tmp_path / "repository-moved-away")
+    broken = (await http.post("/api/emergency/test-system")).json()
+    assert broken["passed"] is False
+    assert broken["failedSteps"] == ["restic-repository"]
+    health = await http.get("/api/emergency/health")
+    assert health.status_code == 503
+    assert health.json()["checks"]["repository"]["status"] == "unhealthy"
