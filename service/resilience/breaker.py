@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from service.errors import ErsError
 from service.resilience.breaker_config import BreakerConfig, BreakerState
 from service.resilience.breaker_events import (
     BreakerEvent,
@@ -22,6 +20,14 @@ from service.resilience.breaker_events import (
     BreakerListener,
     add_transition_span_event,
     iso_utc,
+)
+from service.resilience.breaker_operations import OperatorActions
+from service.resilience.breaker_permit import (
+    CallNotPermitted,
+    Forcing,
+    Permit,
+    ResetRefused,
+    describe_error,
 )
 
 __all__ = [
@@ -47,76 +53,9 @@ DISABLED = BreakerState.DISABLED
 
 # Outcomes in the sliding window; EMPTY marks a slot not yet filled.
 EMPTY, SUCCEEDED, SLOW, FAILED = 0, 1, 2, 3
-LAST_ERROR_MAX_CHARS = 300
 
 
-class CallNotPermitted(ErsError):
-    """The breaker rejected the call; ``retry_after_s`` is None when no one can tell."""
-
-    def __init__(self, breaker: str, state: BreakerState, retry_after_s: float | None, why: str):
-        super().__init__(why)
-        self.breaker = breaker
-        self.state = state
-        self.retry_after_s = retry_after_s
-
-
-class ResetRefused(ErsError):
-    """A reset was refused because the breaker's cause still fails."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def describe_error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if len(text) > LAST_ERROR_MAX_CHARS:
-        text = text[: LAST_ERROR_MAX_CHARS - 1] + "…"
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class Forcing:
-    """Who holds a breaker forced open, why, and until when (monotonic and wall time)."""
-
-    reason: str
-    source: str
-    expires_at: float | None
-    expires_at_wall: float | None
-
-
-class Permit:
-    """The right to make one call; reports its outcome once, later reports are no-ops."""
-
-    __slots__ = ("_breaker", "_epoch", "_started_at", "_pending")
-
-    def __init__(self, breaker: CircuitBreaker, epoch: int, started_at: float = 0.0) -> None:
-        self._breaker = breaker
-        self._epoch = epoch
-        self._started_at = started_at
-        self._pending = True
-
-    def record_success(self, duration_s: float = 0.0) -> None:
-        if self._pending:
-            self._pending = False
-            self._breaker._on_success(self, duration_s)
-
-    def record_failure(self, exc: BaseException, duration_s: float = 0.0) -> None:
-        """Count ``exc`` against the breaker, or treat the call as ignored if its class
-        does not count. A failure counts the same however long it took: ``duration_s``
-        only keeps the signature symmetric with ``record_success``."""
-        if self._pending:
-            self._pending = False
-            self._breaker._on_failure(self, exc, duration_s)
-
-    def release(self) -> None:
-        """The call was abandoned without an outcome: free the permit, count nothing."""
-        if self._pending:
-            self._pending = False
-            self._breaker._on_release(self)
-
-
-class CircuitBreaker:
+class CircuitBreaker(OperatorActions):
     def __init__(
         self,
         name: str,
@@ -383,88 +322,6 @@ class CircuitBreaker:
             kind, self.name, from_state, to_state, self._wall_clock(), reason, source
         )
         self._events.publish(event)
-
-    # --- operator actions ------------------------------------------------------------------
-
-    def reset(
-        self, force: bool = False, probe_error: str | None = None, *, source: str | None = None
-    ) -> str:
-        """Close the breaker and clear its counters and backoff.
-
-        Without ``force``, an open or forced-open breaker whose cause still fails is not
-        reset: ``ResetRefused`` says why and what to do instead.
-        """
-        state, name = self._state, self.name
-        if not force and state in (OPEN, FORCED_OPEN):
-            words = "open" if state is OPEN else "forced open"
-            next_step = (
-                "wait for the half-open trial" if state is OPEN else "release it for a trial"
-            )
-            if probe_error is not None:
-                raise ResetRefused(
-                    f"breaker '{name}' is {words} and its health probe still fails "
-                    f"({probe_error}); fix the cause or reset with force"
-                )
-            if self._last_failure_at is not None:
-                age = self._clock() - self._last_failure_at
-                if age < self._open_duration_s:
-                    raise ResetRefused(
-                        f"breaker '{name}' is {words} and its last failure was {age:.1f} s ago "
-                        f"({self._last_error}); {next_step} or reset with force"
-                    )
-        reason = "reset with force" if force else "reset"
-        if state is CLOSED:
-            self._clear_counters()
-            self._epoch += 1
-            self._publish(BreakerEventKind.RESET, CLOSED, CLOSED, reason, source)
-        else:
-            self._close(reason, source)
-        return f"breaker '{name}' was {state.value} and is now closed with cleared counters"
-
-    def force_open(self, reason: str, source: str, ttl_s: float | None = None) -> str:
-        """Hold the breaker open until released, reset, or ``ttl_s`` seconds have passed
-        (then it moves to HALF_OPEN, never straight to CLOSED)."""
-        if not reason or not source:
-            raise ValueError(
-                "force_open needs a reason and a source, so the history says who held the "
-                "breaker open and why"
-            )
-        if ttl_s is not None and not ttl_s > 0:
-            raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
-        now, wall = self._clock(), self._wall_clock()
-        if ttl_s is None:
-            self._forced = Forcing(reason, source, None, None)
-        else:
-            self._forced = Forcing(reason, source, now + ttl_s, wall + ttl_s)
-        until = "until released" if ttl_s is None else f"for {ttl_s:g} s"
-        if self._state is FORCED_OPEN:
-            self._publish(BreakerEventKind.FORCE_RENEWED, FORCED_OPEN, FORCED_OPEN, reason, source)
-            return f"breaker '{self.name}' stays forced open by {source} {until}: {reason}"
-        self._opened_at, self._opened_at_wall = now, wall
-        self._transition(FORCED_OPEN, reason, source)
-        return f"breaker '{self.name}' is forced open by {source} {until}: {reason}"
-
-    def release(self, *, source: str | None = None) -> str:
-        """Lift a forced open: the breaker goes HALF_OPEN and trial calls decide the rest."""
-        if self._state is not FORCED_OPEN:
-            return (
-                f"breaker '{self.name}' is {self._state.value}, not forced open; nothing to release"
-            )
-        self._transition(HALF_OPEN, "forced open released; admitting trial calls", source)
-        return f"breaker '{self.name}' was released and is half-open"
-
-    def disable(self, *, source: str | None = None) -> str:
-        """Let every call through and record nothing, until ``enable``."""
-        if self._state is DISABLED:
-            return f"breaker '{self.name}' is already disabled"
-        self._transition(DISABLED, "disabled", source)
-        return f"breaker '{self.name}' is disabled: every call is let through"
-
-    def enable(self, *, source: str | None = None) -> str:
-        if self._state is not DISABLED:
-            return f"breaker '{self.name}' is {self._state.value}, not disabled; nothing to enable"
-        self._close("enabled", source)
-        return f"breaker '{self.name}' is enabled and closed"
 
     # --- inspection ------------------------------------------------------------------------
 
