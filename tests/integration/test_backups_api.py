@@ -158,3 +158,8 @@ async def test_system_test_names_an_unreachable_repository(
     health = await http.get("/api/emergency/health")
     assert health.status_code == 503
     assert health.json()["checks"]["repository"]["status"] == "unhealthy"
+    # The failed check went through the incident pipeline like any failed call.
+    await backup_app.state.runtime.incident_service.drain()
+    incident = backup_app.state.runtime.incidents.find_active("backups")
+    assert incident is not None and "RepositoryUnreachable" in incident.exception_type
+    assert (await http.post("/chat", json={"message": "plan my meals"})).status_code == 200

@@ -34,6 +34,17 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     ers = start_ers(tmp_path)
     host = ers.url.removeprefix("http://")
     acknowledged: list[int] = []
+    with httpx.Client(base_url=ers.url, timeout=10) as http:
+        http.post(
+            "/api/emergency/simulate-error",
+            json={"component": "workout", "errorType": "agent", "count": 1},
+        ).raise_for_status()
+        http.post("/chat", json={"message": "make me a workout plan"})
+        deadline = time.monotonic() + 10
+        while not http.get("/api/emergency/incidents").json()["total"]:
+            assert time.monotonic() < deadline, "the failure never became an incident"
+            time.sleep(0.2)
+        incident_id = http.get("/api/emergency/incidents").json()["incidents"][0]["id"]
 
     def request(n: int) -> bytes:
         return build_post(host, "/chat", {"message": f"spent $1 on coffee #{n}", "userId": "k"})
@@ -73,6 +84,9 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert expenses >= len(acknowledged)
         reply = httpx.post(f"{restarted.url}/chat", json={"message": "budget report"}, timeout=10)
         assert reply.status_code == 200
+        # The incident history survived the kill.
+        kept = httpx.get(f"{restarted.url}/api/emergency/incidents/{incident_id}", timeout=10)
+        assert kept.status_code == 200 and kept.json()["timeline"]
     finally:
         assert restarted.stop() == 0
 

@@ -8,10 +8,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import ErsProcess
+from tests.conftest import ErsProcess, free_port, start_ers
 
 
 def test_chats_over_http_show_up_in_metrics_and_the_store(ers_process: ErsProcess) -> None:
@@ -83,3 +85,19 @@ def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None
     assert ers("breakers", "reset", "workout", "--force").returncode == 0
     unknown = ers("breakers", "reset", "nope")
     assert unknown.returncode == 1 and "no agent named 'nope'" in unknown.stderr
+
+
+def test_chats_keep_answering_when_the_collector_is_down(tmp_path: Path) -> None:
+    closed_port = free_port()  # nothing listens there
+    ers = start_ers(
+        tmp_path, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port}"}
+    )
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            for _ in range(20):
+                reply = http.post("/chat", json={"message": "plan my meals"})
+                assert reply.status_code == 200 and reply.json()["emergency"] is False
+    finally:
+        started = time.monotonic()
+        assert ers.stop() == 0
+        assert time.monotonic() - started < 20  # the final flush gives up, it does not hang
