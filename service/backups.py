@@ -73,6 +73,7 @@ class BackupService:
         self.manager: BackupManager | None = None
         self.error: str | None = "connecting to the backup repository"
         self.connected = asyncio.Event()
+        self.connection_failures = 0
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
         self.last_drill_at: float | None = None
@@ -105,6 +106,7 @@ class BackupService:
                     ),
                 )
             except BackupError as exc:
+                self.connection_failures += 1
                 self.error = str(exc)
                 log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)

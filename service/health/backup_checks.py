@@ -23,6 +23,13 @@ class RepositoryCheck:
 
     async def run(self) -> CheckResult:
         backups = self._backups
+        if backups.manager is None and backups.connection_failures == 0:
+            return CheckResult(
+                self.name,
+                Status.DEGRADED,
+                "connecting to the repository",
+                {"repository": backups.settings.restic_repository},
+            )
         if backups.manager is None:
             error = RepositoryUnreachable(backups.error or "not connected")
             return CheckResult(

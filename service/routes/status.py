@@ -39,7 +39,9 @@ async def status(runtime: RuntimeDep) -> dict[str, Any]:
         "backups": runtime.backups_summary(),
         "health": {
             "overall": report.overall.value if report else "unknown",
-            "memoryUsage": f"{memory.ratio:.0%}" if memory else None,
+            "memoryUsage": (f"{memory.ratio:.0%}" if memory.ratio >= 0.1 else f"{memory.ratio:.1%}")
+            if memory
+            else None,
             "uptime": describe_uptime(uptime_s),
             "uptimeSeconds": round(uptime_s, 1),
         },
