@@ -10,8 +10,9 @@ has to move. A call cut this way raises ``TimeoutError`` in the caller, as async
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+import time
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -25,6 +26,35 @@ class _Deadline:
         self.expired = False
 
 
+class _Resume:
+    """Continues a coroutine that was already stepped once, as ``await`` would have."""
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, T], first: Any) -> None:
+        self._coroutine = coroutine
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, value = self._coroutine, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:  # cancellation and the like go to the coroutine
+                try:
+                    value = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
 class DeadlineWatchdog:
     """Cancels calls that run past their deadline; one per event loop is enough."""
 
@@ -34,17 +64,34 @@ class DeadlineWatchdog:
         self._timer_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, awaitable: Awaitable[T], timeout_s: float) -> T:
+    async def run(self, call: Awaitable[T], timeout_s: float) -> T:
+        """Await ``call`` within ``timeout_s``.
+
+        A coroutine is stepped once here first: an agent that answers without waiting on
+        anything (the common case for in-process agents) finishes in that step and needs no
+        deadline, since no timeout could have interrupted it anyway. Only a call that
+        suspends is registered, with its deadline counted from the start."""
+        if isinstance(call, Coroutine):
+            started = time.monotonic()
+            try:
+                first = call.send(None)
+            except StopIteration as done:
+                return done.value
+            return await self._with_deadline(_Resume(call, first), started, timeout_s)
+        return await self._with_deadline(call, time.monotonic(), timeout_s)
+
+    async def _with_deadline(self, awaitable: Awaitable[T], started: float, timeout_s: float) -> T:
         task = asyncio.current_task()
         if task is None:  # not inside a task: nothing to cancel, use asyncio's own timer
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(started + timeout_s):
                 return await awaitable
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # A new event loop (tests run one per test): the old loop's timer will never fire.
             self._loop, self._timer, self._timer_at = loop, None, float("inf")
             self._pending.clear()
-        deadline = _Deadline(task, loop.time() + timeout_s)
+        # The loop's clock is time.monotonic, so a deadline taken from either agrees.
+        deadline = _Deadline(task, started + timeout_s)
         self._pending[deadline] = None
         if deadline.at < self._timer_at:
             self._arm(loop, deadline.at)

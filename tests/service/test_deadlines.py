@@ -1,0 +1,67 @@
+"""The deadline watchdog: per-call timeouts with one timer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.resilience.deadlines import DeadlineWatchdog
+
+
+async def answers_at_once() -> str:
+    return "done"
+
+
+async def sleeps(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+async def fails_at_once() -> str:
+    raise ValueError("bad input")
+
+
+async def test_a_call_that_never_waits_needs_no_deadline() -> None:
+    watchdog = DeadlineWatchdog()
+    assert await watchdog.run(answers_at_once(), 0.01) == "done"
+    assert watchdog.in_flight == 0
+
+
+async def test_errors_of_the_first_step_pass_through() -> None:
+    with pytest.raises(ValueError, match="bad input"):
+        await DeadlineWatchdog().run(fails_at_once(), 1.0)
+
+
+async def test_a_call_that_waits_finishes_within_its_deadline() -> None:
+    watchdog = DeadlineWatchdog()
+    assert await watchdog.run(sleeps(0.01), 1.0) == "slept"
+    assert watchdog.in_flight == 0
+
+
+async def test_an_overrunning_call_raises_timeout_error() -> None:
+    watchdog = DeadlineWatchdog()
+    with pytest.raises(TimeoutError, match="longer than 0.05 s"):
+        await watchdog.run(sleeps(5), 0.05)
+    assert watchdog.in_flight == 0
+    # The task is usable afterwards: the cancellation was taken back.
+    assert asyncio.current_task().cancelling() == 0
+    assert await watchdog.run(sleeps(0.01), 1.0) == "slept"
+
+
+async def test_many_calls_with_one_timer_each_cut_at_its_own_deadline() -> None:
+    watchdog = DeadlineWatchdog()
+    results = await asyncio.gather(
+        *(watchdog.run(sleeps(0.3 if i % 2 else 0.01), 0.1) for i in range(10)),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["str", "TimeoutError"] * 5
+
+
+async def test_an_outside_cancellation_is_not_a_timeout() -> None:
+    watchdog = DeadlineWatchdog()
+    task = asyncio.ensure_future(watchdog.run(sleeps(5), 10))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
