@@ -26,6 +26,7 @@ from service.faults import FaultInjector
 from service.instruments import AgentInstruments
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker
 from service.resilience.deadlines import DeadlineWatchdog
+from service.resilience.exception_events import record_exception
 from service.resilience.fallback import FallbackPolicy
 
 SHARED_DEADLINES = DeadlineWatchdog()
@@ -211,7 +212,7 @@ class GuardedAgent:
         config = self.config
         attempt = 1
         while True:
-            span.record_exception(error, attributes={"ers.attempt": attempt})
+            record_exception(span, error, {"ers.attempt": attempt})
             delay = config.backoff(attempt)
             elapsed = time.perf_counter() - started
             if (

@@ -1,0 +1,64 @@
+"""The span event for an exception, without formatting the same traceback over and over.
+
+The SDK's ``record_exception`` formats the full traceback each time, and Python 3.11's
+formatting reads and compiles source lines to place its carets: a few hundred microseconds
+per failure, paid on the request path in exactly the moment (an error storm) when the
+service can least afford it. The frames part of a traceback is the same for every failure
+that took the same path, so it is formatted once per path and reused; the exception's own
+line is formatted each time, so the message is always the current one.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+from opentelemetry.trace import Span
+
+_MAX_PATHS = 1024
+_frames_by_path: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+
+
+def _path(exc: BaseException) -> tuple[Any, ...] | None:
+    """The exception's type and the code locations it passed, or None when it is chained
+    (its context would belong in the text too)."""
+    if exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        return None
+    frames = tuple(
+        (frame.f_code.co_filename, frame.f_code.co_name, lineno)
+        for frame, lineno in traceback.walk_tb(exc.__traceback__)
+    )
+    return (type(exc), frames)
+
+
+def stacktrace(exc: BaseException) -> str:
+    path = _path(exc)
+    if path is None:
+        return "".join(traceback.format_exception(exc))
+    frames = _frames_by_path.get(path)
+    if frames is None:
+        frames = "Traceback (most recent call last):\n" + "".join(
+            traceback.format_tb(exc.__traceback__)
+        )
+        _frames_by_path[path] = frames
+        if len(_frames_by_path) > _MAX_PATHS:
+            _frames_by_path.popitem(last=False)
+    return frames + "".join(traceback.format_exception_only(exc))
+
+
+def record_exception(span: Span, exc: BaseException, attributes: dict[str, Any]) -> None:
+    """What ``span.record_exception`` records (OTel semantic conventions), more cheaply."""
+    kind = type(exc)
+    module = kind.__module__
+    name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    span.add_event(
+        "exception",
+        {
+            "exception.type": name,
+            "exception.message": str(exc),
+            "exception.stacktrace": stacktrace(exc),
+            "exception.escaped": "False",
+            **attributes,
+        },
+    )

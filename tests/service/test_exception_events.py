@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import traceback
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from service.resilience.exception_events import record_exception, stacktrace
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def fail(message: str) -> None:
+    raise Boom(message)
+
+
+def caught(message: str) -> Boom:
+    try:
+        fail(message)
+    except Boom as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def test_the_event_matches_what_the_sdk_records() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exc = caught("disk on fire")
+    with provider.get_tracer("t").start_as_current_span("ours") as span:
+        record_exception(span, exc, {"ers.attempt": 2})
+    with provider.get_tracer("t").start_as_current_span("sdk") as span:
+        span.record_exception(exc)
+    ours, sdk = (s.events[0].attributes for s in exporter.get_finished_spans())
+    for key in ("exception.type", "exception.message", "exception.escaped"):
+        assert ours[key] == sdk[key]
+    assert ours["ers.attempt"] == 2
+    assert ours["exception.stacktrace"].rstrip().endswith("Boom: disk on fire")
+    assert "in fail" in ours["exception.stacktrace"]
+
+
+def test_reused_frames_still_carry_the_current_message() -> None:
+    first = stacktrace(caught("first message"))
+    second = stacktrace(caught("second message"))
+    assert first.rstrip().endswith("first message")
+    assert second.rstrip().endswith("second message")
+    assert first.replace("first", "X") == second.replace("second", "X")
+
+
+def test_chained_exceptions_keep_their_context() -> None:
+    try:
+        try:
+            fail("inner")
+        except Boom as inner:
+            raise ValueError("outer") from inner
+    except ValueError as exc:
+        text = stacktrace(exc)
+        expected = "".join(traceback.format_exception(exc))
+    assert "inner" in text and "outer" in text
+    assert text == expected
