@@ -76,12 +76,16 @@ def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
     return [q(f"histogram_quantile({p / 100}, {rate})", f"{legend}p{p}") for p in (50, 95, 99)]
 
 
-# increase() cannot count a series' first sample, and an incident counter's series starts at
-# 1: series that appeared within the range count with their whole value.
-INCIDENTS_IN_RANGE = (
-    "(ers_incidents_total unless ers_incidents_total offset $__range)"
-    " or increase(ers_incidents_total[$__range])"
-)
+def grown_in_range(series: str) -> str:
+    """How much a counter (or histogram series) grew over the dashboard's range.
+
+    increase() cannot count a series' first sample, and a counter of rare events (incidents,
+    protocol actions, recoveries) first appears already at 1: series that appeared within
+    the range count with their whole value."""
+    return f"(({series} unless {series} offset $__range) or increase({series}[$__range]))"
+
+
+INCIDENTS_IN_RANGE = grown_in_range("ers_incidents_total")
 
 
 def per_step(by: str, counter: str, legend: str) -> Query:
@@ -181,8 +185,10 @@ def agents() -> Json:
 
 def incidents() -> Json:
     recovery = "ers_incident_recovery_seconds"
-    in_range = f"increase({recovery}_bucket[$__range])"
-    mttr = f"sum(increase({recovery}_sum[$__range])) / sum(increase({recovery}_count[$__range]))"
+    in_range = grown_in_range(f"{recovery}_bucket")
+    mttr = (
+        f"sum({grown_in_range(recovery + '_sum')}) / sum({grown_in_range(recovery + '_count')})"
+    )
     actions = "ers_protocol_actions_total"
     panels = [
         stat("Active incidents", "none", q("sum by (severity) (ers_incidents_active)",
@@ -206,7 +212,7 @@ def incidents() -> Json:
         timeseries("Protocol actions", "none", per_step(
             "protocol, action, result", actions, "{{protocol}} {{action}} {{result}}"), bars=True),
         table("Protocol actions in range", "none",
-              q(f"sum by (protocol, action, result) (increase({actions}[$__range])) > 0"),
+              q(f"sum by (protocol, action, result) ({grown_in_range(actions)}) > 0"),
               columns={"Value": "actions"}),
         timeseries("Span classification", "none",
                    q(f"sum(rate(ers_spans_classified_total{RATE}))", "classified per second"),
