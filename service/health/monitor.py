@@ -19,6 +19,11 @@ from opentelemetry.trace import Status as SpanStatus
 from opentelemetry.trace import StatusCode
 
 from service.health.checks import CheckResult, HealthCheck, Status, worst
+from service.resilience.exception_events import (
+    EXCEPTION_BASES_ATTRIBUTE,
+    exception_bases,
+    record_exception,
+)
 
 log = logging.getLogger("ers.health")
 
@@ -104,12 +109,9 @@ class HealthMonitor:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            span.record_exception(error)
+            record_exception(span, error, {})
             span.set_attribute("error.type", type(error).__qualname__)
-            span.set_attribute(
-                "ers.exception.bases",
-                [c.__name__ for c in type(error).__mro__[1:] if c not in (object, BaseException)],
-            )
+            span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(error))
             span.set_status(SpanStatus(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
     def start(self) -> None:

@@ -47,6 +47,15 @@ def stacktrace(exc: BaseException) -> str:
     return frames + "".join(traceback.format_exception_only(exc))
 
 
+# Lets classification rules match a family of errors ("any DependencyError"), not only the
+# exact class.
+EXCEPTION_BASES_ATTRIBUTE = "ers.exception.bases"
+
+
+def exception_bases(exc: BaseException) -> list[str]:
+    return [cls.__name__ for cls in type(exc).__mro__[1:] if cls not in (object, BaseException)]
+
+
 def record_exception(span: Span, exc: BaseException, attributes: dict[str, Any]) -> None:
     """What ``span.record_exception`` records (OTel semantic conventions), more cheaply."""
     kind = type(exc)

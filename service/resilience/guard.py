@@ -26,14 +26,14 @@ from service.faults import FaultInjector
 from service.instruments import AgentInstruments
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker
 from service.resilience.deadlines import DeadlineWatchdog
-from service.resilience.exception_events import record_exception
+from service.resilience.exception_events import (
+    EXCEPTION_BASES_ATTRIBUTE,
+    exception_bases,
+    record_exception,
+)
 from service.resilience.fallback import FallbackPolicy
 
 SHARED_DEADLINES = DeadlineWatchdog()
-
-# Attribute naming the exception's base classes, so classification rules can match a
-# family of errors ("any DependencyError") and not only the exact class.
-EXCEPTION_BASES_ATTRIBUTE = "ers.exception.bases"
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,6 @@ class GuardConfig:
 def hash_user_id(user_id: str) -> str:
     """User ids never go into telemetry as they are."""
     return hashlib.sha256(user_id.encode()).hexdigest()[:16]
-
-
-def exception_bases(exc: BaseException) -> list[str]:
-    return [cls.__name__ for cls in type(exc).__mro__[1:] if cls not in (object, BaseException)]
 
 
 class GuardedAgent:
