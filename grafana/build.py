@@ -17,15 +17,19 @@ import yaml
 
 from grafana.panels import (
     ALERTMANAGER_UID,
+    INCIDENTS_IN_RANGE,
     PROMETHEUS_UID,
+    RATE,
     TEMPO_UID,
     Json,
-    Query,
     color_by_name,
     dashboard,
     gauge,
+    grown_in_range,
+    per_step,
     promql,
     q,
+    quantiles,
     query_variable,
     stat,
     state_timeline,
@@ -47,7 +51,6 @@ SCRAPE_INTERVAL = "15s"
 SLO = "99.9%"
 BUDGET = "0.001"
 
-RATE = "[$__rate_interval]"
 HTTP = "http_server_request_duration_seconds"
 SERVED = 'http_route!~"/metrics|/livez|/readyz"'
 AGENT = 'agent=~"$agent"'
@@ -68,28 +71,6 @@ BURN_NOTE = (
     "ers:chat_error_ratio recording rules: 1 spends the budget in exactly 30 days; "
     "14.4 and 6 are the fast and slow burn lines."
 )
-
-
-def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
-    group = f"{by}, le" if by else "le"
-    rate = f"sum by ({group}) (rate({bucket}{RATE}))"
-    return [q(f"histogram_quantile({p / 100}, {rate})", f"{legend}p{p}") for p in (50, 95, 99)]
-
-
-def grown_in_range(series: str) -> str:
-    """How much a counter (or histogram series) grew over the dashboard's range.
-
-    increase() cannot count a series' first sample, and a counter of rare events (incidents,
-    protocol actions, recoveries) first appears already at 1: series that appeared within
-    the range count with their whole value."""
-    return f"(({series} unless {series} offset $__range) or increase({series}[$__range]))"
-
-
-INCIDENTS_IN_RANGE = grown_in_range("ers_incidents_total")
-
-
-def per_step(by: str, counter: str, legend: str) -> Query:
-    return q(f"sum by ({by}) (increase({counter}{RATE}))", legend)
 
 
 # Dashboards and data sources read as tables, one panel or source per statement; the

@@ -280,3 +280,30 @@ def promql(expr: str, variables: Sequence[str]) -> str:
         raise ValueError(f"{expr!r} uses ${name}, which its dashboard does not define")
 
     return VARIABLE.sub(value, expr)
+
+
+# --- PromQL shapes the dashboards share ---------------------------------------------
+
+RATE = "[$__rate_interval]"
+
+
+def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
+    group = f"{by}, le" if by else "le"
+    rate = f"sum by ({group}) (rate({bucket}{RATE}))"
+    return [q(f"histogram_quantile({p / 100}, {rate})", f"{legend}p{p}") for p in (50, 95, 99)]
+
+
+def grown_in_range(series: str) -> str:
+    """How much a counter (or histogram series) grew over the dashboard's range.
+
+    increase() cannot count a series' first sample, and a counter of rare events (incidents,
+    protocol actions, recoveries) first appears already at 1: series that appeared within
+    the range count with their whole value."""
+    return f"(({series} unless {series} offset $__range) or increase({series}[$__range]))"
+
+
+INCIDENTS_IN_RANGE = grown_in_range("ers_incidents_total")
+
+
+def per_step(by: str, counter: str, legend: str) -> Query:
+    return q(f"sum by ({by}) (increase({counter}{RATE}))", legend)
