@@ -65,6 +65,15 @@ class ErsProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_backups(self, timeout: float = 60.0) -> None:
+        """The restic repository is reached in the background; until then backups answer
+        503. Polls a bounded number of times."""
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.url}/api/emergency/backups", timeout=10).status_code == 503:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the backup repository was not ready within {timeout:g} s")
+            time.sleep(0.2)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

@@ -7,7 +7,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -38,10 +37,7 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=service.url, timeout=30) as http:
             http.post("/chat", json={"message": "set my food budget to $100", "userId": "a"})
-            deadline = time.monotonic() + 60
-            while http.get("/api/emergency/backups").status_code == 503:
-                assert time.monotonic() < deadline, "the repository never became ready"
-                time.sleep(0.5)
+        service.wait_for_backups()
         created = ers(["backup", "create", "--url", service.url, "--json"], env, tmp_path)
         assert created.returncode == 0, created.stderr
         backup_id = json.loads(created.stdout)["backupId"]

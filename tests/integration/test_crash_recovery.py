@@ -23,13 +23,6 @@ def integrity(db: Path) -> str:
     return sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def wait_for_backups(http: httpx.Client) -> None:
-    deadline = time.monotonic() + 60
-    while http.get("/api/emergency/backups").status_code == 503:
-        assert time.monotonic() < deadline, "the repository never became ready"
-        time.sleep(0.3)
-
-
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     ers = start_ers(tmp_path)
     host = ers.url.removeprefix("http://")
@@ -96,7 +89,7 @@ def test_kill_9_during_a_backup_then_restart_recovers_the_repository(tmp_path: P
     with httpx.Client(base_url=ers.url, timeout=60) as http:
         for i in range(50):
             http.post("/chat", json={"message": f"I spent ${i + 1} on food", "userId": "b"})
-        wait_for_backups(http)
+        ers.wait_for_backups()
         assert http.post("/api/emergency/backups/create", json={}).status_code == 200
         for i in range(50):
             http.post("/chat", json={"message": f"I spent ${i + 1} on rent", "userId": "b"})
@@ -117,8 +110,8 @@ def test_kill_9_during_a_backup_then_restart_recovers_the_repository(tmp_path: P
 
     restarted = start_ers(tmp_path, env=BACKUP_ENV)
     try:
+        restarted.wait_for_backups()
         with httpx.Client(base_url=restarted.url, timeout=120) as http:
-            wait_for_backups(http)
             after = http.post("/api/emergency/backups/create", json={})
             assert after.status_code == 200, after.text
             checked = http.post("/api/emergency/backups/check")

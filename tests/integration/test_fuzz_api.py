@@ -4,11 +4,9 @@ no 5xx, no reply that breaks its own schema."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -33,10 +31,7 @@ def ers_for_fuzzing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErsPro
             "ERS_BACKUP_SCHEDULE_ENABLED": "false",
         },
     )
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{ers.url}/api/emergency/backups", timeout=10).status_code == 503:
-        assert time.monotonic() < deadline, "the backup repository never became ready"
-        time.sleep(0.3)
+    ers.wait_for_backups()
     try:
         yield ers
     finally:

@@ -93,18 +93,6 @@ def used_metric_names() -> dict[str, set[str]]:
     return used
 
 
-def wait_for_backups(client: httpx.Client, timeout: float = 30.0) -> None:
-    """The restic repository is initialised in the background; until then backups answer 503."""
-    deadline = time.monotonic() + timeout
-    for _ in range(MAX_POLLS):
-        if client.get("/api/emergency/backups").status_code != 503:
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
-    raise TimeoutError(f"GET /api/emergency/backups still answers 503 after {timeout:g} s")
-
-
 def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
     """Chat traffic while first the budget, then the nutrition agent fails half its calls and
     the workout breaker is forced open now and again, manual backups, then a system test and
@@ -113,7 +101,7 @@ def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
     Events repeat over several seconds so that a scraper at a 1 s interval sees counters and
     histograms grow between scrapes: a counter's first sample has no increase of its own."""
     with httpx.Client(base_url=ers.url, timeout=30) as client:
-        wait_for_backups(client)
+        ers.wait_for_backups()
 
         def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
             response = client.post(path, json=body)
