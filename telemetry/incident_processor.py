@@ -5,6 +5,10 @@ appended to a bounded queue (a full queue drops it and counts the drop, never bl
 worker thread takes batches from the queue, classifies each span, writes the batch through the
 store in one transaction and publishes what happened to subscribers.
 
+Once woken, the worker lingers briefly (``linger_s``, or until a batch is full or a flush is
+asked for) so that a storm is written in a few large transactions instead of one per failure:
+a transaction per span would cost the request path more CPU than the failures themselves.
+
 Subscribers are called on the worker thread, one event per incident touched per batch (not one
 per failure: a storm of one error is one "updated" event per batch with its occurrence count).
 A subscriber must be quick and must not block; to reach an event loop it should hand over with
@@ -61,6 +65,7 @@ class IncidentProcessor(SpanProcessor):
         batch_size: int = 1_000,
         keep_span_records: bool = True,
         idle_wait_s: float = 0.5,
+        linger_s: float = 0.05,
     ) -> None:
         self.store = store
         self.classifier = classifier
@@ -68,6 +73,9 @@ class IncidentProcessor(SpanProcessor):
         self.batch_size = batch_size
         self.keep_span_records = keep_span_records
         self._idle_wait_s = idle_wait_s
+        self._linger_s = linger_s
+        # Set when the worker should stop lingering: a full batch, a flush, shutdown.
+        self._hurry = threading.Event()
         self._queue: deque[ReadableSpan | SpanRecord | _FlushMarker] = deque()
         self._wake = threading.Event()
         self._accepting = True
@@ -145,6 +153,8 @@ class IncidentProcessor(SpanProcessor):
         self._queue.append(item)
         if not self._wake.is_set():
             self._wake.set()
+        if len(self._queue) >= self.batch_size and not self._hurry.is_set():
+            self._hurry.set()
         return True
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -153,6 +163,7 @@ class IncidentProcessor(SpanProcessor):
             return not self._queue
         marker = _FlushMarker()
         self._queue.append(marker)
+        self._hurry.set()
         self._wake.set()
         return marker.wait(timeout_millis / 1000)
 
@@ -163,6 +174,7 @@ class IncidentProcessor(SpanProcessor):
         self._accepting = False
         self.force_flush()
         self._exit = True
+        self._hurry.set()
         self._wake.set()
         self._worker.join(timeout=5)
 
@@ -177,6 +189,9 @@ class IncidentProcessor(SpanProcessor):
                     return
                 self._wake.wait(self._idle_wait_s)
                 continue
+            if self._linger_s > 0 and len(queue) < self.batch_size:
+                self._hurry.wait(self._linger_s)
+            self._hurry.clear()
             batch: list[ReadableSpan | SpanRecord] = []
             marker = None
             while queue and len(batch) < self.batch_size:

@@ -235,3 +235,38 @@ def test_rules_can_be_swapped_while_running(
     processor.force_flush()
     assert store.list()[0][0].severity == "critical"
     processor.shutdown()
+
+
+def test_a_burst_of_failures_is_written_as_one_batch(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = IncidentProcessor(store, default_classifier, linger_s=5.0)
+    batches: list[int] = []
+    written = threading.Event()
+
+    def heard(event: IncidentEvent) -> None:
+        batches.append(event.occurrences)
+        written.set()
+
+    processor.subscribe(heard)
+    for _ in range(20):
+        assert processor.submit_record(error_record())
+    # Nothing forces the write: the worker lingers, then writes the burst in one transaction.
+    assert not written.wait(0.2)
+    assert processor.force_flush()
+    assert batches == [20]
+    assert store.list()[0][0].count == 20
+    processor.shutdown()
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_linger(
+    store: IncidentStore, default_classifier: Classifier
+) -> None:
+    processor = IncidentProcessor(store, default_classifier, batch_size=10, linger_s=30.0)
+    written = threading.Event()
+    processor.subscribe(lambda event: written.set())
+    for _ in range(10):
+        processor.submit_record(error_record())
+    assert written.wait(10), "a full batch waited for the 30 s linger"
+    assert processor.spans_classified == 10
+    processor.shutdown()
