@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.meter_provider,
+            meter_provider=telemetry.http_meter_provider,
             excluded_urls=UNTRACED_PATHS,
             # One server span per request; the per-message send/receive spans would triple
             # the tracing cost of every chat and say nothing an operator needs.

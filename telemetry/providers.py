@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import DropAggregation, View
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from telemetry.instrument_filter import SkippingMeterProvider
+
 INSTRUMENTATION_SCOPE = "ers"
-# HTTP instrumentation metrics no dashboard or alert reads: each costs a measurement on every
-# request. The request-duration histogram (with its status code) stays: the SLO uses it.
+# HTTP instrumentation metrics no dashboard or alert reads: the HTTP instrumentation gets
+# no-op instruments for them, so they cost nothing per request. The request-duration
+# histogram (with its status code) stays: the SLO uses it.
 UNUSED_HTTP_METRICS = (
     "http.server.active_requests",
     "http.server.request.body.size",
@@ -59,6 +61,11 @@ class Telemetry:
     def meter(self) -> metrics.Meter:
         return self.meter_provider.get_meter(INSTRUMENTATION_SCOPE)
 
+    @property
+    def http_meter_provider(self) -> metrics.MeterProvider:
+        """The meter provider for the HTTP instrumentation, without the unused metrics."""
+        return SkippingMeterProvider(self.meter_provider, UNUSED_HTTP_METRICS)
+
     def add_span_processor(self, processor: SpanProcessor) -> None:
         self.tracer_provider.add_span_processor(processor)
         self.span_processors.append(processor)
@@ -71,10 +78,6 @@ class Telemetry:
         self.tracer_provider.force_flush(timeout_millis=5000)
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown(timeout_millis=5000)
-
-
-def _views_dropping(names: tuple[str, ...]) -> list[View]:
-    return [View(instrument_name=name, aggregation=DropAggregation()) for name in names]
 
 
 def build_telemetry(
@@ -103,7 +106,10 @@ def build_telemetry(
     registry = CollectorRegistry(auto_describe=True)
     reader = PrometheusMetricReader(scope_info_enabled=False, registry=registry)
     meter_provider = MeterProvider(
-        resource=resource, metric_readers=[reader], views=_views_dropping(UNUSED_HTTP_METRICS)
+        resource=resource,
+        metric_readers=[reader],
+        # The Prometheus exposition carries no exemplars: collecting them would be pure cost.
+        exemplar_filter=AlwaysOffExemplarFilter(),
     )
     telemetry = Telemetry(resource, tracer_provider, meter_provider, registry, enabled)
     if enabled and otlp_endpoint_configured():

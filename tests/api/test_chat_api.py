@@ -152,3 +152,11 @@ async def test_metrics_count_agent_calls(client: httpx.AsyncClient) -> None:
     assert 'ers_agent_calls_total{agent="nutrition",outcome="success"} 1.0' in text
     assert 'ers_agent_call_duration_seconds_count{agent="router"} 1.0' in text
     assert "http_server_request_duration_seconds" in text
+
+
+async def test_http_metrics_nobody_reads_are_not_recorded(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/chat", json={"message": "hello"})).status_code == 200
+    text = (await client.get("/metrics")).text
+    assert "http_server_request_duration_seconds_bucket" in text
+    assert "http_server_active_requests" not in text
+    assert "http_server_request_body_size" not in text
