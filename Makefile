@@ -20,7 +20,7 @@ system-run:
 	@scripts/ensure-system-packages restic
 
 system-test:
-	@scripts/ensure-system-packages restic prometheus alertmanager
+	@scripts/ensure-system-packages restic prometheus alertmanager postgresql
 
 run: $(STAMP) system-run
 	$(VENV)/bin/ers serve --host $(HOST) --port $(PORT)

@@ -163,9 +163,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     telemetry: Telemetry = app.state.telemetry
 
-    # State: one SQLite file per component.
-    stores = Stores.in_directory(settings.data_dir)
-    stores.open_all()
+    # State: one SQLite file per component, or one PostgreSQL schema each.
+    stores = Stores.from_settings(settings)
+    await stores.open()
 
     # The team: every agent behind its breaker, timeout, retries and fallback.
     instruments = AgentInstruments.create(telemetry.meter) if telemetry.enabled else None
@@ -326,6 +326,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await health.stop()
         await lag_monitor.stop()
         breaker_metrics.detach()
-        stores.close_all()
+        await stores.close()
         telemetry.shutdown()
         app.state.runtime = None

@@ -13,9 +13,18 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,12 +70,18 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # A rejected value may be a database URL with its password: never echo inputs.
+        hide_input_in_errors=True,
     )
 
     env: Environment = Environment.DEVELOPMENT
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     data_dir: Path = Path("var/data")
+    # State on a PostgreSQL server (postgresql://user:password@host:port/database) instead
+    # of one SQLite file per component in data_dir. Unset: SQLite. The URL may carry a
+    # password, so it is a secret: shown only through ``redact_url``.
+    database_url: SecretStr | None = None
 
     # restic: a local repository under var/ by default; any restic backend string works.
     restic_repository: str = "var/restic-repo"
@@ -143,6 +158,22 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_path))
         return tuple(sources)
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        check_database_url(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _no_file_backups_of_a_database_server(self) -> Settings:
+        # Backups copy SQLite files; with the state on PostgreSQL there are none to copy.
+        # Stores.from_settings logs that backups are off for this reason.
+        if self.database_url is not None:
+            object.__setattr__(self, "backups_enabled", False)
+        return self
+
     @model_validator(mode="after")
     def _read_token_files(self) -> Settings:
         for name in ("admin", "alert", "intake"):
@@ -174,6 +205,43 @@ class Settings(BaseSettings):
 
     def component_path(self, component: str) -> Path:
         return self.data_dir / f"{component}.sqlite3"
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def check_database_url(url: str) -> None:
+    """Raise ValueError naming what is wrong with a PostgreSQL URL, never quoting it."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in POSTGRES_SCHEMES:
+        shown = f"scheme '{scheme}'" if scheme and scheme.isalnum() else "no scheme"
+        raise ValueError(
+            f"only postgresql://… or postgres://… URLs are accepted (got {shown}); "
+            "unset it to keep the state in SQLite files"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(
+            "not a valid URL (check the port and percent-encode special characters in "
+            "the user name and password)"
+        ) from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user part or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        query = "&".join(
+            "password=***" if pair.lower().startswith("password=") else pair
+            for pair in parts.query.split("&")
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "(a database URL that does not parse; not shown)"
 
 
 def check_production(settings: Settings) -> None:

@@ -58,7 +58,7 @@ def agent_steps(team: Team) -> list[Step]:
 def store_steps(stores: Stores) -> list[Step]:
     def probe(component: str) -> Callable[[], Awaitable[str]]:
         async def run() -> str:
-            stores.by_component()[component].check_writable()
+            await stores.by_component()[component].probe_writable()
             return "write, read and delete succeeded"
 
         return run

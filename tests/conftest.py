@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -19,6 +20,9 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.pg import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,3 +136,33 @@ def ers_process(tmp_path: Path) -> Iterator[ErsProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole run (see tests/pg.py); fails, never skips,
+    when there is none: the store tests must run against it."""
+    from tests.pg import PostgresNotAvailable, postgres_for_tests
+
+    server: PostgresServer | None = None
+    problem = ""
+    try:
+        server = postgres_for_tests()
+    except PostgresNotAvailable as exc:
+        problem = str(exc)
+    if server is None:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on the test server, dropped afterwards."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import psutil
 
 from service.errors import StoreUnavailable
-from service.stores.sqlite import SqliteStore
+from service.stores.registry import ComponentStore
 
 
 class Status(StrEnum):
@@ -210,14 +210,14 @@ class EventLoopCheck:
 class StoresCheck:
     name = "stores"
 
-    def __init__(self, stores: Mapping[str, SqliteStore]) -> None:
+    def __init__(self, stores: Mapping[str, ComponentStore]) -> None:
         self._stores = stores
 
     async def run(self) -> CheckResult:
         failing: dict[str, str] = {}
         for component, store in self._stores.items():
             try:
-                store.check_writable()
+                await store.probe_writable()
             except StoreUnavailable as exc:
                 failing[component] = exc.reason
         figures = {name: failing.get(name, "writable") for name in self._stores}

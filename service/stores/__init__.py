@@ -1,4 +1,5 @@
-"""State stores: one SQLite file per component, each behind one small store class."""
+"""State stores: one SQLite file per component (or one PostgreSQL schema each, when
+``ERS_DATABASE_URL`` is set), each behind one small store class."""
 
 from service.stores.budgets import BudgetStore
 from service.stores.conversations import ConversationStore

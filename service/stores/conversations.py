@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from service.stores.base import ChatTurn
 from service.stores.sqlite import SqliteStore
@@ -46,18 +48,19 @@ class ConversationStore(SqliteStore):
         rows = self.query(
             "SELECT * FROM turns WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
         )
-        return [_turn(row) for row in reversed(rows)]
+        return [turn_from_row(row) for row in reversed(rows)]
 
     async def get_turn(self, turn_id: int) -> ChatTurn | None:
         row = self.query_one("SELECT * FROM turns WHERE id = ?", (turn_id,))
-        return _turn(row) if row is not None else None
+        return turn_from_row(row) if row is not None else None
 
     async def count(self) -> int:
         row = self.query_one("SELECT count(*) AS n FROM turns")
         return int(row["n"]) if row is not None else 0
 
 
-def _turn(row: sqlite3.Row) -> ChatTurn:
+def turn_from_row(row: sqlite3.Row | Mapping[str, Any]) -> ChatTurn:
+    """A turn from a ``turns`` row of either backend."""
     return ChatTurn(
         id=row["id"],
         user_id=row["user_id"],

@@ -4,12 +4,44 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from service.stores.base import Profile
 from service.stores.sqlite import SqliteStore
 
-_COLUMNS = ("age", "weight_kg", "height_cm", "sex", "activity", "goal", "level", "equipment")
+PROFILE_FIELDS = (
+    "age",
+    "weight_kg",
+    "height_cm",
+    "sex",
+    "activity",
+    "goal",
+    "level",
+    "equipment",
+)
+
+
+def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
+    """A profile from a ``profiles`` row of either backend (each stores equipment its way)."""
+    return Profile(
+        user_id=row["user_id"],
+        age=row["age"],
+        weight_kg=row["weight_kg"],
+        height_cm=row["height_cm"],
+        sex=row["sex"],
+        activity=row["activity"],
+        goal=row["goal"],
+        level=row["level"],
+        equipment=tuple(equipment),
+    )
+
+
+def check_profile_fields(fields: dict[str, Any]) -> None:
+    """Raise ValueError naming any field a profile does not have."""
+    unknown = set(fields) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown profile fields: {', '.join(sorted(unknown))}")
 
 
 class ProfileStore(SqliteStore):
@@ -33,23 +65,11 @@ class ProfileStore(SqliteStore):
         row = self.query_one("SELECT * FROM profiles WHERE user_id = ?", (user_id,))
         if row is None:
             return None
-        return Profile(
-            user_id=row["user_id"],
-            age=row["age"],
-            weight_kg=row["weight_kg"],
-            height_cm=row["height_cm"],
-            sex=row["sex"],
-            activity=row["activity"],
-            goal=row["goal"],
-            level=row["level"],
-            equipment=tuple(json.loads(row["equipment"])),
-        )
+        return profile_from_row(row, json.loads(row["equipment"]))
 
     async def upsert(self, user_id: str, **fields: Any) -> Profile:
         """Set the given fields (None values are left as they were)."""
-        unknown = set(fields) - set(_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown profile fields: {', '.join(sorted(unknown))}")
+        check_profile_fields(fields)
         given = {key: value for key, value in fields.items() if value is not None}
         if "equipment" in given:
             given["equipment"] = json.dumps(list(given["equipment"]))

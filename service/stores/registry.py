@@ -1,25 +1,54 @@
-"""All component stores of one data directory, opened and closed together."""
+"""All component stores of one service, opened and closed together: SQLite files in the
+data directory (the default), or one schema each on a PostgreSQL server."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.settings import Settings, redact_url
 from service.stores.budgets import BudgetStore
 from service.stores.conversations import ConversationStore
+from service.stores.postgres import PostgresDatabase, PostgresStore
+from service.stores.postgres_components import (
+    PgBudgetStore,
+    PgConversationStore,
+    PgProfileStore,
+    PgSystemStateStore,
+)
 from service.stores.profiles import ProfileStore
 from service.stores.sqlite import SqliteStore
 from service.stores.system_state import SystemStateStore
 
+log = logging.getLogger("ers.stores")
+
+ComponentStore = SqliteStore | PostgresStore
+
 
 @dataclass(frozen=True)
 class Stores:
-    conversations: ConversationStore
-    budgets: BudgetStore
-    profiles: ProfileStore
-    system_state: SystemStateStore
+    conversations: ConversationStore | PgConversationStore
+    budgets: BudgetStore | PgBudgetStore
+    profiles: ProfileStore | PgProfileStore
+    system_state: SystemStateStore | PgSystemStateStore
+    # Set when the stores live on PostgreSQL: the server's migrations and connection pool.
+    database: PostgresDatabase | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Stores:
+        """SQLite files in ``data_dir``, or PostgreSQL when ``database_url`` is set."""
+        if settings.database_url is None:
+            return cls.in_directory(settings.data_dir)
+        url = settings.database_url.get_secret_value()
+        log.info(
+            "component stores on PostgreSQL at %s; restic file backups are off, they copy "
+            "SQLite files and this state lives in the database server",
+            redact_url(url),
+        )
+        return cls.on_postgres(url)
 
     @classmethod
     def in_directory(cls, data_dir: Path) -> Stores:
@@ -30,7 +59,18 @@ class Stores:
             system_state=SystemStateStore(data_dir / "system_state.sqlite3"),
         )
 
-    def by_component(self) -> dict[str, SqliteStore]:
+    @classmethod
+    def on_postgres(cls, url: str) -> Stores:
+        database = PostgresDatabase(url)
+        return cls(
+            conversations=PgConversationStore(database),
+            budgets=PgBudgetStore(database),
+            profiles=PgProfileStore(database),
+            system_state=PgSystemStateStore(database),
+            database=database,
+        )
+
+    def by_component(self) -> dict[str, ComponentStore]:
         return {
             "conversations": self.conversations,
             "budgets": self.budgets,
@@ -38,17 +78,42 @@ class Stores:
             "system_state": self.system_state,
         }
 
+    async def open(self) -> None:
+        """Open every store: the SQLite files, or migrate PostgreSQL and open its pool."""
+        if self.database is None:
+            self.open_all()
+            return
+        pg_stores = [s for s in self.by_component().values() if isinstance(s, PostgresStore)]
+        applied = await self.database.open(pg_stores)
+        if applied:
+            log.info(
+                "migrated the PostgreSQL schema: %s",
+                ", ".join(f"{component} v{version}" for component, version in applied),
+            )
+
+    async def close(self) -> None:
+        if self.database is None:
+            self.close_all()
+            return
+        await self.database.close()
+
     def open_all(self) -> None:
-        for store in self.by_component().values():
+        """Open the SQLite files (PostgreSQL stores open asynchronously: ``await open()``)."""
+        for store in self._sqlite_stores():
             store.open()
 
     def close_all(self) -> None:
-        for store in self.by_component().values():
+        for store in self._sqlite_stores():
             store.close()
+
+    def _sqlite_stores(self) -> list[SqliteStore]:
+        if self.database is not None:
+            raise TypeError("the stores live on PostgreSQL: use await open() / await close()")
+        return [s for s in self.by_component().values() if isinstance(s, SqliteStore)]
 
     @contextmanager
     def paused(self, components: list[str], reason: str) -> Iterator[None]:
-        """Close the named stores while their files are swapped, then reopen them."""
+        """Make the named stores fail fast while their state is swapped, then reopen them."""
         stores = self.by_component()
         with ExitStack() as stack:
             for name in components:

@@ -125,6 +125,10 @@ class SqliteStore:
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
+    async def probe_writable(self) -> None:
+        """The health check's probe, the same call on every backend."""
+        self.check_writable()
+
     def check_writable(self) -> None:
         """Write, read back and delete a probe row; raises StoreUnavailable when it can't."""
         with self._lock:

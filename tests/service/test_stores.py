@@ -1,24 +1,40 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from service.errors import StoreUnavailable
 from service.stores import Stores
-from service.stores.base import ChatTurn
+from service.stores.base import CategoryReport, ChatTurn, Profile
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    """The same behaviour tests run against SQLite files and a real PostgreSQL server."""
+    if request.param == "sqlite":
+        s = Stores.in_directory(tmp_path)
+    else:
+        s = Stores.on_postgres(request.getfixturevalue("pg_url"))
+    await s.open()
+    yield s
+    await s.close()
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Stores:
+def sqlite_stores(tmp_path: Path) -> Iterator[Stores]:
     s = Stores.in_directory(tmp_path)
     s.open_all()
     yield s
     s.close_all()
 
 
-async def test_each_component_is_its_own_file_in_wal_mode(stores: Stores, tmp_path: Path) -> None:
+async def test_each_component_is_its_own_file_in_wal_mode(
+    sqlite_stores: Stores, tmp_path: Path
+) -> None:
+    stores = sqlite_stores
     for name, store in stores.by_component().items():
         assert store.path == tmp_path / f"{name}.sqlite3"
         assert store.path.exists()
@@ -93,3 +109,66 @@ async def test_writes_survive_a_reopen_without_close(tmp_path: Path) -> None:
     # A second, independent connection sees it without any close or checkpoint.
     other = sqlite3.connect(tmp_path / "conversations.sqlite3")
     assert other.execute("SELECT count(*) FROM turns").fetchone()[0] == 1
+
+
+async def test_budget_expense_must_be_positive(stores: Stores) -> None:
+    with pytest.raises(StoreUnavailable):
+        await stores.budgets.add_expense("u1", "food", 0)
+    assert await stores.budgets.report("u1") == []
+
+
+async def test_budget_report_is_per_month_and_sorted(stores: Stores) -> None:
+    await stores.budgets.add_expense("u1", "transport", 700)
+    await stores.budgets.add_expense("u1", "Food", 300)
+    await stores.budgets.set_limit("u1", "books", 1000)
+    report = await stores.budgets.report("u1")
+    assert [r.category for r in report] == ["Food", "books", "transport"]
+    assert await stores.budgets.report("u1", month="1999-01") == [CategoryReport("books", 1000, 0)]
+
+
+async def test_recent_turns_are_the_newest_in_order(stores: Stores) -> None:
+    ids = [
+        await stores.conversations.record_turn(
+            ChatTurn("u1", f"m{i}", "r", "router", True, False, created_at=1000.5 + i)
+        )
+        for i in range(5)
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    recent = await stores.conversations.recent("u1", limit=3)
+    assert [t.message for t in recent] == ["m2", "m3", "m4"]
+    assert recent[-1].created_at == 1004.5 and recent[-1].id == ids[-1]
+    assert await stores.conversations.get_turn(10_000) is None
+    assert await stores.conversations.recent("nobody") == []
+
+
+async def test_profile_round_trips_every_field(stores: Stores) -> None:
+    fields = {
+        "age": 41,
+        "weight_kg": 72.5,
+        "height_cm": 168.0,
+        "sex": "female",
+        "activity": "moderate",
+        "goal": "maintain",
+        "level": "intermediate",
+        "equipment": ("bands", "kettlebell"),
+    }
+    created = await stores.profiles.upsert("u1", **fields)
+    assert created == Profile("u1", **fields)
+    assert await stores.profiles.get("u1") == created
+    emptied = await stores.profiles.upsert("u1", equipment=())
+    assert emptied.equipment == () and emptied.age == 41
+
+
+async def test_system_state_overwrites_and_keeps_json_types(stores: Stores) -> None:
+    value = {"list": [1, 2.5, "x", None, True], "nested": {"k": {}}, "unicode": "é✓"}
+    await stores.system_state.put("k", value)
+    assert await stores.system_state.get("k") == value
+    await stores.system_state.put("k", 3)
+    assert await stores.system_state.get("k") == 3
+    assert await stores.system_state.get("missing") is None
+
+
+async def test_every_store_passes_the_writable_check(stores: Stores) -> None:
+    for store in stores.by_component().values():
+        assert store.is_open
+        await store.probe_writable()

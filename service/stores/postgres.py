@@ -1,0 +1,206 @@
+"""The PostgreSQL base the component stores build on when ``ERS_DATABASE_URL`` is set.
+
+One ``PostgresDatabase`` per process: it migrates the schema at start (see
+``postgres_migrations``) and then holds one psycopg connection pool that every component
+store shares. Each component lives in its own schema (``ers_<component>``) so it can be
+dumped and restored alone. A statement runs in its own transaction on a pooled connection.
+Failures become ``StoreUnavailable`` with a reason a person can act on; the URL appears
+only redacted and the password never.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from service.errors import StoreUnavailable
+from service.settings import redact_url
+from service.stores.postgres_migrations import Migration, MigrationError, migrate
+
+# A statement waits at most this long for a free pooled connection; a chat must not hang on
+# a server that is gone.
+POOL_TIMEOUT_S = 3.0
+CONNECT_TIMEOUT_S = 5
+POOL_MIN_SIZE = 2
+POOL_MAX_SIZE = 10
+
+
+class PostgresDatabase:
+    """The server behind every PostgreSQL store: start-up migrations and the shared pool."""
+
+    def __init__(self, url: str, *, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
+        self._url = url
+        self._password = _password_of(url)
+        self.location = _location(url)
+        self.pool_timeout_s = pool_timeout_s
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
+
+    async def open(self, stores: Sequence[PostgresStore]) -> list[tuple[str, int]]:
+        """Migrate the schemas of ``stores``, then open the pool; returns what was migrated."""
+        if self.pool is not None:
+            return []
+        plan = {store.component: store.migrations for store in stores}
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            ) as conn:
+                applied = await migrate(conn, plan)
+        except MigrationError as exc:
+            raise StoreUnavailable(exc.component, self.scrub(exc.reason)) from None
+        except psycopg.Error as exc:
+            raise StoreUnavailable("postgresql", self.reason(exc)) from None
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
+            self._url,
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            timeout=self.pool_timeout_s,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "row_factory": dict_row},
+            # A server restart breaks every pooled connection; checking on checkout swaps
+            # a broken one for a fresh one instead of failing the caller's statement.
+            check=AsyncConnectionPool.check_connection,
+            name="ers-stores",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
+        except PoolTimeout:
+            await pool.close()
+            raise StoreUnavailable(
+                "postgresql",
+                f"the connection pool to {self.location} did not fill within "
+                f"{CONNECT_TIMEOUT_S * 2} s; check the server's max_connections and load",
+            ) from None
+        self.pool = pool
+        return applied
+
+    async def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            await pool.close()
+
+    def scrub(self, text: str) -> str:
+        """``text`` on one line, without the password, at most 300 characters."""
+        text = " ".join(text.split())
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text[:300]
+
+    def reason(self, exc: psycopg.Error) -> str:
+        """What went wrong, in words a person can act on."""
+        if isinstance(exc, PoolTimeout):
+            return (
+                f"no PostgreSQL connection within {self.pool_timeout_s:g} s: the server at "
+                f"{self.location} is unreachable or overloaded; check that it is running"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return self.scrub(
+                f"cannot use PostgreSQL at {self.location} ({first}); check that the server "
+                "is running and that ERS_DATABASE_URL names the right host, database and role"
+            )
+        primary = exc.diag.message_primary or str(exc) or type(exc).__name__
+        return self.scrub(primary)
+
+
+def _location(url: str) -> str:
+    """Where the server is, fit for logs: the redacted URL, or for a ``key=value`` conninfo
+    string its host, port and database."""
+    if "://" in url:
+        return redact_url(url)
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(a connection string that does not parse; not shown)"
+    return " ".join(f"{key}={parts[key]}" for key in ("host", "port", "dbname") if key in parts)
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return conninfo_to_dict(url).get("password") or None  # type: ignore[return-value]
+    except psycopg.Error:
+        # Unparsable URLs are refused by the settings; keep the raw tail out of messages.
+        match = re.search(r"://[^:/@]*:([^@]*)@", url)
+        return match.group(1) if match else None
+
+
+class PostgresStore:
+    """A component's schema on the shared server. Subclasses set ``component``, ``schema``
+    (its PostgreSQL schema name) and ``migrations`` (ordered, append-only)."""
+
+    component: ClassVar[str]
+    schema: ClassVar[str]
+    migrations: ClassVar[Sequence[Migration]]
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
+        self._paused_reason: str | None = None
+
+    # -- lifecycle (the pool itself is opened and closed by the database) ---------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.database.pool is not None and self._paused_reason is None
+
+    def pause(self, reason: str) -> None:
+        """Writers and readers fail fast with ``reason`` until ``resume()``."""
+        self._paused_reason = reason
+
+    def resume(self) -> None:
+        self._paused_reason = None
+
+    @contextmanager
+    def paused(self, reason: str) -> Iterator[None]:
+        self.pause(reason)
+        try:
+            yield
+        finally:
+            self.resume()
+
+    # -- statements ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[psycopg.AsyncCursor[DictRow]]:
+        """A cursor in its own transaction: committed when the block ends, else rolled back."""
+        pool = self.database.pool
+        if pool is None or self._paused_reason is not None:
+            raise StoreUnavailable(self.component, self._paused_reason or "the store is closed")
+        try:
+            async with pool.connection() as conn, conn.cursor() as cursor:
+                yield cursor
+        except psycopg.Error as exc:
+            raise StoreUnavailable(self.component, self.database.reason(exc)) from None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        async with self._cursor() as cursor:
+            await cursor.execute(sql, params)
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        async with self._cursor() as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchall()
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
+        async with self._cursor() as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchone()
+
+    # -- health --------------------------------------------------------------------------
+
+    async def probe_writable(self) -> None:
+        """Write, read back and delete a probe row in one transaction; raises
+        StoreUnavailable when it can't."""
+        table = f"{self.schema}.write_probe"
+        async with self._cursor() as cursor:
+            await cursor.execute(f"INSERT INTO {table} (v) VALUES ('probe')")
+            await cursor.execute(f"SELECT count(*) AS n FROM {table}")
+            row = await cursor.fetchone()
+            if row is None or row["n"] < 1:
+                raise StoreUnavailable(self.component, "probe row not readable")
+            await cursor.execute(f"DELETE FROM {table}")

@@ -1,0 +1,102 @@
+"""ERS_DATABASE_URL: PostgreSQL only, a bad value stops start-up with one line naming the
+key, and the password is never shown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.settings import SettingsError, load_settings, redact_url
+from tests.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("ERS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_unset_means_sqlite_files() -> None:
+    settings = load_settings()
+    assert settings.database_url is None
+    assert settings.backups_enabled is True
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://ers:pw@db:5432/ers", "postgres://ers@db/ers?sslmode=require"]
+)
+def test_postgres_urls_are_accepted_and_kept_secret(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ERS_DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == url
+    assert "pw@" not in repr(settings) and "pw@" not in str(settings.model_dump())
+    # File backups copy SQLite files; with the state on a server they are off.
+    assert settings.backups_enabled is False
+
+
+def test_an_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERS_DATABASE_URL", "")
+    assert load_settings().database_url is None
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("mysql://ers:hunter22@db/ers", "got scheme 'mysql'"),
+        ("sqlite:///var/ers.db", "got scheme 'sqlite'"),
+        ("hunter22", "got no scheme"),
+        ("postgresql://ers:hunter22@db:port/ers", "not a valid URL"),
+    ],
+)
+def test_a_bad_url_names_the_key_without_the_password(
+    url: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ERS_DATABASE_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid setting 'database_url': ")
+    assert expected in message
+    assert "hunter22" not in message and "\n" not in message
+
+
+def test_a_bad_url_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
+        "ERS_DATABASE_URL": "mysql://ers:hunter22@db/ers",
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "invalid setting 'database_url'" in result.stderr
+    assert "hunter22" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("postgresql://ers:s3cret@db:5432/ers", "postgresql://ers:***@db:5432/ers"),
+        ("postgresql://ers@db/ers", "postgresql://ers@db/ers"),
+        ("postgresql://ers:a%40b@[::1]:5/ers", "postgresql://ers:***@[::1]:5/ers"),
+        ("postgres://db/ers?user=ers&password=s3cret", "postgres://db/ers?user=ers&password=***"),
+    ],
+)
+def test_redacted_urls_show_everything_but_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

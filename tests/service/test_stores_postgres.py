@@ -1,0 +1,240 @@
+"""What only the PostgreSQL stores do: a schema per component, versioned migrations that two
+replicas can run at once, and failures that name the cause without the password."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from service.errors import StoreUnavailable
+from service.health.checks import Status, StoresCheck
+from service.stores import Stores
+from service.stores.base import ChatTurn
+from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
+from tests.pg import NOT_INSTALLED, PostgresServer, find_bin_dir, start_cluster
+
+COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+def ledger(url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT component, version FROM ers_schema_migrations ORDER BY component, version"
+        ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+def with_login(url: str, password: str, user: str | None = None) -> str:
+    parts = urlsplit(url)
+    netloc = f"{user or parts.username}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def eventually(probe: Callable[[], Awaitable[None]], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await probe()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def pg_stores(pg_url: str) -> AsyncIterator[Stores]:
+    stores = Stores.on_postgres(pg_url)
+    await stores.open()
+    yield stores
+    await stores.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A private cluster this test may stop and start again."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.fail(NOT_INSTALLED, pytrace=False)
+    server = start_cluster(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_each_component_lives_in_its_own_schema(pg_stores: Stores, pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema LIKE 'ers_%' ORDER BY 1, 2"
+        ).fetchall()
+    assert {schema for schema, _ in tables} == {f"ers_{name}" for name in COMPONENTS}
+    assert ("ers_conversations", "turns") in tables
+    assert ("ers_budgets", "expenses") in tables
+    assert sorted(ledger(pg_url)) == sorted((name, 1) for name in COMPONENTS)
+
+
+async def test_a_second_start_applies_nothing(pg_stores: Stores, pg_url: str) -> None:
+    await pg_stores.conversations.record_turn(ChatTurn("u1", "m", "r", "router", True, False))
+    again = Stores.on_postgres(pg_url)
+    assert again.database is not None
+    assert await again.database.open(list(again.by_component().values())) == []
+    try:
+        assert await again.conversations.count() == 1
+    finally:
+        await again.close()
+
+
+async def test_two_replicas_starting_at_once_apply_each_migration_once(pg_url: str) -> None:
+    first, second = Stores.on_postgres(pg_url), Stores.on_postgres(pg_url)
+    try:
+        await asyncio.gather(first.open(), second.open())
+        await first.budgets.set_limit("u1", "food", 100)
+        assert (await second.budgets.report("u1"))[0].limit_cents == 100
+    finally:
+        await asyncio.gather(first.close(), second.close())
+    assert sorted(ledger(pg_url)) == sorted((name, 1) for name in COMPONENTS)
+
+
+async def test_concurrent_migrators_take_turns_under_the_advisory_lock(pg_url: str) -> None:
+    # The first migration sleeps so that the second migrator arrives while it runs.
+    plan = {
+        "demo": [
+            ("CREATE SCHEMA ers_demo", "SELECT pg_sleep(0.5)", "CREATE TABLE ers_demo.t (v INT)"),
+            ("ALTER TABLE ers_demo.t ADD COLUMN w INT",),
+        ],
+        "other": [("CREATE SCHEMA ers_other",)],
+    }
+
+    async def migrator() -> list[tuple[str, int]]:
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            return await migrate(conn, plan)
+
+    one, two = await asyncio.gather(migrator(), migrator())
+    expected = [("demo", 1), ("demo", 2), ("other", 1)]
+    assert sorted(one + two) == expected
+    assert not set(one) & set(two)
+    assert ledger(pg_url) == expected
+
+
+async def test_an_appended_migration_is_applied_on_the_next_start(pg_url: str) -> None:
+    v1 = [("CREATE SCHEMA ers_demo", "CREATE TABLE ers_demo.t (v INT)")]
+    v2 = [*v1, ("ALTER TABLE ers_demo.t ADD COLUMN w INT",)]
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        assert await migrate(conn, {"demo": v1}) == [("demo", 1)]
+        assert await migrate(conn, {"demo": v2}) == [("demo", 2)]
+        await conn.execute("INSERT INTO ers_demo.t (v, w) VALUES (1, 2)")
+
+
+async def test_a_failing_migration_leaves_nothing_of_itself(pg_url: str) -> None:
+    plan = {
+        "demo": [
+            ("CREATE SCHEMA ers_demo",),
+            ("CREATE TABLE ers_demo.half (v INT)", "CREATE TABLE ers_demo.bad (v NO_SUCH_TYPE)"),
+        ]
+    }
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        with pytest.raises(MigrationError, match="migration 2 of demo failed.*no_such_type"):
+            await migrate(conn, plan)
+        cursor = await conn.execute("SELECT to_regclass('ers_demo.half')")
+        assert (await cursor.fetchone()) == (None,)
+    # The lock was released: another replica's start can take it at once.
+    with psycopg.connect(pg_url) as other:
+        taken = other.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        assert taken.fetchone() == (True,)
+    assert ledger(pg_url) == [("demo", 1)]
+
+
+async def test_a_schema_newer_than_this_release_refuses_to_start(
+    pg_stores: Stores, pg_url: str
+) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO ers_schema_migrations (component, version) VALUES ('budgets', 7)")
+    newer = Stores.on_postgres(pg_url)
+    with pytest.raises(StoreUnavailable, match="at version 7 but this ERS knows versions up to 1"):
+        await newer.open()
+
+
+async def test_an_unreachable_server_is_named_without_the_password() -> None:
+    from tests.conftest import free_port
+
+    url = f"postgresql://ers:s3cret-pw@127.0.0.1:{free_port()}/ers"
+    stores = Stores.on_postgres(url)
+    with pytest.raises(StoreUnavailable) as caught:
+        await stores.open()
+    message = str(caught.value)
+    assert "s3cret-pw" not in message
+    assert "postgresql://ers:***@127.0.0.1" in message
+    assert "check that the server is running" in message
+
+
+async def test_a_wrong_password_says_so_without_either_password(
+    postgres_server: PostgresServer, pg_url: str
+) -> None:
+    stores = Stores.on_postgres(with_login(pg_url, "not-the-password"))
+    with pytest.raises(StoreUnavailable, match="password authentication failed") as caught:
+        await stores.open()
+    assert "not-the-password" not in str(caught.value)
+    assert postgres_server.password not in str(caught.value)
+
+
+async def test_a_stopped_server_makes_stores_unavailable_until_it_is_back(
+    own_server: PostgresServer,
+) -> None:
+    url = own_server.create_database()
+    stores = Stores.on_postgres(url)
+    await stores.open()
+    check = StoresCheck(stores.by_component())
+    try:
+        await stores.profiles.upsert("u1", age=30)
+        assert (await check.run()).status is Status.HEALTHY
+
+        own_server.halt()
+        with pytest.raises(StoreUnavailable) as caught:
+            await stores.profiles.get("u1")
+        assert (
+            "cannot use PostgreSQL" in caught.value.reason or "no PostgreSQL" in caught.value.reason
+        )
+        assert own_server.password not in str(caught.value)
+        # The failed statement is what the next health check reports, without waiting.
+        result = await check.run()
+        assert result.status is Status.UNHEALTHY
+        assert own_server.password not in str(result.figures)
+        with pytest.raises(StoreUnavailable):
+            await stores.budgets.probe_writable()
+
+        own_server.start()
+        # The pool reconnects by itself, with backoff; each probe waits for a connection.
+        for store in stores.by_component().values():
+            await eventually(store.probe_writable)
+        assert (await check.run()).status is Status.HEALTHY
+        assert (await stores.profiles.get("u1")).age == 30
+    finally:
+        await stores.close()
+
+
+async def test_a_role_that_may_not_create_the_schema_is_told_what_to_grant(
+    postgres_server: PostgresServer, pg_url: str
+) -> None:
+    role, password = f"ers_limited_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        limited = Stores.on_postgres(with_login(pg_url, password, user=role))
+        with pytest.raises(StoreUnavailable, match="make the ERS role the owner") as caught:
+            await limited.open()
+        assert password not in str(caught.value)
+    finally:
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
