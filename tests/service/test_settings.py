@@ -35,8 +35,7 @@ def test_defaults_are_the_seeds() -> None:
 
 def test_yaml_file_then_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text(
-        "max_backups: 100\ncircuit_breaker_threshold: 3\n"
-        "backup_interval_minutes:\n  budgets: 30\n"
+        "max_backups: 100\ncircuit_breaker_threshold: 3\nbackup_interval_minutes:\n  budgets: 30\n"
     )
     monkeypatch.setenv("ERS_CIRCUIT_BREAKER_THRESHOLD", "7")
     settings = load_settings()
