@@ -81,7 +81,12 @@ class BackupManager:
         self._last_verified: datetime | None = None
         self._lock = asyncio.Lock()
         self.snapshotter = Snapshotter(
-            restic, config.components, self.workspace.staging_dir(), self.index, self.events
+            restic,
+            config.components,
+            self.workspace.staging_dir(),
+            self.index,
+            self.events,
+            scratch_dir=self.workspace.scratch_root(),
         )
         self._last_emergency: tuple[float, BackupResult] | None = None
 

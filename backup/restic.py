@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backup.errors import (
     RepositoryLocked,
@@ -25,6 +25,9 @@ from backup.errors import (
 )
 from backup.locks import remove_stale_locks
 from backup.process import CommandOutput, ProgressCallback, run_program
+
+if TYPE_CHECKING:
+    from backup.gate import StartGate
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 _VERSION = re.compile(r"restic (\d+)\.(\d+)\.(\d+)")
@@ -133,11 +136,18 @@ class Restic:
         tags: Sequence[str],
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        gate: StartGate | None = None,
     ) -> dict[str, Any]:
-        """`restic backup --json`; returns restic's summary message."""
+        """`restic backup --json`; returns restic's summary message.
+
+        With a `gate`, restic gets ready but reads none of `targets` before the gate opens
+        (see `backup.gate`).
+        """
         args = ["backup", "--json"]
         for tag in tags:
             args += ["--tag", tag]
+        if gate is not None:
+            args += gate.restic_args()
         output = await self.run(
             [*args, "--", *targets], cwd=cwd, timeout=timeout, on_progress=on_progress
         )

@@ -1,9 +1,9 @@
 """Restore drills, test rollbacks (dry runs) and rollbacks, on behalf of a BackupManager.
 
 A rollback runs these steps, each timed and announced with a RollbackStepStarted event:
-safety-snapshot and restore (side by side: they do not depend on each other), verify,
-pause-writers, swap, reopen. A failure at any step raises RollbackFailed(step=...) with the
-live files as they were.
+safety-snapshot beside restore-then-verify (they do not depend on each other), then
+pause-writers, swap, reopen once both have succeeded. A failure at any step raises
+RollbackFailed(step=...) with the live files as they were.
 """
 
 from __future__ import annotations
@@ -214,38 +214,30 @@ async def _apply_steps(
 
     async def safety_snapshot() -> str:
         async with steps.step("safety-snapshot"):
+            # Not started early: beside the restore's restic that makes three busy workers on
+            # two cores; copying first staggers the two restic starts (1.05 s against 1.13 s).
             backup = await manager.snapshotter.take(
-                names, BackupReason.PRE_ROLLBACK, all_or_nothing=True
+                names, BackupReason.PRE_ROLLBACK, all_or_nothing=True, start_early=False
             )
             safety_id = backup.snapshot_id or backup.reused_snapshot_id
             if safety_id is None:
                 raise BackupError("no snapshot holds the current state")
             return safety_id
 
-    async def restore(target: Path) -> None:
+    async def restore_and_verify(target: Path) -> list[Path]:
         async with steps.step("restore"):
             await manager.restic.restore(
                 snapshot.id, target, include=_includes(names), on_progress=on_progress
             )
-
-    with manager.workspace.scratch_next_to(live[names[0]]) as scratch:
-        try:
-            async with asyncio.TaskGroup() as group:
-                safety_task = group.create_task(safety_snapshot())
-                group.create_task(restore(scratch))
-        except* RollbackFailed as failures:
-            raise failures.exceptions[0] from None
-        safety_id = safety_task.result()
-
         async with steps.step("verify"):
             # Making the restored files durable does not depend on the checks: do both at once.
             durable = asyncio.gather(
                 *(
-                    asyncio.to_thread(swap.place_next_to, scratch / staged_name(n), live[n])
+                    asyncio.to_thread(swap.place_next_to, target / staged_name(n), live[n])
                     for n in names
                 )
             )
-            files, ready = await asyncio.gather(_verify(names, scratch), durable)
+            files, ready = await asyncio.gather(_verify(names, target), durable)
             bad = [f for f in files if not f.ok]
             if bad:
                 raise BackupError(
@@ -255,6 +247,12 @@ async def _apply_steps(
                     )
                     + "): the snapshot may be damaged, run a repository check"
                 )
+        return ready
+
+    with manager.workspace.scratch_next_to(live[names[0]]) as scratch:
+        # Nothing live changes before both have finished: the swap waits for the safety
+        # snapshot and for the verified restore alike.
+        safety_id, ready = await _side_by_side(safety_snapshot(), restore_and_verify(scratch))
 
         async with steps.step("pause-writers"), pause_writers():
             async with steps.step("swap"):
@@ -269,7 +267,7 @@ async def _apply_steps(
                 with contextlib.suppress(Exception):
                     await _call(reopen)
                 raise
-            swap.commit(swapped)
+            swap.commit_soon(swapped)  # freeing the old files' blocks need not hold writers
     return RollbackResult(
         snapshot_id=snapshot.id,
         components=tuple(names),
@@ -279,6 +277,24 @@ async def _apply_steps(
         duration_seconds=time.monotonic() - started,
         finished_at=datetime.now(UTC),
     )
+
+
+async def _side_by_side(
+    safety: Awaitable[str], restored: Awaitable[list[Path]]
+) -> tuple[str, list[Path]]:
+    """Both run to their end, neither cut short by the other; the first failure is raised."""
+    tasks = (asyncio.ensure_future(safety), asyncio.ensure_future(restored))
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)  # restic is stopped before the scratch folder goes
+        raise
+    for failure in [task.exception() for task in tasks]:
+        if failure is not None:
+            raise failure
+    return tasks[0].result(), tasks[1].result()
 
 
 async def _call(callback: Reopen) -> None:

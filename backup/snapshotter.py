@@ -1,18 +1,23 @@
 """Taking one snapshot: stage consistent copies, leave out what has not changed, run restic.
 
 The snapshotter remembers, per component, the content hash and the snapshot of its last
-backup, so an unchanged component costs a copy and a hash but no restic run.
+backup, so an unchanged component costs a copy and a hash but no restic run. When the live
+files look changed, restic is started before the copies are made, so they overlap its own
+start; it reads the staged folder only through a gate (`backup.gate`) opened once they are final.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from backup.discard import empty_soon
 from backup.errors import BackupError, ResticTimeout
 from backup.events import (
     BackupFailed,
@@ -21,11 +26,22 @@ from backup.events import (
     EventPublisher,
     SnapshotCountChanged,
 )
+from backup.gate import EarlyBackup, start_backup_early, start_gate
 from backup.index import SnapshotIndex, tags_for
 from backup.models import BackupResult, BackupSummary, Snapshot
 from backup.process import ProgressCallback
 from backup.restic import Restic
-from backup.staging import StagedFile, clear_folder, stage_component, write_manifest
+from backup.staging import (
+    Signature,
+    StagedFile,
+    clear_folder,
+    live_signature,
+    stage_component,
+    write_manifest,
+)
+
+# After restic reached the gate before the copies were done, copy first for this many backups.
+EARLY_PAUSE_AFTER_A_MISS = 10
 
 
 class Snapshotter:
@@ -36,16 +52,22 @@ class Snapshotter:
         staging_dir: Path,
         index: SnapshotIndex,
         events: EventPublisher,
+        scratch_dir: Path,
     ) -> None:
         self.restic = restic
         self.components = components
         self.staging_dir = staging_dir
+        # Start gates and copies waiting for deletion; never inside staging (restic reads it).
+        self.scratch_dir = scratch_dir
         self.index = index
         self.events = events
         self.last_success: dict[str, datetime] = {}
         self._hash_at_last_snapshot: dict[str, str] = {}
+        # How each live file looked (size, times) when its copy matched its snapshot.
+        self._signature_at_last_snapshot: dict[str, Signature | None] = {}
         self._snapshot_of: dict[str, str] = {}  # component -> newest snapshot holding it
         self._summaries: dict[str, BackupSummary] = {}  # keyed by short id
+        self._early_starts_paused = 0  # backups left to run without an early start
 
     def summary_of(self, snapshot_id: str) -> BackupSummary | None:
         return self._summaries.get(snapshot_id[:8])
@@ -55,6 +77,13 @@ class Snapshotter:
         same = self._hash_at_last_snapshot.get(staged.component) == staged.sha256
         return same and holder is not None and self.index.contains(holder)
 
+    def _looks_unchanged(self, component: str, signature: Signature | None) -> bool:
+        """A guess from the live file's size and times; only the copy's hash is proof."""
+        if signature is None or self._signature_at_last_snapshot.get(component) != signature:
+            return False
+        holder = self._snapshot_of.get(component)
+        return holder is not None and self.index.contains(holder)
+
     def forget(self, removed_ids: Iterable[str]) -> None:
         """Snapshots removed by retention no longer vouch for a component being unchanged."""
         removed = {i[:8] for i in removed_ids}
@@ -62,6 +91,7 @@ class Snapshotter:
             if snapshot_id[:8] in removed:
                 del self._snapshot_of[component]
                 self._hash_at_last_snapshot.pop(component, None)
+                self._signature_at_last_snapshot.pop(component, None)
 
     async def take(
         self,
@@ -71,55 +101,148 @@ class Snapshotter:
         all_or_nothing: bool,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        start_early: bool = True,
     ) -> BackupResult:
+        """Stage `names`, back up what changed; `start_early` starts restic beside the copies."""
         started_at, started = datetime.now(UTC), time.monotonic()
-        staging = self.staging_dir
-        staging.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        # Taken before copying: a write that lands during the copy makes the next look differ.
+        looks = {n: live_signature(Path(self.components[n])) for n in names}
         try:
-            staged = await self._stage(names, staging)
-            changed = [f for f in staged if not self._unchanged(f)]
-            holders = {self._snapshot_of.get(f.component) for f in staged}
-            if all_or_nothing and changed and len(changed) < len(staged):
-                changed = staged  # a full snapshot must stand on its own
-            if all_or_nothing and not changed and len(holders) != 1:
-                changed = staged  # unchanged, but spread over several snapshots
-            skipped = tuple(f.component for f in staged if f not in changed)
-            if not changed:
-                return self._skipped(names, reason, started_at, started, holders)
-            for unchanged in (f for f in staged if f not in changed):
-                unchanged.path.unlink()
-            write_manifest(staging, changed)
-            remaining = None if timeout is None else timeout - (time.monotonic() - started)
-            if remaining is not None and remaining <= 0:
-                raise ResticTimeout(f"copying the state took longer than {timeout:g} s")
-            tags = tags_for((f.component for f in changed), reason)
-            message = await self.restic.backup(
-                ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=on_progress
-            )
+            with contextlib.ExitStack() as gates:
+                early = (
+                    self._start_early(
+                        names, looks, reason, all_or_nothing, timeout, on_progress, gates
+                    )
+                    if start_early
+                    else None
+                )
+                try:
+                    message, staged, skipped = await self._stage_and_back_up(
+                        names, looks, reason, all_or_nothing, started, timeout, early, on_progress
+                    )
+                finally:
+                    if early is not None:
+                        await early.run.abandon()  # stops it unless it already finished
         except BackupError as exc:
             self.events.publish(
                 BackupFailed(tuple(names), reason, exc.label, str(exc), time.monotonic() - started)
             )
             raise
         finally:
-            clear_folder(staging)
+            # Emptied at once; the 100 MB copy's blocks are freed without holding anyone up.
+            empty_soon(self.staging_dir, self.scratch_dir)
+        if message is None:
+            holders = {self._snapshot_of.get(n) for n in names}
+            return self._skipped(names, reason, started_at, started, holders)
         summary = BackupSummary.from_restic(message)
         snapshot_id = str(message["snapshot_id"])
-        components = tuple(sorted(f.component for f in changed))
-        self._record(snapshot_id, changed, started_at, reason, summary)
+        self._record(snapshot_id, staged, looks, started_at, reason, summary)
         result = BackupResult(
             snapshot_id=snapshot_id,
             reason=reason,
-            components=components,
+            components=tuple(sorted(f.component for f in staged)),
             skipped=skipped,
             started_at=started_at,
             duration_seconds=time.monotonic() - started,
             summary=summary,
-            total_size=sum(f.size for f in changed),
+            total_size=sum(f.size for f in staged),
         )
         self.events.publish(BackupSucceeded(result))
         self.events.publish(SnapshotCountChanged(len(self.index)))
         return result
+
+    def _start_early(
+        self,
+        names: Sequence[str],
+        looks: Mapping[str, Signature | None],
+        reason: str,
+        all_or_nothing: bool,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        gates: contextlib.ExitStack,
+    ) -> EarlyBackup | None:
+        """Start restic now, behind a shut gate, for what the live files suggest has changed.
+
+        restic's start (key derivation, lock) then overlaps the copies. The guess only picks the
+        tags; the copies' hashes decide, and a wrong guess stops this run before the gate opens.
+        """
+        if self._early_starts_paused > 0:
+            self._early_starts_paused -= 1
+            return None
+        seem_unchanged = {n for n in names if self._looks_unchanged(n, looks[n])}
+        expected = self._to_back_up(names, seem_unchanged, all_or_nothing)
+        if not expected:
+            return None  # most likely a skip: starting restic would be wasted work
+        try:
+            gate = gates.enter_context(start_gate(self.scratch_dir))
+        except OSError:
+            return None  # no room for the gate's folder: copy first, as without a gate
+        tags = tags_for(expected, reason)
+        return start_backup_early(
+            self.restic, self.staging_dir, expected, tags, gate,
+            timeout=timeout, on_progress=on_progress,
+        )  # fmt: skip
+
+    async def _stage_and_back_up(
+        self,
+        names: Sequence[str],
+        looks: Mapping[str, Signature | None],
+        reason: str,
+        all_or_nothing: bool,
+        started: float,
+        timeout: float | None,
+        early: EarlyBackup | None,
+        on_progress: ProgressCallback | None,
+    ) -> tuple[dict[str, Any] | None, list[StagedFile], tuple[str, ...]]:
+        """Stage every component, keep what changed, back it up; no message when nothing did."""
+        staging = self.staging_dir
+        staged = await self._stage(names, staging)
+        unchanged = {f.component for f in staged if self._unchanged(f)}
+        for name in unchanged:
+            self._signature_at_last_snapshot[name] = looks[name]
+        chosen = self._to_back_up(names, unchanged, all_or_nothing)
+        changed = [f for f in staged if f.component in chosen]
+        skipped = tuple(f.component for f in staged if f.component not in chosen)
+        if not changed:
+            return None, [], skipped
+        for unused in (f for f in staged if f.component not in chosen):
+            unused.path.unlink()
+        write_manifest(staging, changed)
+        self._check_time_left(started, timeout)
+        if early is not None and early.components == tuple(chosen):
+            # The staged folder is final from here on: restic may read it.
+            message = await early.run.finish()
+            if message is not None:
+                return message, changed, skipped
+            # restic was ready before the copies were: starting it early only costs here.
+            self._early_starts_paused = EARLY_PAUSE_AFTER_A_MISS
+        elif early is not None:
+            await early.run.abandon()  # started with the wrong tags: it must never read
+        tags = tags_for(chosen, reason)
+        remaining = self._check_time_left(started, timeout)
+        message = await self.restic.backup(
+            ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=on_progress
+        )
+        return message, changed, skipped
+
+    @staticmethod
+    def _check_time_left(started: float, timeout: float | None) -> float | None:
+        remaining = None if timeout is None else timeout - (time.monotonic() - started)
+        if remaining is not None and remaining <= 0:
+            raise ResticTimeout(f"copying the state took longer than {timeout:g} s")
+        return remaining
+
+    def _to_back_up(
+        self, names: Sequence[str], unchanged: set[str], all_or_nothing: bool
+    ) -> list[str]:
+        chosen = [n for n in names if n not in unchanged]
+        if all_or_nothing and chosen and len(chosen) < len(names):
+            return list(names)  # a full snapshot must stand on its own
+        holders = {self._snapshot_of.get(n) for n in names}
+        if all_or_nothing and not chosen and len(holders) != 1:
+            return list(names)  # unchanged, but spread over several snapshots
+        return chosen
 
     async def _stage(self, names: Sequence[str], staging: Path) -> list[StagedFile]:
         clear_folder(staging)
@@ -154,6 +277,7 @@ class Snapshotter:
         self,
         snapshot_id: str,
         staged: Sequence[StagedFile],
+        looks: Mapping[str, Signature | None],
         started_at: datetime,
         reason: str,
         summary: BackupSummary,
@@ -161,6 +285,7 @@ class Snapshotter:
         components = tuple(sorted(f.component for f in staged))
         for f in staged:
             self._hash_at_last_snapshot[f.component] = f.sha256
+            self._signature_at_last_snapshot[f.component] = looks[f.component]
             self._snapshot_of[f.component] = snapshot_id
             self.last_success[f.component] = started_at
         self._summaries[snapshot_id[:8]] = summary

@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from backup.discard import delete_soon
 from backup.staging import fsync_directory, fsync_file
 from backup.workspace import OLD_FILE_MARKER
 
@@ -101,6 +102,11 @@ def commit(done: list[SwappedFile]) -> None:
     for swapped in done:
         if swapped.old is not None:
             swapped.old.unlink(missing_ok=True)
+
+
+def commit_soon(done: list[SwappedFile]) -> None:
+    """`commit` without waiting: the old names hold nothing the rollback still needs."""
+    delete_soon(swapped.old for swapped in done if swapped.old is not None)
 
 
 def _remove_side_files(live: Path) -> None:

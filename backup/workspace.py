@@ -26,9 +26,13 @@ class Workspace:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def scratch_root(self) -> Path:
+        """Scratch folders, start gates and copies awaiting deletion; emptied on start."""
+        return self.root / "scratch"
+
     @contextlib.contextmanager
     def scratch(self, purpose: str) -> Iterator[Path]:
-        parent = self.root / "scratch"
+        parent = self.scratch_root()
         parent.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=parent))
         try:
@@ -47,7 +51,7 @@ class Workspace:
 
     def remove_leftovers(self, live_files: Iterable[Path]) -> None:
         """Clear what an interrupted run (a crash, a kill) left behind."""
-        shutil.rmtree(self.root / "scratch", ignore_errors=True)
+        shutil.rmtree(self.scratch_root(), ignore_errors=True)
         for folder in {Path(f).resolve().parent for f in live_files}:
             if not folder.is_dir():
                 continue

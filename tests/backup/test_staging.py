@@ -12,6 +12,7 @@ from backup.staging import (
     clear_folder,
     file_sha256,
     integrity_of,
+    live_signature,
     read_manifest,
     stage_component,
     table_row_counts,
@@ -89,3 +90,17 @@ def test_clear_folder_keeps_the_folder(tmp_path: Path) -> None:
     (tmp_path / "sub" / "b").write_text("y")
     clear_folder(tmp_path)
     assert tmp_path.is_dir() and not list(tmp_path.iterdir())
+
+
+def test_live_signature_changes_with_a_commit_and_not_with_a_read(tmp_path: Path) -> None:
+    path = tmp_path / "live.sqlite3"
+    db = live_database(path)
+    before = live_signature(path)
+    assert before is not None and before == live_signature(path)
+    db.execute("SELECT count(*) FROM conversations").fetchone()
+    assert live_signature(path) == before
+    db.execute("INSERT INTO budgets VALUES ('gym', 60)")
+    db.commit()
+    assert live_signature(path) != before
+    db.close()
+    assert live_signature(tmp_path / "absent.sqlite3") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,21 @@ def test_restored_file_replaces_the_live_one_and_stale_logs_go(tmp_path: Path) -
     assert values(live) == [9]
     assert not Path(f"{live}-wal").exists() and not Path(f"{live}-shm").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.sqlite3"]
+
+
+def test_commit_soon_removes_the_old_names_in_the_background(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live.sqlite3", tmp_path / "restored.sqlite3"
+    database(live, [1])
+    database(restored, [2])
+    done = swap.swap_in([(restored, live)])
+    assert done[0].old is not None and done[0].old.exists()
+    swap.commit_soon(done)
+    for _ in range(200):
+        if not done[0].old.exists():
+            break
+        time.sleep(0.01)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.sqlite3"]
+    assert values(live) == [2]
 
 
 def test_a_failure_on_the_second_file_puts_the_first_back(tmp_path: Path) -> None:
