@@ -31,6 +31,7 @@ from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
+from service.fleet import FleetOverrides  # noqa: E402
 from service.health.backup_checks import (  # noqa: E402
     BackupAgeCheck,
     RepositoryCheck,
@@ -174,6 +175,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     breaker_metrics = BreakerMetrics(telemetry.meter)
     breaker_metrics.attach(team.breakers())
+
+    # Fleet: on PostgreSQL, a breaker forced open (or released) here is forced open (or
+    # released) in every replica, and theirs here; nothing changes on SQLite.
+    fleet = FleetOverrides.from_settings(settings, stores, team.breakers())
+    if fleet is not None:
+        await fleet.start()
 
     # Health: checks run every interval and on demand; the system state follows them, the
     # breakers and the incidents.
@@ -326,6 +333,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await health.stop()
         await lag_monitor.stop()
         breaker_metrics.detach()
+        if fleet is not None:
+            await fleet.stop()
         await stores.close()
         telemetry.shutdown()
         app.state.runtime = None

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     breaker_failure_rate_threshold: float = Field(0.5, gt=0, le=1)
     breaker_slow_call_s: float = Field(5.0, gt=0, le=3600)
     agent_breakers: dict[str, dict[str, float | int]] = Field(default_factory=dict)
+    # With the state on PostgreSQL, how often each replica re-reads the fleet's breaker
+    # overrides, as the fallback to LISTEN/NOTIFY and after a reconnect.
+    fleet_poll_interval_s: float = Field(2.0, gt=0, le=300)
 
     # Chat.
     max_message_chars: int = Field(4000, ge=1, le=100_000)

@@ -1,0 +1,323 @@
+"""Fleet-wide breaker overrides: a forced open and its release reach every ERS replica.
+
+Only built when the stores live on PostgreSQL. When a breaker of this replica is forced open
+or released by an alert, an operator or the responder, the override is written to
+``ers_fleet.overrides`` and announced with ``NOTIFY ers_breaker_overrides`` in the same
+transaction. Every replica listens on one dedicated connection and, on a notification or
+every ``poll_interval_s`` (the fallback, and the catch-up after a reconnect), reads the
+overrides and applies those it has not seen to its own breakers. Changes applied from the
+fleet are not written back, so nothing echoes. Failure counting stays per replica.
+
+A lost connection is logged once and retried with backoff; the local breakers keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.rows import DictRow
+from psycopg_pool import AsyncConnectionPool
+
+from service.errors import StoreUnavailable
+from service.fleet.outage import Outage
+from service.fleet.schema import CHANNEL, COMPONENT, MIGRATIONS, READ, UPSERT
+from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
+from service.settings import Settings
+from service.stores import Stores
+from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+from service.stores.postgres_migrations import MigrationError, migrate
+
+log = logging.getLogger("ers.fleet")
+
+MAX_BACKOFF_S = 30.0
+# A forced open released within this long of its expiry counts as having expired.
+EXPIRY_SLACK_S = 0.5
+STOP_FLUSH_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    agent: str
+    forced: bool
+    source: str | None
+    reason: str
+    ttl_s: float | None = None
+
+
+def default_replica_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class FleetOverrides:
+    """Shares forced opens and releases of ``breakers`` with every replica on ``database``."""
+
+    def __init__(
+        self,
+        database: PostgresDatabase,
+        url: str,
+        breakers: Iterable[CircuitBreaker],
+        *,
+        poll_interval_s: float = 2.0,
+        replica: str | None = None,
+        listen: bool = True,
+    ) -> None:
+        self.database = database
+        self._url = url
+        self._breakers = {breaker.name: breaker for breaker in breakers}
+        self.poll_interval_s = poll_interval_s
+        self.replica = replica or default_replica_name()
+        self.listen = listen
+        # Per agent: the override version last applied here or written from here.
+        self._seen: dict[str, int] = {}
+        # Per agent: when a forced open held here expires (wall clock), None for never.
+        self._forced_until: dict[str, float | None] = {}
+        self._pending: dict[str, Override] = {}
+        self._has_pending = asyncio.Event()
+        self._wake = asyncio.Event()
+        # Set while a fleet override is applied: its breaker events are not written back.
+        self._applying = False
+        # Writes and syncs take turns, so a replica never re-applies its own write.
+        self._turn = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribes: list[Callable[[], None]] = []
+        self._listening = asyncio.Event()
+        self.writes = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, stores: Stores, breakers: Iterable[CircuitBreaker]
+    ) -> FleetOverrides | None:
+        """The fleet overrides when the stores are on PostgreSQL, else None (SQLite: one
+        replica, nothing to share)."""
+        if stores.database is None or settings.database_url is None:
+            return None
+        url = settings.database_url.get_secret_value()
+        return cls(stores.database, url, breakers, poll_interval_s=settings.fleet_poll_interval_s)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrate ``ers_fleet``, apply the overrides in force, then follow the fleet."""
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            ) as conn:
+                applied = await migrate(conn, {COMPONENT: MIGRATIONS})
+        except MigrationError as exc:
+            raise StoreUnavailable(COMPONENT, self.database.scrub(exc.reason)) from None
+        except psycopg.Error as exc:
+            raise StoreUnavailable(COMPONENT, self.database.reason(exc)) from None
+        if applied:
+            log.info("migrated the PostgreSQL schema: fleet v%d", applied[-1][1])
+        try:
+            await self.sync()
+        except psycopg.Error as exc:
+            log.warning(
+                "fleet breaker overrides: could not read them at start (%s); retrying every %g s",
+                self._reason(exc),
+                self.poll_interval_s,
+            )
+        for breaker in self._breakers.values():
+            kinds = [BreakerEventKind.STATE_TRANSITION, BreakerEventKind.FORCE_RENEWED]
+            self._unsubscribes.append(breaker.subscribe(self._on_event, kinds))
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="fleet-write"),
+            asyncio.create_task(self._sync_loop(), name="fleet-sync"),
+        ]
+        if self.listen:
+            self._tasks.append(asyncio.create_task(self._listen_loop(), name="fleet-listen"))
+
+    async def stop(self) -> None:
+        """Stop following the fleet; overrides still pending are written if the server
+        answers within a few seconds."""
+        for unsubscribe in self._unsubscribes:
+            unsubscribe()
+        self._unsubscribes = []
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._pending:
+            try:
+                await asyncio.wait_for(self._write_pending(), STOP_FLUSH_S)
+            except (TimeoutError, psycopg.Error) as exc:
+                log.warning(
+                    "fleet breaker overrides: %d override(s) of this replica were not shared "
+                    "before shutdown (%s); re-issue them on another replica if still needed",
+                    len(self._pending),
+                    "timed out" if isinstance(exc, TimeoutError) else self._reason(exc),
+                )
+
+    async def wait_listening(self, timeout_s: float = 10.0) -> None:
+        """Until the LISTEN connection is up (for tests and readiness)."""
+        await asyncio.wait_for(self._listening.wait(), timeout_s)
+
+    # --- local changes -> the fleet --------------------------------------------------------
+
+    def _on_event(self, event: BreakerEvent) -> None:
+        if self._applying:
+            return
+        name = event.breaker
+        if event.to_state is BreakerState.FORCED_OPEN:
+            until = self._forced_expiry(self._breakers[name])
+            self._forced_until[name] = until
+            ttl_s = None if until is None else max(0.001, until - time.time())
+            self._queue(Override(name, True, event.source, event.reason, ttl_s))
+        elif event.from_state is BreakerState.FORCED_OPEN:
+            until = self._forced_until.pop(name, None)
+            if until is not None and time.time() >= until - EXPIRY_SLACK_S:
+                return  # expired: every replica's own clock lets it go half-open
+            self._queue(Override(name, False, event.source, event.reason))
+
+    @staticmethod
+    def _forced_expiry(breaker: CircuitBreaker) -> float | None:
+        forced = breaker.snapshot()["forced"]
+        expires_at = forced.get("expiresAt") if isinstance(forced, dict) else None
+        return None if expires_at is None else datetime.fromisoformat(expires_at).timestamp()
+
+    def _queue(self, override: Override) -> None:
+        self._pending[override.agent] = override  # a newer change of an agent supersedes
+        self._has_pending.set()
+
+    async def _write_loop(self) -> None:
+        outage, backoff = Outage("writing an override"), 0.5
+        while True:
+            await self._has_pending.wait()
+            try:
+                await self._write_pending()
+            except psycopg.Error as exc:
+                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            outage.recovered()
+            backoff = 0.5
+
+    async def _write_pending(self) -> None:
+        pool = self._pool()
+        while self._pending:
+            agent, override = next(iter(self._pending.items()))
+            async with self._turn, pool.connection() as conn:
+                cursor = await conn.execute(
+                    UPSERT,
+                    {
+                        "agent": agent,
+                        "forced": override.forced,
+                        "source": override.source,
+                        "reason": override.reason[:500],
+                        "ttl_s": override.ttl_s,
+                        "replica": self.replica,
+                    },
+                )
+                row = await cursor.fetchone()
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, agent))
+                await conn.commit()
+                assert row is not None
+                self._seen[agent] = int(row["version"])
+                self.writes += 1
+                if self._pending.get(agent) is override:
+                    del self._pending[agent]
+        self._has_pending.clear()
+
+    # --- the fleet -> local breakers -------------------------------------------------------
+
+    async def sync(self) -> int:
+        """Read the overrides and apply those not seen yet; returns how many were applied."""
+        pool = self._pool()
+        async with self._turn:
+            async with pool.connection() as conn:
+                rows = await (await conn.execute(READ)).fetchall()
+            applied = 0
+            for row in rows:
+                # A local change not written yet is newer than what the fleet holds: once
+                # written it is what every replica follows.
+                if row["agent"] in self._pending:
+                    continue
+                if self._seen.get(row["agent"]) != row["version"]:
+                    applied += self._apply(row)
+            return applied
+
+    def _apply(self, row: DictRow) -> int:
+        agent = row["agent"]
+        self._seen[agent] = row["version"]
+        breaker = self._breakers.get(agent)
+        if breaker is None:
+            return 0
+        remaining = row["remaining_s"]
+        self._applying = True
+        try:
+            if row["forced"]:
+                if remaining is not None and remaining <= 0:
+                    return 0  # expired: each replica's own TTL already let it go half-open
+                reason = f"{row['reason']} (fleet override from {row['replica']})"
+                breaker.force_open(reason, row["source"] or "fleet", ttl_s=remaining)
+                until = None if remaining is None else time.time() + remaining
+                self._forced_until[agent] = until
+            elif breaker.state is BreakerState.FORCED_OPEN:
+                breaker.release(source=row["source"])
+                self._forced_until.pop(agent, None)
+            else:
+                return 0
+        finally:
+            self._applying = False
+        log.info(
+            "breaker '%s' %s by the fleet (from %s, source %s)",
+            agent,
+            "forced open" if row["forced"] else "released",
+            row["replica"],
+            row["source"],
+        )
+        return 1
+
+    async def _sync_loop(self) -> None:
+        outage = Outage("reading the overrides")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            self._wake.clear()
+            try:
+                await self.sync()
+            except psycopg.Error as exc:
+                outage.failed(self._reason(exc), self.poll_interval_s)
+            else:
+                outage.recovered()
+
+    async def _listen_loop(self) -> None:
+        outage, backoff = Outage(f"listening on {CHANNEL}"), 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    outage.recovered()
+                    backoff = 0.5
+                    self._listening.set()
+                    self._wake.set()  # catch up on what was written while not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except psycopg.Error as exc:
+                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+            self._listening.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]:
+        pool = self.database.pool
+        if pool is None:
+            raise psycopg.OperationalError("the connection pool is closed")
+        return pool
+
+    def _reason(self, exc: psycopg.Error) -> str:
+        return self.database.reason(exc)

@@ -1,0 +1,180 @@
+"""Fleet-wide breaker overrides on a real PostgreSQL server: two "replicas" in one process,
+each its own breakers, pool and FleetOverrides, sharing one database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydantic import ValidationError
+
+from service.fleet import FleetOverrides
+from service.resilience.breaker import BreakerState, CircuitBreaker
+from service.resilience.breaker_registry import BreakerRegistry
+from service.settings import Settings
+from service.stores import Stores
+from service.stores.postgres import PostgresDatabase
+
+FORCED, HALF_OPEN = BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN
+AGENTS = ("workout", "budget")
+
+Replica = tuple[BreakerRegistry, FleetOverrides]
+StartReplica = Callable[..., Awaitable[Replica]]
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Seconds until ``check()`` holds; fails the test after ``timeout_s``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what} did not happen within {timeout_s:g} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def overrides(url: str) -> list[tuple[str, bool, int]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT agent, forced, version FROM ers_fleet.overrides ORDER BY agent"
+        ).fetchall()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+@pytest.fixture
+async def start_replica(pg_url: str) -> AsyncIterator[StartReplica]:
+    async with AsyncExitStack() as stack:
+
+        async def start(name: str, *, poll_interval_s: float = 30.0, listen: bool = True):
+            database = PostgresDatabase(pg_url)
+            await database.open([])
+            stack.push_async_callback(database.close)
+            breakers = BreakerRegistry(CircuitBreaker(agent) for agent in AGENTS)
+            fleet = FleetOverrides(
+                database,
+                pg_url,
+                breakers.all(),
+                poll_interval_s=poll_interval_s,
+                replica=name,
+                listen=listen,
+            )
+            await fleet.start()
+            stack.push_async_callback(fleet.stop)
+            if listen:
+                await fleet.wait_listening()
+            return breakers, fleet
+
+        yield start
+
+
+async def test_a_forced_open_reaches_the_other_replica_by_notify_and_its_release_too(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    # Polling every 30 s: only a notification can be this quick.
+    (a, fleet_a), (b, fleet_b) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("alert AgentErrorRatioHigh", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the force on replica b")
+    forced = b["workout"].snapshot()["forced"]
+    assert forced["source"] == "alertmanager"
+    assert forced["reason"] == "alert AgentErrorRatioHigh (fleet override from a)"
+    assert b["budget"].state is BreakerState.CLOSED
+
+    a["workout"].release(source="alertmanager")
+    await eventually(lambda: b["workout"].state is HALF_OPEN, 2, "the release on replica b")
+    await asyncio.sleep(0.3)  # room for an echo, if there were one
+    assert (fleet_a.writes, fleet_b.writes) == (2, 0)
+    assert overrides(pg_url) == [("workout", False, 2)]
+
+
+async def test_polling_carries_overrides_when_a_replica_does_not_listen(
+    start_replica: StartReplica,
+) -> None:
+    a, _ = await start_replica("a")
+    b, _ = await start_replica("b", poll_interval_s=0.2, listen=False)
+    a["budget"].force_open("operator drill", "operator")
+    await eventually(lambda: b["budget"].state is FORCED, 1.5, "the polled force on b")
+    assert b["budget"].snapshot()["forced"]["expiresAt"] is None
+    a["budget"].release(source="operator")
+    await eventually(lambda: b["budget"].state is HALF_OPEN, 1.5, "the polled release on b")
+
+
+async def test_a_change_on_the_receiving_replica_is_shared_back_without_echo(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    (a, fleet_a), (b, fleet_b) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the force on b")
+    # The operator releases it on b: a follows, and nobody writes it back.
+    b["workout"].release(source="operator")
+    await eventually(lambda: a["workout"].state is HALF_OPEN, 2, "the release on a")
+    await asyncio.sleep(0.3)
+    assert (fleet_a.writes, fleet_b.writes) == (1, 1)
+    assert overrides(pg_url) == [("workout", False, 2)]
+
+
+async def test_the_expiry_is_honoured_everywhere_and_not_written_as_a_release(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    (a, fleet_a), (b, _) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("isolate for a moment", "responder", ttl_s=1.0)
+    await eventually(lambda: b["workout"].state is FORCED, 0.8, "the force on b")
+    assert b["workout"].snapshot()["forced"]["expiresAt"] is not None
+    await asyncio.sleep(1.1)
+    for breaker in (a["workout"], b["workout"]):
+        breaker.acquire().release()  # the expiry is noticed on the next call: a trial
+        assert breaker.state is HALF_OPEN
+    await asyncio.sleep(0.3)
+    assert fleet_a.writes == 1
+    assert overrides(pg_url) == [("workout", True, 1)]
+    # A replica started after the expiry is not forced by the stale row.
+    c, _ = await start_replica("c")
+    assert c["workout"].state is BreakerState.CLOSED
+
+
+async def test_a_replica_starting_later_applies_the_overrides_in_force(
+    start_replica: StartReplica,
+) -> None:
+    a, _ = await start_replica("a")
+    a["budget"].force_open("alert", "alertmanager", ttl_s=600)
+    await asyncio.sleep(0.3)
+    b, _ = await start_replica("b")
+    assert b["budget"].state is FORCED
+
+
+async def test_a_lost_listen_connection_is_reopened_and_the_app_keeps_working(
+    start_replica: StartReplica, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ers.fleet")
+    a, _ = await start_replica("a")
+    b, fleet_b = await start_replica("b")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query = 'LISTEN ers_breaker_overrides' AND pid <> pg_backend_pid()"
+        )
+    await asyncio.sleep(0.2)
+    assert b["workout"].acquire() is not None  # local breakers keep working
+    await fleet_b.wait_listening(5)
+    a["workout"].force_open("alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 5, "the force after a reconnect")
+    assert "listening on ers_breaker_overrides failed" in caplog.text
+    assert "works again" in caplog.text
+
+
+def test_on_sqlite_there_is_no_fleet_to_share_with(tmp_path: Path) -> None:
+    settings = Settings(env="test", data_dir=tmp_path / "data")
+    stores = Stores.from_settings(settings)
+    assert FleetOverrides.from_settings(settings, stores, [CircuitBreaker("workout")]) is None
+
+
+@pytest.mark.parametrize("value", [0, -1, 301])
+def test_the_poll_interval_must_be_positive_and_at_most_five_minutes(
+    tmp_path: Path, value: float
+) -> None:
+    with pytest.raises(ValidationError, match="fleet_poll_interval_s"):
+        Settings(env="test", data_dir=tmp_path, fleet_poll_interval_s=value)
