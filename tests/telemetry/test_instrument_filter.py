@@ -33,4 +33,3 @@ def test_skipped_instruments_record_nothing_and_the_rest_pass_through() -> None:
 
     assert metric_names(reader) == {"http.server.request.duration", "requests"}
     provider.shutdown()
-
