@@ -255,7 +255,8 @@ def datasources() -> Json:
         {"name": "Agent p95 latency", "query": "histogram_quantile(0.95, sum by (le) "
          "(rate(ers_agent_call_duration_seconds_bucket{$__tags}[5m])))"},
     ]
-    # The OTel Prometheus exporter labels exemplars with trace_id.
+    # Exemplars reach Prometheus from Tempo's span metrics (remote write with send_exemplars
+    # in deploy/tempo.yaml); ERS's own /metrics carries none.
     exemplars = [{"name": "trace_id", "datasourceUid": TEMPO_UID,
                   "urlDisplayLabel": "Trace ${__value.raw}"}]
     prometheus = {"timeInterval": SCRAPE_INTERVAL, "httpMethod": "POST",
