@@ -138,6 +138,15 @@ def ers_process(tmp_path: Path) -> Iterator[ErsProcess]:
         proc.stop()
 
 
+@pytest.fixture
+def without_ers_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ERS_* variable and no ./ers.yaml: settings as their defaults make them."""
+    for key in list(os.environ):
+        if key.startswith("ERS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the whole run (see tests/pg.py); fails, never skips,

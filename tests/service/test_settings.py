@@ -8,15 +8,8 @@ import pytest
 
 from service.settings import Environment, SettingsError, load_settings
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("ERS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+# Settings come from the environment and ./ers.yaml: each test starts from neither.
+pytestmark = pytest.mark.usefixtures("without_ers_settings")
 
 
 def test_defaults_are_the_seeds() -> None:

@@ -13,13 +13,8 @@ import pytest
 from service.settings import SettingsError, load_settings, redact_url
 from tests.conftest import ROOT
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("ERS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+# Settings come from the environment and ./ers.yaml: each test starts from neither.
+pytestmark = pytest.mark.usefixtures("without_ers_settings")
 
 
 def test_unset_means_sqlite_files() -> None:
