@@ -133,6 +133,7 @@ def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
                 chat(["make me a workout plan"])
                 rounds += 1
             assert client.delete("/api/emergency/simulate-error").status_code == 200
+            wait_for_response(client, component)
 
         # The canary runs on healthy agents: a synthetic failure would open an incident that
         # the responder leaves alone, and real failures would then only join it.
@@ -145,6 +146,19 @@ def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
             post("/api/emergency/rollback", {**rollback, "components": ["profiles"]})
             time.sleep(1.2)
         chat(MESSAGES * 3)
+
+
+def wait_for_response(client: httpx.Client, component: str) -> None:
+    """Wait until the responder has isolated ``component`` (its incident mitigated), which is
+    what produces the protocol action and recovery time series."""
+    for _ in range(MAX_POLLS):
+        listing = client.get("/api/emergency/incidents", params={"component": component})
+        assert listing.status_code == 200, listing.text
+        incidents = listing.json()["incidents"]
+        if any(i["status"] in ("mitigated", "resolved") for i in incidents):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {component} incident was mitigated: {incidents}")
 
 
 @pytest.mark.parametrize(
@@ -198,6 +212,8 @@ def test_every_metric_a_dashboard_or_alert_uses_is_exported(tmp_path: Path) -> N
     )
     # Not a failure: a metric may be there for ad-hoc queries, but it is worth knowing.
     print("ers_* series no dashboard or alert uses:", ", ".join(unused) or "none")
-    assert not missing, "used but not exported by ERS:\n" + "\n".join(
-        f"  {name}  ({'; '.join(sorted(used[name]))})" for name in missing
+    assert not missing, (
+        "used but not exported by ERS:\n"
+        + "\n".join(f"  {name}  ({'; '.join(sorted(used[name]))})" for name in missing)
+        + f"\nERS log:\n{ers.log()[-6000:]}"
     )
