@@ -8,13 +8,21 @@ every ``poll_interval_s`` (the fallback, and the catch-up after a reconnect), re
 overrides and applies those it has not seen to its own breakers. Changes applied from the
 fleet are not written back, so nothing echoes. Failure counting stays per replica.
 
-A lost connection is logged once and retried with backoff; the local breakers keep working.
+When a forced open ends (released, or its time is up) every replica's breaker goes
+half-open, but only one replica at a time runs the trial call: the one holding the agent's
+lease in the same row. The others answer with fallbacks until the holder's trial succeeds
+(and the fleet closes the breaker everywhere) or the lease lapses. A failed trial keeps the
+lease with its holder through its next open period, so the fleet backs off as one breaker.
+
+A lost connection is logged once and retried with backoff; the local breakers keep working,
+and without the server a replica runs its own trials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -29,7 +37,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.errors import StoreUnavailable
 from service.fleet.outage import Outage
-from service.fleet.schema import CHANNEL, COMPONENT, MIGRATIONS, READ, UPSERT
+from service.fleet.schema import (
+    CHANNEL,
+    CLAIM_LEASE,
+    COMPONENT,
+    HAS_ROW,
+    MIGRATIONS,
+    READ,
+    UPSERT,
+)
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
 from service.settings import Settings
 from service.stores import Stores
@@ -42,6 +58,8 @@ MAX_BACKOFF_S = 30.0
 # A forced open released within this long of its expiry counts as having expired.
 EXPIRY_SLACK_S = 0.5
 STOP_FLUSH_S = 3.0
+# How long a trial lease lasts beyond the trial call's own limit (half_open_max_wait_s).
+LEASE_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +69,8 @@ class Override:
     source: str | None
     reason: str
     ttl_s: float | None = None
+    # A release written because this replica's trial call succeeded: close everywhere.
+    trial_passed: bool = False
 
 
 def default_replica_name() -> str:
@@ -91,6 +111,11 @@ class FleetOverrides:
         self._unsubscribes: list[Callable[[], None]] = []
         self._listening = asyncio.Event()
         self.writes = 0
+        # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
+        self._needs_lease: set[str] = set()
+        # Per agent: until when (monotonic) this replica holds the trial lease.
+        self._lease_until: dict[str, float] = {}
+        self._claims: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def from_settings(
@@ -129,6 +154,7 @@ class FleetOverrides:
         for breaker in self._breakers.values():
             kinds = [BreakerEventKind.STATE_TRANSITION, BreakerEventKind.FORCE_RENEWED]
             self._unsubscribes.append(breaker.subscribe(self._on_event, kinds))
+            breaker.trial_gate = functools.partial(self._may_run_trial, breaker.name)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="fleet-write"),
             asyncio.create_task(self._sync_loop(), name="fleet-sync"),
@@ -142,10 +168,13 @@ class FleetOverrides:
         for unsubscribe in self._unsubscribes:
             unsubscribe()
         self._unsubscribes = []
-        for task in self._tasks:
+        for breaker in self._breakers.values():
+            breaker.trial_gate = None
+        tasks = [*self._tasks, *self._claims.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._claims = [], {}
         if self._pending:
             try:
                 await asyncio.wait_for(self._write_pending(), STOP_FLUSH_S)
@@ -164,10 +193,14 @@ class FleetOverrides:
     # --- local changes -> the fleet --------------------------------------------------------
 
     def _on_event(self, event: BreakerEvent) -> None:
+        trial_passed = self._follow_trials(event)
         if self._applying:
             return
         name = event.breaker
-        if event.to_state is BreakerState.FORCED_OPEN:
+        if trial_passed:
+            reason = f"the trial call on {self.replica} succeeded"
+            self._queue(Override(name, False, "trial", reason, trial_passed=True))
+        elif event.to_state is BreakerState.FORCED_OPEN:
             until = self._forced_expiry(self._breakers[name])
             self._forced_until[name] = until
             ttl_s = None if until is None else max(0.001, until - time.time())
@@ -177,6 +210,93 @@ class FleetOverrides:
             if until is not None and time.time() >= until - EXPIRY_SLACK_S:
                 return  # expired: every replica's own clock lets it go half-open
             self._queue(Override(name, False, event.source, event.reason))
+
+    # --- the half-open trial lease -----------------------------------------------------------
+
+    def _follow_trials(self, event: BreakerEvent) -> bool:
+        """Keep the lease bookkeeping of ``event``'s breaker; True when a trial this replica
+        ran under the lease just closed it."""
+        name, to_state = event.breaker, event.to_state
+        if event.kind is not BreakerEventKind.STATE_TRANSITION:
+            return False
+        if event.from_state is BreakerState.FORCED_OPEN and to_state is BreakerState.HALF_OPEN:
+            self._needs_lease.add(name)
+            self._lease_until.pop(name, None)
+            self._claim_soon(name)
+        elif to_state is BreakerState.OPEN and name in self._needs_lease:
+            if self._holds_lease(name):
+                # A failed trial: keep the lease through the open period so that this
+                # replica alone tries again when it ends.
+                breaker = self._breakers[name]
+                ttl_s = float(breaker.snapshot()["openDurationS"]) + self._lease_ttl_s(breaker)
+                self._claim_soon(name, ttl_s)
+        elif to_state is not BreakerState.HALF_OPEN:
+            held = self._holds_lease(name)
+            self._needs_lease.discard(name)
+            self._lease_until.pop(name, None)
+            return held and to_state is BreakerState.CLOSED
+        return False
+
+    def _may_run_trial(self, agent: str) -> bool:
+        """The breaker's trial gate: free unless the agent left a fleet-wide forced open;
+        then only while this replica holds the lease (asked for when it does not)."""
+        if agent not in self._needs_lease or self._holds_lease(agent):
+            return True
+        self._claim_soon(agent)
+        return False
+
+    def _holds_lease(self, agent: str) -> bool:
+        until = self._lease_until.get(agent)
+        return until is not None and time.monotonic() < until
+
+    @staticmethod
+    def _lease_ttl_s(breaker: CircuitBreaker) -> float:
+        return breaker.config.half_open_max_wait_s + LEASE_MARGIN_S
+
+    def _claim_soon(self, agent: str, ttl_s: float | None = None) -> None:
+        running = self._claims.get(agent)
+        if running is not None and not running.done():
+            if ttl_s is None:
+                return
+            running.cancel()
+        task = asyncio.get_running_loop().create_task(
+            self._claim(agent, ttl_s), name=f"fleet-lease-{agent}"
+        )
+        self._claims[agent] = task
+
+    async def _claim(self, agent: str, ttl_s: float | None) -> None:
+        """Ask for the agent's lease until this replica holds it or no longer needs it."""
+        breaker = self._breakers[agent]
+        ttl_s = ttl_s or self._lease_ttl_s(breaker)
+        extending = breaker.state is BreakerState.OPEN
+        outage = Outage(f"asking for the trial lease of '{agent}'")
+        while agent in self._needs_lease and (extending or not self._holds_lease(agent)):
+            if agent in self._pending:
+                # This replica's own override of the agent is not written yet: the lease
+                # is asked for on the row the fleet will see.
+                await asyncio.sleep(0.05)
+                continue
+            started = time.monotonic()
+            try:
+                granted = await self._take_lease(agent, ttl_s)
+            except psycopg.Error as exc:
+                # Without the server there is no fleet to coordinate with: run the trial here.
+                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+                granted = True
+            else:
+                outage.recovered()
+            if granted:
+                self._lease_until[agent] = started + ttl_s
+                return
+            await asyncio.sleep(min(1.0, self.poll_interval_s))
+
+    async def _take_lease(self, agent: str, ttl_s: float) -> bool:
+        params = {"agent": agent, "replica": self.replica, "ttl_s": ttl_s}
+        async with self._pool().connection() as conn:
+            if await (await conn.execute(CLAIM_LEASE, params)).fetchone() is not None:
+                return True
+            # No row at all: the forced open was never shared, nothing to coordinate.
+            return await (await conn.execute(HAS_ROW, params)).fetchone() is None
 
     @staticmethod
     def _forced_expiry(breaker: CircuitBreaker) -> float | None:
@@ -216,6 +336,7 @@ class FleetOverrides:
                         "reason": override.reason[:500],
                         "ttl_s": override.ttl_s,
                         "replica": self.replica,
+                        "trial_passed": override.trial_passed,
                     },
                 )
                 row = await cursor.fetchone()
@@ -262,6 +383,11 @@ class FleetOverrides:
                 breaker.force_open(reason, row["source"] or "fleet", ttl_s=remaining)
                 until = None if remaining is None else time.time() + remaining
                 self._forced_until[agent] = until
+            elif row["trial_passed"] and (
+                agent in self._needs_lease or breaker.state is BreakerState.FORCED_OPEN
+            ):
+                breaker.reset(force=True, source=f"trial on {row['replica']}")
+                self._forced_until.pop(agent, None)
             elif breaker.state is BreakerState.FORCED_OPEN:
                 breaker.release(source=row["source"])
                 self._forced_until.pop(agent, None)
@@ -272,7 +398,7 @@ class FleetOverrides:
         log.info(
             "breaker '%s' %s by the fleet (from %s, source %s)",
             agent,
-            "forced open" if row["forced"] else "released",
+            "forced open" if row["forced"] else "closed" if row["trial_passed"] else "released",
             row["replica"],
             row["source"],
         )

@@ -22,17 +22,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             version BIGINT NOT NULL DEFAULT 1
         )""",
     ),
+    # The half-open trial lease: which replica may run the trial call of a breaker that
+    # leaves a fleet-wide forced open, until when; and whether a trial closed it.
+    (
+        """ALTER TABLE ers_fleet.overrides
+            ADD COLUMN trial_passed BOOLEAN NOT NULL DEFAULT false,
+            ADD COLUMN lease_holder TEXT,
+            ADD COLUMN lease_until TIMESTAMPTZ""",
+    ),
 )
 
-UPSERT = """INSERT INTO ers_fleet.overrides AS o (agent, forced, source, reason, until, replica)
+# A forced open starts a new round of trials, so it clears the lease, and so does a trial
+# that closed the breaker; a release keeps the lease its own replica may have taken already.
+UPSERT = """INSERT INTO ers_fleet.overrides AS o
+    (agent, forced, source, reason, until, replica, trial_passed)
 VALUES (%(agent)s, %(forced)s, %(source)s, %(reason)s,
-        now() + make_interval(secs => %(ttl_s)s::float8), %(replica)s)
+        now() + make_interval(secs => %(ttl_s)s::float8), %(replica)s, %(trial_passed)s)
 ON CONFLICT (agent) DO UPDATE SET forced = EXCLUDED.forced, source = EXCLUDED.source,
     reason = EXCLUDED.reason, until = EXCLUDED.until, replica = EXCLUDED.replica,
+    trial_passed = EXCLUDED.trial_passed,
+    lease_holder = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
+        THEN NULL ELSE o.lease_holder END,
+    lease_until = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
+        THEN NULL ELSE o.lease_until END,
     updated_at = now(), version = o.version + 1
 RETURNING version"""
 
+# Take (or extend) the trial lease of an agent: granted when nobody holds it, it lapsed, or
+# this replica holds it already. No row: nothing fleet-wide to coordinate.
+CLAIM_LEASE = """UPDATE ers_fleet.overrides
+SET lease_holder = %(replica)s, lease_until = now() + make_interval(secs => %(ttl_s)s::float8)
+WHERE agent = %(agent)s
+    AND (lease_until IS NULL OR lease_until <= now() OR lease_holder = %(replica)s)
+RETURNING version"""
+HAS_ROW = "SELECT 1 FROM ers_fleet.overrides WHERE agent = %(agent)s"
+
 # The time left is computed by the server, so replicas' clocks need not agree.
-READ = """SELECT agent, forced, source, reason, replica, version,
+READ = """SELECT agent, forced, source, reason, replica, version, trial_passed,
     extract(epoch FROM until - now())::float8 AS remaining_s
 FROM ers_fleet.overrides"""

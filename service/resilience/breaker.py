@@ -81,6 +81,9 @@ class CircuitBreaker(OperatorActions):
         self._epoch = 0
         # Rejections since the breaker was created, for the snapshot.
         self._rejected_calls = 0
+        # When set, a half-open trial call is admitted only while it returns True: a fleet
+        # of replicas lets one of them at a time run the trial (see service.fleet).
+        self.trial_gate: Callable[[], bool] | None = None
         self._clear_counters()
 
     def _clear_counters(self) -> None:
@@ -147,7 +150,9 @@ class CircuitBreaker(OperatorActions):
             # Trials are in acquire order, so the oldest is the first to hang past the wait.
             if trials and now - trials[0]._started_at >= self.config.half_open_max_wait_s:
                 self._abandon(trials[0], now)
-            elif len(trials) < self.config.half_open_max_calls:
+            elif len(trials) < self.config.half_open_max_calls and (
+                self.trial_gate is None or self.trial_gate()
+            ):
                 permit = Permit(self, self._epoch, now)
                 trials.append(permit)
                 return permit
@@ -171,6 +176,13 @@ class CircuitBreaker(OperatorActions):
             why = (
                 f"breaker '{name}' is forced open by {forcing.source} ({forcing.reason}) "
                 f"until {until}"
+            )
+        elif not self._trials:
+            # Only when a trial gate held the call back.
+            retry_after = None
+            why = (
+                f"breaker '{name}' is half-open and its trial call runs on another replica; "
+                "it closes here once that call succeeds"
             )
         else:
             wait = self.config.half_open_max_wait_s

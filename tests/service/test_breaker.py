@@ -691,3 +691,20 @@ def test_default_clocks_are_real(clock: ManualClock) -> None:
     snapshot = breaker.snapshot()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(snapshot["openedAt"]))
     assert repr(breaker) == "CircuitBreaker('real', state=open)"
+
+
+def test_a_trial_gate_holds_half_open_trials_back_until_it_admits(clock: ManualClock) -> None:
+    breaker = make_breaker(clock)
+    admits = False
+    breaker.trial_gate = lambda: admits
+    breaker.acquire().record_success()  # closed: the gate is not asked
+    breaker.force_open("alert", "alertmanager")
+    breaker.release(source="alertmanager")
+    with pytest.raises(CallNotPermitted) as rejected:
+        breaker.acquire()
+    assert rejected.value.retry_after_s is None
+    assert "trial call runs on another replica" in str(rejected.value)
+    assert breaker.state is BreakerState.HALF_OPEN
+    admits = True
+    breaker.acquire().record_success()
+    assert breaker.state is BreakerState.CLOSED

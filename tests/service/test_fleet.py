@@ -4,6 +4,7 @@ each its own breakers, pool and FleetOverrides, sharing one database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,12 +17,15 @@ from pydantic import ValidationError
 
 from service.fleet import FleetOverrides
 from service.resilience.breaker import BreakerState, CircuitBreaker
+from service.resilience.breaker_config import BreakerConfig
+from service.resilience.breaker_permit import CallNotPermitted, Permit
 from service.resilience.breaker_registry import BreakerRegistry
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresDatabase
 
 FORCED, HALF_OPEN = BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN
+CLOSED, OPEN = BreakerState.CLOSED, BreakerState.OPEN
 AGENTS = ("workout", "budget")
 
 Replica = tuple[BreakerRegistry, FleetOverrides]
@@ -50,11 +54,17 @@ def overrides(url: str) -> list[tuple[str, bool, int]]:
 async def start_replica(pg_url: str) -> AsyncIterator[StartReplica]:
     async with AsyncExitStack() as stack:
 
-        async def start(name: str, *, poll_interval_s: float = 30.0, listen: bool = True):
+        async def start(
+            name: str,
+            *,
+            poll_interval_s: float = 30.0,
+            listen: bool = True,
+            config: BreakerConfig | None = None,
+        ):
             database = PostgresDatabase(pg_url)
             await database.open([])
             stack.push_async_callback(database.close)
-            breakers = BreakerRegistry(CircuitBreaker(agent) for agent in AGENTS)
+            breakers = BreakerRegistry(CircuitBreaker(agent, config) for agent in AGENTS)
             fleet = FleetOverrides(
                 database,
                 pg_url,
@@ -126,7 +136,8 @@ async def test_the_expiry_is_honoured_everywhere_and_not_written_as_a_release(
     assert b["workout"].snapshot()["forced"]["expiresAt"] is not None
     await asyncio.sleep(1.1)
     for breaker in (a["workout"], b["workout"]):
-        breaker.acquire().release()  # the expiry is noticed on the next call: a trial
+        with pytest.raises(CallNotPermitted):  # noticed on the next call; the lease is asked
+            breaker.acquire()
         assert breaker.state is HALF_OPEN
     await asyncio.sleep(0.3)
     assert fleet_a.writes == 1
@@ -178,3 +189,94 @@ def test_the_poll_interval_must_be_positive_and_at_most_five_minutes(
 ) -> None:
     with pytest.raises(ValidationError, match="fleet_poll_interval_s"):
         Settings(env="test", data_dir=tmp_path, fleet_poll_interval_s=value)
+
+
+async def one_trial(
+    a: CircuitBreaker, b: CircuitBreaker, timeout_s: float = 3.0
+) -> tuple[CircuitBreaker, Permit]:
+    """Calls on both replicas until one of them is admitted (that breaker and its permit);
+    asserts that it is never both."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        admitted = []
+        for breaker in (a, b):
+            with contextlib.suppress(CallNotPermitted):
+                admitted.append((breaker, breaker.acquire()))
+        assert len(admitted) <= 1, "both replicas admitted a trial call"
+        if admitted:
+            return admitted[0]
+        await asyncio.sleep(0.02)
+    pytest.fail(f"no replica admitted a trial call within {timeout_s:g} s")
+
+
+async def test_only_the_lease_holder_runs_the_trial_and_its_success_closes_every_replica(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    (a, _), (b, _) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the force on b")
+    a["workout"].release(source="alertmanager")
+    await eventually(lambda: b["workout"].state is HALF_OPEN, 2, "the release on b")
+
+    admitted, trial = await one_trial(a["workout"], b["workout"])
+    holder, other = (a, b) if admitted is a["workout"] else (b, a)
+    for _ in range(10):  # while the trial runs, the other replica keeps answering fallbacks
+        with pytest.raises(CallNotPermitted, match="runs on another replica"):
+            other["workout"].acquire()
+        await asyncio.sleep(0.02)
+    with psycopg.connect(pg_url) as conn:
+        lease = conn.execute("SELECT lease_holder FROM ers_fleet.overrides").fetchone()
+    assert lease == ("a" if holder is a else "b",)
+
+    trial.record_success(0.01)
+    assert holder["workout"].state is CLOSED
+    await eventually(lambda: other["workout"].state is CLOSED, 2, "the close on the other")
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(
+            "SELECT forced, trial_passed, lease_holder FROM ers_fleet.overrides"
+        ).fetchone()
+    assert row == (False, True, None)
+
+
+async def test_a_failed_trial_keeps_the_lease_with_its_holder_through_the_open_period(
+    start_replica: StartReplica,
+) -> None:
+    config = BreakerConfig(open_duration_s=0.5, half_open_max_wait_s=2.0)
+    (a, _), (b, _) = (
+        await start_replica("a", config=config),
+        await start_replica("b", config=config),
+    )
+    a["budget"].force_open("alert", "alertmanager", ttl_s=0.5)
+    await eventually(lambda: b["budget"].state is FORCED, 0.4, "the force on b")
+    await asyncio.sleep(0.6)
+
+    admitted, first = await one_trial(a["budget"], b["budget"])
+    holder, other = (a, b) if admitted is a["budget"] else (b, a)
+    first.record_failure(RuntimeError("still down"), 0.01)
+    assert holder["budget"].state is OPEN
+    # Past the open period only the holder tries again; the other never gets a trial.
+    admitted, second = await one_trial(a["budget"], b["budget"])
+    assert admitted is holder["budget"]
+    second.record_success(0.01)
+    await eventually(lambda: other["budget"].state is CLOSED, 2, "the close on the other")
+
+
+async def test_without_a_shared_row_a_replica_runs_its_own_trial(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    # An override nobody can see (its row gone) must not leave the breaker waiting for a
+    # lease nobody can grant.
+    a, fleet = await start_replica("a")
+    a["workout"].force_open("isolate for a moment", "responder", ttl_s=0.5)
+    await eventually(lambda: fleet.writes == 1, 2, "the write of the override")
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("DELETE FROM ers_fleet.overrides")
+    await asyncio.sleep(0.6)
+    admitted: list[Permit] = []
+
+    def trial() -> bool:
+        with contextlib.suppress(CallNotPermitted):
+            admitted.append(a["workout"].acquire())
+        return bool(admitted)
+
+    await eventually(trial, 3, "a trial call without a lease row")
