@@ -1,0 +1,122 @@
+"""Which replica runs the fleet's jobs (scheduled backups, retention, prune, check, restore
+drills): the one holding a session advisory lock on the shared PostgreSQL server.
+
+Each replica keeps one connection of its own for the lock. The holder checks that
+connection every ``check_interval_s``; when it fails the replica stops running jobs at once
+and tries again on a new connection. A replica that dies loses its connection, the server
+drops the lock with it, and the next replica to try takes the jobs over, within
+``retry_interval_s`` of the server noticing. Two replicas never both hold the lock; a job
+already running when its replica steps down finishes, and restic's own repository lock keeps
+it from meeting another replica's job on the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+
+from service.fleet.outage import Outage
+from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+
+log = logging.getLogger("ers.fleet")
+
+# pg_advisory_lock key shared by every ERS replica: the bytes of "ERS_JOBS".
+FLEET_JOBS_LOCK_KEY = 0x4552_535F_4A4F_4253
+# libpq keepalives, so that a silent network loss is noticed in about half a minute.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
+
+
+class FleetLeader:
+    """Holds (or waits for) the fleet jobs lock; ``is_leader`` says whether this replica
+    runs the jobs now."""
+
+    def __init__(
+        self,
+        database: PostgresDatabase,
+        url: str,
+        *,
+        replica: str,
+        retry_interval_s: float = 5.0,
+        check_interval_s: float = 5.0,
+    ) -> None:
+        self.database = database
+        self._url = url
+        self.replica = replica
+        self.retry_interval_s = retry_interval_s
+        self.check_interval_s = check_interval_s
+        self._is_leader = False
+        self._became_leader = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._is_leader
+
+    async def wait_leader(self) -> None:
+        """Until this replica holds the lock (it may lose it again later)."""
+        await self._became_leader.wait()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="fleet-leader")
+
+    async def stop(self) -> None:
+        """Stop running jobs and let the lock go (closing its connection releases it)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._step_down(None)
+
+    async def _run(self) -> None:
+        outage = Outage(
+            "holding the jobs lock",
+            subject="fleet jobs",
+            meanwhile="no backup schedule runs on this replica meanwhile",
+        )
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES
+                ) as conn:
+                    outage.recovered()
+                    await self._hold(conn)
+            except psycopg.Error as exc:
+                self._step_down(self.database.reason(exc))
+                outage.failed(self.database.reason(exc), self.retry_interval_s)
+            await asyncio.sleep(self.retry_interval_s)
+
+    async def _hold(self, conn: psycopg.AsyncConnection[object]) -> None:
+        while not self._is_leader:
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (FLEET_JOBS_LOCK_KEY,))
+            row = await cursor.fetchone()
+            if row is not None and row[0]:  # type: ignore[index]
+                self._is_leader = True
+                self._became_leader.set()
+                log.info("this replica (%s) now runs the fleet jobs", self.replica)
+                break
+            await asyncio.sleep(self.retry_interval_s)
+        while True:
+            # Waiting for notifications reads the socket, so a connection the server closes
+            # (a restart, pg_terminate_backend) ends this at once rather than at the next
+            # check; the check itself catches a connection that went silent.
+            async for _ in conn.notifies(timeout=self.check_interval_s):
+                pass
+            await conn.execute("SELECT 1")
+
+    def _step_down(self, reason: str | None) -> None:
+        if not self._is_leader:
+            return
+        self._is_leader = False
+        self._became_leader.clear()
+        if reason is not None:
+            log.warning(
+                "this replica (%s) stopped running the fleet jobs: %s; another replica takes "
+                "them over",
+                self.replica,
+                reason,
+            )
