@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 SECRETS = {"ers_admin_token", "ers_alert_token", "ers_intake_token", "restic_password"}
-SECRETS |= {"grafana_admin_password"}
+SECRETS |= {"grafana_admin_password", "postgres_password", "ers_pgpass"}
+# The fleet profile (two replicas on PostgreSQL behind a load balancer) and the override file
+# that moves the always-on `ers` onto the same database.
+FLEET = {"postgres", "ers-2", "lb"}
+FLEET_OVERRIDE = yaml.safe_load((ROOT / "compose.fleet.yaml").read_text())
+LB_CONFIG = ROOT / "compose/lb/nginx.conf"
 # Written alongside this stack by others; while missing, their checks are expected failures.
 PENDING = ("telemetry/otelcol.yaml", "alerts/")
 # Services without a container health check, and why.
@@ -38,9 +43,15 @@ def service_ports() -> dict[str, set[int]]:
     tempo = tempo_config()
     otlp = tempo["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
     ers_command = SERVICES["ers"]["command"]
+    ers_2_command = SERVICES["ers-2"]["command"]
     rest_command = SERVICES["rest-server"]["command"]
+    listen = re.findall(r"^\s*listen\s+(\d+)\s*;", LB_CONFIG.read_text(), re.MULTILINE)
     return {
         "ers": {int(ers_command[ers_command.index("--port") + 1])},
+        "ers-2": {int(ers_2_command[ers_2_command.index("--port") + 1])},
+        "lb": {int(port) for port in listen},
+        # The image's default: compose does not change it.
+        "postgres": {5432},
         "rest-server": {port_of(rest_command[rest_command.index("--listen") + 1])},
         "tempo": {tempo["server"]["http_listen_port"], port_of(otlp)},
         # The images' defaults: compose does not change them.
@@ -117,6 +128,7 @@ def test_dependencies_wait_for_healthy_services() -> None:
 
 def test_only_grafana_and_ers_publish_ports_on_loopback() -> None:
     published = {name: s["ports"] for name, s in SERVICES.items() if "ports" in s}
+    assert published.pop("lb") == ["127.0.0.1:8080:8080"]  # the fleet profile's only one
     assert published == {"ers": ["127.0.0.1:8000:8000"], "grafana": ["127.0.0.1:3000:3000"]}
 
 
@@ -296,3 +308,136 @@ def test_tempo_stores_in_its_volume_and_listens_where_compose_expects() -> None:
     remote_write = config["metrics_generator"]["storage"]["remote_write"]
     assert [w["url"] for w in remote_write] == ["http://prometheus:9090/api/v1/write"]
     assert "--web.enable-remote-write-receiver" in SERVICES["prometheus"]["command"]
+
+
+# The fleet profile: `docker compose -f compose.yaml -f compose.fleet.yaml --profile fleet up`.
+
+
+def fleet_ers() -> dict[str, Any]:
+    """``ers`` as compose.fleet.yaml changes it (environment, secrets, networks and
+    depends_on merge with compose.yaml's, as compose merges them)."""
+    base, override = SERVICES["ers"], FLEET_OVERRIDE["services"]["ers"]
+    return {
+        **base,
+        "environment": {**base["environment"], **override.get("environment", {})},
+        "secrets": [*base["secrets"], *override.get("secrets", [])],
+        "networks": [*base["networks"], *override.get("networks", [])],
+        "depends_on": {**base.get("depends_on", {}), **override.get("depends_on", {})},
+    }
+
+
+def fleet_replicas() -> dict[str, dict[str, Any]]:
+    return {"ers": fleet_ers(), "ers-2": SERVICES["ers-2"]}
+
+
+def lb_upstreams() -> list[str]:
+    """The ``server host:port`` lines of the upstream block that ``proxy_pass`` names."""
+    text = LB_CONFIG.read_text()
+    passes = set(re.findall(r"proxy_pass\s+http://([\w-]+)\s*;", text))
+    assert len(passes) == 1, passes
+    block = re.search(r"upstream\s+" + re.escape(passes.pop()) + r"\s*\{(.*?)\}", text, re.S)
+    assert block, "proxy_pass names no upstream block"
+    return re.findall(r"^\s*server\s+([\w.-]+:\d+)", block[1], re.MULTILINE)
+
+
+def test_the_fleet_profile_adds_postgres_a_second_replica_and_a_load_balancer_only() -> None:
+    profiled = {name for name, service in SERVICES.items() if "profiles" in service}
+    assert profiled == FLEET
+    for name in FLEET:
+        assert SERVICES[name]["profiles"] == ["fleet"], name
+    # The default stack never needs a fleet service, so `docker compose up` is unchanged.
+    for name, service in SERVICES.items():
+        if name not in FLEET:
+            assert not set(service.get("depends_on", {})) & FLEET, name
+    header = (ROOT / "compose.yaml").read_text().split("\nname:")[0]
+    assert "-f compose.yaml -f compose.fleet.yaml --profile fleet up" in header
+
+
+def test_the_fleet_override_only_moves_ers_onto_postgres() -> None:
+    assert set(FLEET_OVERRIDE) == {"services"}
+    assert set(FLEET_OVERRIDE["services"]) == {"ers"}
+    override = FLEET_OVERRIDE["services"]["ers"]
+    assert set(override) <= {"environment", "secrets", "networks", "depends_on"}
+    assert set(override.get("secrets", [])) <= set(COMPOSE["secrets"])
+    assert set(override.get("networks", [])) <= set(COMPOSE["networks"])
+    assert (
+        "-f compose.yaml -f compose.fleet.yaml --profile fleet up"
+        in (ROOT / "compose.fleet.yaml").read_text()
+    )
+
+
+def test_fleet_replicas_and_the_balancer_wait_for_healthy_dependencies() -> None:
+    for name, replica in fleet_replicas().items():
+        assert replica["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+    lb_depends = SERVICES["lb"]["depends_on"]
+    assert lb_depends == {name: {"condition": "service_healthy"} for name in ("ers", "ers-2")}
+    check = SERVICES["postgres"]["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"]
+    # Over TCP: the image's first-run set-up server listens on the socket only.
+    assert check[check.index("--host") + 1] == "127.0.0.1"
+
+
+def test_postgres_keeps_its_data_in_a_named_volume_on_an_internal_network() -> None:
+    postgres = SERVICES["postgres"]
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+    assert "postgres-data" in COMPOSE["volumes"]
+    assert "ports" not in postgres
+    (network,) = postgres["networks"]
+    assert COMPOSE["networks"][network]["internal"] is True
+    for name, replica in fleet_replicas().items():
+        assert network in replica["networks"], f"{name} cannot reach postgres"
+    env = postgres["environment"]
+    assert "POSTGRES_PASSWORD" not in env
+    assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert postgres["secrets"] == ["postgres_password"]
+
+
+def test_both_replicas_share_one_database_and_no_password_is_inline() -> None:
+    urls = {name: r["environment"]["ERS_DATABASE_URL"] for name, r in fleet_replicas().items()}
+    assert len(set(urls.values())) == 1, urls
+    for name, url in urls.items():
+        parts = urlsplit(url)
+        assert parts.scheme == "postgresql" and parts.password is None, name
+        assert_points_at_a_service(f"{parts.hostname}:{parts.port}", f"{name} database")
+        env = SERVICES["postgres"]["environment"]
+        assert (parts.username, parts.path) == (env["POSTGRES_USER"], f"/{env['POSTGRES_DB']}")
+        query = dict(pair.split("=", 1) for pair in parts.query.split("&"))
+        assert set(query) == {"passfile"}, name
+        assert query["passfile"].removeprefix("/run/secrets/") in fleet_replicas()[name]["secrets"]
+    # The documented pgpass line matches the URL (libpq matches host, port, database, user).
+    readme = (ROOT / "deploy/secrets/README.md").read_text()
+    parts = urlsplit(urls["ers"])
+    assert f"{parts.hostname}:{parts.port}:{parts.path[1:]}:{parts.username}:%s" in readme
+    # Nothing in either file carries a credential in a URL or a plain password variable.
+    for path in ("compose.yaml", "compose.fleet.yaml"):
+        text = (ROOT / path).read_text()
+        assert not re.search(r"://[^/\s@:]+:[^/\s@]+@", text), f"{path}: password in a URL"
+        assert not re.search(r"PASSWORD\s*:", text), f"{path}: a password in plain environment"
+
+
+def test_ers_2_is_built_and_run_like_ers() -> None:
+    ers, ers_2 = fleet_ers(), SERVICES["ers-2"]
+    for key in ("build", "image", "command", "healthcheck", "restart"):
+        assert ers_2[key] == ers[key], key
+    differ = {"ERS_RESTIC_REPOSITORY", "OTEL_RESOURCE_ATTRIBUTES"}
+    same = {k: v for k, v in ers["environment"].items() if k not in differ}
+    assert {k: v for k, v in ers_2["environment"].items() if k not in differ} == same
+    assert set(ers_2["secrets"]) == set(ers["secrets"])
+    assert ers_2["volumes"] == [f"ers-2-data:{ers_2['environment']['ERS_DATA_DIR']}"]
+    assert "ers-2-data" in COMPOSE["volumes"]
+    # Each replica is told apart in traces.
+    instances = {r["environment"]["OTEL_RESOURCE_ATTRIBUTES"] for r in fleet_replicas().values()}
+    assert len(instances) == 2
+
+
+def test_the_load_balancer_config_names_both_replicas() -> None:
+    upstreams = lb_upstreams()
+    assert sorted(host_and_port(u)[0] for u in upstreams) == ["ers", "ers-2"]
+    for upstream in upstreams:
+        assert_points_at_a_service(upstream, "lb upstream")
+    lb = SERVICES["lb"]
+    assert lb["volumes"] == ["./compose/lb/nginx.conf:/etc/nginx/conf.d/default.conf:ro"]
+    (published,) = lb["ports"]
+    assert int(published.rsplit(":", 1)[1]) in service_ports()["lb"]
+    probe = lb["healthcheck"]["test"][-1]
+    assert host_and_port(probe)[1] in service_ports()["lb"], probe
