@@ -326,22 +326,23 @@ class FleetOverrides:
         pool = self._pool()
         while self._pending:
             agent, override = next(iter(self._pending.items()))
-            async with self._turn, pool.connection() as conn:
-                cursor = await conn.execute(
-                    UPSERT,
-                    {
-                        "agent": agent,
-                        "forced": override.forced,
-                        "source": override.source,
-                        "reason": override.reason[:500],
-                        "ttl_s": override.ttl_s,
-                        "replica": self.replica,
-                        "trial_passed": override.trial_passed,
-                    },
-                )
-                row = await cursor.fetchone()
-                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, agent))
-                await conn.commit()
+            async with self._turn:
+                # The override and its announcement commit together.
+                async with pool.connection() as conn, conn.transaction():
+                    cursor = await conn.execute(
+                        UPSERT,
+                        {
+                            "agent": agent,
+                            "forced": override.forced,
+                            "source": override.source,
+                            "reason": override.reason[:500],
+                            "ttl_s": override.ttl_s,
+                            "replica": self.replica,
+                            "trial_passed": override.trial_passed,
+                        },
+                    )
+                    row = await cursor.fetchone()
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, agent))
                 assert row is not None
                 self._seen[agent] = int(row["version"])
                 self.writes += 1

@@ -3,7 +3,10 @@
 One ``PostgresDatabase`` per process: it migrates the schema at start (see
 ``postgres_migrations``) and then holds one psycopg connection pool that every component
 store shares. Each component lives in its own schema (``ers_<component>``) so it can be
-dumped and restored alone. A statement runs in its own transaction on a pooled connection.
+dumped and restored alone. Pooled connections are in autocommit mode: a statement is its own
+transaction, one round trip; statements that must commit together use ``transaction()``.
+A connection is pinged on checkout only when it has sat idle in the pool (a server restart
+breaks idle ones), not on every statement of a busy service.
 Failures become ``StoreUnavailable`` with a reason a person can act on; the URL appears
 only redacted and the password never.
 """
@@ -11,6 +14,8 @@ only redacted and the password never.
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ClassVar
@@ -30,6 +35,8 @@ POOL_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 5
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 10
+# A connection back from the pool after sitting idle longer than this is pinged first.
+IDLE_CHECK_S = 2.0
 
 
 class PostgresDatabase:
@@ -41,6 +48,9 @@ class PostgresDatabase:
         self.location = _location(url)
         self.pool_timeout_s = pool_timeout_s
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def open(self, stores: Sequence[PostgresStore]) -> list[tuple[str, int]]:
         """Migrate the schemas of ``stores``, then open the pool; returns what was migrated."""
@@ -61,10 +71,15 @@ class PostgresDatabase:
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
             timeout=self.pool_timeout_s,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "row_factory": dict_row},
-            # A server restart breaks every pooled connection; checking on checkout swaps
-            # a broken one for a fresh one instead of failing the caller's statement.
-            check=AsyncConnectionPool.check_connection,
+            kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "row_factory": dict_row,
+                "autocommit": True,
+            },
+            # A server restart breaks every pooled connection; checking an idle one on
+            # checkout swaps it for a fresh one instead of failing the caller's statement.
+            check=self._check_if_idle,
+            reset=self._note_returned,
             name="ers-stores",
             open=False,
         )
@@ -79,6 +94,13 @@ class PostgresDatabase:
             ) from None
         self.pool = pool
         return applied
+
+    async def _check_if_idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if time.monotonic() - self._returned_at.get(conn, 0.0) > IDLE_CHECK_S:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _note_returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     async def close(self) -> None:
         pool, self.pool = self.pool, None
@@ -166,14 +188,21 @@ class PostgresStore:
     # -- statements ----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[psycopg.AsyncCursor[DictRow]]:
-        """A cursor in its own transaction: committed when the block ends, else rolled back."""
+    async def _cursor(
+        self, *, transaction: bool = False
+    ) -> AsyncIterator[psycopg.AsyncCursor[DictRow]]:
+        """A cursor whose statements each commit on their own; with ``transaction``, all
+        of the block's statements commit together when it ends, or none does."""
         pool = self.database.pool
         if pool is None or self._paused_reason is not None:
             raise StoreUnavailable(self.component, self._paused_reason or "the store is closed")
         try:
             async with pool.connection() as conn, conn.cursor() as cursor:
-                yield cursor
+                if not transaction:
+                    yield cursor
+                    return
+                async with conn.transaction():
+                    yield cursor
         except psycopg.Error as exc:
             raise StoreUnavailable(self.component, self.database.reason(exc)) from None
 
@@ -197,7 +226,7 @@ class PostgresStore:
         """Write, read back and delete a probe row in one transaction; raises
         StoreUnavailable when it can't."""
         table = f"{self.schema}.write_probe"
-        async with self._cursor() as cursor:
+        async with self._cursor(transaction=True) as cursor:
             await cursor.execute(f"INSERT INTO {table} (v) VALUES ('probe')")
             await cursor.execute(f"SELECT count(*) AS n FROM {table}")
             row = await cursor.fetchone()

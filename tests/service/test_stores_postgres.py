@@ -238,3 +238,42 @@ async def test_a_role_that_may_not_create_the_schema_is_told_what_to_grant(
     finally:
         with psycopg.connect(postgres_server.url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def terminate_other_sessions(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_idle_connections_the_server_dropped_are_replaced_before_a_statement_uses_them(
+    pg_stores: Stores, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.stores.postgres.IDLE_CHECK_S", 0.2)
+    await pg_stores.profiles.upsert("u1", age=30)
+    assert terminate_other_sessions(pg_url) >= 1  # as a server restart would
+    await asyncio.sleep(0.3)
+    # Every pooled connection is broken, but each is pinged after sitting idle: no statement
+    # fails.
+    for _ in range(5):
+        assert (await pg_stores.profiles.get("u1")).age == 30
+
+
+async def test_a_single_statement_commits_on_its_own_and_a_probe_leaves_no_row(
+    pg_stores: Stores, pg_url: str
+) -> None:
+    turn_id = await pg_stores.conversations.record_turn(
+        ChatTurn("u1", "hello", "hi", "router", True, False)
+    )
+    with psycopg.connect(pg_url) as conn:  # another session sees it at once
+        row = conn.execute(
+            "SELECT message FROM ers_conversations.turns WHERE id = %s", (turn_id,)
+        ).fetchone()
+    assert row == ("hello",)
+    await pg_stores.budgets.probe_writable()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ers_budgets.write_probe").fetchone() == (0,)
