@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, list[Target]] = {
         Target("status_p99_ms", "<=", 20),
         Target("rss_after_load_mb", "<=", 200),
     ],
+    "bench.fleet": [Target("fleet_throughput_ratio", ">=", 1.6)],
 }
 
 
