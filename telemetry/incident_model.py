@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,14 @@ class IllegalTransition(ValueError):
         self.incident_id = incident_id
         self.status = status
         self.wanted = wanted
+
+
+class IncidentStoreUnavailable(Exception):
+    """The incident store's database could not be used; says why and what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the incident store is unavailable: {reason}")
+        self.reason = reason
 
 
 class UnknownTimelineKind(ValueError):
@@ -84,7 +93,7 @@ class Incident:
         return self.status != "resolved"
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Incident:
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Incident:
         values = dict(row)
         values["recoverable"] = bool(values["recoverable"])
         values["trace_ids"] = json.loads(values["trace_ids"])
@@ -148,7 +157,7 @@ class TimelineEntry:
     data: dict[str, Any]
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> TimelineEntry:
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> TimelineEntry:
         values = dict(row)
         values["data"] = json.loads(values["data"]) if values["data"] else {}
         return cls(**values)

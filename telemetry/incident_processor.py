@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from telemetry.classifier import Classification, Classifier
+from telemetry.incident_lifecycle import IncidentStoreBase
 from telemetry.incident_model import Incident
-from telemetry.incident_store import IncidentStore
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
@@ -58,7 +58,7 @@ class IncidentProcessor(SpanProcessor):
 
     def __init__(
         self,
-        store: IncidentStore,
+        store: IncidentStoreBase,
         classifier: Classifier,
         *,
         queue_size: int = 10_000,

@@ -10,12 +10,15 @@ it is never on a command line.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from service.stores.postgres_migrations import Migration, migrate
 from tests.conftest import free_port
 
 TEST_URL_VARIABLE = "ERS_TEST_DATABASE_URL"
@@ -200,3 +204,16 @@ def _run(argv: list[str], run_as: str | None) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"{program} failed ({result.returncode}): {result.stderr[-2000:]}")
+
+
+def apply_migrations(url: str, plan: Mapping[str, Sequence[Migration]]) -> list[tuple[str, int]]:
+    """Run the service's (async) ``migrate`` from synchronous test code, as the service does
+    at start; returns what it applied."""
+
+    async def run() -> list[tuple[str, int]]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await migrate(conn, plan)
+
+    # A thread of its own, so that it works whether or not an event loop runs here.
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, run()).result()

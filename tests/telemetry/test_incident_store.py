@@ -1,20 +1,28 @@
+"""The incident store's behaviour, the same on SQLite and on a real PostgreSQL server."""
+
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from telemetry.classifier import Classifier
+from telemetry.incident_pg import COMPONENT, MIGRATIONS, PgIncidentStore
 from telemetry.incident_store import (
     IllegalTransition,
     IncidentNotFound,
     IncidentStore,
+    IncidentStoreBase,
     UnknownTimelineKind,
 )
+from tests.pg import apply_migrations
 from tests.telemetry.conftest import error_record
+
+NewStore = Callable[..., IncidentStoreBase]
 
 
 class Clock:
@@ -30,14 +38,40 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewStore]:
+    """Builds incident stores (keyword options as IncidentStore takes them) on an SQLite
+    file or on a fresh, migrated PostgreSQL database; closes them afterwards."""
+    if request.param == "sqlite":
+
+        def build(**options: Any) -> IncidentStoreBase:
+            return IncidentStore(tmp_path / "incidents.db", **options)
+    else:
+        url = request.getfixturevalue("pg_url")
+        apply_migrations(url, {COMPONENT: MIGRATIONS})
+
+        def build(**options: Any) -> IncidentStoreBase:
+            return PgIncidentStore(url, **options)
+
+    made: list[IncidentStoreBase] = []
+
+    def make(**options: Any) -> IncidentStoreBase:
+        made.append(build(**options))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[IncidentStore]:
-    store = IncidentStore(tmp_path / "incidents.db", clock=clock, quiet_period_s=60)
-    yield store
-    store.close()
+def store(new_store: NewStore, clock: Clock) -> IncidentStoreBase:
+    return new_store(clock=clock, quiet_period_s=60)
 
 
-def record_db_error(store: IncidentStore, classifier: Classifier, agent: str = "BMA", n: int = 1):
+def record_db_error(
+    store: IncidentStoreBase, classifier: Classifier, agent: str = "BMA", n: int = 1
+):
     record = error_record(
         f"agent.{agent.lower()}",
         "SimulatedDatabaseError",
@@ -49,7 +83,7 @@ def record_db_error(store: IncidentStore, classifier: Classifier, agent: str = "
 
 
 def test_incident_ids_look_like_the_seed(
-    store: IncidentStore, default_classifier: Classifier
+    store: IncidentStoreBase, default_classifier: Classifier
 ) -> None:
     incident, outcome = record_db_error(store, default_classifier)
     assert outcome == "opened"
@@ -65,7 +99,7 @@ def test_incident_ids_look_like_the_seed(
 
 
 def test_repeated_failures_group_into_one_incident(
-    store: IncidentStore, default_classifier: Classifier, clock: Clock
+    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
 ) -> None:
     first, _ = record_db_error(store, default_classifier, n=1)
     clock.now += 5
@@ -79,9 +113,9 @@ def test_repeated_failures_group_into_one_incident(
 
 
 def test_trace_ids_keep_the_most_recent_up_to_the_limit(
-    tmp_path: Path, default_classifier: Classifier
+    new_store: NewStore, default_classifier: Classifier
 ) -> None:
-    store = IncidentStore(tmp_path / "i.db", max_trace_ids=3)
+    store = new_store(max_trace_ids=3)
     for n in range(1, 6):
         incident, _ = record_db_error(store, default_classifier, n=n)
     assert incident.trace_ids == [f"{n:032x}" for n in (3, 4, 5)]
@@ -89,7 +123,7 @@ def test_trace_ids_keep_the_most_recent_up_to_the_limit(
 
 
 def test_lifecycle_open_acknowledged_mitigated_resolved(
-    store: IncidentStore, default_classifier: Classifier, clock: Clock
+    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     clock.now += 10
@@ -121,7 +155,11 @@ def test_lifecycle_open_acknowledged_mitigated_resolved(
     ],
 )
 def test_illegal_transitions_raise_a_named_error(
-    store: IncidentStore, default_classifier: Classifier, steps: list, illegal: str, message: str
+    store: IncidentStoreBase,
+    default_classifier: Classifier,
+    steps: list,
+    illegal: str,
+    message: str,
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     for step in steps:
@@ -130,7 +168,7 @@ def test_illegal_transitions_raise_a_named_error(
         getattr(store, illegal)(incident.id, "ana", "")
 
 
-def test_unknown_incidents_raise_not_found(store: IncidentStore) -> None:
+def test_unknown_incidents_raise_not_found(store: IncidentStoreBase) -> None:
     with pytest.raises(IncidentNotFound, match="no incident with id 'INC_0_nope00'"):
         store.get("INC_0_nope00")
     with pytest.raises(IncidentNotFound):
@@ -140,7 +178,7 @@ def test_unknown_incidents_raise_not_found(store: IncidentStore) -> None:
 
 
 def test_a_resolved_incident_reopens_when_its_failure_recurs(
-    store: IncidentStore, default_classifier: Classifier, clock: Clock
+    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     store.resolve(incident.id, "ana", "fixed")
@@ -156,12 +194,10 @@ def test_a_resolved_incident_reopens_when_its_failure_recurs(
 
 
 def test_auto_resolve_waits_for_quiet_and_a_healthy_component(
-    tmp_path: Path, default_classifier: Classifier, clock: Clock
+    new_store: NewStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     healthy = {"BMA": False, "NPA": True}
-    store = IncidentStore(
-        tmp_path / "i.db", clock=clock, quiet_period_s=60, is_component_healthy=healthy.__getitem__
-    )
+    store = new_store(clock=clock, quiet_period_s=60, is_component_healthy=healthy.__getitem__)
     bma, _ = record_db_error(store, default_classifier, "BMA")
     npa, _ = record_db_error(store, default_classifier, "NPA")
     assert store.auto_resolve(clock.now + 59) == []
@@ -176,7 +212,7 @@ def test_auto_resolve_waits_for_quiet_and_a_healthy_component(
 
 
 def test_list_filters_and_paginates(
-    store: IncidentStore, default_classifier: Classifier, clock: Clock
+    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
 ) -> None:
     ids = []
     for index, agent in enumerate(["NPA", "WPA", "BMA", "MCA", "NPA"]):
@@ -211,7 +247,7 @@ def test_list_filters_and_paginates(
 
 
 def test_find_active_returns_the_latest_active_incident_of_a_component(
-    store: IncidentStore, default_classifier: Classifier
+    store: IncidentStoreBase, default_classifier: Classifier
 ) -> None:
     incident, _ = record_db_error(store, default_classifier, "BMA")
     assert store.find_active("BMA", "database").id == incident.id
@@ -221,7 +257,9 @@ def test_find_active_returns_the_latest_active_incident_of_a_component(
     assert store.find_active("BMA") is None
 
 
-def test_timeline_is_the_audit_trail(store: IncidentStore, default_classifier: Classifier) -> None:
+def test_timeline_is_the_audit_trail(
+    store: IncidentStoreBase, default_classifier: Classifier
+) -> None:
     incident, _ = record_db_error(store, default_classifier)
     store.add_timeline(
         incident.id, "action_started", "isolating BMA", "responder", {"action": "isolate"}
@@ -245,7 +283,7 @@ def test_timeline_is_the_audit_trail(store: IncidentStore, default_classifier: C
 
 
 def test_a_new_classification_for_the_same_fingerprint_is_applied_and_noted(
-    store: IncidentStore, default_classifier: Classifier
+    store: IncidentStoreBase, default_classifier: Classifier
 ) -> None:
     record = error_record(
         "agent.npa", "Boom", "Agent processing failure", attributes={"ers.agent": "NPA"}
@@ -259,9 +297,9 @@ def test_a_new_classification_for_the_same_fingerprint_is_applied_and_noted(
 
 
 def test_error_span_records_are_kept_bounded_for_replay(
-    tmp_path: Path, default_classifier: Classifier
+    new_store: NewStore, default_classifier: Classifier
 ) -> None:
-    store = IncidentStore(tmp_path / "i.db", max_span_records=3)
+    store = new_store(max_span_records=3)
     for n in range(1, 6):
         record_db_error(store, default_classifier, n=n)
     stored = store.stored_span_records()
@@ -272,9 +310,9 @@ def test_error_span_records_are_kept_bounded_for_replay(
 
 
 def test_a_large_batch_keeps_a_weighted_sample_per_incident(
-    tmp_path: Path, default_classifier: Classifier
+    new_store: NewStore, default_classifier: Classifier
 ) -> None:
-    store = IncidentStore(tmp_path / "i.db", records_per_incident=5)
+    store = new_store(records_per_incident=5)
     records = [
         error_record("agent.npa", "Boom", f"Agent processing failure {n}", trace_id=f"{n:032x}")
         for n in range(100)
@@ -287,7 +325,7 @@ def test_a_large_batch_keeps_a_weighted_sample_per_incident(
 
 
 def test_reads_and_writes_from_several_threads(
-    store: IncidentStore, default_classifier: Classifier
+    store: IncidentStoreBase, default_classifier: Classifier
 ) -> None:
     errors: list[BaseException] = []
 

@@ -1,0 +1,127 @@
+"""The alert idempotency ledger, the same on SQLite and on PostgreSQL, where replicas that
+receive one notification at once still act on it once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from service.alerting.ledger import AlertLedger, LedgerUnavailable
+from service.alerting.ledger_pg import COMPONENT, MIGRATIONS, PgAlertLedger
+from tests.pg import apply_migrations
+
+Ledger = AlertLedger | PgAlertLedger
+DELIVERIES_PER_REPLICA = 200
+
+
+@pytest.fixture
+def ledger_url(pg_url: str) -> str:
+    apply_migrations(pg_url, {COMPONENT: MIGRATIONS})
+    return pg_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    if request.param == "sqlite":
+        made: Ledger = AlertLedger(tmp_path / "incidents.sqlite3")
+    else:
+        made = PgAlertLedger(request.getfixturevalue("ledger_url"))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def replicas(ledger_url: str) -> Iterator[tuple[PgAlertLedger, PgAlertLedger]]:
+    first, second = PgAlertLedger(ledger_url), PgAlertLedger(ledger_url)
+    yield first, second
+    first.close()
+    second.close()
+
+
+def test_an_alert_is_new_once_then_counted_as_redelivered(ledger: Ledger) -> None:
+    key = ("fp1", "2024-05-01T10:00:00Z", "firing")
+    assert ledger.record(*key, "ErrorRateHigh") is True
+    assert ledger.record(*key, "ErrorRateHigh") is False
+    assert ledger.record(*key, "ErrorRateHigh") is False
+    assert ledger.entry(*key) == {"deliveries": 3, "incidentId": None, "outcome": None}
+    # Its resolution, and another firing of the same alert, are new events.
+    assert ledger.record("fp1", "2024-05-01T10:00:00Z", "resolved", "ErrorRateHigh") is True
+    assert ledger.record("fp1", "2024-05-01T11:00:00Z", "firing", "ErrorRateHigh") is True
+
+
+def test_finish_notes_the_incident_and_outcome(ledger: Ledger) -> None:
+    key = ("fp2", "2024-05-01T10:00:00Z", "firing")
+    assert ledger.entry(*key) is None
+    ledger.record(*key, "BreakerOpen")
+    ledger.finish(*key, "INC_1_abcdef", "isolated")
+    assert ledger.entry(*key) == {
+        "deliveries": 1,
+        "incidentId": "INC_1_abcdef",
+        "outcome": "isolated",
+    }
+
+
+def run_together(*jobs: threading.Thread) -> None:
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=120)
+    assert not any(job.is_alive() for job in jobs), "a replica did not finish"
+
+
+def test_replicas_receiving_one_alert_at_once_act_on_it_once(
+    replicas: tuple[PgAlertLedger, PgAlertLedger],
+) -> None:
+    firsts: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def deliver(ledger: PgAlertLedger) -> None:
+        barrier.wait(timeout=10)
+        for _ in range(DELIVERIES_PER_REPLICA):
+            firsts.append(ledger.record("fp", "2024-05-01T10:00:00Z", "firing", "Down"))
+
+    run_together(*(threading.Thread(target=deliver, args=(r,)) for r in replicas))
+    assert firsts.count(True) == 1
+    entry = replicas[1].entry("fp", "2024-05-01T10:00:00Z", "firing")
+    assert entry is not None and entry["deliveries"] == 2 * DELIVERIES_PER_REPLICA
+
+
+def test_replicas_sharing_many_alerts_each_take_every_alert_once(
+    replicas: tuple[PgAlertLedger, PgAlertLedger],
+) -> None:
+    taken: list[list[str]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def deliver(index: int) -> None:
+        barrier.wait(timeout=10)
+        for n in range(DELIVERIES_PER_REPLICA):
+            if replicas[index].record(f"fp{n}", "2024-05-01T10:00:00Z", "firing", "Down"):
+                taken[index].append(f"fp{n}")
+
+    run_together(*(threading.Thread(target=deliver, args=(i,)) for i in (0, 1)))
+    assert sorted(taken[0] + taken[1]) == sorted(f"fp{n}" for n in range(DELIVERIES_PER_REPLICA))
+
+
+def test_an_unmigrated_database_is_refused_with_the_next_step(pg_url: str) -> None:
+    with pytest.raises(LedgerUnavailable, match="run the PostgreSQL migrations"):
+        PgAlertLedger(pg_url)
+
+
+def test_ledger_failures_never_show_the_password(ledger_url: str) -> None:
+    parts = urlsplit(ledger_url)
+    wrong = "wrong-ledger-p4ss"
+    url = urlunsplit(
+        parts._replace(netloc=f"{parts.username}:{wrong}@{parts.hostname}:{parts.port}")
+    )
+    with pytest.raises(LedgerUnavailable) as refused:
+        PgAlertLedger(url)
+    assert wrong not in str(refused.value)
+    assert f"{parts.hostname}:{parts.port}" in str(refused.value)
+    ledger = PgAlertLedger(ledger_url)
+    ledger.close()
+    with pytest.raises(LedgerUnavailable, match="closed"):
+        ledger.record("fp", "t", "firing", "Down")
