@@ -23,7 +23,6 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E
 
 from service import http_errors  # noqa: E402
 from service.alerting.handler import AlertHandler  # noqa: E402
-from service.alerting.ledger import AlertLedger  # noqa: E402
 from service.audit import AuditLog  # noqa: E402
 from service.backup_metrics import BackupMetrics  # noqa: E402
 from service.backups import BackupService  # noqa: E402
@@ -52,7 +51,7 @@ from service.health.system_state import (  # noqa: E402
     StateInputs,
     SystemStateMachine,
 )
-from service.incidents import IncidentService  # noqa: E402
+from service.incidents import IncidentService, open_incident_state  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
 from service.responder import Responder  # noqa: E402
@@ -247,12 +246,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     # Incidents: error spans are classified and grouped off the request path; the responder
     # runs each protocol's actions; alerts from Alertmanager land on the same incidents.
-    incident_service = IncidentService(
+    incident_store, alert_ledger = await open_incident_state(
+        settings,
         incidents_path,
-        telemetry.meter,
-        rules_path=settings.classification_rules,
-        quiet_period_s=settings.incident_quiet_period_s,
+        stores.database,
         is_component_healthy=lambda name: agent_is_healthy(team, name),
+    )
+    incident_service = IncidentService(
+        incident_store, telemetry.meter, rules_path=settings.classification_rules
     )
     telemetry.add_span_processor(incident_service.processor)
     trace_keeper = TraceKeeper()
@@ -280,7 +281,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     health.add_check(IncidentsCheck(incident_service.active_counts))
     state.subscribe(lambda t: note_state_change(incident_service, t))
     runtime.alerts = AlertHandler(
-        AlertLedger(incidents_path),
+        alert_ledger,
         incident_service.store,
         responder,
         isolate_ttl_s=settings.alert_isolate_ttl_s,
@@ -326,6 +327,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime.backups is not None:
             await runtime.backups.shutdown_backup()
         await runtime.alerts.drain()
+        alert_ledger.close()
         await incident_service.drain()
         incident_service.shutdown()
         runtime.audit.close()

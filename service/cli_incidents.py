@@ -115,13 +115,25 @@ def classify(args: argparse.Namespace) -> int:
             print("\n".join(explanation.lines()))
         return 0
     from service.settings import load_settings
+    from telemetry.incident_lifecycle import IncidentStoreBase
+    from telemetry.incident_model import IncidentStoreUnavailable
+    from telemetry.incident_pg import PgIncidentStore
     from telemetry.incident_store import IncidentStore
 
-    path = load_settings().data_dir / "incidents.sqlite3"
-    if not path.exists():
-        print(f"ers: no incidents database at {path}", file=sys.stderr)
-        return 2
-    store = IncidentStore(path)
+    settings = load_settings()
+    store: IncidentStoreBase
+    if settings.database_url is not None:
+        try:
+            store = PgIncidentStore(settings.database_url.get_secret_value())
+        except IncidentStoreUnavailable as exc:
+            print(f"ers: {exc}", file=sys.stderr)
+            return 2
+    else:
+        path = settings.data_dir / "incidents.sqlite3"
+        if not path.exists():
+            print(f"ers: no incidents database at {path}", file=sys.stderr)
+            return 2
+        store = IncidentStore(path)
     try:
         summary = replay_stored(store.stored_span_records(), classifier)
     finally:

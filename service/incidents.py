@@ -19,9 +19,18 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from service.agents.base import AgentReply
+from service.alerting import ledger_pg
+from service.alerting.ledger import AlertLedger
+from service.alerting.ledger_pg import PgAlertLedger
+from service.errors import StoreUnavailable
 from service.responder import ActionResult, Responder, ResponseContext
+from service.settings import Settings
+from service.stores.postgres import PostgresDatabase
+from telemetry import incident_pg
 from telemetry.classifier import load_rules
-from telemetry.incident_model import IllegalTransition, Incident
+from telemetry.incident_lifecycle import IncidentStoreBase
+from telemetry.incident_model import IllegalTransition, Incident, IncidentStoreUnavailable
+from telemetry.incident_pg import PgIncidentStore
 from telemetry.incident_processor import IncidentEvent, IncidentProcessor
 from telemetry.incident_store import IncidentStore
 
@@ -30,19 +39,49 @@ log = logging.getLogger("ers.incidents")
 RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
+Ledger = AlertLedger | PgAlertLedger
+
+
+async def open_incident_state(
+    settings: Settings,
+    path: Path,
+    database: PostgresDatabase | None,
+    is_component_healthy: Callable[[str], bool],
+) -> tuple[IncidentStoreBase, Ledger]:
+    """The incident store and the alert ledger: in the SQLite file at ``path``, or, with the
+    stores on PostgreSQL (``database``), in its ``ers_incidents`` schema, where every replica
+    groups failures into the same incidents and takes each alert once."""
+    options = {
+        "quiet_period_s": settings.incident_quiet_period_s,
+        "is_component_healthy": is_component_healthy,
+    }
+    if database is None or settings.database_url is None:
+        return IncidentStore(path, **options), AlertLedger(path)
+    await database.migrate(
+        {incident_pg.COMPONENT: incident_pg.MIGRATIONS, ledger_pg.COMPONENT: ledger_pg.MIGRATIONS}
+    )
+    url = settings.database_url.get_secret_value()
+    try:
+        store = await asyncio.to_thread(PgIncidentStore, url, **options)
+    except IncidentStoreUnavailable as exc:
+        raise StoreUnavailable("incidents", exc.reason) from None
+    try:
+        ledger = await asyncio.to_thread(PgAlertLedger, url)
+    except Exception:
+        store.close()
+        raise
+    return store, ledger
+
+
 class IncidentService:
     def __init__(
         self,
-        path: Path,
+        store: IncidentStoreBase,
         meter: Meter,
         *,
         rules_path: Path | None,
-        quiet_period_s: float,
-        is_component_healthy: Callable[[str], bool],
     ) -> None:
-        self.store = IncidentStore(
-            path, quiet_period_s=quiet_period_s, is_component_healthy=is_component_healthy
-        )
+        self.store = store
         self.processor = IncidentProcessor(self.store, load_rules(rules_path))
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -22,7 +22,7 @@ from service.settings import Settings
 from service.stores import Stores
 from service.system_test import Step
 from service.team import Team
-from telemetry.incident_store import IncidentStore
+from telemetry.incident_lifecycle import IncidentStoreBase
 from telemetry.providers import Telemetry
 
 
@@ -48,7 +48,7 @@ class Runtime:
     backups: BackupService | None = None
     audit: AuditLog | None = None
     incident_service: IncidentService | None = None
-    incidents: IncidentStore | None = None
+    incidents: IncidentStoreBase | None = None
     alerts: AlertHandler | None = None
     traces: Any = None
     started_at: float = field(default_factory=time.time)

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from service.alerting.ledger import AlertLedger
+from service.alerting.ledger_pg import PgAlertLedger
 from service.alerting.payload import Alert, WebhookPayload
 from service.errors import UnknownAgent
 from service.responder import Responder, ResponseContext
 from telemetry.classifier import Classification
-from telemetry.incident_store import IncidentStore
+from telemetry.incident_lifecycle import IncidentStoreBase
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.alerts")
@@ -41,8 +42,8 @@ SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "
 class AlertHandler:
     def __init__(
         self,
-        ledger: AlertLedger,
-        incidents: IncidentStore,
+        ledger: AlertLedger | PgAlertLedger,
+        incidents: IncidentStoreBase,
         responder: Responder,
         isolate_ttl_s: float = 900.0,
         on_alert: Callable[[str, str], None] | None = None,

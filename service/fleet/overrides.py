@@ -35,7 +35,6 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
-from service.errors import StoreUnavailable
 from service.fleet.outage import Outage
 from service.fleet.schema import (
     CHANNEL,
@@ -50,7 +49,6 @@ from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerSt
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
-from service.stores.postgres_migrations import MigrationError, migrate
 
 log = logging.getLogger("ers.fleet")
 
@@ -132,15 +130,7 @@ class FleetOverrides:
 
     async def start(self) -> None:
         """Migrate ``ers_fleet``, apply the overrides in force, then follow the fleet."""
-        try:
-            async with await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            ) as conn:
-                applied = await migrate(conn, {COMPONENT: MIGRATIONS})
-        except MigrationError as exc:
-            raise StoreUnavailable(COMPONENT, self.database.scrub(exc.reason)) from None
-        except psycopg.Error as exc:
-            raise StoreUnavailable(COMPONENT, self.database.reason(exc)) from None
+        applied = await self.database.migrate({COMPONENT: MIGRATIONS})
         if applied:
             log.info("migrated the PostgreSQL schema: fleet v%d", applied[-1][1])
         try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ClassVar
 
@@ -52,20 +52,24 @@ class PostgresDatabase:
             weakref.WeakKeyDictionary()
         )
 
-    async def open(self, stores: Sequence[PostgresStore]) -> list[tuple[str, int]]:
-        """Migrate the schemas of ``stores``, then open the pool; returns what was migrated."""
-        if self.pool is not None:
-            return []
-        plan = {store.component: store.migrations for store in stores}
+    async def migrate(self, plan: Mapping[str, Sequence[Migration]]) -> list[tuple[str, int]]:
+        """Bring the schemas of ``plan`` (component -> its migrations) up to date on a
+        connection of its own; returns the (component, version) pairs applied."""
         try:
             async with await psycopg.AsyncConnection.connect(
                 self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
             ) as conn:
-                applied = await migrate(conn, plan)
+                return await migrate(conn, plan)
         except MigrationError as exc:
             raise StoreUnavailable(exc.component, self.scrub(exc.reason)) from None
         except psycopg.Error as exc:
             raise StoreUnavailable("postgresql", self.reason(exc)) from None
+
+    async def open(self, stores: Sequence[PostgresStore]) -> list[tuple[str, int]]:
+        """Migrate the schemas of ``stores``, then open the pool; returns what was migrated."""
+        if self.pool is not None:
+            return []
+        applied = await self.migrate({store.component: store.migrations for store in stores})
         pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
             self._url,
             min_size=POOL_MIN_SIZE,

@@ -105,3 +105,53 @@ def test_an_alert_to_one_replica_isolates_the_agent_in_both_and_its_resolution_r
             replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]
+
+
+def incidents_of(replica: ErsProcess, component: str) -> list[dict[str, Any]]:
+    reply = httpx.get(
+        f"{replica.url}/api/emergency/incidents", params={"component": component}, timeout=5
+    )
+    assert reply.status_code == 200, reply.text
+    return list(reply.json()["incidents"])
+
+
+def test_one_failure_hit_on_both_replicas_is_one_incident_with_both_counts(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Neither the responder nor a breaker may stop the failing calls before all are made.
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_AUTO_RESPONSE_ENABLED": "false",
+        "ERS_CIRCUIT_BREAKER_THRESHOLD": "100",
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env=env))
+        replicas.append(start_ers(tmp_path / "b", env=env))
+        # Three failing budget chats on a and two on b (each retried inside one agent span,
+        # fewer attempts than a breaker judges a failure rate on).
+        for replica, failures in zip(replicas, (3, 2), strict=True):
+            fault = {"component": "budget", "errorType": "database"}
+            reply = httpx.post(f"{replica.url}/api/emergency/simulate-error", json=fault)
+            assert reply.status_code == 200, reply.text
+            for _ in range(failures):
+                chat = httpx.post(
+                    f"{replica.url}/chat", json={"message": "budget report", "userId": "u1"}
+                )
+                assert chat.status_code == 200 and chat.json()["success"] is False, chat.text
+
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            seen = [incidents_of(replica, "budget") for replica in replicas]
+            if all(len(s) == 1 and s[0]["count"] == 5 for s in seen):
+                break
+            assert time.monotonic() < deadline, f"incidents as each replica sees them: {seen}"
+            time.sleep(0.1)
+        assert seen[0][0]["id"] == seen[1][0]["id"]
+        assert seen[0][0]["fingerprint"].startswith("budget:database:")
+        assert len(seen[0][0]["traceIds"]) == 5
+    finally:
+        for replica in replicas:
+            replica.stop()
+    for replica in replicas:
+        assert "Traceback" not in replica.log(), replica.log()[-3000:]
