@@ -58,6 +58,24 @@ class StagingFailed(BackupError):
     label = "staging"
 
 
+class PgToolNotInstalled(BackupError):
+    """pg_dump, pg_restore or psql is not installed where the library looks for it."""
+
+    label = "pg_tool_not_installed"
+
+
+class PgDumpFailed(BackupError):
+    """pg_dump could not copy a component's schema out of PostgreSQL."""
+
+    label = "pg_dump_failed"
+
+
+class PgRestoreFailed(BackupError):
+    """A dump could not be restored (into a scratch database or the live one)."""
+
+    label = "pg_restore_failed"
+
+
 class ResticError(BackupError):
     label = "command_failed"
 

@@ -36,14 +36,21 @@ async def run_program(
     timeout: float,
     cwd: Path | None = None,
     on_progress: ProgressCallback | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
 ) -> CommandOutput:
-    """Run `binary args`; the exit code is returned, not judged."""
+    """Run `binary args`; the exit code is returned, not judged.
+
+    `stdin` and `stdout` are file descriptors the program reads from or writes to instead of
+    nothing and a captured pipe (the caller keeps them and closes them); output written to a
+    given `stdout` is not collected.
+    """
     try:
         process = await asyncio.create_subprocess_exec(
             binary,
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+            stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
             env=dict(env),
@@ -74,18 +81,19 @@ async def _collect(
     collected: CommandOutput,
     on_progress: ProgressCallback | None,
 ) -> None:
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stderr is not None
     stderr_task = asyncio.ensure_future(process.stderr.read())
     lines: list[str] = []
     try:
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace")
-            lines.append(line)
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    message = json.loads(line)
-                    if isinstance(message, dict):
-                        _dispatch(message, collected, on_progress)
+        if process.stdout is not None:  # None when the output goes to the caller's fd
+            async for raw in process.stdout:
+                line = raw.decode(errors="replace")
+                lines.append(line)
+                if line.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        message = json.loads(line)
+                        if isinstance(message, dict):
+                            _dispatch(message, collected, on_progress)
         collected.stderr = (await stderr_task).decode(errors="replace")
     finally:
         stderr_task.cancel()

@@ -83,14 +83,20 @@ class Restic:
         cwd: Path | None = None,
         on_progress: ProgressCallback | None = None,
         retry_after_stale_lock: bool = True,
+        stdin: int | None = None,
+        stdout: int | None = None,
     ) -> CommandOutput:
-        """Run one restic command; a stale lock is removed and the command retried once."""
+        """Run one restic command; a stale lock is removed and the command retried once.
+
+        restic takes its lock before it reads `stdin` or writes `stdout` (file descriptors,
+        see `run_program`), so the retry finds them untouched.
+        """
         try:
-            return await self._run_checked(args, timeout, cwd, on_progress)
+            return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)
         except RepositoryLocked:
             if not retry_after_stale_lock or not await remove_stale_locks(self):
                 raise
-            return await self._run_checked(args, timeout, cwd, on_progress)
+            return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)
 
     async def _run_checked(
         self,
@@ -98,6 +104,8 @@ class Restic:
         timeout: float | None,
         cwd: Path | None,
         on_progress: ProgressCallback | None,
+        stdin: int | None = None,
+        stdout: int | None = None,
     ) -> CommandOutput:
         output = await run_program(
             self.binary,
@@ -106,6 +114,8 @@ class Restic:
             timeout=self.timeout if timeout is None else timeout,
             cwd=cwd,
             on_progress=on_progress,
+            stdin=stdin,
+            stdout=stdout,
         )
         if output.exit_code != 0:
             raise classify_failure(
@@ -151,12 +161,24 @@ class Restic:
         output = await self.run(
             [*args, "--", *targets], cwd=cwd, timeout=timeout, on_progress=on_progress
         )
-        summaries = [m for m in output.messages if m.get("message_type") == "summary"]
-        if not summaries:
-            raise ResticCommandFailed(
-                f"restic backup printed no summary: {stderr_tail(output.stderr)}"
-            )
-        return summaries[-1]
+        return _backup_summary(output)
+
+    async def backup_stdin(
+        self, stdin: int, filename: str, *, tags: Sequence[str], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """`restic backup --stdin --json`: what arrives on the file descriptor `stdin`, up to
+        its end, becomes the file `/<filename>` of a new snapshot; returns restic's summary."""
+        args = ["backup", "--stdin", "--stdin-filename", filename, "--json"]
+        for tag in tags:
+            args += ["--tag", tag]
+        return _backup_summary(await self.run(args, timeout=timeout, stdin=stdin))
+
+    async def dump(
+        self, snapshot_id: str, path: str, *, stdout: int, timeout: float | None = None
+    ) -> None:
+        """`restic dump`: write the file `path` of a snapshot to the file descriptor `stdout`."""
+        validate_snapshot_id(snapshot_id)
+        await self.run(["dump", "--", snapshot_id, path], timeout=timeout, stdout=stdout)
 
     async def snapshots(self, tag: str | None = None) -> list[dict[str, Any]]:
         args = ["snapshots", "--json", "--no-lock"]
@@ -237,3 +259,10 @@ class Restic:
         except ResticError:
             return None  # released between listing and reading
         return json.loads(output.stdout)
+
+
+def _backup_summary(output: CommandOutput) -> dict[str, Any]:
+    summaries = [m for m in output.messages if m.get("message_type") == "summary"]
+    if not summaries:
+        raise ResticCommandFailed(f"restic backup printed no summary: {stderr_tail(output.stderr)}")
+    return summaries[-1]

@@ -1,0 +1,208 @@
+"""PostgreSQL's client programs (pg_dump, pg_restore, psql): where they are, how they reach the
+server without a password on their command line, and running one with a timeout.
+
+The password travels in the programs' environment (`PGPASSWORD`), the rest of the URL as a
+libpq conninfo string in `--dbname`; messages name the server as host:port/database and never
+carry the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backup.errors import BackupError, PgToolNotInstalled, stderr_tail
+
+DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
+TOOLS = ("pg_dump", "pg_restore", "psql")
+STOP_GRACE_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 10
+APPLICATION_NAME = "ers-backup"
+
+
+@dataclass(frozen=True)
+class PgTools:
+    pg_dump: str
+    pg_restore: str
+    psql: str
+
+    @classmethod
+    def find(cls, bin_dir: Path | None = None) -> PgTools:
+        """The programs in `bin_dir`; else in Debian's newest /usr/lib/postgresql/<v>/bin
+        (what the /usr/bin wrappers would pick, and dump and restore must be at least as new
+        as the server); else on PATH."""
+        folder = bin_dir or _newest_debian_bin_dir()
+        found: dict[str, str] = {}
+        for tool in TOOLS:
+            path = str(folder / tool) if folder else shutil.which(tool)
+            if path is None or not os.access(path, os.X_OK):
+                where = str(folder) if folder else f"{DEBIAN_PG_ROOT}/*/bin or on PATH"
+                raise PgToolNotInstalled(
+                    f"{tool} was not found in {where}: install the PostgreSQL client programs "
+                    "of the server's major version or newer (apt install postgresql-client)"
+                )
+            found[tool] = path
+        return cls(**found)
+
+
+def _newest_debian_bin_dir() -> Path | None:
+    folders = [p for p in DEBIAN_PG_ROOT.glob("*/bin") if (p / "pg_dump").is_file()]
+    return max(folders, key=lambda p: _version_key(p.parent.name), default=None)
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+@dataclass(frozen=True)
+class PgConnection:
+    """One database reached through a URL or conninfo string, split for the programs."""
+
+    url: str = field(repr=False)  # with the password: for psycopg in this process only
+    conninfo: str  # without the password: for --dbname
+    password: str | None = field(repr=False)
+    location: str  # host:port/database, fit for messages
+
+    @classmethod
+    def from_url(cls, url: str) -> PgConnection:
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error:
+            raise BackupError(
+                "the PostgreSQL URL does not parse: write it as "
+                "postgresql://user:password@host:port/database"
+            ) from None
+        password = params.pop("password", None)
+        params.setdefault("application_name", APPLICATION_NAME)
+        host = params.get("host") or "local socket"
+        location = f"{host}:{params.get('port') or 5432}/{params.get('dbname') or '(default)'}"
+        return cls(
+            url=url,
+            conninfo=make_conninfo(**params),  # type: ignore[arg-type]
+            password=str(password) if password else None,
+            location=location,
+        )
+
+    def database(self, name: str) -> PgConnection:
+        """The same server and role, another database."""
+        return PgConnection.from_url(make_conninfo(self.url, dbname=name))
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def scrub(self, text: str) -> str:
+        text = " ".join(text.split())
+        return text.replace(self.password, "***") if self.password else text
+
+    async def connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
+        return await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+        )
+
+    def explain(self, exc: psycopg.Error) -> str:
+        """A psycopg failure in one line, without the password."""
+        primary = getattr(exc.diag, "message_primary", None) or str(exc) or type(exc).__name__
+        return self.scrub(str(primary).strip().splitlines()[0] if primary else "")
+
+
+# What libpq, pg_dump and pg_restore say, and what a person should do about it.
+_ADVICE = (
+    (r"password authentication failed", "check the password in ERS_DATABASE_URL"),
+    (r'(database|role) "[^"]*" does not exist', "check the names in ERS_DATABASE_URL"),
+    (r"no matching schemas were found", "start ERS once on this database to create it"),
+    (r"connection refused", "check that the server is running, and its host and port"),
+    (r"could not translate host name", "check the host name in ERS_DATABASE_URL"),
+    (r"server version mismatch", "install client programs at least as new as the server"),
+    (r"permission denied", "grant the ERS role access to the component's schema"),
+    (r"could not obtain lock", "a schema change holds the tables: retry when it has ended"),
+    (r"no space left on device", "free disk space on the database server"),
+    (
+        r"could not read from input file|input file appears to be a text|did not find magic",
+        "the dump in that snapshot is incomplete or damaged: run restic check --read-data, "
+        "or pick another snapshot",
+    ),
+)
+
+
+def advice_for(stderr: str) -> str:
+    for pattern, advice in _ADVICE:
+        if re.search(pattern, stderr, re.IGNORECASE):
+            return advice
+    return "see the PostgreSQL server log for details"
+
+
+async def run_pg_program(
+    binary: str,
+    args: Sequence[str],
+    *,
+    connection: PgConnection,
+    failure: type[BackupError],
+    doing: str,
+    timeout: float,
+    stdin: int | None = None,
+    stdout: int | None = None,
+) -> str:
+    """Run one client program; returns what it printed unless `stdout` (a file descriptor)
+    took its output. A non-zero exit, a timeout or a missing program raises `failure` (or
+    PgToolNotInstalled) with a message that says what `doing` was and what to do next."""
+    program = Path(binary).name
+    try:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+            stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
+            stderr=asyncio.subprocess.PIPE,
+            env=connection.env(),
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise PgToolNotInstalled(
+            f"{program} could not be started from '{binary}' ({exc.strerror}): install the "
+            "PostgreSQL client programs (apt install postgresql-client)"
+        ) from None
+    try:
+        output, errors = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        await _stop(process)
+        raise failure(
+            f"{program} did not finish {doing} within {timeout:g} s and was stopped: raise the "
+            f"timeout, or check that the server at {connection.location} is not overloaded"
+        ) from None
+    except BaseException:
+        await _stop(process)
+        raise
+    if process.returncode != 0:
+        said = connection.scrub(stderr_tail(errors.decode(errors="replace")))
+        raise failure(
+            f"{program} failed {doing} at {connection.location} (exit {process.returncode}): "
+            f"{said or 'no message'}; {advice_for(said)}"
+        )
+    return output.decode(errors="replace") if output is not None else ""
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """The client programs hold nothing a clean exit must release: the server rolls back
+    whatever their connection left unfinished."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

@@ -1,0 +1,192 @@
+"""Rollback of a PostgreSQL component through PgBackups against a bare pg_restore, side by side.
+
+A throwaway PostgreSQL cluster (as the tests start one, see tests/pg.py) gets about 100 MB in
+one component schema (the real conversations store, filled with INSERT … SELECT
+generate_series). The library backs it up into restic once; `restic dump` writes that dump to
+a file once. Then, in alternating order each round, with a CHECKPOINT before each timed
+operation so neither side pays for the other's dirty pages: (a) `PgBackups.rollback` of the
+component to that snapshot (safety backup, restic dump, restore in one transaction, swap,
+drop of the old schema), (b) a bare `pg_restore` of the file into a fresh database. For
+scale, each round also times `restic dump` of the snapshot to /dev/null: the part of (a) that
+restic alone takes (its key derivation included). Medians are compared. Last line:
+``pg_rollback_vs_restore_ratio`` (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from backup.pg import PgBackupConfig, PgBackups
+from backup.pg_tools import PgConnection, PgTools
+from backup.repository import RepositoryConfig, open_repository
+from service.stores import Stores
+from tests.pg import PostgresServer, postgres_for_tests
+
+COMPONENT = "conversations"
+SCHEMA = "ers_conversations"
+BATCH_ROWS = 50_000
+FILL = """INSERT INTO ers_conversations.turns
+    (user_id, message, response, agent, success, degraded, trace_id, created_at)
+SELECT 'user-' || (g %% 500), repeat(md5(g::text), 3), repeat(md5((g + 1)::text), 2),
+       (ARRAY['nutrition', 'workout', 'budget'])[1 + g %% 3], true, g %% 50 = 0,
+       md5((g * 7)::text), 1.7e9 + g
+FROM generate_series(%s::bigint, %s::bigint) AS g"""
+SCHEMA_BYTES = """SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %s AND c.relkind = 'r'"""
+
+
+def fill(url: str, target_bytes: int) -> tuple[int, int]:
+    """Rows into the conversations schema until it holds `target_bytes`; (rows, bytes)."""
+    rows = 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            size = int(conn.execute(SCHEMA_BYTES, (SCHEMA,)).fetchone()[0])  # type: ignore[index]
+            if size >= target_bytes:
+                break
+            conn.execute(FILL, (rows + 1, rows + BATCH_ROWS))
+            rows += BATCH_ROWS
+        conn.execute("VACUUM (ANALYZE) ers_conversations.turns")
+        size = int(conn.execute(SCHEMA_BYTES, (SCHEMA,)).fetchone()[0])  # type: ignore[index]
+    return rows, size
+
+
+def change(url: str, round_number: int) -> None:
+    """What happened since the backup: the rollback has rows to take away."""
+    start = 10_000_000 + round_number * 1000
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(FILL, (start, start + 999))
+
+
+def checkpoint(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
+def bare_restore(server: PostgresServer, tools: PgTools, dump: Path) -> float:
+    """pg_restore of the dump file into a fresh database; the creation and drop untimed."""
+    url = server.create_database()
+    target = PgConnection.from_url(url)
+    try:
+        checkpoint(url)
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                tools.pg_restore,
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--no-password",
+                f"--dbname={target.conninfo}",
+                str(dump),
+            ],
+            env=target.env(),
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - started
+    finally:
+        server.drop_database(url)
+
+
+async def restic_dump_alone(backups: PgBackups, snapshot_id: str) -> float:
+    with open(os.devnull, "wb") as sink:
+        started = time.perf_counter()
+        await backups.restic.dump(snapshot_id, f"/{COMPONENT}.pgdump", stdout=sink.fileno())
+        return time.perf_counter() - started
+
+
+async def measure(
+    server: PostgresServer, root: Path, size_mb: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    url = server.create_database()
+    stores = Stores.on_postgres(url)
+    await stores.open()  # the real schemas, as the service migrates them
+    await stores.close()
+    rows, size = fill(url, size_mb * 1_000_000)
+
+    restic = await open_repository(
+        RepositoryConfig(str(root / "repo"), root / "password", cache_dir=root / "cache")
+    )
+    schemas = {name: str(store.schema) for name, store in stores.by_component().items()}
+    backups = PgBackups(restic, url, PgBackupConfig(schemas))
+    started = time.perf_counter()
+    [backup] = await backups.backup([COMPONENT], reason="manual")
+    backup_seconds = time.perf_counter() - started
+    assert backup.snapshot_id is not None
+    dump = root / f"{COMPONENT}.pgdump"
+    with dump.open("wb") as out:
+        await restic.dump(backup.snapshot_id, f"/{COMPONENT}.pgdump", stdout=out.fileno())
+
+    results: dict[str, list[float]] = {"rollback": [], "restore": [], "restic dump": []}
+    steps: dict[str, list[float]] = {}
+    for number in range(rounds):
+        change(url, number)
+        for side in ("rollback", "restore") if number % 2 == 0 else ("restore", "rollback"):
+            if side == "rollback":
+                checkpoint(url)
+                started = time.perf_counter()
+                result = await backups.rollback(backup.snapshot_id, reason="bench")
+                results["rollback"].append(time.perf_counter() - started)
+                for step, seconds in result.step_seconds.items():
+                    steps.setdefault(step, []).append(seconds)
+            else:
+                results["restore"].append(
+                    await asyncio.to_thread(bare_restore, server, backups.tools, dump)
+                )
+        results["restic dump"].append(await restic_dump_alone(backups, backup.snapshot_id))
+    facts = {
+        "rows": rows,
+        "schema_bytes": size,
+        "dump_bytes": dump.stat().st_size,
+        "backup_seconds": backup_seconds,
+    }
+    return {**results, **{f"step {k}": v for k, v in steps.items()}}, facts
+
+
+def report(results: dict[str, list[float]], facts: dict[str, float]) -> float:
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratio = med["rollback"] / med["restore"]
+    print(
+        f"schema size: {facts['schema_bytes'] / 1e6:.1f} MB ({facts['rows']:.0f} rows), "
+        f"dump: {facts['dump_bytes'] / 1e6:.1f} MB, rounds: {len(results['rollback'])}"
+    )
+    print(f"PgBackups.backup of the component (s): {facts['backup_seconds']:.3f}")
+    print(f"{'measure':<34}{'median':>10}{'min':>10}{'max':>10}")
+    labels = {
+        "rollback": "PgBackups.rollback (s)",
+        "restore": "bare pg_restore (s)",
+        "restic dump": "restic dump to /dev/null (s)",
+    }
+    for key, values in results.items():
+        label = labels.get(key, f"  {key} (s)")
+        print(f"{label:<34}{med[key]:>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
+    print(f"pg_rollback_vs_restore_ratio={ratio:.3f}")
+    return ratio
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    server = postgres_for_tests()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ers-bench-pg-") as folder:
+            results, facts = asyncio.run(measure(server, Path(folder), args.size_mb, args.rounds))
+    finally:
+        server.stop()
+    return report(results, facts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""PostgreSQL backups in restic against a real server, the real component stores and the real
+restic binary: back up, test a rollback, roll one component back, and fail in plain words."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from backup.errors import PgDumpFailed, RollbackFailed
+from backup.index import tags_for
+from backup.pg import POSTGRES_TAG, PgBackupConfig, PgBackups
+from backup.repository import RepositoryConfig, open_repository
+from backup.restic import Restic
+from service.stores import Stores
+from service.stores.base import ChatTurn
+from service.stores.postgres import PostgresStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def template_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One initialised repository, copied per test: `restic init` alone takes seconds."""
+    folder = tmp_path_factory.mktemp("pg-template")
+    asyncio.run(open_repository(RepositoryConfig(str(folder / "repo"), folder / "password")))
+    return folder
+
+
+@pytest.fixture
+async def restic(tmp_path: Path, template_repository: Path) -> Restic:
+    shutil.copytree(template_repository / "repo", tmp_path / "repo")
+    shutil.copy2(template_repository / "password", tmp_path / "password")
+    config = RepositoryConfig(
+        str(tmp_path / "repo"),
+        tmp_path / "password",
+        cache_dir=tmp_path / "restic-cache",
+        command_timeout_seconds=120,
+    )
+    return await open_repository(config)
+
+
+@pytest.fixture
+async def stores(pg_url: str) -> AsyncIterator[Stores]:
+    stores = Stores.on_postgres(pg_url)
+    await stores.open()
+    yield stores
+    await stores.close()
+
+
+def config_for(stores: Stores) -> PgBackupConfig:
+    """The component schemas as the real stores name them."""
+    pg_stores = stores.by_component()
+    assert all(isinstance(store, PostgresStore) for store in pg_stores.values())
+    schemas = {name: str(store.schema) for name, store in pg_stores.items()}
+    return PgBackupConfig(schemas, timeout_seconds=120)
+
+
+@pytest.fixture
+def backups(restic: Restic, stores: Stores, pg_url: str) -> PgBackups:
+    return PgBackups(restic, pg_url, config_for(stores))
+
+
+def turn(number: int, text: str = "") -> ChatTurn:
+    return ChatTurn("u1", f"message {number}{text}", "reply", "nutrition", True, False)
+
+
+async def record_turns(stores: Stores, start: int, count: int, text: str = "") -> None:
+    for number in range(start, start + count):
+        await stores.conversations.record_turn(turn(number, text))
+
+
+def leftovers(url: str) -> tuple[list[str], list[str]]:
+    """Old schemas and scratch databases a rollback or a test rollback left behind."""
+    with psycopg.connect(url) as conn:
+        schemas = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ers\\_%\\_\\_%'"
+        ).fetchall()
+        databases = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'ers\\_scratch\\_%'"
+        ).fetchall()
+    return [row[0] for row in schemas], [row[0] for row in databases]
+
+
+async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_others(
+    backups: PgBackups, stores: Stores, restic: Restic, pg_url: str
+) -> None:
+    await record_turns(stores, 0, 3)
+    await stores.budgets.set_limit("u1", "food", 40_000)
+    await stores.profiles.upsert("u1", age=30, goal="strength")
+    await stores.system_state.put("mode", {"round": 1})
+
+    results = await backups.backup(reason="manual")
+    by_component = {r.components[0]: r for r in results}
+    assert set(by_component) == {"conversations", "budgets", "profiles", "system_state"}
+    assert all(r.snapshot_id and r.total_size > 0 for r in results)
+    listed = await restic.snapshots(tag=POSTGRES_TAG)
+    assert {tuple(sorted(s["tags"])) for s in listed} == {
+        tuple(sorted([*tags_for([c], "manual"), POSTGRES_TAG])) for c in by_component
+    }
+
+    await record_turns(stores, 3, 2)
+    await stores.budgets.set_limit("u1", "food", 99_999)
+    await stores.profiles.upsert("u1", goal="endurance")
+    await stores.system_state.put("mode", {"round": 2})
+
+    snapshot_id = by_component["conversations"].snapshot_id
+    assert snapshot_id is not None
+    preview = await backups.preview(snapshot_id)
+    [component] = preview.components
+    assert preview.ok and component.component == "conversations"
+    assert component.verification.size == by_component["conversations"].total_size
+    rows = {t.table: (t.rows_now, t.rows_in_snapshot) for t in component.tables}
+    assert rows["turns"] == (5, 3)
+    assert await stores.conversations.count() == 5  # a test rollback changes nothing live
+
+    result = await backups.rollback(snapshot_id, reason="manual")
+    assert result.components == ("conversations",)
+    assert {"safety-snapshot", "restore", "verify-and-swap", "drop-old"} <= set(result.step_seconds)
+    assert await stores.conversations.count() == 3
+    assert [t.message for t in await stores.conversations.recent("u1")] == [
+        "message 0",
+        "message 1",
+        "message 2",
+    ]
+    # The other components keep what was written after the backup.
+    [food] = await stores.budgets.report("u1")
+    assert food.limit_cents == 99_999
+    profile = await stores.profiles.get("u1")
+    assert profile is not None and profile.goal == "endurance"
+    assert await stores.system_state.get("mode") == {"round": 2}
+
+    # The state before the rollback is in restic, and the restored table goes on numbering.
+    safety = await restic.snapshots(tag="reason:pre-rollback")
+    assert [s["short_id"] for s in safety] == [result.safety_snapshot_id[:8]]
+    assert "component:conversations" in safety[0]["tags"]
+    assert await stores.conversations.record_turn(turn(9)) == 4
+    assert leftovers(pg_url) == ([], [])
+
+
+async def test_a_failing_pg_dump_raises_a_named_error_without_the_password(
+    restic: Restic, stores: Stores, pg_url: str
+) -> None:
+    password = urlsplit(pg_url).password
+    assert password
+    wrong = urlunsplit(urlsplit(pg_url)._replace(path="/no_such_database"))
+    backups = PgBackups(restic, wrong, config_for(stores))
+    assert password not in backups.database.conninfo  # what reaches pg_dump's command line
+
+    with pytest.raises(PgDumpFailed) as failure:
+        await backups.backup(["budgets"], reason="manual")
+    message = str(failure.value)
+    assert password not in message
+    assert "no_such_database" in message and "ERS_DATABASE_URL" in message
+    assert await restic.snapshots() == []  # restic was stopped before it saved anything
+
+
+async def test_a_truncated_dump_fails_the_rollback_and_leaves_the_live_schema_alone(
+    backups: PgBackups, stores: Stores, restic: Restic, pg_url: str, tmp_path: Path
+) -> None:
+    await record_turns(stores, 0, 2000, text="x" * 200)
+    [good] = await backups.backup(["conversations"])
+    assert good.snapshot_id is not None
+    whole = tmp_path / "whole.pgdump"
+    with whole.open("wb") as out:
+        await restic.dump(good.snapshot_id, "/conversations.pgdump", stdout=out.fileno())
+    cut = tmp_path / "cut.pgdump"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with cut.open("rb") as source:
+        tags = [*tags_for(["conversations"], "manual"), POSTGRES_TAG]
+        summary = await restic.backup_stdin(source.fileno(), "conversations.pgdump", tags=tags)
+    await record_turns(stores, 2000, 5)
+
+    with pytest.raises(RollbackFailed) as failure:
+        await backups.rollback(str(summary["snapshot_id"]))
+    assert failure.value.step == "restore"
+    assert "left unchanged" in str(failure.value)
+    assert await stores.conversations.count() == 2005
+    assert leftovers(pg_url) == ([], [])
+
+
+async def test_readers_during_the_swap_see_the_old_or_the_new_table_never_a_missing_one(
+    backups: PgBackups, stores: Stores, pg_url: str
+) -> None:
+    await record_turns(stores, 0, 200)
+    [snapshot] = await backups.backup(["conversations"])
+    assert snapshot.snapshot_id is not None
+    await record_turns(stores, 200, 300)
+
+    seen: list[int] = []
+    rollback = asyncio.ensure_future(backups.rollback(snapshot.snapshot_id))
+    # A pooled store reader and a raw connection whose statement is server-side prepared.
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 120
+        reads_after = 0
+        while reads_after < 20 and time.monotonic() < deadline:
+            if rollback.done():
+                reads_after += 1
+            seen.append(await stores.conversations.count())
+            cursor = await conn.execute(
+                "SELECT count(*) FROM ers_conversations.turns", prepare=True
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            seen.append(int(row[0]))
+            await asyncio.sleep(0.005)
+    await rollback
+    assert set(seen) <= {500, 200}
+    assert seen[0] == 500 and seen[-1] == 200
+    assert len(seen) > 40
