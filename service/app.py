@@ -30,7 +30,7 @@ from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
-from service.fleet import FleetOverrides  # noqa: E402
+from service.fleet import FleetLeader, FleetOverrides  # noqa: E402
 from service.health.backup_checks import (  # noqa: E402
     BackupAgeCheck,
     RepositoryCheck,
@@ -180,6 +180,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     fleet = FleetOverrides.from_settings(settings, stores, team.breakers())
     if fleet is not None:
         await fleet.start()
+    # ... and scheduled backups, retention, prune, check and drills run on one replica.
+    leader: FleetLeader | None = None
+    if fleet is not None and stores.database is not None and settings.database_url is not None:
+        leader = FleetLeader(
+            stores.database, settings.database_url.get_secret_value(), replica=fleet.replica
+        )
+        leader.start()
 
     # Health: checks run every interval and on demand; the system state follows them, the
     # breakers and the incidents.
@@ -309,7 +316,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         responder.rollback = lambda context: rollback_before(runtime, backups, context)
         background.append(asyncio.create_task(backups.connect(), name="backups-connect"))
         if settings.backup_schedule_enabled:
-            background.append(asyncio.create_task(backups.run_schedule(), name="backups"))
+            background.append(
+                asyncio.create_task(backups.run_schedule(leader=leader), name="backups")
+            )
 
     app.state.runtime = runtime
     lag_monitor.start()
@@ -324,8 +333,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        if runtime.backups is not None:
+        # In a fleet the state outlives this replica: the jobs' runner backs it up.
+        if runtime.backups is not None and (leader is None or leader.is_leader):
             await runtime.backups.shutdown_backup()
+        if leader is not None:
+            await leader.stop()
         await runtime.alerts.drain()
         alert_ledger.close()
         await incident_service.drain()

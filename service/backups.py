@@ -24,9 +24,14 @@ from backup import (
     RepositoryConfig,
     RollbackResult,
 )
+from backup.pg import PgBackupConfig
+from backup.pg_manager import PgBackupManager
 from service.errors import ErsError
+from service.fleet import FleetLeader
 from service.settings import Settings
 from service.stores import Stores
+from service.stores.postgres import PostgresStore
+from telemetry.incident_pg import SCHEMA as INCIDENTS_SCHEMA
 
 log = logging.getLogger("ers.backups")
 
@@ -56,10 +61,18 @@ class BackupService:
     ) -> None:
         self.settings = settings
         self.stores = stores
-        self.components: dict[str, Path] = {
-            **{name: store.path for name, store in stores.by_component().items()},
-            "incidents": incidents_path,
-        }
+        # SQLite: each component's file. PostgreSQL: its schema, dumped with pg_dump.
+        self.components: dict[str, Path] = {}
+        self.schemas: dict[str, str] = {}
+        for name, store in stores.by_component().items():
+            if isinstance(store, PostgresStore):
+                self.schemas[name] = store.schema
+            else:
+                self.components[name] = store.path
+        if self.schemas:
+            self.schemas["incidents"] = INCIDENTS_SCHEMA
+        else:
+            self.components["incidents"] = incidents_path
         minutes = settings.backup_interval_minutes
         self.intervals_s = {
             "conversations": minutes.conversations * 60,
@@ -70,7 +83,7 @@ class BackupService:
         }
         self.full_interval_s = minutes.full_system * 60
         self._set_ready = set_ready
-        self.manager: BackupManager | None = None
+        self.manager: BackupManager | PgBackupManager | None = None
         self.error: str | None = "connecting to the backup repository"
         self.connected = asyncio.Event()
         self.connection_failures = 0
@@ -90,21 +103,31 @@ class BackupService:
         """Reach the repository (initialising it on first use), retrying with backoff."""
         delay = 1.0
         settings = self.settings
+        repository = RepositoryConfig(
+            repository=settings.restic_repository,
+            password_file=settings.restic_password_file,
+            binary=settings.restic_binary,
+        )
         while self.manager is None:
             try:
-                manager = await BackupManager.open(
-                    RepositoryConfig(
-                        repository=settings.restic_repository,
-                        password_file=settings.restic_password_file,
-                        binary=settings.restic_binary,
-                    ),
-                    BackupConfig(
-                        components=self.components,
-                        work_dir=settings.data_dir.parent / "backup-work",
+                manager: BackupManager | PgBackupManager
+                if self.schemas and settings.database_url is not None:
+                    manager = await PgBackupManager.open(
+                        repository,
+                        settings.database_url.get_secret_value(),
+                        PgBackupConfig(schemas=self.schemas),
                         emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
-                        shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
-                    ),
-                )
+                    )
+                else:
+                    manager = await BackupManager.open(
+                        repository,
+                        BackupConfig(
+                            components=self.components,
+                            work_dir=settings.data_dir.parent / "backup-work",
+                            emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                            shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
+                        ),
+                    )
             except BackupError as exc:
                 self.connection_failures += 1
                 self.error = str(exc)
@@ -118,7 +141,7 @@ class BackupService:
             self.connected.set()
             log.info("backup repository ready: %d snapshots", len(manager.list()))
 
-    def require(self) -> BackupManager:
+    def require(self) -> BackupManager | PgBackupManager:
         if self.manager is None:
             raise BackupsUnavailable(f"backups are not available: {self.error}")
         return self.manager
@@ -141,7 +164,7 @@ class BackupService:
     def last_full(self) -> float | None:
         if self.manager is None:
             return None
-        wanted = set(self.components)
+        wanted = set(self.components or self.schemas)
         times = [s.time.timestamp() for s in self.manager.list() if wanted <= set(s.components)]
         return max(times, default=None)
 
@@ -175,7 +198,13 @@ class BackupService:
         self, snapshot_id: str, components: list[str] | None, reason: str
     ) -> RollbackResult:
         manager = self.require()
-        names = components or list(ROLLBACK_COMPONENTS)
+        if components:
+            names = components
+        elif isinstance(manager, PgBackupManager):
+            # A PostgreSQL snapshot holds one component.
+            names = [(await manager.backups.snapshot(snapshot_id))[1]]
+        else:
+            names = list(ROLLBACK_COMPONENTS)
         stores = self.stores.by_component()
 
         @contextlib.asynccontextmanager
@@ -187,13 +216,18 @@ class BackupService:
                 yield
             finally:
                 for name in names:
-                    if not stores[name].is_open:
-                        stores[name].open()
+                    store = stores[name]
+                    if isinstance(store, PostgresStore):
+                        store.resume()
+                    elif not store.is_open:
+                        store.open()
                 self._set_ready(True, None)
 
         def reopen() -> None:
             for name in names:
-                stores[name].open()
+                store = stores[name]
+                if not isinstance(store, PostgresStore):
+                    store.open()
 
         return await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
 
@@ -211,12 +245,24 @@ class BackupService:
 
     # --- schedules ----------------------------------------------------------------------
 
-    async def run_schedule(self, tick_s: float = 30.0) -> None:
-        """Scheduled backups, retention, prune, check and restore drills, one at a time."""
+    async def run_schedule(self, tick_s: float = 30.0, leader: FleetLeader | None = None) -> None:
+        """Scheduled backups, retention, prune, check and restore drills, one at a time;
+        in a fleet, only while this replica holds the fleet jobs lock (``leader``)."""
         await self.connected.wait()
         last_prune = last_check = time.time()
+        leading = leader is None
         while True:
+            if leader is not None and not leader.is_leader:
+                leading = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(leader.wait_leader(), tick_s)
+                continue
             try:
+                if not leading:
+                    # Taking the jobs over: what the previous runner backed up is in the
+                    # repository, not yet in this replica's list.
+                    await self.require().refresh()
+                    leading = True
                 await self._due_backups()
                 now = time.time()
                 drill_every = self.settings.restore_drill_interval_minutes * 60

@@ -170,14 +170,6 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _no_file_backups_of_a_database_server(self) -> Settings:
-        # Backups copy SQLite files; with the state on PostgreSQL there are none to copy.
-        # Stores.from_settings logs that backups are off for this reason.
-        if self.database_url is not None:
-            object.__setattr__(self, "backups_enabled", False)
-        return self
-
-    @model_validator(mode="after")
     def _read_token_files(self) -> Settings:
         for name in ("admin", "alert", "intake"):
             path: Path | None = getattr(self, f"{name}_token_file")

@@ -17,7 +17,7 @@ from backup import (
     validate_snapshot_id,
 )
 from service.auth import AdminAuth, AdminRead
-from service.backups import ROLLBACK_COMPONENTS, BackupService, BackupsUnavailable
+from service.backups import BackupService, BackupsUnavailable
 from service.deps import RuntimeDep
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
@@ -200,7 +200,7 @@ async def rollback(
         )
     try:
         snapshot_id = body.backupId or await runtime.snapshot_before_incident(body.beforeIncident)
-        components = list(body.components) if body.components else list(ROLLBACK_COMPONENTS)
+        components = list(body.components) if body.components else None
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
         runtime.record_rollback(body, None, str(exc))

@@ -43,11 +43,7 @@ class Stores:
         if settings.database_url is None:
             return cls.in_directory(settings.data_dir)
         url = settings.database_url.get_secret_value()
-        log.info(
-            "component stores on PostgreSQL at %s; restic file backups are off, they copy "
-            "SQLite files and this state lives in the database server",
-            redact_url(url),
-        )
+        log.info("component stores on PostgreSQL at %s", redact_url(url))
         return cls.on_postgres(url)
 
     @classmethod

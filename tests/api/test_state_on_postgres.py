@@ -19,13 +19,14 @@ from service.stores.postgres import PostgresStore
 
 @pytest.fixture
 def settings(tmp_path: Path, pg_url: str) -> Settings:
-    # backups_enabled is left at its default (on): a database URL turns file backups off.
+    # Backups of the database are tested with real processes (tests/integration).
     return Settings(
         env="test",
         data_dir=tmp_path / "data",
         restic_repository=str(tmp_path / "repo"),
         restic_password_file=tmp_path / "restic-password",
         database_url=pg_url,
+        backups_enabled=False,
     )
 
 
@@ -61,14 +62,6 @@ async def test_health_readiness_and_system_test_see_the_database(
     assert len(store_steps) == 4 and all(step["passed"] for step in store_steps)
 
 
-async def test_file_backups_are_off_with_the_state_in_postgres(
-    app: FastAPI, client: httpx.AsyncClient
-) -> None:
-    runtime = app.state.runtime
-    assert runtime.settings.backups_enabled is False
-    assert runtime.backups is None
-    assert (await client.get("/api/emergency/backups")).status_code == 503
-
 
 def test_the_choice_of_postgres_is_logged_without_the_password(
     settings: Settings, caplog: pytest.LogCaptureFixture
@@ -79,5 +72,4 @@ def test_the_choice_of_postgres_is_logged_without_the_password(
     password = urlsplit(settings.database_url.get_secret_value()).password
     assert password
     assert "component stores on PostgreSQL at postgresql://ers_test:***@127.0.0.1" in caplog.text
-    assert "restic file backups are off" in caplog.text
     assert password not in caplog.text

@@ -1,9 +1,13 @@
 """Two real ERS replicas (uvicorn processes) on one PostgreSQL database: an Alertmanager
 webhook delivered to replica A isolates the agent in replica B too, and the resolved alert
-releases it in both."""
+releases it in both; a failure hit on both is one incident; one replica runs the scheduled
+backups, and another takes them over when it stops."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -150,6 +154,74 @@ def test_one_failure_hit_on_both_replicas_is_one_incident_with_both_counts(
         assert seen[0][0]["id"] == seen[1][0]["id"]
         assert seen[0][0]["fingerprint"].startswith("budget:database:")
         assert len(seen[0][0]["traceIds"]) == 5
+    finally:
+        for replica in replicas:
+            replica.stop()
+    for replica in replicas:
+        assert "Traceback" not in replica.log(), replica.log()[-3000:]
+
+
+def scheduled_snapshots(repository: Path, password_file: Path) -> list[dict[str, Any]]:
+    """The repository's scheduled snapshots, read with restic itself."""
+    done = subprocess.run(
+        ["restic", "snapshots", "--json", "--no-lock", "--tag", "reason:scheduled"],
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": str(repository),
+            "RESTIC_PASSWORD_FILE": str(password_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        return []  # not initialised yet
+    return list(json.loads(done.stdout or "[]") or [])
+
+
+def test_exactly_one_replica_runs_the_scheduled_backups_and_another_takes_over(
+    tmp_path: Path, pg_url: str
+) -> None:
+    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "true",
+        # One repository for the fleet, as compose's rest-server is.
+        "ERS_RESTIC_REPOSITORY": str(repository),
+        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env=env))
+        replicas.append(start_ers(tmp_path / "b", env=env))
+        # Each replica would take a full backup as soon as its schedule starts; the jobs
+        # lock lets one of them. Bounded wait for its five snapshots, one per component.
+        deadline = time.monotonic() + 90
+        while len(snapshots := scheduled_snapshots(repository, password_file)) < 5:
+            assert time.monotonic() < deadline, f"scheduled snapshots: {snapshots}"
+            time.sleep(0.5)
+        time.sleep(5)  # room for a second runner's backups, if there were one
+        snapshots = scheduled_snapshots(repository, password_file)
+        components = sorted(t for s in snapshots for t in s["tags"] if t.startswith("component:"))
+        assert components == [
+            "component:budgets",
+            "component:conversations",
+            "component:incidents",
+            "component:profiles",
+            "component:system_state",
+        ]
+        runners = [r for r in replicas if "now runs the fleet jobs" in r.log()]
+        assert len(runners) == 1, [r.log()[-2000:] for r in replicas]
+
+        runner = runners[0]
+        other = replicas[1 - replicas.index(runner)]
+        runner.stop()
+        deadline = time.monotonic() + 30
+        while "now runs the fleet jobs" not in other.log():
+            assert time.monotonic() < deadline, other.log()[-3000:]
+            time.sleep(0.2)
     finally:
         for replica in replicas:
             replica.stop()

@@ -34,8 +34,8 @@ def test_postgres_urls_are_accepted_and_kept_secret(
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == url
     assert "pw@" not in repr(settings) and "pw@" not in str(settings.model_dump())
-    # File backups copy SQLite files; with the state on a server they are off.
-    assert settings.backups_enabled is False
+    # Backups stay on: they dump the database's schemas instead of copying files.
+    assert settings.backups_enabled is True
 
 
 def test_an_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
