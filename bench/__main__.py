@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, list[Target]] = {
         Target("rss_after_load_mb", "<=", 200),
     ],
     "bench.fleet": [Target("fleet_throughput_ratio", ">=", 1.6)],
+    "bench.pg_backup": [Target("pg_rollback_vs_restore_ratio", "<=", 1.5)],
 }
 
 
