@@ -1,4 +1,6 @@
-# ERS service image: `ers serve` on port 8000, restic from Debian for the backups.
+# ERS service image: `ers serve` on port 8000; restic from Debian for the backups, and
+# PostgreSQL's client programs (pg_dump, pg_restore, psql; 15, as the fleet's server) for
+# backups of the state on PostgreSQL.
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends restic ca-certificates \
+    && apt-get install --yes --no-install-recommends restic postgresql-client ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
