@@ -132,8 +132,8 @@ def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
                 time.sleep(0.5)
                 chat(["make me a workout plan"])
                 rounds += 1
-            assert client.delete("/api/emergency/simulate-error").status_code == 200
             wait_for_response(client, component)
+            assert client.delete("/api/emergency/simulate-error").status_code == 200
 
         # The canary runs on healthy agents: a synthetic failure would open an incident that
         # the responder leaves alone, and real failures would then only join it.
@@ -148,15 +148,21 @@ def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
         chat(MESSAGES * 3)
 
 
+AGENT_MESSAGE = {"budget": "budget report", "nutrition": "plan my meals"}
+
+
 def wait_for_response(client: httpx.Client, component: str) -> None:
-    """Wait until the responder has isolated ``component`` (its incident mitigated), which is
-    what produces the protocol action and recovery time series."""
+    """Chat with ``component`` (failing at random) until the responder has isolated it: its
+    incident mitigated, which is what produces the protocol action and recovery time series.
+    A busy machine may have run so few rounds that none of the calls failed yet."""
     for _ in range(MAX_POLLS):
         listing = client.get("/api/emergency/incidents", params={"component": component})
         assert listing.status_code == 200, listing.text
         incidents = listing.json()["incidents"]
         if any(i["status"] in ("mitigated", "resolved") for i in incidents):
             return
+        reply = client.post("/chat", json={"message": AGENT_MESSAGE[component], "userId": "u"})
+        assert reply.status_code == 200, reply.text
         time.sleep(0.05)
     raise AssertionError(f"no {component} incident was mitigated: {incidents}")
 
