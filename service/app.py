@@ -180,13 +180,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     fleet = FleetOverrides.from_settings(settings, stores, team.breakers())
     if fleet is not None:
         await fleet.start()
-    # ... and scheduled backups, retention, prune, check and drills run on one replica.
+    # ... and scheduled backups, retention, prune, check and drills run on one replica: the
+    # schedule starts the lock's holder once the repository answers.
     leader: FleetLeader | None = None
-    if fleet is not None and stores.database is not None and settings.database_url is not None:
+    if (
+        fleet is not None
+        and stores.database is not None
+        and settings.database_url is not None
+        and settings.backups_enabled
+        and settings.backup_schedule_enabled
+    ):
         leader = FleetLeader(
             stores.database, settings.database_url.get_secret_value(), replica=fleet.replica
         )
-        leader.start()
 
     # Health: checks run every interval and on demand; the system state follows them, the
     # breakers and the incidents.
@@ -260,7 +266,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         is_component_healthy=lambda name: agent_is_healthy(team, name),
     )
     incident_service = IncidentService(
-        incident_store, telemetry.meter, rules_path=settings.classification_rules
+        incident_store,
+        telemetry.meter,
+        rules_path=settings.classification_rules,
+        cache_active_counts=stores.database is not None,
     )
     telemetry.add_span_processor(incident_service.processor)
     trace_keeper = TraceKeeper()
@@ -294,6 +303,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         isolate_ttl_s=settings.alert_isolate_ttl_s,
     )
     background.append(asyncio.create_task(incident_service.run_auto_resolve(), name="resolve"))
+    if stores.database is not None:
+        background.append(
+            asyncio.create_task(incident_service.run_counts_refresh(), name="incident-counts")
+        )
     if settings.backups_enabled:
         backups = BackupService(settings, stores, incidents_path, runtime.set_ready)
         backup_metrics = BackupMetrics(

@@ -91,6 +91,8 @@ class BackupService:
         self.started_at = time.time()
         self.last_drill_at: float | None = None
         self.last_drill_ok: bool | None = None
+        # In a fleet: the jobs lock; the schedule runs while this replica holds it.
+        self.leader: FleetLeader | None = None
 
     # --- connection ---------------------------------------------------------------------
 
@@ -231,9 +233,14 @@ class BackupService:
 
         return await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
 
-    def newest_before(self, moment: datetime) -> str | None:
-        snapshot = self.require().newest_snapshot_before(moment)
+    def newest_before(self, moment: datetime, component: str | None = None) -> str | None:
+        snapshot = self.require().newest_snapshot_before(moment, component)
         return snapshot.id if snapshot is not None else None
+
+    @property
+    def one_component_per_snapshot(self) -> bool:
+        """On PostgreSQL a snapshot holds one component (a pg_dump of its schema)."""
+        return bool(self.schemas)
 
     async def shutdown_backup(self) -> None:
         if self.manager is None:
@@ -249,6 +256,10 @@ class BackupService:
         """Scheduled backups, retention, prune, check and restore drills, one at a time;
         in a fleet, only while this replica holds the fleet jobs lock (``leader``)."""
         await self.connected.wait()
+        self.leader = leader
+        if leader is not None:
+            # Only a replica that can reach the repository competes for the jobs.
+            leader.start()
         last_prune = last_check = time.time()
         leading = leader is None
         while True:
@@ -256,12 +267,18 @@ class BackupService:
                 leading = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(leader.wait_leader(), tick_s)
+                if not leader.is_leader:
+                    # The runner's backups, for this replica's backup-age check.
+                    with contextlib.suppress(BackupError, BackupsUnavailable):
+                        await self.require().refresh()
                 continue
             try:
                 if not leading:
                     # Taking the jobs over: what the previous runner backed up is in the
-                    # repository, not yet in this replica's list.
+                    # repository, not yet in this replica's list; prune and check wait
+                    # their full interval from now.
                     await self.require().refresh()
+                    last_prune = last_check = time.time()
                     leading = True
                 await self._due_backups()
                 now = time.time()

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from service.errors import StoreUnavailable, UnknownAgent
+from telemetry.incident_model import IncidentStoreUnavailable
 
 log = logging.getLogger("ers.http")
 
@@ -44,6 +45,21 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse(
         {"error": "invalid request", "detail": "; ".join(problems), "problems": problems},
         status_code=422,
+    )
+
+
+async def incident_store_unavailable(
+    request: Request, exc: IncidentStoreUnavailable
+) -> JSONResponse:
+    log.warning("%s", exc)
+    return JSONResponse(
+        {
+            "error": "state store unavailable",
+            "detail": "the incidents store cannot be used right now; try again shortly",
+            "component": "incidents",
+        },
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
 
 
@@ -112,6 +128,10 @@ def install(app: FastAPI) -> None:
     app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, store_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(
+        IncidentStoreUnavailable,
+        incident_store_unavailable,  # type: ignore[arg-type]
+    )
     app.add_exception_handler(UnknownAgent, unknown_agent)  # type: ignore[arg-type]
     app.add_exception_handler(ClientDisconnect, client_gone)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)

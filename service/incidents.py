@@ -10,6 +10,7 @@ kept in memory so degraded chat replies can name it without a query.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -80,8 +81,14 @@ class IncidentService:
         meter: Meter,
         *,
         rules_path: Path | None,
+        cache_active_counts: bool = False,
     ) -> None:
+        """``cache_active_counts``: the store is a database server, so the active counts the
+        state machine reads every second come from a cache refreshed off the event loop
+        (``run_counts_refresh``) rather than from a query on it."""
         self.store = store
+        self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
+        self._counts_stale = asyncio.Event()
         self.processor = IncidentProcessor(self.store, load_rules(rules_path))
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,6 +143,7 @@ class IncidentService:
     def _handle(self, event: IncidentEvent) -> None:
         incident = event.incident
         self._latest[incident.component] = incident.id
+        self._counts_stale.set()
         if event.kind in ("opened", "reopened"):
             self._opened.add(
                 1,
@@ -220,12 +228,38 @@ class IncidentService:
         return replace(reply, incident=incident_id, recovery=recovery)
 
     def active_counts(self) -> dict[str, int]:
-        return {k: v for k, v in self.store.active_counts_by_severity().items() if v}
+        counts = self._cached_counts
+        if counts is None:
+            counts = self.store.active_counts_by_severity()
+        return {k: v for k, v in counts.items() if v}
+
+    async def run_counts_refresh(self, every_s: float = 1.0) -> None:
+        """Keep the cached active counts fresh: every ``every_s``, and soon after an
+        incident event. A failing read keeps the last counts and is logged once."""
+        failing = False
+        while True:
+            try:
+                self._cached_counts = await asyncio.to_thread(self.store.active_counts_by_severity)
+            except Exception as exc:
+                if not failing:
+                    log.warning("active incident counts could not be read: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("active incident counts can be read again")
+                failing = False
+            self._counts_stale.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._counts_stale.wait(), every_s)
+            await asyncio.sleep(0.05)  # events come in bursts: one read for a burst
 
     # --- metrics ------------------------------------------------------------------------
 
     def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
-        for severity, count in self.store.active_counts_by_severity().items():
+        counts = self._cached_counts
+        if counts is None:
+            counts = self.store.active_counts_by_severity()
+        for severity, count in counts.items():
             yield Observation(count, {"severity": severity})
 
     def _observe_classified(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -58,8 +58,11 @@ class Runtime:
     def set_ready(self, ready: bool, reason: str | None) -> None:
         self.ready, self.not_ready_reason = ready, reason
 
-    async def snapshot_before_incident(self, incident_id: str | None) -> str:
-        """The newest snapshot taken before the incident first appeared."""
+    async def snapshot_before_incident(
+        self, incident_id: str | None, component: str | None = None
+    ) -> str:
+        """The newest snapshot (of ``component``, when given) taken before the incident
+        first appeared."""
         from backup import SnapshotNotFound
         from telemetry.incident_model import IncidentNotFound
 
@@ -70,7 +73,7 @@ class Runtime:
         except IncidentNotFound as exc:
             raise SnapshotNotFound(str(exc)) from None
         moment = datetime.fromtimestamp(incident.first_seen, UTC)
-        snapshot_id = self.backups.newest_before(moment)
+        snapshot_id = self.backups.newest_before(moment, component)
         if snapshot_id is None:
             raise SnapshotNotFound(
                 f"no snapshot was taken before {incident_id} first appeared ({moment:%c} UTC)"

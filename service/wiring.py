@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from service.backups import BackupService
+from service.backups import ROLLBACK_COMPONENTS, BackupService
 from service.health.monitor import HealthMonitor
 from service.health.system_state import StateTransition, SystemStateMachine
 from service.incidents import IncidentService
 from service.runtime import Runtime
 from service.team import Team
 from telemetry.trace_keeper import TraceKeeper, span_tree
+
+log = logging.getLogger("ers")
 
 
 class KeptTraces:
@@ -55,8 +58,17 @@ def note_state_change(incidents: IncidentService, transition: StateTransition) -
 
 async def rollback_before(runtime: Runtime, backups: BackupService, context: object) -> str:
     incident_id = context.incident_id  # type: ignore[attr-defined]
+    reason = f"automatic rollback for {incident_id}"
+    if backups.one_component_per_snapshot:
+        # Each component from its own newest snapshot before the incident.
+        done = []
+        for component in ROLLBACK_COMPONENTS:
+            snapshot_id = await runtime.snapshot_before_incident(incident_id, component)
+            result = await backups.rollback(snapshot_id, [component], reason)
+            done.append(f"{component} to {result.snapshot_id[:8]}")
+        return f"rolled back {', '.join(done)}"
     snapshot_id = await runtime.snapshot_before_incident(incident_id)
-    result = await backups.rollback(snapshot_id, None, f"automatic rollback for {incident_id}")
+    result = await backups.rollback(snapshot_id, None, reason)
     return f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
 
 
@@ -78,4 +90,7 @@ async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None
     """Recovery ends by the passing of time, so the state is also looked at every second."""
     while True:
         await asyncio.sleep(interval_s)
-        state.evaluate()
+        try:
+            state.evaluate()
+        except Exception:  # one bad reading must not stop the state from moving on
+            log.exception("evaluating the system state failed")

@@ -25,8 +25,14 @@ log = logging.getLogger("ers.fleet")
 
 # pg_advisory_lock key shared by every ERS replica: the bytes of "ERS_JOBS".
 FLEET_JOBS_LOCK_KEY = 0x4552_535F_4A4F_4253
-# libpq keepalives, so that a silent network loss is noticed in about half a minute.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
+# libpq keepalives and a TCP user timeout, so that a silent network loss ends the session
+# in about half a minute on this side too, not after minutes of retransmissions.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "tcp_user_timeout": 30_000,
+}
 
 
 class FleetLeader:
@@ -68,7 +74,7 @@ class FleetLeader:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._step_down(None)
 
@@ -88,6 +94,13 @@ class FleetLeader:
             except psycopg.Error as exc:
                 self._step_down(self.database.reason(exc))
                 outage.failed(self.database.reason(exc), self.retry_interval_s)
+            except TimeoutError:
+                reason = f"the server did not answer within {self.check_interval_s:g} s"
+                self._step_down(reason)
+                outage.failed(reason, self.retry_interval_s)
+            except Exception as exc:  # the lock went with the connection: never lead on
+                self._step_down(f"{type(exc).__name__}: {exc}")
+                log.exception("fleet jobs: holding the lock failed")
             await asyncio.sleep(self.retry_interval_s)
 
     async def _hold(self, conn: psycopg.AsyncConnection[object]) -> None:
@@ -106,7 +119,7 @@ class FleetLeader:
             # check; the check itself catches a connection that went silent.
             async for _ in conn.notifies(timeout=self.check_interval_s):
                 pass
-            await conn.execute("SELECT 1")
+            await asyncio.wait_for(conn.execute("SELECT 1"), self.check_interval_s)
 
     def _step_down(self, reason: str | None) -> None:
         if not self._is_leader:

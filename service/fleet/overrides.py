@@ -114,6 +114,7 @@ class FleetOverrides:
         # Per agent: until when (monotonic) this replica holds the trial lease.
         self._lease_until: dict[str, float] = {}
         self._claims: dict[str, asyncio.Task[None]] = {}
+        self._write_outage = Outage("writing an override")
 
     @classmethod
     def from_settings(
@@ -261,9 +262,10 @@ class FleetOverrides:
         extending = breaker.state is BreakerState.OPEN
         outage = Outage(f"asking for the trial lease of '{agent}'")
         while agent in self._needs_lease and (extending or not self._holds_lease(agent)):
-            if agent in self._pending:
+            if agent in self._pending and not self._write_outage.failing:
                 # This replica's own override of the agent is not written yet: the lease
-                # is asked for on the row the fleet will see.
+                # is asked for on the row the fleet will see. (With the server gone, the
+                # claim below fails and this replica runs its own trial.)
                 await asyncio.sleep(0.05)
                 continue
             started = time.monotonic()
@@ -299,7 +301,7 @@ class FleetOverrides:
         self._has_pending.set()
 
     async def _write_loop(self) -> None:
-        outage, backoff = Outage("writing an override"), 0.5
+        outage, backoff = self._write_outage, 0.5
         while True:
             await self._has_pending.wait()
             try:

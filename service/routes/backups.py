@@ -199,8 +199,18 @@ async def rollback(
             "emergency rollback is disabled (emergency_rollback_enabled=false)",
         )
     try:
-        snapshot_id = body.backupId or await runtime.snapshot_before_incident(body.beforeIncident)
         components = list(body.components) if body.components else None
+        one_each = backups.one_component_per_snapshot
+        if body.backupId is None and one_each and (components is None or len(components) != 1):
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                "with the state on PostgreSQL each component has snapshots of its own: "
+                'name one component in "components" to roll it back to before the incident',
+            )
+        component = components[0] if one_each and components else None
+        snapshot_id = body.backupId or await runtime.snapshot_before_incident(
+            body.beforeIncident, component
+        )
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
         runtime.record_rollback(body, None, str(exc))

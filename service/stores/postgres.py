@@ -83,7 +83,6 @@ class PostgresDatabase:
             # A server restart breaks every pooled connection; checking an idle one on
             # checkout swaps it for a fresh one instead of failing the caller's statement.
             check=self._check_if_idle,
-            reset=self._note_returned,
             name="ers-stores",
             open=False,
         )
@@ -103,7 +102,9 @@ class PostgresDatabase:
         if time.monotonic() - self._returned_at.get(conn, 0.0) > IDLE_CHECK_S:
             await AsyncConnectionPool.check_connection(conn)
 
-    async def _note_returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def note_used(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Called as a statement's connection goes back to the pool. (The pool's own
+        ``reset`` hook would send every return through its worker tasks.)"""
         self._returned_at[conn] = time.monotonic()
 
     async def close(self) -> None:
@@ -201,12 +202,16 @@ class PostgresStore:
         if pool is None or self._paused_reason is not None:
             raise StoreUnavailable(self.component, self._paused_reason or "the store is closed")
         try:
-            async with pool.connection() as conn, conn.cursor() as cursor:
-                if not transaction:
-                    yield cursor
-                    return
-                async with conn.transaction():
-                    yield cursor
+            async with pool.connection() as conn:
+                try:
+                    async with conn.cursor() as cursor:
+                        if not transaction:
+                            yield cursor
+                            return
+                        async with conn.transaction():
+                            yield cursor
+                finally:
+                    self.database.note_used(conn)
         except psycopg.Error as exc:
             raise StoreUnavailable(self.component, self.database.reason(exc)) from None
 

@@ -4,6 +4,7 @@ rollback of one component through the API."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ def expenses(url: str) -> int:
     return int(row[0])
 
 
+def budget_incident(client: httpx.Client) -> str:
+    """A failing budget call, and the id of the incident it opens (bounded wait)."""
+    fault = {"component": "budget", "errorType": "database"}
+    assert client.post("/api/emergency/simulate-error", json=fault).status_code == 200
+    reply = client.post("/chat", json={"message": "budget report", "userId": "someone-else"})
+    assert reply.status_code == 200 and reply.json()["success"] is False, reply.text
+    assert client.delete("/api/emergency/simulate-error").status_code == 200
+    for _ in range(100):
+        found = client.get("/api/emergency/incidents", params={"component": "budget"}).json()
+        if found["incidents"]:
+            return str(found["incidents"][0]["id"])
+        time.sleep(0.05)
+    raise AssertionError("the failing budget call opened no incident")
+
+
 def post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
     reply = client.post(path, json=body, timeout=120)
     assert reply.status_code == 200, reply.text
@@ -48,6 +64,8 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
         "ERS_DATABASE_URL": pg_url,
         "ERS_BACKUPS_ENABLED": "true",
         "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        # The incident below must not isolate the budget agent: its report is read after.
+        "ERS_AUTO_RESPONSE_ENABLED": "false",
     }
     ers = start_ers(tmp_path / "ers", env=env)
     try:
@@ -85,11 +103,25 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             assert refused.status_code in (400, 409), refused.text
             assert "budgets only" in refused.text
 
+            incident_id = budget_incident(client)
+            # Before an incident: a snapshot holds one component, so one must be named.
+            unnamed = client.post(
+                "/api/emergency/rollback",
+                json={"beforeIncident": incident_id, "confirm": True, "reason": "r"},
+            )
+            assert unnamed.status_code == 400, unnamed.text
+            assert "name one component" in unnamed.text
             result = post(
                 client,
                 "/api/emergency/rollback",
-                {"backupId": backup["backupId"], "confirm": True, "reason": "bad expenses"},
+                {
+                    "beforeIncident": incident_id,
+                    "components": ["budgets"],
+                    "confirm": True,
+                    "reason": "bad expenses",
+                },
             )
+            assert result["backupId"] == backup["backupId"]
             assert result["components"] == ["budgets"]
             assert result["safetyBackupId"]
             assert expenses(pg_url) == 1
