@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -37,6 +38,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     server = GracefulServer(config)
     tune_garbage_collector()
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck worker waits on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     server.run()
     return 0 if server.started else 1
 

@@ -197,9 +197,10 @@ class CircuitBreaker(OperatorActions):
 
     # --- outcomes (reported by permits) ----------------------------------------------------
 
-    def _on_success(self, permit: Permit, duration_s: float) -> None:
+    def _on_success(self, permit: Permit, duration_s: float) -> bool:
+        """True when this success opened the breaker."""
         if permit._epoch != self._epoch:
-            return
+            return False
         if self._state is CLOSED:
             self._consecutive_failures = 0
             slow = duration_s >= self._slow_call_duration_s
@@ -208,6 +209,7 @@ class CircuitBreaker(OperatorActions):
             # call was slow or the window just reached minimum_calls.
             if slow or self._buffered == self._minimum_calls:
                 self._trip_if_rates_reached()
+                return self._state is OPEN
         elif self._state is HALF_OPEN:
             self._trials.remove(permit)
             if duration_s >= self._slow_call_duration_s:
@@ -215,10 +217,11 @@ class CircuitBreaker(OperatorActions):
                     f"the trial call was slow ({duration_s:.1f} s, slow from "
                     f"{self._slow_call_duration_s:g} s)"
                 )
-                return
+                return True
             self._trial_successes += 1
             if self._trial_successes >= self.config.half_open_success_threshold:
                 self._close(f"{self._trial_successes} trial call(s) succeeded")
+        return False
 
     def _on_failure(self, permit: Permit, exc: BaseException, duration_s: float) -> None:
         if not self.config.counts(exc):

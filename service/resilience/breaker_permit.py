@@ -61,10 +61,13 @@ class Permit:
         self._started_at = started_at
         self._pending = True
 
-    def record_success(self, duration_s: float = 0.0) -> None:
+    def record_success(self, duration_s: float = 0.0) -> bool:
+        """True when this success opened the breaker (a slow call, or the window filling
+        at a failure rate over the line)."""
         if self._pending:
             self._pending = False
-            self._breaker._on_success(self, duration_s)
+            return self._breaker._on_success(self, duration_s)
+        return False
 
     def record_failure(self, exc: BaseException, duration_s: float = 0.0) -> None:
         """Count ``exc`` against the breaker, or treat the call as ignored if its class

@@ -36,6 +36,10 @@ from service.resilience.fallback import FallbackPolicy
 SHARED_DEADLINES = DeadlineWatchdog()
 
 
+class BreakerOpened(DependencyError):
+    """Reported when a breaker opens on a call that itself succeeded (see ``_report_trip``)."""
+
+
 @dataclass(frozen=True)
 class GuardConfig:
     """How one agent's calls are run. Defaults suit deterministic in-process agents."""
@@ -166,12 +170,33 @@ class GuardedAgent:
                 except Exception as exc:
                     return self._fail(request, span, started, exc)
             else:
-                permit.record_success(time.perf_counter() - started)
+                if permit.record_success(time.perf_counter() - started):
+                    self._report_trip()
             self._record("success", started)
             # The router passes on other agents' replies; those agents remember their own.
             if self._cache is not None and not reply.degraded and reply.agent == self.name:
                 self._cache.remember(request, reply)
             return reply
+
+    def _report_trip(self) -> None:
+        """The breaker opened on a call that succeeded (its window filled with a failure rate
+        over the line, the failed attempts hidden by retries; or a slow trial): no call span
+        is an error, so an error span of its own reports the trip to the incident pipeline."""
+        history = self.breaker.history()
+        why = history[-1].reason if history else "opened"
+        trip = BreakerOpened(
+            f"breaker '{self.name}' opened: {why}; last error: "
+            f"{self.breaker.snapshot()['lastError']}"
+        )
+        with self._tracer.start_as_current_span(
+            f"{self._span_name}.breaker",
+            attributes={"ers.agent": self.name, "ers.synthetic": False},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            record_exception(span, trip, {})
+            span.set_status(Status(StatusCode.ERROR, str(trip)))
+            span.set_attribute("error.type", "BreakerOpened")
 
     async def _synthetic(
         self, request: AgentRequest, span: trace.Span, started: float
@@ -237,7 +262,8 @@ class GuardedAgent:
                 permit.record_failure(exc, time.perf_counter() - call_started)
                 error = exc
                 continue
-            permit.record_success(time.perf_counter() - call_started)
+            if permit.record_success(time.perf_counter() - call_started):
+                self._report_trip()
             span.set_attribute("ers.attempts", attempt)
             return reply
 

@@ -8,6 +8,7 @@ injected faults, backups, breakers and a rollback.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -94,6 +95,16 @@ def used_metric_names() -> dict[str, set[str]]:
 
 
 def run_faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
+    """``faulty_workload``; when it fails, with the service's log and thread stacks."""
+    try:
+        faulty_workload(ers, seconds)
+    except AssertionError as exc:
+        ers.process.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        raise AssertionError(f"{exc}\nERS log:\n{ers.log()[-8000:]}") from None
+
+
+def faulty_workload(ers: ErsProcess, seconds: float = 6.0) -> None:
     """Chat traffic while first the budget, then the nutrition agent fails half its calls and
     the workout breaker is forced open now and again, manual backups, then a system test and
     two rollbacks with the faults cleared.
@@ -164,7 +175,19 @@ def wait_for_response(client: httpx.Client, component: str) -> None:
         reply = client.post("/chat", json={"message": AGENT_MESSAGE[component], "userId": "u"})
         assert reply.status_code == 200, reply.text
         time.sleep(0.05)
-    raise AssertionError(f"no {component} incident was mitigated: {incidents}")
+    raise AssertionError(
+        f"no {component} incident was mitigated: {incidents}\n{pipeline_state(client)}"
+    )
+
+
+def pipeline_state(client: httpx.Client) -> str:
+    """The incident pipeline's counters and every thread's stack (SIGUSR1), for a failure."""
+    lines = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith(("ers_spans_classified", "ers_incident", "ers_breaker_state"))
+    ]
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize(

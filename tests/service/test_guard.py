@@ -231,3 +231,45 @@ async def test_probe_reports_the_agents_error_without_touching_the_breaker(
     guard = harness.guard(ScriptedAgent("budget", [DependencyError("db gone")]))
     assert await guard.probe() == "DependencyError: db gone"
     assert guard.breaker.consecutive_failures == 0
+
+
+async def test_a_breaker_opening_on_a_success_reports_the_trip_as_an_error_span(
+    harness: Harness,
+) -> None:
+    # Three failed calls, then a success that fills the window at a 75% failure rate: the
+    # breaker opens on a call that succeeded, and no call span is an error for it.
+    agent = ScriptedAgent("budget", [DependencyError("database connection timeout")] * 3 + ["ok"])
+    breaker = CircuitBreaker(
+        "budget",
+        BreakerConfig(failure_threshold=100, minimum_calls=4, sliding_window_size=4),
+        span_events=False,
+    )
+    guard = GuardedAgent(
+        agent,
+        breaker,
+        FallbackPolicy("budget", "g", None),
+        harness.tracer,
+        None,
+        GuardConfig(max_attempts=1),
+    )
+    for _ in range(3):
+        assert (await guard.handle(REQUEST)).degraded
+    harness.spans.clear()
+    assert not (await guard.handle(REQUEST)).degraded
+    assert breaker.state.value == "open"
+    spans = {span.name: span for span in harness.spans.get_finished_spans()}
+    assert spans["agent.budget"].status.status_code is StatusCode.UNSET
+    trip = spans["agent.budget.breaker"]
+    assert trip.status.status_code is StatusCode.ERROR
+    assert trip.attributes["ers.agent"] == "budget"
+    event = trip.events[0]
+    assert event.name == "exception"
+    assert event.attributes["exception.type"].endswith("BreakerOpened")
+    assert "last error: DependencyError: database connection timeout" in str(
+        event.attributes["exception.message"]
+    )
+
+    # While it stays open, rejected calls report nothing more.
+    harness.spans.clear()
+    assert (await guard.handle(REQUEST)).degraded
+    assert [span.name for span in harness.spans.get_finished_spans()] == ["agent.budget"]
