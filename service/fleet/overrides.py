@@ -35,16 +35,9 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
+from service.fleet.lease import MAX_BACKOFF_S, TrialLeases
 from service.fleet.outage import Outage
-from service.fleet.schema import (
-    CHANNEL,
-    CLAIM_LEASE,
-    COMPONENT,
-    HAS_ROW,
-    MIGRATIONS,
-    READ,
-    UPSERT,
-)
+from service.fleet.schema import CHANNEL, COMPONENT, MIGRATIONS, READ, UPSERT
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
 from service.settings import Settings
 from service.stores import Stores
@@ -52,12 +45,9 @@ from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
 
 log = logging.getLogger("ers.fleet")
 
-MAX_BACKOFF_S = 30.0
 # A forced open released within this long of its expiry counts as having expired.
 EXPIRY_SLACK_S = 0.5
 STOP_FLUSH_S = 3.0
-# How long a trial lease lasts beyond the trial call's own limit (half_open_max_wait_s).
-LEASE_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +65,7 @@ def default_replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class FleetOverrides:
+class FleetOverrides(TrialLeases):
     """Shares forced opens and releases of ``breakers`` with every replica on ``database``."""
 
     def __init__(
@@ -201,94 +191,6 @@ class FleetOverrides:
             if until is not None and time.time() >= until - EXPIRY_SLACK_S:
                 return  # expired: every replica's own clock lets it go half-open
             self._queue(Override(name, False, event.source, event.reason))
-
-    # --- the half-open trial lease -----------------------------------------------------------
-
-    def _follow_trials(self, event: BreakerEvent) -> bool:
-        """Keep the lease bookkeeping of ``event``'s breaker; True when a trial this replica
-        ran under the lease just closed it."""
-        name, to_state = event.breaker, event.to_state
-        if event.kind is not BreakerEventKind.STATE_TRANSITION:
-            return False
-        if event.from_state is BreakerState.FORCED_OPEN and to_state is BreakerState.HALF_OPEN:
-            self._needs_lease.add(name)
-            self._lease_until.pop(name, None)
-            self._claim_soon(name)
-        elif to_state is BreakerState.OPEN and name in self._needs_lease:
-            if self._holds_lease(name):
-                # A failed trial: keep the lease through the open period so that this
-                # replica alone tries again when it ends.
-                breaker = self._breakers[name]
-                ttl_s = float(breaker.snapshot()["openDurationS"]) + self._lease_ttl_s(breaker)
-                self._claim_soon(name, ttl_s)
-        elif to_state is not BreakerState.HALF_OPEN:
-            held = self._holds_lease(name)
-            self._needs_lease.discard(name)
-            self._lease_until.pop(name, None)
-            return held and to_state is BreakerState.CLOSED
-        return False
-
-    def _may_run_trial(self, agent: str) -> bool:
-        """The breaker's trial gate: free unless the agent left a fleet-wide forced open;
-        then only while this replica holds the lease (asked for when it does not)."""
-        if agent not in self._needs_lease or self._holds_lease(agent):
-            return True
-        self._claim_soon(agent)
-        return False
-
-    def _holds_lease(self, agent: str) -> bool:
-        until = self._lease_until.get(agent)
-        return until is not None and time.monotonic() < until
-
-    @staticmethod
-    def _lease_ttl_s(breaker: CircuitBreaker) -> float:
-        return breaker.config.half_open_max_wait_s + LEASE_MARGIN_S
-
-    def _claim_soon(self, agent: str, ttl_s: float | None = None) -> None:
-        running = self._claims.get(agent)
-        if running is not None and not running.done():
-            if ttl_s is None:
-                return
-            running.cancel()
-        task = asyncio.get_running_loop().create_task(
-            self._claim(agent, ttl_s), name=f"fleet-lease-{agent}"
-        )
-        self._claims[agent] = task
-
-    async def _claim(self, agent: str, ttl_s: float | None) -> None:
-        """Ask for the agent's lease until this replica holds it or no longer needs it."""
-        breaker = self._breakers[agent]
-        ttl_s = ttl_s or self._lease_ttl_s(breaker)
-        extending = breaker.state is BreakerState.OPEN
-        outage = Outage(f"asking for the trial lease of '{agent}'")
-        while agent in self._needs_lease and (extending or not self._holds_lease(agent)):
-            if agent in self._pending and not self._write_outage.failing:
-                # This replica's own override of the agent is not written yet: the lease
-                # is asked for on the row the fleet will see. (With the server gone, the
-                # claim below fails and this replica runs its own trial.)
-                await asyncio.sleep(0.05)
-                continue
-            started = time.monotonic()
-            try:
-                granted = await self._take_lease(agent, ttl_s)
-            except psycopg.Error as exc:
-                # Without the server there is no fleet to coordinate with: run the trial here.
-                outage.failed(self._reason(exc), MAX_BACKOFF_S)
-                granted = True
-            else:
-                outage.recovered()
-            if granted:
-                self._lease_until[agent] = started + ttl_s
-                return
-            await asyncio.sleep(min(1.0, self.poll_interval_s))
-
-    async def _take_lease(self, agent: str, ttl_s: float) -> bool:
-        params = {"agent": agent, "replica": self.replica, "ttl_s": ttl_s}
-        async with self._pool().connection() as conn:
-            if await (await conn.execute(CLAIM_LEASE, params)).fetchone() is not None:
-                return True
-            # No row at all: the forced open was never shared, nothing to coordinate.
-            return await (await conn.execute(HAS_ROW, params)).fetchone() is None
 
     @staticmethod
     def _forced_expiry(breaker: CircuitBreaker) -> float | None:

@@ -1,0 +1,120 @@
+"""The half-open trial lease of fleet-wide breaker overrides (see ``overrides``): when a
+forced open ends, only the replica holding an agent's lease in its ``ers_fleet.overrides``
+row admits the trial call; a failed trial keeps the lease through the open period, and a
+replica with no row, or no server, runs its own trial."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+
+from service.fleet.outage import Outage
+from service.fleet.schema import CLAIM_LEASE, HAS_ROW
+from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
+
+MAX_BACKOFF_S = 30.0
+# How long a trial lease lasts beyond the trial call's own limit (half_open_max_wait_s).
+LEASE_MARGIN_S = 5.0
+
+
+class TrialLeases:
+    """The lease bookkeeping of ``FleetOverrides``, which inherits it and sets these up."""
+
+    replica: str
+    poll_interval_s: float
+    _breakers: dict[str, CircuitBreaker]
+    _pending: dict[str, object]
+    _write_outage: Outage
+    # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
+    _needs_lease: set[str]
+    # Per agent: until when (monotonic) this replica holds the trial lease.
+    _lease_until: dict[str, float]
+    _claims: dict[str, asyncio.Task[None]]
+
+    def _follow_trials(self, event: BreakerEvent) -> bool:
+        """Keep the lease bookkeeping of ``event``'s breaker; True when a trial this replica
+        ran under the lease just closed it."""
+        name, to_state = event.breaker, event.to_state
+        if event.kind is not BreakerEventKind.STATE_TRANSITION:
+            return False
+        if event.from_state is BreakerState.FORCED_OPEN and to_state is BreakerState.HALF_OPEN:
+            self._needs_lease.add(name)
+            self._lease_until.pop(name, None)
+            self._claim_soon(name)
+        elif to_state is BreakerState.OPEN and name in self._needs_lease:
+            if self._holds_lease(name):
+                # A failed trial: keep the lease through the open period so that this
+                # replica alone tries again when it ends.
+                breaker = self._breakers[name]
+                ttl_s = float(breaker.snapshot()["openDurationS"]) + self._lease_ttl_s(breaker)
+                self._claim_soon(name, ttl_s)
+        elif to_state is not BreakerState.HALF_OPEN:
+            held = self._holds_lease(name)
+            self._needs_lease.discard(name)
+            self._lease_until.pop(name, None)
+            return held and to_state is BreakerState.CLOSED
+        return False
+
+    def _may_run_trial(self, agent: str) -> bool:
+        """The breaker's trial gate: free unless the agent left a fleet-wide forced open;
+        then only while this replica holds the lease (asked for when it does not)."""
+        if agent not in self._needs_lease or self._holds_lease(agent):
+            return True
+        self._claim_soon(agent)
+        return False
+
+    def _holds_lease(self, agent: str) -> bool:
+        until = self._lease_until.get(agent)
+        return until is not None and time.monotonic() < until
+
+    @staticmethod
+    def _lease_ttl_s(breaker: CircuitBreaker) -> float:
+        return breaker.config.half_open_max_wait_s + LEASE_MARGIN_S
+
+    def _claim_soon(self, agent: str, ttl_s: float | None = None) -> None:
+        running = self._claims.get(agent)
+        if running is not None and not running.done():
+            if ttl_s is None:
+                return
+            running.cancel()
+        task = asyncio.get_running_loop().create_task(
+            self._claim(agent, ttl_s), name=f"fleet-lease-{agent}"
+        )
+        self._claims[agent] = task
+
+    async def _claim(self, agent: str, ttl_s: float | None) -> None:
+        """Ask for the agent's lease until this replica holds it or no longer needs it."""
+        breaker = self._breakers[agent]
+        ttl_s = ttl_s or self._lease_ttl_s(breaker)
+        extending = breaker.state is BreakerState.OPEN
+        outage = Outage(f"asking for the trial lease of '{agent}'")
+        while agent in self._needs_lease and (extending or not self._holds_lease(agent)):
+            if agent in self._pending and not self._write_outage.failing:
+                # This replica's own override of the agent is not written yet: the lease
+                # is asked for on the row the fleet will see. (With the server gone, the
+                # claim below fails and this replica runs its own trial.)
+                await asyncio.sleep(0.05)
+                continue
+            started = time.monotonic()
+            try:
+                granted = await self._take_lease(agent, ttl_s)
+            except psycopg.Error as exc:
+                # Without the server there is no fleet to coordinate with: run the trial here.
+                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+                granted = True
+            else:
+                outage.recovered()
+            if granted:
+                self._lease_until[agent] = started + ttl_s
+                return
+            await asyncio.sleep(min(1.0, self.poll_interval_s))
+
+    async def _take_lease(self, agent: str, ttl_s: float) -> bool:
+        params = {"agent": agent, "replica": self.replica, "ttl_s": ttl_s}
+        async with self._pool().connection() as conn:
+            if await (await conn.execute(CLAIM_LEASE, params)).fetchone() is not None:
+                return True
+            # No row at all: the forced open was never shared, nothing to coordinate.
+            return await (await conn.execute(HAS_ROW, params)).fetchone() is None
