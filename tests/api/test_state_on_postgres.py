@@ -62,7 +62,6 @@ async def test_health_readiness_and_system_test_see_the_database(
     assert len(store_steps) == 4 and all(step["passed"] for step in store_steps)
 
 
-
 def test_the_choice_of_postgres_is_logged_without_the_password(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
