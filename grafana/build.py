@@ -62,9 +62,9 @@ BREAKERS["disabled"] = "text"
 BUDGET_NOTE = (
     f"Share of the 30-day error budget still unspent: 1 - (bad chat requests / chat requests "
     f"over the last 30d) / {BUDGET} (SLO {SLO}). Computed over a true 30d window of "
-    "ers_chat_requests_total, not approximated from rate3d; bad is outcome degraded or error, "
-    "as in the ers:chat_error_ratio rules. Prometheus keeps 35d, so before the stack has run "
-    "30 days the window holds the data there is."
+    "ers_chat_requests_total, not approximated from rate3d; bad is outcome degraded, error or "
+    "shed (turned away at capacity), as in the ers:chat_error_ratio rules. Prometheus keeps "
+    "35d, so before the stack has run 30 days the window holds the data there is."
 )
 BURN_NOTE = (
     f"Chat error ratio per window over the error budget ({BUDGET}), from the "
@@ -80,7 +80,7 @@ def system_health() -> Json:
     chat = "ers_chat_requests_total"
     requests = f"sum(rate({chat}{RATE}))"
     http = f"{HTTP}_count{{{SERVED}"
-    errors = f'(sum(increase({chat}{{outcome=~"degraded|error"}}[30d])) or vector(0))'
+    errors = f'(sum(increase({chat}{{outcome=~"degraded|error|shed"}}[30d])) or vector(0))'
     budget = f"1 - {errors} / sum(increase({chat}[30d])) / {BUDGET}"
     burn = [q(f"ers:chat_error_ratio:rate{w} / {BUDGET}", w) for w in ("5m", "30m", "1h")]
     burn += [q(f"ers:chat_error_ratio:rate{w} / {BUDGET}", w) for w in ("2h", "6h", "1d", "3d")]
@@ -107,6 +107,7 @@ def system_health() -> Json:
                    q(f'(sum(rate({chat}{{outcome="error"}}{RATE})) or vector(0)) / {requests}',
                      "chat error"),
                    q(f'sum(rate({chat}{{outcome="degraded"}}{RATE})) / {requests}', "degraded"),
+                   q(f'sum(rate({chat}{{outcome="shed"}}{RATE})) / {requests}', "shed"),
                    q(f'(sum(rate({http}, http_response_status_code=~"5.."}}{RATE})) or vector(0))'
                      f" / sum(rate({http}}}{RATE}))", "HTTP 5xx")),
         timeseries("Latency", "s", *quantiles(f"{HTTP}_bucket{{{SERVED}}}"),
@@ -116,6 +117,10 @@ def system_health() -> Json:
         stat("Error budget left (30d)", "percentunit", q(budget, instant=True),
              steps=((None, "red"), (0, "orange"), (0.25, "green")), description=BUDGET_NOTE,
              size=(12, 8)),
+        timeseries("Chats waiting to start", "none", q("sum(ers_chat_waiting)", "waiting"),
+                   q(f'sum(rate({chat}{{outcome="shed"}}{RATE})) or vector(0)', "shed / s"),
+                   description="Chats in line for their turn of the event loop, and the rate "
+                   "of chats turned away with 503 because the line was full."),
     ]
     return dashboard("ers-system-health", "ERS / System health",
                      "State, resources, traffic, latency and the chat SLO.", panels)

@@ -22,6 +22,7 @@ from fastapi import FastAPI  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
 from service import http_errors  # noqa: E402
+from service.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.alerting.handler import AlertHandler  # noqa: E402
 from service.audit import AuditLog  # noqa: E402
 from service.backup_metrics import BackupMetrics  # noqa: E402
@@ -223,11 +224,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
     register_health_metrics(telemetry.meter, state, health, memory_check, time.time())
 
+    admission = ChatAdmission(settings.chat_starts_per_turn, settings.chat_queue_limit)
+    register_admission_metrics(telemetry.meter, admission)
     chat_service = ChatService(
         team.router,
         stores.conversations,
         system_state=lambda: state.state.value,
         instruments=instruments,
+        admission=admission,
     )
     runtime = Runtime(
         settings=settings,

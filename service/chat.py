@@ -8,6 +8,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from service.admission import ChatAdmission, ChatOverloaded
 from service.agents.base import AgentReply, AgentRequest
 from service.errors import UserInputError
 from service.instruments import AgentInstruments
@@ -43,14 +44,22 @@ class ChatService:
         system_state: Callable[[], str] = lambda: "normal",
         enrich: Callable[[AgentReply], AgentReply] | None = None,
         instruments: AgentInstruments | None = None,
+        admission: ChatAdmission | None = None,
     ) -> None:
         self._instruments = instruments
+        self._admission = admission
         self._router = router
         self._conversations = conversations
         self._system_state = system_state
         self.enrich = enrich
 
     async def chat(self, message: str, user_id: str) -> ChatResult:
+        if self._admission is not None:
+            try:
+                await self._admission.enter()
+            except ChatOverloaded:
+                self._count("shed")
+                raise
         try:
             result = await self._chat(message, user_id)
         except UserInputError:

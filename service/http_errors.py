@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
+from service.admission import ChatOverloaded
 from service.errors import StoreUnavailable, UnknownAgent
 from telemetry.incident_model import IncidentStoreUnavailable
 
@@ -76,6 +77,14 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
     )
 
 
+async def chat_overloaded(request: Request, exc: ChatOverloaded) -> JSONResponse:
+    return JSONResponse(
+        {"error": "overloaded", "detail": str(exc)},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
 async def unknown_agent(request: Request, exc: UnknownAgent) -> JSONResponse:
     return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
 
@@ -133,5 +142,6 @@ def install(app: FastAPI) -> None:
         incident_store_unavailable,  # type: ignore[arg-type]
     )
     app.add_exception_handler(UnknownAgent, unknown_agent)  # type: ignore[arg-type]
+    app.add_exception_handler(ChatOverloaded, chat_overloaded)  # type: ignore[arg-type]
     app.add_exception_handler(ClientDisconnect, client_gone)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected)

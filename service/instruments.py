@@ -54,10 +54,10 @@ class AgentInstruments:
             chat_requests=meter.create_counter(
                 "ers_chat_requests",
                 unit="1",
-                description="Chat requests by outcome (ok, degraded, error)",
+                description="Chat requests by outcome (ok, degraded, error, shed)",
             ),
         )
         # Every outcome exists from start-up, so rates and ratios over it are 0, not empty.
-        for outcome in ("ok", "degraded", "error"):
+        for outcome in ("ok", "degraded", "error", "shed"):
             instruments.chat_requests.add(0, {"outcome": outcome})
         return instruments
