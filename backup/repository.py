@@ -6,12 +6,19 @@ generated password file readable only by its owner.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import os
 import re
 import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from backup.errors import BackupError
 from backup.restic import Restic
 
 # restic backends are written "<scheme>:<location>"; anything else is a local path.
@@ -27,22 +34,46 @@ def normalise_repository(repository: str) -> str:
     return str(Path(repository).expanduser().resolve()) if is_local(repository) else repository
 
 
+# How long a process waits for another one that is initialising the same repository.
+INIT_WAIT_S = 180.0
+
+
+class RepositoryInitBusy(BackupError):
+    """Another process has held the repository's initialisation lock for too long."""
+
+
 def ensure_password_file(path: Path) -> Path:
-    """Create a random password file (mode 0600) unless one is already there."""
+    """Create a random password file (mode 0600) unless one is already there.
+
+    The password is written and synced under a temporary name and then linked into place,
+    which fails if the file exists: a process starting at the same moment sees either no
+    file or a complete one, never an empty one, and all of them use the same password."""
     path = Path(path).expanduser().resolve()
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(32)
+    fd, staged = _staged_file(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path  # another process created it first; use theirs
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process linked its own first
+            os.link(staged, path)
+    finally:
+        os.unlink(staged)
     return path
+
+
+def _staged_file(path: Path) -> tuple[int, str]:
+    for _ in range(100):
+        staged = f"{path}.{secrets.token_hex(6)}.new"
+        try:
+            return os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), staged
+        except FileExistsError:
+            continue
+    raise BackupError(f"cannot create a temporary file next to {path}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +85,9 @@ class RepositoryConfig:
     binary: str = "restic"
     command_timeout_seconds: float = 600.0
     cache_dir: Path | None = None
+    # Held while the repository is created, by processes on other machines too (a local
+    # repository is also locked with a file next to it).
+    init_lock: Callable[[], AbstractAsyncContextManager[object]] | None = None
 
 
 def restic_for(config: RepositoryConfig) -> Restic:
@@ -67,11 +101,55 @@ def restic_for(config: RepositoryConfig) -> Restic:
 
 
 async def open_repository(config: RepositoryConfig) -> Restic:
-    """A wrapper for the configured repository, initialising it when it does not exist yet."""
+    """A wrapper for the configured repository, initialising it when it does not exist yet.
+
+    Two processes that both find no repository and both run ``restic init`` can leave a
+    config written under one's master key beside the other's key, which neither opens
+    ("ciphertext verification failed"); so initialisation runs under a lock, and the
+    repository is looked for again once the lock is held."""
     restic = restic_for(config)
     await restic.version()
     if not await restic.is_initialised():
-        if is_local(restic.repository):
-            Path(restic.repository).parent.mkdir(parents=True, exist_ok=True)
-        await restic.init()
+        async with _initialising(restic.repository, config.init_lock):
+            if not await restic.is_initialised():
+                if is_local(restic.repository):
+                    Path(restic.repository).parent.mkdir(parents=True, exist_ok=True)
+                await restic.init()
     return restic
+
+
+@asynccontextmanager
+async def _initialising(
+    repository: str, init_lock: Callable[[], AbstractAsyncContextManager[object]] | None
+) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as held:
+        if init_lock is not None:
+            await held.enter_async_context(init_lock())
+        if is_local(repository):
+            await held.enter_async_context(_file_lock(Path(repository)))
+        yield
+
+
+@asynccontextmanager
+async def _file_lock(repository: Path, wait_s: float = INIT_WAIT_S) -> AsyncIterator[None]:
+    """An exclusive lock on a file beside a local repository, for processes on this machine
+    (and on others that share the folder, where the filesystem honours flock)."""
+    lock_path = repository.parent / f".{repository.name}.init-lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RepositoryInitBusy(
+                        f"another process has been initialising the repository {repository} "
+                        f"for over {wait_s:g} s; `fuser {lock_path}` names it"
+                    ) from None
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from backup.pg import PgBackupConfig
 from backup.pg_manager import PgBackupManager
 from service.errors import ErsError
 from service.fleet import FleetLeader
+from service.fleet.leader import repository_init_lock
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
@@ -105,10 +107,17 @@ class BackupService:
         """Reach the repository (initialising it on first use), retrying with backoff."""
         delay = 1.0
         settings = self.settings
+        database, url = self.stores.database, settings.database_url
         repository = RepositoryConfig(
             repository=settings.restic_repository,
             password_file=settings.restic_password_file,
             binary=settings.restic_binary,
+            # Replicas sharing a database may share a remote repository: one creates it.
+            init_lock=(
+                partial(repository_init_lock, database, url.get_secret_value())
+                if database is not None and url is not None
+                else None
+            ),
         )
         while self.manager is None:
             try:

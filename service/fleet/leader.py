@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import psycopg
 
+from backup import BackupError
 from service.fleet.outage import Outage
 from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
 
@@ -25,6 +27,8 @@ log = logging.getLogger("ers.fleet")
 
 # pg_advisory_lock key shared by every ERS replica: the bytes of "ERS_JOBS".
 FLEET_JOBS_LOCK_KEY = 0x4552_535F_4A4F_4253
+# pg_advisory_lock key held while a replica creates the shared restic repository: "ERS_INIT".
+REPOSITORY_INIT_LOCK_KEY = 0x4552_535F_494E_4954
 # libpq keepalives and a TCP user timeout, so that a silent network loss ends the session
 # in about half a minute on this side too, not after minutes of retransmissions.
 KEEPALIVES = {
@@ -133,3 +137,28 @@ class FleetLeader:
                 self.replica,
                 reason,
             )
+
+
+class FleetLockUnavailable(BackupError):
+    """The fleet's PostgreSQL server could not be asked for the repository's lock."""
+
+
+@contextlib.asynccontextmanager
+async def repository_init_lock(database: PostgresDatabase, url: str) -> AsyncIterator[None]:
+    """Held, fleet-wide, while a replica creates the shared restic repository: replicas that
+    start together on an empty remote repository would otherwise each run ``restic init``.
+    The lock lives on a connection of its own and goes with it."""
+    conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES
+        )
+        await conn.execute("SELECT pg_advisory_lock(%s)", (REPOSITORY_INIT_LOCK_KEY,))
+    except psycopg.Error as exc:
+        if conn is not None:
+            await conn.close()
+        raise FleetLockUnavailable(
+            f"cannot take the repository's lock on {database.location}: {database.reason(exc)}"
+        ) from None
+    async with conn:
+        yield

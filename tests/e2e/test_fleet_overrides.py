@@ -192,21 +192,6 @@ def test_exactly_one_replica_runs_the_scheduled_backups_and_another_takes_over(
         "ERS_RESTIC_REPOSITORY": str(repository),
         "ERS_RESTIC_PASSWORD_FILE": str(password_file),
     }
-    # The repository exists before the fleet starts: two replicas that both find none run
-    # `restic init` at once and can leave a config and a key that do not match.
-    password_file.write_text("fleet-test-repository\n")
-    password_file.chmod(0o600)
-    subprocess.run(
-        ["restic", "init"],
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(repository),
-            "RESTIC_PASSWORD_FILE": str(password_file),
-        },
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
     replicas: list[ErsProcess] = []
     try:
         replicas.append(start_ers(tmp_path / "a", env=env))

@@ -11,7 +11,11 @@ import psycopg
 import pytest
 
 from service.fleet import FleetLeader
-from service.fleet.leader import FLEET_JOBS_LOCK_KEY
+from service.fleet.leader import (
+    FLEET_JOBS_LOCK_KEY,
+    FleetLockUnavailable,
+    repository_init_lock,
+)
 from service.stores.postgres import PostgresDatabase
 from tests.service.test_fleet import eventually
 
@@ -99,3 +103,28 @@ async def test_an_unreachable_server_means_no_jobs_here_and_says_so(
         assert "secret-pw" not in caplog.text
     finally:
         await leader.stop()
+
+
+async def test_one_replica_at_a_time_holds_the_repository_init_lock(pg_url: str) -> None:
+    database = PostgresDatabase(pg_url)
+    order: list[str] = []
+
+    async def initialise(replica: str, hold_s: float) -> None:
+        async with repository_init_lock(database, pg_url):
+            order.append(f"{replica} in")
+            await asyncio.sleep(hold_s)
+            order.append(f"{replica} out")
+
+    first = asyncio.create_task(initialise("a", 0.5))
+    await eventually(lambda: order == ["a in"], 5, "a holding the lock")
+    second = asyncio.create_task(initialise("b", 0))
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert order == ["a in", "a out", "b in", "b out"]
+
+
+async def test_an_unreachable_server_is_a_backup_error_naming_it() -> None:
+    url = "postgresql://ers:secret-password@127.0.0.1:1/ers"
+    with pytest.raises(FleetLockUnavailable, match="127.0.0.1:1") as raised:
+        async with repository_init_lock(PostgresDatabase(url), url):
+            pass
+    assert "secret-password" not in str(raised.value)
