@@ -118,9 +118,8 @@ def system_health() -> Json:
              steps=((None, "red"), (0, "orange"), (0.25, "green")), description=BUDGET_NOTE,
              size=(12, 8)),
         timeseries("Chats waiting to start", "none", q("sum(ers_chat_waiting)", "waiting"),
-                   q(f'sum(rate({chat}{{outcome="shed"}}{RATE})) or vector(0)', "shed / s"),
-                   description="Chats in line for their turn of the event loop, and the rate "
-                   "of chats turned away with 503 because the line was full."),
+                   description="Chats in line for their turn of the event loop. When the line "
+                   "is full, chats are turned away with 503: the shed line of Error ratio."),
     ]
     return dashboard("ers-system-health", "ERS / System health",
                      "State, resources, traffic, latency and the chat SLO.", panels)

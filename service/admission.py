@@ -6,10 +6,11 @@ per waiting connection before it reads a socket again, and a status request, a h
 probe or an Alertmanager webhook that arrives meanwhile queues behind all of them: under a
 chat flood, the requests that drive the response are the slowest ones.
 
-``ChatAdmission`` lets at most ``per_turn`` chats start in a turn. The others wait, in order
-of arrival, and are let in at the start of the following turns, so a turn stays short and
-anything that is not a chat is served within a turn or two. Only the order of work changes:
-the loop stays busy with chats as long as there are any. A chat that would have to wait
+``ChatAdmission`` lets ``per_turn`` chats start in a turn (at most twice that when the line
+has just emptied; see ``_next_turn``). The others wait, in order of arrival, and are let in
+at the start of the following turns, so a turn stays short and anything that is not a chat
+is served within a turn or two. Only the order of work changes: the loop stays busy with
+chats as long as there are any. A chat that would have to wait
 behind ``max_waiting`` others is turned away at once (``ChatOverloaded``), rather than
 holding memory and a connection for an answer that would come too late.
 
@@ -33,10 +34,8 @@ class ChatOverloaded(ErsError):
     """Too many chats are already waiting to start; the client should retry shortly."""
 
     def __init__(self, waiting: int) -> None:
-        super().__init__(
-            f"the service is at capacity: {waiting} chats are already waiting to start; "
-            "retry in a second"
-        )
+        line = f"{waiting} chats are already waiting to start" if waiting else "no chat may wait"
+        super().__init__(f"the service is at capacity ({line}); retry in a second")
         self.waiting = waiting
 
 
@@ -81,15 +80,20 @@ class ChatAdmission:
         self._waiting.append(admitted)
         try:
             await admitted
-        except asyncio.CancelledError:
-            # Cancelled in line: leave the line (one let in has left it already).
+        except (asyncio.CancelledError, GeneratorExit):
+            # Cancelled (or closed) in line: leave it (one let in has left it already).
             with contextlib.suppress(ValueError):
                 self._waiting.remove(admitted)
             raise
 
     def _next_turn(self) -> None:
-        """Let the next chats in line start. They run in the coming turn, which counts
-        them; if any were let in, that turn needs an allowance of its own."""
+        """Let the next chats in line start; they run in the coming turn, and this is
+        scheduled again to follow them.
+
+        A callback cannot tell where a turn of the loop begins: the allowance runs from one
+        call of this to the next, which spans the end of one turn and the start of the
+        next. While chats wait, every turn runs the ``per_turn`` let in; when the line has
+        just emptied, a turn may run those and up to ``per_turn`` newcomers."""
         self._turn_scheduled = False
         self._started = 0
         while self._waiting and self._started < self.per_turn:
@@ -98,6 +102,9 @@ class ChatAdmission:
                 admitted.set_result(None)
                 self._started += 1
         if self._started and self._loop is not None:
+            # Those let in run in the coming turn; no chat that arrives meanwhile starts
+            # ahead of them.
+            self._started = self.per_turn
             self._loop.call_soon(self._next_turn)
             self._turn_scheduled = True
 

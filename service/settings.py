@@ -127,9 +127,10 @@ class Settings(BaseSettings):
 
     # Chat.
     max_message_chars: int = Field(4000, ge=1, le=100_000)
-    # At most this many chats start per turn of the event loop, so status, health and alert
-    # requests are not queued behind a chat flood (0: no limit); a chat that would wait
-    # behind chat_queue_limit others is answered 503 at once.
+    # Chats that start per turn of the event loop while others wait (up to twice that in the
+    # turn the line empties), so status, health and alert requests are not queued behind a
+    # chat flood (0: no limit); a chat that would wait behind chat_queue_limit others is
+    # answered 503 at once.
     chat_starts_per_turn: int = Field(2, ge=0, le=1000)
     chat_queue_limit: int = Field(1000, ge=0, le=1_000_000)
     agent_timeout_s: float = Field(5.0, gt=0, le=300)

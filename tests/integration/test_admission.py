@@ -1,13 +1,15 @@
-"""A chat flood against a real uvicorn process whose line is kept short: chats that cannot
+"""Chat floods against a real uvicorn process. With a line kept short, chats that cannot
 start are answered 503 with Retry-After and a message; every chat answered 200 is stored,
-none turned away is; the shed chats are counted; and the operator's status request, sent
-in the middle of a burst, is never turned away."""
+none turned away is; the shed chats are counted; and the operator's status request, sent in
+the middle of a burst, is never turned away. With a long line, that status request is
+answered ahead of the chats waiting in it."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import re
+import selectors
 import socket
 import sqlite3
 from pathlib import Path
@@ -79,7 +81,7 @@ def test_a_chat_flood_is_shed_with_503_and_nothing_answered_is_lost(tmp_path: Pa
         assert headers.get("retry-after") == "1"
         reply = json.loads(body)
         assert reply["error"] == "overloaded"
-        assert "chats are already waiting" in reply["detail"]
+        assert "at capacity (no chat may wait)" in reply["detail"]
         assert "retry in a second" in reply["detail"]
 
         with httpx.Client(base_url=ers.url, timeout=10) as http_client:
@@ -94,5 +96,73 @@ def test_a_chat_flood_is_shed_with_503_and_nothing_answered_is_lost(tmp_path: Pa
         stored = [row[0] for row in db.execute("SELECT message FROM turns WHERE user_id='flood'")]
         db.close()
         assert sorted(stored) == sorted(answered)
+    finally:
+        assert ers.stop() == 0
+
+
+def test_a_status_request_in_a_flood_is_answered_ahead_of_the_waiting_chats(
+    tmp_path: Path,
+) -> None:
+    """Without admission the loop runs every chat that reached it before the status request;
+    with one chat let in per turn, the status request waits a turn or two. Counted: chat
+    replies that came after the status request was sent and before its reply."""
+    ers = start_ers(tmp_path, env={"ERS_CHAT_STARTS_PER_TURN": "1"})
+    try:
+        host, port = "127.0.0.1", int(ers.url.rsplit(":", 1)[1])
+        sockets = [socket.create_connection((host, port), timeout=10) for _ in range(CONNECTIONS)]
+        for sock in sockets:
+            # A round trip each first: a busy server accepts new connections a few at a
+            # time, and this test is about requests on connections it is already reading.
+            sock.sendall(f"GET /livez HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            reply.read()
+            assert reply.status == 200
+        status_at = CONNECTIONS // 2
+        answered = 0
+        chats_before_status: int | None = None
+        with selectors.DefaultSelector() as selector:
+            for i, sock in enumerate(sockets):
+                selector.register(sock, selectors.EVENT_READ, i)
+
+            def collect(timeout: float) -> int:
+                """Read the replies ready now; returns how many chat replies were answered
+                before this call (ones found ready together came in no known order)."""
+                nonlocal answered, chats_before_status
+                earlier = answered
+                for key, _ in selector.select(timeout=timeout):
+                    reply = http.client.HTTPResponse(key.fileobj)  # type: ignore[arg-type]
+                    reply.begin()
+                    reply.read()
+                    assert reply.status == 200, (key.data, reply.status)
+                    selector.unregister(key.fileobj)
+                    if key.data == status_at:
+                        chats_before_status = earlier
+                    answered += 1
+                return earlier
+
+            try:
+                for i, sock in enumerate(sockets):
+                    if i == status_at:
+                        collect(0)  # answered before the status request was even sent
+                        sent_at = answered
+                        request = f"GET /api/emergency/status HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                        sock.sendall(request.encode())
+                    else:
+                        body = {"message": f"budget report {i}", "userId": "flood"}
+                        sock.sendall(build_post(host, "/chat", body))
+                while answered < CONNECTIONS:
+                    before = answered
+                    collect(10)
+                    assert answered > before, "no reply within 10 s"
+            finally:
+                for sock in sockets:
+                    sock.close()
+        assert chats_before_status is not None
+        overtaking = chats_before_status - sent_at
+        assert overtaking <= CONNECTIONS // 4, (
+            f"{overtaking} chats were answered after the status request was sent and before "
+            "its reply"
+        )
     finally:
         assert ers.stop() == 0

@@ -71,14 +71,35 @@ async def test_a_chat_beyond_the_line_is_turned_away_with_the_number_waiting() -
 
 
 async def test_a_chat_that_finds_room_starts_without_yielding() -> None:
-    admission = ChatAdmission(per_turn=2, max_waiting=10)
+    admission = ChatAdmission(per_turn=1, max_waiting=10)
     first = admission.enter()
     with pytest.raises(StopIteration):  # finished in its first step: no turn was lost
         first.send(None)
+    blocked = admission.enter()
+    blocked.send(None)  # the turn's place is taken: this one suspends
+    blocked.close()
     await asyncio.sleep(0)  # a new turn, a new allowance
     second = admission.enter()
     with pytest.raises(StopIteration):
         second.send(None)
+
+
+async def test_a_newcomer_does_not_start_ahead_of_a_chat_already_let_in() -> None:
+    loop = asyncio.get_running_loop()
+    admission = ChatAdmission(per_turn=2, max_waiting=100)
+    order: list[int] = []
+
+    async def chat(n: int) -> None:
+        await admission.enter()
+        order.append(n)
+
+    tasks = [asyncio.ensure_future(chat(n)) for n in range(3)]  # 0 and 1 start, 2 waits
+    # Chat 3 arrives in the turn in which 2 is let in, after it was let in.
+    loop.call_soon(lambda: tasks.append(asyncio.ensure_future(chat(3))))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3]
 
 
 async def test_no_limit_lets_every_chat_start_at_once() -> None:
@@ -89,21 +110,20 @@ async def test_no_limit_lets_every_chat_start_at_once() -> None:
 
 
 async def test_a_chat_cancelled_in_line_leaves_it() -> None:
-    admission = ChatAdmission(per_turn=1, max_waiting=1)
-    first = asyncio.ensure_future(admission.enter())
-    second = asyncio.ensure_future(admission.enter())
-    await asyncio.sleep(0)  # both ran in one turn: the first took its place, the second waits
-    assert first.done()
-    assert not second.done()
-    assert admission.waiting == 1
-    second.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await second
+    admission = ChatAdmission(per_turn=1, max_waiting=3)
+    tasks = [asyncio.ensure_future(admission.enter()) for _ in range(4)]  # 0 starts, 3 wait
+    await asyncio.sleep(0)
+    assert admission.waiting == 3
+    tasks[3].cancel()  # the last in line, which the next turn does not reach
+    await asyncio.sleep(0)  # the next turn lets 1 in; 3 sees its cancellation
+    assert admission.waiting == 1  # only 2 is left in line
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert tasks[3].cancelled()
     assert admission.waiting == 0
-    # The line is free again: two chats arriving together both get in, none is turned away.
-    admitted, errors, _ = await _arrive_together(admission, 2)
+    # The line has room again: a fourth chat in a burst waits instead of being turned away.
+    admitted, errors, _ = await _arrive_together(admission, 4)
     assert errors == []
-    assert len(admitted) == 2
+    assert len(admitted) == 4
     assert admission.shed == 0
 
 
