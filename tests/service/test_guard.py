@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import types
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -273,3 +275,38 @@ async def test_a_breaker_opening_on_a_success_reports_the_trip_as_an_error_span(
     harness.spans.clear()
     assert (await guard.handle(REQUEST)).degraded
     assert [span.name for span in harness.spans.get_finished_spans()] == ["agent.budget"]
+
+
+class FailingAgent:
+    name = "budget"
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        raise DependencyError("db down")
+
+
+async def test_a_failed_call_leaves_no_reference_cycle_for_the_collector(
+    harness: Harness,
+) -> None:
+    """A failed call's frames, span and request go with their last reference. Held in a
+    cycle, they would wait for the cyclic collector, whose pauses under an error storm
+    stall the event loop for milliseconds."""
+    guard = harness.guard(FailingAgent(), max_attempts=2)  # type: ignore[arg-type]
+    await guard.handle(REQUEST)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        # Both ways a failure leaves the retry loop: attempts used up, then the breaker
+        # opening on this call's own failures.
+        for _ in range(3):
+            assert (await guard.handle(REQUEST)).degraded
+        assert guard.breaker.state.value == "open"
+        gc.collect()
+        frames = [
+            f"{o.f_code.co_name} ({o.f_code.co_filename.rsplit('/', 1)[-1]})"
+            for o in gc.garbage
+            if isinstance(o, types.FrameType)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert frames == []
