@@ -2,9 +2,10 @@
 
 One connection per store, used from the event loop; statements are short, so they run
 inline rather than paying a thread hop each. WAL with ``synchronous=NORMAL`` keeps every
-committed transaction across a killed process. ``paused()`` closes the connection so a
-rollback can swap the file underneath, and makes writers fail fast with StoreUnavailable
-instead of writing into a file that is about to be replaced.
+committed transaction across a killed process; the log is copied into the database file by
+a thread of its own (``wal_checkpoint``), never inside a commit on the loop. ``paused()``
+closes the connections so a rollback can swap the file underneath, and makes writers fail
+fast with StoreUnavailable instead of writing into a file that is about to be replaced.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from service.errors import StoreUnavailable
+from service.stores.wal_checkpoint import CHECKPOINTER
 
 BUSY_TIMEOUT_MS = 2000
+# Once a checkpoint has emptied it, the write-ahead log is cut back to this size.
+WAL_SIZE_LIMIT_BYTES = 32 * 1024 * 1024
 
 
 class SqliteStore:
@@ -32,6 +36,9 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._paused_reason: str | None = None
+        # The checkpointer's own connection, opened and closed under its lock.
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_conn: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -48,6 +55,8 @@ class SqliteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTER does it
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
                 with conn:
                     for statement in self.schema:
                         conn.execute(statement)
@@ -55,12 +64,34 @@ class SqliteStore:
                 raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
             self._conn = conn
             self._paused_reason = None
+        CHECKPOINTER.add(self)
 
     def close(self) -> None:
-        with self._lock:
+        CHECKPOINTER.discard(self)
+        with self._lock, self._checkpoint_lock:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def checkpoint(self) -> tuple[int, int, int] | None:
+        """Copy the write-ahead log into the database file without waiting for the writer
+        (PASSIVE), on a connection of the checkpointer's own; returns SQLite's (busy, log
+        frames, frames checkpointed), or None while the store is closed or paused."""
+        with self._checkpoint_lock:
+            if self._conn is None:  # closed or paused: the file may be being swapped
+                return None
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=rw",
+                    uri=True,
+                    timeout=0,
+                    check_same_thread=False,
+                )
+            row = self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
 
     def pause(self, reason: str) -> None:
         """Close the file so it can be swapped; writers fail fast with ``reason`` meanwhile."""
