@@ -56,7 +56,7 @@ class PgPool:
         fills the pool."""
         self.location = server_location(url)
         self.timeout_s = timeout_s
-        self._password = _password_of(url)
+        self._password = password_of(url)
         self._unavailable = unavailable
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
@@ -165,7 +165,8 @@ def server_location(url: str) -> str:
     return " ".join(f"{key}={info[key]}" for key in ("host", "port", "dbname") if key in info)
 
 
-def _password_of(url: str) -> str | None:
+def password_of(url: str) -> str | None:
+    """The password a database URL or conninfo string carries, to keep out of messages."""
     try:
         return conninfo_to_dict(url).get("password") or None  # type: ignore[return-value]
     except psycopg.Error:

@@ -13,7 +13,6 @@ only redacted and the password never.
 
 from __future__ import annotations
 
-import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from service.errors import StoreUnavailable
 from service.settings import redact_url
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
+from telemetry.pg_pool import password_of
 
 # A statement waits at most this long for a free pooled connection; a chat must not hang on
 # a server that is gone.
@@ -44,7 +44,7 @@ class PostgresDatabase:
 
     def __init__(self, url: str, *, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
         self._url = url
-        self._password = _password_of(url)
+        self._password = password_of(url)
         self.location = _location(url)
         self.pool_timeout_s = pool_timeout_s
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
@@ -146,15 +146,6 @@ def _location(url: str) -> str:
     except psycopg.Error:
         return "(a connection string that does not parse; not shown)"
     return " ".join(f"{key}={parts[key]}" for key in ("host", "port", "dbname") if key in parts)
-
-
-def _password_of(url: str) -> str | None:
-    try:
-        return conninfo_to_dict(url).get("password") or None  # type: ignore[return-value]
-    except psycopg.Error:
-        # Unparsable URLs are refused by the settings; keep the raw tail out of messages.
-        match = re.search(r"://[^:/@]*:([^@]*)@", url)
-        return match.group(1) if match else None
 
 
 class PostgresStore:
