@@ -6,40 +6,32 @@ Rolling back lives in `backup.rollback`; the manager exposes it as `test_rollbac
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from backup import rollback as rollback_flow
-from backup.errors import ResticCommandFailed, UnknownComponent
-from backup.events import (
-    DrillFinished,
-    EventPublisher,
-    Listener,
-    SnapshotCountChanged,
-)
+from backup.errors import UnknownComponent
+from backup.events import SnapshotCountChanged
 from backup.index import ERS_TAG, SnapshotIndex
+from backup.manager_base import BackupManagerBase, BackupStatus
 from backup.models import (
     BackupReason,
     BackupResult,
-    CheckResult,
     DrillResult,
     ForgetResult,
     RollbackPreview,
     RollbackResult,
     Snapshot,
-    SnapshotDetails,
-    SnapshotFile,
 )
 from backup.repository import RepositoryConfig, open_repository
 from backup.restic import ProgressCallback, Restic
 from backup.snapshotter import Snapshotter
 from backup.workspace import Workspace
+
+__all__ = ["BackupConfig", "BackupManager", "BackupStatus"]
 
 _COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -62,24 +54,12 @@ class BackupConfig:
                 )
 
 
-@dataclass(frozen=True)
-class BackupStatus:
-    """Numbers a metrics exporter reads: last success per component, count, last drill."""
-
-    last_success: dict[str, datetime]
-    snapshot_count: int
-    last_verified: datetime | None
-
-
-class BackupManager:
+class BackupManager(BackupManagerBase):
     def __init__(self, restic: Restic, config: BackupConfig) -> None:
-        self.restic = restic
+        super().__init__(restic)
         self.config = config
         self.index = SnapshotIndex()
-        self.events = EventPublisher()
         self.workspace = Workspace(Path(config.work_dir))
-        self._last_verified: datetime | None = None
-        self._lock = asyncio.Lock()
         self.snapshotter = Snapshotter(
             restic,
             config.components,
@@ -88,7 +68,6 @@ class BackupManager:
             self.events,
             scratch_dir=self.workspace.scratch_root(),
         )
-        self._last_emergency: tuple[float, BackupResult] | None = None
 
     @classmethod
     async def open(cls, repository: RepositoryConfig, config: BackupConfig) -> BackupManager:
@@ -101,13 +80,20 @@ class BackupManager:
         self.workspace.remove_leftovers(self.config.components.values())
         await self.refresh()
 
-    def status(self) -> BackupStatus:
-        return BackupStatus(
-            dict(self.snapshotter.last_success), len(self.index), self._last_verified
-        )
+    @property
+    def _snapshot_index(self) -> SnapshotIndex:
+        return self.index
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        return self.events.subscribe(listener)
+    @property
+    def _emergency_cooldown_seconds(self) -> float:
+        return self.config.emergency_cooldown_seconds
+
+    def _successes(self) -> dict[str, datetime]:
+        return self.snapshotter.last_success
+
+    def _data_added(self, snapshot_id: str) -> int | None:
+        summary = self.snapshotter.summary_of(snapshot_id)
+        return summary.data_added if summary else None
 
     # Backups ------------------------------------------------------------------------------
 
@@ -126,31 +112,21 @@ class BackupManager:
         """
         reason = BackupReason(reason).value
         names = self._check_components(components)
-        async with self._lock:
-            if reason == BackupReason.EMERGENCY and (previous := self._recent_emergency()):
-                return dataclasses.replace(previous, coalesced=True)
-            result = await self.snapshotter.take(
+        return await self._take_once_per_emergency(
+            reason,
+            lambda: self.snapshotter.take(
                 names,
                 reason,
                 all_or_nothing=components is None,
                 timeout=timeout,
                 on_progress=on_progress,
-            )
-            if reason == BackupReason.EMERGENCY:
-                self._last_emergency = (time.monotonic(), result)
-            return result
+            ),
+        )
 
     async def shutdown_backup(self, timeout: float | None = None) -> BackupResult:
         """The final full backup when the service stops, bounded by `timeout` seconds."""
         limit = self.config.shutdown_timeout_seconds if timeout is None else timeout
         return await self.create(None, BackupReason.SHUTDOWN, timeout=limit)
-
-    def _recent_emergency(self) -> BackupResult | None:
-        if self._last_emergency is None:
-            return None
-        at, result = self._last_emergency
-        cooling = time.monotonic() - at < self.config.emergency_cooldown_seconds
-        return result if cooling else None
 
     def _check_components(self, components: Sequence[str] | None) -> list[str]:
         if components is None:
@@ -169,30 +145,9 @@ class BackupManager:
         """ERS snapshots, newest first, from memory."""
         return self.index.all()
 
-    async def refresh(self) -> list[Snapshot]:
+    async def _reload_index(self) -> list[Snapshot]:
         self.index.replace(await self.restic.snapshots(tag=ERS_TAG))
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return self.index.all()
-
-    def newest_snapshot_before(
-        self, moment: datetime | float, component: str | None = None
-    ) -> Snapshot | None:
-        if not isinstance(moment, datetime):
-            moment = datetime.fromtimestamp(moment, UTC)
-        return self.index.newest_before(moment, component)
-
-    async def details(self, snapshot_id: str) -> SnapshotDetails:
-        snapshot = self.index.get(snapshot_id)
-        nodes = await self.restic.ls(snapshot.id)
-        files = tuple(
-            SnapshotFile(str(n.get("path", n.get("name"))), int(n.get("size", 0)))
-            for n in nodes
-            if n.get("type") == "file"
-        )
-        summary = self.snapshotter.summary_of(snapshot.id)
-        return SnapshotDetails(
-            snapshot, files, sum(f.size for f in files), summary.data_added if summary else None
-        )
 
     # Retention and health ------------------------------------------------------------------
 
@@ -215,25 +170,9 @@ class BackupManager:
         self.events.publish(SnapshotCountChanged(len(self.index)))
         return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
 
-    async def prune(self) -> None:
-        async with self._lock:
-            await self.restic.prune()
-
-    async def check(self, *, read_data: bool = False) -> CheckResult:
-        async with self._lock:
-            try:
-                output = await self.restic.check(read_data=read_data)
-            except ResticCommandFailed as exc:
-                return CheckResult(ok=False, output_tail=str(exc))
-        return CheckResult(ok=True, output_tail=output.strip()[-400:])
-
     async def verify_latest(self, on_progress: ProgressCallback | None = None) -> DrillResult:
         """Restore drill: the newest full snapshot, restored into scratch and verified."""
-        result = await rollback_flow.drill(self, on_progress=on_progress)
-        if result.ok:
-            self._last_verified = result.verified_at
-        self.events.publish(DrillFinished(result))
-        return result
+        return self._record_drill(await rollback_flow.drill(self, on_progress=on_progress))
 
     # Rollback ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from backup import rollback as rollback_flow
@@ -24,42 +24,33 @@ from backup.errors import (
 from backup.events import (
     BackupFailed,
     BackupSucceeded,
-    DrillFinished,
-    EventPublisher,
-    Listener,
     RollbackFinished,
     SnapshotCountChanged,
 )
-from backup.manager import BackupStatus
+from backup.index import SnapshotIndex
+from backup.manager_base import BackupManagerBase
 from backup.models import (
     BackupReason,
     BackupResult,
-    CheckResult,
     DrillResult,
     FileVerification,
     ForgetResult,
     RollbackPreview,
     RollbackResult,
     Snapshot,
-    SnapshotDetails,
-    SnapshotFile,
 )
 from backup.pg import POSTGRES_TAG, PgBackupConfig, PgBackups
 from backup.repository import RepositoryConfig, open_repository
 from backup.restic import ProgressCallback
 
 
-class PgBackupManager:
+class PgBackupManager(BackupManagerBase):
     def __init__(self, backups: PgBackups, *, emergency_cooldown_seconds: float = 300.0) -> None:
+        super().__init__(backups.restic)
         self.backups = backups
-        self.restic = backups.restic
         self.config = backups.config
-        self.events = EventPublisher()
         self.emergency_cooldown_seconds = emergency_cooldown_seconds
         self._last_success: dict[str, datetime] = {}
-        self._last_verified: datetime | None = None
-        self._last_emergency: tuple[float, BackupResult] | None = None
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -78,11 +69,16 @@ class PgBackupManager:
         await backups.drop_leftovers()
         return manager
 
-    def status(self) -> BackupStatus:
-        return BackupStatus(dict(self._last_success), len(self.list()), self._last_verified)
+    @property
+    def _snapshot_index(self) -> SnapshotIndex:
+        return self.backups.index
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        return self.events.subscribe(listener)
+    @property
+    def _emergency_cooldown_seconds(self) -> float:
+        return self.emergency_cooldown_seconds
+
+    def _successes(self) -> dict[str, datetime]:
+        return self._last_success
 
     # Backups ------------------------------------------------------------------------------
 
@@ -98,70 +94,44 @@ class PgBackupManager:
         snapshot and every component."""
         reason = BackupReason(reason).value
         names = list(components) if components is not None else list(self.config.schemas)
-        async with self._lock:
-            if reason == BackupReason.EMERGENCY and (previous := self._recent_emergency()):
-                return dataclasses.replace(previous, coalesced=True)
-            started = time.monotonic()
-            try:
-                results = await asyncio.wait_for(self.backups.backup(names, reason), timeout)
-            except (BackupError, TimeoutError, ValueError) as exc:
-                label = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                message = str(exc) or f"no backup within {timeout} s"
-                self.events.publish(
-                    BackupFailed(tuple(names), reason, label, message, time.monotonic() - started)
-                )
-                if isinstance(exc, TimeoutError):
-                    raise ResticCommandFailed(message) from None
-                raise
-            for result in results:
-                self._last_success[result.components[0]] = result.started_at
-                self.events.publish(BackupSucceeded(result))
-            self.events.publish(SnapshotCountChanged(len(self.list())))
-            result = dataclasses.replace(
-                results[0],
-                components=tuple(c for r in results for c in r.components),
-                duration_seconds=time.monotonic() - started,
-                total_size=sum(r.total_size for r in results),
+        return await self._take_once_per_emergency(
+            reason, lambda: self._take(names, reason, timeout)
+        )
+
+    async def _take(self, names: list[str], reason: str, timeout: float | None) -> BackupResult:
+        started = time.monotonic()
+        try:
+            results = await asyncio.wait_for(self.backups.backup(names, reason), timeout)
+        except (BackupError, TimeoutError, ValueError) as exc:
+            label = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            message = str(exc) or f"no backup within {timeout} s"
+            self.events.publish(
+                BackupFailed(tuple(names), reason, label, message, time.monotonic() - started)
             )
-            if reason == BackupReason.EMERGENCY:
-                self._last_emergency = (time.monotonic(), result)
-            return result
+            if isinstance(exc, TimeoutError):
+                raise ResticCommandFailed(message) from None
+            raise
+        for result in results:
+            self._last_success[result.components[0]] = result.started_at
+            self.events.publish(BackupSucceeded(result))
+        self.events.publish(SnapshotCountChanged(len(self.list())))
+        return dataclasses.replace(
+            results[0],
+            components=tuple(c for r in results for c in r.components),
+            duration_seconds=time.monotonic() - started,
+            total_size=sum(r.total_size for r in results),
+        )
 
     async def shutdown_backup(self, timeout: float | None = None) -> BackupResult:
         return await self.create(None, BackupReason.SHUTDOWN, timeout=timeout)
-
-    def _recent_emergency(self) -> BackupResult | None:
-        if self._last_emergency is None:
-            return None
-        at, result = self._last_emergency
-        return result if time.monotonic() - at < self.emergency_cooldown_seconds else None
 
     # The snapshot list ---------------------------------------------------------------------
 
     def list(self) -> list[Snapshot]:
         return self.backups.list()
 
-    async def refresh(self) -> list[Snapshot]:
-        snapshots = await self.backups.refresh()
-        self.events.publish(SnapshotCountChanged(len(snapshots)))
-        return snapshots
-
-    def newest_snapshot_before(
-        self, moment: datetime | float, component: str | None = None
-    ) -> Snapshot | None:
-        if not isinstance(moment, datetime):
-            moment = datetime.fromtimestamp(moment, UTC)
-        return self.backups.index.newest_before(moment, component)
-
-    async def details(self, snapshot_id: str) -> SnapshotDetails:
-        snapshot = self.backups.index.get(snapshot_id)
-        nodes = await self.restic.ls(snapshot.id)
-        files = tuple(
-            SnapshotFile(str(n.get("path", n.get("name"))), int(n.get("size", 0)))
-            for n in nodes
-            if n.get("type") == "file"
-        )
-        return SnapshotDetails(snapshot, files, sum(f.size for f in files), None)
+    async def _reload_index(self) -> list[Snapshot]:
+        return await self.backups.refresh()
 
     # Retention and health ------------------------------------------------------------------
 
@@ -188,18 +158,6 @@ class PgBackupManager:
             await self.refresh()
         return ForgetResult(tuple(kept), tuple(removed))
 
-    async def prune(self) -> None:
-        async with self._lock:
-            await self.restic.prune()
-
-    async def check(self, *, read_data: bool = False) -> CheckResult:
-        async with self._lock:
-            try:
-                output = await self.restic.check(read_data=read_data)
-            except ResticCommandFailed as exc:
-                return CheckResult(ok=False, output_tail=str(exc))
-        return CheckResult(ok=True, output_tail=output.strip()[-400:])
-
     async def verify_latest(self, on_progress: ProgressCallback | None = None) -> DrillResult:
         """Restore drill: each component's newest snapshot restored into a scratch database
         and read back (the same work as a test rollback)."""
@@ -222,11 +180,9 @@ class PgBackupManager:
             raise SnapshotNotFound(
                 "there is no PostgreSQL snapshot to verify yet: run a backup first"
             )
-        result = DrillResult(newest.id, datetime.now(UTC), time.monotonic() - started, tuple(files))
-        if result.ok:
-            self._last_verified = result.verified_at
-        self.events.publish(DrillFinished(result))
-        return result
+        return self._record_drill(
+            DrillResult(newest.id, datetime.now(UTC), time.monotonic() - started, tuple(files))
+        )
 
     # Rollback ------------------------------------------------------------------------------
 
