@@ -34,7 +34,12 @@ class ChatOverloaded(ErsError):
     """Too many chats are already waiting to start; the client should retry shortly."""
 
     def __init__(self, waiting: int) -> None:
-        line = f"{waiting} chats are already waiting to start" if waiting else "no chat may wait"
+        if waiting == 0:
+            line = "no chat may wait"
+        elif waiting == 1:
+            line = "1 chat is already waiting to start"
+        else:
+            line = f"{waiting} chats are already waiting to start"
         super().__init__(f"the service is at capacity ({line}); retry in a second")
         self.waiting = waiting
 

@@ -127,6 +127,12 @@ async def test_a_chat_cancelled_in_line_leaves_it() -> None:
     assert admission.shed == 0
 
 
+def test_the_message_counts_the_line_in_words() -> None:
+    assert "(no chat may wait)" in str(ChatOverloaded(0))
+    assert "(1 chat is already waiting to start)" in str(ChatOverloaded(1))
+    assert "(3 chats are already waiting to start)" in str(ChatOverloaded(3))
+
+
 def test_negative_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="must not be negative"):
         ChatAdmission(per_turn=-1, max_waiting=0)
