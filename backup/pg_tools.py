@@ -9,7 +9,6 @@ carry the password.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup.errors import BackupError, PgToolNotInstalled, stderr_tail
+from backup.process import stop_process
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 TOOLS = ("pg_dump", "pg_restore", "psql")
@@ -196,13 +196,4 @@ async def run_pg_program(
 async def _stop(process: asyncio.subprocess.Process) -> None:
     """The client programs hold nothing a clean exit must release: the server rolls back
     whatever their connection left unfinished."""
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+    await stop_process(process, signal.SIGTERM, STOP_GRACE_SECONDS)

@@ -64,13 +64,13 @@ async def run_program(
     try:
         await asyncio.wait_for(_collect(process, collected, on_progress), timeout)
     except TimeoutError:
-        await _stop(process)
+        await stop_process(process)
         raise ResticTimeout(
             f"restic {args[0]} did not finish within {timeout:g} s and was stopped: raise the "
             "timeout or check that the repository is reachable"
         ) from None
     except BaseException:
-        await _stop(process)
+        await stop_process(process)
         raise
     collected.exit_code = process.returncode if process.returncode is not None else -1
     return collected
@@ -117,13 +117,19 @@ def _dispatch(
         )
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
+async def stop_process(
+    process: asyncio.subprocess.Process,
+    sig: int = signal.SIGINT,
+    grace_s: float = INTERRUPT_GRACE_SECONDS,
+) -> None:
+    """Send ``sig`` (restic releases its repository lock on SIGINT), then kill the process
+    if it has not exited within ``grace_s``."""
     if process.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
     try:
-        await asyncio.wait_for(process.wait(), INTERRUPT_GRACE_SECONDS)
+        await asyncio.wait_for(process.wait(), grace_s)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
