@@ -121,11 +121,7 @@ class PgPool:
         self._pool.close()
 
     def scrub(self, text: str) -> str:
-        """``text`` on one line, without the password, at most 300 characters."""
-        text = " ".join(text.split())
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text[:300]
+        return scrub_password(text, self._password)
 
     def reason(self, exc: psycopg.Error) -> str:
         """What went wrong, in words a person can act on."""
@@ -163,6 +159,15 @@ def server_location(url: str) -> str:
     except psycopg.Error:
         return "(a connection string that does not parse; not shown)"
     return " ".join(f"{key}={info[key]}" for key in ("host", "port", "dbname") if key in info)
+
+
+def scrub_password(text: str, password: str | None) -> str:
+    """``text`` on one line, without ``password``, at most 300 characters: fit for a log
+    line or an error body."""
+    text = " ".join(text.split())
+    if password:
+        text = text.replace(password, "***")
+    return text[:300]
 
 
 def password_of(url: str) -> str | None:

@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from service.errors import StoreUnavailable
 from service.settings import redact_url
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
-from telemetry.pg_pool import password_of
+from telemetry.pg_pool import password_of, scrub_password
 
 # A statement waits at most this long for a free pooled connection; a chat must not hang on
 # a server that is gone.
@@ -113,11 +113,7 @@ class PostgresDatabase:
             await pool.close()
 
     def scrub(self, text: str) -> str:
-        """``text`` on one line, without the password, at most 300 characters."""
-        text = " ".join(text.split())
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text[:300]
+        return scrub_password(text, self._password)
 
     def reason(self, exc: psycopg.Error) -> str:
         """What went wrong, in words a person can act on."""
