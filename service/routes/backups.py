@@ -19,6 +19,7 @@ from backup import (
 from service.auth import AdminAuth, AdminRead
 from service.backups import BackupService, BackupsUnavailable
 from service.deps import RuntimeDep
+from service.routes.json_types import Confirmation
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
 
@@ -89,7 +90,7 @@ class Rollback(BaseModel):
 
     backupId: str | None = Field(None, pattern=SNAPSHOT_ID)
     beforeIncident: str | None = Field(None, pattern=r"^INC_\d{13}_[a-z0-9]{6}$")
-    confirm: bool = False
+    confirm: Confirmation = False
     reason: str = Field(min_length=1, max_length=500)
     components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
 

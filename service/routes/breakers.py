@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import AdminAuth, AdminRead
 from service.deps import Team
 from service.resilience.breaker import ResetRefused
+from service.routes.json_types import JsonBool, JsonNumber
 
 router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
 
@@ -17,16 +18,14 @@ router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependenc
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    force: bool = Field(
-        False, strict=True, description="reset even when the agent is still failing"
-    )
+    force: JsonBool = Field(False, description="reset even when the agent is still failing")
 
 
 class ForceOpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=500)
-    ttlSeconds: float | None = Field(None, gt=0, le=7 * 24 * 3600, strict=True)
+    ttlSeconds: JsonNumber | None = Field(None, gt=0, le=7 * 24 * 3600)
 
 
 def breaker_report(team: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import AdminAuth
 from service.deps import RuntimeDep, Team
 from service.faults import ERROR_TYPES
+from service.routes.json_types import JsonInt, JsonNumber
 
 router = APIRouter(prefix="/api/emergency", tags=["fault injection"])
 
@@ -28,12 +29,10 @@ class SimulateError(BaseModel):
     )
     component: str = Field(min_length=1, max_length=64, description="agent name or seed alias")
     message: str | None = Field(None, min_length=1, max_length=500)
-    count: int | None = Field(
-        None, ge=1, le=10_000, strict=True, description="failing calls; default: all"
-    )
-    durationSeconds: float | None = Field(None, gt=0, le=24 * 3600, strict=True)
-    delaySeconds: float = Field(0.0, ge=0, le=60, strict=True, description="latency before failing")
-    failureRate: float = Field(1.0, gt=0, le=1, strict=True, description="share of calls that fail")
+    count: JsonInt | None = Field(None, ge=1, le=10_000, description="failing calls; default: all")
+    durationSeconds: JsonNumber | None = Field(None, gt=0, le=24 * 3600)
+    delaySeconds: JsonNumber = Field(0.0, ge=0, le=60, description="latency before failing")
+    failureRate: JsonNumber = Field(1.0, gt=0, le=1, description="share of calls that fail")
 
 
 @router.post("/simulate-error")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import Stores
 from service.routes.chat import USER_ID_PATTERN
+from service.routes.json_types import JsonInt, JsonNumber
 
 router = APIRouter(prefix="/api/profiles", tags=["profiles"])
 
@@ -18,9 +19,9 @@ UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
 class ProfileUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    age: int | None = Field(None, ge=10, le=110)
-    weightKg: float | None = Field(None, gt=20, le=400)
-    heightCm: float | None = Field(None, gt=80, le=260)
+    age: JsonInt | None = Field(None, ge=10, le=110)
+    weightKg: JsonNumber | None = Field(None, gt=20, le=400)
+    heightCm: JsonNumber | None = Field(None, gt=80, le=260)
     sex: Literal["male", "female"] | None = None
     activity: Literal["sedentary", "light", "moderate", "active", "very_active"] | None = None
     goal: Literal["lose", "maintain", "gain"] | None = None

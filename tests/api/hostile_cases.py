@@ -125,6 +125,59 @@ NUMBERS: dict[str, str] = {
     "boolean": "true",
 }
 
+# Values that only look like the type a field wants. Lax coercion would take "yes", 1 and
+# "true" as true and "30" as 30; where such a field steers an action (confirm, force, a count,
+# a time to live, a weight), a client that sends them has made a mistake that must be named.
+NOT_BOOLEANS: dict[str, str] = {
+    "string-yes": '"yes"',
+    "string-true": '"true"',
+    "string-false": '"false"',
+    "number-1": "1",
+    "number-0": "0",
+    "null": "null",
+    "list-true": "[true]",
+}
+NOT_NUMBERS: dict[str, str] = {
+    "numeric-string": '"60"',
+    "decimal-string": '"0.5"',
+    "boolean-true": "true",
+    "boolean-false": "false",
+    "list": "[60]",
+    "object": '{"value": 60}',
+}
+
+
+def lookalike_cases(
+    prefix: str,
+    method: str,
+    route: str,
+    url: str,
+    valid: dict[str, Any],
+    field: str,
+    kind: str,
+) -> list[Case]:
+    """``field`` sent each value in NOT_BOOLEANS or NOT_NUMBERS: a 422 that says what it must
+    be. ``kind`` is "boolean", "number" or "whole number" (as the reply words it)."""
+    tokens = NOT_BOOLEANS if kind == "boolean" else NOT_NUMBERS
+    expected = {
+        "boolean": f"{field}: must be true or false (a JSON boolean",
+        "number": f"{field}: must be a number (a JSON number",
+        "whole number": f"{field}: must be a whole number (a JSON number",
+    }[kind]
+    return [
+        Case(
+            f"{prefix}-{field}-not-a-{kind.replace(' ', '-')}-{name}",
+            method,
+            route,
+            url,
+            422,
+            splice(valid, field, token),
+            detail=expected,
+        )
+        for name, token in tokens.items()
+    ]
+
+
 DEEP_ARRAY = b"[" * 10_000 + b"]" * 10_000
 DEEP_OBJECT = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
 TWO_MEGABYTES = encode({"message": "a" * 2 * MAX_BODY_BYTES})
@@ -334,6 +387,9 @@ def _profile_cases() -> list[Case]:
                     detail=field,
                 )
             )
+    rows += lookalike_cases("profile", "PUT", PROFILE, url, PROFILE_OK, "age", "whole number")
+    for field in ("weightKg", "heightCm"):
+        rows += lookalike_cases("profile", "PUT", PROFILE, url, PROFILE_OK, field, "number")
     for name, value in STRINGS.items():
         rows.append(
             Case(
@@ -374,6 +430,10 @@ def _profile_cases() -> list[Case]:
             b'{"age": 30.5}',
             detail="age",
         ),
+        # A JSON number is a number however it is written: 30.0 is the age 30, and an
+        # integer weight is a weight.
+        Case("profile-age-integral-decimal", "PUT", PROFILE, url, 200, b'{"age": 30.0}'),
+        Case("profile-weightKg-integer", "PUT", PROFILE, url, 200, b'{"weightKg": 80}'),
         Case(
             "profile-duplicate-keys-last-wins",
             "PUT",
@@ -450,7 +510,12 @@ def _breaker_cases() -> list[Case]:
             )
         )
 
+    rows += lookalike_cases("breaker-reset", "POST", RESET, reset_url, {}, "force", "boolean")
+
     force_url = FORCE_OPEN.replace("{name}", "budget")
+    rows += lookalike_cases(
+        "breaker-force-open", "POST", FORCE_OPEN, force_url, FORCE_OPEN_OK, "ttlSeconds", "number"
+    )
     rows += shape_cases("breaker-force-open", "POST", FORCE_OPEN, force_url, FORCE_OPEN_OK)
     for name, token in NUMBERS.items():
         rows.append(
@@ -691,6 +756,50 @@ def _backup_cases() -> list[Case]:
     return rows
 
 
+# With backups on, the rollback body is validated before anything is rolled back: these
+# rows run against an app whose restic repository is connected (see test_hostile_inputs).
+ROLLBACK_OK = {"backupId": SNAPSHOT, "confirm": True, "reason": "bad deploy"}
+CONFIRM_MUST_BE_TRUE = "confirm: must be true (a JSON boolean, without quotes) to roll back"
+
+
+def _rollback_with_backups_cases() -> list[Case]:
+    rows = [
+        Case(
+            f"rollback-on-confirm-{name}",
+            "POST",
+            ROLLBACK,
+            ROLLBACK,
+            422,
+            splice(ROLLBACK_OK, "confirm", token),
+            detail=CONFIRM_MUST_BE_TRUE,
+        )
+        for name, token in {**NOT_BOOLEANS, "string-yes-upper": '"YES"', "on": '"on"'}.items()
+    ]
+    rows += [
+        Case(
+            "rollback-on-confirm-false",
+            "POST",
+            ROLLBACK,
+            ROLLBACK,
+            400,
+            encode({**ROLLBACK_OK, "confirm": False}),
+            detail='send "confirm": true',
+        ),
+        Case(
+            "rollback-on-confirm-missing",
+            "POST",
+            ROLLBACK,
+            ROLLBACK,
+            400,
+            encode({"backupId": SNAPSHOT, "reason": "x"}),
+            detail='send "confirm": true',
+        ),
+        # A well-formed rollback to a snapshot the repository does not hold.
+        Case("rollback-on-unknown-snapshot", "POST", ROLLBACK, ROLLBACK, 404, encode(ROLLBACK_OK)),
+    ]
+    return rows
+
+
 # --- fault injection ----------------------------------------------------------------------
 
 SIMULATE = "/api/emergency/simulate-error"
@@ -748,6 +857,24 @@ def _simulate_cases() -> list[Case]:
                     detail=field,
                 )
             )
+    rows += lookalike_cases(
+        "simulate", "POST", SIMULATE, SIMULATE, SIMULATE_OK, "count", "whole number"
+    )
+    for field in ("failureRate", "delaySeconds", "durationSeconds"):
+        rows += lookalike_cases(
+            "simulate", "POST", SIMULATE, SIMULATE, SIMULATE_OK, field, "number"
+        )
+    # Where a decimal is expected an integer is a number all the same.
+    rows.append(
+        Case(
+            "simulate-failureRate-integer",
+            "POST",
+            SIMULATE,
+            SIMULATE,
+            200,
+            encode({**SIMULATE_OK, "failureRate": 1, "durationSeconds": 60}),
+        )
+    )
     for name in STRINGS:
         status = _component_status(name, "query")
         rows.append(
@@ -1225,3 +1352,4 @@ CASES: list[Case] = [
     *_alert_cases(),
     *_intake_cases(),
 ]
+ROLLBACK_WITH_BACKUPS_CASES: list[Case] = _rollback_with_backups_cases()

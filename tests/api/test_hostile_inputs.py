@@ -3,6 +3,7 @@ a ``detail`` for client errors, never a stack trace, and the service keeps answe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.api.hostile_cases import CASES, Case
+from service.app import create_app
+from service.settings import Settings
+from tests.api.hostile_cases import CASES, ROLLBACK_WITH_BACKUPS_CASES, Case
 from tests.conftest import ROOT
 
 PLAIN_CHAT = {"message": "plan my meals", "userId": "u1"}
@@ -135,6 +138,67 @@ async def test_the_whole_table_in_one_process_leaves_it_serving(
         assert (await client.get("/readyz")).status_code == 200
     finally:
         await settle(app)
+
+
+@pytest.fixture
+async def backup_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with backups on and its real restic repository connected, so that a
+    rollback body is validated and acted on rather than answered 503."""
+    settings = settings.model_copy(
+        update={"backups_enabled": True, "backup_schedule_enabled": False}
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
+        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://ers.test", timeout=120
+        ) as http:
+            yield http
+
+
+@pytest.mark.integration
+async def test_rollback_rows_with_a_connected_repository(
+    backup_client: httpx.AsyncClient,
+) -> None:
+    # One app for every row: each restic repository takes seconds to create.
+    for case in ROLLBACK_WITH_BACKUPS_CASES:
+        check_reply(case, await send(backup_client, case))
+    await assert_still_serving(backup_client, "the rollback rows")
+
+
+async def _food_left(http: httpx.AsyncClient) -> str:
+    reply = await http.post("/chat", json={"message": "budget report", "userId": "ann"})
+    return reply.json()["response"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("confirm", ["yes", "true", 1])
+async def test_a_confirm_that_is_not_a_json_true_rolls_nothing_back(
+    backup_client: httpx.AsyncClient, confirm: object
+) -> None:
+    http = backup_client
+    await http.post("/chat", json={"message": "set my food budget to $400", "userId": "ann"})
+    created = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
+    assert created.status_code == 200, created.text
+    await http.post("/chat", json={"message": "spent $300 on groceries", "userId": "ann"})
+    assert "$100.00 left" in await _food_left(http)
+
+    reply = await http.post(
+        "/api/emergency/rollback",
+        json={
+            "backupId": created.json()["backupId"],
+            "confirm": confirm,
+            "reason": "x",
+            "components": ["budgets"],
+        },
+    )
+
+    assert reply.status_code == 422, reply.text
+    assert "confirm: must be true (a JSON boolean" in reply.json()["detail"]
+    assert "$100.00 left" in await _food_left(http)  # the expense is still there
+    listed = (await http.get("/api/emergency/backups")).json()["backups"]
+    assert [s["reason"] for s in listed] == ["manual"]  # no pre-rollback safety snapshot
 
 
 SHUTDOWN_AFTER_ALERT = textwrap.dedent(

@@ -1,0 +1,91 @@
+"""Request-body fields that take a value only as JSON writes it.
+
+Pydantic's lax mode turns ``"yes"``, ``1`` and ``"true"`` into ``True`` and ``"30"`` into
+``30``. Where such a value steers what happens (a rollback's ``confirm``, a reset's ``force``,
+a count, a time to live, a weight), a client that sends the wrong type has made a mistake
+that must be named, not guessed at. These types accept JSON booleans as booleans and JSON
+numbers as numbers (an integer where a decimal is expected, too), and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in words; never the value itself, which may be hostile."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise PydanticCustomError(
+            "json_boolean",
+            "must be true or false (a JSON boolean, without quotes), not {kind}",
+            {"kind": json_kind(value)},
+        )
+    return value
+
+
+def _confirmation(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise PydanticCustomError(
+            "json_confirmation",
+            "must be true (a JSON boolean, without quotes) to roll back, not {kind}",
+            {"kind": json_kind(value)},
+        )
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = json_kind(value)
+        if isinstance(value, float):
+            kind = "a fraction" if math.isfinite(value) else "NaN or infinity"
+        raise PydanticCustomError(
+            "json_integer",
+            "must be a whole number (a JSON number such as 30, without quotes), not {kind}",
+            {"kind": kind},
+        )
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError(
+            "json_number",
+            "must be a number (a JSON number such as 60 or 2.5, without quotes), not {kind}",
+            {"kind": json_kind(value)},
+        )
+    return value
+
+
+JsonBool = Annotated[bool, BeforeValidator(_boolean)]
+"""true or false, nothing that merely looks like one."""
+
+Confirmation = Annotated[bool, BeforeValidator(_confirmation)]
+"""A destructive action's go-ahead: a JSON boolean; the route decides what false means."""
+
+JsonInt = Annotated[int, BeforeValidator(_whole_number)]
+"""A JSON number without a fractional part; never a string or a boolean."""
+
+JsonNumber = Annotated[float, BeforeValidator(_number)]
+"""A JSON number, integer or decimal; never a string or a boolean."""
