@@ -4,14 +4,32 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.auth import require_admin
 from service.deps import Stores
+from service.http_errors import ErrorBody
 from service.routes.chat import USER_ID_PATTERN
 from service.routes.json_types import JsonInt, JsonNumber
 
-router = APIRouter(prefix="/api/profiles", tags=["profiles"])
+# A profile is personal data: the same access as the admin endpoints (the admin token;
+# without one, loopback clients only, and never in production).
+router = APIRouter(
+    prefix="/api/profiles",
+    tags=["profiles"],
+    dependencies=[Depends(require_admin)],
+    responses={
+        401: {
+            "model": ErrorBody,
+            "description": "no valid admin token: send 'Authorization: Bearer <ERS_ADMIN_TOKEN>'",
+        },
+        403: {
+            "model": ErrorBody,
+            "description": "ERS_ADMIN_TOKEN is unset and the client is not on loopback",
+        },
+    },
+)
 
 UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
 
