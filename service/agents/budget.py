@@ -6,7 +6,6 @@ import re
 
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.parsing import format_cents, parse_money_cents
-from service.errors import UserInputError
 from service.stores.base import BudgetBackend
 
 CATEGORIES = {
@@ -43,7 +42,6 @@ CATEGORIES = {
 _SET = re.compile(r"\b(set|limit|budget of|budget to|allocate|monthly budget|per month|a month)\b")
 _SPENT = re.compile(r"\b(spent|spend|paid|pay|bought|buy|expense|cost)\b")
 _REPORT = re.compile(r"\b(report|left|remaining|show|summary|status|overview)\b")
-_MAX_CENTS = 100_000_000_00
 
 
 def find_category(text: str) -> str | None:
@@ -69,19 +67,19 @@ class BudgetAgent:
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         text = request.message.lower()
-        amount = parse_money_cents(text)
         category = find_category(text)
         spending = bool(_SPENT.search(text)) and not _SET.search(text)
         setting = bool(_SET.search(text)) or ("budget" in text and not _REPORT.search(text))
-        if amount is not None and (spending or setting) and not 0 < amount <= _MAX_CENTS:
-            raise UserInputError("amounts must be above zero and below $100,000,000")
+        # Only an amount that will be recorded is read: a report may mention any number.
+        # parse_money_cents refuses one it cannot take as written, so nothing is recorded.
+        amount = parse_money_cents(text) if spending or setting else None
         if amount is not None and spending:
             category = category or "other"
             await self._budgets.add_expense(
                 request.user_id, category, amount, request.message[:200]
             )
             return await self._report(request, f"Recorded {format_cents(amount)} for {category}.")
-        if amount is not None and setting and amount > 0:
+        if amount is not None and setting:
             if category is None:
                 return AgentReply(
                     content=(

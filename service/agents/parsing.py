@@ -1,18 +1,70 @@
-"""Reading facts out of plain chat messages: profile details and money amounts."""
+"""Reading facts out of plain chat messages: profile details and money amounts.
+
+A number is taken as written or not at all. A minus sign, an exponent, NaN or infinity, more
+than two decimals in an amount, an amount over ``MAX_AMOUNT_CENTS``, or a profile figure
+outside what the profile API accepts raises ``NotUnderstood``, which names what was read and
+why it was not taken; the caller then records nothing. Reading ``$-400`` as $400 or ``$1e308``
+as $1 would change what the user said without a word.
+"""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
-_AGE = re.compile(
-    r"\b(?:i am|i'm|im|age|aged)\s*(\d{1,3})\b(?!\s*(?:kg|kilo|cm|lb))"
-    r"|\b(\d{1,3})\s*(?:years? old|yo|y/o)\b"
+from service.agents.profile_limits import (
+    AGE_MAX_YEARS,
+    AGE_MIN_YEARS,
+    HEIGHT_ABOVE_CM,
+    HEIGHT_MAX_CM,
+    WEIGHT_ABOVE_KG,
+    WEIGHT_MAX_KG,
 )
-_WEIGHT_KG = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\s*(?:kg|kgs|kilos?|kilograms?)\b")
-_WEIGHT_LB = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\s*(?:lb|lbs|pounds?)\b")
-_HEIGHT_CM = re.compile(r"\b(\d{3}(?:\.\d+)?)\s*(?:cm|centimet(?:er|re)s?)\b")
-_HEIGHT_M = re.compile(r"\b([12]\.\d{1,2})\s*m\b")
+from service.errors import UserInputError
+
+# The largest single amount (a budget or an expense) the budget agent takes: $1,000,000.00.
+# Anything above is far more likely a slip of the keyboard than a personal monthly figure.
+MAX_AMOUNT_CENTS = 1_000_000_00
+
+
+class NotUnderstood(UserInputError):
+    """A number in a message that cannot be taken as written; nothing is recorded."""
+
+    def __init__(self, written: str, problem: str, example: str, nothing: str) -> None:
+        shown = written if len(written) <= 40 else written[:40] + "..."
+        super().__init__(
+            f"I did not understand '{shown}': {problem}. {nothing}; "
+            f"please say it again, for example '{example}'."
+        )
+
+
+# A figure as written: an optional minus sign right before it, digits with any points and
+# commas between them (what they may be is checked afterwards), an optional exponent. The
+# atomic group keeps the regex from shortening "30.5" to "30" to make a pattern fit.
+_MINUS = "\\-\u2212"  # ASCII hyphen-minus (escaped for character classes), U+2212
+_FIGURE = (
+    rf"(?P<minus>(?<![\w.,{_MINUS}])[{_MINUS}])?(?<![\w.,])"
+    r"(?P<figure>(?>\d[\d.,]*\d|\d)(?:e[-+]?\d+)?)"
+)
+_PLAIN_FIGURE = re.compile(r"\d+(?:[.,]\d+)?")
+_NOT_AN_AGE = (
+    r"kg|kilo|cm|lb|pound|ft|feet|foot|inch|m\b|%|percent|weeks?|days?|months?|hours?"
+    r"|min|times|x\b|reps?|sets?|dollars|euros?|bucks|steps?|['\"]"
+)
+_AGE = (
+    re.compile(rf"\b(?:i am|i'm|im|age|aged)\s*{_FIGURE}(?!\w)(?!\s*(?:{_NOT_AN_AGE}))"),
+    re.compile(rf"{_FIGURE}\s*(?:years? old|yo|y/o)\b"),
+)
+_WEIGHT_KG = re.compile(rf"{_FIGURE}\s*(?:kg|kgs|kilos?|kilograms?)\b")
+_WEIGHT_LB = re.compile(rf"{_FIGURE}\s*(?:lb|lbs|pounds?)\b")
+_HEIGHT_CM = re.compile(rf"{_FIGURE}\s*(?:cm|centimet(?:er|re)s?)\b")
+_HEIGHT_M = re.compile(rf"(?P<minus>(?<![\w.,])[{_MINUS}])?\b(?P<figure>\d\.\d{{1,2}})\s*m\b")
+# "lose 5 kg" is a goal, not a weight.
+_CHANGE = re.compile(
+    r"\b(?:lose|lost|losing|gain|gained|gaining|drop|dropped|shed|put on|cut|down|up)\s+"
+    r"(?:about\s+|around\s+|another\s+|an extra\s+)?$"
+)
 _SEX = re.compile(r"\b(male|female|man|woman)\b")
 _ACTIVITY = (
     ("very_active", re.compile(r"\bvery active|extremely active|athlete\b")),
@@ -26,30 +78,103 @@ _GOAL = (
     ("gain", re.compile(r"\b(?:gain|bulk|bulking|build muscle|muscle gain|mass)\b")),
     ("maintain", re.compile(r"\b(?:maintain|maintenance)\b")),
 )
-_MONEY = re.compile(
-    r"(?:[$€£]\s?(\d+(?:[.,]\d{1,2})?)|\b(\d+(?:[.,]\d{1,2})?)\s?(?:dollars|usd|eur|euros?|bucks)\b)"
-)
-_PLAIN_NUMBER = re.compile(r"\b(\d+(?:\.\d{1,2})?)\b")
 
 SEXES = {"male": "male", "man": "male", "female": "female", "woman": "female"}
+_NOTHING_SAVED = "Nothing was saved"
+_PROFILE_EXAMPLE = "I am 30, 80 kg, 180 cm"
+
+
+def _figure(match: re.Match[str], what: str) -> float:
+    """The figure a profile pattern matched, as a plain positive number."""
+    written = match.group(0).strip()
+    figure = match.group("figure")
+    if match.group("minus"):
+        raise NotUnderstood(written, f"{what} cannot be negative", _PROFILE_EXAMPLE, _NOTHING_SAVED)
+    if not _PLAIN_FIGURE.fullmatch(figure):
+        raise NotUnderstood(
+            written,
+            f"write {what} in plain digits, like 80 or 80.5",
+            _PROFILE_EXAMPLE,
+            _NOTHING_SAVED,
+        )
+    return float(figure.replace(",", "."))
+
+
+def _first(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The first match that states a figure rather than a change of it ('lose 5 kg')."""
+    for match in pattern.finditer(text):
+        if not _CHANGE.search(text, 0, match.start()):
+            return match
+    return None
+
+
+def _in_range(
+    written: str, what: str, value: float, above: float, most: float, unit: str, low_ok: bool
+) -> float:
+    inside = (above <= value if low_ok else above < value) and value <= most
+    if not inside:
+        bounds = f"from {above:g} to" if low_ok else f"more than {above:g} and at most"
+        raise NotUnderstood(
+            written,
+            f"{what} must be {bounds} {most:g} {unit}",
+            _PROFILE_EXAMPLE,
+            _NOTHING_SAVED,
+        )
+    return value
+
+
+def _age(text: str) -> int | None:
+    match = next((m for p in _AGE if (m := p.search(text))), None)
+    if match is None:
+        return None
+    written = match.group(0).strip()
+    value = _figure(match, "an age")
+    if not value.is_integer():
+        raise NotUnderstood(written, "an age is a whole number of years", "I am 30", _NOTHING_SAVED)
+    return int(
+        _in_range(written, "an age", value, AGE_MIN_YEARS, AGE_MAX_YEARS, "years", low_ok=True)
+    )
+
+
+def _weight_kg(text: str) -> float | None:
+    if match := _first(_WEIGHT_KG, text):
+        value = _figure(match, "a weight")
+    elif match := _first(_WEIGHT_LB, text):
+        value = round(_figure(match, "a weight") * 0.45359237, 1)
+    else:
+        return None
+    written = match.group(0).strip()
+    return _in_range(written, "a weight", value, WEIGHT_ABOVE_KG, WEIGHT_MAX_KG, "kg", low_ok=False)
+
+
+def _height_cm(text: str) -> float | None:
+    if match := _first(_HEIGHT_CM, text):
+        value = _figure(match, "a height")
+    elif match := _first(_HEIGHT_M, text):
+        value = round(_figure(match, "a height") * 100, 1)
+    else:
+        return None
+    written = match.group(0).strip()
+    return _in_range(written, "a height", value, HEIGHT_ABOVE_CM, HEIGHT_MAX_CM, "cm", low_ok=False)
 
 
 def parse_profile_facts(message: str) -> dict[str, Any]:
-    """The profile fields a message states, e.g. 'I am 30, 80 kg, 180 cm, male'."""
+    """The profile fields a message states, e.g. 'I am 30, 80 kg, 180 cm, male'.
+
+    Raises NotUnderstood when a stated age cannot be taken as written, or a weight or height
+    in a message that states at least one other profile fact.
+    """
     text = message.lower()
     facts: dict[str, Any] = {}
-    if match := _AGE.search(text):
-        age = int(match.group(1) or match.group(2))
-        if 10 <= age <= 110:
-            facts["age"] = age
-    if match := _WEIGHT_KG.search(text):
-        facts["weight_kg"] = float(match.group(1))
-    elif match := _WEIGHT_LB.search(text):
-        facts["weight_kg"] = round(float(match.group(1)) * 0.45359237, 1)
-    if match := _HEIGHT_CM.search(text):
-        facts["height_cm"] = float(match.group(1))
-    elif match := _HEIGHT_M.search(text):
-        facts["height_cm"] = round(float(match.group(1)) * 100, 1)
+    refused: dict[str, NotUnderstood] = {}
+    for name, read in (("age", _age), ("weight_kg", _weight_kg), ("height_cm", _height_cm)):
+        try:
+            value = read(text)
+        except NotUnderstood as exc:
+            refused[name] = exc
+            continue
+        if value is not None:
+            facts[name] = value
     if match := _SEX.search(text):
         facts["sex"] = SEXES[match.group(1)]
     for level, pattern in _ACTIVITY:
@@ -60,17 +185,81 @@ def parse_profile_facts(message: str) -> dict[str, Any]:
         if pattern.search(text):
             facts["goal"] = goal
             break
+    # "I am 999" can only be an age; "bought 10 kg of rice" is not a weight unless the
+    # message also says something else about the person.
+    if "age" in refused:
+        raise refused["age"]
+    if refused and len(facts) + len(refused) >= 2:
+        raise next(iter(refused.values()))
     return facts
 
 
+# --- money ---------------------------------------------------------------------------------
+
+_AMOUNT = r"(?>\d[\d.,]*\d|\d)(?:e[-+]?\d+)?|nan|inf(?:inity)?"
+_MONEY = re.compile(
+    rf"(?P<before>(?<!\w)[{_MINUS}])?[$€£]\s?(?P<after>[{_MINUS}])?(?P<amount>{_AMOUNT})(?P<tail>[a-z]*)"
+    rf"|(?P<minus>(?<![\w.,{_MINUS}])[{_MINUS}])?(?<![\w.,])(?P<worded>{_AMOUNT})\s?"
+    r"(?:dollars|usd|eur|euros?|bucks)\b"
+)
+_PLAIN = re.compile(
+    rf"(?P<minus>(?<![\w.,{_MINUS}])[{_MINUS}])?(?<![\w.,])(?P<amount>{_AMOUNT})(?!\w)"
+)
+_WHOLE = re.compile(r"\d+")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL = re.compile(r"\d+[.,]\d+")
+_NOTHING_RECORDED = "Nothing was recorded"
+_MONEY_EXAMPLE = "spent $25.50 on groceries"
+
+
+def _cents(written: str, amount: str, negative: bool) -> int:
+    def refuse(problem: str) -> NotUnderstood:
+        return NotUnderstood(written, problem, _MONEY_EXAMPLE, _NOTHING_RECORDED)
+
+    if negative:
+        raise refuse("an amount cannot be negative")
+    if amount in ("nan", "inf", "infinity"):
+        raise refuse("that is not an amount of money")
+    if "e" in amount:
+        raise refuse("write amounts in plain digits, without an exponent")
+    if _WHOLE.fullmatch(amount) or _THOUSANDS.fullmatch(amount):
+        value = Decimal(amount.replace(",", ""))
+    elif _DECIMAL.fullmatch(amount):
+        value = Decimal(amount.replace(",", "."))  # "12,5" is twelve and a half
+    else:
+        raise refuse("write amounts like 1200, 1,200 or 1,200.50")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -2:
+        raise refuse("an amount has at most two decimals (cents)")
+    if value == 0:
+        raise refuse("an amount must be above zero")
+    if value * 100 > MAX_AMOUNT_CENTS:
+        raise refuse(f"one amount can be at most {format_cents(MAX_AMOUNT_CENTS)}")
+    return int(value * 100)
+
+
 def parse_money_cents(message: str) -> int | None:
-    """The first amount of money in a message, in cents; bare numbers count as a last resort."""
+    """The first amount of money in a message, in cents; bare numbers count as a last resort.
+
+    Raises NotUnderstood when that amount cannot be taken as written (see the module).
+    """
     text = message.lower()
-    match = _MONEY.search(text) or _PLAIN_NUMBER.search(text)
-    if match is None:
-        return None
-    raw = next(group for group in match.groups() if group)
-    return round(float(raw.replace(",", ".")) * 100)
+    if match := _MONEY.search(text):
+        written = match.group(0).strip()
+        if match.group("worded"):
+            return _cents(written, match.group("worded"), bool(match.group("minus")))
+        if match.group("tail"):
+            raise NotUnderstood(
+                written,
+                "write the amount in digits only (1200, not 1.2k)",
+                _MONEY_EXAMPLE,
+                _NOTHING_RECORDED,
+            )
+        negative = bool(match.group("before") or match.group("after"))
+        return _cents(written, match.group("amount"), negative)
+    if match := _PLAIN.search(text):
+        return _cents(match.group(0), match.group("amount"), bool(match.group("minus")))
+    return None
 
 
 def format_cents(cents: int) -> str:

@@ -7,6 +7,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.agents.profile_limits import (
+    AGE_MAX_YEARS,
+    AGE_MIN_YEARS,
+    HEIGHT_ABOVE_CM,
+    HEIGHT_MAX_CM,
+    WEIGHT_ABOVE_KG,
+    WEIGHT_MAX_KG,
+)
 from service.auth import require_admin
 from service.deps import Stores
 from service.http_errors import ErrorBody
@@ -37,9 +45,9 @@ UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
 class ProfileUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    age: JsonInt | None = Field(None, ge=10, le=110)
-    weightKg: JsonNumber | None = Field(None, gt=20, le=400)
-    heightCm: JsonNumber | None = Field(None, gt=80, le=260)
+    age: JsonInt | None = Field(None, ge=AGE_MIN_YEARS, le=AGE_MAX_YEARS)
+    weightKg: JsonNumber | None = Field(None, gt=WEIGHT_ABOVE_KG, le=WEIGHT_MAX_KG)
+    heightCm: JsonNumber | None = Field(None, gt=HEIGHT_ABOVE_CM, le=HEIGHT_MAX_CM)
     sex: Literal["male", "female"] | None = None
     activity: Literal["sedentary", "light", "moderate", "active", "very_active"] | None = None
     goal: Literal["lose", "maintain", "gain"] | None = None

@@ -102,7 +102,7 @@ async def test_malformed_json_gets_422(client: httpx.AsyncClient) -> None:
 async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncClient) -> None:
     reply = await client.post("/chat", json={"message": "spent $99999999999 on shoes"})
     assert reply.status_code == 422
-    assert "below $100,000,000" in reply.json()["detail"]
+    assert "at most $1,000,000.00" in reply.json()["detail"]
 
 
 async def test_store_failure_gets_503_and_the_process_keeps_serving(
