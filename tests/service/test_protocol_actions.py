@@ -17,6 +17,7 @@ from service.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
 from service.settings import Settings
 from service.stores import Stores
 from service.team import Team, build_team
+from telemetry.incident_model import TIMELINE_KINDS
 from telemetry.rule_conditions import PROTOCOLS
 
 
@@ -27,6 +28,7 @@ class Timeline:
     def add_timeline(
         self, incident_id: str, kind: str, message: str, actor: str, data: dict[str, Any]
     ) -> None:
+        assert kind in TIMELINE_KINDS, f"the incident stores refuse timeline kind {kind!r}"
         self.entries.append((incident_id, kind, message, data))
 
 
