@@ -97,6 +97,7 @@ from service.wiring import (  # noqa: E402
 from telemetry.classifier import RulesError, load_rules  # noqa: E402
 from telemetry.incident_pg import PgIncidentStore  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
+from telemetry.trace_archive import TraceArchive  # noqa: E402
 from telemetry.trace_keeper import TraceKeeper  # noqa: E402
 
 log = logging.getLogger("ers")
@@ -280,7 +281,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cache_active_counts=stores.database is not None,
     )
     telemetry.add_span_processor(incident_service.processor)
-    trace_keeper = TraceKeeper()
+    # Kept traces also go to a bounded file, so incident trace links outlive a restart.
+    trace_keeper = TraceKeeper(archive=TraceArchive(settings.data_dir / "kept-traces.sqlite3"))
     telemetry.add_span_processor(trace_keeper)
     runtime.traces = KeptTraces(trace_keeper)
     responder = Responder(
