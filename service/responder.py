@@ -161,9 +161,17 @@ class Responder:
             agents = ", ".join(sorted(self.team.guards))
             return f"'{context.component}' is not an agent here ({agents}); {action} acts on agents"
         if action in FLEET_WIDE_ACTIONS and self.claims is not None:
-            holder = await asyncio.to_thread(
-                self.claims.claim_action, context.incident_id, action, self.replica, self.cooldown_s
-            )
+            try:
+                holder = await asyncio.to_thread(
+                    self.claims.claim_action,
+                    context.incident_id,
+                    action,
+                    self.replica,
+                    self.cooldown_s,
+                )
+            except Exception as exc:  # the database is out: act here rather than nowhere
+                log.warning("%s runs unclaimed for %s: %s", action, context.incident_id, exc)
+                return None
             if holder is not None:
                 return f"replica {holder} runs {action} for this incident"
         return None

@@ -41,3 +41,17 @@ def test_with_a_collector_an_incident_links_its_trace_in_grafana_tempo(
     assert '"uid":"ers-tempo"' in link and f'"query":"{"ab" * 16}"' in link
     own = settings.model_copy(update={"trace_url_template": "https://t.example/{trace_id}"})
     assert trace_link_template(own) == "https://t.example/{trace_id}"
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [("https://t.example/{id}", "no other braces"), ("https://t.example/x", "has no {trace_id}")],
+)
+def test_a_trace_link_template_without_its_placeholder_stops_start_up(
+    template: str, why: str
+) -> None:
+    from service.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="trace_url_template") as raised:
+        load_settings(trace_url_template=template)
+    assert why in str(raised.value)

@@ -246,3 +246,14 @@ async def test_a_fleet_wide_action_another_replica_holds_is_skipped(rig: Rig) ->
     second = await replicas[1].run_action("emergency_backup", context)
     assert first.result == "success" and taken == ["INC_9"]
     assert second.result == "skipped" and "replica a runs emergency_backup" in second.detail
+
+
+async def test_a_fleet_wide_action_runs_here_when_its_claim_cannot_be_made(rig: Rig) -> None:
+    class Unreachable:
+        def claim_action(self, *args: object) -> str | None:
+            raise OSError("the database at 127.0.0.1:5432 does not answer")
+
+    responder = Responder(rig.team, rig.timeline, claims=Unreachable(), replica="a")
+    context = ResponseContext("INC_10", "AGENT_FAILURE", "nutrition", "crashes")
+    assert (await responder.run_action("isolate", context)).result == "success"
+    assert rig.team.get("nutrition").breaker.state.value == "forced_open"
