@@ -129,6 +129,9 @@ class TraceKeeper(SpanProcessor):
                 if kept is None:
                     kept = self._kept[trace_id] = []
                     self.traces_kept += 1
+                else:  # a sender's retry repeats spans already kept
+                    have = {span.span_id for span in kept if isinstance(span, SpanRecord)}
+                    spans = [span for span in spans if span.span_id not in have]
                 kept.extend(spans)
                 self._kept_spans += len(spans)
                 written.append((trace_id, list(kept)))
