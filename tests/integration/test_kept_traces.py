@@ -76,6 +76,14 @@ def test_an_intake_incidents_trace_link_answers_before_and_after_restarts(
         detail = get(ers, f"/api/emergency/incidents/{incident['id']}").json()
         skipped = [e["message"] for e in detail["timeline"] if e["kind"] == "action_skipped"]
         assert any("isolate" in m and "'payments' is not an agent" in m for m in skipped)
+        counted = [
+            line
+            for line in get(ers, "/metrics").text.splitlines()
+            if line.startswith("ers_protocol_actions_total{")
+            and 'action="serve_cached"' in line
+            and 'result="skipped"' in line
+        ]
+        assert counted and counted[0].endswith(" 1.0"), counted
 
         # A degraded chat reply's own trace.
         fault = {"component": "budget", "errorType": "database"}
