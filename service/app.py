@@ -54,6 +54,7 @@ from service.health.system_state import (  # noqa: E402
 )
 from service.incidents import IncidentService, open_incident_state  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
+from service.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
 from service.responder import Responder  # noqa: E402
 from service.routes import (  # noqa: E402
@@ -94,7 +95,9 @@ from service.wiring import (  # noqa: E402
     tick_state,
 )
 from telemetry.classifier import RulesError, load_rules  # noqa: E402
+from telemetry.incident_pg import PgIncidentStore  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
+from telemetry.trace_archive import TraceArchive  # noqa: E402
 from telemetry.trace_keeper import TraceKeeper  # noqa: E402
 
 log = logging.getLogger("ers")
@@ -226,8 +229,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     admission = ChatAdmission(settings.chat_starts_per_turn, settings.chat_queue_limit)
     register_admission_metrics(telemetry.meter, admission)
+    # After a critical failure, chat answers with short guidance for a while (the responder).
+    minimal_mode = MinimalMode()
     chat_service = ChatService(
-        team.router,
+        MinimalModeGate(team.router, minimal_mode),  # type: ignore[arg-type]
         stores.conversations,
         system_state=lambda: state.state.value,
         instruments=instruments,
@@ -276,7 +281,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cache_active_counts=stores.database is not None,
     )
     telemetry.add_span_processor(incident_service.processor)
-    trace_keeper = TraceKeeper()
+    # Kept traces also go to a bounded file, so incident trace links outlive a restart.
+    trace_keeper = TraceKeeper(archive=TraceArchive(settings.data_dir / "kept-traces.sqlite3"))
     telemetry.add_span_processor(trace_keeper)
     runtime.traces = KeptTraces(trace_keeper)
     responder = Responder(
@@ -288,6 +294,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_action=lambda protocol, action, result: incident_service.actions.add(
             1, {"protocol": protocol, "action": action, "result": result}
         ),
+        minimal_mode=minimal_mode,
+        # In a fleet, one replica runs each fleet-wide action of an incident.
+        claims=incident_store if isinstance(incident_store, PgIncidentStore) else None,
+        replica=fleet.replica if fleet is not None else "",
     )
     incident_service.start(responder if settings.auto_response_enabled else None)
     incident_service.subscribe(lambda event: state.evaluate())

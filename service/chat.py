@@ -21,6 +21,7 @@ class ChatResult:
     reply: AgentReply
     turn_id: int
     system_state: str
+    trace_id: str | None = None
 
     def as_seed_shape(self) -> dict[str, Any]:
         reply = self.reply
@@ -33,6 +34,8 @@ class ChatResult:
             "incident": reply.incident,
             "systemState": self.system_state,
             "recovery": reply.recovery,
+            # The kept trace of a degraded reply: GET /api/emergency/traces/{traceId}.
+            "traceId": self.trace_id,
         }
 
 
@@ -91,4 +94,6 @@ class ChatService:
                 trace_id=trace_id,
             )
         )
-        return ChatResult(reply=reply, turn_id=turn_id, system_state=self._system_state())
+        return ChatResult(
+            reply=reply, turn_id=turn_id, system_state=self._system_state(), trace_id=trace_id
+        )

@@ -3,11 +3,16 @@ within a cooldown, and writes what happened on the incident's timeline.
 
 Protocols and their actions (the seed's four scenarios):
 - AGENT_FAILURE: isolate the agent (force its breaker open with a TTL), restart it;
-- SERVICE_DEGRADATION: isolate, serve cached answers;
-- CRITICAL_SYSTEM_FAILURE: emergency backup, minimal response mode, rollback (only when
-  automatic rollback is on; otherwise "approval needed");
-- RESOURCE_EXHAUSTION: trim caches and buffers.
-An action that fails is recorded as failed; it never takes the service down.
+- SERVICE_DEGRADATION: isolate, serve cached answers (for the TTL, a request with a cached
+  answer gets it without calling the agent);
+- CRITICAL_SYSTEM_FAILURE: emergency backup, minimal response mode (for the TTL, chat answers
+  with short guidance and calls no agent), rollback (only when automatic rollback is on;
+  otherwise "approval needed");
+- RESOURCE_EXHAUSTION: trim the cache of last good answers.
+An action for agents on a component that is not one (an external service's incident) is
+skipped, with the reason, on the timeline. Actions whose effect is fleet-wide (isolate,
+emergency backup, rollback) are claimed in the shared database first, so one replica runs
+each per incident. An action that fails is recorded as failed; it never takes the service down.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.errors import UnknownAgent
+from service.minimal_mode import MinimalMode
 from service.team import Team
 
 log = logging.getLogger("ers.responder")
@@ -30,12 +36,24 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
     "CRITICAL_SYSTEM_FAILURE": ("emergency_backup", "minimal_response_mode", "rollback"),
     "RESOURCE_EXHAUSTION": ("trim_caches",),
 }
+# Actions on one agent: skipped for a component that is not an agent of the team.
+AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
+# Actions whose effect reaches every replica: one replica runs each per incident.
+FLEET_WIDE_ACTIONS = frozenset({"isolate", "emergency_backup", "rollback"})
 
 
 class Timeline(Protocol):
     def add_timeline(
         self, incident_id: str, kind: str, message: str, actor: str, data: dict[str, Any]
     ) -> None: ...
+
+
+class ActionClaims(Protocol):
+    def claim_action(
+        self, incident_id: str, action: str, replica: str, cooldown_s: float
+    ) -> str | None:
+        """Claim the action for this replica: None when it may run it, else who holds it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,9 @@ class Responder:
         auto_rollback: bool = False,
         clock: Callable[[], float] = time.monotonic,
         on_action: Callable[[str, str, str], None] | None = None,
+        minimal_mode: MinimalMode | None = None,
+        claims: ActionClaims | None = None,
+        replica: str = "",
     ) -> None:
         self.team = team
         self.timeline = timeline
@@ -78,7 +99,9 @@ class Responder:
         self._clock = clock
         self._on_action = on_action
         self._last_run: dict[tuple[str, str], float] = {}
-        self.minimal_mode = False
+        self.minimal_mode = minimal_mode
+        self.claims = claims
+        self.replica = replica
         # Filled by the service when backups are wired in.
         self.emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
         self.rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
@@ -112,6 +135,9 @@ class Responder:
         self._last_run[key] = now
         if len(self._last_run) > 10_000:
             self._forget_old(now)
+        why_not = await self._why_not(action, context)
+        if why_not is not None:
+            return self._skip(action, context, why_not)
         self._note(context, "action_started", f"{action} started", {"action": action})
         try:
             result = await asyncio.wait_for(self._actions[action](context), 120)
@@ -123,6 +149,40 @@ class Responder:
             "action_finished",
             f"{action}: {result.result} — {result.detail}",
             {"action": action, "result": result.result},
+        )
+        if self._on_action is not None:
+            self._on_action(context.protocol, action, result.result)
+        return result
+
+    async def _why_not(self, action: str, context: ResponseContext) -> str | None:
+        """Why the action does not run here: it does not apply to the component, or another
+        replica holds it for this incident; None when it runs."""
+        if action in AGENT_ACTIONS and self._agent(context) is None:
+            agents = ", ".join(sorted(self.team.guards))
+            return f"'{context.component}' is not an agent here ({agents}); {action} acts on agents"
+        if action in FLEET_WIDE_ACTIONS and self.claims is not None:
+            try:
+                holder = await asyncio.to_thread(
+                    self.claims.claim_action,
+                    context.incident_id,
+                    action,
+                    self.replica,
+                    self.cooldown_s,
+                )
+            except Exception as exc:  # the database is out: act here rather than nowhere
+                log.warning("%s runs unclaimed for %s: %s", action, context.incident_id, exc)
+                return None
+            if holder is not None:
+                return f"replica {holder} runs {action} for this incident"
+        return None
+
+    def _skip(self, action: str, context: ResponseContext, reason: str) -> ActionResult:
+        result = ActionResult(action, "skipped", reason)
+        self._note(
+            context,
+            "action_skipped",
+            f"{action}: skipped — {reason}",
+            {"action": action, "result": "skipped", "reason": reason},
         )
         if self._on_action is not None:
             self._on_action(context.protocol, action, result.result)
@@ -173,9 +233,16 @@ class Responder:
         return ActionResult("restart_agent", "success", f"new {guard.name} instance in place")
 
     async def _serve_cached(self, context: ResponseContext) -> ActionResult:
-        cached = len(self.team.answers)
+        guard = self._agent(context)
+        if guard is None:
+            return ActionResult("serve_cached", "skipped", "not an agent")
+        ttl_s = context.ttl_s or self.isolate_ttl_s
+        guard.fallback.serve_cached_for(ttl_s)
         return ActionResult(
-            "serve_cached", "success", f"fallbacks answer from {cached} cached answers"
+            "serve_cached",
+            "success",
+            f"for {ttl_s:g} s, {guard.name} answers from its last good answers "
+            f"({len(self.team.answers)} cached) without being called",
         )
 
     async def _emergency_backup(self, context: ResponseContext) -> ActionResult:
@@ -184,9 +251,16 @@ class Responder:
         return ActionResult("emergency_backup", "success", await self.emergency_backup(context))
 
     async def _minimal_mode(self, context: ResponseContext) -> ActionResult:
-        self.minimal_mode = True
+        if self.minimal_mode is None:
+            return ActionResult(
+                "minimal_response_mode", "not_available", "chat has no minimal mode here"
+            )
+        ttl_s = context.ttl_s or self.isolate_ttl_s
+        self.minimal_mode.enter(ttl_s, context.reason)
         return ActionResult(
-            "minimal_response_mode", "success", "non-essential work paused; chat answers stay on"
+            "minimal_response_mode",
+            "success",
+            f"for {ttl_s:g} s, chat answers with short guidance and calls no agent",
         )
 
     async def _rollback(self, context: ResponseContext) -> ActionResult:

@@ -175,6 +175,21 @@ class Settings(BaseSettings):
         check_database_url(value.get_secret_value())
         return value
 
+    @field_validator("trace_url_template")
+    @classmethod
+    def _trace_link(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            value.format(trace_id="0" * 32)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                "a URL with {trace_id} where the trace id goes and no other braces"
+            ) from None
+        if "{trace_id}" not in value:
+            raise ValueError("the URL has no {trace_id}; put it where the trace id goes")
+        return value
+
     @model_validator(mode="after")
     def _read_token_files(self) -> Settings:
         for name in ("admin", "alert", "intake"):

@@ -16,6 +16,7 @@ TIMELINE_KINDS = (
     "classified",
     "action_started",
     "action_finished",
+    "action_skipped",
     "alert_received",
     "status_changed",
     "state_changed",

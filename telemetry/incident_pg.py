@@ -43,7 +43,9 @@ from telemetry.pg_pool import PgPool, server_location, valid_identifier
 
 COMPONENT = "incidents"
 SCHEMA = "ers_incidents"
-TABLES = ("incidents", "timeline", "span_records")
+TABLES = ("incidents", "timeline", "span_records", "action_claims")
+# Claims older than this are deleted when a new one is taken.
+CLAIMS_KEPT_S = 7 * 86_400
 
 
 def incident_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
@@ -101,6 +103,17 @@ def incident_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
                 weight INTEGER NOT NULL
             )""",
             f"CREATE INDEX span_records_incident ON {s}.span_records (incident_id, seq)",
+        ),
+        (
+            # One row per incident and fleet-wide action: the replica that runs it.
+            f"""CREATE TABLE {s}.action_claims (
+                incident_id TEXT NOT NULL,
+                action TEXT NOT NULL,
+                replica TEXT NOT NULL,
+                claimed_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (incident_id, action)
+            )""",
+            f"CREATE INDEX action_claims_claimed_at ON {s}.action_claims (claimed_at)",
         ),
     )
 
@@ -261,6 +274,37 @@ class PgIncidentStore(IncidentStoreBase):
             params,
         )
         return Incident.from_row(rows[0]) if rows else None
+
+    # -- fleet-wide actions ---------------------------------------------------------------
+
+    def claim_action(
+        self, incident_id: str, action: str, replica: str, cooldown_s: float
+    ) -> str | None:
+        """Take the incident's action for ``replica`` unless another replica took it within
+        ``cooldown_s`` (by the server's clock): None when taken, else the holder's name."""
+        s = self.schema
+        with self._pool.cursor(transaction=True) as cursor:
+            cursor.execute(
+                f"INSERT INTO {s}.action_claims AS c (incident_id, action, replica, claimed_at) "
+                "VALUES (%s, %s, %s, extract(epoch FROM clock_timestamp())) "
+                "ON CONFLICT (incident_id, action) DO UPDATE "
+                "SET replica = EXCLUDED.replica, claimed_at = EXCLUDED.claimed_at "
+                "WHERE c.claimed_at < EXCLUDED.claimed_at - %s RETURNING replica",
+                (incident_id, action, replica, cooldown_s),
+            )
+            if cursor.fetchone() is not None:
+                cursor.execute(
+                    f"DELETE FROM {s}.action_claims "
+                    "WHERE claimed_at < extract(epoch FROM clock_timestamp()) - %s",
+                    (max(CLAIMS_KEPT_S, cooldown_s),),
+                )
+                return None
+            cursor.execute(
+                f"SELECT replica FROM {s}.action_claims WHERE incident_id = %s AND action = %s",
+                (incident_id, action),
+            )
+            row = cursor.fetchone()
+        return str(row["replica"]) if row is not None else "another replica"
 
     # -- lifecycle ------------------------------------------------------------------------
 

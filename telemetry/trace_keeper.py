@@ -5,7 +5,10 @@ ended, or it lingered too long. Traces with an error move to the kept area, whic
 most ``span_budget`` spans and evicts the oldest traces first; the others are dropped.
 
 ``on_end`` only appends a reference to the finished span under a lock (no copying, no
-conversion): spans become ``SpanRecord`` values only when a kept trace is read.
+conversion): spans become ``SpanRecord`` values only when a kept trace is read. Spans other
+services send to the OTLP intake arrive as records (``keep_records``) and are kept the same
+way. With an archive, every kept trace is also written to disk (off the caller's thread for
+spans ending here), and a trace no longer in memory is read from there.
 """
 
 from __future__ import annotations
@@ -22,14 +25,18 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from telemetry.span_record import SpanRecord
+from telemetry.trace_archive import TraceArchive, as_record
 
 ERROR = StatusCode.ERROR
+
+
+KeptSpan = ReadableSpan | SpanRecord
 
 
 @dataclass(slots=True)
 class _Pending:
     started: float
-    spans: list[ReadableSpan] = field(default_factory=list)
+    spans: list[KeptSpan] = field(default_factory=list)
     has_error: bool = False
 
 
@@ -41,15 +48,17 @@ class TraceKeeper(SpanProcessor):
         pending_span_limit: int = 10_000,
         linger_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        archive: TraceArchive | None = None,
     ) -> None:
         self.span_budget = span_budget
+        self.archive = archive
         self.pending_span_limit = pending_span_limit
         self.linger_s = linger_s
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._pending_spans = 0
-        self._kept: OrderedDict[int, list[ReadableSpan]] = OrderedDict()
+        self._kept: OrderedDict[int, list[KeptSpan]] = OrderedDict()
         self._kept_spans = 0
         self._next_sweep = clock() + linger_s
         self.traces_kept = 0
@@ -69,6 +78,8 @@ class TraceKeeper(SpanProcessor):
                 kept.append(span)
                 self._kept_spans += 1
                 self._evict_over_budget()
+                if self.archive is not None:
+                    self.archive.offer(trace_id, kept)
                 return
             pending = self._pending.get(trace_id)
             is_root = parent is None or parent.is_remote
@@ -98,6 +109,37 @@ class TraceKeeper(SpanProcessor):
         self._kept_spans += len(pending.spans)
         self.traces_kept += 1
         self._evict_over_budget()
+        if self.archive is not None:
+            self.archive.offer(trace_id, pending.spans)
+
+    def keep_records(self, records: list[SpanRecord]) -> int:
+        """Keep the traces among ``records`` (spans another service sent) that have an error,
+        with all their spans here; with an archive, write them to disk on this thread, so
+        call it off the event loop. Returns how many traces were kept."""
+        by_trace: dict[int, list[SpanRecord]] = {}
+        for record in records:
+            by_trace.setdefault(int(record.trace_id, 16), []).append(record)
+        written: list[tuple[int, list[KeptSpan]]] = []
+        with self._lock:
+            for trace_id, spans in by_trace.items():
+                kept = self._kept.get(trace_id)
+                if kept is None and not any(span.is_error for span in spans):
+                    self.traces_dropped += 1
+                    continue
+                if kept is None:
+                    kept = self._kept[trace_id] = []
+                    self.traces_kept += 1
+                else:  # a sender's retry repeats spans already kept
+                    have = {span.span_id for span in kept if isinstance(span, SpanRecord)}
+                    spans = [span for span in spans if span.span_id not in have]
+                kept.extend(spans)
+                self._kept_spans += len(spans)
+                written.append((trace_id, list(kept)))
+            self._evict_over_budget()
+        if self.archive is not None:
+            for trace_id, spans in written:
+                self.archive.write(trace_id, spans)
+        return len(written)
 
     def _settle_oldest(self) -> None:
         while self._pending_spans > self.pending_span_limit and self._pending:
@@ -133,9 +175,15 @@ class TraceKeeper(SpanProcessor):
                 pending = self._pending.get(trace_id)
                 spans = pending.spans if pending is not None and pending.has_error else None
             spans = list(spans) if spans is not None else None
-        if spans is None:
+        if spans is not None:
+            records = [as_record(span) for span in spans]
+        elif self.archive is not None:  # kept before a restart, or evicted from memory
+            stored = self.archive.get(format(trace_id, "032x"))
+            if stored is None:
+                return None
+            records = stored
+        else:
             return None
-        records = [SpanRecord.from_readable_span(span) for span in spans]
         records.sort(key=lambda record: record.start_ns)
         return records
 
@@ -162,6 +210,8 @@ class TraceKeeper(SpanProcessor):
         with self._lock:
             self._pending.clear()
             self._pending_spans = 0
+        if self.archive is not None:
+            self.archive.close()
 
 
 def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.agents.base import AgentReply, AgentRequest
@@ -47,10 +49,28 @@ class LastGoodAnswers:
 
 
 class FallbackPolicy:
-    def __init__(self, agent: str, guidance: str, cache: LastGoodAnswers | None) -> None:
+    def __init__(
+        self,
+        agent: str,
+        guidance: str,
+        cache: LastGoodAnswers | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.agent = agent
         self.guidance = guidance
         self.cache = cache
+        self.clock = clock
+        self._cached_until = 0.0
+
+    def serve_cached_for(self, seconds: float) -> None:
+        """For ``seconds``, a request with a cached answer gets it without calling the agent."""
+        self._cached_until = max(self._cached_until, self.clock() + seconds)
+
+    def serves_cached(self, request: AgentRequest) -> bool:
+        """Whether this request is answered from the cache instead of the agent now."""
+        if self._cached_until <= self.clock() or self.cache is None:
+            return False
+        return self.cache.recall(request, self.agent) is not None
 
     def answer(self, request: AgentRequest) -> Fallback:
         cached = self.cache.recall(request, self.agent) if self.cache is not None else None

@@ -148,6 +148,11 @@ class GuardedAgent:
         ) as span:
             if request.synthetic:
                 return await self._synthetic(request, span, started)
+            if self.fallback.serves_cached(request):
+                # The responder's serve_cached: the agent is spared; the call never reaches
+                # it, so it counts as rejected, as behind an open breaker.
+                span.set_attribute("ers.serve_cached", True)
+                return self._degrade(request, span, started, "rejected", "serving cached answers")
             try:
                 permit = self.breaker.acquire()
             except CallNotPermitted as rejected:

@@ -37,6 +37,7 @@ class ChatResponse(BaseModel):
     incident: str | None
     systemState: str
     recovery: dict[str, Any] | None
+    traceId: str | None = Field(None, description="This reply's trace; a degraded one is kept")
 
 
 @router.post("/chat", response_model=ChatResponse)

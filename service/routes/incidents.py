@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import AdminAuth, AdminRead
 from service.deps import RuntimeDep
 from telemetry.incident_model import IllegalTransition, Incident, IncidentNotFound
+from telemetry.providers import otlp_endpoint_configured
 
 router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
 
@@ -32,11 +36,42 @@ class Resolve(BaseModel):
     resolution: str = Field(min_length=1, max_length=2000)
 
 
+# Grafana's Explore on the Tempo data source provisioned in grafana/, as compose publishes it.
+TEMPO_EXPLORE_TEMPLATE = "http://127.0.0.1:3000/explore?schemaVersion=1&panes=" + quote(
+    json.dumps(
+        {
+            "t": {
+                "datasource": "ers-tempo",
+                "queries": [
+                    {
+                        "refId": "A",
+                        "datasource": {"type": "tempo", "uid": "ers-tempo"},
+                        "queryType": "traceql",
+                        "query": "TRACE_ID",
+                    }
+                ],
+                "range": {"from": "now-24h", "to": "now"},
+            }
+        },
+        separators=(",", ":"),
+    ),
+    safe="",
+).replace("TRACE_ID", "{trace_id}")
+
+
+def trace_link_template(settings: Any) -> str | None:
+    """``trace_url_template``; else, when traces go to a collector (and on to Tempo), Grafana's
+    Explore on Tempo; else None."""
+    if settings.trace_url_template:
+        return str(settings.trace_url_template)
+    return TEMPO_EXPLORE_TEMPLATE if otlp_endpoint_configured() else None
+
+
 def incident_view(runtime: Any, incident: Incident) -> dict[str, Any]:
     body = incident.to_dict()
     trace_ids = [t for t in incident.trace_ids if t]
     body["traceIds"] = trace_ids
-    base = runtime.settings.trace_url_template
+    base = trace_link_template(runtime.settings)
     body["traces"] = [
         {
             "traceId": trace_id,
@@ -131,7 +166,7 @@ async def get_trace(
 ) -> dict[str, Any]:
     if runtime.traces is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "trace keeping is off")
-    tree = runtime.traces.tree(trace_id)
+    tree = await asyncio.to_thread(runtime.traces.tree, trace_id)  # may read the file
     if tree is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

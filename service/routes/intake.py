@@ -3,6 +3,8 @@ usually through an OpenTelemetry Collector that forwards only error spans."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from service.auth import IntakeAuth
@@ -10,7 +12,7 @@ from service.deps import RuntimeDep
 from telemetry.otlp_intake import (
     MalformedOtlp,
     UnsupportedContentType,
-    decode_error_spans,
+    decode_traces,
     encode_response,
 )
 
@@ -28,11 +30,15 @@ async def receive_traces(request: Request, who: IntakeAuth, runtime: RuntimeDep)
     content_type = request.headers.get("content-type", "")
     body = await request.body()
     try:
-        errors = decode_error_spans(body, content_type, request.headers.get("content-encoding"))
+        records = decode_traces(body, content_type, request.headers.get("content-encoding"))
     except UnsupportedContentType as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from None
     except MalformedOtlp as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    errors = [record for record in records if record.is_error]
+    if errors and runtime.traces is not None:
+        # Kept (and on disk) before the incident exists, so its trace link answers at once.
+        await asyncio.to_thread(runtime.traces.keep_records, records)
     processor = runtime.incident_service.processor
     accepted = sum(processor.submit_record(record) for record in errors)
     if accepted < len(errors):

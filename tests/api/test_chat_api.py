@@ -24,7 +24,9 @@ async def test_chat_answers_in_the_seed_shape(client: httpx.AsyncClient) -> None
         "incident",
         "systemState",
         "recovery",
+        "traceId",
     }
+    assert len(body["traceId"]) == 32
     assert body["agent"] == "nutrition"
     assert body["success"] is True
     assert 0 < body["confidence"] <= 1

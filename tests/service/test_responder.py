@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from service.minimal_mode import MinimalMode
 from service.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
 from service.settings import Settings
 from service.stores import Stores
@@ -40,6 +41,7 @@ def team(tmp_path: Path):  # noqa: ANN201
 def make(team, **kwargs: Any) -> tuple[Responder, Timeline, list[float]]:  # noqa: ANN001
     timeline = Timeline()
     now = [0.0]
+    kwargs.setdefault("minimal_mode", MinimalMode())
     responder = Responder(team, timeline, clock=lambda: now[0], **kwargs)
     return responder, timeline, now
 
@@ -84,7 +86,7 @@ async def test_critical_failure_without_backups_and_auto_rollback(team) -> None:
         ("minimal_response_mode", "success"),
         ("rollback", "approval_needed"),
     ]
-    assert responder.minimal_mode
+    assert responder.minimal_mode is not None and responder.minimal_mode.active
 
 
 async def test_critical_failure_with_backups_and_auto_rollback(team) -> None:  # noqa: ANN001

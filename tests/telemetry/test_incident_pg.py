@@ -143,14 +143,15 @@ def test_two_replicas_resolving_at_once_resolve_once(
 
 
 def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
-    assert apply_migrations(pg_url, {COMPONENT: MIGRATIONS}) == [(COMPONENT, 1)]
+    applied = apply_migrations(pg_url, {COMPONENT: MIGRATIONS})
+    assert applied == [(COMPONENT, 1), (COMPONENT, 2)]
     assert apply_migrations(pg_url, {COMPONENT: MIGRATIONS}) == []
     with psycopg.connect(pg_url) as conn:
         tables = conn.execute(
             "SELECT table_name FROM information_schema.tables"
             " WHERE table_schema = 'ers_incidents' ORDER BY 1"
         ).fetchall()
-    assert [t[0] for t in tables] == ["incidents", "span_records", "timeline"]
+    assert [t[0] for t in tables] == ["action_claims", "incidents", "span_records", "timeline"]
 
 
 def test_a_database_without_the_migrations_is_refused_with_the_next_step(pg_url: str) -> None:
@@ -233,3 +234,25 @@ def test_a_replica_survives_a_server_restart(default_classifier: Classifier) -> 
             store.close()
     finally:
         server.stop()
+
+
+def test_one_replica_claims_an_incidents_fleet_wide_action_until_the_cooldown_ends(
+    replicas: tuple[PgIncidentStore, PgIncidentStore],
+) -> None:
+    a, b = replicas
+    outcomes: dict[str, str | None] = {}
+    run_together(
+        lambda: outcomes.__setitem__("a", a.claim_action("INC_1", "emergency_backup", "a", 300)),
+        lambda: outcomes.__setitem__("b", b.claim_action("INC_1", "emergency_backup", "b", 300)),
+    )
+    winners = [name for name, holder in outcomes.items() if holder is None]
+    assert len(winners) == 1
+    (loser,) = {"a", "b"} - set(winners)
+    assert outcomes[loser] == winners[0]
+    # Another action or another incident is a claim of its own.
+    assert b.claim_action("INC_1", "rollback", "b", 300) is None
+    assert b.claim_action("INC_2", "emergency_backup", "b", 300) is None
+    # Once the cooldown is over, the action may run again, on any replica.
+    time.sleep(0.05)
+    assert b.claim_action("INC_1", "emergency_backup", "b", 0.01) is None
+    assert a.claim_action("INC_1", "emergency_backup", "a", 300) == "b"

@@ -121,3 +121,45 @@ def _context_of(span):
     from opentelemetry import trace
 
     return trace.set_span_in_context(span)
+
+
+def test_intake_records_of_a_failing_trace_are_kept_and_clean_ones_dropped() -> None:
+    from tests.telemetry.conftest import error_record
+
+    keeper = TraceKeeper()
+    failing = "1" * 32
+    records = [
+        error_record("charge", trace_id=failing),
+        error_record("POST /pay", trace_id=failing, status="OK"),
+        error_record("GET /health", trace_id="2" * 32, status="OK"),
+    ]
+    assert keeper.keep_records(records) == 1
+    keeper.keep_records(records[:1])  # a retry of the same export
+    kept = keeper.get_trace(failing)
+    assert kept is not None and sorted(r.name for r in kept) == ["POST /pay", "charge"]
+    assert keeper.get_trace("2" * 32) is None
+
+
+def test_kept_traces_outlive_the_keeper_in_its_bounded_file(tmp_path) -> None:  # noqa: ANN001
+    from telemetry.trace_archive import TraceArchive
+    from tests.telemetry.conftest import error_record
+
+    path = tmp_path / "kept-traces.sqlite3"
+    keeper = TraceKeeper(archive=TraceArchive(path, max_traces=3))
+    provider = TracerProvider()
+    provider.add_span_processor(keeper)
+    local = run_trace(provider, fail=True)  # written by the archive's thread
+    provider.shutdown()  # the keeper's shutdown writes what is queued
+    reopened = TraceKeeper(archive=TraceArchive(path, max_traces=3))
+    records = reopened.get_trace(local)
+    assert records is not None and [r.name for r in records][0] == "POST /chat"
+    assert any(r.is_error for r in records)
+
+    intake = ["a" * 32, "b" * 32, "c" * 32]
+    for trace_id in intake:  # written on this thread, in this order
+        reopened.keep_records([error_record("charge", trace_id=trace_id)])
+    reopened.shutdown()
+    last = TraceKeeper(archive=TraceArchive(path, max_traces=3))
+    assert last.get_trace(local) is None  # the oldest of four went first
+    assert all(last.get_trace(trace_id) is not None for trace_id in intake)
+    last.shutdown()

@@ -1,0 +1,63 @@
+"""Minimal response mode: after a critical failure, chat answers with short guidance and
+does no agent work (no routing, no plans, no store reads) until the mode expires.
+
+The responder's ``minimal_response_mode`` action turns it on for a while; the chat service
+talks to the team through ``MinimalModeGate``, which answers on its own while the mode holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from service.agents.base import AgentReply, AgentRequest
+from service.resilience.guard import GuardedAgent
+
+MINIMAL_ANSWER = (
+    "ERS is answering in minimal mode while it recovers from a critical failure: meal plans, "
+    "workouts and budget reports are paused. Please try again in a few minutes."
+)
+
+
+class MinimalMode:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until = 0.0
+        self.reason = ""
+
+    def enter(self, seconds: float, reason: str) -> None:
+        self._until = max(self._until, self._clock() + seconds)
+        self.reason = reason
+
+    def leave(self) -> None:
+        self._until = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._clock() < self._until
+
+    def remaining_s(self) -> float:
+        return max(0.0, self._until - self._clock())
+
+
+class MinimalModeGate:
+    """The router as the chat service sees it: passes every request on, except in minimal
+    mode, when it answers with short guidance and calls no agent."""
+
+    def __init__(self, router: GuardedAgent, mode: MinimalMode) -> None:
+        self.router = router
+        self.mode = mode
+        self.name = router.name
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        if not self.mode.active:
+            return await self.router.handle(request)
+        return AgentReply(
+            content=MINIMAL_ANSWER,
+            agent=self.router.name,
+            confidence=0.1,
+            success=False,
+            degraded=True,
+            fallback="minimal",
+            data={"cause": f"minimal response mode: {self.mode.reason[:200]}"},
+        )

@@ -1,0 +1,101 @@
+"""Kept traces in a SQLite file beside the incidents, so an incident's trace link still
+answers after a restart.
+
+Bounded: at most ``max_traces`` traces, the least recently kept deleted first. Writes never
+run on the caller's thread unless it asks (``write``): ``offer`` hands a trace to a writer
+thread through a bounded queue and drops it when the queue is full, so a span processor on
+the event loop never waits for the disk. ``close`` writes what is queued, then stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from telemetry.span_record import SpanRecord
+
+log = logging.getLogger("ers.traces")
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS traces (
+    trace_id TEXT PRIMARY KEY, kept_at REAL NOT NULL, spans TEXT NOT NULL)"""
+KEPT_AT_INDEX = "CREATE INDEX IF NOT EXISTS traces_kept_at ON traces (kept_at)"
+
+Span = ReadableSpan | SpanRecord
+_STOP = object()
+
+
+def as_record(span: Span) -> SpanRecord:
+    return span if isinstance(span, SpanRecord) else SpanRecord.from_readable_span(span)
+
+
+class TraceArchive:
+    def __init__(self, path: Path, *, max_traces: int = 2000, queue_size: int = 1000) -> None:
+        if max_traces < 1:
+            raise ValueError("max_traces must be at least 1")
+        self.path = path
+        self.max_traces = max_traces
+        self.traces_dropped = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(SCHEMA)
+        self._db.execute(KEPT_AT_INDEX)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        self._writer = threading.Thread(target=self._drain, name="trace-archive", daemon=True)
+        self._writer.start()
+
+    def offer(self, trace_id: int, spans: Sequence[Span]) -> None:
+        """Write the trace soon, on the writer thread; dropped when the queue is full."""
+        try:
+            self._queue.put_nowait((trace_id, list(spans)))
+        except queue.Full:
+            self.traces_dropped += 1
+
+    def write(self, trace_id: int, spans: Sequence[Span]) -> None:
+        """Write the trace now, on this thread (never the event loop's)."""
+        document = json.dumps([as_record(span).to_dict() for span in spans], default=str)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
+                (format(trace_id, "032x"), time.time(), document),
+            )
+            self._db.execute(
+                "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
+                "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
+                (self.max_traces,),
+            )
+
+    def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spans FROM traces WHERE trace_id = ?", (trace_id_hex,)
+            ).fetchone()
+        if row is None:
+            return None
+        return [SpanRecord.from_dict(item) for item in json.loads(row[0])]
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._writer.join(timeout=30)
+        with self._lock:
+            self._db.close()
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            trace_id, spans = item  # type: ignore[misc]
+            try:
+                self.write(trace_id, spans)
+            except Exception:  # one unwritable trace must not stop the writer
+                log.exception("could not keep trace %032x on disk", trace_id)

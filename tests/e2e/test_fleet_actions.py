@@ -1,0 +1,151 @@
+"""Two real ERS replicas (uvicorn processes) on one PostgreSQL database and one restic
+repository: a critical incident seen by both runs its emergency backup once for the fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import ErsProcess, start_ers
+
+
+def fatal_span_export(service: str, trace_id: str, message: str) -> dict[str, Any]:
+    """An OTLP/JSON export of one failing span of ``service``."""
+    now = time.time_ns()
+    return {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": service}}]
+                },
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": trace_id,
+                                "spanId": secrets.token_hex(8),
+                                "name": "charge",
+                                "kind": 2,
+                                "startTimeUnixNano": str(now - 5_000_000),
+                                "endTimeUnixNano": str(now),
+                                "status": {"code": 2, "message": message},
+                                "events": [
+                                    {
+                                        "name": "exception",
+                                        "timeUnixNano": str(now),
+                                        "attributes": [
+                                            {
+                                                "key": "exception.type",
+                                                "value": {"stringValue": "RuntimeError"},
+                                            },
+                                            {
+                                                "key": "exception.message",
+                                                "value": {"stringValue": message},
+                                            },
+                                        ],
+                                    }
+                                ],
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+
+
+def send(replica: ErsProcess, export: dict[str, Any]) -> None:
+    reply = httpx.post(f"{replica.url}/v1/traces", json=export, timeout=10)
+    assert reply.status_code == 200, reply.text
+
+
+def emergency_snapshots(repository: Path, password_file: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        ["restic", "snapshots", "--json", "--no-lock", "--tag", "reason:emergency"],
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": str(repository),
+            "RESTIC_PASSWORD_FILE": str(password_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return list(json.loads(done.stdout or "[]") or [])
+
+
+def backup_entries(replica: ErsProcess, incident_id: str) -> list[dict[str, Any]]:
+    reply = httpx.get(f"{replica.url}/api/emergency/incidents/{incident_id}", timeout=10)
+    assert reply.status_code == 200, reply.text
+    return [
+        entry
+        for entry in reply.json()["timeline"]
+        if entry["kind"] in ("action_finished", "action_skipped")
+        and (entry.get("data") or {}).get("action") == "emergency_backup"
+    ]
+
+
+def test_a_critical_incident_seen_by_two_replicas_takes_one_emergency_backup(
+    tmp_path: Path, pg_url: str
+) -> None:
+    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_REPOSITORY": str(repository),
+        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env=env))
+        replicas[0].wait_for_backups()  # the first replica initialises the repository
+        replicas.append(start_ers(tmp_path / "b", env=env))
+        replicas[1].wait_for_backups()
+        # The same failure reaches both replicas (their collectors each forward it).
+        for replica in replicas:
+            send(replica, fatal_span_export("payments", secrets.token_hex(16), "fatal: ledger"))
+
+        deadline = time.monotonic() + 60
+        while True:
+            found = httpx.get(
+                f"{replicas[0].url}/api/emergency/incidents", params={"component": "payments"}
+            ).json()["incidents"]
+            entries = backup_entries(replicas[0], found[0]["id"]) if found else []
+            if len(entries) >= 2:
+                break
+            assert time.monotonic() < deadline, (
+                f"incidents {found}, backup entries {entries}, logs:\n"
+                + "\n".join(r.log()[-3000:] for r in replicas)
+            )
+            time.sleep(0.2)
+        (incident,) = found
+        assert incident["response"]["protocol"] == "CRITICAL_SYSTEM_FAILURE"
+        assert incident["count"] == 2
+        assert sorted(e["data"]["result"] for e in entries) == ["skipped", "success"]
+        skipped = next(e for e in entries if e["kind"] == "action_skipped")
+        assert "runs emergency_backup for this incident" in skipped["message"]
+
+        snapshots = emergency_snapshots(repository, password_file)
+        components = sorted(t for s in snapshots for t in s["tags"] if t.startswith("component:"))
+        # One emergency backup: one snapshot of each component, not two.
+        assert components == [
+            "component:budgets",
+            "component:conversations",
+            "component:incidents",
+            "component:profiles",
+            "component:system_state",
+        ], snapshots
+    finally:
+        for replica in replicas:
+            replica.stop()
+    for replica in replicas:
+        assert "Traceback" not in replica.log(), replica.log()[-3000:]

@@ -1,0 +1,116 @@
+"""An incident from another service's spans (OTLP intake) links a trace that answers, and
+keeps answering after the process stops (SIGTERM) or is killed (SIGKILL) and starts again."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import ErsProcess, start_ers
+
+
+def span(trace_id: str, span_id: str, name: str, parent: str | None, error: str | None) -> dict:
+    now = time.time_ns()
+    body: dict[str, Any] = {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "name": name,
+        "startTimeUnixNano": str(now - 9_000_000),
+        "endTimeUnixNano": str(now),
+        "status": {"code": 2, "message": error} if error else {"code": 1},
+    }
+    if parent:
+        body["parentSpanId"] = parent
+    return body
+
+
+def export(service: str, spans: list[dict]) -> dict[str, Any]:
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}
+
+
+def incident_of(ers: ErsProcess, component: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        found = httpx.get(
+            f"{ers.url}/api/emergency/incidents", params={"component": component}, timeout=5
+        ).json()["incidents"]
+        if found:
+            return dict(found[0])
+        assert time.monotonic() < deadline, f"no incident of {component}"
+        time.sleep(0.1)
+
+
+def get(ers: ErsProcess, path: str) -> httpx.Response:
+    return httpx.get(f"{ers.url}{path}", timeout=10)
+
+
+def test_an_intake_incidents_trace_link_answers_before_and_after_restarts(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "ers"
+    trace_id, root, child = secrets.token_hex(16), secrets.token_hex(8), secrets.token_hex(8)
+    spans = [
+        span(trace_id, root, "POST /pay", None, None),
+        span(trace_id, child, "charge card", root, "connection refused by the card gateway"),
+    ]
+    ers = start_ers(workdir)
+    try:
+        sent = httpx.post(f"{ers.url}/v1/traces", json=export("payments", spans), timeout=10)
+        assert sent.status_code == 200, sent.text
+        incident = incident_of(ers, "payments")
+        (link,) = incident["traces"]
+        assert link["traceId"] == trace_id
+        first = get(ers, link["api"])
+        assert first.status_code == 200, first.text
+        assert first.json()["spanCount"] == 2 and first.json()["errorSpans"] == 1
+        assert "connection refused by the card gateway" in json.dumps(first.json()["spans"])
+
+        # The responder's actions on agents do not apply to another service: skipped, why.
+        detail = get(ers, f"/api/emergency/incidents/{incident['id']}").json()
+        skipped = [e["message"] for e in detail["timeline"] if e["kind"] == "action_skipped"]
+        assert any("isolate" in m and "'payments' is not an agent" in m for m in skipped)
+        counted = [
+            line
+            for line in get(ers, "/metrics").text.splitlines()
+            if line.startswith("ers_protocol_actions_total{")
+            and 'action="serve_cached"' in line
+            and 'result="skipped"' in line
+        ]
+        assert counted and counted[0].endswith(" 1.0"), counted
+
+        # A degraded chat reply's own trace.
+        fault = {"component": "budget", "errorType": "database"}
+        assert httpx.post(f"{ers.url}/api/emergency/simulate-error", json=fault).is_success
+        chat = httpx.post(
+            f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"}, timeout=10
+        ).json()
+        assert chat["emergency"] is True
+        assert get(ers, f"/api/emergency/traces/{chat['traceId']}").status_code == 200
+
+        assert ers.stop(signal.SIGTERM) == 0
+        ers = start_ers(workdir)
+        again = get(ers, link["api"])
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        assert get(ers, f"/api/emergency/traces/{chat['traceId']}").status_code == 200
+        assert get(ers, f"/api/emergency/incidents/{incident['id']}").json()["status"] in (
+            "open",
+            "acknowledged",
+        )
+
+        ers.stop(signal.SIGKILL)
+        ers = start_ers(workdir)
+        after_kill = get(ers, link["api"])
+        assert after_kill.status_code == 200, after_kill.text
+        assert after_kill.json()["spanCount"] == 2
+        assert get(ers, f"/api/emergency/traces/{'0' * 32}").status_code == 404
+    finally:
+        ers.stop()
+    assert "Traceback" not in ers.log(), ers.log()[-3000:]
