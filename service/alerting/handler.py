@@ -94,7 +94,9 @@ class AlertHandler:
         except Exception as exc:  # an alert must never take the service down
             log.exception("alert %s could not be handled", alert.name)
             incident_id, outcome = None, f"failed: {type(exc).__name__}: {exc}"
-        self.ledger.finish(alert.fingerprint, starts_at, alert.status, incident_id, outcome)
+        await asyncio.to_thread(
+            self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
+        )
         if self._on_alert is not None:
             self._on_alert(alert.action or "none", alert.status)
 
