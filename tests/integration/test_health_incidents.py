@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,14 +26,6 @@ def wait_for(predicate: Callable[[], T], timeout: float) -> T:
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(0.2)
-
-
-@pytest.fixture
-def immutable() -> Iterator[list[Path]]:
-    files: list[Path] = []
-    yield files
-    if files:
-        subprocess.run(["chattr", "-i", *map(str, files)], check=False)
 
 
 def test_an_unwritable_store_is_one_incident_resolved_after_recovery(
