@@ -67,31 +67,40 @@ class IncidentRecovery:
         loop = asyncio.get_running_loop()
 
         def on_transition(event: BreakerEvent) -> None:
-            if event.from_state.value != "half_open":
-                return
+            # Closed by a trial here, or by one on another replica of the fleet; a trial
+            # that fails sends the breaker from half-open back to open.
             closed = event.to_state.value == "closed"
+            failed = (event.from_state.value, event.to_state.value) == ("half_open", "open")
+            if not closed and not failed:
+                return
             if closed:
                 self.forget(breaker.name)
+            if closed and event.from_state.value == "half_open":
+                how = "the half-open trial succeeded and its breaker closed"
+            else:
+                how = f"its breaker closed ({event.reason}, by {event.source or 'the breaker'})"
             # Breakers publish on the thread that called them: hand over to the loop.
-            loop.call_soon_threadsafe(self._spawn, closed, breaker.name, incident_id, alert)
+            loop.call_soon_threadsafe(self._spawn, closed, how, breaker.name, incident_id, alert)
 
         self._watches[breaker.name] = breaker.subscribe(
             on_transition, [BreakerEventKind.STATE_TRANSITION]
         )
 
-    def _spawn(self, closed: bool, agent: str, incident_id: str, alert: Alert) -> None:
+    def _spawn(self, closed: bool, how: str, agent: str, incident_id: str, alert: Alert) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._after_trial(closed, agent, incident_id, alert)
+            self._after_trial(closed, how, agent, incident_id, alert)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _after_trial(self, closed: bool, agent: str, incident_id: str, alert: Alert) -> None:
+    async def _after_trial(
+        self, closed: bool, how: str, agent: str, incident_id: str, alert: Alert
+    ) -> None:
         try:
             if closed:
                 note = (
-                    f"the half-open trial of {agent} succeeded and its breaker closed after"
-                    f" alert {alert.name} resolved (fingerprint {alert.fingerprint})"
+                    f"{agent}: {how} after alert {alert.name} resolved"
+                    f" (fingerprint {alert.fingerprint})"
                 )
                 await asyncio.to_thread(self.resolve, incident_id, f"breaker:{agent}", note)
             else:

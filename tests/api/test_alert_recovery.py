@@ -142,3 +142,22 @@ async def test_an_alert_that_opened_its_own_incident_resolves_it(
     assert incident.fingerprint == "alert:BackupStale:ers"
     await deliver(hook, app, alert("BackupStale", "backup", "77aa02", status="resolved"))
     assert store.get(incident.id).status == "resolved"
+
+
+async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    runtime = app.state.runtime
+    breaker = runtime.team.get("workout").breaker
+    await deliver(hook, app, FIRING)
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    breaker.force_open("checking the workout agent by hand", "operator:ana")
+    await deliver(hook, app, resolved_payload())
+    assert breaker.state.value == "forced_open"  # not the alert's to release
+    assert runtime.incidents.get(incident.id).status == "mitigated"
+
+    breaker.reset(force=True, source="operator:ana")
+    await runtime.alerts.drain()
+    assert runtime.incidents.get(incident.id).status == "resolved"
+    last = runtime.incidents.timeline(incident.id)[-1]
+    assert "its breaker closed (reset with force, by operator:ana)" in last.message
