@@ -46,6 +46,7 @@ from service.health.checks import (  # noqa: E402
     MemoryCheck,
     StoresCheck,
 )
+from service.health.incidents import HealthIncidents  # noqa: E402
 from service.health.metrics import register_health_metrics  # noqa: E402
 from service.health.monitor import HealthMonitor  # noqa: E402
 from service.health.system_state import (  # noqa: E402
@@ -309,6 +310,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     chat_service.enrich = incident_service.enrich
     health.add_check(IncidentsCheck(incident_service.active_counts))
+    health_incidents = HealthIncidents(
+        incident_service.store, settings.health_incident_resolve_after_s
+    )
+    health.subscribe(health_incidents.on_report)
     state.subscribe(lambda t: note_state_change(incident_service, t))
     runtime.alerts = AlertHandler(
         alert_ledger,
@@ -367,6 +372,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await leader.stop()
         await runtime.alerts.drain()
         alert_ledger.close()
+        await health_incidents.drain()
         await incident_service.drain()
         incident_service.shutdown()
         runtime.audit.close()

@@ -34,10 +34,14 @@ from telemetry.incident_model import IllegalTransition, Incident, IncidentStoreU
 from telemetry.incident_pg import PgIncidentStore
 from telemetry.incident_processor import IncidentEvent, IncidentProcessor
 from telemetry.incident_store import IncidentStore
+from telemetry.instrument_filter import server_span_of
 
 log = logging.getLogger("ers.incidents")
 
 RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+# The health endpoint answers 503 to report an unhealthy check; the check that crossed its
+# line is the incident (``health.<check>``), never the request that read it.
+UNCLASSIFIED_ROUTES = ("/api/emergency/health",)
 
 
 Ledger = AlertLedger | PgAlertLedger
@@ -89,7 +93,9 @@ class IncidentService:
         self.store = store
         self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
         self._counts_stale = asyncio.Event()
-        self.processor = IncidentProcessor(self.store, load_rules(rules_path))
+        self.processor = IncidentProcessor(
+            self.store, load_rules(rules_path), ignore=server_span_of(UNCLASSIFIED_ROUTES)
+        )
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._latest: dict[str, str] = {}

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     max_backups: int = Field(50, ge=1, le=10_000)
     circuit_breaker_threshold: int = Field(5, ge=1, le=1000)
     health_check_interval_s: float = Field(30.0, gt=0, le=3600)
+    # A health check's incident is resolved once the check has been healthy this long.
+    health_incident_resolve_after_s: float = Field(120.0, ge=0, le=86_400)
     # Seconds the system must stay clean before recovery counts as over.
     recovery_clean_s: float = Field(300.0, ge=0, le=86_400)
     emergency_rollback_enabled: bool = True

@@ -66,8 +66,12 @@ class IncidentProcessor(SpanProcessor):
         keep_span_records: bool = True,
         idle_wait_s: float = 0.5,
         linger_s: float = 0.05,
+        ignore: Callable[[ReadableSpan], bool] | None = None,
     ) -> None:
+        """``ignore``: error spans it returns True for are not incidents (e.g. the server
+        span of a health endpoint reporting a failure with its status code)."""
         self.store = store
+        self._ignore = ignore
         self.classifier = classifier
         self.queue_size = queue_size
         self.batch_size = batch_size
@@ -135,6 +139,8 @@ class IncidentProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if span.status.status_code is not ERROR:
+            return
+        if self._ignore is not None and self._ignore(span):
             return
         self._enqueue(span)
 

@@ -147,6 +147,16 @@ def without_ers_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def immutable() -> Iterator[list[Path]]:
+    """Files a test made immutable (``chattr +i``, which stops root too); made mutable again
+    afterwards even when the test fails."""
+    files: list[Path] = []
+    yield files
+    if files:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=False)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the whole run (see tests/pg.py); fails, never skips,

@@ -5,8 +5,14 @@ background: it lands on an incident (the open one of the same component and type
 one), its receipt goes on the timeline, and a firing alert runs its action —
 ``isolate`` force-opens the agent's breaker with source ``alertmanager``, ``backup`` takes an
 emergency backup, ``rollback`` rolls back only when automatic rollback is on, ``cleanup``
-trims caches. A resolved ``isolate`` releases the breaker to half-open, so recovery is
-tested; a resolved alert never starts an action.
+trims caches. A resolved alert never starts an action: it lands on the incident its firing
+landed on and recovers it (``recovery``): a resolved ``isolate`` releases the breaker to
+half-open, so recovery is tested, mitigates the incident and resolves it once the trial
+succeeds.
+
+A ``backup``, ``rollback`` or ``cleanup`` alert with no incident of its own target and kind
+lands on the most severe active incident: such alerts (``CriticalIncidentActive``) are about
+the incidents already open, and an incident of their own would keep them firing.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from typing import Any
 from service.alerting.ledger import AlertLedger
 from service.alerting.ledger_pg import PgAlertLedger
 from service.alerting.payload import Alert, WebhookPayload
+from service.alerting.recovery import ACTOR, IncidentRecovery, alert_fingerprint
 from service.errors import UnknownAgent
 from service.responder import Responder, ResponseContext
 from telemetry.classifier import Classification
 from telemetry.incident_lifecycle import IncidentStoreBase
+from telemetry.incident_model import Incident, IncidentNotFound
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.alerts")
@@ -37,6 +45,7 @@ ACTIONS = {
 }
 ACTION_TYPES = {"isolate": "agent", "backup": "system", "rollback": "system", "cleanup": "resource"}
 SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "ticket": "medium"}
+SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 class AlertHandler:
@@ -54,6 +63,7 @@ class AlertHandler:
         self.isolate_ttl_s = isolate_ttl_s
         self._on_alert = on_alert
         self._tasks: set[asyncio.Task[None]] = set()
+        self.recovery = IncidentRecovery(incidents)
 
     def receive(self, payload: WebhookPayload) -> dict[str, Any]:
         """Record every alert (raises LedgerUnavailable) and act on the new ones later."""
@@ -73,29 +83,37 @@ class AlertHandler:
         """Wait for the alerts being acted on (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.recovery.drain()
 
     async def _process(self, alert: Alert) -> None:
         starts_at = alert.startsAt.isoformat()
         try:
-            incident_id = await asyncio.to_thread(self._land, alert)
-            outcome = await self._act(alert, incident_id)
+            incident = await asyncio.to_thread(self._land, alert)
+            incident_id = incident.id if incident is not None else ""
+            outcome = await self._act(alert, incident)
         except Exception as exc:  # an alert must never take the service down
             log.exception("alert %s could not be handled", alert.name)
             incident_id, outcome = None, f"failed: {type(exc).__name__}: {exc}"
-        self.ledger.finish(alert.fingerprint, starts_at, alert.status, incident_id, outcome)
+        await asyncio.to_thread(
+            self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
+        )
         if self._on_alert is not None:
             self._on_alert(alert.action or "none", alert.status)
 
-    def _land(self, alert: Alert) -> str:
+    def _land(self, alert: Alert) -> Incident | None:
         component = alert.target or "ers"
         kind = alert.labels.get("type") or ACTION_TYPES.get(alert.action or "", "alert")
-        incident = self.incidents.find_active(component, kind)
-        if incident is None and alert.status == "firing":
-            incident = self._open(alert, component, kind)
-        elif incident is None:
-            incident = self.incidents.find_active(component)
+        if alert.status == "resolved":
+            incident = self._fired_on(alert) or self.incidents.find_active(component, kind)
+            incident = incident or self.incidents.find_active(component)
+        else:
+            incident = self.incidents.find_active(component, kind)
+            if incident is None and alert.action in ("backup", "rollback", "cleanup"):
+                incident = self._most_severe_active()
+            if incident is None:
+                incident = self._open(alert, component, kind)
         if incident is None:
-            return ""
+            return None
         words = "firing" if alert.status == "firing" else "resolved"
         self.incidents.add_timeline(
             incident.id,
@@ -110,7 +128,23 @@ class AlertHandler:
                 "labels": alert.labels,
             },
         )
-        return incident.id
+        return incident
+
+    def _fired_on(self, alert: Alert) -> Incident | None:
+        """The incident the firing of this alert landed on, as the ledger recorded it."""
+        entry = self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "firing")
+        if not entry or not entry["incidentId"]:
+            return None
+        try:
+            return self.incidents.get(entry["incidentId"])
+        except IncidentNotFound:
+            return None
+
+    def _most_severe_active(self) -> Incident | None:
+        active, _ = self.incidents.list(status="active", limit=50)
+        if not active:
+            return None
+        return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
 
     def _open(self, alert: Alert, component: str, kind: str):  # noqa: ANN202
         now_ns = time.time_ns()
@@ -136,14 +170,17 @@ class AlertHandler:
             protocol=None,
             rule="alertmanager",
             component=component,
-            fingerprint=f"alert:{alert.name}:{component}",
+            fingerprint=alert_fingerprint(alert, component),
         )
         incident, _ = self.incidents.record_error(record, classification)
         return incident
 
-    async def _act(self, alert: Alert, incident_id: str) -> str:
+    async def _act(self, alert: Alert, incident: Incident | None) -> str:
         action = alert.action
         target = alert.target or "ers"
+        incident_id = incident.id if incident is not None else ""
+        if alert.status == "resolved":
+            return await self._recover(alert, incident)
         context = ResponseContext(
             incident_id or f"alert:{alert.fingerprint}",
             protocol="ALERT",
@@ -152,30 +189,55 @@ class AlertHandler:
             source="alertmanager",
             ttl_s=self.isolate_ttl_s,
         )
-        if alert.status == "resolved":
-            if action == "isolate":
-                return await self._release(target, incident_id)
-            return "resolved: nothing to do"
         if action is None:
             return "recorded; the alert names no action"
         if action not in ACTIONS:
             self._note(incident_id, f"unknown action '{action}': recorded, nothing done")
             return f"unknown action '{action}'"
+        if action == "isolate":
+            self.recovery.forget(target)
         result = await self.responder.run_action(ACTIONS[action], context)
         return f"{result.action}: {result.result}"
 
-    async def _release(self, agent: str, incident_id: str) -> str:
+    async def _recover(self, alert: Alert, incident: Incident | None) -> str:
+        """The alert's condition has cleared: recover the incident its firing landed on."""
+        if incident is None:
+            return "resolved: no incident to recover"
+        note = f"alert {alert.name} resolved (fingerprint {alert.fingerprint})"
+        if alert.action != "isolate":
+            # Only an incident the alert opened is the alert's to close; one it landed on
+            # belongs to the failures that opened it.
+            if incident.fingerprint != alert_fingerprint(alert, alert.target or "ers"):
+                return "resolved: the incident is left to the failures that opened it"
+            return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
+        released, breaker_state = self._release(alert, incident)
+        await asyncio.to_thread(self._note, incident.id, released)
+        if breaker_state == "closed":
+            outcome = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
+        else:
+            outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)
+        return f"{released}; {outcome}"
+
+    def _release(self, alert: Alert, incident: Incident | None) -> tuple[str, str | None]:
+        """Lift the forced open this alert made; watch the trial that follows. Returns what
+        was done and the breaker's state after it (None when the target is no agent)."""
+        agent = alert.target or "ers"
         try:
             guard = self.responder.team.get(agent)
         except UnknownAgent:
-            return f"'{agent}' is not an agent"
-        forced = guard.breaker.snapshot().get("forced")
+            return f"'{agent}' is not an agent", None
+        breaker = guard.breaker
+        forced = breaker.snapshot().get("forced")
         if not forced or forced.get("source") != "alertmanager":
-            return "the breaker is not held by alertmanager; left as it is"
-        message = guard.breaker.release(source="alertmanager")
-        self._note(incident_id, message)
-        return message
+            message = "the breaker is not held by alertmanager; left as it is"
+        else:
+            message = breaker.release(source="alertmanager")
+        state = breaker.state.value
+        if incident is not None and state != "closed":
+            # Armed before any await: a trial that closes the breaker cannot be missed.
+            self.recovery.watch_trial(breaker, incident.id, alert)
+        return message, state
 
     def _note(self, incident_id: str, message: str) -> None:
         if incident_id:
-            self.incidents.add_timeline(incident_id, "note", message, "alertmanager", {})
+            self.incidents.add_timeline(incident_id, "note", message, ACTOR, {})

@@ -49,6 +49,10 @@ class DiskSpaceLow(OSError):
     """The data directory's disk is nearly full."""
 
 
+class HealthCheckFailed(RuntimeError):
+    """A health check could not tell: it raised or did not finish in time."""
+
+
 @dataclass(frozen=True)
 class CheckResult:
     name: str
@@ -223,7 +227,11 @@ class StoresCheck:
         figures = {name: failing.get(name, "writable") for name in self._stores}
         if failing:
             names = ", ".join(sorted(failing))
-            error = StoreNotWritable(f"state store not writable: {names}")
+            # The count, not the names, in the error: one incident for the check whichever
+            # stores fail (names would make each set of stores an incident of its own).
+            error = StoreNotWritable(
+                f"{len(failing)} of {len(self._stores)} state stores not writable"
+            )
             return CheckResult(
                 self.name, Status.UNHEALTHY, f"not writable: {names}", figures, error
             )

@@ -1,8 +1,13 @@
 """Runs the health checks every interval and on demand; reports critical ones as error spans.
 
 An unhealthy check that stands for an error (memory pressure, a store that cannot be
-written) becomes a span ``health.<check>`` with status ERROR and the exception recorded, so
-the incident pipeline classifies it like any failed call: no side channel.
+written, a check that raised or hung) becomes a span ``health.<check>`` with status ERROR
+and the exception recorded, so the incident pipeline classifies it like any failed call: no
+side channel. The error's message carries the check's figure and varies only in numbers, so
+every failure of one check groups into one incident, named after the check. Checks that sum
+up other signals (breakers, incidents) carry no error: what they count is already an
+incident. ``health.incidents.HealthIncidents`` resolves a check's incident once it has been
+healthy again for a while.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status as SpanStatus
 from opentelemetry.trace import StatusCode
 
-from service.health.checks import CheckResult, HealthCheck, Status, worst
+from service.health.checks import CheckResult, HealthCheck, HealthCheckFailed, Status, worst
 from service.resilience.exception_events import (
     EXCEPTION_BASES_ATTRIBUTE,
     exception_bases,
@@ -92,13 +97,13 @@ class HealthMonitor:
         try:
             return await asyncio.wait_for(check.run(), CHECK_TIMEOUT_S)
         except TimeoutError:
-            return CheckResult(
-                check.name, Status.UNHEALTHY, f"the check took over {CHECK_TIMEOUT_S:g} s"
-            )
+            reason = f"the check took over {CHECK_TIMEOUT_S:g} s"
+            error = HealthCheckFailed(f"the {check.name} check took over {CHECK_TIMEOUT_S:g} s")
+            return CheckResult(check.name, Status.UNHEALTHY, reason, error=error)
         except Exception as exc:
-            return CheckResult(
-                check.name, Status.UNHEALTHY, f"the check failed: {type(exc).__name__}: {exc}"
-            )
+            reason = f"the check failed: {type(exc).__name__}: {exc}"
+            error = HealthCheckFailed(f"the {check.name} check raised {type(exc).__name__}")
+            return CheckResult(check.name, Status.UNHEALTHY, reason, error=error)
 
     def _report_error(self, result: CheckResult) -> None:
         error = result.error

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -90,14 +89,6 @@ async def test_memory_check_statuses_and_codes(
         assert "MemoryError" in span.attributes["ers.exception.bases"]
     else:
         assert error_spans == []
-
-
-@pytest.fixture
-def immutable() -> Iterator[list[Path]]:
-    files: list[Path] = []
-    yield files
-    if files:
-        subprocess.run(["chattr", "-i", *map(str, files)], check=False)
 
 
 async def test_a_read_only_store_makes_health_unhealthy(

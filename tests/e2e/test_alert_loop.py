@@ -1,7 +1,9 @@
-"""The whole alerting loop with the real programs: ERS (real uvicorn) fails, Prometheus
-(scraping it with the shipped rules) fires AgentErrorRatioHigh, Alertmanager (with the
-shipped routing) calls ERS back, ERS isolates the agent; after healing, the resolved alert
-releases the breaker to half-open and a trial call closes it.
+"""The whole alerting loop with the real programs: ERS (real uvicorn) fails and opens an
+incident, Prometheus (scraping it with the shipped rules) fires AgentErrorRatioHigh,
+Alertmanager (with the shipped routing) calls ERS back, ERS isolates the agent; after
+healing, the resolved alert releases the breaker to half-open and mitigates the incident, a
+trial call closes the breaker and resolves the incident, and the system is back to normal
+with health 200 — no step by hand, each step on the incident's timeline with who took it.
 
 Only timing fields are rewritten in copies of the shipped files (scrape and evaluation
 intervals, ``for:``, range windows, group_wait/group_interval), plus the addresses and the
@@ -14,9 +16,12 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+import pytest
 import yaml
 
 from tests.conftest import start_ers
@@ -24,6 +29,7 @@ from tests.integration.prom import start_alertmanager, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "alert-loop-token-5d2e"
+T = TypeVar("T")
 NEVER_TRIP = {"failure_threshold": 10**9, "sliding_window_size": 10**6, "minimum_calls": 10**6}
 
 
@@ -57,79 +63,223 @@ def breaker(http: httpx.Client) -> dict:
     return http.get("/api/emergency/circuit-breakers/workout").json()
 
 
-def test_fault_fires_alert_that_isolates_then_resolution_releases(tmp_path: Path) -> None:
-    token_file = tmp_path / "alert.token"
-    token_file.write_text(TOKEN)
-    ers = start_ers(
-        tmp_path / "ers",
-        env={
-            "ERS_ALERT_TOKEN_FILE": str(token_file),
-            # The loop under test is the fleet's: no local responder, no local breaker trip.
-            "ERS_AUTO_RESPONSE_ENABLED": "false",
-            "ERS_AGENT_BREAKERS": json.dumps({"workout": NEVER_TRIP}),
-        },
-    )
-    am = start_alertmanager(tmp_path / "am", fast_alertmanager(ers.url, token_file))
-    prom = start_prometheus(
-        tmp_path / "prom", [ers.url], [fast_rules(tmp_path)], alertmanager_url=am.url
-    )
-    stop_traffic = threading.Event()
+def steps(timeline: list[dict]) -> list[tuple[str, str]]:
+    """Each step of the loop found on the timeline, as (step, who), in timeline order."""
+    found = []
+    for entry in timeline:
+        kind, data, message = entry["kind"], entry["data"], entry["message"]
+        if kind == "classified":
+            step = "failure classified"
+        elif kind == "alert_received":
+            step = f"alert {data['status']}"
+        elif kind == "action_finished" and data.get("action") == "isolate":
+            step = f"isolate {data['result']}"
+        elif kind == "note" and "released" in message:
+            step = "breaker released"
+        elif kind == "status_changed":
+            step = message.split(":")[0]
+        else:
+            continue
+        found.append((step, entry["who"]))
+    return found
 
-    def traffic() -> None:
-        with httpx.Client(base_url=ers.url, timeout=10) as client:
+
+class Loop:
+    """ERS, Alertmanager and Prometheus wired into one loop, with chat traffic on demand."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        token_file = tmp_path / "alert.token"
+        token_file.write_text(TOKEN)
+        self.ers = start_ers(
+            tmp_path / "ers",
+            env={
+                "ERS_ALERT_TOKEN_FILE": str(token_file),
+                # The loop under test is the fleet's: no local responder, no local breaker trip.
+                "ERS_AUTO_RESPONSE_ENABLED": "false",
+                "ERS_AGENT_BREAKERS": json.dumps({"workout": NEVER_TRIP}),
+                "ERS_HEALTH_CHECK_INTERVAL_S": "1",
+                "ERS_RECOVERY_CLEAN_S": "2",
+                **env,
+            },
+        )
+        self.am = start_alertmanager(tmp_path / "am", fast_alertmanager(self.ers.url, token_file))
+        self.prom = start_prometheus(
+            tmp_path / "prom", [self.ers.url], [fast_rules(tmp_path)], alertmanager_url=self.am.url
+        )
+        self.http = httpx.Client(base_url=self.ers.url, timeout=10)
+        self._stop_traffic = threading.Event()
+        self._sender: threading.Thread | None = None
+
+    def incidents(self) -> list[dict]:
+        return self.http.get("/api/emergency/incidents?limit=100").json()["incidents"]
+
+    def incident(self, incident_id: str) -> dict:
+        return self.http.get(f"/api/emergency/incidents/{incident_id}").json()
+
+    def state(self) -> str:
+        return self.http.get("/api/emergency/status").json()["systemState"]
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float) -> T:
+        return self.prom.wait_for(predicate, timeout=timeout)
+
+    def wait_for_status(self, incident_id: str, status: str, timeout: float) -> dict:
+        return self.wait_for(
+            lambda: (found := self.incident(incident_id))["status"] == status and found, timeout
+        )
+
+    def fail(self, error_type: str) -> None:
+        """Inject the fault into the workout agent and send chats to it until healed."""
+        self.http.post(
+            "/api/emergency/simulate-error", json={"component": "workout", "errorType": error_type}
+        ).raise_for_status()
+        self._sender = threading.Thread(target=self._traffic, daemon=True)
+        self._sender.start()
+
+    def heal(self) -> None:
+        self._stop_traffic.set()
+        if self._sender is not None:
+            self._sender.join(timeout=15)
+        self.http.delete("/api/emergency/simulate-error").raise_for_status()
+
+    def _traffic(self) -> None:
+        with httpx.Client(base_url=self.ers.url, timeout=10) as client:
             deadline = time.monotonic() + 90
-            while not stop_traffic.is_set() and time.monotonic() < deadline:
+            while not self._stop_traffic.is_set() and time.monotonic() < deadline:
                 client.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
                 time.sleep(0.05)
 
+    def isolated(self) -> dict:
+        """The breaker once Alertmanager's isolate alert has forced it open."""
+        return self.wait_for(
+            lambda: (
+                (b := breaker(self.http))["state"] == "forced_open"
+                and b["forced"]["source"] == "alertmanager"
+                and b
+            ),
+            timeout=60,
+        )
+
+    def released_and_tried(self) -> None:
+        """Wait for the resolved alert to release the breaker; send the trial call."""
+        self.wait_for(lambda: breaker(self.http)["state"] == "half_open", timeout=60)
+        history = breaker(self.http)["history"]
+        released = [e for e in history if (e["from"], e["to"]) == ("forced_open", "half_open")]
+        assert released and released[-1]["source"] == "alertmanager"
+
+    def trial(self) -> None:
+        reply = self.http.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
+        assert reply.json()["emergency"] is False
+        assert breaker(self.http)["state"] == "closed"
+
+    def dump(self) -> None:
+        print("prometheus alerts:", json.dumps(self.prom.alerts())[:1500])
+        print("alertmanager alerts:", json.dumps(self.am.alerts())[:1500])
+        print("breaker:", json.dumps(breaker(self.http))[:800])
+        print("incidents:", json.dumps(self.incidents())[:2000])
+        print("ers log:", self.ers.log()[-1500:])
+        print("am log:", self.am.log()[-1500:])
+
+    def stop(self) -> None:
+        self._stop_traffic.set()
+        self.http.close()
+        self.prom.stop()
+        self.am.stop()
+        assert self.ers.stop() == 0
+
+
+@pytest.fixture
+def loop_env() -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture
+def loop(
+    tmp_path: Path, loop_env: dict[str, str], request: pytest.FixtureRequest
+) -> Iterator[Loop]:
+    started = Loop(tmp_path, loop_env)
+    failed_before = request.session.testsfailed
     try:
-        with httpx.Client(base_url=ers.url, timeout=10) as http:
-            prom.wait_for(lambda: prom.query('up{job="ers"} == 1'), timeout=20)
-            onset = time.monotonic()
-            http.post(
-                "/api/emergency/simulate-error", json={"component": "workout", "errorType": "agent"}
-            ).raise_for_status()
-            sender = threading.Thread(target=traffic, daemon=True)
-            sender.start()
-
-            forced = prom.wait_for(
-                lambda: (
-                    (b := breaker(http))["state"] == "forced_open"
-                    and b["forced"]["source"] == "alertmanager"
-                    and b
-                ),
-                timeout=60,
-            )
-            loop_seconds = time.monotonic() - onset
-            print(f"\nalert_loop_seconds={loop_seconds:.2f}")
-            assert "AgentErrorRatioHigh" in forced["forced"]["reason"]
-            stop_traffic.set()
-            sender.join(timeout=15)
-
-            incidents = http.get("/api/emergency/incidents?component=workout").json()
-            detail = http.get(f"/api/emergency/incidents/{incidents['incidents'][0]['id']}")
-            kinds = [entry["kind"] for entry in detail.json()["timeline"]]
-            assert "alert_received" in kinds
-
-            # Heal; with no calls the error ratio has no data, the alert resolves, and the
-            # resolved notification releases the breaker for a trial.
-            http.delete("/api/emergency/simulate-error").raise_for_status()
-            prom.wait_for(lambda: breaker(http)["state"] == "half_open", timeout=60)
-            history = breaker(http)["history"]
-            released = [e for e in history if (e["from"], e["to"]) == ("forced_open", "half_open")]
-            assert released and released[-1]["source"] == "alertmanager"
-            reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
-            assert reply.json()["emergency"] is False
-            assert breaker(http)["state"] == "closed"
-    except Exception:
-        print("prometheus alerts:", json.dumps(prom.alerts())[:1500])
-        print("alertmanager alerts:", json.dumps(am.alerts())[:1500])
-        print("breaker:", json.dumps(breaker(httpx.Client(base_url=ers.url)))[:800])
-        print("ers log:", ers.log()[-1500:])
-        print("am log:", am.log()[-1500:])
-        raise
+        yield started
+        if request.session.testsfailed > failed_before:
+            started.dump()
     finally:
-        stop_traffic.set()
-        prom.stop()
-        am.stop()
-        assert ers.stop() == 0
+        started.stop()
+
+
+def test_fault_fires_alert_that_isolates_then_resolution_recovers_the_incident(
+    loop: Loop,
+) -> None:
+    loop.wait_for(lambda: loop.prom.query('up{job="ers"} == 1'), timeout=20)
+    assert loop.state() == "normal"
+    onset = time.monotonic()
+    loop.fail("agent")
+    (incident,) = loop.wait_for(loop.incidents, timeout=30)
+    assert (incident["spanName"], incident["status"]) == ("agent.workout", "open")
+    forced = loop.isolated()
+    print(f"\nalert_loop_seconds={time.monotonic() - onset:.2f}")
+    assert "AgentErrorRatioHigh" in forced["forced"]["reason"]
+    assert loop.state() == "degraded"
+
+    # Heal; with no calls the error ratio has no data, the alert resolves, and the resolved
+    # notification releases the breaker for a trial and mitigates the incident.
+    loop.heal()
+    loop.released_and_tried()
+    detail = loop.wait_for_status(incident["id"], "mitigated", timeout=10)
+    fingerprint = next(
+        e["data"]["fingerprint"]
+        for e in detail["timeline"]
+        if e["kind"] == "alert_received" and e["data"]["status"] == "resolved"
+    )
+
+    # The next chat is the half-open trial; it succeeds, the breaker closes and the incident
+    # resolves: nobody resolves anything by hand.
+    loop.trial()
+    detail = loop.wait_for_status(incident["id"], "resolved", timeout=10)
+    loop.wait_for(lambda: loop.state() == "normal", timeout=20)
+    health = loop.http.get("/api/emergency/health")
+    assert health.status_code == 200 and health.json()["systemState"] == "normal"
+    assert [i["id"] for i in loop.incidents()] == [incident["id"]]
+
+    steps_taken = steps(detail["timeline"])
+    assert steps_taken[0] == ("failure classified", "classifier")
+    assert [step for step in steps_taken if step[0] != "failure classified"] == [
+        ("alert firing", "alertmanager"),
+        ("isolate success", "alertmanager"),
+        ("alert resolved", "alertmanager"),
+        ("breaker released", "alertmanager"),
+        ("open → mitigated", "alertmanager"),
+        ("mitigated → resolved", "breaker:workout"),
+    ], detail["timeline"]
+    assert fingerprint in detail["timeline"][-1]["message"]
+
+
+@pytest.mark.parametrize("loop_env", [{"ERS_INCIDENT_QUIET_PERIOD_S": "2"}])
+def test_an_emergency_from_the_alert_ends_by_itself_and_health_raises_no_incident(
+    loop: Loop,
+) -> None:
+    """A network failure is an incident of its own type, so the isolate alert opens a
+    critical incident: emergency, health 503. After healing both incidents resolve without
+    a hand (the alert's by its trial, the failure's once quiet with the breaker closed), the
+    state is normal and health 200, and the 503s left no incident behind."""
+    loop.wait_for(lambda: loop.prom.query('up{job="ers"} == 1'), timeout=20)
+    loop.fail("network")
+    loop.isolated()
+    (alerted,) = loop.wait_for(
+        lambda: [i for i in loop.incidents() if i["fingerprint"].startswith("alert:")], 10
+    )
+    assert alerted["classification"]["severity"] == "critical"
+    loop.wait_for(lambda: loop.state() == "emergency", timeout=10)
+    assert loop.http.get("/api/emergency/health").status_code == 503
+
+    loop.heal()
+    loop.released_and_tried()
+    loop.wait_for_status(alerted["id"], "mitigated", timeout=10)
+    assert loop.http.get("/api/emergency/health").status_code == 503  # still critical
+    loop.trial()
+    loop.wait_for_status(alerted["id"], "resolved", timeout=10)
+    loop.wait_for(lambda: all(i["status"] == "resolved" for i in loop.incidents()), 30)
+    loop.wait_for(lambda: loop.state() == "normal", timeout=20)
+    health = loop.http.get("/api/emergency/health")
+    assert health.status_code == 200 and health.json()["systemState"] == "normal"
+    names = sorted(i["spanName"] for i in loop.incidents())
+    assert names == ["agent.workout", "alert.AgentErrorRatioHigh"], loop.incidents()

@@ -1,0 +1,163 @@
+"""A resolved alert recovers the incident its firing landed on: an isolate alert's incident is
+mitigated when the alert resolves and resolved when the half-open trial succeeds, so the
+system leaves the emergency and health answers 200 again without anyone stepping in."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from service.settings import Settings
+from tests.api.test_alert_webhook import AUTH, FIRING, TOKEN, resolved_payload
+
+FINGERPRINT = FIRING["alerts"][0]["fingerprint"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    update: dict[str, Any] = {"alert_token": SecretStr(TOKEN), "recovery_clean_s": 0}
+    if request.param == "postgres":
+        update["database_url"] = SecretStr(request.getfixturevalue("pg_url"))
+    return settings.model_copy(update=update)
+
+
+async def health_code(client: httpx.AsyncClient, wanted: int) -> httpx.Response:
+    """The health reply once it answers ``wanted``: on PostgreSQL the active counts come
+    from a cache refreshed every second. Bounded at five seconds."""
+    for _ in range(50):
+        reply = await client.get("/api/emergency/health")
+        if reply.status_code == wanted:
+            break
+        await asyncio.sleep(0.1)
+    return reply
+
+
+@pytest.fixture
+async def hook(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers") as http:
+        yield http
+
+
+async def trial(client: httpx.AsyncClient, app: FastAPI, wanted: str) -> None:
+    """Chat until the half-open trial has run and left the breaker ``wanted``: on
+    PostgreSQL the replica first takes the fleet's trial lease, answering with fallbacks
+    meanwhile. Bounded at five seconds."""
+    breaker = app.state.runtime.team.get("workout").breaker
+    for _ in range(50):
+        await client.post("/chat", json={"message": "make me a workout plan"})
+        if breaker.state.value == wanted:
+            break
+        await asyncio.sleep(0.1)
+    await app.state.runtime.alerts.drain()
+    assert breaker.state.value == wanted
+
+
+async def deliver(hook: httpx.AsyncClient, app: FastAPI, payload: dict[str, Any]) -> None:
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    await app.state.runtime.alerts.drain()
+
+
+def alert(name: str, action: str, fingerprint: str, status: str = "firing") -> dict[str, Any]:
+    payload = copy.deepcopy(FIRING)
+    payload["status"] = status
+    labels = {"alertname": name, "action": action, "severity": "critical"}
+    payload["commonLabels"] = payload["groupLabels"] = labels
+    payload["alerts"][0].update(labels=labels, fingerprint=fingerprint, status=status)
+    return payload
+
+
+async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    runtime = app.state.runtime
+    store = runtime.incidents
+    await deliver(hook, app, FIRING)
+    (incident,) = store.list(component="workout")[0]
+    assert incident.severity == "critical" and incident.status == "open"
+    health = await health_code(client, 503)
+    assert health.status_code == 503 and health.json()["systemState"] == "emergency"
+
+    await deliver(hook, app, resolved_payload())
+    assert runtime.team.get("workout").breaker.state.value == "half_open"
+    mitigated = store.get(incident.id)
+    assert mitigated.status == "mitigated"
+    change = [e for e in store.timeline(incident.id) if e.kind == "status_changed"][-1]
+    assert change.actor == "alertmanager" and FINGERPRINT in change.message
+
+    await trial(client, app, "closed")
+    resolved = store.get(incident.id)
+    assert resolved.status == "resolved"
+    last = store.timeline(incident.id)[-1]
+    assert (last.kind, last.actor) == ("status_changed", "breaker:workout")
+    assert "trial" in last.message and FINGERPRINT in last.message
+    health = await health_code(client, 200)
+    assert health.status_code == 200
+    assert health.json()["systemState"] in ("recovery", "normal")
+
+
+async def test_a_failed_trial_keeps_the_incident_until_one_succeeds(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    runtime = app.state.runtime
+    await deliver(hook, app, FIRING)
+    await deliver(hook, app, resolved_payload())
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    faults = await client.post(
+        "/api/emergency/simulate-error", json={"component": "workout", "errorType": "agent"}
+    )
+    assert faults.status_code == 200, faults.text
+    await trial(client, app, "open")
+    assert runtime.incidents.get(incident.id).status == "mitigated"
+    notes = [e.message for e in runtime.incidents.timeline(incident.id) if e.kind == "note"]
+    assert any("trial of workout failed" in note for note in notes)
+
+
+async def test_an_alert_about_incidents_lands_on_them_instead_of_opening_its_own(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    store = app.state.runtime.incidents
+    await deliver(hook, app, FIRING)
+    (critical,) = store.list(status="active")[0]
+    await deliver(hook, app, alert("CriticalIncidentActive", "backup", "77aa01"))
+    assert store.list(status="active")[1] == 1  # no incident of its own to keep it firing
+    kinds = [(e.kind, e.data.get("alertname")) for e in store.timeline(critical.id)]
+    assert ("alert_received", "CriticalIncidentActive") in kinds
+
+
+async def test_an_alert_that_opened_its_own_incident_resolves_it(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    store = app.state.runtime.incidents
+    await deliver(hook, app, alert("BackupStale", "backup", "77aa02"))
+    (incident,) = store.list(status="active")[0]
+    assert incident.fingerprint == "alert:BackupStale:ers"
+    await deliver(hook, app, alert("BackupStale", "backup", "77aa02", status="resolved"))
+    assert store.get(incident.id).status == "resolved"
+
+
+async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    runtime = app.state.runtime
+    breaker = runtime.team.get("workout").breaker
+    await deliver(hook, app, FIRING)
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    breaker.force_open("checking the workout agent by hand", "operator:ana")
+    await deliver(hook, app, resolved_payload())
+    assert breaker.state.value == "forced_open"  # not the alert's to release
+    assert runtime.incidents.get(incident.id).status == "mitigated"
+
+    breaker.reset(force=True, source="operator:ana")
+    await runtime.alerts.drain()
+    assert runtime.incidents.get(incident.id).status == "resolved"
+    last = runtime.incidents.timeline(incident.id)[-1]
+    assert "its breaker closed (reset with force, by operator:ana)" in last.message

@@ -1,0 +1,81 @@
+"""With real uvicorn: a state store that cannot be written makes the stores check cross its
+line; that is one incident, ``health.stores``, however often health answers 503, and never
+one about the health endpoint. Once the store is writable and the check has been healthy
+for the set time, the incident resolves by itself."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import start_ers
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_an_unwritable_store_is_one_incident_resolved_after_recovery(
+    tmp_path: Path, immutable: list[Path]
+) -> None:
+    ers = start_ers(
+        tmp_path / "ers",
+        env={"ERS_HEALTH_CHECK_INTERVAL_S": "0.5", "ERS_HEALTH_INCIDENT_RESOLVE_AFTER_S": "2"},
+    )
+    budgets = tmp_path / "ers" / "data" / "budgets.sqlite3"
+    # The main file and its write-ahead log; the shared-memory index must stay writable.
+    targets = [budgets, budgets.with_name(budgets.name + "-wal")]
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            done = subprocess.run(
+                ["chattr", "+i", *map(str, targets)], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                pytest.skip(f"this filesystem cannot make files immutable: {done.stderr.strip()}")
+            immutable.extend(targets)
+            for _ in range(3):
+                reply = http.get("/api/emergency/health")
+                assert reply.status_code == 503
+                assert reply.json()["checks"]["stores"]["status"] == "unhealthy"
+
+            def incidents() -> list[dict]:
+                return http.get("/api/emergency/incidents?limit=100").json()["incidents"]
+
+            raised = wait_for(
+                lambda: [i for i in incidents() if i["spanName"] == "health.stores"], 10
+            )
+            assert [i for i in incidents() if i["spanName"] != "health.stores"] == []
+            assert len(raised) == 1, incidents()
+            (incident,) = raised
+            assert incident["message"] == "1 of 4 state stores not writable"
+            assert incident["count"] >= 3
+
+            subprocess.run(["chattr", "-i", *map(str, targets)], check=True)
+            immutable.clear()
+            assert http.get("/api/emergency/health").status_code == 200
+
+            def resolved() -> dict | None:
+                found = http.get(f"/api/emergency/incidents/{incident['id']}").json()
+                return found if found["status"] == "resolved" else None
+
+            detail = wait_for(resolved, 20)
+            assert detail, http.get(f"/api/emergency/incidents/{incident['id']}").json()
+            last = detail["timeline"][-1]
+            assert last["who"] == "health"
+            assert "stores check has been healthy for" in last["message"]
+            assert [i for i in incidents() if i["status"] != "resolved"] == []
+    finally:
+        assert ers.stop() == 0
