@@ -26,6 +26,7 @@ from service.resilience.breaker_permit import (
     CallNotPermitted,
     Forcing,
     Permit,
+    ProbeOutcome,
     ResetRefused,
     describe_error,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "CallNotPermitted",
     "CircuitBreaker",
     "Permit",
+    "ProbeOutcome",
     "ResetRefused",
     "add_transition_span_event",
 ]

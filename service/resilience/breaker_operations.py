@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import BreakerEventKind
-from service.resilience.breaker_permit import Forcing, ResetRefused
+from service.resilience.breaker_permit import Forcing, ProbeOutcome, ResetRefused
 
 if TYPE_CHECKING:
     from service.resilience.breaker import CircuitBreaker
@@ -25,14 +25,16 @@ class OperatorActions:
     def reset(
         self: CircuitBreaker,
         force: bool = False,
-        probe_error: str | None = None,
+        probe: ProbeOutcome | None = None,
         *,
         source: str | None = None,
     ) -> str:
         """Close the breaker and clear its counters and backoff.
 
-        Without ``force``, an open or forced-open breaker whose cause still fails is not
-        reset: ``ResetRefused`` says why and what to do instead.
+        Without ``force``, an open or forced-open breaker is reset only when its cause is
+        gone: a health ``probe`` run just now decides; without one, a failure within the
+        open duration says the cause may still be there. ``ResetRefused`` says why and what
+        to do instead.
         """
         state, name = self._state, self.name
         if not force and state in (OPEN, FORCED_OPEN):
@@ -40,12 +42,12 @@ class OperatorActions:
             next_step = (
                 "wait for the half-open trial" if state is OPEN else "release it for a trial"
             )
-            if probe_error is not None:
+            if probe is not None and probe.error is not None:
                 raise ResetRefused(
                     f"breaker '{name}' is {words} and its health probe still fails "
-                    f"({probe_error}); fix the cause or reset with force"
+                    f"({probe.error}); fix the cause or reset with force"
                 )
-            if self._last_failure_at is not None:
+            if probe is None and self._last_failure_at is not None:
                 age = self._clock() - self._last_failure_at
                 if age < self._open_duration_s:
                     raise ResetRefused(

@@ -62,9 +62,10 @@ async def reset_breaker(
 ) -> dict[str, Any]:
     guard = team.get(name)
     force = body.force if body is not None else False
-    probe_error = None if force else await guard.probe()
+    # The cause may be gone although the last failure is recent: the probe asks now.
+    probe = None if force else await guard.probe()
     try:
-        message = guard.breaker.reset(force=force, probe_error=probe_error, source=who)
+        message = guard.breaker.reset(force=force, probe=probe, source=who)
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
     return {"reset": True, "force": force, "message": message, "breaker": guard.breaker.snapshot()}
