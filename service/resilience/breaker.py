@@ -38,6 +38,7 @@ __all__ = [
     "BreakerState",
     "CallNotPermitted",
     "CircuitBreaker",
+    "Forcing",
     "Permit",
     "ProbeOutcome",
     "ResetRefused",
@@ -351,6 +352,11 @@ class CircuitBreaker(OperatorActions):
     def history(self) -> list[BreakerEvent]:
         """Transitions and operator actions, oldest first, at most ``history_size``."""
         return self._events.history()
+
+    @property
+    def forcing(self) -> Forcing | None:
+        """Who holds the breaker forced open, why and until when; None when not forced."""
+        return self._forced if self._state is FORCED_OPEN else None
 
     @property
     def consecutive_failures(self) -> int:
