@@ -225,10 +225,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
     register_health_metrics(telemetry.meter, state, health, memory_check, time.time())
     # Isolations (forced opens, disabled breakers) and the system state outlive a restart:
-    # kept in system_state and put back here; on PostgreSQL the fleet put forced opens back.
-    keeper = StateKeeper(
-        stores.system_state, team.breakers(), state, forced_opens_at_start=fleet is None
-    )
+    # kept in system_state and put back here, after the fleet's own forced opens.
+    keeper = StateKeeper(stores.system_state, team.breakers(), state)
     await keeper.start()
 
     admission = ChatAdmission(settings.chat_starts_per_turn, settings.chat_queue_limit)

@@ -9,10 +9,11 @@ reply can say the isolation is saved. At start, and after a rollback of ``system
 ``restore()`` reads the records back: forced opens whose time is up are dropped, the others
 are forced open again until the same moment.
 
-On PostgreSQL the fleet's override table is already where forced opens live across replicas
-and restarts (``service.fleet``), so at start the keeper leaves forced opens to it and
-restores disabled breakers and the system state; a rollback forces the snapshot's isolations
-open here, and the fleet shares them from there.
+On PostgreSQL the fleet's override table (``service.fleet``) already holds forced opens
+across replicas and restarts, and it is read before the keeper starts: a breaker the fleet
+forced open is left as the fleet says (forcing it again would be shared back to the fleet as
+a new override), the keeper only puts back what the fleet did not. A rollback forces the
+snapshot's isolations open here, and the fleet shares them from there.
 """
 
 from __future__ import annotations
@@ -91,14 +92,11 @@ class StateKeeper:
         breakers: Iterable[CircuitBreaker],
         machine: SystemStateMachine,
         *,
-        forced_opens_at_start: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``forced_opens_at_start=False`` leaves forced opens to the fleet at start."""
         self._store = store
         self._breakers = {breaker.name: breaker for breaker in breakers}
         self._machine = machine
-        self._forced_opens_at_start = forced_opens_at_start
         self._clock = clock
         # Changed keys not stored yet, and the records to store for them (computed when the
         # change happened, so the source of a disable is known).
@@ -219,7 +217,7 @@ class StateKeeper:
             if breaker is None:
                 continue
             mentioned.add(name)
-            words = self._apply(breaker, record, now, at_start)
+            words = self._apply(breaker, record, now)
             if words is None:
                 continue
             outcome, text = words
@@ -244,28 +242,23 @@ class StateKeeper:
         return restored.lines() or ["no breaker isolations to restore"]
 
     def _apply(
-        self, breaker: CircuitBreaker, record: dict[str, Any], now: float, at_start: bool
+        self, breaker: CircuitBreaker, record: dict[str, Any], now: float
     ) -> tuple[str, str] | None:
         state, name = record.get("state"), breaker.name
         if state == BreakerState.DISABLED.value:
-            if breaker.state is not BreakerState.DISABLED:
-                breaker.disable(source=record.get("source"))
+            if breaker.state is BreakerState.DISABLED:
+                return None
+            breaker.disable(source=record.get("source"))
             return "disabled", name
         if state != BreakerState.FORCED_OPEN.value:
             return None
         until = record.get("until")
         if until is not None and until <= now:
             return "dropped", f"{name} forced open until {iso_utc(until)}"
-        if at_start and not self._forced_opens_at_start:
-            return None  # the fleet's override table restores it
-        current = breaker.forcing
+        if breaker.forcing is not None:
+            return None  # forced open already (by the fleet, or since): that one stays
         reason, source = str(record.get("reason") or "isolated"), str(record.get("source"))
-        if current is None or (current.reason, current.source, current.expires_at_wall) != (
-            reason,
-            source,
-            until,
-        ):
-            breaker.force_open(reason, source, until=until)
+        breaker.force_open(reason, source, until=until)
         words = "until released" if until is None else f"until {iso_utc(until)}"
         return "forced", f"{name} {words} ({source}: {reason})"
 

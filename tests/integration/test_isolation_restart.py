@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import ErsProcess, start_ers
@@ -183,3 +184,45 @@ def test_a_rollback_of_system_state_restores_the_snapshots_isolations(tmp_path: 
             assert kept_records(workdir)["breaker:workout"]["state"] == "forced_open"
     finally:
         assert ers.stop() == 0
+
+
+def fleet_versions(pg_url: str) -> dict[str, tuple[bool, int]]:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT agent, forced, version FROM ers_fleet.overrides").fetchall()
+    return {agent: (forced, version) for agent, forced, version in rows}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_on_postgresql_the_fleet_and_the_kept_state_agree_across_a_restart(
+    tmp_path: Path, pg_url: str, sig: signal.Signals
+) -> None:
+    env = {"ERS_DATABASE_URL": pg_url}
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        forced = ers_cli(
+            ers, "breakers", "force-open", "workout", "--reason", "bad plans", "--ttl", "3600"
+        )
+        expires_at = datetime.fromisoformat(forced["breaker"]["forced"]["expiresAt"])
+        ers_cli(ers, "breakers", "disable", "budget")
+        deadline = time.monotonic() + 10
+        while "workout" not in fleet_versions(pg_url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ers.stop(sig)
+    before = fleet_versions(pg_url)
+    assert before["workout"][0] is True
+
+    again = start_ers(tmp_path / "ers", env=env)
+    try:
+        after = breakers(again)
+        workout = after["workout"]
+        assert workout["state"] == "forced_open"
+        assert workout["forced"]["source"] == "operator"
+        assert workout["forced"]["reason"].startswith("bad plans")
+        restored_until = datetime.fromisoformat(workout["forced"]["expiresAt"])
+        assert abs((restored_until - expires_at).total_seconds()) < 1
+        assert after["budget"]["state"] == "disabled"  # the fleet does not share disables
+        # The forced open came back from the fleet's table alone: nothing wrote it again.
+        assert fleet_versions(pg_url) == before
+    finally:
+        again.stop()
