@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ErsProcess, start_ers
+from tests.e2e.test_fleet_overrides import TOKEN, alert_payload
 
 BREAKERS = "/api/emergency/circuit-breakers"
 
@@ -224,5 +225,34 @@ def test_on_postgresql_the_fleet_and_the_kept_state_agree_across_a_restart(
         assert after["budget"]["state"] == "disabled"  # the fleet does not share disables
         # The forced open came back from the fleet's table alone: nothing wrote it again.
         assert fleet_versions(pg_url) == before
+    finally:
+        again.stop()
+
+
+def test_an_alerts_isolation_survives_a_kill_9(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
+    try:
+        reply = httpx.post(
+            f"{ers.url}/api/emergency/alerts",
+            json=alert_payload("firing"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 10
+        while "breaker:workout" not in kept_records(workdir):
+            assert time.monotonic() < deadline, f"the alert's isolation was not kept: {ers.log()}"
+            time.sleep(0.05)
+        before = breakers(ers)["workout"]
+    finally:
+        ers.stop(signal.SIGKILL)
+    assert before["state"] == "forced_open"
+
+    again = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
+    try:
+        after = breakers(again)["workout"]
+        assert after["state"] == "forced_open"
+        assert after["forced"] == before["forced"]
     finally:
         again.stop()
