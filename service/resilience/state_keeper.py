@@ -224,11 +224,15 @@ class StateKeeper:
             {"forced": forced, "disabled": disabled, "dropped": dropped}[outcome].append(text)
             if outcome == "dropped":
                 self._mark(key, None)
+        # The store then holds what is in force: a forced open as it is now (the fleet's,
+        # at start), an isolation the restored state lacks as well.
         for name, breaker in self._breakers.items():
             record = breaker_record(breaker, None, now)
-            if record is not None and name not in mentioned:
+            if record is None or (name in mentioned and breaker.forcing is None):
+                continue
+            self._mark(BREAKER_PREFIX + name, record)
+            if name not in mentioned and not at_start:
                 kept.append(f"{name} {record['state'].replace('_', ' ')}")
-                self._mark(BREAKER_PREFIX + name, record)
         self._mark(SYSTEM_KEY, self._system_record())
         result = Restored(tuple(forced), tuple(disabled), tuple(dropped), tuple(kept), system)
         for line in result.lines():

@@ -159,8 +159,11 @@ async def test_a_breaker_already_forced_open_by_the_fleet_is_left_as_it_is(
     workout.subscribe(events.append)
     keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
     restored = await keeper.start()
-    assert events == [] and restored.forced == ()
+    assert events == [] and restored.lines() == []
     assert workout.forcing is not None and workout.forcing.reason.endswith("from a:1)")
+    await keeper.flush()  # the store follows the fleet's forced open
+    kept = await store.get("breaker:workout")
+    assert kept["reason"].endswith("from a:1)") and kept["until"] == NOW + 100
     await keeper.stop()
 
 
