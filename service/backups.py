@@ -248,8 +248,16 @@ class BackupService:
         result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
         notes: list[str] = []
         for name in names:
-            if name in self._restored_with:
+            if name not in self._restored_with:
+                continue
+            try:
                 notes += await self._restored_with[name]()
+            except Exception as exc:  # the files are rolled back either way
+                log.exception("putting back what %s holds failed after its rollback", name)
+                notes.append(
+                    f"{name} is rolled back, but putting back what it holds failed ({exc}); "
+                    "a restart of the service puts it back"
+                )
         return dataclasses.replace(result, notes=tuple(notes)) if notes else result
 
     def newest_before(self, moment: datetime, component: str | None = None) -> str | None:

@@ -32,7 +32,7 @@ class ForceOpenRequest(BaseModel):
 
 async def changed(runtime: Any, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
     """The reply to a change, once the change is saved to outlive a restart."""
-    saved = True
+    saved = runtime.state_keeper is not None
     if runtime.state_keeper is not None:
         try:
             await runtime.state_keeper.flush()

@@ -164,3 +164,24 @@ async def test_breaker_metrics_follow_transitions(client: httpx.AsyncClient, app
     assert 'ers_agent_calls_total{agent="budget",outcome="failure"} 2.0' in text
     assert 'ers_agent_calls_total{agent="budget",outcome="rejected"} 4.0' in text
     assert 'ers_fallbacks_total{agent="budget",kind="generic"} 6.0' in text
+
+
+async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    runtime = app.state.runtime
+    store = runtime.stores.system_state
+    store.pause("a rollback is swapping this store's file; retry shortly")
+    reply = await client.post(
+        "/api/emergency/circuit-breaker/workout/force-open", json={"reason": "drill"}
+    )
+    assert reply.status_code == 200
+    assert reply.json()["saved"] is False
+    assert reply.json()["message"].endswith(
+        "not saved across restarts yet (the system_state store is unavailable: a rollback is "
+        "swapping this store's file; retry shortly), retried in the background"
+    )
+    assert reply.json()["breaker"]["state"] == "forced_open"
+    store.open()
+    await runtime.state_keeper.flush()
+    assert (await store.get("breaker:workout"))["reason"] == "drill"
