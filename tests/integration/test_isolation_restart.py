@@ -256,3 +256,42 @@ def test_an_alerts_isolation_survives_a_kill_9(tmp_path: Path) -> None:
         assert after["forced"] == before["forced"]
     finally:
         again.stop()
+
+
+def test_on_postgresql_a_rollback_of_system_state_isolates_through_the_fleet(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=120) as http:
+            ers_cli(ers, "breakers", "force-open", "workout", "--reason", "bad plans")
+            backup = http.post("/api/emergency/backups/create", json={"type": "system_state"})
+            assert backup.status_code == 200, backup.text
+            ers_cli(ers, "breakers", "reset", "workout", "--force")
+            rolled = http.post(
+                "/api/emergency/rollback",
+                json={
+                    "backupId": backup.json()["backupId"],
+                    "components": ["system_state"],
+                    "confirm": True,
+                    "reason": "the isolation was lifted too early",
+                },
+            )
+            assert rolled.status_code == 200, rolled.text
+            assert rolled.json()["restored"] == [
+                "restored 1 forced open: workout until released (operator: bad plans)"
+            ]
+            assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
+            # Shared with the fleet, so every replica holds it open.
+            deadline = time.monotonic() + 10
+            while fleet_versions(pg_url).get("workout", (False, 0))[0] is not True:
+                assert time.monotonic() < deadline, fleet_versions(pg_url)
+                time.sleep(0.05)
+    finally:
+        assert ers.stop() == 0
