@@ -57,6 +57,7 @@ from service.incidents import IncidentService, open_incident_state  # noqa: E402
 from service.instruments import AgentInstruments  # noqa: E402
 from service.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
+from service.resilience.state_keeper import StateKeeper  # noqa: E402
 from service.responder import Responder  # noqa: E402
 from service.routes import (  # noqa: E402
     alerts,
@@ -227,6 +228,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for breaker in team.breakers():
         breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
     register_health_metrics(telemetry.meter, state, health, memory_check, time.time())
+    # Isolations (forced opens, disabled breakers) and the system state outlive a restart:
+    # kept in system_state and put back here, after the fleet's own forced opens.
+    keeper = StateKeeper(stores.system_state, team.breakers(), state)
+    await keeper.start()
 
     admission = ChatAdmission(settings.chat_starts_per_turn, settings.chat_queue_limit)
     register_admission_metrics(telemetry.meter, admission)
@@ -250,6 +255,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state=state,
         memory_check=memory_check,
         system_test_steps=lambda: system_test_steps(runtime),
+        state_keeper=keeper,
     )
     runtime_ref.append(runtime)
 
@@ -327,7 +333,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             asyncio.create_task(incident_service.run_counts_refresh(), name="incident-counts")
         )
     if settings.backups_enabled:
-        backups = BackupService(settings, stores, incidents_path, runtime.set_ready)
+        backups = BackupService(
+            settings,
+            stores,
+            incidents_path,
+            runtime.set_ready,
+            restored_with={"system_state": keeper.restored_lines},
+        )
         backup_metrics = BackupMetrics(
             telemetry.meter,
             backups.last_success,
@@ -379,6 +391,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state_ticker.cancel()
         await health.stop()
         await lag_monitor.stop()
+        await keeper.stop()
         breaker_metrics.detach()
         if fleet is not None:
             await fleet.stop()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -60,8 +61,12 @@ class BackupService:
         stores: Stores,
         incidents_path: Path,
         set_ready: Callable[[bool, str | None], None],
+        restored_with: dict[str, Callable[[], Awaitable[list[str]]]] | None = None,
     ) -> None:
+        """``restored_with``: per component, what to put back from its store after a
+        rollback of it (e.g. the breakers' isolations), returning what it did in words."""
         self.settings = settings
+        self._restored_with = restored_with or {}
         self.stores = stores
         # SQLite: each component's file. PostgreSQL: its schema, dumped with pg_dump.
         self.components: dict[str, Path] = {}
@@ -240,7 +245,20 @@ class BackupService:
                 if not isinstance(store, PostgresStore):
                     store.open()
 
-        return await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
+        result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
+        notes: list[str] = []
+        for name in names:
+            if name not in self._restored_with:
+                continue
+            try:
+                notes += await self._restored_with[name]()
+            except Exception as exc:  # the files are rolled back either way
+                log.exception("putting back what %s holds failed after its rollback", name)
+                notes.append(
+                    f"{name} is rolled back, but putting back what it holds failed ({exc}); "
+                    "a restart of the service puts it back"
+                )
+        return dataclasses.replace(result, notes=tuple(notes)) if notes else result
 
     def newest_before(self, moment: datetime, component: str | None = None) -> str | None:
         snapshot = self.require().newest_snapshot_before(moment, component)

@@ -53,6 +53,20 @@ def release(args: argparse.Namespace) -> int:
     return 0
 
 
+@run_remote
+def disable(args: argparse.Namespace) -> int:
+    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/disable")
+    print_json(reply) if args.json else print(reply["message"])
+    return 0
+
+
+@run_remote
+def enable(args: argparse.Namespace) -> int:
+    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/enable")
+    print_json(reply) if args.json else print(reply["message"])
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("breakers", help="circuit breakers of a running service")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -70,5 +84,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     releasing = actions.add_parser("release", help="lift a forced open (goes half-open)")
     releasing.add_argument("name")
     releasing.set_defaults(handler=release)
-    for sub in (listing, reset, forcing, releasing):
+    disabling = actions.add_parser("disable", help="let every call through, unguarded")
+    disabling.add_argument("name")
+    disabling.set_defaults(handler=disable)
+    enabling = actions.add_parser("enable", help="guard a disabled breaker's calls again")
+    enabling.add_argument("name")
+    enabling.set_defaults(handler=enable)
+    for sub in (listing, reset, forcing, releasing, disabling, enabling):
         add_connection_options(sub)

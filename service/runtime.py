@@ -18,6 +18,7 @@ from service.health.checks import MemoryCheck
 from service.health.monitor import HealthMonitor
 from service.health.system_state import SystemStateMachine
 from service.incidents import IncidentService
+from service.resilience.state_keeper import StateKeeper
 from service.settings import Settings
 from service.stores import Stores
 from service.system_test import Step
@@ -38,6 +39,7 @@ class Runtime:
     state: SystemStateMachine
     memory_check: MemoryCheck
     system_test_steps: Callable[[], list[Step]]
+    state_keeper: StateKeeper | None = None
     active_incidents: Callable[[], dict[str, int]] = lambda: {}
     incidents_by_severity: Callable[[float], dict[str, int]] = lambda hours: {}
     backups_summary: Callable[[], dict[str, Any]] = lambda: {

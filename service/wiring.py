@@ -72,10 +72,14 @@ async def rollback_before(runtime: Runtime, backups: BackupService, context: obj
             snapshot_id = await runtime.snapshot_before_incident(incident_id, component)
             result = await backups.rollback(snapshot_id, [component], reason)
             done.append(f"{component} to {result.snapshot_id[:8]}")
+            done += result.notes
         return f"rolled back {', '.join(done)}"
     snapshot_id = await runtime.snapshot_before_incident(incident_id)
     result = await backups.rollback(snapshot_id, None, reason)
-    return f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
+    notes = "".join(f"; {note}" for note in result.notes)
+    return (
+        f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}{notes}"
+    )
 
 
 def breaker_states(team: Team) -> dict[str, str]:

@@ -119,7 +119,9 @@ class IncidentStoreBase(ABC):
     # -- lifecycle ------------------------------------------------------------------------
 
     def acknowledge(self, incident_id: str, who: str, note: str = "") -> Incident:
-        return self._transition(incident_id, "acknowledged", who, note, ("open",))
+        """Someone is on it: any unresolved incident, also one the responder mitigated
+        already (it stays mitigated; the timeline says who acknowledged it)."""
+        return self._transition(incident_id, "acknowledged", who, note, ACTIVE_STATUSES)
 
     def mitigate(self, incident_id: str, who: str, note: str = "") -> Incident:
         return self._transition(incident_id, "mitigated", who, note, ("open", "acknowledged"))
@@ -196,19 +198,32 @@ class IncidentStoreBase(ABC):
 
 def change_status(
     incident: Incident, wanted: str, note: str, allowed_from: Sequence[str], now: float
-) -> str:
+) -> tuple[str, str]:
     """Move ``incident`` (as locked for the update) to ``wanted``; returns the timeline
-    message. Raises IllegalTransition when the lifecycle does not allow it."""
+    entry's kind and message. Raises IllegalTransition when the lifecycle does not allow it.
+
+    An acknowledgement never moves an incident back: one already acknowledged or mitigated
+    keeps its status (and the time of its first acknowledgement), and the entry is a note.
+    """
     if incident.status not in allowed_from:
         raise IllegalTransition(
             incident.id, incident.status, wanted, _hint(incident.status, wanted)
         )
     previous = incident.status
+    if wanted == "acknowledged" and previous != "open":
+        if incident.acknowledged_at is None:
+            incident.acknowledged_at = now
+        words = (
+            "acknowledged again"
+            if previous == "acknowledged"
+            else f"acknowledged; stays {previous}"
+        )
+        return "note", words + (f": {note}" if note else "")
     incident.status = wanted
     setattr(incident, f"{wanted}_at", now)
     if incident.recovery_time_s is None and wanted in ("mitigated", "resolved"):
         incident.recovery_time_s = max(now - incident.opened_at, 0.0)
-    return f"{previous} → {wanted}" + (f": {note}" if note else "")
+    return "status_changed", f"{previous} → {wanted}" + (f": {note}" if note else "")
 
 
 def _hint(status: str, wanted: str) -> str:

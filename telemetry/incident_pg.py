@@ -329,15 +329,18 @@ class PgIncidentStore(IncidentStoreBase):
             if row is None:
                 raise IncidentNotFound(incident_id)
             incident = Incident.from_row(row)
-            message = change_status(incident, wanted, note, allowed_from, now)
+            kind, message = change_status(incident, wanted, note, allowed_from, now)
             cursor.execute(
                 f"UPDATE {self.schema}.incidents SET status = %s, {wanted}_at = %s, "
                 "recovery_time_s = %s WHERE id = %s",
-                (wanted, now, incident.recovery_time_s, incident_id),
+                (
+                    incident.status,
+                    getattr(incident, f"{wanted}_at"),
+                    incident.recovery_time_s,
+                    incident_id,
+                ),
             )
-            insert_timeline(
-                cursor, self.schema, incident_id, now, "status_changed", who, message, {}
-            )
+            insert_timeline(cursor, self.schema, incident_id, now, kind, who, message, {})
         return incident
 
     def _add_timeline(

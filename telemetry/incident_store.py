@@ -177,13 +177,18 @@ class IncidentStore(IncidentStoreBase):
             if row is None:
                 raise IncidentNotFound(incident_id)
             incident = Incident.from_row(row)
-            message = change_status(incident, wanted, note, allowed_from, now)
+            kind, message = change_status(incident, wanted, note, allowed_from, now)
             db.execute(
                 f"UPDATE incidents SET status = ?, {wanted}_at = ?, recovery_time_s = ? "
                 "WHERE id = ?",
-                (wanted, now, incident.recovery_time_s, incident_id),
+                (
+                    incident.status,
+                    getattr(incident, f"{wanted}_at"),
+                    incident.recovery_time_s,
+                    incident_id,
+                ),
             )
-            insert_timeline(db, incident_id, now, "status_changed", who, message, {})
+            insert_timeline(db, incident_id, now, kind, who, message, {})
         return incident
 
     def _add_timeline(

@@ -60,6 +60,12 @@ class SystemStateMachine:
     def subscribe(self, listener: Callable[[StateTransition], None]) -> None:
         self._listeners.append(listener)
 
+    def resume(self, state: SystemState, reason: str, since: float) -> None:
+        """Carry on from a state kept before a restart (a recovery keeps watching from when
+        it began); the next ``evaluate`` moves on from there as the conditions say."""
+        self.state, self.reason, self.since = state, reason, since
+        self._clean_since = since if state is SystemState.RECOVERY else None
+
     def conditions(self) -> tuple[SystemState | None, str]:
         """The state the current conditions call for (None when clean) and why."""
         breakers = self._inputs.breaker_states()

@@ -26,6 +26,7 @@ from service.resilience.breaker_permit import (
     CallNotPermitted,
     Forcing,
     Permit,
+    ProbeOutcome,
     ResetRefused,
     describe_error,
 )
@@ -37,7 +38,9 @@ __all__ = [
     "BreakerState",
     "CallNotPermitted",
     "CircuitBreaker",
+    "Forcing",
     "Permit",
+    "ProbeOutcome",
     "ResetRefused",
     "add_transition_span_event",
 ]
@@ -349,6 +352,11 @@ class CircuitBreaker(OperatorActions):
     def history(self) -> list[BreakerEvent]:
         """Transitions and operator actions, oldest first, at most ``history_size``."""
         return self._events.history()
+
+    @property
+    def forcing(self) -> Forcing | None:
+        """Who holds the breaker forced open, why and until when; None when not forced."""
+        return self._forced if self._state is FORCED_OPEN else None
 
     @property
     def consecutive_failures(self) -> int:

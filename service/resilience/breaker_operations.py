@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import BreakerEventKind
-from service.resilience.breaker_permit import Forcing, ResetRefused
+from service.resilience.breaker_permit import Forcing, ProbeOutcome, ResetRefused
 
 if TYPE_CHECKING:
     from service.resilience.breaker import CircuitBreaker
@@ -25,14 +25,16 @@ class OperatorActions:
     def reset(
         self: CircuitBreaker,
         force: bool = False,
-        probe_error: str | None = None,
+        probe: ProbeOutcome | None = None,
         *,
         source: str | None = None,
     ) -> str:
         """Close the breaker and clear its counters and backoff.
 
-        Without ``force``, an open or forced-open breaker whose cause still fails is not
-        reset: ``ResetRefused`` says why and what to do instead.
+        Without ``force``, an open or forced-open breaker is reset only when its cause is
+        gone: a health ``probe`` run just now decides; without one, a failure within the
+        open duration says the cause may still be there. ``ResetRefused`` says why and what
+        to do instead.
         """
         state, name = self._state, self.name
         if not force and state in (OPEN, FORCED_OPEN):
@@ -40,12 +42,12 @@ class OperatorActions:
             next_step = (
                 "wait for the half-open trial" if state is OPEN else "release it for a trial"
             )
-            if probe_error is not None:
+            if probe is not None and probe.error is not None:
                 raise ResetRefused(
                     f"breaker '{name}' is {words} and its health probe still fails "
-                    f"({probe_error}); fix the cause or reset with force"
+                    f"({probe.error}); fix the cause or reset with force"
                 )
-            if self._last_failure_at is not None:
+            if probe is None and self._last_failure_at is not None:
                 age = self._clock() - self._last_failure_at
                 if age < self._open_duration_s:
                     raise ResetRefused(
@@ -62,29 +64,40 @@ class OperatorActions:
         return f"breaker '{name}' was {state.value} and is now closed with cleared counters"
 
     def force_open(
-        self: CircuitBreaker, reason: str, source: str, ttl_s: float | None = None
+        self: CircuitBreaker,
+        reason: str,
+        source: str,
+        ttl_s: float | None = None,
+        *,
+        until: float | None = None,
     ) -> str:
         """Hold the breaker open until released, reset, or ``ttl_s`` seconds have passed
-        (then it moves to HALF_OPEN, never straight to CLOSED)."""
+        (or the wall-clock time ``until``, for a forced open carried over from before a
+        restart); then it moves to HALF_OPEN, never straight to CLOSED."""
         if not reason or not source:
             raise ValueError(
                 "force_open needs a reason and a source, so the history says who held the "
                 "breaker open and why"
             )
+        now, wall = self._clock(), self._wall_clock()
+        if until is not None:
+            if ttl_s is not None:
+                raise ValueError("give force_open either ttl_s or until, not both")
+            ttl_s = until - wall
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
-        now, wall = self._clock(), self._wall_clock()
         if ttl_s is None:
             self._forced = Forcing(reason, source, None, None)
         else:
-            self._forced = Forcing(reason, source, now + ttl_s, wall + ttl_s)
-        until = "until released" if ttl_s is None else f"for {ttl_s:g} s"
+            expires_wall = wall + ttl_s if until is None else until
+            self._forced = Forcing(reason, source, now + ttl_s, expires_wall)
+        span = "until released" if ttl_s is None else f"for {ttl_s:g} s"
         if self._state is FORCED_OPEN:
             self._publish(BreakerEventKind.FORCE_RENEWED, FORCED_OPEN, FORCED_OPEN, reason, source)
-            return f"breaker '{self.name}' stays forced open by {source} {until}: {reason}"
+            return f"breaker '{self.name}' stays forced open by {source} {span}: {reason}"
         self._opened_at, self._opened_at_wall = now, wall
         self._transition(FORCED_OPEN, reason, source)
-        return f"breaker '{self.name}' is forced open by {source} {until}: {reason}"
+        return f"breaker '{self.name}' is forced open by {source} {span}: {reason}"
 
     def release(self: CircuitBreaker, *, source: str | None = None) -> str:
         """Lift a forced open: the breaker goes HALF_OPEN and trial calls decide the rest."""

@@ -33,6 +33,17 @@ class ResetRefused(ErsError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """What the agent's health probe said just now: ``error`` is None when it passed."""
+
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None
+
+
 def describe_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if len(text) > LAST_ERROR_MAX_CHARS:

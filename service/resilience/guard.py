@@ -24,7 +24,8 @@ from service.call_stats import CallStats
 from service.errors import DependencyError, UserInputError
 from service.faults import FaultInjector
 from service.instruments import AgentInstruments
-from service.resilience.breaker import CallNotPermitted, CircuitBreaker
+from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
+from service.resilience.breaker_permit import describe_error
 from service.resilience.deadlines import DeadlineWatchdog
 from service.resilience.exception_events import (
     EXCEPTION_BASES_ATTRIBUTE,
@@ -120,18 +121,18 @@ class GuardedAgent:
         self.restarts += 1
         return True
 
-    async def probe(self) -> str | None:
-        """A synthetic call that bypasses the breaker; the error text, or None when healthy."""
+    async def probe(self) -> ProbeOutcome:
+        """A synthetic call now, bypassing the breaker: passed, or the error it met."""
         try:
             await self._attempt(
                 AgentRequest(message="health probe", user_id="ers-probe", synthetic=True),
                 self.config.timeout_s,
             )
         except UserInputError:
-            return None
+            return ProbeOutcome()
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+            return ProbeOutcome(describe_error(exc))
+        return ProbeOutcome()
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         started = time.perf_counter()

@@ -230,6 +230,7 @@ async def rollback(
         "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
         "durationSeconds": round(result.duration_seconds, 3),
         "reason": body.reason,
+        "restored": list(result.notes),
     }
 
 

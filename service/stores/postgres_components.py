@@ -221,6 +221,9 @@ class PgSystemStateStore(PostgresStore):
             (key, Jsonb(value), time.time()),
         )
 
+    async def delete(self, key: str) -> None:
+        await self.execute("DELETE FROM ers_system_state.state WHERE key = %s", (key,))
+
     async def items(self) -> dict[str, Any]:
         rows = await self.fetch_all("SELECT key, value FROM ers_system_state.state")
         return {row["key"]: row["value"] for row in rows}

@@ -1,4 +1,5 @@
-"""Small named values the service keeps across restarts (system state, overrides)."""
+"""Small named values the service keeps across restarts: the breakers' isolations (forced
+opens, disabled breakers) and the system state, written by ``resilience.state_keeper``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class SystemStateStore(SqliteStore):
             " updated_at = excluded.updated_at",
             (key, json.dumps(value), time.time()),
         )
+
+    async def delete(self, key: str) -> None:
+        self.execute("DELETE FROM state WHERE key = ?", (key,))
 
     async def items(self) -> dict[str, Any]:
         return {row["key"]: json.loads(row["value"]) for row in self.query("SELECT * FROM state")}

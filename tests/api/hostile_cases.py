@@ -454,6 +454,8 @@ BREAKER = "/api/emergency/circuit-breakers/{name}"
 RESET = "/api/emergency/circuit-breaker/{name}/reset"
 FORCE_OPEN = "/api/emergency/circuit-breaker/{name}/force-open"
 RELEASE = "/api/emergency/circuit-breaker/{name}/release"
+DISABLE = "/api/emergency/circuit-breaker/{name}/disable"
+ENABLE = "/api/emergency/circuit-breaker/{name}/enable"
 FORCE_OPEN_OK = {"reason": "maintenance", "ttlSeconds": 60}
 
 
@@ -472,6 +474,8 @@ def _breaker_cases() -> list[Case]:
         (RESET, "POST", encode({"force": True})),
         (FORCE_OPEN, "POST", encode(FORCE_OPEN_OK)),
         (RELEASE, "POST", None),
+        (DISABLE, "POST", None),
+        (ENABLE, "POST", None),
     ):
         action = route.rsplit("/", 1)[-1] if route != BREAKER else "get"
         for name in STRINGS:
@@ -566,6 +570,9 @@ def _breaker_cases() -> list[Case]:
 
     release_url = RELEASE.replace("{name}", "budget")
     rows += ignored_body_cases("breaker-release", "POST", RELEASE, release_url, 200)
+    for action, route in (("disable", DISABLE), ("enable", ENABLE)):
+        url = route.replace("{name}", "budget")
+        rows += ignored_body_cases(f"breaker-{action}", "POST", route, url, 200)
     return rows
 
 

@@ -18,7 +18,10 @@ def settings(settings: Settings) -> Settings:
 
 
 async def fail_budget_until_open(client: httpx.AsyncClient, app: FastAPI) -> None:
-    app.state.runtime.faults.inject("budget", "database")
+    injected = await client.post(
+        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "database"}
+    )
+    assert injected.status_code == 200
     for _ in range(5):
         reply = await client.post("/chat", json={"message": "budget report"})
         assert reply.status_code == 200
@@ -67,22 +70,29 @@ async def test_reset_refused_while_the_cause_still_fails_then_forced(
     assert "SimulatedDatabaseError" in body["breakers"]["budget"]["lastError"]
     refused = await client.post("/api/emergency/circuit-breaker/BMA/reset", json={"force": False})
     assert refused.status_code == 409
-    assert "still fails" in refused.json()["detail"]
+    assert refused.json()["detail"] == (
+        "breaker 'budget' is open and its health probe still fails (SimulatedDatabaseError: "
+        "Database connection timeout); fix the cause or reset with force"
+    )
+    assert app.state.runtime.team.get("budget").breaker.state.value == "open"
     forced = await client.post("/api/emergency/circuit-breaker/BMA/reset", json={"force": True})
     assert forced.status_code == 200
     assert forced.json()["breaker"]["state"] == "closed"
 
 
-async def test_reset_without_force_succeeds_once_the_agent_is_healthy(
+async def test_reset_without_force_closes_the_breaker_once_the_fault_is_cleared(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     await fail_budget_until_open(client, app)
-    app.state.runtime.faults.clear("budget")
-    reply = await client.post("/api/emergency/circuit-breaker/budget/reset")
-    # The probe passes, but the last failure is still recent: the breaker asks for patience.
-    assert reply.status_code in (200, 409)
-    if reply.status_code == 409:
-        assert "last failure was" in reply.json()["detail"]
+    cleared = await client.delete("/api/emergency/simulate-error", params={"component": "BMA"})
+    assert cleared.json()["active"] == []
+    # The last failure is moments old; the probe run by the reset says the cause is gone.
+    reply = await client.post("/api/emergency/circuit-breaker/BMA/reset")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["breaker"]["state"] == "closed"
+    assert reply.json()["breaker"]["failureCount"] == 0
+    chat = await client.post("/chat", json={"message": "budget report"})
+    assert chat.json()["emergency"] is False
 
 
 async def test_force_open_and_release(client: httpx.AsyncClient) -> None:
@@ -154,3 +164,24 @@ async def test_breaker_metrics_follow_transitions(client: httpx.AsyncClient, app
     assert 'ers_agent_calls_total{agent="budget",outcome="failure"} 2.0' in text
     assert 'ers_agent_calls_total{agent="budget",outcome="rejected"} 4.0' in text
     assert 'ers_fallbacks_total{agent="budget",kind="generic"} 6.0' in text
+
+
+async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    runtime = app.state.runtime
+    store = runtime.stores.system_state
+    store.pause("a rollback is swapping this store's file; retry shortly")
+    reply = await client.post(
+        "/api/emergency/circuit-breaker/workout/force-open", json={"reason": "drill"}
+    )
+    assert reply.status_code == 200
+    assert reply.json()["saved"] is False
+    assert reply.json()["message"].endswith(
+        "not saved across restarts yet (the system_state store is unavailable: a rollback is "
+        "swapping this store's file; retry shortly), retried in the background"
+    )
+    assert reply.json()["breaker"]["state"] == "forced_open"
+    store.open()
+    await runtime.state_keeper.flush()
+    assert (await store.get("breaker:workout"))["reason"] == "drill"

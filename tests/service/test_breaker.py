@@ -20,6 +20,7 @@ from service.resilience.breaker import (
     BreakerState,
     CallNotPermitted,
     CircuitBreaker,
+    ProbeOutcome,
     ResetRefused,
 )
 from service.resilience.breaker_registry import BreakerRegistry
@@ -443,8 +444,20 @@ def test_reset_is_refused_while_the_health_probe_fails(clock: ManualClock) -> No
     attempt(breaker, "fail")
     clock.advance(3600)  # the failure is old, but the probe says the cause is still there
     with pytest.raises(ResetRefused, match=r"health probe still fails \(DependencyError: down\)"):
-        breaker.reset(probe_error="DependencyError: down")
+        breaker.reset(probe=ProbeOutcome("DependencyError: down"))
     assert breaker.state is BreakerState.OPEN
+
+
+def test_reset_closes_a_breaker_whose_probe_passes_now_however_recent_the_failure(
+    clock: ManualClock,
+) -> None:
+    breaker = make_breaker(clock, failure_threshold=1)
+    attempt(breaker, "fail")
+    clock.advance(0.5)  # well within the open duration: only the probe can tell
+    message = breaker.reset(probe=ProbeOutcome(), source="cli")
+    assert message == "breaker 'budget' was open and is now closed with cleared counters"
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.history()[-1].reason == "reset" and breaker.history()[-1].source == "cli"
 
 
 def test_reset_of_a_forced_open_breaker_with_recent_failures_is_refused(
@@ -460,7 +473,7 @@ def test_reset_of_a_forced_open_breaker_with_recent_failures_is_refused(
 def test_reset_with_force_always_closes_and_clears_counters(clock: ManualClock) -> None:
     breaker = make_breaker(clock, failure_threshold=3)
     run_steps(breaker, clock, "fail*3")
-    message = breaker.reset(force=True, probe_error="DependencyError: down", source="cli")
+    message = breaker.reset(force=True, probe=ProbeOutcome("DependencyError: down"), source="cli")
     assert message == "breaker 'budget' was open and is now closed with cleared counters"
     snapshot = breaker.snapshot()
     assert breaker.state is BreakerState.CLOSED

@@ -12,6 +12,7 @@ from service.resilience.breaker import (
     BreakerConfig,
     CallNotPermitted,
     CircuitBreaker,
+    ProbeOutcome,
     ResetRefused,
 )
 
@@ -115,12 +116,14 @@ class ReferenceBreaker:
             self.forced_until = None
             self.enter("half_open")
 
-    def reset(self, force: bool, probe_failed: bool) -> bool:
+    def reset(self, force: bool, probe_passed: bool | None) -> bool:
+        """``probe_passed`` is None when no probe ran."""
         if not force and self.state in ("open", "forced_open"):
-            if probe_failed:
+            if probe_passed is False:
                 return False
             recent = (
-                self.last_failure_at is not None
+                probe_passed is None
+                and self.last_failure_at is not None
                 and self.now - self.last_failure_at < self.open_duration
             )
             if recent:
@@ -172,7 +175,7 @@ ARGUMENTS = {
     "call": st.tuples(st.sampled_from(["ok", "ok", "slow", "fail", "fail", "ignored"])),
     "advance": st.tuples(st.sampled_from([0.5, 1.0, 2.5, 5.0, 10.0, 40.0])),
     "force": st.tuples(st.sampled_from([None, 1.0, 5.0, 10.0])),
-    "reset": st.tuples(st.booleans(), st.booleans()),
+    "reset": st.tuples(st.booleans(), st.sampled_from([None, True, False])),
 }
 # Calls and clock advances dominate, so generated runs reach open, half-open and back.
 WEIGHTED_KINDS = ["call"] * 10 + ["advance"] * 4 + ["abandon", "force", "release", "reset"]
@@ -200,9 +203,10 @@ def call_breaker(breaker: CircuitBreaker, outcome: str) -> bool:
     return True
 
 
-def reset_breaker(breaker: CircuitBreaker, force: bool, probe_failed: bool) -> bool:
+def reset_breaker(breaker: CircuitBreaker, force: bool, probe_passed: bool | None) -> bool:
+    probe = None if probe_passed is None else ProbeOutcome(None if probe_passed else "down")
     try:
-        breaker.reset(force=force, probe_error="DependencyError: down" if probe_failed else None)
+        breaker.reset(force=force, probe=probe)
     except ResetRefused:
         return False
     return True

@@ -17,7 +17,7 @@ from opentelemetry.trace import StatusCode
 from service.agents.base import AgentReply, AgentRequest
 from service.errors import AgentFailure, DependencyError, UserInputError
 from service.instruments import AgentInstruments
-from service.resilience.breaker import BreakerConfig, CircuitBreaker
+from service.resilience.breaker import BreakerConfig, CircuitBreaker, ProbeOutcome
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
 from service.resilience.guard import EXCEPTION_BASES_ATTRIBUTE, GuardConfig, GuardedAgent
 from service.team import Team
@@ -231,7 +231,7 @@ async def test_probe_reports_the_agents_error_without_touching_the_breaker(
     harness: Harness,
 ) -> None:
     guard = harness.guard(ScriptedAgent("budget", [DependencyError("db gone")]))
-    assert await guard.probe() == "DependencyError: db gone"
+    assert await guard.probe() == ProbeOutcome("DependencyError: db gone")
     assert guard.breaker.consecutive_failures == 0
 
 

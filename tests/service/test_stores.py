@@ -159,6 +159,15 @@ async def test_profile_round_trips_every_field(stores: Stores) -> None:
     assert emptied.equipment == () and emptied.age == 41
 
 
+async def test_system_state_deletes_a_key_and_ignores_a_missing_one(stores: Stores) -> None:
+    await stores.system_state.put("breaker:budget", {"state": "disabled"})
+    await stores.system_state.put("system", {"state": "degraded"})
+    await stores.system_state.delete("breaker:budget")
+    await stores.system_state.delete("breaker:nowhere")
+    assert await stores.system_state.get("breaker:budget") is None
+    assert await stores.system_state.items() == {"system": {"state": "degraded"}}
+
+
 async def test_system_state_overwrites_and_keeps_json_types(stores: Stores) -> None:
     value = {"list": [1, 2.5, "x", None, True], "nested": {"k": {}}, "unicode": "é✓"}
     await stores.system_state.put("k", value)

@@ -145,12 +145,47 @@ def test_lifecycle_open_acknowledged_mitigated_resolved(
     ]
 
 
+def test_a_mitigated_incident_is_acknowledged_and_stays_mitigated(
+    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    clock.now += 5
+    store.mitigate(incident.id, "responder", "agent isolated; fallbacks answer")
+    clock.now += 60
+    acknowledged = store.acknowledge(incident.id, "admin:token", "on it")
+    assert acknowledged.status == "mitigated"
+    assert acknowledged.acknowledged_at == clock.now
+    stored = store.get(incident.id)
+    assert (stored.status, stored.acknowledged_at) == ("mitigated", clock.now)
+    assert stored.recovery_time_s == 5
+    last = store.timeline(incident.id)[-1]
+    assert (last.kind, last.actor, last.message) == (
+        "note",
+        "admin:token",
+        "acknowledged; stays mitigated: on it",
+    )
+
+
+def test_a_second_acknowledgement_is_noted_and_keeps_the_first_time(
+    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    first = store.acknowledge(incident.id, "ana", "looking").acknowledged_at
+    clock.now += 30
+    again = store.acknowledge(incident.id, "bo", "taking over")
+    assert (again.status, again.acknowledged_at) == ("acknowledged", first)
+    entries = [(e.actor, e.message) for e in store.timeline(incident.id)[-2:]]
+    assert entries == [
+        ("ana", "open → acknowledged: looking"),
+        ("bo", "acknowledged again: taking over"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("steps", "illegal", "message"),
     [
         (["resolve"], "resolve", "is resolved and cannot be resolved; it reopens by itself"),
-        (["acknowledge"], "acknowledge", "is acknowledged and cannot be acknowledged"),
-        (["mitigate"], "acknowledge", "is mitigated and cannot be acknowledged"),
+        (["resolve"], "acknowledge", "is resolved and cannot be acknowledged"),
         (["resolve"], "mitigate", "is resolved and cannot be mitigated"),
     ],
 )

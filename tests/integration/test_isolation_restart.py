@@ -1,0 +1,297 @@
+"""Isolations outlive the process: a breaker forced open (by the CLI, with a reason, a source
+and an expiry) and a disabled breaker are still there after ``ers serve`` is stopped with
+SIGTERM or killed with SIGKILL and started again on the same data directory; a forced open
+whose time ran out meanwhile is dropped; a recovery keeps watching; and a rollback of
+``system_state`` through the API puts the snapshot's isolations back and says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import ErsProcess, start_ers
+from tests.e2e.test_fleet_overrides import TOKEN, alert_payload
+
+BREAKERS = "/api/emergency/circuit-breakers"
+
+
+def ers_cli(ers: ErsProcess, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args, "--url", ers.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def breakers(ers: ErsProcess) -> dict[str, dict[str, Any]]:
+    return dict(httpx.get(f"{ers.url}{BREAKERS}", timeout=10).json()["breakers"])
+
+
+def kept_records(workdir: Path) -> dict[str, Any]:
+    """The system_state store as another reader sees it on disk."""
+    with sqlite3.connect(workdir / "data" / "system_state.sqlite3") as conn:
+        rows = conn.execute("SELECT key, value FROM state").fetchall()
+    return {key: json.loads(value) for key, value in rows}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_forced_open_and_disabled_breakers_survive_a_restart(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir)
+    try:
+        forced = ers_cli(
+            ers, "breakers", "force-open", "WPA", "--reason", "bad plans", "--ttl", "3600"
+        )
+        assert forced["saved"] is True
+        disabled = ers_cli(ers, "breakers", "disable", "BMA")
+        assert disabled["breaker"]["state"] == "disabled" and disabled["saved"] is True
+        before = breakers(ers)
+    finally:
+        ers.stop(sig)
+    assert before["workout"]["state"] == "forced_open"
+    expires_at = before["workout"]["forced"]["expiresAt"]
+    assert expires_at is not None
+
+    again = start_ers(workdir)
+    try:
+        after = breakers(again)
+        workout = after["workout"]
+        assert workout["state"] == "forced_open"
+        assert workout["forced"] == {
+            "reason": "bad plans",
+            "source": "operator",
+            "expiresAt": expires_at,
+        }
+        assert after["budget"]["state"] == "disabled"
+        assert after["nutrition"]["state"] == "closed"
+        reply = httpx.post(
+            f"{again.url}/chat", json={"message": "make me a workout plan"}, timeout=10
+        ).json()
+        assert reply["emergency"] is True  # still isolated: fallbacks answer
+        status = httpx.get(f"{again.url}/api/emergency/status", timeout=10).json()
+        assert status["systemState"] == "degraded"
+        assert "restored 1 forced open: workout until" in again.log()
+
+        # Lifting them is kept too: after the next restart they stay lifted.
+        ers_cli(again, "breakers", "release", "workout")
+        ers_cli(again, "breakers", "enable", "budget")
+    finally:
+        again.stop(sig)
+    assert kept_records(workdir).keys() == {"system"}
+    third = start_ers(workdir)
+    try:
+        states = {name: b["state"] for name, b in breakers(third).items()}
+        assert states == dict.fromkeys(("router", "nutrition", "workout", "budget"), "closed")
+    finally:
+        third.stop()
+
+
+def test_a_forced_open_that_expired_while_down_is_dropped(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir)
+    try:
+        forced = ers_cli(ers, "breakers", "force-open", "workout", "--reason", "r", "--ttl", "1")
+        expires_at = datetime.fromisoformat(forced["breaker"]["forced"]["expiresAt"])
+        ers_cli(ers, "breakers", "force-open", "budget", "--reason", "long", "--ttl", "3600")
+    finally:
+        ers.stop(signal.SIGKILL)
+    assert kept_records(workdir)["breaker:workout"]["state"] == "forced_open"
+    while time.time() <= expires_at.timestamp():
+        time.sleep(0.1)
+
+    again = start_ers(workdir)
+    try:
+        after = breakers(again)
+        assert after["workout"]["state"] == "closed" and after["workout"]["forced"] is None
+        assert after["budget"]["state"] == "forced_open"
+        assert "dropped expired: workout forced open until" in again.log()
+    finally:
+        again.stop()
+    assert "breaker:workout" not in kept_records(workdir)
+
+
+def test_a_recovery_keeps_watching_across_a_restart(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    # A long clean period: the recovery cannot end by itself while this test runs.
+    env = {"ERS_RECOVERY_CLEAN_S": "3600"}
+    ers = start_ers(workdir, env=env)
+    try:
+        ers_cli(ers, "breakers", "force-open", "workout", "--reason", "drill")
+        ers_cli(ers, "breakers", "release", "workout")
+        status = httpx.get(f"{ers.url}/api/emergency/status", timeout=10).json()
+        assert status["systemState"] == "recovery"
+    finally:
+        ers.stop()
+    since = kept_records(workdir)["system"]["since"]
+
+    again = start_ers(workdir, env=env)
+    try:
+        status = httpx.get(f"{again.url}/api/emergency/status", timeout=10).json()
+        assert status["systemState"] == "recovery"  # not a fresh "normal"
+        assert kept_records(workdir)["system"]["since"] == since
+    finally:
+        again.stop()
+
+
+def test_a_rollback_of_system_state_restores_the_snapshots_isolations(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    env = {"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
+    ers = start_ers(workdir, env=env)
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=120) as http:
+            forced = ers_cli(ers, "breakers", "force-open", "workout", "--reason", "bad plans")
+            assert forced["breaker"]["state"] == "forced_open"
+            backup = http.post("/api/emergency/backups/create", json={"type": "system_state"})
+            assert backup.status_code == 200, backup.text
+            reset = ers_cli(ers, "breakers", "reset", "workout", "--force")
+            assert reset["breaker"]["state"] == "closed"
+            assert "breaker:workout" not in kept_records(workdir)
+
+            rolled = http.post(
+                "/api/emergency/rollback",
+                json={
+                    "backupId": backup.json()["backupId"],
+                    "components": ["system_state"],
+                    "confirm": True,
+                    "reason": "the isolation was lifted too early",
+                },
+            )
+            assert rolled.status_code == 200, rolled.text
+            assert rolled.json()["restored"] == [
+                "restored 1 forced open: workout until released (operator: bad plans)"
+            ]
+            workout = http.get(f"{BREAKERS}/workout").json()
+            assert workout["state"] == "forced_open"
+            assert workout["forced"]["reason"] == "bad plans"
+            assert kept_records(workdir)["breaker:workout"]["state"] == "forced_open"
+    finally:
+        assert ers.stop() == 0
+
+
+def fleet_versions(pg_url: str) -> dict[str, tuple[bool, int]]:
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT agent, forced, version FROM ers_fleet.overrides").fetchall()
+    return {agent: (forced, version) for agent, forced, version in rows}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_on_postgresql_the_fleet_and_the_kept_state_agree_across_a_restart(
+    tmp_path: Path, pg_url: str, sig: signal.Signals
+) -> None:
+    env = {"ERS_DATABASE_URL": pg_url}
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        forced = ers_cli(
+            ers, "breakers", "force-open", "workout", "--reason", "bad plans", "--ttl", "3600"
+        )
+        expires_at = datetime.fromisoformat(forced["breaker"]["forced"]["expiresAt"])
+        ers_cli(ers, "breakers", "disable", "budget")
+        deadline = time.monotonic() + 10
+        while "workout" not in fleet_versions(pg_url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ers.stop(sig)
+    before = fleet_versions(pg_url)
+    assert before["workout"][0] is True
+
+    again = start_ers(tmp_path / "ers", env=env)
+    try:
+        after = breakers(again)
+        workout = after["workout"]
+        assert workout["state"] == "forced_open"
+        assert workout["forced"]["source"] == "operator"
+        assert workout["forced"]["reason"].startswith("bad plans")
+        restored_until = datetime.fromisoformat(workout["forced"]["expiresAt"])
+        assert abs((restored_until - expires_at).total_seconds()) < 1
+        assert after["budget"]["state"] == "disabled"  # the fleet does not share disables
+        # The forced open came back from the fleet's table alone: nothing wrote it again.
+        assert fleet_versions(pg_url) == before
+    finally:
+        again.stop()
+
+
+def test_an_alerts_isolation_survives_a_kill_9(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
+    try:
+        reply = httpx.post(
+            f"{ers.url}/api/emergency/alerts",
+            json=alert_payload("firing"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 10
+        while "breaker:workout" not in kept_records(workdir):
+            assert time.monotonic() < deadline, f"the alert's isolation was not kept: {ers.log()}"
+            time.sleep(0.05)
+        before = breakers(ers)["workout"]
+    finally:
+        ers.stop(signal.SIGKILL)
+    assert before["state"] == "forced_open"
+
+    again = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
+    try:
+        after = breakers(again)["workout"]
+        assert after["state"] == "forced_open"
+        assert after["forced"] == before["forced"]
+    finally:
+        again.stop()
+
+
+def test_on_postgresql_a_rollback_of_system_state_isolates_through_the_fleet(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=120) as http:
+            ers_cli(ers, "breakers", "force-open", "workout", "--reason", "bad plans")
+            backup = http.post("/api/emergency/backups/create", json={"type": "system_state"})
+            assert backup.status_code == 200, backup.text
+            ers_cli(ers, "breakers", "reset", "workout", "--force")
+            rolled = http.post(
+                "/api/emergency/rollback",
+                json={
+                    "backupId": backup.json()["backupId"],
+                    "components": ["system_state"],
+                    "confirm": True,
+                    "reason": "the isolation was lifted too early",
+                },
+            )
+            assert rolled.status_code == 200, rolled.text
+            assert rolled.json()["restored"] == [
+                "restored 1 forced open: workout until released (operator: bad plans)"
+            ]
+            assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
+            # Shared with the fleet, so every replica holds it open.
+            deadline = time.monotonic() + 10
+            while fleet_versions(pg_url).get("workout", (False, 0))[0] is not True:
+                assert time.monotonic() < deadline, fleet_versions(pg_url)
+                time.sleep(0.05)
+    finally:
+        assert ers.stop() == 0

@@ -1,0 +1,202 @@
+"""The state keeper over a real SQLite system_state file: what breaker events it keeps, what
+it puts back, and what it does while the store is paused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import StoreUnavailable
+from service.health.system_state import StateInputs, SystemState, SystemStateMachine
+from service.resilience.breaker import (
+    BreakerConfig,
+    BreakerEventKind,
+    BreakerState,
+    CircuitBreaker,
+)
+from service.resilience.state_keeper import StateKeeper
+from service.stores.system_state import SystemStateStore
+
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SystemStateStore]:
+    store = SystemStateStore(tmp_path / "system_state.sqlite3")
+    store.open()
+    yield store
+    store.close()
+
+
+def team(clock: Clock) -> list[CircuitBreaker]:
+    config = BreakerConfig(failure_threshold=1)
+    return [
+        CircuitBreaker(name, config, clock=clock, wall_clock=clock, span_events=False)
+        for name in ("workout", "budget")
+    ]
+
+
+def machine_of(breakers: list[CircuitBreaker], clock: Clock) -> SystemStateMachine:
+    """The system state following the breakers, wired as the lifespan wires it."""
+    machine = SystemStateMachine(
+        StateInputs(
+            lambda: {b.name: b.state.value for b in breakers},
+            lambda: {},
+            lambda: [],
+        ),
+        recovery_clean_s=60,
+        clock=clock,
+    )
+    for breaker in breakers:
+        breaker.subscribe(lambda event: machine.evaluate(), [BreakerEventKind.STATE_TRANSITION])
+    return machine
+
+
+async def test_isolations_are_kept_as_they_change_and_lifted_ones_removed(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    workout, budget = breakers = team(clock)
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
+    await keeper.start()
+    workout.force_open("bad plans", "operator", ttl_s=600)
+    budget.disable(source="admin:token")
+    await keeper.flush()
+    kept = await store.items()
+    assert kept["breaker:workout"] == {
+        "state": "forced_open",
+        "reason": "bad plans",
+        "source": "operator",
+        "until": NOW + 600,
+        "since": NOW,
+    }
+    assert kept["breaker:budget"] == {"state": "disabled", "source": "admin:token", "since": NOW}
+
+    workout.force_open("worse plans", "responder", ttl_s=60)  # renewed
+    await keeper.flush()
+    assert (await store.get("breaker:workout"))["reason"] == "worse plans"
+
+    workout.release(source="operator")
+    budget.enable()
+    await keeper.flush()
+    assert set(await store.items()) == {"system"}
+    await keeper.stop()
+
+
+async def test_a_trip_of_a_breaker_that_was_not_isolated_writes_nothing(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    breakers = team(clock)
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
+    await keeper.start()
+    permit = breakers[0].acquire()
+    permit.record_failure(TimeoutError("slow"), 0.1)
+    assert breakers[0].state is BreakerState.OPEN
+    await keeper.flush()
+    kept = await store.items()
+    assert set(kept) == {"system"}  # the trip moved the system state, and only that is kept
+    assert kept["system"]["state"] == "degraded"
+    await keeper.stop()
+
+
+async def test_start_puts_back_isolations_and_drops_the_expired(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    await store.put(
+        "breaker:workout",
+        {"state": "forced_open", "reason": "r", "source": "alert", "until": NOW + 30},
+    )
+    await store.put(
+        "breaker:budget",
+        {"state": "forced_open", "reason": "old", "source": "operator", "until": NOW - 1},
+    )
+    await store.put("breaker:gone", {"state": "disabled", "source": "x"})
+    await store.put("system", {"state": "recovery", "reason": "cleared", "since": NOW - 50})
+    workout, budget = breakers = team(clock)
+    machine = machine_of(breakers, clock)
+    keeper = StateKeeper(store, breakers, machine, clock=clock)
+
+    restored = await keeper.start()
+
+    assert workout.forcing is not None and workout.forcing.expires_at_wall == NOW + 30
+    assert budget.state is BreakerState.CLOSED
+    assert restored.lines() == [
+        "restored 1 forced open: workout until 2027-01-15T08:00:30.000Z (alert: r)",
+        "dropped expired: budget forced open until 2027-01-15T07:59:59.000Z",
+        "resumed system state recovery since 2027-01-15T07:59:10.000Z",
+    ]
+    await keeper.flush()
+    assert "breaker:budget" not in await store.items()
+    # The forced open moved the resumed recovery back to degraded.
+    assert machine.state is SystemState.DEGRADED
+    await keeper.stop()
+
+
+async def test_a_breaker_already_forced_open_by_the_fleet_is_left_as_it_is(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    await store.put(
+        "breaker:workout",
+        {"state": "forced_open", "reason": "r", "source": "operator", "until": None},
+    )
+    workout, budget = breakers = team(clock)
+    workout.force_open("r (fleet override from a:1)", "operator", ttl_s=100)
+    events = []
+    workout.subscribe(events.append)
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
+    restored = await keeper.start()
+    assert events == [] and restored.lines() == []
+    assert workout.forcing is not None and workout.forcing.reason.endswith("from a:1)")
+    await keeper.flush()  # the store follows the fleet's forced open
+    kept = await store.get("breaker:workout")
+    assert kept["reason"].endswith("from a:1)") and kept["until"] == NOW + 100
+    await keeper.stop()
+
+
+async def test_a_rollback_reports_isolations_kept_in_force(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    workout, budget = breakers = team(clock)
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
+    await keeper.start()
+    budget.disable(source="ana")
+    await keeper.flush()
+    await store.delete("breaker:budget")  # as if the restored file never had it
+    await store.put("breaker:workout", {"state": "forced_open", "reason": "r", "source": "s"})
+    assert await keeper.restored_lines() == [
+        "restored 1 forced open: workout until released (s: r)",
+        "kept in force, not in the restored state: budget disabled",
+    ]
+    assert (await store.get("breaker:budget"))["state"] == "disabled"
+    await keeper.stop()
+
+
+async def test_changes_made_while_the_store_is_paused_are_saved_once_it_reopens(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    workout, _ = breakers = team(clock)
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
+    await keeper.start()
+    await keeper.flush()
+    store.pause("a rollback is swapping this store's file; retry shortly")
+    workout.force_open("r", "operator")
+    with pytest.raises(StoreUnavailable, match="retry shortly"):
+        await keeper.flush()
+    store.open()
+    await keeper.flush()
+    assert (await store.get("breaker:workout"))["state"] == "forced_open"
+    await keeper.stop()
