@@ -26,7 +26,7 @@ from service.admission import ChatAdmission, register_admission_metrics  # noqa:
 from service.alerting.handler import AlertHandler  # noqa: E402
 from service.audit import AuditLog  # noqa: E402
 from service.backup_metrics import BackupMetrics  # noqa: E402
-from service.backups import BackupService  # noqa: E402
+from service.backups import BackupService, finds_no_state  # noqa: E402
 from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
@@ -164,6 +164,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     telemetry: Telemetry = app.state.telemetry
 
+    # Only a start that finds no state at all may create the backup repository by itself.
+    first_start = await asyncio.to_thread(finds_no_state, settings.data_dir)
     # State: one SQLite file per component, or one PostgreSQL schema each.
     stores = Stores.from_settings(settings)
     await stores.open()
@@ -312,7 +314,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             asyncio.create_task(incident_service.run_counts_refresh(), name="incident-counts")
         )
     if settings.backups_enabled:
-        backups = BackupService(settings, stores, incidents_path, runtime.set_ready)
+        backups = BackupService(
+            settings, stores, incidents_path, runtime.set_ready, first_start=first_start
+        )
         backup_metrics = BackupMetrics(
             telemetry.meter,
             backups.last_success,
@@ -332,6 +336,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         responder.emergency_backup = lambda context: backups.emergency(context.reason)
         responder.rollback = lambda context: rollback_before(runtime, backups, context)
         background.append(asyncio.create_task(backups.connect(), name="backups-connect"))
+        background.append(asyncio.create_task(backups.run_refresh(), name="backups-refresh"))
         if settings.backup_schedule_enabled:
             background.append(
                 asyncio.create_task(backups.run_schedule(leader=leader), name="backups")

@@ -24,9 +24,13 @@ from backup import (
     BackupResult,
     RepositoryConfig,
     RollbackResult,
+    Snapshot,
+    init_repository,
 )
+from backup.identity import RECORD_FILE_NAME
 from backup.pg import PgBackupConfig
 from backup.pg_manager import PgBackupManager
+from backup.repository import InitOutcome
 from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock
@@ -42,6 +46,14 @@ ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 
 class BackupsUnavailable(ErsError):
     """The backup repository cannot be used right now."""
+
+
+def finds_no_state(data_dir: Path) -> bool:
+    """True on the first start of a brand-new data directory: no component file and no record
+    of a backup repository. Only then may the service create the repository on its own."""
+    if (data_dir / RECORD_FILE_NAME).exists():
+        return False
+    return not data_dir.is_dir() or not any(data_dir.glob("*.sqlite3"))
 
 
 def human_size(size: int) -> str:
@@ -60,6 +72,8 @@ class BackupService:
         stores: Stores,
         incidents_path: Path,
         set_ready: Callable[[bool, str | None], None],
+        *,
+        first_start: bool = False,
     ) -> None:
         self.settings = settings
         self.stores = stores
@@ -87,6 +101,11 @@ class BackupService:
         self._set_ready = set_ready
         self.manager: BackupManager | PgBackupManager | None = None
         self.error: str | None = "connecting to the backup repository"
+        # The last reason the repository could not be opened, for the health check.
+        self.failure: BackupError | None = None
+        # A start that found no state may create the repository; any other needs `init`.
+        self.may_create_repository = first_start
+        self._retry_now = asyncio.Event()
         self.connected = asyncio.Event()
         self.connection_failures = 0
         self._listeners: list[Callable[[object], None]] = []
@@ -103,12 +122,10 @@ class BackupService:
         if self.manager is not None:
             self.manager.subscribe(listener)
 
-    async def connect(self, max_delay_s: float = 60.0) -> None:
-        """Reach the repository (initialising it on first use), retrying with backoff."""
-        delay = 1.0
+    def repository_config(self) -> RepositoryConfig:
         settings = self.settings
         database, url = self.stores.database, settings.database_url
-        repository = RepositoryConfig(
+        return RepositoryConfig(
             repository=settings.restic_repository,
             password_file=settings.restic_password_file,
             binary=settings.restic_binary,
@@ -118,7 +135,15 @@ class BackupService:
                 if database is not None and url is not None
                 else None
             ),
+            record_file=settings.data_dir / RECORD_FILE_NAME,
         )
+
+    async def connect(self, max_delay_s: float = 60.0) -> None:
+        """Reach the repository, retrying with backoff (at once after `init`); it is created
+        here only on the first start of a brand-new data directory."""
+        delay = 1.0
+        settings = self.settings
+        repository = self.repository_config()
         while self.manager is None:
             try:
                 manager: BackupManager | PgBackupManager
@@ -128,6 +153,7 @@ class BackupService:
                         settings.database_url.get_secret_value(),
                         PgBackupConfig(schemas=self.schemas),
                         emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                        may_create=self.may_create_repository,
                     )
                 else:
                     manager = await BackupManager.open(
@@ -138,19 +164,54 @@ class BackupService:
                             emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
                             shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
                         ),
+                        may_create=self.may_create_repository,
                     )
             except BackupError as exc:
                 self.connection_failures += 1
-                self.error = str(exc)
+                self.error, self.failure = str(exc), exc
                 log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(max_delay_s, delay * 2)
                 continue
             for listener in self._listeners:
                 manager.subscribe(listener)
-            self.manager, self.error = manager, None
+            self.manager, self.error, self.failure = manager, None, None
+            self.may_create_repository = False
             self.connected.set()
             log.info("backup repository ready: %d snapshots", len(manager.list()))
+
+    async def init(self) -> InitOutcome:
+        """`ers backup init`: create the repository if there is none and make it the one the
+        backups go to; a waiting connection retries at once."""
+        outcome = await init_repository(self.repository_config())
+        if self.manager is not None:
+            self.manager.identity = outcome.identity
+            await self.manager.refresh()
+        else:
+            self._retry_now.set()
+        log.warning(
+            "backup repository %s %s (recorded before: %s)",
+            outcome.identity.expected_id[:8],
+            "created" if outcome.created else "adopted",
+            (outcome.previous_id or "none")[:8],
+        )
+        return outcome
+
+    async def refresh(self) -> list[Snapshot]:
+        return await self.require().refresh()
+
+    async def run_refresh(self) -> None:
+        """Re-read the snapshot list every `backup_refresh_interval_s`: `ers backup
+        --offline` and other replicas add and forget snapshots too."""
+        await self.connected.wait()
+        while True:
+            await asyncio.sleep(self.settings.backup_refresh_interval_s)
+            try:
+                await self.refresh()
+            except (BackupError, BackupsUnavailable) as exc:
+                log.error("refreshing the snapshot list failed: %s", exc)
 
     def require(self) -> BackupManager | PgBackupManager:
         if self.manager is None:
