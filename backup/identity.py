@@ -9,8 +9,11 @@ open, backup and health check compares the repository it reaches with that id.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +23,12 @@ from backup.errors import RepositoryMissing, RepositoryReplaced
 from backup.restic import Restic
 
 RECORD_FILE_NAME = "restic-repository.json"
+# restic backends are written "<scheme>:<location>"; anything else is a local path.
+_BACKEND = re.compile(r"^(?:local|sftp|rest|s3|b2|azure|gs|swift|rclone):")
+
+
+def is_local(repository: str) -> bool:
+    return not _BACKEND.match(repository)
 
 
 @dataclass(frozen=True)
@@ -82,17 +91,46 @@ def replaced(repository: str, record: RepositoryRecord, found: str) -> Repositor
 
 
 class RepositoryIdentity:
-    """The id the backups of this process go to; `verify` before writing anything."""
+    """The id the backups of this process go to; `verify` before writing anything.
+
+    Asking restic costs a repository open (a key derivation, about half a second), too much
+    before every backup; for a local repository the bytes of its `config` file, which restic
+    writes once at `init`, stand for the id between two thorough checks."""
 
     def __init__(self, restic: Restic, expected_id: str) -> None:
         self.restic = restic
         self.expected_id = expected_id
+        self._config_digest: str | None = None
 
-    async def verify(self) -> str:
+    async def verify(self, *, thorough: bool = False) -> str:
+        config_file = self._config_file()
+        if config_file is not None and not thorough:
+            digest = await asyncio.to_thread(_digest, config_file)
+            if digest is None:
+                raise missing(self.restic.repository, self._record())
+            if digest == self._config_digest:
+                return self.expected_id
         found = await self.restic.repository_id()
-        record = RepositoryRecord(self.expected_id, "")
         if found is None:
-            raise missing(self.restic.repository, record)
+            raise missing(self.restic.repository, self._record())
         if found != self.expected_id:
-            raise replaced(self.restic.repository, record, found)
+            raise replaced(self.restic.repository, self._record(), found)
+        if config_file is not None:
+            self._config_digest = await asyncio.to_thread(_digest, config_file)
         return found
+
+    def _record(self) -> RepositoryRecord:
+        return RepositoryRecord(self.expected_id, "")
+
+    def _config_file(self) -> Path | None:
+        repository = self.restic.repository
+        if not is_local(repository) and not repository.startswith("local:"):
+            return None
+        return Path(repository.removeprefix("local:")) / "config"
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None

@@ -90,15 +90,16 @@ class BackupManagerBase(ABC):
 
     # Backups -----------------------------------------------------------------------------
 
-    async def verify_repository(self) -> str:
+    async def verify_repository(self, *, thorough: bool = False) -> str:
         """The repository's id, after checking it is still the one the backups went to;
-        raises RepositoryMissing or RepositoryReplaced otherwise."""
+        raises RepositoryMissing or RepositoryReplaced otherwise. `thorough` asks restic
+        even where a cheaper sign would do (see `RepositoryIdentity`)."""
         if self.identity is None:
             found = await self.restic.repository_id()
             if found is None:
                 raise missing(self.restic.repository, None)
             self.identity = RepositoryIdentity(self.restic, found)
-        return await self.identity.verify()
+        return await self.identity.verify(thorough=thorough)
 
     async def _take_once_per_emergency(
         self, reason: str, components: Sequence[str], take: Callable[[], Awaitable[BackupResult]]

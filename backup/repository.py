@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,15 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backup.errors import BackupError
-from backup.identity import RepositoryIdentity, RepositoryRecord, missing, replaced
+from backup.identity import RepositoryIdentity, RepositoryRecord, is_local, missing, replaced
 from backup.restic import Restic
-
-# restic backends are written "<scheme>:<location>"; anything else is a local path.
-_BACKEND = re.compile(r"^(?:local|sftp|rest|s3|b2|azure|gs|swift|rclone):")
-
-
-def is_local(repository: str) -> bool:
-    return not _BACKEND.match(repository)
 
 
 def normalise_repository(repository: str) -> str:

@@ -25,6 +25,7 @@ from service import http_errors  # noqa: E402
 from service.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.alerting.handler import AlertHandler  # noqa: E402
 from service.audit import AuditLog  # noqa: E402
+from service.backup_jobs import run_refresh, run_schedule  # noqa: E402
 from service.backup_metrics import BackupMetrics  # noqa: E402
 from service.backups import BackupService, finds_no_state  # noqa: E402
 from service.body_limit import BodySizeLimit  # noqa: E402
@@ -336,10 +337,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         responder.emergency_backup = lambda context: backups.emergency(context.reason)
         responder.rollback = lambda context: rollback_before(runtime, backups, context)
         background.append(asyncio.create_task(backups.connect(), name="backups-connect"))
-        background.append(asyncio.create_task(backups.run_refresh(), name="backups-refresh"))
+        background.append(asyncio.create_task(run_refresh(backups), name="backups-refresh"))
         if settings.backup_schedule_enabled:
             background.append(
-                asyncio.create_task(backups.run_schedule(leader=leader), name="backups")
+                asyncio.create_task(run_schedule(backups, leader=leader), name="backups")
             )
 
     app.state.runtime = runtime

@@ -145,6 +145,7 @@ class BackupService:
         settings = self.settings
         repository = self.repository_config()
         while self.manager is None:
+            self._retry_now.clear()  # an `init` from now on cuts the wait after a failure
             try:
                 manager: BackupManager | PgBackupManager
                 if self.schemas and settings.database_url is not None:
@@ -170,7 +171,6 @@ class BackupService:
                 self.connection_failures += 1
                 self.error, self.failure = str(exc), exc
                 log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
-                self._retry_now.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(max_delay_s, delay * 2)
@@ -201,17 +201,6 @@ class BackupService:
 
     async def refresh(self) -> list[Snapshot]:
         return await self.require().refresh()
-
-    async def run_refresh(self) -> None:
-        """Re-read the snapshot list every `backup_refresh_interval_s`: `ers backup
-        --offline` and other replicas add and forget snapshots too."""
-        await self.connected.wait()
-        while True:
-            await asyncio.sleep(self.settings.backup_refresh_interval_s)
-            try:
-                await self.refresh()
-            except (BackupError, BackupsUnavailable) as exc:
-                log.error("refreshing the snapshot list failed: %s", exc)
 
     def require(self) -> BackupManager | PgBackupManager:
         if self.manager is None:
@@ -319,71 +308,3 @@ class BackupService:
             await self.manager.shutdown_backup(self.settings.shutdown_backup_timeout_s)
         except (BackupError, TimeoutError) as exc:
             log.error("final backup failed: %s", exc)
-
-    # --- schedules ----------------------------------------------------------------------
-
-    async def run_schedule(self, tick_s: float = 30.0, leader: FleetLeader | None = None) -> None:
-        """Scheduled backups, retention, prune, check and restore drills, one at a time;
-        in a fleet, only while this replica holds the fleet jobs lock (``leader``)."""
-        await self.connected.wait()
-        self.leader = leader
-        if leader is not None:
-            # Only a replica that can reach the repository competes for the jobs.
-            leader.start()
-        last_prune = last_check = time.time()
-        leading = leader is None
-        while True:
-            if leader is not None and not leader.is_leader:
-                leading = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(leader.wait_leader(), tick_s)
-                if not leader.is_leader:
-                    # The runner's backups, for this replica's backup-age check.
-                    with contextlib.suppress(BackupError, BackupsUnavailable):
-                        await self.require().refresh()
-                continue
-            try:
-                if not leading:
-                    # Taking the jobs over: what the previous runner backed up is in the
-                    # repository, not yet in this replica's list; prune and check wait
-                    # their full interval from now.
-                    await self.require().refresh()
-                    last_prune = last_check = time.time()
-                    leading = True
-                await self._due_backups()
-                now = time.time()
-                drill_every = self.settings.restore_drill_interval_minutes * 60
-                if self.last_drill_at is None or now - self.last_drill_at >= drill_every:
-                    await self.drill()
-                if now - last_prune >= self.settings.prune_interval_hours * 3600:
-                    await self.require().prune()
-                    last_prune = now
-                if now - last_check >= self.settings.repository_check_interval_hours * 3600:
-                    await self.require().check()
-                    last_check = now
-            except (BackupError, BackupsUnavailable) as exc:
-                log.error("scheduled backup work failed: %s", exc)
-            await asyncio.sleep(tick_s)
-
-    async def _due_backups(self) -> None:
-        now = time.time()
-        last = self.last_success()
-        full = self.last_full()
-        if full is None or now - full >= self.full_interval_s:
-            await self.create(None, "scheduled")
-        else:
-            due = [c for c, every in self.intervals_s.items() if now - last.get(c, 0) >= every]
-            if due:
-                await self.create(due, "scheduled")
-        await self.require().forget(keep_last=self.settings.max_backups)
-
-    async def drill(self) -> bool:
-        self.last_drill_at = time.time()
-        try:
-            result = await self.require().verify_latest()
-        except BackupError as exc:
-            log.error("restore drill failed: %s", exc)
-            self.last_drill_ok = False
-            return False
-        self.last_drill_ok = result.ok
-        return result.ok

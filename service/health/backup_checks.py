@@ -43,7 +43,7 @@ class RepositoryCheck:
                 component="backups",
             )
         try:
-            repository_id = await backups.manager.verify_repository()
+            repository_id = await backups.manager.verify_repository(thorough=True)
         except (RepositoryMissing, RepositoryReplaced) as exc:
             return self._lost(exc, where)
         except BackupError as exc:
