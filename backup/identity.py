@@ -71,9 +71,8 @@ class RepositoryRecord:
 def missing(repository: str, record: RepositoryRecord | None) -> RepositoryMissing:
     if record is None:
         return RepositoryMissing(
-            f"no restic repository at '{repository}' and the data directory already holds "
-            "state: nothing creates a repository on its own here; if this is meant to be a new "
-            "repository run `ers backup init`, else fix the repository setting"
+            f"no restic repository at '{repository}', and none is created implicitly: run "
+            "`ers backup init` to create it, or fix the repository setting if it lives elsewhere"
         )
     return RepositoryMissing(
         f"the restic repository {record.id[:8]} that held the backups is gone from "
