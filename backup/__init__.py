@@ -6,9 +6,12 @@ This package knows nothing of the service; the service wires it in through `Back
 from backup.errors import (
     BackupError,
     DiskFull,
+    InvalidBackupReason,
     InvalidSnapshotId,
     RepositoryLocked,
+    RepositoryMissing,
     RepositoryNotFound,
+    RepositoryReplaced,
     ResticCommandFailed,
     ResticError,
     ResticNotInstalled,
@@ -19,6 +22,7 @@ from backup.errors import (
     StagingFailed,
     UnknownComponent,
     WrongPassword,
+    validate_reason,
     validate_snapshot_id,
 )
 from backup.manager import BackupConfig, BackupManager, BackupStatus
@@ -31,7 +35,7 @@ from backup.models import (
     Snapshot,
     SnapshotDetails,
 )
-from backup.repository import RepositoryConfig, open_repository
+from backup.repository import RepositoryConfig, init_repository, open_repository
 
 __all__ = [
     "BackupConfig",
@@ -42,10 +46,13 @@ __all__ = [
     "BackupStatus",
     "BackupSummary",
     "DiskFull",
+    "InvalidBackupReason",
     "InvalidSnapshotId",
     "RepositoryConfig",
     "RepositoryLocked",
+    "RepositoryMissing",
     "RepositoryNotFound",
+    "RepositoryReplaced",
     "ResticCommandFailed",
     "ResticError",
     "ResticNotInstalled",
@@ -60,6 +67,8 @@ __all__ = [
     "StagingFailed",
     "UnknownComponent",
     "WrongPassword",
+    "init_repository",
     "open_repository",
+    "validate_reason",
     "validate_snapshot_id",
 ]

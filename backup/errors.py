@@ -17,6 +17,10 @@ EXIT_WRONG_PASSWORD = 12
 
 STDERR_TAIL_CHARS = 400
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
+# A reason becomes the restic tag `reason:<reason>`: restic splits tags at commas, and a
+# space or colon would make the tag ambiguous to read back.
+REASON_MAX_CHARS = 64
+_REASON = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class BackupError(Exception):
@@ -88,6 +92,24 @@ class RepositoryNotFound(ResticError):
     label = "repository_not_found"
 
 
+class RepositoryMissing(RepositoryNotFound):
+    """No repository where the backups are meant to go: one that was there is gone, or none
+    was ever created for this data directory. Nothing creates one silently."""
+
+    label = "repository_not_found"
+
+
+class RepositoryReplaced(ResticError):
+    """The repository at the configured location is not the one this data directory's backups
+    were written to (its id differs)."""
+
+    label = "repository_replaced"
+
+
+class InvalidBackupReason(BackupError, ValueError):
+    label = "invalid_reason"
+
+
 class WrongPassword(ResticError):
     label = "wrong_password"
 
@@ -144,6 +166,23 @@ def validate_snapshot_id(value: str) -> str:
     return value
 
 
+def validate_reason(value: str) -> str:
+    """Return `value` if it can be a backup's `reason:` tag, else raise InvalidBackupReason."""
+    if not isinstance(value, str) or not value:
+        raise InvalidBackupReason("a backup reason is required, e.g. 'before-upgrade'")
+    if len(value) > REASON_MAX_CHARS:
+        raise InvalidBackupReason(
+            f"backup reason is {len(value)} characters long: use at most {REASON_MAX_CHARS}"
+        )
+    if not _REASON.fullmatch(value):
+        raise InvalidBackupReason(
+            f"backup reason '{value}' must start with a lowercase letter or digit and hold only "
+            "lowercase letters, digits, '.', '_' or '-' (no spaces, commas or colons), "
+            "e.g. 'before-upgrade'"
+        )
+    return value
+
+
 def stderr_tail(stderr: str, limit: int = STDERR_TAIL_CHARS) -> str:
     text = " ".join(stderr.strip().split())
     return text if len(text) <= limit else "…" + text[-limit:]
@@ -188,7 +227,7 @@ def classify_failure(
     ):
         return RepositoryNotFound(
             f"no restic repository at '{repository}': check the repository setting, or let "
-            "the backup service initialise it on first use"
+            "create a new one with `ers backup init`"
         )
     if exit_code == EXIT_WRONG_PASSWORD or "wrong password or no key found" in lowered:
         return WrongPassword(

@@ -15,6 +15,7 @@ from pathlib import Path
 from backup import rollback as rollback_flow
 from backup.errors import UnknownComponent
 from backup.events import SnapshotCountChanged
+from backup.identity import RepositoryIdentity
 from backup.index import ERS_TAG, SnapshotIndex
 from backup.manager_base import BackupManagerBase, BackupStatus
 from backup.models import (
@@ -26,7 +27,7 @@ from backup.models import (
     RollbackResult,
     Snapshot,
 )
-from backup.repository import RepositoryConfig, open_repository
+from backup.repository import RepositoryConfig, open_identified
 from backup.restic import ProgressCallback, Restic
 from backup.snapshotter import Snapshotter
 from backup.workspace import Workspace
@@ -55,8 +56,10 @@ class BackupConfig:
 
 
 class BackupManager(BackupManagerBase):
-    def __init__(self, restic: Restic, config: BackupConfig) -> None:
-        super().__init__(restic)
+    def __init__(
+        self, restic: Restic, config: BackupConfig, identity: RepositoryIdentity | None = None
+    ) -> None:
+        super().__init__(restic, identity)
         self.config = config
         self.index = SnapshotIndex()
         self.workspace = Workspace(Path(config.work_dir))
@@ -70,9 +73,13 @@ class BackupManager(BackupManagerBase):
         )
 
     @classmethod
-    async def open(cls, repository: RepositoryConfig, config: BackupConfig) -> BackupManager:
-        """Reach (and on first use initialise) the repository, then load the index."""
-        manager = cls(await open_repository(repository), config)
+    async def open(
+        cls, repository: RepositoryConfig, config: BackupConfig, *, may_create: bool = False
+    ) -> BackupManager:
+        """Reach the repository (creating it only with `may_create`, see
+        `backup.repository.open_identified`), then load the index."""
+        identity = await open_identified(repository, may_create=may_create)
+        manager = cls(identity.restic, config, identity)
         await manager.start()
         return manager
 
@@ -110,10 +117,11 @@ class BackupManager(BackupManagerBase):
         Unchanged components are skipped; a full-system backup is all or nothing, so a full
         snapshot always holds every component.
         """
-        reason = BackupReason(reason).value
+        reason = self._checked_reason(reason)
         names = self._check_components(components)
         return await self._take_once_per_emergency(
             reason,
+            names,
             lambda: self.snapshotter.take(
                 names,
                 reason,
@@ -159,6 +167,7 @@ class BackupManager(BackupManagerBase):
     ) -> ForgetResult:
         """Drop ERS snapshots outside the policy (data is freed by `prune`)."""
         async with self._lock:
+            await self.verify_repository()
             groups = await self.restic.forget(
                 tag=ERS_TAG, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily
             )
@@ -191,6 +200,7 @@ class BackupManager(BackupManagerBase):
         on_progress: ProgressCallback | None = None,
     ) -> RollbackResult:
         async with self._lock:
+            await self.verify_repository()
             return await rollback_flow.apply(
                 self, snapshot_id, components, reason, pause_writers, reopen, on_progress
             )

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from backup import pg_rollback
-from backup.errors import PgDumpFailed, RollbackRefused, SnapshotNotFound, UnknownComponent
+from backup.errors import (
+    PgDumpFailed,
+    RollbackRefused,
+    SnapshotNotFound,
+    UnknownComponent,
+    validate_reason,
+)
 from backup.index import SnapshotIndex, tags_for
 from backup.models import (
     BackupReason,
@@ -41,7 +47,6 @@ POSTGRES_TAG = "backend:postgresql"
 # Room for pg_rollback's "__old_<random>" within PostgreSQL's 63-byte names.
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _COMPONENT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_REASON = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")  # restic splits tags at commas
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,7 @@ class PgBackups:
                 f"no PostgreSQL component {', '.join(unknown)}: name one of "
                 f"{', '.join(self.config.schemas)}"
             )
-        if not _REASON.fullmatch(str(reason)):
-            raise ValueError(f"backup reason '{reason}' must be lowercase letters, digits or '-'")
+        validate_reason(str(reason))
         outcomes = await asyncio.gather(
             *(self.backup_one(c, str(reason)) for c in names), return_exceptions=True
         )

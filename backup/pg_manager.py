@@ -27,6 +27,7 @@ from backup.events import (
     RollbackFinished,
     SnapshotCountChanged,
 )
+from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex
 from backup.manager_base import BackupManagerBase
 from backup.models import (
@@ -40,13 +41,19 @@ from backup.models import (
     Snapshot,
 )
 from backup.pg import POSTGRES_TAG, PgBackupConfig, PgBackups
-from backup.repository import RepositoryConfig, open_repository
+from backup.repository import RepositoryConfig, open_identified
 from backup.restic import ProgressCallback
 
 
 class PgBackupManager(BackupManagerBase):
-    def __init__(self, backups: PgBackups, *, emergency_cooldown_seconds: float = 300.0) -> None:
-        super().__init__(backups.restic)
+    def __init__(
+        self,
+        backups: PgBackups,
+        *,
+        emergency_cooldown_seconds: float = 300.0,
+        identity: RepositoryIdentity | None = None,
+    ) -> None:
+        super().__init__(backups.restic, identity)
         self.backups = backups
         self.config = backups.config
         self.emergency_cooldown_seconds = emergency_cooldown_seconds
@@ -60,11 +67,15 @@ class PgBackupManager(BackupManagerBase):
         config: PgBackupConfig,
         *,
         emergency_cooldown_seconds: float = 300.0,
+        may_create: bool = False,
     ) -> PgBackupManager:
-        """Reach (and on first use initialise) the repository, load the list, and drop old
-        schemas an interrupted rollback left behind."""
-        backups = PgBackups(await open_repository(repository), database_url, config)
-        manager = cls(backups, emergency_cooldown_seconds=emergency_cooldown_seconds)
+        """Reach the repository (creating it only with `may_create`), load the list, and drop
+        old schemas an interrupted rollback left behind."""
+        identity = await open_identified(repository, may_create=may_create)
+        backups = PgBackups(identity.restic, database_url, config)
+        manager = cls(
+            backups, emergency_cooldown_seconds=emergency_cooldown_seconds, identity=identity
+        )
         await manager.refresh()
         await backups.drop_leftovers()
         return manager
@@ -92,10 +103,10 @@ class PgBackupManager(BackupManagerBase):
     ) -> BackupResult:
         """A snapshot of each of `components` (None: every one); the result names the first
         snapshot and every component."""
-        reason = BackupReason(reason).value
+        reason = self._checked_reason(reason)
         names = list(components) if components is not None else list(self.config.schemas)
         return await self._take_once_per_emergency(
-            reason, lambda: self._take(names, reason, timeout)
+            reason, names, lambda: self._take(names, reason, timeout)
         )
 
     async def _take(self, names: list[str], reason: str, timeout: float | None) -> BackupResult:
@@ -145,6 +156,7 @@ class PgBackupManager(BackupManagerBase):
         kept: list[str] = []
         removed: list[str] = []
         async with self._lock:
+            await self.verify_repository()
             for component in self.config.schemas:
                 groups = await self.restic.forget(
                     tag=f"{POSTGRES_TAG},component:{component}",
@@ -206,6 +218,7 @@ class PgBackupManager(BackupManagerBase):
         component = await self._check_components(snapshot_id, components)
         started = time.monotonic()
         async with self._lock:
+            await self.verify_repository()
             try:
                 async with pause_writers():
                     result = await self.backups.rollback(snapshot_id, reason)

@@ -1,7 +1,9 @@
-"""Where snapshots live: any restic backend string, or a local folder initialised on first use.
+"""Where snapshots live: any restic backend string, or a local folder.
 
 The default is an embedded local repository (a folder such as ./var/restic-repo) with a
-generated password file readable only by its owner.
+generated password file readable only by its owner. A repository is created only when asked
+(`init_repository`) or on the first start of a brand-new data directory (`may_create`); one
+that disappears afterwards is an error, never silently replaced (see `backup.identity`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,14 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backup.errors import BackupError
+from backup.identity import RepositoryIdentity, RepositoryRecord, is_local, missing, replaced
 from backup.restic import Restic
-
-# restic backends are written "<scheme>:<location>"; anything else is a local path.
-_BACKEND = re.compile(r"^(?:local|sftp|rest|s3|b2|azure|gs|swift|rclone):")
-
-
-def is_local(repository: str) -> bool:
-    return not _BACKEND.match(repository)
 
 
 def normalise_repository(repository: str) -> str:
@@ -88,6 +83,8 @@ class RepositoryConfig:
     # Held while the repository is created, by processes on other machines too (a local
     # repository is also locked with a file next to it).
     init_lock: Callable[[], AbstractAsyncContextManager[object]] | None = None
+    # Remembers the repository's id (see `backup.identity`); None: nothing is remembered.
+    record_file: Path | None = None
 
 
 def restic_for(config: RepositoryConfig) -> Restic:
@@ -100,22 +97,82 @@ def restic_for(config: RepositoryConfig) -> Restic:
     )
 
 
-async def open_repository(config: RepositoryConfig) -> Restic:
-    """A wrapper for the configured repository, initialising it when it does not exist yet.
+async def open_identified(
+    config: RepositoryConfig, *, may_create: bool = False
+) -> RepositoryIdentity:
+    """The configured repository and the id it must keep; raises RepositoryMissing or
+    RepositoryReplaced when it is not the one `config.record_file` remembers.
 
-    Two processes that both find no repository and both run ``restic init`` can leave a
-    config written under one's master key beside the other's key, which neither opens
-    ("ciphertext verification failed"); so initialisation runs under a lock, and the
-    repository is looked for again once the lock is held."""
+    A missing repository is created only with `may_create` (the first start on a brand-new
+    data directory) and only while nothing records one; its id is then remembered."""
     restic = restic_for(config)
     await restic.version()
-    if not await restic.is_initialised():
-        async with _initialising(restic.repository, config.init_lock):
-            if not await restic.is_initialised():
-                if is_local(restic.repository):
-                    Path(restic.repository).parent.mkdir(parents=True, exist_ok=True)
-                await restic.init()
-    return restic
+    record = (
+        await asyncio.to_thread(RepositoryRecord.read, config.record_file)
+        if config.record_file
+        else None
+    )
+    found = await restic.repository_id()
+    if found is None:
+        if record is not None or not may_create:
+            raise missing(restic.repository, record)
+        found, _ = await _create(restic, config)
+    elif record is not None and found != record.id:
+        raise replaced(restic.repository, record, found)
+    if config.record_file is not None and record is None:
+        await asyncio.to_thread(RepositoryRecord.now(found).write, config.record_file)
+    return RepositoryIdentity(restic, found)
+
+
+async def open_repository(config: RepositoryConfig, *, may_create: bool = False) -> Restic:
+    """A wrapper for the configured repository (see `open_identified`)."""
+    return (await open_identified(config, may_create=may_create)).restic
+
+
+@dataclass(frozen=True)
+class InitOutcome:
+    identity: RepositoryIdentity
+    created: bool  # False: a repository was there already and is now the one remembered
+    previous_id: str | None  # what the record named before, if anything
+
+
+async def init_repository(config: RepositoryConfig) -> InitOutcome:
+    """The explicit `init`: create the repository if there is none, and remember its id (a
+    repository already there is adopted: the operator asked for this one)."""
+    restic = restic_for(config)
+    await restic.version()
+    previous: RepositoryRecord | None = None
+    if config.record_file is not None:
+        with contextlib.suppress(BackupError):  # an unreadable record is being replaced
+            previous = await asyncio.to_thread(RepositoryRecord.read, config.record_file)
+    found = await restic.repository_id()
+    created = False
+    if found is None:
+        found, created = await _create(restic, config)
+    if config.record_file is not None:
+        await asyncio.to_thread(RepositoryRecord.now(found).write, config.record_file)
+    return InitOutcome(
+        RepositoryIdentity(restic, found), created, previous.id if previous else None
+    )
+
+
+async def _create(restic: Restic, config: RepositoryConfig) -> tuple[str, bool]:
+    """Two processes that both find no repository and both run ``restic init`` can leave a
+    config written under one's master key beside the other's key, which neither opens
+    ("ciphertext verification failed"); so initialisation runs under a lock, and the
+    repository is looked for again once the lock is held. Returns its id and whether this
+    call created it."""
+    async with _initialising(restic.repository, config.init_lock):
+        found = await restic.repository_id()
+        if found is not None:
+            return found, False
+        if is_local(restic.repository):
+            Path(restic.repository).parent.mkdir(parents=True, exist_ok=True)
+        await restic.init()
+    created = await restic.repository_id()
+    if created is None:
+        raise BackupError(f"restic init left no repository at '{restic.repository}'")
+    return created, True
 
 
 @asynccontextmanager

@@ -129,11 +129,20 @@ class Restic:
     # Commands -------------------------------------------------------------------------------
 
     async def is_initialised(self) -> bool:
+        return await self.repository_id() is not None
+
+    async def repository_id(self) -> str | None:
+        """The id restic gave the repository when it was created; None when there is none."""
         try:
-            await self.run(["cat", "config", "--no-lock"], timeout=60)
+            output = await self.run(["cat", "config", "--no-lock"], timeout=60)
         except RepositoryNotFound:
-            return False
-        return True
+            return None
+        try:
+            return str(json.loads(output.stdout)["id"])
+        except (ValueError, KeyError, TypeError):
+            raise ResticCommandFailed(
+                f"restic printed no repository id: {stderr_tail(output.stdout)}"
+            ) from None
 
     async def init(self) -> None:
         await self.run(["init"], timeout=120)

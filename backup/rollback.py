@@ -120,7 +120,7 @@ async def preview(
     manager: BackupManager, snapshot_id: str, components: Sequence[str] | None
 ) -> RollbackPreview:
     """Restore into scratch, verify, and count rows now and in the snapshot; nothing live moves."""
-    snapshot = manager.index.get(snapshot_id)
+    snapshot = await manager.find(snapshot_id)
     names = _rollback_components(manager, snapshot, components)
     with manager.workspace.scratch("test-rollback") as scratch:
         files = await _restore_and_verify(manager, snapshot, names, scratch)
@@ -173,7 +173,7 @@ async def apply(
     reopen: Reopen,
     on_progress: ProgressCallback | None = None,
 ) -> RollbackResult:
-    snapshot = manager.index.get(snapshot_id)
+    snapshot = await manager.find(snapshot_id)
     names = _rollback_components(manager, snapshot, components)
     started = time.monotonic()
     steps = _Steps(manager, snapshot.id)

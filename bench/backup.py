@@ -165,7 +165,9 @@ async def measure(root: Path, size_mb: int, rounds: int) -> dict[str, list[float
     create_state(data, size_mb * 1_000_000, rng)
     wrapped = RepositoryConfig(str(root / "wrapped"), root / "pw-wrapped", cache_dir=root / "c1")
     components = {c: data / f"{c}.sqlite3" for c in COMPONENTS}
-    manager = await BackupManager.open(wrapped, BackupConfig(components, root / "work"))
+    manager = await BackupManager.open(
+        wrapped, BackupConfig(components, root / "work"), may_create=True
+    )
     # The bare repository is a copy of the fresh, empty wrapped one. `restic init` calibrates
     # the key's scrypt cost on the spot, so two inits can differ by half (p=6 against p=9,
     # 0.3 s per command), and that, not the wrapper, would decide backup_wrapper_ratio.

@@ -115,7 +115,8 @@ async def measure(
     rows, size = fill(url, size_mb * 1_000_000)
 
     restic = await open_repository(
-        RepositoryConfig(str(root / "repo"), root / "password", cache_dir=root / "cache")
+        RepositoryConfig(str(root / "repo"), root / "password", cache_dir=root / "cache"),
+        may_create=True,
     )
     schemas = {name: str(store.schema) for name, store in stores.by_component().items()}
     backups = PgBackups(restic, url, PgBackupConfig(schemas))

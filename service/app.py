@@ -25,8 +25,9 @@ from service import http_errors  # noqa: E402
 from service.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.alerting.handler import AlertHandler  # noqa: E402
 from service.audit import AuditLog  # noqa: E402
+from service.backup_jobs import run_refresh, run_schedule  # noqa: E402
 from service.backup_metrics import BackupMetrics  # noqa: E402
-from service.backups import BackupService  # noqa: E402
+from service.backups import BackupService, finds_no_state  # noqa: E402
 from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
@@ -169,6 +170,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     telemetry: Telemetry = app.state.telemetry
 
+    # Only a start that finds no state at all may create the backup repository by itself.
+    first_start = await asyncio.to_thread(finds_no_state, settings.data_dir)
     # State: one SQLite file per component, or one PostgreSQL schema each.
     stores = Stores.from_settings(settings)
     await stores.open()
@@ -339,6 +342,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             incidents_path,
             runtime.set_ready,
             restored_with={"system_state": keeper.restored_lines},
+            first_start=first_start,
         )
         backup_metrics = BackupMetrics(
             telemetry.meter,
@@ -359,9 +363,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         responder.emergency_backup = lambda context: backups.emergency(context.reason)
         responder.rollback = lambda context: rollback_before(runtime, backups, context)
         background.append(asyncio.create_task(backups.connect(), name="backups-connect"))
+        background.append(asyncio.create_task(run_refresh(backups), name="backups-refresh"))
         if settings.backup_schedule_enabled:
             background.append(
-                asyncio.create_task(backups.run_schedule(leader=leader), name="backups")
+                asyncio.create_task(run_schedule(backups, leader=leader), name="backups")
             )
 
     app.state.runtime = runtime

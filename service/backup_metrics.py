@@ -22,6 +22,7 @@ FAILURE_REASONS = (
     "command_failed",
     "not_installed",
     "repository_not_found",
+    "repository_replaced",
     "wrong_password",
     "disk_full",
     "timeout",

@@ -25,9 +25,13 @@ from backup import (
     BackupResult,
     RepositoryConfig,
     RollbackResult,
+    Snapshot,
+    init_repository,
 )
+from backup.identity import RECORD_FILE_NAME
 from backup.pg import PgBackupConfig
 from backup.pg_manager import PgBackupManager
+from backup.repository import InitOutcome
 from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock
@@ -43,6 +47,14 @@ ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 
 class BackupsUnavailable(ErsError):
     """The backup repository cannot be used right now."""
+
+
+def finds_no_state(data_dir: Path) -> bool:
+    """True on the first start of a brand-new data directory: no component file and no record
+    of a backup repository. Only then may the service create the repository on its own."""
+    if (data_dir / RECORD_FILE_NAME).exists():
+        return False
+    return not data_dir.is_dir() or not any(data_dir.glob("*.sqlite3"))
 
 
 def human_size(size: int) -> str:
@@ -62,6 +74,8 @@ class BackupService:
         incidents_path: Path,
         set_ready: Callable[[bool, str | None], None],
         restored_with: dict[str, Callable[[], Awaitable[list[str]]]] | None = None,
+        *,
+        first_start: bool = False,
     ) -> None:
         """``restored_with``: per component, what to put back from its store after a
         rollback of it (e.g. the breakers' isolations), returning what it did in words."""
@@ -92,6 +106,11 @@ class BackupService:
         self._set_ready = set_ready
         self.manager: BackupManager | PgBackupManager | None = None
         self.error: str | None = "connecting to the backup repository"
+        # The last reason the repository could not be opened, for the health check.
+        self.failure: BackupError | None = None
+        # A start that found no state may create the repository; any other needs `init`.
+        self.may_create_repository = first_start
+        self._retry_now = asyncio.Event()
         self.connected = asyncio.Event()
         self.connection_failures = 0
         self._listeners: list[Callable[[object], None]] = []
@@ -108,12 +127,10 @@ class BackupService:
         if self.manager is not None:
             self.manager.subscribe(listener)
 
-    async def connect(self, max_delay_s: float = 60.0) -> None:
-        """Reach the repository (initialising it on first use), retrying with backoff."""
-        delay = 1.0
+    def repository_config(self) -> RepositoryConfig:
         settings = self.settings
         database, url = self.stores.database, settings.database_url
-        repository = RepositoryConfig(
+        return RepositoryConfig(
             repository=settings.restic_repository,
             password_file=settings.restic_password_file,
             binary=settings.restic_binary,
@@ -123,8 +140,17 @@ class BackupService:
                 if database is not None and url is not None
                 else None
             ),
+            record_file=settings.data_dir / RECORD_FILE_NAME,
         )
+
+    async def connect(self, max_delay_s: float = 60.0) -> None:
+        """Reach the repository, retrying with backoff (at once after `init`); it is created
+        here only on the first start of a brand-new data directory."""
+        delay = 1.0
+        settings = self.settings
+        repository = self.repository_config()
         while self.manager is None:
+            self._retry_now.clear()  # an `init` from now on cuts the wait after a failure
             try:
                 manager: BackupManager | PgBackupManager
                 if self.schemas and settings.database_url is not None:
@@ -133,6 +159,7 @@ class BackupService:
                         settings.database_url.get_secret_value(),
                         PgBackupConfig(schemas=self.schemas),
                         emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                        may_create=self.may_create_repository,
                     )
                 else:
                     manager = await BackupManager.open(
@@ -143,19 +170,42 @@ class BackupService:
                             emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
                             shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
                         ),
+                        may_create=self.may_create_repository,
                     )
             except BackupError as exc:
                 self.connection_failures += 1
-                self.error = str(exc)
+                self.error, self.failure = str(exc), exc
                 log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
                 delay = min(max_delay_s, delay * 2)
                 continue
             for listener in self._listeners:
                 manager.subscribe(listener)
-            self.manager, self.error = manager, None
+            self.manager, self.error, self.failure = manager, None, None
+            self.may_create_repository = False
             self.connected.set()
             log.info("backup repository ready: %d snapshots", len(manager.list()))
+
+    async def init(self) -> InitOutcome:
+        """`ers backup init`: create the repository if there is none and make it the one the
+        backups go to; a waiting connection retries at once."""
+        outcome = await init_repository(self.repository_config())
+        if self.manager is not None:
+            self.manager.identity = outcome.identity
+            await self.manager.refresh()
+        else:
+            self._retry_now.set()
+        log.warning(
+            "backup repository %s %s (recorded before: %s)",
+            outcome.identity.expected_id[:8],
+            "created" if outcome.created else "adopted",
+            (outcome.previous_id or "none")[:8],
+        )
+        return outcome
+
+    async def refresh(self) -> list[Snapshot]:
+        return await self.require().refresh()
 
     def require(self) -> BackupManager | PgBackupManager:
         if self.manager is None:
@@ -276,71 +326,3 @@ class BackupService:
             await self.manager.shutdown_backup(self.settings.shutdown_backup_timeout_s)
         except (BackupError, TimeoutError) as exc:
             log.error("final backup failed: %s", exc)
-
-    # --- schedules ----------------------------------------------------------------------
-
-    async def run_schedule(self, tick_s: float = 30.0, leader: FleetLeader | None = None) -> None:
-        """Scheduled backups, retention, prune, check and restore drills, one at a time;
-        in a fleet, only while this replica holds the fleet jobs lock (``leader``)."""
-        await self.connected.wait()
-        self.leader = leader
-        if leader is not None:
-            # Only a replica that can reach the repository competes for the jobs.
-            leader.start()
-        last_prune = last_check = time.time()
-        leading = leader is None
-        while True:
-            if leader is not None and not leader.is_leader:
-                leading = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(leader.wait_leader(), tick_s)
-                if not leader.is_leader:
-                    # The runner's backups, for this replica's backup-age check.
-                    with contextlib.suppress(BackupError, BackupsUnavailable):
-                        await self.require().refresh()
-                continue
-            try:
-                if not leading:
-                    # Taking the jobs over: what the previous runner backed up is in the
-                    # repository, not yet in this replica's list; prune and check wait
-                    # their full interval from now.
-                    await self.require().refresh()
-                    last_prune = last_check = time.time()
-                    leading = True
-                await self._due_backups()
-                now = time.time()
-                drill_every = self.settings.restore_drill_interval_minutes * 60
-                if self.last_drill_at is None or now - self.last_drill_at >= drill_every:
-                    await self.drill()
-                if now - last_prune >= self.settings.prune_interval_hours * 3600:
-                    await self.require().prune()
-                    last_prune = now
-                if now - last_check >= self.settings.repository_check_interval_hours * 3600:
-                    await self.require().check()
-                    last_check = now
-            except (BackupError, BackupsUnavailable) as exc:
-                log.error("scheduled backup work failed: %s", exc)
-            await asyncio.sleep(tick_s)
-
-    async def _due_backups(self) -> None:
-        now = time.time()
-        last = self.last_success()
-        full = self.last_full()
-        if full is None or now - full >= self.full_interval_s:
-            await self.create(None, "scheduled")
-        else:
-            due = [c for c, every in self.intervals_s.items() if now - last.get(c, 0) >= every]
-            if due:
-                await self.create(due, "scheduled")
-        await self.require().forget(keep_last=self.settings.max_backups)
-
-    async def drill(self) -> bool:
-        self.last_drill_at = time.time()
-        try:
-            result = await self.require().verify_latest()
-        except BackupError as exc:
-            log.error("restore drill failed: %s", exc)
-            self.last_drill_ok = False
-            return False
-        self.last_drill_ok = result.ok
-        return result.ok

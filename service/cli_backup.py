@@ -24,16 +24,39 @@ def _progress(progress: Any) -> None:
     sys.stderr.flush()
 
 
+def _repository_config():  # noqa: ANN202
+    from backup import RepositoryConfig
+    from backup.identity import RECORD_FILE_NAME
+
+    settings = load_settings()
+    return RepositoryConfig(
+        settings.restic_repository,
+        settings.restic_password_file,
+        settings.restic_binary,
+        record_file=settings.data_dir / RECORD_FILE_NAME,
+    )
+
+
+async def _offline_init() -> dict[str, Any]:
+    from backup import init_repository
+
+    outcome = await init_repository(_repository_config())
+    return {
+        "repositoryId": outcome.identity.expected_id,
+        "created": outcome.created,
+        "previousRepositoryId": outcome.previous_id,
+    }
+
+
 async def _offline_manager():  # noqa: ANN202
-    from backup import BackupConfig, BackupManager, RepositoryConfig
+    from backup import BackupConfig, BackupManager
 
     settings = load_settings()
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
+    # Never creates a repository: a missing one is an error naming `ers backup init`.
     return await BackupManager.open(
-        RepositoryConfig(
-            settings.restic_repository, settings.restic_password_file, settings.restic_binary
-        ),
+        _repository_config(),
         BackupConfig(
             components={k: v for k, v in components.items() if Path(v).exists()},
             work_dir=settings.data_dir.parent / "backup-work",
@@ -42,9 +65,12 @@ async def _offline_manager():  # noqa: ANN202
 
 
 async def _offline(args: argparse.Namespace) -> Any:
+    if args.action == "init":
+        return await _offline_init()
     manager = await _offline_manager()
     action = args.action
     if action == "list":
+        # The list was just read from the repository: --refresh has nothing more to do.
         return [
             {
                 "backupId": s.id,
@@ -56,7 +82,7 @@ async def _offline(args: argparse.Namespace) -> Any:
         ]
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
-        result = await manager.create(components, "manual", on_progress=_progress)
+        result = await manager.create(components, args.reason, on_progress=_progress)
         return {
             "backupId": result.snapshot_id,
             "components": list(result.components),
@@ -109,9 +135,13 @@ async def _offline(args: argparse.Namespace) -> Any:
 def _online(args: argparse.Namespace) -> Any:
     action = args.action
     if action == "list":
+        if args.refresh:
+            return call(args, "POST", "/api/emergency/backups/refresh")
         return call(args, "GET", "/api/emergency/backups")
+    if action == "init":
+        return call(args, "POST", "/api/emergency/backups/init")
     if action == "create":
-        body = {"reason": args.reason or "manual", "type": args.type}
+        body = {"reason": args.reason, "type": args.type}
         return call(args, "POST", "/api/emergency/backups/create", body)
     if action == "show":
         return call(args, "GET", f"/api/emergency/backups/{args.backup_id}")
@@ -132,11 +162,17 @@ def _online(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backup import BackupError
+    from backup import BackupError, InvalidBackupReason, validate_reason
 
     if args.action == "rollback" and not args.yes:
         print("ers: a rollback replaces live state; add --yes to confirm", file=sys.stderr)
         return 2
+    if args.action == "create":
+        try:
+            validate_reason(args.reason)
+        except InvalidBackupReason as exc:
+            print(f"ers: {exc}", file=sys.stderr)
+            return 2
     try:
         result = asyncio.run(_offline(args)) if args.offline else _online(args)
     except (RemoteError, BackupError) as exc:
@@ -156,6 +192,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     subs = {
         "list": actions.add_parser("list", help="snapshots, newest first"),
+        "init": actions.add_parser(
+            "init", help="create the repository if there is none and make it the one backed up to"
+        ),
         "create": actions.add_parser("create", help="take a backup now"),
         "show": actions.add_parser("show", help="one snapshot's files and sizes"),
         "test-rollback": actions.add_parser("test-rollback", help="dry run: what would change"),
@@ -166,7 +205,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     subs["create"].add_argument(
         "--type", default="full_system", choices=["full_system", *COMPONENTS, "incidents"]
     )
-    subs["create"].add_argument("--reason", default="manual")
+    subs["create"].add_argument(
+        "--reason",
+        default="manual",
+        help="the snapshot's reason tag: up to 64 of a-z 0-9 . _ - (e.g. before-upgrade)",
+    )
+    subs["list"].add_argument(
+        "--refresh",
+        action="store_true",
+        help="make the service re-read the list from the repository first (an --offline "
+        "list is always read from the repository)",
+    )
     for name in ("show", "test-rollback", "rollback"):
         subs[name].add_argument("backup_id")
     for name in ("test-rollback", "rollback"):

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     restore_drill_interval_minutes: float = Field(360, gt=0)
     prune_interval_hours: float = Field(24, gt=0)
     repository_check_interval_hours: float = Field(24, gt=0)
+    # How often the snapshot list is re-read from the repository, for snapshots that
+    # `ers backup --offline` or another replica made or forgot.
+    backup_refresh_interval_s: float = Field(300, gt=0, le=86_400)
     emergency_backup_cooldown_s: float = Field(300, ge=0)
     shutdown_backup_timeout_s: float = Field(30, gt=0, le=3600)
     max_backups: int = Field(50, ge=1, le=10_000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from backup import BackupError
+from backup import BackupError, RepositoryMissing, RepositoryReplaced
 from service.backups import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -16,6 +16,10 @@ class RepositoryUnreachable(ConnectionError):
 
 
 class RepositoryCheck:
+    """Unhealthy when the repository cannot be reached; unhealthy with the named error, which
+    the incident pipeline classifies as critical, when the repository the backups went to is
+    gone or another one stands in its place."""
+
     name = "repository"
 
     def __init__(self, backups: BackupService) -> None:
@@ -23,36 +27,49 @@ class RepositoryCheck:
 
     async def run(self) -> CheckResult:
         backups = self._backups
+        where = {"repository": backups.settings.restic_repository}
         if backups.manager is None and backups.connection_failures == 0:
-            return CheckResult(
-                self.name,
-                Status.DEGRADED,
-                "connecting to the repository",
-                {"repository": backups.settings.restic_repository},
-            )
+            return CheckResult(self.name, Status.DEGRADED, "connecting to the repository", where)
         if backups.manager is None:
+            if isinstance(backups.failure, RepositoryMissing | RepositoryReplaced):
+                return self._lost(backups.failure, where)
             error = RepositoryUnreachable(backups.error or "not connected")
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,
                 f"repository unavailable: {backups.error}",
-                {"repository": backups.settings.restic_repository},
+                where,
                 error,
                 component="backups",
             )
         try:
-            snapshots = await backups.manager.refresh()
+            repository_id = await backups.manager.verify_repository(thorough=True)
+        except (RepositoryMissing, RepositoryReplaced) as exc:
+            return self._lost(exc, where)
         except BackupError as exc:
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,
                 f"repository not answering: {exc}",
-                {"repository": backups.settings.restic_repository},
+                where,
                 RepositoryUnreachable(str(exc)),
                 component="backups",
             )
         return CheckResult(
-            self.name, Status.HEALTHY, "repository reachable", {"snapshots": len(snapshots)}
+            self.name,
+            Status.HEALTHY,
+            "repository reachable, the one the backups went to",
+            {"snapshots": len(backups.manager.list()), "repositoryId": repository_id[:8]},
+        )
+
+    def _lost(self, error: BackupError, where: dict[str, str]) -> CheckResult:
+        return CheckResult(
+            self.name,
+            Status.UNHEALTHY,
+            f"backups stopped: {error}",
+            where,
+            error,
+            component="backups",
         )
 
 

@@ -6,14 +6,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backup import (
     BackupError,
+    InvalidBackupReason,
     InvalidSnapshotId,
     RollbackFailed,
     RollbackRefused,
     SnapshotNotFound,
+    validate_reason,
     validate_snapshot_id,
 )
 from service.auth import AdminAuth, AdminRead
@@ -74,8 +76,17 @@ def _fail(exc: Exception) -> HTTPException:
 class CreateBackup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field("manual", min_length=1, max_length=200)
+    # Becomes the snapshot's `reason:` tag, so it must be a short, tag-safe word.
+    reason: str = "manual"
     type: BackupType = "full_system"
+
+    @field_validator("reason")
+    @classmethod
+    def _tag_safe(cls, value: str) -> str:
+        try:
+            return validate_reason(value)
+        except InvalidBackupReason as exc:
+            raise ValueError(str(exc)) from None
 
 
 class TestRollback(BaseModel):
@@ -110,6 +121,30 @@ async def list_backups(backups: BackupService = Backups) -> dict[str, Any]:
     return {**backups.summary(), "backups": [_snapshot(s) for s in snapshots]}
 
 
+@router.post("/backups/refresh")
+async def refresh_backups(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+    """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
+    try:
+        snapshots = await backups.refresh()
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    return {**backups.summary(), "backups": [_snapshot(s) for s in snapshots]}
+
+
+@router.post("/backups/init")
+async def init_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+    """Create the repository if there is none and make it the one the backups go to."""
+    try:
+        outcome = await backups.init()
+    except BackupError as exc:
+        raise _fail(exc) from None
+    return {
+        "repositoryId": outcome.identity.expected_id,
+        "created": outcome.created,
+        "previousRepositoryId": outcome.previous_id,
+    }
+
+
 @router.get("/backups/{backup_id}")
 async def backup_details(backup_id: str, backups: BackupService = Backups) -> dict[str, Any]:
     snapshot_id = _checked_id(backup_id)
@@ -131,7 +166,7 @@ async def create_backup(
 ) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
     try:
-        result = await backups.create(components, "manual")
+        result = await backups.create(components, body.reason)
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
     summary = result.summary

@@ -667,6 +667,8 @@ TEST_ROLLBACK = "/api/emergency/backups/test-rollback"
 ROLLBACK = "/api/emergency/rollback"
 CHECK = "/api/emergency/backups/check"
 PRUNE = "/api/emergency/backups/prune"
+REFRESH = "/api/emergency/backups/refresh"
+INIT = "/api/emergency/backups/init"
 SNAPSHOT = "0123abcd"
 
 
@@ -757,7 +759,7 @@ def _backup_cases() -> list[Case]:
             encode({"reason": "a" * 10_000}),
         ),
     ]
-    for route in (CHECK, PRUNE):
+    for route in (CHECK, PRUNE, REFRESH, INIT):
         name = route.rsplit("/", 1)[-1]
         rows += ignored_body_cases(f"backups-{name}", "POST", route, route, 503)
     return rows

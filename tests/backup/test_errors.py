@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from backup.errors import (
     DiskFull,
+    InvalidBackupReason,
     InvalidSnapshotId,
     RepositoryLocked,
     RepositoryNotFound,
@@ -15,6 +16,7 @@ from backup.errors import (
     SnapshotNotFound,
     WrongPassword,
     classify_failure,
+    validate_reason,
     validate_snapshot_id,
 )
 
@@ -116,3 +118,37 @@ def test_other_failures_keep_the_end_of_stderr_on_one_line() -> None:
     message = str(error)
     assert "exit" in message and message.endswith("Fatal: the last words")
     assert "\n" not in message and len(message) < 500
+
+
+@pytest.mark.parametrize(
+    "good", ["manual", "before-upgrade", "v2.3_rc1", "0day", "x" * 64, "pre-rollback"]
+)
+def test_short_tag_safe_reasons_are_accepted(good: str) -> None:
+    assert validate_reason(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad,words",
+    [
+        ("before upgrade", "no spaces"),
+        ("a,b", "commas"),
+        ("reason:x", "colons"),
+        ("Upgrade", "lowercase"),
+        ("-x", "start with"),
+        ("x" * 65, "at most 64"),
+        ("", "required"),
+    ],
+)
+def test_reasons_that_cannot_be_a_tag_are_refused_saying_why(bad: str, words: str) -> None:
+    with pytest.raises(InvalidBackupReason, match=words):
+        validate_reason(bad)
+
+
+@given(st.text(max_size=80))
+def test_an_accepted_reason_is_one_restic_tag(value: str) -> None:
+    try:
+        validate_reason(value)
+    except InvalidBackupReason:
+        return
+    assert value and len(value) <= 64
+    assert not any(c in value for c in ",: \t\n")

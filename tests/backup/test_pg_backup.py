@@ -16,7 +16,7 @@ import pytest
 from backup.errors import PgDumpFailed, RollbackFailed
 from backup.index import tags_for
 from backup.pg import POSTGRES_TAG, PgBackupConfig, PgBackups
-from backup.repository import RepositoryConfig, open_repository
+from backup.repository import RepositoryConfig, init_repository, open_repository
 from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 def template_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One initialised repository, copied per test: `restic init` alone takes seconds."""
     folder = tmp_path_factory.mktemp("pg-template")
-    asyncio.run(open_repository(RepositoryConfig(str(folder / "repo"), folder / "password")))
+    asyncio.run(init_repository(RepositoryConfig(str(folder / "repo"), folder / "password")))
     return folder
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import BackupConfig, BackupManager, RepositoryConfig, open_repository
+from backup import BackupConfig, BackupManager, RepositoryConfig, init_repository
 
 COMPONENTS = ("conversations", "budgets", "profiles", "incidents")
 
@@ -93,7 +93,7 @@ def template_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One initialised repository, copied per test: `restic init` alone takes seconds."""
     folder = tmp_path_factory.mktemp("template")
     config = RepositoryConfig(str(folder / "repo"), folder / "restic-password")
-    asyncio.run(open_repository(config))
+    asyncio.run(init_repository(config))
     return folder
 
 

@@ -89,3 +89,57 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     assert rows == [("food", 10000)]
     check = ers(["backup", "check", "--offline", "--json"], env, tmp_path)
     assert check.returncode == 0 and json.loads(check.stdout)["ok"] is True
+
+
+def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: Path) -> None:
+    env = {
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    (tmp_path / "data").mkdir()
+    db = sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
+    with db:
+        db.execute("CREATE TABLE budgets (category TEXT PRIMARY KEY, limit_cents INTEGER)")
+        db.execute("INSERT INTO budgets VALUES ('food', 10000)")
+    db.close()
+
+    refused = ers(["backup", "list", "--offline"], env, tmp_path)
+    assert refused.returncode == 1 and "ers backup init" in refused.stderr
+    assert not (tmp_path / "repo").exists()
+    initialised = ers(["backup", "init", "--offline", "--json"], env, tmp_path)
+    assert initialised.returncode == 0, initialised.stderr
+    first_id = json.loads(initialised.stdout)["repositoryId"]
+
+    bad = ers(["backup", "create", "--offline", "--reason", "before upgrade"], env, tmp_path)
+    assert bad.returncode == 2 and "no spaces" in bad.stderr
+    created = ers(
+        ["backup", "create", "--offline", "--reason", "before-upgrade", "--json"], env, tmp_path
+    )
+    assert created.returncode == 0, created.stderr
+    restic_env = {
+        **os.environ,
+        "RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    listed = subprocess.run(
+        ["restic", "snapshots", "--json"],
+        env=restic_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    [snapshot] = json.loads(listed.stdout)
+    assert "reason:before-upgrade" in snapshot["tags"]
+
+    (tmp_path / "repo").rename(tmp_path / "moved-away")
+    gone = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
+    assert gone.returncode == 1 and "gone" in gone.stderr and gone.stdout == ""
+    assert not (tmp_path / "repo").exists()
+
+    fresh = ers(["backup", "init", "--offline", "--json"], env, tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["created"] is True
+    assert json.loads(fresh.stdout)["previousRepositoryId"] == first_id
+    empty = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
+    assert empty.returncode == 0 and json.loads(empty.stdout) == []

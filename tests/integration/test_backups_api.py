@@ -55,7 +55,7 @@ async def test_backup_test_rollback_and_rollback_round_trip(
 
     listed = (await http.get("/api/emergency/backups")).json()
     assert listed["available"] == 1 and listed["lastBackup"]
-    assert listed["backups"][0]["reason"] == "manual"
+    assert listed["backups"][0]["reason"] == "pre_test_backup"
     details = (await http.get(f"/api/emergency/backups/{backup_id}")).json()
     assert any(f["path"].endswith("budgets.sqlite3") for f in details["files"])
 
@@ -158,8 +158,11 @@ async def test_system_test_names_an_unreachable_repository(
     health = await http.get("/api/emergency/health")
     assert health.status_code == 503
     assert health.json()["checks"]["repository"]["status"] == "unhealthy"
-    # The failed check went through the incident pipeline like any failed call.
+    # The failed check went through the incident pipeline like any failed call: a
+    # repository that was there and is gone is critical, never an empty new one.
     await backup_app.state.runtime.incident_service.drain()
     incident = backup_app.state.runtime.incidents.find_active("backups")
-    assert incident is not None and "RepositoryUnreachable" in incident.exception_type
+    assert incident is not None and incident.exception_type == "RepositoryMissing"
+    assert incident.severity == "critical"
+    assert not repository.exists()
     assert (await http.post("/chat", json={"message": "plan my meals"})).status_code == 200

@@ -99,7 +99,7 @@ def crash_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     write_budgets(files["budgets"], {"food": 400.0, "gym": 60.0})
 
     async def first_snapshot() -> str:
-        manager = await BackupManager.open(*manager_config(root))
+        manager = await BackupManager.open(*manager_config(root), may_create=True)
         result = await manager.create(None, "manual")
         assert result.snapshot_id
         return result.snapshot_id

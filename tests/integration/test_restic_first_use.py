@@ -32,7 +32,7 @@ def test_openers_starting_together_create_one_repository_with_one_key(tmp_path: 
     config = RepositoryConfig(str(repository), password_file)
 
     async def open_together() -> list[object]:
-        return await asyncio.gather(*(open_repository(config) for _ in range(4)))
+        return await asyncio.gather(*(open_repository(config, may_create=True) for _ in range(4)))
 
     opened = asyncio.run(open_together())
     assert len(opened) == 4
