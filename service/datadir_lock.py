@@ -91,17 +91,17 @@ def offline_lock(data_dir: Path, *, mutating: bool) -> Iterator[bool]:
     held; a read goes on without it (yielding False), and then must leave the service's
     working files alone.
     """
+    lock: DataDirLock | None = None
     try:
         lock = DataDirLock.acquire(data_dir, "ers backup --offline")
     except DataDirInUse as exc:
         if mutating:
             raise DataDirInUse(f"{exc}: {OFFLINE_ADVICE}") from None
-        yield False
-        return
     try:
-        yield True
+        yield lock is not None
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 @contextlib.asynccontextmanager
@@ -150,8 +150,9 @@ async def _take_for_service(settings: Settings) -> Callable[[], Awaitable[None]]
         lock = await asyncio.to_thread(DataDirLock.acquire, settings.data_dir, "ers serve")
     except DataDirInUse as exc:
         raise DataDirInUse(
-            f"refusing to start: {exc}; two services on one data directory corrupt its state: "
-            "stop the other one, or give this one its own ERS_DATA_DIR"
+            f"refusing to start: {exc}; two processes changing one data directory corrupt it: "
+            "stop the other one (or let the offline command finish), or give this service its "
+            "own ERS_DATA_DIR"
         ) from None
 
     async def release() -> None:
