@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import psycopg
 
 from service.datadir_lock import OFFLINE_ADVICE, DataDirInUse
-from service.fleet.leader import KEEPALIVES
+from service.fleet.leader import KEEPALIVES, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
 
@@ -120,7 +120,7 @@ class ReplicaPresence:
                         raise RuntimeError("an offline command holds it")
                     self._conn = conn
                     outage.recovered()
-                await self._watch(self._conn)
+                await watch_session(self._conn, self.check_interval_s)
             except (psycopg.Error, TimeoutError, RuntimeError) as exc:
                 reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
                 conn, self._conn = self._conn, None
@@ -129,14 +129,6 @@ class ReplicaPresence:
                         await conn.close()
                 outage.failed(reason or type(exc).__name__, self.check_interval_s)
             await asyncio.sleep(self.check_interval_s)
-
-    async def _watch(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
-        while True:
-            # Reading notifications notices a closed connection at once; the check notices
-            # one that went silent.
-            async for _ in conn.notifies(timeout=self.check_interval_s):
-                pass
-            await asyncio.wait_for(conn.execute("SELECT 1"), self.check_interval_s)
 
 
 @contextlib.asynccontextmanager
