@@ -31,6 +31,7 @@ from service.backups import BackupService, finds_no_state  # noqa: E402
 from service.body_limit import BodySizeLimit  # noqa: E402
 from service.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.chat import ChatService  # noqa: E402
+from service.datadir_lock import hold_state  # noqa: E402
 from service.faults import FaultInjector  # noqa: E402
 from service.fleet import FleetLeader, FleetOverrides  # noqa: E402
 from service.health.backup_checks import (  # noqa: E402
@@ -167,6 +168,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The state is this service's from before anything opens it until after all is closed:
+    # a second service, or an offline rollback, would change files under the open stores.
+    async with hold_state(app.state.settings), _lifespan(app):
+        yield
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     telemetry: Telemetry = app.state.telemetry
 

@@ -19,6 +19,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app  # noqa: I001
+    from service.datadir_lock import HideRefusalTraceback
 
     overrides = {}
     if args.host:
@@ -27,6 +28,7 @@ def serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(HideRefusalTraceback())
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -48,26 +48,43 @@ async def _offline_init() -> dict[str, Any]:
     }
 
 
-async def _offline_manager():  # noqa: ANN202
-    from backup import BackupConfig, BackupManager
+async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
+    from backup import BackupConfig, BackupManager, open_identified
 
     settings = load_settings()
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
-    # Never creates a repository: a missing one is an error naming `ers backup init`.
-    return await BackupManager.open(
-        _repository_config(),
-        BackupConfig(
-            components={k: v for k, v in components.items() if Path(v).exists()},
-            work_dir=settings.data_dir.parent / "backup-work",
-        ),
+    repository = _repository_config()
+    config = BackupConfig(
+        components={k: v for k, v in components.items() if Path(v).exists()},
+        work_dir=settings.data_dir.parent / "backup-work",
     )
+    if owns_data_dir:
+        return await BackupManager.open(repository, config)
+    # A running service owns the working files: opening normally would clear them as an
+    # interrupted run's leftovers, under a rollback or backup it is running.
+    identity = await open_identified(repository)
+    manager = BackupManager(identity.restic, config, identity)
+    await manager.refresh()
+    return manager
+
+
+# Offline actions that write the data directory, the service's working files or the
+# repository's retention: refused while a service holds the state (service.datadir_lock).
+OFFLINE_CHANGES = frozenset({"init", "create", "rollback", "prune"})
 
 
 async def _offline(args: argparse.Namespace) -> Any:
-    if args.action == "init":
-        return await _offline_init()
-    manager = await _offline_manager()
+    from service.datadir_lock import offline_access
+
+    mutating = args.action in OFFLINE_CHANGES
+    async with offline_access(load_settings(), mutating=mutating) as owns_data_dir:
+        if args.action == "init":
+            return await _offline_init()
+        return await _offline_action(args, await _offline_manager(owns_data_dir))
+
+
+async def _offline_action(args: argparse.Namespace, manager: Any) -> Any:
     action = args.action
     if action == "list":
         # The list was just read from the repository: --refresh has nothing more to do.
@@ -163,6 +180,7 @@ def _online(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from backup import BackupError, InvalidBackupReason, validate_reason
+    from service.datadir_lock import DataDirInUse
 
     if args.action == "rollback" and not args.yes:
         print("ers: a rollback replaces live state; add --yes to confirm", file=sys.stderr)
@@ -175,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         result = asyncio.run(_offline(args)) if args.offline else _online(args)
-    except (RemoteError, BackupError) as exc:
+    except (RemoteError, BackupError, DataDirInUse) as exc:
         print(f"ers: {exc}", file=sys.stderr)
         return 1
     if args.offline:

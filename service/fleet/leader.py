@@ -117,13 +117,7 @@ class FleetLeader:
                 log.info("this replica (%s) now runs the fleet jobs", self.replica)
                 break
             await asyncio.sleep(self.retry_interval_s)
-        while True:
-            # Waiting for notifications reads the socket, so a connection the server closes
-            # (a restart, pg_terminate_backend) ends this at once rather than at the next
-            # check; the check itself catches a connection that went silent.
-            async for _ in conn.notifies(timeout=self.check_interval_s):
-                pass
-            await asyncio.wait_for(conn.execute("SELECT 1"), self.check_interval_s)
+        await watch_session(conn, self.check_interval_s)
 
     def _step_down(self, reason: str | None) -> None:
         if not self._is_leader:
@@ -137,6 +131,19 @@ class FleetLeader:
                 self.replica,
                 reason,
             )
+
+
+async def watch_session(conn: psycopg.AsyncConnection[object], check_interval_s: float) -> None:
+    """Returns never; raises once the session holding a lock is gone.
+
+    Waiting for notifications reads the socket, so a connection the server closes (a
+    restart, pg_terminate_backend) ends this at once rather than at the next check; the
+    check itself catches a connection that went silent.
+    """
+    while True:
+        async for _ in conn.notifies(timeout=check_interval_s):
+            pass
+        await asyncio.wait_for(conn.execute("SELECT 1"), check_interval_s)
 
 
 class FleetLockUnavailable(BackupError):

@@ -1,0 +1,152 @@
+"""Live replicas on PostgreSQL: each holds one session advisory lock in shared mode for its
+whole life, so an offline command that changes the shared state can tell that one runs.
+
+Replicas legitimately share the state, so their locks do not exclude each other; an offline
+command takes the same lock exclusively and refuses when it cannot. The lock lives on a
+connection of its own, as the fleet jobs lock does (``service.fleet.leader``): a replica that
+dies loses its connection and the server drops its lock with it. A replica whose connection
+breaks takes the lock again on a new one. Each lock connection names its process in
+``application_name``, which is how a refusal says who holds the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+import psycopg
+
+from service.datadir_lock import OFFLINE_ADVICE, DataDirInUse
+from service.fleet.leader import KEEPALIVES, watch_session
+from service.fleet.outage import Outage
+from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+
+log = logging.getLogger("ers.fleet")
+
+# pg_advisory_lock key of the live state: the bytes of "ERS_LIVE".
+LIVE_STATE_LOCK_KEY = 0x4552_535F_4C49_5645
+# How pg_locks spells a bigint advisory key: its high and low 32 bits.
+_CLASSID, _OBJID = LIVE_STATE_LOCK_KEY >> 32, LIVE_STATE_LOCK_KEY & 0xFFFF_FFFF
+_HOLDERS = """
+SELECT DISTINCT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
+  AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname =
+  current_database()) AND a.pid <> pg_backend_pid()
+"""
+
+
+def _name(role: str) -> str:
+    return f"{role} pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
+async def _connect(url: str, role: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    return await psycopg.AsyncConnection.connect(
+        url,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name=_name(role),
+        **KEEPALIVES,
+    )
+
+
+async def _try_lock(conn: psycopg.AsyncConnection[tuple[object, ...]], function: str) -> bool:
+    cursor = await conn.execute(f"SELECT {function}(%s)", (LIVE_STATE_LOCK_KEY,))
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def _holders(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> str:
+    cursor = await conn.execute(_HOLDERS, (_CLASSID, _OBJID))
+    names = sorted(str(row[0]) for row in await cursor.fetchall() if row[0])
+    return ", ".join(names) or "a session that gave no name"
+
+
+class ReplicaPresence:
+    """This replica's shared hold on the live state, for as long as it runs."""
+
+    def __init__(self, url: str, *, check_interval_s: float = 5.0) -> None:
+        self._url = url
+        self._database = PostgresDatabase(url)
+        self.check_interval_s = check_interval_s
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Take the shared lock, or raise DataDirInUse while an offline command holds it."""
+        try:
+            conn = await _connect(self._url, "ers serve")
+            if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
+                holders = await _holders(conn)
+                await conn.close()
+                raise DataDirInUse(
+                    f"refusing to start: the state on {self._database.location} is held by "
+                    f"{holders}: let that command finish, then start the replica"
+                )
+        except psycopg.Error as exc:
+            raise DataDirInUse(
+                f"refusing to start: cannot take the live state's lock on "
+                f"{self._database.location}: {self._database.reason(exc)}"
+            ) from None
+        self._conn = conn
+        self._task = asyncio.create_task(self._keep(), name="replica-presence")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()  # the server drops the lock with the session
+
+    async def _keep(self) -> None:
+        outage = Outage(
+            "holding the live state's lock",
+            subject="replica presence",
+            meanwhile="an offline command could not tell that this replica runs",
+        )
+        while True:
+            try:
+                if self._conn is None:
+                    conn = await _connect(self._url, "ers serve")
+                    if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
+                        await conn.close()
+                        raise RuntimeError("an offline command holds it")
+                    self._conn = conn
+                    outage.recovered()
+                await watch_session(self._conn, self.check_interval_s)
+            except (psycopg.Error, TimeoutError, RuntimeError) as exc:
+                reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                outage.failed(reason or type(exc).__name__, self.check_interval_s)
+            await asyncio.sleep(self.check_interval_s)
+
+
+@contextlib.asynccontextmanager
+async def offline_exclusive(url: str) -> AsyncIterator[None]:
+    """Held by an offline command that changes the shared state; refuses while any replica
+    runs (or another such command does)."""
+    database = PostgresDatabase(url)
+    try:
+        conn = await _connect(url, "ers backup --offline")
+    except psycopg.Error as exc:
+        raise DataDirInUse(
+            f"cannot tell whether a replica runs on {database.location}: "
+            f"{database.reason(exc)}; {OFFLINE_ADVICE}"
+        ) from None
+    async with conn:
+        if not await _try_lock(conn, "pg_try_advisory_lock"):
+            raise DataDirInUse(
+                f"the state on {database.location} is in use by {await _holders(conn)}: "
+                f"{OFFLINE_ADVICE} (stop every replica)"
+            )
+        yield

@@ -1,0 +1,178 @@
+"""A running service holds its state: an offline rollback, or a second service, is refused
+while it runs, and works again once it has stopped, however it stopped (SIGTERM, kill -9).
+On PostgreSQL, replicas share the state and an offline rollback is refused while any runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from service.datadir_lock import LOCK_FILE_NAME
+from service.fleet.presence import LIVE_STATE_LOCK_KEY
+from tests.conftest import ErsProcess, start_ers
+
+BACKUPS_ON = {"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
+OFFLINE_ADVICE = "stop the service first, or run the command without --offline"
+
+
+def ers_env(workdir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
+        "ERS_ENV": "test",
+        "ERS_DATA_DIR": str(workdir / "data"),
+        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+        **extra,
+    }
+
+
+def ers(workdir: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=ers_env(workdir, **extra),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def offline_rollback(
+    workdir: Path, backup_id: str, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return ers(
+        workdir,
+        *("backup", "rollback", backup_id, "--offline", "--components", "budgets"),
+        *("--reason", "restore the old budget", "--yes", "--json"),
+        **extra,
+    )
+
+
+def budgets(workdir: Path) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(workdir / "data" / "budgets.sqlite3")
+    try:
+        return db.execute("SELECT category, limit_cents FROM budgets ORDER BY 1").fetchall()
+    finally:
+        db.close()
+
+
+def chat(ers_process: ErsProcess, message: str) -> None:
+    reply = httpx.post(
+        f"{ers_process.url}/chat", json={"message": message, "userId": "lock"}, timeout=30
+    )
+    assert reply.status_code == 200 and reply.json()["success"], reply.text
+
+
+def service_with_a_budgets_backup(workdir: Path) -> tuple[ErsProcess, str]:
+    """A service whose budgets were $100 at the backup and $250 since."""
+    service = start_ers(workdir, env=BACKUPS_ON)
+    chat(service, "set my food budget to $100")
+    service.wait_for_backups()
+    created = httpx.post(
+        f"{service.url}/api/emergency/backups/create", json={"type": "budgets"}, timeout=120
+    )
+    assert created.status_code == 200, created.text
+    chat(service, "set my food budget to $250")
+    assert budgets(workdir) == [("food", 25000)]
+    return service, created.json()["backupId"]
+
+
+def test_offline_rollback_and_a_second_service_are_refused_while_the_service_runs(
+    tmp_path: Path,
+) -> None:
+    service, backup_id = service_with_a_budgets_backup(tmp_path)
+    live = tmp_path / "data" / "budgets.sqlite3"
+    inode = live.stat().st_ino
+    try:
+        refused = offline_rollback(tmp_path, backup_id)
+        assert refused.returncode != 0, refused.stdout
+        assert f"pid {service.process.pid}" in refused.stderr, refused.stderr
+        assert OFFLINE_ADVICE in refused.stderr, refused.stderr
+        # Nothing moved: the service's open file is still the live one, with its rows.
+        assert live.stat().st_ino == inode
+        assert budgets(tmp_path) == [("food", 25000)]
+
+        with pytest.raises(RuntimeError) as second:
+            start_ers(tmp_path, env=BACKUPS_ON)
+        refusal = [line for line in str(second.value).splitlines() if "refusing to start" in line]
+        assert len(refusal) == 1, str(second.value)
+        assert f"pid {service.process.pid}" in refusal[0]
+        assert "Traceback" not in str(second.value), str(second.value)
+
+        # A read goes on beside the running service.
+        listed = ers(tmp_path, "backup", "list", "--offline", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert any(s["backupId"].startswith(backup_id) for s in json.loads(listed.stdout))
+        # The first service kept serving, and its writes still land in the live file.
+        chat(service, "set my food budget to $300")
+        assert budgets(tmp_path) == [("food", 30000)]
+    finally:
+        assert service.stop() == 0, service.log()[-3000:]
+
+    rolled = offline_rollback(tmp_path, backup_id)
+    assert rolled.returncode == 0, rolled.stderr
+    assert json.loads(rolled.stdout)["safetyBackupId"]
+    assert budgets(tmp_path) == [("food", 10000)]
+    # ... and a service started afterwards reads the rolled-back state.
+    restarted = start_ers(tmp_path)
+    try:
+        report = httpx.post(
+            f"{restarted.url}/chat", json={"message": "budget report", "userId": "lock"}, timeout=30
+        )
+        assert report.status_code == 200 and "$100" in report.text, report.text
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_after_a_kill_9_the_lock_file_left_behind_blocks_nothing(tmp_path: Path) -> None:
+    service, backup_id = service_with_a_budgets_backup(tmp_path)
+    lock_file = tmp_path / "data" / LOCK_FILE_NAME
+    assert f"pid {service.process.pid}" in lock_file.read_text()
+    service.process.send_signal(signal.SIGKILL)
+    service.process.wait(timeout=10)
+    # The file is still there and still names the dead process: the kernel dropped the flock.
+    assert f"pid {service.process.pid}" in lock_file.read_text()
+
+    rolled = offline_rollback(tmp_path, backup_id)
+    assert rolled.returncode == 0, rolled.stderr
+    assert budgets(tmp_path) == [("food", 10000)]
+    restarted = start_ers(tmp_path)
+    assert restarted.stop() == 0
+
+
+def test_on_postgresql_an_offline_rollback_is_refused_while_a_replica_runs(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {"ERS_DATABASE_URL": pg_url}
+    # Replicas share the state: two of them on one data directory both start.
+    first = start_ers(tmp_path, env=env)
+    second = start_ers(tmp_path, env=env)
+    try:
+        second.stop()
+        refused = offline_rollback(tmp_path, "deadbeef", ERS_DATABASE_URL=pg_url)
+        assert refused.returncode != 0
+        assert f"pid {first.process.pid}" in refused.stderr, refused.stderr
+        assert OFFLINE_ADVICE in refused.stderr, refused.stderr
+        assert pg_url not in refused.stderr
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]
+    # No replica left: the lock no longer stands in the way (the made-up snapshot does).
+    after = offline_rollback(tmp_path, "deadbeef", ERS_DATABASE_URL=pg_url)
+    assert "in use" not in after.stderr, after.stderr
+
+    # While an offline command holds the state, a replica refuses to start, in one line.
+    with psycopg.connect(pg_url, autocommit=True) as offline:
+        offline.execute("SELECT pg_advisory_lock(%s)", (LIVE_STATE_LOCK_KEY,))
+        with pytest.raises(RuntimeError) as refused_start:
+            start_ers(tmp_path, env=env)
+    assert "refusing to start" in str(refused_start.value), str(refused_start.value)
+    assert "Traceback" not in str(refused_start.value), str(refused_start.value)
