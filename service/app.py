@@ -228,7 +228,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     register_admission_metrics(telemetry.meter, admission)
     chat_service = ChatService(
         team.router,
-        stores.conversations,
+        stores.units,
         system_state=lambda: state.state.value,
         instruments=instruments,
         admission=admission,

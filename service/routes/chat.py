@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import Chat, Settings
 from service.errors import UserInputError
+from service.idempotency import HEADER, REPLAY_HEADER, valid_key
 
 router = APIRouter(tags=["chat"])
 
@@ -39,8 +41,20 @@ class ChatResponse(BaseModel):
     recovery: dict[str, Any] | None
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="Optional, up to 128 printable characters (a UUID): a retry with the same "
+        "key gets the first reply again and writes nothing",
+    ),
+]
+
+
 @router.post("/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, chat: Chat, settings: Settings) -> dict[str, Any]:
+async def chat(
+    body: ChatRequest, chat: Chat, settings: Settings, idempotency_key: IdempotencyKey = None
+) -> Any:
     message = body.message.strip()
     if not message:
         raise HTTPException(422, "message is empty; send some text to answer")
@@ -51,7 +65,10 @@ async def chat(body: ChatRequest, chat: Chat, settings: Settings) -> dict[str, A
             f"{settings.max_message_chars}, so shorten it or split it up",
         )
     try:
-        result = await chat.chat(message, body.userId)
+        result = await chat.chat(message, body.userId, valid_key(idempotency_key))
     except UserInputError as exc:
         raise HTTPException(422, str(exc)) from None
+    if result.replayed:
+        headers = {REPLAY_HEADER: "true"}
+        return JSONResponse(result.as_seed_shape(), status_code=result.status, headers=headers)
     return result.as_seed_shape()

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import Stores
-from service.routes.chat import USER_ID_PATTERN
+from service.errors import UserInputError
+from service.idempotency import REPLAY_HEADER, valid_key
+from service.profile_updates import update_profile
+from service.routes.chat import USER_ID_PATTERN, IdempotencyKey
 
 router = APIRouter(prefix="/api/profiles", tags=["profiles"])
 
@@ -39,7 +43,12 @@ async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
 
 
 @router.put("/{user_id}")
-async def put_profile(body: ProfileUpdate, stores: Stores, user_id: str = UserId) -> dict[str, Any]:
+async def put_profile(
+    body: ProfileUpdate,
+    stores: Stores,
+    user_id: str = UserId,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     fields = {
         "age": body.age,
         "weight_kg": body.weightKg,
@@ -50,5 +59,11 @@ async def put_profile(body: ProfileUpdate, stores: Stores, user_id: str = UserId
         "level": body.level,
         "equipment": tuple(body.equipment) if body.equipment is not None else None,
     }
-    profile = await stores.profiles.upsert(user_id, **fields)
-    return profile.as_dict()
+    try:
+        reply = await update_profile(stores.units, user_id, fields, valid_key(idempotency_key))
+    except UserInputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if reply.replayed:
+        headers = {REPLAY_HEADER: "true"}
+        return JSONResponse(reply.body, status_code=reply.status, headers=headers)
+    return reply.body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime
 
@@ -30,10 +31,18 @@ class BudgetStore(SqliteStore):
             amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
             note TEXT NOT NULL DEFAULT '',
             month TEXT NOT NULL,
-            spent_at REAL NOT NULL
+            spent_at REAL NOT NULL,
+            turn_key TEXT
         )""",
         "CREATE INDEX IF NOT EXISTS expenses_by_month ON expenses (user_id, month, category)",
     )
+
+    def upgrade(self, conn: sqlite3.Connection) -> None:
+        # The chat turn an expense was recorded in: applying a turn again adds it once.
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(expenses)")}
+        if "turn_key" not in columns:
+            conn.execute("ALTER TABLE expenses ADD COLUMN turn_key TEXT")
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS expenses_by_turn ON expenses (turn_key)")
 
     async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None:
         self.execute(

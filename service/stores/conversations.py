@@ -26,6 +26,18 @@ class ConversationStore(SqliteStore):
             created_at REAL NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS turns_by_user ON turns (user_id, id)",
+        # The replies to requests that carried an Idempotency-Key (see unit_of_work).
+        """CREATE TABLE IF NOT EXISTS idempotency_keys (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (scope, key)
+        )""",
+        "CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at)",
     )
 
     async def record_turn(self, turn: ChatTurn) -> int:

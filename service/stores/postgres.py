@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, ClassVar
 
 import psycopg
@@ -201,6 +201,15 @@ class PostgresStore:
                     self.database.note_used(conn)
         except psycopg.Error as exc:
             raise StoreUnavailable(self.component, self.database.reason(exc)) from None
+
+    def transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncCursor[DictRow]]:
+        """A cursor whose statements all commit together when the block ends, or none does."""
+        return self._cursor(transaction=True)
+
+    def check_usable(self) -> None:
+        """Raise StoreUnavailable while the store is paused or closed."""
+        if not self.is_open:
+            raise StoreUnavailable(self.component, self._paused_reason or "the store is closed")
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         async with self._cursor() as cursor:

@@ -42,6 +42,21 @@ class PgConversationStore(PostgresStore):
             "CREATE INDEX turns_by_user ON ers_conversations.turns (user_id, id)",
             _probe_table("ers_conversations"),
         ),
+        (
+            # The replies to requests that carried an Idempotency-Key (see unit_of_work).
+            """CREATE TABLE ers_conversations.idempotency_keys (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                scope TEXT NOT NULL,
+                key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (scope, key)
+            )""",
+            "CREATE INDEX idempotency_keys_by_age ON ers_conversations.idempotency_keys"
+            " (created_at)",
+        ),
     )
 
     async def record_turn(self, turn: ChatTurn) -> int:
@@ -105,6 +120,11 @@ class PgBudgetStore(PostgresStore):
             )""",
             "CREATE INDEX expenses_by_month ON ers_budgets.expenses (user_id, month, category)",
             _probe_table("ers_budgets"),
+        ),
+        (
+            # The chat turn an expense was recorded in: applying a turn again adds it once.
+            "ALTER TABLE ers_budgets.expenses ADD COLUMN turn_key TEXT",
+            "CREATE UNIQUE INDEX expenses_by_turn ON ers_budgets.expenses (turn_key)",
         ),
     )
 

@@ -60,11 +60,16 @@ class SqliteStore:
                 with conn:
                     for statement in self.schema:
                         conn.execute(statement)
+                    self.upgrade(conn)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
             self._conn = conn
             self._paused_reason = None
         CHECKPOINTER.add(self)
+
+    def upgrade(self, conn: sqlite3.Connection) -> None:
+        """Bring a file made by an older ERS up to ``schema`` (inside the opening
+        transaction); nothing by default."""
 
     def close(self) -> None:
         CHECKPOINTER.discard(self)
@@ -141,6 +146,23 @@ class SqliteStore:
                         conn.execute(sql, params)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, str(exc)) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection, under its lock, in one transaction: committed when the
+        block ends, rolled back when it raises. sqlite3 errors reach the caller as they are."""
+        with self._lock:
+            conn = self._connection()
+            with conn:
+                yield conn
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Path]:
+        """Hold the store's lock while another connection writes its file, so a rollback
+        cannot pause the store meanwhile; raises StoreUnavailable while it is paused."""
+        with self._lock:
+            self._connection()
+            yield self.path
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

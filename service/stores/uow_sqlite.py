@@ -1,0 +1,166 @@
+"""Units of work over the SQLite files.
+
+A unit that touches one file (a chat turn with no other writes, the hot path) runs on that
+store's own connection in one transaction. A unit that touches several files runs on a
+connection of its own that attaches them, conversations last, in one transaction, while it
+holds each store's lock (so a rollback cannot swap a file under it); the files are detached
+as it ends, so no connection outlives a rollback's pause.
+
+What this guarantees (stated in the README): an error while the statements run (a full disk
+at page allocation, a paused store, a constraint) rolls every file back. In WAL mode SQLite
+commits attached files one after another and atomically per file only, so a failure in the
+commit itself (the disk fills as the conversations file's log is written, or the process
+dies) can leave the earlier files committed: then the unit's expense is deleted again at
+once (by its turn key), and a retry with the same Idempotency-Key re-applies the unit
+without adding that expense twice. Budget limits and profile fields are set to a value, so
+applying them again changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from service.errors import StoreUnavailable
+from service.stores.base import Profile
+from service.stores.budgets import BudgetStore
+from service.stores.conversations import ConversationStore
+from service.stores.profiles import ProfileStore, profile_from_row
+from service.stores.sqlite import BUSY_TIMEOUT_MS, SqliteStore
+from service.stores.unit_of_work import (
+    Applied,
+    KeyPolicy,
+    RememberedReply,
+    Unit,
+    apply,
+    remembered_from_row,
+    remembered_sql,
+)
+from service.stores.writes import AddExpense
+
+log = logging.getLogger("ers.stores")
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.component = ""
+
+    async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        self.component = component
+        return self.conn.execute(sql, params).fetchall()
+
+
+def _encode_equipment(items: tuple[str, ...]) -> str:
+    return json.dumps(list(items))
+
+
+def _profile(row: Any) -> Profile:
+    return profile_from_row(row, json.loads(row["equipment"]))
+
+
+class SqliteUnitOfWork:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        budgets: BudgetStore,
+        profiles: ProfileStore,
+        policy: KeyPolicy,
+    ) -> None:
+        self._stores: dict[str, SqliteStore] = {
+            "budgets": budgets,
+            "profiles": profiles,
+            "conversations": conversations,
+        }
+        self._conversations = conversations
+        self.policy = policy
+
+    async def remembered(self, scope: str, key: str) -> RememberedReply | None:
+        row = self._conversations.query_one(
+            remembered_sql("main"), (scope, key, time.time() - self.policy.ttl_s)
+        )
+        return remembered_from_row(row) if row is not None else None
+
+    async def commit(self, unit: Unit) -> Applied:
+        components = unit.components()
+        if not components:
+            return Applied()
+        if len(components) == 1:
+            return await self._commit_one(components[0], unit)
+        return await self._commit_attached(components, unit)
+
+    async def _commit_one(self, component: str, unit: Unit) -> Applied:
+        names = {component: "main"}
+        try:
+            with self._stores[component].transaction() as conn:
+                return await apply(_Tx(conn), names, unit, self.policy, _encode_equipment, _profile)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(component, str(exc)) from exc
+
+    async def _commit_attached(self, components: list[str], unit: Unit) -> Applied:
+        names = {name: f"ers_{name}" for name in components}
+        with ExitStack() as held:
+            for name in components:
+                held.enter_context(self._stores[name].exclusive())
+            with self._attached(components) as conn:
+                tx = _Tx(conn)
+                try:
+                    conn.execute("BEGIN")
+                    applied = await apply(tx, names, unit, self.policy, _encode_equipment, _profile)
+                except sqlite3.Error as exc:
+                    conn.rollback()
+                    raise StoreUnavailable(tx.component, str(exc)) from exc
+                except BaseException:
+                    conn.rollback()
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._undo_expense(conn, unit)
+                    raise StoreUnavailable(" and ".join(components), str(exc)) from exc
+                return applied
+
+    @contextmanager
+    def _attached(self, components: list[str]) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(
+            ":memory:",
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        try:
+            for name in components:
+                try:
+                    conn.execute(
+                        f"ATTACH DATABASE ? AS ers_{name}", (str(self._stores[name].path),)
+                    )
+                    conn.execute(f"PRAGMA ers_{name}.synchronous=NORMAL")
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(name, str(exc)) from exc
+            yield conn
+        finally:
+            conn.close()
+
+    def _undo_expense(self, conn: sqlite3.Connection, unit: Unit) -> None:
+        """After a commit that failed part way: the conversations file (last) holds neither
+        turn nor key, so delete the expense an earlier file may have committed."""
+        if conn.in_transaction:
+            conn.rollback()
+        if unit.turn_key is None or not any(isinstance(w, AddExpense) for w in unit.writes):
+            return
+        try:
+            conn.execute("DELETE FROM ers_budgets.expenses WHERE turn_key = ?", (unit.turn_key,))
+        except sqlite3.Error as exc:
+            log.error(
+                "a chat turn's commit failed part way and its expense (turn key %s) could "
+                "not be removed: %s; a retry with the same Idempotency-Key will not add it "
+                "again, otherwise delete it from budgets.expenses by that turn_key",
+                unit.turn_key,
+                exc,
+            )
