@@ -1,0 +1,81 @@
+"""The unit of work on both engines: a turn and its writes commit together or not at all,
+and a unit applied again (a retry after a commit that failed part way) adds its expense once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import StoreUnavailable
+from service.stores import Stores
+from service.stores.base import ChatTurn
+from service.stores.budgets import current_month
+from service.stores.unit_of_work import Unit
+from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    if request.param == "sqlite":
+        opened = Stores.in_directory(tmp_path)
+    else:
+        opened = Stores.on_postgres(request.getfixturevalue("pg_url"))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def turn(message: str = "spent $5 on food") -> ChatTurn:
+    return ChatTurn("u1", message, "Recorded", "budget", True, False)
+
+
+WRITES = (
+    AddExpense("u1", "food", 500, "spent $5 on food"),
+    SetBudgetLimit("u1", "food", 40_000),
+    UpdateProfile.of("u1", age=30, equipment=("bands",)),
+)
+
+
+async def test_a_turn_and_its_writes_commit_together(stores: Stores) -> None:
+    applied = await stores.units.commit(Unit(WRITES, turn(), turn_key="t1"))
+    assert applied.turn_id is not None
+    stored = await stores.conversations.get_turn(applied.turn_id)
+    assert stored is not None and stored.message == "spent $5 on food"
+    report = await stores.budgets.report("u1", current_month())
+    assert [(r.category, r.limit_cents, r.spent_cents) for r in report] == [("food", 40_000, 500)]
+    profile = await stores.profiles.get("u1")
+    assert profile is not None and profile.age == 30 and profile.equipment == ("bands",)
+
+
+async def test_applying_a_unit_again_adds_its_expense_once(stores: Stores) -> None:
+    # A commit that failed after the budgets store committed, then the client's retry.
+    await stores.units.commit(Unit(WRITES[:1], turn_key="t2"))
+    await stores.units.commit(Unit(WRITES, turn(), turn_key="t2"))
+    assert (await stores.budgets.report("u1"))[0].spent_cents == 500
+    # Another turn's expense of the same amount is its own.
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t3"))
+    assert (await stores.budgets.report("u1"))[0].spent_cents == 1000
+
+
+async def test_a_failing_statement_leaves_every_store_as_it_was(stores: Stores) -> None:
+    # A negative limit breaks the budgets table's CHECK after the expense was inserted.
+    broken = (*WRITES, SetBudgetLimit("u1", "rent", -1))
+    with pytest.raises(StoreUnavailable, match="budgets"):
+        await stores.units.commit(Unit(broken, turn(), turn_key="t4"))
+    assert await stores.budgets.report("u1") == []
+    assert await stores.profiles.get("u1") is None
+    assert await stores.conversations.count() == 0
+
+
+async def test_a_paused_store_refuses_the_whole_unit(stores: Stores) -> None:
+    with (
+        stores.paused(["profiles"], "a rollback is swapping the profiles file"),
+        pytest.raises(StoreUnavailable, match="rollback is swapping"),
+    ):
+        await stores.units.commit(Unit(WRITES, turn(), turn_key="t5"))
+    assert await stores.budgets.report("u1") == []
+    assert await stores.conversations.count() == 0
