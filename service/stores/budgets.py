@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-import time
-from datetime import UTC, datetime
 
 from service.stores.base import CategoryReport
 from service.stores.sqlite import SqliteStore
-
-
-def current_month(now: float | None = None) -> str:
-    return datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y-%m")
+from service.stores.writes import AddExpense, SetBudgetLimit, current_month
 
 
 class BudgetStore(SqliteStore):
@@ -45,22 +40,12 @@ class BudgetStore(SqliteStore):
         conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS expenses_by_turn ON expenses (turn_key)")
 
     async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None:
-        self.execute(
-            "INSERT INTO budgets (user_id, category, limit_cents, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (user_id, category) DO UPDATE SET limit_cents = excluded.limit_cents,"
-            " updated_at = excluded.updated_at",
-            (user_id, category, limit_cents, time.time()),
-        )
+        await self.commit_writes(SetBudgetLimit(user_id, category, limit_cents))
 
     async def add_expense(
         self, user_id: str, category: str, amount_cents: int, note: str = ""
     ) -> None:
-        now = time.time()
-        self.execute(
-            "INSERT INTO expenses (user_id, category, amount_cents, note, month, spent_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (user_id, category, amount_cents, note, current_month(now), now),
-        )
+        await self.commit_writes(AddExpense(user_id, category, amount_cents, note))
 
     async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]:
         month = month or current_month()

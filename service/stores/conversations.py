@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from service.stores.base import ChatTurn
 from service.stores.sqlite import SqliteStore
+from service.stores.unit_of_work import Unit
 
 
 class ConversationStore(SqliteStore):
@@ -41,20 +41,9 @@ class ConversationStore(SqliteStore):
     )
 
     async def record_turn(self, turn: ChatTurn) -> int:
-        return self.execute(
-            "INSERT INTO turns (user_id, message, response, agent, success, degraded,"
-            " trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                turn.user_id,
-                turn.message,
-                turn.response,
-                turn.agent,
-                int(turn.success),
-                int(turn.degraded),
-                turn.trace_id,
-                turn.created_at or time.time(),
-            ),
-        )
+        applied = await self.commit_unit(Unit(turn=turn))
+        assert applied.turn_id is not None
+        return applied.turn_id
 
     async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]:
         rows = self.query(

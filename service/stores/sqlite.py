@@ -10,19 +10,40 @@ fast with StoreUnavailable instead of writing into a file that is about to be re
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 from service.errors import StoreUnavailable
+from service.stores.base import Profile
+from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
+from service.stores.writes import Write
 
 BUSY_TIMEOUT_MS = 2000
 # Once a checkpoint has emptied it, the write-ahead log is cut back to this size.
 WAL_SIZE_LIMIT_BYTES = 32 * 1024 * 1024
+
+
+class SqliteTransaction:
+    """The unit of work's statements on a connection inside an open transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        # The store of the statement running now: named when it fails.
+        self.component = ""
+
+    async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        self.component = component
+        return self.conn.execute(sql, params).fetchall()
+
+
+def encode_equipment(items: tuple[str, ...]) -> str:
+    return json.dumps(list(items))
 
 
 class SqliteStore:
@@ -146,6 +167,29 @@ class SqliteStore:
                         conn.execute(sql, params)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, str(exc)) from exc
+
+    async def commit_unit(
+        self,
+        unit: Unit,
+        policy: KeyPolicy | None = None,
+        profile_of: Callable[[Any], Profile] | None = None,
+    ) -> Applied:
+        """Commit a unit that writes this file alone, in one transaction on its connection."""
+        try:
+            with self.transaction() as conn:
+                return await apply(
+                    SqliteTransaction(conn),
+                    {self.component: "main"},
+                    unit,
+                    equipment=encode_equipment,
+                    policy=policy or DEFAULT_POLICY,
+                    profile_of=profile_of,
+                )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(self.component, str(exc)) from exc
+
+    async def commit_writes(self, *writes: Write) -> None:
+        await self.commit_unit(Unit(writes))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.stores.base import ChatTurn, Profile
-from service.stores.budgets import current_month
-from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile, Write
+from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile, Write, current_month
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +100,31 @@ Names = Mapping[str, str]
 EncodeEquipment = Callable[[tuple[str, ...]], Any]
 
 
+DEFAULT_POLICY = KeyPolicy()
+
+
+def statement_count(unit: Unit) -> int:
+    """How many statements ``apply`` runs for the unit (one needs no explicit transaction)."""
+    keyed = 3 if unit.key is not None else 0
+    read = 1 if unit.read_profile is not None else 0
+    return len(unit.writes) + (unit.turn is not None) + keyed + read
+
+
 async def apply(
     tx: Transaction,
     names: Names,
     unit: Unit,
-    policy: KeyPolicy,
+    *,
     equipment: EncodeEquipment,
-    profile_of: Callable[[Any], Profile],
+    policy: KeyPolicy = DEFAULT_POLICY,
+    profile_of: Callable[[Any], Profile] | None = None,
 ) -> Applied:
     """Run the unit's statements in ``tx``; raises KeyTaken when the key is already used."""
     for write in unit.writes:
         await _write(tx, names, write, unit, equipment)
     profile = None
     if unit.read_profile is not None:
+        assert profile_of is not None, "reading a profile back needs its row decoder"
         rows = await tx.rows(
             "profiles",
             f"SELECT * FROM {names['profiles']}.profiles WHERE user_id = ?",

@@ -5,11 +5,7 @@ all, a failed commit included."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
-
-import psycopg
-from psycopg.rows import DictRow
 
 from service.stores.base import Profile
 from service.stores.postgres import PostgresStore
@@ -20,23 +16,9 @@ from service.stores.unit_of_work import (
     KeyPolicy,
     RememberedReply,
     Unit,
-    apply,
     remembered_from_row,
     remembered_sql,
 )
-
-
-class _Tx:
-    def __init__(self, cursor: psycopg.AsyncCursor[DictRow]) -> None:
-        self.cursor = cursor
-
-    async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]:
-        await self.cursor.execute(sql.replace("?", "%s"), params)
-        return await self.cursor.fetchall() if self.cursor.description else []
-
-
-def _encode_equipment(items: tuple[str, ...]) -> list[str]:
-    return list(items)
 
 
 def _profile(row: Any) -> Profile:
@@ -71,7 +53,4 @@ class PgUnitOfWork:
         # Errors are reported for the store that runs the transaction: one database holds
         # them all.
         runner = self._stores[components[-1]]
-        async with runner.transaction() as cursor:
-            return await apply(
-                _Tx(cursor), self._names, unit, self.policy, _encode_equipment, _profile
-            )
+        return await runner.commit_unit(unit, self._names, self.policy, _profile)

@@ -22,7 +22,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -31,7 +31,12 @@ from service.stores.base import Profile
 from service.stores.budgets import BudgetStore
 from service.stores.conversations import ConversationStore
 from service.stores.profiles import ProfileStore, profile_from_row
-from service.stores.sqlite import BUSY_TIMEOUT_MS, SqliteStore
+from service.stores.sqlite import (
+    BUSY_TIMEOUT_MS,
+    SqliteStore,
+    SqliteTransaction,
+    encode_equipment,
+)
 from service.stores.unit_of_work import (
     Applied,
     KeyPolicy,
@@ -44,20 +49,6 @@ from service.stores.unit_of_work import (
 from service.stores.writes import AddExpense
 
 log = logging.getLogger("ers.stores")
-
-
-class _Tx:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.component = ""
-
-    async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]:
-        self.component = component
-        return self.conn.execute(sql, params).fetchall()
-
-
-def _encode_equipment(items: tuple[str, ...]) -> str:
-    return json.dumps(list(items))
 
 
 def _profile(row: Any) -> Profile:
@@ -91,16 +82,8 @@ class SqliteUnitOfWork:
         if not components:
             return Applied()
         if len(components) == 1:
-            return await self._commit_one(components[0], unit)
+            return await self._stores[components[0]].commit_unit(unit, self.policy, _profile)
         return await self._commit_attached(components, unit)
-
-    async def _commit_one(self, component: str, unit: Unit) -> Applied:
-        names = {component: "main"}
-        try:
-            with self._stores[component].transaction() as conn:
-                return await apply(_Tx(conn), names, unit, self.policy, _encode_equipment, _profile)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(component, str(exc)) from exc
 
     async def _commit_attached(self, components: list[str], unit: Unit) -> Applied:
         names = {name: f"ers_{name}" for name in components}
@@ -108,10 +91,17 @@ class SqliteUnitOfWork:
             for name in components:
                 held.enter_context(self._stores[name].exclusive())
             with self._attached(components) as conn:
-                tx = _Tx(conn)
+                tx = SqliteTransaction(conn)
                 try:
                     conn.execute("BEGIN")
-                    applied = await apply(tx, names, unit, self.policy, _encode_equipment, _profile)
+                    applied = await apply(
+                        tx,
+                        names,
+                        unit,
+                        equipment=encode_equipment,
+                        policy=self.policy,
+                        profile_of=_profile,
+                    )
                 except sqlite3.Error as exc:
                     conn.rollback()
                     raise StoreUnavailable(tx.component, str(exc)) from exc

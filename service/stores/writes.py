@@ -11,12 +11,35 @@ none of them. An agent that reads what an earlier agent of the same turn is abou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from service.stores.base import CategoryReport, Profile
-from service.stores.profiles import check_profile_fields
+
+PROFILE_FIELDS = (
+    "age",
+    "weight_kg",
+    "height_cm",
+    "sex",
+    "activity",
+    "goal",
+    "level",
+    "equipment",
+)
+
+
+def check_profile_fields(fields: dict[str, Any]) -> None:
+    """Raise ValueError naming any field a profile does not have."""
+    unknown = set(fields) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown profile fields: {', '.join(sorted(unknown))}")
+
+
+def current_month(now: float | None = None) -> str:
+    return datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y-%m")
 
 
 @dataclass(frozen=True, slots=True)
