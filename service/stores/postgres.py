@@ -165,6 +165,10 @@ class PostgresTransaction:
         await self.cursor.execute(sql.replace("?", "%s"), params)
         return await self.cursor.fetchall() if self.cursor.description else []
 
+    async def insert(self, component: str, sql: str, params: Sequence[Any]) -> int:
+        rows = await self.rows(component, sql + " RETURNING id", params)
+        return int(rows[0]["id"])
+
 
 def encode_equipment(items: tuple[str, ...]) -> list[str]:
     return list(items)

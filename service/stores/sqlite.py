@@ -41,6 +41,10 @@ class SqliteTransaction:
         self.component = component
         return self.conn.execute(sql, params).fetchall()
 
+    async def insert(self, component: str, sql: str, params: Sequence[Any]) -> int:
+        self.component = component
+        return self.conn.execute(sql, params).lastrowid or 0
+
 
 def encode_equipment(items: tuple[str, ...]) -> str:
     return json.dumps(list(items))

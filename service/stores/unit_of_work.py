@@ -90,6 +90,10 @@ class Transaction(Protocol):
 
     async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]: ...
 
+    async def insert(self, component: str, sql: str, params: Sequence[Any]) -> int:
+        """Run an INSERT into a table whose key is ``id``; returns the new row's id."""
+        ...
+
 
 class UnitOfWork(Protocol):
     async def commit(self, unit: Unit) -> Applied: ...
@@ -183,11 +187,10 @@ async def _write(
 
 
 async def _record_turn(tx: Transaction, names: Names, turn: ChatTurn) -> int:
-    rows = await tx.rows(
+    return await tx.insert(
         "conversations",
         f"INSERT INTO {names['conversations']}.turns (user_id, message, response, agent,"
-        " success, degraded, trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        " RETURNING id",
+        " success, degraded, trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             turn.user_id,
             turn.message,
@@ -199,7 +202,6 @@ async def _record_turn(tx: Transaction, names: Names, turn: ChatTurn) -> int:
             turn.created_at or time.time(),
         ),
     )
-    return int(rows[0]["id"])
 
 
 async def _remember(

@@ -78,6 +78,9 @@ class SqliteUnitOfWork:
         return remembered_from_row(row) if row is not None else None
 
     async def commit(self, unit: Unit) -> Applied:
+        if not unit.writes and unit.key is None and unit.read_profile is None:
+            # The hot path: a turn that writes nothing else.
+            return await self._conversations.commit_unit(unit)
         components = unit.components()
         if not components:
             return Applied()
