@@ -125,7 +125,7 @@ async def apply(
 ) -> Applied:
     """Run the unit's statements in ``tx``; raises KeyTaken when the key is already used."""
     for write in unit.writes:
-        await _write(tx, names, write, unit, equipment)
+        await _write(tx, names, write, unit, equipment, policy)
     profile = None
     if unit.read_profile is not None:
         assert profile_of is not None, "reading a profile back needs its row decoder"
@@ -143,9 +143,23 @@ async def apply(
 
 
 async def _write(
-    tx: Transaction, names: Names, write: Write, unit: Unit, equipment: EncodeEquipment
+    tx: Transaction,
+    names: Names,
+    write: Write,
+    unit: Unit,
+    equipment: EncodeEquipment,
+    policy: KeyPolicy,
 ) -> None:
     if isinstance(write, AddExpense):
+        if unit.key is not None:
+            # A key older than the policy's time names a new request: the expense its first
+            # use recorded no longer stands in for this one.
+            await tx.rows(
+                "budgets",
+                f"UPDATE {names['budgets']}.expenses SET turn_key = NULL"
+                " WHERE turn_key = ? AND spent_at < ?",
+                (unit.turn_key, unit.now - policy.ttl_s),
+            )
         await tx.rows(
             "budgets",
             f"INSERT INTO {names['budgets']}.expenses (user_id, category, amount_cents, note,"

@@ -3,6 +3,7 @@ and a unit applied again (a retry after a commit that failed part way) adds its 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.budgets import current_month
-from service.stores.unit_of_work import Unit
+from service.stores.unit_of_work import KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
 
 
@@ -59,6 +60,17 @@ async def test_applying_a_unit_again_adds_its_expense_once(stores: Stores) -> No
     # Another turn's expense of the same amount is its own.
     await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t3"))
     assert (await stores.budgets.report("u1"))[0].spent_cents == 1000
+
+
+async def test_a_key_used_again_after_its_time_records_a_new_expense(stores: Stores) -> None:
+    ttl = stores.key_policy.ttl_s
+    key = KeyToRemember("POST /chat", "k", "f", 200, lambda applied: {})
+    long_ago = time.time() - ttl - 60
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key, now=long_ago))
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key))
+    months = {current_month(long_ago), current_month()}
+    reports = [await stores.budgets.report("u1", month) for month in months]
+    assert sum(row.spent_cents for report in reports for row in report) == 1000
 
 
 async def test_a_failing_statement_leaves_every_store_as_it_was(stores: Stores) -> None:
