@@ -4,7 +4,6 @@ bounded time and count, replayed, and refused for a different request."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,15 +17,8 @@ MAX_KEYS = 3
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        env="test",
-        data_dir=tmp_path / "data",
-        restic_repository=str(tmp_path / "repo"),
-        restic_password_file=tmp_path / "restic-password",
-        backups_enabled=False,
-        idempotency_keys_max=MAX_KEYS,
-    )
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"idempotency_keys_max": MAX_KEYS})
 
 
 def turns(app: FastAPI) -> int:
