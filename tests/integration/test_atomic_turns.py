@@ -29,11 +29,11 @@ QUIET_HEALTH = {"ERS_HEALTH_CHECK_INTERVAL_S": "3600", "ERS_MAX_MESSAGE_CHARS": 
 
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs of its own, so that it can fill up without filling the machine's disk."""
+    """A 4 MiB tmpfs of its own, so that it can fill up without filling the machine's disk."""
     volume = tmp_path / "volume"
     volume.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume)],
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(volume)],
         capture_output=True,
         text=True,
         timeout=10,
@@ -51,7 +51,7 @@ def fill(volume: Path) -> Path:
     filler = volume / "filler"
     chunk = b"\0" * 4096
     with filler.open("wb", buffering=0) as out:
-        for _ in range(1024):  # 4 MiB at most: more than the volume holds
+        for _ in range(2048):  # 8 MiB at most: more than the volume holds
             try:
                 out.write(chunk)
             except OSError as exc:
@@ -95,6 +95,9 @@ def test_a_turn_whose_commit_hits_a_full_disk_stores_nothing_and_a_keyed_retry_s
             full = chat(ers, LONG_SPEND, key="retry-me-1")
             assert full.status_code == 503, full.text
             assert full.json()["error"] == "state store unavailable"
+            # The commit itself failed, after the budgets file had committed its part: the
+            # expense was taken back.
+            assert full.json()["component"] == "budgets and conversations"
             assert full.headers["Retry-After"]
         budgets = data / "budgets.sqlite3"
         assert count(budgets, "expenses") == 0
@@ -122,6 +125,24 @@ def test_a_turn_whose_commit_hits_a_full_disk_stores_nothing_and_a_keyed_retry_s
     finally:
         ers.stop()
     assert "Traceback" not in ers.log()
+
+
+def test_a_data_dir_that_fills_up_answers_503_and_every_store_stays_empty(
+    tmp_path: Path, small_volume: Path
+) -> None:
+    ers = start_ers(tmp_path / "ers", env={**QUIET_HEALTH, "ERS_DATA_DIR": str(small_volume)})
+    try:
+        filler = fill(small_volume)
+        for message in (LONG_SPEND, "I am 30, 80 kg, 180 cm, male: " + LONG_SPEND):
+            full = chat(ers, message, key=f"k-{len(message)}")
+            assert full.status_code == 503, full.text
+        filler.unlink()
+    finally:
+        ers.stop()
+    assert count(small_volume / "budgets.sqlite3", "expenses") == 0
+    assert count(small_volume / "profiles.sqlite3", "profiles") == 0
+    assert count(small_volume / "conversations.sqlite3", "turns") == 0
+    assert count(small_volume / "conversations.sqlite3", "idempotency_keys") == 0
 
 
 def test_a_replayed_request_returns_the_first_reply_and_writes_nothing(
