@@ -13,7 +13,7 @@ from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.budgets import current_month
-from service.stores.unit_of_work import KeyToRemember, Unit
+from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
 
 
@@ -60,6 +60,22 @@ async def test_applying_a_unit_again_adds_its_expense_once(stores: Stores) -> No
     # Another turn's expense of the same amount is its own.
     await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t3"))
     assert (await stores.budgets.report("u1"))[0].spent_cents == 1000
+
+
+async def test_a_key_committed_first_by_another_request_takes_nothing_from_the_second(
+    stores: Stores,
+) -> None:
+    key = KeyToRemember("POST /chat", "k", "f", 200, lambda applied: {"turn": applied.turn_id})
+    first = await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="a", key=key))
+    # Two requests with one key both ran their agents; the second to commit loses whole.
+    with pytest.raises(KeyTaken):
+        await stores.units.commit(Unit(WRITES, turn(), turn_key="b", key=key))
+    assert (await stores.budgets.report("u1"))[0].spent_cents == 500
+    assert await stores.profiles.get("u1") is None
+    assert await stores.conversations.count() == 1
+    remembered = await stores.units.remembered("POST /chat", "k")
+    assert remembered is not None and remembered.body == {"turn": first.turn_id}
+    assert await stores.units.remembered("PUT /api/profiles", "k") is None
 
 
 async def test_a_key_used_again_after_its_time_records_a_new_expense(stores: Stores) -> None:
