@@ -45,8 +45,8 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias=HEADER,
-        description="Optional, up to 128 printable characters (a UUID): a retry with the same "
-        "key gets the first reply again and writes nothing",
+        description="Optional, up to 128 printable ASCII characters (a UUID): a retry with "
+        "the same key gets the first reply again and writes nothing",
     ),
 ]
 
