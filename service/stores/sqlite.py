@@ -64,6 +64,8 @@ class SqliteStore:
         # The checkpointer's own connection, opened and closed under its lock.
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
+        # Other connections to this file (the unit of work's), closed before this store's.
+        self._close_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -96,9 +98,16 @@ class SqliteStore:
         """Bring a file made by an older ERS up to ``schema`` (inside the opening
         transaction); nothing by default."""
 
+    def on_close(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the store closes (a pause included), before its own
+        connection goes: another connection to the file must not outlive a rollback's swap."""
+        self._close_listeners.append(listener)
+
     def close(self) -> None:
         CHECKPOINTER.discard(self)
         with self._lock, self._checkpoint_lock:
+            for listener in self._close_listeners:
+                listener()
             if self._checkpoint_conn is not None:
                 self._checkpoint_conn.close()
                 self._checkpoint_conn = None

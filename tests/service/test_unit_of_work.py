@@ -3,6 +3,8 @@ and a unit applied again (a retry after a commit that failed part way) adds its 
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import ChatTurn
-from service.stores.budgets import current_month
+from service.stores.budgets import BudgetStore, current_month
 from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
 
@@ -107,3 +109,22 @@ async def test_a_paused_store_refuses_the_whole_unit(stores: Stores) -> None:
         await stores.units.commit(Unit(WRITES, turn(), turn_key="t5"))
     assert await stores.budgets.report("u1") == []
     assert await stores.conversations.count() == 0
+
+
+async def test_a_file_swapped_by_a_rollback_gets_the_next_units_writes(tmp_path: Path) -> None:
+    # The connection that attaches the files is kept between units; a pause must close it,
+    # or it would keep writing into the file the rollback replaced.
+    stores = Stores.in_directory(tmp_path / "live")
+    stores.open_all()
+    try:
+        await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="before"))
+        replacement = BudgetStore(tmp_path / "restored.sqlite3")
+        replacement.open()
+        replacement.close()
+        with stores.paused(["budgets"], "a rollback is swapping the budgets file"):
+            os.replace(replacement.path, stores.budgets.path)
+        await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="after"))
+    finally:
+        stores.close_all()
+    with sqlite3.connect(stores.budgets.path) as conn:
+        assert conn.execute("SELECT turn_key FROM expenses").fetchall() == [("after",)]
