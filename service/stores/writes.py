@@ -12,7 +12,7 @@ none of them. An agent that reads what an earlier agent of the same turn is abou
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -79,12 +79,6 @@ class UpdateProfile:
 
 
 Write = AddExpense | SetBudgetLimit | UpdateProfile
-
-
-def components_of(writes: Iterable[Write]) -> list[str]:
-    """The domain stores the writes touch, in the order they are committed."""
-    touched = {write.component for write in writes}
-    return [name for name in ("budgets", "profiles") if name in touched]
 
 
 def profile_with(stored: Profile | None, user_id: str, writes: Sequence[Write]) -> Profile | None:
