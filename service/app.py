@@ -251,7 +251,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     minimal_mode = MinimalMode()
     chat_service = ChatService(
         MinimalModeGate(team.router, minimal_mode),  # type: ignore[arg-type]
-        stores.conversations,
+        stores.units,
         system_state=lambda: state.state.value,
         instruments=instruments,
         admission=admission,

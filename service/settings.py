@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     chat_starts_per_turn: int = Field(2, ge=0, le=1000)
     chat_queue_limit: int = Field(1000, ge=0, le=1_000_000)
     agent_timeout_s: float = Field(5.0, gt=0, le=300)
+    # Replies to /chat and PUT /api/profiles requests that carried an Idempotency-Key are
+    # remembered this long, the newest idempotency_keys_max of them (README: "What a reply
+    # promises, and retrying safely").
+    idempotency_key_ttl_s: float = Field(86_400.0, gt=0, le=30 * 86_400)
+    idempotency_keys_max: int = Field(100_000, ge=1, le=10_000_000)
 
     # Telemetry.
     service_name: str = "ers"

@@ -145,8 +145,8 @@ def build_team(
     ):
         specialists[name] = team.protect(make(), factory=make, breaker_config=per_agent.get(name))
     team.protect(
-        RouterAgent(specialists, stores.profiles),
-        factory=lambda: RouterAgent(specialists, stores.profiles),
+        RouterAgent(specialists),
+        factory=lambda: RouterAgent(specialists),
         breaker_config=per_agent.get("router"),
     )
     return team

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from service.stores.writes import Write
+
 # The seed's names for the agents, accepted wherever the API takes an agent name.
 ALIASES = {"mca": "router", "npa": "nutrition", "wpa": "workout", "bma": "budget"}
 
@@ -20,6 +22,8 @@ class AgentRequest:
     user_id: str
     intent: str | None = None
     synthetic: bool = False
+    # Writes an earlier agent of this turn asked for, not yet committed: read through them.
+    pending: tuple[Write, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class AgentReply:
     fallback: str | None = None
     incident: str | None = None
     recovery: dict[str, Any] | None = None
+    # What the agent wants stored; the chat service commits it with the turn, or nothing.
+    writes: tuple[Write, ...] = ()
 
 
 @runtime_checkable

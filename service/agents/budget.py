@@ -7,6 +7,7 @@ import re
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.parsing import format_cents, parse_money_cents
 from service.stores.base import BudgetBackend
+from service.stores.writes import AddExpense, SetBudgetLimit, Write, report_with
 
 CATEGORIES = {
     "food": (
@@ -75,10 +76,10 @@ class BudgetAgent:
         amount = parse_money_cents(text) if spending or setting else None
         if amount is not None and spending:
             category = category or "other"
-            await self._budgets.add_expense(
-                request.user_id, category, amount, request.message[:200]
+            expense = AddExpense(request.user_id, category, amount, request.message[:200])
+            return await self._report(
+                request, f"Recorded {format_cents(amount)} for {category}.", (expense,)
             )
-            return await self._report(request, f"Recorded {format_cents(amount)} for {category}.")
         if amount is not None and setting:
             if category is None:
                 return AgentReply(
@@ -89,20 +90,26 @@ class BudgetAgent:
                     agent=self.name,
                     confidence=0.7,
                 )
-            await self._budgets.set_limit(request.user_id, category, amount)
+            limit = SetBudgetLimit(request.user_id, category, amount)
             return await self._report(
-                request, f"Set your monthly {category} budget to {format_cents(amount)}."
+                request, f"Set your monthly {category} budget to {format_cents(amount)}.", (limit,)
             )
         return await self._report(request, "")
 
-    async def _report(self, request: AgentRequest, prefix: str) -> AgentReply:
-        rows = await self._budgets.report(request.user_id)
+    async def _report(
+        self, request: AgentRequest, prefix: str, writes: tuple[Write, ...] = ()
+    ) -> AgentReply:
+        """The month so far, as it will be once this turn's writes are committed."""
+        stored = await self._budgets.report(request.user_id)
+        rows = report_with(stored, request.user_id, (*request.pending, *writes))
         if not rows:
             content = (
                 "You have no budgets yet. Set one with 'set my food budget to $400', then tell "
                 "me what you spend: 'spent $25 on groceries'."
             )
-            return AgentReply(content=(prefix + " " + content).strip(), agent=self.name)
+            return AgentReply(
+                content=(prefix + " " + content).strip(), agent=self.name, writes=writes
+            )
         lines = [prefix] if prefix else []
         lines.append("This month:")
         for row in rows:
@@ -118,4 +125,6 @@ class BudgetAgent:
         data = {
             r.category: {"limitCents": r.limit_cents, "spentCents": r.spent_cents} for r in rows
         }
-        return AgentReply(content="\n".join(lines), agent=self.name, data={"categories": data})
+        return AgentReply(
+            content="\n".join(lines), agent=self.name, data={"categories": data}, writes=writes
+        )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from service.agents.base import AgentReply, AgentRequest
 from service.stores.base import Profile, ProfileBackend
+from service.stores.writes import profile_with
 
 ACTIVITY_FACTORS = {
     "sedentary": 1.2,
@@ -112,7 +113,8 @@ class NutritionAgent:
         self._profiles = profiles
 
     async def handle(self, request: AgentRequest) -> AgentReply:
-        profile = await self._profiles.get(request.user_id) or Profile(request.user_id)
+        stored = await self._profiles.get(request.user_id)
+        profile = profile_with(stored, request.user_id, request.pending) or Profile(request.user_id)
         missing = profile.missing_for_energy()
         if missing:
             asked = ", ".join(FIELD_QUESTIONS[name] for name in missing)

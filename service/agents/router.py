@@ -2,7 +2,7 @@
 
 Each agent has weighted keyword patterns; a message's score for an agent is the sum of the
 weights that match. Confidence is the winner's share of all matched weight, damped when the
-evidence is thin. Profile facts in a message ("I am 30, 80 kg, ...") are saved on the way.
+evidence is thin. Profile facts in a message ("I am 30, 80 kg, ...") are saved with the turn.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from service.agents.base import Agent, AgentReply, AgentRequest
 from service.agents.parsing import parse_profile_facts
-from service.stores.base import ProfileBackend
+from service.stores.writes import UpdateProfile
 
 INTENTS: dict[str, tuple[tuple[str, float], ...]] = {
     "nutrition": (
@@ -104,15 +104,13 @@ def route(message: str) -> RouteDecision:
 class RouterAgent:
     name = "router"
 
-    def __init__(self, agents: Mapping[str, Agent], profiles: ProfileBackend) -> None:
+    def __init__(self, agents: Mapping[str, Agent]) -> None:
         self._agents = agents
-        self._profiles = profiles
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         facts = parse_profile_facts(request.message) if not request.synthetic else {}
         saved = len(facts) >= 2
-        if saved:
-            await self._profiles.upsert(request.user_id, **facts)
+        writes = (UpdateProfile.of(request.user_id, **facts),) if saved else ()
         decision = route(request.message)
         if decision.agent is None or decision.agent not in self._agents:
             if saved:
@@ -123,10 +121,18 @@ class RouterAgent:
                     agent=self.name,
                     confidence=0.9,
                     data={"profile": facts},
+                    writes=writes,
                 )
             return AgentReply(
                 content=GENERAL_ANSWER, agent=self.name, confidence=decision.confidence
             )
         chosen = self._agents[decision.agent]
-        reply = await chosen.handle(replace(request, intent=decision.agent))
-        return replace(reply, confidence=min(reply.confidence, decision.confidence))
+        reply = await chosen.handle(
+            replace(request, intent=decision.agent, pending=(*request.pending, *writes))
+        )
+        # The profile facts are saved even when the chosen agent could only fall back.
+        return replace(
+            reply,
+            confidence=min(reply.confidence, decision.confidence),
+            writes=(*writes, *reply.writes),
+        )

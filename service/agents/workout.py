@@ -6,6 +6,7 @@ import re
 
 from service.agents.base import AgentReply, AgentRequest
 from service.stores.base import ProfileBackend
+from service.stores.writes import UpdateProfile, profile_with
 
 LEVEL_DAYS = {"beginner": 3, "intermediate": 4, "advanced": 5}
 WEEKDAYS = {
@@ -117,7 +118,8 @@ class WorkoutAgent:
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         text = request.message.lower()
-        profile = await self._profiles.get(request.user_id)
+        stored = await self._profiles.get(request.user_id)
+        profile = profile_with(stored, request.user_id, request.pending)
         goal = _first_match(GOALS, text) or _goal_from_profile(profile.goal if profile else None)
         level = _first_match(LEVELS, text) or (profile.level if profile else None)
         equipment = _first_match(EQUIPMENT, text)
@@ -125,11 +127,10 @@ class WorkoutAgent:
             equipment = profile.equipment[0]
         if re.search(r"\b(no equipment|bodyweight|at home|home)\b", text) and equipment is None:
             equipment = "bodyweight"
-        updates = {"level": level} if level else {}
+        updates: dict[str, object] = {"level": level} if level else {}
         if equipment:
             updates["equipment"] = (equipment,)
-        if updates:
-            await self._profiles.upsert(request.user_id, **updates)
+        writes = (UpdateProfile.of(request.user_id, **updates),) if updates else ()
         level = level or "beginner"
         equipment = equipment or "bodyweight"
         goal = goal or "general"
@@ -146,6 +147,7 @@ class WorkoutAgent:
             content="\n".join(lines),
             agent=self.name,
             data={"goal": goal, "level": level, "equipment": equipment, "days": len(plan)},
+            writes=writes,
         )
 
 

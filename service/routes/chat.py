@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import Chat, Settings
 from service.errors import UserInputError
+from service.idempotency import HEADER, REPLAY_HEADER, valid_key
 
 router = APIRouter(tags=["chat"])
 
@@ -40,8 +42,20 @@ class ChatResponse(BaseModel):
     traceId: str | None = Field(None, description="This reply's trace; a degraded one is kept")
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="Optional, up to 128 printable ASCII characters (a UUID): a retry with "
+        "the same key gets the first reply again and writes nothing",
+    ),
+]
+
+
 @router.post("/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, chat: Chat, settings: Settings) -> dict[str, Any]:
+async def chat(
+    body: ChatRequest, chat: Chat, settings: Settings, idempotency_key: IdempotencyKey = None
+) -> Any:
     message = body.message.strip()
     if not message:
         raise HTTPException(422, "message is empty; send some text to answer")
@@ -52,7 +66,10 @@ async def chat(body: ChatRequest, chat: Chat, settings: Settings) -> dict[str, A
             f"{settings.max_message_chars}, so shorten it or split it up",
         )
     try:
-        result = await chat.chat(message, body.userId)
+        result = await chat.chat(message, body.userId, valid_key(idempotency_key))
     except UserInputError as exc:
         raise HTTPException(422, str(exc)) from None
+    if result.replayed:
+        headers = {REPLAY_HEADER: "true"}
+        return JSONResponse(result.as_seed_shape(), status_code=result.status, headers=headers)
     return result.as_seed_shape()

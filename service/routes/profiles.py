@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.agents.profile_limits import (
@@ -17,8 +18,11 @@ from service.agents.profile_limits import (
 )
 from service.auth import require_admin
 from service.deps import Stores
+from service.errors import UserInputError
 from service.http_errors import ErrorBody
-from service.routes.chat import USER_ID_PATTERN
+from service.idempotency import REPLAY_HEADER, valid_key
+from service.profile_updates import update_profile
+from service.routes.chat import USER_ID_PATTERN, IdempotencyKey
 from service.routes.json_types import JsonInt, JsonNumber
 
 # A profile is personal data: the same access as the admin endpoints (the admin token;
@@ -66,7 +70,12 @@ async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
 
 
 @router.put("/{user_id}")
-async def put_profile(body: ProfileUpdate, stores: Stores, user_id: str = UserId) -> dict[str, Any]:
+async def put_profile(
+    body: ProfileUpdate,
+    stores: Stores,
+    user_id: str = UserId,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     fields = {
         "age": body.age,
         "weight_kg": body.weightKg,
@@ -77,5 +86,11 @@ async def put_profile(body: ProfileUpdate, stores: Stores, user_id: str = UserId
         "level": body.level,
         "equipment": tuple(body.equipment) if body.equipment is not None else None,
     }
-    profile = await stores.profiles.upsert(user_id, **fields)
-    return profile.as_dict()
+    try:
+        reply = await update_profile(stores.units, user_id, fields, valid_key(idempotency_key))
+    except UserInputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if reply.replayed:
+        headers = {REPLAY_HEADER: "true"}
+        return JSONResponse(reply.body, status_code=reply.status, headers=headers)
+    return reply.body

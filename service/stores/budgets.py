@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
+import sqlite3
 
 from service.stores.base import CategoryReport
 from service.stores.sqlite import SqliteStore
-
-
-def current_month(now: float | None = None) -> str:
-    return datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y-%m")
+from service.stores.writes import AddExpense, SetBudgetLimit, current_month
 
 
 class BudgetStore(SqliteStore):
@@ -30,28 +26,26 @@ class BudgetStore(SqliteStore):
             amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
             note TEXT NOT NULL DEFAULT '',
             month TEXT NOT NULL,
-            spent_at REAL NOT NULL
+            spent_at REAL NOT NULL,
+            turn_key TEXT
         )""",
         "CREATE INDEX IF NOT EXISTS expenses_by_month ON expenses (user_id, month, category)",
     )
 
+    def upgrade(self, conn: sqlite3.Connection) -> None:
+        # The chat turn an expense was recorded in: applying a turn again adds it once.
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(expenses)")}
+        if "turn_key" not in columns:
+            conn.execute("ALTER TABLE expenses ADD COLUMN turn_key TEXT")
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS expenses_by_turn ON expenses (turn_key)")
+
     async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None:
-        self.execute(
-            "INSERT INTO budgets (user_id, category, limit_cents, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (user_id, category) DO UPDATE SET limit_cents = excluded.limit_cents,"
-            " updated_at = excluded.updated_at",
-            (user_id, category, limit_cents, time.time()),
-        )
+        await self.commit_writes(SetBudgetLimit(user_id, category, limit_cents))
 
     async def add_expense(
         self, user_id: str, category: str, amount_cents: int, note: str = ""
     ) -> None:
-        now = time.time()
-        self.execute(
-            "INSERT INTO expenses (user_id, category, amount_cents, note, month, spent_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (user_id, category, amount_cents, note, current_month(now), now),
-        )
+        await self.commit_writes(AddExpense(user_id, category, amount_cents, note))
 
     async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]:
         month = month or current_month()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from service.stores.base import ChatTurn
 from service.stores.sqlite import SqliteStore
+from service.stores.unit_of_work import Unit
 
 
 class ConversationStore(SqliteStore):
@@ -26,23 +26,24 @@ class ConversationStore(SqliteStore):
             created_at REAL NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS turns_by_user ON turns (user_id, id)",
+        # The replies to requests that carried an Idempotency-Key (see unit_of_work).
+        """CREATE TABLE IF NOT EXISTS idempotency_keys (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (scope, key)
+        )""",
+        "CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at)",
     )
 
     async def record_turn(self, turn: ChatTurn) -> int:
-        return self.execute(
-            "INSERT INTO turns (user_id, message, response, agent, success, degraded,"
-            " trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                turn.user_id,
-                turn.message,
-                turn.response,
-                turn.agent,
-                int(turn.success),
-                int(turn.degraded),
-                turn.trace_id,
-                turn.created_at or time.time(),
-            ),
-        )
+        applied = await self.commit_unit(Unit(turn=turn))
+        assert applied.turn_id is not None
+        return applied.turn_id
 
     async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]:
         rows = self.query(

@@ -12,10 +12,11 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from service.stores.base import CategoryReport, ChatTurn, Profile
-from service.stores.budgets import current_month
 from service.stores.conversations import turn_from_row
 from service.stores.postgres import PostgresStore
-from service.stores.profiles import check_profile_fields, profile_from_row
+from service.stores.profiles import profile_from_row
+from service.stores.unit_of_work import Unit
+from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile, current_month
 
 
 def _probe_table(schema: str) -> str:
@@ -42,26 +43,27 @@ class PgConversationStore(PostgresStore):
             "CREATE INDEX turns_by_user ON ers_conversations.turns (user_id, id)",
             _probe_table("ers_conversations"),
         ),
+        (
+            # The replies to requests that carried an Idempotency-Key (see unit_of_work).
+            """CREATE TABLE ers_conversations.idempotency_keys (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                scope TEXT NOT NULL,
+                key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                status INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (scope, key)
+            )""",
+            "CREATE INDEX idempotency_keys_by_age ON ers_conversations.idempotency_keys"
+            " (created_at)",
+        ),
     )
 
     async def record_turn(self, turn: ChatTurn) -> int:
-        row = await self.fetch_one(
-            "INSERT INTO ers_conversations.turns (user_id, message, response, agent, success,"
-            " degraded, trace_id, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING id",
-            (
-                turn.user_id,
-                turn.message,
-                turn.response,
-                turn.agent,
-                turn.success,
-                turn.degraded,
-                turn.trace_id,
-                turn.created_at or time.time(),
-            ),
-        )
-        assert row is not None
-        return int(row["id"])
+        applied = await self.commit_unit(Unit(turn=turn))
+        assert applied.turn_id is not None
+        return applied.turn_id
 
     async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]:
         rows = await self.fetch_all(
@@ -106,25 +108,20 @@ class PgBudgetStore(PostgresStore):
             "CREATE INDEX expenses_by_month ON ers_budgets.expenses (user_id, month, category)",
             _probe_table("ers_budgets"),
         ),
+        (
+            # The chat turn an expense was recorded in: applying a turn again adds it once.
+            "ALTER TABLE ers_budgets.expenses ADD COLUMN turn_key TEXT",
+            "CREATE UNIQUE INDEX expenses_by_turn ON ers_budgets.expenses (turn_key)",
+        ),
     )
 
     async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None:
-        await self.execute(
-            "INSERT INTO ers_budgets.budgets (user_id, category, limit_cents, updated_at)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, category) DO UPDATE"
-            " SET limit_cents = excluded.limit_cents, updated_at = excluded.updated_at",
-            (user_id, category, limit_cents, time.time()),
-        )
+        await self.commit_writes(SetBudgetLimit(user_id, category, limit_cents))
 
     async def add_expense(
         self, user_id: str, category: str, amount_cents: int, note: str = ""
     ) -> None:
-        now = time.time()
-        await self.execute(
-            "INSERT INTO ers_budgets.expenses (user_id, category, amount_cents, note, month,"
-            " spent_at) VALUES (%s, %s, %s, %s, %s, %s)",
-            (user_id, category, amount_cents, note, current_month(now), now),
-        )
+        await self.commit_writes(AddExpense(user_id, category, amount_cents, note))
 
     async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]:
         month = month or current_month()
@@ -175,21 +172,10 @@ class PgProfileStore(PostgresStore):
 
     async def upsert(self, user_id: str, **fields: Any) -> Profile:
         """Set the given fields (None values are left as they were)."""
-        check_profile_fields(fields)
-        given = {key: value for key, value in fields.items() if value is not None}
-        if "equipment" in given:
-            given["equipment"] = [str(item) for item in given["equipment"]]
-        # Column names are profile fields only (checked above), never a caller's text.
-        columns = ["user_id", *given, "updated_at"]
-        placeholders = ", ".join("%s" for _ in columns)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in [*given, "updated_at"])
-        row = await self.fetch_one(
-            f"INSERT INTO ers_profiles.profiles ({', '.join(columns)}) VALUES ({placeholders})"
-            f" ON CONFLICT (user_id) DO UPDATE SET {updates} RETURNING *",
-            (user_id, *given.values(), time.time()),
-        )
-        assert row is not None
-        return profile_from_row(row, row["equipment"])
+        await self.commit_writes(UpdateProfile.of(user_id, **fields))
+        profile = await self.get(user_id)
+        assert profile is not None
+        return profile
 
 
 class PgSystemStateStore(PostgresStore):

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from service.stores.base import Profile
 from service.stores.sqlite import SqliteStore
-
-PROFILE_FIELDS = (
-    "age",
-    "weight_kg",
-    "height_cm",
-    "sex",
-    "activity",
-    "goal",
-    "level",
-    "equipment",
-)
+from service.stores.writes import UpdateProfile
 
 
 def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
@@ -35,13 +24,6 @@ def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
         level=row["level"],
         equipment=tuple(equipment),
     )
-
-
-def check_profile_fields(fields: dict[str, Any]) -> None:
-    """Raise ValueError naming any field a profile does not have."""
-    unknown = set(fields) - set(PROFILE_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown profile fields: {', '.join(sorted(unknown))}")
 
 
 class ProfileStore(SqliteStore):
@@ -69,18 +51,7 @@ class ProfileStore(SqliteStore):
 
     async def upsert(self, user_id: str, **fields: Any) -> Profile:
         """Set the given fields (None values are left as they were)."""
-        check_profile_fields(fields)
-        given = {key: value for key, value in fields.items() if value is not None}
-        if "equipment" in given:
-            given["equipment"] = json.dumps(list(given["equipment"]))
-        columns = ["user_id", *given, "updated_at"]
-        placeholders = ", ".join("?" for _ in columns)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in [*given, "updated_at"])
-        self.execute(
-            f"INSERT INTO profiles ({', '.join(columns)}) VALUES ({placeholders})"
-            f" ON CONFLICT (user_id) DO UPDATE SET {updates}",
-            (user_id, *given.values(), time.time()),
-        )
+        await self.commit_writes(UpdateProfile.of(user_id, **fields))
         profile = await self.get(user_id)
         assert profile is not None
         return profile

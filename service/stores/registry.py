@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from service.settings import Settings, redact_url
@@ -22,6 +23,9 @@ from service.stores.postgres_components import (
 from service.stores.profiles import ProfileStore
 from service.stores.sqlite import SqliteStore
 from service.stores.system_state import SystemStateStore
+from service.stores.unit_of_work import KeyPolicy, UnitOfWork
+from service.stores.uow_postgres import PgUnitOfWork
+from service.stores.uow_sqlite import SqliteUnitOfWork
 
 log = logging.getLogger("ers.stores")
 
@@ -36,27 +40,31 @@ class Stores:
     system_state: SystemStateStore | PgSystemStateStore
     # Set when the stores live on PostgreSQL: the server's migrations and connection pool.
     database: PostgresDatabase | None = None
+    # How long and how many Idempotency-Keys the unit of work remembers.
+    key_policy: KeyPolicy = field(default_factory=KeyPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Stores:
         """SQLite files in ``data_dir``, or PostgreSQL when ``database_url`` is set."""
+        policy = KeyPolicy(settings.idempotency_key_ttl_s, settings.idempotency_keys_max)
         if settings.database_url is None:
-            return cls.in_directory(settings.data_dir)
+            return cls.in_directory(settings.data_dir, policy)
         url = settings.database_url.get_secret_value()
         log.info("component stores on PostgreSQL at %s", redact_url(url))
-        return cls.on_postgres(url)
+        return cls.on_postgres(url, policy)
 
     @classmethod
-    def in_directory(cls, data_dir: Path) -> Stores:
+    def in_directory(cls, data_dir: Path, key_policy: KeyPolicy | None = None) -> Stores:
         return cls(
             conversations=ConversationStore(data_dir / "conversations.sqlite3"),
             budgets=BudgetStore(data_dir / "budgets.sqlite3"),
             profiles=ProfileStore(data_dir / "profiles.sqlite3"),
             system_state=SystemStateStore(data_dir / "system_state.sqlite3"),
+            key_policy=key_policy or KeyPolicy(),
         )
 
     @classmethod
-    def on_postgres(cls, url: str) -> Stores:
+    def on_postgres(cls, url: str, key_policy: KeyPolicy | None = None) -> Stores:
         database = PostgresDatabase(url)
         return cls(
             conversations=PgConversationStore(database),
@@ -64,7 +72,18 @@ class Stores:
             profiles=PgProfileStore(database),
             system_state=PgSystemStateStore(database),
             database=database,
+            key_policy=key_policy or KeyPolicy(),
         )
+
+    @cached_property
+    def units(self) -> UnitOfWork:
+        """Commits a chat turn with its writes, or a profile update, whole or not at all."""
+        c, b, p = self.conversations, self.budgets, self.profiles
+        if isinstance(c, ConversationStore):
+            assert isinstance(b, BudgetStore) and isinstance(p, ProfileStore)
+            return SqliteUnitOfWork(c, b, p, self.key_policy)
+        assert isinstance(b, PgBudgetStore) and isinstance(p, PgProfileStore)
+        return PgUnitOfWork(c, {"budgets": b, "profiles": p, "conversations": c}, self.key_policy)
 
     def by_component(self) -> dict[str, ComponentStore]:
         return {

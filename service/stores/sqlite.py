@@ -10,19 +10,44 @@ fast with StoreUnavailable instead of writing into a file that is about to be re
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 from service.errors import StoreUnavailable
+from service.stores.base import Profile
+from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
+from service.stores.writes import Write
 
 BUSY_TIMEOUT_MS = 2000
 # Once a checkpoint has emptied it, the write-ahead log is cut back to this size.
 WAL_SIZE_LIMIT_BYTES = 32 * 1024 * 1024
+
+
+class SqliteTransaction:
+    """The unit of work's statements on a connection inside an open transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        # The store of the statement running now: named when it fails.
+        self.component = ""
+
+    async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        self.component = component
+        return self.conn.execute(sql, params).fetchall()
+
+    async def insert(self, component: str, sql: str, params: Sequence[Any]) -> int:
+        self.component = component
+        return self.conn.execute(sql, params).lastrowid or 0
+
+
+def encode_equipment(items: tuple[str, ...]) -> str:
+    return json.dumps(list(items))
 
 
 class SqliteStore:
@@ -39,6 +64,8 @@ class SqliteStore:
         # The checkpointer's own connection, opened and closed under its lock.
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
+        # Other connections to this file (the unit of work's), closed before this store's.
+        self._close_listeners: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -60,15 +87,27 @@ class SqliteStore:
                 with conn:
                     for statement in self.schema:
                         conn.execute(statement)
+                    self.upgrade(conn)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
             self._conn = conn
             self._paused_reason = None
         CHECKPOINTER.add(self)
 
+    def upgrade(self, conn: sqlite3.Connection) -> None:
+        """Bring a file made by an older ERS up to ``schema`` (inside the opening
+        transaction); nothing by default."""
+
+    def on_close(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the store closes (a pause included), before its own
+        connection goes: another connection to the file must not outlive a rollback's swap."""
+        self._close_listeners.append(listener)
+
     def close(self) -> None:
         CHECKPOINTER.discard(self)
         with self._lock, self._checkpoint_lock:
+            for listener in self._close_listeners:
+                listener()
             if self._checkpoint_conn is not None:
                 self._checkpoint_conn.close()
                 self._checkpoint_conn = None
@@ -141,6 +180,46 @@ class SqliteStore:
                         conn.execute(sql, params)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, str(exc)) from exc
+
+    async def commit_unit(
+        self,
+        unit: Unit,
+        policy: KeyPolicy | None = None,
+        profile_of: Callable[[Any], Profile] | None = None,
+    ) -> Applied:
+        """Commit a unit that writes this file alone, in one transaction on its connection."""
+        try:
+            with self.transaction() as conn:
+                return await apply(
+                    SqliteTransaction(conn),
+                    {self.component: "main"},
+                    unit,
+                    equipment=encode_equipment,
+                    policy=policy or DEFAULT_POLICY,
+                    profile_of=profile_of,
+                )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(self.component, str(exc)) from exc
+
+    async def commit_writes(self, *writes: Write) -> None:
+        await self.commit_unit(Unit(writes))
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection, under its lock, in one transaction: committed when the
+        block ends, rolled back when it raises. sqlite3 errors reach the caller as they are."""
+        with self._lock:
+            conn = self._connection()
+            with conn:
+                yield conn
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Path]:
+        """Hold the store's lock while another connection writes its file, so a rollback
+        cannot pause the store meanwhile; raises StoreUnavailable while it is paused."""
+        with self._lock:
+            self._connection()
+            yield self.path
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.agents.base import AgentRequest
+from service.agents.base import Agent, AgentReply, AgentRequest
 from service.agents.budget import BudgetAgent
 from service.agents.nutrition import NutritionAgent, daily_target, plan_meals
 from service.agents.router import RouterAgent
@@ -12,6 +12,8 @@ from service.agents.workout import WorkoutAgent
 from service.errors import UserInputError
 from service.stores import Stores
 from service.stores.base import Profile
+from service.stores.unit_of_work import Unit
+from service.stores.writes import AddExpense, UpdateProfile
 
 
 @pytest.fixture
@@ -20,6 +22,13 @@ def stores(tmp_path: Path) -> Stores:
     s.open_all()
     yield s
     s.close_all()
+
+
+async def answered(stores: Stores, agent: Agent, request: AgentRequest) -> AgentReply:
+    """The agent's reply, with the writes it asked for committed as the chat service does."""
+    reply = await agent.handle(request)
+    await stores.units.commit(Unit(writes=reply.writes))
+    return reply
 
 
 def test_mifflin_st_jeor_matches_the_published_formula() -> None:
@@ -83,21 +92,34 @@ async def test_workout_plan_by_goal_level_and_equipment(
 
 async def test_workout_remembers_level_and_equipment(stores: Stores) -> None:
     agent = WorkoutAgent(stores.profiles)
-    await agent.handle(AgentRequest("intermediate plan with dumbbells", "u1"))
-    reply = await agent.handle(AgentRequest("make me a workout plan", "u1"))
+    await answered(stores, agent, AgentRequest("intermediate plan with dumbbells", "u1"))
+    reply = await answered(stores, agent, AgentRequest("make me a workout plan", "u1"))
     assert reply.data["level"] == "intermediate"
     assert reply.data["equipment"] == "dumbbells"
 
 
 async def test_budget_set_spend_and_report(stores: Stores) -> None:
     agent = BudgetAgent(stores.budgets)
-    reply = await agent.handle(AgentRequest("set my food budget to $400", "u1"))
+    reply = await answered(stores, agent, AgentRequest("set my food budget to $400", "u1"))
     assert "Set your monthly food budget to $400.00" in reply.content
-    reply = await agent.handle(AgentRequest("I spent $25.50 on groceries", "u1"))
+    reply = await answered(stores, agent, AgentRequest("I spent $25.50 on groceries", "u1"))
     assert "Recorded $25.50 for food" in reply.content
     assert "$374.50 left" in reply.content
-    reply = await agent.handle(AgentRequest("how much is left in my budget", "u1"))
+    reply = await answered(stores, agent, AgentRequest("how much is left in my budget", "u1"))
     assert reply.data["categories"]["food"] == {"limitCents": 40000, "spentCents": 2550}
+
+
+async def test_budget_agent_asks_for_its_expense_and_writes_nothing_itself(
+    stores: Stores,
+) -> None:
+    # A guard that runs the agent again after a failed attempt must not record it twice:
+    # the agent returns the write, the chat service commits it once with the turn.
+    agent = BudgetAgent(stores.budgets)
+    for _ in range(2):
+        reply = await agent.handle(AgentRequest("spent $5 on groceries", "u1"))
+    assert reply.writes == (AddExpense("u1", "food", 500, "spent $5 on groceries"),)
+    assert "spent $5.00 (no budget)" in reply.content
+    assert await stores.budgets.report("u1") == []
 
 
 async def test_budget_rejects_absurd_amounts(stores: Stores) -> None:
@@ -111,9 +133,9 @@ async def test_budget_asks_for_a_category(stores: Stores) -> None:
 
 
 async def test_router_saves_profile_facts_and_confirms(stores: Stores) -> None:
-    router = RouterAgent({}, stores.profiles)
-    reply = await router.handle(
-        AgentRequest("I am 30, 80 kg, 180 cm, male, moderately active", "u1")
+    router = RouterAgent({})
+    reply = await answered(
+        stores, router, AgentRequest("I am 30, 80 kg, 180 cm, male, moderately active", "u1")
     )
     assert "Saved your profile" in reply.content
     profile = await stores.profiles.get("u1")
@@ -122,9 +144,21 @@ async def test_router_saves_profile_facts_and_confirms(stores: Stores) -> None:
 
 async def test_router_hands_off_to_the_chosen_agent(stores: Stores) -> None:
     agents = {"nutrition": NutritionAgent(stores.profiles), "budget": BudgetAgent(stores.budgets)}
-    router = RouterAgent(agents, stores.profiles)
+    router = RouterAgent(agents)
     reply = await router.handle(AgentRequest("plan my meals", "u1"))
     assert reply.agent == "nutrition"
     assert 0 < reply.confidence <= 1
     general = await router.handle(AgentRequest("hello", "u1"))
     assert general.agent == "router" and "meal plans" in general.content
+
+
+async def test_router_facts_reach_the_chosen_agent_before_they_are_stored(
+    stores: Stores,
+) -> None:
+    router = RouterAgent({"nutrition": NutritionAgent(stores.profiles)})
+    reply = await router.handle(
+        AgentRequest("I am 30, 80 kg, 180 cm, male, moderately active: plan my meals", "u1")
+    )
+    assert reply.agent == "nutrition" and "2759 kcal" in reply.content
+    assert await stores.profiles.get("u1") is None
+    assert [type(write) for write in reply.writes] == [UpdateProfile]

@@ -1,0 +1,192 @@
+"""Units of work over the SQLite files.
+
+A unit that touches one file (a chat turn with no other writes, the hot path) runs on that
+store's own connection in one transaction. A unit that touches several files runs on a
+connection of its own that attaches them, conversations last, in one transaction, while it
+holds each store's lock (so a rollback cannot swap a file under it). That connection is
+kept between units, and any store's close (a rollback's pause included) closes it first, so
+it never holds a file that is being swapped.
+
+What this guarantees (stated in the README): an error while the statements run (a full disk
+at page allocation, a paused store, a constraint) rolls every file back. In WAL mode SQLite
+commits attached files one after another and atomically per file only, so a failure in the
+commit itself (the disk fills as the conversations file's log is written, or the process
+dies) can leave the earlier files committed: then the unit's expense is deleted again at
+once (by its turn key), and a retry with the same Idempotency-Key re-applies the unit
+without adding that expense twice. Budget limits and profile fields are set to a value, so
+applying them again changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from service.errors import StoreUnavailable
+from service.stores.base import Profile
+from service.stores.budgets import BudgetStore
+from service.stores.conversations import ConversationStore
+from service.stores.profiles import ProfileStore, profile_from_row
+from service.stores.sqlite import (
+    BUSY_TIMEOUT_MS,
+    SqliteStore,
+    SqliteTransaction,
+    encode_equipment,
+)
+from service.stores.unit_of_work import (
+    Applied,
+    KeyPolicy,
+    RememberedReply,
+    Unit,
+    apply,
+    remembered_from_row,
+    remembered_sql,
+)
+from service.stores.writes import AddExpense
+
+log = logging.getLogger("ers.stores")
+
+
+def _profile(row: Any) -> Profile:
+    return profile_from_row(row, json.loads(row["equipment"]))
+
+
+class SqliteUnitOfWork:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        budgets: BudgetStore,
+        profiles: ProfileStore,
+        policy: KeyPolicy,
+    ) -> None:
+        self._stores: dict[str, SqliteStore] = {
+            "budgets": budgets,
+            "profiles": profiles,
+            "conversations": conversations,
+        }
+        self._conversations = conversations
+        self.policy = policy
+        self._attach_lock = threading.Lock()
+        self._shared: sqlite3.Connection | None = None
+        for store in self._stores.values():
+            store.on_close(self._drop_shared)
+
+    async def remembered(self, scope: str, key: str) -> RememberedReply | None:
+        row = self._conversations.query_one(
+            remembered_sql("main"), (scope, key, time.time() - self.policy.ttl_s)
+        )
+        return remembered_from_row(row) if row is not None else None
+
+    async def commit(self, unit: Unit) -> Applied:
+        if not unit.writes and unit.key is None and unit.read_profile is None:
+            # The hot path: a turn that writes nothing else.
+            return await self._conversations.commit_unit(unit)
+        components = unit.components()
+        if not components:
+            return Applied()
+        if len(components) == 1:
+            return await self._stores[components[0]].commit_unit(unit, self.policy, _profile)
+        return await self._commit_attached(components, unit)
+
+    async def _commit_attached(self, components: list[str], unit: Unit) -> Applied:
+        with ExitStack() as held:
+            for name in components:
+                held.enter_context(self._stores[name].exclusive())
+            held.enter_context(self._attach_lock)
+            conn = self._shared_connection()
+            if conn is None:  # a store not in this unit is paused: attach only this unit's
+                conn = held.enter_context(self._attached(components))
+            try:
+                return await self._run(conn, components, unit)
+            except StoreUnavailable:
+                if conn is self._shared:  # start afresh after a failure
+                    self._shared = None
+                    conn.close()
+                raise
+
+    async def _run(self, conn: sqlite3.Connection, components: list[str], unit: Unit) -> Applied:
+        names = {name: f"ers_{name}" for name in components}
+        tx = SqliteTransaction(conn)
+        try:
+            conn.execute("BEGIN")
+            applied = await apply(
+                tx, names, unit, equipment=encode_equipment, policy=self.policy, profile_of=_profile
+            )
+        except sqlite3.Error as exc:
+            conn.rollback()
+            raise StoreUnavailable(tx.component, str(exc)) from exc
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._undo_expense(conn, unit)
+            raise StoreUnavailable(" and ".join(components), str(exc)) from exc
+        return applied
+
+    def _shared_connection(self) -> sqlite3.Connection | None:
+        """The connection with every file attached, kept between units (attaching and
+        reading three schemas per unit cost about 150 us); None while a store is closed.
+        Any store's close drops it first (``on_close``), so it never outlives a swap."""
+        if self._shared is None and all(store.is_open for store in self._stores.values()):
+            self._shared = self._connect(list(self._stores))
+        return self._shared
+
+    def _drop_shared(self) -> None:
+        with self._attach_lock:
+            if self._shared is not None:
+                self._shared.close()
+                self._shared = None
+
+    @contextmanager
+    def _attached(self, components: list[str]) -> Iterator[sqlite3.Connection]:
+        conn = self._connect(components)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _connect(self, components: list[str]) -> sqlite3.Connection:
+        """A connection with the components' files attached as ``ers_<name>``, in commit
+        order (SQLite commits attached files in the order they were attached)."""
+        conn = sqlite3.connect(
+            ":memory:",
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        for name in components:
+            try:
+                path = str(self._stores[name].path)
+                conn.execute(f"ATTACH DATABASE ? AS ers_{name}", (path,))
+                conn.execute(f"PRAGMA ers_{name}.synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StoreUnavailable(name, str(exc)) from exc
+        return conn
+
+    def _undo_expense(self, conn: sqlite3.Connection, unit: Unit) -> None:
+        """After a commit that failed part way: the conversations file (last) holds neither
+        turn nor key, so delete the expense an earlier file may have committed."""
+        if conn.in_transaction:
+            conn.rollback()
+        if unit.turn_key is None or not any(isinstance(w, AddExpense) for w in unit.writes):
+            return
+        try:
+            conn.execute("DELETE FROM ers_budgets.expenses WHERE turn_key = ?", (unit.turn_key,))
+        except sqlite3.Error as exc:
+            log.error(
+                "a chat turn's commit failed part way and its expense (turn key %s) could "
+                "not be removed: %s; a retry with the same Idempotency-Key will not add it "
+                "again, otherwise delete it from budgets.expenses by that turn_key",
+                unit.turn_key,
+                exc,
+            )

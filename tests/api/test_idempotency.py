@@ -1,0 +1,98 @@
+"""The Idempotency-Key header on /chat and PUT /api/profiles: checked, remembered for a
+bounded time and count, replayed, and refused for a different request."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.settings import Settings
+from service.stores.base import ChatTurn
+from service.stores.unit_of_work import KeyToRemember, Unit
+
+MAX_KEYS = 3
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"idempotency_keys_max": MAX_KEYS})
+
+
+def turns(app: FastAPI) -> int:
+    store = app.state.runtime.stores.conversations
+    return int(store.query_one("SELECT count(*) AS n FROM turns")["n"])
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        (b"", "is empty"),
+        (b"k" * 129, "129 characters long; the limit is 128"),
+        ("cl\u00e9".encode("latin-1"), "printable ASCII"),
+    ],
+)
+async def test_a_bad_key_is_refused_with_a_reason(
+    client: httpx.AsyncClient, app: FastAPI, key: bytes, says: str
+) -> None:
+    headers = {"Idempotency-Key": key}
+    chat = await client.post("/chat", json={"message": "spent $5 on food"}, headers=headers)
+    assert chat.status_code == 422 and says in chat.json()["detail"]
+    put = await client.put("/api/profiles/u1", json={"age": 30}, headers=headers)
+    assert put.status_code == 422 and says in put.json()["detail"]
+    assert turns(app) == 0
+    assert await app.state.runtime.stores.profiles.get("u1") is None
+
+
+async def test_a_key_of_128_printable_characters_is_accepted(client: httpx.AsyncClient) -> None:
+    key = "a ~" + "x" * 125
+    reply = await client.post("/chat", json={"message": "hello"}, headers={"Idempotency-Key": key})
+    assert reply.status_code == 200
+
+
+async def test_the_same_key_with_another_request_is_refused(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    headers = {"Idempotency-Key": "k1"}
+    assert (await client.post("/chat", json={"message": "hello"}, headers=headers)).is_success
+    for body in ({"message": "hello there"}, {"message": "hello", "userId": "someone-else"}):
+        refused = await client.post("/chat", json=body, headers=headers)
+        assert refused.status_code == 422
+        assert "already used for a different request" in refused.json()["detail"]
+    assert turns(app) == 1
+    # Keys are per endpoint: the profile update with the same key is its own request.
+    assert (await client.put("/api/profiles/u1", json={"age": 40}, headers=headers)).is_success
+
+
+async def test_only_the_newest_keys_are_remembered(client: httpx.AsyncClient, app: FastAPI) -> None:
+    for n in range(MAX_KEYS + 1):
+        headers = {"Idempotency-Key": f"key-{n}"}
+        assert (await client.post("/chat", json={"message": "hi"}, headers=headers)).is_success
+    assert turns(app) == MAX_KEYS + 1
+    # The newest MAX_KEYS replay; the oldest was forgotten and is answered afresh.
+    newest = await client.post(
+        "/chat", json={"message": "hi"}, headers={"Idempotency-Key": "key-1"}
+    )
+    assert newest.headers.get("Idempotent-Replayed") == "true"
+    assert turns(app) == MAX_KEYS + 1
+    oldest = await client.post(
+        "/chat", json={"message": "hi"}, headers={"Idempotency-Key": "key-0"}
+    )
+    assert "Idempotent-Replayed" not in oldest.headers
+    assert turns(app) == MAX_KEYS + 2
+
+
+async def test_a_key_older_than_its_time_is_forgotten(app: FastAPI) -> None:
+    units = app.state.runtime.stores.units
+    ttl = units.policy.ttl_s
+    turn = ChatTurn("u1", "hi", "hello", "router", True, False)
+    key = KeyToRemember("POST /chat", "old", "f", 200, lambda applied: {"response": "hello"})
+    await units.commit(Unit(turn=turn, key=key, now=time.time() - ttl - 1))
+    assert await units.remembered("POST /chat", "old") is None
+    fresh = KeyToRemember("POST /chat", "old", "f", 200, lambda applied: {"response": "again"})
+    # Remembering the key again clears the expired record rather than colliding with it.
+    await units.commit(Unit(turn=turn, key=fresh))
+    remembered = await units.remembered("POST /chat", "old")
+    assert remembered is not None and remembered.body == {"response": "again"}

@@ -1,0 +1,130 @@
+"""The unit of work on both engines: a turn and its writes commit together or not at all,
+and a unit applied again (a retry after a commit that failed part way) adds its expense once."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import StoreUnavailable
+from service.stores import Stores
+from service.stores.base import ChatTurn
+from service.stores.budgets import BudgetStore, current_month
+from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
+from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    if request.param == "sqlite":
+        opened = Stores.in_directory(tmp_path)
+    else:
+        opened = Stores.on_postgres(request.getfixturevalue("pg_url"))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def turn(message: str = "spent $5 on food") -> ChatTurn:
+    return ChatTurn("u1", message, "Recorded", "budget", True, False)
+
+
+WRITES = (
+    AddExpense("u1", "food", 500, "spent $5 on food"),
+    SetBudgetLimit("u1", "food", 40_000),
+    UpdateProfile.of("u1", age=30, equipment=("bands",)),
+)
+
+
+async def test_a_turn_and_its_writes_commit_together(stores: Stores) -> None:
+    applied = await stores.units.commit(Unit(WRITES, turn(), turn_key="t1"))
+    assert applied.turn_id is not None
+    stored = await stores.conversations.get_turn(applied.turn_id)
+    assert stored is not None and stored.message == "spent $5 on food"
+    report = await stores.budgets.report("u1", current_month())
+    assert [(r.category, r.limit_cents, r.spent_cents) for r in report] == [("food", 40_000, 500)]
+    profile = await stores.profiles.get("u1")
+    assert profile is not None and profile.age == 30 and profile.equipment == ("bands",)
+
+
+async def test_applying_a_unit_again_adds_its_expense_once(stores: Stores) -> None:
+    # A commit that failed after the budgets store committed, then the client's retry.
+    await stores.units.commit(Unit(WRITES[:1], turn_key="t2"))
+    await stores.units.commit(Unit(WRITES, turn(), turn_key="t2"))
+    assert (await stores.budgets.report("u1"))[0].spent_cents == 500
+    # Another turn's expense of the same amount is its own.
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t3"))
+    assert (await stores.budgets.report("u1"))[0].spent_cents == 1000
+
+
+async def test_a_key_committed_first_by_another_request_takes_nothing_from_the_second(
+    stores: Stores,
+) -> None:
+    key = KeyToRemember("POST /chat", "k", "f", 200, lambda applied: {"turn": applied.turn_id})
+    first = await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="a", key=key))
+    # Two requests with one key both ran their agents; the second to commit loses whole.
+    with pytest.raises(KeyTaken):
+        await stores.units.commit(Unit(WRITES, turn(), turn_key="b", key=key))
+    assert (await stores.budgets.report("u1"))[0].spent_cents == 500
+    assert await stores.profiles.get("u1") is None
+    assert await stores.conversations.count() == 1
+    remembered = await stores.units.remembered("POST /chat", "k")
+    assert remembered is not None and remembered.body == {"turn": first.turn_id}
+    assert await stores.units.remembered("PUT /api/profiles", "k") is None
+
+
+async def test_a_key_used_again_after_its_time_records_a_new_expense(stores: Stores) -> None:
+    ttl = stores.key_policy.ttl_s
+    key = KeyToRemember("POST /chat", "k", "f", 200, lambda applied: {})
+    long_ago = time.time() - ttl - 60
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key, now=long_ago))
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key))
+    months = {current_month(long_ago), current_month()}
+    reports = [await stores.budgets.report("u1", month) for month in months]
+    assert sum(row.spent_cents for report in reports for row in report) == 1000
+
+
+async def test_a_failing_statement_leaves_every_store_as_it_was(stores: Stores) -> None:
+    # A negative limit breaks the budgets table's CHECK after the expense was inserted.
+    broken = (*WRITES, SetBudgetLimit("u1", "rent", -1))
+    with pytest.raises(StoreUnavailable, match="budgets"):
+        await stores.units.commit(Unit(broken, turn(), turn_key="t4"))
+    assert await stores.budgets.report("u1") == []
+    assert await stores.profiles.get("u1") is None
+    assert await stores.conversations.count() == 0
+
+
+async def test_a_paused_store_refuses_the_whole_unit(stores: Stores) -> None:
+    with (
+        stores.paused(["profiles"], "a rollback is swapping the profiles file"),
+        pytest.raises(StoreUnavailable, match="rollback is swapping"),
+    ):
+        await stores.units.commit(Unit(WRITES, turn(), turn_key="t5"))
+    assert await stores.budgets.report("u1") == []
+    assert await stores.conversations.count() == 0
+
+
+async def test_a_file_swapped_by_a_rollback_gets_the_next_units_writes(tmp_path: Path) -> None:
+    # The connection that attaches the files is kept between units; a pause must close it,
+    # or it would keep writing into the file the rollback replaced.
+    stores = Stores.in_directory(tmp_path / "live")
+    stores.open_all()
+    try:
+        await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="before"))
+        replacement = BudgetStore(tmp_path / "restored.sqlite3")
+        replacement.open()
+        replacement.close()
+        with stores.paused(["budgets"], "a rollback is swapping the budgets file"):
+            os.replace(replacement.path, stores.budgets.path)
+        await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="after"))
+    finally:
+        stores.close_all()
+    with sqlite3.connect(stores.budgets.path) as conn:
+        assert conn.execute("SELECT turn_key FROM expenses").fetchall() == [("after",)]
