@@ -135,17 +135,17 @@ async def minimal_response_mode_answers_chat_without_agents(rig: Rig) -> None:
     agent = rig.team.get("nutrition").agent = CountingAgent("nutrition")  # type: ignore[assignment]
     chat = ChatService(
         MinimalModeGate(rig.team.router, rig.minimal),  # type: ignore[arg-type]
-        rig.stores.conversations,
+        rig.stores.units,
     )
-    before = await chat.chat("plan my meals for today", "u1")
-    assert before.reply.agent == "nutrition" and agent.calls == 1
+    before = (await chat.chat("plan my meals for today", "u1")).as_seed_shape()
+    assert before["agent"] == "nutrition" and agent.calls == 1
     assert (await rig.run("minimal_response_mode", component="core")).result == "success"
-    during = await chat.chat("plan my meals for today", "u1")
-    assert during.reply.content == MINIMAL_ANSWER and during.reply.degraded
-    assert during.as_seed_shape()["emergency"] is True
+    during = (await chat.chat("plan my meals for today", "u1")).as_seed_shape()
+    assert during["response"] == MINIMAL_ANSWER and during["emergency"] is True
     assert agent.calls == 1
     rig.minimal.leave()
-    assert (await chat.chat("plan my meals for today", "u1")).reply.agent == "nutrition"
+    after = (await chat.chat("plan my meals for today", "u1")).as_seed_shape()
+    assert after["agent"] == "nutrition"
 
 
 async def rollback_rolls_back_only_when_allowed(rig: Rig) -> None:
