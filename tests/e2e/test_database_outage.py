@@ -5,6 +5,8 @@ database is back, so is everything that needs it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ QUICK_S = 2.0
 # A request that needs the database gives up within the pool's wait for a connection.
 STORE_BOUND_S = 10.0
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+ALERT_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 STORES = ("conversations", "profiles", "budgets", "system_state")
 
 
@@ -65,22 +68,22 @@ def alert(status: str, fingerprint: str) -> dict[str, Any]:
     }
 
 
-def database_requests(ers: ErsProcess, results: list[tuple[str, int | str]]) -> None:
-    """Requests that need the incident database, each in its own thread: while it is down
-    each may wait for it (bounded), but none may hold up anyone else."""
-    admin = {"Authorization": f"Bearer {ADMIN}"}
-    calls = [
-        ("GET", "/api/emergency/incidents", None, admin),
-        ("GET", "/api/emergency/metrics", None, admin),
-        (
-            "POST",
-            "/api/emergency/alerts",
-            alert("firing", "0utage0001"),
-            {"Authorization": f"Bearer {TOKEN}"},
-        ),
-        # A failing chat: its incident's responder writes the timeline.
-        ("POST", "/chat", {"message": "budget report", "userId": "u-outage"}, None),
+def incident_calls() -> list[tuple[str, str, Any, dict[str, str] | None]]:
+    """Requests that need the incident database (or its alert ledger)."""
+    return [
+        ("GET", "/api/emergency/incidents", None, ADMIN_HEADERS),
+        ("GET", "/api/emergency/metrics", None, ADMIN_HEADERS),
+        ("POST", "/api/emergency/alerts", alert("firing", "0utage0001"), ALERT_HEADERS),
     ]
+
+
+def send_in_background(
+    ers: ErsProcess,
+    calls: list[tuple[str, str, Any, dict[str, str] | None]],
+    results: list[tuple[str, int | str]],
+) -> list[threading.Thread]:
+    """Each request in its own thread: it may wait for the database (bounded), but must not
+    hold up anyone else."""
 
     def call(method: str, path: str, body: Any, headers: Any) -> None:
         try:
@@ -95,7 +98,43 @@ def database_requests(ers: ErsProcess, results: list[tuple[str, int | str]]) -> 
     for thread in threads:
         thread.start()
     time.sleep(0.3)  # let them reach the server and wait on the database
-    return None
+    return threads
+
+
+def start_with_an_incident(workdir: Path, url: str) -> ErsProcess:
+    """``ers serve`` on the database at ``url``, with an open incident on budget."""
+    env = {
+        "ERS_DATABASE_URL": url,
+        "ERS_ALERT_TOKEN": TOKEN,
+        "ERS_ADMIN_TOKEN": ADMIN,
+        "ERS_HEALTH_CHECK_INTERVAL_S": "1",
+    }
+    ers = start_ers(workdir, env=env)
+    fault = {"component": "budget", "errorType": "database"}
+    reply = httpx.post(f"{ers.url}/api/emergency/simulate-error", json=fault, headers=ADMIN_HEADERS)
+    assert reply.status_code == 200, reply.text
+    failed = httpx.post(f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"})
+    assert failed.status_code == 200 and failed.json()["success"] is False, failed.text
+    deadline = time.monotonic() + 10
+    while not incidents_of(ers, "budget") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert incidents_of(ers, "budget"), "the failing chat opened no incident"
+    return ers
+
+
+def cluster_processes(server: PostgresServer) -> list[int]:
+    """The postmaster of the test's own cluster and every process it started."""
+    assert server.work_dir is not None
+    postmaster = int((server.work_dir / "data" / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
 
 
 def incidents_of(ers: ErsProcess, component: str) -> list[dict[str, Any]]:
@@ -134,30 +173,15 @@ def quick(ers: ErsProcess, method: str, path: str, **kwargs: Any) -> httpx.Respo
 def test_the_service_answers_while_postgres_is_down_and_recovers_when_it_is_back(
     tmp_path: Path, own_server: PostgresServer
 ) -> None:
-    url = own_server.create_database()
-    env = {
-        "ERS_DATABASE_URL": url,
-        "ERS_ALERT_TOKEN": TOKEN,
-        "ERS_ADMIN_TOKEN": ADMIN,
-        "ERS_HEALTH_CHECK_INTERVAL_S": "1",
-    }
-    ers = start_ers(tmp_path / "ers", env=env)
-    admin = {"Authorization": f"Bearer {ADMIN}"}
+    ers = start_with_an_incident(tmp_path / "ers", own_server.create_database())
+    admin = ADMIN_HEADERS
     try:
-        fault = {"component": "budget", "errorType": "database"}
-        reply = httpx.post(f"{ers.url}/api/emergency/simulate-error", json=fault, headers=admin)
-        assert reply.status_code == 200, reply.text
-        failed = httpx.post(f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"})
-        assert failed.status_code == 200 and failed.json()["success"] is False, failed.text
-        deadline = time.monotonic() + 10
-        while not incidents_of(ers, "budget") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert incidents_of(ers, "budget"), "the failing chat opened no incident"
-
         own_server.halt()
         results: list[tuple[str, int | str]] = []
+        # A failing chat too: its incident's responder writes the timeline.
+        failing_chat = ("POST", "/chat", {"message": "budget report", "userId": "u2"}, None)
         for attempt in range(3):
-            database_requests(ers, results)
+            send_in_background(ers, [*incident_calls(), failing_chat], results)
             assert quick(ers, "GET", "/livez").status_code == 200
             status = quick(ers, "GET", "/api/emergency/status", headers=admin)
             assert status.status_code == 200, status.text
@@ -203,5 +227,36 @@ def test_the_service_answers_while_postgres_is_down_and_recovers_when_it_is_back
             time.sleep(0.5)
         assert delivered.status_code == 200, delivered.text
         assert delivered.json()["new"] == 1, delivered.text
+    finally:
+        ers.stop()
+
+
+def test_a_frozen_postgres_holds_up_only_the_requests_that_need_it(
+    tmp_path: Path, own_server: PostgresServer
+) -> None:
+    """Every process of the server stopped (SIGSTOP): connections stay open and statements
+    never come back. The event loop must not be among those waiting."""
+    ers = start_with_an_incident(tmp_path / "ers", own_server.create_database())
+    try:
+        results: list[tuple[str, int | str]] = []
+        threads: list[threading.Thread] = []
+        frozen = cluster_processes(own_server)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                threads += send_in_background(ers, incident_calls(), results)
+                assert quick(ers, "GET", "/livez").status_code == 200
+                status = quick(ers, "GET", "/api/emergency/status", headers=ADMIN_HEADERS)
+                assert status.status_code == 200, status.text
+            assert results == [], "answered from a frozen database"
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        # The held requests go through once the server runs again.
+        for thread in threads:
+            thread.join(STORE_BOUND_S + 5)
+        assert sorted(code for _, code in results) == [200] * 9, results
+        assert incidents_of(ers, "budget")
     finally:
         ers.stop()
