@@ -137,14 +137,14 @@ class Responder:
             self._forget_old(now)
         why_not = await self._why_not(action, context)
         if why_not is not None:
-            return self._skip(action, context, why_not)
-        self._note(context, "action_started", f"{action} started", {"action": action})
+            return await self._skip(action, context, why_not)
+        await self._note(context, "action_started", f"{action} started", {"action": action})
         try:
             result = await asyncio.wait_for(self._actions[action](context), 120)
         except Exception as exc:  # an action must never take the service down
             log.exception("action %s failed for %s", action, context.incident_id)
             result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
-        self._note(
+        await self._note(
             context,
             "action_finished",
             f"{action}: {result.result} — {result.detail}",
@@ -176,9 +176,9 @@ class Responder:
                 return f"replica {holder} runs {action} for this incident"
         return None
 
-    def _skip(self, action: str, context: ResponseContext, reason: str) -> ActionResult:
+    async def _skip(self, action: str, context: ResponseContext, reason: str) -> ActionResult:
         result = ActionResult(action, "skipped", reason)
-        self._note(
+        await self._note(
             context,
             "action_skipped",
             f"{action}: skipped — {reason}",
@@ -193,11 +193,14 @@ class Responder:
             if now - at >= self.cooldown_s:
                 del self._last_run[key]
 
-    def _note(self, context: ResponseContext, kind: str, message: str, data: dict) -> None:
+    async def _note(self, context: ResponseContext, kind: str, message: str, data: dict) -> None:
+        """Write on the incident's timeline, a round trip to its store: off the event loop."""
         if self.timeline is None:
             return
         try:
-            self.timeline.add_timeline(context.incident_id, kind, message, context.source, data)
+            await asyncio.to_thread(
+                self.timeline.add_timeline, context.incident_id, kind, message, context.source, data
+            )
         except Exception:
             log.exception("could not write the timeline of %s", context.incident_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -71,7 +72,7 @@ class Runtime:
         if self.incidents is None or self.backups is None or incident_id is None:
             raise SnapshotNotFound("incidents or backups are not available")
         try:
-            incident = self.incidents.get(incident_id)
+            incident = await asyncio.to_thread(self.incidents.get, incident_id)
         except IncidentNotFound as exc:
             raise SnapshotNotFound(str(exc)) from None
         moment = datetime.fromtimestamp(incident.first_seen, UTC)
@@ -83,6 +84,7 @@ class Runtime:
         return snapshot_id
 
     def record_rollback(self, request: Any, result: Any, error: str | None) -> None:
+        """Blocking (the incident store and the audit file): call off the event loop."""
         if self.incidents is not None and request.beforeIncident:
             words = f"failed: {error}" if error else f"rolled back to {result.snapshot_id}"
             with contextlib.suppress(LookupError):

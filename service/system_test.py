@@ -110,10 +110,12 @@ def incident_step(incidents: Any, tracer: trace.Tracer) -> list[Step]:
             span.record_exception(SystemTestProbe(f"system test probe {marker}"))
             span.set_status(Status(StatusCode.ERROR, "system test probe"))
         await incidents.drain()
-        incident = incidents.store.find_active(SYSTEM_TEST_COMPONENT)
+        incident = await asyncio.to_thread(incidents.store.find_active, SYSTEM_TEST_COMPONENT)
         if incident is None or marker not in incident.message:
             raise RuntimeError("the synthetic error span did not come out as an incident")
-        incidents.store.resolve(incident.id, "test-system", "synthetic check passed")
+        await asyncio.to_thread(
+            incidents.store.resolve, incident.id, "test-system", "synthetic check passed"
+        )
         return f"{incident.id} opened from the span and closed"
 
     return [("incident-pipeline", run)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from service.backups import ROLLBACK_COMPONENTS, BackupService
 from service.health.monitor import HealthMonitor
@@ -46,8 +47,26 @@ def agent_is_healthy(team: Team, component: str) -> bool:
     return guard is None or guard.breaker.state.value == "closed"
 
 
+# State changes are noted on timelines one after another, in the order they happened, by a
+# thread of their own: a note is two round trips to the incident store, and the state
+# machine runs on the event loop.
+_STATE_NOTES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ers-state-notes")
+
+
 def note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
-    """A system state change goes on the timeline of the incident most likely behind it."""
+    """A system state change goes on the timeline of the incident most likely behind it,
+    written off the calling thread."""
+    _STATE_NOTES.submit(_note_state_change, incidents, transition)
+
+
+def _note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
+    try:
+        _write_state_change(incidents, transition)
+    except Exception as exc:  # the store may be down; the state has changed all the same
+        log.warning("the state change %s could not be noted: %s", transition.to_state, exc)
+
+
+def _write_state_change(incidents: IncidentService, transition: StateTransition) -> None:
     rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     active, _ = incidents.store.list(status="active", limit=50)
     if not active:

@@ -65,12 +65,14 @@ class AlertHandler:
         self._tasks: set[asyncio.Task[None]] = set()
         self.recovery = IncidentRecovery(incidents)
 
-    def receive(self, payload: WebhookPayload) -> dict[str, Any]:
+    async def receive(self, payload: WebhookPayload) -> dict[str, Any]:
         """Record every alert (raises LedgerUnavailable) and act on the new ones later."""
         new = duplicates = 0
         for alert in payload.alerts:
             starts_at = alert.startsAt.isoformat()
-            if self.ledger.record(alert.fingerprint, starts_at, alert.status, alert.name):
+            if await asyncio.to_thread(
+                self.ledger.record, alert.fingerprint, starts_at, alert.status, alert.name
+            ):
                 new += 1
                 task = asyncio.get_running_loop().create_task(self._process(alert))
                 self._tasks.add(task)
@@ -192,7 +194,9 @@ class AlertHandler:
         if action is None:
             return "recorded; the alert names no action"
         if action not in ACTIONS:
-            self._note(incident_id, f"unknown action '{action}': recorded, nothing done")
+            await asyncio.to_thread(
+                self._note, incident_id, f"unknown action '{action}': recorded, nothing done"
+            )
             return f"unknown action '{action}'"
         if action == "isolate":
             self.recovery.forget(target)

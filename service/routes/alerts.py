@@ -19,7 +19,7 @@ async def receive_alerts(payload: WebhookPayload, who: AlertAuth, runtime: Runti
     if runtime.alerts is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "alert handling is starting")
     try:
-        return runtime.alerts.receive(payload)
+        return await runtime.alerts.receive(payload)
     except LedgerUnavailable as exc:
         # A 5xx makes Alertmanager retry: the alert is not lost.
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None

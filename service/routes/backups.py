@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -249,14 +250,14 @@ async def rollback(
         )
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
-        runtime.record_rollback(body, None, str(exc))
+        await asyncio.to_thread(runtime.record_rollback, body, None, str(exc))
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"rollback failed at step '{exc.step}'; live state unchanged: {exc}",
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
-    runtime.record_rollback(body, result, None)
+    await asyncio.to_thread(runtime.record_rollback, body, result, None)
     return {
         "rolledBack": True,
         "backupId": result.snapshot_id,

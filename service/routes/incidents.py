@@ -100,7 +100,8 @@ async def list_incidents(
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     store = _store(runtime)
-    items, total = store.list(
+    items, total = await asyncio.to_thread(
+        store.list,
         status=status_filter,
         severity=severity,
         component=component,
@@ -120,12 +121,13 @@ async def list_incidents(
 async def get_incident(runtime: RuntimeDep, incident_id: str = IncidentId) -> dict[str, Any]:
     store = _store(runtime)
     try:
-        incident = store.get(incident_id)
+        incident = await asyncio.to_thread(store.get, incident_id)
     except IncidentNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    timeline = await asyncio.to_thread(store.timeline, incident_id)
     return {
         **incident_view(runtime, incident),
-        "timeline": [entry.to_dict() for entry in store.timeline(incident_id)],
+        "timeline": [entry.to_dict() for entry in timeline],
     }
 
 
@@ -136,23 +138,27 @@ async def acknowledge(
     body: Acknowledge | None = None,
     incident_id: str = IncidentId,
 ) -> dict[str, Any]:
-    return _change(runtime, lambda s: s.acknowledge(incident_id, who, body.note if body else ""))
+    return await _change(
+        runtime, lambda s: s.acknowledge(incident_id, who, body.note if body else "")
+    )
 
 
 @router.post("/incidents/{incident_id}/resolve")
 async def resolve(
     runtime: RuntimeDep, body: Resolve, who: AdminAuth, incident_id: str = IncidentId
 ) -> dict[str, Any]:
-    view = _change(runtime, lambda s: s.resolve(incident_id, who, body.resolution))
+    view = await _change(runtime, lambda s: s.resolve(incident_id, who, body.resolution))
     if runtime.incident_service is not None:
-        runtime.incident_service.observe_recovery(runtime.incidents.get(incident_id))
+        resolved = await asyncio.to_thread(runtime.incidents.get, incident_id)
+        runtime.incident_service.observe_recovery(resolved)
     return view
 
 
-def _change(runtime: Any, change: Any) -> dict[str, Any]:
+async def _change(runtime: Any, change: Any) -> dict[str, Any]:
+    """``change(store)``, a blocking round trip to the store, off the event loop."""
     store = _store(runtime)
     try:
-        incident = change(store)
+        incident = await asyncio.to_thread(change, store)
     except IncidentNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except IllegalTransition as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -72,7 +73,7 @@ async def metrics_summary(
         "timeRangeHours": timeRange,
         "overall": stats.summary(timeRange).as_dict(),
         "agents": {agent: stats.summary(timeRange, agent).as_dict() for agent in stats.agents()},
-        "incidentsBySeverity": runtime.incidents_by_severity(timeRange),
+        "incidentsBySeverity": await asyncio.to_thread(runtime.incidents_by_severity, timeRange),
     }
 
 
