@@ -51,16 +51,6 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class Forcing:
-    """Who holds a breaker forced open, why, and until when (monotonic and wall time)."""
-
-    reason: str
-    source: str
-    expires_at: float | None
-    expires_at_wall: float | None
-
-
 class Permit:
     """The right to make one call; reports its outcome once, later reports are no-ops."""
 

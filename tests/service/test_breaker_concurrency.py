@@ -176,7 +176,7 @@ async def test_call_counts_errors_raised_by_async_functions() -> None:
 
     with pytest.raises(UserInputError):
         await breaker.call(depends_on_a_broken_database, -1, currency="EUR")
-    assert breaker.consecutive_failures == 0
+    assert breaker.snapshot()["failureCount"] == 0
     for _ in range(3):
         with pytest.raises(DependencyError):
             await breaker.call(depends_on_a_broken_database, 5, currency="EUR")
