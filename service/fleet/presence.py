@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator
 import psycopg
 
 from service.datadir_lock import OFFLINE_ADVICE, DataDirInUse
-from service.fleet.leader import KEEPALIVES, watch_session
+from service.fleet.leader import cancelled, connect_session, watch_session
 from service.fleet.outage import Outage
-from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+from service.stores.postgres import PostgresDatabase
 
 log = logging.getLogger("ers.fleet")
 
@@ -41,16 +41,6 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
 
 def _name(role: str) -> str:
     return f"{role} pid {os.getpid()} on {socket.gethostname()}"[:63]
-
-
-async def _connect(url: str, role: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
-    return await psycopg.AsyncConnection.connect(
-        url,
-        autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        application_name=_name(role),
-        **KEEPALIVES,
-    )
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[tuple[object, ...]], function: str) -> bool:
@@ -78,7 +68,7 @@ class ReplicaPresence:
     async def start(self) -> None:
         """Take the shared lock, or raise DataDirInUse while an offline command holds it."""
         try:
-            conn = await _connect(self._url, "ers serve")
+            conn = await connect_session(self._url, _name("ers serve"))
             if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
                 holders = await _holders(conn)
                 await conn.close()
@@ -96,10 +86,7 @@ class ReplicaPresence:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancelled(task)
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -114,7 +101,7 @@ class ReplicaPresence:
         while True:
             try:
                 if self._conn is None:
-                    conn = await _connect(self._url, "ers serve")
+                    conn = await connect_session(self._url, _name("ers serve"))
                     if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
                         await conn.close()
                         raise RuntimeError("an offline command holds it")
@@ -137,7 +124,7 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
     runs (or another such command does)."""
     database = PostgresDatabase(url)
     try:
-        conn = await _connect(url, "ers backup --offline")
+        conn = await connect_session(url, _name("ers backup --offline"))
     except psycopg.Error as exc:
         raise DataDirInUse(
             f"cannot tell whether a replica runs on {database.location}: "
