@@ -85,18 +85,16 @@ class FailureWindow:
         return round(self.failed_calls / buffered, 4), round(self.slow_calls / buffered, 4)
 
     def _rate_reached(self) -> str | None:
-        buffered = self.buffered
+        buffered, config = self.buffered, self._config
         if buffered < self._minimum_calls:
             return None
-        config = self._config
-        if self.failed_calls / buffered >= config.failure_rate_threshold:
-            return (
-                f"failure rate {self.failed_calls / buffered:.0%} over the last {buffered} calls "
-                f"reached the {config.failure_rate_threshold:.0%} threshold"
-            )
-        if self.slow_calls / buffered >= config.slow_call_rate_threshold:
-            return (
-                f"slow-call rate {self.slow_calls / buffered:.0%} over the last {buffered} "
-                f"calls reached the {config.slow_call_rate_threshold:.0%} threshold"
-            )
+        for what, count, threshold in (
+            ("failure", self.failed_calls, config.failure_rate_threshold),
+            ("slow-call", self.slow_calls, config.slow_call_rate_threshold),
+        ):
+            if count / buffered >= threshold:
+                return (
+                    f"{what} rate {count / buffered:.0%} over the last {buffered} calls "
+                    f"reached the {threshold:.0%} threshold"
+                )
         return None
