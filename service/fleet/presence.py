@@ -68,25 +68,35 @@ class ReplicaPresence:
     async def start(self) -> None:
         """Take the shared lock, or raise DataDirInUse while an offline command holds it."""
         try:
-            conn = await connect_session(self._url, _name("ers serve"))
-            if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
-                holders = await _holders(conn)
-                await conn.close()
-                raise DataDirInUse(
-                    f"refusing to start: the state on {self._database.location} is held by "
-                    f"{holders}: let that command finish, then start the replica"
-                )
+            holders = await self._take()
         except psycopg.Error as exc:
             raise DataDirInUse(
                 f"refusing to start: cannot take the live state's lock on "
                 f"{self._database.location}: {self._database.reason(exc)}"
             ) from None
-        self._conn = conn
+        if holders is not None:
+            raise DataDirInUse(
+                f"refusing to start: the state on {self._database.location} is held by "
+                f"{holders}: let that command finish, then start the replica"
+            )
         self._task = asyncio.create_task(self._keep(), name="replica-presence")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancelled(task)
+        await self._drop()
+
+    async def _take(self) -> str | None:
+        """Hold the shared lock on a connection of its own; else who holds it exclusively."""
+        conn = await connect_session(self._url, _name("ers serve"))
+        if await _try_lock(conn, "pg_try_advisory_lock_shared"):
+            self._conn = conn
+            return None
+        holders = await _holders(conn)
+        await conn.close()
+        return holders
+
+    async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -101,19 +111,15 @@ class ReplicaPresence:
         while True:
             try:
                 if self._conn is None:
-                    conn = await connect_session(self._url, _name("ers serve"))
-                    if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
-                        await conn.close()
-                        raise RuntimeError("an offline command holds it")
-                    self._conn = conn
+                    holders = await self._take()
+                    if holders is not None:
+                        raise RuntimeError(f"an offline command holds it: {holders}")
                     outage.recovered()
+                assert self._conn is not None
                 await watch_session(self._conn, self.check_interval_s)
             except (psycopg.Error, TimeoutError, RuntimeError) as exc:
                 reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
+                await self._drop()
                 outage.failed(reason or type(exc).__name__, self.check_interval_s)
             await asyncio.sleep(self.check_interval_s)
 
