@@ -128,13 +128,10 @@ class FleetLeader:
             )
 
 
-async def connect_session(
-    url: str, application_name: str | None = None
-) -> psycopg.AsyncConnection[tuple[object, ...]]:
+async def connect_session(url: str, **options: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
     """A connection of its own for a session lock, which the server drops with it."""
-    named = {} if application_name is None else {"application_name": application_name}
     return await psycopg.AsyncConnection.connect(
-        url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES, **named
+        url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES, **options
     )
 
 

@@ -59,10 +59,6 @@ class Override:
     trial_passed: bool = False
 
 
-def default_replica_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class FleetOverrides:
     """Shares forced opens and releases of ``breakers`` with every replica on ``database``."""
 
@@ -80,7 +76,7 @@ class FleetOverrides:
         self._url = url
         self._breakers = {breaker.name: breaker for breaker in breakers}
         self.poll_interval_s = poll_interval_s
-        self.replica = replica or default_replica_name()
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.listen = listen
         # Per agent: the override version last applied here or written from here.
         self._seen: dict[str, int] = {}

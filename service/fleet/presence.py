@@ -88,7 +88,7 @@ class ReplicaPresence:
 
     async def _take(self) -> str | None:
         """Hold the shared lock on a connection of its own; else who holds it exclusively."""
-        conn = await connect_session(self._url, _name("ers serve"))
+        conn = await connect_session(self._url, application_name=_name("ers serve"))
         if await _try_lock(conn, "pg_try_advisory_lock_shared"):
             self._conn = conn
             return None
@@ -130,7 +130,7 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
     runs (or another such command does)."""
     database = PostgresDatabase(url)
     try:
-        conn = await connect_session(url, _name("ers backup --offline"))
+        conn = await connect_session(url, application_name=_name("ers backup --offline"))
     except psycopg.Error as exc:
         raise DataDirInUse(
             f"cannot tell whether a replica runs on {database.location}: "

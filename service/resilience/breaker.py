@@ -33,20 +33,6 @@ from service.resilience.breaker_permit import (
 )
 from service.resilience.breaker_window import FAILED, SLOW, SUCCEEDED, FailureWindow
 
-__all__ = [
-    "BreakerConfig",
-    "BreakerEvent",
-    "BreakerEventKind",
-    "BreakerState",
-    "CallNotPermitted",
-    "CircuitBreaker",
-    "Forcing",
-    "Permit",
-    "ProbeOutcome",
-    "ResetRefused",
-    "add_transition_span_event",
-]
-
 P = ParamSpec("P")
 T = TypeVar("T")
 

@@ -14,8 +14,6 @@ class OpenPeriod:
     ``open_duration_s``; each later one (a failed trial) for longer by
     ``open_backoff_multiplier``, up to ``max_open_duration_s``; ``clear`` starts over."""
 
-    __slots__ = ("_config", "trips", "duration_s", "opened_at_wall", "next_attempt_at", "reason")
-
     def __init__(self, config: BreakerConfig) -> None:
         self._config = config
         self.clear()

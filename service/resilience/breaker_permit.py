@@ -39,10 +39,6 @@ class ProbeOutcome:
 
     error: str | None = None
 
-    @property
-    def passed(self) -> bool:
-        return self.error is None
-
 
 def describe_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -14,21 +14,6 @@ class FailureWindow:
     and the last failure. ``record`` returns why the breaker trips now, or None; a clean
     close ``clear``s it all."""
 
-    __slots__ = (
-        "_config",
-        "_minimum_calls",
-        "_size",
-        "_outcomes",
-        "_cursor",
-        "buffered",
-        "failed_calls",
-        "slow_calls",
-        "consecutive_failures",
-        "last_failure_at",
-        "last_failure_at_wall",
-        "last_error",
-    )
-
     def __init__(self, config: BreakerConfig) -> None:
         self._config = config
         # Copied out of the config: read on every call.
