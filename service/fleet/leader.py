@@ -76,10 +76,7 @@ class FleetLeader:
     async def stop(self) -> None:
         """Stop running jobs and let the lock go (closing its connection releases it)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancelled(task)
         self._step_down(None)
 
     async def _run(self) -> None:
@@ -90,9 +87,7 @@ class FleetLeader:
         )
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES
-                ) as conn:
+                async with await connect_session(self._url) as conn:
                     outage.recovered()
                     await self._hold(conn)
             except psycopg.Error as exc:
@@ -133,6 +128,21 @@ class FleetLeader:
             )
 
 
+async def connect_session(url: str, **options: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    """A connection of its own for a session lock, which the server drops with it."""
+    return await psycopg.AsyncConnection.connect(
+        url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES, **options
+    )
+
+
+async def cancelled(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def watch_session(conn: psycopg.AsyncConnection[object], check_interval_s: float) -> None:
     """Returns never; raises once the session holding a lock is gone.
 
@@ -157,9 +167,7 @@ async def repository_init_lock(database: PostgresDatabase, url: str) -> AsyncIte
     The lock lives on a connection of its own and goes with it."""
     conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES
-        )
+        conn = await connect_session(url)
         await conn.execute("SELECT pg_advisory_lock(%s)", (REPOSITORY_INIT_LOCK_KEY,))
     except psycopg.Error as exc:
         if conn is not None:

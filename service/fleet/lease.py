@@ -7,33 +7,49 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 
 import psycopg
 
-from service.fleet.outage import Outage
+from service.fleet.outage import MAX_BACKOFF_S, Outage, pool_of
 from service.fleet.schema import CLAIM_LEASE, HAS_ROW
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
+from service.stores.postgres import PostgresDatabase
 
-MAX_BACKOFF_S = 30.0
 # How long a trial lease lasts beyond the trial call's own limit (half_open_max_wait_s).
 LEASE_MARGIN_S = 5.0
 
 
 class TrialLeases:
-    """The lease bookkeeping of ``FleetOverrides``, which inherits it and sets these up."""
+    """Which half-open trials this replica may run. ``follow`` keeps the bookkeeping of each
+    breaker event, ``may_run_trial`` is each breaker's trial gate, ``needs_lease`` says
+    whether an agent's trial waits for the fleet, ``stop`` ends the claims in flight."""
 
-    replica: str
-    poll_interval_s: float
-    _breakers: dict[str, CircuitBreaker]
-    _pending: dict[str, object]
-    _write_outage: Outage
-    # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
-    _needs_lease: set[str]
-    # Per agent: until when (monotonic) this replica holds the trial lease.
-    _lease_until: dict[str, float]
-    _claims: dict[str, asyncio.Task[None]]
+    def __init__(
+        self,
+        database: PostgresDatabase,
+        breakers: Mapping[str, CircuitBreaker],
+        *,
+        replica: str,
+        poll_interval_s: float,
+        unwritten: Callable[[str], bool],
+    ) -> None:
+        self._database = database
+        self._breakers = breakers
+        self._replica = replica
+        self._poll_interval_s = poll_interval_s
+        # Whether this replica's own override of an agent waits to be written.
+        self._unwritten = unwritten
+        # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
+        self._needs_lease: set[str] = set()
+        # Per agent: until when (monotonic) this replica holds the trial lease.
+        self._lease_until: dict[str, float] = {}
+        self._claims: dict[str, asyncio.Task[None]] = {}
 
-    def _follow_trials(self, event: BreakerEvent) -> bool:
+    def needs_lease(self, agent: str) -> bool:
+        return agent in self._needs_lease
+
+    def follow(self, event: BreakerEvent) -> bool:
         """Keep the lease bookkeeping of ``event``'s breaker; True when a trial this replica
         ran under the lease just closed it."""
         name, to_state = event.breaker, event.to_state
@@ -48,7 +64,7 @@ class TrialLeases:
                 # A failed trial: keep the lease through the open period so that this
                 # replica alone tries again when it ends.
                 breaker = self._breakers[name]
-                ttl_s = float(breaker.snapshot()["openDurationS"]) + self._lease_ttl_s(breaker)
+                ttl_s = float(breaker.snapshot()["openDurationS"]) + _lease_ttl_s(breaker)
                 self._claim_soon(name, ttl_s)
         elif to_state is not BreakerState.HALF_OPEN:
             held = self._holds_lease(name)
@@ -57,7 +73,7 @@ class TrialLeases:
             return held and to_state is BreakerState.CLOSED
         return False
 
-    def _may_run_trial(self, agent: str) -> bool:
+    def may_run_trial(self, agent: str) -> bool:
         """The breaker's trial gate: free unless the agent left a fleet-wide forced open;
         then only while this replica holds the lease (asked for when it does not)."""
         if agent not in self._needs_lease or self._holds_lease(agent):
@@ -65,13 +81,15 @@ class TrialLeases:
         self._claim_soon(agent)
         return False
 
+    async def stop(self) -> None:
+        claims, self._claims = list(self._claims.values()), {}
+        for task in claims:
+            task.cancel()
+        await asyncio.gather(*claims, return_exceptions=True)
+
     def _holds_lease(self, agent: str) -> bool:
         until = self._lease_until.get(agent)
         return until is not None and time.monotonic() < until
-
-    @staticmethod
-    def _lease_ttl_s(breaker: CircuitBreaker) -> float:
-        return breaker.config.half_open_max_wait_s + LEASE_MARGIN_S
 
     def _claim_soon(self, agent: str, ttl_s: float | None = None) -> None:
         running = self._claims.get(agent)
@@ -87,11 +105,11 @@ class TrialLeases:
     async def _claim(self, agent: str, ttl_s: float | None) -> None:
         """Ask for the agent's lease until this replica holds it or no longer needs it."""
         breaker = self._breakers[agent]
-        ttl_s = ttl_s or self._lease_ttl_s(breaker)
+        ttl_s = ttl_s or _lease_ttl_s(breaker)
         extending = breaker.state is BreakerState.OPEN
         outage = Outage(f"asking for the trial lease of '{agent}'")
         while agent in self._needs_lease and (extending or not self._holds_lease(agent)):
-            if agent in self._pending and not self._write_outage.failing:
+            if self._unwritten(agent):
                 # This replica's own override of the agent is not written yet: the lease
                 # is asked for on the row the fleet will see. (With the server gone, the
                 # claim below fails and this replica runs its own trial.)
@@ -102,19 +120,23 @@ class TrialLeases:
                 granted = await self._take_lease(agent, ttl_s)
             except psycopg.Error as exc:
                 # Without the server there is no fleet to coordinate with: run the trial here.
-                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+                outage.failed(self._database.reason(exc), MAX_BACKOFF_S)
                 granted = True
             else:
                 outage.recovered()
             if granted:
                 self._lease_until[agent] = started + ttl_s
                 return
-            await asyncio.sleep(min(1.0, self.poll_interval_s))
+            await asyncio.sleep(min(1.0, self._poll_interval_s))
 
     async def _take_lease(self, agent: str, ttl_s: float) -> bool:
-        params = {"agent": agent, "replica": self.replica, "ttl_s": ttl_s}
-        async with self._pool().connection() as conn:
+        params = {"agent": agent, "replica": self._replica, "ttl_s": ttl_s}
+        async with pool_of(self._database).connection() as conn:
             if await (await conn.execute(CLAIM_LEASE, params)).fetchone() is not None:
                 return True
             # No row at all: the forced open was never shared, nothing to coordinate.
             return await (await conn.execute(HAS_ROW, params)).fetchone() is None
+
+
+def _lease_ttl_s(breaker: CircuitBreaker) -> float:
+    return breaker.config.half_open_max_wait_s + LEASE_MARGIN_S

@@ -5,7 +5,24 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+from psycopg.rows import DictRow
+from psycopg_pool import AsyncConnectionPool
+
+from service.stores.postgres import PostgresDatabase
+
 log = logging.getLogger("ers.fleet")
+
+# The longest wait between two attempts on a failing connection.
+MAX_BACKOFF_S = 30.0
+
+
+def pool_of(database: PostgresDatabase) -> AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]:
+    """The database's pool; a closed one fails like a lost connection, and is retried so."""
+    pool = database.pool
+    if pool is None:
+        raise psycopg.OperationalError("the connection pool is closed")
+    return pool
 
 
 class Outage:

@@ -29,14 +29,12 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
 import psycopg
 from psycopg.rows import DictRow
-from psycopg_pool import AsyncConnectionPool
 
-from service.fleet.lease import MAX_BACKOFF_S, TrialLeases
-from service.fleet.outage import Outage
+from service.fleet.lease import TrialLeases
+from service.fleet.outage import MAX_BACKOFF_S, Outage, pool_of
 from service.fleet.schema import CHANNEL, COMPONENT, MIGRATIONS, READ, UPSERT
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
 from service.settings import Settings
@@ -61,11 +59,7 @@ class Override:
     trial_passed: bool = False
 
 
-def default_replica_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class FleetOverrides(TrialLeases):
+class FleetOverrides:
     """Shares forced opens and releases of ``breakers`` with every replica on ``database``."""
 
     def __init__(
@@ -82,7 +76,7 @@ class FleetOverrides(TrialLeases):
         self._url = url
         self._breakers = {breaker.name: breaker for breaker in breakers}
         self.poll_interval_s = poll_interval_s
-        self.replica = replica or default_replica_name()
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
         self.listen = listen
         # Per agent: the override version last applied here or written from here.
         self._seen: dict[str, int] = {}
@@ -99,12 +93,14 @@ class FleetOverrides(TrialLeases):
         self._unsubscribes: list[Callable[[], None]] = []
         self._listening = asyncio.Event()
         self.writes = 0
-        # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
-        self._needs_lease: set[str] = set()
-        # Per agent: until when (monotonic) this replica holds the trial lease.
-        self._lease_until: dict[str, float] = {}
-        self._claims: dict[str, asyncio.Task[None]] = {}
         self._write_outage = Outage("writing an override")
+        self._leases = TrialLeases(
+            database,
+            self._breakers,
+            replica=self.replica,
+            poll_interval_s=poll_interval_s,
+            unwritten=self._unwritten,
+        )
 
     @classmethod
     def from_settings(
@@ -129,13 +125,13 @@ class FleetOverrides(TrialLeases):
         except psycopg.Error as exc:
             log.warning(
                 "fleet breaker overrides: could not read them at start (%s); retrying every %g s",
-                self._reason(exc),
+                self.database.reason(exc),
                 self.poll_interval_s,
             )
         for breaker in self._breakers.values():
             kinds = [BreakerEventKind.STATE_TRANSITION, BreakerEventKind.FORCE_RENEWED]
             self._unsubscribes.append(breaker.subscribe(self._on_event, kinds))
-            breaker.trial_gate = functools.partial(self._may_run_trial, breaker.name)
+            breaker.trial_gate = functools.partial(self._leases.may_run_trial, breaker.name)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="fleet-write"),
             asyncio.create_task(self._sync_loop(), name="fleet-sync"),
@@ -151,11 +147,11 @@ class FleetOverrides(TrialLeases):
         self._unsubscribes = []
         for breaker in self._breakers.values():
             breaker.trial_gate = None
-        tasks = [*self._tasks, *self._claims.values()]
+        tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks, self._claims = [], {}
+        await self._leases.stop()
         if self._pending:
             try:
                 await asyncio.wait_for(self._write_pending(), STOP_FLUSH_S)
@@ -164,7 +160,7 @@ class FleetOverrides(TrialLeases):
                     "fleet breaker overrides: %d override(s) of this replica were not shared "
                     "before shutdown (%s); re-issue them on another replica if still needed",
                     len(self._pending),
-                    "timed out" if isinstance(exc, TimeoutError) else self._reason(exc),
+                    "timed out" if isinstance(exc, TimeoutError) else self.database.reason(exc),
                 )
 
     async def wait_listening(self, timeout_s: float = 10.0) -> None:
@@ -174,7 +170,7 @@ class FleetOverrides(TrialLeases):
     # --- local changes -> the fleet --------------------------------------------------------
 
     def _on_event(self, event: BreakerEvent) -> None:
-        trial_passed = self._follow_trials(event)
+        trial_passed = self._leases.follow(event)
         if self._applying:
             return
         name = event.breaker
@@ -182,7 +178,8 @@ class FleetOverrides(TrialLeases):
             reason = f"the trial call on {self.replica} succeeded"
             self._queue(Override(name, False, "trial", reason, trial_passed=True))
         elif event.to_state is BreakerState.FORCED_OPEN:
-            until = self._forced_expiry(self._breakers[name])
+            forcing = self._breakers[name].forcing
+            until = None if forcing is None else forcing.expires_at_wall
             self._forced_until[name] = until
             ttl_s = None if until is None else max(0.001, until - time.time())
             self._queue(Override(name, True, event.source, event.reason, ttl_s))
@@ -192,15 +189,14 @@ class FleetOverrides(TrialLeases):
                 return  # expired: every replica's own clock lets it go half-open
             self._queue(Override(name, False, event.source, event.reason))
 
-    @staticmethod
-    def _forced_expiry(breaker: CircuitBreaker) -> float | None:
-        forced = breaker.snapshot()["forced"]
-        expires_at = forced.get("expiresAt") if isinstance(forced, dict) else None
-        return None if expires_at is None else datetime.fromisoformat(expires_at).timestamp()
-
     def _queue(self, override: Override) -> None:
         self._pending[override.agent] = override  # a newer change of an agent supersedes
         self._has_pending.set()
+
+    def _unwritten(self, agent: str) -> bool:
+        """Whether this replica's own override of ``agent`` waits for a write that can
+        happen (with the server gone the write cannot, and waiting would hold its trial)."""
+        return agent in self._pending and not self._write_outage.failing
 
     async def _write_loop(self) -> None:
         outage, backoff = self._write_outage, 0.5
@@ -209,7 +205,7 @@ class FleetOverrides(TrialLeases):
             try:
                 await self._write_pending()
             except psycopg.Error as exc:
-                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+                outage.failed(self.database.reason(exc), MAX_BACKOFF_S)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
@@ -217,7 +213,7 @@ class FleetOverrides(TrialLeases):
             backoff = 0.5
 
     async def _write_pending(self) -> None:
-        pool = self._pool()
+        pool = pool_of(self.database)
         while self._pending:
             agent, override = next(iter(self._pending.items()))
             async with self._turn:
@@ -248,7 +244,7 @@ class FleetOverrides(TrialLeases):
 
     async def sync(self) -> int:
         """Read the overrides and apply those not seen yet; returns how many were applied."""
-        pool = self._pool()
+        pool = pool_of(self.database)
         async with self._turn:
             async with pool.connection() as conn:
                 rows = await (await conn.execute(READ)).fetchall()
@@ -279,7 +275,7 @@ class FleetOverrides(TrialLeases):
                 until = None if remaining is None else time.time() + remaining
                 self._forced_until[agent] = until
             elif row["trial_passed"] and (
-                agent in self._needs_lease or breaker.state is BreakerState.FORCED_OPEN
+                self._leases.needs_lease(agent) or breaker.state is BreakerState.FORCED_OPEN
             ):
                 breaker.reset(force=True, source=f"trial on {row['replica']}")
                 self._forced_until.pop(agent, None)
@@ -308,7 +304,7 @@ class FleetOverrides(TrialLeases):
             try:
                 await self.sync()
             except psycopg.Error as exc:
-                outage.failed(self._reason(exc), self.poll_interval_s)
+                outage.failed(self.database.reason(exc), self.poll_interval_s)
             else:
                 outage.recovered()
 
@@ -327,18 +323,7 @@ class FleetOverrides(TrialLeases):
                     async for _ in conn.notifies():
                         self._wake.set()
             except psycopg.Error as exc:
-                outage.failed(self._reason(exc), MAX_BACKOFF_S)
+                outage.failed(self.database.reason(exc), MAX_BACKOFF_S)
             self._listening.clear()
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
-
-    # --- helpers ---------------------------------------------------------------------------
-
-    def _pool(self) -> AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]:
-        pool = self.database.pool
-        if pool is None:
-            raise psycopg.OperationalError("the connection pool is closed")
-        return pool
-
-    def _reason(self, exc: psycopg.Error) -> str:
-        return self.database.reason(exc)

@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator
 import psycopg
 
 from service.datadir_lock import OFFLINE_ADVICE, DataDirInUse
-from service.fleet.leader import KEEPALIVES, watch_session
+from service.fleet.leader import cancelled, connect_session, watch_session
 from service.fleet.outage import Outage
-from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+from service.stores.postgres import PostgresDatabase
 
 log = logging.getLogger("ers.fleet")
 
@@ -41,16 +41,6 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
 
 def _name(role: str) -> str:
     return f"{role} pid {os.getpid()} on {socket.gethostname()}"[:63]
-
-
-async def _connect(url: str, role: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
-    return await psycopg.AsyncConnection.connect(
-        url,
-        autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        application_name=_name(role),
-        **KEEPALIVES,
-    )
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[tuple[object, ...]], function: str) -> bool:
@@ -78,28 +68,35 @@ class ReplicaPresence:
     async def start(self) -> None:
         """Take the shared lock, or raise DataDirInUse while an offline command holds it."""
         try:
-            conn = await _connect(self._url, "ers serve")
-            if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
-                holders = await _holders(conn)
-                await conn.close()
-                raise DataDirInUse(
-                    f"refusing to start: the state on {self._database.location} is held by "
-                    f"{holders}: let that command finish, then start the replica"
-                )
+            holders = await self._take()
         except psycopg.Error as exc:
             raise DataDirInUse(
                 f"refusing to start: cannot take the live state's lock on "
                 f"{self._database.location}: {self._database.reason(exc)}"
             ) from None
-        self._conn = conn
+        if holders is not None:
+            raise DataDirInUse(
+                f"refusing to start: the state on {self._database.location} is held by "
+                f"{holders}: let that command finish, then start the replica"
+            )
         self._task = asyncio.create_task(self._keep(), name="replica-presence")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancelled(task)
+        await self._drop()
+
+    async def _take(self) -> str | None:
+        """Hold the shared lock on a connection of its own; else who holds it exclusively."""
+        conn = await connect_session(self._url, application_name=_name("ers serve"))
+        if await _try_lock(conn, "pg_try_advisory_lock_shared"):
+            self._conn = conn
+            return None
+        holders = await _holders(conn)
+        await conn.close()
+        return holders
+
+    async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -114,19 +111,15 @@ class ReplicaPresence:
         while True:
             try:
                 if self._conn is None:
-                    conn = await _connect(self._url, "ers serve")
-                    if not await _try_lock(conn, "pg_try_advisory_lock_shared"):
-                        await conn.close()
-                        raise RuntimeError("an offline command holds it")
-                    self._conn = conn
+                    holders = await self._take()
+                    if holders is not None:
+                        raise RuntimeError(f"an offline command holds it: {holders}")
                     outage.recovered()
+                assert self._conn is not None
                 await watch_session(self._conn, self.check_interval_s)
             except (psycopg.Error, TimeoutError, RuntimeError) as exc:
                 reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
+                await self._drop()
                 outage.failed(reason or type(exc).__name__, self.check_interval_s)
             await asyncio.sleep(self.check_interval_s)
 
@@ -137,7 +130,7 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
     runs (or another such command does)."""
     database = PostgresDatabase(url)
     try:
-        conn = await _connect(url, "ers backup --offline")
+        conn = await connect_session(url, application_name=_name("ers backup --offline"))
     except psycopg.Error as exc:
         raise DataDirInUse(
             f"cannot tell whether a replica runs on {database.location}: "

@@ -3,7 +3,9 @@
 Every method runs to completion without awaiting, so on one event loop the state needs no
 lock; ``call`` awaits the protected function only between taking and reporting a permit.
 Transitions out of OPEN and FORCED_OPEN (with a TTL) and the abandonment of hung half-open
-trials happen lazily, on the next ``acquire``.
+trials happen lazily, on the next ``acquire``. The breaker is composed of its failure window
+(``breaker_window``), its open period and forcing (``breaker_open``) and its events
+(``breaker_events``); it holds the state machine and the operator's actions.
 """
 
 from __future__ import annotations
@@ -21,29 +23,15 @@ from service.resilience.breaker_events import (
     add_transition_span_event,
     iso_utc,
 )
-from service.resilience.breaker_operations import OperatorActions
+from service.resilience.breaker_open import Forcing, OpenPeriod
 from service.resilience.breaker_permit import (
     CallNotPermitted,
-    Forcing,
     Permit,
     ProbeOutcome,
     ResetRefused,
     describe_error,
 )
-
-__all__ = [
-    "BreakerConfig",
-    "BreakerEvent",
-    "BreakerEventKind",
-    "BreakerState",
-    "CallNotPermitted",
-    "CircuitBreaker",
-    "Forcing",
-    "Permit",
-    "ProbeOutcome",
-    "ResetRefused",
-    "add_transition_span_event",
-]
+from service.resilience.breaker_window import FAILED, SLOW, SUCCEEDED, FailureWindow
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -54,11 +42,8 @@ HALF_OPEN = BreakerState.HALF_OPEN
 FORCED_OPEN = BreakerState.FORCED_OPEN
 DISABLED = BreakerState.DISABLED
 
-# Outcomes in the sliding window; EMPTY marks a slot not yet filled.
-EMPTY, SUCCEEDED, SLOW, FAILED = 0, 1, 2, 3
 
-
-class CircuitBreaker(OperatorActions):
+class CircuitBreaker:
     def __init__(
         self,
         name: str,
@@ -77,8 +62,6 @@ class CircuitBreaker(OperatorActions):
             self._events.subscribe(add_transition_span_event, [BreakerEventKind.STATE_TRANSITION])
         # Copied out of the config: read on every call.
         self._slow_call_duration_s = config.slow_call_duration_s
-        self._minimum_calls = config.minimum_calls
-        self._window_size = config.sliding_window_size
         self._state = CLOSED
         # Bumped on every transition and reset, so permits taken before it report nothing.
         self._epoch = 0
@@ -87,27 +70,11 @@ class CircuitBreaker(OperatorActions):
         # When set, a half-open trial call is admitted only while it returns True: a fleet
         # of replicas lets one of them at a time run the trial (see service.fleet).
         self.trial_gate: Callable[[], bool] | None = None
-        self._clear_counters()
-
-    def _clear_counters(self) -> None:
-        self._window = bytearray(self._window_size)
-        self._cursor = 0
-        self._buffered = 0
-        self._failed = 0
-        self._slow = 0
-        self._consecutive_failures = 0
-        self._trips = 0
-        self._open_duration_s = self.config.open_duration_s
-        self._opened_at: float | None = None
-        self._opened_at_wall: float | None = None
-        self._next_attempt_at = 0.0
-        self._open_reason = ""
+        self._window = FailureWindow(config)
+        self._open = OpenPeriod(config)
+        self._forced: Forcing | None = None
         self._trials: list[Permit] = []
         self._trial_successes = 0
-        self._forced: Forcing | None = None
-        self._last_failure_at: float | None = None
-        self._last_failure_at_wall: float | None = None
-        self._last_error: str | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -142,12 +109,10 @@ class CircuitBreaker(OperatorActions):
         if state is DISABLED:
             return Permit(self, self._epoch)
         now = self._clock()
-        if state is OPEN and now >= self._next_attempt_at:
+        if state is OPEN and now >= self._open.next_attempt_at:
             self._transition(HALF_OPEN, "open duration elapsed; admitting trial calls")
-        elif state is FORCED_OPEN and self._forced is not None:
-            expires_at = self._forced.expires_at
-            if expires_at is not None and now >= expires_at:
-                self._transition(HALF_OPEN, "forced open expired; admitting trial calls")
+        elif state is FORCED_OPEN and self._forced and self._forced.remaining(now) == 0.0:
+            self._transition(HALF_OPEN, "forced open expired; admitting trial calls")
         if self._state is HALF_OPEN:
             trials = self._trials
             # Trials are in acquire order, so the oldest is the first to hang past the wait.
@@ -166,15 +131,14 @@ class CircuitBreaker(OperatorActions):
         state, name = self._state, self.name
         retry_after: float | None
         if state is OPEN:
-            retry_after = max(0.0, self._next_attempt_at - now)
+            retry_after = self._open.retry_after(now)
             why = (
-                f"breaker '{name}' is open ({self._open_reason}); "
+                f"breaker '{name}' is open ({self._open.reason}); "
                 f"the next trial call is admitted in {retry_after:.1f} s"
             )
         elif state is FORCED_OPEN and self._forced is not None:
             forcing = self._forced
-            expires_at = forcing.expires_at
-            retry_after = None if expires_at is None else max(0.0, expires_at - now)
+            retry_after = forcing.remaining(now)
             until = "it is released" if retry_after is None else f"{retry_after:.1f} s from now"
             why = (
                 f"breaker '{name}' is forced open by {forcing.source} ({forcing.reason}) "
@@ -205,14 +169,11 @@ class CircuitBreaker(OperatorActions):
         if permit._epoch != self._epoch:
             return False
         if self._state is CLOSED:
-            self._consecutive_failures = 0
             slow = duration_s >= self._slow_call_duration_s
-            self._push(SLOW if slow else SUCCEEDED)
-            # A success lowers the failure rate, so the rates need judging only when the
-            # call was slow or the window just reached minimum_calls.
-            if slow or self._buffered == self._minimum_calls:
-                self._trip_if_rates_reached()
-                return self._state is OPEN
+            trip = self._window.record(SLOW if slow else SUCCEEDED)
+            if trip is not None:
+                self._trip(trip)
+                return True
         elif self._state is HALF_OPEN:
             self._trials.remove(permit)
             if duration_s >= self._slow_call_duration_s:
@@ -230,25 +191,18 @@ class CircuitBreaker(OperatorActions):
         if not self.config.counts(exc):
             self._on_release(permit)
             return
-        if permit._epoch != self._epoch or self._state not in (CLOSED, HALF_OPEN):
+        state = self._state
+        if permit._epoch != self._epoch or state not in (CLOSED, HALF_OPEN):
             return
         error = describe_error(exc)
-        self._consecutive_failures += 1
-        self._last_failure_at = self._clock()
-        self._last_failure_at_wall = self._wall_clock()
-        self._last_error = error
+        self._window.note_failure(error, self._clock(), self._wall_clock())
         if self._events.wanted(BreakerEventKind.ERROR_RECORDED):
-            self._publish(BreakerEventKind.ERROR_RECORDED, self._state, self._state, error)
-        if self._state is HALF_OPEN:
+            self._publish(BreakerEventKind.ERROR_RECORDED, state, state, error)
+        if state is HALF_OPEN:
             self._trials.remove(permit)
             self._trip(f"the trial call failed ({error})")
-            return
-        self._push(FAILED)
-        threshold = self.config.failure_threshold
-        if self._consecutive_failures >= threshold:
-            self._trip(f"{self._consecutive_failures} consecutive failures, last: {error}")
-        else:
-            self._trip_if_rates_reached()
+        elif (trip := self._window.record(FAILED)) is not None:
+            self._trip(trip)
 
     def _on_release(self, permit: Permit) -> None:
         if permit._epoch == self._epoch and self._state is HALF_OPEN:
@@ -258,59 +212,101 @@ class CircuitBreaker(OperatorActions):
         trial._pending = False
         self._trials.remove(trial)
         waited = now - trial._started_at
-        self._consecutive_failures += 1
-        self._last_failure_at = now
-        self._last_failure_at_wall = self._wall_clock()
-        self._last_error = f"TrialAbandoned: no outcome after {waited:.1f} s"
+        error = f"TrialAbandoned: no outcome after {waited:.1f} s"
+        self._window.note_failure(error, now, self._wall_clock())
         self._trip(f"the trial call was abandoned after {waited:.1f} s without an outcome")
 
-    def _push(self, outcome: int) -> None:
-        window, cursor = self._window, self._cursor
-        evicted = window[cursor]
-        if evicted == EMPTY:
-            self._buffered += 1
-        elif evicted == FAILED:
-            self._failed -= 1
-        elif evicted == SLOW:
-            self._slow -= 1
-        window[cursor] = outcome
-        if outcome == FAILED:
-            self._failed += 1
-        elif outcome == SLOW:
-            self._slow += 1
-        cursor += 1
-        self._cursor = 0 if cursor == self._window_size else cursor
+    # --- what operators and alerts do ------------------------------------------------------
 
-    def _trip_if_rates_reached(self) -> None:
-        buffered = self._buffered
-        if buffered < self._minimum_calls:
-            return
-        config = self.config
-        if self._failed / buffered >= config.failure_rate_threshold:
-            self._trip(
-                f"failure rate {self._failed / buffered:.0%} over the last {buffered} calls "
-                f"reached the {config.failure_rate_threshold:.0%} threshold"
+    def reset(
+        self, force: bool = False, probe: ProbeOutcome | None = None, *, source: str | None = None
+    ) -> str:
+        """Close the breaker and clear its counters and backoff.
+
+        Without ``force``, an open or forced-open breaker is reset only when its cause is
+        gone: a health ``probe`` run just now decides; without one, a failure within the
+        open duration says the cause may still be there. ``ResetRefused`` says why and what
+        to do instead.
+        """
+        state, name = self._state, self.name
+        if not force and state in (OPEN, FORCED_OPEN):
+            words = "open" if state is OPEN else "forced open"
+            next_step = (
+                "wait for the half-open trial" if state is OPEN else "release it for a trial"
             )
-        elif self._slow / buffered >= config.slow_call_rate_threshold:
-            self._trip(
-                f"slow-call rate {self._slow / buffered:.0%} over the last {buffered} calls "
-                f"reached the {config.slow_call_rate_threshold:.0%} threshold"
+            if probe is not None and probe.error is not None:
+                raise ResetRefused(
+                    f"breaker '{name}' is {words} and its health probe still fails "
+                    f"({probe.error}); fix the cause or reset with force"
+                )
+            last_failure_at = self._window.last_failure_at
+            if probe is None and last_failure_at is not None:
+                age = self._clock() - last_failure_at
+                if age < self._open.duration_s:
+                    raise ResetRefused(
+                        f"breaker '{name}' is {words} and its last failure was {age:.1f} s ago "
+                        f"({self._window.last_error}); {next_step} or reset with force"
+                    )
+        reason = "reset with force" if force else "reset"
+        if state is CLOSED:
+            self._clear_counters()
+            self._epoch += 1
+            self._publish(BreakerEventKind.RESET, CLOSED, CLOSED, reason, source)
+        else:
+            self._close(reason, source)
+        return f"breaker '{name}' was {state.value} and is now closed with cleared counters"
+
+    def force_open(
+        self, reason: str, source: str, ttl_s: float | None = None, *, until: float | None = None
+    ) -> str:
+        """Hold the breaker open until released, reset, or ``ttl_s`` seconds have passed
+        (or the wall-clock time ``until``, for a forced open carried over from before a
+        restart); then it moves to HALF_OPEN, never straight to CLOSED."""
+        now, wall = self._clock(), self._wall_clock()
+        self._forced = forcing = Forcing.until(reason, source, ttl_s, until, now, wall)
+        remaining = forcing.remaining(now)
+        span = "until released" if remaining is None else f"for {remaining:g} s"
+        if self._state is FORCED_OPEN:
+            self._publish(BreakerEventKind.FORCE_RENEWED, FORCED_OPEN, FORCED_OPEN, reason, source)
+            return f"breaker '{self.name}' stays forced open by {source} {span}: {reason}"
+        self._open.opened_at_wall = wall
+        self._transition(FORCED_OPEN, reason, source)
+        return f"breaker '{self.name}' is forced open by {source} {span}: {reason}"
+
+    def release(self, *, source: str | None = None) -> str:
+        """Lift a forced open: the breaker goes HALF_OPEN and trial calls decide the rest."""
+        if self._state is not FORCED_OPEN:
+            return (
+                f"breaker '{self.name}' is {self._state.value}, not forced open; nothing to release"
             )
+        self._transition(HALF_OPEN, "forced open released; admitting trial calls", source)
+        return f"breaker '{self.name}' was released and is half-open"
+
+    def disable(self, *, source: str | None = None) -> str:
+        """Let every call through and record nothing, until ``enable``."""
+        if self._state is DISABLED:
+            return f"breaker '{self.name}' is already disabled"
+        self._transition(DISABLED, "disabled", source)
+        return f"breaker '{self.name}' is disabled: every call is let through"
+
+    def enable(self, *, source: str | None = None) -> str:
+        if self._state is not DISABLED:
+            return f"breaker '{self.name}' is {self._state.value}, not disabled; nothing to enable"
+        self._close("enabled", source)
+        return f"breaker '{self.name}' is enabled and closed"
 
     # --- transitions -----------------------------------------------------------------------
 
     def _trip(self, reason: str) -> None:
-        config = self.config
-        self._trips += 1
-        if self._trips > 1:
-            self._open_duration_s = min(
-                config.max_open_duration_s, self._open_duration_s * config.open_backoff_multiplier
-            )
-        now = self._clock()
-        self._opened_at, self._opened_at_wall = now, self._wall_clock()
-        self._next_attempt_at = now + self._open_duration_s
-        self._open_reason = reason
+        self._open.trip(self._clock(), self._wall_clock(), reason)
         self._transition(OPEN, reason)
+
+    def _clear_counters(self) -> None:
+        self._window.clear()
+        self._open.clear()
+        self._forced = None
+        self._trials = []
+        self._trial_successes = 0
 
     def _close(self, reason: str, source: str | None = None) -> None:
         self._clear_counters()
@@ -325,7 +321,7 @@ class CircuitBreaker(OperatorActions):
         if to_state is not FORCED_OPEN:
             self._forced = None
         if to_state in (CLOSED, DISABLED):
-            self._opened_at = self._opened_at_wall = None
+            self._open.opened_at_wall = None
         self._publish(BreakerEventKind.STATE_TRANSITION, from_state, to_state, reason, source)
 
     def _publish(
@@ -358,38 +354,25 @@ class CircuitBreaker(OperatorActions):
         """Who holds the breaker forced open, why and until when; None when not forced."""
         return self._forced if self._state is FORCED_OPEN else None
 
-    @property
-    def consecutive_failures(self) -> int:
-        return self._consecutive_failures
-
     def snapshot(self) -> dict[str, object]:
-        state, buffered = self._state, self._buffered
-        judged = buffered >= self._minimum_calls
-        next_attempt_at: float | None = None
-        if state is OPEN and self._opened_at_wall is not None:
-            next_attempt_at = self._opened_at_wall + self._open_duration_s
-        forced = None
-        if self._forced is not None:
-            forcing = self._forced
-            forced = {
-                "reason": forcing.reason,
-                "source": forcing.source,
-                "expiresAt": iso_utc(forcing.expires_at_wall),
-            }
+        window, forcing = self._window, self._forced
+        failure_rate, slow_call_rate = window.rates()
+        next_attempt_at = self._open.next_attempt_wall() if self._state is OPEN else None
+        if forcing is not None:
             next_attempt_at = forcing.expires_at_wall
         return {
             "name": self.name,
-            "state": state.value,
-            "failureCount": self._consecutive_failures,
-            "failureRate": round(self._failed / buffered, 4) if judged else None,
-            "slowCallRate": round(self._slow / buffered, 4) if judged else None,
-            "bufferedCalls": buffered,
-            "lastFailureAt": iso_utc(self._last_failure_at_wall),
-            "lastError": self._last_error,
-            "openedAt": iso_utc(self._opened_at_wall),
+            "state": self._state.value,
+            "failureCount": window.consecutive_failures,
+            "failureRate": failure_rate,
+            "slowCallRate": slow_call_rate,
+            "bufferedCalls": window.buffered,
+            "lastFailureAt": iso_utc(window.last_failure_at_wall),
+            "lastError": window.last_error,
+            "openedAt": iso_utc(self._open.opened_at_wall),
             "nextAttemptAt": iso_utc(next_attempt_at),
-            "openDurationS": self._open_duration_s,
-            "forced": forced,
+            "openDurationS": self._open.duration_s,
+            "forced": None if forcing is None else forcing.to_dict(),
             "halfOpenInFlight": len(self._trials),
             "rejectedCalls": self._rejected_calls,
         }

@@ -69,13 +69,11 @@ class BreakerEvent:
 BreakerListener = Callable[[BreakerEvent], None]
 
 
+@dataclass(slots=True, eq=False)
 class _Subscription:
-    __slots__ = ("listener", "kinds", "has_failed")
-
-    def __init__(self, listener: BreakerListener, kinds: frozenset[BreakerEventKind] | None):
-        self.listener = listener
-        self.kinds = kinds
-        self.has_failed = False
+    listener: BreakerListener
+    kinds: frozenset[BreakerEventKind] | None
+    has_failed: bool = False
 
 
 class BreakerEvents:

@@ -39,26 +39,12 @@ class ProbeOutcome:
 
     error: str | None = None
 
-    @property
-    def passed(self) -> bool:
-        return self.error is None
-
 
 def describe_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if len(text) > LAST_ERROR_MAX_CHARS:
         text = text[: LAST_ERROR_MAX_CHARS - 1] + "…"
     return text
-
-
-@dataclass(frozen=True, slots=True)
-class Forcing:
-    """Who holds a breaker forced open, why, and until when (monotonic and wall time)."""
-
-    reason: str
-    source: str
-    expires_at: float | None
-    expires_at_wall: float | None
 
 
 class Permit:

@@ -129,7 +129,7 @@ class GuardedAgent:
                 self.config.timeout_s,
             )
         except UserInputError:
-            return ProbeOutcome()
+            pass  # the agent answered: it is up
         except Exception as exc:
             return ProbeOutcome(describe_error(exc))
         return ProbeOutcome()
@@ -148,7 +148,7 @@ class GuardedAgent:
             set_status_on_exception=False,
         ) as span:
             if request.synthetic:
-                return await self._synthetic(request, span, started)
+                return await self._synthetic(request, span)
             if self.fallback.serves_cached(request):
                 # The responder's serve_cached: the agent is spared; the call never reaches
                 # it, so it counts as rejected, as behind an open breaker.
@@ -204,21 +204,19 @@ class GuardedAgent:
             span.set_status(Status(StatusCode.ERROR, str(trip)))
             span.set_attribute("error.type", "BreakerOpened")
 
-    async def _synthetic(
-        self, request: AgentRequest, span: trace.Span, started: float
-    ) -> AgentReply:
+    async def _synthetic(self, request: AgentRequest, span: trace.Span) -> AgentReply:
         """A canary call: bypasses the breaker and the call statistics, counted apart."""
         try:
             reply = await self._attempt(request, self.config.timeout_s)
         except Exception as exc:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attribute("error.type", type(exc).__qualname__)
-            self._count_synthetic("synthetic_failure", started)
+            self._count_synthetic("synthetic_failure")
             raise
-        self._count_synthetic("synthetic_success", started)
+        self._count_synthetic("synthetic_success")
         return reply
 
-    def _count_synthetic(self, outcome: str, started: float) -> None:
+    def _count_synthetic(self, outcome: str) -> None:
         if self._instruments is not None:
             self._instruments.calls.add(1, {"agent": self.name, "outcome": outcome})
 

@@ -50,6 +50,23 @@ def kept_records(workdir: Path) -> dict[str, Any]:
     return {key: json.loads(value) for key, value in rows}
 
 
+def roll_back_the_isolation(http: httpx.Client, backup: httpx.Response) -> None:
+    """Roll system_state back to ``backup``, taken while workout was forced open."""
+    rolled = http.post(
+        "/api/emergency/rollback",
+        json={
+            "backupId": backup.json()["backupId"],
+            "components": ["system_state"],
+            "confirm": True,
+            "reason": "the isolation was lifted too early",
+        },
+    )
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["restored"] == [
+        "restored 1 forced open: workout until released (operator: bad plans)"
+    ]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_forced_open_and_disabled_breakers_survive_a_restart(
     tmp_path: Path, sig: signal.Signals
@@ -166,19 +183,7 @@ def test_a_rollback_of_system_state_restores_the_snapshots_isolations(tmp_path: 
             assert reset["breaker"]["state"] == "closed"
             assert "breaker:workout" not in kept_records(workdir)
 
-            rolled = http.post(
-                "/api/emergency/rollback",
-                json={
-                    "backupId": backup.json()["backupId"],
-                    "components": ["system_state"],
-                    "confirm": True,
-                    "reason": "the isolation was lifted too early",
-                },
-            )
-            assert rolled.status_code == 200, rolled.text
-            assert rolled.json()["restored"] == [
-                "restored 1 forced open: workout until released (operator: bad plans)"
-            ]
+            roll_back_the_isolation(http, backup)
             workout = http.get(f"{BREAKERS}/workout").json()
             assert workout["state"] == "forced_open"
             assert workout["forced"]["reason"] == "bad plans"
@@ -274,19 +279,7 @@ def test_on_postgresql_a_rollback_of_system_state_isolates_through_the_fleet(
             backup = http.post("/api/emergency/backups/create", json={"type": "system_state"})
             assert backup.status_code == 200, backup.text
             ers_cli(ers, "breakers", "reset", "workout", "--force")
-            rolled = http.post(
-                "/api/emergency/rollback",
-                json={
-                    "backupId": backup.json()["backupId"],
-                    "components": ["system_state"],
-                    "confirm": True,
-                    "reason": "the isolation was lifted too early",
-                },
-            )
-            assert rolled.status_code == 200, rolled.text
-            assert rolled.json()["restored"] == [
-                "restored 1 forced open: workout until released (operator: bad plans)"
-            ]
+            roll_back_the_isolation(http, backup)
             assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
             # Shared with the fleet, so every replica holds it open.
             deadline = time.monotonic() + 10

@@ -23,7 +23,6 @@ from service.resilience.breaker import (
     ProbeOutcome,
     ResetRefused,
 )
-from service.resilience.breaker_registry import BreakerRegistry
 
 # 2023-11-14T22:13:20Z, so wall-clock timestamps in snapshots are predictable.
 WALL_EPOCH = 1_700_000_000.0
@@ -226,7 +225,7 @@ def test_slow_calls_trip_when_the_whole_window_is_slow(clock: ManualClock) -> No
     attempt(breaker, "slow")
     assert breaker.state is BreakerState.OPEN
     assert "slow-call rate 100%" in breaker.history()[-1].reason
-    assert breaker.consecutive_failures == 0
+    assert breaker.snapshot()["failureCount"] == 0
 
 
 def test_slow_call_boundary_is_inclusive(clock: ManualClock) -> None:
@@ -487,7 +486,7 @@ def test_reset_of_a_closed_breaker_clears_counters_and_is_recorded(clock: Manual
     breaker = make_breaker(clock, failure_threshold=3)
     run_steps(breaker, clock, "fail*2")
     breaker.reset()
-    assert breaker.consecutive_failures == 0
+    assert breaker.snapshot()["failureCount"] == 0
     run_steps(breaker, clock, "fail*2")
     assert breaker.state is BreakerState.CLOSED
     assert breaker.history()[-1].kind is BreakerEventKind.RESET
@@ -668,34 +667,6 @@ def test_config_defaults_are_the_documented_ones() -> None:
     assert config.half_open_max_wait_s == 10.0
     assert (config.record_exceptions, config.ignore_exceptions) == ((Exception,), ())
     assert config.history_size == 100
-
-
-def test_registry_totals_lookup_and_listeners(clock: ManualClock) -> None:
-    registry = BreakerRegistry([make_breaker(clock, "nutrition"), make_breaker(clock, "budget")])
-    events: list[BreakerEvent] = []
-    registry.subscribe(events.append, [BreakerEventKind.STATE_TRANSITION])
-    workout = registry.add(make_breaker(clock, "workout"))
-    router = registry.add(make_breaker(clock, "router"))
-    registry["budget"].force_open("drill", "operator")
-    workout.disable()
-    run_steps(registry["nutrition"], clock, "fail*5")
-
-    assert registry.totals() == {
-        "total": 4,
-        "open": 2,
-        "closed": 1,
-        "halfOpen": 0,
-        "forcedOpen": 1,
-        "disabled": 1,
-    }
-    assert {e.breaker for e in events} == {"budget", "workout", "nutrition"}
-    assert registry.get("router") is router and registry.get("missing") is None
-    assert "budget" in registry and len(registry) == 4
-    assert [b.name for b in registry.all()] == ["nutrition", "budget", "workout", "router"]
-    with pytest.raises(KeyError, match="no breaker named 'missing'; known breakers: budget"):
-        registry["missing"]
-    with pytest.raises(ValueError, match="already registered"):
-        registry.add(make_breaker(clock, "budget"))
 
 
 def test_default_clocks_are_real(clock: ManualClock) -> None:

@@ -14,23 +14,26 @@ from service.resilience.breaker import (
     CallNotPermitted,
     CircuitBreaker,
 )
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.service.test_breaker import ManualClock
 
 
 async def let_tasks_run() -> None:
     """Give every ready task a few turns of the loop; no time passes."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def trial_waiting_on(
+    breaker: CircuitBreaker, outcome: asyncio.Future[str]
+) -> asyncio.Task[str]:
+    """A trial call, admitted, that returns once ``outcome`` is set."""
+
+    async def waits() -> str:
+        return await outcome
+
+    trial = asyncio.create_task(breaker.call(waits))
+    await let_tasks_run()
+    return trial
 
 
 def half_open_breaker(clock: ManualClock, **config: object) -> CircuitBreaker:
@@ -84,13 +87,7 @@ async def test_half_open_admits_exactly_k_trials_and_rejects_the_rest_at_once(
 async def test_a_hung_trial_is_abandoned_after_the_max_wait_and_counts_as_failure() -> None:
     clock = ManualClock()
     breaker = half_open_breaker(clock, half_open_max_wait_s=10.0)
-    never_done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def hangs() -> str:
-        return await never_done
-
-    hung = asyncio.create_task(breaker.call(hangs))
-    await let_tasks_run()
+    hung = await trial_waiting_on(breaker, asyncio.get_running_loop().create_future())
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.snapshot()["halfOpenInFlight"] == 1
 
@@ -128,12 +125,7 @@ async def test_a_trial_reporting_after_it_was_abandoned_changes_nothing() -> Non
     clock = ManualClock()
     breaker = half_open_breaker(clock, half_open_max_wait_s=10.0)
     late: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def answers_late() -> str:
-        return await late
-
-    trial = asyncio.create_task(breaker.call(answers_late))
-    await let_tasks_run()
+    trial = await trial_waiting_on(breaker, late)
     clock.advance(10.0)
     with pytest.raises(CallNotPermitted):
         breaker.acquire()
@@ -176,7 +168,7 @@ async def test_call_counts_errors_raised_by_async_functions() -> None:
 
     with pytest.raises(UserInputError):
         await breaker.call(depends_on_a_broken_database, -1, currency="EUR")
-    assert breaker.consecutive_failures == 0
+    assert breaker.snapshot()["failureCount"] == 0
     for _ in range(3):
         with pytest.raises(DependencyError):
             await breaker.call(depends_on_a_broken_database, 5, currency="EUR")

@@ -244,7 +244,7 @@ def test_breaker_matches_the_reference_model(config: BreakerConfig, script: list
         snapshot = breaker.snapshot()
         observed = (
             breaker.state.value,
-            breaker.consecutive_failures,
+            snapshot["failureCount"],
             snapshot["bufferedCalls"],
             snapshot["openDurationS"],
         )

@@ -19,7 +19,6 @@ from service.fleet import FleetOverrides
 from service.resilience.breaker import BreakerState, CircuitBreaker
 from service.resilience.breaker_config import BreakerConfig
 from service.resilience.breaker_permit import CallNotPermitted, Permit
-from service.resilience.breaker_registry import BreakerRegistry
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresDatabase
@@ -28,7 +27,7 @@ FORCED, HALF_OPEN = BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN
 CLOSED, OPEN = BreakerState.CLOSED, BreakerState.OPEN
 AGENTS = ("workout", "budget")
 
-Replica = tuple[BreakerRegistry, FleetOverrides]
+Replica = tuple[dict[str, CircuitBreaker], FleetOverrides]
 StartReplica = Callable[..., Awaitable[Replica]]
 
 
@@ -64,11 +63,11 @@ async def start_replica(pg_url: str) -> AsyncIterator[StartReplica]:
             database = PostgresDatabase(pg_url)
             await database.open([])
             stack.push_async_callback(database.close)
-            breakers = BreakerRegistry(CircuitBreaker(agent, config) for agent in AGENTS)
+            breakers = {agent: CircuitBreaker(agent, config) for agent in AGENTS}
             fleet = FleetOverrides(
                 database,
                 pg_url,
-                breakers.all(),
+                breakers.values(),
                 poll_interval_s=poll_interval_s,
                 replica=name,
                 listen=listen,

@@ -152,7 +152,7 @@ async def test_user_errors_pass_through_and_never_count(harness: Harness) -> Non
         with pytest.raises(UserInputError):
             await guard.handle(REQUEST)
     assert guard.breaker.state.value == "closed"
-    assert guard.breaker.consecutive_failures == 0
+    assert guard.breaker.snapshot()["failureCount"] == 0
     assert harness.counts()[("ers_agent_calls", "budget", "user_error")] == 10
 
 
@@ -232,7 +232,7 @@ async def test_probe_reports_the_agents_error_without_touching_the_breaker(
 ) -> None:
     guard = harness.guard(ScriptedAgent("budget", [DependencyError("db gone")]))
     assert await guard.probe() == ProbeOutcome("DependencyError: db gone")
-    assert guard.breaker.consecutive_failures == 0
+    assert guard.breaker.snapshot()["failureCount"] == 0
 
 
 async def test_a_breaker_opening_on_a_success_reports_the_trip_as_an_error_span(

@@ -1,0 +1,91 @@
+"""What holds a circuit breaker open: the open period after a trip, which backs off on each
+failed trial, or a forcing by an operator or an alert."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.resilience.breaker_config import BreakerConfig
+from service.resilience.breaker_events import iso_utc
+
+
+class OpenPeriod:
+    """When a tripped breaker admits its next trial. The first trip holds it open for
+    ``open_duration_s``; each later one (a failed trial) for longer by
+    ``open_backoff_multiplier``, up to ``max_open_duration_s``; ``clear`` starts over."""
+
+    def __init__(self, config: BreakerConfig) -> None:
+        self._config = config
+        self.clear()
+
+    def clear(self) -> None:
+        self.trips = 0
+        self.duration_s = self._config.open_duration_s
+        self.opened_at_wall: float | None = None
+        self.next_attempt_at = 0.0
+        self.reason = ""
+
+    def trip(self, now: float, wall: float, reason: str) -> None:
+        config = self._config
+        self.trips += 1
+        if self.trips > 1:
+            self.duration_s = min(
+                config.max_open_duration_s, self.duration_s * config.open_backoff_multiplier
+            )
+        self.opened_at_wall = wall
+        self.next_attempt_at = now + self.duration_s
+        self.reason = reason
+
+    def retry_after(self, now: float) -> float:
+        return max(0.0, self.next_attempt_at - now)
+
+    def next_attempt_wall(self) -> float | None:
+        return None if self.opened_at_wall is None else self.opened_at_wall + self.duration_s
+
+
+@dataclass(frozen=True, slots=True)
+class Forcing:
+    """Who holds a breaker forced open, why, and until when (monotonic and wall time)."""
+
+    reason: str
+    source: str
+    expires_at: float | None
+    expires_at_wall: float | None
+
+    @classmethod
+    def until(
+        cls,
+        reason: str,
+        source: str,
+        ttl_s: float | None,
+        until: float | None,
+        now: float,
+        wall: float,
+    ) -> Forcing:
+        """Held ``ttl_s`` seconds from now, until the wall-clock time ``until``, or (neither)
+        until released; ValueError says what is missing or wrong."""
+        if not reason or not source:
+            raise ValueError(
+                "force_open needs a reason and a source, so the history says who held the "
+                "breaker open and why"
+            )
+        if until is not None:
+            if ttl_s is not None:
+                raise ValueError("give force_open either ttl_s or until, not both")
+            ttl_s = until - wall
+        if ttl_s is not None and not ttl_s > 0:
+            raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        if ttl_s is None:
+            return cls(reason, source, None, None)
+        return cls(reason, source, now + ttl_s, wall + ttl_s if until is None else until)
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds until it expires, None when it lasts until released."""
+        return None if self.expires_at is None else max(0.0, self.expires_at - now)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "reason": self.reason,
+            "source": self.source,
+            "expiresAt": iso_utc(self.expires_at_wall),
+        }
