@@ -1,7 +1,8 @@
-"""What every backend of a component store provides (SQLite now, PostgreSQL alike)."""
+"""The values the component stores hold, and what the agents need of a store."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,13 +62,6 @@ class CategoryReport:
         return None if self.limit_cents is None else self.limit_cents - self.spent_cents
 
 
-class ConversationBackend(Protocol):
-    async def record_turn(self, turn: ChatTurn) -> int: ...
-    async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]: ...
-    async def get_turn(self, turn_id: int) -> ChatTurn | None: ...
-    async def count(self) -> int: ...
-
-
 class ProfileBackend(Protocol):
     async def get(self, user_id: str) -> Profile | None: ...
     async def upsert(self, user_id: str, **fields: Any) -> Profile: ...
@@ -86,3 +80,33 @@ class SystemStateBackend(Protocol):
     async def put(self, key: str, value: Any) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def items(self) -> dict[str, Any]: ...
+
+
+def turn_from_row(row: Any) -> ChatTurn:
+    """A turn from a ``turns`` row of either engine."""
+    return ChatTurn(
+        id=row["id"],
+        user_id=row["user_id"],
+        message=row["message"],
+        response=row["response"],
+        agent=row["agent"],
+        success=bool(row["success"]),
+        degraded=bool(row["degraded"]),
+        trace_id=row["trace_id"],
+        created_at=row["created_at"],
+    )
+
+
+def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
+    """A profile from a ``profiles`` row of either engine, its equipment decoded."""
+    return Profile(
+        user_id=row["user_id"],
+        age=row["age"],
+        weight_kg=row["weight_kg"],
+        height_cm=row["height_cm"],
+        sex=row["sex"],
+        activity=row["activity"],
+        goal=row["goal"],
+        level=row["level"],
+        equipment=tuple(equipment),
+    )

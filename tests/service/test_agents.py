@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from service.agents.base import Agent, AgentReply, AgentRequest
@@ -17,11 +15,8 @@ from service.stores.writes import AddExpense, UpdateProfile
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    s = Stores.in_directory(tmp_path)
-    s.open_all()
-    yield s
-    s.close_all()
+def stores(sqlite_stores: Stores) -> Stores:
+    return sqlite_stores
 
 
 async def answered(stores: Stores, agent: Agent, request: AgentRequest) -> AgentReply:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,26 +8,7 @@ import pytest
 from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import CategoryReport, ChatTurn, Profile
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    """The same behaviour tests run against SQLite files and a real PostgreSQL server."""
-    if request.param == "sqlite":
-        s = Stores.in_directory(tmp_path)
-    else:
-        s = Stores.on_postgres(request.getfixturevalue("pg_url"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def sqlite_stores(tmp_path: Path) -> Iterator[Stores]:
-    s = Stores.in_directory(tmp_path)
-    s.open_all()
-    yield s
-    s.close_all()
+from tests.service.conftest import ReadElsewhere
 
 
 async def test_each_component_is_its_own_file_in_wal_mode(
@@ -101,14 +81,19 @@ async def test_paused_store_fails_fast_and_reopens(stores: Stores) -> None:
     assert (await stores.budgets.report("u1"))[0].limit_cents == 100
 
 
-async def test_writes_survive_a_reopen_without_close(tmp_path: Path) -> None:
-    """A committed turn is in the file even when the process never closes the store."""
-    first = Stores.in_directory(tmp_path)
-    first.open_all()
-    await first.conversations.record_turn(ChatTurn("u1", "m", "r", "router", True, False))
-    # A second, independent connection sees it without any close or checkpoint.
-    other = sqlite3.connect(tmp_path / "conversations.sqlite3")
-    assert other.execute("SELECT count(*) FROM turns").fetchone()[0] == 1
+async def test_a_committed_turn_is_seen_at_once_by_another_connection(
+    stores: Stores, read_elsewhere: ReadElsewhere
+) -> None:
+    """A committed turn is stored when the statement returns: without a close or a
+    checkpoint (SQLite), and on its own in autocommit (PostgreSQL)."""
+    turn_id = await stores.conversations.record_turn(
+        ChatTurn("u1", "hello", "hi", "router", True, False)
+    )
+    seen = read_elsewhere(
+        "conversations", "SELECT message FROM {at}.turns WHERE id = ?", (turn_id,)
+    )
+    assert seen == [("hello",)]
+    assert read_elsewhere("conversations", "SELECT count(*) FROM {at}.turns", ()) == [(1,)]
 
 
 async def test_budget_expense_must_be_positive(stores: Stores) -> None:
@@ -177,7 +162,11 @@ async def test_system_state_overwrites_and_keeps_json_types(stores: Stores) -> N
     assert await stores.system_state.get("missing") is None
 
 
-async def test_every_store_passes_the_writable_check(stores: Stores) -> None:
-    for store in stores.by_component().values():
+async def test_every_store_passes_the_writable_check_and_its_probe_leaves_no_row(
+    stores: Stores, engine: str, read_elsewhere: ReadElsewhere
+) -> None:
+    probe = "_probe" if engine == "sqlite" else "write_probe"
+    for name, store in stores.by_component().items():
         assert store.is_open
         await store.probe_writable()
+        assert read_elsewhere(name, f"SELECT count(*) FROM {{at}}.{probe}", ()) == [(0,)]

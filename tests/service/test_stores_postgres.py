@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -52,14 +52,6 @@ async def eventually(probe: Callable[[], Awaitable[None]], timeout_s: float = 60
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-async def pg_stores(pg_url: str) -> AsyncIterator[Stores]:
-    stores = Stores.on_postgres(pg_url)
-    await stores.open()
-    yield stores
-    await stores.close()
 
 
 @pytest.fixture
@@ -214,7 +206,7 @@ async def test_a_stopped_server_makes_stores_unavailable_until_it_is_back(
         assert result.status is Status.UNHEALTHY
         assert own_server.password not in str(result.figures)
         with pytest.raises(StoreUnavailable):
-            await stores.budgets.probe_writable()
+            await stores.budgets.db.probe_writable()
 
         own_server.start()
         # The pool reconnects by itself, with backoff; each probe waits for a connection.
@@ -267,19 +259,3 @@ async def test_idle_connections_the_server_dropped_are_replaced_before_a_stateme
     # fails.
     for _ in range(5):
         assert (await pg_stores.profiles.get("u1")).age == 30
-
-
-async def test_a_single_statement_commits_on_its_own_and_a_probe_leaves_no_row(
-    pg_stores: Stores, pg_url: str
-) -> None:
-    turn_id = await pg_stores.conversations.record_turn(
-        ChatTurn("u1", "hello", "hi", "router", True, False)
-    )
-    with psycopg.connect(pg_url) as conn:  # another session sees it at once
-        row = conn.execute(
-            "SELECT message FROM ers_conversations.turns WHERE id = %s", (turn_id,)
-        ).fetchone()
-    assert row == ("hello",)
-    await pg_stores.budgets.probe_writable()
-    with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*) FROM ers_budgets.write_probe").fetchone() == (0,)
