@@ -6,8 +6,7 @@ import sqlite3
 
 from service.stores.base import CategoryReport
 from service.stores.component import ComponentStore, probe_table
-from service.stores.unit_of_work import Unit
-from service.stores.writes import AddExpense, SetBudgetLimit, current_month
+from service.stores.writes import current_month
 
 _BUDGETS = """CREATE TABLE {if_new}{at}budgets (
     user_id TEXT NOT NULL,
@@ -63,14 +62,6 @@ class BudgetStore(ComponentStore):
             "CREATE UNIQUE INDEX expenses_by_turn ON ers_budgets.expenses (turn_key)",
         ),
     )
-
-    async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None:
-        await self.db.commit_unit(Unit([SetBudgetLimit(user_id, category, limit_cents)]))
-
-    async def add_expense(
-        self, user_id: str, category: str, amount_cents: int, note: str = ""
-    ) -> None:
-        await self.db.commit_unit(Unit([AddExpense(user_id, category, amount_cents, note)]))
 
     async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]:
         rows = await self.db.fetch_all(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from service.stores.base import ChatTurn, turn_from_row
 from service.stores.component import ComponentStore, probe_table
-from service.stores.unit_of_work import Unit
 
 # The replies to requests that carried an Idempotency-Key (see unit_of_work).
 _KEYS = """CREATE TABLE {if_new}{at}.idempotency_keys (
@@ -68,21 +67,12 @@ class ConversationStore(ComponentStore):
         ),
     )
 
-    async def record_turn(self, turn: ChatTurn) -> int:
-        applied = await self.db.commit_unit(Unit(turn=turn))
-        assert applied.turn_id is not None
-        return applied.turn_id
-
     async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]:
         rows = await self.db.fetch_all(
             f"SELECT * FROM {self.at}.turns WHERE user_id = ? ORDER BY id DESC LIMIT ?",
             (user_id, limit),
         )
         return [turn_from_row(row) for row in reversed(rows)]
-
-    async def get_turn(self, turn_id: int) -> ChatTurn | None:
-        row = await self.db.fetch_one(f"SELECT * FROM {self.at}.turns WHERE id = ?", (turn_id,))
-        return turn_from_row(row) if row is not None else None
 
     async def count(self) -> int:
         row = await self.db.fetch_one(f"SELECT count(*) AS n FROM {self.at}.turns")

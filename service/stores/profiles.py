@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.stores.base import Profile, profile_from_row
 from service.stores.component import ComponentStore, probe_table
-from service.stores.unit_of_work import Unit
-from service.stores.writes import UpdateProfile
 
 _PROFILES = """CREATE TABLE {if_new}{at}profiles (
     user_id TEXT PRIMARY KEY,
@@ -46,10 +42,3 @@ class ProfileStore(ComponentStore):
         if row is None:
             return None
         return profile_from_row(row, self.dialect.decode_list(row["equipment"]))
-
-    async def upsert(self, user_id: str, **fields: Any) -> Profile:
-        """Set the given fields (None values are left as they were)."""
-        await self.db.commit_unit(Unit([UpdateProfile.of(user_id, **fields)]))
-        profile = await self.get(user_id)
-        assert profile is not None
-        return profile

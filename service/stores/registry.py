@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -114,11 +114,9 @@ class Stores:
     def paused(self, components: list[str], reason: str) -> Iterator[None]:
         """Make the named stores fail fast with ``reason`` while their state is swapped
         (SQLite files are closed), then resume them (and reopen the files)."""
-        paused = [self.by_component()[name] for name in components]
-        for store in paused:
-            store.pause(reason)
-        try:
+        stores = self.by_component()
+        with ExitStack() as resumes:  # every store resumes, even when one fails to
+            for name in components:
+                stores[name].pause(reason)
+                resumes.callback(stores[name].resume)
             yield
-        finally:
-            for store in paused:
-                store.resume()

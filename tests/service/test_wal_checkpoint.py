@@ -13,6 +13,7 @@ import pytest
 from service.stores.base import ChatTurn
 from service.stores.conversations import ConversationStore
 from service.stores.sqlite import SqliteStore
+from service.stores.unit_of_work import Unit
 from service.stores.wal_checkpoint import WalCheckpointer
 
 
@@ -40,12 +41,12 @@ async def test_the_writer_leaves_checkpoints_to_the_checkpointer(
     conn = store._connection()
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     for n in range(300):
-        await conversations.record_turn(_turn(n))
+        await conversations.db.commit_unit(Unit(turn=_turn(n)))
     busy, log_frames, checkpointed = store.checkpoint() or (1, 0, 0)
     assert busy == 0
     assert log_frames > 0
     assert checkpointed == log_frames  # everything the writer logged was copied
-    await conversations.record_turn(_turn(300))
+    await conversations.db.commit_unit(Unit(turn=_turn(300)))
     # The first commit after a complete checkpoint starts the log over: it holds that
     # commit's few pages, not 300 commits' worth.
     after = store.checkpoint()
@@ -58,7 +59,7 @@ async def test_a_paused_store_is_not_checkpointed_and_holds_no_connection(
     conversations: ConversationStore,
     store: SqliteStore,
 ) -> None:
-    await conversations.record_turn(_turn(0))
+    await conversations.db.commit_unit(Unit(turn=_turn(0)))
     assert store.checkpoint() is not None
     store.pause("a rollback is swapping the file")
     assert store.checkpoint() is None
@@ -86,7 +87,7 @@ async def test_checkpoints_run_beside_a_busy_writer_without_losing_a_row(
     thread.start()
     try:
         for n in range(2000):
-            await conversations.record_turn(_turn(n))
+            await conversations.db.commit_unit(Unit(turn=_turn(n)))
     finally:
         stop.set()
         thread.join(10)
