@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from service.stores import Stores
@@ -32,3 +34,13 @@ async def upsert_profile(stores: Stores, user_id: str, **fields: Any) -> Profile
     applied = await stores.units.commit(Unit([update], read_profile=user_id))
     assert applied.profile is not None
     return applied.profile
+
+
+@asynccontextmanager
+async def opened(stores: Stores) -> AsyncIterator[Stores]:
+    """The stores opened (PostgreSQL: migrated) for the block, closed after."""
+    await stores.open()
+    try:
+        yield stores
+    finally:
+        await stores.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 
@@ -78,30 +78,15 @@ class SystemStateBackend(Protocol):
 
 
 def turn_from_row(row: Any) -> ChatTurn:
-    """A turn from a ``turns`` row of either engine."""
-    return ChatTurn(
-        id=row["id"],
-        user_id=row["user_id"],
-        message=row["message"],
-        response=row["response"],
-        agent=row["agent"],
-        success=bool(row["success"]),
-        degraded=bool(row["degraded"]),
-        trace_id=row["trace_id"],
-        created_at=row["created_at"],
-    )
+    """A turn from a ``turns`` row of either engine (SQLite stores booleans as 0 and 1)."""
+    turn = ChatTurn(**{name: row[name] for name in _TURN_COLUMNS})
+    return replace(turn, success=bool(turn.success), degraded=bool(turn.degraded))
 
 
 def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
     """A profile from a ``profiles`` row of either engine, its equipment decoded."""
-    return Profile(
-        user_id=row["user_id"],
-        age=row["age"],
-        weight_kg=row["weight_kg"],
-        height_cm=row["height_cm"],
-        sex=row["sex"],
-        activity=row["activity"],
-        goal=row["goal"],
-        level=row["level"],
-        equipment=tuple(equipment),
-    )
+    return Profile(**{name: row[name] for name in _PROFILE_COLUMNS}, equipment=tuple(equipment))
+
+
+_TURN_COLUMNS = tuple(f.name for f in fields(ChatTurn))
+_PROFILE_COLUMNS = tuple(f.name for f in fields(Profile) if f.name != "equipment")

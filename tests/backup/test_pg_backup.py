@@ -21,7 +21,7 @@ from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres import PostgresStore
-from tests.store_writes import record_turn, set_limit, upsert_profile
+from tests.store_writes import opened, record_turn, set_limit, upsert_profile
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +49,8 @@ async def restic(tmp_path: Path, template_repository: Path) -> Restic:
 
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[Stores]:
-    stores = Stores.on_postgres(pg_url)
-    await stores.open()
-    yield stores
-    await stores.close()
+    async with opened(Stores.on_postgres(pg_url)) as pg:
+        yield pg
 
 
 def config_for(stores: Stores) -> PgBackupConfig:

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from service.stores import Stores
+from tests.store_writes import opened
 
 # Rows of ``sql`` read on a connection of the test's own; ``{at}`` names the component's tables.
 ReadElsewhere = Callable[[str, str, tuple[Any, ...]], list[tuple[Any, ...]]]
@@ -29,14 +30,11 @@ async def stores(
 ) -> AsyncIterator[Stores]:
     """The same behaviour tests run against SQLite files and a real PostgreSQL server."""
     if engine == "sqlite":
-        opened = Stores.in_directory(tmp_path)
+        async with opened(Stores.in_directory(tmp_path)) as both:
+            yield both
     else:
-        opened = Stores.on_postgres(request.getfixturevalue("pg_url"))
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+        async with opened(Stores.on_postgres(request.getfixturevalue("pg_url"))) as both:
+            yield both
 
 
 @pytest.fixture
@@ -54,15 +52,11 @@ def read_elsewhere(engine: str, request: pytest.FixtureRequest, tmp_path: Path) 
 
 @pytest.fixture
 async def sqlite_stores(tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = Stores.in_directory(tmp_path)
-    await opened.open()
-    yield opened
-    await opened.close()
+    async with opened(Stores.in_directory(tmp_path)) as sqlite:
+        yield sqlite
 
 
 @pytest.fixture
 async def pg_stores(pg_url: str) -> AsyncIterator[Stores]:
-    opened = Stores.on_postgres(pg_url)
-    await opened.open()
-    yield opened
-    await opened.close()
+    async with opened(Stores.on_postgres(pg_url)) as pg:
+        yield pg
