@@ -1,11 +1,12 @@
-"""A component's SQLite file: the connection every store of the concept runs on there.
+"""A component's SQLite file: the connection its concept's store runs on.
 
 One connection per file, used from the event loop; statements are short, so they run
 inline rather than paying a thread hop each. WAL with ``synchronous=NORMAL`` keeps every
 committed transaction across a killed process; the log is copied into the database file by
-a thread of its own (``wal_checkpoint``), never inside a commit on the loop. ``paused()``
+a thread of its own (``wal_checkpoint``), never inside a commit on the loop. ``pause()``
 closes the connections so a rollback can swap the file underneath, and makes writers fail
-fast with StoreUnavailable instead of writing into a file that is about to be replaced.
+fast with StoreUnavailable instead of writing into a file that is about to be replaced;
+``resume()`` opens whatever file is then at the path.
 """
 
 from __future__ import annotations
