@@ -276,17 +276,12 @@ class BackupService:
         @contextlib.asynccontextmanager
         async def pause_writers() -> AsyncIterator[None]:
             self._set_ready(False, "a rollback is swapping state files")
-            for name in names:
-                stores[name].pause("a rollback is swapping this store's file; retry shortly")
             try:
-                yield
+                with self.stores.paused(
+                    names, "a rollback is swapping this store's file; retry shortly"
+                ):
+                    yield
             finally:
-                for name in names:
-                    store = stores[name]
-                    if isinstance(store, PostgresStore):
-                        store.resume()
-                    elif not store.is_open:
-                        store.open()
                 self._set_ready(True, None)
 
         def reopen() -> None:

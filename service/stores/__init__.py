@@ -5,14 +5,12 @@ from service.stores.budgets import BudgetStore
 from service.stores.conversations import ConversationStore
 from service.stores.profiles import ProfileStore
 from service.stores.registry import Stores
-from service.stores.sqlite import SqliteStore
 from service.stores.system_state import SystemStateStore
 
 __all__ = [
     "BudgetStore",
     "ConversationStore",
     "ProfileStore",
-    "SqliteStore",
     "Stores",
     "SystemStateStore",
 ]

@@ -1,8 +1,9 @@
-"""What every backend of a component store provides (SQLite now, PostgreSQL alike)."""
+"""The values the component stores hold, and what the agents need of a store."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 
@@ -61,23 +62,11 @@ class CategoryReport:
         return None if self.limit_cents is None else self.limit_cents - self.spent_cents
 
 
-class ConversationBackend(Protocol):
-    async def record_turn(self, turn: ChatTurn) -> int: ...
-    async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]: ...
-    async def get_turn(self, turn_id: int) -> ChatTurn | None: ...
-    async def count(self) -> int: ...
-
-
 class ProfileBackend(Protocol):
     async def get(self, user_id: str) -> Profile | None: ...
-    async def upsert(self, user_id: str, **fields: Any) -> Profile: ...
 
 
 class BudgetBackend(Protocol):
-    async def set_limit(self, user_id: str, category: str, limit_cents: int) -> None: ...
-    async def add_expense(
-        self, user_id: str, category: str, amount_cents: int, note: str = ""
-    ) -> None: ...
     async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]: ...
 
 
@@ -86,3 +75,18 @@ class SystemStateBackend(Protocol):
     async def put(self, key: str, value: Any) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def items(self) -> dict[str, Any]: ...
+
+
+def turn_from_row(row: Any) -> ChatTurn:
+    """A turn from a ``turns`` row of either engine (SQLite stores booleans as 0 and 1)."""
+    turn = ChatTurn(**{name: row[name] for name in _TURN_COLUMNS})
+    return replace(turn, success=bool(turn.success), degraded=bool(turn.degraded))
+
+
+def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
+    """A profile from a ``profiles`` row of either engine, its equipment decoded."""
+    return Profile(**{name: row[name] for name in _PROFILE_COLUMNS}, equipment=tuple(equipment))
+
+
+_TURN_COLUMNS = tuple(f.name for f in fields(ChatTurn))
+_PROFILE_COLUMNS = tuple(f.name for f in fields(Profile) if f.name != "equipment")

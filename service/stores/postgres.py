@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -26,18 +26,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StoreUnavailable
 from service.settings import redact_url
-from service.stores.base import Profile
+from service.stores.dialect import POSTGRES
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
 from service.stores.unit_of_work import (
     DEFAULT_POLICY,
     Applied,
     KeyPolicy,
-    Names,
     Unit,
     apply,
     statement_count,
 )
-from service.stores.writes import Write
 from telemetry.pg_pool import password_of, scrub_password
 
 # A statement waits at most this long for a free pooled connection; a chat must not hang on
@@ -153,6 +151,10 @@ class PostgresDatabase:
         return self.scrub(primary)
 
 
+def schema_of(component: str) -> str:
+    return f"ers_{component}"
+
+
 def _location(url: str) -> str:
     """Where the server is, fit for logs: the redacted URL, or for a ``key=value`` conninfo
     string its host, port and database."""
@@ -166,13 +168,13 @@ def _location(url: str) -> str:
 
 
 class PostgresTransaction:
-    """The unit of work's statements on a cursor (``?`` marks become psycopg's ``%s``)."""
+    """The unit of work's statements on a cursor."""
 
     def __init__(self, cursor: psycopg.AsyncCursor[DictRow]) -> None:
         self.cursor = cursor
 
     async def rows(self, component: str, sql: str, params: Sequence[Any]) -> list[Any]:
-        await self.cursor.execute(sql.replace("?", "%s"), params)
+        await self.cursor.execute(POSTGRES.sql(sql), params)
         return await self.cursor.fetchall() if self.cursor.description else []
 
     async def insert(self, component: str, sql: str, params: Sequence[Any]) -> int:
@@ -180,20 +182,19 @@ class PostgresTransaction:
         return int(rows[0]["id"])
 
 
-def encode_equipment(items: tuple[str, ...]) -> list[str]:
-    return list(items)
-
-
 class PostgresStore:
-    """A component's schema on the shared server. Subclasses set ``component``, ``schema``
-    (its PostgreSQL schema name) and ``migrations`` (ordered, append-only)."""
+    """The schema ``ers_<component>`` on the shared server, brought up to date by
+    ``migrations`` (ordered, append-only) when the database opens."""
 
-    component: ClassVar[str]
-    schema: ClassVar[str]
-    migrations: ClassVar[Sequence[Migration]]
+    dialect = POSTGRES
 
-    def __init__(self, database: PostgresDatabase) -> None:
+    def __init__(
+        self, database: PostgresDatabase, component: str, migrations: Sequence[Migration]
+    ) -> None:
         self.database = database
+        self.component = component
+        self.schema = schema_of(component)
+        self.migrations = migrations
         self._paused_reason: str | None = None
 
     # -- lifecycle (the pool itself is opened and closed by the database) ---------------
@@ -208,14 +209,6 @@ class PostgresStore:
 
     def resume(self) -> None:
         self._paused_reason = None
-
-    @contextmanager
-    def paused(self, reason: str) -> Iterator[None]:
-        self.pause(reason)
-        try:
-            yield
-        finally:
-            self.resume()
 
     # -- statements ----------------------------------------------------------------------
 
@@ -247,29 +240,19 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreUnavailable(self.component, self.database.reason(exc)) from None
 
-    async def commit_unit(
-        self,
-        unit: Unit,
-        names: Names | None = None,
-        policy: KeyPolicy | None = None,
-        profile_of: Callable[[Any], Profile] | None = None,
-    ) -> Applied:
-        """Commit a unit in one transaction on one pooled connection; ``names`` maps each
-        component it writes to its schema (this store's alone by default). A unit of one
-        statement runs in autocommit: one round trip instead of three."""
+    async def commit_unit(self, unit: Unit, policy: KeyPolicy | None = None) -> Applied:
+        """Commit a unit, whichever components it writes (one database holds every schema),
+        in one transaction on one pooled connection. A unit of one statement runs in
+        autocommit: one round trip instead of three."""
         single = statement_count(unit) == 1
         async with self._cursor(transaction=not single) as cursor:
             return await apply(
                 PostgresTransaction(cursor),
-                names or {self.component: self.schema},
+                {name: schema_of(name) for name in unit.components()},
                 unit,
-                equipment=encode_equipment,
+                dialect=POSTGRES,
                 policy=policy or DEFAULT_POLICY,
-                profile_of=profile_of,
             )
-
-    async def commit_writes(self, *writes: Write) -> None:
-        await self.commit_unit(Unit(writes))
 
     def check_usable(self) -> None:
         """Raise StoreUnavailable while the store is paused or closed."""
@@ -278,16 +261,16 @@ class PostgresStore:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         async with self._cursor() as cursor:
-            await cursor.execute(sql, params)
+            await cursor.execute(POSTGRES.sql(sql), params)
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
         async with self._cursor() as cursor:
-            await cursor.execute(sql, params)
+            await cursor.execute(POSTGRES.sql(sql), params)
             return await cursor.fetchall()
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
         async with self._cursor() as cursor:
-            await cursor.execute(sql, params)
+            await cursor.execute(POSTGRES.sql(sql), params)
             return await cursor.fetchone()
 
     # -- health --------------------------------------------------------------------------

@@ -2,56 +2,43 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from typing import Any
+from service.stores.base import Profile, profile_from_row
+from service.stores.component import ComponentStore, probe_table
 
-from service.stores.base import Profile
-from service.stores.sqlite import SqliteStore
-from service.stores.writes import UpdateProfile
-
-
-def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
-    """A profile from a ``profiles`` row of either backend (each stores equipment its way)."""
-    return Profile(
-        user_id=row["user_id"],
-        age=row["age"],
-        weight_kg=row["weight_kg"],
-        height_cm=row["height_cm"],
-        sex=row["sex"],
-        activity=row["activity"],
-        goal=row["goal"],
-        level=row["level"],
-        equipment=tuple(equipment),
-    )
+_PROFILES = """CREATE TABLE {if_new}{at}profiles (
+    user_id TEXT PRIMARY KEY,
+    age INTEGER,
+    weight_kg {real},
+    height_cm {real},
+    sex TEXT,
+    activity TEXT,
+    goal TEXT,
+    level TEXT,
+    equipment {list} NOT NULL DEFAULT '{empty}',
+    updated_at {real} NOT NULL
+)"""
 
 
-class ProfileStore(SqliteStore):
+class ProfileStore(ComponentStore):
     component = "profiles"
-    schema = (
-        """CREATE TABLE IF NOT EXISTS profiles (
-            user_id TEXT PRIMARY KEY,
-            age INTEGER,
-            weight_kg REAL,
-            height_cm REAL,
-            sex TEXT,
-            activity TEXT,
-            goal TEXT,
-            level TEXT,
-            equipment TEXT NOT NULL DEFAULT '[]',
-            updated_at REAL NOT NULL
-        )""",
+    # Equipment is a JSON list in SQLite, an array in PostgreSQL (see dialect).
+    sqlite_ddl = (
+        _PROFILES.format(if_new="IF NOT EXISTS ", at="", real="REAL", list="TEXT", empty="[]"),
+    )
+    pg_migrations = (
+        (
+            "CREATE SCHEMA IF NOT EXISTS ers_profiles",
+            _PROFILES.format(
+                if_new="", at="ers_profiles.", real="DOUBLE PRECISION", list="TEXT[]", empty="{}"
+            ),
+            probe_table("ers_profiles"),
+        ),
     )
 
     async def get(self, user_id: str) -> Profile | None:
-        row = self.query_one("SELECT * FROM profiles WHERE user_id = ?", (user_id,))
+        row = await self.db.fetch_one(
+            f"SELECT * FROM {self.at}.profiles WHERE user_id = ?", (user_id,)
+        )
         if row is None:
             return None
-        return profile_from_row(row, json.loads(row["equipment"]))
-
-    async def upsert(self, user_id: str, **fields: Any) -> Profile:
-        """Set the given fields (None values are left as they were)."""
-        await self.commit_writes(UpdateProfile.of(user_id, **fields))
-        profile = await self.get(user_id)
-        assert profile is not None
-        return profile
+        return profile_from_row(row, self.dialect.decode_list(row["equipment"]))

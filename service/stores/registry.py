@@ -12,14 +12,9 @@ from pathlib import Path
 
 from service.settings import Settings, redact_url
 from service.stores.budgets import BudgetStore
+from service.stores.component import Connection
 from service.stores.conversations import ConversationStore
 from service.stores.postgres import PostgresDatabase, PostgresStore
-from service.stores.postgres_components import (
-    PgBudgetStore,
-    PgConversationStore,
-    PgProfileStore,
-    PgSystemStateStore,
-)
 from service.stores.profiles import ProfileStore
 from service.stores.sqlite import SqliteStore
 from service.stores.system_state import SystemStateStore
@@ -29,15 +24,16 @@ from service.stores.uow_sqlite import SqliteUnitOfWork
 
 log = logging.getLogger("ers.stores")
 
-ComponentStore = SqliteStore | PostgresStore
+# A component's connection, as health checks, probes and backups see it.
+ComponentStore = Connection
 
 
 @dataclass(frozen=True)
 class Stores:
-    conversations: ConversationStore | PgConversationStore
-    budgets: BudgetStore | PgBudgetStore
-    profiles: ProfileStore | PgProfileStore
-    system_state: SystemStateStore | PgSystemStateStore
+    conversations: ConversationStore
+    budgets: BudgetStore
+    profiles: ProfileStore
+    system_state: SystemStateStore
     # Set when the stores live on PostgreSQL: the server's migrations and connection pool.
     database: PostgresDatabase | None = None
     # How long and how many Idempotency-Keys the unit of work remembers.
@@ -56,10 +52,10 @@ class Stores:
     @classmethod
     def in_directory(cls, data_dir: Path, key_policy: KeyPolicy | None = None) -> Stores:
         return cls(
-            conversations=ConversationStore(data_dir / "conversations.sqlite3"),
-            budgets=BudgetStore(data_dir / "budgets.sqlite3"),
-            profiles=ProfileStore(data_dir / "profiles.sqlite3"),
-            system_state=SystemStateStore(data_dir / "system_state.sqlite3"),
+            conversations=ConversationStore.in_file(data_dir / "conversations.sqlite3"),
+            budgets=BudgetStore.in_file(data_dir / "budgets.sqlite3"),
+            profiles=ProfileStore.in_file(data_dir / "profiles.sqlite3"),
+            system_state=SystemStateStore.in_file(data_dir / "system_state.sqlite3"),
             key_policy=key_policy or KeyPolicy(),
         )
 
@@ -67,10 +63,10 @@ class Stores:
     def on_postgres(cls, url: str, key_policy: KeyPolicy | None = None) -> Stores:
         database = PostgresDatabase(url)
         return cls(
-            conversations=PgConversationStore(database),
-            budgets=PgBudgetStore(database),
-            profiles=PgProfileStore(database),
-            system_state=PgSystemStateStore(database),
+            conversations=ConversationStore.on_postgres(database),
+            budgets=BudgetStore.on_postgres(database),
+            profiles=ProfileStore.on_postgres(database),
+            system_state=SystemStateStore.on_postgres(database),
             database=database,
             key_policy=key_policy or KeyPolicy(),
         )
@@ -78,27 +74,27 @@ class Stores:
     @cached_property
     def units(self) -> UnitOfWork:
         """Commits a chat turn with its writes, or a profile update, whole or not at all."""
-        c, b, p = self.conversations, self.budgets, self.profiles
-        if isinstance(c, ConversationStore):
-            assert isinstance(b, BudgetStore) and isinstance(p, ProfileStore)
+        c, b, p = self.conversations.db, self.budgets.db, self.profiles.db
+        if isinstance(c, SqliteStore):
+            assert isinstance(b, SqliteStore) and isinstance(p, SqliteStore)
             return SqliteUnitOfWork(c, b, p, self.key_policy)
-        assert isinstance(b, PgBudgetStore) and isinstance(p, PgProfileStore)
-        return PgUnitOfWork(c, {"budgets": b, "profiles": p, "conversations": c}, self.key_policy)
+        assert isinstance(b, PostgresStore) and isinstance(p, PostgresStore)
+        return PgUnitOfWork({"budgets": b, "profiles": p, "conversations": c}, self.key_policy)
 
     def by_component(self) -> dict[str, ComponentStore]:
-        return {
-            "conversations": self.conversations,
-            "budgets": self.budgets,
-            "profiles": self.profiles,
-            "system_state": self.system_state,
-        }
+        """Each component's connection: its SQLite file or its PostgreSQL schema."""
+        stores = (self.conversations, self.budgets, self.profiles, self.system_state)
+        return {store.component: store.db for store in stores}
 
     async def open(self) -> None:
         """Open every store: the SQLite files, or migrate PostgreSQL and open its pool."""
+        connections = list(self.by_component().values())
         if self.database is None:
-            self.open_all()
+            for sqlite in connections:
+                assert isinstance(sqlite, SqliteStore)
+                sqlite.open()
             return
-        pg_stores = [s for s in self.by_component().values() if isinstance(s, PostgresStore)]
+        pg_stores = [s for s in connections if isinstance(s, PostgresStore)]
         applied = await self.database.open(pg_stores)
         if applied:
             log.info(
@@ -107,30 +103,20 @@ class Stores:
             )
 
     async def close(self) -> None:
-        if self.database is None:
-            self.close_all()
-            return
-        await self.database.close()
-
-    def open_all(self) -> None:
-        """Open the SQLite files (PostgreSQL stores open asynchronously: ``await open()``)."""
-        for store in self._sqlite_stores():
-            store.open()
-
-    def close_all(self) -> None:
-        for store in self._sqlite_stores():
-            store.close()
-
-    def _sqlite_stores(self) -> list[SqliteStore]:
         if self.database is not None:
-            raise TypeError("the stores live on PostgreSQL: use await open() / await close()")
-        return [s for s in self.by_component().values() if isinstance(s, SqliteStore)]
+            await self.database.close()
+            return
+        for sqlite in self.by_component().values():
+            assert isinstance(sqlite, SqliteStore)
+            sqlite.close()
 
     @contextmanager
     def paused(self, components: list[str], reason: str) -> Iterator[None]:
-        """Make the named stores fail fast while their state is swapped, then reopen them."""
+        """Make the named stores fail fast with ``reason`` while their state is swapped
+        (SQLite files are closed), then resume them (and reopen the files)."""
         stores = self.by_component()
-        with ExitStack() as stack:
+        with ExitStack() as resumes:  # every store resumes, even when one fails to
             for name in components:
-                stack.enter_context(stores[name].paused(reason))
+                stores[name].pause(reason)
+                resumes.callback(stores[name].resume)
             yield

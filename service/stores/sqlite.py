@@ -1,28 +1,27 @@
-"""The SQLite base every component store builds on.
+"""A component's SQLite file: the connection its concept's store runs on.
 
-One connection per store, used from the event loop; statements are short, so they run
+One connection per file, used from the event loop; statements are short, so they run
 inline rather than paying a thread hop each. WAL with ``synchronous=NORMAL`` keeps every
 committed transaction across a killed process; the log is copied into the database file by
-a thread of its own (``wal_checkpoint``), never inside a commit on the loop. ``paused()``
+a thread of its own (``wal_checkpoint``), never inside a commit on the loop. ``pause()``
 closes the connections so a rollback can swap the file underneath, and makes writers fail
-fast with StoreUnavailable instead of writing into a file that is about to be replaced.
+fast with StoreUnavailable instead of writing into a file that is about to be replaced;
+``resume()`` opens whatever file is then at the path.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from service.errors import StoreUnavailable
-from service.stores.base import Profile
+from service.stores.dialect import SQLITE
 from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
-from service.stores.writes import Write
 
 BUSY_TIMEOUT_MS = 2000
 # Once a checkpoint has emptied it, the write-ahead log is cut back to this size.
@@ -46,18 +45,28 @@ class SqliteTransaction:
         return self.conn.execute(sql, params).lastrowid or 0
 
 
-def encode_equipment(items: tuple[str, ...]) -> str:
-    return json.dumps(list(items))
+Upgrade = Callable[[sqlite3.Connection], None]
+
+
+def no_upgrade(conn: sqlite3.Connection) -> None:
+    """A file made by any ERS release already has this component's schema."""
 
 
 class SqliteStore:
-    """A component's SQLite file. Subclasses set ``component`` and ``schema``."""
+    """The file of ``component``, created with the statements of ``ddl``; ``upgrade`` brings
+    a file made by an older ERS up to it (inside the opening transaction)."""
 
-    component: ClassVar[str]
-    schema: ClassVar[Sequence[str]]
+    dialect = SQLITE
+    # Statements name the component's tables ``<schema>.<table>``: here the file itself.
+    schema = "main"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, component: str, path: Path, ddl: Sequence[str], upgrade: Upgrade = no_upgrade
+    ) -> None:
+        self.component = component
         self.path = Path(path)
+        self.ddl = ddl
+        self.upgrade = upgrade
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._paused_reason: str | None = None
@@ -85,7 +94,7 @@ class SqliteStore:
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTER does it
                 conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
                 with conn:
-                    for statement in self.schema:
+                    for statement in self.ddl:
                         conn.execute(statement)
                     self.upgrade(conn)
             except sqlite3.Error as exc:
@@ -93,10 +102,6 @@ class SqliteStore:
             self._conn = conn
             self._paused_reason = None
         CHECKPOINTER.add(self)
-
-    def upgrade(self, conn: sqlite3.Connection) -> None:
-        """Bring a file made by an older ERS up to ``schema`` (inside the opening
-        transaction); nothing by default."""
 
     def on_close(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever the store closes (a pause included), before its own
@@ -138,14 +143,9 @@ class SqliteStore:
             self.close()
             self._paused_reason = reason
 
-    @contextmanager
-    def paused(self, reason: str) -> Iterator[None]:
-        """Close the file for the duration (a rollback swaps it), then reopen."""
-        self.pause(reason)
-        try:
-            yield
-        finally:
-            self.open()
+    def resume(self) -> None:
+        """Reopen after a pause, on whatever file a rollback put at the path."""
+        self.open()
 
     @property
     def is_open(self) -> bool:
@@ -159,59 +159,42 @@ class SqliteStore:
             raise StoreUnavailable(self.component, reason)
         return self._conn
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
-        """Run one write in its own transaction; returns the new row id."""
+    def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        """One statement in its own transaction, under the store's lock."""
         with self._lock:
             conn = self._connection()
             try:
                 with conn:
-                    cursor = conn.execute(sql, params)
-                    return cursor.lastrowid or 0
+                    return conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, str(exc)) from exc
 
-    def execute_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run several writes in one transaction: all or nothing."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn:
-                    for sql, params in statements:
-                        conn.execute(sql, params)
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(self.component, str(exc)) from exc
+    # Statements are short: they run inline on the loop, which costs less than a thread hop.
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._run(sql, params)
 
-    async def commit_unit(
-        self,
-        unit: Unit,
-        policy: KeyPolicy | None = None,
-        profile_of: Callable[[Any], Profile] | None = None,
-    ) -> Applied:
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._run(sql, params)
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self._run(sql, params)
+        return rows[0] if rows else None
+
+    async def commit_unit(self, unit: Unit, policy: KeyPolicy | None = None) -> Applied:
         """Commit a unit that writes this file alone, in one transaction on its connection."""
         try:
-            with self.transaction() as conn:
-                return await apply(
-                    SqliteTransaction(conn),
-                    {self.component: "main"},
-                    unit,
-                    equipment=encode_equipment,
-                    policy=policy or DEFAULT_POLICY,
-                    profile_of=profile_of,
-                )
+            with self._lock:
+                conn = self._connection()
+                with conn:
+                    return await apply(
+                        SqliteTransaction(conn),
+                        {self.component: "main"},
+                        unit,
+                        dialect=SQLITE,
+                        policy=policy or DEFAULT_POLICY,
+                    )
         except sqlite3.Error as exc:
             raise StoreUnavailable(self.component, str(exc)) from exc
-
-    async def commit_writes(self, *writes: Write) -> None:
-        await self.commit_unit(Unit(writes))
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """The store's connection, under its lock, in one transaction: committed when the
-        block ends, rolled back when it raises. sqlite3 errors reach the caller as they are."""
-        with self._lock:
-            conn = self._connection()
-            with conn:
-                yield conn
 
     @contextmanager
     def exclusive(self) -> Iterator[Path]:
@@ -221,25 +204,7 @@ class SqliteStore:
             self._connection()
             yield self.path
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            conn = self._connection()
-            try:
-                return conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(self.component, str(exc)) from exc
-
-    def query_one(
-        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
-    ) -> sqlite3.Row | None:
-        rows = self.query(sql, params)
-        return rows[0] if rows else None
-
     async def probe_writable(self) -> None:
-        """The health check's probe, the same call on every backend."""
-        self.check_writable()
-
-    def check_writable(self) -> None:
         """Write, read back and delete a probe row; raises StoreUnavailable when it can't."""
         with self._lock:
             conn = self._connection()

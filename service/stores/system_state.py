@@ -3,37 +3,49 @@ opens, disabled breakers) and the system state, written by ``resilience.state_ke
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from service.stores.sqlite import SqliteStore
+from service.stores.component import ComponentStore, probe_table
 
 
-class SystemStateStore(SqliteStore):
+class SystemStateStore(ComponentStore):
     component = "system_state"
-    schema = (
+    # Values are JSON text in SQLite, JSONB in PostgreSQL (see dialect).
+    sqlite_ddl = (
         """CREATE TABLE IF NOT EXISTS state (
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL,
             updated_at REAL NOT NULL
         )""",
     )
+    pg_migrations = (
+        (
+            "CREATE SCHEMA IF NOT EXISTS ers_system_state",
+            """CREATE TABLE ers_system_state.state (
+                key TEXT PRIMARY KEY,
+                value JSONB NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            probe_table("ers_system_state"),
+        ),
+    )
 
     async def get(self, key: str) -> Any | None:
-        row = self.query_one("SELECT value FROM state WHERE key = ?", (key,))
-        return json.loads(row["value"]) if row is not None else None
+        row = await self.db.fetch_one(f"SELECT value FROM {self.at}.state WHERE key = ?", (key,))
+        return self.dialect.decode_json(row["value"]) if row is not None else None
 
     async def put(self, key: str, value: Any) -> None:
-        self.execute(
-            "INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)"
+        await self.db.execute(
+            f"INSERT INTO {self.at}.state (key, value, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
             " updated_at = excluded.updated_at",
-            (key, json.dumps(value), time.time()),
+            (key, self.dialect.encode_json(value), time.time()),
         )
 
     async def delete(self, key: str) -> None:
-        self.execute("DELETE FROM state WHERE key = ?", (key,))
+        await self.db.execute(f"DELETE FROM {self.at}.state WHERE key = ?", (key,))
 
     async def items(self) -> dict[str, Any]:
-        return {row["key"]: json.loads(row["value"]) for row in self.query("SELECT * FROM state")}
+        rows = await self.db.fetch_all(f"SELECT key, value FROM {self.at}.state")
+        return {row["key"]: self.dialect.decode_json(row["value"]) for row in rows}

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.stores.base import ChatTurn, Profile
+from service.stores.base import ChatTurn, Profile, profile_from_row
+from service.stores.dialect import Dialect
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile, Write, current_month
 
 
@@ -100,8 +101,15 @@ class UnitOfWork(Protocol):
     async def remembered(self, scope: str, key: str) -> RememberedReply | None: ...
 
 
+class Reader(Protocol):
+    """A component's store as the unit of work reads it, on either engine."""
+
+    schema: str
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any | None: ...
+
+
 Names = Mapping[str, str]
-EncodeEquipment = Callable[[tuple[str, ...]], Any]
 
 
 DEFAULT_POLICY = KeyPolicy()
@@ -119,22 +127,21 @@ async def apply(
     names: Names,
     unit: Unit,
     *,
-    equipment: EncodeEquipment,
+    dialect: Dialect,
     policy: KeyPolicy = DEFAULT_POLICY,
-    profile_of: Callable[[Any], Profile] | None = None,
 ) -> Applied:
     """Run the unit's statements in ``tx``; raises KeyTaken when the key is already used."""
     for write in unit.writes:
-        await _write(tx, names, write, unit, equipment, policy)
-    profile = None
+        await _write(tx, names, write, unit, dialect, policy)
+    profile: Profile | None = None
     if unit.read_profile is not None:
-        assert profile_of is not None, "reading a profile back needs its row decoder"
         rows = await tx.rows(
             "profiles",
             f"SELECT * FROM {names['profiles']}.profiles WHERE user_id = ?",
             (unit.read_profile,),
         )
-        profile = profile_of(rows[0]) if rows else None
+        if rows:
+            profile = profile_from_row(rows[0], dialect.decode_list(rows[0]["equipment"]))
     turn_id = await _record_turn(tx, names, unit.turn) if unit.turn is not None else None
     applied = Applied(turn_id=turn_id, profile=profile)
     if unit.key is not None:
@@ -147,7 +154,7 @@ async def _write(
     names: Names,
     write: Write,
     unit: Unit,
-    equipment: EncodeEquipment,
+    dialect: Dialect,
     policy: KeyPolicy,
 ) -> None:
     if isinstance(write, AddExpense):
@@ -186,7 +193,9 @@ async def _write(
     elif isinstance(write, UpdateProfile):
         given = dict(write.fields)
         if "equipment" in given:
-            given["equipment"] = equipment(tuple(str(item) for item in given["equipment"]))
+            given["equipment"] = dialect.encode_list(
+                tuple(str(item) for item in given["equipment"])
+            )
         # Column names are profile fields only (checked by UpdateProfile.of), never a
         # caller's text.
         columns = ["user_id", *given, "updated_at"]
@@ -246,14 +255,17 @@ async def _remember(
     )
 
 
-def remembered_sql(schema: str) -> str:
-    return (
-        f"SELECT scope, key, fingerprint, status, body FROM {schema}.idempotency_keys"
-        " WHERE scope = ? AND key = ? AND created_at >= ?"
+async def remembered(
+    conversations: Reader, scope: str, key: str, policy: KeyPolicy
+) -> RememberedReply | None:
+    """The reply remembered for ``key`` in ``scope`` while the policy keeps it."""
+    row = await conversations.fetch_one(
+        f"SELECT scope, key, fingerprint, status, body FROM {conversations.schema}"
+        ".idempotency_keys WHERE scope = ? AND key = ? AND created_at >= ?",
+        (scope, key, time.time() - policy.ttl_s),
     )
-
-
-def remembered_from_row(row: Any) -> RememberedReply:
+    if row is None:
+        return None
     return RememberedReply(
         scope=row["scope"],
         key=row["key"],

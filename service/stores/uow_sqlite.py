@@ -19,50 +19,34 @@ applying them again changes nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
 
 from service.errors import StoreUnavailable
-from service.stores.base import Profile
-from service.stores.budgets import BudgetStore
-from service.stores.conversations import ConversationStore
-from service.stores.profiles import ProfileStore, profile_from_row
-from service.stores.sqlite import (
-    BUSY_TIMEOUT_MS,
-    SqliteStore,
-    SqliteTransaction,
-    encode_equipment,
-)
+from service.stores.dialect import SQLITE
+from service.stores.sqlite import BUSY_TIMEOUT_MS, SqliteStore, SqliteTransaction
 from service.stores.unit_of_work import (
     Applied,
     KeyPolicy,
     RememberedReply,
     Unit,
     apply,
-    remembered_from_row,
-    remembered_sql,
+    remembered,
 )
 from service.stores.writes import AddExpense
 
 log = logging.getLogger("ers.stores")
 
 
-def _profile(row: Any) -> Profile:
-    return profile_from_row(row, json.loads(row["equipment"]))
-
-
 class SqliteUnitOfWork:
     def __init__(
         self,
-        conversations: ConversationStore,
-        budgets: BudgetStore,
-        profiles: ProfileStore,
+        conversations: SqliteStore,
+        budgets: SqliteStore,
+        profiles: SqliteStore,
         policy: KeyPolicy,
     ) -> None:
         self._stores: dict[str, SqliteStore] = {
@@ -78,10 +62,7 @@ class SqliteUnitOfWork:
             store.on_close(self._drop_shared)
 
     async def remembered(self, scope: str, key: str) -> RememberedReply | None:
-        row = self._conversations.query_one(
-            remembered_sql("main"), (scope, key, time.time() - self.policy.ttl_s)
-        )
-        return remembered_from_row(row) if row is not None else None
+        return await remembered(self._conversations, scope, key, self.policy)
 
     async def commit(self, unit: Unit) -> Applied:
         if not unit.writes and unit.key is None and unit.read_profile is None:
@@ -91,7 +72,7 @@ class SqliteUnitOfWork:
         if not components:
             return Applied()
         if len(components) == 1:
-            return await self._stores[components[0]].commit_unit(unit, self.policy, _profile)
+            return await self._stores[components[0]].commit_unit(unit, self.policy)
         return await self._commit_attached(components, unit)
 
     async def _commit_attached(self, components: list[str], unit: Unit) -> Applied:
@@ -115,9 +96,7 @@ class SqliteUnitOfWork:
         tx = SqliteTransaction(conn)
         try:
             conn.execute("BEGIN")
-            applied = await apply(
-                tx, names, unit, equipment=encode_equipment, policy=self.policy, profile_of=_profile
-            )
+            applied = await apply(tx, names, unit, dialect=SQLITE, policy=self.policy)
         except sqlite3.Error as exc:
             conn.rollback()
             raise StoreUnavailable(tx.component, str(exc)) from exc

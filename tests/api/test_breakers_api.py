@@ -170,7 +170,7 @@ async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     runtime = app.state.runtime
-    store = runtime.stores.system_state
+    store = runtime.stores.system_state.db
     store.pause("a rollback is swapping this store's file; retry shortly")
     reply = await client.post(
         "/api/emergency/circuit-breaker/workout/force-open", json={"reason": "drill"}
@@ -184,4 +184,4 @@ async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
     assert reply.json()["breaker"]["state"] == "forced_open"
     store.open()
     await runtime.state_keeper.flush()
-    assert (await store.get("breaker:workout"))["reason"] == "drill"
+    assert (await runtime.stores.system_state.get("breaker:workout"))["reason"] == "drill"

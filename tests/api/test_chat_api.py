@@ -110,8 +110,7 @@ async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncCl
 async def test_store_failure_gets_503_and_the_process_keeps_serving(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    conversations = app.state.runtime.stores.conversations
-    with conversations.paused("disk detached"):
+    with app.state.runtime.stores.paused(["conversations"], "disk detached"):
         reply = await client.post("/chat", json={"message": "plan my meals"})
         assert reply.status_code == 503
         body = reply.json()

@@ -21,9 +21,8 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"idempotency_keys_max": MAX_KEYS})
 
 
-def turns(app: FastAPI) -> int:
-    store = app.state.runtime.stores.conversations
-    return int(store.query_one("SELECT count(*) AS n FROM turns")["n"])
+async def turns(app: FastAPI) -> int:
+    return await app.state.runtime.stores.conversations.count()
 
 
 @pytest.mark.parametrize(
@@ -42,7 +41,7 @@ async def test_a_bad_key_is_refused_with_a_reason(
     assert chat.status_code == 422 and says in chat.json()["detail"]
     put = await client.put("/api/profiles/u1", json={"age": 30}, headers=headers)
     assert put.status_code == 422 and says in put.json()["detail"]
-    assert turns(app) == 0
+    assert await turns(app) == 0
     assert await app.state.runtime.stores.profiles.get("u1") is None
 
 
@@ -61,7 +60,7 @@ async def test_the_same_key_with_another_request_is_refused(
         refused = await client.post("/chat", json=body, headers=headers)
         assert refused.status_code == 422
         assert "already used for a different request" in refused.json()["detail"]
-    assert turns(app) == 1
+    assert await turns(app) == 1
     # Keys are per endpoint: the profile update with the same key is its own request.
     assert (await client.put("/api/profiles/u1", json={"age": 40}, headers=headers)).is_success
 
@@ -70,18 +69,18 @@ async def test_only_the_newest_keys_are_remembered(client: httpx.AsyncClient, ap
     for n in range(MAX_KEYS + 1):
         headers = {"Idempotency-Key": f"key-{n}"}
         assert (await client.post("/chat", json={"message": "hi"}, headers=headers)).is_success
-    assert turns(app) == MAX_KEYS + 1
+    assert await turns(app) == MAX_KEYS + 1
     # The newest MAX_KEYS replay; the oldest was forgotten and is answered afresh.
     newest = await client.post(
         "/chat", json={"message": "hi"}, headers={"Idempotency-Key": "key-1"}
     )
     assert newest.headers.get("Idempotent-Replayed") == "true"
-    assert turns(app) == MAX_KEYS + 1
+    assert await turns(app) == MAX_KEYS + 1
     oldest = await client.post(
         "/chat", json={"message": "hi"}, headers={"Idempotency-Key": "key-0"}
     )
     assert "Idempotent-Replayed" not in oldest.headers
-    assert turns(app) == MAX_KEYS + 2
+    assert await turns(app) == MAX_KEYS + 2
 
 
 async def test_a_key_older_than_its_time_is_forgotten(app: FastAPI) -> None:

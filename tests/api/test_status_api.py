@@ -94,7 +94,7 @@ async def test_memory_check_statuses_and_codes(
 async def test_a_read_only_store_makes_health_unhealthy(
     client: httpx.AsyncClient, app: FastAPI, immutable: list[Path]
 ) -> None:
-    store = app.state.runtime.stores.budgets
+    store = app.state.runtime.stores.budgets.db
     # The main file and its write-ahead log; the shared-memory index must stay writable.
     targets = [store.path, store.path.with_name(store.path.name + "-wal")]
     done = subprocess.run(["chattr", "+i", *map(str, targets)], capture_output=True, text=True)

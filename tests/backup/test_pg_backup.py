@@ -21,6 +21,7 @@ from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres import PostgresStore
+from tests.store_writes import opened, record_turn, set_limit, upsert_profile
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +49,8 @@ async def restic(tmp_path: Path, template_repository: Path) -> Restic:
 
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[Stores]:
-    stores = Stores.on_postgres(pg_url)
-    await stores.open()
-    yield stores
-    await stores.close()
+    async with opened(Stores.on_postgres(pg_url)) as pg:
+        yield pg
 
 
 def config_for(stores: Stores) -> PgBackupConfig:
@@ -73,7 +72,7 @@ def turn(number: int, text: str = "") -> ChatTurn:
 
 async def record_turns(stores: Stores, start: int, count: int, text: str = "") -> None:
     for number in range(start, start + count):
-        await stores.conversations.record_turn(turn(number, text))
+        await record_turn(stores, turn(number, text))
 
 
 def leftovers(url: str) -> tuple[list[str], list[str]]:
@@ -92,8 +91,8 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
     backups: PgBackups, stores: Stores, restic: Restic, pg_url: str
 ) -> None:
     await record_turns(stores, 0, 3)
-    await stores.budgets.set_limit("u1", "food", 40_000)
-    await stores.profiles.upsert("u1", age=30, goal="strength")
+    await set_limit(stores, "u1", "food", 40_000)
+    await upsert_profile(stores, "u1", age=30, goal="strength")
     await stores.system_state.put("mode", {"round": 1})
 
     results = await backups.backup(reason="manual")
@@ -106,8 +105,8 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
     }
 
     await record_turns(stores, 3, 2)
-    await stores.budgets.set_limit("u1", "food", 99_999)
-    await stores.profiles.upsert("u1", goal="endurance")
+    await set_limit(stores, "u1", "food", 99_999)
+    await upsert_profile(stores, "u1", goal="endurance")
     await stores.system_state.put("mode", {"round": 2})
 
     snapshot_id = by_component["conversations"].snapshot_id
@@ -140,7 +139,7 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
     safety = await restic.snapshots(tag="reason:pre-rollback")
     assert [s["short_id"] for s in safety] == [result.safety_snapshot_id[:8]]
     assert "component:conversations" in safety[0]["tags"]
-    assert await stores.conversations.record_turn(turn(9)) == 4
+    assert await record_turn(stores, turn(9)) == 4
     assert leftovers(pg_url) == ([], [])
 
 

@@ -84,7 +84,7 @@ def test_a_turn_whose_commit_hits_a_full_disk_stores_nothing_and_a_keyed_retry_s
     data = tmp_path / "ers" / "data"
     data.mkdir(parents=True)
     on_volume = small_volume / "conversations.sqlite3"
-    store = ConversationStore(on_volume)
+    store = ConversationStore.in_file(on_volume).db
     store.open()
     store.close()
     (data / "conversations.sqlite3").symlink_to(on_volume)

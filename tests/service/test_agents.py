@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from service.agents.base import Agent, AgentReply, AgentRequest
@@ -14,14 +12,12 @@ from service.stores import Stores
 from service.stores.base import Profile
 from service.stores.unit_of_work import Unit
 from service.stores.writes import AddExpense, UpdateProfile
+from tests.store_writes import upsert_profile
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Stores:
-    s = Stores.in_directory(tmp_path)
-    s.open_all()
-    yield s
-    s.close_all()
+def stores(sqlite_stores: Stores) -> Stores:
+    return sqlite_stores
 
 
 async def answered(stores: Stores, agent: Agent, request: AgentRequest) -> AgentReply:
@@ -61,8 +57,8 @@ async def test_nutrition_asks_for_missing_profile_fields(stores: Stores) -> None
 
 
 async def test_nutrition_plans_from_the_stored_profile(stores: Stores) -> None:
-    await stores.profiles.upsert(
-        "u1", age=30, weight_kg=80.0, height_cm=180.0, sex="male", activity="moderate"
+    await upsert_profile(
+        stores, "u1", age=30, weight_kg=80.0, height_cm=180.0, sex="male", activity="moderate"
     )
     reply = await NutritionAgent(stores.profiles).handle(AgentRequest("plan my meals", "u1"))
     assert "2759 kcal" in reply.content

@@ -3,9 +3,6 @@ retries an agent does not record the failed attempt's expense too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from opentelemetry import trace
 
@@ -39,11 +36,8 @@ class FailsOnTheWayOut:
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[Stores]:
-    opened = Stores.in_directory(tmp_path)
-    opened.open_all()
-    yield opened
-    opened.close_all()
+def stores(sqlite_stores: Stores) -> Stores:
+    return sqlite_stores
 
 
 async def test_a_retried_agent_records_its_expense_once(stores: Stores) -> None:

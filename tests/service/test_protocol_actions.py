@@ -65,14 +65,14 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path):  # noqa: ANN201
+async def rig(tmp_path: Path):  # noqa: ANN201
     stores = Stores.in_directory(tmp_path)
-    stores.open_all()
+    await stores.open()
     team = build_team(
         stores, TracerProvider().get_tracer("t"), None, None, Settings(data_dir=tmp_path)
     )
     yield Rig(team, stores)
-    stores.close_all()
+    await stores.close()
 
 
 # --- one effect check per action -------------------------------------------------------

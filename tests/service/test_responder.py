@@ -29,13 +29,13 @@ class Timeline:
 
 
 @pytest.fixture
-def team(tmp_path: Path):  # noqa: ANN201
+async def team(tmp_path: Path):  # noqa: ANN201
     stores = Stores.in_directory(tmp_path)
-    stores.open_all()
+    await stores.open()
     yield build_team(
         stores, TracerProvider().get_tracer("t"), None, None, Settings(data_dir=tmp_path)
     )
-    stores.close_all()
+    await stores.close()
 
 
 def make(team, **kwargs: Any) -> tuple[Responder, Timeline, list[float]]:  # noqa: ANN001

@@ -37,10 +37,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SystemStateStore]:
-    store = SystemStateStore(tmp_path / "system_state.sqlite3")
-    store.open()
+    store = SystemStateStore.in_file(tmp_path / "system_state.sqlite3")
+    store.db.open()
     yield store
-    store.close()
+    store.db.close()
 
 
 def team(clock: Clock) -> list[CircuitBreaker]:
@@ -192,11 +192,11 @@ async def test_changes_made_while_the_store_is_paused_are_saved_once_it_reopens(
     keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
     await keeper.start()
     await keeper.flush()
-    store.pause("a rollback is swapping this store's file; retry shortly")
+    store.db.pause("a rollback is swapping this store's file; retry shortly")
     workout.force_open("r", "operator")
     with pytest.raises(StoreUnavailable, match="retry shortly"):
         await keeper.flush()
-    store.open()
+    store.db.open()
     await keeper.flush()
     assert (await store.get("breaker:workout"))["state"] == "forced_open"
     await keeper.stop()

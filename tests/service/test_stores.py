@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,26 +8,8 @@ import pytest
 from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import CategoryReport, ChatTurn, Profile
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    """The same behaviour tests run against SQLite files and a real PostgreSQL server."""
-    if request.param == "sqlite":
-        s = Stores.in_directory(tmp_path)
-    else:
-        s = Stores.on_postgres(request.getfixturevalue("pg_url"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def sqlite_stores(tmp_path: Path) -> Iterator[Stores]:
-    s = Stores.in_directory(tmp_path)
-    s.open_all()
-    yield s
-    s.close_all()
+from tests.service.conftest import ReadElsewhere
+from tests.store_writes import add_expense, record_turn, set_limit, upsert_profile
 
 
 async def test_each_component_is_its_own_file_in_wal_mode(
@@ -43,36 +24,34 @@ async def test_each_component_is_its_own_file_in_wal_mode(
 
 
 async def test_conversation_turns_round_trip(stores: Stores) -> None:
-    first = await stores.conversations.record_turn(
-        ChatTurn("u1", "plan my meals", "eat well", "nutrition", True, False, "ab" * 16)
+    first = await record_turn(
+        stores, ChatTurn("u1", "plan my meals", "eat well", "nutrition", True, False, "ab" * 16)
     )
-    await stores.conversations.record_turn(
-        ChatTurn("u1", "budget", "no budgets", "budget", False, True)
-    )
-    await stores.conversations.record_turn(ChatTurn("u2", "hi", "hello", "router", True, False))
+    await record_turn(stores, ChatTurn("u1", "budget", "no budgets", "budget", False, True))
+    await record_turn(stores, ChatTurn("u2", "hi", "hello", "router", True, False))
     recent = await stores.conversations.recent("u1")
     assert [t.message for t in recent] == ["plan my meals", "budget"]
     assert recent[1].degraded and not recent[1].success
-    assert (await stores.conversations.get_turn(first)).trace_id == "ab" * 16
+    assert recent[0].id == first and recent[0].trace_id == "ab" * 16
     assert await stores.conversations.count() == 3
 
 
 async def test_profile_upsert_keeps_fields_not_given(stores: Stores) -> None:
-    await stores.profiles.upsert("u1", age=30, weight_kg=80.0, equipment=("dumbbells",))
-    profile = await stores.profiles.upsert("u1", height_cm=180.0)
+    await upsert_profile(stores, "u1", age=30, weight_kg=80.0, equipment=("dumbbells",))
+    profile = await upsert_profile(stores, "u1", height_cm=180.0)
     assert (profile.age, profile.weight_kg, profile.height_cm) == (30, 80.0, 180.0)
     assert profile.equipment == ("dumbbells",)
     assert await stores.profiles.get("nobody") is None
     with pytest.raises(ValueError, match="unknown profile fields: shoe_size"):
-        await stores.profiles.upsert("u1", shoe_size=44)
+        await upsert_profile(stores, "u1", shoe_size=44)
 
 
 async def test_budget_report_combines_limits_and_expenses(stores: Stores) -> None:
-    await stores.budgets.set_limit("u1", "food", 40000)
-    await stores.budgets.add_expense("u1", "food", 2500)
-    await stores.budgets.add_expense("u1", "food", 1000)
-    await stores.budgets.add_expense("u1", "transport", 700)
-    await stores.budgets.set_limit("u1", "food", 50000)
+    await set_limit(stores, "u1", "food", 40000)
+    await add_expense(stores, "u1", "food", 2500)
+    await add_expense(stores, "u1", "food", 1000)
+    await add_expense(stores, "u1", "transport", 700)
+    await set_limit(stores, "u1", "food", 50000)
     report = {r.category: r for r in await stores.budgets.report("u1")}
     assert report["food"].limit_cents == 50000
     assert report["food"].spent_cents == 3500
@@ -94,33 +73,36 @@ async def test_system_state_values_are_json(stores: Stores) -> None:
 async def test_paused_store_fails_fast_and_reopens(stores: Stores) -> None:
     with stores.paused(["budgets"], "rollback in progress"):
         with pytest.raises(StoreUnavailable, match="rollback in progress"):
-            await stores.budgets.set_limit("u1", "food", 100)
+            await set_limit(stores, "u1", "food", 100)
         # Other components keep working while one is paused.
-        await stores.profiles.upsert("u1", age=30)
-    await stores.budgets.set_limit("u1", "food", 100)
+        await upsert_profile(stores, "u1", age=30)
+    await set_limit(stores, "u1", "food", 100)
     assert (await stores.budgets.report("u1"))[0].limit_cents == 100
 
 
-async def test_writes_survive_a_reopen_without_close(tmp_path: Path) -> None:
-    """A committed turn is in the file even when the process never closes the store."""
-    first = Stores.in_directory(tmp_path)
-    first.open_all()
-    await first.conversations.record_turn(ChatTurn("u1", "m", "r", "router", True, False))
-    # A second, independent connection sees it without any close or checkpoint.
-    other = sqlite3.connect(tmp_path / "conversations.sqlite3")
-    assert other.execute("SELECT count(*) FROM turns").fetchone()[0] == 1
+async def test_a_committed_turn_is_seen_at_once_by_another_connection(
+    stores: Stores, read_elsewhere: ReadElsewhere
+) -> None:
+    """A committed turn is stored when the statement returns: without a close or a
+    checkpoint (SQLite), and on its own in autocommit (PostgreSQL)."""
+    turn_id = await record_turn(stores, ChatTurn("u1", "hello", "hi", "router", True, False))
+    seen = read_elsewhere(
+        "conversations", "SELECT message FROM {at}.turns WHERE id = ?", (turn_id,)
+    )
+    assert seen == [("hello",)]
+    assert read_elsewhere("conversations", "SELECT count(*) FROM {at}.turns", ()) == [(1,)]
 
 
 async def test_budget_expense_must_be_positive(stores: Stores) -> None:
     with pytest.raises(StoreUnavailable):
-        await stores.budgets.add_expense("u1", "food", 0)
+        await add_expense(stores, "u1", "food", 0)
     assert await stores.budgets.report("u1") == []
 
 
 async def test_budget_report_is_per_month_and_sorted(stores: Stores) -> None:
-    await stores.budgets.add_expense("u1", "transport", 700)
-    await stores.budgets.add_expense("u1", "Food", 300)
-    await stores.budgets.set_limit("u1", "books", 1000)
+    await add_expense(stores, "u1", "transport", 700)
+    await add_expense(stores, "u1", "Food", 300)
+    await set_limit(stores, "u1", "books", 1000)
     report = await stores.budgets.report("u1")
     assert [r.category for r in report] == ["Food", "books", "transport"]
     assert await stores.budgets.report("u1", month="1999-01") == [CategoryReport("books", 1000, 0)]
@@ -128,8 +110,8 @@ async def test_budget_report_is_per_month_and_sorted(stores: Stores) -> None:
 
 async def test_recent_turns_are_the_newest_in_order(stores: Stores) -> None:
     ids = [
-        await stores.conversations.record_turn(
-            ChatTurn("u1", f"m{i}", "r", "router", True, False, created_at=1000.5 + i)
+        await record_turn(
+            stores, ChatTurn("u1", f"m{i}", "r", "router", True, False, created_at=1000.5 + i)
         )
         for i in range(5)
     ]
@@ -137,7 +119,6 @@ async def test_recent_turns_are_the_newest_in_order(stores: Stores) -> None:
     recent = await stores.conversations.recent("u1", limit=3)
     assert [t.message for t in recent] == ["m2", "m3", "m4"]
     assert recent[-1].created_at == 1004.5 and recent[-1].id == ids[-1]
-    assert await stores.conversations.get_turn(10_000) is None
     assert await stores.conversations.recent("nobody") == []
 
 
@@ -152,10 +133,10 @@ async def test_profile_round_trips_every_field(stores: Stores) -> None:
         "level": "intermediate",
         "equipment": ("bands", "kettlebell"),
     }
-    created = await stores.profiles.upsert("u1", **fields)
+    created = await upsert_profile(stores, "u1", **fields)
     assert created == Profile("u1", **fields)
     assert await stores.profiles.get("u1") == created
-    emptied = await stores.profiles.upsert("u1", equipment=())
+    emptied = await upsert_profile(stores, "u1", equipment=())
     assert emptied.equipment == () and emptied.age == 41
 
 
@@ -177,7 +158,11 @@ async def test_system_state_overwrites_and_keeps_json_types(stores: Stores) -> N
     assert await stores.system_state.get("missing") is None
 
 
-async def test_every_store_passes_the_writable_check(stores: Stores) -> None:
-    for store in stores.by_component().values():
+async def test_every_store_passes_the_writable_check_and_its_probe_leaves_no_row(
+    stores: Stores, engine: str, read_elsewhere: ReadElsewhere
+) -> None:
+    probe = "_probe" if engine == "sqlite" else "write_probe"
+    for name, store in stores.by_component().items():
         assert store.is_open
         await store.probe_writable()
+        assert read_elsewhere(name, f"SELECT count(*) FROM {{at}}.{probe}", ()) == [(0,)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -19,6 +19,7 @@ from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
 from tests.pg import NOT_INSTALLED, PostgresServer, find_bin_dir, start_cluster
+from tests.store_writes import record_turn, set_limit, upsert_profile
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # Every migration of every component, as the ledger records them once applied.
@@ -55,14 +56,6 @@ async def eventually(probe: Callable[[], Awaitable[None]], timeout_s: float = 60
 
 
 @pytest.fixture
-async def pg_stores(pg_url: str) -> AsyncIterator[Stores]:
-    stores = Stores.on_postgres(pg_url)
-    await stores.open()
-    yield stores
-    await stores.close()
-
-
-@pytest.fixture
 def own_server() -> Iterator[PostgresServer]:
     """A private cluster this test may stop and start again."""
     bin_dir = find_bin_dir()
@@ -88,7 +81,7 @@ async def test_each_component_lives_in_its_own_schema(pg_stores: Stores, pg_url:
 
 
 async def test_a_second_start_applies_nothing(pg_stores: Stores, pg_url: str) -> None:
-    await pg_stores.conversations.record_turn(ChatTurn("u1", "m", "r", "router", True, False))
+    await record_turn(pg_stores, ChatTurn("u1", "m", "r", "router", True, False))
     again = Stores.on_postgres(pg_url)
     assert again.database is not None
     assert await again.database.open(list(again.by_component().values())) == []
@@ -102,7 +95,7 @@ async def test_two_replicas_starting_at_once_apply_each_migration_once(pg_url: s
     first, second = Stores.on_postgres(pg_url), Stores.on_postgres(pg_url)
     try:
         await asyncio.gather(first.open(), second.open())
-        await first.budgets.set_limit("u1", "food", 100)
+        await set_limit(first, "u1", "food", 100)
         assert (await second.budgets.report("u1"))[0].limit_cents == 100
     finally:
         await asyncio.gather(first.close(), second.close())
@@ -199,7 +192,7 @@ async def test_a_stopped_server_makes_stores_unavailable_until_it_is_back(
     await stores.open()
     check = StoresCheck(stores.by_component())
     try:
-        await stores.profiles.upsert("u1", age=30)
+        await upsert_profile(stores, "u1", age=30)
         assert (await check.run()).status is Status.HEALTHY
 
         own_server.halt()
@@ -214,7 +207,7 @@ async def test_a_stopped_server_makes_stores_unavailable_until_it_is_back(
         assert result.status is Status.UNHEALTHY
         assert own_server.password not in str(result.figures)
         with pytest.raises(StoreUnavailable):
-            await stores.budgets.probe_writable()
+            await stores.budgets.db.probe_writable()
 
         own_server.start()
         # The pool reconnects by itself, with backoff; each probe waits for a connection.
@@ -260,26 +253,10 @@ async def test_idle_connections_the_server_dropped_are_replaced_before_a_stateme
     pg_stores: Stores, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("service.stores.postgres.IDLE_CHECK_S", 0.2)
-    await pg_stores.profiles.upsert("u1", age=30)
+    await upsert_profile(pg_stores, "u1", age=30)
     assert terminate_other_sessions(pg_url) >= 1  # as a server restart would
     await asyncio.sleep(0.3)
     # Every pooled connection is broken, but each is pinged after sitting idle: no statement
     # fails.
     for _ in range(5):
         assert (await pg_stores.profiles.get("u1")).age == 30
-
-
-async def test_a_single_statement_commits_on_its_own_and_a_probe_leaves_no_row(
-    pg_stores: Stores, pg_url: str
-) -> None:
-    turn_id = await pg_stores.conversations.record_turn(
-        ChatTurn("u1", "hello", "hi", "router", True, False)
-    )
-    with psycopg.connect(pg_url) as conn:  # another session sees it at once
-        row = conn.execute(
-            "SELECT message FROM ers_conversations.turns WHERE id = %s", (turn_id,)
-        ).fetchone()
-    assert row == ("hello",)
-    await pg_stores.budgets.probe_writable()
-    with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*) FROM ers_budgets.write_probe").fetchone() == (0,)

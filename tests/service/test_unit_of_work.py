@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,6 @@ from service.stores.base import ChatTurn
 from service.stores.budgets import BudgetStore, current_month
 from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    if request.param == "sqlite":
-        opened = Stores.in_directory(tmp_path)
-    else:
-        opened = Stores.on_postgres(request.getfixturevalue("pg_url"))
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def turn(message: str = "spent $5 on food") -> ChatTurn:
@@ -46,7 +32,7 @@ WRITES = (
 async def test_a_turn_and_its_writes_commit_together(stores: Stores) -> None:
     applied = await stores.units.commit(Unit(WRITES, turn(), turn_key="t1"))
     assert applied.turn_id is not None
-    stored = await stores.conversations.get_turn(applied.turn_id)
+    stored = {t.id: t for t in await stores.conversations.recent("u1")}.get(applied.turn_id)
     assert stored is not None and stored.message == "spent $5 on food"
     report = await stores.budgets.report("u1", current_month())
     assert [(r.category, r.limit_cents, r.spent_cents) for r in report] == [("food", 40_000, 500)]
@@ -115,16 +101,16 @@ async def test_a_file_swapped_by_a_rollback_gets_the_next_units_writes(tmp_path:
     # The connection that attaches the files is kept between units; a pause must close it,
     # or it would keep writing into the file the rollback replaced.
     stores = Stores.in_directory(tmp_path / "live")
-    stores.open_all()
+    await stores.open()
     try:
         await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="before"))
-        replacement = BudgetStore(tmp_path / "restored.sqlite3")
+        replacement = BudgetStore.in_file(tmp_path / "restored.sqlite3").db
         replacement.open()
         replacement.close()
         with stores.paused(["budgets"], "a rollback is swapping the budgets file"):
-            os.replace(replacement.path, stores.budgets.path)
+            os.replace(replacement.path, stores.budgets.db.path)
         await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="after"))
     finally:
-        stores.close_all()
-    with sqlite3.connect(stores.budgets.path) as conn:
+        await stores.close()
+    with sqlite3.connect(stores.budgets.db.path) as conn:
         assert conn.execute("SELECT turn_key FROM expenses").fetchall() == [("after",)]

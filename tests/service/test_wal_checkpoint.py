@@ -12,6 +12,8 @@ import pytest
 
 from service.stores.base import ChatTurn
 from service.stores.conversations import ConversationStore
+from service.stores.sqlite import SqliteStore
+from service.stores.unit_of_work import Unit
 from service.stores.wal_checkpoint import WalCheckpointer
 
 
@@ -20,35 +22,44 @@ def _turn(n: int) -> ChatTurn:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ConversationStore]:
-    s = ConversationStore(tmp_path / "conversations.sqlite3")
-    s.open()
+def conversations(tmp_path: Path) -> Iterator[ConversationStore]:
+    s = ConversationStore.in_file(tmp_path / "conversations.sqlite3")
+    s.db.open()
     yield s
-    s.close()
+    s.db.close()
 
 
-async def test_the_writer_leaves_checkpoints_to_the_checkpointer(store: ConversationStore) -> None:
+@pytest.fixture
+def store(conversations: ConversationStore) -> SqliteStore:
+    assert isinstance(conversations.db, SqliteStore)
+    return conversations.db
+
+
+async def test_the_writer_leaves_checkpoints_to_the_checkpointer(
+    conversations: ConversationStore, store: SqliteStore
+) -> None:
     conn = store._connection()
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     for n in range(300):
-        await store.record_turn(_turn(n))
+        await conversations.db.commit_unit(Unit(turn=_turn(n)))
     busy, log_frames, checkpointed = store.checkpoint() or (1, 0, 0)
     assert busy == 0
     assert log_frames > 0
     assert checkpointed == log_frames  # everything the writer logged was copied
-    await store.record_turn(_turn(300))
+    await conversations.db.commit_unit(Unit(turn=_turn(300)))
     # The first commit after a complete checkpoint starts the log over: it holds that
     # commit's few pages, not 300 commits' worth.
     after = store.checkpoint()
     assert after is not None
     assert 0 < after[1] <= 8
-    assert await store.count() == 301
+    assert await conversations.count() == 301
 
 
 async def test_a_paused_store_is_not_checkpointed_and_holds_no_connection(
-    store: ConversationStore,
+    conversations: ConversationStore,
+    store: SqliteStore,
 ) -> None:
-    await store.record_turn(_turn(0))
+    await conversations.db.commit_unit(Unit(turn=_turn(0)))
     assert store.checkpoint() is not None
     store.pause("a rollback is swapping the file")
     assert store.checkpoint() is None
@@ -58,7 +69,8 @@ async def test_a_paused_store_is_not_checkpointed_and_holds_no_connection(
 
 
 async def test_checkpoints_run_beside_a_busy_writer_without_losing_a_row(
-    store: ConversationStore,
+    conversations: ConversationStore,
+    store: SqliteStore,
 ) -> None:
     checkpointer = WalCheckpointer(interval_s=0)
     checkpointer.add(store)
@@ -75,13 +87,13 @@ async def test_checkpoints_run_beside_a_busy_writer_without_losing_a_row(
     thread.start()
     try:
         for n in range(2000):
-            await store.record_turn(_turn(n))
+            await conversations.db.commit_unit(Unit(turn=_turn(n)))
     finally:
         stop.set()
         thread.join(10)
     assert runs > 0
     assert checkpointer.failures == 0
-    assert await store.count() == 2000
+    assert await conversations.count() == 2000
 
 
 def test_a_failing_checkpoint_is_logged_and_the_others_still_run(

@@ -1,0 +1,46 @@
+"""Writes to the component stores the way the service makes them: through the unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from service.stores import Stores
+from service.stores.base import ChatTurn, Profile
+from service.stores.unit_of_work import Unit
+from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
+
+
+async def record_turn(stores: Stores, turn: ChatTurn) -> int:
+    applied = await stores.units.commit(Unit(turn=turn))
+    assert applied.turn_id is not None
+    return applied.turn_id
+
+
+async def set_limit(stores: Stores, user_id: str, category: str, limit_cents: int) -> None:
+    await stores.units.commit(Unit([SetBudgetLimit(user_id, category, limit_cents)]))
+
+
+async def add_expense(
+    stores: Stores, user_id: str, category: str, amount_cents: int, note: str = ""
+) -> None:
+    await stores.units.commit(Unit([AddExpense(user_id, category, amount_cents, note)]))
+
+
+async def upsert_profile(stores: Stores, user_id: str, **fields: Any) -> Profile:
+    """Set the given fields (None leaves one as it was); the profile as stored after."""
+    update = UpdateProfile.of(user_id, **fields)
+    applied = await stores.units.commit(Unit([update], read_profile=user_id))
+    assert applied.profile is not None
+    return applied.profile
+
+
+@asynccontextmanager
+async def opened(stores: Stores) -> AsyncIterator[Stores]:
+    """The stores opened (PostgreSQL: migrated) for the block, closed after."""
+    await stores.open()
+    try:
+        yield stores
+    finally:
+        await stores.close()
