@@ -49,7 +49,8 @@ async def _offline_init() -> dict[str, Any]:
 
 
 async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
-    from backup import BackupConfig, BackupManager, open_identified
+    from backup import BackupConfig, BackupManager
+    from backup.repository import open_identified
 
     settings = load_settings()
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
