@@ -251,8 +251,10 @@ class BackupService:
 
     # --- operations ---------------------------------------------------------------------
 
-    async def create(self, components: list[str] | None, reason: str) -> BackupResult:
-        return await self.require().create(components, reason)
+    async def create(
+        self, components: list[str] | None, reason: str, *, skip_unchanged: bool = True
+    ) -> BackupResult:
+        return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
 
     async def emergency(self, why: str) -> str:
         result = await self.create(None, "emergency")

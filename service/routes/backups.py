@@ -166,7 +166,8 @@ async def create_backup(
 ) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
     try:
-        result = await backups.create(components, body.reason)
+        # Asked for by a person: a snapshot with its reason even when nothing changed.
+        result = await backups.create(components, body.reason, skip_unchanged=False)
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
     summary = result.summary
