@@ -209,7 +209,8 @@ class BackupService:
 
     def require(self) -> BackupManager | PgBackupManager:
         if self.manager is None:
-            raise BackupsUnavailable(f"backups are not available: {self.error}")
+            # The cause, when there is one, is what the route reports on its span.
+            raise BackupsUnavailable(f"backups are not available: {self.error}") from self.failure
         return self.manager
 
     # --- figures ------------------------------------------------------------------------

@@ -152,6 +152,17 @@ def test_a_repository_moved_away_under_the_service_is_critical_and_never_recreat
 
             refused = http.post("/api/emergency/backups/create", json={})
             assert refused.status_code == 503 and "gone" in refused.json()["detail"]
+            # The refused backup counts on the same incident, not on one of its own that
+            # names only the route and its status code; nor are the 503s that
+            # wait_for_backups met while the repository was being reached incidents.
+            wait_for(
+                lambda: (i := incident()) and i["count"] >= 2,
+                "the refused backup was counted on the lost repository's incident",
+            )
+            every = http.get("/api/emergency/incidents").json()["incidents"]
+            assert [i["component"] for i in every] == ["backups"], [
+                (i["spanName"], i["message"], i["count"], i["exceptionType"]) for i in every
+            ]
     finally:
         assert service.stop() == 0  # its final backup fails by name, nothing is created
     assert not (work / "repo").exists()
