@@ -111,11 +111,13 @@ class BackupManager(BackupManagerBase):
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        skip_unchanged: bool = True,
     ) -> BackupResult:
         """One snapshot of `components` (None: the full system, all components together).
 
-        Unchanged components are skipped; a full-system backup is all or nothing, so a full
-        snapshot always holds every component.
+        Unchanged components are skipped unless `skip_unchanged` is False (a backup a person
+        asked for, whose reason tag must exist); a full-system backup is all or nothing, so a
+        full snapshot always holds every component.
         """
         reason = self._checked_reason(reason)
         names = self._check_components(components)
@@ -128,6 +130,7 @@ class BackupManager(BackupManagerBase):
                 all_or_nothing=components is None,
                 timeout=timeout,
                 on_progress=on_progress,
+                skip_unchanged=skip_unchanged,
             ),
         )
 

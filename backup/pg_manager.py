@@ -100,9 +100,11 @@ class PgBackupManager(BackupManagerBase):
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        skip_unchanged: bool = True,
     ) -> BackupResult:
         """A snapshot of each of `components` (None: every one); the result names the first
-        snapshot and every component."""
+        snapshot and every component. Every component is dumped each time, unchanged or not
+        (`skip_unchanged` is accepted for the SQLite manager's signature)."""
         reason = self._checked_reason(reason)
         names = list(components) if components is not None else list(self.config.schemas)
         return await self._take_once_per_emergency(

@@ -102,8 +102,10 @@ class Snapshotter:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         start_early: bool = True,
+        skip_unchanged: bool = True,
     ) -> BackupResult:
-        """Stage `names`, back up what changed; `start_early` starts restic beside the copies."""
+        """Stage `names`, back up what changed (everything when not `skip_unchanged`);
+        `start_early` starts restic beside the copies."""
         started_at, started = datetime.now(UTC), time.monotonic()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Taken before copying: a write that lands during the copy makes the next look differ.
@@ -112,15 +114,17 @@ class Snapshotter:
             with contextlib.ExitStack() as gates:
                 early = (
                     self._start_early(
-                        names, looks, reason, all_or_nothing, timeout, on_progress, gates
+                        names, looks, reason, all_or_nothing, timeout, on_progress, gates,
+                        skip_unchanged,
                     )
                     if start_early
                     else None
-                )
+                )  # fmt: skip
                 try:
                     message, staged, skipped = await self._stage_and_back_up(
-                        names, looks, reason, all_or_nothing, started, timeout, early, on_progress
-                    )
+                        names, looks, reason, all_or_nothing, started, timeout, early,
+                        on_progress, skip_unchanged,
+                    )  # fmt: skip
                 finally:
                     if early is not None:
                         await early.run.abandon()  # stops it unless it already finished
@@ -161,6 +165,7 @@ class Snapshotter:
         timeout: float | None,
         on_progress: ProgressCallback | None,
         gates: contextlib.ExitStack,
+        skip_unchanged: bool,
     ) -> EarlyBackup | None:
         """Start restic now, behind a shut gate, for what the live files suggest has changed.
 
@@ -170,7 +175,7 @@ class Snapshotter:
         if self._early_starts_paused > 0:
             self._early_starts_paused -= 1
             return None
-        seem_unchanged = {n for n in names if self._looks_unchanged(n, looks[n])}
+        seem_unchanged = {n for n in names if skip_unchanged and self._looks_unchanged(n, looks[n])}
         expected = self._to_back_up(names, seem_unchanged, all_or_nothing)
         if not expected:
             return None  # most likely a skip: starting restic would be wasted work
@@ -194,6 +199,7 @@ class Snapshotter:
         timeout: float | None,
         early: EarlyBackup | None,
         on_progress: ProgressCallback | None,
+        skip_unchanged: bool,
     ) -> tuple[dict[str, Any] | None, list[StagedFile], tuple[str, ...]]:
         """Stage every component, keep what changed, back it up; no message when nothing did."""
         staging = self.staging_dir
@@ -201,7 +207,7 @@ class Snapshotter:
         unchanged = {f.component for f in staged if self._unchanged(f)}
         for name in unchanged:
             self._signature_at_last_snapshot[name] = looks[name]
-        chosen = self._to_back_up(names, unchanged, all_or_nothing)
+        chosen = self._to_back_up(names, unchanged if skip_unchanged else set(), all_or_nothing)
         changed = [f for f in staged if f.component in chosen]
         skipped = tuple(f.component for f in staged if f.component not in chosen)
         if not changed:

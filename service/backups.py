@@ -209,7 +209,8 @@ class BackupService:
 
     def require(self) -> BackupManager | PgBackupManager:
         if self.manager is None:
-            raise BackupsUnavailable(f"backups are not available: {self.error}")
+            # The cause, when there is one, is what the route reports on its span.
+            raise BackupsUnavailable(f"backups are not available: {self.error}") from self.failure
         return self.manager
 
     # --- figures ------------------------------------------------------------------------
@@ -251,8 +252,10 @@ class BackupService:
 
     # --- operations ---------------------------------------------------------------------
 
-    async def create(self, components: list[str] | None, reason: str) -> BackupResult:
-        return await self.require().create(components, reason)
+    async def create(
+        self, components: list[str] | None, reason: str, *, skip_unchanged: bool = True
+    ) -> BackupResult:
+        return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
 
     async def emergency(self, why: str) -> str:
         result = await self.create(None, "emergency")

@@ -100,7 +100,9 @@ async def _offline_action(args: argparse.Namespace, manager: Any) -> Any:
         ]
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
-        result = await manager.create(components, args.reason, on_progress=_progress)
+        result = await manager.create(
+            components, args.reason, on_progress=_progress, skip_unchanged=False
+        )
         return {
             "backupId": result.snapshot_id,
             "components": list(result.components),

@@ -93,6 +93,13 @@ def trace(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `ers classify --explain` reads; only "name" is required.
+SPAN_SHAPE = (
+    '{"name": ..., "status": {"code": "ERROR", "message": ...}, "attributes": {...}, '
+    '"events": [{"name": "exception", "attributes": {...}}]}'
+)
+
+
 def classify(args: argparse.Namespace) -> int:
     from telemetry.classifier import RulesError, load_rules, replay_stored
     from telemetry.span_record import SpanRecord
@@ -105,8 +112,12 @@ def classify(args: argparse.Namespace) -> int:
     if args.explain:
         try:
             record = SpanRecord.from_dict(json.loads(Path(args.explain).read_text()))
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"ers: cannot read a span record from {args.explain}: {exc}", file=sys.stderr)
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            print(
+                f"ers: cannot read a span record from {args.explain}: {exc!r}; the file holds "
+                f"one span, as `ers trace TRACE_ID --json` lists them: {SPAN_SHAPE}",
+                file=sys.stderr,
+            )
             return 2
         explanation = classifier.explain(record)
         if args.json:
@@ -177,7 +188,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     classify_cmd = commands.add_parser("classify", help="try classification rules")
     target = classify_cmd.add_mutually_exclusive_group(required=True)
-    target.add_argument("--explain", metavar="FILE.json", help="which rule a span matches, why")
+    target.add_argument(
+        "--explain",
+        metavar="FILE.json",
+        help="which rule a span matches, why (one span, as `ers trace TRACE_ID --json` lists them)",
+    )
     target.add_argument(
         "--against-stored", action="store_true", help="replay the rules over stored error spans"
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.trace import ReadableSpan
 
 from service.agents.base import AgentReply
 from service.alerting import ledger_pg
@@ -42,6 +43,14 @@ RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 # The health endpoint answers 503 to report an unhealthy check; the check that crossed its
 # line is the incident (``health.<check>``), never the request that read it.
 UNCLASSIFIED_ROUTES = ("/api/emergency/health",)
+# Set on a request's span whose error status is no failure of its own (e.g. a 503 while the
+# backup repository is still being reached); its value says why.
+NOT_AN_INCIDENT = "ers.not_an_incident"
+
+
+def not_an_incident(routes: tuple[str, ...]) -> Callable[[ReadableSpan], bool]:
+    on_route = server_span_of(routes)
+    return lambda span: on_route(span) or bool((span.attributes or {}).get(NOT_AN_INCIDENT))
 
 
 Ledger = AlertLedger | PgAlertLedger
@@ -94,7 +103,7 @@ class IncidentService:
         self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
         self._counts_stale = asyncio.Event()
         self.processor = IncidentProcessor(
-            self.store, load_rules(rules_path), ignore=server_span_of(UNCLASSIFIED_ROUTES)
+            self.store, load_rules(rules_path), ignore=not_an_incident(UNCLASSIFIED_ROUTES)
         )
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -238,25 +238,30 @@ def _cents(written: str, amount: str, negative: bool) -> int:
     return int(value * 100)
 
 
+def _money_cents(match: re.Match[str]) -> int:
+    written = match.group(0).strip()
+    if match.group("worded"):
+        return _cents(written, match.group("worded"), bool(match.group("minus")))
+    if match.group("tail"):
+        raise NotUnderstood(
+            written,
+            "write the amount in digits only (1200, not 1.2k)",
+            _MONEY_EXAMPLE,
+            _NOTHING_RECORDED,
+        )
+    negative = bool(match.group("before") or match.group("after"))
+    return _cents(written, match.group("amount"), negative)
+
+
 def parse_money_cents(message: str) -> int | None:
     """The first amount of money in a message, in cents; bare numbers count as a last resort.
 
-    Raises NotUnderstood when that amount cannot be taken as written (see the module).
+    Raises NotUnderstood when any amount of money in it cannot be taken as written (see the
+    module): recording $25 of "spent $25 on food and $-5 on gas" would drop the rest unsaid.
     """
     text = message.lower()
-    if match := _MONEY.search(text):
-        written = match.group(0).strip()
-        if match.group("worded"):
-            return _cents(written, match.group("worded"), bool(match.group("minus")))
-        if match.group("tail"):
-            raise NotUnderstood(
-                written,
-                "write the amount in digits only (1200, not 1.2k)",
-                _MONEY_EXAMPLE,
-                _NOTHING_RECORDED,
-            )
-        negative = bool(match.group("before") or match.group("after"))
-        return _cents(written, match.group("amount"), negative)
+    if amounts := [_money_cents(match) for match in _MONEY.finditer(text)]:
+        return amounts[0]
     if match := _PLAIN.search(text):
         return _cents(match.group(0), match.group("amount"), bool(match.group("minus")))
     return None

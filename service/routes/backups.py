@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, status
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backup import (
@@ -22,6 +23,7 @@ from backup import (
 from service.auth import AdminAuth, AdminRead
 from service.backups import BackupService, BackupsUnavailable
 from service.deps import RuntimeDep
+from service.incidents import NOT_AN_INCIDENT
 from service.routes.json_types import Confirmation
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
@@ -64,13 +66,27 @@ def _checked_id(backup_id: str) -> str:
         raise HTTPException(422, str(exc)) from None
 
 
+def _report(failure: BaseException | None) -> None:
+    """Put the failure behind a 503 on the request's span, so the incident it makes is that
+    failure's (the lost repository's, counted once more); a 503 with no failure behind it
+    (backups off, or the repository still being reached) is no incident."""
+    span = trace.get_current_span()
+    if failure is None:
+        span.set_attribute(NOT_AN_INCIDENT, "backups are not available yet")
+        return
+    span.set_attribute("ers.component", "backups")
+    span.record_exception(failure)
+
+
 def _fail(exc: Exception) -> HTTPException:
     if isinstance(exc, BackupsUnavailable):
+        _report(exc.__cause__)
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
     if isinstance(exc, SnapshotNotFound):
         return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, RollbackRefused):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+    _report(exc)
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backup failed: {exc}")
 
 
@@ -167,7 +183,8 @@ async def create_backup(
 ) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
     try:
-        result = await backups.create(components, body.reason)
+        # Asked for by a person: a snapshot with its reason even when nothing changed.
+        result = await backups.create(components, body.reason, skip_unchanged=False)
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
     summary = result.summary

@@ -39,7 +39,11 @@ class ChatResponse(BaseModel):
     incident: str | None
     systemState: str
     recovery: dict[str, Any] | None
-    traceId: str | None = Field(None, description="This reply's trace; a degraded one is kept")
+    traceId: str | None = Field(
+        None,
+        description="This reply's trace; kept (GET /api/emergency/traces/{traceId}) when an "
+        "agent call in it failed, not when a fallback answered without calling the agent",
+    )
 
 
 IdempotencyKey = Annotated[

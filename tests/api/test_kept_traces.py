@@ -27,6 +27,21 @@ async def test_a_degraded_chat_reply_carries_its_trace_id_and_the_trace_is_kept(
     assert "agent.budget" in spans and "ledger table locked" in spans
 
 
+async def test_a_fallback_given_without_calling_the_agent_is_not_a_kept_trace(
+    client: httpx.AsyncClient,
+) -> None:
+    """As the README says: nothing failed in it, so a flood of them cannot push the traces
+    of real failures out of the keeper."""
+    forced = {"reason": "checking by hand", "ttlSeconds": 600}
+    opened = await client.post("/api/emergency/circuit-breaker/workout/force-open", json=forced)
+    assert opened.status_code == 200, opened.text
+    reply = await client.post("/chat", json={"message": "strength plan", "userId": "u1"})
+    body = reply.json()
+    assert body["emergency"] is True and body["traceId"], body
+    trace = await client.get(f"/api/emergency/traces/{body['traceId']}")
+    assert trace.status_code == 404 and "not kept" in trace.text, trace.text
+
+
 def test_with_a_collector_an_incident_links_its_trace_in_grafana_tempo(
     monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:

@@ -106,7 +106,6 @@ def test_existing_state_gets_no_repository_until_init_and_keeps_the_reason_given
                 reply = http.post("/api/emergency/backups/create", json={"reason": bad})
                 assert reply.status_code == 422 and words in reply.text, reply.text
 
-            # A backup of unchanged state makes no snapshot: change something first.
             chat = {"message": "set my food budget to $100", "userId": "ann"}
             assert http.post("/chat", json=chat).status_code == 200
             by_cli = ers(
@@ -153,6 +152,17 @@ def test_a_repository_moved_away_under_the_service_is_critical_and_never_recreat
 
             refused = http.post("/api/emergency/backups/create", json={})
             assert refused.status_code == 503 and "gone" in refused.json()["detail"]
+            # The refused backup counts on the same incident, not on one of its own that
+            # names only the route and its status code; nor are the 503s that
+            # wait_for_backups met while the repository was being reached incidents.
+            wait_for(
+                lambda: (i := incident()) and i["count"] >= 2,
+                "the refused backup was counted on the lost repository's incident",
+            )
+            every = http.get("/api/emergency/incidents").json()["incidents"]
+            assert [i["component"] for i in every] == ["backups"], [
+                (i["spanName"], i["message"], i["count"], i["exceptionType"]) for i in every
+            ]
     finally:
         assert service.stop() == 0  # its final backup fails by name, nothing is created
     assert not (work / "repo").exists()
@@ -224,3 +234,32 @@ def test_the_snapshot_list_is_refreshed_on_a_schedule(tmp_path: Path) -> None:
         wait_for(lambda: theirs in listed_ids(service), "the scheduled refresh found it", 30)
     finally:
         service.stop()
+
+
+def test_a_backup_asked_for_on_unchanged_state_is_still_a_snapshot_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """An operator who asks for a backup before an upgrade gets a snapshot tagged with that
+    reason even when nothing changed since the last scheduled one: without it the list has no
+    `before-upgrade` to roll back to, and the reply's backupId was null."""
+    work = tmp_path / "ers"
+    service = start_ers(work, env=BACKUPS_ON)
+    try:
+        service.wait_for_backups()
+        with httpx.Client(base_url=service.url, timeout=120) as http:
+            first = http.post("/api/emergency/backups/create", json={"reason": "nightly"})
+            assert first.status_code == 200 and first.json()["backupId"], first.text
+            # Nothing written since: the state is the one the first snapshot holds.
+            again = http.post("/api/emergency/backups/create", json={"reason": "before-upgrade"})
+            assert again.status_code == 200, again.text
+            made = again.json()
+            assert made["backupId"] and made["skipped"] == [], made
+            assert not first.json()["backupId"].startswith(made["backupId"][:8])
+            assert "reason:before-upgrade" in tags_of(work, made["backupId"])
+            one = http.post(
+                "/api/emergency/backups/create", json={"reason": "one", "type": "budgets"}
+            )
+            assert one.status_code == 200 and one.json()["components"] == ["budgets"], one.text
+            assert "reason:one" in tags_of(work, one.json()["backupId"])
+    finally:
+        assert service.stop() == 0

@@ -112,6 +112,9 @@ def test_money_as_meant(text: str, cents: int) -> None:
         ("spent $25k", "digits only"),
         ("spent $1,2,3", "write amounts like"),
         ("spent $1,2000", "at most two decimals"),
+        # Any amount of money in the message, not only the first one.
+        ("spent $25 on food and $-5 on gas", "cannot be negative"),
+        ("spent $25 on food and 1e308 dollars on gas", "without an exponent"),
     ],
 )
 def test_money_not_taken_as_written(text: str, reason: str) -> None:

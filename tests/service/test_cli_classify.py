@@ -1,0 +1,69 @@
+"""``ers classify --explain FILE``: a file that is JSON but not one span record gets one line
+naming what the file must hold, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def explain(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "classify", "--explain", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"name": "agent.budget", "status": "ERROR"},  # the status as a bare word
+        [{"name": "agent.budget"}],  # a list of spans, not one
+        {"name": "agent.budget", "events": ["exception"]},
+        {"name": "agent.budget", "attributes": ["ers.agent"]},
+        "agent.budget",
+    ],
+)
+def test_a_file_that_is_not_one_span_record_is_refused_in_one_line(
+    tmp_path: Path, content: object
+) -> None:
+    span = tmp_path / "span.json"
+    span.write_text(json.dumps(content))
+    result = explain(span)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"ers: cannot read a span record from {span}"), result.stderr
+    assert "ers trace TRACE_ID --json" in result.stderr, result.stderr
+
+
+def test_one_span_as_ers_trace_json_lists_it_is_explained(tmp_path: Path) -> None:
+    span = tmp_path / "span.json"
+    span.write_text(
+        json.dumps(
+            {
+                "name": "agent.budget",
+                "spanId": "5221ffc3acc69d41",
+                "status": {"code": "ERROR", "message": "SimulatedDatabaseError: timeout"},
+                "attributes": {"error.type": "SimulatedDatabaseError", "ers.agent": "budget"},
+                "events": [
+                    {
+                        "name": "exception",
+                        "attributes": {
+                            "exception.type": "SimulatedDatabaseError",
+                            "exception.message": "Database connection timeout",
+                        },
+                    }
+                ],
+                "children": [],
+            }
+        )
+    )
+    result = explain(span)
+    assert result.returncode == 0, result.stderr
+    assert "MATCHED" in result.stdout and "database" in result.stdout, result.stdout
