@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backup import (
@@ -19,8 +19,8 @@ from backup import (
     validate_snapshot_id,
 )
 from service.auth import AdminAuth, AdminRead
-from service.backups import BackupService, BackupsUnavailable
-from service.deps import RuntimeDep
+from service.backups import BackupsUnavailable
+from service.deps import Backups, Rollbacks, Settings
 from service.routes.json_types import Confirmation
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
@@ -30,15 +30,6 @@ BackupType = Literal[
 ]
 RollbackComponent = Literal["conversations", "budgets", "profiles", "system_state"]
 SNAPSHOT_ID = r"^[0-9a-f]{8,64}$"
-
-
-async def get_backups(runtime: RuntimeDep) -> BackupService:
-    if runtime.backups is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
-    return runtime.backups
-
-
-Backups = Depends(get_backups)
 
 
 def _iso(moment: datetime) -> str:
@@ -113,7 +104,7 @@ class Rollback(BaseModel):
 
 
 @router.get("/backups")
-async def list_backups(backups: BackupService = Backups) -> dict[str, Any]:
+async def list_backups(backups: Backups) -> dict[str, Any]:
     try:
         snapshots = backups.require().list()
     except BackupsUnavailable as exc:
@@ -122,7 +113,7 @@ async def list_backups(backups: BackupService = Backups) -> dict[str, Any]:
 
 
 @router.post("/backups/refresh")
-async def refresh_backups(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
     try:
         snapshots = await backups.refresh()
@@ -132,7 +123,7 @@ async def refresh_backups(who: AdminAuth, backups: BackupService = Backups) -> d
 
 
 @router.post("/backups/init")
-async def init_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Create the repository if there is none and make it the one the backups go to."""
     try:
         outcome = await backups.init()
@@ -146,7 +137,7 @@ async def init_repository(who: AdminAuth, backups: BackupService = Backups) -> d
 
 
 @router.get("/backups/{backup_id}")
-async def backup_details(backup_id: str, backups: BackupService = Backups) -> dict[str, Any]:
+async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
     snapshot_id = _checked_id(backup_id)
     try:
         details = await backups.require().details(snapshot_id)
@@ -161,9 +152,7 @@ async def backup_details(backup_id: str, backups: BackupService = Backups) -> di
 
 
 @router.post("/backups/create")
-async def create_backup(
-    body: CreateBackup, who: AdminAuth, backups: BackupService = Backups
-) -> dict[str, Any]:
+async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
     try:
         result = await backups.create(components, body.reason)
@@ -189,9 +178,7 @@ async def create_backup(
 
 
 @router.post("/backups/test-rollback")
-async def test_rollback(
-    body: TestRollback, who: AdminAuth, backups: BackupService = Backups
-) -> dict[str, Any]:
+async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         preview = await backups.require().test_rollback(
             body.backupId, list(body.components) if body.components else None
@@ -221,7 +208,11 @@ async def test_rollback(
 
 @router.post("/rollback")
 async def rollback(
-    body: Rollback, who: AdminAuth, runtime: RuntimeDep, backups: BackupService = Backups
+    body: Rollback,
+    who: AdminAuth,
+    settings: Settings,
+    rollbacks: Rollbacks,
+    backups: Backups,
 ) -> dict[str, Any]:
     if not body.confirm:
         raise HTTPException(
@@ -229,7 +220,7 @@ async def rollback(
             'a rollback replaces live state: send "confirm": true to go ahead '
             "(try /api/emergency/backups/test-rollback first)",
         )
-    if not runtime.settings.emergency_rollback_enabled:
+    if not settings.emergency_rollback_enabled:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             "emergency rollback is disabled (emergency_rollback_enabled=false)",
@@ -244,19 +235,19 @@ async def rollback(
                 'name one component in "components" to roll it back to before the incident',
             )
         component = components[0] if one_each and components else None
-        snapshot_id = body.backupId or await runtime.snapshot_before_incident(
+        snapshot_id = body.backupId or await rollbacks.snapshot_before(
             body.beforeIncident, component
         )
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
-        runtime.record_rollback(body, None, str(exc))
+        rollbacks.record(body, None, str(exc))
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"rollback failed at step '{exc.step}'; live state unchanged: {exc}",
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
-    runtime.record_rollback(body, result, None)
+    rollbacks.record(body, result, None)
     return {
         "rolledBack": True,
         "backupId": result.snapshot_id,
@@ -270,7 +261,7 @@ async def rollback(
 
 
 @router.post("/backups/check")
-async def check_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def check_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         result = await backups.require().check()
     except (BackupError, BackupsUnavailable) as exc:
@@ -279,7 +270,7 @@ async def check_repository(who: AdminAuth, backups: BackupService = Backups) -> 
 
 
 @router.post("/backups/prune")
-async def prune_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def prune_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         manager = backups.require()
         forgotten = await manager.forget(keep_last=backups.settings.max_backups)
