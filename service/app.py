@@ -285,8 +285,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
 
         app.state.runtime = Runtime(
-            settings=settings,
-            telemetry=telemetry,
             readiness=readiness,
             stores=stores,
             team=team,
