@@ -8,12 +8,74 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from opentelemetry.metrics import Meter
 
 from backup import BackupError
+from service.backup_metrics import BackupMetrics
 from service.backups import BackupService, BackupsUnavailable
 from service.fleet import FleetLeader
+from service.settings import Settings
+from service.stores import Stores
+from service.wiring import run_in_background
 
 log = logging.getLogger("ers.backups")
+
+
+def build_backups(
+    settings: Settings,
+    stores: Stores,
+    incidents_path: Path,
+    meter: Meter,
+    set_ready: Callable[[bool, str | None], None],
+    restored_with: dict[str, Callable[[], Awaitable[list[str]]]],
+    *,
+    first_start: bool,
+) -> BackupService | None:
+    """The backup service and its metrics, or None with backups off; it reaches the
+    repository once ``start_backup_jobs`` runs."""
+    if not settings.backups_enabled:
+        return None
+    backups = BackupService(
+        settings, stores, incidents_path, set_ready, restored_with, first_start=first_start
+    )
+    metrics = BackupMetrics(
+        meter,
+        backups.last_success,
+        backups.intervals_s,
+        lambda: len(backups.manager.list()) if backups.manager else 0,
+        drill_interval_s=settings.restore_drill_interval_minutes * 60,
+    )
+    backups.subscribe(metrics.on_event)
+    return backups
+
+
+def start_backup_jobs(
+    stack: AsyncExitStack, backups: BackupService, stores: Stores, replica: str | None
+) -> None:
+    """Connect to the repository, keep the snapshot list fresh and run the schedule; on the
+    way out, the shutdown backup. In a fleet (``replica``) one replica runs the schedule:
+    the holder of the jobs lock, once the repository answers."""
+    settings = backups.settings
+    leader: FleetLeader | None = None
+    url = settings.database_url
+    if replica is not None and stores.database and url and settings.backup_schedule_enabled:
+        leader = FleetLeader(stores.database, url.get_secret_value(), replica=replica)
+        stack.push_async_callback(leader.stop)
+
+    async def shutdown_backup() -> None:
+        # In a fleet the state outlives this replica: the jobs' runner backs it up.
+        if leader is None or leader.is_leader:
+            await backups.shutdown_backup()
+
+    stack.push_async_callback(shutdown_backup)
+    run_in_background(stack, backups.connect(), "backups-connect")
+    run_in_background(stack, run_refresh(backups), "backups-refresh")
+    if settings.backup_schedule_enabled:
+        run_in_background(stack, run_schedule(backups, leader=leader), "backups")
 
 
 async def run_refresh(backups: BackupService) -> None:

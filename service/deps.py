@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from opentelemetry.trace import Tracer as TracerModel
 
+from service.alerting.handler import AlertHandler
+from service.backups import BackupService
 from service.chat import ChatService
+from service.faults import FaultInjector
+from service.health.checks import MemoryCheck as MemoryCheckModel
+from service.health.monitor import HealthMonitor
+from service.health.system_state import SystemStateMachine
+from service.incidents import IncidentService
+from service.resilience.state_keeper import StateKeeper
+from service.rollbacks import Rollbacks as RollbacksModel
 from service.runtime import Runtime
 from service.settings import Settings as SettingsModel
 from service.stores import Stores as StoresModel
 from service.team import Team as TeamModel
+from service.wiring import KeptTraces
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -20,26 +32,52 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+_Runtime = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def get_settings(request: Request) -> SettingsModel:
     return request.app.state.settings
 
 
-async def get_chat(runtime: RuntimeDep) -> ChatService:
-    return runtime.chat
+async def get_tracer(request: Request) -> TracerModel:
+    return request.app.state.telemetry.tracer
 
 
-async def get_team(runtime: RuntimeDep) -> TeamModel:
-    return runtime.team
+def _part(pick: Callable[[Runtime], object]) -> Any:
+    """A dependency on one part the lifespan built."""
+
+    async def get(runtime: _Runtime) -> object:
+        return pick(runtime)
+
+    return Depends(get)
 
 
-async def get_stores(runtime: RuntimeDep) -> StoresModel:
-    return runtime.stores
+async def get_backups(runtime: _Runtime) -> BackupService:
+    if runtime.backups is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+    return runtime.backups
+
+
+async def get_rollbacks(runtime: _Runtime) -> RollbacksModel:
+    if runtime.rollbacks is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+    return runtime.rollbacks
 
 
 Settings = Annotated[SettingsModel, Depends(get_settings)]
-Chat = Annotated[ChatService, Depends(get_chat)]
-Team = Annotated[TeamModel, Depends(get_team)]
-Stores = Annotated[StoresModel, Depends(get_stores)]
+Tracer = Annotated[TracerModel, Depends(get_tracer)]
+Chat = Annotated[ChatService, _part(lambda r: r.chat)]
+Team = Annotated[TeamModel, _part(lambda r: r.team)]
+Stores = Annotated[StoresModel, _part(lambda r: r.stores)]
+Faults = Annotated[FaultInjector | None, _part(lambda r: r.faults)]
+Incidents = Annotated[IncidentService, _part(lambda r: r.incident_service)]
+Traces = Annotated[KeptTraces, _part(lambda r: r.traces)]
+Alerts = Annotated[AlertHandler, _part(lambda r: r.alerts)]
+State = Annotated[SystemStateMachine, _part(lambda r: r.state)]
+Keeper = Annotated[StateKeeper, _part(lambda r: r.state_keeper)]
+Health = Annotated[HealthMonitor, _part(lambda r: r.health)]
+MemoryCheck = Annotated[MemoryCheckModel, _part(lambda r: r.memory_check)]
+StartedAt = Annotated[float, _part(lambda r: r.started_at)]
+MaybeBackups = Annotated[BackupService | None, _part(lambda r: r.backups)]
+Backups = Annotated[BackupService, Depends(get_backups)]
+Rollbacks = Annotated[RollbacksModel, Depends(get_rollbacks)]

@@ -90,6 +90,8 @@ class Responder:
         minimal_mode: MinimalMode | None = None,
         claims: ActionClaims | None = None,
         replica: str = "",
+        emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None,
+        rollback: Callable[[ResponseContext], Awaitable[str]] | None = None,
     ) -> None:
         self.team = team
         self.timeline = timeline
@@ -102,9 +104,9 @@ class Responder:
         self.minimal_mode = minimal_mode
         self.claims = claims
         self.replica = replica
-        # Filled by the service when backups are wired in.
-        self.emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
-        self.rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
+        # Both None without backups.
+        self.emergency_backup = emergency_backup
+        self.rollback = rollback
         self._actions: dict[str, ActionFn] = {
             "isolate": self._isolate,
             "release": self._release,

@@ -127,3 +127,13 @@ def repository_step(backups: Any) -> list[Step]:
         return f"repository answered with {len(snapshots)} snapshots"
 
     return [("restic-repository", run)]
+
+
+def system_steps(
+    team: Team, stores: Stores, backups: Any, incidents: Any, tracer: trace.Tracer
+) -> list[Step]:
+    """Every step: each agent, each store, the repository (with backups on), the pipeline."""
+    steps = agent_steps(team) + store_steps(stores)
+    if backups is not None:
+        steps += repository_step(backups)
+    return steps + incident_step(incidents, tracer)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from typing import Any
 
-from service.backups import ROLLBACK_COMPONENTS, BackupService
-from service.health.monitor import HealthMonitor
+from service.health.monitor import HealthReport
 from service.health.system_state import StateTransition, SystemStateMachine
 from service.incidents import IncidentService
-from service.runtime import Runtime
 from service.team import Team
 from telemetry.span_record import SpanRecord
 from telemetry.trace_keeper import TraceKeeper, span_tree
@@ -81,26 +82,6 @@ def _write_state_change(incidents: IncidentService, transition: StateTransition)
     )
 
 
-async def rollback_before(runtime: Runtime, backups: BackupService, context: object) -> str:
-    incident_id = context.incident_id  # type: ignore[attr-defined]
-    reason = f"automatic rollback for {incident_id}"
-    if backups.one_component_per_snapshot:
-        # Each component from its own newest snapshot before the incident.
-        done = []
-        for component in ROLLBACK_COMPONENTS:
-            snapshot_id = await runtime.snapshot_before_incident(incident_id, component)
-            result = await backups.rollback(snapshot_id, [component], reason)
-            done.append(f"{component} to {result.snapshot_id[:8]}")
-            done += result.notes
-        return f"rolled back {', '.join(done)}"
-    snapshot_id = await runtime.snapshot_before_incident(incident_id)
-    result = await backups.rollback(snapshot_id, None, reason)
-    notes = "".join(f"; {note}" for note in result.notes)
-    return (
-        f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}{notes}"
-    )
-
-
 def breaker_states(team: Team) -> dict[str, str]:
     return {guard.name: guard.breaker.state.value for guard in team.guards.values()}
 
@@ -108,11 +89,19 @@ def breaker_states(team: Team) -> dict[str, str]:
 SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})
 
 
-def failing_subsystems(health: HealthMonitor) -> list[str]:
-    report = health.last
-    if report is None:
-        return []
-    return [name for name in report.unhealthy() if name in SUBSYSTEM_CHECKS]
+class FailingSubsystems:
+    """The subsystems the last health report found unhealthy, for the system state: kept
+    from the health monitor's reports, so the state machine is built before the monitor
+    (whose checks include the backups, which put back the state the machine keeps)."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+
+    def on_report(self, report: HealthReport) -> None:
+        self._names = [name for name in report.unhealthy() if name in SUBSYSTEM_CHECKS]
+
+    def names(self) -> list[str]:
+        return self._names
 
 
 async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None:
@@ -123,3 +112,16 @@ async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None
             state.evaluate()
         except Exception:  # one bad reading must not stop the state from moving on
             log.exception("evaluating the system state failed")
+
+
+def run_in_background(
+    stack: AsyncExitStack, coroutine: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run ``coroutine`` as a task until the stack unwinds to here."""
+    task = asyncio.get_running_loop().create_task(coroutine, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(stop)

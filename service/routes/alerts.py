@@ -9,17 +9,15 @@ from fastapi import APIRouter, HTTPException, status
 from service.alerting.ledger import LedgerUnavailable
 from service.alerting.payload import WebhookPayload
 from service.auth import AlertAuth
-from service.deps import RuntimeDep
+from service.deps import Alerts
 
 router = APIRouter(prefix="/api/emergency", tags=["alerts"])
 
 
 @router.post("/alerts")
-async def receive_alerts(payload: WebhookPayload, who: AlertAuth, runtime: RuntimeDep) -> Any:
-    if runtime.alerts is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "alert handling is starting")
+async def receive_alerts(payload: WebhookPayload, who: AlertAuth, alerts: Alerts) -> Any:
     try:
-        return await runtime.alerts.receive(payload)
+        return await alerts.receive(payload)
     except LedgerUnavailable as exc:
         # A 5xx makes Alertmanager retry: the alert is not lost.
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, HTTPException, status
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,8 +21,8 @@ from backup import (
     validate_snapshot_id,
 )
 from service.auth import AdminAuth, AdminRead
-from service.backups import BackupService, BackupsUnavailable
-from service.deps import RuntimeDep
+from service.backups import BackupsUnavailable
+from service.deps import Backups, Rollbacks, Settings
 from service.incidents import NOT_AN_INCIDENT
 from service.routes.json_types import Confirmation
 
@@ -33,15 +33,6 @@ BackupType = Literal[
 ]
 RollbackComponent = Literal["conversations", "budgets", "profiles", "system_state"]
 SNAPSHOT_ID = r"^[0-9a-f]{8,64}$"
-
-
-async def get_backups(runtime: RuntimeDep) -> BackupService:
-    if runtime.backups is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
-    return runtime.backups
-
-
-Backups = Depends(get_backups)
 
 
 def _iso(moment: datetime) -> str:
@@ -130,7 +121,7 @@ class Rollback(BaseModel):
 
 
 @router.get("/backups")
-async def list_backups(backups: BackupService = Backups) -> dict[str, Any]:
+async def list_backups(backups: Backups) -> dict[str, Any]:
     try:
         snapshots = backups.require().list()
     except BackupsUnavailable as exc:
@@ -139,7 +130,7 @@ async def list_backups(backups: BackupService = Backups) -> dict[str, Any]:
 
 
 @router.post("/backups/refresh")
-async def refresh_backups(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
     try:
         snapshots = await backups.refresh()
@@ -149,7 +140,7 @@ async def refresh_backups(who: AdminAuth, backups: BackupService = Backups) -> d
 
 
 @router.post("/backups/init")
-async def init_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Create the repository if there is none and make it the one the backups go to."""
     try:
         outcome = await backups.init()
@@ -163,7 +154,7 @@ async def init_repository(who: AdminAuth, backups: BackupService = Backups) -> d
 
 
 @router.get("/backups/{backup_id}")
-async def backup_details(backup_id: str, backups: BackupService = Backups) -> dict[str, Any]:
+async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
     snapshot_id = _checked_id(backup_id)
     try:
         details = await backups.require().details(snapshot_id)
@@ -178,9 +169,7 @@ async def backup_details(backup_id: str, backups: BackupService = Backups) -> di
 
 
 @router.post("/backups/create")
-async def create_backup(
-    body: CreateBackup, who: AdminAuth, backups: BackupService = Backups
-) -> dict[str, Any]:
+async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
     try:
         # Asked for by a person: a snapshot with its reason even when nothing changed.
@@ -207,9 +196,7 @@ async def create_backup(
 
 
 @router.post("/backups/test-rollback")
-async def test_rollback(
-    body: TestRollback, who: AdminAuth, backups: BackupService = Backups
-) -> dict[str, Any]:
+async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         preview = await backups.require().test_rollback(
             body.backupId, list(body.components) if body.components else None
@@ -239,7 +226,11 @@ async def test_rollback(
 
 @router.post("/rollback")
 async def rollback(
-    body: Rollback, who: AdminAuth, runtime: RuntimeDep, backups: BackupService = Backups
+    body: Rollback,
+    who: AdminAuth,
+    settings: Settings,
+    rollbacks: Rollbacks,
+    backups: Backups,
 ) -> dict[str, Any]:
     if not body.confirm:
         raise HTTPException(
@@ -247,7 +238,7 @@ async def rollback(
             'a rollback replaces live state: send "confirm": true to go ahead '
             "(try /api/emergency/backups/test-rollback first)",
         )
-    if not runtime.settings.emergency_rollback_enabled:
+    if not settings.emergency_rollback_enabled:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             "emergency rollback is disabled (emergency_rollback_enabled=false)",
@@ -262,19 +253,19 @@ async def rollback(
                 'name one component in "components" to roll it back to before the incident',
             )
         component = components[0] if one_each and components else None
-        snapshot_id = body.backupId or await runtime.snapshot_before_incident(
+        snapshot_id = body.backupId or await rollbacks.snapshot_before(
             body.beforeIncident, component
         )
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
-        await asyncio.to_thread(runtime.record_rollback, body, None, str(exc))
+        await asyncio.to_thread(rollbacks.record, body, None, str(exc))
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"rollback failed at step '{exc.step}'; live state unchanged: {exc}",
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
-    await asyncio.to_thread(runtime.record_rollback, body, result, None)
+    await asyncio.to_thread(rollbacks.record, body, result, None)
     return {
         "rolledBack": True,
         "backupId": result.snapshot_id,
@@ -288,7 +279,7 @@ async def rollback(
 
 
 @router.post("/backups/check")
-async def check_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def check_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         result = await backups.require().check()
     except (BackupError, BackupsUnavailable) as exc:
@@ -297,7 +288,7 @@ async def check_repository(who: AdminAuth, backups: BackupService = Backups) -> 
 
 
 @router.post("/backups/prune")
-async def prune_repository(who: AdminAuth, backups: BackupService = Backups) -> dict[str, Any]:
+async def prune_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         manager = backups.require()
         forgotten = await manager.forget(keep_last=backups.settings.max_backups)

@@ -8,9 +8,10 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import AdminAuth, AdminRead
-from service.deps import RuntimeDep, Team
+from service.deps import Keeper, Team
 from service.errors import StoreUnavailable
 from service.resilience.breaker import CircuitBreaker, ResetRefused
+from service.resilience.state_keeper import StateKeeper
 from service.routes.json_types import JsonBool, JsonNumber
 
 router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
@@ -29,15 +30,14 @@ class ForceOpenRequest(BaseModel):
     ttlSeconds: JsonNumber | None = Field(None, gt=0, le=7 * 24 * 3600)
 
 
-async def changed(runtime: Any, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
+async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
     """The reply to a change, once the change is saved to outlive a restart."""
-    saved = runtime.state_keeper is not None
-    if runtime.state_keeper is not None:
-        try:
-            await runtime.state_keeper.flush()
-        except StoreUnavailable as exc:
-            saved = False
-            message += f"; not saved across restarts yet ({exc}), retried in the background"
+    saved = True
+    try:
+        await keeper.flush()
+    except StoreUnavailable as exc:
+        saved = False
+        message += f"; not saved across restarts yet ({exc}), retried in the background"
     return {"message": message, "saved": saved, "breaker": breaker.snapshot()}
 
 
@@ -70,7 +70,7 @@ async def get_breaker(name: str, team: Team) -> dict[str, Any]:
 
 @router.post("/circuit-breaker/{name}/reset")
 async def reset_breaker(
-    name: str, team: Team, runtime: RuntimeDep, who: AdminAuth, body: ResetRequest | None = None
+    name: str, team: Team, keeper: Keeper, who: AdminAuth, body: ResetRequest | None = None
 ) -> dict[str, Any]:
     guard = team.get(name)
     force = body.force if body is not None else False
@@ -80,41 +80,35 @@ async def reset_breaker(
         message = guard.breaker.reset(force=force, probe=probe, source=who)
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
-    return {"reset": True, "force": force, **await changed(runtime, guard.breaker, message)}
+    return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 
 @router.post("/circuit-breaker/{name}/force-open")
 async def force_open_breaker(
-    name: str, body: ForceOpenRequest, team: Team, runtime: RuntimeDep, who: AdminAuth
+    name: str, body: ForceOpenRequest, team: Team, keeper: Keeper, who: AdminAuth
 ) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.force_open(body.reason, source="operator", ttl_s=body.ttlSeconds)
-    return await changed(runtime, guard.breaker, message)
+    return await changed(keeper, guard.breaker, message)
 
 
 @router.post("/circuit-breaker/{name}/release")
-async def release_breaker(
-    name: str, team: Team, runtime: RuntimeDep, who: AdminAuth
-) -> dict[str, Any]:
+async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.release(source=who)
-    return await changed(runtime, guard.breaker, message)
+    return await changed(keeper, guard.breaker, message)
 
 
 @router.post("/circuit-breaker/{name}/disable")
-async def disable_breaker(
-    name: str, team: Team, runtime: RuntimeDep, who: AdminAuth
-) -> dict[str, Any]:
+async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
     guard = team.get(name)
     message = guard.breaker.disable(source=who)
-    return await changed(runtime, guard.breaker, message)
+    return await changed(keeper, guard.breaker, message)
 
 
 @router.post("/circuit-breaker/{name}/enable")
-async def enable_breaker(
-    name: str, team: Team, runtime: RuntimeDep, who: AdminAuth
-) -> dict[str, Any]:
+async def enable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.enable(source=who)
-    return await changed(runtime, guard.breaker, message)
+    return await changed(keeper, guard.breaker, message)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import AdminAuth
-from service.deps import RuntimeDep, Team
+from service.deps import Faults, Team
 from service.faults import ERROR_TYPES
 from service.routes.json_types import JsonInt, JsonNumber
 
@@ -37,11 +37,11 @@ class SimulateError(BaseModel):
 
 @router.post("/simulate-error")
 async def simulate_error(
-    body: SimulateError, team: Team, runtime: RuntimeDep, who: AdminAuth
+    body: SimulateError, team: Team, faults: Faults, who: AdminAuth
 ) -> dict[str, Any]:
     guard = team.get(body.component)
-    assert runtime.faults is not None  # the router is mounted only with fault injection on
-    fault = runtime.faults.inject(
+    assert faults is not None  # the router is mounted only with fault injection on
+    fault = faults.inject(
         guard.name,
         body.errorType,
         message=body.message,
@@ -65,12 +65,12 @@ async def simulate_error(
 @router.delete("/simulate-error")
 async def clear_simulated_errors(
     team: Team,
-    runtime: RuntimeDep,
+    faults: Faults,
     who: AdminAuth,
     component: str | None = Query(None, max_length=64),
 ) -> dict[str, Any]:
-    if runtime.faults is None:
+    if faults is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "fault injection is off")
     name = team.get(component).name if component else None
-    runtime.faults.clear(name)
-    return {"cleared": name or "all", "active": sorted(runtime.faults.active())}
+    faults.clear(name)
+    return {"cleared": name or "all", "active": sorted(faults.active())}

@@ -12,7 +12,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import AdminAuth, AdminRead
-from service.deps import RuntimeDep
+from service.deps import Incidents, Settings, Traces
+from service.incidents import IncidentService
 from telemetry.incident_model import IllegalTransition, Incident, IncidentNotFound
 from telemetry.providers import otlp_endpoint_configured
 
@@ -67,11 +68,11 @@ def trace_link_template(settings: Any) -> str | None:
     return TEMPO_EXPLORE_TEMPLATE if otlp_endpoint_configured() else None
 
 
-def incident_view(runtime: Any, incident: Incident) -> dict[str, Any]:
+def incident_view(settings: Any, incident: Incident) -> dict[str, Any]:
     body = incident.to_dict()
     trace_ids = [t for t in incident.trace_ids if t]
     body["traceIds"] = trace_ids
-    base = trace_link_template(runtime.settings)
+    base = trace_link_template(settings)
     body["traces"] = [
         {
             "traceId": trace_id,
@@ -83,15 +84,10 @@ def incident_view(runtime: Any, incident: Incident) -> dict[str, Any]:
     return body
 
 
-def _store(runtime: Any):  # noqa: ANN202
-    if runtime.incidents is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "incidents are starting")
-    return runtime.incidents
-
-
 @router.get("/incidents")
 async def list_incidents(
-    runtime: RuntimeDep,
+    incidents: Incidents,
+    settings: Settings,
     status_filter: Status | None = Query(None, alias="status"),
     severity: Severity | None = None,
     component: str | None = Query(None, min_length=1, max_length=64),
@@ -99,9 +95,8 @@ async def list_incidents(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
-    store = _store(runtime)
     items, total = await asyncio.to_thread(
-        store.list,
+        incidents.store.list,
         status=status_filter,
         severity=severity,
         component=component,
@@ -113,66 +108,71 @@ async def list_incidents(
         "total": total,
         "limit": limit,
         "offset": offset,
-        "incidents": [incident_view(runtime, i) for i in items],
+        "incidents": [incident_view(settings, i) for i in items],
     }
 
 
 @router.get("/incidents/{incident_id}")
-async def get_incident(runtime: RuntimeDep, incident_id: str = IncidentId) -> dict[str, Any]:
-    store = _store(runtime)
+async def get_incident(
+    incidents: Incidents, settings: Settings, incident_id: str = IncidentId
+) -> dict[str, Any]:
+    store = incidents.store
     try:
         incident = await asyncio.to_thread(store.get, incident_id)
     except IncidentNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     timeline = await asyncio.to_thread(store.timeline, incident_id)
     return {
-        **incident_view(runtime, incident),
+        **incident_view(settings, incident),
         "timeline": [entry.to_dict() for entry in timeline],
     }
 
 
 @router.post("/incidents/{incident_id}/acknowledge")
 async def acknowledge(
-    runtime: RuntimeDep,
+    incidents: Incidents,
+    settings: Settings,
     who: AdminAuth,
     body: Acknowledge | None = None,
     incident_id: str = IncidentId,
 ) -> dict[str, Any]:
     return await _change(
-        runtime, lambda s: s.acknowledge(incident_id, who, body.note if body else "")
+        incidents, settings, lambda s: s.acknowledge(incident_id, who, body.note if body else "")
     )
 
 
 @router.post("/incidents/{incident_id}/resolve")
 async def resolve(
-    runtime: RuntimeDep, body: Resolve, who: AdminAuth, incident_id: str = IncidentId
+    incidents: Incidents,
+    settings: Settings,
+    body: Resolve,
+    who: AdminAuth,
+    incident_id: str = IncidentId,
 ) -> dict[str, Any]:
-    view = await _change(runtime, lambda s: s.resolve(incident_id, who, body.resolution))
-    if runtime.incident_service is not None:
-        resolved = await asyncio.to_thread(runtime.incidents.get, incident_id)
-        runtime.incident_service.observe_recovery(resolved)
+    view = await _change(
+        incidents, settings, lambda s: s.resolve(incident_id, who, body.resolution)
+    )
+    resolved = await asyncio.to_thread(incidents.store.get, incident_id)
+    incidents.observe_recovery(resolved)
     return view
 
 
-async def _change(runtime: Any, change: Any) -> dict[str, Any]:
+async def _change(incidents: IncidentService, settings: Any, change: Any) -> dict[str, Any]:
     """``change(store)``, a blocking round trip to the store, off the event loop."""
-    store = _store(runtime)
     try:
-        incident = await asyncio.to_thread(change, store)
+        incident = await asyncio.to_thread(change, incidents.store)
     except IncidentNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except IllegalTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return incident_view(runtime, incident)
+    return incident_view(settings, incident)
 
 
 @router.get("/traces/{trace_id}")
 async def get_trace(
-    runtime: RuntimeDep, trace_id: str = Path(pattern=r"^[0-9a-f]{32}$")
+    traces: Traces, trace_id: str = Path(pattern=r"^[0-9a-f]{32}$")
 ) -> dict[str, Any]:
-    if runtime.traces is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "trace keeping is off")
-    tree = await asyncio.to_thread(runtime.traces.tree, trace_id)  # may read the file
+    tree = await asyncio.to_thread(traces.tree, trace_id)  # may read the file
     if tree is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

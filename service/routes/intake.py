@@ -8,7 +8,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from service.auth import IntakeAuth
-from service.deps import RuntimeDep
+from service.deps import Incidents, Traces
 from telemetry.otlp_intake import (
     MalformedOtlp,
     UnsupportedContentType,
@@ -24,9 +24,9 @@ router = APIRouter(tags=["otlp intake"])
     response_class=Response,
     responses={200: {"content": {"application/x-protobuf": {}, "application/json": {}}}},
 )
-async def receive_traces(request: Request, who: IntakeAuth, runtime: RuntimeDep) -> Response:
-    if runtime.incident_service is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the incident pipeline is off")
+async def receive_traces(
+    request: Request, who: IntakeAuth, incidents: Incidents, traces: Traces
+) -> Response:
     content_type = request.headers.get("content-type", "")
     body = await request.body()
     try:
@@ -36,10 +36,10 @@ async def receive_traces(request: Request, who: IntakeAuth, runtime: RuntimeDep)
     except MalformedOtlp as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     errors = [record for record in records if record.is_error]
-    if errors and runtime.traces is not None:
+    if errors:
         # Kept (and on disk) before the incident exists, so its trace link answers at once.
-        await asyncio.to_thread(runtime.traces.keep_records, records)
-    processor = runtime.incident_service.processor
+        await asyncio.to_thread(traces.keep_records, records)
+    processor = incidents.processor
     accepted = sum(processor.submit_record(record) for record in errors)
     if accepted < len(errors):
         # The queue is full; the collector retries on 503 with backoff.

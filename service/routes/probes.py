@@ -21,8 +21,8 @@ async def readyz(request: Request) -> JSONResponse:
     if runtime is None:
         return JSONResponse({"status": "not ready", "reason": "starting"}, status_code=503)
     closed = [name for name, s in runtime.stores.by_component().items() if not s.is_open]
-    if not runtime.ready or closed:
-        reason = runtime.not_ready_reason or f"stores not open: {', '.join(closed)}"
+    if not runtime.readiness.ready or closed:
+        reason = runtime.readiness.reason or f"stores not open: {', '.join(closed)}"
         return JSONResponse(
             {"status": "not ready", "reason": reason},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,

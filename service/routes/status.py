@@ -11,25 +11,44 @@ from fastapi.responses import JSONResponse
 
 from service.auth import AdminAuth, AdminRead
 from service.call_stats import MAX_HOURS
-from service.deps import RuntimeDep
+from service.deps import (
+    Health,
+    Incidents,
+    MaybeBackups,
+    MemoryCheck,
+    StartedAt,
+    State,
+    Stores,
+    Team,
+    Tracer,
+)
 from service.health.checks import Status
 from service.health.uptime import describe_uptime
 from service.routes.breakers import breaker_report
-from service.system_test import run_steps
+from service.system_test import run_steps, system_steps
 
 router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead])
+NO_BACKUPS = {"available": 0, "lastBackup": None, "totalSize": "0 B"}
 
 
 @router.get("/status")
-async def status(runtime: RuntimeDep) -> dict[str, Any]:
-    totals = breaker_report(runtime.team)["totals"]
-    report = runtime.health.last
-    memory = runtime.memory_check.last
-    uptime_s = time.time() - runtime.started_at
-    active = runtime.active_incidents()
+async def status(
+    team: Team,
+    health: Health,
+    memory_check: MemoryCheck,
+    started_at: StartedAt,
+    incidents: Incidents,
+    state: State,
+    backups: MaybeBackups,
+) -> dict[str, Any]:
+    totals = breaker_report(team)["totals"]
+    report = health.last
+    memory = memory_check.last
+    uptime_s = time.time() - started_at
+    active = incidents.active_counts()
     return {
-        "systemState": runtime.state.state.value,
-        "stateReason": runtime.state.reason,
+        "systemState": state.state.value,
+        "stateReason": state.reason,
         "activeIncidents": sum(active.values()),
         "circuitBreakers": {
             "total": totals["total"],
@@ -37,7 +56,7 @@ async def status(runtime: RuntimeDep) -> dict[str, Any]:
             "closed": totals["closed"],
             "halfOpen": totals["half_open"],
         },
-        "backups": runtime.backups_summary(),
+        "backups": backups.summary() if backups is not None else NO_BACKUPS,
         "health": {
             "overall": report.overall.value if report else "unknown",
             "memoryUsage": (f"{memory.ratio:.0%}" if memory.ratio >= 0.1 else f"{memory.ratio:.1%}")
@@ -51,33 +70,39 @@ async def status(runtime: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/health")
 async def health(
-    runtime: RuntimeDep, refresh: bool = Query(True, description="run every check now")
+    health: Health, state: State, refresh: bool = Query(True, description="run every check now")
 ) -> JSONResponse:
-    report = (
-        await runtime.health.evaluate()
-        if refresh or runtime.health.last is None
-        else (runtime.health.last)
-    )
-    runtime.state.evaluate()
-    body = {**report.as_dict(), "systemState": runtime.state.state.value}
+    report = await health.evaluate() if refresh or health.last is None else health.last
+    state.evaluate()
+    body = {**report.as_dict(), "systemState": state.state.value}
     return JSONResponse(body, status_code=503 if report.overall is Status.UNHEALTHY else 200)
 
 
 @router.get("/metrics")
 async def metrics_summary(
-    runtime: RuntimeDep,
+    team: Team,
+    incidents: Incidents,
     timeRange: float = Query(24, ge=1, le=MAX_HOURS, description="hours, 1 to 168"),
 ) -> dict[str, Any]:
-    stats = runtime.team.stats
+    stats = team.stats
     return {
         "timeRangeHours": timeRange,
         "overall": stats.summary(timeRange).as_dict(),
         "agents": {agent: stats.summary(timeRange, agent).as_dict() for agent in stats.agents()},
-        "incidentsBySeverity": await asyncio.to_thread(runtime.incidents_by_severity, timeRange),
+        "incidentsBySeverity": await asyncio.to_thread(
+            incidents.store.counts_by_severity, time.time() - timeRange * 3600
+        ),
     }
 
 
 @router.post("/test-system")
-async def test_system(runtime: RuntimeDep, who: AdminAuth) -> JSONResponse:
-    result = await run_steps(runtime.system_test_steps())
+async def test_system(
+    who: AdminAuth,
+    team: Team,
+    stores: Stores,
+    backups: MaybeBackups,
+    incidents: Incidents,
+    tracer: Tracer,
+) -> JSONResponse:
+    result = await run_steps(system_steps(team, stores, backups, incidents, tracer))
     return JSONResponse(result, status_code=200)

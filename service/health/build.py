@@ -1,0 +1,68 @@
+"""The health monitor with every check, started: what it reports moves the system state and
+opens (and resolves) the incidents of failing checks."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+
+from service.backups import BackupService
+from service.health.backup_checks import BackupAgeCheck, RepositoryCheck, RestoreDrillCheck
+from service.health.checks import (
+    BreakersCheck,
+    DiskCheck,
+    EventLoopCheck,
+    HealthCheck,
+    IncidentsCheck,
+    LoopLagMonitor,
+    MemoryCheck,
+    StoresCheck,
+)
+from service.health.incidents import HealthIncidents
+from service.health.metrics import register_health_metrics
+from service.health.monitor import HealthMonitor
+from service.health.system_state import SystemStateMachine
+from service.incidents import IncidentService
+from service.settings import Settings
+from service.stores import Stores
+from service.team import Team
+from service.wiring import FailingSubsystems, breaker_states
+from telemetry.providers import Telemetry
+
+
+def start_health(
+    stack: AsyncExitStack,
+    settings: Settings,
+    telemetry: Telemetry,
+    stores: Stores,
+    team: Team,
+    incidents: IncidentService,
+    backups: BackupService | None,
+    state: SystemStateMachine,
+    failing: FailingSubsystems,
+) -> tuple[HealthMonitor, MemoryCheck]:
+    """Checks run every interval and on demand, until the stack unwinds to here."""
+    lag_monitor = LoopLagMonitor()
+    memory_check = MemoryCheck()
+    checks: list[HealthCheck] = [
+        memory_check,
+        EventLoopCheck(lag_monitor),
+        StoresCheck(stores.by_component()),
+        DiskCheck(settings.data_dir),
+        BreakersCheck(lambda: breaker_states(team)),
+        IncidentsCheck(incidents.active_counts),
+    ]
+    if backups is not None:
+        checks += [RepositoryCheck(backups), BackupAgeCheck(backups), RestoreDrillCheck(backups)]
+    health = HealthMonitor(checks, telemetry.tracer, interval_s=settings.health_check_interval_s)
+    health.subscribe(failing.on_report)
+    health.subscribe(lambda report: state.evaluate())
+    health_incidents = HealthIncidents(incidents.store, settings.health_incident_resolve_after_s)
+    health.subscribe(health_incidents.on_report)
+    stack.push_async_callback(health_incidents.drain)
+    register_health_metrics(telemetry.meter, state, health, memory_check, time.time())
+    lag_monitor.start()
+    stack.push_async_callback(lag_monitor.stop)
+    health.start()
+    stack.push_async_callback(health.stop)
+    return health, memory_check
