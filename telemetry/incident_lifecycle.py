@@ -2,8 +2,8 @@
 (open → acknowledged → mitigated → resolved, reopened when a resolved failure recurs),
 auto-resolve, and the checks made before anything is written.
 
-``IncidentStore`` (SQLite, one file) and ``PgIncidentStore`` (PostgreSQL, shared by
-replicas) implement the abstract methods; callers depend on ``IncidentStoreBase``.
+``IncidentStore`` implements the abstract methods once over SQLite (one file) and PostgreSQL
+(``PgIncidentStore``, shared by replicas); callers depend on ``IncidentStoreBase``.
 """
 
 from __future__ import annotations

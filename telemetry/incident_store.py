@@ -1,21 +1,23 @@
-"""Incidents in their own SQLite file: grouped by fingerprint, with a lifecycle
-(open → acknowledged → mitigated → resolved, reopened when a resolved failure recurs), an
-audit timeline, and the raw error span records kept (bounded) so rules can be replayed.
+"""Incidents grouped by fingerprint, with a lifecycle (open → acknowledged → mitigated →
+resolved, reopened when a resolved failure recurs), an audit timeline, and the raw error
+span records kept (bounded) so rules can be replayed.
 
-Thread-safe: the worker thread writes while the event loop reads (see ``incident_db``).
-The same store on PostgreSQL, shared by replicas, is ``incident_pg.PgIncidentStore``; what
-both share is in ``incident_lifecycle`` and ``incident_merge``.
+One store over either engine (``sql.Database``): its own SQLite file, or PostgreSQL shared
+by every replica (``incident_pg.PgIncidentStore`` opens it there and adds the fleet-wide
+action claims). Thread-safe: the worker thread writes while the event loop reads. A status
+change locks its incident's row for the read-check-write, so two replicas resolving at once
+give one resolution and one IllegalTransition; batches are written by ``incident_writes``.
+What the engines share beyond SQL is in ``incident_lifecycle`` and ``incident_merge``.
 """
 
 from __future__ import annotations
 
 import builtins
-import time
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telemetry.incident_db import IncidentDatabase, insert_timeline
 from telemetry.incident_lifecycle import IncidentStoreBase, change_status, in_filters
 from telemetry.incident_merge import Group, new_incident_id
 from telemetry.incident_model import (
@@ -23,6 +25,7 @@ from telemetry.incident_model import (
     OPENED,
     REOPENED,
     SEVERITIES,
+    STATUSES,
     UPDATED,
     IllegalTransition,
     Incident,
@@ -33,38 +36,48 @@ from telemetry.incident_model import (
 from telemetry.incident_writes import (
     GroupOutcome,
     StoredSpanRecord,
+    insert_timeline,
     keep_span_records,
     read_span_records,
     write_groups,
 )
+from telemetry.sql import Database, SqliteDatabase
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+    severity TEXT NOT NULL, type TEXT NOT NULL, impact TEXT NOT NULL,
+    recoverable INTEGER NOT NULL, protocol TEXT, rule TEXT NOT NULL, component TEXT NOT NULL,
+    source_service TEXT NOT NULL, span_name TEXT NOT NULL, exception_type TEXT NOT NULL,
+    message TEXT NOT NULL, count INTEGER NOT NULL, reopen_count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, opened_at REAL NOT NULL,
+    acknowledged_at REAL, mitigated_at REAL, resolved_at REAL, recovery_time_s REAL,
+    trace_ids TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_status ON incidents (status, severity);
+CREATE INDEX IF NOT EXISTS incidents_last_seen ON incidents (last_seen);
+CREATE TABLE IF NOT EXISTS timeline (
+    seq INTEGER PRIMARY KEY, incident_id TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, message TEXT NOT NULL, data TEXT
+);
+CREATE INDEX IF NOT EXISTS timeline_incident ON timeline (incident_id, seq);
+CREATE TABLE IF NOT EXISTS span_records (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, incident_id TEXT NOT NULL,
+    classification TEXT NOT NULL, record TEXT NOT NULL, weight INTEGER NOT NULL
+);
+"""
 
 
 class IncidentStore(IncidentStoreBase):
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        max_trace_ids: int = 20,
-        max_span_records: int = 10_000,
-        records_per_incident: int = 5,
-        quiet_period_s: float = 300.0,
-        is_component_healthy: Callable[[str], bool] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """``is_component_healthy`` (e.g. "its breaker is closed") gates auto-resolve; without
-        it the quiet period alone decides."""
-        super().__init__(
-            max_trace_ids=max_trace_ids,
-            max_span_records=max_span_records,
-            records_per_incident=records_per_incident,
-            quiet_period_s=quiet_period_s,
-            is_component_healthy=is_component_healthy,
-            clock=clock,
-        )
-        self.path = Path(path)
-        self._database = IncidentDatabase(self.path)
-        self._db = self._database.reader
-        self._write = self._database.transaction
+    def __init__(self, path: str | Path | Database, **options: Any) -> None:
+        """``path``: the SQLite file (created when missing), or an open database with the
+        incidents tables; ``options`` as ``IncidentStoreBase`` takes them."""
+        super().__init__(**options)
+        if isinstance(path, str | Path):
+            self.path = Path(path)
+            path = SqliteDatabase(self.path, SQLITE_SCHEMA)
+        self._database: Database = path
+        self._dialect = path.dialect
 
     def close(self) -> None:
         self._database.close()
@@ -74,8 +87,10 @@ class IncidentStore(IncidentStoreBase):
     def _write_batch(
         self, groups: dict[str, Group], now: float, keep_records: bool
     ) -> list[GroupOutcome]:
-        with self._write() as db:
-            outcomes = write_groups(db, groups, now, self.max_trace_ids, new_incident_id)
+        with self._database.transaction() as db:
+            outcomes = write_groups(
+                db, self._dialect, groups, now, self.max_trace_ids, new_incident_id
+            )
             if keep_records:
                 keep_span_records(
                     db, outcomes, groups, now, self.max_span_records, self.records_per_incident
@@ -85,15 +100,15 @@ class IncidentStore(IncidentStoreBase):
     def stored_span_records(
         self, limit: int | None = None, incident_id: str | None = None
     ) -> list[StoredSpanRecord]:
-        return read_span_records(self._db(), limit, incident_id)
+        return read_span_records(self._database, limit, incident_id)
 
     # -- reading --------------------------------------------------------------------------
 
     def get(self, incident_id: str) -> Incident:
-        row = self._db().execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-        if row is None:
+        rows = self._database.rows("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        if not rows:
             raise IncidentNotFound(incident_id)
-        return Incident.from_row(row)
+        return Incident.from_row(rows[0])
 
     def list(
         self,
@@ -107,58 +122,56 @@ class IncidentStore(IncidentStoreBase):
         clauses: list[str] = []
         params: list[Any] = []
         for column, values in in_filters(status, severity, component):
-            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            clause, values = self._dialect.any_of(column, values)
+            clauses.append(clause)
             params.extend(values)
         if since is not None:
             clauses.append("last_seen >= ?")
             params.append(since)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        db = self._db()
-        total = db.execute(f"SELECT COUNT(*) FROM incidents {where}", params).fetchone()[0]
-        rows = db.execute(
-            f"SELECT * FROM incidents {where} ORDER BY last_seen DESC, id LIMIT ? OFFSET ?",
+        total = self._database.rows(f"SELECT COUNT(*) AS n FROM incidents {where}", params)[0]
+        # Ids compared byte by byte, whatever the database's collation.
+        rows = self._database.rows(
+            f"SELECT * FROM incidents {where} "
+            f"ORDER BY last_seen DESC, id{self._dialect.byte_order} LIMIT ? OFFSET ?",
             [*params, max(limit, 0), max(offset, 0)],
         )
-        return [Incident.from_row(row) for row in rows], total
+        return [Incident.from_row(row) for row in rows], total["n"]
 
     def timeline(self, incident_id: str) -> builtins.list[TimelineEntry]:
-        rows = self._db().execute(
+        rows = self._database.rows(
             "SELECT * FROM timeline WHERE incident_id = ? ORDER BY seq", (incident_id,)
         )
         return [TimelineEntry.from_row(row) for row in rows]
 
     def active_counts_by_severity(self) -> dict[str, int]:
-        return self._counts_by_severity(
-            f"status IN ({','.join('?' * len(ACTIVE_STATUSES))})", list(ACTIVE_STATUSES)
-        )
+        return self._counts_by_severity(*self._dialect.any_of("status", ACTIVE_STATUSES))
 
     def counts_by_severity(self, since: float) -> dict[str, int]:
         return self._counts_by_severity("last_seen >= ?", [since])
 
     def _counts_by_severity(self, where: str, params: builtins.list[Any]) -> dict[str, int]:
         counts = dict.fromkeys(SEVERITIES, 0)
-        rows = self._db().execute(
-            f"SELECT severity, COUNT(*) FROM incidents WHERE {where} GROUP BY severity", params
+        rows = self._database.rows(
+            f"SELECT severity, COUNT(*) AS n FROM incidents WHERE {where} GROUP BY severity",
+            params,
         )
-        counts.update({severity: count for severity, count in rows})
+        counts.update({row["severity"]: row["n"] for row in rows})
         return counts
 
     def find_active(self, component: str, type: str | None = None) -> Incident | None:
-        clauses = ["component = ?", f"status IN ({','.join('?' * len(ACTIVE_STATUSES))})"]
-        params: list[Any] = [component, *ACTIVE_STATUSES]
+        active, params = self._dialect.any_of("status", ACTIVE_STATUSES)
+        clauses = ["component = ?", active]
+        params = [component, *params]
         if type is not None:
             clauses.append("type = ?")
             params.append(type)
-        row = (
-            self._db()
-            .execute(
-                f"SELECT * FROM incidents WHERE {' AND '.join(clauses)} "
-                "ORDER BY last_seen DESC LIMIT 1",
-                params,
-            )
-            .fetchone()
+        rows = self._database.rows(
+            f"SELECT * FROM incidents WHERE {' AND '.join(clauses)} "
+            "ORDER BY last_seen DESC LIMIT 1",
+            params,
         )
-        return None if row is None else Incident.from_row(row)
+        return Incident.from_row(rows[0]) if rows else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -171,9 +184,13 @@ class IncidentStore(IncidentStoreBase):
         allowed_from: Sequence[str],
         now: float | None = None,
     ) -> Incident:
+        if wanted not in STATUSES:
+            raise ValueError(f"unknown status {wanted!r}")
         now = self.clock() if now is None else now
-        with self._write() as db:
-            row = db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        with self._database.transaction() as db:
+            row = db.execute(
+                f"SELECT * FROM incidents WHERE id = ?{self._dialect.lock_rows}", (incident_id,)
+            ).fetchone()
             if row is None:
                 raise IncidentNotFound(incident_id)
             incident = Incident.from_row(row)
@@ -200,13 +217,15 @@ class IncidentStore(IncidentStoreBase):
         message: str,
         data: dict[str, Any],
     ) -> int:
-        with self._write() as db:
-            if (
-                db.execute("SELECT 1 FROM incidents WHERE id = ?", (incident_id,)).fetchone()
-                is None
-            ):
-                raise IncidentNotFound(incident_id)
-            return insert_timeline(db, incident_id, at, kind, actor, message, data)
+        rows = self._database.rows(
+            "INSERT INTO timeline (incident_id, at, kind, actor, message, data) "
+            "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM incidents WHERE id = ?) "
+            "RETURNING seq",
+            (incident_id, at, kind, actor, message, json.dumps(data, default=str), incident_id),
+        )
+        if not rows:
+            raise IncidentNotFound(incident_id)
+        return int(rows[0]["seq"])
 
 
 __all__ = [

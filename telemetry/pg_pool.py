@@ -2,20 +2,23 @@
 (the incident worker, ``asyncio.to_thread``) and now and then straight from the event loop.
 
 Connections are in autocommit mode: a statement is its own transaction, one round trip;
-statements that must commit together use ``cursor(transaction=True)``. A connection is
-pinged on checkout only when it has sat idle in the pool (a server restart breaks idle
-ones), not before every statement of a busy worker. NUL characters, which PostgreSQL text
-refuses, are stored as U+FFFD. Every psycopg failure becomes the
-caller's own exception, with a reason a person can act on that names the server by its
-redacted location and never shows the password.
+statements that must commit together use ``cursor(transaction=True)``. The pool is also a
+``sql.Database`` (``rows``, ``transaction``) for stores written once over both engines: it
+takes ``?`` placeholders, and finds unqualified table names in its ``schema`` (the
+connections' search path). A connection is pinged on checkout only when it has sat idle in
+the pool (a server restart breaks idle ones), not before every statement of a busy worker.
+NUL characters, which PostgreSQL text refuses, are stored as U+FFFD. Every psycopg failure
+becomes the caller's own exception, with a reason a person can act on that names the server
+by its redacted location and never shows the password.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +29,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.string import StrDumper, StrDumperUnknown
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from telemetry.sql import POSTGRESQL
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
@@ -40,24 +45,29 @@ IDLE_CHECK_S = 2.0
 class PgPool:
     """``unavailable(reason)`` builds the exception raised for any database failure."""
 
+    dialect = POSTGRESQL
+
     def __init__(
         self,
         url: str,
         *,
         name: str,
         unavailable: Callable[[str], Exception],
-        verify: Callable[[psycopg.Cursor[DictRow]], None] | None = None,
+        schema: str | None = None,
+        tables: Sequence[str] = (),
+        component: str = "",
         min_size: int = POOL_MIN_SIZE,
         max_size: int = POOL_MAX_SIZE,
         timeout_s: float = POOL_TIMEOUT_S,
     ) -> None:
         """Connects once first, so that a wrong URL or password fails here with the
-        server's reason (``verify``, given that connection's cursor, may refuse too), then
-        fills the pool."""
+        server's reason, or the schema's missing ``tables`` with the migrations of
+        ``component`` to run, then fills the pool."""
         self.location = server_location(url)
         self.timeout_s = timeout_s
         self._password = password_of(url)
         self._unavailable = unavailable
+        self._search_path = valid_identifier(schema) if schema else None
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
@@ -69,19 +79,30 @@ class PgPool:
         }
         try:
             with psycopg.connect(url, **connection_options) as conn:
-                _store_nul_as_replacement(conn)
-                if verify is not None:
-                    with conn.cursor() as cursor:
-                        verify(cursor)
+                self._configure(conn)
+                missing = [
+                    row["name"]
+                    for row in conn.execute(
+                        "SELECT name FROM unnest(%s::text[]) AS name "
+                        "WHERE to_regclass(name) IS NULL",
+                        ([f"{schema}.{table}" for table in tables],),
+                    )
+                ]
         except psycopg.Error as exc:
             raise unavailable(self.reason(exc)) from None
+        if missing:
+            raise unavailable(
+                f"{', '.join(missing)} missing in the database at {self.location}; run the "
+                f"PostgreSQL migrations (component {component!r}) first: `ers serve` runs them "
+                "when it starts"
+            )
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout_s,
             kwargs=connection_options,
-            configure=_store_nul_as_replacement,
+            configure=self._configure,
             check=self._check_if_idle,
             reset=self._note_returned,
             name=name,
@@ -95,6 +116,11 @@ class PgPool:
                 f"the connection pool to {self.location} did not fill within "
                 f"{CONNECT_TIMEOUT_S * 2} s; check the server's max_connections and load"
             ) from None
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        _store_nul_as_replacement(conn)
+        if self._search_path is not None:
+            conn.execute(f"SET search_path TO {self._search_path}")
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
         if time.monotonic() - self._returned_at.get(conn, 0.0) > IDLE_CHECK_S:
@@ -116,6 +142,16 @@ class PgPool:
                     yield cursor
         except psycopg.Error as exc:
             raise self._unavailable(self.reason(exc)) from None
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        with self.cursor() as cursor:
+            cursor.execute(_placeholders(sql), params)
+            return cursor.fetchall() if cursor.description is not None else []
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Statements]:
+        with self.cursor(transaction=True) as cursor:
+            yield _Statements(cursor)
 
     def close(self) -> None:
         self._pool.close()
@@ -140,6 +176,24 @@ class PgPool:
             )
         primary = exc.diag.message_primary or str(exc) or type(exc).__name__
         return self.scrub(f"PostgreSQL at {self.location}: {primary}")
+
+
+class _Statements:
+    """A cursor that takes ``?`` placeholders."""
+
+    def __init__(self, cursor: psycopg.Cursor[DictRow]) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[DictRow]:
+        return self._cursor.execute(_placeholders(sql), params)
+
+    def executemany(self, sql: str, params: Any) -> None:
+        self._cursor.executemany(_placeholders(sql), params)
+
+
+@functools.lru_cache(maxsize=256)
+def _placeholders(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def server_location(url: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan
 
 from telemetry.span_record import SpanRecord
+from telemetry.sql import connect_sqlite
 
 log = logging.getLogger("ers.traces")
 
@@ -43,9 +43,7 @@ class TraceArchive:
         self.path = path
         self.max_traces = max_traces
         self.traces_dropped = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_sqlite(path)
         self._db.execute(SCHEMA)
         self._db.execute(KEPT_AT_INDEX)
         self._lock = threading.Lock()

@@ -1,10 +1,10 @@
-"""The alert idempotency ledger, the same on SQLite and on PostgreSQL, where replicas that
-receive one notification at once still act on it once."""
+"""The alert idempotency ledger, the same on SQLite and on PostgreSQL: two ledgers on one
+database (replicas) that receive one notification at once still act on it once."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,21 +25,32 @@ def ledger_url(pg_url: str) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        made: Ledger = AlertLedger(tmp_path / "incidents.sqlite3")
-    else:
-        made = PgAlertLedger(request.getfixturevalue("ledger_url"))
-    yield made
-    made.close()
+def new_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
+    """Builds ledgers on one SQLite file or one migrated PostgreSQL database, each with its
+    own connections; closes them afterwards."""
+    made: list[Ledger] = []
+
+    def make() -> Ledger:
+        if request.param == "sqlite":
+            made.append(AlertLedger(tmp_path / "incidents.sqlite3"))
+        else:
+            made.append(PgAlertLedger(request.getfixturevalue("ledger_url")))
+        return made[-1]
+
+    yield make
+    for ledger in made:
+        ledger.close()
 
 
 @pytest.fixture
-def replicas(ledger_url: str) -> Iterator[tuple[PgAlertLedger, PgAlertLedger]]:
-    first, second = PgAlertLedger(ledger_url), PgAlertLedger(ledger_url)
-    yield first, second
-    first.close()
-    second.close()
+def ledger(new_ledger: Callable[[], Ledger]) -> Ledger:
+    return new_ledger()
+
+
+@pytest.fixture
+def replicas(new_ledger: Callable[[], Ledger]) -> tuple[Ledger, Ledger]:
+    """Two ledgers on one database, as two replicas (or two processes on one file) have."""
+    return new_ledger(), new_ledger()
 
 
 def test_an_alert_is_new_once_then_counted_as_redelivered(ledger: Ledger) -> None:
@@ -74,12 +85,12 @@ def run_together(*jobs: threading.Thread) -> None:
 
 
 def test_replicas_receiving_one_alert_at_once_act_on_it_once(
-    replicas: tuple[PgAlertLedger, PgAlertLedger],
+    replicas: tuple[Ledger, Ledger],
 ) -> None:
     firsts: list[bool] = []
     barrier = threading.Barrier(2)
 
-    def deliver(ledger: PgAlertLedger) -> None:
+    def deliver(ledger: Ledger) -> None:
         barrier.wait(timeout=10)
         for _ in range(DELIVERIES_PER_REPLICA):
             firsts.append(ledger.record("fp", "2024-05-01T10:00:00Z", "firing", "Down"))
@@ -91,7 +102,7 @@ def test_replicas_receiving_one_alert_at_once_act_on_it_once(
 
 
 def test_replicas_sharing_many_alerts_each_take_every_alert_once(
-    replicas: tuple[PgAlertLedger, PgAlertLedger],
+    replicas: tuple[Ledger, Ledger],
 ) -> None:
     taken: list[list[str]] = [[], []]
     barrier = threading.Barrier(2)

@@ -1,0 +1,85 @@
+"""The one way the service opens its SQLite files, and the dialect stores are written over."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.alerting.ledger import AlertLedger
+from service.audit import AuditLog
+from telemetry.incident_store import IncidentNotFound, IncidentStore
+from telemetry.sql import BUSY_TIMEOUT_MS, POSTGRESQL, SQLITE, connect_sqlite
+
+# Longer than the 2 s the audit log and the ledger once waited, well inside BUSY_TIMEOUT_MS.
+HELD_S = 2.5
+
+
+def test_a_connection_has_the_one_set_of_pragmas(tmp_path: Path) -> None:
+    db = connect_sqlite(tmp_path / "deep" / "incidents.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+    assert db.in_transaction is False and db.isolation_level is None
+    db.close()
+
+
+def audit_write(path: Path) -> None:
+    audit = AuditLog(path)
+    try:
+        audit.record("admin:token", "rollback", {"component": "budgets"})
+        assert audit.recent(1)[0]["detail"] == {"component": "budgets"}
+    finally:
+        audit.close()
+
+
+def ledger_write(path: Path) -> None:
+    ledger = AlertLedger(path)
+    try:
+        assert ledger.record(f"fp{time.monotonic_ns()}", "2024-05-01T10:00:00Z", "firing", "Down")
+    finally:
+        ledger.close()
+
+
+def store_write(path: Path) -> None:
+    store = IncidentStore(path)
+    try:
+        with pytest.raises(IncidentNotFound):
+            store.add_timeline("INC_0_nope00", "note", "hi", "ana")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("write", [audit_write, ledger_write, store_write])
+def test_every_writer_of_the_incidents_file_waits_out_anothers_write(
+    tmp_path: Path, write: Callable[[Path], None]
+) -> None:
+    """The incident worker's batch, an alert and an audit entry meet in one file: each waits
+    for the other's write as long as the others do, rather than failing with "database is
+    locked" while the incident store would still have waited."""
+    path = tmp_path / "incidents.sqlite3"
+    write(path)  # creates the tables
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(HELD_S, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        write(path)
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_one_of_several_values_in_each_dialect() -> None:
+    assert SQLITE.any_of("status", ["open", "acknowledged"]) == (
+        "status IN (?,?)",
+        ["open", "acknowledged"],
+    )
+    assert POSTGRESQL.any_of("status", ("open", "acknowledged")) == (
+        "status = ANY(?)",
+        [["open", "acknowledged"]],
+    )
