@@ -65,9 +65,9 @@ from service.team import breaker_configs, build_team  # noqa: E402
 from service.wiring import (  # noqa: E402
     FailingSubsystems,
     KeptTraces,
+    StateNotes,
     agent_is_healthy,
     breaker_states,
-    note_state_change,
     run_in_background,
     tick_state,
 )
@@ -215,7 +215,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for breaker in team.breakers():
             breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
         incident_service.subscribe(lambda event: state.evaluate())
-        state.subscribe(lambda t: note_state_change(incident_service, t))
+        state_notes = StateNotes(incident_service)
+        state.subscribe(state_notes)
         # Isolations (forced opens, disabled breakers) and the system state outlive a restart:
         # kept in system_state and put back here, after the fleet's own forced opens.
         keeper = StateKeeper(stores.system_state, team.breakers(), state)
@@ -256,6 +257,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         incident_service.start(responder if settings.auto_response_enabled else None)
         stack.callback(incident_service.shutdown)
+        stack.callback(state_notes.close)  # after the drain's last notes, before the store closes
         stack.push_async_callback(incident_service.drain)
         run_in_background(stack, incident_service.run_auto_resolve(), "resolve")
         if stores.database is not None:

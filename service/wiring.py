@@ -48,16 +48,26 @@ def agent_is_healthy(team: Team, component: str) -> bool:
     return guard is None or guard.breaker.state.value == "closed"
 
 
-# State changes are noted on timelines one after another, in the order they happened, by a
-# thread of their own: a note is two round trips to the incident store, and the state
-# machine runs on the event loop.
-_STATE_NOTES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ers-state-notes")
+class StateNotes:
+    """Notes each system state change on the timeline of the incident most likely behind
+    it, one after another in the order they happened, on a thread of its own: a note is two
+    round trips to the incident store, and the state machine runs on the event loop.
 
+    ``close`` waits for the notes already taken; it must run before the store closes (a
+    note written into a closing SQLite connection can crash the process)."""
 
-def note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
-    """A system state change goes on the timeline of the incident most likely behind it,
-    written off the calling thread."""
-    _STATE_NOTES.submit(_note_state_change, incidents, transition)
+    def __init__(self, incidents: IncidentService) -> None:
+        self._incidents = incidents
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ers-state-notes")
+
+    def __call__(self, transition: StateTransition) -> None:
+        try:
+            self._pool.submit(_note_state_change, self._incidents, transition)
+        except RuntimeError:  # shutting down: the store is about to close
+            log.info("the state change %s was not noted: shutting down", transition.to_state)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
