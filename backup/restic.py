@@ -128,9 +128,6 @@ class Restic:
 
     # Commands -------------------------------------------------------------------------------
 
-    async def is_initialised(self) -> bool:
-        return await self.repository_id() is not None
-
     async def repository_id(self) -> str | None:
         """The id restic gave the repository when it was created; None when there is none."""
         try:

@@ -199,6 +199,10 @@ class PostgresStore:
     def resume(self) -> None:
         self._paused_reason = None
 
+    def open(self) -> None:
+        """Ends a pause, as opening a paused SQLite store does (the pool is the database's)."""
+        self.resume()
+
     @contextmanager
     def paused(self, reason: str) -> Iterator[None]:
         self.pause(reason)
