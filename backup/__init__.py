@@ -27,10 +27,11 @@ from backup.errors import (
     validate_snapshot_id,
 )
 from backup.files import BackupConfig
-from backup.manager import BackupManager, BackupStatus
+from backup.manager import BackupManager
 from backup.models import (
     BackupReason,
     BackupResult,
+    BackupStatus,
     BackupSummary,
     RollbackPreview,
     RollbackResult,

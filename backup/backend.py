@@ -10,20 +10,44 @@ SQLite files (`backup.files`) and PostgreSQL schemas (`backup.pg`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from backup.errors import UnknownComponent
 from backup.events import EventPublisher
 from backup.index import SnapshotIndex
 from backup.models import BackupResult, RollbackPreview, RollbackResult, Snapshot
 from backup.process import ProgressCallback
 from backup.restic import Restic
 
+_COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
 # Writers of the components being rolled back fail fast while this is entered.
 PauseWriters = Callable[[], AbstractAsyncContextManager[Any]]
 # Called inside the pause once swapped-in files are in place: the stores open them.
 Reopen = Callable[[], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    names: Sequence[str]
+    reason: str
+    full: bool  # the whole state, all or nothing: a full snapshot stands on its own
+    timeout: float | None = None
+    on_progress: ProgressCallback | None = None
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    snapshot: Snapshot
+    names: Sequence[str]
+    reason: str
+    pause_writers: PauseWriters
+    reopen: Reopen
+    on_progress: ProgressCallback | None = None
 
 
 class BackupBackend(Protocol):
@@ -36,16 +60,8 @@ class BackupBackend(Protocol):
     def retention_tags(self) -> list[str]:
         """One restic tag filter per group that retention keeps its own count of."""
 
-    async def take(
-        self,
-        names: Sequence[str],
-        reason: str,
-        *,
-        full: bool,
-        timeout: float | None,
-        on_progress: ProgressCallback | None,
-    ) -> BackupResult:
-        """Consistent copies of `names` into restic, added to the index; `full`: all of them."""
+    async def take(self, request: BackupRequest) -> BackupResult:
+        """Consistent copies of the named components into restic, added to the index."""
 
     def rollback_components(
         self, snapshot: Snapshot, components: Sequence[str] | None
@@ -61,15 +77,7 @@ class BackupBackend(Protocol):
         """Restore into scratch, verify, and count rows now and in the snapshot; nothing live
         is touched."""
 
-    async def apply(
-        self,
-        snapshot: Snapshot,
-        names: Sequence[str],
-        reason: str,
-        pause_writers: PauseWriters,
-        reopen: Reopen,
-        on_progress: ProgressCallback | None,
-    ) -> RollbackResult:
+    async def apply(self, request: RollbackRequest) -> RollbackResult:
         """Safety snapshot, restore, verify, swap in; RollbackFailed(step) leaves the live
         state as it was."""
 
@@ -85,3 +93,11 @@ class BackendConfig(Protocol):
     def build(
         self, restic: Restic, index: SnapshotIndex, events: EventPublisher
     ) -> BackupBackend: ...
+
+
+def check_component_name(name: str) -> None:
+    """A component name becomes a restic tag (`component:<name>`) and a file or dump name."""
+    if not _COMPONENT_NAME.fullmatch(name):
+        raise UnknownComponent(
+            f"component name '{name}' must be lowercase letters, digits, '-' or '_'"
+        )

@@ -1,60 +1,31 @@
 """The SQLite files backend: each component is one SQLite file in the data directory.
 
 A backup stages consistent copies (the online backup API) and runs restic on them, leaving out
-what has not changed (`backup.snapshotter`). A test rollback restores into a scratch folder
-and verifies each file (`PRAGMA integrity_check` and the checksum the snapshot carries). A
-rollback runs these steps, each timed and announced with a RollbackStepStarted event:
-safety-snapshot beside restore-then-verify (they do not depend on each other), then
-pause-writers, swap, reopen once both have succeeded. A failure at any step raises
-RollbackFailed(step=...) with the live files as they were.
+what has not changed (`backup.snapshotter`). Test rollbacks and rollbacks restore into scratch
+and verify first (`backup.file_rollback`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
-import re
-import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from backup import swap
-from backup.backend import PauseWriters, Reopen
+from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
-    BackupError,
-    RollbackFailed,
     RollbackRefused,
     SnapshotNotFound,
-    UnknownComponent,
 )
-from backup.events import EventPublisher, RollbackStepStarted
+from backup.events import EventPublisher
+from backup.file_rollback import FileRollback
 from backup.index import ERS_TAG, SnapshotIndex
 from backup.models import (
-    BackupReason,
     BackupResult,
-    ComponentPreview,
-    FileVerification,
-    RollbackPreview,
-    RollbackResult,
     Snapshot,
-    TableRows,
 )
-from backup.restic import ProgressCallback, Restic
+from backup.restic import Restic
 from backup.snapshotter import Snapshotter
-from backup.staging import (
-    MANIFEST_NAME,
-    read_manifest,
-    staged_name,
-    table_row_counts,
-    verify_restored,
-)
 from backup.workspace import Workspace
-
-_COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -69,10 +40,7 @@ class BackupConfig:
 
     def __post_init__(self) -> None:
         for name in self.components:
-            if not _COMPONENT_NAME.fullmatch(name):
-                raise UnknownComponent(
-                    f"component name '{name}' must be lowercase letters, digits, '-' or '_'"
-                )
+            check_component_name(name)
 
     def build(self, restic: Restic, index: SnapshotIndex, events: EventPublisher) -> SqliteFiles:
         return SqliteFiles(restic, self, index, events)
@@ -84,7 +52,11 @@ class SqliteFiles:
     tag = ERS_TAG
 
     def __init__(
-        self, restic: Restic, config: BackupConfig, index: SnapshotIndex, events: EventPublisher
+        self,
+        restic: Restic,
+        config: BackupConfig,
+        index: SnapshotIndex,
+        events: EventPublisher,
     ) -> None:
         self.restic = restic
         self.config = config
@@ -99,6 +71,8 @@ class SqliteFiles:
             events,
             scratch_dir=self.workspace.scratch_root(),
         )
+        rollback = FileRollback(restic, config.components, self.workspace, self.snapshotter, events)
+        self.preview, self.apply = rollback.preview, rollback.apply
 
     async def start(self) -> None:
         self.workspace.remove_leftovers(self.config.components.values())
@@ -110,40 +84,16 @@ class SqliteFiles:
         paths = self.config.components.items()
         return {name: Path(p).stat().st_size for name, p in paths if Path(p).exists()}
 
-    async def take(
-        self,
-        names: Sequence[str],
-        reason: str,
-        *,
-        full: bool,
-        timeout: float | None,
-        on_progress: ProgressCallback | None,
-    ) -> BackupResult:
-        """One snapshot of `names`; unchanged components are skipped, and a full backup is
-        all or nothing, so a full snapshot always holds every component."""
+    async def take(self, request: BackupRequest) -> BackupResult:
+        """One snapshot of the named components; unchanged ones are skipped, and a full
+        backup is all or nothing, so a full snapshot always holds every component."""
         return await self.snapshotter.take(
-            names, reason, all_or_nothing=full, timeout=timeout, on_progress=on_progress
+            request.names,
+            request.reason,
+            all_or_nothing=request.full,
+            timeout=request.timeout,
+            on_progress=request.on_progress,
         )
-
-    # Restore into scratch and verify -----------------------------------------------------
-
-    async def _restore(
-        self,
-        snapshot: Snapshot,
-        names: Sequence[str],
-        target: Path,
-        on_progress: ProgressCallback | None = None,
-    ) -> None:
-        include = [f"/{staged_name(c)}" for c in names] + [f"/{MANIFEST_NAME}"]
-        await self.restic.restore(snapshot.id, target, include=include, on_progress=on_progress)
-
-    @staticmethod
-    async def _verify(names: Sequence[str], folder: Path) -> list[FileVerification]:
-        manifest = read_manifest(folder)
-        checks = [
-            asyncio.to_thread(verify_restored, c, folder / staged_name(c), manifest) for c in names
-        ]
-        return list(await asyncio.gather(*checks))
 
     def drill_plan(self, index: SnapshotIndex) -> list[tuple[Snapshot, list[str]]]:
         snapshot = index.newest_containing(self.components)
@@ -179,149 +129,3 @@ class SqliteFiles:
                 f"components from {', '.join(self.components)}"
             )
         return names
-
-    async def preview(self, snapshot: Snapshot, names: Sequence[str]) -> RollbackPreview:
-        with self.workspace.scratch("test-rollback") as scratch:
-            await self._restore(snapshot, names, scratch)
-            files = await self._verify(names, scratch)
-            previews = await asyncio.gather(
-                *(
-                    asyncio.to_thread(self._component_preview, name, scratch, verification)
-                    for name, verification in zip(names, files, strict=True)
-                )
-            )
-        return RollbackPreview(snapshot.id, snapshot.time, snapshot.reason, tuple(previews))
-
-    def _component_preview(
-        self, name: str, scratch: Path, verification: FileVerification
-    ) -> ComponentPreview:
-        now = table_row_counts(Path(self.config.components[name]), live=True)
-        then = table_row_counts(scratch / staged_name(name), live=False) if verification.ok else {}
-        tables = tuple(TableRows(t, now.get(t), then.get(t)) for t in sorted(set(now) | set(then)))
-        return ComponentPreview(name, verification, tables)
-
-    # Rollback ----------------------------------------------------------------------------
-
-    async def apply(
-        self,
-        snapshot: Snapshot,
-        names: Sequence[str],
-        reason: str,
-        pause_writers: PauseWriters,
-        reopen: Reopen,
-        on_progress: ProgressCallback | None,
-    ) -> RollbackResult:
-        started = time.monotonic()
-        steps = _Steps(self.events, snapshot.id)
-        live = {name: Path(self.config.components[name]).resolve() for name in names}
-
-        async def safety_snapshot() -> str:
-            async with steps.step("safety-snapshot"):
-                # Not started early: beside the restore's restic that makes three busy workers
-                # on two cores; copying first staggers the two restic starts (1.05 s / 1.13 s).
-                backup = await self.snapshotter.take(
-                    names, BackupReason.PRE_ROLLBACK, all_or_nothing=True, start_early=False
-                )
-                safety_id = backup.snapshot_id or backup.reused_snapshot_id
-                if safety_id is None:
-                    raise BackupError("no snapshot holds the current state")
-                return safety_id
-
-        async def restore_and_verify(target: Path) -> list[Path]:
-            async with steps.step("restore"):
-                await self._restore(snapshot, names, target, on_progress)
-            async with steps.step("verify"):
-                # Making the restored files durable does not depend on the checks: both at once.
-                durable = asyncio.gather(
-                    *(
-                        asyncio.to_thread(swap.place_next_to, target / staged_name(n), live[n])
-                        for n in names
-                    )
-                )
-                files, ready = await asyncio.gather(self._verify(names, target), durable)
-                bad = [
-                    f"{f.component}: {f.integrity}, checksum {f.checksum_matches}"
-                    for f in files
-                    if not f.ok
-                ]
-                if bad:
-                    raise BackupError(
-                        f"restored files failed verification ({'; '.join(bad)}): the snapshot "
-                        "may be damaged, run a repository check"
-                    )
-            return ready
-
-        with self.workspace.scratch_next_to(live[names[0]]) as scratch:
-            # Nothing live changes before both have finished: the swap waits for the safety
-            # snapshot and for the verified restore alike.
-            safety_id, ready = await _side_by_side(safety_snapshot(), restore_and_verify(scratch))
-
-            async with steps.step("pause-writers"), pause_writers():
-                async with steps.step("swap"):
-                    swapped = await asyncio.to_thread(
-                        swap.swap_in, [(r, live[n]) for r, n in zip(ready, names, strict=True)]
-                    )
-                try:
-                    async with steps.step("reopen"):
-                        await _call(reopen)
-                except RollbackFailed:
-                    await asyncio.to_thread(swap.undo, swapped)
-                    with contextlib.suppress(Exception):
-                        await _call(reopen)
-                    raise
-                swap.commit_soon(swapped)  # freeing the old files' blocks need not hold writers
-        return RollbackResult(
-            snapshot_id=snapshot.id,
-            components=tuple(names),
-            reason=reason,
-            safety_snapshot_id=safety_id,
-            step_seconds=dict(steps.seconds),
-            duration_seconds=time.monotonic() - started,
-            finished_at=datetime.now(UTC),
-        )
-
-
-class _Steps:
-    """Times each step and names the failing one."""
-
-    def __init__(self, events: EventPublisher, snapshot_id: str) -> None:
-        self.events = events
-        self.snapshot_id = snapshot_id
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.asynccontextmanager
-    async def step(self, name: str) -> Any:
-        self.events.publish(RollbackStepStarted(self.snapshot_id, name))
-        started = time.monotonic()
-        try:
-            yield
-        except RollbackFailed:
-            raise
-        except Exception as exc:
-            raise RollbackFailed(name, exc) from exc
-        finally:
-            self.seconds[name] = time.monotonic() - started
-
-
-async def _side_by_side(
-    safety: Awaitable[str], restored: Awaitable[list[Path]]
-) -> tuple[str, list[Path]]:
-    """Both run to their end, neither cut short by the other; the first failure is raised."""
-    tasks = (asyncio.ensure_future(safety), asyncio.ensure_future(restored))
-    try:
-        await asyncio.wait(tasks)
-    except asyncio.CancelledError:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)  # restic is stopped before the scratch folder goes
-        raise
-    for failure in [task.exception() for task in tasks]:
-        if failure is not None:
-            raise failure
-    return tasks[0].result(), tasks[1].result()
-
-
-async def _call(callback: Reopen) -> None:
-    outcome = callback()
-    if inspect.isawaitable(outcome):
-        await outcome

@@ -12,11 +12,16 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backup.backend import BackendConfig, PauseWriters, Reopen
+from backup.backend import (
+    BackendConfig,
+    BackupRequest,
+    PauseWriters,
+    Reopen,
+    RollbackRequest,
+)
 from backup.errors import (
     BackupError,
     ResticCommandFailed,
@@ -35,11 +40,12 @@ from backup.events import (
     RollbackFinished,
     SnapshotCountChanged,
 )
-from backup.identity import RepositoryIdentity, missing
+from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex
 from backup.models import (
     BackupReason,
     BackupResult,
+    BackupStatus,
     BackupSummary,
     CheckResult,
     DrillResult,
@@ -53,17 +59,6 @@ from backup.models import (
 )
 from backup.repository import RepositoryConfig, open_identified
 from backup.restic import ProgressCallback, Restic
-
-__all__ = ["BackupManager", "BackupStatus"]
-
-
-@dataclass(frozen=True)
-class BackupStatus:
-    """Numbers a metrics exporter reads: last success per component, count, last drill."""
-
-    last_success: dict[str, datetime]
-    snapshot_count: int
-    last_verified: datetime | None
 
 
 class BackupManager:
@@ -135,10 +130,7 @@ class BackupManager:
         raises RepositoryMissing or RepositoryReplaced otherwise. `thorough` asks restic
         even where a cheaper sign would do (see `RepositoryIdentity`)."""
         if self.identity is None:
-            found = await self.restic.repository_id()
-            if found is None:
-                raise missing(self.restic.repository, None)
-            self.identity = RepositoryIdentity(self.restic, found)
+            self.identity = await RepositoryIdentity.first_seen(self.restic)
         return await self.identity.verify(thorough=thorough)
 
     async def create(
@@ -163,8 +155,9 @@ class BackupManager:
                 failed = BackupFailed(tuple(names), reason, exc.label, str(exc), 0.0)
                 self.events.publish(failed)
                 raise
+            full = components is None
             result = await self.backend.take(
-                names, reason, full=components is None, timeout=timeout, on_progress=on_progress
+                BackupRequest(names, reason, full, timeout, on_progress)
             )
             if reason == BackupReason.EMERGENCY:
                 self._last_emergency = (time.monotonic(), result)
@@ -218,10 +211,8 @@ class BackupManager:
             return self.index.get(snapshot_id)
 
     def newest_snapshot_before(
-        self, moment: datetime | float, component: str | None = None
+        self, moment: datetime, component: str | None = None
     ) -> Snapshot | None:
-        if not isinstance(moment, datetime):
-            moment = datetime.fromtimestamp(moment, UTC)
         return self.index.newest_before(moment, component)
 
     async def details(self, snapshot_id: str) -> SnapshotDetails:
@@ -325,7 +316,7 @@ class BackupManager:
             started = time.monotonic()
             try:
                 result = await self.backend.apply(
-                    snapshot, names, reason, pause_writers, reopen, on_progress
+                    RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
                 )
             except BackupError as exc:
                 cause = exc.cause if isinstance(exc, RollbackFailed) else exc

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backup.backend import PauseWriters, Reopen
+from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
     BackupError,
     PgDumpFailed,
@@ -35,19 +35,16 @@ from backup.index import SnapshotIndex, tags_for
 from backup.models import (
     BackupResult,
     BackupSummary,
-    RollbackPreview,
-    RollbackResult,
     Snapshot,
 )
 from backup.pg_rollback import PgRollback, dump_name
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
-from backup.restic import ProgressCallback, Restic
+from backup.restic import Restic
 
 POSTGRES_TAG = "backend:postgresql"
 # Room for pg_rollback's "__old_<random>" within PostgreSQL's 63-byte names.
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,39}")
-_COMPONENT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -65,10 +62,7 @@ class PgBackupConfig:
 
     def __post_init__(self) -> None:
         for component, schema in self.schemas.items():
-            if not _COMPONENT.fullmatch(component):
-                raise UnknownComponent(
-                    f"component name '{component}' must be lowercase letters, digits, '-' or '_'"
-                )
+            check_component_name(component)
             if not _SCHEMA.fullmatch(schema):
                 raise UnknownComponent(
                     f"schema name '{schema}' of {component} must be at most 40 lowercase "
@@ -90,8 +84,6 @@ class PgSchemas:
         config: PgBackupConfig,
         index: SnapshotIndex,
         events: EventPublisher,
-        *,
-        tools: PgTools | None = None,
     ) -> None:
         self.restic = restic
         self.config = config
@@ -99,8 +91,9 @@ class PgSchemas:
         self.index = index
         self.events = events
         self.database = PgConnection.from_url(config.database_url)
-        self.tools = tools or PgTools.find(config.bin_dir)
+        self.tools = PgTools.find(config.bin_dir)
         self.rollback = PgRollback(restic, self.database, self.tools, config, self.backup_one)
+        self.preview, self.apply = self.rollback.preview, self.rollback.apply
 
     async def start(self) -> None:
         """Drop old schemas that rollbacks could not drop (a reader held them)."""
@@ -116,18 +109,11 @@ class PgSchemas:
 
     # Backup -----------------------------------------------------------------------------
 
-    async def take(
-        self,
-        names: Sequence[str],
-        reason: str,
-        *,
-        full: bool,
-        timeout: float | None,
-        on_progress: ProgressCallback | None,
-    ) -> BackupResult:
+    async def take(self, request: BackupRequest) -> BackupResult:
         """One snapshot per component, made side by side; every backup runs to its end and
         the first failure, if any, is raised after. The result names the first snapshot and
         every component."""
+        names, reason, timeout = request.names, request.reason, request.timeout
         started = time.monotonic()
         backups = asyncio.gather(
             *(self.backup_one(c, reason) for c in names), return_exceptions=True
@@ -251,25 +237,3 @@ class PgSchemas:
                 "there is no PostgreSQL snapshot to verify yet: run a backup first"
             )
         return plan
-
-    async def preview(self, snapshot: Snapshot, names: Sequence[str]) -> RollbackPreview:
-        """Restore the snapshot into a scratch database (dropped afterwards) and count rows
-        per table there and in the live schema; nothing live is touched."""
-        [component] = names
-        return await self.rollback.preview(snapshot, component)
-
-    async def apply(
-        self,
-        snapshot: Snapshot,
-        names: Sequence[str],
-        reason: str,
-        pause_writers: PauseWriters,
-        reopen: Reopen,
-        on_progress: ProgressCallback | None,
-    ) -> RollbackResult:
-        """Writers of the component are paused for the whole rollback: what they would write
-        meanwhile would land in the schema being replaced. Nothing is reopened: the schema
-        is swapped in one transaction under the same connections."""
-        [component] = names
-        async with pause_writers():
-            return await self.rollback.apply(snapshot, component, reason)

@@ -50,6 +50,7 @@ from backup.pipeline import Pipeline
 from backup.restic import Restic
 
 if TYPE_CHECKING:
+    from backup.backend import RollbackRequest
     from backup.pg import PgBackupConfig
 
 SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reason)
@@ -104,7 +105,10 @@ class PgRollback:
 
     # Test rollback ----------------------------------------------------------------------
 
-    async def preview(self, snapshot: Snapshot, component: str) -> RollbackPreview:
+    async def preview(self, snapshot: Snapshot, names: Sequence[str]) -> RollbackPreview:
+        """Restore the snapshot into a scratch database (dropped afterwards) and count rows
+        per table there and in the live schema; nothing live is touched."""
+        [component] = names
         schema = self.config.schemas[component]
         path = dump_path(component)
         nodes = await self.restic.ls(snapshot.id)
@@ -114,9 +118,7 @@ class PgRollback:
         name = f"{SCRATCH_DATABASE_PREFIX}{secrets.token_hex(6)}"
         scratch = self.database.database(name)
         create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        await _execute(
-            self.database, create, "creating a scratch database (the role needs CREATEDB)"
-        )
+        await self.database.execute(create, "creating a scratch database (the role needs CREATEDB)")
         try:
             integrity = await self._restore_into_scratch(snapshot.id, path, scratch)
             then = await row_counts(scratch, schema) if integrity == "ok" else {}
@@ -125,7 +127,7 @@ class PgRollback:
         finally:
             drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             try:
-                await _execute(self.database, drop, "dropping the scratch database")
+                await self.database.execute(drop, "dropping the scratch database")
             except PgRestoreFailed as exc:
                 log.warning("%s; drop the database %s by hand", exc, name)
         now = await row_counts(self.database, schema)
@@ -184,10 +186,17 @@ class PgRollback:
 
     # Rollback ---------------------------------------------------------------------------
 
-    async def apply(self, snapshot: Snapshot, component: str, reason: str) -> RollbackResult:
-        """Put `component` back as it was in `snapshot` (see the module docstring). Raises
-        RollbackFailed, naming the step, when anything fails before the commit; the live
-        schema is then as it was."""
+    async def apply(self, request: RollbackRequest) -> RollbackResult:
+        """Put the component back as it was in the snapshot (see the module docstring).
+        Writers are paused for the whole rollback: what they would write meanwhile would
+        land in the schema being replaced; nothing is reopened, the schema is swapped in
+        one transaction. Raises RollbackFailed, naming the step, when anything fails before
+        the commit; the live schema is then as it was."""
+        async with request.pause_writers():
+            [component] = request.names
+            return await self._apply(request.snapshot, component, request.reason)
+
+    async def _apply(self, snapshot: Snapshot, component: str, reason: str) -> RollbackResult:
         schema = self.config.schemas[component]
         old = f"{schema}{OLD_SCHEMA_MARKER}{secrets.token_hex(4)}"
         started = time.monotonic()
@@ -209,7 +218,7 @@ class PgRollback:
             await pipeline.run()
         except Exception as exc:
             step = _failed_step(pipeline)
-            if step != "verify-and-swap" or not await _schema_exists(self.database, old):
+            if step != "verify-and-swap" or not await self.database.schema_exists(old):
                 raise RollbackFailed(step, exc) from exc
             # psql failed after its COMMIT went through (stopped on its way out): it is done.
         done = pipeline.finished_at
@@ -304,24 +313,3 @@ async def row_counts(connection: PgConnection, schema: str) -> dict[str, int]:
             f"{connection.explain(exc)}"
         ) from None
     return {str(row[0]): int(str(row[1])) for row in rows}
-
-
-async def _schema_exists(connection: PgConnection, name: str) -> bool:
-    try:
-        async with await connection.connect() as conn:
-            cursor = await conn.execute(
-                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (name,)
-            )
-            return await cursor.fetchone() is not None
-    except psycopg.Error:
-        return False
-
-
-async def _execute(connection: PgConnection, statement: sql.Composable, doing: str) -> None:
-    try:
-        async with await connection.connect() as conn:
-            await conn.execute(statement)
-    except psycopg.Error as exc:
-        raise PgRestoreFailed(
-            f"{doing} at {connection.location} failed: {connection.explain(exc)}"
-        ) from None
