@@ -1,6 +1,7 @@
 """Backups of the ERS state with restic: consistent copies, snapshots, retention, rollback.
 
-This package knows nothing of the service; the service wires it in through `BackupManager`.
+This package knows nothing of the service; the service wires it in through `BackupManager`,
+over the SQLite files (`BackupConfig`) or the PostgreSQL schemas (`PgBackupConfig`).
 """
 
 from backup.errors import (
@@ -25,16 +26,19 @@ from backup.errors import (
     validate_reason,
     validate_snapshot_id,
 )
-from backup.manager import BackupConfig, BackupManager, BackupStatus
+from backup.files import BackupConfig
+from backup.manager import BackupManager
 from backup.models import (
     BackupReason,
     BackupResult,
+    BackupStatus,
     BackupSummary,
     RollbackPreview,
     RollbackResult,
     Snapshot,
     SnapshotDetails,
 )
+from backup.pg import PgBackupConfig
 from backup.repository import RepositoryConfig, init_repository, open_repository
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "DiskFull",
     "InvalidBackupReason",
     "InvalidSnapshotId",
+    "PgBackupConfig",
     "RepositoryConfig",
     "RepositoryLocked",
     "RepositoryMissing",

@@ -101,6 +101,14 @@ class RepositoryIdentity:
         self.expected_id = expected_id
         self._config_digest: str | None = None
 
+    @classmethod
+    async def first_seen(cls, restic: Restic) -> RepositoryIdentity:
+        """The repository there now, for a process given no id to expect."""
+        found = await restic.repository_id()
+        if found is None:
+            raise missing(restic.repository, None)
+        return cls(restic, found)
+
     async def verify(self, *, thorough: bool = False) -> str:
         config_file = self._config_file()
         if config_file is not None and not thorough:

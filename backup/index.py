@@ -40,19 +40,13 @@ class SnapshotIndex:
 
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
-        self.refreshed_at: datetime | None = None
 
     def replace(self, entries: Iterable[dict[str, Any]]) -> None:
         snapshots = [snapshot_from_restic(e) for e in entries]
         self._snapshots = {s.id: s for s in sorted(snapshots, key=lambda s: s.time)}
-        self.refreshed_at = datetime.now(UTC)
 
     def add(self, snapshot: Snapshot) -> None:
         self._snapshots[snapshot.id] = snapshot
-
-    def remove(self, ids: Iterable[str]) -> None:
-        for snapshot_id in ids:
-            self._snapshots.pop(snapshot_id, None)
 
     def contains(self, snapshot_id: str) -> bool:
         """Full id or the short id restic prints after a backup."""

@@ -1,108 +1,137 @@
-"""BackupManager: consistent snapshots of the state files, the snapshot index, retention, drills.
+"""BackupManager: one restic repository, its snapshot list, retention, drills and rollbacks,
+over a backend that knows how its state is copied and put back (see `backup.backend`).
 
 The service builds one manager in its lifespan and reaches every backup feature through it.
-Rolling back lives in `backup.rollback`; the manager exposes it as `test_rollback`/`rollback`.
+Every write (backup, forget, prune, rollback) runs under one lock and only into the repository
+the backups went to so far (`backup.identity`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from backup import rollback as rollback_flow
-from backup.errors import UnknownComponent
-from backup.events import SnapshotCountChanged
+from backup.backend import (
+    BackendConfig,
+    BackupRequest,
+    PauseWriters,
+    Reopen,
+    RollbackRequest,
+)
+from backup.errors import (
+    BackupError,
+    ResticCommandFailed,
+    RollbackFailed,
+    SnapshotNotFound,
+    UnknownComponent,
+    validate_reason,
+)
+from backup.events import (
+    BackupEvent,
+    BackupFailed,
+    BackupSucceeded,
+    DrillFinished,
+    EventPublisher,
+    Listener,
+    RollbackFinished,
+    SnapshotCountChanged,
+)
 from backup.identity import RepositoryIdentity
-from backup.index import ERS_TAG, SnapshotIndex
-from backup.manager_base import BackupManagerBase, BackupStatus
+from backup.index import SnapshotIndex
 from backup.models import (
     BackupReason,
     BackupResult,
+    BackupStatus,
+    BackupSummary,
+    CheckResult,
     DrillResult,
+    FileVerification,
     ForgetResult,
     RollbackPreview,
     RollbackResult,
     Snapshot,
+    SnapshotDetails,
+    SnapshotFile,
 )
 from backup.repository import RepositoryConfig, open_identified
 from backup.restic import ProgressCallback, Restic
-from backup.snapshotter import Snapshotter
-from backup.workspace import Workspace
-
-__all__ = ["BackupConfig", "BackupManager", "BackupStatus"]
-
-_COMPONENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
-@dataclass(frozen=True)
-class BackupConfig:
-    """What to back up and where the manager may keep its working files."""
-
-    components: Mapping[str, Path]  # component name -> its live SQLite file
-    work_dir: Path  # staging and scratch folders; best on the same disk as the data
-    never_roll_back: frozenset[str] = frozenset({"incidents"})  # backed up, never restored
-    emergency_cooldown_seconds: float = 300.0
-    shutdown_timeout_seconds: float = 30.0
-
-    def __post_init__(self) -> None:
-        for name in self.components:
-            if not _COMPONENT_NAME.fullmatch(name):
-                raise UnknownComponent(
-                    f"component name '{name}' must be lowercase letters, digits, '-' or '_'"
-                )
-
-
-class BackupManager(BackupManagerBase):
+class BackupManager:
     def __init__(
-        self, restic: Restic, config: BackupConfig, identity: RepositoryIdentity | None = None
+        self,
+        restic: Restic,
+        config: BackendConfig,
+        identity: RepositoryIdentity | None = None,
+        *,
+        emergency_cooldown_seconds: float = 300.0,
+        shutdown_timeout_seconds: float = 30.0,
     ) -> None:
-        super().__init__(restic, identity)
+        self.restic = restic
+        # The repository every write must go to; without one given, the one first seen.
+        self.identity = identity
         self.config = config
+        self.emergency_cooldown_seconds = emergency_cooldown_seconds
+        self.shutdown_timeout_seconds = shutdown_timeout_seconds
+        self.events = EventPublisher()
         self.index = SnapshotIndex()
-        self.workspace = Workspace(Path(config.work_dir))
-        self.snapshotter = Snapshotter(
-            restic,
-            config.components,
-            self.workspace.staging_dir(),
-            self.index,
-            self.events,
-            scratch_dir=self.workspace.scratch_root(),
-        )
+        self.backend = config.build(restic, self.index, self.events)
+        self.last_success: dict[str, datetime] = {}
+        self._summaries: dict[str, BackupSummary] = {}  # of the snapshots made here, by short id
+        self._last_verified: datetime | None = None
+        self._last_emergency: tuple[float, BackupResult] | None = None
+        self._lock = asyncio.Lock()
+        self.events.subscribe(self._remember)
 
     @classmethod
     async def open(
-        cls, repository: RepositoryConfig, config: BackupConfig, *, may_create: bool = False
+        cls,
+        repository: RepositoryConfig,
+        config: BackendConfig,
+        *,
+        may_create: bool = False,
+        owns_state: bool = True,
+        **options: Any,
     ) -> BackupManager:
         """Reach the repository (creating it only with `may_create`, see
-        `backup.repository.open_identified`), then load the index."""
+        `backup.repository.open_identified`) and load the list; the owner of the state also
+        clears what an interrupted run left behind (another process may be running one)."""
         identity = await open_identified(repository, may_create=may_create)
-        manager = cls(identity.restic, config, identity)
-        await manager.start()
+        manager = cls(identity.restic, config, identity, **options)
+        if owns_state:
+            await manager.backend.start()
+        await manager.refresh()
         return manager
 
-    async def start(self) -> None:
-        self.workspace.remove_leftovers(self.config.components.values())
-        await self.refresh()
+    # Status and events -------------------------------------------------------------------
 
-    @property
-    def _snapshot_index(self) -> SnapshotIndex:
-        return self.index
+    def status(self) -> BackupStatus:
+        return BackupStatus(dict(self.last_success), len(self.index), self._last_verified)
 
-    @property
-    def _emergency_cooldown_seconds(self) -> float:
-        return self.config.emergency_cooldown_seconds
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self.events.subscribe(listener)
 
-    def _successes(self) -> dict[str, datetime]:
-        return self.snapshotter.last_success
+    def _remember(self, event: BackupEvent) -> None:
+        if isinstance(event, BackupSucceeded):
+            result = event.result
+            for component in result.components:
+                self.last_success[component] = result.started_at
+            if result.snapshot_id and result.summary:
+                self._summaries[result.snapshot_id[:8]] = result.summary
 
-    def _data_added(self, snapshot_id: str) -> int | None:
-        summary = self.snapshotter.summary_of(snapshot_id)
-        return summary.data_added if summary else None
+    # Backups -----------------------------------------------------------------------------
 
-    # Backups ------------------------------------------------------------------------------
+    async def verify_repository(self, *, thorough: bool = False) -> str:
+        """The repository's id, after checking it is still the one the backups went to;
+        raises RepositoryMissing or RepositoryReplaced otherwise. `thorough` asks restic
+        even where a cheaper sign would do (see `RepositoryIdentity`)."""
+        if self.identity is None:
+            self.identity = await RepositoryIdentity.first_seen(self.restic)
+        return await self.identity.verify(thorough=thorough)
 
     async def create(
         self,
@@ -113,54 +142,95 @@ class BackupManager(BackupManagerBase):
         on_progress: ProgressCallback | None = None,
         skip_unchanged: bool = True,
     ) -> BackupResult:
-        """One snapshot of `components` (None: the full system, all components together).
-
-        Unchanged components are skipped unless `skip_unchanged` is False (a backup a person
-        asked for, whose reason tag must exist); a full-system backup is all or nothing, so a
-        full snapshot always holds every component.
-        """
-        reason = self._checked_reason(reason)
+        """Back up `components` (None: the full system). The reason is tagged as given: one
+        of `BackupReason` or an operator's own word (`before-upgrade`). An emergency backup
+        within the cooldown of the last one returns that one, marked coalesced. Unchanged
+        components are skipped unless `skip_unchanged` is False (a backup a person asked for,
+        whose reason tag must exist)."""
+        reason = validate_reason(str(reason))
         names = self._check_components(components)
-        return await self._take_once_per_emergency(
-            reason,
-            names,
-            lambda: self.snapshotter.take(
-                names,
-                reason,
-                all_or_nothing=components is None,
-                timeout=timeout,
-                on_progress=on_progress,
-                skip_unchanged=skip_unchanged,
-            ),
-        )
+        async with self._lock:
+            if reason == BackupReason.EMERGENCY and (previous := self._recent_emergency()):
+                return dataclasses.replace(previous, coalesced=True)
+            try:
+                await self.verify_repository()
+            except BackupError as exc:
+                failed = BackupFailed(tuple(names), reason, exc.label, str(exc), 0.0)
+                self.events.publish(failed)
+                raise
+            full = components is None
+            result = await self.backend.take(
+                BackupRequest(names, reason, full, timeout, on_progress, skip_unchanged)
+            )
+            if reason == BackupReason.EMERGENCY:
+                self._last_emergency = (time.monotonic(), result)
+            return result
 
     async def shutdown_backup(self, timeout: float | None = None) -> BackupResult:
         """The final full backup when the service stops, bounded by `timeout` seconds."""
-        limit = self.config.shutdown_timeout_seconds if timeout is None else timeout
+        limit = self.shutdown_timeout_seconds if timeout is None else timeout
         return await self.create(None, BackupReason.SHUTDOWN, timeout=limit)
 
     def _check_components(self, components: Sequence[str] | None) -> list[str]:
+        known = self.backend.components
         if components is None:
-            return list(self.config.components)
-        unknown = [c for c in components if c not in self.config.components]
+            return list(known)
+        unknown = [c for c in components if c not in known]
         if unknown or not components:
-            known = ", ".join(self.config.components)
             raise UnknownComponent(
-                f"unknown component(s) {', '.join(unknown) or '(none given)'}: choose from {known}"
+                f"unknown component(s) {', '.join(unknown) or '(none given)'}: choose from "
+                f"{', '.join(known)}"
             )
         return list(dict.fromkeys(components))
 
-    # The snapshot list ---------------------------------------------------------------------
+    def _recent_emergency(self) -> BackupResult | None:
+        if self._last_emergency is None:
+            return None
+        at, result = self._last_emergency
+        cooling = time.monotonic() - at < self.emergency_cooldown_seconds
+        return result if cooling else None
+
+    # The snapshot list -------------------------------------------------------------------
 
     def list(self) -> list[Snapshot]:
-        """ERS snapshots, newest first, from memory."""
+        """The backend's snapshots, newest first, from memory."""
         return self.index.all()
 
-    async def _reload_index(self) -> list[Snapshot]:
-        self.index.replace(await self.restic.snapshots(tag=ERS_TAG))
+    async def refresh(self) -> list[Snapshot]:
+        """Re-read the list from `restic snapshots`: other processes (`ers backup --offline`,
+        another replica) add and forget snapshots too."""
+        await self.verify_repository()
+        self.index.replace(await self.restic.snapshots(tag=self.backend.tag))
+        self.events.publish(SnapshotCountChanged(len(self.index)))
         return self.index.all()
 
-    # Retention and health ------------------------------------------------------------------
+    async def find(self, snapshot_id: str) -> Snapshot:
+        """The snapshot by id or unique prefix; an id the list does not know yet is looked
+        for once more in a fresh list before it is called unknown."""
+        try:
+            return self.index.get(snapshot_id)
+        except SnapshotNotFound:
+            await self.refresh()
+            return self.index.get(snapshot_id)
+
+    def newest_snapshot_before(
+        self, moment: datetime, component: str | None = None
+    ) -> Snapshot | None:
+        return self.index.newest_before(moment, component)
+
+    async def details(self, snapshot_id: str) -> SnapshotDetails:
+        snapshot = await self.find(snapshot_id)
+        nodes = await self.restic.ls(snapshot.id)
+        files = tuple(
+            SnapshotFile(str(n.get("path", n.get("name"))), int(n.get("size", 0)))
+            for n in nodes
+            if n.get("type") == "file"
+        )
+        summary = self._summaries.get(snapshot.id[:8])
+        added = summary.data_added if summary else None
+        return SnapshotDetails(snapshot, files, sum(f.size for f in files), added)
+
+    # Retention and health ----------------------------------------------------------------
 
     async def forget(
         self,
@@ -168,42 +238,102 @@ class BackupManager(BackupManagerBase):
         keep_hourly: int | None = None,
         keep_daily: int | None = None,
     ) -> ForgetResult:
-        """Drop ERS snapshots outside the policy (data is freed by `prune`)."""
+        """Drop snapshots outside the policy, applied to each of the backend's retention
+        groups on its own (data is freed by `prune`)."""
+        groups: list[dict[str, Any]] = []
         async with self._lock:
             await self.verify_repository()
-            groups = await self.restic.forget(
-                tag=ERS_TAG, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily
-            )
+            for tag in self.backend.retention_tags():
+                groups += await self.restic.forget(
+                    tag=tag, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily
+                )
         kept = [s for g in groups for s in g.get("keep") or []]
         removed = [s["id"] for g in groups for s in g.get("remove") or []]
         if groups:
             self.index.replace(kept)
-        self.snapshotter.forget(removed)
         self.events.publish(SnapshotCountChanged(len(self.index)))
         return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
 
-    async def verify_latest(self, on_progress: ProgressCallback | None = None) -> DrillResult:
-        """Restore drill: the newest full snapshot, restored into scratch and verified."""
-        return self._record_drill(await rollback_flow.drill(self, on_progress=on_progress))
+    async def prune(self) -> None:
+        async with self._lock:
+            await self.verify_repository()
+            await self.restic.prune()
 
-    # Rollback ------------------------------------------------------------------------------
+    async def check(self, *, read_data: bool = False) -> CheckResult:
+        async with self._lock:
+            try:
+                output = await self.restic.check(read_data=read_data)
+            except ResticCommandFailed as exc:
+                return CheckResult(ok=False, output_tail=str(exc))
+        return CheckResult(ok=True, output_tail=output.strip()[-400:])
+
+    async def verify_latest(self) -> DrillResult:
+        """Restore drill: the newest snapshots of every component restored into scratch and
+        verified (the same work as a test rollback)."""
+        started, files = time.monotonic(), list[FileVerification]()
+        plan = self.backend.drill_plan(self.index)
+        for snapshot, names in plan:
+            try:
+                preview = await self.backend.preview(snapshot, names)
+            except BackupError as exc:
+                files += [FileVerification(name, str(exc)[:200], None, 0) for name in names]
+                continue
+            files += [c.verification for c in preview.components]
+        newest = max(plan, key=lambda step: step[0].time)[0]
+        result = DrillResult(newest.id, datetime.now(UTC), time.monotonic() - started, (*files,))
+        if result.ok:
+            self._last_verified = result.verified_at
+        self.events.publish(DrillFinished(result))
+        return result
+
+    # Rollback ----------------------------------------------------------------------------
+
+    async def rollback_components(
+        self, snapshot_id: str, components: Sequence[str] | None = None
+    ) -> list[str]:
+        """What a rollback to `snapshot_id` restores (None: the whole state it can)."""
+        return self.backend.rollback_components(await self.find(snapshot_id), components)
 
     async def test_rollback(
         self, snapshot_id: str, components: Sequence[str] | None = None
     ) -> RollbackPreview:
-        return await rollback_flow.preview(self, snapshot_id, components)
+        snapshot = await self.find(snapshot_id)
+        names = self.backend.rollback_components(snapshot, components)
+        return await self.backend.preview(snapshot, names)
 
     async def rollback(
         self,
         snapshot_id: str,
         components: Sequence[str] | None,
         reason: str,
-        pause_writers: rollback_flow.PauseWriters,
-        reopen: rollback_flow.Reopen,
+        pause_writers: PauseWriters,
+        reopen: Reopen,
         on_progress: ProgressCallback | None = None,
     ) -> RollbackResult:
+        """Put `components` back as they were in the snapshot, after a safety snapshot of
+        their current state; RollbackFailed names the step and leaves the live state alone."""
         async with self._lock:
             await self.verify_repository()
-            return await rollback_flow.apply(
-                self, snapshot_id, components, reason, pause_writers, reopen, on_progress
-            )
+            snapshot = await self.find(snapshot_id)
+            names = self.backend.rollback_components(snapshot, components)
+            started = time.monotonic()
+            try:
+                result = await self.backend.apply(
+                    RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
+                )
+            except BackupError as exc:
+                cause = exc.cause if isinstance(exc, RollbackFailed) else exc
+                self.events.publish(
+                    RollbackFinished(
+                        snapshot.id,
+                        tuple(names),
+                        time.monotonic() - started,
+                        failed_step=getattr(exc, "step", None),
+                        error_label=cause.label if isinstance(cause, BackupError) else "error",
+                    )
+                )
+                raise
+        self.events.publish(
+            RollbackFinished(snapshot.id, tuple(names), result.duration_seconds, result=result)
+        )
+        return result

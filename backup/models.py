@@ -88,6 +88,15 @@ class BackupResult:
 
 
 @dataclass(frozen=True)
+class BackupStatus:
+    """Numbers a metrics exporter reads: last success per component, count, last drill."""
+
+    last_success: dict[str, datetime]
+    snapshot_count: int
+    last_verified: datetime | None
+
+
+@dataclass(frozen=True)
 class SnapshotFile:
     path: str
     size: int

@@ -1,4 +1,4 @@
-"""Test rollbacks and rollbacks of a PostgreSQL component, on behalf of PgBackups.
+"""Test rollbacks and rollbacks of a PostgreSQL component: the restoring part of `PgSchemas`.
 
 Test rollback: `restic dump | pg_restore` into a scratch database, dropped afterwards even on
 failure; rows per table are counted there and in the live schema.
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -45,11 +45,15 @@ from backup.models import (
     Snapshot,
     TableRows,
 )
-from backup.pg_tools import PgConnection, run_pg_program
+from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
+from backup.restic import Restic
 
 if TYPE_CHECKING:
-    from backup.pg import PgBackups
+    from backup.backend import RollbackRequest
+    from backup.pg import PgBackupConfig
+
+SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reason)
 
 log = logging.getLogger(__name__)
 
@@ -82,157 +86,209 @@ def dump_path(component: str) -> str:
     return f"/{dump_name(component)}"
 
 
-# Test rollback --------------------------------------------------------------------------
+class PgRollback:
+    """Restores a component's dump into a scratch database or over its live schema."""
 
+    def __init__(
+        self,
+        restic: Restic,
+        database: PgConnection,
+        tools: PgTools,
+        config: PgBackupConfig,
+        safety_backup: SafetyBackup,
+    ) -> None:
+        self.restic = restic
+        self.database = database
+        self.tools = tools
+        self.config = config
+        self.safety_backup = safety_backup
 
-async def preview(backups: PgBackups, snapshot: Snapshot, component: str) -> RollbackPreview:
-    schema = backups.config.schemas[component]
-    path = dump_path(component)
-    nodes = await backups.restic.ls(snapshot.id)
-    sizes = [int(node.get("size", 0)) for node in nodes if node.get("path") == path]
-    if not sizes:
-        raise RollbackRefused(f"snapshot {snapshot.short_id} holds no {path}: pick another")
-    name = f"{SCRATCH_DATABASE_PREFIX}{secrets.token_hex(6)}"
-    scratch = backups.database.database(name)
-    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    await _execute(
-        backups.database, create, "creating a scratch database (the role needs CREATEDB)"
-    )
-    try:
-        integrity = await _restore_into_scratch(backups, snapshot.id, path, scratch)
-        then = await row_counts(scratch, schema) if integrity == "ok" else {}
-        if integrity == "ok" and not then:
-            integrity = f"the dump restored no tables into {schema}"
-    finally:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    # Test rollback ----------------------------------------------------------------------
+
+    async def preview(self, snapshot: Snapshot, names: Sequence[str]) -> RollbackPreview:
+        """Restore the snapshot into a scratch database (dropped afterwards) and count rows
+        per table there and in the live schema; nothing live is touched."""
+        [component] = names
+        schema = self.config.schemas[component]
+        path = dump_path(component)
+        nodes = await self.restic.ls(snapshot.id)
+        sizes = [int(node.get("size", 0)) for node in nodes if node.get("path") == path]
+        if not sizes:
+            raise RollbackRefused(f"snapshot {snapshot.short_id} holds no {path}: pick another")
+        name = f"{SCRATCH_DATABASE_PREFIX}{secrets.token_hex(6)}"
+        scratch = self.database.database(name)
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        await self.database.execute(create, "creating a scratch database (the role needs CREATEDB)")
         try:
-            await _execute(backups.database, drop, "dropping the scratch database")
+            integrity = await self._restore_into_scratch(snapshot.id, path, scratch)
+            then = await row_counts(scratch, schema) if integrity == "ok" else {}
+            if integrity == "ok" and not then:
+                integrity = f"the dump restored no tables into {schema}"
+        finally:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            try:
+                await self.database.execute(drop, "dropping the scratch database")
+            except PgRestoreFailed as exc:
+                log.warning("%s; drop the database %s by hand", exc, name)
+        now = await row_counts(self.database, schema)
+        tables = tuple(TableRows(t, now.get(t), then.get(t)) for t in sorted(set(now) | set(then)))
+        verification = FileVerification(component, integrity, None, sizes[0])
+        previewed = ComponentPreview(component, verification, tables)
+        return RollbackPreview(snapshot.id, snapshot.time, snapshot.reason, (previewed,))
+
+    async def _restore_into_scratch(
+        self, snapshot_id: str, path: str, scratch: PgConnection
+    ) -> str:
+        """'ok', or why pg_restore refused the dump; restic's own failures are raised."""
+        pipeline = Pipeline()
+        dump_out, dump_in = pipeline.pipe()
+        pipeline.add("restic dump", self._restic_dump(snapshot_id, path, dump_in))
+        restore = self._run(
+            self.tools.pg_restore,
+            [*RESTORE_ARGS, "--no-password", f"--dbname={scratch.conninfo}"],
+            "restoring into a scratch database",
+            connection=scratch,
+            stdin=dump_out,
+        )
+        pipeline.add("pg_restore", restore)
+        pipeline.hold_open(dump_in, until=["restic dump"])
+        try:
+            await pipeline.run()
         except PgRestoreFailed as exc:
-            log.warning("%s; drop the database %s by hand", exc, name)
-    now = await row_counts(backups.database, schema)
-    tables = tuple(TableRows(t, now.get(t), then.get(t)) for t in sorted(set(now) | set(then)))
-    verification = FileVerification(component, integrity, None, sizes[0])
-    previewed = ComponentPreview(component, verification, tables)
-    return RollbackPreview(snapshot.id, snapshot.time, snapshot.reason, (previewed,))
+            return str(exc)
+        return "ok"
 
+    async def _restic_dump(self, snapshot_id: str, path: str, stdout: int) -> None:
+        await self.restic.dump(
+            snapshot_id, path, stdout=stdout, timeout=self.config.timeout_seconds
+        )
 
-async def _restore_into_scratch(
-    backups: PgBackups, snapshot_id: str, path: str, scratch: PgConnection
-) -> str:
-    """'ok', or why pg_restore refused the dump; restic's own failures are raised."""
-    pipeline = Pipeline()
-    dump_out, dump_in = pipeline.pipe()
-    pipeline.add("restic dump", backups.restic_dump(snapshot_id, path, dump_in))
-    restore = run_pg_program(
-        backups.tools.pg_restore,
-        [*RESTORE_ARGS, "--no-password", f"--dbname={scratch.conninfo}"],
-        connection=scratch,
-        failure=PgRestoreFailed,
-        doing="restoring into a scratch database",
-        timeout=backups.config.timeout_seconds,
-        stdin=dump_out,
-    )
-    pipeline.add("pg_restore", restore)
-    pipeline.hold_open(dump_in, until=["restic dump"])
-    try:
-        await pipeline.run()
-    except PgRestoreFailed as exc:
-        return str(exc)
-    return "ok"
+    async def _run(
+        self,
+        binary: str,
+        args: list[str],
+        doing: str,
+        *,
+        connection: PgConnection | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+    ) -> str:
+        return await run_pg_program(
+            binary,
+            args,
+            connection=connection or self.database,
+            failure=PgRestoreFailed,
+            doing=doing,
+            timeout=self.config.timeout_seconds,
+            stdin=stdin,
+            stdout=stdout,
+        )
 
+    # Rollback ---------------------------------------------------------------------------
 
-# Rollback -------------------------------------------------------------------------------
+    async def apply(self, request: RollbackRequest) -> RollbackResult:
+        """Put the component back as it was in the snapshot (see the module docstring).
+        Writers are paused for the whole rollback: what they would write meanwhile would
+        land in the schema being replaced; nothing is reopened, the schema is swapped in
+        one transaction. Raises RollbackFailed, naming the step, when anything fails before
+        the commit; the live schema is then as it was."""
+        async with request.pause_writers():
+            [component] = request.names
+            return await self._apply(request.snapshot, component, request.reason)
 
+    async def _apply(self, snapshot: Snapshot, component: str, reason: str) -> RollbackResult:
+        schema = self.config.schemas[component]
+        old = f"{schema}{OLD_SCHEMA_MARKER}{secrets.token_hex(4)}"
+        started = time.monotonic()
+        pipeline = Pipeline()
+        dump_out, dump_in = pipeline.pipe()
+        sql_out, sql_in = pipeline.pipe()
+        pipeline.add("safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK))
+        pipeline.add("restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in))
+        to_sql = self._run(
+            self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",
+            stdin=dump_out, stdout=sql_in,
+        )  # fmt: skip
+        pipeline.add("pg_restore", to_sql)
+        pipeline.add("psql", self._load_and_swap(schema, old, stdin=sql_out))
+        pipeline.hold_open(dump_in, until=["restic dump"])
+        # The commit waits for the safety backup too: the current state is in restic first.
+        pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"])
+        try:
+            await pipeline.run()
+        except Exception as exc:
+            step = _failed_step(pipeline)
+            if step != "verify-and-swap" or not await self.database.schema_exists(old):
+                raise RollbackFailed(step, exc) from exc
+            # psql failed after its COMMIT went through (stopped on its way out): it is done.
+        done = pipeline.finished_at
+        inputs_done = max(done.get("pg_restore", started), done.get("safety-snapshot", started))
+        steps = {
+            "safety-snapshot": done.get("safety-snapshot", started) - started,
+            "restore": done.get("pg_restore", started) - started,
+            "verify-and-swap": done.get("psql", time.monotonic()) - inputs_done,
+        }
+        restored = pipeline.results.get("psql")
+        log.info("rolled %s back to %s; rows now: %s", component, snapshot.short_id, restored)
+        drop_started = time.monotonic()
+        await self.drop_old_schemas(schema)
+        steps["drop-old"] = time.monotonic() - drop_started
+        safety: BackupResult = pipeline.results["safety-snapshot"]
+        return RollbackResult(
+            snapshot_id=snapshot.id,
+            components=(component,),
+            reason=reason,
+            safety_snapshot_id=safety.snapshot_id or "",
+            step_seconds=steps,
+            duration_seconds=time.monotonic() - started,
+            finished_at=datetime.now(UTC),
+        )
 
-async def apply(
-    backups: PgBackups, snapshot: Snapshot, component: str, reason: str
-) -> RollbackResult:
-    schema = backups.config.schemas[component]
-    old = f"{schema}{OLD_SCHEMA_MARKER}{secrets.token_hex(4)}"
-    started = time.monotonic()
-    pipeline = Pipeline()
-    dump_out, dump_in = pipeline.pipe()
-    sql_out, sql_in = pipeline.pipe()
-    pipeline.add("safety-snapshot", backups.backup_one(component, BackupReason.PRE_ROLLBACK))
-    pipeline.add("restic dump", backups.restic_dump(snapshot.id, dump_path(component), dump_in))
-    pipeline.add("pg_restore", _dump_to_sql(backups, stdin=dump_out, stdout=sql_in))
-    pipeline.add("psql", _load_and_swap(backups, schema, old, stdin=sql_out))
-    pipeline.hold_open(dump_in, until=["restic dump"])
-    # The commit waits for the safety backup too: the current state is in restic first.
-    pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"])
-    try:
-        await pipeline.run()
-    except Exception as exc:
-        step = _failed_step(pipeline)
-        if step != "verify-and-swap" or not await _schema_exists(backups.database, old):
-            raise RollbackFailed(step, exc) from exc
-        # psql failed after its COMMIT went through (stopped on its way out): it is done.
-    done = pipeline.finished_at
-    inputs_done = max(done.get("pg_restore", started), done.get("safety-snapshot", started))
-    steps = {
-        "safety-snapshot": done.get("safety-snapshot", started) - started,
-        "restore": done.get("pg_restore", started) - started,
-        "verify-and-swap": done.get("psql", time.monotonic()) - inputs_done,
-    }
-    restored = pipeline.results.get("psql")
-    log.info("rolled %s back to %s; rows now: %s", component, snapshot.short_id, restored)
-    drop_started = time.monotonic()
-    await drop_old_schemas(backups, schema)
-    steps["drop-old"] = time.monotonic() - drop_started
-    safety: BackupResult = pipeline.results["safety-snapshot"]
-    return RollbackResult(
-        snapshot_id=snapshot.id,
-        components=(component,),
-        reason=reason,
-        safety_snapshot_id=safety.snapshot_id or "",
-        step_seconds=steps,
-        duration_seconds=time.monotonic() - started,
-        finished_at=datetime.now(UTC),
-    )
+    async def _load_and_swap(self, schema: str, old: str, *, stdin: int) -> dict[str, int]:
+        """psql: in one transaction, rename the live schema away, run the restore's SQL from
+        `stdin`, check the result and commit; returns the restored rows per table."""
+        rename = (
+            "DO $$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = "
+            f"'{schema}') THEN ALTER SCHEMA {schema} RENAME TO {old}; END IF; END $$"
+        )
+        check = (
+            f"DO $$ BEGIN IF NOT EXISTS ({_TABLES_SQL.format(schema=schema)}) THEN "
+            f"RAISE EXCEPTION 'the snapshot restored no tables into {schema}'; END IF; END $$"
+        )
+        counts = _COUNTS_SQL.format(marker=f"'{COUNT_MARKER}', ", schema=schema)
+        args = ["--no-psqlrc", "--quiet", "--no-align", "--tuples-only", "--field-separator=\t"]
+        args += ["--no-password", "--set=ON_ERROR_STOP=1", "--single-transaction"]
+        args += [f"--dbname={self.database.conninfo}", "-c", rename, "-f", "-"]
+        args += ["-c", check, "-c", counts]
+        printed = await self._run(
+            self.tools.psql, args, f"loading the dump into {schema}", stdin=stdin
+        )
+        rows = [line.split("\t") for line in printed.splitlines()]
+        return {row[1]: int(row[2]) for row in rows if len(row) == 3 and row[0] == COUNT_MARKER}
 
-
-async def _dump_to_sql(backups: PgBackups, *, stdin: int, stdout: int) -> str:
-    return await run_pg_program(
-        backups.tools.pg_restore,
-        [*RESTORE_ARGS, "--file=-"],
-        connection=backups.database,
-        failure=PgRestoreFailed,
-        doing="reading the dump",
-        timeout=backups.config.timeout_seconds,
-        stdin=stdin,
-        stdout=stdout,
-    )
-
-
-async def _load_and_swap(
-    backups: PgBackups, schema: str, old: str, *, stdin: int
-) -> dict[str, int]:
-    """psql: in one transaction, rename the live schema away, run the restore's SQL from
-    `stdin`, check the result and commit; returns the restored rows per table."""
-    rename = (
-        "DO $$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = "
-        f"'{schema}') THEN ALTER SCHEMA {schema} RENAME TO {old}; END IF; END $$"
-    )
-    check = (
-        f"DO $$ BEGIN IF NOT EXISTS ({_TABLES_SQL.format(schema=schema)}) THEN "
-        f"RAISE EXCEPTION 'the snapshot restored no tables into {schema}'; END IF; END $$"
-    )
-    counts = _COUNTS_SQL.format(marker=f"'{COUNT_MARKER}', ", schema=schema)
-    args = ["--no-psqlrc", "--quiet", "--no-align", "--tuples-only", "--field-separator=\t"]
-    args += ["--no-password", "--set=ON_ERROR_STOP=1", "--single-transaction"]
-    args += [f"--dbname={backups.database.conninfo}", "-c", rename, "-f", "-"]
-    args += ["-c", check, "-c", counts]
-    printed = await run_pg_program(
-        backups.tools.psql,
-        args,
-        connection=backups.database,
-        failure=PgRestoreFailed,
-        doing=f"loading the dump into {schema}",
-        timeout=backups.config.timeout_seconds,
-        stdin=stdin,
-    )
-    rows = [line.split("\t") for line in printed.splitlines()]
-    return {row[1]: int(row[2]) for row in rows if len(row) == 3 and row[0] == COUNT_MARKER}
+    async def drop_old_schemas(self, schema: str) -> list[str]:
+        """Drop this and earlier rollbacks' old copies of `schema`; one still held by a long
+        query past the lock wait is logged and left for the next rollback or start-up."""
+        pattern = f"^{schema}{OLD_SCHEMA_MARKER}[0-9a-f]+$"
+        dropped: list[str] = []
+        try:
+            async with await self.database.connect() as conn:
+                wait_ms = int(self.config.lock_wait_seconds * 1000)
+                await conn.execute(f"SET lock_timeout = {wait_ms}")
+                cursor = await conn.execute(
+                    "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname ~ %s", (pattern,)
+                )
+                for (name,) in await cursor.fetchall():
+                    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
+                    await conn.execute(drop.format(sql.Identifier(str(name))))
+                    dropped.append(str(name))
+        except psycopg.Error as exc:
+            log.warning(
+                "could not drop the old copy of %s (%s); it is retried after the next rollback",
+                schema,
+                self.database.explain(exc),
+            )
+        return dropped
 
 
 def _failed_step(pipeline: Pipeline) -> str:
@@ -240,31 +296,6 @@ def _failed_step(pipeline: Pipeline) -> str:
         return "safety-snapshot"
     inputs_done = {"pg_restore", "safety-snapshot"} <= set(pipeline.finished_at)
     return "verify-and-swap" if pipeline.failed == "psql" and inputs_done else "restore"
-
-
-async def drop_old_schemas(backups: PgBackups, schema: str) -> list[str]:
-    """Drop this and earlier rollbacks' old copies of `schema`; one still held by a long
-    query past the lock wait is logged and left for the next rollback or start-up."""
-    pattern = f"^{schema}{OLD_SCHEMA_MARKER}[0-9a-f]+$"
-    dropped: list[str] = []
-    try:
-        async with await backups.database.connect() as conn:
-            wait_ms = int(backups.config.lock_wait_seconds * 1000)
-            await conn.execute(f"SET lock_timeout = {wait_ms}")
-            cursor = await conn.execute(
-                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname ~ %s", (pattern,)
-            )
-            for (name,) in await cursor.fetchall():
-                identifier = sql.Identifier(str(name))
-                await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(identifier))
-                dropped.append(str(name))
-    except psycopg.Error as exc:
-        log.warning(
-            "could not drop the old copy of %s (%s); it is retried after the next rollback",
-            schema,
-            backups.database.explain(exc),
-        )
-    return dropped
 
 
 # Statements -----------------------------------------------------------------------------
@@ -282,24 +313,3 @@ async def row_counts(connection: PgConnection, schema: str) -> dict[str, int]:
             f"{connection.explain(exc)}"
         ) from None
     return {str(row[0]): int(str(row[1])) for row in rows}
-
-
-async def _schema_exists(connection: PgConnection, name: str) -> bool:
-    try:
-        async with await connection.connect() as conn:
-            cursor = await conn.execute(
-                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (name,)
-            )
-            return await cursor.fetchone() is not None
-    except psycopg.Error:
-        return False
-
-
-async def _execute(connection: PgConnection, statement: sql.Composable, doing: str) -> None:
-    try:
-        async with await connection.connect() as conn:
-            await conn.execute(statement)
-    except psycopg.Error as exc:
-        raise PgRestoreFailed(
-            f"{doing} at {connection.location} failed: {connection.explain(exc)}"
-        ) from None

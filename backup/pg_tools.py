@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backup.errors import BackupError, PgToolNotInstalled, stderr_tail
+from backup.errors import BackupError, PgRestoreFailed, PgToolNotInstalled, stderr_tail
 from backup.process import stop_process
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
@@ -116,6 +117,25 @@ class PgConnection:
         """A psycopg failure in one line, without the password."""
         primary = getattr(exc.diag, "message_primary", None) or str(exc) or type(exc).__name__
         return self.scrub(str(primary).strip().splitlines()[0] if primary else "")
+
+    async def execute(self, statement: sql.Composable | str, doing: str) -> None:
+        """Run one statement; a failure names what it was `doing`, without the password."""
+        try:
+            async with await self.connect() as conn:
+                await conn.execute(statement)
+        except psycopg.Error as exc:
+            failed = f"{doing} at {self.location} failed: {self.explain(exc)}"
+            raise PgRestoreFailed(failed) from None
+
+    async def schema_exists(self, name: str) -> bool:
+        try:
+            async with await self.connect() as conn:
+                cursor = await conn.execute(
+                    "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (name,)
+                )
+                return await cursor.fetchone() is not None
+        except psycopg.Error:
+            return False
 
 
 # What libpq, pg_dump and pg_restore say, and what a person should do about it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,19 +44,17 @@ class Restic:
         binary: str = "restic",
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         cache_dir: Path | None = None,
-        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.repository = repository
         self.password_file = Path(password_file).resolve()
         self.binary = binary
         self.timeout = timeout
-        self._env = self._environment(cache_dir, extra_env or {})
+        self._env = self._environment(cache_dir)
         self._version: tuple[int, int, int] | None = None
 
-    def _environment(self, cache_dir: Path | None, extra: Mapping[str, str]) -> dict[str, str]:
+    def _environment(self, cache_dir: Path | None) -> dict[str, str]:
         # Inherited RESTIC_* variables (a stray RESTIC_PASSWORD) must not override ours.
         env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
-        env.update(extra)
         env["RESTIC_REPOSITORY"] = self.repository
         env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
         if cache_dir is not None:
@@ -127,9 +125,6 @@ class Restic:
         return output
 
     # Commands -------------------------------------------------------------------------------
-
-    async def is_initialised(self) -> bool:
-        return await self.repository_id() is not None
 
     async def repository_id(self) -> str | None:
         """The id restic gave the repository when it was created; None when there is none."""

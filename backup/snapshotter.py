@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,16 +61,11 @@ class Snapshotter:
         self.scratch_dir = scratch_dir
         self.index = index
         self.events = events
-        self.last_success: dict[str, datetime] = {}
         self._hash_at_last_snapshot: dict[str, str] = {}
         # How each live file looked (size, times) when its copy matched its snapshot.
         self._signature_at_last_snapshot: dict[str, Signature | None] = {}
         self._snapshot_of: dict[str, str] = {}  # component -> newest snapshot holding it
-        self._summaries: dict[str, BackupSummary] = {}  # keyed by short id
         self._early_starts_paused = 0  # backups left to run without an early start
-
-    def summary_of(self, snapshot_id: str) -> BackupSummary | None:
-        return self._summaries.get(snapshot_id[:8])
 
     def _unchanged(self, staged: StagedFile) -> bool:
         holder = self._snapshot_of.get(staged.component)
@@ -83,15 +78,6 @@ class Snapshotter:
             return False
         holder = self._snapshot_of.get(component)
         return holder is not None and self.index.contains(holder)
-
-    def forget(self, removed_ids: Iterable[str]) -> None:
-        """Snapshots removed by retention no longer vouch for a component being unchanged."""
-        removed = {i[:8] for i in removed_ids}
-        for component, snapshot_id in list(self._snapshot_of.items()):
-            if snapshot_id[:8] in removed:
-                del self._snapshot_of[component]
-                self._hash_at_last_snapshot.pop(component, None)
-                self._signature_at_last_snapshot.pop(component, None)
 
     async def take(
         self,
@@ -141,7 +127,7 @@ class Snapshotter:
             return self._skipped(names, reason, started_at, started, holders)
         summary = BackupSummary.from_restic(message)
         snapshot_id = str(message["snapshot_id"])
-        self._record(snapshot_id, staged, looks, started_at, reason, summary)
+        self._record(snapshot_id, staged, looks, started_at, reason)
         result = BackupResult(
             snapshot_id=snapshot_id,
             reason=reason,
@@ -286,15 +272,12 @@ class Snapshotter:
         looks: Mapping[str, Signature | None],
         started_at: datetime,
         reason: str,
-        summary: BackupSummary,
     ) -> None:
         components = tuple(sorted(f.component for f in staged))
         for f in staged:
             self._hash_at_last_snapshot[f.component] = f.sha256
             self._signature_at_last_snapshot[f.component] = looks[f.component]
             self._snapshot_of[f.component] = snapshot_id
-            self.last_success[f.component] = started_at
-        self._summaries[snapshot_id[:8]] = summary
         tags = tuple(tags_for(components, reason))
         self.index.add(
             Snapshot(

@@ -98,14 +98,8 @@ def undo(done: list[SwappedFile]) -> None:
         fsync_directory(swapped.live.parent)
 
 
-def commit(done: list[SwappedFile]) -> None:
-    for swapped in done:
-        if swapped.old is not None:
-            swapped.old.unlink(missing_ok=True)
-
-
 def commit_soon(done: list[SwappedFile]) -> None:
-    """`commit` without waiting: the old names hold nothing the rollback still needs."""
+    """Drop the old names in the background: they hold nothing the rollback still needs."""
     delete_soon(swapped.old for swapped in done if swapped.old is not None)
 
 

@@ -1,10 +1,10 @@
-"""Rollback of a PostgreSQL component through PgBackups against a bare pg_restore, side by side.
+"""Rollback of a PostgreSQL component through BackupManager against a bare pg_restore, side by side.
 
 A throwaway PostgreSQL cluster (as the tests start one, see tests/pg.py) gets about 100 MB in
 one component schema (the real conversations store, filled with INSERT … SELECT
 generate_series). The library backs it up into restic once; `restic dump` writes that dump to
 a file once. Then, in alternating order each round, with a CHECKPOINT before each timed
-operation so neither side pays for the other's dirty pages: (a) `PgBackups.rollback` of the
+operation so neither side pays for the other's dirty pages: (a) `BackupManager.rollback` of the
 component to that snapshot (safety backup, restic dump, restore in one transaction, swap,
 drop of the old schema), (b) a bare `pg_restore` of the file into a fresh database. For
 scale, each round also times `restic dump` of the snapshot to /dev/null: the part of (a) that
@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 
-from backup.pg import PgBackupConfig, PgBackups
+from backup import BackupManager, PgBackupConfig
 from backup.pg_tools import PgConnection, PgTools
 from backup.repository import RepositoryConfig, open_repository
 from service.stores import Stores
@@ -98,7 +100,12 @@ def bare_restore(server: PostgresServer, tools: PgTools, dump: Path) -> float:
         server.drop_database(url)
 
 
-async def restic_dump_alone(backups: PgBackups, snapshot_id: str) -> float:
+@contextlib.asynccontextmanager
+async def nothing_to_pause() -> AsyncIterator[None]:
+    yield
+
+
+async def restic_dump_alone(backups: BackupManager, snapshot_id: str) -> float:
     with open(os.devnull, "wb") as sink:
         started = time.perf_counter()
         await backups.restic.dump(snapshot_id, f"/{COMPONENT}.pgdump", stdout=sink.fileno())
@@ -119,9 +126,10 @@ async def measure(
         may_create=True,
     )
     schemas = {name: str(store.schema) for name, store in stores.by_component().items()}
-    backups = PgBackups(restic, url, PgBackupConfig(schemas))
+    backups = BackupManager(restic, PgBackupConfig(schemas, url))
+    tools = backups.backend.tools  # type: ignore[attr-defined]
     started = time.perf_counter()
-    [backup] = await backups.backup([COMPONENT], reason="manual")
+    backup = await backups.create([COMPONENT], "manual")
     backup_seconds = time.perf_counter() - started
     assert backup.snapshot_id is not None
     dump = root / f"{COMPONENT}.pgdump"
@@ -136,13 +144,15 @@ async def measure(
             if side == "rollback":
                 checkpoint(url)
                 started = time.perf_counter()
-                result = await backups.rollback(backup.snapshot_id, reason="bench")
+                result = await backups.rollback(
+                    backup.snapshot_id, None, "bench", nothing_to_pause, lambda: None
+                )
                 results["rollback"].append(time.perf_counter() - started)
                 for step, seconds in result.step_seconds.items():
                     steps.setdefault(step, []).append(seconds)
             else:
                 results["restore"].append(
-                    await asyncio.to_thread(bare_restore, server, backups.tools, dump)
+                    await asyncio.to_thread(bare_restore, server, tools, dump)
                 )
         results["restic dump"].append(await restic_dump_alone(backups, backup.snapshot_id))
     facts = {
@@ -161,10 +171,10 @@ def report(results: dict[str, list[float]], facts: dict[str, float]) -> float:
         f"schema size: {facts['schema_bytes'] / 1e6:.1f} MB ({facts['rows']:.0f} rows), "
         f"dump: {facts['dump_bytes'] / 1e6:.1f} MB, rounds: {len(results['rollback'])}"
     )
-    print(f"PgBackups.backup of the component (s): {facts['backup_seconds']:.3f}")
+    print(f"BackupManager.create of the component (s): {facts['backup_seconds']:.3f}")
     print(f"{'measure':<34}{'median':>10}{'min':>10}{'max':>10}")
     labels = {
-        "rollback": "PgBackups.rollback (s)",
+        "rollback": "BackupManager.rollback (s)",
         "restore": "bare pg_restore (s)",
         "restic dump": "restic dump to /dev/null (s)",
     }

@@ -16,21 +16,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from backup import (
     BackupConfig,
     BackupError,
     BackupManager,
     BackupResult,
+    PgBackupConfig,
     RepositoryConfig,
     RollbackResult,
     Snapshot,
     init_repository,
 )
+from backup.backend import BackendConfig
 from backup.identity import RECORD_FILE_NAME
-from backup.pg import PgBackupConfig
-from backup.pg_manager import PgBackupManager
 from backup.repository import InitOutcome
 from service.errors import ErsError
 from service.fleet import FleetLeader
@@ -38,11 +38,28 @@ from service.fleet.leader import repository_init_lock
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
+from service.stores.sqlite import SqliteStore
 from telemetry.incident_pg import SCHEMA as INCIDENTS_SCHEMA
 
 log = logging.getLogger("ers.backups")
 
 ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+def state_to_back_up(settings: Settings, stores: Stores, incidents_path: Path) -> BackendConfig:
+    """Each component's SQLite file, or, with the state on PostgreSQL, its schema (the
+    incidents are backed up beside the components, never rolled back)."""
+    found = stores.by_component().items()
+    if stores.database is None or settings.database_url is None:
+        files = {name: cast(SqliteStore, store).path for name, store in found}
+        return BackupConfig(
+            components={**files, "incidents": incidents_path},
+            work_dir=settings.data_dir.parent / "backup-work",
+        )
+    schemas = {name: cast(PostgresStore, store).schema for name, store in found}
+    return PgBackupConfig(
+        {**schemas, "incidents": INCIDENTS_SCHEMA}, settings.database_url.get_secret_value()
+    )
 
 
 class BackupsUnavailable(ErsError):
@@ -82,18 +99,7 @@ class BackupService:
         self.settings = settings
         self._restored_with = restored_with or {}
         self.stores = stores
-        # SQLite: each component's file. PostgreSQL: its schema, dumped with pg_dump.
-        self.components: dict[str, Path] = {}
-        self.schemas: dict[str, str] = {}
-        for name, store in stores.by_component().items():
-            if isinstance(store, PostgresStore):
-                self.schemas[name] = store.schema
-            else:
-                self.components[name] = store.path
-        if self.schemas:
-            self.schemas["incidents"] = INCIDENTS_SCHEMA
-        else:
-            self.components["incidents"] = incidents_path
+        self.state = state_to_back_up(settings, stores, incidents_path)
         minutes = settings.backup_interval_minutes
         self.intervals_s = {
             "conversations": minutes.conversations * 60,
@@ -104,7 +110,7 @@ class BackupService:
         }
         self.full_interval_s = minutes.full_system * 60
         self._set_ready = set_ready
-        self.manager: BackupManager | PgBackupManager | None = None
+        self.manager: BackupManager | None = None
         self.error: str | None = "connecting to the backup repository"
         # The last reason the repository could not be opened, for the health check.
         self.failure: BackupError | None = None
@@ -152,26 +158,13 @@ class BackupService:
         while self.manager is None:
             self._retry_now.clear()  # an `init` from now on cuts the wait after a failure
             try:
-                manager: BackupManager | PgBackupManager
-                if self.schemas and settings.database_url is not None:
-                    manager = await PgBackupManager.open(
-                        repository,
-                        settings.database_url.get_secret_value(),
-                        PgBackupConfig(schemas=self.schemas),
-                        emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
-                        may_create=self.may_create_repository,
-                    )
-                else:
-                    manager = await BackupManager.open(
-                        repository,
-                        BackupConfig(
-                            components=self.components,
-                            work_dir=settings.data_dir.parent / "backup-work",
-                            emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
-                            shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
-                        ),
-                        may_create=self.may_create_repository,
-                    )
+                manager = await BackupManager.open(
+                    repository,
+                    self.state,
+                    may_create=self.may_create_repository,
+                    emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                    shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
+                )
             except BackupError as exc:
                 self.connection_failures += 1
                 self.error, self.failure = str(exc), exc
@@ -207,7 +200,7 @@ class BackupService:
     async def refresh(self) -> list[Snapshot]:
         return await self.require().refresh()
 
-    def require(self) -> BackupManager | PgBackupManager:
+    def require(self) -> BackupManager:
         if self.manager is None:
             # The cause, when there is one, is what the route reports on its span.
             raise BackupsUnavailable(f"backups are not available: {self.error}") from self.failure
@@ -231,7 +224,7 @@ class BackupService:
     def last_full(self) -> float | None:
         if self.manager is None:
             return None
-        wanted = set(self.components or self.schemas)
+        wanted = set(self.manager.backend.components)
         times = [s.time.timestamp() for s in self.manager.list() if wanted <= set(s.components)]
         return max(times, default=None)
 
@@ -240,15 +233,12 @@ class BackupService:
             return {"available": 0, "lastBackup": None, "totalSize": "0 B", "error": self.error}
         snapshots = self.manager.list()
         last = max((s.time for s in snapshots), default=None)
-        total = sum(self.components_size().values())
+        total = sum(self.manager.backend.live_sizes().values())
         return {
             "available": len(snapshots),
             "lastBackup": last.isoformat().replace("+00:00", "Z") if last else None,
             "totalSize": human_size(total),
         }
-
-    def components_size(self) -> dict[str, int]:
-        return {n: p.stat().st_size for n, p in self.components.items() if p.exists()}
 
     # --- operations ---------------------------------------------------------------------
 
@@ -267,14 +257,8 @@ class BackupService:
         self, snapshot_id: str, components: list[str] | None, reason: str
     ) -> RollbackResult:
         manager = self.require()
-        if components:
-            names = components
-        elif isinstance(manager, PgBackupManager):
-            # A PostgreSQL snapshot holds one component.
-            names = [(await manager.backups.snapshot(snapshot_id))[1]]
-        else:
-            names = list(ROLLBACK_COMPONENTS)
-        stores = self.stores.by_component()
+        names = components or await manager.rollback_components(snapshot_id)
+        stores = [self.stores.by_component()[name] for name in names]
 
         @contextlib.asynccontextmanager
         async def pause_writers() -> AsyncIterator[None]:
@@ -288,10 +272,8 @@ class BackupService:
                 self._set_ready(True, None)
 
         def reopen() -> None:
-            for name in names:
-                store = stores[name]
-                if not isinstance(store, PostgresStore):
-                    store.open()
+            for store in stores:
+                store.open()
 
         result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
         notes: list[str] = []
@@ -315,7 +297,7 @@ class BackupService:
     @property
     def one_component_per_snapshot(self) -> bool:
         """On PostgreSQL a snapshot holds one component (a pg_dump of its schema)."""
-        return bool(self.schemas)
+        return self.state.one_component_per_snapshot
 
     async def shutdown_backup(self) -> None:
         if self.manager is None:

@@ -50,24 +50,17 @@ async def _offline_init() -> dict[str, Any]:
 
 async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
     from backup import BackupConfig, BackupManager
-    from backup.repository import open_identified
 
     settings = load_settings()
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
-    repository = _repository_config()
     config = BackupConfig(
         components={k: v for k, v in components.items() if Path(v).exists()},
         work_dir=settings.data_dir.parent / "backup-work",
     )
-    if owns_data_dir:
-        return await BackupManager.open(repository, config)
-    # A running service owns the working files: opening normally would clear them as an
-    # interrupted run's leftovers, under a rollback or backup it is running.
-    identity = await open_identified(repository)
-    manager = BackupManager(identity.restic, config, identity)
-    await manager.refresh()
-    return manager
+    # A running service owns the working files: clearing them as an interrupted run's
+    # leftovers would pull them from under a rollback or backup it is running.
+    return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
 
 
 # Offline actions that write the data directory, the service's working files or the

@@ -210,6 +210,10 @@ class PostgresStore:
     def resume(self) -> None:
         self._paused_reason = None
 
+    def open(self) -> None:
+        """Ends a pause, as opening a paused SQLite store does (the pool is the database's)."""
+        self.resume()
+
     # -- statements ----------------------------------------------------------------------
 
     @asynccontextmanager

@@ -4,6 +4,7 @@ restic binary: back up, test a rollback, roll one component back, and fail in pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -14,8 +15,11 @@ import psycopg
 import pytest
 
 from backup.errors import PgDumpFailed, RollbackFailed
+from backup.events import BackupSucceeded
 from backup.index import tags_for
-from backup.pg import POSTGRES_TAG, PgBackupConfig, PgBackups
+from backup.manager import BackupManager
+from backup.models import BackupResult, RollbackResult
+from backup.pg import POSTGRES_TAG, PgBackupConfig
 from backup.repository import RepositoryConfig, init_repository, open_repository
 from backup.restic import Restic
 from service.stores import Stores
@@ -53,17 +57,39 @@ async def stores(pg_url: str) -> AsyncIterator[Stores]:
         yield pg
 
 
-def config_for(stores: Stores) -> PgBackupConfig:
+def config_for(stores: Stores, url: str) -> PgBackupConfig:
     """The component schemas as the real stores name them."""
     pg_stores = stores.by_component()
     assert all(isinstance(store, PostgresStore) for store in pg_stores.values())
     schemas = {name: str(store.schema) for name, store in pg_stores.items()}
-    return PgBackupConfig(schemas, timeout_seconds=120)
+    return PgBackupConfig(schemas, url, timeout_seconds=120)
 
 
 @pytest.fixture
-def backups(restic: Restic, stores: Stores, pg_url: str) -> PgBackups:
-    return PgBackups(restic, pg_url, config_for(stores))
+def backups(restic: Restic, stores: Stores, pg_url: str) -> BackupManager:
+    return BackupManager(restic, config_for(stores, pg_url))
+
+
+@contextlib.asynccontextmanager
+async def nothing_to_pause() -> AsyncIterator[None]:
+    yield
+
+
+async def roll_back(backups: BackupManager, snapshot_id: str) -> RollbackResult:
+    return await backups.rollback(snapshot_id, None, "manual", nothing_to_pause, lambda: None)
+
+
+async def backup_each(backups: BackupManager, components: list[str] | None) -> list[BackupResult]:
+    """The snapshot of each component, as the backups announce them."""
+    made: list[BackupResult] = []
+    unsubscribe = backups.subscribe(
+        lambda e: made.append(e.result) if isinstance(e, BackupSucceeded) else None
+    )
+    try:
+        await backups.create(components, "manual")
+    finally:
+        unsubscribe()
+    return made
 
 
 def turn(number: int, text: str = "") -> ChatTurn:
@@ -88,14 +114,14 @@ def leftovers(url: str) -> tuple[list[str], list[str]]:
 
 
 async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_others(
-    backups: PgBackups, stores: Stores, restic: Restic, pg_url: str
+    backups: BackupManager, stores: Stores, restic: Restic, pg_url: str
 ) -> None:
     await record_turns(stores, 0, 3)
     await set_limit(stores, "u1", "food", 40_000)
     await upsert_profile(stores, "u1", age=30, goal="strength")
     await stores.system_state.put("mode", {"round": 1})
 
-    results = await backups.backup(reason="manual")
+    results = await backup_each(backups, None)
     by_component = {r.components[0]: r for r in results}
     assert set(by_component) == {"conversations", "budgets", "profiles", "system_state"}
     assert all(r.snapshot_id and r.total_size > 0 for r in results)
@@ -111,7 +137,7 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
 
     snapshot_id = by_component["conversations"].snapshot_id
     assert snapshot_id is not None
-    preview = await backups.preview(snapshot_id)
+    preview = await backups.test_rollback(snapshot_id)
     [component] = preview.components
     assert preview.ok and component.component == "conversations"
     assert component.verification.size == by_component["conversations"].total_size
@@ -119,7 +145,7 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
     assert rows["turns"] == (5, 3)
     assert await stores.conversations.count() == 5  # a test rollback changes nothing live
 
-    result = await backups.rollback(snapshot_id, reason="manual")
+    result = await roll_back(backups, snapshot_id)
     assert result.components == ("conversations",)
     assert {"safety-snapshot", "restore", "verify-and-swap", "drop-old"} <= set(result.step_seconds)
     assert await stores.conversations.count() == 3
@@ -149,11 +175,12 @@ async def test_a_failing_pg_dump_raises_a_named_error_without_the_password(
     password = urlsplit(pg_url).password
     assert password
     wrong = urlunsplit(urlsplit(pg_url)._replace(path="/no_such_database"))
-    backups = PgBackups(restic, wrong, config_for(stores))
-    assert password not in backups.database.conninfo  # what reaches pg_dump's command line
+    backups = BackupManager(restic, config_for(stores, wrong))
+    conninfo = backups.backend.database.conninfo  # type: ignore[attr-defined]
+    assert password not in conninfo  # what reaches pg_dump's command line
 
     with pytest.raises(PgDumpFailed) as failure:
-        await backups.backup(["budgets"], reason="manual")
+        await backups.create(["budgets"], "manual")
     message = str(failure.value)
     assert password not in message
     assert "no_such_database" in message and "ERS_DATABASE_URL" in message
@@ -161,10 +188,10 @@ async def test_a_failing_pg_dump_raises_a_named_error_without_the_password(
 
 
 async def test_a_truncated_dump_fails_the_rollback_and_leaves_the_live_schema_alone(
-    backups: PgBackups, stores: Stores, restic: Restic, pg_url: str, tmp_path: Path
+    backups: BackupManager, stores: Stores, restic: Restic, pg_url: str, tmp_path: Path
 ) -> None:
     await record_turns(stores, 0, 2000, text="x" * 200)
-    [good] = await backups.backup(["conversations"])
+    good = await backups.create(["conversations"])
     assert good.snapshot_id is not None
     whole = tmp_path / "whole.pgdump"
     with whole.open("wb") as out:
@@ -177,7 +204,7 @@ async def test_a_truncated_dump_fails_the_rollback_and_leaves_the_live_schema_al
     await record_turns(stores, 2000, 5)
 
     with pytest.raises(RollbackFailed) as failure:
-        await backups.rollback(str(summary["snapshot_id"]))
+        await roll_back(backups, str(summary["snapshot_id"]))
     assert failure.value.step == "restore"
     assert "left unchanged" in str(failure.value)
     assert await stores.conversations.count() == 2005
@@ -185,15 +212,15 @@ async def test_a_truncated_dump_fails_the_rollback_and_leaves_the_live_schema_al
 
 
 async def test_readers_during_the_swap_see_the_old_or_the_new_table_never_a_missing_one(
-    backups: PgBackups, stores: Stores, pg_url: str
+    backups: BackupManager, stores: Stores, pg_url: str
 ) -> None:
     await record_turns(stores, 0, 200)
-    [snapshot] = await backups.backup(["conversations"])
+    snapshot = await backups.create(["conversations"])
     assert snapshot.snapshot_id is not None
     await record_turns(stores, 200, 300)
 
     seen: list[int] = []
-    rollback = asyncio.ensure_future(backups.rollback(snapshot.snapshot_id))
+    rollback = asyncio.ensure_future(roll_back(backups, snapshot.snapshot_id))
     # A pooled store reader and a raw connection whose statement is server-side prepared.
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
         deadline = time.monotonic() + 120

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from backup import InvalidBackupReason, RepositoryConfig, RepositoryMissing
-from backup.pg import PgBackupConfig
-from backup.pg_manager import PgBackupManager
+from backup import (
+    BackupManager,
+    InvalidBackupReason,
+    PgBackupConfig,
+    RepositoryConfig,
+    RepositoryMissing,
+)
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
 
@@ -60,12 +64,9 @@ def repository(tmp_path: Path) -> RepositoryConfig:
 
 async def open_manager(
     repository: RepositoryConfig, pg_url: str, schemas: dict[str, str], *, may_create: bool
-) -> PgBackupManager:
-    return await PgBackupManager.open(
-        repository,
-        pg_url,
-        PgBackupConfig(schemas, timeout_seconds=120),
-        may_create=may_create,
+) -> BackupManager:
+    return await BackupManager.open(
+        repository, PgBackupConfig(schemas, pg_url, timeout_seconds=120), may_create=may_create
     )
 
 

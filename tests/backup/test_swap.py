@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from backup import swap
+from backup.discard import settle
 
 
 def database(path: Path, values: list[int], keep_open: bool = False) -> sqlite3.Connection | None:
@@ -38,7 +39,8 @@ def test_restored_file_replaces_the_live_one_and_stale_logs_go(tmp_path: Path) -
     database(restored, [9])
     Path(f"{live}-shm").write_bytes(b"\0" * 100)
     done = swap.swap_in([(restored, live)])
-    swap.commit(done)
+    swap.commit_soon(done)
+    settle(timeout=10)
     assert values(live) == [9]
     assert not Path(f"{live}-wal").exists() and not Path(f"{live}-shm").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.sqlite3"]

@@ -108,24 +108,24 @@ async def test_a_failed_copy_stops_the_early_run_before_it_reads(
     with pytest.raises(StagingFailed, match="readable SQLite"):
         await manager.create(None, "manual")
     assert await no_locks_and_snapshots(manager) == 1
-    assert not list((manager.workspace.root / "staging").iterdir())
+    assert not list((manager.backend.workspace.root / "staging").iterdir())
 
 
 async def test_restic_ready_before_the_copies_fails_at_the_gate_and_is_run_again(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:
     spy = BackupCalls(manager)
-    copy = manager.snapshotter._stage
+    copy = manager.backend.snapshotter._stage
 
     async def slow_copies(names: list[str], staging: Path) -> Any:
         await asyncio.sleep(3.0)  # restic gets ready in under a second
         return await copy(names, staging)
 
-    manager.snapshotter._stage = slow_copies  # type: ignore[method-assign]
+    manager.backend.snapshotter._stage = slow_copies  # type: ignore[method-assign]
     result = await manager.create(None, "manual")
     assert [gated for gated, _ in spy.calls] == [True, False]
     assert set(result.components) == set(state_files)
-    assert manager.snapshotter._early_starts_paused == EARLY_PAUSE_AFTER_A_MISS
+    assert manager.backend.snapshotter._early_starts_paused == EARLY_PAUSE_AFTER_A_MISS
     assert (await manager.verify_latest()).ok
     assert await no_locks_and_snapshots(manager) == 1
 
@@ -147,7 +147,7 @@ async def main():
         print("copying", flush=True)
         await asyncio.sleep(600)
 
-    manager.snapshotter._stage = copies_that_never_finish
+    manager.backend.snapshotter._stage = copies_that_never_finish
     await manager.create(None, "manual")
 
 asyncio.run(main())

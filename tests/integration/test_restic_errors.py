@@ -63,7 +63,7 @@ async def test_wrong_password_is_named_and_keeps_the_password_secret(
     repository_config: RepositoryConfig, tmp_path: Path
 ) -> None:
     restic = restic_for(repository_config)
-    assert await restic.is_initialised()
+    assert await restic.repository_id() is not None
     secret = "not-the-right-password-123"
     Path(repository_config.password_file).write_text(secret + "\n")
     with pytest.raises(WrongPassword) as failure:
