@@ -222,10 +222,21 @@ class BackupService:
         return newest
 
     def last_full(self) -> float | None:
+        """When the whole state was last backed up: the newest snapshot holding every
+        component or, where a snapshot holds one component (PostgreSQL), the oldest of the
+        components' newest snapshots (None until each component has one)."""
         if self.manager is None:
             return None
         wanted = set(self.manager.backend.components)
-        times = [s.time.timestamp() for s in self.manager.list() if wanted <= set(s.components)]
+        snapshots = self.manager.list()
+        if self.manager.backend.one_component_per_snapshot:
+            newest: dict[str, float] = {}
+            for snapshot in snapshots:
+                for component in set(snapshot.components) & wanted:
+                    at = snapshot.time.timestamp()
+                    newest[component] = max(newest.get(component, at), at)
+            return min(newest.values()) if newest.keys() == wanted else None
+        times = [s.time.timestamp() for s in snapshots if wanted <= set(s.components)]
         return max(times, default=None)
 
     def summary(self) -> dict[str, Any]:
