@@ -229,7 +229,7 @@ class BackupService:
             return None
         wanted = set(self.manager.backend.components)
         snapshots = self.manager.list()
-        if self.manager.backend.one_component_per_snapshot:
+        if self.one_component_per_snapshot:
             newest: dict[str, float] = {}
             for snapshot in snapshots:
                 for component in set(snapshot.components) & wanted:

@@ -17,6 +17,7 @@ def service_over(snapshots: list[tuple[float, tuple[str, ...]]], one_each: bool)
         for at, components in snapshots
     ]
     service = BackupService.__new__(BackupService)
+    service.state = SimpleNamespace(one_component_per_snapshot=one_each)  # type: ignore[assignment]
     service.manager = SimpleNamespace(backend=backend, list=lambda: listed)  # type: ignore[assignment]
     return service
 
