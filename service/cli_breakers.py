@@ -29,40 +29,19 @@ def list_breakers(args: argparse.Namespace) -> int:
     return 0
 
 
-@run_remote
-def reset_breaker(args: argparse.Namespace) -> int:
-    reply = call(
-        args, "POST", f"/api/emergency/circuit-breaker/{args.name}/reset", {"force": args.force}
-    )
-    print_json(reply) if args.json else print(reply["message"])
-    return 0
+def _body(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.action == "reset":
+        return {"force": args.force}
+    if args.action == "force-open":
+        return {"reason": args.reason, "ttlSeconds": args.ttl}
+    return None
 
 
 @run_remote
-def force_open(args: argparse.Namespace) -> int:
-    body = {"reason": args.reason, "ttlSeconds": args.ttl}
-    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/force-open", body)
-    print_json(reply) if args.json else print(reply["message"])
-    return 0
-
-
-@run_remote
-def release(args: argparse.Namespace) -> int:
-    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/release")
-    print_json(reply) if args.json else print(reply["message"])
-    return 0
-
-
-@run_remote
-def disable(args: argparse.Namespace) -> int:
-    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/disable")
-    print_json(reply) if args.json else print(reply["message"])
-    return 0
-
-
-@run_remote
-def enable(args: argparse.Namespace) -> int:
-    reply = call(args, "POST", f"/api/emergency/circuit-breaker/{args.name}/enable")
+def change_breaker(args: argparse.Namespace) -> int:
+    """reset, force-open, release, disable, enable: each subcommand is its route's name."""
+    path = f"/api/emergency/circuit-breaker/{args.name}/{args.action}"
+    reply = call(args, "POST", path, _body(args))
     print_json(reply) if args.json else print(reply["message"])
     return 0
 
@@ -75,20 +54,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     reset = actions.add_parser("reset", help="close a breaker (refused while still failing)")
     reset.add_argument("name", help="agent name or seed alias (NPA, WPA, BMA, MCA)")
     reset.add_argument("--force", action="store_true", help="reset even if still failing")
-    reset.set_defaults(handler=reset_breaker)
+    reset.set_defaults(handler=change_breaker)
     forcing = actions.add_parser("force-open", help="isolate an agent")
     forcing.add_argument("name")
     forcing.add_argument("--reason", required=True)
     forcing.add_argument("--ttl", type=float, default=None, help="seconds until half-open")
-    forcing.set_defaults(handler=force_open)
+    forcing.set_defaults(handler=change_breaker)
     releasing = actions.add_parser("release", help="lift a forced open (goes half-open)")
     releasing.add_argument("name")
-    releasing.set_defaults(handler=release)
+    releasing.set_defaults(handler=change_breaker)
     disabling = actions.add_parser("disable", help="let every call through, unguarded")
     disabling.add_argument("name")
-    disabling.set_defaults(handler=disable)
+    disabling.set_defaults(handler=change_breaker)
     enabling = actions.add_parser("enable", help="guard a disabled breaker's calls again")
     enabling.add_argument("name")
-    enabling.set_defaults(handler=enable)
+    enabling.set_defaults(handler=change_breaker)
     for sub in (listing, reset, forcing, releasing, disabling, enabling):
         add_connection_options(sub)
