@@ -48,6 +48,7 @@ _FIGURE = (
     r"(?P<figure>(?>\d[\d.,]*\d|\d)(?:e[-+]?\d+)?)"
 )
 _PLAIN_FIGURE = re.compile(r"\d+(?:[.,]\d+)?")
+_ANY_DIGIT = re.compile(r"\d")  # every figure pattern needs one (\d, as they use it)
 _NOT_AN_AGE = (
     r"kg|kilo|cm|lb|pound|ft|feet|foot|inch|m\b|%|percent|weeks?|days?|months?|hours?"
     r"|min|times|x\b|reps?|sets?|dollars|euros?|bucks|steps?|['\"]"
@@ -167,7 +168,9 @@ def parse_profile_facts(message: str) -> dict[str, Any]:
     text = message.lower()
     facts: dict[str, Any] = {}
     refused: dict[str, NotUnderstood] = {}
-    for name, read in (("age", _age), ("weight_kg", _weight_kg), ("height_cm", _height_cm)):
+    # The router reads every message: most state no figure, and need not try each reader.
+    readers = (("age", _age), ("weight_kg", _weight_kg), ("height_cm", _height_cm))
+    for name, read in readers if _ANY_DIGIT.search(text) else ():
         try:
             value = read(text)
         except NotUnderstood as exc:
