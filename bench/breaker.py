@@ -25,10 +25,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentReply, AgentRequest
-from service.instruments import AgentInstruments
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
 from service.resilience.guard import GuardConfig, GuardedAgent, hash_user_id
+from service.resilience.instruments import AgentInstruments
 
 
 def trivial(value: int) -> int:

@@ -57,7 +57,7 @@ def spawned_on(cpus: set[int]) -> Iterator[None]:
 
 
 def server_pid(url: str) -> int:
-    """The pid of the ``service.cli serve`` child listening on ``url``'s port."""
+    """The pid of the ``service.cli.main serve`` child listening on ``url``'s port."""
     port = url.rsplit(":", 1)[1]
     for child in psutil.Process().children(recursive=True):
         command = child.cmdline()

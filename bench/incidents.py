@@ -31,9 +31,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from service.incidents.store import IncidentStore
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor
-from telemetry.incident_store import IncidentStore
 from telemetry.span_record import SpanRecord
 from telemetry.trace_keeper import TraceKeeper
 

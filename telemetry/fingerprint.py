@@ -70,8 +70,8 @@ def normalise_message(message: str) -> str:
 
 
 def short_type(exception_type: str) -> str:
-    """``service.faults.SimulatedDatabaseError`` → ``SimulatedDatabaseError``; Java-style and
-    ``Outer.Inner`` names keep only their last part too."""
+    """``service.resilience.faults.SimulatedDatabaseError`` → ``SimulatedDatabaseError``;
+    Java-style ``Outer.Inner`` names keep only their last part too."""
     return exception_type.rsplit(".", 1)[-1]
 
 

@@ -9,8 +9,11 @@ Once woken, the worker lingers briefly (``linger_s``, or until a batch is full o
 asked for) so that a storm is written in a few large transactions instead of one per failure:
 a transaction per span would cost the request path more CPU than the failures themselves.
 
-Subscribers are called on the worker thread, one event per incident touched per batch (not one
-per failure: a storm of one error is one "updated" event per batch with its occurrence count).
+The processor knows nothing of incidents themselves: it hands each batch of classified records
+to its sink (``ClassifiedSink``, the incident store), and passes what the sink returns, one
+outcome per incident touched, to its subscribers as it is. Subscribers are called on the worker
+thread, one outcome per incident touched per batch (not one per failure: a storm of one error
+is one "updated" outcome per batch with its occurrence count).
 A subscriber must be quick and must not block; to reach an event loop it should hand over with
 ``loop.call_soon_threadsafe``. A subscriber that raises is logged and never stops the worker.
 """
@@ -20,32 +23,30 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from telemetry.classifier import Classification, Classifier
-from telemetry.incident_lifecycle import IncidentStoreBase
-from telemetry.incident_model import Incident
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
 ERROR = StatusCode.ERROR
 
 
-@dataclass(frozen=True)
-class IncidentEvent:
-    kind: str  # opened | updated | reopened
-    incident: Incident  # as stored after this batch
-    classification: Classification
-    occurrences: int  # failures of this batch grouped into the incident
-    record: SpanRecord  # the latest of them
+class ClassifiedSink(Protocol):
+    """Where classified error spans go: one call writes a batch at once and returns what it
+    did (the incident store returns one outcome per incident touched)."""
+
+    def record_errors(
+        self, items: Sequence[tuple[SpanRecord, Classification]], *, keep_records: bool = True
+    ) -> Sequence[Any]: ...
 
 
-Subscriber = Callable[[IncidentEvent], None]
+Subscriber = Callable[[Any], None]  # receives each outcome the sink returned
 
 
 class _FlushMarker(threading.Event):
@@ -58,7 +59,7 @@ class IncidentProcessor(SpanProcessor):
 
     def __init__(
         self,
-        store: IncidentStoreBase,
+        store: ClassifiedSink,
         classifier: Classifier,
         *,
         queue_size: int = 10_000,
@@ -236,16 +237,9 @@ class IncidentProcessor(SpanProcessor):
             return
         subscribers = self._subscribers
         for outcome in outcomes:
-            event = IncidentEvent(
-                outcome.outcome,
-                outcome.incident,
-                outcome.classification,
-                outcome.occurrences,
-                outcome.record,
-            )
             for subscriber in subscribers:
                 try:
-                    subscriber(event)
+                    subscriber(outcome)
                 except Exception:
                     self._subscriber_errors += 1
                     # The first failure, then one in a thousand: a broken subscriber in a storm

@@ -20,7 +20,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan
 
 from telemetry.span_record import SpanRecord
-from telemetry.sql import connect_sqlite
+from telemetry.sqlite import connect_sqlite
 
 log = logging.getLogger("ers.traces")
 

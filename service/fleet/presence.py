@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import psycopg
 
-from service.datadir_lock import OFFLINE_ADVICE, DataDirInUse
+from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
 from service.fleet.leader import cancelled, connect_session, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import PostgresDatabase

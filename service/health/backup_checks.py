@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from backup import BackupError, RepositoryMissing, RepositoryReplaced
-from service.backups import BackupService
+from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from contextlib import AsyncExitStack
 
-from service.backups import BackupService
+from service.backups.service import BackupService
+from service.chat.team import Team
 from service.health.backup_checks import BackupAgeCheck, RepositoryCheck, RestoreDrillCheck
 from service.health.checks import (
     BreakersCheck,
@@ -20,13 +21,11 @@ from service.health.checks import (
 )
 from service.health.incidents import HealthIncidents
 from service.health.metrics import register_health_metrics
-from service.health.monitor import HealthMonitor
-from service.health.system_state import SystemStateMachine
-from service.incidents import IncidentService
+from service.health.monitor import HealthMonitor, HealthReport
+from service.incidents.service import IncidentService
+from service.resilience.system_state import SystemStateMachine
 from service.settings import Settings
 from service.stores import Stores
-from service.team import Team
-from service.wiring import FailingSubsystems, breaker_states
 from telemetry.providers import Telemetry
 
 
@@ -49,7 +48,7 @@ def start_health(
         EventLoopCheck(lag_monitor),
         StoresCheck(stores.by_component()),
         DiskCheck(settings.data_dir),
-        BreakersCheck(lambda: breaker_states(team)),
+        BreakersCheck(team.breaker_states),
         IncidentsCheck(incidents.active_counts),
     ]
     if backups is not None:
@@ -66,3 +65,21 @@ def start_health(
     health.start()
     stack.push_async_callback(health.stop)
     return health, memory_check
+
+
+SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})
+
+
+class FailingSubsystems:
+    """The subsystems the last health report found unhealthy, for the system state: kept
+    from the health monitor's reports, so the state machine is built before the monitor
+    (whose checks include the backups, which put back the state the machine keeps)."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+
+    def on_report(self, report: HealthReport) -> None:
+        self._names = [name for name in report.unhealthy() if name in SUBSYSTEM_CHECKS]
+
+    def names(self) -> list[str]:
+        return self._names

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from service.health.checks import Status
 from service.health.monitor import HealthReport
-from telemetry.incident_lifecycle import IncidentStoreBase
-from telemetry.incident_model import IllegalTransition, IncidentNotFound
+from service.incidents.lifecycle import IncidentStoreBase
+from service.incidents.model import IllegalTransition, IncidentNotFound
 
 log = logging.getLogger("ers.health")
 

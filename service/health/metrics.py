@@ -9,7 +9,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from service.health.checks import MemoryCheck, Status
 from service.health.monitor import HealthMonitor
-from service.health.system_state import SystemState, SystemStateMachine
+from service.resilience.system_state import SystemState, SystemStateMachine
 
 
 def register_health_metrics(

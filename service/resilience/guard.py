@@ -20,12 +20,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from service.agents.base import Agent, AgentReply, AgentRequest
-from service.call_stats import CallStats
 from service.errors import DependencyError, UserInputError
-from service.faults import FaultInjector
-from service.instruments import AgentInstruments
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_permit import describe_error
+from service.resilience.call_stats import CallStats
 from service.resilience.deadlines import DeadlineWatchdog
 from service.resilience.exception_events import (
     EXCEPTION_BASES_ATTRIBUTE,
@@ -33,6 +31,8 @@ from service.resilience.exception_events import (
     record_exception,
 )
 from service.resilience.fallback import FallbackPolicy
+from service.resilience.faults import FaultInjector
+from service.resilience.instruments import AgentInstruments
 
 SHARED_DEADLINES = DeadlineWatchdog()
 

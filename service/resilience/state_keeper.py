@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import StoreUnavailable
-from service.health.system_state import StateTransition, SystemState, SystemStateMachine
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, CircuitBreaker
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import iso_utc
+from service.resilience.system_state import StateTransition, SystemState, SystemStateMachine
 from service.stores.base import SystemStateBackend
 
 log = logging.getLogger("ers.state_keeper")

@@ -72,7 +72,7 @@ class BudgetStore(ComponentStore):
                    UNION ALL
                    SELECT category, NULL, amount_cents FROM {self.at}.expenses
                    WHERE user_id = ? AND month = ?
-               ) AS entries GROUP BY category ORDER BY category{self.dialect.binary_order}""",
+               ) AS entries GROUP BY category ORDER BY category{self.dialect.byte_order}""",
             (user_id, user_id, month or current_month()),
         )
         return [

@@ -26,8 +26,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StoreUnavailable
 from service.settings import redact_url
-from service.stores.dialect import POSTGRES
+from service.stores.pg_pool import password_of, scrub_password
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
+from service.stores.sql import POSTGRESQL as POSTGRES
 from service.stores.unit_of_work import (
     DEFAULT_POLICY,
     Applied,
@@ -36,7 +37,6 @@ from service.stores.unit_of_work import (
     apply,
     statement_count,
 )
-from telemetry.pg_pool import password_of, scrub_password
 
 # A statement waits at most this long for a free pooled connection; a chat must not hang on
 # a server that is gone.

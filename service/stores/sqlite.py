@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import StoreUnavailable
-from service.stores.dialect import SQLITE
+from service.stores.sql import SQLITE
 from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.stores.base import ChatTurn, Profile, profile_from_row
-from service.stores.dialect import Dialect
+from service.stores.sql import Dialect
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile, Write, current_month
 
 

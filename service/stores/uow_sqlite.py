@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from service.errors import StoreUnavailable
-from service.stores.dialect import SQLITE
+from service.stores.sql import SQLITE
 from service.stores.sqlite import BUSY_TIMEOUT_MS, SqliteStore, SqliteTransaction
 from service.stores.unit_of_work import (
     Applied,

@@ -7,8 +7,8 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from service.app import create_app
 from service.settings import Settings
+from service.web.app import create_app
 
 
 @pytest.fixture

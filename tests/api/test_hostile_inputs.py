@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
 from service.settings import Settings
+from service.web.app import create_app
 from tests.api.hostile_cases import CASES, ROLLBACK_WITH_BACKUPS_CASES, Case
 from tests.conftest import ROOT
 
@@ -206,7 +206,7 @@ SHUTDOWN_AFTER_ALERT = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     import httpx
-    from service.app import create_app
+    from service.web.app import create_app
     from service.settings import Settings
     from tests.api.hostile_cases import ALERT, ALERTS, WEBHOOK
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from service.settings import Settings
-from telemetry.pg_pool import PgPool
+from service.stores.pg_pool import PgPool
 
 TOKEN = "off-loop-alert-token-31c7"
 

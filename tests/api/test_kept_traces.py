@@ -9,8 +9,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from service.routes.incidents import trace_link_template
 from service.settings import Settings
+from service.web.routes.incidents import trace_link_template
 
 
 async def test_a_degraded_chat_reply_carries_its_trace_id_and_the_trace_is_kept(

@@ -13,8 +13,8 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from service.app import create_app
 from service.settings import Settings
+from service.web.app import create_app
 from tests.api.test_security import production
 from tests.conftest import start_ers
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from service.app import create_app
 from service.settings import Settings, SettingsError
+from service.web.app import create_app
 
 
 def production(tmp_path: Path, **changes: object) -> Settings:

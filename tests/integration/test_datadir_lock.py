@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from service.datadir_lock import LOCK_FILE_NAME
+from service.fleet.datadir_lock import LOCK_FILE_NAME
 from service.fleet.presence import LIVE_STATE_LOCK_KEY
 from tests.conftest import ErsProcess, start_ers
 

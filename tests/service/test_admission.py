@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from service.admission import ChatAdmission, ChatOverloaded
+from service.chat.admission import ChatAdmission, ChatOverloaded
 
 
 class TurnCounter:

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from service.alerting.ledger import AlertLedger, LedgerUnavailable
-from service.alerting.ledger_pg import COMPONENT, MIGRATIONS, PgAlertLedger
+from service.incidents.ledger import AlertLedger, LedgerUnavailable
+from service.incidents.ledger_pg import COMPONENT, MIGRATIONS, PgAlertLedger
 from tests.pg import apply_migrations
 
 Ledger = AlertLedger | PgAlertLedger

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from service.backups import BackupService
+from service.backups.service import BackupService
 
 
 def service_over(snapshots: list[tuple[float, tuple[str, ...]]], one_each: bool) -> BackupService:

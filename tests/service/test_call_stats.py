@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from service.call_stats import BUCKET_RATIO, CallStats
+from service.resilience.call_stats import BUCKET_RATIO, CallStats
 
 
 def exact_percentile(values: list[float], q: float) -> float:

@@ -9,12 +9,12 @@ from opentelemetry import trace
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.budget import BudgetAgent
 from service.agents.router import RouterAgent
-from service.chat import ChatService
+from service.chat.service import ChatService
+from service.chat.team import Team
 from service.errors import DependencyError, UserInputError
 from service.resilience.breaker import BreakerConfig
 from service.resilience.guard import GuardConfig
 from service.stores import Stores
-from service.team import Team
 
 
 class FailsOnTheWayOut:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
-from service.datadir_lock import (
+from service.fleet.datadir_lock import (
     LOCK_FILE_NAME,
     OFFLINE_ADVICE,
     DataDirInUse,
@@ -18,6 +17,7 @@ from service.datadir_lock import (
     offline_lock,
 )
 from service.settings import Settings
+from service.web.app import create_app
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path: Path) -> None:

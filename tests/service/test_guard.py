@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from service.agents.base import AgentReply, AgentRequest
+from service.chat.team import Team
 from service.errors import AgentFailure, DependencyError, UserInputError
-from service.instruments import AgentInstruments
 from service.resilience.breaker import BreakerConfig, CircuitBreaker, ProbeOutcome
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
 from service.resilience.guard import EXCEPTION_BASES_ATTRIBUTE, GuardConfig, GuardedAgent
-from service.team import Team
+from service.resilience.instruments import AgentInstruments
 
 
 class ScriptedAgent:

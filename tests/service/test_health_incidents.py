@@ -15,10 +15,10 @@ from service.health.checks import CheckResult, HealthCheckFailed, MemoryCheck, M
 from service.health.checks import Status as Health
 from service.health.incidents import HealthIncidents
 from service.health.monitor import HealthMonitor
-from service.incidents import UNCLASSIFIED_ROUTES
+from service.incidents.service import UNCLASSIFIED_ROUTES
+from service.incidents.store import IncidentStore
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor
-from telemetry.incident_store import IncidentStore
 from telemetry.instrument_filter import server_span_of
 
 LIMIT = 1_000_000_000

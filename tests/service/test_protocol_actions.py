@@ -11,13 +11,13 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentReply, AgentRequest
-from service.chat import ChatService
-from service.minimal_mode import MINIMAL_ANSWER, MinimalMode, MinimalModeGate
-from service.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
+from service.chat.minimal_mode import MINIMAL_ANSWER, MinimalMode, MinimalModeGate
+from service.chat.service import ChatService
+from service.chat.team import Team, build_team
+from service.incidents.model import TIMELINE_KINDS
+from service.incidents.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
 from service.settings import Settings
 from service.stores import Stores
-from service.team import Team, build_team
-from telemetry.incident_model import TIMELINE_KINDS
 from telemetry.rule_conditions import PROTOCOLS
 
 

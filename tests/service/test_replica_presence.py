@@ -8,7 +8,7 @@ import os
 import psycopg
 import pytest
 
-from service.datadir_lock import OFFLINE_ADVICE, DataDirInUse
+from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
 from service.fleet.presence import LIVE_STATE_LOCK_KEY, ReplicaPresence, offline_exclusive
 from tests.service.test_fleet import eventually
 

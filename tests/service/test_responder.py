@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from service.minimal_mode import MinimalMode
-from service.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
+from service.chat.minimal_mode import MinimalMode
+from service.chat.team import build_team
+from service.incidents.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
 from service.settings import Settings
 from service.stores import Stores
-from service.team import build_team
 
 
 class Timeline:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from service.errors import StoreUnavailable
-from service.health.system_state import StateInputs, SystemState, SystemStateMachine
 from service.resilience.breaker import (
     BreakerConfig,
     BreakerEventKind,
@@ -17,6 +16,7 @@ from service.resilience.breaker import (
     CircuitBreaker,
 )
 from service.resilience.state_keeper import StateKeeper
+from service.resilience.system_state import StateInputs, SystemState, SystemStateMachine
 from service.stores.system_state import SystemStateStore
 
 NOW = 1_800_000_000.0

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from service.health.system_state import StateInputs, SystemState, SystemStateMachine
+from service.resilience.system_state import StateInputs, SystemState, SystemStateMachine
 
 
 class World:

@@ -14,7 +14,7 @@ DB_BASES = ["DependencyError", "ErsError", "Exception"]
 SEED_AND_DEFAULT_CASES = [
     pytest.param(
         "agent.bma",
-        "service.faults.SimulatedDatabaseError",
+        "service.resilience.faults.SimulatedDatabaseError",
         "Database connection timeout",
         {"ers.agent": "BMA", "ers.exception.bases": DB_BASES},
         ("high", "database", "SERVICE_DEGRADATION", True),
@@ -38,7 +38,7 @@ SEED_AND_DEFAULT_CASES = [
     ),
     pytest.param(
         "agent.npa",
-        "service.faults.SimulatedCoreFailure",
+        "service.resilience.faults.SimulatedCoreFailure",
         "Uncaught exception in core system",
         {"ers.agent": "NPA", "ers.exception.bases": ["RuntimeError", "Exception"]},
         ("critical", "system", "CRITICAL_SYSTEM_FAILURE", False),
@@ -54,7 +54,7 @@ SEED_AND_DEFAULT_CASES = [
     ),
     pytest.param(
         "agent.wpa",
-        "service.faults.SimulatedMemoryPressure",
+        "service.resilience.faults.SimulatedMemoryPressure",
         "Memory usage exceeded 90%",
         {"ers.agent": "WPA", "ers.exception.bases": ["MemoryError", "Exception"]},
         ("high", "resource", "RESOURCE_EXHAUSTION", True),
@@ -62,7 +62,7 @@ SEED_AND_DEFAULT_CASES = [
     ),
     pytest.param(
         "agent.npa",
-        "service.faults.SimulatedAgentCrash",
+        "service.resilience.faults.SimulatedAgentCrash",
         "Agent processing failure",
         {"ers.agent": "NPA", "ers.exception.bases": ["AgentFailure", "ErsError", "Exception"]},
         ("medium", "agent", "AGENT_FAILURE", True),
@@ -94,7 +94,7 @@ SEED_AND_DEFAULT_CASES = [
     ),
     pytest.param(
         "agent.npa",
-        "service.faults.SimulatedNetworkError",
+        "service.resilience.faults.SimulatedNetworkError",
         "Connection refused by upstream service",
         {"ers.agent": "NPA", "ers.exception.bases": ["DependencyError", "ConnectionError"]},
         ("high", "network", "SERVICE_DEGRADATION", True),

@@ -37,7 +37,7 @@ def test_normalised_messages_are_capped() -> None:
 @pytest.mark.parametrize(
     ("exception_type", "short"),
     [
-        ("service.faults.SimulatedDatabaseError", "SimulatedDatabaseError"),
+        ("service.resilience.faults.SimulatedDatabaseError", "SimulatedDatabaseError"),
         ("TimeoutError", "TimeoutError"),
         ("java.net.SocketException", "SocketException"),
     ],

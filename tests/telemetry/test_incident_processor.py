@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from service.incidents.merge import GroupOutcome
+from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier
-from telemetry.incident_processor import IncidentEvent, IncidentProcessor
-from telemetry.incident_store import IncidentStore
+from telemetry.incident_processor import IncidentProcessor
 from tests.telemetry.conftest import Tracing, error_record, fail_span
 
 
@@ -108,10 +109,10 @@ def test_subscribers_hear_opened_updated_and_reopened(
     tracing: Tracing, store: IncidentStore, default_classifier: Classifier
 ) -> None:
     processor = pipeline(tracing, store, default_classifier)
-    events: list[IncidentEvent] = []
+    events: list[GroupOutcome] = []
     threads: set[str] = set()
 
-    def listen(event: IncidentEvent) -> None:
+    def listen(event: GroupOutcome) -> None:
         events.append(event)
         threads.add(threading.current_thread().name)
 
@@ -123,7 +124,7 @@ def test_subscribers_hear_opened_updated_and_reopened(
     store.resolve(events[0].incident.id, "ana", "restarted")
     fail_agent(tracing, "NPA", RuntimeError("Agent processing failure"))
     processor.force_flush()
-    assert [event.kind for event in events] == ["opened", "updated", "reopened"]
+    assert [event.outcome for event in events] == ["opened", "updated", "reopened"]
     assert events[0].classification.protocol == "AGENT_FAILURE"
     assert events[0].occurrences == 1
     assert events[-1].record.name == "agent.npa"
@@ -137,11 +138,11 @@ def test_a_raising_subscriber_never_stops_the_worker(
     processor = pipeline(tracing, store, default_classifier)
     heard: list[str] = []
 
-    def broken(event: IncidentEvent) -> None:
+    def broken(event: GroupOutcome) -> None:
         raise RuntimeError("subscriber bug")
 
     processor.subscribe(broken)
-    unsubscribe = processor.subscribe(lambda event: heard.append(event.kind))
+    unsubscribe = processor.subscribe(lambda event: heard.append(event.outcome))
     fail_agent(tracing, "NPA", RuntimeError("Agent processing failure"))
     processor.force_flush()
     unsubscribe()
@@ -244,7 +245,7 @@ def test_a_burst_of_failures_is_written_as_one_batch(
     batches: list[int] = []
     written = threading.Event()
 
-    def heard(event: IncidentEvent) -> None:
+    def heard(event: GroupOutcome) -> None:
         batches.append(event.occurrences)
         written.set()
 

@@ -17,16 +17,16 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from telemetry.classifier import Classification, Classifier
-from telemetry.incident_model import IncidentStoreUnavailable
-from telemetry.incident_pg import COMPONENT, MIGRATIONS, PgIncidentStore
-from telemetry.incident_store import (
+from service.incidents.model import IncidentStoreUnavailable
+from service.incidents.store import (
     IllegalTransition,
     IncidentNotFound,
     IncidentStore,
     IncidentStoreBase,
     UnknownTimelineKind,
 )
+from service.incidents.store_pg import COMPONENT, MIGRATIONS, PgIncidentStore
+from telemetry.classifier import Classification, Classifier
 from telemetry.span_record import SpanRecord
 from tests.pg import NOT_INSTALLED, apply_migrations, find_bin_dir, start_cluster
 from tests.telemetry.conftest import error_record

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from service.alerting.ledger import AlertLedger
-from service.audit import AuditLog
-from telemetry.incident_store import IncidentNotFound, IncidentStore
-from telemetry.sql import BUSY_TIMEOUT_MS, POSTGRESQL, SQLITE, connect_sqlite
+from service.incidents.audit import AuditLog
+from service.incidents.ledger import AlertLedger
+from service.incidents.store import IncidentNotFound, IncidentStore
+from service.stores.sql import POSTGRESQL, SQLITE
+from telemetry.sqlite import BUSY_TIMEOUT_MS, connect_sqlite
 
 # Longer than the 2 s the audit log and the ledger once waited, well inside BUSY_TIMEOUT_MS.
 HELD_S = 2.5

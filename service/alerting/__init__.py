@@ -1,1 +1,0 @@
-"""Alertmanager's webhook: validated payloads, an idempotency ledger, and the actions."""

@@ -1,0 +1,161 @@
+"""The backup jobs that run in the background: scheduled backups, retention, prune, check
+and restore drills (on one replica of a fleet), and the periodic re-read of the snapshot list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from opentelemetry.metrics import Meter
+
+from backup import BackupError
+from service.backups.metrics import BackupMetrics
+from service.backups.service import BackupService, BackupsUnavailable
+from service.fleet import FleetLeader
+from service.settings import Settings
+from service.stores import Stores
+from service.tasks import run_in_background
+
+log = logging.getLogger("ers.backups")
+
+
+def build_backups(
+    settings: Settings,
+    stores: Stores,
+    incidents_path: Path,
+    meter: Meter,
+    set_ready: Callable[[bool, str | None], None],
+    restored_with: dict[str, Callable[[], Awaitable[list[str]]]],
+    *,
+    first_start: bool,
+) -> BackupService | None:
+    """The backup service and its metrics, or None with backups off; it reaches the
+    repository once ``start_backup_jobs`` runs."""
+    if not settings.backups_enabled:
+        return None
+    backups = BackupService(
+        settings, stores, incidents_path, set_ready, restored_with, first_start=first_start
+    )
+    metrics = BackupMetrics(
+        meter,
+        backups.last_success,
+        backups.intervals_s,
+        lambda: len(backups.manager.list()) if backups.manager else 0,
+        drill_interval_s=settings.restore_drill_interval_minutes * 60,
+    )
+    backups.subscribe(metrics.on_event)
+    return backups
+
+
+def start_backup_jobs(
+    stack: AsyncExitStack, backups: BackupService, stores: Stores, replica: str | None
+) -> None:
+    """Connect to the repository, keep the snapshot list fresh and run the schedule; on the
+    way out, the shutdown backup. In a fleet (``replica``) one replica runs the schedule:
+    the holder of the jobs lock, once the repository answers."""
+    settings = backups.settings
+    leader: FleetLeader | None = None
+    url = settings.database_url
+    if replica is not None and stores.database and url and settings.backup_schedule_enabled:
+        leader = FleetLeader(stores.database, url.get_secret_value(), replica=replica)
+        stack.push_async_callback(leader.stop)
+
+    async def shutdown_backup() -> None:
+        # In a fleet the state outlives this replica: the jobs' runner backs it up.
+        if leader is None or leader.is_leader:
+            await backups.shutdown_backup()
+
+    stack.push_async_callback(shutdown_backup)
+    run_in_background(stack, backups.connect(), "backups-connect")
+    run_in_background(stack, run_refresh(backups), "backups-refresh")
+    if settings.backup_schedule_enabled:
+        run_in_background(stack, run_schedule(backups, leader=leader), "backups")
+
+
+async def run_refresh(backups: BackupService) -> None:
+    """Re-read the snapshot list every `backup_refresh_interval_s`: `ers backup
+    --offline` and other replicas add and forget snapshots too."""
+    await backups.connected.wait()
+    while True:
+        await asyncio.sleep(backups.settings.backup_refresh_interval_s)
+        try:
+            await backups.refresh()
+        except (BackupError, BackupsUnavailable) as exc:
+            log.error("refreshing the snapshot list failed: %s", exc)
+
+
+async def run_schedule(
+    backups: BackupService, tick_s: float = 30.0, leader: FleetLeader | None = None
+) -> None:
+    """Scheduled backups, retention, prune, check and restore drills, one at a time;
+    in a fleet, only while this replica holds the fleet jobs lock (``leader``)."""
+    await backups.connected.wait()
+    backups.leader = leader
+    if leader is not None:
+        # Only a replica that can reach the repository competes for the jobs.
+        leader.start()
+    last_prune = last_check = time.time()
+    leading = leader is None
+    while True:
+        if leader is not None and not leader.is_leader:
+            leading = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leader.wait_leader(), tick_s)
+            if not leader.is_leader:
+                # The runner's backups, for this replica's backup-age check.
+                with contextlib.suppress(BackupError, BackupsUnavailable):
+                    await backups.require().refresh()
+            continue
+        try:
+            if not leading:
+                # Taking the jobs over: what the previous runner backed up is in the
+                # repository, not yet in this replica's list; prune and check wait
+                # their full interval from now.
+                await backups.require().refresh()
+                last_prune = last_check = time.time()
+                leading = True
+            await _due_backups(backups)
+            now = time.time()
+            drill_every = backups.settings.restore_drill_interval_minutes * 60
+            if backups.last_drill_at is None or now - backups.last_drill_at >= drill_every:
+                await drill(backups)
+            if now - last_prune >= backups.settings.prune_interval_hours * 3600:
+                await backups.require().prune()
+                last_prune = now
+            if now - last_check >= backups.settings.repository_check_interval_hours * 3600:
+                await backups.require().check()
+                last_check = now
+        except (BackupError, BackupsUnavailable) as exc:
+            log.error("scheduled backup work failed: %s", exc)
+        await asyncio.sleep(tick_s)
+
+
+async def _due_backups(backups: BackupService) -> None:
+    now = time.time()
+    last = backups.last_success()
+    full = backups.last_full()
+    if full is None or now - full >= backups.full_interval_s:
+        await backups.create(None, "scheduled")
+    else:
+        due = [c for c, every in backups.intervals_s.items() if now - last.get(c, 0) >= every]
+        if due:
+            await backups.create(due, "scheduled")
+    await backups.require().forget(keep_last=backups.settings.max_backups)
+
+
+async def drill(backups: BackupService) -> bool:
+    backups.last_drill_at = time.time()
+    try:
+        result = await backups.require().verify_latest()
+    except BackupError as exc:
+        log.error("restore drill failed: %s", exc)
+        backups.last_drill_ok = False
+        return False
+    backups.last_drill_ok = result.ok
+    return result.ok

@@ -1,0 +1,98 @@
+"""Rollbacks named by an incident: the newest snapshot taken before it first appeared, the
+automatic rollback the responder runs, and the record of an operator's rollback on the
+incident's timeline and in the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Protocol
+
+from backup import RollbackResult, SnapshotNotFound
+from service.backups.service import ROLLBACK_COMPONENTS, BackupService
+from service.incidents.audit import AuditLog
+from service.incidents.lifecycle import IncidentStoreBase
+from service.incidents.model import IncidentNotFound
+from service.incidents.responder import ResponseContext
+
+
+class RollbackRequest(Protocol):
+    backupId: str | None
+    beforeIncident: str | None
+    reason: str
+    components: list[str] | None
+
+
+class Rollbacks:
+    def __init__(
+        self, backups: BackupService, incidents: IncidentStoreBase, audit: AuditLog
+    ) -> None:
+        self.backups = backups
+        self.incidents = incidents
+        self.audit = audit
+
+    async def snapshot_before(self, incident_id: str | None, component: str | None = None) -> str:
+        """The newest snapshot (of ``component``, when given) taken before the incident
+        first appeared."""
+        if incident_id is None:
+            raise SnapshotNotFound("no incident named")
+        try:
+            incident = await asyncio.to_thread(self.incidents.get, incident_id)
+        except IncidentNotFound as exc:
+            raise SnapshotNotFound(str(exc)) from None
+        moment = datetime.fromtimestamp(incident.first_seen, UTC)
+        snapshot_id = self.backups.newest_before(moment, component)
+        if snapshot_id is None:
+            raise SnapshotNotFound(
+                f"no snapshot was taken before {incident_id} first appeared ({moment:%c} UTC)"
+            )
+        return snapshot_id
+
+    async def automatic(self, context: ResponseContext) -> str:
+        """The responder's rollback to before the incident, in words for its timeline."""
+        incident_id, backups = context.incident_id, self.backups
+        reason = f"automatic rollback for {incident_id}"
+        if backups.one_component_per_snapshot:
+            # Each component from its own newest snapshot before the incident.
+            done = []
+            for component in ROLLBACK_COMPONENTS:
+                snapshot_id = await self.snapshot_before(incident_id, component)
+                result = await backups.rollback(snapshot_id, [component], reason)
+                done.append(f"{component} to {result.snapshot_id[:8]}")
+                done += result.notes
+            return f"rolled back {', '.join(done)}"
+        snapshot_id = await self.snapshot_before(incident_id)
+        result = await backups.rollback(snapshot_id, None, reason)
+        notes = "".join(f"; {note}" for note in result.notes)
+        return (
+            f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
+            f"{notes}"
+        )
+
+    def record(
+        self, request: RollbackRequest, result: RollbackResult | None, error: str | None
+    ) -> None:
+        """Blocking (the incident store and the audit file): call off the event loop."""
+        if request.beforeIncident:
+            words = f"rolled back to {result.snapshot_id}" if result else f"failed: {error}"
+            with contextlib.suppress(LookupError):
+                self.incidents.add_timeline(
+                    request.beforeIncident,
+                    "note",
+                    f"rollback {words}",
+                    "admin",
+                    {"reason": request.reason},
+                )
+        self.audit.record(
+            "admin",
+            "rollback",
+            {
+                "backupId": result.snapshot_id if result else request.backupId,
+                "beforeIncident": request.beforeIncident,
+                "reason": request.reason,
+                "components": request.components,
+                "safetyBackupId": result.safety_snapshot_id if result else None,
+                "error": error,
+            },
+        )

@@ -1,0 +1,319 @@
+"""The service's side of backups: the restic-backed manager wired to the stores, the
+schedules, the emergency protocol, rollbacks that pause writers, and the shutdown backup.
+
+The repository is reached in the background: a missing restic or an unreachable repository
+leaves chat answering, shows in health, and is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+from backup import (
+    BackupConfig,
+    BackupError,
+    BackupManager,
+    BackupResult,
+    PgBackupConfig,
+    RepositoryConfig,
+    RollbackResult,
+    Snapshot,
+    init_repository,
+)
+from backup.backend import BackendConfig
+from backup.identity import RECORD_FILE_NAME
+from backup.repository import InitOutcome
+from service.errors import ErsError
+from service.fleet import FleetLeader
+from service.fleet.leader import repository_init_lock
+from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
+from service.settings import Settings
+from service.stores import Stores
+from service.stores.postgres import PostgresStore
+from service.stores.sqlite import SqliteStore
+
+log = logging.getLogger("ers.backups")
+
+ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+def state_to_back_up(settings: Settings, stores: Stores, incidents_path: Path) -> BackendConfig:
+    """Each component's SQLite file, or, with the state on PostgreSQL, its schema (the
+    incidents are backed up beside the components, never rolled back)."""
+    found = stores.by_component().items()
+    if stores.database is None or settings.database_url is None:
+        files = {name: cast(SqliteStore, store).path for name, store in found}
+        return BackupConfig(
+            components={**files, "incidents": incidents_path},
+            work_dir=settings.data_dir.parent / "backup-work",
+        )
+    schemas = {name: cast(PostgresStore, store).schema for name, store in found}
+    return PgBackupConfig(
+        {**schemas, "incidents": INCIDENTS_SCHEMA}, settings.database_url.get_secret_value()
+    )
+
+
+class BackupsUnavailable(ErsError):
+    """The backup repository cannot be used right now."""
+
+
+def finds_no_state(data_dir: Path) -> bool:
+    """True on the first start of a brand-new data directory: no component file and no record
+    of a backup repository. Only then may the service create the repository on its own."""
+    if (data_dir / RECORD_FILE_NAME).exists():
+        return False
+    return not data_dir.is_dir() or not any(data_dir.glob("*.sqlite3"))
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{size} B"
+
+
+class BackupService:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        incidents_path: Path,
+        set_ready: Callable[[bool, str | None], None],
+        restored_with: dict[str, Callable[[], Awaitable[list[str]]]] | None = None,
+        *,
+        first_start: bool = False,
+    ) -> None:
+        """``restored_with``: per component, what to put back from its store after a
+        rollback of it (e.g. the breakers' isolations), returning what it did in words."""
+        self.settings = settings
+        self._restored_with = restored_with or {}
+        self.stores = stores
+        self.state = state_to_back_up(settings, stores, incidents_path)
+        minutes = settings.backup_interval_minutes
+        self.intervals_s = {
+            "conversations": minutes.conversations * 60,
+            "budgets": minutes.budgets * 60,
+            "profiles": minutes.profiles * 60,
+            "system_state": minutes.system_state * 60,
+            "incidents": minutes.full_system * 60,
+        }
+        self.full_interval_s = minutes.full_system * 60
+        self._set_ready = set_ready
+        self.manager: BackupManager | None = None
+        self.error: str | None = "connecting to the backup repository"
+        # The last reason the repository could not be opened, for the health check.
+        self.failure: BackupError | None = None
+        # A start that found no state may create the repository; any other needs `init`.
+        self.may_create_repository = first_start
+        self._retry_now = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.connection_failures = 0
+        self._listeners: list[Callable[[object], None]] = []
+        self.started_at = time.time()
+        self.last_drill_at: float | None = None
+        self.last_drill_ok: bool | None = None
+        # In a fleet: the jobs lock; the schedule runs while this replica holds it.
+        self.leader: FleetLeader | None = None
+
+    # --- connection ---------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[object], None]) -> None:
+        self._listeners.append(listener)
+        if self.manager is not None:
+            self.manager.subscribe(listener)
+
+    def repository_config(self) -> RepositoryConfig:
+        settings = self.settings
+        database, url = self.stores.database, settings.database_url
+        return RepositoryConfig(
+            repository=settings.restic_repository,
+            password_file=settings.restic_password_file,
+            binary=settings.restic_binary,
+            # Replicas sharing a database may share a remote repository: one creates it.
+            init_lock=(
+                partial(repository_init_lock, database, url.get_secret_value())
+                if database is not None and url is not None
+                else None
+            ),
+            record_file=settings.data_dir / RECORD_FILE_NAME,
+        )
+
+    async def connect(self, max_delay_s: float = 60.0) -> None:
+        """Reach the repository, retrying with backoff (at once after `init`); it is created
+        here only on the first start of a brand-new data directory."""
+        delay = 1.0
+        settings = self.settings
+        repository = self.repository_config()
+        while self.manager is None:
+            self._retry_now.clear()  # an `init` from now on cuts the wait after a failure
+            try:
+                manager = await BackupManager.open(
+                    repository,
+                    self.state,
+                    may_create=self.may_create_repository,
+                    emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                    shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
+                )
+            except BackupError as exc:
+                self.connection_failures += 1
+                self.error, self.failure = str(exc), exc
+                log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
+                delay = min(max_delay_s, delay * 2)
+                continue
+            for listener in self._listeners:
+                manager.subscribe(listener)
+            self.manager, self.error, self.failure = manager, None, None
+            self.may_create_repository = False
+            self.connected.set()
+            log.info("backup repository ready: %d snapshots", len(manager.list()))
+
+    async def init(self) -> InitOutcome:
+        """`ers backup init`: create the repository if there is none and make it the one the
+        backups go to; a waiting connection retries at once."""
+        outcome = await init_repository(self.repository_config())
+        if self.manager is not None:
+            self.manager.identity = outcome.identity
+            await self.manager.refresh()
+        else:
+            self._retry_now.set()
+        log.warning(
+            "backup repository %s %s (recorded before: %s)",
+            outcome.identity.expected_id[:8],
+            "created" if outcome.created else "adopted",
+            (outcome.previous_id or "none")[:8],
+        )
+        return outcome
+
+    async def refresh(self) -> list[Snapshot]:
+        return await self.require().refresh()
+
+    def require(self) -> BackupManager:
+        if self.manager is None:
+            # The cause, when there is one, is what the route reports on its span.
+            raise BackupsUnavailable(f"backups are not available: {self.error}") from self.failure
+        return self.manager
+
+    # --- figures ------------------------------------------------------------------------
+
+    def last_success(self) -> dict[str, float]:
+        """The newest snapshot time per component, from the index and this run's backups."""
+        if self.manager is None:
+            return {}
+        newest: dict[str, float] = {}
+        for snapshot in self.manager.list():
+            for component in snapshot.components:
+                at = snapshot.time.timestamp()
+                newest[component] = max(newest.get(component, 0.0), at)
+        for component, at in self.manager.status().last_success.items():
+            newest[component] = max(newest.get(component, 0.0), at.timestamp())
+        return newest
+
+    def last_full(self) -> float | None:
+        """When the whole state was last backed up: the newest snapshot holding every
+        component or, where a snapshot holds one component (PostgreSQL), the oldest of the
+        components' newest snapshots (None until each component has one)."""
+        if self.manager is None:
+            return None
+        wanted = set(self.manager.backend.components)
+        snapshots = self.manager.list()
+        if self.one_component_per_snapshot:
+            newest: dict[str, float] = {}
+            for snapshot in snapshots:
+                for component in set(snapshot.components) & wanted:
+                    at = snapshot.time.timestamp()
+                    newest[component] = max(newest.get(component, at), at)
+            return min(newest.values()) if newest.keys() == wanted else None
+        times = [s.time.timestamp() for s in snapshots if wanted <= set(s.components)]
+        return max(times, default=None)
+
+    def summary(self) -> dict[str, Any]:
+        if self.manager is None:
+            return {"available": 0, "lastBackup": None, "totalSize": "0 B", "error": self.error}
+        snapshots = self.manager.list()
+        last = max((s.time for s in snapshots), default=None)
+        total = sum(self.manager.backend.live_sizes().values())
+        return {
+            "available": len(snapshots),
+            "lastBackup": last.isoformat().replace("+00:00", "Z") if last else None,
+            "totalSize": human_size(total),
+        }
+
+    # --- operations ---------------------------------------------------------------------
+
+    async def create(
+        self, components: list[str] | None, reason: str, *, skip_unchanged: bool = True
+    ) -> BackupResult:
+        return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
+
+    async def emergency(self, why: str) -> str:
+        result = await self.create(None, "emergency")
+        if result.coalesced:
+            return f"an emergency backup ran moments ago: {result.snapshot_id}"
+        return f"emergency snapshot {result.snapshot_id} ({why[:100]})"
+
+    async def rollback(
+        self, snapshot_id: str, components: list[str] | None, reason: str
+    ) -> RollbackResult:
+        manager = self.require()
+        names = components or await manager.rollback_components(snapshot_id)
+        stores = [self.stores.by_component()[name] for name in names]
+
+        @contextlib.asynccontextmanager
+        async def pause_writers() -> AsyncIterator[None]:
+            self._set_ready(False, "a rollback is swapping state files")
+            try:
+                with self.stores.paused(
+                    names, "a rollback is swapping this store's file; retry shortly"
+                ):
+                    yield
+            finally:
+                self._set_ready(True, None)
+
+        def reopen() -> None:
+            for store in stores:
+                store.open()
+
+        result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
+        notes: list[str] = []
+        for name in names:
+            if name not in self._restored_with:
+                continue
+            try:
+                notes += await self._restored_with[name]()
+            except Exception as exc:  # the files are rolled back either way
+                log.exception("putting back what %s holds failed after its rollback", name)
+                notes.append(
+                    f"{name} is rolled back, but putting back what it holds failed ({exc}); "
+                    "a restart of the service puts it back"
+                )
+        return dataclasses.replace(result, notes=tuple(notes)) if notes else result
+
+    def newest_before(self, moment: datetime, component: str | None = None) -> str | None:
+        snapshot = self.require().newest_snapshot_before(moment, component)
+        return snapshot.id if snapshot is not None else None
+
+    @property
+    def one_component_per_snapshot(self) -> bool:
+        """On PostgreSQL a snapshot holds one component (a pg_dump of its schema)."""
+        return self.state.one_component_per_snapshot
+
+    async def shutdown_backup(self) -> None:
+        if self.manager is None:
+            return
+        try:
+            await self.manager.shutdown_backup(self.settings.shutdown_backup_timeout_s)
+        except (BackupError, TimeoutError) as exc:
+            log.error("final backup failed: %s", exc)

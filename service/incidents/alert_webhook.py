@@ -1,0 +1,247 @@
+"""What ERS does with an alert from Alertmanager.
+
+Each alert is recorded in the ledger first (a duplicate delivery stops there), then, in the
+background: it lands on an incident (the open one of the same component and type, else a new
+one), its receipt goes on the timeline, and a firing alert runs its action —
+``isolate`` force-opens the agent's breaker with source ``alertmanager``, ``backup`` takes an
+emergency backup, ``rollback`` rolls back only when automatic rollback is on, ``cleanup``
+trims caches. A resolved alert never starts an action: it lands on the incident its firing
+landed on and recovers it (``recovery``): a resolved ``isolate`` releases the breaker to
+half-open, so recovery is tested, mitigates the incident and resolves it once the trial
+succeeds.
+
+A ``backup``, ``rollback`` or ``cleanup`` alert with no incident of its own target and kind
+lands on the most severe active incident: such alerts (``CriticalIncidentActive``) are about
+the incidents already open, and an incident of their own would keep them firing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from service.errors import UnknownAgent
+from service.incidents.alert_payload import Alert, WebhookPayload
+from service.incidents.ledger import AlertLedger
+from service.incidents.ledger_pg import PgAlertLedger
+from service.incidents.lifecycle import IncidentStoreBase
+from service.incidents.model import Incident, IncidentNotFound
+from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
+from service.incidents.responder import Responder, ResponseContext
+from telemetry.classifier import Classification
+from telemetry.span_record import SpanRecord
+
+log = logging.getLogger("ers.alerts")
+
+ACTIONS = {
+    "isolate": "isolate",
+    "backup": "emergency_backup",
+    "rollback": "rollback",
+    "cleanup": "trim_caches",
+}
+ACTION_TYPES = {"isolate": "agent", "backup": "system", "rollback": "system", "cleanup": "resource"}
+SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "ticket": "medium"}
+SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+class AlertHandler:
+    def __init__(
+        self,
+        ledger: AlertLedger | PgAlertLedger,
+        incidents: IncidentStoreBase,
+        responder: Responder,
+        isolate_ttl_s: float = 900.0,
+        on_alert: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.incidents = incidents
+        self.responder = responder
+        self.isolate_ttl_s = isolate_ttl_s
+        self._on_alert = on_alert
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.recovery = IncidentRecovery(incidents)
+
+    async def receive(self, payload: WebhookPayload) -> dict[str, Any]:
+        """Record every alert (raises LedgerUnavailable) and act on the new ones later."""
+        new = duplicates = 0
+        for alert in payload.alerts:
+            starts_at = alert.startsAt.isoformat()
+            if await asyncio.to_thread(
+                self.ledger.record, alert.fingerprint, starts_at, alert.status, alert.name
+            ):
+                new += 1
+                task = asyncio.get_running_loop().create_task(self._process(alert))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                duplicates += 1
+        return {"received": len(payload.alerts), "new": new, "duplicates": duplicates}
+
+    async def drain(self) -> None:
+        """Wait for the alerts being acted on (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.recovery.drain()
+
+    async def _process(self, alert: Alert) -> None:
+        starts_at = alert.startsAt.isoformat()
+        try:
+            incident = await asyncio.to_thread(self._land, alert)
+            incident_id = incident.id if incident is not None else ""
+            outcome = await self._act(alert, incident)
+        except Exception as exc:  # an alert must never take the service down
+            log.exception("alert %s could not be handled", alert.name)
+            incident_id, outcome = None, f"failed: {type(exc).__name__}: {exc}"
+        await asyncio.to_thread(
+            self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
+        )
+        if self._on_alert is not None:
+            self._on_alert(alert.action or "none", alert.status)
+
+    def _land(self, alert: Alert) -> Incident | None:
+        component = alert.target or "ers"
+        kind = alert.labels.get("type") or ACTION_TYPES.get(alert.action or "", "alert")
+        if alert.status == "resolved":
+            incident = self._fired_on(alert) or self.incidents.find_active(component, kind)
+            incident = incident or self.incidents.find_active(component)
+        else:
+            incident = self.incidents.find_active(component, kind)
+            if incident is None and alert.action in ("backup", "rollback", "cleanup"):
+                incident = self._most_severe_active()
+            if incident is None:
+                incident = self._open(alert, component, kind)
+        if incident is None:
+            return None
+        words = "firing" if alert.status == "firing" else "resolved"
+        self.incidents.add_timeline(
+            incident.id,
+            "alert_received",
+            f"alert {alert.name} {words}: {alert.describe()}",
+            "alertmanager",
+            {
+                "alertname": alert.name,
+                "status": alert.status,
+                "fingerprint": alert.fingerprint,
+                "action": alert.action,
+                "labels": alert.labels,
+            },
+        )
+        return incident
+
+    def _fired_on(self, alert: Alert) -> Incident | None:
+        """The incident the firing of this alert landed on, as the ledger recorded it."""
+        entry = self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "firing")
+        if not entry or not entry["incidentId"]:
+            return None
+        try:
+            return self.incidents.get(entry["incidentId"])
+        except IncidentNotFound:
+            return None
+
+    def _most_severe_active(self) -> Incident | None:
+        active, _ = self.incidents.list(status="active", limit=50)
+        if not active:
+            return None
+        return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
+
+    def _open(self, alert: Alert, component: str, kind: str):  # noqa: ANN202
+        now_ns = time.time_ns()
+        record = SpanRecord(
+            name=f"alert.{alert.name}",
+            trace_id="",
+            span_id=secrets.token_hex(8),
+            parent_span_id=None,
+            start_ns=now_ns,
+            end_ns=now_ns,
+            status_code="ERROR",
+            status_message=alert.describe(),
+            attributes={"ers.component": component, "ers.alert": alert.name},
+            service_name="alertmanager",
+            exception_type=f"Alert{alert.name}",
+            exception_message=alert.describe(),
+        )
+        classification = Classification(
+            severity=SEVERITIES.get(alert.labels.get("severity", ""), "medium"),
+            type=kind,
+            impact="service_degraded",
+            recoverable=True,
+            protocol=None,
+            rule="alertmanager",
+            component=component,
+            fingerprint=alert_fingerprint(alert, component),
+        )
+        incident, _ = self.incidents.record_error(record, classification)
+        return incident
+
+    async def _act(self, alert: Alert, incident: Incident | None) -> str:
+        action = alert.action
+        target = alert.target or "ers"
+        incident_id = incident.id if incident is not None else ""
+        if alert.status == "resolved":
+            return await self._recover(alert, incident)
+        context = ResponseContext(
+            incident_id or f"alert:{alert.fingerprint}",
+            protocol="ALERT",
+            component=target,
+            reason=f"alert {alert.describe()}",
+            source="alertmanager",
+            ttl_s=self.isolate_ttl_s,
+        )
+        if action is None:
+            return "recorded; the alert names no action"
+        if action not in ACTIONS:
+            await asyncio.to_thread(
+                self._note, incident_id, f"unknown action '{action}': recorded, nothing done"
+            )
+            return f"unknown action '{action}'"
+        if action == "isolate":
+            self.recovery.forget(target)
+        result = await self.responder.run_action(ACTIONS[action], context)
+        return f"{result.action}: {result.result}"
+
+    async def _recover(self, alert: Alert, incident: Incident | None) -> str:
+        """The alert's condition has cleared: recover the incident its firing landed on."""
+        if incident is None:
+            return "resolved: no incident to recover"
+        note = f"alert {alert.name} resolved (fingerprint {alert.fingerprint})"
+        if alert.action != "isolate":
+            # Only an incident the alert opened is the alert's to close; one it landed on
+            # belongs to the failures that opened it.
+            if incident.fingerprint != alert_fingerprint(alert, alert.target or "ers"):
+                return "resolved: the incident is left to the failures that opened it"
+            return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
+        released, breaker_state = self._release(alert, incident)
+        await asyncio.to_thread(self._note, incident.id, released)
+        if breaker_state == "closed":
+            outcome = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
+        else:
+            outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)
+        return f"{released}; {outcome}"
+
+    def _release(self, alert: Alert, incident: Incident | None) -> tuple[str, str | None]:
+        """Lift the forced open this alert made; watch the trial that follows. Returns what
+        was done and the breaker's state after it (None when the target is no agent)."""
+        agent = alert.target or "ers"
+        try:
+            guard = self.responder.team.get(agent)
+        except UnknownAgent:
+            return f"'{agent}' is not an agent", None
+        breaker = guard.breaker
+        forced = breaker.snapshot().get("forced")
+        if not forced or forced.get("source") != "alertmanager":
+            message = "the breaker is not held by alertmanager; left as it is"
+        else:
+            message = breaker.release(source="alertmanager")
+        state = breaker.state.value
+        if incident is not None and state != "closed":
+            # Armed before any await: a trial that closes the breaker cannot be missed.
+            self.recovery.watch_trial(breaker, incident.id, alert)
+        return message, state
+
+    def _note(self, incident_id: str, message: str) -> None:
+        if incident_id:
+            self.incidents.add_timeline(incident_id, "note", message, ACTOR, {})

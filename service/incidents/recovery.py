@@ -1,0 +1,120 @@
+"""What a resolved alert does to the incident its firing landed on.
+
+The condition behind the alert has cleared, so the incident is mitigated, on its timeline,
+with the alert's fingerprint. An ``isolate`` alert released the agent's breaker to half-open:
+its incident is resolved once a trial call succeeds and the breaker closes (at once when the
+breaker is already closed). An alert with another action that opened its own incident has
+nothing left to test, so that incident is resolved with the alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from service.incidents.alert_payload import Alert
+from service.incidents.lifecycle import IncidentStoreBase
+from service.incidents.model import IllegalTransition, IncidentNotFound
+from service.resilience.breaker import CircuitBreaker
+from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
+
+log = logging.getLogger("ers.alerts")
+
+ACTOR = "alertmanager"
+
+
+def alert_fingerprint(alert: Alert, component: str) -> str:
+    """The fingerprint of the incident an alert opens when none is active."""
+    return f"alert:{alert.name}:{component}"
+
+
+class IncidentRecovery:
+    """Mitigates and resolves the incidents of resolved alerts; keeps at most one watch per
+    breaker (a new firing of the agent's alert replaces it)."""
+
+    def __init__(self, incidents: IncidentStoreBase) -> None:
+        self.incidents = incidents
+        self._watches: dict[str, Callable[[], None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def mitigate(self, incident_id: str, alert: Alert) -> str:
+        """Blocking: call off the event loop."""
+        note = f"alert {alert.name} resolved (fingerprint {alert.fingerprint})"
+        try:
+            self.incidents.mitigate(incident_id, ACTOR, note)
+        except IllegalTransition as exc:
+            return f"incident left {exc.status}"
+        return "incident mitigated"
+
+    def resolve(self, incident_id: str, actor: str, note: str) -> str:
+        """Blocking: call off the event loop."""
+        try:
+            self.incidents.resolve(incident_id, actor, note)
+        except (IllegalTransition, IncidentNotFound) as exc:
+            return f"incident not resolved: {exc}"
+        return "incident resolved"
+
+    def forget(self, agent: str) -> None:
+        """A new firing starts a new episode: the previous watch has nothing left to say."""
+        unsubscribe = self._watches.pop(agent, None)
+        if unsubscribe is not None:
+            unsubscribe()
+
+    def watch_trial(self, breaker: CircuitBreaker, incident_id: str, alert: Alert) -> None:
+        """Resolve ``incident_id`` when ``breaker`` next closes; note a failed trial."""
+        self.forget(breaker.name)
+        loop = asyncio.get_running_loop()
+
+        def on_transition(event: BreakerEvent) -> None:
+            # Closed by a trial here, or by one on another replica of the fleet; a trial
+            # that fails sends the breaker from half-open back to open.
+            closed = event.to_state.value == "closed"
+            failed = (event.from_state.value, event.to_state.value) == ("half_open", "open")
+            if not closed and not failed:
+                return
+            if closed:
+                self.forget(breaker.name)
+            if closed and event.from_state.value == "half_open":
+                how = "the half-open trial succeeded and its breaker closed"
+            else:
+                how = f"its breaker closed ({event.reason}, by {event.source or 'the breaker'})"
+            # Breakers publish on the thread that called them: hand over to the loop.
+            loop.call_soon_threadsafe(self._spawn, closed, how, breaker.name, incident_id, alert)
+
+        self._watches[breaker.name] = breaker.subscribe(
+            on_transition, [BreakerEventKind.STATE_TRANSITION]
+        )
+
+    def _spawn(self, closed: bool, how: str, agent: str, incident_id: str, alert: Alert) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._after_trial(closed, how, agent, incident_id, alert)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _after_trial(
+        self, closed: bool, how: str, agent: str, incident_id: str, alert: Alert
+    ) -> None:
+        try:
+            if closed:
+                note = (
+                    f"{agent}: {how} after alert {alert.name} resolved"
+                    f" (fingerprint {alert.fingerprint})"
+                )
+                await asyncio.to_thread(self.resolve, incident_id, f"breaker:{agent}", note)
+            else:
+                message = (
+                    f"the half-open trial of {agent} failed; its breaker is open again and"
+                    " the incident stays until a trial succeeds"
+                )
+                await asyncio.to_thread(
+                    self.incidents.add_timeline, incident_id, "note", message, f"breaker:{agent}"
+                )
+        except Exception:  # a timeline write must never take the service down
+            log.exception("the trial outcome of %s could not be recorded", agent)
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)  # let trial outcomes handed over by breakers start
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

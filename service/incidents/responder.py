@@ -1,0 +1,284 @@
+"""The responder: runs the actions of an emergency protocol, once per incident and action
+within a cooldown, and writes what happened on the incident's timeline.
+
+Protocols and their actions (the seed's four scenarios):
+- AGENT_FAILURE: isolate the agent (force its breaker open with a TTL), restart it;
+- SERVICE_DEGRADATION: isolate, serve cached answers (for the TTL, a request with a cached
+  answer gets it without calling the agent);
+- CRITICAL_SYSTEM_FAILURE: emergency backup, minimal response mode (for the TTL, chat answers
+  with short guidance and calls no agent), rollback (only when automatic rollback is on;
+  otherwise "approval needed");
+- RESOURCE_EXHAUSTION: trim the cache of last good answers.
+An action for agents on a component that is not one (an external service's incident) is
+skipped, with the reason, on the timeline. Actions whose effect is fleet-wide (isolate,
+emergency backup, rollback) are claimed in the shared database first, so one replica runs
+each per incident. An action that fails is recorded as failed; it never takes the service down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.chat.minimal_mode import MinimalMode
+from service.chat.team import Team
+from service.errors import UnknownAgent
+
+log = logging.getLogger("ers.responder")
+
+PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
+    "AGENT_FAILURE": ("isolate", "restart_agent"),
+    "SERVICE_DEGRADATION": ("isolate", "serve_cached"),
+    "CRITICAL_SYSTEM_FAILURE": ("emergency_backup", "minimal_response_mode", "rollback"),
+    "RESOURCE_EXHAUSTION": ("trim_caches",),
+}
+# Actions on one agent: skipped for a component that is not an agent of the team.
+AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
+# Actions whose effect reaches every replica: one replica runs each per incident.
+FLEET_WIDE_ACTIONS = frozenset({"isolate", "emergency_backup", "rollback"})
+
+
+class Timeline(Protocol):
+    def add_timeline(
+        self, incident_id: str, kind: str, message: str, actor: str, data: dict[str, Any]
+    ) -> None: ...
+
+
+class ActionClaims(Protocol):
+    def claim_action(
+        self, incident_id: str, action: str, replica: str, cooldown_s: float
+    ) -> str | None:
+        """Claim the action for this replica: None when it may run it, else who holds it."""
+        ...
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str
+    result: str  # success | skipped | not_available | approval_needed | failed
+    detail: str
+
+
+@dataclass
+class ResponseContext:
+    incident_id: str
+    protocol: str
+    component: str
+    reason: str
+    source: str = "responder"
+    ttl_s: float | None = None
+
+
+ActionFn = Callable[[ResponseContext], Awaitable[ActionResult]]
+
+
+class Responder:
+    def __init__(
+        self,
+        team: Team,
+        timeline: Timeline | None,
+        *,
+        isolate_ttl_s: float = 120.0,
+        cooldown_s: float = 300.0,
+        auto_rollback: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        on_action: Callable[[str, str, str], None] | None = None,
+        minimal_mode: MinimalMode | None = None,
+        claims: ActionClaims | None = None,
+        replica: str = "",
+        emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None,
+        rollback: Callable[[ResponseContext], Awaitable[str]] | None = None,
+    ) -> None:
+        self.team = team
+        self.timeline = timeline
+        self.isolate_ttl_s = isolate_ttl_s
+        self.cooldown_s = cooldown_s
+        self.auto_rollback = auto_rollback
+        self._clock = clock
+        self._on_action = on_action
+        self._last_run: dict[tuple[str, str], float] = {}
+        self.minimal_mode = minimal_mode
+        self.claims = claims
+        self.replica = replica
+        # Both None without backups.
+        self.emergency_backup = emergency_backup
+        self.rollback = rollback
+        self._actions: dict[str, ActionFn] = {
+            "isolate": self._isolate,
+            "release": self._release,
+            "restart_agent": self._restart_agent,
+            "serve_cached": self._serve_cached,
+            "emergency_backup": self._emergency_backup,
+            "minimal_response_mode": self._minimal_mode,
+            "rollback": self._rollback,
+            "trim_caches": self._trim_caches,
+        }
+
+    def actions_for(self, protocol: str | None) -> tuple[str, ...]:
+        return PROTOCOL_ACTIONS.get(protocol or "", ())
+
+    async def respond(self, context: ResponseContext) -> list[ActionResult]:
+        """Run the protocol's actions in order."""
+        results = []
+        for action in self.actions_for(context.protocol):
+            results.append(await self.run_action(action, context))
+        return results
+
+    async def run_action(self, action: str, context: ResponseContext) -> ActionResult:
+        key = (context.incident_id, action)
+        now = self._clock()
+        last = self._last_run.get(key)
+        if last is not None and now - last < self.cooldown_s:
+            return ActionResult(action, "skipped", "ran within the cooldown")
+        self._last_run[key] = now
+        if len(self._last_run) > 10_000:
+            self._forget_old(now)
+        why_not = await self._why_not(action, context)
+        if why_not is not None:
+            return await self._skip(action, context, why_not)
+        await self._note(context, "action_started", f"{action} started", {"action": action})
+        try:
+            result = await asyncio.wait_for(self._actions[action](context), 120)
+        except Exception as exc:  # an action must never take the service down
+            log.exception("action %s failed for %s", action, context.incident_id)
+            result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
+        await self._note(
+            context,
+            "action_finished",
+            f"{action}: {result.result} — {result.detail}",
+            {"action": action, "result": result.result},
+        )
+        if self._on_action is not None:
+            self._on_action(context.protocol, action, result.result)
+        return result
+
+    async def _why_not(self, action: str, context: ResponseContext) -> str | None:
+        """Why the action does not run here: it does not apply to the component, or another
+        replica holds it for this incident; None when it runs."""
+        if action in AGENT_ACTIONS and self._agent(context) is None:
+            agents = ", ".join(sorted(self.team.guards))
+            return f"'{context.component}' is not an agent here ({agents}); {action} acts on agents"
+        if action in FLEET_WIDE_ACTIONS and self.claims is not None:
+            try:
+                holder = await asyncio.to_thread(
+                    self.claims.claim_action,
+                    context.incident_id,
+                    action,
+                    self.replica,
+                    self.cooldown_s,
+                )
+            except Exception as exc:  # the database is out: act here rather than nowhere
+                log.warning("%s runs unclaimed for %s: %s", action, context.incident_id, exc)
+                return None
+            if holder is not None:
+                return f"replica {holder} runs {action} for this incident"
+        return None
+
+    async def _skip(self, action: str, context: ResponseContext, reason: str) -> ActionResult:
+        result = ActionResult(action, "skipped", reason)
+        await self._note(
+            context,
+            "action_skipped",
+            f"{action}: skipped — {reason}",
+            {"action": action, "result": "skipped", "reason": reason},
+        )
+        if self._on_action is not None:
+            self._on_action(context.protocol, action, result.result)
+        return result
+
+    def _forget_old(self, now: float) -> None:
+        for key, at in list(self._last_run.items()):
+            if now - at >= self.cooldown_s:
+                del self._last_run[key]
+
+    async def _note(self, context: ResponseContext, kind: str, message: str, data: dict) -> None:
+        """Write on the incident's timeline, a round trip to its store: off the event loop."""
+        if self.timeline is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.timeline.add_timeline, context.incident_id, kind, message, context.source, data
+            )
+        except Exception:
+            log.exception("could not write the timeline of %s", context.incident_id)
+
+    # --- actions ------------------------------------------------------------------------
+
+    def _agent(self, context: ResponseContext):  # noqa: ANN202
+        try:
+            return self.team.get(context.component)
+        except UnknownAgent:
+            return None
+
+    async def _isolate(self, context: ResponseContext) -> ActionResult:
+        guard = self._agent(context)
+        if guard is None:
+            return ActionResult("isolate", "skipped", f"'{context.component}' is not an agent")
+        message = guard.breaker.force_open(
+            context.reason[:300], context.source, ttl_s=context.ttl_s or self.isolate_ttl_s
+        )
+        return ActionResult("isolate", "success", message)
+
+    async def _release(self, context: ResponseContext) -> ActionResult:
+        guard = self._agent(context)
+        if guard is None:
+            return ActionResult("release", "skipped", f"'{context.component}' is not an agent")
+        return ActionResult("release", "success", guard.breaker.release(source=context.source))
+
+    async def _restart_agent(self, context: ResponseContext) -> ActionResult:
+        guard = self._agent(context)
+        if guard is None:
+            return ActionResult("restart_agent", "skipped", "not an agent")
+        if not guard.restart():
+            return ActionResult("restart_agent", "not_available", "the agent has no factory")
+        return ActionResult("restart_agent", "success", f"new {guard.name} instance in place")
+
+    async def _serve_cached(self, context: ResponseContext) -> ActionResult:
+        guard = self._agent(context)
+        if guard is None:
+            return ActionResult("serve_cached", "skipped", "not an agent")
+        ttl_s = context.ttl_s or self.isolate_ttl_s
+        guard.fallback.serve_cached_for(ttl_s)
+        return ActionResult(
+            "serve_cached",
+            "success",
+            f"for {ttl_s:g} s, {guard.name} answers from its last good answers "
+            f"({len(self.team.answers)} cached) without being called",
+        )
+
+    async def _emergency_backup(self, context: ResponseContext) -> ActionResult:
+        if self.emergency_backup is None:
+            return ActionResult("emergency_backup", "not_available", "backups are not set up")
+        return ActionResult("emergency_backup", "success", await self.emergency_backup(context))
+
+    async def _minimal_mode(self, context: ResponseContext) -> ActionResult:
+        if self.minimal_mode is None:
+            return ActionResult(
+                "minimal_response_mode", "not_available", "chat has no minimal mode here"
+            )
+        ttl_s = context.ttl_s or self.isolate_ttl_s
+        self.minimal_mode.enter(ttl_s, context.reason)
+        return ActionResult(
+            "minimal_response_mode",
+            "success",
+            f"for {ttl_s:g} s, chat answers with short guidance and calls no agent",
+        )
+
+    async def _rollback(self, context: ResponseContext) -> ActionResult:
+        if not self.auto_rollback:
+            return ActionResult(
+                "rollback",
+                "approval_needed",
+                "automatic rollback is off; a person must approve a rollback",
+            )
+        if self.rollback is None:
+            return ActionResult("rollback", "not_available", "backups are not set up")
+        return ActionResult("rollback", "success", await self.rollback(context))
+
+    async def _trim_caches(self, context: ResponseContext) -> ActionResult:
+        dropped = self.team.answers.trim(keep=len(self.team.answers) // 4)
+        return ActionResult("trim_caches", "success", f"dropped {dropped} cached answers")

@@ -1,0 +1,284 @@
+"""The service's side of incidents: the span pipeline wired to the responder, the metrics,
+the chat replies and the system state.
+
+Error spans reach the IncidentProcessor (a span processor); its worker thread classifies and
+stores them and publishes events. Here an opened or reopened incident is handed to the event
+loop, where the responder runs the protocol's actions; the newest incident per component is
+kept in memory so degraded chat replies can name it without a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.trace import ReadableSpan
+
+from service.agents.base import AgentReply
+from service.errors import StoreUnavailable
+from service.incidents import ledger_pg, store_pg
+from service.incidents.ledger import AlertLedger
+from service.incidents.ledger_pg import PgAlertLedger
+from service.incidents.lifecycle import IncidentStoreBase
+from service.incidents.merge import GroupOutcome
+from service.incidents.model import IllegalTransition, Incident, IncidentStoreUnavailable
+from service.incidents.responder import ActionResult, Responder, ResponseContext
+from service.incidents.store import IncidentStore
+from service.incidents.store_pg import PgIncidentStore
+from service.settings import Settings
+from service.stores.postgres import PostgresDatabase
+from telemetry.classifier import load_rules
+from telemetry.incident_processor import IncidentProcessor
+from telemetry.instrument_filter import server_span_of
+
+log = logging.getLogger("ers.incidents")
+
+RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+# The health endpoint answers 503 to report an unhealthy check; the check that crossed its
+# line is the incident (``health.<check>``), never the request that read it.
+UNCLASSIFIED_ROUTES = ("/api/emergency/health",)
+# Set on a request's span whose error status is no failure of its own (e.g. a 503 while the
+# backup repository is still being reached); its value says why.
+NOT_AN_INCIDENT = "ers.not_an_incident"
+
+
+def not_an_incident(routes: tuple[str, ...]) -> Callable[[ReadableSpan], bool]:
+    on_route = server_span_of(routes)
+    return lambda span: on_route(span) or bool((span.attributes or {}).get(NOT_AN_INCIDENT))
+
+
+Ledger = AlertLedger | PgAlertLedger
+
+
+async def open_incident_state(
+    settings: Settings,
+    path: Path,
+    database: PostgresDatabase | None,
+    is_component_healthy: Callable[[str], bool],
+) -> tuple[IncidentStoreBase, Ledger]:
+    """The incident store and the alert ledger: in the SQLite file at ``path``, or, with the
+    stores on PostgreSQL (``database``), in its ``ers_incidents`` schema, where every replica
+    groups failures into the same incidents and takes each alert once."""
+    options = {
+        "quiet_period_s": settings.incident_quiet_period_s,
+        "is_component_healthy": is_component_healthy,
+    }
+    if database is None or settings.database_url is None:
+        return IncidentStore(path, **options), AlertLedger(path)
+    await database.migrate(
+        {store_pg.COMPONENT: store_pg.MIGRATIONS, ledger_pg.COMPONENT: ledger_pg.MIGRATIONS}
+    )
+    url = settings.database_url.get_secret_value()
+    try:
+        store = await asyncio.to_thread(PgIncidentStore, url, **options)
+    except IncidentStoreUnavailable as exc:
+        raise StoreUnavailable("incidents", exc.reason) from None
+    try:
+        ledger = await asyncio.to_thread(PgAlertLedger, url)
+    except Exception:
+        store.close()
+        raise
+    return store, ledger
+
+
+class IncidentService:
+    def __init__(
+        self,
+        store: IncidentStoreBase,
+        meter: Meter,
+        *,
+        rules_path: Path | None,
+        cache_active_counts: bool = False,
+    ) -> None:
+        """``cache_active_counts``: the store is a database server, so the active counts the
+        state machine reads every second come from a cache refreshed off the event loop
+        (``run_counts_refresh``) rather than from a query on it."""
+        self.store = store
+        self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
+        self._counts_stale = asyncio.Event()
+        self.processor = IncidentProcessor(
+            self.store, load_rules(rules_path), ignore=not_an_incident(UNCLASSIFIED_ROUTES)
+        )
+        self.responder: Responder | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._latest: dict[str, str] = {}
+        self._responded: set[str] = set()
+        self._results: dict[str, list[ActionResult]] = {}
+        self._listeners: list[Callable[[GroupOutcome], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._opened = meter.create_counter(
+            "ers_incidents", unit="1", description="Incidents opened or reopened"
+        )
+        self._recovery = meter.create_histogram(
+            "ers_incident_recovery_seconds",
+            unit="s",
+            description="Time from an incident opening to its mitigation or resolution",
+            explicit_bucket_boundaries_advisory=RECOVERY_BUCKETS,
+        )
+        self.actions = meter.create_counter(
+            "ers_protocol_actions", unit="1", description="Protocol actions and their results"
+        )
+        meter.create_observable_gauge(
+            "ers_incidents_active", [self._observe_active], description="Active incidents"
+        )
+        meter.create_observable_counter(
+            "ers_spans_classified",
+            [self._observe_classified],
+            description="Error spans classified by the incident pipeline",
+        )
+        meter.create_observable_counter(
+            "ers_incident_spans_dropped",
+            [self._observe_dropped],
+            description="Error spans dropped because the pipeline's queue was full",
+        )
+        self.processor.subscribe(self._on_event)
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def start(self, responder: Responder | None) -> None:
+        self.responder = responder
+        self._loop = asyncio.get_running_loop()
+
+    def subscribe(self, listener: Callable[[GroupOutcome], None]) -> None:
+        """Called on the event loop for every incident event."""
+        self._listeners.append(listener)
+
+    def _on_event(self, event: GroupOutcome) -> None:
+        # The processor's worker thread: hand over to the event loop at once.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._handle, event)
+
+    def _handle(self, event: GroupOutcome) -> None:
+        incident = event.incident
+        self._latest[incident.component] = incident.id
+        self._counts_stale.set()
+        if event.outcome in ("opened", "reopened"):
+            self._opened.add(
+                1,
+                {
+                    "severity": incident.severity,
+                    "type": incident.type,
+                    "component": incident.component,
+                },
+            )
+            self._responded.discard(incident.id)
+        # A canary's failure (test-system) opens the incident but does not act on it; the
+        # first real failure grouped into it does.
+        synthetic = bool(event.record.attributes.get("ers.synthetic"))
+        if self.responder is not None and not synthetic and incident.id not in self._responded:
+            self._responded.add(incident.id)
+            task = asyncio.get_running_loop().create_task(self._respond(incident))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("incident listener failed")
+
+    async def _respond(self, incident: Incident) -> None:
+        assert self.responder is not None
+        context = ResponseContext(
+            incident.id,
+            incident.protocol or "",
+            incident.component,
+            f"{incident.severity} {incident.type} incident {incident.id}: {incident.message}",
+        )
+        results = await self.responder.respond(context)
+        if len(self._responded) > 10_000:
+            self._responded.clear()
+        self._results[incident.id] = results
+        if len(self._results) > 1000:
+            self._results.pop(next(iter(self._results)))
+        if any(r.action == "isolate" and r.result == "success" for r in results):
+            await asyncio.to_thread(self._mitigate, incident.id, "agent isolated; fallbacks answer")
+
+    def _mitigate(self, incident_id: str, note: str) -> None:
+        try:
+            incident = self.store.mitigate(incident_id, "responder", note)
+        except IllegalTransition:
+            return
+        self.observe_recovery(incident)
+
+    def observe_recovery(self, incident: Incident) -> None:
+        if incident.recovery_time_s is not None:
+            self._recovery.record(incident.recovery_time_s, {"severity": incident.severity})
+
+    async def drain(self) -> None:
+        """Wait until queued error spans are written and their responses have run."""
+        await asyncio.to_thread(self.processor.force_flush, 10_000)
+        await asyncio.sleep(0)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def run_auto_resolve(self, every_s: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                for incident in await asyncio.to_thread(self.store.auto_resolve):
+                    self.observe_recovery(incident)
+            except Exception:
+                log.exception("auto-resolve failed")
+
+    def shutdown(self) -> None:
+        self.processor.shutdown()
+        self.store.close()
+
+    # --- what chat replies and status read ------------------------------------------------
+
+    def enrich(self, reply: AgentReply) -> AgentReply:
+        """Name the agent's current incident and what was done about it in a degraded reply."""
+        incident_id = self._latest.get(reply.agent)
+        recovery: dict[str, Any] = {"fallback": reply.fallback}
+        if incident_id is not None:
+            results = self._results.get(incident_id, [])
+            recovery["actions"] = [{"action": r.action, "result": r.result} for r in results]
+        return replace(reply, incident=incident_id, recovery=recovery)
+
+    def active_counts(self) -> dict[str, int]:
+        counts = self._cached_counts
+        if counts is None:
+            counts = self.store.active_counts_by_severity()
+        return {k: v for k, v in counts.items() if v}
+
+    async def run_counts_refresh(self, every_s: float = 1.0) -> None:
+        """Keep the cached active counts fresh: every ``every_s``, and soon after an
+        incident event. A failing read keeps the last counts and is logged once."""
+        failing = False
+        while True:
+            try:
+                self._cached_counts = await asyncio.to_thread(self.store.active_counts_by_severity)
+            except Exception as exc:
+                if not failing:
+                    log.warning("active incident counts could not be read: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("active incident counts can be read again")
+                failing = False
+            self._counts_stale.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._counts_stale.wait(), every_s)
+            await asyncio.sleep(0.05)  # events come in bursts: one read for a burst
+
+    # --- metrics ------------------------------------------------------------------------
+
+    def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
+        counts = self._cached_counts
+        if counts is None:
+            counts = self.store.active_counts_by_severity()
+        for severity, count in counts.items():
+            yield Observation(count, {"severity": severity})
+
+    def _observe_classified(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.processor.spans_classified)
+
+    def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.processor.spans_dropped)

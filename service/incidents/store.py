@@ -1,0 +1,244 @@
+"""Incidents grouped by fingerprint, with a lifecycle (open → acknowledged → mitigated →
+resolved, reopened when a resolved failure recurs), an audit timeline, and the raw error
+span records kept (bounded) so rules can be replayed.
+
+One store over either engine (``sql.Database``): its own SQLite file, or PostgreSQL shared
+by every replica (``incident_pg.PgIncidentStore`` opens it there and adds the fleet-wide
+action claims). Thread-safe: the worker thread writes while the event loop reads. A status
+change locks its incident's row for the read-check-write, so two replicas resolving at once
+give one resolution and one IllegalTransition; batches are written by ``incident_writes``.
+What the engines share beyond SQL is in ``incident_lifecycle`` and ``incident_merge``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from service.incidents.lifecycle import IncidentStoreBase, change_status, in_filters
+from service.incidents.merge import Group, new_incident_id
+from service.incidents.model import (
+    ACTIVE_STATUSES,
+    OPENED,
+    REOPENED,
+    SEVERITIES,
+    STATUSES,
+    UPDATED,
+    IllegalTransition,
+    Incident,
+    IncidentNotFound,
+    TimelineEntry,
+    UnknownTimelineKind,
+)
+from service.incidents.writes import (
+    GroupOutcome,
+    StoredSpanRecord,
+    insert_timeline,
+    keep_span_records,
+    read_span_records,
+    write_groups,
+)
+from service.stores.sql import Database, SqliteDatabase
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+    severity TEXT NOT NULL, type TEXT NOT NULL, impact TEXT NOT NULL,
+    recoverable INTEGER NOT NULL, protocol TEXT, rule TEXT NOT NULL, component TEXT NOT NULL,
+    source_service TEXT NOT NULL, span_name TEXT NOT NULL, exception_type TEXT NOT NULL,
+    message TEXT NOT NULL, count INTEGER NOT NULL, reopen_count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, opened_at REAL NOT NULL,
+    acknowledged_at REAL, mitigated_at REAL, resolved_at REAL, recovery_time_s REAL,
+    trace_ids TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_status ON incidents (status, severity);
+CREATE INDEX IF NOT EXISTS incidents_last_seen ON incidents (last_seen);
+CREATE TABLE IF NOT EXISTS timeline (
+    seq INTEGER PRIMARY KEY, incident_id TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, message TEXT NOT NULL, data TEXT
+);
+CREATE INDEX IF NOT EXISTS timeline_incident ON timeline (incident_id, seq);
+CREATE TABLE IF NOT EXISTS span_records (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, incident_id TEXT NOT NULL,
+    classification TEXT NOT NULL, record TEXT NOT NULL, weight INTEGER NOT NULL
+);
+"""
+
+
+class IncidentStore(IncidentStoreBase):
+    def __init__(self, path: str | Path | Database, **options: Any) -> None:
+        """``path``: the SQLite file (created when missing), or an open database with the
+        incidents tables; ``options`` as ``IncidentStoreBase`` takes them."""
+        super().__init__(**options)
+        if isinstance(path, str | Path):
+            self.path = Path(path)
+            path = SqliteDatabase(self.path, SQLITE_SCHEMA)
+        self._database: Database = path
+        self._dialect = path.dialect
+
+    def close(self) -> None:
+        self._database.close()
+
+    # -- recording failures ---------------------------------------------------------------
+
+    def _write_batch(
+        self, groups: dict[str, Group], now: float, keep_records: bool
+    ) -> list[GroupOutcome]:
+        with self._database.transaction() as db:
+            outcomes = write_groups(
+                db, self._dialect, groups, now, self.max_trace_ids, new_incident_id
+            )
+            if keep_records:
+                keep_span_records(
+                    db, outcomes, groups, now, self.max_span_records, self.records_per_incident
+                )
+        return outcomes
+
+    def stored_span_records(
+        self, limit: int | None = None, incident_id: str | None = None
+    ) -> list[StoredSpanRecord]:
+        return read_span_records(self._database, limit, incident_id)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, incident_id: str) -> Incident:
+        rows = self._database.rows("SELECT * FROM incidents WHERE id = ?", (incident_id,))
+        if not rows:
+            raise IncidentNotFound(incident_id)
+        return Incident.from_row(rows[0])
+
+    def list(
+        self,
+        status: str | Sequence[str] | None = None,
+        severity: str | Sequence[str] | None = None,
+        component: str | Sequence[str] | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Incident], int]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, values in in_filters(status, severity, component):
+            clause, values = self._dialect.any_of(column, values)
+            clauses.append(clause)
+            params.extend(values)
+        if since is not None:
+            clauses.append("last_seen >= ?")
+            params.append(since)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        total = self._database.rows(f"SELECT COUNT(*) AS n FROM incidents {where}", params)[0]
+        # Ids compared byte by byte, whatever the database's collation.
+        rows = self._database.rows(
+            f"SELECT * FROM incidents {where} "
+            f"ORDER BY last_seen DESC, id{self._dialect.byte_order} LIMIT ? OFFSET ?",
+            [*params, max(limit, 0), max(offset, 0)],
+        )
+        return [Incident.from_row(row) for row in rows], total["n"]
+
+    def timeline(self, incident_id: str) -> builtins.list[TimelineEntry]:
+        rows = self._database.rows(
+            "SELECT * FROM timeline WHERE incident_id = ? ORDER BY seq", (incident_id,)
+        )
+        return [TimelineEntry.from_row(row) for row in rows]
+
+    def active_counts_by_severity(self) -> dict[str, int]:
+        return self._counts_by_severity(*self._dialect.any_of("status", ACTIVE_STATUSES))
+
+    def counts_by_severity(self, since: float) -> dict[str, int]:
+        return self._counts_by_severity("last_seen >= ?", [since])
+
+    def _counts_by_severity(self, where: str, params: builtins.list[Any]) -> dict[str, int]:
+        counts = dict.fromkeys(SEVERITIES, 0)
+        rows = self._database.rows(
+            f"SELECT severity, COUNT(*) AS n FROM incidents WHERE {where} GROUP BY severity",
+            params,
+        )
+        counts.update({row["severity"]: row["n"] for row in rows})
+        return counts
+
+    def find_active(self, component: str, type: str | None = None) -> Incident | None:
+        active, params = self._dialect.any_of("status", ACTIVE_STATUSES)
+        clauses = ["component = ?", active]
+        params = [component, *params]
+        if type is not None:
+            clauses.append("type = ?")
+            params.append(type)
+        rows = self._database.rows(
+            f"SELECT * FROM incidents WHERE {' AND '.join(clauses)} "
+            "ORDER BY last_seen DESC LIMIT 1",
+            params,
+        )
+        return Incident.from_row(rows[0]) if rows else None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _transition(
+        self,
+        incident_id: str,
+        wanted: str,
+        who: str,
+        note: str,
+        allowed_from: Sequence[str],
+        now: float | None = None,
+    ) -> Incident:
+        if wanted not in STATUSES:
+            raise ValueError(f"unknown status {wanted!r}")
+        now = self.clock() if now is None else now
+        with self._database.transaction() as db:
+            row = db.execute(
+                f"SELECT * FROM incidents WHERE id = ?{self._dialect.lock_rows}", (incident_id,)
+            ).fetchone()
+            if row is None:
+                raise IncidentNotFound(incident_id)
+            incident = Incident.from_row(row)
+            kind, message = change_status(incident, wanted, note, allowed_from, now)
+            db.execute(
+                f"UPDATE incidents SET status = ?, {wanted}_at = ?, recovery_time_s = ? "
+                "WHERE id = ?",
+                (
+                    incident.status,
+                    getattr(incident, f"{wanted}_at"),
+                    incident.recovery_time_s,
+                    incident_id,
+                ),
+            )
+            insert_timeline(db, incident_id, now, kind, who, message, {})
+        return incident
+
+    def _add_timeline(
+        self,
+        incident_id: str,
+        at: float,
+        kind: str,
+        actor: str,
+        message: str,
+        data: dict[str, Any],
+    ) -> int:
+        rows = self._database.rows(
+            "INSERT INTO timeline (incident_id, at, kind, actor, message, data) "
+            "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM incidents WHERE id = ?) "
+            "RETURNING seq",
+            (incident_id, at, kind, actor, message, json.dumps(data, default=str), incident_id),
+        )
+        if not rows:
+            raise IncidentNotFound(incident_id)
+        return int(rows[0]["seq"])
+
+
+__all__ = [
+    "OPENED",
+    "REOPENED",
+    "UPDATED",
+    "GroupOutcome",
+    "IllegalTransition",
+    "Incident",
+    "IncidentNotFound",
+    "IncidentStore",
+    "IncidentStoreBase",
+    "StoredSpanRecord",
+    "TimelineEntry",
+    "UnknownTimelineKind",
+]

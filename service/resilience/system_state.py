@@ -1,0 +1,127 @@
+"""The system state: normal → degraded → emergency → recovery → normal.
+
+- emergency: an active critical incident, or most agents isolated;
+- degraded: any breaker open or forced, an active high incident, or a failing subsystem;
+- recovery: the conditions above have cleared, until the system has been clean for
+  ``recovery_clean_s``; then normal. Trouble during recovery goes back to degraded or
+  emergency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+log = logging.getLogger("ers.state")
+
+
+class SystemState(StrEnum):
+    NORMAL = "normal"
+    DEGRADED = "degraded"
+    EMERGENCY = "emergency"
+    RECOVERY = "recovery"
+
+
+@dataclass(frozen=True)
+class StateTransition:
+    from_state: SystemState
+    to_state: SystemState
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StateInputs:
+    breaker_states: Callable[[], dict[str, str]]
+    active_incidents: Callable[[], dict[str, int]]
+    failing_subsystems: Callable[[], list[str]]
+
+
+class SystemStateMachine:
+    def __init__(
+        self,
+        inputs: StateInputs,
+        recovery_clean_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._inputs = inputs
+        self.recovery_clean_s = recovery_clean_s
+        self._clock = clock
+        self.state = SystemState.NORMAL
+        self.reason = "starting clean"
+        self.since = clock()
+        self._clean_since: float | None = None
+        self._listeners: list[Callable[[StateTransition], None]] = []
+        self.history: list[StateTransition] = []
+
+    def subscribe(self, listener: Callable[[StateTransition], None]) -> None:
+        self._listeners.append(listener)
+
+    def resume(self, state: SystemState, reason: str, since: float) -> None:
+        """Carry on from a state kept before a restart (a recovery keeps watching from when
+        it began); the next ``evaluate`` moves on from there as the conditions say."""
+        self.state, self.reason, self.since = state, reason, since
+        self._clean_since = since if state is SystemState.RECOVERY else None
+
+    def conditions(self) -> tuple[SystemState | None, str]:
+        """The state the current conditions call for (None when clean) and why."""
+        breakers = self._inputs.breaker_states()
+        incidents = self._inputs.active_incidents()
+        isolated = sorted(n for n, s in breakers.items() if s in ("open", "forced_open"))
+        if incidents.get("critical"):
+            return SystemState.EMERGENCY, f"{incidents['critical']} critical incident(s) active"
+        if breakers and len(isolated) * 2 > len(breakers):
+            return SystemState.EMERGENCY, f"most agents isolated: {', '.join(isolated)}"
+        if isolated:
+            return SystemState.DEGRADED, f"breaker open: {', '.join(isolated)}"
+        if incidents.get("high"):
+            return SystemState.DEGRADED, f"{incidents['high']} high-severity incident(s) active"
+        failing = self._inputs.failing_subsystems()
+        if failing:
+            return SystemState.DEGRADED, f"failing subsystem: {', '.join(failing)}"
+        return None, "no open breakers, no high or critical incidents, subsystems healthy"
+
+    def evaluate(self) -> SystemState:
+        wanted, reason = self.conditions()
+        now = self._clock()
+        if wanted is not None:
+            self._clean_since = None
+            self._move(wanted, reason, now)
+        elif self.state in (SystemState.DEGRADED, SystemState.EMERGENCY):
+            self._clean_since = now
+            self._move(SystemState.RECOVERY, "conditions cleared; watching for relapse", now)
+        elif self.state is SystemState.RECOVERY:
+            if self._clean_since is None:
+                self._clean_since = now
+            if now - self._clean_since >= self.recovery_clean_s:
+                self._move(SystemState.NORMAL, f"clean for {self.recovery_clean_s:g} s", now)
+        return self.state
+
+    def _move(self, to: SystemState, reason: str, now: float) -> None:
+        if to is self.state:
+            self.reason = reason
+            return
+        transition = StateTransition(self.state, to, reason, now)
+        log.warning("system state %s -> %s: %s", self.state, to, reason)
+        self.state, self.reason, self.since = to, reason, now
+        self.history.append(transition)
+        del self.history[:-100]
+        for listener in self._listeners:
+            try:
+                listener(transition)
+            except Exception:
+                log.exception("system state listener failed")
+
+
+async def tick_state(state: SystemStateMachine, interval_s: float = 1.0) -> None:
+    """Recovery ends by the passing of time, so the state is also looked at every second."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            state.evaluate()
+        except Exception:  # one bad reading must not stop the state from moving on
+            log.exception("evaluating the system state failed")

@@ -1,0 +1,310 @@
+"""The ERS application: construction and the lifespan that wires everything together.
+
+Read the lifespan top to bottom to see how the parts connect: telemetry (built with the
+app, because the HTTP instrumentation needs it), state stores, the guarded team of agents,
+and the chat service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+# The HTTP semantic conventions are pinned so metric and attribute names stay stable.
+os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
+
+from fastapi import FastAPI  # noqa: E402
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
+
+from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
+from service.backups.rollbacks import Rollbacks  # noqa: E402
+from service.backups.service import finds_no_state  # noqa: E402
+from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
+from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
+from service.chat.service import ChatService  # noqa: E402
+from service.chat.team import breaker_configs, build_team  # noqa: E402
+from service.fleet import FleetOverrides  # noqa: E402
+from service.fleet.datadir_lock import hold_state  # noqa: E402
+from service.health.build import (
+    FailingSubsystems,  # noqa: E402
+    start_health,  # noqa: E402
+)
+from service.incidents.alert_webhook import AlertHandler  # noqa: E402
+from service.incidents.audit import AuditLog  # noqa: E402
+from service.incidents.responder import Responder  # noqa: E402
+from service.incidents.service import IncidentService, open_incident_state  # noqa: E402
+from service.incidents.state_notes import StateNotes  # noqa: E402
+from service.incidents.store_pg import PgIncidentStore  # noqa: E402
+from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
+from service.resilience.breaker_metrics import BreakerMetrics  # noqa: E402
+from service.resilience.faults import FaultInjector  # noqa: E402
+from service.resilience.instruments import AgentInstruments  # noqa: E402
+from service.resilience.state_keeper import StateKeeper  # noqa: E402
+from service.resilience.system_state import (  # noqa: E402
+    StateInputs,
+    SystemStateMachine,
+    tick_state,  # noqa: E402
+)
+from service.settings import (  # noqa: E402
+    Settings,
+    SettingsError,
+    check_production,
+    load_settings,
+)
+from service.stores import Stores  # noqa: E402
+from service.tasks import run_in_background  # noqa: E402
+from service.web import http_errors  # noqa: E402
+from service.web.body_limit import BodySizeLimit  # noqa: E402
+from service.web.kept_traces import KeptTraces  # noqa: E402
+from service.web.routes import (  # noqa: E402
+    alerts,
+    breakers,
+    chat,
+    faults,
+    incidents,
+    intake,
+    probes,
+    profiles,
+    status,
+)
+from service.web.routes import backups as backup_routes  # noqa: E402
+from service.web.runtime import Readiness, Runtime  # noqa: E402
+from telemetry.classifier import RulesError, load_rules  # noqa: E402
+from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
+from telemetry.trace_archive import TraceArchive  # noqa: E402
+from telemetry.trace_keeper import TraceKeeper  # noqa: E402
+
+log = logging.getLogger("ers")
+
+UNTRACED_PATHS = "/livez,/readyz,/metrics"
+
+
+def check_rules(settings: Settings) -> None:
+    """An invalid classification rules file stops start-up, naming the rule and the reason."""
+    try:
+        load_rules(settings.classification_rules)
+    except RulesError as exc:
+        raise SettingsError(f"invalid setting 'classification_rules': {exc}") from None
+
+
+def service_version() -> str:
+    try:
+        return version("emergency-response")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    check_production(settings)
+    breaker_configs(settings)  # an invalid per-agent override stops start-up here, in one line
+    check_rules(settings)
+    telemetry = build_telemetry(
+        settings.service_name, service_version(), enabled=settings.telemetry_enabled
+    )
+    app = FastAPI(
+        title="ERS",
+        summary="Emergency response for a team of AI agents",
+        version=service_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.telemetry = telemetry
+    http_errors.install(app)
+    app.include_router(chat.router)
+    app.include_router(profiles.router)
+    app.include_router(breakers.router)
+    app.include_router(status.router)
+    app.include_router(backup_routes.router)
+    app.include_router(incidents.router)
+    app.include_router(alerts.router)
+    app.include_router(intake.router)
+    if settings.fault_injection:
+        app.include_router(faults.router)
+    app.include_router(probes.router)
+    if settings.telemetry_enabled:
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.http_meter_provider,
+            excluded_urls=UNTRACED_PATHS,
+            # One server span per request; the per-message send/receive spans would triple
+            # the tracing cost of every chat and say nothing an operator needs.
+            exclude_spans=["receive", "send"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The state is this service's from before anything opens it until after all is closed:
+    # a second service, or an offline rollback, would change files under the open stores.
+    async with hold_state(app.state.settings), _lifespan(app):
+        yield
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    telemetry: Telemetry = app.state.telemetry
+    # Each part is built from the parts before it and registers its own stop right after:
+    # the stack stops them in the reverse order.
+    async with AsyncExitStack() as stack:
+        stack.callback(telemetry.shutdown)
+        # Routes answer 503 again once everything they reach is stopped.
+        stack.callback(setattr, app.state, "runtime", None)
+        readiness = Readiness()
+        # Only a start that finds no state at all may create the backup repository by itself.
+        first_start = await asyncio.to_thread(finds_no_state, settings.data_dir)
+        # State: one SQLite file per component, or one PostgreSQL schema each.
+        stores = Stores.from_settings(settings)
+        await stores.open()
+        stack.push_async_callback(stores.close)
+
+        # The team: every agent behind its breaker, timeout, retries and fallback.
+        instruments = AgentInstruments.create(telemetry.meter) if telemetry.enabled else None
+        faults = FaultInjector() if settings.fault_injection else None
+        team = build_team(stores, telemetry.tracer, instruments, faults, settings)
+        breaker_metrics = BreakerMetrics(telemetry.meter)
+        breaker_metrics.attach(team.breakers())
+        stack.callback(breaker_metrics.detach)
+        # Fleet: on PostgreSQL, a breaker forced open (or released) here is forced open (or
+        # released) in every replica, and theirs here; nothing changes on SQLite.
+        fleet = FleetOverrides.from_settings(settings, stores, team.breakers())
+        if fleet is not None:
+            await fleet.start()
+            stack.push_async_callback(fleet.stop)
+
+        # Incidents: error spans are classified and grouped off the request path. The
+        # incidents file also holds the audit trail and is backed up, never rolled back.
+        incidents_path = settings.data_dir / "incidents.sqlite3"
+        audit = AuditLog(incidents_path)
+        stack.callback(audit.close)
+        incident_store, alert_ledger = await open_incident_state(
+            settings,
+            incidents_path,
+            stores.database,
+            is_component_healthy=team.is_healthy,
+        )
+        stack.callback(alert_ledger.close)
+        incident_service = IncidentService(
+            incident_store,
+            telemetry.meter,
+            rules_path=settings.classification_rules,
+            cache_active_counts=stores.database is not None,
+        )
+        telemetry.add_span_processor(incident_service.processor)
+        # Kept traces also go to a bounded file, so incident trace links outlive a restart.
+        trace_keeper = TraceKeeper(archive=TraceArchive(settings.data_dir / "kept-traces.sqlite3"))
+        telemetry.add_span_processor(trace_keeper)
+
+        # The system state follows the breakers, the incidents and the health checks.
+        failing = FailingSubsystems()
+        state = SystemStateMachine(
+            StateInputs(
+                breaker_states=team.breaker_states,
+                active_incidents=incident_service.active_counts,
+                failing_subsystems=failing.names,
+            ),
+            recovery_clean_s=settings.recovery_clean_s,
+        )
+        for breaker in team.breakers():
+            breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
+        incident_service.subscribe(lambda event: state.evaluate())
+        state_notes = StateNotes(incident_service)
+        state.subscribe(state_notes)
+        # Isolations (forced opens, disabled breakers) and the system state outlive a restart:
+        # kept in system_state and put back here, after the fleet's own forced opens.
+        keeper = StateKeeper(stores.system_state, team.breakers(), state)
+        await keeper.start()
+        stack.push_async_callback(keeper.stop)
+
+        backups = build_backups(
+            settings,
+            stores,
+            incidents_path,
+            telemetry.meter,
+            readiness.set,
+            {"system_state": keeper.restored_lines},
+            first_start=first_start,
+        )
+        rollbacks = Rollbacks(backups, incident_store, audit) if backups is not None else None
+
+        # The responder runs each protocol's actions on the incidents; after a critical
+        # failure, chat answers with short guidance for a while (minimal mode).
+        minimal_mode = MinimalMode()
+        responder = Responder(
+            team,
+            incident_store,
+            isolate_ttl_s=settings.breaker_open_duration_s * 4,
+            cooldown_s=settings.responder_cooldown_s,
+            auto_rollback=settings.auto_rollback_enabled,
+            on_action=lambda protocol, action, result: incident_service.actions.add(
+                1, {"protocol": protocol, "action": action, "result": result}
+            ),
+            minimal_mode=minimal_mode,
+            # In a fleet, one replica runs each fleet-wide action of an incident.
+            claims=incident_store if isinstance(incident_store, PgIncidentStore) else None,
+            replica=fleet.replica if fleet is not None else "",
+            emergency_backup=(lambda c: backups.emergency(c.reason))
+            if backups is not None
+            else None,
+            rollback=rollbacks.automatic if rollbacks is not None else None,
+        )
+        incident_service.start(responder if settings.auto_response_enabled else None)
+        stack.callback(incident_service.shutdown)
+        stack.callback(state_notes.close)  # after the drain's last notes, before the store closes
+        stack.push_async_callback(incident_service.drain)
+        run_in_background(stack, incident_service.run_auto_resolve(), "resolve")
+        if stores.database is not None:
+            run_in_background(stack, incident_service.run_counts_refresh(), "incident-counts")
+        # Alerts from Alertmanager land on the same incidents.
+        alerts = AlertHandler(
+            alert_ledger, incident_store, responder, isolate_ttl_s=settings.alert_isolate_ttl_s
+        )
+        stack.push_async_callback(alerts.drain)
+        if backups is not None:
+            start_backup_jobs(stack, backups, stores, fleet.replica if fleet else None)
+
+        health, memory_check = start_health(
+            stack, settings, telemetry, stores, team, incident_service, backups, state, failing
+        )
+        run_in_background(stack, tick_state(state), "state")
+
+        admission = ChatAdmission(settings.chat_starts_per_turn, settings.chat_queue_limit)
+        register_admission_metrics(telemetry.meter, admission)
+        chat_service = ChatService(
+            MinimalModeGate(team.router, minimal_mode),  # type: ignore[arg-type]
+            stores.units,
+            system_state=lambda: state.state.value,
+            enrich=incident_service.enrich,
+            instruments=instruments,
+            admission=admission,
+        )
+
+        app.state.runtime = Runtime(
+            readiness=readiness,
+            stores=stores,
+            team=team,
+            faults=faults,
+            audit=audit,
+            incident_service=incident_service,
+            traces=KeptTraces(trace_keeper),
+            state=state,
+            state_keeper=keeper,
+            backups=backups,
+            rollbacks=rollbacks,
+            alerts=alerts,
+            health=health,
+            memory_check=memory_check,
+            chat=chat_service,
+        )
+        readiness.set(True, None)
+        stack.callback(readiness.set, False, "shutting down")
+        log.info("ERS ready (env=%s, data in %s)", settings.env, settings.data_dir)
+        yield

@@ -1,0 +1,83 @@
+"""Annotated dependencies: a route's signature says what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from opentelemetry.trace import Tracer as TracerModel
+
+from service.backups.rollbacks import Rollbacks as RollbacksModel
+from service.backups.service import BackupService
+from service.chat.service import ChatService
+from service.chat.team import Team as TeamModel
+from service.health.checks import MemoryCheck as MemoryCheckModel
+from service.health.monitor import HealthMonitor
+from service.incidents.alert_webhook import AlertHandler
+from service.incidents.service import IncidentService
+from service.resilience.faults import FaultInjector
+from service.resilience.state_keeper import StateKeeper
+from service.resilience.system_state import SystemStateMachine
+from service.settings import Settings as SettingsModel
+from service.stores import Stores as StoresModel
+from service.web.kept_traces import KeptTraces
+from service.web.runtime import Runtime
+
+
+async def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting")
+    return runtime
+
+
+_Runtime = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_settings(request: Request) -> SettingsModel:
+    return request.app.state.settings
+
+
+async def get_tracer(request: Request) -> TracerModel:
+    return request.app.state.telemetry.tracer
+
+
+def _part(pick: Callable[[Runtime], object]) -> Any:
+    """A dependency on one part the lifespan built."""
+
+    async def get(runtime: _Runtime) -> object:
+        return pick(runtime)
+
+    return Depends(get)
+
+
+async def get_backups(runtime: _Runtime) -> BackupService:
+    if runtime.backups is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+    return runtime.backups
+
+
+async def get_rollbacks(runtime: _Runtime) -> RollbacksModel:
+    if runtime.rollbacks is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+    return runtime.rollbacks
+
+
+Settings = Annotated[SettingsModel, Depends(get_settings)]
+Tracer = Annotated[TracerModel, Depends(get_tracer)]
+Chat = Annotated[ChatService, _part(lambda r: r.chat)]
+Team = Annotated[TeamModel, _part(lambda r: r.team)]
+Stores = Annotated[StoresModel, _part(lambda r: r.stores)]
+Faults = Annotated[FaultInjector | None, _part(lambda r: r.faults)]
+Incidents = Annotated[IncidentService, _part(lambda r: r.incident_service)]
+Traces = Annotated[KeptTraces, _part(lambda r: r.traces)]
+Alerts = Annotated[AlertHandler, _part(lambda r: r.alerts)]
+State = Annotated[SystemStateMachine, _part(lambda r: r.state)]
+Keeper = Annotated[StateKeeper, _part(lambda r: r.state_keeper)]
+Health = Annotated[HealthMonitor, _part(lambda r: r.health)]
+MemoryCheck = Annotated[MemoryCheckModel, _part(lambda r: r.memory_check)]
+StartedAt = Annotated[float, _part(lambda r: r.started_at)]
+MaybeBackups = Annotated[BackupService | None, _part(lambda r: r.backups)]
+Backups = Annotated[BackupService, Depends(get_backups)]
+Rollbacks = Annotated[RollbacksModel, Depends(get_rollbacks)]

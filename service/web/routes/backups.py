@@ -1,0 +1,298 @@
+"""Backups, test rollbacks and rollbacks (the seed's endpoints)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, status
+from opentelemetry import trace
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backup import (
+    BackupError,
+    InvalidBackupReason,
+    InvalidSnapshotId,
+    RollbackFailed,
+    RollbackRefused,
+    SnapshotNotFound,
+    validate_reason,
+    validate_snapshot_id,
+)
+from service.backups.service import BackupsUnavailable
+from service.incidents.service import NOT_AN_INCIDENT
+from service.web.auth import AdminAuth, AdminRead
+from service.web.deps import Backups, Rollbacks, Settings
+from service.web.routes.json_types import Confirmation
+
+router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
+
+BackupType = Literal[
+    "full_system", "conversations", "budgets", "profiles", "system_state", "incidents"
+]
+RollbackComponent = Literal["conversations", "budgets", "profiles", "system_state"]
+SNAPSHOT_ID = r"^[0-9a-f]{8,64}$"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _snapshot(s: Any) -> dict[str, Any]:
+    return {
+        "backupId": s.id,
+        "shortId": s.short_id,
+        "time": _iso(s.time),
+        "components": list(s.components),
+        "reason": s.reason,
+        "hostname": s.hostname,
+    }
+
+
+def _checked_id(backup_id: str) -> str:
+    try:
+        return validate_snapshot_id(backup_id)
+    except InvalidSnapshotId as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _report(failure: BaseException | None) -> None:
+    """Put the failure behind a 503 on the request's span, so the incident it makes is that
+    failure's (the lost repository's, counted once more); a 503 with no failure behind it
+    (backups off, or the repository still being reached) is no incident."""
+    span = trace.get_current_span()
+    if failure is None:
+        span.set_attribute(NOT_AN_INCIDENT, "backups are not available yet")
+        return
+    span.set_attribute("ers.component", "backups")
+    span.record_exception(failure)
+
+
+def _fail(exc: Exception) -> HTTPException:
+    if isinstance(exc, BackupsUnavailable):
+        _report(exc.__cause__)
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
+    if isinstance(exc, SnapshotNotFound):
+        return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
+    if isinstance(exc, RollbackRefused):
+        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+    _report(exc)
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backup failed: {exc}")
+
+
+class CreateBackup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Becomes the snapshot's `reason:` tag, so it must be a short, tag-safe word.
+    reason: str = "manual"
+    type: BackupType = "full_system"
+
+    @field_validator("reason")
+    @classmethod
+    def _tag_safe(cls, value: str) -> str:
+        try:
+            return validate_reason(value)
+        except InvalidBackupReason as exc:
+            raise ValueError(str(exc)) from None
+
+
+class TestRollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backupId: str = Field(pattern=SNAPSHOT_ID)
+    components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
+
+
+class Rollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backupId: str | None = Field(None, pattern=SNAPSHOT_ID)
+    beforeIncident: str | None = Field(None, pattern=r"^INC_\d{13}_[a-z0-9]{6}$")
+    confirm: Confirmation = False
+    reason: str = Field(min_length=1, max_length=500)
+    components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Rollback:
+        if (self.backupId is None) == (self.beforeIncident is None):
+            raise ValueError("give exactly one of backupId or beforeIncident")
+        return self
+
+
+@router.get("/backups")
+async def list_backups(backups: Backups) -> dict[str, Any]:
+    try:
+        snapshots = backups.require().list()
+    except BackupsUnavailable as exc:
+        raise _fail(exc) from None
+    return {**backups.summary(), "backups": [_snapshot(s) for s in snapshots]}
+
+
+@router.post("/backups/refresh")
+async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
+    """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
+    try:
+        snapshots = await backups.refresh()
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    return {**backups.summary(), "backups": [_snapshot(s) for s in snapshots]}
+
+
+@router.post("/backups/init")
+async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
+    """Create the repository if there is none and make it the one the backups go to."""
+    try:
+        outcome = await backups.init()
+    except BackupError as exc:
+        raise _fail(exc) from None
+    return {
+        "repositoryId": outcome.identity.expected_id,
+        "created": outcome.created,
+        "previousRepositoryId": outcome.previous_id,
+    }
+
+
+@router.get("/backups/{backup_id}")
+async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
+    snapshot_id = _checked_id(backup_id)
+    try:
+        details = await backups.require().details(snapshot_id)
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    return {
+        **_snapshot(details.snapshot),
+        "files": [{"path": f.path, "size": f.size} for f in details.files],
+        "totalSize": details.total_size,
+        "dataAdded": details.data_added,
+    }
+
+
+@router.post("/backups/create")
+async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) -> dict[str, Any]:
+    components = None if body.type == "full_system" else [body.type]
+    try:
+        # Asked for by a person: a snapshot with its reason even when nothing changed.
+        result = await backups.create(components, body.reason, skip_unchanged=False)
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    summary = result.summary
+    return {
+        "backupId": result.snapshot_id,
+        "reason": body.reason,
+        "type": body.type,
+        "components": list(result.components),
+        "skipped": list(result.skipped),
+        "durationSeconds": round(result.duration_seconds, 3),
+        "summary": None
+        if summary is None
+        else {
+            "filesNew": summary.files_new,
+            "filesChanged": summary.files_changed,
+            "dataAdded": summary.data_added,
+            "totalBytesProcessed": summary.total_bytes_processed,
+        },
+    }
+
+
+@router.post("/backups/test-rollback")
+async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
+    try:
+        preview = await backups.require().test_rollback(
+            body.backupId, list(body.components) if body.components else None
+        )
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    return {
+        "backupId": preview.snapshot_id,
+        "snapshotTime": _iso(preview.snapshot_time),
+        "snapshotReason": preview.snapshot_reason,
+        "liveStateTouched": False,
+        "components": {
+            c.component: {
+                "verification": {
+                    "integrity": c.verification.integrity,
+                    "checksumMatches": c.verification.checksum_matches,
+                },
+                "tables": {
+                    t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
+                    for t in c.tables
+                },
+            }
+            for c in preview.components
+        },
+    }
+
+
+@router.post("/rollback")
+async def rollback(
+    body: Rollback,
+    who: AdminAuth,
+    settings: Settings,
+    rollbacks: Rollbacks,
+    backups: Backups,
+) -> dict[str, Any]:
+    if not body.confirm:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            'a rollback replaces live state: send "confirm": true to go ahead '
+            "(try /api/emergency/backups/test-rollback first)",
+        )
+    if not settings.emergency_rollback_enabled:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "emergency rollback is disabled (emergency_rollback_enabled=false)",
+        )
+    try:
+        components = list(body.components) if body.components else None
+        one_each = backups.one_component_per_snapshot
+        if body.backupId is None and one_each and (components is None or len(components) != 1):
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                "with the state on PostgreSQL each component has snapshots of its own: "
+                'name one component in "components" to roll it back to before the incident',
+            )
+        component = components[0] if one_each and components else None
+        snapshot_id = body.backupId or await rollbacks.snapshot_before(
+            body.beforeIncident, component
+        )
+        result = await backups.rollback(snapshot_id, components, body.reason)
+    except RollbackFailed as exc:
+        await asyncio.to_thread(rollbacks.record, body, None, str(exc))
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"rollback failed at step '{exc.step}'; live state unchanged: {exc}",
+        ) from None
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    await asyncio.to_thread(rollbacks.record, body, result, None)
+    return {
+        "rolledBack": True,
+        "backupId": result.snapshot_id,
+        "components": list(result.components),
+        "safetyBackupId": result.safety_snapshot_id,
+        "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
+        "durationSeconds": round(result.duration_seconds, 3),
+        "reason": body.reason,
+        "restored": list(result.notes),
+    }
+
+
+@router.post("/backups/check")
+async def check_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
+    try:
+        result = await backups.require().check()
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    return {"ok": result.ok, "output": result.output_tail}
+
+
+@router.post("/backups/prune")
+async def prune_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
+    try:
+        manager = backups.require()
+        forgotten = await manager.forget(keep_last=backups.settings.max_backups)
+        await manager.prune()
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+    return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}

@@ -1,0 +1,114 @@
+"""Circuit breakers: their state, and the operator's reset (the seed's endpoints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import StoreUnavailable
+from service.resilience.breaker import CircuitBreaker, ResetRefused
+from service.resilience.state_keeper import StateKeeper
+from service.web.auth import AdminAuth, AdminRead
+from service.web.deps import Keeper, Team
+from service.web.routes.json_types import JsonBool, JsonNumber
+
+router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
+
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: JsonBool = Field(False, description="reset even when the agent is still failing")
+
+
+class ForceOpenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+    ttlSeconds: JsonNumber | None = Field(None, gt=0, le=7 * 24 * 3600)
+
+
+async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
+    """The reply to a change, once the change is saved to outlive a restart."""
+    saved = True
+    try:
+        await keeper.flush()
+    except StoreUnavailable as exc:
+        saved = False
+        message += f"; not saved across restarts yet ({exc}), retried in the background"
+    return {"message": message, "saved": saved, "breaker": breaker.snapshot()}
+
+
+def breaker_report(team: Any) -> dict[str, Any]:
+    breakers = {guard.name: guard.breaker.snapshot() for guard in team.guards.values()}
+    states = [b["state"] for b in breakers.values()]
+    return {
+        "breakers": breakers,
+        "totals": {
+            "total": len(states),
+            "open": sum(s in ("open", "forced_open") for s in states),
+            "closed": sum(s == "closed" for s in states),
+            "half_open": sum(s == "half_open" for s in states),
+            "forced_open": sum(s == "forced_open" for s in states),
+            "disabled": sum(s == "disabled" for s in states),
+        },
+    }
+
+
+@router.get("/circuit-breakers")
+async def list_breakers(team: Team) -> dict[str, Any]:
+    return breaker_report(team)
+
+
+@router.get("/circuit-breakers/{name}")
+async def get_breaker(name: str, team: Team) -> dict[str, Any]:
+    guard = team.get(name)
+    return {**guard.breaker.snapshot(), "history": [e.to_dict() for e in guard.breaker.history()]}
+
+
+@router.post("/circuit-breaker/{name}/reset")
+async def reset_breaker(
+    name: str, team: Team, keeper: Keeper, who: AdminAuth, body: ResetRequest | None = None
+) -> dict[str, Any]:
+    guard = team.get(name)
+    force = body.force if body is not None else False
+    # The cause may be gone although the last failure is recent: the probe asks now.
+    probe = None if force else await guard.probe()
+    try:
+        message = guard.breaker.reset(force=force, probe=probe, source=who)
+    except ResetRefused as refused:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
+    return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
+
+
+@router.post("/circuit-breaker/{name}/force-open")
+async def force_open_breaker(
+    name: str, body: ForceOpenRequest, team: Team, keeper: Keeper, who: AdminAuth
+) -> dict[str, Any]:
+    guard = team.get(name)
+    message = guard.breaker.force_open(body.reason, source="operator", ttl_s=body.ttlSeconds)
+    return await changed(keeper, guard.breaker, message)
+
+
+@router.post("/circuit-breaker/{name}/release")
+async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
+    guard = team.get(name)
+    message = guard.breaker.release(source=who)
+    return await changed(keeper, guard.breaker, message)
+
+
+@router.post("/circuit-breaker/{name}/disable")
+async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
+    """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
+    guard = team.get(name)
+    message = guard.breaker.disable(source=who)
+    return await changed(keeper, guard.breaker, message)
+
+
+@router.post("/circuit-breaker/{name}/enable")
+async def enable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
+    guard = team.get(name)
+    message = guard.breaker.enable(source=who)
+    return await changed(keeper, guard.breaker, message)

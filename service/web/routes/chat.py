@@ -1,0 +1,79 @@
+"""POST /chat: the one endpoint users talk to."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.chat.idempotency import HEADER, REPLAY_HEADER, valid_key
+from service.errors import UserInputError
+from service.web.deps import Chat, Settings
+
+router = APIRouter(tags=["chat"])
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.@:-]+$"
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(description="What the user says", max_length=100_000)
+    userId: str = Field(
+        "anonymous",
+        min_length=1,
+        max_length=128,
+        pattern=USER_ID_PATTERN,
+        description="Who is talking: letters, digits and _ . @ : -",
+    )
+
+
+class ChatResponse(BaseModel):
+    response: str
+    success: bool
+    confidence: float = Field(ge=0, le=1)
+    agent: str
+    emergency: bool
+    incident: str | None
+    systemState: str
+    recovery: dict[str, Any] | None
+    traceId: str | None = Field(
+        None,
+        description="This reply's trace; kept (GET /api/emergency/traces/{traceId}) when an "
+        "agent call in it failed, not when a fallback answered without calling the agent",
+    )
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="Optional, up to 128 printable ASCII characters (a UUID): a retry with "
+        "the same key gets the first reply again and writes nothing",
+    ),
+]
+
+
+@router.post("/chat", response_model=ChatResponse)
+async def chat(
+    body: ChatRequest, chat: Chat, settings: Settings, idempotency_key: IdempotencyKey = None
+) -> Any:
+    message = body.message.strip()
+    if not message:
+        raise HTTPException(422, "message is empty; send some text to answer")
+    if len(body.message) > settings.max_message_chars:
+        raise HTTPException(
+            422,
+            f"message is {len(body.message)} characters long; the limit is "
+            f"{settings.max_message_chars}, so shorten it or split it up",
+        )
+    try:
+        result = await chat.chat(message, body.userId, valid_key(idempotency_key))
+    except UserInputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if result.replayed:
+        headers = {REPLAY_HEADER: "true"}
+        return JSONResponse(result.as_seed_shape(), status_code=result.status, headers=headers)
+    return result.as_seed_shape()

@@ -1,0 +1,181 @@
+"""Incidents: list, details with the timeline, acknowledge, resolve; and kept traces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
+from service.incidents.service import IncidentService
+from service.web.auth import AdminAuth, AdminRead
+from service.web.deps import Incidents, Settings, Traces
+from telemetry.providers import otlp_endpoint_configured
+
+router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
+
+INCIDENT_ID = r"^INC_\d{13}_[a-z0-9]{6}$"
+IncidentId = Path(pattern=INCIDENT_ID, description="INC_<epoch ms>_<6 characters>")
+Status = Literal["open", "acknowledged", "mitigated", "resolved", "active"]
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+class Acknowledge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field("", max_length=2000)
+
+
+class Resolve(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: str = Field(min_length=1, max_length=2000)
+
+
+# Grafana's Explore on the Tempo data source provisioned in grafana/, as compose publishes it.
+TEMPO_EXPLORE_TEMPLATE = "http://127.0.0.1:3000/explore?schemaVersion=1&panes=" + quote(
+    json.dumps(
+        {
+            "t": {
+                "datasource": "ers-tempo",
+                "queries": [
+                    {
+                        "refId": "A",
+                        "datasource": {"type": "tempo", "uid": "ers-tempo"},
+                        "queryType": "traceql",
+                        "query": "TRACE_ID",
+                    }
+                ],
+                "range": {"from": "now-24h", "to": "now"},
+            }
+        },
+        separators=(",", ":"),
+    ),
+    safe="",
+).replace("TRACE_ID", "{trace_id}")
+
+
+def trace_link_template(settings: Any) -> str | None:
+    """``trace_url_template``; else, when traces go to a collector (and on to Tempo), Grafana's
+    Explore on Tempo; else None."""
+    if settings.trace_url_template:
+        return str(settings.trace_url_template)
+    return TEMPO_EXPLORE_TEMPLATE if otlp_endpoint_configured() else None
+
+
+def incident_view(settings: Any, incident: Incident) -> dict[str, Any]:
+    body = incident.to_dict()
+    trace_ids = [t for t in incident.trace_ids if t]
+    body["traceIds"] = trace_ids
+    base = trace_link_template(settings)
+    body["traces"] = [
+        {
+            "traceId": trace_id,
+            "api": f"/api/emergency/traces/{trace_id}",
+            "link": base.format(trace_id=trace_id) if base else None,
+        }
+        for trace_id in trace_ids
+    ]
+    return body
+
+
+@router.get("/incidents")
+async def list_incidents(
+    incidents: Incidents,
+    settings: Settings,
+    status_filter: Status | None = Query(None, alias="status"),
+    severity: Severity | None = None,
+    component: str | None = Query(None, min_length=1, max_length=64),
+    since: datetime | None = Query(None, description="ISO-8601; last seen at or after"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> dict[str, Any]:
+    items, total = await asyncio.to_thread(
+        incidents.store.list,
+        status=status_filter,
+        severity=severity,
+        component=component,
+        since=since.timestamp() if since else None,
+        limit=limit,
+        offset=offset,
+    )
+    return {
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "incidents": [incident_view(settings, i) for i in items],
+    }
+
+
+@router.get("/incidents/{incident_id}")
+async def get_incident(
+    incidents: Incidents, settings: Settings, incident_id: str = IncidentId
+) -> dict[str, Any]:
+    store = incidents.store
+    try:
+        incident = await asyncio.to_thread(store.get, incident_id)
+    except IncidentNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    timeline = await asyncio.to_thread(store.timeline, incident_id)
+    return {
+        **incident_view(settings, incident),
+        "timeline": [entry.to_dict() for entry in timeline],
+    }
+
+
+@router.post("/incidents/{incident_id}/acknowledge")
+async def acknowledge(
+    incidents: Incidents,
+    settings: Settings,
+    who: AdminAuth,
+    body: Acknowledge | None = None,
+    incident_id: str = IncidentId,
+) -> dict[str, Any]:
+    return await _change(
+        incidents, settings, lambda s: s.acknowledge(incident_id, who, body.note if body else "")
+    )
+
+
+@router.post("/incidents/{incident_id}/resolve")
+async def resolve(
+    incidents: Incidents,
+    settings: Settings,
+    body: Resolve,
+    who: AdminAuth,
+    incident_id: str = IncidentId,
+) -> dict[str, Any]:
+    view = await _change(
+        incidents, settings, lambda s: s.resolve(incident_id, who, body.resolution)
+    )
+    resolved = await asyncio.to_thread(incidents.store.get, incident_id)
+    incidents.observe_recovery(resolved)
+    return view
+
+
+async def _change(incidents: IncidentService, settings: Any, change: Any) -> dict[str, Any]:
+    """``change(store)``, a blocking round trip to the store, off the event loop."""
+    try:
+        incident = await asyncio.to_thread(change, incidents.store)
+    except IncidentNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except IllegalTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return incident_view(settings, incident)
+
+
+@router.get("/traces/{trace_id}")
+async def get_trace(
+    traces: Traces, trace_id: str = Path(pattern=r"^[0-9a-f]{32}$")
+) -> dict[str, Any]:
+    tree = await asyncio.to_thread(traces.tree, trace_id)  # may read the file
+    if tree is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"trace {trace_id} is not kept: unknown, without errors, or evicted",
+        )
+    return tree

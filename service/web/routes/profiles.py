@@ -1,0 +1,96 @@
+"""Profiles through the API, as an alternative to stating them in chat."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.agents.profile_limits import (
+    AGE_MAX_YEARS,
+    AGE_MIN_YEARS,
+    HEIGHT_ABOVE_CM,
+    HEIGHT_MAX_CM,
+    WEIGHT_ABOVE_KG,
+    WEIGHT_MAX_KG,
+)
+from service.chat.idempotency import REPLAY_HEADER, valid_key
+from service.chat.profile_updates import update_profile
+from service.errors import UserInputError
+from service.web.auth import require_admin
+from service.web.deps import Stores
+from service.web.http_errors import ErrorBody
+from service.web.routes.chat import USER_ID_PATTERN, IdempotencyKey
+from service.web.routes.json_types import JsonInt, JsonNumber
+
+# A profile is personal data: the same access as the admin endpoints (the admin token;
+# without one, loopback clients only, and never in production).
+router = APIRouter(
+    prefix="/api/profiles",
+    tags=["profiles"],
+    dependencies=[Depends(require_admin)],
+    responses={
+        401: {
+            "model": ErrorBody,
+            "description": "no valid admin token: send 'Authorization: Bearer <ERS_ADMIN_TOKEN>'",
+        },
+        403: {
+            "model": ErrorBody,
+            "description": "ERS_ADMIN_TOKEN is unset and the client is not on loopback",
+        },
+    },
+)
+
+UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
+
+
+class ProfileUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    age: JsonInt | None = Field(None, ge=AGE_MIN_YEARS, le=AGE_MAX_YEARS)
+    weightKg: JsonNumber | None = Field(None, gt=WEIGHT_ABOVE_KG, le=WEIGHT_MAX_KG)
+    heightCm: JsonNumber | None = Field(None, gt=HEIGHT_ABOVE_CM, le=HEIGHT_MAX_CM)
+    sex: Literal["male", "female"] | None = None
+    activity: Literal["sedentary", "light", "moderate", "active", "very_active"] | None = None
+    goal: Literal["lose", "maintain", "gain"] | None = None
+    level: Literal["beginner", "intermediate", "advanced"] | None = None
+    equipment: list[Literal["bodyweight", "bands", "dumbbells", "barbell"]] | None = Field(
+        None, max_length=4
+    )
+
+
+@router.get("/{user_id}")
+async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
+    profile = await stores.profiles.get(user_id)
+    if profile is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no profile for user '{user_id}'")
+    return profile.as_dict()
+
+
+@router.put("/{user_id}")
+async def put_profile(
+    body: ProfileUpdate,
+    stores: Stores,
+    user_id: str = UserId,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    fields = {
+        "age": body.age,
+        "weight_kg": body.weightKg,
+        "height_cm": body.heightCm,
+        "sex": body.sex,
+        "activity": body.activity,
+        "goal": body.goal,
+        "level": body.level,
+        "equipment": tuple(body.equipment) if body.equipment is not None else None,
+    }
+    try:
+        reply = await update_profile(stores.units, user_id, fields, valid_key(idempotency_key))
+    except UserInputError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if reply.replayed:
+        headers = {REPLAY_HEADER: "true"}
+        return JSONResponse(reply.body, status_code=reply.status, headers=headers)
+    return reply.body

@@ -1,0 +1,23 @@
+"""How ERS opens a SQLite file, the same way everywhere: WAL (reads run beside a write),
+``synchronous=NORMAL`` and a busy timeout, in autocommit mode. The trace archive opens its file
+with it, and so do the stores (``service.stores.sql``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+# How long a statement waits for another process's write to finish before it fails.
+BUSY_TIMEOUT_MS = 5000
+
+
+def connect_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` (created with its folder when missing), in
+    autocommit mode: a statement is its own transaction unless a BEGIN opens one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return db
