@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,13 +16,13 @@ from service.agents.profile_limits import (
     WEIGHT_ABOVE_KG,
     WEIGHT_MAX_KG,
 )
-from service.chat.idempotency import REPLAY_HEADER, valid_key
+from service.chat.idempotency import REPLAY_HEADER
 from service.chat.profile_updates import update_profile
 from service.errors import UserInputError
 from service.web.auth import require_admin
 from service.web.deps import Stores
 from service.web.http_errors import ErrorBody
-from service.web.routes.chat import USER_ID_PATTERN, IdempotencyKey
+from service.web.routes.chat import IDEMPOTENCY_KEY_DOC, USER_ID_PATTERN, idempotency_key
 from service.web.routes.json_types import JsonInt, JsonNumber
 
 # A profile is personal data: the same access as the admin endpoints (the admin token;
@@ -69,12 +69,9 @@ async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
     return profile.as_dict()
 
 
-@router.put("/{user_id}")
+@router.put("/{user_id}", openapi_extra=IDEMPOTENCY_KEY_DOC)
 async def put_profile(
-    body: ProfileUpdate,
-    stores: Stores,
-    user_id: str = UserId,
-    idempotency_key: IdempotencyKey = None,
+    body: ProfileUpdate, stores: Stores, request: Request, user_id: str = UserId
 ) -> Any:
     fields = {
         "age": body.age,
@@ -87,7 +84,7 @@ async def put_profile(
         "equipment": tuple(body.equipment) if body.equipment is not None else None,
     }
     try:
-        reply = await update_profile(stores.units, user_id, fields, valid_key(idempotency_key))
+        reply = await update_profile(stores.units, user_id, fields, idempotency_key(request))
     except UserInputError as exc:
         raise HTTPException(422, str(exc)) from None
     if reply.replayed:
