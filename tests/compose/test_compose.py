@@ -4,6 +4,7 @@ the Prometheus, Alertmanager, collector, Tempo and Grafana configs it wires toge
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -456,7 +457,8 @@ def lb_upstreams() -> list[str]:
     assert len(passes) == 1, passes
     block = re.search(r"upstream\s+" + re.escape(passes.pop()) + r"\s*\{(.*?)\}", text, re.S)
     assert block, "proxy_pass names no upstream block"
-    return re.findall(r"^\s*server\s+([\w.-]+:\d+)", block[1], re.MULTILINE)
+    found = re.findall(r"^\s*server\s+([\w.-]+:\d+)", block[1], re.MULTILINE)
+    return list(dict.fromkeys(found))  # each replica is listed twice (primary and backup)
 
 
 def test_the_fleet_profile_adds_postgres_a_second_replica_and_a_load_balancer_only() -> None:
@@ -642,3 +644,80 @@ def test_no_replica_lowers_the_intake_body_limit_the_collector_batches_for() -> 
     for services in STACKS.values():
         for name, replica in replicas(services).items():
             assert "ERS_MAX_BODY_BYTES" not in merge.environment_of(replica), name
+
+
+# ---- The load balancer -------------------------------------------------------------------
+
+
+def lb_servers() -> list[dict[str, str]]:
+    """Each ``server`` line of the upstream block: its address and parameters."""
+    text = LB_CONFIG.read_text()
+    block = re.search(r"upstream\s+[\w-]+\s*\{(.*?)\}", text, re.S)
+    assert block
+    servers = []
+    for line in re.findall(r"^\s*server\s+([^;]+);", block[1], re.MULTILINE):
+        address, *params = line.split()
+        parsed = dict(p.split("=", 1) if "=" in p else (p, "") for p in params)
+        servers.append({"address": address, **parsed})
+    return servers
+
+
+def lb_location(match: str) -> str:
+    text = re.sub(r"#.*", "", LB_CONFIG.read_text())
+    found = re.search(r"location\s+" + re.escape(match) + r"\s*\{(.*?)\}", text, re.S)
+    assert found, f"no location {match}"
+    return found[1]
+
+
+def next_upstream(location: str) -> set[str]:
+    found = re.search(r"proxy_next_upstream\s+([^;]+);", lb_location(location))
+    assert found, f"{location}: no proxy_next_upstream"
+    return set(found[1].split())
+
+
+def test_the_balancer_takes_out_a_replica_that_fails_or_answers_503() -> None:
+    primaries = [s for s in lb_servers() if "backup" not in s]
+    assert sorted(s["address"] for s in primaries) == ["ers-2:8000", "ers:8000"]
+    for server in primaries:
+        # Failures here are what proxy_next_upstream names: 503 has to be among them.
+        assert int(server["max_fails"]) >= 1 and server["fail_timeout"], server
+    assert {"error", "timeout", "http_503"} <= next_upstream("/")
+    # Chats and actions are POSTs that may have run: never sent twice.
+    assert "non_idempotent" not in next_upstream("/")
+
+
+def test_replicas_failing_together_still_answer_through_never_failed_backups() -> None:
+    backups = [s for s in lb_servers() if "backup" in s]
+    assert sorted(s["address"] for s in backups) == ["ers-2:8000", "ers:8000"]
+    for server in backups:
+        assert server["max_fails"] == "0", server
+
+
+def test_only_the_ledgered_alert_webhook_is_retried_after_it_reached_a_replica() -> None:
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= next_upstream(
+        "= /api/emergency/alerts"
+    )
+    assert "proxy_pass http://ers_fleet;" in lb_location("= /api/emergency/alerts")
+    tries = re.search(r"proxy_next_upstream_tries\s+(\d+);", LB_CONFIG.read_text())
+    assert tries and 1 < int(tries[1]) <= len(fleet_replicas())
+
+
+def test_nginx_accepts_the_balancer_config(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        print("nginx is not installed here: `nginx -t` was not run on compose/lb/nginx.conf")
+        pytest.skip("nginx is not installed")
+    (tmp_path / "logs").mkdir()
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
+        f"events {{}}\nhttp {{ access_log off; include {LB_CONFIG}; }}\n"
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
