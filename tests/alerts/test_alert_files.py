@@ -363,6 +363,20 @@ def alertmanager(tmp_path: Path) -> Iterator[httpx.Client]:
             process.wait(timeout=10)
 
 
+@pytest.mark.integration
+def test_alertmanager_exports_the_failure_counter_the_monitoring_alert_reads(
+    alertmanager: httpx.Client,
+) -> None:
+    rule = next(r for r in alerting_rules() if r["alert"] == "AlertmanagerNotificationsFailing")
+    metric = re.search(r"rate\((\w+)\[", rule["expr"])
+    assert metric
+    exposition = alertmanager.get("/metrics").text
+    series = re.findall(rf"^{metric[1]}\{{([^}}]*)\}}", exposition, re.MULTILINE)
+    assert series, f"Alertmanager exports no {metric[1]}"
+    # The alert is per integration: the label must be there (webhook among them).
+    assert any('integration="webhook"' in labels for labels in series), series
+
+
 def post_alerts(client: httpx.Client, *label_sets: dict[str, str]) -> None:
     response = client.post("/api/v2/alerts", json=[{"labels": labels} for labels in label_sets])
     response.raise_for_status()
