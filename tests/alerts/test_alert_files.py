@@ -434,9 +434,12 @@ def test_critical_mutes_the_warning_of_its_family_and_nothing_else(
 
 
 @pytest.mark.integration
-def test_ers_down_mutes_every_other_alert(alertmanager: httpx.Client) -> None:
+def test_no_replica_answering_mutes_every_other_alert_but_monitoring(
+    alertmanager: httpx.Client,
+) -> None:
     post_alerts(
         alertmanager,
+        {"alertname": "ErsUnreachable", "severity": "critical"},
         {"alertname": "ErsDown", "severity": "critical", "job": "ers", "instance": "ers:8000"},
         {"alertname": "AgentErrorRatioHigh", "severity": "critical", "agent": "budget"},
         {"alertname": "CircuitBreakerOpenTooLong", "severity": "warning", "agent": "budget"},
@@ -451,11 +454,34 @@ def test_ers_down_mutes_every_other_alert(alertmanager: httpx.Client) -> None:
         },
     )
     expected = {
-        "ErsDown": False,
+        "ErsUnreachable": False,
+        "ErsDown": True,
         "AgentErrorRatioHigh": True,
         "CircuitBreakerOpenTooLong": True,
         "Watchdog": False,
         "AlertmanagerNotificationsFailing": False,
+    }
+    assert wait_for_inhibition(alertmanager, expected) == expected
+
+
+@pytest.mark.integration
+def test_one_replica_down_mutes_nothing(alertmanager: httpx.Client) -> None:
+    # In the fleet the other replica still acts on alerts, so they must still reach it.
+    post_alerts(
+        alertmanager,
+        {"alertname": "ErsDown", "severity": "critical", "job": "ers", "instance": "ers-2:8000"},
+        {"alertname": "AgentErrorRatioHigh", "severity": "critical", "agent": "budget"},
+        {"alertname": "CircuitBreakerOpenTooLong", "severity": "warning", "agent": "budget"},
+        # A pair that is muted, so the state compared below is one the inhibitor has seen.
+        {"alertname": "MemoryCritical", "severity": "critical", "family": "memory"},
+        {"alertname": "MemoryHigh", "severity": "warning", "family": "memory"},
+    )
+    expected = {
+        "ErsDown": False,
+        "AgentErrorRatioHigh": False,
+        "CircuitBreakerOpenTooLong": False,
+        "MemoryCritical": False,
+        "MemoryHigh": True,
     }
     assert wait_for_inhibition(alertmanager, expected) == expected
 
