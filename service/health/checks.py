@@ -86,6 +86,8 @@ class HealthCheck(Protocol):
 class MemoryReading:
     rss_bytes: int
     limit_bytes: int
+    # "cgroup": the container's (or unit's) memory limit; "host": no limit was found, so the
+    # host's whole memory, and the 80%/90% lines mean 80%/90% of the machine.
     limit_source: str
 
     @property
@@ -93,31 +95,72 @@ class MemoryReading:
         return self.rss_bytes / self.limit_bytes if self.limit_bytes else 0.0
 
 
-def _cgroup_limit() -> int | None:
-    for path, unlimited_above in (
-        (Path("/sys/fs/cgroup/memory.max"), None),
-        (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), 1 << 60),
-    ):
-        try:
-            raw = path.read_text().strip()
-        except OSError:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
+# cgroup v1 writes "no limit" as a huge number rather than "max".
+V1_UNLIMITED = 1 << 60
+
+
+def _read_limit(path: Path, unlimited_above: int | None) -> int | None:
+    try:
+        raw = path.read_text().strip()
+    except OSError:
+        return None
+    if raw == "max" or not raw.isdigit():
+        return None
+    value = int(raw)
+    if unlimited_above is not None and value >= unlimited_above:
+        return None
+    return value
+
+
+def cgroup_memory_limit(
+    root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP
+) -> int | None:
+    """The tightest memory limit over this process's cgroup and its parents, or None.
+
+    Inside a container with its own cgroup namespace (Docker's default on cgroup v2) the
+    process's cgroup is the root of ``root``; without one, /proc/self/cgroup names the path
+    below ``root``, and a limit may sit on a parent (a systemd slice, say)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    limits: list[int] = []
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:
+            base, name, unlimited = root, "memory.max", None
+        elif "memory" in controllers.split(","):
+            base, name, unlimited = root / "memory", "memory.limit_in_bytes", V1_UNLIMITED
+        else:
             continue
-        if raw == "max":
-            return None
-        value = int(raw)
-        if unlimited_above is not None and value >= unlimited_above:
-            return None
-        return value
-    return None
+        directory = base / path.strip().lstrip("/")
+        for folder in (directory, *directory.parents):
+            if folder != base and base not in folder.parents:
+                break
+            found = _read_limit(folder / name, unlimited)
+            if found is not None:
+                limits.append(found)
+    if not limits:
+        # No membership file (not Linux) or paths it names are not visible: the root files.
+        for path, unlimited in (
+            (root / "memory.max", None),
+            (root / "memory" / "memory.limit_in_bytes", V1_UNLIMITED),
+        ):
+            found = _read_limit(path, unlimited)
+            if found is not None:
+                limits.append(found)
+    return min(limits, default=None)
 
 
-def read_memory() -> MemoryReading:
-    """This process's resident memory against the cgroup limit, else physical memory."""
+def read_memory(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> MemoryReading:
+    """This process's resident memory against its cgroup limit, else the host's memory."""
     rss = psutil.Process().memory_info().rss
-    limit = _cgroup_limit()
+    limit = cgroup_memory_limit(root, membership)
     if limit is not None:
         return MemoryReading(rss, limit, "cgroup")
-    return MemoryReading(rss, psutil.virtual_memory().total, "physical")
+    return MemoryReading(rss, psutil.virtual_memory().total, "host")
 
 
 class MemoryCheck:

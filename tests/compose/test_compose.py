@@ -4,6 +4,7 @@ the Prometheus, Alertmanager, collector, Tempo and Grafana configs it wires toge
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -13,15 +14,26 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.compose import merge
+
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+COMPOSE = merge.load(ROOT / "compose.yaml")
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 SECRETS = {"ers_admin_token", "ers_alert_token", "ers_intake_token", "restic_password"}
 SECRETS |= {"grafana_admin_password", "postgres_password", "ers_pgpass"}
+SECRETS |= {"alert_people_url", "alert_watchdog_url"}
 # The fleet profile (two replicas on PostgreSQL behind a load balancer) and the override file
-# that moves the always-on `ers` onto the same database.
+# that moves the always-on `ers` onto the same database and points monitoring at every
+# replica.
 FLEET = {"postgres", "ers-2", "lb"}
-FLEET_OVERRIDE = yaml.safe_load((ROOT / "compose.fleet.yaml").read_text())
+FLEET_OVERRIDE = merge.load(ROOT / "compose.fleet.yaml")
+# What each documented command starts: `docker compose up`, and
+# `docker compose -f compose.yaml -f compose.fleet.yaml --profile fleet up`.
+STACKS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": merge.enabled(COMPOSE, set()),
+    "fleet": merge.enabled(merge.merge(COMPOSE, FLEET_OVERRIDE), {"fleet"}),
+}
+ERS_IMAGE = SERVICES["ers"]["image"]
 LB_CONFIG = ROOT / "compose/lb/nginx.conf"
 # Written alongside this stack by others; while missing, their checks are expected failures.
 PENDING = ("telemetry/otelcol.yaml", "alerts/")
@@ -58,7 +70,8 @@ def service_ports() -> dict[str, set[int]]:
         "prometheus": {9090},
         "alertmanager": {9093},
         "grafana": {3000},
-        "otel-collector": {4317, 4318, 13133},
+        # OTLP in, health_check, its own metrics and the span metrics (otelcol.yaml).
+        "otel-collector": {4317, 4318, 13133, 8888, 8889},
     }
 
 
@@ -82,9 +95,9 @@ def pending_file(rel: str) -> Path:
     return path
 
 
-def bind_mounts() -> list[tuple[str, str, str]]:
+def bind_mounts(services: dict[str, dict[str, Any]] = SERVICES) -> list[tuple[str, str, str]]:
     mounts = []
-    for name, service in SERVICES.items():
+    for name, service in services.items():
         for volume in service.get("volumes", []):
             source, target = volume.split(":")[:2]
             if source.startswith((".", "/")):
@@ -92,7 +105,7 @@ def bind_mounts() -> list[tuple[str, str, str]]:
     return mounts
 
 
-@pytest.mark.parametrize(("service", "source", "target"), bind_mounts())
+@pytest.mark.parametrize(("service", "source", "target"), bind_mounts(STACKS["fleet"]))
 def test_every_bind_mounted_path_exists(service: str, source: str, target: str) -> None:
     pending_file(source)
 
@@ -116,14 +129,17 @@ def test_every_service_has_a_healthcheck_or_a_reason() -> None:
             assert check.get("test") and not check.get("disable"), name
 
 
-def test_dependencies_wait_for_healthy_services() -> None:
-    for name, service in SERVICES.items():
+@pytest.mark.parametrize("stack", STACKS)
+def test_dependencies_wait_for_healthy_services(stack: str) -> None:
+    services = STACKS[stack]
+    for name, service in services.items():
         depends_on = service.get("depends_on", {})
         assert isinstance(depends_on, dict), f"{name}: depends_on needs conditions"
         for target, condition in depends_on.items():
+            assert target in services, f"{name} waits on {target}, not in the {stack} stack"
             assert condition == {"condition": "service_healthy"}, (name, target)
             assert target not in NO_HEALTHCHECK, f"{name} waits on {target}, never healthy"
-            assert SERVICES[target]["healthcheck"]["test"], (name, target)
+            assert services[target]["healthcheck"]["test"], (name, target)
 
 
 def test_only_grafana_and_ers_publish_ports_on_loopback() -> None:
@@ -146,9 +162,9 @@ def test_secrets_are_files_under_deploy_secrets() -> None:
                 assert value.removeprefix("/run/secrets/") in used, (name, key)
                 assert key.endswith("_FILE"), (name, key)
             assert not re.search(r"TOKEN$|PASSWORD$", key), f"{name}: {key} in plain env"
-        for env_file in service.get("env_file", []):
-            assert env_file.startswith("deploy/secrets/"), (name, env_file)
-            assert Path(env_file).name in readme
+        # A secret in an env file ends up in the container's environment, where any process
+        # (and `docker inspect`) reads it: every service here can take a file instead.
+        assert "env_file" not in service, f"{name}: use a compose secret, not an env file"
     for name in SECRETS:
         assert f"`{name}`" in readme, f"deploy/secrets/README.md does not explain {name}"
 
@@ -158,7 +174,7 @@ def test_secret_files_are_ignored_by_git() -> None:
         command = ["git", "check-ignore", "--quiet", "--no-index", rel]
         return subprocess.run(command, cwd=ROOT, timeout=30).returncode == 0
 
-    for rel in [f"deploy/secrets/{n}" for n in SECRETS] + ["deploy/secrets/otel-collector.env"]:
+    for rel in [f"deploy/secrets/{n}" for n in SECRETS]:
         assert ignored(rel), f"{rel} would be committed"
     assert not ignored("deploy/secrets/README.md")
     assert "deploy/" in (ROOT / ".dockerignore").read_text().split()
@@ -215,33 +231,151 @@ def test_prometheus_scrapes_ers_and_alerts_through_alertmanager() -> None:
     config = yaml.safe_load(pending_file("alerts/prometheus.yml").read_text())
     assert "./alerts:/etc/prometheus:ro" in SERVICES["prometheus"]["volumes"]
     assert "--enable-feature=exemplar-storage" in SERVICES["prometheus"]["command"]
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    ers_targets = [t for c in jobs["ers"]["static_configs"] for t in c["targets"]]
-    assert ers_targets == ["ers:8000"]
     managers = config["alerting"]["alertmanagers"]
     assert [t for m in managers for c in m["static_configs"] for t in c["targets"]] == [
         "alertmanager:9093"
     ]
-    for target in ers_targets:
-        assert_points_at_a_service(target, "Prometheus scrape target")
+    for stack, services in STACKS.items():
+        for job, targets in scrape_targets(services).items():
+            for target in targets:
+                if job != "prometheus":
+                    assert_points_at_a_service(target, f"{stack}: Prometheus job {job}")
     for rule_file in config.get("rule_files", []):
         assert (ROOT / "alerts" / Path(rule_file).name).is_file(), rule_file
 
 
-def test_alertmanager_posts_to_ers_with_the_mounted_token() -> None:
-    config = yaml.safe_load(pending_file("alerts/alertmanager.yml").read_text())
-    secrets = set(SERVICES["alertmanager"]["secrets"])
-    ers_hooks = [
-        hook
-        for receiver in config["receivers"]
+def container_file(services: dict[str, dict[str, Any]], service: str, path: str) -> Path:
+    """The host file that ``service`` reads at ``path`` in this stack."""
+    found = merge.mounted_file(ROOT, services[service], path)
+    assert found is not None, f"{service}: nothing is mounted at {path}"
+    assert found.is_file(), f"{service}: {path} is {found}, which does not exist"
+    return found
+
+
+def scrape_targets(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Every job's targets as Prometheus sees them in this stack, file_sd files included."""
+    config_path = "/etc/prometheus/prometheus.yml"
+    config = yaml.safe_load(container_file(services, "prometheus", config_path).read_text())
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        found = [t for c in job.get("static_configs", []) for t in c["targets"]]
+        for sd in job.get("file_sd_configs", []):
+            for name in sd["files"]:
+                path = str(Path(config_path).parent / name)
+                groups = yaml.safe_load(container_file(services, "prometheus", path).read_text())
+                found += [t for group in groups for t in group["targets"]]
+        targets[job["job_name"]] = found
+    return targets
+
+
+def replicas(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if s.get("image") == ERS_IMAGE}
+
+
+def ers_port(service: dict[str, Any]) -> int:
+    command = service["command"]
+    return int(command[command.index("--port") + 1])
+
+
+def replicas_behind(services: dict[str, dict[str, Any]], address: str) -> set[str]:
+    """The replicas a request to ``address`` can reach: the one it names, or every replica
+    the load balancer's upstream lists."""
+    host, port = host_and_port(address)
+    assert host in services, f"{address}: no such service in this stack"
+    if host in replicas(services):
+        assert port == ers_port(services[host]), address
+        return {host}
+    assert host == "lb" and port in service_ports()["lb"], f"{address} is no replica or balancer"
+    return {host_and_port(upstream)[0] for upstream in lb_upstreams()}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_replica_is_a_scrape_target(stack: str) -> None:
+    services = STACKS[stack]
+    expected = {f"{name}:{ers_port(s)}" for name, s in replicas(services).items()}
+    assert len(expected) == (2 if stack == "fleet" else 1)
+    assert sorted(scrape_targets(services)["ers"]) == sorted(expected)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_watchers_are_scraped(stack: str) -> None:
+    jobs = scrape_targets(STACKS[stack])
+    watched = {host_and_port(t)[0] for name, ts in jobs.items() if name != "ers" for t in ts}
+    assert {"alertmanager", "otel-collector", "tempo", "grafana"} <= watched
+    # The collector's own metrics and the span metrics it derives.
+    assert {"otel-collector:8888", "otel-collector:8889"} <= {t for ts in jobs.values() for t in ts}
+
+
+def alertmanager_config() -> dict[str, Any]:
+    return yaml.safe_load(pending_file("alerts/alertmanager.yml").read_text())
+
+
+def ers_webhooks(services: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(address, webhook) of every webhook that reaches ERS, its url_file read as mounted."""
+    hooks = []
+    for receiver in alertmanager_config()["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            if "url_file" in hook and hook["url_file"].startswith("/run/secrets/"):
+                continue  # an outside address, from a secret (checked below)
+            url = hook.get("url") or (
+                container_file(services, "alertmanager", hook["url_file"]).read_text().strip()
+            )
+            if host_and_port(url)[0] in {*replicas(services), "lb"}:
+                hooks.append((url, hook))
+    return hooks
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_alertmanager_posts_to_ers_with_the_mounted_token(stack: str) -> None:
+    services = STACKS[stack]
+    secrets = merge.secrets_of(services["alertmanager"])
+    hooks = ers_webhooks(services)
+    assert len(hooks) == 4, "one webhook a recovery action"
+    for url, hook in hooks:
+        assert urlsplit(url).path == "/api/emergency/alerts", url
+        assert_points_at_a_service(url, "Alertmanager webhook")
+        assert hook["http_config"]["authorization"]["credentials_file"] in secrets
+    # The outside addresses are compose secrets the service mounts.
+    outside = [
+        hook["url_file"]
+        for receiver in alertmanager_config()["receivers"]
         for hook in receiver.get("webhook_configs", [])
-        if host_and_port(hook["url"])[0] == "ers"
+        if hook.get("url_file", "").startswith("/run/secrets/")
     ]
-    assert ers_hooks, "no webhook reaches ERS"
-    for hook in ers_hooks:
-        assert_points_at_a_service(hook["url"], "Alertmanager webhook")
-        token = hook["http_config"]["authorization"]["credentials_file"]
-        assert token.removeprefix("/run/secrets/") in secrets, token
+    assert outside and set(outside) <= secrets
+
+
+def collector_targets(services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each sending exporter's endpoint, ${env:...} filled in from the service's environment."""
+    environment = merge.environment_of(services["otel-collector"])
+    found = {}
+    for name, exporter in collector_config()["exporters"].items():
+        if name.split("/")[0] in LISTENING_EXPORTERS:
+            continue
+        endpoint = (exporter or {})["endpoint"]
+        for variable in re.findall(r"\$\{env:(\w+)\}", endpoint):
+            assert variable in environment, f"nothing provides {variable} to the collector"
+            endpoint = endpoint.replace(f"${{env:{variable}}}", environment[variable])
+        found[name] = endpoint
+    return found
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_webhook_and_error_spans_survive_the_loss_of_one_replica(stack: str) -> None:
+    services = STACKS[stack]
+    fleet = set(replicas(services))
+    addresses = [url for url, _ in ers_webhooks(services)]
+    addresses.append(collector_targets(services)["otlphttp/ers"])
+    for address in addresses:
+        reached = replicas_behind(services, address)
+        assert reached <= fleet, address
+        for lost in fleet:
+            if len(fleet) > 1:
+                assert reached - {lost}, f"{stack}: {address} is unreachable without {lost}"
+    if stack == "fleet":
+        # The balancer passes the webhook's and the intake's paths on (only /metrics stops).
+        blocked = re.findall(r"location\s+=?\s*(\S+)\s*\{\s*return 4\d\d", LB_CONFIG.read_text())
+        assert blocked == ["/metrics"], blocked
 
 
 def collector_config() -> dict[str, Any]:
@@ -251,33 +385,31 @@ def collector_config() -> dict[str, Any]:
     return yaml.safe_load(pending_file("telemetry/otelcol.yaml").read_text())
 
 
+def test_the_collector_reads_the_intake_token_from_its_secret_file() -> None:
+    config = collector_config()
+    authenticator = config["exporters"]["otlphttp/ers"]["auth"]["authenticator"]
+    token_file = config["extensions"][authenticator]["filename"]
+    for services in STACKS.values():
+        collector = services["otel-collector"]
+        assert token_file in merge.secrets_of(collector)
+        assert token_file in merge.secrets_of(services["ers"]), "not the token ERS checks"
+    assert "${env:ERS_INTAKE_TOKEN}" not in yaml.safe_dump(config)
+
+
 # Exporters that listen (Prometheus scrapes them) rather than send to another service.
 LISTENING_EXPORTERS = ("prometheus",)
 
 
-def test_collector_exporters_point_at_compose_services() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+def test_collector_exporters_point_at_compose_services(stack: str) -> None:
     config = collector_config()
-    sending = {
-        name: exporter
-        for name, exporter in config["exporters"].items()
-        if name.split("/")[0] not in LISTENING_EXPORTERS
-    }
-    for name, exporter in sending.items():
-        for key, value in (exporter or {}).items():
-            if key.endswith("endpoint"):
-                assert_points_at_a_service(value, f"collector exporter {name}.{key}")
-    exporter_hosts = {
-        host_and_port(v)[0]
-        for e in sending.values()
-        for k, v in (e or {}).items()
-        if k.endswith("endpoint")
-    }
-    assert {"tempo", "ers"} <= exporter_hosts
+    targets = collector_targets(STACKS[stack])
+    for name, endpoint in targets.items():
+        assert_points_at_a_service(endpoint, f"{stack}: collector exporter {name}")
+    assert host_and_port(targets["otlp/tempo"])[0] == "tempo"
     referenced = set(re.findall(r"\$\{(?:env:)?(\w+)\}", yaml.safe_dump(config)))
-    readme = (ROOT / "deploy/secrets/README.md").read_text()
-    provided = set(SERVICES["otel-collector"].get("environment", {}))
-    for variable in referenced - provided:
-        assert f"{variable}=" in readme, f"nothing provides {variable} to the collector"
+    provided = set(merge.environment_of(STACKS[stack]["otel-collector"]))
+    assert referenced <= provided, f"nothing provides {referenced - provided} to the collector"
 
 
 def test_collector_pipelines_use_only_defined_components() -> None:
@@ -313,21 +445,9 @@ def test_tempo_stores_in_its_volume_and_listens_where_compose_expects() -> None:
 # The fleet profile: `docker compose -f compose.yaml -f compose.fleet.yaml --profile fleet up`.
 
 
-def fleet_ers() -> dict[str, Any]:
-    """``ers`` as compose.fleet.yaml changes it (environment, secrets, networks and
-    depends_on merge with compose.yaml's, as compose merges them)."""
-    base, override = SERVICES["ers"], FLEET_OVERRIDE["services"]["ers"]
-    return {
-        **base,
-        "environment": {**base["environment"], **override.get("environment", {})},
-        "secrets": [*base["secrets"], *override.get("secrets", [])],
-        "networks": [*base["networks"], *override.get("networks", [])],
-        "depends_on": {**base.get("depends_on", {}), **override.get("depends_on", {})},
-    }
-
-
 def fleet_replicas() -> dict[str, dict[str, Any]]:
-    return {"ers": fleet_ers(), "ers-2": SERVICES["ers-2"]}
+    """The replicas as compose.fleet.yaml merged into compose.yaml makes them."""
+    return replicas(STACKS["fleet"])
 
 
 def lb_upstreams() -> list[str]:
@@ -337,7 +457,8 @@ def lb_upstreams() -> list[str]:
     assert len(passes) == 1, passes
     block = re.search(r"upstream\s+" + re.escape(passes.pop()) + r"\s*\{(.*?)\}", text, re.S)
     assert block, "proxy_pass names no upstream block"
-    return re.findall(r"^\s*server\s+([\w.-]+:\d+)", block[1], re.MULTILINE)
+    found = re.findall(r"^\s*server\s+([\w.-]+:\d+)", block[1], re.MULTILINE)
+    return list(dict.fromkeys(found))  # each replica is listed twice (primary and backup)
 
 
 def test_the_fleet_profile_adds_postgres_a_second_replica_and_a_load_balancer_only() -> None:
@@ -353,13 +474,24 @@ def test_the_fleet_profile_adds_postgres_a_second_replica_and_a_load_balancer_on
     assert "-f compose.yaml -f compose.fleet.yaml --profile fleet up" in header
 
 
-def test_the_fleet_override_only_moves_ers_onto_postgres() -> None:
+def test_the_fleet_override_moves_ers_onto_postgres_and_monitoring_onto_the_fleet() -> None:
     assert set(FLEET_OVERRIDE) == {"services"}
-    assert set(FLEET_OVERRIDE["services"]) == {"ers"}
-    override = FLEET_OVERRIDE["services"]["ers"]
+    services = FLEET_OVERRIDE["services"]
+    assert set(services) == {"ers", "prometheus", "alertmanager", "otel-collector"}
+    override = services["ers"]
     assert set(override) <= {"environment", "secrets", "networks", "depends_on"}
     assert set(override.get("secrets", [])) <= set(COMPOSE["secrets"])
     assert set(override.get("networks", [])) <= set(COMPOSE["networks"])
+    # The others only change where they look: a mounted file, an address, what they wait on.
+    assert set(services["prometheus"]) == set(services["alertmanager"]) == {"volumes"}
+    assert set(services["otel-collector"]) == {"environment", "depends_on"}
+    for name in ("prometheus", "alertmanager"):
+        base_targets = {volume.split(":")[1] for volume in SERVICES[name]["volumes"]}
+        for volume in services[name]["volumes"]:
+            # In place of a file compose.yaml mounts, or over one inside a mounted folder: the
+            # default stack has a file of its own there.
+            target = volume.split(":")[1]
+            assert target in base_targets or any(target.startswith(f"{t}/") for t in base_targets)
     assert (
         "-f compose.yaml -f compose.fleet.yaml --profile fleet up"
         in (ROOT / "compose.fleet.yaml").read_text()
@@ -416,13 +548,15 @@ def test_both_replicas_share_one_database_and_no_password_is_inline() -> None:
 
 
 def test_ers_2_is_built_and_run_like_ers() -> None:
-    ers, ers_2 = fleet_ers(), SERVICES["ers-2"]
+    ers, ers_2 = fleet_replicas()["ers"], fleet_replicas()["ers-2"]
     for key in ("build", "image", "command", "healthcheck", "restart"):
         assert ers_2[key] == ers[key], key
     differ = {"ERS_RESTIC_REPOSITORY", "OTEL_RESOURCE_ATTRIBUTES"}
     same = {k: v for k, v in ers["environment"].items() if k not in differ}
     assert {k: v for k, v in ers_2["environment"].items() if k not in differ} == same
     assert set(ers_2["secrets"]) == set(ers["secrets"])
+    assert merge.networks_of(ers_2) == merge.networks_of(ers)
+    assert ers_2["deploy"] == ers["deploy"]
     assert ers_2["volumes"] == [f"ers-2-data:{ers_2['environment']['ERS_DATA_DIR']}"]
     assert "ers-2-data" in COMPOSE["volumes"]
     # Each replica is told apart in traces.
@@ -441,3 +575,149 @@ def test_the_load_balancer_config_names_both_replicas() -> None:
     assert int(published.rsplit(":", 1)[1]) in service_ports()["lb"]
     probe = lb["healthcheck"]["test"][-1]
     assert host_and_port(probe)[1] in service_ports()["lb"], probe
+
+
+# ---- Properties of each stack as `docker compose up` starts it ----------------------------
+
+
+def network_reach(services: dict[str, dict[str, Any]], a: str, b: str) -> bool:
+    return bool(merge.networks_of(services[a]) & merge.networks_of(services[b]))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_service_that_backs_up_reaches_the_repository(stack: str) -> None:
+    services = STACKS[stack]
+    backing_up = {
+        name: merge.environment_of(s)["ERS_RESTIC_REPOSITORY"]
+        for name, s in services.items()
+        if "ERS_RESTIC_REPOSITORY" in merge.environment_of(s)
+    }
+    # Every replica: whichever holds the fleet's jobs lock runs the backups.
+    assert set(backing_up) == set(replicas(services))
+    for name, repository in backing_up.items():
+        host, _ = host_and_port(repository.removeprefix("rest:"))
+        assert network_reach(services, name, host), f"{stack}: {name} cannot reach {host}"
+    for network in merge.networks_of(services["rest-server"]):
+        assert COMPOSE["networks"][network]["internal"] is True
+
+
+MEMORY_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def memory_bytes(value: str | int) -> int:
+    found = re.fullmatch(r"(\d+)([bkmg])?b?", str(value).lower())
+    assert found, f"{value!r} is no memory size"
+    return int(found[1]) * MEMORY_UNITS[found[2] or "b"]
+
+
+def memory_limit(service: dict[str, Any]) -> int | None:
+    limit = service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+    limit = limit or service.get("mem_limit")
+    return memory_bytes(limit) if limit is not None else None
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_long_running_service_has_a_memory_limit(stack: str) -> None:
+    services = STACKS[stack]
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", f"{name} is not long-running?"
+        limit = memory_limit(service)
+        # Without a cgroup limit, what a process measures against is the host's memory.
+        assert limit is not None, f"{stack}: {name} has no memory limit"
+        assert limit >= 64 << 20, f"{name}: {limit} bytes cannot run it"
+
+
+def test_the_collectors_memory_limiter_acts_below_its_container_limit() -> None:
+    limiter = collector_config()["processors"]["memory_limiter"]
+    assert "limit_percentage" not in limiter, "a share of what? say it in MiB"
+    container = memory_limit(SERVICES["otel-collector"])
+    assert container is not None
+    hard = limiter["limit_mib"] << 20
+    soft = hard - (limiter["spike_limit_mib"] << 20)
+    assert 0 < soft < hard < container
+    # Room for the Go runtime above the hard limit: at least a tenth of the container.
+    assert container - hard >= container // 10
+
+
+def test_no_replica_lowers_the_intake_body_limit_the_collector_batches_for() -> None:
+    # tests/telemetry/test_otelcol_config.py bounds batch/ers under the default limit.
+    for services in STACKS.values():
+        for name, replica in replicas(services).items():
+            assert "ERS_MAX_BODY_BYTES" not in merge.environment_of(replica), name
+
+
+# ---- The load balancer -------------------------------------------------------------------
+
+
+def lb_servers() -> list[dict[str, str]]:
+    """Each ``server`` line of the upstream block: its address and parameters."""
+    text = LB_CONFIG.read_text()
+    block = re.search(r"upstream\s+[\w-]+\s*\{(.*?)\}", text, re.S)
+    assert block
+    servers = []
+    for line in re.findall(r"^\s*server\s+([^;]+);", block[1], re.MULTILINE):
+        address, *params = line.split()
+        parsed = dict(p.split("=", 1) if "=" in p else (p, "") for p in params)
+        servers.append({"address": address, **parsed})
+    return servers
+
+
+def lb_location(match: str) -> str:
+    text = re.sub(r"#.*", "", LB_CONFIG.read_text())
+    found = re.search(r"location\s+" + re.escape(match) + r"\s*\{(.*?)\}", text, re.S)
+    assert found, f"no location {match}"
+    return found[1]
+
+
+def next_upstream(location: str) -> set[str]:
+    found = re.search(r"proxy_next_upstream\s+([^;]+);", lb_location(location))
+    assert found, f"{location}: no proxy_next_upstream"
+    return set(found[1].split())
+
+
+def test_the_balancer_takes_out_a_replica_that_fails_or_answers_503() -> None:
+    primaries = [s for s in lb_servers() if "backup" not in s]
+    assert sorted(s["address"] for s in primaries) == ["ers-2:8000", "ers:8000"]
+    for server in primaries:
+        # Failures here are what proxy_next_upstream names: 503 has to be among them.
+        assert int(server["max_fails"]) >= 1 and server["fail_timeout"], server
+    assert {"error", "timeout", "http_503"} <= next_upstream("/")
+    # Chats and actions are POSTs that may have run: never sent twice.
+    assert "non_idempotent" not in next_upstream("/")
+
+
+def test_replicas_failing_together_still_answer_through_never_failed_backups() -> None:
+    backups = [s for s in lb_servers() if "backup" in s]
+    assert sorted(s["address"] for s in backups) == ["ers-2:8000", "ers:8000"]
+    for server in backups:
+        assert server["max_fails"] == "0", server
+
+
+def test_only_the_ledgered_alert_webhook_is_retried_after_it_reached_a_replica() -> None:
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= next_upstream(
+        "= /api/emergency/alerts"
+    )
+    assert "proxy_pass http://ers_fleet;" in lb_location("= /api/emergency/alerts")
+    tries = re.search(r"proxy_next_upstream_tries\s+(\d+);", LB_CONFIG.read_text())
+    assert tries and 1 < int(tries[1]) <= len(fleet_replicas())
+
+
+def test_nginx_accepts_the_balancer_config(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        print("nginx is not installed here: `nginx -t` was not run on compose/lb/nginx.conf")
+        pytest.skip("nginx is not installed")
+    (tmp_path / "logs").mkdir()
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\n"
+        f"events {{}}\nhttp {{ access_log off; include {LB_CONFIG}; }}\n"
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(main)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

@@ -51,6 +51,7 @@ def fast_alertmanager(ers_url: str, token_file: Path) -> str:
     for receiver in config["receivers"]:
         # The ERS receivers share one list through a YAML anchor: decide by receiver name.
         for hook in receiver.get("webhook_configs", []):
+            hook.pop("url_file", None)  # a URL of its own instead (and Debian's 0.25 has none)
             if receiver["name"].startswith("ers-"):
                 hook["url"] = f"{ers_url}/api/emergency/alerts"
                 hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
