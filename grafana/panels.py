@@ -215,7 +215,6 @@ def query_variable(name: str, label: str, query: str) -> Json:
         "label": label,
         "type": "query",
         "datasource": PROMETHEUS,
-        "definition": query,
         "query": {"query": query, "refId": f"{name}-values"},
         "refresh": 2,
         "includeAll": True,
@@ -243,8 +242,20 @@ def layout(panels: Sequence[Json]) -> list[Json]:
 def dashboard(
     uid: str, title: str, description: str, panels: Sequence[Json], variables: Sequence[Json] = ()
 ) -> Json:
-    # Every ERS dashboard links to the others through the shared tag.
-    links = [{"type": "dashboards", "tags": ["ers"], "asDropdown": True, "title": "ERS"}]
+    # Every ERS dashboard links to the others through the shared tag, keeping the time range.
+    links = [
+        {
+            "type": "dashboards",
+            "tags": ["ers"],
+            "asDropdown": True,
+            "title": "ERS",
+            "icon": "external link",
+            "includeVars": False,
+            "keepTime": True,
+            "targetBlank": False,
+            "tooltip": "",
+        }
+    ]
     return {
         "uid": uid,
         "title": title,
