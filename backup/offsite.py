@@ -23,6 +23,9 @@ from backup.errors import ResticCommandFailed, ResticError, classify_failure, st
 from backup.process import run_program
 from backup.restic import DEFAULT_TIMEOUT_SECONDS, Restic
 
+# The first copy moves the whole repository over what may be a slow link; a copy cut short
+# is tried again on the next run, so the bound is loose.
+COPY_TIMEOUT_SECONDS = 6 * 3600.0
 # The release that renamed copy's --repo2 to --from-repo and made -r the destination.
 MIN_RESTIC = (0, 14, 0)
 _SAVED = re.compile(r"^snapshot [0-9a-f]+ saved$", re.MULTILINE)
@@ -65,7 +68,7 @@ class OffsiteCopier:
         source: Restic,
         destination: OffsiteRepository,
         *,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout: float = COPY_TIMEOUT_SECONDS,
         cache_dir: Path | None = None,
     ) -> None:
         self.source = source
@@ -73,7 +76,7 @@ class OffsiteCopier:
             destination.repository,
             destination.password_file,
             binary=source.binary,
-            timeout=timeout,
+            timeout=DEFAULT_TIMEOUT_SECONDS,
             cache_dir=cache_dir,
         )
         self.timeout = timeout
