@@ -24,8 +24,8 @@ build = importlib.import_module("grafana.build")
 panels = importlib.import_module("grafana.panels")
 
 TEMPO_CONFIG = ROOT / "deploy" / "tempo.yaml"
-# Tempo's metrics generator names the exemplar label traceID unless configured otherwise
-# (modules/generator/registry: traceIDLabelName defaults to "traceID").
+# Tempo's metrics generator names the exemplar label traceID unless the overrides set
+# trace_id_label_name (modules/generator/registry: traceIDLabelName defaults to "traceID").
 TEMPO_DEFAULT_TRACE_ID_LABEL = "traceID"
 
 
@@ -33,12 +33,19 @@ def tempo() -> dict[str, Any]:
     return yaml.safe_load(TEMPO_CONFIG.read_text())
 
 
-def keys(value: Any) -> set[str]:
+def label_overrides(value: Any) -> list[str]:
+    """Values of Tempo's trace_id_label_name override (metrics_generator.trace_id_label_name
+    in the overrides, or the older flat metrics_generator_trace_id_label_name)."""
+    found: list[str] = []
     if isinstance(value, dict):
-        return set(value) | {k for child in value.values() for k in keys(child)}
-    if isinstance(value, list):
-        return {k for child in value for k in keys(child)}
-    return set()
+        for key, child in value.items():
+            if str(key).endswith("trace_id_label_name"):
+                found.append(str(child))
+            found += label_overrides(child)
+    elif isinstance(value, list):
+        for child in value:
+            found += label_overrides(child)
+    return found
 
 
 def prometheus_datasource() -> dict[str, Any]:
@@ -68,9 +75,12 @@ def test_tempo_writes_span_metrics_with_exemplars_to_prometheus() -> None:
 
 
 def test_the_exemplar_destination_is_the_label_tempo_writes_and_links_to_tempo() -> None:
-    assert "trace_id_label_name" not in keys(tempo()), "Tempo's label is no longer the default"
+    overrides = set(label_overrides(tempo()))
+    assert len(overrides) <= 1, overrides
+    tempo_label = overrides.pop() if overrides else TEMPO_DEFAULT_TRACE_ID_LABEL
     [destination] = prometheus_datasource()["jsonData"]["exemplarTraceIdDestinations"]
-    assert destination["name"] == TEMPO_DEFAULT_TRACE_ID_LABEL
+    assert destination["name"] == tempo_label
+    assert tempo_label == panels.EXEMPLAR_TRACE_ID_LABEL
     assert destination["datasourceUid"] == tempo_datasource_uid()
     assert "url" not in destination, "an internal link opens the trace in the Tempo datasource"
 
