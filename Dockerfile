@@ -13,11 +13,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY service ./service
 COPY telemetry ./telemetry
 COPY backup ./backup
-RUN pip install . && rm -rf /src
+# The versions the tests ran with (requirements.lock, `make lock`), not whatever is newest.
+RUN pip install . --constraint requirements.lock && rm -rf /src
 
 # A fixed uid, so the restic password secret can be owned by it on the host
 # (deploy/secrets/README.md); /data is created here so a fresh named volume inherits its owner.

@@ -17,6 +17,7 @@ import yaml
 
 from grafana.panels import (
     ALERTMANAGER_UID,
+    EXEMPLAR_TRACE_ID_LABEL,
     INCIDENTS_IN_RANGE,
     PROMETHEUS_UID,
     RATE,
@@ -36,6 +37,7 @@ from grafana.panels import (
     table,
     timeseries,
     trace_search,
+    traced_p95,
     value_text,
 )
 
@@ -54,6 +56,9 @@ BUDGET = "0.001"
 HTTP = "http_server_request_duration_seconds"
 SERVED = 'http_route!~"/metrics|/livez|/readyz"'
 AGENT = 'agent=~"$agent"'
+# Tempo's span metrics of ERS's spans; the probes' server spans are left out as above.
+ERS_SPANS = 'service="ers"'
+SERVED_SPANS = 'span_name!~"GET /(metrics|livez|readyz)"'
 MEMORY = ((None, "green"), (0.8, "orange"), (0.9, "red"))
 ALARM = ((None, "green"), (1, "red"))
 STATES = {"normal": "green", "degraded": "orange", "emergency": "red", "recovery": "blue"}
@@ -111,7 +116,10 @@ def system_health() -> Json:
                    q(f'(sum(rate({http}, http_response_status_code=~"5.."}}{RATE})) or vector(0))'
                      f" / sum(rate({http}}}{RATE}))", "HTTP 5xx")),
         timeseries("Latency", "s", *quantiles(f"{HTTP}_bucket{{{SERVED}}}"),
-                   description="HTTP server latency over every route but the probes."),
+                   traced_p95(f"{ERS_SPANS}, span_kind=\"SPAN_KIND_SERVER\", {SERVED_SPANS}"),
+                   description="HTTP server latency over every route but the probes. The "
+                   "traced line and its dots (exemplars) come from Tempo's span metrics; a dot "
+                   "opens its trace."),
         timeseries("SLO burn rate", "none", *burn, lines=True, description=BURN_NOTE,
                    steps=((None, "green"), (1, "yellow"), (6, "orange"), (14.4, "red"))),
         stat("Error budget left (30d)", "percentunit", q(budget, instant=True),
@@ -144,7 +152,11 @@ def agents() -> Json:
                    "user errors are not the agent's failures."),
         timeseries("Latency", "s",
                    *quantiles(f"ers_agent_call_duration_seconds_bucket{{{AGENT}}}", "agent",
-                              "{{agent}} ")),
+                              "{{agent}} "),
+                   traced_p95(f'{ERS_SPANS}, ers_agent=~"$agent"', "ers_agent", "{{ers_agent}} "),
+                   description="Agent call latency. The traced lines and their dots "
+                   "(exemplars) come from Tempo's span metrics of the agent.<name> spans; a "
+                   "dot opens its trace."),
         timeseries("Fallbacks", "ops", q(f"sum by (agent, kind) (rate(ers_fallbacks_total"
                                          f"{{{AGENT}}}{RATE}))", "{{agent}} {{kind}}")),
         state_timeline("Breaker state", q(f"max by (agent) ({state})", "{{agent}}"),
@@ -259,9 +271,9 @@ def datasources() -> Json:
         {"name": "Agent p95 latency", "query": "histogram_quantile(0.95, sum by (le) "
          "(rate(ers_agent_call_duration_seconds_bucket{$__tags}[5m])))"},
     ]
-    # Exemplars reach Prometheus from Tempo's span metrics (remote write with send_exemplars
-    # in deploy/tempo.yaml); ERS's own /metrics carries none.
-    exemplars = [{"name": "trace_id", "datasourceUid": TEMPO_UID,
+    # Exemplars reach Prometheus from Tempo's span metrics alone (grafana/panels.py says why),
+    # with the trace id in the label Tempo's generator names it.
+    exemplars = [{"name": EXEMPLAR_TRACE_ID_LABEL, "datasourceUid": TEMPO_UID,
                   "urlDisplayLabel": "Trace ${__value.raw}"}]
     prometheus = {"timeInterval": SCRAPE_INTERVAL, "httpMethod": "POST",
                   "exemplarTraceIdDestinations": exemplars}

@@ -17,6 +17,14 @@ TEMPO_UID = "ers-tempo"
 ALERTMANAGER_UID = "ers-alertmanager"
 PROMETHEUS = {"type": "prometheus", "uid": PROMETHEUS_UID}
 TEMPO = {"type": "tempo", "uid": TEMPO_UID}
+# Exemplars, the trace ids Grafana links a latency point to, come from Tempo's metrics
+# generator alone: its span-metrics histogram (remote-written to Prometheus with
+# send_exemplars, deploy/tempo.yaml) puts the trace id in an exemplar label named traceID.
+# ERS's own /metrics carries none (opentelemetry-exporter-prometheus writes no exemplars),
+# and the collector's spanmetrics connector would label them trace_id but runs without
+# exemplars. The Prometheus datasource's exemplar destination must use the same name.
+SPAN_LATENCY = "traces_spanmetrics_latency_bucket"
+EXEMPLAR_TRACE_ID_LABEL = "traceID"
 # Grafana 11's dashboard schema; Grafana migrates older ones on load, never newer ones.
 SCHEMA_VERSION = 39
 GRID_COLUMNS = 24
@@ -33,10 +41,12 @@ class Query:
     legend: str = "__auto"
     # Instant queries evaluate once, at the end of the range: right for "now" and totals.
     instant: bool = False
+    # Also fetch the exemplars of the series the expression reads (a range query only).
+    exemplar: bool = False
 
 
-def q(expr: str, legend: str = "__auto", instant: bool = False) -> Query:
-    return Query(expr, legend, instant)
+def q(expr: str, legend: str = "__auto", instant: bool = False, exemplar: bool = False) -> Query:
+    return Query(expr, legend, instant, exemplar)
 
 
 def value_text(mapping: dict[str, tuple[str, str]]) -> list[Json]:
@@ -67,6 +77,8 @@ def _targets(queries: Sequence[Query], table: bool) -> list[Json]:
             target.update(instant=True, range=False)
         if table:
             target["format"] = "table"
+        if query.exemplar:
+            target["exemplar"] = True
         targets.append(target)
     return targets
 
@@ -215,7 +227,6 @@ def query_variable(name: str, label: str, query: str) -> Json:
         "label": label,
         "type": "query",
         "datasource": PROMETHEUS,
-        "definition": query,
         "query": {"query": query, "refId": f"{name}-values"},
         "refresh": 2,
         "includeAll": True,
@@ -243,8 +254,20 @@ def layout(panels: Sequence[Json]) -> list[Json]:
 def dashboard(
     uid: str, title: str, description: str, panels: Sequence[Json], variables: Sequence[Json] = ()
 ) -> Json:
-    # Every ERS dashboard links to the others through the shared tag.
-    links = [{"type": "dashboards", "tags": ["ers"], "asDropdown": True, "title": "ERS"}]
+    # Every ERS dashboard links to the others through the shared tag, keeping the time range.
+    links = [
+        {
+            "type": "dashboards",
+            "tags": ["ers"],
+            "asDropdown": True,
+            "title": "ERS",
+            "icon": "external link",
+            "includeVars": False,
+            "keepTime": True,
+            "targetBlank": False,
+            "tooltip": "",
+        }
+    ]
     return {
         "uid": uid,
         "title": title,
@@ -291,6 +314,14 @@ def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
     group = f"{by}, le" if by else "le"
     rate = f"sum by ({group}) (rate({bucket}{RATE}))"
     return [q(f"histogram_quantile({p / 100}, {rate})", f"{legend}p{p}") for p in (50, 95, 99)]
+
+
+def traced_p95(selector: str, by: str = "", legend: str = "") -> Query:
+    """p95 of span durations from Tempo's span metrics, with their exemplars: each dot on the
+    panel is one span, and its trace opens in Tempo."""
+    group = f"{by}, le" if by else "le"
+    rate = f"sum by ({group}) (rate({SPAN_LATENCY}{{{selector}}}{RATE}))"
+    return q(f"histogram_quantile(0.95, {rate})", f"{legend}p95 of traced spans", exemplar=True)
 
 
 def grown_in_range(series: str) -> str:

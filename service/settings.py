@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     restic_repository: str = "var/restic-repo"
     restic_password_file: Path = Path("var/restic-password")
     restic_binary: str = "restic"
+    # Off-host copy: a second restic repository `restic copy` fills every
+    # offsite_copy_interval_minutes, opened with its own password file. Unset: no copy.
+    offsite_repository: str | None = None
+    offsite_password_file: Path | None = None
+    offsite_copy_interval_minutes: float = Field(360, gt=0)
 
     # Access tokens: from the variable itself or from a file named by ``*_FILE``.
     admin_token: SecretStr | None = None
@@ -199,6 +204,15 @@ class Settings(BaseSettings):
         if "{trace_id}" not in value:
             raise ValueError("the URL has no {trace_id}; put it where the trace id goes")
         return value
+
+    @model_validator(mode="after")
+    def _offsite_needs_its_password_file(self) -> Settings:
+        if self.offsite_repository and self.offsite_password_file is None:
+            raise ValueError(
+                "offsite_repository is set without offsite_password_file: point "
+                "ERS_OFFSITE_PASSWORD_FILE at the file holding that repository's password"
+            )
+        return self
 
     @model_validator(mode="after")
     def _read_token_files(self) -> Settings:

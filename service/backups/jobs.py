@@ -16,6 +16,7 @@ from opentelemetry.metrics import Meter
 
 from backup import BackupError
 from service.backups.metrics import BackupMetrics
+from service.backups.offsite import start_offsite_copies
 from service.backups.service import BackupService, BackupsUnavailable
 from service.fleet import FleetLeader
 from service.settings import Settings
@@ -54,7 +55,11 @@ def build_backups(
 
 
 def start_backup_jobs(
-    stack: AsyncExitStack, backups: BackupService, stores: Stores, replica: str | None
+    stack: AsyncExitStack,
+    backups: BackupService,
+    stores: Stores,
+    replica: str | None,
+    meter: Meter | None = None,
 ) -> None:
     """Connect to the repository, keep the snapshot list fresh and run the schedule; on the
     way out, the shutdown backup. In a fleet (``replica``) one replica runs the schedule:
@@ -76,6 +81,8 @@ def start_backup_jobs(
     run_in_background(stack, run_refresh(backups), "backups-refresh")
     if settings.backup_schedule_enabled:
         run_in_background(stack, run_schedule(backups, leader=leader), "backups")
+        if meter is not None:
+            start_offsite_copies(stack, backups, meter, leader)
 
 
 async def run_refresh(backups: BackupService) -> None:

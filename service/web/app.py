@@ -269,7 +269,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         stack.push_async_callback(alerts.drain)
         if backups is not None:
-            start_backup_jobs(stack, backups, stores, fleet.replica if fleet else None)
+            start_backup_jobs(
+                stack, backups, stores, fleet.replica if fleet else None, telemetry.meter
+            )
 
         health, memory_check = start_health(
             stack, settings, telemetry, stores, team, incident_service, backups, state, failing

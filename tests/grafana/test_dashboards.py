@@ -175,7 +175,7 @@ def test_datasource_uids_point_at_each_other() -> None:
     assert sources["alertmanager"]["uid"] == "ers-alertmanager"
     assert sources["alertmanager"]["jsonData"]["implementation"] == "prometheus"
     (exemplar,) = prometheus["jsonData"]["exemplarTraceIdDestinations"]
-    assert exemplar == {**exemplar, "name": "trace_id", "datasourceUid": tempo["uid"]}
+    assert exemplar == {**exemplar, "name": "traceID", "datasourceUid": tempo["uid"]}
     assert tempo["jsonData"]["tracesToMetrics"]["datasourceUid"] == prometheus["uid"]
     assert tempo["jsonData"]["serviceMap"]["datasourceUid"] == prometheus["uid"]
 

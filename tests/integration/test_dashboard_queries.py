@@ -47,6 +47,9 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
             run_faulty_workload(ers)
             pending = {(uid, title, expr) for uid, title, expr in queries}
             pending = {q for q in pending if (q[0], q[1]) not in EXEMPT}
+            # Tempo's span metrics (the traced latency lines and their exemplars) reach
+            # Prometheus by Tempo's remote write, which this test does not run.
+            pending = {q for q in pending if "traces_spanmetrics_" not in q[2]}
             deadline = time.monotonic() + WAIT_FOR_DATA_S
             while pending and time.monotonic() < deadline:
                 pending = {q for q in pending if not has_data(prom, q[2])}

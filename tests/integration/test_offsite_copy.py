@@ -1,0 +1,244 @@
+"""The off-host copy with the real restic binary, between two local repositories: the copy
+restores to the same bytes, copies only what is new, keeps both passwords off the command
+line, and reports failures as named reasons that the job's metrics count."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from backup.offsite import OffsiteCopier, OffsiteCopyFailed, OffsiteRepository
+from backup.restic import Restic
+from service.backups.offsite import OffsiteMetrics, copy_once
+from service.settings import Settings
+from service.web.app import create_app
+
+pytestmark = pytest.mark.integration
+
+SOURCE_PASSWORD = "source-password-1f3a"
+DESTINATION_PASSWORD = "offsite-password-9c2e"
+RESTIC_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def restic_binary() -> str:
+    path = shutil.which("restic")
+    if path is None:
+        pytest.skip("restic is not installed; `make system-test` installs it")
+    return path
+
+
+def restic(repository: Path, password_file: Path, cache: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env.update(
+        RESTIC_REPOSITORY=str(repository),
+        RESTIC_PASSWORD_FILE=str(password_file),
+        RESTIC_CACHE_DIR=str(cache),
+    )
+    result = subprocess.run(
+        ["restic", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RESTIC_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+class Repos:
+    def __init__(self, root: Path, binary: str) -> None:
+        self.root = root
+        self.cache = root / "cache"
+        self.source = root / "source-repo"
+        self.destination = root / "offsite-repo"
+        self.source_password = root / "source.pw"
+        self.destination_password = root / "offsite.pw"
+        self.source_password.write_text(SOURCE_PASSWORD)
+        self.destination_password.write_text(DESTINATION_PASSWORD)
+        self.data = root / "data"
+        self.data.mkdir()
+        self.binary = binary
+        restic(self.source, self.source_password, self.cache, "init")
+
+    def backup(self, name: str, content: str) -> None:
+        (self.data / name).write_text(content)
+        restic(
+            self.source, self.source_password, self.cache, "backup", "--tag", "ers", str(self.data)
+        )
+
+    def snapshots(self, repository: Path, password_file: Path) -> list[dict[str, object]]:
+        out = restic(repository, password_file, self.cache, "snapshots", "--json")
+        return json.loads(out)
+
+    def copier(self, binary: str | None = None) -> OffsiteCopier:
+        source = Restic(
+            str(self.source),
+            self.source_password,
+            binary=binary or self.binary,
+            cache_dir=self.cache,
+        )
+        target = OffsiteRepository(str(self.destination), self.destination_password)
+        return OffsiteCopier(source, target, timeout=RESTIC_TIMEOUT_S, cache_dir=self.cache)
+
+
+@pytest.fixture
+def repos(tmp_path: Path, restic_binary: str) -> Repos:
+    return Repos(tmp_path, restic_binary)
+
+
+async def test_first_copy_creates_the_offsite_repository_and_restores_the_same_bytes(
+    repos: Repos, tmp_path: Path
+) -> None:
+    repos.backup("budgets.db", "groceries 120\n")
+    repos.backup("profiles.db", "u1 strength\n")
+
+    result = await repos.copier().copy()
+
+    assert (result.created_destination, result.copied, result.skipped) == (True, 2, 0)
+    source = repos.snapshots(repos.source, repos.source_password)
+    copied = repos.snapshots(repos.destination, repos.destination_password)
+    assert sorted(s["time"] for s in copied) == sorted(s["time"] for s in source)
+    assert all(s["tags"] == ["ers"] for s in copied)
+    newest = max(copied, key=lambda s: s["time"])
+    target = tmp_path / "restored"
+    restic(
+        repos.destination,
+        repos.destination_password,
+        repos.cache,
+        "restore",
+        str(newest["id"]),
+        "--target",
+        str(target),
+    )
+    restored = target / repos.data.relative_to("/")
+    assert (restored / "budgets.db").read_text() == "groceries 120\n"
+    assert (restored / "profiles.db").read_text() == "u1 strength\n"
+
+
+async def test_later_copies_move_only_new_snapshots(repos: Repos) -> None:
+    repos.backup("budgets.db", "groceries 120\n")
+    copier = repos.copier()
+    await copier.copy()
+
+    again = await copier.copy()
+    assert (again.created_destination, again.copied, again.skipped) == (False, 0, 1)
+
+    repos.backup("budgets.db", "groceries 150\n")
+    newer = await copier.copy()
+    assert (newer.copied, newer.skipped) == (1, 1)
+    assert len(repos.snapshots(repos.destination, repos.destination_password)) == 2
+
+
+async def test_no_password_and_no_repository_reach_the_command_line(
+    repos: Repos, tmp_path: Path
+) -> None:
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "restic-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {repos.binary} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    repos.backup("budgets.db", "groceries 120\n")
+
+    result = await repos.copier(binary=str(wrapper)).copy()
+
+    assert result.copied == 1
+    argv = log.read_text()
+    assert "copy" in argv.split()
+    for secret in (SOURCE_PASSWORD, DESTINATION_PASSWORD, str(repos.source), "password"):
+        assert secret not in argv
+
+
+async def test_a_wrong_offsite_password_is_a_named_failure_without_the_password(
+    repos: Repos,
+) -> None:
+    repos.backup("budgets.db", "groceries 120\n")
+    await repos.copier().copy()
+    repos.destination_password.write_text("not-the-password")
+
+    with pytest.raises(OffsiteCopyFailed) as failure:
+        await repos.copier().copy()
+
+    assert failure.value.label == "wrong_password"
+    assert "not-the-password" not in str(failure.value)
+    assert str(repos.destination_password) in str(failure.value)
+
+
+async def test_the_job_exports_the_last_success_and_counts_failures(repos: Repos) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    metrics = OffsiteMetrics(meters.get_meter("test"), interval_s=3600)
+    repos.backup("budgets.db", "groceries 120\n")
+
+    def points() -> dict[str, list[tuple[dict[str, object], float]]]:
+        data = reader.get_metrics_data()
+        found: dict[str, list[tuple[dict[str, object], float]]] = {}
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    found[metric.name] = [
+                        (dict(p.attributes or {}), p.value) for p in metric.data.data_points
+                    ]
+        return found
+
+    try:
+        before = points()
+        assert "ers_backup_offsite_last_success_timestamp_seconds" not in before
+        assert before["ers_backup_offsite_interval_seconds"] == [({}, 3600)]
+
+        assert await copy_once(repos.copier(), metrics) is True
+        after = points()
+        [(_, last_success)] = after["ers_backup_offsite_last_success_timestamp_seconds"]
+        assert last_success == metrics.last_success
+        assert after["ers_backup_offsite_snapshots_copied"] == [({}, 1)]
+
+        repos.destination_password.write_text("not-the-password")
+        assert await copy_once(repos.copier(), metrics) is False
+        failures = dict(
+            (str(attrs["reason"]), value)
+            for attrs, value in points()["ers_backup_offsite_failures"]
+        )
+        assert failures["wrong_password"] == 1
+        assert failures["locked"] == 0
+    finally:
+        meters.shutdown()
+
+
+async def test_the_service_starts_the_copy_job_with_its_backup_jobs(
+    settings: Settings, tmp_path: Path, restic_binary: str
+) -> None:
+    offsite = tmp_path / "offsite-repo"
+    password = tmp_path / "offsite.pw"
+    password.write_text(DESTINATION_PASSWORD)
+    settings = settings.model_copy(
+        update={
+            "backups_enabled": True,
+            "backup_schedule_enabled": True,
+            "offsite_repository": str(offsite),
+            "offsite_password_file": password,
+        }
+    )
+    application = create_app(settings)
+    metric = "ers_backup_offsite_last_success_timestamp_seconds"
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            text = ""
+            for _ in range(240):  # the first copy runs once the repository is reached
+                text = (await http.get("/metrics")).text
+                if metric in text:
+                    break
+                await asyncio.sleep(0.5)
+    assert metric in text, text[-2000:]
+    assert "ers_backup_offsite_interval_seconds" in text
+    assert (offsite / "config").is_file()

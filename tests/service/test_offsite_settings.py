@@ -1,0 +1,42 @@
+"""The off-host copy is off until a second repository is named, and that repository cannot
+be named without its own password file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.backups.offsite import build_copier
+from service.settings import SettingsError, load_settings
+
+pytestmark = pytest.mark.usefixtures("without_ers_settings")
+
+
+def test_no_offsite_repository_means_no_copy() -> None:
+    settings = load_settings()
+    assert settings.offsite_repository is None
+    assert settings.offsite_copy_interval_minutes == 360
+    assert build_copier(settings) is None
+
+
+def test_an_offsite_repository_without_its_password_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "sftp:backup@vault.example:/srv/ers")
+    with pytest.raises(SettingsError, match="ERS_OFFSITE_PASSWORD_FILE"):
+        load_settings()
+
+
+def test_the_copier_reads_the_local_repository_into_the_offsite_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ERS_RESTIC_REPOSITORY", str(tmp_path / "local"))
+    monkeypatch.setenv("ERS_RESTIC_PASSWORD_FILE", str(tmp_path / "local.pw"))
+    monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "rest:https://ers:secret@vault.example/ers")
+    monkeypatch.setenv("ERS_OFFSITE_PASSWORD_FILE", str(tmp_path / "offsite.pw"))
+    copier = build_copier(load_settings())
+    assert copier is not None
+    assert copier.source.repository == str(tmp_path / "local")
+    assert copier.destination.repository == "rest:https://ers:secret@vault.example/ers"
+    assert copier.destination.password_file == (tmp_path / "offsite.pw").resolve()
