@@ -27,7 +27,6 @@ from typing import Any
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert, WebhookPayload
 from service.incidents.ledger import AlertLedger
-from service.incidents.ledger_pg import PgAlertLedger
 from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
@@ -51,7 +50,7 @@ SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 class AlertHandler:
     def __init__(
         self,
-        ledger: AlertLedger | PgAlertLedger,
+        ledger: AlertLedger,
         incidents: IncidentStoreBase,
         responder: Responder,
         isolate_ttl_s: float = 900.0,

@@ -1,15 +1,19 @@
-"""The audit trail: who did what and why, in the incidents database (never rolled back)."""
+"""The audit trail: who did what and why, on the incident store's database (never rolled
+back): the incidents SQLite file, or on PostgreSQL the incidents schema, which every replica
+shares (its table there is the migrations' component ``audit``)."""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from service.stores.sql import SqliteDatabase
+from service.incidents.store_pg import SCHEMA
+from service.stores.pg_pool import valid_identifier
+from service.stores.sql import SQLITE, Database
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
+COMPONENT = "audit"
+SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
     actor TEXT NOT NULL,
@@ -18,9 +22,33 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
 )"""
 
 
+def audit_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
+    """The audit table's migrations, in order; append a tuple to change it, never edit one."""
+    s = valid_identifier(schema)
+    return (
+        (
+            f"CREATE SCHEMA IF NOT EXISTS {s}",
+            f"""CREATE TABLE {s}.audit (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                detail TEXT NOT NULL
+            )""",
+        ),
+    )
+
+
+MIGRATIONS = audit_migrations()
+
+
 class AuditLog:
-    def __init__(self, path: Path) -> None:
-        self._database = SqliteDatabase(path, SCHEMA)
+    def __init__(self, database: Database) -> None:
+        """The trail on the incident store's ``database``, which closes with the store. On
+        SQLite its table is made here; on PostgreSQL the migrations (``MIGRATIONS``) made it."""
+        if database.dialect is SQLITE:
+            database.rows(SQLITE_SCHEMA)
+        self._database = database
 
     def record(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         self._database.rows(
@@ -33,9 +61,11 @@ class AuditLog:
             "SELECT at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         )
         return [
-            {"at": at, "actor": actor, "action": action, "detail": json.loads(detail)}
-            for at, actor, action, detail in rows
+            {
+                "at": row["at"],
+                "actor": row["actor"],
+                "action": row["action"],
+                "detail": json.loads(row["detail"]),
+            }
+            for row in rows
         ]
-
-    def close(self) -> None:
-        self._database.close()

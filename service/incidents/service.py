@@ -22,9 +22,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from service.agents.base import AgentReply
 from service.errors import StoreUnavailable
-from service.incidents import ledger_pg, store_pg
+from service.incidents import audit, ledger, store_pg
+from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
-from service.incidents.ledger_pg import PgAlertLedger
 from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.merge import GroupOutcome
 from service.incidents.model import IllegalTransition, Incident, IncidentStoreUnavailable
@@ -53,7 +53,13 @@ def not_an_incident(routes: tuple[str, ...]) -> Callable[[ReadableSpan], bool]:
     return lambda span: on_route(span) or bool((span.attributes or {}).get(NOT_AN_INCIDENT))
 
 
-Ledger = AlertLedger | PgAlertLedger
+# What the incident state needs on PostgreSQL, by migration component: the incidents, the
+# alert ledger and the audit trail share one schema and one connection pool.
+MIGRATIONS = {
+    store_pg.COMPONENT: store_pg.MIGRATIONS,
+    ledger.COMPONENT: ledger.MIGRATIONS,
+    audit.COMPONENT: audit.MIGRATIONS,
+}
 
 
 async def open_incident_state(
@@ -61,30 +67,29 @@ async def open_incident_state(
     path: Path,
     database: PostgresDatabase | None,
     is_component_healthy: Callable[[str], bool],
-) -> tuple[IncidentStoreBase, Ledger]:
-    """The incident store and the alert ledger: in the SQLite file at ``path``, or, with the
-    stores on PostgreSQL (``database``), in its ``ers_incidents`` schema, where every replica
-    groups failures into the same incidents and takes each alert once."""
+) -> tuple[IncidentStoreBase, AlertLedger, AuditLog]:
+    """The incident store, the alert ledger and the audit trail, on one database: the SQLite
+    file at ``path``, or, with the stores on PostgreSQL (``database``), one connection pool
+    to its ``ers_incidents`` schema, where every replica groups failures into the same
+    incidents, takes each alert once and writes one trail. Closing the store closes them."""
     options = {
         "quiet_period_s": settings.incident_quiet_period_s,
         "is_component_healthy": is_component_healthy,
     }
     if database is None or settings.database_url is None:
-        return IncidentStore(path, **options), AlertLedger(path)
-    await database.migrate(
-        {store_pg.COMPONENT: store_pg.MIGRATIONS, ledger_pg.COMPONENT: ledger_pg.MIGRATIONS}
-    )
-    url = settings.database_url.get_secret_value()
+        store: IncidentStore = IncidentStore(path, **options)
+    else:
+        await database.migrate(MIGRATIONS)
+        url = settings.database_url.get_secret_value()
+        try:
+            store = await asyncio.to_thread(PgIncidentStore, url, **options)
+        except IncidentStoreUnavailable as exc:
+            raise StoreUnavailable("incidents", exc.reason) from None
     try:
-        store = await asyncio.to_thread(PgIncidentStore, url, **options)
-    except IncidentStoreUnavailable as exc:
-        raise StoreUnavailable("incidents", exc.reason) from None
-    try:
-        ledger = await asyncio.to_thread(PgAlertLedger, url)
+        return store, AlertLedger(store.database), AuditLog(store.database)
     except Exception:
         store.close()
         raise
-    return store, ledger
 
 
 class IncidentService:

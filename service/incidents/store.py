@@ -79,6 +79,11 @@ class IncidentStore(IncidentStoreBase):
         self._database: Database = path
         self._dialect = path.dialect
 
+    @property
+    def database(self) -> Database:
+        """The database the store is on, which the alert ledger and the audit trail share."""
+        return self._database
+
     def close(self) -> None:
         self._database.close()
 

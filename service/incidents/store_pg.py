@@ -107,8 +107,9 @@ class PgIncidentStore(IncidentStore):
             name="ers-incidents",
             unavailable=IncidentStoreUnavailable,
             schema=schema,
-            tables=TABLES,
-            component=COMPONENT,
+            # the alert ledger's and the audit trail's tables too: they share the pool
+            tables=(*TABLES, "alert_ledger", "audit"),
+            component="incidents, alerts, audit",
         )
         super().__init__(pool, **options)
 

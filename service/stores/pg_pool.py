@@ -61,7 +61,8 @@ class PgPool:
     ) -> None:
         """Connects once first, so that a wrong URL or password fails here with the
         server's reason, or the schema's missing ``tables`` with the migrations of
-        ``component`` to run, then fills the pool."""
+        ``component`` (the migration components that make them) to run, then fills the
+        pool."""
         self.location = server_location(url)
         self.timeout_s = timeout_s
         self._password = password_of(url)
@@ -92,7 +93,7 @@ class PgPool:
         if missing:
             raise unavailable(
                 f"{', '.join(missing)} missing in the database at {self.location}; run the "
-                f"PostgreSQL migrations (component {component!r}) first: `ers serve` runs them "
+                f"PostgreSQL migrations ({component}) first: `ers serve` runs them "
                 "when it starts"
             )
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(

@@ -34,7 +34,6 @@ from service.health.build import (
     start_health,  # noqa: E402
 )
 from service.incidents.alert_webhook import AlertHandler  # noqa: E402
-from service.incidents.audit import AuditLog  # noqa: E402
 from service.incidents.responder import Responder  # noqa: E402
 from service.incidents.service import IncidentService, open_incident_state  # noqa: E402
 from service.incidents.state_notes import StateNotes  # noqa: E402
@@ -180,18 +179,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await fleet.start()
             stack.push_async_callback(fleet.stop)
 
-        # Incidents: error spans are classified and grouped off the request path. The
-        # incidents file also holds the audit trail and is backed up, never rolled back.
+        # Incidents: error spans are classified and grouped off the request path. Their
+        # database also holds the alert ledger and the audit trail, and is backed up, never
+        # rolled back.
         incidents_path = settings.data_dir / "incidents.sqlite3"
-        audit = AuditLog(incidents_path)
-        stack.callback(audit.close)
-        incident_store, alert_ledger = await open_incident_state(
+        incident_store, alert_ledger, audit = await open_incident_state(
             settings,
             incidents_path,
             stores.database,
             is_component_healthy=team.is_healthy,
         )
-        stack.callback(alert_ledger.close)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,

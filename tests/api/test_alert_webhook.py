@@ -174,7 +174,8 @@ async def test_malformed_payloads_get_422_with_the_reason(
 async def test_unrecordable_alert_gets_503_so_alertmanager_retries(
     hook: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    app.state.runtime.alerts.ledger.close()
+    # The ledger lives on the incident store's database: closed, it cannot record.
+    app.state.runtime.incidents.database.close()
     reply = await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
     assert reply.status_code == 503
     assert "could not record" in reply.json()["detail"]

@@ -1,5 +1,6 @@
-"""The alert idempotency ledger, the same on SQLite and on PostgreSQL: two ledgers on one
-database (replicas) that receive one notification at once still act on it once."""
+"""The alert idempotency ledger, the same on SQLite and on PostgreSQL, on the incident store's
+database as the service opens it: two ledgers on one database (replicas) that receive one
+notification at once still act on it once."""
 
 from __future__ import annotations
 
@@ -10,17 +11,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from service.incidents import store_pg
 from service.incidents.ledger import AlertLedger, LedgerUnavailable
-from service.incidents.ledger_pg import COMPONENT, MIGRATIONS, PgAlertLedger
+from service.incidents.model import IncidentStoreUnavailable
+from service.incidents.service import MIGRATIONS as INCIDENT_STATE
+from service.incidents.store import IncidentStore
+from service.incidents.store_pg import PgIncidentStore
 from tests.pg import apply_migrations
 
-Ledger = AlertLedger | PgAlertLedger
+Ledger = AlertLedger
 DELIVERIES_PER_REPLICA = 200
 
 
 @pytest.fixture
 def ledger_url(pg_url: str) -> str:
-    apply_migrations(pg_url, {COMPONENT: MIGRATIONS})
+    apply_migrations(pg_url, INCIDENT_STATE)
     return pg_url
 
 
@@ -28,18 +33,18 @@ def ledger_url(pg_url: str) -> str:
 def new_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Ledger]]:
     """Builds ledgers on one SQLite file or one migrated PostgreSQL database, each with its
     own connections; closes them afterwards."""
-    made: list[Ledger] = []
+    stores: list[IncidentStore] = []
 
     def make() -> Ledger:
         if request.param == "sqlite":
-            made.append(AlertLedger(tmp_path / "incidents.sqlite3"))
+            stores.append(IncidentStore(tmp_path / "incidents.sqlite3"))
         else:
-            made.append(PgAlertLedger(request.getfixturevalue("ledger_url")))
-        return made[-1]
+            stores.append(PgIncidentStore(request.getfixturevalue("ledger_url")))
+        return AlertLedger(stores[-1].database)
 
     yield make
-    for ledger in made:
-        ledger.close()
+    for store in stores:
+        store.close()
 
 
 @pytest.fixture
@@ -117,9 +122,10 @@ def test_replicas_sharing_many_alerts_each_take_every_alert_once(
     assert sorted(taken[0] + taken[1]) == sorted(f"fp{n}" for n in range(DELIVERIES_PER_REPLICA))
 
 
-def test_an_unmigrated_database_is_refused_with_the_next_step(pg_url: str) -> None:
-    with pytest.raises(LedgerUnavailable, match="run the PostgreSQL migrations"):
-        PgAlertLedger(pg_url)
+def test_a_database_without_the_ledger_is_refused_with_the_next_step(pg_url: str) -> None:
+    apply_migrations(pg_url, {store_pg.COMPONENT: store_pg.MIGRATIONS})
+    with pytest.raises(IncidentStoreUnavailable, match="alert_ledger.* run the PostgreSQL migr"):
+        PgIncidentStore(pg_url)
 
 
 def test_ledger_failures_never_show_the_password(ledger_url: str) -> None:
@@ -128,11 +134,12 @@ def test_ledger_failures_never_show_the_password(ledger_url: str) -> None:
     url = urlunsplit(
         parts._replace(netloc=f"{parts.username}:{wrong}@{parts.hostname}:{parts.port}")
     )
-    with pytest.raises(LedgerUnavailable) as refused:
-        PgAlertLedger(url)
+    with pytest.raises(IncidentStoreUnavailable) as refused:
+        PgIncidentStore(url)
     assert wrong not in str(refused.value)
     assert f"{parts.hostname}:{parts.port}" in str(refused.value)
-    ledger = PgAlertLedger(ledger_url)
-    ledger.close()
+    store = PgIncidentStore(ledger_url)
+    alerts = AlertLedger(store.database)
+    store.close()
     with pytest.raises(LedgerUnavailable, match="closed"):
-        ledger.record("fp", "t", "firing", "Down")
+        alerts.record("fp", "t", "firing", "Down")

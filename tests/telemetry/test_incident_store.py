@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from service.incidents.model import IncidentStoreUnavailable
+from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.incidents.store import (
     IllegalTransition,
     IncidentNotFound,
@@ -25,7 +26,7 @@ from service.incidents.store import (
     IncidentStoreBase,
     UnknownTimelineKind,
 )
-from service.incidents.store_pg import COMPONENT, MIGRATIONS, PgIncidentStore
+from service.incidents.store_pg import COMPONENT, PgIncidentStore
 from telemetry.classifier import Classification, Classifier
 from telemetry.span_record import SpanRecord
 from tests.pg import NOT_INSTALLED, apply_migrations, find_bin_dir, start_cluster
@@ -58,7 +59,7 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewSto
             return IncidentStore(tmp_path / "incidents.db", **options)
     else:
         url = request.getfixturevalue("pg_url")
-        apply_migrations(url, {COMPONENT: MIGRATIONS})
+        apply_migrations(url, INCIDENT_STATE)
 
         def build(**options: Any) -> IncidentStoreBase:
             return PgIncidentStore(url, **options)
@@ -522,7 +523,7 @@ def test_a_failure_with_nul_characters_is_still_recorded(
 
 @pytest.fixture
 def pg_incidents_url(pg_url: str) -> str:
-    apply_migrations(pg_url, {COMPONENT: MIGRATIONS})
+    apply_migrations(pg_url, INCIDENT_STATE)
     return pg_url
 
 
@@ -535,15 +536,22 @@ def pg_replicas(pg_incidents_url: str) -> Iterator[tuple[PgIncidentStore, PgInci
 
 
 def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
-    applied = apply_migrations(pg_url, {COMPONENT: MIGRATIONS})
-    assert applied == [(COMPONENT, 1), (COMPONENT, 2)]
-    assert apply_migrations(pg_url, {COMPONENT: MIGRATIONS}) == []
+    applied = apply_migrations(pg_url, INCIDENT_STATE)
+    assert applied == [(COMPONENT, 1), (COMPONENT, 2), ("alerts", 1), ("audit", 1)]
+    assert apply_migrations(pg_url, INCIDENT_STATE) == []
     with psycopg.connect(pg_url) as conn:
         tables = conn.execute(
             "SELECT table_name FROM information_schema.tables"
             " WHERE table_schema = 'ers_incidents' ORDER BY 1"
         ).fetchall()
-    assert [t[0] for t in tables] == ["action_claims", "incidents", "span_records", "timeline"]
+    assert [t[0] for t in tables] == [
+        "action_claims",
+        "alert_ledger",
+        "audit",
+        "incidents",
+        "span_records",
+        "timeline",
+    ]
 
 
 def test_a_database_without_the_migrations_is_refused_with_the_next_step(pg_url: str) -> None:
@@ -586,7 +594,7 @@ def test_a_replica_survives_a_server_restart(default_classifier: Classifier) -> 
     server = start_cluster(bin_dir)
     try:
         url = server.create_database()
-        apply_migrations(url, {COMPONENT: MIGRATIONS})
+        apply_migrations(url, INCIDENT_STATE)
         store = PgIncidentStore(url)
         try:
             store.record_error(*classified(default_classifier, "timeout"))

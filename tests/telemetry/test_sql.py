@@ -13,7 +13,7 @@ import pytest
 from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
 from service.incidents.store import IncidentNotFound, IncidentStore
-from service.stores.sql import POSTGRESQL, SQLITE
+from service.stores.sql import POSTGRESQL, SQLITE, SqliteDatabase
 from telemetry.sqlite import BUSY_TIMEOUT_MS, connect_sqlite
 
 # Longer than the 2 s the audit log and the ledger once waited, well inside BUSY_TIMEOUT_MS.
@@ -30,20 +30,22 @@ def test_a_connection_has_the_one_set_of_pragmas(tmp_path: Path) -> None:
 
 
 def audit_write(path: Path) -> None:
-    audit = AuditLog(path)
+    database = SqliteDatabase(path)
     try:
+        audit = AuditLog(database)
         audit.record("admin:token", "rollback", {"component": "budgets"})
         assert audit.recent(1)[0]["detail"] == {"component": "budgets"}
     finally:
-        audit.close()
+        database.close()
 
 
 def ledger_write(path: Path) -> None:
-    ledger = AlertLedger(path)
+    database = SqliteDatabase(path)
     try:
+        ledger = AlertLedger(database)
         assert ledger.record(f"fp{time.monotonic_ns()}", "2024-05-01T10:00:00Z", "firing", "Down")
     finally:
-        ledger.close()
+        database.close()
 
 
 def store_write(path: Path) -> None:
