@@ -66,6 +66,12 @@ class FallbackPolicy:
         """For ``seconds``, a request with a cached answer gets it without calling the agent."""
         self._cached_until = max(self._cached_until, self.clock() + seconds)
 
+    def stop_serving_cached(self) -> bool:
+        """End ``serve_cached_for`` now (the agent is back); whether it was on."""
+        was_on = self._cached_until > self.clock()
+        self._cached_until = 0.0
+        return was_on
+
     def serves_cached(self, request: AgentRequest) -> bool:
         """Whether this request is answered from the cache instead of the agent now."""
         if self._cached_until <= self.clock() or self.cache is None:

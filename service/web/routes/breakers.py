@@ -57,6 +57,15 @@ def breaker_report(team: Any) -> dict[str, Any]:
     }
 
 
+def stop_cached_answers(guard: Any) -> str:
+    """An operator who resets or releases a breaker says the agent is back: cached answers
+    the responder's serve_cached put in its place would otherwise keep users (and the
+    half-open trial calls) from reaching it until their time ran out."""
+    if guard.fallback.stop_serving_cached():
+        return "; its cached answers are no longer served in its place"
+    return ""
+
+
 @router.get("/circuit-breakers")
 async def list_breakers(team: Team) -> dict[str, Any]:
     return breaker_report(team)
@@ -80,6 +89,7 @@ async def reset_breaker(
         message = guard.breaker.reset(force=force, probe=probe, source=who)
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
+    message += stop_cached_answers(guard)
     return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 
@@ -96,6 +106,8 @@ async def force_open_breaker(
 async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.release(source=who)
+    if guard.breaker.state.value == "half_open":
+        message += stop_cached_answers(guard)
     return await changed(keeper, guard.breaker, message)
 
 

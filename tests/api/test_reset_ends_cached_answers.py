@@ -1,0 +1,45 @@
+"""An operator's reset ends the cached answers the responder put in an agent's place: once
+the agent is back, users reach it again at once, not when serve_cached's time runs out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import FastAPI
+
+from service.agents.base import AgentRequest
+
+CHAT = {"message": "budget report", "userId": "ana"}
+
+
+async def test_a_reset_ends_the_cached_answers_of_serve_cached(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    first = await client.post("/chat", json=CHAT)
+    assert first.json()["emergency"] is False  # remembered as ana's last good answer
+    injected = await client.post(
+        "/api/emergency/simulate-error",
+        json={"component": "BMA", "errorType": "database", "severity": "high"},
+    )
+    assert injected.status_code == 200
+    # Failing chats become a database incident; its protocol isolates the agent and serves
+    # cached answers in its place. Bounded at five seconds.
+    fallback = app.state.runtime.team.get("budget").fallback
+    for _ in range(50):
+        await client.post("/chat", json={"message": "budget report", "userId": "bo"})
+        if fallback.serves_cached(AgentRequest(message=CHAT["message"], user_id="ana")):
+            break
+        await asyncio.sleep(0.1)
+    cached = (await client.post("/chat", json=CHAT)).json()
+    assert cached["emergency"] is True
+    assert "here is your last answer" in cached["response"]
+
+    assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
+    reset = await client.post("/api/emergency/circuit-breaker/BMA/reset", json={"force": False})
+    assert reset.status_code == 200, reset.text
+    assert "cached answers are no longer served" in reset.json()["message"]
+
+    after = (await client.post("/chat", json=CHAT)).json()
+    assert after["emergency"] is False
+    assert after["response"] == first.json()["response"]
