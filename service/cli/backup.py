@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from service.cli_remote import RemoteError, add_connection_options, call, print_json
+from service.cli.remote import RemoteError, add_connection_options, call, print_json
 from service.settings import load_settings
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")

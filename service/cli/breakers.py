@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from service.cli_remote import add_connection_options, call, print_json, run_remote
+from service.cli.remote import add_connection_options, call, print_json, run_remote
 
 
 def _table(report: dict[str, Any]) -> None:

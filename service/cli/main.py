@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from service import cli_backup, cli_breakers, cli_incidents
+    from service.cli import backup, breakers, incidents
 
-    return [cli_breakers.register, cli_backup.register, cli_incidents.register]
+    return [breakers.register, backup.register, incidents.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

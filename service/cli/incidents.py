@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli_remote import add_connection_options, call, print_json, run_remote
+from service.cli.remote import add_connection_options, call, print_json, run_remote
 
 
 def _incident_line(i: dict[str, Any]) -> str:
