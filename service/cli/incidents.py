@@ -143,11 +143,14 @@ def _emit_value(args: argparse.Namespace, value: Any, draw: Any) -> None:
 
 
 def classify(args: argparse.Namespace) -> int:
+    from service.settings import load_settings
     from telemetry.classifier import RulesError, load_rules, replay_stored
     from telemetry.span_record import SpanRecord
 
+    settings = load_settings()
+    # Without --rules: the rules the service classifies with (its setting, else the shipped).
     try:
-        classifier = load_rules(args.rules)
+        classifier = load_rules(args.rules or settings.classification_rules)
     except RulesError as exc:
         raise CliError(str(exc), USAGE) from None
     if args.explain:
@@ -161,13 +164,11 @@ def classify(args: argparse.Namespace) -> int:
             ) from None
         _emit_value(args, classifier.explain(record), _explanation)
         return 0
-    from service.settings import load_settings
     from telemetry.incident_lifecycle import IncidentStoreBase
     from telemetry.incident_model import IncidentStoreUnavailable
     from telemetry.incident_pg import PgIncidentStore
     from telemetry.incident_store import IncidentStore
 
-    settings = load_settings()
     store: IncidentStoreBase
     if settings.database_url is not None:
         try:
@@ -235,5 +236,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="replay the rules over the stored error spans (reads ERS_DATA_DIR or "
         "ERS_DATABASE_URL)",
     )
-    classify_cmd.add_argument("--rules", type=Path, help="rules file (default: shipped rules)")
+    classify_cmd.add_argument(
+        "--rules",
+        type=Path,
+        help="rules file (default: the service's ERS_CLASSIFICATION_RULES, else the shipped rules)",
+    )
     classify_cmd.set_defaults(handler=classify)
