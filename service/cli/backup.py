@@ -207,6 +207,23 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
             "reason": args.reason,
             "restored": list(result.notes),
         }
+    if action == "drill":
+        progress.stage("restoring the newest snapshots into scratch and verifying")
+        drill = await manager.verify_latest()
+        return {
+            "ok": drill.ok,
+            "backupId": drill.snapshot_id,
+            "durationSeconds": round(drill.duration_seconds, 3),
+            "files": [
+                {
+                    "component": f.component,
+                    "integrity": f.integrity,
+                    "checksumMatches": f.checksum_matches,
+                    "size": f.size,
+                }
+                for f in drill.files
+            ],
+        }
     if action == "check":
         progress.stage("restic check")
         result = await manager.check()
@@ -373,6 +390,19 @@ def _check_table(out: Console, data: dict[str, Any]) -> None:
         out.print(data["output"])
 
 
+def _drill_table(out: Console, data: dict[str, Any]) -> None:
+    table = new_table("COMPONENT", "INTEGRITY", "CHECKSUM", "SIZE")
+    for f in data["files"]:
+        checksum = {True: "matches", False: "DIFFERS", None: "-"}[f["checksumMatches"]]
+        table.add_row(f["component"], f["integrity"], checksum, size(f["size"]))
+    out.print(table)
+    verdict = "passed" if data["ok"] else "FAILED"
+    out.print(
+        f"restore drill {verdict}: newest snapshot {short_id(data['backupId'])}, "
+        f"{data['durationSeconds']:.1f} s"
+    )
+
+
 def _prune_table(out: Console, data: dict[str, Any]) -> None:
     out.print(f"kept {data['kept']} snapshots, removed {data['removed']}")
 
@@ -392,6 +422,7 @@ TABLES = {
     "rollback": _rollback_table,
     "check": _check_table,
     "prune": _prune_table,
+    "drill": _drill_table,
     "init": _init_table,
 }
 
@@ -435,6 +466,12 @@ def run(args: argparse.Namespace) -> int:
             validate_reason(args.reason)
         except InvalidBackupReason as exc:
             raise CliError(str(exc), USAGE) from None
+    if args.action == "drill" and not args.offline:
+        raise CliError(
+            "the service runs restore drills on its own schedule (its status shows the last "
+            "one); `ers backup --offline drill` runs one now, beside the service or without it",
+            USAGE,
+        )
     if args.offline:
         try:
             with activity(args.action) as progress:
@@ -446,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "create" and result.get("backupId") is None:
         result["unchangedSince"] = _unchanged_since(result, args)
     emit(args, result, TABLES[args.action])
-    if args.action == "check" and not result.get("ok"):
+    if args.action in ("check", "drill") and not result.get("ok"):
         return FAILED
     return OK
 
@@ -481,6 +518,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "rollback": command(actions, "rollback", "roll back to a snapshot"),
         "check": command(actions, "check", "restic check of the repository"),
         "prune": command(actions, "prune", "apply retention and prune"),
+        "drill": command(
+            actions,
+            "drill",
+            "--offline only: restore the newest snapshots into scratch and verify every file",
+        ),
     }
     subs["create"].add_argument(
         "--type",

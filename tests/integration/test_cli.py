@@ -4,12 +4,15 @@ codes, piping into ``head``, a missing token file and a server that is not there
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +56,34 @@ def one_plain_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1 and lines[0].startswith("ers: "), result.stderr
     assert result.stdout == "", result.stdout
     return lines[0]
+
+
+def on_a_terminal(env: dict[str, str], *args: str) -> str:
+    """Run with stderr on a pseudo-terminal, as in an operator's shell; what was drawn there."""
+    controller, terminal = pty.openpty()
+    drawn = bytearray()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # EIO once the command has closed its side
+            while chunk := os.read(controller, 65536):
+                drawn.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        result = ers(
+            {**env, "TERM": "xterm-256color", "COLUMNS": "120"},
+            *args,
+            stderr=terminal,
+            capture_output=False,
+            stdout=subprocess.PIPE,
+        )
+    finally:
+        os.close(terminal)
+    reader.join(timeout=10)
+    os.close(controller)
+    assert result.returncode == 0, drawn.decode(errors="replace")[-2000:]
+    return drawn.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +325,14 @@ def test_offline_backup_takes_offline_before_or_after_the_subcommand_same_shape(
     for name, component in online["components"].items():
         assert set(component) == set(offline["components"][name])
         assert component["tables"] == offline["components"][name]["tables"]
+    drawn = on_a_terminal(env, "backup", "--offline", "create", "--reason", "progress")
+    # The percentage column is drawn only once restic's --json status lines give one.
+    assert "backing up" in drawn and re.search(r"\d+%", drawn), drawn[-2000:]
+    drill = ers(env, "backup", "--offline", "drill")
+    assert drill.returncode == 0, drill.stderr
+    assert "restore drill passed" in drill.stdout and "budgets" in drill.stdout
+    online_only = ers(env, "backup", "drill")
+    assert online_only.returncode == 2 and "--offline drill" in one_plain_line(online_only)
     table = ers(env, "backup", "--offline", "test-rollback", backup_id)
     assert table.returncode == 0 and "budgets" in table.stdout, table.stderr
     db = sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
