@@ -57,7 +57,8 @@ def _incident(out: Console, data: dict[str, Any]) -> None:
     out.print(f"protocol: {response.get('protocol', '-')}  traces: {joined(data.get('traceIds'))}")
     timeline = data.get("timeline")
     if timeline:
-        steps = new_table("AT", "KIND", "WHO", "MESSAGE", title="timeline")
+        out.print("timeline:")
+        steps = new_table("AT", "KIND", "WHO", "MESSAGE")
         for entry in timeline:
             steps.add_row(when(entry["at"]), entry["kind"], entry["who"], entry["message"])
         out.print(steps)

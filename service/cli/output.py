@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -82,10 +83,31 @@ class _Stdout(Console):
         raise BrokenPipeError
 
 
+class _NoTrailingSpaces:
+    """stdout for a pipe: table cells are padded to their column, which only makes noise
+    for grep, diff and cut at the end of a line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(_TRAILING_SPACES.sub("\n", text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
+
+
 def stdout() -> Console:
     console = _Stdout(highlight=False)
     if not console.is_terminal:
-        console = _Stdout(highlight=False, width=PIPE_WIDTH)
+        console = _Stdout(
+            highlight=False,
+            width=PIPE_WIDTH,
+            file=_NoTrailingSpaces(sys.stdout),  # type: ignore[arg-type]
+        )
     return console
 
 
