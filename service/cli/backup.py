@@ -5,235 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from service.cli.backup_offline import COMPONENTS, run_offline
+from service.cli.backup_tables import TABLES
 from service.cli.output import (
     FAILED,
     OK,
     USAGE,
-    Activity,
     CliError,
     activity,
     emit,
-    joined,
-    new_table,
-    short_id,
-    size,
-    when,
 )
 from service.cli.remote import call, command
-from service.settings import load_settings
-
-COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
-
-
-def _repository_config():  # noqa: ANN202
-    from backup import RepositoryConfig
-    from backup.identity import RECORD_FILE_NAME
-
-    settings = load_settings()
-    return RepositoryConfig(
-        settings.restic_repository,
-        settings.restic_password_file,
-        settings.restic_binary,
-        record_file=settings.data_dir / RECORD_FILE_NAME,
-    )
-
-
-async def _offline_init() -> dict[str, Any]:
-    from backup import init_repository
-
-    outcome = await init_repository(_repository_config())
-    return {
-        "repositoryId": outcome.identity.expected_id,
-        "created": outcome.created,
-        "previousRepositoryId": outcome.previous_id,
-    }
-
-
-async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
-    from backup import BackupConfig, BackupManager
-
-    settings = load_settings()
-    components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
-    components["incidents"] = settings.data_dir / "incidents.sqlite3"
-    config = BackupConfig(
-        components={k: v for k, v in components.items() if Path(v).exists()},
-        work_dir=settings.data_dir.parent / "backup-work",
-    )
-    # A running service owns the working files: clearing them as an interrupted run's
-    # leftovers would pull them from under a rollback or backup it is running.
-    return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
-
-
-# Offline actions that write the data directory, the service's working files or the
-# repository's retention: refused while a service holds the state (service.datadir_lock).
-OFFLINE_CHANGES = frozenset({"init", "create", "rollback", "prune"})
-
-
-async def _offline(args: argparse.Namespace, progress: Activity) -> Any:
-    from service.datadir_lock import offline_access
-
-    mutating = args.action in OFFLINE_CHANGES
-    async with offline_access(load_settings(), mutating=mutating) as owns_data_dir:
-        if args.action == "init":
-            return await _offline_init()
-        manager = await _offline_manager(owns_data_dir)
-        return await _offline_action(args, manager, progress)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _snapshot(s: Any) -> dict[str, Any]:
-    """One snapshot, as the service's routes list it."""
-    return {
-        "backupId": s.id,
-        "shortId": s.short_id,
-        "time": _iso(s.time),
-        "components": list(s.components),
-        "reason": s.reason,
-        "hostname": s.hostname,
-    }
-
-
-def _created(result: Any, args: argparse.Namespace) -> dict[str, Any]:
-    summary = result.summary
-    return {
-        "backupId": result.snapshot_id,
-        "reason": args.reason,
-        "type": args.type,
-        "components": list(result.components),
-        "skipped": list(result.skipped),
-        "durationSeconds": round(result.duration_seconds, 3),
-        "summary": None
-        if summary is None
-        else {
-            "filesNew": summary.files_new,
-            "filesChanged": summary.files_changed,
-            "dataAdded": summary.data_added,
-            "totalBytesProcessed": summary.total_bytes_processed,
-        },
-    }
-
-
-def _preview(preview: Any) -> dict[str, Any]:
-    return {
-        "backupId": preview.snapshot_id,
-        "snapshotTime": _iso(preview.snapshot_time),
-        "snapshotReason": preview.snapshot_reason,
-        "liveStateTouched": False,
-        "components": {
-            c.component: {
-                "verification": {
-                    "integrity": c.verification.integrity,
-                    "checksumMatches": c.verification.checksum_matches,
-                },
-                "tables": {
-                    t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
-                    for t in c.tables
-                },
-            }
-            for c in preview.components
-        },
-    }
-
-
-async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:
-    """Each action answers in the shape of the service's route for it, so `-o json` and the
-    tables are the same online and offline."""
-    action = args.action
-    if action == "list":
-        # The list was just read from the repository: --refresh has nothing more to do.
-        snapshots = manager.list()
-        last = max((s.time for s in snapshots), default=None)
-        return {
-            "available": len(snapshots),
-            "lastBackup": _iso(last) if last else None,
-            "backups": [_snapshot(s) for s in snapshots],
-        }
-    if action == "create":
-        components = None if args.type == "full_system" else [args.type]
-        progress.stage("backing up")
-        result = await manager.create(
-            components, args.reason, on_progress=progress.restic_status, skip_unchanged=False
-        )
-        return _created(result, args)
-    if action == "show":
-        details = await manager.details(args.backup_id)
-        return {
-            **_snapshot(details.snapshot),
-            "files": [{"path": f.path, "size": f.size} for f in details.files],
-            "totalSize": details.total_size,
-            "dataAdded": details.data_added,
-        }
-    if action == "test-rollback":
-        progress.stage("restoring into scratch and comparing")
-        return _preview(await manager.test_rollback(args.backup_id, args.components or None))
-    if action == "rollback":
-        from backup.events import RollbackStepStarted
-
-        @contextlib.asynccontextmanager
-        async def nothing_to_pause() -> AsyncIterator[None]:
-            yield
-
-        def on_event(event: Any) -> None:
-            if isinstance(event, RollbackStepStarted):
-                progress.stage(f"rollback: {event.step}")
-
-        manager.events.subscribe(on_event)
-        result = await manager.rollback(
-            args.backup_id,
-            args.components or list(COMPONENTS),
-            args.reason,
-            nothing_to_pause,
-            lambda: None,
-            on_progress=progress.restic_status,
-        )
-        return {
-            "rolledBack": True,
-            "backupId": result.snapshot_id,
-            "components": list(result.components),
-            "safetyBackupId": result.safety_snapshot_id,
-            "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
-            "durationSeconds": round(result.duration_seconds, 3),
-            "reason": args.reason,
-            "restored": list(result.notes),
-        }
-    if action == "drill":
-        progress.stage("restoring the newest snapshots into scratch and verifying")
-        drill = await manager.verify_latest()
-        return {
-            "ok": drill.ok,
-            "backupId": drill.snapshot_id,
-            "durationSeconds": round(drill.duration_seconds, 3),
-            "files": [
-                {
-                    "component": f.component,
-                    "integrity": f.integrity,
-                    "checksumMatches": f.checksum_matches,
-                    "size": f.size,
-                }
-                for f in drill.files
-            ],
-        }
-    if action == "check":
-        progress.stage("restic check")
-        result = await manager.check()
-        return {"ok": result.ok, "output": result.output_tail}
-    if action == "prune":
-        progress.stage("forgetting and pruning")
-        forgotten = await manager.forget(keep_last=load_settings().max_backups)
-        await manager.prune()
-        return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}
-    raise ValueError(action)
 
 
 def _online(args: argparse.Namespace) -> Any:
@@ -271,162 +55,6 @@ def _online(args: argparse.Namespace) -> Any:
     raise ValueError(action)
 
 
-# Tables a component keeps for itself (write probes, request dedup, SQLite's own): what a
-# rollback does to them tells an operator nothing.
-INTERNAL_TABLES = frozenset({"idempotency_keys"})
-
-
-def _internal(table: str) -> bool:
-    return table.startswith(("_", "sqlite_")) or table in INTERNAL_TABLES
-
-
-def _list_table(out: Console, data: dict[str, Any]) -> None:
-    table = new_table("ID", "TIME", "REASON", "COMPONENTS", "HOST")
-    for s in data["backups"]:
-        table.add_row(
-            short_id(s["backupId"]),
-            when(s["time"]),
-            s.get("reason") or "-",
-            joined(s["components"]),
-            s.get("hostname") or "-",
-        )
-    out.print(table)
-    size_note = f", {data['totalSize']} live" if data.get("totalSize") else ""
-    out.print(f"{data['available']} snapshots, last {when(data.get('lastBackup'))}{size_note}")
-
-
-def _show_table(out: Console, data: dict[str, Any]) -> None:
-    out.print(
-        f"snapshot {short_id(data['backupId'])}  {when(data['time'])}  "
-        f"reason {data.get('reason') or '-'}  components {joined(data['components'])}"
-    )
-    table = new_table("PATH", "SIZE")
-    for f in data["files"]:
-        table.add_row(f["path"], size(f["size"]))
-    out.print(table)
-    added = "" if data.get("dataAdded") is None else f", {size(data['dataAdded'])} added"
-    out.print(f"{len(data['files'])} files, {size(data.get('totalSize'))}{added}")
-
-
-def _created_table(out: Console, data: dict[str, Any]) -> None:
-    if data["backupId"] is None:
-        since = data.get("unchangedSince")
-        out.print(
-            "no component changed since "
-            + (f"snapshot {short_id(since)}" if since else "the last snapshot")
-            + f": nothing backed up ({joined(data['skipped'])})"
-        )
-        return
-    summary = data.get("summary") or {}
-    out.print(
-        f"snapshot {short_id(data['backupId'])} ({data['reason']}): "
-        f"{joined(data['components'])} in {data['durationSeconds']:.1f} s"
-    )
-    if summary:
-        out.print(
-            f"{summary['filesNew']} new and {summary['filesChanged']} changed files, "
-            f"{size(summary['dataAdded'])} added to the repository"
-        )
-    if data.get("skipped"):
-        out.print(f"unchanged, not backed up again: {joined(data['skipped'])}")
-
-
-def _change(now: int | None, then: int | None) -> str:
-    if now is None:
-        return "table comes back"
-    if then is None:
-        return "table goes away"
-    diff = then - now
-    return "unchanged" if diff == 0 else f"{diff:+d} rows"
-
-
-def _preview_table(out: Console, data: dict[str, Any]) -> None:
-    out.print(
-        f"rolling back to snapshot {short_id(data['backupId'])} "
-        f"({when(data['snapshotTime'])}, {data.get('snapshotReason') or '-'}) would change:"
-    )
-    table = new_table("COMPONENT", "TABLE", "ROWS NOW", "ROWS AFTER", "CHANGE")
-    problems = []
-    for component, info in data["components"].items():
-        verification = info["verification"]
-        if verification["integrity"] != "ok" or verification["checksumMatches"] is False:
-            problems.append(
-                f"{component}: the snapshot's copy fails its check (integrity "
-                f"{verification['integrity']}, checksum {verification['checksumMatches']})"
-            )
-        for name, rows in sorted(info["tables"].items()):
-            if _internal(name):
-                continue
-            now, then = rows["rowsNow"], rows["rowsInSnapshot"]
-            table.add_row(
-                component,
-                name,
-                "-" if now is None else str(now),
-                "-" if then is None else str(then),
-                _change(now, then),
-            )
-    out.print(table)
-    for problem in problems:
-        out.print(problem)
-    out.print("nothing live was touched")
-
-
-def _rollback_table(out: Console, data: dict[str, Any]) -> None:
-    out.print(
-        f"rolled back {joined(data['components'])} to snapshot {short_id(data['backupId'])} "
-        f"in {data['durationSeconds']:.1f} s"
-    )
-    out.print(
-        f"the state before is in snapshot {short_id(data['safetyBackupId'])}: "
-        f"`ers backup rollback {short_id(data['safetyBackupId'])}` undoes this"
-    )
-    for note in data.get("restored") or []:
-        out.print(note)
-
-
-def _check_table(out: Console, data: dict[str, Any]) -> None:
-    out.print("repository check: ok" if data["ok"] else "repository check FAILED")
-    if not data["ok"] and data.get("output"):
-        out.print(data["output"])
-
-
-def _drill_table(out: Console, data: dict[str, Any]) -> None:
-    table = new_table("COMPONENT", "INTEGRITY", "CHECKSUM", "SIZE")
-    for f in data["files"]:
-        checksum = {True: "matches", False: "DIFFERS", None: "-"}[f["checksumMatches"]]
-        table.add_row(f["component"], f["integrity"], checksum, size(f["size"]))
-    out.print(table)
-    verdict = "passed" if data["ok"] else "FAILED"
-    out.print(
-        f"restore drill {verdict}: newest snapshot {short_id(data['backupId'])}, "
-        f"{data['durationSeconds']:.1f} s"
-    )
-
-
-def _prune_table(out: Console, data: dict[str, Any]) -> None:
-    out.print(f"kept {data['kept']} snapshots, removed {data['removed']}")
-
-
-def _init_table(out: Console, data: dict[str, Any]) -> None:
-    verb = "created" if data["created"] else "adopted the existing"
-    out.print(f"{verb} repository {data['repositoryId']}")
-    if data.get("previousRepositoryId"):
-        out.print(f"(it replaces repository {data['previousRepositoryId']})")
-
-
-TABLES = {
-    "list": _list_table,
-    "show": _show_table,
-    "create": _created_table,
-    "test-rollback": _preview_table,
-    "rollback": _rollback_table,
-    "check": _check_table,
-    "prune": _prune_table,
-    "drill": _drill_table,
-    "init": _init_table,
-}
-
-
 def _unchanged_since(result: dict[str, Any], args: argparse.Namespace) -> str | None:
     """The newest snapshot holding the skipped components: what 'nothing changed' is
     measured against."""
@@ -448,7 +76,7 @@ def _unchanged_since(result: dict[str, Any], args: argparse.Namespace) -> str | 
 def _offline_list_sync(args: argparse.Namespace) -> dict[str, Any]:
     listing = argparse.Namespace(**{**vars(args), "action": "list"})
     with activity("listing") as progress:
-        return asyncio.run(_offline(listing, progress))
+        return asyncio.run(run_offline(listing, progress))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -475,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.offline:
         try:
             with activity(args.action) as progress:
-                result = asyncio.run(_offline(args, progress))
+                result = asyncio.run(run_offline(args, progress))
         except (BackupError, DataDirInUse) as exc:
             raise CliError(str(exc), FAILED) from None
     else:
