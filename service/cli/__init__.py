@@ -1,0 +1,1 @@
+"""The ``ers`` command: ``main.py`` builds the command tree; one module per command group."""

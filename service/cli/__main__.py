@@ -1,4 +1,4 @@
-"""``python -m service.cli``: the ``ers`` command."""
+"""``python -m service.cli``: the same as the ``ers`` console script."""
 
 import sys
 

@@ -5,162 +5,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-from service.cli.remote import RemoteError, add_connection_options, call, print_json
-from service.settings import load_settings
-
-COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
-
-
-def _progress(progress: Any) -> None:
-    done = int(progress.percent_done * 30)
-    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {progress.percent_done:5.1%}")
-    sys.stderr.flush()
-
-
-def _repository_config():  # noqa: ANN202
-    from backup import RepositoryConfig
-    from backup.identity import RECORD_FILE_NAME
-
-    settings = load_settings()
-    return RepositoryConfig(
-        settings.restic_repository,
-        settings.restic_password_file,
-        settings.restic_binary,
-        record_file=settings.data_dir / RECORD_FILE_NAME,
-    )
-
-
-async def _offline_init() -> dict[str, Any]:
-    from backup import init_repository
-
-    outcome = await init_repository(_repository_config())
-    return {
-        "repositoryId": outcome.identity.expected_id,
-        "created": outcome.created,
-        "previousRepositoryId": outcome.previous_id,
-    }
-
-
-async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
-    from backup import BackupConfig, BackupManager
-
-    settings = load_settings()
-    components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
-    components["incidents"] = settings.data_dir / "incidents.sqlite3"
-    config = BackupConfig(
-        components={k: v for k, v in components.items() if Path(v).exists()},
-        work_dir=settings.data_dir.parent / "backup-work",
-    )
-    # A running service owns the working files: clearing them as an interrupted run's
-    # leftovers would pull them from under a rollback or backup it is running.
-    return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
-
-
-# Offline actions that write the data directory, the service's working files or the
-# repository's retention: refused while a service holds the state (service.fleet.datadir_lock).
-OFFLINE_CHANGES = frozenset({"init", "create", "rollback", "prune"})
-
-
-async def _offline(args: argparse.Namespace) -> Any:
-    from service.fleet.datadir_lock import offline_access
-
-    mutating = args.action in OFFLINE_CHANGES
-    async with offline_access(load_settings(), mutating=mutating) as owns_data_dir:
-        if args.action == "init":
-            return await _offline_init()
-        return await _offline_action(args, await _offline_manager(owns_data_dir))
-
-
-async def _offline_action(args: argparse.Namespace, manager: Any) -> Any:
-    action = args.action
-    if action == "list":
-        # The list was just read from the repository: --refresh has nothing more to do.
-        return [
-            {
-                "backupId": s.id,
-                "time": s.time.isoformat(),
-                "components": list(s.components),
-                "reason": s.reason,
-            }
-            for s in manager.list()
-        ]
-    if action == "create":
-        components = None if args.type == "full_system" else [args.type]
-        result = await manager.create(
-            components, args.reason, on_progress=_progress, skip_unchanged=False
-        )
-        return {
-            "backupId": result.snapshot_id,
-            "components": list(result.components),
-            "skipped": list(result.skipped),
-        }
-    if action == "show":
-        details = await manager.details(args.backup_id)
-        return {
-            "backupId": details.snapshot.id,
-            "files": [{"path": f.path, "size": f.size} for f in details.files],
-        }
-    if action == "test-rollback":
-        preview = await manager.test_rollback(args.backup_id, args.components or None)
-        return {
-            c.component: {
-                t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
-                for t in c.tables
-            }
-            for c in preview.components
-        }
-    if action == "rollback":
-
-        @contextlib.asynccontextmanager
-        async def nothing_to_pause() -> AsyncIterator[None]:
-            yield
-
-        result = await manager.rollback(
-            args.backup_id,
-            args.components or list(COMPONENTS),
-            args.reason,
-            nothing_to_pause,
-            lambda: None,
-            on_progress=_progress,
-        )
-        return {
-            "backupId": result.snapshot_id,
-            "safetyBackupId": result.safety_snapshot_id,
-            "stepSeconds": result.step_seconds,
-        }
-    if action == "check":
-        result = await manager.check()
-        return {"ok": result.ok, "output": result.output_tail}
-    if action == "prune":
-        forgotten = await manager.forget(keep_last=load_settings().max_backups)
-        await manager.prune()
-        return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}
-    raise ValueError(action)
+from service.cli.backup_offline import COMPONENTS, run_offline
+from service.cli.backup_tables import TABLES
+from service.cli.output import (
+    FAILED,
+    OK,
+    USAGE,
+    CliError,
+    activity,
+    emit,
+)
+from service.cli.remote import call, command
 
 
 def _online(args: argparse.Namespace) -> Any:
     action = args.action
     if action == "list":
         if args.refresh:
-            return call(args, "POST", "/api/emergency/backups/refresh")
+            return call(args, "POST", "/api/emergency/backups/refresh", waiting="re-reading")
         return call(args, "GET", "/api/emergency/backups")
     if action == "init":
-        return call(args, "POST", "/api/emergency/backups/init")
+        return call(args, "POST", "/api/emergency/backups/init", waiting="initialising")
     if action == "create":
         body = {"reason": args.reason, "type": args.type}
-        return call(args, "POST", "/api/emergency/backups/create", body)
+        return call(args, "POST", "/api/emergency/backups/create", body, waiting="backing up")
     if action == "show":
         return call(args, "GET", f"/api/emergency/backups/{args.backup_id}")
     if action == "test-rollback":
         body = {"backupId": args.backup_id, "components": args.components or None}
-        return call(args, "POST", "/api/emergency/backups/test-rollback", body)
+        return call(
+            args,
+            "POST",
+            "/api/emergency/backups/test-rollback",
+            body,
+            waiting="restoring into scratch and comparing",
+        )
     if action == "rollback":
         body = {
             "backupId": args.backup_id,
@@ -168,10 +49,34 @@ def _online(args: argparse.Namespace) -> Any:
             "reason": args.reason,
             "components": args.components or None,
         }
-        return call(args, "POST", "/api/emergency/rollback", body)
+        return call(args, "POST", "/api/emergency/rollback", body, waiting="rolling back")
     if action in ("check", "prune"):
-        return call(args, "POST", f"/api/emergency/backups/{action}")
+        return call(args, "POST", f"/api/emergency/backups/{action}", waiting=f"restic {action}")
     raise ValueError(action)
+
+
+def _unchanged_since(result: dict[str, Any], args: argparse.Namespace) -> str | None:
+    """The newest snapshot holding the skipped components: what 'nothing changed' is
+    measured against."""
+    try:
+        listed = (
+            _offline_list_sync(args)
+            if args.offline
+            else call(args, "GET", "/api/emergency/backups")
+        )
+    except CliError:
+        return None
+    skipped = set(result.get("skipped") or [])
+    for snapshot in listed.get("backups", []):
+        if skipped <= set(snapshot["components"]):
+            return str(snapshot["backupId"])
+    return None
+
+
+def _offline_list_sync(args: argparse.Namespace) -> dict[str, Any]:
+    listing = argparse.Namespace(**{**vars(args), "action": "list"})
+    with activity("listing") as progress:
+        return asyncio.run(run_offline(listing, progress))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,45 +84,79 @@ def run(args: argparse.Namespace) -> int:
     from service.fleet.datadir_lock import DataDirInUse
 
     if args.action == "rollback" and not args.yes:
-        print("ers: a rollback replaces live state; add --yes to confirm", file=sys.stderr)
-        return 2
+        raise CliError(
+            "a rollback replaces live state; run `ers backup test-rollback ID` to see what "
+            "would change, then add --yes to confirm",
+            USAGE,
+        )
     if args.action == "create":
         try:
             validate_reason(args.reason)
         except InvalidBackupReason as exc:
-            print(f"ers: {exc}", file=sys.stderr)
-            return 2
-    try:
-        result = asyncio.run(_offline(args)) if args.offline else _online(args)
-    except (RemoteError, BackupError, DataDirInUse) as exc:
-        print(f"ers: {exc}", file=sys.stderr)
-        return 1
+            raise CliError(str(exc), USAGE) from None
+    if args.action == "drill" and not args.offline:
+        raise CliError(
+            "the service runs restore drills on its own schedule (its status shows the last "
+            "one); `ers backup --offline drill` runs one now, beside the service or without it",
+            USAGE,
+        )
     if args.offline:
-        sys.stderr.write("\n" if args.action in ("create", "rollback") else "")
-    if args.json or not isinstance(result, dict | list):
-        print_json(result)
+        try:
+            with activity(args.action) as progress:
+                result = asyncio.run(run_offline(args, progress))
+        except (BackupError, DataDirInUse) as exc:
+            raise CliError(str(exc), FAILED) from None
     else:
-        print(json.dumps(result, indent=2, default=str))
-    return 0
+        result = _online(args)
+    if args.action == "create" and result.get("backupId") is None:
+        result["unchangedSince"] = _unchanged_since(result, args)
+    emit(args, result, TABLES[args.action])
+    if args.action in ("check", "drill") and not result.get("ok"):
+        return FAILED
+    return OK
+
+
+OFFLINE_HELP = (
+    "work on the repository and data directory directly, without the service "
+    "(before or after the subcommand)"
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("backup", help="backups, test rollbacks and rollbacks")
-    actions = parser.add_subparsers(dest="action", required=True)
+    parser = commands.add_parser(
+        "backup",
+        help="backups, test rollbacks and rollbacks",
+        description="backups, test rollbacks and rollbacks, through the service or, with "
+        "--offline, straight on the repository (reads the same ERS_* settings as `ers serve`)",
+    )
+    parser.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     subs = {
-        "list": actions.add_parser("list", help="snapshots, newest first"),
-        "init": actions.add_parser(
-            "init", help="create the repository if there is none and make it the one backed up to"
+        "list": command(actions, "list", "snapshots, newest first"),
+        "init": command(
+            actions,
+            "init",
+            "create the repository if there is none and make it the one backed up to",
         ),
-        "create": actions.add_parser("create", help="take a backup now"),
-        "show": actions.add_parser("show", help="one snapshot's files and sizes"),
-        "test-rollback": actions.add_parser("test-rollback", help="dry run: what would change"),
-        "rollback": actions.add_parser("rollback", help="roll back to a snapshot"),
-        "check": actions.add_parser("check", help="restic check of the repository"),
-        "prune": actions.add_parser("prune", help="apply retention and prune"),
+        "create": command(actions, "create", "take a backup now"),
+        "show": command(actions, "show", "one snapshot's files and sizes"),
+        "test-rollback": command(
+            actions, "test-rollback", "dry run: the rows each table would have after a rollback"
+        ),
+        "rollback": command(actions, "rollback", "roll back to a snapshot"),
+        "check": command(actions, "check", "restic check of the repository"),
+        "prune": command(actions, "prune", "apply retention and prune"),
+        "drill": command(
+            actions,
+            "drill",
+            "--offline only: restore the newest snapshots into scratch and verify every file",
+        ),
     }
     subs["create"].add_argument(
-        "--type", default="full_system", choices=["full_system", *COMPONENTS, "incidents"]
+        "--type",
+        default="full_system",
+        choices=["full_system", *COMPONENTS, "incidents"],
+        help="one component, or all of them (full_system, the default)",
     )
     subs["create"].add_argument(
         "--reason",
@@ -231,16 +170,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "list is always read from the repository)",
     )
     for name in ("show", "test-rollback", "rollback"):
-        subs[name].add_argument("backup_id")
+        subs[name].add_argument(
+            "backup_id", help="snapshot id: the 8-character short id or the full one"
+        )
     for name in ("test-rollback", "rollback"):
-        subs[name].add_argument("--components", nargs="*", choices=COMPONENTS)
-    subs["rollback"].add_argument("--reason", required=True)
+        subs[name].add_argument(
+            "--components",
+            nargs="+",
+            choices=COMPONENTS,
+            help="only these components (default: every one in the snapshot)",
+        )
+    subs["rollback"].add_argument("--reason", required=True, help="why, kept in the audit trail")
     subs["rollback"].add_argument("--yes", action="store_true", help="confirm the rollback")
     for sub in subs.values():
-        add_connection_options(sub)
         sub.add_argument(
-            "--offline",
-            action="store_true",
-            help="work on the repository and data directory directly",
+            "--offline", action="store_true", default=argparse.SUPPRESS, help=OFFLINE_HELP
         )
         sub.set_defaults(handler=run)

@@ -4,22 +4,66 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli.remote import add_connection_options, call, print_json, run_remote
+from rich.console import Console
+from rich.text import Text
+from rich.tree import Tree
+
+from service.cli.output import USAGE, CliError, emit, joined, new_table, stdout, when
+from service.cli.remote import call, command
 
 
-def _incident_line(i: dict[str, Any]) -> str:
+def _incident_row(i: dict[str, Any]) -> list[str]:
     c = i["classification"]
-    return (
-        f"{i['id']}  {i['status']:<12} {c['severity']:<8} {c['type']:<10} "
-        f"{i['component']:<12} x{i['count']:<5} {i['message'][:60]}"
-    )
+    return [
+        i["id"],
+        i["status"],
+        c["severity"],
+        c["type"],
+        i["component"],
+        str(i["count"]),
+        when(i.get("lastSeen") or i.get("firstSeen")),
+        i["message"][:80],
+    ]
 
 
-@run_remote
+INCIDENT_COLUMNS = (
+    "ID",
+    "STATUS",
+    "SEVERITY",
+    "TYPE",
+    "COMPONENT",
+    "COUNT",
+    "LAST SEEN",
+    "MESSAGE",
+)
+
+
+def _incident_list(out: Console, data: dict[str, Any]) -> None:
+    table = new_table(*INCIDENT_COLUMNS)
+    for incident in data["incidents"]:
+        table.add_row(*_incident_row(incident))
+    out.print(table)
+    out.print(f"{data['total']} incidents")
+
+
+def _incident(out: Console, data: dict[str, Any]) -> None:
+    table = new_table(*INCIDENT_COLUMNS)
+    table.add_row(*_incident_row(data))
+    out.print(table)
+    response = data.get("response") or {}
+    out.print(f"protocol: {response.get('protocol', '-')}  traces: {joined(data.get('traceIds'))}")
+    timeline = data.get("timeline")
+    if timeline:
+        out.print("timeline:")
+        steps = new_table("AT", "KIND", "WHO", "MESSAGE")
+        for entry in timeline:
+            steps.add_row(when(entry["at"]), entry["kind"], entry["who"], entry["message"])
+        out.print(steps)
+
+
 def incidents(args: argparse.Namespace) -> int:
     action = args.action
     if action == "list":
@@ -32,64 +76,39 @@ def incidents(args: argparse.Namespace) -> int:
             )
             if v
         }
-        path = "/api/emergency/incidents" + (
-            "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
-        )
-        data = call(args, "GET", path)
-        if args.json:
-            print_json(data)
-        else:
-            print(f"{data['total']} incidents")
-            for incident in data["incidents"]:
-                print(_incident_line(incident))
+        emit(args, call(args, "GET", "/api/emergency/incidents", params=query), _incident_list)
         return 0
+    path = f"/api/emergency/incidents/{args.incident_id}"
     if action == "show":
-        data = call(args, "GET", f"/api/emergency/incidents/{args.incident_id}")
-        if args.json:
-            print_json(data)
-            return 0
-        print(_incident_line(data))
-        print(f"protocol: {data['response']['protocol']}  traces: {', '.join(data['traceIds'])}")
-        for entry in data["timeline"]:
-            print(f"  {entry['at']}  {entry['kind']:<16} {entry['who']:<14} {entry['message']}")
+        emit(args, call(args, "GET", path), _incident)
         return 0
     if action == "acknowledge":
-        data = call(
-            args,
-            "POST",
-            f"/api/emergency/incidents/{args.incident_id}/acknowledge",
-            {"note": args.note},
-        )
+        data = call(args, "POST", f"{path}/acknowledge", {"note": args.note})
     else:
-        data = call(
-            args,
-            "POST",
-            f"/api/emergency/incidents/{args.incident_id}/resolve",
-            {"resolution": args.resolution},
-        )
-    print_json(data) if args.json else print(_incident_line(data))
+        data = call(args, "POST", f"{path}/resolve", {"resolution": args.resolution})
+    emit(args, data, _incident)
     return 0
 
 
-def draw_tree(spans: list[dict[str, Any]], depth: int = 0) -> list[str]:
-    lines = []
+def draw_tree(spans: list[dict[str, Any]], tree: Tree) -> Tree:
     for span in spans:
         failed = span["status"]["code"] == "ERROR"
-        mark = "✗" if failed else "·"
-        detail = f"  {span['status']['message']}" if failed and span["status"]["message"] else ""
-        lines.append(f"{'  ' * depth}{mark} {span['name']}  {span['durationMs']:.2f} ms{detail}")
-        lines.extend(draw_tree(span.get("children", []), depth + 1))
-    return lines
+        message = span["status"].get("message")
+        label = Text("✗ " if failed else "· ", style="red" if failed else "dim")
+        label.append(f"{span['name']}  {span['durationMs']:.2f} ms")
+        if failed and message:
+            label.append(f"  {message}", style="red")
+        draw_tree(span.get("children", []), tree.add(label))
+    return tree
 
 
-@run_remote
+def _trace(out: Console, data: dict[str, Any]) -> None:
+    title = f"trace {data['traceId']}: {data['spanCount']} spans, {data['errorSpans']} failed"
+    out.print(draw_tree(data["spans"], Tree(title, guide_style="dim")))
+
+
 def trace(args: argparse.Namespace) -> int:
-    data = call(args, "GET", f"/api/emergency/traces/{args.trace_id}")
-    if args.json:
-        print_json(data)
-    else:
-        print(f"trace {data['traceId']}: {data['spanCount']} spans, {data['errorSpans']} failed")
-        print("\n".join(draw_tree(data["spans"])))
+    emit(args, call(args, "GET", f"/api/emergency/traces/{args.trace_id}"), _trace)
     return 0
 
 
@@ -100,102 +119,127 @@ SPAN_SHAPE = (
 )
 
 
+def _explanation(out: Console, data: Any) -> None:
+    out.print("\n".join(data.lines()))
+
+
+def _replay(out: Console, summary: Any) -> None:
+    out.print(
+        f"{summary.total} stored error spans: {summary.changed} would be classified "
+        f"differently, {summary.regrouped} would join another incident"
+    )
+    if summary.changes:
+        table = new_table("SPANS", "CHANGE", "EXAMPLE")
+        for change, info in summary.changes.items():
+            table.add_row(str(info["count"]), change, str(info["example"]))
+        out.print(table)
+
+
+def _emit_value(args: argparse.Namespace, value: Any, draw: Any) -> None:
+    """For values with a ``to_dict``: the dict for scripts, ``draw`` for people."""
+    if getattr(args, "output", "table") == "table":
+        draw(stdout(), value)
+    else:
+        emit(args, value.to_dict(), lambda out, data: None)
+
+
 def classify(args: argparse.Namespace) -> int:
+    from service.settings import load_settings
     from telemetry.classifier import RulesError, load_rules, replay_stored
     from telemetry.span_record import SpanRecord
 
+    settings = load_settings()
+    # Without --rules: the rules the service classifies with (its setting, else the shipped).
     try:
-        classifier = load_rules(args.rules)
+        classifier = load_rules(args.rules or settings.classification_rules)
     except RulesError as exc:
-        print(f"ers: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc), USAGE) from None
     if args.explain:
         try:
             record = SpanRecord.from_dict(json.loads(Path(args.explain).read_text()))
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-            print(
-                f"ers: cannot read a span record from {args.explain}: {exc!r}; the file holds "
-                f"one span, as `ers trace TRACE_ID --json` lists them: {SPAN_SHAPE}",
-                file=sys.stderr,
-            )
-            return 2
-        explanation = classifier.explain(record)
-        if args.json:
-            print_json(explanation.to_dict())
-        else:
-            print("\n".join(explanation.lines()))
+            raise CliError(
+                f"cannot read a span record from {args.explain}: {exc!r}; the file holds "
+                f"one span, as `ers trace TRACE_ID -o json` lists them: {SPAN_SHAPE}",
+                USAGE,
+            ) from None
+        _emit_value(args, classifier.explain(record), _explanation)
         return 0
     from service.incidents.lifecycle import IncidentStoreBase
     from service.incidents.model import IncidentStoreUnavailable
     from service.incidents.store import IncidentStore
     from service.incidents.store_pg import PgIncidentStore
-    from service.settings import load_settings
 
-    settings = load_settings()
     store: IncidentStoreBase
     if settings.database_url is not None:
         try:
             store = PgIncidentStore(settings.database_url.get_secret_value())
         except IncidentStoreUnavailable as exc:
-            print(f"ers: {exc}", file=sys.stderr)
-            return 2
+            raise CliError(str(exc), USAGE) from None
     else:
         path = settings.data_dir / "incidents.sqlite3"
         if not path.exists():
-            print(f"ers: no incidents database at {path}", file=sys.stderr)
-            return 2
+            raise CliError(
+                f"no incidents database at {path}; run where the service keeps its data "
+                "(ERS_DATA_DIR)",
+                USAGE,
+            )
         store = IncidentStore(path)
     try:
         summary = replay_stored(store.stored_span_records(), classifier)
     finally:
         store.close()
-    if args.json:
-        print_json(summary.to_dict())
-    else:
-        print(
-            f"{summary.total} stored error spans: {summary.changed} would be classified "
-            f"differently, {summary.regrouped} would join another incident"
-        )
-        for change, info in (summary.changes or {}).items():
-            print(f"  {info['count']:>5}  {change}  (e.g. {info['example']})")
+    _emit_value(args, summary, _replay)
     return 0
 
 
+STATUSES = ["active", "open", "acknowledged", "mitigated", "resolved"]
+
+
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("incidents", help="incidents of a running service")
-    actions = parser.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list")
-    listing.add_argument(
-        "--status", choices=["active", "open", "acknowledged", "mitigated", "resolved"]
+    parser = commands.add_parser(
+        "incidents",
+        help="incidents of a running service",
+        description="incidents of a running service",
     )
-    listing.add_argument("--severity", choices=["low", "medium", "high", "critical"])
-    listing.add_argument("--component")
-    show = actions.add_parser("show", help="an incident with its timeline")
-    ack = actions.add_parser("acknowledge")
-    ack.add_argument("--note", default="")
-    resolve = actions.add_parser("resolve")
-    resolve.add_argument("--resolution", required=True)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = command(actions, "list", "incidents, newest first, with filters")
+    listing.add_argument("--status", choices=STATUSES, help="only incidents in this state")
+    listing.add_argument(
+        "--severity", choices=["low", "medium", "high", "critical"], help="only this severity"
+    )
+    listing.add_argument("--component", help="only incidents of this component")
+    show = command(actions, "show", "an incident with its timeline")
+    ack = command(actions, "acknowledge", "a person is on it: stops the repeat notifications")
+    ack.add_argument("--note", default="", help="kept on the timeline")
+    resolve = command(actions, "resolve", "close an incident with what fixed it")
+    resolve.add_argument("--resolution", required=True, help="what fixed it, kept on the timeline")
     for sub in (show, ack, resolve):
-        sub.add_argument("incident_id")
+        sub.add_argument("incident_id", help="INC_... as `ers incidents list` shows it")
     for sub in (listing, show, ack, resolve):
-        add_connection_options(sub)
         sub.set_defaults(handler=incidents)
 
-    trace_cmd = commands.add_parser("trace", help="a kept trace drawn as a tree")
-    trace_cmd.add_argument("trace_id")
-    add_connection_options(trace_cmd)
+    trace_cmd = command(commands, "trace", "a kept trace drawn as a tree")
+    trace_cmd.add_argument("trace_id", help="32 hex digits, as an incident's traces list them")
     trace_cmd.set_defaults(handler=trace)
 
-    classify_cmd = commands.add_parser("classify", help="try classification rules")
+    classify_cmd = command(commands, "classify", "try classification rules on spans")
     target = classify_cmd.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--explain",
         metavar="FILE.json",
-        help="which rule a span matches, why (one span, as `ers trace TRACE_ID --json` lists them)",
+        help="which rule a span matches, why (one span, as `ers trace TRACE_ID -o json` "
+        "lists them)",
     )
     target.add_argument(
-        "--against-stored", action="store_true", help="replay the rules over stored error spans"
+        "--against-stored",
+        action="store_true",
+        help="replay the rules over the stored error spans (reads ERS_DATA_DIR or "
+        "ERS_DATABASE_URL)",
     )
-    classify_cmd.add_argument("--rules", type=Path, help="rules file (default: shipped rules)")
-    classify_cmd.add_argument("--json", action="store_true")
+    classify_cmd.add_argument(
+        "--rules",
+        type=Path,
+        help="rules file (default: the service's ERS_CLASSIFICATION_RULES, else the shipped rules)",
+    )
     classify_cmd.set_defaults(handler=classify)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from service.cli.output import EXIT_CODES, OK, USAGE, CliError, add_output_option
+from service.cli.remote import DEFAULT_URL, add_connection_options
 from service.settings import SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -89,9 +92,33 @@ class GracefulServer:
         self._server.run()
 
 
+DESCRIPTION = """\
+ERS: emergency response for agents. `ers serve` runs the service; every other command talks
+to a running one over HTTP (backup also works straight on the repository with --offline)."""
+
+EPILOG = f"""\
+connection (accepted before or after the subcommand):
+  --url / $ERS_URL            where the service listens (default {DEFAULT_URL});
+                              after `make run PORT=8100`: export ERS_URL=http://127.0.0.1:8100
+  --token-file / $ERS_ADMIN_TOKEN / $ERS_ADMIN_TOKEN_FILE
+                              the admin token, needed for changes (and for reads in production)
+output:
+  -o table (default) | json | yaml, the same on every command
+
+{EXIT_CODES}
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ers", description="ERS: emergency response for agents")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="ers",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_connection_options(parser, top=True)
+    add_output_option(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser("serve", help="run the service")
     serve_cmd.add_argument("--host", help="address to listen on (default from settings)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default from settings)")
@@ -108,14 +135,33 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     return [breakers.register, backup.register, incidents.register]
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader went away (`ers ... | head -1`): stop writing, say nothing. Python would
+    otherwise report the failed flush of stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except CliError as exc:
+        print(f"ers: {exc}", file=sys.stderr)
+        return exc.code
     except SettingsError as exc:
         print(f"ers: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
     except KeyboardInterrupt:
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,68 +1,153 @@
-"""Commands that talk to a running ERS over HTTP."""
+"""Talking to a running ERS over HTTP: where it is (``--url`` / ``$ERS_URL``), the admin
+token (``--token-file``, ``$ERS_ADMIN_TOKEN``, ``$ERS_ADMIN_TOKEN_FILE``), and what a failed
+request becomes (one line and an exit code, see ``service.cli.output``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from service.cli.output import (
+    REFUSED,
+    SERVER_ERROR,
+    UNREACHABLE,
+    USAGE,
+    CliError,
+    activity,
+)
+
 DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_SOURCES = "--token-file, $ERS_ADMIN_TOKEN or $ERS_ADMIN_TOKEN_FILE"
+# Reads answer at once; backups, rollbacks and checks run restic and take longer.
+READ_TIMEOUT_S = 30.0
+WORK_TIMEOUT_S = 900.0
 
 
-class RemoteError(Exception):
-    pass
-
-
-def add_connection_options(parser: argparse.ArgumentParser) -> None:
+def add_connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Accepted before and after the subcommand (SUPPRESS: a subcommand's copy only counts
+    when given, so `ers --url X backup list` and `ers backup list --url X` both work)."""
     parser.add_argument(
-        "--url", default=os.environ.get("ERS_URL", DEFAULT_URL), help="ERS base URL ($ERS_URL)"
+        "--url",
+        default=os.environ.get("ERS_URL", DEFAULT_URL) if top else argparse.SUPPRESS,
+        help=f"the service's base URL (default $ERS_URL, else {DEFAULT_URL})",
     )
-    parser.add_argument("--json", action="store_true", help="print the raw JSON reply")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None if top else argparse.SUPPRESS,
+        help="file holding the admin token (default $ERS_ADMIN_TOKEN, else the file named "
+        "by $ERS_ADMIN_TOKEN_FILE)",
+    )
 
 
-def client(args: argparse.Namespace) -> httpx.Client:
-    headers = {}
-    token = os.environ.get("ERS_ADMIN_TOKEN")
-    token_file = os.environ.get("ERS_ADMIN_TOKEN_FILE")
-    if not token and token_file:
-        with open(token_file, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=args.url, headers=headers, timeout=30.0)
-
-
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+def admin_token(args: argparse.Namespace) -> str | None:
+    """--token-file first, then $ERS_ADMIN_TOKEN, then the file $ERS_ADMIN_TOKEN_FILE names."""
+    token_file: Path | None = getattr(args, "token_file", None)
+    origin = "--token-file"
+    if token_file is None:
+        token = os.environ.get("ERS_ADMIN_TOKEN")
+        if token:
+            return token.strip()
+        named = os.environ.get("ERS_ADMIN_TOKEN_FILE")
+        if not named:
+            return None
+        token_file, origin = Path(named), "$ERS_ADMIN_TOKEN_FILE"
     try:
-        with client(args) as http:
-            response = http.request(method, path, json=body)
-    except httpx.HTTPError as exc:
-        raise RemoteError(f"cannot reach ERS at {args.url} ({exc}); is it running?") from None
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CliError(
+            f"cannot read the admin token file {token_file} (from {origin}): "
+            f"{exc.strerror or exc}; give a readable file with --token-file or "
+            "$ERS_ADMIN_TOKEN_FILE, or the token itself in $ERS_ADMIN_TOKEN",
+            USAGE,
+        ) from None
+    if not token:
+        raise CliError(f"the admin token file {token_file} (from {origin}) is empty", USAGE)
+    return token
+
+
+def _detail(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        data = {"detail": response.text[:300]}
+        return response.text.strip()[:300] or response.reason_phrase
+    detail = data.get("detail", data) if isinstance(data, dict) else data
+    if isinstance(detail, list):  # FastAPI's validation errors
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
+            if isinstance(d, dict)
+            else str(d)
+            for d in detail
+        )
+    return str(detail)
+
+
+def call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    params: dict[str, str] | None = None,
+    waiting: str | None = None,
+) -> Any:
+    """One request; ``waiting`` names long work, shown with a spinner and the elapsed time
+    while the service does it (its routes answer once, when the work is done)."""
+    url: str = args.url
+    headers = {}
+    token = admin_token(args)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    timeout = WORK_TIMEOUT_S if waiting else READ_TIMEOUT_S
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:
+            if waiting:
+                with activity(waiting, with_bar=False):
+                    response = http.request(method, path, json=body, params=params)
+            else:
+                response = http.request(method, path, json=body, params=params)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise CliError(f"--url {url!r} is not a URL: {exc}", USAGE) from None
+    except httpx.TimeoutException:
+        raise CliError(
+            f"ERS at {url} did not answer {method} {path} within {timeout:.0f} s", UNREACHABLE
+        ) from None
+    except httpx.HTTPError as exc:
+        raise CliError(
+            f"cannot reach ERS at {url} ({exc.__class__.__name__}: {exc}); is it running? "
+            "Point --url or $ERS_URL at it",
+            UNREACHABLE,
+        ) from None
+    if response.status_code == 401:
+        hint = "" if token else f"; give the admin token with {TOKEN_SOURCES}"
+        raise CliError(f"refused (401): {_detail(response)}{hint}", REFUSED)
+    if response.status_code >= 500:
+        raise CliError(f"ERS failed ({response.status_code}): {_detail(response)}", SERVER_ERROR)
     if response.status_code >= 400:
-        detail = data.get("detail") if isinstance(data, dict) else data
-        raise RemoteError(f"{method} {path} answered {response.status_code}: {detail}")
-    return data
+        raise CliError(f"refused ({response.status_code}): {_detail(response)}", REFUSED)
+    try:
+        return response.json()
+    except ValueError:
+        raise CliError(
+            f"{method} {path} at {url} answered {response.status_code} with no JSON: is --url "
+            "the ERS service?",
+            SERVER_ERROR,
+        ) from None
 
 
-def run_remote(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except RemoteError as exc:
-            print(f"ers: {exc}", file=sys.stderr)
-            return 1
+def command(
+    commands: argparse._SubParsersAction, name: str, help: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A subcommand that takes the connection and output options like the top level."""
+    from service.cli.output import add_output_option
 
-    return wrapped
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=help, description=kwargs.pop("description", help), **kwargs
+    )
+    add_connection_options(parser, top=False)
+    add_output_option(parser, top=False)
+    return parser

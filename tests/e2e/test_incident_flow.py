@@ -111,6 +111,6 @@ def test_simulated_database_failure_becomes_one_incident_with_actions(tmp_path: 
         resolved = ers_cli("incidents", "resolve", incident["id"], "--resolution", "db back")
         assert resolved.returncode == 0 and "resolved" in resolved.stdout
         again = ers_cli("incidents", "resolve", incident["id"], "--resolution", "twice")
-        assert again.returncode == 1 and "409" in again.stderr
+        assert again.returncode == 4 and "409" in again.stderr
     finally:
         assert ers.stop() == 0

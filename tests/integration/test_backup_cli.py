@@ -55,7 +55,7 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     # The shutdown took a final backup of what changed since.
     offline = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
     assert offline.returncode == 0, offline.stderr
-    snapshots = json.loads(offline.stdout)
+    snapshots = json.loads(offline.stdout)["backups"]
     assert {s["reason"] for s in snapshots} == {"manual", "shutdown"}
 
     # With the service down: change data, then roll back offline.
@@ -142,4 +142,4 @@ def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: P
     assert json.loads(fresh.stdout)["created"] is True
     assert json.loads(fresh.stdout)["previousRepositoryId"] == first_id
     empty = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
-    assert empty.returncode == 0 and json.loads(empty.stdout) == []
+    assert empty.returncode == 0 and json.loads(empty.stdout)["backups"] == []

@@ -111,7 +111,8 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
         # A read goes on beside the running service.
         listed = ers(tmp_path, "backup", "list", "--offline", "--json")
         assert listed.returncode == 0, listed.stderr
-        assert any(s["backupId"].startswith(backup_id) for s in json.loads(listed.stdout))
+        snapshots = json.loads(listed.stdout)["backups"]
+        assert any(s["backupId"].startswith(backup_id) for s in snapshots)
         # The first service kept serving, and its writes still land in the live file.
         chat(service, "set my food budget to $300")
         assert budgets(tmp_path) == [("food", 30000)]

@@ -80,11 +80,11 @@ def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None
         timeout=10,
     ).raise_for_status()
     refused = ers("breakers", "reset", "workout")
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # refused by the service (4xx)
     assert "409" in refused.stderr and "health probe still fails" in refused.stderr
     assert ers("breakers", "reset", "workout", "--force").returncode == 0
     unknown = ers("breakers", "reset", "nope")
-    assert unknown.returncode == 1 and "no agent named 'nope'" in unknown.stderr
+    assert unknown.returncode == 4 and "no agent named 'nope'" in unknown.stderr
 
 
 def test_chats_keep_answering_when_the_collector_is_down(tmp_path: Path) -> None:

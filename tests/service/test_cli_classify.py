@@ -39,7 +39,7 @@ def test_a_file_that_is_not_one_span_record_is_refused_in_one_line(
     assert result.returncode == 2, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"ers: cannot read a span record from {span}"), result.stderr
-    assert "ers trace TRACE_ID --json" in result.stderr, result.stderr
+    assert "ers trace TRACE_ID -o json" in result.stderr, result.stderr
 
 
 def test_one_span_as_ers_trace_json_lists_it_is_explained(tmp_path: Path) -> None:

@@ -1,0 +1,218 @@
+"""``ers backup --offline``: the same actions straight on the repository and the data
+directory, for the day the service cannot start. Each answers in the shape of the service's
+route for it, so ``-o json`` and the tables are the same online and offline."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service.cli.output import Activity
+from service.settings import load_settings
+
+COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+
+def _repository_config():  # noqa: ANN202
+    from backup import RepositoryConfig
+    from backup.identity import RECORD_FILE_NAME
+
+    settings = load_settings()
+    return RepositoryConfig(
+        settings.restic_repository,
+        settings.restic_password_file,
+        settings.restic_binary,
+        record_file=settings.data_dir / RECORD_FILE_NAME,
+    )
+
+
+async def _offline_init() -> dict[str, Any]:
+    from backup import init_repository
+
+    outcome = await init_repository(_repository_config())
+    return {
+        "repositoryId": outcome.identity.expected_id,
+        "created": outcome.created,
+        "previousRepositoryId": outcome.previous_id,
+    }
+
+
+async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
+    from backup import BackupConfig, BackupManager
+
+    settings = load_settings()
+    components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
+    components["incidents"] = settings.data_dir / "incidents.sqlite3"
+    config = BackupConfig(
+        components={k: v for k, v in components.items() if Path(v).exists()},
+        work_dir=settings.data_dir.parent / "backup-work",
+    )
+    # A running service owns the working files: clearing them as an interrupted run's
+    # leftovers would pull them from under a rollback or backup it is running.
+    return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
+
+
+# Offline actions that write the data directory, the service's working files or the
+# repository's retention: refused while a service holds the state (service.fleet.datadir_lock).
+OFFLINE_CHANGES = frozenset({"init", "create", "rollback", "prune"})
+
+
+async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
+    from service.fleet.datadir_lock import offline_access
+
+    mutating = args.action in OFFLINE_CHANGES
+    async with offline_access(load_settings(), mutating=mutating) as owns_data_dir:
+        if args.action == "init":
+            return await _offline_init()
+        manager = await _offline_manager(owns_data_dir)
+        return await _offline_action(args, manager, progress)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _snapshot(s: Any) -> dict[str, Any]:
+    """One snapshot, as the service's routes list it."""
+    return {
+        "backupId": s.id,
+        "shortId": s.short_id,
+        "time": _iso(s.time),
+        "components": list(s.components),
+        "reason": s.reason,
+        "hostname": s.hostname,
+    }
+
+
+def _created(result: Any, args: argparse.Namespace) -> dict[str, Any]:
+    summary = result.summary
+    return {
+        "backupId": result.snapshot_id,
+        "reason": args.reason,
+        "type": args.type,
+        "components": list(result.components),
+        "skipped": list(result.skipped),
+        "durationSeconds": round(result.duration_seconds, 3),
+        "summary": None
+        if summary is None
+        else {
+            "filesNew": summary.files_new,
+            "filesChanged": summary.files_changed,
+            "dataAdded": summary.data_added,
+            "totalBytesProcessed": summary.total_bytes_processed,
+        },
+    }
+
+
+def _preview(preview: Any) -> dict[str, Any]:
+    return {
+        "backupId": preview.snapshot_id,
+        "snapshotTime": _iso(preview.snapshot_time),
+        "snapshotReason": preview.snapshot_reason,
+        "liveStateTouched": False,
+        "components": {
+            c.component: {
+                "verification": {
+                    "integrity": c.verification.integrity,
+                    "checksumMatches": c.verification.checksum_matches,
+                },
+                "tables": {
+                    t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
+                    for t in c.tables
+                },
+            }
+            for c in preview.components
+        },
+    }
+
+
+async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:
+    action = args.action
+    if action == "list":
+        # The list was just read from the repository: --refresh has nothing more to do.
+        snapshots = manager.list()
+        last = max((s.time for s in snapshots), default=None)
+        return {
+            "available": len(snapshots),
+            "lastBackup": _iso(last) if last else None,
+            "backups": [_snapshot(s) for s in snapshots],
+        }
+    if action == "create":
+        components = None if args.type == "full_system" else [args.type]
+        progress.stage("backing up")
+        result = await manager.create(
+            components, args.reason, on_progress=progress.restic_status, skip_unchanged=False
+        )
+        return _created(result, args)
+    if action == "show":
+        details = await manager.details(args.backup_id)
+        return {
+            **_snapshot(details.snapshot),
+            "files": [{"path": f.path, "size": f.size} for f in details.files],
+            "totalSize": details.total_size,
+            "dataAdded": details.data_added,
+        }
+    if action == "test-rollback":
+        progress.stage("restoring into scratch and comparing")
+        return _preview(await manager.test_rollback(args.backup_id, args.components or None))
+    if action == "rollback":
+        from backup.events import RollbackStepStarted
+
+        @contextlib.asynccontextmanager
+        async def nothing_to_pause() -> AsyncIterator[None]:
+            yield
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, RollbackStepStarted):
+                progress.stage(f"rollback: {event.step}")
+
+        manager.events.subscribe(on_event)
+        result = await manager.rollback(
+            args.backup_id,
+            args.components or list(COMPONENTS),
+            args.reason,
+            nothing_to_pause,
+            lambda: None,
+            on_progress=progress.restic_status,
+        )
+        return {
+            "rolledBack": True,
+            "backupId": result.snapshot_id,
+            "components": list(result.components),
+            "safetyBackupId": result.safety_snapshot_id,
+            "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
+            "durationSeconds": round(result.duration_seconds, 3),
+            "reason": args.reason,
+            "restored": list(result.notes),
+        }
+    if action == "drill":
+        progress.stage("restoring the newest snapshots into scratch and verifying")
+        drill = await manager.verify_latest()
+        return {
+            "ok": drill.ok,
+            "backupId": drill.snapshot_id,
+            "durationSeconds": round(drill.duration_seconds, 3),
+            "files": [
+                {
+                    "component": f.component,
+                    "integrity": f.integrity,
+                    "checksumMatches": f.checksum_matches,
+                    "size": f.size,
+                }
+                for f in drill.files
+            ],
+        }
+    if action == "check":
+        progress.stage("restic check")
+        result = await manager.check()
+        return {"ok": result.ok, "output": result.output_tail}
+    if action == "prune":
+        progress.stage("forgetting and pruning")
+        forgotten = await manager.forget(keep_last=load_settings().max_backups)
+        await manager.prune()
+        return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}
+    raise ValueError(action)

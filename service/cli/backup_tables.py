@@ -1,0 +1,164 @@
+"""How ``ers backup`` draws each reply for people (``-o json`` prints the reply as it is)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from service.cli.output import joined, new_table, short_id, size, when
+
+# Tables a component keeps for itself (write probes, request dedup, SQLite's own): what a
+# rollback does to them tells an operator nothing.
+INTERNAL_TABLES = frozenset({"idempotency_keys"})
+
+
+def _internal(table: str) -> bool:
+    return table.startswith(("_", "sqlite_")) or table in INTERNAL_TABLES
+
+
+def _list_table(out: Console, data: dict[str, Any]) -> None:
+    table = new_table("ID", "TIME", "REASON", "COMPONENTS", "HOST")
+    for s in data["backups"]:
+        table.add_row(
+            short_id(s["backupId"]),
+            when(s["time"]),
+            s.get("reason") or "-",
+            joined(s["components"]),
+            s.get("hostname") or "-",
+        )
+    out.print(table)
+    size_note = f", {data['totalSize']} live" if data.get("totalSize") else ""
+    out.print(f"{data['available']} snapshots, last {when(data.get('lastBackup'))}{size_note}")
+
+
+def _show_table(out: Console, data: dict[str, Any]) -> None:
+    out.print(
+        f"snapshot {short_id(data['backupId'])}  {when(data['time'])}  "
+        f"reason {data.get('reason') or '-'}  components {joined(data['components'])}"
+    )
+    table = new_table("PATH", "SIZE")
+    for f in data["files"]:
+        table.add_row(f["path"], size(f["size"]))
+    out.print(table)
+    added = "" if data.get("dataAdded") is None else f", {size(data['dataAdded'])} added"
+    out.print(f"{len(data['files'])} files, {size(data.get('totalSize'))}{added}")
+
+
+def _created_table(out: Console, data: dict[str, Any]) -> None:
+    if data["backupId"] is None:
+        since = data.get("unchangedSince")
+        out.print(
+            "no component changed since "
+            + (f"snapshot {short_id(since)}" if since else "the last snapshot")
+            + f": nothing backed up ({joined(data['skipped'])})"
+        )
+        return
+    summary = data.get("summary") or {}
+    out.print(
+        f"snapshot {short_id(data['backupId'])} ({data['reason']}): "
+        f"{joined(data['components'])} in {data['durationSeconds']:.1f} s"
+    )
+    if summary:
+        out.print(
+            f"{summary['filesNew']} new and {summary['filesChanged']} changed files, "
+            f"{size(summary['dataAdded'])} added to the repository"
+        )
+    if data.get("skipped"):
+        out.print(f"unchanged, not backed up again: {joined(data['skipped'])}")
+
+
+def _change(now: int | None, then: int | None) -> str:
+    if now is None:
+        return "table comes back"
+    if then is None:
+        return "table goes away"
+    diff = then - now
+    return "unchanged" if diff == 0 else f"{diff:+d} rows"
+
+
+def _preview_table(out: Console, data: dict[str, Any]) -> None:
+    out.print(
+        f"rolling back to snapshot {short_id(data['backupId'])} "
+        f"({when(data['snapshotTime'])}, {data.get('snapshotReason') or '-'}) would change:"
+    )
+    table = new_table("COMPONENT", "TABLE", "ROWS NOW", "ROWS AFTER", "CHANGE")
+    problems = []
+    for component, info in data["components"].items():
+        verification = info["verification"]
+        if verification["integrity"] != "ok" or verification["checksumMatches"] is False:
+            problems.append(
+                f"{component}: the snapshot's copy fails its check (integrity "
+                f"{verification['integrity']}, checksum {verification['checksumMatches']})"
+            )
+        for name, rows in sorted(info["tables"].items()):
+            if _internal(name):
+                continue
+            now, then = rows["rowsNow"], rows["rowsInSnapshot"]
+            table.add_row(
+                component,
+                name,
+                "-" if now is None else str(now),
+                "-" if then is None else str(then),
+                _change(now, then),
+            )
+    out.print(table)
+    for problem in problems:
+        out.print(problem)
+    out.print("nothing live was touched")
+
+
+def _rollback_table(out: Console, data: dict[str, Any]) -> None:
+    out.print(
+        f"rolled back {joined(data['components'])} to snapshot {short_id(data['backupId'])} "
+        f"in {data['durationSeconds']:.1f} s"
+    )
+    out.print(
+        f"the state before is in snapshot {short_id(data['safetyBackupId'])}: "
+        f"`ers backup rollback {short_id(data['safetyBackupId'])}` undoes this"
+    )
+    for note in data.get("restored") or []:
+        out.print(note)
+
+
+def _check_table(out: Console, data: dict[str, Any]) -> None:
+    out.print("repository check: ok" if data["ok"] else "repository check FAILED")
+    if not data["ok"] and data.get("output"):
+        out.print(data["output"])
+
+
+def _drill_table(out: Console, data: dict[str, Any]) -> None:
+    table = new_table("COMPONENT", "INTEGRITY", "CHECKSUM", "SIZE")
+    for f in data["files"]:
+        checksum = {True: "matches", False: "DIFFERS", None: "-"}[f["checksumMatches"]]
+        table.add_row(f["component"], f["integrity"], checksum, size(f["size"]))
+    out.print(table)
+    verdict = "passed" if data["ok"] else "FAILED"
+    out.print(
+        f"restore drill {verdict}: newest snapshot {short_id(data['backupId'])}, "
+        f"{data['durationSeconds']:.1f} s"
+    )
+
+
+def _prune_table(out: Console, data: dict[str, Any]) -> None:
+    out.print(f"kept {data['kept']} snapshots, removed {data['removed']}")
+
+
+def _init_table(out: Console, data: dict[str, Any]) -> None:
+    verb = "created" if data["created"] else "adopted the existing"
+    out.print(f"{verb} repository {data['repositoryId']}")
+    if data.get("previousRepositoryId"):
+        out.print(f"(it replaces repository {data['previousRepositoryId']})")
+
+
+TABLES = {
+    "list": _list_table,
+    "show": _show_table,
+    "create": _created_table,
+    "test-rollback": _preview_table,
+    "rollback": _rollback_table,
+    "check": _check_table,
+    "prune": _prune_table,
+    "drill": _drill_table,
+    "init": _init_table,
+}

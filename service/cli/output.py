@@ -1,0 +1,198 @@
+"""How every ``ers`` command answers: a table for people, ``-o json`` / ``-o yaml`` for
+scripts, one plain line on stderr and a documented exit code when something went wrong."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+# Exit codes, the same for every command (listed in `ers --help` and the README).
+OK = 0
+FAILED = 1  # the operation ran and failed (a backup, a rollback, a repository check)
+USAGE = 2  # a bad argument, a missing token file, unusable settings
+UNREACHABLE = 3  # no answer from the service at --url
+REFUSED = 4  # the service answered 4xx: not found, not allowed, not valid
+SERVER_ERROR = 5  # the service answered 5xx: it failed or is not ready
+
+EXIT_CODES = f"""\
+exit codes:
+  {OK}  done
+  {FAILED}  the operation failed (an offline backup or rollback, a failed repository check)
+  {USAGE}  bad usage: unknown option, rollback without --yes, missing token file, bad settings
+  {UNREACHABLE}  cannot reach the service at --url / $ERS_URL
+  {REFUSED}  the service refused the request (4xx: not found, unauthorized, invalid)
+  {SERVER_ERROR}  the service failed (5xx: backup failed, repository unavailable)"""
+
+FORMATS = ("table", "json", "yaml")
+SHORT_ID = 8
+
+
+class CliError(Exception):
+    """One line for stderr and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_output_option(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-o`` is accepted before and after the subcommand; a subcommand's own ``-o`` wins
+    only when given (SUPPRESS keeps it from overwriting the top-level value)."""
+    default: Any = "table" if top else argparse.SUPPRESS
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=FORMATS,
+        default=default,
+        help="table (default), or json / yaml for scripts",
+    )
+    # Older spelling of `-o json`, kept for the scripts that use it.
+    parser.add_argument(
+        "--json",
+        dest="output",
+        action="store_const",
+        const="json",
+        default=default,
+        help=argparse.SUPPRESS,
+    )
+
+
+# Piped into grep or less, a row stays on one line: rich's 80 columns are for terminals.
+PIPE_WIDTH = 250
+
+
+class _Stdout(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits 1 here; `ers ... | head -1` is no failure: main() ends quietly with 0.
+        raise BrokenPipeError
+
+
+class _NoTrailingSpaces:
+    """stdout for a pipe: table cells are padded to their column, which only makes noise
+    for grep, diff and cut at the end of a line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(_TRAILING_SPACES.sub("\n", text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+_TRAILING_SPACES = re.compile(r"[ \t]+\n")
+
+
+def stdout() -> Console:
+    console = _Stdout(highlight=False)
+    if not console.is_terminal:
+        console = _Stdout(
+            highlight=False,
+            width=PIPE_WIDTH,
+            file=_NoTrailingSpaces(sys.stdout),  # type: ignore[arg-type]
+        )
+    return console
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def emit(args: argparse.Namespace, data: Any, table: Callable[[Console, Any], None]) -> None:
+    """Print ``data`` in the chosen format: ``table`` draws it for people."""
+    fmt = getattr(args, "output", "table")
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    elif fmt == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
+    else:
+        table(stdout(), data)
+
+
+def new_table(*columns: str, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def short_id(snapshot_id: str | None) -> str:
+    """Snapshot ids are shown as restic's short id; the full id is accepted everywhere."""
+    return "-" if not snapshot_id else snapshot_id[:SHORT_ID]
+
+
+def when(moment: str | None) -> str:
+    """One timestamp style for people: UTC to the second."""
+    if not moment:
+        return "-"
+    text = moment.replace("T", " ")
+    for sep in (".", "+", "Z"):
+        text = text.split(sep)[0]
+    return f"{text}Z"
+
+
+def size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GiB"
+
+
+def joined(items: Iterable[str] | None) -> str:
+    values = list(items or [])
+    return ", ".join(values) if values else "-"
+
+
+class Activity:
+    """Progress of long work on stderr: a spinner and the elapsed time from the start, and a
+    bar with the percentage once restic reports how far it is (its ``--json`` status lines).
+    Drawn only on a terminal; scripts get the result alone."""
+
+    def __init__(self, progress: Progress, description: str) -> None:
+        self._progress = progress
+        self._task = progress.add_task(description, total=None)
+        self.updates = 0
+
+    def stage(self, description: str) -> None:
+        self._progress.update(self._task, description=description)
+
+    def restic_status(self, status: Any) -> None:
+        self.updates += 1
+        self._progress.update(self._task, total=1.0, completed=float(status.percent_done))
+
+
+@contextmanager
+def activity(description: str, with_bar: bool = True) -> Iterator[Activity]:
+    console = stderr()
+    columns: Sequence[Any] = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        *((BarColumn(), TaskProgressColumn()) if with_bar else ()),
+        TimeElapsedColumn(),
+    )
+    progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+    with progress:
+        yield Activity(progress, description)

@@ -1,0 +1,74 @@
+"""What ``ers backup`` draws for replies the integration tests cannot provoke on demand: a
+create that found nothing changed, a test rollback whose table comes or goes, a snapshot
+whose copy fails its check."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from service.cli.backup_tables import TABLES
+from service.cli.output import short_id, when
+
+
+def drawn(action: str, data: dict) -> str:
+    out = Console(file=io.StringIO(), width=200, highlight=False)
+    TABLES[action](out, data)
+    return out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_create_that_changed_nothing_names_the_snapshot_that_holds_the_state() -> None:
+    text = drawn(
+        "create",
+        {
+            "backupId": None,
+            "reason": "manual",
+            "components": [],
+            "skipped": ["budgets", "profiles"],
+            "durationSeconds": 0.1,
+            "summary": None,
+            "unchangedSince": "3eda811f0123456789abcdef",
+        },
+    )
+    assert text.startswith("no component changed since snapshot 3eda811f:"), text
+    assert "budgets, profiles" in text and "None" not in text
+
+
+def test_test_rollback_rows_name_tables_that_come_back_or_go_and_failed_checks() -> None:
+    text = drawn(
+        "test-rollback",
+        {
+            "backupId": "5b02cf1f",
+            "snapshotTime": "2026-12-03T07:30:50.927531Z",
+            "snapshotReason": "manual",
+            "components": {
+                "budgets": {
+                    "verification": {"integrity": "ok", "checksumMatches": False},
+                    "tables": {
+                        "_probe": {"rowsNow": 0, "rowsInSnapshot": 0},
+                        "budgets": {"rowsNow": 2, "rowsInSnapshot": 5},
+                        "expenses": {"rowsNow": None, "rowsInSnapshot": 1},
+                        "legacy": {"rowsNow": 3, "rowsInSnapshot": None},
+                    },
+                }
+            },
+        },
+    )
+    rows = {
+        line.split()[1]: line.rstrip()
+        for line in text.splitlines()[2:]
+        if line.startswith("budgets ")
+    }
+    assert set(rows) == {"budgets", "expenses", "legacy"}
+    assert rows["budgets"].split()[2:] == ["2", "5", "+3", "rows"]
+    assert rows["expenses"].endswith("table comes back")
+    assert rows["legacy"].endswith("table goes away")
+    assert "budgets: the snapshot's copy fails its check" in text
+
+
+def test_ids_and_times_are_shown_one_way() -> None:
+    assert short_id("85453c5b" + "0" * 56) == "85453c5b" == short_id("85453c5b")
+    assert short_id(None) == "-"
+    assert when("2026-12-03T07:30:52.139533Z") == "2026-12-03 07:30:52Z"
+    assert when("2026-12-03T07:30:52+00:00") == "2026-12-03 07:30:52Z"
