@@ -33,6 +33,7 @@ from backup.models import (
     TableRows,
 )
 from backup.restic import ProgressCallback, Restic
+from backup.row_diff import sqlite_changes
 from backup.snapshotter import Snapshotter
 from backup.staging import (
     MANIFEST_NAME,
@@ -94,10 +95,11 @@ class FileRollback:
     def _component_preview(
         self, name: str, scratch: Path, verification: FileVerification
     ) -> ComponentPreview:
-        now = table_row_counts(Path(self.components[name]), live=True)
-        then = table_row_counts(scratch / staged_name(name), live=False) if verification.ok else {}
-        tables = tuple(TableRows(t, now.get(t), then.get(t)) for t in sorted(set(now) | set(then)))
-        return ComponentPreview(name, verification, tables)
+        live, restored = Path(self.components[name]), scratch / staged_name(name)
+        now = table_row_counts(live, live=True)
+        then = table_row_counts(restored, live=False) if verification.ok else {}
+        changes = sqlite_changes(live, restored, now, then) if now and then else {}
+        return ComponentPreview(name, verification, TableRows.between(now, then, changes))
 
     async def apply(self, request: RollbackRequest) -> RollbackResult:
         snapshot, names, reopen = request.snapshot, request.names, request.reopen

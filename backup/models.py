@@ -155,6 +155,31 @@ class TableRows:
     table: str
     rows_now: int | None  # None: the table does not exist in the live file
     rows_in_snapshot: int | None
+    # What the rollback would do to the rows, by primary key (backup.row_diff); None where
+    # the table is on one side only, too large to compare, or (changed) has no key.
+    added: int | None = None
+    removed: int | None = None
+    changed: int | None = None
+
+    @classmethod
+    def between(
+        cls, now: dict[str, int], then: dict[str, int], changes: dict[str, Any]
+    ) -> tuple[TableRows, ...]:
+        """Every table of either side, with its counts and, where known, its changes."""
+        tables = []
+        for table in sorted(set(now) | set(then)):
+            change = changes.get(table)
+            tables.append(
+                cls(
+                    table,
+                    now.get(table),
+                    then.get(table),
+                    change.added if change else None,
+                    change.removed if change else None,
+                    change.changed if change else None,
+                )
+            )
+        return tuple(tables)
 
 
 @dataclass(frozen=True)

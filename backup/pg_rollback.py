@@ -48,6 +48,7 @@ from backup.models import (
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
 from backup.restic import Restic
+from backup.row_diff import TableRead, changes_between, pg_tables
 
 if TYPE_CHECKING:
     from backup.backend import RollbackRequest
@@ -119,11 +120,14 @@ class PgRollback:
         scratch = self.database.database(name)
         create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         await self.database.execute(create, "creating a scratch database (the role needs CREATEDB)")
+        then_rows: dict[str, TableRead | None] = {}
         try:
             integrity = await self._restore_into_scratch(snapshot.id, path, scratch)
             then = await row_counts(scratch, schema) if integrity == "ok" else {}
             if integrity == "ok" and not then:
                 integrity = f"the dump restored no tables into {schema}"
+            if then:
+                then_rows = await read_rows(scratch, schema, then)
         finally:
             drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             try:
@@ -131,7 +135,8 @@ class PgRollback:
             except PgRestoreFailed as exc:
                 log.warning("%s; drop the database %s by hand", exc, name)
         now = await row_counts(self.database, schema)
-        tables = tuple(TableRows(t, now.get(t), then.get(t)) for t in sorted(set(now) | set(then)))
+        now_rows = await read_rows(self.database, schema, now) if then_rows else {}
+        tables = TableRows.between(now, then, changes_between(now_rows, then_rows))
         verification = FileVerification(component, integrity, None, sizes[0])
         previewed = ComponentPreview(component, verification, tables)
         return RollbackPreview(snapshot.id, snapshot.time, snapshot.reason, (previewed,))
@@ -299,6 +304,20 @@ def _failed_step(pipeline: Pipeline) -> str:
 
 
 # Statements -----------------------------------------------------------------------------
+
+
+async def read_rows(
+    connection: PgConnection, schema: str, counts: dict[str, int]
+) -> dict[str, TableRead | None]:
+    """The tables of `schema` as keys and row digests, to compare (backup.row_diff)."""
+    try:
+        async with await connection.connect() as conn:
+            return await pg_tables(conn, schema, counts)
+    except psycopg.Error as exc:
+        raise PgRestoreFailed(
+            f"reading the rows of {schema} at {connection.location} failed: "
+            f"{connection.explain(exc)}"
+        ) from None
 
 
 async def row_counts(connection: PgConnection, schema: str) -> dict[str, int]:

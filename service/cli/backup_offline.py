@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.backups.replies import created_reply, iso, preview_reply, snapshot_reply
 from service.cli.output import Activity
 from service.settings import load_settings
 
@@ -72,64 +72,6 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
         return await _offline_action(args, manager, progress)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _snapshot(s: Any) -> dict[str, Any]:
-    """One snapshot, as the service's routes list it."""
-    return {
-        "backupId": s.id,
-        "shortId": s.short_id,
-        "time": _iso(s.time),
-        "components": list(s.components),
-        "reason": s.reason,
-        "hostname": s.hostname,
-    }
-
-
-def _created(result: Any, args: argparse.Namespace) -> dict[str, Any]:
-    summary = result.summary
-    return {
-        "backupId": result.snapshot_id,
-        "reason": args.reason,
-        "type": args.type,
-        "components": list(result.components),
-        "skipped": list(result.skipped),
-        "durationSeconds": round(result.duration_seconds, 3),
-        "summary": None
-        if summary is None
-        else {
-            "filesNew": summary.files_new,
-            "filesChanged": summary.files_changed,
-            "dataAdded": summary.data_added,
-            "totalBytesProcessed": summary.total_bytes_processed,
-        },
-    }
-
-
-def _preview(preview: Any) -> dict[str, Any]:
-    return {
-        "backupId": preview.snapshot_id,
-        "snapshotTime": _iso(preview.snapshot_time),
-        "snapshotReason": preview.snapshot_reason,
-        "liveStateTouched": False,
-        "components": {
-            c.component: {
-                "verification": {
-                    "integrity": c.verification.integrity,
-                    "checksumMatches": c.verification.checksum_matches,
-                },
-                "tables": {
-                    t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
-                    for t in c.tables
-                },
-            }
-            for c in preview.components
-        },
-    }
-
-
 async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:
     action = args.action
     if action == "list":
@@ -138,8 +80,8 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         last = max((s.time for s in snapshots), default=None)
         return {
             "available": len(snapshots),
-            "lastBackup": _iso(last) if last else None,
-            "backups": [_snapshot(s) for s in snapshots],
+            "lastBackup": iso(last) if last else None,
+            "backups": [snapshot_reply(s) for s in snapshots],
         }
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
@@ -147,18 +89,18 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         result = await manager.create(
             components, args.reason, on_progress=progress.restic_status, skip_unchanged=False
         )
-        return _created(result, args)
+        return created_reply(result, args.reason, args.type)
     if action == "show":
         details = await manager.details(args.backup_id)
         return {
-            **_snapshot(details.snapshot),
+            **snapshot_reply(details.snapshot),
             "files": [{"path": f.path, "size": f.size} for f in details.files],
             "totalSize": details.total_size,
             "dataAdded": details.data_added,
         }
     if action == "test-rollback":
         progress.stage("restoring into scratch and comparing")
-        return _preview(await manager.test_rollback(args.backup_id, args.components or None))
+        return preview_reply(await manager.test_rollback(args.backup_id, args.components or None))
     if action == "rollback":
         from backup.events import RollbackStepStarted
 

@@ -68,13 +68,16 @@ def _created_table(out: Console, data: dict[str, Any]) -> None:
         out.print(f"unchanged, not backed up again: {joined(data['skipped'])}")
 
 
-def _change(now: int | None, then: int | None) -> str:
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _note(now: int | None, then: int | None) -> str:
     if now is None:
-        return "table comes back"
+        return "the table comes back"
     if then is None:
-        return "table goes away"
-    diff = then - now
-    return "unchanged" if diff == 0 else f"{diff:+d} rows"
+        return "the table goes away"
+    return ""
 
 
 def _preview_table(out: Console, data: dict[str, Any]) -> None:
@@ -82,7 +85,9 @@ def _preview_table(out: Console, data: dict[str, Any]) -> None:
         f"rolling back to snapshot {short_id(data['backupId'])} "
         f"({when(data['snapshotTime'])}, {data.get('snapshotReason') or '-'}) would change:"
     )
-    table = new_table("COMPONENT", "TABLE", "ROWS NOW", "ROWS AFTER", "CHANGE")
+    # ADDED: rows the rollback brings back; REMOVED: rows it drops; CHANGED: rows it puts
+    # back as they were ("-": the table is on one side only, has no key, or is too large).
+    table = new_table("COMPONENT", "TABLE", "ROWS NOW", "ROWS AFTER", "ADDED", "REMOVED", "CHANGED")
     problems = []
     for component, info in data["components"].items():
         verification = info["verification"]
@@ -94,14 +99,17 @@ def _preview_table(out: Console, data: dict[str, Any]) -> None:
         for name, rows in sorted(info["tables"].items()):
             if _internal(name):
                 continue
-            now, then = rows["rowsNow"], rows["rowsInSnapshot"]
             table.add_row(
                 component,
                 name,
-                "-" if now is None else str(now),
-                "-" if then is None else str(then),
-                _change(now, then),
+                *(
+                    _count(rows.get(key))
+                    for key in ("rowsNow", "rowsInSnapshot", "added", "removed", "changed")
+                ),
             )
+            note = _note(rows["rowsNow"], rows["rowsInSnapshot"])
+            if note:
+                problems.append(f"{component}.{name}: {note}")
     out.print(table)
     for problem in problems:
         out.print(problem)

@@ -143,6 +143,18 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
     assert component.verification.size == by_component["conversations"].total_size
     rows = {t.table: (t.rows_now, t.rows_in_snapshot) for t in component.tables}
     assert rows["turns"] == (5, 3)
+    # By key: the two turns written since go, none come back or change.
+    changes = {t.table: (t.added, t.removed, t.changed) for t in component.tables}
+    assert changes["turns"] == (0, 2, 0)
+    budgets_id = by_component["budgets"].snapshot_id
+    assert budgets_id is not None
+    [budgets] = (await backups.test_rollback(budgets_id)).components
+    # The food limit set since is one row the rollback puts back as it was.
+    assert {t.table: (t.added, t.removed, t.changed) for t in budgets.tables}["budgets"] == (
+        0,
+        0,
+        1,
+    )
     assert await stores.conversations.count() == 5  # a test rollback changes nothing live
 
     result = await roll_back(backups, snapshot_id)

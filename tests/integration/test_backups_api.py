@@ -69,7 +69,14 @@ async def test_backup_test_rollback_and_rollback_round_trip(
     )
     assert preview.status_code == 200, preview.text
     expenses = preview.json()["components"]["budgets"]["tables"]["expenses"]
-    assert expenses == {"rowsNow": 2, "rowsInSnapshot": 1}
+    # The rollback would remove the one expense recorded since, by its key.
+    assert expenses == {
+        "rowsNow": 2,
+        "rowsInSnapshot": 1,
+        "added": 0,
+        "removed": 1,
+        "changed": 0,
+    }
     assert preview.json()["liveStateTouched"] is False
     assert "$50.00 left" in await budget_left(http)  # the dry run touched nothing
 

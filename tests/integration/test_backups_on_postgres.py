@@ -87,7 +87,13 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             )
             budgets = preview["components"]["budgets"]
             assert budgets["verification"]["integrity"] == "ok"
-            assert budgets["tables"]["expenses"] == {"rowsNow": 3, "rowsInSnapshot": 1}
+            assert budgets["tables"]["expenses"] == {
+                "rowsNow": 3,
+                "rowsInSnapshot": 1,
+                "added": 0,
+                "removed": 2,  # the two expenses recorded since, by key
+                "changed": 0,
+            }
             assert expenses(pg_url) == 3  # a test rollback touches nothing live
 
             # A snapshot holds one component: asking it for another is refused, clearly.

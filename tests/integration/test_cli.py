@@ -178,10 +178,13 @@ def test_test_rollback_shows_rows_per_table_without_internal_tables(
     preview = ers(env, "backup", "test-rollback", created["backupId"], "--components", "budgets")
     assert preview.returncode == 0, preview.stderr
     lines = preview.stdout.splitlines()
-    assert lines[1].split() == ["COMPONENT", "TABLE", "ROWS", "NOW", "ROWS", "AFTER", "CHANGE"]
+    assert lines[1].split() == [
+        "COMPONENT", "TABLE", "ROWS", "NOW", "ROWS", "AFTER", "ADDED", "REMOVED", "CHANGED"
+    ]  # fmt: skip
     budgets = next(line.split() for line in lines if line.split()[:2] == ["budgets", "budgets"])
     now, after = int(budgets[2]), int(budgets[3])
-    assert now == after + 1 and budgets[4:] == ["-1", "rows"], preview.stdout
+    # The limit set after the snapshot is the one row the rollback would remove.
+    assert now == after + 1 and budgets[4:] == ["0", "1", "0"], preview.stdout
     assert "_probe" not in preview.stdout and "idempotency_keys" not in preview.stdout
     assert "nothing live was touched" in preview.stdout
 

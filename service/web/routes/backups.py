@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
@@ -20,6 +19,7 @@ from backup import (
     validate_reason,
     validate_snapshot_id,
 )
+from service.backups.replies import created_reply, preview_reply, snapshot_reply
 from service.backups.service import BackupsUnavailable
 from service.incidents.service import NOT_AN_INCIDENT
 from service.web.auth import AdminAuth, AdminRead
@@ -33,21 +33,6 @@ BackupType = Literal[
 ]
 RollbackComponent = Literal["conversations", "budgets", "profiles", "system_state"]
 SNAPSHOT_ID = r"^[0-9a-f]{8,64}$"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _snapshot(s: Any) -> dict[str, Any]:
-    return {
-        "backupId": s.id,
-        "shortId": s.short_id,
-        "time": _iso(s.time),
-        "components": list(s.components),
-        "reason": s.reason,
-        "hostname": s.hostname,
-    }
 
 
 def _checked_id(backup_id: str) -> str:
@@ -126,7 +111,7 @@ async def list_backups(backups: Backups) -> dict[str, Any]:
         snapshots = backups.require().list()
     except BackupsUnavailable as exc:
         raise _fail(exc) from None
-    return {**backups.summary(), "backups": [_snapshot(s) for s in snapshots]}
+    return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/refresh")
@@ -136,7 +121,7 @@ async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
         snapshots = await backups.refresh()
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
-    return {**backups.summary(), "backups": [_snapshot(s) for s in snapshots]}
+    return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/init")
@@ -161,7 +146,7 @@ async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
     return {
-        **_snapshot(details.snapshot),
+        **snapshot_reply(details.snapshot),
         "files": [{"path": f.path, "size": f.size} for f in details.files],
         "totalSize": details.total_size,
         "dataAdded": details.data_added,
@@ -176,23 +161,7 @@ async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) ->
         result = await backups.create(components, body.reason, skip_unchanged=False)
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
-    summary = result.summary
-    return {
-        "backupId": result.snapshot_id,
-        "reason": body.reason,
-        "type": body.type,
-        "components": list(result.components),
-        "skipped": list(result.skipped),
-        "durationSeconds": round(result.duration_seconds, 3),
-        "summary": None
-        if summary is None
-        else {
-            "filesNew": summary.files_new,
-            "filesChanged": summary.files_changed,
-            "dataAdded": summary.data_added,
-            "totalBytesProcessed": summary.total_bytes_processed,
-        },
-    }
+    return created_reply(result, body.reason, body.type)
 
 
 @router.post("/backups/test-rollback")
@@ -203,25 +172,7 @@ async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) ->
         )
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
-    return {
-        "backupId": preview.snapshot_id,
-        "snapshotTime": _iso(preview.snapshot_time),
-        "snapshotReason": preview.snapshot_reason,
-        "liveStateTouched": False,
-        "components": {
-            c.component: {
-                "verification": {
-                    "integrity": c.verification.integrity,
-                    "checksumMatches": c.verification.checksum_matches,
-                },
-                "tables": {
-                    t.table: {"rowsNow": t.rows_now, "rowsInSnapshot": t.rows_in_snapshot}
-                    for t in c.tables
-                },
-            }
-            for c in preview.components
-        },
-    }
+    return preview_reply(preview)
 
 
 @router.post("/rollback")

@@ -1,0 +1,74 @@
+"""The JSON shapes of backups, one each: the routes answer with them, and `ers backup
+--offline` prints the same, so a script reads one shape whether the service runs or not."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from backup import BackupResult, RollbackPreview, Snapshot
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def snapshot_reply(s: Snapshot) -> dict[str, Any]:
+    return {
+        "backupId": s.id,
+        "shortId": s.short_id,
+        "time": iso(s.time),
+        "components": list(s.components),
+        "reason": s.reason,
+        "hostname": s.hostname,
+    }
+
+
+def created_reply(result: BackupResult, reason: str, kind: str) -> dict[str, Any]:
+    summary = result.summary
+    return {
+        "backupId": result.snapshot_id,
+        "reason": reason,
+        "type": kind,
+        "components": list(result.components),
+        "skipped": list(result.skipped),
+        "durationSeconds": round(result.duration_seconds, 3),
+        "summary": None
+        if summary is None
+        else {
+            "filesNew": summary.files_new,
+            "filesChanged": summary.files_changed,
+            "dataAdded": summary.data_added,
+            "totalBytesProcessed": summary.total_bytes_processed,
+        },
+    }
+
+
+def preview_reply(preview: RollbackPreview) -> dict[str, Any]:
+    """A test rollback: per component its check, and per table the rows now and after, with
+    the rows the rollback would add back, remove and change (null where not compared)."""
+    return {
+        "backupId": preview.snapshot_id,
+        "snapshotTime": iso(preview.snapshot_time),
+        "snapshotReason": preview.snapshot_reason,
+        "liveStateTouched": False,
+        "components": {
+            c.component: {
+                "verification": {
+                    "integrity": c.verification.integrity,
+                    "checksumMatches": c.verification.checksum_matches,
+                },
+                "tables": {
+                    t.table: {
+                        "rowsNow": t.rows_now,
+                        "rowsInSnapshot": t.rows_in_snapshot,
+                        "added": t.added,
+                        "removed": t.removed,
+                        "changed": t.changed,
+                    }
+                    for t in c.tables
+                },
+            }
+            for c in preview.components
+        },
+    }
