@@ -1,0 +1,45 @@
+"""How the settings describe an agent of the team (``agents:``): an in-process Python agent,
+or a remote one over HTTP. Built into agents by ``service.agents.config``; a remote agent's
+client is ``service.agents.remote``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+
+class AgentSpecBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Tried in order when this agent cannot answer, before its cached last good answer and
+    # its guidance; one in its own cooldown or with an open breaker is skipped.
+    fallbacks: tuple[str, ...] = ()
+    # Bulkhead: calls beyond this many at once wait up to max_wait_s, then fall back.
+    max_concurrent_calls: int | None = Field(None, ge=1, le=10_000)
+    max_wait_s: float = Field(0.0, ge=0, le=60)
+    # One attempt's time limit; None: the service's agent_timeout_s.
+    timeout_s: float | None = Field(None, gt=0, le=600)
+
+
+class PythonAgentSpec(AgentSpecBase):
+    kind: Literal["python"] = "python"
+    # "package.module:factory" or the name of an entry point in the group "ers.agents": a
+    # callable that takes the agent's name and the stores, and returns an Agent.
+    factory: str = Field(min_length=1, max_length=300)
+
+
+class HttpAgentSpec(AgentSpecBase):
+    kind: Literal["http"] = "http"
+    url: HttpUrl
+    # "ers": ERS's own small JSON contract; "openai": POST {url}/v1/chat/completions.
+    contract: Literal["ers", "openai"] = "ers"
+    model: str | None = Field(None, max_length=200)  # the "model" of an openai request
+    # The auth header's whole value is read from this file (never from the settings).
+    auth_header: str = Field("Authorization", max_length=100)
+    auth_file: Path | None = None
+    max_connections: int = Field(10, ge=1, le=1000)
+
+
+AgentSpec = Annotated[PythonAgentSpec | HttpAgentSpec, Field(discriminator="kind")]
