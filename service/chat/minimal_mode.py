@@ -29,8 +29,11 @@ class MinimalMode:
         self._until = max(self._until, self._clock() + seconds)
         self.reason = reason
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
+        """End the mode now (an operator says the system is back); whether it was on."""
+        was_on = self.active
         self._until = 0.0
+        return was_on
 
     @property
     def active(self) -> bool:
@@ -38,6 +41,14 @@ class MinimalMode:
 
     def remaining_s(self) -> float:
         return max(0.0, self._until - self._clock())
+
+    def as_dict(self) -> dict[str, object]:
+        active = self.active
+        return {
+            "active": active,
+            "remainingSeconds": round(self.remaining_s(), 1) if active else 0,
+            "reason": self.reason if active else None,
+        }
 
 
 class MinimalModeGate:

@@ -302,6 +302,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             health=health,
             memory_check=memory_check,
             chat=chat_service,
+            minimal_mode=minimal_mode,
         )
         readiness.set(True, None)
         stack.callback(readiness.set, False, "shutting down")

@@ -10,6 +10,7 @@ from opentelemetry.trace import Tracer as TracerModel
 
 from service.backups.rollbacks import Rollbacks as RollbacksModel
 from service.backups.service import BackupService
+from service.chat.minimal_mode import MinimalMode
 from service.chat.service import ChatService
 from service.chat.team import Team as TeamModel
 from service.health.checks import MemoryCheck as MemoryCheckModel
@@ -78,6 +79,7 @@ Keeper = Annotated[StateKeeper, _part(lambda r: r.state_keeper)]
 Health = Annotated[HealthMonitor, _part(lambda r: r.health)]
 MemoryCheck = Annotated[MemoryCheckModel, _part(lambda r: r.memory_check)]
 StartedAt = Annotated[float, _part(lambda r: r.started_at)]
+Minimal = Annotated[MinimalMode, _part(lambda r: r.minimal_mode)]
 MaybeBackups = Annotated[BackupService | None, _part(lambda r: r.backups)]
 Backups = Annotated[BackupService, Depends(get_backups)]
 Rollbacks = Annotated[RollbacksModel, Depends(get_rollbacks)]

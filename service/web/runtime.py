@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from service.backups.rollbacks import Rollbacks
 from service.backups.service import BackupService
+from service.chat.minimal_mode import MinimalMode
 from service.chat.service import ChatService
 from service.chat.team import Team
 from service.health.checks import MemoryCheck
@@ -51,6 +52,7 @@ class Runtime:
     health: HealthMonitor
     memory_check: MemoryCheck
     chat: ChatService
+    minimal_mode: MinimalMode
     started_at: float = field(default_factory=time.time)
 
     @property

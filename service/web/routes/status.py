@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from service.web.deps import (
     Incidents,
     MaybeBackups,
     MemoryCheck,
+    Minimal,
     StartedAt,
     State,
     Stores,
@@ -27,6 +29,7 @@ from service.web.deps import (
 )
 from service.web.routes.breakers import breaker_report
 
+log = logging.getLogger("ers")
 router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead])
 NO_BACKUPS = {"available": 0, "lastBackup": None, "totalSize": "0 B"}
 
@@ -40,6 +43,7 @@ async def status(
     incidents: Incidents,
     state: State,
     backups: MaybeBackups,
+    minimal_mode: Minimal,
 ) -> dict[str, Any]:
     totals = breaker_report(team)["totals"]
     report = health.last
@@ -50,6 +54,8 @@ async def status(
         "systemState": state.state.value,
         "stateReason": state.reason,
         "activeIncidents": sum(active.values()),
+        # While on, chat answers with short guidance and calls no agent.
+        "minimalMode": minimal_mode.as_dict(),
         "circuitBreakers": {
             "total": totals["total"],
             "open": totals["open"],
@@ -65,6 +71,22 @@ async def status(
             "uptime": describe_uptime(uptime_s),
             "uptimeSeconds": round(uptime_s, 1),
         },
+    }
+
+
+@router.delete("/minimal-mode")
+async def end_minimal_mode(minimal_mode: Minimal, who: AdminAuth) -> dict[str, Any]:
+    """End minimal response mode now: chat calls the agents again. The responder turns it
+    on for a critical incident, for a limited time; an operator who has dealt with the
+    cause need not wait for that time to run out."""
+    ended = minimal_mode.leave()
+    log.info("minimal response mode %s by %s", "ended" if ended else "was already off", who)
+    return {
+        "ended": ended,
+        "message": "minimal response mode ended: chat calls the agents again"
+        if ended
+        else "minimal response mode was not on; nothing to end",
+        "minimalMode": minimal_mode.as_dict(),
     }
 
 

@@ -1,0 +1,52 @@
+"""Minimal response mode as an operator meets it: a critical incident turns it on (the
+responder's CRITICAL_SYSTEM_FAILURE protocol), the status says so with its reason and time
+left, and the operator can end it once the cause is dealt with."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from service.chat.minimal_mode import MINIMAL_ANSWER
+
+
+async def status(client: httpx.AsyncClient) -> dict:
+    reply = await client.get("/api/emergency/status")
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.AsyncClient) -> None:
+    assert (await status(client))["minimalMode"] == {
+        "active": False,
+        "remainingSeconds": 0,
+        "reason": None,
+    }
+    not_on = await client.delete("/api/emergency/minimal-mode")
+    assert not_on.status_code == 200 and not_on.json()["ended"] is False
+
+    injected = await client.post(
+        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
+    )
+    assert injected.status_code == 200
+    # An uncaught core failure is critical: the responder puts chat in minimal mode.
+    # Bounded at five seconds.
+    for _ in range(50):
+        await client.post("/chat", json={"message": "budget report"})
+        if (await status(client))["minimalMode"]["active"]:
+            break
+        await asyncio.sleep(0.1)
+    shown = (await status(client))["minimalMode"]
+    assert shown["active"] is True and shown["remainingSeconds"] > 0
+    assert shown["reason"]
+    minimal = (await client.post("/chat", json={"message": "make me a workout plan"})).json()
+    assert minimal["response"] == MINIMAL_ANSWER and minimal["emergency"] is True
+
+    assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
+    ended = await client.delete("/api/emergency/minimal-mode")
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["ended"] is True and ended.json()["minimalMode"]["active"] is False
+    assert (await status(client))["minimalMode"]["active"] is False
+    answered = (await client.post("/chat", json={"message": "make me a workout plan"})).json()
+    assert answered["response"] != MINIMAL_ANSWER and answered["emergency"] is False
