@@ -37,6 +37,9 @@ POOL_MAX_SIZE = 4
 # hang on a server that is gone.
 POOL_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 5
+# A statement runs at most this long: one stuck behind another session's lock must not hold
+# the incident worker, or a request's thread, for ever.
+STATEMENT_TIMEOUT_S = 10.0
 # A connection back from the pool after sitting idle longer than this is pinged first.
 IDLE_CHECK_S = 2.0
 
@@ -58,6 +61,7 @@ class PgPool:
         min_size: int = POOL_MIN_SIZE,
         max_size: int = POOL_MAX_SIZE,
         timeout_s: float = POOL_TIMEOUT_S,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
     ) -> None:
         """Connects once first, so that a wrong URL or password fails here with the
         server's reason, or the schema's missing ``tables`` with the migrations of
@@ -65,6 +69,7 @@ class PgPool:
         pool."""
         self.location = server_location(url)
         self.timeout_s = timeout_s
+        self.statement_timeout_s = statement_timeout_s
         self._password = password_of(url)
         self._unavailable = unavailable
         self._search_path = valid_identifier(schema) if schema else None
@@ -119,6 +124,7 @@ class PgPool:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         _store_nul_as_replacement(conn)
+        conn.execute(f"SET statement_timeout = {int(self.statement_timeout_s * 1000)}")
         if self._search_path is not None:
             conn.execute(f"SET search_path TO {self._search_path}")
 
@@ -167,6 +173,12 @@ class PgPool:
             return (
                 f"no PostgreSQL connection within {self.timeout_s:g} s: the server at "
                 f"{self.location} is unreachable or overloaded; check that it is running"
+            )
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return (
+                f"a statement ran longer than {self.statement_timeout_s:g} s at "
+                f"{self.location} and was cancelled: another session may hold a lock on the "
+                "incidents schema (see pg_stat_activity), or the server is overloaded"
             )
         if isinstance(exc, psycopg.OperationalError):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -27,6 +27,7 @@ from service.incidents.store import (
     UnknownTimelineKind,
 )
 from service.incidents.store_pg import COMPONENT, PgIncidentStore
+from service.stores.pg_pool import PgPool
 from telemetry.classifier import Classification, Classifier
 from telemetry.span_record import SpanRecord
 from tests.pg import NOT_INSTALLED, apply_migrations, find_bin_dir, start_cluster
@@ -640,3 +641,27 @@ def test_one_replica_claims_an_incidents_fleet_wide_action_until_the_cooldown_en
     time.sleep(0.05)
     assert b.claim_action("INC_1", "emergency_backup", "b", 0.01) is None
     assert a.claim_action("INC_1", "emergency_backup", "a", 300) == "b"
+
+
+def test_a_statement_stuck_behind_a_lock_is_cancelled_with_the_reason(
+    pg_incidents_url: str,
+) -> None:
+    """The pool's connections carry a statement timeout: a query waiting on another
+    session's lock fails with a reason instead of holding the worker's thread for ever."""
+    pool = PgPool(
+        pg_incidents_url,
+        name="ers-incidents-test",
+        unavailable=IncidentStoreUnavailable,
+        schema="ers_incidents",
+        statement_timeout_s=0.3,
+    )
+    store = IncidentStore(pool)
+    try:
+        with psycopg.connect(pg_incidents_url) as holder:
+            holder.execute("LOCK TABLE ers_incidents.incidents IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(IncidentStoreUnavailable, match="ran longer than 0.3 s"):
+                store.list(status="active")
+        # The lock is gone with its session: the same pool answers again.
+        assert store.list(status="active") == ([], 0)
+    finally:
+        store.close()
