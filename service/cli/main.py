@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from service.cli import backup, breakers, incidents
+    from service.cli import backup, breakers, incidents, status
 
-    return [breakers.register, backup.register, incidents.register]
+    return [status.register, breakers.register, backup.register, incidents.register]
 
 
 def _quiet_broken_pipe() -> int:

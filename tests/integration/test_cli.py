@@ -395,3 +395,17 @@ def test_classify_against_stored_with_the_shipped_rules_finds_no_difference(
     assert (summary["changed"], summary["regrouped"], summary["changes"]) == (0, 0, {})
     people = ers(env, "classify", "--against-stored")
     assert f"{summary['total']} stored error spans: 0 would be classified" in people.stdout
+
+
+def test_status_at_a_glance_and_ending_minimal_mode(env: dict[str, str]) -> None:
+    shown = ers(env, "status")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line[:18].strip(): line[18:].strip() for line in shown.stdout.splitlines()[1:]}
+    assert rows["system state"].split()[0] in ("normal", "degraded", "emergency", "recovery")
+    assert rows["minimal mode"] == "off"
+    as_json = json.loads(ers(env, "status", "-o", "json").stdout)
+    assert as_json["minimalMode"]["active"] is False
+    assert rows["active incidents"] == str(as_json["activeIncidents"])
+    ended = ers(env, "minimal-mode", "end")
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.strip() == "minimal response mode was not on; nothing to end"

@@ -1,0 +1,62 @@
+"""``ers status``: the service at a glance; ``ers minimal-mode end``: chat calls agents again."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+
+from service.cli.output import emit, new_table
+from service.cli.remote import call, command
+
+
+def _status_table(out: Console, status: dict[str, Any]) -> None:
+    table = new_table("WHAT", "NOW")
+    reason = status.get("stateReason")
+    table.add_row("system state", status["systemState"] + (f" ({reason})" if reason else ""))
+    table.add_row("active incidents", str(status["activeIncidents"]))
+    breakers = status["circuitBreakers"]
+    table.add_row(
+        "circuit breakers",
+        f"{breakers['total']}: {breakers['closed']} closed, {breakers['open']} open, "
+        f"{breakers['halfOpen']} half-open",
+    )
+    minimal = status.get("minimalMode") or {}
+    table.add_row(
+        "minimal mode",
+        f"on for {minimal['remainingSeconds']:g} s more: {minimal['reason']}"
+        if minimal.get("active")
+        else "off",
+    )
+    backups = status["backups"]
+    table.add_row("backups", f"{backups['available']}, last {backups.get('lastBackup') or 'never'}")
+    health = status["health"]
+    table.add_row("health", health["overall"])
+    table.add_row("memory", health.get("memoryUsage") or "-")
+    table.add_row("uptime", health["uptime"])
+    out.print(table)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    emit(args, call(args, "GET", "/api/emergency/status"), _status_table)
+    return 0
+
+
+def end_minimal_mode(args: argparse.Namespace) -> int:
+    reply = call(args, "DELETE", "/api/emergency/minimal-mode")
+    emit(args, reply, lambda out, r: out.print(r["message"]))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    status = command(commands, "status", "the service at a glance: state, incidents, breakers")
+    status.set_defaults(handler=show_status)
+    parser = commands.add_parser(
+        "minimal-mode",
+        help="minimal response mode of a running service",
+        description="minimal response mode: chat answers with short guidance, calls no agent",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ending = command(actions, "end", "end it now: chat calls the agents again")
+    ending.set_defaults(handler=end_minimal_mode)
