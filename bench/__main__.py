@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     args = parser.parse_args(argv)
+    # Other work on the machine moves every figure: say how busy it was when the run began.
+    load_at_start = os.getloadavg()[0]
     results: dict[str, Outcome] = {}
     for module in BENCHMARKS:
         if args.only and module not in args.only:
@@ -180,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         results[module] = run_one(module, args.timeout)
         print(f"== {module}: {time.perf_counter() - started:.0f} s", flush=True)
     lines = table(results)
-    header = f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}, {machine()}."
+    header = (
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}, {machine()}, "
+        f"load average {load_at_start:.1f} when the run began."
+    )
     print()
     print(header)
     print("\n".join(lines))
