@@ -118,7 +118,10 @@ def change_state(data: Path, rng: random.Random, round_number: int) -> None:
                 (sentence(rng, 40), f"user-{rng.randrange(500)}"),
             )
     with contextlib.closing(sqlite3.connect(data / "system_state.sqlite3")) as db, db:
-        db.execute("INSERT OR REPLACE INTO system_state VALUES ('round', ?)", (str(round_number),))
+        db.execute(
+            "INSERT OR REPLACE INTO system_state VALUES ('round', ?)",
+            (str(round_number),),
+        )
 
 
 def folder_size(path: Path) -> int:
@@ -230,7 +233,16 @@ def report(results: dict[str, list[float]], state_bytes: int) -> dict[str, float
     for label, key in rows:
         values = results[key]
         print(f"{label:<34}{med[key]:>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
+    anchors = {
+        "backup_growth_ratio": f"anchor state {state_bytes / 1e6:.1f} MB; the repository grew "
+        f"{med['growth'] * state_bytes / 1e6:.2f} MB per incremental backup (median)",
+        "backup_wrapper_ratio": f"anchor bare restic backup {med['bare']:.4f} s; "
+        f"BackupManager.create {med['wrapper']:.4f} s",
+        "rollback_vs_restore_ratio": f"anchor bare restic restore {med['restore']:.4f} s; "
+        f"BackupManager.rollback {med['roll']:.4f} s",
+    }
     for name, value in ratios.items():
+        print(anchors[name])
         print(f"{name}={value:.3f}")
     return ratios
 

@@ -1,13 +1,24 @@
-"""Cost of a guarded call: our breaker against pybreaker, side by side in one run.
+"""Cost of a guarded call: our breaker against the breakers a user would pick instead,
+side by side in one run.
 
 Each variant calls the same trivial function; rounds interleave the variants so they see the
-same machine noise, and the median round is reported. The ratio compares total time per call
+same machine noise, and the median round is reported. The ratios compare total time per call
 (the function included), the cost a caller actually pays.
-It also measures the whole guarded agent call (span, breaker, timeout, metrics) against a
-bare SDK span around the same agent plus the same two metric records: the span, not the
-breaker, should be the cost.
-Last lines: ``breaker_vs_pybreaker=<ours/pybreaker ns per call>`` (target <= 0.5) and
-``guard_vs_bare_span=<guarded/bare span+metrics>`` (target <= 1.15).
+
+- Synchronous: our permit (``acquire`` + ``record_success``) against pybreaker's
+  ``CircuitBreaker.call``.
+- Asynchronous, the path ERS's guard takes on every successful agent call: ``acquire()``,
+  await the coroutine, ``record_success(perf_counter() - started)`` (the duration is what
+  slow-call detection needs), against purgatory (``AsyncCircuitBreakerFactory``, the breaker
+  fetched once and held across calls, ``async with breaker``) and aiobreaker
+  (``call_async``), all three with their defaults of 5 failures to open.
+- The whole guarded agent call (span, breaker, timeout, metrics) against a bare SDK span
+  around the same agent plus the same two metric records: the span, not the breaker, should
+  be the cost.
+
+Each figure is printed as ``name=value`` with the anchor's raw numbers on the line above:
+``breaker_vs_pybreaker`` (target <= 0.5), ``guard_vs_bare_span`` (target <= 1.15), and last
+``breaker_vs_purgatory=<ours/purgatory ns per successful async call>`` (target <= 0.8).
 """
 
 from __future__ import annotations
@@ -19,10 +30,12 @@ import statistics
 import time
 from collections.abc import Callable
 
+import aiobreaker
 import pybreaker
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from purgatory import AsyncCircuitBreakerFactory
 
 from service.agents.base import AgentReply, AgentRequest
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
@@ -110,6 +123,94 @@ def print_breaker_table(result: dict[str, float]) -> None:
     print("ratio = (b) / (c), total ns per call including the function itself")
 
 
+async def trivial_async(value: int) -> int:
+    return value + 1
+
+
+async def bare_async_loop(iterations: int) -> int:
+    started = time.perf_counter_ns()
+    for i in range(iterations):
+        await trivial_async(i)
+    return time.perf_counter_ns() - started
+
+
+async def ours_async_loop(iterations: int) -> int:
+    """What GuardedAgent.handle does around the agent on a successful call."""
+    breaker = CircuitBreaker("bench", BreakerConfig(), span_events=False)
+    acquire, clock = breaker.acquire, time.perf_counter
+    started = time.perf_counter_ns()
+    for i in range(iterations):
+        permit = acquire()
+        call_started = clock()
+        await trivial_async(i)
+        permit.record_success(clock() - call_started)
+    elapsed = time.perf_counter_ns() - started
+    assert breaker.snapshot()["bufferedCalls"] == min(iterations, 20)
+    return elapsed
+
+
+async def purgatory_loop(iterations: int) -> int:
+    factory = AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30)
+    await factory.initialize()
+    breaker = await factory.get_breaker("bench")  # held across calls
+    started = time.perf_counter_ns()
+    for i in range(iterations):
+        async with breaker:
+            await trivial_async(i)
+    elapsed = time.perf_counter_ns() - started
+    assert breaker.context.state == "closed"
+    return elapsed
+
+
+async def aiobreaker_loop(iterations: int) -> int:
+    breaker = aiobreaker.CircuitBreaker(fail_max=5)
+    call = breaker.call_async
+    started = time.perf_counter_ns()
+    for i in range(iterations):
+        await call(trivial_async, i)
+    elapsed = time.perf_counter_ns() - started
+    assert breaker.current_state is aiobreaker.CircuitBreakerState.CLOSED
+    return elapsed
+
+
+ASYNC_VARIANTS = {
+    "bare": bare_async_loop,
+    "ours": ours_async_loop,
+    "purgatory": purgatory_loop,
+    "aiobreaker": aiobreaker_loop,
+}
+
+
+def measure_async_breakers(rounds: int = 7, iterations: int = 100_000) -> dict[str, float]:
+    """Median ns per successful async call of each variant, interleaved by round."""
+
+    async def run() -> dict[str, list[float]]:
+        samples: dict[str, list[float]] = {name: [] for name in ASYNC_VARIANTS}
+        for loop in ASYNC_VARIANTS.values():
+            await loop(iterations // 10)  # warm-up
+        for _ in range(rounds):
+            for name, loop in ASYNC_VARIANTS.items():
+                samples[name].append(await loop(iterations) / iterations)
+        return samples
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        samples = asyncio.run(run())
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    ns = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "async_bare_ns": ns["bare"],
+        "async_ours_ns": ns["ours"],
+        "purgatory_ns": ns["purgatory"],
+        "aiobreaker_ns": ns["aiobreaker"],
+        "breaker_vs_purgatory": ns["ours"] / ns["purgatory"],
+        "breaker_vs_aiobreaker": ns["ours"] / ns["aiobreaker"],
+    }
+
+
 class EchoAgent:
     name = "echo"
 
@@ -194,9 +295,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     guard = measure_guard(args.rounds)
     print(f"(d) guarded agent call                   {guard['guarded_ns']:10.1f}")
     print(f"(e) bare SDK span + the same two metrics {guard['bare_span_ns']:10.1f}")
+    held = measure_async_breakers(args.rounds, args.iterations // 2)
+    print("successful async call (the guard's path)     ns/call   overhead ns")
+    for label, key in (
+        ("(f) bare await", "async_bare_ns"),
+        ("(g) ours: acquire + await + record_success", "async_ours_ns"),
+        ("(h) purgatory, held breaker: async with", "purgatory_ns"),
+        ("(i) aiobreaker: call_async", "aiobreaker_ns"),
+    ):
+        overhead = held[key] - held["async_bare_ns"]
+        print(f"{label:<44}{held[key]:8.1f}   {overhead:8.1f}")
+    print(
+        f"anchor pybreaker {result['pybreaker_ns']:.1f} ns/call; "
+        f"ours {result['ours_ns']:.1f}, bare {result['bare_ns']:.1f}"
+    )
     print(f"breaker_vs_pybreaker={result['breaker_vs_pybreaker']:.3f}")
+    print(
+        f"anchor bare SDK span + two metrics {guard['bare_span_ns']:.1f} ns/call; "
+        f"guarded {guard['guarded_ns']:.1f}"
+    )
     print(f"guard_vs_bare_span={guard['guard_vs_bare_span']:.3f}")
-    return {**result, **guard}
+    print(
+        f"anchor purgatory {held['purgatory_ns']:.1f} ns/call, aiobreaker "
+        f"{held['aiobreaker_ns']:.1f} (ours/aiobreaker {held['breaker_vs_aiobreaker']:.3f}); "
+        f"ours {held['async_ours_ns']:.1f}, bare await {held['async_bare_ns']:.1f}"
+    )
+    print(f"breaker_vs_purgatory={held['breaker_vs_purgatory']:.3f}")
+    return {**result, **guard, **held}
 
 
 if __name__ == "__main__":

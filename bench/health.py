@@ -99,6 +99,7 @@ def _server_pid(url: str) -> int:
 
 def measure(chats: int = 100_000, probes: int = 300) -> dict[str, float]:
     with ers_server({"ERS_BREAKER_OPEN_DURATION_S": "2"}) as url:
+        rss_start_mb = psutil.Process(_server_pid(url)).memory_info().rss / 1e6
         timings, chat_rps_during_probes = _under_load(url, probes)
         with httpx.Client(base_url=url, timeout=10) as http:
             for agent in ("router", "nutrition", "workout", "budget"):
@@ -125,6 +126,7 @@ def measure(chats: int = 100_000, probes: int = 300) -> dict[str, float]:
         "chats": result.requests,
         "chat_rps": result.throughput,
         "rss_after_load_mb": rss_mb,
+        "rss_at_start_mb": rss_start_mb,
     }
 
 
@@ -143,8 +145,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{figures['health_p99_ms']:>10.2f}"
     )
     print(f"/chat load during the probes: {figures['chat_rps_during_probes']:.0f} req/s")
-    print(f"{figures['chats']} chats at {figures['chat_rps']:.0f}/s with 30% failing")
+    print(
+        f"anchor GET /api/emergency/status p50 {figures['status_p50_ms']:.2f} ms under "
+        f"{figures['chat_rps_during_probes']:.0f} /chat req/s; the full health check p99 "
+        f"{figures['health_p99_ms']:.2f} ms"
+    )
     print(f"status_p99_ms={figures['status_p99_ms']:.2f}")
+    print(
+        f"anchor RSS at start {figures['rss_at_start_mb']:.1f} MB; after {figures['chats']} "
+        f"chats at {figures['chat_rps']:.0f}/s with 30% failing"
+    )
     print(f"rss_after_load_mb={figures['rss_after_load_mb']:.1f}")
     return figures
 

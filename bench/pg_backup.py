@@ -8,8 +8,19 @@ operation so neither side pays for the other's dirty pages: (a) `BackupManager.r
 component to that snapshot (safety backup, restic dump, restore in one transaction, swap,
 drop of the old schema), (b) a bare `pg_restore` of the file into a fresh database. For
 scale, each round also times `restic dump` of the snapshot to /dev/null: the part of (a) that
-restic alone takes (its key derivation included). Medians are compared. Last line:
-``pg_rollback_vs_restore_ratio`` (target <= 1.5).
+restic alone takes (its key derivation included).
+
+The anchor is what an operator would do by hand for the same result, also timed in every
+round (the three sides take turns going first): first a safety copy of the live schema,
+``pg_dump --format=custom --compress=0 --schema=… | restic backup --stdin`` (the same dump
+flags the library uses), then ``restic dump <snapshot> /conversations.pgdump | pg_restore
+--clean --if-exists --single-transaction`` over the live schema. One after the other, as by
+hand: the copy must exist before the schema is replaced.
+
+Medians are compared. Printed as ``name=value`` with the anchor's raw numbers on the line
+above: ``pg_rollback_vs_restore_ratio`` (rollback over the bare pg_restore into a fresh
+database, kept for reference; target <= 1.5) and last ``pg_rollback_vs_manual`` (rollback
+over the operator's two commands; target <= 1.1).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import statistics
 import subprocess
 import tempfile
@@ -100,6 +112,45 @@ def bare_restore(server: PostgresServer, tools: PgTools, dump: Path) -> float:
         server.drop_database(url)
 
 
+def by_hand(
+    url: str, tools: PgTools, restic: RepositoryConfig, snapshot_id: str
+) -> dict[str, float]:
+    """The operator's safety copy, then the restore over the live schema; seconds of each.
+    Passwords travel in the environment, as the library passes them."""
+    target = PgConnection.from_url(url)
+    env = {
+        **target.env(),
+        "RESTIC_REPOSITORY": restic.repository,
+        "RESTIC_PASSWORD_FILE": str(restic.password_file),
+        "RESTIC_CACHE_DIR": str(restic.cache_dir),
+    }
+    database = shlex.quote(f"--dbname={target.conninfo}")
+    commands = {
+        "safety copy": (
+            f"{shlex.quote(tools.pg_dump)} --format=custom --compress=0 --schema={SCHEMA} "
+            f"--no-password {database} | restic backup --stdin --stdin-filename "
+            f"{COMPONENT}.pgdump --tag by-hand --quiet"
+        ),
+        "restore": (
+            f"restic dump --quiet {snapshot_id} /{COMPONENT}.pgdump | "
+            f"{shlex.quote(tools.pg_restore)} --clean --if-exists --single-transaction "
+            f"--no-owner --no-privileges --exit-on-error --no-password {database}"
+        ),
+    }
+    seconds = {}
+    for step, command in commands.items():
+        started = time.perf_counter()
+        subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            env=env,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        seconds[step] = time.perf_counter() - started
+    return seconds
+
+
 @contextlib.asynccontextmanager
 async def nothing_to_pause() -> AsyncIterator[None]:
     yield
@@ -121,10 +172,8 @@ async def measure(
     await stores.close()
     rows, size = fill(url, size_mb * 1_000_000)
 
-    restic = await open_repository(
-        RepositoryConfig(str(root / "repo"), root / "password", cache_dir=root / "cache"),
-        may_create=True,
-    )
+    repository = RepositoryConfig(str(root / "repo"), root / "password", cache_dir=root / "cache")
+    restic = await open_repository(repository, may_create=True)
     schemas = {name: str(store.schema) for name, store in stores.by_component().items()}
     backups = BackupManager(restic, PgBackupConfig(schemas, url))
     tools = backups.backend.tools  # type: ignore[attr-defined]
@@ -136,12 +185,27 @@ async def measure(
     with dump.open("wb") as out:
         await restic.dump(backup.snapshot_id, f"/{COMPONENT}.pgdump", stdout=out.fileno())
 
-    results: dict[str, list[float]] = {"rollback": [], "restore": [], "restic dump": []}
+    results: dict[str, list[float]] = {
+        "rollback": [],
+        "by hand": [],
+        "restore": [],
+        "restic dump": [],
+    }
     steps: dict[str, list[float]] = {}
+    sides = ["rollback", "by hand", "restore"]
     for number in range(rounds):
-        change(url, number)
-        for side in ("rollback", "restore") if number % 2 == 0 else ("restore", "rollback"):
-            if side == "rollback":
+        shift = number % len(sides)
+        for side in sides[shift:] + sides[:shift]:
+            change(url, number)
+            if side == "by hand":
+                checkpoint(url)
+                manual = await asyncio.to_thread(
+                    by_hand, url, tools, repository, backup.snapshot_id
+                )
+                results["by hand"].append(sum(manual.values()))
+                for step, seconds in manual.items():
+                    steps.setdefault(f"by hand: {step}", []).append(seconds)
+            elif side == "rollback":
                 checkpoint(url)
                 started = time.perf_counter()
                 result = await backups.rollback(
@@ -167,6 +231,7 @@ async def measure(
 def report(results: dict[str, list[float]], facts: dict[str, float]) -> float:
     med = {k: statistics.median(v) for k, v in results.items()}
     ratio = med["rollback"] / med["restore"]
+    manual = med["rollback"] / med["by hand"]
     print(
         f"schema size: {facts['schema_bytes'] / 1e6:.1f} MB ({facts['rows']:.0f} rows), "
         f"dump: {facts['dump_bytes'] / 1e6:.1f} MB, rounds: {len(results['rollback'])}"
@@ -176,13 +241,24 @@ def report(results: dict[str, list[float]], facts: dict[str, float]) -> float:
     labels = {
         "rollback": "BackupManager.rollback (s)",
         "restore": "bare pg_restore (s)",
+        "by hand": "by hand: safety copy, restore (s)",
         "restic dump": "restic dump to /dev/null (s)",
     }
     for key, values in results.items():
         label = labels.get(key, f"  {key} (s)")
         print(f"{label:<34}{med[key]:>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
+    print(
+        f"anchor bare pg_restore into a fresh database {med['restore']:.3f} s; "
+        f"rollback {med['rollback']:.3f} s"
+    )
     print(f"pg_rollback_vs_restore_ratio={ratio:.3f}")
-    return ratio
+    print(
+        f"anchor by hand {med['by hand']:.3f} s (safety copy "
+        f"{med['step by hand: safety copy']:.3f} s + restic dump | pg_restore "
+        f"{med['step by hand: restore']:.3f} s); rollback {med['rollback']:.3f} s"
+    )
+    print(f"pg_rollback_vs_manual={manual:.3f}")
+    return manual
 
 
 def main(argv: list[str] | None = None) -> float:

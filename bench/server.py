@@ -1,4 +1,4 @@
-"""Start and stop a real ERS (uvicorn) process for a benchmark."""
+"""Start and stop a real ERS (uvicorn) process, or the anchor app, for a benchmark."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -21,13 +24,55 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+
 @contextmanager
-def ers_server(env: dict[str, str] | None = None) -> Iterator[str]:
+def _serve(command: list[str], env: dict[str, str], port: int, log_path: Path) -> Iterator[Served]:
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log_path.read_text())
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield Served(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
+
+
+@contextmanager
+def ers_process(env: dict[str, str] | None = None) -> Iterator[Served]:
+    """An ``ers serve`` process on a free port with its state in a temporary folder."""
     with tempfile.TemporaryDirectory(prefix="ers-bench-") as tmp:
         port = free_port()
         workdir = Path(tmp)
         full_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
+            **_clean_environ(),
             "ERS_ENV": "test",
             "ERS_DATA_DIR": str(workdir / "data"),
             "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
@@ -35,30 +80,24 @@ def ers_server(env: dict[str, str] | None = None) -> Iterator[str]:
             "ERS_BACKUPS_ENABLED": "false",
             **(env or {}),
         }
-        log = (workdir / "server.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=Path(__file__).resolve().parent.parent,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((workdir / "server.log").read_text())
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+        with _serve(command, full_env, port, workdir / "server.log") as served:
+            yield served
+
+
+@contextmanager
+def ers_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    with ers_process(env) as served:
+        yield served.url
+
+
+@contextmanager
+def anchor_process(instrumented: bool) -> Iterator[Served]:
+    """The minimal FastAPI app of ``bench.anchor_app``, bare or instrumented as ERS is."""
+    with tempfile.TemporaryDirectory(prefix="ers-bench-anchor-") as tmp:
+        port = free_port()
+        command = [sys.executable, "-m", "bench.anchor_app", "--port", str(port)]
+        if instrumented:
+            command.append("--instrumented")
+        with _serve(command, _clean_environ(), port, Path(tmp) / "server.log") as served:
+            yield served

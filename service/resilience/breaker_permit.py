@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 
 from service.errors import ErsError
 from service.resilience.breaker_config import BreakerState
+from service.resilience.breaker_window import SUCCEEDED
+
+CLOSED = BreakerState.CLOSED
 
 if TYPE_CHECKING:
     from service.resilience.breaker import CircuitBreaker
@@ -50,32 +53,65 @@ def describe_error(exc: BaseException) -> str:
 class Permit:
     """The right to make one call; reports its outcome once, later reports are no-ops."""
 
-    __slots__ = ("_breaker", "_epoch", "_started_at", "_pending")
+    # The breaker until the outcome is reported, then None: one slot serves as both the
+    # link and the "still pending" flag, which keeps the closed-state path to two slots.
+    __slots__ = ("_breaker", "_epoch")
 
-    def __init__(self, breaker: CircuitBreaker, epoch: int, started_at: float = 0.0) -> None:
-        self._breaker = breaker
-        self._epoch = epoch
-        self._started_at = started_at
-        self._pending = True
+    _breaker: CircuitBreaker | None
+    _epoch: int
+
+    @classmethod
+    def of(cls, breaker: CircuitBreaker, epoch: int) -> Permit:
+        permit = cls()
+        permit._breaker, permit._epoch = breaker, epoch
+        return permit
 
     def record_success(self, duration_s: float = 0.0) -> bool:
         """True when this success opened the breaker (a slow call, or the window filling
         at a failure rate over the line)."""
-        if self._pending:
-            self._pending = False
-            return self._breaker._on_success(self, duration_s)
-        return False
+        breaker = self._breaker
+        if breaker is None:
+            return False
+        self._breaker = None
+        if (
+            self._epoch == breaker._epoch
+            and breaker._state is CLOSED
+            and duration_s < breaker._slow_call_duration_s
+        ):
+            # Nearly every call ends here: a fast success of a closed breaker whose window
+            # holds only successes changes nothing.
+            window = breaker._window
+            if window.settled:
+                return False
+            trip = window.record(SUCCEEDED)
+            if trip is None:
+                return False
+            breaker._trip(trip)
+            return True
+        return breaker._on_success(self, duration_s)
 
     def record_failure(self, exc: BaseException, duration_s: float = 0.0) -> None:
         """Count ``exc`` against the breaker, or treat the call as ignored if its class
         does not count. A failure counts the same however long it took: ``duration_s``
         only keeps the signature symmetric with ``record_success``."""
-        if self._pending:
-            self._pending = False
-            self._breaker._on_failure(self, exc, duration_s)
+        breaker = self._breaker
+        if breaker is not None:
+            self._breaker = None
+            breaker._on_failure(self, exc, duration_s)
 
     def release(self) -> None:
         """The call was abandoned without an outcome: free the permit, count nothing."""
-        if self._pending:
-            self._pending = False
-            self._breaker._on_release(self)
+        breaker = self._breaker
+        if breaker is not None:
+            self._breaker = None
+            breaker._on_release(self)
+
+
+class TrialPermit(Permit):
+    """A half-open trial's permit: it also knows when it was taken, so that a trial hung
+    past the wait can be abandoned."""
+
+    __slots__ = ("_started_at",)
+
+    def __init__(self, breaker: CircuitBreaker, epoch: int, started_at: float) -> None:
+        self._breaker, self._epoch, self._started_at = breaker, epoch, started_at

@@ -14,6 +14,23 @@ class FailureWindow:
     and the last failure. ``record`` returns why the breaker trips now, or None; a clean
     close ``clear``s it all."""
 
+    __slots__ = (
+        "_config",
+        "_minimum_calls",
+        "_size",
+        "_outcomes",
+        "_cursor",
+        "buffered",
+        "failed_calls",
+        "slow_calls",
+        "consecutive_failures",
+        "last_failure_at",
+        "last_failure_at_wall",
+        "last_error",
+        "_unsettled",
+        "settled",
+    )
+
     def __init__(self, config: BreakerConfig) -> None:
         self._config = config
         # Copied out of the config: read on every call.
@@ -26,6 +43,11 @@ class FailureWindow:
         self._cursor = 0
         self.buffered = self.failed_calls = self.slow_calls = 0
         self.consecutive_failures = 0
+        # Slots holding anything but a success; ``settled`` while none does and no failure
+        # came since. A success then changes nothing (every slot is alike, so which one it
+        # evicts does not matter): the breaker's common path only reads this flag.
+        self._unsettled = self._size
+        self.settled = False
         self.last_failure_at: float | None = None
         self.last_failure_at_wall: float | None = None
         self.last_error: str | None = None
@@ -33,27 +55,35 @@ class FailureWindow:
     def note_failure(self, error: str, now: float, wall: float) -> None:
         """A failure in any state: it extends the run of consecutive failures."""
         self.consecutive_failures += 1
+        self.settled = False
         self.last_failure_at, self.last_failure_at_wall, self.last_error = now, wall, error
 
     def record(self, outcome: int) -> str | None:
         """Put a closed breaker's outcome into the window (a failure noted first)."""
         outcomes, cursor = self._outcomes, self._cursor
         evicted = outcomes[cursor]
-        if evicted == EMPTY:
-            self.buffered += 1
-        elif evicted == FAILED:
-            self.failed_calls -= 1
-        elif evicted == SLOW:
-            self.slow_calls -= 1
+        if evicted != SUCCEEDED:
+            self._unsettled -= 1
+            if evicted == EMPTY:
+                self.buffered += 1
+            elif evicted == FAILED:
+                self.failed_calls -= 1
+            else:
+                self.slow_calls -= 1
         outcomes[cursor] = outcome
         cursor += 1
         self._cursor = 0 if cursor == self._size else cursor
+        if outcome != SUCCEEDED:
+            self._unsettled += 1
+            self.settled = False
         if outcome == FAILED:
             self.failed_calls += 1
             if self.consecutive_failures >= self._config.failure_threshold:
                 return f"{self.consecutive_failures} consecutive failures, last: {self.last_error}"
             return self._rate_reached()
         self.consecutive_failures = 0
+        if self._unsettled == 0:
+            self.settled = True
         if outcome == SLOW:
             self.slow_calls += 1
         elif self.buffered != self._minimum_calls:

@@ -274,6 +274,29 @@ def test_old_failures_slide_out_of_the_window(clock: ManualClock) -> None:
     assert breaker.snapshot()["failureRate"] == 0.0
 
 
+def test_a_window_of_only_successes_still_counts_what_comes_next(clock: ManualClock) -> None:
+    breaker = make_breaker(
+        clock,
+        failure_threshold=100,
+        sliding_window_size=4,
+        minimum_calls=4,
+        failure_rate_threshold=0.5,
+        slow_call_rate_threshold=1.0,
+    )
+    run_steps(breaker, clock, "ok*12 fail")
+    assert breaker.snapshot()["failureRate"] == 0.25
+    run_steps(breaker, clock, "ok*3")
+    assert breaker.snapshot()["failureRate"] == 0.25  # the failure is still in the window
+    run_steps(breaker, clock, "ok slow")
+    snapshot = breaker.snapshot()
+    assert (snapshot["failureRate"], snapshot["slowCallRate"]) == (0.0, 0.25)
+    run_steps(breaker, clock, "ok*4 fail")
+    assert breaker.state is BreakerState.CLOSED
+    run_steps(breaker, clock, "fail")
+    assert breaker.state is BreakerState.OPEN
+    assert "failure rate 50% over the last 4 calls" in breaker.history()[-1].reason
+
+
 def test_ignored_exceptions_never_count(clock: ManualClock) -> None:
     breaker = make_breaker(clock, failure_threshold=1, ignore_exceptions=(UserInputError,))
     for _ in range(50):
