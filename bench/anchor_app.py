@@ -2,7 +2,7 @@
 uvicorn as ERS is served, bare or instrumented exactly as ERS instruments itself.
 
 ``python -m bench.anchor_app --port P [--instrumented]``. Instrumented means what
-``service.app.create_app`` does with telemetry on: ``telemetry.build_telemetry`` (the same
+``service.web.app.create_app`` does with telemetry on: ``telemetry.build_telemetry`` (the same
 providers, Prometheus reader and no exemplars) and ``FastAPIInstrumentor.instrument_app``
 with the same tracer and HTTP meter provider, excluded URLs and excluded spans. Bare means
 the same app and server without that call. What ERS costs beyond this anchor is its own.
@@ -15,10 +15,10 @@ import argparse
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-# Imported first: service.app pins the HTTP semantic conventions in the environment before
+# Imported first: service.web.app pins the HTTP semantic conventions in the environment before
 # the instrumentation is loaded, and names the URLs ERS leaves untraced.
-from service.app import UNTRACED_PATHS  # isort: skip
-from service.cli import tune_garbage_collector
+from service.web.app import UNTRACED_PATHS  # isort: skip
+from service.cli.main import tune_garbage_collector
 
 
 class Message(BaseModel):
