@@ -245,10 +245,13 @@ async def _guarded_loop(iterations: int) -> int:
 
 
 async def _bare_span_loop(iterations: int) -> int:
-    tracer, instruments = _telemetry()
+    tracer = TracerProvider().get_tracer("bench")
+    meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
     agent = EchoAgent()
     request = AgentRequest("hello", "user-1")
-    calls, duration = instruments.calls, instruments.duration
+    # The bare SDK's instruments: a counter and a histogram, as an instrumented agent would.
+    calls = meter.create_counter("ers_agent_calls")
+    duration = meter.create_histogram("ers_agent_call_duration_seconds")
     started = time.perf_counter_ns()
     for _ in range(iterations):
         call_started = time.perf_counter()
