@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from backup import BackupResult, RollbackPreview, Snapshot
+from backup import BackupResult, RollbackPreview, RollbackResult, Snapshot
 
 
 def iso(moment: datetime) -> str:
@@ -71,4 +71,17 @@ def preview_reply(preview: RollbackPreview) -> dict[str, Any]:
             }
             for c in preview.components
         },
+    }
+
+
+def rollback_reply(result: RollbackResult, reason: str) -> dict[str, Any]:
+    return {
+        "rolledBack": True,
+        "backupId": result.snapshot_id,
+        "components": list(result.components),
+        "safetyBackupId": result.safety_snapshot_id,
+        "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
+        "durationSeconds": round(result.duration_seconds, 3),
+        "reason": reason,
+        "restored": list(result.notes),
     }

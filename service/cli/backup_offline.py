@@ -10,7 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from service.backups.replies import created_reply, iso, preview_reply, snapshot_reply
+from service.backups.replies import (
+    created_reply,
+    iso,
+    preview_reply,
+    rollback_reply,
+    snapshot_reply,
+)
 from service.cli.output import Activity
 from service.settings import load_settings
 
@@ -121,16 +127,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
             lambda: None,
             on_progress=progress.restic_status,
         )
-        return {
-            "rolledBack": True,
-            "backupId": result.snapshot_id,
-            "components": list(result.components),
-            "safetyBackupId": result.safety_snapshot_id,
-            "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
-            "durationSeconds": round(result.duration_seconds, 3),
-            "reason": args.reason,
-            "restored": list(result.notes),
-        }
+        return rollback_reply(result, args.reason)
     if action == "drill":
         progress.stage("restoring the newest snapshots into scratch and verifying")
         drill = await manager.verify_latest()

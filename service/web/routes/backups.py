@@ -19,7 +19,7 @@ from backup import (
     validate_reason,
     validate_snapshot_id,
 )
-from service.backups.replies import created_reply, preview_reply, snapshot_reply
+from service.backups.replies import created_reply, preview_reply, rollback_reply, snapshot_reply
 from service.backups.service import BackupsUnavailable
 from service.incidents.service import NOT_AN_INCIDENT
 from service.web.auth import AdminAuth, AdminRead
@@ -217,16 +217,7 @@ async def rollback(
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc) from None
     await asyncio.to_thread(rollbacks.record, body, result, None)
-    return {
-        "rolledBack": True,
-        "backupId": result.snapshot_id,
-        "components": list(result.components),
-        "safetyBackupId": result.safety_snapshot_id,
-        "stepSeconds": {k: round(v, 3) for k, v in result.step_seconds.items()},
-        "durationSeconds": round(result.duration_seconds, 3),
-        "reason": body.reason,
-        "restored": list(result.notes),
-    }
+    return rollback_reply(result, body.reason)
 
 
 @router.post("/backups/check")
