@@ -12,9 +12,9 @@ from typing import Protocol
 from backup import RollbackResult, SnapshotNotFound
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
 from service.incidents.audit import AuditLog
-from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
+from service.incidents.store import IncidentStore
 
 
 class RollbackRequest(Protocol):
@@ -25,9 +25,7 @@ class RollbackRequest(Protocol):
 
 
 class Rollbacks:
-    def __init__(
-        self, backups: BackupService, incidents: IncidentStoreBase, audit: AuditLog
-    ) -> None:
+    def __init__(self, backups: BackupService, incidents: IncidentStore, audit: AuditLog) -> None:
         self.backups = backups
         self.incidents = incidents
         self.audit = audit

@@ -165,12 +165,11 @@ def classify(args: argparse.Namespace) -> int:
             ) from None
         _emit_value(args, classifier.explain(record), _explanation)
         return 0
-    from service.incidents.lifecycle import IncidentStoreBase
     from service.incidents.model import IncidentStoreUnavailable
     from service.incidents.store import IncidentStore
     from service.incidents.store_pg import PgIncidentStore
 
-    store: IncidentStoreBase
+    store: IncidentStore
     if settings.database_url is not None:
         try:
             store = PgIncidentStore(settings.database_url.get_secret_value())

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from service.health.checks import Status
 from service.health.monitor import HealthReport
-from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.model import IllegalTransition, IncidentNotFound
+from service.incidents.store import IncidentStore
 
 log = logging.getLogger("ers.health")
 
@@ -29,7 +29,7 @@ SPAN_PREFIX = "health."
 class HealthIncidents:
     def __init__(
         self,
-        store: IncidentStoreBase,
+        store: IncidentStore,
         resolve_after_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

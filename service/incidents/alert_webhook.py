@@ -27,10 +27,10 @@ from typing import Any
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert, WebhookPayload
 from service.incidents.ledger import AlertLedger
-from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
 from service.incidents.responder import Responder, ResponseContext
+from service.incidents.store import IncidentStore
 from telemetry.classifier import Classification
 from telemetry.span_record import SpanRecord
 
@@ -51,7 +51,7 @@ class AlertHandler:
     def __init__(
         self,
         ledger: AlertLedger,
-        incidents: IncidentStoreBase,
+        incidents: IncidentStore,
         responder: Responder,
         isolate_ttl_s: float = 900.0,
         on_alert: Callable[[str, str], None] | None = None,

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable
 
 from service.incidents.alert_payload import Alert
-from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.model import IllegalTransition, IncidentNotFound
+from service.incidents.store import IncidentStore
 from service.resilience.breaker import CircuitBreaker
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
 
@@ -33,7 +33,7 @@ class IncidentRecovery:
     """Mitigates and resolves the incidents of resolved alerts; keeps at most one watch per
     breaker (a new firing of the agent's alert replaces it)."""
 
-    def __init__(self, incidents: IncidentStoreBase) -> None:
+    def __init__(self, incidents: IncidentStore) -> None:
         self.incidents = incidents
         self._watches: dict[str, Callable[[], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -25,7 +25,6 @@ from service.errors import StoreUnavailable
 from service.incidents import audit, ledger, store_pg
 from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
-from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.merge import GroupOutcome
 from service.incidents.model import IllegalTransition, Incident, IncidentStoreUnavailable
 from service.incidents.responder import ActionResult, Responder, ResponseContext
@@ -67,7 +66,7 @@ async def open_incident_state(
     path: Path,
     database: PostgresDatabase | None,
     is_component_healthy: Callable[[str], bool],
-) -> tuple[IncidentStoreBase, AlertLedger, AuditLog]:
+) -> tuple[IncidentStore, AlertLedger, AuditLog]:
     """The incident store, the alert ledger and the audit trail, on one database: the SQLite
     file at ``path``, or, with the stores on PostgreSQL (``database``), one connection pool
     to its ``ers_incidents`` schema, where every replica groups failures into the same
@@ -95,7 +94,7 @@ async def open_incident_state(
 class IncidentService:
     def __init__(
         self,
-        store: IncidentStoreBase,
+        store: IncidentStore,
         meter: Meter,
         *,
         rules_path: Path | None,

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.incidents.lifecycle import IncidentStoreBase, change_status, in_filters
-from service.incidents.merge import Group, new_incident_id
+from service.incidents.lifecycle import change_status, in_filters
+from service.incidents.merge import Group, group_by_fingerprint, new_incident_id
 from service.incidents.model import (
     ACTIVE_STATUSES,
     OPENED,
     REOPENED,
     SEVERITIES,
     STATUSES,
+    TIMELINE_KINDS,
     UPDATED,
     IllegalTransition,
     Incident,
@@ -42,6 +44,8 @@ from service.incidents.writes import (
     write_groups,
 )
 from service.stores.sql import Database, SqliteDatabase
+from telemetry.classifier import Classification
+from telemetry.span_record import SpanRecord
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -68,11 +72,11 @@ CREATE TABLE IF NOT EXISTS span_records (
 """
 
 
-class IncidentStore(IncidentStoreBase):
+class IncidentStore:
     def __init__(self, path: str | Path | Database, **options: Any) -> None:
         """``path``: the SQLite file (created when missing), or an open database with the
-        incidents tables; ``options`` as ``IncidentStoreBase`` takes them."""
-        super().__init__(**options)
+        incidents tables; ``options`` as ``_set_options`` takes them."""
+        self._set_options(**options)
         if isinstance(path, str | Path):
             self.path = Path(path)
             path = SqliteDatabase(self.path, SQLITE_SCHEMA)
@@ -86,6 +90,94 @@ class IncidentStore(IncidentStoreBase):
 
     def close(self) -> None:
         self._database.close()
+
+    def _set_options(
+        self,
+        *,
+        max_trace_ids: int = 20,
+        max_span_records: int = 10_000,
+        records_per_incident: int = 5,
+        quiet_period_s: float = 300.0,
+        is_component_healthy: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``is_component_healthy`` (e.g. "its breaker is closed") gates auto-resolve; without
+        it the quiet period alone decides."""
+        self.max_trace_ids = max_trace_ids
+        self.max_span_records = max_span_records
+        # Per incident per batch: see ``incident_merge.span_record_rows``.
+        self.records_per_incident = records_per_incident
+        self.quiet_period_s = quiet_period_s
+        self.is_component_healthy = is_component_healthy
+        self.clock = clock
+
+    def record_error(
+        self, record: SpanRecord, classification: Classification
+    ) -> tuple[Incident, str]:
+        """Group one failure into its incident; the second value is ``opened``,
+        ``reopened`` or ``updated``."""
+        outcome = self.record_errors([(record, classification)])[0]
+        return outcome.incident, outcome.outcome
+
+    def record_errors(
+        self, items: Sequence[tuple[SpanRecord, Classification]], *, keep_records: bool = True
+    ) -> list[GroupOutcome]:
+        """Many failures in one transaction: one row write per fingerprint, not per failure."""
+        if not items:
+            return []
+        return self._write_batch(group_by_fingerprint(items), self.clock(), keep_records)
+
+    def acknowledge(self, incident_id: str, who: str, note: str = "") -> Incident:
+        """Someone is on it: any unresolved incident, also one the responder mitigated
+        already (it stays mitigated; the timeline says who acknowledged it)."""
+        return self._transition(incident_id, "acknowledged", who, note, ACTIVE_STATUSES)
+
+    def mitigate(self, incident_id: str, who: str, note: str = "") -> Incident:
+        return self._transition(incident_id, "mitigated", who, note, ("open", "acknowledged"))
+
+    def resolve(self, incident_id: str, who: str, resolution: str = "") -> Incident:
+        return self._transition(incident_id, "resolved", who, resolution, ACTIVE_STATUSES)
+
+    def auto_resolve(self, now: float | None = None) -> builtins.list[Incident]:
+        """Resolve active incidents quiet for ``quiet_period_s`` whose component is healthy
+        again; the service calls this periodically."""
+        now = self.clock() if now is None else now
+        quiet_since = now - self.quiet_period_s
+        candidates, _ = self.list(status="active", limit=1_000_000)
+        resolved = []
+        for incident in candidates:
+            if incident.last_seen > quiet_since:
+                continue
+            healthy = self.is_component_healthy
+            if healthy is not None and not healthy(incident.component):
+                continue
+            note = (
+                f"no new errors for {now - incident.last_seen:.0f} s and "
+                f"{incident.component} is healthy"
+            )
+            try:
+                resolved.append(
+                    self._transition(
+                        incident.id, "resolved", "auto-resolve", note, ACTIVE_STATUSES, now
+                    )
+                )
+            except IllegalTransition:
+                continue  # resolved by someone else meanwhile
+        return resolved
+
+    def add_timeline(
+        self,
+        incident_id: str,
+        kind: str,
+        message: str,
+        actor: str,
+        data: dict[str, Any] | None = None,
+    ) -> TimelineEntry:
+        if kind not in TIMELINE_KINDS:
+            raise UnknownTimelineKind(kind)
+        now = self.clock()
+        seq = self._add_timeline(incident_id, now, kind, actor, message, data or {})
+        return TimelineEntry(seq, incident_id, now, kind, actor, message, data or {})
 
     # -- recording failures ---------------------------------------------------------------
 
@@ -242,7 +334,6 @@ __all__ = [
     "Incident",
     "IncidentNotFound",
     "IncidentStore",
-    "IncidentStoreBase",
     "StoredSpanRecord",
     "TimelineEntry",
     "UnknownTimelineKind",

@@ -15,8 +15,8 @@ from service.health.checks import MemoryCheck
 from service.health.monitor import HealthMonitor
 from service.incidents.alert_webhook import AlertHandler
 from service.incidents.audit import AuditLog
-from service.incidents.lifecycle import IncidentStoreBase
 from service.incidents.service import IncidentService
+from service.incidents.store import IncidentStore
 from service.resilience.faults import FaultInjector
 from service.resilience.state_keeper import StateKeeper
 from service.resilience.system_state import SystemStateMachine
@@ -56,5 +56,5 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
 
     @property
-    def incidents(self) -> IncidentStoreBase:
+    def incidents(self) -> IncidentStore:
         return self.incident_service.store

@@ -23,7 +23,6 @@ from service.incidents.store import (
     IllegalTransition,
     IncidentNotFound,
     IncidentStore,
-    IncidentStoreBase,
     UnknownTimelineKind,
 )
 from service.incidents.store_pg import COMPONENT, PgIncidentStore
@@ -33,7 +32,7 @@ from telemetry.span_record import SpanRecord
 from tests.pg import NOT_INSTALLED, apply_migrations, find_bin_dir, start_cluster
 from tests.telemetry.conftest import error_record
 
-NewStore = Callable[..., IncidentStoreBase]
+NewStore = Callable[..., IncidentStore]
 RECORDS_PER_REPLICA = 200
 
 
@@ -56,18 +55,18 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewSto
     file or on a fresh, migrated PostgreSQL database; closes them afterwards."""
     if request.param == "sqlite":
 
-        def build(**options: Any) -> IncidentStoreBase:
+        def build(**options: Any) -> IncidentStore:
             return IncidentStore(tmp_path / "incidents.db", **options)
     else:
         url = request.getfixturevalue("pg_url")
         apply_migrations(url, INCIDENT_STATE)
 
-        def build(**options: Any) -> IncidentStoreBase:
+        def build(**options: Any) -> IncidentStore:
             return PgIncidentStore(url, **options)
 
-    made: list[IncidentStoreBase] = []
+    made: list[IncidentStore] = []
 
-    def make(**options: Any) -> IncidentStoreBase:
+    def make(**options: Any) -> IncidentStore:
         made.append(build(**options))
         return made[-1]
 
@@ -77,13 +76,11 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewSto
 
 
 @pytest.fixture
-def store(new_store: NewStore, clock: Clock) -> IncidentStoreBase:
+def store(new_store: NewStore, clock: Clock) -> IncidentStore:
     return new_store(clock=clock, quiet_period_s=60)
 
 
-def record_db_error(
-    store: IncidentStoreBase, classifier: Classifier, agent: str = "BMA", n: int = 1
-):
+def record_db_error(store: IncidentStore, classifier: Classifier, agent: str = "BMA", n: int = 1):
     record = error_record(
         f"agent.{agent.lower()}",
         "SimulatedDatabaseError",
@@ -95,7 +92,7 @@ def record_db_error(
 
 
 def test_incident_ids_look_like_the_seed(
-    store: IncidentStoreBase, default_classifier: Classifier
+    store: IncidentStore, default_classifier: Classifier
 ) -> None:
     incident, outcome = record_db_error(store, default_classifier)
     assert outcome == "opened"
@@ -111,7 +108,7 @@ def test_incident_ids_look_like_the_seed(
 
 
 def test_repeated_failures_group_into_one_incident(
-    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     first, _ = record_db_error(store, default_classifier, n=1)
     clock.now += 5
@@ -135,7 +132,7 @@ def test_trace_ids_keep_the_most_recent_up_to_the_limit(
 
 
 def test_lifecycle_open_acknowledged_mitigated_resolved(
-    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     clock.now += 10
@@ -158,7 +155,7 @@ def test_lifecycle_open_acknowledged_mitigated_resolved(
 
 
 def test_a_mitigated_incident_is_acknowledged_and_stays_mitigated(
-    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     clock.now += 5
@@ -179,7 +176,7 @@ def test_a_mitigated_incident_is_acknowledged_and_stays_mitigated(
 
 
 def test_a_second_acknowledgement_is_noted_and_keeps_the_first_time(
-    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     first = store.acknowledge(incident.id, "ana", "looking").acknowledged_at
@@ -202,7 +199,7 @@ def test_a_second_acknowledgement_is_noted_and_keeps_the_first_time(
     ],
 )
 def test_illegal_transitions_raise_a_named_error(
-    store: IncidentStoreBase,
+    store: IncidentStore,
     default_classifier: Classifier,
     steps: list,
     illegal: str,
@@ -215,7 +212,7 @@ def test_illegal_transitions_raise_a_named_error(
         getattr(store, illegal)(incident.id, "ana", "")
 
 
-def test_unknown_incidents_raise_not_found(store: IncidentStoreBase) -> None:
+def test_unknown_incidents_raise_not_found(store: IncidentStore) -> None:
     with pytest.raises(IncidentNotFound, match="no incident with id 'INC_0_nope00'"):
         store.get("INC_0_nope00")
     with pytest.raises(IncidentNotFound):
@@ -225,7 +222,7 @@ def test_unknown_incidents_raise_not_found(store: IncidentStoreBase) -> None:
 
 
 def test_a_resolved_incident_reopens_when_its_failure_recurs(
-    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     incident, _ = record_db_error(store, default_classifier)
     store.resolve(incident.id, "ana", "fixed")
@@ -259,7 +256,7 @@ def test_auto_resolve_waits_for_quiet_and_a_healthy_component(
 
 
 def test_list_filters_and_paginates(
-    store: IncidentStoreBase, default_classifier: Classifier, clock: Clock
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
 ) -> None:
     ids = []
     for index, agent in enumerate(["NPA", "WPA", "BMA", "MCA", "NPA"]):
@@ -294,7 +291,7 @@ def test_list_filters_and_paginates(
 
 
 def test_find_active_returns_the_latest_active_incident_of_a_component(
-    store: IncidentStoreBase, default_classifier: Classifier
+    store: IncidentStore, default_classifier: Classifier
 ) -> None:
     incident, _ = record_db_error(store, default_classifier, "BMA")
     assert store.find_active("BMA", "database").id == incident.id
@@ -304,9 +301,7 @@ def test_find_active_returns_the_latest_active_incident_of_a_component(
     assert store.find_active("BMA") is None
 
 
-def test_timeline_is_the_audit_trail(
-    store: IncidentStoreBase, default_classifier: Classifier
-) -> None:
+def test_timeline_is_the_audit_trail(store: IncidentStore, default_classifier: Classifier) -> None:
     incident, _ = record_db_error(store, default_classifier)
     store.add_timeline(
         incident.id, "action_started", "isolating BMA", "responder", {"action": "isolate"}
@@ -330,7 +325,7 @@ def test_timeline_is_the_audit_trail(
 
 
 def test_a_new_classification_for_the_same_fingerprint_is_applied_and_noted(
-    store: IncidentStoreBase, default_classifier: Classifier
+    store: IncidentStore, default_classifier: Classifier
 ) -> None:
     record = error_record(
         "agent.npa", "Boom", "Agent processing failure", attributes={"ers.agent": "NPA"}
@@ -372,7 +367,7 @@ def test_a_large_batch_keeps_a_weighted_sample_per_incident(
 
 
 def test_reads_and_writes_from_several_threads(
-    store: IncidentStoreBase, default_classifier: Classifier
+    store: IncidentStore, default_classifier: Classifier
 ) -> None:
     errors: list[BaseException] = []
 
@@ -394,7 +389,7 @@ def test_reads_and_writes_from_several_threads(
 
 
 @pytest.fixture
-def replicas(new_store: NewStore) -> tuple[IncidentStoreBase, IncidentStoreBase]:
+def replicas(new_store: NewStore) -> tuple[IncidentStore, IncidentStore]:
     """Two stores with their own connections on one database, as two ERS replicas (or two
     processes on one SQLite file) have."""
     return new_store(), new_store()
@@ -436,11 +431,11 @@ def run_together(*jobs: Callable[[], None]) -> None:
 
 
 def test_two_replicas_recording_one_fingerprint_make_one_incident_with_the_summed_count(
-    replicas: tuple[IncidentStoreBase, IncidentStoreBase], default_classifier: Classifier
+    replicas: tuple[IncidentStore, IncidentStore], default_classifier: Classifier
 ) -> None:
     outcomes: list[str] = []
 
-    def replica(store: IncidentStoreBase) -> Callable[[], None]:
+    def replica(store: IncidentStore) -> Callable[[], None]:
         def job() -> None:
             for n in range(RECORDS_PER_REPLICA):
                 record, classification = classified(default_classifier, "connection timeout", n)
@@ -459,14 +454,14 @@ def test_two_replicas_recording_one_fingerprint_make_one_incident_with_the_summe
 
 
 def test_replicas_batching_fingerprints_in_opposite_orders_lose_nothing(
-    replicas: tuple[IncidentStoreBase, IncidentStoreBase], default_classifier: Classifier
+    replicas: tuple[IncidentStore, IncidentStore], default_classifier: Classifier
 ) -> None:
     """Row locks are taken in one order on every replica, so crossing batches never
     deadlock and every failure is counted."""
     messages = ["Database connection timeout kind-a", "Database connection timeout kind-b"]
     batches = 50
 
-    def replica(store: IncidentStoreBase, order: list[str]) -> Callable[[], None]:
+    def replica(store: IncidentStore, order: list[str]) -> Callable[[], None]:
         def job() -> None:
             for _ in range(batches):
                 store.record_errors([classified(default_classifier, m) for m in order * 2])
@@ -480,12 +475,12 @@ def test_replicas_batching_fingerprints_in_opposite_orders_lose_nothing(
 
 
 def test_two_replicas_resolving_at_once_resolve_once(
-    replicas: tuple[IncidentStoreBase, IncidentStoreBase], default_classifier: Classifier
+    replicas: tuple[IncidentStore, IncidentStore], default_classifier: Classifier
 ) -> None:
     incident, _ = replicas[0].record_error(*classified(default_classifier, "timeout"))
     results: list[str] = []
 
-    def replica(store: IncidentStoreBase, who: str) -> Callable[[], None]:
+    def replica(store: IncidentStore, who: str) -> Callable[[], None]:
         def job() -> None:
             try:
                 store.resolve(incident.id, who, "fixed")
@@ -502,7 +497,7 @@ def test_two_replicas_resolving_at_once_resolve_once(
 
 
 def test_a_failure_with_nul_characters_is_still_recorded(
-    store: IncidentStoreBase, default_classifier: Classifier
+    store: IncidentStore, default_classifier: Classifier
 ) -> None:
     """PostgreSQL text refuses NUL (it stores U+FFFD instead); one odd span from outside
     must not fail its batch."""
