@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from service.settings import Settings
 from service.web.app import create_app
 from tests.api.hostile_cases import CASES, ROLLBACK_WITH_BACKUPS_CASES, Case
+from tests.api.observed_statuses import StatusRecorder
+from tests.api.test_security import production
 from tests.conftest import ROOT
 
 PLAIN_CHAT = {"message": "plan my meals", "userId": "u1"}
@@ -138,6 +140,51 @@ async def test_the_whole_table_in_one_process_leaves_it_serving(
         assert (await client.get("/readyz")).status_code == 200
     finally:
         await settle(app)
+
+
+def _settings_for(access: str, settings: Settings, tmp_path: Path) -> Settings:
+    if access == "production-without-token":
+        return production(
+            tmp_path,
+            data_dir=settings.data_dir,
+            restic_repository=settings.restic_repository,
+            backups_enabled=False,
+        )
+    if access == "development-remote-client":
+        return settings.model_copy(update={"env": "development"})
+    return settings
+
+
+@pytest.mark.parametrize(
+    "access,client_host",
+    [
+        ("test-loopback", "127.0.0.1"),
+        # No token set: the protected endpoints answer loopback clients only (403).
+        ("development-remote-client", "10.1.2.3"),
+        # Every token set, none sent (401); fault injection is not mounted.
+        ("production-without-token", "10.1.2.3"),
+    ],
+)
+async def test_every_status_observed_is_declared_for_its_operation(
+    settings: Settings, tmp_path: Path, access: str, client_host: str
+) -> None:
+    # The whole table against one app, each reply noted under the operation it reached:
+    # a client reading /openapi.json must find there every status it can be answered.
+    application = create_app(_settings_for(access, settings, tmp_path))
+    recorder = StatusRecorder(application, application.openapi())
+    transport = httpx.ASGITransport(app=recorder, client=(client_host, 40000))
+    async with application.router.lifespan_context(application):
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as http:
+                for case in CASES:
+                    await send(http, case)
+        finally:
+            await settle(application)
+    assert recorder.requests == len(CASES)
+    reached = {operation for operation in recorder.seen if operation is not None}
+    assert reached == recorder.documented(), "operations no row reached"
+    undeclared = recorder.undeclared()
+    assert not undeclared, "answered but not in /openapi.json: " + ", ".join(undeclared)
 
 
 @pytest.fixture
