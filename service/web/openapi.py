@@ -5,7 +5,8 @@ Statuses that come from a route's own checks are declared on the route with ``er
 Those that come from what a route depends on are added here, once, from the dependency
 itself: 401/403 from the token checks in ``auth``, 503 from the lifespan's runtime (missing
 while the service starts or stops, and the home of the stores that may be unavailable),
-413 from the body-size limit, which answers every request that sends a body.
+413 from the body-size limit, on every POST, PUT and PATCH (it answers any request whose
+body is over the limit, before a route is chosen).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from service.settings import Settings
 from service.web.app import create_app
@@ -188,7 +189,7 @@ async def test_every_status_observed_is_declared_for_its_operation(
 
 
 @pytest.fixture
-async def backup_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def backup_app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The app with backups on and its real restic repository connected, so that a
     rollback body is validated and acted on rather than answered 503."""
     settings = settings.model_copy(
@@ -197,21 +198,30 @@ async def backup_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
-        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://ers.test", timeout=120
-        ) as http:
-            yield http
+        yield application
+
+
+def client_of(app: ASGIApp) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://ers.test", timeout=120)
+
+
+@pytest.fixture
+async def backup_client(backup_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_of(backup_app) as http:
+        yield http
 
 
 @pytest.mark.integration
-async def test_rollback_rows_with_a_connected_repository(
-    backup_client: httpx.AsyncClient,
-) -> None:
+async def test_rollback_rows_with_a_connected_repository(backup_app: FastAPI) -> None:
     # One app for every row: each restic repository takes seconds to create.
-    for case in ROLLBACK_WITH_BACKUPS_CASES:
-        check_reply(case, await send(backup_client, case))
-    await assert_still_serving(backup_client, "the rollback rows")
+    recorder = StatusRecorder(backup_app, backup_app.openapi())
+    async with client_of(recorder) as http:
+        for case in ROLLBACK_WITH_BACKUPS_CASES:
+            check_reply(case, await send(http, case))
+        await assert_still_serving(http, "the rollback rows")
+    undeclared = recorder.undeclared()
+    assert not undeclared, "answered but not in /openapi.json: " + ", ".join(undeclared)
 
 
 async def _food_left(http: httpx.AsyncClient) -> str:
