@@ -4,7 +4,8 @@ Pydantic's lax mode turns ``"yes"``, ``1`` and ``"true"`` into ``True`` and ``"3
 ``30``. Where such a value steers what happens (a rollback's ``confirm``, a reset's ``force``,
 a count, a time to live, a weight), a client that sends the wrong type has made a mistake
 that must be named, not guessed at. These types accept JSON booleans as booleans and JSON
-numbers as numbers (an integer where a decimal is expected, too), and nothing else.
+numbers as numbers (an integer where a decimal is expected, too), and nothing else; and text
+only when it is Unicode (JSON's ``\ud800`` escape decodes to something that is not).
 """
 
 from __future__ import annotations
