@@ -56,7 +56,7 @@ from service.settings import (  # noqa: E402
 )
 from service.stores import Stores  # noqa: E402
 from service.tasks import run_in_background  # noqa: E402
-from service.web import http_errors  # noqa: E402
+from service.web import http_errors, openapi  # noqa: E402
 from service.web.body_limit import BodySizeLimit  # noqa: E402
 from service.web.kept_traces import KeptTraces  # noqa: E402
 from service.web.routes import (  # noqa: E402
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.telemetry = telemetry
     http_errors.install(app)
+    app.openapi = openapi.document(app, settings)  # type: ignore[method-assign]
     app.include_router(chat.router)
     app.include_router(profiles.router)
     app.include_router(breakers.router)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.chat.admission import ChatOverloaded
 from service.errors import StoreUnavailable, UnknownAgent
 from service.incidents.model import IncidentStoreUnavailable
+from service.web.routes.json_types import json_kind
 
 log = logging.getLogger("ers.http")
 
@@ -25,12 +26,30 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+# Pydantic's words for a value of the wrong type, as a person would put them.
+_MUST_BE = {
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+}
+
+
 def describe(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
-    where = _field(tuple(error.get("loc", ())))
+    loc = tuple(error.get("loc", ()))
+    where = _field(loc)
     if kind == "json_invalid":
         reason = error.get("ctx", {}).get("error", "syntax error")
-        return f"the request body is not valid JSON ({reason}); check quotes and commas"
+        at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        return f"the request body is not valid JSON ({reason}{at}); check quotes and commas"
+    if kind in _MUST_BE:
+        # A query value is always text; a body value's JSON kind says what was sent instead.
+        sent = f", not {json_kind(error.get('input'))}" if loc[:1] == ("body",) else ""
+        return f"{where}: must be {_MUST_BE[kind]}{sent}"
     if kind == "missing":
         return f"{where} is required"
     if kind == "extra_forbidden":
@@ -40,13 +59,43 @@ def describe(error: dict[str, Any]) -> str:
     return f"{where}: {error.get('msg', 'invalid value')}"
 
 
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    problems = [describe(e) for e in errors[:10]]
+def invalid_request(problems: list[str]) -> JSONResponse:
     return JSONResponse(
         {"error": "invalid request", "detail": "; ".join(problems), "problems": problems},
         status_code=422,
     )
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return invalid_request([describe(e) for e in exc.errors()[:10]])
+
+
+def unreadable_body(exc: StarletteHTTPException) -> str | None:
+    """What made FastAPI give up on a JSON body it could not decode, in words; None when
+    ``exc`` is not such a failure. FastAPI answers these with a bare 400; they are invalid
+    requests like any other, so they get the 422 that names the problem."""
+    if exc.status_code != 400:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return (
+            "the request body nests arrays or objects too deeply to read (more than about "
+            "a thousand levels); send a flatter JSON document"
+        )
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start]
+        return (
+            f"the request body is not valid UTF-8 (byte 0x{byte:02x} at offset {cause.start}); "
+            "send the JSON as UTF-8 text"
+        )
+    return None
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    problem = unreadable_body(exc)
+    if problem is not None:
+        return invalid_request([problem])
+    return await http_exception_handler(request, exc)
 
 
 async def incident_store_unavailable(
@@ -110,23 +159,6 @@ class ErrorBody(BaseModel):
     component: str | None = None
 
 
-def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """FastAPI documents 422 replies as its own list of errors; ERS answers with ErrorBody."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
-            )
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas["HTTPValidationError"] = ErrorBody.model_json_schema()
-            schemas.pop("ValidationError", None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    return openapi
-
-
 async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
     # The client (or the body-size limit, which has already answered) ended the request;
     # nobody is left to read a reply.
@@ -134,8 +166,8 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(
         IncidentStoreUnavailable,

@@ -6,8 +6,9 @@ Python's encoder refuses to write (``NaN``, ``1e309``, duplicate keys, invalid U
 exactly what a hostile client sends.
 
 With backups turned off (the test settings), the backup routes answer 503 from a dependency
-that runs before the body is validated; only bodies over the size limit (413), bodies that
-cannot be decoded at all (400) and JSON with a syntax error (422) are refused earlier.
+that runs before the body is validated; only bodies over the size limit (413) and bodies that
+cannot be decoded (422: a JSON syntax error, nesting too deep to read, bytes that are not
+UTF-8) are refused earlier.
 """
 
 from __future__ import annotations
@@ -202,16 +203,17 @@ def shape_cases(
     return [
         row("2mb-body", 413, TWO_MEGABYTES, detail="at most"),
         row("2mb-body-chunked", 413, TWO_MEGABYTES, detail="at most", chunked=True),
-        row("depth-10000-array", 400, DEEP_ARRAY),
-        row("depth-10000-object", 400, DEEP_OBJECT),
-        row("invalid-utf8", 400, INVALID_UTF8),
+        # A body that cannot be decoded is refused before any dependency runs, so always
+        # with 422, in the shape of every other validation error.
+        row("depth-10000-array", 422, DEEP_ARRAY, detail="too deeply"),
+        row("depth-10000-object", 422, DEEP_OBJECT, detail="too deeply"),
+        row("invalid-utf8", 422, INVALID_UTF8, detail="not valid UTF-8"),
         row("empty-body", parsed, b"", detail="body is required" if shape else None),
         row("top-level-null", parsed, b"null", detail=shape),
         row("top-level-list", parsed, encode([valid]), detail=shape),
         row("top-level-string", parsed, encode("plan my meals"), detail=shape),
         row("top-level-number", parsed, b"42", detail=shape),
         row("top-level-100k-list", parsed, encode(HUGE_LIST), detail=shape),
-        # An undecodable body is refused before any dependency runs, so always with 422.
         row("truncated-json", 422, b'{"message": "pl', detail="not valid JSON"),
         # Without a JSON media type the body is never parsed, so it is not an object.
         row("wrong-content-type", parsed, encode(valid), content_type="text/plain", detail=shape),

@@ -15,10 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from service.settings import Settings
 from service.web.app import create_app
 from tests.api.hostile_cases import CASES, ROLLBACK_WITH_BACKUPS_CASES, Case
+from tests.api.observed_statuses import StatusRecorder
+from tests.api.test_security import production
 from tests.conftest import ROOT
 
 PLAIN_CHAT = {"message": "plan my meals", "userId": "u1"}
@@ -140,8 +143,53 @@ async def test_the_whole_table_in_one_process_leaves_it_serving(
         await settle(app)
 
 
+def _settings_for(access: str, settings: Settings, tmp_path: Path) -> Settings:
+    if access == "production-without-token":
+        return production(
+            tmp_path,
+            data_dir=settings.data_dir,
+            restic_repository=settings.restic_repository,
+            backups_enabled=False,
+        )
+    if access == "development-remote-client":
+        return settings.model_copy(update={"env": "development"})
+    return settings
+
+
+@pytest.mark.parametrize(
+    "access,client_host",
+    [
+        ("test-loopback", "127.0.0.1"),
+        # No token set: the protected endpoints answer loopback clients only (403).
+        ("development-remote-client", "10.1.2.3"),
+        # Every token set, none sent (401); fault injection is not mounted.
+        ("production-without-token", "10.1.2.3"),
+    ],
+)
+async def test_every_status_observed_is_declared_for_its_operation(
+    settings: Settings, tmp_path: Path, access: str, client_host: str
+) -> None:
+    # The whole table against one app, each reply noted under the operation it reached:
+    # a client reading /openapi.json must find there every status it can be answered.
+    application = create_app(_settings_for(access, settings, tmp_path))
+    recorder = StatusRecorder(application, application.openapi())
+    transport = httpx.ASGITransport(app=recorder, client=(client_host, 40000))
+    async with application.router.lifespan_context(application):
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as http:
+                for case in CASES:
+                    await send(http, case)
+        finally:
+            await settle(application)
+    assert recorder.requests == len(CASES)
+    reached = {operation for operation in recorder.seen if operation is not None}
+    assert reached == recorder.documented(), "operations no row reached"
+    undeclared = recorder.undeclared()
+    assert not undeclared, "answered but not in /openapi.json: " + ", ".join(undeclared)
+
+
 @pytest.fixture
-async def backup_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def backup_app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The app with backups on and its real restic repository connected, so that a
     rollback body is validated and acted on rather than answered 503."""
     settings = settings.model_copy(
@@ -150,21 +198,30 @@ async def backup_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
-        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://ers.test", timeout=120
-        ) as http:
-            yield http
+        yield application
+
+
+def client_of(app: ASGIApp) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://ers.test", timeout=120)
+
+
+@pytest.fixture
+async def backup_client(backup_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_of(backup_app) as http:
+        yield http
 
 
 @pytest.mark.integration
-async def test_rollback_rows_with_a_connected_repository(
-    backup_client: httpx.AsyncClient,
-) -> None:
+async def test_rollback_rows_with_a_connected_repository(backup_app: FastAPI) -> None:
     # One app for every row: each restic repository takes seconds to create.
-    for case in ROLLBACK_WITH_BACKUPS_CASES:
-        check_reply(case, await send(backup_client, case))
-    await assert_still_serving(backup_client, "the rollback rows")
+    recorder = StatusRecorder(backup_app, backup_app.openapi())
+    async with client_of(recorder) as http:
+        for case in ROLLBACK_WITH_BACKUPS_CASES:
+            check_reply(case, await send(http, case))
+        await assert_still_serving(http, "the rollback rows")
+    undeclared = recorder.undeclared()
+    assert not undeclared, "answered but not in /openapi.json: " + ", ".join(undeclared)
 
 
 async def _food_left(http: httpx.AsyncClient) -> str:

@@ -1,5 +1,5 @@
 """The HTTP API fuzzed from its own OpenAPI document against a real uvicorn process:
-no 5xx, no reply that breaks its own schema."""
+no 5xx, no reply that breaks its own schema, no status the document does not declare."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def api_schema(ers_for_fuzzing: ErsProcess):  # noqa: ANN201
     return schemathesis.openapi.from_url(f"{ers_for_fuzzing.url}/openapi.json")
 
 
-def fuzz(operation, mode, calls: dict[str, int]) -> None:  # noqa: ANN001
+def fuzz(operation, mode, calls: dict[str, int], seen: dict[str, set[int]]) -> None:  # noqa: ANN001
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=EXAMPLES,
@@ -54,6 +54,7 @@ def fuzz(operation, mode, calls: dict[str, int]) -> None:  # noqa: ANN001
     def call(case) -> None:  # noqa: ANN001
         calls[operation.label] = calls.get(operation.label, 0) + 1
         response = case.call(timeout=30)
+        seen.setdefault(operation.label, set()).add(response.status_code)
         # /health answers 503 when the service is unhealthy (fuzzing isolates agents), so a
         # load balancer can act on it; everywhere else a 5xx is a defect.
         if (case.method, case.path, response.status_code) != HEALTH_UNHEALTHY:
@@ -73,11 +74,20 @@ def test_no_server_errors_and_replies_match_their_schema(api_schema, mode) -> No
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 10
     calls: dict[str, int] = {}
+    seen: dict[str, set[int]] = {}
     for operation in operations:
         try:
-            fuzz(operation, mode, calls)
+            fuzz(operation, mode, calls, seen)
         except Unsatisfiable:
             assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
-    print(mode, {label: n for label, n in sorted(calls.items())})
+    print(mode, {label: sorted(statuses) for label, statuses in sorted(seen.items())})
     assert len(calls) >= len(operations) // 2
     assert sum(calls.values()) >= 3 * len(calls)
+    # Collected over the whole run rather than checked per call, so one run names them all.
+    declared = {op.label: {int(s) for s in op.responses.status_codes} for op in operations}
+    undeclared = [
+        f"{label}: {status}"
+        for label, statuses in sorted(seen.items())
+        for status in sorted(statuses - declared[label])
+    ]
+    assert not undeclared, "answered but not in /openapi.json: " + ", ".join(undeclared)

@@ -24,6 +24,7 @@ from service.backups.service import BackupsUnavailable
 from service.incidents.service import NOT_AN_INCIDENT
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
+from service.web.openapi import errors
 from service.web.routes.json_types import Confirmation
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
@@ -138,7 +139,7 @@ async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     }
 
 
-@router.get("/backups/{backup_id}")
+@router.get("/backups/{backup_id}", responses=errors(404))
 async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
     snapshot_id = _checked_id(backup_id)
     try:
@@ -164,7 +165,7 @@ async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) ->
     return created_reply(result, body.reason, body.type)
 
 
-@router.post("/backups/test-rollback")
+@router.post("/backups/test-rollback", responses=errors(404, 409))
 async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     try:
         preview = await backups.require().test_rollback(
@@ -175,7 +176,7 @@ async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) ->
     return preview_reply(preview)
 
 
-@router.post("/rollback")
+@router.post("/rollback", responses=errors(400, 404, 409))
 async def rollback(
     body: Rollback,
     who: AdminAuth,

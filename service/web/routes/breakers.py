@@ -12,6 +12,7 @@ from service.resilience.breaker import CircuitBreaker, ResetRefused
 from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Keeper, Team
+from service.web.openapi import errors
 from service.web.routes.json_types import JsonBool, JsonNumber
 
 router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
@@ -71,13 +72,13 @@ async def list_breakers(team: Team) -> dict[str, Any]:
     return breaker_report(team)
 
 
-@router.get("/circuit-breakers/{name}")
+@router.get("/circuit-breakers/{name}", responses=errors(404))
 async def get_breaker(name: str, team: Team) -> dict[str, Any]:
     guard = team.get(name)
     return {**guard.breaker.snapshot(), "history": [e.to_dict() for e in guard.breaker.history()]}
 
 
-@router.post("/circuit-breaker/{name}/reset")
+@router.post("/circuit-breaker/{name}/reset", responses=errors(404, 409))
 async def reset_breaker(
     name: str, team: Team, keeper: Keeper, who: AdminAuth, body: ResetRequest | None = None
 ) -> dict[str, Any]:
@@ -93,7 +94,7 @@ async def reset_breaker(
     return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 
-@router.post("/circuit-breaker/{name}/force-open")
+@router.post("/circuit-breaker/{name}/force-open", responses=errors(404))
 async def force_open_breaker(
     name: str, body: ForceOpenRequest, team: Team, keeper: Keeper, who: AdminAuth
 ) -> dict[str, Any]:
@@ -102,7 +103,7 @@ async def force_open_breaker(
     return await changed(keeper, guard.breaker, message)
 
 
-@router.post("/circuit-breaker/{name}/release")
+@router.post("/circuit-breaker/{name}/release", responses=errors(404))
 async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.release(source=who)
@@ -111,7 +112,7 @@ async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth)
     return await changed(keeper, guard.breaker, message)
 
 
-@router.post("/circuit-breaker/{name}/disable")
+@router.post("/circuit-breaker/{name}/disable", responses=errors(404))
 async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
     guard = team.get(name)
@@ -119,7 +120,7 @@ async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth)
     return await changed(keeper, guard.breaker, message)
 
 
-@router.post("/circuit-breaker/{name}/enable")
+@router.post("/circuit-breaker/{name}/enable", responses=errors(404))
 async def enable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.enable(source=who)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.chat.idempotency import HEADER, MAX_KEY_LENGTH, REPLAY_HEADER, valid_key
 from service.errors import UserInputError
 from service.web.deps import Chat, Settings
+from service.web.routes.json_types import JsonText
 
 router = APIRouter(tags=["chat"])
 
@@ -20,7 +21,9 @@ USER_ID_PATTERN = r"^[A-Za-z0-9_.@:-]+$"
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(description="What the user says", max_length=100_000)
+    # The limit is the setting max_message_chars, checked by the route so that the reply
+    # can say what to do; the OpenAPI document shows the configured value.
+    message: JsonText = Field(description="What the user says")
     userId: str = Field(
         "anonymous",
         min_length=1,

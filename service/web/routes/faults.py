@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.resilience.faults import ERROR_TYPES
 from service.web.auth import AdminAuth
 from service.web.deps import Faults, Team
+from service.web.openapi import errors
 from service.web.routes.json_types import JsonInt, JsonNumber
 
 router = APIRouter(prefix="/api/emergency", tags=["fault injection"])
@@ -35,7 +36,7 @@ class SimulateError(BaseModel):
     failureRate: JsonNumber = Field(1.0, gt=0, le=1, description="share of calls that fail")
 
 
-@router.post("/simulate-error")
+@router.post("/simulate-error", responses=errors(404))
 async def simulate_error(
     body: SimulateError, team: Team, faults: Faults, who: AdminAuth
 ) -> dict[str, Any]:
@@ -62,7 +63,7 @@ async def simulate_error(
     }
 
 
-@router.delete("/simulate-error")
+@router.delete("/simulate-error", responses=errors(404))
 async def clear_simulated_errors(
     team: Team,
     faults: Faults,

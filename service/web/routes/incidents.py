@@ -15,6 +15,7 @@ from service.incidents.model import IllegalTransition, Incident, IncidentNotFoun
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Incidents, Settings, Traces
+from service.web.openapi import errors
 from telemetry.providers import otlp_endpoint_configured
 
 router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
@@ -112,7 +113,7 @@ async def list_incidents(
     }
 
 
-@router.get("/incidents/{incident_id}")
+@router.get("/incidents/{incident_id}", responses=errors(404))
 async def get_incident(
     incidents: Incidents, settings: Settings, incident_id: str = IncidentId
 ) -> dict[str, Any]:
@@ -128,7 +129,7 @@ async def get_incident(
     }
 
 
-@router.post("/incidents/{incident_id}/acknowledge")
+@router.post("/incidents/{incident_id}/acknowledge", responses=errors(404, 409))
 async def acknowledge(
     incidents: Incidents,
     settings: Settings,
@@ -141,7 +142,7 @@ async def acknowledge(
     )
 
 
-@router.post("/incidents/{incident_id}/resolve")
+@router.post("/incidents/{incident_id}/resolve", responses=errors(404, 409))
 async def resolve(
     incidents: Incidents,
     settings: Settings,
@@ -168,7 +169,7 @@ async def _change(incidents: IncidentService, settings: Any, change: Any) -> dic
     return incident_view(settings, incident)
 
 
-@router.get("/traces/{trace_id}")
+@router.get("/traces/{trace_id}", responses=errors(404))
 async def get_trace(
     traces: Traces, trace_id: str = Path(pattern=r"^[0-9a-f]{32}$")
 ) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from service.web.auth import IntakeAuth
 from service.web.deps import Incidents, Traces
+from service.web.openapi import errors
 from telemetry.otlp_intake import (
     MalformedOtlp,
     UnsupportedContentType,
@@ -22,7 +23,10 @@ router = APIRouter(tags=["otlp intake"])
 @router.post(
     "/v1/traces",
     response_class=Response,
-    responses={200: {"content": {"application/x-protobuf": {}, "application/json": {}}}},
+    responses={
+        200: {"content": {"application/x-protobuf": {}, "application/json": {}}},
+        **errors(400, 415),
+    },
 )
 async def receive_traces(
     request: Request, who: IntakeAuth, incidents: Incidents, traces: Traces

@@ -4,7 +4,8 @@ Pydantic's lax mode turns ``"yes"``, ``1`` and ``"true"`` into ``True`` and ``"3
 ``30``. Where such a value steers what happens (a rollback's ``confirm``, a reset's ``force``,
 a count, a time to live, a weight), a client that sends the wrong type has made a mistake
 that must be named, not guessed at. These types accept JSON booleans as booleans and JSON
-numbers as numbers (an integer where a decimal is expected, too), and nothing else.
+numbers as numbers (an integer where a decimal is expected, too), and nothing else; and text
+only when it is Unicode (JSON's ``\ud800`` escape decodes to something that is not).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 
@@ -78,6 +79,19 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _unicode_text(value: str) -> str:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError(
+                "json_text",
+                "must be Unicode text; it holds a lone surrogate (an escape from \\ud800 to "
+                "\\udfff without its pair), which can be neither stored nor logged",
+            ) from None
+    return value
+
+
 JsonBool = Annotated[bool, BeforeValidator(_boolean)]
 """true or false, nothing that merely looks like one."""
 
@@ -89,3 +103,6 @@ JsonInt = Annotated[int, BeforeValidator(_whole_number)]
 
 JsonNumber = Annotated[float, BeforeValidator(_number)]
 """A JSON number, integer or decimal; never a string or a boolean."""
+
+JsonText = Annotated[str, AfterValidator(_unicode_text)]
+"""A JSON string that is Unicode text: never a lone surrogate such as ``"\\ud800"``."""

@@ -15,7 +15,10 @@ async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "not ready: starting, stopping, or a store is not open"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:

@@ -21,7 +21,7 @@ from service.chat.profile_updates import update_profile
 from service.errors import UserInputError
 from service.web.auth import require_admin
 from service.web.deps import Stores
-from service.web.http_errors import ErrorBody
+from service.web.openapi import errors
 from service.web.routes.chat import IDEMPOTENCY_KEY_DOC, USER_ID_PATTERN, idempotency_key
 from service.web.routes.json_types import JsonInt, JsonNumber
 
@@ -31,16 +31,6 @@ router = APIRouter(
     prefix="/api/profiles",
     tags=["profiles"],
     dependencies=[Depends(require_admin)],
-    responses={
-        401: {
-            "model": ErrorBody,
-            "description": "no valid admin token: send 'Authorization: Bearer <ERS_ADMIN_TOKEN>'",
-        },
-        403: {
-            "model": ErrorBody,
-            "description": "ERS_ADMIN_TOKEN is unset and the client is not on loopback",
-        },
-    },
 )
 
 UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
@@ -61,7 +51,7 @@ class ProfileUpdate(BaseModel):
     )
 
 
-@router.get("/{user_id}")
+@router.get("/{user_id}", responses=errors(404))
 async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
     profile = await stores.profiles.get(user_id)
     if profile is None:

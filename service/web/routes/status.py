@@ -90,7 +90,15 @@ async def end_minimal_mode(minimal_mode: Minimal, who: AdminAuth) -> dict[str, A
     }
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        503: {
+            "description": "unhealthy (the same report, so a load balancer can act on it), "
+            "or the service is starting or stopping"
+        }
+    },
+)
 async def health(
     health: Health, state: State, refresh: bool = Query(True, description="run every check now")
 ) -> JSONResponse:

@@ -1,0 +1,95 @@
+"""Bodies that cannot be read and values of the wrong type get the 422 every other invalid
+request gets: the same shape, and words that say what to send instead."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+JSON = {"content-type": "application/json"}
+
+
+async def test_a_validation_error_and_an_unreadable_body_share_one_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    invalid = await client.post("/chat", json={"message": "hi", "colour": "red"})
+    for body in (
+        b'{"message": ',
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+        b'{"message": "\xff\xfe plan my meals"}',
+    ):
+        unreadable = await client.post("/chat", content=body, headers=JSON)
+        assert unreadable.status_code == invalid.status_code == 422, unreadable.text
+        assert unreadable.json().keys() == invalid.json().keys() == {"error", "detail", "problems"}
+        assert unreadable.json()["error"] == invalid.json()["error"] == "invalid request"
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        (b'{"message": ', "not valid JSON (Expecting value at character 12); check quotes"),
+        (b"[" * 10_000 + b"]" * 10_000, "nests arrays or objects too deeply to read"),
+        (b'{"message": "\xff plan"}', "not valid UTF-8 (byte 0xff at offset 13)"),
+    ],
+    ids=["truncated", "depth-10000", "latin-1"],
+)
+async def test_an_unreadable_body_is_named(
+    client: httpx.AsyncClient, body: bytes, expected: str
+) -> None:
+    reply = await client.put("/api/profiles/u1", content=body, headers=JSON)
+    assert reply.status_code == 422
+    assert expected in reply.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "method,url,body,expected",
+    [
+        (
+            "PUT",
+            "/api/profiles/u1",
+            {"weightKg": False},
+            "weightKg: must be a number (a JSON number such as 60 or 2.5, without quotes), "
+            "not the boolean false",
+        ),
+        (
+            "POST",
+            "/api/emergency/circuit-breaker/budget/force-open",
+            {"reason": "x", "ttlSeconds": True},
+            "ttlSeconds: must be a number",
+        ),
+        (
+            "POST",
+            "/api/emergency/alerts",
+            {
+                "version": "4",
+                "groupKey": "k",
+                "status": "firing",
+                "receiver": "ers",
+                "truncatedAlerts": True,
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": {},
+                        "startsAt": "2024-01-01T00:00:00Z",
+                        "fingerprint": "f1",
+                    }
+                ],
+            },
+            "truncatedAlerts: must be a whole number, not the boolean true",
+        ),
+        ("GET", "/api/emergency/metrics?timeRange=true", None, "timeRange: must be a number"),
+        ("GET", "/api/emergency/incidents?limit=1.5", None, "limit: must be a whole number"),
+        ("GET", "/api/emergency/health?refresh=maybe", None, "refresh: must be true or false"),
+    ],
+    ids=["weight-false", "ttl-true", "truncatedAlerts-true", "timeRange", "limit", "refresh"],
+)
+async def test_a_value_of_the_wrong_type_says_what_it_must_be(
+    client: httpx.AsyncClient, method: str, url: str, body: object, expected: str
+) -> None:
+    reply = await client.request(method, url, json=body)
+    assert reply.status_code == 422, reply.text
+    detail = reply.json()["detail"]
+    assert expected in detail
+    # A boolean is never read as 0 or 1 and then found out of range.
+    assert "greater" not in detail and "less" not in detail
