@@ -5,7 +5,7 @@ each attempt is a client span under the guard's ``agent.<name>`` span and carrie
 ``traceparent`` to the agent. The client never retries (the transport makes one try, and
 httpx has no retries of its own): the guard is the only retry loop, so attempts, backoff
 and the time budget are counted in one place. Failures are raised as the kinds of
-``service.resilience.failure_kinds``, which the guard reads.
+``service.agents.failure_kinds``, which the guard reads.
 
 The auth header's value is read from ``auth_file`` and added by the transport, below the
 instrumentation: the header is never in what the instrumentation sees (so no
@@ -34,14 +34,14 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.trace import TracerProvider
 
 from service.agents.base import AgentReply, AgentRequest
-from service.agents.specs import HttpAgentSpec
-from service.resilience.failure_kinds import (
+from service.agents.failure_kinds import (
     FAILURE_KIND_ATTRIBUTE,
     AgentUnreachable,
     BadResponse,
     RemoteTimeout,
     failure_from_response,
 )
+from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
 
 # The guard's agent.<name> span is the incident for a failed call; the attempt's client

@@ -20,6 +20,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from service.agents.base import Agent, AgentReply, AgentRequest
+from service.agents.failure_kinds import (
+    FAILURE_KIND_ATTRIBUTE,
+    HTTP_STATUS_ATTRIBUTE,
+    FailureKind,
+    RateLimited,
+)
 from service.errors import DependencyError, UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_permit import Permit, describe_error
@@ -29,12 +35,6 @@ from service.resilience.exception_events import (
     EXCEPTION_BASES_ATTRIBUTE,
     exception_bases,
     record_exception,
-)
-from service.resilience.failure_kinds import (
-    FAILURE_KIND_ATTRIBUTE,
-    HTTP_STATUS_ATTRIBUTE,
-    FailureKind,
-    RateLimited,
 )
 from service.resilience.fallback import FallbackPolicy
 from service.resilience.faults import FaultInjector
