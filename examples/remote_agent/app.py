@@ -16,8 +16,8 @@ Endpoints:
   ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
   ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
   contract's field);
-- ``GET /admin/calls``: the calls received so far (mode served, traceparent, whether the
-  expected Authorization header came), ``DELETE /admin/calls`` forgets them.
+- ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
+  traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
 With ``EXAMPLE_AGENT_TOKEN_FILE`` set, chat calls must carry ``Authorization: Bearer
 <token>`` (the file's text, one trailing newline removed) and get 401 otherwise.
@@ -98,7 +98,9 @@ def _failure_reply(contract: str, failure: Failures) -> JSONResponse | None:
     return None
 
 
-async def _serve(request: Request, contract: str, text: str) -> JSONResponse | dict[str, Any]:
+async def _serve(
+    request: Request, contract: str, text: str, trace_id: str | None = None
+) -> JSONResponse | dict[str, Any]:
     failures: Failures | None = app.state.failures
     mode = None
     if failures is not None and failures.count > 0:
@@ -111,6 +113,7 @@ async def _serve(request: Request, contract: str, text: str) -> JSONResponse | d
             "contract": contract,
             "mode": mode,
             "traceparent": request.headers.get("traceparent"),
+            "traceId": trace_id,
             "authorized": expected is None or authorization == expected,
         }
     )
@@ -131,7 +134,7 @@ async def _serve(request: Request, contract: str, text: str) -> JSONResponse | d
 
 @app.post("/chat")
 async def chat(body: ErsRequest, request: Request) -> Any:
-    return await _serve(request, "ers", body.message)
+    return await _serve(request, "ers", body.message, body.traceId)
 
 
 @app.post("/v1/chat/completions")
