@@ -136,7 +136,9 @@ class RemoteAgent:
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         try:
-            response = await self._client.post(self.url, json=self._body(request))
+            async with self._client.stream("POST", self.url, json=self._body(request)) as response:
+                status = response.status_code
+                content = await _read_at_most(response, MAX_REPLY_BYTES)
         except httpx.TimeoutException as exc:
             raise RemoteTimeout(
                 f"agent '{self.name}' did not answer within {self.timeout_s:g} s "
@@ -146,16 +148,15 @@ class RemoteAgent:
             raise AgentUnreachable(
                 f"agent '{self.name}' could not be reached: {type(exc).__name__}: {exc}"
             ) from None
-        if response.status_code >= 400:
-            raise failure_from_response(
-                self.name, response.status_code, response.headers, response.content
-            )
-        if not 200 <= response.status_code < 300:
+        if status >= 400:
+            raise failure_from_response(self.name, status, response.headers, content or b"")
+        if not 200 <= status < 300:
             raise BadResponse(
-                f"agent '{self.name}' answered HTTP {response.status_code}; expected 200",
-                status=response.status_code,
+                f"agent '{self.name}' answered HTTP {status}; expected 200", status=status
             )
-        return self._reply(response.content)
+        if content is None:
+            raise self._bad(f"the reply is over {MAX_REPLY_BYTES} bytes")
+        return self._reply(content)
 
     def _body(self, request: AgentRequest) -> dict[str, Any]:
         if self.spec.contract == "openai":
@@ -172,8 +173,6 @@ class RemoteAgent:
         }
 
     def _reply(self, content: bytes) -> AgentReply:
-        if len(content) > MAX_REPLY_BYTES:
-            raise self._bad(f"the reply is over {MAX_REPLY_BYTES} bytes")
         try:
             document = json.loads(content)
         except ValueError:
@@ -209,6 +208,18 @@ class RemoteAgent:
         if response.status_code >= 400:
             kind = failure_from_response(self.name, response.status_code, {}, b"").kind
             span.set_attribute(FAILURE_KIND_ATTRIBUTE, kind)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None when it is longer than ``limit`` (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _on_request(span: trace.Span, request: Any) -> None:
