@@ -243,6 +243,8 @@ class GuardedAgent:
         except Exception as exc:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attribute("error.type", type(exc).__qualname__)
+            if isinstance(exc, FailureKind):
+                _mark_failure_kind(span, exc)
             self._count_synthetic("synthetic_failure")
             raise
         self._count_synthetic("synthetic_success")
@@ -259,9 +261,7 @@ class GuardedAgent:
         span.set_attribute("error.type", type(exc).__qualname__)
         span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
         if isinstance(exc, FailureKind):
-            span.set_attribute(FAILURE_KIND_ATTRIBUTE, exc.kind)
-            if exc.status is not None:
-                span.set_attribute(HTTP_STATUS_ATTRIBUTE, exc.status)
+            _mark_failure_kind(span, exc)
         outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
         return self._degrade(request, span, started, outcome, type(exc).__name__)
 
@@ -387,3 +387,10 @@ def _record_failure(permit: Permit, error: Exception, duration_s: float) -> None
         permit.release()
     else:
         permit.record_failure(error, duration_s)
+
+
+def _mark_failure_kind(span: trace.Span, error: FailureKind) -> None:
+    """What the classification rules read of a remote failure."""
+    span.set_attribute(FAILURE_KIND_ATTRIBUTE, error.kind)
+    if error.status is not None:
+        span.set_attribute(HTTP_STATUS_ATTRIBUTE, error.status)

@@ -12,6 +12,7 @@ from service.agents.base import AgentRequest
 from service.agents.failure_kinds import (
     MAX_RETRY_AFTER_S,
     BadRequest,
+    CredentialsRejected,
     FailureKind,
     RateLimited,
     ServerError,
@@ -178,3 +179,14 @@ async def test_an_agent_behind_an_open_breaker_is_not_available(harness: Harness
     assert guard.available_now()
     guard.breaker.force_open(reason="test", source="operator")
     assert not guard.available_now()
+
+
+async def test_a_failed_canary_carries_its_failure_kind(harness: Harness) -> None:
+    agent = ScriptedAgent("helper", [CredentialsRejected("credentials rejected", status=403)])
+    guard = harness.guard(agent)
+    with pytest.raises(CredentialsRejected):
+        await guard.handle(AgentRequest("canary", "ers-system-test", synthetic=True))
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["ers.failure.kind"] == "auth"
+    assert span.attributes["http.response.status_code"] == 403
