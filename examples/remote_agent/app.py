@@ -15,7 +15,7 @@ Endpoints:
   ``count`` calls fail as ``mode`` says: ``rate_limit`` (429 with Retry-After),
   ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
   ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
-  contract's field);
+  contract's field), ``oversized`` (a 2 MB answer);
 - ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
   traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
@@ -34,7 +34,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-Mode = Literal["rate_limit", "server_error", "slow", "auth", "context_length", "malformed"]
+Mode = Literal[
+    "rate_limit", "server_error", "slow", "auth", "context_length", "malformed", "oversized"
+]
 
 
 class Failures(BaseModel):
@@ -95,6 +97,8 @@ def _failure_reply(contract: str, failure: Failures) -> JSONResponse | None:
         return JSONResponse(body, status_code=400)
     if failure.mode == "malformed":
         return JSONResponse({"answer": "a field no contract has"})
+    if failure.mode == "oversized":
+        return JSONResponse({"response": "x" * 2_000_000, "confidence": 0.9})
     return None
 
 

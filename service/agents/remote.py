@@ -144,6 +144,8 @@ class RemoteAgent:
                 f"agent '{self.name}' did not answer within {self.timeout_s:g} s "
                 f"({type(exc).__name__})"
             ) from None
+        except httpx.DecodingError:
+            raise self._bad("the reply's content encoding does not decode") from None
         except httpx.TransportError as exc:
             raise AgentUnreachable(
                 f"agent '{self.name}' could not be reached: {type(exc).__name__}: {exc}"

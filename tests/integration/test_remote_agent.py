@@ -353,11 +353,12 @@ async def test_a_context_window_overflow_falls_back_without_a_retry_or_a_breaker
     assert attributes["http.response.status_code"] == 400
 
 
+@pytest.mark.parametrize("mode", ["malformed", "oversized"])
 async def test_a_reply_that_breaks_the_contract_is_not_retried_and_counts(
-    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path, mode: str
 ) -> None:
     rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
-    agent_side.fail_next("malformed", count=1)
+    agent_side.fail_next(mode, count=1)
     reply = await rig.ask()
 
     assert_fell_back(reply)
