@@ -4,7 +4,6 @@ loopback port, and a client for its admin endpoints."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -56,7 +50,7 @@ class ExampleAgent:
 
 def start_example_agent(workdir: Path, token_file: Path | None = None) -> ExampleAgent:
     """Start the example agent and wait (30 s at most) until it answers."""
-    port = _free_port()
+    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXAMPLE_AGENT_"))}
     if token_file is not None:
