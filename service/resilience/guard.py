@@ -22,9 +22,15 @@ from opentelemetry.context import detach as detach_context
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from service.agents.base import Agent, AgentReply, AgentRequest
+from service.agents.failure_kinds import (
+    FAILURE_KIND_ATTRIBUTE,
+    HTTP_STATUS_ATTRIBUTE,
+    FailureKind,
+    RateLimited,
+)
 from service.errors import DependencyError, UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
-from service.resilience.breaker_permit import describe_error
+from service.resilience.breaker_permit import Permit, describe_error
 from service.resilience.call_stats import CallStats
 from service.resilience.deadlines import DeadlineWatchdog
 from service.resilience.exception_events import (
@@ -114,6 +120,22 @@ class GuardedAgent:
         self._cache = fallback.cache
         self._stats = stats
         self.restarts = 0
+        # Monotonic time until which calls fall back without reaching the agent, because it
+        # asked (a rate limit's Retry-After) for longer than a call could wait.
+        self._cooldown_until = 0.0
+
+    def cooldown_remaining(self) -> float:
+        """Seconds left of the agent's cooldown; 0 when it takes calls."""
+        if not self._cooldown_until:
+            return 0.0
+        return max(0.0, self._cooldown_until - time.monotonic())
+
+    def available_now(self) -> bool:
+        """Whether a call now would reach the agent: it is not cooling down and its breaker
+        is not open (a fallback chain skips an agent that would only fall back itself)."""
+        if self.cooldown_remaining() > 0:
+            return False
+        return self.breaker.state.value in ("closed", "half_open", "disabled")
 
     def restart(self) -> bool:
         """Replace the agent instance with a fresh one; False when there is no factory."""
@@ -161,6 +183,16 @@ class GuardedAgent:
                 # it, so it counts as rejected, as behind an open breaker.
                 span.set_attribute("ers.serve_cached", True)
                 return self._degrade(request, span, started, "rejected", "serving cached answers")
+            if self._cooldown_until and self.cooldown_remaining() > 0:
+                span.set_attribute("ers.cooldown", True)
+                return self._degrade(
+                    request,
+                    span,
+                    started,
+                    "rejected",
+                    f"agent '{self.name}' asked to be left alone (rate limited); it is called "
+                    f"again in {self.cooldown_remaining():.1f} s",
+                )
             try:
                 permit = self.breaker.acquire()
             except CallNotPermitted as rejected:
@@ -174,7 +206,7 @@ class GuardedAgent:
                 self._record("user_error", started)
                 raise
             except Exception as first_error:
-                permit.record_failure(first_error, time.perf_counter() - started)
+                _record_failure(permit, first_error, time.perf_counter() - started)
                 try:
                     reply = await self._retry(request, span, started, first_error)
                 except UserInputError:
@@ -221,6 +253,8 @@ class GuardedAgent:
         except Exception as exc:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attribute("error.type", type(exc).__qualname__)
+            if isinstance(exc, FailureKind):
+                _mark_failure_kind(span, exc)
             self._count_synthetic("synthetic_failure")
             raise
         self._count_synthetic("synthetic_success")
@@ -236,6 +270,8 @@ class GuardedAgent:
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.set_attribute("error.type", type(exc).__qualname__)
         span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
+        if isinstance(exc, FailureKind):
+            _mark_failure_kind(span, exc)
         outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
         return self._degrade(request, span, started, outcome, type(exc).__name__)
 
@@ -243,18 +279,33 @@ class GuardedAgent:
         self, request: AgentRequest, span: trace.Span, started: float, error: Exception
     ) -> AgentReply:
         """Retry a failed first attempt while the error is recoverable, attempts and the
-        time budget remain, and the breaker still admits calls; raise the last error."""
+        time budget remain, and the breaker still admits calls; raise the last error.
+
+        A ``FailureKind`` says itself whether it is retryable; a rate limit's Retry-After
+        replaces the backoff when the budget can wait that long, and puts the agent in a
+        cooldown for that long when it cannot."""
         config = self.config
         attempt = 1
         while True:
-            record_exception(span, error, {"ers.attempt": attempt})
             delay = config.backoff(attempt)
             elapsed = time.perf_counter() - started
+            if isinstance(error, FailureKind):
+                record_exception(
+                    span, error, {"ers.attempt": attempt, FAILURE_KIND_ATTRIBUTE: error.kind}
+                )
+                retryable = error.retryable
+                if error.retry_after_s is not None:
+                    delay = error.retry_after_s
+            else:
+                record_exception(span, error, {"ers.attempt": attempt})
+                retryable = isinstance(error, config.retry_on)
             if (
                 attempt >= config.max_attempts
-                or not isinstance(error, config.retry_on)
+                or not retryable
                 or elapsed + delay >= config.total_budget_s
             ):
+                if isinstance(error, RateLimited) and error.retry_after_s is not None:
+                    self._cool_down(span, error.retry_after_s)
                 try:
                     raise error
                 finally:
@@ -283,13 +334,17 @@ class GuardedAgent:
                 permit.release()
                 raise
             except Exception as exc:
-                permit.record_failure(exc, time.perf_counter() - call_started)
+                _record_failure(permit, exc, time.perf_counter() - call_started)
                 error = exc
                 continue
             if permit.record_success(time.perf_counter() - call_started):
                 self._report_trip()
             span.set_attribute("ers.attempts", attempt)
             return reply
+
+    def _cool_down(self, span: trace.Span, seconds: float) -> None:
+        self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
+        span.set_attribute("ers.cooldown_s", seconds)
 
     async def _attempt(self, request: AgentRequest, timeout_s: float) -> AgentReply:
         return await self._deadlines.run(self._agent_call(request), timeout_s)
@@ -334,3 +389,19 @@ class GuardedAgent:
             labels = self._outcome_labels[outcome] = {"agent": self.name, "outcome": outcome}
         self._instruments.calls.add(1, labels)
         self._instruments.duration.record(elapsed, self._labels)
+
+
+def _record_failure(permit: Permit, error: Exception, duration_s: float) -> None:
+    """A failure of a kind that says nothing about the agent's health (a rate limit, a
+    request it refused) frees the permit; any other counts against the breaker."""
+    if isinstance(error, FailureKind) and not error.counts_against_breaker:
+        permit.release()
+    else:
+        permit.record_failure(error, duration_s)
+
+
+def _mark_failure_kind(span: trace.Span, error: FailureKind) -> None:
+    """What the classification rules read of a remote failure."""
+    span.set_attribute(FAILURE_KIND_ATTRIBUTE, error.kind)
+    if error.status is not None:
+        span.set_attribute(HTTP_STATUS_ATTRIBUTE, error.status)

@@ -1,0 +1,165 @@
+"""A small remote agent to put behind ERS: it speaks both contracts ERS can call, and can be
+told to fail the next N calls in a chosen way, to see what the guard does about each.
+
+Run it:
+
+    uvicorn examples.remote_agent.app:app --host 127.0.0.1 --port 8600
+
+Endpoints:
+
+- ``POST /chat``: ERS's contract, ``{"message", "userId", "intent", "traceId"}`` →
+  ``{"response", "confidence"}``;
+- ``POST /v1/chat/completions``: the OpenAI contract, ``{"model", "messages"}`` →
+  ``{"choices": [{"message": {"role": "assistant", "content"}}]}``;
+- ``POST /admin/failures`` ``{"mode", "count", "retryAfter", "delayS"}``: the next
+  ``count`` calls fail as ``mode`` says: ``rate_limit`` (429 with Retry-After),
+  ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
+  ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
+  contract's field), ``oversized`` (a 2 MB answer);
+- ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
+  traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
+
+With ``EXAMPLE_AGENT_TOKEN_FILE`` set, chat calls must carry ``Authorization: Bearer
+<token>`` (the file's text, one trailing newline removed) and get 401 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+Mode = Literal[
+    "rate_limit", "server_error", "slow", "auth", "context_length", "malformed", "oversized"
+]
+
+
+class Failures(BaseModel):
+    mode: Mode
+    count: int = Field(1, ge=0, le=10_000)
+    retryAfter: str | None = Field(None, max_length=100)  # seconds or an HTTP date
+    delayS: float = Field(2.0, ge=0, le=60)
+
+
+class ErsRequest(BaseModel):
+    message: str = Field(max_length=100_000)
+    userId: str = Field(max_length=200)
+    intent: str | None = None
+    traceId: str | None = None
+
+
+class Message(BaseModel):
+    role: str
+    content: str = Field(max_length=100_000)
+
+
+class OpenAIRequest(BaseModel):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1, max_length=100)
+
+
+def _token() -> str | None:
+    path = os.environ.get("EXAMPLE_AGENT_TOKEN_FILE")
+    if not path:
+        return None
+    text = Path(path).read_text()
+    return text[:-1] if text.endswith("\n") else text
+
+
+app = FastAPI(title="example remote agent")
+app.state.failures = None
+app.state.calls = []
+app.state.expected_auth = None if (token := _token()) is None else f"Bearer {token}"
+
+
+def _failure_reply(contract: str, failure: Failures) -> JSONResponse | None:
+    if failure.mode == "rate_limit":
+        headers = {} if failure.retryAfter is None else {"Retry-After": failure.retryAfter}
+        body = {"error": {"message": "too many requests", "code": "rate_limit_exceeded"}}
+        return JSONResponse(body, status_code=429, headers=headers)
+    if failure.mode == "server_error":
+        return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+    if failure.mode == "auth":
+        return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
+    if failure.mode == "context_length":
+        body = {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens.",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+        }
+        return JSONResponse(body, status_code=400)
+    if failure.mode == "malformed":
+        return JSONResponse({"answer": "a field no contract has"})
+    if failure.mode == "oversized":
+        return JSONResponse({"response": "x" * 2_000_000, "confidence": 0.9})
+    return None
+
+
+async def _serve(
+    request: Request, contract: str, text: str, trace_id: str | None = None
+) -> JSONResponse | dict[str, Any]:
+    failures: Failures | None = app.state.failures
+    mode = None
+    if failures is not None and failures.count > 0:
+        failures.count -= 1
+        mode = failures.mode
+    authorization = request.headers.get("authorization")
+    expected = app.state.expected_auth
+    app.state.calls.append(
+        {
+            "contract": contract,
+            "mode": mode,
+            "traceparent": request.headers.get("traceparent"),
+            "traceId": trace_id,
+            "authorized": expected is None or authorization == expected,
+        }
+    )
+    if expected is not None and authorization != expected:
+        return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
+    if mode is not None and failures is not None:
+        if mode == "slow":
+            await asyncio.sleep(failures.delayS)
+        else:
+            reply = _failure_reply(contract, failures)
+            if reply is not None:
+                return reply
+    answer = f"The example agent read: {text[:200]}"
+    if contract == "openai":
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
+    return {"response": answer, "confidence": 0.9}
+
+
+@app.post("/chat")
+async def chat(body: ErsRequest, request: Request) -> Any:
+    return await _serve(request, "ers", body.message, body.traceId)
+
+
+@app.post("/v1/chat/completions")
+async def completions(body: OpenAIRequest, request: Request) -> Any:
+    return await _serve(request, "openai", body.messages[-1].content)
+
+
+@app.post("/admin/failures")
+async def inject(failures: Failures) -> dict[str, Any]:
+    app.state.failures = failures
+    return failures.model_dump()
+
+
+@app.get("/admin/calls")
+async def calls() -> list[dict[str, Any]]:
+    return app.state.calls
+
+
+@app.delete("/admin/calls")
+async def forget() -> dict[str, int]:
+    count = len(app.state.calls)
+    app.state.calls = []
+    app.state.failures = None
+    return {"forgotten": count}

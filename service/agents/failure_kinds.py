@@ -1,0 +1,190 @@
+"""What went wrong in a call to a remote agent, by kind, and what the guard does about it.
+
+Each kind is an exception class that says whether another attempt may help (``retryable``),
+whether the failure says the agent is unhealthy (``counts_against_breaker``) and, for a rate
+limit, how long the agent asked to be left alone (``retry_after_s``). The guard reads these
+instead of its ``retry_on`` classes; errors that are not a ``FailureKind`` (the built-in
+agents') keep the guard's usual handling.
+
+| kind | from | retried | breaker failure |
+|---|---|---|---|
+| rate_limit | 429 | after Retry-After, if it fits the call's budget; else cooldown | no |
+| server_error | 5xx | yes | yes |
+| timeout | no answer within the attempt's time limit, 408 | yes | yes |
+| connection | refused, reset, DNS | yes | yes |
+| auth | 401, 403 | no | yes |
+| bad_request | 400, 413, 422 | no | no |
+| context_length | error code context_length_exceeded | no | no |
+| content_filter | error code content_filter | no | no |
+| client_error | any other 4xx (wrong URL, wrong method) | no | yes |
+| bad_response | a 2xx whose body breaks the contract | no | yes |
+
+A malformed reply is not retried: it comes from an agent that speaks another contract (or
+another version of it), and the same request gets the same reply again.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from typing import ClassVar
+
+from service.errors import DependencyError
+
+# Longest Retry-After taken at its word; a larger one (or a date far ahead) is cut to this.
+MAX_RETRY_AFTER_S = 3600.0
+# Error bodies are read for an error code; past this many bytes they are not parsed.
+MAX_ERROR_BODY_BYTES = 65_536
+
+# Span attribute naming the kind, read by the classification rules.
+FAILURE_KIND_ATTRIBUTE = "ers.failure.kind"
+HTTP_STATUS_ATTRIBUTE = "http.response.status_code"
+
+
+class FailureKind(DependencyError):
+    """A remote agent's call failed in a way the guard knows how to treat."""
+
+    kind: ClassVar[str] = "remote"
+    retryable: ClassVar[bool] = True
+    counts_against_breaker: ClassVar[bool] = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(FailureKind):
+    kind = "rate_limit"
+    counts_against_breaker = False
+
+
+class ServerError(FailureKind):
+    kind = "server_error"
+
+
+class RemoteTimeout(FailureKind, TimeoutError):
+    kind = "timeout"
+
+
+class AgentUnreachable(FailureKind, ConnectionError):
+    kind = "connection"
+
+
+class CredentialsRejected(FailureKind):
+    kind = "auth"
+    retryable = False
+
+
+class BadRequest(FailureKind):
+    kind = "bad_request"
+    retryable = False
+    counts_against_breaker = False
+
+
+class ContextLengthExceeded(FailureKind):
+    kind = "context_length"
+    retryable = False
+    counts_against_breaker = False
+
+
+class ContentFiltered(FailureKind):
+    kind = "content_filter"
+    retryable = False
+    counts_against_breaker = False
+
+
+class ClientError(FailureKind):
+    kind = "client_error"
+    retryable = False
+
+
+class BadResponse(FailureKind):
+    kind = "bad_response"
+    retryable = False
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None when
+    absent or unreadable. Negative waits become 0, long ones MAX_RETRY_AFTER_S."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def error_code(body: bytes) -> str | None:
+    """The OpenAI-compatible ``error.code`` (or ``error.type``) of an error body, if any."""
+    if not body or len(body) > MAX_ERROR_BODY_BYTES:
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for key in ("code", "type"):
+        code = error.get(key)
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def failure_from_response(
+    agent: str, status: int, headers: Mapping[str, str], body: bytes
+) -> FailureKind:
+    """The kind of an error reply (status 400 and up). The message names the agent, the
+    status and the error code, never the body (it may echo what was sent)."""
+    code = error_code(body)
+    said = f"HTTP {status}" + (f" ({code})" if code else "")
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(
+            f"agent '{agent}' answered {said}: the conversation is longer than its model's "
+            "context window",
+            status=status,
+        )
+    if code in ("content_filter", "content_policy_violation"):
+        return ContentFiltered(
+            f"agent '{agent}' answered {said}: its provider's content filter refused the message",
+            status=status,
+        )
+    if status == 429:
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        wait = f"; it asks to wait {retry_after:g} s" if retry_after is not None else ""
+        return RateLimited(
+            f"agent '{agent}' is rate limited ({said}){wait}",
+            status=status,
+            retry_after_s=retry_after,
+        )
+    if status in (401, 403):
+        return CredentialsRejected(
+            f"credentials rejected: agent '{agent}' answered {said}; check the file its "
+            "auth_file setting names",
+            status=status,
+        )
+    if status == 408:
+        return RemoteTimeout(f"agent '{agent}' answered {said}: it timed out", status=status)
+    if status in (400, 413, 422):
+        return BadRequest(f"agent '{agent}' refused the request: {said}", status=status)
+    if status >= 500:
+        return ServerError(f"agent '{agent}' failed: {said}", status=status)
+    return ClientError(
+        f"agent '{agent}' answered {said}; check its url and contract settings", status=status
+    )

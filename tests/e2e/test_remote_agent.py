@@ -1,0 +1,108 @@
+"""A remote agent through the whole service: `ers serve` over HTTP with an `agents:` settings
+file naming the example agent (a real uvicorn process). The service lists the agent's
+breaker, its health probe reaches the agent with the caller's trace and the auth header,
+rejected credentials refuse a reset without showing the secret, and the secret is in none of
+the service's replies or logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ErsProcess, start_ers
+from tests.example_agent import ExampleAgent, start_example_agent
+
+pytest.importorskip("service.agents.config")
+
+pytestmark = pytest.mark.integration
+
+SECRET = "e2e-secret-5d2b81"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def example_agent(tmp_path: Path) -> Iterator[ExampleAgent]:
+    token_file = tmp_path / "expected-token"
+    token_file.write_text(SECRET + "\n")
+    agent = start_example_agent(tmp_path / "example", token_file)
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def ers(tmp_path: Path, example_agent: ExampleAgent) -> Iterator[ErsProcess]:
+    auth_file = tmp_path / "helper-auth"
+    auth_file.write_text(f"Bearer {SECRET}\n")
+    config = tmp_path / "ers.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "agents": {
+                    "helper": {
+                        "kind": "http",
+                        "url": f"{example_agent.url}/chat",
+                        "contract": "ers",
+                        "auth_file": str(auth_file),
+                        "timeout_s": 2,
+                    }
+                }
+            }
+        )
+    )
+    process = start_ers(tmp_path / "ers", env={"ERS_CONFIG": str(config)})
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def force_open(ers: ErsProcess) -> None:
+    reply = httpx.post(
+        f"{ers.url}/api/emergency/circuit-breaker/helper/force-open",
+        json={"reason": "checking the probe"},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def reset(ers: ErsProcess) -> httpx.Response:
+    return httpx.post(
+        f"{ers.url}/api/emergency/circuit-breaker/helper/reset",
+        json={},
+        headers={"traceparent": TRACEPARENT},
+        timeout=20,
+    )
+
+
+def test_a_remote_agent_from_the_settings_is_guarded_traced_and_keeps_its_secret(
+    ers: ErsProcess, example_agent: ExampleAgent
+) -> None:
+    breakers = httpx.get(f"{ers.url}/api/emergency/circuit-breakers", timeout=10).json()
+    assert breakers["breakers"]["helper"]["state"] == "closed"
+
+    # A reset's health probe calls the agent now, within the caller's trace.
+    force_open(ers)
+    reply = reset(ers)
+    assert reply.status_code == 200, reply.text
+    (call,) = example_agent.calls()
+    assert call["authorized"] is True
+    assert call["traceparent"].split("-")[1] == TRACE_ID
+
+    # Rejected credentials: the probe fails, the reset is refused and says why.
+    force_open(ers)
+    example_agent.fail_next("auth", count=1)
+    refused = reset(ers)
+    assert refused.status_code == 409
+    assert "credentials rejected: agent 'helper'" in refused.text
+    assert len(example_agent.calls()) == 2  # one call per probe
+
+    assert SECRET not in reply.text + refused.text
+    assert ers.stop() == 0
+    assert SECRET not in ers.log()

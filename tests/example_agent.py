@@ -1,0 +1,94 @@
+"""The example remote agent (examples/remote_agent) as a real uvicorn process on a free
+loopback port, and a client for its admin endpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ExampleAgent:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def fail_next(self, mode: str, count: int = 1, **options: Any) -> None:
+        reply = httpx.post(
+            f"{self.url}/admin/failures", json={"mode": mode, "count": count, **options}, timeout=5
+        )
+        reply.raise_for_status()
+
+    def calls(self) -> list[dict[str, Any]]:
+        reply = httpx.get(f"{self.url}/admin/calls", timeout=5)
+        reply.raise_for_status()
+        return reply.json()
+
+    def forget(self) -> None:
+        httpx.delete(f"{self.url}/admin/calls", timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_example_agent(workdir: Path, token_file: Path | None = None) -> ExampleAgent:
+    """Start the example agent and wait (30 s at most) until it answers."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXAMPLE_AGENT_"))}
+    if token_file is not None:
+        env["EXAMPLE_AGENT_TOKEN_FILE"] = str(token_file)
+    log_path = workdir / f"example-agent-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "examples.remote_agent.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the example agent exited with {process.returncode}:\n{log_path.read_text()}"
+            )
+        try:
+            if httpx.get(f"{url}/admin/calls", timeout=1).status_code == 200:
+                return ExampleAgent(url, process, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    process.wait(timeout=5)
+    raise RuntimeError(f"the example agent did not answer in 30 s:\n{log_path.read_text()}")

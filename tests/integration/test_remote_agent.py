@@ -1,0 +1,398 @@
+"""A remote agent behind the real guard, against the example agent as a real uvicorn process:
+per failure kind, the attempts the agent saw, what the breaker counted, the fallback, the
+cooldown, the span attributes and the incident; the traceparent it received; the auth
+secret nowhere in spans, logs or replies."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from service.agents.base import AgentReply, AgentRequest
+from service.agents.remote import RemoteAgent
+from service.agents.specs import HttpAgentSpec
+from service.chat.team import Team
+from service.errors import UserInputError
+from service.incidents.service import UNCLASSIFIED_ROUTES, not_an_incident
+from service.incidents.store import IncidentStore
+from service.resilience.breaker import BreakerConfig
+from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
+from service.resilience.guard import GuardConfig, GuardedAgent
+from telemetry.classifier import load_rules
+from telemetry.incident_processor import IncidentProcessor
+from tests.conftest import free_port
+from tests.example_agent import ExampleAgent, start_example_agent
+
+pytestmark = pytest.mark.integration
+
+SECRET = "s3cret-token-7f1c9a"
+GUIDANCE = "The remote agent is away; here is general guidance."
+
+
+@pytest.fixture(scope="module")
+def example_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleAgent]:
+    workdir = tmp_path_factory.mktemp("example-agent")
+    token_file = workdir / "expected-token"
+    token_file.write_text(SECRET + "\n")
+    agent = start_example_agent(workdir, token_file)
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def agent_side(example_agent: ExampleAgent) -> ExampleAgent:
+    example_agent.forget()
+    return example_agent
+
+
+@pytest.fixture
+def auth_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agent-auth"
+    path.write_text(f"Bearer {SECRET}\n")
+    return path
+
+
+@dataclass
+class Rig:
+    guard: GuardedAgent
+    agent: RemoteAgent
+    spans: InMemorySpanExporter
+    provider: TracerProvider
+    breaker_failures: list[BreakerEvent] = field(default_factory=list)
+
+    async def ask(self, message: str = "what should I eat before a run?") -> AgentReply:
+        return await self.guard.handle(AgentRequest(message=message, user_id="user-1"))
+
+    def agent_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans.get_finished_spans() if s.name == "agent.remote"]
+
+    def client_spans(self) -> list[ReadableSpan]:
+        return [s for s in self.spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+
+
+@pytest.fixture
+async def rig_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    made: list[Rig] = []
+
+    def make(
+        url: str,
+        *,
+        guard: GuardConfig | None = None,
+        provider: TracerProvider | None = None,
+        **spec: Any,
+    ) -> Rig:
+        exporter = InMemorySpanExporter()
+        provider = provider or TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        team = Team(
+            tracer=provider.get_tracer("test"),
+            instruments=None,
+            faults=None,
+            breaker_config=BreakerConfig(ignore_exceptions=(UserInputError,)),
+            guard_config=guard
+            or GuardConfig(timeout_s=3.0, total_budget_s=5.0, backoff_initial_s=0.01),
+        )
+        agent = RemoteAgent(
+            "remote",
+            HttpAgentSpec(url=url, **spec),
+            default_timeout_s=3.0,
+            tracer_provider=provider,
+        )
+        rig = Rig(team.protect(agent, guidance=GUIDANCE), agent, exporter, provider)
+        rig.guard.breaker.subscribe(rig.breaker_failures.append, [BreakerEventKind.ERROR_RECORDED])
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.agent.aclose()
+
+
+def chat_url(agent: ExampleAgent) -> str:
+    return f"{agent.url}/chat"
+
+
+def attempts(agent: ExampleAgent) -> int:
+    return len(agent.calls())
+
+
+def assert_fell_back(reply: AgentReply) -> None:
+    assert reply.degraded and not reply.success
+    assert reply.content == GUIDANCE
+
+
+def failure_attributes(rig: Rig) -> dict[str, Any]:
+    (span,) = rig.agent_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    return dict(span.attributes or {})
+
+
+async def test_an_ers_contract_answer_carries_the_chats_trace_to_the_agent(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    tracer = rig.provider.get_tracer("test")
+    with tracer.start_as_current_span("chat") as chat:
+        reply = await rig.ask("hello there")
+    trace_id = format(chat.get_span_context().trace_id, "032x")
+
+    assert not reply.degraded and reply.success
+    assert reply.content == "The example agent read: hello there"
+    assert reply.confidence == 0.9
+    (call,) = agent_side.calls()
+    assert call["authorized"] is True
+    version, received_trace_id, parent_span_id, _flags = call["traceparent"].split("-")
+    assert (version, received_trace_id) == ("00", trace_id)
+    assert call["traceId"] == trace_id
+    # The attempt is a client span under agent.remote, and it is the span the agent was
+    # told it is called from.
+    (client,) = rig.client_spans()
+    (agent_span,) = rig.agent_spans()
+    assert client.parent is not None and client.parent.span_id == agent_span.context.span_id
+    assert format(client.context.span_id, "016x") == parent_span_id
+    assert agent_span.parent is not None
+    assert agent_span.parent.span_id == chat.get_span_context().span_id
+    # Instrumented per client, not by patching httpx for everyone.
+    assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
+
+
+async def test_an_openai_contract_url_gets_one_path_and_the_model(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(f"{agent_side.url}/", contract="openai", model="m-1", auth_file=auth_file)
+    reply = await rig.ask("plan my week")
+
+    assert not reply.degraded
+    assert reply.content == "The example agent read: plan my week"
+    assert rig.agent.url == f"{agent_side.url}/v1/chat/completions"
+    assert [call["contract"] for call in agent_side.calls()] == ["openai"]
+
+
+async def test_server_errors_are_retried_and_count_against_the_breaker(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    agent_side.fail_next("server_error", count=2)
+    reply = await rig.ask()
+
+    assert not reply.degraded
+    assert attempts(agent_side) == 3
+    assert len(rig.breaker_failures) == 2
+    (span,) = rig.agent_spans()
+    assert span.attributes is not None and span.attributes["ers.attempts"] == 3
+
+
+async def test_server_errors_past_the_attempts_fall_back_with_their_kind_and_status(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    agent_side.fail_next("server_error", count=10)
+    reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert attempts(agent_side) == 3
+    assert len(rig.breaker_failures) == 3
+    attributes = failure_attributes(rig)
+    assert attributes["ers.failure.kind"] == "server_error"
+    assert attributes["http.response.status_code"] == 503
+    # Each attempt's client span says the same, and none of them is an incident of its own.
+    clients = rig.client_spans()
+    assert len(clients) == 3
+    assert {c.attributes["ers.failure.kind"] for c in clients} == {"server_error"}  # type: ignore[index]
+    assert all(c.attributes.get("ers.not_an_incident") for c in clients)  # type: ignore[union-attr]
+
+
+async def test_a_slow_answer_times_out_and_the_retry_answers(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file, timeout_s=0.3)
+    agent_side.fail_next("slow", count=1, delayS=2.0)
+    reply = await rig.ask()
+
+    assert not reply.degraded
+    assert attempts(agent_side) == 2
+    (failure,) = rig.breaker_failures
+    assert "RemoteTimeout" in failure.reason
+    events = [e for e in rig.agent_spans()[0].events if e.name == "exception"]
+    assert [e.attributes["ers.failure.kind"] for e in events] == ["timeout"]  # type: ignore[index]
+
+
+async def test_an_unreachable_agent_is_retried_then_falls_back(rig_factory: Any) -> None:
+    rig = rig_factory(f"http://127.0.0.1:{free_port()}/chat")
+    reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert len(rig.client_spans()) == 3
+    assert len(rig.breaker_failures) == 3
+    assert failure_attributes(rig)["ers.failure.kind"] == "connection"
+
+
+async def test_a_rate_limit_that_fits_the_budget_is_waited_out(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    agent_side.fail_next("rate_limit", count=1, retryAfter="1")
+    reply = await rig.ask()
+
+    assert not reply.degraded
+    assert [call["mode"] for call in agent_side.calls()] == ["rate_limit", None]
+    assert rig.breaker_failures == []
+    (retry,) = [e for e in rig.agent_spans()[0].events if e.name == "retry"]
+    assert retry.attributes is not None and retry.attributes["ers.backoff_s"] == 1.0
+    assert rig.guard.available_now()
+
+
+@pytest.mark.parametrize("as_date", [False, True], ids=["seconds", "http-date"])
+async def test_a_rate_limit_longer_than_the_budget_cools_the_agent_down(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path, as_date: bool
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    retry_after = email.utils.formatdate(time.time() + 30, usegmt=True) if as_date else "30"
+    agent_side.fail_next("rate_limit", count=5, retryAfter=retry_after)
+    first = await rig.ask()
+
+    assert_fell_back(first)
+    assert attempts(agent_side) == 1
+    assert rig.breaker_failures == []
+    assert rig.guard.breaker.state.value == "closed"
+    attributes = failure_attributes(rig)
+    assert attributes["ers.failure.kind"] == "rate_limit"
+    assert attributes["http.response.status_code"] == 429
+    assert 0 < attributes["ers.cooldown_s"] <= 30
+    assert not rig.guard.available_now()
+
+    rig.spans.clear()
+    second = await rig.ask()
+    assert_fell_back(second)
+    assert attempts(agent_side) == 1  # the cooldown kept the call from the agent
+    (span,) = rig.agent_spans()
+    assert span.attributes is not None and span.attributes["ers.cooldown"] is True
+    assert rig.client_spans() == []
+
+
+async def test_calls_reach_the_agent_again_once_its_cooldown_is_over(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(
+        chat_url(agent_side),
+        auth_file=auth_file,
+        guard=GuardConfig(timeout_s=0.5, total_budget_s=0.8, backoff_initial_s=0.01),
+    )
+    agent_side.fail_next("rate_limit", count=1, retryAfter="1")
+    assert_fell_back(await rig.ask())
+    assert not rig.guard.available_now()
+
+    deadline = time.monotonic() + 10
+    while not rig.guard.available_now() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    reply = await rig.ask()
+    assert not reply.degraded
+    assert attempts(agent_side) == 2
+
+
+async def test_rejected_credentials_are_not_retried_and_make_one_critical_incident(
+    rig_factory: Any, agent_side: ExampleAgent, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong-auth"
+    wrong.write_text("Bearer not-the-token\n")
+    store = IncidentStore(tmp_path / "incidents.db")
+    processor = IncidentProcessor(store, load_rules(), ignore=not_an_incident(UNCLASSIFIED_ROUTES))
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    rig = rig_factory(chat_url(agent_side), auth_file=wrong, provider=provider)
+    try:
+        for _ in range(3):
+            assert_fell_back(await rig.ask())
+        assert processor.force_flush(10_000)
+        incidents, total = store.list()
+    finally:
+        processor.shutdown()
+
+    assert attempts(agent_side) == 3  # one per call: never retried
+    assert len(rig.breaker_failures) == 3
+    attributes = dict(rig.agent_spans()[0].attributes or {})
+    assert attributes["ers.failure.kind"] == "auth"
+    assert attributes["http.response.status_code"] == 401
+    assert total == 1
+    (incident,) = incidents
+    assert incident.severity == "critical"
+    assert incident.rule == "remote-credentials-rejected"
+    assert incident.component == "remote"
+    assert incident.count == 3
+    assert incident.message.startswith("credentials rejected: agent 'remote'")
+
+
+async def test_a_context_window_overflow_falls_back_without_a_retry_or_a_breaker_failure(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    rig = rig_factory(agent_side.url, contract="openai", model="m-1", auth_file=auth_file)
+    agent_side.fail_next("context_length", count=1)
+    reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert attempts(agent_side) == 1
+    assert rig.breaker_failures == []
+    attributes = failure_attributes(rig)
+    assert attributes["ers.failure.kind"] == "context_length"
+    assert attributes["http.response.status_code"] == 400
+
+
+@pytest.mark.parametrize("mode", ["malformed", "oversized"])
+async def test_a_reply_that_breaks_the_contract_is_not_retried_and_counts(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path, mode: str
+) -> None:
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    agent_side.fail_next(mode, count=1)
+    reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert attempts(agent_side) == 1
+    assert len(rig.breaker_failures) == 1
+    assert failure_attributes(rig)["ers.failure.kind"] == "bad_response"
+
+
+async def test_the_auth_secret_is_in_no_span_log_or_reply(
+    rig_factory: Any,
+    agent_side: ExampleAgent,
+    auth_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An operator asks the instrumentation to record request headers, Authorization too.
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "authorization,content-type"
+    )
+    caplog.set_level(logging.DEBUG)
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    replies = [await rig.ask()]
+    agent_side.fail_next("server_error", count=3)
+    replies.append(await rig.ask())
+
+    assert [call["authorized"] for call in agent_side.calls()] == [True] * 4
+    assert not replies[0].degraded and replies[1].degraded
+    clients = rig.client_spans()
+    # The capture is on: it recorded the content type, and saw no Authorization header.
+    assert clients[0].attributes is not None
+    assert clients[0].attributes["http.request.header.content_type"] == ("application/json",)
+    assert "http.request.header.authorization" not in clients[0].attributes
+    exported = "\n".join(span.to_json() for span in rig.spans.get_finished_spans())
+    assert "s3cret" not in exported
+    assert "s3cret" not in caplog.text
+    assert all("s3cret" not in json.dumps(r.data) + r.content for r in replies)
+    assert "s3cret" not in rig.guard.breaker.snapshot()["lastError"]  # type: ignore[operator]

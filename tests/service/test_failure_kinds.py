@@ -1,0 +1,192 @@
+"""Failure kinds of remote calls: how a reply is classified, how Retry-After is read, how the
+auth file is read, and how the guard treats each kind (retry, breaker, cooldown)."""
+
+from __future__ import annotations
+
+import email.utils
+from pathlib import Path
+
+import pytest
+
+from service.agents.base import AgentRequest
+from service.agents.failure_kinds import (
+    MAX_RETRY_AFTER_S,
+    BadRequest,
+    CredentialsRejected,
+    FailureKind,
+    RateLimited,
+    ServerError,
+    failure_from_response,
+    parse_retry_after,
+)
+from service.agents.remote import read_auth_header
+from service.agents.specs import HttpAgentSpec
+from service.errors import DependencyError
+from service.settings import SettingsError
+from tests.service.test_guard import Harness, ScriptedAgent
+
+REQUEST = AgentRequest("hello", "user-1")
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after(email.utils.formatdate(now + 42, usegmt=True), now=now) == 42.0
+    assert parse_retry_after(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("999999") == MAX_RETRY_AFTER_S
+
+
+@pytest.mark.parametrize("value", [None, "", "soon", "-3", "1.5e3", "Mon, 99 Foo 2026"])
+def test_an_unreadable_retry_after_is_none(value: str | None) -> None:
+    assert parse_retry_after(value) is None
+
+
+OPENAI_ERROR = b'{"error": {"message": "too long", "code": "%s"}}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "retryable", "counts"),
+    [
+        (429, b"", "rate_limit", True, False),
+        (500, b"", "server_error", True, True),
+        (503, b"<html>busy</html>", "server_error", True, True),
+        (408, b"", "timeout", True, True),
+        (401, b"", "auth", False, True),
+        (403, b"", "auth", False, True),
+        (400, b"", "bad_request", False, False),
+        (422, b"{}", "bad_request", False, False),
+        (400, OPENAI_ERROR % b"context_length_exceeded", "context_length", False, False),
+        (400, OPENAI_ERROR % b"content_filter", "content_filter", False, False),
+        (404, b"", "client_error", False, True),
+    ],
+)
+def test_an_error_reply_is_classified_by_status_and_error_code(
+    status: int, body: bytes, kind: str, retryable: bool, counts: bool
+) -> None:
+    failure = failure_from_response("helper", status, {}, body)
+    assert (failure.kind, failure.retryable, failure.counts_against_breaker) == (
+        kind,
+        retryable,
+        counts,
+    )
+    assert failure.status == status
+    assert "'helper'" in str(failure)
+    assert isinstance(failure, DependencyError)
+
+
+def test_a_rate_limit_carries_its_retry_after_and_the_message_never_the_body() -> None:
+    failure = failure_from_response(
+        "helper", 429, {"retry-after": "12"}, b'{"echo": "Bearer hunter2"}'
+    )
+    assert isinstance(failure, RateLimited)
+    assert failure.retry_after_s == 12.0
+    assert "hunter2" not in str(failure)
+
+
+def spec_with_auth(path: Path) -> HttpAgentSpec:
+    return HttpAgentSpec(url="http://127.0.0.1:9/chat", auth_file=path)
+
+
+def test_the_auth_file_loses_one_trailing_newline(tmp_path: Path) -> None:
+    path = tmp_path / "auth"
+    path.write_text("Bearer abc\n")
+    assert read_auth_header("helper", spec_with_auth(path)) == ("Authorization", "Bearer abc")
+    path.write_text("Bearer abc\r\n")
+    assert read_auth_header("helper", spec_with_auth(path)) == ("Authorization", "Bearer abc")
+    assert read_auth_header("helper", HttpAgentSpec(url="http://127.0.0.1:9/chat")) is None
+
+
+@pytest.mark.parametrize("text", ["", "\n", "Bearer abc\n\n", "Bearer abc\nsecond line\n"])
+def test_an_auth_file_must_hold_one_line_and_the_error_never_shows_it(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "auth"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match="agent 'helper'.*must hold one line") as raised:
+        read_auth_header("helper", spec_with_auth(path))
+    assert "abc" not in str(raised.value)
+
+
+def test_a_missing_auth_file_names_the_agent_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent"
+    with pytest.raises(SettingsError, match=f"agent 'helper': cannot read its auth_file {path}"):
+        read_auth_header("helper", spec_with_auth(path))
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness()
+
+
+async def test_a_refused_request_is_not_retried_and_not_a_breaker_failure(
+    harness: Harness,
+) -> None:
+    agent = ScriptedAgent("helper", [BadRequest("refused", status=400), "ok"])
+    guard = harness.guard(agent)
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded and agent.calls == 1
+    assert guard.breaker.snapshot()["failureCount"] == 0
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["ers.failure.kind"] == "bad_request"
+    assert span.attributes["http.response.status_code"] == 400
+
+
+async def test_a_rate_limit_without_retry_after_is_retried_with_backoff_and_no_cooldown(
+    harness: Harness,
+) -> None:
+    agent = ScriptedAgent("helper", [RateLimited("slow down", status=429)])
+    guard = harness.guard(agent)
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded and agent.calls == 3
+    assert guard.breaker.snapshot()["failureCount"] == 0
+    assert guard.cooldown_remaining() == 0 and guard.available_now()
+
+
+async def test_a_rate_limit_past_the_budget_cools_down_once_not_per_attempt(
+    harness: Harness,
+) -> None:
+    agent = ScriptedAgent("helper", [RateLimited("wait", status=429, retry_after_s=60.0), "ok"])
+    guard = harness.guard(agent)
+    assert (await guard.handle(REQUEST)).degraded
+    assert (await guard.handle(REQUEST)).degraded
+    assert agent.calls == 1
+    assert 0 < guard.cooldown_remaining() <= 60
+    assert not guard.available_now()
+
+
+async def test_server_errors_count_like_any_dependency_error(harness: Harness) -> None:
+    agent = ScriptedAgent("helper", [ServerError("503", status=503)])
+    guard = harness.guard(agent)
+    assert (await guard.handle(REQUEST)).degraded
+    assert agent.calls == 3
+    assert guard.breaker.snapshot()["failureCount"] == 3
+
+
+async def test_built_in_errors_get_no_failure_kind(harness: Harness) -> None:
+    agent = ScriptedAgent("helper", [DependencyError("db down")])
+    await harness.guard(agent).handle(REQUEST)
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes is not None
+    assert "ers.failure.kind" not in span.attributes
+    assert all("ers.failure.kind" not in (e.attributes or {}) for e in span.events)
+    assert not isinstance(DependencyError("x"), FailureKind)
+
+
+async def test_an_agent_behind_an_open_breaker_is_not_available(harness: Harness) -> None:
+    guard = harness.guard(ScriptedAgent("helper", ["ok"]))
+    assert guard.available_now()
+    guard.breaker.force_open(reason="test", source="operator")
+    assert not guard.available_now()
+
+
+async def test_a_failed_canary_carries_its_failure_kind(harness: Harness) -> None:
+    agent = ScriptedAgent("helper", [CredentialsRejected("credentials rejected", status=403)])
+    guard = harness.guard(agent)
+    with pytest.raises(CredentialsRejected):
+        await guard.handle(AgentRequest("canary", "ers-system-test", synthetic=True))
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["ers.failure.kind"] == "auth"
+    assert span.attributes["http.response.status_code"] == 403
