@@ -814,6 +814,7 @@ def _rollback_with_backups_cases() -> list[Case]:
 # --- fault injection ----------------------------------------------------------------------
 
 SIMULATE = "/api/emergency/simulate-error"
+MINIMAL = "/api/emergency/minimal-mode"
 SIMULATE_OK = {"errorType": "agent", "component": "budget", "count": 1}
 
 
@@ -908,6 +909,17 @@ def _simulate_cases() -> list[Case]:
             detail="NOPE",
         ),
         Case("simulate-wrong-method", "GET", SIMULATE, SIMULATE, 405),
+        # Ending minimal mode takes no body and no query: whatever is sent is ignored.
+        Case("minimal-mode-end-when-off", "DELETE", MINIMAL, MINIMAL, 200),
+        Case(
+            "minimal-mode-end-with-a-body",
+            "DELETE",
+            MINIMAL,
+            MINIMAL,
+            200,
+            encode({"until": "never", "force": "yes"}),
+        ),
+        Case("minimal-mode-wrong-method", "PUT", MINIMAL, MINIMAL, 405),
     ]
     return rows
 
