@@ -25,6 +25,8 @@ class Coach:
 class BrokenCoach:
     """Fails every call the way a crashed dependency does: by raising."""
 
+    guidance = "Rest today; the coach is back soon."
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.calls = 0

@@ -138,6 +138,7 @@ async def test_chains_never_loop_and_end_in_the_agents_guidance(
 
     assert reply.agent == "left" and reply.degraded
     assert reply.fallback == "generic"
+    assert reply.content == BrokenCoach.guidance
     left, right = team.guards["left"].agent, team.guards["right"].agent
     assert isinstance(left, BrokenCoach) and left.calls == 1
     assert isinstance(right, BrokenCoach) and right.calls == 1
