@@ -26,9 +26,6 @@ from service.stores import Stores
 
 log = logging.getLogger("ers.team")
 
-# The built-in team's names; a configured team has the names its settings give.
-AGENT_NAMES = ("router", "nutrition", "workout", "budget")
-
 GENERAL_GUIDANCE = {
     "nutrition": nutrition.GENERAL_GUIDANCE,
     "workout": workout.GENERAL_GUIDANCE,

@@ -150,14 +150,17 @@ class GuardedAgent:
         bulkhead = self.bulkhead
         if bulkhead is None or request.synthetic:
             return await self._handle(request)
+        started = time.perf_counter()
         if not await bulkhead.enter():
-            return await self._turned_away(request, bulkhead)
+            return await self._turned_away(request, bulkhead, started)
         try:
             return await self._handle(request)
         finally:
             bulkhead.leave()
 
-    async def _turned_away(self, request: AgentRequest, bulkhead: Bulkhead) -> AgentReply:
+    async def _turned_away(
+        self, request: AgentRequest, bulkhead: Bulkhead, started: float
+    ) -> AgentReply:
         """No slot of the bulkhead came in time: a fallback answers; the agent is not at
         fault, so its breaker counts nothing."""
         with self._tracer.start_as_current_span(
@@ -170,7 +173,7 @@ class GuardedAgent:
             },
         ) as span:
             cause = bulkhead.describe_full()
-            return await self._degrade(request, span, time.perf_counter(), "rejected", cause)
+            return await self._degrade(request, span, started, "rejected", cause)
 
     def _answered_by_alternate(
         self, answer: ChainAnswer, span: trace.Span, started: float, outcome: str, cause: str
@@ -219,7 +222,7 @@ class GuardedAgent:
                 # it, so it counts as rejected, as behind an open breaker.
                 span.set_attribute("ers.serve_cached", True)
                 return await self._degrade(
-                    request, span, started, "rejected", "serving cached answers"
+                    request, span, started, "rejected", "serving cached answers", chain=False
                 )
             try:
                 permit = self.breaker.acquire()
@@ -362,9 +365,17 @@ class GuardedAgent:
         return await self.agent.handle(request)
 
     async def _degrade(
-        self, request: AgentRequest, span: trace.Span, started: float, outcome: str, cause: str
+        self,
+        request: AgentRequest,
+        span: trace.Span,
+        started: float,
+        outcome: str,
+        cause: str,
+        *,
+        chain: bool = True,
     ) -> AgentReply:
-        if self.chain is not None:
+        # The responder's serve_cached chose the cached answer: no other agent is asked.
+        if chain and self.chain is not None:
             answer = await self.chain.answer(request)
             if answer is not None:
                 return self._answered_by_alternate(answer, span, started, outcome, cause)

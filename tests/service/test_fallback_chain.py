@@ -161,6 +161,21 @@ async def test_a_chain_that_cannot_answer_leaves_the_cached_answer(
     assert len(spans.named("fallback.down")) == 1
 
 
+async def test_cached_answers_the_responder_serves_ask_no_other_agent(
+    tmp_path: Path, sqlite_stores: Stores, spans: Spans
+) -> None:
+    agents = {"primary": python_agent("coach", "backup"), "backup": python_agent("coach")}
+    team = team_of(tmp_path, sqlite_stores, spans, agents, "primary")
+    first = await team.router.handle(WORKOUT)
+    team.guards["primary"].fallback.serve_cached_for(60)
+
+    reply = await team.router.handle(WORKOUT)
+    assert reply.fallback == "cached" and first.content in reply.content
+    backup = team.guards["backup"].agent
+    assert isinstance(backup, Coach) and backup.calls == 0
+    assert spans.named("fallback.backup") == []
+
+
 def test_a_breaker_says_whether_it_admits_a_call_without_taking_a_permit() -> None:
     now = [0.0]
     breaker = CircuitBreaker(
