@@ -38,7 +38,8 @@ KINDS = ("python", "http")
 
 @dataclass(frozen=True)
 class TeamConfig:
-    """The checked ``agents:`` (in the settings' order) and ``agent_routes``."""
+    """The checked ``agents:`` (in the settings' order), and the agent of each routed intent:
+    ``agent_routes``, else the agent named like the intent."""
 
     specs: Mapping[str, AgentSpec]
     routes: Mapping[str, str]
@@ -65,18 +66,22 @@ def load_team_config(settings: Settings) -> TeamConfig:
                 raise SettingsError(
                     f"invalid setting '{key}': no agent named '{other}'; use one of {known}"
                 )
-    routes = dict(settings.agent_routes)
-    for intent, agent in routes.items():
+    routes = {intent: intent for intent in INTENTS if intent in specs}
+    for intent, agent in settings.agent_routes.items():
         if intent not in INTENTS:
             raise SettingsError(
                 f"invalid setting 'agent_routes.{intent}': the router has no such intent; "
                 f"use one of {', '.join(INTENTS)}"
             )
+        if agent is None:
+            routes.pop(intent, None)
+            continue
         if agent not in specs:
             raise SettingsError(
                 f"invalid setting 'agent_routes.{intent}': no agent named '{agent}'; "
                 f"use one of {known}"
             )
+        routes[intent] = agent
     factories = {
         name: resolve_factory(name, spec.factory)
         for name, spec in specs.items()

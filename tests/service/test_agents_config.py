@@ -60,7 +60,7 @@ async def test_an_agent_by_import_path_answers_the_intent_routed_to_it(
     settings = make_settings(
         tmp_path,
         agents={**DEFAULT_TEAM, "my_coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
-        agent_routes={"nutrition": "nutrition", "workout": "my_coach", "budget": "budget"},
+        agent_routes={"workout": "my_coach"},
     )
     team = team_of(settings, sqlite_stores)
     reply = await team.router.handle(AgentRequest("make me a workout plan", "u1"))
@@ -78,7 +78,7 @@ async def test_a_built_in_agent_by_entry_point_under_another_name(
     settings = make_settings(
         tmp_path,
         agents={**DEFAULT_TEAM, "trainer": {"kind": "python", "factory": "workout"}},
-        agent_routes={"workout": "trainer", "nutrition": "nutrition", "budget": "budget"},
+        agent_routes={"workout": "trainer"},
     )
     team = team_of(settings, sqlite_stores)
     trainer = team.guards["trainer"]
@@ -87,9 +87,30 @@ async def test_a_built_in_agent_by_entry_point_under_another_name(
     assert reply.agent == "trainer" and "Monday" in reply.content
 
 
-def test_an_unrouted_intent_gets_the_routers_general_answer(tmp_path: Path) -> None:
-    config = load_team_config(make_settings(tmp_path, agent_routes={"budget": "budget"}))
-    assert config.routes == {"budget": "budget"}
+def test_routes_name_some_intents_and_the_rest_go_to_the_agent_of_their_name(
+    tmp_path: Path,
+) -> None:
+    agents = {**DEFAULT_TEAM, "coach": {"kind": "python", "factory": f"{HELPERS}:coach"}}
+    config = load_team_config(make_settings(tmp_path, agents=agents))
+    # No agent is named workout: that intent is the router's to answer.
+    assert config.routes == {"nutrition": "nutrition", "budget": "budget"}
+    routed = make_settings(tmp_path, agents=agents, agent_routes={"workout": "coach"})
+    assert load_team_config(routed).routes == {
+        "nutrition": "nutrition",
+        "workout": "coach",
+        "budget": "budget",
+    }
+    unrouted = make_settings(tmp_path, agent_routes={"budget": None})
+    assert load_team_config(unrouted).routes == {"nutrition": "nutrition", "workout": "workout"}
+
+
+async def test_an_unrouted_intent_gets_the_routers_general_answer(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    team = team_of(make_settings(tmp_path, agent_routes={"budget": None}), sqlite_stores)
+    reply = await team.router.handle(AgentRequest("how much did I spend on my budget", "u1"))
+    assert reply.agent == "router"
+    assert "budget" in team.guards
 
 
 @pytest.mark.parametrize(
