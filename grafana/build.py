@@ -158,7 +158,15 @@ def agents() -> Json:
                    "(exemplars) come from Tempo's span metrics of the agent.<name> spans; a "
                    "dot opens its trace."),
         timeseries("Fallbacks", "ops", q(f"sum by (agent, kind) (rate(ers_fallbacks_total"
-                                         f"{{{AGENT}}}{RATE}))", "{{agent}} {{kind}}")),
+                                         f"{{{AGENT}}}{RATE}))", "{{agent}} {{kind}}"),
+                   description="Answers given in an agent's place: agent (another agent of its "
+                   "fallbacks chain answered), cached (its last good answer), generic (its "
+                   "guidance)."),
+        timeseries("Calls waiting for a slot", "none",
+                   q(f"max by (agent) (ers_agent_calls_waiting{{{AGENT}}})", "{{agent}}"),
+                   description="Calls in line for a slot of the agent's bulkhead "
+                   "(max_concurrent_calls). One that waits longer than max_wait_s is answered "
+                   "by a fallback: the rejected line of Calls by outcome."),
         state_timeline("Breaker state", q(f"max by (agent) ({state})", "{{agent}}"),
                        value_text(state_text)),
         timeseries("Breaker transitions", "none", per_step(

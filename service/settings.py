@@ -33,6 +33,12 @@ from pydantic_settings import (
 )
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+# The team by default: the built-in agents, each loaded by its ``ers.agents`` entry point.
+BUILT_IN_AGENTS = ("nutrition", "workout", "budget")
+
+
+def default_agents() -> dict[str, dict[str, Any]]:
+    return {name: {"kind": "python", "factory": name} for name in BUILT_IN_AGENTS}
 
 
 class Environment(StrEnum):
@@ -144,6 +150,14 @@ class Settings(BaseSettings):
     chat_starts_per_turn: int = Field(2, ge=0, le=1000)
     chat_queue_limit: int = Field(1000, ge=0, le=1_000_000)
     agent_timeout_s: float = Field(5.0, gt=0, le=300)
+    # The team: each agent by name, as ``service/agents/specs.py`` describes one (a Python
+    # factory, or a remote agent over HTTP), checked and loaded by ``service.agents.config``
+    # at start-up. Listing ``agents`` replaces the default team: keep the built-in ones that
+    # should stay. ``agent_routes`` maps one of the router's intents to the agent answering it
+    # (null: none, the router answers itself); an intent it leaves out goes to the agent of
+    # the same name when the team has one.
+    agents: dict[str, dict[str, Any]] = Field(default_factory=default_agents)
+    agent_routes: dict[str, str | None] = Field(default_factory=dict)
     # Replies to /chat and PUT /api/profiles requests that carried an Idempotency-Key are
     # remembered this long, the newest idempotency_keys_max of them (README: "What a reply
     # promises, and retrying safely").

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.parsing import format_cents, parse_money_cents
 from service.stores.base import BudgetBackend
 from service.stores.writes import AddExpense, SetBudgetLimit, Write, report_with
+
+if TYPE_CHECKING:
+    from service.stores import Stores
 
 CATEGORIES = {
     "food": (
@@ -128,3 +132,10 @@ class BudgetAgent:
         return AgentReply(
             content="\n".join(lines), agent=self.name, data={"categories": data}, writes=writes
         )
+
+
+def create(name: str, stores: Stores) -> BudgetAgent:
+    """The ``ers.agents`` entry point ``budget``: the built-in agent, named ``name``."""
+    agent = BudgetAgent(stores.budgets)
+    agent.name = name
+    return agent

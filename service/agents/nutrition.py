@@ -7,10 +7,14 @@ Meals come from a small built-in food table, picked to fit each meal's share of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from service.agents.base import AgentReply, AgentRequest
 from service.stores.base import Profile, ProfileBackend
 from service.stores.writes import profile_with
+
+if TYPE_CHECKING:
+    from service.stores import Stores
 
 ACTIVITY_FACTORS = {
     "sedentary": 1.2,
@@ -143,3 +147,10 @@ class NutritionAgent:
             agent=self.name,
             data={"kcal": target.kcal, "protein_g": target.protein_g},
         )
+
+
+def create(name: str, stores: Stores) -> NutritionAgent:
+    """The ``ers.agents`` entry point ``nutrition``: the built-in agent, named ``name``."""
+    agent = NutritionAgent(stores.profiles)
+    agent.name = name
+    return agent

@@ -104,15 +104,23 @@ def route(message: str) -> RouteDecision:
 class RouterAgent:
     name = "router"
 
-    def __init__(self, agents: Mapping[str, Agent]) -> None:
+    def __init__(
+        self, agents: Mapping[str, Agent], routes: Mapping[str, str] | None = None
+    ) -> None:
         self._agents = agents
+        # Intent -> the name of the agent that answers it (the settings' agent_routes); by
+        # default, the agent named like the intent.
+        self._routes = (
+            dict(routes) if routes is not None else {intent: intent for intent in INTENTS}
+        )
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         facts = parse_profile_facts(request.message) if not request.synthetic else {}
         saved = len(facts) >= 2
         writes = (UpdateProfile.of(request.user_id, **facts),) if saved else ()
         decision = route(request.message)
-        if decision.agent is None or decision.agent not in self._agents:
+        target = None if decision.agent is None else self._routes.get(decision.agent)
+        if target is None or target not in self._agents:
             if saved:
                 listed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
                 return AgentReply(
@@ -126,7 +134,7 @@ class RouterAgent:
             return AgentReply(
                 content=GENERAL_ANSWER, agent=self.name, confidence=decision.confidence
             )
-        chosen = self._agents[decision.agent]
+        chosen = self._agents[target]
         reply = await chosen.handle(
             replace(request, intent=decision.agent, pending=(*request.pending, *writes))
         )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from service.agents.base import AgentReply, AgentRequest
 from service.stores.base import ProfileBackend
 from service.stores.writes import UpdateProfile, profile_with
+
+if TYPE_CHECKING:
+    from service.stores import Stores
 
 LEVEL_DAYS = {"beginner": 3, "intermediate": 4, "advanced": 5}
 WEEKDAYS = {
@@ -153,3 +157,10 @@ class WorkoutAgent:
 
 def _goal_from_profile(goal: str | None) -> str | None:
     return {"lose": "weight_loss", "gain": "muscle"}.get(goal or "")
+
+
+def create(name: str, stores: Stores) -> WorkoutAgent:
+    """The ``ers.agents`` entry point ``workout``: the built-in agent, named ``name``."""
+    agent = WorkoutAgent(stores.profiles)
+    agent.name = name
+    return agent

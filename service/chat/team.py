@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -9,21 +10,21 @@ from opentelemetry import trace
 
 from service.agents import budget, nutrition, workout
 from service.agents.base import Agent, canonical_agent_name
-from service.agents.budget import BudgetAgent
-from service.agents.nutrition import NutritionAgent
+from service.agents.config import TeamConfig, build_agent, load_team_config
 from service.agents.router import GENERAL_ANSWER, RouterAgent
-from service.agents.workout import WorkoutAgent
+from service.agents.specs import AgentSpec, PythonAgentSpec
 from service.errors import UnknownAgent, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
+from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
-from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
+from service.resilience.fallback import FallbackChain, FallbackPolicy, LastGoodAnswers
 from service.resilience.faults import FaultInjector
 from service.resilience.guard import GuardConfig, GuardedAgent
 from service.resilience.instruments import AgentInstruments
 from service.settings import Settings, SettingsError
 from service.stores import Stores
 
-AGENT_NAMES = ("router", "nutrition", "workout", "budget")
+log = logging.getLogger("ers.team")
 
 GENERAL_GUIDANCE = {
     "nutrition": nutrition.GENERAL_GUIDANCE,
@@ -54,8 +55,11 @@ class Team:
         guard_config: GuardConfig | None = None,
         breaker_config: BreakerConfig | None = None,
         guidance: str | None = None,
+        fallbacks: tuple[str, ...] = (),
+        bulkhead: Bulkhead | None = None,
     ) -> GuardedAgent:
-        """Put an agent (ours or a user's) behind a breaker, timeout, retries and fallback."""
+        """Put an agent (ours or a user's) behind a breaker, timeout, retries and fallback:
+        the team's agents named in ``fallbacks`` first, then its cached or general answer."""
         if agent.name in self.guards:
             raise ValueError(f"an agent named '{agent.name}' is already in the team")
         breaker = CircuitBreaker(agent.name, breaker_config or self.breaker_config)
@@ -74,6 +78,10 @@ class Team:
             self.faults,
             factory,
             stats=self.stats,
+            bulkhead=bulkhead,
+            chain=FallbackChain(agent.name, fallbacks, self.guards, self.tracer)
+            if fallbacks
+            else None,
         )
         self.guards[agent.name] = guarded
         return guarded
@@ -93,6 +101,17 @@ class Team:
 
     def breaker_states(self) -> dict[str, str]:
         return {guard.name: guard.breaker.state.value for guard in self.guards.values()}
+
+    async def aclose(self) -> None:
+        """Close every agent that holds something open (a remote agent's connections)."""
+        for guard in self.guards.values():
+            close = getattr(guard.agent, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:
+                log.exception("closing agent '%s' failed", guard.name)
 
     def is_healthy(self, component: str) -> bool:
         """For auto-resolve: an agent is healthy again once its breaker is closed."""
@@ -114,13 +133,14 @@ def breaker_configs(settings: Settings) -> tuple[BreakerConfig, dict[str, Breake
         ),
         ignore_exceptions=(UserInputError,),
     )
+    names = ("router", *settings.agents)
     per_agent = {}
     for name, overrides in settings.agent_breakers.items():
         agent = canonical_agent_name(name)
-        if agent not in AGENT_NAMES:
+        if agent not in names:
             raise SettingsError(
                 f"invalid setting 'agent_breakers.{name}': no such agent; "
-                f"use one of {', '.join(AGENT_NAMES)}"
+                f"use one of {', '.join(names)}"
             )
         try:
             per_agent[agent] = replace(default, **overrides)
@@ -135,8 +155,12 @@ def build_team(
     instruments: AgentInstruments | None,
     faults: FaultInjector | None,
     settings: Settings,
+    config: TeamConfig | None = None,
 ) -> Team:
+    """The team of the settings' ``agents:``, each behind its guard, and the router over
+    them by ``agent_routes``; SettingsError (one line) when an agent cannot be built."""
     default, per_agent = breaker_configs(settings)
+    config = config or load_team_config(settings)
     timeout = settings.agent_timeout_s
     team = Team(
         tracer=tracer,
@@ -145,16 +169,39 @@ def build_team(
         breaker_config=default,
         guard_config=GuardConfig(timeout_s=timeout, total_budget_s=timeout * 1.6),
     )
-    specialists: dict[str, Agent] = {}
-    for name, make in (
-        ("nutrition", lambda: NutritionAgent(stores.profiles)),
-        ("workout", lambda: WorkoutAgent(stores.profiles)),
-        ("budget", lambda: BudgetAgent(stores.budgets)),
-    ):
-        specialists[name] = team.protect(make(), factory=make, breaker_config=per_agent.get(name))
+    members: dict[str, Agent] = {}
+    for name, spec in config.specs.items():
+        agent = build_agent(name, spec, config, stores, settings)
+        members[name] = team.protect(
+            agent,
+            factory=_rebuilder(name, spec, config, stores, settings),
+            guard_config=_guard_config(spec, team.guard_config),
+            breaker_config=per_agent.get(name),
+            guidance=getattr(agent, "guidance", None),
+            fallbacks=spec.fallbacks,
+            bulkhead=None
+            if spec.max_concurrent_calls is None
+            else Bulkhead(name, spec.max_concurrent_calls, spec.max_wait_s),
+        )
     team.protect(
-        RouterAgent(specialists),
-        factory=lambda: RouterAgent(specialists),
+        RouterAgent(members, config.routes),
+        factory=lambda: RouterAgent(members, config.routes),
         breaker_config=per_agent.get("router"),
     )
     return team
+
+
+def _guard_config(spec: AgentSpec, default: GuardConfig) -> GuardConfig | None:
+    if spec.timeout_s is None:
+        return None
+    return replace(default, timeout_s=spec.timeout_s, total_budget_s=spec.timeout_s * 1.6)
+
+
+def _rebuilder(
+    name: str, spec: AgentSpec, config: TeamConfig, stores: Stores, settings: Settings
+) -> Callable[[], Agent] | None:
+    """What the responder's restart calls: a Python agent's factory again. A remote agent
+    is not rebuilt: a new client would leave the old one's connections open."""
+    if not isinstance(spec, PythonAgentSpec):
+        return None
+    return lambda: build_agent(name, spec, config, stores, settings)

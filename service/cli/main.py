@@ -32,6 +32,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("uvicorn.error").addFilter(HideRefusalTraceback())
+    refused = SettingsRefusal()
+    logging.getLogger("uvicorn.error").addFilter(refused)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -45,8 +47,34 @@ def serve(args: argparse.Namespace) -> int:
     tune_garbage_collector()
     # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck worker waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits when the start-up fails.
+        if refused.message is not None:
+            raise SettingsError(refused.message) from None
+        raise
     return 0 if server.started else 1
+
+
+class SettingsRefusal(logging.Filter):
+    """A setting only the start-up can check (an agent whose factory fails) stops it with a
+    SettingsError: uvicorn logs it as a traceback; it is kept here instead, to be said in
+    one line like every other setting."""
+
+    PREFIX = f"{SettingsError.__module__}.{SettingsError.__qualname__}: "
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        for line in text.splitlines():
+            if line.startswith(self.PREFIX):
+                self.message = line.removeprefix(self.PREFIX)
+                return False
+        return not (self.message is not None and "Application startup failed" in text)
 
 
 def tune_garbage_collector() -> None:

@@ -240,7 +240,8 @@ class IncidentService:
     def enrich(self, reply: AgentReply) -> AgentReply:
         """Name the agent's current incident and what was done about it in a degraded reply."""
         incident_id = self._latest.get(reply.agent)
-        recovery: dict[str, Any] = {"fallback": reply.fallback}
+        # Keeps what the guard said (an agent that answered instead, and the chain tried).
+        recovery: dict[str, Any] = {**(reply.recovery or {}), "fallback": reply.fallback}
         if incident_id is not None:
             results = self._results.get(incident_id, [])
             recovery["actions"] = [{"action": r.action, "result": r.result} for r in results]

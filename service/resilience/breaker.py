@@ -356,6 +356,18 @@ class CircuitBreaker:
         """Transitions and operator actions, oldest first, at most ``history_size``."""
         return self._events.history()
 
+    def admits_calls_now(self) -> bool:
+        """Whether ``acquire`` would give a permit now, asked without taking one (and without
+        the half-open trial gate, which a fleet answers by taking a lease)."""
+        state, now = self._state, self._clock()
+        if state is CLOSED or state is DISABLED:
+            return True
+        if state is OPEN:
+            return now >= self._open.next_attempt_at
+        if state is FORCED_OPEN:
+            return self._forced is not None and self._forced.remaining(now) == 0.0
+        return len(self._trials) < self.config.half_open_max_calls
+
     @property
     def forcing(self) -> Forcing | None:
         """Who holds the breaker forced open, why and until when; None when not forced."""

@@ -1,11 +1,16 @@
-"""Fallback answers for an agent that cannot answer: its last good answer, else guidance."""
+"""Fallback answers for an agent that cannot answer: the other agents its ``fallbacks:``
+name, in order; then its last good answer; else its guidance."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
+
+from opentelemetry import trace
 
 from service.agents.base import AgentReply, AgentRequest
 
@@ -87,3 +92,81 @@ class FallbackPolicy:
                 "cached",
             )
         return Fallback(self.guidance, "generic")
+
+
+class Alternate(Protocol):
+    """An agent of the team that may answer for another: a guarded agent."""
+
+    name: str
+
+    def available_now(self) -> bool: ...
+
+    async def handle(self, request: AgentRequest) -> AgentReply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChainAnswer:
+    reply: AgentReply
+    via: str
+    tried: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+# Set while an alternate answers for another agent: a failing alternate does not try its
+# own fallback agents, so chains never loop (A -> B -> A) nor fan out.
+_ANSWERING_FOR: ContextVar[str | None] = ContextVar("ers_answering_for", default=None)
+
+
+class FallbackChain:
+    """The other agents that answer, in order, for one that cannot (``fallbacks:``).
+
+    Each is asked through its own guard (its breaker, timeout and retries), in a span
+    ``fallback.<name>`` under the failing call's span; one whose breaker would turn the
+    call away now is skipped, and one that can only answer degraded does not count."""
+
+    def __init__(
+        self,
+        agent: str,
+        names: Sequence[str],
+        team: Mapping[str, Alternate],
+        tracer: trace.Tracer,
+    ) -> None:
+        self.agent = agent
+        self.names = tuple(names)
+        self._team = team
+        self._tracer = tracer
+
+    async def answer(self, request: AgentRequest) -> ChainAnswer | None:
+        if not self.names or _ANSWERING_FOR.get() is not None:
+            return None
+        tried: list[str] = []
+        skipped: list[str] = []
+        for name in self.names:
+            alternate = self._team.get(name)
+            if alternate is None or not alternate.available_now():
+                skipped.append(name)
+                continue
+            tried.append(name)
+            reply = await self._ask(alternate, request)
+            if reply is not None:
+                return ChainAnswer(reply, name, tuple(tried), tuple(skipped))
+        return None
+
+    async def _ask(self, alternate: Alternate, request: AgentRequest) -> AgentReply | None:
+        with self._tracer.start_as_current_span(
+            f"fallback.{alternate.name}",
+            attributes={"ers.agent": self.agent, "ers.fallback.via": alternate.name},
+        ) as span:
+            token = _ANSWERING_FOR.set(self.agent)
+            try:
+                reply = await alternate.handle(request)
+            except Exception as exc:
+                # Its own span holds the error; here it only means "did not answer".
+                span.set_attribute("ers.fallback.answered", False)
+                span.set_attribute("ers.fallback.cause", type(exc).__name__)
+                return None
+            finally:
+                _ANSWERING_FOR.reset(token)
+            answered = not reply.degraded
+            span.set_attribute("ers.fallback.answered", answered)
+            return reply if answered else None

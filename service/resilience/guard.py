@@ -13,7 +13,7 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from opentelemetry import trace
@@ -31,6 +31,7 @@ from service.agents.failure_kinds import (
 from service.errors import DependencyError, UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_permit import Permit, describe_error
+from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.deadlines import DeadlineWatchdog
 from service.resilience.exception_events import (
@@ -38,7 +39,7 @@ from service.resilience.exception_events import (
     exception_bases,
     record_exception,
 )
-from service.resilience.fallback import FallbackPolicy
+from service.resilience.fallback import ChainAnswer, FallbackChain, FallbackPolicy
 from service.resilience.faults import FaultInjector
 from service.resilience.instruments import AgentInstruments
 
@@ -102,6 +103,8 @@ class GuardedAgent:
         factory: Callable[[], Agent] | None = None,
         deadlines: DeadlineWatchdog | None = None,
         stats: CallStats | None = None,
+        bulkhead: Bulkhead | None = None,
+        chain: FallbackChain | None = None,
     ) -> None:
         self.name = agent.name
         self.agent = agent
@@ -120,6 +123,8 @@ class GuardedAgent:
         self._cache = fallback.cache
         self._stats = stats
         self.restarts = 0
+        self.bulkhead = bulkhead
+        self.chain = chain
         # Monotonic time until which calls fall back without reaching the agent, because it
         # asked (a rate limit's Retry-After) for longer than a call could wait.
         self._cooldown_until = 0.0
@@ -130,12 +135,6 @@ class GuardedAgent:
             return 0.0
         return max(0.0, self._cooldown_until - time.monotonic())
 
-    def available_now(self) -> bool:
-        """Whether a call now would reach the agent: it is not cooling down and its breaker
-        is not open (a fallback chain skips an agent that would only fall back itself)."""
-        if self.cooldown_remaining() > 0:
-            return False
-        return self.breaker.state.value in ("closed", "half_open", "disabled")
 
     def restart(self) -> bool:
         """Replace the agent instance with a fresh one; False when there is no factory."""
@@ -158,7 +157,73 @@ class GuardedAgent:
             return ProbeOutcome(describe_error(exc))
         return ProbeOutcome()
 
+    # --- bulkhead and fallback chain ------------------------------------------------------
+
+    def available_now(self) -> bool:
+        """Whether a call now would reach the agent: it is not cooling down (a rate limit's
+        Retry-After) and its breaker would admit it. Asks without taking a permit, so a
+        fallback chain can skip an agent that would only fall back itself."""
+        if self.cooldown_remaining() > 0:
+            return False
+        return self.breaker.admits_calls_now()
+
     async def handle(self, request: AgentRequest) -> AgentReply:
+        bulkhead = self.bulkhead
+        if bulkhead is None or request.synthetic:
+            return await self._handle(request)
+        started = time.perf_counter()
+        if not await bulkhead.enter():
+            return await self._turned_away(request, bulkhead, started)
+        try:
+            return await self._handle(request)
+        finally:
+            bulkhead.leave()
+
+    async def _turned_away(
+        self, request: AgentRequest, bulkhead: Bulkhead, started: float
+    ) -> AgentReply:
+        """No slot of the bulkhead came in time: a fallback answers; the agent is not at
+        fault, so its breaker counts nothing."""
+        with self._tracer.start_as_current_span(
+            self._span_name,
+            attributes={
+                "ers.agent": self.name,
+                "ers.user_id": hash_user_id(request.user_id),
+                "ers.synthetic": False,
+                "ers.bulkhead.rejected": True,
+            },
+        ) as span:
+            cause = bulkhead.describe_full()
+            return await self._degrade(request, span, started, "rejected", cause)
+
+    def _answered_by_alternate(
+        self, answer: ChainAnswer, span: trace.Span, started: float, outcome: str, cause: str
+    ) -> AgentReply:
+        span.set_attribute("ers.degraded", True)
+        span.set_attribute("ers.fallback", "agent")
+        span.set_attribute("ers.fallback.via", answer.via)
+        self._record(outcome, started)
+        if self._instruments is not None:
+            self._instruments.fallbacks.add(1, {"agent": self.name, "kind": "agent"})
+        reply = answer.reply
+        return replace(
+            reply,
+            agent=self.name,
+            degraded=True,
+            fallback="agent",
+            data={**reply.data, "cause": cause, "breaker": self.breaker.state.value},
+            recovery={
+                **(reply.recovery or {}),
+                "fallback": "agent",
+                "via": answer.via,
+                "chain": list(answer.tried),
+                "skipped": list(answer.skipped),
+            },
+        )
+
+    # --- one guarded call ------------------------------------------------------------------
+
+    async def _handle(self, request: AgentRequest) -> AgentReply:
         started = time.perf_counter()
         # The span is made current by hand rather than with start_as_current_span: its
         # generator-based context managers cost several microseconds per call, and with
@@ -182,10 +247,12 @@ class GuardedAgent:
                 # The responder's serve_cached: the agent is spared; the call never reaches
                 # it, so it counts as rejected, as behind an open breaker.
                 span.set_attribute("ers.serve_cached", True)
-                return self._degrade(request, span, started, "rejected", "serving cached answers")
+                return await self._degrade(
+                    request, span, started, "rejected", "serving cached answers", chain=False
+                )
             if self._cooldown_until and self.cooldown_remaining() > 0:
                 span.set_attribute("ers.cooldown", True)
-                return self._degrade(
+                return await self._degrade(
                     request,
                     span,
                     started,
@@ -197,7 +264,7 @@ class GuardedAgent:
                 permit = self.breaker.acquire()
             except CallNotPermitted as rejected:
                 span.set_attribute("ers.breaker.rejected", True)
-                return self._degrade(request, span, started, "rejected", str(rejected))
+                return await self._degrade(request, span, started, "rejected", str(rejected))
             try:
                 # The first attempt runs inline: it is the only one on the healthy path.
                 reply = await self._deadlines.run(self._agent_call(request), self._first_timeout)
@@ -213,7 +280,7 @@ class GuardedAgent:
                     self._record("user_error", started)
                     raise
                 except Exception as exc:
-                    return self._fail(request, span, started, exc)
+                    return await self._fail(request, span, started, exc)
             else:
                 if permit.record_success(time.perf_counter() - started):
                     self._report_trip()
@@ -264,7 +331,7 @@ class GuardedAgent:
         if self._instruments is not None:
             self._instruments.calls.add(1, {"agent": self.name, "outcome": outcome})
 
-    def _fail(
+    async def _fail(
         self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
     ) -> AgentReply:
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
@@ -273,7 +340,7 @@ class GuardedAgent:
         if isinstance(exc, FailureKind):
             _mark_failure_kind(span, exc)
         outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
-        return self._degrade(request, span, started, outcome, type(exc).__name__)
+        return await self._degrade(request, span, started, outcome, type(exc).__name__)
 
     async def _retry(
         self, request: AgentRequest, span: trace.Span, started: float, error: Exception
@@ -359,9 +426,21 @@ class GuardedAgent:
         await faults.before_call(self.name)
         return await self.agent.handle(request)
 
-    def _degrade(
-        self, request: AgentRequest, span: trace.Span, started: float, outcome: str, cause: str
+    async def _degrade(
+        self,
+        request: AgentRequest,
+        span: trace.Span,
+        started: float,
+        outcome: str,
+        cause: str,
+        *,
+        chain: bool = True,
     ) -> AgentReply:
+        # The responder's serve_cached chose the cached answer: no other agent is asked.
+        if chain and self.chain is not None:
+            answer = await self.chain.answer(request)
+            if answer is not None:
+                return self._answered_by_alternate(answer, span, started, outcome, cause)
         fallback = self.fallback.answer(request)
         span.set_attribute("ers.degraded", True)
         span.set_attribute("ers.fallback", fallback.kind)

@@ -20,6 +20,7 @@ os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
 from fastapi import FastAPI  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
+from service.agents.config import load_team_config  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks  # noqa: E402
 from service.backups.service import finds_no_state  # noqa: E402
@@ -40,6 +41,7 @@ from service.incidents.state_notes import StateNotes  # noqa: E402
 from service.incidents.store_pg import PgIncidentStore  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
 from service.resilience.breaker_metrics import BreakerMetrics  # noqa: E402
+from service.resilience.bulkhead import register_bulkhead_metrics  # noqa: E402
 from service.resilience.faults import FaultInjector  # noqa: E402
 from service.resilience.instruments import AgentInstruments  # noqa: E402
 from service.resilience.state_keeper import StateKeeper  # noqa: E402
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     check_production(settings)
     breaker_configs(settings)  # an invalid per-agent override stops start-up here, in one line
+    load_team_config(settings)  # so does an agent that does not load, or a route to none
     check_rules(settings)
     telemetry = build_telemetry(
         settings.service_name, service_version(), enabled=settings.telemetry_enabled
@@ -170,6 +173,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         instruments = AgentInstruments.create(telemetry.meter) if telemetry.enabled else None
         faults = FaultInjector() if settings.fault_injection else None
         team = build_team(stores, telemetry.tracer, instruments, faults, settings)
+        stack.push_async_callback(team.aclose)
+        register_bulkhead_metrics(telemetry.meter, team.guards)
         breaker_metrics = BreakerMetrics(telemetry.meter)
         breaker_metrics.attach(team.breakers())
         stack.callback(breaker_metrics.detach)

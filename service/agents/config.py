@@ -1,0 +1,208 @@
+"""The team from the settings: each agent of ``agents:`` checked, loaded and built.
+
+A Python agent is a factory named by import path (``package.module:factory``) or by an
+entry point of the group ``ers.agents``; it takes the agent's name and the stores and returns
+an ``Agent``. A remote agent is ``service.agents.remote.RemoteAgent``. Every mistake (an
+unknown kind, a factory that does not import, a route or a fallback naming no agent) is a
+``SettingsError`` of one line naming the setting, found before the service starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from service.agents.base import ALIASES, Agent
+from service.agents.router import INTENTS
+from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
+from service.settings import Settings, SettingsError
+from service.stores import Stores
+
+ENTRY_POINT_GROUP = "ers.agents"
+# The router is the team's own; the seed's aliases (npa, ...) already name built-in agents.
+RESERVED_NAMES = frozenset({"router", *ALIASES})
+# An agent's name goes into span names, metric labels and URLs.
+AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+AgentFactory = Callable[[str, Stores], Agent]
+
+_SPEC: TypeAdapter[AgentSpec] = TypeAdapter(AgentSpec)
+KINDS = ("python", "http")
+
+
+@dataclass(frozen=True)
+class TeamConfig:
+    """The checked ``agents:`` (in the settings' order), and the agent of each routed intent:
+    ``agent_routes``, else the agent named like the intent."""
+
+    specs: Mapping[str, AgentSpec]
+    routes: Mapping[str, str]
+    # The Python agents' factories, resolved (imported) while checking.
+    factories: Mapping[str, AgentFactory]
+
+
+def load_team_config(settings: Settings) -> TeamConfig:
+    """Check the team's settings and import every Python agent's factory; SettingsError
+    names the first thing wrong and what to do."""
+    specs = {name: parse_spec(name, raw) for name, raw in settings.agents.items()}
+    if not specs:
+        raise SettingsError(
+            "invalid setting 'agents': the team has no agent; list at least one, or remove "
+            "the key for the built-in nutrition, workout and budget agents"
+        )
+    known = ", ".join(specs)
+    for name, spec in specs.items():
+        for position, other in enumerate(spec.fallbacks):
+            key = f"agents.{name}.fallbacks.{position}"
+            if other == name:
+                raise SettingsError(f"invalid setting '{key}': '{name}' cannot fall back to itself")
+            if other not in specs:
+                raise SettingsError(
+                    f"invalid setting '{key}': no agent named '{other}'; use one of {known}"
+                )
+    routes = {intent: intent for intent in INTENTS if intent in specs}
+    for intent, agent in settings.agent_routes.items():
+        if intent not in INTENTS:
+            raise SettingsError(
+                f"invalid setting 'agent_routes.{intent}': the router has no such intent; "
+                f"use one of {', '.join(INTENTS)}"
+            )
+        if agent is None:
+            routes.pop(intent, None)
+            continue
+        if agent not in specs:
+            raise SettingsError(
+                f"invalid setting 'agent_routes.{intent}': no agent named '{agent}'; "
+                f"use one of {known}"
+            )
+        routes[intent] = agent
+    factories = {
+        name: resolve_factory(name, spec.factory)
+        for name, spec in specs.items()
+        if isinstance(spec, PythonAgentSpec)
+    }
+    return TeamConfig(specs, routes, factories)
+
+
+def parse_spec(name: str, raw: Any) -> AgentSpec:
+    if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
+        raise SettingsError(
+            f"invalid setting 'agents.{name}': an agent's name is lowercase letters, digits, "
+            "'_' and '-', starting with a letter, at most 63 characters"
+        )
+    if name in RESERVED_NAMES:
+        raise SettingsError(
+            f"invalid setting 'agents.{name}': the name '{name}' is reserved; choose another"
+        )
+    if not isinstance(raw, Mapping):
+        raise SettingsError(
+            f"invalid setting 'agents.{name}': a mapping with kind: python (and factory) or "
+            "kind: http (and url)"
+        )
+    if raw.get("kind") not in KINDS:
+        got = "missing" if "kind" not in raw else f"'{raw['kind']}' is not a kind of agent"
+        raise SettingsError(
+            f"invalid setting 'agents.{name}.kind': {got}; use python (with factory: "
+            "package.module:factory or an entry point) or http (with url)"
+        )
+    try:
+        return _SPEC.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"][1:])
+        if first["type"] == "extra_forbidden":
+            problem = "unknown key; check its spelling"
+        else:
+            problem = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting 'agents.{name}.{field}': {problem}") from None
+
+
+def resolve_factory(name: str, reference: str) -> AgentFactory:
+    """The callable that ``reference`` names: ``package.module:factory``, or an entry point
+    of the group ``ers.agents``."""
+    key = f"agents.{name}.factory"
+    if ":" not in reference:
+        found = entry_points(group=ENTRY_POINT_GROUP, name=reference)
+        if not found:
+            installed = ", ".join(sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)))
+            raise SettingsError(
+                f"invalid setting '{key}': no entry point '{reference}' in the group "
+                f"'{ENTRY_POINT_GROUP}' (installed: {installed or 'none'}); install the package "
+                "that provides it, or write an import path as package.module:factory"
+            )
+        try:
+            loaded = next(iter(found)).load()
+        except Exception as exc:
+            raise SettingsError(
+                f"invalid setting '{key}': the entry point '{reference}' does not load "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        return _callable(key, reference, loaded)
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise SettingsError(f"invalid setting '{key}': '{reference}' is not package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SettingsError(
+            f"invalid setting '{key}': cannot import '{module_name}' ({exc}); install it or "
+            "fix the module path"
+        ) from None
+    except Exception as exc:
+        raise SettingsError(
+            f"invalid setting '{key}': importing '{module_name}' failed "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise SettingsError(
+                f"invalid setting '{key}': module '{module_name}' has no '{attribute}'"
+            )
+    return _callable(key, reference, target)
+
+
+def _callable(key: str, reference: str, target: Any) -> AgentFactory:
+    if not callable(target):
+        raise SettingsError(
+            f"invalid setting '{key}': '{reference}' is a {type(target).__name__}, not a "
+            "factory; name a callable taking (name, stores)"
+        )
+    return target  # type: ignore[no-any-return]
+
+
+def build_agent(
+    name: str, spec: AgentSpec, config: TeamConfig, stores: Stores, settings: Settings
+) -> Agent:
+    """One agent of the team, as its spec says; SettingsError when a factory fails."""
+    if isinstance(spec, HttpAgentSpec):
+        # Imported here: a team of Python agents does not load the HTTP client.
+        from service.agents.remote import RemoteAgent
+
+        return RemoteAgent(name, spec, default_timeout_s=settings.agent_timeout_s)
+    key = f"agents.{name}.factory"
+    try:
+        agent = config.factories[name](name, stores)
+    except Exception as exc:
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' failed building agent '{name}' "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(agent, Agent):
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' returned a {type(agent).__name__}, "
+            "not an agent; return an object with a name and an async handle(request)"
+        )
+    if agent.name != name:
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' returned an agent named "
+            f"'{agent.name}' for '{name}'; give it the name the factory is called with"
+        )
+    return agent

@@ -1,0 +1,128 @@
+"""A user's own agent under ``ers serve``: added by import path in the settings file, routed an
+intent, answered for along its fallback chain when it fails; and a team that cannot be
+built stops ``ers serve`` with one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ROOT, start_ers
+
+pytestmark = pytest.mark.integration
+
+HELPERS = "tests.service.own_agents"
+NOT_AN_AGENT = f"{HELPERS}:not_an_agent"
+BUILT_IN = {name: {"kind": "python", "factory": name} for name in ("nutrition", "workout")}
+
+
+def settings_file(path: Path, agents: dict[str, Any], routes: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"agents": agents, "agent_routes": routes}))
+    return path
+
+
+def test_a_failing_agent_of_ones_own_falls_back_along_its_chain(tmp_path: Path) -> None:
+    agents = {
+        **BUILT_IN,
+        "my_coach": {
+            "kind": "python",
+            "factory": f"{HELPERS}:broken",
+            "fallbacks": ["resting", "workout"],
+            "max_concurrent_calls": 4,
+            "max_wait_s": 1,
+        },
+        "resting": {"kind": "python", "factory": f"{HELPERS}:coach"},
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    env = {"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=30) as http:
+            forced = http.post(
+                "/api/emergency/circuit-breaker/resting/force-open",
+                json={"reason": "kept out of the chain", "ttlSeconds": 300},
+            )
+            assert forced.status_code == 200, forced.text
+            reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            off_topic = http.post("/chat", json={"message": "plan my budget", "userId": "u"})
+            assert off_topic.status_code == 200, off_topic.text
+            metrics = http.get("/metrics").text
+    finally:
+        exit_code = ers.stop()
+    assert exit_code == 0, ers.log()[-4000:]
+
+    assert body["agent"] == "my_coach"
+    assert body["emergency"] is True
+    assert body["recovery"]["fallback"] == "agent"
+    assert body["recovery"]["via"] == "workout"
+    assert body["recovery"]["chain"] == ["workout"]
+    assert body["recovery"]["skipped"] == ["resting"]
+    # The built-in workout agent's answer: it asks what it needs for a plan, or gives one.
+    assert re.search(r"workout|week|goal|level", body["response"], re.IGNORECASE)
+    # No agent is routed the budget intent: the router answers for itself.
+    assert off_topic.json()["agent"] == "router"
+    assert 'ers_fallbacks_total{agent="my_coach",kind="agent"} 1.0' in metrics
+    assert 'ers_agent_calls_waiting{agent="my_coach"} 0.0' in metrics
+    failed = re.search(r'ers_agent_calls_total\{agent="my_coach",outcome="failure"\} 1\.0', metrics)
+    assert failed, metrics
+
+
+@pytest.mark.parametrize(
+    ("agents", "routes", "expected"),
+    [
+        (
+            BUILT_IN,
+            {"workout": "my_coach"},
+            "ers: invalid setting 'agent_routes.workout': no agent named 'my_coach'; use one "
+            "of nutrition, workout",
+        ),
+        (
+            {**BUILT_IN, "my_coach": {"kind": "python", "factory": "my_agents.coach:make"}},
+            {"workout": "my_coach"},
+            "ers: invalid setting 'agents.my_coach.factory': cannot import 'my_agents.coach'",
+        ),
+        (
+            {**BUILT_IN, "my_coach": {"kind": "python", "factory": NOT_AN_AGENT}},
+            {"workout": "my_coach"},
+            "ers: invalid setting 'agents.my_coach.factory': "
+            f"'{HELPERS}:not_an_agent' returned a dict, not an agent",
+        ),
+    ],
+)
+def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
+    tmp_path: Path, agents: dict[str, Any], routes: dict[str, str], expected: str
+) -> None:
+    config = settings_file(tmp_path / "ers.yaml", agents, routes)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
+        env={
+            **env,
+            "ERS_CONFIG": str(config),
+            "ERS_DATA_DIR": str(tmp_path / "data"),
+            "ERS_BACKUPS_ENABLED": "false",
+            "PYTHONPATH": str(ROOT),
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stderr.strip().splitlines()
+    # Names and imports are checked before the server starts; a factory runs in its start-up,
+    # after uvicorn has said it is starting.
+    said = lines if agents.get("my_coach", {}).get("factory") != NOT_AN_AGENT else lines[-1:]
+    assert len(said) == 1 and said[0].startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2

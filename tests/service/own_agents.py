@@ -1,0 +1,97 @@
+"""Small agents of a user's own, loaded by import path (``tests.service.own_agents:...``) by
+the tests of configured teams, in process and under ``ers serve``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.agents.base import AgentReply, AgentRequest
+from service.errors import AgentFailure
+from service.stores import Stores
+
+
+class Coach:
+    """Answers every message; counts its calls."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        self.calls += 1
+        return AgentReply(f"{self.name} says: keep moving ({request.message})", self.name)
+
+
+class BrokenCoach:
+    """Fails every call the way a crashed dependency does: by raising."""
+
+    guidance = "Rest today; the coach is back soon."
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        self.calls += 1
+        raise AgentFailure(f"{self.name}: the coaching model is not loaded")
+
+
+class GatedCoach:
+    """Holds every call until ``gate`` is set; counts the calls running at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.gate = asyncio.Event()
+        self.running = 0
+        self.most_running = 0
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await self.gate.wait()
+        finally:
+            self.running -= 1
+        return AgentReply(f"{self.name} answered", self.name)
+
+
+def coach(name: str, stores: Stores) -> Coach:
+    return Coach(name)
+
+
+def broken(name: str, stores: Stores) -> BrokenCoach:
+    return BrokenCoach(name)
+
+
+def gated(name: str, stores: Stores) -> GatedCoach:
+    return GatedCoach(name)
+
+
+def wrong_name(name: str, stores: Stores) -> Coach:
+    return Coach(f"{name}-other")
+
+
+def not_an_agent(name: str, stores: Stores) -> object:
+    return {"name": name}
+
+
+def failing_factory(name: str, stores: Stores) -> Coach:
+    raise RuntimeError("the model file is missing")
+
+
+NOT_CALLABLE = 42
+
+
+class ClosingCoach(Coach):
+    """Holds a connection of sorts: ``aclose`` releases it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def closing(name: str, stores: Stores) -> ClosingCoach:
+    return ClosingCoach(name)

@@ -1,0 +1,272 @@
+"""The team from the settings' ``agents:`` and ``agent_routes``: loading by import path and by
+entry point, and one actionable line for each mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from service.agents.base import AgentRequest
+from service.agents.budget import BudgetAgent
+from service.agents.config import load_team_config
+from service.agents.nutrition import NutritionAgent
+from service.agents.specs import HttpAgentSpec, PythonAgentSpec
+from service.agents.workout import WorkoutAgent
+from service.chat.team import Team, breaker_configs, build_team
+from service.settings import Settings, SettingsError
+from service.stores import Stores
+from tests.service.own_agents import ClosingCoach, Coach
+
+HELPERS = "tests.service.own_agents"
+DEFAULT_TEAM = {name: {"kind": "python", "factory": name} for name in ("nutrition", "budget")}
+
+
+def make_settings(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(env="test", data_dir=tmp_path / "data", backups_enabled=False, **values)
+
+
+def team_of(settings: Settings, stores: Stores) -> Team:
+    tracer = TracerProvider().get_tracer("test")
+    return build_team(stores, tracer, None, None, settings)
+
+
+def test_the_default_team_is_the_built_in_agents_loaded_by_entry_point(tmp_path: Path) -> None:
+    config = load_team_config(make_settings(tmp_path))
+    assert list(config.specs) == ["nutrition", "workout", "budget"]
+    assert all(isinstance(spec, PythonAgentSpec) for spec in config.specs.values())
+    assert config.routes == {"nutrition": "nutrition", "workout": "workout", "budget": "budget"}
+    assert [f"{f.__module__}:{f.__name__}" for f in config.factories.values()] == [
+        "service.agents.nutrition:create",
+        "service.agents.workout:create",
+        "service.agents.budget:create",
+    ]
+
+
+async def test_the_default_team_answers_as_before(tmp_path: Path, sqlite_stores: Stores) -> None:
+    team = team_of(make_settings(tmp_path), sqlite_stores)
+    assert sorted(team.guards) == ["budget", "nutrition", "router", "workout"]
+    kinds = {name: type(guard.agent) for name, guard in team.guards.items() if name != "router"}
+    assert kinds == {"nutrition": NutritionAgent, "workout": WorkoutAgent, "budget": BudgetAgent}
+    reply = await team.router.handle(AgentRequest("make me a workout plan", "u1"))
+    assert reply.agent == "workout" and not reply.degraded
+
+
+async def test_an_agent_by_import_path_answers_the_intent_routed_to_it(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        agents={**DEFAULT_TEAM, "my_coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
+        agent_routes={"workout": "my_coach"},
+    )
+    team = team_of(settings, sqlite_stores)
+    reply = await team.router.handle(AgentRequest("make me a workout plan", "u1"))
+    assert reply.agent == "my_coach"
+    assert reply.content == "my_coach says: keep moving (make me a workout plan)"
+    coach = team.guards["my_coach"].agent
+    assert isinstance(coach, Coach) and coach.calls == 1
+    # agents: lists the whole team: the built-in workout agent is not in it.
+    assert "workout" not in team.guards
+
+
+async def test_a_built_in_agent_by_entry_point_under_another_name(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        agents={**DEFAULT_TEAM, "trainer": {"kind": "python", "factory": "workout"}},
+        agent_routes={"workout": "trainer"},
+    )
+    team = team_of(settings, sqlite_stores)
+    trainer = team.guards["trainer"]
+    assert isinstance(trainer.agent, WorkoutAgent) and trainer.agent.name == "trainer"
+    reply = await team.router.handle(AgentRequest("a beginner strength workout plan", "u1"))
+    assert reply.agent == "trainer" and "Monday" in reply.content
+
+
+def test_routes_name_some_intents_and_the_rest_go_to_the_agent_of_their_name(
+    tmp_path: Path,
+) -> None:
+    agents = {**DEFAULT_TEAM, "coach": {"kind": "python", "factory": f"{HELPERS}:coach"}}
+    config = load_team_config(make_settings(tmp_path, agents=agents))
+    # No agent is named workout: that intent is the router's to answer.
+    assert config.routes == {"nutrition": "nutrition", "budget": "budget"}
+    routed = make_settings(tmp_path, agents=agents, agent_routes={"workout": "coach"})
+    assert load_team_config(routed).routes == {
+        "nutrition": "nutrition",
+        "workout": "coach",
+        "budget": "budget",
+    }
+    unrouted = make_settings(tmp_path, agent_routes={"budget": None})
+    assert load_team_config(unrouted).routes == {"nutrition": "nutrition", "workout": "workout"}
+
+
+async def test_an_unrouted_intent_gets_the_routers_general_answer(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    team = team_of(make_settings(tmp_path, agent_routes={"budget": None}), sqlite_stores)
+    reply = await team.router.handle(AgentRequest("how much did I spend on my budget", "u1"))
+    assert reply.agent == "router"
+    assert "budget" in team.guards
+
+
+@pytest.mark.parametrize(
+    ("agents", "routes", "expected"),
+    [
+        (
+            {"coach": {"kind": "python", "factory": "no_such_module_here:make"}},
+            {},
+            "invalid setting 'agents.coach.factory': cannot import 'no_such_module_here'",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:no_such_factory"}},
+            {},
+            f"invalid setting 'agents.coach.factory': module '{HELPERS}' has no 'no_such_factory'",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:NOT_CALLABLE"}},
+            {},
+            f"invalid setting 'agents.coach.factory': '{HELPERS}:NOT_CALLABLE' is a int, not "
+            "a factory",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": "no-such-entry-point"}},
+            {},
+            "invalid setting 'agents.coach.factory': no entry point 'no-such-entry-point' in the "
+            "group 'ers.agents' (installed: budget, nutrition, workout)",
+        ),
+        (
+            {"coach": {"factory": f"{HELPERS}:coach"}},
+            {},
+            "invalid setting 'agents.coach.kind': missing; use python",
+        ),
+        (
+            {"coach": {"kind": "grpc", "factory": f"{HELPERS}:coach"}},
+            {},
+            "invalid setting 'agents.coach.kind': 'grpc' is not a kind of agent",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:coach", "fallback": ["x"]}},
+            {},
+            "invalid setting 'agents.coach.fallback': unknown key",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:coach", "max_wait_s": -1}},
+            {},
+            "invalid setting 'agents.coach.max_wait_s': Input should be greater than or equal",
+        ),
+        (
+            {"router": {"kind": "python", "factory": f"{HELPERS}:coach"}},
+            {},
+            "invalid setting 'agents.router': the name 'router' is reserved",
+        ),
+        (
+            {"My Coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
+            {},
+            "invalid setting 'agents.My Coach': an agent's name is lowercase letters",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:coach", "fallbacks": ["nobody"]}},
+            {},
+            "invalid setting 'agents.coach.fallbacks.0': no agent named 'nobody'; use one of coach",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:coach", "fallbacks": ["coach"]}},
+            {},
+            "invalid setting 'agents.coach.fallbacks.0': 'coach' cannot fall back to itself",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
+            {"workout": "my_coach"},
+            "invalid setting 'agent_routes.workout': no agent named 'my_coach'; use one of coach",
+        ),
+        (
+            {"coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
+            {"dancing": "coach"},
+            "invalid setting 'agent_routes.dancing': the router has no such intent; use one of "
+            "nutrition, workout, budget",
+        ),
+        ({}, {}, "invalid setting 'agents': the team has no agent"),
+    ],
+)
+def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
+    tmp_path: Path, agents: dict[str, Any], routes: dict[str, str], expected: str
+) -> None:
+    settings = make_settings(tmp_path, agents=agents, agent_routes=routes)
+    with pytest.raises(SettingsError) as raised:
+        load_team_config(settings)
+    message = str(raised.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        ("failing_factory", "failed building agent 'coach' (RuntimeError: the model file"),
+        ("not_an_agent", "returned a dict, not an agent"),
+        ("wrong_name", "returned an agent named 'coach-other' for 'coach'"),
+    ],
+)
+async def test_a_factory_that_does_not_give_the_agent_stops_the_build(
+    tmp_path: Path, sqlite_stores: Stores, factory: str, expected: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        agents={"coach": {"kind": "python", "factory": f"{HELPERS}:{factory}"}},
+        agent_routes={},
+    )
+    with pytest.raises(SettingsError) as raised:
+        team_of(settings, sqlite_stores)
+    assert str(raised.value).startswith("invalid setting 'agents.coach.factory': ")
+    assert expected in str(raised.value)
+
+
+def test_breaker_overrides_accept_configured_agents_and_refuse_others(tmp_path: Path) -> None:
+    agents = {**DEFAULT_TEAM, "my_coach": {"kind": "python", "factory": f"{HELPERS}:coach"}}
+    settings = make_settings(
+        tmp_path, agents=agents, agent_breakers={"my_coach": {"open_duration_s": 7}}
+    )
+    _, per_agent = breaker_configs(settings)
+    assert per_agent["my_coach"].open_duration_s == 7
+    wrong = make_settings(tmp_path, agents=agents, agent_breakers={"workout": {}})
+    with pytest.raises(
+        SettingsError,
+        match=r"agent_breakers\.workout': no such agent; use one "
+        r"of router, nutrition, budget, my_coach",
+    ):
+        breaker_configs(wrong)
+
+
+async def test_the_team_closes_the_agents_that_hold_something_open(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        agents={**DEFAULT_TEAM, "keeper": {"kind": "python", "factory": f"{HELPERS}:closing"}},
+        agent_routes={"workout": "keeper"},
+    )
+    team = team_of(settings, sqlite_stores)
+    keeper = team.guards["keeper"].agent
+    assert isinstance(keeper, ClosingCoach) and not keeper.closed
+    await team.aclose()
+    assert keeper.closed
+
+
+async def test_a_remote_agent_is_built_from_its_spec_and_closed_with_the_team(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    remote = pytest.importorskip("service.agents.remote")
+    settings = make_settings(
+        tmp_path,
+        agents={**DEFAULT_TEAM, "far": {"kind": "http", "url": "http://127.0.0.1:9/agent"}},
+        agent_routes={"workout": "far"},
+    )
+    config = load_team_config(settings)
+    assert isinstance(config.specs["far"], HttpAgentSpec)
+    team = team_of(settings, sqlite_stores)
+    assert isinstance(team.guards["far"].agent, remote.RemoteAgent)
+    await team.aclose()
