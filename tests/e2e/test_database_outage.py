@@ -211,7 +211,14 @@ def test_the_service_answers_while_postgres_is_down_and_recovers_when_it_is_back
             time.sleep(0.2)
         assert listed.status_code == 200, listed.text
         assert any(i["component"] == "budget" for i in listed.json()["incidents"])
-        ok = httpx.post(f"{ers.url}/chat", json={"message": "plan my meals", "userId": "u1"})
+        # The component stores reopen once their check finds the server back (bounded).
+        while True:
+            ok = httpx.post(
+                f"{ers.url}/chat", json={"message": "plan my meals", "userId": "u1"}, timeout=10
+            )
+            if ok.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert ok.status_code == 200, ok.text
         # Alertmanager retries a 5xx; the ledger's pool reconnects with a backoff of its own.
         deadline = time.monotonic() + 30
