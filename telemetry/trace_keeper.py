@@ -115,7 +115,8 @@ class TraceKeeper(SpanProcessor):
     def keep_records(self, records: list[SpanRecord]) -> int:
         """Keep the traces among ``records`` (spans another service sent) that have an error,
         with all their spans here; with an archive, write them to disk on this thread, so
-        call it off the event loop. Returns how many traces were kept."""
+        call it off the event loop. Spans of a trace whose local root has not ended join its
+        pending spans and share its fate. Returns how many traces were kept now."""
         by_trace: dict[int, list[SpanRecord]] = {}
         for record in records:
             by_trace.setdefault(int(record.trace_id, 16), []).append(record)
@@ -123,6 +124,14 @@ class TraceKeeper(SpanProcessor):
         with self._lock:
             for trace_id, spans in by_trace.items():
                 kept = self._kept.get(trace_id)
+                pending = None if kept is not None else self._pending.get(trace_id)
+                if pending is not None:
+                    # Its local root is still running here: the trace is settled with it, so
+                    # the spans that ended here already are kept together with these.
+                    pending.spans.extend(spans)
+                    pending.has_error = pending.has_error or any(s.is_error for s in spans)
+                    self._pending_spans += len(spans)
+                    continue
                 if kept is None and not any(span.is_error for span in spans):
                     self.traces_dropped += 1
                     continue
@@ -220,6 +229,7 @@ def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:
     for record in sorted(records, key=lambda r: r.start_ns):
         nodes[record.span_id] = {
             "name": record.name,
+            "service": record.service_name,
             "spanId": record.span_id,
             "parentSpanId": record.parent_span_id,
             "start": record.start_ns,

@@ -48,11 +48,18 @@ class ExampleAgent:
                 self.process.wait(timeout=5)
 
 
-def start_example_agent(workdir: Path, token_file: Path | None = None) -> ExampleAgent:
-    """Start the example agent and wait (30 s at most) until it answers."""
+def start_example_agent(
+    workdir: Path, token_file: Path | None = None, env: dict[str, str] | None = None
+) -> ExampleAgent:
+    """Start the example agent (with ``env`` added to its environment) and wait (30 s at
+    most) until it answers."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EXAMPLE_AGENT_"))}
+    inherited = os.environ.items()
+    env = {
+        **{k: v for k, v in inherited if not k.startswith(("OTEL_", "EXAMPLE_AGENT_"))},
+        **(env or {}),
+    }
     if token_file is not None:
         env["EXAMPLE_AGENT_TOKEN_FILE"] = str(token_file)
     log_path = workdir / f"example-agent-{port}.log"

@@ -21,12 +21,21 @@ Endpoints:
 
 With ``EXAMPLE_AGENT_TOKEN_FILE`` set, chat calls must carry ``Authorization: Bearer
 <token>`` (the file's text, one trailing newline removed) and get 401 otherwise.
+
+With ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` set (e.g. ERS's ``/v1/traces``), the agent
+traces its requests as the service ``example-remote-agent`` and sends the spans there over
+OTLP/HTTP; the ``traceparent`` ERS sends makes them part of ERS's trace. The intake token
+goes in ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` (``Authorization=Bearer%20<token>``) or, to
+keep it out of the environment, in the file ``EXAMPLE_AGENT_OTLP_TOKEN_FILE`` names. Unset:
+no tracing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,15 +72,56 @@ class OpenAIRequest(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=100)
 
 
-def _token() -> str | None:
-    path = os.environ.get("EXAMPLE_AGENT_TOKEN_FILE")
+SERVICE_NAME = "example-remote-agent"
+
+
+def _read_token(variable: str) -> str | None:
+    path = os.environ.get(variable)
     if not path:
         return None
     text = Path(path).read_text()
     return text[:-1] if text.endswith("\n") else text
 
 
-app = FastAPI(title="example remote agent")
+def _token() -> str | None:
+    return _read_token("EXAMPLE_AGENT_TOKEN_FILE")
+
+
+def _tracer_provider() -> Any:
+    """An SDK tracer provider exporting to ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or None
+    when that is unset. The exporter reads the endpoint and ``..._HEADERS`` itself."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    otlp_token = _read_token("EXAMPLE_AGENT_OTLP_TOKEN_FILE")
+    headers = None if otlp_token is None else {"Authorization": f"Bearer {otlp_token}"}
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    # A short delay: a failed call's spans reach the collector while its trace is looked at.
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(headers=headers), schedule_delay_millis=200)
+    )
+    return provider
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        if app.state.tracer_provider is not None:
+            app.state.tracer_provider.shutdown()  # flushes the spans still batched
+
+
+app = FastAPI(title="example remote agent", lifespan=_lifespan)
+app.state.tracer_provider = _tracer_provider()
+if app.state.tracer_provider is not None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=app.state.tracer_provider)
 app.state.failures = None
 app.state.calls = []
 app.state.expected_auth = None if (token := _token()) is None else f"Bearer {token}"

@@ -163,3 +163,21 @@ def test_kept_traces_outlive_the_keeper_in_its_bounded_file(tmp_path) -> None:  
     assert last.get_trace(local) is None  # the oldest of four went first
     assert all(last.get_trace(trace_id) is not None for trace_id in intake)
     last.shutdown()
+
+
+def test_intake_spans_arriving_while_the_local_root_runs_are_kept_with_all_its_spans() -> None:
+    from tests.telemetry.conftest import error_record
+
+    keeper, provider = keeper_and_tracer()
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("POST /chat") as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with tracer.start_as_current_span("agent.helper"):
+            pass  # ended here before the other service's spans arrive
+        remote = error_record("POST /chat", trace_id=trace_id, resource={"service.name": "agent"})
+        keeper.keep_records([remote])
+    records = keeper.get_trace(trace_id)
+    assert records is not None
+    assert sorted(r.name for r in records) == ["POST /chat", "POST /chat", "agent.helper"]
+    assert keeper.stats()["traces_pending"] == 0
+    assert "agent" in {node["service"] for node in span_tree(records)}

@@ -1,0 +1,115 @@
+"""One trace across two processes: `ers serve` calls the example agent (a real uvicorn process)
+that traces itself with the official OTLP/HTTP exporter into ERS's intake; the failed chat's
+kept trace holds ERS's agent span with the example agent's server span beneath it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ErsProcess, free_port, start_ers
+from tests.example_agent import ExampleAgent, start_example_agent
+
+pytest.importorskip("service.agents.config")
+
+pytestmark = pytest.mark.integration
+
+INTAKE_TOKEN = "intake-token-7c41e0"
+EXAMPLE_SERVICE = "example-remote-agent"
+
+
+@pytest.fixture
+def ers_and_agent(tmp_path: Path) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
+    intake_token_file = tmp_path / "intake-token"
+    intake_token_file.write_text(INTAKE_TOKEN + "\n")
+    ers_port = free_port()
+    agent = start_example_agent(
+        tmp_path / "example",
+        env={
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{ers_port}/v1/traces",
+            "EXAMPLE_AGENT_OTLP_TOKEN_FILE": str(intake_token_file),
+        },
+    )
+    config = tmp_path / "ers.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "agents": {
+                    "workout": {"kind": "python", "factory": "workout"},
+                    "helper": {
+                        "kind": "http",
+                        "url": f"{agent.url}/chat",
+                        "contract": "ers",
+                        "timeout_s": 2,
+                    },
+                },
+                "agent_routes": {"workout": "helper"},
+            }
+        )
+    )
+    env = {"ERS_CONFIG": str(config), "ERS_INTAKE_TOKEN_FILE": str(intake_token_file)}
+    try:
+        ers = start_ers(tmp_path / "ers", env=env, port=ers_port)
+    except BaseException:
+        agent.stop()
+        raise
+    try:
+        yield ers, agent
+    finally:
+        agent.stop()
+        ers.stop()
+
+
+def walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for node in nodes:
+        yield node
+        yield from walk(node["children"])
+
+
+def agent_span_with_the_example_beneath(trace: dict[str, Any]) -> dict[str, Any] | None:
+    """ERS's ``agent.helper`` span, when a span of the example agent is in its subtree."""
+    for node in walk(trace["spans"]):
+        if node["name"] == "agent.helper" and node["service"] != EXAMPLE_SERVICE:
+            beneath = [n for n in walk(node["children"]) if n["service"] == EXAMPLE_SERVICE]
+            if beneath:
+                return node
+    return None
+
+
+def test_a_failed_remote_call_keeps_one_trace_with_both_services_spans(
+    ers_and_agent: tuple[ErsProcess, ExampleAgent],
+) -> None:
+    ers, agent = ers_and_agent
+    agent.fail_next("server_error", count=10)
+    with httpx.Client(base_url=ers.url, timeout=30) as http:
+        reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["agent"] == "helper" and body["emergency"] is True, body
+        trace_id = body["traceId"]
+        assert trace_id
+        # The agent exports in batches; its spans arrive shortly after the reply.
+        trace: dict[str, Any] = {}
+        found = None
+        deadline = time.monotonic() + 20
+        while found is None and time.monotonic() < deadline:
+            got = http.get(f"/api/emergency/traces/{trace_id}")
+            if got.status_code == 200:
+                trace = got.json()
+                found = agent_span_with_the_example_beneath(trace)
+            if found is None:
+                time.sleep(0.2)
+    assert found is not None, (trace, agent.log_path.read_text()[-2000:])
+    calls = agent.calls()
+    assert calls and all(call["traceparent"].split("-")[1] == trace_id for call in calls)
+    example_spans = [n for n in walk(found["children"]) if n["service"] == EXAMPLE_SERVICE]
+    # One server span per attempt, each answered 503 and so an error of the agent's own.
+    servers = [n for n in example_spans if n["attributes"].get("http.route") == "/chat"]
+    assert servers and all(n["status"]["code"] == "ERROR" for n in servers), example_spans
+    assert INTAKE_TOKEN not in ers.log() + agent.log_path.read_text()
