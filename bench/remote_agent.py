@@ -40,6 +40,7 @@ from service.agents.base import AgentRequest
 from service.agents.remote import RemoteAgent
 from service.agents.specs import HttpAgentSpec
 from service.chat.team import Team
+from service.cli.main import tune_garbage_collector
 from service.incidents.service import IncidentService
 from service.incidents.store import IncidentStore
 from service.resilience.breaker import BreakerConfig
@@ -130,8 +131,11 @@ def service_telemetry(folder: Path) -> Iterator[Telemetry]:
         store.close()
 
 
-async def one_round(call: Callable[[], Awaitable[None]], calls: int, concurrency: int) -> float:
-    """Calls per second of ``calls`` calls, ``concurrency`` in flight."""
+async def one_round(
+    call: Callable[[], Awaitable[None]], calls: int, concurrency: int
+) -> tuple[float, float]:
+    """Calls per second of ``calls`` calls, ``concurrency`` in flight, and this process's
+    CPU microseconds per call (every thread: span processors included)."""
     remaining = calls
 
     async def worker() -> None:
@@ -140,14 +144,17 @@ async def one_round(call: Callable[[], Awaitable[None]], calls: int, concurrency
             remaining -= 1
             await call()
 
+    cpu_started = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return calls / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return calls / elapsed, (time.process_time() - cpu_started) / calls * 1e6
 
 
 async def measure(
     agent: ExampleAgent, telemetry: Telemetry, rounds: int, calls: int, concurrency: int
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per variant, calls per second and CPU microseconds per call of each round."""
     url = f"{agent.url}/chat"
     variants: dict[str, Any] = {
         "bare": Bare(url, HttpAgentSpec(url=url).max_connections),  # type: ignore[arg-type]
@@ -155,6 +162,7 @@ async def measure(
         "guarded_untraced_client": Guarded(url, telemetry, trace_client=False),
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     try:
         for variant in variants.values():  # warm-up: connections open, code paths hot
             await one_round(variant.call, max(calls // 5, concurrency), concurrency)
@@ -164,11 +172,13 @@ async def measure(
             names = names[index % len(names) :] + names[: index % len(names)]
             for name in names:
                 await asyncio.to_thread(agent.forget)  # the agent keeps a list of its calls
-                samples[name].append(await one_round(variants[name].call, calls, concurrency))
+                rate, cpu_us = await one_round(variants[name].call, calls, concurrency)
+                samples[name].append(rate)
+                cpu[name].append(cpu_us)
     finally:
         for variant in variants.values():
             await variant.aclose()
-    return samples
+    return samples, cpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -177,11 +187,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--calls", type=int, default=2000, help="calls per round")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight")
     args = parser.parse_args(argv)
+    tune_garbage_collector()  # as `ers serve` does; both variants run in this process
     with tempfile.TemporaryDirectory() as folder:
         agent = start_example_agent(Path(folder) / "agent")
         try:
             with service_telemetry(Path(folder)) as telemetry:
-                samples = asyncio.run(
+                samples, cpu = asyncio.run(
                     measure(agent, telemetry, args.rounds, args.calls, args.concurrency)
                 )
         finally:
@@ -189,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     median = {name: statistics.median(values) for name, values in samples.items()}
     for name, values in samples.items():
         shown = " ".join(f"{v:.0f}" for v in values)
-        print(f"{name:<24} req/s median {median[name]:7.1f}   rounds: {shown}")
+        print(
+            f"{name:<24} req/s median {median[name]:7.1f}, rounds {shown}; "
+            f"client CPU {statistics.median(cpu[name]):6.1f} us/call"
+        )
     untraced_ratio = median["bare"] / median["guarded_untraced_client"]
     print(f"reference: bare/guarded with the client untraced {untraced_ratio:.3f}")
     ratio = median["bare"] / median["guarded"]
