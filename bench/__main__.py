@@ -75,6 +75,7 @@ BENCHMARKS: dict[str, list[Target]] = {
         Target("pg_rollback_vs_restore_ratio", "<=", 1.5),
         Target("pg_rollback_vs_manual", "<=", 1.1),
     ],
+    "bench.remote_agent": [Target("remote_guard_ratio", "<=", 1.10)],
 }
 
 

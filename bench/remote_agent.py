@@ -1,0 +1,226 @@
+"""Cost of guarding a remote agent: a guarded ``RemoteAgent`` call against a bare ``httpx``
+call to the same agent, side by side in one run.
+
+The example agent (examples/remote_agent) runs under uvicorn as a process of its own on a
+free 127.0.0.1 port, healthy. In this process, rounds alternate between the variants; each
+round makes the same number of calls with the same number in flight, and its throughput is
+calls per second of wall time. Medians over the rounds are reported.
+
+- bare: one ``httpx.AsyncClient`` with the limits, timeout and transport the remote agent
+  uses, POSTing the ERS contract's JSON and parsing the reply's ``response``;
+- guarded: a ``RemoteAgent`` behind a ``GuardedAgent`` built by ``Team.protect``, on the
+  service's telemetry (``build_telemetry``: its tracer provider with the incident and
+  kept-trace span processors, its Prometheus-read meter provider, ``AgentInstruments``), the
+  agent's httpx client instrumented on that tracer provider (one client span per attempt);
+- guarded, client not traced: the same, but the ``RemoteAgent`` built as
+  ``service.agents.config.build_agent`` builds it, without a tracer provider (its client
+  spans go to the global provider, a no-op unless one is set): where the client span's cost
+  shows. For reference.
+
+``remote_guard_ratio`` is bare throughput / guarded throughput (medians), i.e. the time a
+guarded call costs relative to a bare one: 1.10 means 10 % more time per call, and the
+target is <= 1.10. It is printed last, with both raw figures and the rounds on the line above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.agents.base import AgentRequest
+from service.agents.remote import RemoteAgent
+from service.agents.specs import HttpAgentSpec
+from service.chat.team import Team
+from service.cli.main import tune_garbage_collector
+from service.incidents.service import IncidentService
+from service.incidents.store import IncidentStore
+from service.resilience.breaker import BreakerConfig
+from service.resilience.guard import GuardConfig, GuardedAgent
+from service.resilience.instruments import AgentInstruments
+from telemetry.providers import Telemetry, build_telemetry
+from telemetry.trace_keeper import TraceKeeper
+from tests.example_agent import ExampleAgent, start_example_agent
+
+TIMEOUT_S = 5.0  # the service's default agent_timeout_s
+MESSAGE = "what should I eat before a run?"
+USER_ID = "user-1"
+
+
+class Bare:
+    """What a caller without ERS would write: the same client settings, the same contract."""
+
+    def __init__(self, url: str, max_connections: int) -> None:
+        self.url = url
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(
+                retries=0,
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=max_connections,
+                ),
+            ),
+            timeout=httpx.Timeout(TIMEOUT_S),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def call(self) -> None:
+        body = {"message": MESSAGE, "userId": USER_ID, "intent": None, "traceId": None}
+        response = await self.client.post(self.url, json=body)
+        response.raise_for_status()
+        document = response.json()
+        if not isinstance(document.get("response"), str):
+            raise RuntimeError(f"the example agent broke the contract: {document!r}")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class Guarded:
+    """A remote agent as the service runs it: behind its guard, on the service's telemetry."""
+
+    def __init__(self, url: str, telemetry: Telemetry, *, trace_client: bool) -> None:
+        spec = HttpAgentSpec(url=url)  # type: ignore[arg-type]
+        self.agent = RemoteAgent(
+            "remote",
+            spec,
+            default_timeout_s=TIMEOUT_S,
+            tracer_provider=telemetry.tracer_provider if trace_client else None,
+        )
+        team = Team(
+            tracer=telemetry.tracer,
+            instruments=AgentInstruments.create(telemetry.meter),
+            faults=None,
+            breaker_config=BreakerConfig(),
+            guard_config=GuardConfig(timeout_s=TIMEOUT_S, total_budget_s=TIMEOUT_S * 1.6),
+        )
+        self.guard: GuardedAgent = team.protect(self.agent)
+        self.request = AgentRequest(message=MESSAGE, user_id=USER_ID)
+
+    async def call(self) -> None:
+        reply = await self.guard.handle(self.request)
+        if reply.degraded or not reply.success:
+            raise RuntimeError(f"the guarded call fell back: {reply.content!r}")
+
+    async def aclose(self) -> None:
+        await self.agent.aclose()
+
+
+@contextlib.contextmanager
+def service_telemetry(folder: Path) -> Iterator[Telemetry]:
+    """The service's providers with the span processors its lifespan adds (the incident
+    processor on a SQLite incident store, the trace keeper without its file archive)."""
+    telemetry = build_telemetry("ers-bench", "0", enabled=True)
+    store = IncidentStore(folder / "incidents.sqlite3")
+    incidents = IncidentService(store, telemetry.meter, rules_path=None)
+    telemetry.add_span_processor(incidents.processor)
+    telemetry.add_span_processor(TraceKeeper())
+    try:
+        yield telemetry
+    finally:
+        telemetry.shutdown()
+        store.close()
+
+
+async def one_round(
+    call: Callable[[], Awaitable[None]], calls: int, concurrency: int
+) -> tuple[float, float]:
+    """Calls per second of ``calls`` calls, ``concurrency`` in flight, and this process's
+    CPU microseconds per call (every thread: span processors included)."""
+    remaining = calls
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return calls / elapsed, (time.process_time() - cpu_started) / calls * 1e6
+
+
+async def measure(
+    agent: ExampleAgent, telemetry: Telemetry, rounds: int, calls: int, concurrency: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per variant, calls per second and CPU microseconds per call of each round."""
+    url = f"{agent.url}/chat"
+    variants: dict[str, Any] = {
+        "bare": Bare(url, HttpAgentSpec(url=url).max_connections),  # type: ignore[arg-type]
+        "guarded": Guarded(url, telemetry, trace_client=True),
+        "guarded_untraced_client": Guarded(url, telemetry, trace_client=False),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for variant in variants.values():  # warm-up: connections open, code paths hot
+            await one_round(variant.call, max(calls // 5, concurrency), concurrency)
+        for index in range(rounds):
+            # Each round starts another variant first, so none always follows the same one.
+            names = list(variants)
+            names = names[index % len(names) :] + names[: index % len(names)]
+            for name in names:
+                await asyncio.to_thread(agent.forget)  # the agent keeps a list of its calls
+                rate, cpu_us = await one_round(variants[name].call, calls, concurrency)
+                samples[name].append(rate)
+                cpu[name].append(cpu_us)
+    finally:
+        for variant in variants.values():
+            await variant.aclose()
+    return samples, cpu
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per round")
+    parser.add_argument("--concurrency", type=int, default=8, help="calls in flight")
+    args = parser.parse_args(argv)
+    tune_garbage_collector()  # as `ers serve` does; both variants run in this process
+    with tempfile.TemporaryDirectory() as folder:
+        agent = start_example_agent(Path(folder) / "agent")
+        try:
+            with service_telemetry(Path(folder)) as telemetry:
+                samples, cpu = asyncio.run(
+                    measure(agent, telemetry, args.rounds, args.calls, args.concurrency)
+                )
+        finally:
+            agent.stop()
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    for name, values in samples.items():
+        shown = " ".join(f"{v:.0f}" for v in values)
+        print(
+            f"{name:<24} req/s median {median[name]:7.1f}, rounds {shown}; "
+            f"client CPU {statistics.median(cpu[name]):6.1f} us/call"
+        )
+    untraced_ratio = median["bare"] / median["guarded_untraced_client"]
+    print(
+        "reference: bare/guarded with the client untraced, as build_agent builds it today "
+        f"(no tracer provider: client spans go to the global one) {untraced_ratio:.3f}"
+    )
+    ratio = median["bare"] / median["guarded"]
+    # Time cost of the guard: bare req/s over guarded req/s; <= 1.10 meets the target.
+    rounds_of = {name: " ".join(f"{v:.0f}" for v in values) for name, values in samples.items()}
+    print(
+        f"anchor bare httpx {median['bare']:.1f} req/s (rounds {rounds_of['bare']}); "
+        f"guarded {median['guarded']:.1f} (rounds {rounds_of['guarded']}); "
+        f"service telemetry with its span processors, {args.concurrency} in flight, "
+        f"{args.calls} calls a round"
+    )
+    print(f"remote_guard_ratio={ratio:.3f}")
+    return {**median, "remote_guard_ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()
