@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from opentelemetry.trace import TracerProvider
 from pydantic import TypeAdapter, ValidationError
 
 from service.agents.base import ALIASES, Agent
@@ -179,14 +180,25 @@ def _callable(key: str, reference: str, target: Any) -> AgentFactory:
 
 
 def build_agent(
-    name: str, spec: AgentSpec, config: TeamConfig, stores: Stores, settings: Settings
+    name: str,
+    spec: AgentSpec,
+    config: TeamConfig,
+    stores: Stores,
+    settings: Settings,
+    tracer_provider: TracerProvider | None = None,
 ) -> Agent:
-    """One agent of the team, as its spec says; SettingsError when a factory fails."""
+    """One agent of the team, as its spec says; SettingsError when a factory fails. A remote
+    agent's client records each attempt as a span of ``tracer_provider`` (the service's)."""
     if isinstance(spec, HttpAgentSpec):
         # Imported here: a team of Python agents does not load the HTTP client.
         from service.agents.remote import RemoteAgent
 
-        return RemoteAgent(name, spec, default_timeout_s=settings.agent_timeout_s)
+        return RemoteAgent(
+            name,
+            spec,
+            default_timeout_s=settings.agent_timeout_s,
+            tracer_provider=tracer_provider,
+        )
     key = f"agents.{name}.factory"
     try:
         agent = config.factories[name](name, stores)

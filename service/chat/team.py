@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
 
 from service.agents import budget, nutrition, workout
 from service.agents.base import Agent, canonical_agent_name
@@ -156,6 +157,7 @@ def build_team(
     faults: FaultInjector | None,
     settings: Settings,
     config: TeamConfig | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Team:
     """The team of the settings' ``agents:``, each behind its guard, and the router over
     them by ``agent_routes``; SettingsError (one line) when an agent cannot be built."""
@@ -171,7 +173,7 @@ def build_team(
     )
     members: dict[str, Agent] = {}
     for name, spec in config.specs.items():
-        agent = build_agent(name, spec, config, stores, settings)
+        agent = build_agent(name, spec, config, stores, settings, tracer_provider)
         members[name] = team.protect(
             agent,
             factory=_rebuilder(name, spec, config, stores, settings),

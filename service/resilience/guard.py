@@ -135,7 +135,6 @@ class GuardedAgent:
             return 0.0
         return max(0.0, self._cooldown_until - time.monotonic())
 
-
     def restart(self) -> bool:
         """Replace the agent instance with a fresh one; False when there is no factory."""
         if self._factory is None:

@@ -172,7 +172,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The team: every agent behind its breaker, timeout, retries and fallback.
         instruments = AgentInstruments.create(telemetry.meter) if telemetry.enabled else None
         faults = FaultInjector() if settings.fault_injection else None
-        team = build_team(stores, telemetry.tracer, instruments, faults, settings)
+        team = build_team(
+            stores,
+            telemetry.tracer,
+            instruments,
+            faults,
+            settings,
+            tracer_provider=telemetry.tracer_provider,
+        )
         stack.push_async_callback(team.aclose)
         register_bulkhead_metrics(telemetry.meter, team.guards)
         breaker_metrics = BreakerMetrics(telemetry.meter)

@@ -112,4 +112,14 @@ def test_a_failed_remote_call_keeps_one_trace_with_both_services_spans(
     # One server span per attempt, each answered 503 and so an error of the agent's own.
     servers = [n for n in example_spans if n["attributes"].get("http.route") == "/chat"]
     assert servers and all(n["status"]["code"] == "ERROR" for n in servers), example_spans
+    # Each attempt is a client span of ERS's own under the agent's span, and the agent's
+    # server span is its child (the traceparent it sent).
+    clients = [
+        n
+        for n in walk(found["children"])
+        if n["service"] != EXAMPLE_SERVICE and n["name"].startswith("POST")
+    ]
+    assert len(clients) == len(servers), found
+    beneath_clients = [n for c in clients for n in c["children"] if n["service"] == EXAMPLE_SERVICE]
+    assert beneath_clients, clients
     assert INTAKE_TOKEN not in ers.log() + agent.log_path.read_text()
