@@ -246,15 +246,18 @@ async def test_an_unreachable_agent_is_retried_then_falls_back(rig_factory: Any)
 async def test_a_rate_limit_that_fits_the_budget_is_waited_out(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
 ) -> None:
-    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
-    agent_side.fail_next("rate_limit", count=1, retryAfter="1")
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)  # a 5 s budget
+    agent_side.fail_next("rate_limit", count=1, retryAfter="2")
+    started = time.monotonic()
     reply = await rig.ask()
+    waited = time.monotonic() - started
 
     assert not reply.degraded
     assert [call["mode"] for call in agent_side.calls()] == ["rate_limit", None]
     assert rig.breaker_failures == []
     (retry,) = [e for e in rig.agent_spans()[0].events if e.name == "retry"]
-    assert retry.attributes is not None and retry.attributes["ers.backoff_s"] == 1.0
+    assert retry.attributes is not None and retry.attributes["ers.backoff_s"] == 2.0
+    assert waited >= 2.0  # the retry waited the agent's Retry-After out, not less
     assert rig.guard.available_now()
 
 
