@@ -121,7 +121,8 @@ def parse_spec(name: str, raw: Any) -> AgentSpec:
             problem = "unknown key; check its spelling"
         else:
             problem = first["msg"].removeprefix("Value error, ")
-        raise SettingsError(f"invalid setting 'agents.{name}.{field}': {problem}") from None
+        key = f"agents.{name}.{field}" if field else f"agents.{name}"
+        raise SettingsError(f"invalid setting '{key}': {problem}") from None
 
 
 def resolve_factory(name: str, reference: str) -> AgentFactory:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 
 class AgentSpecBase(BaseModel):
@@ -40,6 +40,12 @@ class HttpAgentSpec(AgentSpecBase):
     auth_header: str = Field("Authorization", max_length=100)
     auth_file: Path | None = None
     max_connections: int = Field(10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _openai_names_its_model(self) -> HttpAgentSpec:
+        if self.contract == "openai" and not self.model:
+            raise ValueError("contract 'openai' needs model: the model name the server serves")
+        return self
 
 
 AgentSpec = Annotated[PythonAgentSpec | HttpAgentSpec, Field(discriminator="kind")]

@@ -190,6 +190,11 @@ async def test_an_unrouted_intent_gets_the_routers_general_answer(
             "nutrition, workout, budget",
         ),
         ({}, {}, "invalid setting 'agents': the team has no agent"),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "contract": "openai"}},
+            {},
+            "invalid setting 'agents.gpt': contract 'openai' needs model",
+        ),
     ],
 )
 def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
