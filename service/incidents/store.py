@@ -175,9 +175,16 @@ class IncidentStore:
     ) -> TimelineEntry:
         if kind not in TIMELINE_KINDS:
             raise UnknownTimelineKind(kind)
-        now = self.clock()
-        seq = self._add_timeline(incident_id, now, kind, actor, message, data or {})
-        return TimelineEntry(seq, incident_id, now, kind, actor, message, data or {})
+        now, data = self.clock(), data or {}
+        rows = self._database.rows(
+            "INSERT INTO timeline (incident_id, at, kind, actor, message, data) "
+            "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM incidents WHERE id = ?) "
+            "RETURNING seq",
+            (incident_id, now, kind, actor, message, json.dumps(data, default=str), incident_id),
+        )
+        if not rows:
+            raise IncidentNotFound(incident_id)
+        return TimelineEntry(int(rows[0]["seq"]), incident_id, now, kind, actor, message, data)
 
     # -- recording failures ---------------------------------------------------------------
 
@@ -304,25 +311,6 @@ class IncidentStore:
             )
             insert_timeline(db, incident_id, now, kind, who, message, {})
         return incident
-
-    def _add_timeline(
-        self,
-        incident_id: str,
-        at: float,
-        kind: str,
-        actor: str,
-        message: str,
-        data: dict[str, Any],
-    ) -> int:
-        rows = self._database.rows(
-            "INSERT INTO timeline (incident_id, at, kind, actor, message, data) "
-            "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM incidents WHERE id = ?) "
-            "RETURNING seq",
-            (incident_id, at, kind, actor, message, json.dumps(data, default=str), incident_id),
-        )
-        if not rows:
-            raise IncidentNotFound(incident_id)
-        return int(rows[0]["seq"])
 
 
 __all__ = [
