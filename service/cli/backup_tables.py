@@ -46,14 +46,8 @@ def _show_table(out: Console, data: dict[str, Any]) -> None:
 
 
 def _created_table(out: Console, data: dict[str, Any]) -> None:
-    if data["backupId"] is None:
-        since = data.get("unchangedSince")
-        out.print(
-            "no component changed since "
-            + (f"snapshot {short_id(since)}" if since else "the last snapshot")
-            + f": nothing backed up ({joined(data['skipped'])})"
-        )
-        return
+    # A backup a person asks for always takes a snapshot (the route passes
+    # skip_unchanged=False), so backupId is always set here.
     summary = data.get("summary") or {}
     out.print(
         f"snapshot {short_id(data['backupId'])} ({data['reason']}): "

@@ -18,23 +18,6 @@ def drawn(action: str, data: dict) -> str:
     return out.file.getvalue()  # type: ignore[attr-defined]
 
 
-def test_a_create_that_changed_nothing_names_the_snapshot_that_holds_the_state() -> None:
-    text = drawn(
-        "create",
-        {
-            "backupId": None,
-            "reason": "manual",
-            "components": [],
-            "skipped": ["budgets", "profiles"],
-            "durationSeconds": 0.1,
-            "summary": None,
-            "unchangedSince": "3eda811f0123456789abcdef",
-        },
-    )
-    assert text.startswith("no component changed since snapshot 3eda811f:"), text
-    assert "budgets, profiles" in text and "None" not in text
-
-
 def test_test_rollback_rows_name_tables_that_come_back_or_go_and_failed_checks() -> None:
     text = drawn(
         "test-rollback",
