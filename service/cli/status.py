@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from service.cli.output import emit, new_table
+from service.cli.output import emit, new_table, when
 from service.cli.remote import call, command
 
 
@@ -30,7 +30,8 @@ def _status_table(out: Console, status: dict[str, Any]) -> None:
         else "off",
     )
     backups = status["backups"]
-    table.add_row("backups", f"{backups['available']}, last {backups.get('lastBackup') or 'never'}")
+    last = when(backups["lastBackup"]) if backups.get("lastBackup") else "never"
+    table.add_row("backups", f"{backups['available']}, last {last}")
     health = status["health"]
     table.add_row("health", health["overall"])
     table.add_row("memory", health.get("memoryUsage") or "-")
