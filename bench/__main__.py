@@ -75,7 +75,11 @@ BENCHMARKS: dict[str, list[Target]] = {
         Target("pg_rollback_vs_restore_ratio", "<=", 1.5),
         Target("pg_rollback_vs_manual", "<=", 1.1),
     ],
-    "bench.remote_agent": [Target("remote_guard_ratio", "<=", 1.10)],
+    "bench.remote_agent": [
+        reference("instrumentation_alone_ratio"),
+        reference("guard_vs_instrumented_ratio"),
+        Target("remote_guard_ratio", "<=", 1.10),
+    ],
 }
 
 
