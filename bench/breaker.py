@@ -40,7 +40,8 @@ from purgatory import AsyncCircuitBreakerFactory
 from service.agents.base import AgentReply, AgentRequest
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
-from service.resilience.guard import GuardConfig, GuardedAgent, hash_user_id
+from service.resilience.guard import GuardedAgent, hash_user_id
+from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
 
 

@@ -53,7 +53,8 @@ from service.cli.main import tune_garbage_collector
 from service.incidents.service import IncidentService
 from service.incidents.store import IncidentStore
 from service.resilience.breaker import BreakerConfig
-from service.resilience.guard import GuardConfig, GuardedAgent
+from service.resilience.guard import GuardedAgent
+from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
 from telemetry.providers import Telemetry, build_telemetry
 from telemetry.trace_keeper import TraceKeeper

@@ -57,6 +57,12 @@ class FailureKind(DependencyError):
         self.status = status
         self.retry_after_s = retry_after_s
 
+    def span_attributes(self) -> dict[str, str | int]:
+        """What the classification rules read of this failure on the call's span."""
+        if self.status is None:
+            return {FAILURE_KIND_ATTRIBUTE: self.kind}
+        return {FAILURE_KIND_ATTRIBUTE: self.kind, HTTP_STATUS_ATTRIBUTE: self.status}
+
 
 class RateLimited(FailureKind):
     kind = "rate_limit"

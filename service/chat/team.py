@@ -20,7 +20,8 @@ from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.fallback import FallbackChain, FallbackPolicy, LastGoodAnswers
 from service.resilience.faults import FaultInjector
-from service.resilience.guard import GuardConfig, GuardedAgent
+from service.resilience.guard import GuardedAgent
+from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
 from service.settings import Settings, SettingsError
 from service.stores import Stores

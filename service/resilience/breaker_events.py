@@ -11,10 +11,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
+from service.errors import DependencyError
 from service.resilience.breaker_config import BreakerState
+from service.resilience.exception_events import record_exception
+
+if TYPE_CHECKING:
+    from service.resilience.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +161,28 @@ def add_transition_span_event(event: BreakerEvent) -> None:
     if event.source is not None:
         attributes["ers.breaker.source"] = event.source
     span.add_event("breaker.transition", attributes, timestamp=int(event.at * 1e9))
+
+
+class BreakerOpened(DependencyError):
+    """Reported when a breaker opens on a call that itself succeeded (see ``report_trip``)."""
+
+
+def report_trip(tracer: trace.Tracer, span_name: str, breaker: CircuitBreaker) -> None:
+    """The breaker opened on a call that succeeded (its window filled with a failure rate
+    over the line, the failed attempts hidden by retries; or a slow trial): no call span is
+    an error, so an error span of its own, ``span_name``, reports the trip to the incident
+    pipeline."""
+    history = breaker.history()
+    why = history[-1].reason if history else "opened"
+    trip = BreakerOpened(
+        f"breaker '{breaker.name}' opened: {why}; last error: {breaker.snapshot()['lastError']}"
+    )
+    with tracer.start_as_current_span(
+        span_name,
+        attributes={"ers.agent": breaker.name, "ers.synthetic": False},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        record_exception(span, trip, {})
+        span.set_status(Status(StatusCode.ERROR, str(trip)))
+        span.set_attribute("error.type", "BreakerOpened")

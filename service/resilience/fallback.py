@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from opentelemetry import trace
@@ -19,6 +19,18 @@ from service.agents.base import AgentReply, AgentRequest
 class Fallback:
     content: str
     kind: str  # "cached" or "generic"
+
+    def as_reply(self, agent: str, cause: str, breaker_state: str) -> AgentReply:
+        """The degraded reply ``agent`` gives with this answer."""
+        return AgentReply(
+            content=self.content,
+            agent=agent,
+            confidence=0.3 if self.kind == "cached" else 0.1,
+            success=False,
+            degraded=True,
+            fallback=self.kind,
+            data={"cause": cause, "breaker": breaker_state},
+        )
 
 
 class LastGoodAnswers:
@@ -110,6 +122,25 @@ class ChainAnswer:
     via: str
     tried: tuple[str, ...]
     skipped: tuple[str, ...]
+
+    def as_reply(self, agent: str, cause: str, breaker_state: str) -> AgentReply:
+        """The reply ``agent`` gives with the alternate's answer: degraded, saying which
+        agent answered, which were tried and which skipped."""
+        reply = self.reply
+        return replace(
+            reply,
+            agent=agent,
+            degraded=True,
+            fallback="agent",
+            data={**reply.data, "cause": cause, "breaker": breaker_state},
+            recovery={
+                **(reply.recovery or {}),
+                "fallback": "agent",
+                "via": self.via,
+                "chain": list(self.tried),
+                "skipped": list(self.skipped),
+            },
+        )
 
 
 # Set while an alternate answers for another agent: a failing alternate does not try its

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from opentelemetry import trace
@@ -22,64 +20,22 @@ from opentelemetry.context import detach as detach_context
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from service.agents.base import Agent, AgentReply, AgentRequest
-from service.agents.failure_kinds import (
-    FAILURE_KIND_ATTRIBUTE,
-    HTTP_STATUS_ATTRIBUTE,
-    FailureKind,
-    RateLimited,
-)
-from service.errors import DependencyError, UserInputError
+from service.agents.failure_kinds import FAILURE_KIND_ATTRIBUTE, FailureKind, RateLimited
+from service.errors import UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
+from service.resilience.breaker_events import report_trip
 from service.resilience.breaker_permit import Permit, describe_error
 from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.deadlines import DeadlineWatchdog
-from service.resilience.exception_events import (
-    EXCEPTION_BASES_ATTRIBUTE,
-    exception_bases,
-    record_exception,
-)
+from service.resilience.exception_events import EXCEPTION_BASES_ATTRIBUTE as BASES_ATTRIBUTE
+from service.resilience.exception_events import exception_bases, record_exception
 from service.resilience.fallback import ChainAnswer, FallbackChain, FallbackPolicy
 from service.resilience.faults import FaultInjector
+from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
 
 SHARED_DEADLINES = DeadlineWatchdog()
-
-
-class BreakerOpened(DependencyError):
-    """Reported when a breaker opens on a call that itself succeeded (see ``_report_trip``)."""
-
-
-@dataclass(frozen=True)
-class GuardConfig:
-    """How one agent's calls are run. Defaults suit deterministic in-process agents."""
-
-    timeout_s: float = 5.0
-    # Attempts per call including the first; 1 disables retries.
-    max_attempts: int = 3
-    backoff_initial_s: float = 0.05
-    backoff_multiplier: float = 2.0
-    backoff_max_s: float = 1.0
-    # Wall time a call may take across all its attempts and backoffs.
-    total_budget_s: float = 8.0
-    retry_on: tuple[type[BaseException], ...] = field(
-        default=(TimeoutError, DependencyError, ConnectionError)
-    )
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.total_budget_s <= 0:
-            raise ValueError("timeout_s and total_budget_s must be positive")
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.backoff_initial_s < 0 or self.backoff_multiplier < 1:
-            raise ValueError("backoff_initial_s must be >= 0 and backoff_multiplier >= 1")
-
-    def backoff(self, attempt: int) -> float:
-        """Full-jitter backoff before retry number ``attempt`` (1-based)."""
-        ceiling = min(
-            self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier ** (attempt - 1)
-        )
-        return random.uniform(0, ceiling)
 
 
 @lru_cache(maxsize=65_536)
@@ -204,21 +160,7 @@ class GuardedAgent:
         self._record(outcome, started)
         if self._instruments is not None:
             self._instruments.fallbacks.add(1, {"agent": self.name, "kind": "agent"})
-        reply = answer.reply
-        return replace(
-            reply,
-            agent=self.name,
-            degraded=True,
-            fallback="agent",
-            data={**reply.data, "cause": cause, "breaker": self.breaker.state.value},
-            recovery={
-                **(reply.recovery or {}),
-                "fallback": "agent",
-                "via": answer.via,
-                "chain": list(answer.tried),
-                "skipped": list(answer.skipped),
-            },
-        )
+        return answer.as_reply(self.name, cause, self.breaker.state.value)
 
     # --- one guarded call ------------------------------------------------------------------
 
@@ -293,24 +235,7 @@ class GuardedAgent:
             span.end()
 
     def _report_trip(self) -> None:
-        """The breaker opened on a call that succeeded (its window filled with a failure rate
-        over the line, the failed attempts hidden by retries; or a slow trial): no call span
-        is an error, so an error span of its own reports the trip to the incident pipeline."""
-        history = self.breaker.history()
-        why = history[-1].reason if history else "opened"
-        trip = BreakerOpened(
-            f"breaker '{self.name}' opened: {why}; last error: "
-            f"{self.breaker.snapshot()['lastError']}"
-        )
-        with self._tracer.start_as_current_span(
-            f"{self._span_name}.breaker",
-            attributes={"ers.agent": self.name, "ers.synthetic": False},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            record_exception(span, trip, {})
-            span.set_status(Status(StatusCode.ERROR, str(trip)))
-            span.set_attribute("error.type", "BreakerOpened")
+        report_trip(self._tracer, f"{self._span_name}.breaker", self.breaker)
 
     async def _synthetic(self, request: AgentRequest, span: trace.Span) -> AgentReply:
         """A canary call: bypasses the breaker and the call statistics, counted apart."""
@@ -320,7 +245,7 @@ class GuardedAgent:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attribute("error.type", type(exc).__qualname__)
             if isinstance(exc, FailureKind):
-                _mark_failure_kind(span, exc)
+                span.set_attributes(exc.span_attributes())
             self._count_synthetic("synthetic_failure")
             raise
         self._count_synthetic("synthetic_success")
@@ -335,9 +260,9 @@ class GuardedAgent:
     ) -> AgentReply:
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.set_attribute("error.type", type(exc).__qualname__)
-        span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
+        span.set_attribute(BASES_ATTRIBUTE, exception_bases(exc))
         if isinstance(exc, FailureKind):
-            _mark_failure_kind(span, exc)
+            span.set_attributes(exc.span_attributes())
         outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
         return await self._degrade(request, span, started, outcome, type(exc).__name__)
 
@@ -446,15 +371,7 @@ class GuardedAgent:
         self._record(outcome, started)
         if self._instruments is not None:
             self._instruments.fallbacks.add(1, {"agent": self.name, "kind": fallback.kind})
-        return AgentReply(
-            content=fallback.content,
-            agent=self.name,
-            confidence=0.3 if fallback.kind == "cached" else 0.1,
-            success=False,
-            degraded=True,
-            fallback=fallback.kind,
-            data={"cause": cause, "breaker": self.breaker.state.value},
-        )
+        return fallback.as_reply(self.name, cause, self.breaker.state.value)
 
     def _record(self, outcome: str, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -476,10 +393,3 @@ def _record_failure(permit: Permit, error: Exception, duration_s: float) -> None
         permit.release()
     else:
         permit.record_failure(error, duration_s)
-
-
-def _mark_failure_kind(span: trace.Span, error: FailureKind) -> None:
-    """What the classification rules read of a remote failure."""
-    span.set_attribute(FAILURE_KIND_ATTRIBUTE, error.kind)
-    if error.status is not None:
-        span.set_attribute(HTTP_STATUS_ATTRIBUTE, error.status)

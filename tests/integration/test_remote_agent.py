@@ -31,7 +31,8 @@ from service.incidents.service import UNCLASSIFIED_ROUTES, not_an_incident
 from service.incidents.store import IncidentStore
 from service.resilience.breaker import BreakerConfig
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
-from service.resilience.guard import GuardConfig, GuardedAgent
+from service.resilience.guard import GuardedAgent
+from service.resilience.guard_config import GuardConfig
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor
 from tests.conftest import free_port

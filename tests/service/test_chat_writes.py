@@ -13,7 +13,7 @@ from service.chat.service import ChatService
 from service.chat.team import Team
 from service.errors import DependencyError, UserInputError
 from service.resilience.breaker import BreakerConfig
-from service.resilience.guard import GuardConfig
+from service.resilience.guard_config import GuardConfig
 from service.stores import Stores
 
 
