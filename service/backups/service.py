@@ -118,6 +118,8 @@ class BackupService:
         self.may_create_repository = first_start
         self._retry_now = asyncio.Event()
         self.connected = asyncio.Event()
+        # Set once the first attempt to open the repository has ended, however it ended.
+        self.first_attempt_done = asyncio.Event()
         self.connection_failures = 0
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
@@ -168,6 +170,7 @@ class BackupService:
             except BackupError as exc:
                 self.connection_failures += 1
                 self.error, self.failure = str(exc), exc
+                self.first_attempt_done.set()
                 log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_now.wait(), delay)
@@ -178,6 +181,7 @@ class BackupService:
             self.manager, self.error, self.failure = manager, None, None
             self.may_create_repository = False
             self.connected.set()
+            self.first_attempt_done.set()
             log.info("backup repository ready: %d snapshots", len(manager.list()))
 
     async def init(self) -> InitOutcome:

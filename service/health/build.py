@@ -3,6 +3,7 @@ opens (and resolves) the incidents of failing checks."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import AsyncExitStack
 
@@ -26,6 +27,7 @@ from service.incidents.service import IncidentService
 from service.resilience.system_state import SystemStateMachine
 from service.settings import Settings
 from service.stores import Stores
+from service.tasks import run_in_background
 from telemetry.providers import Telemetry
 
 
@@ -64,7 +66,16 @@ def start_health(
     stack.push_async_callback(lag_monitor.stop)
     health.start()
     stack.push_async_callback(health.stop)
+    if backups is not None:
+        # The first report is made while the repository is still being opened ("connecting"):
+        # report again as soon as that ends, not an interval later.
+        run_in_background(stack, _evaluate_after(backups.first_attempt_done, health), "health")
     return health, memory_check
+
+
+async def _evaluate_after(event: asyncio.Event, health: HealthMonitor) -> None:
+    await event.wait()
+    health.evaluate_soon()
 
 
 SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})

@@ -13,6 +13,7 @@ healthy again for a while.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class HealthMonitor:
         self._tracer = tracer
         self._listeners: list[Callable[[HealthReport], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.last: HealthReport | None = None
 
     def add_check(self, check: HealthCheck) -> None:
@@ -119,6 +121,11 @@ class HealthMonitor:
             span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(error))
             span.set_status(SpanStatus(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
+    def evaluate_soon(self) -> None:
+        """Run the checks now rather than at the end of the interval: something they read
+        has just changed (the backup repository answered or failed for the first time)."""
+        self._wake.set()
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="health")
 
@@ -129,8 +136,10 @@ class HealthMonitor:
 
     async def _loop(self) -> None:
         while True:
+            self._wake.clear()  # a wake-up during the evaluation runs the checks once more
             try:
                 await self.evaluate()
             except Exception:
                 log.exception("health evaluation failed")
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)

@@ -74,6 +74,45 @@ def repository_check(http: httpx.Client) -> dict[str, Any]:
     return dict(http.get("/api/emergency/health").json()["checks"]["repository"])
 
 
+def reported_repository_status(http: httpx.Client) -> str | None:
+    """The repository check's status in the health monitor's last report, as /metrics shows
+    it (what `ers status`, the system state and the alert rules read; no check is run)."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith('ers_health_check_status{check="repository"') and line.endswith(" 1.0"):
+            return line.split('status="')[1].split('"')[0]
+    return None
+
+
+def test_the_health_report_tells_the_repository_outcome_without_waiting_an_interval(
+    tmp_path: Path,
+) -> None:
+    """The monitor's first report is made while the repository is still being opened
+    (degraded, "connecting"); with checks an hour apart, the report must still change as
+    soon as the repository answers, or is found missing."""
+    fresh = start_ers(tmp_path / "fresh", env=BACKUPS_ON)
+    try:
+        with httpx.Client(base_url=fresh.url, timeout=30) as http:
+            wait_for(
+                lambda: reported_repository_status(http) == "healthy",
+                "the report says the new repository is reachable",
+            )
+    finally:
+        assert fresh.stop() == 0
+
+    work = tmp_path / "existing"
+    start_ers(work).stop()  # state without a repository: it needs `ers backup init`
+    service = start_ers(work, env=BACKUPS_ON)
+    try:
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            wait_for(
+                lambda: reported_repository_status(http) == "unhealthy",
+                "the report names the missing repository",
+            )
+            assert http.get("/api/emergency/status").json()["health"]["overall"] == "unhealthy"
+    finally:
+        assert service.stop() == 0
+
+
 def test_existing_state_gets_no_repository_until_init_and_keeps_the_reason_given(
     tmp_path: Path,
 ) -> None:
