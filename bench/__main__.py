@@ -157,16 +157,38 @@ def table(results: dict[str, Outcome]) -> list[str]:
     return lines
 
 
-def write_readme(lines: list[str], header: str) -> None:
+def write_readme(lines: list[str], header: str, not_run: list[str]) -> None:
+    """Write the table between the README's markers. The rows of benchmarks in ``not_run``
+    (a run with ``--only``) are kept as the README had them, and the header says from
+    which run they are."""
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if not_run and start in text and end in text:
+        old = text[text.index(start) : text.index(end)].splitlines()
+        rows = {m: [line for line in lines if _module_of(line) == m] for m in BENCHMARKS}
+        kept = []
+        for module in not_run:
+            earlier = [line for line in old if _module_of(line) == module]
+            if earlier:
+                rows[module] = earlier
+                kept.append(f"`{module}`")
+        lines = lines[:2] + [row for module in BENCHMARKS for row in rows[module]]
+        if kept:
+            old_header = next((line for line in old if line.startswith("Measured by")), "")
+            old_header = old_header.split(" The rows of ")[0]  # its own earlier rows' note
+            header += f" The rows of {', '.join(kept)} are from an earlier run. {old_header}"
     block = "\n".join([start, header, "", *lines, end])
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     readme.write_text(text)
+
+
+def _module_of(row: str) -> str | None:
+    """The benchmark a table row is of (``| `bench.chat` | ...``); None for other lines."""
+    return row.split("`")[1] if row.startswith("| `") else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("\n".join(lines))
     if args.readme:
-        write_readme(lines, header)
+        not_run = [m for m, outcome in results.items() if outcome.error == "not run"]
+        write_readme(lines, header, not_run)
     return 0
 
 
