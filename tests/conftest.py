@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ from fastapi import FastAPI
 
 from service.settings import Settings
 from service.web.app import create_app
+from tests.processes import free_port, start_process
 
 if TYPE_CHECKING:
     from tests.pg import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -105,28 +99,16 @@ def start_ers(
         **(env or {}),
     }
     log_path = workdir / f"ers-{port}.log"
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    process = start_process(
         [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=workdir,
         env=full_env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        log_path=log_path,
+        ready_url=f"{url}/readyz",
+        what="ers",
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ers exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return ErsProcess(url, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"ers did not become ready in 30 s:\n{log_path.read_text()}")
+    return ErsProcess(url, process, log_path)
 
 
 @pytest.fixture

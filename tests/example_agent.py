@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import free_port
+from tests.processes import free_port, start_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,39 +62,24 @@ def start_example_agent(
     if token_file is not None:
         env["EXAMPLE_AGENT_TOKEN_FILE"] = str(token_file)
     log_path = workdir / f"example-agent-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "examples.remote_agent.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"the example agent exited with {process.returncode}:\n{log_path.read_text()}"
-            )
-        try:
-            if httpx.get(f"{url}/admin/calls", timeout=1).status_code == 200:
-                return ExampleAgent(url, process, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    process.wait(timeout=5)
-    raise RuntimeError(f"the example agent did not answer in 30 s:\n{log_path.read_text()}")
+    process = start_process(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.remote_agent.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        log_path=log_path,
+        ready_url=f"{url}/admin/calls",
+        what="the example agent",
+    )
+    return ExampleAgent(url, process, log_path)

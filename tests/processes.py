@@ -1,0 +1,54 @@
+"""Real server processes for tests and benchmarks: a free loopback port, and a process
+started with its output in a log file and waited for until it answers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_process(
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    ready_url: str,
+    what: str,
+    timeout_s: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output in ``log_path`` and wait until GET ``ready_url``
+    answers 200. Raises RuntimeError with the log when it exits first or does not answer
+    within ``timeout_s`` (then it is killed)."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    process.wait(timeout=5)
+    raise RuntimeError(f"{what} did not answer in {timeout_s:g} s:\n{log_path.read_text()}")
