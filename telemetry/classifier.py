@@ -61,16 +61,7 @@ class Classification:
     fingerprint: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "severity": self.severity,
-            "type": self.type,
-            "impact": self.impact,
-            "recoverable": self.recoverable,
-            "protocol": self.protocol,
-            "rule": self.rule,
-            "component": self.component,
-            "fingerprint": self.fingerprint,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
