@@ -128,10 +128,6 @@ class Classifier:
         self._cache: dict[tuple[Any, ...], Classification] = {}
         self._key_attributes, self._key_resource, self._key_message = _key_fields(rules)
 
-    @classmethod
-    def from_document(cls, document: Any, source: str = "<rules>") -> Classifier:
-        return cls(parse_rules(document), source)
-
     def classify(self, record: SpanRecord) -> Classification:
         try:
             key = self._cache_key(record)

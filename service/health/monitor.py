@@ -69,9 +69,6 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self.last: HealthReport | None = None
 
-    def add_check(self, check: HealthCheck) -> None:
-        self.checks.append(check)
-
     def subscribe(self, listener: Callable[[HealthReport], None]) -> None:
         self._listeners.append(listener)
 
