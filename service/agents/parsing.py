@@ -137,26 +137,37 @@ def _age(text: str) -> int | None:
     )
 
 
-def _weight_kg(text: str) -> float | None:
-    if match := _first(_WEIGHT_KG, text):
-        value = _figure(match, "a weight")
-    elif match := _first(_WEIGHT_LB, text):
-        value = round(_figure(match, "a weight") * 0.45359237, 1)
+def _measurement(
+    text: str,
+    what: str,
+    unit: str,
+    written_in_unit: re.Pattern[str],
+    written_otherwise: re.Pattern[str],
+    factor: float,
+    above: float,
+    most: float,
+) -> float | None:
+    """The first figure written in ``unit``, else in the other unit (converted by ``factor``
+    and rounded to 0.1), if it is more than ``above`` and at most ``most``."""
+    if match := _first(written_in_unit, text):
+        value = _figure(match, what)
+    elif match := _first(written_otherwise, text):
+        value = round(_figure(match, what) * factor, 1)
     else:
         return None
-    written = match.group(0).strip()
-    return _in_range(written, "a weight", value, WEIGHT_ABOVE_KG, WEIGHT_MAX_KG, "kg", low_ok=False)
+    return _in_range(match.group(0).strip(), what, value, above, most, unit, low_ok=False)
+
+
+def _weight_kg(text: str) -> float | None:
+    return _measurement(
+        text, "a weight", "kg", _WEIGHT_KG, _WEIGHT_LB, 0.45359237, WEIGHT_ABOVE_KG, WEIGHT_MAX_KG
+    )
 
 
 def _height_cm(text: str) -> float | None:
-    if match := _first(_HEIGHT_CM, text):
-        value = _figure(match, "a height")
-    elif match := _first(_HEIGHT_M, text):
-        value = round(_figure(match, "a height") * 100, 1)
-    else:
-        return None
-    written = match.group(0).strip()
-    return _in_range(written, "a height", value, HEIGHT_ABOVE_CM, HEIGHT_MAX_CM, "cm", low_ok=False)
+    return _measurement(
+        text, "a height", "cm", _HEIGHT_CM, _HEIGHT_M, 100, HEIGHT_ABOVE_CM, HEIGHT_MAX_CM
+    )
 
 
 def parse_profile_facts(message: str) -> dict[str, Any]:
