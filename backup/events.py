@@ -59,11 +59,6 @@ class DrillFinished:
     result: DrillResult
 
 
-@dataclass(frozen=True)
-class SnapshotCountChanged:
-    count: int
-
-
 BackupEvent = (
     BackupSucceeded
     | BackupSkipped
@@ -71,7 +66,6 @@ BackupEvent = (
     | RollbackStepStarted
     | RollbackFinished
     | DrillFinished
-    | SnapshotCountChanged
 )
 Listener = Callable[[BackupEvent], None]
 

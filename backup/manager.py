@@ -38,7 +38,6 @@ from backup.events import (
     EventPublisher,
     Listener,
     RollbackFinished,
-    SnapshotCountChanged,
 )
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex
@@ -201,7 +200,6 @@ class BackupManager:
         another replica) add and forget snapshots too."""
         await self.verify_repository()
         self.index.replace(await self.restic.snapshots(tag=self.backend.tag))
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return self.index.all()
 
     async def find(self, snapshot_id: str) -> Snapshot:
@@ -251,7 +249,6 @@ class BackupManager:
         removed = [s["id"] for g in groups for s in g.get("remove") or []]
         if groups:
             self.index.replace(kept)
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
 
     async def prune(self) -> None:
