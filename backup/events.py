@@ -40,14 +40,12 @@ class RollbackStepStarted:
 
 @dataclass(frozen=True)
 class RollbackFinished:
-    """Emitted once per rollback; `result` is None and `failed_step` set when it failed."""
+    """Emitted once per rollback; `result` is None when it failed."""
 
     snapshot_id: str
     components: tuple[str, ...]
     duration_seconds: float
     result: RollbackResult | None = None
-    failed_step: str | None = None
-    error_label: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -25,7 +25,6 @@ from backup.backend import (
 from backup.errors import (
     BackupError,
     ResticCommandFailed,
-    RollbackFailed,
     SnapshotNotFound,
     UnknownComponent,
     validate_reason,
@@ -318,16 +317,9 @@ class BackupManager:
                 result = await self.backend.apply(
                     RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
                 )
-            except BackupError as exc:
-                cause = exc.cause if isinstance(exc, RollbackFailed) else exc
+            except BackupError:
                 self.events.publish(
-                    RollbackFinished(
-                        snapshot.id,
-                        tuple(names),
-                        time.monotonic() - started,
-                        failed_step=getattr(exc, "step", None),
-                        error_label=cause.label if isinstance(cause, BackupError) else "error",
-                    )
+                    RollbackFinished(snapshot.id, tuple(names), time.monotonic() - started)
                 )
                 raise
         self.events.publish(

@@ -112,8 +112,7 @@ class BackupMetrics:
         elif isinstance(event, BackupFailed):
             self._failures.add(1, {"reason": event.error_label})
         elif isinstance(event, RollbackFinished):
-            ok = event.result is not None
-            self._rollbacks.add(1, {"result": "success" if ok else "failure"})
+            self._rollbacks.add(1, {"result": "success" if event.ok else "failure"})
             self._rollback_duration.record(event.duration_seconds)
         elif isinstance(event, DrillFinished):
             self.last_drill_ok = event.result.ok
