@@ -40,14 +40,12 @@ class RollbackStepStarted:
 
 @dataclass(frozen=True)
 class RollbackFinished:
-    """Emitted once per rollback; `result` is None and `failed_step` set when it failed."""
+    """Emitted once per rollback; `result` is None when it failed."""
 
     snapshot_id: str
     components: tuple[str, ...]
     duration_seconds: float
     result: RollbackResult | None = None
-    failed_step: str | None = None
-    error_label: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,11 +57,6 @@ class DrillFinished:
     result: DrillResult
 
 
-@dataclass(frozen=True)
-class SnapshotCountChanged:
-    count: int
-
-
 BackupEvent = (
     BackupSucceeded
     | BackupSkipped
@@ -71,7 +64,6 @@ BackupEvent = (
     | RollbackStepStarted
     | RollbackFinished
     | DrillFinished
-    | SnapshotCountChanged
 )
 Listener = Callable[[BackupEvent], None]
 

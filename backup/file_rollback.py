@@ -15,7 +15,6 @@ import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +172,6 @@ class FileRollback:
             safety_snapshot_id=safety_id,
             step_seconds=dict(steps.seconds),
             duration_seconds=time.monotonic() - started,
-            finished_at=datetime.now(UTC),
         )
 
 

@@ -25,7 +25,6 @@ from backup.backend import (
 from backup.errors import (
     BackupError,
     ResticCommandFailed,
-    RollbackFailed,
     SnapshotNotFound,
     UnknownComponent,
     validate_reason,
@@ -38,7 +37,6 @@ from backup.events import (
     EventPublisher,
     Listener,
     RollbackFinished,
-    SnapshotCountChanged,
 )
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex
@@ -201,7 +199,6 @@ class BackupManager:
         another replica) add and forget snapshots too."""
         await self.verify_repository()
         self.index.replace(await self.restic.snapshots(tag=self.backend.tag))
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return self.index.all()
 
     async def find(self, snapshot_id: str) -> Snapshot:
@@ -251,7 +248,6 @@ class BackupManager:
         removed = [s["id"] for g in groups for s in g.get("remove") or []]
         if groups:
             self.index.replace(kept)
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
 
     async def prune(self) -> None:
@@ -321,16 +317,9 @@ class BackupManager:
                 result = await self.backend.apply(
                     RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
                 )
-            except BackupError as exc:
-                cause = exc.cause if isinstance(exc, RollbackFailed) else exc
+            except BackupError:
                 self.events.publish(
-                    RollbackFinished(
-                        snapshot.id,
-                        tuple(names),
-                        time.monotonic() - started,
-                        failed_step=getattr(exc, "step", None),
-                        error_label=cause.label if isinstance(cause, BackupError) else "error",
-                    )
+                    RollbackFinished(snapshot.id, tuple(names), time.monotonic() - started)
                 )
                 raise
         self.events.publish(

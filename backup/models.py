@@ -211,6 +211,5 @@ class RollbackResult:
     safety_snapshot_id: str
     step_seconds: dict[str, float] = field(default_factory=dict)
     duration_seconds: float = 0.0
-    finished_at: datetime | None = None
     # What the caller put back from the restored state besides the files, in words.
     notes: tuple[str, ...] = ()

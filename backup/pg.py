@@ -30,7 +30,7 @@ from backup.errors import (
     SnapshotNotFound,
     UnknownComponent,
 )
-from backup.events import BackupFailed, BackupSucceeded, EventPublisher, SnapshotCountChanged
+from backup.events import BackupFailed, BackupSucceeded, EventPublisher
 from backup.index import SnapshotIndex, tags_for
 from backup.models import (
     BackupResult,
@@ -133,7 +133,6 @@ class PgSchemas:
                 raise ResticCommandFailed(message) from None
             raise
         results = [o for o in outcomes if isinstance(o, BackupResult)]
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return dataclasses.replace(
             results[0],
             components=tuple(c for r in results for c in r.components),

@@ -28,7 +28,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -246,7 +245,6 @@ class PgRollback:
             safety_snapshot_id=safety.snapshot_id or "",
             step_seconds=steps,
             duration_seconds=time.monotonic() - started,
-            finished_at=datetime.now(UTC),
         )
 
     async def _load_and_swap(self, schema: str, old: str, *, stdin: int) -> dict[str, int]:

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup.errors import BackupError, PgRestoreFailed, PgToolNotInstalled, stderr_tail
-from backup.process import stop_process
+from backup.process import CANNOT_START, start_program, stop_process
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 TOOLS = ("pg_dump", "pg_restore", "psql")
@@ -180,15 +180,10 @@ async def run_pg_program(
     PgToolNotInstalled) with a message that says what `doing` was and what to do next."""
     program = Path(binary).name
     try:
-        process = await asyncio.create_subprocess_exec(
-            binary,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
-            stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
-            stderr=asyncio.subprocess.PIPE,
-            env=connection.env(),
+        process = await start_program(
+            binary, args, env=connection.env(), stdin=stdin, stdout=stdout
         )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+    except CANNOT_START as exc:
         raise PgToolNotInstalled(
             f"{program} could not be started from '{binary}' ({exc.strerror}): install the "
             "PostgreSQL client programs (apt install postgresql-client)"

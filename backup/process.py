@@ -18,6 +18,8 @@ from backup.models import Progress
 INTERRUPT_GRACE_SECONDS = 5.0
 
 ProgressCallback = Callable[[Progress], None]
+# What starting a program raises when it is missing or not executable where it was looked for.
+CANNOT_START = (FileNotFoundError, PermissionError, NotADirectoryError)
 
 
 @dataclass
@@ -46,16 +48,8 @@ async def run_program(
     given `stdout` is not collected.
     """
     try:
-        process = await asyncio.create_subprocess_exec(
-            binary,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
-            stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-        )
-    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        process = await start_program(binary, args, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
+    except CANNOT_START as exc:
         raise ResticNotInstalled(
             f"restic could not be started from '{binary}' ({exc.strerror}): install restic "
             "(apt install restic) or point the backup settings at its binary"
@@ -74,6 +68,28 @@ async def run_program(
         raise
     collected.exit_code = process.returncode if process.returncode is not None else -1
     return collected
+
+
+async def start_program(
+    binary: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+) -> asyncio.subprocess.Process:
+    """Start `binary args` without a shell: it reads `stdin` (else nothing), writes to `stdout`
+    (else a pipe), and its stderr is piped. Raises one of CANNOT_START when it cannot start."""
+    return await asyncio.create_subprocess_exec(
+        binary,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
+        stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=dict(env),
+    )
 
 
 async def _collect(

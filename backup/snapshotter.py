@@ -24,7 +24,6 @@ from backup.events import (
     BackupSkipped,
     BackupSucceeded,
     EventPublisher,
-    SnapshotCountChanged,
 )
 from backup.gate import EarlyBackup, start_backup_early, start_gate
 from backup.index import SnapshotIndex, tags_for
@@ -139,7 +138,6 @@ class Snapshotter:
             total_size=sum(f.size for f in staged),
         )
         self.events.publish(BackupSucceeded(result))
-        self.events.publish(SnapshotCountChanged(len(self.index)))
         return result
 
     def _start_early(

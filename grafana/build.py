@@ -28,7 +28,6 @@ from grafana.panels import (
     gauge,
     grown_in_range,
     per_step,
-    promql,
     q,
     quantiles,
     query_variable,
@@ -373,20 +372,6 @@ def write(root: Path) -> list[str]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text, encoding="utf-8")
     return sorted(files)
-
-
-def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(dashboard uid, panel title, PromQL as Prometheus receives it) for every Prometheus
-    query of every dashboard: Grafana's $__rate_interval is 5m, $__interval 1m, $__range 1h,
-    and dashboard variables are at their "All" value."""
-    queries = []
-    for board in dashboards():
-        names = [v["name"] for v in board["templating"]["list"]]
-        for panel in board["panels"]:
-            for target in panel["targets"]:
-                if "expr" in target:
-                    queries.append((board["uid"], panel["title"], promql(target["expr"], names)))
-    return queries
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,6 @@ defaults to (last value, area graph, legend at the bottom) are left out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -284,25 +283,6 @@ def dashboard(
         "links": links,
         "panels": layout(panels),
     }
-
-
-GRAFANA_INTERVALS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
-
-
-def promql(expr: str, variables: Sequence[str]) -> str:
-    """The expression as Prometheus would receive it: Grafana's interval variables at fixed
-    values and every dashboard variable at its "All" value."""
-
-    def value(match: re.Match[str]) -> str:
-        name = next(g for g in match.groups() if g)
-        if name in GRAFANA_INTERVALS:
-            return GRAFANA_INTERVALS[name]
-        if name in variables:
-            return ".*"
-        raise ValueError(f"{expr!r} uses ${name}, which its dashboard does not define")
-
-    return VARIABLE.sub(value, expr)
 
 
 # --- PromQL shapes the dashboards share ---------------------------------------------

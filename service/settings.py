@@ -257,9 +257,6 @@ class Settings(BaseSettings):
         secret: SecretStr | None = getattr(self, f"{name}_token")
         return secret.get_secret_value() if secret is not None else None
 
-    def component_path(self, component: str) -> Path:
-        return self.data_dir / f"{component}.sqlite3"
-
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 

@@ -1,4 +1,4 @@
-"""Background tasks tied to the lifespan's exit stack."""
+"""Background tasks: run until the lifespan's exit stack unwinds, or stopped by their owner."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ def run_in_background(
 ) -> None:
     """Run ``coroutine`` as a task until the stack unwinds to here."""
     task = asyncio.get_running_loop().create_task(coroutine, name=name)
+    stack.push_async_callback(cancel_and_wait, task)
 
-    async def stop() -> None:
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel ``tasks`` (None stands for one never started) and wait until each has ended;
+    how they ended is not raised."""
+    started = [task for task in tasks if task is not None]
+    for task in started:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    stack.push_async_callback(stop)
+    await asyncio.gather(*started, return_exceptions=True)

@@ -61,16 +61,7 @@ class Classification:
     fingerprint: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "severity": self.severity,
-            "type": self.type,
-            "impact": self.impact,
-            "recoverable": self.recoverable,
-            "protocol": self.protocol,
-            "rule": self.rule,
-            "component": self.component,
-            "fingerprint": self.fingerprint,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -136,10 +127,6 @@ class Classifier:
         self.source = source
         self._cache: dict[tuple[Any, ...], Classification] = {}
         self._key_attributes, self._key_resource, self._key_message = _key_fields(rules)
-
-    @classmethod
-    def from_document(cls, document: Any, source: str = "<rules>") -> Classifier:
-        return cls(parse_rules(document), source)
 
     def classify(self, record: SpanRecord) -> Classification:
         try:

@@ -196,10 +196,6 @@ class TraceKeeper(SpanProcessor):
         records.sort(key=lambda record: record.start_ns)
         return records
 
-    def kept_trace_ids(self) -> list[str]:
-        with self._lock:
-            return [format(trace_id, "032x") for trace_id in self._kept]
-
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {

@@ -13,14 +13,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from service.agents.profile_limits import (
-    AGE_MAX_YEARS,
-    AGE_MIN_YEARS,
-    HEIGHT_ABOVE_CM,
-    HEIGHT_MAX_CM,
-    WEIGHT_ABOVE_KG,
-    WEIGHT_MAX_KG,
-)
+from service.agents.profile_limits import AGE_LIMITS, HEIGHT_LIMITS, WEIGHT_LIMITS, Limits
 from service.errors import UserInputError
 
 # The largest single amount (a budget or an expense) the budget agent takes: $1,000,000.00.
@@ -109,15 +102,14 @@ def _first(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     return None
 
 
-def _in_range(
-    written: str, what: str, value: float, above: float, most: float, unit: str, low_ok: bool
-) -> float:
-    inside = (above <= value if low_ok else above < value) and value <= most
+def _in_range(written: str, what: str, value: float, limits: Limits) -> float:
+    low, high = limits.low, limits.high
+    inside = (low <= value if limits.low_included else low < value) and value <= high
     if not inside:
-        bounds = f"from {above:g} to" if low_ok else f"more than {above:g} and at most"
+        bounds = f"from {low:g} to" if limits.low_included else f"more than {low:g} and at most"
         raise NotUnderstood(
             written,
-            f"{what} must be {bounds} {most:g} {unit}",
+            f"{what} must be {bounds} {high:g} {limits.unit}",
             _PROFILE_EXAMPLE,
             _NOTHING_SAVED,
         )
@@ -132,31 +124,34 @@ def _age(text: str) -> int | None:
     value = _figure(match, "an age")
     if not value.is_integer():
         raise NotUnderstood(written, "an age is a whole number of years", "I am 30", _NOTHING_SAVED)
-    return int(
-        _in_range(written, "an age", value, AGE_MIN_YEARS, AGE_MAX_YEARS, "years", low_ok=True)
-    )
+    return int(_in_range(written, "an age", value, AGE_LIMITS))
+
+
+def _measurement(
+    text: str,
+    what: str,
+    written_in_unit: re.Pattern[str],
+    written_otherwise: re.Pattern[str],
+    factor: float,
+    limits: Limits,
+) -> float | None:
+    """The first figure written in the unit of ``limits``, else in the other unit (converted
+    by ``factor`` and rounded to 0.1), checked against ``limits``."""
+    if match := _first(written_in_unit, text):
+        value = _figure(match, what)
+    elif match := _first(written_otherwise, text):
+        value = round(_figure(match, what) * factor, 1)
+    else:
+        return None
+    return _in_range(match.group(0).strip(), what, value, limits)
 
 
 def _weight_kg(text: str) -> float | None:
-    if match := _first(_WEIGHT_KG, text):
-        value = _figure(match, "a weight")
-    elif match := _first(_WEIGHT_LB, text):
-        value = round(_figure(match, "a weight") * 0.45359237, 1)
-    else:
-        return None
-    written = match.group(0).strip()
-    return _in_range(written, "a weight", value, WEIGHT_ABOVE_KG, WEIGHT_MAX_KG, "kg", low_ok=False)
+    return _measurement(text, "a weight", _WEIGHT_KG, _WEIGHT_LB, 0.45359237, WEIGHT_LIMITS)
 
 
 def _height_cm(text: str) -> float | None:
-    if match := _first(_HEIGHT_CM, text):
-        value = _figure(match, "a height")
-    elif match := _first(_HEIGHT_M, text):
-        value = round(_figure(match, "a height") * 100, 1)
-    else:
-        return None
-    written = match.group(0).strip()
-    return _in_range(written, "a height", value, HEIGHT_ABOVE_CM, HEIGHT_MAX_CM, "cm", low_ok=False)
+    return _measurement(text, "a height", _HEIGHT_CM, _HEIGHT_M, 100, HEIGHT_LIMITS)
 
 
 def parse_profile_facts(message: str) -> dict[str, Any]:

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-AGE_MIN_YEARS = 10  # inclusive
-AGE_MAX_YEARS = 110  # inclusive
-WEIGHT_ABOVE_KG = 20  # exclusive
-WEIGHT_MAX_KG = 400  # inclusive
-HEIGHT_ABOVE_CM = 80  # exclusive
-HEIGHT_MAX_CM = 260  # inclusive
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A figure's allowed values: from ``low`` to ``high`` in ``unit``; ``low`` itself only
+    when ``low_included``."""
+
+    low: float
+    high: float
+    unit: str
+    low_included: bool = True
+
+    def field_bounds(self) -> dict[str, Any]:
+        """The same limits as pydantic ``Field`` constraints."""
+        return {"ge" if self.low_included else "gt": self.low, "le": self.high}
+
+
+AGE_LIMITS = Limits(10, 110, "years")
+WEIGHT_LIMITS = Limits(20, 400, "kg", low_included=False)
+HEIGHT_LIMITS = Limits(80, 260, "cm", low_included=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
 
 from backup.events import (
     BackupFailed,
@@ -13,6 +13,7 @@ from backup.events import (
     DrillFinished,
     RollbackFinished,
 )
+from service.resilience.instruments import event_counter, seconds_histogram, value_gauge
 
 BACKUP_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 # Every failure reason starts at 0, so increase() sees a reason's first failure.
@@ -31,6 +32,14 @@ FAILURE_REASONS = (
 )
 
 
+def failure_counter(meter: Meter, name: str, description: str) -> Counter:
+    """A counter of failures by ``reason``, every reason at 0 from the start."""
+    failures = event_counter(meter, name, description)
+    for reason in FAILURE_REASONS:
+        failures.add(0, {"reason": reason})
+    return failures
+
+
 class BackupMetrics:
     def __init__(
         self,
@@ -40,39 +49,23 @@ class BackupMetrics:
         snapshot_count: Callable[[], int],
         drill_interval_s: float = 6 * 3600,
     ) -> None:
-        self._drill_interval_s = drill_interval_s
         self._last_success = last_success
         self._intervals = intervals_s
-        self._snapshot_count = snapshot_count
         self.last_verified: float | None = None
         self.last_drill_ok: bool | None = None
-        self._duration = meter.create_histogram(
-            "ers_backup_duration_seconds",
-            unit="s",
-            description="Backup duration",
-            explicit_bucket_boundaries_advisory=BACKUP_BUCKETS,
+        self._duration = seconds_histogram(
+            meter, "ers_backup_duration_seconds", "Backup duration", BACKUP_BUCKETS
         )
         self._added = meter.create_counter(
             "ers_backup_added_bytes",
             unit="By",
             description="Bytes a backup added to the repository",
         )
-        self._failures = meter.create_counter(
-            "ers_backup_failures", unit="1", description="Failed backups by reason"
-        )
-        for reason in FAILURE_REASONS:
-            self._failures.add(0, {"reason": reason})
-        self._skips = meter.create_counter(
-            "ers_backup_skips", unit="1", description="Components skipped as unchanged"
-        )
-        self._rollbacks = meter.create_counter(
-            "ers_rollbacks", unit="1", description="Rollbacks by result"
-        )
-        self._rollback_duration = meter.create_histogram(
-            "ers_rollback_duration_seconds",
-            unit="s",
-            description="Rollback duration",
-            explicit_bucket_boundaries_advisory=BACKUP_BUCKETS,
+        self._failures = failure_counter(meter, "ers_backup_failures", "Failed backups by reason")
+        self._skips = event_counter(meter, "ers_backup_skips", "Components skipped as unchanged")
+        self._rollbacks = event_counter(meter, "ers_rollbacks", "Rollbacks by result")
+        self._rollback_duration = seconds_histogram(
+            meter, "ers_rollback_duration_seconds", "Rollback duration", BACKUP_BUCKETS
         )
         meter.create_observable_gauge(
             "ers_backup_last_success_timestamp_seconds",
@@ -86,25 +79,26 @@ class BackupMetrics:
             unit="s",
             description="Each component's backup schedule",
         )
-        meter.create_observable_gauge(
-            "ers_backup_snapshots", [self._observe_count], description="Snapshots in the repository"
-        )
-        meter.create_observable_gauge(
+        value_gauge(meter, "ers_backup_snapshots", "Snapshots in the repository", snapshot_count)
+        value_gauge(
+            meter,
             "ers_backup_last_verified_timestamp_seconds",
-            [self._observe_verified],
+            "When a restore drill last passed",
+            lambda: self.last_verified,
             unit="s",
-            description="When a restore drill last passed",
         )
-        meter.create_observable_gauge(
+        value_gauge(
+            meter,
             "ers_restore_drill_interval_seconds",
-            [lambda options: [Observation(self._drill_interval_s)]],
+            "How often a restore drill runs",
+            lambda: drill_interval_s,
             unit="s",
-            description="How often a restore drill runs",
         )
-        meter.create_observable_gauge(
+        value_gauge(
+            meter,
             "ers_restore_drill_success",
-            [self._observe_drill],
-            description="1 when the last restore drill passed, 0 when it failed",
+            "1 when the last restore drill passed, 0 when it failed",
+            lambda: None if self.last_drill_ok is None else int(self.last_drill_ok),
         )
 
     def on_event(self, event: object) -> None:
@@ -118,19 +112,12 @@ class BackupMetrics:
         elif isinstance(event, BackupFailed):
             self._failures.add(1, {"reason": event.error_label})
         elif isinstance(event, RollbackFinished):
-            ok = event.result is not None
-            self._rollbacks.add(1, {"result": "success" if ok else "failure"})
+            self._rollbacks.add(1, {"result": "success" if event.ok else "failure"})
             self._rollback_duration.record(event.duration_seconds)
         elif isinstance(event, DrillFinished):
-            self.record_drill(event.result.ok, event.result.verified_at.timestamp())
-
-    def record_drill(self, ok: bool, at: float) -> None:
-        self.last_drill_ok = ok
-        if ok:
-            self.last_verified = at
-
-    def record_failure(self, reason: str) -> None:
-        self._failures.add(1, {"reason": reason})
+            self.last_drill_ok = event.result.ok
+            if event.result.ok:
+                self.last_verified = event.result.verified_at.timestamp()
 
     def _observe_last_success(self, options: CallbackOptions) -> Iterable[Observation]:
         for component, at in self._last_success().items():
@@ -139,14 +126,3 @@ class BackupMetrics:
     def _observe_intervals(self, options: CallbackOptions) -> Iterable[Observation]:
         for component, seconds in self._intervals.items():
             yield Observation(seconds, {"component": component})
-
-    def _observe_count(self, options: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self._snapshot_count())
-
-    def _observe_verified(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self.last_verified is not None:
-            yield Observation(self.last_verified)
-
-    def _observe_drill(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self.last_drill_ok is not None:
-            yield Observation(int(self.last_drill_ok))

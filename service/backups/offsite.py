@@ -9,17 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter
 
 from backup import BackupError
 from backup.offsite import OffsiteCopier, OffsiteRepository, shown
 from backup.restic import Restic
-from service.backups.metrics import FAILURE_REASONS
+from service.backups.metrics import failure_counter
 from service.backups.service import BackupService
 from service.fleet import FleetLeader
+from service.resilience.instruments import event_counter, value_gauge
 from service.settings import Settings
 from service.tasks import run_in_background
 
@@ -33,30 +33,30 @@ class OffsiteMetrics:
     def __init__(self, meter: Meter, interval_s: float) -> None:
         self.interval_s = interval_s
         self.last_success: float | None = None
-        meter.create_observable_gauge(
+        value_gauge(
+            meter,
             "ers_backup_offsite_last_success_timestamp_seconds",
-            [self._observe_last_success],
+            "When the last copy to the off-host repository succeeded",
+            lambda: self.last_success,
             unit="s",
-            description="When the last copy to the off-host repository succeeded",
         )
-        meter.create_observable_gauge(
+        value_gauge(
+            meter,
             "ers_backup_offsite_interval_seconds",
-            [self._observe_interval],
+            "Seconds between copies to the off-host repository",
+            lambda: self.interval_s,
             unit="s",
-            description="Seconds between copies to the off-host repository",
         )
-        self._failures = meter.create_counter(
+        self._failures = failure_counter(
+            meter,
             "ers_backup_offsite_failures",
-            unit="1",
-            description="Copies to the off-host repository that failed, by reason",
+            "Copies to the off-host repository that failed, by reason",
         )
-        self._copied = meter.create_counter(
+        self._copied = event_counter(
+            meter,
             "ers_backup_offsite_snapshots_copied",
-            unit="1",
-            description="Snapshots copied to the off-host repository",
+            "Snapshots copied to the off-host repository",
         )
-        for reason in FAILURE_REASONS:
-            self._failures.add(0, {"reason": reason})
 
     def succeeded(self, copied: int) -> None:
         self.last_success = time.time()
@@ -64,12 +64,6 @@ class OffsiteMetrics:
 
     def failed(self, reason: str) -> None:
         self._failures.add(1, {"reason": reason})
-
-    def _observe_last_success(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [] if self.last_success is None else [Observation(self.last_success)]
-
-    def _observe_interval(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(self.interval_s)]
 
 
 def build_copier(settings: Settings) -> OffsiteCopier | None:

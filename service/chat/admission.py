@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter
 
 from service.errors import ErsError
+from service.resilience.instruments import value_gauge
 
 
 class ChatOverloaded(ErsError):
@@ -117,10 +117,9 @@ class ChatAdmission:
 def register_admission_metrics(meter: Meter, admission: ChatAdmission) -> None:
     """``ers_chat_waiting``: chats in line to start; turned-away chats are counted in
     ``ers_chat_requests_total{outcome="shed"}``."""
-
-    def waiting(options: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(admission.waiting)
-
-    meter.create_observable_gauge(
-        "ers_chat_waiting", [waiting], description="Chats waiting for their turn to start"
+    value_gauge(
+        meter,
+        "ers_chat_waiting",
+        "Chats waiting for their turn to start",
+        lambda: admission.waiting,
     )

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from service.cli.output import emit, new_table
-from service.cli.remote import call, command
+from service.cli.remote import call, command, command_group
 
 
 def _table(out: Console, report: dict[str, Any]) -> None:
@@ -61,12 +61,7 @@ NAME_HELP = "agent name or seed alias (NPA, WPA, BMA, MCA)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "breakers",
-        help="circuit breakers of a running service",
-        description="circuit breakers of a running service",
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = command_group(commands, "breakers", "circuit breakers of a running service")
     listing = command(actions, "list", "every breaker with its state")
     listing.set_defaults(handler=list_breakers)
     reset = command(actions, "reset", "close a breaker (refused while still failing)")

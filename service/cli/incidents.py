@@ -12,7 +12,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from service.cli.output import USAGE, CliError, emit, joined, new_table, stdout, when
-from service.cli.remote import call, command
+from service.cli.remote import call, command, command_group
 
 
 def _incident_row(i: dict[str, Any]) -> list[str]:
@@ -196,12 +196,7 @@ STATUSES = ["active", "open", "acknowledged", "mitigated", "resolved"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "incidents",
-        help="incidents of a running service",
-        description="incidents of a running service",
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = command_group(commands, "incidents", "incidents of a running service")
     listing = command(actions, "list", "incidents, newest first, with filters")
     listing.add_argument("--status", choices=STATUSES, help="only incidents in this state")
     listing.add_argument(

@@ -151,3 +151,11 @@ def command(
     add_connection_options(parser, top=False)
     add_output_option(parser, top=False)
     return parser
+
+
+def command_group(
+    commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None
+) -> argparse._SubParsersAction:
+    """A command whose subcommands (its ACTION) are added to what this returns."""
+    parser = commands.add_parser(name, help=help, description=description or help)
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")

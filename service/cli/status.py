@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from service.cli.output import emit, new_table, when
-from service.cli.remote import call, command
+from service.cli.remote import call, command, command_group
 
 
 def _status_table(out: Console, status: dict[str, Any]) -> None:
@@ -53,11 +53,11 @@ def end_minimal_mode(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     status = command(commands, "status", "the service at a glance: state, incidents, breakers")
     status.set_defaults(handler=show_status)
-    parser = commands.add_parser(
+    actions = command_group(
+        commands,
         "minimal-mode",
-        help="minimal response mode of a running service",
-        description="minimal response mode: chat answers with short guidance, calls no agent",
+        "minimal response mode of a running service",
+        "minimal response mode: chat answers with short guidance, calls no agent",
     )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     ending = command(actions, "end", "end it now: chat calls the agents again")
     ending.set_defaults(handler=end_minimal_mode)

@@ -22,6 +22,7 @@ import psycopg
 from backup import BackupError
 from service.fleet.outage import Outage
 from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
 
@@ -76,7 +77,7 @@ class FleetLeader:
     async def stop(self) -> None:
         """Stop running jobs and let the lock go (closing its connection releases it)."""
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         self._step_down(None)
 
     async def _run(self) -> None:
@@ -133,14 +134,6 @@ async def connect_session(url: str, **options: str) -> psycopg.AsyncConnection[t
     return await psycopg.AsyncConnection.connect(
         url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **KEEPALIVES, **options
     )
-
-
-async def cancelled(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has ended."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 async def watch_session(conn: psycopg.AsyncConnection[object], check_interval_s: float) -> None:

@@ -15,6 +15,7 @@ from service.fleet.outage import MAX_BACKOFF_S, Outage, pool_of
 from service.fleet.schema import CLAIM_LEASE, HAS_ROW
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
 from service.stores.postgres import PostgresDatabase
+from service.tasks import cancel_and_wait
 
 # How long a trial lease lasts beyond the trial call's own limit (half_open_max_wait_s).
 LEASE_MARGIN_S = 5.0
@@ -83,9 +84,7 @@ class TrialLeases:
 
     async def stop(self) -> None:
         claims, self._claims = list(self._claims.values()), {}
-        for task in claims:
-            task.cancel()
-        await asyncio.gather(*claims, return_exceptions=True)
+        await cancel_and_wait(*claims)
 
     def _holds_lease(self, agent: str) -> bool:
         until = self._lease_until.get(agent)

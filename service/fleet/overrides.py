@@ -40,6 +40,7 @@ from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerSt
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
 
@@ -148,9 +149,7 @@ class FleetOverrides:
         for breaker in self._breakers.values():
             breaker.trial_gate = None
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         await self._leases.stop()
         if self._pending:
             try:

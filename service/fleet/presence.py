@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator
 import psycopg
 
 from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
-from service.fleet.leader import cancelled, connect_session, watch_session
+from service.fleet.leader import connect_session, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import PostgresDatabase
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
 
@@ -83,7 +84,7 @@ class ReplicaPresence:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancelled(task)
+        await cancel_and_wait(task)
         await self._drop()
 
     async def _take(self) -> str | None:

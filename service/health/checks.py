@@ -17,6 +17,7 @@ import psutil
 
 from service.errors import StoreUnavailable
 from service.stores.registry import ComponentStore
+from service.tasks import cancel_and_wait
 
 
 class Status(StrEnum):
@@ -213,9 +214,7 @@ class LoopLagMonitor:
         self._task = asyncio.get_running_loop().create_task(self._sample(), name="loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _sample(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from service.health.checks import MemoryCheck, Status
 from service.health.monitor import HealthMonitor
+from service.resilience.instruments import value_gauge
 from service.resilience.system_state import SystemState, SystemStateMachine
 
 
@@ -32,32 +33,29 @@ def register_health_metrics(
             for status in Status:
                 yield Observation(int(result.status is status), {"check": name, "status": status})
 
-    def memory_ratio(options: CallbackOptions) -> Iterable[Observation]:
-        if memory.last is not None:
-            yield Observation(memory.last.ratio)
-
-    def memory_bytes(options: CallbackOptions) -> Iterable[Observation]:
-        if memory.last is not None:
-            yield Observation(memory.last.rss_bytes)
-
-    def uptime(options: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(time.time() - started_at)
-
     meter.create_observable_gauge(
         "ers_system_state", [system_state], description="1 for the current system state"
     )
     meter.create_observable_gauge(
         "ers_health_check_status", [check_status], description="1 for each check's status"
     )
-    meter.create_observable_gauge(
-        "ers_process_memory_ratio", [memory_ratio], description="Resident memory over the limit"
+    value_gauge(
+        meter,
+        "ers_process_memory_ratio",
+        "Resident memory over the limit",
+        lambda: None if memory.last is None else memory.last.ratio,
     )
-    meter.create_observable_gauge(
+    value_gauge(
+        meter,
         "ers_process_resident_memory_bytes",
-        [memory_bytes],
+        "Resident memory of the process",
+        lambda: None if memory.last is None else memory.last.rss_bytes,
         unit="By",
-        description="Resident memory of the process",
     )
-    meter.create_observable_gauge(
-        "ers_uptime_seconds", [uptime], unit="s", description="Seconds since the service started"
+    value_gauge(
+        meter,
+        "ers_uptime_seconds",
+        "Seconds since the service started",
+        lambda: time.time() - started_at,
+        unit="s",
     )

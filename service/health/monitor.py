@@ -30,6 +30,7 @@ from service.resilience.exception_events import (
     exception_bases,
     record_exception,
 )
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.health")
 
@@ -69,9 +70,6 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.last: HealthReport | None = None
-
-    def add_check(self, check: HealthCheck) -> None:
-        self.checks.append(check)
 
     def subscribe(self, listener: Callable[[HealthReport], None]) -> None:
         self._listeners.append(listener)
@@ -130,9 +128,7 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         while True:

@@ -10,7 +10,7 @@ from typing import Any
 
 from service.incidents.store_pg import SCHEMA
 from service.stores.pg_pool import valid_identifier
-from service.stores.sql import SQLITE, Database
+from service.stores.sql import Database, create_table_on_sqlite
 
 COMPONENT = "audit"
 SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
@@ -44,10 +44,8 @@ MIGRATIONS = audit_migrations()
 
 class AuditLog:
     def __init__(self, database: Database) -> None:
-        """The trail on the incident store's ``database``, which closes with the store. On
-        SQLite its table is made here; on PostgreSQL the migrations (``MIGRATIONS``) made it."""
-        if database.dialect is SQLITE:
-            database.rows(SQLITE_SCHEMA)
+        """The trail on the incident store's ``database``, which closes with the store."""
+        create_table_on_sqlite(database, SQLITE_SCHEMA)
         self._database = database
 
     def record(self, actor: str, action: str, detail: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.pg_pool import valid_identifier
-from service.stores.sql import SQLITE, Database
+from service.stores.sql import Database, create_table_on_sqlite
 
 COMPONENT = "alerts"
 
@@ -66,10 +66,8 @@ class LedgerUnavailable(Exception):
 
 class AlertLedger:
     def __init__(self, database: Database) -> None:
-        """The ledger on the incident store's ``database``, which closes with the store. On
-        SQLite its table is made here; on PostgreSQL the migrations (``MIGRATIONS``) made it."""
-        if database.dialect is SQLITE:
-            database.rows(SQLITE_SCHEMA)
+        """The ledger on the incident store's ``database``, which closes with the store."""
+        create_table_on_sqlite(database, SQLITE_SCHEMA)
         self._database = database
 
     def record(self, fingerprint: str, starts_at: str, status: str, alertname: str) -> bool:

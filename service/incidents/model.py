@@ -100,16 +100,6 @@ class Incident:
         values["trace_ids"] = json.loads(values["trace_ids"])
         return cls(**values)
 
-    def classification(self) -> dict[str, Any]:
-        return {
-            "severity": self.severity,
-            "type": self.type,
-            "impact": self.impact,
-            "recoverable": self.recoverable,
-            "protocol": self.protocol,
-            "rule": self.rule,
-        }
-
     def to_dict(self) -> dict[str, Any]:
         """The seed's incident shape (camelCase), with the fields it lacked."""
         recovery = self.recovery_time_s

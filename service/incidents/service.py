@@ -30,6 +30,7 @@ from service.incidents.model import IllegalTransition, Incident, IncidentStoreUn
 from service.incidents.responder import ActionResult, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
+from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from telemetry.classifier import load_rules
@@ -116,17 +117,15 @@ class IncidentService:
         self._results: dict[str, list[ActionResult]] = {}
         self._listeners: list[Callable[[GroupOutcome], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._opened = meter.create_counter(
-            "ers_incidents", unit="1", description="Incidents opened or reopened"
-        )
-        self._recovery = meter.create_histogram(
+        self._opened = event_counter(meter, "ers_incidents", "Incidents opened or reopened")
+        self._recovery = seconds_histogram(
+            meter,
             "ers_incident_recovery_seconds",
-            unit="s",
-            description="Time from an incident opening to its mitigation or resolution",
-            explicit_bucket_boundaries_advisory=RECOVERY_BUCKETS,
+            "Time from an incident opening to its mitigation or resolution",
+            RECOVERY_BUCKETS,
         )
-        self.actions = meter.create_counter(
-            "ers_protocol_actions", unit="1", description="Protocol actions and their results"
+        self.actions = event_counter(
+            meter, "ers_protocol_actions", "Protocol actions and their results"
         )
         meter.create_observable_gauge(
             "ers_incidents_active", [self._observe_active], description="Active incidents"

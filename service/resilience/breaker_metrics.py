@@ -9,6 +9,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from service.resilience.breaker import CircuitBreaker
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
+from service.resilience.instruments import event_counter
 
 
 class BreakerMetrics:
@@ -17,16 +18,16 @@ class BreakerMetrics:
 
     def __init__(self, meter: Meter) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._transitions = meter.create_counter(
-            "ers_breaker_transitions", unit="1", description="Breaker state transitions"
+        self._transitions = event_counter(
+            meter, "ers_breaker_transitions", "Breaker state transitions"
         )
-        self._rejected = meter.create_counter(
-            "ers_breaker_rejected_calls", unit="1", description="Calls a breaker did not permit"
+        self._rejected = event_counter(
+            meter, "ers_breaker_rejected_calls", "Calls a breaker did not permit"
         )
-        self._forced = meter.create_counter(
+        self._forced = event_counter(
+            meter,
             "ers_breaker_forced_opens",
-            unit="1",
-            description="Breakers forced open, by the source that forced them",
+            "Breakers forced open, by the source that forced them",
         )
         meter.create_observable_gauge(
             "ers_breaker_state",

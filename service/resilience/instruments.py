@@ -1,15 +1,18 @@
 """The service's metric instruments, created once per application from its meter.
 
 Names follow the ``ers_`` convention; the Prometheus reader adds ``_total`` to counters.
+``event_counter`` and ``seconds_histogram`` state the units every part of the service uses:
+events are counted in ``1``, durations measured in seconds; ``value_gauge`` reports one value
+read when the metrics are collected.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 
 # Latency buckets for agent calls, in seconds: deterministic agents answer in well under a
 # millisecond, guarded failures can take the whole timeout.
@@ -29,6 +32,32 @@ AGENT_DURATION_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+def event_counter(meter: Meter, name: str, description: str) -> Counter:
+    """A counter of events (unit ``1``)."""
+    return meter.create_counter(name, unit="1", description=description)
+
+
+def seconds_histogram(
+    meter: Meter, name: str, description: str, buckets: Sequence[float]
+) -> Histogram:
+    """A histogram of durations in seconds, over ``buckets`` chosen for what it measures."""
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+    )
+
+
+def value_gauge(
+    meter: Meter, name: str, description: str, read: Callable[[], float | None], unit: str = ""
+) -> None:
+    """A gauge of one value, ``read`` at each collection; absent while it reads None."""
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        value = read()
+        return [] if value is None else [Observation(value)]
+
+    meter.create_observable_gauge(name, [observe], unit=unit, description=description)
 
 
 class CumulativeCount:
@@ -66,11 +95,11 @@ class AgentInstruments:
     def create(cls, meter: Meter) -> AgentInstruments:
         instruments = cls(
             calls=CumulativeCount(meter, "ers_agent_calls", "Agent calls by agent and outcome"),
-            duration=meter.create_histogram(
+            duration=seconds_histogram(
+                meter,
                 "ers_agent_call_duration_seconds",
-                unit="s",
-                description="Duration of agent calls, including retries",
-                explicit_bucket_boundaries_advisory=AGENT_DURATION_BUCKETS,
+                "Duration of agent calls, including retries",
+                AGENT_DURATION_BUCKETS,
             ),
             fallbacks=CumulativeCount(meter, "ers_fallbacks", "Fallback answers by agent and kind"),
             chat_requests=CumulativeCount(

@@ -32,6 +32,7 @@ from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import iso_utc
 from service.resilience.system_state import StateTransition, SystemState, SystemStateMachine
 from service.stores.base import SystemStateBackend
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.state_keeper")
 
@@ -125,10 +126,8 @@ class StateKeeper:
         for unsubscribe in self._unsubscribes:
             unsubscribe()
         self._unsubscribes = []
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        await cancel_and_wait(self._writer)
+        self._writer = None
         try:
             await self.flush()
         except StoreUnavailable as exc:

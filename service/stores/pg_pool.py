@@ -169,23 +169,15 @@ class PgPool:
         """What went wrong, in words a person can act on."""
         if isinstance(exc, PoolClosed):
             return "it has been closed"
-        if isinstance(exc, PoolTimeout):
-            return (
-                f"no PostgreSQL connection within {self.timeout_s:g} s: the server at "
-                f"{self.location} is unreachable or overloaded; check that it is running"
-            )
         if isinstance(exc, psycopg.errors.QueryCanceled):
             return (
                 f"a statement ran longer than {self.statement_timeout_s:g} s at "
                 f"{self.location} and was cancelled: another session may hold a lock on the "
                 "incidents schema (see pg_stat_activity), or the server is overloaded"
             )
-        if isinstance(exc, psycopg.OperationalError):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return self.scrub(
-                f"cannot use PostgreSQL at {self.location} ({first}); check that the server "
-                "is running and that the URL names the right host, database and role"
-            )
+        unreachable = unreachable_reason(exc, self.location, self.timeout_s)
+        if unreachable is not None:
+            return self.scrub(unreachable)
         primary = exc.diag.message_primary or str(exc) or type(exc).__name__
         return self.scrub(f"PostgreSQL at {self.location}: {primary}")
 
@@ -201,6 +193,24 @@ class _Statements:
 
     def executemany(self, sql: str, params: Any) -> None:
         self._cursor.executemany(POSTGRESQL.sql(sql), params)
+
+
+def unreachable_reason(exc: psycopg.Error, location: str, waited_s: float) -> str | None:
+    """Why the server at ``location`` could not be used when reaching it failed (no pooled
+    connection within ``waited_s``, a connection refused or lost), in words a person can act
+    on; None when the server answered with an error of its own."""
+    if isinstance(exc, PoolTimeout):
+        return (
+            f"no PostgreSQL connection within {waited_s:g} s: the server at {location} is "
+            "unreachable or overloaded; check that it is running"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (
+            f"cannot use PostgreSQL at {location} ({first}); check that the server is running "
+            "and that ERS_DATABASE_URL names the right host, database and role"
+        )
+    return None
 
 
 def server_location(url: str) -> str:

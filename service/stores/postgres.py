@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StoreUnavailable
 from service.settings import redact_url
-from service.stores.pg_pool import password_of, scrub_password
+from service.stores.pg_pool import password_of, scrub_password, unreachable_reason
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
 from service.stores.sql import POSTGRESQL as POSTGRES
 from service.stores.unit_of_work import (
@@ -135,18 +135,9 @@ class PostgresDatabase:
 
     def reason(self, exc: psycopg.Error, waited_s: float | None = None) -> str:
         """What went wrong, in words a person can act on."""
-        if isinstance(exc, PoolTimeout):
-            waited_s = waited_s or self.pool_timeout_s
-            return (
-                f"no PostgreSQL connection within {waited_s:g} s: the server at "
-                f"{self.location} is unreachable or overloaded; check that it is running"
-            )
-        if isinstance(exc, psycopg.OperationalError):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return self.scrub(
-                f"cannot use PostgreSQL at {self.location} ({first}); check that the server "
-                "is running and that ERS_DATABASE_URL names the right host, database and role"
-            )
+        unreachable = unreachable_reason(exc, self.location, waited_s or self.pool_timeout_s)
+        if unreachable is not None:
+            return self.scrub(unreachable)
         primary = exc.diag.message_primary or str(exc) or type(exc).__name__
         return self.scrub(primary)
 

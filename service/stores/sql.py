@@ -109,6 +109,13 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
+def create_table_on_sqlite(database: Database, ddl: str) -> None:
+    """Run ``ddl`` (``CREATE TABLE IF NOT EXISTS …``) when ``database`` is SQLite; on
+    PostgreSQL a table is made by its component's migrations, never at open."""
+    if database.dialect is SQLITE:
+        database.rows(ddl)
+
+
 class SqliteDatabase:
     dialect = SQLITE
 

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 build = importlib.import_module("grafana.build")
+dashboard_queries = importlib.import_module("tests.grafana.queries").dashboard_queries
 
 DASHBOARD_UIDS = {"ers-system-health", "ers-agents", "ers-incidents", "ers-backups"}
 PROMTOOL_TIMEOUT_S = 60
@@ -103,7 +104,7 @@ def test_dashboard_queries_cover_every_prometheus_target() -> None:
         for target in panel["targets"]
         if target["datasource"]["uid"] == "ers-prometheus"
     ]
-    queries = build.dashboard_queries()
+    queries = dashboard_queries()
     assert len(queries) == len(exprs) > 40
     assert {uid for uid, _, _ in queries} == DASHBOARD_UIDS
     assert all("$" not in expr for _, _, expr in queries)
@@ -111,7 +112,7 @@ def test_dashboard_queries_cover_every_prometheus_target() -> None:
 
 def test_range_selectors_follow_grafana_intervals() -> None:
     """Rates use $__rate_interval, totals $__range; only the 30-day error budget is fixed."""
-    for uid, title, _ in build.dashboard_queries():
+    for uid, title, _ in dashboard_queries():
         board = next(b for b in committed_dashboards() if b["uid"] == uid)
         panel = next(p for p in board["panels"] if p["title"] == title)
         for target in panel["targets"]:
@@ -123,7 +124,7 @@ def test_every_promql_expression_is_valid(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
-    labelled = [(f"{uid} / {title}", expr) for uid, title, expr in build.dashboard_queries()]
+    labelled = [(f"{uid} / {title}", expr) for uid, title, expr in dashboard_queries()]
     tempo = datasources()["tempo"]["jsonData"]["tracesToMetrics"]
     for query in tempo["queries"]:
         # Grafana fills $__tags from the span; unescape the provisioning file's $$ first.

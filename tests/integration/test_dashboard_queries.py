@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from grafana.build import dashboard_queries
 from tests.conftest import free_port, start_ers
+from tests.grafana.queries import dashboard_queries
 from tests.integration.prom import PromProcess, start_prometheus
 from tests.integration.test_metric_names import BACKUPS_ON, RULES, run_faulty_workload
 

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from grafana.build import dashboard_queries, datasources
+from grafana.build import datasources
 from tests.alerts.test_rules_metric_names import metric_names
 from tests.conftest import ROOT, ErsProcess, start_ers
+from tests.grafana.queries import dashboard_queries
 
 pytestmark = pytest.mark.integration
 

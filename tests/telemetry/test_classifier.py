@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from telemetry.classifier import Classifier, RulesError, load_rules, replay, replay_stored
+from telemetry.rule_conditions import parse_rules
 from tests.telemetry.conftest import error_record
 
 DB_BASES = ["DependencyError", "ErsError", "Exception"]
@@ -215,7 +216,7 @@ def rule(**fields: object) -> dict:
 def test_an_invalid_rule_is_reported_with_its_index_and_reason(bad_rule: dict, reason: str) -> None:
     document = rules_document({**rule(name="fine"), "match": {"span.name": "a"}}, bad_rule)
     with pytest.raises(RulesError) as raised:
-        Classifier.from_document(document)
+        Classifier(parse_rules(document))
     message = str(raised.value)
     assert message.startswith("rules[1] (r): ")
     assert reason in message
@@ -224,13 +225,13 @@ def test_an_invalid_rule_is_reported_with_its_index_and_reason(bad_rule: dict, r
 def test_rules_without_a_catch_all_at_the_end_are_refused() -> None:
     document = {"rules": [rule(match={"span.name": "a"})]}
     with pytest.raises(RulesError, match=r"rules\[0\] \(r\): the last rule must have no 'match'"):
-        Classifier.from_document(document)
+        Classifier(parse_rules(document))
 
 
 def test_a_catch_all_before_the_end_is_refused() -> None:
     document = rules_document(rule(name="everything"), rule(name="never", match={"span.name": "a"}))
     with pytest.raises(RulesError, match=r"rules\[0\] \(everything\): it has no conditions"):
-        Classifier.from_document(document)
+        Classifier(parse_rules(document))
 
 
 def test_load_rules_names_the_file_in_its_errors(tmp_path: Path) -> None:
@@ -255,11 +256,13 @@ def test_load_rules_reads_another_file(tmp_path: Path) -> None:
 
 
 def test_attribute_conditions_exact_list_regex_and_presence() -> None:
-    classifier = Classifier.from_document(
-        rules_document(
-            rule(name="exact", match={"attributes": {"tier": ["gold", "silver"]}}),
-            rule(name="regex", match={"attributes": {"region": {"regex": "^eu-"}}}),
-            rule(name="absent", match={"attributes": {"ers.agent": {"present": False}}}),
+    classifier = Classifier(
+        parse_rules(
+            rules_document(
+                rule(name="exact", match={"attributes": {"tier": ["gold", "silver"]}}),
+                rule(name="regex", match={"attributes": {"region": {"regex": "^eu-"}}}),
+                rule(name="absent", match={"attributes": {"ers.agent": {"present": False}}}),
+            )
         )
     )
     assert classifier.classify(error_record(attributes={"tier": "silver"})).rule == "exact"
@@ -295,13 +298,15 @@ def test_explain_gives_the_first_failing_condition_of_each_earlier_rule(
 def test_replay_summarises_how_new_rules_would_change_classification(
     default_classifier: Classifier,
 ) -> None:
-    stricter = Classifier.from_document(
-        rules_document(
-            rule(
-                name="agents-are-critical",
-                severity="critical",
-                type="agent",
-                match={"span.name": "agent.*"},
+    stricter = Classifier(
+        parse_rules(
+            rules_document(
+                rule(
+                    name="agents-are-critical",
+                    severity="critical",
+                    type="agent",
+                    match={"span.name": "agent.*"},
+                )
             )
         )
     )

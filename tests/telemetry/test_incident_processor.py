@@ -11,6 +11,7 @@ from service.incidents.merge import GroupOutcome
 from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier
 from telemetry.incident_processor import IncidentProcessor
+from telemetry.rule_conditions import parse_rules
 from tests.telemetry.conftest import Tracing, error_record, fail_span
 
 
@@ -218,18 +219,20 @@ def test_rules_can_be_swapped_while_running(
     store: IncidentStore, default_classifier: Classifier
 ) -> None:
     processor = IncidentProcessor(store, default_classifier)
-    everything_critical = Classifier.from_document(
-        {
-            "rules": [
-                {
-                    "name": "all",
-                    "severity": "critical",
-                    "type": "system",
-                    "impact": "system_down",
-                    "recoverable": False,
-                }
-            ]
-        }
+    everything_critical = Classifier(
+        parse_rules(
+            {
+                "rules": [
+                    {
+                        "name": "all",
+                        "severity": "critical",
+                        "type": "system",
+                        "impact": "system_down",
+                        "recoverable": False,
+                    }
+                ]
+            }
+        )
     )
     processor.classifier = everything_critical
     processor.submit_record(error_record())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
@@ -67,6 +69,15 @@ def _fail(exc: Exception) -> HTTPException:
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backup failed: {exc}")
 
 
+@contextmanager
+def _failures_as_http_errors() -> Iterator[None]:
+    """A backup failure raised in the block becomes the error reply ``_fail`` makes of it."""
+    try:
+        yield
+    except (BackupError, BackupsUnavailable) as exc:
+        raise _fail(exc) from None
+
+
 class CreateBackup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -108,30 +119,24 @@ class Rollback(BaseModel):
 
 @router.get("/backups")
 async def list_backups(backups: Backups) -> dict[str, Any]:
-    try:
+    with _failures_as_http_errors():
         snapshots = backups.require().list()
-    except BackupsUnavailable as exc:
-        raise _fail(exc) from None
     return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/refresh")
 async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
-    try:
+    with _failures_as_http_errors():
         snapshots = await backups.refresh()
-    except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
     return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/init")
 async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Create the repository if there is none and make it the one the backups go to."""
-    try:
+    with _failures_as_http_errors():
         outcome = await backups.init()
-    except BackupError as exc:
-        raise _fail(exc) from None
     return {
         "repositoryId": outcome.identity.expected_id,
         "created": outcome.created,
@@ -142,10 +147,8 @@ async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
 @router.get("/backups/{backup_id}", responses=errors(404))
 async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
     snapshot_id = _checked_id(backup_id)
-    try:
+    with _failures_as_http_errors():
         details = await backups.require().details(snapshot_id)
-    except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
     return {
         **snapshot_reply(details.snapshot),
         "files": [{"path": f.path, "size": f.size} for f in details.files],
@@ -157,22 +160,18 @@ async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
 @router.post("/backups/create")
 async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
-    try:
+    with _failures_as_http_errors():
         # Asked for by a person: a snapshot with its reason even when nothing changed.
         result = await backups.create(components, body.reason, skip_unchanged=False)
-    except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
     return created_reply(result, body.reason, body.type)
 
 
 @router.post("/backups/test-rollback", responses=errors(404, 409))
 async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
-    try:
+    with _failures_as_http_errors():
         preview = await backups.require().test_rollback(
             body.backupId, list(body.components) if body.components else None
         )
-    except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
     return preview_reply(preview)
 
 
@@ -223,19 +222,15 @@ async def rollback(
 
 @router.post("/backups/check")
 async def check_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
-    try:
+    with _failures_as_http_errors():
         result = await backups.require().check()
-    except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
     return {"ok": result.ok, "output": result.output_tail}
 
 
 @router.post("/backups/prune")
 async def prune_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
-    try:
+    with _failures_as_http_errors():
         manager = backups.require()
         forgotten = await manager.forget(keep_last=backups.settings.max_backups)
         await manager.prune()
-    except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
     return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}

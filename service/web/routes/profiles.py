@@ -8,14 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.agents.profile_limits import (
-    AGE_MAX_YEARS,
-    AGE_MIN_YEARS,
-    HEIGHT_ABOVE_CM,
-    HEIGHT_MAX_CM,
-    WEIGHT_ABOVE_KG,
-    WEIGHT_MAX_KG,
-)
+from service.agents.profile_limits import AGE_LIMITS, HEIGHT_LIMITS, WEIGHT_LIMITS
 from service.chat.idempotency import REPLAY_HEADER
 from service.chat.profile_updates import update_profile
 from service.errors import UserInputError
@@ -39,9 +32,9 @@ UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
 class ProfileUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    age: JsonInt | None = Field(None, ge=AGE_MIN_YEARS, le=AGE_MAX_YEARS)
-    weightKg: JsonNumber | None = Field(None, gt=WEIGHT_ABOVE_KG, le=WEIGHT_MAX_KG)
-    heightCm: JsonNumber | None = Field(None, gt=HEIGHT_ABOVE_CM, le=HEIGHT_MAX_CM)
+    age: JsonInt | None = Field(None, **AGE_LIMITS.field_bounds())
+    weightKg: JsonNumber | None = Field(None, **WEIGHT_LIMITS.field_bounds())
+    heightCm: JsonNumber | None = Field(None, **HEIGHT_LIMITS.field_bounds())
     sex: Literal["male", "female"] | None = None
     activity: Literal["sedentary", "light", "moderate", "active", "very_active"] | None = None
     goal: Literal["lose", "maintain", "gain"] | None = None
