@@ -8,7 +8,7 @@ evidence is thin. Profile facts in a message ("I am 30, 80 kg, ...") are saved w
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from service.agents.base import Agent, AgentReply, AgentRequest
@@ -68,11 +68,28 @@ MIN_SCORE = 1.0
 # Evidence at which a clear winner gets full confidence.
 FULL_EVIDENCE = 4.0
 
-GENERAL_ANSWER = (
-    "I can help with three things: meal plans and calories (tell me your age, weight, height, "
-    "sex and activity), weekly workout plans (say your goal, level and equipment), and "
-    "monthly budgets ('set my food budget to $400', 'spent $25 on groceries')."
-)
+# What the router says it can help with, per intent an agent of the team answers.
+CAN_HELP_WITH = {
+    "nutrition": "meal plans and calories (tell me your age, weight, height, sex and activity)",
+    "workout": "weekly workout plans (say your goal, level and equipment)",
+    "budget": "monthly budgets ('set my food budget to $400', 'spent $25 on groceries')",
+}
+
+
+def general_answer(intents: Iterable[str] = INTENTS) -> str:
+    """The router's answer to a message no agent of the team takes: what the agents of
+    ``intents`` (the routed ones) can help with."""
+    offers = [CAN_HELP_WITH[intent] for intent in INTENTS if intent in set(intents)]
+    if not offers:
+        return "No agent of this team answers questions yet; ask the operator to add one."
+    if len(offers) == 1:
+        return f"I can help with {offers[0]}."
+    if len(offers) == 2:
+        return f"I can help with two things: {offers[0]} and {offers[1]}."
+    return f"I can help with three things: {offers[0]}, {offers[1]}, and {offers[2]}."
+
+
+GENERAL_ANSWER = general_answer()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +130,9 @@ class RouterAgent:
         self._routes = (
             dict(routes) if routes is not None else {intent: intent for intent in INTENTS}
         )
+        self.general_answer = general_answer(
+            intent for intent, agent in self._routes.items() if agent in agents
+        )
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         facts = parse_profile_facts(request.message) if not request.synthetic else {}
@@ -132,7 +152,7 @@ class RouterAgent:
                     writes=writes,
                 )
             return AgentReply(
-                content=GENERAL_ANSWER, agent=self.name, confidence=decision.confidence
+                content=self.general_answer, agent=self.name, confidence=decision.confidence
             )
         chosen = self._agents[target]
         reply = await chosen.handle(

@@ -28,12 +28,12 @@ from service.stores import Stores
 
 log = logging.getLogger("ers.team")
 
+ROUTER_RECOVERING = "The assistant is recovering from a fault; please try again in a minute."
 GENERAL_GUIDANCE = {
     "nutrition": nutrition.GENERAL_GUIDANCE,
     "workout": workout.GENERAL_GUIDANCE,
     "budget": budget.GENERAL_GUIDANCE,
-    "router": "The assistant is recovering from a fault; please try again in a minute. "
-    + GENERAL_ANSWER,
+    "router": f"{ROUTER_RECOVERING} {GENERAL_ANSWER}",
 }
 GENERIC_FALLBACK = "This agent is recovering from a fault; please try again in a minute."
 
@@ -186,11 +186,19 @@ def build_team(
             if spec.max_concurrent_calls is None
             else Bulkhead(name, spec.max_concurrent_calls, spec.max_wait_s),
         )
+    router = RouterAgent(members, config.routes)
     team.protect(
-        RouterAgent(members, config.routes),
+        router,
         factory=lambda: RouterAgent(members, config.routes),
         breaker_config=per_agent.get("router"),
+        guidance=f"{ROUTER_RECOVERING} {router.general_answer}",
     )
+    for name in members.keys() - set(config.routes.values()) - reached_as_fallback(config):
+        log.warning(
+            "agent '%s' is in the team but no intent routes to it (agent_routes) and no agent "
+            "falls back to it: chats never reach it",
+            name,
+        )
     return team
 
 
@@ -208,3 +216,7 @@ def _rebuilder(
     if not isinstance(spec, PythonAgentSpec):
         return None
     return lambda: build_agent(name, spec, config, stores, settings)
+
+
+def reached_as_fallback(config: TeamConfig) -> set[str]:
+    return {other for spec in config.specs.values() for other in spec.fallbacks}

@@ -3,6 +3,7 @@ entry point, and one actionable line for each mistake."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,25 @@ async def test_an_unrouted_intent_gets_the_routers_general_answer(
     reply = await team.router.handle(AgentRequest("how much did I spend on my budget", "u1"))
     assert reply.agent == "router"
     assert "budget" in team.guards
+    # It offers what the team answers (its one routed agent), not budgets.
+    assert reply.content.startswith("I can help with meal plans and calories")
+    assert "budget" not in reply.content
+
+
+def test_an_agent_nothing_reaches_is_named_at_start_up(
+    tmp_path: Path, sqlite_stores: Stores, caplog: pytest.LogCaptureFixture
+) -> None:
+    agents = {
+        **DEFAULT_TEAM,
+        "coach": {"kind": "python", "factory": f"{HELPERS}:coach"},
+        "spare": {"kind": "python", "factory": f"{HELPERS}:coach"},
+    }
+    agents["coach"]["fallbacks"] = ["spare"]
+    with caplog.at_level(logging.WARNING, logger="ers.team"):
+        team_of(make_settings(tmp_path, agents=agents), sqlite_stores)
+    unreached = [r.getMessage() for r in caplog.records if "chats never reach it" in r.getMessage()]
+    # coach: no intent routes to it; spare is coach's fallback, and the built-ins are routed.
+    assert len(unreached) == 1 and unreached[0].startswith("agent 'coach' is in the team")
 
 
 @pytest.mark.parametrize(
