@@ -20,20 +20,52 @@ MINIMAL_ANSWER = (
 
 
 class MinimalMode:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    """On until a moment; kept by the state keeper (``KeptSwitch``), so a restart in the
+    middle resumes it until the same moment."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._wall_clock = wall_clock
         self._until = 0.0
         self.reason = ""
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
 
     def enter(self, seconds: float, reason: str) -> None:
         self._until = max(self._until, self._clock() + seconds)
         self.reason = reason
+        self._changed()
 
     def leave(self) -> bool:
         """End the mode now (an operator says the system is back); whether it was on."""
         was_on = self.active
         self._until = 0.0
+        self._changed()
         return was_on
+
+    def record(self) -> dict[str, object] | None:
+        if not self.active:
+            return None
+        return {"until": self._wall_clock() + self.remaining_s(), "reason": self.reason}
+
+    def resume(self, record: dict[str, object]) -> str | None:
+        """Put back a kept record whose moment has not passed; what was done, in words."""
+        left = float(record["until"]) - self._wall_clock()  # type: ignore[arg-type]
+        if left <= 0:
+            return None
+        self._until = self._clock() + left
+        self.reason = str(record["reason"])
+        return f"minimal response mode for {left:.0f} s more ({self.reason[:200]})"
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def active(self) -> bool:

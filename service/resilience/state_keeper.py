@@ -1,6 +1,7 @@
 """What an operator or an alert decided outlives the process: the breakers' isolations
-(forced opens with their reason, source and expiry; disabled breakers) and the system state
-are kept in the ``system_state`` component store and put back at start.
+(forced opens with their reason, source and expiry; disabled breakers), the system state and
+other kept switches (minimal response mode, with its end and reason) are kept in the
+``system_state`` component store and put back at start.
 
 The keeper is a listener: breakers and the system state machine publish their changes, the
 keeper marks the changed key and a writer task stores its current value (a burst of changes
@@ -24,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import StoreUnavailable
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, CircuitBreaker
@@ -41,6 +42,17 @@ SYSTEM_KEY = "system"
 RETRY_MAX_S = 30.0
 
 
+class KeptSwitch(Protocol):
+    """A switch kept under its own key (minimal response mode): its record, None when it is
+    off; put back at start; ``subscribe`` calls back on every change."""
+
+    def record(self) -> dict[str, Any] | None: ...
+
+    def resume(self, record: dict[str, Any]) -> str | None: ...
+
+    def subscribe(self, listener: Callable[[], None]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """What ``restore()`` put back, in words an operator reads in a rollback's result."""
@@ -50,6 +62,7 @@ class Restored:
     dropped: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
     system_state: str | None = None
+    switches: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         lines = []
@@ -65,6 +78,7 @@ class Restored:
             lines.append(f"kept in force, not in the restored state: {', '.join(self.kept)}")
         if self.system_state:
             lines.append(f"resumed system state {self.system_state}")
+        lines.extend(f"resumed {switch}" for switch in self.switches)
         return lines
 
 
@@ -93,9 +107,11 @@ class StateKeeper:
         breakers: Iterable[CircuitBreaker],
         machine: SystemStateMachine,
         *,
+        switches: dict[str, KeptSwitch] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._switches = switches or {}
         self._breakers = {breaker.name: breaker for breaker in breakers}
         self._machine = machine
         self._clock = clock
@@ -118,6 +134,8 @@ class StateKeeper:
             self._unsubscribes.append(breaker.subscribe(self._on_breaker_event, kinds))
         self._machine.subscribe(self._on_state_change)
         self._mark(SYSTEM_KEY, self._system_record())
+        for key, switch in self._switches.items():
+            switch.subscribe(lambda key=key, switch=switch: self._mark(key, switch.record()))
         self._writer = asyncio.create_task(self._write_loop(), name="state-keeper")
         return restored
 
@@ -203,6 +221,7 @@ class StateKeeper:
         records = await self._store.items()
         # The system state first: the breakers put back below move it on from there.
         system = self._resume_system(records.get(SYSTEM_KEY)) if at_start else None
+        switches = self._resume_switches(records) if at_start else ()
         forced: list[str] = []
         disabled: list[str] = []
         dropped: list[str] = []
@@ -233,7 +252,9 @@ class StateKeeper:
             if name not in mentioned and not at_start:
                 kept.append(f"{name} {record['state'].replace('_', ' ')}")
         self._mark(SYSTEM_KEY, self._system_record())
-        result = Restored(tuple(forced), tuple(disabled), tuple(dropped), tuple(kept), system)
+        result = Restored(
+            tuple(forced), tuple(disabled), tuple(dropped), tuple(kept), system, switches
+        )
         for line in result.lines():
             log.warning("%s", line)
         return result
@@ -273,3 +294,13 @@ class StateKeeper:
             self._machine.resume(state, str(record["reason"]), float(record["since"]))
             return f"{state.value} since {iso_utc(float(record['since']))}"
         return None
+
+    def _resume_switches(self, records: dict[str, Any]) -> tuple[str, ...]:
+        resumed = []
+        for key, switch in self._switches.items():
+            record = records.get(key)
+            if isinstance(record, dict):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if words := switch.resume(record):
+                        resumed.append(words)
+        return tuple(resumed)

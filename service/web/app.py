@@ -230,7 +230,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.subscribe(state_notes)
         # Isolations (forced opens, disabled breakers) and the system state outlive a restart:
         # kept in system_state and put back here, after the fleet's own forced opens.
-        keeper = StateKeeper(stores.system_state, team.breakers(), state)
+        minimal_mode = MinimalMode()
+        keeper = StateKeeper(
+            stores.system_state, team.breakers(), state, switches={"minimal_mode": minimal_mode}
+        )
         await keeper.start()
         stack.push_async_callback(keeper.stop)
 
@@ -247,7 +250,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         # The responder runs each protocol's actions on the incidents; after a critical
         # failure, chat answers with short guidance for a while (minimal mode).
-        minimal_mode = MinimalMode()
         responder = Responder(
             team,
             incident_store,

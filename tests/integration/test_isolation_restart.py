@@ -288,3 +288,49 @@ def test_on_postgresql_a_rollback_of_system_state_isolates_through_the_fleet(
                 time.sleep(0.05)
     finally:
         assert ers.stop() == 0
+
+
+def test_minimal_mode_survives_kill_9_until_its_moment(tmp_path: Path) -> None:
+    """A real critical failure puts chat in minimal mode; after `kill -9` and a start on the
+    same data directory chat still answers in minimal mode, until the same moment."""
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            injected = http.post(
+                "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
+            )
+            assert injected.status_code == 200, injected.text
+            for _ in range(50):  # the responder turns it on: bounded at ten seconds
+                http.post("/chat", json={"message": "budget report", "userId": "ann"})
+                before = http.get("/api/emergency/status").json()["minimalMode"]
+                if before["active"]:
+                    break
+                time.sleep(0.2)
+            assert before["active"] is True, before
+            # Saved before the kill (the keeper writes within moments of the change).
+            for _ in range(50):
+                if "minimal_mode" in kept_records(workdir):
+                    break
+                time.sleep(0.1)
+            assert kept_records(workdir)["minimal_mode"]["reason"] == before["reason"]
+    finally:
+        ers.stop(signal.SIGKILL)
+
+    ers = start_ers(workdir)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            after = http.get("/api/emergency/status").json()["minimalMode"]
+            assert after["active"] is True and after["reason"] == before["reason"]
+            assert 0 < after["remainingSeconds"] <= before["remainingSeconds"]
+            chat = http.post("/chat", json={"message": "make me a workout plan"}).json()
+            assert chat["emergency"] is True and chat["recovery"]["fallback"] == "minimal"
+            ended = http.delete("/api/emergency/minimal-mode")
+            assert ended.status_code == 200 and ended.json()["ended"] is True
+            for _ in range(50):
+                if "minimal_mode" not in kept_records(workdir):
+                    break
+                time.sleep(0.1)
+            assert "minimal_mode" not in kept_records(workdir)
+    finally:
+        ers.stop()
