@@ -27,9 +27,10 @@ def _table(out: Console, report: dict[str, Any]) -> None:
         )
     out.print(table)
     totals = report["totals"]
+    forced = f" ({totals['forced_open']} forced)" if totals.get("forced_open") else ""
     out.print(
-        f"total {totals['total']}: {totals['closed']} closed, {totals['open']} open, "
-        f"{totals['half_open']} half-open"
+        f"total {totals['total']}: {totals['closed']} closed, {totals['open']} open{forced}, "
+        f"{totals['half_open']} half-open, {totals.get('disabled', 0)} disabled"
     )
 
 

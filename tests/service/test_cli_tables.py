@@ -61,3 +61,31 @@ def test_ids_and_times_are_shown_one_way() -> None:
     assert short_id(None) == "-"
     assert when("2026-12-03T07:30:52.139533Z") == "2026-12-03 07:30:52Z"
     assert when("2026-12-03T07:30:52+00:00") == "2026-12-03 07:30:52Z"
+
+
+def test_the_breakers_total_adds_up_with_forced_and_disabled_ones() -> None:
+    from service.cli.breakers import _table
+
+    def breaker(state: str) -> dict:
+        return {"state": state, "failureCount": 0, "failureRate": 0, "rejectedCalls": 0}
+
+    report = {
+        "breakers": {
+            "nutrition": breaker("closed"),
+            "workout": breaker("forced_open"),
+            "budget": breaker("open"),
+            "router": breaker("disabled"),
+        },
+        "totals": {
+            "total": 4,
+            "open": 2,
+            "closed": 1,
+            "half_open": 0,
+            "forced_open": 1,
+            "disabled": 1,
+        },
+    }
+    out = Console(file=io.StringIO(), width=200, highlight=False)
+    _table(out, report)
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "total 4: 1 closed, 2 open (1 forced), 0 half-open, 1 disabled" in text
