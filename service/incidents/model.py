@@ -26,6 +26,11 @@ TIMELINE_KINDS = (
 OPENED, REOPENED, UPDATED = "opened", "reopened", "updated"
 
 
+# What an incident id (``INC_<epoch ms>_<6 of a-z0-9>``) and a trace id look like.
+INCIDENT_ID_PATTERN = r"^INC_\d{13}_[a-z0-9]{6}$"
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
 class IncidentNotFound(LookupError):
     def __init__(self, incident_id: str) -> None:
         super().__init__(f"no incident with id {incident_id!r}; list incidents to see valid ids")

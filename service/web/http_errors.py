@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 
 from service.chat.admission import ChatOverloaded
 from service.errors import StoreUnavailable, UnknownAgent
-from service.incidents.model import IncidentStoreUnavailable
+from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.routes.json_types import json_kind
 
 log = logging.getLogger("ers.http")
@@ -38,6 +38,13 @@ _MUST_BE = {
 }
 
 
+# What a value of each pattern the routes check looks like, and where a person finds one.
+_LOOKS_LIKE = {
+    INCIDENT_ID_PATTERN: "an incident id like INC_1796294115000_ab12cd (see `ers incidents list`)",
+    TRACE_ID_PATTERN: "a trace id of 32 lowercase hex characters (a chat reply's traceId)",
+}
+
+
 def describe(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
     loc = tuple(error.get("loc", ()))
@@ -56,6 +63,10 @@ def describe(error: dict[str, Any]) -> str:
         return f"{where} is not a known field; check its spelling"
     if kind == "model_attributes_type":
         return "the request body must be a JSON object"
+    if kind == "string_pattern_mismatch":
+        pattern = error.get("ctx", {}).get("pattern", "")
+        shape = _LOOKS_LIKE.get(pattern, f"a value matching {pattern}")
+        return f"{where}: {str(error.get('input'))[:80]!r} is not {shape}"
     return f"{where}: {error.get('msg', 'invalid value')}"
 
 

@@ -93,3 +93,27 @@ async def test_a_value_of_the_wrong_type_says_what_it_must_be(
     assert expected in detail
     # A boolean is never read as 0 or 1 and then found out of range.
     assert "greater" not in detail and "less" not in detail
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "/api/emergency/incidents/INC_nope",
+            "incident_id: 'INC_nope' is not an incident id like INC_1796294115000_ab12cd "
+            "(see `ers incidents list`)",
+        ),
+        (
+            "/api/emergency/traces/deadbeef",
+            "trace_id: 'deadbeef' is not a trace id of 32 lowercase hex characters",
+        ),
+    ],
+    ids=["incident", "trace"],
+)
+async def test_an_id_of_the_wrong_shape_says_what_one_looks_like(
+    client: httpx.AsyncClient, url: str, expected: str
+) -> None:
+    reply = await client.get(url)
+    assert reply.status_code == 422, reply.text
+    assert expected in reply.json()["detail"]
+    assert "String should match pattern" not in reply.text

@@ -23,6 +23,7 @@ from backup import (
 )
 from service.backups.replies import created_reply, preview_reply, rollback_reply, snapshot_reply
 from service.backups.service import BackupsUnavailable
+from service.incidents.model import INCIDENT_ID_PATTERN
 from service.incidents.service import NOT_AN_INCIDENT
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
@@ -105,7 +106,7 @@ class Rollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backupId: str | None = Field(None, pattern=SNAPSHOT_ID)
-    beforeIncident: str | None = Field(None, pattern=r"^INC_\d{13}_[a-z0-9]{6}$")
+    beforeIncident: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
     confirm: Confirmation = False
     reason: str = Field(min_length=1, max_length=500)
     components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)

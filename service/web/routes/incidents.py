@@ -11,6 +11,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.incidents.model import INCIDENT_ID_PATTERN as INCIDENT_ID
+from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
@@ -20,7 +22,6 @@ from telemetry.providers import otlp_endpoint_configured
 
 router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
 
-INCIDENT_ID = r"^INC_\d{13}_[a-z0-9]{6}$"
 IncidentId = Path(pattern=INCIDENT_ID, description="INC_<epoch ms>_<6 characters>")
 Status = Literal["open", "acknowledged", "mitigated", "resolved", "active"]
 Severity = Literal["low", "medium", "high", "critical"]
@@ -170,9 +171,7 @@ async def _change(incidents: IncidentService, settings: Any, change: Any) -> dic
 
 
 @router.get("/traces/{trace_id}", responses=errors(404))
-async def get_trace(
-    traces: Traces, trace_id: str = Path(pattern=r"^[0-9a-f]{32}$")
-) -> dict[str, Any]:
+async def get_trace(traces: Traces, trace_id: str = Path(pattern=TRACE_ID)) -> dict[str, Any]:
     tree = await asyncio.to_thread(traces.tree, trace_id)  # may read the file
     if tree is None:
         raise HTTPException(
