@@ -113,6 +113,8 @@ class IncidentService:
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._latest: dict[str, str] = {}
+        # (agent, error class) -> the incident its failures grouped into, last seen.
+        self._latest_by_cause: dict[tuple[str, str], str] = {}
         self._responded: set[str] = set()
         self._results: dict[str, list[ActionResult]] = {}
         self._listeners: list[Callable[[GroupOutcome], None]] = []
@@ -161,6 +163,10 @@ class IncidentService:
     def _handle(self, event: GroupOutcome) -> None:
         incident = event.incident
         self._latest[incident.component] = incident.id
+        error_type = str(event.record.attributes.get("error.type", "")).rsplit(".", 1)[-1]
+        if len(self._latest_by_cause) > 10_000:
+            self._latest_by_cause.clear()
+        self._latest_by_cause[(incident.component, error_type)] = incident.id
         self._counts_stale.set()
         if event.outcome in ("opened", "reopened"):
             self._opened.add(
@@ -237,8 +243,14 @@ class IncidentService:
     # --- what chat replies and status read ------------------------------------------------
 
     def enrich(self, reply: AgentReply) -> AgentReply:
-        """Name the agent's current incident and what was done about it in a degraded reply."""
-        incident_id = self._latest.get(reply.agent)
+        """Name the agent's incident and what was done about it in a degraded reply: for a
+        failed call, the incident of its error (none yet when this is the error's first
+        failure: the incident is written off the request path); for a call turned away
+        (breaker, cooldown, bulkhead), the agent's latest incident."""
+        if reply.data.get("outcome") in ("failure", "timeout"):
+            incident_id = self._latest_by_cause.get((reply.agent, reply.data.get("cause")))
+        else:
+            incident_id = self._latest.get(reply.agent)
         # Keeps what the guard said (an agent that answered instead, and the chain tried).
         recovery: dict[str, Any] = {**(reply.recovery or {}), "fallback": reply.fallback}
         if incident_id is not None:

@@ -20,8 +20,9 @@ class Fallback:
     content: str
     kind: str  # "cached" or "generic"
 
-    def as_reply(self, agent: str, cause: str, breaker_state: str) -> AgentReply:
-        """The degraded reply ``agent`` gives with this answer."""
+    def as_reply(self, agent: str, cause: str, breaker_state: str, outcome: str) -> AgentReply:
+        """The degraded reply ``agent`` gives with this answer, after a call that ended as
+        ``outcome`` (failure, timeout, rejected) because of ``cause``."""
         return AgentReply(
             content=self.content,
             agent=agent,
@@ -29,7 +30,7 @@ class Fallback:
             success=False,
             degraded=True,
             fallback=self.kind,
-            data={"cause": cause, "breaker": breaker_state},
+            data={"cause": cause, "breaker": breaker_state, "outcome": outcome},
         )
 
 
@@ -123,7 +124,7 @@ class ChainAnswer:
     tried: tuple[str, ...]
     skipped: tuple[str, ...]
 
-    def as_reply(self, agent: str, cause: str, breaker_state: str) -> AgentReply:
+    def as_reply(self, agent: str, cause: str, breaker_state: str, outcome: str) -> AgentReply:
         """The reply ``agent`` gives with the alternate's answer: degraded, saying which
         agent answered, which were tried and which skipped."""
         reply = self.reply
@@ -132,7 +133,7 @@ class ChainAnswer:
             agent=agent,
             degraded=True,
             fallback="agent",
-            data={**reply.data, "cause": cause, "breaker": breaker_state},
+            data={**reply.data, "cause": cause, "breaker": breaker_state, "outcome": outcome},
             recovery={
                 **(reply.recovery or {}),
                 "fallback": "agent",

@@ -160,7 +160,7 @@ class GuardedAgent:
         self._record(outcome, started)
         if self._instruments is not None:
             self._instruments.fallbacks.add(1, {"agent": self.name, "kind": "agent"})
-        return answer.as_reply(self.name, cause, self.breaker.state.value)
+        return answer.as_reply(self.name, cause, self.breaker.state.value, outcome)
 
     # --- one guarded call ------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ class GuardedAgent:
         self._record(outcome, started)
         if self._instruments is not None:
             self._instruments.fallbacks.add(1, {"agent": self.name, "kind": fallback.kind})
-        return fallback.as_reply(self.name, cause, self.breaker.state.value)
+        return fallback.as_reply(self.name, cause, self.breaker.state.value, outcome)
 
     def _record(self, outcome: str, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -1,0 +1,65 @@
+"""A degraded chat reply names the incident of its own failure: the incident an earlier,
+different failure of the same agent opened is not this one's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from service.settings import Settings
+
+NEVER_TRIP = {"failure_threshold": 10**9, "sliding_window_size": 10**6, "minimum_calls": 10**6}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The budget agent keeps failing: no responder isolates it, its breaker never opens."""
+    return settings.model_copy(
+        update={"auto_response_enabled": False, "agent_breakers": {"budget": NEVER_TRIP}}
+    )
+
+
+async def chat(client: httpx.AsyncClient) -> dict[str, Any]:
+    reply = await client.post("/chat", json={"message": "budget report", "userId": "ann"})
+    assert reply.status_code == 200, reply.text
+    body = dict(reply.json())
+    assert body["emergency"] is True
+    return body
+
+
+async def incident_of(client: httpx.AsyncClient, kind: str) -> str:
+    """The budget incident of ``kind``, once the pipeline has written it (five seconds)."""
+    for _ in range(50):
+        listed = (await client.get("/api/emergency/incidents?component=budget")).json()
+        ids = [i["id"] for i in listed["incidents"] if i["classification"]["type"] == kind]
+        if ids:
+            return str(ids[0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {kind} incident of budget within five seconds")
+
+
+async def inject(client: httpx.AsyncClient, error_type: str) -> None:
+    reply = await client.post(
+        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": error_type}
+    )
+    assert reply.status_code == 200, reply.text
+
+
+async def test_a_new_kind_of_failure_does_not_get_the_earlier_incident(
+    client: httpx.AsyncClient,
+) -> None:
+    await inject(client, "database")
+    await chat(client)
+    database = await incident_of(client, "database")
+    assert (await chat(client))["incident"] == database
+
+    await inject(client, "network")
+    # Its first failure: its incident is written after the reply, and it is not the
+    # database incident.
+    assert (await chat(client))["incident"] != database
+    network = await incident_of(client, "network")
+    assert network != database
+    assert (await chat(client))["incident"] == network
