@@ -20,8 +20,8 @@ The cores do not add up to the machine by themselves: the kernel's network work 
 other programs on the machine take CPUs too. So each round also prints the time the loaded
 replicas were ready to run but had no CPU (``wait``, from ``/proc/<pid>/task/*/schedstat``),
 the CPU used by everything outside the three parties (``other``) and the CPU left unused
-(``idle``): a replica whose ``ERS`` and ``wait`` add up to one core was held back by the CPUs,
-not by its database, pool or load, and ``other`` says how much of them went elsewhere.
+(``idle``): a replica whose ``ERS`` and ``wait`` add up to about one core was held back by
+the CPUs, not by its database, pool or load, and ``other`` says how much of them went elsewhere.
 
 Figures, each as ``name=value`` with the raw numbers it compares on the line above, kept
 for reference first: ``postgres_vs_sqlite_one_replica`` (what PostgreSQL costs one replica)
@@ -109,8 +109,9 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 def cpu_wait_seconds(processes: list[psutil.Process]) -> float:
     """How long the threads of ``processes`` were ready to run but had no CPU: the second
-    field of each thread's ``/proc/<pid>/task/<tid>/schedstat``, in nanoseconds."""
-    total_ns = 0
+    field of each thread's ``/proc/<pid>/task/<tid>/schedstat``, in nanoseconds; NaN where
+    the kernel keeps no such figure."""
+    total_ns, read = 0, False
     for process in processes:
         try:
             threads = os.listdir(f"/proc/{process.pid}/task")
@@ -120,9 +121,10 @@ def cpu_wait_seconds(processes: list[psutil.Process]) -> float:
             try:
                 with open(f"/proc/{process.pid}/task/{tid}/schedstat") as stat:
                     total_ns += int(stat.read().split()[1])
+                read = True
             except (OSError, IndexError, ValueError):
                 continue
-    return total_ns / 1e9
+    return total_ns / 1e9 if read else float("nan")
 
 
 def machine_seconds() -> tuple[float, float]:
