@@ -17,6 +17,7 @@ would. A chat cancelled before its turn was sent writes nothing, as before.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from service.errors import StoreUnavailable
@@ -62,10 +63,18 @@ class TurnBatcher:
 
     async def record(self, turn: ChatTurn) -> int:
         """Store ``turn``; returns its id once it is committed."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._flusher is not None and self._flusher.get_loop() is not loop:
+            # A new event loop (tests run one per test): the old one's flush is gone.
+            self._flusher = None
+            self._queue.clear()
+        future: asyncio.Future[int] = loop.create_future()
         self._queue.append((turn, future))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_queue(), name="turn-batch")
+            # A context of its own: the flush serves many chats, not the first one's trace.
+            self._flusher = loop.create_task(
+                self._flush_queue(), name="turn-batch", context=contextvars.Context()
+            )
         return await future
 
     async def _flush_queue(self) -> None:
