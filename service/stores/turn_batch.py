@@ -9,9 +9,11 @@ chat gets its own row's id once that commit is done: a reply is still sent only 
 that is stored. Nothing is held back for company: the first turn after a quiet spell is
 sent at once, and only turns that arrive while a flush is in flight wait for the next one.
 
-A batch that fails is tried again turn by turn, so a turn PostgreSQL refuses fails only its
-own chat; when no connection could be had at all, its chats fail at once, as a lone turn's
-would. A chat cancelled before its turn was sent writes nothing, as before.
+A batch PostgreSQL refuses (and so rolled back) is tried again turn by turn, so a turn it
+cannot store fails only its own chat. Any other failure (no connection, or one lost while
+the batch ran, when its commit may or may not have gone through) fails the batch's chats
+at once, as it would a lone turn's: nothing is stored twice. A chat cancelled before its
+turn was sent writes nothing, as before.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncio
 import contextvars
 import logging
 
-from service.errors import StoreUnavailable
+from service.errors import StatementRefused, StoreUnavailable
 from service.stores.base import ChatTurn
 from service.stores.postgres import PostgresStore
 from service.stores.unit_of_work import TURN_COLUMNS, turn_values
@@ -101,8 +103,9 @@ class TurnBatcher:
         try:
             ids = await self._insert([turn for turn, _ in batch])
         except Exception as exc:
-            if len(batch) == 1 or self._store.database.unreachable:
-                # No connection at all: each turn alone would only wait for one again.
+            if len(batch) == 1 or not isinstance(exc, StatementRefused):
+                # No connection, or one lost with the batch's commit unknown: storing the
+                # turns again could store them twice. Their chats fail, as a lone turn's.
                 for _, future in batch:
                     _fail(future, exc)
                 return
