@@ -16,6 +16,13 @@ separates what PostgreSQL costs one replica from what the second replica adds. E
 runs every setup, starting with a different one, so that all see the same machine noise;
 medians are compared, with the cores each party used meanwhile.
 
+The cores do not add up to the machine by themselves: the kernel's network work and the
+other programs on the machine take CPUs too. So each round also prints the time the loaded
+replicas were ready to run but had no CPU (``wait``, from ``/proc/<pid>/task/*/schedstat``),
+the CPU used by everything outside the three parties (``other``) and the CPU left unused
+(``idle``): a replica whose ``ERS`` and ``wait`` add up to about one core was held back by
+the CPUs, not by its database, pool or load, and ``other`` says how much of them went elsewhere.
+
 Figures, each as ``name=value`` with the raw numbers it compares on the line above, kept
 for reference first: ``postgres_vs_sqlite_one_replica`` (what PostgreSQL costs one replica)
 and ``fleet_throughput_ratio`` (two replicas on PostgreSQL over one on SQLite, target
@@ -100,6 +107,34 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
+def cpu_wait_seconds(processes: list[psutil.Process]) -> float:
+    """How long the threads of ``processes`` were ready to run but had no CPU: the second
+    field of each thread's ``/proc/<pid>/task/<tid>/schedstat``, in nanoseconds; NaN where
+    the kernel keeps no such figure."""
+    total_ns, read = 0, False
+    for process in processes:
+        try:
+            threads = os.listdir(f"/proc/{process.pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{process.pid}/task/{tid}/schedstat") as stat:
+                    total_ns += int(stat.read().split()[1])
+                read = True
+            except (OSError, IndexError, ValueError):
+                continue
+    return total_ns / 1e9 if read else float("nan")
+
+
+def machine_seconds() -> tuple[float, float]:
+    """CPU seconds of the whole machine so far: (busy, idle), every CPU summed."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    busy = sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return busy, idle
+
+
 def with_children(pid: int | None) -> list[psutil.Process]:
     if pid is None:
         return []
@@ -139,19 +174,27 @@ def measure_round(
     urls: list[str], connections: int, seconds: float, postmaster: int | None
 ) -> dict[str, float]:
     """Throughput and latency of one setup, and the cores each party used meanwhile:
-    where the CPUs went."""
+    where the CPUs went, and how long the replicas waited for one."""
+    replicas = [psutil.Process(server_pid(url)) for url in urls]
     groups = {
-        "ers_cores": [psutil.Process(server_pid(url)) for url in urls],
+        "ers_cores": replicas,
         "pg_cores": with_children(postmaster),
         "load_cores": [psutil.Process()],
     }
     before = {key: cpu_seconds(group) for key, group in groups.items()}
+    waited_before = cpu_wait_seconds(replicas)
+    busy_before, idle_before = machine_seconds()
     started = time.perf_counter()
     result = asyncio.run(load(urls, connections, seconds))
     elapsed = time.perf_counter() - started
+    busy_after, idle_after = machine_seconds()
     figures = result.summary()
     for key, group in groups.items():
         figures[key] = (cpu_seconds(group) - before[key]) / elapsed
+    figures["wait_cores"] = (cpu_wait_seconds(replicas) - waited_before) / elapsed
+    parties = sum(figures[key] for key in groups)
+    figures["other_cores"] = max(0.0, (busy_after - busy_before) / elapsed - parties)
+    figures["idle_cores"] = (idle_after - idle_before) / elapsed
     return figures
 
 
@@ -214,7 +257,8 @@ def _row(label: str, setup: str, figures: dict[str, float]) -> str:
     return (
         f"{label:<8}{setup:<28}{figures['rps']:>9.1f}{figures['p50_ms']:>9.2f}"
         f"{figures['p99_ms']:>9.2f}{figures['non_2xx'] + figures['errors']:>8.0f}"
-        f"{figures['ers_cores']:>7.2f}{figures['pg_cores']:>7.2f}{figures['load_cores']:>7.2f}"
+        f"{figures['ers_cores']:>7.2f}{figures['wait_cores']:>7.2f}{figures['pg_cores']:>7.2f}"
+        f"{figures['load_cores']:>7.2f}{figures['other_cores']:>7.2f}{figures['idle_cores']:>7.2f}"
     )
 
 
@@ -237,10 +281,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"message mix for every setup; for two replicas {per_port} per port, dealt round robin "
         "across the two ports (no load-balancer process)"
     )
-    print("cores used during each round by the ERS replicas loaded, PostgreSQL, the load generator")
+    print(
+        "cores during each round: used by the ERS replicas loaded, their wait (ready to run, "
+        "no CPU free), PostgreSQL, the load generator, everything else on the machine "
+        "(other programs, the kernel), and left idle"
+    )
     print(
         f"{'round':<8}{'setup':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
-        f"{'ERS':>7}{'PG':>7}{'load':>7}"
+        f"{'ERS':>7}{'wait':>7}{'PG':>7}{'load':>7}{'other':>7}{'idle':>7}"
     )
     for name, runs in result["rounds"].items():  # type: ignore[attr-defined]
         for number, figures in enumerate(runs, 1):
@@ -260,7 +308,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"{control['ers_cores']:.2f} cores; two replicas {fleet['rps']:.1f} req/s using "
         f"{fleet['ers_cores']:.2f} (PostgreSQL {control['pg_cores']:.2f} / "
         f"{fleet['pg_cores']:.2f}, load generator {control['load_cores']:.2f} / "
-        f"{fleet['load_cores']:.2f})"
+        f"{fleet['load_cores']:.2f}, waiting for a CPU {control['wait_cores']:.2f} / "
+        f"{fleet['wait_cores']:.2f}, other programs and the kernel {control['other_cores']:.2f} / "
+        f"{fleet['other_cores']:.2f}, idle {control['idle_cores']:.2f} / "
+        f"{fleet['idle_cores']:.2f})"
     )
     print(f"fleet_scaling_on_postgres={result['scaling']:.3f}")
     return result

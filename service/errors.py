@@ -20,6 +20,11 @@ class StoreUnavailable(ErsError):
         self.reason = reason
 
 
+class StatementRefused(StoreUnavailable):
+    """PostgreSQL refused a statement (a value it cannot store, a broken constraint) and
+    rolled it back: unlike a lost connection, it is known that nothing of it committed."""
+
+
 class DependencyError(ErsError):
     """Something an agent depends on failed; recoverable, counts against the breaker."""
 

@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.errors import StoreUnavailable
+from service.errors import StatementRefused, StoreUnavailable
 from service.settings import redact_url
 from service.stores.pg_pool import password_of, scrub_password, unreachable_reason
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
@@ -158,6 +158,14 @@ def _location(url: str) -> str:
     return " ".join(f"{key}={parts[key]}" for key in ("host", "port", "dbname") if key in parts)
 
 
+def _refused(exc: psycopg.Error) -> bool:
+    """The statement was refused (by the server, which rolled it back, or by the driver
+    before sending it); a lost or cancelled connection leaves open whether it committed."""
+    return isinstance(exc, psycopg.DatabaseError) and not isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError
+    )
+
+
 class PostgresTransaction:
     """The unit of work's statements on a cursor."""
 
@@ -233,7 +241,8 @@ class PostgresStore:
             self.database.unreachable = True
             raise StoreUnavailable(self.component, self.database.reason(exc, wait_s)) from None
         except psycopg.Error as exc:
-            raise StoreUnavailable(self.component, self.database.reason(exc)) from None
+            error = StatementRefused if _refused(exc) else StoreUnavailable
+            raise error(self.component, self.database.reason(exc)) from None
 
     async def commit_unit(self, unit: Unit, policy: KeyPolicy | None = None) -> Applied:
         """Commit a unit, whichever components it writes (one database holds every schema),

@@ -209,21 +209,43 @@ async def _write(
         )
 
 
+TURN_COLUMNS = (
+    "user_id",
+    "message",
+    "response",
+    "agent",
+    "success",
+    "degraded",
+    "trace_id",
+    "created_at",
+)
+
+
+def turn_values(turn: ChatTurn) -> tuple[Any, ...]:
+    """The row of ``turn`` in ``TURN_COLUMNS`` order, as every engine stores it."""
+    return (
+        turn.user_id,
+        turn.message,
+        turn.response,
+        turn.agent,
+        turn.success,
+        turn.degraded,
+        turn.trace_id,
+        turn.created_at or time.time(),
+    )
+
+
+def only_a_turn(unit: Unit) -> bool:
+    """The unit stores a chat turn and nothing else: no agent writes, no idempotency key."""
+    return unit.turn is not None and statement_count(unit) == 1
+
+
 async def _record_turn(tx: Transaction, names: Names, turn: ChatTurn) -> int:
     return await tx.insert(
         "conversations",
-        f"INSERT INTO {names['conversations']}.turns (user_id, message, response, agent,"
-        " success, degraded, trace_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            turn.user_id,
-            turn.message,
-            turn.response,
-            turn.agent,
-            turn.success,
-            turn.degraded,
-            turn.trace_id,
-            turn.created_at or time.time(),
-        ),
+        f"INSERT INTO {names['conversations']}.turns ({', '.join(TURN_COLUMNS)})"
+        f" VALUES ({', '.join('?' for _ in TURN_COLUMNS)})",
+        turn_values(turn),
     )
 
 
