@@ -36,7 +36,7 @@ from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock
 from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
-from service.settings import Settings
+from service.settings import COMPONENTS, Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
 from service.stores.sqlite import SqliteStore
@@ -68,10 +68,15 @@ class BackupsUnavailable(ErsError):
 
 def finds_no_state(data_dir: Path) -> bool:
     """True on the first start of a brand-new data directory: no component file and no record
-    of a backup repository. Only then may the service create the repository on its own."""
+    of a backup repository. Only then may the service create the repository on its own.
+
+    Only the components' files count: the kept-trace archive is no state to back up, and on
+    PostgreSQL it is the only file replicas sharing a data directory write there; counting it
+    made a replica starting beside another that was creating the repository take it for a
+    lost one (a critical incident) instead of waiting on the creation lock and adopting it."""
     if (data_dir / RECORD_FILE_NAME).exists():
         return False
-    return not data_dir.is_dir() or not any(data_dir.glob("*.sqlite3"))
+    return not any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents"))
 
 
 def human_size(size: int) -> str:

@@ -141,3 +141,34 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
     finally:
         assert ers.stop() == 0, ers.log()
     assert "Traceback" not in ers.log(), ers.log()[-3000:]
+
+
+def test_replicas_started_together_share_one_new_repository(tmp_path: Path, pg_url: str) -> None:
+    """Two replicas on one PostgreSQL and one data directory, started at once: one creates
+    the repository, the other waits for it and adopts it; neither takes it for a lost one
+    (a critical incident)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workdir = tmp_path / "shared"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+    }
+    with ThreadPoolExecutor(2) as pool:
+        replicas = list(pool.map(lambda _: start_ers(workdir, env=env), range(2)))
+    try:
+        for replica in replicas:
+            replica.wait_for_backups()
+        with httpx.Client(timeout=30) as client:
+            for replica in replicas:
+                check = client.get(f"{replica.url}/api/emergency/health").json()["checks"]
+                assert check["repository"]["status"] == "healthy", check["repository"]
+            incidents = client.get(f"{replicas[0].url}/api/emergency/incidents").json()
+            critical = [
+                i for i in incidents["incidents"] if i["classification"]["severity"] == "critical"
+            ]
+            assert not critical, critical
+    finally:
+        for replica in replicas:
+            replica.stop()
