@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.fleet.datadir_lock import HideRefusalTraceback
+    from service.fleet.datadir_lock import DataDirInUse, HideRefusalTraceback, lock_for_service
     from service.web.app import create_app  # noqa: I001
 
     overrides = {}
@@ -35,6 +35,13 @@ def serve(args: argparse.Namespace) -> int:
     refused = SettingsRefusal()
     logging.getLogger("uvicorn.error").addFilter(refused)
     app = create_app(settings)
+    if settings.database_url is None:
+        # Taken before the server says anything: a refusal is then one line and exit 2. The
+        # lifespan holds it from there and releases it after its teardown.
+        try:
+            app.state.data_dir_lock = lock_for_service(settings.data_dir)
+        except DataDirInUse as exc:
+            raise SettingsError(str(exc)) from None
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -122,12 +122,20 @@ async def offline_access(settings: Settings, *, mutating: bool) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def hold_state(settings: Settings) -> AsyncIterator[None]:
+async def hold_state(settings: Settings, held: DataDirLock | None = None) -> AsyncIterator[None]:
     """The service's side: held from the start of the lifespan to the end of its teardown.
 
     On SQLite a second service on the same data directory refuses to start; on PostgreSQL
-    replicas share the state and each holds the fleet's lock in shared mode.
+    replicas share the state and each holds the fleet's lock in shared mode. ``held``: the
+    data directory's lock, already taken by ``ers serve`` before the server started (so a
+    refusal is one line before anything else is said); it is released here.
     """
+    if held is not None:
+        try:
+            yield
+        finally:
+            held.release()
+        return
     try:
         release = await _take_for_service(settings)
     except DataDirInUse as exc:
@@ -146,19 +154,24 @@ async def _take_for_service(settings: Settings) -> Callable[[], Awaitable[None]]
         presence = ReplicaPresence(settings.database_url.get_secret_value())
         await presence.start()
         return presence.stop
+    lock = await asyncio.to_thread(lock_for_service, settings.data_dir)
+
+    async def release() -> None:
+        lock.release()
+
+    return release
+
+
+def lock_for_service(data_dir: Path) -> DataDirLock:
+    """The SQLite service's lock on its data directory, or DataDirInUse saying who has it."""
     try:
-        lock = await asyncio.to_thread(DataDirLock.acquire, settings.data_dir, "ers serve")
+        return DataDirLock.acquire(data_dir, "ers serve")
     except DataDirInUse as exc:
         raise DataDirInUse(
             f"refusing to start: {exc}; two processes changing one data directory corrupt it: "
             "stop the other one (or let the offline command finish), or give this service its "
             "own ERS_DATA_DIR"
         ) from None
-
-    async def release() -> None:
-        lock.release()
-
-    return release
 
 
 class HideRefusalTraceback(logging.Filter):

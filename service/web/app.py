@@ -147,7 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The state is this service's from before anything opens it until after all is closed:
     # a second service, or an offline rollback, would change files under the open stores.
-    async with hold_state(app.state.settings), _lifespan(app):
+    held = getattr(app.state, "data_dir_lock", None)
+    async with hold_state(app.state.settings, held), _lifespan(app):
         yield
 
 
