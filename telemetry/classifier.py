@@ -96,7 +96,8 @@ class Explanation:
         c = self.classification
         lines.append(
             f"→ {c.severity} {c.type}, impact {c.impact}, "
-            f"{'recoverable' if c.recoverable else 'not recoverable'}, protocol {c.protocol}, "
+            f"{'recoverable' if c.recoverable else 'not recoverable'}, "
+            f"{f'protocol {c.protocol}' if c.protocol else 'no response protocol'}, "
             f"component {c.component}, fingerprint {c.fingerprint}"
         )
         return lines

@@ -144,9 +144,9 @@ def _emit_value(args: argparse.Namespace, value: Any, draw: Any) -> None:
 
 
 def classify(args: argparse.Namespace) -> int:
+    from service.incidents.alert_webhook import ALERT_RULE
     from service.settings import load_settings
     from telemetry.classifier import RulesError, load_rules, replay_stored
-    from telemetry.span_record import SpanRecord
 
     settings = load_settings()
     # Without --rules: the rules the service classifies with (its setting, else the shipped).
@@ -155,15 +155,7 @@ def classify(args: argparse.Namespace) -> int:
     except RulesError as exc:
         raise CliError(str(exc), USAGE) from None
     if args.explain:
-        try:
-            record = SpanRecord.from_dict(json.loads(Path(args.explain).read_text()))
-        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-            raise CliError(
-                f"cannot read a span record from {args.explain}: {exc!r}; the file holds "
-                f"one span, as `ers trace TRACE_ID -o json` lists them: {SPAN_SHAPE}",
-                USAGE,
-            ) from None
-        _emit_value(args, classifier.explain(record), _explanation)
+        _emit_value(args, classifier.explain(_span_record(Path(args.explain))), _explanation)
         return 0
     from service.incidents.model import IncidentStoreUnavailable
     from service.incidents.store import IncidentStore
@@ -185,11 +177,45 @@ def classify(args: argparse.Namespace) -> int:
             )
         store = IncidentStore(path)
     try:
-        summary = replay_stored(store.stored_span_records(), classifier)
+        stored = store.stored_span_records()
     finally:
         store.close()
+    # An alert's incident is classified by the alert's labels, not by the rules.
+    by_rules = [s for s in stored if _rule_of(s[1]) != ALERT_RULE]
+    summary = replay_stored(by_rules, classifier)
     _emit_value(args, summary, _replay)
+    left_out = len(stored) - len(by_rules)
+    if left_out and getattr(args, "output", "table") == "table":
+        stdout().print(
+            f"{left_out} span{'s' if left_out > 1 else ''} of Alertmanager alerts left out: "
+            "their alerts' labels classify them, not the rules"
+        )
     return 0
+
+
+def _rule_of(classification: Any) -> str:
+    rule = getattr(classification, "rule", None)
+    return str(rule if rule is not None else dict(classification).get("rule"))
+
+
+def _span_record(path: Path) -> Any:
+    """The span record in ``path``; CliError in words when it cannot be read as one."""
+    from telemetry.span_record import SpanRecord
+
+    cannot = f"cannot read a span record from {path}"
+    advice = f"the file holds one span, as `ers trace TRACE_ID -o json` lists them: {SPAN_SHAPE}"
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise CliError(f"{cannot}: {exc.strerror}", USAGE) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"{cannot}: it is not JSON ({exc}); {advice}", USAGE) from None
+    if not isinstance(document, dict) or not isinstance(document.get("name"), str):
+        raise CliError(f'{cannot}: it is no JSON object with a "name"; {advice}', USAGE)
+    try:
+        return SpanRecord.from_dict(document)
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise CliError(f"{cannot}: {exc}; {advice}", USAGE) from None
 
 
 STATUSES = ["active", "open", "acknowledged", "mitigated", "resolved"]

@@ -47,6 +47,10 @@ SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "
 SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
+# The rule an alert's incident is classified by: its labels, not the classification rules.
+ALERT_RULE = "alertmanager"
+
+
 class AlertHandler:
     def __init__(
         self,
@@ -169,7 +173,7 @@ class AlertHandler:
             impact="service_degraded",
             recoverable=True,
             protocol=None,
-            rule="alertmanager",
+            rule=ALERT_RULE,
             component=component,
             fingerprint=alert_fingerprint(alert, component),
         )

@@ -161,7 +161,8 @@ def _apply_classification(incident: Incident, classification: Classification) ->
 def classified_message(c: Classification) -> str:
     return (
         f"classified by rule {c.rule}: {c.severity} {c.type}, impact {c.impact}, "
-        f"{'recoverable' if c.recoverable else 'not recoverable'}, protocol {c.protocol}"
+        f"{'recoverable' if c.recoverable else 'not recoverable'}, "
+        f"{f'protocol {c.protocol}' if c.protocol else 'no response protocol'}"
     )
 
 

@@ -28,6 +28,7 @@ def explain(path: Path) -> subprocess.CompletedProcess[str]:
         {"name": "agent.budget", "events": ["exception"]},
         {"name": "agent.budget", "attributes": ["ers.agent"]},
         "agent.budget",
+        None,
     ],
 )
 def test_a_file_that_is_not_one_span_record_is_refused_in_one_line(
@@ -40,6 +41,14 @@ def test_a_file_that_is_not_one_span_record_is_refused_in_one_line(
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"ers: cannot read a span record from {span}"), result.stderr
     assert "ers trace TRACE_ID -o json" in result.stderr, result.stderr
+
+
+def test_a_missing_file_is_named_in_one_line(tmp_path: Path) -> None:
+    result = explain(tmp_path / "nope.json")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr == (
+        f"ers: cannot read a span record from {tmp_path / 'nope.json'}: No such file or directory\n"
+    )
 
 
 def test_one_span_as_ers_trace_json_lists_it_is_explained(tmp_path: Path) -> None:
