@@ -127,6 +127,14 @@ def call(
         raise CliError(f"refused (401): {_detail(response)}{hint}", REFUSED)
     if response.status_code >= 500:
         raise CliError(f"ERS failed ({response.status_code}): {_detail(response)}", SERVER_ERROR)
+    if response.status_code == 404 and _detail(response) == "Not Found":
+        # The router's answer for a path it has no route for: ERS's own 404s say what is
+        # missing (an incident, a snapshot).
+        raise CliError(
+            f"{url.rstrip('/')}{path} is no route of ERS: is --url the service's base URL, "
+            f"without a path (e.g. {DEFAULT_URL})?",
+            USAGE,
+        )
     if response.status_code >= 400:
         raise CliError(f"refused ({response.status_code}): {_detail(response)}", REFUSED)
     try:

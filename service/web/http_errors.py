@@ -67,7 +67,9 @@ def describe(error: dict[str, Any]) -> str:
         pattern = error.get("ctx", {}).get("pattern", "")
         shape = _LOOKS_LIKE.get(pattern, f"a value matching {pattern}")
         return f"{where}: {str(error.get('input'))[:80]!r} is not {shape}"
-    return f"{where}: {error.get('msg', 'invalid value')}"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    # A check of the whole body (a model validator) names no field.
+    return message if where == "body" and kind == "value_error" else f"{where}: {message}"
 
 
 def invalid_request(problems: list[str]) -> JSONResponse:

@@ -117,3 +117,22 @@ async def test_an_id_of_the_wrong_shape_says_what_one_looks_like(
     assert reply.status_code == 422, reply.text
     assert expected in reply.json()["detail"]
     assert "String should match pattern" not in reply.text
+
+
+def test_a_check_of_the_whole_body_is_said_without_pydantic_words() -> None:
+    from pydantic import ValidationError
+
+    from service.web.http_errors import describe
+    from service.web.routes.backups import Rollback
+
+    both = {
+        "backupId": "85453c5b",
+        "beforeIncident": "INC_1796294115000_ab12cd",
+        "confirm": True,
+        "reason": "bad data",
+    }
+    with pytest.raises(ValidationError) as refused:
+        Rollback.model_validate(both)
+    # As FastAPI reports it: the error's location starts at the body.
+    errors = [{**e, "loc": ("body", *e["loc"])} for e in refused.value.errors()]
+    assert [describe(e) for e in errors] == ["give exactly one of backupId or beforeIncident"]

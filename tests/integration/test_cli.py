@@ -245,6 +245,11 @@ def test_refusals_are_exit_4_and_server_failures_exit_5(env: dict[str, str]) -> 
     assert invalid.returncode == 4 and "422" in one_plain_line(invalid)
     unconfirmed = ers(env, "backup", "rollback", "deadbeef", "--reason", "r")
     assert unconfirmed.returncode == 2 and "--yes" in one_plain_line(unconfirmed)
+    # A base URL with a path: the router knows none of the CLI's paths there.
+    with_path = ers({**env, "ERS_URL": env["ERS_URL"] + "/api"}, "status")
+    assert with_path.returncode == 2
+    line = one_plain_line(with_path)
+    assert "/api/api/emergency/status is no route of ERS" in line and "base URL" in line, line
 
 
 def test_a_service_without_backups_answers_5xx_as_exit_5(tmp_path: Path) -> None:
