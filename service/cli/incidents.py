@@ -84,9 +84,16 @@ def incidents(args: argparse.Namespace) -> int:
         return 0
     if action == "acknowledge":
         data = call(args, "POST", f"{path}/acknowledge", {"note": args.note})
+        done = f"acknowledged {data['id']} at {when(data.get('acknowledgedAt'))}"
     else:
         data = call(args, "POST", f"{path}/resolve", {"resolution": args.resolution})
-    emit(args, data, _incident)
+        done = f"resolved {data['id']} at {when(data.get('resolvedAt'))}: {args.resolution}"
+
+    def confirmed(out: Console, incident: dict[str, Any]) -> None:
+        out.print(done)
+        _incident(out, incident)
+
+    emit(args, data, confirmed)
     return 0
 
 

@@ -57,5 +57,17 @@ def test_an_auto_mitigated_incident_is_acknowledged_and_stays_mitigated(tmp_path
             assert last["message"] == (
                 "acknowledged; stays mitigated: on call, looking at the database"
             )
+
+            # For a person: the first line says it is done, and when.
+            again = subprocess.run(
+                [sys.executable, "-m", "service.cli", "incidents", "acknowledge", incident["id"]]
+                + ["--url", ers.url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert again.returncode == 0, again.stderr
+            first = again.stdout.splitlines()[0]
+            assert first.startswith(f"acknowledged {incident['id']} at 20"), again.stdout
     finally:
         assert ers.stop() == 0
