@@ -264,6 +264,12 @@ class IncidentService:
             counts = self.store.active_counts_by_severity()
         return {k: v for k, v in counts.items() if v}
 
+    async def changed_by_hand(self) -> None:
+        """An operator acknowledged or resolved an incident: what the status reads of the
+        active incidents is read again now, not at the next refresh."""
+        if self._cached_counts is not None:
+            self._cached_counts = await asyncio.to_thread(self.store.active_counts_by_severity)
+
     async def run_counts_refresh(self, every_s: float = 1.0) -> None:
         """Keep the cached active counts fresh: every ``every_s``, and soon after an
         incident event. A failing read keeps the last counts and is logged once."""

@@ -16,7 +16,7 @@ from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Incidents, Settings, Traces
+from service.web.deps import Incidents, Settings, State, Traces
 from service.web.openapi import errors
 from telemetry.providers import otlp_endpoint_configured
 
@@ -147,6 +147,7 @@ async def acknowledge(
 async def resolve(
     incidents: Incidents,
     settings: Settings,
+    state: State,
     body: Resolve,
     who: AdminAuth,
     incident_id: str = IncidentId,
@@ -156,6 +157,10 @@ async def resolve(
     )
     resolved = await asyncio.to_thread(incidents.store.get, incident_id)
     incidents.observe_recovery(resolved)
+    # The system state follows at once: the status must not say "1 critical incident
+    # active" beside "active incidents 0".
+    await incidents.changed_by_hand()
+    state.evaluate()
     return view
 
 
