@@ -88,6 +88,8 @@ def incidents(args: argparse.Namespace) -> int:
     else:
         data = call(args, "POST", f"{path}/resolve", {"resolution": args.resolution})
         done = f"resolved {data['id']} at {when(data.get('resolvedAt'))}: {args.resolution}"
+        if data.get("released"):
+            done += f"; released the isolation of {', '.join(data['released'])}"
 
     def confirmed(out: Console, incident: dict[str, Any]) -> None:
         out.print(done)

@@ -110,6 +110,10 @@ def test_simulated_database_failure_becomes_one_incident_with_actions(tmp_path: 
         assert drawn.returncode == 0 and "✗ agent.budget" in drawn.stdout
         resolved = ers_cli("incidents", "resolve", incident["id"], "--resolution", "db back")
         assert resolved.returncode == 0 and "resolved" in resolved.stdout
+        # Its cause is fixed: the agent the responder isolated for it takes trial calls again.
+        assert "released the isolation of budget" in resolved.stdout, resolved.stdout
+        breaker = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/budget", timeout=10).json()
+        assert breaker["state"] == "half_open", breaker
         again = ers_cli("incidents", "resolve", incident["id"], "--resolution", "twice")
         assert again.returncode == 4 and "409" in again.stderr
     finally:

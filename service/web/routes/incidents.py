@@ -16,7 +16,7 @@ from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Incidents, Settings, State, Traces
+from service.web.deps import Incidents, Settings, State, Team, Traces
 from service.web.openapi import errors
 from telemetry.providers import otlp_endpoint_configured
 
@@ -148,6 +148,7 @@ async def resolve(
     incidents: Incidents,
     settings: Settings,
     state: State,
+    team: Team,
     body: Resolve,
     who: AdminAuth,
     incident_id: str = IncidentId,
@@ -157,6 +158,16 @@ async def resolve(
     )
     resolved = await asyncio.to_thread(incidents.store.get, incident_id)
     incidents.observe_recovery(resolved)
+    # The responder isolated agents for this incident; its cause is fixed, so they take
+    # trial calls again (half-open) instead of waiting out the isolation's time.
+    view["released"] = [
+        guard.name
+        for guard in team.guards.values()
+        if (forcing := guard.breaker.forcing) is not None
+        and forcing.source == "responder"
+        and f"incident {incident_id}:" in forcing.reason
+        and guard.breaker.release(source=who)
+    ]
     # The system state follows at once: the status must not say "1 critical incident
     # active" beside "active incidents 0".
     await incidents.changed_by_hand()
