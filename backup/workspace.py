@@ -59,6 +59,7 @@ class Workspace:
                 # A swap's journal that start-up could not undo names files that may be the
                 # only copy of the state before it: they stay until it is resolved.
                 continue
+            (folder / f"{SWAP_JOURNAL_NAME}.draft").unlink(missing_ok=True)  # never written
             for entry in folder.glob(f"{ROLLBACK_SCRATCH_PREFIX}*"):
                 shutil.rmtree(entry, ignore_errors=True)
             # An old file is a second name of the pre-rollback data, kept only until the

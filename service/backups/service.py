@@ -72,7 +72,11 @@ def undo_interrupted_swap(settings: Settings) -> None:
     others not: put them all back (one log line each) before any store opens them. On
     PostgreSQL a rollback is one transaction and leaves nothing to undo."""
     if settings.database_url is None:
-        swap_journal.recover([settings.data_dir])
+        try:
+            swap_journal.recover([settings.data_dir])
+        except swap_journal.SwapRecoveryFailed as exc:
+            log.error("refusing to start: %s", exc)
+            raise
 
 
 def finds_no_state(data_dir: Path) -> bool:

@@ -9,7 +9,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -19,27 +18,10 @@ from backup.files import BackupConfig, SqliteFiles
 from backup.index import SnapshotIndex
 from backup.swap_journal import JOURNAL_NAME, SwapJournal, SwapRecoveryFailed
 from backup.workspace import Workspace
+from tests.backup.test_swap import database, values
 
 IDS = {"snapshot_id": "5a5a5a5a5a5a", "safety_snapshot_id": "0f0f0f0f0f0f"}
 NAMES = ("conversations", "budgets", "profiles")
-
-
-def database(path: Path, values: list[int]) -> None:
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA wal_autocheckpoint=0")  # the rows stay in the log until the swap folds it
-    db.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
-    db.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
-    db.commit()
-    db.close()
-
-
-def values(path: Path) -> list[int]:
-    db = sqlite3.connect(path)
-    try:
-        return [row[0] for row in db.execute("SELECT v FROM t ORDER BY v")]
-    finally:
-        db.close()
 
 
 def three_components(folder: Path, new_only: str | None = None) -> list[tuple[Path, Path]]:
@@ -197,3 +179,17 @@ def test_start_of_the_files_backend_undoes_before_clearing_leftovers(tmp_path: P
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
         f"{n}.sqlite3" for n in NAMES
     )
+
+
+def test_a_journal_killed_while_being_written_changed_nothing_and_is_cleared(
+    tmp_path: Path,
+) -> None:
+    pairs = three_components(tmp_path)
+    data = tmp_path / "data"
+    (data / f"{JOURNAL_NAME}.draft").write_text('{"format": 1, "fil')
+
+    assert swap_journal.recover([data]) == []
+    Workspace(tmp_path / "work").remove_leftovers([live for _, live in pairs])
+
+    assert live_values(pairs) == [[1], [2], [3]]
+    assert sorted(p.name for p in data.iterdir()) == sorted(f"{n}.sqlite3" for n in NAMES)
