@@ -133,9 +133,9 @@ class SwapJournal:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SwapRecoveryFailed(
                 f"the swap journal {path} cannot be read ({exc}): the component files in "
-                f"{path.parent} may be partly rolled back; roll back to the newest "
-                "pre-rollback snapshot with `ers backup rollback <id> --offline`, then delete "
-                "the journal"
+                f"{path.parent} may be partly rolled back. Move the journal out of that "
+                "folder, then roll back to the newest pre-rollback snapshot (`ers backup list "
+                "--offline`) with `ers backup rollback <id> --offline`"
             ) from exc
 
     def remove(self) -> None:
@@ -198,9 +198,10 @@ def recover(folders: Iterable[Path]) -> list[Undone]:
         except OSError as exc:
             raise SwapRecoveryFailed(
                 f"undoing the interrupted swap of {path} failed ({exc}): the component files "
-                f"may be partly rolled back; nothing was deleted. Fix the cause and start "
-                f"again, or roll back to the safety snapshot {journal.safety_snapshot_id[:8]} "
-                "with `ers backup rollback --offline`"
+                "may be partly rolled back; nothing was deleted. Fix the cause and start "
+                "again (the undo is retried), or move the journal out of that folder and run "
+                f"`ers backup rollback {journal.safety_snapshot_id} --offline` (its safety "
+                "snapshot)"
             ) from exc
         journal.remove()
         log.warning("%s", result.describe())

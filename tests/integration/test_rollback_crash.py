@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import ErsProcess, start_ers
 from tests.integration.test_crash_recovery import BACKUP_ENV, integrity
 from tests.integration.test_datadir_lock import ers, ers_env
+from tests.processes import free_port
 
 Content = dict[str, list[tuple[object, ...]]]
 # When to kill, after the rollback's scratch folder appears: at once (restore and safety
@@ -330,3 +331,33 @@ def test_kill_9_in_the_swap_of_an_offline_rollback_is_undone_on_restart(tmp_path
     line = assert_all_old_after_restart(tmp_path, before)
 
     assert "put back conversations.sqlite3, budgets.sqlite3" in line
+
+
+def test_a_swap_that_cannot_be_undone_stops_start_up_and_keeps_its_files(
+    tmp_path: Path,
+) -> None:
+    env = {**BACKUP_ENV, **kill_in_swap_env(renames=1)}
+    service, backup_id, before = prepare_every_component(tmp_path, env)
+    body = {"backupId": backup_id, "confirm": True, "reason": "swapkill"}
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{service.url}/api/emergency/rollback", json=body, timeout=120)
+    assert service.process.wait(timeout=30) == -signal.SIGKILL
+    data = tmp_path / "data"
+    [old] = data.glob("conversations.sqlite3.ers-old-*")
+    (data / ".ers-swap-journal.json").write_text("{damaged")
+
+    refused = ers(tmp_path, "serve", "--host", "127.0.0.1", "--port", str(free_port()))
+
+    assert refused.returncode != 0
+    [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
+    assert ".ers-swap-journal.json cannot be read" in line and "Move the journal" in line
+    assert old.exists() and len(content(old)["turns"]) == before["conversations"]
+    assert (data / ".ers-swap-journal.json").exists()
+
+    # What the line says to do brings the whole state back.
+    (data / ".ers-swap-journal.json").rename(tmp_path / "journal.json")
+    listed = json.loads(restic(tmp_path, "snapshots", "--json", "--tag", "reason:pre-rollback"))
+    [safety] = [s["short_id"] for s in listed]
+    back = ers(tmp_path, "backup", "rollback", safety, "--offline", "--reason", "repair", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert state_of(data) == before
