@@ -179,10 +179,6 @@ def remove_side_files(live: Path) -> None:
         Path(f"{live}{suffix}").unlink(missing_ok=True)
 
 
-def unfinished(folder: Path) -> bool:
-    return (folder / JOURNAL_NAME).exists()
-
-
 def recover(folders: Iterable[Path]) -> list[Undone]:
     """Undo the swap of every journal found in `folders`, then remove the journal, each in one
     log line; a journal that cannot be undone raises SwapRecoveryFailed and stays, with its
