@@ -5,7 +5,8 @@ integrity_check` and the checksum the snapshot carries), then counts rows now an
 rollback runs these steps, each timed and announced with a RollbackStepStarted event:
 safety-snapshot beside restore-then-verify (they do not depend on each other), then
 pause-writers, swap, reopen once both have succeeded. A failure at any step raises
-RollbackFailed(step=...) with the live files as they were.
+RollbackFailed(step=...) with the live files as they were; a kill of the process from the
+swap until the reopen has succeeded is undone on the next start (`backup.swap_journal`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +155,12 @@ class FileRollback:
             async with steps.step("pause-writers"), request.pause_writers():
                 async with steps.step("swap"):
                     swapped = await asyncio.to_thread(
-                        swap.swap_in,
-                        [(r, live[n]) for r, n in zip(ready, names, strict=True)],
+                        partial(
+                            swap.swap_in,
+                            [(r, live[n]) for r, n in zip(ready, names, strict=True)],
+                            snapshot_id=snapshot.id,
+                            safety_snapshot_id=safety_id,
+                        )
                     )
                 try:
                     async with steps.step("reopen"):

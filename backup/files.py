@@ -7,10 +7,12 @@ and verify first (`backup.file_rollback`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backup import swap_journal
 from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
     RollbackRefused,
@@ -75,7 +77,10 @@ class SqliteFiles:
         self.preview, self.apply = rollback.preview, rollback.apply
 
     async def start(self) -> None:
-        self.workspace.remove_leftovers(self.config.components.values())
+        """Undo a swap a crash interrupted, then clear what else the interrupted run left."""
+        live_files = list(self.config.components.values())
+        await asyncio.to_thread(swap_journal.recover, {Path(f).parent for f in live_files})
+        self.workspace.remove_leftovers(live_files)
 
     def retention_tags(self) -> list[str]:
         return [ERS_TAG]

@@ -1,7 +1,8 @@
-"""Swapping restored SQLite files over the live ones, atomically per file, and undoing it.
+"""Swapping restored SQLite files over the live ones, all of them or none, and undoing it.
 
-Each live file keeps a second name (a hard link) until the whole rollback is committed, so a
-failure at any later point can put every file back as it was.
+Each live file keeps a second name (a hard link) until the whole rollback is committed, and a
+journal written before the first rename names every file involved (`backup.swap_journal`), so
+a failure at any later point, or a kill of the process, can put every file back as it was.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from pathlib import Path
 
 from backup.discard import delete_soon
 from backup.staging import fsync_directory, fsync_file
+from backup.swap_journal import JournalEntry, SwapJournal, Undone, remove_side_files
 from backup.workspace import OLD_FILE_MARKER
-
-SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class WritersStillActive(RuntimeError):
@@ -25,9 +25,14 @@ class WritersStillActive(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SwappedFile:
-    live: Path
-    old: Path | None  # None when there was no live file before
+class Swap:
+    """A swap done and not yet committed: its journal is still on disk."""
+
+    journal: SwapJournal
+
+    @property
+    def olds(self) -> list[Path]:
+        return [e.old for e in self.journal.entries if e.old is not None]
 
 
 def place_next_to(restored: Path, live: Path) -> Path:
@@ -63,46 +68,51 @@ def fold_wal_into(live: Path) -> None:
         db.close()
 
 
-def swap_in(pairs: list[tuple[Path, Path]]) -> list[SwappedFile]:
-    """Replace each live file with its restored one; on any failure undo those already done."""
-    done: list[SwappedFile] = []
+def swap_in(pairs: list[tuple[Path, Path]], *, snapshot_id: str, safety_snapshot_id: str) -> Swap:
+    """Replace each live file with its restored one; on any failure undo those already done.
+
+    The journal is durable before the first rename and stays until `commit_soon` or `undo`.
+    """
+    for _, live in pairs:
+        fold_wal_into(live)
+    entries = [
+        JournalEntry(
+            live,
+            live.with_name(f"{live.name}{OLD_FILE_MARKER}{secrets.token_hex(4)}")
+            if live.exists()
+            else None,
+            restored,
+        )
+        for restored, live in pairs
+    ]
+    journal = SwapJournal.beside(entries, snapshot_id, safety_snapshot_id)
+    journal.write()
     try:
-        for restored, live in pairs:
-            fold_wal_into(live)
-            old = None
-            if live.exists():
-                old = live.with_name(f"{live.name}{OLD_FILE_MARKER}{secrets.token_hex(4)}")
-                os.link(live, old)
-            try:
-                os.replace(restored, live)
-            except BaseException:
-                if old is not None:
-                    old.unlink(missing_ok=True)
-                raise
-            done.append(SwappedFile(live, old))
-            _remove_side_files(live)
-            fsync_directory(live.parent)
+        for entry in entries:
+            _rename_in(entry)
     except BaseException:
-        undo(done)
+        undo(Swap(journal))
         raise
-    return done
+    return Swap(journal)
 
 
-def undo(done: list[SwappedFile]) -> None:
-    for swapped in reversed(done):
-        if swapped.old is not None:
-            os.replace(swapped.old, swapped.live)
-        else:
-            swapped.live.unlink(missing_ok=True)
-        _remove_side_files(swapped.live)
-        fsync_directory(swapped.live.parent)
+def _rename_in(entry: JournalEntry) -> None:
+    if entry.old is not None:
+        os.link(entry.live, entry.old)
+    os.replace(entry.new, entry.live)
+    remove_side_files(entry.live)
+    fsync_directory(entry.live.parent)
 
 
-def commit_soon(done: list[SwappedFile]) -> None:
-    """Drop the old names in the background: they hold nothing the rollback still needs."""
-    delete_soon(swapped.old for swapped in done if swapped.old is not None)
+def undo(swap: Swap) -> Undone:
+    """Every file back as it was before the swap; then the journal goes."""
+    undone = swap.journal.undo()
+    swap.journal.remove()
+    return undone
 
 
-def _remove_side_files(live: Path) -> None:
-    for suffix in SIDE_FILES:
-        Path(f"{live}{suffix}").unlink(missing_ok=True)
+def commit_soon(swap: Swap) -> None:
+    """Commit the swap (its journal goes, durably) and drop the old names in the background:
+    they hold nothing the rollback still needs."""
+    swap.journal.remove()
+    delete_soon(swap.olds)

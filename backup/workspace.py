@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROLLBACK_SCRATCH_PREFIX = ".ers-rollback-"
 OLD_FILE_MARKER = ".ers-old-"
+# Written by `backup.swap_journal` (which imports this module) while a swap is unfinished.
+SWAP_JOURNAL_NAME = ".ers-swap-journal.json"
 
 
 class Workspace:
@@ -53,8 +55,11 @@ class Workspace:
         """Clear what an interrupted run (a crash, a kill) left behind."""
         shutil.rmtree(self.scratch_root(), ignore_errors=True)
         for folder in {Path(f).resolve().parent for f in live_files}:
-            if not folder.is_dir():
+            if not folder.is_dir() or (folder / SWAP_JOURNAL_NAME).exists():
+                # A swap's journal that start-up could not undo names files that may be the
+                # only copy of the state before it: they stay until it is resolved.
                 continue
+            (folder / f"{SWAP_JOURNAL_NAME}.draft").unlink(missing_ok=True)  # never written
             for entry in folder.glob(f"{ROLLBACK_SCRATCH_PREFIX}*"):
                 shutil.rmtree(entry, ignore_errors=True)
             # An old file is a second name of the pre-rollback data, kept only until the

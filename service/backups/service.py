@@ -28,6 +28,7 @@ from backup import (
     RollbackResult,
     Snapshot,
     init_repository,
+    swap_journal,
 )
 from backup.backend import BackendConfig
 from backup.identity import RECORD_FILE_NAME
@@ -64,6 +65,18 @@ def state_to_back_up(settings: Settings, stores: Stores, incidents_path: Path) -
 
 class BackupsUnavailable(ErsError):
     """The backup repository cannot be used right now."""
+
+
+def undo_interrupted_swap(settings: Settings) -> None:
+    """A rollback killed in the middle of its swap left some component files rolled back and
+    others not: put them all back (one log line each) before any store opens them. On
+    PostgreSQL a rollback is one transaction and leaves nothing to undo."""
+    if settings.database_url is None:
+        try:
+            swap_journal.recover([settings.data_dir])
+        except swap_journal.SwapRecoveryFailed as exc:
+            log.error("refusing to start: %s", exc)
+            raise
 
 
 def finds_no_state(data_dir: Path) -> bool:

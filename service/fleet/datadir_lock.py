@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+from backup.swap_journal import SwapRecoveryFailed
 from service.settings import Settings
 
 log = logging.getLogger("ers")
@@ -178,5 +179,8 @@ class HideRefusalTraceback(logging.Filter):
     """uvicorn logs a failed start-up with its traceback; a refusal is already said in one
     line by the lifespan, so its traceback is dropped."""
 
+    refusals = (DataDirInUse.__name__, SwapRecoveryFailed.__name__)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return DataDirInUse.__name__ not in record.getMessage()
+        message = record.getMessage()
+        return not any(refusal in message for refusal in self.refusals)

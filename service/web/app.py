@@ -23,7 +23,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E
 from service.agents.config import load_team_config  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks  # noqa: E402
-from service.backups.service import finds_no_state  # noqa: E402
+from service.backups.service import finds_no_state, undo_interrupted_swap  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
 from service.chat.service import ChatService  # noqa: E402
@@ -163,6 +163,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Routes answer 503 again once everything they reach is stopped.
         stack.callback(setattr, app.state, "runtime", None)
         readiness = Readiness()
+        # Before any store opens a file: a rollback cut short in its swap is undone.
+        await asyncio.to_thread(undo_interrupted_swap, settings)
         # Only a start that finds no state at all may create the backup repository by itself.
         first_start = await asyncio.to_thread(finds_no_state, settings.data_dir)
         # State: one SQLite file per component, or one PostgreSQL schema each.

@@ -11,6 +11,8 @@ import pytest
 from backup import swap
 from backup.discard import settle
 
+IDS = {"snapshot_id": "5a5a5a5a", "safety_snapshot_id": "0f0f0f0f"}
+
 
 def database(path: Path, values: list[int], keep_open: bool = False) -> sqlite3.Connection | None:
     db = sqlite3.connect(path)
@@ -38,7 +40,7 @@ def test_restored_file_replaces_the_live_one_and_stale_logs_go(tmp_path: Path) -
     database(live, [1, 2, 3])
     database(restored, [9])
     Path(f"{live}-shm").write_bytes(b"\0" * 100)
-    done = swap.swap_in([(restored, live)])
+    done = swap.swap_in([(restored, live)], **IDS)
     swap.commit_soon(done)
     settle(timeout=10)
     assert values(live) == [9]
@@ -50,11 +52,11 @@ def test_commit_soon_removes_the_old_names_in_the_background(tmp_path: Path) -> 
     live, restored = tmp_path / "live.sqlite3", tmp_path / "restored.sqlite3"
     database(live, [1])
     database(restored, [2])
-    done = swap.swap_in([(restored, live)])
-    assert done[0].old is not None and done[0].old.exists()
+    done = swap.swap_in([(restored, live)], **IDS)
+    assert done.olds[0].exists()
     swap.commit_soon(done)
     for _ in range(200):
-        if not done[0].old.exists():
+        if not done.olds[0].exists():
             break
         time.sleep(0.01)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.sqlite3"]
@@ -68,7 +70,7 @@ def test_a_failure_on_the_second_file_puts_the_first_back(tmp_path: Path) -> Non
     new_first = tmp_path / "new-a"
     database(new_first, [10])
     with pytest.raises(FileNotFoundError):
-        swap.swap_in([(new_first, first), (tmp_path / "missing", second)])
+        swap.swap_in([(new_first, first), (tmp_path / "missing", second)], **IDS)
     assert values(first) == [1] and values(second) == [2]
     assert not list(tmp_path.glob("*.ers-old-*"))
 
@@ -77,7 +79,7 @@ def test_undo_after_a_swap_restores_the_old_content(tmp_path: Path) -> None:
     live, restored = tmp_path / "live.sqlite3", tmp_path / "restored.sqlite3"
     database(live, [1, 2])
     database(restored, [7])
-    done = swap.swap_in([(restored, live)])
+    done = swap.swap_in([(restored, live)], **IDS)
     swap.undo(done)
     assert values(live) == [1, 2]
 
@@ -90,7 +92,7 @@ def test_a_writer_that_was_not_paused_stops_the_swap(tmp_path: Path) -> None:
     writer.execute("SELECT * FROM t").fetchall()  # holds a read snapshot of the log
     database(restored, [5])
     with pytest.raises(swap.WritersStillActive):
-        swap.swap_in([(restored, live)])
+        swap.swap_in([(restored, live)], **IDS)
     writer.rollback()
     writer.close()
     assert values(live) == [1]

@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import ErsProcess, start_ers
 from tests.integration.test_crash_recovery import BACKUP_ENV, integrity
 from tests.integration.test_datadir_lock import ers, ers_env
+from tests.processes import free_port
 
 Content = dict[str, list[tuple[object, ...]]]
 # When to kill, after the rollback's scratch folder appears: at once (restore and safety
@@ -213,3 +214,150 @@ def test_kill_9_during_an_offline_rollback_leaves_each_file_whole(
 
     assert_whole_and_nothing_lost(tmp_path, in_snapshot, before)
     restart_and_read(tmp_path)
+
+
+# A test-only sitecustomize that SIGKILLs the process between two renames of a swap.
+SWAP_KILL_HOOK = Path(__file__).parent / "swap_kill"
+SWAPPED = ("conversations", "budgets", "profiles", "system_state")
+
+
+def kill_in_swap_env(renames: int) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(SWAP_KILL_HOOK), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "ERS_TEST_KILL_AFTER_RENAMES": str(renames)}
+
+
+def state_of(data: Path) -> dict[str, object]:
+    """What each component holds, in what a restart of the service leaves alone."""
+    conversations = content(data / "conversations.sqlite3")
+    isolations = content(data / "system_state.sqlite3")["state"]
+    return {
+        "conversations": len(conversations["turns"]),
+        "budgets": content(data / "budgets.sqlite3"),
+        "profiles": content(data / "profiles.sqlite3")["profiles"],
+        "system_state": sorted(
+            (key, json.loads(value)["state"])
+            for key, value, _ in isolations
+            if str(key).startswith("breaker:")
+        ),
+    }
+
+
+def put_profile(service: ErsProcess, user: str, age: int) -> None:
+    reply = httpx.put(f"{service.url}/api/profiles/{user}", json={"age": age}, timeout=30)
+    assert reply.status_code == 200, reply.text
+
+
+def prepare_every_component(
+    workdir: Path, env: dict[str, str]
+) -> tuple[ErsProcess, str, dict[str, object]]:
+    """A full snapshot, then changes to every component after it; returns the service, the
+    snapshot id and the state before the rollback."""
+    service = start_ers(workdir, env=env)
+    chat(service, "set my food budget to $100")
+    put_profile(service, "a", 30)
+    service.wait_for_backups()
+    created = httpx.post(f"{service.url}/api/emergency/backups/create", json={}, timeout=120)
+    assert created.status_code == 200, created.text
+    in_snapshot = state_of(workdir / "data")
+    for n in range(5):
+        chat(service, f"spent ${n + 10} on lunch")
+    put_profile(service, "b", 40)
+    put_profile(service, "c", 50)
+    disabled = httpx.post(f"{service.url}/api/emergency/circuit-breaker/budget/disable", timeout=30)
+    assert disabled.status_code == 200, disabled.text
+    before = state_of(workdir / "data")
+    differing = [name for name in SWAPPED if before[name] == in_snapshot[name]]
+    assert not differing, f"the test changes every component, not {differing}"
+    return service, created.json()["backupId"], before
+
+
+def assert_all_old_after_restart(workdir: Path, before: dict[str, object]) -> str:
+    """Start the service again: it undoes the cut swap before its stores open, and says so."""
+    data = workdir / "data"
+    restarted = start_ers(workdir, env=BACKUP_ENV)
+    assert restarted.stop() == 0, restarted.log()[-3000:]
+    for db in data.glob("*.sqlite3"):
+        assert integrity(db) == "ok", db
+    assert state_of(data) == before, "a component is not the state from before the rollback"
+    assert not list(data.glob("*.ers-old-*")) and not list(data.glob(".ers-swap-journal*"))
+    [line] = [ln for ln in restarted.log().splitlines() if "undid the rollback" in ln]
+    return line
+
+
+@pytest.mark.parametrize("renames", [1, 4], ids=["after-first-rename", "after-last-rename"])
+def test_kill_9_in_the_swap_of_a_full_rollback_is_undone_on_restart(
+    tmp_path: Path, renames: int
+) -> None:
+    # The hook fires in the rollback's swap, and only there (see SWAP_KILL_HOOK).
+    env = {**BACKUP_ENV, **kill_in_swap_env(renames)}
+    service, backup_id, before = prepare_every_component(tmp_path, env)
+    body = {"backupId": backup_id, "confirm": True, "reason": "swapkill"}
+    with contextlib.suppress(httpx.HTTPError):  # the kill cuts the answer short
+        httpx.post(f"{service.url}/api/emergency/rollback", json=body, timeout=120)
+    assert service.process.wait(timeout=30) == -signal.SIGKILL
+    data = tmp_path / "data"
+    if renames < len(SWAPPED):
+        mixed = state_of(data)
+        assert [n for n in SWAPPED if mixed[n] == before[n]], "the kill came after the swap"
+        assert [n for n in SWAPPED if mixed[n] != before[n]], "the kill came before the swap"
+    journal = json.loads((data / ".ers-swap-journal.json").read_text())
+    safety = journal["safety_snapshot"]
+
+    line = assert_all_old_after_restart(tmp_path, before)
+
+    assert f"snapshot {backup_id[:8]}" in line and f"safety snapshot {safety[:8]}" in line
+    assert "put back conversations.sqlite3" in line
+    listed = json.loads(restic(tmp_path, "snapshots", "--json", "--tag", "reason:pre-rollback"))
+    assert [s["short_id"] for s in listed] == [safety[:8]]
+    # The snapshot the line names holds the state the restart kept.
+    copy = tmp_path / "safety-conversations.sqlite3"
+    with copy.open("wb") as out:
+        restic(tmp_path, "dump", safety, "/conversations.sqlite3", stdout=out)
+    assert len(content(copy)["turns"]) == before["conversations"]
+
+
+def test_kill_9_in_the_swap_of_an_offline_rollback_is_undone_on_restart(tmp_path: Path) -> None:
+    service, backup_id, before = prepare_every_component(tmp_path, BACKUP_ENV)
+    assert service.stop() == 0
+    before = state_of(tmp_path / "data")  # the shutdown wrote nothing the rollback undoes
+    killed = ers(
+        tmp_path,
+        *("backup", "rollback", backup_id, "--offline", "--reason", "swapkill", "--yes"),
+        **kill_in_swap_env(renames=2),
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert (tmp_path / "data" / ".ers-swap-journal.json").exists()
+
+    line = assert_all_old_after_restart(tmp_path, before)
+
+    assert "put back conversations.sqlite3, budgets.sqlite3" in line
+
+
+def test_a_swap_that_cannot_be_undone_stops_start_up_and_keeps_its_files(
+    tmp_path: Path,
+) -> None:
+    env = {**BACKUP_ENV, **kill_in_swap_env(renames=1)}
+    service, backup_id, before = prepare_every_component(tmp_path, env)
+    body = {"backupId": backup_id, "confirm": True, "reason": "swapkill"}
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{service.url}/api/emergency/rollback", json=body, timeout=120)
+    assert service.process.wait(timeout=30) == -signal.SIGKILL
+    data = tmp_path / "data"
+    [old] = data.glob("conversations.sqlite3.ers-old-*")
+    (data / ".ers-swap-journal.json").write_text("{damaged")
+
+    refused = ers(tmp_path, "serve", "--host", "127.0.0.1", "--port", str(free_port()))
+
+    assert refused.returncode != 0
+    [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
+    assert ".ers-swap-journal.json cannot be read" in line and "Move the journal" in line
+    assert old.exists() and len(content(old)["turns"]) == before["conversations"]
+    assert (data / ".ers-swap-journal.json").exists()
+
+    # What the line says to do brings the whole state back.
+    (data / ".ers-swap-journal.json").rename(tmp_path / "journal.json")
+    listed = json.loads(restic(tmp_path, "snapshots", "--json", "--tag", "reason:pre-rollback"))
+    [safety] = [s["short_id"] for s in listed]
+    back = ers(tmp_path, "backup", "rollback", safety, "--offline", "--reason", "repair", "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert state_of(data) == before
