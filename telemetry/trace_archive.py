@@ -97,9 +97,10 @@ class TraceArchive:
     def write(self, trace_id: int, spans: Sequence[Span]) -> str:
         """Write the trace now, on this thread (never the event loop's); returns the stored
         document."""
-        document = encode_trace(spans)
-        self._store([(trace_id, document)])
-        return document
+        written = self._store([(trace_id, spans, None)])
+        if not written:
+            raise ValueError(f"trace {trace_id:032x} could not be encoded")
+        return written[0][1]
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         with self._lock:
@@ -117,21 +118,34 @@ class TraceArchive:
         with self._lock:
             self._db.close()
 
-    def _store(self, documents: Sequence[tuple[int, str]]) -> None:
+    def _store(
+        self, traces: Sequence[tuple[int, Sequence[Span], Written | None]]
+    ) -> list[tuple[Written | None, str]]:
         """One transaction: the traces, in order (a later one is the more recently kept),
-        then one trim to ``max_traces``."""
+        then one trim to ``max_traces``; returns each written trace's listener and document.
+
+        Each trace is encoded right before its insert, not all of them first: the insert
+        releases the GIL, so the event loop's thread never waits for a whole batch's
+        encoding (milliseconds of Python) at once."""
+        written: list[tuple[Written | None, str]] = []
         with self._lock:
-            self._db.execute("BEGIN")
+            db = self._db
+            db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    INSERT,
-                    [(format(trace_id, "032x"), time.time(), doc) for trace_id, doc in documents],
-                )
-                self._db.execute(TRIM, (self.max_traces,))
+                for trace_id, spans, listener in traces:
+                    try:
+                        document = encode_trace(spans)
+                    except Exception:  # one unwritable trace must not cost the others
+                        log.exception("could not keep trace %032x on disk", trace_id)
+                        continue
+                    db.execute(INSERT, (format(trace_id, "032x"), time.time(), document))
+                    written.append((listener, document))
+                db.execute(TRIM, (self.max_traces,))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
+        return written
 
     def _drain(self) -> None:
         queue = self._queue
@@ -147,20 +161,14 @@ class TraceArchive:
                 return
 
     def _write_offered(self, batch: list[tuple[int, list[Span], Written | None]]) -> None:
-        encoded: list[tuple[int, str, Written | None]] = []
-        for trace_id, spans, written in batch:
-            try:
-                encoded.append((trace_id, encode_trace(spans), written))
-            except Exception:  # one unwritable trace must not cost the others
-                log.exception("could not keep trace %032x on disk", trace_id)
         try:
-            self._store([(trace_id, document) for trace_id, document, _ in encoded])
+            written = self._store(batch)
         except Exception:  # a failing disk must not stop the writer
-            log.exception("could not keep %d traces on disk", len(encoded))
+            log.exception("could not keep %d traces on disk", len(batch))
             return
-        for _, document, written in encoded:
-            if written is not None:
+        for listener, document in written:
+            if listener is not None:
                 try:
-                    written(document)
+                    listener(document)
                 except Exception:
                     log.exception("a kept trace's listener failed")
