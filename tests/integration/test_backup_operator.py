@@ -1,18 +1,21 @@
 """What an operator meets with ``ers backup`` against a real ``ers serve`` and real restic: the
-service's own restic never turns a person's request away, and a lock held by another process
-is reported for the operation it stopped."""
+service's own restic never turns a person's request away, a lock held by another process is
+reported for the operation it stopped, the printed undo of a rollback runs as printed, a
+second ``init`` says nothing changed, and ``ers status`` says when backups are unreachable."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 
@@ -102,6 +105,52 @@ def env(service: ErsProcess, tmp_path: Path) -> dict[str, str]:
     return cli_env(tmp_path, service.url)
 
 
+def budgets_file(service: ErsProcess) -> Path:
+    return service.log_path.parent / "data" / "budgets.sqlite3"
+
+
+def test_the_printed_undo_of_a_rollback_runs_as_printed(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    created = ers(env, "backup", "create", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    backup_id = created.stdout.split('"backupId": "')[1].split('"')[0]
+    # A change since, so the rollback's safety snapshot is a new one of budgets alone.
+    httpx.post(
+        f"{service.url}/chat",
+        json={"message": "set my food budget to $250", "userId": "undo"},
+        timeout=30,
+    ).raise_for_status()
+    rolled = ers(
+        env, "backup", "rollback", backup_id, "--components", "budgets",
+        "--reason", "bad data", "--yes",
+    )  # fmt: skip
+    assert rolled.returncode == 0, rolled.stderr
+    undo = next(line.strip() for line in rolled.stdout.splitlines() if "--yes" in line)
+    command = shlex.split(undo)
+    assert command[:3] == ["ers", "backup", "rollback"] and "--components" in command, undo
+    safety = command[3]
+
+    # The safety snapshot holds budgets alone: test-rollback and rollback of it without
+    # --components take what it holds (before: refused, naming the components it lacks).
+    previewed = ers(env, "backup", "test-rollback", safety)
+    assert previewed.returncode == 0, previewed.stderr
+    assert "budgets" in previewed.stdout and "conversations" not in previewed.stdout
+
+    undone = ers(env, *command[1:])
+    assert undone.returncode == 0, undone.stderr
+    assert f"to snapshot {safety}" in undone.stdout
+
+
+def test_a_second_init_says_the_repository_was_already_in_use(env: dict[str, str]) -> None:
+    first = ers(env, "backup", "init")
+    assert first.returncode == 0, first.stderr
+    again = ers(env, "backup", "init")
+    assert again.returncode == 0, again.stderr
+    assert "was already the one in use" in again.stdout, again.stdout
+    assert "replaces" not in again.stdout
+
+
 def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
     env: dict[str, str], service: ErsProcess, tmp_path: Path
 ) -> None:
@@ -142,3 +191,17 @@ def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
             holder.wait(timeout=30)
     again = ers(env, "backup", "test-rollback", backup_id, "--components", "budgets")
     assert again.returncode == 0, again.stderr
+
+
+def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:
+    service = start_ers(
+        tmp_path / "ers", env={**BACKUPS_ON, "ERS_RESTIC_BINARY": str(tmp_path / "no-restic")}
+    )
+    try:
+        shown = ers(cli_env(tmp_path, service.url), "status")
+    finally:
+        service.stop()
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("backups"))
+    # Before: "backups  0, last never", as if no backup had ever been made.
+    assert "unavailable: " in row and "last never" not in row, shown.stdout

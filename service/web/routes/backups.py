@@ -21,7 +21,13 @@ from backup import (
     validate_reason,
     validate_snapshot_id,
 )
-from service.backups.replies import created_reply, preview_reply, rollback_reply, snapshot_reply
+from service.backups.replies import (
+    created_reply,
+    init_reply,
+    preview_reply,
+    rollback_reply,
+    snapshot_reply,
+)
 from service.backups.service import BackupsUnavailable
 from service.incidents.service import NOT_AN_INCIDENT
 from service.web.auth import AdminAuth, AdminRead
@@ -138,11 +144,7 @@ async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Create the repository if there is none and make it the one the backups go to."""
     with _failures_as_http_errors("setting up the repository"):
         outcome = await backups.init()
-    return {
-        "repositoryId": outcome.identity.expected_id,
-        "created": outcome.created,
-        "previousRepositoryId": outcome.previous_id,
-    }
+    return init_reply(outcome)
 
 
 @router.get("/backups/{backup_id}", responses=errors(404))
