@@ -80,7 +80,7 @@ class SqliteFiles:
     def retention_tags(self) -> list[str]:
         return [ERS_TAG]
 
-    def live_sizes(self) -> dict[str, int]:
+    async def live_sizes(self) -> dict[str, int]:
         paths = self.config.components.items()
         return {name: Path(p).stat().st_size for name, p in paths if Path(p).exists()}
 

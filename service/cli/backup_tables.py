@@ -10,7 +10,7 @@ from service.cli.output import joined, new_table, short_id, size, when
 
 # Tables a component keeps for itself (write probes, request dedup, SQLite's own): what a
 # rollback does to them tells an operator nothing.
-INTERNAL_TABLES = frozenset({"idempotency_keys"})
+INTERNAL_TABLES = frozenset({"idempotency_keys", "write_probe"})
 
 
 def _internal(table: str) -> bool:

@@ -128,7 +128,7 @@ class Rollback(BaseModel):
 async def list_backups(backups: Backups) -> dict[str, Any]:
     with _failures_as_http_errors("listing the backups"):
         snapshots = backups.require().list()
-    return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
+    return {**await backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/refresh")
@@ -136,7 +136,7 @@ async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
     with _failures_as_http_errors("refreshing the snapshot list"):
         snapshots = await backups.refresh()
-    return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
+    return {**await backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/init")
