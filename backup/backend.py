@@ -83,8 +83,8 @@ class BackupBackend(Protocol):
         """Safety snapshot, restore, verify, swap in; RollbackFailed(step) leaves the live
         state as it was."""
 
-    def live_sizes(self) -> dict[str, int]:
-        """Bytes of each component's live state, where that is cheap to know."""
+    async def live_sizes(self) -> dict[str, int]:
+        """Bytes of each component's live state; BackupError when it cannot be read."""
 
 
 class BackendConfig(Protocol):

@@ -85,7 +85,7 @@ class SqliteFiles:
     def retention_tags(self) -> list[str]:
         return [ERS_TAG]
 
-    def live_sizes(self) -> dict[str, int]:
+    async def live_sizes(self) -> dict[str, int]:
         paths = self.config.components.items()
         return {name: Path(p).stat().st_size for name, p in paths if Path(p).exists()}
 
@@ -112,9 +112,17 @@ class SqliteFiles:
     def rollback_components(
         self, snapshot: Snapshot, components: Sequence[str] | None
     ) -> list[str]:
+        """None: every component the snapshot holds that may be rolled back (a snapshot of
+        some components, such as a rollback's safety snapshot, rolls back just those)."""
         protected = self.config.never_roll_back
+        held = [c for c in self.components if c not in protected and c in snapshot.components]
         if components is None:
-            names = [c for c in self.components if c not in protected]
+            names = held
+            if not names:
+                raise RollbackRefused(
+                    f"snapshot {snapshot.short_id} holds no component that can be rolled back "
+                    f"(it has {', '.join(snapshot.components) or 'nothing'}): pick another"
+                )
         else:
             names = list(dict.fromkeys(components))
         refused = [c for c in names if c in protected]
@@ -126,7 +134,8 @@ class SqliteFiles:
         if missing:
             raise RollbackRefused(
                 f"snapshot {snapshot.short_id} does not contain {', '.join(missing)}: pick a "
-                f"snapshot that does (it has {', '.join(snapshot.components) or 'nothing'})"
+                "snapshot that does, or name only components it holds "
+                f"({', '.join(held) or 'none that can be rolled back'})"
             )
         unknown = [c for c in names if c not in self.config.components]
         if unknown or not names:

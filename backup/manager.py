@@ -2,8 +2,11 @@
 over a backend that knows how its state is copied and put back (see `backup.backend`).
 
 The service builds one manager in its lifespan and reaches every backup feature through it.
-Every write (backup, forget, prune, rollback) runs under one lock and only into the repository
-the backups went to so far (`backup.identity`).
+Every restic command that takes a repository lock (backup, forget, prune, check, restore for a
+test rollback or a drill, rollback) runs under one lock, so that a scheduled job makes a
+person's request wait instead of fail; forget, prune and check also wait for the off-host copy
+(`sharing_repository`). Every write goes only into the repository the backups went to so far
+(`backup.identity`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +61,7 @@ from backup.models import (
 )
 from backup.repository import RepositoryConfig, open_identified
 from backup.restic import ProgressCallback, Restic
+from backup.sharing import RepositorySharing
 
 
 class BackupManager:
@@ -83,6 +88,9 @@ class BackupManager:
         self._last_verified: datetime | None = None
         self._last_emergency: tuple[float, BackupResult] | None = None
         self._lock = asyncio.Lock()
+        # restic's lock rule within this process: forget, prune and check use the
+        # repository alone, and other restic processes of ours (the off-host copy) share it.
+        self._sharing = RepositorySharing()
         self.events.subscribe(self._remember)
 
     @classmethod
@@ -238,7 +246,7 @@ class BackupManager:
         """Drop snapshots outside the policy, applied to each of the backend's retention
         groups on its own (data is freed by `prune`)."""
         groups: list[dict[str, Any]] = []
-        async with self._lock:
+        async with self._lock, self._sharing.exclusive():
             await self.verify_repository()
             for tag in self.backend.retention_tags():
                 groups += await self.restic.forget(
@@ -251,12 +259,12 @@ class BackupManager:
         return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
 
     async def prune(self) -> None:
-        async with self._lock:
+        async with self._lock, self._sharing.exclusive():
             await self.verify_repository()
             await self.restic.prune()
 
     async def check(self, *, read_data: bool = False) -> CheckResult:
-        async with self._lock:
+        async with self._lock, self._sharing.exclusive():
             try:
                 output = await self.restic.check(read_data=read_data)
             except ResticCommandFailed as exc:
@@ -270,7 +278,8 @@ class BackupManager:
         plan = self.backend.drill_plan(self.index)
         for snapshot, names in plan:
             try:
-                preview = await self.backend.preview(snapshot, names)
+                async with self._lock:
+                    preview = await self.backend.preview(snapshot, names)
             except BackupError as exc:
                 files += [FileVerification(name, str(exc)[:200], None, 0) for name in names]
                 continue
@@ -281,6 +290,11 @@ class BackupManager:
             self._last_verified = result.verified_at
         self.events.publish(DrillFinished(result))
         return result
+
+    def sharing_repository(self) -> AbstractAsyncContextManager[None]:
+        """Held by another restic process of this service that reads the repository (the
+        off-host copy): forget, prune and check wait for it to end, and it for them."""
+        return self._sharing.shared()
 
     # Rollback ----------------------------------------------------------------------------
 
@@ -295,7 +309,8 @@ class BackupManager:
     ) -> RollbackPreview:
         snapshot = await self.find(snapshot_id)
         names = self.backend.rollback_components(snapshot, components)
-        return await self.backend.preview(snapshot, names)
+        async with self._lock:
+            return await self.backend.preview(snapshot, names)
 
     async def rollback(
         self,

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
     BackupError,
@@ -104,8 +106,27 @@ class PgSchemas:
         """Each component's snapshots are kept by the policy on their own."""
         return [f"{POSTGRES_TAG},component:{c}" for c in self.components]
 
-    def live_sizes(self) -> dict[str, int]:
-        return {}
+    async def live_sizes(self) -> dict[str, int]:
+        """Bytes on disk of each component's schema: its tables with their indexes and
+        TOAST data (`pg_total_relation_size`)."""
+        by_schema = {schema: name for name, schema in self.config.schemas.items()}
+        try:
+            async with await self.database.connect() as conn:
+                cursor = await conn.execute(
+                    "SELECT n.nspname, COALESCE(SUM(pg_catalog.pg_total_relation_size(c.oid)), 0)"
+                    " FROM pg_catalog.pg_class c"
+                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm', 'p')"
+                    " GROUP BY n.nspname",
+                    (list(by_schema),),
+                )
+                found = await cursor.fetchall()
+        except psycopg.Error as exc:
+            raise BackupError(
+                f"reading the schemas' sizes at {self.database.location} failed: "
+                f"{self.database.explain(exc)}"
+            ) from None
+        return {by_schema[str(schema)]: int(str(size)) for schema, size in found}
 
     # Backup -----------------------------------------------------------------------------
 

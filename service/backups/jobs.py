@@ -133,6 +133,8 @@ async def run_schedule(
             if backups.last_drill_at is None or now - backups.last_drill_at >= drill_every:
                 await drill(backups)
             if now - last_prune >= backups.settings.prune_interval_hours * 3600:
+                # Snapshots added elsewhere (`ers backup --offline`) are forgotten here too.
+                await forget(backups)
                 await backups.require().prune()
                 last_prune = now
             if now - last_check >= backups.settings.repository_check_interval_hours * 3600:
@@ -143,16 +145,27 @@ async def run_schedule(
         await asyncio.sleep(tick_s)
 
 
-async def _due_backups(backups: BackupService) -> None:
+async def _due_backups(backups: BackupService) -> bool:
+    """The backups that are due; True when one made a snapshot. Retention runs only then:
+    `restic forget` locks the repository for itself (and writes a lock file to a remote one),
+    so running it on every tick would turn people's test rollbacks away for nothing."""
     now = time.time()
     last = backups.last_success()
     full = backups.last_full()
     if full is None or now - full >= backups.full_interval_s:
-        await backups.create(None, "scheduled")
+        result = await backups.create(None, "scheduled")
     else:
         due = [c for c, every in backups.intervals_s.items() if now - last.get(c, 0) >= every]
-        if due:
-            await backups.create(due, "scheduled")
+        if not due:
+            return False
+        result = await backups.create(due, "scheduled")
+    if result.snapshot_id is None:
+        return False
+    await forget(backups)
+    return True
+
+
+async def forget(backups: BackupService) -> None:
     await backups.require().forget(keep_last=backups.settings.max_backups)
 
 

@@ -7,9 +7,10 @@ the BackupOffsiteStale alert reads. In a fleet only the holder of the jobs lock 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 from opentelemetry.metrics import Meter
 
@@ -87,9 +88,16 @@ def start_offsite_copies(
     run_in_background(stack, run_offsite_copies(backups, copier, metrics, leader), "offsite")
 
 
-async def copy_once(copier: OffsiteCopier, metrics: OffsiteMetrics) -> bool:
+async def copy_once(
+    copier: OffsiteCopier,
+    metrics: OffsiteMetrics,
+    sharing: AbstractAsyncContextManager[None] | None = None,
+) -> bool:
+    """One copy; `sharing` is held around it (the manager's `sharing_repository`), so the
+    service's own forget, prune and check never meet the copy's lock on the repository."""
     try:
-        result = await copier.copy()
+        async with sharing or contextlib.nullcontext():
+            result = await copier.copy()
     except BackupError as exc:
         metrics.failed(exc.label)
         log.error("off-host copy failed: %s", exc)
@@ -116,6 +124,7 @@ async def run_offsite_copies(
     while True:
         delay = metrics.interval_s
         leading = leader is None or leader.is_leader
-        if leading and not await copy_once(copier, metrics):
+        sharing = backups.require().sharing_repository()
+        if leading and not await copy_once(copier, metrics, sharing):
             delay = min(delay, RETRY_AFTER_FAILURE_S)
         await asyncio.sleep(delay)

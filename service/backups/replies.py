@@ -7,10 +7,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backup import BackupResult, RollbackPreview, RollbackResult, Snapshot
+from backup.repository import InitOutcome
 
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def init_reply(outcome: InitOutcome) -> dict[str, Any]:
+    """`alreadyInUse`: the repository is the one the backups went to before this `init`."""
+    repository_id = outcome.identity.expected_id
+    return {
+        "repositoryId": repository_id,
+        "created": outcome.created,
+        "previousRepositoryId": outcome.previous_id,
+        "alreadyInUse": outcome.previous_id == repository_id,
+    }
 
 
 def snapshot_reply(s: Snapshot) -> dict[str, Any]:

@@ -261,17 +261,23 @@ class BackupService:
         times = [s.time.timestamp() for s in snapshots if wanted <= set(s.components)]
         return max(times, default=None)
 
-    def summary(self) -> dict[str, Any]:
+    async def summary(self) -> dict[str, Any]:
+        """The count, the newest and the live state's size (None, with `sizeError`, when
+        the size cannot be read; None, with `error`, while the repository is not reached)."""
         if self.manager is None:
-            return {"available": 0, "lastBackup": None, "totalSize": "0 B", "error": self.error}
+            return {"available": 0, "lastBackup": None, "totalSize": None, "error": self.error}
         snapshots = self.manager.list()
         last = max((s.time for s in snapshots), default=None)
-        total = sum(self.manager.backend.live_sizes().values())
-        return {
+        reply: dict[str, Any] = {
             "available": len(snapshots),
             "lastBackup": last.isoformat().replace("+00:00", "Z") if last else None,
-            "totalSize": human_size(total),
         }
+        try:
+            reply["totalSize"] = human_size(sum((await self.manager.backend.live_sizes()).values()))
+        except BackupError as exc:
+            log.warning("the live state's size is not known: %s", exc)
+            reply |= {"totalSize": None, "sizeError": str(exc)}
+        return reply
 
     # --- operations ---------------------------------------------------------------------
 

@@ -38,13 +38,9 @@ def _repository_config():  # noqa: ANN202
 
 async def _offline_init() -> dict[str, Any]:
     from backup import init_repository
+    from service.backups.replies import init_reply
 
-    outcome = await init_repository(_repository_config())
-    return {
-        "repositoryId": outcome.identity.expected_id,
-        "created": outcome.created,
-        "previousRepositoryId": outcome.previous_id,
-    }
+    return init_reply(await init_repository(_repository_config()))
 
 
 async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202

@@ -10,7 +10,7 @@ from service.cli.output import joined, new_table, short_id, size, when
 
 # Tables a component keeps for itself (write probes, request dedup, SQLite's own): what a
 # rollback does to them tells an operator nothing.
-INTERNAL_TABLES = frozenset({"idempotency_keys"})
+INTERNAL_TABLES = frozenset({"idempotency_keys", "write_probe"})
 
 
 def _internal(table: str) -> bool:
@@ -115,12 +115,20 @@ def _rollback_table(out: Console, data: dict[str, Any]) -> None:
         f"rolled back {joined(data['components'])} to snapshot {short_id(data['backupId'])} "
         f"in {data['durationSeconds']:.1f} s"
     )
-    out.print(
-        f"the state before is in snapshot {short_id(data['safetyBackupId'])}: "
-        f"`ers backup rollback {short_id(data['safetyBackupId'])}` undoes this"
-    )
+    out.print(f"the state before is in snapshot {short_id(data['safetyBackupId'])}; to undo this:")
+    # One line however narrow the terminal, so that it can be copied and run as it is.
+    out.print(f"  {undo_command(data)}", soft_wrap=True, markup=False, highlight=False)
     for note in data.get("restored") or []:
         out.print(note)
+
+
+def undo_command(data: dict[str, Any]) -> str:
+    """The command that puts back what a rollback replaced, complete as printed."""
+    safety, target = short_id(data["safetyBackupId"]), short_id(data["backupId"])
+    return (
+        f"ers backup rollback {safety} --components {' '.join(data['components'])} "
+        f'--reason "undo the rollback to {target}" --yes'
+    )
 
 
 def _check_table(out: Console, data: dict[str, Any]) -> None:
@@ -147,10 +155,14 @@ def _prune_table(out: Console, data: dict[str, Any]) -> None:
 
 
 def _init_table(out: Console, data: dict[str, Any]) -> None:
+    repository, previous = data["repositoryId"], data.get("previousRepositoryId")
+    if previous == repository:
+        out.print(f"repository {repository} was already the one in use; nothing changed")
+        return
     verb = "created" if data["created"] else "adopted the existing"
-    out.print(f"{verb} repository {data['repositoryId']}")
-    if data.get("previousRepositoryId"):
-        out.print(f"(it replaces repository {data['previousRepositoryId']})")
+    out.print(f"{verb} repository {repository}")
+    if previous:
+        out.print(f"(it replaces repository {previous})")
 
 
 TABLES = {

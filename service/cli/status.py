@@ -29,14 +29,21 @@ def _status_table(out: Console, status: dict[str, Any]) -> None:
         if minimal.get("active")
         else "off",
     )
-    backups = status["backups"]
-    last = when(backups["lastBackup"]) if backups.get("lastBackup") else "never"
-    table.add_row("backups", f"{backups['available']}, last {last}")
+    table.add_row("backups", _backups_row(status["backups"]))
     health = status["health"]
     table.add_row("health", health["overall"])
     table.add_row("memory", health.get("memoryUsage") or "-")
     table.add_row("uptime", health["uptime"])
     out.print(table)
+
+
+def _backups_row(backups: dict[str, Any]) -> str:
+    # Until the repository answers the count is not known: "0, last never" would say no
+    # backup was ever made.
+    if backups.get("error"):
+        return f"unavailable: {backups['error']}"
+    last = when(backups["lastBackup"]) if backups.get("lastBackup") else "never"
+    return f"{backups['available']}, last {last}"
 
 
 def show_status(args: argparse.Namespace) -> int:

@@ -4,6 +4,9 @@ rollback of one component through the API."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -79,8 +82,23 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             chat(client, "spent $12 on groceries")
             assert expenses(pg_url) == 3
 
-            listing = client.get("/api/emergency/backups").json()["backups"]
-            assert [b["components"] for b in listing] == [["budgets"]]
+            listed = client.get("/api/emergency/backups").json()
+            assert [b["components"] for b in listed["backups"]] == [["budgets"]]
+            # The schemas' size on the server, not the "0 B" of a backend that had none.
+            number, unit = listed["totalSize"].split()
+            assert unit in ("KB", "MB", "GB") and float(number) > 0, listed
+            assert client.get("/api/emergency/status").json()["backups"]["totalSize"]
+
+            shown = subprocess.run(
+                [str(Path(sys.executable).with_name("ers")), "backup", "test-rollback"]
+                + [backup["backupId"], "--url", ers.url],
+                env={k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert shown.returncode == 0, shown.stderr
+            assert "expenses" in shown.stdout and "write_probe" not in shown.stdout
 
             preview = post(
                 client, "/api/emergency/backups/test-rollback", {"backupId": backup["backupId"]}

@@ -21,7 +21,13 @@ from backup import (
     validate_reason,
     validate_snapshot_id,
 )
-from service.backups.replies import created_reply, preview_reply, rollback_reply, snapshot_reply
+from service.backups.replies import (
+    created_reply,
+    init_reply,
+    preview_reply,
+    rollback_reply,
+    snapshot_reply,
+)
 from service.backups.service import BackupsUnavailable
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.incidents.service import NOT_AN_INCIDENT
@@ -58,7 +64,8 @@ def _report(failure: BaseException | None) -> None:
     span.record_exception(failure)
 
 
-def _fail(exc: Exception) -> HTTPException:
+def _fail(exc: Exception, operation: str) -> HTTPException:
+    """The reply for a failed `operation` ("backup", "test rollback", ...), named in it."""
     if isinstance(exc, BackupsUnavailable):
         _report(exc.__cause__)
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
@@ -67,16 +74,16 @@ def _fail(exc: Exception) -> HTTPException:
     if isinstance(exc, RollbackRefused):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
     _report(exc)
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backup failed: {exc}")
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{operation} failed: {exc}")
 
 
 @contextmanager
-def _failures_as_http_errors() -> Iterator[None]:
+def _failures_as_http_errors(operation: str) -> Iterator[None]:
     """A backup failure raised in the block becomes the error reply ``_fail`` makes of it."""
     try:
         yield
     except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, operation) from None
 
 
 class CreateBackup(BaseModel):
@@ -120,35 +127,31 @@ class Rollback(BaseModel):
 
 @router.get("/backups")
 async def list_backups(backups: Backups) -> dict[str, Any]:
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("listing the backups"):
         snapshots = backups.require().list()
-    return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
+    return {**await backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/refresh")
 async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("refreshing the snapshot list"):
         snapshots = await backups.refresh()
-    return {**backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
+    return {**await backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
 
 
 @router.post("/backups/init")
 async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Create the repository if there is none and make it the one the backups go to."""
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("setting up the repository"):
         outcome = await backups.init()
-    return {
-        "repositoryId": outcome.identity.expected_id,
-        "created": outcome.created,
-        "previousRepositoryId": outcome.previous_id,
-    }
+    return init_reply(outcome)
 
 
 @router.get("/backups/{backup_id}", responses=errors(404))
 async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
     snapshot_id = _checked_id(backup_id)
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("reading the snapshot"):
         details = await backups.require().details(snapshot_id)
     return {
         **snapshot_reply(details.snapshot),
@@ -161,7 +164,7 @@ async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
 @router.post("/backups/create")
 async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("backup"):
         # Asked for by a person: a snapshot with its reason even when nothing changed.
         result = await backups.create(components, body.reason, skip_unchanged=False)
     return created_reply(result, body.reason, body.type)
@@ -169,7 +172,7 @@ async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) ->
 
 @router.post("/backups/test-rollback", responses=errors(404, 409))
 async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("test rollback"):
         preview = await backups.require().test_rollback(
             body.backupId, list(body.components) if body.components else None
         )
@@ -216,21 +219,21 @@ async def rollback(
             f"rollback failed at step '{exc.step}'; live state unchanged: {exc}",
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, "rollback") from None
     await asyncio.to_thread(rollbacks.record, body, result, None)
     return rollback_reply(result, body.reason)
 
 
 @router.post("/backups/check")
 async def check_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("repository check"):
         result = await backups.require().check()
     return {"ok": result.ok, "output": result.output_tail}
 
 
 @router.post("/backups/prune")
 async def prune_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
-    with _failures_as_http_errors():
+    with _failures_as_http_errors("prune"):
         manager = backups.require()
         forgotten = await manager.forget(keep_last=backups.settings.max_backups)
         await manager.prune()

@@ -31,7 +31,7 @@ from service.web.routes.breakers import breaker_report
 
 log = logging.getLogger("ers")
 router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead])
-NO_BACKUPS = {"available": 0, "lastBackup": None, "totalSize": "0 B"}
+NO_BACKUPS = {"available": 0, "lastBackup": None, "totalSize": None}
 
 
 @router.get("/status")
@@ -62,7 +62,7 @@ async def status(
             "closed": totals["closed"],
             "halfOpen": totals["half_open"],
         },
-        "backups": backups.summary() if backups is not None else NO_BACKUPS,
+        "backups": await backups.summary() if backups is not None else NO_BACKUPS,
         "health": {
             "overall": report.overall.value if report else "unknown",
             "memoryUsage": (f"{memory.ratio:.0%}" if memory.ratio >= 0.1 else f"{memory.ratio:.1%}")

@@ -1,0 +1,207 @@
+"""What an operator meets with ``ers backup`` against a real ``ers serve`` and real restic: the
+service's own restic never turns a person's request away, a lock held by another process is
+reported for the operation it stopped, the printed undo of a rollback runs as printed, a
+second ``init`` says nothing changed, and ``ers status`` says when backups are unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+
+from backup import BackupManager
+from backup.offsite import OffsiteCopier, OffsiteRepository
+from service.backups.offsite import OffsiteMetrics, copy_once
+from tests.conftest import ErsProcess, start_ers
+from tests.integration.test_cli import BACKUPS_ON, cli_env, ers
+
+pytestmark = pytest.mark.integration
+
+
+async def test_test_rollbacks_wait_for_the_services_own_checks_instead_of_failing(
+    manager: BackupManager,
+) -> None:
+    snapshot = await manager.create(None, "manual")
+    assert snapshot.snapshot_id
+    stop = asyncio.Event()
+
+    async def checks() -> int:
+        # `restic check` holds the repository's exclusive lock for most of its run, as
+        # the schedule's forget, prune and check do.
+        count = 0
+        while not stop.is_set():
+            assert (await manager.check()).ok
+            count += 1
+        return count
+
+    checking = asyncio.create_task(checks())
+    try:
+        # Before: most of these met a check's lock and failed with RepositoryLocked.
+        for _ in range(6):
+            preview = await manager.test_rollback(snapshot.snapshot_id, ["budgets"])
+            assert preview.ok
+    finally:
+        stop.set()
+        checks_run = await checking
+    assert checks_run >= 2  # the test rollbacks ran among checks
+
+
+async def test_checks_and_the_offsite_copy_wait_for_each_other_instead_of_failing(
+    manager: BackupManager, tmp_path: Path
+) -> None:
+    assert (await manager.create(None, "manual")).snapshot_id
+    password = tmp_path / "offsite.pw"
+    password.write_text("offsite-password-5e1d")
+    destination = OffsiteRepository(str(tmp_path / "offsite-repo"), password)
+    copier = OffsiteCopier(manager.restic, destination, timeout=120, cache_dir=tmp_path / "c")
+    meters = MeterProvider()
+    metrics = OffsiteMetrics(meters.get_meter("test"), interval_s=3600)
+    stop = asyncio.Event()
+
+    async def copies() -> int:
+        # `restic copy` shares the source repository; a check wants it alone.
+        count = 0
+        while not stop.is_set():
+            assert await copy_once(copier, metrics, manager.sharing_repository())
+            count += 1
+        return count
+
+    assert await copy_once(copier, metrics)  # the destination exists from here on
+    copying = asyncio.create_task(copies())
+    try:
+        for _ in range(4):
+            assert (await manager.check()).ok
+            await asyncio.sleep(0.2)  # room for a copy to start before the next check
+    finally:
+        stop.set()
+        copies_run = await copying
+        meters.shutdown()
+    assert copies_run >= 2  # the checks ran among copies
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErsProcess]:
+    workdir = tmp_path_factory.mktemp("ers-operator")
+    proc = start_ers(workdir, env=BACKUPS_ON)
+    try:
+        proc.wait_for_backups()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def env(service: ErsProcess, tmp_path: Path) -> dict[str, str]:
+    return cli_env(tmp_path, service.url)
+
+
+def budgets_file(service: ErsProcess) -> Path:
+    return service.log_path.parent / "data" / "budgets.sqlite3"
+
+
+def test_the_printed_undo_of_a_rollback_runs_as_printed(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    created = ers(env, "backup", "create", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    backup_id = created.stdout.split('"backupId": "')[1].split('"')[0]
+    # A change since, so the rollback's safety snapshot is a new one of budgets alone.
+    httpx.post(
+        f"{service.url}/chat",
+        json={"message": "set my food budget to $250", "userId": "undo"},
+        timeout=30,
+    ).raise_for_status()
+    rolled = ers(
+        env, "backup", "rollback", backup_id, "--components", "budgets",
+        "--reason", "bad data", "--yes",
+    )  # fmt: skip
+    assert rolled.returncode == 0, rolled.stderr
+    undo = next(line.strip() for line in rolled.stdout.splitlines() if "--yes" in line)
+    command = shlex.split(undo)
+    assert command[:3] == ["ers", "backup", "rollback"] and "--components" in command, undo
+    safety = command[3]
+
+    # The safety snapshot holds budgets alone: test-rollback and rollback of it without
+    # --components take what it holds (before: refused, naming the components it lacks).
+    previewed = ers(env, "backup", "test-rollback", safety)
+    assert previewed.returncode == 0, previewed.stderr
+    assert "budgets" in previewed.stdout and "conversations" not in previewed.stdout
+
+    undone = ers(env, *command[1:])
+    assert undone.returncode == 0, undone.stderr
+    assert f"to snapshot {safety}" in undone.stdout
+
+
+def test_a_second_init_says_the_repository_was_already_in_use(env: dict[str, str]) -> None:
+    first = ers(env, "backup", "init")
+    assert first.returncode == 0, first.stderr
+    again = ers(env, "backup", "init")
+    assert again.returncode == 0, again.stderr
+    assert "was already the one in use" in again.stdout, again.stdout
+    assert "replaces" not in again.stdout
+
+
+def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
+    env: dict[str, str], service: ErsProcess, tmp_path: Path
+) -> None:
+    created = ers(env, "backup", "create", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    backup_id = created.stdout.split('"backupId": "')[1].split('"')[0]
+    workdir = service.log_path.parent
+    fifo = tmp_path / "new-password"
+    os.mkfifo(fifo)
+    # `restic key passwd` takes the repository's exclusive lock, then waits to read the new
+    # password from the pipe, which nothing writes to: a lock held by another process.
+    holder = subprocess.Popen(
+        ["restic", "key", "passwd", "--new-password-file", str(fifo)],
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": str(workdir / "repo"),
+            "RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(400):  # bounded: until restic has written its lock
+            if any((workdir / "repo" / "locks").iterdir()):
+                break
+            time.sleep(0.025)
+        refused = ers(env, "backup", "test-rollback", backup_id, "--components", "budgets")
+        assert refused.returncode == 5, refused.stderr
+        assert "test rollback failed: the restic repository is in use by PID" in refused.stderr
+        assert f"PID {holder.pid}" in refused.stderr
+        assert "backup failed" not in refused.stderr
+    finally:
+        holder.send_signal(signal.SIGINT)  # restic removes its lock on the way out
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            holder.wait(timeout=30)
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=30)
+    again = ers(env, "backup", "test-rollback", backup_id, "--components", "budgets")
+    assert again.returncode == 0, again.stderr
+
+
+def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:
+    service = start_ers(
+        tmp_path / "ers", env={**BACKUPS_ON, "ERS_RESTIC_BINARY": str(tmp_path / "no-restic")}
+    )
+    try:
+        shown = ers(cli_env(tmp_path, service.url), "status")
+    finally:
+        service.stop()
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("backups"))
+    # Before: "backups  0, last never", as if no backup had ever been made.
+    assert "unavailable: " in row and "last never" not in row, shown.stdout
