@@ -79,6 +79,10 @@ def undo_interrupted_swap(settings: Settings) -> None:
             raise
 
 
+# The status shows the live state's size; it is read again at most this often.
+SIZE_READ_EVERY_S = 10.0
+
+
 def finds_no_state(data_dir: Path) -> bool:
     """True on the first start of a brand-new data directory: no component file and no record
     of a backup repository. Only then may the service create the repository on its own.
@@ -139,6 +143,8 @@ class BackupService:
         # Set once the first attempt to open the repository has ended, however it ended.
         self.first_attempt_done = asyncio.Event()
         self.connection_failures = 0
+        # When the live state's size was read, and what it was (or why it was not known).
+        self._size: tuple[float, int | str] | None = None
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
         self.last_drill_at: float | None = None
@@ -272,12 +278,29 @@ class BackupService:
             "available": len(snapshots),
             "lastBackup": last.isoformat().replace("+00:00", "Z") if last else None,
         }
+        size = await self._live_size()
+        if isinstance(size, int):
+            reply["totalSize"] = human_size(size)
+        else:
+            reply |= {"totalSize": None, "sizeError": size}
+        return reply
+
+    async def _live_size(self) -> int | str:
+        """The live state's bytes, or why they are not known; read at most every
+        ``SIZE_READ_EVERY_S`` (on PostgreSQL it is a query on a connection of its own, and
+        the status is read often)."""
+        now = time.monotonic()
+        if self._size is not None and now - self._size[0] < SIZE_READ_EVERY_S:
+            return self._size[1]
+        assert self.manager is not None
+        size: int | str
         try:
-            reply["totalSize"] = human_size(sum((await self.manager.backend.live_sizes()).values()))
+            size = sum((await self.manager.backend.live_sizes()).values())
         except BackupError as exc:
             log.warning("the live state's size is not known: %s", exc)
-            reply |= {"totalSize": None, "sizeError": str(exc)}
-        return reply
+            size = str(exc)
+        self._size = (now, size)
+        return size
 
     # --- operations ---------------------------------------------------------------------
 
