@@ -20,24 +20,27 @@ from bench.loadgen import build_post
 from tests.conftest import start_ers
 
 CONNECTIONS = 32
-MAX_BURSTS = 20
+MAX_BURSTS = 40
 
 
 def _send_burst(host: str, port: int, burst: int) -> list[tuple[str, int, dict[str, str], bytes]]:
     """Open the connections first, then write one request on each as fast as possible, so
     that many reach the server in the same turn of its loop; a status request goes in the
     middle. Returns (what was sent, status, headers, body) in order."""
+    # Every request is built before the first is sent: the writes then follow each other
+    # with nothing in between.
+    sent, requests = [], []
+    for i in range(CONNECTIONS):
+        if i == CONNECTIONS // 2:
+            sent.append("status")
+            requests.append(f"GET /api/emergency/status HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        else:
+            sent.append(f"budget report {burst}-{i}")
+            requests.append(build_post(host, "/chat", {"message": sent[-1], "userId": "flood"}))
     sockets = [socket.create_connection((host, port), timeout=10) for _ in range(CONNECTIONS)]
     try:
-        sent = []
-        for i, sock in enumerate(sockets):
-            if i == CONNECTIONS // 2:
-                sock.sendall(f"GET /api/emergency/status HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-                sent.append("status")
-            else:
-                message = f"budget report {burst}-{i}"
-                sock.sendall(build_post(host, "/chat", {"message": message, "userId": "flood"}))
-                sent.append(message)
+        for sock, request in zip(sockets, requests, strict=True):
+            sock.sendall(request)
         replies = []
         for what, sock in zip(sent, sockets, strict=True):
             reply = http.client.HTTPResponse(sock)
