@@ -8,10 +8,6 @@ store in one transaction and publishes what happened to subscribers.
 Once woken, the worker lingers briefly (``linger_s``, or until a batch is full or a flush is
 asked for) so that a storm is written in a few large transactions instead of one per failure:
 a transaction per span would cost the request path more CPU than the failures themselves.
-While errors keep coming (the last batch was written less than ``storm_linger_s`` ago) it
-lingers ``storm_linger_s`` instead: a batch's cost is mostly per transaction, and the worker
-shares the GIL and the cores with the event loop, which a storm keeps busy. The first error
-after a quiet spell still waits only ``linger_s``.
 
 The processor knows nothing of incidents themselves: it hands each batch of classified records
 to its sink (``ClassifiedSink``, the incident store), and passes what the sink returns, one
@@ -26,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -72,7 +67,6 @@ class IncidentProcessor(SpanProcessor):
         keep_span_records: bool = True,
         idle_wait_s: float = 0.5,
         linger_s: float = 0.05,
-        storm_linger_s: float = 0.2,
         ignore: Callable[[ReadableSpan], bool] | None = None,
     ) -> None:
         """``ignore``: error spans it returns True for are not incidents (e.g. the server
@@ -85,9 +79,6 @@ class IncidentProcessor(SpanProcessor):
         self.keep_span_records = keep_span_records
         self._idle_wait_s = idle_wait_s
         self._linger_s = linger_s
-        self._storm_linger_s = max(linger_s, storm_linger_s)
-        # time.monotonic() when the last batch was written; -inf: none yet.
-        self._last_batch_at = float("-inf")
         # Set when the worker should stop lingering: a full batch, a flush, shutdown.
         self._hurry = threading.Event()
         self._queue: deque[ReadableSpan | SpanRecord | _FlushMarker] = deque()
@@ -205,11 +196,8 @@ class IncidentProcessor(SpanProcessor):
                     return
                 self._wake.wait(self._idle_wait_s)
                 continue
-            linger = self._linger_s
-            if time.monotonic() - self._last_batch_at < self._storm_linger_s:
-                linger = self._storm_linger_s
-            if linger > 0 and len(queue) < self.batch_size:
-                self._hurry.wait(linger)
+            if self._linger_s > 0 and len(queue) < self.batch_size:
+                self._hurry.wait(self._linger_s)
             self._hurry.clear()
             batch: list[ReadableSpan | SpanRecord] = []
             marker = None
@@ -225,7 +213,6 @@ class IncidentProcessor(SpanProcessor):
                 except Exception:  # the worker must outlive any one batch
                     self._failed += len(batch)
                     log.exception("could not process %d error spans", len(batch))
-                self._last_batch_at = time.monotonic()
             if marker is not None:
                 marker.set()
 

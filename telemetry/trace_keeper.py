@@ -9,12 +9,6 @@ conversion): spans become ``SpanRecord`` values only when a kept trace is read. 
 services send to the OTLP intake arrive as records (``keep_records``) and are kept the same
 way. With an archive, every kept trace is also written to disk (off the caller's thread for
 spans ending here), and a trace no longer in memory is read from there.
-
-Once the archive has written a kept trace, the kept area holds the written document (one
-string) instead of the spans: a string is nothing the cyclic garbage collector looks at, while
-a kept span is a dozen objects it does. Under an error storm the kept spans were most of what
-survived each request, and their growth set off a collection on the event loop (a pause of
-milliseconds) every few hundred failures.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from opentelemetry.context import Context
@@ -32,15 +25,12 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from telemetry.span_record import SpanRecord
-from telemetry.trace_archive import TraceArchive, as_record, decode_trace
+from telemetry.trace_archive import TraceArchive, as_record
 
 ERROR = StatusCode.ERROR
 
 
 KeptSpan = ReadableSpan | SpanRecord
-# A kept trace the archive has written: its span count and the document written.
-Compact = tuple[int, str]
-Kept = list[KeptSpan] | Compact
 
 
 @dataclass(slots=True)
@@ -68,7 +58,7 @@ class TraceKeeper(SpanProcessor):
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._pending_spans = 0
-        self._kept: OrderedDict[int, Kept] = OrderedDict()
+        self._kept: OrderedDict[int, list[KeptSpan]] = OrderedDict()
         self._kept_spans = 0
         self._next_sweep = clock() + linger_s
         self.traces_kept = 0
@@ -83,12 +73,13 @@ class TraceKeeper(SpanProcessor):
         is_error = span.status.status_code is ERROR
         parent = span.parent
         with self._lock:
-            if trace_id in self._kept:  # a late span of a trace already kept
-                kept = self._kept_spans_of(trace_id)
+            kept = self._kept.get(trace_id)
+            if kept is not None:  # a late span of a trace already kept
                 kept.append(span)
                 self._kept_spans += 1
                 self._evict_over_budget()
-                self._archive(trace_id, kept)
+                if self.archive is not None:
+                    self.archive.offer(trace_id, kept)
                 return
             pending = self._pending.get(trace_id)
             is_root = parent is None or parent.is_remote
@@ -118,26 +109,8 @@ class TraceKeeper(SpanProcessor):
         self._kept_spans += len(pending.spans)
         self.traces_kept += 1
         self._evict_over_budget()
-        self._archive(trace_id, pending.spans)
-
-    def _archive(self, trace_id: int, spans: list[KeptSpan]) -> None:
         if self.archive is not None:
-            self.archive.offer(trace_id, spans, partial(self._written, trace_id, spans, len(spans)))
-
-    def _written(self, trace_id: int, spans: list[KeptSpan], count: int, document: str) -> None:
-        """The archive wrote the trace: keep its document in place of its spans, unless
-        a span joined it since (then the next write of it will do)."""
-        with self._lock:
-            if self._kept.get(trace_id) is spans and len(spans) == count:
-                self._kept[trace_id] = (count, document)
-
-    def _kept_spans_of(self, trace_id: int) -> list[KeptSpan]:
-        """A kept trace's spans as a list that can grow, read back from its document when
-        the archive has written it. Under the lock."""
-        kept = self._kept[trace_id]
-        if isinstance(kept, tuple):
-            kept = self._kept[trace_id] = list(decode_trace(kept[1]))
-        return kept
+            self.archive.offer(trace_id, pending.spans)
 
     def keep_records(self, records: list[SpanRecord]) -> int:
         """Keep the traces among ``records`` (spans another service sent) that have an error,
@@ -147,10 +120,10 @@ class TraceKeeper(SpanProcessor):
         by_trace: dict[int, list[SpanRecord]] = {}
         for record in records:
             by_trace.setdefault(int(record.trace_id, 16), []).append(record)
-        written: list[tuple[int, list[KeptSpan], list[KeptSpan]]] = []
+        written: list[tuple[int, list[KeptSpan]]] = []
         with self._lock:
             for trace_id, spans in by_trace.items():
-                kept = self._kept_spans_of(trace_id) if trace_id in self._kept else None
+                kept = self._kept.get(trace_id)
                 pending = None if kept is not None else self._pending.get(trace_id)
                 if pending is not None:
                     # Its local root is still running here: the trace is settled with it, so
@@ -170,11 +143,11 @@ class TraceKeeper(SpanProcessor):
                     spans = [span for span in spans if span.span_id not in have]
                 kept.extend(spans)
                 self._kept_spans += len(spans)
-                written.append((trace_id, kept, list(kept)))
+                written.append((trace_id, list(kept)))
             self._evict_over_budget()
         if self.archive is not None:
-            for trace_id, kept, spans in written:
-                self._written(trace_id, kept, len(spans), self.archive.write(trace_id, spans))
+            for trace_id, spans in written:
+                self.archive.write(trace_id, spans)
         return len(written)
 
     def _settle_oldest(self) -> None:
@@ -194,8 +167,8 @@ class TraceKeeper(SpanProcessor):
 
     def _evict_over_budget(self) -> None:
         while self._kept_spans > self.span_budget and len(self._kept) > 1:
-            _, kept = self._kept.popitem(last=False)
-            self._kept_spans -= kept[0] if isinstance(kept, tuple) else len(kept)
+            _, spans = self._kept.popitem(last=False)
+            self._kept_spans -= len(spans)
             self.traces_evicted += 1
 
     def get_trace(self, trace_id_hex: str) -> list[SpanRecord] | None:
@@ -206,14 +179,12 @@ class TraceKeeper(SpanProcessor):
         except ValueError:
             return None
         with self._lock:
-            kept = self._kept.get(trace_id)
-            if kept is None:
+            spans = self._kept.get(trace_id)
+            if spans is None:
                 pending = self._pending.get(trace_id)
-                kept = pending.spans if pending is not None and pending.has_error else None
-            spans = list(kept) if isinstance(kept, list) else None
-        if isinstance(kept, tuple):
-            records = decode_trace(kept[1])
-        elif spans is not None:
+                spans = pending.spans if pending is not None and pending.has_error else None
+            spans = list(spans) if spans is not None else None
+        if spans is not None:
             records = [as_record(span) for span in spans]
         elif self.archive is not None:  # kept before a restart, or evicted from memory
             stored = self.archive.get(format(trace_id, "032x"))

@@ -274,28 +274,3 @@ def test_a_full_batch_is_written_without_waiting_for_the_linger(
     assert written.wait(10), "a full batch waited for the 30 s linger"
     assert processor.spans_classified == 10
     processor.shutdown()
-
-
-def test_errors_that_keep_coming_wait_the_storm_linger(
-    store: IncidentStore, default_classifier: Classifier
-) -> None:
-    processor = IncidentProcessor(store, default_classifier, linger_s=0, storm_linger_s=30.0)
-    batches: list[int] = []
-    written = threading.Event()
-
-    def heard(event: GroupOutcome) -> None:
-        batches.append(event.occurrences)
-        written.set()
-
-    processor.subscribe(heard)
-    assert processor.submit_record(error_record())
-    assert written.wait(10), "the first error after a quiet spell waited for the storm linger"
-    written.clear()
-    for _ in range(5):
-        assert processor.submit_record(error_record())
-    # A batch was just written: these are a storm's, and wait for the storm linger.
-    assert not written.wait(0.2)
-    assert processor.force_flush()
-    assert batches == [1, 5]
-    assert store.list()[0][0].count == 6
-    processor.shutdown()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
 from telemetry.trace_keeper import TraceKeeper, span_tree
@@ -181,73 +181,3 @@ def test_intake_spans_arriving_while_the_local_root_runs_are_kept_with_all_its_s
     assert sorted(r.name for r in records) == ["POST /chat", "POST /chat", "agent.helper"]
     assert keeper.stats()["traces_pending"] == 0
     assert "agent" in {node["service"] for node in span_tree(records)}
-
-
-def test_a_written_trace_lets_go_of_its_spans_and_reads_the_same(tmp_path) -> None:  # noqa: ANN001
-    import gc
-    import weakref
-
-    from telemetry.trace_archive import TraceArchive
-
-    archive = TraceArchive(tmp_path / "kept-traces.sqlite3")
-    keeper, provider = keeper_and_tracer(archive=archive)
-    ended: list[weakref.ref[object]] = []
-
-    class Watch(SpanProcessor):
-        def on_end(self, span: ReadableSpan) -> None:
-            ended.append(weakref.ref(span))
-
-    provider.add_span_processor(Watch())
-    trace_id = run_trace(provider, fail=True, children=3)
-    before = [r.to_dict() for r in keeper.get_trace(trace_id) or []]
-    archive.close()  # writes what is queued; the keeper then holds the written document
-    gc.collect()
-    assert len(ended) == 4 and all(ref() is None for ref in ended)
-    assert [r.to_dict() for r in keeper.get_trace(trace_id) or []] == before
-    assert keeper.stats()["spans_kept_now"] == 4
-
-
-def test_a_late_span_joins_a_trace_already_written(tmp_path) -> None:  # noqa: ANN001
-    from telemetry.trace_archive import TraceArchive
-
-    path = tmp_path / "kept-traces.sqlite3"
-    archive = TraceArchive(path, linger_s=0)
-    keeper, provider = keeper_and_tracer(archive=archive, span_budget=5)
-    tracer = provider.get_tracer("tests")
-    with tracer.start_as_current_span("POST /chat") as root:
-        with tracer.start_as_current_span("agent.npa") as span:
-            span.set_status(Status(StatusCode.ERROR, "boom"))
-        late = tracer.start_span("agent.cleanup")  # ends after its root
-    trace_id = format(root.get_span_context().trace_id, "032x")
-    keeper.shutdown()  # the archive wrote the trace: it is kept as its document
-    late.end()
-    assert sorted(r.name for r in keeper.get_trace(trace_id) or []) == [
-        "POST /chat",
-        "agent.cleanup",
-        "agent.npa",
-    ]
-    assert keeper.stats()["spans_kept_now"] == 3
-    newer = run_trace(provider, fail=True, children=3)  # 4 more spans: over the budget of 5
-    # The written trace (3 spans) went for the newer one: one trace of 4 spans in memory.
-    assert keeper.stats()["traces_kept_now"] == 1 and keeper.stats()["traces_evicted"] == 1
-    assert len(keeper.get_trace(newer) or []) == 4
-    assert keeper.stats()["spans_kept_now"] == 4
-
-
-def test_the_archive_writes_a_burst_of_traces_bounded_to_the_newest(tmp_path) -> None:  # noqa: ANN001
-    from telemetry.trace_archive import TraceArchive
-    from tests.telemetry.conftest import error_record
-
-    path = tmp_path / "kept-traces.sqlite3"
-    archive = TraceArchive(path, max_traces=3)
-    trace_ids = [format(n, "032x") for n in range(1, 8)]
-    written: list[str] = []
-    for trace_id in trace_ids:
-        record = error_record("charge", trace_id=trace_id)
-        archive.offer(int(trace_id, 16), [record], written.append)
-    archive.close()
-    assert len(written) == 7
-    reopened = TraceArchive(path, max_traces=3)
-    assert [t for t in trace_ids if reopened.get(t) is not None] == trace_ids[-3:]
-    assert [r.name for r in reopened.get(trace_ids[-1]) or []] == ["charge"]
-    reopened.close()
