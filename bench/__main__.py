@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         results[module] = run_one(module, args.timeout)
         print(f"== {module}: {time.perf_counter() - started:.0f} s", flush=True)
     lines = table(results)
+    command = f"python -m bench --only {' '.join(args.only)}" if args.only else "make bench"
     header = (
-        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')}, {machine()}, "
+        f"Measured by `{command}` on {time.strftime('%Y-%m-%d')}, {machine()}, "
         f"load average {load_at_start:.1f} when the run began."
     )
     print()
