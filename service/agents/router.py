@@ -79,7 +79,8 @@ CAN_HELP_WITH = {
 def general_answer(intents: Iterable[str] = INTENTS) -> str:
     """The router's answer to a message no agent of the team takes: what the agents of
     ``intents`` (the routed ones) can help with."""
-    offers = [CAN_HELP_WITH[intent] for intent in INTENTS if intent in set(intents)]
+    routed = set(intents)
+    offers = [CAN_HELP_WITH[intent] for intent in INTENTS if intent in routed]
     if not offers:
         return "No agent of this team answers questions yet; ask the operator to add one."
     if len(offers) == 1:

@@ -112,9 +112,20 @@ async def test_an_unrouted_intent_gets_the_routers_general_answer(
     reply = await team.router.handle(AgentRequest("how much did I spend on my budget", "u1"))
     assert reply.agent == "router"
     assert "budget" in team.guards
-    # It offers what the team answers (its one routed agent), not budgets.
-    assert reply.content.startswith("I can help with meal plans and calories")
-    assert "budget" not in reply.content
+    # It offers what the team's routed agents answer, not budgets.
+    assert reply.content.startswith("I can help with two things: meal plans and calories")
+    assert "weekly workout plans" in reply.content and "budget" not in reply.content
+
+
+async def test_the_general_answer_offers_every_routed_agent(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    agents = {**DEFAULT_TEAM, "workout": {"kind": "python", "factory": "workout"}}
+    team = team_of(make_settings(tmp_path, agents=agents), sqlite_stores)
+    reply = await team.router.handle(AgentRequest("hello there", "u1"))
+    assert reply.agent == "router"
+    assert reply.content.startswith("I can help with three things: meal plans"), reply.content
+    assert "weekly workout plans" in reply.content and "monthly budgets" in reply.content
 
 
 def test_an_agent_nothing_reaches_is_named_at_start_up(
