@@ -160,14 +160,14 @@ async def resolve(
     incidents.observe_recovery(resolved)
     # The responder isolated agents for this incident; its cause is fixed, so they take
     # trial calls again (half-open) instead of waiting out the isolation's time.
-    view["released"] = [
-        guard.name
-        for guard in team.guards.values()
-        if (forcing := guard.breaker.forcing) is not None
-        and forcing.source == "responder"
-        and f"incident {incident_id}:" in forcing.reason
-        and guard.breaker.release(source=who)
-    ]
+    released = []
+    for guard in team.guards.values():
+        forcing = guard.breaker.forcing
+        mine = f"incident {incident_id}:"
+        if forcing and forcing.source == "responder" and mine in forcing.reason:
+            guard.breaker.release(source=who)
+            released.append(guard.name)
+    view["released"] = released
     # The system state follows at once: the status must not say "1 critical incident
     # active" beside "active incidents 0".
     await incidents.changed_by_hand()
