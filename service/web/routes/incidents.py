@@ -160,10 +160,9 @@ async def resolve(
     incidents.observe_recovery(resolved)
     # The responder isolated agents for this incident; its cause is fixed, so they take
     # trial calls again (half-open) instead of waiting out the isolation's time.
-    released = []
+    released, mine = [], f"incident {incident_id}:"
     for guard in team.guards.values():
         forcing = guard.breaker.forcing
-        mine = f"incident {incident_id}:"
         if forcing and forcing.source == "responder" and mine in forcing.reason:
             guard.breaker.release(source=who)
             released.append(guard.name)
