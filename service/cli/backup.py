@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from service.cli.backup_offline import COMPONENTS, run_offline
-from service.cli.backup_tables import TABLES
+from service.cli.backup_tables import TABLES, undo_command
 from service.cli.output import (
     FAILED,
     OK,
@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         result = _online(args)
     if args.action == "create" and result.get("backupId") is None:
         result["unchangedSince"] = _unchanged_since(result, args)
+    if args.action == "rollback":
+        result["undoCommand"] = undo_command(result, offline=args.offline)
     emit(args, result, TABLES[args.action])
     if args.action in ("check", "drill") and not result.get("ok"):
         return FAILED

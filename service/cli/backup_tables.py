@@ -117,17 +117,18 @@ def _rollback_table(out: Console, data: dict[str, Any]) -> None:
     )
     out.print(f"the state before is in snapshot {short_id(data['safetyBackupId'])}; to undo this:")
     # One line however narrow the terminal, so that it can be copied and run as it is.
-    out.print(f"  {undo_command(data)}", soft_wrap=True, markup=False, highlight=False)
+    out.print(f"  {data['undoCommand']}", soft_wrap=True, markup=False, highlight=False)
     for note in data.get("restored") or []:
         out.print(note)
 
 
-def undo_command(data: dict[str, Any]) -> str:
-    """The command that puts back what a rollback replaced, complete as printed."""
+def undo_command(data: dict[str, Any], *, offline: bool) -> str:
+    """The command that puts back what a rollback replaced, complete as printed: an offline
+    rollback's undo is offline too, since the service it ran without is not there to ask."""
     safety, target = short_id(data["safetyBackupId"]), short_id(data["backupId"])
     return (
         f"ers backup rollback {safety} --components {' '.join(data['components'])} "
-        f'--reason "undo the rollback to {target}" --yes'
+        f'--reason "undo the rollback to {target}" --yes' + (" --offline" if offline else "")
     )
 
 

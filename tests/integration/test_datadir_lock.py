@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -123,7 +124,8 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
 
     rolled = offline_rollback(tmp_path, backup_id)
     assert rolled.returncode == 0, rolled.stderr
-    assert json.loads(rolled.stdout)["safetyBackupId"]
+    rollback = json.loads(rolled.stdout)
+    assert rollback["safetyBackupId"]
     assert budgets(tmp_path) == [("food", 10000)]
     # ... and a service started afterwards reads the rolled-back state.
     restarted = start_ers(tmp_path)
@@ -134,6 +136,14 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
         assert report.status_code == 200 and "$100" in report.text, report.text
     finally:
         assert restarted.stop() == 0
+
+    # The printed undo of an offline rollback is offline too, and runs as printed with no
+    # service to ask (before: it lacked --offline and failed to reach one).
+    undo = shlex.split(rollback["undoCommand"])
+    assert undo[:3] == ["ers", "backup", "rollback"] and "--offline" in undo, undo
+    undone = ers(tmp_path, *undo[1:])
+    assert undone.returncode == 0, undone.stderr
+    assert budgets(tmp_path) == [("food", 30000)]
 
 
 def test_after_a_kill_9_the_lock_file_left_behind_blocks_nothing(tmp_path: Path) -> None:
