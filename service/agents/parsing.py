@@ -42,10 +42,11 @@ _FIGURE = (
 )
 _PLAIN_FIGURE = re.compile(r"\d+(?:[.,]\d+)?")
 _ANY_DIGIT = re.compile(r"\d")  # every figure pattern needs one (\d, as they use it)
-_NOT_AN_AGE = (
-    r"kg|kilo|cm|lb|pound|ft|feet|foot|inch|m\b|%|percent|weeks?|days?|months?|hours?"
-    r"|min|times|x\b|reps?|sets?|dollars|euros?|bucks|steps?|['\"]"
+_NOT_A_PROFILE_FIGURE = (
+    r"%|percent|weeks?|days?|months?|hours?|min|times|x\b|reps?|sets?|dollars|euros?|bucks"
+    r"|steps?|['\"]"
 )
+_NOT_AN_AGE = rf"kg|kilo|cm|lb|pound|ft|feet|foot|inch|m\b|{_NOT_A_PROFILE_FIGURE}"
 _AGE = (
     re.compile(rf"\b(?:i am|i'm|im|age|aged)\s*{_FIGURE}(?!\w)(?!\s*(?:{_NOT_AN_AGE}))"),
     re.compile(rf"{_FIGURE}\s*(?:years? old|yo|y/o)\b"),
@@ -53,6 +54,12 @@ _AGE = (
 _WEIGHT_KG = re.compile(rf"{_FIGURE}\s*(?:kg|kgs|kilos?|kilograms?)\b")
 _WEIGHT_LB = re.compile(rf"{_FIGURE}\s*(?:lb|lbs|pounds?)\b")
 _HEIGHT_CM = re.compile(rf"{_FIGURE}\s*(?:cm|centimet(?:er|re)s?)\b")
+# "I weigh 80 kg", "my height is 180 cm", "I am 30": a figure said of oneself, which is saved
+# even as the message's one profile fact.
+_OF_ONESELF = re.compile(
+    rf"\b(?:i weigh|i am|i'm|im|my (?:weight|height|age)(?: is)?)\s+(?:about\s+|around\s+)?"
+    rf"{_FIGURE}(?!\s*(?:{_NOT_A_PROFILE_FIGURE}))"
+)
 _HEIGHT_M = re.compile(rf"(?P<minus>(?<![\w.,])[{_MINUS}])?\b(?P<figure>\d\.\d{{1,2}})\s*m\b")
 # "lose 5 kg" is a goal, not a weight.
 _CHANGE = re.compile(
@@ -155,10 +162,11 @@ def _height_cm(text: str) -> float | None:
 
 
 def parse_profile_facts(message: str) -> dict[str, Any]:
-    """The profile fields a message states, e.g. 'I am 30, 80 kg, 180 cm, male'.
+    """The profile fields a message states about the person, to be saved: two or more, as in
+    'I am 30, 80 kg, 180 cm, male', or one figure said of oneself, as in 'I weigh 80 kg'.
 
     Raises NotUnderstood when a stated age cannot be taken as written, or a weight or height
-    in a message that states at least one other profile fact.
+    in a message that states another profile fact or says the figure of oneself.
     """
     text = message.lower()
     facts: dict[str, Any] = {}
@@ -184,12 +192,15 @@ def parse_profile_facts(message: str) -> dict[str, Any]:
             facts["goal"] = goal
             break
     # "I am 999" can only be an age; "bought 10 kg of rice" is not a weight unless the
-    # message also says something else about the person.
+    # message also says something else about the person, or says it of the person.
     if "age" in refused:
         raise refused["age"]
-    if refused and len(facts) + len(refused) >= 2:
+    about_the_person = len(facts) + len(refused) >= 2 or bool(
+        (facts or refused) and _OF_ONESELF.search(text)
+    )
+    if refused and about_the_person:
         raise next(iter(refused.values()))
-    return facts
+    return facts if about_the_person else {}
 
 
 # --- money ---------------------------------------------------------------------------------

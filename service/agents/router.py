@@ -137,7 +137,7 @@ class RouterAgent:
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         facts = parse_profile_facts(request.message) if not request.synthetic else {}
-        saved = len(facts) >= 2
+        saved = bool(facts)
         writes = (UpdateProfile.of(request.user_id, **facts),) if saved else ()
         decision = route(request.message)
         target = None if decision.agent is None else self._routes.get(decision.agent)

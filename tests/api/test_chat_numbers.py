@@ -65,6 +65,7 @@ async def test_an_amount_not_taken_as_written_records_nothing(
         ("I am 30, 900 lbs, male", "900 lbs", "more than 20 and at most 400 kg"),
         ("I am 30, 1e2 kg, male", "1e2 kg", "plain digits"),
         ("I am 30, 80 kg, 3.10 m, male", "3.10 m", "at most 260 cm"),
+        ("my weight is -80 kg", "-80 kg", "cannot be negative"),
     ],
 )
 async def test_a_profile_figure_not_taken_as_written_saves_nothing(

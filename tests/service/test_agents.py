@@ -138,6 +138,17 @@ async def test_router_saves_profile_facts_and_confirms(stores: Stores) -> None:
     assert profile is not None and profile.missing_for_energy() == []
 
 
+async def test_router_saves_one_figure_said_of_oneself(stores: Stores) -> None:
+    router = RouterAgent({})
+    reply = await answered(stores, router, AgentRequest("I weigh 80 kg", "u1"))
+    assert "Saved your profile: weight kg 80.0" in reply.content
+    profile = await stores.profiles.get("u1")
+    assert profile is not None and profile.weight_kg == 80.0
+    # A weight that is not said of the person is not theirs.
+    await answered(stores, router, AgentRequest("bought 30 kg of rice", "u2"))
+    assert await stores.profiles.get("u2") is None
+
+
 async def test_router_hands_off_to_the_chosen_agent(stores: Stores) -> None:
     agents = {"nutrition": NutritionAgent(stores.profiles), "budget": BudgetAgent(stores.budgets)}
     router = RouterAgent(agents)

@@ -46,7 +46,14 @@ def test_profile_sentence_from_the_product_brief() -> None:
                 "goal": "lose",
             },
         ),
-        ("I am not active", {"activity": "sedentary"}),
+        ("I am not active, male", {"activity": "sedentary", "sex": "male"}),
+        # One fact alone is saved when it is a figure said of oneself.
+        ("I weigh 80 kg", {"weight_kg": 80.0}),
+        ("my height is 180 cm", {"height_cm": 180.0}),
+        ("I am 30", {"age": 30}),
+        ("I'm about 176 lbs", {"weight_kg": 79.8}),
+        ("I am not active", {}),
+        ("carry 25 kg for 10 reps", {}),
         ("plan my meals", {}),
     ],
 )
@@ -144,6 +151,9 @@ def test_the_cap_is_one_million() -> None:
         ("female, 0.80 m", "a height must be more than 80 and at most 260 cm"),
         ("I am 30, 1e2 kg", "plain digits"),
         ("I am 30, 1,200.5 kg", "plain digits"),
+        # Said of oneself, a lone figure is refused rather than passed over.
+        ("my weight is -80 kg", "a weight cannot be negative"),
+        ("I weigh 900 kg", "a weight must be more than 20 and at most 400 kg"),
     ],
 )
 def test_profile_figures_not_taken_as_written(text: str, reason: str) -> None:
