@@ -32,14 +32,16 @@ class MinimalMode:
         self._wall_clock = wall_clock
         self._until = 0.0
         self.reason = ""
+        self.incident: str | None = None  # the incident that turned it on, named in replies
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def enter(self, seconds: float, reason: str) -> None:
+    def enter(self, seconds: float, reason: str, incident: str | None = None) -> None:
         self._until = max(self._until, self._clock() + seconds)
         self.reason = reason
+        self.incident = incident
         self._changed()
 
     def leave(self) -> bool:
@@ -52,7 +54,11 @@ class MinimalMode:
     def record(self) -> dict[str, object] | None:
         if not self.active:
             return None
-        return {"until": self._wall_clock() + self.remaining_s(), "reason": self.reason}
+        return {
+            "until": self._wall_clock() + self.remaining_s(),
+            "reason": self.reason,
+            "incident": self.incident,
+        }
 
     def resume(self, record: dict[str, object]) -> str | None:
         """Put back a kept record whose moment has not passed; what was done, in words."""
@@ -61,6 +67,8 @@ class MinimalMode:
             return None
         self._until = self._clock() + left
         self.reason = str(record["reason"])
+        incident = record.get("incident")
+        self.incident = None if incident is None else str(incident)
         return f"minimal response mode for {left:.0f} s more ({self.reason[:200]})"
 
     def _changed(self) -> None:
@@ -80,6 +88,7 @@ class MinimalMode:
             "active": active,
             "remainingSeconds": round(self.remaining_s(), 1) if active else 0,
             "reason": self.reason if active else None,
+            "incident": self.incident if active else None,
         }
 
 
@@ -102,5 +111,6 @@ class MinimalModeGate:
             success=False,
             degraded=True,
             fallback="minimal",
+            incident=self.mode.incident,
             data={"cause": f"minimal response mode: {self.mode.reason[:200]}"},
         )

@@ -261,7 +261,7 @@ class Responder:
                 "minimal_response_mode", "not_available", "chat has no minimal mode here"
             )
         ttl_s = context.ttl_s or self.isolate_ttl_s
-        self.minimal_mode.enter(ttl_s, context.reason)
+        self.minimal_mode.enter(ttl_s, context.reason, context.incident_id)
         return ActionResult(
             "minimal_response_mode",
             "success",

@@ -246,8 +246,11 @@ class IncidentService:
         """Name the agent's incident and what was done about it in a degraded reply: for a
         failed call, the incident of its error (none yet when this is the error's first
         failure: the incident is written off the request path); for a call turned away
-        (breaker, cooldown, bulkhead), the agent's latest incident."""
-        if reply.data.get("outcome") in ("failure", "timeout"):
+        (breaker, cooldown, bulkhead), the agent's latest incident. A reply that names its
+        incident already (minimal mode's) keeps it."""
+        if reply.incident is not None:
+            incident_id: str | None = reply.incident
+        elif reply.data.get("outcome") in ("failure", "timeout"):
             incident_id = self._latest_by_cause.get((reply.agent, reply.data.get("cause")))
         else:
             incident_id = self._latest.get(reply.agent)

@@ -22,6 +22,7 @@ async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.A
         "active": False,
         "remainingSeconds": 0,
         "reason": None,
+        "incident": None,
     }
     not_on = await client.delete("/api/emergency/minimal-mode")
     assert not_on.status_code == 200 and not_on.json()["ended"] is False
@@ -39,9 +40,14 @@ async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.A
         await asyncio.sleep(0.1)
     shown = (await status(client))["minimalMode"]
     assert shown["active"] is True and shown["remainingSeconds"] > 0
-    assert shown["reason"]
+    assert shown["reason"] and shown["incident"].startswith("INC_")
     minimal = (await client.post("/chat", json={"message": "make me a workout plan"})).json()
     assert minimal["response"] == MINIMAL_ANSWER and minimal["emergency"] is True
+    # The reply names the critical incident that put chat in this mode (before: null).
+    assert minimal["incident"] == shown["incident"]
+    incident = await client.get(f"/api/emergency/incidents/{shown['incident']}")
+    assert incident.status_code == 200
+    assert incident.json()["classification"]["severity"] == "critical"
 
     assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
     ended = await client.delete("/api/emergency/minimal-mode")

@@ -322,9 +322,11 @@ def test_minimal_mode_survives_kill_9_until_its_moment(tmp_path: Path) -> None:
         with httpx.Client(base_url=ers.url, timeout=10) as http:
             after = http.get("/api/emergency/status").json()["minimalMode"]
             assert after["active"] is True and after["reason"] == before["reason"]
+            assert after["incident"] == before["incident"] and before["incident"]
             assert 0 < after["remainingSeconds"] <= before["remainingSeconds"]
             chat = http.post("/chat", json={"message": "make me a workout plan"}).json()
             assert chat["emergency"] is True and chat["recovery"]["fallback"] == "minimal"
+            assert chat["incident"] == before["incident"]
             ended = http.delete("/api/emergency/minimal-mode")
             assert ended.status_code == 200 and ended.json()["ended"] is True
             for _ in range(50):

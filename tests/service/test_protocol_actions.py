@@ -142,6 +142,7 @@ async def minimal_response_mode_answers_chat_without_agents(rig: Rig) -> None:
     assert (await rig.run("minimal_response_mode", component="core")).result == "success"
     during = (await chat.chat("plan my meals for today", "u1")).as_seed_shape()
     assert during["response"] == MINIMAL_ANSWER and during["emergency"] is True
+    assert during["incident"] == "INC_minimal_response_mode"
     assert agent.calls == 1
     rig.minimal.leave()
     after = (await chat.chat("plan my meals for today", "u1")).as_seed_shape()
