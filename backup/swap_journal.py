@@ -77,6 +77,16 @@ class Undone:
             f"by its safety snapshot {journal.safety_snapshot_id[:8]}"
         )
 
+    def record(self) -> dict[str, object]:
+        """For the audit trail."""
+        return {
+            "backupId": self.journal.snapshot_id,
+            "safetyBackupId": self.journal.safety_snapshot_id,
+            "putBack": list(self.put_back),
+            "removed": list(self.removed),
+            "untouched": list(self.untouched),
+        }
+
 
 @dataclass(frozen=True)
 class SwapJournal:

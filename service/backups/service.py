@@ -67,16 +67,18 @@ class BackupsUnavailable(ErsError):
     """The backup repository cannot be used right now."""
 
 
-def undo_interrupted_swap(settings: Settings) -> None:
+def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
     """A rollback killed in the middle of its swap left some component files rolled back and
-    others not: put them all back (one log line each) before any store opens them. On
-    PostgreSQL a rollback is one transaction and leaves nothing to undo."""
+    others not: put them all back (one log line each) before any store opens them; what was
+    undone, for the audit trail. On PostgreSQL a rollback is one transaction and leaves
+    nothing to undo."""
     if settings.database_url is None:
         try:
-            swap_journal.recover([settings.data_dir])
+            return swap_journal.recover([settings.data_dir])
         except swap_journal.SwapRecoveryFailed as exc:
             log.error("refusing to start: %s", exc)
             raise
+    return []
 
 
 # The status shows the live state's size; it is read again at most this often.

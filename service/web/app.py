@@ -164,7 +164,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(setattr, app.state, "runtime", None)
         readiness = Readiness()
         # Before any store opens a file: a rollback cut short in its swap is undone.
-        await asyncio.to_thread(undo_interrupted_swap, settings)
+        undone = await asyncio.to_thread(undo_interrupted_swap, settings)
         # Only a start that finds no state at all may create the backup repository by itself.
         first_start = await asyncio.to_thread(finds_no_state, settings.data_dir)
         # State: one SQLite file per component, or one PostgreSQL schema each.
@@ -205,6 +205,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             stores.database,
             is_component_healthy=team.is_healthy,
         )
+        for swap in undone:  # the trail says what start-up did besides its log line
+            await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,

@@ -274,8 +274,16 @@ def prepare_every_component(
 def assert_all_old_after_restart(workdir: Path, before: dict[str, object]) -> str:
     """Start the service again: it undoes the cut swap before its stores open, and says so."""
     data = workdir / "data"
+    journal = json.loads((data / ".ers-swap-journal.json").read_text())
     restarted = start_ers(workdir, env=BACKUP_ENV)
     assert restarted.stop() == 0, restarted.log()[-3000:]
+    # ... and writes it in the audit trail, beside the rollbacks people made.
+    audit = content(data / "incidents.sqlite3")["audit"]
+    [(actor, detail)] = [
+        (row[2], json.loads(row[4])) for row in audit if row[3] == "rollback_undone"
+    ]
+    assert actor == "ers" and detail["safetyBackupId"] == journal["safety_snapshot"]
+    assert "conversations.sqlite3" in detail["putBack"] + detail["untouched"], detail
     for db in data.glob("*.sqlite3"):
         assert integrity(db) == "ok", db
     assert state_of(data) == before, "a component is not the state from before the rollback"
