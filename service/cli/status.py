@@ -25,9 +25,7 @@ def _status_table(out: Console, status: dict[str, Any]) -> None:
     minimal = status.get("minimalMode") or {}
     table.add_row(
         "minimal mode",
-        f"on for {minimal['remainingSeconds']:g} s more"
-        + (f" for {minimal['incident']}" if minimal.get("incident") else "")
-        + f": {minimal['reason']}"
+        f"on for {minimal['remainingSeconds']:g} s more: {minimal['reason']}"
         if minimal.get("active")
         else "off",
     )
