@@ -119,6 +119,16 @@ def route(message: str) -> RouteDecision:
     return RouteDecision(best, confidence, scores)
 
 
+_UNITS = {"weight_kg": ("weight", " kg"), "height_cm": ("height", " cm")}
+
+
+def _fact_in_words(name: str, value: object) -> str:
+    """'weight 80 kg', not 'weight kg 80.0'."""
+    label, unit = _UNITS.get(name, (name, ""))
+    shown = f"{value:g}" if isinstance(value, float) else str(value).replace("_", " ")
+    return f"{label} {shown}{unit}"
+
+
 class RouterAgent:
     name = "router"
 
@@ -143,7 +153,7 @@ class RouterAgent:
         target = None if decision.agent is None else self._routes.get(decision.agent)
         if target is None or target not in self._agents:
             if saved:
-                listed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items())
+                listed = ", ".join(_fact_in_words(k, v) for k, v in facts.items())
                 return AgentReply(
                     content=f"Saved your profile: {listed}. Ask me to plan your meals or "
                     "workouts whenever you like.",

@@ -133,7 +133,9 @@ async def test_router_saves_profile_facts_and_confirms(stores: Stores) -> None:
     reply = await answered(
         stores, router, AgentRequest("I am 30, 80 kg, 180 cm, male, moderately active", "u1")
     )
-    assert "Saved your profile" in reply.content
+    assert reply.content.startswith(
+        "Saved your profile: age 30, weight 80 kg, height 180 cm, sex male, activity moderate."
+    )
     profile = await stores.profiles.get("u1")
     assert profile is not None and profile.missing_for_energy() == []
 
@@ -141,7 +143,7 @@ async def test_router_saves_profile_facts_and_confirms(stores: Stores) -> None:
 async def test_router_saves_one_figure_said_of_oneself(stores: Stores) -> None:
     router = RouterAgent({})
     reply = await answered(stores, router, AgentRequest("I weigh 80 kg", "u1"))
-    assert "Saved your profile: weight kg 80.0" in reply.content
+    assert "Saved your profile: weight 80 kg." in reply.content
     profile = await stores.profiles.get("u1")
     assert profile is not None and profile.weight_kg == 80.0
     # A weight that is not said of the person is not theirs.
