@@ -90,6 +90,8 @@ def incidents(args: argparse.Namespace) -> int:
         done = f"resolved {data['id']} at {when(data.get('resolvedAt'))}: {args.resolution}"
         if data.get("released"):
             done += f"; released the isolation of {', '.join(data['released'])}"
+        if data.get("minimalModeEnded"):
+            done += "; chat left minimal mode"
 
     def confirmed(out: Console, incident: dict[str, Any]) -> None:
         out.print(done)

@@ -56,3 +56,28 @@ async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.A
     assert (await status(client))["minimalMode"]["active"] is False
     answered = (await client.post("/chat", json={"message": "make me a workout plan"})).json()
     assert answered["response"] != MINIMAL_ANSWER and answered["emergency"] is False
+
+
+async def test_resolving_the_critical_incident_ends_minimal_mode(client: httpx.AsyncClient) -> None:
+    injected = await client.post(
+        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
+    )
+    assert injected.status_code == 200
+    for _ in range(50):  # bounded at five seconds
+        await client.post("/chat", json={"message": "budget report"})
+        if (await status(client))["minimalMode"]["active"]:
+            break
+        await asyncio.sleep(0.1)
+    incident = (await status(client))["minimalMode"]["incident"]
+    assert incident, "minimal mode did not come on"
+    assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
+
+    resolved = await client.post(
+        f"/api/emergency/incidents/{incident}/resolve", json={"resolution": "store fixed"}
+    )
+    assert resolved.status_code == 200, resolved.text
+    # Before: minimal mode ran on for its full time, naming an incident already resolved.
+    assert resolved.json()["minimalModeEnded"] is True
+    assert (await status(client))["minimalMode"]["active"] is False
+    answered = (await client.post("/chat", json={"message": "make me a workout plan"})).json()
+    assert answered["response"] != MINIMAL_ANSWER and answered["emergency"] is False

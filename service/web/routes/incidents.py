@@ -16,7 +16,7 @@ from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Incidents, Settings, State, Team, Traces
+from service.web.deps import Incidents, Minimal, Settings, State, Team, Traces
 from service.web.openapi import errors
 from telemetry.providers import otlp_endpoint_configured
 
@@ -149,6 +149,7 @@ async def resolve(
     settings: Settings,
     state: State,
     team: Team,
+    minimal: Minimal,
     body: Resolve,
     who: AdminAuth,
     incident_id: str = IncidentId,
@@ -167,6 +168,8 @@ async def resolve(
             guard.breaker.release(source=who)
             released.append(guard.name)
     view["released"] = released
+    # Likewise chat's minimal mode, when this incident is the one that turned it on.
+    view["minimalModeEnded"] = minimal.incident == incident_id and minimal.leave()
     # The system state follows at once: the status must not say "1 critical incident
     # active" beside "active incidents 0".
     await incidents.changed_by_hand()
