@@ -26,7 +26,12 @@ from service.incidents import audit, ledger, store_pg
 from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
 from service.incidents.merge import GroupOutcome
-from service.incidents.model import IllegalTransition, Incident, IncidentStoreUnavailable
+from service.incidents.model import (
+    IllegalTransition,
+    Incident,
+    IncidentNotFound,
+    IncidentStoreUnavailable,
+)
 from service.incidents.responder import ActionResult, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
@@ -231,10 +236,23 @@ class IncidentService:
         while True:
             await asyncio.sleep(every_s)
             try:
-                for incident in await asyncio.to_thread(self.store.auto_resolve):
-                    self.observe_recovery(incident)
+                await self.tick()
             except Exception:
                 log.exception("auto-resolve failed")
+
+    async def tick(self) -> None:
+        """Resolve the incidents quiet for long enough; end minimal mode once its incident is
+        resolved, whoever resolved it (on PostgreSQL, maybe another replica)."""
+        for incident in await asyncio.to_thread(self.store.auto_resolve):
+            self.observe_recovery(incident)
+        mode = self.responder.minimal_mode if self.responder is not None else None
+        if mode is not None and mode.active and mode.incident is not None:
+            try:
+                incident = await asyncio.to_thread(self.store.get, mode.incident)
+            except IncidentNotFound:  # a kept mode's incident from another store: its time runs
+                return
+            if incident.status == "resolved" and mode.leave():
+                log.warning("minimal response mode ended: %s is resolved", incident.id)
 
     def shutdown(self) -> None:
         self.processor.shutdown()

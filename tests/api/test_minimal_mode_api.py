@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from fastapi import FastAPI
 
 from service.chat.minimal_mode import MINIMAL_ANSWER
 
@@ -81,3 +82,30 @@ async def test_resolving_the_critical_incident_ends_minimal_mode(client: httpx.A
     assert (await status(client))["minimalMode"]["active"] is False
     answered = (await client.post("/chat", json={"message": "make me a workout plan"})).json()
     assert answered["response"] != MINIMAL_ANSWER and answered["emergency"] is False
+
+
+async def test_minimal_mode_ends_within_a_tick_of_its_incident_resolved_elsewhere(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """On PostgreSQL another replica may resolve the incident, or it resolves on its own once
+    quiet: this replica's next tick ends the mode it turned on for that incident."""
+    injected = await client.post(
+        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
+    )
+    assert injected.status_code == 200
+    for _ in range(50):  # bounded at five seconds
+        await client.post("/chat", json={"message": "budget report"})
+        if (await status(client))["minimalMode"]["active"]:
+            break
+        await asyncio.sleep(0.1)
+    incident = (await status(client))["minimalMode"]["incident"]
+    assert incident, "minimal mode did not come on"
+    incidents = app.state.runtime.incident_service
+    await incidents.tick()
+    assert (await status(client))["minimalMode"]["active"] is True  # still open: it stays
+
+    # What another replica's resolve does to the shared store; this replica's route is not
+    # called, so only the tick can notice.
+    await asyncio.to_thread(incidents.store.resolve, incident, "replica-b", "store fixed")
+    await incidents.tick()
+    assert (await status(client))["minimalMode"]["active"] is False
