@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from backup import BackupManager
 from backup.offsite import OffsiteCopier, OffsiteRepository
 from service.backups.offsite import OffsiteMetrics, copy_once
 from tests.conftest import ErsProcess, start_ers
-from tests.integration.test_cli import BACKUPS_ON, cli_env, ers
+from tests.integration.test_cli import BACKUPS_ON, cli_env, ers, served_with_backups
 
 pytestmark = pytest.mark.integration
 
@@ -89,15 +88,7 @@ async def test_checks_and_the_offsite_copy_wait_for_each_other_instead_of_failin
     assert copies_run >= 2  # the checks ran among copies
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErsProcess]:
-    workdir = tmp_path_factory.mktemp("ers-operator")
-    proc = start_ers(workdir, env=BACKUPS_ON)
-    try:
-        proc.wait_for_backups()
-        yield proc
-    finally:
-        proc.stop()
+service = served_with_backups("ers-operator")
 
 
 @pytest.fixture

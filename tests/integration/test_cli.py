@@ -86,15 +86,22 @@ def on_a_terminal(env: dict[str, str], *args: str) -> str:
     return drawn.decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErsProcess]:
-    workdir = tmp_path_factory.mktemp("ers-cli")
-    proc = start_ers(workdir, env=BACKUPS_ON)
-    try:
-        proc.wait_for_backups()
-        yield proc
-    finally:
-        proc.stop()
+def served_with_backups(name: str):  # noqa: ANN201
+    """A module's `service` fixture: one `ers serve` with backups on, shared by its tests."""
+
+    @pytest.fixture(scope="module")
+    def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ErsProcess]:
+        proc = start_ers(tmp_path_factory.mktemp(name), env=BACKUPS_ON)
+        try:
+            proc.wait_for_backups()
+            yield proc
+        finally:
+            proc.stop()
+
+    return service
+
+
+service = served_with_backups("ers-cli")
 
 
 @pytest.fixture
