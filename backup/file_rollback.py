@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,22 +47,15 @@ from backup.staging import (
 from backup.workspace import Workspace
 
 
+@dataclass(eq=False, slots=True)
 class FileRollback:
     """Restores component files into scratch, verifies them, and swaps them in."""
 
-    def __init__(
-        self,
-        restic: Restic,
-        components: Mapping[str, Path],
-        workspace: Workspace,
-        snapshotter: Snapshotter,
-        events: EventPublisher,
-    ) -> None:
-        self.restic = restic
-        self.components = components
-        self.workspace = workspace
-        self.snapshotter = snapshotter
-        self.events = events
+    restic: Restic
+    components: Mapping[str, Path]
+    workspace: Workspace
+    snapshotter: Snapshotter
+    events: EventPublisher
 
     async def _restore(
         self,

@@ -28,6 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -86,22 +87,15 @@ def dump_path(component: str) -> str:
     return f"/{dump_name(component)}"
 
 
+@dataclass(eq=False, slots=True)
 class PgRollback:
     """Restores a component's dump into a scratch database or over its live schema."""
 
-    def __init__(
-        self,
-        restic: Restic,
-        database: PgConnection,
-        tools: PgTools,
-        config: PgBackupConfig,
-        safety_backup: SafetyBackup,
-    ) -> None:
-        self.restic = restic
-        self.database = database
-        self.tools = tools
-        self.config = config
-        self.safety_backup = safety_backup
+    restic: Restic
+    database: PgConnection
+    tools: PgTools
+    config: PgBackupConfig
+    safety_backup: SafetyBackup
 
     # Test rollback ----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,28 +44,24 @@ from backup.staging import (
 EARLY_PAUSE_AFTER_A_MISS = 10
 
 
+@dataclass(eq=False)
 class Snapshotter:
-    def __init__(
-        self,
-        restic: Restic,
-        components: Mapping[str, Path],
-        staging_dir: Path,
-        index: SnapshotIndex,
-        events: EventPublisher,
-        scratch_dir: Path,
-    ) -> None:
-        self.restic = restic
-        self.components = components
-        self.staging_dir = staging_dir
-        # Start gates and copies waiting for deletion; never inside staging (restic reads it).
-        self.scratch_dir = scratch_dir
-        self.index = index
-        self.events = events
-        self._hash_at_last_snapshot: dict[str, str] = {}
-        # How each live file looked (size, times) when its copy matched its snapshot.
-        self._signature_at_last_snapshot: dict[str, Signature | None] = {}
-        self._snapshot_of: dict[str, str] = {}  # component -> newest snapshot holding it
-        self._early_starts_paused = 0  # backups left to run without an early start
+    restic: Restic
+    components: Mapping[str, Path]
+    staging_dir: Path
+    index: SnapshotIndex
+    events: EventPublisher
+    # Start gates and copies waiting for deletion; never inside staging (restic reads it).
+    scratch_dir: Path
+    _hash_at_last_snapshot: dict[str, str] = field(init=False, default_factory=dict)
+    # How each live file looked (size, times) when its copy matched its snapshot.
+    _signature_at_last_snapshot: dict[str, Signature | None] = field(
+        init=False, default_factory=dict
+    )
+    # component -> newest snapshot holding it
+    _snapshot_of: dict[str, str] = field(init=False, default_factory=dict)
+    # Backups left to run without an early start.
+    _early_starts_paused: int = field(init=False, default=0)
 
     def _unchanged(self, staged: StagedFile) -> bool:
         holder = self._snapshot_of.get(staged.component)
