@@ -314,13 +314,7 @@ async def read_rows(
 
 async def row_counts(connection: PgConnection, schema: str) -> dict[str, int]:
     """Rows per table of `schema` (none when it does not exist)."""
-    try:
-        async with await connection.connect() as conn:
-            cursor = await conn.execute(_COUNTS_SQL.format(marker="", schema=schema))
-            rows: Sequence[tuple[object, ...]] = await cursor.fetchall()
-    except psycopg.Error as exc:
-        raise PgRestoreFailed(
-            f"counting the rows of {schema} at {connection.location} failed: "
-            f"{connection.explain(exc)}"
-        ) from None
+    rows = await connection.execute(
+        _COUNTS_SQL.format(marker="", schema=schema), f"counting the rows of {schema}"
+    )
     return {str(row[0]): int(str(row[1])) for row in rows}
