@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backup import swap
-from backup.backend import Reopen, RollbackRequest
+from backup.backend import BackupRequest, Reopen, RollbackRequest
 from backup.errors import BackupError, RollbackFailed
 from backup.events import EventPublisher, RollbackStepStarted
 from backup.models import (
@@ -106,12 +106,8 @@ class FileRollback:
             async with steps.step("safety-snapshot"):
                 # Not started early: beside the restore's restic that makes three busy workers
                 # on two cores; copying first staggers the two restic starts (1.05 s / 1.13 s).
-                backup = await self.snapshotter.take(
-                    names,
-                    BackupReason.PRE_ROLLBACK,
-                    all_or_nothing=True,
-                    start_early=False,
-                )
+                safety = BackupRequest(names, BackupReason.PRE_ROLLBACK, full=True)
+                backup = await self.snapshotter.take(safety, start_early=False)
                 safety_id = backup.snapshot_id or backup.reused_snapshot_id
                 if safety_id is None:
                     raise BackupError("no snapshot holds the current state")
