@@ -60,10 +60,8 @@ class SqliteFiles:
         index: SnapshotIndex,
         events: EventPublisher,
     ) -> None:
-        self.restic = restic
         self.config = config
         self.components = list(config.components)
-        self.events = events
         self.workspace = Workspace(Path(config.work_dir))
         self.snapshotter = Snapshotter(
             restic,
