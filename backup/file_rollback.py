@@ -16,12 +16,13 @@ import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from backup import swap
-from backup.backend import Reopen, RollbackRequest
+from backup.backend import BackupRequest, Reopen, RollbackRequest
 from backup.errors import BackupError, RollbackFailed
 from backup.events import EventPublisher, RollbackStepStarted
 from backup.models import (
@@ -46,22 +47,15 @@ from backup.staging import (
 from backup.workspace import Workspace
 
 
+@dataclass(eq=False, slots=True)
 class FileRollback:
     """Restores component files into scratch, verifies them, and swaps them in."""
 
-    def __init__(
-        self,
-        restic: Restic,
-        components: Mapping[str, Path],
-        workspace: Workspace,
-        snapshotter: Snapshotter,
-        events: EventPublisher,
-    ) -> None:
-        self.restic = restic
-        self.components = components
-        self.workspace = workspace
-        self.snapshotter = snapshotter
-        self.events = events
+    restic: Restic
+    components: Mapping[str, Path]
+    workspace: Workspace
+    snapshotter: Snapshotter
+    events: EventPublisher
 
     async def _restore(
         self,
@@ -112,12 +106,8 @@ class FileRollback:
             async with steps.step("safety-snapshot"):
                 # Not started early: beside the restore's restic that makes three busy workers
                 # on two cores; copying first staggers the two restic starts (1.05 s / 1.13 s).
-                backup = await self.snapshotter.take(
-                    names,
-                    BackupReason.PRE_ROLLBACK,
-                    all_or_nothing=True,
-                    start_early=False,
-                )
+                safety = BackupRequest(names, BackupReason.PRE_ROLLBACK, full=True)
+                backup = await self.snapshotter.take(safety, start_early=False)
                 safety_id = backup.snapshot_id or backup.reused_snapshot_id
                 if safety_id is None:
                     raise BackupError("no snapshot holds the current state")

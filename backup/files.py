@@ -60,10 +60,8 @@ class SqliteFiles:
         index: SnapshotIndex,
         events: EventPublisher,
     ) -> None:
-        self.restic = restic
         self.config = config
         self.components = list(config.components)
-        self.events = events
         self.workspace = Workspace(Path(config.work_dir))
         self.snapshotter = Snapshotter(
             restic,
@@ -92,14 +90,7 @@ class SqliteFiles:
     async def take(self, request: BackupRequest) -> BackupResult:
         """One snapshot of the named components; unchanged ones are skipped, and a full
         backup is all or nothing, so a full snapshot always holds every component."""
-        return await self.snapshotter.take(
-            request.names,
-            request.reason,
-            all_or_nothing=request.full,
-            timeout=request.timeout,
-            on_progress=request.on_progress,
-            skip_unchanged=request.skip_unchanged,
-        )
+        return await self.snapshotter.take(request)
 
     def drill_plan(self, index: SnapshotIndex) -> list[tuple[Snapshot, list[str]]]:
         snapshot = index.newest_containing(self.components)

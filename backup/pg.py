@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
     BackupError,
@@ -110,22 +108,16 @@ class PgSchemas:
         """Bytes on disk of each component's schema: its tables with their indexes and
         TOAST data (`pg_total_relation_size`)."""
         by_schema = {schema: name for name, schema in self.config.schemas.items()}
-        try:
-            async with await self.database.connect() as conn:
-                cursor = await conn.execute(
-                    "SELECT n.nspname, COALESCE(SUM(pg_catalog.pg_total_relation_size(c.oid)), 0)"
-                    " FROM pg_catalog.pg_class c"
-                    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm', 'p')"
-                    " GROUP BY n.nspname",
-                    (list(by_schema),),
-                )
-                found = await cursor.fetchall()
-        except psycopg.Error as exc:
-            raise BackupError(
-                f"reading the schemas' sizes at {self.database.location} failed: "
-                f"{self.database.explain(exc)}"
-            ) from None
+        found = await self.database.execute(
+            "SELECT n.nspname, COALESCE(SUM(pg_catalog.pg_total_relation_size(c.oid)), 0)"
+            " FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm', 'p')"
+            " GROUP BY n.nspname",
+            "reading the schemas' sizes",
+            (list(by_schema),),
+            failure=BackupError,
+        )
         return {by_schema[str(schema)]: int(str(size)) for schema, size in found}
 
     # Backup -----------------------------------------------------------------------------

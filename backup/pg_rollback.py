@@ -28,6 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -86,22 +87,15 @@ def dump_path(component: str) -> str:
     return f"/{dump_name(component)}"
 
 
+@dataclass(eq=False, slots=True)
 class PgRollback:
     """Restores a component's dump into a scratch database or over its live schema."""
 
-    def __init__(
-        self,
-        restic: Restic,
-        database: PgConnection,
-        tools: PgTools,
-        config: PgBackupConfig,
-        safety_backup: SafetyBackup,
-    ) -> None:
-        self.restic = restic
-        self.database = database
-        self.tools = tools
-        self.config = config
-        self.safety_backup = safety_backup
+    restic: Restic
+    database: PgConnection
+    tools: PgTools
+    config: PgBackupConfig
+    safety_backup: SafetyBackup
 
     # Test rollback ----------------------------------------------------------------------
 
@@ -320,13 +314,7 @@ async def read_rows(
 
 async def row_counts(connection: PgConnection, schema: str) -> dict[str, int]:
     """Rows per table of `schema` (none when it does not exist)."""
-    try:
-        async with await connection.connect() as conn:
-            cursor = await conn.execute(_COUNTS_SQL.format(marker="", schema=schema))
-            rows: Sequence[tuple[object, ...]] = await cursor.fetchall()
-    except psycopg.Error as exc:
-        raise PgRestoreFailed(
-            f"counting the rows of {schema} at {connection.location} failed: "
-            f"{connection.explain(exc)}"
-        ) from None
+    rows = await connection.execute(
+        _COUNTS_SQL.format(marker="", schema=schema), f"counting the rows of {schema}"
+    )
     return {str(row[0]): int(str(row[1])) for row in rows}

@@ -118,14 +118,23 @@ class PgConnection:
         primary = getattr(exc.diag, "message_primary", None) or str(exc) or type(exc).__name__
         return self.scrub(str(primary).strip().splitlines()[0] if primary else "")
 
-    async def execute(self, statement: sql.Composable | str, doing: str) -> None:
-        """Run one statement; a failure names what it was `doing`, without the password."""
+    async def execute(
+        self,
+        statement: sql.Composable | str,
+        doing: str,
+        params: Sequence[object] | None = None,
+        *,
+        failure: type[BackupError] = PgRestoreFailed,
+    ) -> list[tuple[object, ...]]:
+        """Run one statement on a connection of its own and return its rows (none when it
+        returns none); a failure raises `failure` naming what it was `doing`, without the
+        password."""
         try:
             async with await self.connect() as conn:
-                await conn.execute(statement)
+                cursor = await conn.execute(statement, params)
+                return await cursor.fetchall() if cursor.description is not None else []
         except psycopg.Error as exc:
-            failed = f"{doing} at {self.location} failed: {self.explain(exc)}"
-            raise PgRestoreFailed(failed) from None
+            raise failure(f"{doing} at {self.location} failed: {self.explain(exc)}") from None
 
     async def schema_exists(self, name: str) -> bool:
         try:

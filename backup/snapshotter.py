@@ -13,10 +13,12 @@ import contextlib
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backup.backend import BackupRequest
 from backup.discard import empty_soon
 from backup.errors import BackupError, ResticTimeout
 from backup.events import (
@@ -28,7 +30,6 @@ from backup.events import (
 from backup.gate import EarlyBackup, start_backup_early, start_gate
 from backup.index import SnapshotIndex, tags_for
 from backup.models import BackupResult, BackupSummary, Snapshot
-from backup.process import ProgressCallback
 from backup.restic import Restic
 from backup.staging import (
     Signature,
@@ -43,28 +44,24 @@ from backup.staging import (
 EARLY_PAUSE_AFTER_A_MISS = 10
 
 
+@dataclass(eq=False)
 class Snapshotter:
-    def __init__(
-        self,
-        restic: Restic,
-        components: Mapping[str, Path],
-        staging_dir: Path,
-        index: SnapshotIndex,
-        events: EventPublisher,
-        scratch_dir: Path,
-    ) -> None:
-        self.restic = restic
-        self.components = components
-        self.staging_dir = staging_dir
-        # Start gates and copies waiting for deletion; never inside staging (restic reads it).
-        self.scratch_dir = scratch_dir
-        self.index = index
-        self.events = events
-        self._hash_at_last_snapshot: dict[str, str] = {}
-        # How each live file looked (size, times) when its copy matched its snapshot.
-        self._signature_at_last_snapshot: dict[str, Signature | None] = {}
-        self._snapshot_of: dict[str, str] = {}  # component -> newest snapshot holding it
-        self._early_starts_paused = 0  # backups left to run without an early start
+    restic: Restic
+    components: Mapping[str, Path]
+    staging_dir: Path
+    index: SnapshotIndex
+    events: EventPublisher
+    # Start gates and copies waiting for deletion; never inside staging (restic reads it).
+    scratch_dir: Path
+    _hash_at_last_snapshot: dict[str, str] = field(init=False, default_factory=dict)
+    # How each live file looked (size, times) when its copy matched its snapshot.
+    _signature_at_last_snapshot: dict[str, Signature | None] = field(
+        init=False, default_factory=dict
+    )
+    # component -> newest snapshot holding it
+    _snapshot_of: dict[str, str] = field(init=False, default_factory=dict)
+    # Backups left to run without an early start.
+    _early_starts_paused: int = field(init=False, default=0)
 
     def _unchanged(self, staged: StagedFile) -> bool:
         holder = self._snapshot_of.get(staged.component)
@@ -78,38 +75,22 @@ class Snapshotter:
         holder = self._snapshot_of.get(component)
         return holder is not None and self.index.contains(holder)
 
-    async def take(
-        self,
-        names: Sequence[str],
-        reason: str,
-        *,
-        all_or_nothing: bool,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        start_early: bool = True,
-        skip_unchanged: bool = True,
-    ) -> BackupResult:
-        """Stage `names`, back up what changed (everything when not `skip_unchanged`);
-        `start_early` starts restic beside the copies."""
+    async def take(self, request: BackupRequest, *, start_early: bool = True) -> BackupResult:
+        """Stage the request's components, back up what changed (everything when not
+        `skip_unchanged`); a `full` request is all or nothing; `start_early` starts restic
+        beside the copies."""
+        names, reason = request.names, request.reason
         started_at, started = datetime.now(UTC), time.monotonic()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Taken before copying: a write that lands during the copy makes the next look differ.
         looks = {n: live_signature(Path(self.components[n])) for n in names}
         try:
             with contextlib.ExitStack() as gates:
-                early = (
-                    self._start_early(
-                        names, looks, reason, all_or_nothing, timeout, on_progress, gates,
-                        skip_unchanged,
-                    )
-                    if start_early
-                    else None
-                )  # fmt: skip
+                early = self._start_early(request, looks, gates) if start_early else None
                 try:
                     message, staged, skipped = await self._stage_and_back_up(
-                        names, looks, reason, all_or_nothing, started, timeout, early,
-                        on_progress, skip_unchanged,
-                    )  # fmt: skip
+                        request, looks, started, early
+                    )
                 finally:
                     if early is not None:
                         await early.run.abandon()  # stops it unless it already finished
@@ -142,14 +123,9 @@ class Snapshotter:
 
     def _start_early(
         self,
-        names: Sequence[str],
+        request: BackupRequest,
         looks: Mapping[str, Signature | None],
-        reason: str,
-        all_or_nothing: bool,
-        timeout: float | None,
-        on_progress: ProgressCallback | None,
         gates: contextlib.ExitStack,
-        skip_unchanged: bool,
     ) -> EarlyBackup | None:
         """Start restic now, behind a shut gate, for what the live files suggest has changed.
 
@@ -159,39 +135,39 @@ class Snapshotter:
         if self._early_starts_paused > 0:
             self._early_starts_paused -= 1
             return None
-        seem_unchanged = {n for n in names if skip_unchanged and self._looks_unchanged(n, looks[n])}
-        expected = self._to_back_up(names, seem_unchanged, all_or_nothing)
+        names = request.names
+        seem_unchanged = {
+            n for n in names if request.skip_unchanged and self._looks_unchanged(n, looks[n])
+        }
+        expected = self._to_back_up(names, seem_unchanged, request.full)
         if not expected:
             return None  # most likely a skip: starting restic would be wasted work
         try:
             gate = gates.enter_context(start_gate(self.scratch_dir))
         except OSError:
             return None  # no room for the gate's folder: copy first, as without a gate
-        tags = tags_for(expected, reason)
+        tags = tags_for(expected, request.reason)
         return start_backup_early(
             self.restic, self.staging_dir, expected, tags, gate,
-            timeout=timeout, on_progress=on_progress,
+            timeout=request.timeout, on_progress=request.on_progress,
         )  # fmt: skip
 
     async def _stage_and_back_up(
         self,
-        names: Sequence[str],
+        request: BackupRequest,
         looks: Mapping[str, Signature | None],
-        reason: str,
-        all_or_nothing: bool,
         started: float,
-        timeout: float | None,
         early: EarlyBackup | None,
-        on_progress: ProgressCallback | None,
-        skip_unchanged: bool,
     ) -> tuple[dict[str, Any] | None, list[StagedFile], tuple[str, ...]]:
         """Stage every component, keep what changed, back it up; no message when nothing did."""
-        staging = self.staging_dir
+        staging, names, timeout = self.staging_dir, request.names, request.timeout
         staged = await self._stage(names, staging)
         unchanged = {f.component for f in staged if self._unchanged(f)}
         for name in unchanged:
             self._signature_at_last_snapshot[name] = looks[name]
-        chosen = self._to_back_up(names, unchanged if skip_unchanged else set(), all_or_nothing)
+        chosen = self._to_back_up(
+            names, unchanged if request.skip_unchanged else set(), request.full
+        )
         changed = [f for f in staged if f.component in chosen]
         skipped = tuple(f.component for f in staged if f.component not in chosen)
         if not changed:
@@ -209,10 +185,10 @@ class Snapshotter:
             self._early_starts_paused = EARLY_PAUSE_AFTER_A_MISS
         elif early is not None:
             await early.run.abandon()  # started with the wrong tags: it must never read
-        tags = tags_for(chosen, reason)
+        tags = tags_for(chosen, request.reason)
         remaining = self._check_time_left(started, timeout)
         message = await self.restic.backup(
-            ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=on_progress
+            ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=request.on_progress
         )
         return message, changed, skipped
 

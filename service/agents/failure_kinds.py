@@ -87,21 +87,20 @@ class CredentialsRejected(FailureKind):
 
 
 class BadRequest(FailureKind):
+    """The agent refused what was asked: the same request gets the same answer, and the
+    agent is no less healthy for it."""
+
     kind = "bad_request"
     retryable = False
     counts_against_breaker = False
 
 
-class ContextLengthExceeded(FailureKind):
+class ContextLengthExceeded(BadRequest):
     kind = "context_length"
-    retryable = False
-    counts_against_breaker = False
 
 
-class ContentFiltered(FailureKind):
+class ContentFiltered(BadRequest):
     kind = "content_filter"
-    retryable = False
-    counts_against_breaker = False
 
 
 class ClientError(FailureKind):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import KW_ONLY, dataclass, field
 
 import psycopg
 
@@ -40,27 +41,20 @@ KEEPALIVES = {
 }
 
 
+@dataclass(eq=False)
 class FleetLeader:
     """Holds (or waits for) the fleet jobs lock; ``is_leader`` says whether this replica
     runs the jobs now."""
 
-    def __init__(
-        self,
-        database: PostgresDatabase,
-        url: str,
-        *,
-        replica: str,
-        retry_interval_s: float = 5.0,
-        check_interval_s: float = 5.0,
-    ) -> None:
-        self.database = database
-        self._url = url
-        self.replica = replica
-        self.retry_interval_s = retry_interval_s
-        self.check_interval_s = check_interval_s
-        self._is_leader = False
-        self._became_leader = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    database: PostgresDatabase
+    url: str = field(repr=False)  # may carry the password
+    _: KW_ONLY
+    replica: str
+    retry_interval_s: float = 5.0
+    check_interval_s: float = 5.0
+    _is_leader: bool = field(default=False, init=False)
+    _became_leader: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     @property
     def is_leader(self) -> bool:
@@ -88,7 +82,7 @@ class FleetLeader:
         )
         while True:
             try:
-                async with await connect_session(self._url) as conn:
+                async with await connect_session(self.url) as conn:
                     outage.recovered()
                     await self._hold(conn)
             except psycopg.Error as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 
 import psycopg
 
@@ -21,31 +22,24 @@ from service.tasks import cancel_and_wait
 LEASE_MARGIN_S = 5.0
 
 
+@dataclass(eq=False)
 class TrialLeases:
     """Which half-open trials this replica may run. ``follow`` keeps the bookkeeping of each
     breaker event, ``may_run_trial`` is each breaker's trial gate, ``needs_lease`` says
     whether an agent's trial waits for the fleet, ``stop`` ends the claims in flight."""
 
-    def __init__(
-        self,
-        database: PostgresDatabase,
-        breakers: Mapping[str, CircuitBreaker],
-        *,
-        replica: str,
-        poll_interval_s: float,
-        unwritten: Callable[[str], bool],
-    ) -> None:
-        self._database = database
-        self._breakers = breakers
-        self._replica = replica
-        self._poll_interval_s = poll_interval_s
-        # Whether this replica's own override of an agent waits to be written.
-        self._unwritten = unwritten
-        # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
-        self._needs_lease: set[str] = set()
-        # Per agent: until when (monotonic) this replica holds the trial lease.
-        self._lease_until: dict[str, float] = {}
-        self._claims: dict[str, asyncio.Task[None]] = {}
+    database: PostgresDatabase
+    breakers: Mapping[str, CircuitBreaker]
+    _: KW_ONLY
+    replica: str
+    poll_interval_s: float
+    # Whether this replica's own override of an agent waits to be written.
+    unwritten: Callable[[str], bool]
+    # Agents whose breaker left a fleet-wide forced open: their trials need the lease.
+    _needs_lease: set[str] = field(default_factory=set, init=False)
+    # Per agent: until when (monotonic) this replica holds the trial lease.
+    _lease_until: dict[str, float] = field(default_factory=dict, init=False)
+    _claims: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def needs_lease(self, agent: str) -> bool:
         return agent in self._needs_lease
@@ -64,7 +58,7 @@ class TrialLeases:
             if self._holds_lease(name):
                 # A failed trial: keep the lease through the open period so that this
                 # replica alone tries again when it ends.
-                breaker = self._breakers[name]
+                breaker = self.breakers[name]
                 ttl_s = float(breaker.snapshot()["openDurationS"]) + _lease_ttl_s(breaker)
                 self._claim_soon(name, ttl_s)
         elif to_state is not BreakerState.HALF_OPEN:
@@ -103,12 +97,12 @@ class TrialLeases:
 
     async def _claim(self, agent: str, ttl_s: float | None) -> None:
         """Ask for the agent's lease until this replica holds it or no longer needs it."""
-        breaker = self._breakers[agent]
+        breaker = self.breakers[agent]
         ttl_s = ttl_s or _lease_ttl_s(breaker)
         extending = breaker.state is BreakerState.OPEN
         outage = Outage(f"asking for the trial lease of '{agent}'")
         while agent in self._needs_lease and (extending or not self._holds_lease(agent)):
-            if self._unwritten(agent):
+            if self.unwritten(agent):
                 # This replica's own override of the agent is not written yet: the lease
                 # is asked for on the row the fleet will see. (With the server gone, the
                 # claim below fails and this replica runs its own trial.)
@@ -119,18 +113,18 @@ class TrialLeases:
                 granted = await self._take_lease(agent, ttl_s)
             except psycopg.Error as exc:
                 # Without the server there is no fleet to coordinate with: run the trial here.
-                outage.failed(self._database.reason(exc), MAX_BACKOFF_S)
+                outage.failed(self.database.reason(exc), MAX_BACKOFF_S)
                 granted = True
             else:
                 outage.recovered()
             if granted:
                 self._lease_until[agent] = started + ttl_s
                 return
-            await asyncio.sleep(min(1.0, self._poll_interval_s))
+            await asyncio.sleep(min(1.0, self.poll_interval_s))
 
     async def _take_lease(self, agent: str, ttl_s: float) -> bool:
-        params = {"agent": agent, "replica": self._replica, "ttl_s": ttl_s}
-        async with pool_of(self._database).connection() as conn:
+        params = {"agent": agent, "replica": self.replica, "ttl_s": ttl_s}
+        async with pool_of(self.database).connection() as conn:
             if await (await conn.execute(CLAIM_LEASE, params)).fetchone() is not None:
                 return True
             # No row at all: the forced open was never shared, nothing to coordinate.

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import UnknownAgent
@@ -51,22 +51,17 @@ SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 ALERT_RULE = "alertmanager"
 
 
+@dataclass(eq=False)
 class AlertHandler:
-    def __init__(
-        self,
-        ledger: AlertLedger,
-        incidents: IncidentStore,
-        responder: Responder,
-        isolate_ttl_s: float = 900.0,
-        on_alert: Callable[[str, str], None] | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self.incidents = incidents
-        self.responder = responder
-        self.isolate_ttl_s = isolate_ttl_s
-        self._on_alert = on_alert
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.recovery = IncidentRecovery(incidents)
+    ledger: AlertLedger
+    incidents: IncidentStore
+    responder: Responder
+    isolate_ttl_s: float = 900.0
+    recovery: IncidentRecovery = field(init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        self.recovery = IncidentRecovery(self.incidents)
 
     async def receive(self, payload: WebhookPayload) -> dict[str, Any]:
         """Record every alert (raises LedgerUnavailable) and act on the new ones later."""
@@ -102,8 +97,6 @@ class AlertHandler:
         await asyncio.to_thread(
             self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
         )
-        if self._on_alert is not None:
-            self._on_alert(alert.action or "none", alert.status)
 
     def _land(self, alert: Alert) -> Incident | None:
         component = alert.target or "ers"

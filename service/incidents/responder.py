@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 from service.chat.minimal_mode import MinimalMode
@@ -76,38 +76,27 @@ class ResponseContext:
 ActionFn = Callable[[ResponseContext], Awaitable[ActionResult]]
 
 
+@dataclass(eq=False)
 class Responder:
-    def __init__(
-        self,
-        team: Team,
-        timeline: Timeline | None,
-        *,
-        isolate_ttl_s: float = 120.0,
-        cooldown_s: float = 300.0,
-        auto_rollback: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-        on_action: Callable[[str, str, str], None] | None = None,
-        minimal_mode: MinimalMode | None = None,
-        claims: ActionClaims | None = None,
-        replica: str = "",
-        emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None,
-        rollback: Callable[[ResponseContext], Awaitable[str]] | None = None,
-    ) -> None:
-        self.team = team
-        self.timeline = timeline
-        self.isolate_ttl_s = isolate_ttl_s
-        self.cooldown_s = cooldown_s
-        self.auto_rollback = auto_rollback
-        self._clock = clock
-        self._on_action = on_action
-        self._last_run: dict[tuple[str, str], float] = {}
-        self.minimal_mode = minimal_mode
-        self.claims = claims
-        self.replica = replica
-        # Both None without backups.
-        self.emergency_backup = emergency_backup
-        self.rollback = rollback
-        self._actions: dict[str, ActionFn] = {
+    team: Team
+    timeline: Timeline | None
+    _: KW_ONLY
+    isolate_ttl_s: float = 120.0
+    cooldown_s: float = 300.0
+    auto_rollback: bool = False
+    clock: Callable[[], float] = time.monotonic
+    on_action: Callable[[str, str, str], None] | None = None
+    minimal_mode: MinimalMode | None = None
+    claims: ActionClaims | None = None
+    replica: str = ""
+    # Both None without backups.
+    emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
+    rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
+    _last_run: dict[tuple[str, str], float] = field(default_factory=dict, init=False)
+    _actions: dict[str, ActionFn] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._actions = {
             "isolate": self._isolate,
             "release": self._release,
             "restart_agent": self._restart_agent,
@@ -130,7 +119,7 @@ class Responder:
 
     async def run_action(self, action: str, context: ResponseContext) -> ActionResult:
         key = (context.incident_id, action)
-        now = self._clock()
+        now = self.clock()
         last = self._last_run.get(key)
         if last is not None and now - last < self.cooldown_s:
             return ActionResult(action, "skipped", "ran within the cooldown")
@@ -152,8 +141,8 @@ class Responder:
             f"{action}: {result.result} — {result.detail}",
             {"action": action, "result": result.result},
         )
-        if self._on_action is not None:
-            self._on_action(context.protocol, action, result.result)
+        if self.on_action is not None:
+            self.on_action(context.protocol, action, result.result)
         return result
 
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:
@@ -186,8 +175,8 @@ class Responder:
             f"{action}: skipped — {reason}",
             {"action": action, "result": "skipped", "reason": reason},
         )
-        if self._on_action is not None:
-            self._on_action(context.protocol, action, result.result)
+        if self.on_action is not None:
+            self.on_action(context.protocol, action, result.result)
         return result
 
     def _forget_old(self, now: float) -> None:

@@ -16,6 +16,7 @@ import builtins
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,25 @@ CREATE TABLE IF NOT EXISTS span_records (
 """
 
 
+@dataclass(frozen=True)
+class IncidentOptions:
+    """How failures are grouped into incidents, and when a quiet incident resolves itself."""
+
+    max_trace_ids: int = 20
+    max_span_records: int = 10_000
+    # Per incident per batch: see ``incident_merge.span_record_rows``.
+    records_per_incident: int = 5
+    quiet_period_s: float = 300.0
+    # E.g. "its breaker is closed": gates auto-resolve; without it the quiet period decides.
+    is_component_healthy: Callable[[str], bool] | None = None
+    clock: Callable[[], float] = time.time
+
+
 class IncidentStore:
     def __init__(self, path: str | Path | Database, **options: Any) -> None:
         """``path``: the SQLite file (created when missing), or an open database with the
-        incidents tables; ``options`` as ``_set_options`` takes them."""
-        self._set_options(**options)
+        incidents tables; ``options`` as ``IncidentOptions`` takes them."""
+        self.options = IncidentOptions(**options)
         if isinstance(path, str | Path):
             self.path = Path(path)
             path = SqliteDatabase(self.path, SQLITE_SCHEMA)
@@ -90,26 +105,6 @@ class IncidentStore:
 
     def close(self) -> None:
         self._database.close()
-
-    def _set_options(
-        self,
-        *,
-        max_trace_ids: int = 20,
-        max_span_records: int = 10_000,
-        records_per_incident: int = 5,
-        quiet_period_s: float = 300.0,
-        is_component_healthy: Callable[[str], bool] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """``is_component_healthy`` (e.g. "its breaker is closed") gates auto-resolve; without
-        it the quiet period alone decides."""
-        self.max_trace_ids = max_trace_ids
-        self.max_span_records = max_span_records
-        # Per incident per batch: see ``incident_merge.span_record_rows``.
-        self.records_per_incident = records_per_incident
-        self.quiet_period_s = quiet_period_s
-        self.is_component_healthy = is_component_healthy
-        self.clock = clock
 
     def record_error(
         self, record: SpanRecord, classification: Classification
@@ -125,7 +120,7 @@ class IncidentStore:
         """Many failures in one transaction: one row write per fingerprint, not per failure."""
         if not items:
             return []
-        return self._write_batch(group_by_fingerprint(items), self.clock(), keep_records)
+        return self._write_batch(group_by_fingerprint(items), self.options.clock(), keep_records)
 
     def acknowledge(self, incident_id: str, who: str, note: str = "") -> Incident:
         """Someone is on it: any unresolved incident, also one the responder mitigated
@@ -141,14 +136,14 @@ class IncidentStore:
     def auto_resolve(self, now: float | None = None) -> builtins.list[Incident]:
         """Resolve active incidents quiet for ``quiet_period_s`` whose component is healthy
         again; the service calls this periodically."""
-        now = self.clock() if now is None else now
-        quiet_since = now - self.quiet_period_s
+        now = self.options.clock() if now is None else now
+        quiet_since = now - self.options.quiet_period_s
         candidates, _ = self.list(status="active", limit=1_000_000)
         resolved = []
         for incident in candidates:
             if incident.last_seen > quiet_since:
                 continue
-            healthy = self.is_component_healthy
+            healthy = self.options.is_component_healthy
             if healthy is not None and not healthy(incident.component):
                 continue
             note = (
@@ -175,7 +170,7 @@ class IncidentStore:
     ) -> TimelineEntry:
         if kind not in TIMELINE_KINDS:
             raise UnknownTimelineKind(kind)
-        now, data = self.clock(), data or {}
+        now, data = self.options.clock(), data or {}
         rows = self._database.rows(
             "INSERT INTO timeline (incident_id, at, kind, actor, message, data) "
             "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM incidents WHERE id = ?) "
@@ -191,14 +186,14 @@ class IncidentStore:
     def _write_batch(
         self, groups: dict[str, Group], now: float, keep_records: bool
     ) -> list[GroupOutcome]:
+        options = self.options
         with self._database.transaction() as db:
             outcomes = write_groups(
-                db, self._dialect, groups, now, self.max_trace_ids, new_incident_id
+                db, self._dialect, groups, now, options.max_trace_ids, new_incident_id
             )
             if keep_records:
-                keep_span_records(
-                    db, outcomes, groups, now, self.max_span_records, self.records_per_incident
-                )
+                per_incident = options.records_per_incident
+                keep_span_records(db, outcomes, groups, now, options.max_span_records, per_incident)
         return outcomes
 
     def stored_span_records(
@@ -290,7 +285,7 @@ class IncidentStore:
     ) -> Incident:
         if wanted not in STATUSES:
             raise ValueError(f"unknown status {wanted!r}")
-        now = self.clock() if now is None else now
+        now = self.options.clock() if now is None else now
         with self._database.transaction() as db:
             row = db.execute(
                 f"SELECT * FROM incidents WHERE id = ?{self._dialect.lock_rows}", (incident_id,)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from backup.errors import PgDumpFailed, RollbackFailed
+from backup.errors import BackupError, PgDumpFailed, RollbackFailed
 from backup.events import BackupSucceeded
 from backup.index import tags_for
 from backup.manager import BackupManager
@@ -197,6 +197,24 @@ async def test_a_failing_pg_dump_raises_a_named_error_without_the_password(
     assert password not in message
     assert "no_such_database" in message and "ERS_DATABASE_URL" in message
     assert await restic.snapshots() == []  # restic was stopped before it saved anything
+
+
+async def test_live_sizes_are_each_component_schemas_bytes_and_fail_in_plain_words(
+    restic: Restic, stores: Stores, pg_url: str, backups: BackupManager
+) -> None:
+    await record_turn(stores, turn(1))
+    sizes = await backups.backend.live_sizes()
+    assert set(sizes) == set(stores.by_component())
+    assert sizes["conversations"] > 0
+
+    password = urlsplit(pg_url).password
+    assert password
+    wrong = urlunsplit(urlsplit(pg_url)._replace(path="/no_such_database"))
+    with pytest.raises(BackupError) as failure:
+        await BackupManager(restic, config_for(stores, wrong)).backend.live_sizes()
+    message = str(failure.value)
+    assert message.startswith("reading the schemas' sizes at ")
+    assert "no_such_database" in message and password not in message
 
 
 async def test_a_truncated_dump_fails_the_rollback_and_leaves_the_live_schema_alone(
