@@ -227,3 +227,51 @@ def test_exactly_one_replica_runs_the_scheduled_backups_and_another_takes_over(
             replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]
+
+
+def test_minimal_mode_on_one_replica_ends_when_another_resolves_its_incident(
+    tmp_path: Path, pg_url: str
+) -> None:
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env={"ERS_DATABASE_URL": pg_url}))
+        replicas.append(start_ers(tmp_path / "b", env={"ERS_DATABASE_URL": pg_url}))
+        a, b = replicas
+        injected = httpx.post(
+            f"{a.url}/api/emergency/simulate-error",
+            json={"component": "BMA", "errorType": "system"},
+            timeout=5,
+        )
+        assert injected.status_code == 200, injected.text
+        minimal: dict[str, Any] = {}
+        for _ in range(50):  # a critical failure on a puts a's chat in minimal mode: ~10 s
+            httpx.post(f"{a.url}/chat", json={"message": "budget report"}, timeout=10)
+            minimal = httpx.get(f"{a.url}/api/emergency/status", timeout=5).json()["minimalMode"]
+            if minimal["active"]:
+                break
+            time.sleep(0.2)
+        assert minimal["active"] and minimal["incident"], minimal
+        httpx.delete(f"{a.url}/api/emergency/simulate-error", timeout=5).raise_for_status()
+
+        resolved = httpx.post(
+            f"{b.url}/api/emergency/incidents/{minimal['incident']}/resolve",
+            json={"resolution": "the store was fixed"},
+            timeout=5,
+        )
+        assert resolved.status_code == 200, resolved.text
+        assert resolved.json()["minimalModeEnded"] is False  # b was never in it
+        # a's next tick (every 10 s) sees the shared incident resolved and ends its mode.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{a.url}/api/emergency/status", timeout=5).json()
+            if not status["minimalMode"]["active"]:
+                break
+            time.sleep(0.5)
+        assert status["minimalMode"]["active"] is False, status["minimalMode"]
+        chat = httpx.post(f"{a.url}/chat", json={"message": "make me a workout plan"}, timeout=10)
+        assert chat.json()["emergency"] is False, chat.text
+    finally:
+        for replica in replicas:
+            replica.stop()
+    for replica in replicas:
+        assert "Traceback" not in replica.log(), replica.log()[-3000:]
