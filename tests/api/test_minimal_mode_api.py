@@ -18,6 +18,23 @@ async def status(client: httpx.AsyncClient) -> dict:
     return reply.json()
 
 
+async def critical_failure(client: httpx.AsyncClient) -> str:
+    """Fail the budget agent's core until the responder puts chat in minimal mode (an uncaught
+    core failure is critical); the incident that did, bounded at five seconds."""
+    injected = await client.post(
+        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
+    )
+    assert injected.status_code == 200
+    for _ in range(50):
+        await client.post("/chat", json={"message": "budget report"})
+        if (await status(client))["minimalMode"]["active"]:
+            break
+        await asyncio.sleep(0.1)
+    incident = (await status(client))["minimalMode"]["incident"]
+    assert incident, "minimal mode did not come on"
+    return str(incident)
+
+
 async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.AsyncClient) -> None:
     assert (await status(client))["minimalMode"] == {
         "active": False,
@@ -28,17 +45,7 @@ async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.A
     not_on = await client.delete("/api/emergency/minimal-mode")
     assert not_on.status_code == 200 and not_on.json()["ended"] is False
 
-    injected = await client.post(
-        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
-    )
-    assert injected.status_code == 200
-    # An uncaught core failure is critical: the responder puts chat in minimal mode.
-    # Bounded at five seconds.
-    for _ in range(50):
-        await client.post("/chat", json={"message": "budget report"})
-        if (await status(client))["minimalMode"]["active"]:
-            break
-        await asyncio.sleep(0.1)
+    await critical_failure(client)
     shown = (await status(client))["minimalMode"]
     assert shown["active"] is True and shown["remainingSeconds"] > 0
     assert shown["reason"] and shown["incident"].startswith("INC_")
@@ -60,17 +67,7 @@ async def test_status_shows_minimal_mode_and_an_operator_ends_it(client: httpx.A
 
 
 async def test_resolving_the_critical_incident_ends_minimal_mode(client: httpx.AsyncClient) -> None:
-    injected = await client.post(
-        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
-    )
-    assert injected.status_code == 200
-    for _ in range(50):  # bounded at five seconds
-        await client.post("/chat", json={"message": "budget report"})
-        if (await status(client))["minimalMode"]["active"]:
-            break
-        await asyncio.sleep(0.1)
-    incident = (await status(client))["minimalMode"]["incident"]
-    assert incident, "minimal mode did not come on"
+    incident = await critical_failure(client)
     assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
 
     resolved = await client.post(
@@ -89,17 +86,7 @@ async def test_minimal_mode_ends_within_a_tick_of_its_incident_resolved_elsewher
 ) -> None:
     """On PostgreSQL another replica may resolve the incident, or it resolves on its own once
     quiet: this replica's next tick ends the mode it turned on for that incident."""
-    injected = await client.post(
-        "/api/emergency/simulate-error", json={"component": "BMA", "errorType": "system"}
-    )
-    assert injected.status_code == 200
-    for _ in range(50):  # bounded at five seconds
-        await client.post("/chat", json={"message": "budget report"})
-        if (await status(client))["minimalMode"]["active"]:
-            break
-        await asyncio.sleep(0.1)
-    incident = (await status(client))["minimalMode"]["incident"]
-    assert incident, "minimal mode did not come on"
+    incident = await critical_failure(client)
     incidents = app.state.runtime.incident_service
     await incidents.tick()
     assert (await status(client))["minimalMode"]["active"] is True  # still open: it stays
