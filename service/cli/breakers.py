@@ -9,6 +9,20 @@ from rich.console import Console
 
 from service.cli.output import emit, new_table
 from service.cli.remote import call, command, command_group
+from service.resilience.breaker import MAX_FORCE_OPEN_S
+
+
+def ttl_seconds(text: str) -> float:
+    """--ttl: seconds, more than 0 and at most a week, said in the flag's own terms."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value <= MAX_FORCE_OPEN_S:
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_FORCE_OPEN_S} seconds (a week), not {text}"
+        )
+    return value
 
 
 def _table(out: Console, report: dict[str, Any]) -> None:
@@ -69,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     reset.add_argument("--force", action="store_true", help="reset even if still failing")
     forcing = command(actions, "force-open", "isolate an agent")
     forcing.add_argument("--reason", required=True, help="why, kept with the breaker")
-    forcing.add_argument("--ttl", type=float, default=None, help="seconds until half-open")
+    forcing.add_argument("--ttl", type=ttl_seconds, default=None, help="seconds until half-open")
     releasing = command(actions, "release", "lift a forced open (goes half-open)")
     disabling = command(actions, "disable", "let every call through, unguarded")
     enabling = command(actions, "enable", "guard a disabled breaker's calls again")

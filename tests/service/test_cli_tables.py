@@ -1,14 +1,16 @@
 """What ``ers backup`` draws for replies the integration tests cannot provoke on demand: a
 create that found nothing changed, a test rollback whose table comes or goes, a snapshot
-whose copy fails its check."""
+whose copy fails its check; and flags refused in their own terms before any request."""
 
 from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from service.cli.backup_tables import TABLES
+from service.cli.main import main
 from service.cli.output import short_id, when
 
 
@@ -89,3 +91,18 @@ def test_the_breakers_total_adds_up_with_forced_and_disabled_ones() -> None:
     _table(out, report)
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert "total 4: 1 closed, 2 open (1 forced), 0 half-open, 1 disabled" in text
+
+
+@pytest.mark.parametrize(
+    "ttl,said",
+    [("0", "must be more than 0 and at most 604800 seconds"), ("abc", "'abc' is not a number")],
+)
+def test_a_force_open_ttl_out_of_range_is_refused_in_the_flags_terms(
+    ttl: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the service's 422 named its JSON field, "ttlSeconds: Input should be greater
+    # than 0", for a flag called --ttl.
+    with pytest.raises(SystemExit) as exited:
+        main(["breakers", "force-open", "workout", "--reason", "bad deploy", "--ttl", ttl])
+    assert exited.value.code == 2
+    assert f"argument --ttl: {said}" in capsys.readouterr().err

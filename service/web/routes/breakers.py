@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import StoreUnavailable
-from service.resilience.breaker import CircuitBreaker, ResetRefused
+from service.resilience.breaker import MAX_FORCE_OPEN_S, CircuitBreaker, ResetRefused
 from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Keeper, Team
@@ -28,7 +28,7 @@ class ForceOpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=500)
-    ttlSeconds: JsonNumber | None = Field(None, gt=0, le=7 * 24 * 3600)
+    ttlSeconds: JsonNumber | None = Field(None, gt=0, le=MAX_FORCE_OPEN_S)
 
 
 async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
