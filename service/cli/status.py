@@ -1,4 +1,5 @@
-"""``ers status``: the service at a glance; ``ers minimal-mode end``: chat calls agents again."""
+"""``ers status``: the service at a glance; ``ers minimal-mode end``: chat calls agents again;
+``ers audit``: what was done to the state, and by whom."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from service.cli.output import emit, new_table, when
+from service.cli.output import emit, new_table, short_id, when
 from service.cli.remote import call, command, command_group
 
 
@@ -57,6 +58,36 @@ def end_minimal_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_table(out: Console, reply: dict[str, Any]) -> None:
+    table = new_table("AT", "ACTOR", "ACTION", "DETAIL")
+    for entry in reply["entries"]:
+        detail = entry["detail"] if isinstance(entry["detail"], dict) else {}
+        shown = ", ".join(f"{k} {_short(v)}" for k, v in detail.items() if v not in (None, []))
+        table.add_row(when(entry["at"]), entry["actor"], entry["action"], shown)
+    out.print(table)
+    out.print(f"{len(reply['entries'])} entries, newest first")
+
+
+def _short(value: object) -> str:
+    # Snapshot ids as the lists show them; lists without their brackets.
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    text = str(value)
+    is_id = len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return short_id(text) if is_id else text
+
+
+def audit_limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, not {text}")
+    return int(text)
+
+
+def show_audit(args: argparse.Namespace) -> int:
+    emit(args, call(args, "GET", f"/api/emergency/audit?limit={args.limit}"), _audit_table)
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     status = command(commands, "status", "the service at a glance: state, incidents, breakers")
     status.set_defaults(handler=show_status)
@@ -68,3 +99,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     ending = command(actions, "end", "end it now: chat calls the agents again")
     ending.set_defaults(handler=end_minimal_mode)
+    audit = command(commands, "audit", "what was done to the state, and by whom")
+    audit.add_argument("--limit", type=audit_limit, default=50, help="entries (1 to 1000)")
+    audit.set_defaults(handler=show_audit)

@@ -16,6 +16,7 @@ from service.chat.team import Team as TeamModel
 from service.health.checks import MemoryCheck as MemoryCheckModel
 from service.health.monitor import HealthMonitor
 from service.incidents.alert_webhook import AlertHandler
+from service.incidents.audit import AuditLog
 from service.incidents.service import IncidentService
 from service.resilience.faults import FaultInjector
 from service.resilience.state_keeper import StateKeeper
@@ -74,6 +75,7 @@ Faults = Annotated[FaultInjector | None, _part(lambda r: r.faults)]
 Incidents = Annotated[IncidentService, _part(lambda r: r.incident_service)]
 Traces = Annotated[KeptTraces, _part(lambda r: r.traces)]
 Alerts = Annotated[AlertHandler, _part(lambda r: r.alerts)]
+Audit = Annotated[AuditLog, _part(lambda r: r.audit)]
 State = Annotated[SystemStateMachine, _part(lambda r: r.state)]
 Keeper = Annotated[StateKeeper, _part(lambda r: r.state_keeper)]
 Health = Annotated[HealthMonitor, _part(lambda r: r.health)]

@@ -931,6 +931,7 @@ INCIDENT = "/api/emergency/incidents/{incident_id}"
 ACKNOWLEDGE = "/api/emergency/incidents/{incident_id}/acknowledge"
 RESOLVE = "/api/emergency/incidents/{incident_id}/resolve"
 TRACE = "/api/emergency/traces/{trace_id}"
+AUDIT = "/api/emergency/audit"
 UNKNOWN_INCIDENT = "INC_0000000000000_abcdef"
 UNKNOWN_TRACE = "0" * 31 + "1"
 
@@ -1079,6 +1080,16 @@ def _incident_cases() -> list[Case]:
             detail="not kept",
         )
     )
+    for name, value in {
+        "limit-zero": "limit=0",
+        "limit-over-max": "limit=1001",
+        "limit-negative": "limit=-1",
+        "limit-nan": "limit=NaN",
+        "limit-10e30": f"limit={10**30}",
+        "limit-sql-injection": "limit=" + quote("1; DROP TABLE audit"),
+    }.items():
+        rows.append(Case(f"audit-{name}", "GET", AUDIT, f"{AUDIT}?{value}", 422, detail="limit"))
+    rows.append(Case("audit-limit-max", "GET", AUDIT, f"{AUDIT}?limit=1000", 200))
     return rows
 
 

@@ -132,6 +132,13 @@ def test_the_printed_undo_of_a_rollback_runs_as_printed(
     assert undone.returncode == 0, undone.stderr
     assert f"to snapshot {safety}" in undone.stdout
 
+    # Both rollbacks are in the audit trail, newest first, with their reasons.
+    audit = ers({**env, "COLUMNS": "200"}, "audit", "--limit", "2")  # a row a line
+    assert audit.returncode == 0, audit.stderr
+    rows = [line for line in audit.stdout.splitlines() if " rollback " in line]
+    assert len(rows) == 2, audit.stdout
+    assert "reason undo the rollback to" in rows[0] and "reason bad data" in rows[1], rows
+
 
 def test_a_second_init_says_the_repository_was_already_in_use(env: dict[str, str]) -> None:
     first = ers(env, "backup", "init")

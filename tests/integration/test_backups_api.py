@@ -107,7 +107,11 @@ async def test_backup_test_rollback_and_rollback_round_trip(
     snapshots = (await http.get("/api/emergency/backups")).json()["backups"]
     reasons = {s["backupId"][:8]: s["reason"] for s in snapshots}
     assert reasons[body["safetyBackupId"][:8]] == "pre-rollback"
-    assert backup_app.state.runtime.audit.recent(1)[0]["action"] == "rollback"
+    # The audit trail says who rolled back what and why, over HTTP.
+    [entry] = (await http.get("/api/emergency/audit", params={"limit": 1})).json()["entries"]
+    assert (entry["actor"], entry["action"]) == ("admin", "rollback")
+    assert entry["detail"]["safetyBackupId"] == body["safetyBackupId"]
+    assert entry["detail"]["components"] == ["budgets"] and entry["at"].endswith("+00:00")
 
     text = (await http.get("/metrics")).text
     assert 'ers_rollbacks_total{result="success"} 1.0' in text

@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.incidents.model import INCIDENT_ID_PATTERN as INCIDENT_ID
 from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
-from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
+from service.incidents.model import IllegalTransition, Incident, IncidentNotFound, iso
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Incidents, Minimal, Settings, State, Team, Traces
+from service.web.deps import Audit, Incidents, Minimal, Settings, State, Team, Traces
 from service.web.openapi import errors
 from telemetry.providers import otlp_endpoint_configured
 
@@ -186,6 +186,14 @@ async def _change(incidents: IncidentService, settings: Any, change: Any) -> dic
     except IllegalTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return incident_view(settings, incident)
+
+
+@router.get("/audit")
+async def list_audit(audit: Audit, limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+    """What was done to the state and by whom, newest first: rollbacks people made and
+    interrupted ones undone at start-up."""
+    entries = await asyncio.to_thread(audit.recent, limit)
+    return {"entries": [{**entry, "at": iso(entry["at"])} for entry in entries]}
 
 
 @router.get("/traces/{trace_id}", responses=errors(404))
