@@ -1,10 +1,16 @@
 """Kept traces in a SQLite file beside the incidents, so an incident's trace link still
 answers after a restart.
 
-Bounded: at most ``max_traces`` traces, the least recently kept deleted first. Writes never
-run on the caller's thread unless it asks (``write``): ``offer`` hands a trace to a writer
-thread through a bounded queue and drops it when the queue is full, so a span processor on
-the event loop never waits for the disk. ``close`` writes what is queued, then stops.
+Bounded: at most ``max_traces`` traces, the least recently kept deleted first. Once full,
+the oldest tenth goes at once, so a full file holds between nine tenths of ``max_traces`` and
+all of it, and the trim (a walk over the kept_at index) runs once per that many writes rather
+than after each: in an error storm every failing chat keeps a trace, and every statement of
+the writer thread is one more time it takes the GIL back from the event loop.
+
+Writes never run on the caller's thread unless it asks (``write``): ``offer`` hands a trace to
+a writer thread through a bounded queue and drops it when the queue is full, so a span
+processor on the event loop never waits for the disk. ``close`` writes what is queued, then
+stops.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ class TraceArchive:
         self._db = connect_sqlite(path)
         self._db.execute(SCHEMA)
         self._db.execute(KEPT_AT_INDEX)
+        # The rows a trim leaves: nine tenths of the bound (all of it for a bound under ten).
+        self._trim_to = max_traces - max_traces // 10
+        # At least the rows the file holds: a rewrite of a kept trace counts as one more.
+        self._rows_at_most = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
         self._lock = threading.Lock()
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
         self._writer = threading.Thread(target=self._drain, name="trace-archive", daemon=True)
@@ -66,11 +76,14 @@ class TraceArchive:
                 "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
                 (format(trace_id, "032x"), time.time(), document),
             )
-            self._db.execute(
-                "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
-                "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
-                (self.max_traces,),
-            )
+            self._rows_at_most += 1
+            if self._rows_at_most > self.max_traces:
+                self._db.execute(
+                    "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
+                    "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
+                    (self._trim_to,),
+                )
+                self._rows_at_most = self._trim_to
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         with self._lock:

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from telemetry.trace_archive import TraceArchive
+from tests.telemetry.conftest import error_record
+
+
+def trace_ids(path: Path) -> set[int]:
+    with sqlite3.connect(path) as db:
+        return {int(row[0], 16) for row in db.execute("SELECT trace_id FROM traces")}
+
+
+def write(archive: TraceArchive, trace_id: int) -> None:
+    archive.write(trace_id, [error_record(trace_id=format(trace_id, "032x"))])
+
+
+def test_the_file_never_holds_more_than_max_traces_and_keeps_the_newest(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "kept-traces.sqlite3"
+    archive = TraceArchive(path, max_traces=20)
+    for trace_id in range(1, 76):
+        write(archive, trace_id)
+        held = trace_ids(path)
+        assert len(held) <= 20, f"{len(held)} traces after writing trace {trace_id}"
+        # Only the oldest go: what is held is always the newest run of traces.
+        assert held == set(range(trace_id - len(held) + 1, trace_id + 1))
+    assert len(trace_ids(path)) >= 18  # a trim leaves nine tenths of the bound
+    archive.close()
+
+
+def test_a_reopened_archive_counts_the_traces_its_file_already_holds(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "kept-traces.sqlite3"
+    first = TraceArchive(path, max_traces=10)
+    for trace_id in range(1, 11):
+        write(first, trace_id)
+    first.close()
+    reopened = TraceArchive(path, max_traces=10)
+    write(reopened, 11)
+    held = trace_ids(path)
+    assert len(held) <= 10 and 11 in held and 1 not in held
+    reopened.close()
+
+
+def test_a_rewritten_trace_is_not_counted_twice_against_the_newest(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "kept-traces.sqlite3"
+    archive = TraceArchive(path, max_traces=10)
+    for _ in range(15):  # late spans of one trace rewrite its row
+        write(archive, 1)
+    for trace_id in range(2, 11):
+        write(archive, trace_id)
+    assert trace_ids(path) >= set(range(2, 11))
+    archive.close()
