@@ -175,9 +175,9 @@ def write_readme(lines: list[str], header: str, not_run: list[str]) -> None:
                 kept.append(f"`{module}`")
         lines = lines[:2] + [row for module in BENCHMARKS for row in rows[module]]
         if kept:
+            # Whole, with its own note on the runs before it: each row's run stays named.
             old_header = next((line for line in old if line.startswith("Measured by")), "")
-            old_header = old_header.split(" The rows of ")[0]  # its own earlier rows' note
-            header += f" The rows of {', '.join(kept)} are from an earlier run. {old_header}"
+            header += f" The rows of {', '.join(kept)} are from earlier runs. {old_header}"
     block = "\n".join([start, header, "", *lines, end])
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
