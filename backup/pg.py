@@ -132,7 +132,8 @@ class PgSchemas:
             *(self.backup_one(c, reason) for c in names), return_exceptions=True
         )
         try:
-            outcomes = await asyncio.wait_for(backups, timeout)
+            async with asyncio.timeout(timeout):
+                outcomes = await backups
             failures = [o for o in outcomes if isinstance(o, BaseException)]
             if failures:
                 raise failures[0]

@@ -198,7 +198,8 @@ async def run_pg_program(
             "PostgreSQL client programs (apt install postgresql-client)"
         ) from None
     try:
-        output, errors = await asyncio.wait_for(process.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            output, errors = await process.communicate()
     except TimeoutError:
         await _stop(process)
         raise failure(

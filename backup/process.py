@@ -56,7 +56,8 @@ async def run_program(
         ) from None
     collected = CommandOutput(exit_code=-1, stdout="", stderr="")
     try:
-        await asyncio.wait_for(_collect(process, collected, on_progress), timeout)
+        async with asyncio.timeout(timeout):
+            await _collect(process, collected, on_progress)
     except TimeoutError:
         await stop_process(process)
         raise ResticTimeout(
@@ -145,7 +146,8 @@ async def stop_process(
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(sig)
     try:
-        await asyncio.wait_for(process.wait(), grace_s)
+        async with asyncio.timeout(grace_s):
+            await process.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()

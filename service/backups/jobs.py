@@ -113,7 +113,8 @@ async def run_schedule(
         if leader is not None and not leader.is_leader:
             leading = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(leader.wait_leader(), tick_s)
+                async with asyncio.timeout(tick_s):
+                    await leader.wait_leader()
             if not leader.is_leader:
                 # The runner's backups, for this replica's backup-age check.
                 with contextlib.suppress(BackupError, BackupsUnavailable):

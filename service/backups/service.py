@@ -199,7 +199,8 @@ class BackupService:
                 self.first_attempt_done.set()
                 log.warning("backups unavailable (%s); retrying in %.0f s", exc, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._retry_now.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._retry_now.wait()
                 delay = min(max_delay_s, delay * 2)
                 continue
             for listener in self._listeners:

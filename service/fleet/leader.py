@@ -140,7 +140,8 @@ async def watch_session(conn: psycopg.AsyncConnection[object], check_interval_s:
     while True:
         async for _ in conn.notifies(timeout=check_interval_s):
             pass
-        await asyncio.wait_for(conn.execute("SELECT 1"), check_interval_s)
+        async with asyncio.timeout(check_interval_s):
+            await conn.execute("SELECT 1")
 
 
 class FleetLockUnavailable(BackupError):

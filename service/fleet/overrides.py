@@ -153,7 +153,8 @@ class FleetOverrides:
         await self._leases.stop()
         if self._pending:
             try:
-                await asyncio.wait_for(self._write_pending(), STOP_FLUSH_S)
+                async with asyncio.timeout(STOP_FLUSH_S):
+                    await self._write_pending()
             except (TimeoutError, psycopg.Error) as exc:
                 log.warning(
                     "fleet breaker overrides: %d override(s) of this replica were not shared "
@@ -164,7 +165,8 @@ class FleetOverrides:
 
     async def wait_listening(self, timeout_s: float = 10.0) -> None:
         """Until the LISTEN connection is up (for tests and readiness)."""
-        await asyncio.wait_for(self._listening.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._listening.wait()
 
     # --- local changes -> the fleet --------------------------------------------------------
 
@@ -298,7 +300,8 @@ class FleetOverrides:
         outage = Outage("reading the overrides")
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                async with asyncio.timeout(self.poll_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.sync()

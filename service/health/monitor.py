@@ -95,7 +95,8 @@ class HealthMonitor:
 
     async def _run(self, check: HealthCheck) -> CheckResult:
         try:
-            return await asyncio.wait_for(check.run(), CHECK_TIMEOUT_S)
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                return await check.run()
         except TimeoutError:
             reason = f"the check took over {CHECK_TIMEOUT_S:g} s"
             error = HealthCheckFailed(f"the {check.name} check took over {CHECK_TIMEOUT_S:g} s")
@@ -138,4 +139,5 @@ class HealthMonitor:
             except Exception:
                 log.exception("health evaluation failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()

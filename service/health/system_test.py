@@ -72,7 +72,8 @@ async def run_steps(steps: list[Step]) -> dict[str, Any]:
     for name, step in steps:
         step_started = time.perf_counter()
         try:
-            detail = await asyncio.wait_for(step(), STEP_TIMEOUT_S)
+            async with asyncio.timeout(STEP_TIMEOUT_S):
+                detail = await step()
             passed = True
         except TimeoutError:
             detail, passed = f"did not finish within {STEP_TIMEOUT_S:g} s", False

@@ -131,7 +131,8 @@ class Responder:
             return await self._skip(action, context, why_not)
         await self._note(context, "action_started", f"{action} started", {"action": action})
         try:
-            result = await asyncio.wait_for(self._actions[action](context), 120)
+            async with asyncio.timeout(120):
+                result = await self._actions[action](context)
         except Exception as exc:  # an action must never take the service down
             log.exception("action %s failed for %s", action, context.incident_id)
             result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")

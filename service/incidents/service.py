@@ -308,7 +308,8 @@ class IncidentService:
                 failing = False
             self._counts_stale.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._counts_stale.wait(), every_s)
+                async with asyncio.timeout(every_s):
+                    await self._counts_stale.wait()
             await asyncio.sleep(0.05)  # events come in bursts: one read for a burst
 
     # --- metrics ------------------------------------------------------------------------

@@ -49,7 +49,8 @@ class Bulkhead:
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
         try:
-            await asyncio.wait_for(slot, self.max_wait_s)
+            async with asyncio.timeout(self.max_wait_s):
+                await slot
         except BaseException as exc:
             if slot.done() and not slot.cancelled():
                 # The slot came as the wait ended: hand it on rather than lose it.
