@@ -9,7 +9,7 @@ from rich.console import Console
 
 from service.cli.output import emit, new_table
 from service.cli.remote import call, command, command_group
-from service.resilience.breaker import MAX_FORCE_OPEN_S
+from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 
 
 def ttl_seconds(text: str) -> float:

@@ -44,10 +44,6 @@ FORCED_OPEN = BreakerState.FORCED_OPEN
 DISABLED = BreakerState.DISABLED
 
 
-# The longest isolation an operator may ask for at once: a week.
-MAX_FORCE_OPEN_S = 7 * 24 * 3600
-
-
 class CircuitBreaker:
     def __init__(
         self,

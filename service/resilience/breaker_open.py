@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from service.resilience.breaker_config import BreakerConfig
 from service.resilience.breaker_events import iso_utc
 
+# The longest forcing an operator may ask for at once: a week.
+MAX_FORCE_OPEN_S = 7 * 24 * 3600
+
 
 class OpenPeriod:
     """When a tripped breaker admits its next trial. The first trip holds it open for

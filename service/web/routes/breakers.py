@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import StoreUnavailable
-from service.resilience.breaker import MAX_FORCE_OPEN_S, CircuitBreaker, ResetRefused
+from service.resilience.breaker import CircuitBreaker, ResetRefused
+from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Keeper, Team
