@@ -51,6 +51,11 @@ class MinimalMode:
         self._changed()
         return was_on
 
+    def leave_for(self, incident: str) -> bool:
+        """End the mode if ``incident`` is the one that turned it on (now resolved); whether
+        it ended."""
+        return self.incident == incident and self.leave()
+
     def record(self) -> dict[str, object] | None:
         if not self.active:
             return None

@@ -251,7 +251,7 @@ class IncidentService:
                 incident = await asyncio.to_thread(self.store.get, mode.incident)
             except IncidentNotFound:  # a kept mode's incident from another store: its time runs
                 return
-            if incident.status == "resolved" and mode.leave():
+            if incident.status == "resolved" and mode.leave_for(incident.id):
                 log.warning("minimal response mode ended: %s is resolved", incident.id)
 
     def shutdown(self) -> None:

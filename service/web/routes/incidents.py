@@ -169,7 +169,7 @@ async def resolve(
             released.append(guard.name)
     view["released"] = released
     # Likewise chat's minimal mode, when this incident is the one that turned it on.
-    view["minimalModeEnded"] = minimal.incident == incident_id and minimal.leave()
+    view["minimalModeEnded"] = minimal.leave_for(incident_id)
     # The system state follows at once: the status must not say "1 critical incident
     # active" beside "active incidents 0".
     await incidents.changed_by_hand()
