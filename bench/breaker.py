@@ -35,6 +35,7 @@ import pybreaker
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from purgatory import AsyncCircuitBreakerFactory
 
 from service.agents.base import AgentReply, AgentRequest
@@ -225,7 +226,7 @@ class EchoAgent:
 def _telemetry() -> tuple[object, AgentInstruments]:
     tracer = TracerProvider().get_tracer("bench")
     meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
-    return tracer, AgentInstruments.create(meter)
+    return tracer, AgentInstruments.create(meter, CollectorRegistry())
 
 
 async def _guarded_loop(iterations: int) -> int:

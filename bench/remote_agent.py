@@ -112,7 +112,7 @@ class Guarded:
         )
         team = Team(
             tracer=telemetry.tracer,
-            instruments=AgentInstruments.create(telemetry.meter),
+            instruments=AgentInstruments.create(telemetry.meter, telemetry.registry),
             faults=None,
             breaker_config=BreakerConfig(),
             guard_config=GuardConfig(timeout_s=TIMEOUT_S, total_budget_s=TIMEOUT_S * 1.6),

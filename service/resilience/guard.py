@@ -72,7 +72,6 @@ class GuardedAgent:
         self._faults = faults
         self._factory = factory
         self._span_name = f"agent.{agent.name}"
-        self._labels = {"agent": agent.name}
         self._outcome_labels: dict[str, dict[str, str]] = {}
         self._deadlines = deadlines or SHARED_DEADLINES
         self._first_timeout = min(self.config.timeout_s, self.config.total_budget_s)
@@ -383,7 +382,7 @@ class GuardedAgent:
         if labels is None:
             labels = self._outcome_labels[outcome] = {"agent": self.name, "outcome": outcome}
         self._instruments.calls.add(1, labels)
-        self._instruments.duration.record(elapsed, self._labels)
+        self._instruments.duration.record(elapsed, self.name)
 
 
 def _record_failure(permit: Permit, error: Exception, duration_s: float) -> None:

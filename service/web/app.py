@@ -173,7 +173,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(stores.close)
 
         # The team: every agent behind its breaker, timeout, retries and fallback.
-        instruments = AgentInstruments.create(telemetry.meter) if telemetry.enabled else None
+        instruments = (
+            AgentInstruments.create(telemetry.meter, telemetry.registry)
+            if telemetry.enabled
+            else None
+        )
         faults = FaultInjector() if settings.fault_injection else None
         team = build_team(
             stores,

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
 
 from service.agents.base import AgentReply, AgentRequest
 from service.chat.team import Team
@@ -52,7 +53,7 @@ class Harness:
         self.tracer = tracer_provider.get_tracer("test")
         self.reader = InMemoryMetricReader()
         self.instruments = AgentInstruments.create(
-            MeterProvider(metric_readers=[self.reader]).get_meter("test")
+            MeterProvider(metric_readers=[self.reader]).get_meter("test"), CollectorRegistry()
         )
         self.cache = LastGoodAnswers(100)
 
