@@ -24,6 +24,7 @@ from service.health.incidents import HealthIncidents
 from service.health.metrics import register_health_metrics
 from service.health.monitor import HealthMonitor, HealthReport
 from service.incidents.service import IncidentService
+from service.resilience.breaker_events import BreakerEventKind
 from service.resilience.system_state import SystemStateMachine
 from service.settings import Settings
 from service.stores import Stores
@@ -56,6 +57,8 @@ def start_health(
     if backups is not None:
         checks += [RepositoryCheck(backups), BackupAgeCheck(backups), RestoreDrillCheck(backups)]
     health = HealthMonitor(checks, telemetry.tracer, interval_s=settings.health_check_interval_s)
+    for breaker in team.breakers():  # the report follows a breaker that opens or closes
+        breaker.subscribe(lambda event: health.refresh_soon(), [BreakerEventKind.STATE_TRANSITION])
     health.subscribe(failing.on_report)
     health.subscribe(lambda report: state.evaluate())
     health_incidents = HealthIncidents(incidents.store, settings.health_incident_resolve_after_s)

@@ -317,6 +317,7 @@ class DiskCheck:
 
 class BreakersCheck:
     name = "breakers"
+    live = True  # reads the breakers in memory: run again whenever the report is read
 
     def __init__(self, states: Callable[[], dict[str, str]]) -> None:
         self._states = states
@@ -341,6 +342,7 @@ class BreakersCheck:
 
 class IncidentsCheck:
     name = "incidents"
+    live = True  # reads the counts the incident service keeps
 
     def __init__(self, active: Callable[[], dict[str, int]], alert_at: int = 5) -> None:
         self._active, self.alert_at = active, alert_at

@@ -8,6 +8,10 @@ every failure of one check groups into one incident, named after the check. Chec
 up other signals (breakers, incidents) carry no error: what they count is already an
 incident. ``health.incidents.HealthIncidents`` resolves a check's incident once it has been
 healthy again for a while.
+
+Those two read only the process's memory (``live = True``): they run last in every
+evaluation, and again whenever the report is read (``refresh``) or a breaker changes state,
+so a report never says "healthy" about breakers that opened since the last interval.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class HealthReport:
         return sorted(n for n, r in self.checks.items() if r.status is Status.UNHEALTHY)
 
 
+def _is_live(check: HealthCheck) -> bool:
+    return getattr(check, "live", False)
+
+
 class HealthMonitor:
     def __init__(
         self,
@@ -69,6 +77,7 @@ class HealthMonitor:
         self._listeners: list[Callable[[HealthReport], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._refresh_task: asyncio.Task[HealthReport | None] | None = None
         self.last: HealthReport | None = None
 
     def subscribe(self, listener: Callable[[HealthReport], None]) -> None:
@@ -76,11 +85,37 @@ class HealthMonitor:
 
     async def evaluate(self) -> HealthReport:
         started = time.perf_counter()
-        results = await asyncio.gather(*(self._run(check) for check in self.checks))
+        slow = [check for check in self.checks if not _is_live(check)]
+        results = list(await asyncio.gather(*(self._run(check) for check in slow)))
+        # The live checks as of the moment the report is made, not of when it began.
+        results += await self._run_live()
+        return self._publish(results, {}, time.perf_counter() - started)
+
+    async def refresh(self) -> HealthReport | None:
+        """The last report with its live checks run again now; None before the first."""
+        last = self.last
+        if last is None:
+            return None
+        return self._publish(await self._run_live(), last.checks, last.duration_s)
+
+    def refresh_soon(self) -> None:
+        """``refresh`` in a task of its own, one at a time: what a live check reads changed."""
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.get_running_loop().create_task(self.refresh())
+
+    async def _run_live(self) -> list[CheckResult]:
+        return [await self._run(check) for check in self.checks if _is_live(check)]
+
+    def _publish(
+        self, results: list[CheckResult], earlier: dict[str, CheckResult], duration_s: float
+    ) -> HealthReport:
+        checks = {**earlier, **{r.name: r for r in results}}
+        # In the checks' order, whichever of them ran now.
+        ordered = {c.name: checks[c.name] for c in self.checks if c.name in checks}
         report = HealthReport(
-            overall=worst([r.status for r in results]),
-            checks={r.name: r for r in results},
-            duration_s=time.perf_counter() - started,
+            overall=worst([r.status for r in ordered.values()]),
+            checks=ordered,
+            duration_s=duration_s,
         )
         self.last = report
         for result in results:
@@ -129,7 +164,7 @@ class HealthMonitor:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="health")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, self._refresh_task)
 
     async def _loop(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -62,6 +63,39 @@ async def test_forced_breakers_move_the_system_state(
     ]
     metrics = (await client.get("/metrics")).text
     assert 'ers_system_state{state="normal"} 1.0' in metrics
+
+
+async def test_the_health_report_follows_a_breaker_between_intervals(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The full checks run every 30 s; the breakers may open in between, and status said
+    "health: healthy" beside "degraded (breaker open: budget)" until the next interval."""
+    runtime = app.state.runtime
+    budget = runtime.team.get("budget").breaker
+    before = await runtime.health.evaluate()
+    assert before.checks["breakers"].status.value == "healthy"
+
+    # The breaker's transition alone brings the report, and its metric, along.
+    budget.force_open("bad answers", "operator")
+    await asyncio.sleep(0.05)
+    assert runtime.health.last.checks["breakers"].reason == "not closed: budget"
+    metrics = (await client.get("/metrics")).text
+    assert 'ers_health_check_status{check="breakers",status="degraded"} 1.0' in metrics
+
+    status = (await client.get("/api/emergency/status")).json()
+    assert status["systemState"] == "degraded"
+    assert status["health"]["overall"] == "degraded"
+    cached = (await client.get("/api/emergency/health", params={"refresh": "false"})).json()
+    assert cached["overall"] == "degraded"
+    # The slow checks are not run again for it: their results are the interval's.
+    assert cached["checks"]["disk"]["checkedAt"] == before.checks["disk"].at
+
+    budget.reset(force=True)
+    await asyncio.sleep(0.05)
+    assert runtime.health.last.checks["breakers"].status.value == "healthy"
+    assert (await client.get("/api/emergency/status")).json()["health"]["overall"] == (
+        before.overall.value
+    )
 
 
 @pytest.mark.parametrize(

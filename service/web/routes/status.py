@@ -46,7 +46,7 @@ async def status(
     minimal_mode: Minimal,
 ) -> dict[str, Any]:
     totals = breaker_report(team)["totals"]
-    report = health.last
+    report = await health.refresh()
     memory = memory_check.last
     uptime_s = time.time() - started_at
     active = incidents.active_counts()
@@ -102,7 +102,8 @@ async def end_minimal_mode(minimal_mode: Minimal, who: AdminAuth) -> dict[str, A
 async def health(
     health: Health, state: State, refresh: bool = Query(True, description="run every check now")
 ) -> JSONResponse:
-    report = await health.evaluate() if refresh or health.last is None else health.last
+    report = None if refresh else await health.refresh()
+    report = report or await health.evaluate()
     state.evaluate()
     body = {**report.as_dict(), "systemState": state.state.value}
     return JSONResponse(body, status_code=503 if report.overall is Status.UNHEALTHY else 200)
