@@ -71,6 +71,9 @@ class ResponseContext:
     reason: str
     source: str = "responder"
     ttl_s: float | None = None
+    # How often the incident reopened: a reopened incident is a new episode, whose actions
+    # run again even within the cooldown of the last episode's.
+    episode: int = 0
 
 
 ActionFn = Callable[[ResponseContext], Awaitable[ActionResult]]
@@ -92,7 +95,7 @@ class Responder:
     # Both None without backups.
     emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
     rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
-    _last_run: dict[tuple[str, str], float] = field(default_factory=dict, init=False)
+    _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +121,7 @@ class Responder:
         return results
 
     async def run_action(self, action: str, context: ResponseContext) -> ActionResult:
-        key = (context.incident_id, action)
+        key = (context.incident_id, action, context.episode)
         now = self.clock()
         last = self._last_run.get(key)
         if last is not None and now - last < self.cooldown_s:
@@ -157,7 +160,7 @@ class Responder:
                 holder = await asyncio.to_thread(
                     self.claims.claim_action,
                     context.incident_id,
-                    action,
+                    action if not context.episode else f"{action} (reopening {context.episode})",
                     self.replica,
                     self.cooldown_s,
                 )

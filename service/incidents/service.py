@@ -204,6 +204,7 @@ class IncidentService:
             incident.protocol or "",
             incident.component,
             f"{incident.severity} {incident.type} incident {incident.id}: {incident.message}",
+            episode=incident.reopen_count,
         )
         results = await self.responder.respond(context)
         if len(self._responded) > 10_000:
