@@ -10,11 +10,13 @@ automatic rollback off.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pydantic_settings
 import yaml
 from pydantic import (
     BaseModel,
@@ -354,13 +356,29 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
+    except pydantic_settings.SettingsError as exc:
+        raise SettingsError(describe_unparsed_variable(exc)) from None
+
+
+def describe_unparsed_variable(exc: pydantic_settings.SettingsError) -> str:
+    """A variable of a list or mapping setting that is not JSON. Its value is not repeated:
+    settings such as the agents' may hold credentials."""
+    field = re.search(r'field "([^"]+)"', str(exc))
+    name = field.group(1) if field else "settings"
+    cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+    return (
+        f"invalid setting '{name}': ERS_{name.upper()} is not valid JSON{cause}; a mapping "
+        f"or list setting is written as JSON in its variable "
+        f'(ERS_AGENT_ROUTES=\'{{"workout": "helper"}}\'), or in the YAML file'
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "settings"
     if first["type"] == "extra_forbidden":
-        return f"invalid setting '{key}': unknown key; check its spelling (ERS_{key.upper()})"
+        variable = "ERS_" + key.upper().replace(".", "__")
+        return f"invalid setting '{key}': unknown key; check its spelling ({variable})"
     message = first["msg"].removeprefix("Value error, ")
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid setting '{key}': {message}{more}"

@@ -55,6 +55,14 @@ def test_explicit_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ({"ERS_ENV": "staging"}, "invalid setting 'env'"),
         ({"ERS_CONFIG": "/nonexistent/ers.yaml"}, "ERS_CONFIG: no such file"),
         ({"ERS_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "admin_token_file: cannot read"),
+        # A mapping's variable that is not JSON: one line, not pydantic-settings' traceback,
+        # and not the value (an agent's settings may hold a key).
+        ({"ERS_AGENTS": "sk-secret"}, "invalid setting 'agents': ERS_AGENTS is not valid JSON"),
+        (
+            {"ERS_BACKUP_INTERVAL_MINUTES__NOPE": "5"},
+            "'backup_interval_minutes.nope': unknown key; check its spelling "
+            "(ERS_BACKUP_INTERVAL_MINUTES__NOPE)",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(
@@ -66,6 +74,7 @@ def test_invalid_values_name_the_key(
         load_settings()
     assert expected in str(error.value)
     assert "\n" not in str(error.value)
+    assert "sk-secret" not in str(error.value)
 
 
 def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
