@@ -61,13 +61,6 @@ class BackupIntervals(BaseModel):
     full_system: float = Field(60, gt=0)
 
 
-class Notifications(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    webhook_url: str | None = None
-
-
 class SettingsError(Exception):
     """Start-up configuration is invalid; the message names the key and the problem."""
 
@@ -130,7 +123,6 @@ class Settings(BaseSettings):
     recovery_clean_s: float = Field(300.0, ge=0, le=86_400)
     emergency_rollback_enabled: bool = True
     auto_rollback_enabled: bool = False
-    notifications: Notifications = Field(default_factory=Notifications)
 
     # Breakers: defaults for every agent, then per-agent overrides of any BreakerConfig field
     # (e.g. ``agent_breakers: {budget: {open_duration_s: 60}}``).
@@ -376,6 +368,12 @@ def describe_unparsed_variable(exc: pydantic_settings.SettingsError) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "settings"
+    if first["type"] == "extra_forbidden" and key.split(".")[0] == "notifications":
+        return (
+            f"invalid setting '{key}': ERS sends no notifications itself; people are notified "
+            "by Alertmanager's `people` receiver (alerts/alertmanager.yml), of every alert and "
+            "of what ERS did about it. Remove the key"
+        )
     if first["type"] == "extra_forbidden":
         variable = "ERS_" + key.upper().replace(".", "__")
         return f"invalid setting '{key}': unknown key; check its spelling ({variable})"

@@ -77,6 +77,21 @@ def test_invalid_values_name_the_key(
     assert "sk-secret" not in str(error.value)
 
 
+def test_the_notifications_key_says_who_notifies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ERS had a notifications switch that nothing read: people are notified by
+    Alertmanager. A configuration that still sets it is told so, not ignored."""
+    (tmp_path / "ers.yaml").write_text("notifications:\n  enabled: true\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value).startswith(
+        "invalid setting 'notifications': ERS sends no notifications itself; people are "
+        "notified by Alertmanager's `people` receiver"
+    )
+
+
 def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text("max_backup: 3\n")
     with pytest.raises(SettingsError, match="'max_backup': unknown key"):
