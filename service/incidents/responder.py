@@ -87,6 +87,8 @@ class Responder:
     isolate_ttl_s: float = 120.0
     cooldown_s: float = 300.0
     auto_rollback: bool = False
+    # emergency_rollback_enabled: False forbids rollbacks at all, automatic ones included.
+    rollback_allowed: bool = True
     clock: Callable[[], float] = time.monotonic
     on_action: Callable[[str, str, str], None] | None = None
     minimal_mode: MinimalMode | None = None
@@ -262,6 +264,12 @@ class Responder:
         )
 
     async def _rollback(self, context: ResponseContext) -> ActionResult:
+        if not self.rollback_allowed:
+            return ActionResult(
+                "rollback",
+                "not_available",
+                "rollbacks are disabled (emergency_rollback_enabled=false)",
+            )
         if not self.auto_rollback:
             return ActionResult(
                 "rollback",

@@ -265,6 +265,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             isolate_ttl_s=settings.breaker_open_duration_s * 4,
             cooldown_s=settings.responder_cooldown_s,
             auto_rollback=settings.auto_rollback_enabled,
+            rollback_allowed=settings.emergency_rollback_enabled,
             on_action=lambda protocol, action, result: incident_service.actions.add(
                 1, {"protocol": protocol, "action": action, "result": result}
             ),

@@ -163,6 +163,12 @@ async def rollback_rolls_back_only_when_allowed(rig: Rig) -> None:
     rig.responder._last_run.clear()
     assert (await rig.run("rollback", component="core")).result == "success"
     assert rolled == ["INC_rollback"]
+    # emergency_rollback_enabled=false forbids rollbacks at all, the automatic ones too.
+    rig.responder.rollback_allowed = False
+    rig.responder._last_run.clear()
+    forbidden = await rig.run("rollback", component="core")
+    assert forbidden.result == "not_available" and "emergency_rollback_enabled" in forbidden.detail
+    assert rolled == ["INC_rollback"]
 
 
 async def trim_caches_drops_cached_answers(rig: Rig) -> None:
