@@ -9,8 +9,8 @@ the writer thread is one more time it takes the GIL back from the event loop.
 
 Writes never run on the caller's thread unless it asks (``write``): ``offer`` hands a trace to
 a writer thread through a bounded queue and drops it when the queue is full, so a span
-processor on the event loop never waits for the disk. ``close`` writes what is queued, then
-stops.
+processor on the event loop never waits for the disk. The writer writes what has queued in
+one transaction (up to ``WRITE_BATCH`` traces). ``close`` writes what is queued, then stops.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ KEPT_AT_INDEX = "CREATE INDEX IF NOT EXISTS traces_kept_at ON traces (kept_at)"
 
 Span = ReadableSpan | SpanRecord
 _STOP = object()
+WRITE_BATCH = 64  # traces written in one transaction at most
 
 
 def as_record(span: Span) -> SpanRecord:
@@ -70,20 +71,38 @@ class TraceArchive:
 
     def write(self, trace_id: int, spans: Sequence[Span]) -> None:
         """Write the trace now, on this thread (never the event loop's)."""
-        document = json.dumps([as_record(span).to_dict() for span in spans], default=str)
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
-                (format(trace_id, "032x"), time.time(), document),
+        self.write_many([(trace_id, spans)])
+
+    def write_many(self, traces: Sequence[tuple[int, Sequence[Span]]]) -> None:
+        """Write the traces now, on this thread, in one transaction: one commit for all."""
+        now = time.time()
+        rows = [
+            (
+                format(trace_id, "032x"),
+                now + index * 1e-6,  # in order: the trim keeps the newest by kept_at
+                json.dumps([as_record(span).to_dict() for span in spans], default=str),
             )
-            self._rows_at_most += 1
-            if self._rows_at_most > self.max_traces:
-                self._db.execute(
-                    "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
-                    "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
-                    (self._trim_to,),
+            for index, (trace_id, spans) in enumerate(traces)
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
+                    rows,
                 )
-                self._rows_at_most = self._trim_to
+                self._rows_at_most += len(rows)
+                if self._rows_at_most > self.max_traces:
+                    self._db.execute(
+                        "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
+                        "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
+                        (self._trim_to,),
+                    )
+                    self._rows_at_most = self._trim_to
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         with self._lock:
@@ -102,11 +121,25 @@ class TraceArchive:
 
     def _drain(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            batch = [self._queue.get()]
+            # What queued meanwhile goes in the same transaction: in an error storm every
+            # failing chat keeps a trace, and each commit is more statements that take the
+            # GIL back from the event loop.
+            while len(batch) < WRITE_BATCH and batch[-1] is not _STOP:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is _STOP
+            traces = [item for item in batch if item is not _STOP]
+            if traces:
+                try:
+                    self.write_many(traces)  # type: ignore[arg-type]
+                except Exception:  # then one by one: an unwritable trace loses only itself
+                    for trace_id, spans in traces:  # type: ignore[misc]
+                        try:
+                            self.write(trace_id, spans)
+                        except Exception:  # and must not stop the writer
+                            log.exception("could not keep trace %032x on disk", trace_id)
+            if stop:
                 return
-            trace_id, spans = item  # type: ignore[misc]
-            try:
-                self.write(trace_id, spans)
-            except Exception:  # one unwritable trace must not stop the writer
-                log.exception("could not keep trace %032x on disk", trace_id)

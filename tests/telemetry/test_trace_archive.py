@@ -51,3 +51,25 @@ def test_a_rewritten_trace_is_not_counted_twice_against_the_newest(tmp_path) -> 
         write(archive, trace_id)
     assert trace_ids(path) >= set(range(2, 11))
     archive.close()
+
+
+def test_traces_offered_together_are_written_together_and_the_newest_kept(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "kept-traces.sqlite3"
+    archive = TraceArchive(path, max_traces=20)
+    for trace_id in range(1, 201):  # faster than the writer: they queue, and go in batches
+        archive.offer(trace_id, [error_record(trace_id=format(trace_id, "032x"))])
+    archive.close()
+    held = trace_ids(path)
+    assert 18 <= len(held) <= 20
+    assert held == set(range(201 - len(held), 201))
+
+
+def test_a_trace_that_cannot_be_written_loses_only_itself(tmp_path, caplog) -> None:  # noqa: ANN001
+    path = tmp_path / "kept-traces.sqlite3"
+    archive = TraceArchive(path, max_traces=20)
+    for trace_id in range(1, 4):
+        spans = [error_record(trace_id=format(trace_id, "032x"))] if trace_id != 2 else [None]
+        archive.offer(trace_id, spans)  # type: ignore[list-item]
+    archive.close()
+    assert trace_ids(path) == {1, 3}
+    assert "could not keep trace 00000000000000000000000000000002 on disk" in caplog.text
