@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from service.chat.minimal_mode import MinimalMode
 from service.chat.team import Team
 from service.errors import UnknownAgent
+from service.resilience.breaker_config import BreakerState
 
 log = logging.getLogger("ers.responder")
 
@@ -40,6 +41,9 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
 # Actions whose effect reaches every replica: one replica runs each per incident.
 FLEET_WIDE_ACTIONS = frozenset({"isolate", "emergency_backup", "rollback"})
+# Actions that keep calls from the agent: not for one whose breaker an operator disabled
+# (every call let through), which says the calls are to reach it.
+WITHHOLDING_ACTIONS = frozenset({"isolate", "serve_cached"})
 
 
 class Timeline(Protocol):
@@ -154,9 +158,15 @@ class Responder:
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:
         """Why the action does not run here: it does not apply to the component, or another
         replica holds it for this incident; None when it runs."""
-        if action in AGENT_ACTIONS and self._agent(context) is None:
+        guard = self._agent(context) if action in AGENT_ACTIONS else None
+        if action in AGENT_ACTIONS and guard is None:
             agents = ", ".join(sorted(self.team.guards))
             return f"'{context.component}' is not an agent here ({agents}); {action} acts on agents"
+        if action in WITHHOLDING_ACTIONS and guard and guard.breaker.state is BreakerState.DISABLED:
+            return (
+                f"an operator disabled {guard.name}'s breaker (every call let through); "
+                f"`ers breakers enable {guard.name}` lets ERS {action.replace('_', ' ')} again"
+            )
         if action in FLEET_WIDE_ACTIONS and self.claims is not None:
             try:
                 holder = await asyncio.to_thread(

@@ -225,6 +225,23 @@ async def test_an_agent_action_on_an_external_service_is_skipped_with_its_reason
     assert guard.breaker.state.value == "closed"
 
 
+@pytest.mark.parametrize("action", ["isolate", "serve_cached"])
+async def test_an_action_keeping_calls_from_an_agent_skips_a_disabled_breaker(
+    rig: Rig, action: str
+) -> None:
+    guard = rig.team.get("nutrition")
+    guard.breaker.disable(source="operator")
+    result = await rig.run(action, component="nutrition")
+    assert (
+        result.result == "skipped" and "an operator disabled nutrition's breaker" in result.detail
+    )
+    assert guard.breaker.state.value == "disabled"
+    assert not guard.fallback.serves_cached(AgentRequest("x", "u1"))
+    guard.breaker.enable(source="operator")
+    rig.responder._last_run.clear()
+    assert (await rig.run(action, component="nutrition")).result == "success"
+
+
 async def test_a_fleet_wide_action_another_replica_holds_is_skipped(rig: Rig) -> None:
     class Claims:
         def __init__(self) -> None:

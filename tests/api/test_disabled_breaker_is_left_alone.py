@@ -1,0 +1,42 @@
+"""An operator who disabled an agent's breaker (every call let through) has said the calls
+are to reach the agent. The responder's isolate used to force that breaker open anyway,
+replacing the operator's choice ("forced_open, not disabled; nothing to enable")."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+
+async def test_the_responder_leaves_an_operators_disabled_breaker_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    disabled = await client.post("/api/emergency/circuit-breaker/workout/disable")
+    assert disabled.status_code == 200, disabled.text
+    injected = await client.post(
+        "/api/emergency/simulate-error",
+        json={"component": "workout", "errorType": "timeout", "count": 6},
+    )
+    assert injected.status_code == 200, injected.text
+    for _ in range(3):
+        await client.post("/chat", json={"message": "make me a workout plan", "userId": "ann"})
+
+    skipped: list[str] = []
+    for _ in range(100):  # the incident and its response run off the request path
+        incidents = (await client.get("/api/emergency/incidents?component=workout")).json()
+        if incidents["incidents"]:
+            incident_id = incidents["incidents"][0]["id"]
+            timeline = (await client.get(f"/api/emergency/incidents/{incident_id}")).json()[
+                "timeline"
+            ]
+            skipped = [e["message"] for e in timeline if e["kind"] == "action_skipped"]
+            if skipped:
+                break
+        await asyncio.sleep(0.05)
+    assert skipped == [
+        "isolate: skipped — an operator disabled workout's breaker (every call let through); "
+        "`ers breakers enable workout` lets ERS isolate again",
+    ]
+    breakers = (await client.get("/api/emergency/circuit-breakers")).json()["breakers"]
+    assert breakers["workout"]["state"] == "disabled"
