@@ -74,6 +74,39 @@ def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        (
+            "agents:\n"
+            "  helper: {kind: http, url: 'http://127.0.0.1:8600/chat'}\n"
+            "  helper: {kind: http, url: 'http://127.0.0.1:8601/chat'}\n",
+            "agents.helper",
+            "lines 2 and 3",
+        ),
+        ("max_backups: 3\nhealth_check_interval_s: 10\nmax_backups: 4\n", "max_backups", "1 and 3"),
+    ],
+)
+def test_a_key_written_twice_is_named(tmp_path: Path, text: str, key: str, lines: str) -> None:
+    (tmp_path / "ers.yaml").write_text(text)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert f"invalid setting '{key}': written twice" in str(error.value)
+    assert lines in str(error.value)
+
+
+def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text(
+        "agent_breakers:\n"
+        "  budget: &slow {open_duration_s: 60}\n"
+        "  workout: {<<: *slow, failure_threshold: 3}\n"
+    )
+    assert load_settings().agent_breakers["workout"] == {
+        "open_duration_s": 60,
+        "failure_threshold": 3,
+    }
+
+
 def test_token_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     token_file = tmp_path / "admin.token"
     token_file.write_text("s3cret-token\n")
