@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ from service.settings import SettingsError
 NOT_AN_INCIDENT = "ers.not_an_incident"
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
+# What an auth header's value may hold: visible ASCII, spaces and tabs.
+HEADER_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
 
 
 class _AuthTransport(httpx.AsyncHTTPTransport):
@@ -67,27 +70,36 @@ class _AuthTransport(httpx.AsyncHTTPTransport):
 
 def read_auth_header(name: str, spec: HttpAgentSpec) -> tuple[str, str] | None:
     """The auth header (name, value) from ``spec.auth_file``, one trailing newline removed;
-    None without a file. Raises SettingsError naming the agent and the file, never its text."""
+    None without a file. Raises SettingsError naming the setting and the file, never its
+    text."""
     if spec.auth_file is None:
         return None
     path = Path(spec.auth_file)
+    key = f"invalid setting 'agents.{name}.auth_file'"
     try:
         value = path.read_text()
     except OSError as exc:
         raise SettingsError(
-            f"agent '{name}': cannot read its auth_file {path}: {exc.strerror}; write the "
-            f"whole value of its {spec.auth_header} header there"
+            f"{key}: cannot read {path}: {exc.strerror}; write the whole value of its "
+            f"{spec.auth_header} header there"
         ) from None
     except UnicodeDecodeError:
-        raise SettingsError(f"agent '{name}': its auth_file {path} is not UTF-8 text") from None
+        raise SettingsError(f"{key}: {path} is not UTF-8 text") from None
     if value.endswith("\n"):
         value = value[:-1]
         if value.endswith("\r"):
             value = value[:-1]
     if not value or "\n" in value or "\r" in value:
         raise SettingsError(
-            f"agent '{name}': its auth_file {path} must hold one line, the whole value of its "
-            f"{spec.auth_header} header (e.g. 'Bearer <token>')"
+            f"{key}: {path} must hold one line, the whole value of its {spec.auth_header} "
+            "header (e.g. 'Bearer <token>')"
+        )
+    if not HEADER_VALUE.fullmatch(value):
+        # httpx would refuse it on every call, which the guard would take for an agent
+        # that cannot be reached.
+        raise SettingsError(
+            f"{key}: {path} holds characters a header cannot carry; only printable ASCII, "
+            "spaces and tabs"
         )
     return spec.auth_header, value
 

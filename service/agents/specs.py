@@ -4,14 +4,19 @@ client is ``service.agents.remote``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+
+# An HTTP field name (RFC 9110's token): anything else fails every call, not the start-up.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class AgentSpecBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan off: a timeout of .nan is "not a finite number", not "more than 600".
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Tried in order when this agent cannot answer, before its cached last good answer and
     # its guidance; one in its own cooldown or with an open breaker is skipped.
@@ -40,6 +45,26 @@ class HttpAgentSpec(AgentSpecBase):
     auth_header: str = Field("Authorization", max_length=100)
     auth_file: Path | None = None
     max_connections: int = Field(10, ge=1, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_the_url(cls, url: HttpUrl) -> HttpUrl:
+        if url.username or url.password:
+            raise ValueError(
+                "credentials in the url would show in logs and traces; remove them and write "
+                "the whole auth header value to the file auth_file names"
+            )
+        return url
+
+    @field_validator("auth_header")
+    @classmethod
+    def _a_header_name(cls, name: str) -> str:
+        if not HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"'{name}' is not an HTTP header name; use letters, digits and '-' (e.g. "
+                "Authorization, X-Api-Key), and put the value in auth_file"
+            )
+        return name
 
     @model_validator(mode="after")
     def _openai_names_its_model(self) -> HttpAgentSpec:

@@ -222,6 +222,21 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
         ),
         ({}, {}, "invalid setting 'agents': the team has no agent"),
         (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "auth_header": "X Api: Key"}},
+            {},
+            "invalid setting 'agents.gpt.auth_header': 'X Api: Key' is not an HTTP header name",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://me:s3cret@127.0.0.1:9/chat"}},
+            {},
+            "invalid setting 'agents.gpt.url': credentials in the url would show in logs",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "timeout_s": float("nan")}},
+            {},
+            "invalid setting 'agents.gpt.timeout_s': Input should be a finite number",
+        ),
+        (
             {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "contract": "openai"}},
             {},
             "invalid setting 'agents.gpt': contract 'openai' needs model",
@@ -237,6 +252,7 @@ def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
     message = str(raised.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+    assert "s3cret" not in message
 
 
 @pytest.mark.parametrize(
