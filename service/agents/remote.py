@@ -191,6 +191,9 @@ class RemoteAgent:
             document = json.loads(content)
         except ValueError:
             raise self._bad("the reply is not JSON") from None
+        except RecursionError:
+            # Arrays or objects nested deeper than the parser goes: not an answer either.
+            raise self._bad("the reply's JSON is nested too deep") from None
         if self.spec.contract == "openai":
             try:
                 text = document["choices"][0]["message"]["content"]

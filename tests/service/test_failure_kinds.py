@@ -59,6 +59,8 @@ OPENAI_ERROR = b'{"error": {"message": "too long", "code": "%s"}}'
         (400, OPENAI_ERROR % b"context_length_exceeded", "context_length", False, False),
         (400, OPENAI_ERROR % b"content_filter", "content_filter", False, False),
         (404, b"", "client_error", False, True),
+        # Nested deeper than the JSON parser goes: read as having no error code.
+        (502, b"[" * 30_000 + b"]" * 30_000, "server_error", True, True),
     ],
 )
 def test_an_error_reply_is_classified_by_status_and_error_code(
