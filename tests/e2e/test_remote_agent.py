@@ -106,3 +106,38 @@ def test_a_remote_agent_from_the_settings_is_guarded_traced_and_keeps_its_secret
     assert SECRET not in reply.text + refused.text
     assert ers.stop() == 0
     assert SECRET not in ers.log()
+
+
+def test_chats_through_a_remote_agent_write_no_log_line_per_call(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """The access log is off by default; the agent's HTTP client logged every call at INFO
+    (its URL and status), one line per chat, which the operator never asked for."""
+    auth_file = tmp_path / "helper-auth"
+    auth_file.write_text(f"Bearer {SECRET}\n")
+    config = tmp_path / "routed.yaml"
+    helper = {"kind": "http", "url": f"{example_agent.url}/chat", "auth_file": str(auth_file)}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "agents": {"workout": {"kind": "python", "factory": "workout"}, "helper": helper},
+                "agent_routes": {"workout": "helper"},
+            }
+        )
+    )
+    ers = start_ers(tmp_path / "routed", env={"ERS_CONFIG": str(config)})
+    try:
+        for user in ("ann", "bob", "cid"):
+            reply = httpx.post(
+                f"{ers.url}/chat",
+                json={"message": "make me a workout plan", "userId": user},
+                timeout=20,
+            )
+            assert reply.status_code == 200 and reply.json()["agent"] == "helper", reply.text
+            assert reply.json()["emergency"] is False
+    finally:
+        assert ers.stop() == 0
+    assert len(example_agent.calls()) == 3
+    log = ers.log()
+    assert "ERS ready" in log
+    assert example_agent.url not in log
