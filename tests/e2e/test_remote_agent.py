@@ -6,8 +6,11 @@ the service's replies or logs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -108,11 +111,8 @@ def test_a_remote_agent_from_the_settings_is_guarded_traced_and_keeps_its_secret
     assert SECRET not in ers.log()
 
 
-def test_chats_through_a_remote_agent_write_no_log_line_per_call(
-    tmp_path: Path, example_agent: ExampleAgent
-) -> None:
-    """The access log is off by default; the agent's HTTP client logged every call at INFO
-    (its URL and status), one line per chat, which the operator never asked for."""
+def start_routed_ers(tmp_path: Path, example_agent: ExampleAgent) -> ErsProcess:
+    """ERS with workout questions routed to the example agent as 'helper'."""
     auth_file = tmp_path / "helper-auth"
     auth_file.write_text(f"Bearer {SECRET}\n")
     config = tmp_path / "routed.yaml"
@@ -125,19 +125,76 @@ def test_chats_through_a_remote_agent_write_no_log_line_per_call(
             }
         )
     )
-    ers = start_ers(tmp_path / "routed", env={"ERS_CONFIG": str(config)})
+    return start_ers(tmp_path / "routed", env={"ERS_CONFIG": str(config)})
+
+
+def ask_for_a_workout(ers: ErsProcess, user: str) -> dict[str, Any]:
+    reply = httpx.post(
+        f"{ers.url}/chat", json={"message": "make me a workout plan", "userId": user}, timeout=20
+    )
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    assert body["agent"] == "helper"
+    return body
+
+
+def test_chats_through_a_remote_agent_write_no_log_line_per_call(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """The access log is off by default; the agent's HTTP client logged every call at INFO
+    (its URL and status), one line per chat, which the operator never asked for."""
+    ers = start_routed_ers(tmp_path, example_agent)
     try:
         for user in ("ann", "bob", "cid"):
-            reply = httpx.post(
-                f"{ers.url}/chat",
-                json={"message": "make me a workout plan", "userId": user},
-                timeout=20,
-            )
-            assert reply.status_code == 200 and reply.json()["agent"] == "helper", reply.text
-            assert reply.json()["emergency"] is False
+            assert ask_for_a_workout(ers, user)["emergency"] is False
     finally:
         assert ers.stop() == 0
     assert len(example_agent.calls()) == 3
     log = ers.log()
     assert "ERS ready" in log
     assert example_agent.url not in log
+
+
+def ers_cli(ers: ErsProcess, *args: str) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("ers")), "--url", ers.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_rate_limited_agent_shows_its_cooldown_in_the_breakers_and_the_status(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """A 429 with a Retry-After longer than a call can wait leaves the agent alone for that
+    long with its breaker closed: the breakers and the status said only "closed", so nothing
+    told the operator why no call reached it."""
+    ers = start_routed_ers(tmp_path, example_agent)
+    try:
+        example_agent.fail_next("rate_limit", count=1, retryAfter="600")
+        assert ask_for_a_workout(ers, "ann")["emergency"] is True
+        calls_before = len(example_agent.calls())
+        assert ask_for_a_workout(ers, "bob")["emergency"] is True
+        assert len(example_agent.calls()) == calls_before  # left alone
+
+        breakers = httpx.get(f"{ers.url}/api/emergency/circuit-breakers", timeout=10).json()
+        helper = breakers["breakers"]["helper"]
+        assert helper["state"] == "closed"
+        assert 0 < helper["cooldownRemainingS"] <= 600
+        assert breakers["breakers"]["workout"]["cooldownRemainingS"] is None
+        assert breakers["totals"]["cooling_down"] == 1
+        one = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/helper", timeout=10).json()
+        assert 0 < one["cooldownRemainingS"] <= 600
+
+        table = ers_cli(ers, "breakers", "list")
+        (row,) = [line for line in table.splitlines() if line.startswith("helper")]
+        assert "closed, cooling down" in row
+        assert "rate limited: called again in" in row
+        assert "1 cooling down" in table
+        status = ers_cli(ers, "status")
+        assert "1 cooling down" in status
+    finally:
+        assert ers.stop() == 0
