@@ -63,6 +63,11 @@ def load_team_config(settings: Settings) -> TeamConfig:
             key = f"agents.{name}.fallbacks.{position}"
             if other == name:
                 raise SettingsError(f"invalid setting '{key}': '{name}' cannot fall back to itself")
+            if other in spec.fallbacks[:position]:
+                # It would be asked twice in one chat, each time with its own retries.
+                raise SettingsError(
+                    f"invalid setting '{key}': '{other}' is already in the list; name it once"
+                )
             if other not in specs:
                 raise SettingsError(
                     f"invalid setting '{key}': no agent named '{other}'; use one of {known}"

@@ -210,6 +210,18 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             "invalid setting 'agents.coach.fallbacks.0': 'coach' cannot fall back to itself",
         ),
         (
+            {
+                "coach": {"kind": "python", "factory": f"{HELPERS}:coach"},
+                "helper": {
+                    "kind": "http",
+                    "url": "http://127.0.0.1:9/chat",
+                    "fallbacks": ["coach", "coach"],
+                },
+            },
+            {},
+            "invalid setting 'agents.helper.fallbacks.1': 'coach' is already in the list",
+        ),
+        (
             {"coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
             {"workout": "my_coach"},
             "invalid setting 'agent_routes.workout': no agent named 'my_coach'; use one of coach",
