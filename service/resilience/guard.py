@@ -87,9 +87,12 @@ class GuardedAgent:
 
     def cooldown_remaining(self) -> float:
         """Seconds left of the agent's cooldown; 0 when it takes calls."""
-        if not self._cooldown_until:
-            return 0.0
-        return max(0.0, self._cooldown_until - time.monotonic())
+        return max(0.0, self._cooldown_until - time.monotonic()) if self._cooldown_until else 0.0
+
+    def end_cooldown(self) -> bool:
+        """End the cooldown now (an operator's reset); False when there was none."""
+        cooling, self._cooldown_until = self.cooldown_remaining() > 0, 0.0
+        return cooling
 
     def restart(self) -> bool:
         """Replace the agent instance with a fresh one; False when there is no factory."""

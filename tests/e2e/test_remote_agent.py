@@ -196,5 +196,12 @@ def test_a_rate_limited_agent_shows_its_cooldown_in_the_breakers_and_the_status(
         assert "1 cooling down" in table
         status = ers_cli(ers, "status")
         assert "1 cooling down" in status
+
+        # A reset probes the agent; it answers, so the cooldown ends and chats reach it.
+        said = ers_cli(ers, "breakers", "reset", "helper")
+        assert "its rate-limit cooldown is over" in said
+        assert ask_for_a_workout(ers, "cid")["emergency"] is False
+        assert len(example_agent.calls()) == calls_before + 2  # the probe and the chat
+        assert "cooling down" not in ers_cli(ers, "breakers", "list")
     finally:
         assert ers.stop() == 0

@@ -101,6 +101,9 @@ async def reset_breaker(
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
     message += stop_cached_answers(guard)
+    if guard.end_cooldown():
+        # The probe just reached the agent (or the operator forced it): it takes calls again.
+        message += "; its rate-limit cooldown is over"
     return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 
