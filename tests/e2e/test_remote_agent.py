@@ -205,3 +205,27 @@ def test_a_rate_limited_agent_shows_its_cooldown_in_the_breakers_and_the_status(
         assert "cooling down" not in ers_cli(ers, "breakers", "list")
     finally:
         assert ers.stop() == 0
+
+
+def test_a_restart_keeps_the_cooldown_a_rate_limited_agent_asked_for(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """The cooldown lived in memory only: a restart of ERS called an agent that had asked
+    to be left alone for ten minutes again at once."""
+    ers = start_routed_ers(tmp_path, example_agent)
+    try:
+        example_agent.fail_next("rate_limit", count=1, retryAfter="600")
+        assert ask_for_a_workout(ers, "ann")["emergency"] is True
+    finally:
+        assert ers.stop() == 0
+    calls = len(example_agent.calls())
+
+    again = start_routed_ers(tmp_path, example_agent)
+    try:
+        assert ask_for_a_workout(again, "bob")["emergency"] is True
+        assert len(example_agent.calls()) == calls  # still left alone
+        helper = httpx.get(f"{again.url}/api/emergency/circuit-breakers/helper", timeout=10)
+        assert 0 < helper.json()["cooldownRemainingS"] <= 600
+    finally:
+        assert again.stop() == 0
+    assert "agent 'helper' left alone for" in again.log()
