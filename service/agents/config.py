@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from service.agents.base import ALIASES, Agent
 from service.agents.router import INTENTS
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
-from service.settings import Settings, SettingsError
+from service.settings import Environment, Settings, SettingsError
 from service.stores import Stores
 
 ENTRY_POINT_GROUP = "ers.agents"
@@ -204,6 +204,7 @@ def build_agent(
             spec,
             default_timeout_s=settings.agent_timeout_s,
             tracer_provider=tracer_provider,
+            private_auth_file=settings.env is Environment.PRODUCTION,
         )
     key = f"agents.{name}.factory"
     try:

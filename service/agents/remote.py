@@ -68,15 +68,21 @@ class _AuthTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-def read_auth_header(name: str, spec: HttpAgentSpec) -> tuple[str, str] | None:
+def read_auth_header(
+    name: str, spec: HttpAgentSpec, *, private: bool = False
+) -> tuple[str, str] | None:
     """The auth header (name, value) from ``spec.auth_file``, one trailing newline removed;
-    None without a file. Raises SettingsError naming the setting and the file, never its
-    text."""
+    None without a file. With ``private`` (production), a file that group or others may
+    read is refused, as the restic password file is. Raises SettingsError naming the
+    setting and the file, never its text."""
     if spec.auth_file is None:
         return None
     path = Path(spec.auth_file)
     key = f"invalid setting 'agents.{name}.auth_file'"
     try:
+        mode = path.stat().st_mode & 0o777
+        if private and mode & 0o077:
+            raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
         value = path.read_text()
     except OSError as exc:
         raise SettingsError(
@@ -114,6 +120,7 @@ class RemoteAgent:
         *,
         default_timeout_s: float,
         tracer_provider: TracerProvider | None = None,
+        private_auth_file: bool = False,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -121,7 +128,7 @@ class RemoteAgent:
         base = str(spec.url)
         self.url = base.rstrip("/") + "/v1/chat/completions" if spec.contract == "openai" else base
         transport = _AuthTransport(
-            read_auth_header(name, spec),
+            read_auth_header(name, spec, private=private_auth_file),
             retries=0,
             limits=httpx.Limits(
                 max_connections=spec.max_connections,

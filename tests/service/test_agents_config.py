@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentRequest
 from service.agents.budget import BudgetAgent
-from service.agents.config import load_team_config
+from service.agents.config import build_agent, load_team_config
 from service.agents.nutrition import NutritionAgent
 from service.agents.specs import HttpAgentSpec, PythonAgentSpec
 from service.agents.workout import WorkoutAgent
@@ -334,3 +334,34 @@ async def test_a_remote_agent_is_built_from_its_spec_and_closed_with_the_team(
     team = team_of(settings, sqlite_stores)
     assert isinstance(team.guards["far"].agent, remote.RemoteAgent)
     await team.aclose()
+
+
+@pytest.mark.parametrize(("env", "refused"), [("production", True), ("test", False)])
+async def test_production_refuses_an_auth_file_others_may_read(
+    tmp_path: Path, sqlite_stores: Stores, env: str, refused: bool
+) -> None:
+    """The file holds the agent's credentials (an API key); production refuses it readable by
+    group or others, as it refuses the restic password file."""
+    auth_file = tmp_path / "helper-auth"
+    auth_file.write_text("Bearer sk-abc123\n")
+    auth_file.chmod(0o644)
+    helper = {"kind": "http", "url": "http://127.0.0.1:9/chat", "auth_file": str(auth_file)}
+    settings = Settings(
+        env=env, data_dir=tmp_path / "data", backups_enabled=False, agents={"helper": helper}
+    )
+    config = load_team_config(settings)
+    if not refused:
+        agent = build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
+        assert agent.name == "helper"
+        await agent.aclose()  # type: ignore[attr-defined]
+        return
+    with pytest.raises(SettingsError) as raised:
+        build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
+    assert str(raised.value) == (
+        f"invalid setting 'agents.helper.auth_file': {auth_file} has mode 644; run: chmod 600 "
+        f"{auth_file}"
+    )
+    auth_file.chmod(0o600)
+    agent = build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
+    assert agent.name == "helper"
+    await agent.aclose()  # type: ignore[attr-defined]
