@@ -8,7 +8,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # An HTTP field name (RFC 9110's token): anything else fails every call, not the start-up.
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -69,7 +78,20 @@ class HttpAgentSpec(AgentSpecBase):
     @model_validator(mode="after")
     def _openai_names_its_model(self) -> HttpAgentSpec:
         if self.contract == "openai" and not self.model:
-            raise ValueError("contract 'openai' needs model: the model name the server serves")
+            # Raised on the field (loc "model"), so the error names the key that is missing.
+            raise ValidationError.from_exception_data(
+                "HttpAgentSpec",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "missing_model",
+                            "contract 'openai' needs model: the model name the server serves",
+                        ),
+                        loc=("model",),
+                        input=None,
+                    )
+                ],
+            )
         return self
 
 

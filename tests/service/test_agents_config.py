@@ -251,7 +251,7 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
         (
             {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "contract": "openai"}},
             {},
-            "invalid setting 'agents.gpt': contract 'openai' needs model",
+            "invalid setting 'agents.gpt.model': contract 'openai' needs model",
         ),
     ],
 )
