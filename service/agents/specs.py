@@ -78,21 +78,36 @@ class HttpAgentSpec(AgentSpecBase):
     @model_validator(mode="after")
     def _openai_names_its_model(self) -> HttpAgentSpec:
         if self.contract == "openai" and not self.model:
-            # Raised on the field (loc "model"), so the error names the key that is missing.
-            raise ValidationError.from_exception_data(
-                "HttpAgentSpec",
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError(
-                            "missing_model",
-                            "contract 'openai' needs model: the model name the server serves",
-                        ),
-                        loc=("model",),
-                        input=None,
-                    )
-                ],
+            raise _field_error(
+                "model", "contract 'openai' needs model: the model name the server serves"
             )
         return self
+
+    @model_validator(mode="after")
+    def _bulkhead_fits_the_pool(self) -> HttpAgentSpec:
+        # A call let through the bulkhead would wait for a connection, and the wait would
+        # time out as a failure of the agent.
+        calls = self.max_concurrent_calls
+        if calls is not None and calls > self.max_connections:
+            raise _field_error(
+                "max_concurrent_calls",
+                f"{calls} calls at once need as many connections; raise max_connections "
+                f"(now {self.max_connections}) or lower max_concurrent_calls",
+            )
+        return self
+
+    @property
+    def concurrent_calls(self) -> int:
+        """Calls at once: the bulkhead's limit, the connection pool's size by default."""
+        return self.max_concurrent_calls or self.max_connections
+
+
+def _field_error(field: str, message: str) -> ValidationError:
+    """A validation error on ``field`` (so the error names the key), from a model check."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("invalid_agent", message), loc=(field,), input=None
+    )
+    return ValidationError.from_exception_data("HttpAgentSpec", [details])
 
 
 AgentSpec = Annotated[PythonAgentSpec | HttpAgentSpec, Field(discriminator="kind")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,19 @@ def test_a_remote_agent_from_the_settings_is_guarded_traced_and_keeps_its_secret
     assert SECRET not in ers.log()
 
 
-def start_routed_ers(tmp_path: Path, example_agent: ExampleAgent) -> ErsProcess:
-    """ERS with workout questions routed to the example agent as 'helper'."""
+def start_routed_ers(tmp_path: Path, example_agent: ExampleAgent, **spec: Any) -> ErsProcess:
+    """ERS with workout questions routed to the example agent as 'helper' (its settings
+    ``spec`` added)."""
     auth_file = tmp_path / "helper-auth"
     auth_file.write_text(f"Bearer {SECRET}\n")
     config = tmp_path / "routed.yaml"
-    helper = {"kind": "http", "url": f"{example_agent.url}/chat", "auth_file": str(auth_file)}
+    helper = {
+        "kind": "http",
+        "url": f"{example_agent.url}/chat",
+        "auth_file": str(auth_file),
+        "fallbacks": ["workout"],
+        **spec,
+    }
     config.write_text(
         yaml.safe_dump(
             {
@@ -229,3 +237,36 @@ def test_a_restart_keeps_the_cooldown_a_rate_limited_agent_asked_for(
     finally:
         assert again.stop() == 0
     assert "agent 'helper' left alone for" in again.log()
+
+
+def test_a_burst_beyond_the_connection_pool_is_turned_away_not_counted_against_the_agent(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """Calls beyond max_connections queued for a connection; the waits ran past timeout_s
+    and counted as the agent's failures, so a healthy agent's breaker opened and the
+    responder isolated it. The pool's size is now the agent's bulkhead by default."""
+    ers = start_routed_ers(tmp_path, example_agent, max_connections=2, timeout_s=2)
+    try:
+        example_agent.fail_next("slow", count=100, delayS=0.5)
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(lambda n: ask_for_a_workout(ers, f"user-{n}"), range(12)))
+        helper = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/helper", timeout=10).json()
+        incidents = httpx.get(f"{ers.url}/api/emergency/incidents", timeout=10).json()
+        metrics = httpx.get(f"{ers.url}/metrics", timeout=10).text
+    finally:
+        assert ers.stop() == 0
+    assert any(not reply["emergency"] for reply in replies)  # the agent answered some
+    turned_away = [reply for reply in replies if reply["emergency"]]
+    assert turned_away, "12 calls at once on 2 connections: some must be turned away"
+    assert all(reply["recovery"]["via"] == "workout" for reply in turned_away)
+    assert helper["state"] == "closed"
+    assert helper["failureCount"] == 0 and helper["lastError"] is None
+    rejected = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("ers_agent_calls_total{")
+        and 'agent="helper"' in line
+        and 'outcome="rejected"' in line
+    ]
+    assert len(rejected) == 1 and float(rejected[0].rsplit(" ", 1)[1]) == len(turned_away)
+    assert incidents["total"] == 0

@@ -234,6 +234,19 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
         ),
         ({}, {}, "invalid setting 'agents': the team has no agent"),
         (
+            {
+                "gpt": {
+                    "kind": "http",
+                    "url": "http://127.0.0.1:9",
+                    "max_concurrent_calls": 20,
+                    "max_connections": 10,
+                }
+            },
+            {},
+            "invalid setting 'agents.gpt.max_concurrent_calls': 20 calls at once need as many "
+            "connections; raise max_connections (now 10)",
+        ),
+        (
             {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "auth_header": "X Api: Key"}},
             {},
             "invalid setting 'agents.gpt.auth_header': 'X Api: Key' is not an HTTP header name",
