@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # The team by default: the built-in agents, each loaded by its ``ers.agents`` entry point.
@@ -347,8 +348,7 @@ def _check_yaml(path: Path) -> None:
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
         raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     if duplicate is not None:
-        # YAML keeps the last of two equal keys without a word: a second agent of the same
-        # name would silently replace the first.
+        # YAML keeps the last of two equal keys silently: a second agent would replace one.
         key, first, second = duplicate
         raise SettingsError(
             f"invalid setting '{key}': written twice in {path} (lines {first} and {second}); "
@@ -360,10 +360,11 @@ def _check_yaml(path: Path) -> None:
 
 def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:
     """The first key written twice in one mapping: (dotted key, first line, second line)."""
+    children: list[tuple[str, yaml.Node]] = []
     if isinstance(node, yaml.SequenceNode):
         children = [(str(index), item) for index, item in enumerate(node.value)]
     elif isinstance(node, yaml.MappingNode):
-        children, lines = [], {}
+        lines: dict[str, int] = {}
         for key_node, value_node in node.value:
             key, line = str(key_node.value), key_node.start_mark.line + 1
             if key in lines and key != "<<":
@@ -371,8 +372,6 @@ def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, in
             lines[key] = line
             if value_node is not node:  # an alias of itself is walked once
                 children.append((key, value_node))
-    else:
-        return None
     return next(filter(None, (_duplicate_key(n, (*path, k)) for k, n in children)), None)
 
 
@@ -382,6 +381,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
+    except PydanticSettingsError as exc:  # an ERS_* variable that is not the JSON it needs
+        key = (str(exc).split('"')[1:2] or ["settings"])[0]
+        raise SettingsError(
+            f"invalid setting '{key}': ERS_{key.upper()} is not valid JSON; fix it, or set "
+            f"{key} in the YAML file instead"
+        ) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

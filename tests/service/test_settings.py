@@ -107,6 +107,20 @@ def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize("value", ["{bad", "[1, 2", "not json"])
+def test_an_environment_variable_that_is_not_json_names_its_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """It came out as a traceback of pydantic-settings' own SettingsError."""
+    monkeypatch.setenv("ERS_AGENTS", value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        "invalid setting 'agents': ERS_AGENTS is not valid JSON; fix it, or set agents in the "
+        "YAML file instead"
+    )
+
+
 def test_token_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     token_file = tmp_path / "admin.token"
     token_file.write_text("s3cret-token\n")
