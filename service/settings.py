@@ -335,11 +335,37 @@ def _config_path() -> Path | None:
 
 def _check_yaml(path: Path) -> None:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
         raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if duplicate is not None:
+        # YAML keeps the last of two equal keys silently: a second agent would replace one.
+        key, first, second = duplicate
+        raise SettingsError(
+            f"invalid setting '{key}': written twice in {path} (lines {first} and {second}); "
+            "keep one, or give the second its own name"
+        )
     if data is not None and not isinstance(data, dict):
         raise SettingsError(f"{path}: the top level must be a mapping of setting names")
+
+
+def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping: (dotted key, first line, second line)."""
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = [(str(index), item) for index, item in enumerate(node.value)]
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in lines and key != "<<":
+                return ".".join((*path, key)), lines[key], line
+            lines[key] = line
+            if value_node is not node:  # an alias of itself is walked once
+                children.append((key, value_node))
+    return next(filter(None, (_duplicate_key(n, (*path, k)) for k, n in children)), None)
 
 
 def load_settings(**overrides: Any) -> Settings:

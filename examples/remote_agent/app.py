@@ -15,7 +15,8 @@ Endpoints:
   ``count`` calls fail as ``mode`` says: ``rate_limit`` (429 with Retry-After),
   ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
   ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
-  contract's field), ``oversized`` (a 2 MB answer);
+  contract's field), ``not_json`` (200 with a body cut off mid-JSON), ``nested`` (200 with
+  arrays nested 100,000 deep), ``oversized`` (a 2 MB answer);
 - ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
   traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
@@ -40,11 +41,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 Mode = Literal[
-    "rate_limit", "server_error", "slow", "auth", "context_length", "malformed", "oversized"
+    "rate_limit",
+    "server_error",
+    "slow",
+    "auth",
+    "context_length",
+    "malformed",
+    "not_json",
+    "nested",
+    "oversized",
 ]
 
 
@@ -127,7 +136,7 @@ app.state.calls = []
 app.state.expected_auth = None if (token := _token()) is None else f"Bearer {token}"
 
 
-def _failure_reply(contract: str, failure: Failures) -> JSONResponse | None:
+def _failure_reply(contract: str, failure: Failures) -> Response | None:
     if failure.mode == "rate_limit":
         headers = {} if failure.retryAfter is None else {"Retry-After": failure.retryAfter}
         body = {"error": {"message": "too many requests", "code": "rate_limit_exceeded"}}
@@ -147,6 +156,10 @@ def _failure_reply(contract: str, failure: Failures) -> JSONResponse | None:
         return JSONResponse(body, status_code=400)
     if failure.mode == "malformed":
         return JSONResponse({"answer": "a field no contract has"})
+    if failure.mode == "not_json":
+        return Response('{"response": "cut off', media_type="application/json")
+    if failure.mode == "nested":
+        return Response("[" * 100_000 + "]" * 100_000, media_type="application/json")
     if failure.mode == "oversized":
         return JSONResponse({"response": "x" * 2_000_000, "confidence": 0.9})
     return None
@@ -154,7 +167,7 @@ def _failure_reply(contract: str, failure: Failures) -> JSONResponse | None:
 
 async def _serve(
     request: Request, contract: str, text: str, trace_id: str | None = None
-) -> JSONResponse | dict[str, Any]:
+) -> Response | dict[str, Any]:
     failures: Failures | None = app.state.failures
     mode = None
     if failures is not None and failures.count > 0:

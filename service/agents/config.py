@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from service.agents.base import ALIASES, Agent
 from service.agents.router import INTENTS
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
-from service.settings import Settings, SettingsError
+from service.settings import Environment, Settings, SettingsError
 from service.stores import Stores
 
 ENTRY_POINT_GROUP = "ers.agents"
@@ -63,6 +63,11 @@ def load_team_config(settings: Settings) -> TeamConfig:
             key = f"agents.{name}.fallbacks.{position}"
             if other == name:
                 raise SettingsError(f"invalid setting '{key}': '{name}' cannot fall back to itself")
+            if other in spec.fallbacks[:position]:
+                # It would be asked twice in one chat, each time with its own retries.
+                raise SettingsError(
+                    f"invalid setting '{key}': '{other}' is already in the list; name it once"
+                )
             if other not in specs:
                 raise SettingsError(
                     f"invalid setting '{key}': no agent named '{other}'; use one of {known}"
@@ -199,6 +204,7 @@ def build_agent(
             spec,
             default_timeout_s=settings.agent_timeout_s,
             tracer_provider=tracer_provider,
+            private_auth_file=settings.env is Environment.PRODUCTION,
         )
     key = f"agents.{name}.factory"
     try:

@@ -140,7 +140,7 @@ def error_code(body: bytes) -> str | None:
         return None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, dict):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ from service.settings import SettingsError
 NOT_AN_INCIDENT = "ers.not_an_incident"
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
+# What an auth header's value may hold: visible ASCII, spaces and tabs.
+HEADER_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
 
 
 class _AuthTransport(httpx.AsyncHTTPTransport):
@@ -65,29 +68,44 @@ class _AuthTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-def read_auth_header(name: str, spec: HttpAgentSpec) -> tuple[str, str] | None:
+def read_auth_header(
+    name: str, spec: HttpAgentSpec, *, private: bool = False
+) -> tuple[str, str] | None:
     """The auth header (name, value) from ``spec.auth_file``, one trailing newline removed;
-    None without a file. Raises SettingsError naming the agent and the file, never its text."""
+    None without a file. With ``private`` (production), a file that group or others may
+    read is refused, as the restic password file is. Raises SettingsError naming the
+    setting and the file, never its text."""
     if spec.auth_file is None:
         return None
     path = Path(spec.auth_file)
+    key = f"invalid setting 'agents.{name}.auth_file'"
     try:
+        mode = path.stat().st_mode & 0o777
+        if private and mode & 0o077:
+            raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
         value = path.read_text()
     except OSError as exc:
         raise SettingsError(
-            f"agent '{name}': cannot read its auth_file {path}: {exc.strerror}; write the "
-            f"whole value of its {spec.auth_header} header there"
+            f"{key}: cannot read {path}: {exc.strerror}; write the whole value of its "
+            f"{spec.auth_header} header there"
         ) from None
     except UnicodeDecodeError:
-        raise SettingsError(f"agent '{name}': its auth_file {path} is not UTF-8 text") from None
+        raise SettingsError(f"{key}: {path} is not UTF-8 text") from None
     if value.endswith("\n"):
         value = value[:-1]
         if value.endswith("\r"):
             value = value[:-1]
     if not value or "\n" in value or "\r" in value:
         raise SettingsError(
-            f"agent '{name}': its auth_file {path} must hold one line, the whole value of its "
-            f"{spec.auth_header} header (e.g. 'Bearer <token>')"
+            f"{key}: {path} must hold one line, the whole value of its {spec.auth_header} "
+            "header (e.g. 'Bearer <token>')"
+        )
+    if not HEADER_VALUE.fullmatch(value):
+        # httpx would refuse it on every call, which the guard would take for an agent
+        # that cannot be reached.
+        raise SettingsError(
+            f"{key}: {path} holds characters a header cannot carry; only printable ASCII, "
+            "spaces and tabs"
         )
     return spec.auth_header, value
 
@@ -102,6 +120,7 @@ class RemoteAgent:
         *,
         default_timeout_s: float,
         tracer_provider: TracerProvider | None = None,
+        private_auth_file: bool = False,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -109,7 +128,7 @@ class RemoteAgent:
         base = str(spec.url)
         self.url = base.rstrip("/") + "/v1/chat/completions" if spec.contract == "openai" else base
         transport = _AuthTransport(
-            read_auth_header(name, spec),
+            read_auth_header(name, spec, private=private_auth_file),
             retries=0,
             limits=httpx.Limits(
                 max_connections=spec.max_connections,
@@ -179,6 +198,9 @@ class RemoteAgent:
             document = json.loads(content)
         except ValueError:
             raise self._bad("the reply is not JSON") from None
+        except RecursionError:
+            # Arrays or objects nested deeper than the parser goes: not an answer either.
+            raise self._bad("the reply's JSON is nested too deep") from None
         if self.spec.contract == "openai":
             try:
                 text = document["choices"][0]["message"]["content"]

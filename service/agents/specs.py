@@ -4,14 +4,28 @@ client is ``service.agents.remote``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+# An HTTP field name (RFC 9110's token): anything else fails every call, not the start-up.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class AgentSpecBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan off: a timeout of .nan is "not a finite number", not "more than 600".
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Tried in order when this agent cannot answer, before its cached last good answer and
     # its guidance; one in its own cooldown or with an open breaker is skipped.
@@ -41,11 +55,59 @@ class HttpAgentSpec(AgentSpecBase):
     auth_file: Path | None = None
     max_connections: int = Field(10, ge=1, le=1000)
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_the_url(cls, url: HttpUrl) -> HttpUrl:
+        if url.username or url.password:
+            raise ValueError(
+                "credentials in the url would show in logs and traces; remove them and write "
+                "the whole auth header value to the file auth_file names"
+            )
+        return url
+
+    @field_validator("auth_header")
+    @classmethod
+    def _a_header_name(cls, name: str) -> str:
+        if not HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"'{name}' is not an HTTP header name; use letters, digits and '-' (e.g. "
+                "Authorization, X-Api-Key), and put the value in auth_file"
+            )
+        return name
+
     @model_validator(mode="after")
     def _openai_names_its_model(self) -> HttpAgentSpec:
         if self.contract == "openai" and not self.model:
-            raise ValueError("contract 'openai' needs model: the model name the server serves")
+            raise _field_error(
+                "model", "contract 'openai' needs model: the model name the server serves"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _bulkhead_fits_the_pool(self) -> HttpAgentSpec:
+        # A call let through the bulkhead would wait for a connection, and the wait would
+        # time out as a failure of the agent.
+        calls = self.max_concurrent_calls
+        if calls is not None and calls > self.max_connections:
+            raise _field_error(
+                "max_concurrent_calls",
+                f"{calls} calls at once need as many connections; raise max_connections "
+                f"(now {self.max_connections}) or lower max_concurrent_calls",
+            )
+        return self
+
+    @property
+    def concurrent_calls(self) -> int:
+        """Calls at once: the bulkhead's limit, the connection pool's size by default."""
+        return self.max_concurrent_calls or self.max_connections
+
+
+def _field_error(field: str, message: str) -> ValidationError:
+    """A validation error on ``field`` (so the error names the key), from a model check."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("invalid_agent", message), loc=(field,), input=None
+    )
+    return ValidationError.from_exception_data("HttpAgentSpec", [details])
 
 
 AgentSpec = Annotated[PythonAgentSpec | HttpAgentSpec, Field(discriminator="kind")]

@@ -13,7 +13,7 @@ from service.agents import budget, nutrition, workout
 from service.agents.base import Agent, canonical_agent_name
 from service.agents.config import TeamConfig, build_agent, load_team_config
 from service.agents.router import GENERAL_ANSWER, RouterAgent
-from service.agents.specs import AgentSpec, PythonAgentSpec
+from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
 from service.errors import UnknownAgent, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.bulkhead import Bulkhead
@@ -182,9 +182,7 @@ def build_team(
             breaker_config=per_agent.get(name),
             guidance=getattr(agent, "guidance", None),
             fallbacks=spec.fallbacks,
-            bulkhead=None
-            if spec.max_concurrent_calls is None
-            else Bulkhead(name, spec.max_concurrent_calls, spec.max_wait_s),
+            bulkhead=_bulkhead(name, spec),
         )
     router = RouterAgent(members, config.routes)
     team.protect(
@@ -200,6 +198,18 @@ def build_team(
             name,
         )
     return team
+
+
+def _bulkhead(name: str, spec: AgentSpec) -> Bulkhead | None:
+    """A Python agent's bulkhead as set; a remote agent always has one, as wide as its
+    connection pool by default: calls beyond it would queue for a connection, and those
+    waits would time out as the agent's failures (opening its breaker, isolating it),
+    where a bulkhead turns them away without counting them against the agent."""
+    if isinstance(spec, HttpAgentSpec):
+        return Bulkhead(name, spec.concurrent_calls, spec.max_wait_s)
+    if spec.max_concurrent_calls is None:
+        return None
+    return Bulkhead(name, spec.max_concurrent_calls, spec.max_wait_s)
 
 
 def _guard_config(spec: AgentSpec, default: GuardConfig) -> GuardConfig | None:

@@ -31,9 +31,14 @@ def _table(out: Console, report: dict[str, Any]) -> None:
         rate = "-" if b.get("failureRate") is None else f"{b['failureRate']:.0%}"
         forced = b.get("forced")
         note = f"{forced['source']}: {forced['reason']}" if forced else (b.get("lastError") or "")
+        state = b["state"]
+        if b.get("cooldownRemainingS"):
+            # Closed, yet no call reaches the agent: it asked to be left alone.
+            state += ", cooling down"
+            note = f"rate limited: called again in {b['cooldownRemainingS']:.0f} s"
         table.add_row(
             name,
-            b["state"],
+            state,
             str(b["failureCount"]),
             rate,
             str(b.get("rejectedCalls", 0)),
@@ -42,9 +47,10 @@ def _table(out: Console, report: dict[str, Any]) -> None:
     out.print(table)
     totals = report["totals"]
     forced = f" ({totals['forced_open']} forced)" if totals.get("forced_open") else ""
+    cooling = f", {totals['cooling_down']} cooling down" if totals.get("cooling_down") else ""
     out.print(
         f"total {totals['total']}: {totals['closed']} closed, {totals['open']} open{forced}, "
-        f"{totals['half_open']} half-open, {totals.get('disabled', 0)} disabled"
+        f"{totals['half_open']} half-open, {totals.get('disabled', 0)} disabled{cooling}"
     )
 
 

@@ -31,6 +31,9 @@ def serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx says every remote agent call at INFO (its URL and status): a line per chat, as
+    # an access log the operator did not ask for; the call's span and metrics say it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").addFilter(HideRefusalTraceback())
     refused = SettingsRefusal()
     logging.getLogger("uvicorn.error").addFilter(refused)

@@ -18,10 +18,11 @@ def _status_table(out: Console, status: dict[str, Any]) -> None:
     table.add_row("system state", status["systemState"] + (f" ({reason})" if reason else ""))
     table.add_row("active incidents", str(status["activeIncidents"]))
     breakers = status["circuitBreakers"]
+    cooling = breakers.get("coolingDown")
     table.add_row(
         "circuit breakers",
         f"{breakers['total']}: {breakers['closed']} closed, {breakers['open']} open, "
-        f"{breakers['halfOpen']} half-open",
+        f"{breakers['halfOpen']} half-open" + (f", {cooling} cooling down" if cooling else ""),
     )
     minimal = status.get("minimalMode") or {}
     table.add_row(

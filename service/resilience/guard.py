@@ -27,6 +27,7 @@ from service.resilience.breaker_events import report_trip
 from service.resilience.breaker_permit import Permit, describe_error
 from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
+from service.resilience.cooldown import Cooldown
 from service.resilience.deadlines import DeadlineWatchdog
 from service.resilience.exception_events import EXCEPTION_BASES_ATTRIBUTE as BASES_ATTRIBUTE
 from service.resilience.exception_events import exception_bases, record_exception
@@ -80,15 +81,17 @@ class GuardedAgent:
         self.restarts = 0
         self.bulkhead = bulkhead
         self.chain = chain
-        # Monotonic time until which calls fall back without reaching the agent, because it
-        # asked (a rate limit's Retry-After) for longer than a call could wait.
-        self._cooldown_until = 0.0
+        # Calls fall back without reaching the agent while it runs: the agent asked (a rate
+        # limit's Retry-After) for longer than a call could wait. Kept across restarts.
+        self.cooldown = Cooldown(agent.name)
 
     def cooldown_remaining(self) -> float:
         """Seconds left of the agent's cooldown; 0 when it takes calls."""
-        if not self._cooldown_until:
-            return 0.0
-        return max(0.0, self._cooldown_until - time.monotonic())
+        return self.cooldown.remaining()
+
+    def end_cooldown(self) -> bool:
+        """End the cooldown now (an operator's reset); False when there was none."""
+        return self.cooldown.end()
 
     def restart(self) -> bool:
         """Replace the agent instance with a fresh one; False when there is no factory."""
@@ -190,7 +193,7 @@ class GuardedAgent:
                 return await self._degrade(
                     request, span, started, "rejected", "serving cached answers", chain=False
                 )
-            if self._cooldown_until and self.cooldown_remaining() > 0:
+            if self.cooldown.until and self.cooldown.remaining() > 0:
                 span.set_attribute("ers.cooldown", True)
                 return await self._degrade(
                     request,
@@ -333,7 +336,7 @@ class GuardedAgent:
             return reply
 
     def _cool_down(self, span: trace.Span, seconds: float) -> None:
-        self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
+        self.cooldown.start(seconds)
         span.set_attribute("ers.cooldown_s", seconds)
 
     async def _attempt(self, request: AgentRequest, timeout_s: float) -> AgentReply:

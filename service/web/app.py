@@ -237,11 +237,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         incident_service.subscribe(lambda event: state.evaluate())
         state_notes = StateNotes(incident_service)
         state.subscribe(state_notes)
-        # Isolations (forced opens, disabled breakers) and the system state outlive a restart:
-        # kept in system_state and put back here, after the fleet's own forced opens.
+        # Isolations (forced opens, disabled breakers), the system state, minimal mode and
+        # the agents' rate-limit cooldowns outlive a restart: kept in system_state and put
+        # back here, after the fleet's own forced opens.
         minimal_mode = MinimalMode()
+        cooldowns = {f"cooldown:{name}": guard.cooldown for name, guard in team.guards.items()}
         keeper = StateKeeper(
-            stores.system_state, team.breakers(), state, switches={"minimal_mode": minimal_mode}
+            stores.system_state,
+            team.breakers(),
+            state,
+            switches={"minimal_mode": minimal_mode, **cooldowns},
         )
         await keeper.start()
         stack.push_async_callback(keeper.stop)

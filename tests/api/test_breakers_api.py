@@ -39,6 +39,7 @@ async def test_list_has_every_agent_and_seed_totals(client: httpx.AsyncClient) -
         "half_open": 0,
         "forced_open": 0,
         "disabled": 0,
+        "cooling_down": 0,
     }
     budget = body["breakers"]["budget"]
     for key in (

@@ -27,7 +27,13 @@ async def test_status_in_the_seed_shape(client: httpx.AsyncClient) -> None:
     body = (await client.get("/api/emergency/status")).json()
     assert body["systemState"] == "normal"
     assert body["activeIncidents"] == 0
-    assert body["circuitBreakers"] == {"total": 4, "open": 0, "closed": 4, "halfOpen": 0}
+    assert body["circuitBreakers"] == {
+        "total": 4,
+        "open": 0,
+        "closed": 4,
+        "halfOpen": 0,
+        "coolingDown": 0,
+    }
     assert set(body["backups"]) == {"available", "lastBackup", "totalSize"}
     assert body["health"]["overall"] in ("healthy", "degraded")
     assert body["health"]["memoryUsage"].endswith("%")

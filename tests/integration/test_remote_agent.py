@@ -357,7 +357,7 @@ async def test_a_context_window_overflow_falls_back_without_a_retry_or_a_breaker
     assert attributes["http.response.status_code"] == 400
 
 
-@pytest.mark.parametrize("mode", ["malformed", "oversized"])
+@pytest.mark.parametrize("mode", ["malformed", "not_json", "nested", "oversized"])
 async def test_a_reply_that_breaks_the_contract_is_not_retried_and_counts(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path, mode: str
 ) -> None:

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentRequest
 from service.agents.budget import BudgetAgent
-from service.agents.config import load_team_config
+from service.agents.config import build_agent, load_team_config
 from service.agents.nutrition import NutritionAgent
 from service.agents.specs import HttpAgentSpec, PythonAgentSpec
 from service.agents.workout import WorkoutAgent
@@ -210,6 +210,18 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             "invalid setting 'agents.coach.fallbacks.0': 'coach' cannot fall back to itself",
         ),
         (
+            {
+                "coach": {"kind": "python", "factory": f"{HELPERS}:coach"},
+                "helper": {
+                    "kind": "http",
+                    "url": "http://127.0.0.1:9/chat",
+                    "fallbacks": ["coach", "coach"],
+                },
+            },
+            {},
+            "invalid setting 'agents.helper.fallbacks.1': 'coach' is already in the list",
+        ),
+        (
             {"coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
             {"workout": "my_coach"},
             "invalid setting 'agent_routes.workout': no agent named 'my_coach'; use one of coach",
@@ -222,9 +234,37 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
         ),
         ({}, {}, "invalid setting 'agents': the team has no agent"),
         (
+            {
+                "gpt": {
+                    "kind": "http",
+                    "url": "http://127.0.0.1:9",
+                    "max_concurrent_calls": 20,
+                    "max_connections": 10,
+                }
+            },
+            {},
+            "invalid setting 'agents.gpt.max_concurrent_calls': 20 calls at once need as many "
+            "connections; raise max_connections (now 10)",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "auth_header": "X Api: Key"}},
+            {},
+            "invalid setting 'agents.gpt.auth_header': 'X Api: Key' is not an HTTP header name",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://me:s3cret@127.0.0.1:9/chat"}},
+            {},
+            "invalid setting 'agents.gpt.url': credentials in the url would show in logs",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "timeout_s": float("nan")}},
+            {},
+            "invalid setting 'agents.gpt.timeout_s': Input should be a finite number",
+        ),
+        (
             {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "contract": "openai"}},
             {},
-            "invalid setting 'agents.gpt': contract 'openai' needs model",
+            "invalid setting 'agents.gpt.model': contract 'openai' needs model",
         ),
     ],
 )
@@ -237,6 +277,7 @@ def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
     message = str(raised.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+    assert "s3cret" not in message
 
 
 @pytest.mark.parametrize(
@@ -306,3 +347,34 @@ async def test_a_remote_agent_is_built_from_its_spec_and_closed_with_the_team(
     team = team_of(settings, sqlite_stores)
     assert isinstance(team.guards["far"].agent, remote.RemoteAgent)
     await team.aclose()
+
+
+@pytest.mark.parametrize(("env", "refused"), [("production", True), ("test", False)])
+async def test_production_refuses_an_auth_file_others_may_read(
+    tmp_path: Path, sqlite_stores: Stores, env: str, refused: bool
+) -> None:
+    """The file holds the agent's credentials (an API key); production refuses it readable by
+    group or others, as it refuses the restic password file."""
+    auth_file = tmp_path / "helper-auth"
+    auth_file.write_text("Bearer sk-abc123\n")
+    auth_file.chmod(0o644)
+    helper = {"kind": "http", "url": "http://127.0.0.1:9/chat", "auth_file": str(auth_file)}
+    settings = Settings(
+        env=env, data_dir=tmp_path / "data", backups_enabled=False, agents={"helper": helper}
+    )
+    config = load_team_config(settings)
+    if not refused:
+        agent = build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
+        assert agent.name == "helper"
+        await agent.aclose()  # type: ignore[attr-defined]
+        return
+    with pytest.raises(SettingsError) as raised:
+        build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
+    assert str(raised.value) == (
+        f"invalid setting 'agents.helper.auth_file': {auth_file} has mode 644; run: chmod 600 "
+        f"{auth_file}"
+    )
+    auth_file.chmod(0o600)
+    agent = build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
+    assert agent.name == "helper"
+    await agent.aclose()  # type: ignore[attr-defined]

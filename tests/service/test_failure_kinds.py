@@ -59,6 +59,8 @@ OPENAI_ERROR = b'{"error": {"message": "too long", "code": "%s"}}'
         (400, OPENAI_ERROR % b"context_length_exceeded", "context_length", False, False),
         (400, OPENAI_ERROR % b"content_filter", "content_filter", False, False),
         (404, b"", "client_error", False, True),
+        # Nested deeper than the JSON parser goes: read as having no error code.
+        (502, b"[" * 30_000 + b"]" * 30_000, "server_error", True, True),
     ],
 )
 def test_an_error_reply_is_classified_by_status_and_error_code(
@@ -103,15 +105,34 @@ def test_an_auth_file_must_hold_one_line_and_the_error_never_shows_it(
 ) -> None:
     path = tmp_path / "auth"
     path.write_text(text)
-    with pytest.raises(SettingsError, match="agent 'helper'.*must hold one line") as raised:
+    with pytest.raises(
+        SettingsError, match="invalid setting 'agents.helper.auth_file': .* must hold one line"
+    ) as raised:
         read_auth_header("helper", spec_with_auth(path))
     assert "abc" not in str(raised.value)
 
 
-def test_a_missing_auth_file_names_the_agent_and_the_file(tmp_path: Path) -> None:
+def test_a_missing_auth_file_names_the_setting_and_the_file(tmp_path: Path) -> None:
     path = tmp_path / "absent"
-    with pytest.raises(SettingsError, match=f"agent 'helper': cannot read its auth_file {path}"):
+    with pytest.raises(
+        SettingsError, match=f"invalid setting 'agents.helper.auth_file': cannot read {path}: "
+    ):
         read_auth_header("helper", spec_with_auth(path))
+
+
+@pytest.mark.parametrize("text", ["Bearer tök-abc\n", "Bearer abc\x00\n", "Bearer abc \n"])
+def test_an_auth_value_a_header_cannot_carry_stops_the_start_without_showing_it(
+    tmp_path: Path, text: str
+) -> None:
+    """httpx refuses such a value on every call, and the guard took that for an agent that
+    could not be reached; the start-up names the setting instead."""
+    path = tmp_path / "auth"
+    path.write_text(text)
+    with pytest.raises(
+        SettingsError, match="invalid setting 'agents.helper.auth_file': .* characters a header"
+    ) as raised:
+        read_auth_header("helper", spec_with_auth(path))
+    assert "abc" not in str(raised.value)
 
 
 @pytest.fixture

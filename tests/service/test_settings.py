@@ -55,9 +55,6 @@ def test_explicit_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ({"ERS_ENV": "staging"}, "invalid setting 'env'"),
         ({"ERS_CONFIG": "/nonexistent/ers.yaml"}, "ERS_CONFIG: no such file"),
         ({"ERS_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "admin_token_file: cannot read"),
-        # A mapping's variable that is not JSON: one line, not pydantic-settings' traceback,
-        # and not the value (an agent's settings may hold a key).
-        ({"ERS_AGENTS": "sk-secret"}, "invalid setting 'agents': ERS_AGENTS is not valid JSON"),
         (
             {"ERS_BACKUP_INTERVAL_MINUTES__NOPE": "5"},
             "'backup_interval_minutes.nope': unknown key; check its spelling "
@@ -96,6 +93,54 @@ def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text("max_backup: 3\n")
     with pytest.raises(SettingsError, match="'max_backup': unknown key"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        (
+            "agents:\n"
+            "  helper: {kind: http, url: 'http://127.0.0.1:8600/chat'}\n"
+            "  helper: {kind: http, url: 'http://127.0.0.1:8601/chat'}\n",
+            "agents.helper",
+            "lines 2 and 3",
+        ),
+        ("max_backups: 3\nhealth_check_interval_s: 10\nmax_backups: 4\n", "max_backups", "1 and 3"),
+    ],
+)
+def test_a_key_written_twice_is_named(tmp_path: Path, text: str, key: str, lines: str) -> None:
+    (tmp_path / "ers.yaml").write_text(text)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert f"invalid setting '{key}': written twice" in str(error.value)
+    assert lines in str(error.value)
+
+
+def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text(
+        "agent_breakers:\n"
+        "  budget: &slow {open_duration_s: 60}\n"
+        "  workout: {<<: *slow, failure_threshold: 3}\n"
+    )
+    assert load_settings().agent_breakers["workout"] == {
+        "open_duration_s": 60,
+        "failure_threshold": 3,
+    }
+
+
+@pytest.mark.parametrize("value", ["{bad", "[1, 2", "not json", "sk-secret"])
+def test_an_environment_variable_that_is_not_json_names_its_setting(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """It came out as a traceback of pydantic-settings' own SettingsError. The value is not
+    repeated: an agent's settings may hold a key."""
+    monkeypatch.setenv("ERS_AGENTS", value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith("invalid setting 'agents': ERS_AGENTS is not valid JSON (")
+    assert message.endswith("or in the YAML file") and "\n" not in message
+    assert value not in message
 
 
 def test_token_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

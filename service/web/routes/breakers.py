@@ -43,8 +43,16 @@ async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) ->
     return {"message": message, "saved": saved, "breaker": breaker.snapshot()}
 
 
+def guard_snapshot(guard: Any) -> dict[str, Any]:
+    """The breaker's snapshot, and the seconds left of the agent's cooldown (a rate limit's
+    Retry-After longer than a call could wait): while it runs, calls fall back without
+    reaching the agent although its breaker is closed. None when there is none."""
+    cooldown = guard.cooldown_remaining()
+    return {**guard.breaker.snapshot(), "cooldownRemainingS": round(cooldown, 1) or None}
+
+
 def breaker_report(team: Any) -> dict[str, Any]:
-    breakers = {guard.name: guard.breaker.snapshot() for guard in team.guards.values()}
+    breakers = {guard.name: guard_snapshot(guard) for guard in team.guards.values()}
     states = [b["state"] for b in breakers.values()]
     return {
         "breakers": breakers,
@@ -55,6 +63,7 @@ def breaker_report(team: Any) -> dict[str, Any]:
             "half_open": sum(s == "half_open" for s in states),
             "forced_open": sum(s == "forced_open" for s in states),
             "disabled": sum(s == "disabled" for s in states),
+            "cooling_down": sum(b["cooldownRemainingS"] is not None for b in breakers.values()),
         },
     }
 
@@ -76,7 +85,7 @@ async def list_breakers(team: Team) -> dict[str, Any]:
 @router.get("/circuit-breakers/{name}", responses=errors(404))
 async def get_breaker(name: str, team: Team) -> dict[str, Any]:
     guard = team.get(name)
-    return {**guard.breaker.snapshot(), "history": [e.to_dict() for e in guard.breaker.history()]}
+    return {**guard_snapshot(guard), "history": [e.to_dict() for e in guard.breaker.history()]}
 
 
 @router.post("/circuit-breaker/{name}/reset", responses=errors(404, 409))
@@ -92,6 +101,9 @@ async def reset_breaker(
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
     message += stop_cached_answers(guard)
+    if guard.end_cooldown():
+        # The probe just reached the agent (or the operator forced it): it takes calls again.
+        message += "; its rate-limit cooldown is over"
     return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 

@@ -61,6 +61,8 @@ async def status(
             "open": totals["open"],
             "closed": totals["closed"],
             "halfOpen": totals["half_open"],
+            # Closed, but left alone for now: the agent asked to wait (rate limited).
+            "coolingDown": totals["cooling_down"],
         },
         "backups": await backups.summary() if backups is not None else NO_BACKUPS,
         "health": {

@@ -1,0 +1,67 @@
+"""An agent's cooldown: how long calls leave it alone because it asked (a rate limit's
+Retry-After longer than a call could wait). While it runs, calls fall back without reaching
+the agent, with its breaker closed.
+
+It is a switch the state keeper keeps (``service.resilience.state_keeper.KeptSwitch``): its
+end is stored as a wall-clock moment, so a restart of ERS leaves the agent alone for the rest
+of the time it asked for instead of calling it again at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class Cooldown:
+    def __init__(
+        self,
+        agent: str,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.agent = agent
+        # Monotonic moment until which calls leave the agent alone; 0.0 when none ran.
+        self.until = 0.0
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._listeners: list[Callable[[], None]] = []
+
+    def remaining(self) -> float:
+        """Seconds left; 0 when the agent takes calls."""
+        return max(0.0, self.until - self._clock()) if self.until else 0.0
+
+    def start(self, seconds: float) -> None:
+        """Leave the agent alone for ``seconds`` from now (a longer cooldown running stays)."""
+        self.until = max(self.until, self._clock() + seconds)
+        self._changed()
+
+    def end(self) -> bool:
+        """End it now (an operator's reset); whether one was running."""
+        running = self.remaining() > 0
+        self.until = 0.0
+        if running:
+            self._changed()
+        return running
+
+    # --- KeptSwitch ------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def record(self) -> dict[str, Any] | None:
+        left = self.remaining()
+        return None if left <= 0 else {"agent": self.agent, "until": self._wall_clock() + left}
+
+    def resume(self, record: dict[str, Any]) -> str | None:
+        """Put back a kept cooldown whose end has not passed; what was done, in words."""
+        left = float(record["until"]) - self._wall_clock()
+        if left <= 0:
+            return None
+        self.until = max(self.until, self._clock() + left)
+        return f"agent '{self.agent}' left alone for {left:.0f} s more (it asked: rate limited)"
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()

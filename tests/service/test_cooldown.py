@@ -1,0 +1,53 @@
+"""An agent's cooldown as a kept switch: its record holds the wall-clock end, and a record
+put back resumes only the time that is left."""
+
+from __future__ import annotations
+
+from service.resilience.cooldown import Cooldown
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.monotonic = 100.0
+        self.wall = 1_800_000_000.0
+
+    def cooldown(self) -> Cooldown:
+        return Cooldown("helper", clock=lambda: self.monotonic, wall_clock=lambda: self.wall)
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic += seconds
+        self.wall += seconds
+
+
+def test_a_cooldown_is_recorded_with_its_wall_clock_end_and_says_each_change() -> None:
+    clocks = Clocks()
+    cooldown = clocks.cooldown()
+    changes: list[dict[str, object] | None] = []
+    cooldown.subscribe(lambda: changes.append(cooldown.record()))
+    assert cooldown.record() is None
+
+    cooldown.start(30)
+    clocks.advance(10)
+    assert cooldown.remaining() == 20
+    assert cooldown.record() == {"agent": "helper", "until": clocks.wall + 20}
+    assert cooldown.end() is True
+    assert cooldown.end() is False  # nothing ran: no change to say
+    assert changes == [{"agent": "helper", "until": 1_800_000_030.0}, None]
+
+
+def test_a_kept_cooldown_resumes_what_is_left_and_an_elapsed_one_nothing() -> None:
+    clocks = Clocks()
+    kept = {"agent": "helper", "until": clocks.wall + 45}
+    clocks.monotonic = 5.0  # another process: its own monotonic clock
+    clocks.advance(15)
+
+    resumed = clocks.cooldown()
+    assert (
+        resumed.resume(kept) == "agent 'helper' left alone for 30 s more (it asked: rate limited)"
+    )
+    assert resumed.remaining() == 30
+
+    clocks.advance(31)
+    late = clocks.cooldown()
+    assert late.resume(kept) is None
+    assert late.remaining() == 0
