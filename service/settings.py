@@ -374,31 +374,23 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
-    except pydantic_settings.SettingsError as exc:
-        raise SettingsError(describe_unparsed_variable(exc)) from None
-
-
-def describe_unparsed_variable(exc: pydantic_settings.SettingsError) -> str:
-    """A variable of a list or mapping setting that is not JSON. Its value is not repeated:
-    settings such as the agents' may hold credentials."""
-    field = re.search(r'field "([^"]+)"', str(exc))
-    name = field.group(1) if field else "settings"
-    cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-    return (
-        f"invalid setting '{name}': ERS_{name.upper()} is not valid JSON{cause}; a mapping "
-        f"or list setting is written as JSON in its variable "
-        f'(ERS_AGENT_ROUTES=\'{{"workout": "helper"}}\'), or in the YAML file'
-    )
+    except pydantic_settings.SettingsError as exc:  # a list or mapping variable, not JSON
+        # Its value is not repeated: settings such as the agents' may hold credentials.
+        name = (re.findall(r'field "([^"]+)"', str(exc)) or ["settings"])[0]
+        raise SettingsError(
+            f"invalid setting '{name}': ERS_{name.upper()} is not valid JSON ({exc.__cause__}); "
+            f'write it as JSON (ERS_AGENT_ROUTES=\'{{"workout": "helper"}}\') or in the '
+            "YAML file"
+        ) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "settings"
     if first["type"] == "extra_forbidden" and key.split(".")[0] == "notifications":
-        return (
+        return (  # nothing read the key: remove it
             f"invalid setting '{key}': ERS sends no notifications itself; people are notified "
-            "by Alertmanager's `people` receiver (alerts/alertmanager.yml), of every alert and "
-            "of what ERS did about it. Remove the key"
+            "by Alertmanager's `people` receiver (alerts/alertmanager.yml), of every alert"
         )
     if first["type"] == "extra_forbidden":
         variable = "ERS_" + key.upper().replace(".", "__")
