@@ -35,6 +35,8 @@ from service.incidents.model import (
 from service.incidents.responder import ActionResult, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
+from service.resilience.breaker_config import BreakerState
+from service.resilience.breaker_events import BreakerEvent
 from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
@@ -279,6 +281,16 @@ class IncidentService:
             results = self._results.get(incident_id, [])
             recovery["actions"] = [{"action": r.action, "result": r.result} for r in results]
         return replace(reply, incident=incident_id, recovery=recovery)
+
+    def on_breaker_transition(self, event: BreakerEvent) -> None:
+        """An agent's breaker closed: its incidents are no longer what a call turned away
+        from it is about. Until a new failure's incident is written, such a reply names none
+        rather than one that may be resolved by now."""
+        if event.to_state is not BreakerState.CLOSED:
+            return
+        self._latest.pop(event.breaker, None)
+        for key in [key for key in self._latest_by_cause if key[0] == event.breaker]:
+            del self._latest_by_cause[key]
 
     def active_counts(self) -> dict[str, int]:
         counts = self._cached_counts

@@ -234,6 +234,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         for breaker in team.breakers():
             breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
+            breaker.subscribe(
+                incident_service.on_breaker_transition, [BreakerEventKind.STATE_TRANSITION]
+            )
         incident_service.subscribe(lambda event: state.evaluate())
         state_notes = StateNotes(incident_service)
         state.subscribe(state_notes)

@@ -63,3 +63,34 @@ async def test_a_new_kind_of_failure_does_not_get_the_earlier_incident(
     network = await incident_of(client, "network")
     assert network != database
     assert (await chat(client))["incident"] == network
+
+
+async def test_a_call_turned_away_after_a_recovery_names_no_old_incident(
+    client: httpx.AsyncClient,
+) -> None:
+    await inject(client, "database")
+    await chat(client)
+    database = await incident_of(client, "database")
+    forced = await client.post(
+        "/api/emergency/circuit-breaker/budget/force-open",
+        json={"reason": "looking into it", "ttlSeconds": 60},
+    )
+    assert forced.status_code == 200, forced.text
+    assert (await chat(client))["incident"] == database  # turned away: the agent's incident
+
+    # Fixed: the faults cleared, the breaker closed, the incident resolved.
+    await client.delete("/api/emergency/simulate-error")
+    reset = await client.post("/api/emergency/circuit-breaker/budget/reset", json={})
+    assert reset.status_code == 200, reset.text
+    resolved = await client.post(
+        f"/api/emergency/incidents/{database}/resolve", json={"resolution": "db fixed"}
+    )
+    assert resolved.status_code == 200, resolved.text
+
+    # Isolated again for another reason: the reply no longer names the resolved incident.
+    forced = await client.post(
+        "/api/emergency/circuit-breaker/budget/force-open",
+        json={"reason": "maintenance", "ttlSeconds": 60},
+    )
+    assert forced.status_code == 200, forced.text
+    assert (await chat(client))["incident"] is None
