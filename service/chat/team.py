@@ -101,7 +101,11 @@ class Team:
     def breakers(self) -> Iterator[CircuitBreaker]:
         return (guard.breaker for guard in self.guards.values())
 
-    def breaker_states(self) -> dict[str, str]:
+    def breaker_states(self, *, advance: bool = False) -> dict[str, str]:
+        """Each agent's breaker state; with ``advance``, after what time alone decides (an
+        open period or a forcing that ran out while no call came)."""
+        if advance:
+            return {guard.name: guard.breaker.advance().value for guard in self.guards.values()}
         return {guard.name: guard.breaker.state.value for guard in self.guards.values()}
 
     async def aclose(self) -> None:

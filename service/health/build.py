@@ -51,7 +51,7 @@ def start_health(
         EventLoopCheck(lag_monitor),
         StoresCheck(stores.by_component()),
         DiskCheck(settings.data_dir),
-        BreakersCheck(team.breaker_states),
+        BreakersCheck(lambda: team.breaker_states(advance=True)),
         IncidentsCheck(incidents.active_counts),
     ]
     if backups is not None:

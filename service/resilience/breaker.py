@@ -3,7 +3,8 @@
 Every method runs to completion without awaiting, so on one event loop the state needs no
 lock; ``call`` awaits the protected function only between taking and reporting a permit.
 Transitions out of OPEN and FORCED_OPEN (with a TTL) and the abandonment of hung half-open
-trials happen lazily, on the next ``acquire``. The breaker is composed of its failure window
+trials happen lazily, on the next ``acquire``, or on ``advance`` (a report, so that it never
+shows a forcing that ran out while no call came). The breaker is composed of its failure window
 (``breaker_window``), its open period and forcing (``breaker_open``) and its events
 (``breaker_events``); it holds the state machine and the operator's actions.
 """
@@ -115,10 +116,7 @@ class CircuitBreaker:
         if state is DISABLED:
             return Permit.of(self, self._epoch)
         now = self._clock()
-        if state is OPEN and now >= self._open.next_attempt_at:
-            self._transition(HALF_OPEN, "open duration elapsed; admitting trial calls")
-        elif state is FORCED_OPEN and self._forced and self._forced.remaining(now) == 0.0:
-            self._transition(HALF_OPEN, "forced open expired; admitting trial calls")
+        self._advance(state, now)
         if self._state is HALF_OPEN:
             trials = self._trials
             # Trials are in acquire order, so the oldest is the first to hang past the wait.
@@ -137,19 +135,9 @@ class CircuitBreaker:
         state, name = self._state, self.name
         retry_after: float | None
         if state is OPEN:
-            retry_after = self._open.retry_after(now)
-            why = (
-                f"breaker '{name}' is open ({self._open.reason}); "
-                f"the next trial call is admitted in {retry_after:.1f} s"
-            )
+            retry_after, why = self._open.rejection(name, now)
         elif state is FORCED_OPEN and self._forced is not None:
-            forcing = self._forced
-            retry_after = forcing.remaining(now)
-            until = "it is released" if retry_after is None else f"{retry_after:.1f} s from now"
-            why = (
-                f"breaker '{name}' is forced open by {forcing.source} ({forcing.reason}) "
-                f"until {until}"
-            )
+            retry_after, why = self._forced.rejection(name, now)
         elif not self._trials:
             # Only when a trial gate held the call back.
             retry_after = None
@@ -373,7 +361,19 @@ class CircuitBreaker:
         """Who holds the breaker forced open, why and until when; None when not forced."""
         return self._forced if self._state is FORCED_OPEN else None
 
+    def advance(self) -> BreakerState:
+        """The state after what time alone decides: an open period or a forcing ran out."""
+        self._advance(self._state, self._clock())
+        return self._state
+
+    def _advance(self, state: BreakerState, now: float) -> None:
+        if state is OPEN and now >= self._open.next_attempt_at:
+            self._transition(HALF_OPEN, "open duration elapsed; admitting trial calls")
+        elif state is FORCED_OPEN and self._forced and self._forced.remaining(now) == 0.0:
+            self._transition(HALF_OPEN, "forced open expired; admitting trial calls")
+
     def snapshot(self) -> dict[str, object]:
+        self.advance()
         window, forcing = self._window, self._forced
         failure_rate, slow_call_rate = window.rates()
         next_attempt_at = self._open.next_attempt_wall() if self._state is OPEN else None

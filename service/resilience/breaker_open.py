@@ -42,6 +42,15 @@ class OpenPeriod:
     def retry_after(self, now: float) -> float:
         return max(0.0, self.next_attempt_at - now)
 
+    def rejection(self, name: str, now: float) -> tuple[float, str]:
+        """When to try again, and why a call is turned away now."""
+        retry_after = self.retry_after(now)
+        why = (
+            f"breaker '{name}' is open ({self.reason}); "
+            f"the next trial call is admitted in {retry_after:.1f} s"
+        )
+        return retry_after, why
+
     def next_attempt_wall(self) -> float | None:
         return None if self.opened_at_wall is None else self.opened_at_wall + self.duration_s
 
@@ -85,6 +94,13 @@ class Forcing:
     def remaining(self, now: float) -> float | None:
         """Seconds until it expires, None when it lasts until released."""
         return None if self.expires_at is None else max(0.0, self.expires_at - now)
+
+    def rejection(self, name: str, now: float) -> tuple[float | None, str]:
+        """When to try again (None: once released), and why a call is turned away now."""
+        retry_after = self.remaining(now)
+        until = "it is released" if retry_after is None else f"{retry_after:.1f} s from now"
+        why = f"breaker '{name}' is forced open by {self.source} ({self.reason}) until {until}"
+        return retry_after, why
 
     def to_dict(self) -> dict[str, str | None]:
         return {

@@ -20,7 +20,8 @@ from service.resilience.breaker import (
 @dataclass
 class ReferenceBreaker:
     """The rules written as directly as possible: lists instead of rings, no laziness tricks
-    beyond the documented one (leaving OPEN or an expired FORCED_OPEN happens at a call)."""
+    beyond the documented one (leaving OPEN or an expired FORCED_OPEN happens at a call, or
+    when the breaker is reported)."""
 
     config: BreakerConfig
     now: float = 0.0
@@ -50,7 +51,7 @@ class ReferenceBreaker:
         self.state = state
         self.trial_successes = 0
 
-    def admits_a_call(self) -> bool:
+    def move_on_by_time(self) -> None:
         if self.state == "open" and self.now >= self.reopen_at:
             self.enter("half_open")
         if (
@@ -59,6 +60,9 @@ class ReferenceBreaker:
             and self.now >= self.forced_until
         ):
             self.enter("half_open")
+
+    def admits_a_call(self) -> bool:
+        self.move_on_by_time()
         return self.state in ("closed", "half_open", "disabled")
 
     def trip(self) -> None:
@@ -241,7 +245,8 @@ def test_breaker_matches_the_reference_model(config: BreakerConfig, script: list
         elif kind == "enable":
             breaker.enable()
             model.enable()
-        snapshot = breaker.snapshot()
+        snapshot = breaker.snapshot()  # a report: it moves on what time alone decides
+        model.move_on_by_time()
         observed = (
             breaker.state.value,
             snapshot["failureCount"],
