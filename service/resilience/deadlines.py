@@ -99,7 +99,7 @@ class DeadlineWatchdog:
             return await awaitable
         except asyncio.CancelledError:
             if deadline.expired and task.uncancel() == 0:
-                raise TimeoutError(f"the call took longer than {timeout_s:g} s") from None
+                raise TimeoutError(f"the call took longer than {round(timeout_s, 2):g} s") from None
             raise
         finally:
             self._pending.pop(deadline, None)
