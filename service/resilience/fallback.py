@@ -35,20 +35,30 @@ class Fallback:
 
 
 class LastGoodAnswers:
-    """The newest good answer per (user, agent, intent), least recently used evicted first."""
+    """The newest good answer per (user, agent, intent), least recently used evicted first;
+    at most ``capacity`` answers and ``max_chars`` characters in all: a remote agent may
+    answer with up to a MiB, and 10,000 of those would be 10 GB."""
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+    def __init__(self, capacity: int = 10_000, max_chars: int = 32 * 1024 * 1024) -> None:
+        if capacity < 1 or max_chars < 1:
+            raise ValueError("capacity and max_chars must be at least 1")
         self.capacity = capacity
+        self.max_chars = max_chars
         self._answers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._chars = 0
 
     def remember(self, request: AgentRequest, reply: AgentReply) -> None:
         key = (request.user_id, reply.agent, request.intent or reply.agent)
-        self._answers[key] = reply.content
-        self._answers.move_to_end(key)
-        if len(self._answers) > self.capacity:
-            self._answers.popitem(last=False)
+        content = reply.content
+        previous = self._answers.pop(key, None)
+        if previous is not None:
+            self._chars -= len(previous)
+        if len(content) > self.max_chars:  # it would push out everything else, and not fit
+            return
+        self._answers[key] = content
+        self._chars += len(content)
+        while len(self._answers) > self.capacity or self._chars > self.max_chars:
+            self._chars -= len(self._answers.popitem(last=False)[1])
 
     def recall(self, request: AgentRequest, agent: str) -> str | None:
         key = (request.user_id, agent, request.intent or agent)
@@ -58,7 +68,7 @@ class LastGoodAnswers:
         """Drop all but the newest ``keep`` answers; returns how many were dropped."""
         dropped = 0
         while len(self._answers) > keep:
-            self._answers.popitem(last=False)
+            self._chars -= len(self._answers.popitem(last=False)[1])
             dropped += 1
         return dropped
 
