@@ -10,6 +10,10 @@ landed on and recovers it (``recovery``): a resolved ``isolate`` releases the br
 half-open, so recovery is tested, mitigates the incident and resolves it once the trial
 succeeds.
 
+Deliveries of one alert are handled one at a time, in the order they arrived; a firing that
+arrives after its own resolution (a retry, the other Alertmanager of a pair) is stale and
+changes nothing.
+
 A ``backup``, ``rollback`` or ``cleanup`` alert with no incident of its own target and kind
 lands on the most severe active incident: such alerts (``CriticalIncidentActive``) are about
 the incidents already open, and an incident of their own would keep them firing.
@@ -59,6 +63,9 @@ class AlertHandler:
     isolate_ttl_s: float = 900.0
     recovery: IncidentRecovery = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    # One alert is handled at a time, in the order its deliveries arrived: a resolution
+    # waits for the action of its firing instead of racing it.
+    _locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.recovery = IncidentRecovery(self.incidents)
@@ -86,11 +93,29 @@ class AlertHandler:
         await self.recovery.drain()
 
     async def _process(self, alert: Alert) -> None:
+        lock, users = self._locks.setdefault(alert.fingerprint, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                await self._handle(alert)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[alert.fingerprint]
+
+    async def _handle(self, alert: Alert) -> None:
         starts_at = alert.startsAt.isoformat()
         try:
-            incident = await asyncio.to_thread(self._land, alert)
-            incident_id = incident.id if incident is not None else ""
-            outcome = await self._act(alert, incident)
+            if alert.status == "firing" and await asyncio.to_thread(
+                self.ledger.entry, alert.fingerprint, starts_at, "resolved"
+            ):
+                # Delivered late (a retry, the other Alertmanager of a pair): acting now would
+                # isolate or open an incident that no resolution will ever come to end.
+                incident_id, outcome = None, "stale: its resolution arrived first; nothing done"
+            else:
+                incident = await asyncio.to_thread(self._land, alert)
+                incident_id = incident.id if incident is not None else ""
+                outcome = await self._act(alert, incident)
         except Exception as exc:  # an alert must never take the service down
             log.exception("alert %s could not be handled", alert.name)
             incident_id, outcome = None, f"failed: {type(exc).__name__}: {exc}"

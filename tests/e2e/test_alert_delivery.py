@@ -1,0 +1,128 @@
+"""Alertmanager's deliveries as they really arrive at a running ``ers serve`` (uvicorn, over
+HTTP): late, repeated, or around a crash. What ERS did with each is read back from the
+service's API and from its alert ledger on disk, as an operator would."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ErsProcess, start_ers
+
+TOKEN = "alert-delivery-token-41b7"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STARTS_AT = "2026-12-03T12:00:00.000Z"
+
+
+def payload(status: str, name: str, fingerprint: str, **labels: str) -> dict[str, Any]:
+    all_labels = {"alertname": name, "severity": "critical", **labels}
+    return {
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="{name}"}}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "ers-isolate",
+        "groupLabels": {"alertname": name},
+        "commonLabels": all_labels,
+        "commonAnnotations": {"summary": f"{name} for the test"},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": all_labels,
+                "annotations": {"summary": f"{name} for the test"},
+                "startsAt": STARTS_AT,
+                "endsAt": "2026-12-03T12:10:00.000Z"
+                if status == "resolved"
+                else "0001-01-01T00:00:00Z",
+                "generatorURL": "http://127.0.0.1:9090/graph",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+
+
+def ledger(workdir: Path, fingerprint: str, status: str) -> sqlite3.Row | None:
+    """The ledger's row of one delivery, read from the incidents file as another reader."""
+    with sqlite3.connect(workdir / "data" / "incidents.sqlite3") as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute(
+            "SELECT deliveries, incident_id, outcome FROM alert_ledger"
+            " WHERE fingerprint = ? AND status = ?",
+            (fingerprint, status),
+        ).fetchone()
+
+
+def handled(workdir: Path, fingerprint: str, status: str, timeout: float = 20) -> sqlite3.Row:
+    """The ledger's row once ERS has finished with the delivery (its outcome is written)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = ledger(workdir, fingerprint, status)
+        if row is not None and row["outcome"] is not None:
+            return row
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{status} {fingerprint} not handled in {timeout:g} s: {row}")
+        time.sleep(0.1)
+
+
+def post(ers: ErsProcess, body: dict[str, Any]) -> dict[str, Any]:
+    reply = httpx.post(f"{ers.url}/api/emergency/alerts", json=body, headers=AUTH, timeout=10)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def breaker(ers: ErsProcess, agent: str) -> dict[str, Any]:
+    reply = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/{agent}", timeout=10)
+    return dict(reply.json())
+
+
+def incidents(ers: ErsProcess) -> list[dict[str, Any]]:
+    reply = httpx.get(f"{ers.url}/api/emergency/incidents?limit=100", timeout=10)
+    return list(reply.json()["incidents"])
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "alert.token").write_text(TOKEN)
+    return tmp_path / "ers"
+
+
+def serve(workdir: Path, **env: str) -> ErsProcess:
+    return start_ers(
+        workdir, env={"ERS_ALERT_TOKEN_FILE": str(workdir.parent / "alert.token"), **env}
+    )
+
+
+@pytest.fixture
+def ers(workdir: Path) -> Iterator[ErsProcess]:
+    process = serve(workdir)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_a_firing_delivered_after_its_resolution_changes_nothing(
+    ers: ErsProcess, workdir: Path
+) -> None:
+    isolate = {"action": "isolate", "agent": "nutrition"}
+    resolved = post(ers, payload("resolved", "AgentErrorRatioHigh", "0ff0a1", **isolate))
+    assert resolved == {"received": 1, "new": 1, "duplicates": 0}
+    handled(workdir, "0ff0a1", "resolved")
+
+    late = post(ers, payload("firing", "AgentErrorRatioHigh", "0ff0a1", **isolate))
+    assert late == {"received": 1, "new": 1, "duplicates": 0}
+    row = handled(workdir, "0ff0a1", "firing")
+    assert row["outcome"].startswith("stale"), row["outcome"]
+    assert breaker(ers, "nutrition")["state"] == "closed"
+    assert incidents(ers) == []
+    # The same late firing again is a duplicate, and still changes nothing.
+    again = post(ers, payload("firing", "AgentErrorRatioHigh", "0ff0a1", **isolate))
+    assert again == {"received": 1, "new": 0, "duplicates": 1}
+    assert breaker(ers, "nutrition")["state"] == "closed"
