@@ -126,3 +126,36 @@ def test_a_firing_delivered_after_its_resolution_changes_nothing(
     again = post(ers, payload("firing", "AgentErrorRatioHigh", "0ff0a1", **isolate))
     assert again == {"received": 1, "new": 0, "duplicates": 1}
     assert breaker(ers, "nutrition")["state"] == "closed"
+
+
+def test_an_action_cut_short_by_kill_9_runs_on_the_next_delivery(workdir: Path) -> None:
+    """Alertmanager got its 200 before the action ran; the process died mid-action. The
+    alert's next delivery (Alertmanager repeats a firing alert) must act, not be dropped
+    as a duplicate."""
+    workdir.mkdir(parents=True)
+    (workdir / "restic-password").write_text("alert-delivery-restic\n")
+    backup_alert = payload("firing", "CriticalIncidentActive", "c0ffee01", action="backup")
+    ers = serve(workdir, ERS_BACKUPS_ENABLED="true")
+    try:
+        ers.wait_for_backups()
+        assert post(ers, backup_alert)["new"] == 1
+        ers.process.kill()  # SIGKILL: no drain, no outcome written
+        ers.process.wait(timeout=10)
+    finally:
+        ers.stop()
+    cut = ledger(workdir, "c0ffee01", "firing")
+    assert cut is not None and cut["outcome"] is None, "the action finished before the kill"
+
+    ers = serve(workdir, ERS_BACKUPS_ENABLED="true")
+    try:
+        ers.wait_for_backups()
+        assert "lost" in ledger(workdir, "c0ffee01", "firing")["outcome"]  # type: ignore[index]
+        assert post(ers, backup_alert) == {"received": 1, "new": 1, "duplicates": 0}
+        row = handled(workdir, "c0ffee01", "firing", timeout=60)
+        assert row["outcome"] == "emergency_backup: success", row["outcome"]
+        backups = httpx.get(f"{ers.url}/api/emergency/backups", timeout=10).json()["backups"]
+        assert [b["reason"] for b in backups].count("emergency") == 1, backups
+        # Done once: a further repeat of the same alert is a duplicate again.
+        assert post(ers, backup_alert)["duplicates"] == 1
+    finally:
+        ers.stop()
