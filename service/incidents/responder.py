@@ -48,6 +48,10 @@ class Timeline(Protocol):
     ) -> None: ...
 
 
+class Trail(Protocol):
+    def record(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
+
+
 class ActionClaims(Protocol):
     def claim_action(
         self, incident_id: str, action: str, replica: str, cooldown_s: float
@@ -92,6 +96,8 @@ class Responder:
     # Both None without backups.
     emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
     rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
+    # The audit trail, where every rollback is written, whoever ran it.
+    audit: Trail | None = None
     _last_run: dict[tuple[str, str], float] = field(default_factory=dict, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
@@ -267,7 +273,29 @@ class Responder:
             )
         if self.rollback is None:
             return ActionResult("rollback", "not_available", "backups are not set up")
-        return ActionResult("rollback", "success", await self.rollback(context))
+        try:
+            done = await self.rollback(context)
+        except Exception as exc:
+            await self._audit_rollback(context, None, f"{type(exc).__name__}: {exc}")
+            raise
+        await self._audit_rollback(context, done, None)
+        return ActionResult("rollback", "success", done)
+
+    async def _audit_rollback(
+        self, context: ResponseContext, done: str | None, error: str | None
+    ) -> None:
+        if self.audit is None:
+            return
+        detail = {
+            "beforeIncident": context.incident_id,
+            "reason": context.reason,
+            "result": done,
+            "error": error,
+        }
+        try:
+            await asyncio.to_thread(self.audit.record, context.source, "rollback", detail)
+        except Exception:  # the rollback is done either way; its timeline still says so
+            log.exception("the audit trail missed the rollback for %s", context.incident_id)
 
     async def _trim_caches(self, context: ResponseContext) -> ActionResult:
         dropped = self.team.answers.trim(keep=len(self.team.answers) // 4)
