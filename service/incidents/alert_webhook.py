@@ -10,9 +10,10 @@ landed on and recovers it (``recovery``): a resolved ``isolate`` releases the br
 half-open, so recovery is tested, mitigates the incident and resolves it once the trial
 succeeds.
 
-Deliveries of one alert are handled one at a time, in the order they arrived; a firing that
-arrives after its own resolution (a retry, the other Alertmanager of a pair) is stale and
-changes nothing.
+Deliveries of one alert are handled one at a time, in the order they arrived. A firing is
+stale, recorded and left alone, when its own resolution arrived first (a retry, the other
+Alertmanager of a pair), or when it is about the active incidents (label ``about:
+incidents``) and none is active any more.
 
 A ``backup``, ``rollback`` or ``cleanup`` alert with no incident of its own target and kind
 lands on the most severe active incident: such alerts (``CriticalIncidentActive``) are about
@@ -106,12 +107,11 @@ class AlertHandler:
     async def _handle(self, alert: Alert) -> None:
         starts_at = alert.startsAt.isoformat()
         try:
-            if alert.status == "firing" and await asyncio.to_thread(
-                self.ledger.entry, alert.fingerprint, starts_at, "resolved"
-            ):
-                # Delivered late (a retry, the other Alertmanager of a pair): acting now would
-                # isolate or open an incident that no resolution will ever come to end.
-                incident_id, outcome = None, "stale: its resolution arrived first; nothing done"
+            stale = (
+                await asyncio.to_thread(self._stale, alert) if alert.status == "firing" else None
+            )
+            if stale is not None:
+                incident_id, outcome = None, f"stale: {stale}; nothing done"
             else:
                 incident = await asyncio.to_thread(self._land, alert)
                 incident_id = incident.id if incident is not None else ""
@@ -122,6 +122,19 @@ class AlertHandler:
         await asyncio.to_thread(
             self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
         )
+
+    def _stale(self, alert: Alert) -> str | None:
+        """Why a firing alert no longer holds by the time it is handled, else None."""
+        if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
+            # Delivered late (a retry, the other Alertmanager of a pair): acting now would
+            # isolate or open an incident that no resolution will ever come to end.
+            return "its resolution arrived first"
+        if alert.labels.get("about") == "incidents" and not self._most_severe_active():
+            # Resolved between Prometheus's evaluation and this delivery. An incident of
+            # the alert's own would be an active critical incident: the very condition of
+            # the alert, which would then keep itself firing (and roll back for nothing).
+            return "it is about the active incidents, and none is active"
+        return None
 
     def _land(self, alert: Alert) -> Incident | None:
         component = alert.target or "ers"
