@@ -47,6 +47,10 @@ async def status(
 ) -> dict[str, Any]:
     totals = breaker_report(team)["totals"]
     report = health.last
+    if report is None or report.at < state.since:
+        # The last report is from before the state changed (a critical incident since):
+        # "healthy" from then would contradict the state shown beside it.
+        report = await health.evaluate()
     memory = memory_check.last
     uptime_s = time.time() - started_at
     active = incidents.active_counts()
