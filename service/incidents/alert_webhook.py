@@ -34,7 +34,7 @@ from service.incidents.alert_payload import Alert, WebhookPayload
 from service.incidents.ledger import AlertLedger
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
-from service.incidents.responder import Responder, ResponseContext
+from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from telemetry.classifier import Classification
 from telemetry.span_record import SpanRecord
@@ -235,6 +235,13 @@ class AlertHandler:
         if action == "isolate":
             self.recovery.forget(target)
         result = await self.responder.run_action(ACTIONS[action], context)
+        if result.detail == COOLDOWN_SKIP:
+            # The responder keeps quiet about it; the alert's reader would see nothing done.
+            note = (
+                f"{result.action}: skipped — it ran for this incident within the last"
+                f" {self.responder.cooldown_s:g} s (see above)"
+            )
+            await asyncio.to_thread(self._note, incident_id, note)
         return f"{result.action}: {result.result}"
 
     async def _recover(self, alert: Alert, incident: Incident | None) -> str:

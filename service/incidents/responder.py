@@ -36,6 +36,8 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
     "CRITICAL_SYSTEM_FAILURE": ("emergency_backup", "minimal_response_mode", "rollback"),
     "RESOURCE_EXHAUSTION": ("trim_caches",),
 }
+# Why an action is skipped without a word on the timeline: it ran for the incident already.
+COOLDOWN_SKIP = "ran within the cooldown"
 # Actions on one agent: skipped for a component that is not an agent of the team.
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
 # Actions whose effect reaches every replica: one replica runs each per incident.
@@ -128,7 +130,7 @@ class Responder:
         now = self.clock()
         last = self._last_run.get(key)
         if last is not None and now - last < self.cooldown_s:
-            return ActionResult(action, "skipped", "ran within the cooldown")
+            return ActionResult(action, "skipped", COOLDOWN_SKIP)
         self._last_run[key] = now
         if len(self._last_run) > 10_000:
             self._forget_old(now)

@@ -159,3 +159,56 @@ def test_an_action_cut_short_by_kill_9_runs_on_the_next_delivery(workdir: Path) 
         assert post(ers, backup_alert)["duplicates"] == 1
     finally:
         ers.stop()
+
+
+def test_an_alert_whose_action_already_ran_for_the_incident_says_so_on_its_timeline(
+    workdir: Path,
+) -> None:
+    """CriticalIncidentActive fires again for the same incident (Prometheus lost the series
+    for a scrape, an ERS restart): the emergency backup ran minutes ago and is not run again,
+    and the incident's timeline says so instead of showing the alert with nothing done."""
+    ers = serve(workdir, ERS_AUTO_RESPONSE_ENABLED="false")
+    try:
+        http = httpx.Client(base_url=ers.url, timeout=10)
+        http.post(
+            "/api/emergency/simulate-error",
+            json={"component": "budget", "errorType": "system", "count": 1},
+        ).raise_for_status()
+        http.post("/chat", json={"message": "budget report", "userId": "t"})
+        deadline = time.monotonic() + 20
+        while not (found := incidents(ers)):
+            assert time.monotonic() < deadline, "no incident"
+            time.sleep(0.1)
+        (incident,) = found
+        first = payload("firing", "CriticalIncidentActive", "1a2b", action="backup")
+        post(ers, first)
+        assert handled(workdir, "1a2b", "firing")["incident_id"] == incident["id"]
+        again = payload("firing", "CriticalIncidentActive", "1a2b", action="backup")
+        again["alerts"][0]["startsAt"] = "2026-12-03T12:05:00.000Z"
+        assert post(ers, again)["new"] == 1
+        deadline = time.monotonic() + 20
+        while len(rows := ledger_rows(workdir, "1a2b")) < 2 or rows[-1] is None:
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.1)
+        assert rows[-1] == "emergency_backup: skipped"
+        timeline = http.get(f"/api/emergency/incidents/{incident['id']}").json()["timeline"]
+        notes = [e["message"] for e in timeline if e["kind"] == "note"]
+        assert any(n.startswith("emergency_backup: skipped — it ran for this") for n in notes), [
+            (e["kind"], e["message"]) for e in timeline
+        ]
+        http.close()
+    finally:
+        ers.stop()
+
+
+def ledger_rows(workdir: Path, fingerprint: str) -> list[str | None]:
+    """The outcomes of a fingerprint's firings, oldest first."""
+    with sqlite3.connect(workdir / "data" / "incidents.sqlite3") as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT outcome FROM alert_ledger WHERE fingerprint = ? AND status = 'firing'"
+                " ORDER BY starts_at",
+                (fingerprint,),
+            )
+        ]
