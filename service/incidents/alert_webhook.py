@@ -257,7 +257,10 @@ class AlertHandler:
             return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         released, breaker_state = self._release(alert, incident)
         await asyncio.to_thread(self._note, incident.id, released)
-        if breaker_state == "closed":
+        # No breaker (the target is no agent here): no trial will ever come to resolve the
+        # alert's own incident, which would stay mitigated, and active, until quiet.
+        own = incident.fingerprint == alert_fingerprint(alert, alert.target or "ers")
+        if breaker_state == "closed" or (breaker_state is None and own):
             outcome = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         else:
             outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)

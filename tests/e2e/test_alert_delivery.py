@@ -212,3 +212,21 @@ def ledger_rows(workdir: Path, fingerprint: str) -> list[str | None]:
                 (fingerprint,),
             )
         ]
+
+
+def test_the_resolution_of_an_isolate_alert_for_no_agent_resolves_its_incident(
+    ers: ErsProcess, workdir: Path
+) -> None:
+    """The alert names an agent this service does not have (renamed, or removed from
+    ``agents:``): nothing could be isolated, and no trial call will come, so its resolution
+    resolves the incident it opened instead of leaving it mitigated, and active."""
+    isolate = {"action": "isolate", "agent": "coach"}
+    post(ers, payload("firing", "AgentErrorRatioHigh", "c0ac1", **isolate))
+    opened = handled(workdir, "c0ac1", "firing")
+    assert opened["outcome"] == "isolate: skipped", opened["outcome"]
+    post(ers, payload("resolved", "AgentErrorRatioHigh", "c0ac1", **isolate))
+    handled(workdir, "c0ac1", "resolved")
+    (incident,) = incidents(ers)
+    assert (incident["id"], incident["status"]) == (opened["incident_id"], "resolved")
+    status = httpx.get(f"{ers.url}/api/emergency/status", timeout=10).json()
+    assert status["activeIncidents"] == 0, status
