@@ -238,8 +238,8 @@ class AlertHandler:
         if result.detail == COOLDOWN_SKIP:
             # The responder keeps quiet about it; the alert's reader would see nothing done.
             note = (
-                f"{result.action}: skipped — it ran for this incident within the last"
-                f" {self.responder.cooldown_s:g} s (see above)"
+                f"{result.action}: skipped — already tried for this incident within the last"
+                f" {self.responder.cooldown_s:g} s; its result is above"
             )
             await asyncio.to_thread(self._note, incident_id, note)
         return f"{result.action}: {result.result}"

@@ -193,9 +193,9 @@ def test_an_alert_whose_action_already_ran_for_the_incident_says_so_on_its_timel
         assert rows[-1] == "emergency_backup: skipped"
         timeline = http.get(f"/api/emergency/incidents/{incident['id']}").json()["timeline"]
         notes = [e["message"] for e in timeline if e["kind"] == "note"]
-        assert any(n.startswith("emergency_backup: skipped — it ran for this") for n in notes), [
-            (e["kind"], e["message"]) for e in timeline
-        ]
+        assert any(
+            n.startswith("emergency_backup: skipped — already tried for this") for n in notes
+        ), [(e["kind"], e["message"]) for e in timeline]
         http.close()
     finally:
         ers.stop()
