@@ -10,6 +10,11 @@ landed on and recovers it (``recovery``): a resolved ``isolate`` releases the br
 half-open, so recovery is tested, mitigates the incident and resolves it once the trial
 succeeds.
 
+Deliveries of one alert are handled one at a time, in the order they arrived. A firing is
+stale, recorded and left alone, when its own resolution arrived first (a retry, the other
+Alertmanager of a pair), or when it is about the active incidents (label ``about:
+incidents``) and none is active any more.
+
 A ``backup``, ``rollback`` or ``cleanup`` alert with no incident of its own target and kind
 lands on the most severe active incident: such alerts (``CriticalIncidentActive``) are about
 the incidents already open, and an incident of their own would keep them firing.
@@ -29,7 +34,7 @@ from service.incidents.alert_payload import Alert, WebhookPayload
 from service.incidents.ledger import AlertLedger
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
-from service.incidents.responder import Responder, ResponseContext
+from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from telemetry.classifier import Classification
 from telemetry.span_record import SpanRecord
@@ -59,6 +64,9 @@ class AlertHandler:
     isolate_ttl_s: float = 900.0
     recovery: IncidentRecovery = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    # One alert is handled at a time, in the order its deliveries arrived: a resolution
+    # waits for the action of its firing instead of racing it.
+    _locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.recovery = IncidentRecovery(self.incidents)
@@ -86,17 +94,47 @@ class AlertHandler:
         await self.recovery.drain()
 
     async def _process(self, alert: Alert) -> None:
+        lock, users = self._locks.setdefault(alert.fingerprint, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                await self._handle(alert)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[alert.fingerprint]
+
+    async def _handle(self, alert: Alert) -> None:
         starts_at = alert.startsAt.isoformat()
         try:
-            incident = await asyncio.to_thread(self._land, alert)
-            incident_id = incident.id if incident is not None else ""
-            outcome = await self._act(alert, incident)
+            stale = (
+                await asyncio.to_thread(self._stale, alert) if alert.status == "firing" else None
+            )
+            if stale is not None:
+                incident_id, outcome = None, f"stale: {stale}; nothing done"
+            else:
+                incident = await asyncio.to_thread(self._land, alert)
+                incident_id = incident.id if incident is not None else ""
+                outcome = await self._act(alert, incident)
         except Exception as exc:  # an alert must never take the service down
             log.exception("alert %s could not be handled", alert.name)
             incident_id, outcome = None, f"failed: {type(exc).__name__}: {exc}"
         await asyncio.to_thread(
             self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
         )
+
+    def _stale(self, alert: Alert) -> str | None:
+        """Why a firing alert no longer holds by the time it is handled, else None."""
+        if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
+            # Delivered late (a retry, the other Alertmanager of a pair): acting now would
+            # isolate or open an incident that no resolution will ever come to end.
+            return "its resolution arrived first"
+        if alert.labels.get("about") == "incidents" and not self._most_severe_active():
+            # Resolved between Prometheus's evaluation and this delivery. An incident of
+            # the alert's own would be an active critical incident: the very condition of
+            # the alert, which would then keep itself firing (and roll back for nothing).
+            return "it is about the active incidents, and none is active"
+        return None
 
     def _land(self, alert: Alert) -> Incident | None:
         component = alert.target or "ers"
@@ -197,6 +235,13 @@ class AlertHandler:
         if action == "isolate":
             self.recovery.forget(target)
         result = await self.responder.run_action(ACTIONS[action], context)
+        if result.detail == COOLDOWN_SKIP:
+            # The responder keeps quiet about it; the alert's reader would see nothing done.
+            note = (
+                f"{result.action}: skipped — already tried for this incident within the last"
+                f" {self.responder.cooldown_s:g} s; its result is above"
+            )
+            await asyncio.to_thread(self._note, incident_id, note)
         return f"{result.action}: {result.result}"
 
     async def _recover(self, alert: Alert, incident: Incident | None) -> str:
@@ -212,7 +257,10 @@ class AlertHandler:
             return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         released, breaker_state = self._release(alert, incident)
         await asyncio.to_thread(self._note, incident.id, released)
-        if breaker_state == "closed":
+        # No breaker (the target is no agent here): no trial will ever come to resolve the
+        # alert's own incident, which would stay mitigated, and active, until quiet.
+        own = incident.fingerprint == alert_fingerprint(alert, alert.target or "ers")
+        if breaker_state == "closed" or (breaker_state is None and own):
             outcome = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         else:
             outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)

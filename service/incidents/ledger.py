@@ -5,8 +5,11 @@ lets each firing or resolution act once. It lives beside the incidents (never ro
 in a table of its own on the incident store's database: the incidents SQLite file, or on
 PostgreSQL the incidents schema, where replicas that receive one notification at once share
 it (its table there is the migrations' component ``alerts``).
-The primary key and one ``INSERT … ON CONFLICT DO UPDATE … RETURNING deliveries`` make the
-first arrival the only one that sees ``deliveries = 1``, whichever writer it reaches.
+The primary key and one ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` make the first
+arrival the only one that takes it, whichever writer it reaches. A later delivery takes it
+again only when the attempt before failed or was lost with its process (killed before it
+wrote its outcome): Alertmanager repeats a firing alert every ``repeat_interval``, so an
+action that failed is tried again then, instead of never.
 """
 
 from __future__ import annotations
@@ -34,6 +37,23 @@ SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS alert_ledger (
     PRIMARY KEY (fingerprint, starts_at, status)
 )"""
 KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
+
+# An attempt that has not finished this long after it was taken is taken to be lost (its
+# process was killed): longer than an action may run (the responder's limit is 120 s).
+UNFINISHED_AFTER_S = 300.0
+LOST = "failed: lost, the service stopped before it finished; taken again on the next delivery"
+# A repeated delivery is acted on again when the last attempt failed (its outcome says
+# "failed") or was lost; the attempt it starts is stamped with this delivery's time, which
+# is how record() tells that it took it. Both conditions read the row as it was; their
+# parameter is the oldest unfinished time still taken to be running.
+_AGAIN = (
+    "(ledger.outcome LIKE 'failed%' OR ledger.outcome LIKE '%: failed'"
+    " OR (ledger.outcome IS NULL AND ledger.received_at < ?))"
+)
+RETAKE = (
+    f"received_at = CASE WHEN {_AGAIN} THEN excluded.received_at ELSE ledger.received_at END,"
+    f" outcome = CASE WHEN {_AGAIN} THEN NULL ELSE ledger.outcome END"
+)
 
 
 def ledger_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
@@ -71,19 +91,32 @@ class AlertLedger:
         self._database = database
 
     def record(self, fingerprint: str, starts_at: str, status: str, alertname: str) -> bool:
-        """True the first time this (fingerprint, startsAt, status) arrives at any writer,
-        else False."""
+        """True when this writer is to act on this (fingerprint, startsAt, status): the first
+        time it arrives at any writer, or again when the last attempt failed or never
+        finished (its process died); else False."""
+        now = time.time()
         try:
             rows = self._database.rows(
                 "INSERT INTO alert_ledger AS ledger (fingerprint, starts_at, status,"
                 " alertname, received_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (fingerprint, starts_at, status)"
-                " DO UPDATE SET deliveries = ledger.deliveries + 1 RETURNING deliveries",
-                (fingerprint, starts_at, status, alertname, time.time()),
+                f" DO UPDATE SET deliveries = ledger.deliveries + 1, {RETAKE}"
+                " RETURNING received_at",
+                (fingerprint, starts_at, status, alertname, now, *[now - UNFINISHED_AFTER_S] * 2),
             )
         except (sqlite3.Error, IncidentStoreUnavailable) as exc:
             raise LedgerUnavailable(f"the alert ledger could not record the alert: {exc}") from exc
-        return bool(rows) and rows[0]["deliveries"] == 1
+        return bool(rows) and rows[0]["received_at"] == now
+
+    def mark_lost(self) -> int:
+        """At start-up on a file no other process writes: every attempt left unfinished
+        was lost with the process before (a crash, a ``kill -9``); the next delivery of
+        each takes it again. Returns how many there were."""
+        rows = self._database.rows(
+            "UPDATE alert_ledger SET outcome = ? WHERE outcome IS NULL RETURNING alertname",
+            (LOST,),
+        )
+        return len(rows)
 
     def finish(
         self, fingerprint: str, starts_at: str, status: str, incident_id: str | None, outcome: str

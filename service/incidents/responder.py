@@ -37,6 +37,8 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
     "CRITICAL_SYSTEM_FAILURE": ("emergency_backup", "minimal_response_mode", "rollback"),
     "RESOURCE_EXHAUSTION": ("trim_caches",),
 }
+# Why an action is skipped without a word on the timeline: it ran for the incident already.
+COOLDOWN_SKIP = "ran within the cooldown"
 # Actions on one agent: skipped for a component that is not an agent of the team.
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
 # Actions whose effect reaches every replica: one replica runs each per incident.
@@ -50,6 +52,10 @@ class Timeline(Protocol):
     def add_timeline(
         self, incident_id: str, kind: str, message: str, actor: str, data: dict[str, Any]
     ) -> None: ...
+
+
+class Trail(Protocol):
+    def record(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
 
 
 class ActionClaims(Protocol):
@@ -101,6 +107,8 @@ class Responder:
     # Both None without backups.
     emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
     rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
+    # The audit trail, where every rollback is written, whoever ran it.
+    audit: Trail | None = None
     _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
@@ -131,7 +139,7 @@ class Responder:
         now = self.clock()
         last = self._last_run.get(key)
         if last is not None and now - last < self.cooldown_s:
-            return ActionResult(action, "skipped", "ran within the cooldown")
+            return ActionResult(action, "skipped", COOLDOWN_SKIP)
         self._last_run[key] = now
         if len(self._last_run) > 10_000:
             self._forget_old(now)
@@ -288,7 +296,29 @@ class Responder:
             )
         if self.rollback is None:
             return ActionResult("rollback", "not_available", "backups are not set up")
-        return ActionResult("rollback", "success", await self.rollback(context))
+        try:
+            done = await self.rollback(context)
+        except Exception as exc:
+            await self._audit_rollback(context, None, f"{type(exc).__name__}: {exc}")
+            raise
+        await self._audit_rollback(context, done, None)
+        return ActionResult("rollback", "success", done)
+
+    async def _audit_rollback(
+        self, context: ResponseContext, done: str | None, error: str | None
+    ) -> None:
+        if self.audit is None:
+            return
+        detail = {
+            "beforeIncident": context.incident_id,
+            "reason": context.reason,
+            "result": done,
+            "error": error,
+        }
+        try:
+            await asyncio.to_thread(self.audit.record, context.source, "rollback", detail)
+        except Exception:  # the rollback is done either way; its timeline still says so
+            log.exception("the audit trail missed the rollback for %s", context.incident_id)
 
     async def _trim_caches(self, context: ResponseContext) -> ActionResult:
         dropped = self.team.answers.trim(keep=len(self.team.answers) // 4)

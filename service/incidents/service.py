@@ -93,7 +93,17 @@ async def open_incident_state(
         except IncidentStoreUnavailable as exc:
             raise StoreUnavailable("incidents", exc.reason) from None
     try:
-        return store, AlertLedger(store.database), AuditLog(store.database)
+        ledger = AlertLedger(store.database)
+        # On a file the data directory's lock keeps every other process off: what is left
+        # unfinished there was lost with the process before.
+        on_file = database is None or settings.database_url is None
+        if on_file and (lost := await asyncio.to_thread(ledger.mark_lost)):
+            log.warning(
+                "%d alert(s) were being acted on when ERS stopped; the next delivery of each"
+                " acts on it again",
+                lost,
+            )
+        return store, ledger, AuditLog(store.database)
     except Exception:
         store.close()
         raise

@@ -285,6 +285,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             if backups is not None
             else None,
             rollback=rollbacks.automatic if rollbacks is not None else None,
+            audit=audit,
         )
         incident_service.start(responder if settings.auto_response_enabled else None)
         stack.callback(incident_service.shutdown)

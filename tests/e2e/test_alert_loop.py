@@ -12,8 +12,10 @@ token path that point them at this test's processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -91,18 +93,17 @@ class Loop:
     def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
         token_file = tmp_path / "alert.token"
         token_file.write_text(TOKEN)
-        self.ers = start_ers(
-            tmp_path / "ers",
-            env={
-                "ERS_ALERT_TOKEN_FILE": str(token_file),
-                # The loop under test is the fleet's: no local responder, no local breaker trip.
-                "ERS_AUTO_RESPONSE_ENABLED": "false",
-                "ERS_AGENT_BREAKERS": json.dumps({"workout": NEVER_TRIP}),
-                "ERS_HEALTH_CHECK_INTERVAL_S": "1",
-                "ERS_RECOVERY_CLEAN_S": "2",
-                **env,
-            },
-        )
+        self.ers_dir = tmp_path / "ers"
+        self.ers_env = {
+            "ERS_ALERT_TOKEN_FILE": str(token_file),
+            # The loop under test is the fleet's: no local responder, no local breaker trip.
+            "ERS_AUTO_RESPONSE_ENABLED": "false",
+            "ERS_AGENT_BREAKERS": json.dumps({"workout": NEVER_TRIP}),
+            "ERS_HEALTH_CHECK_INTERVAL_S": "1",
+            "ERS_RECOVERY_CLEAN_S": "2",
+            **env,
+        }
+        self.ers = start_ers(self.ers_dir, env=self.ers_env)
         self.am = start_alertmanager(tmp_path / "am", fast_alertmanager(self.ers.url, token_file))
         self.prom = start_prometheus(
             tmp_path / "prom", [self.ers.url], [fast_rules(tmp_path)], alertmanager_url=self.am.url
@@ -110,6 +111,12 @@ class Loop:
         self.http = httpx.Client(base_url=self.ers.url, timeout=10)
         self._stop_traffic = threading.Event()
         self._sender: threading.Thread | None = None
+
+    def restart(self, sig: int) -> None:
+        """Stop ERS with ``sig`` and start it again on the same port and data directory."""
+        port = int(self.ers.url.rsplit(":", 1)[1])
+        self.ers.stop(sig)
+        self.ers = start_ers(self.ers_dir, env=self.ers_env, port=port)
 
     def incidents(self) -> list[dict]:
         return self.http.get("/api/emergency/incidents?limit=100").json()["incidents"]
@@ -146,7 +153,8 @@ class Loop:
         with httpx.Client(base_url=self.ers.url, timeout=10) as client:
             deadline = time.monotonic() + 90
             while not self._stop_traffic.is_set() and time.monotonic() < deadline:
-                client.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
+                with contextlib.suppress(httpx.TransportError):  # ERS restarting
+                    client.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
                 time.sleep(0.05)
 
     def isolated(self) -> dict:
@@ -284,3 +292,27 @@ def test_an_emergency_from_the_alert_ends_by_itself_and_health_raises_no_inciden
     assert health.status_code == 200 and health.json()["systemState"] == "normal"
     names = sorted(i["spanName"] for i in loop.incidents())
     assert names == ["agent.workout", "alert.AgentErrorRatioHigh"], loop.incidents()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_an_ers_restart_between_firing_and_resolved_keeps_the_loop_whole(
+    loop: Loop, sig: int
+) -> None:
+    """The isolation the alert made outlives the process, and the resolution Alertmanager
+    sends to the new process releases it, mitigates the incident its firing landed on, and
+    the trial resolves it."""
+    loop.wait_for(lambda: loop.prom.query('up{job="ers"} == 1'), timeout=20)
+    loop.fail("agent")
+    (incident,) = loop.wait_for(loop.incidents, timeout=30)
+    loop.isolated()
+    loop.restart(sig)
+    held = breaker(loop.http)
+    assert held["state"] == "forced_open" and held["forced"]["source"] == "alertmanager", held
+
+    loop.heal()
+    loop.released_and_tried()
+    loop.wait_for_status(incident["id"], "mitigated", timeout=10)
+    loop.trial()
+    detail = loop.wait_for_status(incident["id"], "resolved", timeout=10)
+    assert detail["timeline"][-1]["who"] == "breaker:workout", detail["timeline"][-1]
+    assert [i["id"] for i in loop.incidents()] == [incident["id"]]

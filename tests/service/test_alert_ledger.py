@@ -4,13 +4,16 @@ notification at once still act on it once."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from service.incidents import ledger as ledger_module
 from service.incidents import store_pg
 from service.incidents.ledger import AlertLedger, LedgerUnavailable
 from service.incidents.model import IncidentStoreUnavailable
@@ -79,6 +82,40 @@ def test_finish_notes_the_incident_and_outcome(ledger: Ledger) -> None:
         "incidentId": "INC_1_abcdef",
         "outcome": "isolated",
     }
+
+
+@pytest.mark.parametrize("outcome", ["emergency_backup: failed", "failed: OSError: disk full"])
+def test_a_delivery_whose_action_failed_is_taken_again_once(ledger: Ledger, outcome: str) -> None:
+    key = ("fp3", "2024-05-01T10:00:00Z", "firing")
+    ledger.record(*key, "CriticalIncidentActive")
+    ledger.finish(*key, "INC_1_abcdef", outcome)
+    assert ledger.record(*key, "CriticalIncidentActive") is True
+    assert ledger.entry(*key) == {"deliveries": 2, "incidentId": "INC_1_abcdef", "outcome": None}
+    # While that attempt runs, and once it succeeded, further deliveries are duplicates.
+    assert ledger.record(*key, "CriticalIncidentActive") is False
+    ledger.finish(*key, "INC_1_abcdef", "emergency_backup: success")
+    assert ledger.record(*key, "CriticalIncidentActive") is False
+
+
+def test_an_attempt_lost_with_its_process_is_taken_again(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = ("fp4", "2024-05-01T10:00:00Z", "firing")
+    ledger.record(*key, "AgentErrorRatioHigh")
+    clock = itertools.count(time.time() + ledger_module.UNFINISHED_AFTER_S + 1)
+    monkeypatch.setattr(ledger_module.time, "time", lambda: float(next(clock)))
+    assert ledger.record(*key, "AgentErrorRatioHigh") is True
+    assert ledger.record(*key, "AgentErrorRatioHigh") is False
+
+
+def test_mark_lost_hands_unfinished_attempts_to_their_next_delivery(ledger: Ledger) -> None:
+    ledger.record("done", "t", "firing", "A")
+    ledger.finish("done", "t", "firing", "", "isolate: success")
+    ledger.record("cut", "t", "firing", "A")
+    assert ledger.mark_lost() == 1
+    assert ledger.entry("cut", "t", "firing")["outcome"] == ledger_module.LOST  # type: ignore[index]
+    assert ledger.record("cut", "t", "firing", "A") is True
+    assert ledger.record("done", "t", "firing", "A") is False
 
 
 def run_together(*jobs: threading.Thread) -> None:

@@ -107,6 +107,42 @@ async def test_critical_failure_with_backups_and_auto_rollback(team) -> None:  #
     assert calls == ["backup", "rollback"]
 
 
+class Trail:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        self.entries.append((actor, action, detail))
+
+
+async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
+    team,  # noqa: ANN001
+) -> None:
+    responder, _, _ = make(team, auto_rollback=True)
+    responder.audit = trail = Trail()
+    outcomes = iter(["rolled back to 1234abcd", OSError("repository unreachable")])
+
+    async def rollback(context: ResponseContext) -> str:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    responder.rollback = rollback
+    context = ResponseContext("INC_7", "ALERT", "ers", "alert X", source="alertmanager")
+    assert (await responder.run_action("rollback", context)).result == "success"
+    context = ResponseContext("INC_8", "CRITICAL_SYSTEM_FAILURE", "budget", "critical y")
+    assert (await responder.run_action("rollback", context)).result == "failed"
+    assert [(actor, action) for actor, action, _ in trail.entries] == [
+        ("alertmanager", "rollback"),
+        ("responder", "rollback"),
+    ]
+    first, second = (detail for _, _, detail in trail.entries)
+    assert first["beforeIncident"] == "INC_7" and first["result"] == "rolled back to 1234abcd"
+    assert first["error"] is None
+    assert second["result"] is None and "repository unreachable" in second["error"]
+
+
 async def test_a_failing_action_is_recorded_not_raised(team) -> None:  # noqa: ANN001
     responder, timeline, _ = make(team)
 
