@@ -147,6 +147,7 @@ class BackupService:
         self.connection_failures = 0
         # When the live state's size was read, and what it was (or why it was not known).
         self._size: tuple[float, int | str] | None = None
+        self._problem: tuple[float, str | None] | None = None
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
         self.last_drill_at: float | None = None
@@ -275,6 +276,9 @@ class BackupService:
         the size cannot be read; None, with `error`, while the repository is not reached)."""
         if self.manager is None:
             return {"available": 0, "lastBackup": None, "totalSize": None, "error": self.error}
+        if problem := await self._repository_problem():
+            # The count is of a list in memory, of snapshots that may no longer exist.
+            return {"available": 0, "lastBackup": None, "totalSize": None, "error": problem}
         snapshots = self.manager.list()
         last = max((s.time for s in snapshots), default=None)
         reply: dict[str, Any] = {
@@ -287,6 +291,21 @@ class BackupService:
         else:
             reply |= {"totalSize": None, "sizeError": size}
         return reply
+
+    async def _repository_problem(self) -> str | None:
+        """Why the repository the backups went to cannot be opened now (gone, replaced,
+        unreadable), or None; asked at most every ``SIZE_READ_EVERY_S``."""
+        now = time.monotonic()
+        if self._problem is not None and now - self._problem[0] < SIZE_READ_EVERY_S:
+            return self._problem[1]
+        assert self.manager is not None
+        problem: str | None = None
+        try:
+            await self.manager.verify_repository()
+        except BackupError as exc:
+            problem = str(exc)
+        self._problem = (now, problem)
+        return problem
 
     async def _live_size(self) -> int | str:
         """The live state's bytes, or why they are not known; read at most every
