@@ -31,7 +31,7 @@ from backup import (
     swap_journal,
 )
 from backup.backend import BackendConfig
-from backup.identity import RECORD_FILE_NAME
+from backup.identity import RECORD_FILE_NAME, is_local, unwritable
 from backup.repository import InitOutcome
 from service.errors import ErsError
 from service.fleet import FleetLeader
@@ -293,15 +293,16 @@ class BackupService:
         return reply
 
     async def _repository_problem(self) -> str | None:
-        """Why the repository the backups went to cannot be opened now (gone, replaced,
-        unreadable), or None; asked at most every ``SIZE_READ_EVERY_S``."""
-        now = time.monotonic()
-        if self._problem is not None and now - self._problem[0] < SIZE_READ_EVERY_S:
-            return self._problem[1]
+        """Why the repository the backups went to cannot be used now (gone, replaced,
+        read-only), or None. A local repository is looked at each time (a file read); a
+        remote one, which takes a restic call, at most every ``SIZE_READ_EVERY_S``."""
         assert self.manager is not None
-        problem: str | None = None
+        now, local = time.monotonic(), is_local(self.manager.restic.repository)
+        if not local and self._problem and now - self._problem[0] < SIZE_READ_EVERY_S:
+            return self._problem[1]
         try:
             await self.manager.verify_repository()
+            problem = unwritable(self.manager.restic.repository)
         except BackupError as exc:
             problem = str(exc)
         self._problem = (now, problem)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from backup import BackupError, RepositoryMissing, RepositoryReplaced
+from backup.identity import unwritable
 from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -53,6 +54,15 @@ class RepositoryCheck:
                 f"repository not answering: {exc}",
                 where,
                 RepositoryUnreachable(str(exc)),
+                component="backups",
+            )
+        if problem := unwritable(backups.manager.restic.repository):
+            return CheckResult(
+                self.name,
+                Status.UNHEALTHY,
+                f"backups stopped: {problem}",
+                where,
+                RepositoryUnreachable(problem),
                 component="backups",
             )
         return CheckResult(
