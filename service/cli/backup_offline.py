@@ -117,7 +117,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         manager.events.subscribe(on_event)
         result = await manager.rollback(
             args.backup_id,
-            args.components or list(COMPONENTS),
+            args.components or None,
             args.reason,
             nothing_to_pause,
             lambda: None,
