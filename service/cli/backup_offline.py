@@ -77,14 +77,22 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
 async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:
     action = args.action
     if action == "list":
+        from backup import BackupError
+        from service.backups.service import human_size
+
         # The list was just read from the repository: --refresh has nothing more to do.
         snapshots = manager.list()
         last = max((s.time for s in snapshots), default=None)
-        return {
+        reply: dict[str, Any] = {
             "available": len(snapshots),
             "lastBackup": iso(last) if last else None,
-            "backups": [snapshot_reply(s) for s in snapshots],
         }
+        # The list ends with the live state's size, as the service's does.
+        try:
+            reply["totalSize"] = human_size(sum((await manager.backend.live_sizes()).values()))
+        except BackupError as exc:
+            reply |= {"totalSize": None, "sizeError": str(exc)}
+        return reply | {"backups": [snapshot_reply(s) for s in snapshots]}
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
         progress.stage("backing up")
