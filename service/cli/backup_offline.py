@@ -43,16 +43,30 @@ async def _offline_init() -> dict[str, Any]:
     return init_reply(await init_repository(_repository_config()))
 
 
-async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
-    from backup import BackupConfig, BackupManager
+def _state_config(settings: Any) -> Any:
+    """The state the service backs up: its SQLite files, or its schemas on PostgreSQL."""
+    from backup import BackupConfig, PgBackupConfig
 
-    settings = load_settings()
+    if settings.database_url is not None:
+        from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
+        from service.stores.postgres import schema_of
+
+        schemas = {name: schema_of(name) for name in COMPONENTS}
+        return PgBackupConfig(
+            {**schemas, "incidents": INCIDENTS_SCHEMA}, settings.database_url.get_secret_value()
+        )
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
-    config = BackupConfig(
+    return BackupConfig(
         components={k: v for k, v in components.items() if Path(v).exists()},
         work_dir=settings.data_dir.parent / "backup-work",
     )
+
+
+async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
+    from backup import BackupManager
+
+    config = _state_config(load_settings())
     # A running service owns the working files: clearing them as an interrupted run's
     # leftovers would pull them from under a rollback or backup it is running.
     return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
