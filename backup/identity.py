@@ -31,21 +31,6 @@ def is_local(repository: str) -> bool:
     return not _BACKEND.match(repository)
 
 
-def unwritable(repository: str) -> str | None:
-    """Why restic could not write a repository on a local disk (it writes a lock file for
-    every command), or None; a remote repository is not looked at. A read-only one still
-    opens and lists, so only this tells that every backup would fail."""
-    if not is_local(repository) and not repository.startswith("local:"):
-        return None
-    locks = Path(repository.removeprefix("local:")) / "locks"
-    if not locks.is_dir() or os.access(locks, os.W_OK):
-        return None
-    return (
-        f"the restic repository '{repository}' cannot be written ({locks} is read-only): "
-        "make it writable again (remount it read-write, fix its owner or permissions)"
-    )
-
-
 @dataclass(frozen=True)
 class RepositoryRecord:
     """What the data directory remembers of its repository (never a location or a secret:

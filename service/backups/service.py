@@ -31,7 +31,7 @@ from backup import (
     swap_journal,
 )
 from backup.backend import BackendConfig
-from backup.identity import RECORD_FILE_NAME, is_local, unwritable
+from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
 from service.errors import ErsError
 from service.fleet import FleetLeader
@@ -302,7 +302,7 @@ class BackupService:
             return self._problem[1]
         try:
             await self.manager.verify_repository()
-            problem = unwritable(self.manager.restic.repository)
+            problem = self.manager.restic.read_only()
         except BackupError as exc:
             problem = str(exc)
         self._problem = (now, problem)

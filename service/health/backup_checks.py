@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 
 from backup import BackupError, RepositoryMissing, RepositoryReplaced
-from backup.identity import unwritable
 from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -56,7 +55,7 @@ class RepositoryCheck:
                 RepositoryUnreachable(str(exc)),
                 component="backups",
             )
-        if problem := unwritable(backups.manager.restic.repository):
+        if problem := backups.manager.restic.read_only():
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,

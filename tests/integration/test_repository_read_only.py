@@ -30,7 +30,9 @@ def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
 ) -> None:
     locks = tmp_path / "repo" / "locks"
     with httpx.Client(base_url=service.url, timeout=180) as http:
-        assert http.post("/api/emergency/backups/create", json={}).status_code == 200
+        made = http.post("/api/emergency/backups/create", json={})
+        assert made.status_code == 200, made.text
+        backup_id = made.json()["backupId"]
         done = subprocess.run(["chattr", "+i", str(locks)], capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"this filesystem cannot make folders immutable: {done.stderr.strip()}")
@@ -42,12 +44,15 @@ def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
         status = http.get("/api/emergency/status").json()["backups"]
         assert "cannot be written" in status["error"]
 
-        # restic retries the lock file for about 45 s before it gives up.
-        refused = http.post("/api/emergency/backups/create", json={})
-        assert refused.status_code == 503
-        detail = refused.json()["detail"]
-        assert "cannot be written" in detail and str(tmp_path / "repo") in detail, detail
-        assert "github.com" not in detail
+        # Before: restic retried its lock file for 45 s and the reply ended in its stack
+        # trace; a check or prune said "restic unlock did not finish within 60 s".
+        for path in ("create", "check", "prune", "test-rollback"):
+            body = {"backupId": backup_id} if path == "test-rollback" else {}
+            refused = http.post(f"/api/emergency/backups/{path}", json=body)
+            assert refused.status_code == 503, (path, refused.text)
+            detail = refused.json()["detail"]
+            assert "cannot be written" in detail and str(tmp_path / "repo") in detail, detail
+            assert "github.com" not in detail
 
         subprocess.run(["chattr", "-i", str(locks)], check=True)
         check = http.get("/api/emergency/health").json()["checks"]["repository"]
