@@ -118,6 +118,10 @@ class DiskFull(ResticError):
     label = "disk_full"
 
 
+class RepositoryReadOnly(ResticError):
+    label = "read_only"
+
+
 class ResticTimeout(ResticError):
     label = "timeout"
 
@@ -241,8 +245,31 @@ def classify_failure(
             "restic ran out of disk space: free space where the repository and the data "
             "directory live, or prune old snapshots"
         )
+    if refused := _REFUSED_WRITE.search(stderr):
+        return _write_refused(refused["path"], refused["why"].lower(), repository)
     if "no matching id found" in lowered or "no snapshot found" in lowered:
         return SnapshotNotFound(
             "restic does not know that snapshot: refresh the list and pick an existing id"
         )
     return ResticCommandFailed(f"restic exited with code {exit_code}: {stderr_tail(stderr)}")
+
+
+# restic retries a refused write for about 45 s, then ends with a Go stack trace; the first
+# line names the file and the reason.
+_REFUSED_WRITE = re.compile(
+    r"(?:open|chmod|mkdir|rename|remove|create|write) (?P<path>/\S+?): "
+    r"(?P<why>read-only file system|permission denied|operation not permitted)",
+    re.IGNORECASE,
+)
+
+
+def _write_refused(path: str, why: str, repository: str) -> ResticError:
+    root = repository.removeprefix("local:").rstrip("/")
+    if root.startswith("/") and (path == root or path.startswith(root + "/")):
+        return RepositoryReadOnly(
+            f"the restic repository '{repository}' cannot be written ({why}): make it "
+            "writable again (remount it read-write, fix its owner or permissions), then try again"
+        )
+    return ResticCommandFailed(
+        f"restic cannot write {path} ({why}): make it writable again, then try again"
+    )

@@ -3,8 +3,9 @@
 A test rollback restores into a scratch folder and verifies each file (`PRAGMA
 integrity_check` and the checksum the snapshot carries), then counts rows now and then. A
 rollback runs these steps, each timed and announced with a RollbackStepStarted event:
-safety-snapshot beside restore-then-verify (they do not depend on each other), then
-pause-writers, swap, reopen once both have succeeded. A failure at any step raises
+restore-then-verify, then pause-writers, and with the writers paused the safety snapshot,
+swap and reopen (a safety snapshot taken before the pause would miss the writes acknowledged
+until it). A failure at any step raises
 RollbackFailed(step=...) with the live files as they were; a kill of the process from the
 swap until the reopen has succeeded is undone on the next start (`backup.swap_journal`).
 """
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -104,10 +105,8 @@ class FileRollback:
 
         async def safety_snapshot() -> str:
             async with steps.step("safety-snapshot"):
-                # Not started early: beside the restore's restic that makes three busy workers
-                # on two cores; copying first staggers the two restic starts (1.05 s / 1.13 s).
                 safety = BackupRequest(names, BackupReason.PRE_ROLLBACK, full=True)
-                backup = await self.snapshotter.take(safety, start_early=False)
+                backup = await self.snapshotter.take(safety)
                 safety_id = backup.snapshot_id or backup.reused_snapshot_id
                 if safety_id is None:
                     raise BackupError("no snapshot holds the current state")
@@ -138,11 +137,11 @@ class FileRollback:
             return ready
 
         with self.workspace.scratch_next_to(live[names[0]]) as scratch:
-            # Nothing live changes before both have finished: the swap waits for the safety
-            # snapshot and for the verified restore alike.
-            safety_id, ready = await _side_by_side(safety_snapshot(), restore_and_verify(scratch))
-
+            ready = await restore_and_verify(scratch)
             async with steps.step("pause-writers"), request.pause_writers():
+                # Taken with the writers paused: a write acknowledged between this copy and the
+                # swap would be in neither the safety snapshot nor the rolled-back files.
+                safety_id = await safety_snapshot()
                 async with steps.step("swap"):
                     swapped = await asyncio.to_thread(
                         partial(
@@ -191,24 +190,6 @@ class _Steps:
             raise RollbackFailed(name, exc) from exc
         finally:
             self.seconds[name] = time.monotonic() - started
-
-
-async def _side_by_side(
-    safety: Awaitable[str], restored: Awaitable[list[Path]]
-) -> tuple[str, list[Path]]:
-    """Both run to their end, neither cut short by the other; the first failure is raised."""
-    tasks = (asyncio.ensure_future(safety), asyncio.ensure_future(restored))
-    try:
-        await asyncio.wait(tasks)
-    except asyncio.CancelledError:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)  # restic is stopped before the scratch folder goes
-        raise
-    for failure in [task.exception() for task in tasks]:
-        if failure is not None:
-            raise failure
-    return tasks[0].result(), tasks[1].result()
 
 
 async def _call(callback: Reopen) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from backup.errors import (
     RepositoryLocked,
     RepositoryNotFound,
+    RepositoryReadOnly,
     ResticCommandFailed,
     ResticError,
     SnapshotNotFound,
@@ -73,6 +74,21 @@ class Restic:
             self._version = (int(match[1]), int(match[2]), int(match[3]))
         return self._version
 
+    def read_only(self) -> str | None:
+        """Why restic could not write this repository, when it is on a local disk (restic
+        writes a lock file for nearly every command), or None; a remote one is not looked
+        at. A read-only repository still opens, so only this tells that backups would fail."""
+        if not self.repository.startswith(("/", "local:")):
+            return None
+        locks = Path(self.repository.removeprefix("local:")) / "locks"
+        if not locks.is_dir() or os.access(locks, os.W_OK):
+            return None
+        return (
+            f"the restic repository '{self.repository}' cannot be written ({locks} is "
+            "read-only): make it writable again (remount it read-write, fix its owner or "
+            "permissions)"
+        )
+
     async def run(
         self,
         args: Sequence[str],
@@ -89,6 +105,9 @@ class Restic:
         restic takes its lock before it reads `stdin` or writes `stdout` (file descriptors,
         see `run_program`), so the retry finds them untouched.
         """
+        if "--no-lock" not in args and (read_only := self.read_only()):
+            # restic would retry its lock file for about 45 s, then fail with a stack trace.
+            raise RepositoryReadOnly(f"{read_only}, then try again")
         try:
             return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)
         except RepositoryLocked:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup.errors import StagingFailed
+from backup.errors import DiskFull, StagingFailed
 from backup.models import FileVerification
 
 MANIFEST_NAME = "ers-manifest.json"
@@ -77,6 +77,11 @@ def copy_consistently(source: Path, destination: Path, *, busy_timeout: float = 
             src.close()
     except sqlite3.Error as exc:
         destination.unlink(missing_ok=True)
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise DiskFull(
+                f"could not copy {source} to {destination.parent}: the disk is full; free "
+                "space there (or prune old snapshots), then try again"
+            ) from None
         raise StagingFailed(
             f"could not copy {source} ({exc}): check that it is a readable SQLite database"
         ) from exc

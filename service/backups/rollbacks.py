@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -15,6 +16,8 @@ from service.incidents.audit import AuditLog
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
+
+log = logging.getLogger("ers.backups")
 
 
 class RollbackRequest(Protocol):
@@ -70,8 +73,20 @@ class Rollbacks:
 
     def record(
         self, request: RollbackRequest, result: RollbackResult | None, error: str | None
+    ) -> str | None:
+        """Blocking (the incident store and the audit file): call off the event loop. A
+        record that cannot be written (a full disk) must not hide what the rollback did:
+        it is logged, and the reason is returned to be told with the rollback's outcome."""
+        try:
+            self._record(request, result, error)
+        except Exception as exc:
+            log.exception("could not record the rollback in the audit trail")
+            return f"the rollback is not in the audit trail: writing it failed ({exc})"
+        return None
+
+    def _record(
+        self, request: RollbackRequest, result: RollbackResult | None, error: str | None
     ) -> None:
-        """Blocking (the incident store and the audit file): call off the event loop."""
         if request.beforeIncident:
             words = f"rolled back to {result.snapshot_id}" if result else f"failed: {error}"
             with contextlib.suppress(LookupError):

@@ -31,7 +31,7 @@ from backup import (
     swap_journal,
 )
 from backup.backend import BackendConfig
-from backup.identity import RECORD_FILE_NAME
+from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
 from service.errors import ErsError
 from service.fleet import FleetLeader
@@ -147,6 +147,7 @@ class BackupService:
         self.connection_failures = 0
         # When the live state's size was read, and what it was (or why it was not known).
         self._size: tuple[float, int | str] | None = None
+        self._problem: tuple[float, str | None] | None = None
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
         self.last_drill_at: float | None = None
@@ -275,6 +276,9 @@ class BackupService:
         the size cannot be read; None, with `error`, while the repository is not reached)."""
         if self.manager is None:
             return {"available": 0, "lastBackup": None, "totalSize": None, "error": self.error}
+        if problem := await self._repository_problem():
+            # The count is of a list in memory, of snapshots that may no longer exist.
+            return {"available": 0, "lastBackup": None, "totalSize": None, "error": problem}
         snapshots = self.manager.list()
         last = max((s.time for s in snapshots), default=None)
         reply: dict[str, Any] = {
@@ -287,6 +291,22 @@ class BackupService:
         else:
             reply |= {"totalSize": None, "sizeError": size}
         return reply
+
+    async def _repository_problem(self) -> str | None:
+        """Why the repository the backups went to cannot be used now (gone, replaced,
+        read-only), or None. A local repository is looked at each time (a file read); a
+        remote one, which takes a restic call, at most every ``SIZE_READ_EVERY_S``."""
+        assert self.manager is not None
+        now, local = time.monotonic(), is_local(self.manager.restic.repository)
+        if not local and self._problem and now - self._problem[0] < SIZE_READ_EVERY_S:
+            return self._problem[1]
+        try:
+            await self.manager.verify_repository()
+            problem = self.manager.restic.read_only()
+        except BackupError as exc:
+            problem = str(exc)
+        self._problem = (now, problem)
+        return problem
 
     async def _live_size(self) -> int | str:
         """The live state's bytes, or why they are not known; read at most every

@@ -43,16 +43,30 @@ async def _offline_init() -> dict[str, Any]:
     return init_reply(await init_repository(_repository_config()))
 
 
-async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
-    from backup import BackupConfig, BackupManager
+def _state_config(settings: Any) -> Any:
+    """The state the service backs up: its SQLite files, or its schemas on PostgreSQL."""
+    from backup import BackupConfig, PgBackupConfig
 
-    settings = load_settings()
+    if settings.database_url is not None:
+        from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
+        from service.stores.postgres import schema_of
+
+        schemas = {name: schema_of(name) for name in COMPONENTS}
+        return PgBackupConfig(
+            {**schemas, "incidents": INCIDENTS_SCHEMA}, settings.database_url.get_secret_value()
+        )
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
-    config = BackupConfig(
+    return BackupConfig(
         components={k: v for k, v in components.items() if Path(v).exists()},
         work_dir=settings.data_dir.parent / "backup-work",
     )
+
+
+async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
+    from backup import BackupManager
+
+    config = _state_config(load_settings())
     # A running service owns the working files: clearing them as an interrupted run's
     # leftovers would pull them from under a rollback or backup it is running.
     return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
@@ -77,14 +91,22 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
 async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:
     action = args.action
     if action == "list":
+        from backup import BackupError
+        from service.backups.service import human_size
+
         # The list was just read from the repository: --refresh has nothing more to do.
         snapshots = manager.list()
         last = max((s.time for s in snapshots), default=None)
-        return {
+        reply: dict[str, Any] = {
             "available": len(snapshots),
             "lastBackup": iso(last) if last else None,
-            "backups": [snapshot_reply(s) for s in snapshots],
         }
+        # The list ends with the live state's size, as the service's does.
+        try:
+            reply["totalSize"] = human_size(sum((await manager.backend.live_sizes()).values()))
+        except BackupError as exc:
+            reply |= {"totalSize": None, "sizeError": str(exc)}
+        return reply | {"backups": [snapshot_reply(s) for s in snapshots]}
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
         progress.stage("backing up")
@@ -117,7 +139,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         manager.events.subscribe(on_event)
         result = await manager.rollback(
             args.backup_id,
-            args.components or list(COMPONENTS),
+            args.components or None,
             args.reason,
             nothing_to_pause,
             lambda: None,

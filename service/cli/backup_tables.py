@@ -28,6 +28,11 @@ def _list_table(out: Console, data: dict[str, Any]) -> None:
             s.get("hostname") or "-",
         )
     out.print(table)
+    if data.get("error"):
+        out.print(
+            f"the list above is the last one read; the repository is not reached: {data['error']}"
+        )
+        return
     size_note = f", {data['totalSize']} live" if data.get("totalSize") else ""
     out.print(f"{data['available']} snapshots, last {when(data.get('lastBackup'))}{size_note}")
 

@@ -55,6 +55,15 @@ class RepositoryCheck:
                 RepositoryUnreachable(str(exc)),
                 component="backups",
             )
+        if problem := backups.manager.restic.read_only():
+            return CheckResult(
+                self.name,
+                Status.UNHEALTHY,
+                f"backups stopped: {problem}",
+                where,
+                RepositoryUnreachable(problem),
+                component="backups",
+            )
         return CheckResult(
             self.name,
             Status.HEALTHY,

@@ -185,6 +185,15 @@ def test_a_repository_moved_away_under_the_service_is_critical_and_never_recreat
                 found = http.get("/api/emergency/incidents", params={"component": "backups"})
                 return next(iter(found.json()["incidents"]), None)
 
+            # `ers status` says backups are unavailable and why, not the count it last knew.
+            backups = wait_for(
+                lambda: (
+                    (b := http.get("/api/emergency/status").json()["backups"]).get("error") and b
+                ),
+                "the status names the lost repository",
+            )
+            assert "gone" in backups["error"] and backups["available"] == 0
+
             opened = wait_for(incident, "the lost repository opened an incident")
             assert opened["exceptionType"] == "RepositoryMissing"
             assert opened["classification"]["severity"] == "critical"

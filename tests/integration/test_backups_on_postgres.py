@@ -99,6 +99,26 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             )
             assert shown.returncode == 0, shown.stderr
             assert "expenses" in shown.stdout and "write_probe" not in shown.stdout
+            # Offline beside the service, on the same settings: the same table (before: the
+            # offline command looked for SQLite files and found no component in the snapshot).
+            work = tmp_path / "ers"
+            offline = subprocess.run(
+                [str(Path(sys.executable).with_name("ers")), "backup", "--offline"]
+                + ["test-rollback", backup["backupId"]],
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
+                    "ERS_ENV": "test",
+                    "ERS_DATABASE_URL": pg_url,
+                    "ERS_DATA_DIR": str(work / "data"),
+                    "ERS_RESTIC_REPOSITORY": str(work / "repo"),
+                    "ERS_RESTIC_PASSWORD_FILE": str(work / "restic-password"),
+                },
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert offline.returncode == 0, offline.stderr
+            assert offline.stdout == shown.stdout
 
             preview = post(
                 client, "/api/emergency/backups/test-rollback", {"backupId": backup["backupId"]}

@@ -332,6 +332,8 @@ def test_offline_backup_takes_offline_before_or_after_the_subcommand_same_shape(
     assert before.returncode == 0 and after.returncode == 0, before.stderr + after.stderr
     assert before.stdout.split()[:3] == ["ID", "TIME", "REASON"]
     assert backup_id[:8] in before.stdout and backup_id[:8] in after.stdout
+    # It ends with the live state's size, as the service's list does.
+    assert re.search(r", [\d.]+ [KM]?B live$", before.stdout.strip()), before.stdout
     offline = json.loads(
         ers(env, "backup", "--offline", "test-rollback", backup_id, "-o", "json").stdout
     )

@@ -145,6 +145,13 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
     assert undone.returncode == 0, undone.stderr
     assert budgets(tmp_path) == [("food", 30000)]
 
+    # Without --components a snapshot of some components rolls back just those, offline as
+    # online (before: offline named all four and refused a snapshot of budgets alone).
+    safety = undone.stdout.split("the state before is in snapshot ")[1].split(";")[0]
+    again = ers(tmp_path, "backup", "rollback", safety, "--offline", "--reason", "again", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert budgets(tmp_path) == [("food", 10000)]
+
 
 def test_after_a_kill_9_the_lock_file_left_behind_blocks_nothing(tmp_path: Path) -> None:
     service, backup_id = service_with_a_budgets_backup(tmp_path)

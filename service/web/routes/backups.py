@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -213,14 +214,16 @@ async def rollback(
         )
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
-        await asyncio.to_thread(rollbacks.record, body, None, str(exc))
+        unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc))
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"rollback failed at step '{exc.step}'; live state unchanged: {exc}",
+            f"rollback failed at step '{exc.step}'; live state unchanged: {exc}"
+            + (f"; {unrecorded}" if unrecorded else ""),
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc, "rollback") from None
-    await asyncio.to_thread(rollbacks.record, body, result, None)
+    if unrecorded := await asyncio.to_thread(rollbacks.record, body, result, None):
+        result = dataclasses.replace(result, notes=(*result.notes, unrecorded))
     return rollback_reply(result, body.reason)
 
 

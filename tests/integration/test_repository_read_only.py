@@ -1,0 +1,59 @@
+"""A repository that can no longer be written, through a real `ers serve` and the real restic:
+health and status say so instead of "healthy", and a backup fails naming the repository and
+what to do, not with the tail of restic's stack trace."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ErsProcess, start_ers
+from tests.integration.test_cli import BACKUPS_ON
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ErsProcess]:
+    proc = start_ers(tmp_path, env=BACKUPS_ON)
+    proc.wait_for_backups()
+    yield proc
+    proc.stop()
+
+
+def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
+    service: ErsProcess, tmp_path: Path, immutable: list[Path]
+) -> None:
+    locks = tmp_path / "repo" / "locks"
+    with httpx.Client(base_url=service.url, timeout=180) as http:
+        made = http.post("/api/emergency/backups/create", json={})
+        assert made.status_code == 200, made.text
+        backup_id = made.json()["backupId"]
+        done = subprocess.run(["chattr", "+i", str(locks)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"this filesystem cannot make folders immutable: {done.stderr.strip()}")
+        immutable.append(locks)
+
+        check = http.get("/api/emergency/health").json()["checks"]["repository"]
+        assert check["status"] == "unhealthy", check
+        assert "cannot be written" in check["reason"]
+        status = http.get("/api/emergency/status").json()["backups"]
+        assert "cannot be written" in status["error"]
+
+        # Before: restic retried its lock file for 45 s and the reply ended in its stack
+        # trace; a check or prune said "restic unlock did not finish within 60 s".
+        for path in ("create", "check", "prune", "test-rollback"):
+            body = {"backupId": backup_id} if path == "test-rollback" else {}
+            refused = http.post(f"/api/emergency/backups/{path}", json=body)
+            assert refused.status_code == 503, (path, refused.text)
+            detail = refused.json()["detail"]
+            assert "cannot be written" in detail and str(tmp_path / "repo") in detail, detail
+            assert "github.com" not in detail
+
+        subprocess.run(["chattr", "-i", str(locks)], check=True)
+        check = http.get("/api/emergency/health").json()["checks"]["repository"]
+        assert check["status"] == "healthy", check
