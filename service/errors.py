@@ -10,6 +10,8 @@ class ErsError(Exception):
 class UserInputError(ErsError):
     """The user's request cannot be served as given; never counts against a breaker."""
 
+    call_outcome = "user_error"  # how a guard that passes it on counts the call
+
 
 class StoreUnavailable(ErsError):
     """A state store could not be read or written (disk, lock, paused for a rollback)."""
@@ -18,6 +20,13 @@ class StoreUnavailable(ErsError):
         super().__init__(f"the {component} store is unavailable: {reason}")
         self.component = component
         self.reason = reason
+
+
+class StorePaused(StoreUnavailable):
+    """The store is closed for a moment while a rollback swaps its state: no failure of the
+    agent that reads it. A guard passes it on, so the chat gets a 503 with Retry-After."""
+
+    call_outcome = "store_paused"
 
 
 class StatementRefused(StoreUnavailable):

@@ -21,7 +21,7 @@ from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from service.agents.base import Agent, AgentReply, AgentRequest
 from service.agents.failure_kinds import FAILURE_KIND_ATTRIBUTE, FailureKind, RateLimited
-from service.errors import UserInputError
+from service.errors import StorePaused, UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_events import report_trip
 from service.resilience.breaker_permit import Permit, describe_error
@@ -211,16 +211,16 @@ class GuardedAgent:
             try:
                 # The first attempt runs inline: it is the only one on the healthy path.
                 reply = await self._deadlines.run(self._agent_call(request), self._first_timeout)
-            except UserInputError:
+            except (UserInputError, StorePaused) as passed:  # no failure of the agent
                 permit.release()
-                self._record("user_error", started)
+                self._record(passed.call_outcome, started)
                 raise
             except Exception as first_error:
                 _record_failure(permit, first_error, time.perf_counter() - started)
                 try:
                     reply = await self._retry(request, span, started, first_error)
-                except UserInputError:
-                    self._record("user_error", started)
+                except (UserInputError, StorePaused) as passed:
+                    self._record(passed.call_outcome, started)
                     raise
                 except Exception as exc:
                     return await self._fail(request, span, started, exc)
@@ -229,7 +229,10 @@ class GuardedAgent:
                     self._report_trip()
             self._record("success", started)
             # The router passes on other agents' replies; those agents remember their own.
-            if self._cache is not None and not reply.degraded and reply.agent == self.name:
+            # A reply that records something ("Recorded $25") answers no later request.
+            if self._cache is not None and not (
+                reply.degraded or reply.writes or reply.agent != self.name
+            ):
                 self._cache.remember(request, reply)
             return reply
         finally:
@@ -323,7 +326,7 @@ class GuardedAgent:
             remaining = config.total_budget_s - (call_started - started)
             try:
                 reply = await self._attempt(request, min(config.timeout_s, remaining))
-            except UserInputError:
+            except (UserInputError, StorePaused):
                 permit.release()
                 raise
             except Exception as exc:

@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.errors import StatementRefused, StoreUnavailable
+from service.errors import StatementRefused, StorePaused, StoreUnavailable
 from service.settings import redact_url
 from service.stores.pg_pool import password_of, scrub_password, unreachable_reason
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
@@ -209,6 +209,11 @@ class PostgresStore:
     def resume(self) -> None:
         self._paused_reason = None
 
+    def _unusable(self) -> StoreUnavailable:
+        if self._paused_reason is not None:
+            return StorePaused(self.component, self._paused_reason)
+        return StoreUnavailable(self.component, "the store is closed")
+
     def open(self) -> None:
         """Ends a pause, as opening a paused SQLite store does (the pool is the database's)."""
         self.resume()
@@ -223,7 +228,7 @@ class PostgresStore:
         of the block's statements commit together when it ends, or none does."""
         pool = self.database.pool
         if pool is None or self._paused_reason is not None:
-            raise StoreUnavailable(self.component, self._paused_reason or "the store is closed")
+            raise self._unusable()
         wait_s = self.database.connection_wait_s()
         try:
             async with pool.connection(timeout=wait_s) as conn:
@@ -261,7 +266,7 @@ class PostgresStore:
     def check_usable(self) -> None:
         """Raise StoreUnavailable while the store is paused or closed."""
         if not self.is_open:
-            raise StoreUnavailable(self.component, self._paused_reason or "the store is closed")
+            raise self._unusable()
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         async with self._cursor() as cursor:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.errors import StoreUnavailable
+from service.errors import StorePaused, StoreUnavailable
 from service.stores.sql import SQLITE
 from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
@@ -155,8 +155,9 @@ class SqliteStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            reason = self._paused_reason or "the store is closed"
-            raise StoreUnavailable(self.component, reason)
+            if self._paused_reason is not None:
+                raise StorePaused(self.component, self._paused_reason)
+            raise StoreUnavailable(self.component, "the store is closed")
         return self._conn
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:

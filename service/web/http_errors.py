@@ -9,13 +9,15 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.chat.admission import ChatOverloaded
-from service.errors import StoreUnavailable, UnknownAgent
+from service.errors import StorePaused, StoreUnavailable, UnknownAgent
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
+from service.incidents.service import NOT_AN_INCIDENT
 from service.web.routes.json_types import json_kind
 
 log = logging.getLogger("ers.http")
@@ -128,14 +130,18 @@ async def incident_store_unavailable(
 
 async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
     log.warning("store unavailable: %s", exc)
+    paused = isinstance(exc, StorePaused)  # for a moment: a rollback swaps its state
+    if paused:  # the operator's rollback, not an outage
+        trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "a store paused for a rollback")
+    detail = f"the {exc.component} store cannot be used right now; try again shortly"
     return JSONResponse(
         {
             "error": "state store unavailable",
-            "detail": f"the {exc.component} store cannot be used right now; try again shortly",
+            "detail": f"the {exc.component} store is paused: {exc.reason}" if paused else detail,
             "component": exc.component,
         },
         status_code=503,
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": "1" if paused else "5"},
     )
 
 
