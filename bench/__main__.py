@@ -175,15 +175,38 @@ def write_readme(lines: list[str], header: str, not_run: list[str]) -> None:
                 kept.append(f"`{module}`")
         lines = lines[:2] + [row for module in BENCHMARKS for row in rows[module]]
         if kept:
-            # Whole, with its own note on the runs before it: each row's run stays named.
             old_header = next((line for line in old if line.startswith("Measured by")), "")
-            header += f" The rows of {', '.join(kept)} are from earlier runs. {old_header}"
+            header += _earlier_runs(kept, old_header)
     block = "\n".join([start, header, "", *lines, end])
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     readme.write_text(text)
+
+
+def _earlier_runs(kept: list[str], old_header: str) -> str:
+    """Which earlier run each kept row is from: the newest run of the old header that
+    measured its benchmark (``make bench`` measured them all). A run no row comes from any
+    more is not named."""
+    runs = [
+        re.sub(r" The rows of .*$", "", run.strip())
+        for run in re.split(r"(?=Measured by `)", old_header)
+        if run.strip()
+    ]
+    owners: dict[str, list[str]] = {}
+    for module in kept:
+        for run in runs:
+            command = run.split("`")[1] if run.count("`") >= 2 else ""
+            measured = command.split("--only", 1)[1].split() if "--only" in command else None
+            if measured is None or module.strip("`") in measured:
+                owners.setdefault(run, []).append(module)
+                break
+    return "".join(  # newest run first, as the runs were
+        f" The rows of {', '.join(owners[run])} are from an earlier run. {run}"
+        for run in runs
+        if run in owners
+    )
 
 
 def _module_of(row: str) -> str | None:

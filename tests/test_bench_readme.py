@@ -50,3 +50,35 @@ def test_rows_kept_over_two_partial_runs_keep_naming_their_run(
     assert said.index(f"`{only}`") < said.index("`make bench`"), said
     assert row("bench.breaker", "1.0") in text and row("bench.remote_agent", "2.0") in text
     assert row("bench.chat", "3.0") in text
+
+
+def test_a_run_no_row_comes_from_any_more_is_not_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_main, "ROOT", tmp_path)
+    modules = ["bench.chat", "bench.breaker", "bench.remote_agent"]
+    monkeypatch.setattr(bench_main, "BENCHMARKS", modules)
+    (tmp_path / "README.md").write_text("# x\n")
+    full = [*HEAD.splitlines(), *(row(m, "1.0") for m in modules)]
+    bench_main.write_readme(full, header("make bench"), [])
+    first = "python -m bench --only bench.chat"
+    bench_main.write_readme(
+        [*HEAD.splitlines(), row("bench.chat", "2.0")],
+        header(first),
+        ["bench.breaker", "bench.remote_agent"],
+    )
+    again = "python -m bench --only bench.chat bench.remote_agent"
+    partial = [*HEAD.splitlines(), row("bench.chat", "3.0"), row("bench.remote_agent", "3.0")]
+    bench_main.write_readme(partial, header(again), ["bench.breaker"])
+
+    said = next(
+        line
+        for line in (tmp_path / "README.md").read_text().splitlines()
+        if line.startswith("Measured by")
+    )
+    # bench.chat was measured again: the first partial run owns no row any more.
+    assert f"`{first}`" not in said, said
+    assert said == (
+        f"{header(again)} The rows of `bench.breaker` are from an earlier run. "
+        f"{header('make bench')}"
+    )
