@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +35,10 @@ def ers(loop: Loop, *args: str) -> Any:
 
 
 @pytest.fixture
-def loop(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Loop]:
+def loop_env(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "ers").mkdir()
     (tmp_path / "ers" / "restic-password").write_text("alert-actions-restic\n")
-    started = Loop(tmp_path, {"ERS_BACKUPS_ENABLED": "true", "ERS_AUTO_ROLLBACK_ENABLED": "true"})
-    failed_before = request.session.testsfailed
-    try:
-        yield started
-        if request.session.testsfailed > failed_before:
-            started.dump()
-    finally:
-        started.stop()
+    return {"ERS_BACKUPS_ENABLED": "true", "ERS_AUTO_ROLLBACK_ENABLED": "true"}
 
 
 def test_a_critical_incident_gets_the_alerts_backup_and_rollback_and_the_audit_shows_it(

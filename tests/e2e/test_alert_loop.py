@@ -18,7 +18,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -194,25 +194,6 @@ class Loop:
         self.prom.stop()
         self.am.stop()
         assert self.ers.stop() == 0
-
-
-@pytest.fixture
-def loop_env() -> dict[str, str]:
-    return {}
-
-
-@pytest.fixture
-def loop(
-    tmp_path: Path, loop_env: dict[str, str], request: pytest.FixtureRequest
-) -> Iterator[Loop]:
-    started = Loop(tmp_path, loop_env)
-    failed_before = request.session.testsfailed
-    try:
-        yield started
-        if request.session.testsfailed > failed_before:
-            started.dump()
-    finally:
-        started.stop()
 
 
 def test_fault_fires_alert_that_isolates_then_resolution_recovers_the_incident(
