@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backup import swap
 from backup.backend import BackupRequest, Reopen, RollbackRequest
@@ -46,6 +46,9 @@ from backup.staging import (
     verify_restored,
 )
 from backup.workspace import Workspace
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass(eq=False, slots=True)
@@ -137,11 +140,12 @@ class FileRollback:
             return ready
 
         with self.workspace.scratch_next_to(live[names[0]]) as scratch:
-            ready = await restore_and_verify(scratch)
             async with steps.step("pause-writers"), request.pause_writers():
-                # Taken with the writers paused: a write acknowledged between this copy and the
-                # swap would be in neither the safety snapshot nor the rolled-back files.
-                safety_id = await safety_snapshot()
+                # The safety snapshot is taken with the writers paused: a write acknowledged
+                # between its copy and the swap would be in neither it nor the rolled-back
+                # files. The restore runs beside it, so the rollback costs about the longer of
+                # the two, not their sum, and the writers wait about as long as for either.
+                ready, safety_id = await _both(restore_and_verify(scratch), safety_snapshot())
                 async with steps.step("swap"):
                     swapped = await asyncio.to_thread(
                         partial(
@@ -190,6 +194,19 @@ class _Steps:
             raise RollbackFailed(name, exc) from exc
         finally:
             self.seconds[name] = time.monotonic() - started
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run both at once; when one fails, stop the other (a restic run is interrupted) first."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        a, b = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return a, b
 
 
 async def _call(callback: Reopen) -> None:

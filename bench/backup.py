@@ -156,9 +156,16 @@ def bare_restic(args: list[str], config: RepositoryConfig, cwd: Path | None = No
     return time.perf_counter() - started
 
 
+PAUSES: list[float] = []  # how long each rollback held the writers paused
+
+
 @contextlib.asynccontextmanager
 async def no_writers() -> AsyncIterator[None]:
-    yield
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        PAUSES.append(time.perf_counter() - started)
 
 
 async def measure(root: Path, size_mb: int, rounds: int) -> dict[str, list[float]]:
@@ -183,6 +190,7 @@ async def measure(root: Path, size_mb: int, rounds: int) -> dict[str, list[float
     results: dict[str, list[float]] = {
         k: [] for k in ("wrapper", "bare", "growth", "roll", "restore")
     }
+    results["paused"] = PAUSES
     for number in range(rounds):
         change_state(data, rng, number)
         raw = state_size(data)
@@ -229,6 +237,7 @@ def report(results: dict[str, list[float]], state_bytes: int) -> dict[str, float
         ("repository growth / state size", "growth"),
         ("BackupManager.rollback (s)", "roll"),
         ("bare restic restore (s)", "restore"),
+        ("writers paused in a rollback (s)", "paused"),
     ]
     for label, key in rows:
         values = results[key]
@@ -239,7 +248,7 @@ def report(results: dict[str, list[float]], state_bytes: int) -> dict[str, float
         "backup_wrapper_ratio": f"anchor bare restic backup {med['bare']:.4f} s; "
         f"BackupManager.create {med['wrapper']:.4f} s",
         "rollback_vs_restore_ratio": f"anchor bare restic restore {med['restore']:.4f} s; "
-        f"BackupManager.rollback {med['roll']:.4f} s",
+        f"BackupManager.rollback {med['roll']:.4f} s (writers paused {med['paused']:.4f} s of it)",
     }
     for name, value in ratios.items():
         print(anchors[name])
