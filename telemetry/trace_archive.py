@@ -62,12 +62,14 @@ class TraceArchive:
         self._writer = threading.Thread(target=self._drain, name="trace-archive", daemon=True)
         self._writer.start()
 
-    def offer(self, trace_id: int, spans: Sequence[Span]) -> None:
-        """Write the trace soon, on the writer thread; dropped when the queue is full."""
+    def offer(self, trace_id: int, spans: Sequence[Span]) -> bool:
+        """Write the trace soon, on the writer thread; dropped (False) when the queue is full."""
         try:
             self._queue.put_nowait((trace_id, list(spans)))
         except queue.Full:
             self.traces_dropped += 1
+            return False
+        return True
 
     def write(self, trace_id: int, spans: Sequence[Span]) -> None:
         """Write the trace now, on this thread (never the event loop's)."""

@@ -7,16 +7,23 @@ most ``span_budget`` spans and evicts the oldest traces first; the others are dr
 ``on_end`` only appends a reference to the finished span under a lock (no copying, no
 conversion): spans become ``SpanRecord`` values only when a kept trace is read. Spans other
 services send to the OTLP intake arrive as records (``keep_records``) and are kept the same
-way. With an archive, every kept trace is also written to disk (off the caller's thread for
-spans ending here), and a trace no longer in memory is read from there.
+way. A trace no longer in memory is read from the archive, when there is one.
+
+What goes to the archive: the kept traces something names (``name``: an incident names its
+newest traces), written at most once a second (``archive_named``, on the archive's thread), and
+on shutdown every kept trace not written yet. An error storm keeps hundreds of traces a second
+in memory, but its incident names twenty at any time, and only those need to outlive a kill;
+writing all of them was most of what a storm cost the healthy requests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +35,7 @@ from telemetry.span_record import SpanRecord
 from telemetry.trace_archive import TraceArchive, as_record
 
 ERROR = StatusCode.ERROR
+log = logging.getLogger("ers.traces")
 
 
 KeptSpan = ReadableSpan | SpanRecord
@@ -64,6 +72,12 @@ class TraceKeeper(SpanProcessor):
         self.traces_kept = 0
         self.traces_evicted = 0
         self.traces_dropped = 0
+        # Traces named to be written, by who names them (only the newest naming counts).
+        self._named: dict[str, Sequence[str]] = {}
+        # Named while still pending: written when they settle.
+        self._wanted: set[int] = set()
+        # Written to the archive: a late span of one writes it again.
+        self._archived: OrderedDict[int, None] = OrderedDict()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
@@ -78,7 +92,7 @@ class TraceKeeper(SpanProcessor):
                 kept.append(span)
                 self._kept_spans += 1
                 self._evict_over_budget()
-                if self.archive is not None:
+                if self.archive is not None and trace_id in self._archived:
                     self.archive.offer(trace_id, kept)
                 return
             pending = self._pending.get(trace_id)
@@ -109,18 +123,67 @@ class TraceKeeper(SpanProcessor):
         self._kept_spans += len(pending.spans)
         self.traces_kept += 1
         self._evict_over_budget()
-        if self.archive is not None:
-            self.archive.offer(trace_id, pending.spans)
+        if trace_id in self._wanted:
+            self._wanted.discard(trace_id)
+            self._write_soon(trace_id, pending.spans)
+
+    def name(self, owner: str, trace_ids: Sequence[str]) -> None:
+        """``owner`` (an incident) names these kept traces (hex ids): they are written to the
+        archive within a second. A later naming by the same owner replaces this one unless it
+        was written meanwhile. Cheap: call it from the event loop."""
+        if self.archive is None:
+            return
+        with self._lock:
+            self._named[owner] = trace_ids
+            if len(self._named) > 10_000:  # bounded even if nothing writes them
+                self._named.pop(next(iter(self._named)))
+
+    def archive_named(self) -> int:
+        """Hand the named traces not written yet to the archive's writer; returns how many."""
+        if self.archive is None:
+            return 0
+        with self._lock:
+            named, self._named = self._named, {}
+            written = 0
+            for trace_id_hex in {t for ids in named.values() for t in ids}:
+                try:
+                    trace_id = int(trace_id_hex, 16)
+                except ValueError:
+                    continue
+                if trace_id in self._archived:
+                    continue
+                kept = self._kept.get(trace_id)
+                if kept is not None:
+                    self._write_soon(trace_id, kept)
+                    written += 1
+                elif trace_id in self._pending and len(self._wanted) < 10_000:
+                    self._wanted.add(trace_id)
+            return written
+
+    async def run_archiving(self, every_s: float = 1.0) -> None:
+        """Write what has been named, every ``every_s``, until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            self.archive_named()
+
+    def _write_soon(self, trace_id: int, spans: list[KeptSpan]) -> None:
+        # Under the lock. The writer's thread makes records of the spans.
+        assert self.archive is not None
+        if not self.archive.offer(trace_id, spans):
+            return  # the writer is behind: written on shutdown, if still kept then
+        self._archived[trace_id] = None
+        if len(self._archived) > self.archive.max_traces:
+            self._archived.popitem(last=False)
 
     def keep_records(self, records: list[SpanRecord]) -> int:
         """Keep the traces among ``records`` (spans another service sent) that have an error,
-        with all their spans here; with an archive, write them to disk on this thread, so
-        call it off the event loop. Spans of a trace whose local root has not ended join its
-        pending spans and share its fate. Returns how many traces were kept now."""
+        with all their spans here (written to the archive like the others: once named).
+        Spans of a trace whose local root has not ended join its pending spans and share its
+        fate. Returns how many traces were kept now."""
         by_trace: dict[int, list[SpanRecord]] = {}
         for record in records:
             by_trace.setdefault(int(record.trace_id, 16), []).append(record)
-        written: list[tuple[int, list[KeptSpan]]] = []
+        kept_now = 0
         with self._lock:
             for trace_id, spans in by_trace.items():
                 kept = self._kept.get(trace_id)
@@ -143,12 +206,11 @@ class TraceKeeper(SpanProcessor):
                     spans = [span for span in spans if span.span_id not in have]
                 kept.extend(spans)
                 self._kept_spans += len(spans)
-                written.append((trace_id, list(kept)))
+                kept_now += 1
+                if self.archive is not None and trace_id in self._archived:
+                    self._write_soon(trace_id, kept)
             self._evict_over_budget()
-        if self.archive is not None:
-            for trace_id, spans in written:
-                self.archive.write(trace_id, spans)
-        return len(written)
+        return kept_now
 
     def _settle_oldest(self) -> None:
         while self._pending_spans > self.pending_span_limit and self._pending:
@@ -212,10 +274,20 @@ class TraceKeeper(SpanProcessor):
         return True
 
     def shutdown(self) -> None:
+        """Write every kept trace not written yet (the newest the archive holds), then stop."""
         with self._lock:
             self._pending.clear()
             self._pending_spans = 0
+            unwritten = [
+                (trace_id, list(spans))
+                for trace_id, spans in self._kept.items()
+                if trace_id not in self._archived
+            ]
         if self.archive is not None:
+            try:
+                self.archive.write_many(unwritten[-self.archive.max_traces :])
+            except Exception:  # the file is full or gone: what was written stays
+                log.exception("could not write %d kept traces on shutdown", len(unwritten))
             self.archive.close()
 
 

@@ -218,9 +218,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             cache_active_counts=stores.database is not None,
         )
         telemetry.add_span_processor(incident_service.processor)
-        # Kept traces also go to a bounded file, so incident trace links outlive a restart.
+        # Kept traces an incident names also go to a bounded file within a second, so incident
+        # trace links outlive a restart, a kill -9 too (a clean stop writes all kept traces).
         trace_keeper = TraceKeeper(archive=TraceArchive(settings.data_dir / "kept-traces.sqlite3"))
         telemetry.add_span_processor(trace_keeper)
+        incident_service.subscribe(
+            lambda event: trace_keeper.name(event.incident.id, event.incident.trace_ids)
+        )
+        run_in_background(stack, trace_keeper.run_archiving(), "kept-trace-archiving")
 
         # The system state follows the breakers, the incidents and the health checks.
         failing = FailingSubsystems()

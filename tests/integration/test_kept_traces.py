@@ -114,3 +114,47 @@ def test_an_intake_incidents_trace_link_answers_before_and_after_restarts(
     finally:
         ers.stop()
     assert "Traceback" not in ers.log(), ers.log()[-3000:]
+
+
+def on_disk(workdir: Path, trace_id: str) -> bool:
+    import sqlite3
+
+    db = sqlite3.connect(workdir / "data" / "kept-traces.sqlite3", timeout=5)
+    try:
+        return db.execute("SELECT 1 FROM traces WHERE trace_id = ?", (trace_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def test_a_failing_chats_incident_names_traces_that_outlive_a_kill(tmp_path: Path) -> None:
+    """The traces a failing agent's incident names are written while the service runs (a
+    clean stop writes every kept trace, the test above), so they answer after a kill -9."""
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir, {"ERS_AUTO_RESPONSE_ENABLED": "false"})
+    try:
+        fault = {"component": "budget", "errorType": "database"}
+        assert httpx.post(f"{ers.url}/api/emergency/simulate-error", json=fault).is_success
+        replies = [
+            httpx.post(
+                f"{ers.url}/chat", json={"message": "budget report", "userId": f"u{n}"}, timeout=10
+            ).json()
+            for n in range(3)
+        ]
+        assert all(reply["emergency"] for reply in replies)
+        incident = incident_of(ers, "budget")
+        deadline = time.monotonic() + 10
+        while not all(on_disk(workdir, link["traceId"]) for link in incident["traces"]):
+            assert time.monotonic() < deadline, "the incident's traces were never written"
+            time.sleep(0.1)
+            incident = incident_of(ers, "budget")
+        named = {link["traceId"] for link in incident["traces"]}
+        assert named <= {reply["traceId"] for reply in replies}
+
+        ers.stop(signal.SIGKILL)
+        ers = start_ers(workdir)
+        for link in incident["traces"]:
+            kept = get(ers, link["api"])
+            assert kept.status_code == 200, kept.text
+            assert kept.json()["errorSpans"] >= 1
+    finally:
+        ers.stop()

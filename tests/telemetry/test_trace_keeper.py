@@ -181,3 +181,75 @@ def test_intake_spans_arriving_while_the_local_root_runs_are_kept_with_all_its_s
     assert sorted(r.name for r in records) == ["POST /chat", "POST /chat", "agent.helper"]
     assert keeper.stats()["traces_pending"] == 0
     assert "agent" in {node["service"] for node in span_tree(records)}
+
+
+def _on_disk(path, wait_for: str | None = None) -> set[str]:  # noqa: ANN001
+    """The trace ids the archive's file holds; waits (bounded) for ``wait_for`` to be one."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        db = sqlite3.connect(path)
+        try:
+            ids = {row[0] for row in db.execute("SELECT trace_id FROM traces")}
+        finally:
+            db.close()
+        if wait_for is None or wait_for in ids or time.monotonic() > deadline:
+            return ids
+        time.sleep(0.02)
+
+
+def test_only_named_traces_are_written_before_shutdown_and_the_rest_on_it(tmp_path) -> None:  # noqa: ANN001
+    from telemetry.trace_archive import TraceArchive
+
+    path = tmp_path / "kept-traces.sqlite3"
+    keeper, provider = keeper_and_tracer(archive=TraceArchive(path))  # type: ignore[arg-type]
+    storm = [run_trace(provider, fail=True) for _ in range(30)]
+    keeper.name("incident-1", storm[:5])
+    keeper.name("incident-1", storm[-3:])  # the incident's newest traces replace the older ones
+    keeper.name("incident-2", [storm[10], "not-hex", "f" * 32])  # unknown ids are no error
+    assert keeper.archive_named() == 4
+    assert _on_disk(path, wait_for=storm[10]) == {*storm[-3:], storm[10]}
+    assert keeper.archive_named() == 0  # written once
+
+    # A late span of a written trace writes it again; of an unwritten one, nothing yet.
+    tracer = provider.get_tracer("tests")
+    from opentelemetry import trace
+
+    for trace_id in (storm[-1], storm[0]):
+        context = trace.SpanContext(
+            int(trace_id, 16),
+            0xABC,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(context))
+        tracer.start_span("late", context=parent).end()
+    keeper.archive.close()  # type: ignore[union-attr]  # writes what is queued
+    keeper.archive = TraceArchive(path)
+    assert [r.name for r in keeper.archive.get(storm[-1]) or []][-1] == "late"
+    assert keeper.archive.get(storm[0]) is None
+
+    provider.shutdown()  # a clean stop writes every kept trace
+    assert _on_disk(path) == set(storm)
+    reopened = TraceKeeper(archive=TraceArchive(path))
+    records = reopened.get_trace(storm[0])
+    assert records is not None and [r.name for r in records][-1] == "late"
+    reopened.shutdown()
+
+
+def test_a_trace_named_before_its_root_ends_is_written_when_it_settles(tmp_path) -> None:  # noqa: ANN001
+    from telemetry.trace_archive import TraceArchive
+
+    path = tmp_path / "kept-traces.sqlite3"
+    keeper, provider = keeper_and_tracer(archive=TraceArchive(path))  # type: ignore[arg-type]
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("POST /chat") as root:
+        with tracer.start_as_current_span("agent.budget") as span:
+            span.set_status(Status(StatusCode.ERROR, "RuntimeError: boom"))
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        keeper.name("incident-1", [trace_id])  # the incident was written before the reply
+        assert keeper.archive_named() == 0
+    assert _on_disk(path, wait_for=trace_id) == {trace_id}
+    provider.shutdown()
