@@ -10,6 +10,10 @@ landed on and recovers it (``recovery``): a resolved ``isolate`` releases the br
 half-open, so recovery is tested, mitigates the incident and resolves it once the trial
 succeeds.
 
+A resolution is kept in the ledger as delivered: one a stopped process (a crash, a ``kill
+-9``) had taken and not finished is handled again at the next start, or on PostgreSQL by any
+replica once it has been unfinished for the ledger's limit; Alertmanager sends it only once.
+
 Deliveries of one alert are handled one at a time, in the order they arrived. A firing is
 stale, recorded and left alone, when its own resolution arrived first (a retry, the other
 Alertmanager of a pair), or when it is about the active incidents (label ``about:
@@ -31,7 +35,7 @@ from typing import Any
 
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert, WebhookPayload
-from service.incidents.ledger import AlertLedger
+from service.incidents.ledger import AlertLedger, LedgerUnavailable
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
@@ -76,16 +80,50 @@ class AlertHandler:
         new = duplicates = 0
         for alert in payload.alerts:
             starts_at = alert.startsAt.isoformat()
+            delivered = alert.model_dump_json() if alert.status == "resolved" else None
             if await asyncio.to_thread(
-                self.ledger.record, alert.fingerprint, starts_at, alert.status, alert.name
+                self.ledger.record,
+                alert.fingerprint,
+                starts_at,
+                alert.status,
+                alert.name,
+                delivered,
             ):
                 new += 1
-                task = asyncio.get_running_loop().create_task(self._process(alert))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start(alert)
             else:
                 duplicates += 1
         return {"received": len(payload.alerts), "new": new, "duplicates": duplicates}
+
+    def _start(self, alert: Alert) -> None:
+        task = asyncio.get_running_loop().create_task(self._process(alert))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def replay_lost(self) -> int:
+        """Handle again the resolutions a stopped process had taken and not finished
+        (Alertmanager does not send a delivered resolution again). Returns how many."""
+        taken = await asyncio.to_thread(self.ledger.take_lost_resolutions)
+        for delivered in taken:
+            alert = Alert.model_validate_json(delivered)
+            log.warning(
+                "alert %s (fingerprint %s) resolved while ERS stopped before it finished"
+                " acting on it; acting on it now",
+                alert.name,
+                alert.fingerprint,
+            )
+            self._start(alert)
+        return len(taken)
+
+    async def run_replays(self, every_s: float = 60.0) -> None:
+        """Replay lost resolutions now (start-up) and every ``every_s`` (on PostgreSQL a
+        replica may die with one it had taken), until cancelled."""
+        while True:
+            try:
+                await self.replay_lost()
+            except LedgerUnavailable as exc:
+                log.warning("lost alert resolutions not looked for: %s", exc)
+            await asyncio.sleep(every_s)
 
     async def drain(self) -> None:
         """Wait for the alerts being acted on (shutdown, tests)."""

@@ -21,7 +21,7 @@ from typing import Any
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.pg_pool import valid_identifier
-from service.stores.sql import Database, create_table_on_sqlite
+from service.stores.sql import SQLITE, Database, create_table_on_sqlite
 
 COMPONENT = "alerts"
 
@@ -34,6 +34,7 @@ SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS alert_ledger (
     deliveries INTEGER NOT NULL DEFAULT 1,
     incident_id TEXT,
     outcome TEXT,
+    alert TEXT,
     PRIMARY KEY (fingerprint, starts_at, status)
 )"""
 KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
@@ -74,6 +75,8 @@ def ledger_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
                 PRIMARY KEY (fingerprint, starts_at, status)
             )""",
         ),
+        # The alert as delivered: a resolution lost with its process is handled again from it.
+        (f"ALTER TABLE {s}.alert_ledger ADD COLUMN alert TEXT",),
     )
 
 
@@ -88,21 +91,42 @@ class AlertLedger:
     def __init__(self, database: Database) -> None:
         """The ledger on the incident store's ``database``, which closes with the store."""
         create_table_on_sqlite(database, SQLITE_SCHEMA)
+        if database.dialect is SQLITE:
+            columns = {row["name"] for row in database.rows("PRAGMA table_info(alert_ledger)")}
+            if "alert" not in columns:  # a file from before the ledger kept the alert
+                database.rows("ALTER TABLE alert_ledger ADD COLUMN alert TEXT")
         self._database = database
 
-    def record(self, fingerprint: str, starts_at: str, status: str, alertname: str) -> bool:
+    def record(
+        self,
+        fingerprint: str,
+        starts_at: str,
+        status: str,
+        alertname: str,
+        alert: str | None = None,
+    ) -> bool:
         """True when this writer is to act on this (fingerprint, startsAt, status): the first
         time it arrives at any writer, or again when the last attempt failed or never
-        finished (its process died); else False."""
+        finished (its process died); else False. ``alert``: the alert as delivered (JSON),
+        kept so that a resolution lost with its process can be handled again."""
         now = time.time()
         try:
             rows = self._database.rows(
                 "INSERT INTO alert_ledger AS ledger (fingerprint, starts_at, status,"
-                " alertname, received_at) VALUES (?, ?, ?, ?, ?)"
+                " alertname, received_at, alert) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (fingerprint, starts_at, status)"
-                f" DO UPDATE SET deliveries = ledger.deliveries + 1, {RETAKE}"
+                f" DO UPDATE SET deliveries = ledger.deliveries + 1, {RETAKE},"
+                " alert = COALESCE(excluded.alert, ledger.alert)"
                 " RETURNING received_at",
-                (fingerprint, starts_at, status, alertname, now, *[now - UNFINISHED_AFTER_S] * 2),
+                (
+                    fingerprint,
+                    starts_at,
+                    status,
+                    alertname,
+                    now,
+                    alert,
+                    *[now - UNFINISHED_AFTER_S] * 2,
+                ),
             )
         except (sqlite3.Error, IncidentStoreUnavailable) as exc:
             raise LedgerUnavailable(f"the alert ledger could not record the alert: {exc}") from exc
@@ -117,6 +141,25 @@ class AlertLedger:
             (LOST,),
         )
         return len(rows)
+
+    def take_lost_resolutions(self) -> list[str]:
+        """Take again every resolution whose attempt was lost with its process (marked lost
+        at start-up, or unfinished for ``UNFINISHED_AFTER_S``, on PostgreSQL by any replica)
+        and returns each as delivered (JSON). Alertmanager sends a resolution once, so
+        nobody else would. A firing is left to Alertmanager's next repeat of it. One taker
+        per row: the update's condition no longer holds for the next."""
+        now = time.time()
+        try:
+            rows = self._database.rows(
+                "UPDATE alert_ledger SET received_at = ?, outcome = NULL"
+                " WHERE status = 'resolved' AND alert IS NOT NULL"
+                " AND (outcome = ? OR (outcome IS NULL AND received_at < ?))"
+                " RETURNING alert",
+                (now, LOST, now - UNFINISHED_AFTER_S),
+            )
+        except (sqlite3.Error, IncidentStoreUnavailable) as exc:
+            raise LedgerUnavailable(f"the alert ledger could not be read: {exc}") from exc
+        return [row["alert"] for row in rows]
 
     def finish(
         self, fingerprint: str, starts_at: str, status: str, incident_id: str | None, outcome: str

@@ -99,8 +99,8 @@ async def open_incident_state(
         on_file = database is None or settings.database_url is None
         if on_file and (lost := await asyncio.to_thread(ledger.mark_lost)):
             log.warning(
-                "%d alert(s) were being acted on when ERS stopped; the next delivery of each"
-                " acts on it again",
+                "%d alert(s) were being acted on when ERS stopped; a resolution among them is"
+                " acted on again now, a firing on its next delivery",
                 lost,
             )
         return store, ledger, AuditLog(store.database)

@@ -304,6 +304,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             alert_ledger, incident_store, responder, isolate_ttl_s=settings.alert_isolate_ttl_s
         )
         stack.push_async_callback(alerts.drain)
+        run_in_background(stack, alerts.run_replays(), "alert-replays")
         if backups is not None:
             start_backup_jobs(
                 stack, backups, stores, fleet.replica if fleet else None, telemetry.meter

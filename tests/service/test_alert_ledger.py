@@ -118,6 +118,31 @@ def test_mark_lost_hands_unfinished_attempts_to_their_next_delivery(ledger: Ledg
     assert ledger.record("done", "t", "firing", "A") is False
 
 
+def test_a_lost_resolution_is_taken_again_as_delivered_once_and_a_lost_firing_is_not(
+    replicas: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = replicas
+    first.record("r1", "t", "resolved", "A", '{"status": "resolved", "fingerprint": "r1"}')
+    first.record("f1", "t", "firing", "A", None)
+    first.record("r2", "t", "resolved", "A", '{"status": "resolved", "fingerprint": "r2"}')
+    first.finish("r2", "t", "resolved", "", "resolved: no incident to recover")
+    assert second.take_lost_resolutions() == []  # still running, as far as anyone knows
+    assert first.mark_lost() == 2  # a start on the file: r1 and f1 were lost
+    assert second.take_lost_resolutions() == ['{"status": "resolved", "fingerprint": "r1"}']
+    assert first.take_lost_resolutions() == []  # taken once, by one replica
+    assert first.entry("r1", "t", "resolved")["outcome"] is None  # type: ignore[index]
+    assert first.entry("f1", "t", "firing")["outcome"] == ledger_module.LOST  # type: ignore[index]
+
+    # On PostgreSQL nobody marks it lost: unfinished past the limit, any replica takes it.
+    clock = itertools.count(time.time() + ledger_module.UNFINISHED_AFTER_S + 1)
+    monkeypatch.setattr(ledger_module.time, "time", lambda: float(next(clock)))
+    taken = [second.take_lost_resolutions(), first.take_lost_resolutions()]
+    assert taken == [['{"status": "resolved", "fingerprint": "r1"}'], []]
+    first.finish("r1", "t", "resolved", "", "resolved: no incident to recover")
+    monkeypatch.setattr(ledger_module.time, "time", lambda: float(next(clock)) + 10_000)
+    assert second.take_lost_resolutions() == []  # finished: never again
+
+
 def run_together(*jobs: threading.Thread) -> None:
     for job in jobs:
         job.start()

@@ -533,7 +533,7 @@ def pg_replicas(pg_incidents_url: str) -> Iterator[tuple[PgIncidentStore, PgInci
 
 def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
     applied = apply_migrations(pg_url, INCIDENT_STATE)
-    assert applied == [(COMPONENT, 1), (COMPONENT, 2), ("alerts", 1), ("audit", 1)]
+    assert applied == [(COMPONENT, 1), (COMPONENT, 2), ("alerts", 1), ("alerts", 2), ("audit", 1)]
     assert apply_migrations(pg_url, INCIDENT_STATE) == []
     with psycopg.connect(pg_url) as conn:
         tables = conn.execute(
