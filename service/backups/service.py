@@ -98,6 +98,16 @@ def finds_no_state(data_dir: Path) -> bool:
     return not any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents"))
 
 
+def made(result: BackupResult) -> str:
+    """The snapshots of a backup in words: ``snapshot 1a2b3c4d``, or on PostgreSQL (one per
+    component) ``snapshots 1a2b3c4d (budgets), 5e6f7a8b (profiles)``."""
+    snapshots = result.snapshots
+    if len(snapshots) <= 1:
+        return f"snapshot {result.snapshot_id}"
+    each = ", ".join(f"{i[:8]} ({', '.join(components)})" for i, components in snapshots)
+    return f"snapshots {each}"
+
+
 def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -335,8 +345,8 @@ class BackupService:
     async def emergency(self, why: str) -> str:
         result = await self.create(None, "emergency")
         if result.coalesced:
-            return f"an emergency backup ran moments ago: {result.snapshot_id}"
-        return f"emergency snapshot {result.snapshot_id} ({why[:100]})"
+            return f"an emergency backup ran moments ago: {made(result)}"
+        return f"emergency {made(result)} ({why[:100]})"
 
     async def rollback(
         self, snapshot_id: str, components: list[str] | None, reason: str
