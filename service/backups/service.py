@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +31,7 @@ from backup import (
     swap_journal,
 )
 from backup.backend import BackendConfig
+from backup.emergency import EmergencyCooldown
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
 from service.errors import ErsError
@@ -127,10 +128,15 @@ class BackupService:
         restored_with: dict[str, Callable[[], Awaitable[list[str]]]] | None = None,
         *,
         first_start: bool = False,
+        emergency_cooldown: EmergencyCooldown | None = None,
     ) -> None:
         """``restored_with``: per component, what to put back from its store after a
-        rollback of it (e.g. the breakers' isolations), returning what it did in words."""
+        rollback of it (e.g. the breakers' isolations), returning what it did in words.
+        ``emergency_cooldown``: the one kept across restarts (else one of this process)."""
         self.settings = settings
+        self.emergency_cooldown = emergency_cooldown or EmergencyCooldown(
+            settings.emergency_backup_cooldown_s
+        )
         self._restored_with = restored_with or {}
         self.stores = stores
         self.state = state_to_back_up(settings, stores, incidents_path)
@@ -201,7 +207,7 @@ class BackupService:
                     repository,
                     self.state,
                     may_create=self.may_create_repository,
-                    emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                    emergency_cooldown=self.emergency_cooldown,
                     shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
                 )
             except BackupError as exc:
@@ -345,7 +351,11 @@ class BackupService:
     async def emergency(self, why: str) -> str:
         result = await self.create(None, "emergency")
         if result.coalesced:
-            return f"an emergency backup ran moments ago: {made(result)}"
+            age = (datetime.now(UTC) - result.started_at).total_seconds()
+            return (
+                f"an emergency backup ran {age:.0f} s ago, within the cooldown of "
+                f"{self.settings.emergency_backup_cooldown_s:g} s: {made(result)}"
+            )
         return f"emergency {made(result)} ({why[:100]})"
 
     async def rollback(
