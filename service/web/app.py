@@ -259,6 +259,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await keeper.start()
         stack.push_async_callback(keeper.stop)
+        # A call turned away by a kept isolation names the incident it was forced open for.
+        await incident_service.name_kept_isolations(team.breakers())
 
         backups = build_backups(
             settings,
