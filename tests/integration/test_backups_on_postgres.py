@@ -55,6 +55,17 @@ def budget_incident(client: httpx.Client) -> str:
     raise AssertionError("the failing budget call opened no incident")
 
 
+def offline_settings(work: Path, pg_url: str) -> dict[str, str]:
+    """The settings ``start_ers`` gave the service in ``work``, for an offline command."""
+    return {
+        "ERS_ENV": "test",
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_DATA_DIR": str(work / "data"),
+        "ERS_RESTIC_REPOSITORY": str(work / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(work / "restic-password"),
+    }
+
+
 def post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
     reply = client.post(path, json=body, timeout=120)
     assert reply.status_code == 200, reply.text
@@ -108,11 +119,7 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
                 + ["test-rollback", backup["backupId"]],
                 env={
                     **{k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
-                    "ERS_ENV": "test",
-                    "ERS_DATABASE_URL": pg_url,
-                    "ERS_DATA_DIR": str(work / "data"),
-                    "ERS_RESTIC_REPOSITORY": str(work / "repo"),
-                    "ERS_RESTIC_PASSWORD_FILE": str(work / "restic-password"),
+                    **offline_settings(work, pg_url),
                 },
                 capture_output=True,
                 text=True,
@@ -273,15 +280,10 @@ def test_a_backup_of_every_component_names_each_snapshot_and_the_host_restic_rec
         )
         recorded = {s["id"][:8]: s["hostname"] for s in restic}
         listed = json.loads(run_ers(["backup", "list", "-o", "json", "--url", ers.url]).stdout)
-        offline_env = {
-            "ERS_ENV": "test",
-            "ERS_DATABASE_URL": pg_url,
-            "ERS_DATA_DIR": str(work / "data"),
-            "ERS_RESTIC_REPOSITORY": str(work / "repo"),
-            "ERS_RESTIC_PASSWORD_FILE": str(work / "restic-password"),
-        }
         offline = json.loads(
-            run_ers(["backup", "--offline", "list", "-o", "json"], offline_env).stdout
+            run_ers(
+                ["backup", "--offline", "list", "-o", "json"], offline_settings(work, pg_url)
+            ).stdout
         )
         for name, shown in (("online", listed), ("offline", offline)):
             hosts = {s["backupId"][:8]: s["hostname"] for s in shown["backups"]}
