@@ -12,7 +12,6 @@ person's request wait instead of fail; forget, prune and check also wait for the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -26,6 +25,7 @@ from backup.backend import (
     Reopen,
     RollbackRequest,
 )
+from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
     ResticCommandFailed,
@@ -72,13 +72,18 @@ class BackupManager:
         identity: RepositoryIdentity | None = None,
         *,
         emergency_cooldown_seconds: float = 300.0,
+        emergency_cooldown: EmergencyCooldown | None = None,
         shutdown_timeout_seconds: float = 30.0,
     ) -> None:
+        """``emergency_cooldown``: one the caller keeps across restarts; else a cooldown of
+        ``emergency_cooldown_seconds`` that lives as long as this manager."""
         self.restic = restic
         # The repository every write must go to; without one given, the one first seen.
         self.identity = identity
         self.config = config
-        self.emergency_cooldown_seconds = emergency_cooldown_seconds
+        self.emergency_cooldown = emergency_cooldown or EmergencyCooldown(
+            emergency_cooldown_seconds
+        )
         self.shutdown_timeout_seconds = shutdown_timeout_seconds
         self.events = EventPublisher()
         self.index = SnapshotIndex()
@@ -86,7 +91,6 @@ class BackupManager:
         self.last_success: dict[str, datetime] = {}
         self._summaries: dict[str, BackupSummary] = {}  # of the snapshots made here, by short id
         self._last_verified: datetime | None = None
-        self._last_emergency: tuple[float, BackupResult] | None = None
         self._lock = asyncio.Lock()
         # restic's lock rule within this process: forget, prune and check use the
         # repository alone, and other restic processes of ours (the off-host copy) share it.
@@ -156,8 +160,10 @@ class BackupManager:
         reason = validate_reason(str(reason))
         names = self._check_components(components)
         async with self._lock:
-            if reason == BackupReason.EMERGENCY and (previous := self._recent_emergency()):
-                return dataclasses.replace(previous, coalesced=True)
+            if reason == BackupReason.EMERGENCY and (
+                previous := self.emergency_cooldown.coalesced()
+            ):
+                return previous
             try:
                 await self.verify_repository()
             except BackupError as exc:
@@ -169,7 +175,7 @@ class BackupManager:
                 BackupRequest(names, reason, full, timeout, on_progress, skip_unchanged)
             )
             if reason == BackupReason.EMERGENCY:
-                self._last_emergency = (time.monotonic(), result)
+                self.emergency_cooldown.started(result)
             return result
 
     async def shutdown_backup(self, timeout: float | None = None) -> BackupResult:
@@ -188,13 +194,6 @@ class BackupManager:
                 f"{', '.join(known)}"
             )
         return list(dict.fromkeys(components))
-
-    def _recent_emergency(self) -> BackupResult | None:
-        if self._last_emergency is None:
-            return None
-        at, result = self._last_emergency
-        cooling = time.monotonic() - at < self.emergency_cooldown_seconds
-        return result if cooling else None
 
     # The snapshot list -------------------------------------------------------------------
 

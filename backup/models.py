@@ -38,6 +38,20 @@ class BackupSummary:
     restic_duration_seconds: float
 
     @classmethod
+    def of_all(cls, summaries: list[BackupSummary]) -> BackupSummary:
+        """One backup made as several snapshots side by side: their files and bytes added
+        up, and restic's longest run."""
+        return cls(
+            files_new=sum(s.files_new for s in summaries),
+            files_changed=sum(s.files_changed for s in summaries),
+            files_unmodified=sum(s.files_unmodified for s in summaries),
+            data_added=sum(s.data_added for s in summaries),
+            total_files_processed=sum(s.total_files_processed for s in summaries),
+            total_bytes_processed=sum(s.total_bytes_processed for s in summaries),
+            restic_duration_seconds=max((s.restic_duration_seconds for s in summaries), default=0),
+        )
+
+    @classmethod
     def from_restic(cls, message: dict[str, Any]) -> BackupSummary:
         return cls(
             files_new=int(message.get("files_new", 0)),
@@ -69,6 +83,8 @@ class BackupResult:
 
     `snapshot_id` is None when every requested component was unchanged (all in `skipped`).
     `coalesced` marks an emergency request answered with the previous emergency backup.
+    A backup made as one snapshot per component (PostgreSQL) names its first snapshot in
+    `snapshot_id`, every snapshot with what it holds in `made`, and their summaries added up.
     """
 
     snapshot_id: str | None
@@ -81,10 +97,18 @@ class BackupResult:
     total_size: int = 0
     coalesced: bool = False
     reused_snapshot_id: str | None = None
+    made: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def data_added(self) -> int:
         return self.summary.data_added if self.summary else 0
+
+    @property
+    def snapshots(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each snapshot this backup made, with the components it holds."""
+        if self.made:
+            return self.made
+        return ((self.snapshot_id, self.components),) if self.snapshot_id else ()
 
 
 @dataclass(frozen=True)

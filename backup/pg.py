@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,8 +125,8 @@ class PgSchemas:
 
     async def take(self, request: BackupRequest) -> BackupResult:
         """One snapshot per component, made side by side; every backup runs to its end and
-        the first failure, if any, is raised after. The result names the first snapshot and
-        every component."""
+        the first failure, if any, is raised after. The result names the first snapshot,
+        every snapshot with its component, and the summaries added up."""
         names, reason, timeout = request.names, request.reason, request.timeout
         started = time.monotonic()
         backups = asyncio.gather(
@@ -147,11 +148,14 @@ class PgSchemas:
                 raise ResticCommandFailed(message) from None
             raise
         results = [o for o in outcomes if isinstance(o, BackupResult)]
+        summaries = [r.summary for r in results if r.summary is not None]
         return dataclasses.replace(
             results[0],
             components=tuple(c for r in results for c in r.components),
             duration_seconds=time.monotonic() - started,
             total_size=sum(r.total_size for r in results),
+            summary=BackupSummary.of_all(summaries) if summaries else None,
+            made=tuple(p for r in results for p in r.snapshots),
         )
 
     async def backup_one(self, component: str, reason: str) -> BackupResult:
@@ -171,8 +175,18 @@ class PgSchemas:
         message: dict[str, Any] = (await pipeline.run())["restic"]
         summary = BackupSummary.from_restic(message)
         snapshot_id = str(message["snapshot_id"])
+        # restic records this host's name as the snapshot's hostname: the list shows the same
+        # before and after it is read back from the repository.
         self.index.add(
-            Snapshot(snapshot_id, snapshot_id[:8], started_at, (component,), reason, tags)
+            Snapshot(
+                snapshot_id,
+                snapshot_id[:8],
+                started_at,
+                (component,),
+                reason,
+                tags,
+                socket.gethostname(),
+            )
         )
         result = BackupResult(
             snapshot_id=snapshot_id,

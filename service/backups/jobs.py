@@ -15,6 +15,7 @@ from pathlib import Path
 from opentelemetry.metrics import Meter
 
 from backup import BackupError
+from backup.emergency import EmergencyCooldown
 from service.backups.metrics import BackupMetrics
 from service.backups.offsite import start_offsite_copies
 from service.backups.service import BackupService, BackupsUnavailable
@@ -35,13 +36,20 @@ def build_backups(
     restored_with: dict[str, Callable[[], Awaitable[list[str]]]],
     *,
     first_start: bool,
+    emergency_cooldown: EmergencyCooldown | None = None,
 ) -> BackupService | None:
     """The backup service and its metrics, or None with backups off; it reaches the
     repository once ``start_backup_jobs`` runs."""
     if not settings.backups_enabled:
         return None
     backups = BackupService(
-        settings, stores, incidents_path, set_ready, restored_with, first_start=first_start
+        settings,
+        stores,
+        incidents_path,
+        set_ready,
+        restored_with,
+        first_start=first_start,
+        emergency_cooldown=emergency_cooldown,
     )
     metrics = BackupMetrics(
         meter,

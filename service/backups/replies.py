@@ -45,6 +45,12 @@ def created_reply(result: BackupResult, reason: str, kind: str) -> dict[str, Any
         "components": list(result.components),
         "skipped": list(result.skipped),
         "durationSeconds": round(result.duration_seconds, 3),
+        # What each snapshot holds: one snapshot on SQLite, one per component on PostgreSQL
+        # (``backupId`` is then the first of them).
+        "snapshots": [
+            {"backupId": snapshot_id, "components": list(components)}
+            for snapshot_id, components in result.snapshots
+        ],
         "summary": None
         if summary is None
         else {

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +31,7 @@ from backup import (
     swap_journal,
 )
 from backup.backend import BackendConfig
+from backup.emergency import EmergencyCooldown
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
 from service.errors import ErsError
@@ -98,6 +99,16 @@ def finds_no_state(data_dir: Path) -> bool:
     return not any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents"))
 
 
+def made(result: BackupResult) -> str:
+    """The snapshots of a backup in words: ``snapshot 1a2b3c4d``, or on PostgreSQL (one per
+    component) ``snapshots 1a2b3c4d (budgets), 5e6f7a8b (profiles)``."""
+    snapshots = result.snapshots
+    if len(snapshots) <= 1:
+        return f"snapshot {result.snapshot_id}"
+    each = ", ".join(f"{i[:8]} ({', '.join(components)})" for i, components in snapshots)
+    return f"snapshots {each}"
+
+
 def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -117,10 +128,15 @@ class BackupService:
         restored_with: dict[str, Callable[[], Awaitable[list[str]]]] | None = None,
         *,
         first_start: bool = False,
+        emergency_cooldown: EmergencyCooldown | None = None,
     ) -> None:
         """``restored_with``: per component, what to put back from its store after a
-        rollback of it (e.g. the breakers' isolations), returning what it did in words."""
+        rollback of it (e.g. the breakers' isolations), returning what it did in words.
+        ``emergency_cooldown``: the one kept across restarts (else one of this process)."""
         self.settings = settings
+        self.emergency_cooldown = emergency_cooldown or EmergencyCooldown(
+            settings.emergency_backup_cooldown_s
+        )
         self._restored_with = restored_with or {}
         self.stores = stores
         self.state = state_to_back_up(settings, stores, incidents_path)
@@ -191,7 +207,7 @@ class BackupService:
                     repository,
                     self.state,
                     may_create=self.may_create_repository,
-                    emergency_cooldown_seconds=settings.emergency_backup_cooldown_s,
+                    emergency_cooldown=self.emergency_cooldown,
                     shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
                 )
             except BackupError as exc:
@@ -335,8 +351,12 @@ class BackupService:
     async def emergency(self, why: str) -> str:
         result = await self.create(None, "emergency")
         if result.coalesced:
-            return f"an emergency backup ran moments ago: {result.snapshot_id}"
-        return f"emergency snapshot {result.snapshot_id} ({why[:100]})"
+            age = (datetime.now(UTC) - result.started_at).total_seconds()
+            return (
+                f"an emergency backup ran {age:.0f} s ago, within the cooldown of "
+                f"{self.settings.emergency_backup_cooldown_s:g} s: {made(result)}"
+            )
+        return f"emergency {made(result)} ({why[:100]})"
 
     async def rollback(
         self, snapshot_id: str, components: list[str] | None, reason: str

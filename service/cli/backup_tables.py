@@ -54,10 +54,18 @@ def _created_table(out: Console, data: dict[str, Any]) -> None:
     # A backup a person asks for always takes a snapshot (the route passes
     # skip_unchanged=False), so backupId is always set here.
     summary = data.get("summary") or {}
-    out.print(
-        f"snapshot {short_id(data['backupId'])} ({data['reason']}): "
-        f"{joined(data['components'])} in {data['durationSeconds']:.1f} s"
-    )
+    snapshots = data.get("snapshots") or []
+    if len(snapshots) > 1:  # PostgreSQL: one snapshot per component
+        each = ", ".join(f"{short_id(s['backupId'])} {joined(s['components'])}" for s in snapshots)
+        out.print(
+            f"{len(snapshots)} snapshots ({data['reason']}) in "
+            f"{data['durationSeconds']:.1f} s: {each}"
+        )
+    else:
+        out.print(
+            f"snapshot {short_id(data['backupId'])} ({data['reason']}): "
+            f"{joined(data['components'])} in {data['durationSeconds']:.1f} s"
+        )
     if summary:
         out.print(
             f"{summary['filesNew']} new and {summary['filesChanged']} changed files, "

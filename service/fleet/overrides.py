@@ -58,6 +58,8 @@ class Override:
     ttl_s: float | None = None
     # A release written because this replica's trial call succeeded: close everywhere.
     trial_passed: bool = False
+    # The incident a forced open isolates the agent for.
+    incident: str | None = None
 
 
 class FleetOverrides:
@@ -183,7 +185,8 @@ class FleetOverrides:
             until = None if forcing is None else forcing.expires_at_wall
             self._forced_until[name] = until
             ttl_s = None if until is None else max(0.001, until - time.time())
-            self._queue(Override(name, True, event.source, event.reason, ttl_s))
+            incident = None if forcing is None else forcing.incident
+            self._queue(Override(name, True, event.source, event.reason, ttl_s, incident=incident))
         elif event.from_state is BreakerState.FORCED_OPEN:
             until = self._forced_until.pop(name, None)
             if until is not None and time.time() >= until - EXPIRY_SLACK_S:
@@ -230,6 +233,7 @@ class FleetOverrides:
                             "ttl_s": override.ttl_s,
                             "replica": self.replica,
                             "trial_passed": override.trial_passed,
+                            "incident": override.incident,
                         },
                     )
                     row = await cursor.fetchone()
@@ -272,7 +276,9 @@ class FleetOverrides:
                 if remaining is not None and remaining <= 0:
                     return 0  # expired: each replica's own TTL already let it go half-open
                 reason = f"{row['reason']} (fleet override from {row['replica']})"
-                breaker.force_open(reason, row["source"] or "fleet", ttl_s=remaining)
+                breaker.force_open(
+                    reason, row["source"] or "fleet", ttl_s=remaining, incident=row["incident"]
+                )
                 until = None if remaining is None else time.time() + remaining
                 self._forced_until[agent] = until
             elif row["trial_passed"] and (

@@ -30,17 +30,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             ADD COLUMN lease_holder TEXT,
             ADD COLUMN lease_until TIMESTAMPTZ""",
     ),
+    # The incident a forced open isolates the agent for (the responder's, an alert's).
+    ("ALTER TABLE ers_fleet.overrides ADD COLUMN incident TEXT",),
 )
 
 # A forced open starts a new round of trials, so it clears the lease, and so does a trial
 # that closed the breaker; a release keeps the lease its own replica may have taken already.
 UPSERT = """INSERT INTO ers_fleet.overrides AS o
-    (agent, forced, source, reason, until, replica, trial_passed)
+    (agent, forced, source, reason, until, replica, trial_passed, incident)
 VALUES (%(agent)s, %(forced)s, %(source)s, %(reason)s,
-        now() + make_interval(secs => %(ttl_s)s::float8), %(replica)s, %(trial_passed)s)
+        now() + make_interval(secs => %(ttl_s)s::float8), %(replica)s, %(trial_passed)s,
+        %(incident)s)
 ON CONFLICT (agent) DO UPDATE SET forced = EXCLUDED.forced, source = EXCLUDED.source,
     reason = EXCLUDED.reason, until = EXCLUDED.until, replica = EXCLUDED.replica,
-    trial_passed = EXCLUDED.trial_passed,
+    trial_passed = EXCLUDED.trial_passed, incident = EXCLUDED.incident,
     lease_holder = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
         THEN NULL ELSE o.lease_holder END,
     lease_until = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
@@ -58,6 +61,6 @@ RETURNING version"""
 HAS_ROW = "SELECT 1 FROM ers_fleet.overrides WHERE agent = %(agent)s"
 
 # The time left is computed by the server, so replicas' clocks need not agree.
-READ = """SELECT agent, forced, source, reason, replica, version, trial_passed,
+READ = """SELECT agent, forced, source, reason, replica, version, trial_passed, incident,
     extract(epoch FROM until - now())::float8 AS remaining_s
 FROM ers_fleet.overrides"""

@@ -232,7 +232,10 @@ class Responder:
         if guard is None:
             return ActionResult("isolate", "skipped", f"'{context.component}' is not an agent")
         message = guard.breaker.force_open(
-            context.reason[:300], context.source, ttl_s=context.ttl_s or self.isolate_ttl_s
+            context.reason[:300],
+            context.source,
+            ttl_s=context.ttl_s or self.isolate_ttl_s,
+            incident=context.incident_id,
         )
         return ActionResult("isolate", "success", message)
 

@@ -35,6 +35,7 @@ from service.incidents.model import (
 from service.incidents.responder import ActionResult, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
+from service.resilience.breaker import CircuitBreaker
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import BreakerEvent
 from service.resilience.instruments import event_counter, seconds_histogram
@@ -291,6 +292,32 @@ class IncidentService:
             results = self._results.get(incident_id, [])
             recovery["actions"] = [{"action": r.action, "result": r.result} for r in results]
         return replace(reply, incident=incident_id, recovery=recovery)
+
+    async def name_kept_isolations(self, breakers: Iterable[CircuitBreaker]) -> list[str]:
+        """At start, after the isolations kept from before are put back: a call turned away
+        by one names the incident it was forced open for, while that incident is unresolved
+        (the agents' latest incidents are remembered in memory only). The agents named."""
+        named = []
+        for breaker in breakers:
+            forcing = breaker.forcing
+            if forcing is None or forcing.incident is None or breaker.name in self._latest:
+                continue
+            try:
+                incident = await asyncio.to_thread(self.store.get, forcing.incident)
+            except IncidentNotFound:
+                continue
+            except Exception as exc:  # the store is out: the replies name none, as before
+                log.warning(
+                    "the incident %s that %s is isolated for could not be read: %s",
+                    forcing.incident,
+                    breaker.name,
+                    exc,
+                )
+                continue
+            if incident.status != "resolved":
+                self._latest[breaker.name] = incident.id
+                named.append(breaker.name)
+        return named
 
     def on_breaker_transition(self, event: BreakerEvent) -> None:
         """An agent's breaker closed: its incidents are no longer what a call turned away

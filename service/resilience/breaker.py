@@ -252,13 +252,20 @@ class CircuitBreaker:
         return f"breaker '{name}' was {state.value} and is now closed with cleared counters"
 
     def force_open(
-        self, reason: str, source: str, ttl_s: float | None = None, *, until: float | None = None
+        self,
+        reason: str,
+        source: str,
+        ttl_s: float | None = None,
+        *,
+        until: float | None = None,
+        incident: str | None = None,
     ) -> str:
         """Hold the breaker open until released, reset, or ``ttl_s`` seconds have passed
         (or the wall-clock time ``until``, for a forced open carried over from before a
-        restart); then it moves to HALF_OPEN, never straight to CLOSED."""
+        restart); then it moves to HALF_OPEN, never straight to CLOSED. ``incident``: the
+        incident the agent is isolated for, kept with the forcing."""
         now, wall = self._clock(), self._wall_clock()
-        self._forced = forcing = Forcing.until(reason, source, ttl_s, until, now, wall)
+        self._forced = forcing = Forcing.until(reason, source, ttl_s, until, now, wall, incident)
         remaining = forcing.remaining(now)
         span = "until released" if remaining is None else f"for {remaining:g} s"
         if self._state is FORCED_OPEN:

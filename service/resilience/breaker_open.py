@@ -57,12 +57,15 @@ class OpenPeriod:
 
 @dataclass(frozen=True, slots=True)
 class Forcing:
-    """Who holds a breaker forced open, why, and until when (monotonic and wall time)."""
+    """Who holds a breaker forced open, why, and until when (monotonic and wall time); and
+    the incident it isolates the agent for, when the responder or an alert forced it for one
+    (a call turned away by it names that incident)."""
 
     reason: str
     source: str
     expires_at: float | None
     expires_at_wall: float | None
+    incident: str | None = None
 
     @classmethod
     def until(
@@ -73,6 +76,7 @@ class Forcing:
         until: float | None,
         now: float,
         wall: float,
+        incident: str | None = None,
     ) -> Forcing:
         """Held ``ttl_s`` seconds from now, until the wall-clock time ``until``, or (neither)
         until released; ValueError says what is missing or wrong."""
@@ -88,8 +92,9 @@ class Forcing:
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
         if ttl_s is None:
-            return cls(reason, source, None, None)
-        return cls(reason, source, now + ttl_s, wall + ttl_s if until is None else until)
+            return cls(reason, source, None, None, incident)
+        expires_wall = wall + ttl_s if until is None else until
+        return cls(reason, source, now + ttl_s, expires_wall, incident)
 
     def remaining(self, now: float) -> float | None:
         """Seconds until it expires, None when it lasts until released."""

@@ -88,13 +88,16 @@ def breaker_record(
     """The record of a breaker's isolation, or None when it is not isolated."""
     forcing = breaker.forcing
     if forcing is not None:
-        return {
+        record: dict[str, Any] = {
             "state": BreakerState.FORCED_OPEN.value,
             "reason": forcing.reason,
             "source": forcing.source,
             "until": forcing.expires_at_wall,
             "since": now,
         }
+        if forcing.incident is not None:
+            record["incident"] = forcing.incident
+        return record
     if breaker.state is BreakerState.DISABLED:
         return {"state": BreakerState.DISABLED.value, "source": source, "since": now}
     return None
@@ -282,7 +285,10 @@ class StateKeeper:
         if breaker.forcing is not None:
             return None  # forced open already (by the fleet, or since): that one stays
         reason, source = str(record.get("reason") or "isolated"), str(record.get("source"))
-        breaker.force_open(reason, source, until=until)
+        incident = record.get("incident")
+        breaker.force_open(
+            reason, source, until=until, incident=incident if isinstance(incident, str) else None
+        )
         words = "until released" if until is None else f"until {iso_utc(until)}"
         return "forced", f"{name} {words} ({source}: {reason})"
 

@@ -20,6 +20,7 @@ os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
 from fastapi import FastAPI  # noqa: E402
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
+from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks  # noqa: E402
@@ -245,19 +246,26 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         incident_service.subscribe(lambda event: state.evaluate())
         state_notes = StateNotes(incident_service)
         state.subscribe(state_notes)
-        # Isolations (forced opens, disabled breakers), the system state, minimal mode and
-        # the agents' rate-limit cooldowns outlive a restart: kept in system_state and put
-        # back here, after the fleet's own forced opens.
+        # Isolations (forced opens, disabled breakers), the system state, minimal mode, the
+        # agents' rate-limit cooldowns and the emergency-backup cooldown outlive a restart:
+        # kept in system_state and put back here, after the fleet's own forced opens.
         minimal_mode = MinimalMode()
         cooldowns = {f"cooldown:{name}": guard.cooldown for name, guard in team.guards.items()}
+        emergency_cooldown = EmergencyCooldown(settings.emergency_backup_cooldown_s)
         keeper = StateKeeper(
             stores.system_state,
             team.breakers(),
             state,
-            switches={"minimal_mode": minimal_mode, **cooldowns},
+            switches={
+                "minimal_mode": minimal_mode,
+                "emergency_backup": emergency_cooldown,
+                **cooldowns,
+            },
         )
         await keeper.start()
         stack.push_async_callback(keeper.stop)
+        # A call turned away by a kept isolation names the incident it was forced open for.
+        await incident_service.name_kept_isolations(team.breakers())
 
         backups = build_backups(
             settings,
@@ -267,6 +275,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             readiness.set,
             {"system_state": keeper.restored_lines},
             first_start=first_start,
+            emergency_cooldown=emergency_cooldown,
         )
         rollbacks = Rollbacks(backups, incident_store, audit) if backups is not None else None
 

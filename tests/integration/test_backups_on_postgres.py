@@ -4,6 +4,7 @@ rollback of one component through the API."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,17 @@ def budget_incident(client: httpx.Client) -> str:
             return str(found["incidents"][0]["id"])
         time.sleep(0.05)
     raise AssertionError("the failing budget call opened no incident")
+
+
+def offline_settings(work: Path, pg_url: str) -> dict[str, str]:
+    """The settings ``start_ers`` gave the service in ``work``, for an offline command."""
+    return {
+        "ERS_ENV": "test",
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_DATA_DIR": str(work / "data"),
+        "ERS_RESTIC_REPOSITORY": str(work / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(work / "restic-password"),
+    }
 
 
 def post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -107,11 +119,7 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
                 + ["test-rollback", backup["backupId"]],
                 env={
                     **{k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
-                    "ERS_ENV": "test",
-                    "ERS_DATABASE_URL": pg_url,
-                    "ERS_DATA_DIR": str(work / "data"),
-                    "ERS_RESTIC_REPOSITORY": str(work / "repo"),
-                    "ERS_RESTIC_PASSWORD_FILE": str(work / "restic-password"),
+                    **offline_settings(work, pg_url),
                 },
                 capture_output=True,
                 text=True,
@@ -210,3 +218,76 @@ def test_replicas_started_together_share_one_new_repository(tmp_path: Path, pg_u
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def run_ers(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("ers")), *args],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("ERS_")}, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_backup_of_every_component_names_each_snapshot_and_the_host_restic_recorded(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """On PostgreSQL a backup of the whole state is one snapshot per component: the reply
+    and the CLI's summary name each snapshot with the component it holds, and add up what
+    they stored (before: the first snapshot was said to hold every component, and its
+    figures stood for all). The list shows the hostname restic recorded, the same through
+    the service as offline (before: `-` for the snapshots the service had just made)."""
+    work = tmp_path / "ers"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+    }
+    ers = start_ers(work, env=env)
+    try:
+        ers.wait_for_backups()
+        created = json.loads(run_ers(["backup", "create", "-o", "json", "--url", ers.url]).stdout)
+        snapshots = created["snapshots"]
+        held = [component for s in snapshots for component in s["components"]]
+        assert sorted(held) == sorted(created["components"]), created
+        assert all(len(s["components"]) == 1 for s in snapshots), created
+        assert len({s["backupId"] for s in snapshots}) == len(snapshots) == 5
+        assert created["backupId"] == snapshots[0]["backupId"]
+        # Each component's dump is a new file of its own snapshot: five, not the first's one.
+        assert created["summary"]["filesNew"] == 5, created
+
+        table = run_ers(["backup", "create", "--url", ers.url]).stdout
+        assert table.startswith("5 snapshots (manual) in "), table
+        for component in created["components"]:
+            assert f" {component}" in table, table
+
+        restic = json.loads(
+            subprocess.run(
+                ["restic", "snapshots", "--json", "--no-lock"],
+                env={
+                    **os.environ,
+                    "RESTIC_REPOSITORY": str(work / "repo"),
+                    "RESTIC_PASSWORD_FILE": str(work / "restic-password"),
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )
+        recorded = {s["id"][:8]: s["hostname"] for s in restic}
+        listed = json.loads(run_ers(["backup", "list", "-o", "json", "--url", ers.url]).stdout)
+        offline = json.loads(
+            run_ers(
+                ["backup", "--offline", "list", "-o", "json"], offline_settings(work, pg_url)
+            ).stdout
+        )
+        for name, shown in (("online", listed), ("offline", offline)):
+            hosts = {s["backupId"][:8]: s["hostname"] for s in shown["backups"]}
+            assert hosts == recorded, (name, hosts, recorded)
+        assert {s["backupId"][:8] for s in snapshots} <= recorded.keys()
+    finally:
+        assert ers.stop() == 0, ers.log()

@@ -336,3 +336,134 @@ def test_minimal_mode_survives_kill_9_until_its_moment(tmp_path: Path) -> None:
             assert "minimal_mode" not in kept_records(workdir)
     finally:
         ers.stop()
+
+
+def workout_reply(http: httpx.Client) -> dict[str, Any]:
+    reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "ann"})
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def isolated_for_an_incident(http: httpx.Client, workdir: Path) -> str:
+    """The workout agent fails (a database error, whose protocol isolates it): the incident
+    its turned-away replies name, once the isolation is kept (bounded waits)."""
+    fault = {"component": "WPA", "errorType": "database"}
+    assert http.post("/api/emergency/simulate-error", json=fault).status_code == 200
+    for _ in range(100):
+        reply = workout_reply(http)
+        if reply["incident"] and http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the responder did not isolate workout for an incident")
+    incident_id = str(reply["incident"])
+    for _ in range(100):
+        if kept_records(workdir).get("breaker:workout", {}).get("incident") == incident_id:
+            return incident_id
+        time.sleep(0.05)
+    raise AssertionError(f"the isolation for {incident_id} was not kept")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_replies_turned_away_by_a_kept_isolation_name_its_incident_after_a_restart(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            incident_id = isolated_for_an_incident(http, workdir)
+    finally:
+        ers.stop(sig)
+
+    again = start_ers(workdir)
+    try:
+        with httpx.Client(base_url=again.url, timeout=10) as http:
+            workout = http.get(f"{BREAKERS}/workout").json()
+            assert workout["state"] == "forced_open", workout
+            reply = workout_reply(http)
+            assert reply["emergency"] is True and reply["incident"] == incident_id, reply
+    finally:
+        again.stop()
+
+
+def test_on_postgresql_the_fleets_override_carries_the_incident_across_a_kill_9(
+    tmp_path: Path, pg_url: str
+) -> None:
+    workdir = tmp_path / "ers"
+    env = {"ERS_DATABASE_URL": pg_url}
+    ers = start_ers(workdir, env=env)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            fault = {"component": "WPA", "errorType": "database"}
+            assert http.post("/api/emergency/simulate-error", json=fault).status_code == 200
+            incident_id = None
+            for _ in range(100):  # bounded: ten seconds
+                reply = workout_reply(http)
+                with psycopg.connect(pg_url) as conn:
+                    row = conn.execute(
+                        "SELECT incident FROM ers_fleet.overrides WHERE agent = 'workout'"
+                    ).fetchone()
+                if reply["incident"] and row is not None and row[0] == reply["incident"]:
+                    incident_id = reply["incident"]
+                    break
+                time.sleep(0.1)
+            assert incident_id is not None, "the fleet's override names no incident"
+    finally:
+        ers.stop(signal.SIGKILL)
+
+    again = start_ers(workdir, env=env)
+    try:
+        with httpx.Client(base_url=again.url, timeout=10) as http:
+            assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
+            reply = workout_reply(http)
+            assert reply["emergency"] is True and reply["incident"] == incident_id, reply
+    finally:
+        again.stop()
+
+
+def test_a_kept_isolation_names_its_incident_only_while_it_is_unresolved(
+    tmp_path: Path,
+) -> None:
+    """An alert's isolation stays when its incident is resolved by hand (Alertmanager lifts
+    it): after the next restart the replies it turns away name no resolved incident."""
+    workdir = tmp_path / "ers"
+    env = {"ERS_ALERT_TOKEN": TOKEN}
+    ers = start_ers(workdir, env=env)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            fired = http.post(
+                "/api/emergency/alerts",
+                json=alert_payload("firing"),
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert fired.status_code == 200, fired.text
+            for _ in range(100):  # bounded: five seconds
+                incident_id = kept_records(workdir).get("breaker:workout", {}).get("incident")
+                if incident_id:
+                    break
+                time.sleep(0.05)
+            assert incident_id, kept_records(workdir)
+    finally:
+        ers.stop(signal.SIGKILL)
+
+    again = start_ers(workdir, env=env)
+    try:
+        with httpx.Client(base_url=again.url, timeout=10) as http:
+            assert workout_reply(http)["incident"] == incident_id
+            resolved = http.post(
+                f"/api/emergency/incidents/{incident_id}/resolve", json={"resolution": "fixed"}
+            )
+            assert resolved.status_code == 200, resolved.text
+            assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
+    finally:
+        again.stop()
+
+    third = start_ers(workdir, env=env)
+    try:
+        with httpx.Client(base_url=third.url, timeout=10) as http:
+            assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
+            reply = workout_reply(http)
+            assert reply["emergency"] is True and reply["incident"] is None, reply
+    finally:
+        third.stop()

@@ -200,3 +200,25 @@ async def test_changes_made_while_the_store_is_paused_are_saved_once_it_reopens(
     await keeper.flush()
     assert (await store.get("breaker:workout"))["state"] == "forced_open"
     await keeper.stop()
+
+
+async def test_a_forced_open_keeps_the_incident_it_isolates_for(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    workout, budget = breakers = team(clock)
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
+    await keeper.start()
+    workout.force_open("database incident", "responder", ttl_s=60, incident="INC_1")
+    budget.force_open("looking into it", "operator", ttl_s=60)
+    await keeper.flush()
+    await keeper.stop()
+    kept = await store.items()
+    assert kept["breaker:workout"]["incident"] == "INC_1"
+    assert "incident" not in kept["breaker:budget"]
+
+    workout, budget = again = team(clock)
+    restarted = StateKeeper(store, again, machine_of(again, clock), clock=clock)
+    await restarted.start()
+    assert workout.forcing is not None and workout.forcing.incident == "INC_1"
+    assert budget.forcing is not None and budget.forcing.incident is None
+    await restarted.stop()

@@ -164,7 +164,11 @@ async def resolve(
     released, mine = [], f"incident {incident_id}:"
     for guard in team.guards.values():
         forcing = guard.breaker.forcing
-        if forcing and forcing.source == "responder" and mine in forcing.reason:
+        if (
+            forcing
+            and forcing.source == "responder"
+            and (forcing.incident == incident_id or mine in forcing.reason)
+        ):
             guard.breaker.release(source=who)
             released.append(guard.name)
     view["released"] = released
