@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import queue
 import threading
 import time
@@ -43,6 +44,17 @@ def as_record(span: Span) -> SpanRecord:
     return span if isinstance(span, SpanRecord) else SpanRecord.from_readable_span(span)
 
 
+def pack(spans: Sequence[Span]) -> bytes:
+    """A trace's spans as one bytes object (``SpanRecord.to_dict`` of each, pickled): what the
+    trace keeper holds in memory and hands to ``offer``. Pickled, as four times quicker than
+    JSON, only in this process's memory: the file holds JSON."""
+    return pickle.dumps([as_record(span).to_dict() for span in spans], protocol=5)
+
+
+def unpack(packed: bytes) -> list[SpanRecord]:
+    return [SpanRecord.from_dict(item) for item in pickle.loads(packed)]
+
+
 class TraceArchive:
     def __init__(self, path: Path, *, max_traces: int = 2000, queue_size: int = 1000) -> None:
         if max_traces < 1:
@@ -62,29 +74,31 @@ class TraceArchive:
         self._writer = threading.Thread(target=self._drain, name="trace-archive", daemon=True)
         self._writer.start()
 
-    def offer(self, trace_id: int, spans: Sequence[Span]) -> bool:
-        """Write the trace soon, on the writer thread; dropped (False) when the queue is full."""
+    def offer(self, trace_id: int, packed: bytes) -> bool:
+        """Write the trace (``pack``ed) soon, on the writer thread; dropped (False) when the
+        queue is full."""
         try:
-            self._queue.put_nowait((trace_id, list(spans)))
+            self._queue.put_nowait((trace_id, packed))
         except queue.Full:
             self.traces_dropped += 1
             return False
         return True
 
-    def write(self, trace_id: int, spans: Sequence[Span]) -> None:
-        """Write the trace now, on this thread (never the event loop's)."""
-        self.write_many([(trace_id, spans)])
+    def write(self, trace_id: int, packed: bytes) -> None:
+        """Write the trace (``pack``ed) now, on this thread (never the event loop's)."""
+        self.write_many([(trace_id, packed)])
 
-    def write_many(self, traces: Sequence[tuple[int, Sequence[Span]]]) -> None:
-        """Write the traces now, on this thread, in one transaction: one commit for all."""
+    def write_many(self, traces: Sequence[tuple[int, bytes]]) -> None:
+        """Write the traces (``pack``ed) now, on this thread, in one transaction."""
         now = time.time()
         rows = [
+            # In order: the trim keeps the newest by kept_at.
             (
                 format(trace_id, "032x"),
-                now + index * 1e-6,  # in order: the trim keeps the newest by kept_at
-                json.dumps([as_record(span).to_dict() for span in spans], default=str),
+                now + index * 1e-6,
+                json.dumps(pickle.loads(packed), default=str),
             )
-            for index, (trace_id, spans) in enumerate(traces)
+            for index, (trace_id, packed) in enumerate(traces)
         ]
         with self._lock:
             self._db.execute("BEGIN")
@@ -138,9 +152,9 @@ class TraceArchive:
                 try:
                     self.write_many(traces)  # type: ignore[arg-type]
                 except Exception:  # then one by one: an unwritable trace loses only itself
-                    for trace_id, spans in traces:  # type: ignore[misc]
+                    for trace_id, packed in traces:  # type: ignore[misc]
                         try:
-                            self.write(trace_id, spans)
+                            self.write(trace_id, packed)
                         except Exception:  # and must not stop the writer
                             log.exception("could not keep trace %032x on disk", trace_id)
             if stop:

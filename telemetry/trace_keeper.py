@@ -5,7 +5,8 @@ ended, or it lingered too long. Traces with an error move to the kept area, whic
 most ``span_budget`` spans and evicts the oldest traces first; the others are dropped.
 
 ``on_end`` only appends a reference to the finished span under a lock (no copying, no
-conversion): spans become ``SpanRecord`` values only when a kept trace is read. Spans other
+conversion) while its trace is pending; a trace that is kept is packed into one bytes object
+(``trace_archive.pack``), which the garbage collector never has to visit. Spans other
 services send to the OTLP intake arrive as records (``keep_records``) and are kept the same
 way. A trace no longer in memory is read from the archive, when there is one.
 
@@ -32,13 +33,26 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from telemetry.span_record import SpanRecord
-from telemetry.trace_archive import TraceArchive, as_record
+from telemetry.trace_archive import TraceArchive, as_record, pack, unpack
 
 ERROR = StatusCode.ERROR
 log = logging.getLogger("ers.traces")
 
 
 KeptSpan = ReadableSpan | SpanRecord
+
+
+@dataclass(slots=True)
+class _Kept:
+    # The spans packed into one bytes object, which the garbage collector never visits,
+    # where the SDK's spans are a dozen objects each: an error storm keeps thousands of
+    # traces, and collecting them paused every request for tens of milliseconds.
+    packed: bytes
+    spans: int
+
+    @classmethod
+    def of(cls, spans: Sequence[KeptSpan]) -> _Kept:
+        return cls(pack(spans), len(spans))
 
 
 @dataclass(slots=True)
@@ -66,7 +80,7 @@ class TraceKeeper(SpanProcessor):
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._pending_spans = 0
-        self._kept: OrderedDict[int, list[KeptSpan]] = OrderedDict()
+        self._kept: OrderedDict[int, _Kept] = OrderedDict()
         self._kept_spans = 0
         self._next_sweep = clock() + linger_s
         self.traces_kept = 0
@@ -88,12 +102,12 @@ class TraceKeeper(SpanProcessor):
         parent = span.parent
         with self._lock:
             kept = self._kept.get(trace_id)
-            if kept is not None:  # a late span of a trace already kept
-                kept.append(span)
+            if kept is not None:  # a late span of a trace already kept (rare)
+                self._kept[trace_id] = kept = _Kept.of([*unpack(kept.packed), span])
                 self._kept_spans += 1
                 self._evict_over_budget()
                 if self.archive is not None and trace_id in self._archived:
-                    self.archive.offer(trace_id, kept)
+                    self.archive.offer(trace_id, kept.packed)
                 return
             pending = self._pending.get(trace_id)
             is_root = parent is None or parent.is_remote
@@ -119,13 +133,13 @@ class TraceKeeper(SpanProcessor):
         if not pending.has_error:
             self.traces_dropped += 1
             return
-        self._kept[trace_id] = pending.spans
-        self._kept_spans += len(pending.spans)
+        self._kept[trace_id] = kept = _Kept.of(pending.spans)
+        self._kept_spans += kept.spans
         self.traces_kept += 1
         self._evict_over_budget()
         if trace_id in self._wanted:
             self._wanted.discard(trace_id)
-            self._write_soon(trace_id, pending.spans)
+            self._write_soon(trace_id, kept.packed)
 
     def name(self, owner: str, trace_ids: Sequence[str]) -> None:
         """``owner`` (an incident) names these kept traces (hex ids): they are written to the
@@ -154,7 +168,7 @@ class TraceKeeper(SpanProcessor):
                     continue
                 kept = self._kept.get(trace_id)
                 if kept is not None:
-                    self._write_soon(trace_id, kept)
+                    self._write_soon(trace_id, kept.packed)
                     written += 1
                 elif trace_id in self._pending and len(self._wanted) < 10_000:
                     self._wanted.add(trace_id)
@@ -166,10 +180,10 @@ class TraceKeeper(SpanProcessor):
             await asyncio.sleep(every_s)
             self.archive_named()
 
-    def _write_soon(self, trace_id: int, spans: list[KeptSpan]) -> None:
-        # Under the lock. The writer's thread makes records of the spans.
+    def _write_soon(self, trace_id: int, packed: bytes) -> None:
+        # Under the lock.
         assert self.archive is not None
-        if not self.archive.offer(trace_id, spans):
+        if not self.archive.offer(trace_id, packed):
             return  # the writer is behind: written on shutdown, if still kept then
         self._archived[trace_id] = None
         if len(self._archived) > self.archive.max_traces:
@@ -198,17 +212,18 @@ class TraceKeeper(SpanProcessor):
                 if kept is None and not any(span.is_error for span in spans):
                     self.traces_dropped += 1
                     continue
+                before: list[SpanRecord] = []
                 if kept is None:
-                    kept = self._kept[trace_id] = []
                     self.traces_kept += 1
                 else:  # a sender's retry repeats spans already kept
-                    have = {span.span_id for span in kept if isinstance(span, SpanRecord)}
+                    before = unpack(kept.packed)
+                    have = {span.span_id for span in before}
                     spans = [span for span in spans if span.span_id not in have]
-                kept.extend(spans)
+                self._kept[trace_id] = kept = _Kept.of([*before, *spans])
                 self._kept_spans += len(spans)
                 kept_now += 1
                 if self.archive is not None and trace_id in self._archived:
-                    self._write_soon(trace_id, kept)
+                    self._write_soon(trace_id, kept.packed)
             self._evict_over_budget()
         return kept_now
 
@@ -229,8 +244,8 @@ class TraceKeeper(SpanProcessor):
 
     def _evict_over_budget(self) -> None:
         while self._kept_spans > self.span_budget and len(self._kept) > 1:
-            _, spans = self._kept.popitem(last=False)
-            self._kept_spans -= len(spans)
+            _, kept = self._kept.popitem(last=False)
+            self._kept_spans -= kept.spans
             self.traces_evicted += 1
 
     def get_trace(self, trace_id_hex: str) -> list[SpanRecord] | None:
@@ -240,13 +255,16 @@ class TraceKeeper(SpanProcessor):
             trace_id = int(trace_id_hex, 16)
         except ValueError:
             return None
+        spans: list[KeptSpan] | None = None
         with self._lock:
-            spans = self._kept.get(trace_id)
-            if spans is None:
+            kept = self._kept.get(trace_id)
+            if kept is None:
                 pending = self._pending.get(trace_id)
-                spans = pending.spans if pending is not None and pending.has_error else None
-            spans = list(spans) if spans is not None else None
-        if spans is not None:
+                if pending is not None and pending.has_error:
+                    spans = list(pending.spans)
+        if kept is not None:
+            records = unpack(kept.packed)
+        elif spans is not None:
             records = [as_record(span) for span in spans]
         elif self.archive is not None:  # kept before a restart, or evicted from memory
             stored = self.archive.get(format(trace_id, "032x"))
@@ -279,8 +297,8 @@ class TraceKeeper(SpanProcessor):
             self._pending.clear()
             self._pending_spans = 0
             unwritten = [
-                (trace_id, list(spans))
-                for trace_id, spans in self._kept.items()
+                (trace_id, kept.packed)
+                for trace_id, kept in self._kept.items()
                 if trace_id not in self._archived
             ]
         if self.archive is not None:

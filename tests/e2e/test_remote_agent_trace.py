@@ -73,11 +73,16 @@ def walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def agent_span_with_the_example_beneath(trace: dict[str, Any]) -> dict[str, Any] | None:
-    """ERS's ``agent.helper`` span, when a span of the example agent is in its subtree."""
+    """ERS's ``agent.helper`` span, once the example agent's spans of every attempt (each a
+    client span of ERS's) are in its subtree: the agent exports them in batches, so those of
+    the last attempt may come a moment after the others."""
     for node in walk(trace["spans"]):
         if node["name"] == "agent.helper" and node["service"] != EXAMPLE_SERVICE:
-            beneath = [n for n in walk(node["children"]) if n["service"] == EXAMPLE_SERVICE]
-            if beneath:
+            attempts = [n for n in node["children"] if n["service"] != EXAMPLE_SERVICE]
+            answered = [
+                a for a in attempts if any(c["service"] == EXAMPLE_SERVICE for c in a["children"])
+            ]
+            if attempts and len(answered) == len(attempts):
                 return node
     return None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from telemetry.trace_archive import TraceArchive
+from telemetry.trace_archive import TraceArchive, pack
 from tests.telemetry.conftest import error_record
 
 
@@ -13,7 +13,7 @@ def trace_ids(path: Path) -> set[int]:
 
 
 def write(archive: TraceArchive, trace_id: int) -> None:
-    archive.write(trace_id, [error_record(trace_id=format(trace_id, "032x"))])
+    archive.write(trace_id, pack([error_record(trace_id=format(trace_id, "032x"))]))
 
 
 def test_the_file_never_holds_more_than_max_traces_and_keeps_the_newest(tmp_path) -> None:  # noqa: ANN001
@@ -57,7 +57,7 @@ def test_traces_offered_together_are_written_together_and_the_newest_kept(tmp_pa
     path = tmp_path / "kept-traces.sqlite3"
     archive = TraceArchive(path, max_traces=20)
     for trace_id in range(1, 201):  # faster than the writer: they queue, and go in batches
-        archive.offer(trace_id, [error_record(trace_id=format(trace_id, "032x"))])
+        archive.offer(trace_id, pack([error_record(trace_id=format(trace_id, "032x"))]))
     archive.close()
     held = trace_ids(path)
     assert 18 <= len(held) <= 20
@@ -68,8 +68,9 @@ def test_a_trace_that_cannot_be_written_loses_only_itself(tmp_path, caplog) -> N
     path = tmp_path / "kept-traces.sqlite3"
     archive = TraceArchive(path, max_traces=20)
     for trace_id in range(1, 4):
-        spans = [error_record(trace_id=format(trace_id, "032x"))] if trace_id != 2 else [None]
-        archive.offer(trace_id, spans)  # type: ignore[list-item]
+        # A row without spans breaks the table's NOT NULL.
+        packd = pack([error_record(trace_id=format(trace_id, "032x"))])
+        archive.offer(trace_id, packd if trace_id != 2 else None)  # type: ignore[arg-type]
     archive.close()
     assert trace_ids(path) == {1, 3}
     assert "could not keep trace 00000000000000000000000000000002 on disk" in caplog.text
