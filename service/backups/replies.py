@@ -103,3 +103,22 @@ def rollback_reply(result: RollbackResult, reason: str) -> dict[str, Any]:
         "reason": reason,
         "restored": list(result.notes),
     }
+
+
+def made(result: BackupResult) -> str:
+    """The snapshots of a backup in words: ``snapshot 1a2b3c4d``, or on PostgreSQL (one per
+    component) ``snapshots 1a2b3c4d (budgets), 5e6f7a8b (profiles)``."""
+    snapshots = result.snapshots
+    if len(snapshots) <= 1:
+        return f"snapshot {result.snapshot_id}"
+    each = ", ".join(f"{i[:8]} ({', '.join(components)})" for i, components in snapshots)
+    return f"snapshots {each}"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{size} B"

@@ -34,6 +34,7 @@ from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
+from service.backups.replies import human_size, made
 from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock
@@ -97,25 +98,6 @@ def finds_no_state(data_dir: Path) -> bool:
     if (data_dir / RECORD_FILE_NAME).exists():
         return False
     return not any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents"))
-
-
-def made(result: BackupResult) -> str:
-    """The snapshots of a backup in words: ``snapshot 1a2b3c4d``, or on PostgreSQL (one per
-    component) ``snapshots 1a2b3c4d (budgets), 5e6f7a8b (profiles)``."""
-    snapshots = result.snapshots
-    if len(snapshots) <= 1:
-        return f"snapshot {result.snapshot_id}"
-    each = ", ".join(f"{i[:8]} ({', '.join(components)})" for i, components in snapshots)
-    return f"snapshots {each}"
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{size} B"
 
 
 class BackupService:

@@ -92,7 +92,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
     action = args.action
     if action == "list":
         from backup import BackupError
-        from service.backups.service import human_size
+        from service.backups.replies import human_size
 
         # The list was just read from the repository: --refresh has nothing more to do.
         snapshots = manager.list()

@@ -24,7 +24,7 @@ from service.resilience.breaker_events import (
     add_transition_span_event,
     iso_utc,
 )
-from service.resilience.breaker_open import Forcing, OpenPeriod
+from service.resilience.breaker_open import Forcing, OpenPeriod, trial_rejection
 from service.resilience.breaker_permit import (
     CallNotPermitted,
     Permit,
@@ -138,19 +138,10 @@ class CircuitBreaker:
             retry_after, why = self._open.rejection(name, now)
         elif state is FORCED_OPEN and self._forced is not None:
             retry_after, why = self._forced.rejection(name, now)
-        elif not self._trials:
-            # Only when a trial gate held the call back.
-            retry_after = None
-            why = (
-                f"breaker '{name}' is half-open and its trial call runs on another replica; "
-                "it closes here once that call succeeds"
-            )
         else:
-            wait = self.config.half_open_max_wait_s
-            retry_after = max(0.0, self._trials[0]._started_at + wait - now)
-            why = (
-                f"breaker '{name}' is half-open and its {len(self._trials)} trial call(s) "
-                f"are in flight; retry in {retry_after:.1f} s"
+            started = self._trials[0]._started_at if self._trials else None
+            retry_after, why = trial_rejection(
+                name, len(self._trials), started, self.config.half_open_max_wait_s, now
             )
         if self._events.wanted(BreakerEventKind.CALL_NOT_PERMITTED):
             self._publish(BreakerEventKind.CALL_NOT_PERMITTED, state, state, why)

@@ -113,3 +113,20 @@ class Forcing:
             "source": self.source,
             "expiresAt": iso_utc(self.expires_at_wall),
         }
+
+
+def trial_rejection(
+    name: str, in_flight: int, first_started_at: float | None, wait_s: float, now: float
+) -> tuple[float | None, str]:
+    """Why a half-open breaker turns a call away, and when to retry: its trial calls are in
+    flight here, or (none here) a trial gate held the call back for another replica's."""
+    if first_started_at is None:
+        return None, (
+            f"breaker '{name}' is half-open and its trial call runs on another replica; "
+            "it closes here once that call succeeds"
+        )
+    retry_after = max(0.0, first_started_at + wait_s - now)
+    return retry_after, (
+        f"breaker '{name}' is half-open and its {in_flight} trial call(s) "
+        f"are in flight; retry in {retry_after:.1f} s"
+    )
