@@ -190,8 +190,8 @@ def _earlier_runs(kept: list[str], old_header: str) -> str:
     measured its benchmark (``make bench`` measured them all). A run no row comes from any
     more is not named."""
     runs = [
-        re.sub(r" The rows of .*$", "", run.strip())
-        for run in re.split(r"(?=Measured by `)", old_header)
+        "M" + re.sub(r" The rows of .*$", "", run.strip())[1:]
+        for run in re.split(r"(?=[Mm]easured by `)", old_header)
         if run.strip()
     ]
     owners: dict[str, list[str]] = {}
@@ -203,7 +203,7 @@ def _earlier_runs(kept: list[str], old_header: str) -> str:
                 owners.setdefault(run, []).append(module)
                 break
     return "".join(  # newest run first, as the runs were
-        f" The rows of {', '.join(owners[run])} are from an earlier run. {run}"
+        f" The rows of {', '.join(owners[run])} are from an earlier run, m{run[1:]}"
         for run in runs
         if run in owners
     )
