@@ -83,9 +83,9 @@ class SpanRecord:
         context = span.context
         parent = span.parent
         status = span.status
-        resource = _resource_attributes(span.resource)
+        resource = resource_attributes(span.resource)
         events = [
-            SpanEventRecord(event.name, event.timestamp, _plain_attributes(event.attributes))
+            SpanEventRecord(event.name, event.timestamp, plain_attributes(event.attributes))
             for event in span.events
         ]
         record = cls(
@@ -98,7 +98,7 @@ class SpanRecord:
             status_code=STATUS_NAMES[status.status_code],
             status_message=status.description or "",
             kind=span.kind.name,
-            attributes=_plain_attributes(getattr(span, "_attributes", None) or span.attributes),
+            attributes=plain_attributes(getattr(span, "_attributes", None) or span.attributes),
             resource=resource,
             events=events,
             service_name=str(resource.get("service.name", "unknown_service")),
@@ -208,19 +208,19 @@ class SpanRecord:
 _last_resource: tuple[Any, dict[str, Any]] = (None, {})
 
 
-def _resource_attributes(resource: Any) -> dict[str, Any]:
+def resource_attributes(resource: Any) -> dict[str, Any]:
     """A process has one resource: convert it once and share the dict (records never
     change their resource)."""
     global _last_resource
     known, converted = _last_resource
     if resource is known:
         return converted
-    converted = _plain_attributes(resource.attributes) if resource is not None else {}
+    converted = plain_attributes(resource.attributes) if resource is not None else {}
     _last_resource = (resource, converted)
     return converted
 
 
-def _plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+def plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """SDK attributes with tuples turned into lists, so a record survives a JSON round trip
     unchanged."""
     if not attributes:

@@ -23,10 +23,19 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
 
-from telemetry.span_record import SpanRecord
+from telemetry.span_record import (
+    STACKTRACE_LIMIT,
+    STATUS_NAMES,
+    SpanEventRecord,
+    SpanRecord,
+    plain_attributes,
+    resource_attributes,
+)
 from telemetry.sqlite import connect_sqlite
 
 log = logging.getLogger("ers.traces")
@@ -38,6 +47,8 @@ KEPT_AT_INDEX = "CREATE INDEX IF NOT EXISTS traces_kept_at ON traces (kept_at)"
 Span = ReadableSpan | SpanRecord
 _STOP = object()
 WRITE_BATCH = 64  # traces written in one transaction at most
+_STATUS_BY_VALUE = {code.value: name for code, name in STATUS_NAMES.items()}
+_KIND_BY_VALUE = {kind.value: kind.name for kind in SpanKind}
 
 
 def as_record(span: Span) -> SpanRecord:
@@ -45,14 +56,78 @@ def as_record(span: Span) -> SpanRecord:
 
 
 def pack(spans: Sequence[Span]) -> bytes:
-    """A trace's spans as one bytes object (``SpanRecord.to_dict`` of each, pickled): what the
-    trace keeper holds in memory and hands to ``offer``. Pickled, as four times quicker than
-    JSON, only in this process's memory: the file holds JSON."""
-    return pickle.dumps([as_record(span).to_dict() for span in spans], protocol=5)
+    """A trace's spans as one bytes object: what the trace keeper holds in memory and hands
+    to ``offer``. Pickled, only in this process's memory (the file holds JSON). An SDK span
+    is packed as a tuple of what it holds, without building its ``SpanRecord`` first: a
+    kept trace is packed on the event loop, in an error storm for every failing chat, and
+    most are never read; ``unpack`` builds the records. The resource, one dict shared by a
+    process's spans, is pickled once per trace."""
+    return pickle.dumps([_packed(span) for span in spans], protocol=5)
 
 
 def unpack(packed: bytes) -> list[SpanRecord]:
-    return [SpanRecord.from_dict(item) for item in pickle.loads(packed)]
+    return [
+        SpanRecord.from_dict(item) if isinstance(item, dict) else _unpacked(item)
+        for item in pickle.loads(packed)
+    ]
+
+
+def _packed(span: Span) -> tuple[Any, ...] | dict[str, Any]:
+    if isinstance(span, SpanRecord):
+        return span.to_dict()
+    context, parent, status = span.context, span.parent, span.status
+    return (
+        span.name,
+        context.trace_id,
+        context.span_id,
+        parent.span_id if parent is not None else None,
+        span.start_time or 0,
+        span.end_time or span.start_time or 0,
+        status.status_code.value,
+        status.description or "",
+        span.kind.value,
+        _attributes_of(span),
+        resource_attributes(span.resource),
+        [(event.name, event.timestamp, _event_attributes(event)) for event in span.events],
+    )
+
+
+def _unpacked(row: tuple[Any, ...]) -> SpanRecord:
+    name, trace_id, span_id, parent, start, end, code, message, kind, attributes = row[:10]
+    resource, events = row[10:]
+    record = SpanRecord(
+        name=name,
+        trace_id=format(trace_id, "032x"),
+        span_id=format(span_id, "016x"),
+        parent_span_id=format(parent, "016x") if parent is not None else None,
+        start_ns=start,
+        end_ns=end,
+        status_code=_STATUS_BY_VALUE[code],
+        status_message=message,
+        kind=_KIND_BY_VALUE[kind],
+        attributes=plain_attributes(attributes),
+        resource=resource,
+        events=[SpanEventRecord(n, t, plain_attributes(a)) for n, t, a in events],
+        service_name=str(resource.get("service.name", "unknown_service")),
+    )
+    record.fill_exception()
+    return record
+
+
+def _attributes_of(span: ReadableSpan) -> dict[str, Any]:
+    attributes = getattr(span, "_attributes", None) or span.attributes or {}
+    inner = getattr(attributes, "_dict", None)  # the SDK's BoundedAttributes' own dict
+    return inner if isinstance(inner, dict) else dict(attributes)
+
+
+def _event_attributes(event: Any) -> dict[str, Any]:
+    attributes = event.attributes or {}
+    inner = getattr(attributes, "_dict", None)
+    plain = inner if isinstance(inner, dict) else dict(attributes)
+    stacktrace = plain.get("exception.stacktrace")
+    if isinstance(stacktrace, str) and len(stacktrace) > STACKTRACE_LIMIT:
+        plain = {**plain, "exception.stacktrace": stacktrace[:STACKTRACE_LIMIT]}
+    return plain
 
 
 class TraceArchive:
@@ -96,7 +171,7 @@ class TraceArchive:
             (
                 format(trace_id, "032x"),
                 now + index * 1e-6,
-                json.dumps(pickle.loads(packed), default=str),
+                json.dumps([record.to_dict() for record in unpack(packed)], default=str),
             )
             for index, (trace_id, packed) in enumerate(traces)
         ]

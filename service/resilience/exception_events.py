@@ -44,7 +44,25 @@ def stacktrace(exc: BaseException) -> str:
         _frames_by_path[path] = frames
         if len(_frames_by_path) > _MAX_PATHS:
             _frames_by_path.popitem(last=False)
-    return frames + "".join(traceback.format_exception_only(exc))
+    return frames + _last_line(exc)
+
+
+def _last_line(exc: BaseException) -> str:
+    """``traceback.format_exception_only`` for the common case (``module.Type: message``)
+    without building a ``TracebackException``; the library's own for what it words
+    differently (syntax errors, exception groups, notes, a message that cannot be read)."""
+    kind = type(exc)
+    if issubclass(kind, SyntaxError | BaseExceptionGroup) or getattr(exc, "__notes__", None):
+        return "".join(traceback.format_exception_only(exc))
+    try:
+        message = str(exc)
+    except Exception:
+        return "".join(traceback.format_exception_only(exc))
+    module = kind.__module__
+    name = (
+        kind.__qualname__ if module in ("__main__", "builtins") else f"{module}.{kind.__qualname__}"
+    )
+    return f"{name}: {message}\n" if message else f"{name}\n"
 
 
 # Lets classification rules match a family of errors ("any DependencyError"), not only the

@@ -61,3 +61,25 @@ def test_chained_exceptions_keep_their_context() -> None:
         expected = "".join(traceback.format_exception(exc))
     assert "inner" in text and "outer" in text
     assert text == expected
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_the_last_line_is_what_the_traceback_module_writes() -> None:
+    noted = ValueError("with a note")
+    noted.add_note("the note")
+    for exc in (
+        Boom("disk on fire"),
+        Boom(),
+        Boom("two\nlines"),
+        KeyError("key"),
+        FileNotFoundError(2, "No such file", "x.db"),
+        SyntaxError("bad", ("f.py", 1, 2, "x y", 1, 3)),
+        ExceptionGroup("many", [Boom("one")]),
+        _Unprintable(),
+        noted,
+    ):
+        assert stacktrace(exc).endswith("".join(traceback.format_exception_only(exc))), exc

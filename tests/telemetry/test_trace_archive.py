@@ -3,7 +3,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from telemetry.trace_archive import TraceArchive, pack
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from telemetry.span_record import STACKTRACE_LIMIT
+from telemetry.trace_archive import TraceArchive, as_record, pack, unpack
 from tests.telemetry.conftest import error_record
 
 
@@ -74,3 +80,26 @@ def test_a_trace_that_cannot_be_written_loses_only_itself(tmp_path, caplog) -> N
     archive.close()
     assert trace_ids(path) == {1, 3}
     assert "could not keep trace 00000000000000000000000000000002 on disk" in caplog.text
+
+
+def test_a_packed_trace_unpacks_to_the_records_of_its_spans() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    with (
+        tracer.start_as_current_span("root", kind=SpanKind.SERVER, attributes={"n": 1}),
+        tracer.start_as_current_span("agent", attributes={"bases": ("A", "B")}) as span,
+    ):
+        span.add_event("exception", {"exception.type": "E", "exception.stacktrace": "x" * 9000})
+        span.set_status(Status(StatusCode.ERROR, "E: broke"))
+    spans = [*exporter.get_finished_spans(), error_record()]  # an intake record beside them
+
+    records = unpack(pack(spans))
+
+    assert [r.to_dict() for r in records] == [as_record(s).to_dict() for s in spans]
+    agent = records[0]
+    assert agent.attributes["bases"] == ["A", "B"]  # as after a JSON round trip
+    assert len(agent.events[0].attributes["exception.stacktrace"]) == STACKTRACE_LIMIT
+    assert (agent.status_code, agent.exception_type, agent.kind) == ("ERROR", "E", "INTERNAL")
+    assert records[1].kind == "SERVER" and records[0].parent_span_id == records[1].span_id
