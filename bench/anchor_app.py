@@ -1,11 +1,14 @@
 """The anchor for /chat's telemetry cost: a minimal FastAPI app, one pydantic POST, served by
-uvicorn as ERS is served, bare or instrumented exactly as ERS instruments itself.
+uvicorn as ERS is served, bare or instrumented as any FastAPI service is.
 
-``python -m bench.anchor_app --port P [--instrumented]``. Instrumented means what
-``service.web.app.create_app`` does with telemetry on: ``telemetry.build_telemetry`` (the same
-providers, Prometheus reader and no exemplars) and ``FastAPIInstrumentor.instrument_app``
-with the same tracer and HTTP meter provider, excluded URLs and excluded spans. Bare means
-the same app and server without that call. What ERS costs beyond this anchor is its own.
+``python -m bench.anchor_app --port P [--instrumented]``. Instrumented means
+``FastAPIInstrumentor.instrument_app`` (the OpenTelemetry ASGI instrumentation) on
+``telemetry.build_telemetry``'s providers (ERS's tracer provider, Prometheus reader and no
+exemplars), with ERS's untraced paths, no per-message send/receive spans, and only the metric
+ERS records too, the request-duration histogram (``bench.skipping_meter``). Bare means the
+same app and server without that call. ERS records its HTTP server spans and that histogram
+with its own middleware (``service.web.http_telemetry``); the anchor is what the library a
+user would pick costs for the same spans and series.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 # Imported first: service.web.app pins the HTTP semantic conventions in the environment before
-# the instrumentation is loaded, and names the URLs ERS leaves untraced.
+# the instrumentation is loaded (the names ERS's own spans and series use), and names the URLs
+# ERS leaves untraced.
 from service.web.app import UNTRACED_PATHS  # isort: skip
 from service.cli.main import tune_garbage_collector
 
@@ -45,14 +49,15 @@ def create_app(instrumented: bool) -> FastAPI:
     if instrumented:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+        from bench.skipping_meter import UNUSED_HTTP_METRICS, SkippingMeterProvider
         from telemetry.providers import build_telemetry
 
         telemetry = build_telemetry("anchor", "0.0.0", enabled=True)
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.http_meter_provider,
-            excluded_urls=UNTRACED_PATHS,
+            meter_provider=SkippingMeterProvider(telemetry.meter_provider, UNUSED_HTTP_METRICS),
+            excluded_urls=",".join(sorted(UNTRACED_PATHS)),
             exclude_spans=["receive", "send"],
         )
     return app

@@ -1,14 +1,15 @@
 """/chat throughput and server CPU of the real uvicorn server with telemetry on and off,
 beside the anchor, in the same run.
 
-The anchor is what any FastAPI service pays for the same instrumentation: a minimal app with
-one pydantic POST (``bench.anchor_app``), bare and instrumented exactly as ERS instruments
-itself. Each round runs the four setups (ERS on, ERS off, anchor instrumented, anchor bare),
-starting with a different one each round so that all see the same machine noise; each
-setup is a fresh server process, warmed up, then loaded with the same message mix over the
-same keep-alive connections. Server CPU per request is the process's user + system CPU time
-(every thread) over the measured load, divided by the requests answered. Medians are
-compared.
+The anchor is what any FastAPI service pays for the same HTTP telemetry: a minimal app with
+one pydantic POST (``bench.anchor_app``), bare and instrumented with the OpenTelemetry
+FastAPI instrumentation for the server spans and request-duration series ERS records with
+its own middleware. Each round runs the four setups (ERS on, ERS off, anchor instrumented,
+anchor bare), starting with a different one each round so that all see the same machine
+noise; each setup is a fresh server process, warmed up, then loaded with the same message
+mix over the same keep-alive connections. Server CPU per request is the process's user +
+system CPU time (every thread) over the measured load, divided by the requests answered.
+Medians are compared.
 
 Figures, each printed as ``name=value`` with the anchor's raw numbers on the line above:
 ``anchor_telemetry_ratio`` (minimal app, instrumented/bare req/s), ``ers_telemetry_us_per_

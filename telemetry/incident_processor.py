@@ -23,18 +23,32 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry.classifier import Classification, Classifier
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
 ERROR = StatusCode.ERROR
+
+
+def server_span_of(routes: Iterable[str]) -> Callable[[ReadableSpan], bool]:
+    """True for a server span whose ``http.route`` is one of ``routes``: an ``ignore`` for
+    the health endpoints, which answer 5xx to report a failure found elsewhere (the server
+    span is marked an error), where the failure itself is reported where it was found."""
+    wanted = frozenset(routes)
+
+    def matches(span: ReadableSpan) -> bool:
+        if span.kind is not SpanKind.SERVER:
+            return False
+        return (span.attributes or {}).get("http.route") in wanted
+
+    return matches
 
 
 class ClassifiedSink(Protocol):

@@ -21,17 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from telemetry.instrument_filter import SkippingMeterProvider
-
 INSTRUMENTATION_SCOPE = "ers"
-# HTTP instrumentation metrics no dashboard or alert reads: the HTTP instrumentation gets
-# no-op instruments for them, so they cost nothing per request. The request-duration
-# histogram (with its status code) stays: the SLO uses it.
-UNUSED_HTTP_METRICS = (
-    "http.server.active_requests",
-    "http.server.request.body.size",
-    "http.server.response.body.size",
-)
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -60,11 +50,6 @@ class Telemetry:
     @property
     def meter(self) -> metrics.Meter:
         return self.meter_provider.get_meter(INSTRUMENTATION_SCOPE)
-
-    @property
-    def http_meter_provider(self) -> metrics.MeterProvider:
-        """The meter provider for the HTTP instrumentation, without the unused metrics."""
-        return SkippingMeterProvider(self.meter_provider, UNUSED_HTTP_METRICS)
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         self.tracer_provider.add_span_processor(processor)

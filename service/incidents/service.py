@@ -42,8 +42,7 @@ from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from telemetry.classifier import load_rules
-from telemetry.incident_processor import IncidentProcessor
-from telemetry.instrument_filter import server_span_of
+from telemetry.incident_processor import IncidentProcessor, server_span_of
 
 log = logging.getLogger("ers.incidents")
 

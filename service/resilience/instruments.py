@@ -107,41 +107,47 @@ class BucketHistogram:
         name: str,
         description: str,
         buckets: Sequence[float],
-        label: str,
+        label: str | Sequence[str],
     ) -> None:
         self._name = name
         self._description = description
         self._bounds = tuple(buckets)
-        self._label = label
-        # Per label value: the count in each bucket (the last one is +Inf), and the sum.
-        self._counts: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
+        self._labels = [label] if isinstance(label, str) else list(label)
+        # Per label values: the count in each bucket (the last one is +Inf), and the sum.
+        self._counts: dict[tuple[str, ...], list[int]] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
         registry.register(self)
 
-    def record(self, seconds: float, label_value: str) -> None:
+    def record(self, seconds: float, *label_values: str) -> None:
+        """``label_values`` in the order of the labels."""
         index = bisect_left(self._bounds, seconds)  # le: a value on a bound is in its bucket
         with self._lock:
-            counts = self._counts.get(label_value)
+            counts = self._counts.get(label_values)
             if counts is None:
-                counts = self._counts[label_value] = [0] * (len(self._bounds) + 1)
-                self._sums[label_value] = 0.0
+                counts = self._counts[label_values] = [0] * (len(self._bounds) + 1)
+                self._sums[label_values] = 0.0
             counts[index] += 1
-            self._sums[label_value] += seconds
+            self._sums[label_values] += seconds
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             series = [
                 (value, list(counts), self._sums[value]) for value, counts in self._counts.items()
             ]
-        family = HistogramMetricFamily(self._name, self._description, labels=[self._label], unit="")
+        family = HistogramMetricFamily(self._name, self._description, labels=self._labels, unit="")
         bounds = [floatToGoString(bound) for bound in self._bounds] + ["+Inf"]
         for value, counts, total in series:
             cumulative, buckets = 0, []
             for bound, count in zip(bounds, counts, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            family.add_metric([value], buckets, total)
+            family.add_metric(list(value), buckets, total)
+        # An empty label is no label (as in Prometheus): not written, as the SDK writes none.
+        family.samples = [
+            sample._replace(labels={k: v for k, v in sample.labels.items() if v != ""})
+            for sample in family.samples
+        ]
         yield family
 
 

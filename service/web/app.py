@@ -1,7 +1,7 @@
 """The ERS application: construction and the lifespan that wires everything together.
 
 Read the lifespan top to bottom to see how the parts connect: telemetry (built with the
-app, because the HTTP instrumentation needs it), state stores, the guarded team of agents,
+app, because the HTTP telemetry middleware needs it), state stores, the guarded team of agents,
 and the chat service.
 """
 
@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-# The HTTP semantic conventions are pinned so metric and attribute names stay stable.
+# The HTTP semantic conventions are pinned so that the OpenTelemetry instrumentations loaded in
+# this process name what they record as ERS's own HTTP telemetry does (the stable names).
 os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http"
 
 from fastapi import FastAPI  # noqa: E402
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: E402
 
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
@@ -61,6 +61,7 @@ from service.stores import Stores  # noqa: E402
 from service.tasks import run_in_background  # noqa: E402
 from service.web import http_errors, openapi  # noqa: E402
 from service.web.body_limit import BodySizeLimit  # noqa: E402
+from service.web.http_telemetry import HttpTelemetry, request_durations  # noqa: E402
 from service.web.kept_traces import KeptTraces  # noqa: E402
 from service.web.routes import (  # noqa: E402
     alerts,
@@ -82,7 +83,7 @@ from telemetry.trace_keeper import TraceKeeper  # noqa: E402
 
 log = logging.getLogger("ers")
 
-UNTRACED_PATHS = "/livez,/readyz,/metrics"
+UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 def check_rules(settings: Settings) -> None:
@@ -130,17 +131,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.fault_injection:
         app.include_router(faults.router)
     app.include_router(probes.router)
-    if settings.telemetry_enabled:
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.http_meter_provider,
-            excluded_urls=UNTRACED_PATHS,
-            # One server span per request; the per-message send/receive spans would triple
-            # the tracing cost of every chat and say nothing an operator needs.
-            exclude_spans=["receive", "send"],
-        )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.telemetry_enabled:  # outermost: a request refused for its size is traced too
+        app.add_middleware(
+            HttpTelemetry,
+            tracer=telemetry.tracer,
+            durations=request_durations(telemetry.registry),
+            untraced=UNTRACED_PATHS,
+        )
     return app
 
 

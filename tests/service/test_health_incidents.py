@@ -18,8 +18,7 @@ from service.health.monitor import HealthMonitor
 from service.incidents.service import UNCLASSIFIED_ROUTES
 from service.incidents.store import IncidentStore
 from telemetry.classifier import load_rules
-from telemetry.incident_processor import IncidentProcessor
-from telemetry.instrument_filter import server_span_of
+from telemetry.incident_processor import IncidentProcessor, server_span_of
 
 LIMIT = 1_000_000_000
 

@@ -1,20 +1,16 @@
-"""What instrumentation libraries make that a reader should not get.
+"""The anchor's HTTP instrumentation without the metrics ERS does not record either.
 
 A meter provider that hands out no-op instruments for metrics nobody reads: instrumentation
 libraries create every instrument their conventions name; a view with ``DropAggregation``
 hides one from the exporter but still costs a measurement (attributes cleaned and hashed) on
 every request. Handing the library a no-op instrument instead costs nothing per request, and
-the metric simply does not exist.
-
-``server_span_of``: a predicate for the HTTP server spans of some routes, for a span processor
-to pass over. A health endpoint answers 5xx to report a failure found elsewhere, and the
-HTTP instrumentation marks that server span as an error; the failure itself is reported
-where it was found.
+the metric simply does not exist. ``bench.anchor_app`` instruments the minimal app through
+it, so the anchor records what ERS records (the request-duration histogram) and no more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.metrics import (
@@ -31,23 +27,13 @@ from opentelemetry.metrics import (
     ObservableUpDownCounter,
     UpDownCounter,
 )
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
 
-ROUTE_ATTRIBUTE = "http.route"
-
-
-def server_span_of(routes: Iterable[str]) -> Callable[[ReadableSpan], bool]:
-    """True for a server span whose ``http.route`` is one of ``routes``."""
-    wanted = frozenset(routes)
-
-    def matches(span: ReadableSpan) -> bool:
-        if span.kind is not SpanKind.SERVER:
-            return False
-        attributes = span.attributes or {}
-        return attributes.get(ROUTE_ATTRIBUTE) in wanted
-
-    return matches
+# HTTP instrumentation metrics no dashboard or alert of ERS reads.
+UNUSED_HTTP_METRICS = (
+    "http.server.active_requests",
+    "http.server.request.body.size",
+    "http.server.response.body.size",
+)
 
 
 class SkippingMeterProvider(MeterProvider):

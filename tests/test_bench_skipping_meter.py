@@ -3,7 +3,7 @@ from __future__ import annotations
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from telemetry.instrument_filter import SkippingMeterProvider
+from bench.skipping_meter import SkippingMeterProvider
 
 
 def metric_names(reader: InMemoryMetricReader) -> set[str]:

@@ -1,0 +1,168 @@
+"""ERS's HTTP server telemetry against the OpenTelemetry FastAPI instrumentation it stands in
+for: the same requests through both make the same spans and the same duration series."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
+
+import service.web.app  # noqa: F401  (pins the HTTP semantic conventions, as ERS runs)
+from bench.skipping_meter import UNUSED_HTTP_METRICS, SkippingMeterProvider
+from service.web.http_telemetry import HttpTelemetry, request_durations
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+class Item(BaseModel):
+    name: str
+
+
+def minimal_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/items/{item_id}")
+    async def put_item(item_id: int, item: Item) -> dict[str, Any]:
+        return {"id": item_id, "name": item.name}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("the handler broke")
+
+    @app.get("/unavailable")
+    async def unavailable() -> JSONResponse:
+        return JSONResponse({"error": "try later"}, status_code=503)
+
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    return app
+
+
+class Traced:
+    def __init__(self, ours: bool) -> None:
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.registry = CollectorRegistry(auto_describe=True)
+        reader = PrometheusMetricReader(scope_info_enabled=False, registry=self.registry)
+        meters = MeterProvider(metric_readers=[reader])
+        self.app = minimal_app()
+        if ours:
+            self.app.add_middleware(
+                HttpTelemetry,
+                tracer=provider.get_tracer("ers"),
+                durations=request_durations(self.registry),
+                untraced=frozenset({"/livez"}),
+            )
+        else:
+            FastAPIInstrumentor.instrument_app(
+                self.app,
+                tracer_provider=provider,
+                meter_provider=SkippingMeterProvider(meters, UNUSED_HTTP_METRICS),
+                excluded_urls="/livez",
+                exclude_spans=["receive", "send"],
+            )
+
+    async def send_requests(self) -> None:
+        transport = httpx.ASGITransport(
+            app=self.app, raise_app_exceptions=False, client=("127.0.0.1", 40123)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://ers.test:8080") as c:
+            headers = {"traceparent": TRACEPARENT, "user-agent": "probe/1.0"}
+            first = await c.post("/items/7", json={"name": "a"}, headers=headers)
+            assert first.status_code == 200
+            assert (await c.post("/items/x", json={})).status_code == 422
+            assert (await c.get("/no/such/path")).status_code == 404
+            assert (await c.get("/boom")).status_code == 500
+            assert (await c.get("/unavailable?token=s3cret")).status_code == 503
+            assert (await c.get("/livez")).status_code == 200
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def series(self) -> dict[frozenset[tuple[str, str]], float]:
+        text = generate_latest(self.registry).decode()
+        return {  # an empty label is no label, to Prometheus
+            frozenset((k, v) for k, v in sample.labels.items() if v): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "http_server_request_duration_seconds_count"
+        }
+
+
+@pytest.fixture
+async def both() -> tuple[Traced, Traced]:
+    ours, library = Traced(ours=True), Traced(ours=False)
+    await ours.send_requests()
+    await library.send_requests()
+    return ours, library
+
+
+# The library leaves the query in the span (a query can carry a credential), and writes the
+# Host header's "host:port" as server.address where the conventions split it in two.
+DIFFERENT = {"url.query", "server.address", "server.port"}
+
+
+def _attributes(span: ReadableSpan) -> dict[str, Any]:
+    return {k: v for k, v in (span.attributes or {}).items() if k not in DIFFERENT}
+
+
+async def test_the_spans_are_the_libraries_spans(both: tuple[Traced, Traced]) -> None:
+    ours, library = (side.spans() for side in both)
+    assert (
+        [s.name for s in ours]
+        == [s.name for s in library]
+        == [
+            "POST /items/{item_id}",
+            "POST /items/{item_id}",
+            "GET",
+            "GET /boom",
+            "GET /unavailable",
+        ]
+    )
+    for mine, theirs in zip(ours, library, strict=True):
+        assert mine.kind == theirs.kind
+        assert mine.status.status_code == theirs.status.status_code, mine.name
+        assert _attributes(mine) == _attributes(theirs), mine.name
+        assert [e.name for e in mine.events] == [e.name for e in theirs.events], mine.name
+    # The caller's traceparent makes the first request's span a child of the caller's.
+    assert format(ours[0].context.trace_id, "032x") == TRACE_ID
+    assert ours[0].parent is not None and ours[0].parent.is_remote
+    assert ours[1].parent is None
+    assert (ours[0].attributes or {})["server.address"] == "ers.test"
+    assert (ours[0].attributes or {})["server.port"] == 8080
+    boom = ours[3].events[0].attributes or {}
+    assert boom["exception.type"] == "RuntimeError"
+    assert boom["exception.message"] == "the handler broke"
+
+
+async def test_the_query_and_its_credential_stay_out_of_the_span(
+    both: tuple[Traced, Traced],
+) -> None:
+    ours, library = (side.spans()[-1] for side in both)
+    assert (library.attributes or {}).get("url.query") == "token=s3cret"  # what it would hold
+    assert "s3cret" not in repr(dict(ours.attributes or {}))
+    assert (ours.attributes or {})["url.path"] == "/unavailable"
+
+
+async def test_the_duration_series_are_the_libraries_series(both: tuple[Traced, Traced]) -> None:
+    ours, library = (side.series() for side in both)
+    assert ours == library
+    assert len(ours) == 5  # one series per request above, none for the untraced /livez
+    routes = {dict(labels).get("http_route") for labels in ours}
+    assert routes == {"/items/{item_id}", "/boom", "/unavailable", None}
