@@ -63,7 +63,7 @@ class AttemptSpans:
         parsed = httpx.URL(url)
         attributes: dict[str, AttributeValue] = {
             HTTP_REQUEST_METHOD: method,
-            URL_FULL: redact_url(url),
+            URL_FULL: redact_url(str(parsed)),
             SERVER_ADDRESS: parsed.host,
             NETWORK_PEER_ADDRESS: parsed.host,
         }
@@ -98,15 +98,18 @@ class AttemptSpans:
     def answered(self, span: trace.Span, response: httpx.Response) -> None:
         """The response's status (an error from 400 on) and protocol on the span."""
         status = response.status_code
-        span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
-        span.set_attribute(NETWORK_PROTOCOL_VERSION, response.http_version.removeprefix("HTTP/"))
+        attributes: dict[str, AttributeValue] = {
+            HTTP_RESPONSE_STATUS_CODE: status,
+            NETWORK_PROTOCOL_VERSION: response.http_version.removeprefix("HTTP/"),
+        }
         if status >= 400 or status < 100:
-            span.set_attribute(ERROR_TYPE, str(status))
+            attributes[ERROR_TYPE] = str(status)
             span.set_status(Status(StatusCode.ERROR))
         if self._response_headers:
-            span.set_attributes(
+            attributes.update(
                 self._captured(response.headers, self._response_headers, request_side=False)
             )
+        span.set_attributes(attributes)
 
     @staticmethod
     def failed(span: trace.Span, exc: Exception) -> None:
