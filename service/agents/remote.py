@@ -1,14 +1,16 @@
 """An agent reached over HTTP: ERS's own small JSON contract, or OpenAI chat completions.
 
-One pooled ``httpx.AsyncClient`` per agent, instrumented on its own (not globally) so that
-each attempt is a client span under the guard's ``agent.<name>`` span and carries a W3C
-``traceparent`` to the agent. The client never retries (the transport makes one try, and
-httpx has no retries of its own): the guard is the only retry loop, so attempts, backoff
-and the time budget are counted in one place. Failures are raised as the kinds of
-``service.agents.failure_kinds``, which the guard reads.
+One pooled ``httpx.AsyncClient`` per agent. Each attempt is a CLIENT span of its own under
+the guard's ``agent.<name>`` span (``service.agents.attempt_span``: the HTTP attributes the
+OpenTelemetry httpx instrumentation would set, made by the agent itself at a fraction of the
+instrumentation's cost) and carries a W3C ``traceparent`` to the agent. The client never
+retries (the transport makes one try, and httpx has no retries of its own): the guard is the
+only retry loop, so attempts, backoff and the time budget are counted in one place. Failures
+are raised as the kinds of ``service.agents.failure_kinds``, which the guard reads, and their
+kind is on the attempt's span too.
 
-The auth header's value is read from ``auth_file`` and added by the transport, below the
-instrumentation: the header is never in what the instrumentation sees (so no
+The auth header's value is read from ``auth_file`` and added by the transport, after the
+attempt's span has read the request: the header is never in what the span sees (so no
 ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` setting can put it in a span), and it is in
 no message, log or span of ours.
 
@@ -31,23 +33,21 @@ from typing import Any
 
 import httpx
 from opentelemetry import trace
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.trace import TracerProvider
 
+from service.agents.attempt_span import AttemptSpans
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.failure_kinds import (
     FAILURE_KIND_ATTRIBUTE,
     AgentUnreachable,
     BadResponse,
+    FailureKind,
     RemoteTimeout,
     failure_from_response,
 )
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
 
-# The guard's agent.<name> span is the incident for a failed call; the attempt's client
-# span under it is not one more (see service.incidents.service.NOT_AN_INCIDENT).
-NOT_AN_INCIDENT = "ers.not_an_incident"
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
 # What an auth header's value may hold: visible ASCII, spaces and tabs.
@@ -55,8 +55,8 @@ HEADER_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
 
 
 class _AuthTransport(httpx.AsyncHTTPTransport):
-    """Adds the auth header as the request leaves; instrumentation wraps this transport, so
-    it sees the request before the header is there."""
+    """Adds the auth header as the request leaves, after the attempt's span has read the
+    request's headers."""
 
     def __init__(self, header: tuple[str, str] | None, **options: Any) -> None:
         super().__init__(**options)
@@ -127,6 +127,8 @@ class RemoteAgent:
         self.timeout_s = spec.timeout_s or default_timeout_s
         base = str(spec.url)
         self.url = base.rstrip("/") + "/v1/chat/completions" if spec.contract == "openai" else base
+        # Parsed once: httpx parses a URL given as text twice for every request.
+        self._url = httpx.URL(self.url)
         transport = _AuthTransport(
             read_auth_header(name, spec, private=private_auth_file),
             retries=0,
@@ -136,41 +138,29 @@ class RemoteAgent:
             ),
         )
         # trust_env off: proxies from the environment would get transports of their own,
-        # without the auth header and the instrumentation.
+        # without the auth header.
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(self.timeout_s),
             follow_redirects=False,
             trust_env=False,
         )
-        HTTPXClientInstrumentor.instrument_client(
-            self._client,
-            tracer_provider=tracer_provider,
-            request_hook=_on_request,
-            response_hook=self._on_response,
-        )
+        self._spans = AttemptSpans("POST", self.url, tracer_provider)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def handle(self, request: AgentRequest) -> AgentReply:
+        outgoing = self._client.build_request("POST", self._url, json=self._body(request))
+        span = self._spans.start(outgoing)
         try:
-            async with self._client.stream("POST", self.url, json=self._body(request)) as response:
-                status = response.status_code
-                content = await _read_at_most(response, MAX_REPLY_BYTES)
-        except httpx.TimeoutException as exc:
-            raise RemoteTimeout(
-                f"agent '{self.name}' did not answer within {self.timeout_s:g} s "
-                f"({type(exc).__name__})"
-            ) from None
-        except httpx.DecodingError:
-            raise self._bad("the reply's content encoding does not decode") from None
-        except httpx.TransportError as exc:
-            raise AgentUnreachable(
-                f"agent '{self.name}' could not be reached: {type(exc).__name__}: {exc}"
-            ) from None
-        if status >= 400:
-            raise failure_from_response(self.name, status, response.headers, content or b"")
+            status, headers, content = await self._exchange(outgoing, span)
+            if status >= 400:
+                failure = failure_from_response(self.name, status, headers, content or b"")
+                span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
+                raise failure
+        finally:
+            span.end()
         if not 200 <= status < 300:
             raise BadResponse(
                 f"agent '{self.name}' answered HTTP {status}; expected 200", status=status
@@ -178,6 +168,41 @@ class RemoteAgent:
         if content is None:
             raise self._bad(f"the reply is over {MAX_REPLY_BYTES} bytes")
         return self._reply(content)
+
+    async def _exchange(
+        self, outgoing: httpx.Request, span: trace.Span
+    ) -> tuple[int, httpx.Headers, bytes | None]:
+        """Send the request and read the reply (None past ``MAX_REPLY_BYTES``); a transport
+        failure is recorded on the attempt's span and raised as its failure kind."""
+        try:
+            response = await self._client.send(outgoing, stream=True)
+            try:
+                self._spans.answered(span, response)
+                content = await _read_at_most(response, MAX_REPLY_BYTES)
+            finally:
+                await response.aclose()
+        except Exception as exc:
+            self._spans.failed(span, exc)
+            failure = self._transport_failure(exc)
+            if failure is None:
+                raise
+            span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
+            raise failure from None
+        return response.status_code, response.headers, content
+
+    def _transport_failure(self, exc: Exception) -> FailureKind | None:
+        if isinstance(exc, httpx.TimeoutException):
+            return RemoteTimeout(
+                f"agent '{self.name}' did not answer within {self.timeout_s:g} s "
+                f"({type(exc).__name__})"
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return self._bad("the reply's content encoding does not decode")
+        if isinstance(exc, httpx.TransportError):
+            return AgentUnreachable(
+                f"agent '{self.name}' could not be reached: {type(exc).__name__}: {exc}"
+            )
+        return None
 
     def _body(self, request: AgentRequest) -> dict[str, Any]:
         if self.spec.contract == "openai":
@@ -225,14 +250,6 @@ class RemoteAgent:
             f"agent '{self.name}' broke the {self.spec.contract} contract: {why}", status=200
         )
 
-    async def _on_response(self, span: trace.Span, request: Any, response: Any) -> None:
-        """The failure kind of an error status on the attempt's client span, for a reader
-        of the trace (the body is still a stream here: an error code in it refines the
-        kind on the agent span)."""
-        if response.status_code >= 400:
-            kind = failure_from_response(self.name, response.status_code, {}, b"").kind
-            span.set_attribute(FAILURE_KIND_ATTRIBUTE, kind)
-
 
 async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
     """The body, or None when it is longer than ``limit`` (the rest is not read)."""
@@ -244,7 +261,3 @@ async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _on_request(span: trace.Span, request: Any) -> None:
-    span.set_attribute(NOT_AN_INCIDENT, "reported by the agent span")

@@ -169,7 +169,7 @@ async def test_an_ers_contract_answer_carries_the_chats_trace_to_the_agent(
     assert format(client.context.span_id, "016x") == parent_span_id
     assert agent_span.parent is not None
     assert agent_span.parent.span_id == chat.get_span_context().span_id
-    # Instrumented per client, not by patching httpx for everyone.
+    # httpx is not patched for everyone: the agent's spans are its own.
     assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
 
 

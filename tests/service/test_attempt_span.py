@@ -1,0 +1,125 @@
+"""A remote agent's attempt span: the HTTP attributes, the trace context it sends, the
+headers an operator asks to capture, and what it never records."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from service.agents.attempt_span import AttemptSpans
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def post(url: str) -> httpx.Request:
+    return httpx.Request("POST", url, json={"message": "hi"})
+
+
+def test_an_answered_attempt_is_a_client_span_under_the_current_one_and_sends_its_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans = AttemptSpans("POST", "http://127.0.0.1:8600/chat", provider)
+    request = post("http://127.0.0.1:8600/chat")
+    with provider.get_tracer("test").start_as_current_span("agent.remote") as parent:
+        span = spans.start(request)
+        spans.answered(span, httpx.Response(200, request=request))
+        span.end()
+
+    (attempt,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert attempt.name == "POST"
+    assert attempt.parent is not None
+    assert attempt.parent.span_id == parent.get_span_context().span_id
+    assert dict(attempt.attributes or {}) == {
+        "http.request.method": "POST",
+        "url.full": "http://127.0.0.1:8600/chat",
+        "server.address": "127.0.0.1",
+        "server.port": 8600,
+        "network.peer.address": "127.0.0.1",
+        "network.peer.port": 8600,
+        "ers.not_an_incident": "reported by the agent span",
+        "http.response.status_code": 200,
+        "network.protocol.version": "1.1",
+    }
+    assert attempt.status.status_code is StatusCode.UNSET
+    trace_id = format(attempt.context.trace_id, "032x")
+    span_id = format(attempt.context.span_id, "016x")
+    flags = format(attempt.context.trace_flags, "02x")
+    assert request.headers["traceparent"] == f"00-{trace_id}-{span_id}-{flags}"
+
+
+def test_an_error_status_or_an_exception_makes_the_attempt_an_error(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans = AttemptSpans("POST", "http://127.0.0.1:8600/chat", provider)
+    answered = spans.start(post("http://127.0.0.1:8600/chat"))
+    spans.answered(answered, httpx.Response(503))
+    answered.end()
+    refused = spans.start(post("http://127.0.0.1:8600/chat"))
+    spans.failed(refused, httpx.ConnectError("All connection attempts failed"))
+    refused.end()
+
+    by_status, by_exception = exporter.get_finished_spans()
+    assert by_status.status.status_code is StatusCode.ERROR
+    assert by_status.attributes is not None and by_status.attributes["error.type"] == "503"
+    assert by_exception.status.status_code is StatusCode.ERROR
+    assert by_exception.status.description == "ConnectError: All connection attempts failed"
+    assert by_exception.attributes is not None
+    assert by_exception.attributes["error.type"] == "ConnectError"
+    assert [e.name for e in by_exception.events] == ["exception"]
+
+
+def test_credentials_and_signatures_in_the_url_are_redacted(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    url = "https://user:pw@agents.example/chat?sig=abc123&x=1"
+    spans = AttemptSpans("POST", url, provider)
+    spans.start(post(url)).end()
+
+    (attempt,) = exporter.get_finished_spans()
+    assert attempt.attributes is not None
+    assert (
+        attempt.attributes["url.full"]
+        == "https://REDACTED:REDACTED@agents.example/chat?sig=REDACTED&x=1"
+    )
+    assert "server.port" not in attempt.attributes  # the scheme's default
+    assert "abc123" not in attempt.to_json() and "pw@" not in attempt.to_json()
+
+
+def test_headers_are_captured_as_configured_and_sanitized(
+    provider: TracerProvider, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "x-.*")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "retry-after")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "x-api-.*")
+    spans = AttemptSpans("POST", "http://127.0.0.1:8600/chat", provider)
+    request = httpx.Request(
+        "POST",
+        "http://127.0.0.1:8600/chat",
+        headers={"x-team": "blue", "x-api-key": "k-123"},
+        json={},
+    )
+    span = spans.start(request)
+    spans.answered(span, httpx.Response(429, headers={"retry-after": "30", "x-other": "no"}))
+    span.end()
+
+    (attempt,) = exporter.get_finished_spans()
+    attributes = dict(attempt.attributes or {})
+    assert attributes["http.request.header.x_team"] == ("blue",)
+    assert attributes["http.request.header.x_api_key"] == ("[REDACTED]",)
+    assert attributes["http.response.header.retry_after"] == ("30",)
+    assert "http.response.header.x_other" not in attributes
+    assert "http.request.header.traceparent" not in attributes  # read before it is added
