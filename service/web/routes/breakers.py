@@ -96,6 +96,16 @@ async def reset_breaker(
     force = body.force if body is not None else False
     # The cause may be gone although the last failure is recent: the probe asks now.
     probe = None if force else await guard.probe()
+    cooling = guard.cooldown_remaining()
+    if probe is not None and probe.error is not None and cooling > 0:
+        # The agent asked to be left alone and does not answer yet: ending the wait now
+        # would only send it the calls it is turning away.
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"agent '{guard.breaker.name}' is cooling down ({cooling:.0f} s left, it asked to "
+            f"wait) and its health probe still fails ({probe.error}); let the cooldown run "
+            "out, or reset with force",
+        )
     try:
         message = guard.breaker.reset(force=force, probe=probe, source=who)
     except ResetRefused as refused:
