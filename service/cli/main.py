@@ -74,17 +74,24 @@ def listening_socket(host: str, port: int) -> socket.socket:
     start-up: a port in use then stopped a service that had already made its data directory
     (so the next start was no first start, and created no backup repository), with exit 3
     and a line naming neither the setting nor what to do."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock: socket.socket | None = None
     try:
-        sock.bind((host, port))
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
     except OSError as exc:
-        sock.close()
-        raise SettingsError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}): stop what listens there, "
-            "or choose another address with --port / ERS_PORT (--host / ERS_HOST)"
-        ) from None
+        if sock is not None:
+            sock.close()
+        fix = (
+            "use an address of this machine with --host / ERS_HOST"
+            if isinstance(exc, socket.gaierror)
+            else "stop what listens there, or choose another port with --port / ERS_PORT"
+        )
+        reason = exc.strerror or exc
+        raise SettingsError(f"cannot listen on {host}:{port} ({reason}): {fix}") from None
     sock.set_inheritable(True)
     return sock
 

@@ -43,6 +43,7 @@ def test_a_port_in_use_is_refused_in_one_line_before_any_state_is_made(tmp_path:
     assert done.returncode == 2, done.stderr  # unusable settings, as for every other one
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith(f"ers: cannot listen on 127.0.0.1:{port}"), done.stderr
+    assert "Address already in use" in lines[-1]
     assert "--port" in lines[-1] and "ERS_PORT" in lines[-1]
     assert "ERS ready" not in done.stderr
     # Nothing was started: no component file, so the next start is still a first start
