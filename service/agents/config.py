@@ -158,8 +158,9 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SettingsError(
-            f"invalid setting '{key}': cannot import '{module_name}' ({exc}); install it or "
-            "fix the module path"
+            f"invalid setting '{key}': cannot import '{module_name}' ({exc}); install it "
+            "into ERS's environment, or put the folder that holds it on PYTHONPATH "
+            "(PYTHONPATH=. ers serve for one in the current folder), or fix the module path"
         ) from None
     except Exception as exc:
         raise SettingsError(

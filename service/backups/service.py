@@ -34,12 +34,13 @@ from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
+from service.backups.first_start import first_start_done
 from service.backups.replies import human_size, made
 from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock
 from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
-from service.settings import COMPONENTS, Settings
+from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
 from service.stores.sqlite import SqliteStore
@@ -85,19 +86,6 @@ def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
 
 # The status shows the live state's size; it is read again at most this often.
 SIZE_READ_EVERY_S = 10.0
-
-
-def finds_no_state(data_dir: Path) -> bool:
-    """True on the first start of a brand-new data directory: no component file and no record
-    of a backup repository. Only then may the service create the repository on its own.
-
-    Only the components' files count: the kept-trace archive is no state to back up, and on
-    PostgreSQL it is the only file replicas sharing a data directory write there; counting it
-    made a replica starting beside another that was creating the repository take it for a
-    lost one (a critical incident) instead of waiting on the creation lock and adopting it."""
-    if (data_dir / RECORD_FILE_NAME).exists():
-        return False
-    return not any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents"))
 
 
 class BackupService:
@@ -206,6 +194,7 @@ class BackupService:
                 manager.subscribe(listener)
             self.manager, self.error, self.failure = manager, None, None
             self.may_create_repository = False
+            first_start_done(settings.data_dir)  # the repository is recorded now
             self.connected.set()
             self.first_attempt_done.set()
             log.info("backup repository ready: %d snapshots", len(manager.list()))

@@ -7,11 +7,17 @@ talks to the team through ``MinimalModeGate``, which answers on its own while th
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 from service.agents.base import AgentReply, AgentRequest
+from service.errors import StoreUnavailable
 from service.resilience.guard import GuardedAgent
+from service.stores.base import SystemStateBackend
+
+log = logging.getLogger("ers.minimal_mode")
 
 MINIMAL_ANSWER = (
     "ERS is answering in minimal mode while it recovers from a critical failure: meal plans, "
@@ -33,6 +39,7 @@ class MinimalMode:
         self._until = 0.0
         self.reason = ""
         self.incident: str | None = None  # the incident that turned it on, named in replies
+        self._changed_at = -float("inf")
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -74,9 +81,24 @@ class MinimalMode:
         self.reason = str(record["reason"])
         incident = record.get("incident")
         self.incident = None if incident is None else str(incident)
+        self._changed()
         return f"minimal response mode for {left:.0f} s more ({self.reason[:200]})"
 
+    def follow(self, record: dict[str, object] | None, settle_s: float) -> str | None:
+        """Match the kept record, which on PostgreSQL every replica shares: another replica
+        turned the mode on, or ended it. What changed, in words; None when nothing did. A
+        change made here within ``settle_s`` may not be stored yet: it stands."""
+        if self._clock() - self._changed_at < settle_s:
+            return None
+        if record is None:
+            return "ended" if self.leave() else None
+        left = float(record["until"]) - self._wall_clock()  # type: ignore[arg-type]
+        if left <= 0 or (self.active and abs(self.remaining_s() - left) < 1.0):
+            return None
+        return self.resume(record)
+
     def _changed(self) -> None:
+        self._changed_at = self._clock()
         for listener in self._listeners:
             listener()
 
@@ -119,3 +141,21 @@ class MinimalModeGate:
             incident=self.mode.incident,
             data={"cause": f"minimal response mode: {self.mode.reason[:200]}"},
         )
+
+
+async def follow_the_fleet(
+    mode: MinimalMode, state: SystemStateBackend, key: str, every_s: float
+) -> None:
+    """On PostgreSQL: the responder of the replica that saw a critical failure turns minimal
+    mode on there, and an operator's `ers minimal-mode end` reaches one replica; each replica
+    matches the mode kept in the shared system_state store, every ``every_s``. Without this
+    the other replicas kept calling the agents, and a mode ended on one stayed on the others."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            record = await state.get(key)
+        except StoreUnavailable as exc:
+            log.warning("minimal response mode of the fleet not read: %s", exc)
+            continue
+        if (words := mode.follow(record, settle_s=2 * every_s)) is not None:
+            log.warning("minimal response mode as another replica set it: %s", words)

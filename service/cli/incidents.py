@@ -241,7 +241,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     listing.add_argument("--component", help="only incidents of this component")
     show = command(actions, "show", "an incident with its timeline")
-    ack = command(actions, "acknowledge", "a person is on it: stops the repeat notifications")
+    ack = command(
+        actions,
+        "acknowledge",
+        "a person is on it, on the timeline; it stays active (its alerts keep firing) until"
+        " resolved",
+    )
     ack.add_argument("--note", default="", help="kept on the timeline")
     resolve = command(actions, "resolve", "close an incident with what fixed it")
     resolve.add_argument("--resolution", required=True, help="what fixed it, kept on the timeline")

@@ -7,6 +7,7 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ def serve(args: argparse.Namespace) -> int:
             app.state.data_dir_lock = lock_for_service(settings.data_dir)
         except DataDirInUse as exc:
             raise SettingsError(str(exc)) from None
+    listener = listening_socket(settings.host, settings.port)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -58,13 +60,40 @@ def serve(args: argparse.Namespace) -> int:
     # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck worker waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        server.run()
+        server.run(listener)
     except SystemExit:
         # uvicorn exits when the start-up fails.
         if refused.message is not None:
             raise SettingsError(refused.message) from None
         raise
     return 0 if server.started else 1
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything starts. uvicorn binds only after the
+    start-up: a port in use then stopped a service that had already made its data directory
+    (so the next start was no first start, and created no backup repository), with exit 3
+    and a line naming neither the setting nor what to do."""
+    sock: socket.socket | None = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        fix = (
+            "use an address of this machine with --host / ERS_HOST"
+            if isinstance(exc, socket.gaierror)
+            else "stop what listens there, or choose another port with --port / ERS_PORT"
+        )
+        reason = exc.strerror or exc
+        raise SettingsError(f"cannot listen on {host}:{port} ({reason}): {fix}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class SettingsRefusal(logging.Filter):
@@ -120,14 +149,20 @@ class GracefulServer:
                     for sig, handler in original.items():
                         signal.signal(sig, handler)
 
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets)
+                if self.started and sockets:
+                    # uvicorn says where it listens only for the sockets it bound itself.
+                    self._log_started_message(sockets)
+
         self._server = _Server(config)  # type: ignore[arg-type]
 
     @property
     def started(self) -> bool:
         return bool(self._server.started)
 
-    def run(self) -> None:
-        self._server.run()
+    def run(self, listener: socket.socket) -> None:
+        self._server.run(sockets=[listener])
 
 
 DESCRIPTION = """\

@@ -18,11 +18,13 @@ def _status_table(out: Console, status: dict[str, Any]) -> None:
     table.add_row("system state", status["systemState"] + (f" ({reason})" if reason else ""))
     table.add_row("active incidents", str(status["activeIncidents"]))
     breakers = status["circuitBreakers"]
-    cooling = breakers.get("coolingDown")
+    cooling, disabled = breakers.get("coolingDown"), breakers.get("disabled")
     table.add_row(
         "circuit breakers",
         f"{breakers['total']}: {breakers['closed']} closed, {breakers['open']} open, "
-        f"{breakers['halfOpen']} half-open" + (f", {cooling} cooling down" if cooling else ""),
+        f"{breakers['halfOpen']} half-open"
+        + (f", {disabled} disabled" if disabled else "")
+        + (f", {cooling} cooling down" if cooling else ""),
     )
     minimal = status.get("minimalMode") or {}
     table.add_row(

@@ -22,11 +22,16 @@ from fastapi import FastAPI  # noqa: E402
 
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
+from service.backups.first_start import finds_no_state  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks  # noqa: E402
-from service.backups.service import finds_no_state, undo_interrupted_swap  # noqa: E402
+from service.backups.service import undo_interrupted_swap  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
-from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
+from service.chat.minimal_mode import (  # noqa: E402
+    MinimalMode,
+    MinimalModeGate,
+    follow_the_fleet,
+)
 from service.chat.service import ChatService  # noqa: E402
 from service.chat.team import breaker_configs, build_team  # noqa: E402
 from service.fleet import FleetOverrides  # noqa: E402
@@ -262,6 +267,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await keeper.start()
         stack.push_async_callback(keeper.stop)
+        if settings.database_url is not None:
+            every_s = settings.fleet_poll_interval_s
+            following = follow_the_fleet(minimal_mode, stores.system_state, "minimal_mode", every_s)
+            run_in_background(stack, following, "minimal-mode-fleet")
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.name_kept_isolations(team.breakers())
 

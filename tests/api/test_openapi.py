@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,51 @@ def test_oversized_bodies_are_documented_with_the_configured_limit(
     chat = document["paths"]["/chat"]["post"]["responses"]
     assert "4096 bytes" in chat["413"]["description"]
     assert "413" not in document["paths"]["/livez"]["get"]["responses"]
+
+
+def _bounds_of(schema: Any) -> list[tuple[str, ...]]:
+    """Every numeric schema's keys, walked through the whole document."""
+    found: list[tuple[str, ...]] = []
+    if isinstance(schema, dict):
+        if schema.get("type") in ("integer", "number"):
+            found.append(tuple(sorted(schema)))
+        for value in schema.values():
+            found += _bounds_of(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found += _bounds_of(value)
+    return found
+
+
+async def test_the_bounds_of_fields_that_may_be_null_are_json_schema_bounds(
+    settings: Settings,
+) -> None:
+    """Bounds on a field that may be null came out as pydantic's own ge/le/gt keys, which
+    no JSON Schema reader knows: /docs showed no limit for a profile's age, weight and
+    height, a forced open's ttlSeconds or a simulated error's count."""
+    async with serving(settings, host="127.0.0.1") as http:
+        document = (await http.get("/openapi.json")).json()
+        schemas = document["components"]["schemas"]
+        for keys in _bounds_of(document):
+            assert not {"ge", "le", "gt", "lt"} & set(keys), keys
+        age = schemas["ProfileUpdate"]["properties"]["age"]["anyOf"][0]
+        assert (age["minimum"], age["maximum"]) == (10, 110)
+        weight = schemas["ProfileUpdate"]["properties"]["weightKg"]["anyOf"][0]
+        assert (weight["exclusiveMinimum"], weight["maximum"]) == (20, 400)
+        ttl = schemas["ForceOpenRequest"]["properties"]["ttlSeconds"]["anyOf"][0]
+        assert ttl["exclusiveMinimum"] == 0 and ttl["maximum"] == 7 * 24 * 3600
+        count = schemas["SimulateError"]["properties"]["count"]
+        assert count["anyOf"][0]["maximum"] == 10_000
+        assert count["description"] == "failing calls; default: all"
+        # Still enforced, and still in the fields' own words.
+        too_old = await http.put("/api/profiles/u1", json={"age": 111})
+        assert too_old.status_code == 422 and "less than or equal to 110" in too_old.text
+        quoted = await http.put("/api/profiles/u1", json={"age": "30"})
+        assert quoted.status_code == 422 and "without quotes" in quoted.text
+        fine = await http.put("/api/profiles/u1", json={"age": 30, "weightKg": 80})
+        assert fine.status_code == 200 and fine.json()["age"] == 30
+        forever = await http.post(
+            "/api/emergency/circuit-breaker/workout/force-open",
+            json={"reason": "r", "ttlSeconds": 10**9},
+        )
+        assert forever.status_code == 422

@@ -32,6 +32,7 @@ async def test_status_in_the_seed_shape(client: httpx.AsyncClient) -> None:
         "open": 0,
         "closed": 4,
         "halfOpen": 0,
+        "disabled": 0,
         "coolingDown": 0,
     }
     assert set(body["backups"]) == {"available", "lastBackup", "totalSize"}

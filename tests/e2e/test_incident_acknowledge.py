@@ -69,5 +69,26 @@ def test_an_auto_mitigated_incident_is_acknowledged_and_stays_mitigated(tmp_path
             assert again.returncode == 0, again.stderr
             first = again.stdout.splitlines()[0]
             assert first.startswith(f"acknowledged {incident['id']} at 20"), again.stdout
+
+            # Still active: the metric the incident alerts read counts it, so they keep
+            # firing (and Alertmanager repeating) until it is resolved.
+            severity = incident["classification"]["severity"]
+            metrics = http.get("/metrics").text
+            assert f'ers_incidents_active{{severity="{severity}"}} 1.0' in metrics
     finally:
         assert ers.stop() == 0
+
+
+def test_the_help_of_acknowledge_says_what_it_does() -> None:
+    """It said 'stops the repeat notifications', which nothing does: an acknowledged
+    incident stays active, and the alerts on the active incidents keep firing."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "service.cli", "incidents", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    words = " ".join(shown.stdout.split())
+    assert "acknowledge a person is on it, on the timeline; it stays active" in words
+    assert "stops the repeat notifications" not in words

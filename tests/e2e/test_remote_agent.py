@@ -215,6 +215,36 @@ def test_a_rate_limited_agent_shows_its_cooldown_in_the_breakers_and_the_status(
         assert ers.stop() == 0
 
 
+def test_a_reset_whose_probe_is_still_turned_away_keeps_the_cooldown(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """A reset ended the cooldown whatever its probe met: the agent answered the probe
+    with another 429 (or could not be reached at all), and the reply still said 'its
+    rate-limit cooldown is over' while the chats went back to an agent turning them away."""
+    ers = start_routed_ers(tmp_path, example_agent)
+    try:
+        example_agent.fail_next("rate_limit", count=2, retryAfter="600")
+        assert ask_for_a_workout(ers, "ann")["emergency"] is True
+        url = f"{ers.url}/api/emergency/circuit-breaker/helper/reset"
+        refused = httpx.post(url, json={}, timeout=30)
+        assert refused.status_code == 409, refused.text
+        said = refused.json()["detail"]
+        assert "cooling down" in said and "health probe still fails" in said
+        assert "429" in said and "reset with force" in said
+        helper = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/helper", timeout=10)
+        assert helper.json()["cooldownRemainingS"] > 0  # still left alone
+        calls = len(example_agent.calls())
+        assert ask_for_a_workout(ers, "bob")["emergency"] is True
+        assert len(example_agent.calls()) == calls
+
+        forced = httpx.post(url, json={"force": True}, timeout=30)
+        assert forced.status_code == 200, forced.text
+        assert "its rate-limit cooldown is over" in forced.json()["message"]
+        assert ask_for_a_workout(ers, "cid")["emergency"] is False
+    finally:
+        assert ers.stop() == 0
+
+
 def test_a_restart_keeps_the_cooldown_a_rate_limited_agent_asked_for(
     tmp_path: Path, example_agent: ExampleAgent
 ) -> None:

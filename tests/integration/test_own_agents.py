@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, start_ers
+from tests.conftest import ROOT, free_port, start_ers
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +126,59 @@ def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
     assert len(said) == 1 and said[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2
+
+
+COACH = """from service.agents.base import AgentReply, AgentRequest
+
+
+class Coach:
+    guidance = "Move a little every day; the coach is back soon."
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        return AgentReply(f"Three sets of squats today. ({request.message})", self.name)
+
+
+def make(name, stores):
+    return Coach(name)
+"""
+
+
+def test_the_readmes_own_agent_beside_ers_yaml_starts_as_the_readme_and_the_refusal_say(
+    tmp_path: Path,
+) -> None:
+    """The README's my_agents/coach.py beside ers.yaml, started with the installed `ers`
+    script, which does not import from the folder it runs in: the refusal said only 'install
+    it or fix the module path', and neither it nor the README said how to start it."""
+    (tmp_path / "my_agents").mkdir()
+    (tmp_path / "my_agents" / "__init__.py").write_text("")
+    (tmp_path / "my_agents" / "coach.py").write_text(COACH)
+    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": "my_agents.coach:make"}}
+    settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_", "PYTHON"))}
+    env.update({"ERS_ENV": "test", "ERS_BACKUPS_ENABLED": "false"})
+    ers_script = str(Path(sys.executable).with_name("ers"))
+    refused = subprocess.run(
+        [ers_script, "serve", "--port", str(free_port())],
+        env={**env, "ERS_DATA_DIR": str(tmp_path / "refused")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "PYTHONPATH=. ers serve" in refused.stderr.strip().splitlines()[-1]
+
+    # As the refusal says: the same command with PYTHONPATH=. (the shell's cwd is tmp_path).
+    ers = start_ers(tmp_path / "ers", env={"PYTHONPATH": "..", "ERS_CONFIG": "../ers.yaml"})
+    try:
+        reply = httpx.post(
+            f"{ers.url}/chat", json={"message": "make me a workout plan", "userId": "u"}, timeout=30
+        )
+    finally:
+        assert ers.stop() == 0
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["agent"] == "my_coach"
+    assert reply.json()["response"].startswith("Three sets of squats today.")

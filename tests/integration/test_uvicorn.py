@@ -87,6 +87,26 @@ def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None
     assert unknown.returncode == 4 and "no agent named 'nope'" in unknown.stderr
 
 
+def test_status_counts_a_disabled_breaker(ers_process: ErsProcess) -> None:
+    def ers(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args, "--url", ers_process.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert ers("breakers", "disable", "budget").returncode == 0
+    assert ers("breakers", "force-open", "workout", "--reason", "bad plans").returncode == 0
+    shown = ers("status")
+    assert shown.returncode == 0, shown.stderr
+    # Every breaker is in one count: 2 + 1 + 0 + 1 = 4.
+    assert "4: 2 closed, 1 open, 0 half-open, 1 disabled" in shown.stdout
+    as_json = json.loads(ers("status", "-o", "json").stdout)["circuitBreakers"]
+    assert as_json["disabled"] == 1
+    assert sum(as_json[k] for k in ("closed", "open", "halfOpen", "disabled")) == 4
+
+
 def test_chats_keep_answering_when_the_collector_is_down(tmp_path: Path) -> None:
     closed_port = free_port()  # nothing listens there
     ers = start_ers(

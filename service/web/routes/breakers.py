@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +14,7 @@ from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Keeper, Team
 from service.web.openapi import errors
-from service.web.routes.json_types import JsonBool, JsonNumber
+from service.web.routes.json_types import AnyNumber, JsonBool
 
 router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
 
@@ -29,7 +29,7 @@ class ForceOpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=500)
-    ttlSeconds: JsonNumber | None = Field(None, gt=0, le=MAX_FORCE_OPEN_S)
+    ttlSeconds: Annotated[float, Field(gt=0, le=MAX_FORCE_OPEN_S), AnyNumber] | None = None
 
 
 async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
@@ -96,6 +96,16 @@ async def reset_breaker(
     force = body.force if body is not None else False
     # The cause may be gone although the last failure is recent: the probe asks now.
     probe = None if force else await guard.probe()
+    cooling = guard.cooldown_remaining()
+    if probe is not None and probe.error is not None and cooling > 0:
+        # The agent asked to be left alone and does not answer yet: ending the wait now
+        # would only send it the calls it is turning away.
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"agent '{guard.breaker.name}' is cooling down ({cooling:.0f} s left, it asked to "
+            f"wait) and its health probe still fails ({probe.error}); let the cooldown run "
+            "out, or reset with force",
+        )
     try:
         message = guard.breaker.reset(force=force, probe=probe, source=who)
     except ResetRefused as refused:

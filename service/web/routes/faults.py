@@ -5,7 +5,7 @@ The router is not mounted in production, so these paths answer 404 there.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +14,7 @@ from service.resilience.faults import ERROR_TYPES
 from service.web.auth import AdminAuth
 from service.web.deps import Faults, Team
 from service.web.openapi import errors
-from service.web.routes.json_types import JsonInt, JsonNumber
+from service.web.routes.json_types import AnyNumber, JsonNumber, WholeNumber
 
 router = APIRouter(prefix="/api/emergency", tags=["fault injection"])
 
@@ -30,8 +30,10 @@ class SimulateError(BaseModel):
     )
     component: str = Field(min_length=1, max_length=64, description="agent name or seed alias")
     message: str | None = Field(None, min_length=1, max_length=500)
-    count: JsonInt | None = Field(None, ge=1, le=10_000, description="failing calls; default: all")
-    durationSeconds: JsonNumber | None = Field(None, gt=0, le=24 * 3600)
+    count: Annotated[int, Field(ge=1, le=10_000), WholeNumber] | None = Field(
+        None, description="failing calls; default: all"
+    )
+    durationSeconds: Annotated[float, Field(gt=0, le=24 * 3600), AnyNumber] | None = None
     delaySeconds: JsonNumber = Field(0.0, ge=0, le=60, description="latency before failing")
     failureRate: JsonNumber = Field(1.0, gt=0, le=1, description="share of calls that fail")
 

@@ -98,11 +98,20 @@ JsonBool = Annotated[bool, BeforeValidator(_boolean)]
 Confirmation = Annotated[bool, BeforeValidator(_confirmation)]
 """A destructive action's go-ahead: a JSON boolean; the route decides what false means."""
 
-JsonInt = Annotated[int, BeforeValidator(_whole_number)]
+WholeNumber = BeforeValidator(_whole_number)
+AnyNumber = BeforeValidator(_number)
+
+JsonInt = Annotated[int, WholeNumber]
 """A JSON number without a fractional part; never a string or a boolean."""
 
-JsonNumber = Annotated[float, BeforeValidator(_number)]
+JsonNumber = Annotated[float, AnyNumber]
 """A JSON number, integer or decimal; never a string or a boolean."""
+
+# A bounded field that may be null states its bounds before the check:
+# ``Annotated[int, Field(ge=1), WholeNumber] | None``. Given to the field's ``Field`` (or
+# after the check) they are enforced all the same, but the OpenAPI document carries them
+# as pydantic's own ``ge``/``le`` keys, which no JSON Schema reader knows, instead of
+# ``minimum``/``maximum``: /docs showed no limit.
 
 JsonText = Annotated[str, AfterValidator(_unicode_text)]
 """A JSON string that is Unicode text: never a lone surrogate such as ``"\\ud800"``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
@@ -16,7 +16,7 @@ from service.web.auth import require_admin
 from service.web.deps import Stores
 from service.web.openapi import errors
 from service.web.routes.chat import IDEMPOTENCY_KEY_DOC, USER_ID_PATTERN, idempotency_key
-from service.web.routes.json_types import JsonInt, JsonNumber
+from service.web.routes.json_types import AnyNumber, WholeNumber
 
 # A profile is personal data: the same access as the admin endpoints (the admin token;
 # without one, loopback clients only, and never in production).
@@ -32,9 +32,9 @@ UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
 class ProfileUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    age: JsonInt | None = Field(None, **AGE_LIMITS.field_bounds())
-    weightKg: JsonNumber | None = Field(None, **WEIGHT_LIMITS.field_bounds())
-    heightCm: JsonNumber | None = Field(None, **HEIGHT_LIMITS.field_bounds())
+    age: Annotated[int, Field(**AGE_LIMITS.field_bounds()), WholeNumber] | None = None
+    weightKg: Annotated[float, Field(**WEIGHT_LIMITS.field_bounds()), AnyNumber] | None = None
+    heightCm: Annotated[float, Field(**HEIGHT_LIMITS.field_bounds()), AnyNumber] | None = None
     sex: Literal["male", "female"] | None = None
     activity: Literal["sedentary", "light", "moderate", "active", "very_active"] | None = None
     goal: Literal["lose", "maintain", "gain"] | None = None

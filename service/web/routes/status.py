@@ -61,6 +61,8 @@ async def status(
             "open": totals["open"],
             "closed": totals["closed"],
             "halfOpen": totals["half_open"],
+            # Calls go through unguarded: neither open nor closed, and counted apart.
+            "disabled": totals["disabled"],
             # Closed, but left alone for now: the agent asked to wait (rate limited).
             "coolingDown": totals["cooling_down"],
         },

@@ -1,0 +1,43 @@
+"""Whether a start is the first of its data directory: only then may the service create the
+backup repository on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backup.identity import RECORD_FILE_NAME
+from service.settings import COMPONENTS
+
+# Left in a brand-new data directory until its backup repository is recorded.
+FIRST_START_MARK = ".ers-first-start"
+
+
+def finds_no_state(data_dir: Path) -> bool:
+    """True on the first start of a brand-new data directory: no component file and no record
+    of a backup repository. Only then may the service create the repository on its own.
+
+    Only the components' files count: the kept-trace archive is no state to back up, and on
+    PostgreSQL it is the only file replicas sharing a data directory write there; counting it
+    made a replica starting beside another that was creating the repository take it for a
+    lost one (a critical incident) instead of waiting on the creation lock and adopting it.
+
+    A first start leaves a mark that stays until the repository is recorded, so a first start
+    stopped before it made the repository (Ctrl-C, SIGTERM or kill -9 in its first seconds)
+    is still one when started again: it had made the component files, and the next start
+    took the missing repository for a lost one, refused every backup and opened a critical
+    incident until `ers backup init`."""
+    if (data_dir / RECORD_FILE_NAME).exists():
+        return False
+    mark = data_dir / FIRST_START_MARK
+    if mark.exists():
+        return True
+    if any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents")):
+        return False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+    return True
+
+
+def first_start_done(data_dir: Path) -> None:
+    """The repository is recorded: later starts go by the record."""
+    (data_dir / FIRST_START_MARK).unlink(missing_ok=True)

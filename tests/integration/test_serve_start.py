@@ -1,0 +1,79 @@
+"""`ers serve` started where it cannot run, or stopped during its first start: what the
+operator reads, and what the next start finds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port, start_ers
+
+
+def serve_env(workdir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
+        "ERS_ENV": "test",
+        "ERS_DATA_DIR": str(workdir / "data"),
+        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+        **extra,
+    }
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_any_state_is_made(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
+            + ["--port", str(port)],
+            cwd=tmp_path,
+            env=serve_env(tmp_path, ERS_BACKUPS_ENABLED="true"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr  # unusable settings, as for every other one
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"ers: cannot listen on 127.0.0.1:{port}"), done.stderr
+    assert "Address already in use" in lines[-1]
+    assert "--port" in lines[-1] and "ERS_PORT" in lines[-1]
+    assert "ERS ready" not in done.stderr
+    # Nothing was started: no component file, so the next start is still a first start
+    # and creates the backup repository.
+    assert not list((tmp_path / "data").glob("*.sqlite3"))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_first_start_stopped_before_it_made_the_repository_is_a_first_start_again(
+    tmp_path: Path,
+) -> None:
+    backups = {"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
+    # The first start cannot make the repository (restic is not there yet) and is killed:
+    # it has made the component files all the same.
+    first = start_ers(tmp_path, env={**backups, "ERS_RESTIC_BINARY": str(tmp_path / "none")})
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert (tmp_path / "data" / "budgets.sqlite3").exists()
+    assert not (tmp_path / "repo").exists()
+
+    again = start_ers(tmp_path, env=backups)
+    try:
+        again.wait_for_backups(timeout=60)
+        with httpx.Client(base_url=again.url, timeout=60) as http:
+            made = http.post("/api/emergency/backups/create", json={"reason": "first"})
+            assert made.status_code == 200, made.text
+            critical = http.get("/api/emergency/incidents", params={"severity": "critical"})
+            assert critical.json()["total"] == 0, critical.text
+    finally:
+        assert again.stop() == 0
+    assert "none is created implicitly" not in again.log()
+    # Recorded now: a later start goes by the record, as any other start does.
+    assert (tmp_path / "data" / "restic-repository.json").exists()
+    assert not (tmp_path / "data" / ".ers-first-start").exists()
