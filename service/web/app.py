@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tracer=telemetry.tracer,
             durations=request_durations(telemetry.registry),
             untraced=UNTRACED_PATHS,
+            routes=app.routes,
         )
     return app
 

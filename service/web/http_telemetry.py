@@ -22,13 +22,14 @@ again and passing measurements through the metrics SDK; this pays a span and a b
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry.context import attach, detach
 from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute, Match
 
 from service.resilience.exception_events import record_exception
 from service.resilience.instruments import BucketHistogram
@@ -75,11 +76,15 @@ class HttpTelemetry:
         tracer: Tracer,
         durations: BucketHistogram,
         untraced: frozenset[str],
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
+        """``routes``: the application's, to name the route of a request answered before
+        the router saw it (a body over the limit)."""
         self.app = app
         self._tracer = tracer
         self._durations = durations
         self._untraced = untraced
+        self._routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._untraced:
@@ -115,7 +120,7 @@ class HttpTelemetry:
             raise
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) if route is not None else None
+            path = getattr(route, "path", None) if route is not None else self._route_of(scope)
             if path:
                 span.update_name(f"{method} {path}")
                 span.set_attribute("http.route", path)
@@ -136,6 +141,18 @@ class HttpTelemetry:
                 attributes["url.scheme"],
                 error_type,
             )
+
+    def _route_of(self, scope: Scope) -> str | None:
+        """The route the router would have taken (a full match, else a path that matched
+        with another method), as the instrumentation names it."""
+        partial = None
+        for route in self._routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "path", None)
+            if match is Match.PARTIAL and partial is None:
+                partial = getattr(route, "path", None)
+        return partial
 
 
 def _request_attributes(scope: Scope, method: str) -> tuple[dict[str, Any], dict[str, str]]:
