@@ -75,20 +75,28 @@ def unpack(packed: bytes) -> list[SpanRecord]:
 def _packed(span: Span) -> tuple[Any, ...] | dict[str, Any]:
     if isinstance(span, SpanRecord):
         return span.to_dict()
-    context, parent, status = span.context, span.parent, span.status
+    if type(span) is ReadableSpan:  # what the SDK hands a processor: read its fields directly
+        context, parent, status, start = span._context, span._parent, span._status, span._start_time
+        name, end, kind, resource = span._name, span._end_time, span._kind, span._resource
+        attributes, events = span._attributes, span._events
+        events = getattr(events, "_dq", events)  # the BoundedList's deque, without a copy
+    else:
+        context, parent, status, start = span.context, span.parent, span.status, span.start_time
+        name, end, kind, resource = span.name, span.end_time, span.kind, span.resource
+        attributes, events = span.attributes, span.events
     return (
-        span.name,
+        name,
         context.trace_id,
         context.span_id,
         parent.span_id if parent is not None else None,
-        span.start_time or 0,
-        span.end_time or span.start_time or 0,
+        start or 0,
+        end or start or 0,
         status.status_code.value,
         status.description or "",
-        span.kind.value,
-        _attributes_of(span),
-        resource_attributes(span.resource),
-        [(event.name, event.timestamp, _event_attributes(event)) for event in span.events],
+        kind.value,
+        _plain_dict(attributes),
+        resource_attributes(resource),
+        [(event.name, event.timestamp, _event_attributes(event)) for event in events or ()],
     )
 
 
@@ -114,16 +122,15 @@ def _unpacked(row: tuple[Any, ...]) -> SpanRecord:
     return record
 
 
-def _attributes_of(span: ReadableSpan) -> dict[str, Any]:
-    attributes = getattr(span, "_attributes", None) or span.attributes or {}
+def _plain_dict(attributes: Any) -> dict[str, Any]:
+    if not attributes:
+        return {}
     inner = getattr(attributes, "_dict", None)  # the SDK's BoundedAttributes' own dict
     return inner if isinstance(inner, dict) else dict(attributes)
 
 
 def _event_attributes(event: Any) -> dict[str, Any]:
-    attributes = event.attributes or {}
-    inner = getattr(attributes, "_dict", None)
-    plain = inner if isinstance(inner, dict) else dict(attributes)
+    plain = _plain_dict(event.attributes)
     stacktrace = plain.get("exception.stacktrace")
     if isinstance(stacktrace, str) and len(stacktrace) > STACKTRACE_LIMIT:
         plain = {**plain, "exception.stacktrace": stacktrace[:STACKTRACE_LIMIT]}
