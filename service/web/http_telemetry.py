@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry.context import attach, detach
-from opentelemetry.propagate import extract
+from opentelemetry.propagate import get_global_textmap
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute, Match
@@ -53,7 +53,6 @@ DURATION_LABELS = (
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
-_PROPAGATED = {b"traceparent": "traceparent", b"tracestate": "tracestate", b"baggage": "baggage"}
 
 
 def request_durations(registry: CollectorRegistry) -> BucketHistogram:
@@ -85,6 +84,12 @@ class HttpTelemetry:
         self._durations = durations
         self._untraced = untraced
         self._routes = routes
+        # The configured propagator (W3C traceparent, tracestate and baggage unless
+        # OTEL_PROPAGATORS says otherwise) and the headers it reads, as ASGI names them.
+        self._propagator = get_global_textmap()
+        self._propagated = {
+            name.lower().encode("latin-1"): name for name in self._propagator.fields
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._untraced:
@@ -94,10 +99,10 @@ class HttpTelemetry:
         method = scope["method"]
         if method not in KNOWN_METHODS:
             method = "_OTHER"
-        attributes, carrier = _request_attributes(scope, method)
+        attributes, carrier = _request_attributes(scope, method, self._propagated)
         span = self._tracer.start_span(
             method,
-            context=extract(carrier) if carrier else None,
+            context=self._propagator.extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
             attributes=attributes,
             record_exception=False,
@@ -155,7 +160,9 @@ class HttpTelemetry:
         return partial
 
 
-def _request_attributes(scope: Scope, method: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _request_attributes(
+    scope: Scope, method: str, propagated: dict[bytes, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.scheme": scope.get("scheme", "http"),
@@ -180,6 +187,6 @@ def _request_attributes(scope: Scope, method: str) -> tuple[dict[str, Any], dict
                 attributes["server.address"] = text
         elif name == b"user-agent":
             attributes["user_agent.original"] = value.decode("latin-1")
-        elif name in _PROPAGATED:
-            carrier[_PROPAGATED[name]] = value.decode("latin-1")
+        elif name in propagated:
+            carrier[propagated[name]] = value.decode("latin-1")
     return attributes, carrier

@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.propagate import get_global_textmap, set_global_textmap
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
@@ -173,3 +175,27 @@ async def test_the_duration_series_are_the_libraries_series(both: tuple[Traced, 
     assert len(ours) == 6  # one series per request above, none for the untraced /livez
     routes = {dict(labels).get("http_route") for labels in ours}
     assert routes == {"/items/{item_id}", "/boom", "/unavailable", None}
+
+
+class _OtherHeader(TraceContextTextMapPropagator):
+    """A propagator reading the trace context from headers of other names (as B3's are)."""
+
+    _TRACEPARENT_HEADER_NAME = "X-Parent-Trace"
+    _TRACESTATE_HEADER_NAME = "X-Parent-State"
+
+
+async def test_the_configured_propagator_names_the_headers_read() -> None:
+    before = get_global_textmap()
+    set_global_textmap(_OtherHeader())  # as OTEL_PROPAGATORS sets it when the process starts
+    try:
+        traced = Traced(ours=True)
+        transport = httpx.ASGITransport(app=traced.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as client:
+            parent = {"x-parent-trace": TRACEPARENT}
+            await client.post("/items/1", json={"name": "a"}, headers=parent)
+            await client.post("/items/2", json={"name": "b"}, headers={"traceparent": TRACEPARENT})
+    finally:
+        set_global_textmap(before)
+    first, second = traced.spans()
+    assert format(first.context.trace_id, "032x") == TRACE_ID
+    assert format(second.context.trace_id, "032x") != TRACE_ID  # not what it propagates
