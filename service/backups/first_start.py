@@ -12,7 +12,7 @@ from service.settings import COMPONENTS
 FIRST_START_MARK = ".ers-first-start"
 
 
-def finds_no_state(data_dir: Path) -> bool:
+def finds_no_state(data_dir: Path, *, backups_enabled: bool = True) -> bool:
     """True on the first start of a brand-new data directory: no component file and no record
     of a backup repository. Only then may the service create the repository on its own.
 
@@ -25,7 +25,9 @@ def finds_no_state(data_dir: Path) -> bool:
     stopped before it made the repository (Ctrl-C, SIGTERM or kill -9 in its first seconds)
     is still one when started again: it had made the component files, and the next start
     took the missing repository for a lost one, refused every backup and opened a critical
-    incident until `ers backup init`."""
+    incident until `ers backup init`. A start with backups off makes no repository and leaves
+    no mark: the state it makes is existing state to a later start with backups on, which
+    then waits for `ers backup init` as for any state without a repository."""
     if (data_dir / RECORD_FILE_NAME).exists():
         return False
     mark = data_dir / FIRST_START_MARK
@@ -33,8 +35,9 @@ def finds_no_state(data_dir: Path) -> bool:
         return True
     if any((data_dir / f"{name}.sqlite3").exists() for name in (*COMPONENTS, "incidents")):
         return False
-    data_dir.mkdir(parents=True, exist_ok=True)
-    mark.touch()
+    if backups_enabled:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        mark.touch()
     return True
 
 

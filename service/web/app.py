@@ -171,7 +171,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Before any store opens a file: a rollback cut short in its swap is undone.
         undone = await asyncio.to_thread(undo_interrupted_swap, settings)
         # Only a start that finds no state at all may create the backup repository by itself.
-        first_start = await asyncio.to_thread(finds_no_state, settings.data_dir)
+        first_start = await asyncio.to_thread(
+            finds_no_state, settings.data_dir, backups_enabled=settings.backups_enabled
+        )
         # State: one SQLite file per component, or one PostgreSQL schema each.
         stores = Stores.from_settings(settings)
         await stores.open()
