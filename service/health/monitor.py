@@ -29,12 +29,12 @@ from opentelemetry.trace import Status as SpanStatus
 from opentelemetry.trace import StatusCode
 
 from service.health.checks import CheckResult, HealthCheck, HealthCheckFailed, Status, worst
-from service.resilience.exception_events import (
+from service.tasks import cancel_and_wait
+from telemetry.exception_events import (
     EXCEPTION_BASES_ATTRIBUTE,
     exception_bases,
     record_exception,
 )
-from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.health")
 

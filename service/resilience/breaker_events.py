@@ -18,7 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from service.errors import DependencyError
 from service.resilience.breaker_config import BreakerState
-from service.resilience.exception_events import record_exception
+from telemetry.exception_events import record_exception
 
 if TYPE_CHECKING:
     from service.resilience.breaker import CircuitBreaker

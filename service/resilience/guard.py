@@ -29,12 +29,12 @@ from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.cooldown import Cooldown
 from service.resilience.deadlines import DeadlineWatchdog
-from service.resilience.exception_events import EXCEPTION_BASES_ATTRIBUTE as BASES_ATTRIBUTE
-from service.resilience.exception_events import exception_bases, record_exception
 from service.resilience.fallback import ChainAnswer, FallbackChain, FallbackPolicy
 from service.resilience.faults import FaultInjector
 from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
+from telemetry.exception_events import EXCEPTION_BASES_ATTRIBUTE as BASES_ATTRIBUTE
+from telemetry.exception_events import exception_bases, record_exception
 
 SHARED_DEADLINES = DeadlineWatchdog()
 

@@ -31,8 +31,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_i
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute, Match
 
-from service.resilience.exception_events import record_exception
 from service.resilience.instruments import BucketHistogram
+from telemetry.exception_events import record_exception
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

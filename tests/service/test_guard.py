@@ -19,11 +19,11 @@ from service.agents.base import AgentReply, AgentRequest
 from service.chat.team import Team
 from service.errors import AgentFailure, DependencyError, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker, ProbeOutcome
-from service.resilience.exception_events import EXCEPTION_BASES_ATTRIBUTE
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
 from service.resilience.guard import GuardedAgent
 from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
+from telemetry.exception_events import EXCEPTION_BASES_ATTRIBUTE
 
 
 class ScriptedAgent:

@@ -6,7 +6,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service.resilience.exception_events import record_exception, stacktrace
+from telemetry.exception_events import record_exception, stacktrace
 
 
 class Boom(RuntimeError):

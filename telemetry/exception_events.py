@@ -16,6 +16,12 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+# The attribute that lets classification rules match a family of errors ("any
+# DependencyError"), not only the exact class; read back from span records.
+from telemetry.span_record import EXCEPTION_BASES_ATTRIBUTE
+
+__all__ = ["EXCEPTION_BASES_ATTRIBUTE", "exception_bases", "record_exception", "stacktrace"]
+
 _MAX_PATHS = 1024
 _frames_by_path: OrderedDict[tuple[Any, ...], str] = OrderedDict()
 
@@ -63,11 +69,6 @@ def _last_line(exc: BaseException) -> str:
         kind.__qualname__ if module in ("__main__", "builtins") else f"{module}.{kind.__qualname__}"
     )
     return f"{name}: {message}\n" if message else f"{name}\n"
-
-
-# Lets classification rules match a family of errors ("any DependencyError"), not only the
-# exact class.
-EXCEPTION_BASES_ATTRIBUTE = "ers.exception.bases"
 
 
 def exception_bases(exc: BaseException) -> list[str]:
