@@ -46,6 +46,8 @@ from opentelemetry.util.http import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from telemetry.exception_events import record_exception
+
 # The guard's agent.<name> span is the incident for a failed call; the attempt's client
 # span under it is not one more (see service.incidents.service.NOT_AN_INCIDENT).
 NOT_AN_INCIDENT = "ers.not_an_incident"
@@ -113,8 +115,9 @@ class AttemptSpans:
 
     @staticmethod
     def failed(span: trace.Span, exc: Exception) -> None:
-        """The exception that ended the attempt (a refused connection, a timeout)."""
-        span.record_exception(exc)
+        """The exception that ended the attempt (a refused connection, a timeout), recorded
+        as the guard records its own: an agent that is down fails every attempt."""
+        record_exception(span, exc, {})
         span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
