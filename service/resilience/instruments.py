@@ -143,7 +143,7 @@ class BucketHistogram:
                 cumulative += count
                 buckets.append((bound, cumulative))
             family.add_metric(list(value), buckets, total)
-        # An empty label is no label (as in Prometheus): not written, as the SDK writes none.
+        # An empty label value is no label to Prometheus: it is left out of the exposition.
         family.samples = [
             sample._replace(labels={k: v for k, v in sample.labels.items() if v != ""})
             for sample in family.samples
