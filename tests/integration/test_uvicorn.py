@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -57,15 +58,22 @@ def test_sigterm_exits_cleanly(ers_process: ErsProcess) -> None:
     assert "Traceback" not in ers_process.log()
 
 
-def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None:
+def cli_of(service: ErsProcess) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``ers <args> --url <the service>``, run as its own process."""
+
     def ers(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args, "--url", ers_process.url],
+            [sys.executable, "-m", "service.cli", *args, "--url", service.url],
             capture_output=True,
             text=True,
             timeout=60,
         )
 
+    return ers
+
+
+def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None:
+    ers = cli_of(ers_process)
     listed = ers("breakers", "list")
     assert listed.returncode == 0, listed.stderr
     assert "budget" in listed.stdout and "total 4: 4 closed" in listed.stdout
@@ -88,14 +96,7 @@ def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None
 
 
 def test_status_counts_a_disabled_breaker(ers_process: ErsProcess) -> None:
-    def ers(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args, "--url", ers_process.url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
+    ers = cli_of(ers_process)
     assert ers("breakers", "disable", "budget").returncode == 0
     assert ers("breakers", "force-open", "workout", "--reason", "bad plans").returncode == 0
     shown = ers("status")
