@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from fastapi.routing import RouteContext, iter_route_contexts
 from opentelemetry.context import attach, detach
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
@@ -84,6 +85,7 @@ class HttpTelemetry:
         self._durations = durations
         self._untraced = untraced
         self._routes = routes
+        self._flat_routes: list[RouteContext] | None = None
         # The configured propagator (W3C traceparent, tracestate and baggage unless
         # OTEL_PROPAGATORS says otherwise) and the headers it reads, as ASGI names them.
         self._propagator = get_global_textmap()
@@ -150,13 +152,15 @@ class HttpTelemetry:
     def _route_of(self, scope: Scope) -> str | None:
         """The route the router would have taken (a full match, else a path that matched
         with another method), as the instrumentation names it."""
+        if self._flat_routes is None:  # the routes of included routers, each with its path
+            self._flat_routes = list(iter_route_contexts(self._routes))
         partial = None
-        for route in self._routes:
+        for route in self._flat_routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return getattr(route, "path", None)
+                return route.path
             if match is Match.PARTIAL and partial is None:
-                partial = getattr(route, "path", None)
+                partial = route.path
         return partial
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -37,9 +37,14 @@ class Item(BaseModel):
 def minimal_app() -> FastAPI:
     app = FastAPI()
 
-    @app.post("/items/{item_id}")
+    # Included as ERS includes its routes: a router of its own.
+    items = APIRouter(prefix="/items")
+
+    @items.post("/{item_id}")
     async def put_item(item_id: int, item: Item) -> dict[str, Any]:
         return {"id": item_id, "name": item.name}
+
+    app.include_router(items)
 
     @app.get("/boom")
     async def boom() -> None:
