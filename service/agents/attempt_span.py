@@ -47,10 +47,8 @@ from opentelemetry.util.http import (
 from opentelemetry.util.types import AttributeValue
 
 from telemetry.exception_events import record_exception
+from telemetry.incident_processor import NOT_AN_INCIDENT
 
-# The guard's agent.<name> span is the incident for a failed call; the attempt's client
-# span under it is not one more (see service.incidents.service.NOT_AN_INCIDENT).
-NOT_AN_INCIDENT = "ers.not_an_incident"
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
 SANITIZE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
@@ -71,6 +69,7 @@ class AttemptSpans:
         }
         if parsed.port:  # None when it is the scheme's default
             attributes[SERVER_PORT] = attributes[NETWORK_PEER_PORT] = parsed.port
+        # The guard's agent.<name> span is the incident for a failed call, not this one.
         attributes[NOT_AN_INCIDENT] = "reported by the agent span"
         self._attributes = attributes
         # Read once, as the instrumentation reads them when it instruments a client.

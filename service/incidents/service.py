@@ -42,7 +42,7 @@ from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from telemetry.classifier import load_rules
-from telemetry.incident_processor import IncidentProcessor, server_span_of
+from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
 
 log = logging.getLogger("ers.incidents")
 
@@ -50,9 +50,6 @@ RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 # The health endpoint answers 503 to report an unhealthy check; the check that crossed its
 # line is the incident (``health.<check>``), never the request that read it.
 UNCLASSIFIED_ROUTES = ("/api/emergency/health",)
-# Set on a request's span whose error status is no failure of its own (e.g. a 503 while the
-# backup repository is still being reached); its value says why.
-NOT_AN_INCIDENT = "ers.not_an_incident"
 
 
 def not_an_incident(routes: tuple[str, ...]) -> Callable[[ReadableSpan], bool]:

@@ -17,8 +17,8 @@ from starlette.requests import ClientDisconnect
 from service.chat.admission import ChatOverloaded
 from service.errors import StorePaused, StoreUnavailable, UnknownAgent
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
-from service.incidents.service import NOT_AN_INCIDENT
 from service.web.routes.json_types import json_kind
+from telemetry.incident_processor import NOT_AN_INCIDENT
 
 log = logging.getLogger("ers.http")
 

@@ -31,11 +31,11 @@ from service.backups.replies import (
 )
 from service.backups.service import BackupsUnavailable
 from service.incidents.model import INCIDENT_ID_PATTERN
-from service.incidents.service import NOT_AN_INCIDENT
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
 from service.web.openapi import errors
 from service.web.routes.json_types import Confirmation
+from telemetry.incident_processor import NOT_AN_INCIDENT
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
 
