@@ -68,11 +68,15 @@ BENCHMARKS: dict[str, list[Target]] = {
     ],
     "bench.fleet": [
         reference("postgres_vs_sqlite_one_replica"),
-        Target("fleet_throughput_ratio", ">=", 1.6),
+        # Kept for reference: it mixes what the store costs into the scaling, which
+        # fleet_scaling_on_postgres measures alone.
+        reference("fleet_throughput_ratio"),
         Target("fleet_scaling_on_postgres", ">=", 1.5),
     ],
     "bench.pg_backup": [
-        Target("pg_rollback_vs_restore_ratio", "<=", 1.5),
+        # Kept for reference: a bare pg_restore into a fresh database takes no safety copy
+        # and swaps nothing; pg_rollback_vs_manual compares the same work done by hand.
+        reference("pg_rollback_vs_restore_ratio"),
         Target("pg_rollback_vs_manual", "<=", 1.1),
     ],
     "bench.remote_agent": [

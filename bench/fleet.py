@@ -25,8 +25,8 @@ the CPUs, not by its database, pool or load, and ``other`` says how much of them
 
 Figures, each as ``name=value`` with the raw numbers it compares on the line above, kept
 for reference first: ``postgres_vs_sqlite_one_replica`` (what PostgreSQL costs one replica)
-and ``fleet_throughput_ratio`` (two replicas on PostgreSQL over one on SQLite, target
->= 1.6 from before, which mixes the store's cost into the scaling); last the scaling itself,
+and ``fleet_throughput_ratio`` (two replicas on PostgreSQL over one on SQLite; its old
+target of >= 1.6 mixed the store's cost into the scaling); last the scaling itself,
 ``fleet_scaling_on_postgres=<two replicas' req/s over one replica's, both on PostgreSQL>``
 (target >= 1.5), with the cores each side used printed beside it: on a 2-core machine that
 also runs PostgreSQL and the load generator, two replicas cannot have two whole cores.

@@ -19,7 +19,8 @@ hand: the copy must exist before the schema is replaced.
 
 Medians are compared. Printed as ``name=value`` with the anchor's raw numbers on the line
 above: ``pg_rollback_vs_restore_ratio`` (rollback over the bare pg_restore into a fresh
-database, kept for reference; target <= 1.5) and last ``pg_rollback_vs_manual`` (rollback
+database, kept for reference: its old target of <= 1.5 set a rollback against work it does
+not do) and last ``pg_rollback_vs_manual`` (rollback
 over the operator's two commands; target <= 1.1).
 """
 
