@@ -101,9 +101,6 @@ Confirmation = Annotated[bool, BeforeValidator(_confirmation)]
 WholeNumber = BeforeValidator(_whole_number)
 AnyNumber = BeforeValidator(_number)
 
-JsonInt = Annotated[int, WholeNumber]
-"""A JSON number without a fractional part; never a string or a boolean."""
-
 JsonNumber = Annotated[float, AnyNumber]
 """A JSON number, integer or decimal; never a string or a boolean."""
 
