@@ -21,8 +21,6 @@ class Progress:
     """One restic status line: how far a backup or restore is."""
 
     percent_done: float
-    bytes_done: int
-    total_bytes: int
 
 
 @dataclass(frozen=True)

@@ -125,13 +125,7 @@ def _dispatch(
         collected.messages.append(message)
         return
     if on_progress is not None:
-        on_progress(
-            Progress(
-                percent_done=float(message.get("percent_done", 0.0)),
-                bytes_done=int(message.get("bytes_done", message.get("bytes_restored", 0))),
-                total_bytes=int(message.get("total_bytes", 0)),
-            )
-        )
+        on_progress(Progress(percent_done=float(message.get("percent_done", 0.0))))
 
 
 async def stop_process(

@@ -174,13 +174,11 @@ class Activity:
     def __init__(self, progress: Progress, description: str) -> None:
         self._progress = progress
         self._task = progress.add_task(description, total=None)
-        self.updates = 0
 
     def stage(self, description: str) -> None:
         self._progress.update(self._task, description=description)
 
     def restic_status(self, status: Any) -> None:
-        self.updates += 1
         self._progress.update(self._task, total=1.0, completed=float(status.percent_done))
 
 
