@@ -63,13 +63,6 @@ def decode_traces(
     return records
 
 
-def decode_error_spans(
-    body: bytes, content_type: str, content_encoding: str | None = None
-) -> list[SpanRecord]:
-    """Only the spans whose status is ERROR: what the incident processor takes."""
-    return [r for r in decode_traces(body, content_type, content_encoding) if r.is_error]
-
-
 def decompress(body: bytes, content_encoding: str | None) -> bytes:
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
@@ -149,7 +142,6 @@ __all__ = [
     "PROTOBUF",
     "MalformedOtlp",
     "UnsupportedContentType",
-    "decode_error_spans",
     "decode_request",
     "decode_traces",
     "decompress",

@@ -15,7 +15,6 @@ from opentelemetry.trace import Status, StatusCode
 from telemetry.otlp_intake import (
     MalformedOtlp,
     UnsupportedContentType,
-    decode_error_spans,
     decode_traces,
     encode_response,
 )
@@ -78,11 +77,6 @@ def test_json_bodies_with_hex_ids_decode_like_protobuf() -> None:
     from_protobuf = decode_traces(protobuf_body(spans), "application/x-protobuf")
     assert from_json == from_protobuf
     assert from_json[0].parent_span_id == from_json[1].span_id
-
-
-def test_only_error_spans_go_to_the_processor() -> None:
-    errors = decode_error_spans(protobuf_body(), "application/x-protobuf")
-    assert [r.name for r in errors] == ["db.query"]
 
 
 def test_gzip_bodies_are_decoded() -> None:
