@@ -44,7 +44,6 @@ __all__ = [
     "RuleCheck",
     "RulesError",
     "load_rules",
-    "replay",
     "replay_stored",
 ]
 
@@ -230,12 +229,8 @@ class ReplaySummary:
         return asdict(self)
 
 
-def replay(records: Iterable[SpanRecord], old: Classifier, new: Classifier) -> ReplaySummary:
-    return replay_stored(((record, old.classify(record), 1) for record in records), new)
-
-
 def replay_stored(
-    stored: Iterable[tuple[SpanRecord, Classification | Mapping[str, Any], int]],
+    stored: Iterable[tuple[SpanRecord, Mapping[str, Any], int]],
     new: Classifier,
 ) -> ReplaySummary:
     """``stored``: records with the classification they were given when they arrived and
@@ -247,15 +242,14 @@ def replay_stored(
         summary.changes,
     )
     for record, before, weight in stored:
-        before_fields = before.to_dict() if isinstance(before, Classification) else dict(before)
         after = new.classify(record).to_dict()
         summary.total += weight
-        old_rule, new_rule = str(before_fields.get("rule")), after["rule"]
+        old_rule, new_rule = str(before.get("rule")), after["rule"]
         by_rule_before[old_rule] = by_rule_before.get(old_rule, 0) + weight
         by_rule_after[new_rule] = by_rule_after.get(new_rule, 0) + weight
-        if before_fields.get("fingerprint") != after["fingerprint"]:
+        if before.get("fingerprint") != after["fingerprint"]:
             summary.regrouped += weight
-        old_label, new_label = _label(before_fields), _label(after)
+        old_label, new_label = _label(before), _label(after)
         if old_label != new_label:
             summary.changed += weight
             change = changes.setdefault(
