@@ -97,7 +97,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(
     for _ in range(5):
         fail_agent(tracing, "BMA", DatabaseDown("db down"))
     assert processor.spans_dropped == 3
-    assert processor.queue_depth == 2
+    assert processor.counters()["queue_depth"] == 2
     release.set()
     assert processor.force_flush()
     assert processor.spans_classified == 3
@@ -209,7 +209,7 @@ def test_a_failing_store_is_counted_and_the_worker_goes_on(
     processor.force_flush()
     processor.submit_record(error_record())
     processor.force_flush()
-    assert processor.spans_failed == 1
+    assert processor.counters()["spans_failed"] == 1
     assert store.list()[0][0].count == 1
     processor.shutdown()
     store.close()
