@@ -25,10 +25,6 @@ class RepositorySharing:
         self._exclusive_waiting = 0
         self._changed = asyncio.Event()
 
-    @property
-    def in_use(self) -> bool:
-        return self._exclusive or self._sharing > 0
-
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
         await self._until(lambda: not self._exclusive and not self._exclusive_waiting)

@@ -12,6 +12,12 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def assert_free(sharing: RepositorySharing) -> None:
+    """Nothing holds the repository any more: an exclusive use starts at once."""
+    async with asyncio.timeout(1), sharing.exclusive():
+        pass
+
+
 async def test_shared_uses_run_together_and_an_exclusive_one_waits_for_them() -> None:
     sharing = RepositorySharing()
     order: list[str] = []
@@ -31,7 +37,8 @@ async def test_shared_uses_run_together_and_an_exclusive_one_waits_for_them() ->
     assert order == []
     await second.__aexit__(None, None, None)
     await asyncio.wait_for(waiting, 5)
-    assert order == ["exclusive"] and not sharing.in_use
+    assert order == ["exclusive"]
+    await assert_free(sharing)
 
 
 async def test_a_waiting_exclusive_use_goes_before_later_shared_ones() -> None:
@@ -78,4 +85,4 @@ async def test_a_cancelled_exclusive_wait_lets_the_shared_ones_behind_it_go() ->
     await asyncio.wait_for(behind, 5)
     assert entered == [True]
     await reader.__aexit__(None, None, None)
-    assert not sharing.in_use
+    await assert_free(sharing)
