@@ -94,7 +94,6 @@ class FleetOverrides:
         self._turn = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribes: list[Callable[[], None]] = []
-        self._listening = asyncio.Event()
         self.writes = 0
         self._write_outage = Outage("writing an override")
         self._leases = TrialLeases(
@@ -164,11 +163,6 @@ class FleetOverrides:
                     len(self._pending),
                     "timed out" if isinstance(exc, TimeoutError) else self.database.reason(exc),
                 )
-
-    async def wait_listening(self, timeout_s: float = 10.0) -> None:
-        """Until the LISTEN connection is up (for tests and readiness)."""
-        async with asyncio.timeout(timeout_s):
-            await self._listening.wait()
 
     # --- local changes -> the fleet --------------------------------------------------------
 
@@ -326,12 +320,10 @@ class FleetOverrides:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     outage.recovered()
                     backoff = 0.5
-                    self._listening.set()
                     self._wake.set()  # catch up on what was written while not listening
                     async for _ in conn.notifies():
                         self._wake.set()
             except psycopg.Error as exc:
                 outage.failed(self.database.reason(exc), MAX_BACKOFF_S)
-            self._listening.clear()
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
