@@ -41,7 +41,6 @@ class ChatOverloaded(ErsError):
         else:
             line = f"{waiting} chats are already waiting to start"
         super().__init__(f"the service is at capacity ({line}); retry in a second")
-        self.waiting = waiting
 
 
 class ChatAdmission:
@@ -52,7 +51,6 @@ class ChatAdmission:
             raise ValueError("per_turn and max_waiting must not be negative")
         self.per_turn = per_turn
         self.max_waiting = max_waiting
-        self.shed = 0
         self._started = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._turn_scheduled = False
@@ -79,7 +77,6 @@ class ChatAdmission:
             self._started += 1
             return
         if len(self._waiting) >= self.max_waiting:
-            self.shed += 1
             raise ChatOverloaded(len(self._waiting))
         admitted = loop.create_future()
         self._waiting.append(admitted)

@@ -67,7 +67,6 @@ async def test_a_chat_beyond_the_line_is_turned_away_with_the_number_waiting() -
     assert all(isinstance(e, ChatOverloaded) for e in errors)
     assert "2 chats are already waiting" in str(errors[0])
     assert "retry" in str(errors[0])
-    assert admission.shed == 2
 
 
 async def test_a_chat_that_finds_room_starts_without_yielding() -> None:
@@ -124,7 +123,6 @@ async def test_a_chat_cancelled_in_line_leaves_it() -> None:
     admitted, errors, _ = await _arrive_together(admission, 4)
     assert errors == []
     assert len(admitted) == 4
-    assert admission.shed == 0
 
 
 def test_the_message_counts_the_line_in_words() -> None:
