@@ -28,7 +28,6 @@ class Bulkhead:
         self._free = max_concurrent_calls
         # A slot that frees up goes straight to the oldest waiter, so none is overtaken.
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self.turned_away = 0
 
     @property
     def waiting(self) -> int:
@@ -44,7 +43,6 @@ class Bulkhead:
             self._free -= 1
             return True
         if self.max_wait_s <= 0:
-            self.turned_away += 1
             return False
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
@@ -58,7 +56,6 @@ class Bulkhead:
             elif slot in self._waiters:
                 self._waiters.remove(slot)
             if isinstance(exc, TimeoutError):
-                self.turned_away += 1
                 return False
             raise
         return True
