@@ -78,7 +78,6 @@ class GuardedAgent:
         self._first_timeout = min(self.config.timeout_s, self.config.total_budget_s)
         self._cache = fallback.cache
         self._stats = stats
-        self.restarts = 0
         self.bulkhead = bulkhead
         self.chain = chain
         # Calls fall back without reaching the agent while it runs: the agent asked (a rate
@@ -98,7 +97,6 @@ class GuardedAgent:
         if self._factory is None:
             return False
         self.agent = self._factory()
-        self.restarts += 1
         return True
 
     async def probe(self) -> ProbeOutcome:

@@ -93,7 +93,7 @@ async def restart_agent_puts_a_new_instance_in_place(rig: Rig) -> None:
     guard = rig.team.get("nutrition")
     before = guard.agent
     assert (await rig.run("restart_agent")).result == "success"
-    assert guard.agent is not before and guard.restarts == 1
+    assert guard.agent is not before
 
 
 async def serve_cached_answers_from_the_last_good_answer_without_the_agent(rig: Rig) -> None:
