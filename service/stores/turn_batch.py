@@ -60,8 +60,6 @@ class TurnBatcher:
         self._max_batch = max_batch
         self._queue: list[Pending] = []
         self._flusher: asyncio.Task[None] | None = None
-        # Statements sent, for the tests and anyone who wants to see the batching work.
-        self.flushes = 0
 
     async def record(self, turn: ChatTurn) -> int:
         """Store ``turn``; returns its id once it is committed."""
@@ -123,7 +121,6 @@ class TurnBatcher:
             _done(future, turn_id)
 
     async def _insert(self, turns: list[ChatTurn]) -> list[int]:
-        self.flushes += 1
         columns = [list(column) for column in zip(*(turn_values(t) for t in turns), strict=True)]
         rows = await self._store.fetch_all(self._sql, columns)
         return sorted(int(row["id"]) for row in rows)
