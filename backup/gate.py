@@ -39,7 +39,6 @@ class StartGate:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / GATE_NAME
-        self.opened = False
 
     def restic_args(self) -> list[str]:
         return ["--exclude-file", str(self.path)]
@@ -47,7 +46,6 @@ class StartGate:
     def open(self) -> None:
         """The staged folder is final: let restic read it."""
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self.opened = True
 
     def missed_by(self, error: BaseException) -> bool:
         """Whether `error` is restic failing because it reached the gate before it opened."""

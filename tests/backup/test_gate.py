@@ -43,7 +43,7 @@ async def test_the_gate_exists_only_once_opened_and_is_empty(tmp_path: Path) -> 
         assert gate.restic_args() == ["--exclude-file", str(gate.path)]
         assert not gate.path.exists()
         gate.open()
-        assert gate.opened and gate.path.read_bytes() == b""
+        assert gate.path.read_bytes() == b""
     assert not gate.path.parent.exists()
 
 
@@ -66,7 +66,7 @@ async def test_a_command_ready_before_the_copies_fails_at_the_gate_and_reads_not
         early = EarlyRun(gate, lambda g: fake_restic(g, staged, ready_after=0.0))
         await asyncio.sleep(0.5)  # the copies take longer than the command's start
         assert await early.finish() is None  # missed: the caller runs restic again
-        assert not gate.opened
+        assert not gate.path.exists()
 
 
 async def test_other_failures_are_not_taken_for_a_missed_gate(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ async def test_a_command_that_failed_before_the_gate_opened_is_run_again(
     with start_gate(tmp_path) as gate:
         early = EarlyRun(gate, locked)
         await asyncio.sleep(0)  # it fails while the copies are still being made
-        assert await early.finish() is None and not gate.opened
+        assert await early.finish() is None and not gate.path.exists()
 
 
 async def test_abandoning_stops_the_command_and_keeps_the_gate_shut(tmp_path: Path) -> None:
