@@ -59,7 +59,6 @@ class CopyResult:
     copied: int
     skipped: int
     duration_s: float
-    created_destination: bool
 
 
 class OffsiteCopier:
@@ -123,7 +122,6 @@ class OffsiteCopier:
                 "restic 0.14 or later for the off-host copy"
             )
         started = time.monotonic()
-        created = False
         try:
             exists = await self.destination.repository_id() is not None
         except ResticError as exc:
@@ -136,11 +134,9 @@ class OffsiteCopier:
             ) from None
         if not exists:
             await self._run(["init", "--copy-chunker-params"], timeout=120)
-            created = True
         stdout = await self._run(["copy"], timeout=self.timeout)
         return CopyResult(
             copied=len(_SAVED.findall(stdout)),
             skipped=len(_SKIPPED.findall(stdout)),
             duration_s=time.monotonic() - started,
-            created_destination=created,
         )
