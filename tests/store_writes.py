@@ -1,9 +1,11 @@
-"""Writes to the component stores the way the service makes them: through the unit of work."""
+"""Writes to the component stores the way the service makes them (through the unit of work),
+and the chat turns they stored, read back."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import fields, replace
 from typing import Any
 
 from service.stores import Stores
@@ -16,6 +18,24 @@ async def record_turn(stores: Stores, turn: ChatTurn) -> int:
     applied = await stores.units.commit(Unit(turn=turn))
     assert applied.turn_id is not None
     return applied.turn_id
+
+
+async def stored_turns(stores: Stores, user_id: str, limit: int = 20) -> list[ChatTurn]:
+    """The user's newest stored turns, oldest first (SQLite stores booleans as 0 and 1)."""
+    conversations = stores.conversations
+    rows = await conversations.db.fetch_all(
+        f"SELECT * FROM {conversations.at}.turns WHERE user_id = ? ORDER BY id DESC LIMIT ?",
+        (user_id, limit),
+    )
+    names = [f.name for f in fields(ChatTurn)]
+    return [
+        replace(
+            ChatTurn(**{name: row[name] for name in names}),
+            success=bool(row["success"]),
+            degraded=bool(row["degraded"]),
+        )
+        for row in reversed(rows)
+    ]
 
 
 async def set_limit(stores: Stores, user_id: str, category: str, limit_cents: int) -> None:

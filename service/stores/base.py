@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 
@@ -77,16 +77,9 @@ class SystemStateBackend(Protocol):
     async def items(self) -> dict[str, Any]: ...
 
 
-def turn_from_row(row: Any) -> ChatTurn:
-    """A turn from a ``turns`` row of either engine (SQLite stores booleans as 0 and 1)."""
-    turn = ChatTurn(**{name: row[name] for name in _TURN_COLUMNS})
-    return replace(turn, success=bool(turn.success), degraded=bool(turn.degraded))
-
-
 def profile_from_row(row: Any, equipment: Iterable[str]) -> Profile:
     """A profile from a ``profiles`` row of either engine, its equipment decoded."""
     return Profile(**{name: row[name] for name in _PROFILE_COLUMNS}, equipment=tuple(equipment))
 
 
-_TURN_COLUMNS = tuple(f.name for f in fields(ChatTurn))
 _PROFILE_COLUMNS = tuple(f.name for f in fields(Profile) if f.name != "equipment")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from service.stores.base import ChatTurn, turn_from_row
 from service.stores.component import ComponentStore, probe_table
 
 # The replies to requests that carried an Idempotency-Key (see unit_of_work).
@@ -66,13 +65,6 @@ class ConversationStore(ComponentStore):
             " (created_at)",
         ),
     )
-
-    async def recent(self, user_id: str, limit: int = 20) -> list[ChatTurn]:
-        rows = await self.db.fetch_all(
-            f"SELECT * FROM {self.at}.turns WHERE user_id = ? ORDER BY id DESC LIMIT ?",
-            (user_id, limit),
-        )
-        return [turn_from_row(row) for row in reversed(rows)]
 
     async def count(self) -> int:
         row = await self.db.fetch_one(f"SELECT count(*) AS n FROM {self.at}.turns")

@@ -9,6 +9,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service.resilience.guard import hash_user_id
+from tests.store_writes import stored_turns
 
 
 async def test_chat_answers_in_the_seed_shape(client: httpx.AsyncClient) -> None:
@@ -67,7 +68,7 @@ async def test_profile_api_round_trip_and_bounds(client: httpx.AsyncClient) -> N
 async def test_default_user_is_anonymous(client: httpx.AsyncClient, app: FastAPI) -> None:
     reply = await client.post("/chat", json={"message": "budget report"})
     assert reply.status_code == 200
-    turns = await app.state.runtime.stores.conversations.recent("anonymous")
+    turns = await stored_turns(app.state.runtime.stores, "anonymous")
     assert turns[-1].message == "budget report"
 
 

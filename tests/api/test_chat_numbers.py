@@ -8,6 +8,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.store_writes import stored_turns
+
 USER = "num-user"
 
 
@@ -19,7 +21,7 @@ async def assert_nothing_stored(app: FastAPI) -> None:
     stores = app.state.runtime.stores
     assert await stores.budgets.report(USER) == []
     assert await stores.profiles.get(USER) is None
-    assert await stores.conversations.recent(USER) == []
+    assert await stored_turns(stores, USER) == []
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres import PostgresStore
-from tests.store_writes import opened, record_turn, set_limit, upsert_profile
+from tests.store_writes import opened, record_turn, set_limit, stored_turns, upsert_profile
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +161,7 @@ async def test_rolling_back_one_component_brings_its_rows_back_and_leaves_the_ot
     assert result.components == ("conversations",)
     assert {"safety-snapshot", "restore", "verify-and-swap", "drop-old"} <= set(result.step_seconds)
     assert await stores.conversations.count() == 3
-    assert [t.message for t in await stores.conversations.recent("u1")] == [
+    assert [t.message for t in await stored_turns(stores, "u1")] == [
         "message 0",
         "message 1",
         "message 2",

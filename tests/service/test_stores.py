@@ -9,7 +9,7 @@ from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import CategoryReport, ChatTurn, Profile
 from tests.service.conftest import ReadElsewhere
-from tests.store_writes import add_expense, record_turn, set_limit, upsert_profile
+from tests.store_writes import add_expense, record_turn, set_limit, stored_turns, upsert_profile
 
 
 async def test_each_component_is_its_own_file_in_wal_mode(
@@ -29,7 +29,7 @@ async def test_conversation_turns_round_trip(stores: Stores) -> None:
     )
     await record_turn(stores, ChatTurn("u1", "budget", "no budgets", "budget", False, True))
     await record_turn(stores, ChatTurn("u2", "hi", "hello", "router", True, False))
-    recent = await stores.conversations.recent("u1")
+    recent = await stored_turns(stores, "u1")
     assert [t.message for t in recent] == ["plan my meals", "budget"]
     assert recent[1].degraded and not recent[1].success
     assert recent[0].id == first and recent[0].trace_id == "ab" * 16
@@ -116,10 +116,10 @@ async def test_recent_turns_are_the_newest_in_order(stores: Stores) -> None:
         for i in range(5)
     ]
     assert ids == sorted(ids) and len(set(ids)) == 5
-    recent = await stores.conversations.recent("u1", limit=3)
+    recent = await stored_turns(stores, "u1", limit=3)
     assert [t.message for t in recent] == ["m2", "m3", "m4"]
     assert recent[-1].created_at == 1004.5 and recent[-1].id == ids[-1]
-    assert await stores.conversations.recent("nobody") == []
+    assert await stored_turns(stores, "nobody") == []
 
 
 async def test_profile_round_trips_every_field(stores: Stores) -> None:

@@ -16,6 +16,7 @@ from service.stores.base import ChatTurn
 from service.stores.budgets import BudgetStore, current_month
 from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
+from tests.store_writes import stored_turns
 
 
 def turn(message: str = "spent $5 on food") -> ChatTurn:
@@ -32,7 +33,7 @@ WRITES = (
 async def test_a_turn_and_its_writes_commit_together(stores: Stores) -> None:
     applied = await stores.units.commit(Unit(WRITES, turn(), turn_key="t1"))
     assert applied.turn_id is not None
-    stored = {t.id: t for t in await stores.conversations.recent("u1")}.get(applied.turn_id)
+    stored = {t.id: t for t in await stored_turns(stores, "u1")}.get(applied.turn_id)
     assert stored is not None and stored.message == "spent $5 on food"
     report = await stores.budgets.report("u1", current_month())
     assert [(r.category, r.limit_cents, r.spent_cents) for r in report] == [("food", 40_000, 500)]
