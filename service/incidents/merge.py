@@ -50,7 +50,6 @@ class GroupOutcome:
 
     incident: Incident  # as it is after the batch
     outcome: str  # opened | reopened | updated
-    occurrences: int  # failures of this batch grouped into the incident
     classification: Classification
     record: SpanRecord  # the batch's latest failure of this incident
 

@@ -59,9 +59,7 @@ def write_groups(
         for kind, text in notes:
             insert_timeline(db, incident.id, now, kind, "classifier", text, {})
         record, classification = group[-1]
-        by_fingerprint[fingerprint] = GroupOutcome(
-            incident, outcome, len(group), classification, record
-        )
+        by_fingerprint[fingerprint] = GroupOutcome(incident, outcome, classification, record)
     return [by_fingerprint[fingerprint] for fingerprint in groups]
 
 

@@ -127,7 +127,7 @@ def test_subscribers_hear_opened_updated_and_reopened(
     processor.force_flush()
     assert [event.outcome for event in events] == ["opened", "updated", "reopened"]
     assert events[0].classification.protocol == "AGENT_FAILURE"
-    assert events[0].occurrences == 1
+    assert events[0].incident.count == 1
     assert events[-1].record.name == "agent.npa"
     assert threads == {"ers-incidents"}
     processor.shutdown()
@@ -249,7 +249,7 @@ def test_a_burst_of_failures_is_written_as_one_batch(
     written = threading.Event()
 
     def heard(event: GroupOutcome) -> None:
-        batches.append(event.occurrences)
+        batches.append(event.incident.count)
         written.set()
 
     processor.subscribe(heard)

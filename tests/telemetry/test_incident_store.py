@@ -360,7 +360,7 @@ def test_a_large_batch_keeps_a_weighted_sample_per_incident(
         for n in range(100)
     ]
     outcomes = store.record_errors([(r, default_classifier.classify(r)) for r in records])
-    assert len(outcomes) == 1 and outcomes[0].occurrences == 100
+    assert len(outcomes) == 1 and outcomes[0].incident.count == 100
     stored = store.stored_span_records(incident_id=outcomes[0].incident.id)
     assert [item.weight for item in stored] == [96, 1, 1, 1, 1]
     assert stored[-1].record.trace_id == f"{99:032x}"
