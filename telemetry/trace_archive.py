@@ -143,7 +143,6 @@ class TraceArchive:
             raise ValueError("max_traces must be at least 1")
         self.path = path
         self.max_traces = max_traces
-        self.traces_dropped = 0
         self._db = connect_sqlite(path)
         self._db.execute(SCHEMA)
         self._db.execute(KEPT_AT_INDEX)
@@ -162,7 +161,6 @@ class TraceArchive:
         try:
             self._queue.put_nowait((trace_id, packed))
         except queue.Full:
-            self.traces_dropped += 1
             return False
         return True
 
