@@ -95,6 +95,40 @@ async def test_a_value_of_the_wrong_type_says_what_it_must_be(
     assert "greater" not in detail and "less" not in detail
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize(
+    "url,template,field",
+    [
+        ("/api/profiles/u1", '{"weightKg": TOKEN}', "weightKg"),
+        ("/api/profiles/u1", '{"heightCm": TOKEN}', "heightCm"),
+        (
+            "/api/emergency/circuit-breaker/budget/force-open",
+            '{"reason": "x", "ttlSeconds": TOKEN}',
+            "ttlSeconds",
+        ),
+        (
+            "/api/emergency/simulate-error",
+            '{"component": "budget", "errorType": "agent", "failureRate": TOKEN}',
+            "failureRate",
+        ),
+    ],
+    ids=["weight", "height", "ttl", "failure-rate"],
+)
+async def test_a_number_that_is_not_finite_is_named_as_such(
+    client: httpx.AsyncClient, url: str, template: str, field: str, token: str
+) -> None:
+    """Python's JSON reader takes NaN and Infinity; a range check would then answer "must be
+    less than or equal to 400" for a NaN, which sends the client looking in the wrong place."""
+    method = "PUT" if url.startswith("/api/profiles") else "POST"
+    body = template.replace("TOKEN", token).encode()
+    reply = await client.request(method, url, content=body, headers=JSON)
+    assert reply.status_code == 422, reply.text
+    detail = reply.json()["detail"]
+    assert f"{field}: must be a finite number" in detail, detail
+    assert "not NaN or infinity" in detail
+    assert "greater" not in detail and "less" not in detail
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

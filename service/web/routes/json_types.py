@@ -76,6 +76,13 @@ def _number(value: Any) -> Any:
             "must be a number (a JSON number such as 60 or 2.5, without quotes), not {kind}",
             {"kind": json_kind(value)},
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        # Python's JSON reader takes NaN and Infinity; a range check would call a NaN
+        # "more than 400", which sends the client looking in the wrong place.
+        raise PydanticCustomError(
+            "json_finite_number",
+            "must be a finite number (a JSON number such as 60 or 2.5), not NaN or infinity",
+        )
     return value
 
 
