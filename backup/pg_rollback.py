@@ -14,8 +14,10 @@ is ONE transaction on the live database, run by psql:
 then the old schema is dropped. Other sessions see the old schema until the commit and the
 restored one after it, never a missing or half-loaded one; their cached plans are replanned
 (a schema rename invalidates them). Anything failing before the commit stops psql, and the
-server rolls the transaction back: the live schema is as it was. Writes that reach the old
-schema during the restore are discarded with it, as a rollback means to.
+server rolls the transaction back: the live schema is as it was. Other sessions (another
+replica's writers, which this process cannot pause) are held off by SHARE locks on the live
+tables, taken before the safety backup starts and kept until the commit: their writes wait,
+then go into the restored tables, so each is in the safety snapshot or in the live state.
 
 pg_restore cannot rename a schema, so the other way (restore under a new name, then two
 renames in a short transaction) needs a scratch database and a second dump and restore;
@@ -24,10 +26,11 @@ measured on 100 MB it took about twice as long as this one (bench/pg_backup.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -212,13 +215,14 @@ class PgRollback:
         pipeline.hold_open(dump_in, until=["restic dump"])
         # The commit waits for the safety backup too: the current state is in restic first.
         pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"])
-        try:
-            await pipeline.run()
-        except Exception as exc:
-            step = _failed_step(pipeline)
-            if step != "verify-and-swap" or not await self.database.schema_exists(old):
-                raise RollbackFailed(step, exc) from exc
-            # psql failed after its COMMIT went through (stopped on its way out): it is done.
+        async with self._other_writers_held(schema):
+            try:
+                await pipeline.run()
+            except Exception as exc:
+                step = _failed_step(pipeline)
+                if step != "verify-and-swap" or not await self.database.schema_exists(old):
+                    raise RollbackFailed(step, exc) from exc
+                # psql failed after its COMMIT went through (stopped on its way out): done.
         done = pipeline.finished_at
         inputs_done = max(done.get("pg_restore", started), done.get("safety-snapshot", started))
         steps = {
@@ -240,6 +244,42 @@ class PgRollback:
             step_seconds=steps,
             duration_seconds=time.monotonic() - started,
         )
+
+    @contextlib.asynccontextmanager
+    async def _other_writers_held(self, schema: str) -> AsyncIterator[None]:
+        """Hold off the writes of every other session to `schema` (another replica's, whose
+        writers `pause_writers` does not reach) until the swap has committed. SHARE locks let
+        readers and the safety backup's pg_dump through; taken before the safety backup
+        starts, they make its dump hold every write committed anywhere before the pause. A
+        write that waited is planned again once the lock goes, into the restored tables:
+        without the lock it would land in the old schema after the safety backup's dump
+        and be dropped with it, though its replica had answered that it was stored."""
+        wait_ms = int(self.config.lock_wait_seconds * 1000)
+        tables = sql.SQL(_TABLES_SQL.format(schema=schema))
+        conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        try:
+            conn = await self.database.connect()
+            await conn.execute(f"SET lock_timeout = {wait_ms}")
+            await conn.execute("BEGIN")
+            names = [str(row[0]) for row in await (await conn.execute(tables)).fetchall()]
+            if names:
+                each = sql.SQL(", ").join(sql.Identifier(schema, name) for name in names)
+                await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(each))
+        except psycopg.Error as exc:
+            if conn is not None:
+                await conn.close()
+            cause = PgRestoreFailed(
+                f"holding off other replicas' writes to {schema} at {self.database.location} "
+                f"failed: {self.database.explain(exc)}"
+            )
+            raise RollbackFailed("pause-writers", cause) from None
+        try:
+            yield
+        finally:
+            # Closing ends the transaction and its locks, also when COMMIT cannot be sent.
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("COMMIT")
+            await conn.close()
 
     async def _load_and_swap(self, schema: str, old: str, *, stdin: int) -> dict[str, int]:
         """psql: in one transaction, rename the live schema away, run the restore's SQL from

@@ -25,7 +25,14 @@ from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres import PostgresStore
-from tests.store_writes import opened, record_turn, set_limit, stored_turns, upsert_profile
+from tests.store_writes import (
+    add_expense,
+    opened,
+    record_turn,
+    set_limit,
+    stored_turns,
+    upsert_profile,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -270,3 +277,49 @@ async def test_readers_during_the_swap_see_the_old_or_the_new_table_never_a_miss
     assert set(seen) <= {500, 200}
     assert seen[0] == 500 and seen[-1] == 200
     assert len(seen) > 40
+
+
+async def test_another_replicas_writes_during_a_rollback_are_in_the_safety_snapshot_or_live(
+    backups: BackupManager, stores: Stores, pg_url: str
+) -> None:
+    # A rollback pauses the writers of its own process; another replica on the same database
+    # keeps writing. Each of its acknowledged writes must end up in the safety snapshot (it
+    # came before) or in the restored schema (it came after), never in neither.
+    before = await backups.create(["budgets"])
+    assert before.snapshot_id is not None
+    acknowledged = 0
+    rollback_done = asyncio.Event()
+
+    async def other_replica() -> None:
+        nonlocal acknowledged
+        async with opened(Stores.on_postgres(pg_url)) as other:
+            after_rollback = 0
+            while after_rollback < 20:
+                with contextlib.suppress(BackupError, OSError):
+                    await add_expense(other, "other", "food", 100 + acknowledged)
+                    acknowledged += 1
+                if rollback_done.is_set():
+                    after_rollback += 1
+
+    writer = asyncio.ensure_future(other_replica())
+    while acknowledged < 20:
+        await asyncio.sleep(0.01)
+    try:
+        result = await roll_back(backups, before.snapshot_id)
+    finally:
+        rollback_done.set()
+        await writer
+
+    def others() -> int:
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM ers_budgets.expenses WHERE user_id = 'other'"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    live = others()
+    await roll_back(backups, result.safety_snapshot_id)
+    in_safety = others()
+    assert live >= 20 and in_safety >= 20
+    assert live + in_safety == acknowledged, (live, in_safety, acknowledged)
