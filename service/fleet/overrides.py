@@ -1,7 +1,9 @@
-"""Fleet-wide breaker overrides: a forced open and its release reach every ERS replica.
+"""Fleet-wide breaker overrides: a forced open and its release, and a disabled breaker and
+its enable, reach every ERS replica.
 
 Only built when the stores live on PostgreSQL. When a breaker of this replica is forced open
-or released by an alert, an operator or the responder, the override is written to
+or released by an alert, an operator or the responder, or disabled or enabled by an operator,
+the override is written to
 ``ers_fleet.overrides`` and announced with ``NOTIFY ers_breaker_overrides`` in the same
 transaction. Every replica listens on one dedicated connection and, on a notification or
 every ``poll_interval_s`` (the fallback, and the catch-up after a reconnect), reads the
@@ -60,6 +62,8 @@ class Override:
     trial_passed: bool = False
     # The incident a forced open isolates the agent for.
     incident: str | None = None
+    # Disabled by an operator: every call let through, on every replica.
+    disabled: bool = False
 
 
 class FleetOverrides:
@@ -181,6 +185,11 @@ class FleetOverrides:
             ttl_s = None if until is None else max(0.001, until - time.time())
             incident = None if forcing is None else forcing.incident
             self._queue(Override(name, True, event.source, event.reason, ttl_s, incident=incident))
+        elif event.to_state is BreakerState.DISABLED:
+            self._forced_until.pop(name, None)
+            self._queue(Override(name, False, event.source, event.reason, disabled=True))
+        elif event.from_state is BreakerState.DISABLED:
+            self._queue(Override(name, False, event.source, event.reason))
         elif event.from_state is BreakerState.FORCED_OPEN:
             until = self._forced_until.pop(name, None)
             if until is not None and time.time() >= until - EXPIRY_SLACK_S:
@@ -228,6 +237,7 @@ class FleetOverrides:
                             "replica": self.replica,
                             "trial_passed": override.trial_passed,
                             "incident": override.incident,
+                            "disabled": override.disabled,
                         },
                     )
                     row = await cursor.fetchone()
@@ -275,6 +285,13 @@ class FleetOverrides:
                 )
                 until = None if remaining is None else time.time() + remaining
                 self._forced_until[agent] = until
+            elif row["disabled"]:
+                if breaker.state is BreakerState.DISABLED:
+                    return 0
+                breaker.disable(source=row["source"])
+                self._forced_until.pop(agent, None)
+            elif breaker.state is BreakerState.DISABLED:
+                breaker.enable(source=row["source"])
             elif row["trial_passed"] and (
                 self._leases.needs_lease(agent) or breaker.state is BreakerState.FORCED_OPEN
             ):
@@ -290,7 +307,7 @@ class FleetOverrides:
         log.info(
             "breaker '%s' %s by the fleet (from %s, source %s)",
             agent,
-            "forced open" if row["forced"] else "closed" if row["trial_passed"] else "released",
+            _applied_words(row, breaker.state),
             row["replica"],
             row["source"],
         )
@@ -327,3 +344,14 @@ class FleetOverrides:
                 outage.failed(self.database.reason(exc), MAX_BACKOFF_S)
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def _applied_words(row: DictRow, state: BreakerState) -> str:
+    """What applying a fleet override did to a breaker, for the log."""
+    if row["forced"]:
+        return "forced open"
+    if row["disabled"]:
+        return "disabled"
+    if row["trial_passed"]:
+        return "closed"
+    return "enabled" if state is BreakerState.CLOSED else "released"

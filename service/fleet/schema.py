@@ -32,18 +32,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # The incident a forced open isolates the agent for (the responder's, an alert's).
     ("ALTER TABLE ers_fleet.overrides ADD COLUMN incident TEXT",),
+    # A breaker an operator disabled (every call let through), on every replica.
+    ("ALTER TABLE ers_fleet.overrides ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT false",),
 )
 
 # A forced open starts a new round of trials, so it clears the lease, and so does a trial
 # that closed the breaker; a release keeps the lease its own replica may have taken already.
 UPSERT = """INSERT INTO ers_fleet.overrides AS o
-    (agent, forced, source, reason, until, replica, trial_passed, incident)
+    (agent, forced, source, reason, until, replica, trial_passed, incident, disabled)
 VALUES (%(agent)s, %(forced)s, %(source)s, %(reason)s,
         now() + make_interval(secs => %(ttl_s)s::float8), %(replica)s, %(trial_passed)s,
-        %(incident)s)
+        %(incident)s, %(disabled)s)
 ON CONFLICT (agent) DO UPDATE SET forced = EXCLUDED.forced, source = EXCLUDED.source,
     reason = EXCLUDED.reason, until = EXCLUDED.until, replica = EXCLUDED.replica,
     trial_passed = EXCLUDED.trial_passed, incident = EXCLUDED.incident,
+    disabled = EXCLUDED.disabled,
     lease_holder = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
         THEN NULL ELSE o.lease_holder END,
     lease_until = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
@@ -61,6 +64,6 @@ RETURNING version"""
 HAS_ROW = "SELECT 1 FROM ers_fleet.overrides WHERE agent = %(agent)s"
 
 # The time left is computed by the server, so replicas' clocks need not agree.
-READ = """SELECT agent, forced, source, reason, replica, version, trial_passed, incident,
+READ = """SELECT agent, forced, source, reason, replica, version, trial_passed, incident, disabled,
     extract(epoch FROM until - now())::float8 AS remaining_s
 FROM ers_fleet.overrides"""

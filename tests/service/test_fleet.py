@@ -25,6 +25,7 @@ from service.stores.postgres import PostgresDatabase
 
 FORCED, HALF_OPEN = BreakerState.FORCED_OPEN, BreakerState.HALF_OPEN
 CLOSED, OPEN = BreakerState.CLOSED, BreakerState.OPEN
+DISABLED = BreakerState.DISABLED
 AGENTS = ("workout", "budget")
 
 Replica = tuple[dict[str, CircuitBreaker], FleetOverrides]
@@ -111,6 +112,28 @@ async def test_a_forced_open_reaches_the_other_replica_by_notify_and_its_release
     await asyncio.sleep(0.3)  # room for an echo, if there were one
     assert (fleet_a.writes, fleet_b.writes) == (2, 0)
     assert overrides(pg_url) == [("workout", False, 2)]
+
+
+async def test_a_disabled_breaker_is_disabled_on_every_replica_and_enabled_on_every_one(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    # The operator's "let every call through" holds for the fleet, as a forced open does:
+    # kept per replica it reached the others only when they restarted (from the shared
+    # system_state store), and an enable on one replica left the others disabled.
+    (a, fleet_a), (b, fleet_b) = await start_replica("a"), await start_replica("b")
+    a["workout"].disable(source="admin:token")
+    await eventually(lambda: b["workout"].state is DISABLED, 2, "the disable on replica b")
+    assert b["budget"].state is CLOSED
+    b["workout"].enable(source="admin:token")
+    await eventually(lambda: a["workout"].state is CLOSED, 2, "the enable on replica a")
+    await asyncio.sleep(0.3)  # room for an echo, if there were one
+    assert (fleet_a.writes, fleet_b.writes) == (1, 1)
+    assert overrides(pg_url) == [("workout", False, 2)]
+    # A replica starting later follows what the fleet says last.
+    a["workout"].disable(source="admin:token")
+    await eventually(lambda: b["workout"].state is DISABLED, 2, "the second disable on b")
+    c, _ = await start_replica("c")
+    assert c["workout"].state is DISABLED
 
 
 async def test_polling_carries_overrides_when_a_replica_does_not_listen(
