@@ -280,9 +280,8 @@ class FleetOverrides:
                 if remaining is not None and remaining <= 0:
                     return 0  # expired: each replica's own TTL already let it go half-open
                 reason = f"{row['reason']} (fleet override from {row['replica']})"
-                breaker.force_open(
-                    reason, row["source"] or "fleet", ttl_s=remaining, incident=row["incident"]
-                )
+                source, incident = row["source"] or "fleet", row["incident"]
+                breaker.force_open(reason, source, ttl_s=remaining, incident=incident, carried=True)
                 until = None if remaining is None else time.time() + remaining
                 self._forced_until[agent] = until
             elif row["disabled"]:

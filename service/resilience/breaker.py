@@ -214,25 +214,19 @@ class CircuitBreaker:
         open duration says the cause may still be there. ``ResetRefused`` says why and what
         to do instead.
         """
-        state, name = self._state, self.name
+        state, name, window = self._state, self.name, self._window
         if not force and state in (OPEN, FORCED_OPEN):
-            words = "open" if state is OPEN else "forced open"
-            next_step = (
-                "wait for the half-open trial" if state is OPEN else "release it for a trial"
+            last = window.last_failure_at
+            refused = ResetRefused.unless_cause_gone(
+                name,
+                state is FORCED_OPEN,
+                probe,
+                None if last is None else self._clock() - last,
+                window.last_error,
+                self._open.duration_s,
             )
-            if probe is not None and probe.error is not None:
-                raise ResetRefused(
-                    f"breaker '{name}' is {words} and its health probe still fails "
-                    f"({probe.error}); fix the cause or reset with force"
-                )
-            last_failure_at = self._window.last_failure_at
-            if probe is None and last_failure_at is not None:
-                age = self._clock() - last_failure_at
-                if age < self._open.duration_s:
-                    raise ResetRefused(
-                        f"breaker '{name}' is {words} and its last failure was {age:.1f} s ago "
-                        f"({self._window.last_error}); {next_step} or reset with force"
-                    )
+            if refused is not None:
+                raise refused
         reason = "reset with force" if force else "reset"
         if state is CLOSED:
             self._clear_counters()
@@ -250,11 +244,13 @@ class CircuitBreaker:
         *,
         until: float | None = None,
         incident: str | None = None,
+        carried: bool = False,
     ) -> str:
         """Hold the breaker open until released, reset, or ``ttl_s`` seconds have passed
         (or the wall-clock time ``until``, for a forced open carried over from before a
         restart); then it moves to HALF_OPEN, never straight to CLOSED. ``incident``: the
-        incident the agent is isolated for, kept with the forcing."""
+        incident the agent is isolated for, kept with the forcing. ``carried``: a forcing
+        put back after a restart or taken from another replica, not a new one."""
         now, wall = self._clock(), self._wall_clock()
         self._forced = forcing = Forcing.until(reason, source, ttl_s, until, now, wall, incident)
         remaining = forcing.remaining(now)
@@ -263,7 +259,7 @@ class CircuitBreaker:
             self._publish(BreakerEventKind.FORCE_RENEWED, FORCED_OPEN, FORCED_OPEN, reason, source)
             return f"breaker '{self.name}' stays forced open by {source} {span}: {reason}"
         self._open.opened_at_wall = wall
-        self._transition(FORCED_OPEN, reason, source)
+        self._transition(FORCED_OPEN, reason, source, carried)
         return f"breaker '{self.name}' is forced open by {source} {span}: {reason}"
 
     def release(self, *, source: str | None = None) -> str:
@@ -305,7 +301,9 @@ class CircuitBreaker:
         self._clear_counters()
         self._transition(CLOSED, reason, source)
 
-    def _transition(self, to_state: BreakerState, reason: str, source: str | None = None) -> None:
+    def _transition(
+        self, to_state: BreakerState, reason: str, source: str | None = None, carried: bool = False
+    ) -> None:
         from_state = self._state
         self._state = to_state
         self._epoch += 1
@@ -315,7 +313,9 @@ class CircuitBreaker:
             self._forced = None
         if to_state in (CLOSED, DISABLED):
             self._open.opened_at_wall = None
-        self._publish(BreakerEventKind.STATE_TRANSITION, from_state, to_state, reason, source)
+        self._publish(
+            BreakerEventKind.STATE_TRANSITION, from_state, to_state, reason, source, carried
+        )
 
     def _publish(
         self,
@@ -324,9 +324,10 @@ class CircuitBreaker:
         to_state: BreakerState,
         reason: str,
         source: str | None = None,
+        carried: bool = False,
     ) -> None:
         event = BreakerEvent(
-            kind, self.name, from_state, to_state, self._wall_clock(), reason, source
+            kind, self.name, from_state, to_state, self._wall_clock(), reason, source, carried
         )
         self._events.publish(event)
 

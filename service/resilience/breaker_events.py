@@ -60,6 +60,9 @@ class BreakerEvent:
     at: float
     reason: str
     source: str | None = None
+    # A forcing put back after a restart or taken from another replica: the same isolation
+    # as before, not a new one, so it is not counted again.
+    carried: bool = False
 
     def to_dict(self) -> dict[str, str | None]:
         return {

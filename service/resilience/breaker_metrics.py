@@ -59,7 +59,7 @@ class BreakerMetrics:
         self._transitions.add(
             1, {"agent": event.breaker, "from": event.from_state.value, "to": event.to_state.value}
         )
-        if event.to_state is BreakerState.FORCED_OPEN:
+        if event.to_state is BreakerState.FORCED_OPEN and not event.carried:
             self._forced.add(1, {"agent": event.breaker, "source": event.source or "unknown"})
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:

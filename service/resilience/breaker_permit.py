@@ -35,6 +35,33 @@ class ResetRefused(ErsError):
         super().__init__(reason)
         self.reason = reason
 
+    @classmethod
+    def unless_cause_gone(
+        cls,
+        name: str,
+        forced: bool,
+        probe: ProbeOutcome | None,
+        failure_age_s: float | None,
+        last_error: str | None,
+        open_duration_s: float,
+    ) -> ResetRefused | None:
+        """Why an open (or ``forced`` open) breaker is not reset without force: a health
+        ``probe`` run just now still fails, or, without one, its last failure came within
+        the open duration (``failure_age_s`` ago), so its cause may still be there."""
+        words = "forced open" if forced else "open"
+        if probe is not None and probe.error is not None:
+            return cls(
+                f"breaker '{name}' is {words} and its health probe still fails "
+                f"({probe.error}); fix the cause or reset with force"
+            )
+        if probe is None and failure_age_s is not None and failure_age_s < open_duration_s:
+            next_step = "release it for a trial" if forced else "wait for the half-open trial"
+            return cls(
+                f"breaker '{name}' is {words} and its last failure was {failure_age_s:.1f} s "
+                f"ago ({last_error}); {next_step} or reset with force"
+            )
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeOutcome:

@@ -286,9 +286,8 @@ class StateKeeper:
             return None  # forced open already (by the fleet, or since): that one stays
         reason, source = str(record.get("reason") or "isolated"), str(record.get("source"))
         incident = record.get("incident")
-        breaker.force_open(
-            reason, source, until=until, incident=incident if isinstance(incident, str) else None
-        )
+        incident = incident if isinstance(incident, str) else None
+        breaker.force_open(reason, source, until=until, incident=incident, carried=True)
         words = "until released" if until is None else f"until {iso_utc(until)}"
         return "forced", f"{name} {words} ({source}: {reason})"
 

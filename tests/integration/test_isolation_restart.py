@@ -43,6 +43,16 @@ def breakers(ers: ErsProcess) -> dict[str, dict[str, Any]]:
     return dict(httpx.get(f"{ers.url}{BREAKERS}", timeout=10).json()["breakers"])
 
 
+def forced_opens(ers: ErsProcess) -> dict[str, float]:
+    """``ers_breaker_forced_opens_total`` per agent, as Prometheus would scrape it."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{ers.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("ers_breaker_forced_opens_total{"):
+            agent = line.split('agent="', 1)[1].split('"', 1)[0]
+            counts[agent] = counts.get(agent, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def kept_records(workdir: Path) -> dict[str, Any]:
     """The system_state store as another reader sees it on disk."""
     with sqlite3.connect(workdir / "data" / "system_state.sqlite3") as conn:
@@ -81,6 +91,7 @@ def test_forced_open_and_disabled_breakers_survive_a_restart(
         disabled = ers_cli(ers, "breakers", "disable", "BMA")
         assert disabled["breaker"]["state"] == "disabled" and disabled["saved"] is True
         before = breakers(ers)
+        assert forced_opens(ers) == {"workout": 1.0}
     finally:
         ers.stop(sig)
     assert before["workout"]["state"] == "forced_open"
@@ -106,6 +117,8 @@ def test_forced_open_and_disabled_breakers_survive_a_restart(
         status = httpx.get(f"{again.url}/api/emergency/status", timeout=10).json()
         assert status["systemState"] == "degraded"
         assert "restored 1 forced open: workout until" in again.log()
+        # The same isolation put back, not a new one: the counter does not count it again.
+        assert forced_opens(again) == {}
 
         # Lifting them is kept too: after the next restart they stay lifted.
         ers_cli(again, "breakers", "release", "workout")
@@ -227,7 +240,7 @@ def test_on_postgresql_the_fleet_and_the_kept_state_agree_across_a_restart(
         assert workout["forced"]["reason"].startswith("bad plans")
         restored_until = datetime.fromisoformat(workout["forced"]["expiresAt"])
         assert abs((restored_until - expires_at).total_seconds()) < 1
-        assert after["budget"]["state"] == "disabled"  # the fleet does not share disables
+        assert after["budget"]["state"] == "disabled"
         # The forced open came back from the fleet's table alone: nothing wrote it again.
         assert fleet_versions(pg_url) == before
     finally:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from service.fleet import FleetOverrides
 from service.resilience.breaker import BreakerState, CircuitBreaker
 from service.resilience.breaker_config import BreakerConfig
+from service.resilience.breaker_events import BreakerEventKind
 from service.resilience.breaker_permit import CallNotPermitted, Permit
 from service.settings import Settings
 from service.stores import Stores
@@ -100,8 +101,16 @@ async def test_a_forced_open_reaches_the_other_replica_by_notify_and_its_release
 ) -> None:
     # Polling every 30 s: only a notification can be this quick.
     (a, fleet_a), (b, fleet_b) = await start_replica("a"), await start_replica("b")
+    carried: dict[str, list[bool]] = {"a": [], "b": []}
+    for name, replica in (("a", a), ("b", b)):
+        replica["workout"].subscribe(
+            lambda event, name=name: carried[name].append(event.carried),
+            [BreakerEventKind.STATE_TRANSITION],
+        )
     a["workout"].force_open("alert AgentErrorRatioHigh", "alertmanager", ttl_s=600)
     await eventually(lambda: b["workout"].state is FORCED, 2, "the force on replica b")
+    # One forcing, counted once in ers_breaker_forced_opens_total: where it was made.
+    assert carried == {"a": [False], "b": [True]}
     forced = b["workout"].snapshot()["forced"]
     assert forced["source"] == "alertmanager"
     assert forced["reason"] == "alert AgentErrorRatioHigh (fleet override from a)"
