@@ -12,6 +12,7 @@ from service.cli.backup_tables import TABLES, undo_command
 from service.cli.output import (
     FAILED,
     OK,
+    REFUSED,
     USAGE,
     CliError,
     activity,
@@ -80,7 +81,13 @@ def _offline_list_sync(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backup import BackupError, InvalidBackupReason, validate_reason
+    from backup import (
+        BackupError,
+        InvalidBackupReason,
+        RollbackRefused,
+        SnapshotNotFound,
+        validate_reason,
+    )
     from service.fleet.datadir_lock import DataDirInUse
 
     if args.action == "rollback" and not args.yes:
@@ -104,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             with activity(args.action) as progress:
                 result = asyncio.run(run_offline(args, progress))
+        except (SnapshotNotFound, RollbackRefused) as exc:
+            # What the service answers with a 404 or 409: the same exit as online.
+            raise CliError(str(exc), REFUSED) from None
         except (BackupError, DataDirInUse) as exc:
             raise CliError(str(exc), FAILED) from None
     else:

@@ -90,6 +90,16 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     check = ers(["backup", "check", "--offline", "--json"], env, tmp_path)
     assert check.returncode == 0 and json.loads(check.stdout)["ok"] is True
 
+    # Refused offline for the reasons the service refuses with a 4xx: the same exit, 4.
+    rollback = ["backup", "rollback", "--reason", "r", "--offline", "--yes"]
+    unknown = ers([*rollback, "0badc0de"], env, tmp_path)
+    assert unknown.returncode == 4, unknown.stderr
+    assert "0badc0de" in unknown.stderr
+    budgets_only = json.loads(rolled.stdout)["safetyBackupId"]
+    not_held = ers([*rollback, budgets_only, "--components", "profiles"], env, tmp_path)
+    assert not_held.returncode == 4, not_held.stderr
+    assert "does not contain profiles" in not_held.stderr
+
 
 def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: Path) -> None:
     env = {
