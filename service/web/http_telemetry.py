@@ -184,7 +184,15 @@ def _request_attributes(
         if name == b"host":
             text = value.decode("latin-1")
             host, separator, port = text.rpartition(":")
-            if separator and port.isdigit() and (":" not in host or host.endswith("]")):
+            # ASCII digits only (int() refuses "²"), and a port's range (OTLP carries int64).
+            if (
+                separator
+                and port.isascii()
+                and port.isdigit()
+                and len(port) <= 5
+                and int(port) <= 65535
+                and (":" not in host or host.endswith("]"))
+            ):
                 attributes["server.address"] = host
                 attributes["server.port"] = int(port)
             else:

@@ -204,3 +204,24 @@ async def test_the_configured_propagator_names_the_headers_read() -> None:
     first, second = traced.spans()
     assert format(first.context.trace_id, "032x") == TRACE_ID
     assert format(second.context.trace_id, "032x") != TRACE_ID  # not what it propagates
+
+
+async def test_a_host_header_with_a_port_that_is_no_port_is_answered_and_traced() -> None:
+    traced = Traced(ours=True)
+    transport = httpx.ASGITransport(app=traced.app, raise_app_exceptions=False)
+    hosts = [
+        b"ers.test:\xb2",  # a superscript two: a digit to str.isdigit, not to int()
+        b"ers.test:" + b"9" * 5000,  # more digits than int() converts
+        b"ers.test:99999999999999999999",  # past what OTLP carries as an integer
+    ]
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as client:
+        answers = [
+            (await client.get("/unavailable", headers={"host": h})).status_code for h in hosts
+        ]
+    assert answers == [503, 503, 503]  # the route's own answer, each time
+    spans = traced.spans()
+    assert len(spans) == 3
+    for span, host in zip(spans, hosts, strict=True):
+        attributes = span.attributes or {}
+        assert "server.port" not in attributes
+        assert attributes["server.address"] == host.decode("latin-1")
