@@ -6,11 +6,11 @@ The span is named ``{method} {route}`` (``{method}`` when no route matched) and 
 ``http.request.method``, ``http.route``, ``http.response.status_code``, ``url.scheme``,
 ``url.path``, ``network.protocol.version``, ``server.address``/``server.port``,
 ``client.address``/``client.port`` and ``user_agent.original``; a ``traceparent`` (and
-``tracestate``, ``baggage``) from the caller makes it a child of the caller's span, through
-the globally configured propagator. A 5xx answer sets the span's status to ERROR and its
-``error.type`` (and the measurement's) to the status code; an exception that escapes the
-application is recorded on the span, and is a 500. The query string is left out of the span:
-a query can carry a credential.
+``tracestate``) from the caller makes it a child of the caller's span, and the caller's
+``baggage`` is current in the request, through the globally configured propagator. A 5xx
+answer sets the span's status to ERROR and its ``error.type`` (and the measurement's) to the
+status code; an exception that escapes the application is recorded on the span, and is a
+500. The query string is left out of the span: a query can carry a credential.
 
 The duration goes to ``http_server_request_duration_seconds`` (the same series, labels and
 buckets as the instrumentation's histogram, read by the dashboards and the SLO rules),
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from fastapi.routing import RouteContext, iter_route_contexts
-from opentelemetry.context import attach, detach
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.propagate import get_global_textmap
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from prometheus_client import CollectorRegistry
@@ -102,15 +102,18 @@ class HttpTelemetry:
         if method not in KNOWN_METHODS:
             method = "_OTHER"
         attributes, carrier = _request_attributes(scope, method, self._propagated)
+        # The caller's context (its span, its baggage), never the current one: uvicorn starts
+        # a request pipelined behind another inside the context of the one before it.
+        parent = self._propagator.extract(carrier, Context()) if carrier else Context()
         span = self._tracer.start_span(
             method,
-            context=self._propagator.extract(carrier) if carrier else None,
+            context=parent,
             kind=SpanKind.SERVER,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
         )
-        token = attach(set_span_in_context(span))
+        token = attach(set_span_in_context(span, parent))
         status: int | None = None
 
         async def send_noting_status(message: Message) -> None:

@@ -3,12 +3,15 @@ for: the same requests through both make the same spans and the same duration se
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
+from opentelemetry import baggage
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.propagate import get_global_textmap, set_global_textmap
@@ -25,6 +28,7 @@ import service.web.app  # noqa: F401  (pins the HTTP semantic conventions, as ER
 from bench.skipping_meter import UNUSED_HTTP_METRICS, SkippingMeterProvider
 from service.web.body_limit import BodySizeLimit
 from service.web.http_telemetry import HttpTelemetry, request_durations
+from tests.processes import free_port
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
@@ -57,6 +61,10 @@ def minimal_app() -> FastAPI:
     @app.get("/livez")
     async def livez() -> dict[str, str]:
         return {"status": "alive"}
+
+    @app.get("/baggage")
+    async def caller_baggage() -> dict[str, object]:
+        return dict(baggage.get_all())
 
     app.add_middleware(BodySizeLimit, max_bytes=64)
     return app
@@ -225,3 +233,39 @@ async def test_a_host_header_with_a_port_that_is_no_port_is_answered_and_traced(
         attributes = span.attributes or {}
         assert "server.port" not in attributes
         assert attributes["server.address"] == host.decode("latin-1")
+
+
+async def test_pipelined_requests_on_one_connection_are_traces_of_their_own() -> None:
+    # uvicorn starts the task of a request pipelined behind another from inside the one
+    # before it, whose span is current there.
+    traced = Traced(ours=True)
+    server = uvicorn.Server(uvicorn.Config(traced.app, port=free_port(), log_level="error"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.config.port)
+        writer.write(
+            b"GET /unavailable HTTP/1.1\r\nHost: ers.test\r\n\r\n"
+            b"GET /unavailable HTTP/1.1\r\nHost: ers.test\r\nConnection: close\r\n\r\n"
+        )
+        answers = await reader.read()
+        writer.close()
+    finally:
+        server.should_exit = True
+        await serving
+    assert answers.count(b"HTTP/1.1 503") == 2
+    first, second = traced.spans()
+    assert first.parent is None and second.parent is None
+    assert first.context.trace_id != second.context.trace_id
+
+
+async def test_the_callers_baggage_is_current_in_the_request() -> None:
+    traced = Traced(ours=True)
+    transport = httpx.ASGITransport(app=traced.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as client:
+        headers = {"traceparent": TRACEPARENT, "baggage": "tenant=blue"}
+        answer = await client.get("/baggage", headers=headers)
+    assert answer.json() == {"tenant": "blue"}
+    (span,) = traced.spans()
+    assert format(span.context.trace_id, "032x") == TRACE_ID
