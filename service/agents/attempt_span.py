@@ -113,9 +113,10 @@ class AttemptSpans:
         span.set_attributes(attributes)
 
     @staticmethod
-    def failed(span: trace.Span, exc: Exception) -> None:
-        """The exception that ended the attempt (a refused connection, a timeout), recorded
-        as the guard records its own: an agent that is down fails every attempt."""
+    def failed(span: trace.Span, exc: BaseException) -> None:
+        """The exception that ended the attempt (a refused connection, a timeout, the
+        cancellation by the guard's deadline), recorded as the guard records its own: an
+        agent that is down fails every attempt."""
         record_exception(span, exc, {})
         span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))

@@ -25,6 +25,7 @@ Contracts:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -181,6 +182,9 @@ class RemoteAgent:
                 content = await _read_at_most(response, MAX_REPLY_BYTES)
             finally:
                 await response.aclose()
+        except asyncio.CancelledError as exc:  # the guard's deadline, or a shutdown
+            self._spans.failed(span, exc)
+            raise
         except Exception as exc:
             self._spans.failed(span, exc)
             failure = self._transport_failure(exc)

@@ -234,6 +234,24 @@ async def test_a_slow_answer_times_out_and_the_retry_answers(
     assert [e.attributes["ers.failure.kind"] for e in events] == ["timeout"]  # type: ignore[index]
 
 
+async def test_an_attempt_the_guards_deadline_cuts_is_an_error_span(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    # The guard's timeout is shorter than the client's: the guard cancels the attempt while
+    # it waits for the answer.
+    guard = GuardConfig(timeout_s=0.3, total_budget_s=5.0, backoff_initial_s=0.01)
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file, guard=guard)
+    agent_side.fail_next("slow", count=1, delayS=2.0)
+    reply = await rig.ask()
+
+    assert not reply.degraded
+    cut, answered = rig.client_spans()
+    assert cut.status.status_code is StatusCode.ERROR
+    assert cut.attributes is not None and cut.attributes["error.type"] == "CancelledError"
+    assert "http.response.status_code" not in cut.attributes
+    assert answered.status.status_code is StatusCode.UNSET
+
+
 async def test_an_unreachable_agent_is_retried_then_falls_back(rig_factory: Any) -> None:
     rig = rig_factory(f"http://127.0.0.1:{free_port()}/chat")
     reply = await rig.ask()
