@@ -76,15 +76,20 @@ def exception_bases(exc: BaseException) -> list[str]:
 
 
 def record_exception(span: Span, exc: BaseException, attributes: dict[str, Any]) -> None:
-    """What ``span.record_exception`` records (OTel semantic conventions), more cheaply."""
+    """What ``span.record_exception`` records (OTel semantic conventions), more cheaply; an
+    exception whose ``str()`` raises is recorded too, where the SDK's would raise."""
     kind = type(exc)
     module = kind.__module__
     name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # recorded as the traceback module words it, not raised in its place
+        message = "<exception str() failed>"
     span.add_event(
         "exception",
         {
             "exception.type": name,
-            "exception.message": str(exc),
+            "exception.message": message,
             "exception.stacktrace": stacktrace(exc),
             "exception.escaped": "False",
             **attributes,

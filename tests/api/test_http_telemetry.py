@@ -269,3 +269,25 @@ async def test_the_callers_baggage_is_current_in_the_request() -> None:
     assert answer.json() == {"tenant": "blue"}
     (span,) = traced.spans()
     assert format(span.context.trace_id, "032x") == TRACE_ID
+
+
+class _Unprintable(LookupError):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+async def test_an_exception_whose_message_cannot_be_read_escapes_as_itself() -> None:
+    traced = Traced(ours=True)
+
+    @traced.app.get("/unprintable")
+    async def unprintable() -> None:
+        raise _Unprintable()
+
+    transport = httpx.ASGITransport(app=traced.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as client:
+        with pytest.raises(_Unprintable):  # what the server logs, not the span's trouble
+            await client.get("/unprintable")
+    (span,) = traced.spans()
+    assert [(e.attributes or {}).get("exception.message") for e in span.events] == [
+        "<exception str() failed>"
+    ]

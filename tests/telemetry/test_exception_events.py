@@ -83,3 +83,21 @@ def test_the_last_line_is_what_the_traceback_module_writes() -> None:
         noted,
     ):
         assert stacktrace(exc).endswith("".join(traceback.format_exception_only(exc))), exc
+
+
+def test_an_exception_whose_message_cannot_be_read_is_recorded() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        raise _Unprintable()
+    except _Unprintable as exc:
+        with provider.get_tracer("t").start_as_current_span("ours") as span:
+            record_exception(span, exc, {})
+    (event,) = exporter.get_finished_spans()[0].events
+    attributes = event.attributes or {}
+    assert attributes["exception.type"].endswith("_Unprintable")
+    assert attributes["exception.message"] == "<exception str() failed>"
+    assert str(attributes["exception.stacktrace"]).endswith(
+        "_Unprintable: <exception str() failed>\n"
+    )
