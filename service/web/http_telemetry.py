@@ -169,7 +169,7 @@ class HttpTelemetry:
 
 def _request_attributes(
     scope: Scope, method: str, propagated: dict[bytes, str]
-) -> tuple[dict[str, Any], dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.scheme": scope.get("scheme", "http"),
@@ -182,7 +182,9 @@ def _request_attributes(
     if client:
         attributes["client.address"] = client[0]
         attributes["client.port"] = client[1]
-    carrier: dict[str, str] = {}
+    # Every value of a repeated header: the propagator reads the first traceparent and
+    # combines all tracestate headers, as W3C Trace Context says.
+    carrier: dict[str, list[str]] = {}
     for name, value in scope["headers"]:
         if name == b"host":
             text = value.decode("latin-1")
@@ -203,5 +205,5 @@ def _request_attributes(
         elif name == b"user-agent":
             attributes["user_agent.original"] = value.decode("latin-1")
         elif name in propagated:
-            carrier[propagated[name]] = value.decode("latin-1")
+            carrier.setdefault(propagated[name], []).append(value.decode("latin-1"))
     return attributes, carrier

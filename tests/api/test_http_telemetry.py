@@ -291,3 +291,14 @@ async def test_an_exception_whose_message_cannot_be_read_escapes_as_itself() -> 
     assert [(e.attributes or {}).get("exception.message") for e in span.events] == [
         "<exception str() failed>"
     ]
+
+
+async def test_every_tracestate_header_of_the_caller_is_read() -> None:
+    traced = Traced(ours=True)
+    transport = httpx.ASGITransport(app=traced.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as client:
+        headers = [("traceparent", TRACEPARENT), ("tracestate", "a=1"), ("tracestate", "b=2")]
+        await client.get("/unavailable", headers=headers)
+    (span,) = traced.spans()
+    assert span.parent is not None
+    assert dict(span.parent.trace_state) == {"a": "1", "b": "2"}  # W3C: one list, combined
