@@ -71,6 +71,22 @@ def _last_line(exc: BaseException) -> str:
     return f"{name}: {message}\n" if message else f"{name}\n"
 
 
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, or the traceback module's words when that raises: an agent (the
+    operator's own code) may raise an exception that cannot be printed, and saying so must
+    not raise in its place."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
+
+
+def described(exc: BaseException) -> str:
+    """``Name: message`` (the name alone without a message), for a status or a log line."""
+    message = exception_message(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def exception_bases(exc: BaseException) -> list[str]:
     return [cls.__name__ for cls in type(exc).__mro__[1:] if cls not in (object, BaseException)]
 
@@ -81,10 +97,7 @@ def record_exception(span: Span, exc: BaseException, attributes: dict[str, Any])
     kind = type(exc)
     module = kind.__module__
     name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
-    try:
-        message = str(exc)
-    except Exception:  # recorded as the traceback module words it, not raised in its place
-        message = "<exception str() failed>"
+    message = exception_message(exc)
     span.add_event(
         "exception",
         {

@@ -46,7 +46,7 @@ from opentelemetry.util.http import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from telemetry.exception_events import record_exception
+from telemetry.exception_events import described, record_exception
 from telemetry.incident_processor import NOT_AN_INCIDENT
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
@@ -119,7 +119,7 @@ class AttemptSpans:
         agent that is down fails every attempt."""
         record_exception(span, exc, {})
         span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.set_status(Status(StatusCode.ERROR, described(exc)))
 
     def _captured(
         self, headers: httpx.Headers, wanted: list[str], *, request_side: bool

@@ -24,6 +24,7 @@ from service.agents.router import INTENTS
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
 from service.settings import Environment, Settings, SettingsError
 from service.stores import Stores
+from telemetry.exception_events import described
 
 ENTRY_POINT_GROUP = "ers.agents"
 # The router is the team's own; the seed's aliases (npa, ...) already name built-in agents.
@@ -148,7 +149,7 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
         except Exception as exc:
             raise SettingsError(
                 f"invalid setting '{key}': the entry point '{reference}' does not load "
-                f"({type(exc).__name__}: {exc})"
+                f"({described(exc)})"
             ) from None
         return _callable(key, reference, loaded)
     module_name, _, attribute = reference.partition(":")
@@ -164,8 +165,7 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
         ) from None
     except Exception as exc:
         raise SettingsError(
-            f"invalid setting '{key}': importing '{module_name}' failed "
-            f"({type(exc).__name__}: {exc})"
+            f"invalid setting '{key}': importing '{module_name}' failed ({described(exc)})"
         ) from None
     target: Any = module
     for part in attribute.split("."):
@@ -213,7 +213,7 @@ def build_agent(
     except Exception as exc:
         raise SettingsError(
             f"invalid setting '{key}': '{spec.factory}' failed building agent '{name}' "
-            f"({type(exc).__name__}: {exc})"
+            f"({described(exc)})"
         ) from None
     if not isinstance(agent, Agent):
         raise SettingsError(

@@ -32,6 +32,7 @@ from service.health.checks import CheckResult, HealthCheck, HealthCheckFailed, S
 from service.tasks import cancel_and_wait
 from telemetry.exception_events import (
     EXCEPTION_BASES_ATTRIBUTE,
+    described,
     exception_bases,
     record_exception,
 )
@@ -137,7 +138,7 @@ class HealthMonitor:
             error = HealthCheckFailed(f"the {check.name} check took over {CHECK_TIMEOUT_S:g} s")
             return CheckResult(check.name, Status.UNHEALTHY, reason, error=error)
         except Exception as exc:
-            reason = f"the check failed: {type(exc).__name__}: {exc}"
+            reason = f"the check failed: {described(exc)}"
             error = HealthCheckFailed(f"the {check.name} check raised {type(exc).__name__}")
             return CheckResult(check.name, Status.UNHEALTHY, reason, error=error)
 

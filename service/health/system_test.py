@@ -20,6 +20,7 @@ from opentelemetry.trace import Status, StatusCode
 from service.agents.base import AgentRequest
 from service.chat.team import Team
 from service.stores import Stores
+from telemetry.exception_events import described
 
 STEP_TIMEOUT_S = 30.0
 SYSTEM_TEST_COMPONENT = "system-test"
@@ -78,7 +79,7 @@ async def run_steps(steps: list[Step]) -> dict[str, Any]:
         except TimeoutError:
             detail, passed = f"did not finish within {STEP_TIMEOUT_S:g} s", False
         except Exception as exc:
-            detail, passed = f"{type(exc).__name__}: {exc}", False
+            detail, passed = described(exc), False
         results.append(
             StepResult(name, passed, (time.perf_counter() - step_started) * 1000, detail)
         )

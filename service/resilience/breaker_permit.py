@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from service.errors import ErsError
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_window import SUCCEEDED
+from telemetry.exception_events import described
 
 CLOSED = BreakerState.CLOSED
 
@@ -71,7 +72,7 @@ class ProbeOutcome:
 
 
 def describe_error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = described(exc)
     if len(text) > LAST_ERROR_MAX_CHARS:
         text = text[: LAST_ERROR_MAX_CHARS - 1] + "…"
     return text

@@ -34,7 +34,7 @@ from service.resilience.faults import FaultInjector
 from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
 from telemetry.exception_events import EXCEPTION_BASES_ATTRIBUTE as BASES_ATTRIBUTE
-from telemetry.exception_events import exception_bases, record_exception
+from telemetry.exception_events import described, exception_bases, record_exception
 
 SHARED_DEADLINES = DeadlineWatchdog()
 
@@ -245,7 +245,7 @@ class GuardedAgent:
         try:
             reply = await self._attempt(request, self.config.timeout_s)
         except Exception as exc:
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_status(Status(StatusCode.ERROR, described(exc)))
             span.set_attribute("error.type", type(exc).__qualname__)
             if isinstance(exc, FailureKind):
                 span.set_attributes(exc.span_attributes())
@@ -261,7 +261,7 @@ class GuardedAgent:
     async def _fail(
         self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
     ) -> AgentReply:
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.set_status(Status(StatusCode.ERROR, described(exc)))
         span.set_attribute("error.type", type(exc).__qualname__)
         span.set_attribute(BASES_ATTRIBUTE, exception_bases(exc))
         if isinstance(exc, FailureKind):

@@ -313,3 +313,22 @@ async def test_a_failed_call_leaves_no_reference_cycle_for_the_collector(
         gc.set_debug(0)
         gc.garbage.clear()
     assert frames == []
+
+
+class Unprintable(Exception):
+    """An operator's own agent may raise anything, an exception that cannot be printed too."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+async def test_an_exception_that_cannot_be_printed_still_degrades_the_reply(harness: Harness) -> None:
+    agent = ScriptedAgent("coach", [Unprintable(), "ok"])
+    reply = await harness.guard(agent, max_attempts=1).handle(REQUEST)
+    assert reply.degraded and reply.success is False
+    assert reply.content == "general guidance"
+    (span,) = harness.spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "Unprintable: <exception str() failed>"
+    assert span.attributes["error.type"] == "Unprintable"
+    assert harness.counts()[("ers_agent_calls", "coach", "failure")] == 1
