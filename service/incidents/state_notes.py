@@ -17,15 +17,19 @@ class StateNotes:
     round trips to the incident store, and the state machine runs on the event loop.
 
     ``close`` waits for the notes already taken; it must run before the store closes (a
-    note written into a closing SQLite connection can crash the process)."""
+    note written into a closing SQLite connection can crash the process).
 
-    def __init__(self, incidents: IncidentService) -> None:
+    In a fleet each replica has a system state of its own and notes its changes on the
+    shared timeline; ``replica`` names the one whose state changed."""
+
+    def __init__(self, incidents: IncidentService, replica: str = "") -> None:
         self._incidents = incidents
+        self._replica = replica
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ers-state-notes")
 
     def __call__(self, transition: StateTransition) -> None:
         try:
-            self._pool.submit(_note_state_change, self._incidents, transition)
+            self._pool.submit(_note_state_change, self._incidents, transition, self._replica)
         except RuntimeError:  # shutting down: the store is about to close
             log.info("the state change %s was not noted: shutting down", transition.to_state)
 
@@ -33,23 +37,30 @@ class StateNotes:
         self._pool.shutdown(wait=True)
 
 
-def _note_state_change(incidents: IncidentService, transition: StateTransition) -> None:
+def _note_state_change(
+    incidents: IncidentService, transition: StateTransition, replica: str
+) -> None:
     try:
-        _write_state_change(incidents, transition)
+        _write_state_change(incidents, transition, replica)
     except Exception as exc:  # the store may be down; the state has changed all the same
         log.warning("the state change %s could not be noted: %s", transition.to_state, exc)
 
 
-def _write_state_change(incidents: IncidentService, transition: StateTransition) -> None:
+def _write_state_change(
+    incidents: IncidentService, transition: StateTransition, replica: str
+) -> None:
     rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     active, _ = incidents.store.list(status="active", limit=50)
     if not active:
         return
     cause = min(active, key=lambda i: (rank.get(i.severity, 4), -i.last_seen))
+    where = f" on replica {replica}" if replica else ""
+    details = {"from": transition.from_state.value, "to": transition.to_state.value}
     incidents.store.add_timeline(
         cause.id,
         "state_changed",
-        f"system state {transition.from_state} -> {transition.to_state}: {transition.reason}",
+        f"system state{where} {transition.from_state} -> {transition.to_state}: "
+        f"{transition.reason}",
         "ers",
-        {"from": transition.from_state.value, "to": transition.to_state.value},
+        details | {"replica": replica} if replica else details,
     )

@@ -155,6 +155,17 @@ def test_one_failure_hit_on_both_replicas_is_one_incident_with_both_counts(
         assert seen[0][0]["id"] == seen[1][0]["id"]
         assert seen[0][0]["fingerprint"].startswith("budget:database:")
         assert len(seen[0][0]["traceIds"]) == 5
+        # Each replica's system state moved on its own, and its note says which replica's.
+        url = f"{replicas[0].url}/api/emergency/incidents/{seen[0][0]['id']}"
+        while True:
+            timeline = httpx.get(url, timeout=10).json()["timeline"]
+            notes = [e for e in timeline if e["kind"] == "state_changed"]
+            if len(notes) >= 2:
+                break
+            assert time.monotonic() < deadline, f"state notes: {notes}"
+            time.sleep(0.1)
+        assert all(" on replica " in note["message"] for note in notes), notes
+        assert len({note["message"] for note in notes}) == len(notes), notes
     finally:
         for replica in replicas:
             replica.stop()
