@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -110,7 +111,15 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     problem = unreadable_body(exc)
     if problem is not None:
         return invalid_request([problem])
-    return await http_exception_handler(request, exc)
+    try:
+        error = HTTPStatus(exc.status_code).phrase.lower()
+    except ValueError:
+        error = None
+    if error is None or not exc.status_code >= 400 or not isinstance(exc.detail, str):
+        return await http_exception_handler(request, exc)
+    # The shape of every other error reply: what kind of refusal, then what to do.
+    body = {"error": error, "detail": exc.detail}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def incident_store_unavailable(

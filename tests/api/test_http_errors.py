@@ -43,6 +43,39 @@ async def test_an_unreadable_body_is_named(
 
 
 @pytest.mark.parametrize(
+    "method,url,body,status,error",
+    [
+        ("POST", "/v1/traces", "not protobuf", 400, "bad request"),
+        (
+            "POST",
+            "/api/emergency/rollback",
+            {"backupId": "641cdd84", "reason": "x", "confirm": True},
+            503,
+            "service unavailable",
+        ),
+        ("GET", "/api/emergency/incidents/INC_1796294115000_ab12cd", None, 404, "not found"),
+        ("GET", "/no/such/page", None, 404, "not found"),
+        ("DELETE", "/chat", None, 405, "method not allowed"),
+    ],
+    ids=["bad-otlp", "backups-off", "unknown-incident", "unknown-path", "wrong-method"],
+)
+async def test_every_refusal_has_the_shape_of_a_validation_error(
+    client: httpx.AsyncClient, method: str, url: str, body: object, status: int, error: str
+) -> None:
+    """A client reads one shape for every 4xx: what kind of refusal, and what to do."""
+    if isinstance(body, str):
+        headers = {"content-type": "application/x-protobuf"}
+        reply = await client.request(method, url, content=body.encode(), headers=headers)
+    else:
+        reply = await client.request(method, url, json=body)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"] == error
+    assert reply.json()["detail"]
+    if status == 405:
+        assert reply.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
     "method,url,body,expected",
     [
         (
