@@ -57,6 +57,13 @@ class DrillFinished:
     result: DrillResult
 
 
+@dataclass(frozen=True)
+class SnapshotsForgotten:
+    """Retention dropped these snapshots from the repository."""
+
+    snapshot_ids: tuple[str, ...]
+
+
 BackupEvent = (
     BackupSucceeded
     | BackupSkipped
@@ -64,6 +71,7 @@ BackupEvent = (
     | RollbackStepStarted
     | RollbackFinished
     | DrillFinished
+    | SnapshotsForgotten
 )
 Listener = Callable[[BackupEvent], None]
 

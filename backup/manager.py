@@ -41,6 +41,7 @@ from backup.events import (
     EventPublisher,
     Listener,
     RollbackFinished,
+    SnapshotsForgotten,
 )
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex
@@ -255,6 +256,8 @@ class BackupManager:
         removed = [s["id"] for g in groups for s in g.get("remove") or []]
         if groups:
             self.index.replace(kept)
+        if removed:
+            self.events.publish(SnapshotsForgotten(tuple(removed)))
         return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
 
     async def prune(self) -> None:

@@ -16,6 +16,7 @@ from opentelemetry.metrics import Meter
 
 from backup import BackupError
 from backup.emergency import EmergencyCooldown
+from service.backups.fleet_list import FleetSnapshotList
 from service.backups.metrics import BackupMetrics
 from service.backups.offsite import start_offsite_copies
 from service.backups.service import BackupService, BackupsUnavailable
@@ -87,6 +88,11 @@ def start_backup_jobs(
     stack.push_async_callback(shutdown_backup)
     run_in_background(stack, backups.connect(), "backups-connect")
     run_in_background(stack, run_refresh(backups), "backups-refresh")
+    if replica is not None and stores.database is not None:
+        shared = FleetSnapshotList(backups, stores.system_state, replica)
+        backups.subscribe(shared.on_event)
+        every_s = settings.fleet_poll_interval_s
+        run_in_background(stack, shared.follow(every_s), "backups-fleet-list")
     if settings.backup_schedule_enabled:
         run_in_background(stack, run_schedule(backups, leader=leader), "backups")
         if meter is not None:

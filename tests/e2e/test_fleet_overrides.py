@@ -345,3 +345,48 @@ def test_minimal_mode_reaches_every_replica_and_an_operators_end_ends_it_on_all(
             replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]
+
+
+def test_a_snapshot_one_replica_makes_is_listed_by_the_other_within_a_poll(
+    tmp_path: Path, pg_url: str
+) -> None:
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_FLEET_POLL_INTERVAL_S": "1",
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env=env))
+        replicas.append(start_ers(tmp_path / "b", env=env))
+        a, b = replicas
+
+        def listed(replica: ErsProcess) -> list[str]:
+            reply = httpx.get(f"{replica.url}/api/emergency/backups", timeout=10)
+            if reply.status_code != 200:  # the repository is not reached yet
+                return []
+            # Short ids: a replica lists the snapshots it made by restic's short id.
+            return sorted(s["backupId"][:8] for s in reply.json()["backups"])
+
+        deadline = time.monotonic() + 30
+        while not (httpx.get(f"{b.url}/api/emergency/backups", timeout=10).is_success):
+            assert time.monotonic() < deadline, b.log()[-3000:]
+            time.sleep(0.2)
+        made = httpx.post(
+            f"{a.url}/api/emergency/backups/create", json={"reason": "before-upgrade"}, timeout=60
+        )
+        assert made.status_code == 200, made.text
+        on_a = listed(a)
+        assert made.json()["backupId"][:8] in on_a
+        # b's own refresh is minutes away (backup_refresh_interval_s); a's stamp is seen at
+        # b's next poll of the fleet's state, every second here.
+        deadline = time.monotonic() + 10
+        while listed(b) != on_a:
+            assert time.monotonic() < deadline, (listed(b), on_a, b.log()[-1000:])
+            time.sleep(0.2)
+    finally:
+        for replica in replicas:
+            replica.stop()
