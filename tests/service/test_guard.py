@@ -322,7 +322,9 @@ class Unprintable(Exception):
         raise RuntimeError("no text")
 
 
-async def test_an_exception_that_cannot_be_printed_still_degrades_the_reply(harness: Harness) -> None:
+async def test_an_exception_that_cannot_be_printed_still_degrades_the_reply(
+    harness: Harness,
+) -> None:
     agent = ScriptedAgent("coach", [Unprintable(), "ok"])
     reply = await harness.guard(agent, max_attempts=1).handle(REQUEST)
     assert reply.degraded and reply.success is False
