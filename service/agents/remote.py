@@ -126,10 +126,12 @@ class RemoteAgent:
         self.name = name
         self.spec = spec
         self.timeout_s = spec.timeout_s or default_timeout_s
-        base = str(spec.url)
-        self.url = base.rstrip("/") + "/v1/chat/completions" if spec.contract == "openai" else base
         # Parsed once: httpx parses a URL given as text twice for every request.
-        self._url = httpx.URL(self.url)
+        self._url = httpx.URL(str(spec.url))
+        if spec.contract == "openai":  # the path goes before a query (?key=… of some APIs)
+            path = self._url.path.rstrip("/") + "/v1/chat/completions"
+            self._url = self._url.copy_with(path=path)
+        self.url = str(self._url)
         transport = _AuthTransport(
             read_auth_header(name, spec, private=private_auth_file),
             retries=0,

@@ -185,6 +185,20 @@ async def test_an_openai_contract_url_gets_one_path_and_the_model(
     assert [call["contract"] for call in agent_side.calls()] == ["openai"]
 
 
+async def test_an_openai_contract_url_keeps_its_query_after_the_path(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    # Some LLM APIs take their key in the query string: the path goes before it.
+    rig = rig_factory(
+        f"{agent_side.url}/?key=k123", contract="openai", model="m-1", auth_file=auth_file
+    )
+    reply = await rig.ask("plan my week")
+
+    assert not reply.degraded
+    assert reply.content == "The example agent read: plan my week"
+    assert rig.agent.url == f"{agent_side.url}/v1/chat/completions?key=k123"
+
+
 async def test_server_errors_are_retried_and_count_against_the_breaker(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
 ) -> None:
