@@ -3,7 +3,7 @@ carries to the agent.
 
 What the OpenTelemetry httpx instrumentation would record for the call, in the stable HTTP
 semantic conventions the service pins: ``http.request.method``, ``url.full`` (credentials
-and signed query values redacted), ``server.address``/``server.port``, the peer's,
+and query values redacted), ``server.address``/``server.port``, the peer's,
 ``http.response.status_code``, ``network.protocol.version``, ``error.type``, an ERROR status
 for a 4xx/5xx answer or an exception (recorded as an event), and the request and response
 headers named by ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` /
@@ -54,6 +54,17 @@ CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RES
 SANITIZE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 
 
+def redacted_url(url: httpx.URL) -> str:
+    """``url`` without credentials and with every query value REDACTED: an API key may go
+    in the query under any name (``?key=``), not only the signatures the instrumentation
+    redacts."""
+    url = httpx.URL(redact_url(str(url)))
+    if not url.query:
+        return str(url)
+    pairs = [(name, "REDACTED" if value else "") for name, value in url.params.multi_items()]
+    return str(url.copy_with(params=pairs))
+
+
 class AttemptSpans:
     """Starts and finishes the client span of each ``method`` request to ``url``."""
 
@@ -63,7 +74,7 @@ class AttemptSpans:
         parsed = httpx.URL(url)
         attributes: dict[str, AttributeValue] = {
             HTTP_REQUEST_METHOD: method,
-            URL_FULL: redact_url(str(parsed)),
+            URL_FULL: redacted_url(parsed),
             SERVER_ADDRESS: parsed.host,
             NETWORK_PEER_ADDRESS: parsed.host,
         }

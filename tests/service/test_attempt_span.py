@@ -93,10 +93,26 @@ def test_credentials_and_signatures_in_the_url_are_redacted(
     assert attempt.attributes is not None
     assert (
         attempt.attributes["url.full"]
-        == "https://REDACTED:REDACTED@agents.example/chat?sig=REDACTED&x=1"
+        == "https://REDACTED:REDACTED@agents.example/chat?sig=REDACTED&x=REDACTED"
     )
     assert "server.port" not in attempt.attributes  # the scheme's default
     assert "abc123" not in attempt.to_json() and "pw@" not in attempt.to_json()
+
+
+def test_every_query_value_is_redacted_an_api_key_too(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Some LLM APIs take their key in the query string, under names of their own.
+    url = "http://127.0.0.1:8701/v1/chat/completions?key=k-123&api-version=2024&empty="
+    spans = AttemptSpans("POST", url, provider)
+    spans.start(post(url)).end()
+
+    (attempt,) = exporter.get_finished_spans()
+    assert attempt.attributes is not None
+    assert attempt.attributes["url.full"] == (
+        "http://127.0.0.1:8701/v1/chat/completions?key=REDACTED&api-version=REDACTED&empty="
+    )
+    assert "k-123" not in attempt.to_json()
 
 
 def test_headers_are_captured_as_configured_and_sanitized(
