@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from service.agents.failure_kinds import BadResponse
 from service.stores.writes import Write
 
 # The seed's names for the agents, accepted wherever the API takes an agent name.
@@ -47,3 +48,14 @@ class Agent(Protocol):
     name: str
 
     async def handle(self, request: AgentRequest) -> AgentReply: ...
+
+
+def checked_reply(name: str, reply: object) -> AgentReply:
+    """``reply`` when it is an ``AgentReply`` with text; otherwise a ``BadResponse`` of agent
+    ``name``, whose guard then falls back (not the router's, which would pass it on)."""
+    if isinstance(reply, AgentReply) and isinstance(reply.content, str):
+        return reply
+    what = f"a {type(reply).__name__}" if reply is not None else "None"
+    if isinstance(reply, AgentReply):
+        what = f"an AgentReply with {type(reply.content).__name__} content"
+    raise BadResponse(f"agent '{name}' returned {what}, not an AgentReply with text content")

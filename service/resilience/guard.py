@@ -19,7 +19,7 @@ from opentelemetry.context import attach as attach_context
 from opentelemetry.context import detach as detach_context
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
-from service.agents.base import Agent, AgentReply, AgentRequest
+from service.agents.base import Agent, AgentReply, AgentRequest, checked_reply
 from service.agents.failure_kinds import FAILURE_KIND_ATTRIBUTE, FailureKind, RateLimited
 from service.errors import StorePaused, UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
@@ -209,6 +209,7 @@ class GuardedAgent:
             try:
                 # The first attempt runs inline: it is the only one on the healthy path.
                 reply = await self._deadlines.run(self._agent_call(request), self._first_timeout)
+                checked_reply(self.name, reply)
             except (UserInputError, StorePaused) as passed:  # no failure of the agent
                 permit.release()
                 self._record(passed.call_outcome, started)
@@ -341,7 +342,8 @@ class GuardedAgent:
         span.set_attribute("ers.cooldown_s", seconds)
 
     async def _attempt(self, request: AgentRequest, timeout_s: float) -> AgentReply:
-        return await self._deadlines.run(self._agent_call(request), timeout_s)
+        reply = await self._deadlines.run(self._agent_call(request), timeout_s)
+        return checked_reply(self.name, reply)
 
     def _agent_call(self, request: AgentRequest) -> Awaitable[AgentReply]:
         faults = self._faults

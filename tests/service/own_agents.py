@@ -95,3 +95,26 @@ class ClosingCoach(Coach):
 
 def closing(name: str, stores: Stores) -> ClosingCoach:
     return ClosingCoach(name)
+
+
+class MisreplyingCoach:
+    """Returns something other than an ``AgentReply`` with text: ``reply`` itself."""
+
+    def __init__(self, name: str, reply: object) -> None:
+        self.name = name
+        self.reply = reply
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        return self.reply  # type: ignore[return-value]
+
+
+def replies_a_dict(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, {"content": "a dict"})
+
+
+def replies_none(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, None)
+
+
+def replies_a_number(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply(12345, name))  # type: ignore[arg-type]

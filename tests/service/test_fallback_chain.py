@@ -194,3 +194,25 @@ def test_a_breaker_says_whether_it_admits_a_call_without_taking_a_permit() -> No
     assert not breaker.admits_calls_now()  # its one trial call is in flight
     breaker.disable()
     assert breaker.admits_calls_now()
+
+
+@pytest.mark.parametrize("factory", ["replies_a_dict", "replies_none", "replies_a_number"])
+async def test_a_reply_that_is_no_agent_reply_fails_the_agent_not_the_router(
+    tmp_path: Path, sqlite_stores: Stores, spans: Spans, factory: str
+) -> None:
+    agents = {"primary": python_agent(factory, "backup"), "backup": python_agent("coach")}
+    team = team_of(tmp_path, sqlite_stores, spans, agents, "primary")
+    reply = await team.router.handle(WORKOUT)
+
+    assert reply.agent == "primary" and reply.degraded
+    assert reply.content == "backup says: keep moving (make me a workout plan)"
+    # The agent failed, once (the same call gives the same reply): its breaker counts it,
+    # its span is the error; the router, which only passed the reply on, did nothing wrong.
+    primary = team.guards["primary"].breaker.snapshot()
+    assert primary["failureCount"] == 1
+    assert "not an AgentReply" in str(primary["lastError"])
+    assert team.guards["router"].breaker.snapshot()["failureCount"] == 0
+    span = spans.one("agent.primary")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["ers.failure.kind"] == "bad_response"
+    assert spans.one("agent.router").status.status_code is not StatusCode.ERROR
