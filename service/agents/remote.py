@@ -205,8 +205,10 @@ class RemoteAgent:
         if isinstance(exc, httpx.DecodingError):
             return self._bad("the reply's content encoding does not decode")
         if isinstance(exc, httpx.TransportError):
+            # A reset connection's error has no text of its own.
+            why = str(exc) or "the connection broke (reset or closed by the agent)"
             return AgentUnreachable(
-                f"agent '{self.name}' could not be reached: {type(exc).__name__}: {exc}"
+                f"agent '{self.name}' could not be reached: {type(exc).__name__}: {why}"
             )
         return None
 

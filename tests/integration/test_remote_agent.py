@@ -9,6 +9,8 @@ import asyncio
 import email.utils
 import json
 import logging
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -274,6 +276,28 @@ async def test_an_unreachable_agent_is_retried_then_falls_back(rig_factory: Any)
     assert len(rig.client_spans()) == 3
     assert len(rig.breaker_failures) == 3
     assert failure_attributes(rig)["ers.failure.kind"] == "connection"
+
+
+async def test_a_connection_reset_names_what_happened(rig_factory: Any) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65_536)
+        # Linger 0: the close sends a TCP reset, as a crashing peer or a proxy does.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        rig = rig_factory(f"http://127.0.0.1:{port}/chat")
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert failure_attributes(rig)["ers.failure.kind"] == "connection"
+    # httpx's error has no text of its own: the message still says what happened.
+    assert str(rig.guard.breaker.snapshot()["lastError"]).endswith(
+        "could not be reached: ReadError: the connection broke (reset or closed by the agent)"
+    )
 
 
 async def test_a_rate_limit_that_fits_the_budget_is_waited_out(
