@@ -146,7 +146,7 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
             )
         try:
             loaded = next(iter(found)).load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise SettingsError(
                 f"invalid setting '{key}': the entry point '{reference}' does not load "
                 f"({described(exc)})"
@@ -163,7 +163,7 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
             "into ERS's environment, or put the folder that holds it on PYTHONPATH "
             "(PYTHONPATH=. ers serve for one in the current folder), or fix the module path"
         ) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that exits when it lacks something
         raise SettingsError(
             f"invalid setting '{key}': importing '{module_name}' failed ({described(exc)})"
         ) from None
@@ -210,7 +210,7 @@ def build_agent(
     key = f"agents.{name}.factory"
     try:
         agent = config.factories[name](name, stores)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit("...") in a factory: the same mistake
         raise SettingsError(
             f"invalid setting '{key}': '{spec.factory}' failed building agent '{name}' "
             f"({described(exc)})"

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 HELPERS = "tests.service.own_agents"
 NOT_AN_AGENT = f"{HELPERS}:not_an_agent"
+EXITING = f"{HELPERS}:exiting_factory"
 BUILT_IN = {name: {"kind": "python", "factory": name} for name in ("nutrition", "workout")}
 
 
@@ -98,6 +99,12 @@ def test_a_failing_agent_of_ones_own_falls_back_along_its_chain(tmp_path: Path) 
             "ers: invalid setting 'agents.my_coach.factory': "
             f"'{HELPERS}:not_an_agent' returned a dict, not an agent",
         ),
+        (
+            {**BUILT_IN, "my_coach": {"kind": "python", "factory": EXITING}},
+            {"workout": "my_coach"},
+            "ers: invalid setting 'agents.my_coach.factory': "
+            f"'{EXITING}' failed building agent 'my_coach' (SystemExit: OPENAI_API_KEY is not set)",
+        ),
     ],
 )
 def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
@@ -122,7 +129,8 @@ def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
     lines = result.stderr.strip().splitlines()
     # Names and imports are checked before the server starts; a factory runs in its start-up,
     # after uvicorn has said it is starting.
-    said = lines if agents.get("my_coach", {}).get("factory") != NOT_AN_AGENT else lines[-1:]
+    built = agents.get("my_coach", {}).get("factory") in (NOT_AN_AGENT, EXITING)
+    said = lines[-1:] if built else lines
     assert len(said) == 1 and said[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2

@@ -4,6 +4,7 @@ the tests of configured teams, in process and under ``ers serve``."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from service.agents.base import AgentReply, AgentRequest
 from service.errors import AgentFailure
@@ -77,6 +78,10 @@ def not_an_agent(name: str, stores: Stores) -> object:
 
 def failing_factory(name: str, stores: Stores) -> Coach:
     raise RuntimeError("the model file is missing")
+
+
+def exiting_factory(name: str, stores: Stores) -> Coach:
+    sys.exit("OPENAI_API_KEY is not set")  # as a script-minded agent module does
 
 
 NOT_CALLABLE = 42

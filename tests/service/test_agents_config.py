@@ -302,6 +302,24 @@ async def test_a_factory_that_does_not_give_the_agent_stops_the_build(
     assert expected in str(raised.value)
 
 
+def test_a_module_that_exits_as_it_is_imported_is_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "exiting_agent.py").write_text(
+        'import sys\nsys.exit("OPENAI_API_KEY is not set")\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = make_settings(
+        tmp_path, agents={"coach": {"kind": "python", "factory": "exiting_agent:make"}}
+    )
+    with pytest.raises(SettingsError) as raised:
+        load_team_config(settings)
+    assert str(raised.value) == (
+        "invalid setting 'agents.coach.factory': importing 'exiting_agent' failed "
+        "(SystemExit: OPENAI_API_KEY is not set)"
+    )
+
+
 def test_breaker_overrides_accept_configured_agents_and_refuse_others(tmp_path: Path) -> None:
     agents = {**DEFAULT_TEAM, "my_coach": {"kind": "python", "factory": f"{HELPERS}:coach"}}
     settings = make_settings(
