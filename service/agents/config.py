@@ -10,6 +10,7 @@ unknown kind, a factory that does not import, a route or a fallback naming no ag
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -215,6 +216,12 @@ def build_agent(
             f"invalid setting '{key}': '{spec.factory}' failed building agent '{name}' "
             f"({described(exc)})"
         ) from None
+    if inspect.iscoroutine(agent):
+        agent.close()  # never to be awaited: no "coroutine was never awaited" warning
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' is an async function; the factory is "
+            "called once at start-up, not awaited: make it a plain def"
+        )
     if not isinstance(agent, Agent):
         raise SettingsError(
             f"invalid setting '{key}': '{spec.factory}' returned a {type(agent).__name__}, "

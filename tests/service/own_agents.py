@@ -80,6 +80,10 @@ def failing_factory(name: str, stores: Stores) -> Coach:
     raise RuntimeError("the model file is missing")
 
 
+async def async_factory(name: str, stores: Stores) -> Coach:
+    return Coach(name)
+
+
 def exiting_factory(name: str, stores: Stores) -> Coach:
     sys.exit("OPENAI_API_KEY is not set")  # as a script-minded agent module does
 

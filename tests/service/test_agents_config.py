@@ -3,6 +3,7 @@ entry point, and one actionable line for each mistake."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,24 @@ async def test_a_factory_that_does_not_give_the_agent_stops_the_build(
         team_of(settings, sqlite_stores)
     assert str(raised.value).startswith("invalid setting 'agents.coach.factory': ")
     assert expected in str(raised.value)
+
+
+async def test_an_async_factory_is_named_as_such_and_leaves_no_coroutine_behind(
+    tmp_path: Path, sqlite_stores: Stores, recwarn: pytest.WarningsRecorder
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        agents={"coach": {"kind": "python", "factory": f"{HELPERS}:async_factory"}},
+        agent_routes={},
+    )
+    with pytest.raises(SettingsError) as raised:
+        team_of(settings, sqlite_stores)
+    assert str(raised.value) == (
+        f"invalid setting 'agents.coach.factory': '{HELPERS}:async_factory' is an async "
+        "function; the factory is called once at start-up, not awaited: make it a plain def"
+    )
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
 
 
 def test_a_module_that_exits_as_it_is_imported_is_one_line_naming_the_setting(
