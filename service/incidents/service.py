@@ -42,6 +42,7 @@ from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from telemetry.classifier import load_rules
+from telemetry.fingerprint import normalise_message
 from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
 
 log = logging.getLogger("ers.incidents")
@@ -127,7 +128,7 @@ class IncidentService:
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._latest: dict[str, str] = {}
-        # (agent, error class) -> the incident its failures grouped into, last seen.
+        # (agent, the failure's words, normalised) -> the incident it grouped into, last seen.
         self._latest_by_cause: dict[tuple[str, str], str] = {}
         self._responded: set[str] = set()
         self._results: dict[str, list[ActionResult]] = {}
@@ -177,10 +178,10 @@ class IncidentService:
     def _handle(self, event: GroupOutcome) -> None:
         incident = event.incident
         self._latest[incident.component] = incident.id
-        error_type = str(event.record.attributes.get("error.type", "")).rsplit(".", 1)[-1]
         if len(self._latest_by_cause) > 10_000:
             self._latest_by_cause.clear()
-        self._latest_by_cause[(incident.component, error_type)] = incident.id
+        cause = normalise_message(event.record.status_message)
+        self._latest_by_cause[(incident.component, cause)] = incident.id
         self._counts_stale.set()
         if event.outcome in ("opened", "reopened"):
             self._opened.add(
@@ -272,14 +273,16 @@ class IncidentService:
 
     def enrich(self, reply: AgentReply) -> AgentReply:
         """Name the agent's incident and what was done about it in a degraded reply: for a
-        failed call, the incident of its error (none yet when this is the error's first
-        failure: the incident is written off the request path); for a call turned away
+        failed call, the incident of its error, found by the words of its cause, which are
+        its span's status (none yet when this is the cause's first failure: the incident is
+        written off the request path); for a call turned away
         (breaker, cooldown, bulkhead), the agent's latest incident. A reply that names its
         incident already (minimal mode's) keeps it."""
         if reply.incident is not None:
             incident_id: str | None = reply.incident
         elif reply.data.get("outcome") in ("failure", "timeout"):
-            incident_id = self._latest_by_cause.get((reply.agent, reply.data.get("cause")))
+            cause = normalise_message(str(reply.data.get("cause", "")))
+            incident_id = self._latest_by_cause.get((reply.agent, cause))
         else:
             incident_id = self._latest.get(reply.agent)
         # Keeps what the guard said (an agent that answered instead, and the chain tried).

@@ -262,13 +262,13 @@ class GuardedAgent:
     async def _fail(
         self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
     ) -> AgentReply:
-        span.set_status(Status(StatusCode.ERROR, described(exc)))
+        span.set_status(Status(StatusCode.ERROR, cause := described(exc)))
         span.set_attribute("error.type", type(exc).__qualname__)
         span.set_attribute(BASES_ATTRIBUTE, exception_bases(exc))
         if isinstance(exc, FailureKind):
             span.set_attributes(exc.span_attributes())
         outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
-        return await self._degrade(request, span, started, outcome, type(exc).__name__)
+        return await self._degrade(request, span, started, outcome, cause)
 
     async def _retry(
         self, request: AgentRequest, span: trace.Span, started: float, error: Exception

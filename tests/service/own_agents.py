@@ -37,6 +37,17 @@ class BrokenCoach:
         raise AgentFailure(f"{self.name}: the coaching model is not loaded")
 
 
+class MoodyCoach:
+    """Fails every call, for the reason after the message's last colon: one exception class,
+    as many causes as the messages name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        raise AgentFailure(f"the coaching model is {request.message.rsplit(':', 1)[-1].strip()}")
+
+
 class GatedCoach:
     """Holds every call until ``gate`` is set; counts the calls running at once."""
 
@@ -127,3 +138,7 @@ def replies_none(name: str, stores: Stores) -> MisreplyingCoach:
 
 def replies_a_number(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply(12345, name))  # type: ignore[arg-type]
+
+
+def moody(name: str, stores: Stores) -> MoodyCoach:
+    return MoodyCoach(name)

@@ -82,7 +82,7 @@ async def test_a_failing_agent_is_answered_for_along_its_chain(
         "chain": ["down", "backup"],
         "skipped": [],
     }
-    assert reply.data["cause"] == "AgentFailure"
+    assert reply.data["cause"] == "AgentFailure: primary: the coaching model is not loaded"
     primary, down, backup = (team.guards[n].agent for n in ("primary", "down", "backup"))
     assert isinstance(primary, BrokenCoach) and primary.calls == 1
     assert isinstance(down, BrokenCoach) and down.calls == 1
