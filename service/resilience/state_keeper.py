@@ -195,6 +195,15 @@ class StateKeeper:
                 if self._dirty.get(key) is record:
                     del self._dirty[key]
 
+    async def saved(self) -> str | None:
+        """``flush()`` for an operator's reply: None once every change is stored, else why
+        not (the changes stay marked; the writer retries them in the background)."""
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:
+            return str(exc)
+        return None
+
     async def _write_loop(self) -> None:
         backoff = 0.5
         while True:

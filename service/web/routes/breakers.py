@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import StoreUnavailable
 from service.resilience.breaker import CircuitBreaker, ResetRefused
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 from service.resilience.state_keeper import StateKeeper
@@ -34,13 +33,10 @@ class ForceOpenRequest(BaseModel):
 
 async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) -> dict[str, Any]:
     """The reply to a change, once the change is saved to outlive a restart."""
-    saved = True
-    try:
-        await keeper.flush()
-    except StoreUnavailable as exc:
-        saved = False
-        message += f"; not saved across restarts yet ({exc}), retried in the background"
-    return {"message": message, "saved": saved, "breaker": breaker.snapshot()}
+    problem = await keeper.saved()
+    if problem is not None:
+        message += f"; not saved across restarts yet ({problem}), retried in the background"
+    return {"message": message, "saved": problem is None, "breaker": breaker.snapshot()}
 
 
 def guard_snapshot(guard: Any) -> dict[str, Any]:

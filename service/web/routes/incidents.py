@@ -16,7 +16,7 @@ from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound, iso
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Audit, Incidents, Minimal, Settings, State, Team, Traces
+from service.web.deps import Audit, Incidents, Keeper, Minimal, Settings, State, Team, Traces
 from service.web.openapi import errors
 from telemetry.providers import otlp_endpoint_configured
 
@@ -150,6 +150,7 @@ async def resolve(
     state: State,
     team: Team,
     minimal: Minimal,
+    keeper: Keeper,
     body: Resolve,
     who: AdminAuth,
     incident_id: str = IncidentId,
@@ -174,6 +175,9 @@ async def resolve(
     view["released"] = released
     # Likewise chat's minimal mode, when this incident is the one that turned it on.
     view["minimalModeEnded"] = minimal.leave_for(incident_id)
+    # Answered once the releases and the mode's end are saved: a restart right after the
+    # reply must not put them back.
+    view["saved"] = await keeper.saved() is None
     # The system state follows at once: the status must not say "1 critical incident
     # active" beside "active incidents 0".
     await incidents.changed_by_hand()

@@ -18,6 +18,7 @@ from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import (
     Health,
     Incidents,
+    Keeper,
     MaybeBackups,
     MemoryCheck,
     Minimal,
@@ -79,17 +80,25 @@ async def status(
 
 
 @router.delete("/minimal-mode")
-async def end_minimal_mode(minimal_mode: Minimal, who: AdminAuth) -> dict[str, Any]:
+async def end_minimal_mode(minimal_mode: Minimal, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     """End minimal response mode now: chat calls the agents again. The responder turns it
     on for a critical incident, for a limited time; an operator who has dealt with the
-    cause need not wait for that time to run out."""
+    cause need not wait for that time to run out. Answered once the end is saved, so a
+    restart does not put the mode back."""
     ended = minimal_mode.leave()
     log.info("minimal response mode %s by %s", "ended" if ended else "was already off", who)
+    problem = await keeper.saved()
+    message = (
+        "minimal response mode ended: chat calls the agents again"
+        if ended
+        else "minimal response mode was not on; nothing to end"
+    )
+    if problem is not None:
+        message += f"; not saved across restarts yet ({problem}), retried in the background"
     return {
         "ended": ended,
-        "message": "minimal response mode ended: chat calls the agents again"
-        if ended
-        else "minimal response mode was not on; nothing to end",
+        "message": message,
+        "saved": problem is None,
         "minimalMode": minimal_mode.as_dict(),
     }
 
