@@ -222,6 +222,19 @@ async def rollback(
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc, "rollback") from None
+    except asyncio.CancelledError:
+        # The server is stopping and its grace for requests ran out. Recorded at once, on
+        # this thread: the store closes as soon as the shutdown goes on.
+        cut = (
+            "cut short: the service stopped before the rollback finished; live state as"
+            " before it (a swap cut short is undone at the next start)"
+        )
+        unrecorded = rollbacks.record(body, None, cut)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"rollback {cut}; run it again once the service is back"
+            + (f"; {unrecorded}" if unrecorded else ""),
+        ) from None
     if unrecorded := await asyncio.to_thread(rollbacks.record, body, result, None):
         result = dataclasses.replace(result, notes=(*result.notes, unrecorded))
     return rollback_reply(result, body.reason)

@@ -1,0 +1,88 @@
+"""An operator's rollback still running when ``ers serve`` is stopped (SIGTERM) is cut short
+once the in-flight requests' grace has run out: the service exits 0, the live state is the
+one before the rollback, and the audit trail says that the rollback was attempted and cut
+short, as it says of every rollback. Real ``ers serve``, real restic behind a wrapper whose
+``restore`` is slow."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import start_ers
+
+pytestmark = pytest.mark.integration
+
+SLOW_RESTORE_S = 30  # longer than the grace a stopping server gives a request
+
+
+def slow_restic(tmp_path: Path) -> Path:
+    restic = shutil.which("restic")
+    assert restic is not None, "restic is not installed"
+    wrapper = tmp_path / "slow-restic"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" restore "*) sleep {SLOW_RESTORE_S} ;; esac\n'
+        f'exec {restic} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def expenses(workdir: Path) -> int:
+    with sqlite3.connect(workdir / "data" / "budgets.sqlite3") as db:
+        return int(db.execute("SELECT count(*) FROM expenses").fetchone()[0])
+
+
+def test_a_rollback_cut_short_by_a_shutdown_is_in_the_audit_trail(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    env = {
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path)),
+    }
+    ers = start_ers(workdir, env=env)
+    ers.wait_for_backups()
+    reply: dict[str, Any] = {}
+    with httpx.Client(base_url=ers.url, timeout=60) as http:
+        made = http.post("/api/emergency/backups/create", json={})
+        assert made.status_code == 200, made.text
+        spent = http.post("/chat", json={"message": "spent $25 on groceries", "userId": "ann"})
+        assert spent.status_code == 200 and expenses(workdir) == 1, spent.text
+
+        def roll_back() -> None:
+            body = {"backupId": made.json()["backupId"], "confirm": True, "reason": "bad import"}
+            try:
+                reply["response"] = http.post("/api/emergency/rollback", json=body)
+            except httpx.HTTPError as exc:
+                reply["error"] = exc
+
+        sender = threading.Thread(target=roll_back)
+        sender.start()
+        time.sleep(2)  # the rollback is restoring
+        assert ers.stop(signal.SIGTERM, timeout=60) == 0
+        sender.join(timeout=30)
+    answered = reply.get("response")
+    assert answered is not None, reply
+    assert answered.status_code == 503 and "cut short" in answered.json()["detail"], answered.text
+
+    again = start_ers(workdir, env={**env, "ERS_RESTIC_BINARY": "restic"})
+    try:
+        assert expenses(workdir) == 1  # the live state is the one before the rollback
+        entries = httpx.get(f"{again.url}/api/emergency/audit", timeout=10).json()["entries"]
+        rollbacks = [e for e in entries if e["action"] == "rollback"]
+        assert len(rollbacks) == 1, entries
+        (entry,) = rollbacks
+        assert entry["actor"] == "admin" and entry["detail"]["reason"] == "bad import", entry
+        assert "stopped" in entry["detail"]["error"], entry
+    finally:
+        assert again.stop() == 0
+    assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]
