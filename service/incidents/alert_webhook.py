@@ -56,6 +56,12 @@ SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "
 SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
+# A rollback's outcome while it runs, and for good when its process dies meanwhile.
+UNFINISHED_ROLLBACK = (
+    "rollback: started, and ERS stopped before it finished; not run again by a later delivery"
+    " (the state may be rolled back already): see the audit trail and the incident's timeline"
+)
+
 # The rule an alert's incident is classified by: its labels, not the classification rules.
 ALERT_RULE = "alertmanager"
 
@@ -272,6 +278,22 @@ class AlertHandler:
             return f"unknown action '{action}'"
         if action == "isolate":
             self.recovery.forget(target)
+        if (
+            action == "rollback"
+            and self.responder.auto_rollback
+            and self.responder.rollback_allowed
+        ):
+            # Said before it runs, as its outcome until it has one: a rollback that a
+            # ``kill -9`` cut off may have replaced the state already, so the ledger does not
+            # hand it to the next delivery, which would roll back the writes made since.
+            await asyncio.to_thread(
+                self.ledger.finish,
+                alert.fingerprint,
+                alert.startsAt.isoformat(),
+                alert.status,
+                incident_id,
+                UNFINISHED_ROLLBACK,
+            )
         result = await self.responder.run_action(ACTIONS[action], context)
         if result.detail == COOLDOWN_SKIP:
             # The responder keeps quiet about it; the alert's reader would see nothing done.
