@@ -43,6 +43,11 @@ COOLDOWN_SKIP = "ran within the cooldown"
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
 # Actions whose effect reaches every replica: one replica runs each per incident.
 FLEET_WIDE_ACTIONS = frozenset({"isolate", "emergency_backup", "rollback"})
+# Actions whose effect outlives the process (kept isolations and minimal mode, a rolled-back
+# state): their cooldown holds across a restart. The others act on what a restart renews
+# (agent instances, cached answers), or keep a cooldown of their own (emergency backups,
+# which then name the backup that covers them), so they run again after one.
+LASTING_ACTIONS = frozenset({"isolate", "minimal_response_mode", "rollback"})
 # Actions that keep calls from the agent: not for one whose breaker an operator disabled
 # (every call let through), which says the calls are to reach it.
 WITHHOLDING_ACTIONS = frozenset({"isolate", "serve_cached"})
@@ -109,6 +114,10 @@ class Responder:
     rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
     # The audit trail, where every rollback is written, whoever ran it.
     audit: Trail | None = None
+    # An incident's timeline as stored, and the wall clock it is written by: the cooldown
+    # of an action started before a restart is read back from there.
+    read_timeline: Callable[[str], list[Any]] | None = None
+    wall_clock: Callable[[], float] = time.time
     _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
@@ -138,6 +147,8 @@ class Responder:
         key = (context.incident_id, action, context.episode)
         now = self.clock()
         last = self._last_run.get(key)
+        if last is None and (age := await self._started_before(action, context)) is not None:
+            last = self._last_run[key] = now - age
         if last is not None and now - last < self.cooldown_s:
             return ActionResult(action, "skipped", COOLDOWN_SKIP)
         self._last_run[key] = now
@@ -146,7 +157,8 @@ class Responder:
         why_not = await self._why_not(action, context)
         if why_not is not None:
             return await self._skip(action, context, why_not)
-        await self._note(context, "action_started", f"{action} started", {"action": action})
+        started = {"action": action, "episode": context.episode}
+        await self._note(context, "action_started", f"{action} started", started)
         try:
             async with asyncio.timeout(120):
                 result = await self._actions[action](context)
@@ -162,6 +174,32 @@ class Responder:
         if self.on_action is not None:
             self.on_action(context.protocol, action, result.result)
         return result
+
+    async def _started_before(self, action: str, context: ResponseContext) -> float | None:
+        """Seconds since this process, or the one before a restart, started ``action`` for
+        the incident's episode, as its timeline says; None when it did not, or the timeline
+        cannot be read (the action then runs). The responder's own actions only: an
+        alert's are taken once each by the alert ledger."""
+        if (
+            self.read_timeline is None
+            or context.source != "responder"
+            or action not in LASTING_ACTIONS
+        ):
+            return None
+        try:
+            entries = await asyncio.to_thread(self.read_timeline, context.incident_id)
+        except Exception:  # no such incident (an alert's), or the store is out
+            return None
+        for entry in reversed(entries):
+            data = entry.data
+            if (
+                entry.kind == "action_started"
+                and entry.actor == "responder"
+                and data.get("action") == action
+                and data.get("episode", 0) == context.episode
+            ):
+                return max(self.wall_clock() - entry.at, 0.0)
+        return None
 
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:
         """Why the action does not run here: it does not apply to the component, or another

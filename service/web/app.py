@@ -310,6 +310,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             else None,
             rollback=rollbacks.automatic if rollbacks is not None else None,
             audit=audit,
+            read_timeline=incident_store.timeline,
         )
         incident_service.start(responder if settings.auto_response_enabled else None)
         stack.callback(incident_service.shutdown)
