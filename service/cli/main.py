@@ -18,6 +18,10 @@ from service.settings import SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
 
+# How long a shutdown waits for requests in flight before cutting them off; the final
+# backup (shutdown_backup_timeout_s) comes after.
+REQUEST_GRACE_S = 10
+
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -53,7 +57,7 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level="info",
         access_log=args.access_log,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=REQUEST_GRACE_S,
     )
     server = GracefulServer(config)
     tune_garbage_collector()

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from service.cli.main import REQUEST_GRACE_S
+from service.settings import Settings
 from tests.compose import merge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -721,3 +723,15 @@ def test_nginx_accepts_the_balancer_config(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_a_replica_is_given_time_to_finish_its_shutdown(stack: str) -> None:
+    """Docker sends SIGKILL 10 s after SIGTERM unless told otherwise; ERS waits for requests
+    in flight and then takes its final backup, and a kill in between loses that backup."""
+    shutdown_s = REQUEST_GRACE_S + Settings.model_fields["shutdown_backup_timeout_s"].default
+    replicas = [s for s in STACKS[stack].values() if s.get("image") == ERS_IMAGE]
+    assert replicas
+    for replica in replicas:
+        grace = replica.get("stop_grace_period", "10s")
+        assert grace.endswith("s") and int(grace[:-1]) >= shutdown_s + 10, grace
