@@ -5,6 +5,7 @@ with it, and so do the stores (``service.stores.sql``)."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 # How long a statement waits for another process's write to finish before it fails.
@@ -17,7 +18,25 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    _enter_wal(db)
+    db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting up to the busy timeout for another process doing the same: on a new
+    file, SQLite answers "database is locked" at once, without its busy handler, to all but one
+    of the processes that switch at the same moment (replicas started together on one data
+    directory)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)

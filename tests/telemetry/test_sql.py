@@ -29,6 +29,28 @@ def test_a_connection_has_the_one_set_of_pragmas(tmp_path: Path) -> None:
     db.close()
 
 
+def test_a_new_file_switched_to_wal_by_another_process_meanwhile_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Replicas started together on one data directory open the same new files at once. While
+    one holds its write lock on a file not yet in WAL, SQLite answers the switch of the others
+    with "database is locked" at once, without its busy handler: the second replica exited at
+    its start. The switch now waits (up to the busy timeout) like any other statement."""
+    path = tmp_path / "kept-traces.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        db = connect_sqlite(path)
+    finally:
+        release.join()
+        other.close()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
 def audit_write(path: Path) -> None:
     database = SqliteDatabase(path)
     try:
