@@ -10,6 +10,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,8 @@ class Restic:
         env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
         if cache_dir is not None:
             env["RESTIC_CACHE_DIR"] = str(Path(cache_dir).resolve())
+        # restic reads --time in its local zone: UTC, as ERS writes it (_time_args).
+        env["TZ"] = "UTC"
         return env
 
     async def version(self) -> tuple[int, int, int]:
@@ -170,13 +173,15 @@ class Restic:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         gate: StartGate | None = None,
+        at: datetime | None = None,
     ) -> dict[str, Any]:
-        """`restic backup --json`; returns restic's summary message.
+        """`restic backup --json`; returns restic's summary message. `at`: the snapshot's time
+        (to the second), the one ERS lists it with before it reads the repository again.
 
         With a `gate`, restic gets ready but reads none of `targets` before the gate opens
         (see `backup.gate`).
         """
-        args = ["backup", "--json"]
+        args = ["backup", "--json", *_time_args(at)]
         for tag in tags:
             args += ["--tag", tag]
         if gate is not None:
@@ -187,11 +192,17 @@ class Restic:
         return _backup_summary(output)
 
     async def backup_stdin(
-        self, stdin: int, filename: str, *, tags: Sequence[str], timeout: float | None = None
+        self,
+        stdin: int,
+        filename: str,
+        *,
+        tags: Sequence[str],
+        timeout: float | None = None,
+        at: datetime | None = None,
     ) -> dict[str, Any]:
         """`restic backup --stdin --json`: what arrives on the file descriptor `stdin`, up to
         its end, becomes the file `/<filename>` of a new snapshot; returns restic's summary."""
-        args = ["backup", "--stdin", "--stdin-filename", filename, "--json"]
+        args = ["backup", "--stdin", "--stdin-filename", filename, "--json", *_time_args(at)]
         for tag in tags:
             args += ["--tag", tag]
         return _backup_summary(await self.run(args, timeout=timeout, stdin=stdin))
@@ -282,6 +293,10 @@ class Restic:
         except ResticError:
             return None  # released between listing and reading
         return json.loads(output.stdout)
+
+
+def _time_args(at: datetime | None) -> list[str]:
+    return [] if at is None else ["--time", at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")]
 
 
 def _backup_summary(output: CommandOutput) -> dict[str, Any]:

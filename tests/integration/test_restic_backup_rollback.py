@@ -95,6 +95,22 @@ async def test_backup_list_details_test_rollback_and_rollback_bring_data_back(
     assert undo.components[0].tables[0].rows_in_snapshot == 70
 
 
+async def test_a_new_snapshot_is_listed_at_the_time_restic_keeps_for_it(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    """ERS lists a new snapshot before it reads the repository again; read, it is the same. The
+    list held ERS's start time and restic its own, a moment later: the two disagreed by a second
+    now and then (an online and an offline preview of one snapshot showed different times)."""
+    made = [await manager.create(None, "manual")]
+    write_budgets(state_files["budgets"], {"food": 123.0})
+    made.append(await manager.create(["budgets"], "manual"))
+    listed = {s.short_id: s.time for s in manager.list()}
+    assert set(listed) == {m.snapshot_id[:8] for m in made}
+    read = {s.short_id: s.time for s in await manager.refresh()}
+    assert read == listed
+    assert all(t.microsecond == 0 and t.tzinfo is not None for t in listed.values())
+
+
 async def test_component_rollback_leaves_other_components_alone(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:
