@@ -19,17 +19,17 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    _enter_wal(db)
+    enter_wal(db)
     db.execute("PRAGMA synchronous=NORMAL")
     return db
 
 
-def _enter_wal(db: sqlite3.Connection) -> None:
-    """Switch to WAL, waiting up to the busy timeout for another process doing the same: on a new
+def enter_wal(db: sqlite3.Connection, wait_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """Switch to WAL, waiting up to ``wait_s`` for another process doing the same: on a new
     file, SQLite answers "database is locked" at once, without its busy handler, to all but one
     of the processes that switch at the same moment (replicas started together on one data
     directory)."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + wait_s
     pause = 0.005
     while True:
         try:

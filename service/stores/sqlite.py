@@ -22,6 +22,7 @@ from service.errors import StorePaused, StoreUnavailable
 from service.stores.sql import SQLITE
 from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
+from telemetry.sqlite import enter_wal
 
 BUSY_TIMEOUT_MS = 2000
 # Once a checkpoint has emptied it, the write-ahead log is cut back to this size.
@@ -88,7 +89,7 @@ class SqliteStore:
                     self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
                 )
                 conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
+                enter_wal(conn, BUSY_TIMEOUT_MS / 1000)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTER does it

@@ -14,6 +14,7 @@ from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
 from service.incidents.store import IncidentNotFound, IncidentStore
 from service.stores.sql import POSTGRESQL, SQLITE, SqliteDatabase
+from service.stores.sqlite import SqliteStore
 from telemetry.sqlite import BUSY_TIMEOUT_MS, connect_sqlite
 
 # Longer than the 2 s the audit log and the ledger once waited, well inside BUSY_TIMEOUT_MS.
@@ -29,8 +30,9 @@ def test_a_connection_has_the_one_set_of_pragmas(tmp_path: Path) -> None:
     db.close()
 
 
+@pytest.mark.parametrize("opener", ["connect_sqlite", "SqliteStore"])
 def test_a_new_file_switched_to_wal_by_another_process_meanwhile_is_waited_for(
-    tmp_path: Path,
+    tmp_path: Path, opener: str
 ) -> None:
     """Replicas started together on one data directory open the same new files at once. While
     one holds its write lock on a file not yet in WAL, SQLite answers the switch of the others
@@ -43,7 +45,13 @@ def test_a_new_file_switched_to_wal_by_another_process_meanwhile_is_waited_for(
     release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
     release.start()
     try:
-        db = connect_sqlite(path)
+        if opener == "connect_sqlite":
+            db = connect_sqlite(path)
+        else:
+            store = SqliteStore("budgets", path, ("CREATE TABLE IF NOT EXISTS b (x)",))
+            store.open()
+            store.close()
+            db = sqlite3.connect(path)
     finally:
         release.join()
         other.close()
