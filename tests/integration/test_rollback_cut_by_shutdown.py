@@ -1,8 +1,9 @@
 """An operator's rollback still running when ``ers serve`` is stopped (SIGTERM) is cut short
 once the in-flight requests' grace has run out: the service exits 0, the live state is the
 one before the rollback, and the audit trail says that the rollback was attempted and cut
-short, as it says of every rollback. Real ``ers serve``, real restic behind a wrapper whose
-``restore`` is slow."""
+short, as it says of every rollback. A backup cut short the same way answers a 503 that says
+so. Real ``ers serve``, real restic behind a wrapper whose ``restore`` (or ``backup``) is
+slow."""
 
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ pytestmark = pytest.mark.integration
 SLOW_RESTORE_S = 30  # longer than the grace a stopping server gives a request
 
 
-def slow_restic(tmp_path: Path) -> Path:
+def slow_restic(tmp_path: Path, command: str = "restore") -> Path:
     restic = shutil.which("restic")
     assert restic is not None, "restic is not installed"
     wrapper = tmp_path / "slow-restic"
     wrapper.write_text(
         "#!/bin/sh\n"
-        f'case " $* " in *" restore "*) sleep {SLOW_RESTORE_S} ;; esac\n'
+        f'case " $* " in *" {command} "*) sleep {SLOW_RESTORE_S} ;; esac\n'
         f'exec {restic} "$@"\n'
     )
     wrapper.chmod(0o755)
@@ -85,4 +86,40 @@ def test_a_rollback_cut_short_by_a_shutdown_is_in_the_audit_trail(tmp_path: Path
         assert "stopped" in entry["detail"]["error"], entry
     finally:
         assert again.stop() == 0
+    assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]
+
+
+def test_a_backup_cut_short_by_a_shutdown_answers_503_in_words(tmp_path: Path) -> None:
+    """Before: uvicorn's bare "Internal Server Error" and an "Exception in ASGI application"
+    traceback in the log."""
+    env = {
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_SHUTDOWN_BACKUP_TIMEOUT_S": "2",
+        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path, "backup")),
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    ers.wait_for_backups()
+    reply: dict[str, Any] = {}
+
+    def back_up() -> None:
+        try:
+            reply["response"] = httpx.post(
+                f"{ers.url}/api/emergency/backups/create", json={}, timeout=60
+            )
+        except httpx.HTTPError as exc:
+            reply["error"] = exc
+
+    sender = threading.Thread(target=back_up)
+    sender.start()
+    time.sleep(2)  # restic is "backing up"
+    assert ers.stop(signal.SIGTERM, timeout=60) == 0
+    sender.join(timeout=30)
+    answered = reply.get("response")
+    assert answered is not None, reply
+    assert answered.status_code == 503, answered.text
+    said = answered.json()
+    assert said["error"] == "service unavailable"
+    assert said["detail"].startswith("backup cut short: the service stopped before it finished")
+    assert "GET /api/emergency/backups" in said["detail"], said
     assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]

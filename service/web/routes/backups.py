@@ -79,12 +79,20 @@ def _fail(exc: Exception, operation: str) -> HTTPException:
 
 
 @contextmanager
-def _failures_as_http_errors(operation: str) -> Iterator[None]:
-    """A backup failure raised in the block becomes the error reply ``_fail`` makes of it."""
+def _failures_as_http_errors(operation: str, cut: str = "") -> Iterator[None]:
+    """A backup failure raised in the block becomes the error reply ``_fail`` makes of it; the
+    server's stop cutting the block short (its grace for requests ran out) a 503 that says so,
+    followed by ``cut``, not uvicorn's bare 500 and a traceback in the log."""
     try:
         yield
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc, operation) from None
+    except asyncio.CancelledError:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"{operation} cut short: the service stopped before it finished{cut}; run it again"
+            " once the service is back",
+        ) from None
 
 
 class CreateBackup(BaseModel):
@@ -165,7 +173,8 @@ async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
 @router.post("/backups/create")
 async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) -> dict[str, Any]:
     components = None if body.type == "full_system" else [body.type]
-    with _failures_as_http_errors("backup"):
+    cut = " (a snapshot may have been made all the same: GET /api/emergency/backups lists it)"
+    with _failures_as_http_errors("backup", cut):
         # Asked for by a person: a snapshot with its reason even when nothing changed.
         result = await backups.create(components, body.reason, skip_unchanged=False)
     return created_reply(result, body.reason, body.type)
