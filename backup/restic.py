@@ -92,6 +92,20 @@ class Restic:
             "permissions)"
         )
 
+    def _with_full_id(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """restic before 0.16 names the new snapshot by its short id; the list read back from
+        the repository names it in full. On a local disk the full id is the name of the
+        snapshot's file: the summary then has it too (a remote repository keeps the short)."""
+        short = str(summary.get("snapshot_id") or "")
+        if not short or len(short) >= 64 or not self.repository.startswith(("/", "local:")):
+            return summary
+        folder = Path(self.repository.removeprefix("local:")) / "snapshots"
+        try:
+            found = [p.name for p in folder.glob(f"{short}*") if len(p.name) == 64]
+        except OSError:
+            return summary
+        return {**summary, "snapshot_id": found[0]} if len(found) == 1 else summary
+
     async def run(
         self,
         args: Sequence[str],
@@ -189,7 +203,7 @@ class Restic:
         output = await self.run(
             [*args, "--", *targets], cwd=cwd, timeout=timeout, on_progress=on_progress
         )
-        return _backup_summary(output)
+        return self._with_full_id(_backup_summary(output))
 
     async def backup_stdin(
         self,
@@ -205,7 +219,9 @@ class Restic:
         args = ["backup", "--stdin", "--stdin-filename", filename, "--json", *_time_args(at)]
         for tag in tags:
             args += ["--tag", tag]
-        return _backup_summary(await self.run(args, timeout=timeout, stdin=stdin))
+        return self._with_full_id(
+            _backup_summary(await self.run(args, timeout=timeout, stdin=stdin))
+        )
 
     async def dump(
         self, snapshot_id: str, path: str, *, stdout: int, timeout: float | None = None

@@ -100,13 +100,16 @@ async def test_a_new_snapshot_is_listed_at_the_time_restic_keeps_for_it(
 ) -> None:
     """ERS lists a new snapshot before it reads the repository again; read, it is the same. The
     list held ERS's start time and restic its own, a moment later: the two disagreed by a second
-    now and then (an online and an offline preview of one snapshot showed different times)."""
+    now and then (an online and an offline preview of one snapshot showed different times). And
+    it held restic 0.14's short id, where the list read back (and another replica's) has the
+    full one."""
     made = [await manager.create(None, "manual")]
     write_budgets(state_files["budgets"], {"food": 123.0})
     made.append(await manager.create(["budgets"], "manual"))
-    listed = {s.short_id: s.time for s in manager.list()}
-    assert set(listed) == {m.snapshot_id[:8] for m in made}
-    read = {s.short_id: s.time for s in await manager.refresh()}
+    assert all(m.snapshot_id is not None and len(m.snapshot_id) == 64 for m in made), made
+    listed = {s.id: s.time for s in manager.list()}
+    assert set(listed) == {m.snapshot_id for m in made}
+    read = {s.id: s.time for s in await manager.refresh()}
     assert read == listed
     assert all(t.microsecond == 0 and t.tzinfo is not None for t in listed.values())
 
