@@ -226,7 +226,10 @@ class Responder:
                 log.warning("%s runs unclaimed for %s: %s", action, context.incident_id, exc)
                 return None
             if holder is not None:
-                return f"replica {holder} runs {action} for this incident"
+                # Taken, not necessarily run: it may have found approval needed, or failed.
+                return (
+                    f"replica {holder} took {action} for this incident (its entry says how it went)"
+                )
         return None
 
     async def _skip(self, action: str, context: ResponseContext, reason: str) -> ActionResult:

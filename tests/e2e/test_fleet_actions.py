@@ -132,7 +132,7 @@ def test_a_critical_incident_seen_by_two_replicas_takes_one_emergency_backup(
         assert incident["count"] == 2
         assert sorted(e["data"]["result"] for e in entries) == ["skipped", "success"]
         skipped = next(e for e in entries if e["kind"] == "action_skipped")
-        assert "runs emergency_backup for this incident" in skipped["message"]
+        assert "took emergency_backup for this incident" in skipped["message"]
 
         snapshots = emergency_snapshots(repository, password_file)
         components = sorted(t for s in snapshots for t in s["tags"] if t.startswith("component:"))
