@@ -115,6 +115,7 @@ class HttpTelemetry:
         )
         token = attach(set_span_in_context(span, parent))
         status: int | None = None
+        broken = ""  # the exception that cut off an answer already under way
 
         async def send_noting_status(message: Message) -> None:
             nonlocal status
@@ -125,6 +126,8 @@ class HttpTelemetry:
         try:
             await self.app(scope, receive, send_noting_status)
         except Exception as exc:
+            if status is not None:  # the client got a status and then a cut-off body
+                broken = type(exc).__qualname__
             status = status or 500  # what the server answers for it, unless it had answered
             record_exception(span, exc, {})
             raise
@@ -136,7 +139,7 @@ class HttpTelemetry:
                 span.set_attribute("http.route", path)
             if status is not None:  # None: the request was cancelled before an answer
                 span.set_attribute("http.response.status_code", status)
-            error_type = str(status) if status is not None and status >= 500 else ""
+            error_type = str(status) if status is not None and status >= 500 else broken
             if error_type:
                 span.set_attribute("error.type", error_type)
                 span.set_status(Status(StatusCode.ERROR))

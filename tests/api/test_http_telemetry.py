@@ -4,13 +4,14 @@ for: the same requests through both make the same spans and the same duration se
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from opentelemetry import baggage
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -19,6 +20,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -302,3 +304,44 @@ async def test_every_tracestate_header_of_the_caller_is_read() -> None:
     (span,) = traced.spans()
     assert span.parent is not None
     assert dict(span.parent.trace_state) == {"a": "1", "b": "2"}  # W3C: one list, combined
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["ers", "library"])
+async def test_an_answer_cut_off_midway_is_an_error_span(ours: bool) -> None:
+    """The status went out (200), then the body broke: the request failed all the same. The
+    library marks the span an error; ERS left it unset, with no error.type, so neither the
+    trace search nor the failing-requests series showed the cut-off answer."""
+    traced = Traced(ours=ours)
+
+    @traced.app.get("/report")
+    async def report() -> StreamingResponse:
+        async def rows() -> AsyncIterator[bytes]:
+            yield b"first row\n"
+            raise ConnectionResetError("the report's source went away")
+
+        return StreamingResponse(rows())
+
+    transport = httpx.ASGITransport(app=traced.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ers.test") as client:
+        answered = await client.get("/report")
+    assert answered.status_code == 200
+    (span,) = traced.spans()
+    assert span.status.status_code is StatusCode.ERROR
+    attributes = span.attributes or {}
+    assert attributes["http.response.status_code"] == 200
+    assert {e.name for e in span.events} == {"exception"}  # the library records it twice
+    if ours:
+        assert len(span.events) == 1
+        assert attributes["error.type"] == "ConnectionResetError"
+        assert traced.series() == {
+            frozenset(
+                {
+                    ("http_request_method", "GET"),
+                    ("http_route", "/report"),
+                    ("http_response_status_code", "200"),
+                    ("error_type", "ConnectionResetError"),
+                    ("network_protocol_version", "1.1"),
+                    ("url_scheme", "http"),
+                }
+            ): 1.0
+        }
