@@ -71,6 +71,21 @@ class Rollbacks:
             f"{notes}"
         )
 
+    def record_start(self, request: RollbackRequest, snapshot_id: str) -> None:
+        """Blocking: the trail's entry before the rollback begins, so that one a kill cuts
+        off (before its outcome is written) is in the trail all the same. Not written (a full
+        disk): logged, and the rollback goes on; its outcome is told and recorded after."""
+        detail = {
+            "backupId": snapshot_id,
+            "beforeIncident": request.beforeIncident,
+            "reason": request.reason,
+            "components": request.components,
+        }
+        try:
+            self.audit.record("admin", "rollback_started", detail)
+        except Exception:
+            log.exception("could not record the rollback's start in the audit trail")
+
     def record(
         self, request: RollbackRequest, result: RollbackResult | None, error: str | None
     ) -> str | None:

@@ -340,6 +340,7 @@ class Responder:
             )
         if self.rollback is None:
             return ActionResult("rollback", "not_available", "backups are not set up")
+        await self._audit_rollback(context, None, None, "rollback_started")
         try:
             done = await self.rollback(context)
         except Exception as exc:
@@ -349,18 +350,24 @@ class Responder:
         return ActionResult("rollback", "success", done)
 
     async def _audit_rollback(
-        self, context: ResponseContext, done: str | None, error: str | None
+        self,
+        context: ResponseContext,
+        done: str | None,
+        error: str | None,
+        action: str = "rollback",
     ) -> None:
+        """The trail's entry of the rollback's outcome, or of its start (``rollback_started``:
+        one a kill cuts off is in the trail all the same)."""
         if self.audit is None:
             return
-        detail = {
+        detail: dict[str, str | None] = {
             "beforeIncident": context.incident_id,
             "reason": context.reason,
-            "result": done,
-            "error": error,
         }
+        if action == "rollback":
+            detail |= {"result": done, "error": error}
         try:
-            await asyncio.to_thread(self.audit.record, context.source, "rollback", detail)
+            await asyncio.to_thread(self.audit.record, context.source, action, detail)
         except Exception:  # the rollback is done either way; its timeline still says so
             log.exception("the audit trail missed the rollback for %s", context.incident_id)
 

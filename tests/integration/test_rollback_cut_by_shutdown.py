@@ -7,6 +7,7 @@ slow."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sqlite3
@@ -123,3 +124,43 @@ def test_a_backup_cut_short_by_a_shutdown_answers_503_in_words(tmp_path: Path) -
     assert said["detail"].startswith("backup cut short: the service stopped before it finished")
     assert "GET /api/emergency/backups" in said["detail"], said
     assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]
+
+
+def test_a_rollback_a_kill_cuts_off_is_in_the_audit_trail_by_its_start(tmp_path: Path) -> None:
+    """``kill -9`` gives no grace to write the outcome: the entry written before the rollback
+    began is what the trail keeps of it (before: nothing at all)."""
+    workdir = tmp_path / "ers"
+    env = {
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path)),
+    }
+    ers = start_ers(workdir, env=env)
+    ers.wait_for_backups()
+    with httpx.Client(base_url=ers.url, timeout=60) as http:
+        made = http.post("/api/emergency/backups/create", json={})
+        assert made.status_code == 200, made.text
+        spent = http.post("/chat", json={"message": "spent $25 on groceries", "userId": "ann"})
+        assert spent.status_code == 200 and expenses(workdir) == 1, spent.text
+        body = {"backupId": made.json()["backupId"], "confirm": True, "reason": "bad import"}
+
+        def roll_back() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the kill cuts the connection
+                http.post("/api/emergency/rollback", json=body)
+
+        sender = threading.Thread(target=roll_back)
+        sender.start()
+        time.sleep(2)  # the rollback is restoring
+        ers.stop(signal.SIGKILL)
+        sender.join(timeout=30)
+
+    again = start_ers(workdir, env={**env, "ERS_RESTIC_BINARY": "restic"})
+    try:
+        assert expenses(workdir) == 1  # the live state is the one before the rollback
+        entries = httpx.get(f"{again.url}/api/emergency/audit", timeout=10).json()["entries"]
+        assert [e["action"] for e in entries] == ["rollback_started"], entries
+        (entry,) = entries
+        assert entry["actor"] == "admin" and entry["detail"]["reason"] == "bad import", entry
+        assert entry["detail"]["backupId"] == made.json()["backupId"], entry
+    finally:
+        assert again.stop() == 0

@@ -133,11 +133,15 @@ async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
     assert (await responder.run_action("rollback", context)).result == "success"
     context = ResponseContext("INC_8", "CRITICAL_SYSTEM_FAILURE", "budget", "critical y")
     assert (await responder.run_action("rollback", context)).result == "failed"
+    # Each has its start in the trail before it runs: a kill cannot take both away.
     assert [(actor, action) for actor, action, _ in trail.entries] == [
+        ("alertmanager", "rollback_started"),
         ("alertmanager", "rollback"),
+        ("responder", "rollback_started"),
         ("responder", "rollback"),
     ]
-    first, second = (detail for _, _, detail in trail.entries)
+    assert trail.entries[0][2] == {"beforeIncident": "INC_7", "reason": "alert X"}
+    first, second = (detail for _, action, detail in trail.entries if action == "rollback")
     assert first["beforeIncident"] == "INC_7" and first["result"] == "rolled back to 1234abcd"
     assert first["error"] is None
     assert second["result"] is None and "repository unreachable" in second["error"]

@@ -221,6 +221,7 @@ async def rollback(
         snapshot_id = body.backupId or await rollbacks.snapshot_before(
             body.beforeIncident, component
         )
+        await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
         unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc))
