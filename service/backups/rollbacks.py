@@ -71,10 +71,11 @@ class Rollbacks:
             f"{notes}"
         )
 
-    def record_start(self, request: RollbackRequest, snapshot_id: str) -> None:
+    def record_start(self, request: RollbackRequest, snapshot_id: str) -> bool:
         """Blocking: the trail's entry before the rollback begins, so that one a kill cuts
         off (before its outcome is written) is in the trail all the same. Not written (a full
-        disk): logged, and the rollback goes on; its outcome is told and recorded after."""
+        disk): logged, and the rollback goes on; its outcome is told and recorded after.
+        Returns whether it was written."""
         detail = {
             "backupId": snapshot_id,
             "beforeIncident": request.beforeIncident,
@@ -85,6 +86,8 @@ class Rollbacks:
             self.audit.record("admin", "rollback_started", detail)
         except Exception:
             log.exception("could not record the rollback's start in the audit trail")
+            return False
+        return True
 
     def record(
         self, request: RollbackRequest, result: RollbackResult | None, error: str | None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from service.cli.output import Activity
 from service.settings import load_settings
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+
+log = logging.getLogger("ers.backups")
 
 
 def _repository_config():  # noqa: ANN202
@@ -70,6 +73,72 @@ async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
     # A running service owns the working files: clearing them as an interrupted run's
     # leftovers would pull them from under a rollback or backup it is running.
     return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
+
+
+class _OfflineTrail:
+    """The service's audit trail, for an offline rollback to be in it as the service's are
+    (actor ``offline``). A trail that cannot be written must not stop the rollback: the
+    reason is kept in ``problem``, to be told with the rollback's outcome."""
+
+    def __init__(self, settings: Any) -> None:
+        self.problem = ""
+        self._audit: Any = None
+        self._database: Any = None
+        try:
+            self._database = _incident_database(settings)
+            from service.incidents.audit import AuditLog
+
+            self._audit = AuditLog(self._database)
+        except Exception as exc:
+            self._failed(exc)
+
+    def record(self, action: str, detail: dict[str, Any]) -> None:
+        if self._audit is not None and not self.problem:
+            try:
+                self._audit.record("offline", action, detail)
+            except Exception as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.problem = f"the rollback is not in the audit trail: writing it failed ({exc})"
+        log.warning("%s", self.problem)
+
+    def close(self) -> None:
+        if self._database is not None:
+            with contextlib.suppress(Exception):
+                self._database.close()
+
+
+def _incident_database(settings: Any) -> Any:
+    """The database of the incidents and the audit trail: their SQLite file, or their schema
+    on PostgreSQL."""
+    if settings.database_url is None:
+        from service.stores.sql import SqliteDatabase
+
+        return SqliteDatabase(settings.data_dir / "incidents.sqlite3")
+    from service.incidents.model import IncidentStoreUnavailable
+    from service.incidents.store_pg import SCHEMA
+    from service.stores.pg_pool import PgPool
+
+    return PgPool(
+        settings.database_url.get_secret_value(),
+        name="ers-offline-audit",
+        unavailable=IncidentStoreUnavailable,
+        schema=SCHEMA,
+        tables=("audit",),
+        component="incidents, alerts, audit",
+        min_size=1,
+        max_size=1,
+    )
+
+
+@contextlib.contextmanager
+def _audit_trail(settings: Any) -> Iterator[_OfflineTrail]:
+    trail = _OfflineTrail(settings)
+    try:
+        yield trail
+    finally:
+        trail.close()
 
 
 # Offline actions that write the data directory, the service's working files or the
@@ -137,15 +206,39 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
                 progress.stage(f"rollback: {event.step}")
 
         manager.events.subscribe(on_event)
-        result = await manager.rollback(
-            args.backup_id,
-            args.components or None,
-            args.reason,
-            nothing_to_pause,
-            lambda: None,
-            on_progress=progress.restic_status,
-        )
-        return rollback_reply(result, args.reason)
+        with _audit_trail(load_settings()) as trail:
+            detail = {"backupId": args.backup_id, "reason": args.reason}
+            trail.record("rollback_started", detail | {"components": args.components})
+            try:
+                result = await manager.rollback(
+                    args.backup_id,
+                    args.components or None,
+                    args.reason,
+                    nothing_to_pause,
+                    lambda: None,
+                    on_progress=progress.restic_status,
+                )
+            except Exception as exc:
+                # As the service says it: refused (nothing touched) or failed at a step.
+                from backup import RollbackFailed
+
+                said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
+                trail.record("rollback", detail | {"error": said})
+                raise
+            trail.record(
+                "rollback",
+                detail
+                | {
+                    "backupId": result.snapshot_id,
+                    "components": list(result.components),
+                    "safetyBackupId": result.safety_snapshot_id,
+                    "error": None,
+                },
+            )
+        reply = rollback_reply(result, args.reason)
+        if trail.problem:
+            reply["restored"].append(trail.problem)
+        return reply
     if action == "drill":
         progress.stage("restoring the newest snapshots into scratch and verifying")
         drill = await manager.verify_latest()

@@ -113,6 +113,17 @@ async def test_backup_test_rollback_and_rollback_round_trip(
     assert entry["detail"]["safetyBackupId"] == body["safetyBackupId"]
     assert entry["detail"]["components"] == ["budgets"] and entry["at"].endswith("+00:00")
 
+    # A rollback refused (no such snapshot) is in the trail with its refusal: its start,
+    # written before it began, is never left there alone as if a kill had cut it off.
+    refused = await http.post(
+        "/api/emergency/rollback",
+        json={"backupId": "deadbeef", "confirm": True, "reason": "typo"},
+    )
+    assert refused.status_code == 404, refused.text
+    entries = (await http.get("/api/emergency/audit", params={"limit": 2})).json()["entries"]
+    assert [e["action"] for e in entries] == ["rollback", "rollback_started"], entries
+    assert entries[0]["detail"]["error"].startswith("refused: no ERS snapshot deadbeef"), entries
+
     text = (await http.get("/metrics")).text
     assert 'ers_rollbacks_total{result="success"} 1.0' in text
     assert 'ers_backup_last_success_timestamp_seconds{component="budgets"}' in text

@@ -188,6 +188,36 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
         assert ers.stop() == 0, ers.log()
     assert "Traceback" not in ers.log(), ers.log()[-3000:]
 
+    # Undone offline, with no replica running: in the fleet's audit trail as the service's
+    # rollbacks are, each after its start (before: not in it at all).
+    undone = subprocess.run(
+        [str(Path(sys.executable).with_name("ers")), "backup", "--offline", "rollback"]
+        + [result["safetyBackupId"], "--reason", "undo", "--yes", "--json"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
+            **offline_settings(work, pg_url),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert undone.returncode == 0, undone.stderr
+    assert expenses(pg_url) == 3
+    with psycopg.connect(pg_url) as conn:
+        trail = conn.execute(
+            "SELECT actor, action, detail FROM ers_incidents.audit ORDER BY id"
+        ).fetchall()
+    assert [(actor, action) for actor, action, _ in trail] == [
+        ("admin", "rollback_started"),
+        ("admin", "rollback"),  # refused: the snapshot holds budgets only
+        ("admin", "rollback_started"),
+        ("admin", "rollback"),
+        ("offline", "rollback_started"),
+        ("offline", "rollback"),
+    ], trail
+    detail = trail[-1][2] if isinstance(trail[-1][2], dict) else json.loads(trail[-1][2])
+    assert detail["safetyBackupId"] and detail["error"] is None, detail
+
 
 def test_replicas_started_together_share_one_new_repository(tmp_path: Path, pg_url: str) -> None:
     """Two replicas on one PostgreSQL and one data directory, started at once: one creates

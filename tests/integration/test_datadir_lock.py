@@ -134,6 +134,14 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
             f"{restarted.url}/chat", json={"message": "budget report", "userId": "lock"}, timeout=30
         )
         assert report.status_code == 200 and "$100" in report.text, report.text
+        # In the audit trail as the service's rollbacks are (before: not at all).
+        trail = httpx.get(f"{restarted.url}/api/emergency/audit", timeout=10).json()["entries"]
+        assert [(e["actor"], e["action"]) for e in trail] == [
+            ("offline", "rollback"),
+            ("offline", "rollback_started"),
+        ], trail
+        assert trail[0]["detail"]["safetyBackupId"] == rollback["safetyBackupId"], trail
+        assert trail[0]["detail"]["components"] == ["budgets"] and not trail[0]["detail"]["error"]
     finally:
         assert restarted.stop() == 0
 
@@ -188,6 +196,9 @@ def test_on_postgresql_an_offline_rollback_is_refused_while_a_replica_runs(
     # No replica left: the lock no longer stands in the way (the made-up snapshot does).
     after = offline_rollback(tmp_path, "deadbeef", ERS_DATABASE_URL=pg_url)
     assert "in use" not in after.stderr, after.stderr
+    # It never began (no repository to roll back from): nothing in the fleet's audit trail.
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        assert db.execute("SELECT count(*) FROM ers_incidents.audit").fetchone() == (0,)
 
     # While an offline command holds the state, a replica refuses to start, in one line.
     with psycopg.connect(pg_url, autocommit=True) as offline:

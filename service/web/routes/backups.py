@@ -208,6 +208,7 @@ async def rollback(
             status.HTTP_409_CONFLICT,
             "emergency rollback is disabled (emergency_rollback_enabled=false)",
         )
+    started = False  # the trail has the rollback's start: it gets its outcome too
     try:
         components = list(body.components) if body.components else None
         one_each = backups.one_component_per_snapshot
@@ -221,7 +222,7 @@ async def rollback(
         snapshot_id = body.backupId or await rollbacks.snapshot_before(
             body.beforeIncident, component
         )
-        await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
+        started = await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
         unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc))
@@ -231,6 +232,8 @@ async def rollback(
             + (f"; {unrecorded}" if unrecorded else ""),
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
+        if started:  # refused (an unknown snapshot, components it lacks): nothing was touched
+            await asyncio.to_thread(rollbacks.record, body, None, f"refused: {exc}")
         raise _fail(exc, "rollback") from None
     except asyncio.CancelledError:
         # The server is stopping and its grace for requests ran out. Recorded at once, on
