@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import start_ers
+from tests.conftest import ErsProcess, start_ers
 
 pytestmark = pytest.mark.integration
 
@@ -44,24 +44,32 @@ def expenses(workdir: Path) -> int:
         return int(db.execute("SELECT count(*) FROM expenses").fetchone()[0])
 
 
-def test_a_rollback_cut_short_by_a_shutdown_is_in_the_audit_trail(tmp_path: Path) -> None:
-    workdir = tmp_path / "ers"
+def backed_up_then_spent(tmp_path: Path) -> tuple[ErsProcess, dict[str, str], str]:
+    """ERS with its restores slow, a snapshot, then an expense it does not hold; returns the
+    service, its settings and the snapshot's id."""
     env = {
         "ERS_BACKUPS_ENABLED": "true",
         "ERS_BACKUP_SCHEDULE_ENABLED": "false",
         "ERS_RESTIC_BINARY": str(slow_restic(tmp_path)),
     }
-    ers = start_ers(workdir, env=env)
+    ers = start_ers(tmp_path / "ers", env=env)
     ers.wait_for_backups()
-    reply: dict[str, Any] = {}
     with httpx.Client(base_url=ers.url, timeout=60) as http:
         made = http.post("/api/emergency/backups/create", json={})
         assert made.status_code == 200, made.text
         spent = http.post("/chat", json={"message": "spent $25 on groceries", "userId": "ann"})
-        assert spent.status_code == 200 and expenses(workdir) == 1, spent.text
+        assert spent.status_code == 200 and expenses(tmp_path / "ers") == 1, spent.text
+    return ers, env, str(made.json()["backupId"])
+
+
+def test_a_rollback_cut_short_by_a_shutdown_is_in_the_audit_trail(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    ers, env, backup_id = backed_up_then_spent(tmp_path)
+    reply: dict[str, Any] = {}
+    with httpx.Client(base_url=ers.url, timeout=60) as http:
 
         def roll_back() -> None:
-            body = {"backupId": made.json()["backupId"], "confirm": True, "reason": "bad import"}
+            body = {"backupId": backup_id, "confirm": True, "reason": "bad import"}
             try:
                 reply["response"] = http.post("/api/emergency/rollback", json=body)
             except httpx.HTTPError as exc:
@@ -130,19 +138,9 @@ def test_a_rollback_a_kill_cuts_off_is_in_the_audit_trail_by_its_start(tmp_path:
     """``kill -9`` gives no grace to write the outcome: the entry written before the rollback
     began is what the trail keeps of it (before: nothing at all)."""
     workdir = tmp_path / "ers"
-    env = {
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path)),
-    }
-    ers = start_ers(workdir, env=env)
-    ers.wait_for_backups()
+    ers, env, backup_id = backed_up_then_spent(tmp_path)
     with httpx.Client(base_url=ers.url, timeout=60) as http:
-        made = http.post("/api/emergency/backups/create", json={})
-        assert made.status_code == 200, made.text
-        spent = http.post("/chat", json={"message": "spent $25 on groceries", "userId": "ann"})
-        assert spent.status_code == 200 and expenses(workdir) == 1, spent.text
-        body = {"backupId": made.json()["backupId"], "confirm": True, "reason": "bad import"}
+        body = {"backupId": backup_id, "confirm": True, "reason": "bad import"}
 
         def roll_back() -> None:
             with contextlib.suppress(httpx.HTTPError):  # the kill cuts the connection
@@ -161,6 +159,6 @@ def test_a_rollback_a_kill_cuts_off_is_in_the_audit_trail_by_its_start(tmp_path:
         assert [e["action"] for e in entries] == ["rollback_started"], entries
         (entry,) = entries
         assert entry["actor"] == "admin" and entry["detail"]["reason"] == "bad import", entry
-        assert entry["detail"]["backupId"] == made.json()["backupId"], entry
+        assert entry["detail"]["backupId"] == backup_id, entry
     finally:
         assert again.stop() == 0
