@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
@@ -65,6 +65,13 @@ class Telemetry:
         self.meter_provider.shutdown(timeout_millis=5000)
 
 
+def configured_instance_id() -> str | None:
+    """The ``service.instance.id`` set in ``OTEL_RESOURCE_ATTRIBUTES`` (compose names each
+    replica so), which an attribute given in code would override."""
+    value = OTELResourceDetector().detect().attributes.get("service.instance.id")
+    return str(value) if value else None
+
+
 def build_telemetry(
     service_name: str,
     service_version: str,
@@ -79,7 +86,7 @@ def build_telemetry(
         {
             "service.name": service_name,
             "service.version": service_version,
-            "service.instance.id": str(uuid.uuid4()),
+            "service.instance.id": configured_instance_id() or str(uuid.uuid4()),
         }
     )
     sampler = None if enabled else ParentBased(ALWAYS_OFF)
