@@ -92,7 +92,9 @@ def system_health() -> Json:
         stat("System state", "none", q("ers_system_state == 1", "{{state}}"), text="name",
              overrides=color_by_name(STATES)),
         stat("Uptime", "s", q("max(ers_uptime_seconds)")),
-        stat("Active incidents", "none", q("sum(ers_incidents_active) or vector(0)"), steps=ALARM),
+        # max: on PostgreSQL every replica exports the fleet's count.
+        stat("Active incidents", "none",
+             q("sum(max by (severity) (ers_incidents_active)) or vector(0)"), steps=ALARM),
         stat("Breakers by state", "none", q("sum by (state) (ers_breaker_state)", "{{state}}"),
              text="value_and_name", overrides=color_by_name(BREAKERS),
              description="How many agents' breakers are in each state."),
@@ -195,7 +197,7 @@ def incidents() -> Json:
     )
     actions = "ers_protocol_actions_total"
     panels = [
-        stat("Active incidents", "none", q("sum by (severity) (ers_incidents_active)",
+        stat("Active incidents", "none", q("max by (severity) (ers_incidents_active)",
                                            "{{severity}}"), text="value_and_name", steps=ALARM,
              size=(8, 4)),
         stat("Incidents in range", "none",
@@ -246,7 +248,7 @@ def backups() -> Json:
              text="value_and_name", steps=((None, "green"), (1.5, "orange"), (2, "red")),
              size=(12, 5),
              description="Above 1 the next scheduled backup is due; above 2 one was missed."),
-        stat("Snapshots", "none", q("sum(ers_backup_snapshots)")),
+        stat("Snapshots", "none", q("max(ers_backup_snapshots)")),
         stat("Last restore drill", "none", q("min(ers_restore_drill_success)"),
              mappings=value_text(drill), steps=((None, "red"), (1, "green"))),
         stat("Last verified", "s", q("time() - max(ers_backup_last_verified_timestamp_seconds)")),
@@ -257,7 +259,7 @@ def backups() -> Json:
                    q(f"sum(increase(ers_backup_added_bytes_total{RATE}))", "added"), bars=True),
         timeseries("Failures by reason", "none",
                    per_step("reason", "ers_backup_failures_total", "{{reason}}"), bars=True),
-        timeseries("Snapshot count", "none", q("sum(ers_backup_snapshots)", "snapshots")),
+        timeseries("Snapshot count", "none", q("max(ers_backup_snapshots)", "snapshots")),
         timeseries("Rollbacks by result", "none",
                    per_step("result", "ers_rollbacks_total", "{{result}}"), bars=True),
         timeseries("Rollback duration", "s", *quantiles("ers_rollback_duration_seconds_bucket")),
