@@ -38,6 +38,7 @@ ERS_METRICS = frozenset(
         "ers_restore_drill_interval_seconds",
         "ers_process_memory_ratio",
         "ers_system_state",
+        "ers_health_check_status",
         "up",
     }
 )
