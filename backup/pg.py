@@ -18,7 +18,6 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from backup.models import (
 from backup.pg_rollback import PgRollback, dump_name
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
-from backup.restic import Restic
+from backup.restic import Restic, snapshot_time
 
 POSTGRES_TAG = "backend:postgresql"
 # Room for pg_rollback's "__old_<random>" within PostgreSQL's 63-byte names.
@@ -160,8 +159,7 @@ class PgSchemas:
 
     async def backup_one(self, component: str, reason: str) -> BackupResult:
         schema = self.config.schemas[component]
-        # To the second: restic keeps no finer a time given with --time.
-        started_at, started = datetime.now(UTC).replace(microsecond=0), time.monotonic()
+        started_at, started = snapshot_time(), time.monotonic()
         tags = (*tags_for([component], reason), POSTGRES_TAG)
         pipeline = Pipeline()
         dump_out, dump_in = pipeline.pipe()
