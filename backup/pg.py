@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from backup.models import (
 from backup.pg_rollback import PgRollback, dump_name
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
-from backup.restic import Restic, snapshot_time
+from backup.restic import Restic
 
 POSTGRES_TAG = "backend:postgresql"
 # Room for pg_rollback's "__old_<random>" within PostgreSQL's 63-byte names.
@@ -159,7 +160,8 @@ class PgSchemas:
 
     async def backup_one(self, component: str, reason: str) -> BackupResult:
         schema = self.config.schemas[component]
-        started_at, started = snapshot_time(), time.monotonic()
+        # To the second: restic keeps no finer a time given with --time.
+        started_at, started = datetime.now(UTC).replace(microsecond=0), time.monotonic()
         tags = (*tags_for([component], reason), POSTGRES_TAG)
         pipeline = Pipeline()
         dump_out, dump_in = pipeline.pipe()

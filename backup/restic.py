@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -309,16 +309,6 @@ class Restic:
         except ResticError:
             return None  # released between listing and reading
         return json.loads(output.stdout)
-
-
-def snapshot_time() -> datetime:
-    """The time a snapshot about to be taken is kept at (restic keeps whole seconds with
-    --time): now, rounded up, so that it is never before its copy began. Rounded down, an
-    emergency backup taken in the second an incident began would count as one from before
-    the incident, and a rollback to before it would restore the state it broke."""
-    now = datetime.now(UTC)
-    whole = now.replace(microsecond=0)
-    return whole + timedelta(seconds=1) if whole < now else whole
 
 
 def _time_args(at: datetime | None) -> list[str]:

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from backup.events import (
 from backup.gate import EarlyBackup, start_backup_early, start_gate
 from backup.index import SnapshotIndex, tags_for
 from backup.models import BackupResult, BackupSummary, Snapshot
-from backup.restic import Restic, snapshot_time
+from backup.restic import Restic
 from backup.staging import (
     Signature,
     StagedFile,
@@ -80,7 +80,8 @@ class Snapshotter:
         `skip_unchanged`); a `full` request is all or nothing; `start_early` starts restic
         beside the copies."""
         names, reason = request.names, request.reason
-        started_at, started = snapshot_time(), time.monotonic()
+        # To the second: restic keeps no finer a time given with --time.
+        started_at, started = datetime.now(UTC).replace(microsecond=0), time.monotonic()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Taken before copying: a write that lands during the copy makes the next look differ.
         looks = {n: live_signature(Path(self.components[n])) for n in names}
