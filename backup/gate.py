@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -112,19 +111,12 @@ def start_backup_early(
     *,
     timeout: float | None,
     on_progress: ProgressCallback | None,
-    at: datetime,
 ) -> EarlyBackup:
     """`restic backup` of `staging_dir`, started now, reading it only once `gate` opens."""
     run = EarlyRun(
         gate,
         lambda g: restic.backup(
-            ["."],
-            cwd=staging_dir,
-            tags=tags,
-            timeout=timeout,
-            on_progress=on_progress,
-            gate=g,
-            at=at,
+            ["."], cwd=staging_dir, tags=tags, timeout=timeout, on_progress=on_progress, gate=g
         ),
     )
     return EarlyBackup(tuple(components), run)

@@ -309,6 +309,10 @@ class BackupManager:
     async def test_rollback(
         self, snapshot_id: str, components: Sequence[str] | None = None
     ) -> RollbackPreview:
+        # Read back first (one `restic snapshots`, beside a restore): a snapshot this process
+        # made is listed at the time its backup began until then, restic keeps its own a
+        # moment later, and a preview says what `ers backup --offline test-rollback` says.
+        await self.refresh()
         snapshot = await self.find(snapshot_id)
         names = self.backend.rollback_components(snapshot, components)
         async with self._lock:

@@ -160,8 +160,7 @@ class PgSchemas:
 
     async def backup_one(self, component: str, reason: str) -> BackupResult:
         schema = self.config.schemas[component]
-        # To the second: restic keeps no finer a time given with --time.
-        started_at, started = datetime.now(UTC).replace(microsecond=0), time.monotonic()
+        started_at, started = datetime.now(UTC), time.monotonic()
         tags = (*tags_for([component], reason), POSTGRES_TAG)
         pipeline = Pipeline()
         dump_out, dump_in = pipeline.pipe()
@@ -169,11 +168,7 @@ class PgSchemas:
         pipeline.add(
             "restic",
             self.restic.backup_stdin(
-                dump_out,
-                dump_name(component),
-                tags=tags,
-                timeout=self.config.timeout_seconds,
-                at=started_at,
+                dump_out, dump_name(component), tags=tags, timeout=self.config.timeout_seconds
             ),
         )
         pipeline.hold_open(dump_in, until=["pg_dump"])

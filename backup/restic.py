@@ -10,7 +10,6 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +60,6 @@ class Restic:
         env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
         if cache_dir is not None:
             env["RESTIC_CACHE_DIR"] = str(Path(cache_dir).resolve())
-        # restic reads --time in its local zone: UTC, as ERS writes it (_time_args).
-        env["TZ"] = "UTC"
         return env
 
     async def version(self) -> tuple[int, int, int]:
@@ -187,15 +184,13 @@ class Restic:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         gate: StartGate | None = None,
-        at: datetime | None = None,
     ) -> dict[str, Any]:
-        """`restic backup --json`; returns restic's summary message. `at`: the snapshot's time
-        (to the second), the one ERS lists it with before it reads the repository again.
+        """`restic backup --json`; returns restic's summary message.
 
         With a `gate`, restic gets ready but reads none of `targets` before the gate opens
         (see `backup.gate`).
         """
-        args = ["backup", "--json", *_time_args(at)]
+        args = ["backup", "--json"]
         for tag in tags:
             args += ["--tag", tag]
         if gate is not None:
@@ -206,17 +201,11 @@ class Restic:
         return self._with_full_id(_backup_summary(output))
 
     async def backup_stdin(
-        self,
-        stdin: int,
-        filename: str,
-        *,
-        tags: Sequence[str],
-        timeout: float | None = None,
-        at: datetime | None = None,
+        self, stdin: int, filename: str, *, tags: Sequence[str], timeout: float | None = None
     ) -> dict[str, Any]:
         """`restic backup --stdin --json`: what arrives on the file descriptor `stdin`, up to
         its end, becomes the file `/<filename>` of a new snapshot; returns restic's summary."""
-        args = ["backup", "--stdin", "--stdin-filename", filename, "--json", *_time_args(at)]
+        args = ["backup", "--stdin", "--stdin-filename", filename, "--json"]
         for tag in tags:
             args += ["--tag", tag]
         return self._with_full_id(
@@ -309,10 +298,6 @@ class Restic:
         except ResticError:
             return None  # released between listing and reading
         return json.loads(output.stdout)
-
-
-def _time_args(at: datetime | None) -> list[str]:
-    return [] if at is None else ["--time", at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")]
 
 
 def _backup_summary(output: CommandOutput) -> dict[str, Any]:

@@ -80,19 +80,16 @@ class Snapshotter:
         `skip_unchanged`); a `full` request is all or nothing; `start_early` starts restic
         beside the copies."""
         names, reason = request.names, request.reason
-        # To the second: restic keeps no finer a time given with --time.
-        started_at, started = datetime.now(UTC).replace(microsecond=0), time.monotonic()
+        started_at, started = datetime.now(UTC), time.monotonic()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Taken before copying: a write that lands during the copy makes the next look differ.
         looks = {n: live_signature(Path(self.components[n])) for n in names}
         try:
             with contextlib.ExitStack() as gates:
-                early = (
-                    self._start_early(request, looks, gates, started_at) if start_early else None
-                )
+                early = self._start_early(request, looks, gates) if start_early else None
                 try:
                     message, staged, skipped = await self._stage_and_back_up(
-                        request, looks, (started_at, started), early
+                        request, looks, started, early
                     )
                 finally:
                     if early is not None:
@@ -129,7 +126,6 @@ class Snapshotter:
         request: BackupRequest,
         looks: Mapping[str, Signature | None],
         gates: contextlib.ExitStack,
-        started_at: datetime,
     ) -> EarlyBackup | None:
         """Start restic now, behind a shut gate, for what the live files suggest has changed.
 
@@ -153,20 +149,18 @@ class Snapshotter:
         tags = tags_for(expected, request.reason)
         return start_backup_early(
             self.restic, self.staging_dir, expected, tags, gate,
-            timeout=request.timeout, on_progress=request.on_progress, at=started_at,
+            timeout=request.timeout, on_progress=request.on_progress,
         )  # fmt: skip
 
     async def _stage_and_back_up(
         self,
         request: BackupRequest,
         looks: Mapping[str, Signature | None],
-        start: tuple[datetime, float],
+        started: float,
         early: EarlyBackup | None,
     ) -> tuple[dict[str, Any] | None, list[StagedFile], tuple[str, ...]]:
-        """Stage every component, keep what changed, back it up; no message when nothing did.
-        `start`: the snapshot's time and the monotonic clock's when the request began."""
+        """Stage every component, keep what changed, back it up; no message when nothing did."""
         staging, names, timeout = self.staging_dir, request.names, request.timeout
-        started_at, started = start
         staged = await self._stage(names, staging)
         unchanged = {f.component for f in staged if self._unchanged(f)}
         for name in unchanged:
@@ -194,9 +188,8 @@ class Snapshotter:
         tags = tags_for(chosen, request.reason)
         remaining = self._check_time_left(started, timeout)
         message = await self.restic.backup(
-            ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=request.on_progress,
-            at=started_at,
-        )  # fmt: skip
+            ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=request.on_progress
+        )
         return message, changed, skipped
 
     @staticmethod

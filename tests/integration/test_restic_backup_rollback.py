@@ -13,6 +13,7 @@ import pytest
 
 from backup import BackupManager, RollbackFailed, RollbackRefused
 from backup.events import BackupSkipped, BackupSucceeded, RollbackFinished
+from backup.locks import parse_restic_time
 from tests.integration.conftest import rows, write_budgets, write_conversations
 
 pytestmark = pytest.mark.integration
@@ -95,23 +96,22 @@ async def test_backup_list_details_test_rollback_and_rollback_bring_data_back(
     assert undo.components[0].tables[0].rows_in_snapshot == 70
 
 
-async def test_a_new_snapshot_is_listed_at_the_time_restic_keeps_for_it(
+async def test_a_new_snapshot_has_its_full_id_and_a_preview_the_time_restic_keeps(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:
-    """ERS lists a new snapshot before it reads the repository again; read, it is the same. The
-    list held ERS's start time and restic its own, a moment later: the two disagreed by a second
-    now and then (an online and an offline preview of one snapshot showed different times). And
-    it held restic 0.14's short id, where the list read back (and another replica's) has the
-    full one."""
+    """restic 0.14 names a new snapshot by its short id: the list held it until it was read
+    back, where every other list (another replica's) has the full one. And the list holds
+    ERS's start time until then, restic a moment later: a preview, like the offline one,
+    tells the repository's (before: online and offline previews differed by a second)."""
     made = [await manager.create(None, "manual")]
     write_budgets(state_files["budgets"], {"food": 123.0})
     made.append(await manager.create(["budgets"], "manual"))
     assert all(m.snapshot_id is not None and len(m.snapshot_id) == 64 for m in made), made
-    listed = {s.id: s.time for s in manager.list()}
-    assert set(listed) == {m.snapshot_id for m in made}
-    read = {s.id: s.time for s in await manager.refresh()}
-    assert read == listed
-    assert all(t.microsecond == 0 and t.tzinfo is not None for t in listed.values())
+    assert {s.id for s in manager.list()} == {m.snapshot_id for m in made}
+    kept = {e["id"]: parse_restic_time(e["time"]) for e in await manager.restic.snapshots()}
+    assert made[1].snapshot_id is not None
+    preview = await manager.test_rollback(made[1].snapshot_id)
+    assert preview.snapshot_time == kept[made[1].snapshot_id]
 
 
 async def test_component_rollback_leaves_other_components_alone(
