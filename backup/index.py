@@ -77,9 +77,11 @@ class SnapshotIndex:
             f"{snapshot_id} matches {len(matches)} snapshots: give more characters of the id"
         )
 
-    def newest_before(self, moment: datetime, component: str | None = None) -> Snapshot | None:
+    def newest_before(self, moment: datetime, components: Iterable[str] = ()) -> Snapshot | None:
+        """The newest snapshot taken before ``moment`` that holds every one of ``components``."""
+        wanted = set(components)
         for snapshot in self.all():
-            if snapshot.time < moment and (component is None or component in snapshot.components):
+            if snapshot.time < moment and wanted <= set(snapshot.components):
                 return snapshot
         return None
 

@@ -219,9 +219,10 @@ class BackupManager:
             return self.index.get(snapshot_id)
 
     def newest_snapshot_before(
-        self, moment: datetime, component: str | None = None
+        self, moment: datetime, components: Sequence[str] = ()
     ) -> Snapshot | None:
-        return self.index.newest_before(moment, component)
+        """The newest snapshot taken before ``moment`` holding all of ``components``."""
+        return self.index.newest_before(moment, components)
 
     async def details(self, snapshot_id: str) -> SnapshotDetails:
         snapshot = await self.find(snapshot_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -33,9 +34,10 @@ class Rollbacks:
         self.incidents = incidents
         self.audit = audit
 
-    async def snapshot_before(self, incident_id: str | None, component: str | None = None) -> str:
-        """The newest snapshot (of ``component``, when given) taken before the incident
-        first appeared."""
+    async def snapshot_before(self, incident_id: str | None, components: Sequence[str]) -> str:
+        """The newest snapshot taken before the incident first appeared that holds all of
+        ``components``: one point in time for all of them, not whatever snapshot came last
+        (with SQLite, a scheduled backup or a safety snapshot may hold one component)."""
         if incident_id is None:
             raise SnapshotNotFound("no incident named")
         try:
@@ -43,10 +45,12 @@ class Rollbacks:
         except IncidentNotFound as exc:
             raise SnapshotNotFound(str(exc)) from None
         moment = datetime.fromtimestamp(incident.first_seen, UTC)
-        snapshot_id = self.backups.newest_before(moment, component)
+        snapshot_id = self.backups.newest_before(moment, components)
         if snapshot_id is None:
+            fewer = "; name fewer components to roll back" if len(components) > 1 else ""
             raise SnapshotNotFound(
-                f"no snapshot was taken before {incident_id} first appeared ({moment:%c} UTC)"
+                f"no snapshot taken before {incident_id} first appeared ({moment:%c} UTC) "
+                f"holds {', '.join(components)}{fewer}"
             )
         return snapshot_id
 
@@ -58,12 +62,12 @@ class Rollbacks:
             # Each component from its own newest snapshot before the incident.
             done = []
             for component in ROLLBACK_COMPONENTS:
-                snapshot_id = await self.snapshot_before(incident_id, component)
+                snapshot_id = await self.snapshot_before(incident_id, [component])
                 result = await backups.rollback(snapshot_id, [component], reason)
                 done.append(f"{component} to {result.snapshot_id[:8]}")
                 done += result.notes
             return f"rolled back {', '.join(done)}"
-        snapshot_id = await self.snapshot_before(incident_id)
+        snapshot_id = await self.snapshot_before(incident_id, ROLLBACK_COMPONENTS)
         result = await backups.rollback(snapshot_id, None, reason)
         notes = "".join(f"; {note}" for note in result.notes)
         return (

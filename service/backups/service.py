@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -366,8 +366,8 @@ class BackupService:
                 )
         return dataclasses.replace(result, notes=tuple(notes)) if notes else result
 
-    def newest_before(self, moment: datetime, component: str | None = None) -> str | None:
-        snapshot = self.require().newest_snapshot_before(moment, component)
+    def newest_before(self, moment: datetime, components: Sequence[str] = ()) -> str | None:
+        snapshot = self.require().newest_snapshot_before(moment, components)
         return snapshot.id if snapshot is not None else None
 
     @property

@@ -188,3 +188,59 @@ async def test_system_test_names_an_unreachable_repository(
     assert incident.severity == "critical"
     assert not repository.exists()
     assert (await http.post("/chat", json={"message": "plan my meals"})).status_code == 200
+
+
+async def budget_incident(http: httpx.AsyncClient) -> str:
+    """A failing budget call, and the id of the incident it opens (bounded wait)."""
+    fault = {"component": "budget", "errorType": "database"}
+    assert (await http.post("/api/emergency/simulate-error", json=fault)).status_code == 200
+    reply = await http.post("/chat", json={"message": "budget report", "userId": "bob"})
+    assert reply.status_code == 200 and reply.json()["success"] is False, reply.text
+    assert (await http.delete("/api/emergency/simulate-error")).status_code == 200
+    for _ in range(100):
+        found = (await http.get("/api/emergency/incidents", params={"component": "budget"})).json()
+        if found["incidents"]:
+            return str(found["incidents"][0]["id"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the failing budget call opened no incident")
+
+
+async def test_a_rollback_to_before_an_incident_takes_a_snapshot_holding_what_it_rolls_back(
+    http: httpx.AsyncClient,
+) -> None:
+    """The newest snapshot before the incident held budgets alone (a component's own backup):
+    before, a rollback of profiles to before the incident was refused for it, and one of
+    the whole state rolled back budgets only and answered "rolledBack"."""
+    await http.post("/chat", json={"message": "set my food budget to $400", "userId": "ann"})
+    full = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    assert full.status_code == 200, full.text
+    budgets_only = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
+    assert budgets_only.json()["components"] == ["budgets"], budgets_only.text
+    await asyncio.sleep(0.05)  # the incident begins after both snapshots
+    incident_id = await budget_incident(http)
+
+    profiles = await http.post(
+        "/api/emergency/rollback",
+        json={
+            "beforeIncident": incident_id,
+            "components": ["profiles"],
+            "confirm": True,
+            "reason": "bad profile import",
+        },
+    )
+    assert profiles.status_code == 200, profiles.text
+    assert profiles.json()["backupId"] == full.json()["backupId"]
+    assert profiles.json()["components"] == ["profiles"]
+
+    everything = await http.post(
+        "/api/emergency/rollback",
+        json={"beforeIncident": incident_id, "confirm": True, "reason": "bad deploy"},
+    )
+    assert everything.status_code == 200, everything.text
+    assert everything.json()["backupId"] == full.json()["backupId"]
+    assert set(everything.json()["components"]) == {
+        "conversations",
+        "budgets",
+        "profiles",
+        "system_state",
+    }

@@ -215,6 +215,6 @@ async def test_drill_newest_before_and_shutdown_backup(
     assert manager.status().last_verified == drill.verified_at
     later = datetime.now(UTC) + timedelta(seconds=1)
     assert manager.newest_snapshot_before(later).short_id == full.snapshot_id[:8]
-    assert manager.newest_snapshot_before(later, "budgets") is not None
+    assert manager.newest_snapshot_before(later, ["budgets"]) is not None
     assert manager.newest_snapshot_before(full.started_at - timedelta(seconds=1)) is None
     assert set(manager.status().last_success) == set(state_files)

@@ -29,7 +29,7 @@ from service.backups.replies import (
     rollback_reply,
     snapshot_reply,
 )
-from service.backups.service import BackupsUnavailable
+from service.backups.service import ROLLBACK_COMPONENTS, BackupsUnavailable
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
@@ -218,9 +218,10 @@ async def rollback(
                 "with the state on PostgreSQL each component has snapshots of its own: "
                 'name one component in "components" to roll it back to before the incident',
             )
-        component = components[0] if one_each and components else None
+        # Before an incident: one snapshot holding every component rolled back (all of them
+        # when none is named), not merely the newest, which may hold another component.
         snapshot_id = body.backupId or await rollbacks.snapshot_before(
-            body.beforeIncident, component
+            body.beforeIncident, components or ROLLBACK_COMPONENTS
         )
         started = await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
         result = await backups.rollback(snapshot_id, components, body.reason)
