@@ -65,6 +65,13 @@ def describe(error: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{where} is not a known field; check its spelling"
     if kind == "model_attributes_type":
+        if isinstance(error.get("input"), str | bytes):
+            # FastAPI reads a body as JSON only when its Content-Type says so; curl -d sends
+            # application/x-www-form-urlencoded unless told otherwise, and the body stays text.
+            return (
+                "the request body must be a JSON object, sent with the header "
+                "Content-Type: application/json"
+            )
         return "the request body must be a JSON object"
     if kind == "string_pattern_mismatch":
         pattern = error.get("ctx", {}).get("pattern", "")

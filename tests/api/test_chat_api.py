@@ -102,6 +102,26 @@ async def test_malformed_json_gets_422(client: httpx.AsyncClient) -> None:
     assert "not valid JSON" in reply.json()["detail"]
 
 
+async def test_json_sent_as_a_form_is_told_to_name_its_content_type(
+    client: httpx.AsyncClient,
+) -> None:
+    # What `curl -d '{"message": "hi"}'` sends without -H.
+    reply = await client.post(
+        "/chat",
+        content=b'{"message": "hi"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert reply.status_code == 422
+    assert "Content-Type: application/json" in reply.json()["detail"]
+    unnamed = await client.post("/chat", content=b'{"message": "hi"}')
+    assert unnamed.status_code == 422
+    assert "Content-Type: application/json" in unnamed.json()["detail"]
+    named = await client.post(
+        "/chat", content=b'{"message": "hi"}', headers={"content-type": "application/json"}
+    )
+    assert named.status_code == 200
+
+
 async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncClient) -> None:
     reply = await client.post("/chat", json={"message": "spent $99999999999 on shoes"})
     assert reply.status_code == 422
