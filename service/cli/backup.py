@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from backup import (
         BackupError,
         InvalidBackupReason,
+        InvalidSnapshotId,
         RollbackRefused,
         SnapshotNotFound,
         validate_reason,
@@ -111,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with activity(args.action) as progress:
                 result = asyncio.run(run_offline(args, progress))
-        except (SnapshotNotFound, RollbackRefused) as exc:
-            # What the service answers with a 404 or 409: the same exit as online.
+        except (SnapshotNotFound, RollbackRefused, InvalidSnapshotId) as exc:
+            # What the service answers with a 404, 409 or 422: the same exit as online.
             raise CliError(str(exc), REFUSED) from None
         except (BackupError, DataDirInUse) as exc:
             raise CliError(str(exc), FAILED) from None

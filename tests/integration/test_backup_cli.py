@@ -99,6 +99,9 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     not_held = ers([*rollback, budgets_only, "--components", "profiles"], env, tmp_path)
     assert not_held.returncode == 4, not_held.stderr
     assert "does not contain profiles" in not_held.stderr
+    not_an_id = ers([*rollback, "latest"], env, tmp_path)
+    assert not_an_id.returncode == 4, not_an_id.stderr
+    assert "latest" in not_an_id.stderr
 
 
 def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: Path) -> None:
