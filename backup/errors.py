@@ -230,8 +230,8 @@ def classify_failure(
         or "repository does not exist" in lowered
     ):
         return RepositoryNotFound(
-            f"no restic repository at '{repository}': check the repository setting, or let "
-            "create a new one with `ers backup init`"
+            f"no restic repository at '{repository}': put it back or fix the repository "
+            "setting if it lives elsewhere; `ers backup init` starts a new, empty one instead"
         )
     if exit_code == EXIT_WRONG_PASSWORD or "wrong password or no key found" in lowered:
         return WrongPassword(

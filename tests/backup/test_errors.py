@@ -63,7 +63,11 @@ def test_missing_repository_0_14() -> None:
         "Fatal: unable to open config file: stat /srv/restic-repo/config: no such file or "
         "directory\nIs there a repository at the following location?\n/srv/restic-repo\n"
     )
-    assert isinstance(classify(1, stderr), RepositoryNotFound)
+    error = classify(1, stderr)
+    assert isinstance(error, RepositoryNotFound)
+    # Where it is, and both ways out: point at the moved repository, or start a new one.
+    assert REPO in str(error) and "repository setting" in str(error)
+    assert "`ers backup init` starts a new, empty one" in str(error)
 
 
 def test_locked_0_14_names_the_holder() -> None:
