@@ -294,12 +294,17 @@ def check_production(settings: Settings) -> None:
     others can read, or with fault injection on."""
     if settings.env is not Environment.PRODUCTION:
         return
-    for name in ("admin", "alert", "intake"):
-        if settings.token(name) is None:
-            raise SettingsError(
-                f"production needs ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE; "
-                "set it before starting"
-            )
+    # Every missing token at once: one start to learn them all, not one per token.
+    missing = [
+        f"ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE"
+        for name in ("admin", "alert", "intake")
+        if settings.token(name) is None
+    ]
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        raise SettingsError(
+            f"production needs {'; and '.join(missing)}; set {them} before starting"
+        )
     if settings.fault_injection_enabled:
         raise SettingsError(
             "invalid setting 'fault_injection_enabled': fault injection is never allowed in "

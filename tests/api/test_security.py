@@ -33,6 +33,11 @@ def production(tmp_path: Path, **changes: object) -> Settings:
     [
         ({"admin_token": None}, "production needs ERS_ADMIN_TOKEN"),
         ({"intake_token": None}, "production needs ERS_INTAKE_TOKEN"),
+        (
+            {"admin_token": None, "alert_token": None, "intake_token": None},
+            "production needs ERS_ADMIN_TOKEN or ERS_ADMIN_TOKEN_FILE; and ERS_ALERT_TOKEN "
+            "or ERS_ALERT_TOKEN_FILE; and ERS_INTAKE_TOKEN or ERS_INTAKE_TOKEN_FILE; set them",
+        ),
         ({"fault_injection_enabled": True}, "fault injection is never allowed in production"),
     ],
 )
