@@ -74,7 +74,13 @@ def _detail(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
+        # ERS answers every error in JSON: a page in HTML or text comes from something else
+        # at --url (another server, a proxy), and its markup is no message for a terminal.
+        kind = response.headers.get("content-type", "").partition(";")[0] or "a body"
+        return (
+            f"{response.reason_phrase or 'no reason given'}, in {kind} rather than ERS's JSON: "
+            "is --url the ERS service, or a proxy in front of it failing?"
+        )
     detail = data.get("detail", data) if isinstance(data, dict) else data
     if isinstance(detail, list):  # FastAPI's validation errors
         detail = "; ".join(

@@ -244,6 +244,29 @@ def test_an_unreachable_server_is_exit_3_and_one_line(tmp_path: Path) -> None:
         assert nobody in line and "ERS_URL" in line
 
 
+def test_another_server_at_the_url_is_one_line_not_its_page(tmp_path: Path) -> None:
+    import http.server
+
+    # Python's own file server: a 404 page in HTML for GET, a 501 page for POST.
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path)),
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = cli_env(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+        missing = ers(env, "status")
+        assert missing.returncode == 4, missing
+        line = one_plain_line(missing)
+        assert "text/html rather than ERS's JSON" in line and "<" not in line, line
+        unsupported = ers(env, "backup", "create")
+        assert unsupported.returncode == 5, unsupported
+        assert "is --url the ERS service" in one_plain_line(unsupported)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_refusals_are_exit_4_and_server_failures_exit_5(env: dict[str, str]) -> None:
     unknown = ers(env, "backup", "show", "deadbeef")
     assert unknown.returncode == 4
