@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# How the 404 for a path no route takes begins: the CLI tells it from ERS's own 404s (an
+# incident or a snapshot that is not there) to say --url is wrong.
+NO_ROUTE = "ERS has no route"
+
 
 class ErsError(Exception):
     """Base of the errors ERS raises on purpose."""

@@ -19,6 +19,7 @@ from service.cli.output import (
     CliError,
     activity,
 )
+from service.errors import NO_ROUTE
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_SOURCES = "--token-file, $ERS_ADMIN_TOKEN or $ERS_ADMIN_TOKEN_FILE"
@@ -133,7 +134,7 @@ def call(
         raise CliError(f"refused (401): {_detail(response)}{hint}", REFUSED)
     if response.status_code >= 500:
         raise CliError(f"ERS failed ({response.status_code}): {_detail(response)}", SERVER_ERROR)
-    if response.status_code == 404 and _detail(response) == "Not Found":
+    if response.status_code == 404 and _detail(response).startswith(NO_ROUTE):
         # The router's answer for a path it has no route for: ERS's own 404s say what is
         # missing (an incident, a snapshot).
         raise CliError(

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.chat.admission import ChatOverloaded
-from service.errors import StorePaused, StoreUnavailable, UnknownAgent
+from service.errors import NO_ROUTE, StorePaused, StoreUnavailable, UnknownAgent
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.routes.json_types import json_kind
 from telemetry.incident_processor import NOT_AN_INCIDENT
@@ -124,8 +124,15 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error = None
     if error is None or not exc.status_code >= 400 or not isinstance(exc.detail, str):
         return await http_exception_handler(request, exc)
+    detail = exc.detail
+    # The router's own answers name neither the path nor the way out.
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"{NO_ROUTE} {request.url.path}: check the path (the API is in the README)"
+    elif exc.status_code == 405 and detail == "Method Not Allowed":
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        detail = f"{request.url.path} does not take {request.method}: use {allowed}"
     # The shape of every other error reply: what kind of refusal, then what to do.
-    body = {"error": error, "detail": exc.detail}
+    body = {"error": error, "detail": detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 

@@ -122,6 +122,15 @@ async def test_json_sent_as_a_form_is_told_to_name_its_content_type(
     assert named.status_code == 200
 
 
+async def test_a_wrong_path_or_method_is_told_what_to_use(client: httpx.AsyncClient) -> None:
+    nowhere = await client.get("/api/emergency/nowhere")
+    assert nowhere.status_code == 404
+    assert nowhere.json()["detail"].startswith("ERS has no route /api/emergency/nowhere")
+    wrong_method = await client.get("/chat")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["detail"] == "/chat does not take GET: use POST"
+
+
 async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncClient) -> None:
     reply = await client.post("/chat", json={"message": "spent $99999999999 on shoes"})
     assert reply.status_code == 422
