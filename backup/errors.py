@@ -164,6 +164,11 @@ def validate_snapshot_id(value: str) -> str:
     """
     if not isinstance(value, str) or not _SNAPSHOT_ID.fullmatch(value):
         shown = value[:40] if isinstance(value, str) else type(value).__name__
+        if isinstance(value, str) and _SNAPSHOT_ID.fullmatch(value.lower()):
+            raise InvalidSnapshotId(
+                f"'{shown}' is not a snapshot id: ids are lowercase hex, as the list shows them "
+                f"('{value.lower()[:40]}')"
+            )
         raise InvalidSnapshotId(
             f"'{shown}' is not a snapshot id: use the 8 to 64 hex characters shown in the list"
         )

@@ -135,11 +135,18 @@ async def test_backup_test_rollback_and_rollback_round_trip(
         ("/api/emergency/backups/--password-file=x", 422),
         ("/api/emergency/backups/..%2F..%2Fetc", 404),  # no route takes a path
         ("/api/emergency/backups/deadbeefdeadbeef", 404),
+        ("/api/emergency/backups/DEADBEEF", 422),
+        ("/api/emergency/backups/create", 405),  # an action, not a snapshot id
     ],
 )
 async def test_bad_and_unknown_ids(http: httpx.AsyncClient, path: str, code: int) -> None:
     reply = await http.get(path)
     assert reply.status_code == code, reply.text
+    if path.endswith("DEADBEEF"):
+        assert "lowercase" in reply.json()["detail"] and "'deadbeef'" in reply.json()["detail"]
+    if code == 405:
+        assert reply.json()["detail"].endswith("does not take GET: use POST")
+        assert reply.headers["allow"] == "POST"
 
 
 async def test_rollback_refusals(http: httpx.AsyncClient, backup_app: FastAPI) -> None:

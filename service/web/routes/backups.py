@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -157,8 +157,16 @@ async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     return init_reply(outcome)
 
 
+# The actions beside /backups/{backup_id}, which a GET would otherwise take for an id.
+_POST_ONLY = frozenset({"refresh", "init", "create", "test-rollback", "check", "prune"})
+
+
 @router.get("/backups/{backup_id}", responses=errors(404))
-async def backup_details(backup_id: str, backups: Backups) -> dict[str, Any]:
+async def backup_details(backup_id: str, backups: Backups, request: Request) -> dict[str, Any]:
+    if backup_id in _POST_ONLY:  # a GET of an action, not of a snapshot with that id
+        raise HTTPException(
+            405, f"{request.url.path} does not take GET: use POST", headers={"Allow": "POST"}
+        )
     snapshot_id = _checked_id(backup_id)
     with _failures_as_http_errors("reading the snapshot"):
         details = await backups.require().details(snapshot_id)
