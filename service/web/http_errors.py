@@ -127,7 +127,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     detail = exc.detail
     # The router's own answers name neither the path nor the way out.
     if exc.status_code == 404 and detail == "Not Found":
-        detail = f"{NO_ROUTE} {request.url.path}: check the path (the API is in the README)"
+        detail = f"{NO_ROUTE} {request.url.path}: check the path (/docs lists the routes)"
     elif exc.status_code == 405 and detail == "Method Not Allowed":
         allowed = (exc.headers or {}).get("Allow", "another method")
         detail = f"{request.url.path} does not take {request.method}: use {allowed}"
