@@ -164,13 +164,22 @@ def read_memory(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) 
     return MemoryReading(rss, psutil.virtual_memory().total, "host")
 
 
+# The share of the limit over which memory is degraded, and caches are worth trimming.
+MEMORY_WARNING = 0.80
+
+
+def memory_share() -> tuple[float, float]:
+    """This process's memory share of its limit now, and the warning line."""
+    return read_memory().ratio, MEMORY_WARNING
+
+
 class MemoryCheck:
     name = "memory"
 
     def __init__(
         self,
         reader: Callable[[], MemoryReading] = read_memory,
-        warning: float = 0.80,
+        warning: float = MEMORY_WARNING,
         critical: float = 0.90,
     ) -> None:
         self.reader, self.warning, self.critical = reader, warning, critical
@@ -193,7 +202,10 @@ class MemoryCheck:
             )
         if share >= self.warning:
             return CheckResult(
-                self.name, Status.DEGRADED, f"memory at {percent}, over the 80% line", figures
+                self.name,
+                Status.DEGRADED,
+                f"memory at {percent}, over the {self.warning:.0%} line",
+                figures,
             )
         return CheckResult(self.name, Status.HEALTHY, f"memory at {percent}", figures)
 

@@ -118,6 +118,10 @@ class Responder:
     # of an action started before a restart is read back from there.
     read_timeline: Callable[[str], list[Any]] | None = None
     wall_clock: Callable[[], float] = time.time
+    # This process's memory share now, and the share above which trimming its caches is
+    # worth it. An alert's cleanup reaches whichever replica the load balancer picks, not
+    # necessarily the one whose memory the alert is about.
+    memory: Callable[[], tuple[float, float]] | None = None
     _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
@@ -213,6 +217,14 @@ class Responder:
                 f"an operator disabled {guard.name}'s breaker (every call let through); "
                 f"`ers breakers enable {guard.name}` lets ERS {action.replace('_', ' ')} again"
             )
+        if action == "trim_caches" and context.source == "alertmanager" and self.memory:
+            share, line = await asyncio.to_thread(self.memory)
+            if share < line:
+                return (
+                    f"memory here is at {share:.0%} of the limit, under the {line:.0%} line, so "
+                    "trimming would free nothing that matters (the alert may be about another "
+                    "replica, which trims its own caches when its memory check fails)"
+                )
         if action in FLEET_WIDE_ACTIONS and self.claims is not None:
             try:
                 holder = await asyncio.to_thread(

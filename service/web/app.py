@@ -40,6 +40,7 @@ from service.health.build import (
     FailingSubsystems,  # noqa: E402
     start_health,  # noqa: E402
 )
+from service.health.checks import memory_share  # noqa: E402
 from service.incidents.alert_webhook import AlertHandler  # noqa: E402
 from service.incidents.responder import Responder  # noqa: E402
 from service.incidents.service import IncidentService, open_incident_state  # noqa: E402
@@ -311,6 +312,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             rollback=rollbacks.automatic if rollbacks is not None else None,
             audit=audit,
             read_timeline=incident_store.timeline,
+            memory=memory_share,
         )
         incident_service.start(responder if settings.auto_response_enabled else None)
         stack.callback(incident_service.shutdown)

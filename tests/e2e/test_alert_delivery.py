@@ -230,3 +230,24 @@ def test_the_resolution_of_an_isolate_alert_for_no_agent_resolves_its_incident(
     assert (incident["id"], incident["status"]) == (opened["incident_id"], "resolved")
     status = httpx.get(f"{ers.url}/api/emergency/status", timeout=10).json()
     assert status["activeIncidents"] == 0, status
+
+
+def test_a_memory_alert_reaching_a_replica_with_memory_to_spare_trims_nothing(
+    ers: ErsProcess, workdir: Path
+) -> None:
+    """MemoryCritical reaches whichever replica the load balancer picks: this one uses a
+    sliver of its limit, so its cleanup is skipped and says why, instead of reporting a
+    trim that freed nothing where the memory is short."""
+    cleanup = {"action": "cleanup", "family": "memory", "instance": "ers-2:8000"}
+    post(ers, payload("firing", "MemoryCritical", "3e3e", **cleanup))
+    row = handled(workdir, "3e3e", "firing")
+    assert row["outcome"] == "trim_caches: skipped", row["outcome"]
+    timeline = httpx.get(
+        f"{ers.url}/api/emergency/incidents/{row['incident_id']}", timeout=10
+    ).json()["timeline"]
+    notes = [(e["kind"], e["message"]) for e in timeline]
+    assert any(
+        n.startswith("trim_caches: skipped — memory here is at ") and "under the 80% line" in n
+        for kind, n in notes
+        if kind == "action_skipped"
+    ), notes

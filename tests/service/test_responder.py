@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,26 @@ async def test_resource_exhaustion_trims_caches(team) -> None:  # noqa: ANN001
     (result,) = await responder.respond(ResponseContext("INC_7", "RESOURCE_EXHAUSTION", "s", "m"))
     assert result.result == "success" and "dropped 75" in result.detail
     assert len(team.answers) == 25
+
+
+async def test_an_alerts_cleanup_trims_only_where_memory_is_over_the_line(team) -> None:  # noqa: ANN001
+    from service.agents.base import AgentReply, AgentRequest
+
+    for i in range(100):
+        team.answers.remember(AgentRequest("m", f"u{i}"), AgentReply("a", "nutrition"))
+    share = [0.35]
+    responder, _, _ = make(team, memory=lambda: (share[0], 0.8))
+    alert = ResponseContext("INC_8", "ALERT", "memory", "MemoryCritical", source="alertmanager")
+    skipped = await responder.run_action("trim_caches", alert)
+    assert skipped.result == "skipped" and "memory here is at 35%" in skipped.detail
+    assert len(team.answers) == 100
+    share[0] = 0.93
+    trimmed = await responder.run_action("trim_caches", replace(alert, incident_id="INC_9"))
+    assert trimmed.result == "success" and len(team.answers) == 25
+    # The responder's own incident comes from this process's failure: trimmed here as ever.
+    share[0] = 0.1
+    (own,) = await responder.respond(ResponseContext("INC_10", "RESOURCE_EXHAUSTION", "s", "m"))
+    assert own.result == "success"
 
 
 def test_every_protocol_names_known_actions(team) -> None:  # noqa: ANN001
