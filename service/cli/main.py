@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 from service.cli.output import EXIT_CODES, OK, USAGE, CliError, add_output_option
 from service.cli.remote import DEFAULT_URL, add_connection_options
@@ -186,8 +187,19 @@ output:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line, as every other failure is, naming the help that shows
+    the usage; argparse prints the whole usage block first, several lines for a subcommand
+    with choices. Subcommands' parsers are of this class too (argparse makes them so)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ers").strip()
+        where = f"{command}: " if command else ""
+        self.exit(USAGE, f"ers: {where}{message}; `{self.prog} --help` shows the usage\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ers",
         description=DESCRIPTION,
         epilog=EPILOG,

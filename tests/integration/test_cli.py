@@ -316,6 +316,21 @@ def test_the_admin_token_comes_from_a_file_or_the_environment(tmp_path: Path) ->
         service.stop()
 
 
+def test_a_usage_mistake_is_one_line_naming_the_help(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    for args, words in (
+        (("backup", "rollback", "deadbeef", "--components", "wallets"), "invalid choice"),
+        (("breakers", "reset"), "the following arguments are required: name"),
+        (("nosuch",), "invalid choice: 'nosuch'"),
+    ):
+        result = ers(env, *args)
+        assert result.returncode == 2, result
+        line = one_plain_line(result)
+        assert words in line, line
+        command = " ".join(args[:2]) if args[0] != "nosuch" else ""
+        assert line.endswith(f"`{' '.join(('ers', command)).strip()} --help` shows the usage")
+
+
 def test_help_names_every_subcommand_the_options_and_the_exit_codes(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     top = ers(env, "--help").stdout
