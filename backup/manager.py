@@ -268,6 +268,9 @@ class BackupManager:
 
     async def check(self, *, read_data: bool = False) -> CheckResult:
         async with self._lock, self._sharing.exclusive():
+            # A repository that is gone or replaced fails as the health check tells it (the
+            # same error, so the same incident), not as restic's bare "no repository".
+            await self.verify_repository(thorough=True)
             try:
                 output = await self.restic.check(read_data=read_data)
             except ResticCommandFailed as exc:

@@ -79,3 +79,40 @@ def test_an_unwritable_store_is_one_incident_resolved_after_recovery(
             assert [i for i in incidents() if i["status"] != "resolved"] == []
     finally:
         assert ers.stop() == 0
+
+
+def test_a_repository_moved_away_is_one_incident_for_the_health_check_and_a_check(
+    tmp_path: Path,
+) -> None:
+    """The health check finds the repository gone; an operator's `backup check` then fails on
+    it too. Both tell the same error, so the operator sees one incident, not a second one in
+    restic's words."""
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    (workdir / "restic-password").write_text("moved-repository\n")
+    ers = start_ers(
+        workdir,
+        env={
+            "ERS_BACKUPS_ENABLED": "true",
+            "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+            "ERS_HEALTH_CHECK_INTERVAL_S": "0.5",
+        },
+    )
+    try:
+        ers.wait_for_backups()
+        (workdir / "repo").rename(tmp_path / "moved-away")
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+
+            def incidents() -> list[dict]:
+                return http.get("/api/emergency/incidents?limit=100").json()["incidents"]
+
+            (seen,) = wait_for(incidents, 20)
+            assert seen["spanName"] == "health.repository", seen
+            check = http.post("/api/emergency/backups/check", json={})
+            assert check.status_code == 503
+            assert "is gone from" in check.json()["detail"]
+            counted = wait_for(lambda: [i for i in incidents() if i["count"] > seen["count"]], 10)
+            assert [i["id"] for i in incidents()] == [seen["id"]], incidents()
+            assert counted, incidents()
+    finally:
+        ers.stop()

@@ -97,11 +97,16 @@ async def test_backups_into_a_vanished_or_swapped_repository_fail_by_name(
         await manager.create(None, "manual")
     with pytest.raises(RepositoryMissing):
         await manager.refresh()
+    # A check says what the health check says, not restic's bare "no repository there".
+    with pytest.raises(RepositoryMissing, match="gone"):
+        await manager.check()
     assert not repository.exists()
 
     restic(repository_config, "init")
     with pytest.raises(RepositoryReplaced):
         await manager.create(None, "manual")
+    with pytest.raises(RepositoryReplaced):
+        await manager.check()
     assert snapshots(repository_config) == []  # nothing went into the stand-in
 
 
