@@ -125,12 +125,14 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if error is None or not exc.status_code >= 400 or not isinstance(exc.detail, str):
         return await http_exception_handler(request, exc)
     detail = exc.detail
-    # The router's own answers name neither the path nor the way out.
+    # The router's own answers name neither the path nor the way out. (The path as sent,
+    # cut short: it is the client's own, and may be as long as a request line allows.)
+    path = request.url.path if len(request.url.path) <= 200 else f"{request.url.path[:200]}…"
     if exc.status_code == 404 and detail == "Not Found":
-        detail = f"{NO_ROUTE} {request.url.path}: check the path (/docs lists the routes)"
+        detail = f"{NO_ROUTE} {path}: check the path (/docs lists the routes)"
     elif exc.status_code == 405 and detail == "Method Not Allowed":
         allowed = (exc.headers or {}).get("Allow", "another method")
-        detail = f"{request.url.path} does not take {request.method}: use {allowed}"
+        detail = f"{path} does not take {request.method}: use {allowed}"
     # The shape of every other error reply: what kind of refusal, then what to do.
     body = {"error": error, "detail": detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -126,6 +126,8 @@ async def test_a_wrong_path_or_method_is_told_what_to_use(client: httpx.AsyncCli
     nowhere = await client.get("/api/emergency/nowhere")
     assert nowhere.status_code == 404
     assert nowhere.json()["detail"].startswith("ERS has no route /api/emergency/nowhere")
+    long = await client.get("/api/" + "x" * 5000)
+    assert long.status_code == 404 and len(long.json()["detail"]) < 300
     wrong_method = await client.get("/chat")
     assert wrong_method.status_code == 405
     assert wrong_method.json()["detail"] == "/chat does not take GET: use POST"
