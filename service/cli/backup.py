@@ -44,8 +44,14 @@ def _online(args: argparse.Namespace) -> Any:
             waiting="restoring into scratch and comparing",
         )
     if action == "rollback":
+        # A snapshot named, or the one the service picks from before the incident.
+        target = (
+            {"beforeIncident": args.before_incident}
+            if args.before_incident
+            else {"backupId": args.backup_id}
+        )
         body = {
-            "backupId": args.backup_id,
+            **target,
             "confirm": args.yes,
             "reason": args.reason,
             "components": args.components or None,
@@ -80,6 +86,24 @@ def _offline_list_sync(args: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(run_offline(listing, progress))
 
 
+def _check_target(args: argparse.Namespace) -> None:
+    """A rollback names its snapshot or the incident to roll back to before, not both."""
+    if args.backup_id and args.before_incident:
+        raise CliError("give a snapshot id or --before-incident, not both", USAGE)
+    if not args.backup_id and not args.before_incident:
+        raise CliError(
+            "name the snapshot to roll back to (`ers backup list` shows them), or give "
+            "--before-incident INCIDENT_ID",
+            USAGE,
+        )
+    if args.before_incident and args.offline:
+        raise CliError(
+            "--before-incident asks the service, which knows when the incident began; "
+            "offline, name the snapshot (`ers backup --offline list` shows when each was taken)",
+            USAGE,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from backup import (
         BackupError,
@@ -91,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from service.fleet.datadir_lock import DataDirInUse
 
+    if args.action == "rollback":
+        _check_target(args)
     if args.action == "rollback" and not args.yes:
         raise CliError(
             "a rollback replaces live state; run `ers backup test-rollback ID` to see what "
@@ -182,10 +208,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="make the service re-read the list from the repository first (an --offline "
         "list is always read from the repository)",
     )
-    for name in ("show", "test-rollback", "rollback"):
+    for name in ("show", "test-rollback"):
         subs[name].add_argument(
             "backup_id", help="snapshot id: the 8-character short id or the full one"
         )
+    subs["rollback"].add_argument(
+        "backup_id",
+        nargs="?",
+        help="snapshot id: the 8-character short id or the full one (or --before-incident)",
+    )
+    subs["rollback"].add_argument(
+        "--before-incident",
+        metavar="INCIDENT_ID",
+        help="instead of a snapshot id: the newest snapshot from before the incident first "
+        "appeared that holds the components rolled back",
+    )
     for name in ("test-rollback", "rollback"):
         subs[name].add_argument(
             "--components",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -206,3 +207,43 @@ def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:
     row = next(line for line in shown.stdout.splitlines() if line.startswith("backups"))
     # Before: "backups  0, last never", as if no backup had ever been made.
     assert "unavailable: " in row and "last never" not in row, shown.stdout
+
+
+def test_a_rollback_to_before_an_incident_by_its_id(tmp_path: Path) -> None:
+    # A service of its own: an incident of the same failure opened by another test would
+    # be the one this failure counts on, with an older start.
+    service = start_ers(tmp_path / "ers", env=BACKUPS_ON)
+    try:
+        service.wait_for_backups()
+        env = cli_env(tmp_path, service.url)
+        created = ers(env, "backup", "create", "--type", "budgets", "-o", "json")
+        assert created.returncode == 0, created.stderr
+        before = json.loads(created.stdout)["backupId"]
+        with httpx.Client(base_url=service.url, timeout=30) as http:
+            http.post(
+                "/api/emergency/simulate-error",
+                json={"component": "budget", "errorType": "system", "count": 1},
+            ).raise_for_status()
+            http.post("/chat", json={"message": "budget report", "userId": "inc"})
+            deadline = time.monotonic() + 20
+            while not (found := http.get("/api/emergency/incidents").json()["incidents"]):
+                assert time.monotonic() < deadline, "no incident"
+                time.sleep(0.1)
+        (incident,) = [i["id"] for i in found]
+
+        rollback = ["backup", "rollback", "--components", "budgets", "--reason", "r", "--yes"]
+        for args, words in (
+            ([], "name the snapshot to roll back to"),
+            ([before, "--before-incident", incident], "not both"),
+            (["--before-incident", incident, "--offline"], "offline, name the snapshot"),
+        ):
+            refused = ers(env, *rollback, *args)
+            assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+        unknown = ers(env, *rollback, "--before-incident", "INC_1700000000000_abcdef")
+        assert unknown.returncode == 4, unknown.stderr
+
+        rolled = ers(env, *rollback, "--before-incident", incident, "-o", "json")
+        assert rolled.returncode == 0, rolled.stderr
+        assert json.loads(rolled.stdout)["backupId"] == before
+    finally:
+        service.stop()
