@@ -295,16 +295,10 @@ def check_production(settings: Settings) -> None:
     if settings.env is not Environment.PRODUCTION:
         return
     # Every missing token at once: one start to learn them all, not one per token.
-    missing = [
-        f"ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE"
-        for name in ("admin", "alert", "intake")
-        if settings.token(name) is None
-    ]
-    if missing:
+    if missing := [n.upper() for n in ("admin", "alert", "intake") if settings.token(n) is None]:
+        needed = "; and ".join(f"ERS_{n}_TOKEN or ERS_{n}_TOKEN_FILE" for n in missing)
         them = "them" if len(missing) > 1 else "it"
-        raise SettingsError(
-            f"production needs {'; and '.join(missing)}; set {them} before starting"
-        )
+        raise SettingsError(f"production needs {needed}; set {them} before starting")
     if settings.fault_injection_enabled:
         raise SettingsError(
             "invalid setting 'fault_injection_enabled': fault injection is never allowed in "
