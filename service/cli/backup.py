@@ -208,15 +208,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="make the service re-read the list from the repository first (an --offline "
         "list is always read from the repository)",
     )
-    for name in ("show", "test-rollback"):
+    for name in ("show", "test-rollback", "rollback"):
+        # A rollback may name the incident instead (--before-incident).
         subs[name].add_argument(
-            "backup_id", help="snapshot id: the 8-character short id or the full one"
+            "backup_id",
+            nargs="?" if name == "rollback" else None,
+            help="snapshot id: the 8-character short id or the full one",
         )
-    subs["rollback"].add_argument(
-        "backup_id",
-        nargs="?",
-        help="snapshot id: the 8-character short id or the full one (or --before-incident)",
-    )
     subs["rollback"].add_argument(
         "--before-incident",
         metavar="INCIDENT_ID",
