@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.routing import APIRoute
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -157,13 +159,21 @@ async def init_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     return init_reply(outcome)
 
 
-# The actions beside /backups/{backup_id}, which a GET would otherwise take for an id.
-_POST_ONLY = frozenset({"refresh", "init", "create", "test-rollback", "check", "prune"})
+@functools.cache
+def _actions() -> frozenset[str]:
+    """The POST routes beside /backups/{backup_id} (create, check, …), by their last
+    segment: a GET of one of them is a GET of an action, not of a snapshot with that id."""
+    base = f"{router.prefix}/backups/"
+    return frozenset(
+        route.path.removeprefix(base)
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path.startswith(base) and "POST" in route.methods
+    )
 
 
 @router.get("/backups/{backup_id}", responses=errors(404))
 async def backup_details(backup_id: str, backups: Backups, request: Request) -> dict[str, Any]:
-    if backup_id in _POST_ONLY:  # a GET of an action, not of a snapshot with that id
+    if backup_id in _actions():  # a GET of an action, not of a snapshot with that id
         raise HTTPException(
             405, f"{request.url.path} does not take GET: use POST", headers={"Allow": "POST"}
         )
