@@ -266,7 +266,7 @@ class AlertHandler:
             protocol="ALERT",
             component=target,
             reason=f"alert {alert.describe()}",
-            source="alertmanager",
+            source=ACTOR,
             ttl_s=self.isolate_ttl_s,
         )
         if action is None:

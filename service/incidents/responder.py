@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from service.chat.minimal_mode import MinimalMode
 from service.chat.team import Team
 from service.errors import UnknownAgent
+from service.incidents.recovery import ACTOR as ALERTMANAGER
 from service.resilience.breaker_config import BreakerState
 
 log = logging.getLogger("ers.responder")
@@ -217,7 +218,7 @@ class Responder:
                 f"an operator disabled {guard.name}'s breaker (every call let through); "
                 f"`ers breakers enable {guard.name}` lets ERS {action.replace('_', ' ')} again"
             )
-        if action == "trim_caches" and context.source == "alertmanager" and self.memory:
+        if action == "trim_caches" and context.source == ALERTMANAGER and self.memory:
             share, line = await asyncio.to_thread(self.memory)
             if share < line:
                 return (
