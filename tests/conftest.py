@@ -83,6 +83,16 @@ class ErsProcess:
         return self.process.returncode
 
 
+def fail_the_budget_agent_once(http: httpx.Client) -> None:
+    """A real critical failure, by the service's own fault injection: the budget agent's next
+    call fails with a system error, and a budget chat makes that call."""
+    http.post(
+        "/api/emergency/simulate-error",
+        json={"component": "budget", "errorType": "system", "count": 1},
+    ).raise_for_status()
+    http.post("/chat", json={"message": "budget report", "userId": "t"})
+
+
 def start_ers(
     workdir: Path, env: dict[str, str] | None = None, port: int | None = None
 ) -> ErsProcess:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import start_ers
+from tests.conftest import fail_the_budget_agent_once, start_ers
 from tests.e2e.test_alert_loop import TOKEN, Loop, fast_alertmanager, fast_rules
 from tests.integration.prom import start_alertmanager, start_prometheus
 
@@ -48,11 +48,7 @@ def test_a_critical_incident_gets_the_alerts_backup_and_rollback_and_the_audit_s
     loop.ers.wait_for_backups()
     before = loop.http.post("/api/emergency/backups/create", json={"reason": "before"})
     assert before.status_code == 200, before.text
-    loop.http.post(
-        "/api/emergency/simulate-error",
-        json={"component": "budget", "errorType": "system", "count": 1},
-    ).raise_for_status()
-    loop.http.post("/chat", json={"message": "budget report", "userId": "t"})
+    fail_the_budget_agent_once(loop.http)
     (incident,) = loop.wait_for(loop.incidents, timeout=30)
 
     # CriticalIncidentActive (action backup) and CriticalIncidentUnresolved (rollback) fire;
@@ -114,11 +110,7 @@ def test_an_incident_alert_delivered_after_the_incidents_resolved_opens_nothing(
     )
     http = httpx.Client(base_url=ers_process.url, timeout=10)
     try:
-        http.post(
-            "/api/emergency/simulate-error",
-            json={"component": "budget", "errorType": "system", "count": 1},
-        ).raise_for_status()
-        http.post("/chat", json={"message": "budget report", "userId": "t"})
+        fail_the_budget_agent_once(http)
         (incident,) = prom.wait_for(
             lambda: http.get("/api/emergency/incidents").json()["incidents"], timeout=20
         )

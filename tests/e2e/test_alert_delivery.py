@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import ErsProcess, fail_the_budget_agent_once, start_ers
 
 TOKEN = "alert-delivery-token-41b7"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -170,11 +170,7 @@ def test_an_alert_whose_action_already_ran_for_the_incident_says_so_on_its_timel
     ers = serve(workdir, ERS_AUTO_RESPONSE_ENABLED="false")
     try:
         http = httpx.Client(base_url=ers.url, timeout=10)
-        http.post(
-            "/api/emergency/simulate-error",
-            json={"component": "budget", "errorType": "system", "count": 1},
-        ).raise_for_status()
-        http.post("/chat", json={"message": "budget report", "userId": "t"})
+        fail_the_budget_agent_once(http)
         deadline = time.monotonic() + 20
         while not (found := incidents(ers)):
             assert time.monotonic() < deadline, "no incident"

@@ -22,7 +22,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from backup import BackupManager
 from backup.offsite import OffsiteCopier, OffsiteRepository
 from service.backups.offsite import OffsiteMetrics, copy_once
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import ErsProcess, fail_the_budget_agent_once, start_ers
 from tests.integration.test_cli import BACKUPS_ON, cli_env, ers, served_with_backups
 
 pytestmark = pytest.mark.integration
@@ -220,11 +220,7 @@ def test_a_rollback_to_before_an_incident_by_its_id(tmp_path: Path) -> None:
         assert created.returncode == 0, created.stderr
         before = json.loads(created.stdout)["backupId"]
         with httpx.Client(base_url=service.url, timeout=30) as http:
-            http.post(
-                "/api/emergency/simulate-error",
-                json={"component": "budget", "errorType": "system", "count": 1},
-            ).raise_for_status()
-            http.post("/chat", json={"message": "budget report", "userId": "inc"})
+            fail_the_budget_agent_once(http)
             deadline = time.monotonic() + 20
             while not (found := http.get("/api/emergency/incidents").json()["incidents"]):
                 assert time.monotonic() < deadline, "no incident"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_ers
+from tests.conftest import fail_the_budget_agent_once, start_ers
 
 
 def test_status_health_is_not_older_than_the_state_it_is_shown_with(tmp_path: Path) -> None:
@@ -17,11 +17,7 @@ def test_status_health_is_not_older_than_the_state_it_is_shown_with(tmp_path: Pa
     try:
         http = httpx.Client(base_url=ers.url, timeout=10)
         assert http.get("/api/emergency/status").json()["health"]["overall"] == "healthy"
-        http.post(
-            "/api/emergency/simulate-error",
-            json={"component": "budget", "errorType": "system", "count": 1},
-        ).raise_for_status()
-        http.post("/chat", json={"message": "budget report", "userId": "t"})
+        fail_the_budget_agent_once(http)
         deadline = time.monotonic() + 20
         while (status := http.get("/api/emergency/status").json())["systemState"] != "emergency":
             assert time.monotonic() < deadline, status
