@@ -3,11 +3,12 @@
 A test rollback restores into a scratch folder and verifies each file (`PRAGMA
 integrity_check` and the checksum the snapshot carries), then counts rows now and then. A
 rollback runs these steps, each timed and announced with a RollbackStepStarted event:
-restore-then-verify, then pause-writers, and with the writers paused the safety snapshot,
-swap and reopen (a safety snapshot taken before the pause would miss the writes acknowledged
-until it). A failure at any step raises
-RollbackFailed(step=...) with the live files as they were; a kill of the process from the
-swap until the reopen has succeeded is undone on the next start (`backup.swap_journal`).
+pause-writers, and with the writers paused the safety snapshot beside restore-then-verify
+(a safety snapshot taken before the pause would miss the writes acknowledged until it; the
+restore beside it makes the rollback cost the longer of the two, not their sum), then swap
+and reopen. A failure at any step raises RollbackFailed(step=...) with the live files as
+they were; a kill of the process from the swap until the reopen has succeeded is undone on
+the next start (`backup.swap_journal`).
 """
 
 from __future__ import annotations
