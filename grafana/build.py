@@ -223,7 +223,9 @@ def incidents() -> Json:
         timeseries("Span classification", "none",
                    q(f"sum(rate(ers_spans_classified_total{RATE}))", "classified per second"),
                    q(f"sum(increase(ers_incident_spans_dropped_total{RATE}))", "dropped"),
-                   description="Dropped spans found the incident queue full."),
+                   q(f"sum(increase(ers_incident_spans_failed_total{RATE}))", "not written"),
+                   description="Dropped spans found the incident queue full; spans not "
+                   "written could not be classified or stored (see the service log)."),
         table("Incidents by component in range", "none",
               q(f"sum by (severity, type, component) ({INCIDENTS_IN_RANGE}) > 0"),
               columns={"Value": "incidents"}),

@@ -122,15 +122,11 @@ class IncidentProcessor(SpanProcessor):
     def spans_dropped(self) -> int:
         return self._dropped
 
-    def counters(self) -> dict[str, int]:
-        return {
-            "spans_classified": self._classified,
-            "spans_dropped": self._dropped,
-            # Classified but not written: the store raised (e.g. the disk is full).
-            "spans_failed": self._failed,
-            "subscriber_errors": self._subscriber_errors,
-            "queue_depth": len(self._queue),
-        }
+    @property
+    def spans_failed(self) -> int:
+        """Error spans taken from the queue but not written: one could not be classified,
+        or the store raised (e.g. the disk is full)."""
+        return self._failed
 
     # -- events ---------------------------------------------------------------------------
 

@@ -166,6 +166,11 @@ class IncidentService:
             [self._observe_dropped],
             description="Error spans dropped because the pipeline's queue was full",
         )
+        meter.create_observable_counter(
+            "ers_incident_spans_failed",
+            [self._observe_failed],
+            description="Error spans the pipeline could not classify or write to its store",
+        )
         self.processor.subscribe(self._on_event)
 
     # --- wiring -------------------------------------------------------------------------
@@ -384,3 +389,6 @@ class IncidentService:
 
     def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.processor.spans_dropped)
+
+    def _observe_failed(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.processor.spans_failed)
