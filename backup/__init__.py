@@ -6,74 +6,40 @@ over the SQLite files (`BackupConfig`) or the PostgreSQL schemas (`PgBackupConfi
 
 from backup.errors import (
     BackupError,
-    DiskFull,
     InvalidBackupReason,
     InvalidSnapshotId,
-    RepositoryLocked,
     RepositoryMissing,
-    RepositoryNotFound,
     RepositoryReplaced,
-    ResticCommandFailed,
-    ResticError,
-    ResticNotInstalled,
-    ResticTimeout,
     RollbackFailed,
     RollbackRefused,
     SnapshotNotFound,
-    StagingFailed,
-    UnknownComponent,
-    WrongPassword,
     validate_reason,
     validate_snapshot_id,
 )
 from backup.files import BackupConfig
 from backup.manager import BackupManager
-from backup.models import (
-    BackupReason,
-    BackupResult,
-    BackupStatus,
-    BackupSummary,
-    RollbackPreview,
-    RollbackResult,
-    Snapshot,
-    SnapshotDetails,
-)
+from backup.models import BackupResult, RollbackPreview, RollbackResult, Snapshot
 from backup.pg import PgBackupConfig
-from backup.repository import RepositoryConfig, init_repository, open_repository
+from backup.repository import RepositoryConfig, init_repository
 
 __all__ = [
     "BackupConfig",
     "BackupError",
     "BackupManager",
-    "BackupReason",
     "BackupResult",
-    "BackupStatus",
-    "BackupSummary",
-    "DiskFull",
     "InvalidBackupReason",
     "InvalidSnapshotId",
     "PgBackupConfig",
     "RepositoryConfig",
-    "RepositoryLocked",
     "RepositoryMissing",
-    "RepositoryNotFound",
     "RepositoryReplaced",
-    "ResticCommandFailed",
-    "ResticError",
-    "ResticNotInstalled",
-    "ResticTimeout",
     "RollbackFailed",
     "RollbackPreview",
     "RollbackRefused",
     "RollbackResult",
     "Snapshot",
-    "SnapshotDetails",
     "SnapshotNotFound",
-    "StagingFailed",
-    "UnknownComponent",
-    "WrongPassword",
     "init_repository",
-    "open_repository",
     "validate_reason",
     "validate_snapshot_id",
 ]

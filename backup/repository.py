@@ -124,11 +124,6 @@ async def open_identified(
     return RepositoryIdentity(restic, found)
 
 
-async def open_repository(config: RepositoryConfig, *, may_create: bool = False) -> Restic:
-    """A wrapper for the configured repository (see `open_identified`)."""
-    return (await open_identified(config, may_create=may_create)).restic
-
-
 @dataclass(frozen=True)
 class InitOutcome:
     identity: RepositoryIdentity

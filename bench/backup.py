@@ -29,7 +29,7 @@ from pathlib import Path
 
 from backup import BackupConfig, BackupManager, RepositoryConfig
 from backup.discard import settle
-from backup.repository import open_repository
+from backup.repository import open_identified
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state", "incidents")
 WORDS = [
@@ -183,7 +183,7 @@ async def measure(root: Path, size_mb: int, rounds: int) -> dict[str, list[float
     # 0.3 s per command), and that, not the wrapper, would decide backup_wrapper_ratio.
     shutil.copytree(root / "wrapped", root / "bare")
     bare = RepositoryConfig(str(root / "bare"), root / "pw-wrapped", cache_dir=root / "c2")
-    await open_repository(bare)
+    await open_identified(bare)
     first = await manager.create(None, "scheduled")
     bare_restic(["backup", "-q", "."], bare, cwd=data)
 

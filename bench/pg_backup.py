@@ -42,7 +42,7 @@ import psycopg
 
 from backup import BackupManager, PgBackupConfig
 from backup.pg_tools import PgConnection, PgTools
-from backup.repository import RepositoryConfig, open_repository
+from backup.repository import RepositoryConfig, open_identified
 from service.stores import Stores
 from tests.pg import PostgresServer, postgres_for_tests
 
@@ -174,7 +174,7 @@ async def measure(
     rows, size = fill(url, size_mb * 1_000_000)
 
     repository = RepositoryConfig(str(root / "repo"), root / "password", cache_dir=root / "cache")
-    restic = await open_repository(repository, may_create=True)
+    restic = (await open_identified(repository, may_create=True)).restic
     schemas = {name: str(store.schema) for name, store in stores.by_component().items()}
     backups = BackupManager(restic, PgBackupConfig(schemas, url))
     tools = backups.backend.tools  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from backup.index import tags_for
 from backup.manager import BackupManager
 from backup.models import BackupResult, RollbackResult
 from backup.pg import POSTGRES_TAG, PgBackupConfig
-from backup.repository import RepositoryConfig, init_repository, open_repository
+from backup.repository import RepositoryConfig, init_repository, open_identified
 from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
@@ -55,7 +55,7 @@ async def restic(tmp_path: Path, template_repository: Path) -> Restic:
         cache_dir=tmp_path / "restic-cache",
         command_timeout_seconds=120,
     )
-    return await open_repository(config)
+    return (await open_identified(config)).restic
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
-from backup import BackupManager, StagingFailed
+from backup import BackupManager
+from backup.errors import StagingFailed
 from backup.snapshotter import EARLY_PAUSE_AFTER_A_MISS
 from tests.integration.conftest import write_budgets, write_conversations
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backup import (
-    BackupManager,
-    RepositoryConfig,
+from backup import BackupManager, RepositoryConfig
+from backup.errors import (
     RepositoryLocked,
     RepositoryNotFound,
     ResticNotInstalled,

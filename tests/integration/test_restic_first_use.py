@@ -10,7 +10,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from backup.repository import RepositoryConfig, ensure_password_file, open_repository
+from backup.repository import RepositoryConfig, ensure_password_file, open_identified
 
 
 def _restic(repository: Path, password_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +32,7 @@ def test_openers_starting_together_create_one_repository_with_one_key(tmp_path: 
     config = RepositoryConfig(str(repository), password_file)
 
     async def open_together() -> list[object]:
-        return await asyncio.gather(*(open_repository(config, may_create=True) for _ in range(4)))
+        return await asyncio.gather(*(open_identified(config, may_create=True) for _ in range(4)))
 
     opened = asyncio.run(open_together())
     assert len(opened) == 4
