@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from service.incidents.store_pg import SCHEMA
-from service.stores.pg_pool import valid_identifier
+from service.stores.postgres_migrations import Migration
 from service.stores.sql import Database, create_table_on_sqlite
 
 COMPONENT = "audit"
@@ -22,24 +22,19 @@ SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
 )"""
 
 
-def audit_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
-    """The audit table's migrations, in order; append a tuple to change it, never edit one."""
-    s = valid_identifier(schema)
-    return (
-        (
-            f"CREATE SCHEMA IF NOT EXISTS {s}",
-            f"""CREATE TABLE {s}.audit (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                at DOUBLE PRECISION NOT NULL,
-                actor TEXT NOT NULL,
-                action TEXT NOT NULL,
-                detail TEXT NOT NULL
-            )""",
-        ),
-    )
-
-
-MIGRATIONS = audit_migrations()
+# The audit table's migrations, in order; append a tuple to change it, never edit one.
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+        f"""CREATE TABLE {SCHEMA}.audit (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )""",
+    ),
+)
 
 
 class AuditLog:

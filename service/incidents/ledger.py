@@ -20,7 +20,7 @@ from typing import Any
 
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
-from service.stores.pg_pool import valid_identifier
+from service.stores.postgres_migrations import Migration
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
 
 COMPONENT = "alerts"
@@ -57,30 +57,25 @@ RETAKE = (
 )
 
 
-def ledger_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
-    """The ledger's migrations, in order; append a tuple to change it, never edit one."""
-    s = valid_identifier(schema)
-    return (
-        (
-            f"CREATE SCHEMA IF NOT EXISTS {s}",
-            f"""CREATE TABLE {s}.alert_ledger (
-                fingerprint TEXT NOT NULL,
-                starts_at TEXT NOT NULL,
-                status TEXT NOT NULL,
-                alertname TEXT NOT NULL,
-                received_at DOUBLE PRECISION NOT NULL,
-                deliveries INTEGER NOT NULL DEFAULT 1,
-                incident_id TEXT,
-                outcome TEXT,
-                PRIMARY KEY (fingerprint, starts_at, status)
-            )""",
-        ),
-        # The alert as delivered: a resolution lost with its process is handled again from it.
-        (f"ALTER TABLE {s}.alert_ledger ADD COLUMN alert TEXT",),
-    )
-
-
-MIGRATIONS = ledger_migrations()
+# The ledger's migrations, in order; append a tuple to change it, never edit one.
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+        f"""CREATE TABLE {SCHEMA}.alert_ledger (
+            fingerprint TEXT NOT NULL,
+            starts_at TEXT NOT NULL,
+            status TEXT NOT NULL,
+            alertname TEXT NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            deliveries INTEGER NOT NULL DEFAULT 1,
+            incident_id TEXT,
+            outcome TEXT,
+            PRIMARY KEY (fingerprint, starts_at, status)
+        )""",
+    ),
+    # The alert as delivered: a resolution lost with its process is handled again from it.
+    (f"ALTER TABLE {SCHEMA}.alert_ledger ADD COLUMN alert TEXT",),
+)
 
 
 class LedgerUnavailable(Exception):

@@ -15,7 +15,8 @@ from typing import Any
 
 from service.incidents.model import STATUSES, IncidentStoreUnavailable
 from service.incidents.store import IncidentStore
-from service.stores.pg_pool import PgPool, valid_identifier
+from service.stores.pg_pool import PgPool
+from service.stores.postgres_migrations import Migration
 
 COMPONENT = "incidents"
 SCHEMA = "ers_incidents"
@@ -24,77 +25,72 @@ TABLES = ("incidents", "timeline", "span_records", "action_claims")
 CLAIMS_KEPT_S = 7 * 86_400
 
 
-def incident_migrations(schema: str = SCHEMA) -> tuple[tuple[str, ...], ...]:
-    """The schema's migrations, in order; append a tuple to change it, never edit one."""
-    s = valid_identifier(schema)
-    statuses = ", ".join(f"'{status}'" for status in STATUSES)
-    return (
-        (
-            f"CREATE SCHEMA IF NOT EXISTS {s}",
-            f"""CREATE TABLE {s}.incidents (
-                id TEXT PRIMARY KEY,
-                fingerprint TEXT NOT NULL UNIQUE,
-                status TEXT NOT NULL CHECK (status IN ({statuses})),
-                severity TEXT NOT NULL,
-                type TEXT NOT NULL,
-                impact TEXT NOT NULL,
-                recoverable BOOLEAN NOT NULL,
-                protocol TEXT,
-                rule TEXT NOT NULL,
-                component TEXT NOT NULL,
-                source_service TEXT NOT NULL,
-                span_name TEXT NOT NULL,
-                exception_type TEXT NOT NULL,
-                message TEXT NOT NULL,
-                count BIGINT NOT NULL,
-                reopen_count INTEGER NOT NULL,
-                first_seen DOUBLE PRECISION NOT NULL,
-                last_seen DOUBLE PRECISION NOT NULL,
-                opened_at DOUBLE PRECISION NOT NULL,
-                acknowledged_at DOUBLE PRECISION,
-                mitigated_at DOUBLE PRECISION,
-                resolved_at DOUBLE PRECISION,
-                recovery_time_s DOUBLE PRECISION,
-                trace_ids TEXT NOT NULL
-            )""",
-            f"CREATE INDEX incidents_status ON {s}.incidents (status, severity)",
-            f"CREATE INDEX incidents_last_seen ON {s}.incidents (last_seen)",
-            f"CREATE INDEX incidents_component ON {s}.incidents (component, last_seen)",
-            f"""CREATE TABLE {s}.timeline (
-                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                incident_id TEXT NOT NULL REFERENCES {s}.incidents (id),
-                at DOUBLE PRECISION NOT NULL,
-                kind TEXT NOT NULL,
-                actor TEXT NOT NULL,
-                message TEXT NOT NULL,
-                data TEXT
-            )""",
-            f"CREATE INDEX timeline_incident ON {s}.timeline (incident_id, seq)",
-            f"""CREATE TABLE {s}.span_records (
-                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                at DOUBLE PRECISION NOT NULL,
-                incident_id TEXT NOT NULL,
-                classification TEXT NOT NULL,
-                record TEXT NOT NULL,
-                weight INTEGER NOT NULL
-            )""",
-            f"CREATE INDEX span_records_incident ON {s}.span_records (incident_id, seq)",
-        ),
-        (
-            # One row per incident and fleet-wide action: the replica that runs it.
-            f"""CREATE TABLE {s}.action_claims (
-                incident_id TEXT NOT NULL,
-                action TEXT NOT NULL,
-                replica TEXT NOT NULL,
-                claimed_at DOUBLE PRECISION NOT NULL,
-                PRIMARY KEY (incident_id, action)
-            )""",
-            f"CREATE INDEX action_claims_claimed_at ON {s}.action_claims (claimed_at)",
-        ),
-    )
-
-
-MIGRATIONS = incident_migrations()
+_STATUSES = ", ".join(f"'{status}'" for status in STATUSES)
+# The schema's migrations, in order; append a tuple to change it, never edit one.
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+        f"""CREATE TABLE {SCHEMA}.incidents (
+            id TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+            severity TEXT NOT NULL,
+            type TEXT NOT NULL,
+            impact TEXT NOT NULL,
+            recoverable BOOLEAN NOT NULL,
+            protocol TEXT,
+            rule TEXT NOT NULL,
+            component TEXT NOT NULL,
+            source_service TEXT NOT NULL,
+            span_name TEXT NOT NULL,
+            exception_type TEXT NOT NULL,
+            message TEXT NOT NULL,
+            count BIGINT NOT NULL,
+            reopen_count INTEGER NOT NULL,
+            first_seen DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            opened_at DOUBLE PRECISION NOT NULL,
+            acknowledged_at DOUBLE PRECISION,
+            mitigated_at DOUBLE PRECISION,
+            resolved_at DOUBLE PRECISION,
+            recovery_time_s DOUBLE PRECISION,
+            trace_ids TEXT NOT NULL
+        )""",
+        f"CREATE INDEX incidents_status ON {SCHEMA}.incidents (status, severity)",
+        f"CREATE INDEX incidents_last_seen ON {SCHEMA}.incidents (last_seen)",
+        f"CREATE INDEX incidents_component ON {SCHEMA}.incidents (component, last_seen)",
+        f"""CREATE TABLE {SCHEMA}.timeline (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            incident_id TEXT NOT NULL REFERENCES {SCHEMA}.incidents (id),
+            at DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            message TEXT NOT NULL,
+            data TEXT
+        )""",
+        f"CREATE INDEX timeline_incident ON {SCHEMA}.timeline (incident_id, seq)",
+        f"""CREATE TABLE {SCHEMA}.span_records (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            incident_id TEXT NOT NULL,
+            classification TEXT NOT NULL,
+            record TEXT NOT NULL,
+            weight INTEGER NOT NULL
+        )""",
+        f"CREATE INDEX span_records_incident ON {SCHEMA}.span_records (incident_id, seq)",
+    ),
+    (
+        # One row per incident and fleet-wide action: the replica that runs it.
+        f"""CREATE TABLE {SCHEMA}.action_claims (
+            incident_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            claimed_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (incident_id, action)
+        )""",
+        f"CREATE INDEX action_claims_claimed_at ON {SCHEMA}.action_claims (claimed_at)",
+    ),
+)
 
 
 class PgIncidentStore(IncidentStore):
