@@ -304,7 +304,7 @@ class IncidentStore:
                     incident_id,
                 ),
             )
-            insert_timeline(db, incident_id, now, kind, who, message, {})
+            insert_timeline(db, incident_id, now, kind, who, message)
         return incident
 
 

@@ -57,7 +57,7 @@ def write_groups(
         if outcome != OPENED:
             db.execute(UPDATE_SQL, (*_values(incident, MERGED_COLUMNS), incident.id))
         for kind, text in notes:
-            insert_timeline(db, incident.id, now, kind, "classifier", text, {})
+            insert_timeline(db, incident.id, now, kind, "classifier", text)
         record, classification = group[-1]
         by_fingerprint[fingerprint] = GroupOutcome(incident, outcome, classification, record)
     return [by_fingerprint[fingerprint] for fingerprint in groups]
@@ -91,20 +91,14 @@ def _values(incident: Incident, columns: Sequence[str]) -> list[Any]:
 
 
 def insert_timeline(
-    db: Statements,
-    incident_id: str,
-    at: float,
-    kind: str,
-    actor: str,
-    message: str,
-    data: dict[str, Any],
-) -> int:
-    row = db.execute(
+    db: Statements, incident_id: str, at: float, kind: str, actor: str, message: str
+) -> None:
+    """A timeline note with no data; notes with data go through ``add_timeline``."""
+    db.execute(
         "INSERT INTO timeline (incident_id, at, kind, actor, message, data) "
-        "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-        (incident_id, at, kind, actor, message, json.dumps(data, default=str)),
-    ).fetchone()
-    return int(row["seq"])
+        "VALUES (?, ?, ?, ?, ?, '{}')",
+        (incident_id, at, kind, actor, message),
+    )
 
 
 def keep_span_records(

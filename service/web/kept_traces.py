@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from telemetry.span_record import SpanRecord
 from telemetry.trace_keeper import TraceKeeper, span_tree
 
 
 class KeptTraces:
-    """The traces endpoint's view of the trace keeper: a span tree or None; and where the
-    OTLP intake hands other services' spans to it. Both may read or write the keeper's file:
-    call them off the event loop."""
+    """The traces endpoint's view of the trace keeper, a span tree or None, and the keeper
+    the OTLP intake hands other services' spans to. Both may read or write the keeper's
+    file: call them off the event loop."""
 
     def __init__(self, keeper: TraceKeeper) -> None:
         self.keeper = keeper
-
-    def keep_records(self, records: list[SpanRecord]) -> int:
-        return self.keeper.keep_records(records)
 
     def tree(self, trace_id: str) -> dict[str, object] | None:
         records = self.keeper.get_trace(trace_id)

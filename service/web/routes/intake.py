@@ -42,7 +42,7 @@ async def receive_traces(
     errors = [record for record in records if record.is_error]
     if errors:
         # Kept (and on disk) before the incident exists, so its trace link answers at once.
-        await asyncio.to_thread(traces.keep_records, records)
+        await asyncio.to_thread(traces.keeper.keep_records, records)
     processor = incidents.processor
     accepted = sum(processor.submit_record(record) for record in errors)
     if accepted < len(errors):
