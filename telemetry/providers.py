@@ -77,7 +77,6 @@ def build_telemetry(
     service_version: str,
     *,
     enabled: bool = True,
-    extra_span_processors: list[SpanProcessor] | None = None,
 ) -> Telemetry:
     """Build the providers. With ``enabled=False`` spans are not sampled (a no-op cost)."""
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
@@ -108,6 +107,4 @@ def build_telemetry(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         telemetry.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    for processor in extra_span_processors or []:
-        telemetry.add_span_processor(processor)
     return telemetry

@@ -161,13 +161,12 @@ def build_team(
     instruments: AgentInstruments | None,
     faults: FaultInjector | None,
     settings: Settings,
-    config: TeamConfig | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> Team:
     """The team of the settings' ``agents:``, each behind its guard, and the router over
     them by ``agent_routes``; SettingsError (one line) when an agent cannot be built."""
     default, per_agent = breaker_configs(settings)
-    config = config or load_team_config(settings)
+    config = load_team_config(settings)
     timeout = settings.agent_timeout_s
     team = Team(
         tracer=tracer,
