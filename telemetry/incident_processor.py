@@ -1,7 +1,9 @@
 """The span processor that turns error spans into incidents, off the request path.
 
 ``on_end`` checks the span's status and returns at once unless it is ERROR; an error span is
-appended to a bounded queue (a full queue drops it and counts the drop, never blocks). One
+appended to a bounded queue (a full queue drops it and counts the drop, never blocks).
+``submit_records`` queues the error spans of one OTLP request together and tells, through a
+future, whether they were written, so the intake answers only once they are. One
 worker thread takes batches from the queue, classifies each span, writes the batch through the
 store in one transaction and publishes what happened to subscribers.
 
@@ -24,6 +26,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
@@ -71,6 +74,20 @@ class _FlushMarker(threading.Event):
     """Put in the queue; set by the worker once everything before it is written."""
 
 
+class SubmissionRefused(Exception):
+    """Submitted records were not queued; the message says why (a full queue, a stop)."""
+
+
+class _Submitted:
+    """Records from elsewhere, written in one transaction; ``written`` says how it went."""
+
+    __slots__ = ("records", "written")
+
+    def __init__(self, records: list[SpanRecord]) -> None:
+        self.records = records
+        self.written: Future[bool] = Future()
+
+
 class IncidentProcessor(SpanProcessor):
     """Swap rules at run time by assigning ``processor.classifier``; the worker picks the new
     one up at its next batch."""
@@ -99,11 +116,13 @@ class IncidentProcessor(SpanProcessor):
         self._linger_s = linger_s
         # Set when the worker should stop lingering: a full batch, a flush, shutdown.
         self._hurry = threading.Event()
-        self._queue: deque[ReadableSpan | SpanRecord | _FlushMarker] = deque()
+        self._queue: deque[ReadableSpan | _Submitted | _FlushMarker] = deque()
         self._wake = threading.Event()
         self._accepting = True
         self._exit = False
         self._dropped = 0
+        # The queue's _Submitted items, and the spans they hold.
+        self._submitted_items = self._submitted_spans = 0
         self._drop_lock = threading.Lock()
         self._classified = 0
         self._failed = 0
@@ -151,12 +170,32 @@ class IncidentProcessor(SpanProcessor):
             return
         self._enqueue(span)
 
-    def submit_record(self, record: SpanRecord) -> bool:
-        """Queue a record from elsewhere (the OTLP intake); False when it was not queued
-        (not an error, queue full, or shut down)."""
-        return record.is_error and self._enqueue(record)
+    def submit_records(self, records: list[SpanRecord]) -> Future[bool]:
+        """Queue error span records from elsewhere (the OTLP intake) to be written in one
+        transaction. The future is True once they are written, False when the store could
+        not write them (none of them is, they may be sent again); cancelled before the
+        worker takes them, they are not written. Raises SubmissionRefused when the queue
+        cannot take them all (a batch larger than the queue is taken when it is empty) or
+        the processor is stopping: nothing of them is queued."""
+        submitted = _Submitted([record for record in records if record.is_error])
+        with self._drop_lock:
+            if not self._accepting:
+                raise SubmissionRefused("the incident pipeline is stopping")
+            waiting = len(self._queue) - self._submitted_items + self._submitted_spans
+            if waiting and waiting + len(submitted.records) > self.queue_size:
+                raise SubmissionRefused(
+                    f"the incident queue holds {waiting} error spans of {self.queue_size}"
+                )
+            self._submitted_items += 1
+            self._submitted_spans += len(submitted.records)
+            self._queue.append(submitted)
+            full = waiting + len(submitted.records) >= self.batch_size
+        self._wake.set()
+        if full:
+            self._hurry.set()
+        return submitted.written
 
-    def _enqueue(self, item: ReadableSpan | SpanRecord) -> bool:
+    def _enqueue(self, item: ReadableSpan) -> bool:
         if not self._accepting:
             return False
         if len(self._queue) >= self.queue_size:
@@ -206,23 +245,36 @@ class IncidentProcessor(SpanProcessor):
                 self._hurry.wait(self._linger_s)
             self._hurry.clear()
             batch: list[ReadableSpan | SpanRecord] = []
+            submitted: list[_Submitted] = []
             marker = None
             while queue and len(batch) < self.batch_size:
                 item = queue.popleft()
                 if isinstance(item, _FlushMarker):
                     marker = item
                     break
-                batch.append(item)
+                if isinstance(item, _Submitted):
+                    with self._drop_lock:
+                        self._submitted_items -= 1
+                        self._submitted_spans -= len(item.records)
+                    if item.written.set_running_or_notify_cancel():  # False: its sender left
+                        batch.extend(item.records)
+                        submitted.append(item)
+                else:
+                    batch.append(item)
+            written = False
             if batch:
                 try:
-                    self._process(batch)
+                    written = self._process(batch)
                 except Exception:  # the worker must outlive any one batch
                     self._failed += len(batch)
                     log.exception("could not process %d error spans", len(batch))
+            for item in submitted:
+                item.written.set_result(written)
             if marker is not None:
                 marker.set()
 
-    def _process(self, batch: list[ReadableSpan | SpanRecord]) -> None:
+    def _process(self, batch: list[ReadableSpan | SpanRecord]) -> bool:
+        """Classify and write ``batch`` in one transaction; False when the store failed."""
         classify = self.classifier.classify
         items: list[tuple[SpanRecord, Classification]] = []
         for item in batch:
@@ -240,7 +292,7 @@ class IncidentProcessor(SpanProcessor):
         except Exception:
             self._failed += len(items)
             log.exception("could not write %d error spans to the incident store", len(items))
-            return
+            return False
         subscribers = self._subscribers
         for outcome in outcomes:
             for subscriber in subscribers:
@@ -254,3 +306,4 @@ class IncidentProcessor(SpanProcessor):
                         log.exception(
                             "an incident subscriber failed (%d so far)", self._subscriber_errors
                         )
+        return True

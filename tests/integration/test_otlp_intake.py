@@ -1,16 +1,22 @@
 """The official OTLP/HTTP exporter of another service sends error spans to a real ERS; they
-become incidents of that service. Malformed bodies get 400, a missing token 401."""
+become incidents of that service. Malformed bodies get 400, a missing token 401. A 200
+comes once the error spans are written (a kill right after it loses none); spans the store
+cannot write get a 503 and none of them is recorded, so the sender's retry counts once."""
 
 from __future__ import annotations
 
+import signal
+import sqlite3
 import time
 from pathlib import Path
 
 import httpx
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from tests.conftest import start_ers
@@ -76,3 +82,77 @@ def test_error_spans_from_another_service_become_its_incidents(tmp_path: Path) -
             assert wrong.status_code == 401
     finally:
         assert ers.stop() == 0
+
+
+def error_spans_body(service: str, message: str, count: int = 1) -> bytes:
+    """An OTLP protobuf body of ``count`` error spans, encoded by the official encoder."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for _ in range(count):
+        with provider.get_tracer("other").start_as_current_span("checkout") as span:
+            span.set_status(Status(StatusCode.ERROR, message))
+    provider.shutdown()
+    return encode_spans(exporter.get_finished_spans()).SerializeToString()
+
+
+def incident_count(http: httpx.Client, component: str) -> int:
+    body = http.get("/api/emergency/incidents", params={"component": component}).json()
+    return sum(incident["count"] for incident in body["incidents"])
+
+
+def test_a_200_means_the_error_spans_are_written_even_across_a_kill(tmp_path: Path) -> None:
+    ers = start_ers(tmp_path)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            for n in range(3):
+                sent = http.post(
+                    "/v1/traces",
+                    content=error_spans_body("acked-svc", "payment declined", count=2),
+                    headers={"content-type": "application/x-protobuf"},
+                )
+                assert sent.status_code == 200, sent.text
+                # Read back at once, no waiting: the 200 came after the write.
+                assert incident_count(http, "acked-svc") == 2 * (n + 1)
+            sent = http.post(
+                "/v1/traces",
+                content=error_spans_body("killed-svc", "payment declined"),
+                headers={"content-type": "application/x-protobuf"},
+            )
+            assert sent.status_code == 200, sent.text
+        ers.stop(signal.SIGKILL)  # at once: the acknowledged span must be on disk already
+        ers = start_ers(tmp_path)
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            assert incident_count(http, "killed-svc") == 1
+    finally:
+        ers.stop()
+
+
+def test_error_spans_the_store_cannot_write_get_a_503_and_none_is_recorded(
+    tmp_path: Path,
+) -> None:
+    ers = start_ers(tmp_path)
+    body = error_spans_body("refused-svc", "card expired", count=5)
+    headers = {"content-type": "application/x-protobuf"}
+    try:
+        with httpx.Client(base_url=ers.url, timeout=20) as http:
+            database = sqlite3.connect(tmp_path / "data" / "incidents.sqlite3", timeout=10)
+            database.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON incidents "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+            database.commit()
+            refused = http.post("/v1/traces", content=body, headers=headers)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "2"
+            assert "could not write the 5 error spans" in refused.json()["detail"]
+            assert incident_count(http, "refused-svc") == 0
+
+            database.execute("DROP TRIGGER refuse")
+            database.commit()
+            database.close()
+            again = http.post("/v1/traces", content=body, headers=headers)  # the retry
+            assert again.status_code == 200, again.text
+            assert incident_count(http, "refused-svc") == 5
+    finally:
+        ers.stop()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from service.incidents.merge import GroupOutcome
 from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier
-from telemetry.incident_processor import IncidentProcessor
+from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
 from telemetry.rule_conditions import parse_rules
 from tests.telemetry.conftest import Tracing, error_record, fail_span
 
@@ -167,10 +168,8 @@ def test_records_from_the_intake_share_the_queue(
     record = error_record(
         "GET /orders", "SocketException", "Connection reset", resource={"service.name": "orders"}
     )
-    assert processor.submit_record(record)
-    assert not processor.submit_record(error_record(status="OK"))
-    processor.force_flush()
-    (incident,), _ = store.list()
+    assert processor.submit_records([record, error_record(status="OK")]).result(10) is True
+    (incident,), _ = store.list()  # written before the future was resolved; the OK span not
     assert (incident.source_service, incident.component, incident.type) == (
         "orders",
         "orders",
@@ -192,7 +191,8 @@ def test_shutdown_drains_the_queue_and_refuses_new_spans(
     provider.shutdown()
     assert processor.spans_classified == 100
     assert store.list()[0][0].count == 100
-    assert not processor.submit_record(error_record())
+    with pytest.raises(SubmissionRefused, match="stopping"):
+        processor.submit_records([error_record()])
     processor.shutdown()  # twice is fine
 
 
@@ -210,10 +210,8 @@ def test_a_failing_store_is_counted_and_the_worker_goes_on(
 
     store = FlakyStore(tmp_path / "i.db")
     processor = IncidentProcessor(store, default_classifier)
-    processor.submit_record(error_record())
-    processor.force_flush()
-    processor.submit_record(error_record())
-    processor.force_flush()
+    assert processor.submit_records([error_record()]).result(10) is False
+    assert processor.submit_records([error_record()]).result(10) is True
     assert processor.spans_failed == 1
     assert store.list()[0][0].count == 1
     processor.shutdown()
@@ -240,8 +238,7 @@ def test_rules_can_be_swapped_while_running(
         )
     )
     processor.classifier = everything_critical
-    processor.submit_record(error_record())
-    processor.force_flush()
+    processor.submit_records([error_record()]).result(10)
     assert store.list()[0][0].severity == "critical"
     processor.shutdown()
 
@@ -259,7 +256,7 @@ def test_a_burst_of_failures_is_written_as_one_batch(
 
     processor.subscribe(heard)
     for _ in range(20):
-        assert processor.submit_record(error_record())
+        processor.submit_records([error_record()])
     # Nothing forces the write: the worker lingers, then writes the burst in one transaction.
     assert not written.wait(0.2)
     assert processor.force_flush()
@@ -275,7 +272,54 @@ def test_a_full_batch_is_written_without_waiting_for_the_linger(
     written = threading.Event()
     processor.subscribe(lambda event: written.set())
     for _ in range(10):
-        processor.submit_record(error_record())
+        processor.submit_records([error_record()])
     assert written.wait(10), "a full batch waited for the 30 s linger"
     assert processor.spans_classified == 10
     processor.shutdown()
+
+
+class HeldStore(IncidentStore):
+    """Each write waits (10 s at most) until ``release`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+        self.release.wait(10)
+        return super().record_errors(items, keep_records=keep_records)
+
+
+def test_submitted_records_are_queued_all_or_none(
+    tmp_path: Path, default_classifier: Classifier
+) -> None:
+    store = HeldStore(tmp_path / "i.db")
+    processor = IncidentProcessor(store, default_classifier, queue_size=10, linger_s=0)
+    first = processor.submit_records([error_record() for _ in range(30)])  # larger, queue empty
+    time.sleep(0.2)  # the worker holds it in the store
+    queued = processor.submit_records([error_record() for _ in range(6)])
+    with pytest.raises(SubmissionRefused, match="holds"):
+        processor.submit_records([error_record() for _ in range(6)])
+    store.release.set()
+    assert first.result(10) and queued.result(10)
+    assert store.list()[0][0].count == 36  # the refused six were not written, not even in part
+    assert processor.spans_dropped == 0  # refused is not dropped: the sender sends them again
+    processor.shutdown()
+    store.close()
+
+
+def test_a_submission_its_sender_gave_up_on_is_not_written(
+    tmp_path: Path, default_classifier: Classifier
+) -> None:
+    store = HeldStore(tmp_path / "i.db")
+    processor = IncidentProcessor(store, default_classifier, linger_s=0)
+    busy = processor.submit_records([error_record()])
+    time.sleep(0.2)
+    abandoned = processor.submit_records([error_record() for _ in range(5)])
+    assert abandoned.cancel()  # as the intake's wait does when it answers 503
+    store.release.set()
+    assert busy.result(10)
+    assert processor.force_flush()
+    assert store.list()[0][0].count == 1
+    processor.shutdown()
+    store.close()

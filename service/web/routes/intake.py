@@ -1,5 +1,11 @@
 """POST /v1/traces: OTLP/HTTP intake (protobuf or JSON) for spans other services send,
-usually through an OpenTelemetry Collector that forwards only error spans."""
+usually through an OpenTelemetry Collector that forwards only error spans.
+
+A 200 means the request's error spans are in the incident store: the reply waits for the
+incident pipeline to write them. A 503 means none of them was taken (a full queue, a store
+that failed, a stop), and the sender retries; only a write that outlasts
+``WRITE_WAIT_S`` may still land after its 503, and its retry then counts those spans twice.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,18 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from service.web.auth import IntakeAuth
 from service.web.deps import Incidents, Traces
 from service.web.openapi import errors
+from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
 from telemetry.otlp_intake import (
     MalformedOtlp,
     UnsupportedContentType,
     decode_traces,
     encode_response,
 )
+from telemetry.span_record import SpanRecord
 
 router = APIRouter(tags=["otlp intake"])
+# The store waits up to 5 s for a lock; a write not done after this is answered 503.
+WRITE_WAIT_S = 10.0
 
 
 @router.post(
@@ -25,7 +35,7 @@ router = APIRouter(tags=["otlp intake"])
     response_class=Response,
     responses={
         200: {"content": {"application/x-protobuf": {}, "application/json": {}}},
-        **errors(400, 415),
+        **errors(400, 415, 503),
     },
 )
 async def receive_traces(
@@ -33,24 +43,47 @@ async def receive_traces(
 ) -> Response:
     content_type = request.headers.get("content-type", "")
     body = await request.body()
+    encoding = request.headers.get("content-encoding")
     try:
-        records = decode_traces(body, content_type, request.headers.get("content-encoding"))
+        # Off the event loop: a body may expand to MAX_DECODED_BYTES of spans.
+        records = await asyncio.to_thread(decode_traces, body, content_type, encoding)
     except UnsupportedContentType as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from None
     except MalformedOtlp as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if records:
+        # Kept (and on disk) before the incident exists, so its trace link answers at once;
+        # spans without an error join a trace kept already, or are dropped.
+        await asyncio.to_thread(traces.keeper.keep_records, records)
     errors = [record for record in records if record.is_error]
     if errors:
-        # Kept (and on disk) before the incident exists, so its trace link answers at once.
-        await asyncio.to_thread(traces.keeper.keep_records, records)
-    processor = incidents.processor
-    accepted = sum(processor.submit_record(record) for record in errors)
-    if accepted < len(errors):
-        # The queue is full; the collector retries on 503 with backoff.
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the incident queue is full; {len(errors) - accepted} error spans not taken",
-            headers={"Retry-After": "2"},
-        )
+        await _written(incidents.processor, errors)
     payload, media = encode_response(content_type)
     return Response(payload, media_type=media)
+
+
+async def _written(processor: IncidentProcessor, errors: list[SpanRecord]) -> None:
+    """Return once ``errors`` are in the incident store; raise a 503 (the sender retries)
+    when they were not taken or not written."""
+    try:
+        written = processor.submit_records(errors)
+    except SubmissionRefused as exc:
+        raise _unavailable(f"{exc}; none of the {len(errors)} error spans was taken") from None
+    try:
+        ok = await asyncio.wait_for(asyncio.wrap_future(written), WRITE_WAIT_S)
+    except TimeoutError:
+        raise _unavailable(
+            f"the {len(errors)} error spans were not written within {WRITE_WAIT_S:g} s; they "
+            "may still be, and a retry would then count them twice"
+        ) from None
+    if not ok:
+        raise _unavailable(
+            f"the incident store could not write the {len(errors)} error spans (the service "
+            "log says why); none of them was recorded"
+        )
+
+
+def _unavailable(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, f"{detail}; send them again", {"Retry-After": "2"}
+    )
