@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from telemetry.span_record import SpanRecord
+from telemetry.span_record import NAME_LIMIT, SpanRecord
 
 DEFAULT_TEMPLATE = "{component}:{type}:{exception.type}:{message}"
 MESSAGE_LIMIT = 160
@@ -79,7 +79,7 @@ def component_of(record: SpanRecord) -> str:
     for key in COMPONENT_ATTRIBUTES:
         value = record.attributes.get(key)
         if value:
-            return str(value)
+            return str(value)[:NAME_LIMIT]
     return record.service_name
 
 
@@ -129,7 +129,7 @@ def _value(name: str, record: SpanRecord, values: dict[str, str]) -> str:
         return getter(record)
     source, _, key = name.partition(".")
     found = (record.attributes if source == "attributes" else record.resource).get(key, "")
-    return str(found)
+    return str(found)[:NAME_LIMIT]
 
 
 _GETTERS: dict[str, Callable[[SpanRecord], str]] = {

@@ -24,7 +24,8 @@ from telemetry.span_record import SpanRecord, otlp_attributes
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 # A decompressed body larger than this is refused: a small gzip body can expand enormously.
-MAX_DECODED_BYTES = 32 * 1024 * 1024
+# Eight times the default body limit; the collector's batches stay under that limit unpacked.
+MAX_DECODED_BYTES = 8 * 1024 * 1024
 ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 
 
@@ -56,8 +57,13 @@ def decode_traces(
             for span in scope_spans.spans:
                 if len(span.trace_id) != 16 or len(span.span_id) != 8:
                     raise MalformedOtlp(
-                        f"span {span.name!r} has a trace id of {len(span.trace_id)} bytes and a "
-                        f"span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
+                        f"span {span.name[:256]!r} has a trace id of {len(span.trace_id)} bytes "
+                        f"and a span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
+                    )
+                if not any(span.trace_id) or not any(span.span_id):
+                    raise MalformedOtlp(
+                        f"span {span.name[:256]!r} has an all-zero trace or span id, which "
+                        "OTLP calls invalid"
                     )
                 records.append(SpanRecord.from_otlp(span, resource))
     return records
@@ -69,19 +75,26 @@ def decompress(body: bytes, content_encoding: str | None) -> bytes:
         return body
     if encoding not in ("gzip", "deflate"):
         raise MalformedOtlp(f"content encoding {encoding!r} is not supported; use gzip or none")
-    try:
-        if encoding == "gzip":
-            decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        else:
-            decoder = zlib.decompressobj()
-        data = decoder.decompress(body, MAX_DECODED_BYTES + 1)
-    except zlib.error as exc:
-        raise MalformedOtlp(f"the body is not valid {encoding}: {exc}") from exc
-    if len(data) > MAX_DECODED_BYTES:
-        raise MalformedOtlp(f"the body expands past {MAX_DECODED_BYTES} bytes")
-    if not decoder.eof:
-        raise MalformedOtlp(f"the {encoding} body is truncated")
-    return data
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    while True:  # a gzip body may be several members, read one after the other
+        try:
+            decoder = zlib.decompressobj(wbits=wbits)
+            part = decoder.decompress(body, MAX_DECODED_BYTES + 1 - size)
+        except zlib.error as exc:
+            raise MalformedOtlp(f"the body is not valid {encoding}: {exc}") from exc
+        parts.append(part)
+        size += len(part)
+        if size > MAX_DECODED_BYTES:
+            raise MalformedOtlp(f"the body expands past {MAX_DECODED_BYTES} bytes")
+        if not decoder.eof:
+            raise MalformedOtlp(f"the {encoding} body is truncated")
+        body = decoder.unused_data
+        if not body:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise MalformedOtlp(f"{len(body)} bytes follow the end of the deflate stream")
 
 
 def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
@@ -91,7 +104,10 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         try:
             request.ParseFromString(body)
         except DecodeError as exc:
-            raise MalformedOtlp(f"the protobuf body does not decode: {exc}") from exc
+            raise MalformedOtlp(
+                f"the protobuf body does not decode ({exc}): it is not an OTLP trace export "
+                "request, it was cut short, or one of its strings is not UTF-8"
+            ) from exc
         return request
     if kind == JSON:
         try:

@@ -21,6 +21,9 @@ EXCEPTION_EVENT = "exception"
 # Stack traces are the bulk of an exception event and no rule reads them; a capped prefix is
 # enough to recognise the error when reading a stored record.
 STACKTRACE_LIMIT = 2000
+# A span's name, its service's and its exception's type, as other services send them (OTLP
+# bounds nothing): longer ones are cut, as the collector's transform cuts a name.
+NAME_LIMIT = 256
 
 STATUS_NAMES = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
 OTLP_STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
@@ -115,7 +118,7 @@ class SpanRecord:
             for event in span.events
         ]
         record = cls(
-            name=span.name,
+            name=span.name[:NAME_LIMIT],
             trace_id=span.trace_id.hex(),
             span_id=span.span_id.hex(),
             parent_span_id=span.parent_span_id.hex() or None,
@@ -127,7 +130,7 @@ class SpanRecord:
             attributes=otlp_attributes(span.attributes),
             resource=dict(resource),
             events=events,
-            service_name=str(resource.get("service.name", "unknown_service")),
+            service_name=str(resource.get("service.name", "unknown_service"))[:NAME_LIMIT],
         )
         record.fill_exception()
         return record
@@ -135,16 +138,16 @@ class SpanRecord:
     def fill_exception(self) -> None:
         for event in reversed(self.events):
             if event.name == EXCEPTION_EVENT:
-                self.exception_type = str(event.attributes.get("exception.type", ""))
+                self.exception_type = str(event.attributes.get("exception.type", ""))[:NAME_LIMIT]
                 self.exception_message = str(event.attributes.get("exception.message", ""))
                 stacktrace = event.attributes.get("exception.stacktrace")
                 if isinstance(stacktrace, str) and len(stacktrace) > STACKTRACE_LIMIT:
                     event.attributes["exception.stacktrace"] = stacktrace[:STACKTRACE_LIMIT]
                 return
-        self.exception_type = str(self.attributes.get("error.type", ""))
+        self.exception_type = str(self.attributes.get("error.type", ""))[:NAME_LIMIT]
         prefix, separator, rest = self.status_message.partition(": ")
         if separator and (not self.exception_type or prefix == self.exception_type):
-            self.exception_type = self.exception_type or prefix
+            self.exception_type = self.exception_type or prefix[:NAME_LIMIT]
             self.exception_message = rest
         else:
             self.exception_message = self.status_message

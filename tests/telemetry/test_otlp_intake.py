@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 
 import pytest
 from google.protobuf import json_format
@@ -84,6 +85,31 @@ def test_gzip_bodies_are_decoded() -> None:
     assert len(records) == 2
 
 
+def test_every_member_of_a_gzip_body_is_decoded() -> None:
+    first, second = protobuf_body(), protobuf_body()  # two requests' messages concatenated
+    body = gzip.compress(first) + gzip.compress(second)  # are one message of both (protobuf)
+    records = decode_traces(body, "application/x-protobuf", "gzip")
+    assert len(records) == 4
+
+
+def test_names_and_types_other_services_send_are_cut() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "s" * 300_000}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("n" * 300_000) as span:
+        span.set_attribute("error.type", "T" * 300_000)
+        span.set_status(Status(StatusCode.ERROR, "m"))
+    provider.shutdown()
+    (record,) = decode_traces(
+        protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
+    )
+    assert (len(record.name), len(record.service_name), len(record.exception_type)) == (
+        256,
+        256,
+        256,
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "encoding", "reason"),
     [
@@ -106,6 +132,16 @@ def test_gzip_bodies_are_decoded() -> None:
         ),
         (b"plain", "application/x-protobuf", "gzip", "not valid gzip"),
         (gzip.compress(b"x" * 100)[:-8], "application/x-protobuf", "gzip", "truncated"),
+        (gzip.compress(b"") + b"trailing", "application/x-protobuf", "gzip", "not valid gzip"),
+        (zlib.compress(b"") + b"trailing", "application/x-protobuf", "deflate", "8 bytes follow"),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "'
+            + b"0" * 32
+            + b'", "spanId": "0102030405060708"}]}]}]}',
+            "application/json",
+            None,
+            "all-zero trace or span id",
+        ),
         (b"", "application/x-protobuf", "br", "content encoding 'br' is not supported"),
     ],
 )
