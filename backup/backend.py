@@ -59,9 +59,6 @@ class BackupBackend(Protocol):
     async def start(self) -> None:
         """Clear what an interrupted run (a crash, a kill) left behind."""
 
-    def retention_tags(self) -> list[str]:
-        """One restic tag filter per group that retention keeps its own count of."""
-
     async def take(self, request: BackupRequest) -> BackupResult:
         """Consistent copies of the named components into restic, added to the index."""
 

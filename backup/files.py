@@ -80,9 +80,6 @@ class SqliteFiles:
         await asyncio.to_thread(swap_journal.recover, {Path(f).parent for f in live_files})
         self.workspace.remove_leftovers(live_files)
 
-    def retention_tags(self) -> list[str]:
-        return [ERS_TAG]
-
     async def live_sizes(self) -> dict[str, int]:
         paths = self.config.components.items()
         return {name: Path(p).stat().st_size for name, p in paths if Path(p).exists()}

@@ -35,6 +35,27 @@ def snapshot_from_restic(entry: dict[str, Any]) -> Snapshot:
     )
 
 
+def retained(
+    entries: Iterable[dict[str, Any]], keep_last: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Restic's snapshot ``entries`` split into those retention keeps and those it forgets:
+    a snapshot is kept while it is one of the newest ``keep_last`` holding any component it
+    holds, so a component backed up alone and often (a ``--type`` backup, a rollback's
+    safety snapshot) never pushes the last snapshots of the others out; one that names no
+    component is kept."""
+    seen: dict[str, int] = {}
+    kept: list[dict[str, Any]] = []
+    forgotten: list[dict[str, Any]] = []
+    newest_first = sorted(entries, key=lambda e: snapshot_from_restic(e).time, reverse=True)
+    for entry in newest_first:
+        components = snapshot_from_restic(entry).components
+        wanted = not components or any(seen.get(c, 0) < keep_last for c in components)
+        for component in components:
+            seen[component] = seen.get(component, 0) + 1
+        (kept if wanted else forgotten).append(entry)
+    return kept, forgotten
+
+
 class SnapshotIndex:
     """ERS snapshots, oldest first, replaced wholesale by `replace` or edited by each operation."""
 

@@ -44,7 +44,7 @@ from backup.events import (
     SnapshotsForgotten,
 )
 from backup.identity import RepositoryIdentity
-from backup.index import SnapshotIndex
+from backup.index import SnapshotIndex, retained
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -238,28 +238,19 @@ class BackupManager:
 
     # Retention and health ----------------------------------------------------------------
 
-    async def forget(
-        self,
-        keep_last: int | None = 50,
-        keep_hourly: int | None = None,
-        keep_daily: int | None = None,
-    ) -> ForgetResult:
-        """Drop snapshots outside the policy, applied to each of the backend's retention
-        groups on its own (data is freed by `prune`)."""
-        groups: list[dict[str, Any]] = []
+    async def forget(self, keep_last: int = 50) -> ForgetResult:
+        """Forget all but the newest ``keep_last`` snapshots of each component (`retained`);
+        their data is freed by `prune`."""
         async with self._lock, self._sharing.exclusive():
             await self.verify_repository()
-            for tag in self.backend.retention_tags():
-                groups += await self.restic.forget(
-                    tag=tag, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily
-                )
-        kept = [s for g in groups for s in g.get("keep") or []]
-        removed = [s["id"] for g in groups for s in g.get("remove") or []]
-        if groups:
+            kept, forgotten = retained(await self.restic.snapshots(tag=self.backend.tag), keep_last)
+            removed = tuple(entry["id"] for entry in forgotten)
+            if removed:
+                await self.restic.forget(removed)
             self.index.replace(kept)
         if removed:
-            self.events.publish(SnapshotsForgotten(tuple(removed)))
-        return ForgetResult(tuple(s["id"] for s in kept), tuple(removed))
+            self.events.publish(SnapshotsForgotten(removed))
+        return ForgetResult(tuple(entry["id"] for entry in kept), removed)
 
     async def prune(self) -> None:
         async with self._lock, self._sharing.exclusive():

@@ -101,10 +101,6 @@ class PgSchemas:
         for schema in self.config.schemas.values():
             await self.rollback.drop_old_schemas(schema)
 
-    def retention_tags(self) -> list[str]:
-        """Each component's snapshots are kept by the policy on their own."""
-        return [f"{POSTGRES_TAG},component:{c}" for c in self.components]
-
     async def live_sizes(self) -> dict[str, int]:
         """Bytes on disk of each component's schema: its tables with their indexes and
         TOAST data (`pg_total_relation_size`)."""

@@ -253,25 +253,11 @@ class Restic:
             args += ["--include", pattern]
         await self.run([*args, snapshot_id], timeout=timeout, on_progress=on_progress)
 
-    async def forget(
-        self,
-        *,
-        tag: str,
-        keep_last: int | None,
-        keep_hourly: int | None,
-        keep_daily: int | None,
-    ) -> list[dict[str, Any]]:
-        """`restic forget --json` over all snapshots with `tag` as one group."""
-        args = ["forget", "--json", "--tag", tag, "--group-by", ""]
-        for flag, value in (
-            ("--keep-last", keep_last),
-            ("--keep-hourly", keep_hourly),
-            ("--keep-daily", keep_daily),
-        ):
-            if value is not None:
-                args += [flag, str(int(value))]
-        output = await self.run(args)
-        return json.loads(output.stdout or "[]") or []
+    async def forget(self, snapshot_ids: Sequence[str]) -> None:
+        """`restic forget` of these snapshots (their data stays until `prune`)."""
+        for snapshot_id in snapshot_ids:
+            validate_snapshot_id(snapshot_id)
+        await self.run(["forget", "--", *snapshot_ids])
 
     async def prune(self, timeout: float | None = None) -> CommandOutput:
         return await self.run(["prune"], timeout=timeout)

@@ -205,6 +205,25 @@ async def test_retention_keeps_the_configured_number_and_prune_and_check_pass(
     assert len(manager.list()) == 2
 
 
+async def test_retention_keeps_the_last_snapshots_of_every_component(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    full = await manager.create(None, "manual")
+    for turn in range(3):  # one component backed up alone, more often than keep_last
+        write_conversations(state_files["conversations"], 1, start=200 + turn)
+        await manager.create(["conversations"], "manual")
+    alone = [s.id for s in manager.list() if s.components == ("conversations",)]
+    result = await manager.forget(keep_last=2)
+    # Before: the full snapshot went, and with it every snapshot of the other components.
+    assert full.snapshot_id is not None
+    assert any(full.snapshot_id.startswith(kept[:8]) for kept in result.kept)
+    assert result.removed == (alone[-1],)  # the oldest conversations-only one
+    await manager.refresh()
+    held = {c for s in manager.list() for c in s.components}
+    assert held == set(state_files)
+    assert (await manager.verify_latest()).ok  # the drill still has a full snapshot
+
+
 async def test_drill_newest_before_and_shutdown_backup(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:

@@ -91,7 +91,7 @@ async def test_live_lock_is_reported_with_its_holder(
     manager: BackupManager, lock_holder: subprocess.Popen[bytes]
 ) -> None:
     with pytest.raises(RepositoryLocked) as failure:
-        await manager.forget(keep_last=5)
+        await manager.prune()  # takes the repository exclusively
     assert failure.value.holder is not None
     assert failure.value.holder.pid == lock_holder.pid
     assert f"PID {lock_holder.pid}" in str(failure.value)
