@@ -184,8 +184,9 @@ class AlertHandler:
         component = alert.target or "ers"
         kind = alert.labels.get("type") or ACTION_TYPES.get(alert.action or "", "alert")
         if alert.status == "resolved":
-            incident = self._fired_on(alert) or self.incidents.find_active(component, kind)
-            incident = incident or self.incidents.find_active(component)
+            # Only what its firing did is the resolution's to undo: one whose firing never
+            # reached ERS (down meanwhile) must not resolve another cause's incident.
+            incident = self._fired_on(alert)
         else:
             incident = self.incidents.find_active(component, kind)
             if incident is None and alert.action in ("backup", "rollback", "cleanup"):
@@ -307,7 +308,7 @@ class AlertHandler:
     async def _recover(self, alert: Alert, incident: Incident | None) -> str:
         """The alert's condition has cleared: recover the incident its firing landed on."""
         if incident is None:
-            return "resolved: no incident to recover"
+            return "resolved: its firing reached no incident here; nothing to recover"
         note = f"alert {alert.name} resolved (fingerprint {alert.fingerprint})"
         if alert.action != "isolate":
             # Only an incident the alert opened is the alert's to close; one it landed on

@@ -170,6 +170,9 @@ class Responder:
         except Exception as exc:  # an action must never take the service down
             log.exception("action %s failed for %s", action, context.incident_id)
             result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
+        if result.result == "failed":
+            # Not done: the next call for it (the alert's next delivery) tries again.
+            self._last_run.pop(key, None)
         await self._note(
             context,
             "action_finished",
@@ -182,29 +185,26 @@ class Responder:
 
     async def _started_before(self, action: str, context: ResponseContext) -> float | None:
         """Seconds since this process, or the one before a restart, started ``action`` for
-        the incident's episode, as its timeline says; None when it did not, or the timeline
-        cannot be read (the action then runs). The responder's own actions only: an
-        alert's are taken once each by the alert ledger."""
-        if (
-            self.read_timeline is None
-            or context.source != "responder"
-            or action not in LASTING_ACTIONS
-        ):
+        the incident's episode, as its timeline says, whoever asked for it (the responder,
+        an alert: a rollback an alert started holds off another alert's as well); None when
+        none was started, the last one failed, or the timeline cannot be read (the action
+        then runs)."""
+        if self.read_timeline is None or action not in LASTING_ACTIONS:
             return None
         try:
             entries = await asyncio.to_thread(self.read_timeline, context.incident_id)
         except Exception:  # no such incident (an alert's), or the store is out
             return None
-        for entry in reversed(entries):
+        started_at = None
+        for entry in entries:
             data = entry.data
-            if (
-                entry.kind == "action_started"
-                and entry.actor == "responder"
-                and data.get("action") == action
-                and data.get("episode", 0) == context.episode
-            ):
-                return max(self.wall_clock() - entry.at, 0.0)
-        return None
+            if data.get("action") != action or data.get("episode", 0) != context.episode:
+                continue
+            if entry.kind == "action_started":
+                started_at = entry.at
+            elif entry.kind == "action_finished" and data.get("result") == "failed":
+                started_at = None
+        return None if started_at is None else max(self.wall_clock() - started_at, 0.0)
 
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:
         """Why the action does not run here: it does not apply to the component, or another
@@ -285,6 +285,16 @@ class Responder:
         guard = self._agent(context)
         if guard is None:
             return ActionResult("isolate", "skipped", f"'{context.component}' is not an agent")
+        forced = guard.breaker.snapshot().get("forced")
+        if forced and forced.get("source") != context.source:
+            # An operator's isolation (or another automatic one) is not taken over: its
+            # holder releases it, and this one's release would have lifted it.
+            return ActionResult(
+                "isolate",
+                "skipped",
+                f"breaker '{guard.name}' is forced open by {forced.get('source')} already "
+                f"({forced.get('reason')}); left to them",
+            )
         message = guard.breaker.force_open(
             context.reason[:300],
             context.source,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +197,84 @@ def test_every_protocol_names_known_actions(team) -> None:  # noqa: ANN001
         for action in actions:
             assert action in responder._actions
     assert responder.actions_for("LOG_ONLY") == ()
+
+
+@dataclass
+class Stored:
+    """A timeline entry as the incident store reads it back."""
+
+    kind: str
+    actor: str
+    at: float
+    data: dict[str, Any]
+
+
+async def test_a_rollback_an_alert_started_before_a_kill_holds_off_another_alert(
+    team,  # noqa: ANN001
+) -> None:
+    # The process before a kill -9 wrote this 71 s ago, and died before the rollback ended.
+    entries = [Stored("action_started", "alertmanager", 929.0, {"action": "rollback"})]
+    responder, _, _ = make(
+        team,
+        auto_rollback=True,
+        read_timeline=lambda incident_id: entries,
+        wall_clock=lambda: 1000.0,
+    )
+    rollbacks: list[str] = []
+
+    async def rollback(context: ResponseContext) -> str:
+        rollbacks.append(context.reason)
+        return "rolled back to 1234abcd"
+
+    responder.rollback = rollback
+    another_alert = ResponseContext(
+        "INC_9", "ALERT", "ers", "alert CriticalIncidentUnresolved", source="alertmanager"
+    )
+    skipped = await responder.run_action("rollback", another_alert)
+    assert (skipped.result, rollbacks) == ("skipped", [])  # before: a second rollback ran
+
+    # One that failed held nothing back: the next asks again.
+    entries.append(
+        Stored("action_finished", "alertmanager", 930.0, {"action": "rollback", "result": "failed"})
+    )
+    responder._last_run.clear()  # as a new process has it
+    ran = await responder.run_action("rollback", another_alert)
+    assert (ran.result, len(rollbacks)) == ("success", 1)
+
+
+async def test_a_failed_action_is_run_again_by_the_next_call_within_the_cooldown(
+    team,  # noqa: ANN001
+) -> None:
+    responder, timeline, _ = make(team, cooldown_s=300)
+    tries: list[int] = []
+
+    async def backup(context: ResponseContext) -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("the repository is out of reach")
+        return "snapshot 1234abcd"
+
+    responder.emergency_backup = backup
+    context = ResponseContext(
+        "INC_10", "ALERT", "budgets", "alert BackupStale", source="alertmanager"
+    )
+    results = [(await responder.run_action("emergency_backup", context)).result for _ in range(3)]
+    # Before: the second delivery was skipped for the cooldown, and no backup was ever taken.
+    assert results == ["failed", "success", "skipped"]
+    assert len(tries) == 2
+
+
+async def test_an_automatic_isolation_never_takes_over_an_operators(
+    team,  # noqa: ANN001
+) -> None:
+    responder, timeline, _ = make(team)
+    breaker = team.get("nutrition").breaker
+    breaker.force_open("operator: bad meal data", "operator", ttl_s=3600)
+    expires = breaker.snapshot()["forced"]["expiresAt"]
+    for source in ("alertmanager", "responder"):
+        context = ResponseContext(f"INC_{source}", "ALERT", "nutrition", "alert", source=source)
+        result = await responder.run_action("isolate", context)
+        assert result.result == "skipped" and "forced open by operator" in result.detail
+    forced = breaker.snapshot()["forced"]
+    assert (forced["source"], forced["reason"]) == ("operator", "operator: bad meal data")
+    assert forced["expiresAt"] == expires  # not cut to the alert's 900 s

@@ -1,0 +1,67 @@
+"""An alert undoes only what its own firing did: a resolution whose firing never reached ERS
+resolves no incident, and an alert's isolation never takes over an operator's."""
+
+from __future__ import annotations
+
+import copy
+
+import httpx
+from fastapi import FastAPI
+
+from tests.api.test_alert_webhook import AUTH, FIRING, hook, resolved_payload, settings, settle
+
+__all__ = ["hook", "settings"]  # the fixtures, shared with the webhook's tests
+
+
+def about(payload: dict, agent: str) -> dict:
+    payload = copy.deepcopy(payload)
+    for labels in (payload["commonLabels"], payload["alerts"][0]["labels"]):
+        labels["agent"] = agent
+    return payload
+
+
+async def test_a_resolution_whose_firing_never_arrived_resolves_nothing(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    # A real critical incident of the budget agent, from the service's own fault injection.
+    injected = await client.post(
+        "/api/emergency/simulate-error",
+        json={"component": "budget", "errorType": "system", "count": 1},
+    )
+    assert injected.status_code == 200
+    await client.post("/chat", json={"message": "budget report", "userId": "t"})
+    app.state.runtime.incident_service.processor.force_flush()
+    (critical,), _ = app.state.runtime.incidents.list(status="active")
+    assert critical.severity == "critical"
+
+    # ERS was down while the alert fired; Alertmanager sends its resolution alone.
+    reply = await hook.post(
+        "/api/emergency/alerts", json=about(resolved_payload(), "budget"), headers=AUTH
+    )
+    assert reply.status_code == 200
+    await settle(app)
+    # Before: the critical incident was resolved by alertmanager (and minimal mode ended).
+    assert app.state.runtime.incidents.get(critical.id).status == "open"
+    entry = app.state.runtime.alerts.ledger.entry(
+        "5e0f1c9a2b3d4e5f", "2026-11-28T12:00:00+00:00", "resolved"
+    )
+    assert "reached no incident" in entry["outcome"]
+
+
+async def test_an_alert_leaves_an_operators_isolation_as_it_was(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    forced = await client.post(
+        "/api/emergency/circuit-breaker/nutrition/force-open",
+        json={"reason": "bad meal data", "ttlSeconds": 3600},
+    )
+    assert forced.status_code == 200, forced.text
+    breaker = app.state.runtime.team.get("nutrition").breaker
+    before = breaker.snapshot()["forced"]
+    for payload in (about(FIRING, "nutrition"), about(resolved_payload(), "nutrition")):
+        reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+        assert reply.status_code == 200
+        await settle(app)
+        # Before: the alert took the forcing over (900 s), and its resolution released it.
+        assert breaker.state.value == "forced_open"
+        assert breaker.snapshot()["forced"] == before
