@@ -86,6 +86,8 @@ class Team:
             else None,
         )
         self.guards[agent.name] = guarded
+        if self.instruments is not None:
+            self.instruments.add_agent(agent.name)
         return guarded
 
     @property

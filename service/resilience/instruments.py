@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from service.errors import StorePaused, UserInputError
+
 # Latency buckets for agent calls, in seconds: deterministic agents answer in well under a
 # millisecond, guarded failures can take the whole timeout.
 AGENT_DURATION_BUCKETS = (
@@ -40,6 +42,18 @@ AGENT_DURATION_BUCKETS = (
     2.5,
     5.0,
     10.0,
+)
+# Every outcome a guard records for an agent call. Each exists at 0 from the agent's start,
+# so increase() (AgentErrorRatioHigh's 10-call floor, its ratio) sees its first call.
+AGENT_CALL_OUTCOMES = (
+    "success",
+    "failure",
+    "timeout",
+    "rejected",
+    UserInputError.call_outcome,
+    StorePaused.call_outcome,
+    "synthetic_success",
+    "synthetic_failure",
 )
 
 
@@ -180,3 +194,8 @@ class AgentInstruments:
         for outcome in ("ok", "degraded", "error", "shed"):
             instruments.chat_requests.add(0, {"outcome": outcome})
         return instruments
+
+    def add_agent(self, agent: str) -> None:
+        """Export ``agent``'s call counts at 0 for every outcome, before its first call."""
+        for outcome in AGENT_CALL_OUTCOMES:
+            self.calls.add(0, {"agent": agent, "outcome": outcome})

@@ -187,6 +187,18 @@ async def test_metrics_count_agent_calls(client: httpx.AsyncClient) -> None:
     assert "http_server_request_duration_seconds" in text
 
 
+async def test_every_agent_call_outcome_is_exported_at_0_from_start_up(
+    client: httpx.AsyncClient,
+) -> None:
+    # increase() cannot see a series' first sample: AgentErrorRatioHigh would miss each
+    # agent's first failures after every start if its series appeared only with them.
+    text = (await client.get("/metrics")).text
+    for agent in ("router", "nutrition", "workout", "budget"):
+        for outcome in ("success", "failure", "timeout", "rejected", "user_error"):
+            series = f'ers_agent_calls_total{{agent="{agent}",outcome="{outcome}"}} 0.0'
+            assert series in text
+
+
 async def test_http_metrics_nobody_reads_are_not_recorded(client: httpx.AsyncClient) -> None:
     assert (await client.post("/chat", json={"message": "hello"})).status_code == 200
     text = (await client.get("/metrics")).text
