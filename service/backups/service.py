@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from backup import (
     BackupConfig,
@@ -64,6 +64,14 @@ def state_to_back_up(settings: Settings, stores: Stores, incidents_path: Path) -
     return PgBackupConfig(
         {**schemas, "incidents": INCIDENTS_SCHEMA}, settings.database_url.get_secret_value()
     )
+
+
+class EmergencyBackup(NamedTuple):
+    """What an emergency backup did: ``taken`` False when a recent one covers it (its
+    cooldown), which ``detail`` names instead of a new snapshot."""
+
+    taken: bool
+    detail: str
 
 
 class BackupsUnavailable(ErsError):
@@ -319,15 +327,16 @@ class BackupService:
     ) -> BackupResult:
         return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
 
-    async def emergency(self, why: str) -> str:
+    async def emergency(self, why: str) -> EmergencyBackup:
         result = await self.create(None, "emergency")
         if result.coalesced:
             age = (datetime.now(UTC) - result.started_at).total_seconds()
-            return (
+            return EmergencyBackup(
+                False,
                 f"an emergency backup ran {age:.0f} s ago, within the cooldown of "
-                f"{self.settings.emergency_backup_cooldown_s:g} s: {made(result)}"
+                f"{self.settings.emergency_backup_cooldown_s:g} s: {made(result)}",
             )
-        return f"emergency {made(result)} ({why[:100]})"
+        return EmergencyBackup(True, f"emergency {made(result)} ({why[:100]})")
 
     async def rollback(
         self, snapshot_id: str, components: list[str] | None, reason: str

@@ -110,8 +110,9 @@ class Responder:
     minimal_mode: MinimalMode | None = None
     claims: ActionClaims | None = None
     replica: str = ""
-    # Both None without backups.
-    emergency_backup: Callable[[ResponseContext], Awaitable[str]] | None = None
+    # Both None without backups. An emergency backup says whether it took a snapshot (not
+    # within the cooldown of the last one, which covers it) and what it did.
+    emergency_backup: Callable[[ResponseContext], Awaitable[tuple[bool, str]]] | None = None
     rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
     # The audit trail, where every rollback is written, whoever ran it.
     audit: Trail | None = None
@@ -170,14 +171,13 @@ class Responder:
         except Exception as exc:  # an action must never take the service down
             log.exception("action %s failed for %s", action, context.incident_id)
             result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
-        if result.result == "failed":
-            # Not done: the next call for it (the alert's next delivery) tries again.
+        if result.result == "failed":  # not done: the next call for it tries again
             self._last_run.pop(key, None)
+        finished = {"action": action, "result": result.result}
+        if result.result == "skipped":  # it found nothing to do, and says why
+            finished["reason"] = result.detail
         await self._note(
-            context,
-            "action_finished",
-            f"{action}: {result.result} — {result.detail}",
-            {"action": action, "result": result.result},
+            context, "action_finished", f"{action}: {result.result} — {result.detail}", finished
         )
         if self.on_action is not None:
             self.on_action(context.protocol, action, result.result)
@@ -333,7 +333,8 @@ class Responder:
     async def _emergency_backup(self, context: ResponseContext) -> ActionResult:
         if self.emergency_backup is None:
             return ActionResult("emergency_backup", "not_available", "backups are not set up")
-        return ActionResult("emergency_backup", "success", await self.emergency_backup(context))
+        taken, detail = await self.emergency_backup(context)
+        return ActionResult("emergency_backup", "success" if taken else "skipped", detail)
 
     async def _minimal_mode(self, context: ResponseContext) -> ActionResult:
         if self.minimal_mode is None:

@@ -99,6 +99,7 @@ def test_the_emergency_backup_cooldown_holds_after_a_restart(
         incident_id, note = critical_failure(http, "budget")
         taken = emergency_snapshots(http)
         assert len(taken) == 1 and f"emergency snapshot {next(iter(taken))}" in note, note
+        assert note.startswith("emergency_backup: success — "), note
         assert wait_kept(workdir)["snapshotId"][:8] in taken
     finally:
         http.close()
@@ -111,6 +112,7 @@ def test_the_emergency_backup_cooldown_holds_after_a_restart(
         assert http.delete("/api/emergency/minimal-mode").status_code == 200
         same, note = critical_failure(http, "budget", notes_before=1)
         assert same == incident_id
+        assert note.startswith("emergency_backup: skipped — "), note  # no snapshot taken
         assert "within the cooldown" in note and next(iter(taken)) in note, note
         assert emergency_snapshots(http) == taken  # no second emergency backup
     finally:
@@ -168,6 +170,7 @@ def test_on_postgresql_the_emergency_backup_cooldown_holds_after_a_kill_9(
         # Another agent's critical failure: a new incident, so no replica's claim on the
         # first one's action holds it back; the cooldown alone does.
         _, note = critical_failure(http, "nutrition")
+        assert note.startswith("emergency_backup: skipped — "), note
         assert "within the cooldown" in note, note
         assert emergency_snapshots(http) == taken
     finally:

@@ -97,6 +97,18 @@ def test_a_delivery_whose_action_failed_is_taken_again_once(ledger: Ledger, outc
     assert ledger.record(*key, "CriticalIncidentActive") is False
 
 
+@pytest.mark.parametrize("outcome", ["emergency_backup: skipped", "emergency_backup: success"])
+def test_a_delivery_whose_action_ran_or_was_covered_is_not_taken_again(
+    ledger: Ledger, outcome: str
+) -> None:
+    # Skipped: an emergency backup within the cooldown of the last one, which covers it.
+    key = ("fp5", "2024-05-01T10:00:00Z", "firing")
+    ledger.record(*key, "CriticalIncidentActive")
+    ledger.finish(*key, "INC_1_abcdef", outcome)
+    assert ledger.record(*key, "CriticalIncidentActive") is False
+    assert ledger.entry(*key) == {"deliveries": 2, "incidentId": "INC_1_abcdef", "outcome": outcome}
+
+
 def test_an_attempt_lost_with_its_process_is_taken_again(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,9 +121,9 @@ async def serve_cached_answers_from_the_last_good_answer_without_the_agent(rig: 
 async def emergency_backup_takes_a_backup(rig: Rig) -> None:
     taken: list[str] = []
 
-    async def backup(context: ResponseContext) -> str:
+    async def backup(context: ResponseContext) -> tuple[bool, str]:
         taken.append(context.incident_id)
-        return "snapshot 1234abcd"
+        return True, "snapshot 1234abcd"
 
     rig.responder.emergency_backup = backup
     result = await rig.run("emergency_backup", component="core")
@@ -256,9 +256,9 @@ async def test_a_fleet_wide_action_another_replica_holds_is_skipped(rig: Rig) ->
     claims = Claims()
     taken: list[str] = []
 
-    async def backup(context: ResponseContext) -> str:
+    async def backup(context: ResponseContext) -> tuple[bool, str]:
         taken.append(context.incident_id)
-        return "snapshot"
+        return True, "snapshot"
 
     replicas = []
     for name in ("a", "b"):

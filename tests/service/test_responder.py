@@ -94,9 +94,9 @@ async def test_critical_failure_with_backups_and_auto_rollback(team) -> None:  #
     responder, _, _ = make(team, auto_rollback=True)
     calls: list[str] = []
 
-    async def backup(context: ResponseContext) -> str:
+    async def backup(context: ResponseContext) -> tuple[bool, str]:
         calls.append("backup")
-        return "snapshot 1234abcd"
+        return True, "snapshot 1234abcd"
 
     async def rollback(context: ResponseContext) -> str:
         calls.append("rollback")
@@ -148,10 +148,30 @@ async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
     assert second["result"] is None and "repository unreachable" in second["error"]
 
 
+async def test_an_emergency_backup_covered_by_a_recent_one_is_recorded_as_skipped(
+    team,  # noqa: ANN001
+) -> None:
+    counted: list[tuple[str, str, str]] = []
+    responder, timeline, _ = make(team, on_action=lambda *labels: counted.append(labels))
+    covered = "an emergency backup ran 239 s ago, within the cooldown of 300 s: snapshot 16e38c53"
+
+    async def backup(context: ResponseContext) -> tuple[bool, str]:
+        return False, covered  # no snapshot taken: the cooldown's backup covers it
+
+    responder.emergency_backup = backup
+    context = ResponseContext("INC_9", "CRITICAL_SYSTEM_FAILURE", "budget", "core down")
+    result = await responder.run_action("emergency_backup", context)
+    assert (result.result, result.detail) == ("skipped", covered)
+    assert counted == [("CRITICAL_SYSTEM_FAILURE", "emergency_backup", "skipped")]
+    (finished,) = [e for e in timeline.entries if e[1] == "action_finished"]
+    assert finished[2] == f"emergency_backup: skipped — {covered}"
+    assert finished[4] == {"action": "emergency_backup", "result": "skipped", "reason": covered}
+
+
 async def test_a_failing_action_is_recorded_not_raised(team) -> None:  # noqa: ANN001
     responder, timeline, _ = make(team)
 
-    async def broken(context: ResponseContext) -> str:
+    async def broken(context: ResponseContext) -> tuple[bool, str]:
         raise OSError("repository unreachable")
 
     responder.emergency_backup = broken
