@@ -54,7 +54,8 @@ def _incident(out: Console, data: dict[str, Any]) -> None:
     table.add_row(*_incident_row(data))
     out.print(table)
     response = data.get("response") or {}
-    out.print(f"protocol: {response.get('protocol', '-')}  traces: {joined(data.get('traceIds'))}")
+    protocol = response.get("protocol") or "-"  # none for an alert's incident
+    out.print(f"protocol: {protocol}  traces: {joined(data.get('traceIds'))}")
     timeline = data.get("timeline")
     if timeline:
         out.print("timeline:")

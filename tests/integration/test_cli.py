@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import ErsProcess, free_port, start_ers
+from tests.e2e.test_alert_delivery import payload
 
 ERS = Path(sys.executable).with_name("ers")
 SHORT_ID = re.compile(r"\b[0-9a-f]{8}\b")
@@ -290,6 +291,23 @@ def test_a_service_without_backups_answers_5xx_as_exit_5(tmp_path: Path) -> None
         assert "503" in one_plain_line(result)
     finally:
         service.stop()
+
+
+def test_an_incident_without_a_protocol_shows_a_dash_for_it(
+    tmp_path: Path, ers_process: ErsProcess
+) -> None:
+    # An alert that names no action opens an incident of its own, with no protocol to run.
+    body = payload("firing", "ActiveIncidentsHigh", "0a1b2c3d4e5f", severity="warning")
+    with httpx.Client(base_url=ers_process.url, timeout=10) as http:
+        assert http.post("/api/emergency/alerts", json=body).status_code == 200
+        for _ in range(100):  # bounded: the alert is acted on in the background
+            if found := http.get("/api/emergency/incidents").json()["incidents"]:
+                break
+            time.sleep(0.1)
+    (incident,) = found
+    shown = ers(cli_env(tmp_path, ers_process.url), "incidents", "show", incident["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "protocol: -  traces:" in shown.stdout and "None" not in shown.stdout, shown.stdout
 
 
 def test_the_admin_token_comes_from_a_file_or_the_environment(tmp_path: Path) -> None:
