@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from service.backups.service import EmergencyBackup
 from service.chat.minimal_mode import MinimalMode
 from service.chat.team import build_team
 from service.incidents.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
@@ -268,11 +269,11 @@ async def test_a_failed_action_is_run_again_by_the_next_call_within_the_cooldown
     responder, timeline, _ = make(team, cooldown_s=300)
     tries: list[int] = []
 
-    async def backup(context: ResponseContext) -> str:
+    async def backup(context: ResponseContext) -> EmergencyBackup:
         tries.append(1)
         if len(tries) == 1:
             raise RuntimeError("the repository is out of reach")
-        return "snapshot 1234abcd"
+        return EmergencyBackup(True, "snapshot 1234abcd")
 
     responder.emergency_backup = backup
     context = ResponseContext(
