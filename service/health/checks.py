@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from service.errors import StoreUnavailable
+from service.errors import StorePaused, StoreUnavailable
 from service.stores.registry import ComponentStore
 from service.tasks import cancel_and_wait
 
@@ -273,12 +273,15 @@ class StoresCheck:
 
     async def run(self) -> CheckResult:
         failing: dict[str, str] = {}
+        paused: dict[str, str] = {}
         for component, store in self._stores.items():
             try:
                 await store.probe_writable()
+            except StorePaused as exc:  # a rollback's, for a moment: no failure
+                paused[component] = f"paused: {exc.reason}"
             except StoreUnavailable as exc:
                 failing[component] = exc.reason
-        figures = {name: failing.get(name, "writable") for name in self._stores}
+        figures = {name: failing.get(name) or paused.get(name, "writable") for name in self._stores}
         if failing:
             names = ", ".join(sorted(failing))
             # The count, not the names, in the error: one incident for the check whichever
@@ -288,6 +291,11 @@ class StoresCheck:
             )
             return CheckResult(
                 self.name, Status.UNHEALTHY, f"not writable: {names}", figures, error
+            )
+        if paused:
+            names = ", ".join(sorted(paused))
+            return CheckResult(
+                self.name, Status.DEGRADED, f"paused for a rollback: {names}", figures
             )
         return CheckResult(self.name, Status.HEALTHY, "every store writable", figures)
 

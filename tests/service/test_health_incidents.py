@@ -11,12 +11,19 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service.health.checks import CheckResult, HealthCheckFailed, MemoryCheck, MemoryReading
+from service.health.checks import (
+    CheckResult,
+    HealthCheckFailed,
+    MemoryCheck,
+    MemoryReading,
+    StoresCheck,
+)
 from service.health.checks import Status as Health
 from service.health.incidents import HealthIncidents
 from service.health.monitor import HealthMonitor
 from service.incidents.service import UNCLASSIFIED_ROUTES
 from service.incidents.store import IncidentStore
+from service.stores import Stores
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor, server_span_of
 
@@ -137,3 +144,20 @@ def test_the_health_endpoint_server_span_is_never_an_incident(pipeline: Pipeline
     assert names == ["GET /api/emergency/health", "GET /chat"]
     (client,) = [i for i in pipeline.incidents() if i.span_name.endswith("health")]
     assert client.count == 1
+
+
+async def test_a_store_a_rollback_paused_is_no_incident(pipeline: Pipeline, tmp_path: Path) -> None:
+    stores = Stores.in_directory(tmp_path / "data")
+    await stores.open()
+    monitor = HealthMonitor([StoresCheck(stores.by_component())], pipeline.tracer)
+    try:
+        with stores.paused(["budgets"], "a rollback is replacing this store"):
+            report = await monitor.evaluate()
+        stores_check = report.checks["stores"]
+        # Before: unhealthy, an incident "1 of 4 state stores not writable", state degraded.
+        assert stores_check.status is Health.DEGRADED
+        assert stores_check.reason == "paused for a rollback: budgets"
+        assert pipeline.incidents() == []
+        assert (await monitor.evaluate()).checks["stores"].status is Health.HEALTHY
+    finally:
+        await stores.close()
