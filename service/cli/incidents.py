@@ -43,10 +43,20 @@ INCIDENT_COLUMNS = (
 
 def _incident_list(out: Console, data: dict[str, Any]) -> None:
     table = new_table(*INCIDENT_COLUMNS)
-    for incident in data["incidents"]:
+    shown = data["incidents"]
+    for incident in shown:
         table.add_row(*_incident_row(incident))
     out.print(table)
-    out.print(f"{data['total']} incidents")
+    if len(shown) < data["total"]:
+        first = data.get("offset", 0) + 1
+        out.print(
+            f"{first}-{first + len(shown) - 1} of {data['total']} incidents, newest first "
+            "(--limit, --offset for others)"
+            if shown
+            else f"none of {data['total']} incidents from offset {first - 1}"
+        )
+    else:
+        out.print(f"{data['total']} incidents")
 
 
 def _incident(out: Console, data: dict[str, Any]) -> None:
@@ -74,8 +84,11 @@ def incidents(args: argparse.Namespace) -> int:
                 ("status", args.status),
                 ("severity", args.severity),
                 ("component", args.component),
+                ("since", args.since),
+                ("limit", args.limit),
+                ("offset", args.offset),
             )
-            if v
+            if v is not None
         }
         emit(args, call(args, "GET", "/api/emergency/incidents", params=query), _incident_list)
         return 0
@@ -241,6 +254,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--severity", choices=["low", "medium", "high", "critical"], help="only this severity"
     )
     listing.add_argument("--component", help="only incidents of this component")
+    listing.add_argument("--since", help="only those last seen at or after this ISO-8601 time")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (1-500)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many newest first")
     show = command(actions, "show", "an incident with its timeline")
     ack = command(
         actions,

@@ -134,6 +134,36 @@ def test_every_listing_is_a_table_and_the_same_data_as_json_and_yaml(
     assert f"{scripted['total']} incidents" in incidents.stdout
 
 
+def test_incidents_list_pages_and_says_how_many_it_shows(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    messages = {"budget": "budget report", "nutrition": "plan my meals", "workout": "workout plan"}
+    with httpx.Client(base_url=service.url, timeout=10) as http:
+        for agent, message in messages.items():  # a real failure of each, by fault injection
+            http.post(
+                "/api/emergency/simulate-error",
+                json={"component": agent, "errorType": "system", "count": 1},
+            ).raise_for_status()
+            http.post("/chat", json={"message": message, "userId": "pages"})
+        for _ in range(100):
+            if http.get("/api/emergency/incidents").json()["total"] >= 3:
+                break
+            time.sleep(0.1)
+    total = json.loads(ers(env, "incidents", "list", "-o", "json").stdout)["total"]
+    assert total >= 3
+    first = ers(env, "incidents", "list", "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    assert f"1-2 of {total} incidents, newest first" in first.stdout  # before: "N incidents"
+    rest = ers(env, "incidents", "list", "--limit", "2", "--offset", "2", "-o", "json")
+    ids = [i["id"] for i in json.loads(rest.stdout)["incidents"]]
+    shown = [
+        i["id"] for i in json.loads(ers(env, "incidents", "list", "-o", "json").stdout)["incidents"]
+    ]
+    assert ids == shown[2:4]
+    future = ers(env, "incidents", "list", "--since", "2999-01-01T00:00:00Z")
+    assert future.returncode == 0 and "0 incidents" in future.stdout
+
+
 def test_backups_print_tables_with_short_ids_and_accept_the_full_id(
     env: dict[str, str], service: ErsProcess, tmp_path: Path
 ) -> None:
