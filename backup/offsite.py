@@ -13,14 +13,13 @@ deduplicated there.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from backup.errors import ResticCommandFailed, ResticError, classify_failure, stderr_tail
-from backup.process import run_program
+from backup.process import inherited_environment, run_program
 from backup.restic import DEFAULT_TIMEOUT_SECONDS, Restic
 
 # The first copy moves the whole repository over what may be a slow link; a copy cut short
@@ -82,7 +81,7 @@ class OffsiteCopier:
         self.cache_dir = cache_dir
 
     def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+        env = inherited_environment("RESTIC_")
         env["RESTIC_REPOSITORY"] = self.destination.repository
         env["RESTIC_PASSWORD_FILE"] = str(self.destination.password_file)
         env["RESTIC_FROM_REPOSITORY"] = self.source.repository

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backup.errors import BackupError, PgRestoreFailed, PgToolNotInstalled, stderr_tail
-from backup.process import CANNOT_START, start_program, stop_process
+from backup.process import CANNOT_START, inherited_environment, start_program, stop_process
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 TOOLS = ("pg_dump", "pg_restore", "psql")
@@ -99,7 +99,7 @@ class PgConnection:
         return PgConnection.from_url(make_conninfo(self.url, dbname=name))
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = inherited_environment()
         if self.password:
             env["PGPASSWORD"] = self.password
         return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,19 @@ INTERRUPT_GRACE_SECONDS = 5.0
 ProgressCallback = Callable[[Progress], None]
 # What starting a program raises when it is missing or not executable where it was looked for.
 CANNOT_START = (FileNotFoundError, PermissionError, NotADirectoryError)
+
+
+# ERS's own settings (tokens, the database URL) are for ERS alone: no program it starts needs
+# them, and any of them could read them from /proc/<pid>/environ.
+SERVICE_PREFIX = "ERS_"
+
+
+def inherited_environment(*dropped_prefixes: str) -> dict[str, str]:
+    """The service's environment for a program it starts, without ERS_* and without variables
+    starting with any of `dropped_prefixes`. The rest stays: PATH, HOME, TMPDIR, proxies and a
+    backend's or libpq's own variables (AWS_*, B2_*, PGSSLMODE...) are the program's to use."""
+    dropped = (SERVICE_PREFIX, *dropped_prefixes)
+    return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
 
 
 @dataclass

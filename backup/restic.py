@@ -25,7 +25,7 @@ from backup.errors import (
     validate_snapshot_id,
 )
 from backup.locks import remove_stale_locks
-from backup.process import CommandOutput, ProgressCallback, run_program
+from backup.process import CommandOutput, ProgressCallback, inherited_environment, run_program
 
 if TYPE_CHECKING:
     from backup.gate import StartGate
@@ -55,7 +55,7 @@ class Restic:
 
     def _environment(self, cache_dir: Path | None) -> dict[str, str]:
         # Inherited RESTIC_* variables (a stray RESTIC_PASSWORD) must not override ours.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+        env = inherited_environment("RESTIC_")
         env["RESTIC_REPOSITORY"] = self.repository
         env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
         if cache_dir is not None:
