@@ -95,7 +95,11 @@ def test_a_full_disk_is_named_and_a_failed_rollback_says_the_state_is_unchanged(
         # ("the server failed with OperationalError") that hid both.
         assert failed.status_code == 503, failed.text
         detail = failed.json()["detail"]
-        assert "live state unchanged" in detail, detail
+        # Before: "rollback failed at step 'restore'; live state unchanged: rollback failed
+        # at step 'restore': … the live data was left unchanged", both said twice.
+        assert detail.startswith("rollback failed at step "), detail
+        assert detail.count("at step") == 1 and detail.count("unchanged") == 1, detail
+        assert "the live data was left unchanged" in detail, detail
         assert "disk space" in detail or "disk is full" in detail, detail
         assert "$300" in budgets(http)
 

@@ -245,10 +245,10 @@ async def rollback(
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
         unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc))
+        # The failure's own words name its step and that the live data is as before.
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"rollback failed at step '{exc.step}'; live state unchanged: {exc}"
-            + (f"; {unrecorded}" if unrecorded else ""),
+            str(exc) + (f"; {unrecorded}" if unrecorded else ""),
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
         if started:  # refused (an unknown snapshot, components it lacks): nothing was touched
