@@ -149,6 +149,31 @@ async def test_bad_and_unknown_ids(http: httpx.AsyncClient, path: str, code: int
         assert reply.headers["allow"] == "POST"
 
 
+@pytest.mark.parametrize(
+    "path,extra",
+    [
+        ("/api/emergency/rollback", {"confirm": True, "reason": "x"}),
+        ("/api/emergency/backups/test-rollback", {}),
+    ],
+)
+@pytest.mark.parametrize(
+    "backup_id,said",
+    [
+        ("AF0FBA50", "ids are lowercase hex, as the list shows them ('af0fba50')"),
+        ("af0f", "use the 8 to 64 hex characters shown in the list"),
+    ],
+)
+async def test_a_bad_id_in_a_body_is_told_as_a_bad_id_in_a_path_is(
+    http: httpx.AsyncClient, path: str, extra: dict[str, object], backup_id: str, said: str
+) -> None:
+    # Before: "backupId: 'AF0FBA50' is not a value matching ^[0-9a-f]{8,64}$".
+    in_path = await http.get(f"/api/emergency/backups/{backup_id}")
+    in_body = await http.post(path, json={"backupId": backup_id, **extra})
+    assert in_path.status_code == in_body.status_code == 422, in_body.text
+    assert said in in_path.json()["detail"]
+    assert in_body.json()["problems"] == [f"backupId: {in_path.json()['detail']}"]
+
+
 async def test_rollback_refusals(http: httpx.AsyncClient, backup_app: FastAPI) -> None:
     injected = await http.post(
         "/api/emergency/rollback",

@@ -7,12 +7,20 @@ import dataclasses
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.routing import APIRoute
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from backup import (
     BackupError,
@@ -53,6 +61,20 @@ def _checked_id(backup_id: str) -> str:
         return validate_snapshot_id(backup_id)
     except InvalidSnapshotId as exc:
         raise HTTPException(422, str(exc)) from None
+
+
+def _snapshot_id(value: str) -> str:
+    try:
+        return validate_snapshot_id(value)
+    except InvalidSnapshotId as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A body's snapshot id gets the words a path's gets (an upper-case id is told its lower-case
+# form); the pattern is for the OpenAPI schema only, so that pydantic's own words never show.
+SnapshotId = Annotated[
+    str, AfterValidator(_snapshot_id), WithJsonSchema({"type": "string", "pattern": SNAPSHOT_ID})
+]
 
 
 def _report(failure: BaseException | None) -> None:
@@ -116,14 +138,14 @@ class CreateBackup(BaseModel):
 class TestRollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backupId: str = Field(pattern=SNAPSHOT_ID)
+    backupId: SnapshotId
     components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
 
 
 class Rollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backupId: str | None = Field(None, pattern=SNAPSHOT_ID)
+    backupId: SnapshotId | None = None
     beforeIncident: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
     confirm: Confirmation = False
     reason: str = Field(min_length=1, max_length=500)
