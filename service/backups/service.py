@@ -48,6 +48,9 @@ from service.stores.sqlite import SqliteStore
 log = logging.getLogger("ers.backups")
 
 ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+# What a rollback does while its components' writers are paused, in the order a person
+# would follow it (the restore and the safety snapshot run side by side).
+_PAUSE_STEPS = "(restore, safety snapshot, swap)"
 
 
 def state_to_back_up(settings: Settings, stores: Stores, incidents_path: Path) -> BackendConfig:
@@ -347,10 +350,13 @@ class BackupService:
 
         @contextlib.asynccontextmanager
         async def pause_writers() -> AsyncIterator[None]:
-            self._set_ready(False, "a rollback is swapping state files")
+            # The pause spans the restore and the safety snapshot as well as the swap.
+            self._set_ready(
+                False, f"a rollback is replacing the state of {', '.join(names)} {_PAUSE_STEPS}"
+            )
             try:
                 with self.stores.paused(
-                    names, "a rollback is swapping this store's file; retry shortly"
+                    names, f"a rollback is replacing this store {_PAUSE_STEPS}; retry shortly"
                 ):
                     yield
             finally:

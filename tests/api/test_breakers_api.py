@@ -172,7 +172,9 @@ async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
 ) -> None:
     runtime = app.state.runtime
     store = runtime.stores.system_state.db
-    store.pause("a rollback is swapping this store's file; retry shortly")
+    store.pause(
+        "a rollback is replacing this store (restore, safety snapshot, swap); retry shortly"
+    )
     reply = await client.post(
         "/api/emergency/circuit-breaker/workout/force-open", json={"reason": "drill"}
     )
@@ -180,7 +182,8 @@ async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
     assert reply.json()["saved"] is False
     assert reply.json()["message"].endswith(
         "not saved across restarts yet (the system_state store is unavailable: a rollback is "
-        "swapping this store's file; retry shortly), retried in the background"
+        "replacing this store (restore, safety snapshot, swap); retry shortly), retried in the "
+        "background"
     )
     assert reply.json()["breaker"]["state"] == "forced_open"
     store.open()

@@ -1,4 +1,4 @@
-"""While a rollback swaps a store's state, chats that need that store are told to retry in
+"""While a rollback replaces a store's state, chats that need that store are told to retry in
 a moment. They used to fail inside the agent as if it were broken: each one counted against
 its breaker, opened a high "database" incident (the responder then isolated the agent for
 minutes after the rollback ended), and got the agent's last good answer, which for a budget
@@ -11,6 +11,9 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
+# The words the backup service pauses a store with for a rollback.
+PAUSED = "a rollback is replacing this store (restore, safety snapshot, swap); retry shortly"
+
 
 async def chat(client: httpx.AsyncClient, message: str) -> httpx.Response:
     return await client.post("/chat", json={"message": message, "userId": "ann"})
@@ -21,15 +24,13 @@ async def test_a_chat_during_a_rollbacks_pause_is_asked_to_retry(
 ) -> None:
     assert (await chat(client, "spent $25 on groceries")).json()["success"] is True
     stores = app.state.runtime.stores
-    with stores.paused(["budgets"], "a rollback is swapping this store's file; retry shortly"):
+    with stores.paused(["budgets"], PAUSED):
         replies = [await chat(client, "spent $30 on groceries") for _ in range(8)]
     for reply in replies:
         assert reply.status_code == 503, reply.text
         assert reply.headers["Retry-After"] == "1"
         assert reply.json()["component"] == "budgets"
-        assert reply.json()["detail"] == (
-            "the budgets store is paused: a rollback is swapping this store's file; retry shortly"
-        )
+        assert reply.json()["detail"] == f"the budgets store is paused: {PAUSED}"
     breaker = (await client.get("/api/emergency/circuit-breakers/budget")).json()
     assert breaker["state"] == "closed" and breaker["failureCount"] == 0
     await asyncio.sleep(0.3)  # an error span would have been classified by now

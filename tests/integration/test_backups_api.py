@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from backup.events import RollbackStepStarted
 from service.settings import Settings
 from service.web.app import create_app
 
@@ -127,6 +128,43 @@ async def test_backup_test_rollback_and_rollback_round_trip(
     text = (await http.get("/metrics")).text
     assert 'ers_rollbacks_total{result="success"} 1.0' in text
     assert 'ers_backup_last_success_timestamp_seconds{component="budgets"}' in text
+
+
+async def test_the_pause_before_the_swap_says_the_store_is_being_replaced(
+    http: httpx.AsyncClient, backup_app: FastAPI
+) -> None:
+    await http.post("/chat", json={"message": "set my food budget to $400", "userId": "ann"})
+    created = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
+    assert created.status_code == 200, created.text
+    steps: list[str] = []
+    backup_app.state.runtime.backups.subscribe(
+        lambda event: steps.append(event.step) if isinstance(event, RollbackStepStarted) else None
+    )
+    body = {
+        "backupId": created.json()["backupId"],
+        "confirm": True,
+        "reason": "pause words",
+        "components": ["budgets"],
+    }
+    rollback = asyncio.create_task(http.post("/api/emergency/rollback", json=body))
+    seen: tuple[str, str, list[str]] | None = None
+    while seen is None and not rollback.done():
+        ready = await http.get("/readyz")
+        chat = await http.post("/chat", json={"message": "spent $30 on food", "userId": "ann"})
+        if ready.status_code == chat.status_code == 503 and "swap" not in steps:
+            seen = (ready.json()["reason"], chat.json()["detail"], list(steps))
+        await asyncio.sleep(0.01)
+    assert (await rollback).status_code == 200
+    assert seen is not None, f"no reply came during the pause before the swap ({steps})"
+    # Before: "a rollback is swapping state files" and "…is swapping this store's file",
+    # while restic was still restoring and no file was being swapped yet.
+    reason, detail, steps_then = seen
+    assert {"restore", "safety-snapshot"} & set(steps_then), steps_then
+    assert reason == "a rollback is replacing the state of budgets (restore, safety snapshot, swap)"
+    assert detail == (
+        "the budgets store is paused: a rollback is replacing this store "
+        "(restore, safety snapshot, swap); retry shortly"
+    )
 
 
 @pytest.mark.parametrize(

@@ -192,7 +192,9 @@ async def test_changes_made_while_the_store_is_paused_are_saved_once_it_reopens(
     keeper = StateKeeper(store, breakers, machine_of(breakers, clock), clock=clock)
     await keeper.start()
     await keeper.flush()
-    store.db.pause("a rollback is swapping this store's file; retry shortly")
+    store.db.pause(
+        "a rollback is replacing this store (restore, safety snapshot, swap); retry shortly"
+    )
     workout.force_open("r", "operator")
     with pytest.raises(StoreUnavailable, match="retry shortly"):
         await keeper.flush()

@@ -90,8 +90,8 @@ async def test_a_failing_statement_leaves_every_store_as_it_was(stores: Stores) 
 
 async def test_a_paused_store_refuses_the_whole_unit(stores: Stores) -> None:
     with (
-        stores.paused(["profiles"], "a rollback is swapping the profiles file"),
-        pytest.raises(StoreUnavailable, match="rollback is swapping"),
+        stores.paused(["profiles"], "a rollback is replacing this store"),
+        pytest.raises(StoreUnavailable, match="rollback is replacing"),
     ):
         await stores.units.commit(Unit(WRITES, turn(), turn_key="t5"))
     assert await stores.budgets.report("u1") == []
