@@ -100,6 +100,13 @@ def merge_group(
     incident = current
     notes = []
     outcome = UPDATED
+    resolved_at = incident.resolved_at or 0.0
+    if incident.status == "resolved" and all(0 < r.end_ns <= resolved_at * 1e9 for r, _ in group):
+        # Late arrivals (a sender's retry, a collector's backlog): failures that ended before
+        # the resolution are counted on it, not taken for a recurrence.
+        incident.count += len(group)
+        note = f"{len(group)} failure(s) that ended before it was resolved arrived late; counted"
+        return Merge(incident, UPDATED, [("note", note)])
     if incident.status == "resolved":
         outcome = REOPENED
         incident.status = "open"

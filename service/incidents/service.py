@@ -210,7 +210,12 @@ class IncidentService:
         # A canary's failure (test-system) opens the incident but does not act on it; the
         # first real failure grouped into it does.
         synthetic = bool(event.record.attributes.get("ers.synthetic"))
-        if self.responder is not None and not synthetic and incident.id not in self._responded:
+        if (
+            self.responder is not None
+            and not synthetic
+            and incident.status != "resolved"  # late failures counted on it
+            and incident.id not in self._responded
+        ):
             self._responded.add(incident.id)
             task = asyncio.get_running_loop().create_task(self._respond(incident))
             self._tasks.add(task)

@@ -237,6 +237,28 @@ def test_a_resolved_incident_reopens_when_its_failure_recurs(
     assert record_db_error(store, default_classifier)[1] == "updated"
 
 
+def test_failures_that_ended_before_the_resolution_arrive_late_and_reopen_nothing(
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    incident, _ = record_db_error(store, default_classifier)
+    store.resolve(incident.id, "ana", "fixed")
+    resolved_at = clock.now
+    clock.now += 600  # a collector's backlog, or a sender's retry, comes in much later
+    late = error_record(
+        "agent.bma",
+        "SimulatedDatabaseError",
+        "Database connection timeout after 1 ms",
+        attributes={"ers.agent": "BMA"},
+    )
+    late.end_ns = int((resolved_at - 5) * 1e9)
+    after, outcome = store.record_error(late, default_classifier.classify(late))
+    # Before: "reopened", as though the error had recurred after the fix.
+    assert (outcome, after.status, after.reopen_count, after.count) == ("updated", "resolved", 0, 2)
+    assert "arrived late" in store.timeline(incident.id)[-1].message
+    late.end_ns = int((resolved_at + 1) * 1e9)  # one that ended after it: a recurrence
+    assert store.record_error(late, default_classifier.classify(late))[1] == "reopened"
+
+
 def test_auto_resolve_waits_for_quiet_and_a_healthy_component(
     new_store: NewStore, default_classifier: Classifier, clock: Clock
 ) -> None:
