@@ -172,7 +172,8 @@ class SpanRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpanRecord:
         """The inverse of ``to_dict``; also reads hand-written records (``ers classify``),
-        where only ``name`` is required."""
+        where only ``name`` is required, and the spans of a kept trace's tree (``ers trace
+        -o json``: ``service``, ``start``, ``end``)."""
         status = data.get("status") or {}
         exception = data.get("exception") or {}
         resource = dict(data.get("resource") or {})
@@ -181,8 +182,8 @@ class SpanRecord:
             trace_id=str(data.get("traceId") or "0" * 32),
             span_id=str(data.get("spanId") or "0" * 16),
             parent_span_id=data.get("parentSpanId"),
-            start_ns=int(data.get("startNs") or 0),
-            end_ns=int(data.get("endNs") or data.get("startNs") or 0),
+            start_ns=int(data.get("startNs") or data.get("start") or 0),
+            end_ns=int(data.get("endNs") or data.get("end") or data.get("startNs") or 0),
             status_code=str(status.get("code", "ERROR")).upper(),
             status_message=str(status.get("message", "")),
             kind=str(data.get("kind", "INTERNAL")),
@@ -197,7 +198,9 @@ class SpanRecord:
                 for event in data.get("events") or []
             ],
             service_name=str(
-                data.get("serviceName") or resource.get("service.name", "unknown_service")
+                data.get("serviceName")
+                or data.get("service")
+                or resource.get("service.name", "unknown_service")
             ),
         )
         if exception:

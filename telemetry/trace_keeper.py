@@ -316,6 +316,7 @@ def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:
         nodes[record.span_id] = {
             "name": record.name,
             "service": record.service_name,
+            "kind": record.kind,
             "spanId": record.span_id,
             "parentSpanId": record.parent_span_id,
             "start": record.start_ns,
@@ -323,6 +324,9 @@ def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:
             "durationMs": round(record.duration_ms, 3),
             "status": {"code": record.status_code, "message": record.status_message},
             "attributes": record.attributes,
+            # What rules may match besides the above: ``ers classify --explain`` reads a
+            # span of this tree as the classifier saw it.
+            "resource": record.resource,
             "events": [event.to_dict() for event in record.events],
             "children": [],
         }

@@ -158,3 +158,20 @@ def test_a_failing_chats_incident_names_traces_that_outlive_a_kill(tmp_path: Pat
             assert kept.json()["errorSpans"] >= 1
     finally:
         ers.stop()
+
+
+def test_spans_sent_after_their_traces_error_join_the_kept_trace(tmp_path: Path) -> None:
+    ers = start_ers(tmp_path)
+    trace_id, root, child = secrets.token_hex(16), secrets.token_hex(8), secrets.token_hex(8)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            failed = export("late-svc", [span(trace_id, root, "GET /cart", None, "cart down")])
+            assert http.post("/v1/traces", json=failed).status_code == 200
+            ok = export("late-svc", [span(trace_id, child, "SELECT cart", root, None)])
+            assert http.post("/v1/traces", json=ok).status_code == 200  # no error of its own
+            tree = http.get(f"/api/emergency/traces/{trace_id}").json()
+            # Before: a request without an error span never reached the kept traces.
+            assert tree["spanCount"] == 2
+            assert tree["spans"][0]["children"][0]["name"] == "SELECT cart"
+    finally:
+        ers.stop()

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import json
+
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
+from telemetry.classifier import Classifier
+from telemetry.span_record import SpanRecord
 from telemetry.trace_keeper import TraceKeeper, span_tree
+from tests.telemetry.conftest import error_record
 
 
 class Clock:
@@ -253,3 +258,26 @@ def test_a_trace_named_before_its_root_ends_is_written_when_it_settles(tmp_path)
         assert keeper.archive_named() == 0
     assert _on_disk(path, wait_for=trace_id) == {trace_id}
     provider.shutdown()
+
+
+def test_a_span_of_a_kept_trace_reads_back_as_the_classifier_saw_it(
+    default_classifier: Classifier,
+) -> None:
+    # What `ers trace -o json` prints, handed to `ers classify --explain`.
+    record = error_record(
+        "GET /orders",
+        "SocketException",
+        "Connection reset",
+        resource={"service.name": "orders", "deployment.environment": "prod"},
+    )
+    record.start_ns, record.end_ns = 1_700_000_000_000_000_000, 1_700_000_000_250_000_000
+    (node,) = span_tree([record])
+    again = SpanRecord.from_dict(json.loads(json.dumps(node)))
+    # Before: service unknown_service, no resource, so another fingerprint and rule.
+    assert default_classifier.classify(again) == default_classifier.classify(record)
+    assert (again.service_name, again.resource) == ("orders", record.resource)
+    assert (again.start_ns, again.end_ns, again.kind) == (
+        record.start_ns,
+        record.end_ns,
+        record.kind,
+    )
