@@ -38,7 +38,7 @@ class MalformedOtlp(ValueError):
 
 
 class UnsupportedContentType(MalformedOtlp):
-    """Neither protobuf nor JSON (answer 415)."""
+    """Neither protobuf nor JSON, or encoded other than by gzip or deflate (answer 415)."""
 
 
 def media_type(content_type: str) -> str:
@@ -74,7 +74,9 @@ def decompress(body: bytes, content_encoding: str | None) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise MalformedOtlp(f"content encoding {encoding!r} is not supported; use gzip or none")
+        raise UnsupportedContentType(
+            f"content encoding {encoding!r} is not supported; use gzip, deflate or none"
+        )
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
     parts: list[bytes] = []
     size = 0

@@ -1325,7 +1325,7 @@ def _intake_cases() -> list[Case]:
         ),
         row(
             "content-encoding-unknown",
-            400,
+            415,
             otlp_json(),
             headers=(("content-encoding", "br"),),
             detail="br",

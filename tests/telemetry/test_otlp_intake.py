@@ -142,7 +142,7 @@ def test_names_and_types_other_services_send_are_cut() -> None:
             None,
             "all-zero trace or span id",
         ),
-        (b"", "application/x-protobuf", "br", "content encoding 'br' is not supported"),
+        (b"", "application/x-protobuf", "br", "'br' is not supported; use gzip, deflate or"),
     ],
 )
 def test_malformed_bodies_raise_with_a_reason(
