@@ -14,6 +14,8 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
+from telemetry.redaction import redact_attributes, redacted_text
+
 # Attribute the service sets on a span when it records an in-process exception: the names of
 # the exception's base classes (most specific first), so rules can match a family of errors.
 EXCEPTION_BASES_ATTRIBUTE = "ers.exception.bases"
@@ -111,12 +113,16 @@ class SpanRecord:
 
     @classmethod
     def from_otlp(cls, span: Any, resource: Mapping[str, Any]) -> SpanRecord:
-        """From an ``opentelemetry.proto.trace.v1.trace_pb2.Span`` and its resource's
-        attributes (already converted with ``otlp_attributes``)."""
+        """From an ``opentelemetry.proto.trace.v1.trace_pb2.Span`` of another service and
+        its resource's attributes (already converted with ``otlp_attributes``), with the
+        secrets it may carry redacted (``telemetry.redaction``)."""
         events = [
             SpanEventRecord(event.name, event.time_unix_nano, otlp_attributes(event.attributes))
             for event in span.events
         ]
+        attributes = otlp_attributes(span.attributes)
+        for found in (attributes, *(event.attributes for event in events)):
+            redact_attributes(found)
         record = cls(
             name=span.name[:NAME_LIMIT],
             trace_id=span.trace_id.hex(),
@@ -125,9 +131,9 @@ class SpanRecord:
             start_ns=span.start_time_unix_nano,
             end_ns=span.end_time_unix_nano,
             status_code=OTLP_STATUS_NAMES.get(span.status.code, "UNSET"),
-            status_message=span.status.message,
+            status_message=redacted_text(span.status.message),
             kind=OTLP_KIND_NAMES.get(span.kind, "UNSPECIFIED"),
-            attributes=otlp_attributes(span.attributes),
+            attributes=attributes,
             resource=dict(resource),
             events=events,
             service_name=str(resource.get("service.name", "unknown_service"))[:NAME_LIMIT],

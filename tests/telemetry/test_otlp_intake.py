@@ -165,3 +165,30 @@ def test_an_empty_request_has_no_spans() -> None:
 def test_responses_use_the_request_encoding() -> None:
     assert encode_response("application/json") == (b"{}", "application/json")
     assert encode_response("application/x-protobuf") == (b"", "application/x-protobuf")
+
+
+def test_secrets_in_other_services_spans_are_redacted_as_they_arrive() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "payments"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    attributes = {
+        "url.full": "https://bob:pw-1@api.example/v1/charge?api_key=sk-live-2&page=3",
+        "http.request.header.authorization": ("Bearer sk-live-3",),
+        "http.response.header.set-cookie": ("session=sk-live-4",),
+        "db.statement": "SELECT 1",
+    }
+    with provider.get_tracer("t").start_as_current_span("POST", attributes=attributes) as span:
+        span.record_exception(ConnectionError("no route to postgres://admin:sk-live-5@db/pay"))
+        span.set_status(Status(StatusCode.ERROR, "postgres://admin:sk-live-6@db refused"))
+    provider.shutdown()
+    (record,) = decode_traces(
+        protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
+    )
+    kept = json.dumps(record.to_dict())
+    assert "sk-live" not in kept and "pw-1" not in kept
+    assert record.attributes["url.full"] == (
+        "https://REDACTED:REDACTED@api.example/v1/charge?api_key=REDACTED&page=REDACTED"
+    )
+    assert record.attributes["http.request.header.authorization"] == ["REDACTED"]
+    assert record.attributes["db.statement"] == "SELECT 1"
+    assert record.exception_message == "no route to postgres://REDACTED:REDACTED@db/pay"

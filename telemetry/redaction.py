@@ -1,0 +1,68 @@
+"""Secrets other services' spans may carry, taken out before ERS keeps or serves them.
+
+ERS makes its own spans without secrets; a span another service sends to the OTLP intake
+may hold any: a password in a URL (``postgres://admin:hunter2@db``, in a URL attribute or
+an error message), an API key in a URL's query under any name, the value of an
+``Authorization`` or ``Cookie`` header recorded as an attribute. Kept traces and incidents
+are read by operators (and outside production by anyone on loopback), so these values are
+replaced by ``REDACTED`` as the spans arrive; names are kept, so the span still says what
+was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import MutableMapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+REDACTED = "REDACTED"
+# user:password@ after a scheme, in any text.
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@")
+# Attributes holding a whole URL, or its query alone (the stable and the old conventions).
+URL_ATTRIBUTES = frozenset({"url.full", "http.url"})
+QUERY_ATTRIBUTES = frozenset({"url.query"})
+# Headers whose values are credentials (captured as http.request.header.<name> and
+# http.response.header.<name>).
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+)
+_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
+
+
+def redacted_text(text: str) -> str:
+    """``text`` with the credentials of every URL in it redacted."""
+    return _CREDENTIALS.sub(rf"\1{REDACTED}:{REDACTED}@", text) if "://" in text else text
+
+
+def redacted_query(query: str) -> str:
+    """Every value of a query string redacted, its names kept."""
+    pairs = (pair.partition("=") for pair in query.split("&"))
+    return "&".join(f"{name}={REDACTED}" if value else name + sep for name, sep, value in pairs)
+
+
+def redacted_url(url: str) -> str:
+    """A URL without its credentials and with every query value redacted."""
+    url = redacted_text(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL after all: the credentials are out already
+        return url
+    if not parts.query:
+        return url
+    return urlunsplit(parts._replace(query=redacted_query(parts.query)))
+
+
+def redact_attributes(attributes: MutableMapping[str, Any]) -> None:
+    """Redact, in place, what ``attributes`` may hold of secrets (see the module)."""
+    for key, value in attributes.items():
+        if key.startswith(_HEADER_PREFIXES) and key.rsplit(".", 1)[-1].lower() in SECRET_HEADERS:
+            attributes[key] = [REDACTED] if isinstance(value, list) else REDACTED
+        elif not isinstance(value, str):
+            continue
+        elif key in URL_ATTRIBUTES:
+            attributes[key] = redacted_url(value)
+        elif key in QUERY_ATTRIBUTES:
+            attributes[key] = redacted_query(value)
+        else:
+            attributes[key] = redacted_text(value)
