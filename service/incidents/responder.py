@@ -106,7 +106,7 @@ class Responder:
     # emergency_rollback_enabled: False forbids rollbacks at all, automatic ones included.
     rollback_allowed: bool = True
     clock: Callable[[], float] = time.monotonic
-    on_action: Callable[[str, str, str], None] | None = None
+    on_action: Callable[[ResponseContext, ActionResult], None] | None = None
     minimal_mode: MinimalMode | None = None
     claims: ActionClaims | None = None
     replica: str = ""
@@ -180,7 +180,7 @@ class Responder:
             context, "action_finished", f"{action}: {result.result} — {result.detail}", finished
         )
         if self.on_action is not None:
-            self.on_action(context.protocol, action, result.result)
+            self.on_action(context, result)
         return result
 
     async def _started_before(self, action: str, context: ResponseContext) -> float | None:
@@ -254,7 +254,7 @@ class Responder:
             {"action": action, "result": "skipped", "reason": reason},
         )
         if self.on_action is not None:
-            self.on_action(context.protocol, action, result.result)
+            self.on_action(context, result)
         return result
 
     def _forget_old(self, now: float) -> None:

@@ -3,25 +3,21 @@ the chat replies and the system state.
 
 Error spans reach the IncidentProcessor (a span processor); its worker thread classifies and
 stores them and publishes events. Here an opened or reopened incident is handed to the event
-loop, where the responder runs the protocol's actions; the newest incident per component is
-kept in memory so degraded chat replies can name it without a query.
+loop, where the responder runs the protocol's actions; what degraded chat replies say of
+incidents is kept by ``service.incidents.replies``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 
-from service.agents.base import AgentReply
 from service.errors import StoreUnavailable
 from service.incidents import audit, ledger, store_pg
 from service.incidents.audit import AuditLog
@@ -33,27 +29,17 @@ from service.incidents.model import (
     IncidentNotFound,
     IncidentStoreUnavailable,
 )
+from service.incidents.replies import ReplyIncidents
 from service.incidents.responder import ActionResult, Responder, ResponseContext
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
-from service.resilience.breaker import CircuitBreaker
-from service.resilience.breaker_config import BreakerState
-from service.resilience.breaker_events import BreakerEvent
 from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from telemetry.classifier import load_rules
-from telemetry.fingerprint import normalise_message
 from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
 
 log = logging.getLogger("ers.incidents")
-
-
-@functools.lru_cache(maxsize=4096)
-def _cause_key(cause: str) -> str:
-    """A failure's words as its incident is found by; normalising costs some 35 us, and a
-    failing agent repeats the same words on every call of an error storm."""
-    return normalise_message(cause)
 
 
 RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -136,11 +122,8 @@ class IncidentService:
         )
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._latest: dict[str, str] = {}
-        # (agent, the failure's words, normalised) -> the incident it grouped into, last seen.
-        self._latest_by_cause: dict[tuple[str, str], str] = {}
+        self.replies = ReplyIncidents(store)
         self._responded: set[str] = set()
-        self._results: dict[str, list[ActionResult]] = {}
         self._listeners: list[Callable[[GroupOutcome], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._opened = event_counter(meter, "ers_incidents", "Incidents opened or reopened")
@@ -191,11 +174,7 @@ class IncidentService:
 
     def _handle(self, event: GroupOutcome) -> None:
         incident = event.incident
-        self._latest[incident.component] = incident.id
-        if len(self._latest_by_cause) > 10_000:
-            self._latest_by_cause.clear()
-        cause = _cause_key(event.record.status_message)
-        self._latest_by_cause[(incident.component, cause)] = incident.id
+        self.replies.heard(event)
         self._counts_stale.set()
         if event.outcome in ("opened", "reopened"):
             self._opened.add(
@@ -238,11 +217,14 @@ class IncidentService:
         results = await self.responder.respond(context)
         if len(self._responded) > 10_000:
             self._responded.clear()
-        self._results[incident.id] = results
-        if len(self._results) > 1000:
-            self._results.pop(next(iter(self._results)))
         if any(r.action == "isolate" and r.result == "success" for r in results):
             await asyncio.to_thread(self._mitigate, incident.id, "agent isolated; fallbacks answer")
+
+    def on_action(self, context: ResponseContext, result: ActionResult) -> None:
+        """An action ran (the responder's or an alert's): counted, and named in the replies."""
+        labels = {"protocol": context.protocol, "action": result.action, "result": result.result}
+        self.actions.add(1, labels)
+        self.replies.acted(context.incident_id, result.action, result.result, context.component)
 
     def _mitigate(self, incident_id: str, note: str) -> None:
         try:
@@ -288,64 +270,7 @@ class IncidentService:
         self.processor.shutdown()
         self.store.close()
 
-    # --- what chat replies and status read ------------------------------------------------
-
-    def enrich(self, reply: AgentReply) -> AgentReply:
-        """Name the agent's incident and what was done about it in a degraded reply: for a
-        failed call, the incident of its error, found by the words of its cause, which are
-        its span's status (none yet when this is the cause's first failure: the incident is
-        written off the request path); for a call turned away
-        (breaker, cooldown, bulkhead), the agent's latest incident. A reply that names its
-        incident already (minimal mode's) keeps it."""
-        if reply.incident is not None:
-            incident_id: str | None = reply.incident
-        elif reply.data.get("outcome") in ("failure", "timeout"):
-            cause = _cause_key(str(reply.data.get("cause", "")))
-            incident_id = self._latest_by_cause.get((reply.agent, cause))
-        else:
-            incident_id = self._latest.get(reply.agent)
-        # Keeps what the guard said (an agent that answered instead, and the chain tried).
-        recovery: dict[str, Any] = {**(reply.recovery or {}), "fallback": reply.fallback}
-        if incident_id is not None:
-            results = self._results.get(incident_id, [])
-            recovery["actions"] = [{"action": r.action, "result": r.result} for r in results]
-        return replace(reply, incident=incident_id, recovery=recovery)
-
-    async def name_kept_isolations(self, breakers: Iterable[CircuitBreaker]) -> list[str]:
-        """At start, after the isolations kept from before are put back: a call turned away
-        by one names the incident it was forced open for, while that incident is unresolved
-        (the agents' latest incidents are remembered in memory only). The agents named."""
-        named = []
-        for breaker in breakers:
-            forcing = breaker.forcing
-            if forcing is None or forcing.incident is None or breaker.name in self._latest:
-                continue
-            try:
-                incident = await asyncio.to_thread(self.store.get, forcing.incident)
-            except IncidentNotFound:
-                continue
-            except Exception as exc:  # the store is out: the replies name none, as before
-                log.warning(
-                    "the incident %s that %s is isolated for could not be read: %s",
-                    forcing.incident,
-                    breaker.name,
-                    exc,
-                )
-                continue
-            if incident.status != "resolved":
-                self._latest[breaker.name] = incident.id
-                named.append(breaker.name)
-        return named
-
-    def on_breaker_transition(self, event: BreakerEvent) -> None:
-        """An agent's breaker closed: its incidents are no longer what a call turned away
-        from it is about. Until a new failure's incident is written, such a reply names none
-        rather than one that may be resolved by now."""
-        if event.to_state is not BreakerState.CLOSED:
-            return
-        self._latest.pop(event.breaker, None)
-        for key in [key for key in self._latest_by_cause if key[0] == event.breaker]:
-            del self._latest_by_cause[key]
+    # --- what the status reads -------------------------------------------------------------
 
     def active_counts(self) -> dict[str, int]:
         counts = self._cached_counts

@@ -248,7 +248,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for breaker in team.breakers():
             breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
             breaker.subscribe(
-                incident_service.on_breaker_transition, [BreakerEventKind.STATE_TRANSITION]
+                incident_service.replies.on_breaker_transition,
+                [BreakerEventKind.STATE_TRANSITION],
             )
         incident_service.subscribe(lambda event: state.evaluate())
         state_notes = StateNotes(incident_service, fleet.replica if fleet is not None else "")
@@ -276,7 +277,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             following = follow_the_fleet(minimal_mode, stores.system_state, "minimal_mode", every_s)
             run_in_background(stack, following, "minimal-mode-fleet")
         # A call turned away by a kept isolation names the incident it was forced open for.
-        await incident_service.name_kept_isolations(team.breakers())
+        await incident_service.replies.name_kept_isolations(team.breakers())
 
         backups = build_backups(
             settings,
@@ -299,9 +300,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             cooldown_s=settings.responder_cooldown_s,
             auto_rollback=settings.auto_rollback_enabled,
             rollback_allowed=settings.emergency_rollback_enabled,
-            on_action=lambda protocol, action, result: incident_service.actions.add(
-                1, {"protocol": protocol, "action": action, "result": result}
-            ),
+            on_action=incident_service.on_action,
             minimal_mode=minimal_mode,
             # In a fleet, one replica runs each fleet-wide action of an incident.
             claims=incident_store if isinstance(incident_store, PgIncidentStore) else None,
@@ -343,7 +342,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             MinimalModeGate(team.router, minimal_mode),  # type: ignore[arg-type]
             stores.units,
             system_state=lambda: state.state.value,
-            enrich=incident_service.enrich,
+            enrich=incident_service.replies.enrich,
             instruments=instruments,
             admission=admission,
         )

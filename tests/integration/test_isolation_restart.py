@@ -263,6 +263,9 @@ def test_an_alerts_isolation_survives_a_kill_9(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"the alert's isolation was not kept: {ers.log()}"
             time.sleep(0.05)
         before = breakers(ers)["workout"]
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            turned_away = workout_reply(http)  # says what the alert did: before, nothing
+        assert {"action": "isolate", "result": "success"} in turned_away["recovery"]["actions"]
     finally:
         ers.stop(signal.SIGKILL)
     assert before["state"] == "forced_open"
@@ -396,6 +399,8 @@ def test_replies_turned_away_by_a_kept_isolation_name_its_incident_after_a_resta
             assert workout["state"] == "forced_open", workout
             reply = workout_reply(http)
             assert reply["emergency"] is True and reply["incident"] == incident_id, reply
+            # What was done, as the incident's timeline says: before, an empty list.
+            assert {"action": "isolate", "result": "success"} in reply["recovery"]["actions"]
     finally:
         again.stop()
 
@@ -431,6 +436,8 @@ def test_on_postgresql_the_fleets_override_carries_the_incident_across_a_kill_9(
             assert http.get(f"{BREAKERS}/workout").json()["state"] == "forced_open"
             reply = workout_reply(http)
             assert reply["emergency"] is True and reply["incident"] == incident_id, reply
+            # What was done, as the incident's timeline says: before, an empty list.
+            assert {"action": "isolate", "result": "success"} in reply["recovery"]["actions"]
     finally:
         again.stop()
 

@@ -56,7 +56,7 @@ class Rig:
             self.timeline,
             isolate_ttl_s=60,
             minimal_mode=self.minimal,
-            on_action=lambda *labels: self.counted.append(labels),
+            on_action=lambda c, r: self.counted.append((c.protocol, r.action, r.result)),
         )
 
     async def run(self, action: str, component: str = "nutrition", protocol: str = "P") -> Any:

@@ -153,7 +153,9 @@ async def test_an_emergency_backup_covered_by_a_recent_one_is_recorded_as_skippe
     team,  # noqa: ANN001
 ) -> None:
     counted: list[tuple[str, str, str]] = []
-    responder, timeline, _ = make(team, on_action=lambda *labels: counted.append(labels))
+    responder, timeline, _ = make(
+        team, on_action=lambda c, r: counted.append((c.protocol, r.action, r.result))
+    )
     covered = "an emergency backup ran 239 s ago, within the cooldown of 300 s: snapshot 16e38c53"
 
     async def backup(context: ResponseContext) -> tuple[bool, str]:
