@@ -134,7 +134,11 @@ def _value(name: str, record: SpanRecord, values: dict[str, str]) -> str:
 
 _GETTERS: dict[str, Callable[[SpanRecord], str]] = {
     "exception.type": lambda record: short_type(record.exception_type),
-    "message": lambda record: normalise_message(record.exception_message),
+    # A failure without words (an HTTP server span with error.type 500 alone) is told apart
+    # by its span's name, the route: GET /cart and POST /pay are two failures.
+    "message": lambda record: (
+        normalise_message(record.exception_message) or f"<span {normalise_message(record.name)}>"
+    ),
     "span.name": lambda record: record.name,
     "service.name": lambda record: record.service_name,
 }

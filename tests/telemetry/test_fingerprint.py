@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from telemetry.fingerprint import FingerprintTemplate, TemplateError, normalise_message, short_type
+from telemetry.fingerprint import (
+    DEFAULT_TEMPLATE,
+    FingerprintTemplate,
+    TemplateError,
+    normalise_message,
+    short_type,
+)
+from telemetry.span_record import SpanRecord
 from tests.telemetry.conftest import error_record
 
 
@@ -65,3 +72,22 @@ def test_template_renders_placeholders_from_the_record_and_the_classification() 
 def test_unknown_placeholders_are_refused() -> None:
     with pytest.raises(TemplateError, match=r"unknown placeholder \{colour\}"):
         FingerprintTemplate.parse("{component}:{colour}")
+
+
+def test_failures_without_words_are_told_apart_by_their_span() -> None:
+    cart, pay = (
+        SpanRecord.from_dict(
+            {
+                "name": name,
+                "status": {"code": "ERROR"},
+                "attributes": {"error.type": "500", "http.route": name.split()[1]},
+                "resource": {"service.name": "shop"},
+            }
+        )
+        for name in ("GET /cart", "POST /pay")
+    )
+    template = FingerprintTemplate.parse(DEFAULT_TEMPLATE)
+    values = {"component": "shop", "type": "system", "severity": "high"}
+    # Before: both were shop:system:500: , one incident named after whichever came first.
+    assert template.render(cart, values) == "shop:system:500:<span GET /cart>"
+    assert template.render(pay, values) != template.render(cart, values)
