@@ -118,13 +118,24 @@ def incidents(args: argparse.Namespace) -> int:
 def draw_tree(spans: list[dict[str, Any]], tree: Tree) -> Tree:
     for span in spans:
         failed = span["status"]["code"] == "ERROR"
-        message = span["status"].get("message")
+        message = span["status"].get("message") or _exception_words(span)
         label = Text("✗ " if failed else "· ", style="red" if failed else "dim")
         label.append(f"{span['name']}  {span['durationMs']:.2f} ms")
         if failed and message:
             label.append(f"  {message}", style="red")
         draw_tree(span.get("children", []), tree.add(label))
     return tree
+
+
+def _exception_words(span: dict[str, Any]) -> str:
+    """The last exception a span recorded, for one whose status has no message."""
+    for event in reversed(span.get("events") or []):
+        if event.get("name") == "exception":
+            found = event.get("attributes") or {}
+            return ": ".join(
+                str(found[k]) for k in ("exception.type", "exception.message") if found.get(k)
+            )
+    return ""
 
 
 def _trace(out: Console, data: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """``ers classify --explain FILE``: a file that is JSON but not one span record gets one line
-naming what the file must hold, never a traceback."""
+naming what the file must hold, never a traceback. ``ers trace``'s tree says why a span
+failed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.tree import Tree
+
+from service.cli.incidents import draw_tree
 
 
 def explain(path: Path) -> subprocess.CompletedProcess[str]:
@@ -76,3 +81,22 @@ def test_one_span_as_ers_trace_json_lists_it_is_explained(tmp_path: Path) -> Non
     result = explain(span)
     assert result.returncode == 0, result.stderr
     assert "MATCHED" in result.stdout and "database" in result.stdout, result.stdout
+
+
+def test_a_trace_tree_shows_the_exception_of_a_span_whose_status_has_no_words() -> None:
+    span = {
+        "name": "charge",
+        "durationMs": 12.5,
+        "status": {"code": "ERROR", "message": ""},
+        "events": [
+            {
+                "name": "exception",
+                "attributes": {"exception.type": "CardDeclined", "exception.message": "expired"},
+            }
+        ],
+        "children": [],
+    }
+    console = Console(width=120, record=True)
+    console.print(draw_tree([span], Tree("trace")))
+    # Before: "✗ charge  12.50 ms" and nothing to say why.
+    assert "✗ charge  12.50 ms  CardDeclined: expired" in console.export_text()
