@@ -20,7 +20,13 @@ from opentelemetry.trace import Span
 # DependencyError"), not only the exact class; read back from span records.
 from telemetry.span_record import EXCEPTION_BASES_ATTRIBUTE
 
-__all__ = ["EXCEPTION_BASES_ATTRIBUTE", "exception_bases", "record_exception", "stacktrace"]
+__all__ = [
+    "EXCEPTION_BASES_ATTRIBUTE",
+    "exception_bases",
+    "record_exception",
+    "record_failure",
+    "stacktrace",
+]
 
 _MAX_PATHS = 1024
 _frames_by_path: OrderedDict[tuple[Any, ...], str] = OrderedDict()
@@ -89,6 +95,15 @@ def described(exc: BaseException) -> str:
 
 def exception_bases(exc: BaseException) -> list[str]:
     return [cls.__name__ for cls in type(exc).__mro__[1:] if cls not in (object, BaseException)]
+
+
+def record_failure(span: Span, exc: BaseException) -> None:
+    """``exc`` as the failure a span reports: its event, ``error.type`` and its bases, which
+    the classification rules read; the same failure reported by two spans (a health check's,
+    a request's) is then classified alike, one incident."""
+    record_exception(span, exc, {})
+    span.set_attribute("error.type", type(exc).__qualname__)
+    span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(exc))
 
 
 def record_exception(span: Span, exc: BaseException, attributes: dict[str, Any]) -> None:

@@ -15,6 +15,16 @@ class RepositoryUnreachable(ConnectionError):
     """The restic repository cannot be reached or opened."""
 
 
+def reported_failure(failure: BaseException) -> BaseException:
+    """Why the backups cannot be used, as the repository check reports it: a lost or replaced
+    repository as itself, anything else (a wrong password, an unreachable server) as
+    RepositoryUnreachable. A request's 503 reporting it this way joins the check's incident
+    instead of opening one of its own, classified otherwise."""
+    if isinstance(failure, RepositoryMissing | RepositoryReplaced):
+        return failure
+    return RepositoryUnreachable(str(failure))
+
+
 class RepositoryCheck:
     """Unhealthy when the repository cannot be reached; unhealthy with the named error, which
     the incident pipeline classifies as critical, when the repository the backups went to is
@@ -33,7 +43,10 @@ class RepositoryCheck:
         if backups.manager is None:
             if isinstance(backups.failure, RepositoryMissing | RepositoryReplaced):
                 return self._lost(backups.failure, where)
+            failure = backups.failure
             error = RepositoryUnreachable(backups.error or "not connected")
+            if failure is not None:
+                error = reported_failure(failure)
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,

@@ -30,12 +30,7 @@ from opentelemetry.trace import StatusCode
 
 from service.health.checks import CheckResult, HealthCheck, HealthCheckFailed, Status, worst
 from service.tasks import cancel_and_wait
-from telemetry.exception_events import (
-    EXCEPTION_BASES_ATTRIBUTE,
-    described,
-    exception_bases,
-    record_exception,
-)
+from telemetry.exception_events import described, record_failure
 
 log = logging.getLogger("ers.health")
 
@@ -151,9 +146,7 @@ class HealthMonitor:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            record_exception(span, error, {})
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.set_attribute(EXCEPTION_BASES_ATTRIBUTE, exception_bases(error))
+            record_failure(span, error)
             span.set_status(SpanStatus(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
     def evaluate_soon(self) -> None:

@@ -125,3 +125,45 @@ def test_a_repository_moved_away_is_one_incident_for_the_health_check_and_a_chec
             assert not bare, [(i["spanName"], i["message"]) for i in incidents()]
     finally:
         ers.stop()
+
+
+def test_a_wrong_password_is_one_incident_for_the_health_check_and_the_requests(
+    tmp_path: Path,
+) -> None:
+    """The repository check and the requests that answer 503 for the same wrong password
+    report one failure, classified alike: one incident, counted by each."""
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    subprocess.run(
+        ["restic", "init", "-r", str(workdir / "repo"), "--password-file", "/dev/stdin"],
+        input=b"the-first-password\n",
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (workdir / "restic-password").write_text("another-password\n")
+    (workdir / "restic-password").chmod(0o600)
+    ers = start_ers(
+        workdir,
+        env={
+            "ERS_BACKUPS_ENABLED": "true",
+            "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+            "ERS_HEALTH_CHECK_INTERVAL_S": "0.5",
+        },
+    )
+    try:
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+
+            def wrong() -> list[dict]:
+                found = http.get("/api/emergency/incidents?limit=100").json()["incidents"]
+                return [i for i in found if "does not open the repository" in i["message"]]
+
+            (seen,) = wait_for(wrong, 30)
+            for _ in range(2):
+                assert http.post("/api/emergency/backups/create", json={}).status_code == 503
+                assert http.get("/api/emergency/backups").status_code == 503
+            # Before: a second incident, "system" where the check's is "network".
+            assert wait_for(lambda: wrong()[0]["count"] >= seen["count"] + 4, 10)
+            assert [i["id"] for i in wrong()] == [seen["id"]]
+    finally:
+        ers.stop()

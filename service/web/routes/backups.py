@@ -40,11 +40,13 @@ from service.backups.replies import (
     snapshot_reply,
 )
 from service.backups.service import ROLLBACK_COMPONENTS, BackupsUnavailable
+from service.health.backup_checks import reported_failure
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
 from service.web.openapi import errors
 from service.web.routes.json_types import Confirmation
+from telemetry.exception_events import record_failure
 from telemetry.incident_processor import NOT_AN_INCIDENT
 
 router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
@@ -86,13 +88,14 @@ def _report(failure: BaseException | None) -> None:
         span.set_attribute(NOT_AN_INCIDENT, "backups are not available yet")
         return
     span.set_attribute("ers.component", "backups")
-    span.record_exception(failure)
+    record_failure(span, failure)
 
 
 def _fail(exc: Exception, operation: str) -> HTTPException:
     """The reply for a failed `operation` ("backup", "test rollback", ...), named in it."""
     if isinstance(exc, BackupsUnavailable):
-        _report(exc.__cause__)
+        cause = exc.__cause__
+        _report(None if cause is None else reported_failure(cause))
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
     if isinstance(exc, SnapshotNotFound):
         return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
