@@ -18,7 +18,12 @@ class UserInputError(ErsError):
 
 
 class StoreUnavailable(ErsError):
-    """A state store could not be read or written (disk, lock, paused for a rollback)."""
+    """A state store could not be read or written (disk, lock, database server, paused for
+    a rollback). A guard passes it on and it counts against no breaker: the stores check
+    reports the store, and an agent isolated for it would still turn users away once the
+    store is back."""
+
+    call_outcome = "store_unavailable"
 
     def __init__(self, component: str, reason: str) -> None:
         super().__init__(f"the {component} store is unavailable: {reason}")

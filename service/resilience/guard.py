@@ -21,7 +21,7 @@ from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from service.agents.base import Agent, AgentReply, AgentRequest, checked_reply
 from service.agents.failure_kinds import FAILURE_KIND_ATTRIBUTE, FailureKind, RateLimited
-from service.errors import StorePaused, UserInputError
+from service.errors import StoreUnavailable, UserInputError
 from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_events import report_trip
 from service.resilience.breaker_permit import Permit, describe_error
@@ -210,7 +210,7 @@ class GuardedAgent:
                 # The first attempt runs inline: it is the only one on the healthy path.
                 reply = await self._deadlines.run(self._agent_call(request), self._first_timeout)
                 checked_reply(self.name, reply)
-            except (UserInputError, StorePaused) as passed:  # no failure of the agent
+            except (UserInputError, StoreUnavailable) as passed:  # no failure of the agent
                 permit.release()
                 self._record(passed.call_outcome, started)
                 raise
@@ -218,7 +218,7 @@ class GuardedAgent:
                 _record_failure(permit, first_error, time.perf_counter() - started)
                 try:
                     reply = await self._retry(request, span, started, first_error)
-                except (UserInputError, StorePaused) as passed:
+                except (UserInputError, StoreUnavailable) as passed:
                     self._record(passed.call_outcome, started)
                     raise
                 except Exception as exc:
@@ -325,7 +325,7 @@ class GuardedAgent:
             remaining = config.total_budget_s - (call_started - started)
             try:
                 reply = await self._attempt(request, min(config.timeout_s, remaining))
-            except (UserInputError, StorePaused):
+            except (UserInputError, StoreUnavailable):
                 permit.release()
                 raise
             except Exception as exc:

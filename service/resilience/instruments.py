@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from service.errors import StorePaused, UserInputError
+from service.errors import StorePaused, StoreUnavailable, UserInputError
 
 # Latency buckets for agent calls, in seconds: deterministic agents answer in well under a
 # millisecond, guarded failures can take the whole timeout.
@@ -52,6 +52,7 @@ AGENT_CALL_OUTCOMES = (
     "rejected",
     UserInputError.call_outcome,
     StorePaused.call_outcome,
+    StoreUnavailable.call_outcome,
     "synthetic_success",
     "synthetic_failure",
 )

@@ -19,6 +19,7 @@ from service.chat.admission import ChatOverloaded
 from service.errors import NO_ROUTE, StorePaused, StoreUnavailable, UnknownAgent
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.routes.json_types import json_kind
+from telemetry.exception_events import record_failure
 from telemetry.incident_processor import NOT_AN_INCIDENT
 
 log = logging.getLogger("ers.http")
@@ -156,8 +157,12 @@ async def incident_store_unavailable(
 async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
     log.warning("store unavailable: %s", exc)
     paused = isinstance(exc, StorePaused)  # for a moment: a rollback swaps its state
+    span = trace.get_current_span()
     if paused:  # the operator's rollback, not an outage
-        trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "a store paused for a rollback")
+        span.set_attribute(NOT_AN_INCIDENT, "a store paused for a rollback")
+    else:  # the store's failure in its own words, not a bare 503, is the incident
+        span.set_attribute("ers.component", exc.component)
+        record_failure(span, exc)
     detail = f"the {exc.component} store cannot be used right now; try again shortly"
     return JSONResponse(
         {

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from service.agents.base import AgentReply, AgentRequest
 from service.chat.team import Team
-from service.errors import AgentFailure, DependencyError, UserInputError
+from service.errors import AgentFailure, DependencyError, StoreUnavailable, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker, ProbeOutcome
 from service.resilience.fallback import FallbackPolicy, LastGoodAnswers
 from service.resilience.guard import GuardedAgent
@@ -157,6 +157,21 @@ async def test_user_errors_pass_through_and_never_count(harness: Harness) -> Non
     assert guard.breaker.state.value == "closed"
     assert guard.breaker.snapshot()["failureCount"] == 0
     assert harness.counts()[("ers_agent_calls", "budget", "user_error")] == 10
+
+
+async def test_a_store_outage_passes_through_and_never_counts(harness: Harness) -> None:
+    outage = StoreUnavailable("profiles", "no PostgreSQL connection within 0.5 s")
+    agent = ScriptedAgent("workout", [outage, outage, outage, outage, outage, outage, "plan"])
+    guard = harness.guard(agent)
+    for _ in range(6):
+        with pytest.raises(StoreUnavailable):  # the chat answers 503 naming the store
+            await guard.handle(REQUEST)
+    # Before: the breaker opened, and the agent fell back for a while once the store was back.
+    assert guard.breaker.state.value == "closed"
+    assert guard.breaker.snapshot()["failureCount"] == 0
+    assert agent.calls == 6  # no retries against an outage either
+    assert (await guard.handle(REQUEST)).success
+    assert harness.counts()[("ers_agent_calls", "workout", "store_unavailable")] == 6
 
 
 async def test_last_good_answer_is_the_fallback(harness: Harness) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from opentelemetry import trace
 
+from service.errors import ErsError
 from service.web.auth import IntakeAuth
 from service.web.deps import Incidents, Traces
 from service.web.openapi import errors
+from telemetry.exception_events import record_failure
 from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
 from telemetry.otlp_intake import (
     MalformedOtlp,
@@ -83,7 +86,15 @@ async def _written(processor: IncidentProcessor, errors: list[SpanRecord]) -> No
         )
 
 
+class IntakeRefused(ErsError):
+    """Error spans another service sent were not recorded (answered 503)."""
+
+
 def _unavailable(detail: str) -> HTTPException:
+    """The 503 the sender retries on; its span says why, so the incident it makes does."""
+    span = trace.get_current_span()
+    span.set_attribute("ers.component", "intake")
+    record_failure(span, IntakeRefused(detail))
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE, f"{detail}; send them again", {"Retry-After": "2"}
     )
