@@ -35,6 +35,7 @@ from backup.emergency import EmergencyCooldown
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
 from service.backups.first_start import first_start_done
+from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
 from service.errors import ErsError
 from service.fleet import FleetLeader
@@ -95,8 +96,8 @@ def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
     return []
 
 
-# The status shows the live state's size; it is read again at most this often.
-SIZE_READ_EVERY_S = 10.0
+# A remote repository's problem is told again from a restic call at most this often.
+PROBLEM_READ_EVERY_S = 10.0
 
 
 class BackupService:
@@ -143,7 +144,7 @@ class BackupService:
         self.first_attempt_done = asyncio.Event()
         self.connection_failures = 0
         # When the live state's size was read, and what it was (or why it was not known).
-        self._size: tuple[float, int | str] | None = None
+        self._live_size = LiveSize(lambda: self.require().backend.live_sizes())
         self._problem: tuple[float, str | None] | None = None
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
@@ -283,7 +284,7 @@ class BackupService:
             "available": len(snapshots),
             "lastBackup": last.isoformat().replace("+00:00", "Z") if last else None,
         }
-        size = await self._live_size()
+        size = await self._live_size.get()
         if isinstance(size, int):
             reply["totalSize"] = human_size(size)
         else:
@@ -293,10 +294,10 @@ class BackupService:
     async def _repository_problem(self) -> str | None:
         """Why the repository the backups went to cannot be used now (gone, replaced,
         read-only), or None. A local repository is looked at each time (a file read); a
-        remote one, which takes a restic call, at most every ``SIZE_READ_EVERY_S``."""
+        remote one, which takes a restic call, at most every ``PROBLEM_READ_EVERY_S``."""
         assert self.manager is not None
         now, local = time.monotonic(), is_local(self.manager.restic.repository)
-        if not local and self._problem and now - self._problem[0] < SIZE_READ_EVERY_S:
+        if not local and self._problem and now - self._problem[0] < PROBLEM_READ_EVERY_S:
             return self._problem[1]
         try:
             await self.manager.verify_repository()
@@ -305,23 +306,6 @@ class BackupService:
             problem = str(exc)
         self._problem = (now, problem)
         return problem
-
-    async def _live_size(self) -> int | str:
-        """The live state's bytes, or why they are not known; read at most every
-        ``SIZE_READ_EVERY_S`` (on PostgreSQL it is a query on a connection of its own, and
-        the status is read often)."""
-        now = time.monotonic()
-        if self._size is not None and now - self._size[0] < SIZE_READ_EVERY_S:
-            return self._size[1]
-        assert self.manager is not None
-        size: int | str
-        try:
-            size = sum((await self.manager.backend.live_sizes()).values())
-        except BackupError as exc:
-            log.warning("the live state's size is not known: %s", exc)
-            size = str(exc)
-        self._size = (now, size)
-        return size
 
     # --- operations ---------------------------------------------------------------------
 

@@ -1,0 +1,42 @@
+"""The status's live size: a read that hangs (a frozen database server) holds up the read
+alone; the status waits a second at most and shows the last size known."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from backup import BackupError
+from service.backups import live_size
+from service.backups.live_size import LiveSize
+
+
+async def test_a_hung_read_holds_the_status_up_a_second_at_most(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(live_size, "WAIT_S", 0.2)
+    monkeypatch.setattr(live_size, "READ_EVERY_S", 0.0)
+    release = asyncio.Event()
+    reads = []
+
+    async def read() -> dict[str, int]:
+        reads.append(1)
+        if len(reads) > 1:
+            await release.wait()  # the server froze
+        return {"budgets": 100, "profiles": 20}
+
+    size = LiveSize(read)
+    assert await size.get() == 120
+    started = time.monotonic()
+    answers = await asyncio.gather(*(size.get() for _ in range(5)))
+    # Before: every status request waited for the connect timeout (10 s).
+    assert time.monotonic() - started < 1.0
+    assert answers == [120] * 5  # the last size known
+    assert len(reads) == 2  # one read at a time, shared
+    release.set()
+    assert await size.get() == 120  # the read that hung, once the server is back
+
+
+async def test_a_size_that_cannot_be_read_says_why() -> None:
+    async def read() -> dict[str, int]:
+        raise BackupError("reading the schemas' sizes failed: connection refused")
+
+    assert await LiveSize(read).get() == "reading the schemas' sizes failed: connection refused"
