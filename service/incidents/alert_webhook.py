@@ -269,6 +269,9 @@ class AlertHandler:
             reason=f"alert {alert.describe()}",
             source=ACTOR,
             ttl_s=self.isolate_ttl_s,
+            # A reopened incident is a new episode: what ran for the last one (an isolation
+            # released since) holds nothing back, as for the responder.
+            episode=incident.reopen_count if incident is not None else 0,
         )
         if action is None:
             return "recorded; the alert names no action"

@@ -163,3 +163,19 @@ async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(
     timeline = runtime.incidents.timeline(incident.id)
     last = [entry for entry in timeline if entry.kind != "state_changed"][-1]
     assert "its breaker closed (reset with force, by operator:ana)" in last.message
+
+
+async def test_the_next_firing_after_a_resolved_one_isolates_again_within_the_cooldown(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    breaker = app.state.runtime.team.get("workout").breaker
+    await deliver(hook, app, FIRING)
+    await deliver(hook, app, resolved_payload())
+    await trial(client, app, "closed")
+    # The condition comes back a minute later: a new firing of the alert (another startsAt).
+    again = copy.deepcopy(FIRING)
+    again["alerts"][0]["startsAt"] = "2026-11-28T12:20:00.000Z"
+    await deliver(hook, app, again)
+    # Before: "isolate: skipped — already tried for this incident", the breaker left closed.
+    assert breaker.state.value == "forced_open"
+    assert breaker.snapshot()["forced"]["source"] == "alertmanager"
