@@ -15,6 +15,7 @@ class UserInputError(ErsError):
     """The user's request cannot be served as given; never counts against a breaker."""
 
     call_outcome = "user_error"  # how a guard that passes it on counts the call
+    status = 422  # the HTTP status a route answers it with
 
 
 class StoreUnavailable(ErsError):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from service.errors import UserInputError
 from service.stores.base import ChatTurn, Profile, profile_from_row
 from service.stores.sql import Dialect
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile, Write, current_month
@@ -75,6 +76,21 @@ class Unit:
         if self.turn is not None or self.key is not None:
             touched.add("conversations")
         return [c for c in ("budgets", "profiles", "conversations") if c in touched]
+
+
+class ExpenseRecordedBefore(UserInputError):
+    """A keyed request's expense is stored already, by an earlier send whose reply (and key)
+    is no longer remembered: nothing is recorded again, and the reply must not say it is."""
+
+    status = 409
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the expense of this request was recorded by an earlier send with the "
+            f"Idempotency-Key '{key}', whose reply is no longer remembered (only the newest "
+            "idempotency_keys_max keys are); nothing was recorded again. A new expense "
+            "needs a new key"
+        )
 
 
 class KeyTaken(Exception):
@@ -167,11 +183,11 @@ async def _write(
                 " WHERE turn_key = ? AND spent_at < ?",
                 (unit.turn_key, unit.now - policy.ttl_s),
             )
-        await tx.rows(
+        added = await tx.rows(
             "budgets",
             f"INSERT INTO {names['budgets']}.expenses (user_id, category, amount_cents, note,"
             " month, spent_at, turn_key) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (turn_key) DO NOTHING",
+            " ON CONFLICT (turn_key) DO NOTHING RETURNING id",
             (
                 write.user_id,
                 write.category,
@@ -182,6 +198,8 @@ async def _write(
                 unit.turn_key,
             ),
         )
+        if not added and unit.key is not None:
+            raise ExpenseRecordedBefore(unit.key.key)
     elif isinstance(write, SetBudgetLimit):
         await tx.rows(
             "budgets",

@@ -83,6 +83,22 @@ async def test_only_the_newest_keys_are_remembered(client: httpx.AsyncClient, ap
     assert await turns(app) == MAX_KEYS + 2
 
 
+async def test_a_forgotten_keys_expense_is_not_claimed_recorded_again(
+    client: httpx.AsyncClient,
+) -> None:
+    spent = {"message": "spent $1 on groceries", "userId": "u4"}
+    first = await client.post("/chat", json=spent, headers={"Idempotency-Key": "E"})
+    assert first.status_code == 200 and "Recorded $1.00" in first.json()["response"]
+    for n in range(MAX_KEYS):  # newer keys push E out of what is remembered
+        await client.post("/chat", json={"message": "hi"}, headers={"Idempotency-Key": f"n{n}"})
+    retry = await client.post("/chat", json=spent, headers={"Idempotency-Key": "E"})
+    # Before: 200 "Recorded $1.00 ... spent $2.00" with nothing stored.
+    assert retry.status_code == 409, retry.text
+    assert "recorded by an earlier send with the Idempotency-Key 'E'" in retry.json()["detail"]
+    report = await client.post("/chat", json={"message": "budget report", "userId": "u4"})
+    assert "spent $1.00" in report.json()["response"]
+
+
 async def test_a_key_older_than_its_time_is_forgotten(app: FastAPI) -> None:
     units = app.state.runtime.stores.units
     ttl = units.policy.ttl_s

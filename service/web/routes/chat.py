@@ -84,7 +84,7 @@ async def chat(body: ChatRequest, chat: Chat, settings: Settings, request: Reque
     try:
         result = await chat.chat(message, body.userId, idempotency_key(request))
     except UserInputError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(exc.status, str(exc)) from None
     if result.replayed:
         headers = {REPLAY_HEADER: "true"}
         return JSONResponse(result.as_seed_shape(), status_code=result.status, headers=headers)

@@ -69,7 +69,7 @@ async def put_profile(
     try:
         reply = await update_profile(stores.units, user_id, fields, idempotency_key(request))
     except UserInputError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(exc.status, str(exc)) from None
     if reply.replayed:
         headers = {REPLAY_HEADER: "true"}
         return JSONResponse(reply.body, status_code=reply.status, headers=headers)
