@@ -24,8 +24,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.config_checks import redact_url
 from service.errors import StatementRefused, StorePaused, StoreUnavailable
-from service.settings import redact_url
 from service.stores.pg_pool import password_of, scrub_password, unreachable_reason
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
 from service.stores.sql import POSTGRESQL as POSTGRES

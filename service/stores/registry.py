@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from service.settings import Settings, redact_url
+from service.config_checks import redact_url
+from service.settings import Settings
 from service.stores.budgets import BudgetStore
 from service.stores.component import Connection
 from service.stores.conversations import ConversationStore

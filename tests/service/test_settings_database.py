@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import SettingsError, load_settings, redact_url
+from service.config_checks import redact_url
+from service.settings import SettingsError, load_settings
 from tests.conftest import ROOT
 
 # Settings come from the environment and ./ers.yaml: each test starts from neither.

@@ -1,0 +1,101 @@
+"""Checks of what the settings point at: the YAML file and the database URL. Each failure
+is one line a person can act on; none quotes a secret."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+
+class SettingsError(Exception):
+    """Start-up configuration is invalid; the message names the key and the problem."""
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def check_database_url(url: str) -> None:
+    """Raise ValueError naming what is wrong with a PostgreSQL URL, never quoting it."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in POSTGRES_SCHEMES:
+        shown = f"scheme '{scheme}'" if scheme and scheme.isalnum() else "no scheme"
+        raise ValueError(
+            f"only postgresql://… or postgres://… URLs are accepted (got {shown}); "
+            "unset it to keep the state in SQLite files"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError(
+            "not a valid URL (check the port and percent-encode special characters in "
+            "the user name and password)"
+        ) from None
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the user part or the query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        query = "&".join(
+            "password=***" if pair.lower().startswith("password=") else pair
+            for pair in parts.query.split("&")
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "(a database URL that does not parse; not shown)"
+
+
+def config_path() -> Path | None:
+    explicit = os.environ.get("ERS_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SettingsError(f"ERS_CONFIG: no such file {path}; fix the path or unset it")
+        check_yaml(path)
+        return path
+    default = Path("ers.yaml")
+    if default.is_file():
+        check_yaml(default)
+        return default
+    return None
+
+
+def check_yaml(path: Path) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
+        raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if duplicate is not None:
+        # YAML keeps the last of two equal keys silently: a second agent would replace one.
+        key, first, second = duplicate
+        raise SettingsError(
+            f"invalid setting '{key}': written twice in {path} (lines {first} and {second}); "
+            "keep one, or give the second its own name"
+        )
+    if data is not None and not isinstance(data, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping of setting names")
+
+
+def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:
+    """The first key written twice in one mapping: (dotted key, first line, second line)."""
+    children: list[tuple[str, yaml.Node]] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = [(str(index), item) for index, item in enumerate(node.value)]
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in lines and key != "<<":
+                return ".".join((*path, key)), lines[key], line
+            lines[key] = line
+            if value_node is not node:  # an alias of itself is walked once
+                children.append((key, value_node))
+    return next(filter(None, (_duplicate_key(n, (*path, k)) for k, n in children)), None)
