@@ -69,6 +69,17 @@ def config_path() -> Path | None:
 def check_yaml(path: Path) -> None:
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(
+            f"{path}: cannot read it ({exc.strerror}); let the user running ERS read it, "
+            "or point ERS_CONFIG at another file"
+        ) from None
+    try:
         duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
@@ -82,6 +93,12 @@ def check_yaml(path: Path) -> None:
         )
     if data is not None and not isinstance(data, dict):
         raise SettingsError(f"{path}: the top level must be a mapping of setting names")
+    for key in data or {}:
+        if not isinstance(key, str):
+            raise SettingsError(
+                f"{path}: {key!r} at the top level is not a setting name; "
+                "write setting names there (max_backups: 5)"
+            )
 
 
 def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:

@@ -182,7 +182,11 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         yaml_file = config_path()
         if yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+            sources.append(
+                YamlConfigSettingsSource(
+                    settings_cls, yaml_file=yaml_file, yaml_file_encoding="utf-8"
+                )
+            )
         return tuple(sources)
 
     @field_validator("database_url")

@@ -116,6 +116,61 @@ def test_a_key_written_twice_is_named(tmp_path: Path, text: str, key: str, lines
     assert lines in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"max_backups: 5\n\xff\n", "not UTF-8 text (byte 0xff at offset 15); save it as UTF-8"),
+        (b"1: 2\n", "1 at the top level is not a setting name"),
+        (b"true: 2\n", "True at the top level is not a setting name"),
+    ],
+)
+def test_a_config_file_ers_cannot_take_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    """These came out as a traceback (UnicodeDecodeError, AttributeError) and exit 1."""
+    config = tmp_path / "f.yaml"
+    config.write_bytes(content)
+    monkeypatch.setenv("ERS_CONFIG", str(config))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value).startswith(f"{config}: ")
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_config_file_that_cannot_be_read_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "f.yaml"
+    config.write_text("max_backups: 5\n")
+    monkeypatch.setenv("ERS_CONFIG", str(config))
+    real_read_text = Path.read_text
+
+    def unreadable(path: Path, *args: object, **kwargs: object) -> str:
+        if path == config:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    with pytest.raises(SettingsError, match=r"f\.yaml: cannot read it \(Permission denied\); "):
+        load_settings()
+
+
+def test_a_bad_config_file_stops_a_command_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "f.yaml").write_bytes(b"max_backups: 5\n\xff\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "backup", "--offline", "list"],
+        env={"ERS_CONFIG": "f.yaml", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "ers: f.yaml: not UTF-8 text (byte 0xff at offset 15); save it as UTF-8"
+    ]
+
+
 def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text(
         "agent_breakers:\n"
