@@ -14,6 +14,14 @@ class SettingsError(Exception):
     """Start-up configuration is invalid; the message names the key and the problem."""
 
 
+class InvalidSetting(ValueError):
+    """A check across several settings failed; ``key`` is the setting to change."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 

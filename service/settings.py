@@ -31,7 +31,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from service.config_checks import SettingsError, check_database_url, config_path
+from service.config_checks import InvalidSetting, SettingsError, check_database_url, config_path
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # The team by default: the built-in agents, each loaded by its ``ers.agents`` entry point.
@@ -215,9 +215,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _offsite_needs_its_password_file(self) -> Settings:
         if self.offsite_repository and self.offsite_password_file is None:
-            raise ValueError(
+            raise InvalidSetting(
+                "offsite_password_file",
                 "offsite_repository is set without offsite_password_file: point "
-                "ERS_OFFSITE_PASSWORD_FILE at the file holding that repository's password"
+                "ERS_OFFSITE_PASSWORD_FILE at the file holding that repository's password",
             )
         return self
 
@@ -230,12 +231,15 @@ class Settings(BaseSettings):
             try:
                 value = path.read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ValueError(
-                    f"{name}_token_file: cannot read {path} ({exc.strerror}); "
-                    "point it at a readable file holding the token"
+                raise InvalidSetting(
+                    f"{name}_token_file",
+                    f"cannot read {path} ({exc.strerror}); point it at a readable file holding "
+                    "the token",
                 ) from None
             if not value:
-                raise ValueError(f"{name}_token_file: {path} is empty; write the token into it")
+                raise InvalidSetting(
+                    f"{name}_token_file", f"{path} is empty; write the token into it"
+                )
             object.__setattr__(self, f"{name}_token", SecretStr(value))
         return self
 
@@ -297,7 +301,9 @@ def load_settings(**overrides: Any) -> Settings:
 
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "settings"
+    cause = first.get("ctx", {}).get("error")
+    named = cause.key if isinstance(cause, InvalidSetting) else "settings"
+    key = ".".join(str(part) for part in first["loc"]) or named
     if first["type"] == "extra_forbidden" and key.split(".")[0] == "notifications":
         return (  # nothing read the key: remove it
             f"invalid setting '{key}': ERS sends no notifications itself; people are notified "

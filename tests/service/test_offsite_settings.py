@@ -24,7 +24,9 @@ def test_an_offsite_repository_without_its_password_file_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "sftp:backup@vault.example:/srv/ers")
-    with pytest.raises(SettingsError, match="ERS_OFFSITE_PASSWORD_FILE"):
+    with pytest.raises(
+        SettingsError, match="^invalid setting 'offsite_password_file': .*ERS_OFFSITE_PASSWORD_FILE"
+    ):
         load_settings()
 
 

@@ -54,7 +54,10 @@ def test_explicit_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ({"ERS_CIRCUIT_BREAKER_THRESHOLD": "0"}, "invalid setting 'circuit_breaker_threshold'"),
         ({"ERS_ENV": "staging"}, "invalid setting 'env'"),
         ({"ERS_CONFIG": "/nonexistent/ers.yaml"}, "ERS_CONFIG: no such file"),
-        ({"ERS_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "admin_token_file: cannot read"),
+        (
+            {"ERS_INTAKE_TOKEN_FILE": "/nonexistent/token"},
+            "invalid setting 'intake_token_file': cannot read /nonexistent/token (",
+        ),
         (
             {"ERS_BACKUP_INTERVAL_MINUTES__NOPE": "5"},
             "'backup_interval_minutes.nope': unknown key; check its spelling "
