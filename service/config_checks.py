@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+from pydantic import SecretStr
 
 
 class SettingsError(Exception):
@@ -57,6 +58,26 @@ def redact_url(url: str) -> str:
         return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "(a database URL that does not parse; not shown)"
+
+
+def blank_to_none(value: SecretStr | None) -> SecretStr | None:
+    """A token of nothing but blanks is no token: no request could present it."""
+    if value is None or not value.get_secret_value().strip():
+        return None
+    return value
+
+
+def read_token_file(key: str, path: Path) -> SecretStr | None:
+    """The token in ``path``; None when the file holds only blanks."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InvalidSetting(
+            key,
+            f"cannot read {path} ({reason}); point it at a readable file holding the token",
+        ) from None
+    return SecretStr(value) if value else None
 
 
 def config_path() -> Path | None:

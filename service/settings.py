@@ -31,7 +31,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from service.config_checks import InvalidSetting, SettingsError, check_database_url, config_path
+from service.config_checks import (
+    InvalidSetting,
+    SettingsError,
+    blank_to_none,
+    check_database_url,
+    config_path,
+    read_token_file,
+)
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # The team by default: the built-in agents, each loaded by its ``ers.agents`` entry point.
@@ -222,25 +229,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    _blank_token_is_none = field_validator("admin_token", "alert_token", "intake_token")(
+        blank_to_none
+    )
+
     @model_validator(mode="after")
     def _read_token_files(self) -> Settings:
         for name in ("admin", "alert", "intake"):
             path: Path | None = getattr(self, f"{name}_token_file")
-            if path is None or getattr(self, f"{name}_token") is not None:
-                continue
-            try:
-                value = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise InvalidSetting(
-                    f"{name}_token_file",
-                    f"cannot read {path} ({exc.strerror}); point it at a readable file holding "
-                    "the token",
-                ) from None
-            if not value:
-                raise InvalidSetting(
-                    f"{name}_token_file", f"{path} is empty; write the token into it"
-                )
-            object.__setattr__(self, f"{name}_token", SecretStr(value))
+            if path is not None and getattr(self, f"{name}_token") is None:
+                token = read_token_file(f"{name}_token_file", path)
+                object.__setattr__(self, f"{name}_token", token)
         return self
 
     @property
@@ -261,8 +260,8 @@ def check_production(settings: Settings) -> None:
     if settings.env is not Environment.PRODUCTION:
         return
     # Every missing token at once: one start to learn them all, not one per token.
-    if missing := [n.upper() for n in ("admin", "alert", "intake") if settings.token(n) is None]:
-        needed = "; and ".join(f"ERS_{n}_TOKEN or ERS_{n}_TOKEN_FILE" for n in missing)
+    if missing := [n for n in ("admin", "alert", "intake") if settings.token(n) is None]:
+        needed = "; and ".join(_token_needed(settings, name) for name in missing)
         them = "them" if len(missing) > 1 else "it"
         raise SettingsError(f"production needs {needed}; set {them} before starting")
     if settings.fault_injection_enabled:
@@ -281,6 +280,12 @@ def check_production(settings: Settings) -> None:
         raise SettingsError(
             f"restic password file {password} has mode {mode & 0o777:o}; run: chmod 600 {password}"
         )
+
+
+def _token_needed(settings: Settings, name: str) -> str:
+    needed = f"ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE"
+    file = getattr(settings, f"{name}_token_file")
+    return f"{needed} ({file} is blank)" if file is not None else needed
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -179,6 +179,17 @@ async def test_development_with_a_token_set_asks_for_it(tmp_path: Path, settings
         assert (await call(http, "POST", reset, ADMIN)).status_code == 200
 
 
+async def test_development_with_a_blank_token_keeps_changes_to_loopback(
+    settings: Settings,
+) -> None:
+    """ERS_ADMIN_TOKEN= (an unset compose variable) made every change answer 401: no
+    request can present an empty token. Blank is unset: the loopback rule applies."""
+    values = {**settings.model_dump(), "env": "development", "admin_token": " "}
+    async with serving(Settings(**values), host="127.0.0.1") as http:
+        reset = await call(http, "POST", "/api/emergency/circuit-breaker/budget/reset")
+        assert reset.status_code == 200, reset.text
+
+
 @pytest.mark.parametrize("env", ["test", "production"])
 async def test_the_document_declares_the_bearer_schemes(
     tmp_path: Path, settings: Settings, env: str

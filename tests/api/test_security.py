@@ -38,6 +38,8 @@ def production(tmp_path: Path, **changes: object) -> Settings:
             "production needs ERS_ADMIN_TOKEN or ERS_ADMIN_TOKEN_FILE; and ERS_ALERT_TOKEN "
             "or ERS_ALERT_TOKEN_FILE; and ERS_INTAKE_TOKEN or ERS_INTAKE_TOKEN_FILE; set them",
         ),
+        ({"admin_token": ""}, "production needs ERS_ADMIN_TOKEN or ERS_ADMIN_TOKEN_FILE; set"),
+        ({"alert_token": " \t"}, "production needs ERS_ALERT_TOKEN or ERS_ALERT_TOKEN_FILE; set"),
         ({"fault_injection_enabled": True}, "fault injection is never allowed in production"),
     ],
 )
@@ -46,6 +48,17 @@ def test_production_refuses_to_start(
 ) -> None:
     with pytest.raises(SettingsError, match=expected):
         create_app(production(tmp_path, **changes))
+
+
+def test_production_names_a_token_file_that_holds_only_blanks(tmp_path: Path) -> None:
+    blank = tmp_path / "intake.token"
+    blank.write_text(" \n")
+    blank.chmod(0o600)
+    with pytest.raises(
+        SettingsError,
+        match=f"production needs ERS_INTAKE_TOKEN or ERS_INTAKE_TOKEN_FILE \\({blank} is blank\\)",
+    ):
+        create_app(production(tmp_path, intake_token=None, intake_token_file=blank))
 
 
 def test_production_refuses_a_readable_password_file(tmp_path: Path) -> None:

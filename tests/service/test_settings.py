@@ -210,6 +210,22 @@ def test_token_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert "s3cret-token" not in repr(settings)
 
 
+def test_a_blank_token_is_unset_and_does_not_hide_its_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("s3cret-token\n")
+    (tmp_path / "blank.token").write_text(" \n\t\n")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN", "")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("ERS_ALERT_TOKEN", "  ")
+    monkeypatch.setenv("ERS_INTAKE_TOKEN_FILE", str(tmp_path / "blank.token"))
+    settings = load_settings()
+    assert settings.token("admin") == "s3cret-token"
+    assert settings.token("alert") is None
+    assert settings.token("intake") is None
+
+
 def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve"],
