@@ -55,16 +55,22 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+# Bounds a person would accept: no job waits longer than a year, no cooldown longer than a
+# day (the other seconds settings' bound).
+YEAR_MINUTES = 365 * 24 * 60
+DAY_S = 86_400
+
+
 class BackupIntervals(BaseModel):
     """Minutes between scheduled backups of each component (the seed's schedule)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    system_state: float = Field(15, gt=0)
-    conversations: float = Field(30, gt=0)
-    profiles: float = Field(30, gt=0)
-    budgets: float = Field(60, gt=0)
-    full_system: float = Field(60, gt=0)
+    system_state: float = Field(15, gt=0, le=YEAR_MINUTES)
+    conversations: float = Field(30, gt=0, le=YEAR_MINUTES)
+    profiles: float = Field(30, gt=0, le=YEAR_MINUTES)
+    budgets: float = Field(60, gt=0, le=YEAR_MINUTES)
+    full_system: float = Field(60, gt=0, le=YEAR_MINUTES)
 
 
 class Settings(BaseSettings):
@@ -73,6 +79,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # An infinite interval passed every range check and then broke every JSON reply
+        # that shows it (the health endpoint answered 500).
+        allow_inf_nan=False,
         # A rejected value may be a database URL with its password: never echo inputs.
         hide_input_in_errors=True,
     )
@@ -94,7 +103,7 @@ class Settings(BaseSettings):
     # offsite_copy_interval_minutes, opened with its own password file. Unset: no copy.
     offsite_repository: str | None = None
     offsite_password_file: Path | None = None
-    offsite_copy_interval_minutes: float = Field(360, gt=0)
+    offsite_copy_interval_minutes: float = Field(360, gt=0, le=YEAR_MINUTES)
 
     # Access tokens: from the variable itself or from a file named by ``*_FILE``.
     admin_token: SecretStr | None = None
@@ -108,13 +117,13 @@ class Settings(BaseSettings):
     backup_interval_minutes: BackupIntervals = Field(default_factory=BackupIntervals)
     backups_enabled: bool = True
     backup_schedule_enabled: bool = True
-    restore_drill_interval_minutes: float = Field(360, gt=0)
-    prune_interval_hours: float = Field(24, gt=0)
-    repository_check_interval_hours: float = Field(24, gt=0)
+    restore_drill_interval_minutes: float = Field(360, gt=0, le=YEAR_MINUTES)
+    prune_interval_hours: float = Field(24, gt=0, le=YEAR_MINUTES / 60)
+    repository_check_interval_hours: float = Field(24, gt=0, le=YEAR_MINUTES / 60)
     # How often the snapshot list is re-read from the repository, for snapshots that
     # `ers backup --offline` or another replica made or forgot.
     backup_refresh_interval_s: float = Field(300, gt=0, le=86_400)
-    emergency_backup_cooldown_s: float = Field(300, ge=0)
+    emergency_backup_cooldown_s: float = Field(300, ge=0, le=DAY_S)
     shutdown_backup_timeout_s: float = Field(30, gt=0, le=3600)
     max_backups: int = Field(50, ge=1, le=10_000)
     circuit_breaker_threshold: int = Field(5, ge=1, le=1000)
@@ -166,9 +175,9 @@ class Settings(BaseSettings):
     # "http://localhost:3000/explore?left=...{trace_id}..." (``{trace_id}`` is filled in).
     trace_url_template: str | None = None
     classification_rules: Path | None = None
-    incident_quiet_period_s: float = Field(300.0, ge=0)
-    alert_isolate_ttl_s: float = Field(900.0, gt=0)
-    responder_cooldown_s: float = Field(300.0, ge=0)
+    incident_quiet_period_s: float = Field(300.0, ge=0, le=DAY_S)
+    alert_isolate_ttl_s: float = Field(900.0, gt=0, le=DAY_S)
+    responder_cooldown_s: float = Field(300.0, ge=0, le=DAY_S)
     # Off: incidents are still classified and recorded, but no protocol action runs.
     auto_response_enabled: bool = True
     telemetry_enabled: bool = True

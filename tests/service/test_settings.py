@@ -226,6 +226,38 @@ def test_a_blank_token_is_unset_and_does_not_hide_its_file(
     assert settings.token("intake") is None
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [
+        ("ERS_BACKUP_INTERVAL_MINUTES__BUDGETS", "inf", "backup_interval_minutes.budgets"),
+        ("ERS_BACKUP_INTERVAL_MINUTES__BUDGETS", "1e308", "backup_interval_minutes.budgets"),
+        ("ERS_EMERGENCY_BACKUP_COOLDOWN_S", "inf", "emergency_backup_cooldown_s"),
+        ("ERS_RESPONDER_COOLDOWN_S", "1e308", "responder_cooldown_s"),
+        ("ERS_ALERT_ISOLATE_TTL_S", "inf", "alert_isolate_ttl_s"),
+        ("ERS_INCIDENT_QUIET_PERIOD_S", "nan", "incident_quiet_period_s"),
+        ("ERS_RESTORE_DRILL_INTERVAL_MINUTES", "1e308", "restore_drill_interval_minutes"),
+        ("ERS_PRUNE_INTERVAL_HOURS", "inf", "prune_interval_hours"),
+        ("ERS_REPOSITORY_CHECK_INTERVAL_HOURS", "9000", "repository_check_interval_hours"),
+        ("ERS_OFFSITE_COPY_INTERVAL_MINUTES", "inf", "offsite_copy_interval_minutes"),
+        ("ERS_AGENT_BREAKERS", '{"budget": {"open_duration_s": Infinity}}', "agent_breakers"),
+    ],
+)
+def test_numbers_must_be_finite_and_within_reason(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, key: str
+) -> None:
+    """An infinite interval started the service, whose health endpoint then answered 500 on
+    every probe (infinity is not JSON)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=f"^invalid setting '{key}[.']"):
+        load_settings()
+
+
+def test_an_infinite_interval_in_yaml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text("backup_interval_minutes:\n  budgets: .inf\n")
+    with pytest.raises(SettingsError, match="'backup_interval_minutes.budgets': .*finite"):
+        load_settings()
+
+
 def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve"],
