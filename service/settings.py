@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     # offsite_copy_interval_minutes, opened with its own password file. Unset: no copy.
     offsite_repository: str | None = None
     offsite_password_file: Path | None = None
-    offsite_copy_interval_minutes: float = Field(360, gt=0, le=YEAR_MINUTES)
+    # Each copy runs restic: at least a minute apart.
+    offsite_copy_interval_minutes: float = Field(360, ge=1, le=YEAR_MINUTES)
 
     # Access tokens: from the variable itself or from a file named by ``*_FILE``.
     admin_token: SecretStr | None = None
@@ -121,8 +122,9 @@ class Settings(BaseSettings):
     prune_interval_hours: float = Field(24, gt=0, le=YEAR_MINUTES / 60)
     repository_check_interval_hours: float = Field(24, gt=0, le=YEAR_MINUTES / 60)
     # How often the snapshot list is re-read from the repository, for snapshots that
-    # `ers backup --offline` or another replica made or forgot.
-    backup_refresh_interval_s: float = Field(300, gt=0, le=86_400)
+    # `ers backup --offline` or another replica made or forgot. Each refresh runs restic:
+    # at least 10 s apart, or restic would run without pause.
+    backup_refresh_interval_s: float = Field(300, ge=10, le=86_400)
     emergency_backup_cooldown_s: float = Field(300, ge=0, le=DAY_S)
     shutdown_backup_timeout_s: float = Field(30, gt=0, le=3600)
     max_backups: int = Field(50, ge=1, le=10_000)

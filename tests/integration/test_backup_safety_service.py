@@ -275,11 +275,11 @@ def test_the_snapshot_list_follows_what_other_processes_do(tmp_path: Path) -> No
 
 def test_the_snapshot_list_is_refreshed_on_a_schedule(tmp_path: Path) -> None:
     work = tmp_path / "ers"
-    service = start_ers(work, env={**BACKUPS_ON, "ERS_BACKUP_REFRESH_INTERVAL_S": "1"})
+    service = start_ers(work, env={**BACKUPS_ON, "ERS_BACKUP_REFRESH_INTERVAL_S": "10"})
     try:
         service.wait_for_backups()
         theirs = backed_up_elsewhere(work)
-        wait_for(lambda: theirs in listed_ids(service), "the scheduled refresh found it", 30)
+        wait_for(lambda: theirs in listed_ids(service), "the scheduled refresh found it", 40)
     finally:
         service.stop()
 

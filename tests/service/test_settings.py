@@ -252,6 +252,22 @@ def test_numbers_must_be_finite_and_within_reason(
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "bound"),
+    [
+        ("ERS_BACKUP_REFRESH_INTERVAL_S", "0.001", "greater than or equal to 10"),
+        ("ERS_OFFSITE_COPY_INTERVAL_MINUTES", "0.01", "greater than or equal to 1"),
+    ],
+)
+def test_a_job_that_runs_restic_each_time_has_a_floor(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, bound: str
+) -> None:
+    """ERS_BACKUP_REFRESH_INTERVAL_S=0.001 kept restic running without pause (96% CPU)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=bound):
+        load_settings()
+
+
 def test_an_infinite_interval_in_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text("backup_interval_minutes:\n  budgets: .inf\n")
     with pytest.raises(SettingsError, match="'backup_interval_minutes.budgets': .*finite"):
