@@ -67,6 +67,14 @@ def blank_to_none(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+def refuse_blank(value: object) -> object:
+    """An empty path means the working directory, never what was meant (an unset compose
+    variable gives one): refuse it before it becomes ``Path('.')``."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("empty; set it, or leave the variable out for the default")
+    return value
+
+
 def read_token_file(key: str, path: Path) -> SecretStr | None:
     """The token in ``path``; None when the file holds only blanks."""
     try:

@@ -38,6 +38,7 @@ from service.config_checks import (
     check_database_url,
     config_path,
     read_token_file,
+    refuse_blank,
 )
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
@@ -240,6 +241,21 @@ class Settings(BaseSettings):
             )
         return self
 
+    _no_empty_paths = field_validator(
+        "host",
+        "data_dir",
+        "restic_repository",
+        "restic_password_file",
+        "restic_binary",
+        "offsite_repository",
+        "offsite_password_file",
+        "admin_token_file",
+        "alert_token_file",
+        "intake_token_file",
+        "service_name",
+        "classification_rules",
+        mode="before",
+    )(refuse_blank)
     _blank_token_is_none = field_validator("admin_token", "alert_token", "intake_token")(
         blank_to_none
     )

@@ -274,6 +274,31 @@ def test_an_infinite_interval_in_yaml_is_refused(tmp_path: Path) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "host",
+        "data_dir",
+        "restic_repository",
+        "restic_password_file",
+        "restic_binary",
+        "offsite_repository",
+        "offsite_password_file",
+        "admin_token_file",
+        "alert_token_file",
+        "intake_token_file",
+        "service_name",
+        "classification_rules",
+    ],
+)
+def test_an_empty_path_is_refused(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """ERS_RESTIC_REPOSITORY= (an unset compose variable) made a restic repository in the
+    working directory; ERS_DATA_DIR= put the SQLite files there."""
+    monkeypatch.setenv(f"ERS_{key.upper()}", " ")
+    with pytest.raises(SettingsError, match=f"^invalid setting '{key}': empty; set it"):
+        load_settings()
+
+
 def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve"],
