@@ -35,6 +35,13 @@ def check_database_url(url: str) -> None:
             f"only postgresql://… or postgres://… URLs are accepted (got {shown}); "
             "unset it to keep the state in SQLite files"
         )
+    authority = url.partition("://")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    if authority.count("@") > 1:
+        # Only the last @ ends the user part: the rest of the password would be taken for
+        # the host name, and printed in every connection error.
+        raise ValueError("the password or user name holds an '@'; percent-encode it as %40")
     try:
         urlsplit(url).port  # noqa: B018 - parsing the port is the check
     except ValueError:

@@ -39,6 +39,12 @@ def test_postgres_urls_are_accepted_and_kept_secret(
     assert settings.backups_enabled is True
 
 
+def test_an_at_sign_outside_the_user_part_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://u:Pa55%40word@db/ers?passfile=/run/secrets/a@b"
+    monkeypatch.setenv("ERS_DATABASE_URL", url)
+    assert load_settings().database_url is not None
+
+
 def test_an_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ERS_DATABASE_URL", "")
     assert load_settings().database_url is None
@@ -51,6 +57,11 @@ def test_an_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         ("sqlite:///var/ers.db", "got scheme 'sqlite'"),
         ("hunter22", "got no scheme"),
         ("postgresql://ers:hunter22@db:port/ers", "not a valid URL"),
+        (
+            "postgresql://u:hunter22@word@127.0.0.1:18598/db",
+            "the password or user name holds an '@'; percent-encode it as %40",
+        ),
+        ("postgresql://u:hunter22@@127.0.0.1/db?sslmode=require", "percent-encode it as %40"),
     ],
 )
 def test_a_bad_url_names_the_key_without_the_password(
