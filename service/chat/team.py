@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
@@ -127,6 +127,14 @@ class Team:
         return guard is None or guard.breaker.state.value == "closed"
 
 
+# The BreakerConfig fields a setting can hold: numbers, not exception classes.
+OVERRIDABLE = tuple(
+    f.name
+    for f in fields(BreakerConfig)
+    if f.name not in ("record_exceptions", "ignore_exceptions")
+)
+
+
 def breaker_configs(settings: Settings) -> tuple[BreakerConfig, dict[str, BreakerConfig]]:
     """The default breaker config and each agent's own, from the settings.
 
@@ -149,6 +157,11 @@ def breaker_configs(settings: Settings) -> tuple[BreakerConfig, dict[str, Breake
             raise SettingsError(
                 f"invalid setting 'agent_breakers.{name}': no such agent; "
                 f"use one of {', '.join(names)}"
+            )
+        if unknown := sorted(set(overrides) - set(OVERRIDABLE)):
+            raise SettingsError(
+                f"invalid setting 'agent_breakers.{name}.{unknown[0]}': unknown key; use one "
+                f"of {', '.join(OVERRIDABLE)}"
             )
         try:
             per_agent[agent] = replace(default, **overrides)

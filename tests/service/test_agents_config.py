@@ -355,6 +355,20 @@ def test_breaker_overrides_accept_configured_agents_and_refuse_others(tmp_path: 
         breaker_configs(wrong)
 
 
+def test_a_breaker_override_of_an_unknown_key_names_it_and_the_keys_allowed(
+    tmp_path: Path,
+) -> None:
+    """It came out as BreakerConfig.__init__() got an unexpected keyword argument."""
+    settings = make_settings(tmp_path, agent_breakers={"budget": {"nosuch": 1}})
+    with pytest.raises(SettingsError) as raised:
+        breaker_configs(settings)
+    assert str(raised.value).startswith(
+        "invalid setting 'agent_breakers.budget.nosuch': unknown key; use one of "
+        "failure_threshold, failure_rate_threshold, "
+    )
+    assert "ignore_exceptions" not in str(raised.value)
+
+
 async def test_the_team_closes_the_agents_that_hold_something_open(
     tmp_path: Path, sqlite_stores: Stores
 ) -> None:
