@@ -4,6 +4,7 @@ is one line a person can act on; none quotes a secret."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,6 +94,16 @@ def read_token_file(key: str, path: Path) -> SecretStr | None:
             f"cannot read {path} ({reason}); point it at a readable file holding the token",
         ) from None
     return SecretStr(value) if value else None
+
+
+def check_private_file(what: str, path: Path, missing: str) -> None:
+    """Refuse a secret's file that group or others can read (production's rule)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise SettingsError(missing) from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise SettingsError(f"{what} {path} has mode {stat.S_IMODE(mode):o}; run: chmod 600 {path}")
 
 
 def config_path() -> Path | None:

@@ -68,6 +68,30 @@ def test_production_refuses_a_readable_password_file(tmp_path: Path) -> None:
         create_app(settings)
 
 
+@pytest.mark.parametrize("setting", ["admin_token_file", "intake_token_file"])
+def test_production_refuses_a_readable_token_file(tmp_path: Path, setting: str) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    token.chmod(0o644)
+    name = setting.removesuffix("_token_file")
+    settings = production(tmp_path, **{f"{name}_token": None, setting: token})
+    with pytest.raises(SettingsError, match=f"has mode 644; run: chmod 600 {token}$"):
+        create_app(settings)
+    token.chmod(0o600)
+    assert create_app(production(tmp_path, **{f"{name}_token": None, setting: token}))
+
+
+def test_production_refuses_a_readable_offsite_password_file(tmp_path: Path) -> None:
+    offsite = tmp_path / "offsite-password"
+    offsite.write_text("pw")
+    offsite.chmod(0o640)
+    settings = production(
+        tmp_path, offsite_repository=str(tmp_path / "offsite"), offsite_password_file=offsite
+    )
+    with pytest.raises(SettingsError, match="off-host password file .* has mode 640; run: chmod"):
+        create_app(settings)
+
+
 async def test_production_reads_need_the_admin_token_and_hide_fault_injection(
     tmp_path: Path,
 ) -> None:
