@@ -3,8 +3,10 @@ is one line a person can act on; none quotes a secret."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -171,3 +173,22 @@ def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, in
             if value_node is not node:  # an alias of itself is walked once
                 children.append((key, value_node))
     return next(filter(None, (_duplicate_key(n, (*path, k)) for k, n in children)), None)
+
+
+# ERS_ variables that name no setting but are read elsewhere: the CLI's.
+NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG", "ERS_TOKEN_FILE"})
+
+
+def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
+    """One line per ``ERS_`` variable that names no setting (a misspelt one is otherwise
+    ignored without a word), with the nearest setting's variable when one is close."""
+    known = sorted(f"ERS_{name.upper()}" for name in fields)
+    lines = []
+    for variable in sorted(environ):
+        top = variable.upper().split("__", 1)[0]
+        if not top.startswith("ERS_") or variable in NOT_SETTINGS or top in known:
+            continue
+        close = difflib.get_close_matches(top, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} names no setting and is ignored{hint}")
+    return lines

@@ -34,6 +34,7 @@ from service.chat.minimal_mode import (  # noqa: E402
 )
 from service.chat.service import ChatService  # noqa: E402
 from service.chat.team import breaker_configs, build_team  # noqa: E402
+from service.config_checks import unknown_variables  # noqa: E402
 from service.fleet import FleetOverrides  # noqa: E402
 from service.fleet.datadir_lock import hold_state  # noqa: E402
 from service.health.build import (
@@ -368,4 +369,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         readiness.set(True, None)
         stack.callback(readiness.set, False, "shutting down")
         log.info("ERS ready (env=%s, data in %s)", settings.env, settings.data_dir)
+        for line in unknown_variables(os.environ, Settings.model_fields):
+            log.warning(line)
         yield

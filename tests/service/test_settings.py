@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Environment, SettingsError, load_settings
+from service.config_checks import unknown_variables
+from service.settings import Environment, Settings, SettingsError, load_settings
 
 # Settings come from the environment and ./ers.yaml: each test starts from neither.
 pytestmark = pytest.mark.usefixtures("without_ers_settings")
@@ -312,3 +313,19 @@ def test_serve_with_a_bad_setting_prints_one_line_and_exits_2(tmp_path: Path) ->
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("ers: invalid setting 'max_backups'")
+
+
+def test_an_ers_variable_that_names_no_setting_is_told_with_the_nearest_one() -> None:
+    environ = {
+        "ERS_CIRCUIT_BREAKER_TRESHOLD": "1",  # misspelt
+        "ERS_MAX_BACKUPS": "3",
+        "ERS_BACKUP_INTERVAL_MINUTES__BUDGETS": "30",
+        "ers_max_backups": "3",  # variables are read case-blind
+        "ERS_URL": "http://127.0.0.1:8000",  # the CLI's
+        "PATH": "/usr/bin",
+    }
+    # Before: the typo was ignored without a word and the default applied.
+    assert unknown_variables(environ, Settings.model_fields) == [
+        "ERS_CIRCUIT_BREAKER_TRESHOLD names no setting and is ignored; did you mean "
+        "ERS_CIRCUIT_BREAKER_THRESHOLD?"
+    ]
