@@ -139,16 +139,28 @@ def test_incidents_list_pages_and_says_how_many_it_shows(
 ) -> None:
     messages = {"budget": "budget report", "nutrition": "plan my meals", "workout": "workout plan"}
     with httpx.Client(base_url=service.url, timeout=10) as http:
-        for agent, message in messages.items():  # a real failure of each, by fault injection
-            http.post(
-                "/api/emergency/simulate-error",
-                json={"component": agent, "errorType": "system", "count": 1},
-            ).raise_for_status()
-            http.post("/chat", json={"message": message, "userId": "pages"})
-        for _ in range(100):
-            if http.get("/api/emergency/incidents").json()["total"] >= 3:
-                break
-            time.sleep(0.1)
+        try:
+            for agent, message in messages.items():  # a real failure of each, injected
+                http.post(
+                    "/api/emergency/simulate-error",
+                    json={"component": agent, "errorType": "system", "count": 1},
+                ).raise_for_status()
+                http.post("/chat", json={"message": message, "userId": "pages"})
+            for _ in range(100):
+                if http.get("/api/emergency/incidents").json()["total"] >= 3:
+                    break
+                time.sleep(0.1)
+            listing_pages(env)
+        finally:  # the service is shared with the next tests: leave no isolation behind
+            active = http.get("/api/emergency/incidents", params={"status": "active"})
+            for incident in active.json()["incidents"]:
+                http.post(
+                    f"/api/emergency/incidents/{incident['id']}/resolve",
+                    json={"resolution": "the test is over"},
+                )
+
+
+def listing_pages(env: dict[str, str]) -> None:
     total = json.loads(ers(env, "incidents", "list", "-o", "json").stdout)["total"]
     assert total >= 3
     first = ers(env, "incidents", "list", "--limit", "2")
