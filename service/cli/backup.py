@@ -20,29 +20,37 @@ from service.cli.output import (
 )
 from service.cli.remote import call, command
 
+# What each action's table (and the undo command of a rollback) reads of the service's reply.
+REPLY_KEYS = {
+    "list": ("backups", "available"),
+    "init": ("repositoryId", "created"),
+    "create": ("reason", "durationSeconds"),
+    "show": ("backupId", "time", "components", "files"),
+    "test-rollback": ("backupId", "snapshotTime", "components"),
+    "rollback": ("backupId", "safetyBackupId", "components", "durationSeconds"),
+    "check": ("ok",),
+    "prune": ("kept", "removed"),
+}
 
-def _online(args: argparse.Namespace) -> Any:
+
+def _request(args: argparse.Namespace) -> tuple[str, str, Any, str | None]:
+    """An action's method, path and body, and the name of its long work (if it is)."""
     action = args.action
     if action == "list":
         if args.refresh:
-            return call(args, "POST", "/api/emergency/backups/refresh", waiting="re-reading")
-        return call(args, "GET", "/api/emergency/backups")
+            return "POST", "/api/emergency/backups/refresh", None, "re-reading"
+        return "GET", "/api/emergency/backups", None, None
     if action == "init":
-        return call(args, "POST", "/api/emergency/backups/init", waiting="initialising")
+        return "POST", "/api/emergency/backups/init", None, "initialising"
     if action == "create":
         body = {"reason": args.reason, "type": args.type}
-        return call(args, "POST", "/api/emergency/backups/create", body, waiting="backing up")
+        return "POST", "/api/emergency/backups/create", body, "backing up"
     if action == "show":
-        return call(args, "GET", f"/api/emergency/backups/{args.backup_id}")
+        return "GET", f"/api/emergency/backups/{args.backup_id}", None, None
     if action == "test-rollback":
         body = {"backupId": args.backup_id, "components": args.components or None}
-        return call(
-            args,
-            "POST",
-            "/api/emergency/backups/test-rollback",
-            body,
-            waiting="restoring into scratch and comparing",
-        )
+        path = "/api/emergency/backups/test-rollback"
+        return "POST", path, body, "restoring into scratch and comparing"
     if action == "rollback":
         # A snapshot named, or the one the service picks from before the incident.
         target = (
@@ -56,10 +64,15 @@ def _online(args: argparse.Namespace) -> Any:
             "reason": args.reason,
             "components": args.components or None,
         }
-        return call(args, "POST", "/api/emergency/rollback", body, waiting="rolling back")
+        return "POST", "/api/emergency/rollback", body, "rolling back"
     if action in ("check", "prune"):
-        return call(args, "POST", f"/api/emergency/backups/{action}", waiting=f"restic {action}")
+        return "POST", f"/api/emergency/backups/{action}", None, f"restic {action}"
     raise ValueError(action)
+
+
+def _online(args: argparse.Namespace) -> dict[str, Any]:
+    method, path, body, waiting = _request(args)
+    return call(args, method, path, body, waiting=waiting, expect=REPLY_KEYS[args.action])
 
 
 def _unchanged_since(result: dict[str, Any], args: argparse.Namespace) -> str | None:
@@ -69,7 +82,7 @@ def _unchanged_since(result: dict[str, Any], args: argparse.Namespace) -> str | 
         listed = (
             _offline_list_sync(args)
             if args.offline
-            else call(args, "GET", "/api/emergency/backups")
+            else call(args, "GET", "/api/emergency/backups", expect=REPLY_KEYS["list"])
         )
     except CliError:
         return None

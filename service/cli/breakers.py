@@ -55,7 +55,11 @@ def _table(out: Console, report: dict[str, Any]) -> None:
 
 
 def list_breakers(args: argparse.Namespace) -> int:
-    emit(args, call(args, "GET", "/api/emergency/circuit-breakers"), _table)
+    emit(
+        args,
+        call(args, "GET", "/api/emergency/circuit-breakers", expect=("breakers", "totals")),
+        _table,
+    )
     return 0
 
 
@@ -68,13 +72,13 @@ def _body(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _message(out: Console, reply: dict[str, Any]) -> None:
-    out.print(reply.get("message", reply))
+    out.print(reply["message"])
 
 
 def change_breaker(args: argparse.Namespace) -> int:
     """reset, force-open, release, disable, enable: each subcommand is its route's name."""
     path = f"/api/emergency/circuit-breaker/{args.name}/{args.action}"
-    emit(args, call(args, "POST", path, _body(args)), _message)
+    emit(args, call(args, "POST", path, _body(args), expect=("message", "breaker")), _message)
     return 0
 
 

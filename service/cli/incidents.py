@@ -41,6 +41,11 @@ INCIDENT_COLUMNS = (
 )
 
 
+LIST_KEYS = ("incidents", "total")
+INCIDENT_KEYS = ("id", "status", "classification", "component", "count", "message")
+TRACE_KEYS = ("traceId", "spanCount", "errorSpans", "spans")
+
+
 def _incident_list(out: Console, data: dict[str, Any]) -> None:
     table = new_table(*INCIDENT_COLUMNS)
     shown = data["incidents"]
@@ -90,17 +95,19 @@ def incidents(args: argparse.Namespace) -> int:
             )
             if v is not None
         }
-        emit(args, call(args, "GET", "/api/emergency/incidents", params=query), _incident_list)
+        listed = call(args, "GET", "/api/emergency/incidents", params=query, expect=LIST_KEYS)
+        emit(args, listed, _incident_list)
         return 0
     path = f"/api/emergency/incidents/{args.incident_id}"
     if action == "show":
-        emit(args, call(args, "GET", path), _incident)
+        emit(args, call(args, "GET", path, expect=INCIDENT_KEYS), _incident)
         return 0
     if action == "acknowledge":
-        data = call(args, "POST", f"{path}/acknowledge", {"note": args.note})
+        data = call(args, "POST", f"{path}/acknowledge", {"note": args.note}, expect=INCIDENT_KEYS)
         done = f"acknowledged {data['id']} at {when(data.get('acknowledgedAt'))}"
     else:
-        data = call(args, "POST", f"{path}/resolve", {"resolution": args.resolution})
+        body = {"resolution": args.resolution}
+        data = call(args, "POST", f"{path}/resolve", body, expect=INCIDENT_KEYS)
         done = f"resolved {data['id']} at {when(data.get('resolvedAt'))}: {args.resolution}"
         if data.get("released"):
             done += f"; released the isolation of {', '.join(data['released'])}"
@@ -144,7 +151,8 @@ def _trace(out: Console, data: dict[str, Any]) -> None:
 
 
 def trace(args: argparse.Namespace) -> int:
-    emit(args, call(args, "GET", f"/api/emergency/traces/{args.trace_id}"), _trace)
+    path = f"/api/emergency/traces/{args.trace_id}"
+    emit(args, call(args, "GET", path, expect=TRACE_KEYS), _trace)
     return 0
 
 

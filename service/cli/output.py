@@ -51,6 +51,11 @@ class CliError(Exception):
         self.code = code
 
 
+def not_ers(what_came: str) -> CliError:
+    """A reply ERS never gives: something else answers at --url."""
+    return CliError(f"{what_came}: is --url the ERS service?", SERVER_ERROR)
+
+
 def add_output_option(parser: argparse.ArgumentParser, top: bool) -> None:
     """``-o`` is accepted before and after the subcommand; a subcommand's own ``-o`` wins
     only when given (SUPPRESS keeps it from overwriting the top-level value)."""
@@ -124,8 +129,15 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[Console, Any], No
         import yaml
 
         sys.stdout.write(yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
-    else:
+    elif getattr(args, "offline", False):
         table(stdout(), data)
+    else:
+        try:
+            table(stdout(), data)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            # Deeper than the keys `call` checks: a value of another shape than ERS's.
+            what = f"{exc.__class__.__name__}: {exc}"
+            raise not_ers(f"{args.url} answered with JSON ERS does not give ({what})") from None
 
 
 def new_table(*columns: str, title: str | None = None) -> Table:

@@ -18,6 +18,7 @@ from service.cli.output import (
     USAGE,
     CliError,
     activity,
+    not_ers,
 )
 from service.errors import NO_ROUTE
 
@@ -99,11 +100,13 @@ def call(
     path: str,
     body: Any = None,
     *,
-    params: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
     waiting: str | None = None,
-) -> Any:
+    expect: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """One request; ``waiting`` names long work, shown with a spinner and the elapsed time
-    while the service does it (its routes answer once, when the work is done)."""
+    while the service does it (its routes answer once, when the work is done). ERS answers
+    each of these routes with a JSON object holding ``expect`` (the keys the caller reads)."""
     url: str = args.url
     headers = {}
     token = admin_token(args)
@@ -145,13 +148,15 @@ def call(
     if response.status_code >= 400:
         raise CliError(f"refused ({response.status_code}): {_detail(response)}", REFUSED)
     try:
-        return response.json()
+        data = response.json()
     except ValueError:
-        raise CliError(
-            f"{method} {path} at {url} answered {response.status_code} with no JSON: is --url "
-            "the ERS service?",
-            SERVER_ERROR,
-        ) from None
+        status = response.status_code
+        raise not_ers(f"{method} {path} at {url} answered {status} with no JSON") from None
+    missing = [key for key in expect if key not in data] if isinstance(data, dict) else None
+    if missing is None or missing:
+        what = "no JSON object" if missing is None else f"JSON without {missing[0]!r}"
+        raise not_ers(f"{method} {path} at {url} answered {response.status_code} with {what}")
+    return data
 
 
 def command(

@@ -11,6 +11,8 @@ from rich.console import Console
 from service.cli.output import emit, new_table, short_id, when
 from service.cli.remote import call, command, command_group
 
+STATUS_KEYS = ("systemState", "activeIncidents", "circuitBreakers", "backups", "health")
+
 
 def _status_table(out: Console, status: dict[str, Any]) -> None:
     table = new_table("WHAT", "NOW")
@@ -51,12 +53,12 @@ def _backups_row(backups: dict[str, Any]) -> str:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    emit(args, call(args, "GET", "/api/emergency/status"), _status_table)
+    emit(args, call(args, "GET", "/api/emergency/status", expect=STATUS_KEYS), _status_table)
     return 0
 
 
 def end_minimal_mode(args: argparse.Namespace) -> int:
-    reply = call(args, "DELETE", "/api/emergency/minimal-mode")
+    reply = call(args, "DELETE", "/api/emergency/minimal-mode", expect=("message",))
     emit(args, reply, lambda out, r: out.print(r["message"]))
     return 0
 
@@ -87,7 +89,10 @@ def audit_limit(text: str) -> int:
 
 
 def show_audit(args: argparse.Namespace) -> int:
-    emit(args, call(args, "GET", f"/api/emergency/audit?limit={args.limit}"), _audit_table)
+    reply = call(
+        args, "GET", "/api/emergency/audit", params={"limit": args.limit}, expect=("entries",)
+    )
+    emit(args, reply, _audit_table)
     return 0
 
 

@@ -1,0 +1,75 @@
+"""The ``ers`` command against what is not ERS, or asked what ERS does not know: a reply of
+another shape, arguments that are no path segment, bounds the service would refuse. Each is
+one line on stderr and the documented exit code, never a traceback."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_cli import cli_env, ers, one_plain_line
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """200 with a JSON object ERS never sends, to every request; keeps the paths asked."""
+
+    asked: list[str] = []
+
+    def _answer(self) -> None:
+        self.asked.append(f"{self.command} {self.path}")
+        body = json.dumps({"hello": "world"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_ers() -> Iterator[tuple[str, list[str]]]:
+    """The URL of a server answering JSON of another shape, and the requests it got."""
+    asked: list[str] = []
+    handler = type("Handler", (_Answers,), {"asked": asked})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_json_reply_of_another_shape_is_one_line_asking_about_the_url(
+    tmp_path: Path, not_ers: tuple[str, list[str]]
+) -> None:
+    url, _ = not_ers
+    env = cli_env(tmp_path, url)
+    for args in (
+        ("status",),
+        ("status", "-o", "json"),
+        ("breakers", "list"),
+        ("breakers", "reset", "budget"),
+        ("incidents", "list"),
+        ("incidents", "show", "INC_20260101_000000_abcdef"),
+        ("incidents", "resolve", "INC_20260101_000000_abcdef", "--resolution", "fixed"),
+        ("trace", "0" * 32),
+        ("backup", "list"),
+        ("backup", "show", "deadbeef"),
+        ("backup", "create"),
+        ("minimal-mode", "end"),
+        ("audit",),
+    ):
+        result = ers(env, *args)
+        assert result.returncode == 5, (args, result)
+        line = one_plain_line(result)
+        assert url in line and "is --url the ERS service?" in line, (args, line)
