@@ -18,7 +18,7 @@ from service.cli.output import (
     activity,
     emit,
 )
-from service.cli.remote import call, command
+from service.cli.remote import call, command, segment
 
 # What each action's table (and the undo command of a rollback) reads of the service's reply.
 REPLY_KEYS = {
@@ -46,7 +46,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, str | None]:
         body = {"reason": args.reason, "type": args.type}
         return "POST", "/api/emergency/backups/create", body, "backing up"
     if action == "show":
-        return "GET", f"/api/emergency/backups/{args.backup_id}", None, None
+        return "GET", f"/api/emergency/backups/{segment(args.backup_id)}", None, None
     if action == "test-rollback":
         body = {"backupId": args.backup_id, "components": args.components or None}
         path = "/api/emergency/backups/test-rollback"

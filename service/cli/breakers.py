@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from service.cli.output import emit, new_table
-from service.cli.remote import call, command, command_group
+from service.cli.remote import call, command, command_group, segment
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 
 
@@ -77,7 +77,7 @@ def _message(out: Console, reply: dict[str, Any]) -> None:
 
 def change_breaker(args: argparse.Namespace) -> int:
     """reset, force-open, release, disable, enable: each subcommand is its route's name."""
-    path = f"/api/emergency/circuit-breaker/{args.name}/{args.action}"
+    path = f"/api/emergency/circuit-breaker/{segment(args.name)}/{args.action}"
     emit(args, call(args, "POST", path, _body(args), expect=("message", "breaker")), _message)
     return 0
 

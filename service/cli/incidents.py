@@ -12,7 +12,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from service.cli.output import USAGE, CliError, emit, joined, new_table, stdout, when
-from service.cli.remote import call, command, command_group
+from service.cli.remote import call, command, command_group, segment
 
 
 def _incident_row(i: dict[str, Any]) -> list[str]:
@@ -98,7 +98,7 @@ def incidents(args: argparse.Namespace) -> int:
         listed = call(args, "GET", "/api/emergency/incidents", params=query, expect=LIST_KEYS)
         emit(args, listed, _incident_list)
         return 0
-    path = f"/api/emergency/incidents/{args.incident_id}"
+    path = f"/api/emergency/incidents/{segment(args.incident_id)}"
     if action == "show":
         emit(args, call(args, "GET", path, expect=INCIDENT_KEYS), _incident)
         return 0
@@ -151,7 +151,7 @@ def _trace(out: Console, data: dict[str, Any]) -> None:
 
 
 def trace(args: argparse.Namespace) -> int:
-    path = f"/api/emergency/traces/{args.trace_id}"
+    path = f"/api/emergency/traces/{segment(args.trace_id)}"
     emit(args, call(args, "GET", path, expect=TRACE_KEYS), _trace)
     return 0
 

@@ -8,6 +8,7 @@ import argparse
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -70,6 +71,14 @@ def admin_token(args: argparse.Namespace) -> str | None:
     if not token:
         raise CliError(f"the admin token file {token_file} (from {origin}) is empty", USAGE)
     return token
+
+
+def segment(value: str) -> str:
+    """An argument as one segment of a path: a '/', '?' or '..' in it would otherwise make
+    the request go to another route (`ers incidents show ../backups` read the backups)."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")  # quote() keeps dots, and a client drops these
+    return quote(value, safe="")
 
 
 def _detail(response: httpx.Response) -> str:
@@ -139,7 +148,13 @@ def call(
         raise CliError(f"ERS failed ({response.status_code}): {_detail(response)}", SERVER_ERROR)
     if response.status_code == 404 and _detail(response).startswith(NO_ROUTE):
         # The router's answer for a path it has no route for: ERS's own 404s say what is
-        # missing (an incident, a snapshot).
+        # missing (an incident, a snapshot). The server decodes a quoted '/', so an argument
+        # holding one matches no route: that is no fault of --url.
+        slashed = [unquote(part) for part in path.split("/") if "%2F" in part]
+        if slashed:
+            raise CliError(
+                f"refused (404): ERS knows no {slashed[0]!r}: no id or name holds a '/'", REFUSED
+            )
         raise CliError(
             f"{url.rstrip('/')}{path} is no route of ERS: is --url the service's base URL, "
             f"without a path (e.g. {DEFAULT_URL})?",

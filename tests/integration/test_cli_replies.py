@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ErsProcess
 from tests.integration.test_cli import cli_env, ers, one_plain_line
 
 
@@ -73,3 +74,42 @@ def test_a_json_reply_of_another_shape_is_one_line_asking_about_the_url(
         assert result.returncode == 5, (args, result)
         line = one_plain_line(result)
         assert url in line and "is --url the ERS service?" in line, (args, line)
+
+
+def test_an_argument_reaches_the_service_as_one_path_segment(
+    tmp_path: Path, not_ers: tuple[str, list[str]]
+) -> None:
+    url, asked = not_ers
+    env = cli_env(tmp_path, url)
+    for args in (
+        ("incidents", "show", "../backups"),
+        ("incidents", "acknowledge", ".."),
+        ("breakers", "reset", "x/../../incidents?"),
+        ("backup", "show", "a?b#c"),
+        ("trace", "."),
+    ):
+        ers(env, *args)
+    assert asked == [
+        "GET /api/emergency/incidents/..%2Fbackups",
+        "POST /api/emergency/incidents/%2E%2E/acknowledge",
+        "POST /api/emergency/circuit-breaker/x%2F..%2F..%2Fincidents%3F/reset",
+        "GET /api/emergency/backups/a%3Fb%23c",
+        "GET /api/emergency/traces/%2E",
+    ]
+
+
+def test_an_argument_that_is_no_id_is_refused_by_the_service_not_sent_elsewhere(
+    tmp_path: Path, ers_process: ErsProcess
+) -> None:
+    env = cli_env(tmp_path, ers_process.url)
+    for args, words in (
+        (("incidents", "show", "../backups"), "'../backups'"),
+        (("incidents", "show", ".."), "422"),
+        (("breakers", "reset", "x/../../incidents?"), "'x/../../incidents?'"),
+        (("breakers", "reset", "budget/reset?"), "'budget/reset?'"),
+        (("breakers", "reset", "budget?"), "no agent named 'budget?'"),
+        (("backup", "show", "../status"), "'../status'"),
+    ):
+        result = ers(env, *args)
+        assert result.returncode == 4, (args, result)
+        assert words in one_plain_line(result), (args, result.stderr)
