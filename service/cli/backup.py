@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         SnapshotNotFound,
         validate_reason,
     )
-    from service.fleet.datadir_lock import DataDirInUse
+    from service.fleet.datadir_lock import DataDirInUse, DataDirUnusable
 
     if args.action == "rollback":
         _check_target(args)
@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(str(exc), REFUSED) from None
         except (BackupError, DataDirInUse) as exc:
             raise CliError(str(exc), FAILED) from None
+        except DataDirUnusable as exc:
+            raise CliError(str(exc), USAGE) from None
     else:
         result = _online(args)
     if args.action == "create" and result.get("backupId") is None:

@@ -27,7 +27,12 @@ REQUEST_GRACE_S = 10
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.fleet.datadir_lock import DataDirInUse, HideRefusalTraceback, lock_for_service
+    from service.fleet.datadir_lock import (
+        DataDirInUse,
+        DataDirUnusable,
+        HideRefusalTraceback,
+        lock_for_service,
+    )
     from service.web.app import create_app  # noqa: I001
 
     overrides = {}
@@ -49,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
         # lifespan holds it from there and releases it after its teardown.
         try:
             app.state.data_dir_lock = lock_for_service(settings.data_dir)
-        except DataDirInUse as exc:
+        except (DataDirInUse, DataDirUnusable) as exc:
             raise SettingsError(str(exc)) from None
     listener = listening_socket(settings.host, settings.port)
     config = uvicorn.Config(

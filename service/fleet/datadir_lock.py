@@ -39,6 +39,10 @@ class DataDirInUse(RuntimeError):
     """The state is held by another process (a running service, or an offline command)."""
 
 
+class DataDirUnusable(RuntimeError):
+    """The data directory cannot be created or written (a file, or a read-only place)."""
+
+
 def holder_line(role: str) -> str:
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return f"{role} (pid {os.getpid()} on {socket.gethostname()}, since {since})"
@@ -53,10 +57,18 @@ class DataDirLock:
 
     @classmethod
     def acquire(cls, data_dir: Path, role: str) -> DataDirLock:
-        """Take the lock or raise DataDirInUse naming the holder."""
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """Take the lock or raise DataDirInUse naming the holder (DataDirUnusable when there
+        can be no directory there)."""
         path = data_dir / LOCK_FILE_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DataDirUnusable(
+                f"invalid setting 'data_dir': cannot keep the data in {data_dir} "
+                f"({exc.strerror or exc}); set ERS_DATA_DIR to a directory this user may "
+                "create and write"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -52,6 +52,37 @@ def test_a_port_in_use_is_refused_in_one_line_before_any_state_is_made(tmp_path:
     assert not (tmp_path / "repo").exists()
 
 
+def serve(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", *args],
+        cwd=workdir,
+        env=serve_env(workdir, ERS_BACKUPS_ENABLED="false", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_data_dir_that_cannot_be_made_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    for data_dir in ("/dev/null", str(tmp_path / "afile" / "sub"), "/proc/ers-data"):
+        done = serve(tmp_path, "--port", str(free_port()), ERS_DATA_DIR=data_dir)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith("ers: invalid setting 'data_dir'") and data_dir in line, line
+        offline = subprocess.run(
+            [sys.executable, "-m", "service.cli", "backup", "--offline", "list"],
+            cwd=tmp_path,
+            env=serve_env(tmp_path, ERS_DATA_DIR=data_dir),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert offline.returncode == 2, offline.stderr
+        assert offline.stderr.startswith("ers: invalid setting 'data_dir'"), offline.stderr
+
+
 def test_a_first_start_stopped_before_it_made_the_repository_is_a_first_start_again(
     tmp_path: Path,
 ) -> None:
