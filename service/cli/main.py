@@ -36,9 +36,9 @@ def serve(args: argparse.Namespace) -> int:
     from service.web.app import create_app  # noqa: I001
 
     overrides = {}
-    if args.host:
+    if args.host is not None:
         overrides["host"] = args.host
-    if args.port:
+    if args.port is not None:
         overrides["port"] = args.port
     settings = load_settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -203,6 +203,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"ers: {where}{message}; `{self.prog} --help` shows the usage\n")
 
 
+def host_name(text: str) -> str:
+    # An empty host would listen on every interface, not on the configured one.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give an address or host name, not an empty one")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ers",
@@ -214,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd = commands.add_parser("serve", help="run the service")
-    serve_cmd.add_argument("--host", help="address to listen on (default from settings)")
+    serve_cmd.add_argument(
+        "--host", type=host_name, help="address to listen on (default from settings)"
+    )
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default from settings)")
     serve_cmd.add_argument("--access-log", action="store_true", help="log every request")
     serve_cmd.set_defaults(handler=serve)

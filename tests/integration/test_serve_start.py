@@ -83,6 +83,20 @@ def test_a_data_dir_that_cannot_be_made_is_refused_in_one_line_naming_it(tmp_pat
         assert offline.stderr.startswith("ers: invalid setting 'data_dir'"), offline.stderr
 
 
+def test_a_port_or_host_given_on_the_command_line_is_used_even_when_zero_or_empty(
+    tmp_path: Path,
+) -> None:
+    # Port 0 was taken for "not given": the service listened on ERS_PORT instead.
+    zero = serve(tmp_path, "--port", "0", ERS_PORT=str(free_port()))
+    assert zero.returncode == 2, zero.stderr
+    assert zero.stderr.strip().splitlines() == [
+        "ers: invalid setting 'port': Input should be greater than or equal to 1"
+    ]
+    empty = serve(tmp_path, "--host", "", ERS_PORT=str(free_port()))
+    assert empty.returncode == 2, empty.stderr
+    assert "--host" in empty.stderr and "Traceback" not in empty.stderr
+
+
 def test_a_first_start_stopped_before_it_made_the_repository_is_a_first_start_again(
     tmp_path: Path,
 ) -> None:
