@@ -18,7 +18,7 @@ from service.cli.output import (
     activity,
     emit,
 )
-from service.cli.remote import call, command, segment
+from service.cli.remote import actions_of, call, command, segment
 
 # What each action's table (and the undo command of a rollback) reads of the service's reply.
 REPLY_KEYS = {
@@ -184,7 +184,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--offline, straight on the repository (reads the same ERS_* settings as `ers serve`)",
     )
     parser.add_argument("--offline", action="store_true", help=OFFLINE_HELP)
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = actions_of(parser)
     subs = {
         "list": command(actions, "list", "snapshots, newest first"),
         "init": command(

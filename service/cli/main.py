@@ -180,7 +180,7 @@ ERS: emergency response for agents. `ers serve` runs the service; every other co
 to a running one over HTTP (backup also works straight on the repository with --offline)."""
 
 EPILOG = f"""\
-connection (accepted before or after the subcommand):
+connection (accepted anywhere after `ers`, e.g. `ers breakers --url URL list`):
   --url / $ERS_URL            where the service listens (default {DEFAULT_URL});
                               after `make run PORT=8100`: export ERS_URL=http://127.0.0.1:8100
   --token-file / $ERS_ADMIN_TOKEN / $ERS_ADMIN_TOKEN_FILE

@@ -191,6 +191,15 @@ def command(
 def command_group(
     commands: argparse._SubParsersAction, name: str, help: str, description: str | None = None
 ) -> argparse._SubParsersAction:
-    """A command whose subcommands (its ACTION) are added to what this returns."""
-    parser = commands.add_parser(name, help=help, description=description or help)
+    """A command whose subcommands (its ACTION) are added to what this returns. The
+    connection and output options are taken between the two as well (`ers breakers --url
+    URL list`): an operator cannot be expected to know where a command ends."""
+    return actions_of(commands.add_parser(name, help=help, description=description or help))
+
+
+def actions_of(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    from service.cli.output import add_output_option
+
+    add_connection_options(parser, top=False)
+    add_output_option(parser, top=False)
     return parser.add_subparsers(dest="action", required=True, metavar="ACTION")

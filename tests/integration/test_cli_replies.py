@@ -113,3 +113,24 @@ def test_an_argument_that_is_no_id_is_refused_by_the_service_not_sent_elsewhere(
         result = ers(env, *args)
         assert result.returncode == 4, (args, result)
         assert words in one_plain_line(result), (args, result.stderr)
+
+
+def test_connection_and_output_options_go_between_a_command_and_its_action(
+    tmp_path: Path, ers_process: ErsProcess
+) -> None:
+    env = cli_env(tmp_path)  # no ERS_URL: only the option says where the service is
+    url = ers_process.url
+    for args in (
+        ("breakers", "--url", url, "-o", "json", "list"),
+        ("incidents", "--url", url, "--output", "json", "list"),
+        ("minimal-mode", "--url", url, "-o", "json", "end"),
+    ):
+        result = ers(env, *args)
+        assert result.returncode == 0, (args, result)
+        assert isinstance(json.loads(result.stdout), dict), args
+    backups_off = ers(env, "backup", "-o", "json", "--url", url, "list")
+    assert backups_off.returncode == 5 and "503" in one_plain_line(backups_off), backups_off
+    # The action's own copy wins, as the subcommand's does over the top level's.
+    nobody = "http://127.0.0.1:9"
+    last = ers(env, "breakers", "--url", nobody, "list", "--url", url, "-o", "json")
+    assert last.returncode == 0 and "breakers" in json.loads(last.stdout), last
