@@ -12,7 +12,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from service.cli.output import USAGE, CliError, emit, joined, new_table, stdout, when
-from service.cli.remote import call, command, command_group, segment
+from service.cli.remote import call, command, command_group, segment, whole_number
 
 
 def _incident_row(i: dict[str, Any]) -> list[str]:
@@ -274,8 +274,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     listing.add_argument("--component", help="only incidents of this component")
     listing.add_argument("--since", help="only those last seen at or after this ISO-8601 time")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (1-500)")
-    listing.add_argument("--offset", type=int, default=0, help="skip this many newest first")
+    listing.add_argument(
+        "--limit", type=whole_number(1, 500), default=50, help="at most this many (1 to 500)"
+    )
+    listing.add_argument(
+        "--offset",
+        type=whole_number(0, 1_000_000),
+        default=0,
+        help="skip this many newest first (0 to 1000000)",
+    )
     show = command(actions, "show", "an incident with its timeline")
     ack = command(
         actions,

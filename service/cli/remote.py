@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -172,6 +173,20 @@ def call(
         what = "no JSON object" if missing is None else f"JSON without {missing[0]!r}"
         raise not_ers(f"{method} {path} at {url} answered {response.status_code} with {what}")
     return data
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a count the service bounds: out of them is a usage mistake
+    (exit 2) said by the CLI, the same for every command, not the service's 422."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}, not {text}"
+            )
+        return int(text)
+
+    return parse
 
 
 def command(

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from service.cli.output import emit, new_table, short_id, when
-from service.cli.remote import call, command, command_group
+from service.cli.remote import call, command, command_group, whole_number
 
 STATUS_KEYS = ("systemState", "activeIncidents", "circuitBreakers", "backups", "health")
 
@@ -82,12 +82,6 @@ def _short(value: object) -> str:
     return short_id(text) if is_id else text
 
 
-def audit_limit(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, not {text}")
-    return int(text)
-
-
 def show_audit(args: argparse.Namespace) -> int:
     reply = call(
         args, "GET", "/api/emergency/audit", params={"limit": args.limit}, expect=("entries",)
@@ -108,5 +102,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     ending = command(actions, "end", "end it now: chat calls the agents again")
     ending.set_defaults(handler=end_minimal_mode)
     audit = command(commands, "audit", "what was done to the state, and by whom")
-    audit.add_argument("--limit", type=audit_limit, default=50, help="entries (1 to 1000)")
+    audit.add_argument(
+        "--limit", type=whole_number(1, 1000), default=50, help="entries (1 to 1000)"
+    )
     audit.set_defaults(handler=show_audit)

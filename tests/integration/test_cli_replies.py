@@ -134,3 +134,19 @@ def test_connection_and_output_options_go_between_a_command_and_its_action(
     nobody = "http://127.0.0.1:9"
     last = ers(env, "breakers", "--url", nobody, "list", "--url", url, "-o", "json")
     assert last.returncode == 0 and "breakers" in json.loads(last.stdout), last
+
+
+def test_a_limit_or_offset_out_of_the_services_bounds_is_a_usage_mistake(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(tmp_path, "http://127.0.0.1:9")  # never asked: the CLI refuses first
+    for args, words in (
+        (("incidents", "list", "--limit", "0"), "--limit: must be a whole number from 1 to 500"),
+        (("incidents", "list", "--limit", "501"), "from 1 to 500, not 501"),
+        (("incidents", "list", "--offset", "-1"), "--offset: must be a whole number from 0"),
+        (("audit", "--limit", "0"), "--limit: must be a whole number from 1 to 1000, not 0"),
+        (("audit", "--limit", "1001"), "from 1 to 1000, not 1001"),
+    ):
+        result = ers(env, *args)
+        assert result.returncode == 2, (args, result)
+        assert words in one_plain_line(result), (args, result.stderr)
