@@ -113,7 +113,16 @@ def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
     config = settings_file(tmp_path / "ers.yaml", agents, routes)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ],
         env={
             **env,
             "ERS_CONFIG": str(config),

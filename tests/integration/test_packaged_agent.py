@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import start_ers
+from tests.conftest import free_port, start_ers
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,16 @@ def test_without_the_package_the_entry_point_is_missing_and_serve_says_so(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+        ],
         env={
             **env,
             "ERS_CONFIG": str(config),
