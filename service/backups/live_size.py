@@ -34,7 +34,8 @@ class LiveSize:
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self._read_now())
         try:
-            return await asyncio.wait_for(asyncio.shield(self._reading), WAIT_S)
+            async with asyncio.timeout(WAIT_S):
+                return await asyncio.shield(self._reading)
         except TimeoutError:
             return self._known[1] if self._known else f"not read within {WAIT_S:g} s"
 

@@ -73,7 +73,8 @@ async def _written(processor: IncidentProcessor, errors: list[SpanRecord]) -> No
     except SubmissionRefused as exc:
         raise _unavailable(f"{exc}; none of the {len(errors)} error spans was taken") from None
     try:
-        ok = await asyncio.wait_for(asyncio.wrap_future(written), WRITE_WAIT_S)
+        async with asyncio.timeout(WRITE_WAIT_S):
+            ok = await asyncio.wrap_future(written)
     except TimeoutError:
         raise _unavailable(
             f"the {len(errors)} error spans were not written within {WRITE_WAIT_S:g} s; they "
