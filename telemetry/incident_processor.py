@@ -121,8 +121,10 @@ class IncidentProcessor(SpanProcessor):
         self._accepting = True
         self._exit = False
         self._dropped = 0
-        # The queue's _Submitted items, and the spans they hold.
-        self._submitted_items = self._submitted_spans = 0
+        # _Submitted items and their spans: put in by submitters (under _submit_lock) and
+        # taken by the worker, each side counting its own, so the worker takes no lock.
+        self._items_in = self._spans_in = self._items_out = self._spans_out = 0
+        self._submit_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._classified = 0
         self._failed = 0
@@ -178,22 +180,27 @@ class IncidentProcessor(SpanProcessor):
         cannot take them all (a batch larger than the queue is taken when it is empty) or
         the processor is stopping: nothing of them is queued."""
         submitted = _Submitted([record for record in records if record.is_error])
-        with self._drop_lock:
+        with self._submit_lock:
             if not self._accepting:
                 raise SubmissionRefused("the incident pipeline is stopping")
-            waiting = len(self._queue) - self._submitted_items + self._submitted_spans
+            waiting = self._waiting()
             if waiting and waiting + len(submitted.records) > self.queue_size:
                 raise SubmissionRefused(
                     f"the incident queue holds {waiting} error spans of {self.queue_size}"
                 )
-            self._submitted_items += 1
-            self._submitted_spans += len(submitted.records)
+            self._items_in += 1
+            self._spans_in += len(submitted.records)
             self._queue.append(submitted)
             full = waiting + len(submitted.records) >= self.batch_size
         self._wake.set()
         if full:
             self._hurry.set()
         return submitted.written
+
+    def _waiting(self) -> int:
+        """Error spans in the queue (a submission holds many)."""
+        items, spans = self._items_in - self._items_out, self._spans_in - self._spans_out
+        return len(self._queue) - items + spans
 
     def _enqueue(self, item: ReadableSpan) -> bool:
         if not self._accepting:
@@ -241,7 +248,7 @@ class IncidentProcessor(SpanProcessor):
                     return
                 self._wake.wait(self._idle_wait_s)
                 continue
-            if self._linger_s > 0 and len(queue) < self.batch_size:
+            if self._linger_s > 0 and self._waiting() < self.batch_size:
                 self._hurry.wait(self._linger_s)
             self._hurry.clear()
             batch: list[ReadableSpan | SpanRecord] = []
@@ -253,9 +260,8 @@ class IncidentProcessor(SpanProcessor):
                     marker = item
                     break
                 if isinstance(item, _Submitted):
-                    with self._drop_lock:
-                        self._submitted_items -= 1
-                        self._submitted_spans -= len(item.records)
+                    self._items_out += 1
+                    self._spans_out += len(item.records)
                     if item.written.set_running_or_notify_cancel():  # False: its sender left
                         batch.extend(item.records)
                         submitted.append(item)
