@@ -17,6 +17,12 @@ import pytest
 from tests.conftest import start_ers
 
 T = TypeVar("T")
+# Backups on, none scheduled, the repository checked every half second.
+CHECKED_BACKUPS = {
+    "ERS_BACKUPS_ENABLED": "true",
+    "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+    "ERS_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
 
 
 def wait_for(predicate: Callable[[], T], timeout: float) -> T:
@@ -90,14 +96,7 @@ def test_a_repository_moved_away_is_one_incident_for_the_health_check_and_a_chec
     workdir = tmp_path / "ers"
     workdir.mkdir()
     (workdir / "restic-password").write_text("moved-repository\n")
-    ers = start_ers(
-        workdir,
-        env={
-            "ERS_BACKUPS_ENABLED": "true",
-            "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-            "ERS_HEALTH_CHECK_INTERVAL_S": "0.5",
-        },
-    )
+    ers = start_ers(workdir, env=CHECKED_BACKUPS)
     try:
         ers.wait_for_backups()
         (workdir / "repo").rename(tmp_path / "moved-away")
@@ -143,14 +142,7 @@ def test_a_wrong_password_is_one_incident_for_the_health_check_and_the_requests(
     )
     (workdir / "restic-password").write_text("another-password\n")
     (workdir / "restic-password").chmod(0o600)
-    ers = start_ers(
-        workdir,
-        env={
-            "ERS_BACKUPS_ENABLED": "true",
-            "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-            "ERS_HEALTH_CHECK_INTERVAL_S": "0.5",
-        },
-    )
+    ers = start_ers(workdir, env=CHECKED_BACKUPS)
     try:
         with httpx.Client(base_url=ers.url, timeout=60) as http:
 
