@@ -3,8 +3,10 @@ provider (never the global one) whose finished spans land in an in-memory export
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode, Tracer
 
+from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier, load_rules
 from telemetry.span_record import SpanRecord
 
@@ -84,3 +87,15 @@ def fail_span(span: Any, error: BaseException) -> None:
         [c.__name__ for c in type(error).__mro__[1:] if c not in (object, BaseException)],
     )
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+class HeldStore(IncidentStore):
+    """Each write waits (10 s at most) until ``release`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+        self.release.wait(10)
+        return super().record_errors(items, keep_records=keep_records)

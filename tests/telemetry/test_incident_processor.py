@@ -13,7 +13,7 @@ from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier
 from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
 from telemetry.rule_conditions import parse_rules
-from tests.telemetry.conftest import Tracing, error_record, fail_span
+from tests.telemetry.conftest import HeldStore, Tracing, error_record, fail_span
 
 
 class DatabaseDown(ConnectionError):
@@ -276,18 +276,6 @@ def test_a_full_batch_is_written_without_waiting_for_the_linger(
     assert written.wait(10), "a full batch waited for the 30 s linger"
     assert processor.spans_classified == 10
     processor.shutdown()
-
-
-class HeldStore(IncidentStore):
-    """Each write waits (10 s at most) until ``release`` is set."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.release = threading.Event()
-
-    def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
-        self.release.wait(10)
-        return super().record_errors(items, keep_records=keep_records)
 
 
 def test_submitted_records_are_queued_all_or_none(

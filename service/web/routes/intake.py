@@ -2,9 +2,10 @@
 usually through an OpenTelemetry Collector that forwards only error spans.
 
 A 200 means the request's error spans are in the incident store: the reply waits for the
-incident pipeline to write them. A 503 means none of them was taken (a full queue, a store
-that failed, a stop), and the sender retries; only a write that outlasts
-``WRITE_WAIT_S`` may still land after its 503, and its retry then counts those spans twice.
+incident pipeline to write them. A 503 means none of them was recorded (a full queue, a
+store that failed, a pipeline too far behind to take them in ``TAKE_WAIT_S``, a stop), and
+the sender retries; only a write that outlasts ``WRITE_WAIT_S`` once under way may still
+land after its 503, and its retry then counts those spans twice.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from telemetry.otlp_intake import (
 from telemetry.span_record import SpanRecord
 
 router = APIRouter(tags=["otlp intake"])
-# The store waits up to 5 s for a lock; a write not done after this is answered 503.
-WRITE_WAIT_S = 10.0
+# Spans the pipeline has not taken after this are withdrawn and answered 503.
+TAKE_WAIT_S = 10.0
+# A write under way is waited for (the store waits up to 5 s for a lock) this long more.
+WRITE_WAIT_S = 30.0
 
 
 @router.post(
@@ -72,14 +75,30 @@ async def _written(processor: IncidentProcessor, errors: list[SpanRecord]) -> No
         written = processor.submit_records(errors)
     except SubmissionRefused as exc:
         raise _unavailable(f"{exc}; none of the {len(errors)} error spans was taken") from None
+    # Shielded: a wait that runs out withdraws the spans only if the worker has not taken
+    # them; a write under way is waited for, so its 503 does not precede a late write.
+    landed = asyncio.wrap_future(written)
     try:
-        async with asyncio.timeout(WRITE_WAIT_S):
-            ok = await asyncio.wrap_future(written)
+        async with asyncio.timeout(TAKE_WAIT_S):
+            ok = await asyncio.shield(landed)
     except TimeoutError:
-        raise _unavailable(
-            f"the {len(errors)} error spans were not written within {WRITE_WAIT_S:g} s; they "
-            "may still be, and a retry would then count them twice"
-        ) from None
+        if written.cancel():
+            raise _unavailable(
+                f"the incident pipeline did not take the {len(errors)} error spans within "
+                f"{TAKE_WAIT_S:g} s (it is behind); none of them was recorded"
+            ) from None
+        try:
+            async with asyncio.timeout(WRITE_WAIT_S):
+                ok = await asyncio.shield(landed)
+        except TimeoutError:
+            raise _unavailable(
+                f"the {len(errors)} error spans were still being written after "
+                f"{TAKE_WAIT_S + WRITE_WAIT_S:g} s; they may yet be, and a retry would then "
+                "count them twice"
+            ) from None
+    except asyncio.CancelledError:
+        written.cancel()  # the request is gone: spans not taken yet are not written
+        raise
     if not ok:
         raise _unavailable(
             f"the incident store could not write the {len(errors)} error spans (the service "
