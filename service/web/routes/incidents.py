@@ -40,6 +40,10 @@ class Resolve(BaseModel):
 
 
 # Grafana's Explore on the Tempo data source provisioned in grafana/, as compose publishes it.
+# The data source looks a trace id up within Explore's time range (traceQuery.timeShiftEnabled
+# sends it to Tempo as start and end), so the range spans all that deploy/tempo.yaml keeps
+# (block_retention, 14 days): an incident's traces are often older than a day.
+TEMPO_EXPLORE_RANGE = {"from": "now-14d", "to": "now"}
 TEMPO_EXPLORE_TEMPLATE = "http://127.0.0.1:3000/explore?schemaVersion=1&panes=" + quote(
     json.dumps(
         {
@@ -53,7 +57,7 @@ TEMPO_EXPLORE_TEMPLATE = "http://127.0.0.1:3000/explore?schemaVersion=1&panes=" 
                         "query": "TRACE_ID",
                     }
                 ],
-                "range": {"from": "now-24h", "to": "now"},
+                "range": TEMPO_EXPLORE_RANGE,
             }
         },
         separators=(",", ":"),
