@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,13 @@ def classify(args: argparse.Namespace) -> int:
     except RulesError as exc:
         raise CliError(str(exc), USAGE) from None
     if args.explain:
-        _emit_value(args, classifier.explain(_span_record(Path(args.explain))), _explanation)
+        whole_trace, records = _span_records(args.explain)
+        explained = [(span, classifier.explain(record)) for span, record in records]
+        if not whole_trace:
+            _emit_value(args, explained[0][1], _explanation)
+        else:
+            data = [_explained(span, e) for span, e in explained]
+            emit(args, data, _draw_explained(explained))
         return 0
     from service.incidents.model import IncidentStoreUnavailable
     from service.incidents.store import IncidentStore
@@ -242,22 +249,66 @@ def _rule_of(classification: Any) -> str:
     return str(rule if rule is not None else dict(classification).get("rule"))
 
 
-def _span_record(path: Path) -> Any:
-    """The span record in ``path``; CliError in words when it cannot be read as one."""
+def _explained(span: dict[str, Any], explanation: Any) -> dict[str, Any]:
+    return {"span": span["name"], "spanId": span.get("spanId"), **explanation.to_dict()}
+
+
+def _draw_explained(explained: list[tuple[dict[str, Any], Any]]) -> Any:
+    def draw(out: Console, _: Any) -> None:
+        for number, (span, explanation) in enumerate(explained):
+            heading = f"span {span['name']} ({span.get('spanId')}):"
+            out.print(("\n" if number else "") + heading)
+            out.print("\n".join(explanation.lines()))
+
+    return draw
+
+
+def _failing(spans: list[Any]) -> list[dict[str, Any]]:
+    """The failing spans of a trace's tree, parents before their children."""
+    found: list[dict[str, Any]] = []
+    for span in spans:
+        if isinstance(span, dict):
+            status = span.get("status")
+            if isinstance(status, dict) and status.get("code") == "ERROR":
+                found.append(span)
+            found.extend(_failing(span.get("children") or []))
+    return found
+
+
+def _span_records(source: str) -> tuple[bool, list[tuple[dict[str, Any], Any]]]:
+    """The span in ``source`` (a file, or ``-`` for stdin), or every failing span of a
+    trace as ``ers trace TRACE_ID -o json`` prints it (then True first); CliError in words
+    otherwise."""
     from telemetry.span_record import SpanRecord
 
-    cannot = f"cannot read a span record from {path}"
-    advice = f"the file holds one span, as `ers trace TRACE_ID -o json` lists them: {SPAN_SHAPE}"
+    where = "stdin" if source == "-" else source
+    cannot = f"cannot read a span record from {where}"
+    advice = (
+        "the file holds one span, as `ers trace TRACE_ID -o json` lists them, or that "
+        f"command's whole output: {SPAN_SHAPE}"
+    )
     try:
-        document = json.loads(path.read_text())
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        document = json.loads(text)
     except OSError as exc:
         raise CliError(f"{cannot}: {exc.strerror}", USAGE) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CliError(f"{cannot}: it is not JSON ({exc}); {advice}", USAGE) from None
-    if not isinstance(document, dict) or not isinstance(document.get("name"), str):
+    whole_trace = isinstance(document, dict) and isinstance(document.get("spans"), list)
+    if whole_trace:
+        spans = _failing(document["spans"])
+        if not spans:
+            raise CliError(
+                f"{cannot}: the trace {document.get('traceId', '')} has no failing span; "
+                "put the one span to explain in a file of its own",
+                USAGE,
+            )
+    elif isinstance(document, dict) and isinstance(document.get("name"), str):
+        spans = [document]
+    else:
         raise CliError(f'{cannot}: it is no JSON object with a "name"; {advice}', USAGE)
     try:
-        return SpanRecord.from_dict(document)
+        return whole_trace, [(span, SpanRecord.from_dict(span)) for span in spans]
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
         raise CliError(f"{cannot}: {exc}; {advice}", USAGE) from None
 
@@ -308,7 +359,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--explain",
         metavar="FILE.json",
         help="which rule a span matches, why (one span, as `ers trace TRACE_ID -o json` "
-        "lists them)",
+        "lists them, or that command's output: each failing span; - reads stdin)",
     )
     target.add_argument(
         "--against-stored",

@@ -14,6 +14,10 @@ from rich.console import Console
 from rich.tree import Tree
 
 from service.cli.incidents import draw_tree
+from telemetry.classifier import load_rules
+from telemetry.span_record import SpanRecord
+from telemetry.trace_keeper import span_tree
+from tests.telemetry.conftest import error_record
 
 
 def explain(path: Path) -> subprocess.CompletedProcess[str]:
@@ -100,3 +104,73 @@ def test_a_trace_tree_shows_the_exception_of_a_span_whose_status_has_no_words() 
     console.print(draw_tree([span], Tree("trace")))
     # Before: "✗ charge  12.50 ms" and nothing to say why.
     assert "✗ charge  12.50 ms  CardDeclined: expired" in console.export_text()
+
+
+def explain_stdin(document: object, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "classify", "--explain", "-", *options],
+        input=json.dumps(document),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def a_trace() -> tuple[dict[str, object], list[SpanRecord]]:
+    """A kept trace as `ers trace TRACE_ID -o json` prints it: a request that answered,
+    a router that did, and two failing calls under it."""
+    root = error_record("POST /chat", status="OK")
+    router = error_record("agent.router", status="OK", attributes={"ers.agent": "router"})
+    budget = error_record(
+        "agent.budget",
+        "SimulatedDatabaseError",
+        "Database connection timeout",
+        attributes={"ers.agent": "budget"},
+    )
+    orders = error_record(
+        "GET /orders",
+        "SocketException",
+        "Connection reset",
+        resource={"service.name": "orders"},
+    )
+    for number, (record, parent) in enumerate(
+        [(root, None), (router, root), (budget, router), (orders, router)], start=1
+    ):
+        record.span_id = f"{number:016x}"
+        record.parent_span_id = parent.span_id if parent else None
+        record.start_ns = record.end_ns = 1_700_000_000_000_000_000 + number
+    records = [root, router, budget, orders]
+    document = {
+        "traceId": root.trace_id,
+        "spanCount": 4,
+        "errorSpans": 2,
+        "spans": span_tree(records),
+    }
+    return json.loads(json.dumps(document)), [budget, orders]
+
+
+def test_a_whole_trace_from_ers_trace_json_explains_each_failing_span() -> None:
+    document, failing = a_trace()
+    result = explain_stdin(document, "-o", "json")  # `ers trace ID -o json | ers classify ...`
+    assert result.returncode == 0, result.stderr
+    explained = json.loads(result.stdout)
+    assert [item["span"] for item in explained] == ["agent.budget", "GET /orders"]
+    for item, record in zip(explained, failing, strict=True):
+        assert item["spanId"] == record.span_id
+        wanted = load_rules().classify(record)  # the shipped rules, as the command uses
+        assert item["classification"]["fingerprint"] == wanted.fingerprint
+        assert item["classification"]["rule"] == wanted.rule
+    table = explain_stdin(document)
+    assert table.returncode == 0, table.stderr
+    assert "span agent.budget (0000000000000003):" in table.stdout
+    assert "span GET /orders (0000000000000004):" in table.stdout
+    assert table.stdout.count("MATCHED") == 2
+
+
+def test_a_trace_without_a_failing_span_is_refused_in_one_line() -> None:
+    document, _ = a_trace()
+    document["spans"][0]["children"][0]["children"] = []  # type: ignore[index]
+    result = explain_stdin(document)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("ers: cannot read a span record from stdin: the trace ")
+    assert "has no failing span" in result.stderr
