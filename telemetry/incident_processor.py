@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry.classifier import Classification, Classifier
+from telemetry.enclosing import EnclosingFailures
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
@@ -128,6 +129,8 @@ class IncidentProcessor(SpanProcessor):
         self._drop_lock = threading.Lock()
         self._classified = 0
         self._failed = 0
+        self._joined = 0
+        self._enclosing = EnclosingFailures()
         self._subscriber_errors = 0
         self._subscribers: list[Subscriber] = []
         self._worker = threading.Thread(target=self._run, name="ers-incidents", daemon=True)
@@ -142,6 +145,12 @@ class IncidentProcessor(SpanProcessor):
     @property
     def spans_dropped(self) -> int:
         return self._dropped
+
+    @property
+    def spans_joined(self) -> int:
+        """Error spans of other services counted as the failure they enclose (see
+        ``telemetry.enclosing``): kept in their trace, no occurrence of their own."""
+        return self._joined
 
     @property
     def spans_failed(self) -> int:
@@ -283,6 +292,11 @@ class IncidentProcessor(SpanProcessor):
         """Classify and write ``batch`` in one transaction; False when the store failed."""
         classify = self.classifier.classify
         items: list[tuple[SpanRecord, Classification]] = []
+        sent = [item for item in batch if isinstance(item, SpanRecord)]
+        counted: list[SpanRecord] = []
+        if sent:  # other services' spans: a failure reported around itself counts once
+            counted = self._enclosing.counted(sent)
+            batch = [item for item in batch if not isinstance(item, SpanRecord)] + counted
         for item in batch:
             try:
                 record = (
@@ -299,6 +313,8 @@ class IncidentProcessor(SpanProcessor):
             self._failed += len(items)
             log.exception("could not write %d error spans to the incident store", len(items))
             return False
+        self._enclosing.remember(counted)
+        self._joined += len(sent) - len(counted)
         subscribers = self._subscribers
         for outcome in outcomes:
             for subscriber in subscribers:

@@ -150,6 +150,11 @@ class IncidentService:
             description="Error spans dropped because the pipeline's queue was full",
         )
         meter.create_observable_counter(
+            "ers_incident_spans_joined",
+            [self._observe_joined],
+            description="Error spans of other services counted as the failure they enclose",
+        )
+        meter.create_observable_counter(
             "ers_incident_spans_failed",
             [self._observe_failed],
             description="Error spans the pipeline could not classify or write to its store",
@@ -319,6 +324,9 @@ class IncidentService:
 
     def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.processor.spans_dropped)
+
+    def _observe_joined(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.processor.spans_joined)
 
     def _observe_failed(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.processor.spans_failed)

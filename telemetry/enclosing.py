@@ -1,0 +1,69 @@
+"""One failure of another service is one occurrence, however many of its spans report it.
+
+An instrumented service reports one failure on several spans: the database call that
+failed, and around it the handler and the HTTP server span (ERROR for its 500, often with
+the same exception recorded again as it escaped). Each would be an occurrence, and the
+server span's ``500`` an incident of its own beside the database's. A span of another
+service that fails around an earlier failing span of the same trace and service (it started
+no later and ended no sooner) is taken as the same failure: it stays in the kept trace, and
+is not counted again. Spans end before the spans around them, so the innermost failure,
+nearest the cause, is the one counted.
+
+The collector forwards only error spans, so the spans between two failing ones are missing
+and parent links cannot tell nesting; time can, within one service's clock. Two failures
+side by side in one request (two calls that each failed) do not enclose one another and are
+counted both. ERS's own spans are not judged here: its guard reports each failure once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from telemetry.span_record import SpanRecord
+
+# Traces remembered (least recently seen forgotten first) and failing spans per trace and
+# service: about 100 bytes a span, so at most a few MiB.
+MAX_TRACES = 8192
+MAX_SPANS_PER_TRACE = 64
+
+
+class EnclosingFailures:
+    """Tells which error spans enclose an earlier one; used from one thread (the worker).
+    Spans are remembered once written (``remember``): a batch the store could not write is
+    sent again, and must then count."""
+
+    def __init__(self, max_traces: int = MAX_TRACES) -> None:
+        self._max_traces = max_traces
+        self._seen: OrderedDict[tuple[str, str], list[tuple[int, int]]] = OrderedDict()
+
+    def counted(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
+        """``records`` less those that enclose a failing span counted before (in this call
+        or a written batch), taken innermost first: a span ends before the spans around it.
+        A span sent again (the same times) encloses itself, so it is not counted twice."""
+        batch: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        kept: list[SpanRecord] = []
+        for record in sorted(records, key=lambda r: (r.end_ns, -r.start_ns)):
+            key = (record.trace_id, record.service_name)
+            start, end = record.start_ns, record.end_ns
+            earlier = [*self._seen.get(key, ()), *batch.get(key, ())]
+            if any(start <= inner_start and inner_end <= end for inner_start, inner_end in earlier):
+                continue
+            batch.setdefault(key, []).append((start, end))
+            kept.append(record)
+        return kept
+
+    def remember(self, records: Sequence[SpanRecord]) -> None:
+        """``records`` (as ``counted`` returned them) are written."""
+        seen = self._seen
+        for record in records:
+            key = (record.trace_id, record.service_name)
+            spans = seen.get(key)
+            if spans is None:
+                seen[key] = spans = []
+                if len(seen) > self._max_traces:
+                    seen.popitem(last=False)
+            else:
+                seen.move_to_end(key)
+            if len(spans) < MAX_SPANS_PER_TRACE:
+                spans.append((record.start_ns, record.end_ns))
