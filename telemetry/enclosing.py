@@ -35,23 +35,37 @@ class EnclosingFailures:
 
     def __init__(self, max_traces: int = MAX_TRACES) -> None:
         self._max_traces = max_traces
-        self._seen: OrderedDict[tuple[str, str], list[tuple[int, int]]] = OrderedDict()
+        # (trace, service) -> (start, end, start, end, ...): a flat tuple of ints, which the
+        # garbage collector stops tracking, so thousands of them cost its passes nothing.
+        self._seen: OrderedDict[tuple[str, str], tuple[int, ...]] = OrderedDict()
 
     def counted(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
-        """``records`` less those that enclose a failing span counted before (in this call
-        or a written batch), taken innermost first: a span ends before the spans around it.
-        A span sent again (the same times) encloses itself, so it is not counted twice."""
-        batch: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        kept: list[SpanRecord] = []
-        for record in sorted(records, key=lambda r: (r.end_ns, -r.start_ns)):
-            key = (record.trace_id, record.service_name)
-            start, end = record.start_ns, record.end_ns
-            earlier = [*self._seen.get(key, ()), *batch.get(key, ())]
-            if any(start <= inner_start and inner_end <= end for inner_start, inner_end in earlier):
+        """``records``, in their order, less those that enclose a failing span counted
+        before (in this call or a written batch); within a call spans are judged innermost
+        first, since a span ends before the spans around it. A span sent again (the same
+        times) encloses itself, so it is not counted twice."""
+        by_key: dict[tuple[str, str], list[SpanRecord]] = {}
+        for record in records:
+            by_key.setdefault((record.trace_id, record.service_name), []).append(record)
+        seen = self._seen
+        joined: set[int] = set()
+        for key, group in by_key.items():
+            earlier = seen.get(key)
+            if earlier is None and len(group) == 1:  # the usual case: nothing to judge
                 continue
-            batch.setdefault(key, []).append((start, end))
-            kept.append(record)
-        return kept
+            intervals = list(zip(earlier[::2], earlier[1::2], strict=True)) if earlier else []
+            for record in sorted(group, key=lambda r: (r.end_ns, -r.start_ns)):
+                start, end = record.start_ns, record.end_ns
+                if any(
+                    start <= inner_start and inner_end <= end
+                    for inner_start, inner_end in intervals
+                ):
+                    joined.add(id(record))
+                else:
+                    intervals.append((start, end))
+        if not joined:
+            return list(records)
+        return [record for record in records if id(record) not in joined]
 
     def remember(self, records: Sequence[SpanRecord]) -> None:
         """``records`` (as ``counted`` returned them) are written."""
@@ -60,10 +74,10 @@ class EnclosingFailures:
             key = (record.trace_id, record.service_name)
             spans = seen.get(key)
             if spans is None:
-                seen[key] = spans = []
+                seen[key] = (record.start_ns, record.end_ns)
                 if len(seen) > self._max_traces:
                     seen.popitem(last=False)
-            else:
-                seen.move_to_end(key)
-            if len(spans) < MAX_SPANS_PER_TRACE:
-                spans.append((record.start_ns, record.end_ns))
+                continue
+            seen.move_to_end(key)
+            if len(spans) < 2 * MAX_SPANS_PER_TRACE:
+                seen[key] = (*spans, record.start_ns, record.end_ns)
