@@ -69,9 +69,14 @@ class HttpAgentSpec(AgentSpecBase):
     @classmethod
     def _a_header_name(cls, name: str) -> str:
         if not HEADER_NAME.fullmatch(name):
+            # The text is not quoted: "Authorization: Bearer <key>" written here holds the
+            # secret, and this message goes to the terminal and the log.
+            bad = next((c for c in name if not HEADER_NAME.fullmatch(c)), None)
+            held = "is empty" if bad is None else f"holds {bad!r}"
             raise ValueError(
-                f"'{name}' is not an HTTP header name; use letters, digits and '-' (e.g. "
-                "Authorization, X-Api-Key), and put the value in auth_file"
+                f"not an HTTP header name (it {held}); write only the name, with letters, "
+                "digits and '-' (e.g. Authorization, X-Api-Key), and the whole value in the "
+                "file auth_file names"
             )
         return name
 

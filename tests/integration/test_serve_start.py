@@ -122,3 +122,24 @@ def test_a_first_start_stopped_before_it_made_the_repository_is_a_first_start_ag
     # Recorded now: a later start goes by the record, as any other start does.
     assert (tmp_path / "data" / "restic-repository.json").exists()
     assert not (tmp_path / "data" / ".ers-first-start").exists()
+
+
+def test_an_auth_header_written_with_its_value_is_refused_without_showing_the_value(
+    tmp_path: Path,
+) -> None:
+    # The whole header line in auth_header, as it is written in a curl command.
+    (tmp_path / "ers.yaml").write_text(
+        "agents:\n"
+        "  helper:\n"
+        "    kind: http\n"
+        "    url: http://127.0.0.1:9/chat\n"
+        "    auth_header: 'Authorization: Bearer sk-live-4f9a2c'\n"
+    )
+    done = serve(tmp_path, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    assert "sk-live-4f9a2c" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ers: invalid setting 'agents.helper.auth_header': not an HTTP header name (it holds "
+        "':'); write only the name, with letters, digits and '-' (e.g. Authorization, "
+        "X-Api-Key), and the whole value in the file auth_file names"
+    ]
