@@ -139,6 +139,8 @@ def check_yaml(path: Path) -> None:
     try:
         duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML {_where(exc)}") from None
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
         raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     if duplicate is not None:
@@ -156,6 +158,16 @@ def check_yaml(path: Path) -> None:
                 f"{path}: {key!r} at the top level is not a setting name; "
                 "write setting names there (max_backups: 5)"
             )
+
+
+def _where(exc: yaml.MarkedYAMLError) -> str:
+    """Where the parser stopped and why, without the line's text (it may hold a secret)."""
+    mark = exc.problem_mark or exc.context_mark
+    at = "" if mark is None else f"at line {mark.line + 1}, column {mark.column + 1}"
+    why = exc.problem or exc.__class__.__name__
+    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+        why += f", {exc.context} that starts at line {exc.context_mark.line + 1}"
+    return f"{at} ({why}); check the indentation, quotes and brackets there"
 
 
 def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:

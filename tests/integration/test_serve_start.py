@@ -143,3 +143,23 @@ def test_an_auth_header_written_with_its_value_is_refused_without_showing_the_va
         "':'); write only the name, with letters, digits and '-' (e.g. Authorization, "
         "X-Api-Key), and the whole value in the file auth_file names"
     ]
+
+
+def test_a_config_file_that_is_not_yaml_names_the_line_and_the_problem(tmp_path: Path) -> None:
+    # An agent added below agent_routes, indented as the agents above it.
+    (tmp_path / "ers.yaml").write_text(
+        "agents:\n"
+        "  workout: {kind: python, factory: workout}\n"
+        "agent_routes: {workout: workout}\n"
+        "  helper:\n"
+        "    kind: http\n"
+        "    url: http://127.0.0.1:9/chat?key=sk-live-4f9a2c\n"
+    )
+    done = serve(tmp_path, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    assert "sk-live-4f9a2c" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ers: ers.yaml: not valid YAML at line 4, column 3 (expected <block end>, but found "
+        "'<block mapping start>', while parsing a block mapping that starts at line 1); check "
+        "the indentation, quotes and brackets there"
+    ]
