@@ -29,6 +29,7 @@ import asyncio
 import json
 import math
 import re
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +142,15 @@ class RemoteAgent:
             ),
         )
         # trust_env off: proxies from the environment would get transports of their own,
-        # without the auth header.
+        # without the auth header. A jar that keeps no cookie: one client calls for every
+        # user, so a cookie the agent sets in one chat's reply would go out with the
+        # requests of every later chat, whoever sent it.
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(self.timeout_s),
             follow_redirects=False,
             trust_env=False,
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         )
         self._spans = AttemptSpans("POST", self.url, tracer_provider)
 

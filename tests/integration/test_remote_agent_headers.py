@@ -1,0 +1,81 @@
+"""What a remote agent's reply headers can carry back into ERS: a cookie it sets is not sent
+with later chats (one client serves every user). Against a real uvicorn process on a
+loopback port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from service.agents.base import AgentRequest
+from service.agents.remote import RemoteAgent
+from service.agents.specs import HttpAgentSpec
+from tests.processes import free_port, start_process
+
+pytestmark = pytest.mark.integration
+
+# An agent behind a gateway that keeps a session per user and names its key in a header.
+SESSION_AGENT = """
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+app = FastAPI()
+
+
+@app.get("/ready")
+async def ready() -> dict:
+    return {}
+
+
+@app.post("/chat")
+async def chat(request: Request) -> JSONResponse:
+    body = await request.json()
+    reply = JSONResponse({"response": f"cookie: {request.headers.get('cookie')}"})
+    reply.set_cookie("session", f"sess-{body['userId']}-9d2e")
+    reply.headers["x-api-key"] = "sk-resp-51c0"
+    return reply
+"""
+
+
+@pytest.fixture(scope="module")
+def session_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("session-agent")
+    (workdir / "session_agent.py").write_text(SESSION_AGENT)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_process(
+        [sys.executable, "-m", "uvicorn", "session_agent:app", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--log-level", "warning"],
+        cwd=workdir,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        log_path=workdir / "session-agent.log",
+        ready_url=f"{url}/ready",
+        what="the session agent",
+    )
+    try:
+        yield f"{url}/chat"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+async def test_a_cookie_one_chats_reply_sets_is_not_sent_with_the_next_chat(
+    session_agent: str,
+) -> None:
+    agent = RemoteAgent("remote", HttpAgentSpec(url=session_agent), default_timeout_s=5.0)
+    try:
+        first = await agent.handle(AgentRequest(message="hi", user_id="ann"))
+        second = await agent.handle(AgentRequest(message="hi", user_id="bob"))
+    finally:
+        await agent.aclose()
+    assert first.content == "cookie: None"
+    # Bob's request went out without Ann's session.
+    assert second.content == "cookie: None"
