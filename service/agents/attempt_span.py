@@ -7,7 +7,8 @@ and query values redacted), ``server.address``/``server.port``, the peer's,
 ``http.response.status_code``, ``network.protocol.version``, ``error.type``, an ERROR status
 for a 4xx/5xx answer or an exception (recorded as an event), and the request and response
 headers named by ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` /
-``..._RESPONSE`` (values matching ``..._SANITIZE_FIELDS`` redacted). The instrumentation
+``..._RESPONSE`` (values matching ``..._SANITIZE_FIELDS``, and those of credential headers
+such as ``Set-Cookie``, redacted). The instrumentation
 works out most of that per request, wrapping the transport; one agent always POSTs to one
 URL, so here it is worked out once, and an attempt costs a span and a ``traceparent``.
 
@@ -19,6 +20,7 @@ in what is captured.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import httpx
@@ -48,10 +50,16 @@ from opentelemetry.util.types import AttributeValue
 
 from telemetry.exception_events import described, record_exception
 from telemetry.incident_processor import NOT_AN_INCIDENT
+from telemetry.redaction import SECRET_HEADERS
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
 SANITIZE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
+# Headers whose values are credentials are redacted whatever the setting above names: a
+# capture of every header (".*") would otherwise keep an agent's Set-Cookie or API key in
+# the kept traces and incidents operators read. Each name whole (the instrumentation
+# searches), so "cookie" does not also take "x-cookie-consent".
+ALWAYS_SANITIZED = [f"^{re.escape(name)}$" for name in sorted(SECRET_HEADERS)]
 
 
 def redacted_url(url: httpx.URL) -> str:
@@ -86,7 +94,7 @@ class AttemptSpans:
         # Read once, as the instrumentation reads them when it instruments a client.
         self._request_headers = get_custom_headers(CAPTURE_REQUEST_HEADERS)
         self._response_headers = get_custom_headers(CAPTURE_RESPONSE_HEADERS)
-        self._sanitize = SanitizeValue(get_custom_headers(SANITIZE_HEADERS))
+        self._sanitize = SanitizeValue([*get_custom_headers(SANITIZE_HEADERS), *ALWAYS_SANITIZED])
 
     def start(self, request: httpx.Request) -> trace.Span:
         """The attempt's span, a child of the current one, and its context in

@@ -1,6 +1,6 @@
 """What a remote agent's reply headers can carry back into ERS: a cookie it sets is not sent
-with later chats (one client serves every user). Against a real uvicorn process on a
-loopback port."""
+with later chats (one client serves every user), and credential headers captured on the
+attempt's span are redacted. Against a real uvicorn process on a loopback port."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from service.agents.base import AgentRequest
 from service.agents.remote import RemoteAgent
@@ -79,3 +83,30 @@ async def test_a_cookie_one_chats_reply_sets_is_not_sent_with_the_next_chat(
     assert first.content == "cookie: None"
     # Bob's request went out without Ann's session.
     assert second.content == "cookie: None"
+
+
+async def test_credential_headers_captured_on_the_attempt_span_are_redacted(
+    session_agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", ".*")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", ".*")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = RemoteAgent(
+        "remote",
+        HttpAgentSpec(url=session_agent),
+        default_timeout_s=5.0,
+        tracer_provider=provider,
+    )
+    try:
+        await agent.handle(AgentRequest(message="hi", user_id="ann"))
+    finally:
+        await agent.aclose()
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    attributes = dict(span.attributes or {})
+    assert attributes["http.response.header.set_cookie"] == ("[REDACTED]",)
+    assert attributes["http.response.header.x_api_key"] == ("[REDACTED]",)
+    # The others are captured as asked.
+    assert attributes["http.response.header.content_type"] == ("application/json",)
+    assert "sess-ann" not in repr(attributes) and "sk-resp-51c0" not in repr(attributes)
