@@ -30,6 +30,15 @@ SECRET_HEADERS = frozenset(
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 
 
+def is_secret_header(attribute: str) -> bool:
+    """Whether ``attribute`` is a captured header (``http.request.header.<name>``) whose
+    value is a credential. The name is matched with ``_`` read as ``-``: the Python
+    instrumentations write ``x-api-key`` as ``http.request.header.x_api_key``."""
+    if not attribute.startswith(_HEADER_PREFIXES):
+        return False
+    return attribute.rsplit(".", 1)[-1].lower().replace("_", "-") in SECRET_HEADERS
+
+
 def redacted_text(text: str) -> str:
     """``text`` with the credentials of every URL in it redacted."""
     return _CREDENTIALS.sub(rf"\1{REDACTED}:{REDACTED}@", text) if "://" in text else text
@@ -56,7 +65,7 @@ def redacted_url(url: str) -> str:
 def redact_attributes(attributes: MutableMapping[str, Any]) -> None:
     """Redact, in place, what ``attributes`` may hold of secrets (see the module)."""
     for key, value in attributes.items():
-        if key.startswith(_HEADER_PREFIXES) and key.rsplit(".", 1)[-1].lower() in SECRET_HEADERS:
+        if is_secret_header(key):
             attributes[key] = [REDACTED] if isinstance(value, list) else REDACTED
         elif not isinstance(value, str):
             continue

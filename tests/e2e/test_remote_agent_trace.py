@@ -4,8 +4,10 @@ kept trace holds ERS's agent span with the example agent's server span beneath i
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,12 @@ INTAKE_TOKEN = "intake-token-7c41e0"
 EXAMPLE_SERVICE = "example-remote-agent"
 
 
-@pytest.fixture
-def ers_and_agent(tmp_path: Path) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
+@contextmanager
+def ers_calling_the_example_agent(
+    tmp_path: Path, agent_env: dict[str, str] | None = None, **helper: Any
+) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
+    """``ers serve`` with the example agent as ``helper`` (its spec's keys and ``helper``),
+    the agent tracing itself into ERS's intake (``agent_env`` added to its environment)."""
     intake_token_file = tmp_path / "intake-token"
     intake_token_file.write_text(INTAKE_TOKEN + "\n")
     ers_port = free_port()
@@ -34,6 +40,7 @@ def ers_and_agent(tmp_path: Path) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
         env={
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{ers_port}/v1/traces",
             "EXAMPLE_AGENT_OTLP_TOKEN_FILE": str(intake_token_file),
+            **(agent_env or {}),
         },
     )
     config = tmp_path / "ers.yaml"
@@ -47,6 +54,7 @@ def ers_and_agent(tmp_path: Path) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
                         "url": f"{agent.url}/chat",
                         "contract": "ers",
                         "timeout_s": 2,
+                        **helper,
                     },
                 },
                 "agent_routes": {"workout": "helper"},
@@ -64,6 +72,12 @@ def ers_and_agent(tmp_path: Path) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
     finally:
         agent.stop()
         ers.stop()
+
+
+@pytest.fixture
+def ers_and_agent(tmp_path: Path) -> Iterator[tuple[ErsProcess, ExampleAgent]]:
+    with ers_calling_the_example_agent(tmp_path) as both:
+        yield both
 
 
 def walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -87,11 +101,11 @@ def agent_span_with_the_example_beneath(trace: dict[str, Any]) -> dict[str, Any]
     return None
 
 
-def test_a_failed_remote_call_keeps_one_trace_with_both_services_spans(
-    ers_and_agent: tuple[ErsProcess, ExampleAgent],
-) -> None:
-    ers, agent = ers_and_agent
-    agent.fail_next("server_error", count=10)
+def failed_chat_with_both_services_spans(
+    ers: ErsProcess, agent: ExampleAgent
+) -> tuple[str, dict[str, Any]]:
+    """A workout chat whose call to the failing agent fell back: its trace id, and its
+    kept ``agent.helper`` span once the example agent's spans are beneath it."""
     with httpx.Client(base_url=ers.url, timeout=30) as http:
         reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
         assert reply.status_code == 200, reply.text
@@ -111,6 +125,15 @@ def test_a_failed_remote_call_keeps_one_trace_with_both_services_spans(
             if found is None:
                 time.sleep(0.2)
     assert found is not None, (trace, agent.log_path.read_text()[-2000:])
+    return trace_id, found
+
+
+def test_a_failed_remote_call_keeps_one_trace_with_both_services_spans(
+    ers_and_agent: tuple[ErsProcess, ExampleAgent],
+) -> None:
+    ers, agent = ers_and_agent
+    agent.fail_next("server_error", count=10)
+    trace_id, found = failed_chat_with_both_services_spans(ers, agent)
     calls = agent.calls()
     assert calls and all(call["traceparent"].split("-")[1] == trace_id for call in calls)
     example_spans = [n for n in walk(found["children"]) if n["service"] == EXAMPLE_SERVICE]
@@ -128,3 +151,29 @@ def test_a_failed_remote_call_keeps_one_trace_with_both_services_spans(
     beneath_clients = [n for c in clients for n in c["children"] if n["service"] == EXAMPLE_SERVICE]
     assert beneath_clients, clients
     assert INTAKE_TOKEN not in ers.log() + agent.log_path.read_text()
+
+
+def test_an_api_key_header_the_agent_records_is_redacted_as_its_spans_arrive(
+    tmp_path: Path,
+) -> None:
+    # The agent records every request header (its instrumentation writes x-api-key as
+    # http.request.header.x_api_key), the key ERS sends among them.
+    (tmp_path / "agent-key").write_text("sk-agent-key-30d1\n")
+    with ers_calling_the_example_agent(
+        tmp_path,
+        {"OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": ".*"},
+        auth_header="X-Api-Key",
+        auth_file=str(tmp_path / "agent-key"),
+    ) as (ers, agent):
+        agent.fail_next("server_error", count=10)
+        _, found = failed_chat_with_both_services_spans(ers, agent)
+    servers = [
+        n
+        for n in walk(found["children"])
+        if n["service"] == EXAMPLE_SERVICE and n["attributes"].get("http.route") == "/chat"
+    ]
+    assert servers, found
+    assert all(n["attributes"]["http.request.header.x_api_key"] == ["REDACTED"] for n in servers), (
+        servers
+    )
+    assert "sk-agent-key-30d1" not in json.dumps(found)
