@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,10 +52,22 @@ class Agent(Protocol):
 
 
 def checked_reply(name: str, reply: object) -> AgentReply:
-    """``reply`` when it is an ``AgentReply`` with text; otherwise a ``BadResponse`` of agent
-    ``name``, whose guard then falls back (not the router's, which would pass it on)."""
+    """``reply`` when it is an ``AgentReply`` with text and a confidence from 0 to 1;
+    otherwise a ``BadResponse`` of agent ``name``, whose guard then falls back (not the
+    router's, which would pass it on)."""
     if isinstance(reply, AgentReply) and isinstance(reply.content, str):
-        return reply
+        confidence = reply.confidence
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+            said = f"a {type(confidence).__name__}"
+        elif not (math.isfinite(confidence) and 0 <= confidence <= 1):
+            said = f"{confidence:g}"
+        else:
+            return reply
+        # The chat's reply carries it: past the agent's guard it would fail the turn,
+        # already stored, with a 500.
+        raise BadResponse(
+            f"agent '{name}' returned a confidence of {said}; it must be a number from 0 to 1"
+        )
     what = f"a {type(reply).__name__}" if reply is not None else "None"
     if isinstance(reply, AgentReply):
         what = f"an AgentReply with {type(reply.content).__name__} content"

@@ -199,3 +199,32 @@ def test_the_readmes_own_agent_beside_ers_yaml_starts_as_the_readme_and_the_refu
     assert reply.status_code == 200, reply.text
     assert reply.json()["agent"] == "my_coach"
     assert reply.json()["response"].startswith("Three sets of squats today.")
+
+
+@pytest.mark.parametrize("factory", ["replies_nan_confidence", "replies_confidence_above_one"])
+def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_a_500(
+    tmp_path: Path, factory: str
+) -> None:
+    agents = {
+        **BUILT_IN,
+        "my_coach": {"kind": "python", "factory": f"{HELPERS}:{factory}", "fallbacks": ["workout"]},
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    ers = start_ers(tmp_path / "ers", env={"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT)})
+    try:
+        with httpx.Client(base_url=ers.url, timeout=30) as http:
+            chat = {"message": "make me a workout plan", "userId": "u"}
+            reply = http.post("/chat", json=chat, headers={"Idempotency-Key": "k-1"})
+            again = http.post("/chat", json=chat, headers={"Idempotency-Key": "k-1"})
+            breaker = http.get("/api/emergency/circuit-breakers/my_coach").json()
+    finally:
+        assert ers.stop() == 0, ers.log()[-4000:]
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["agent"] == "my_coach" and body["emergency"] is True, body
+    assert body["recovery"]["via"] == "workout"
+    assert 0 <= body["confidence"] <= 1
+    # The stored turn's reply is the one the client got.
+    assert again.status_code == 200 and again.json() == body
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "must be a number from 0 to 1" in breaker["lastError"], breaker

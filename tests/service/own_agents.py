@@ -140,5 +140,13 @@ def replies_a_number(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply(12345, name))  # type: ignore[arg-type]
 
 
+def replies_nan_confidence(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("sure", name, confidence=float("nan")))
+
+
+def replies_confidence_above_one(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("sure", name, confidence=85))
+
+
 def moody(name: str, stores: Stores) -> MoodyCoach:
     return MoodyCoach(name)

@@ -4,6 +4,7 @@ never looping; then the cached answer and the guidance as before."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,16 @@ def test_a_breaker_says_whether_it_admits_a_call_without_taking_a_permit() -> No
     assert breaker.admits_calls_now()
 
 
-@pytest.mark.parametrize("factory", ["replies_a_dict", "replies_none", "replies_a_number"])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        "replies_a_dict",
+        "replies_none",
+        "replies_a_number",
+        "replies_nan_confidence",
+        "replies_confidence_above_one",
+    ],
+)
 async def test_a_reply_that_is_no_agent_reply_fails_the_agent_not_the_router(
     tmp_path: Path, sqlite_stores: Stores, spans: Spans, factory: str
 ) -> None:
@@ -210,7 +220,7 @@ async def test_a_reply_that_is_no_agent_reply_fails_the_agent_not_the_router(
     # its span is the error; the router, which only passed the reply on, did nothing wrong.
     primary = team.guards["primary"].breaker.snapshot()
     assert primary["failureCount"] == 1
-    assert "not an AgentReply" in str(primary["lastError"])
+    assert re.search("not an AgentReply|confidence of", str(primary["lastError"]))
     assert team.guards["router"].breaker.snapshot()["failureCount"] == 0
     span = spans.one("agent.primary")
     assert span.status.status_code is StatusCode.ERROR
