@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 
 from opentelemetry import trace
@@ -27,6 +28,24 @@ from service.settings import Settings, SettingsError
 from service.stores import Stores
 
 log = logging.getLogger("ers.team")
+# How long an agent's aclose may take at shutdown before the service stops without it.
+AGENT_CLOSE_TIMEOUT_S = 5.0
+
+
+async def _close_agent(name: str, close: Callable[[], Awaitable[object]]) -> None:
+    try:
+        async with asyncio.timeout(AGENT_CLOSE_TIMEOUT_S):
+            await close()
+    except TimeoutError:
+        log.error(
+            "closing agent '%s' did not finish within %g s; stopping without waiting for it "
+            "(its aclose must return, and let a cancellation through)",
+            name,
+            AGENT_CLOSE_TIMEOUT_S,
+        )
+    except Exception:
+        log.exception("closing agent '%s' failed", name)
+
 
 ROUTER_RECOVERING = "The assistant is recovering from a fault; please try again in a minute."
 GENERAL_GUIDANCE = {
@@ -111,15 +130,15 @@ class Team:
         return {guard.name: guard.breaker.state.value for guard in self.guards.values()}
 
     async def aclose(self) -> None:
-        """Close every agent that holds something open (a remote agent's connections)."""
-        for guard in self.guards.values():
-            close = getattr(guard.agent, "aclose", None)
-            if close is None:
-                continue
-            try:
-                await close()
-            except Exception:
-                log.exception("closing agent '%s' failed", guard.name)
+        """Close every agent that holds something open (a remote agent's connections), all
+        at once, each within ``AGENT_CLOSE_TIMEOUT_S``: an agent's ``aclose`` that never
+        returns would keep the service from stopping, its stores open and its spans unsent."""
+        closing = [
+            (guard.name, close)
+            for guard in self.guards.values()
+            if (close := getattr(guard.agent, "aclose", None)) is not None
+        ]
+        await asyncio.gather(*(_close_agent(name, close) for name, close in closing))
 
     def is_healthy(self, component: str) -> bool:
         """For auto-resolve: an agent is healthy again once its breaker is closed."""

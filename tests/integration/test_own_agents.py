@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,26 @@ def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_
     assert again.status_code == 200 and again.json() == body
     assert again.headers["idempotent-replayed"] == "true"
     assert "must be a number from 0 to 1" in breaker["lastError"], breaker
+
+
+def test_an_agent_whose_aclose_never_returns_does_not_keep_the_service_from_stopping(
+    tmp_path: Path,
+) -> None:
+    agents = {
+        **BUILT_IN,
+        "my_coach": {"kind": "python", "factory": f"{HELPERS}:never_closing"},
+        "remote": {"kind": "http", "url": "http://127.0.0.1:9/chat", "fallbacks": ["my_coach"]},
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "remote"})
+    ers = start_ers(tmp_path / "ers", env={"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT)})
+    with httpx.Client(base_url=ers.url, timeout=30) as http:
+        reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
+    assert reply.status_code == 200, reply.text
+    started = time.monotonic()
+    # A SIGTERM, as systemd or docker stop sends it: the service stops on its own.
+    exit_code = ers.stop(timeout=30)
+    assert exit_code == 0, ers.log()[-4000:]
+    assert time.monotonic() - started < 20
+    log = ers.log()
+    assert "closing agent 'my_coach' did not finish within 5 s" in log, log[-4000:]
+    assert "Application shutdown complete" in log

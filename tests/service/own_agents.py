@@ -117,6 +117,17 @@ def closing(name: str, stores: Stores) -> ClosingCoach:
     return ClosingCoach(name)
 
 
+class NeverClosingCoach(Coach):
+    """Its ``aclose`` never returns (a connection it waits on forever)."""
+
+    async def aclose(self) -> None:
+        await asyncio.Event().wait()
+
+
+def never_closing(name: str, stores: Stores) -> NeverClosingCoach:
+    return NeverClosingCoach(name)
+
+
 class MisreplyingCoach:
     """Returns something other than an ``AgentReply`` with text: ``reply`` itself."""
 
