@@ -89,6 +89,23 @@ class HttpAgentSpec(AgentSpecBase):
         return self
 
     @model_validator(mode="after")
+    def _openai_url_is_the_base(self) -> HttpAgentSpec:
+        # ERS adds /v1/chat/completions itself: a url that already ends with it (or with
+        # the /v1 of an SDK's base_url) would be called at .../v1/v1/chat/completions.
+        path = (self.url.path or "").rstrip("/")
+        if self.contract == "openai" and path.endswith(("/v1", "/chat/completions")):
+            base = path.removesuffix("/chat/completions").removesuffix("/v1")
+            # Without the query: it may hold a key.
+            suggested = f"{self.url.scheme}://{self.url.host}:{self.url.port}{base}"
+            raise _field_error(
+                "url",
+                f"its path ends with {path[len(base) :]}, which ERS adds itself for contract "
+                f"'openai'; write the server's base URL ({suggested}"
+                + (", then the query)" if self.url.query else ")"),
+            )
+        return self
+
+    @model_validator(mode="after")
     def _bulkhead_fits_the_pool(self) -> HttpAgentSpec:
         # A call let through the bulkhead would wait for a connection, and the wait would
         # time out as a failure of the agent.

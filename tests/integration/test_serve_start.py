@@ -163,3 +163,24 @@ def test_a_config_file_that_is_not_yaml_names_the_line_and_the_problem(tmp_path:
         "'<block mapping start>', while parsing a block mapping that starts at line 1); check "
         "the indentation, quotes and brackets there"
     ]
+
+
+def test_an_openai_url_that_ends_with_v1_is_refused_naming_the_base_url(tmp_path: Path) -> None:
+    # The base_url an OpenAI SDK takes ends with /v1; ERS adds /v1/chat/completions itself.
+    (tmp_path / "ers.yaml").write_text(
+        "agents:\n"
+        "  workout: {kind: python, factory: workout}\n"
+        "  gpt:\n"
+        "    kind: http\n"
+        "    url: http://127.0.0.1:9/v1\n"
+        "    contract: openai\n"
+        "    model: gpt-4o-mini\n"
+        "    fallbacks: [workout]\n"
+        "agent_routes: {workout: gpt}\n"
+    )
+    done = serve(tmp_path, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ers: invalid setting 'agents.gpt.url': its path ends with /v1, which ERS adds itself "
+        "for contract 'openai'; write the server's base URL (http://127.0.0.1:9)"
+    ]

@@ -267,6 +267,32 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             {},
             "invalid setting 'agents.gpt.model': contract 'openai' needs model",
         ),
+        (
+            {
+                "gpt": {
+                    "kind": "http",
+                    "url": "https://llm.example/openai/v1?key=s3cret",
+                    "contract": "openai",
+                    "model": "m",
+                }
+            },
+            {},
+            "invalid setting 'agents.gpt.url': its path ends with /v1, which ERS adds itself for "
+            "contract 'openai'; write the server's base URL (https://llm.example:443/openai, "
+            "then the query)",
+        ),
+        (
+            {
+                "gpt": {
+                    "kind": "http",
+                    "url": "http://127.0.0.1:9/v1/chat/completions",
+                    "contract": "openai",
+                    "model": "m",
+                }
+            },
+            {},
+            "invalid setting 'agents.gpt.url': its path ends with /v1/chat/completions",
+        ),
     ],
 )
 def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
