@@ -181,7 +181,7 @@ def failure_from_response(
     if status in (401, 403):
         return CredentialsRejected(
             f"credentials rejected: agent '{agent}' answered {said}; check the file its "
-            "auth_file setting names",
+            "auth_file setting names (read again at the next call)",
             status=status,
         )
     if status == 408:

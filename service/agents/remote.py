@@ -9,7 +9,8 @@ only retry loop, so attempts, backoff and the time budget are counted in one pla
 are raised as the kinds of ``service.agents.failure_kinds``, which the guard reads, and their
 kind is on the attempt's span too.
 
-The auth header's value is read from ``auth_file`` and added by the transport, after the
+The auth header's value is read from ``auth_file`` (again before each call after a 401 or
+403, until one is let in) and added by the transport, after the
 attempt's span has read the request: the header is never in what the span sees (so no
 ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` setting can put it in a span), and it is in
 no message, log or span of ours.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -43,6 +45,7 @@ from service.agents.failure_kinds import (
     FAILURE_KIND_ATTRIBUTE,
     AgentUnreachable,
     BadResponse,
+    CredentialsRejected,
     FailureKind,
     RemoteTimeout,
     failure_from_response,
@@ -50,6 +53,7 @@ from service.agents.failure_kinds import (
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
 
+log = logging.getLogger("ers.agents")
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
 # What an auth header's value may hold: visible ASCII, spaces and tabs.
@@ -62,11 +66,11 @@ class _AuthTransport(httpx.AsyncHTTPTransport):
 
     def __init__(self, header: tuple[str, str] | None, **options: Any) -> None:
         super().__init__(**options)
-        self._header = header
+        self.header = header
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._header is not None:
-            request.headers[self._header[0]] = self._header[1]
+        if self.header is not None:
+            request.headers[self.header[0]] = self.header[1]
         return await super().handle_async_request(request)
 
 
@@ -133,7 +137,11 @@ class RemoteAgent:
             path = self._url.path.rstrip("/") + "/v1/chat/completions"
             self._url = self._url.copy_with(path=path)
         self.url = str(self._url)
-        transport = _AuthTransport(
+        self._private_auth_file = private_auth_file
+        # Set by a 401 or 403: the file is read again before each call until one is let in,
+        # so a key rotated in the file is used without a restart.
+        self._reread_auth = False
+        self._transport = transport = _AuthTransport(
             read_auth_header(name, spec, private=private_auth_file),
             retries=0,
             limits=httpx.Limits(
@@ -158,16 +166,20 @@ class RemoteAgent:
         await self._client.aclose()
 
     async def handle(self, request: AgentRequest) -> AgentReply:
+        if self._reread_auth:
+            await self._reread_auth_file()
         outgoing = self._client.build_request("POST", self._url, json=self._body(request))
         span = self._spans.start(outgoing)
         try:
             status, headers, content = await self._exchange(outgoing, span)
             if status >= 400:
                 failure = failure_from_response(self.name, status, headers, content or b"")
+                self._reread_auth = self._reread_auth or isinstance(failure, CredentialsRejected)
                 span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
                 raise failure
         finally:
             span.end()
+        self._reread_auth = False
         if not 200 <= status < 300:
             raise BadResponse(
                 f"agent '{self.name}' answered HTTP {status}; expected 200", status=status
@@ -175,6 +187,16 @@ class RemoteAgent:
         if content is None:
             raise self._bad(f"the reply is over {MAX_REPLY_BYTES} bytes")
         return self._reply(content)
+
+    async def _reread_auth_file(self) -> None:
+        if self.spec.auth_file is None:
+            return
+        try:
+            self._transport.header = await asyncio.to_thread(
+                read_auth_header, self.name, self.spec, private=self._private_auth_file
+            )
+        except SettingsError as exc:  # names the file, never its text
+            log.warning("%s; agent '%s' keeps the header read before", exc, self.name)
 
     async def _exchange(
         self, outgoing: httpx.Request, span: trace.Span

@@ -1,6 +1,7 @@
-"""What a remote agent's reply headers can carry back into ERS: a cookie it sets is not sent
-with later chats (one client serves every user), and credential headers captured on the
-attempt's span are redacted. Against a real uvicorn process on a loopback port."""
+"""The headers between ERS and a remote agent: a cookie the agent sets is not sent with later
+chats (one client serves every user), credential headers captured on the attempt's span are
+redacted, and an auth header the agent rejects is read again from its file. Against real
+uvicorn processes on loopback ports."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,8 +18,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from service.agents.base import AgentRequest
+from service.agents.failure_kinds import CredentialsRejected
 from service.agents.remote import RemoteAgent
 from service.agents.specs import HttpAgentSpec
+from tests.example_agent import start_example_agent
 from tests.processes import free_port, start_process
 
 pytestmark = pytest.mark.integration
@@ -110,3 +114,30 @@ async def test_credential_headers_captured_on_the_attempt_span_are_redacted(
     # The others are captured as asked.
     assert attributes["http.response.header.content_type"] == ("application/json",)
     assert "sess-ann" not in repr(attributes) and "sk-resp-51c0" not in repr(attributes)
+
+
+async def test_a_key_rotated_in_the_auth_file_is_used_after_the_old_one_is_rejected(
+    tmp_path: Path,
+) -> None:
+    expected = tmp_path / "agent-expects"
+    expected.write_text("new-key-2b7e\n")
+    example = start_example_agent(tmp_path / "example", expected)
+    auth_file = tmp_path / "agent-auth"
+    auth_file.write_text("Bearer old-key-91c4\n")
+    agent = RemoteAgent(
+        "remote",
+        HttpAgentSpec(url=f"{example.url}/chat", auth_file=auth_file),
+        default_timeout_s=5.0,
+    )
+    try:
+        with pytest.raises(CredentialsRejected):
+            await agent.handle(AgentRequest(message="hi", user_id="ann"))
+        # The operator writes the new key, as the 401's message says.
+        auth_file.write_text("Bearer new-key-2b7e\n")
+        reply = await agent.handle(AgentRequest(message="hi", user_id="ann"))
+        calls = example.calls()
+    finally:
+        await agent.aclose()
+        example.stop()
+    assert reply.content == "The example agent read: hi"
+    assert [call["authorized"] for call in calls] == [False, True]
