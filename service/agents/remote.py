@@ -177,9 +177,17 @@ class RemoteAgent:
                 self._reread_auth = self._reread_auth or isinstance(failure, CredentialsRejected)
                 span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
                 raise failure
+            self._reread_auth = False
+            # Read while the attempt's span is open, so a reply that breaks the contract is
+            # on it as bad_response, as every other failure of the attempt is.
+            return self._answer(status, content)
+        except BadResponse as exc:
+            span.set_attribute(FAILURE_KIND_ATTRIBUTE, exc.kind)
+            raise
         finally:
             span.end()
-        self._reread_auth = False
+
+    def _answer(self, status: int, content: bytes | None) -> AgentReply:
         if not 200 <= status < 300:
             raise BadResponse(
                 f"agent '{self.name}' answered HTTP {status}; expected 200", status=status

@@ -425,6 +425,8 @@ async def test_a_reply_that_breaks_the_contract_is_not_retried_and_counts(
     assert attempts(agent_side) == 1
     assert len(rig.breaker_failures) == 1
     assert failure_attributes(rig)["ers.failure.kind"] == "bad_response"
+    (attempt,) = rig.client_spans()
+    assert (attempt.attributes or {})["ers.failure.kind"] == "bad_response"
 
 
 async def test_the_auth_secret_is_in_no_span_log_or_reply(
