@@ -23,13 +23,19 @@ from pydantic import TypeAdapter, ValidationError
 from service.agents.base import ALIASES, Agent
 from service.agents.router import INTENTS
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
-from service.settings import Environment, Settings, SettingsError
+from service.settings import COMPONENTS, Environment, Settings, SettingsError
 from service.stores import Stores
 from telemetry.exception_events import described
 
 ENTRY_POINT_GROUP = "ers.agents"
 # The router is the team's own; the seed's aliases (npa, ...) already name built-in agents.
 RESERVED_NAMES = frozenset({"router", *ALIASES})
+# ERS's own components, as its incidents name them: an agent of one of these names would be
+# isolated for their failures (an outage of the budgets store, of the backups, ...).
+OWN_COMPONENTS = frozenset(
+    {*COMPONENTS, "incidents", "alerts", "audit", "backups", "intake", "system-test"}
+    | {"fleet", "system", "core", "ers"}
+)
 # An agent's name goes into span names, metric labels and URLs.
 AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
@@ -107,6 +113,11 @@ def parse_spec(name: str, raw: Any) -> AgentSpec:
     if name in RESERVED_NAMES:
         raise SettingsError(
             f"invalid setting 'agents.{name}': the name '{name}' is reserved; choose another"
+        )
+    if name in OWN_COMPONENTS:
+        raise SettingsError(
+            f"invalid setting 'agents.{name}': '{name}' names a component of ERS itself, and "
+            f"its incidents would isolate the agent; choose another name (e.g. {name}-agent)"
         )
     if not isinstance(raw, Mapping):
         raise SettingsError(

@@ -184,3 +184,17 @@ def test_an_openai_url_that_ends_with_v1_is_refused_naming_the_base_url(tmp_path
         "ers: invalid setting 'agents.gpt.url': its path ends with /v1, which ERS adds itself "
         "for contract 'openai'; write the server's base URL (http://127.0.0.1:9)"
     ]
+
+
+def test_an_agent_named_like_a_state_store_is_refused(tmp_path: Path) -> None:
+    # The budgets store's outage is an incident of component "budgets": an agent of that
+    # name would be isolated for it.
+    (tmp_path / "ers.yaml").write_text(
+        "agents:\n  budgets: {kind: python, factory: budget}\nagent_routes: {budget: budgets}\n"
+    )
+    done = serve(tmp_path, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ers: invalid setting 'agents.budgets': 'budgets' names a component of ERS itself, and "
+        "its incidents would isolate the agent; choose another name (e.g. budgets-agent)"
+    ]

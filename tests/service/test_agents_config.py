@@ -196,6 +196,11 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             "invalid setting 'agents.router': the name 'router' is reserved",
         ),
         (
+            {"system-test": {"kind": "python", "factory": f"{HELPERS}:coach"}},
+            {},
+            "invalid setting 'agents.system-test': 'system-test' names a component of ERS",
+        ),
+        (
             {"My Coach": {"kind": "python", "factory": f"{HELPERS}:coach"}},
             {},
             "invalid setting 'agents.My Coach': an agent's name is lowercase letters",
