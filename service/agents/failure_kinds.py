@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import ClassVar
@@ -37,6 +38,11 @@ from service.errors import DependencyError
 MAX_RETRY_AFTER_S = 3600.0
 # Error bodies are read for an error code; past this many bytes they are not parsed.
 MAX_ERROR_BODY_BYTES = 65_536
+
+# An error code as providers write them (context_length_exceeded, invalid_request_error):
+# anything else is the agent's free text, which is not put in messages and incidents (it
+# may be long, span lines, or differ on every reply and split one failure into many).
+ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 
 # Span attribute naming the kind, read by the classification rules.
 FAILURE_KIND_ATTRIBUTE = "ers.failure.kind"
@@ -147,7 +153,7 @@ def error_code(body: bytes) -> str | None:
         return None
     for key in ("code", "type"):
         code = error.get(key)
-        if isinstance(code, str) and code:
+        if isinstance(code, str) and ERROR_CODE.fullmatch(code):
             return code
     return None
 

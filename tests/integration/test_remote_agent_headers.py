@@ -1,7 +1,8 @@
-"""The headers between ERS and a remote agent: a cookie the agent sets is not sent with later
-chats (one client serves every user), credential headers captured on the attempt's span are
-redacted, and an auth header the agent rejects is read again from its file. Against real
-uvicorn processes on loopback ports."""
+"""What passes between ERS and a remote agent besides the answer: a cookie the agent sets is
+not sent with later chats (one client serves every user), credential headers captured on the
+attempt's span are redacted, an auth header the agent rejects is read again from its file,
+and an error body's free text is not taken for an error code. Against real uvicorn processes
+on loopback ports."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from service.agents.base import AgentRequest
-from service.agents.failure_kinds import CredentialsRejected
+from service.agents.failure_kinds import CredentialsRejected, ServerError
 from service.agents.remote import RemoteAgent
 from service.agents.specs import HttpAgentSpec
 from tests.example_agent import start_example_agent
@@ -37,6 +38,14 @@ app = FastAPI()
 @app.get("/ready")
 async def ready() -> dict:
     return {}
+
+
+@app.post("/failing")
+async def failing(request: Request) -> JSONResponse:
+    body = await request.json()
+    # An error "code" of free text: the failing request's own id, on two lines.
+    code = f"upstream failed for request {body['userId']}\\nretry later " + "x" * 5000
+    return JSONResponse({"error": {"code": code}}, status_code=500)
 
 
 @app.post("/chat")
@@ -141,3 +150,20 @@ async def test_a_key_rotated_in_the_auth_file_is_used_after_the_old_one_is_rejec
         example.stop()
     assert reply.content == "The example agent read: hi"
     assert [call["authorized"] for call in calls] == [False, True]
+
+
+async def test_free_text_in_an_error_bodys_code_stays_out_of_the_failure_message(
+    session_agent: str,
+) -> None:
+    url = session_agent.removesuffix("/chat") + "/failing"
+    agent = RemoteAgent("remote", HttpAgentSpec(url=url), default_timeout_s=5.0)
+    try:
+        with pytest.raises(ServerError) as first:
+            await agent.handle(AgentRequest(message="hi", user_id="ann"))
+        with pytest.raises(ServerError) as second:
+            await agent.handle(AgentRequest(message="hi", user_id="bob"))
+    finally:
+        await agent.aclose()
+    # One line, the same for both: one incident, not one per request.
+    assert str(first.value) == "agent 'remote' failed: HTTP 500"
+    assert str(second.value) == str(first.value)
