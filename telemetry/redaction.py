@@ -14,11 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import MutableMapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
 # user:password@ after a scheme, in any text.
 _CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@")
+# The user information of a URL (a name alone may be a token), with or without a scheme:
+# its authority up to the last "@".
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
 # Attributes holding a whole URL, or its query alone (the stable and the old conventions).
 URL_ATTRIBUTES = frozenset({"url.full", "http.url"})
 QUERY_ATTRIBUTES = frozenset({"url.query"})
@@ -51,15 +53,13 @@ def redacted_query(query: str) -> str:
 
 
 def redacted_url(url: str) -> str:
-    """A URL without its credentials and with every query value redacted."""
-    url = redacted_text(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # not a URL after all: the credentials are out already
-        return url
-    if not parts.query:
-        return url
-    return urlunsplit(parts._replace(query=redacted_query(parts.query)))
+    """``url`` without its user information and with every value of its query and fragment
+    redacted (an API key may go in the query under any name, a token in the fragment); read
+    as text, so a URL no parser accepts is redacted too."""
+    url = _USERINFO.sub(rf"\1{REDACTED}:{REDACTED}@", redacted_text(url), count=1)
+    rest, hash_, fragment = url.partition("#")
+    rest, question, query = rest.partition("?")
+    return f"{rest}{question}{redacted_query(query)}{hash_}{redacted_query(fragment)}"
 
 
 def redact_attributes(attributes: MutableMapping[str, Any]) -> None:

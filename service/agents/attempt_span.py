@@ -44,13 +44,12 @@ from opentelemetry.util.http import (
     get_custom_headers,
     normalise_request_header_name,
     normalise_response_header_name,
-    redact_url,
 )
 from opentelemetry.util.types import AttributeValue
 
 from telemetry.exception_events import described, record_exception
 from telemetry.incident_processor import NOT_AN_INCIDENT
-from telemetry.redaction import SECRET_HEADERS
+from telemetry.redaction import SECRET_HEADERS, redacted_url
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
@@ -62,17 +61,6 @@ SANITIZE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 ALWAYS_SANITIZED = [f"^{re.escape(name)}$" for name in sorted(SECRET_HEADERS)]
 
 
-def redacted_url(url: httpx.URL) -> str:
-    """``url`` without credentials and with every query value REDACTED: an API key may go
-    in the query under any name (``?key=``), not only the signatures the instrumentation
-    redacts."""
-    url = httpx.URL(redact_url(str(url)))
-    if not url.query:
-        return str(url)
-    pairs = [(name, "REDACTED" if value else "") for name, value in url.params.multi_items()]
-    return str(url.copy_with(params=pairs))
-
-
 class AttemptSpans:
     """Starts and finishes the client span of each ``method`` request to ``url``."""
 
@@ -82,7 +70,7 @@ class AttemptSpans:
         parsed = httpx.URL(url)
         attributes: dict[str, AttributeValue] = {
             HTTP_REQUEST_METHOD: method,
-            URL_FULL: redacted_url(parsed),
+            URL_FULL: redacted_url(str(parsed)),
             SERVER_ADDRESS: parsed.host,
             NETWORK_PEER_ADDRESS: parsed.host,
         }

@@ -1,0 +1,61 @@
+"""The one redaction of a URL that the OTLP intake applies to other services' spans and a
+remote agent's attempt span applies to its own: no secret a URL may carry is kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from telemetry.redaction import redacted_url
+
+
+@pytest.mark.parametrize(
+    "url,redacted",
+    [
+        # user information: a name and a password, a name alone (may be a token), an "@"
+        # inside the password, percent-encoded parts
+        (
+            "https://user:pw@h.example/p",
+            "https://REDACTED:REDACTED@h.example/p",
+        ),
+        ("https://ghp-token@h.example/p", "https://REDACTED:REDACTED@h.example/p"),
+        ("https://user:@h.example/p", "https://REDACTED:REDACTED@h.example/p"),
+        ("https://user:p@ss@h.example/p", "https://REDACTED:REDACTED@h.example/p"),
+        ("https://us%40er:p%3Aw@h.example/p", "https://REDACTED:REDACTED@h.example/p"),
+        ("postgres://admin:hunter2@db/pay", "postgres://REDACTED:REDACTED@db/pay"),
+        # query values under any name; names, empty values and bare names kept
+        (
+            "http://h.example/v1?key=k-1&api-version=2024&empty=&flag",
+            "http://h.example/v1?key=REDACTED&api-version=REDACTED&empty=&flag",
+        ),
+        ("http://h.example/p?a=1&a=2", "http://h.example/p?a=REDACTED&a=REDACTED"),
+        ("http://h.example/p?next=http://a:b@c/x", "http://h.example/p?next=REDACTED"),
+        # fragments: a token in key=value form is redacted, an anchor kept
+        (
+            "https://h.example/cb?x=1#access_token=t-1&state=s",
+            "https://h.example/cb?x=REDACTED#access_token=REDACTED&state=REDACTED",
+        ),
+        ("https://h.example/doc#section-2", "https://h.example/doc#section-2"),
+        # IPv6 hosts
+        (
+            "https://user:pw@[::1]:8080/p?k=v",
+            "https://REDACTED:REDACTED@[::1]:8080/p?k=REDACTED",
+        ),
+        ("http://[fe80::1%25eth0]/p?k=v", "http://[fe80::1%25eth0]/p?k=REDACTED"),
+        # no scheme, or a scheme-relative URL
+        ("user:pw@h.example/p?key=1", "REDACTED:REDACTED@h.example/p?key=REDACTED"),
+        ("//user:pw@h.example/p?key=1", "//REDACTED:REDACTED@h.example/p?key=REDACTED"),
+        ("h.example/p?key=1", "h.example/p?key=REDACTED"),
+        # malformed: no parser accepts these, the secrets go all the same
+        ("http://u:pw@[::1/p?x=1#t=2", "http://REDACTED:REDACTED@[::1/p?x=REDACTED#t=REDACTED"),
+        (
+            "https://u:pw@h.example:port/p?x=1",
+            "https://REDACTED:REDACTED@h.example:port/p?x=REDACTED",
+        ),
+        # nothing to redact: unchanged, an "@" in the path is not user information
+        ("http://127.0.0.1:8600/chat", "http://127.0.0.1:8600/chat"),
+        ("https://h.example/users/@bob", "https://h.example/users/@bob"),
+        ("", ""),
+    ],
+)
+def test_a_url_keeps_no_secret(url: str, redacted: str) -> None:
+    assert redacted_url(url) == redacted
