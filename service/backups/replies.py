@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backup import BackupResult, RollbackPreview, RollbackResult, Snapshot
+from backup.models import SnapshotDetails
 from backup.repository import InitOutcome
 
 
@@ -33,6 +34,15 @@ def snapshot_reply(s: Snapshot) -> dict[str, Any]:
         "components": list(s.components),
         "reason": s.reason,
         "hostname": s.hostname,
+    }
+
+
+def details_reply(details: SnapshotDetails) -> dict[str, Any]:
+    return {
+        **snapshot_reply(details.snapshot),
+        "files": [{"path": f.path, "size": f.size} for f in details.files],
+        "totalSize": details.total_size,
+        "dataAdded": details.data_added,
     }
 
 

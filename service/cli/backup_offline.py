@@ -13,6 +13,7 @@ from typing import Any
 
 from service.backups.replies import (
     created_reply,
+    details_reply,
     iso,
     preview_reply,
     rollback_reply,
@@ -184,13 +185,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         )
         return created_reply(result, args.reason, args.type)
     if action == "show":
-        details = await manager.details(args.backup_id)
-        return {
-            **snapshot_reply(details.snapshot),
-            "files": [{"path": f.path, "size": f.size} for f in details.files],
-            "totalSize": details.total_size,
-            "dataAdded": details.data_added,
-        }
+        return details_reply(await manager.details(args.backup_id))
     if action == "test-rollback":
         progress.stage("restoring into scratch and comparing")
         return preview_reply(await manager.test_rollback(args.backup_id, args.components or None))

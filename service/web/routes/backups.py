@@ -34,6 +34,7 @@ from backup import (
 )
 from service.backups.replies import (
     created_reply,
+    details_reply,
     init_reply,
     preview_reply,
     rollback_reply,
@@ -205,12 +206,7 @@ async def backup_details(backup_id: str, backups: Backups, request: Request) -> 
     snapshot_id = _checked_id(backup_id)
     with _failures_as_http_errors("reading the snapshot"):
         details = await backups.require().details(snapshot_id)
-    return {
-        **snapshot_reply(details.snapshot),
-        "files": [{"path": f.path, "size": f.size} for f in details.files],
-        "totalSize": details.total_size,
-        "dataAdded": details.data_added,
-    }
+    return details_reply(details)
 
 
 @router.post("/backups/create")
