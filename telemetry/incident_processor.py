@@ -64,7 +64,7 @@ class ClassifiedSink(Protocol):
     did (the incident store returns one outcome per incident touched)."""
 
     def record_errors(
-        self, items: Sequence[tuple[SpanRecord, Classification]], *, keep_records: bool = True
+        self, items: Sequence[tuple[SpanRecord, Classification]]
     ) -> Sequence[Any]: ...
 
 
@@ -100,7 +100,6 @@ class IncidentProcessor(SpanProcessor):
         *,
         queue_size: int = 10_000,
         batch_size: int = 1_000,
-        keep_span_records: bool = True,
         idle_wait_s: float = 0.5,
         linger_s: float = 0.05,
         ignore: Callable[[ReadableSpan], bool] | None = None,
@@ -112,7 +111,6 @@ class IncidentProcessor(SpanProcessor):
         self.classifier = classifier
         self.queue_size = queue_size
         self.batch_size = batch_size
-        self.keep_span_records = keep_span_records
         self._idle_wait_s = idle_wait_s
         self._linger_s = linger_s
         # Set when the worker should stop lingering: a full batch, a flush, shutdown.
@@ -308,7 +306,7 @@ class IncidentProcessor(SpanProcessor):
                 log.exception("could not classify an error span; it is skipped")
         self._classified += len(items)
         try:
-            outcomes = self.store.record_errors(items, keep_records=self.keep_span_records)
+            outcomes = self.store.record_errors(items)
         except Exception:
             self._failed += len(items)
             log.exception("could not write %d error spans to the incident store", len(items))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from service.incidents.lifecycle import change_status, in_filters
-from service.incidents.merge import Group, group_by_fingerprint, new_incident_id
+from service.incidents.merge import group_by_fingerprint, new_incident_id
 from service.incidents.model import (
     ACTIVE_STATUSES,
     OPENED,
@@ -115,12 +115,19 @@ class IncidentStore:
         return outcome.incident, outcome.outcome
 
     def record_errors(
-        self, items: Sequence[tuple[SpanRecord, Classification]], *, keep_records: bool = True
+        self, items: Sequence[tuple[SpanRecord, Classification]]
     ) -> list[GroupOutcome]:
         """Many failures in one transaction: one row write per fingerprint, not per failure."""
         if not items:
             return []
-        return self._write_batch(group_by_fingerprint(items), self.options.clock(), keep_records)
+        groups, now, options = group_by_fingerprint(items), self.options.clock(), self.options
+        with self._database.transaction() as db:
+            outcomes = write_groups(
+                db, self._dialect, groups, now, options.max_trace_ids, new_incident_id
+            )
+            per_incident = options.records_per_incident
+            keep_span_records(db, outcomes, groups, now, options.max_span_records, per_incident)
+        return outcomes
 
     def acknowledge(self, incident_id: str, who: str, note: str = "") -> Incident:
         """Someone is on it: any unresolved incident, also one the responder mitigated
@@ -180,21 +187,6 @@ class IncidentStore:
         if not rows:
             raise IncidentNotFound(incident_id)
         return TimelineEntry(int(rows[0]["seq"]), incident_id, now, kind, actor, message, data)
-
-    # -- recording failures ---------------------------------------------------------------
-
-    def _write_batch(
-        self, groups: dict[str, Group], now: float, keep_records: bool
-    ) -> list[GroupOutcome]:
-        options = self.options
-        with self._database.transaction() as db:
-            outcomes = write_groups(
-                db, self._dialect, groups, now, options.max_trace_ids, new_incident_id
-            )
-            if keep_records:
-                per_incident = options.records_per_incident
-                keep_span_records(db, outcomes, groups, now, options.max_span_records, per_incident)
-        return outcomes
 
     def stored_span_records(
         self, limit: int | None = None, incident_id: str | None = None

@@ -104,6 +104,6 @@ class HeldStore(IncidentStore):
         super().__init__(path)
         self.release = threading.Event()
 
-    def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+    def record_errors(self, items):  # type: ignore[override]
         self.release.wait(10)
-        return super().record_errors(items, keep_records=keep_records)
+        return super().record_errors(items)

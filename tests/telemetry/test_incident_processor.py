@@ -86,10 +86,10 @@ def test_a_full_queue_drops_and_counts_without_blocking(
     entered = threading.Event()
 
     class BlockedStore(IncidentStore):
-        def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+        def record_errors(self, items):  # type: ignore[override]
             entered.set()
             release.wait(10)
-            return super().record_errors(items, keep_records=keep_records)
+            return super().record_errors(items)
 
     store = BlockedStore(tmp_path / "i.db")
     processor = pipeline(tracing, store, default_classifier, queue_size=2, batch_size=1)
@@ -202,11 +202,11 @@ def test_a_failing_store_is_counted_and_the_worker_goes_on(
     calls = []
 
     class FlakyStore(IncidentStore):
-        def record_errors(self, items, *, keep_records=True):  # type: ignore[override]
+        def record_errors(self, items):  # type: ignore[override]
             calls.append(len(items))
             if len(calls) == 1:
                 raise OSError("disk full")
-            return super().record_errors(items, keep_records=keep_records)
+            return super().record_errors(items)
 
     store = FlakyStore(tmp_path / "i.db")
     processor = IncidentProcessor(store, default_classifier)
