@@ -75,10 +75,10 @@ class Snapshotter:
         holder = self._snapshot_of.get(component)
         return holder is not None and self.index.contains(holder)
 
-    async def take(self, request: BackupRequest, *, start_early: bool = True) -> BackupResult:
+    async def take(self, request: BackupRequest) -> BackupResult:
         """Stage the request's components, back up what changed (everything when not
-        `skip_unchanged`); a `full` request is all or nothing; `start_early` starts restic
-        beside the copies."""
+        `skip_unchanged`); a `full` request is all or nothing; restic starts beside the
+        copies."""
         names, reason = request.names, request.reason
         started_at, started = datetime.now(UTC), time.monotonic()
         self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ class Snapshotter:
         looks = {n: live_signature(Path(self.components[n])) for n in names}
         try:
             with contextlib.ExitStack() as gates:
-                early = self._start_early(request, looks, gates) if start_early else None
+                early = self._start_early(request, looks, gates)
                 try:
                     message, staged, skipped = await self._stage_and_back_up(
                         request, looks, started, early
