@@ -72,19 +72,16 @@ class BackupManager:
         config: BackendConfig,
         identity: RepositoryIdentity | None = None,
         *,
-        emergency_cooldown_seconds: float = 300.0,
         emergency_cooldown: EmergencyCooldown | None = None,
         shutdown_timeout_seconds: float = 30.0,
     ) -> None:
-        """``emergency_cooldown``: one the caller keeps across restarts; else a cooldown of
-        ``emergency_cooldown_seconds`` that lives as long as this manager."""
+        """``emergency_cooldown``: one the caller keeps across restarts; else one of 300 s
+        that lives as long as this manager."""
         self.restic = restic
         # The repository every write must go to; without one given, the one first seen.
         self.identity = identity
         self.config = config
-        self.emergency_cooldown = emergency_cooldown or EmergencyCooldown(
-            emergency_cooldown_seconds
-        )
+        self.emergency_cooldown = emergency_cooldown or EmergencyCooldown(300.0)
         self.shutdown_timeout_seconds = shutdown_timeout_seconds
         self.events = EventPublisher()
         self.index = SnapshotIndex()
