@@ -20,13 +20,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.config_checks import redact_url
 from service.errors import StatementRefused, StorePaused, StoreUnavailable
-from service.stores.pg_pool import password_of, scrub_password, unreachable_reason
+from service.stores.pg_pool import (
+    password_of,
+    scrub_password,
+    server_location,
+    unreachable_reason,
+)
 from service.stores.postgres_migrations import Migration, MigrationError, migrate
 from service.stores.sql import POSTGRESQL as POSTGRES
 from service.stores.unit_of_work import (
@@ -58,7 +61,7 @@ class PostgresDatabase:
     def __init__(self, url: str, *, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
         self._url = url
         self._password = password_of(url)
-        self.location = _location(url)
+        self.location = server_location(url)
         self.pool_timeout_s = pool_timeout_s
         self.unreachable = False
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
@@ -144,18 +147,6 @@ class PostgresDatabase:
 
 def schema_of(component: str) -> str:
     return f"ers_{component}"
-
-
-def _location(url: str) -> str:
-    """Where the server is, fit for logs: the redacted URL, or for a ``key=value`` conninfo
-    string its host, port and database."""
-    if "://" in url:
-        return redact_url(url)
-    try:
-        parts = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "(a connection string that does not parse; not shown)"
-    return " ".join(f"{key}={parts[key]}" for key in ("host", "port", "dbname") if key in parts)
 
 
 def _refused(exc: psycopg.Error) -> bool:
