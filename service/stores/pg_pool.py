@@ -60,7 +60,6 @@ class PgPool:
         component: str = "",
         min_size: int = POOL_MIN_SIZE,
         max_size: int = POOL_MAX_SIZE,
-        timeout_s: float = POOL_TIMEOUT_S,
         statement_timeout_s: float = STATEMENT_TIMEOUT_S,
     ) -> None:
         """Connects once first, so that a wrong URL or password fails here with the
@@ -68,7 +67,6 @@ class PgPool:
         ``component`` (the migration components that make them) to run, then fills the
         pool."""
         self.location = server_location(url)
-        self.timeout_s = timeout_s
         self.statement_timeout_s = statement_timeout_s
         self._password = password_of(url)
         self._unavailable = unavailable
@@ -105,7 +103,7 @@ class PgPool:
             url,
             min_size=min_size,
             max_size=max_size,
-            timeout=timeout_s,
+            timeout=POOL_TIMEOUT_S,
             kwargs=connection_options,
             configure=self._configure,
             check=self._check_if_idle,
@@ -175,7 +173,7 @@ class PgPool:
                 f"{self.location} and was cancelled: another session may hold a lock on the "
                 "incidents schema (see pg_stat_activity), or the server is overloaded"
             )
-        unreachable = unreachable_reason(exc, self.location, self.timeout_s)
+        unreachable = unreachable_reason(exc, self.location, POOL_TIMEOUT_S)
         if unreachable is not None:
             return self.scrub(unreachable)
         primary = exc.diag.message_primary or str(exc) or type(exc).__name__

@@ -25,6 +25,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StatementRefused, StorePaused, StoreUnavailable
 from service.stores.pg_pool import (
+    CONNECT_TIMEOUT_S,
+    IDLE_CHECK_S,
+    POOL_TIMEOUT_S,
     password_of,
     scrub_password,
     server_location,
@@ -41,28 +44,21 @@ from service.stores.unit_of_work import (
     statement_count,
 )
 
-# A statement waits at most this long for a free pooled connection; a chat must not hang on
-# a server that is gone.
-POOL_TIMEOUT_S = 3.0
 # Once a wait for a connection has run out (the server is down or unreachable), statements
 # wait only this long until one gets a connection again: a chat gets its 503 in well under
 # a second instead of after a full wait for each statement it makes.
 OUTAGE_WAIT_S = 0.5
-CONNECT_TIMEOUT_S = 5
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 10
-# A connection back from the pool after sitting idle longer than this is pinged first.
-IDLE_CHECK_S = 2.0
 
 
 class PostgresDatabase:
     """The server behind every PostgreSQL store: start-up migrations and the shared pool."""
 
-    def __init__(self, url: str, *, pool_timeout_s: float = POOL_TIMEOUT_S) -> None:
+    def __init__(self, url: str) -> None:
         self._url = url
         self._password = password_of(url)
         self.location = server_location(url)
-        self.pool_timeout_s = pool_timeout_s
         self.unreachable = False
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] | None = None
         self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
@@ -91,7 +87,7 @@ class PostgresDatabase:
             self._url,
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
-            timeout=self.pool_timeout_s,
+            timeout=POOL_TIMEOUT_S,
             kwargs={
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "row_factory": dict_row,
@@ -134,11 +130,11 @@ class PostgresDatabase:
 
     def connection_wait_s(self) -> float:
         """How long a statement waits for a pooled connection."""
-        return min(OUTAGE_WAIT_S, self.pool_timeout_s) if self.unreachable else self.pool_timeout_s
+        return OUTAGE_WAIT_S if self.unreachable else POOL_TIMEOUT_S
 
     def reason(self, exc: psycopg.Error, waited_s: float | None = None) -> str:
         """What went wrong, in words a person can act on."""
-        unreachable = unreachable_reason(exc, self.location, waited_s or self.pool_timeout_s)
+        unreachable = unreachable_reason(exc, self.location, waited_s or POOL_TIMEOUT_S)
         if unreachable is not None:
             return self.scrub(unreachable)
         primary = exc.diag.message_primary or str(exc) or type(exc).__name__
