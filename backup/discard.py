@@ -45,7 +45,7 @@ def empty_soon(folder: Path, trash_parent: Path) -> threading.Thread | None:
         try:
             os.rename(entry, trash / entry.name)
         except OSError:
-            _remove(entry)
+            remove(entry)
     thread = threading.Thread(
         target=shutil.rmtree, args=(trash, True), name=THREAD_NAME, daemon=True
     )
@@ -65,7 +65,8 @@ def _unlink_all(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _remove(entry: Path) -> None:
+def remove(entry: Path) -> None:
+    """Delete a file, a link or a whole folder, now."""
     if entry.is_dir() and not entry.is_symlink():
         shutil.rmtree(entry, ignore_errors=True)
     else:

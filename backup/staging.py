@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from backup.discard import remove
 from backup.errors import DiskFull, StagingFailed
 from backup.models import FileVerification
 
@@ -119,13 +119,9 @@ def read_manifest(folder: Path) -> dict[str, dict[str, object]]:
 
 def clear_folder(folder: Path) -> None:
     """Empty `folder` but keep it, so its path (and restic's parent detection) stays put."""
-    if not folder.exists():
-        return
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    if folder.exists():
+        for entry in folder.iterdir():
+            remove(entry)
 
 
 def integrity_of(path: Path) -> str:
