@@ -32,24 +32,11 @@ class Workspace:
         """Scratch folders, start gates and copies awaiting deletion; emptied on start."""
         return self.root / "scratch"
 
-    @contextlib.contextmanager
-    def scratch(self, purpose: str) -> Iterator[Path]:
-        parent = self.scratch_root()
-        parent.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=parent))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+    def scratch(self, purpose: str) -> contextlib.AbstractContextManager[Path]:
+        return _folder_for_a_while(self.scratch_root(), f"{purpose}-")
 
-    @contextlib.contextmanager
-    def scratch_next_to(self, live_file: Path) -> Iterator[Path]:
-        live_file.parent.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=ROLLBACK_SCRATCH_PREFIX, dir=live_file.parent))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+    def scratch_next_to(self, live_file: Path) -> contextlib.AbstractContextManager[Path]:
+        return _folder_for_a_while(live_file.parent, ROLLBACK_SCRATCH_PREFIX)
 
     def remove_leftovers(self, live_files: Iterable[Path]) -> None:
         """Clear what an interrupted run (a crash, a kill) left behind."""
@@ -66,3 +53,14 @@ class Workspace:
             # swap is committed; the live name always holds a whole database.
             for entry in folder.glob(f"*{OLD_FILE_MARKER}*"):
                 entry.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _folder_for_a_while(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new folder in ``parent``, deleted with what it holds when the block ends."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
