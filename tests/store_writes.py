@@ -10,6 +10,7 @@ from typing import Any
 
 from service.stores import Stores
 from service.stores.base import ChatTurn, Profile
+from service.stores.conversations import ConversationStore
 from service.stores.unit_of_work import Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
 
@@ -18,6 +19,13 @@ async def record_turn(stores: Stores, turn: ChatTurn) -> int:
     applied = await stores.units.commit(Unit(turn=turn))
     assert applied.turn_id is not None
     return applied.turn_id
+
+
+async def turn_count(conversations: ConversationStore) -> int:
+    """How many chat turns the store holds."""
+    row = await conversations.db.fetch_one(f"SELECT count(*) AS n FROM {conversations.at}.turns")
+    assert row is not None
+    return int(row["n"])
 
 
 async def stored_turns(stores: Stores, user_id: str, limit: int = 20) -> list[ChatTurn]:

@@ -65,7 +65,3 @@ class ConversationStore(ComponentStore):
             " (created_at)",
         ),
     )
-
-    async def count(self) -> int:
-        row = await self.db.fetch_one(f"SELECT count(*) AS n FROM {self.at}.turns")
-        return int(row["n"]) if row is not None else 0

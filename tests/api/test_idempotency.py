@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service.settings import Settings
 from service.stores.base import ChatTurn
 from service.stores.unit_of_work import KeyToRemember, Unit
+from tests.store_writes import turn_count
 
 MAX_KEYS = 3
 
@@ -22,7 +23,7 @@ def settings(settings: Settings) -> Settings:
 
 
 async def turns(app: FastAPI) -> int:
-    return await app.state.runtime.stores.conversations.count()
+    return await turn_count(app.state.runtime.stores.conversations)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from backup.events import RollbackStepStarted
 from service.settings import Settings
 from service.web.app import create_app
+from tests.store_writes import turn_count
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ async def test_backup_test_rollback_and_rollback_round_trip(
 
     # Only budgets went back: conversations still hold every turn, and the safety snapshot
     # of the pre-rollback state is in the list.
-    turns = await backup_app.state.runtime.stores.conversations.count()
+    turns = await turn_count(backup_app.state.runtime.stores.conversations)
     assert turns >= 6
     snapshots = (await http.get("/api/emergency/backups")).json()["backups"]
     reasons = {s["backupId"][:8]: s["reason"] for s in snapshots}

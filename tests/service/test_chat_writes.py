@@ -15,6 +15,7 @@ from service.errors import DependencyError, UserInputError
 from service.resilience.breaker import BreakerConfig
 from service.resilience.guard_config import GuardConfig
 from service.stores import Stores
+from tests.store_writes import turn_count
 
 
 class FailsOnTheWayOut:
@@ -61,4 +62,4 @@ async def test_a_retried_agent_records_its_expense_once(stores: Stores) -> None:
     assert [(r.category, r.spent_cents) for r in await stores.budgets.report("u1")] == [
         ("food", 500)
     ]
-    assert await stores.conversations.count() == 1
+    assert await turn_count(stores.conversations) == 1

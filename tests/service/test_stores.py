@@ -9,7 +9,14 @@ from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import CategoryReport, ChatTurn, Profile
 from tests.service.conftest import ReadElsewhere
-from tests.store_writes import add_expense, record_turn, set_limit, stored_turns, upsert_profile
+from tests.store_writes import (
+    add_expense,
+    record_turn,
+    set_limit,
+    stored_turns,
+    turn_count,
+    upsert_profile,
+)
 
 
 async def test_each_component_is_its_own_file_in_wal_mode(
@@ -33,7 +40,7 @@ async def test_conversation_turns_round_trip(stores: Stores) -> None:
     assert [t.message for t in recent] == ["plan my meals", "budget"]
     assert recent[1].degraded and not recent[1].success
     assert recent[0].id == first and recent[0].trace_id == "ab" * 16
-    assert await stores.conversations.count() == 3
+    assert await turn_count(stores.conversations) == 3
 
 
 async def test_profile_upsert_keeps_fields_not_given(stores: Stores) -> None:

@@ -16,7 +16,7 @@ from service.stores.base import ChatTurn
 from service.stores.budgets import BudgetStore, current_month
 from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
-from tests.store_writes import stored_turns
+from tests.store_writes import stored_turns, turn_count
 
 
 def turn(message: str = "spent $5 on food") -> ChatTurn:
@@ -61,7 +61,7 @@ async def test_a_key_committed_first_by_another_request_takes_nothing_from_the_s
         await stores.units.commit(Unit(WRITES, turn(), turn_key="b", key=key))
     assert (await stores.budgets.report("u1"))[0].spent_cents == 500
     assert await stores.profiles.get("u1") is None
-    assert await stores.conversations.count() == 1
+    assert await turn_count(stores.conversations) == 1
     remembered = await stores.units.remembered("POST /chat", "k")
     assert remembered is not None and remembered.body == {"turn": first.turn_id}
     assert await stores.units.remembered("PUT /api/profiles", "k") is None
@@ -85,7 +85,7 @@ async def test_a_failing_statement_leaves_every_store_as_it_was(stores: Stores) 
         await stores.units.commit(Unit(broken, turn(), turn_key="t4"))
     assert await stores.budgets.report("u1") == []
     assert await stores.profiles.get("u1") is None
-    assert await stores.conversations.count() == 0
+    assert await turn_count(stores.conversations) == 0
 
 
 async def test_a_paused_store_refuses_the_whole_unit(stores: Stores) -> None:
@@ -95,7 +95,7 @@ async def test_a_paused_store_refuses_the_whole_unit(stores: Stores) -> None:
     ):
         await stores.units.commit(Unit(WRITES, turn(), turn_key="t5"))
     assert await stores.budgets.report("u1") == []
-    assert await stores.conversations.count() == 0
+    assert await turn_count(stores.conversations) == 0
 
 
 async def test_a_file_swapped_by_a_rollback_gets_the_next_units_writes(tmp_path: Path) -> None:

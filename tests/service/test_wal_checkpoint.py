@@ -15,6 +15,7 @@ from service.stores.conversations import ConversationStore
 from service.stores.sqlite import SqliteStore
 from service.stores.unit_of_work import Unit
 from service.stores.wal_checkpoint import WalCheckpointer
+from tests.store_writes import turn_count
 
 
 def _turn(n: int) -> ChatTurn:
@@ -52,7 +53,7 @@ async def test_the_writer_leaves_checkpoints_to_the_checkpointer(
     after = store.checkpoint()
     assert after is not None
     assert 0 < after[1] <= 8
-    assert await conversations.count() == 301
+    assert await turn_count(conversations) == 301
 
 
 async def test_a_paused_store_is_not_checkpointed_and_holds_no_connection(
@@ -93,7 +94,7 @@ async def test_checkpoints_run_beside_a_busy_writer_without_losing_a_row(
         thread.join(10)
     assert runs > 0
     assert checkpointer.failures == 0
-    assert await conversations.count() == 2000
+    assert await turn_count(conversations) == 2000
 
 
 def test_a_failing_checkpoint_is_logged_and_the_others_still_run(
