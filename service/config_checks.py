@@ -8,7 +8,7 @@ import os
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import SecretStr
@@ -52,22 +52,6 @@ def check_database_url(url: str) -> None:
             "not a valid URL (check the port and percent-encode special characters in "
             "the user name and password)"
         ) from None
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (in the user part or the query) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-        query = "&".join(
-            "password=***" if pair.lower().startswith("password=") else pair
-            for pair in parts.query.split("&")
-        )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "(a database URL that does not parse; not shown)"
 
 
 def blank_to_none(value: SecretStr | None) -> SecretStr | None:

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var/data")
     # State on a PostgreSQL server (postgresql://user:password@host:port/database) instead
     # of one SQLite file per component in data_dir. Unset: SQLite. The URL may carry a
-    # password, so it is a secret: shown only through ``redact_url``.
+    # password, so it is a secret: shown only through ``server_location``.
     database_url: SecretStr | None = None
 
     # restic: a local repository under var/ by default; any restic backend string works.

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from service.config_checks import redact_url
 from service.settings import Settings
 from service.stores.budgets import BudgetStore
 from service.stores.component import Connection
 from service.stores.conversations import ConversationStore
+from service.stores.pg_pool import server_location
 from service.stores.postgres import PostgresDatabase, PostgresStore
 from service.stores.profiles import ProfileStore
 from service.stores.sqlite import SqliteStore
@@ -47,7 +47,7 @@ class Stores:
         if settings.database_url is None:
             return cls.in_directory(settings.data_dir, policy)
         url = settings.database_url.get_secret_value()
-        log.info("component stores on PostgreSQL at %s", redact_url(url))
+        log.info("component stores on PostgreSQL at %s", server_location(url))
         return cls.on_postgres(url, policy)
 
     @classmethod

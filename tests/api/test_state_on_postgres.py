@@ -70,5 +70,5 @@ def test_the_choice_of_postgres_is_logged_without_the_password(
     assert settings.database_url is not None
     password = urlsplit(settings.database_url.get_secret_value()).password
     assert password
-    assert "component stores on PostgreSQL at postgresql://ers_test:***@127.0.0.1" in caplog.text
+    assert "component stores on PostgreSQL at postgresql://ers_test@127.0.0.1" in caplog.text
     assert password not in caplog.text
