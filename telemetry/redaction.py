@@ -16,10 +16,9 @@ from collections.abc import MutableMapping
 from typing import Any
 
 REDACTED = "REDACTED"
-# user:password@ after a scheme, in any text.
-_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@")
-# The user information of a URL (a name alone may be a token), with or without a scheme:
-# its authority up to the last "@".
+# The user information of a URL (user:password, or a name alone, which may be a token): its
+# authority up to the last "@". In any text after a scheme; a URL alone may have none.
+_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
 # Attributes holding a whole URL, or its query alone (the stable and the old conventions).
 URL_ATTRIBUTES = frozenset({"url.full", "http.url"})

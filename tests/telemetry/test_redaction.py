@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from telemetry.redaction import redacted_url
+from telemetry.redaction import redacted_text, redacted_url
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,27 @@ from telemetry.redaction import redacted_url
 )
 def test_a_url_keeps_no_secret(url: str, redacted: str) -> None:
     assert redacted_url(url) == redacted
+
+
+@pytest.mark.parametrize(
+    "text,redacted",
+    [
+        (
+            "no route to postgres://admin:pw-1@db/pay",
+            "no route to postgres://REDACTED:REDACTED@db/pay",
+        ),
+        (
+            "clone https://ghp-token@git.example/x failed",
+            "clone https://REDACTED:REDACTED@git.example/x failed",
+        ),
+        ("https://u:p@ss@h.example refused", "https://REDACTED:REDACTED@h.example refused"),
+        # an "@" after the authority, or in other words, is no user information
+        (
+            "GET https://h.example/users/@bob by bob@example.org",
+            "GET https://h.example/users/@bob by bob@example.org",
+        ),
+        ("https://h.example?to=a@b", "https://h.example?to=a@b"),
+    ],
+)
+def test_text_keeps_no_credentials_of_the_urls_in_it(text: str, redacted: str) -> None:
+    assert redacted_text(text) == redacted
