@@ -144,10 +144,7 @@ class Responder:
 
     async def respond(self, context: ResponseContext) -> list[ActionResult]:
         """Run the protocol's actions in order."""
-        results = []
-        for action in self.actions_for(context.protocol):
-            results.append(await self.run_action(action, context))
-        return results
+        return [await self.run_action(a, context) for a in self.actions_for(context.protocol)]
 
     async def run_action(self, action: str, context: ResponseContext) -> ActionResult:
         key = (context.incident_id, action, context.episode)
