@@ -225,9 +225,8 @@ def incidents() -> Json:
                    q(f"sum(increase(ers_incident_spans_dropped_total{RATE}))", "dropped"),
                    q(f"sum(increase(ers_incident_spans_failed_total{RATE}))", "not written"),
                    q(f"sum(increase(ers_incident_spans_joined_total{RATE}))", "joined"),
-                   description="Dropped spans found the incident queue full; spans not "
-                   "written could not be classified or stored (see the service log); joined "
-                   "spans of other services failed around a failure already counted."),
+                   description="Dropped: the queue was full; not written: see the log; "
+                   "joined: other services' spans around a failure already counted."),
         table("Incidents by component in range", "none",
               q(f"sum by (severity, type, component) ({INCIDENTS_IN_RANGE}) > 0"),
               columns={"Value": "incidents"}),
