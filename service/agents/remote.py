@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import re
+import stat
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
 
 log = logging.getLogger("ers.agents")
+# An auth file bigger than this holds no header value.
+MAX_AUTH_FILE_BYTES = 65_536
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
 # What an auth header's value may hold: visible ASCII, spaces and tabs.
@@ -86,7 +89,14 @@ def read_auth_header(
     path = Path(spec.auth_file)
     key = f"invalid setting 'agents.{name}.auth_file'"
     try:
-        mode = path.stat().st_mode & 0o777
+        found = path.stat()
+        if not stat.S_ISREG(found.st_mode) or found.st_size > MAX_AUTH_FILE_BYTES:
+            # A device (/dev/zero) or a log file would be read into memory without end.
+            raise SettingsError(
+                f"{key}: {path} is not a small regular file; write the whole value of its "
+                f"{spec.auth_header} header to a file of its own"
+            )
+        mode = found.st_mode & 0o777
         if private and mode & 0o077:
             raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
         value = path.read_text()

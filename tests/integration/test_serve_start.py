@@ -198,3 +198,17 @@ def test_an_agent_named_like_a_state_store_is_refused(tmp_path: Path) -> None:
         "ers: invalid setting 'agents.budgets': 'budgets' names a component of ERS itself, and "
         "its incidents would isolate the agent; choose another name (e.g. budgets-agent)"
     ]
+
+
+def test_an_auth_file_that_is_a_device_is_refused_instead_of_read_without_end(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "ers.yaml").write_text(
+        "agents:\n  helper: {kind: http, url: 'http://127.0.0.1:9/chat', auth_file: /dev/zero}\n"
+    )
+    done = serve(tmp_path, "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ers: invalid setting 'agents.helper.auth_file': /dev/zero is not a small regular "
+        "file; write the whole value of its Authorization header to a file of its own"
+    )
