@@ -51,11 +51,21 @@ class Agent(Protocol):
     async def handle(self, request: AgentRequest) -> AgentReply: ...
 
 
+# The longest reply an agent's call may return, as a remote agent's reply may be 1 MiB.
+MAX_REPLY_CHARS = 1_048_576
+
+
 def checked_reply(name: str, reply: object) -> AgentReply:
-    """``reply`` when it is an ``AgentReply`` with text and a confidence from 0 to 1;
-    otherwise a ``BadResponse`` of agent ``name``, whose guard then falls back (not the
-    router's, which would pass it on)."""
+    """``reply`` when it is an ``AgentReply`` with text (``MAX_REPLY_CHARS`` at most) and a
+    confidence from 0 to 1; otherwise a ``BadResponse`` of agent ``name``, whose guard then
+    falls back (not the router's, which would pass it on)."""
     if isinstance(reply, AgentReply) and isinstance(reply.content, str):
+        if len(reply.content) > MAX_REPLY_CHARS:
+            # Stored with the turn and sent to the user: no chat answer is that long.
+            raise BadResponse(
+                f"agent '{name}' returned {len(reply.content):,} characters; a reply is at "
+                f"most {MAX_REPLY_CHARS:,}"
+            )
         confidence = reply.confidence
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):
             said = f"a {type(confidence).__name__}"

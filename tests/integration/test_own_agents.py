@@ -202,7 +202,9 @@ def test_the_readmes_own_agent_beside_ers_yaml_starts_as_the_readme_and_the_refu
     assert reply.json()["response"].startswith("Three sets of squats today.")
 
 
-@pytest.mark.parametrize("factory", ["replies_nan_confidence", "replies_confidence_above_one"])
+@pytest.mark.parametrize(
+    "factory", ["replies_nan_confidence", "replies_confidence_above_one", "replies_too_long"]
+)
 def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_a_500(
     tmp_path: Path, factory: str
 ) -> None:
@@ -228,7 +230,8 @@ def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_
     # The stored turn's reply is the one the client got.
     assert again.status_code == 200 and again.json() == body
     assert again.headers["idempotent-replayed"] == "true"
-    assert "must be a number from 0 to 1" in breaker["lastError"], breaker
+    wanted = "a reply is at most" if factory == "replies_too_long" else "a number from 0 to 1"
+    assert wanted in breaker["lastError"], breaker
 
 
 def test_an_agent_whose_aclose_never_returns_does_not_keep_the_service_from_stopping(

@@ -155,6 +155,10 @@ def replies_nan_confidence(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("sure", name, confidence=float("nan")))
 
 
+def replies_too_long(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("squats " * 200_000, name))  # 1.4 M characters
+
+
 def replies_confidence_above_one(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("sure", name, confidence=85))
 
