@@ -6,10 +6,12 @@ late write would make wrong."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi import HTTPException
 
 from service.web.routes import intake
@@ -71,3 +73,17 @@ async def test_a_write_that_never_ends_gets_the_503_that_says_it_may_land(
         await intake._written(processor, [error_record()])
     assert refused.value.status_code == 503
     assert "still being written after 0.5 s; they may yet be" in refused.value.detail
+
+
+def test_the_wait_ends_before_the_collector_and_the_balancer_give_up() -> None:
+    """Past their 30 s the sender has resent: a 200 or 503 after it reaches no one."""
+    root = Path(__file__).resolve().parents[2]
+    collector = yaml.safe_load((root / "telemetry/otelcol.yaml").read_text())
+    exporter_timeout_s = 30.0  # otlphttp's default; otelcol.yaml sets none
+    assert "timeout" not in collector["exporters"]["otlphttp/ers"]
+    balancer = (root / "compose/lb/nginx.conf").read_text()
+    found = re.search(r"proxy_read_timeout (\d+)s;", balancer)
+    assert found is not None
+    read_timeout_s = float(found.group(1))
+    waited_s = intake.TAKE_WAIT_S + intake.WRITE_WAIT_S
+    assert waited_s < min(exporter_timeout_s, read_timeout_s)

@@ -33,7 +33,10 @@ router = APIRouter(tags=["otlp intake"])
 # Spans the pipeline has not taken after this are withdrawn and answered 503.
 TAKE_WAIT_S = 10.0
 # A write under way is waited for (the store waits up to 5 s for a lock) this long more.
-WRITE_WAIT_S = 30.0
+# Both waits end within the 30 s after which the collector's exporter (its default timeout)
+# and the fleet's balancer (proxy_read_timeout) give up and resend: an answer later than
+# that reaches no one, and the resend counts a write that landed meanwhile again.
+WRITE_WAIT_S = 15.0
 
 
 @router.post(
