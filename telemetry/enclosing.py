@@ -17,15 +17,24 @@ counted both. ERS's own spans are not judged here: its guard reports each failur
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from telemetry.span_record import SpanRecord
 
 # Traces remembered (least recently seen forgotten first) and failing spans per trace and
-# service: about 100 bytes a span, so at most a few MiB.
+# service, each 16 bytes: at most about 10 MiB. A span is judged against at most
+# MAX_SPANS_PER_TRACE others, so one request of thousands of spans costs no quadratic time.
 MAX_TRACES = 8192
 MAX_SPANS_PER_TRACE = 64
+_TIMES_END = 1 << 64  # OTLP times are unsigned 64-bit, and so are those remembered
+
+
+def _timed(record: SpanRecord) -> bool:
+    """Whether ``record``'s times can tell nesting: some senders send 0 for both (then
+    every span would enclose every other), and a span that ends before it starts is broken."""
+    return 0 < record.start_ns <= record.end_ns < _TIMES_END
 
 
 class EnclosingFailures:
@@ -35,9 +44,10 @@ class EnclosingFailures:
 
     def __init__(self, max_traces: int = MAX_TRACES) -> None:
         self._max_traces = max_traces
-        # (trace, service) -> (start, end, start, end, ...): a flat tuple of ints, which the
-        # garbage collector stops tracking, so thousands of them cost its passes nothing.
-        self._seen: OrderedDict[tuple[str, str], tuple[int, ...]] = OrderedDict()
+        # (trace, service) -> [start, end, start, end, ...]: a flat array of unsigned 64-bit
+        # times (OTLP's), which the garbage collector does not track, so thousands of them
+        # cost its passes nothing.
+        self._seen: OrderedDict[tuple[str, str], array[int]] = OrderedDict()
 
     def counted(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
         """``records``, in their order, less those that enclose a failing span counted
@@ -46,7 +56,8 @@ class EnclosingFailures:
         times) encloses itself, so it is not counted twice."""
         by_key: dict[tuple[str, str], list[SpanRecord]] = {}
         for record in records:
-            by_key.setdefault((record.trace_id, record.service_name), []).append(record)
+            if _timed(record):
+                by_key.setdefault((record.trace_id, record.service_name), []).append(record)
         seen = self._seen
         joined: set[int] = set()
         for key, group in by_key.items():
@@ -61,7 +72,7 @@ class EnclosingFailures:
                     for inner_start, inner_end in intervals
                 ):
                     joined.add(id(record))
-                else:
+                elif len(intervals) < MAX_SPANS_PER_TRACE:
                     intervals.append((start, end))
         if not joined:
             return list(records)
@@ -71,13 +82,15 @@ class EnclosingFailures:
         """``records`` (as ``counted`` returned them) are written."""
         seen = self._seen
         for record in records:
+            if not _timed(record):
+                continue
             key = (record.trace_id, record.service_name)
             spans = seen.get(key)
             if spans is None:
-                seen[key] = (record.start_ns, record.end_ns)
+                seen[key] = array("Q", (record.start_ns, record.end_ns))
                 if len(seen) > self._max_traces:
                     seen.popitem(last=False)
                 continue
             seen.move_to_end(key)
             if len(spans) < 2 * MAX_SPANS_PER_TRACE:
-                seen[key] = (*spans, record.start_ns, record.end_ns)
+                spans.extend((record.start_ns, record.end_ns))

@@ -3,12 +3,21 @@ counts, the spans around it do not; nothing is remembered before it is written."
 
 from __future__ import annotations
 
+import time
+
 from telemetry.enclosing import EnclosingFailures
 from telemetry.span_record import SpanRecord
 from tests.telemetry.conftest import error_record
 
+# Times are nanoseconds since the epoch; tests give them from here.
+T0 = 1_700_000_000_000_000_000
+
 
 def span(start: int, end: int, trace: str = "a" * 32, service: str = "shop") -> SpanRecord:
+    return sent_at(T0 + start, T0 + end, trace, service)
+
+
+def sent_at(start: int, end: int, trace: str = "a" * 32, service: str = "shop") -> SpanRecord:
     record = error_record(trace_id=trace, resource={"service.name": service})
     record.start_ns, record.end_ns = start, end
     return record
@@ -43,3 +52,20 @@ def test_memory_is_bounded_oldest_trace_first() -> None:
     enclosing.remember([span(20, 30, trace=t) for t in traces])
     around = [span(0, 100, trace=t) for t in traces]
     assert enclosing.counted(around) == around[:1]  # the first trace was forgotten
+
+
+def test_spans_without_times_are_each_counted() -> None:
+    """Some senders send 0 for both times: each span would enclose every other."""
+    enclosing = EnclosingFailures()
+    first, second, broken = sent_at(0, 0), sent_at(0, 0), span(50, 40)
+    assert enclosing.counted([first, second, broken]) == [first, second, broken]
+    enclosing.remember([first, second, broken])
+    later, no_start = sent_at(0, 0), sent_at(0, T0)
+    assert enclosing.counted([later, no_start]) == [later, no_start]
+
+
+def test_one_request_of_many_spans_of_one_trace_is_judged_in_linear_time() -> None:
+    records = [span(1_000 + 10 * n, 1_005 + 10 * n) for n in range(50_000)]
+    started = time.perf_counter()
+    assert len(EnclosingFailures().counted(records)) == len(records)
+    assert time.perf_counter() - started < 2.0  # quadratic, it took minutes
