@@ -21,7 +21,7 @@ from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier, load_rules
 from telemetry.span_record import SpanRecord
 
-_span_numbers = itertools.count(0xB7AD6B7169203331)
+_span_numbers = itertools.count(1)
 
 
 def error_record(
@@ -42,9 +42,10 @@ def error_record(
         {
             "name": name,
             "traceId": trace_id,
-            "spanId": f"{number:016x}",
-            "startNs": number * 1_000_000,
-            "endNs": number * 1_000_000 + 500_000,
+            "spanId": f"{0xB7AD6B7169203331 + number:016x}",
+            # A millisecond apart from 2023-11-14 on: times OTLP and the stores can hold.
+            "startNs": 1_700_000_000_000_000_000 + number * 1_000_000,
+            "endNs": 1_700_000_000_000_000_000 + number * 1_000_000 + 500_000,
             "status": {"code": status, "message": f"{exception_type}: {message}"},
             "attributes": attributes or {},
             "resource": resource,
