@@ -12,7 +12,10 @@ nearest the cause, is the one counted.
 The collector forwards only error spans, so the spans between two failing ones are missing
 and parent links cannot tell nesting; time can, within one service's clock. Two failures
 side by side in one request (two calls that each failed) do not enclose one another and are
-counted both. ERS's own spans are not judged here: its guard reports each failure once.
+counted both, and so are two calls of one parent that ran at once (siblings, the longer
+around the shorter). A span sent again (the same span id) counts once; a span without its
+times always counts. ERS's own spans are not judged here: its guard reports each failure
+once.
 """
 
 from __future__ import annotations
@@ -24,17 +27,39 @@ from collections.abc import Sequence
 from telemetry.span_record import SpanRecord
 
 # Traces remembered (least recently seen forgotten first) and failing spans per trace and
-# service, each 16 bytes: at most about 10 MiB. A span is judged against at most
+# service, each 32 bytes: at most about 8 MiB. A span is judged against at most
 # MAX_SPANS_PER_TRACE others, so one request of thousands of spans costs no quadratic time.
 MAX_TRACES = 8192
-MAX_SPANS_PER_TRACE = 64
+MAX_SPANS_PER_TRACE = 32
 _TIMES_END = 1 << 64  # OTLP times are unsigned 64-bit, and so are those remembered
+_FIELDS = 4  # start, end, span id, parent span id (0 for none)
 
 
 def _timed(record: SpanRecord) -> bool:
     """Whether ``record``'s times can tell nesting: some senders send 0 for both (then
     every span would enclose every other), and a span that ends before it starts is broken."""
     return 0 < record.start_ns <= record.end_ns < _TIMES_END
+
+
+def _span(record: SpanRecord) -> tuple[int, int, int, int]:
+    parent = record.parent_span_id
+    return (record.start_ns, record.end_ns, _id(record.span_id), _id(parent) if parent else 0)
+
+
+def _id(hex_id: str) -> int:
+    try:
+        return int(hex_id, 16) & 0xFFFF_FFFF_FFFF_FFFF
+    except ValueError:
+        return 0
+
+
+def _encloses(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> bool:
+    """``outer`` is the failure ``inner`` reported again: the same span sent again, or a
+    span around it in time that is not its sibling (two calls of one parent that ran at
+    once, one longer, are two failures)."""
+    if outer[2] == inner[2]:
+        return True
+    return outer[0] <= inner[0] and inner[1] <= outer[1] and outer[3] != inner[3]
 
 
 class EnclosingFailures:
@@ -44,16 +69,16 @@ class EnclosingFailures:
 
     def __init__(self, max_traces: int = MAX_TRACES) -> None:
         self._max_traces = max_traces
-        # (trace, service) -> [start, end, start, end, ...]: a flat array of unsigned 64-bit
-        # times (OTLP's), which the garbage collector does not track, so thousands of them
-        # cost its passes nothing.
+        # (trace, service) -> [start, end, span id, parent, start, ...]: a flat array of
+        # unsigned 64-bit numbers, which the garbage collector does not track, so thousands
+        # of them cost its passes nothing.
         self._seen: OrderedDict[tuple[str, str], array[int]] = OrderedDict()
 
     def counted(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
         """``records``, in their order, less those that enclose a failing span counted
         before (in this call or a written batch); within a call spans are judged innermost
         first, since a span ends before the spans around it. A span sent again (the same
-        times) encloses itself, so it is not counted twice."""
+        span id) is not counted twice."""
         by_key: dict[tuple[str, str], list[SpanRecord]] = {}
         for record in records:
             if _timed(record):
@@ -64,16 +89,14 @@ class EnclosingFailures:
             earlier = seen.get(key)
             if earlier is None and len(group) == 1:  # the usual case: nothing to judge
                 continue
-            intervals = list(zip(earlier[::2], earlier[1::2], strict=True)) if earlier else []
+            earlier = earlier or array("Q")
+            spans = [tuple(earlier[i : i + _FIELDS]) for i in range(0, len(earlier), _FIELDS)]
             for record in sorted(group, key=lambda r: (r.end_ns, -r.start_ns)):
-                start, end = record.start_ns, record.end_ns
-                if any(
-                    start <= inner_start and inner_end <= end
-                    for inner_start, inner_end in intervals
-                ):
+                this = _span(record)
+                if any(_encloses(this, inner) for inner in spans):
                     joined.add(id(record))
-                elif len(intervals) < MAX_SPANS_PER_TRACE:
-                    intervals.append((start, end))
+                elif len(spans) < MAX_SPANS_PER_TRACE:
+                    spans.append(this)
         if not joined:
             return list(records)
         return [record for record in records if id(record) not in joined]
@@ -87,10 +110,10 @@ class EnclosingFailures:
             key = (record.trace_id, record.service_name)
             spans = seen.get(key)
             if spans is None:
-                seen[key] = array("Q", (record.start_ns, record.end_ns))
+                seen[key] = array("Q", _span(record))
                 if len(seen) > self._max_traces:
                     seen.popitem(last=False)
                 continue
             seen.move_to_end(key)
-            if len(spans) < 2 * MAX_SPANS_PER_TRACE:
-                spans.extend((record.start_ns, record.end_ns))
+            if len(spans) < _FIELDS * MAX_SPANS_PER_TRACE:
+                spans.extend(_span(record))
