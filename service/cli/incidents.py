@@ -264,14 +264,19 @@ def _draw_explained(explained: list[tuple[dict[str, Any], Any]]) -> Any:
 
 
 def _failing(spans: list[Any]) -> list[dict[str, Any]]:
-    """The failing spans of a trace's tree, parents before their children."""
+    """The failing spans of a trace's tree, parents before their children (depth first,
+    without recursion: a tree may be deeper than Python's stack)."""
     found: list[dict[str, Any]] = []
-    for span in spans:
+    waiting = list(reversed(spans))
+    while waiting:
+        span = waiting.pop()
         if isinstance(span, dict):
             status = span.get("status")
             if isinstance(status, dict) and status.get("code") == "ERROR":
                 found.append(span)
-            found.extend(_failing(span.get("children") or []))
+            children = span.get("children")
+            if isinstance(children, list):
+                waiting.extend(reversed(children))
     return found
 
 

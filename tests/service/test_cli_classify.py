@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 from rich.tree import Tree
 
-from service.cli.incidents import draw_tree
+from service.cli.incidents import _failing, draw_tree
 from telemetry.classifier import load_rules
 from telemetry.span_record import SpanRecord
 from telemetry.trace_keeper import span_tree
@@ -174,3 +174,13 @@ def test_a_trace_without_a_failing_span_is_refused_in_one_line() -> None:
     assert result.returncode == 2, result.stdout
     assert result.stderr.startswith("ers: cannot read a span record from stdin: the trace ")
     assert "has no failing span" in result.stderr
+
+
+def test_a_trace_deeper_than_the_stack_is_read() -> None:
+    document, _ = a_trace()
+    deepest = {"name": "leaf", "status": {"code": "ERROR", "message": "boom"}, "children": []}
+    node = deepest
+    for depth in range(3_000):  # deeper than Python's recursion limit
+        node = {"name": f"level-{depth}", "status": {"code": "OK"}, "children": [node]}
+    document["spans"] = [node]
+    assert _failing(document["spans"]) == [deepest]  # type: ignore[arg-type]
