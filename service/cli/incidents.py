@@ -299,6 +299,8 @@ def _span_records(source: str) -> tuple[bool, list[tuple[dict[str, Any], Any]]]:
         raise CliError(f"{cannot}: {exc.strerror}", USAGE) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CliError(f"{cannot}: it is not JSON ({exc}); {advice}", USAGE) from None
+    except RecursionError:
+        raise CliError(f"{cannot}: its JSON is nested deeper than it can be read", USAGE) from None
     whole_trace = isinstance(document, dict) and isinstance(document.get("spans"), list)
     if whole_trace:
         spans = _failing(document["spans"])

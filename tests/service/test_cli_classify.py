@@ -184,3 +184,12 @@ def test_a_trace_deeper_than_the_stack_is_read() -> None:
         node = {"name": f"level-{depth}", "status": {"code": "OK"}, "children": [node]}
     document["spans"] = [node]
     assert _failing(document["spans"]) == [deepest]  # type: ignore[arg-type]
+
+
+def test_json_nested_deeper_than_it_can_be_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"spans": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = explain(path)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "nested deeper than it can be read" in result.stderr
