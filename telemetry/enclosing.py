@@ -27,11 +27,13 @@ from collections.abc import Sequence
 from telemetry.span_record import SpanRecord
 
 # Traces remembered (least recently seen forgotten first) and failing spans per trace and
-# service, each 32 bytes: at most about 8 MiB. A span is judged against at most
-# MAX_SPANS_PER_TRACE others, so one request of thousands of spans costs no quadratic time.
+# service, each four numbers: one span in a tuple, more in an array of 64-bit numbers (the
+# garbage collector tracks neither): at most about 10 MiB. A span is judged against at
+# most MAX_SPANS_PER_TRACE others, so one request of thousands of spans costs no quadratic
+# time.
 MAX_TRACES = 8192
 MAX_SPANS_PER_TRACE = 32
-_TIMES_END = 1 << 64  # OTLP times are unsigned 64-bit, and so are those remembered
+_TIMES_END = 1 << 63  # OTLP times are unsigned 64-bit; these are kept signed (to 2262)
 _FIELDS = 4  # start, end, span id, parent span id (0 for none)
 
 
@@ -42,15 +44,10 @@ def _timed(record: SpanRecord) -> bool:
 
 
 def _span(record: SpanRecord) -> tuple[int, int, int, int]:
+    """Its times and its and its parent's ids, as hashes: a third of the cost of parsing the
+    hex, and only told apart within this process, where they are kept."""
     parent = record.parent_span_id
-    return (record.start_ns, record.end_ns, _id(record.span_id), _id(parent) if parent else 0)
-
-
-def _id(hex_id: str) -> int:
-    try:
-        return int(hex_id, 16) & 0xFFFF_FFFF_FFFF_FFFF
-    except ValueError:
-        return 0
+    return (record.start_ns, record.end_ns, hash(record.span_id), hash(parent) if parent else 0)
 
 
 def _encloses(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> bool:
@@ -69,28 +66,30 @@ class EnclosingFailures:
 
     def __init__(self, max_traces: int = MAX_TRACES) -> None:
         self._max_traces = max_traces
-        # (trace, service) -> [start, end, span id, parent, start, ...]: a flat array of
-        # unsigned 64-bit numbers, which the garbage collector does not track, so thousands
-        # of them cost its passes nothing.
-        self._seen: OrderedDict[tuple[str, str], array[int]] = OrderedDict()
+        # (trace, service) -> (start, end, span id, parent, start, ...), flat, so thousands
+        # of them cost the garbage collector's passes nothing.
+        self._seen: OrderedDict[tuple[str, str], tuple[int, ...] | array[int]] = OrderedDict()
 
     def counted(self, records: Sequence[SpanRecord]) -> list[SpanRecord]:
         """``records``, in their order, less those that enclose a failing span counted
         before (in this call or a written batch); within a call spans are judged innermost
         first, since a span ends before the spans around it. A span sent again (the same
         span id) is not counted twice."""
-        by_key: dict[tuple[str, str], list[SpanRecord]] = {}
-        for record in records:
-            if _timed(record):
-                by_key.setdefault((record.trace_id, record.service_name), []).append(record)
         seen = self._seen
+        keys = [(record.trace_id, record.service_name) for record in records]
+        if len(set(keys)) == len(keys) and seen.keys().isdisjoint(keys):
+            return list(records)  # the usual case: each span alone in its trace and service
+        by_key: dict[tuple[str, str], list[SpanRecord]] = {}
+        for key, record in zip(keys, records, strict=True):
+            if _timed(record):
+                by_key.setdefault(key, []).append(record)
         joined: set[int] = set()
         for key, group in by_key.items():
             earlier = seen.get(key)
             if earlier is None and len(group) == 1:  # the usual case: nothing to judge
                 continue
-            earlier = earlier or array("Q")
-            spans = [tuple(earlier[i : i + _FIELDS]) for i in range(0, len(earlier), _FIELDS)]
+            earlier = earlier or ()
+            spans = [earlier[i : i + _FIELDS] for i in range(0, len(earlier), _FIELDS)]
             for record in sorted(group, key=lambda r: (r.end_ns, -r.start_ns)):
                 this = _span(record)
                 if any(_encloses(this, inner) for inner in spans):
@@ -110,10 +109,12 @@ class EnclosingFailures:
             key = (record.trace_id, record.service_name)
             spans = seen.get(key)
             if spans is None:
-                seen[key] = array("Q", _span(record))
+                seen[key] = _span(record)
                 if len(seen) > self._max_traces:
                     seen.popitem(last=False)
                 continue
             seen.move_to_end(key)
             if len(spans) < _FIELDS * MAX_SPANS_PER_TRACE:
+                if isinstance(spans, tuple):  # a second span: 8 bytes a number from now on
+                    seen[key] = spans = array("q", spans)
                 spans.extend(_span(record))
