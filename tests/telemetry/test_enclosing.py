@@ -4,6 +4,8 @@ remembered before it is written."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from telemetry import enclosing as enclosing_module
@@ -16,14 +18,9 @@ T0 = 1_700_000_000_000_000_000
 HANDLER = "00000000000000aa"  # a parent that was not sent (the collector forwards errors only)
 
 
-def span(
-    start: int,
-    end: int,
-    trace: str = "a" * 32,
-    service: str = "shop",
-    parent: SpanRecord | str | None = HANDLER,
-) -> SpanRecord:
-    return sent_at(T0 + start, T0 + end, trace, service, parent)
+def span(start: int, end: int, **where: Any) -> SpanRecord:
+    """A failing span ``start`` to ``end`` nanoseconds after T0 (see ``sent_at``)."""
+    return sent_at(T0 + start, T0 + end, **where)
 
 
 def sent_at(
