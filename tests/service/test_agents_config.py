@@ -13,12 +13,18 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentRequest
 from service.agents.budget import BudgetAgent
-from service.agents.config import build_agent, load_team_config
+from service.agents.config import OWN_COMPONENTS, build_agent, load_team_config
 from service.agents.nutrition import NutritionAgent
 from service.agents.specs import HttpAgentSpec, PythonAgentSpec
 from service.agents.workout import WorkoutAgent
 from service.chat.team import Team, breaker_configs, build_team
-from service.settings import Settings, SettingsError
+from service.fleet.schema import COMPONENT as FLEET
+from service.health.checks import CheckResult
+from service.health.system_test import SYSTEM_TEST_COMPONENT
+from service.incidents.audit import COMPONENT as AUDIT
+from service.incidents.ledger import COMPONENT as ALERTS
+from service.incidents.store_pg import COMPONENT as INCIDENTS
+from service.settings import COMPONENTS, Settings, SettingsError
 from service.stores import Stores
 from tests.service.own_agents import ClosingCoach, Coach
 
@@ -460,3 +466,14 @@ async def test_production_refuses_an_auth_file_others_may_read(
     agent = build_agent("helper", config.specs["helper"], config, sqlite_stores, settings)
     assert agent.name == "helper"
     await agent.aclose()  # type: ignore[attr-defined]
+
+
+def test_every_component_ers_names_its_own_incidents_after_is_no_agent_name() -> None:
+    """The names agents may not take are written once in the agents' config; each of the
+    components ERS's own incidents are named after, defined where the failure is reported,
+    must be among them, or an incident of it would isolate an agent of that name."""
+    health_default = CheckResult("any", None, "").component  # type: ignore[arg-type]
+    named = {*COMPONENTS, INCIDENTS, ALERTS, AUDIT, FLEET, SYSTEM_TEST_COMPONENT, health_default}
+    # Set as literals where they are reported: the intake's 503s, the backups' failures.
+    named |= {"intake", "backups"}
+    assert named <= OWN_COMPONENTS, named - OWN_COMPONENTS
