@@ -3,8 +3,10 @@ started with its output in a log file and waited for until it answers."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,3 +54,30 @@ def start_process(
     process.kill()
     process.wait(timeout=5)
     raise RuntimeError(f"{what} did not answer in {timeout_s:g} s:\n{log_path.read_text()}")
+
+
+def ers_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an ``ers`` command (``serve``, an ``--offline`` one) in
+    ``workdir``: this one without ERS_ and OTEL_ settings, state and repository under
+    ``workdir``, and ``extra``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
+        "ERS_ENV": "test",
+        "ERS_DATA_DIR": str(workdir / "data"),
+        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+        **extra,
+    }
+
+
+def serve(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``ers serve *args`` run to its end (one that is expected to refuse to start), without
+    backups, with ``env`` added to ``ers_env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", *args],
+        cwd=workdir,
+        env=ers_env(workdir, ERS_BACKUPS_ENABLED="false", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

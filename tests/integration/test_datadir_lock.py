@@ -5,7 +5,6 @@ On PostgreSQL, replicas share the state and an offline rollback is refused while
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import sqlite3
@@ -20,20 +19,10 @@ import pytest
 from service.fleet.datadir_lock import LOCK_FILE_NAME
 from service.fleet.presence import LIVE_STATE_LOCK_KEY
 from tests.conftest import ErsProcess, start_ers
+from tests.processes import ers_env
 
 BACKUPS_ON = {"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
 OFFLINE_ADVICE = "stop the service first, or run the command without --offline"
-
-
-def ers_env(workdir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
-        "ERS_ENV": "test",
-        "ERS_DATA_DIR": str(workdir / "data"),
-        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
-        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
-        **extra,
-    }
 
 
 def ers(workdir: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:

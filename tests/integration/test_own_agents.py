@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port, start_ers
+from tests.processes import serve
 
 pytestmark = pytest.mark.integration
 
@@ -112,29 +113,15 @@ def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
     tmp_path: Path, agents: dict[str, Any], routes: dict[str, str], expected: str
 ) -> None:
     config = settings_file(tmp_path / "ers.yaml", agents, routes)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-        ],
-        env={
-            **env,
-            "ERS_CONFIG": str(config),
-            "ERS_DATA_DIR": str(tmp_path / "data"),
-            "ERS_BACKUPS_ENABLED": "false",
-            "PYTHONPATH": str(ROOT),
-        },
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    port = str(free_port())
+    result = serve(
+        tmp_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        ERS_CONFIG=str(config),
+        PYTHONPATH=str(ROOT),
     )
     lines = result.stderr.strip().splitlines()
     # Names and imports are checked before the server starts; a factory runs in its start-up,

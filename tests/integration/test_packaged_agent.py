@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import subprocess
 import sys
 import zipfile
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, start_ers
+from tests.processes import serve
 
 pytestmark = pytest.mark.integration
 
@@ -131,29 +131,8 @@ def test_without_the_package_the_entry_point_is_missing_and_serve_says_so(
     tmp_path: Path,
 ) -> None:
     config = settings_file(tmp_path / "ers.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-        ],
-        env={
-            **env,
-            "ERS_CONFIG": str(config),
-            "ERS_DATA_DIR": str(tmp_path / "data"),
-            "ERS_BACKUPS_ENABLED": "false",
-        },
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # Without the folder the package is installed in (an empty PYTHONPATH adds nothing).
+    address = ("--host", "127.0.0.1", "--port", str(free_port()))
+    result = serve(tmp_path, *address, ERS_CONFIG=str(config), PYTHONPATH="")
     assert result.returncode == 2, result.stderr
     assert "no entry point 'thirdparty' in the group 'ers.agents'" in result.stderr

@@ -22,8 +22,8 @@ import pytest
 
 from tests.conftest import ErsProcess, start_ers
 from tests.integration.test_crash_recovery import BACKUP_ENV, integrity
-from tests.integration.test_datadir_lock import ers, ers_env
-from tests.processes import free_port
+from tests.integration.test_datadir_lock import ers
+from tests.processes import ers_env, free_port
 
 Content = dict[str, list[tuple[object, ...]]]
 # When to kill, after the rollback's scratch folder appears: at once (restore and safety

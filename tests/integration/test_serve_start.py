@@ -3,7 +3,6 @@ operator reads, and what the next start finds."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,17 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import free_port, start_ers
-
-
-def serve_env(workdir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))},
-        "ERS_ENV": "test",
-        "ERS_DATA_DIR": str(workdir / "data"),
-        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
-        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
-        **extra,
-    }
+from tests.processes import ers_env, serve
 
 
 def test_a_port_in_use_is_refused_in_one_line_before_any_state_is_made(tmp_path: Path) -> None:
@@ -35,7 +24,7 @@ def test_a_port_in_use_is_refused_in_one_line_before_any_state_is_made(tmp_path:
             [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1"]
             + ["--port", str(port)],
             cwd=tmp_path,
-            env=serve_env(tmp_path, ERS_BACKUPS_ENABLED="true"),
+            env=ers_env(tmp_path, ERS_BACKUPS_ENABLED="true"),
             capture_output=True,
             text=True,
             timeout=60,
@@ -52,17 +41,6 @@ def test_a_port_in_use_is_refused_in_one_line_before_any_state_is_made(tmp_path:
     assert not (tmp_path / "repo").exists()
 
 
-def serve(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", *args],
-        cwd=workdir,
-        env=serve_env(workdir, ERS_BACKUPS_ENABLED="false", **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_data_dir_that_cannot_be_made_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     for data_dir in ("/dev/null", str(tmp_path / "afile" / "sub"), "/proc/ers-data"):
@@ -74,7 +52,7 @@ def test_a_data_dir_that_cannot_be_made_is_refused_in_one_line_naming_it(tmp_pat
         offline = subprocess.run(
             [sys.executable, "-m", "service.cli", "backup", "--offline", "list"],
             cwd=tmp_path,
-            env=serve_env(tmp_path, ERS_DATA_DIR=data_dir),
+            env=ers_env(tmp_path, ERS_DATA_DIR=data_dir),
             capture_output=True,
             text=True,
             timeout=60,
