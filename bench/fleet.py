@@ -39,33 +39,19 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import psutil
 
 from bench.chat import request_factory
 from bench.loadgen import LoadResult, median, run_load
-from bench.server import ers_server
+from bench.server import ers_server, on_cpus
 from tests.pg import PostgresServer, postgres_for_tests
 
 SINGLE = "one replica, SQLite"
 CONTROL = "one replica, PostgreSQL"
 FLEET = "two replicas, PostgreSQL"
 WARM_UP_S = 2.0
-
-
-@contextmanager
-def spawned_on(cpus: set[int]) -> Iterator[None]:
-    """Processes started inside inherit ``cpus``. The mask is set on this thread before the
-    fork, because setting it on a running process afterwards reaches only the one thread
-    named, not the threads that process has already started."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def server_pid(url: str) -> int:
@@ -208,10 +194,10 @@ def measure(rounds: int = 5, seconds: float = 6.0, connections: int = 32) -> dic
         stack.callback(postgres.drop_database, database)
         fleet_env = {"ERS_DATABASE_URL": database}
 
-        with spawned_on({first}):
+        with on_cpus({first}):
             single = stack.enter_context(ers_server())
             replica_a = stack.enter_context(ers_server(fleet_env))
-        with spawned_on({second}):
+        with on_cpus({second}):
             replica_b = stack.enter_context(ers_server(fleet_env))
         # The middle setup is a control: replica A alone separates what PostgreSQL costs
         # one replica from what a second replica adds.

@@ -16,6 +16,27 @@ from tests.processes import free_port, start_process
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@contextmanager
+def on_cpus(cpus: set[int]) -> Iterator[None]:
+    """This thread, and the processes started meanwhile, run on ``cpus`` only. The mask is
+    set on this thread before the fork, because setting it on a running process afterwards
+    reaches only the one thread named, not the threads that process has already started."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def server_and_load_cpus() -> tuple[set[int], set[int]]:
+    """One CPU for a server under test and another for the load generator, so that the
+    scheduler never puts them on one CPU for a while (which slowed a run at random by up to
+    a fifth); the same one for both on a machine with one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {cpus[0]}, {cpus[-1]}
+
+
 @dataclass(frozen=True)
 class Served:
     url: str
