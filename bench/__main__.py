@@ -71,6 +71,7 @@ BENCHMARKS: dict[str, list[Target]] = {
         # Kept for reference: it mixes what the store costs into the scaling, which
         # fleet_scaling_on_postgres measures alone.
         reference("fleet_throughput_ratio"),
+        reference("peer_scaling_on_postgres"),
         Target("fleet_scaling_on_postgres", ">=", 1.5),
     ],
     "bench.pg_backup": [

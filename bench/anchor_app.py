@@ -9,11 +9,17 @@ ERS records too, the request-duration histogram (``bench.skipping_meter``). Bare
 same app and server without that call. ERS records its HTTP server spans and that histogram
 with its own middleware (``service.web.http_telemetry``); the anchor is what the library a
 user would pick costs for the same spans and series.
+
+With ``ANCHOR_DATABASE_URL`` in the environment (not on the command line: it holds a
+password), each chat also reads one row of a table in that PostgreSQL database
+through a psycopg pool (autocommit, as ERS's stores), the statement a chat costs ERS on
+average (``bench.fleet``'s anchor for scaling on PostgreSQL).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
@@ -35,11 +41,46 @@ class Reply(BaseModel):
     agent: str
 
 
-def create_app(instrumented: bool) -> FastAPI:
-    app = FastAPI(title="anchor")
+def create_app(instrumented: bool, database_url: str | None = None) -> FastAPI:
+    pool = None
+    if database_url is not None:
+        from contextlib import asynccontextmanager
+
+        from psycopg_pool import AsyncConnectionPool
+
+        from service.stores.postgres import POOL_MAX_SIZE, POOL_MIN_SIZE
+
+        pool = AsyncConnectionPool(
+            database_url,
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            kwargs={"autocommit": True},
+            open=False,
+        )
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):  # noqa: ANN202
+            await pool.open(wait=True)
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS anchor_profiles (user_id TEXT PRIMARY KEY, "
+                    "body TEXT NOT NULL)"
+                )
+            yield
+            await pool.close()
+
+        app = FastAPI(title="anchor", lifespan=lifespan)
+    else:
+        app = FastAPI(title="anchor")
 
     @app.post("/chat", response_model=Reply)
     async def chat(body: Message) -> Reply:
+        if pool is not None:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT body FROM anchor_profiles WHERE user_id = %s", (body.userId,)
+                )
+                await cursor.fetchone()
         return Reply(response=f"{len(body.message)} characters from {body.userId}", agent="echo")
 
     @app.get("/readyz")
@@ -71,7 +112,7 @@ def main() -> None:
     parser.add_argument("--instrumented", action="store_true")
     args = parser.parse_args()
     config = uvicorn.Config(
-        create_app(args.instrumented),
+        create_app(args.instrumented, os.environ.get("ANCHOR_DATABASE_URL")),
         host="127.0.0.1",
         port=args.port,
         log_level="info",

@@ -1,7 +1,8 @@
 """/chat throughput of two ERS replicas sharing one PostgreSQL against one replica on SQLite,
 side by side in one run.
 
-Three real uvicorn processes (``python -m service.cli serve``) stay up for the whole run: the
+Five real uvicorn processes stay up for the whole run, three of ERS (``python -m
+service.cli serve``) and two of the peer app below. ERS's are the
 single replica on SQLite files (the default), and replicas A and B with ``ERS_DATABASE_URL``
 on one database of a throwaway PostgreSQL cluster (``tests/pg.py``: Debian's binaries,
 fsync off). Each replica is pinned to one CPU before it starts, so that every thread it ever
@@ -12,7 +13,10 @@ two-core machine they take their share from the replicas they measure.
 The same keep-alive connections and the same message mix (``bench.chat``) load every setup;
 for the two replicas the connections are dealt round robin across their two ports, with no
 load-balancer process in between. Replica A alone is measured too, as a control that
-separates what PostgreSQL costs one replica from what the second replica adds. Each round
+separates what PostgreSQL costs one replica from what the second replica adds. The anchor
+is a peer: the minimal FastAPI app of ``bench.anchor_app``, instrumented as ERS is, reading
+one row of a database of the same cluster per chat through a psycopg pool (about the one
+statement a chat costs ERS), one process and two, pinned as the replicas are. Each round
 runs every setup, starting with a different one, so that all see the same machine noise;
 medians are compared, with the cores each party used meanwhile.
 
@@ -24,9 +28,10 @@ the CPU used by everything outside the three parties (``other``) and the CPU lef
 the CPUs, not by its database, pool or load, and ``other`` says how much of them went elsewhere.
 
 Figures, each as ``name=value`` with the raw numbers it compares on the line above, kept
-for reference first: ``postgres_vs_sqlite_one_replica`` (what PostgreSQL costs one replica)
-and ``fleet_throughput_ratio`` (two replicas on PostgreSQL over one on SQLite; its old
-target of >= 1.6 mixed the store's cost into the scaling); last the scaling itself,
+for reference first: ``postgres_vs_sqlite_one_replica`` (what PostgreSQL costs one replica),
+``fleet_throughput_ratio`` (two replicas on PostgreSQL over one on SQLite; its old target
+of >= 1.6 mixed the store's cost into the scaling) and ``peer_scaling_on_postgres`` (the
+peer app's two processes over its one); last the scaling itself,
 ``fleet_scaling_on_postgres=<two replicas' req/s over one replica's, both on PostgreSQL>``
 (target >= 1.5), with the cores each side used printed beside it: on a 2-core machine that
 also runs PostgreSQL and the load generator, two replicas cannot have two whole cores.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import time
 from collections import Counter
@@ -45,21 +51,23 @@ import psutil
 
 from bench.chat import request_factory
 from bench.loadgen import LoadResult, median, run_load
-from bench.server import ers_server, on_cpus
+from bench.server import anchor_process, ers_server, on_cpus
 from tests.pg import PostgresServer, postgres_for_tests
 
 SINGLE = "one replica, SQLite"
 CONTROL = "one replica, PostgreSQL"
 FLEET = "two replicas, PostgreSQL"
+PEER_ONE = "peer app, one, PostgreSQL"
+PEER_TWO = "peer app, two, PostgreSQL"
 WARM_UP_S = 2.0
 
 
 def server_pid(url: str) -> int:
-    """The pid of the ``service.cli.main serve`` child listening on ``url``'s port."""
+    """The pid of the server child (ERS or the peer app) started with ``url``'s port."""
     port = url.rsplit(":", 1)[1]
     for child in psutil.Process().children(recursive=True):
         command = child.cmdline()
-        if "serve" in command and port in command:
+        if any(a == "--port" and b == port for a, b in itertools.pairwise(command)):
             return child.pid
     raise RuntimeError(f"no server process for {url}")
 
@@ -193,21 +201,36 @@ def measure(rounds: int = 5, seconds: float = 6.0, connections: int = 32) -> dic
         database = postgres.create_database()
         stack.callback(postgres.drop_database, database)
         fleet_env = {"ERS_DATABASE_URL": database}
+        peer_database = postgres.create_database()
+        stack.callback(postgres.drop_database, peer_database)
+
+        def peer() -> str:
+            return stack.enter_context(anchor_process(True, peer_database)).url
 
         with on_cpus({first}):
             single = stack.enter_context(ers_server())
             replica_a = stack.enter_context(ers_server(fleet_env))
+            peer_a = peer()
         with on_cpus({second}):
             replica_b = stack.enter_context(ers_server(fleet_env))
+            peer_b = peer()
         # The middle setup is a control: replica A alone separates what PostgreSQL costs
-        # one replica from what a second replica adds.
-        setups = {SINGLE: [single], CONTROL: [replica_a], FLEET: [replica_a, replica_b]}
+        # one replica from what a second replica adds. The peer app is the anchor.
+        setups = {
+            SINGLE: [single],
+            CONTROL: [replica_a],
+            FLEET: [replica_a, replica_b],
+            PEER_ONE: [peer_a],
+            PEER_TWO: [peer_a, peer_b],
+        }
 
         postmaster = postmaster_pid(postgres)
         pins = [
             pin("single replica (SQLite)", server_pid(single)),
             pin("replica A (PostgreSQL)", server_pid(replica_a)),
             pin("replica B (PostgreSQL)", server_pid(replica_b)),
+            pin("peer app A (PostgreSQL)", server_pid(peer_a)),
+            pin("peer app B (PostgreSQL)", server_pid(peer_b)),
             pin("load generator (this)", os.getpid()),
             pin("PostgreSQL 15 postmaster", postmaster) + ", its backends inherit it"
             if postmaster
@@ -234,6 +257,7 @@ def measure(rounds: int = 5, seconds: float = 6.0, connections: int = 32) -> dic
         "summary": summary,
         "ratio": summary[FLEET]["rps"] / summary[SINGLE]["rps"],
         "scaling": summary[FLEET]["rps"] / summary[CONTROL]["rps"],
+        "peer_scaling": summary[PEER_TWO]["rps"] / summary[PEER_ONE]["rps"],
         "store_cost": summary[CONTROL]["rps"] / summary[SINGLE]["rps"],
         "cpus": cpus,
     }
@@ -268,13 +292,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "across the two ports (no load-balancer process)"
     )
     print(
-        "cores during each round: used by the ERS replicas loaded, their wait (ready to run, "
-        "no CPU free), PostgreSQL, the load generator, everything else on the machine "
-        "(other programs, the kernel), and left idle"
+        "cores during each round: used by the servers loaded (ERS or the peer app), their "
+        "wait (ready to run, no CPU free), PostgreSQL, the load generator, everything else "
+        "on the machine (other programs, the kernel), and left idle"
     )
     print(
         f"{'round':<8}{'setup':<28}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}"
-        f"{'ERS':>7}{'wait':>7}{'PG':>7}{'load':>7}{'other':>7}{'idle':>7}"
+        f"{'app':>7}{'wait':>7}{'PG':>7}{'load':>7}{'other':>7}{'idle':>7}"
     )
     for name, runs in result["rounds"].items():  # type: ignore[attr-defined]
         for number, figures in enumerate(runs, 1):
@@ -289,15 +313,23 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"anchor one replica, SQLite {single['rps']:.1f} req/s; two, PostgreSQL {fleet['rps']:.1f}"
     )
     print(f"fleet_throughput_ratio={result['ratio']:.3f}")
+    one, two = summary[PEER_ONE], summary[PEER_TWO]  # type: ignore[index]
     print(
-        f"anchor one replica on PostgreSQL {control['rps']:.1f} req/s using "
-        f"{control['ers_cores']:.2f} cores; two replicas {fleet['rps']:.1f} req/s using "
-        f"{fleet['ers_cores']:.2f} (PostgreSQL {control['pg_cores']:.2f} / "
-        f"{fleet['pg_cores']:.2f}, load generator {control['load_cores']:.2f} / "
-        f"{fleet['load_cores']:.2f}, waiting for a CPU {control['wait_cores']:.2f} / "
-        f"{fleet['wait_cores']:.2f}, other programs and the kernel {control['other_cores']:.2f} / "
-        f"{fleet['other_cores']:.2f}, idle {control['idle_cores']:.2f} / "
-        f"{fleet['idle_cores']:.2f})"
+        f"anchor peer app on PostgreSQL: one process {one['rps']:.1f} req/s using "
+        f"{one['ers_cores']:.2f} cores, two {two['rps']:.1f} using {two['ers_cores']:.2f} "
+        f"(PostgreSQL {one['pg_cores']:.2f} / {two['pg_cores']:.2f}, load generator "
+        f"{one['load_cores']:.2f} / {two['load_cores']:.2f})"
+    )
+    print(f"peer_scaling_on_postgres={result['peer_scaling']:.3f}")
+    print(
+        f"anchor peer app two/one {result['peer_scaling']:.3f}; ERS one replica on "
+        f"PostgreSQL {control['rps']:.1f} req/s using {control['ers_cores']:.2f} cores; two "
+        f"replicas {fleet['rps']:.1f} req/s using {fleet['ers_cores']:.2f} (PostgreSQL "
+        f"{control['pg_cores']:.2f} / {fleet['pg_cores']:.2f}, load generator "
+        f"{control['load_cores']:.2f} / {fleet['load_cores']:.2f}, waiting for a CPU "
+        f"{control['wait_cores']:.2f} / {fleet['wait_cores']:.2f}, other programs and the kernel "
+        f"{control['other_cores']:.2f} / {fleet['other_cores']:.2f}, idle "
+        f"{control['idle_cores']:.2f} / {fleet['idle_cores']:.2f})"
     )
     print(f"fleet_scaling_on_postgres={result['scaling']:.3f}")
     return result

@@ -90,12 +90,16 @@ def ers_server(env: dict[str, str] | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def anchor_process(instrumented: bool) -> Iterator[Served]:
-    """The minimal FastAPI app of ``bench.anchor_app``, bare or instrumented as ERS is."""
+def anchor_process(instrumented: bool, database_url: str | None = None) -> Iterator[Served]:
+    """The minimal FastAPI app of ``bench.anchor_app``, bare or instrumented as ERS is; with
+    ``database_url``, reading a row of that PostgreSQL database per chat."""
     with tempfile.TemporaryDirectory(prefix="ers-bench-anchor-") as tmp:
         port = free_port()
         command = [sys.executable, "-m", "bench.anchor_app", "--port", str(port)]
         if instrumented:
             command.append("--instrumented")
-        with _serve(command, _clean_environ(), port, Path(tmp) / "server.log") as served:
+        env = _clean_environ()
+        if database_url is not None:
+            env["ANCHOR_DATABASE_URL"] = database_url
+        with _serve(command, env, port, Path(tmp) / "server.log") as served:
             yield served
