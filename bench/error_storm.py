@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"healthy-agent /chat p99, storm: {figures['storm_p99_ms']:.2f} ms (median; "
         f"{figures['storm_failed_calls']:.0f} failing budget calls in a round)"
     )
-    print(f"paired storm/calm ratios: {ratios}; of medians {figures['ratio_of_medians']:.3f}")
+    print(f"storm/calm p99 per round: {ratios}; of the medians {figures['ratio_of_medians']:.3f}")
     print(f"anchor calm p99 ms per round: {shown['calm_runs']}; storm: {shown['storm_runs']}")
     print(f"error_storm_p99_ratio={figures['error_storm_p99_ratio']:.3f}")
     return figures
