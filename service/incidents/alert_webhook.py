@@ -150,19 +150,20 @@ class AlertHandler:
 
     async def _handle(self, alert: Alert) -> None:
         starts_at = alert.startsAt.isoformat()
+        incident_id: str | None = None
         try:
             stale = (
                 await asyncio.to_thread(self._stale, alert) if alert.status == "firing" else None
             )
             if stale is not None:
-                incident_id, outcome = None, f"stale: {stale}; nothing done"
+                outcome = f"stale: {stale}; nothing done"
             else:
                 incident = await asyncio.to_thread(self._land, alert)
                 incident_id = incident.id if incident is not None else ""
                 outcome = await self._act(alert, incident)
         except Exception as exc:  # an alert must never take the service down
             log.exception("alert %s could not be handled", alert.name)
-            incident_id, outcome = None, f"failed: {type(exc).__name__}: {exc}"
+            outcome = f"failed: {type(exc).__name__}: {exc}"
         await asyncio.to_thread(
             self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
         )
@@ -195,6 +196,9 @@ class AlertHandler:
                 incident = self._open(alert, component, kind)
         if incident is None:
             return None
+        # Kept before the action runs: a resolution undoes what this firing did even when a
+        # crash or ``kill -9`` stops it before its outcome is written.
+        self.ledger.land(alert.fingerprint, alert.startsAt.isoformat(), alert.status, incident.id)
         words = "firing" if alert.status == "firing" else "resolved"
         self.incidents.add_timeline(
             incident.id,

@@ -156,6 +156,14 @@ class AlertLedger:
             raise LedgerUnavailable(f"the alert ledger could not be read: {exc}") from exc
         return [row["alert"] for row in rows]
 
+    def land(self, fingerprint: str, starts_at: str, status: str, incident_id: str) -> None:
+        """Keep the incident an alert landed on before its action runs: a resolution finds
+        it even when the process dies before the outcome is written."""
+        self._database.rows(
+            f"UPDATE alert_ledger SET incident_id = ? WHERE {KEY}",
+            (incident_id, fingerprint, starts_at, status),
+        )
+
     def finish(
         self, fingerprint: str, starts_at: str, status: str, incident_id: str | None, outcome: str
     ) -> None:
