@@ -7,8 +7,11 @@ one), its receipt goes on the timeline, and a firing alert runs its action —
 emergency backup, ``rollback`` rolls back only when automatic rollback is on, ``cleanup``
 trims caches. A resolved alert never starts an action: it lands on the incident its firing
 landed on and recovers it (``recovery``): a resolved ``isolate`` releases the breaker to
-half-open, so recovery is tested, mitigates the incident and resolves it once the trial
-succeeds.
+half-open, mitigates the incident and resolves it once the breaker closes. ERS asks the
+agent itself at once, with the synthetic call an operator's reset makes, and closes the
+breaker when it answers: waiting for a chat to run the half-open trial could wait for ever,
+since health answers 503 while the critical incident is open and a balancer that heeds it
+sends no chat. An agent that still fails stays half-open, for chats' trials to decide.
 
 A resolution is kept in the ledger as delivered: one a stopped process (a crash, a ``kill
 -9``) had taken and not finished is handled again at the next start, or on PostgreSQL by any
@@ -324,6 +327,8 @@ class AlertHandler:
                 return "resolved: the incident is left to the failures that opened it"
             return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         released, breaker_state = self._release(alert, incident)
+        if breaker_state == "half_open":
+            released, breaker_state = await self._probe(alert, released)
         await asyncio.to_thread(self._note, incident.id, released)
         # No breaker (the target is no agent here): no trial will ever come to resolve the
         # alert's own incident, which would stay mitigated, and active, until quiet.
@@ -353,6 +358,19 @@ class AlertHandler:
             # Armed before any await: a trial that closes the breaker cannot be missed.
             self.recovery.watch_trial(breaker, incident.id, alert)
         return message, state
+
+    async def _probe(self, alert: Alert, released: str) -> tuple[str, str]:
+        """Ask the released agent now and close its breaker when it answers (the incident is
+        then resolved with the alert); what was done, and the breaker's state after it."""
+        guard = self.responder.team.get(alert.target or "ers")
+        probe = await guard.probe()
+        if probe.error is not None:
+            return f"{released}; its health probe failed ({probe.error})", "half_open"
+        if guard.breaker.state.value != "half_open":  # a chat's trial decided meanwhile
+            return released, guard.breaker.state.value
+        self.recovery.forget(guard.name)  # resolved here, not by the trial's watch
+        guard.breaker.reset(probe=probe, source=ACTOR)
+        return f"{released}; its health probe passed and its breaker closed", "closed"
 
     def _note(self, incident_id: str, message: str) -> None:
         if incident_id:

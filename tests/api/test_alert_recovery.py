@@ -1,6 +1,8 @@
 """A resolved alert recovers the incident its firing landed on: an isolate alert's incident is
-mitigated when the alert resolves and resolved when the half-open trial succeeds, so the
-system leaves the emergency and health answers 200 again without anyone stepping in."""
+resolved when the alert resolves and the agent answers ERS's probe, or else mitigated and
+resolved when a half-open trial succeeds, so the system leaves the emergency and health
+answers 200 again without anyone stepping in, and without a chat, which a balancer heeding
+the 503 would never send."""
 
 from __future__ import annotations
 
@@ -75,7 +77,13 @@ def alert(name: str, action: str, fingerprint: str, status: str = "firing") -> d
     return payload
 
 
-async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
+async def fail(client: httpx.AsyncClient, agent: str) -> None:
+    fault = {"component": agent, "errorType": "agent"}
+    reply = await client.post("/api/emergency/simulate-error", json=fault)
+    assert reply.status_code == 200, reply.text
+
+
+async def test_resolution_resolves_the_incident_once_the_agent_answers_without_a_chat(
     hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     runtime = app.state.runtime
@@ -87,12 +95,35 @@ async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
     assert health.status_code == 503 and health.json()["systemState"] == "emergency"
 
     await deliver(hook, app, resolved_payload())
+    assert runtime.team.get("workout").breaker.state.value == "closed"
+    assert store.get(incident.id).status == "resolved"
+    notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
+    assert any("health probe passed and its breaker closed" in note for note in notes)
+    change = [e for e in store.timeline(incident.id) if e.kind == "status_changed"][-1]
+    assert change.actor == "alertmanager" and FINGERPRINT in change.message
+    health = await health_code(client, 200)
+    assert health.status_code == 200
+    assert health.json()["systemState"] in ("recovery", "normal")
+
+
+async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    runtime = app.state.runtime
+    store = runtime.incidents
+    await deliver(hook, app, FIRING)
+    (incident,) = store.list(component="workout")[0]
+    await fail(client, "workout")  # still failing when the alert resolves: the probe fails
+    await deliver(hook, app, resolved_payload())
     assert runtime.team.get("workout").breaker.state.value == "half_open"
     mitigated = store.get(incident.id)
     assert mitigated.status == "mitigated"
+    notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
+    assert any("health probe failed" in note for note in notes)
     change = [e for e in store.timeline(incident.id) if e.kind == "status_changed"][-1]
     assert change.actor == "alertmanager" and FINGERPRINT in change.message
 
+    assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
     await trial(client, app, "closed")
     resolved = store.get(incident.id)
     assert resolved.status == "resolved"
@@ -109,12 +140,9 @@ async def test_a_failed_trial_keeps_the_incident_until_one_succeeds(
 ) -> None:
     runtime = app.state.runtime
     await deliver(hook, app, FIRING)
+    await fail(client, "workout")
     await deliver(hook, app, resolved_payload())
     (incident,) = runtime.incidents.list(component="workout")[0]
-    faults = await client.post(
-        "/api/emergency/simulate-error", json={"component": "workout", "errorType": "agent"}
-    )
-    assert faults.status_code == 200, faults.text
     await trial(client, app, "open")
     assert runtime.incidents.get(incident.id).status == "mitigated"
     notes = [e.message for e in runtime.incidents.timeline(incident.id) if e.kind == "note"]
@@ -171,7 +199,7 @@ async def test_the_next_firing_after_a_resolved_one_isolates_again_within_the_co
     breaker = app.state.runtime.team.get("workout").breaker
     await deliver(hook, app, FIRING)
     await deliver(hook, app, resolved_payload())
-    await trial(client, app, "closed")
+    assert breaker.state.value == "closed"  # the agent answered ERS's probe
     # The condition comes back a minute later: a new firing of the alert (another startsAt).
     again = copy.deepcopy(FIRING)
     again["alerts"][0]["startsAt"] = "2026-11-28T12:20:00.000Z"

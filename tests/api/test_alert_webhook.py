@@ -105,7 +105,7 @@ async def test_firing_isolate_forces_the_breaker_open_once(
     assert ledger["deliveries"] == 3 and ledger["incidentId"] == incident.id
 
 
-async def test_resolved_isolate_releases_to_half_open_and_then_closes(
+async def test_resolved_isolate_closes_the_breaker_once_the_agent_answers(
     hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
@@ -113,7 +113,22 @@ async def test_resolved_isolate_releases_to_half_open_and_then_closes(
     await hook.post("/api/emergency/alerts", json=resolved_payload(), headers=AUTH)
     await settle(app)
     breaker = app.state.runtime.team.get("workout").breaker
+    assert breaker.state.value == "closed"
+    assert breaker.history()[-1].source == "alertmanager"
+
+
+async def test_resolved_isolate_of_an_agent_still_failing_leaves_it_half_open(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
+    await settle(app)
+    fault = {"component": "workout", "errorType": "agent"}
+    assert (await client.post("/api/emergency/simulate-error", json=fault)).status_code == 200
+    await hook.post("/api/emergency/alerts", json=resolved_payload(), headers=AUTH)
+    await settle(app)
+    breaker = app.state.runtime.team.get("workout").breaker
     assert breaker.state.value == "half_open"
+    await client.delete("/api/emergency/simulate-error")
     reply = await client.post("/chat", json={"message": "make me a workout plan"})
     assert reply.json()["emergency"] is False
     assert breaker.state.value == "closed"

@@ -1,9 +1,9 @@
 """The whole alerting loop with the real programs: ERS (real uvicorn) fails and opens an
 incident, Prometheus (scraping it with the shipped rules) fires AgentErrorRatioHigh,
 Alertmanager (with the shipped routing) calls ERS back, ERS isolates the agent; after
-healing, the resolved alert releases the breaker to half-open and mitigates the incident, a
-trial call closes the breaker and resolves the incident, and the system is back to normal
-with health 200 — no step by hand, each step on the incident's timeline with who took it.
+healing, the resolved alert releases the breaker, ERS's probe of the agent passes, the
+breaker closes and the incident resolves, and the system is back to normal with health 200
+— no step by hand and no chat needed, each step on the incident's timeline with who took it.
 
 Only timing fields are rewritten in copies of the shipped files (scrape and evaluation
 intervals, ``for:``, range windows, group_wait/group_interval), plus the addresses and the
@@ -168,17 +168,16 @@ class Loop:
             timeout=60,
         )
 
-    def released_and_tried(self) -> None:
-        """Wait for the resolved alert to release the breaker; send the trial call."""
-        self.wait_for(lambda: breaker(self.http)["state"] == "half_open", timeout=60)
+    def released_and_probed(self) -> None:
+        """Wait for the resolved alert to release the breaker and for ERS's probe of the
+        healed agent to close it, both by alertmanager, with no chat sent meanwhile."""
+        self.wait_for(lambda: breaker(self.http)["state"] == "closed", timeout=60)
         history = breaker(self.http)["history"]
-        released = [e for e in history if (e["from"], e["to"]) == ("forced_open", "half_open")]
-        assert released and released[-1]["source"] == "alertmanager"
-
-    def trial(self) -> None:
-        reply = self.http.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
-        assert reply.json()["emergency"] is False
-        assert breaker(self.http)["state"] == "closed"
+        moves = [(e["from"], e["to"], e["source"]) for e in history][-2:]
+        assert moves == [
+            ("forced_open", "half_open", "alertmanager"),
+            ("half_open", "closed", "alertmanager"),
+        ], history
 
     def dump(self) -> None:
         print("prometheus alerts:", json.dumps(self.prom.alerts())[:1500])
@@ -211,20 +210,16 @@ def test_fault_fires_alert_that_isolates_then_resolution_recovers_the_incident(
     assert loop.state() == "degraded"
 
     # Heal; with no calls the error ratio has no data, the alert resolves, and the resolved
-    # notification releases the breaker for a trial and mitigates the incident.
+    # notification releases the breaker; the agent answers ERS's probe, the breaker closes
+    # and the incident resolves: nobody resolves anything by hand, and no chat is needed.
     loop.heal()
-    loop.released_and_tried()
-    detail = loop.wait_for_status(incident["id"], "mitigated", timeout=10)
+    loop.released_and_probed()
+    detail = loop.wait_for_status(incident["id"], "resolved", timeout=10)
     fingerprint = next(
         e["data"]["fingerprint"]
         for e in detail["timeline"]
         if e["kind"] == "alert_received" and e["data"]["status"] == "resolved"
     )
-
-    # The next chat is the half-open trial; it succeeds, the breaker closes and the incident
-    # resolves: nobody resolves anything by hand.
-    loop.trial()
-    detail = loop.wait_for_status(incident["id"], "resolved", timeout=10)
     loop.wait_for(lambda: loop.state() == "normal", timeout=20)
     health = loop.http.get("/api/emergency/health")
     assert health.status_code == 200 and health.json()["systemState"] == "normal"
@@ -237,10 +232,10 @@ def test_fault_fires_alert_that_isolates_then_resolution_recovers_the_incident(
         ("isolate success", "alertmanager"),
         ("alert resolved", "alertmanager"),
         ("breaker released", "alertmanager"),
-        ("open → mitigated", "alertmanager"),
-        ("mitigated → resolved", "breaker:workout"),
+        ("open → resolved", "alertmanager"),
     ], detail["timeline"]
-    assert fingerprint in detail["timeline"][-1]["message"]
+    last = [e for e in detail["timeline"] if e["kind"] != "state_changed"][-1]
+    assert fingerprint in last["message"], last
 
 
 @pytest.mark.parametrize("loop_env", [{"ERS_INCIDENT_QUIET_PERIOD_S": "2"}])
@@ -249,8 +244,9 @@ def test_an_emergency_from_the_alert_ends_by_itself_and_health_raises_no_inciden
 ) -> None:
     """A network failure is an incident of its own type, so the isolate alert opens a
     critical incident: emergency, health 503. After healing both incidents resolve without
-    a hand (the alert's by its trial, the failure's once quiet with the breaker closed), the
-    state is normal and health 200, and the 503s left no incident behind."""
+    a hand and without a chat (the alert's once ERS's probe passes, the failure's once quiet
+    with the breaker closed), the state is normal and health 200, and the 503s left no
+    incident behind."""
     loop.wait_for(lambda: loop.prom.query('up{job="ers"} == 1'), timeout=20)
     loop.fail("network")
     loop.isolated()
@@ -262,10 +258,7 @@ def test_an_emergency_from_the_alert_ends_by_itself_and_health_raises_no_inciden
     assert loop.http.get("/api/emergency/health").status_code == 503
 
     loop.heal()
-    loop.released_and_tried()
-    loop.wait_for_status(alerted["id"], "mitigated", timeout=10)
-    assert loop.http.get("/api/emergency/health").status_code == 503  # still critical
-    loop.trial()
+    loop.released_and_probed()
     loop.wait_for_status(alerted["id"], "resolved", timeout=10)
     loop.wait_for(lambda: all(i["status"] == "resolved" for i in loop.incidents()), 30)
     loop.wait_for(lambda: loop.state() == "normal", timeout=20)
@@ -280,8 +273,8 @@ def test_an_ers_restart_between_firing_and_resolved_keeps_the_loop_whole(
     loop: Loop, sig: int
 ) -> None:
     """The isolation the alert made outlives the process, and the resolution Alertmanager
-    sends to the new process releases it, mitigates the incident its firing landed on, and
-    the trial resolves it."""
+    sends to the new process releases it and, the healed agent answering ERS's probe,
+    resolves the incident its firing landed on."""
     loop.wait_for(lambda: loop.prom.query('up{job="ers"} == 1'), timeout=20)
     loop.fail("agent")
     (incident,) = loop.wait_for(loop.incidents, timeout=30)
@@ -291,9 +284,8 @@ def test_an_ers_restart_between_firing_and_resolved_keeps_the_loop_whole(
     assert held["state"] == "forced_open" and held["forced"]["source"] == "alertmanager", held
 
     loop.heal()
-    loop.released_and_tried()
-    loop.wait_for_status(incident["id"], "mitigated", timeout=10)
-    loop.trial()
+    loop.released_and_probed()
     detail = loop.wait_for_status(incident["id"], "resolved", timeout=10)
-    assert detail["timeline"][-1]["who"] == "breaker:workout", detail["timeline"][-1]
+    last = [e for e in detail["timeline"] if e["kind"] != "state_changed"][-1]
+    assert (last["kind"], last["who"]) == ("status_changed", "alertmanager"), last
     assert [i["id"] for i in loop.incidents()] == [incident["id"]]
