@@ -53,9 +53,10 @@ def admin_token(args: argparse.Namespace) -> str | None:
     token_file: Path | None = getattr(args, "token_file", None)
     origin = "--token-file"
     if token_file is None:
-        token = os.environ.get("ERS_ADMIN_TOKEN")
+        # Blank counts as unset, as for `ers serve`: it does not hide the file.
+        token = os.environ.get("ERS_ADMIN_TOKEN", "").strip()
         if token:
-            return token.strip()
+            return token
         named = os.environ.get("ERS_ADMIN_TOKEN_FILE")
         if not named:
             return None
