@@ -1,9 +1,11 @@
-"""An operator's reset ends the cached answers the responder put in an agent's place: once
-the agent is back, users reach it again at once, not when serve_cached's time runs out."""
+"""An operator's reset, or the resolution of the incident, ends the cached answers the
+responder put in an agent's place: once the agent is back, users reach it again at once, not
+when serve_cached's time runs out."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -13,9 +15,8 @@ from service.agents.base import AgentRequest
 CHAT = {"message": "budget report", "userId": "ana"}
 
 
-async def test_a_reset_ends_the_cached_answers_of_serve_cached(
-    client: httpx.AsyncClient, app: FastAPI
-) -> None:
+async def serving_cached(client: httpx.AsyncClient, app: FastAPI) -> dict[str, Any]:
+    """ana's last good answer, once a failing budget agent's incident serves it in its place."""
     first = await client.post("/chat", json=CHAT)
     assert first.json()["emergency"] is False  # remembered as ana's last good answer
     injected = await client.post(
@@ -34,12 +35,34 @@ async def test_a_reset_ends_the_cached_answers_of_serve_cached(
     cached = (await client.post("/chat", json=CHAT)).json()
     assert cached["emergency"] is True
     assert "here is your last answer" in cached["response"]
-
     assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
+    return first.json()
+
+
+async def test_a_reset_ends_the_cached_answers_of_serve_cached(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    first = await serving_cached(client, app)
     reset = await client.post("/api/emergency/circuit-breaker/BMA/reset", json={"force": False})
     assert reset.status_code == 200, reset.text
     assert "cached answers are no longer served" in reset.json()["message"]
 
     after = (await client.post("/chat", json=CHAT)).json()
     assert after["emergency"] is False
-    assert after["response"] == first.json()["response"]
+    assert after["response"] == first["response"]
+
+
+async def test_resolving_the_incident_ends_the_cached_answers_of_serve_cached(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    first = await serving_cached(client, app)
+    [incident] = (await client.get("/api/emergency/incidents?status=active")).json()["incidents"]
+    resolved = await client.post(
+        f"/api/emergency/incidents/{incident['id']}/resolve", json={"resolution": "db back"}
+    )
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["released"] == ["budget"]
+
+    after = (await client.post("/chat", json=CHAT)).json()
+    assert after["emergency"] is False, after
+    assert after["response"] == first["response"]

@@ -165,7 +165,8 @@ async def resolve(
     resolved = await asyncio.to_thread(incidents.store.get, incident_id)
     incidents.observe_recovery(resolved)
     # The responder isolated agents for this incident; its cause is fixed, so they take
-    # trial calls again (half-open) instead of waiting out the isolation's time.
+    # trial calls again (half-open) instead of waiting out the isolation's time, and its
+    # serve_cached no longer answers in their place (as a reset or a release ends it).
     released, mine = [], f"incident {incident_id}:"
     for guard in team.guards.values():
         forcing = guard.breaker.forcing
@@ -175,6 +176,7 @@ async def resolve(
             and (forcing.incident == incident_id or mine in forcing.reason)
         ):
             guard.breaker.release(source=who)
+            guard.fallback.stop_serving_cached()
             released.append(guard.name)
     view["released"] = released
     # Likewise chat's minimal mode, when this incident is the one that turned it on.
