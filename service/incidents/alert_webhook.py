@@ -370,6 +370,7 @@ class AlertHandler:
             return released, guard.breaker.state.value
         self.recovery.forget(guard.name)  # resolved here, not by the trial's watch
         guard.breaker.reset(probe=probe, source=ACTOR)
+        guard.fallback.stop_serving_cached()  # as a reset ends it
         return f"{released}; its health probe passed and its breaker closed", "closed"
 
     def _note(self, incident_id: str, message: str) -> None:
