@@ -6,29 +6,18 @@ no incident, which left the agent isolated and the critical incident open."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from service.incidents.responder import ActionResult, ResponseContext
-from service.settings import Settings
-from tests.api.test_alert_webhook import AUTH, FIRING, TOKEN, resolved_payload
 
+# The webhook tests' fixtures: the alert token set, and a client from Alertmanager's address.
+from tests.api.test_alert_webhook import AUTH, FIRING, hook, resolved_payload, settings
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"alert_token": SecretStr(TOKEN)})
-
-
-@pytest.fixture
-async def hook(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 1))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ers") as http:
-        yield http
+__all__ = ["hook", "settings"]
 
 
 async def post(hook: httpx.AsyncClient, payload: dict[str, Any]) -> None:

@@ -77,6 +77,18 @@ def alert(name: str, action: str, fingerprint: str, status: str = "firing") -> d
     return payload
 
 
+def changed_by_alertmanager(store: Any, incident_id: str) -> None:
+    """The incident's last status change was the alert's resolution."""
+    change = [e for e in store.timeline(incident_id) if e.kind == "status_changed"][-1]
+    assert change.actor == "alertmanager" and FINGERPRINT in change.message
+
+
+async def healthy_again(client: httpx.AsyncClient) -> None:
+    health = await health_code(client, 200)
+    assert health.status_code == 200
+    assert health.json()["systemState"] in ("recovery", "normal")
+
+
 async def fail(client: httpx.AsyncClient, agent: str) -> None:
     fault = {"component": agent, "errorType": "agent"}
     reply = await client.post("/api/emergency/simulate-error", json=fault)
@@ -99,11 +111,8 @@ async def test_resolution_resolves_the_incident_once_the_agent_answers_without_a
     assert store.get(incident.id).status == "resolved"
     notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
     assert any("health probe passed and its breaker closed" in note for note in notes)
-    change = [e for e in store.timeline(incident.id) if e.kind == "status_changed"][-1]
-    assert change.actor == "alertmanager" and FINGERPRINT in change.message
-    health = await health_code(client, 200)
-    assert health.status_code == 200
-    assert health.json()["systemState"] in ("recovery", "normal")
+    changed_by_alertmanager(store, incident.id)
+    await healthy_again(client)
 
 
 async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
@@ -120,8 +129,7 @@ async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
     assert mitigated.status == "mitigated"
     notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
     assert any("health probe failed" in note for note in notes)
-    change = [e for e in store.timeline(incident.id) if e.kind == "status_changed"][-1]
-    assert change.actor == "alertmanager" and FINGERPRINT in change.message
+    changed_by_alertmanager(store, incident.id)
 
     assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
     await trial(client, app, "closed")
@@ -130,9 +138,7 @@ async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
     last = [e for e in store.timeline(incident.id) if e.kind != "state_changed"][-1]
     assert (last.kind, last.actor) == ("status_changed", "breaker:workout")
     assert "trial" in last.message and FINGERPRINT in last.message
-    health = await health_code(client, 200)
-    assert health.status_code == 200
-    assert health.json()["systemState"] in ("recovery", "normal")
+    await healthy_again(client)
 
 
 async def test_a_failed_trial_keeps_the_incident_until_one_succeeds(
