@@ -361,13 +361,15 @@ class AlertHandler:
 
     async def _probe(self, alert: Alert, released: str) -> tuple[str, str]:
         """Ask the released agent now and close its breaker when it answers (the incident is
-        then resolved with the alert); what was done, and the breaker's state after it."""
+        then resolved with the alert); what was done, and "closed" when this closed it, else
+        "half_open": the incident is left to the trials' watch."""
         guard = self.responder.team.get(alert.target or "ers")
         probe = await guard.probe()
         if probe.error is not None:
             return f"{released}; its health probe failed ({probe.error})", "half_open"
-        if guard.breaker.state.value != "half_open":  # a chat's trial decided meanwhile
-            return released, guard.breaker.state.value
+        if guard.breaker.state.value != "half_open":
+            # A chat's trial decided meanwhile: its watch resolves the incident, or notes it.
+            return released, "half_open"
         self.recovery.forget(guard.name)  # resolved here, not by the trial's watch
         guard.breaker.reset(probe=probe, source=ACTOR)
         guard.fallback.stop_serving_cached()  # as a reset ends it
