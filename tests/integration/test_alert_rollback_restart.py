@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backup.workspace import SWAP_JOURNAL_NAME
 from tests.conftest import ErsProcess, start_ers
 
 pytestmark = pytest.mark.integration
@@ -121,11 +122,15 @@ def test_a_rollback_cut_off_by_a_kill_is_not_run_again_by_the_next_delivery(
             workdir / "data" / "incidents.sqlite3", timeout=10, isolation_level=None
         )
         holder.execute("BEGIN IMMEDIATE")  # the outcome waits behind this writer
+        journal = workdir / "data" / SWAP_JOURNAL_NAME
         for _ in range(100):  # at most ten seconds
-            if not expenses(workdir):
-                break  # swapped: the expense of before the snapshot is gone
+            if not expenses(workdir) and not journal.exists():
+                # Swapped and committed: the expense of before the snapshot is gone, and the
+                # journal with it (a kill before the commit is undone at the next start).
+                break
             time.sleep(0.1)
         assert not expenses(workdir), "the rollback did not swap"
+        assert not journal.exists(), "the rollback's swap was not committed"
     finally:
         http.close()
         ers.stop(signal.SIGKILL)
