@@ -42,7 +42,7 @@ class Reply(BaseModel):
 
 
 def create_app(instrumented: bool, database_url: str | None = None) -> FastAPI:
-    pool = None
+    pool, lifespan = None, None
     if database_url is not None:
         from contextlib import asynccontextmanager
 
@@ -69,9 +69,7 @@ def create_app(instrumented: bool, database_url: str | None = None) -> FastAPI:
             yield
             await pool.close()
 
-        app = FastAPI(title="anchor", lifespan=lifespan)
-    else:
-        app = FastAPI(title="anchor")
+    app = FastAPI(title="anchor", lifespan=lifespan)
 
     @app.post("/chat", response_model=Reply)
     async def chat(body: Message) -> Reply:
