@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.chat.team import with_ended_holds
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert, WebhookPayload
 from service.incidents.ledger import AlertLedger, LedgerUnavailable
@@ -371,9 +372,13 @@ class AlertHandler:
             # A chat's trial decided meanwhile: its watch resolves the incident, or notes it.
             return released, "half_open"
         self.recovery.forget(guard.name)  # resolved here, not by the trial's watch
-        guard.breaker.reset(probe=probe, source=ACTOR)
-        guard.fallback.stop_serving_cached()  # as a reset ends it
-        return f"{released}; its health probe passed and its breaker closed", "closed"
+
+        def close() -> str:
+            guard.breaker.reset(probe=probe, source=ACTOR)
+            return "its health probe passed and its breaker closed"
+
+        # Its events end the cached answers and a rate-limit cooldown, as a reset's do.
+        return f"{released}; {with_ended_holds(guard, close)}", "closed"
 
     def _note(self, incident_id: str, message: str) -> None:
         if incident_id:

@@ -94,9 +94,13 @@ class FallbackPolicy:
         """For ``seconds``, a request with a cached answer gets it without calling the agent."""
         self._cached_until = max(self._cached_until, self.clock() + seconds)
 
+    def serving_cached(self) -> bool:
+        """Whether a ``serve_cached_for`` is in force now."""
+        return self._cached_until > self.clock()
+
     def stop_serving_cached(self) -> bool:
         """End ``serve_cached_for`` now (the agent is back); whether it was on."""
-        was_on = self._cached_until > self.clock()
+        was_on = self.serving_cached()
         self._cached_until = 0.0
         return was_on
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.chat.team import with_ended_holds
 from service.resilience.breaker import CircuitBreaker, ResetRefused
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 from service.resilience.state_keeper import StateKeeper
@@ -64,15 +65,6 @@ def breaker_report(team: Any) -> dict[str, Any]:
     }
 
 
-def stop_cached_answers(guard: Any) -> str:
-    """An operator who resets or releases a breaker says the agent is back: cached answers
-    the responder's serve_cached put in its place would otherwise keep users (and the
-    half-open trial calls) from reaching it until their time ran out."""
-    if guard.fallback.stop_serving_cached():
-        return "; its cached answers are no longer served in its place"
-    return ""
-
-
 @router.get("/circuit-breakers")
 async def list_breakers(team: Team) -> dict[str, Any]:
     return breaker_report(team)
@@ -103,13 +95,12 @@ async def reset_breaker(
             "out, or reset with force",
         )
     try:
-        message = guard.breaker.reset(force=force, probe=probe, source=who)
+        # The probe just reached the agent (or the operator forced it): it takes calls again.
+        message = with_ended_holds(
+            guard, lambda: guard.breaker.reset(force=force, probe=probe, source=who)
+        )
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
-    message += stop_cached_answers(guard)
-    if guard.end_cooldown():
-        # The probe just reached the agent (or the operator forced it): it takes calls again.
-        message += "; its rate-limit cooldown is over"
     return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 
@@ -125,9 +116,7 @@ async def force_open_breaker(
 @router.post("/circuit-breaker/{name}/release", responses=errors(404))
 async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
-    message = guard.breaker.release(source=who)
-    if guard.breaker.state.value == "half_open":
-        message += stop_cached_answers(guard)
+    message = with_ended_holds(guard, lambda: guard.breaker.release(source=who))
     return await changed(keeper, guard.breaker, message)
 
 

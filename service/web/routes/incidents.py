@@ -175,8 +175,7 @@ async def resolve(
             and forcing.source == "responder"
             and (forcing.incident == incident_id or mine in forcing.reason)
         ):
-            guard.breaker.release(source=who)
-            guard.fallback.stop_serving_cached()
+            guard.breaker.release(source=who)  # its events end the cached answers too
             released.append(guard.name)
     view["released"] = released
     # Likewise chat's minimal mode, when this incident is the one that turned it on.
