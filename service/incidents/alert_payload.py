@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from service.agents.base import canonical_agent_name
+
 
 def _encodable(value: dict[str, str]) -> dict[str, str]:
     """Label names and values must be text that can be stored: no lone surrogates."""
@@ -44,7 +46,10 @@ class Alert(BaseModel):
 
     @property
     def target(self) -> str | None:
-        return self.labels.get("agent") or self.labels.get("component")
+        """The agent or component the alert is about; an agent by its name, not its alias
+        (``agent="WPA"`` is the workout agent), so its incident and breaker are the agent's."""
+        agent = self.labels.get("agent")
+        return canonical_agent_name(agent) if agent else self.labels.get("component")
 
     def describe(self) -> str:
         summary = self.annotations.get("summary") or self.annotations.get("description") or ""

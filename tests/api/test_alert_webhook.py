@@ -134,6 +134,29 @@ async def test_resolved_isolate_of_an_agent_still_failing_leaves_it_half_open(
     assert breaker.state.value == "closed"
 
 
+def by_alias(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a rule that names the workout agent by its alias, WPA."""
+    payload = copy.deepcopy(payload)
+    payload["commonLabels"]["agent"] = payload["alerts"][0]["labels"]["agent"] = "WPA"
+    return payload
+
+
+async def test_an_alert_naming_an_agent_by_its_alias_is_the_agents_incident(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await hook.post("/api/emergency/alerts", json=by_alias(FIRING), headers=AUTH)
+    await settle(app)
+    store = app.state.runtime.incidents
+    (incident,) = store.list(component="workout")[0]
+    assert incident.component == "workout"
+    assert store.list(component="WPA")[0] == []
+
+    await hook.post("/api/emergency/alerts", json=by_alias(resolved_payload()), headers=AUTH)
+    await settle(app)
+    assert app.state.runtime.team.get("workout").breaker.state.value == "closed"
+    assert store.get(incident.id).status == "resolved"
+
+
 async def test_resolved_alert_never_starts_an_action(hook: httpx.AsyncClient, app: FastAPI) -> None:
     payload = resolved_payload()
     payload["alerts"][0]["labels"]["action"] = "backup"
