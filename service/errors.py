@@ -27,7 +27,9 @@ class StoreUnavailable(ErsError):
     call_outcome = "store_unavailable"
 
     def __init__(self, component: str, reason: str) -> None:
-        super().__init__(f"the {component} store is unavailable: {reason}")
+        # "budgets and conversations": a unit of work over several files
+        stores = "stores are" if " and " in component else "store is"
+        super().__init__(f"the {component} {stores} unavailable: {reason}")
         self.component = component
         self.reason = reason
 

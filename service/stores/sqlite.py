@@ -1,22 +1,28 @@
 """A component's SQLite file: the connection its concept's store runs on.
 
 One connection per file, used from the event loop; statements are short, so they run
-inline rather than paying a thread hop each. WAL with ``synchronous=NORMAL`` keeps every
-committed transaction across a killed process; the log is copied into the database file by
-a thread of its own (``wal_checkpoint``), never inside a commit on the loop. ``pause()``
-closes the connections so a rollback can swap the file underneath, and makes writers fail
-fast with StoreUnavailable instead of writing into a file that is about to be replaced;
-``resume()`` opens whatever file is then at the path.
+inline rather than paying a thread hop each. While another connection (an operator's
+``sqlite3`` shell, a tool) holds the file's write lock, a statement does not wait inside
+SQLite, which would stop the whole loop: it fails at once, and the work is tried again
+after short sleeps on the loop (``outwaiting_writers``) for up to ``BUSY_TIMEOUT_MS``.
+WAL with ``synchronous=NORMAL`` keeps every committed transaction across a killed
+process; the log is copied into the database file by a thread of its own
+(``wal_checkpoint``), never inside a commit on the loop. ``pause()`` closes the
+connections so a rollback can swap the file underneath, and makes writers fail fast with
+StoreUnavailable instead of writing into a file that is about to be replaced; ``resume()``
+opens whatever file is then at the path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.errors import StorePaused, StoreUnavailable
 from service.stores.sql import SQLITE
@@ -24,7 +30,42 @@ from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit
 from service.stores.wal_checkpoint import CHECKPOINTER
 from telemetry.sqlite import enter_wal
 
+# How long a write waits, in all, for another connection's write lock before it fails.
 BUSY_TIMEOUT_MS = 2000
+T = TypeVar("T")
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether another connection holds the lock the statement needed (SQLITE_BUSY and its
+    extended codes): worth trying again once it lets go."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+async def outwaiting_writers(component: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()``, tried again while another connection holds the file's write lock, with
+    sleeps on the loop between tries (other requests go on meanwhile) and for up to
+    ``BUSY_TIMEOUT_MS`` in all. ``attempt`` takes and lets go of its own locks and rolls back
+    its own transaction: nothing is held across a sleep. Other errors, and a lock held
+    longer, raise StoreUnavailable."""
+    deadline, pause = 0.0, 0.002
+    while True:
+        try:
+            return await attempt()
+        except sqlite3.Error as exc:
+            now = time.monotonic()
+            deadline = deadline or now + BUSY_TIMEOUT_MS / 1000
+            if not is_busy(exc):
+                raise StoreUnavailable(component, str(exc)) from exc
+            if now >= deadline:
+                raise StoreUnavailable(
+                    component,
+                    f"{exc}: another connection has held its write lock for more than "
+                    f"{BUSY_TIMEOUT_MS / 1000:g} s (an open sqlite3 shell or tool on the file?)",
+                ) from exc
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 # Once a checkpoint has emptied it, the write-ahead log is cut back to this size.
 WAL_SIZE_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -90,6 +131,8 @@ class SqliteStore:
                 )
                 conn.row_factory = sqlite3.Row
                 enter_wal(conn, BUSY_TIMEOUT_MS / 1000)
+                # Opening waits inside SQLite (it runs once, before serving); statements on
+                # the loop do not (``outwaiting_writers``).
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTER does it
@@ -100,6 +143,7 @@ class SqliteStore:
                     self.upgrade(conn)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
+            conn.execute("PRAGMA busy_timeout=0")
             self._conn = conn
             self._paused_reason = None
         CHECKPOINTER.add(self)
@@ -165,26 +209,36 @@ class SqliteStore:
         """One statement in its own transaction, under the store's lock."""
         with self._lock:
             conn = self._connection()
-            try:
-                with conn:
-                    return conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
+            with conn:
+                return conn.execute(sql, params).fetchall()
+
+    async def _statement(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        try:  # the usual case, without a coroutine of its own
+            return self._run(sql, params)
+        except sqlite3.Error as exc:
+            if not is_busy(exc):
                 raise StoreUnavailable(self.component, str(exc)) from exc
+
+        async def again() -> list[sqlite3.Row]:
+            return self._run(sql, params)
+
+        return await outwaiting_writers(self.component, again)
 
     # Statements are short: they run inline on the loop, which costs less than a thread hop.
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._run(sql, params)
+        await self._statement(sql, params)
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._run(sql, params)
+        return await self._statement(sql, params)
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        rows = self._run(sql, params)
+        rows = await self._statement(sql, params)
         return rows[0] if rows else None
 
     async def commit_unit(self, unit: Unit, policy: KeyPolicy | None = None) -> Applied:
         """Commit a unit that writes this file alone, in one transaction on its connection."""
-        try:
+
+        async def attempt() -> Applied:
             with self._lock:
                 conn = self._connection()
                 with conn:
@@ -195,8 +249,8 @@ class SqliteStore:
                         dialect=SQLITE,
                         policy=policy or DEFAULT_POLICY,
                     )
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(self.component, str(exc)) from exc
+
+        return await outwaiting_writers(self.component, attempt)
 
     @contextmanager
     def exclusive(self) -> Iterator[Path]:
@@ -208,14 +262,15 @@ class SqliteStore:
 
     async def probe_writable(self) -> None:
         """Write, read back and delete a probe row; raises StoreUnavailable when it can't."""
-        with self._lock:
-            conn = self._connection()
-            try:
+
+        async def attempt() -> None:
+            with self._lock:
+                conn = self._connection()
                 with conn:
                     conn.execute("CREATE TABLE IF NOT EXISTS _probe (v TEXT)")
                     conn.execute("INSERT INTO _probe (v) VALUES ('probe')")
                     if conn.execute("SELECT count(*) FROM _probe").fetchone()[0] < 1:
                         raise StoreUnavailable(self.component, "probe row not readable")
                     conn.execute("DELETE FROM _probe")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(self.component, str(exc)) from exc
+
+        await outwaiting_writers(self.component, attempt)

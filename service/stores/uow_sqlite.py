@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 
 from service.errors import StoreUnavailable
 from service.stores.sql import SQLITE
-from service.stores.sqlite import BUSY_TIMEOUT_MS, SqliteStore, SqliteTransaction
+from service.stores.sqlite import SqliteStore, SqliteTransaction, is_busy, outwaiting_writers
 from service.stores.unit_of_work import (
     Applied,
     KeyPolicy,
@@ -73,9 +73,13 @@ class SqliteUnitOfWork:
             return Applied()
         if len(components) == 1:
             return await self._stores[components[0]].commit_unit(unit, self.policy)
-        return await self._commit_attached(components, unit)
+        return await outwaiting_writers(
+            " and ".join(components), lambda: self._commit_attached(components, unit)
+        )
 
     async def _commit_attached(self, components: list[str], unit: Unit) -> Applied:
+        """One try; another connection's write lock on a file raises its sqlite3 error, after
+        the rollback and with every lock let go, for ``outwaiting_writers`` to try again."""
         with ExitStack() as held:
             for name in components:
                 held.enter_context(self._stores[name].exclusive())
@@ -99,6 +103,8 @@ class SqliteUnitOfWork:
             applied = await apply(tx, names, unit, dialect=SQLITE, policy=self.policy)
         except sqlite3.Error as exc:
             conn.rollback()
+            if is_busy(exc):
+                raise
             raise StoreUnavailable(tx.component, str(exc)) from exc
         except BaseException:
             conn.rollback()
@@ -137,7 +143,7 @@ class SqliteUnitOfWork:
         order (SQLite commits attached files in the order they were attached)."""
         conn = sqlite3.connect(
             ":memory:",
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            timeout=0,  # a busy file is waited out on the loop: ``outwaiting_writers``
             isolation_level=None,
             check_same_thread=False,
         )
