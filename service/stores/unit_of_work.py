@@ -199,6 +199,10 @@ async def _write(
             ),
         )
         if not added and unit.key is not None:
+            if await _key_remembered(tx, names["conversations"], unit.key, unit.now, policy):
+                # The same request, sent again while this one ran, committed first: answer
+                # with its reply, not as if the expense were a forgotten send's.
+                raise KeyTaken(unit.key.scope, unit.key.key)
             raise ExpenseRecordedBefore(unit.key.key)
     elif isinstance(write, SetBudgetLimit):
         await tx.rows(
@@ -265,6 +269,18 @@ async def _record_turn(tx: Transaction, names: Names, turn: ChatTurn) -> int:
         f" VALUES ({', '.join('?' for _ in TURN_COLUMNS)})",
         turn_values(turn),
     )
+
+
+async def _key_remembered(
+    tx: Transaction, schema: str, key: KeyToRemember, now: float, policy: KeyPolicy
+) -> bool:
+    rows = await tx.rows(
+        "conversations",
+        f"SELECT 1 AS taken FROM {schema}.idempotency_keys"
+        " WHERE scope = ? AND key = ? AND created_at >= ?",
+        (key.scope, key.key, now - policy.ttl_s),
+    )
+    return bool(rows)
 
 
 async def _remember(
