@@ -266,9 +266,11 @@ CHAT_OK = {"message": "plan my meals", "userId": "u1"}
 def _chat_cases() -> list[Case]:
     rows = shape_cases("chat", "POST", CHAT, CHAT, CHAT_OK)
     # A message is free text: everything in it is the user's words, answered like any other,
-    # except what is over the length limit.
+    # except what is over the length limit, and a NUL, which PostgreSQL cannot store.
     for name, value in STRINGS.items():
         status, detail = free_text_outcome(name, "message", MAX_MESSAGE_CHARS)
+        if name == "nul-byte":
+            status, detail = 422, "NUL character"
         rows.append(
             Case(
                 f"chat-message-{name}",
@@ -319,7 +321,15 @@ def _chat_cases() -> list[Case]:
             detail="message is required",
         ),
         Case("chat-message-whitespace", "POST", CHAT, CHAT, 422, encode({"message": " \t\n"})),
-        Case("chat-message-only-nul", "POST", CHAT, CHAT, 200, encode({"message": "\x00"})),
+        Case(
+            "chat-message-only-nul",
+            "POST",
+            CHAT,
+            CHAT,
+            422,
+            encode({"message": "\x00"}),
+            detail="NUL character",
+        ),
         Case(
             "chat-duplicate-keys-last-wins",
             "POST",

@@ -5,7 +5,8 @@ Pydantic's lax mode turns ``"yes"``, ``1`` and ``"true"`` into ``True`` and ``"3
 a count, a time to live, a weight), a client that sends the wrong type has made a mistake
 that must be named, not guessed at. These types accept JSON booleans as booleans and JSON
 numbers as numbers (an integer where a decimal is expected, too), and nothing else; and text
-only when it is Unicode (JSON's ``\ud800`` escape decodes to something that is not).
+only when it is Unicode (JSON's ``\ud800`` escape decodes to something that is not) without
+a NUL character (``\u0000``), which PostgreSQL cannot store as text.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def _number(value: Any) -> Any:
 
 
 def _unicode_text(value: str) -> str:
+    if "\x00" in value:
+        # PostgreSQL's text cannot hold it: stored, the turn failed as an outage of the
+        # store (503, a database incident) that no retry could get past.
+        raise PydanticCustomError(
+            "json_text_nul",
+            "must not hold a NUL character (\\u0000), which cannot be stored; remove it",
+        )
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -118,4 +126,5 @@ JsonNumber = Annotated[float, AnyNumber]
 # ``minimum``/``maximum``: /docs showed no limit.
 
 JsonText = Annotated[str, AfterValidator(_unicode_text)]
-"""A JSON string that is Unicode text: never a lone surrogate such as ``"\\ud800"``."""
+"""A JSON string that is Unicode text: never a lone surrogate such as ``"\\ud800"``, nor
+``"\\u0000"``."""
