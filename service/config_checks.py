@@ -61,6 +61,18 @@ def blank_to_none(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+def refuse_boolean_number(value: object, annotation: object) -> object:
+    """YAML reads ``yes``, ``no``, ``on``, ``off``, ``true`` and ``false`` as booleans, and a
+    number setting would take one for 1 or 0 (``max_backups: yes`` kept one snapshot): a
+    number must be written as one."""
+    if isinstance(value, bool) and annotation in (int, float):
+        raise ValueError(
+            f"must be a number, not {str(value).lower()} (YAML reads yes, no, on and off as "
+            "true or false); write the number"
+        )
+    return value
+
+
 def refuse_blank(value: object) -> object:
     """An empty path means the working directory, never what was meant (an unset compose
     variable gives one): refuse it before it becomes ``Path('.')``."""

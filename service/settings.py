@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,7 @@ from service.config_checks import (
     config_path,
     read_token_file,
     refuse_blank,
+    refuse_boolean_number,
 )
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
@@ -73,6 +75,11 @@ class BackupIntervals(BaseModel):
     profiles: float = Field(30, gt=0, le=YEAR_MINUTES)
     budgets: float = Field(60, gt=0, le=YEAR_MINUTES)
     full_system: float = Field(60, gt=0, le=YEAR_MINUTES)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
 
 
 class Settings(BaseSettings):
@@ -208,6 +215,11 @@ class Settings(BaseSettings):
                 )
             )
         return tuple(sources)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
 
     @field_validator("database_url")
     @classmethod

@@ -190,3 +190,22 @@ def test_an_auth_file_that_is_a_device_is_refused_instead_of_read_without_end(
         "ers: invalid setting 'agents.helper.auth_file': /dev/zero is not a small regular "
         "file; write the whole value of its Authorization header to a file of its own"
     )
+
+
+def test_a_yaml_yes_or_no_for_a_number_is_refused_not_taken_for_one_or_zero(
+    tmp_path: Path,
+) -> None:
+    # YAML reads yes/no/on/off as booleans: taken as numbers, max_backups: yes kept one
+    # snapshot per component and chat_starts_per_turn: off lifted the limit.
+    for line, key in (
+        ("max_backups: yes", "max_backups"),
+        ("chat_starts_per_turn: off", "chat_starts_per_turn"),
+        ("idempotency_keys_max: true", "idempotency_keys_max"),
+        ("backup_interval_minutes: {budgets: on}", "backup_interval_minutes.budgets"),
+    ):
+        (tmp_path / "ers.yaml").write_text(line + "\n")
+        done = serve(tmp_path, "--port", str(free_port()))
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"ers: invalid setting '{key}'"), lines
+        assert "must be a number" in lines[0], lines
