@@ -78,8 +78,16 @@ class BackupIntervals(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        refuse_blank(value)
         return refuse_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
+
+
+# Settings a blank value leaves unset: no request could present a blank token, and blank
+# is how a template writes "no database" or "no trace link". Any other blank is refused.
+BLANK_MEANS_UNSET = frozenset(
+    ("admin_token", "alert_token", "intake_token", "database_url", "trace_url_template")
+)
 
 
 class Settings(BaseSettings):
@@ -218,8 +226,11 @@ class Settings(BaseSettings):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        return refuse_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        name = str(info.field_name)
+        if name not in BLANK_MEANS_UNSET:
+            refuse_blank(value)
+        return refuse_boolean_number(value, cls.model_fields[name].annotation)
 
     @field_validator("database_url")
     @classmethod
@@ -254,21 +265,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    _no_empty_paths = field_validator(
-        "host",
-        "data_dir",
-        "restic_repository",
-        "restic_password_file",
-        "restic_binary",
-        "offsite_repository",
-        "offsite_password_file",
-        "admin_token_file",
-        "alert_token_file",
-        "intake_token_file",
-        "service_name",
-        "classification_rules",
-        mode="before",
-    )(refuse_blank)
     _blank_token_is_none = field_validator("admin_token", "alert_token", "intake_token")(
         blank_to_none
     )

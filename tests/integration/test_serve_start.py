@@ -209,3 +209,20 @@ def test_a_yaml_yes_or_no_for_a_number_is_refused_not_taken_for_one_or_zero(
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"ers: invalid setting '{key}'"), lines
         assert "must be a number" in lines[0], lines
+
+
+def test_a_blank_variable_is_refused_as_empty_whatever_its_setting(tmp_path: Path) -> None:
+    # As an unset compose variable gives: the line says it is empty, not that "" is not a
+    # valid number, and how to get the default.
+    for variable, key in (
+        ("ERS_MAX_BACKUPS", "max_backups"),
+        ("ERS_AGENT_TIMEOUT_S", "agent_timeout_s"),
+        ("ERS_EMERGENCY_ROLLBACK_ENABLED", "emergency_rollback_enabled"),
+        ("ERS_BACKUP_INTERVAL_MINUTES__BUDGETS", "backup_interval_minutes.budgets"),
+    ):
+        done = serve(tmp_path, "--port", str(free_port()), **{variable: " "})
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"ers: invalid setting '{key}': empty; set it, or leave the variable out for the "
+            "default"
+        ]
