@@ -122,8 +122,11 @@ class ChatService:
                 trace_id=trace_id,
             ),
             turn_key=turn_key(SCOPE, key) if reply.writes else None,
+            # A fallback that recorded nothing is not the request's answer: its retry with
+            # the same key asks the agents again, as after a 503, instead of getting the
+            # fallback back for the key's whole time.
             key=KeyToRemember(SCOPE, key, request, 200, lambda applied: body)
-            if key is not None
+            if key is not None and (reply.writes or not reply.degraded)
             else None,
         )
         try:

@@ -1,6 +1,7 @@
 """Two sends of one keyed request at once, over a real uvicorn process, on SQLite and on
 PostgreSQL: the first to commit wins and the other is answered with its reply (README: "Two
-identical requests racing with one key"), whichever of them reached the agent first."""
+identical requests racing with one key"), whichever of them reached the agent first; and a
+fallback reply, which recorded nothing, is not what the key answers."""
 
 from __future__ import annotations
 
@@ -74,4 +75,29 @@ def test_a_send_that_loses_the_race_gets_the_winners_reply(
     assert replies[0].json() == replies[1].json()
     assert "Recorded $7.00" in replies[0].json()["response"]
     assert sorted(r.headers.get("Idempotent-Replayed", "") for r in replies) == ["", "true"]
+    assert expenses() == 1
+
+
+def test_a_fallback_that_recorded_nothing_is_not_the_keys_answer(
+    ers_and_expenses: tuple[ErsProcess, Counter],
+) -> None:
+    """The budget agent fails the first send: its fallback recorded nothing, so the retry
+    with the same key reaches the agent and records the expense, once."""
+    ers, expenses = ers_and_expenses
+    headers = {"Idempotency-Key": "lunch-1"}
+    with httpx.Client(base_url=ers.url, timeout=60) as http:
+        fault = {"component": "budget", "errorType": "database", "count": 3}
+        http.post("/api/emergency/simulate-error", json=fault).raise_for_status()
+        first = http.post("/chat", json=SPEND, headers=headers)
+        assert first.status_code == 200 and first.json()["emergency"] is True, first.text
+        assert expenses() == 0
+        http.delete("/api/emergency/simulate-error").raise_for_status()
+
+        retry = http.post("/chat", json=SPEND, headers=headers)
+        assert retry.status_code == 200 and retry.json()["emergency"] is False, retry.text
+        assert "Idempotent-Replayed" not in retry.headers
+        assert "Recorded $7.00" in retry.json()["response"]
+        again = http.post("/chat", json=SPEND, headers=headers)
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json() == retry.json()
     assert expenses() == 1
