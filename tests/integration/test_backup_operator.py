@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -153,13 +154,9 @@ def test_a_second_init_says_the_repository_was_already_in_use(env: dict[str, str
     assert "replaces" not in again.stdout
 
 
-def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
-    env: dict[str, str], service: ErsProcess, tmp_path: Path
-) -> None:
-    created = ers(env, "backup", "create", "-o", "json")
-    assert created.returncode == 0, created.stderr
-    backup_id = created.stdout.split('"backupId": "')[1].split('"')[0]
-    workdir = service.log_path.parent
+@contextlib.contextmanager
+def lock_held_outside(workdir: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The service's repository locked exclusively by another process until the block ends."""
     fifo = tmp_path / "new-password"
     os.mkfifo(fifo)
     # `restic key passwd` takes the repository's exclusive lock, then waits to read the new
@@ -179,11 +176,7 @@ def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
             if any((workdir / "repo" / "locks").iterdir()):
                 break
             time.sleep(0.025)
-        refused = ers(env, "backup", "test-rollback", backup_id, "--components", "budgets")
-        assert refused.returncode == 5, refused.stderr
-        assert "test rollback failed: the restic repository is in use by PID" in refused.stderr
-        assert f"PID {holder.pid}" in refused.stderr
-        assert "backup failed" not in refused.stderr
+        yield holder
     finally:
         holder.send_signal(signal.SIGINT)  # restic removes its lock on the way out
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -191,8 +184,52 @@ def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
         if holder.poll() is None:
             holder.kill()
             holder.wait(timeout=30)
+
+
+def test_a_lock_held_outside_the_service_fails_the_test_rollback_by_name(
+    env: dict[str, str], service: ErsProcess, tmp_path: Path
+) -> None:
+    created = ers(env, "backup", "create", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    backup_id = created.stdout.split('"backupId": "')[1].split('"')[0]
+    with lock_held_outside(service.log_path.parent, tmp_path) as holder:
+        refused = ers(env, "backup", "test-rollback", backup_id, "--components", "budgets")
+        assert refused.returncode == 5, refused.stderr
+        assert "test rollback failed: the restic repository is in use by PID" in refused.stderr
+        assert f"PID {holder.pid}" in refused.stderr
+        assert "backup failed" not in refused.stderr
     again = ers(env, "backup", "test-rollback", backup_id, "--components", "budgets")
     assert again.returncode == 0, again.stderr
+
+
+def test_a_failed_rollback_opens_an_incident_that_names_its_failure(
+    env: dict[str, str], service: ErsProcess, tmp_path: Path
+) -> None:
+    created = ers(env, "backup", "create", "--type", "budgets", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    backup_id = json.loads(created.stdout)["backupId"]
+    with lock_held_outside(service.log_path.parent, tmp_path):
+        failed = ers(
+            env, "backup", "rollback", backup_id, "--components", "budgets",
+            "--reason", "locked out", "--yes",
+        )  # fmt: skip
+    assert failed.returncode == 5, failed.stderr
+    assert "rollback failed at step" in failed.stderr, failed.stderr
+
+    def from_rollbacks() -> list[dict[str, object]]:
+        listed = httpx.get(f"{service.url}/api/emergency/incidents", timeout=30).json()
+        return [i for i in listed["incidents"] if i["spanName"] == "POST /api/emergency/rollback"]
+
+    for _ in range(200):  # bounded: incidents are classified off the request path
+        if found := from_rollbacks():
+            break
+        time.sleep(0.05)
+    # Before: an incident of component "ers", type "503", with an empty message.
+    (incident,) = found
+    assert incident["component"] == "backups", incident
+    assert incident["exceptionType"] == "RollbackFailed", incident
+    message = str(incident["message"])
+    assert message.startswith("rollback failed at step") and "in use by PID" in message, incident
 
 
 def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:

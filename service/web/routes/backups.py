@@ -265,6 +265,7 @@ async def rollback(
         started = await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
+        _report(exc)  # the incident it opens names the failed step, not a bare 503
         unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc))
         # The failure's own words name its step and that the live data is as before.
         raise HTTPException(
