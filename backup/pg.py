@@ -39,6 +39,7 @@ from backup.models import (
     Snapshot,
 )
 from backup.pg_rollback import PgRollback, dump_name
+from backup.pg_scratch import drop_abandoned_scratch_databases
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
 from backup.restic import Restic
@@ -97,9 +98,11 @@ class PgSchemas:
         self.preview, self.apply = self.rollback.preview, self.rollback.apply
 
     async def start(self) -> None:
-        """Drop old schemas that rollbacks could not drop (a reader held them)."""
+        """Drop old schemas that rollbacks could not drop (a reader held them), and scratch
+        databases whose test rollback or drill was killed."""
         for schema in self.config.schemas.values():
             await self.rollback.drop_old_schemas(schema)
+        await drop_abandoned_scratch_databases(self.database)
 
     async def live_sizes(self) -> dict[str, int]:
         """Bytes on disk of each component's schema: its tables with their indexes and

@@ -1,7 +1,8 @@
 """Test rollbacks and rollbacks of a PostgreSQL component: the restoring part of `PgSchemas`.
 
 Test rollback: `restic dump | pg_restore` into a scratch database, dropped afterwards even on
-failure; rows per table are counted there and in the live schema.
+failure (or by the next start or test rollback when its process was killed, see
+`backup.pg_scratch`); rows per table are counted there and in the live schema.
 
 Rollback: the safety backup (reason `pre-rollback`) runs beside the restore, and the restore
 is ONE transaction on the live database, run by psql:
@@ -48,6 +49,7 @@ from backup.models import (
     Snapshot,
     TableRows,
 )
+from backup.pg_scratch import drop_abandoned_scratch_databases, scratch_database
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
 from backup.restic import Restic
@@ -62,7 +64,6 @@ SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reas
 log = logging.getLogger(__name__)
 
 OLD_SCHEMA_MARKER = "__old_"
-SCRATCH_DATABASE_PREFIX = "ers_scratch_"
 COUNT_MARKER = "ers-count"
 RESTORE_ARGS = ("--no-owner", "--no-privileges", "--exit-on-error")
 
@@ -112,24 +113,15 @@ class PgRollback:
         sizes = [int(node.get("size", 0)) for node in nodes if node.get("path") == path]
         if not sizes:
             raise RollbackRefused(f"snapshot {snapshot.short_id} holds no {path}: pick another")
-        name = f"{SCRATCH_DATABASE_PREFIX}{secrets.token_hex(6)}"
-        scratch = self.database.database(name)
-        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        await self.database.execute(create, "creating a scratch database (the role needs CREATEDB)")
         then_rows: dict[str, TableRead | None] = {}
-        try:
+        await drop_abandoned_scratch_databases(self.database)  # a killed run's, if any
+        async with scratch_database(self.database) as scratch:
             integrity = await self._restore_into_scratch(snapshot.id, path, scratch)
             then = await row_counts(scratch, schema) if integrity == "ok" else {}
             if integrity == "ok" and not then:
                 integrity = f"the dump restored no tables into {schema}"
             if then:
                 then_rows = await read_rows(scratch, schema, then)
-        finally:
-            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            try:
-                await self.database.execute(drop, "dropping the scratch database")
-            except PgRestoreFailed as exc:
-                log.warning("%s; drop the database %s by hand", exc, name)
         now = await row_counts(self.database, schema)
         now_rows = await read_rows(self.database, schema, now) if then_rows else {}
         tables = TableRows.between(now, then, changes_between(now_rows, then_rows))

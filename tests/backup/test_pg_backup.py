@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +26,8 @@ from backup.index import tags_for
 from backup.manager import BackupManager
 from backup.models import BackupResult, RollbackResult
 from backup.pg import POSTGRES_TAG, PgBackupConfig
+from backup.pg_scratch import SCRATCH_LOCK_CLASS
+from backup.pg_tools import PgTools
 from backup.repository import RepositoryConfig, init_repository, open_identified
 from backup.restic import Restic
 from service.stores import Stores
@@ -324,3 +332,108 @@ async def test_another_replicas_writes_during_a_rollback_are_in_the_safety_snaps
     in_safety = others()
     assert live >= 20 and in_safety >= 20
     assert live + in_safety == acknowledged, (live, in_safety, acknowledged)
+
+
+# A test rollback in a process of its own, its pg_restore stalled so that it is killed while
+# its scratch database exists.
+KILLED_TEST_ROLLBACK = """
+import asyncio, json, os
+from pathlib import Path
+from backup.manager import BackupManager
+from backup.pg import PgBackupConfig
+from backup.repository import RepositoryConfig, open_identified
+
+async def main():
+    spec = json.loads(os.environ["ERS_TEST_SPEC"])
+    repository = RepositoryConfig(spec["repo"], Path(spec["password"]))
+    restic = (await open_identified(repository)).restic
+    config = PgBackupConfig(
+        spec["schemas"], os.environ["ERS_TEST_PG_URL"], bin_dir=Path(spec["bin"])
+    )
+    manager = BackupManager(restic, config)
+    await manager.refresh()
+    await manager.test_rollback(spec["snapshot"])
+
+asyncio.run(main())
+"""
+
+
+def stalled_pg_restore(folder: Path) -> Path:
+    """The PostgreSQL client programs, but a pg_restore that never ends."""
+    folder.mkdir()
+    real = PgTools.find()
+    for tool in ("pg_dump", "psql"):
+        (folder / tool).symlink_to(getattr(real, tool))
+    stalled = folder / "pg_restore"
+    stalled.write_text("#!/bin/sh\nexec sleep 600\n")
+    stalled.chmod(0o755)
+    return folder
+
+
+async def scratch_databases_appear(url: str) -> list[str]:
+    for _ in range(1200):  # bounded: until the test rollback has made its scratch database
+        if found := leftovers(url)[1]:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError("no scratch database appeared")
+
+
+async def test_a_killed_test_rollbacks_scratch_database_is_dropped_at_the_next_start(
+    backups: BackupManager, stores: Stores, restic: Restic, pg_url: str, tmp_path: Path
+) -> None:
+    await record_turns(stores, 0, 3)
+    [made] = await backup_each(backups, ["conversations"])
+    repository = Path(restic.repository)
+    spec = {
+        "repo": str(repository),
+        "password": str(repository.parent / "password"),
+        "schemas": dict(config_for(stores, pg_url).schemas),
+        "bin": str(stalled_pg_restore(tmp_path / "bin")),
+        "snapshot": made.snapshot_id,
+    }
+    env = {**os.environ, "ERS_TEST_SPEC": json.dumps(spec), "ERS_TEST_PG_URL": pg_url}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_TEST_ROLLBACK], env=env,
+                             start_new_session=True)  # fmt: skip
+    try:
+        [left] = await scratch_databases_appear(pg_url)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the process and the programs it runs
+        child.wait()
+    with psycopg.connect(pg_url) as conn:
+        for _ in range(1200):  # bounded: until the server has ended the killed sessions
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+                (SCRATCH_LOCK_CLASS,),
+            ).fetchone()
+            if held == (0,):
+                break
+            time.sleep(0.05)
+    assert leftovers(pg_url)[1] == [left]
+
+    await backups.backend.start()  # the service's next start
+    # Before: the scratch database, a full copy of the component, stayed on the server.
+    assert leftovers(pg_url) == ([], [])
+
+
+async def test_a_scratch_database_in_use_by_another_replica_is_left_alone(
+    backups: BackupManager, stores: Stores, restic: Restic, pg_url: str, tmp_path: Path
+) -> None:
+    await record_turns(stores, 0, 3)
+    [made] = await backup_each(backups, ["conversations"])
+    assert made.snapshot_id is not None
+    config = config_for(stores, pg_url)
+    stalled = dataclasses.replace(config, bin_dir=stalled_pg_restore(tmp_path / "bin"))
+    other = BackupManager(restic, stalled)
+    await other.refresh()
+    previewing = asyncio.create_task(other.test_rollback(made.snapshot_id))
+    try:
+        in_use = await scratch_databases_appear(pg_url)
+        await backups.backend.start()  # another replica starts meanwhile
+        assert leftovers(pg_url)[1] == in_use
+    finally:
+        previewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError, BackupError):
+            await previewing
+    assert leftovers(pg_url) == ([], [])
+    preview = await backups.test_rollback(made.snapshot_id)
+    assert preview.ok
