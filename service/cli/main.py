@@ -102,7 +102,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         )
         reason = exc.strerror or exc
         raise SettingsError(f"cannot listen on {host}:{port} ({reason}): {fix}") from None
-    sock.set_inheritable(True)
+    # Left non-inheritable, as Python makes it: uvloop's subprocesses keep every inheritable
+    # descriptor, so each restic or pg_restore would hold the port, and one still running
+    # after a kill -9 would make the next start fail with "Address already in use".
     return sock
 
 

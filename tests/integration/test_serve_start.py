@@ -3,10 +3,15 @@ operator reads, and what the next start finds."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -226,3 +231,57 @@ def test_a_blank_variable_is_refused_as_empty_whatever_its_setting(tmp_path: Pat
             f"ers: invalid setting '{key}': empty; set it, or leave the variable out for the "
             "default"
         ]
+
+
+def test_a_program_still_running_after_a_kill_does_not_hold_the_port_of_the_next_start(
+    tmp_path: Path,
+) -> None:
+    # restic, but its restores take their time: one is still running when ERS is killed, as
+    # a large restore or a slow remote repository would be.
+    restic = shutil.which("restic")
+    assert restic is not None, "restic is not installed"
+    restore_pid = tmp_path / "restore.pid"
+    slow = tmp_path / "slow-restic"
+    slow.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = restore ]; then echo $$ > {restore_pid}; exec sleep 600; fi\n'
+        f'exec {restic} "$@"\n'
+    )
+    slow.chmod(0o755)
+    env = {
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_BINARY": str(slow),
+    }
+    port = free_port()
+    first = start_ers(tmp_path / "ers", env=env, port=port)
+    try:
+        first.wait_for_backups()
+        created = httpx.post(f"{first.url}/api/emergency/backups/create", json={}, timeout=60)
+        backup_id = created.raise_for_status().json()["backupId"]
+
+        def test_rollback() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # ERS is killed while it answers
+                httpx.post(
+                    f"{first.url}/api/emergency/backups/test-rollback",
+                    json={"backupId": backup_id},
+                    timeout=60,
+                )
+
+        asking = threading.Thread(target=test_rollback)
+        asking.start()
+        for _ in range(600):  # bounded: until the restore runs
+            if restore_pid.exists() and restore_pid.read_text().strip():
+                break
+            time.sleep(0.05)
+        first.stop(signal.SIGKILL)
+        asking.join()
+        # Before: the restore had inherited the listening socket and held the port, and the
+        # start failed with "cannot listen on 127.0.0.1:<port> (Address already in use)".
+        again = start_ers(tmp_path / "ers", env=env, port=port)
+        again.stop()
+    finally:
+        first.stop(signal.SIGKILL)
+        if restore_pid.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(restore_pid.read_text()), signal.SIGKILL)
