@@ -100,7 +100,8 @@ def _offline_list_sync(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_target(args: argparse.Namespace) -> None:
-    """A rollback names its snapshot or the incident to roll back to before, not both."""
+    """A rollback names its snapshot or the incident to roll back to before, not both, and
+    says why."""
     if args.backup_id and args.before_incident:
         raise CliError("give a snapshot id or --before-incident, not both", USAGE)
     if not args.backup_id and not args.before_incident:
@@ -109,6 +110,8 @@ def _check_target(args: argparse.Namespace) -> None:
             "--before-incident INCIDENT_ID",
             USAGE,
         )
+    if not args.reason.strip():
+        raise CliError("--reason must say why: it is kept in the audit trail", USAGE)
     if args.before_incident and args.offline:
         raise CliError(
             "--before-incident asks the service, which knows when the incident began; "

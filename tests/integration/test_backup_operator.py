@@ -232,6 +232,31 @@ def test_a_failed_rollback_opens_an_incident_that_names_its_failure(
     assert message.startswith("rollback failed at step") and "in use by PID" in message, incident
 
 
+def test_a_rollback_whose_reason_is_blank_is_refused_and_touches_nothing(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    created = ers(env, "backup", "create", "--type", "budgets", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    backup_id = json.loads(created.stdout)["backupId"]
+    audit_before = ers(env, "audit", "-o", "json").stdout
+    for offline in ([], ["--offline"]):
+        refused = ers(
+            env, "backup", "rollback", backup_id, "--components", "budgets",
+            "--reason", "   ", "--yes", *offline,
+        )  # fmt: skip
+        # Before: rolled back, with a reason of three spaces in the audit trail.
+        assert refused.returncode == 2, refused.stderr
+        assert "--reason" in refused.stderr and "audit trail" in refused.stderr, refused.stderr
+    answer = httpx.post(
+        f"{service.url}/api/emergency/rollback",
+        json={"backupId": backup_id, "confirm": True, "reason": " \t\n", "components": ["budgets"]},
+        timeout=60,
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"].startswith("reason: "), answer.text
+    assert ers(env, "audit", "-o", "json").stdout == audit_before
+
+
 def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:
     service = start_ers(
         tmp_path / "ers", env={**BACKUPS_ON, "ERS_RESTIC_BINARY": str(tmp_path / "no-restic")}

@@ -155,6 +155,13 @@ class Rollback(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
     components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
 
+    @field_validator("reason")
+    @classmethod
+    def _says_why(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say why: it is kept in the audit trail")
+        return value.strip()
+
     @model_validator(mode="after")
     def _one_target(self) -> Rollback:
         if (self.backupId is None) == (self.beforeIncident is None):
