@@ -87,9 +87,10 @@ class ExpenseRecordedBefore(UserInputError):
     def __init__(self, key: str) -> None:
         super().__init__(
             f"the expense of this request was recorded by an earlier send with the "
-            f"Idempotency-Key '{key}', whose reply is no longer remembered (only the newest "
-            "idempotency_keys_max keys are); nothing was recorded again. A new expense "
-            "needs a new key"
+            f"Idempotency-Key '{key}', whose reply is no longer remembered (older than "
+            "idempotency_key_ttl_s, pushed out by idempotency_keys_max newer keys, or "
+            "rolled back with the conversations store); nothing was recorded again. A new "
+            "expense needs a new key"
         )
 
 

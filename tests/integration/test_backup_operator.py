@@ -257,6 +257,30 @@ def test_a_rollback_whose_reason_is_blank_is_refused_and_touches_nothing(
     assert ers(env, "audit", "-o", "json").stdout == audit_before
 
 
+def test_a_retry_after_a_rollback_of_the_conversations_says_the_rollback_may_be_why(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    created = ers(env, "backup", "create", "--type", "conversations", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    before = json.loads(created.stdout)["backupId"]
+    chat = {"message": "I spent 44 dollars on groceries", "userId": "retry-after-rollback"}
+    headers = {"Idempotency-Key": "after-rollback-1"}
+    first = httpx.post(f"{service.url}/chat", json=chat, headers=headers, timeout=30)
+    assert first.status_code == 200, first.text
+    rolled = ers(
+        env, "backup", "rollback", before, "--components", "conversations",
+        "--reason", "bad replies", "--yes",
+    )  # fmt: skip
+    assert rolled.returncode == 0, rolled.stderr
+    retry = httpx.post(f"{service.url}/chat", json=chat, headers=headers, timeout=30)
+    assert retry.status_code == 409, retry.text
+    detail = retry.json()["detail"]
+    assert "nothing was recorded again" in detail, detail
+    # Before: "(only the newest idempotency_keys_max keys are)", which sent the operator to
+    # a setting that had nothing to do with it.
+    assert "rolled back" in detail, detail
+
+
 def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:
     service = start_ers(
         tmp_path / "ers", env={**BACKUPS_ON, "ERS_RESTIC_BINARY": str(tmp_path / "no-restic")}
