@@ -183,7 +183,8 @@ def lock_for_service(data_dir: Path) -> DataDirLock:
         raise DataDirInUse(
             f"refusing to start: {exc}; two processes changing one data directory corrupt it: "
             "stop the other one (or let the offline command finish), or give this service its "
-            "own ERS_DATA_DIR"
+            "own ERS_DATA_DIR and its own ERS_RESTIC_REPOSITORY (services sharing a repository "
+            "list, keep and roll back to each other's snapshots)"
         ) from None
 
 

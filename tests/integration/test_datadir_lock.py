@@ -99,6 +99,8 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
         [refusal] = said[1].strip().splitlines()
         assert refusal.startswith("ers: refusing to start: "), refusal
         assert f"pid {service.process.pid}" in refusal
+        # Its own data directory alone would leave both services on one repository.
+        assert "own ERS_DATA_DIR and its own ERS_RESTIC_REPOSITORY" in refusal, refusal
 
         # A read goes on beside the running service.
         listed = ers(tmp_path, "backup", "list", "--offline", "--json")
