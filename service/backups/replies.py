@@ -126,9 +126,10 @@ def made(result: BackupResult) -> str:
 
 
 def human_size(size: int) -> str:
+    """In the decimal units it names (the seed's "2.4 GB"); the CLI's KiB and MiB are binary."""
     value = float(size)
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
+        if value < 1000 or unit == "TB":
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
+        value /= 1000
     return f"{size} B"

@@ -9,6 +9,7 @@ import time
 from backup import BackupError
 from service.backups import live_size
 from service.backups.live_size import LiveSize
+from service.backups.replies import human_size
 
 
 async def test_a_hung_read_holds_the_status_up_a_second_at_most(monkeypatch) -> None:  # noqa: ANN001
@@ -40,3 +41,12 @@ async def test_a_size_that_cannot_be_read_says_why() -> None:
         raise BackupError("reading the schemas' sizes failed: connection refused")
 
     assert await LiveSize(read).get() == "reading the schemas' sizes failed: connection refused"
+
+
+def test_the_live_size_is_told_in_the_units_it_names() -> None:
+    # Before: divided by 1024 and called KB, MB, GB: a 205.7 MB file read "196.2 MB".
+    assert human_size(205_713_408) == "205.7 MB"
+    assert human_size(102_400) == "102.4 KB"
+    assert human_size(2_400_000_000) == "2.4 GB"
+    assert human_size(999) == "999 B"
+    assert human_size(1000) == "1.0 KB"
