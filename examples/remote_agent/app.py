@@ -16,7 +16,9 @@ Endpoints:
   ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
   ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
   contract's field), ``not_json`` (200 with a body cut off mid-JSON), ``nested`` (200 with
-  arrays nested 100,000 deep), ``oversized`` (a 2 MB answer);
+  arrays nested 100,000 deep), ``oversized`` (a 2 MB answer),
+  ``lone_surrogate`` (200 whose answer ends in half of a UTF-16 pair, as a model cut off in
+  the middle of an emoji writes it);
 - ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
   traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
@@ -34,6 +36,7 @@ no tracing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,6 +57,7 @@ Mode = Literal[
     "not_json",
     "nested",
     "oversized",
+    "lone_surrogate",
 ]
 
 
@@ -162,7 +166,17 @@ def _failure_reply(contract: str, failure: Failures) -> Response | None:
         return Response("[" * 100_000 + "]" * 100_000, media_type="application/json")
     if failure.mode == "oversized":
         return JSONResponse({"response": "x" * 2_000_000, "confidence": 0.9})
+    if failure.mode == "lone_surrogate":
+        # Valid JSON (json.dumps escapes it as \ud83d), but not text: it cannot be encoded.
+        text = json.dumps(_answer(contract, "Here is your plan \ud83d"))
+        return Response(text, media_type="application/json")
     return None
+
+
+def _answer(contract: str, text: str) -> dict[str, Any]:
+    if contract == "openai":
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+    return {"response": text, "confidence": 0.9}
 
 
 async def _serve(
@@ -193,10 +207,7 @@ async def _serve(
             reply = _failure_reply(contract, failures)
             if reply is not None:
                 return reply
-    answer = f"The example agent read: {text[:200]}"
-    if contract == "openai":
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-    return {"response": answer, "confidence": 0.9}
+    return _answer(contract, f"The example agent read: {text[:200]}")
 
 
 @app.post("/chat")

@@ -66,6 +66,14 @@ def checked_reply(name: str, reply: object) -> AgentReply:
                 f"agent '{name}' returned {len(reply.content):,} characters; a reply is at "
                 f"most {MAX_REPLY_CHARS:,}"
             )
+        if not reply.content.isascii() and not _encodes(reply.content):
+            # A lone surrogate (the JSON escape of half a UTF-16 pair, as a model cut off
+            # inside an emoji writes it) is a str but no text: storing the turn would fail
+            # with a 500 after the agent's call had passed.
+            raise BadResponse(
+                f"agent '{name}' returned text holding a lone surrogate (half of a UTF-16 "
+                "pair), which can be neither stored nor sent"
+            )
         confidence = reply.confidence
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):
             said = f"a {type(confidence).__name__}"
@@ -82,3 +90,11 @@ def checked_reply(name: str, reply: object) -> AgentReply:
     if isinstance(reply, AgentReply):
         what = f"an AgentReply with {type(reply.content).__name__} content"
     raise BadResponse(f"agent '{name}' returned {what}, not an AgentReply with text content")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -189,9 +189,15 @@ def test_the_readmes_own_agent_beside_ers_yaml_starts_as_the_readme_and_the_refu
     assert reply.json()["response"].startswith("Three sets of squats today.")
 
 
-@pytest.mark.parametrize(
-    "factory", ["replies_nan_confidence", "replies_confidence_above_one", "replies_too_long"]
-)
+WHY_NOT_A_REPLY = {
+    "replies_nan_confidence": "a number from 0 to 1",
+    "replies_confidence_above_one": "a number from 0 to 1",
+    "replies_too_long": "a reply is at most",
+    "replies_a_lone_surrogate": "a lone surrogate",
+}
+
+
+@pytest.mark.parametrize("factory", list(WHY_NOT_A_REPLY))
 def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_a_500(
     tmp_path: Path, factory: str
 ) -> None:
@@ -217,8 +223,7 @@ def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_
     # The stored turn's reply is the one the client got.
     assert again.status_code == 200 and again.json() == body
     assert again.headers["idempotent-replayed"] == "true"
-    wanted = "a reply is at most" if factory == "replies_too_long" else "a number from 0 to 1"
-    assert wanted in breaker["lastError"], breaker
+    assert WHY_NOT_A_REPLY[factory] in breaker["lastError"], breaker
 
 
 def test_an_agent_whose_aclose_never_returns_does_not_keep_the_service_from_stopping(

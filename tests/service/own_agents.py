@@ -159,6 +159,10 @@ def replies_too_long(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("squats " * 200_000, name))  # 1.4 M characters
 
 
+def replies_a_lone_surrogate(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("Squats today \ud83d", name))
+
+
 def replies_confidence_above_one(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("sure", name, confidence=85))
 
