@@ -16,9 +16,9 @@ Endpoints:
   ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
   ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
   contract's field), ``not_json`` (200 with a body cut off mid-JSON), ``nested`` (200 with
-  arrays nested 100,000 deep), ``oversized`` (a 2 MB answer),
-  ``lone_surrogate`` (200 whose answer ends in half of a UTF-16 pair, as a model cut off in
-  the middle of an emoji writes it);
+  arrays nested 100,000 deep), ``oversized`` (a 2 MB answer), ``empty`` (200 with an
+  empty answer), ``lone_surrogate`` (200 whose answer ends in half of a UTF-16 pair, as a
+  model cut off in the middle of an emoji writes it);
 - ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
   traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
@@ -57,6 +57,7 @@ Mode = Literal[
     "not_json",
     "nested",
     "oversized",
+    "empty",
     "lone_surrogate",
 ]
 
@@ -166,6 +167,8 @@ def _failure_reply(contract: str, failure: Failures) -> Response | None:
         return Response("[" * 100_000 + "]" * 100_000, media_type="application/json")
     if failure.mode == "oversized":
         return JSONResponse({"response": "x" * 2_000_000, "confidence": 0.9})
+    if failure.mode == "empty":
+        return JSONResponse(_answer(contract, ""))
     if failure.mode == "lone_surrogate":
         # Valid JSON (json.dumps escapes it as \ud83d), but not text: it cannot be encoded.
         text = json.dumps(_answer(contract, "Here is your plan \ud83d"))

@@ -56,9 +56,9 @@ MAX_REPLY_CHARS = 1_048_576
 
 
 def checked_reply(name: str, reply: object) -> AgentReply:
-    """``reply`` when it is an ``AgentReply`` with text (``MAX_REPLY_CHARS`` at most) and a
-    confidence from 0 to 1; otherwise a ``BadResponse`` of agent ``name``, whose guard then
-    falls back (not the router's, which would pass it on)."""
+    """``reply`` when it is an ``AgentReply`` with text (not blank, ``MAX_REPLY_CHARS`` at
+    most) and a confidence from 0 to 1; otherwise a ``BadResponse`` of agent ``name``, whose
+    guard then falls back (not the router's, which would pass it on)."""
     if isinstance(reply, AgentReply) and isinstance(reply.content, str):
         if len(reply.content) > MAX_REPLY_CHARS:
             # Stored with the turn and sent to the user: no chat answer is that long.
@@ -66,6 +66,9 @@ def checked_reply(name: str, reply: object) -> AgentReply:
                 f"agent '{name}' returned {len(reply.content):,} characters; a reply is at "
                 f"most {MAX_REPLY_CHARS:,}"
             )
+        if not reply.content or reply.content.isspace():
+            # No answer: the user would get nothing with "success": true.
+            raise BadResponse(f"agent '{name}' returned an empty reply; an answer has text")
         if not reply.content.isascii() and not _encodes(reply.content):
             # A lone surrogate (the JSON escape of half a UTF-16 pair, as a model cut off
             # inside an emoji writes it) is a str but no text: storing the turn would fail
