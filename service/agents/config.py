@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -169,7 +170,14 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
         raise SettingsError(f"invalid setting '{key}': '{reference}' is not package.module:factory")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name and not _names_the_module(module_name, exc.name):
+            # The module was found; a library it imports was not. A path is not the cause.
+            raise SettingsError(
+                f"invalid setting '{key}': '{module_name}' imports '{exc.name}', which ERS's "
+                "environment does not have; install the package that provides it into that "
+                f"environment ({sys.executable} -m pip install ...)"
+            ) from None
         raise SettingsError(
             f"invalid setting '{key}': cannot import '{module_name}' ({exc}); install it "
             "into ERS's environment, or put the folder that holds it on PYTHONPATH "
@@ -179,6 +187,7 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
         raise SettingsError(
             f"invalid setting '{key}': importing '{module_name}' failed ({described(exc)})"
         ) from None
+
     target: Any = module
     for part in attribute.split("."):
         target = getattr(target, part, None)
@@ -187,6 +196,11 @@ def resolve_factory(name: str, reference: str) -> AgentFactory:
                 f"invalid setting '{key}': module '{module_name}' has no '{attribute}'"
             )
     return _callable(key, reference, target)
+
+
+def _names_the_module(module_name: str, missing: str) -> bool:
+    """Whether the module not found is ``module_name`` or a package holding it."""
+    return module_name == missing or module_name.startswith(f"{missing}.")
 
 
 def _callable(key: str, reference: str, target: Any) -> AgentFactory:

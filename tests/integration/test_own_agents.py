@@ -247,3 +247,32 @@ def test_an_agent_whose_aclose_never_returns_does_not_keep_the_service_from_stop
     log = ers.log()
     assert "closing agent 'my_coach' did not finish within 5 s" in log, log[-4000:]
     assert "Application shutdown complete" in log
+
+
+def test_an_agent_module_missing_a_dependency_is_told_apart_from_a_wrong_path(
+    tmp_path: Path,
+) -> None:
+    """my_agents/coach.py was found and imported a library ERS's environment lacks: the
+    refusal said it could not import 'my_agents.coach' and to put its folder on PYTHONPATH
+    or fix the module path, which the operator had done already."""
+    (tmp_path / "my_agents").mkdir()
+    (tmp_path / "my_agents" / "__init__.py").write_text("")
+    (tmp_path / "my_agents" / "coach.py").write_text("import llm_sdk_not_installed\n" + COACH)
+    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": "my_agents.coach:make"}}
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    result = serve(
+        tmp_path,
+        "--port",
+        str(free_port()),
+        ERS_CONFIG=str(config),
+        PYTHONPATH=str(tmp_path),
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "ers: invalid setting 'agents.my_coach.factory': 'my_agents.coach' imports "
+        "'llm_sdk_not_installed', which ERS's environment does not have; install the package "
+        "that provides it into that environment"
+    ), line
+    assert sys.executable in line
+    assert "PYTHONPATH" not in line and "fix the module path" not in line
