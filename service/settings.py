@@ -180,7 +180,8 @@ class Settings(BaseSettings):
     # should stay. ``agent_routes`` maps one of the router's intents to the agent answering it
     # (null: none, the router answers itself); an intent it leaves out goes to the agent of
     # the same name when the team has one.
-    agents: dict[str, dict[str, Any]] = Field(default_factory=default_agents)
+    # Each agent's value is checked there, so that a mistake is told in the agents' words.
+    agents: dict[str, Any] = Field(default_factory=default_agents)
     agent_routes: dict[str, str | None] = Field(default_factory=dict)
     # Replies to /chat and PUT /api/profiles requests that carried an Idempotency-Key are
     # remembered this long, the newest idempotency_keys_max of them (README: "What a reply

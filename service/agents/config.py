@@ -42,6 +42,13 @@ AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 AgentFactory = Callable[[str, Stores], Agent]
 
+EXAMPLE_URL = "http://127.0.0.1:8600/chat"
+# What a required key of an agent holds, for the message that says it is missing.
+_NEEDED = {
+    "url": f"the agent's address, e.g. {EXAMPLE_URL}",
+    "factory": "package.module:factory or the name of an entry point",
+}
+
 _SPEC: TypeAdapter[AgentSpec] = TypeAdapter(AgentSpec)
 KINDS = ("python", "http")
 
@@ -138,8 +145,15 @@ def parse_spec(name: str, raw: Any) -> AgentSpec:
         field = ".".join(str(part) for part in first["loc"][1:])
         if first["type"] == "extra_forbidden":
             problem = "unknown key; check its spelling"
+        elif first["type"] == "missing":
+            needed = _NEEDED.get(field, "write it")
+            problem = f"missing; kind {raw['kind']} needs {field}, {needed}"
+        elif first["type"] == "tuple_type":
+            problem = "not a list; write the agents' names as one, e.g. [workout]"
         else:
             problem = first["msg"].removeprefix("Value error, ")
+            if first["type"] in ("url_parsing", "url_scheme", "url_type"):
+                problem += f"; write the whole URL with its scheme, e.g. {EXAMPLE_URL}"
         key = f"agents.{name}.{field}" if field else f"agents.{name}"
         raise SettingsError(f"invalid setting '{key}': {problem}") from None
 

@@ -276,3 +276,52 @@ def test_an_agent_module_missing_a_dependency_is_told_apart_from_a_wrong_path(
     ), line
     assert sys.executable in line
     assert "PYTHONPATH" not in line and "fix the module path" not in line
+
+
+REMOTE = {"kind": "http", "url": "http://127.0.0.1:8600/chat"}
+
+
+@pytest.mark.parametrize(
+    ("helper", "expected"),
+    [
+        (
+            {**REMOTE, "url": "127.0.0.1:8600/chat"},
+            "'agents.helper.url': Input should be a valid URL, relative URL without a base; "
+            "write the whole URL with its scheme, e.g. http://127.0.0.1:8600/chat",
+        ),
+        (
+            {**REMOTE, "url": "localhost:8600/chat"},
+            "'agents.helper.url': URL scheme should be 'http' or 'https'; write the whole URL "
+            "with its scheme, e.g. http://127.0.0.1:8600/chat",
+        ),
+        (
+            {**REMOTE, "fallbacks": "workout"},
+            "'agents.helper.fallbacks': not a list; write the agents' names as one, e.g. [workout]",
+        ),
+        (
+            {"kind": "http"},
+            "'agents.helper.url': missing; kind http needs url, the agent's address, e.g. "
+            "http://127.0.0.1:8600/chat",
+        ),
+        (
+            {"kind": "python"},
+            "'agents.helper.factory': missing; kind python needs factory, package.module:factory "
+            "or the name of an entry point",
+        ),
+        (
+            "http://127.0.0.1:8600/chat",
+            "'agents.helper': a mapping with kind: python (and factory) or kind: http (and url)",
+        ),
+    ],
+)
+def test_a_mistyped_agent_setting_is_refused_with_what_to_write(
+    tmp_path: Path, helper: Any, expected: str
+) -> None:
+    """pydantic's own words came through alone: 'Input should be a valid tuple' for
+    `fallbacks: workout`, 'relative URL without a base' for a URL without http://, 'Field
+    required', and 'Input should be a valid dictionary' for an agent written as its URL."""
+    config = settings_file(tmp_path / "ers.yaml", {**BUILT_IN, "helper": helper}, {})
+    result = serve(tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"ers: invalid setting {expected}", line
