@@ -101,8 +101,9 @@ def read_auth_header(
             raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
         value = path.read_text()
     except OSError as exc:
+        where = path if path.is_absolute() else _relative(path)
         raise SettingsError(
-            f"{key}: cannot read {path}: {exc.strerror}; write the whole value of its "
+            f"{key}: cannot read {where}: {exc.strerror}; write the whole value of its "
             f"{spec.auth_header} header there"
         ) from None
     except UnicodeDecodeError:
@@ -124,6 +125,11 @@ def read_auth_header(
             "spaces and tabs"
         )
     return spec.auth_header, value
+
+
+def _relative(path: Path) -> str:
+    # Not the settings file's folder: one beside ers.yaml is not found from elsewhere.
+    return f"{path} ({path.absolute()}; a relative path is read from the folder ers serve runs in)"
 
 
 class RemoteAgent:

@@ -325,3 +325,23 @@ def test_a_mistyped_agent_setting_is_refused_with_what_to_write(
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line == f"ers: invalid setting {expected}", line
+
+
+def test_an_auth_file_not_found_is_named_where_it_was_looked_for(tmp_path: Path) -> None:
+    """auth_file written relative to the settings file's folder is read from the folder
+    `ers serve` runs in: the refusal named only the relative path, so the operator looked
+    beside ers.yaml, found the file there, and could not tell what was wrong."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "helper-auth").write_text("Bearer s3cret\n")
+    helper = {**REMOTE, "auth_file": "helper-auth"}
+    config = settings_file(tmp_path / "conf" / "ers.yaml", {**BUILT_IN, "helper": helper}, {})
+    result = serve(tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config))
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (
+        "ers: invalid setting 'agents.helper.auth_file': cannot read helper-auth "
+        f"({tmp_path / 'helper-auth'}; a relative path is read from the folder ers serve "
+        "runs in): No such file or directory; write the whole value of its Authorization "
+        "header there"
+    ), line
+    assert "s3cret" not in result.stderr
