@@ -120,9 +120,21 @@ def merge_group(
         notes.append(("classified", classified_message(classification)))
     incident.count += len(group)
     incident.last_seen = now
-    incident.message = record.exception_message[:MESSAGE_LIMIT]
+    incident.message = failure_message(record)
     incident.trace_ids = merge_trace_ids(incident.trace_ids, recent_ids, max_trace_ids)
     return Merge(incident, outcome, notes)
+
+
+def failure_message(record: SpanRecord) -> str:
+    """What an incident says of its failure: the exception's message; for a span that
+    failed with no message (an HTTP instrumentation records a 5xx by its status code
+    alone), the span's name and what its attributes say."""
+    if record.exception_message:
+        return record.exception_message[:MESSAGE_LIMIT]
+    attributes = record.attributes
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    said = f"HTTP {status}" if status is not None else record.exception_type or "failed"
+    return f"{record.name}: {said}"[:MESSAGE_LIMIT]
 
 
 def _new_incident(
@@ -136,7 +148,7 @@ def _new_incident(
         source_service=record.service_name,
         span_name=record.name,
         exception_type=short_type(record.exception_type),
-        message=record.exception_message[:MESSAGE_LIMIT],
+        message=failure_message(record),
         count=0,
         reopen_count=0,
         first_seen=now,

@@ -177,3 +177,21 @@ def test_an_api_key_header_the_agent_records_is_redacted_as_its_spans_arrive(
         servers
     )
     assert "sk-agent-key-30d1" not in json.dumps(found)
+
+
+def test_the_agents_own_failure_is_an_incident_that_says_what_failed(
+    ers_and_agent: tuple[ErsProcess, ExampleAgent],
+) -> None:
+    """The example agent's spans of a 503 carry a status code and no message (as HTTP
+    instrumentations record a 5xx): its incident's message was empty, a blank MESSAGE in
+    `ers incidents list` beside ERS's own incident of the same failure."""
+    ers, agent = ers_and_agent
+    agent.fail_next("server_error", count=10)
+    failed_chat_with_both_services_spans(ers, agent)
+    incidents = httpx.get(
+        f"{ers.url}/api/emergency/incidents", params={"component": EXAMPLE_SERVICE}, timeout=10
+    ).json()["incidents"]
+    assert incidents, "the agent's own error spans make an incident of its own"
+    for incident in incidents:
+        assert incident["message"].endswith(": HTTP 503"), incident
+        assert incident["message"].startswith(incident["spanName"]), incident
