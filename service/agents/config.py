@@ -266,6 +266,13 @@ def build_agent(
             f"invalid setting '{key}': '{spec.factory}' returned a {type(agent).__name__}, "
             "not an agent; return an object with a name and an async handle(request)"
         )
+    handle = inspect.unwrap(agent.handle)
+    if inspect.isroutine(handle) and not inspect.iscoroutinefunction(handle):
+        # Its reply cannot be awaited: every call would fail, found by the users only.
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' returned an agent whose handle is a "
+            "plain def; write it as async def handle(self, request)"
+        )
     if agent.name != name:
         raise SettingsError(
             f"invalid setting '{key}': '{spec.factory}' returned an agent named "

@@ -345,3 +345,21 @@ def test_an_auth_file_not_found_is_named_where_it_was_looked_for(tmp_path: Path)
         "header there"
     ), line
     assert "s3cret" not in result.stderr
+
+
+def test_an_agent_whose_handle_is_not_async_stops_the_start(tmp_path: Path) -> None:
+    """A `def handle` (the README asks for `async def`) passed the start-up check, and then
+    every chat failed with "TypeError: object AgentReply can't be used in 'await'
+    expression", opening the agent's breaker: a mistake of the settings' author, found only
+    by the users."""
+    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": f"{HELPERS}:sync_handle"}}
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    result = serve(
+        tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config), PYTHONPATH=str(ROOT)
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ers: invalid setting 'agents.my_coach.factory': "
+        f"'{HELPERS}:sync_handle' returned an agent whose handle is a plain def; "
+        "write it as async def handle(self, request)"
+    ), result.stderr

@@ -128,6 +128,20 @@ def never_closing(name: str, stores: Stores) -> NeverClosingCoach:
     return NeverClosingCoach(name)
 
 
+class SyncCoach:
+    """Its ``handle`` is a plain ``def``: it answers without being awaited."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def handle(self, request: AgentRequest) -> AgentReply:
+        return AgentReply("Three sets of squats today.", self.name)
+
+
+def sync_handle(name: str, stores: Stores) -> SyncCoach:
+    return SyncCoach(name)
+
+
 class MisreplyingCoach:
     """Returns something other than an ``AgentReply`` with text: ``reply`` itself."""
 
