@@ -273,6 +273,16 @@ def build_agent(
             f"invalid setting '{key}': '{spec.factory}' returned an agent whose handle is a "
             "plain def; write it as async def handle(self, request)"
         )
+    guidance = getattr(agent, "guidance", None)
+    if guidance is not None and not (isinstance(guidance, str) and guidance.strip()):
+        # The last fallback's reply: one that is no text would fail the router's guard in
+        # turn, and open the router's breaker for every chat.
+        what = "empty" if isinstance(guidance, str) else f"a {type(guidance).__name__}"
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' returned an agent whose guidance is "
+            f"{what}, not text; make it a string (a trailing comma makes a tuple), or leave "
+            "it out"
+        )
     if agent.name != name:
         raise SettingsError(
             f"invalid setting '{key}': '{spec.factory}' returned an agent named "

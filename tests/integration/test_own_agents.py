@@ -363,3 +363,21 @@ def test_an_agent_whose_handle_is_not_async_stops_the_start(tmp_path: Path) -> N
         f"'{HELPERS}:sync_handle' returned an agent whose handle is a plain def; "
         "write it as async def handle(self, request)"
     ), result.stderr
+
+
+def test_an_agent_whose_guidance_is_not_text_stops_the_start(tmp_path: Path) -> None:
+    """`guidance = "Rest today.",` (a stray comma: a tuple) passed the start; when the agent
+    failed, its guidance became a reply that was no text, which failed the router's own
+    guard: the router's breaker opened and every chat, of every intent, got the router's
+    recovering message."""
+    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": f"{HELPERS}:tuple_guidance"}}
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    result = serve(
+        tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config), PYTHONPATH=str(ROOT)
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ers: invalid setting 'agents.my_coach.factory': "
+        f"'{HELPERS}:tuple_guidance' returned an agent whose guidance is a tuple, not text; "
+        "make it a string (a trailing comma makes a tuple), or leave it out"
+    ), result.stderr

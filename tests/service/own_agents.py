@@ -142,6 +142,16 @@ def sync_handle(name: str, stores: Stores) -> SyncCoach:
     return SyncCoach(name)
 
 
+class TupleGuidanceCoach(BrokenCoach):
+    """Its guidance ends with a stray comma, which makes it a tuple."""
+
+    guidance = ("Rest today; the coach is back soon.",)  # as `= "...",` writes it
+
+
+def tuple_guidance(name: str, stores: Stores) -> TupleGuidanceCoach:
+    return TupleGuidanceCoach(name)
+
+
 class MisreplyingCoach:
     """Returns something other than an ``AgentReply`` with text: ``reply`` itself."""
 
