@@ -56,6 +56,8 @@ GENERAL_GUIDANCE = {
     "router": f"{ROUTER_RECOVERING} {GENERAL_ANSWER}",
 }
 GENERIC_FALLBACK = "This agent is recovering from a fault; please try again in a minute."
+# How long the router's limit waits past the agents' own, so theirs always come first.
+ROUTER_MARGIN_S = 1.0
 
 
 def end_holds_when_back(guarded: GuardedAgent) -> None:
@@ -255,10 +257,17 @@ def build_team(
             bulkhead=_bulkhead(name, spec),
         )
     router = RouterAgent(members, config.routes)
+    router_guard = router_guard_config(team, config)
+    router_breaker = per_agent.get("router", default)
     team.protect(
         router,
         factory=lambda: RouterAgent(members, config.routes),
-        breaker_config=per_agent.get("router"),
+        guard_config=router_guard,
+        # Its calls last as long as the agents' it routes to, whose breakers judge that.
+        breaker_config=replace(
+            router_breaker,
+            slow_call_duration_s=max(router_breaker.slow_call_duration_s, router_guard.timeout_s),
+        ),
         guidance=f"{ROUTER_RECOVERING} {router.general_answer}",
     )
     for name in members.keys() - set(config.routes.values()) - reached_as_fallback(config):
@@ -268,6 +277,25 @@ def build_team(
             name,
         )
     return team
+
+
+def router_guard_config(team: Team, config: TeamConfig) -> GuardConfig:
+    """The router's guard: its limit is a net under the agents' own, past the longest a
+    routed agent's call may take with its fallbacks' calls (each its bulkhead's wait and
+    its guard's budget). As short as an agent's limit, it cut a slow agent's call first: the
+    router took the blame (its breaker, an incident isolating it, so every chat's generic
+    answer) and the agent's fallbacks never answered."""
+
+    def longest(name: str) -> float:
+        return team.guards[name].config.total_budget_s + config.specs[name].max_wait_s
+
+    chains = (
+        longest(agent) + sum(longest(other) for other in config.specs[agent].fallbacks)
+        for agent in set(config.routes.values())
+    )
+    limit = max(team.guard_config.timeout_s, max(chains, default=0.0) + ROUTER_MARGIN_S)
+    # No retry after its limit: the agents' calls it would repeat have had their time.
+    return replace(team.guard_config, timeout_s=limit, total_budget_s=limit)
 
 
 def _bulkhead(name: str, spec: AgentSpec) -> Bulkhead | None:

@@ -112,9 +112,11 @@ def test_a_remote_agent_from_the_settings_is_guarded_traced_and_keeps_its_secret
     assert SECRET not in ers.log()
 
 
-def start_routed_ers(tmp_path: Path, example_agent: ExampleAgent, **spec: Any) -> ErsProcess:
+def start_routed_ers(
+    tmp_path: Path, example_agent: ExampleAgent, env: dict[str, str] | None = None, **spec: Any
+) -> ErsProcess:
     """ERS with workout questions routed to the example agent as 'helper' (its settings
-    ``spec`` added)."""
+    ``spec`` added, ``env`` added to ERS's environment)."""
     auth_file = tmp_path / "helper-auth"
     auth_file.write_text(f"Bearer {SECRET}\n")
     config = tmp_path / "routed.yaml"
@@ -133,7 +135,7 @@ def start_routed_ers(tmp_path: Path, example_agent: ExampleAgent, **spec: Any) -
             }
         )
     )
-    return start_ers(tmp_path / "routed", env={"ERS_CONFIG": str(config)})
+    return start_ers(tmp_path / "routed", env={"ERS_CONFIG": str(config), **(env or {})})
 
 
 def ask_for_a_workout(ers: ErsProcess, user: str) -> dict[str, Any]:
