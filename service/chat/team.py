@@ -56,6 +56,8 @@ GENERAL_GUIDANCE = {
     "router": f"{ROUTER_RECOVERING} {GENERAL_ANSWER}",
 }
 GENERIC_FALLBACK = "This agent is recovering from a fault; please try again in a minute."
+# An agent's call, retries and backoff included, may take its timeout times this.
+BUDGET_FACTOR = 1.6
 # How long the router's limit waits past the agents' own, so theirs always come first.
 ROUTER_MARGIN_S = 1.0
 
@@ -242,7 +244,7 @@ def build_team(
         instruments=instruments,
         faults=faults,
         breaker_config=default,
-        guard_config=GuardConfig(timeout_s=timeout, total_budget_s=timeout * 1.6),
+        guard_config=GuardConfig(timeout_s=timeout, total_budget_s=timeout * BUDGET_FACTOR),
     )
     members: dict[str, Agent] = {}
     for name, spec in config.specs.items():
@@ -251,7 +253,7 @@ def build_team(
             agent,
             factory=_rebuilder(name, spec, config, stores, settings),
             guard_config=_guard_config(spec, team.guard_config),
-            breaker_config=per_agent.get(name),
+            breaker_config=_breaker_for_timeout(name, spec, per_agent, default, settings),
             guidance=getattr(agent, "guidance", None),
             fallbacks=spec.fallbacks,
             bulkhead=_bulkhead(name, spec),
@@ -298,6 +300,39 @@ def router_guard_config(team: Team, config: TeamConfig) -> GuardConfig:
     return replace(team.guard_config, timeout_s=limit, total_budget_s=limit)
 
 
+def _breaker_for_timeout(
+    name: str,
+    spec: AgentSpec,
+    per_agent: dict[str, BreakerConfig],
+    default: BreakerConfig,
+    settings: Settings,
+) -> BreakerConfig | None:
+    """An agent's breaker, its slow line and its trial's wait moved with its own
+    ``timeout_s``: the line keeps its share of the timeout (slow from 10 s for
+    ``timeout_s: 10``, with the defaults), and a trial may take the agent's whole budget.
+    Judged by the line of ``agent_timeout_s``, an agent given a longer limit (a model taking
+    seconds) was slow on every call: its breaker opened, the responder isolated it, and
+    each trial, as slow, opened it again. What ``agent_breakers`` sets for it stays."""
+    own = per_agent.get(name)
+    if spec.timeout_s is None:
+        return own
+    set_here = {
+        key
+        for given, overrides in settings.agent_breakers.items()
+        if canonical_agent_name(given) == name
+        for key in overrides
+    }
+    base = own or default
+    changes = {}
+    if "slow_call_duration_s" not in set_here:
+        share = spec.timeout_s / settings.agent_timeout_s
+        changes["slow_call_duration_s"] = base.slow_call_duration_s * share
+    if "half_open_max_wait_s" not in set_here:
+        budget = spec.timeout_s * BUDGET_FACTOR
+        changes["half_open_max_wait_s"] = max(base.half_open_max_wait_s, budget)
+    return replace(base, **changes)
+
+
 def _bulkhead(name: str, spec: AgentSpec) -> Bulkhead | None:
     """A Python agent's bulkhead as set; a remote agent always has one, as wide as its
     connection pool by default: calls beyond it would queue for a connection, and those
@@ -313,7 +348,8 @@ def _bulkhead(name: str, spec: AgentSpec) -> Bulkhead | None:
 def _guard_config(spec: AgentSpec, default: GuardConfig) -> GuardConfig | None:
     if spec.timeout_s is None:
         return None
-    return replace(default, timeout_s=spec.timeout_s, total_budget_s=spec.timeout_s * 1.6)
+    budget = spec.timeout_s * BUDGET_FACTOR
+    return replace(default, timeout_s=spec.timeout_s, total_budget_s=budget)
 
 
 def _rebuilder(

@@ -5,6 +5,7 @@ the router, whose guard bounds the whole chat, is not blamed for the agent's slo
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,30 @@ def test_a_remote_agent_too_slow_for_its_timeout_falls_back_and_the_router_is_no
     # Other intents are not touched: the router answers them itself here (no nutrition
     # agent in this team), not with its recovering message.
     assert nutrition["agent"] == "router" and nutrition["emergency"] is False, nutrition
+
+
+def test_calls_within_an_agents_own_longer_timeout_are_not_slow_calls_that_isolate_it(
+    tmp_path: Path,
+    example_agent: ExampleAgent,  # noqa: F811
+) -> None:
+    """An agent given a longer timeout_s (an LLM taking seconds, as the README's
+    `timeout_s: 10`) was still judged slow from breaker_slow_call_s: once a window of calls
+    had all answered past that line, well within the agent's own limit, its breaker opened,
+    the responder isolated it, and every half-open trial, as slow, opened it again."""
+    example_agent.forget()
+    env = {"ERS_AGENT_TIMEOUT_S": "1", "ERS_BREAKER_SLOW_CALL_S": "1"}
+    ers = start_routed_ers(tmp_path, example_agent, env=env, timeout_s=3)
+    try:
+        example_agent.fail_next("slow", count=100, delayS=1.2)
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            replies = list(pool.map(lambda n: ask_for_a_workout(ers, f"user-{n}"), range(10)))
+        helper = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/helper", timeout=10).json()
+        after = ask_for_a_workout(ers, "ann")
+        incidents = httpx.get(f"{ers.url}/api/emergency/incidents", timeout=10).json()
+    finally:
+        assert ers.stop() == 0, ers.log()[-4000:]
+    assert all(reply["emergency"] is False for reply in replies), replies
+    assert helper["state"] == "closed", helper
+    assert helper["bufferedCalls"] == 10 and helper["slowCallRate"] == 0, helper
+    assert after["emergency"] is False, after
+    assert incidents["total"] == 0, incidents

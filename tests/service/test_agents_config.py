@@ -392,6 +392,37 @@ def test_breaker_overrides_accept_configured_agents_and_refuse_others(tmp_path: 
         breaker_configs(wrong)
 
 
+async def test_an_agents_own_timeout_moves_its_slow_line_and_trial_wait_unless_overridden(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    agents = {
+        **DEFAULT_TEAM,
+        "slow_model": {"kind": "http", "url": "http://127.0.0.1:9/a", "timeout_s": 20},
+        "pinned": {"kind": "http", "url": "http://127.0.0.1:9/b", "timeout_s": 20},
+    }
+    settings = make_settings(
+        tmp_path,
+        agents=agents,
+        agent_routes={"workout": "slow_model"},
+        agent_breakers={"pinned": {"slow_call_duration_s": 4, "half_open_max_wait_s": 6}},
+    )
+    team = team_of(settings, sqlite_stores)
+    try:
+        slow_model = team.guards["slow_model"].breaker.config
+        assert slow_model.slow_call_duration_s == 20  # 5 s of agent_timeout_s's 5, so 20 of 20
+        assert slow_model.half_open_max_wait_s == 32  # the whole budget of a call: 20 x 1.6
+        pinned = team.guards["pinned"].breaker.config
+        assert (pinned.slow_call_duration_s, pinned.half_open_max_wait_s) == (4, 6)
+        nutrition = team.guards["nutrition"].breaker.config
+        assert (nutrition.slow_call_duration_s, nutrition.half_open_max_wait_s) == (5, 10)
+        # The router waits past the slowest chain it routes to, and judges no call slow.
+        router = team.guards["router"]
+        assert router.config.timeout_s == router.config.total_budget_s == 33
+        assert router.breaker.config.slow_call_duration_s == 33
+    finally:
+        await team.aclose()
+
+
 def test_a_breaker_override_of_an_unknown_key_names_it_and_the_keys_allowed(
     tmp_path: Path,
 ) -> None:
