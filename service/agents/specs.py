@@ -43,6 +43,19 @@ class PythonAgentSpec(AgentSpecBase):
     # callable that takes the agent's name and the stores, and returns an Agent.
     factory: str = Field(min_length=1, max_length=300)
 
+    @model_validator(mode="after")
+    def _a_wait_needs_slots(self) -> PythonAgentSpec:
+        # A Python agent has a bulkhead only with max_concurrent_calls (a remote one always
+        # has one): the wait alone would be taken and do nothing.
+        if self.max_wait_s and self.max_concurrent_calls is None:
+            raise _field_error(
+                "max_wait_s",
+                "a Python agent waits for a slot only with max_concurrent_calls, the slots; "
+                "set it too, or remove max_wait_s",
+                "PythonAgentSpec",
+            )
+        return self
+
 
 class HttpAgentSpec(AgentSpecBase):
     kind: Literal["http"] = "http"
@@ -124,12 +137,12 @@ class HttpAgentSpec(AgentSpecBase):
         return self.max_concurrent_calls or self.max_connections
 
 
-def _field_error(field: str, message: str) -> ValidationError:
+def _field_error(field: str, message: str, model: str = "HttpAgentSpec") -> ValidationError:
     """A validation error on ``field`` (so the error names the key), from a model check."""
     details = InitErrorDetails(
         type=PydanticCustomError("invalid_agent", message), loc=(field,), input=None
     )
-    return ValidationError.from_exception_data("HttpAgentSpec", [details])
+    return ValidationError.from_exception_data(model, [details])
 
 
 AgentSpec = Annotated[PythonAgentSpec | HttpAgentSpec, Field(discriminator="kind")]

@@ -312,6 +312,11 @@ REMOTE = {"kind": "http", "url": "http://127.0.0.1:8600/chat"}
             "http://127.0.0.1:8600/chat",
             "'agents.helper': a mapping with kind: python (and factory) or kind: http (and url)",
         ),
+        (
+            {"kind": "python", "factory": f"{HELPERS}:coach", "max_wait_s": 0.5},
+            "'agents.helper.max_wait_s': a Python agent waits for a slot only with "
+            "max_concurrent_calls, the slots; set it too, or remove max_wait_s",
+        ),
     ],
 )
 def test_a_mistyped_agent_setting_is_refused_with_what_to_write(
@@ -319,9 +324,12 @@ def test_a_mistyped_agent_setting_is_refused_with_what_to_write(
 ) -> None:
     """pydantic's own words came through alone: 'Input should be a valid tuple' for
     `fallbacks: workout`, 'relative URL without a base' for a URL without http://, 'Field
-    required', and 'Input should be a valid dictionary' for an agent written as its URL."""
+    required', and 'Input should be a valid dictionary' for an agent written as its URL. A
+    Python agent's max_wait_s without max_concurrent_calls was taken and did nothing."""
     config = settings_file(tmp_path / "ers.yaml", {**BUILT_IN, "helper": helper}, {})
-    result = serve(tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config))
+    result = serve(
+        tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config), PYTHONPATH=str(ROOT)
+    )
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line == f"ers: invalid setting {expected}", line
