@@ -53,6 +53,7 @@ from service.agents.failure_kinds import (
 )
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
+from telemetry.redaction import REDACTED, redacted_query
 
 log = logging.getLogger("ers.agents")
 # An auth file bigger than this holds no header value.
@@ -237,7 +238,8 @@ class RemoteAgent:
         except asyncio.CancelledError as exc:  # the guard's deadline, or a shutdown
             self._spans.failed(span, exc)
             raise
-        except Exception as exc:
+        except Exception as raised:
+            exc = self._without_secrets(raised)
             self._spans.failed(span, exc)
             failure = self._transport_failure(exc)
             if failure is None:
@@ -245,6 +247,23 @@ class RemoteAgent:
             span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
             raise failure from None
         return response.status_code, response.headers, content
+
+    def _without_secrets(self, exc: Exception) -> Exception:
+        """``exc``, or one like it whose text no longer holds what the request carried of a
+        secret: a server speaking no HTTP that sends back what it read is quoted in the
+        error (``illegal status line: b'POST /chat?key=... HTTP/1.1'``)."""
+        text = str(exc)
+        scrubbed = text
+        query = self._url.query.decode("ascii")
+        if query:
+            scrubbed = scrubbed.replace(query, redacted_query(query))
+        if (header := self._transport.header) is not None:
+            value = header[1]
+            scrubbed = scrubbed.replace(value, REDACTED)
+            scrubbed = scrubbed.replace(repr(value.encode())[2:-1], REDACTED)
+        if scrubbed == text or not isinstance(exc, httpx.HTTPError):
+            return exc
+        return type(exc)(scrubbed)
 
     def _transport_failure(self, exc: Exception) -> FailureKind | None:
         if isinstance(exc, httpx.TimeoutException):
