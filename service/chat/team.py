@@ -166,6 +166,17 @@ class Team:
             return {guard.name: guard.breaker.advance().value for guard in self.guards.values()}
         return {guard.name: guard.breaker.state.value for guard in self.guards.values()}
 
+    async def restart(self, guard: GuardedAgent) -> bool:
+        """A new instance of ``guard``'s agent from its factory, the one it replaces closed
+        as at shutdown: dropped without its ``aclose``, each restart left that instance's
+        connections open for the life of the process. False without a factory."""
+        replaced = guard.agent
+        if not guard.restart():
+            return False
+        if (close := getattr(replaced, "aclose", None)) is not None:
+            await _close_agent(guard.name, close)
+        return True
+
     async def aclose(self) -> None:
         """Close every agent that holds something open (a remote agent's connections), all
         at once, each within ``AGENT_CLOSE_TIMEOUT_S``: an agent's ``aclose`` that never

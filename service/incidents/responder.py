@@ -310,7 +310,7 @@ class Responder:
         guard = self._agent(context)
         if guard is None:
             return ActionResult("restart_agent", "skipped", "not an agent")
-        if not guard.restart():
+        if not await self.team.restart(guard):
             return ActionResult("restart_agent", "not_available", "the agent has no factory")
         return ActionResult("restart_agent", "success", f"new {guard.name} instance in place")
 

@@ -389,3 +389,51 @@ def test_an_agent_whose_guidance_is_not_text_stops_the_start(tmp_path: Path) -> 
         f"'{HELPERS}:tuple_guidance' returned an agent whose guidance is a tuple, not text; "
         "make it a string (a trailing comma makes a tuple), or leave it out"
     ), result.stderr
+
+
+def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) -> None:
+    """restart_agent put a new instance from the factory in place and dropped the old one
+    without its aclose: each restart of an agent holding connections (an LLM client) left
+    them open for the life of the process; only the last instance was closed at shutdown."""
+    close_log = tmp_path / "closed.log"
+    agents = {
+        **BUILT_IN,
+        "my_coach": {
+            "kind": "python",
+            "factory": f"{HELPERS}:broken_closing",
+            "fallbacks": ["workout"],
+        },
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    env = {
+        "ERS_CONFIG": str(config),
+        "PYTHONPATH": str(ROOT),
+        "OWN_AGENT_CLOSE_LOG": str(close_log),
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=30) as http:
+            reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
+            assert reply.status_code == 200, reply.text
+            restarted = None
+            deadline = time.monotonic() + 30
+            while restarted is None and time.monotonic() < deadline:
+                listed = http.get("/api/emergency/incidents", params={"component": "my_coach"})
+                for incident in listed.json()["incidents"]:
+                    timeline = http.get(f"/api/emergency/incidents/{incident['id']}").json()
+                    done = [
+                        entry
+                        for entry in timeline["timeline"]
+                        if entry["kind"] == "action_finished"
+                        and entry["data"].get("action") == "restart_agent"
+                    ]
+                    restarted = done[0] if done else None
+                if restarted is None:
+                    time.sleep(0.2)
+            assert restarted is not None and restarted["data"]["result"] == "success", restarted
+            # Closed once the restart is done, before the service stops.
+            closed_while_running = close_log.read_text() if close_log.exists() else ""
+    finally:
+        assert ers.stop() == 0, ers.log()[-4000:]
+    assert closed_while_running == "closed instance 1\n"
+    assert close_log.read_text() == "closed instance 1\nclosed instance 2\n"

@@ -4,6 +4,7 @@ the tests of configured teams, in process and under ``ers serve``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from service.agents.base import AgentReply, AgentRequest
@@ -115,6 +116,26 @@ class ClosingCoach(Coach):
 
 def closing(name: str, stores: Stores) -> ClosingCoach:
     return ClosingCoach(name)
+
+
+class BrokenClosingCoach(BrokenCoach):
+    """Fails every call, and holds a connection of sorts: ``aclose`` writes a line to the
+    file ``OWN_AGENT_CLOSE_LOG`` names, so a test outside the process sees it."""
+
+    instances = 0
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        BrokenClosingCoach.instances += 1
+        self.number = BrokenClosingCoach.instances
+
+    async def aclose(self) -> None:
+        with open(os.environ["OWN_AGENT_CLOSE_LOG"], "a") as log:
+            log.write(f"closed instance {self.number}\n")
+
+
+def broken_closing(name: str, stores: Stores) -> BrokenClosingCoach:
+    return BrokenClosingCoach(name)
 
 
 class NeverClosingCoach(Coach):
