@@ -166,6 +166,11 @@ class Team:
             return {guard.name: guard.breaker.advance().value for guard in self.guards.values()}
         return {guard.name: guard.breaker.state.value for guard in self.guards.values()}
 
+    def cooling_down(self) -> dict[str, float]:
+        """The seconds left of each agent in a rate limit's cooldown."""
+        left = ((guard.name, guard.cooldown_remaining()) for guard in self.guards.values())
+        return {name: seconds for name, seconds in left if seconds > 0}
+
     async def restart(self, guard: GuardedAgent) -> bool:
         """A new instance of ``guard``'s agent from its factory, the one it replaces closed
         as at shutdown: dropped without its ``aclose``, each restart left that instance's

@@ -51,7 +51,7 @@ def start_health(
         EventLoopCheck(lag_monitor),
         StoresCheck(stores.by_component()),
         DiskCheck(settings.data_dir),
-        BreakersCheck(lambda: team.breaker_states(advance=True)),
+        BreakersCheck(lambda: team.breaker_states(advance=True), team.cooling_down),
         IncidentsCheck(incidents.active_counts),
     ]
     if backups is not None:

@@ -339,14 +339,20 @@ class BreakersCheck:
     name = "breakers"
     live = True  # reads the breakers in memory: run again whenever the report is read
 
-    def __init__(self, states: Callable[[], dict[str, str]]) -> None:
-        self._states = states
+    def __init__(
+        self,
+        states: Callable[[], dict[str, str]],
+        cooling: Callable[[], dict[str, float]] = dict,
+    ) -> None:
+        # cooling: the seconds left of each agent a rate limit keeps every call from.
+        self._states, self._cooling = states, cooling
 
     async def run(self) -> CheckResult:
-        states = self._states()
+        states, cooling = self._states(), self._cooling()
         isolated = sorted(n for n, s in states.items() if s in ("open", "forced_open"))
         testing = sorted(n for n, s in states.items() if s == "half_open")
         figures = {"states": states, "isolated": isolated, "halfOpen": testing}
+        figures["coolingDown"] = {name: round(left, 1) for name, left in sorted(cooling.items())}
         if isolated and len(isolated) * 2 > len(states):
             return CheckResult(
                 self.name,
@@ -357,6 +363,10 @@ class BreakersCheck:
         if isolated or testing:
             words = ", ".join(isolated + testing)
             return CheckResult(self.name, Status.DEGRADED, f"not closed: {words}", figures)
+        if cooling:  # closed, yet no call reaches the agent: its fallbacks answer
+            words = ", ".join(f"{n} ({left:.0f} s left)" for n, left in sorted(cooling.items()))
+            reason = f"cooling down (rate limited): {words}"
+            return CheckResult(self.name, Status.DEGRADED, reason, figures)
         return CheckResult(self.name, Status.HEALTHY, "every breaker closed", figures)
 
 

@@ -302,3 +302,30 @@ def test_a_burst_beyond_the_connection_pool_is_turned_away_not_counted_against_t
     ]
     assert len(rejected) == 1 and float(rejected[0].rsplit(" ", 1)[1]) == len(turned_away)
     assert incidents["total"] == 0
+
+
+def test_an_agent_cooling_down_degrades_the_breakers_health_check_until_it_is_back(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """For the whole of a 429's Retry-After no call reaches the agent and every chat of its
+    intent gets a fallback, yet the health report said "healthy", "every breaker closed",
+    as if nothing kept the agent out: an isolated breaker says "not closed" there."""
+    ers = start_routed_ers(tmp_path, example_agent)
+    try:
+        health = f"{ers.url}/api/emergency/health"
+        example_agent.fail_next("rate_limit", count=1, retryAfter="600")
+        assert ask_for_a_workout(ers, "ann")["emergency"] is True
+        cooling = httpx.get(health, timeout=30)
+        said = ers_cli(ers, "breakers", "reset", "helper")
+        assert "its rate-limit cooldown is over" in said
+        back = httpx.get(health, timeout=30).json()["checks"]["breakers"]
+    finally:
+        assert ers.stop() == 0
+    assert cooling.status_code == 200, cooling.text  # degraded, not unhealthy
+    report = cooling.json()
+    assert report["overall"] == "degraded", report
+    breakers = report["checks"]["breakers"]
+    assert breakers["status"] == "degraded", breakers
+    assert breakers["reason"].startswith("cooling down (rate limited): helper"), breakers
+    assert 0 < breakers["figures"]["coolingDown"]["helper"] <= 600, breakers
+    assert back["status"] == "healthy" and back["figures"]["coolingDown"] == {}, back
