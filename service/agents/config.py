@@ -9,6 +9,7 @@ unknown kind, a factory that does not import, a route or a fallback naming no ag
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import re
@@ -144,7 +145,7 @@ def parse_spec(name: str, raw: Any) -> AgentSpec:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"][1:])
         if first["type"] == "extra_forbidden":
-            problem = "unknown key; check its spelling"
+            problem = _unknown_key(field, raw["kind"])
         elif first["type"] == "missing":
             needed = _NEEDED.get(field, "write it")
             problem = f"missing; kind {raw['kind']} needs {field}, {needed}"
@@ -156,6 +157,16 @@ def parse_spec(name: str, raw: Any) -> AgentSpec:
                 problem += f"; write the whole URL with its scheme, e.g. {EXAMPLE_URL}"
         key = f"agents.{name}.{field}" if field else f"agents.{name}"
         raise SettingsError(f"invalid setting '{key}': {problem}") from None
+
+
+def _unknown_key(key: str, kind: str) -> str:
+    """What to write instead of an unknown key of an agent of ``kind``: the nearest key it
+    takes, else every key it takes."""
+    spec = PythonAgentSpec if kind == "python" else HttpAgentSpec
+    keys = sorted(set(spec.model_fields) - {"kind"})
+    if near := difflib.get_close_matches(key, keys, n=1, cutoff=0.75):
+        return f"unknown key; did you mean {near[0]}?"
+    return f"unknown key; check its spelling (kind {kind} takes {', '.join(keys)})"
 
 
 def resolve_factory(name: str, reference: str) -> AgentFactory:

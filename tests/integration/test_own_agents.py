@@ -313,6 +313,20 @@ REMOTE = {"kind": "http", "url": "http://127.0.0.1:8600/chat"}
             "'agents.helper': a mapping with kind: python (and factory) or kind: http (and url)",
         ),
         (
+            {**REMOTE, "fallback": ["workout"]},
+            "'agents.helper.fallback': unknown key; did you mean fallbacks?",
+        ),
+        (
+            {**REMOTE, "timout_s": 3},
+            "'agents.helper.timout_s': unknown key; did you mean timeout_s?",
+        ),
+        (
+            {**REMOTE, "factory": "my_agents.coach:make"},
+            "'agents.helper.factory': unknown key; check its spelling (kind http takes "
+            "auth_file, auth_header, contract, fallbacks, max_concurrent_calls, "
+            "max_connections, max_wait_s, model, timeout_s, url)",
+        ),
+        (
             {"kind": "python", "factory": f"{HELPERS}:coach", "max_wait_s": 0.5},
             "'agents.helper.max_wait_s': a Python agent waits for a slot only with "
             "max_concurrent_calls, the slots; set it too, or remove max_wait_s",
