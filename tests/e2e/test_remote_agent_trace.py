@@ -188,9 +188,15 @@ def test_the_agents_own_failure_is_an_incident_that_says_what_failed(
     ers, agent = ers_and_agent
     agent.fail_next("server_error", count=10)
     failed_chat_with_both_services_spans(ers, agent)
-    incidents = httpx.get(
-        f"{ers.url}/api/emergency/incidents", params={"component": EXAMPLE_SERVICE}, timeout=10
-    ).json()["incidents"]
+    # The intake keeps a batch's spans in the trace first, then writes its incidents.
+    incidents: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while not incidents and time.monotonic() < deadline:
+        incidents = httpx.get(
+            f"{ers.url}/api/emergency/incidents", params={"component": EXAMPLE_SERVICE}, timeout=10
+        ).json()["incidents"]
+        if not incidents:
+            time.sleep(0.2)
     assert incidents, "the agent's own error spans make an incident of its own"
     for incident in incidents:
         assert incident["message"].endswith(": HTTP 503"), incident
