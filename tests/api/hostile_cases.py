@@ -101,9 +101,10 @@ RAW_IN_URL: dict[str, str] = {
 def free_text_outcome(
     name: str, field: str, max_chars: int, ok: int = 200
 ) -> tuple[int, str | None]:
-    """Free text takes any of STRINGS but one over its length and a lone surrogate, which
-    has no UTF-8 form and so could be neither stored nor logged."""
-    if name == "lone-surrogate" or len(STRINGS[name]) > max_chars:
+    """Free text takes any of STRINGS but one over its length, a lone surrogate, which has
+    no UTF-8 form and so could be neither stored nor logged, and a NUL, which PostgreSQL
+    cannot store as text."""
+    if name in ("lone-surrogate", "nul-byte") or len(STRINGS[name]) > max_chars:
         return 422, field
     return ok, None
 
@@ -570,6 +571,15 @@ def _breaker_cases() -> list[Case]:
             detail="reason",
         ),
         Case(
+            "breaker-force-open-reason-blank",
+            "POST",
+            FORCE_OPEN,
+            force_url,
+            422,
+            encode({"reason": " \t\n "}),
+            detail="must say why",
+        ),
+        Case(
             "breaker-force-open-ttl-over-a-week",
             "POST",
             FORCE_OPEN,
@@ -1033,6 +1043,17 @@ def _incident_cases() -> list[Case]:
         for r in rows
     ]
     rows += shape_cases("resolve", "POST", RESOLVE, resolve_url, {"resolution": "x"})
+    rows.append(
+        Case(
+            "resolve-resolution-blank",
+            "POST",
+            RESOLVE,
+            resolve_url,
+            422,
+            encode({"resolution": "   "}),
+            detail="must say why",
+        )
+    )
     for prefix, url, route, field, max_chars in (
         ("acknowledge", ack_url, ACKNOWLEDGE, "note", 2000),
         ("resolve", resolve_url, RESOLVE, "resolution", 2000),

@@ -46,7 +46,7 @@ from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
 from service.web.openapi import errors
-from service.web.routes.json_types import Confirmation
+from service.web.routes.json_types import Confirmation, Reason
 from telemetry.exception_events import record_failure
 from telemetry.incident_processor import NOT_AN_INCIDENT
 
@@ -152,15 +152,8 @@ class Rollback(BaseModel):
     backupId: SnapshotId | None = None
     beforeIncident: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
     confirm: Confirmation = False
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Reason = Field(min_length=1, max_length=500)
     components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
-
-    @field_validator("reason")
-    @classmethod
-    def _says_why(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must say why: it is kept in the audit trail")
-        return value.strip()
 
     @model_validator(mode="after")
     def _one_target(self) -> Rollback:

@@ -14,7 +14,7 @@ from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Keeper, Team
 from service.web.openapi import errors
-from service.web.routes.json_types import AnyNumber, JsonBool
+from service.web.routes.json_types import AnyNumber, JsonBool, Reason
 
 router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
 
@@ -28,7 +28,7 @@ class ResetRequest(BaseModel):
 class ForceOpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Reason = Field(min_length=1, max_length=500)
     ttlSeconds: Annotated[float, Field(gt=0, le=MAX_FORCE_OPEN_S), AnyNumber] | None = None
 
 

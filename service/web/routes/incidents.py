@@ -18,6 +18,7 @@ from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Audit, Incidents, Keeper, Minimal, Settings, State, Team, Traces
 from service.web.openapi import errors
+from service.web.routes.json_types import JsonText, Reason
 from telemetry.providers import otlp_endpoint_configured
 
 router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
@@ -30,13 +31,13 @@ Severity = Literal["low", "medium", "high", "critical"]
 class Acknowledge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str = Field("", max_length=2000)
+    note: JsonText = Field("", max_length=2000)
 
 
 class Resolve(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    resolution: str = Field(min_length=1, max_length=2000)
+    resolution: Reason = Field(min_length=1, max_length=2000)
 
 
 # Grafana's Explore on the Tempo data source provisioned in grafana/, as compose publishes it.

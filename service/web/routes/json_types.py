@@ -107,6 +107,15 @@ def _unicode_text(value: str) -> str:
     return value
 
 
+def _says_why(value: str) -> str:
+    value = _unicode_text(value).strip()
+    if not value:
+        raise PydanticCustomError(
+            "blank_reason", "must say why, in words: it is kept in the audit trail"
+        )
+    return value
+
+
 JsonBool = Annotated[bool, BeforeValidator(_boolean)]
 """true or false, nothing that merely looks like one."""
 
@@ -128,3 +137,8 @@ JsonNumber = Annotated[float, AnyNumber]
 JsonText = Annotated[str, AfterValidator(_unicode_text)]
 """A JSON string that is Unicode text: never a lone surrogate such as ``"\\ud800"``, nor
 ``"\\u0000"``."""
+
+Reason = Annotated[str, AfterValidator(_says_why)]
+"""Why an operator acts (a forced open's reason, a rollback's reason, an incident's
+resolution): ``JsonText`` with words in it, kept without the spaces around them; a blank one
+would leave nothing in the trail to say why."""
