@@ -9,6 +9,7 @@ automatic rollback off.
 
 from __future__ import annotations
 
+import difflib
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -358,8 +359,25 @@ def describe_validation_error(exc: ValidationError) -> str:
             "by Alertmanager's `people` receiver (alerts/alertmanager.yml), of every alert"
         )
     if first["type"] == "extra_forbidden":
-        variable = "ERS_" + key.upper().replace(".", "__")
-        return f"invalid setting '{key}': unknown key; check its spelling ({variable})"
+        return f"invalid setting '{key}': unknown key; {_nearest_key(key)}"
     message = first["msg"].removeprefix("Value error, ")
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid setting '{key}': {message}{more}"
+
+
+def _nearest_key(key: str) -> str:
+    """What to write instead of the unknown ``key`` (``a.b`` for a nested one): the nearest
+    key its level takes, or the spelling to check, as a YAML key or an ``ERS_`` variable."""
+    *parents, name = key.split(".")
+    model: Any = Settings
+    for part in parents:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            model = None
+            break
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1) if model else []
+    if close:
+        return f"did you mean {'.'.join([*parents, close[0]])}?"
+    variable = "ERS_" + key.upper().replace(".", "__")
+    return f"check its spelling (in the YAML file, or {variable})"

@@ -61,8 +61,13 @@ def test_explicit_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ),
         (
             {"ERS_BACKUP_INTERVAL_MINUTES__NOPE": "5"},
-            "'backup_interval_minutes.nope': unknown key; check its spelling "
-            "(ERS_BACKUP_INTERVAL_MINUTES__NOPE)",
+            "'backup_interval_minutes.nope': unknown key; check its spelling (in the YAML "
+            "file, or ERS_BACKUP_INTERVAL_MINUTES__NOPE)",
+        ),
+        (
+            {"ERS_BACKUP_INTERVAL_MINUTES__BUDGET": "5"},
+            "'backup_interval_minutes.budget': unknown key; did you mean "
+            "backup_interval_minutes.budgets?",
         ),
     ],
 )
@@ -93,10 +98,13 @@ def test_the_notifications_key_says_who_notifies(
     )
 
 
-def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
+def test_unknown_yaml_key_is_named_with_the_nearest_key(tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text("max_backup: 3\n")
-    with pytest.raises(SettingsError, match="'max_backup': unknown key"):
+    with pytest.raises(SettingsError) as error:
         load_settings()
+    assert str(error.value) == (
+        "invalid setting 'max_backup': unknown key; did you mean max_backups?"
+    )
 
 
 @pytest.mark.parametrize(
