@@ -56,6 +56,19 @@ BackupType = Literal[
     "full_system", "conversations", "budgets", "profiles", "system_state", "incidents"
 ]
 RollbackComponent = Literal["conversations", "budgets", "profiles", "system_state"]
+
+
+def _once_each(components: list[str]) -> list[str]:
+    """A component named twice is rolled back once, and written once in the audit trail."""
+    return list(dict.fromkeys(components))
+
+
+Components = (
+    Annotated[
+        list[RollbackComponent], Field(min_length=1, max_length=4), AfterValidator(_once_each)
+    ]
+    | None
+)
 SNAPSHOT_ID = r"^[0-9a-f]{8,64}$"
 
 
@@ -143,7 +156,7 @@ class TestRollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backupId: SnapshotId
-    components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
+    components: Components = None
 
 
 class Rollback(BaseModel):
@@ -153,7 +166,7 @@ class Rollback(BaseModel):
     beforeIncident: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
     confirm: Confirmation = False
     reason: Reason = Field(min_length=1, max_length=500)
-    components: list[RollbackComponent] | None = Field(None, min_length=1, max_length=4)
+    components: Components = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Rollback:

@@ -1,0 +1,30 @@
+"""A rollback's body as the route reads it: a component named twice is one component."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.web.routes.backups import Rollback
+from service.web.routes.backups import TestRollback as Drill
+
+
+def test_a_component_named_twice_is_rolled_back_and_recorded_once() -> None:
+    body = Rollback.model_validate(
+        {
+            "backupId": "a1b2c3d4",
+            "confirm": True,
+            "reason": "  bad import  ",
+            "components": ["budgets", "profiles", "budgets"],
+        }
+    )
+    assert body.components == ["budgets", "profiles"]
+    assert body.reason == "bad import"
+    drill = Drill.model_validate({"backupId": "a1b2c3d4", "components": ["budgets"] * 2})
+    assert drill.components == ["budgets"]
+
+
+def test_no_components_at_all_is_refused_and_none_means_every_one() -> None:
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        Drill.model_validate({"backupId": "a1b2c3d4", "components": []})
+    assert Drill.model_validate({"backupId": "a1b2c3d4"}).components is None
