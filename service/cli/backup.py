@@ -99,6 +99,14 @@ def _offline_list_sync(args: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(run_offline(listing, progress))
 
 
+class OnceEach(argparse.Action):
+    """A list option whose values are kept once each, in order: a component named twice is
+    rolled back once, and written once in the audit trail."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, list(dict.fromkeys(values)))
+
+
 def _check_target(args: argparse.Namespace) -> None:
     """A rollback names its snapshot or the incident to roll back to before, not both, and
     says why."""
@@ -244,6 +252,7 @@ def register(commands: argparse._SubParsersAction) -> None:
             "--components",
             nargs="+",
             choices=COMPONENTS,
+            action=OnceEach,
             help="only these components (default: every one in the snapshot)",
         )
     subs["rollback"].add_argument("--reason", required=True, help="why, kept in the audit trail")

@@ -1,10 +1,11 @@
-"""A rollback's body as the route reads it: a component named twice is one component."""
+"""A rollback's body as the route and the CLI read it: a component named twice is one."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
+from service.cli.main import build_parser
 from service.web.routes.backups import Rollback
 from service.web.routes.backups import TestRollback as Drill
 
@@ -28,3 +29,14 @@ def test_no_components_at_all_is_refused_and_none_means_every_one() -> None:
     with pytest.raises(ValidationError, match="at least 1 item"):
         Drill.model_validate({"backupId": "a1b2c3d4", "components": []})
     assert Drill.model_validate({"backupId": "a1b2c3d4"}).components is None
+
+
+def test_the_cli_names_each_component_once() -> None:
+    parser = build_parser()
+    rollback = parser.parse_args(
+        ["backup", "rollback", "a1b2c3d4", "--components", "budgets", "profiles", "budgets"]
+        + ["--reason", "bad import", "--yes"]
+    )
+    assert rollback.components == ["budgets", "profiles"]
+    drill = parser.parse_args(["backup", "test-rollback", "a1b2c3d4", "--components", "budgets"])
+    assert drill.components == ["budgets"]
