@@ -281,10 +281,14 @@ def build_team(
         router,
         factory=lambda: RouterAgent(members, config.routes),
         guard_config=router_guard,
-        # Its calls last as long as the agents' it routes to, whose breakers judge that.
+        # Its calls last as long as the agents' it routes to, whose breakers judge that; a
+        # trial routed to a slow agent is not given up on before the agent's time is out.
         breaker_config=replace(
             router_breaker,
             slow_call_duration_s=max(router_breaker.slow_call_duration_s, router_guard.timeout_s),
+            half_open_max_wait_s=max(
+                router_breaker.half_open_max_wait_s, router_guard.total_budget_s
+            ),
         ),
         guidance=f"{ROUTER_RECOVERING} {router.general_answer}",
     )

@@ -415,10 +415,12 @@ async def test_an_agents_own_timeout_moves_its_slow_line_and_trial_wait_unless_o
         assert (pinned.slow_call_duration_s, pinned.half_open_max_wait_s) == (4, 6)
         nutrition = team.guards["nutrition"].breaker.config
         assert (nutrition.slow_call_duration_s, nutrition.half_open_max_wait_s) == (5, 10)
-        # The router waits past the slowest chain it routes to, and judges no call slow.
+        # The router waits past the slowest chain it routes to, judges no call slow, and
+        # gives a trial routed to the slow agent its time (not given up after 10 s).
         router = team.guards["router"]
         assert router.config.timeout_s == router.config.total_budget_s == 33
         assert router.breaker.config.slow_call_duration_s == 33
+        assert router.breaker.config.half_open_max_wait_s == 33
     finally:
         await team.aclose()
 
