@@ -15,9 +15,9 @@ from service.agents.base import Agent, canonical_agent_name
 from service.agents.config import TeamConfig, build_agent, load_team_config
 from service.agents.router import GENERAL_ANSWER, RouterAgent
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
+from service.chat.holds import end_holds_when_back
 from service.errors import UnknownAgent, UserInputError
-from service.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
+from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.fallback import FallbackChain, FallbackPolicy, LastGoodAnswers
@@ -60,37 +60,6 @@ GENERIC_FALLBACK = "This agent is recovering from a fault; please try again in a
 BUDGET_FACTOR = 1.6
 # How long the router's limit waits past the agents' own, so theirs always come first.
 ROUTER_MARGIN_S = 1.0
-
-
-def end_holds_when_back(guarded: GuardedAgent) -> None:
-    """When the agent's breaker says it is back, what was put in its place ends: closed (a
-    trial answered; an operator, an alert's probe or another replica reset it) ends the
-    responder's cached answers and a rate-limit cooldown; a forcing lifted by someone (not
-    run out) ends the cached answers, so the trial calls reach the agent. Kept on the
-    breaker's events, it holds however the breaker comes back, on every replica."""
-    fallback = guarded.fallback
-
-    def on_event(event: BreakerEvent) -> None:
-        if event.to_state is BreakerState.CLOSED:
-            fallback.stop_serving_cached()
-            guarded.end_cooldown()
-        elif event.from_state is BreakerState.FORCED_OPEN and event.source is not None:
-            fallback.stop_serving_cached()
-
-    guarded.breaker.subscribe(on_event, (BreakerEventKind.STATE_TRANSITION, BreakerEventKind.RESET))
-
-
-def with_ended_holds(guard: GuardedAgent, change: Callable[[], str]) -> str:
-    """``change``'s message, with what ended with it: the breaker's events end the cached
-    answers the responder's serve_cached put in the agent's place, and its rate-limit
-    cooldown when it closes (``end_holds_when_back``)."""
-    serving, cooling = guard.fallback.serving_cached(), guard.cooldown_remaining() > 0
-    message = change()
-    if serving and not guard.fallback.serving_cached():
-        message += "; its cached answers are no longer served in its place"
-    if cooling and guard.cooldown_remaining() == 0:
-        message += "; its rate-limit cooldown is over"
-    return message
 
 
 @dataclass

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.chat.team import with_ended_holds
+from service.chat.holds import with_ended_holds
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert, WebhookPayload
 from service.incidents.ledger import AlertLedger, LedgerUnavailable

@@ -1,6 +1,7 @@
-"""What the team puts in an agent's place (the responder's cached answers, a rate-limit
-cooldown) ends on the agent's breaker events, however the breaker comes back: a trial, an
-operator, an alert's probe, or another replica's change carried by the fleet."""
+"""What stands in an agent's place: the responder's cached answers end on the agent's breaker
+events, however the breaker comes back (a trial, an operator, an alert's probe, or another
+replica's change carried by the fleet); a rate-limit cooldown only when someone has just
+heard the agent answer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from contextlib import AsyncExitStack
 from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentReply, AgentRequest
-from service.chat.team import Team, with_ended_holds
+from service.chat.holds import with_ended_holds
+from service.chat.team import Team
 from service.fleet import FleetOverrides
 from service.resilience.breaker import BreakerConfig, BreakerState
 from service.resilience.guard import GuardedAgent
@@ -68,12 +70,21 @@ async def test_a_forcing_that_runs_out_keeps_the_cached_answers_for_their_time()
     assert guarded.fallback.serves_cached(REQUEST)
 
 
-def test_a_reset_from_another_replicas_trial_ends_the_cached_answers_and_the_cooldown() -> None:
+def test_another_replicas_trial_ends_the_cached_answers_and_leaves_the_cooldown() -> None:
     guarded = held()
     guarded.breaker.force_open("incident inc-1: database", "responder", ttl_s=600)
-    said = with_ended_holds(
-        guarded, lambda: guarded.breaker.reset(force=True, source="trial on replica-b")
-    )
+    guarded.breaker.reset(force=True, source="trial on replica-b")  # as the fleet applies it
+    assert guarded.breaker.state is BreakerState.CLOSED
+    assert not guarded.fallback.serving_cached()
+    # The agent asked this replica to leave it alone; a call elsewhere getting through does
+    # not say it has stopped asking.
+    assert guarded.cooldown_remaining() > 100
+
+
+def test_an_operators_reset_ends_the_cached_answers_and_the_cooldown() -> None:
+    guarded = held()
+    guarded.breaker.force_open("incident inc-1: database", "responder", ttl_s=600)
+    said = with_ended_holds(guarded, lambda: guarded.breaker.reset(force=True, source="ops"))
     assert guarded.breaker.state is BreakerState.CLOSED
     assert not guarded.fallback.serving_cached()
     assert guarded.cooldown_remaining() == 0
@@ -84,7 +95,7 @@ def test_a_reset_from_another_replicas_trial_ends_the_cached_answers_and_the_coo
 
 async def test_a_trial_that_closes_the_breaker_ends_the_cached_answers() -> None:
     guarded = held()
-    guarded.cooldown.end()
+    guarded.cooldown.end()  # calls reach the agent
     guarded.breaker.force_open("isolated", "operator", ttl_s=0.01)
     await asyncio.sleep(0.05)
     assert guarded.breaker.advance() is BreakerState.HALF_OPEN

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.chat.team import with_ended_holds
+from service.chat.holds import with_ended_holds
 from service.resilience.breaker import CircuitBreaker, ResetRefused
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 from service.resilience.state_keeper import StateKeeper
