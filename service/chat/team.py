@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -33,7 +34,10 @@ log = logging.getLogger("ers.team")
 AGENT_CLOSE_TIMEOUT_S = 5.0
 
 
-async def _close_agent(name: str, close: Callable[[], Awaitable[object]]) -> None:
+Closer = Callable[[], Awaitable[object]]
+
+
+async def _close_agent(name: str, close: Closer) -> None:
     try:
         async with asyncio.timeout(AGENT_CLOSE_TIMEOUT_S):
             await close()
@@ -72,6 +76,9 @@ class Team:
     answers: LastGoodAnswers = field(default_factory=LastGoodAnswers)
     stats: CallStats = field(default_factory=CallStats)
     guards: dict[str, GuardedAgent] = field(default_factory=dict)
+    # Closing the instances a restart replaced, once the calls begun on them had their time.
+    retired: set[asyncio.Task[None]] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def protect(
         self,
@@ -141,26 +148,41 @@ class Team:
         return {name: seconds for name, seconds in left if seconds > 0}
 
     async def restart(self, guard: GuardedAgent) -> bool:
-        """A new instance of ``guard``'s agent from its factory, the one it replaces closed
-        as at shutdown: dropped without its ``aclose``, each restart left that instance's
-        connections open for the life of the process. False without a factory."""
+        """A new instance of ``guard``'s agent from its factory; the one it replaces is
+        closed (as at shutdown) once the calls begun on it have had their whole time, a
+        bulkhead's wait and the guard's budget: closed at once, a remote agent's calls still
+        on its connections failed. False without a factory."""
         replaced = guard.agent
         if not guard.restart():
             return False
         if (close := getattr(replaced, "aclose", None)) is not None:
-            await _close_agent(guard.name, close)
+            queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
+            wait = queued + guard.config.total_budget_s
+            task = asyncio.create_task(self._close_retired(guard.name, close, wait))
+            self.retired.add(task)
+            task.add_done_callback(self.retired.discard)
         return True
+
+    async def _close_retired(self, name: str, close: Closer, wait: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.stopping.wait()  # the service stops: close it now
+        await _close_agent(name, close)
 
     async def aclose(self) -> None:
         """Close every agent that holds something open (a remote agent's connections), all
         at once, each within ``AGENT_CLOSE_TIMEOUT_S``: an agent's ``aclose`` that never
-        returns would keep the service from stopping, its stores open and its spans unsent."""
+        returns would keep the service from stopping, its stores open and its spans unsent.
+        Instances a restart replaced are closed now, without waiting out their calls."""
+        self.stopping.set()
         closing = [
             (guard.name, close)
             for guard in self.guards.values()
             if (close := getattr(guard.agent, "aclose", None)) is not None
         ]
-        await asyncio.gather(*(_close_agent(name, close) for name, close in closing))
+        await asyncio.gather(
+            *(_close_agent(name, close) for name, close in closing), *list(self.retired)
+        )
 
     def is_healthy(self, component: str) -> bool:
         """For auto-resolve: an agent is healthy again once its breaker is closed."""

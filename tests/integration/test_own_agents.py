@@ -408,7 +408,8 @@ def test_an_agent_whose_guidance_is_not_text_stops_the_start(tmp_path: Path) -> 
 def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) -> None:
     """restart_agent put a new instance from the factory in place and dropped the old one
     without its aclose: each restart of an agent holding connections (an LLM client) left
-    them open for the life of the process; only the last instance was closed at shutdown."""
+    them open for the life of the process; only the last instance was closed at shutdown.
+    The old one is closed once the calls begun on it have had their time."""
     close_log = tmp_path / "closed.log"
     agents = {
         **BUILT_IN,
@@ -423,6 +424,7 @@ def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) 
         "ERS_CONFIG": str(config),
         "PYTHONPATH": str(ROOT),
         "OWN_AGENT_CLOSE_LOG": str(close_log),
+        "ERS_AGENT_TIMEOUT_S": "1",
     }
     ers = start_ers(tmp_path / "ers", env=env)
     try:
@@ -445,7 +447,11 @@ def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) 
                 if restarted is None:
                     time.sleep(0.2)
             assert restarted is not None and restarted["data"]["result"] == "success", restarted
-            # Closed once the restart is done, before the service stops.
+            # Closed once the calls begun on it have had their time (the guard's budget,
+            # 1.6 s here), before the service stops; polled for 30 s at most.
+            deadline = time.monotonic() + 30
+            while not close_log.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
             closed_while_running = close_log.read_text() if close_log.exists() else ""
     finally:
         assert ers.stop() == 0, ers.log()[-4000:]

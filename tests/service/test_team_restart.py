@@ -1,0 +1,79 @@
+"""The responder's restart_agent: a new instance takes the calls, and the one it replaces is
+closed once the calls begun on it have had their time, or at once when the service stops."""
+
+from __future__ import annotations
+
+import asyncio
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from service.agents.base import AgentReply, AgentRequest
+from service.chat.team import Team
+from service.resilience.breaker import BreakerConfig
+from service.resilience.guard_config import GuardConfig
+
+
+class Connected:
+    """An agent holding a connection: a call after its aclose fails."""
+
+    name = "coach"
+    made = 0
+
+    def __init__(self) -> None:
+        Connected.made += 1
+        self.number = Connected.made
+        self.closed = False
+        self.answering = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        self.answering.set()
+        await self.go_on.wait()
+        if self.closed:
+            raise ConnectionError("the client was closed under the call")
+        return AgentReply(content=f"answered by instance {self.number}", agent=self.name)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def team_with(budget_s: float) -> Team:
+    return Team(
+        tracer=TracerProvider().get_tracer("test"),
+        instruments=None,
+        faults=None,
+        breaker_config=BreakerConfig(),
+        guard_config=GuardConfig(max_attempts=1, timeout_s=budget_s, total_budget_s=budget_s),
+    )
+
+
+async def test_a_call_on_the_replaced_instance_finishes_before_it_is_closed() -> None:
+    team = team_with(budget_s=30)
+    guard = team.protect(Connected(), factory=Connected)
+    old = guard.agent
+    assert isinstance(old, Connected)
+    call = asyncio.create_task(guard.handle(AgentRequest("plan my week", "ana")))
+    await old.answering.wait()
+
+    assert await team.restart(guard) is True
+    assert guard.agent is not old
+    old.go_on.set()
+    reply = await call
+    assert not reply.degraded and reply.content == f"answered by instance {old.number}"
+    assert old.closed is False  # its calls' time (30 s) is not over
+
+    await team.aclose()  # the service stops: closed now, without waiting it out
+    assert old.closed is True and guard.agent.closed is True  # type: ignore[attr-defined]
+    assert not team.retired
+
+
+async def test_the_replaced_instance_is_closed_once_its_calls_had_their_time() -> None:
+    team = team_with(budget_s=0.05)
+    guard = team.protect(Connected(), factory=Connected)
+    old = guard.agent
+    assert await team.restart(guard) is True
+    (closing,) = team.retired
+    await closing  # after the guard's budget of 0.05 s
+    assert old.closed is True  # type: ignore[attr-defined]
+    assert guard.agent.closed is False  # type: ignore[attr-defined]
+    await team.aclose()
