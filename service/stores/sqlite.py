@@ -16,6 +16,7 @@ opens whatever file is then at the path.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -33,6 +34,7 @@ from telemetry.sqlite import enter_wal
 # How long a write waits, in all, for another connection's write lock before it fails.
 BUSY_TIMEOUT_MS = 2000
 T = TypeVar("T")
+log = logging.getLogger("ers.stores")
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
@@ -41,24 +43,47 @@ def is_busy(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
 
 
+class FileBusy(Exception):
+    """Another connection holds the write lock of ``component``'s file (a unit of work over
+    several files says which one)."""
+
+    def __init__(self, component: str, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.component = component
+
+
+# When each file's wait was last logged: once a minute at most, however many writes wait.
+_WAIT_LOGGED: dict[str, float] = {}
+
+
 async def outwaiting_writers(component: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """``attempt()``, tried again while another connection holds the file's write lock, with
     sleeps on the loop between tries (other requests go on meanwhile) and for up to
     ``BUSY_TIMEOUT_MS`` in all. ``attempt`` takes and lets go of its own locks and rolls back
     its own transaction: nothing is held across a sleep. Other errors, and a lock held
-    longer, raise StoreUnavailable."""
+    longer, raise StoreUnavailable naming the file (``component``, or the FileBusy's)."""
     deadline, pause = 0.0, 0.002
     while True:
         try:
             return await attempt()
-        except sqlite3.Error as exc:
-            now = time.monotonic()
-            deadline = deadline or now + BUSY_TIMEOUT_MS / 1000
-            if not is_busy(exc):
+        except (sqlite3.Error, FileBusy) as exc:
+            busy = exc.component if isinstance(exc, FileBusy) else component
+            if isinstance(exc, sqlite3.Error) and not is_busy(exc):
                 raise StoreUnavailable(component, str(exc)) from exc
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + BUSY_TIMEOUT_MS / 1000
+                if now - _WAIT_LOGGED.get(busy, -60.0) >= 60:
+                    _WAIT_LOGGED[busy] = now
+                    log.info(
+                        "the %s store's file is locked by another connection; its writes "
+                        "wait for it, %g s at most each",
+                        busy,
+                        BUSY_TIMEOUT_MS / 1000,
+                    )
             if now >= deadline:
                 raise StoreUnavailable(
-                    component,
+                    busy,
                     f"{exc}: another connection has held its write lock for more than "
                     f"{BUSY_TIMEOUT_MS / 1000:g} s (an open sqlite3 shell or tool on the file?)",
                 ) from exc

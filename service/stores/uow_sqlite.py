@@ -27,7 +27,13 @@ from contextlib import ExitStack, contextmanager
 
 from service.errors import StoreUnavailable
 from service.stores.sql import SQLITE
-from service.stores.sqlite import SqliteStore, SqliteTransaction, is_busy, outwaiting_writers
+from service.stores.sqlite import (
+    FileBusy,
+    SqliteStore,
+    SqliteTransaction,
+    is_busy,
+    outwaiting_writers,
+)
 from service.stores.unit_of_work import (
     Applied,
     KeyPolicy,
@@ -103,8 +109,8 @@ class SqliteUnitOfWork:
             applied = await apply(tx, names, unit, dialect=SQLITE, policy=self.policy)
         except sqlite3.Error as exc:
             conn.rollback()
-            if is_busy(exc):
-                raise
+            if is_busy(exc):  # waited out by ``outwaiting_writers``, which names the file
+                raise FileBusy(tx.component or components[-1], exc) from exc
             raise StoreUnavailable(tx.component, str(exc)) from exc
         except BaseException:
             conn.rollback()

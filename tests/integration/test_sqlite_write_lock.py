@@ -47,7 +47,7 @@ def test_a_write_waits_for_the_lock_without_stopping_the_other_requests(
         with write_locked(data / f"{locked}.sqlite3"):
             chat = threading.Thread(target=lambda: answered.append(http.post("/chat", json=turn)))
             chat.start()
-            time.sleep(0.3)  # the chat's turn meets the lock meanwhile
+            waits_for(ers_process, f"the {locked} store's file is locked by another connection")
             # Inside SQLite's own wait, the whole loop would stop, and this would be
             # answered only after the chat had given up with a 503.
             assert http.get("/livez").status_code == 200
@@ -59,15 +59,33 @@ def test_a_write_waits_for_the_lock_without_stopping_the_other_requests(
         assert reply.json()["emergency"] is False
 
 
-def test_a_lock_held_longer_than_the_store_waits_gives_a_503_to_retry(
-    ers_process: ErsProcess,
+@pytest.mark.parametrize(
+    ("locked", "message"),
+    [("conversations", CHAT["message"]), ("budgets", "budget: add expense 5 coffee")],
+)
+def test_a_lock_held_longer_than_the_store_waits_gives_a_503_naming_the_file(
+    ers_process: ErsProcess, locked: str, message: str
 ) -> None:
     data = Path(ers_process.log_path).parent / "data"
+    turn = {"message": message, "userId": "ana"}
     with httpx.Client(base_url=ers_process.url, timeout=30) as http:
-        with write_locked(data / "conversations.sqlite3"):
-            reply = http.post("/chat", json=CHAT)
+        assert http.post("/chat", json=turn).status_code == 200
+        with write_locked(data / f"{locked}.sqlite3"):
+            reply = http.post("/chat", json=turn)
         assert reply.status_code == 503
         assert reply.headers["Retry-After"]
-        assert reply.json()["component"] == "conversations"
-        assert http.post("/chat", json=CHAT).status_code == 200  # and it serves on
-    assert "another connection has held its write lock for more than 2 s" in ers_process.log()
+        # The file another program holds, not "budgets and conversations".
+        assert reply.json()["component"] == locked
+        assert http.post("/chat", json=turn).status_code == 200  # and it serves on
+    assert (
+        f"the {locked} store is unavailable: database is locked: another connection has held "
+        "its write lock for more than 2 s"
+    ) in ers_process.log()
+
+
+def waits_for(ers: ErsProcess, line: str, timeout_s: float = 30.0) -> None:
+    """Until ``line`` is in the service's log (polled, ``timeout_s`` at most)."""
+    deadline = time.monotonic() + timeout_s
+    while line not in ers.log():
+        assert time.monotonic() < deadline, f"no log line {line!r} within {timeout_s:g} s"
+        time.sleep(0.02)
