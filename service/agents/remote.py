@@ -243,7 +243,9 @@ class RemoteAgent:
             self._spans.failed(span, exc)
             failure = self._transport_failure(exc)
             if failure is None:
-                raise
+                if exc is raised:
+                    raise
+                raise exc from None  # the scrubbed copy: the original's text held a secret
             span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
             raise failure from None
         return response.status_code, response.headers, content
@@ -261,9 +263,11 @@ class RemoteAgent:
             value = header[1]
             scrubbed = scrubbed.replace(value, REDACTED)
             scrubbed = scrubbed.replace(repr(value.encode())[2:-1], REDACTED)
-        if scrubbed == text or not isinstance(exc, httpx.HTTPError):
+        if scrubbed == text:
             return exc
-        return type(exc)(scrubbed)
+        if isinstance(exc, httpx.HTTPError):
+            return type(exc)(scrubbed)
+        return RuntimeError(f"{type(exc).__name__}: {scrubbed}")  # any constructor: the text
 
     def _transport_failure(self, exc: Exception) -> FailureKind | None:
         if isinstance(exc, httpx.TimeoutException):

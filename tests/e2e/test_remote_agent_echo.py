@@ -16,6 +16,8 @@ import httpx
 import pytest
 import yaml
 
+from service.agents.remote import RemoteAgent
+from service.agents.specs import HttpAgentSpec
 from tests.conftest import start_ers
 
 pytestmark = pytest.mark.integration
@@ -90,3 +92,18 @@ def test_a_key_in_the_url_is_not_quoted_from_a_reply_that_echoes_the_request(
     for seen in (reply.text, breaker, incidents, trace, metrics, ers.log()):
         assert KEY not in seen
         assert TOKEN not in seen
+
+
+def test_an_error_of_any_kind_is_scrubbed_of_the_urls_key() -> None:
+    """Not only httpx's errors: whatever the exchange raises is recorded without the key."""
+    agent = RemoteAgent(
+        "echoed",
+        HttpAgentSpec(url="http://127.0.0.1:9/chat?key=s3cr3t-k3y"),  # type: ignore[arg-type]
+        default_timeout_s=1.0,
+    )
+    for raised in (ValueError("b'POST /chat?key=s3cr3t-k3y HTTP/1.1'"), OSError("key=s3cr3t-k3y")):
+        kept = agent._without_secrets(raised)
+        assert "s3cr3t-k3y" not in str(kept)
+        assert type(raised).__name__ in str(kept)
+    untouched = ValueError("nothing secret")
+    assert agent._without_secrets(untouched) is untouched

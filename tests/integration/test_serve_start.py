@@ -274,6 +274,7 @@ def test_a_program_still_running_after_a_kill_does_not_hold_the_port_of_the_next
             if restore_pid.exists() and restore_pid.read_text().strip():
                 break
             time.sleep(0.05)
+        assert restore_pid.exists(), "the test rollback's restore never started"
         first.stop(signal.SIGKILL)
         asking.join()
         # Before: the restore had inherited the listening socket and held the port, and the
