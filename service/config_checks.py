@@ -8,6 +8,8 @@ import os
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import UnionType
+from typing import Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -65,12 +67,35 @@ def refuse_boolean_number(value: object, annotation: object) -> object:
     """YAML reads ``yes``, ``no``, ``on``, ``off``, ``true`` and ``false`` as booleans, and a
     number setting would take one for 1 or 0 (``max_backups: yes`` kept one snapshot): a
     number must be written as one."""
-    if isinstance(value, bool) and annotation in (int, float):
-        raise ValueError(
-            f"must be a number, not {str(value).lower()} (YAML reads yes, no, on and off as "
-            "true or false); write the number"
-        )
+    if isinstance(value, bool) and _is_number(annotation):
+        raise ValueError(_NOT_A_NUMBER.format(str(value).lower()))
+    if isinstance(value, dict) and get_origin(annotation) is dict:
+        # agent_breakers: {budget: {open_duration_s: on}}: numbers under names
+        for key, item in value.items():
+            try:
+                refuse_boolean_number(item, get_args(annotation)[1])
+            except ValueError as exc:
+                said = str(exc)
+                where = f"{key} " if said.startswith("must") else f"{key}."
+                raise ValueError(where + said) from None
     return value
+
+
+_NOT_A_NUMBER = (
+    "must be a number, not {} (YAML reads yes, no, on and off as true or false); write the number"
+)
+
+
+def _is_number(annotation: object) -> bool:
+    """int, float, or a union of them (with None): never bool, which is an int too."""
+    if annotation in (int, float):
+        return True
+    members = [a for a in get_args(annotation) if a is not type(None)]
+    return (
+        bool(members)
+        and get_origin(annotation) in (Union, UnionType)
+        and all(a in (int, float) for a in members)
+    )
 
 
 def refuse_blank(value: object) -> object:

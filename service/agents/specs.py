@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -14,10 +14,13 @@ from pydantic import (
     Field,
     HttpUrl,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from service.config_checks import refuse_boolean_number
 
 # An HTTP field name (RFC 9110's token): anything else fails every call, not the start-up.
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -35,6 +38,14 @@ class AgentSpecBase(BaseModel):
     max_wait_s: float = Field(0.0, ge=0, le=60)
     # One attempt's time limit; None: the service's agent_timeout_s.
     timeout_s: float | None = Field(None, gt=0, le=600)
+
+    @field_validator(
+        "max_concurrent_calls", "max_wait_s", "timeout_s", "max_connections", mode="before",
+        check_fields=False,  # max_connections: a remote agent's
+    )  # fmt: skip
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
 
 
 class PythonAgentSpec(AgentSpecBase):

@@ -207,6 +207,11 @@ def test_a_yaml_yes_or_no_for_a_number_is_refused_not_taken_for_one_or_zero(
         ("chat_starts_per_turn: off", "chat_starts_per_turn"),
         ("idempotency_keys_max: true", "idempotency_keys_max"),
         ("backup_interval_minutes: {budgets: on}", "backup_interval_minutes.budgets"),
+        ("agent_breakers: {budget: {open_duration_s: on}}", "agent_breakers"),
+        (
+            "agents: {coach: {kind: http, url: 'http://127.0.0.1:9/chat', timeout_s: yes}}",
+            "agents.coach.timeout_s",
+        ),
     ):
         (tmp_path / "ers.yaml").write_text(line + "\n")
         done = serve(tmp_path, "--port", str(free_port()))
