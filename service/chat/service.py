@@ -74,7 +74,9 @@ class ChatService:
 
     async def chat(self, message: str, user_id: str, key: str | None = None) -> ChatResult:
         """Answer and store one turn; with ``key`` (a valid Idempotency-Key), a request
-        already answered gets its first reply again and writes nothing."""
+        already answered gets its first reply again and writes nothing. A fallback reply
+        that recorded nothing is not remembered: its retry is answered afresh, and each
+        send's turn stays in the history."""
         if self._admission is not None:
             try:
                 await self._admission.enter()
