@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from backup.swap_journal import SwapRecoveryFailed
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 log = logging.getLogger("ers")
 
@@ -152,8 +152,8 @@ async def hold_state(settings: Settings, held: DataDirLock | None = None) -> Asy
     try:
         release = await _take_for_service(settings)
     except DataDirInUse as exc:
-        log.error("%s", exc)  # one line; HideRefusalTraceback keeps uvicorn's traceback out
-        raise
+        # Said by `ers serve` in one line with exit 2, as the SQLite service's refusal is.
+        raise SettingsError(str(exc)) from None
     try:
         yield
     finally:
