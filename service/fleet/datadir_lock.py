@@ -27,8 +27,6 @@ from pathlib import Path
 from backup.swap_journal import SwapRecoveryFailed
 from service.settings import Settings, SettingsError
 
-log = logging.getLogger("ers")
-
 LOCK_FILE_NAME = ".ers.lock"
 OFFLINE_ADVICE = (
     "stop the service first, or run the command without --offline to go through the service"
