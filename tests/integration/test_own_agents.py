@@ -373,39 +373,39 @@ def test_an_auth_file_not_found_is_named_where_it_was_looked_for(tmp_path: Path)
     assert "s3cret" not in result.stderr
 
 
-def test_an_agent_whose_handle_is_not_async_stops_the_start(tmp_path: Path) -> None:
-    """A `def handle` (the README asks for `async def`) passed the start-up check, and then
-    every chat failed with "TypeError: object AgentReply can't be used in 'await'
-    expression", opening the agent's breaker: a mistake of the settings' author, found only
-    by the users."""
-    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": f"{HELPERS}:sync_handle"}}
+@pytest.mark.parametrize(
+    ("factory", "fault"),
+    [
+        # A `def handle` (the README asks for `async def`) passed the start-up check, and
+        # then every chat failed with "TypeError: object AgentReply can't be used in
+        # 'await' expression", opening the agent's breaker: found only by the users.
+        (
+            "sync_handle",
+            "returned an agent whose handle is a plain def; "
+            "write it as async def handle(self, request)",
+        ),
+        # `guidance = "Rest today.",` (a stray comma: a tuple) passed the start; when the
+        # agent failed, its guidance became a reply that was no text, which failed the
+        # router's own guard: every chat, of every intent, got the router's recovering
+        # message.
+        (
+            "tuple_guidance",
+            "returned an agent whose guidance is a tuple, not text; "
+            "make it a string (a trailing comma makes a tuple), or leave it out",
+        ),
+    ],
+)
+def test_an_agent_the_guard_cannot_run_stops_the_start(
+    tmp_path: Path, factory: str, fault: str
+) -> None:
+    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": f"{HELPERS}:{factory}"}}
     config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
     result = serve(
         tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config), PYTHONPATH=str(ROOT)
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "ers: invalid setting 'agents.my_coach.factory': "
-        f"'{HELPERS}:sync_handle' returned an agent whose handle is a plain def; "
-        "write it as async def handle(self, request)"
-    ), result.stderr
-
-
-def test_an_agent_whose_guidance_is_not_text_stops_the_start(tmp_path: Path) -> None:
-    """`guidance = "Rest today.",` (a stray comma: a tuple) passed the start; when the agent
-    failed, its guidance became a reply that was no text, which failed the router's own
-    guard: the router's breaker opened and every chat, of every intent, got the router's
-    recovering message."""
-    agents = {**BUILT_IN, "my_coach": {"kind": "python", "factory": f"{HELPERS}:tuple_guidance"}}
-    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
-    result = serve(
-        tmp_path, "--port", str(free_port()), ERS_CONFIG=str(config), PYTHONPATH=str(ROOT)
-    )
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        "ers: invalid setting 'agents.my_coach.factory': "
-        f"'{HELPERS}:tuple_guidance' returned an agent whose guidance is a tuple, not text; "
-        "make it a string (a trailing comma makes a tuple), or leave it out"
+        f"ers: invalid setting 'agents.my_coach.factory': '{HELPERS}:{factory}' {fault}"
     ), result.stderr
 
 
