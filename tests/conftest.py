@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service.cli.main import REQUEST_GRACE_S
 from service.settings import Settings
 from service.web.app import create_app
 from tests.processes import free_port, start_process
@@ -54,6 +55,11 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+# A clean stop may take the requests' grace and then the shutdown backup's whole budget (a
+# backup of five PostgreSQL components on a loaded machine took more than 20 s).
+STOP_TIMEOUT_S = REQUEST_GRACE_S + Settings.model_fields["shutdown_backup_timeout_s"].default + 10
+
+
 @dataclass
 class ErsProcess:
     url: str
@@ -72,7 +78,9 @@ class ErsProcess:
                 raise TimeoutError(f"the backup repository was not ready within {timeout:g} s")
             time.sleep(0.2)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Signal the process and wait for it; past ``timeout``, kill it (its code is then
+        -9, which a test asserting a clean stop reports)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
