@@ -64,23 +64,26 @@ class DeadlineWatchdog:
         self._timer_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, call: Awaitable[T], timeout_s: float) -> T:
+    async def run(self, call: Awaitable[T], timeout_s: float, budget_s: float | None = None) -> T:
         """Await ``call`` within ``timeout_s``.
 
         A coroutine is stepped once here first: an agent that answers without waiting on
         anything (the common case for in-process agents) finishes in that step and needs no
         deadline, since no timeout could have interrupted it anyway. Only a call that
-        suspends is registered, with its deadline counted from the start."""
+        suspends is registered, with its deadline counted from the start. ``budget_s``: the
+        retries' whole budget, when what was left of it set ``timeout_s``."""
         if isinstance(call, Coroutine):
             started = time.monotonic()
             try:
                 first = call.send(None)
             except StopIteration as done:
                 return done.value
-            return await self._with_deadline(_Resume(call, first), started, timeout_s)
-        return await self._with_deadline(call, time.monotonic(), timeout_s)
+            return await self._with_deadline(_Resume(call, first), started, timeout_s, budget_s)
+        return await self._with_deadline(call, time.monotonic(), timeout_s, budget_s)
 
-    async def _with_deadline(self, awaitable: Awaitable[T], started: float, timeout_s: float) -> T:
+    async def _with_deadline(
+        self, awaitable: Awaitable[T], started: float, timeout_s: float, budget_s: float | None
+    ) -> T:
         task = asyncio.current_task()
         if task is None:  # not inside a task: nothing to cancel, use asyncio's own timer
             async with asyncio.timeout_at(started + timeout_s):
@@ -99,7 +102,7 @@ class DeadlineWatchdog:
             return await awaitable
         except asyncio.CancelledError:
             if deadline.expired and task.uncancel() == 0:
-                raise TimeoutError(f"the call took longer than {round(timeout_s, 2):g} s") from None
+                raise TimeoutError(_took_longer(timeout_s, budget_s)) from None
             raise
         finally:
             self._pending.pop(deadline, None)
@@ -127,3 +130,12 @@ class DeadlineWatchdog:
                 earliest = deadline.at
         if earliest != float("inf"):
             self._arm(loop, earliest)
+
+
+def _took_longer(timeout_s: float, budget_s: float | None) -> str:
+    if budget_s is None:
+        return f"the call took longer than {round(timeout_s, 2):g} s"
+    return (
+        f"the call took longer than the {round(timeout_s, 2):g} s left of its "
+        f"{round(budget_s, 2):g} s budget for retries (total_budget_s)"
+    )

@@ -75,7 +75,7 @@ class GuardedAgent:
         self._span_name = f"agent.{agent.name}"
         self._outcome_labels: dict[str, dict[str, str]] = {}
         self._deadlines = deadlines or SHARED_DEADLINES
-        self._first_timeout = min(self.config.timeout_s, self.config.total_budget_s)
+        self._first_limit = self.config.limit(self.config.total_budget_s)
         self._cache = fallback.cache
         self._stats = stats
         self.bulkhead = bulkhead
@@ -208,7 +208,7 @@ class GuardedAgent:
                 return await self._degrade(request, span, started, "rejected", str(rejected))
             try:
                 # The first attempt runs inline: it is the only one on the healthy path.
-                reply = await self._deadlines.run(self._agent_call(request), self._first_timeout)
+                reply = await self._deadlines.run(self._agent_call(request), *self._first_limit)
                 checked_reply(self.name, reply)
             except (UserInputError, StoreUnavailable) as passed:  # no failure of the agent
                 permit.release()
@@ -300,7 +300,8 @@ class GuardedAgent:
                 or elapsed + delay >= config.total_budget_s
             ):
                 if isinstance(error, RateLimited) and error.retry_after_s is not None:
-                    self._cool_down(span, error.retry_after_s)
+                    self.cooldown.start(error.retry_after_s)
+                    span.set_attribute("ers.cooldown_s", error.retry_after_s)
                 try:
                     raise error
                 finally:
@@ -324,7 +325,7 @@ class GuardedAgent:
             call_started = time.perf_counter()
             remaining = config.total_budget_s - (call_started - started)
             try:
-                reply = await self._attempt(request, min(config.timeout_s, remaining))
+                reply = await self._attempt(request, *config.limit(remaining))
             except (UserInputError, StoreUnavailable):
                 permit.release()
                 raise
@@ -337,12 +338,10 @@ class GuardedAgent:
             span.set_attribute("ers.attempts", attempt)
             return reply
 
-    def _cool_down(self, span: trace.Span, seconds: float) -> None:
-        self.cooldown.start(seconds)
-        span.set_attribute("ers.cooldown_s", seconds)
-
-    async def _attempt(self, request: AgentRequest, timeout_s: float) -> AgentReply:
-        reply = await self._deadlines.run(self._agent_call(request), timeout_s)
+    async def _attempt(
+        self, request: AgentRequest, timeout_s: float, budget_s: float | None = None
+    ) -> AgentReply:
+        reply = await self._deadlines.run(self._agent_call(request), timeout_s, budget_s)
         return checked_reply(self.name, reply)
 
     def _agent_call(self, request: AgentRequest) -> Awaitable[AgentReply]:

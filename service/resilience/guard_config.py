@@ -38,3 +38,10 @@ class GuardConfig:
             self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier ** (attempt - 1)
         )
         return random.uniform(0, ceiling)
+
+    def limit(self, left_s: float) -> tuple[float, float | None]:
+        """An attempt's time limit with ``left_s`` of the budget left, and the budget when
+        that, not ``timeout_s``, sets it (a timeout then says so)."""
+        if left_s < self.timeout_s:
+            return left_s, self.total_budget_s
+        return self.timeout_s, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import types
 
 import pytest
@@ -349,3 +350,32 @@ async def test_an_exception_that_cannot_be_printed_still_degrades_the_reply(
     assert span.status.description == "Unprintable: <exception str() failed>"
     assert span.attributes["error.type"] == "Unprintable"
     assert harness.counts()[("ers_agent_calls", "coach", "failure")] == 1
+
+
+async def test_a_timeout_cut_by_the_budget_says_so_not_the_agents_own_limit(
+    harness: Harness,
+) -> None:
+    """An attempt that ran out of what was left of the retries' budget names the budget:
+    before, a last retry read "took longer than 0.09 s" beside a `timeout_s` of 0.2."""
+    agent = ScriptedAgent("workout", [0.5])
+    guard = harness.guard(agent, timeout_s=0.2, max_attempts=5, total_budget_s=0.3)
+    assert (await guard.handle(REQUEST)).degraded
+    (span,) = harness.spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    first, *_ = [e for e in span.events if e.name == "exception"]
+    assert first.attributes["exception.message"] == "the call took longer than 0.2 s"
+    assert re.fullmatch(
+        r"TimeoutError: the call took longer than the 0\.\d+ s left of its 0\.3 s budget "
+        r"for retries \(total_budget_s\)",
+        span.status.description or "",
+    ), span.status.description
+
+    # A budget shorter than timeout_s cuts the first attempt too.
+    harness.spans.clear()
+    lone = harness.guard(ScriptedAgent("budget", [0.5]), timeout_s=5, total_budget_s=0.1)
+    assert (await lone.handle(REQUEST)).degraded
+    (span,) = harness.spans.get_finished_spans()
+    assert span.status.description == (
+        "TimeoutError: the call took longer than the 0.1 s left of its 0.1 s budget for retries "
+        "(total_budget_s)"
+    )
