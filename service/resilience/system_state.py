@@ -1,7 +1,8 @@
 """The system state: normal → degraded → emergency → recovery → normal.
 
-- emergency: an active critical incident, or most agents isolated;
-- degraded: any breaker open or forced, an active high incident, or a failing subsystem;
+- emergency: an active critical incident, or most agents isolated or cooling down;
+- degraded: any breaker open or forced, an agent cooling down after a rate limit (no call
+  reaches it either), an active high incident, or a failing subsystem;
 - recovery: the conditions above have cleared, until the system has been clean for
   ``recovery_clean_s``; then normal. Trouble during recovery goes back to degraded or
   emergency.
@@ -39,6 +40,8 @@ class StateInputs:
     breaker_states: Callable[[], dict[str, str]]
     active_incidents: Callable[[], dict[str, int]]
     failing_subsystems: Callable[[], list[str]]
+    # The seconds left of each agent a rate limit's cooldown keeps every call from.
+    cooling_down: Callable[[], dict[str, float]] = dict
 
 
 class SystemStateMachine:
@@ -72,18 +75,25 @@ class SystemStateMachine:
         breakers = self._inputs.breaker_states()
         incidents = self._inputs.active_incidents()
         isolated = sorted(n for n, s in breakers.items() if s in ("open", "forced_open"))
+        cooling = sorted(set(self._inputs.cooling_down()) - set(isolated))
         if incidents.get("critical"):
             return SystemState.EMERGENCY, f"{incidents['critical']} critical incident(s) active"
-        if breakers and len(isolated) * 2 > len(breakers):
-            return SystemState.EMERGENCY, f"most agents isolated: {', '.join(isolated)}"
+        if breakers and (len(isolated) + len(cooling)) * 2 > len(breakers):
+            out = ", ".join(isolated + [f"{name} (cooling down)" for name in cooling])
+            return SystemState.EMERGENCY, f"most agents isolated: {out}"
         if isolated:
             return SystemState.DEGRADED, f"breaker open: {', '.join(isolated)}"
+        if cooling:
+            return SystemState.DEGRADED, f"cooling down (rate limited): {', '.join(cooling)}"
         if incidents.get("high"):
             return SystemState.DEGRADED, f"{incidents['high']} high-severity incident(s) active"
         failing = self._inputs.failing_subsystems()
         if failing:
             return SystemState.DEGRADED, f"failing subsystem: {', '.join(failing)}"
-        return None, "no open breakers, no high or critical incidents, subsystems healthy"
+        return (
+            None,
+            "no open breakers or cooldowns, no high or critical incidents, subsystems healthy",
+        )
 
     def evaluate(self) -> SystemState:
         wanted, reason = self.conditions()

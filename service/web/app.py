@@ -243,6 +243,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 breaker_states=team.breaker_states,
                 active_incidents=incident_service.active_counts,
                 failing_subsystems=failing.names,
+                cooling_down=team.cooling_down,
             ),
             recovery_clean_s=settings.recovery_clean_s,
         )

@@ -309,7 +309,8 @@ def test_an_agent_cooling_down_degrades_the_breakers_health_check_until_it_is_ba
 ) -> None:
     """For the whole of a 429's Retry-After no call reaches the agent and every chat of its
     intent gets a fallback, yet the health report said "healthy", "every breaker closed",
-    as if nothing kept the agent out: an isolated breaker says "not closed" there."""
+    and the system state "normal", as if nothing kept the agent out: an isolated breaker
+    says "not closed" there."""
     ers = start_routed_ers(tmp_path, example_agent)
     try:
         health = f"{ers.url}/api/emergency/health"
@@ -318,12 +319,15 @@ def test_an_agent_cooling_down_degrades_the_breakers_health_check_until_it_is_ba
         cooling = httpx.get(health, timeout=30)
         said = ers_cli(ers, "breakers", "reset", "helper")
         assert "its rate-limit cooldown is over" in said
-        back = httpx.get(health, timeout=30).json()["checks"]["breakers"]
+        after = httpx.get(health, timeout=30).json()
+        back = after["checks"]["breakers"]
     finally:
         assert ers.stop() == 0
     assert cooling.status_code == 200, cooling.text  # degraded, not unhealthy
     report = cooling.json()
     assert report["overall"] == "degraded", report
+    # ... and so is the system state (before: normal throughout), until the agent is back.
+    assert report["systemState"] == "degraded" and after["systemState"] == "recovery", after
     breakers = report["checks"]["breakers"]
     assert breakers["status"] == "degraded", breakers
     assert breakers["reason"].startswith("cooling down (rate limited): helper"), breakers

@@ -13,6 +13,7 @@ class World:
         }
         self.incidents: dict[str, int] = {}
         self.failing: list[str] = []
+        self.cooling: dict[str, float] = {}
         self.now = 1000.0
 
     def machine(self, recovery_clean_s: float = 60) -> SystemStateMachine:
@@ -21,6 +22,7 @@ class World:
                 lambda: dict(self.breakers),
                 lambda: dict(self.incidents),
                 lambda: list(self.failing),
+                lambda: dict(self.cooling),
             ),
             recovery_clean_s=recovery_clean_s,
             clock=lambda: self.now,
@@ -89,3 +91,23 @@ def test_relapse_during_recovery_goes_back() -> None:
     machine.evaluate()
     world.now += 30
     assert machine.evaluate() is SystemState.RECOVERY  # the clean time starts over
+
+
+def test_an_agent_cooling_down_degrades_the_system_until_it_is_back() -> None:
+    """While a rate limit's cooldown keeps every call from an agent, its fallbacks answer as
+    for an open breaker; before, the state stayed normal while health said degraded."""
+    world = World()
+    machine = world.machine()
+    world.cooling = {"workout": 600.0}
+    assert machine.evaluate() is SystemState.DEGRADED
+    assert machine.reason == "cooling down (rate limited): workout"
+    # Isolated or cooling down, most agents are out: an emergency.
+    world.breakers["budget"] = "forced_open"
+    world.cooling = {"workout": 590.0, "nutrition": 30.0, "budget": 30.0}
+    assert machine.evaluate() is SystemState.EMERGENCY
+    assert machine.reason == (
+        "most agents isolated: budget, nutrition (cooling down), workout (cooling down)"
+    )
+    world.breakers["budget"] = "closed"
+    world.cooling = {}
+    assert machine.evaluate() is SystemState.RECOVERY
