@@ -3,9 +3,11 @@ loopback port, and a client for its admin endpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,19 @@ class ExampleAgent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def running_example_agent(workdir: Path, token: str) -> Iterator[ExampleAgent]:
+    """The example agent expecting ``token`` as its bearer token, stopped on the way out."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_file = workdir / "expected-token"
+    token_file.write_text(token + "\n")
+    agent = start_example_agent(workdir, token_file)
+    try:
+        yield agent
+    finally:
+        agent.stop()
 
 
 def start_example_agent(

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import ErsProcess, start_ers
-from tests.example_agent import ExampleAgent, start_example_agent
+from tests.example_agent import ExampleAgent, running_example_agent
 
 pytest.importorskip("service.agents.config")
 
@@ -31,13 +31,8 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 @pytest.fixture
 def example_agent(tmp_path: Path) -> Iterator[ExampleAgent]:
-    token_file = tmp_path / "expected-token"
-    token_file.write_text(SECRET + "\n")
-    agent = start_example_agent(tmp_path / "example", token_file)
-    try:
+    with running_example_agent(tmp_path / "example", SECRET) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 @pytest.fixture

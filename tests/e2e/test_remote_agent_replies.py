@@ -13,21 +13,15 @@ import pytest
 
 from tests.conftest import ErsProcess
 from tests.e2e.test_remote_agent import SECRET, ask_for_a_workout, start_routed_ers
-from tests.example_agent import ExampleAgent, start_example_agent
+from tests.example_agent import ExampleAgent, running_example_agent
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def example_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleAgent]:
-    workdir = tmp_path_factory.mktemp("example")
-    token_file = workdir / "expected-token"
-    token_file.write_text(SECRET + "\n")
-    agent = start_example_agent(workdir, token_file)
-    try:
+    with running_example_agent(tmp_path_factory.mktemp("example"), SECRET) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 @pytest.fixture(scope="module")

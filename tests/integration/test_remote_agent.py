@@ -38,7 +38,7 @@ from service.resilience.guard_config import GuardConfig
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor
 from tests.conftest import free_port
-from tests.example_agent import ExampleAgent, start_example_agent
+from tests.example_agent import ExampleAgent, running_example_agent
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +48,8 @@ GUIDANCE = "The remote agent is away; here is general guidance."
 
 @pytest.fixture(scope="module")
 def example_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleAgent]:
-    workdir = tmp_path_factory.mktemp("example-agent")
-    token_file = workdir / "expected-token"
-    token_file.write_text(SECRET + "\n")
-    agent = start_example_agent(workdir, token_file)
-    try:
+    with running_example_agent(tmp_path_factory.mktemp("example-agent"), SECRET) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 @pytest.fixture
