@@ -220,14 +220,24 @@ class IncidentStore:
             clauses.append("last_seen >= ?")
             params.append(since)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        total = self._database.rows(f"SELECT COUNT(*) AS n FROM incidents {where}", params)[0]
+        # The page and the count of all that match in one statement, so they agree: counted
+        # apart, an incident written in between was listed beside a total of 0.
         # Ids compared byte by byte, whatever the database's collation.
-        rows = self._database.rows(
-            f"SELECT * FROM incidents {where} "
-            f"ORDER BY last_seen DESC, id{self._dialect.byte_order} LIMIT ? OFFSET ?",
-            [*params, max(limit, 0), max(offset, 0)],
-        )
-        return [Incident.from_row(row) for row in rows], total["n"]
+        rows = [
+            dict(row)
+            for row in self._database.rows(
+                f"SELECT *, COUNT(*) OVER () AS matching FROM incidents {where} "
+                f"ORDER BY last_seen DESC, id{self._dialect.byte_order} LIMIT ? OFFSET ?",
+                [*params, max(limit, 0), max(offset, 0)],
+            )
+        ]
+        total = rows[0]["matching"] if rows else 0
+        if not rows and offset > 0:  # a page past the end: the count alone
+            counted = f"SELECT COUNT(*) AS n FROM incidents {where}"
+            total = self._database.rows(counted, params)[0]["n"]
+        for row in rows:
+            del row["matching"]
+        return [Incident.from_row(row) for row in rows], total
 
     def timeline(self, incident_id: str) -> builtins.list[TimelineEntry]:
         rows = self._database.rows(

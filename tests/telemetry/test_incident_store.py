@@ -304,6 +304,9 @@ def test_list_filters_and_paginates(
     assert total == 2
     recent, total = store.list(since=clock.now - 1)
     assert total == 2
+    # A page past the end is empty and still says how many there are; nothing matching is 0.
+    assert store.list(limit=2, offset=10) == ([], 5)
+    assert store.list(component="nobody") == ([], 0)
     store.resolve(ids[0], "ana", "")
     assert store.list(status="active")[1] == 4
     assert store.list(status="resolved")[1] == 1
