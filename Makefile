@@ -34,7 +34,7 @@ system-run:
 	@scripts/ensure-system-packages restic
 
 system-test:
-	@scripts/ensure-system-packages restic prometheus alertmanager postgresql
+	@scripts/ensure-system-packages restic prometheus alertmanager postgresql nginx
 
 run: $(STAMP) system-run
 	$(VENV)/bin/ers serve --host $(HOST) --port $(PORT)
