@@ -27,6 +27,7 @@ from service.errors import StatementRefused, StorePaused, StoreUnavailable
 from service.stores.pg_pool import (
     CONNECT_TIMEOUT_S,
     IDLE_CHECK_S,
+    OUTAGE_WAIT_S,
     POOL_TIMEOUT_S,
     password_of,
     scrub_password,
@@ -44,10 +45,6 @@ from service.stores.unit_of_work import (
     statement_count,
 )
 
-# Once a wait for a connection has run out (the server is down or unreachable), statements
-# wait only this long until one gets a connection again: a chat gets its 503 in well under
-# a second instead of after a full wait for each statement it makes.
-OUTAGE_WAIT_S = 0.5
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 10
 
