@@ -208,8 +208,9 @@ def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, in
     return next(filter(None, (_duplicate_key(n, (*path, k)) for k, n in children)), None)
 
 
-# ERS_ variables that name no setting but are read elsewhere: the CLI's.
-NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG", "ERS_TOKEN_FILE"})
+# ERS_ variables that name no setting but are read elsewhere: the CLI's service URL and the
+# YAML file's path.
+NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG"})
 
 
 def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:

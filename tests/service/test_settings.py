@@ -330,6 +330,7 @@ def test_an_ers_variable_that_names_no_setting_is_told_with_the_nearest_one() ->
         "ERS_BACKUP_INTERVAL_MINUTES__BUDGETS": "30",
         "ers_max_backups": "3",  # variables are read case-blind
         "ERS_URL": "http://127.0.0.1:8000",  # the CLI's
+        "ERS_CONFIG": "ers.yaml",  # the YAML file's path
         "PATH": "/usr/bin",
     }
     # Before: the typo was ignored without a word and the default applied.
@@ -337,3 +338,11 @@ def test_an_ers_variable_that_names_no_setting_is_told_with_the_nearest_one() ->
         "ERS_CIRCUIT_BREAKER_TRESHOLD names no setting and is ignored; did you mean "
         "ERS_CIRCUIT_BREAKER_THRESHOLD?"
     ]
+
+
+def test_a_token_file_variable_without_the_token_s_name_is_told() -> None:
+    # Nothing reads ERS_TOKEN_FILE (each token's file has its own variable), yet the service
+    # started without a word about the variable it ignored.
+    [line] = unknown_variables({"ERS_TOKEN_FILE": "/run/secrets/t"}, Settings.model_fields)
+    assert line.startswith("ERS_TOKEN_FILE names no setting and is ignored; did you mean ERS_")
+    assert line.endswith("_TOKEN_FILE?")
