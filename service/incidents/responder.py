@@ -27,6 +27,13 @@ from typing import Any, Protocol
 from service.chat.minimal_mode import MinimalMode
 from service.chat.team import Team
 from service.errors import UnknownAgent
+from service.incidents.action_claims import (
+    FLEET_WIDE_ACTIONS,
+    ActionClaims,
+    claim,
+    claim_name,
+    give_back,
+)
 from service.incidents.recovery import ACTOR as ALERTMANAGER
 from service.resilience.breaker_config import BreakerState
 
@@ -42,8 +49,6 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
 COOLDOWN_SKIP = "ran within the cooldown"
 # Actions on one agent: skipped for a component that is not an agent of the team.
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
-# Actions whose effect reaches every replica: one replica runs each per incident.
-FLEET_WIDE_ACTIONS = frozenset({"isolate", "emergency_backup", "rollback"})
 # Actions whose effect outlives the process (kept isolations and minimal mode, a rolled-back
 # state): their cooldown holds across a restart. The others act on what a restart renews
 # (agent instances, cached answers), or keep a cooldown of their own (emergency backups,
@@ -62,14 +67,6 @@ class Timeline(Protocol):
 
 class Trail(Protocol):
     def record(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
-
-
-class ActionClaims(Protocol):
-    def claim_action(
-        self, incident_id: str, action: str, replica: str, cooldown_s: float
-    ) -> str | None:
-        """Claim the action for this replica: None when it may run it, else who holds it."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -170,6 +167,9 @@ class Responder:
             result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
         if result.result == "failed":  # not done: the next call for it tries again
             self._last_run.pop(key, None)
+            if action in FLEET_WIDE_ACTIONS and self.claims is not None:  # here or elsewhere
+                name = claim_name(action, context.episode)
+                await give_back(self.claims, self.replica, context.incident_id, name)
         finished = {"action": action, "result": result.result}
         if result.result == "skipped":  # it found nothing to do, and says why
             finished["reason"] = result.detail
@@ -224,17 +224,10 @@ class Responder:
                     "replica, which trims its own caches when its memory check fails)"
                 )
         if action in FLEET_WIDE_ACTIONS and self.claims is not None:
-            try:
-                holder = await asyncio.to_thread(
-                    self.claims.claim_action,
-                    context.incident_id,
-                    action if not context.episode else f"{action} (reopening {context.episode})",
-                    self.replica,
-                    self.cooldown_s,
-                )
-            except Exception as exc:  # the database is out: act here rather than nowhere
-                log.warning("%s runs unclaimed for %s: %s", action, context.incident_id, exc)
-                return None
+            name = claim_name(action, context.episode)
+            holder = await claim(
+                self.claims, self.replica, context.incident_id, name, self.cooldown_s
+            )
             if holder is not None:
                 # Taken, not necessarily run: it may have found approval needed, or failed.
                 return (

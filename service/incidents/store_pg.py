@@ -135,3 +135,12 @@ class PgIncidentStore(IncidentStore):
                 (incident_id, action),
             ).fetchone()
         return str(row["replica"]) if row is not None else "another replica"
+
+    def release_action(self, incident_id: str, action: str, replica: str) -> None:
+        """Give back ``replica``'s claim of the incident's action (it failed), so that the
+        next attempt, on any replica, may take it; another replica's claim is left."""
+        with self._database.transaction() as db:
+            db.execute(
+                "DELETE FROM action_claims WHERE incident_id = ? AND action = ? AND replica = ?",
+                (incident_id, action, replica),
+            )

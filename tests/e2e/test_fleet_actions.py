@@ -149,3 +149,77 @@ def test_a_critical_incident_seen_by_two_replicas_takes_one_emergency_backup(
             replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]
+
+
+def backup_alert(fingerprint: str) -> dict[str, Any]:
+    labels = {"alertname": "EmergencyBackupNeeded", "severity": "critical", "action": "backup"}
+    alert = {
+        "status": "firing",
+        "labels": labels,
+        "annotations": {"summary": "state at risk"},
+        "startsAt": "2026-12-03T12:00:00.000Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": fingerprint,
+    }
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="EmergencyBackupNeeded"}',
+        "status": "firing",
+        "receiver": "ers-backup",
+        "alerts": [alert],
+    }
+
+
+def backup_outcomes(replica: ErsProcess, count: int) -> tuple[str, list[str]]:
+    """The alert's incident and the results of its emergency backups, once there are
+    ``count`` of them."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = httpx.get(
+            f"{replica.url}/api/emergency/incidents", params={"component": "ers"}, timeout=10
+        ).json()["incidents"]
+        entries = backup_entries(replica, found[0]["id"]) if found else []
+        if len(entries) >= count:
+            return found[0]["id"], [e["message"] for e in entries]
+        assert time.monotonic() < deadline, (entries, replica.log()[-3000:])
+        time.sleep(0.2)
+
+
+def test_an_emergency_backup_that_failed_on_one_replica_is_taken_by_the_next_delivery(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A failure holds nothing back: the replica whose emergency backup failed gives its
+    claim back, so the alert's next delivery, to the other replica, takes the backup instead
+    of being told that the first replica took it."""
+    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_REPOSITORY": str(repository),
+        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env=env))
+        replicas[0].wait_for_backups()
+        replicas.append(start_ers(tmp_path / "b", env=env))
+        replicas[1].wait_for_backups()
+        a, b = replicas
+
+        repository.rename(tmp_path / "repo-away")  # out of reach: the backup fails
+        reply = httpx.post(f"{a.url}/api/emergency/alerts", json=backup_alert("bk01"), timeout=10)
+        assert reply.json()["new"] == 1, reply.text
+        _, outcomes = backup_outcomes(a, 1)
+        assert outcomes[0].startswith("emergency_backup: failed"), outcomes
+
+        (tmp_path / "repo-away").rename(repository)
+        # Alertmanager's next repeat of the firing alert reaches the other replica.
+        reply = httpx.post(f"{b.url}/api/emergency/alerts", json=backup_alert("bk01"), timeout=10)
+        assert reply.json()["new"] == 1, reply.text
+        _, outcomes = backup_outcomes(b, 2)
+        assert outcomes[1].startswith("emergency_backup: success"), outcomes
+        assert emergency_snapshots(repository, password_file)
+    finally:
+        for replica in replicas:
+            replica.stop()

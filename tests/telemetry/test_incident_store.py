@@ -670,6 +670,18 @@ def test_one_replica_claims_an_incidents_fleet_wide_action_until_the_cooldown_en
     assert a.claim_action("INC_1", "emergency_backup", "a", 300) == "b"
 
 
+def test_a_claim_given_back_after_its_action_failed_may_be_taken_by_any_replica(
+    pg_replicas: tuple[PgIncidentStore, PgIncidentStore],
+) -> None:
+    a, b = pg_replicas
+    assert a.claim_action("INC_1", "emergency_backup", "a", 300) is None
+    # Only the holder gives a claim back: another replica's word leaves it in place.
+    b.release_action("INC_1", "emergency_backup", "b")
+    assert b.claim_action("INC_1", "emergency_backup", "b", 300) == "a"
+    a.release_action("INC_1", "emergency_backup", "a")
+    assert b.claim_action("INC_1", "emergency_backup", "b", 300) is None
+
+
 def test_a_statement_stuck_behind_a_lock_is_cancelled_with_the_reason(
     pg_incidents_url: str,
 ) -> None:
