@@ -35,6 +35,7 @@ from backup.emergency import EmergencyCooldown
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome
 from service.backups.first_start import first_start_done
+from service.backups.fleet_cooldown import follow_fleet_cooldown
 from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
 from service.errors import ErsError
@@ -315,6 +316,8 @@ class BackupService:
         return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
 
     async def emergency(self, why: str) -> EmergencyBackup:
+        if self.settings.database_url is not None:  # another replica's may cover it
+            await follow_fleet_cooldown(self.emergency_cooldown, self.stores.system_state)
         result = await self.create(None, "emergency")
         if result.coalesced:
             age = (datetime.now(UTC) - result.started_at).total_seconds()

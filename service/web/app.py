@@ -23,6 +23,7 @@ from fastapi import FastAPI  # noqa: E402
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
 from service.backups.first_start import finds_no_state  # noqa: E402
+from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks  # noqa: E402
 from service.backups.service import undo_interrupted_swap  # noqa: E402
@@ -268,7 +269,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             state,
             switches={
                 "minimal_mode": minimal_mode,
-                "emergency_backup": emergency_cooldown,
+                EMERGENCY_COOLDOWN_KEY: emergency_cooldown,
                 **cooldowns,
             },
         )

@@ -223,3 +223,53 @@ def test_an_emergency_backup_that_failed_on_one_replica_is_taken_by_the_next_del
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def finished_backup(replica: ErsProcess, component: str) -> dict[str, Any]:
+    """The emergency-backup entry of ``component``'s incident, once it is there."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = httpx.get(
+            f"{replica.url}/api/emergency/incidents", params={"component": component}, timeout=10
+        ).json()["incidents"]
+        entries = backup_entries(replica, found[0]["id"]) if found else []
+        if entries:
+            return entries[0]
+        assert time.monotonic() < deadline, replica.log()[-3000:]
+        time.sleep(0.2)
+
+
+def test_an_emergency_backup_on_one_replica_covers_the_others_within_its_cooldown(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two critical incidents, one on each replica, a few seconds apart: the second replica
+    takes no snapshot of its own, and its timeline names the first one's backup."""
+    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_REPOSITORY": str(repository),
+        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        replicas.append(start_ers(tmp_path / "a", env=env))
+        replicas[0].wait_for_backups()
+        replicas.append(start_ers(tmp_path / "b", env=env))
+        replicas[1].wait_for_backups()
+        a, b = replicas
+
+        send(a, fatal_span_export("billing", secrets.token_hex(16), "fatal: ledger"))
+        first = finished_backup(a, "billing")
+        assert first["message"].startswith("emergency_backup: success"), first
+        send(b, fatal_span_export("shipping", secrets.token_hex(16), "fatal: queue"))
+        second = finished_backup(b, "shipping")
+        assert second["data"]["result"] == "skipped", second
+        assert "within the cooldown" in second["message"], second
+
+        snapshots = emergency_snapshots(repository, password_file)
+        assert len(snapshots) == 5, snapshots  # one of each component, once
+    finally:
+        for replica in replicas:
+            replica.stop()
