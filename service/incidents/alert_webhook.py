@@ -39,7 +39,7 @@ from typing import Any
 from service.chat.holds import with_ended_holds
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert, WebhookPayload
-from service.incidents.ledger import AlertLedger, LedgerUnavailable
+from service.incidents.ledger import AlertLedger, LedgerUnavailable, firing_handled
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
@@ -156,6 +156,9 @@ class AlertHandler:
         starts_at = alert.startsAt.isoformat()
         incident_id: str | None = None
         try:
+            # What its firing did is known once it is done: unless it waits here, behind this.
+            if alert.status == "resolved" and self._locks[alert.fingerprint][1][0] == 1:
+                await firing_handled(self.ledger, alert.fingerprint, starts_at)
             stale = (
                 await asyncio.to_thread(self._stale, alert) if alert.status == "firing" else None
             )

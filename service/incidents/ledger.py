@@ -14,6 +14,8 @@ action that failed is tried again then, instead of never.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import time
 from typing import Any
@@ -22,6 +24,8 @@ from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
+
+log = logging.getLogger("ers.alerts")
 
 COMPONENT = "alerts"
 
@@ -43,6 +47,9 @@ KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
 # process was killed): longer than an action may run (the responder's limit is 120 s).
 UNFINISHED_AFTER_S = 300.0
 LOST = "failed: lost, the service stopped before it finished; taken again on the next delivery"
+# How long a resolution waits for its firing while another writer acts on it: longer than
+# an action may run (the responder's limit is 120 s).
+FIRING_WAIT_S = 130.0
 # A repeated delivery is acted on again when the last attempt failed (its outcome says
 # "failed") or was lost; the attempt it starts is stamped with this delivery's time, which
 # is how record() tells that it took it. Both conditions read the row as it was; their
@@ -184,3 +191,27 @@ class AlertLedger:
             "incidentId": rows[0]["incident_id"],
             "outcome": rows[0]["outcome"],
         }
+
+    def taken_at(self, fingerprint: str, starts_at: str, status: str) -> float | None:
+        """When the attempt at a delivery still under way was taken, else None."""
+        rows = self._database.rows(
+            f"SELECT received_at FROM alert_ledger WHERE {KEY} AND outcome IS NULL",
+            (fingerprint, starts_at, status),
+        )
+        return float(rows[0]["received_at"]) if rows else None
+
+
+async def firing_handled(ledger: AlertLedger, fingerprint: str, starts_at: str) -> None:
+    """Wait while the firing of a resolved alert is being acted on: on PostgreSQL another
+    replica may have taken it a moment before. Its resolution is to undo what the firing
+    did, and finding no incident yet it undid nothing, leaving the firing's isolation in
+    force with no resolution to come. A firing lost with its process is not waited for."""
+    deadline, said = time.monotonic() + FIRING_WAIT_S, False
+    while time.monotonic() < deadline:
+        taken_at = await asyncio.to_thread(ledger.taken_at, fingerprint, starts_at, "firing")
+        if taken_at is None or taken_at < time.time() - UNFINISHED_AFTER_S:
+            return
+        if not said:
+            log.info("alert %s resolved while its firing is acted on: waiting", fingerprint)
+            said = True
+        await asyncio.sleep(0.2)
