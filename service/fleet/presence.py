@@ -40,8 +40,15 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
 """
 
 
-def _name(role: str) -> str:
-    return f"{role} pid {os.getpid()} on {socket.gethostname()}"[:63]
+def _name(role: str, pid: int | str | None = None, host: str | None = None) -> str:
+    return f"{role} pid {pid or os.getpid()} on {host or socket.gethostname()}"[:63]
+
+
+def presence_name(replica: str) -> str:
+    """The name the presence session of ``replica`` (``host:pid``, as the fleet names it)
+    carries while that replica runs."""
+    host, _, pid = replica.rpartition(":")
+    return _name("ers serve", pid, host)
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[tuple[object, ...]], function: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.fleet.presence import presence_name
 from service.incidents.model import STATUSES, IncidentStoreUnavailable
 from service.incidents.store import IncidentStore
 from service.stores.pg_pool import PgPool
@@ -134,7 +135,24 @@ class PgIncidentStore(IncidentStore):
                 "SELECT replica FROM action_claims WHERE incident_id = ? AND action = ?",
                 (incident_id, action),
             ).fetchone()
-        return str(row["replica"]) if row is not None else "another replica"
+            holder = str(row["replica"]) if row is not None else "another replica"
+            # A holder that is gone (killed mid-action) never finishes: its claim is taken
+            # over, one taker winning, instead of holding the action back for the cooldown.
+            alive = db.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = ?",
+                (presence_name(holder),),
+            ).fetchone()
+            if row is not None and alive is None:
+                taken = db.execute(
+                    "UPDATE action_claims SET replica = ?,"
+                    " claimed_at = extract(epoch FROM clock_timestamp())"
+                    " WHERE incident_id = ? AND action = ? AND replica = ? RETURNING replica",
+                    (replica, incident_id, action, holder),
+                ).fetchone()
+                if taken is not None:
+                    return None
+        return holder
 
     def release_action(self, incident_id: str, action: str, replica: str) -> None:
         """Give back ``replica``'s claim of the incident's action (it failed), so that the

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from service.fleet.presence import presence_name
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.incidents.store import (
@@ -550,8 +551,15 @@ def pg_incidents_url(pg_url: str) -> str:
 
 @pytest.fixture
 def pg_replicas(pg_incidents_url: str) -> Iterator[tuple[PgIncidentStore, PgIncidentStore]]:
+    """Two replicas' stores, replicas "a" and "b" running: each holds its presence session."""
     first, second = PgIncidentStore(pg_incidents_url), PgIncidentStore(pg_incidents_url)
+    sessions = [
+        psycopg.connect(pg_incidents_url, application_name=presence_name(name))
+        for name in ("a", "b")
+    ]
     yield first, second
+    for session in sessions:
+        session.close()
     first.close()
     second.close()
 
@@ -680,6 +688,24 @@ def test_a_claim_given_back_after_its_action_failed_may_be_taken_by_any_replica(
     assert b.claim_action("INC_1", "emergency_backup", "b", 300) == "a"
     a.release_action("INC_1", "emergency_backup", "a")
     assert b.claim_action("INC_1", "emergency_backup", "b", 300) is None
+
+
+def test_the_claim_of_a_replica_that_is_gone_is_taken_over_by_one_replica(
+    pg_replicas: tuple[PgIncidentStore, PgIncidentStore],
+) -> None:
+    """A replica killed in the middle of an action never finishes it: its claim does not
+    hold the action back from the running replicas for the rest of the cooldown."""
+    a, b = pg_replicas
+    assert a.claim_action("INC_1", "emergency_backup", "gone:4242", 300) is None
+    outcomes: dict[str, str | None] = {}
+    run_together(
+        lambda: outcomes.__setitem__("a", a.claim_action("INC_1", "emergency_backup", "a", 300)),
+        lambda: outcomes.__setitem__("b", b.claim_action("INC_1", "emergency_backup", "b", 300)),
+    )
+    winners = [name for name, holder in outcomes.items() if holder is None]
+    assert len(winners) == 1, outcomes
+    (loser,) = {"a", "b"} - set(winners)
+    assert outcomes[loser] == winners[0]
 
 
 def test_a_statement_stuck_behind_a_lock_is_cancelled_with_the_reason(
