@@ -10,6 +10,7 @@ so the test cannot drift away from the file."""
 
 from __future__ import annotations
 
+import getpass
 import re
 import shutil
 import subprocess
@@ -62,6 +63,9 @@ def main_config(prefix: Path, server_config: Path) -> str:
     return (
         f"pid {prefix / 'nginx.pid'};\n"
         f"error_log {prefix / 'error.log'} info;\n"
+        # The workers write bodies they buffer under prefix, a folder only its owner may
+        # enter (pytest's); the image's workers own their temp paths the same way.
+        f"user {getpass.getuser()};\n"
         "worker_processes 1;\n"
         "events { worker_connections 256; }\n"
         "http {\n"

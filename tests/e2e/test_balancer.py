@@ -106,8 +106,11 @@ def test_chats_and_alerts_keep_arriving_while_a_replica_is_killed(fleet: Fleet) 
         assert sum(before.values()) == 12, before
         # Each replica has its own metrics: Prometheus scrapes them, not the balancer.
         assert http.get("/metrics").status_code == 404
-        # nginx refuses a body over ERS's own limit before it reaches a replica.
+        # nginx refuses a body over ERS's own limit before it reaches a replica; one under it
+        # that nginx buffers to a file on its way reaches ERS, which answers for itself.
         assert http.post("/chat", content=b"x" * (1024 * 1024 + 1)).status_code == 413
+        long = http.post("/chat", json={"message": "x" * 200_000, "userId": "lb-long"})
+        assert long.status_code == 422 and "message" in long.text, long.text
 
         assert fleet.replicas["ers"].stop(signal.SIGKILL) == -signal.SIGKILL
         # A refused connection never reached the replica: nginx sends the chat, a POST, to
