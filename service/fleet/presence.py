@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -24,6 +22,7 @@ from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
 from service.fleet.leader import connect_session, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import PostgresDatabase
+from service.stores.session_names import presence_name, session_name
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
@@ -38,17 +37,6 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
   AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname =
   current_database()) AND a.pid <> pg_backend_pid()
 """
-
-
-def _name(role: str, pid: int | str | None = None, host: str | None = None) -> str:
-    return f"{role} pid {pid or os.getpid()} on {host or socket.gethostname()}"[:63]
-
-
-def presence_name(replica: str) -> str:
-    """The name the presence session of ``replica`` (``host:pid``, as the fleet names it)
-    carries while that replica runs."""
-    host, _, pid = replica.rpartition(":")
-    return _name("ers serve", pid, host)
 
 
 async def _try_lock(conn: psycopg.AsyncConnection[tuple[object, ...]], function: str) -> bool:
@@ -96,7 +84,7 @@ class ReplicaPresence:
 
     async def _take(self) -> str | None:
         """Hold the shared lock on a connection of its own; else who holds it exclusively."""
-        conn = await connect_session(self._url, application_name=_name("ers serve"))
+        conn = await connect_session(self._url, application_name=presence_name())
         if await _try_lock(conn, "pg_try_advisory_lock_shared"):
             self._conn = conn
             return None
@@ -138,7 +126,7 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
     runs (or another such command does)."""
     database = PostgresDatabase(url)
     try:
-        conn = await connect_session(url, application_name=_name("ers backup --offline"))
+        conn = await connect_session(url, application_name=session_name("ers backup --offline"))
     except psycopg.Error as exc:
         raise DataDirInUse(
             f"cannot tell whether a replica runs on {database.location}: "

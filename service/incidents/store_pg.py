@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.fleet.presence import presence_name
 from service.incidents.model import STATUSES, IncidentStoreUnavailable
 from service.incidents.store import IncidentStore
 from service.stores.pg_pool import PgPool
 from service.stores.postgres_migrations import Migration
+from service.stores.session_names import presence_name
 
 COMPONENT = "incidents"
 SCHEMA = "ers_incidents"

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from service.fleet.presence import presence_name
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.incidents.store import (
@@ -28,6 +27,7 @@ from service.incidents.store import (
 )
 from service.incidents.store_pg import COMPONENT, PgIncidentStore
 from service.stores.pg_pool import PgPool
+from service.stores.session_names import presence_name
 from telemetry.classifier import Classification, Classifier
 from telemetry.span_record import SpanRecord
 from tests.pg import NOT_INSTALLED, apply_migrations, find_bin_dir, start_cluster

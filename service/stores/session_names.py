@@ -1,0 +1,22 @@
+"""The names a replica's PostgreSQL sessions carry (``application_name``, at most 63
+characters): a refusal names who holds a lock by them, and a replica whose presence session
+(``service.fleet.presence``) is gone has stopped, so what it took (an alert's attempt, an
+incident's action) was lost with it."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def session_name(role: str, pid: int | str | None = None, host: str | None = None) -> str:
+    return f"{role} pid {pid or os.getpid()} on {host or socket.gethostname()}"[:63]
+
+
+def presence_name(replica: str | None = None) -> str:
+    """The name the presence session of ``replica`` (``host:pid``, as the fleet names it;
+    this process by default) carries while that replica runs."""
+    if replica is None:
+        return session_name("ers serve")
+    host, _, pid = replica.rpartition(":")
+    return session_name("ers serve", pid, host)
