@@ -9,7 +9,11 @@ The primary key and one ``INSERT … ON CONFLICT DO UPDATE … RETURNING`` make 
 arrival the only one that takes it, whichever writer it reaches. A later delivery takes it
 again only when the attempt before failed or was lost with its process (killed before it
 wrote its outcome): Alertmanager repeats a firing alert every ``repeat_interval``, so an
-action that failed is tried again then, instead of never.
+action that failed is tried again then, instead of never. On PostgreSQL an attempt also names
+its taker (the replica's presence session, ``service.fleet.presence``): one whose taker's
+session is gone was lost with that replica (a ``kill -9``), so the next delivery of it (the
+other Alertmanager of a pair, the group's next notification) takes it again at once, and a
+lost resolution is replayed within a minute, not after 5.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS alert_ledger (
     incident_id TEXT,
     outcome TEXT,
     alert TEXT,
+    taker TEXT,
     PRIMARY KEY (fingerprint, starts_at, status)
 )"""
 KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
@@ -50,18 +55,36 @@ LOST = "failed: lost, the service stopped before it finished; taken again on the
 # How long a resolution waits for its firing while another writer acts on it: longer than
 # an action may run (the responder's limit is 120 s).
 FIRING_WAIT_S = 130.0
-# A repeated delivery is acted on again when the last attempt failed (its outcome says
-# "failed") or was lost; the attempt it starts is stamped with this delivery's time, which
-# is how record() tells that it took it. Both conditions read the row as it was; their
-# parameter is the oldest unfinished time still taken to be running.
-_AGAIN = (
-    "(ledger.outcome LIKE 'failed%' OR ledger.outcome LIKE '%: failed'"
-    " OR (ledger.outcome IS NULL AND ledger.received_at < ?))"
-)
-RETAKE = (
-    f"received_at = CASE WHEN {_AGAIN} THEN excluded.received_at ELSE ledger.received_at END,"
-    f" outcome = CASE WHEN {_AGAIN} THEN NULL ELSE ledger.outcome END"
-)
+
+
+def _taker_alive(table: str) -> str:
+    """PostgreSQL: the row's taker still runs (or is not known): its presence session is on."""
+    return (
+        f"({table}.taker IS NULL OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE"
+        f" datname = current_database() AND application_name = {table}.taker))"
+    )
+
+
+def _retake(dialect: object) -> str:
+    """A repeated delivery is acted on again when the last attempt failed (its outcome says
+    "failed") or was lost; the attempt it starts is stamped with this delivery's time and
+    taker, which is how record() tells that it took it. Each condition reads the row as it
+    was; its parameter is the oldest unfinished time still taken to be running."""
+    lost = "ledger.received_at < ?"
+    if dialect is not SQLITE:
+        lost = f"({lost} OR NOT {_taker_alive('ledger')})"
+    again = (
+        "(ledger.outcome LIKE 'failed%' OR ledger.outcome LIKE '%: failed'"
+        f" OR (ledger.outcome IS NULL AND {lost}))"
+    )
+    return ", ".join(
+        f"{column} = CASE WHEN {again} THEN {new} ELSE ledger.{column} END"
+        for column, new in (
+            ("received_at", "excluded.received_at"),
+            ("outcome", "NULL"),
+            ("taker", "excluded.taker"),
+        )
+    )
 
 
 # The ledger's migrations, in order; append a tuple to change it, never edit one.
@@ -82,6 +105,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # The alert as delivered: a resolution lost with its process is handled again from it.
     (f"ALTER TABLE {SCHEMA}.alert_ledger ADD COLUMN alert TEXT",),
+    # Who took the attempt under way: a replica gone with it lost it.
+    (f"ALTER TABLE {SCHEMA}.alert_ledger ADD COLUMN taker TEXT",),
 )
 
 
@@ -90,14 +115,19 @@ class LedgerUnavailable(Exception):
 
 
 class AlertLedger:
-    def __init__(self, database: Database) -> None:
-        """The ledger on the incident store's ``database``, which closes with the store."""
+    def __init__(self, database: Database, taker: str | None = None) -> None:
+        """The ledger on the incident store's ``database``, which closes with the store;
+        ``taker``: the name of this replica's presence session, on PostgreSQL."""
         create_table_on_sqlite(database, SQLITE_SCHEMA)
         if database.dialect is SQLITE:
             columns = {row["name"] for row in database.rows("PRAGMA table_info(alert_ledger)")}
-            if "alert" not in columns:  # a file from before the ledger kept the alert
-                database.rows("ALTER TABLE alert_ledger ADD COLUMN alert TEXT")
+            for added in ("alert", "taker"):  # a file from before the ledger kept them
+                if added not in columns:
+                    database.rows(f"ALTER TABLE alert_ledger ADD COLUMN {added} TEXT")
         self._database = database
+        self.taker = taker
+        self._retake = _retake(database.dialect)
+        self._lost = "" if database.dialect is SQLITE else f" OR NOT {_taker_alive('alert_ledger')}"
 
     def record(
         self,
@@ -115,9 +145,9 @@ class AlertLedger:
         try:
             rows = self._database.rows(
                 "INSERT INTO alert_ledger AS ledger (fingerprint, starts_at, status,"
-                " alertname, received_at, alert) VALUES (?, ?, ?, ?, ?, ?)"
+                " alertname, received_at, alert, taker) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (fingerprint, starts_at, status)"
-                f" DO UPDATE SET deliveries = ledger.deliveries + 1, {RETAKE},"
+                f" DO UPDATE SET deliveries = ledger.deliveries + 1, {self._retake},"
                 " alert = COALESCE(excluded.alert, ledger.alert)"
                 " RETURNING received_at",
                 (
@@ -127,7 +157,8 @@ class AlertLedger:
                     alertname,
                     now,
                     alert,
-                    *[now - UNFINISHED_AFTER_S] * 2,
+                    self.taker,
+                    *[now - UNFINISHED_AFTER_S] * 3,
                 ),
             )
         except (sqlite3.Error, IncidentStoreUnavailable) as exc:
@@ -146,18 +177,19 @@ class AlertLedger:
 
     def take_lost_resolutions(self) -> list[str]:
         """Take again every resolution whose attempt was lost with its process (marked lost
-        at start-up, or unfinished for ``UNFINISHED_AFTER_S``, on PostgreSQL by any replica)
+        at start-up, or unfinished for ``UNFINISHED_AFTER_S`` or by a replica that is gone,
+        on PostgreSQL by any replica)
         and returns each as delivered (JSON). Alertmanager sends a resolution once, so
         nobody else would. A firing is left to Alertmanager's next repeat of it. One taker
         per row: the update's condition no longer holds for the next."""
         now = time.time()
         try:
             rows = self._database.rows(
-                "UPDATE alert_ledger SET received_at = ?, outcome = NULL"
-                " WHERE status = 'resolved' AND alert IS NOT NULL"
-                " AND (outcome = ? OR (outcome IS NULL AND received_at < ?))"
+                "UPDATE alert_ledger SET received_at = ?, outcome = NULL, taker = ?"
+                " WHERE status = 'resolved' AND alert IS NOT NULL AND (outcome = ?"
+                f" OR (outcome IS NULL AND (received_at < ?{self._lost})))"
                 " RETURNING alert",
-                (now, LOST, now - UNFINISHED_AFTER_S),
+                (now, self.taker, LOST, now - UNFINISHED_AFTER_S),
             )
         except (sqlite3.Error, IncidentStoreUnavailable) as exc:
             raise LedgerUnavailable(f"the alert ledger could not be read: {exc}") from exc
@@ -193,9 +225,11 @@ class AlertLedger:
         }
 
     def taken_at(self, fingerprint: str, starts_at: str, status: str) -> float | None:
-        """When the attempt at a delivery still under way was taken, else None."""
+        """When the attempt at a delivery still under way was taken, else None (also when
+        its taker is gone)."""
         rows = self._database.rows(
-            f"SELECT received_at FROM alert_ledger WHERE {KEY} AND outcome IS NULL",
+            f"SELECT received_at FROM alert_ledger WHERE {KEY} AND outcome IS NULL"
+            f" AND NOT (FALSE{self._lost})",
             (fingerprint, starts_at, status),
         )
         return float(rows[0]["received_at"]) if rows else None

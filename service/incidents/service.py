@@ -36,6 +36,7 @@ from service.incidents.store_pg import PgIncidentStore
 from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
+from service.stores.session_names import presence_name
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
 
@@ -86,7 +87,10 @@ async def open_incident_state(
         except IncidentStoreUnavailable as exc:
             raise StoreUnavailable("incidents", exc.reason) from None
     try:
-        ledger = AlertLedger(store.database)
+        # On PostgreSQL an attempt names this replica's presence session: a replica that
+        # finds the session gone takes the attempt again.
+        taker = None if database is None or settings.database_url is None else presence_name()
+        ledger = AlertLedger(store.database, taker)
         # On a file the data directory's lock keeps every other process off: what is left
         # unfinished there was lost with the process before.
         on_file = database is None or settings.database_url is None

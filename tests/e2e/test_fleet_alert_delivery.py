@@ -3,6 +3,7 @@ database: a firing taken by one replica and its resolution by the other."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,42 @@ def test_a_resolution_on_one_replica_undoes_the_isolation_its_firing_makes_on_an
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_firing_whose_replica_was_killed_mid_action_is_taken_by_the_next_delivery(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Replica a takes a firing and is killed before it has acted (its incident store held
+    up); the firing comes again (the other Alertmanager of a pair), to replica b. Before, b
+    counted it a duplicate of a's attempt, under way for the ledger for 5 minutes, and the
+    agent was isolated only at the alert's next repeat, an hour later."""
+    env = {"ERS_DATABASE_URL": pg_url}
+    replicas = [start_ers(tmp_path / "a", env=env), start_ers(tmp_path / "b", env=env)]
+    a, b = replicas
+    try:
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("LOCK TABLE ers_incidents.incidents IN ACCESS EXCLUSIVE MODE")
+            post(a, payload("firing", "killed01"))
+            until(
+                lambda: "killed01" in str(ledger_row(pg_url, "killed01")), "no ledger row", replicas
+            )
+            assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+            holder.rollback()
+        # The same firing again, to the replica left: it takes the attempt a lost.
+        post(b, payload("firing", "killed01"))
+        fired = until(lambda: outcome(pg_url, "killed01", "firing"), "firing not done", replicas)
+        assert fired.startswith("isolate: success"), fired
+        breaker = httpx.get(f"{b.url}/api/emergency/circuit-breakers/budget", timeout=10).json()
+        assert breaker["forced"], breaker
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def ledger_row(pg_url: str, fingerprint: str) -> tuple[Any, ...] | None:
+    with psycopg.connect(pg_url) as conn:
+        return conn.execute(
+            "SELECT fingerprint, taker, outcome FROM ers_incidents.alert_ledger"
+            " WHERE fingerprint = %s",
+            (fingerprint,),
+        ).fetchone()

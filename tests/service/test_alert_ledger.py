@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from service.incidents import ledger as ledger_module
@@ -217,3 +218,33 @@ def test_ledger_failures_never_show_the_password(ledger_url: str) -> None:
     store.close()
     with pytest.raises(LedgerUnavailable, match="closed"):
         alerts.record("fp", "t", "firing", "Down")
+
+
+def test_on_postgresql_an_attempt_whose_taker_is_gone_is_taken_again_at_once(
+    ledger_url: str,
+) -> None:
+    """Each attempt names its taker's presence session; while that session is on, the
+    attempt is running, and once it is gone (its replica was killed) the next delivery, or
+    the replay of a resolution, takes it without waiting out the 5 minutes."""
+    stores = [PgIncidentStore(ledger_url) for _ in range(3)]
+    try:
+        with (
+            psycopg.connect(ledger_url, application_name="ers serve pid 7 on alive") as session,
+            psycopg.connect(ledger_url, application_name="ers serve pid 9 on other"),
+        ):
+            alive = AlertLedger(stores[0].database, "ers serve pid 7 on alive")
+            gone = AlertLedger(stores[1].database, "ers serve pid 8 on gone")
+            other = AlertLedger(stores[2].database, "ers serve pid 9 on other")
+            for ledger in (alive, gone):
+                ledger.record(ledger.taker or "", "t", "firing", "A")
+                ledger.record(ledger.taker or "", "t", "resolved", "A", '{"r": 1}')
+            assert other.record(alive.taker or "", "t", "firing", "A") is False
+            assert other.taken_at(alive.taker or "", "t", "firing") is not None
+            assert other.taken_at(gone.taker or "", "t", "firing") is None
+            assert other.record(gone.taker or "", "t", "firing", "A") is True
+            assert alive.record(gone.taker or "", "t", "firing", "A") is False  # other's now
+            assert other.take_lost_resolutions() == ['{"r": 1}']  # gone's, not alive's
+            session.execute("SELECT 1")
+    finally:
+        for store in stores:
+            store.close()
