@@ -30,7 +30,7 @@ from service.stores.pg_pool import PgPool
 from service.stores.session_names import presence_name
 from telemetry.classifier import Classification, Classifier
 from telemetry.span_record import SpanRecord
-from tests.pg import NOT_INSTALLED, apply_migrations, find_bin_dir, start_cluster
+from tests.pg import PostgresServer, apply_migrations
 from tests.telemetry.conftest import error_record
 
 NewStore = Callable[..., IncidentStore]
@@ -566,7 +566,8 @@ def pg_replicas(pg_incidents_url: str) -> Iterator[tuple[PgIncidentStore, PgInci
 
 def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
     applied = apply_migrations(pg_url, INCIDENT_STATE)
-    assert applied == [(COMPONENT, 1), (COMPONENT, 2), ("alerts", 1), ("alerts", 2), ("audit", 1)]
+    alerts = [("alerts", 1), ("alerts", 2), ("alerts", 3)]
+    assert applied == [(COMPONENT, 1), (COMPONENT, 2), *alerts, ("audit", 1)]
     assert apply_migrations(pg_url, INCIDENT_STATE) == []
     with psycopg.connect(pg_url) as conn:
         tables = conn.execute(
@@ -614,46 +615,41 @@ def test_a_closed_store_raises_unavailable(pg_incidents_url: str) -> None:
         store.list()
 
 
-def test_a_replica_survives_a_server_restart(default_classifier: Classifier) -> None:
+def test_a_replica_survives_a_server_restart(
+    default_classifier: Classifier, own_server: PostgresServer
+) -> None:
     """While the server is down calls fail fast with a reason; once it is back the same
     store works again without being rebuilt."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.fail(NOT_INSTALLED, pytrace=False)
-    server = start_cluster(bin_dir)
+    url = own_server.create_database()
+    apply_migrations(url, INCIDENT_STATE)
+    store = PgIncidentStore(url)
     try:
-        url = server.create_database()
-        apply_migrations(url, INCIDENT_STATE)
-        store = PgIncidentStore(url)
-        try:
-            store.record_error(*classified(default_classifier, "timeout"))
-            server.halt()
-            reasons = []
-            for _ in range(3):
-                with pytest.raises(IncidentStoreUnavailable) as down:
-                    store.list()
-                assert server.password not in str(down.value)
-                reasons.append(str(down.value))
-            # Once a wait for a connection ran out, the next calls wait only 0.5 s for one:
-            # before, each waited the pool's whole 3 s (an incident page, an alert delivery).
-            assert "no PostgreSQL connection within 3 s" in " ".join(reasons), reasons
-            assert "no PostgreSQL connection within 0.5 s" in reasons[-1], reasons
-            server.start()
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    assert store.list()[1] == 1
-                    break
-                except IncidentStoreUnavailable:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            incident, outcome = store.record_error(*classified(default_classifier, "timeout"))
-            assert (outcome, incident.count) == ("updated", 2)
-        finally:
-            store.close()
+        store.record_error(*classified(default_classifier, "timeout"))
+        own_server.halt()
+        reasons = []
+        for _ in range(3):
+            with pytest.raises(IncidentStoreUnavailable) as down:
+                store.list()
+            assert own_server.password not in str(down.value)
+            reasons.append(str(down.value))
+        # Once a wait for a connection ran out, the next calls wait only 0.5 s for one:
+        # before, each waited the pool's whole 3 s (an incident page, an alert delivery).
+        assert "no PostgreSQL connection within 3 s" in " ".join(reasons), reasons
+        assert "no PostgreSQL connection within 0.5 s" in reasons[-1], reasons
+        own_server.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert store.list()[1] == 1
+                break
+            except IncidentStoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        incident, outcome = store.record_error(*classified(default_classifier, "timeout"))
+        assert (outcome, incident.count) == ("updated", 2)
     finally:
-        server.stop()
+        store.close()
 
 
 def test_one_replica_claims_an_incidents_fleet_wide_action_until_the_cooldown_ends(
