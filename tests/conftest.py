@@ -178,6 +178,22 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster a test may stop and start again (an outage), removed
+    afterwards."""
+    from tests.pg import NOT_INSTALLED, find_bin_dir, start_cluster
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.fail(NOT_INSTALLED, pytrace=False)
+    server = start_cluster(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """The URL of a fresh, empty database on the test server, dropped afterwards."""
     url = postgres_server.create_database()

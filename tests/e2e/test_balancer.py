@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.balancer import Balancer, start_balancer
 from tests.conftest import ErsProcess, start_ers
 from tests.e2e.test_database_outage import alert
-from tests.pg import NOT_INSTALLED, PostgresServer, find_bin_dir, start_cluster
+from tests.pg import PostgresServer
 from tests.processes import free_port
 
 TOKEN = "lb-alert-token-61c0"
@@ -147,19 +147,6 @@ def test_chats_and_alerts_keep_arriving_while_a_replica_is_killed(fleet: Fleet) 
             n += 1
             time.sleep(0.5)
         assert fleet.chats_served("ers") > back, fleet.dump()
-
-
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A private cluster this test may stop."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.fail(NOT_INSTALLED, pytrace=False)
-    server = start_cluster(bin_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_replicas_failing_together_still_give_ers_own_answers(

@@ -9,15 +9,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import ErsProcess, start_ers
-from tests.pg import NOT_INSTALLED, PostgresServer, find_bin_dir, start_cluster
+from tests.pg import PostgresServer
 
 TOKEN = "outage-alert-token-4b2e"
 ADMIN = "outage-admin-token-9f3a"
@@ -28,19 +26,6 @@ STORE_BOUND_S = 10.0
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 ALERT_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 STORES = ("conversations", "profiles", "budgets", "system_state")
-
-
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A private cluster this test may stop and start again."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.fail(NOT_INSTALLED, pytrace=False)
-    server = start_cluster(bin_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def alert(status: str, fingerprint: str) -> dict[str, Any]:

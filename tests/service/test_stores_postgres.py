@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -18,7 +18,7 @@ from service.health.checks import Status, StoresCheck
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
-from tests.pg import NOT_INSTALLED, PostgresServer, find_bin_dir, start_cluster
+from tests.pg import PostgresServer
 from tests.store_writes import record_turn, set_limit, turn_count, upsert_profile
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
@@ -53,19 +53,6 @@ async def eventually(probe: Callable[[], Awaitable[None]], timeout_s: float = 60
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    """A private cluster this test may stop and start again."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.fail(NOT_INSTALLED, pytrace=False)
-    server = start_cluster(bin_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_each_component_lives_in_its_own_schema(pg_stores: Stores, pg_url: str) -> None:
