@@ -33,6 +33,7 @@ from service.incidents.model import (
     IllegalTransition,
     Incident,
     IncidentNotFound,
+    IncidentStoreUnavailable,
     TimelineEntry,
     UnknownTimelineKind,
 )
@@ -94,7 +95,7 @@ class IncidentStore:
         self.options = IncidentOptions(**options)
         if isinstance(path, str | Path):
             self.path = Path(path)
-            path = SqliteDatabase(self.path, SQLITE_SCHEMA)
+            path = SqliteDatabase(self.path, SQLITE_SCHEMA, IncidentStoreUnavailable)
         self._database: Database = path
         self._dialect = path.dialect
 

@@ -116,12 +116,24 @@ def create_table_on_sqlite(database: Database, ddl: str) -> None:
         database.rows(ddl)
 
 
+FILE_FAILURES = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
 class SqliteDatabase:
     dialect = SQLITE
 
-    def __init__(self, path: Path, schema: str = "") -> None:
-        """Opens ``path`` and runs ``schema`` (idempotent DDL) on it."""
+    def __init__(
+        self,
+        path: Path,
+        schema: str = "",
+        unavailable: Callable[[str], Exception] | None = None,
+    ) -> None:
+        """Opens ``path`` and runs ``schema`` (idempotent DDL) on it. With ``unavailable``,
+        a file that cannot be read or written (a disk I/O error, a read-only or full disk,
+        a file that is no database) raises what it makes of the reason, as ``PgPool`` does
+        for a server that cannot be used."""
         self.path = path
+        self._unavailable = unavailable
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -143,19 +155,35 @@ class SqliteDatabase:
         return db
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self.connection().execute(sql, params).fetchall()
+        with self._file_failures():
+            return self.connection().execute(sql, params).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self.connection()
-        with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
+        with self._file_failures():
+            db = self.connection()
+            with self._write_lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (the disk refused the log) may leave the transaction
+                    # open: this thread's next BEGIN would fail on it.
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+
+    @contextmanager
+    def _file_failures(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            # The file's failures, not a statement's mistakes (a broken constraint, a
+            # closed connection): those stay what they are.
+            if self._unavailable is None or type(exc) not in FILE_FAILURES:
                 raise
-            db.execute("COMMIT")
+            raise self._unavailable(f"{self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._connections_lock:
