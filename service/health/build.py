@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 from service.backups.service import BackupService
 from service.chat.team import Team
+from service.errors import StoreUnavailable
 from service.health.backup_checks import BackupAgeCheck, RepositoryCheck, RestoreDrillCheck
 from service.health.checks import (
     BreakersCheck,
@@ -23,7 +24,9 @@ from service.health.checks import (
 from service.health.incidents import HealthIncidents
 from service.health.metrics import register_health_metrics
 from service.health.monitor import HealthMonitor, HealthReport
+from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.service import IncidentService
+from service.incidents.store import IncidentStore
 from service.resilience.breaker_events import BreakerEventKind
 from service.resilience.system_state import SystemStateMachine
 from service.settings import Settings
@@ -49,7 +52,7 @@ def start_health(
     checks: list[HealthCheck] = [
         memory_check,
         EventLoopCheck(lag_monitor),
-        StoresCheck(stores.by_component()),
+        StoresCheck({**stores.by_component(), "incidents": IncidentStoreProbe(incidents.store)}),
         DiskCheck(settings.data_dir),
         BreakersCheck(lambda: team.breaker_states(advance=True), team.cooling_down),
         IncidentsCheck(incidents.active_counts),
@@ -79,6 +82,21 @@ def start_health(
 async def _evaluate_after(event: asyncio.Event, health: HealthMonitor) -> None:
     await event.wait()
     health.evaluate_soon()
+
+
+class IncidentStoreProbe:
+    """The incidents' file or schema (the audit trail and the alert ledger too), probed
+    beside the components' stores: a failure it cannot record opens no incident, so the
+    responder never acts on it, and health must say so."""
+
+    def __init__(self, store: IncidentStore) -> None:
+        self._store = store
+
+    async def probe_writable(self) -> None:
+        try:
+            await asyncio.to_thread(self._store.probe_writable)
+        except IncidentStoreUnavailable as exc:
+            raise StoreUnavailable("incidents", exc.reason) from None
 
 
 SUBSYSTEM_CHECKS = frozenset({"stores", "disk", "event_loop", "backups", "repository"})

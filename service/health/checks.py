@@ -265,10 +265,14 @@ class EventLoopCheck:
 # --- state stores ---------------------------------------------------------------------
 
 
+class Probed(Protocol):
+    async def probe_writable(self) -> None: ...
+
+
 class StoresCheck:
     name = "stores"
 
-    def __init__(self, stores: Mapping[str, ComponentStore]) -> None:
+    def __init__(self, stores: Mapping[str, ComponentStore | Probed]) -> None:
         self._stores = stores
 
     async def run(self) -> CheckResult:

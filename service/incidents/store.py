@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS span_records (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, incident_id TEXT NOT NULL,
     classification TEXT NOT NULL, record TEXT NOT NULL, weight INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS write_probe (v TEXT NOT NULL);
 """
 
 
@@ -106,6 +107,17 @@ class IncidentStore:
 
     def close(self) -> None:
         self._database.close()
+
+    def probe_writable(self) -> None:
+        """Write, read back and delete a probe row, as the health check does for each
+        component's store: failures handed to a store that cannot be written are lost.
+        Raises IncidentStoreUnavailable when it cannot."""
+        with self._database.transaction() as db:
+            db.execute("INSERT INTO write_probe (v) VALUES ('probe')")
+            row = db.execute("SELECT count(*) AS n FROM write_probe").fetchone()
+            if row is None or row["n"] < 1:
+                raise IncidentStoreUnavailable("the probe row written was not read back")
+            db.execute("DELETE FROM write_probe")
 
     def record_error(
         self, record: SpanRecord, classification: Classification

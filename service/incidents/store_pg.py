@@ -91,6 +91,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         f"CREATE INDEX action_claims_claimed_at ON {SCHEMA}.action_claims (claimed_at)",
     ),
+    # The health check's write probe, as each component's schema has one.
+    (f"CREATE TABLE {SCHEMA}.write_probe (v TEXT NOT NULL)",),
 )
 
 

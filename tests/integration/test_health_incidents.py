@@ -66,7 +66,7 @@ def test_an_unwritable_store_is_one_incident_resolved_after_recovery(
             assert [i for i in incidents() if i["spanName"] != "health.stores"] == []
             assert len(raised) == 1, incidents()
             (incident,) = raised
-            assert incident["message"] == "1 of 4 state stores not writable"
+            assert incident["message"] == "1 of 5 state stores not writable"
             assert incident["count"] >= 3
 
             subprocess.run(["chattr", "-i", *map(str, targets)], check=True)

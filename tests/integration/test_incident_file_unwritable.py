@@ -82,3 +82,31 @@ def test_an_unwritable_incidents_file_answers_503_naming_the_store_then_recovers
         )
         assert resolved.status_code == 200, resolved.text
         assert resolved.json()["status"] == "resolved"
+
+
+def test_health_names_an_unwritable_incidents_file_and_recovers(
+    ers: ErsProcess, tmp_path: Path, immutable: list[Path]
+) -> None:
+    with httpx.Client(base_url=ers.url, timeout=10) as http:
+        assert (
+            http.get("/api/emergency/health").json()["checks"]["stores"]["figures"]["incidents"]
+            == "writable"
+        )
+        make_immutable(incidents_file(tmp_path / "ers"), immutable)
+
+        reply = http.get("/api/emergency/health")
+        assert reply.status_code == 503, reply.text
+        stores = reply.json()["checks"]["stores"]
+        assert stores["status"] == "unhealthy"
+        assert stores["reason"] == "not writable: incidents"
+        assert "incidents.sqlite3" in stores["figures"]["incidents"]
+        assert stores["figures"]["budgets"] == "writable"
+        status = http.get("/api/emergency/status").json()
+        assert status["health"]["overall"] == "unhealthy"
+        assert status["systemState"] == "degraded"
+        assert status["stateReason"] == "failing subsystem: stores"
+
+        make_mutable(immutable)
+        reply = http.get("/api/emergency/health")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["checks"]["stores"]["figures"]["incidents"] == "writable"

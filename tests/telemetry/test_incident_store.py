@@ -392,6 +392,12 @@ def test_a_large_batch_keeps_a_weighted_sample_per_incident(
     assert stored[-1].record.trace_id == f"{99:032x}"
 
 
+def test_the_write_probe_passes_and_leaves_no_row(store: IncidentStore) -> None:
+    for _ in range(2):
+        store.probe_writable()
+    assert store.database.rows("SELECT count(*) AS n FROM write_probe")[0]["n"] == 0
+
+
 def test_reads_and_writes_from_several_threads(
     store: IncidentStore, default_classifier: Classifier
 ) -> None:
@@ -567,7 +573,7 @@ def pg_replicas(pg_incidents_url: str) -> Iterator[tuple[PgIncidentStore, PgInci
 def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
     applied = apply_migrations(pg_url, INCIDENT_STATE)
     alerts = [("alerts", 1), ("alerts", 2), ("alerts", 3)]
-    assert applied == [(COMPONENT, 1), (COMPONENT, 2), *alerts, ("audit", 1)]
+    assert applied == [(COMPONENT, 1), (COMPONENT, 2), (COMPONENT, 3), *alerts, ("audit", 1)]
     assert apply_migrations(pg_url, INCIDENT_STATE) == []
     with psycopg.connect(pg_url) as conn:
         tables = conn.execute(
@@ -581,6 +587,7 @@ def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
         "incidents",
         "span_records",
         "timeline",
+        "write_probe",
     ]
 
 
@@ -606,6 +613,20 @@ def test_failures_name_the_server_but_never_the_password(pg_incidents_url: str) 
     assert "password authentication failed" in message
     real = urlsplit(pg_incidents_url).password
     assert real and real not in message
+
+
+def test_a_read_only_server_fails_the_write_probe_naming_it(pg_incidents_url: str) -> None:
+    # What a replica meets after a failover to a standby: reads work, writes are refused.
+    with psycopg.connect(pg_incidents_url, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    store = PgIncidentStore(pg_incidents_url)
+    try:
+        assert store.list() == ([], 0)
+        with pytest.raises(IncidentStoreUnavailable, match="read-only transaction"):
+            store.probe_writable()
+    finally:
+        store.close()
 
 
 def test_a_closed_store_raises_unavailable(pg_incidents_url: str) -> None:
