@@ -16,6 +16,7 @@ from opentelemetry.metrics import Meter
 
 from backup import BackupError
 from backup.emergency import EmergencyCooldown
+from backup.models import DrillResult
 from service.backups.fleet_list import FleetSnapshotList
 from service.backups.metrics import BackupMetrics
 from service.backups.offsite import start_offsite_copies
@@ -189,8 +190,27 @@ async def drill(backups: BackupService) -> bool:
     try:
         result = await backups.require().verify_latest()
     except BackupError as exc:
-        log.error("restore drill failed: %s", exc)
-        backups.last_drill_ok = False
-        return False
-    backups.last_drill_ok = result.ok
-    return result.ok
+        problem = str(exc)
+    else:
+        problem = drill_problem(result)
+    backups.last_drill_ok = problem is None
+    backups.last_drill_problem = problem
+    if problem is not None:
+        # A drill that restored and found damage raises nothing: without this line the
+        # health check's "failed" was all an operator had to go on.
+        log.error("restore drill failed: %s", problem)
+    return problem is None
+
+
+def drill_problem(result: DrillResult) -> str | None:
+    """What the drill found wrong, with the components it concerns (one failed restore of
+    a snapshot holding several is said once); None when every file verified."""
+    components: dict[str, list[str]] = {}
+    for f in result.files:
+        if not f.ok:
+            found = f.integrity if f.integrity != "ok" else "checksum differs from the snapshot's"
+            components.setdefault(found, []).append(f.component)
+    if not components:
+        return None
+    problems = "; ".join(f"{', '.join(names)}: {found}" for found, names in components.items())
+    return f"snapshot {result.snapshot_id[:8]}: {problems}"

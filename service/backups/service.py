@@ -151,6 +151,7 @@ class BackupService:
         self.started_at = time.time()
         self.last_drill_at: float | None = None
         self.last_drill_ok: bool | None = None
+        self.last_drill_problem: str | None = None  # what the last failed drill found
         # In a fleet: the jobs lock; the schedule runs while this replica holds it.
         self.leader: FleetLeader | None = None
 

@@ -143,7 +143,9 @@ class RestoreDrillCheck:
                 figures,
             )
         if backups.last_drill_ok is False:
-            return CheckResult(self.name, Status.DEGRADED, "the last restore drill failed", figures)
+            problem = backups.last_drill_problem
+            reason = "the last restore drill failed" + (f": {problem}" if problem else "")
+            return CheckResult(self.name, Status.DEGRADED, reason, figures)
         since = backups.last_drill_at or backups.started_at
         if self._clock() - since > 2 * every:
             return CheckResult(

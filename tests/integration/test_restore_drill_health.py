@@ -1,0 +1,62 @@
+"""With real uvicorn and restic: a restore drill that finds the repository's data damaged
+says what it found, in the health check's reason and in the log, not only that it failed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import start_ers
+
+DRILLS_OFTEN = {
+    "ERS_BACKUPS_ENABLED": "true",
+    "ERS_BACKUP_SCHEDULE_ENABLED": "true",
+    "ERS_RESTORE_DRILL_INTERVAL_MINUTES": "0.05",
+    "ERS_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
+def damage_every_pack(repository: Path) -> None:
+    """Zero bytes inside each data pack: restic's restore then fails its verification."""
+    packs = [path for path in (repository / "data").rglob("*") if path.is_file()]
+    assert packs
+    for pack in packs:
+        pack.chmod(0o644)
+        with pack.open("r+b") as file:
+            file.seek(min(100, pack.stat().st_size // 2))
+            file.write(bytes(64))
+
+
+def test_a_failed_restore_drill_names_what_it_found(tmp_path: Path) -> None:
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    (workdir / "restic-password").write_text("drill-password\n")
+    ers = start_ers(workdir, env=DRILLS_OFTEN)
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+
+            def drill() -> dict:
+                return http.get("/api/emergency/health").json()["checks"]["restore_drill"]
+
+            deadline = time.monotonic() + 60
+            while drill()["reason"] != "last drill passed":
+                assert time.monotonic() < deadline, drill()
+                time.sleep(0.5)
+            damage_every_pack(workdir / "repo")
+            while (found := drill())["figures"]["passed"] is not False:
+                assert time.monotonic() < deadline + 60, found
+                time.sleep(0.5)
+
+        assert found["status"] == "degraded"
+        reason = found["reason"]
+        assert reason.startswith("the last restore drill failed: snapshot "), reason
+        assert "ciphertext verification failed" in reason
+        # One failed restore of a snapshot of every component is said once.
+        assert reason.count("restic exited") == 1, reason
+        assert "conversations" in reason and "budgets" in reason
+        assert "restore drill failed: snapshot " in ers.log()
+    finally:
+        ers.stop()
