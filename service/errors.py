@@ -27,11 +27,21 @@ class StoreUnavailable(ErsError):
     call_outcome = "store_unavailable"
 
     def __init__(self, component: str, reason: str) -> None:
-        # "budgets and conversations": a unit of work over several files
-        stores = "stores are" if " and " in component else "store is"
-        super().__init__(f"the {component} {stores} unavailable: {reason}")
         self.component = component
         self.reason = reason
+        verb = "are" if self.several else "is"
+        super().__init__(f"{self.stores} {verb} unavailable: {reason}")
+
+    @property
+    def several(self) -> bool:
+        # "budgets and conversations": a unit of work over several files
+        return " and " in self.component
+
+    @property
+    def stores(self) -> str:
+        """The store or stores, in words: "the budgets store", "the budgets and
+        conversations stores"."""
+        return f"the {self.component} {'stores' if self.several else 'store'}"
 
 
 class StorePaused(StoreUnavailable):

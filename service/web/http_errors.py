@@ -163,11 +163,12 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
     else:  # the store's failure in its own words, not a bare 503, is the incident
         span.set_attribute("ers.component", exc.component)
         record_failure(span, exc)
-    detail = f"the {exc.component} store cannot be used right now; try again shortly"
+    verb = "are" if exc.several else "is"
+    detail = f"{exc.stores} cannot be used right now; try again shortly"
     return JSONResponse(
         {
             "error": "state store unavailable",
-            "detail": f"the {exc.component} store is paused: {exc.reason}" if paused else detail,
+            "detail": f"{exc.stores} {verb} paused: {exc.reason}" if paused else detail,
             "component": exc.component,
         },
         status_code=503,

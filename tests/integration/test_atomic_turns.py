@@ -98,6 +98,9 @@ def test_a_turn_whose_commit_hits_a_full_disk_stores_nothing_and_a_keyed_retry_s
             # The commit itself failed, after the budgets file had committed its part: the
             # expense was taken back.
             assert full.json()["component"] == "budgets and conversations"
+            assert full.json()["detail"] == (
+                "the budgets and conversations stores cannot be used right now; try again shortly"
+            )
             assert full.headers["Retry-After"]
         budgets = data / "budgets.sqlite3"
         assert count(budgets, "expenses") == 0
