@@ -181,9 +181,25 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             # The file's failures, not a statement's mistakes (a broken constraint, a
             # closed connection): those stay what they are.
-            if self._unavailable is None or type(exc) not in FILE_FAILURES:
+            if type(exc) not in FILE_FAILURES:
+                raise
+            # A connection opened while the file could not be written is read-only for
+            # good (SQLite falls back to it): the next call opens a fresh one, which can
+            # write again once the file can.
+            self._forget_connection()
+            if self._unavailable is None:
                 raise
             raise self._unavailable(f"{self.path}: {exc}") from None
+
+    def _forget_connection(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._connections_lock:
+            if db in self._connections:
+                self._connections.remove(db)
+        db.close()
 
     def close(self) -> None:
         with self._connections_lock:

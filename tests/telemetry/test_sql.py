@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
+from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store import IncidentNotFound, IncidentStore
 from service.stores.sql import POSTGRESQL, SQLITE, SqliteDatabase
 from service.stores.sqlite import SqliteStore
@@ -116,3 +119,38 @@ def test_one_of_several_values_in_each_dialect() -> None:
         "status = ANY(?)",
         [["open", "acknowledged"]],
     )
+
+
+def test_a_thread_that_first_met_the_file_unwritable_writes_again_once_it_can(
+    tmp_path: Path, immutable: list[Path]
+) -> None:
+    """SQLite opens a file it may not write read-only, and such a connection stays so: a
+    thread that first used the incidents file while it could not be written (a read-only
+    mount, an immutable file) kept failing after the file was writable again."""
+    path = tmp_path / "incidents.sqlite3"
+    store = IncidentStore(path)
+    audit = AuditLog(store.database)
+    targets = [path, path.with_name(path.name + "-wal")]
+    done = subprocess.run(["chattr", "+i", *map(str, targets)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this filesystem cannot make files immutable: {done.stderr.strip()}")
+    immutable.extend(targets)
+    outcomes: list[str] = []
+
+    def write() -> None:
+        try:
+            audit.record("ana", "rollback", {"reason": "test"})
+        except IncidentStoreUnavailable as exc:
+            outcomes.append(str(exc))
+        else:
+            outcomes.append("written")
+
+    with ThreadPoolExecutor(max_workers=1) as one_thread:
+        one_thread.submit(write).result()
+        subprocess.run(["chattr", "-i", *map(str, targets)], check=True)
+        immutable.clear()
+        one_thread.submit(write).result()
+    assert outcomes[0].startswith("the incident store is unavailable: "), outcomes
+    assert outcomes[1] == "written", outcomes
+    assert [entry["actor"] for entry in audit.recent(10)] == ["ana"]
+    store.close()
