@@ -103,10 +103,14 @@ class IncidentProcessor(SpanProcessor):
         idle_wait_s: float = 0.5,
         linger_s: float = 0.05,
         ignore: Callable[[ReadableSpan], bool] | None = None,
+        outages: tuple[type[Exception], ...] = (),
     ) -> None:
         """``ignore``: error spans it returns True for are not incidents (e.g. the server
-        span of a health endpoint reporting a failure with its status code)."""
+        span of a health endpoint reporting a failure with its status code). ``outages``:
+        the store's errors that say in their message what is down (its database): logged
+        in one line; a traceback per batch through an outage says nothing more."""
         self.store = store
+        self._outages = outages
         self._ignore = ignore
         self.classifier = classifier
         self.queue_size = queue_size
@@ -307,9 +311,12 @@ class IncidentProcessor(SpanProcessor):
         self._classified += len(items)
         try:
             outcomes = self.store.record_errors(items)
-        except Exception:
+        except Exception as exc:
             self._failed += len(items)
-            log.exception("could not write %d error spans to the incident store", len(items))
+            if isinstance(exc, self._outages):
+                log.error("could not write %d error spans: %s", len(items), exc)
+            else:
+                log.exception("could not write %d error spans to the incident store", len(items))
             return False
         self._enclosing.remember(counted)
         self._joined += len(sent) - len(counted)

@@ -122,7 +122,10 @@ class IncidentService:
         self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
         self._counts_stale = asyncio.Event()
         self.processor = IncidentProcessor(
-            self.store, load_rules(rules_path), ignore=not_an_incident(UNCLASSIFIED_ROUTES)
+            self.store,
+            load_rules(rules_path),
+            ignore=not_an_incident(UNCLASSIFIED_ROUTES),
+            outages=(IncidentStoreUnavailable,),
         )
         self.responder: Responder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,6 +261,8 @@ class IncidentService:
             await asyncio.sleep(every_s)
             try:
                 await self.tick()
+            except IncidentStoreUnavailable as exc:  # says what is down; tried again next time
+                log.warning("auto-resolve skipped: %s", exc)
             except Exception:
                 log.exception("auto-resolve failed")
 

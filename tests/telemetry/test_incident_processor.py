@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from service.incidents.merge import GroupOutcome
+from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store import IncidentStore
 from telemetry.classifier import Classifier
 from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
@@ -197,7 +199,7 @@ def test_shutdown_drains_the_queue_and_refuses_new_spans(
 
 
 def test_a_failing_store_is_counted_and_the_worker_goes_on(
-    tmp_path: Path, default_classifier: Classifier
+    tmp_path: Path, default_classifier: Classifier, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls = []
 
@@ -211,11 +213,43 @@ def test_a_failing_store_is_counted_and_the_worker_goes_on(
     store = FlakyStore(tmp_path / "i.db")
     processor = IncidentProcessor(store, default_classifier)
     assert processor.submit_records([error_record()]).result(10) is False
+    # Not an outage the service named: its traceback is what tells what went wrong.
+    (failed,) = [r for r in caplog.records if "could not write" in r.getMessage()]
+    assert failed.exc_info is not None
     assert processor.submit_records([error_record()]).result(10) is True
     assert processor.spans_failed == 1
     assert store.list()[0][0].count == 1
     processor.shutdown()
     store.close()
+
+
+def test_an_incident_store_outage_is_logged_in_one_line_and_other_failures_in_full(
+    tmp_path: Path,
+    default_classifier: Classifier,
+    immutable: list[Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = IncidentStore(tmp_path / "incidents.db")
+    targets = [tmp_path / "incidents.db", tmp_path / "incidents.db-wal"]
+    done = subprocess.run(["chattr", "+i", *map(str, targets)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this filesystem cannot make files immutable: {done.stderr.strip()}")
+    immutable.extend(targets)
+    processor = IncidentProcessor(store, default_classifier, outages=(IncidentStoreUnavailable,))
+    try:
+        assert processor.submit_records([error_record()]).result(10) is False
+        (outage,) = [r for r in caplog.records if "could not write" in r.getMessage()]
+        assert outage.exc_info is None
+        assert outage.getMessage().startswith(
+            "could not write 1 error spans: the incident store is unavailable: "
+        )
+        assert "incidents.db" in outage.getMessage()
+        subprocess.run(["chattr", "-i", *map(str, targets)], check=True)
+        immutable.clear()
+        assert processor.submit_records([error_record()]).result(10) is True
+    finally:
+        processor.shutdown()
+        store.close()
 
 
 def test_rules_can_be_swapped_while_running(
