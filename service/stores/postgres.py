@@ -29,6 +29,7 @@ from service.stores.pg_pool import (
     IDLE_CHECK_S,
     OUTAGE_WAIT_S,
     POOL_TIMEOUT_S,
+    RECONNECT_TIMEOUT_S,
     password_of,
     scrub_password,
     server_location,
@@ -85,6 +86,7 @@ class PostgresDatabase:
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
             timeout=POOL_TIMEOUT_S,
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             kwargs={
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "row_factory": dict_row,
