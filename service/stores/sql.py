@@ -117,6 +117,8 @@ def create_table_on_sqlite(database: Database, ddl: str) -> None:
 
 
 FILE_FAILURES = (sqlite3.OperationalError, sqlite3.DatabaseError)
+# close() waits this long for the statements other threads are running.
+CLOSE_WAIT_S = 10.0
 
 
 class SqliteDatabase:
@@ -137,6 +139,11 @@ class SqliteDatabase:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Statements running, on any thread: close() waits for them, as closing a connection
+        # under a statement of another thread crashes the process (a health probe in its
+        # thread at shutdown did).
+        self._running = 0
+        self._idle = threading.Condition(self._connections_lock)
         self._write_lock = threading.Lock()
         self._closed = False
         if schema:
@@ -155,12 +162,12 @@ class SqliteDatabase:
         return db
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._file_failures():
+        with self._file_failures(), self._in_use():
             return self.connection().execute(sql, params).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._file_failures():
+        with self._file_failures(), self._in_use():
             db = self.connection()
             with self._write_lock:
                 db.execute("BEGIN IMMEDIATE")
@@ -173,6 +180,20 @@ class SqliteDatabase:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._idle:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self.path} has been closed")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                if not self._running:
+                    self._idle.notify_all()
 
     @contextmanager
     def _file_failures(self) -> Iterator[None]:
@@ -202,8 +223,9 @@ class SqliteDatabase:
         db.close()
 
     def close(self) -> None:
-        with self._connections_lock:
+        with self._idle:
             self._closed = True
+            self._idle.wait_for(lambda: not self._running, timeout=CLOSE_WAIT_S)
             for db in self._connections:
                 db.close()
             self._connections.clear()

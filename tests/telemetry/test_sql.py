@@ -154,3 +154,33 @@ def test_a_thread_that_first_met_the_file_unwritable_writes_again_once_it_can(
     assert outcomes[1] == "written", outcomes
     assert [entry["actor"] for entry in audit.recent(10)] == ["ana"]
     store.close()
+
+
+def test_close_waits_for_the_statements_other_threads_are_running(tmp_path: Path) -> None:
+    """A health probe's write, in its own thread, was still running when the shutdown closed
+    the incidents file: closing a connection under another thread's statement crashed the
+    process (a segmentation fault). close() now waits for it, and nothing starts after."""
+    database = SqliteDatabase(tmp_path / "incidents.sqlite3", "CREATE TABLE t (v TEXT)")
+    inside, go = threading.Event(), threading.Event()
+    written: list[int] = []
+
+    def probe() -> None:
+        with database.transaction() as db:
+            inside.set()
+            go.wait(timeout=30)
+            db.execute("INSERT INTO t (v) VALUES ('probe')")
+            written.append(db.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    assert inside.wait(timeout=30)
+    closer = threading.Thread(target=database.close)
+    closer.start()
+    closer.join(timeout=0.5)
+    assert closer.is_alive()  # waiting for the probe's transaction, not closing under it
+    go.set()
+    prober.join(timeout=30)
+    closer.join(timeout=30)
+    assert written == [1] and not closer.is_alive()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        database.rows("SELECT 1")
