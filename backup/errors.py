@@ -45,6 +45,13 @@ class RollbackRefused(BackupError, ValueError):
     label = "rollback_refused"
 
 
+class RollbackInProgress(RollbackRefused):
+    """Another process (a second replica, an offline command) is rolling the same component
+    back; two at once would race on its schema, so the later one is turned away."""
+
+    label = "rollback_in_progress"
+
+
 class RollbackFailed(BackupError):
     """A rollback stopped at `step`; the live files are as they were before it started."""
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from backup.errors import PgRestoreFailed, RollbackFailed, RollbackRefused
+from backup.errors import PgRestoreFailed, RollbackFailed, RollbackInProgress, RollbackRefused
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 
 OLD_SCHEMA_MARKER = "__old_"
 COUNT_MARKER = "ers-count"
+# The class half of the two-key transaction advisory lock a rollback of a schema holds until
+# its swap has committed; the other half is the hash of the schema's name.
+ROLLBACK_LOCK_CLASS = 0x45525352  # "ERSR"
 RESTORE_ARGS = ("--no-owner", "--no-privileges", "--exit-on-error")
 
 _TABLES_SQL = (
@@ -193,21 +196,25 @@ class PgRollback:
         schema = self.config.schemas[component]
         old = f"{schema}{OLD_SCHEMA_MARKER}{secrets.token_hex(4)}"
         started = time.monotonic()
-        pipeline = Pipeline()
-        dump_out, dump_in = pipeline.pipe()
-        sql_out, sql_in = pipeline.pipe()
-        pipeline.add("safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK))
-        pipeline.add("restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in))
-        to_sql = self._run(
-            self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",
-            stdin=dump_out, stdout=sql_in,
-        )  # fmt: skip
-        pipeline.add("pg_restore", to_sql)
-        pipeline.add("psql", self._load_and_swap(schema, old, stdin=sql_out))
-        pipeline.hold_open(dump_in, until=["restic dump"])
-        # The commit waits for the safety backup too: the current state is in restic first.
-        pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"])
-        async with self._other_writers_held(schema):
+        async with self._other_writers_held(component, schema):
+            pipeline = Pipeline()
+            dump_out, dump_in = pipeline.pipe()
+            sql_out, sql_in = pipeline.pipe()
+            pipeline.add(
+                "safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK)
+            )
+            pipeline.add(
+                "restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in)
+            )
+            to_sql = self._run(
+                self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",
+                stdin=dump_out, stdout=sql_in,
+            )  # fmt: skip
+            pipeline.add("pg_restore", to_sql)
+            pipeline.add("psql", self._load_and_swap(schema, old, stdin=sql_out))
+            pipeline.hold_open(dump_in, until=["restic dump"])
+            # The commit waits for the safety backup too: the current state is in restic first.
+            pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"])
             try:
                 await pipeline.run()
             except Exception as exc:
@@ -238,14 +245,17 @@ class PgRollback:
         )
 
     @contextlib.asynccontextmanager
-    async def _other_writers_held(self, schema: str) -> AsyncIterator[None]:
+    async def _other_writers_held(self, component: str, schema: str) -> AsyncIterator[None]:
         """Hold off the writes of every other session to `schema` (another replica's, whose
         writers `pause_writers` does not reach) until the swap has committed. SHARE locks let
         readers and the safety backup's pg_dump through; taken before the safety backup
         starts, they make its dump hold every write committed anywhere before the pause. A
         write that waited is planned again once the lock goes, into the restored tables:
         without the lock it would land in the old schema after the safety backup's dump
-        and be dropped with it, though its replica had answered that it was stored."""
+        and be dropped with it, though its replica had answered that it was stored.
+        A rollback of the same schema already running elsewhere (another replica's) is
+        refused here, before anything starts: both would rename the live schema, and the
+        later one would fail on PostgreSQL's "tuple concurrently updated"."""
         wait_ms = int(self.config.lock_wait_seconds * 1000)
         tables = sql.SQL(_TABLES_SQL.format(schema=schema))
         conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
@@ -253,6 +263,15 @@ class PgRollback:
             conn = await self.database.connect()
             await conn.execute(f"SET lock_timeout = {wait_ms}")
             await conn.execute("BEGIN")
+            lock = "SELECT pg_catalog.pg_try_advisory_xact_lock(%s, hashtext(%s))"
+            row = await (await conn.execute(lock, (ROLLBACK_LOCK_CLASS, schema))).fetchone()
+            if not (row and row[0]):
+                await conn.close()
+                raise RollbackInProgress(
+                    f"a rollback of {component} is already running (on another replica, or "
+                    "an `ers backup --offline` command): wait for it to finish, see `ers "
+                    "audit` for what it did, then roll back again if still needed"
+                )
             names = [str(row[0]) for row in await (await conn.execute(tables)).fetchall()]
             if names:
                 each = sql.SQL(", ").join(sql.Identifier(schema, name) for name in names)

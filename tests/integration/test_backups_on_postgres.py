@@ -321,3 +321,67 @@ def test_a_backup_of_every_component_names_each_snapshot_and_the_host_restic_rec
         assert {s["backupId"][:8] for s in snapshots} <= recorded.keys()
     finally:
         assert ers.stop() == 0, ers.log()
+
+
+def test_a_rollback_of_a_component_another_replica_is_rolling_back_is_refused_by_name(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two replicas roll budgets back at once: the one that comes second is refused with a
+    409 that says what runs and what to do, and the first one completes; not a 503 naming
+    PostgreSQL's "tuple concurrently updated" that opens an incident."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    first = start_ers(tmp_path / "a", env=env)
+    second = None
+    try:
+        first.wait_for_backups()
+        second = start_ers(tmp_path / "b", env=env)
+        second.wait_for_backups()
+        a = httpx.Client(base_url=first.url, timeout=120)
+        b = httpx.Client(base_url=second.url, timeout=120)
+        chat(a, "I spent 12 dollars on lunch")
+        made = post(a, "/api/emergency/backups/create", {"type": "budgets"})
+        chat(b, "I spent 30 dollars on books")
+        rollback = {"backupId": made["backupId"], "confirm": True, "components": ["budgets"]}
+
+        with psycopg.connect(pg_url) as holder, ThreadPoolExecutor(1) as pool:
+            # The first replica's rollback takes its place, then waits for this table lock.
+            holder.execute("LOCK TABLE ers_budgets.expenses IN EXCLUSIVE MODE")
+            body = rollback | {"reason": "a"}
+            running = pool.submit(a.post, "/api/emergency/rollback", json=body)
+            with psycopg.connect(pg_url, autocommit=True) as watcher:
+                for _ in range(600):
+                    waiting = watcher.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'relation' AND NOT granted"
+                    ).fetchone()
+                    if (waiting or (0,))[0] > 0 or running.done():
+                        break
+                    time.sleep(0.05)
+            assert not running.done(), running.result().text
+
+            refused = b.post("/api/emergency/rollback", json=rollback | {"reason": "b"})
+            holder.rollback()  # the table lock goes: the first rollback goes on
+            done = running.result()
+
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        assert "a rollback of budgets is already running" in detail
+        assert "wait for it to finish" in detail
+        assert done.status_code == 200, done.text
+        assert expenses(pg_url) == 1  # the first rollback's snapshot: lunch, not books
+        audit = a.get("/api/emergency/audit").json()["entries"]
+        outcomes = [e["detail"] for e in audit if e["action"] == "rollback"]
+        assert any("already running" in str(d.get("error", "")) for d in outcomes), outcomes
+        found = a.get("/api/emergency/incidents", params={"component": "backups"}).json()
+        assert found["incidents"] == [], found
+    finally:
+        for replica in (second, first):
+            if replica is not None:
+                replica.stop()
