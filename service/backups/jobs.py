@@ -85,6 +85,12 @@ def start_backup_jobs(
         # In a fleet the state outlives this replica: the jobs' runner backs it up.
         if leader is None or leader.is_leader:
             await backups.shutdown_backup()
+        else:
+            log.info(
+                "no final backup from this replica: the state on PostgreSQL outlives it, and "
+                "the replica that runs the fleet jobs backs it up on its schedule and when it "
+                "stops itself"
+            )
 
     stack.push_async_callback(shutdown_backup)
     run_in_background(stack, backups.connect(), "backups-connect")
