@@ -33,6 +33,14 @@ class BackupFailed:
 
 
 @dataclass(frozen=True)
+class RepositoryInitialised:
+    """`ers backup init` made `repository_id` the repository the backups go to."""
+
+    repository_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
 class RollbackStepStarted:
     snapshot_id: str
     step: str

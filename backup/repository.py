@@ -151,6 +151,24 @@ async def init_repository(config: RepositoryConfig) -> InitOutcome:
     )
 
 
+async def adopt_repository(config: RepositoryConfig, expected_id: str) -> InitOutcome:
+    """Remember `expected_id`, which another process's `init` made the repository, when it is
+    the one at the configured location; raises RepositoryMissing or RepositoryReplaced
+    otherwise. Never creates one."""
+    restic = restic_for(config)
+    found = await restic.repository_id()
+    if found is None:
+        raise missing(restic.repository, RepositoryRecord(expected_id, ""))
+    if found != expected_id:
+        raise replaced(restic.repository, RepositoryRecord(expected_id, ""), found)
+    previous: RepositoryRecord | None = None
+    if config.record_file is not None:
+        with contextlib.suppress(BackupError):  # an unreadable record is being replaced
+            previous = await asyncio.to_thread(RepositoryRecord.read, config.record_file)
+        await asyncio.to_thread(RepositoryRecord.now(found).write, config.record_file)
+    return InitOutcome(RepositoryIdentity(restic, found), False, previous.id if previous else None)
+
+
 async def _create(restic: Restic, config: RepositoryConfig) -> tuple[str, bool]:
     """Two processes that both find no repository and both run ``restic init`` can leave a
     config written under one's master key beside the other's key, which neither opens

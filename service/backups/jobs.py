@@ -18,6 +18,7 @@ from backup import BackupError
 from backup.emergency import EmergencyCooldown
 from backup.models import DrillResult
 from service.backups.fleet_list import FleetSnapshotList
+from service.backups.fleet_repository import FleetRepository
 from service.backups.metrics import BackupMetrics
 from service.backups.offsite import start_offsite_copies
 from service.backups.service import BackupService, BackupsUnavailable
@@ -100,6 +101,9 @@ def start_backup_jobs(
         backups.subscribe(shared.on_event)
         every_s = settings.fleet_poll_interval_s
         run_in_background(stack, shared.follow(every_s), "backups-fleet-list")
+        repository = FleetRepository(backups, stores.system_state, replica)
+        backups.subscribe(repository.on_event)
+        run_in_background(stack, repository.follow(every_s), "backups-fleet-repository")
     if settings.backup_schedule_enabled:
         run_in_background(stack, run_schedule(backups, leader=leader), "backups")
         if meter is not None:

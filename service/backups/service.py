@@ -32,8 +32,9 @@ from backup import (
 )
 from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
+from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME, is_local
-from backup.repository import InitOutcome
+from backup.repository import InitOutcome, adopt_repository
 from service.backups.first_start import first_start_done
 from service.backups.fleet_cooldown import follow_fleet_cooldown
 from service.backups.live_size import LiveSize
@@ -213,10 +214,18 @@ class BackupService:
             self.first_attempt_done.set()
             log.info("backup repository ready: %d snapshots", len(manager.list()))
 
-    async def init(self) -> InitOutcome:
+    async def init(self, adopted_id: str | None = None) -> InitOutcome:
         """`ers backup init`: create the repository if there is none and make it the one the
-        backups go to; a waiting connection retries at once."""
-        outcome = await init_repository(self.repository_config())
+        backups go to; a waiting connection retries at once. With `adopted_id` (what another
+        replica's init made the fleet's repository) that one is adopted, never created."""
+        config = self.repository_config()
+        if adopted_id is None:
+            outcome = await init_repository(config)
+            event = RepositoryInitialised(outcome.identity.expected_id, outcome.created)
+            for listener in self._listeners:
+                listener(event)
+        else:
+            outcome = await adopt_repository(config, adopted_id)
         if self.manager is not None:
             self.manager.identity = outcome.identity
             await self.manager.refresh()
