@@ -12,9 +12,10 @@ person's request wait instead of fail; forget, prune and check also wait for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,9 +75,11 @@ class BackupManager:
         *,
         emergency_cooldown: EmergencyCooldown | None = None,
         shutdown_timeout_seconds: float = 30.0,
+        turn_lock: Callable[[bool], AbstractAsyncContextManager[object]] | None = None,
     ) -> None:
         """``emergency_cooldown``: one the caller keeps across restarts; else one of 300 s
-        that lives as long as this manager."""
+        that lives as long as this manager. ``turn_lock``: other processes' turns on the
+        repository (`RepositoryConfig.turn_lock`)."""
         self.restic = restic
         # The repository every write must go to; without one given, the one first seen.
         self.identity = identity
@@ -93,6 +96,7 @@ class BackupManager:
         # restic's lock rule within this process: forget, prune and check use the
         # repository alone, and other restic processes of ours (the off-host copy) share it.
         self._sharing = RepositorySharing()
+        self._turn_lock = turn_lock
         self.events.subscribe(self._remember)
 
     @classmethod
@@ -109,7 +113,7 @@ class BackupManager:
         `backup.repository.open_identified`) and load the list; the owner of the state also
         clears what an interrupted run left behind (another process may be running one)."""
         identity = await open_identified(repository, may_create=may_create)
-        manager = cls(identity.restic, config, identity, **options)
+        manager = cls(identity.restic, config, identity, turn_lock=repository.turn_lock, **options)
         if owns_state:
             await manager.backend.start()
         await manager.refresh()
@@ -157,7 +161,7 @@ class BackupManager:
         whose reason tag must exist)."""
         reason = validate_reason(str(reason))
         names = self._check_components(components)
-        async with self._lock:
+        async with self._turn():
             if reason == BackupReason.EMERGENCY and (
                 previous := self.emergency_cooldown.coalesced()
             ):
@@ -238,7 +242,7 @@ class BackupManager:
     async def forget(self, keep_last: int = 50) -> ForgetResult:
         """Forget all but the newest ``keep_last`` snapshots of each component (`retained`);
         their data is freed by `prune`."""
-        async with self._lock, self._sharing.exclusive():
+        async with self._turn(exclusive=True):
             await self.verify_repository()
             kept, forgotten = retained(await self.restic.snapshots(tag=self.backend.tag), keep_last)
             removed = tuple(entry["id"] for entry in forgotten)
@@ -250,12 +254,12 @@ class BackupManager:
         return ForgetResult(tuple(entry["id"] for entry in kept), removed)
 
     async def prune(self) -> None:
-        async with self._lock, self._sharing.exclusive():
+        async with self._turn(exclusive=True):
             await self.verify_repository()
             await self.restic.prune()
 
     async def check(self, *, read_data: bool = False) -> CheckResult:
-        async with self._lock, self._sharing.exclusive():
+        async with self._turn(exclusive=True):
             # A repository that is gone or replaced fails as the health check tells it (the
             # same error, so the same incident), not as restic's bare "no repository".
             await self.verify_repository(thorough=True)
@@ -272,7 +276,7 @@ class BackupManager:
         plan = self.backend.drill_plan(self.index)
         for snapshot, names in plan:
             try:
-                async with self._lock:
+                async with self._turn():
                     preview = await self.backend.preview(snapshot, names)
             except BackupError as exc:
                 files += [FileVerification(name, str(exc)[:200], None, 0) for name in names]
@@ -285,10 +289,31 @@ class BackupManager:
         self.events.publish(DrillFinished(result))
         return result
 
-    def sharing_repository(self) -> AbstractAsyncContextManager[None]:
+    @asynccontextmanager
+    async def sharing_repository(self) -> AsyncIterator[None]:
         """Held by another restic process of this service that reads the repository (the
         off-host copy): forget, prune and check wait for it to end, and it for them."""
-        return self._sharing.shared()
+        async with self._sharing.shared(), self._others_turn(exclusive=False):
+            yield
+
+    @asynccontextmanager
+    async def _turn(self, *, exclusive: bool = False) -> AsyncIterator[None]:
+        """This process's turn on the repository for one restic command that locks it: one
+        at a time here, forget, prune and check (`exclusive`) also after the off-host copy,
+        and in turn with the other processes that share the repository."""
+        async with self._lock, contextlib.AsyncExitStack() as held:
+            if exclusive:
+                await held.enter_async_context(self._sharing.exclusive())
+            await held.enter_async_context(self._others_turn(exclusive=exclusive))
+            yield
+
+    @asynccontextmanager
+    async def _others_turn(self, *, exclusive: bool) -> AsyncIterator[None]:
+        if self._turn_lock is None:
+            yield
+            return
+        async with self._turn_lock(exclusive):
+            yield
 
     # Rollback ----------------------------------------------------------------------------
 
@@ -307,7 +332,7 @@ class BackupManager:
         await self.refresh()
         snapshot = await self.find(snapshot_id)
         names = self.backend.rollback_components(snapshot, components)
-        async with self._lock:
+        async with self._turn():
             return await self.backend.preview(snapshot, names)
 
     async def rollback(
@@ -321,7 +346,7 @@ class BackupManager:
     ) -> RollbackResult:
         """Put `components` back as they were in the snapshot, after a safety snapshot of
         their current state; RollbackFailed names the step and leaves the live state alone."""
-        async with self._lock:
+        async with self._turn():
             await self.verify_repository()
             snapshot = await self.find(snapshot_id)
             names = self.backend.rollback_components(snapshot, components)

@@ -83,6 +83,10 @@ class RepositoryConfig:
     # Held while the repository is created, by processes on other machines too (a local
     # repository is also locked with a file next to it).
     init_lock: Callable[[], AbstractAsyncContextManager[object]] | None = None
+    # Held around each restic command that locks the repository, exclusive (True) for forget,
+    # prune and check, by the other processes that share the repository too: they then take
+    # turns as one process's commands do, instead of failing on each other's restic lock.
+    turn_lock: Callable[[bool], AbstractAsyncContextManager[object]] | None = None
     # Remembers the repository's id (see `backup.identity`); None: nothing is remembered.
     record_file: Path | None = None
 

@@ -41,7 +41,7 @@ from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
 from service.errors import ErsError
 from service.fleet import FleetLeader
-from service.fleet.leader import repository_init_lock
+from service.fleet.leader import repository_init_lock, repository_turn_lock
 from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
 from service.settings import Settings
 from service.stores import Stores
@@ -166,16 +166,15 @@ class BackupService:
     def repository_config(self) -> RepositoryConfig:
         settings = self.settings
         database, url = self.stores.database, settings.database_url
+        # Replicas sharing a database share the repository: one creates it, and their restic
+        # commands take turns on it as one process's do.
+        fleet = (database, url.get_secret_value()) if database is not None and url else None
         return RepositoryConfig(
             repository=settings.restic_repository,
             password_file=settings.restic_password_file,
             binary=settings.restic_binary,
-            # Replicas sharing a database may share a remote repository: one creates it.
-            init_lock=(
-                partial(repository_init_lock, database, url.get_secret_value())
-                if database is not None and url is not None
-                else None
-            ),
+            init_lock=partial(repository_init_lock, *fleet) if fleet else None,
+            turn_lock=partial(repository_turn_lock, *fleet) if fleet else None,
             record_file=settings.data_dir / RECORD_FILE_NAME,
         )
 

@@ -31,6 +31,8 @@ log = logging.getLogger("ers.fleet")
 FLEET_JOBS_LOCK_KEY = 0x4552_535F_4A4F_4253
 # pg_advisory_lock key held while a replica creates the shared restic repository: "ERS_INIT".
 REPOSITORY_INIT_LOCK_KEY = 0x4552_535F_494E_4954
+# pg_advisory_lock key of the replicas' turns on the shared restic repository: "ERS_REPO".
+REPOSITORY_TURN_LOCK_KEY = 0x4552_535F_5245_504F
 # libpq keepalives and a TCP user timeout, so that a silent network loss ends the session
 # in about half a minute on this side too, not after minutes of retransmissions.
 KEEPALIVES = {
@@ -162,6 +164,34 @@ async def repository_init_lock(database: PostgresDatabase, url: str) -> AsyncIte
             await conn.close()
         raise FleetLockUnavailable(
             f"cannot take the repository's lock on {database.location}: {database.reason(exc)}"
+        ) from None
+    async with conn:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def repository_turn_lock(
+    database: PostgresDatabase, url: str, exclusive: bool
+) -> AsyncIterator[None]:
+    """Held, fleet-wide, around each restic command of a replica that locks the shared
+    repository: shared by backups and restores, exclusive for forget, prune and check, as
+    restic's own lock is. restic turns a command that meets the other kind of lock away at
+    once; this makes it wait for the other replica's instead (the jobs runner's forget after
+    each scheduled backup would otherwise fail another replica's rollback, and its backups
+    the runner's forget). The lock lives on a connection of its own and goes with it."""
+    take = "pg_advisory_lock" if exclusive else "pg_advisory_lock_shared"
+    conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+    try:
+        conn = await connect_session(url, application_name="ers-repository-turn")
+        await conn.execute(f"SELECT {take}(%s)", (REPOSITORY_TURN_LOCK_KEY,))
+    except BaseException as exc:
+        if conn is not None:
+            await conn.close()
+        if not isinstance(exc, psycopg.Error):
+            raise
+        raise FleetLockUnavailable(
+            f"cannot take a turn on the restic repository at {database.location}: "
+            f"{database.reason(exc)}"
         ) from None
     async with conn:
         yield
