@@ -24,9 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
+from backup import BackupError
 from service.chat.minimal_mode import MinimalMode
 from service.chat.team import Team
-from service.errors import UnknownAgent
+from service.errors import ErsError, UnknownAgent
 from service.incidents.action_claims import (
     FLEET_WIDE_ACTIONS,
     ActionClaims,
@@ -163,7 +164,11 @@ class Responder:
             async with asyncio.timeout(120):
                 result = await self._actions[action](context)
         except Exception as exc:  # an action must never take the service down
-            log.exception("action %s failed for %s", action, context.incident_id)
+            # A named failure says what to do in its message; only a surprise needs the trace.
+            named = isinstance(exc, BackupError | ErsError)
+            log.error(
+                "action %s failed for %s: %s", action, context.incident_id, exc, exc_info=not named
+            )
             result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
         if result.result == "failed":  # not done: the next call for it tries again
             self._last_run.pop(key, None)

@@ -57,4 +57,5 @@ def test_an_init_on_one_replica_gives_every_replica_the_new_repository(
         for replica in replicas:
             replica.stop()
     for replica in replicas:
-        assert "fleet_repository" not in replica.log(), replica.log()[-3000:]
+        # The lost repository failed the emergency backup of its incident: named, no trace.
+        assert "Traceback" not in replica.log(), replica.log()[-3000:]
