@@ -64,6 +64,13 @@ SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reas
 log = logging.getLogger(__name__)
 
 OLD_SCHEMA_MARKER = "__old_"
+# The last line of psql's input, which only this process writes, once the dump has been read
+# whole and the safety snapshot taken: psql's check before the commit refuses input that
+# ended without it. Killed midway, this process leaves restic, pg_restore and psql running;
+# pg_restore's end would otherwise let psql commit a rollback whose safety snapshot may never
+# finish, with the other replicas' writers no longer held off.
+CONFIRMED = "ers.rollback_confirmed"
+CONFIRM_LINE = f"\nSELECT pg_catalog.set_config('{CONFIRMED}', 'yes', true);\n".encode()
 COUNT_MARKER = "ers-count"
 # The class half of the two-key transaction advisory lock a rollback of a schema holds until
 # its swap has committed; the other half is the hash of the schema's name.
@@ -214,7 +221,7 @@ class PgRollback:
             pipeline.add("psql", self._load_and_swap(schema, old, stdin=sql_out))
             pipeline.hold_open(dump_in, until=["restic dump"])
             # The commit waits for the safety backup too: the current state is in restic first.
-            pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"])
+            pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"], then=CONFIRM_LINE)
             try:
                 await pipeline.run()
             except Exception as exc:
@@ -300,7 +307,10 @@ class PgRollback:
             f"'{schema}') THEN ALTER SCHEMA {schema} RENAME TO {old}; END IF; END $$"
         )
         check = (
-            f"DO $$ BEGIN IF NOT EXISTS ({_TABLES_SQL.format(schema=schema)}) THEN "
+            f"DO $$ BEGIN IF current_setting('{CONFIRMED}', true) IS DISTINCT FROM 'yes' THEN "
+            "RAISE EXCEPTION 'the restored dump ended without the confirmation of ERS, which "
+            "stopped before its safety snapshot was taken: nothing was changed'; END IF; "
+            f"IF NOT EXISTS ({_TABLES_SQL.format(schema=schema)}) THEN "
             f"RAISE EXCEPTION 'the snapshot restored no tables into {schema}'; END IF; END $$"
         )
         counts = _COUNTS_SQL.format(marker=f"'{COUNT_MARKER}', ", schema=schema)

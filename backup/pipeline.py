@@ -4,7 +4,10 @@ A writer that dies halfway closes its end of the pipe just as one that finished 
 reader cannot tell a truncated stream from a whole one: `restic backup --stdin` would save a
 cut-off dump, `psql` would commit half a restore. So this process keeps its own copy of each
 pipe's write end open until every task that pipe waits for has succeeded; only then is it
-closed and the reader sees the end of its input. When any task fails, the others are
+closed and the reader sees the end of its input. A hold may also end its pipe with a last
+line (`then`) this process writes only at that moment: a reader that needs it (psql's check
+before its commit) refuses input that ended without it, as when this process was killed and
+the programs it started finished on their own. When any task fails, the others are
 cancelled (their programs stopped) and the first failure is raised.
 """
 
@@ -27,7 +30,7 @@ class Pipeline:
 
     def __init__(self) -> None:
         self._work: dict[str, Coroutine[Any, Any, Any]] = {}
-        self._holds: list[tuple[int, tuple[str, ...]]] = []
+        self._holds: list[tuple[int, tuple[str, ...], bytes]] = []
         self._fds: list[int] = []
         self.results: dict[str, Any] = {}  # of each task that succeeded, by name
         self.finished_at: dict[str, float] = {}  # time.monotonic() of each success
@@ -47,12 +50,13 @@ class Pipeline:
             raise ValueError(f"a task named {name!r} is already in the pipeline")
         self._work[name] = work
 
-    def hold_open(self, write_end: int, until: Sequence[str]) -> None:
-        """Keep `write_end` open until every task in `until` has succeeded."""
+    def hold_open(self, write_end: int, until: Sequence[str], then: bytes = b"") -> None:
+        """Keep `write_end` open until every task in `until` has succeeded; then write `then`
+        to it, and close it."""
         unknown = [name for name in until if name not in self._work]
         if unknown or write_end not in self._fds:
             raise ValueError(f"hold_open names unknown tasks or pipes: {unknown or write_end}")
-        self._holds.append((write_end, tuple(until)))
+        self._holds.append((write_end, tuple(until), then))
 
     async def run(self) -> dict[str, Any]:
         """Every task's result by name, once all have succeeded; else the first failure."""
@@ -68,7 +72,7 @@ class Pipeline:
                         raise failure or asyncio.CancelledError()
                     self.results[names[task]] = task.result()
                     self.finished_at[names[task]] = time.monotonic()
-                self._release()
+                await self._release()
             return dict(self.results)
         finally:
             for task in pending:
@@ -80,12 +84,20 @@ class Pipeline:
                     os.close(fd)
             self._fds = []
 
-    def _release(self) -> None:
+    async def _release(self) -> None:
         still_held = []
-        for fd, until in self._holds:
+        for fd, until, then in self._holds:
             if all(name in self.finished_at for name in until):
+                if then:  # in a thread: the reader may still be taking what came before
+                    with contextlib.suppress(OSError):  # a reader gone says why itself
+                        await asyncio.to_thread(_write_all, fd, then)
                 os.close(fd)
                 self._fds.remove(fd)
             else:
-                still_held.append((fd, until))
+                still_held.append((fd, until, then))
         self._holds = still_held
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]

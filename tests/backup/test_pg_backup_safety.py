@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from backup import (
@@ -18,7 +19,9 @@ from backup import (
     PgBackupConfig,
     RepositoryConfig,
     RepositoryMissing,
+    pg_rollback,
 )
+from backup.errors import PgRestoreFailed
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
 
@@ -104,3 +107,38 @@ async def test_a_pg_snapshot_made_by_another_process_is_found_on_lookup(
     details = await ours.details(made.snapshot_id)
     assert details.snapshot.id.startswith(made.snapshot_id)
     assert [f.path for f in details.files] == ["/profiles.pgdump"]
+
+
+@pytest.mark.parametrize("confirmed", [False, True])
+async def test_psql_commits_a_rollback_only_once_ers_confirmed_its_input(
+    repository: RepositoryConfig, pg_url: str, schemas: dict[str, str], confirmed: bool
+) -> None:
+    """Killed midway, ERS leaves the programs it started running: pg_restore's end of output
+    used to be the only end psql needed, and it could commit a rollback whose safety snapshot
+    never finished. psql's check now wants the last line only ERS writes, after the safety
+    snapshot: input that ended without it changes nothing."""
+    manager = await open_manager(repository, pg_url, schemas, may_create=True)
+    rollback = manager.backend.rollback  # type: ignore[attr-defined]
+    schema = schemas["budgets"]
+    old = f"{schema}{pg_rollback.OLD_SCHEMA_MARKER}0000abcd"
+    restored = f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.restored (v int);\n".encode()
+    read_end, write_end = os.pipe()
+    os.write(write_end, restored + (pg_rollback.CONFIRM_LINE if confirmed else b""))
+    os.close(write_end)  # as when ERS was killed and pg_restore finished on its own
+    try:
+        if confirmed:
+            await rollback._load_and_swap(schema, old, stdin=read_end)
+        else:
+            with pytest.raises(PgRestoreFailed, match="ended without the confirmation"):
+                await rollback._load_and_swap(schema, old, stdin=read_end)
+    finally:
+        os.close(read_end)
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,),
+        ).fetchall()
+    swapped = [("restored",)]
+    assert (tables == swapped) is confirmed, tables
+    if not confirmed:
+        assert tables, "the live schema is as it was"
