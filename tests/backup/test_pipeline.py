@@ -43,3 +43,22 @@ async def test_a_failed_writer_stops_the_reader_before_it_sees_the_end(tmp_path:
         await pipeline.run()
     assert pipeline.failed == "writer"
     assert not received.exists()  # the half-written input was never taken for a whole one
+
+
+@pytest.mark.parametrize(("script", "expected"), [("printf whole", b"whole;ok"), ("exit 3", None)])
+async def test_a_hold_ends_the_pipe_with_its_last_line_only_after_the_writer_succeeded(
+    tmp_path: Path, script: str, expected: bytes | None
+) -> None:
+    received = tmp_path / "received"
+    pipeline = Pipeline()
+    read_end, write_end = pipeline.pipe()
+    pipeline.add("writer", program(["/bin/sh", "-c", script], stdout=write_end))
+    pipeline.add("reader", program([sys.executable, "-c", READER, str(received)], stdin=read_end))
+    pipeline.hold_open(write_end, until=["writer"], then=b";ok")
+    if expected is None:
+        with pytest.raises(RuntimeError, match="exited with 3"):
+            await pipeline.run()
+        assert not received.exists()
+    else:
+        await pipeline.run()
+        assert received.read_bytes() == expected
