@@ -382,8 +382,9 @@ def test_a_snapshot_one_replica_makes_is_listed_by_the_other_within_a_poll(
         on_a = listed(a)
         assert made.json()["backupId"][:8] in on_a
         # b's own refresh is minutes away (backup_refresh_interval_s); a's stamp is seen at
-        # b's next poll of the fleet's state, every second here.
-        deadline = time.monotonic() + 10
+        # b's next poll of the fleet's state, every second here, and b then reads the list
+        # from restic (seconds on a loaded machine: 10 s was once not enough).
+        deadline = time.monotonic() + 60
         while listed(b) != on_a:
             assert time.monotonic() < deadline, (listed(b), on_a, b.log()[-1000:])
             time.sleep(0.2)
