@@ -27,6 +27,7 @@ from typing import Any
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
+from service.stores.session_names import session_alive
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
 
 log = logging.getLogger("ers.alerts")
@@ -59,10 +60,7 @@ FIRING_WAIT_S = 130.0
 
 def _taker_alive(table: str) -> str:
     """PostgreSQL: the row's taker still runs (or is not known): its presence session is on."""
-    return (
-        f"({table}.taker IS NULL OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE"
-        f" datname = current_database() AND application_name = {table}.taker))"
-    )
+    return f"({table}.taker IS NULL OR {session_alive(f'{table}.taker')})"
 
 
 def _retake(dialect: object) -> str:

@@ -17,7 +17,7 @@ from service.incidents.model import STATUSES, IncidentStoreUnavailable
 from service.incidents.store import IncidentStore
 from service.stores.pg_pool import PgPool
 from service.stores.postgres_migrations import Migration
-from service.stores.session_names import presence_name
+from service.stores.session_names import presence_name, session_alive
 
 COMPONENT = "incidents"
 SCHEMA = "ers_incidents"
@@ -137,15 +137,15 @@ class PgIncidentStore(IncidentStore):
                 "SELECT replica FROM action_claims WHERE incident_id = ? AND action = ?",
                 (incident_id, action),
             ).fetchone()
-            holder = str(row["replica"]) if row is not None else "another replica"
+            if row is None:
+                return "another replica"
+            holder = str(row["replica"])
             # A holder that is gone (killed mid-action) never finishes: its claim is taken
             # over, one taker winning, instead of holding the action back for the cooldown.
             alive = db.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-                " AND application_name = ?",
-                (presence_name(holder),),
+                f"SELECT {session_alive('?')} AS alive", (presence_name(holder),)
             ).fetchone()
-            if row is not None and alive is None:
+            if not alive["alive"]:
                 taken = db.execute(
                     "UPDATE action_claims SET replica = ?,"
                     " claimed_at = extract(epoch FROM clock_timestamp())"

@@ -20,3 +20,12 @@ def presence_name(replica: str | None = None) -> str:
         return session_name("ers serve")
     host, _, pid = replica.rpartition(":")
     return session_name("ers serve", pid, host)
+
+
+def session_alive(name: str) -> str:
+    """SQL that is true while a session of the current database carries the name ``name``
+    (an SQL expression: a column, or a placeholder) as its ``application_name``."""
+    return (
+        "EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        f" AND application_name = {name})"
+    )
