@@ -3,6 +3,8 @@ uvicorn process on a free loopback port."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -127,6 +129,49 @@ def start_ers(
         what="ers",
     )
     return ErsProcess(url, process, log_path)
+
+
+@contextlib.contextmanager
+def backed_up_fleet(
+    workdir: Path, database_url: str, *, schedule: bool = False
+) -> Iterator[list[ErsProcess]]:
+    """Replicas ``a`` and ``b`` on ``database_url``, sharing the restic repository
+    ``workdir/repo`` (its password in ``workdir/restic-password``), each waited for until it
+    reaches the repository (the first creates it); the scheduled backups only with
+    ``schedule``. Stopped on the way out; the list outlives the block, for their logs."""
+    env = {
+        "ERS_DATABASE_URL": database_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "true" if schedule else "false",
+        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+    }
+    replicas: list[ErsProcess] = []
+    try:
+        for name in ("a", "b"):
+            replicas.append(start_ers(workdir / name, env=env))
+            replicas[-1].wait_for_backups()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def tagged_snapshots(repository: Path, password_file: Path, tag: str) -> list[dict[str, Any]]:
+    """The snapshots restic lists with ``tag`` (``reason:emergency``), read without a lock."""
+    done = subprocess.run(
+        ["restic", "snapshots", "--json", "--no-lock", "--tag", tag],
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": str(repository),
+            "RESTIC_PASSWORD_FILE": str(password_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return list(json.loads(done.stdout or "[]") or [])
 
 
 @pytest.fixture

@@ -3,17 +3,14 @@ repository: a critical incident seen by both runs its emergency backup once for 
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import ErsProcess, backed_up_fleet, tagged_snapshots
 
 
 def fatal_span_export(service: str, trace_id: str, message: str) -> dict[str, Any]:
@@ -67,19 +64,7 @@ def send(replica: ErsProcess, export: dict[str, Any]) -> None:
 
 
 def emergency_snapshots(repository: Path, password_file: Path) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        ["restic", "snapshots", "--json", "--no-lock", "--tag", "reason:emergency"],
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(repository),
-            "RESTIC_PASSWORD_FILE": str(password_file),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return list(json.loads(done.stdout or "[]") or [])
+    return tagged_snapshots(repository, password_file, "reason:emergency")
 
 
 def backup_entries(replica: ErsProcess, incident_id: str) -> list[dict[str, Any]]:
@@ -97,19 +82,7 @@ def test_a_critical_incident_seen_by_two_replicas_takes_one_emergency_backup(
     tmp_path: Path, pg_url: str
 ) -> None:
     repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
-    env = {
-        "ERS_DATABASE_URL": pg_url,
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_REPOSITORY": str(repository),
-        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
-    }
-    replicas: list[ErsProcess] = []
-    try:
-        replicas.append(start_ers(tmp_path / "a", env=env))
-        replicas[0].wait_for_backups()  # the first replica initialises the repository
-        replicas.append(start_ers(tmp_path / "b", env=env))
-        replicas[1].wait_for_backups()
+    with backed_up_fleet(tmp_path, pg_url) as replicas:
         # The same failure reaches both replicas (their collectors each forward it).
         for replica in replicas:
             send(replica, fatal_span_export("payments", secrets.token_hex(16), "fatal: ledger"))
@@ -144,9 +117,6 @@ def test_a_critical_incident_seen_by_two_replicas_takes_one_emergency_backup(
             "component:profiles",
             "component:system_state",
         ], snapshots
-    finally:
-        for replica in replicas:
-            replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]
 
@@ -192,19 +162,7 @@ def test_an_emergency_backup_that_failed_on_one_replica_is_taken_by_the_next_del
     claim back, so the alert's next delivery, to the other replica, takes the backup instead
     of being told that the first replica took it."""
     repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
-    env = {
-        "ERS_DATABASE_URL": pg_url,
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_REPOSITORY": str(repository),
-        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
-    }
-    replicas: list[ErsProcess] = []
-    try:
-        replicas.append(start_ers(tmp_path / "a", env=env))
-        replicas[0].wait_for_backups()
-        replicas.append(start_ers(tmp_path / "b", env=env))
-        replicas[1].wait_for_backups()
+    with backed_up_fleet(tmp_path, pg_url) as replicas:
         a, b = replicas
 
         repository.rename(tmp_path / "repo-away")  # out of reach: the backup fails
@@ -220,9 +178,6 @@ def test_an_emergency_backup_that_failed_on_one_replica_is_taken_by_the_next_del
         _, outcomes = backup_outcomes(b, 2)
         assert outcomes[1].startswith("emergency_backup: success"), outcomes
         assert emergency_snapshots(repository, password_file)
-    finally:
-        for replica in replicas:
-            replica.stop()
 
 
 def finished_backup(replica: ErsProcess, component: str) -> dict[str, Any]:
@@ -245,19 +200,7 @@ def test_an_emergency_backup_on_one_replica_covers_the_others_within_its_cooldow
     """Two critical incidents, one on each replica, a few seconds apart: the second replica
     takes no snapshot of its own, and its timeline names the first one's backup."""
     repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
-    env = {
-        "ERS_DATABASE_URL": pg_url,
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_REPOSITORY": str(repository),
-        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
-    }
-    replicas: list[ErsProcess] = []
-    try:
-        replicas.append(start_ers(tmp_path / "a", env=env))
-        replicas[0].wait_for_backups()
-        replicas.append(start_ers(tmp_path / "b", env=env))
-        replicas[1].wait_for_backups()
+    with backed_up_fleet(tmp_path, pg_url) as replicas:
         a, b = replicas
 
         send(a, fatal_span_export("billing", secrets.token_hex(16), "fatal: ledger"))
@@ -270,6 +213,3 @@ def test_an_emergency_backup_on_one_replica_covers_the_others_within_its_cooldow
 
         snapshots = emergency_snapshots(repository, password_file)
         assert len(snapshots) == 5, snapshots  # one of each component, once
-    finally:
-        for replica in replicas:
-            replica.stop()

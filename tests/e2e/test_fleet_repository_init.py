@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import ErsProcess, backed_up_fleet
 
 
 def backup_of_profiles(replica: ErsProcess) -> httpx.Response:
@@ -21,20 +21,8 @@ def backup_of_profiles(replica: ErsProcess) -> httpx.Response:
 def test_an_init_on_one_replica_gives_every_replica_the_new_repository(
     tmp_path: Path, pg_url: str
 ) -> None:
-    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
-    env = {
-        "ERS_DATABASE_URL": pg_url,
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_REPOSITORY": str(repository),
-        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
-    }
-    replicas: list[ErsProcess] = []
-    try:
-        replicas.append(start_ers(tmp_path / "a", env=env))
-        replicas[0].wait_for_backups()
-        replicas.append(start_ers(tmp_path / "b", env=env))
-        replicas[1].wait_for_backups()
+    repository = tmp_path / "repo"
+    with backed_up_fleet(tmp_path, pg_url) as replicas:
         first, second = replicas
 
         shutil.rmtree(repository)  # the repository is lost
@@ -53,9 +41,6 @@ def test_an_init_on_one_replica_gives_every_replica_the_new_repository(
         assert "which replica" in second.log() and "made the fleet's" in second.log()
         health = httpx.get(f"{second.url}/api/emergency/health", timeout=30).json()
         assert health["checks"]["repository"]["status"] == "healthy", health["checks"]
-    finally:
-        for replica in replicas:
-            replica.stop()
     for replica in replicas:
         # The lost repository failed the emergency backup of its incident: named, no trace.
         assert "Traceback" not in replica.log(), replica.log()[-3000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import backed_up_fleet
 
 WAITING = "SELECT count(*) FROM pg_locks WHERE locktype = %s AND NOT granted"
 
@@ -25,20 +25,8 @@ def waiting_locks(url: str, locktype: str) -> int:
 def test_a_prune_on_one_replica_waits_for_the_other_replicas_backup(
     tmp_path: Path, pg_url: str
 ) -> None:
-    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
-    env = {
-        "ERS_DATABASE_URL": pg_url,
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_REPOSITORY": str(repository),
-        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
-    }
-    replicas: list[ErsProcess] = []
-    try:
-        replicas.append(start_ers(tmp_path / "a", env=env))
-        replicas[0].wait_for_backups()
-        replicas.append(start_ers(tmp_path / "b", env=env))
-        replicas[1].wait_for_backups()
+    repository = tmp_path / "repo"
+    with backed_up_fleet(tmp_path, pg_url) as replicas:
         first, second = replicas
         with psycopg.connect(pg_url) as holder, ThreadPoolExecutor(2) as pool:
             # The second replica's backup starts restic, whose pg_dump waits for this lock.
@@ -66,8 +54,5 @@ def test_a_prune_on_one_replica_waits_for_the_other_replicas_backup(
 
         assert backed_up.status_code == 200, backed_up.text
         assert pruned.status_code == 200, pruned.text
-    finally:
-        for replica in replicas:
-            replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]

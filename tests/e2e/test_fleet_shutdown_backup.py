@@ -4,33 +4,18 @@ final backup, and the other says in its log why it takes none."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import ErsProcess, backed_up_fleet, tagged_snapshots
 
 RUNS_THE_JOBS = "now runs the fleet jobs"
 NO_FINAL_BACKUP = "no final backup from this replica"
 
 
 def shutdown_snapshots(repository: Path, password_file: Path) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        ["restic", "snapshots", "--json", "--no-lock", "--tag", "reason:shutdown"],
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(repository),
-            "RESTIC_PASSWORD_FILE": str(password_file),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return list(json.loads(done.stdout or "[]") or [])
+    return tagged_snapshots(repository, password_file, "reason:shutdown")
 
 
 def the_jobs_runner(replicas: list[ErsProcess]) -> ErsProcess:
@@ -48,18 +33,7 @@ def test_only_the_replica_running_the_fleet_jobs_takes_the_final_backup(
     tmp_path: Path, pg_url: str
 ) -> None:
     repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
-    env = {
-        "ERS_DATABASE_URL": pg_url,
-        "ERS_BACKUPS_ENABLED": "true",
-        "ERS_RESTIC_REPOSITORY": str(repository),
-        "ERS_RESTIC_PASSWORD_FILE": str(password_file),
-    }
-    replicas: list[ErsProcess] = []
-    try:
-        replicas.append(start_ers(tmp_path / "a", env=env))
-        replicas[0].wait_for_backups()
-        replicas.append(start_ers(tmp_path / "b", env=env))
-        replicas[1].wait_for_backups()
+    with backed_up_fleet(tmp_path, pg_url, schedule=True) as replicas:
         runner = the_jobs_runner(replicas)
         other = next(r for r in replicas if r is not runner)
 
@@ -78,8 +52,5 @@ def test_only_the_replica_running_the_fleet_jobs_takes_the_final_backup(
             "component:profiles",
             "component:system_state",
         ], snapshots
-    finally:
-        for replica in replicas:
-            replica.stop()
     for replica in replicas:
         assert "Traceback" not in replica.log(), replica.log()[-3000:]
