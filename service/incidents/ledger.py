@@ -125,7 +125,9 @@ class AlertLedger:
         self._database = database
         self.taker = taker
         self._retake = _retake(database.dialect)
-        self._lost = "" if database.dialect is SQLITE else f" OR NOT {_taker_alive('alert_ledger')}"
+        # Whether a row's taker still runs: on SQLite, where start-up marks what the process
+        # before left unfinished, it is never in doubt.
+        self._taker_alive = "TRUE" if database.dialect is SQLITE else _taker_alive("alert_ledger")
 
     def record(
         self,
@@ -185,7 +187,7 @@ class AlertLedger:
             rows = self._database.rows(
                 "UPDATE alert_ledger SET received_at = ?, outcome = NULL, taker = ?"
                 " WHERE status = 'resolved' AND alert IS NOT NULL AND (outcome = ?"
-                f" OR (outcome IS NULL AND (received_at < ?{self._lost})))"
+                f" OR (outcome IS NULL AND (received_at < ? OR NOT {self._taker_alive})))"
                 " RETURNING alert",
                 (now, self.taker, LOST, now - UNFINISHED_AFTER_S),
             )
@@ -227,7 +229,7 @@ class AlertLedger:
         its taker is gone)."""
         rows = self._database.rows(
             f"SELECT received_at FROM alert_ledger WHERE {KEY} AND outcome IS NULL"
-            f" AND NOT (FALSE{self._lost})",
+            f" AND {self._taker_alive}",
             (fingerprint, starts_at, status),
         )
         return float(rows[0]["received_at"]) if rows else None
