@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,15 @@ CANNOT_START = (FileNotFoundError, PermissionError, NotADirectoryError)
 # ERS's own settings (tokens, the database URL) are for ERS alone: no program it starts needs
 # them, and any of them could read them from /proc/<pid>/environ.
 SERVICE_PREFIX = "ERS_"
+
+# A program ERS starts stops with ERS, after a kill -9 too: `setpriv --pdeathsig` (util-linux)
+# has the kernel signal it when the thread that started it ends, here the event loop's thread,
+# which ends with the process. SIGINT, as `stop_process` sends: psql leaves its transaction
+# uncommitted, pg_dump and pg_restore stop, and restic stops too, though its word on stopping
+# goes to a pipe nobody reads any more, which kills it before it removes its repository lock:
+# that lock is stale (locks.py), and the next restic command ERS runs removes it. Without
+# setpriv (not Linux), programs run as before and outlive a killed ERS.
+SETPRIV = shutil.which("setpriv")
 
 
 def inherited_environment(*dropped_prefixes: str) -> dict[str, str]:
@@ -95,9 +105,10 @@ async def start_program(
     stdout: int | None = None,
 ) -> asyncio.subprocess.Process:
     """Start `binary args` without a shell: it reads `stdin` (else nothing), writes to `stdout`
-    (else a pipe), and its stderr is piped. Raises one of CANNOT_START when it cannot start."""
+    (else a pipe), and its stderr is piped; it gets SIGINT if ERS ends first (see SETPRIV).
+    Raises one of CANNOT_START when it cannot start."""
     return await asyncio.create_subprocess_exec(
-        binary,
+        *_stopping_with_parent(binary, env),
         *args,
         stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
         stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
@@ -105,6 +116,15 @@ async def start_program(
         cwd=cwd,
         env=dict(env),
     )
+
+
+def _stopping_with_parent(binary: str, env: Mapping[str, str]) -> list[str]:
+    """`binary` behind setpriv, found as the program would be (on `env`'s PATH). A binary
+    that cannot be found or run is started directly, so that it fails as it would alone."""
+    found = shutil.which(binary, path=os.pathsep.join(os.get_exec_path(dict(env))))
+    if SETPRIV is None or found is None:
+        return [binary]
+    return [SETPRIV, "--pdeathsig", "INT", "--", found]
 
 
 async def _collect(
