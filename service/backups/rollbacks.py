@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from backup import RollbackResult, SnapshotNotFound
+from backup.locks import process_is_running
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
-from service.incidents.audit import AuditLog
+from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
@@ -75,11 +78,12 @@ class Rollbacks:
             f"{notes}"
         )
 
-    def record_start(self, request: RollbackRequest, snapshot_id: str) -> bool:
+    def record_start(self, request: RollbackRequest, snapshot_id: str) -> str | None:
         """Blocking: the trail's entry before the rollback begins, so that one a kill cuts
         off (before its outcome is written) is in the trail all the same. Not written (a full
         disk): logged, and the rollback goes on; its outcome is told and recorded after.
-        Returns whether it was written."""
+        Returns the run its outcome names (`record`), None when it was not written."""
+        run = rollback_run()
         detail = {
             "backupId": snapshot_id,
             "beforeIncident": request.beforeIncident,
@@ -87,27 +91,35 @@ class Rollbacks:
             "components": request.components,
         }
         try:
-            self.audit.record("admin", "rollback_started", detail)
+            self.audit.record("admin", ROLLBACK_STARTED, detail | run)
         except Exception:
             log.exception("could not record the rollback's start in the audit trail")
-            return False
-        return True
+            return None
+        return str(run["run"])
 
     def record(
-        self, request: RollbackRequest, result: RollbackResult | None, error: str | None
+        self,
+        request: RollbackRequest,
+        result: RollbackResult | None,
+        error: str | None,
+        run: str | None = None,
     ) -> str | None:
         """Blocking (the incident store and the audit file): call off the event loop. A
         record that cannot be written (a full disk) must not hide what the rollback did:
         it is logged, and the reason is returned to be told with the rollback's outcome."""
         try:
-            self._record(request, result, error)
+            self._record(request, result, error, run)
         except Exception as exc:
             log.exception("could not record the rollback in the audit trail")
             return f"the rollback is not in the audit trail: writing it failed ({exc})"
         return None
 
     def _record(
-        self, request: RollbackRequest, result: RollbackResult | None, error: str | None
+        self,
+        request: RollbackRequest,
+        result: RollbackResult | None,
+        error: str | None,
+        run: str | None,
     ) -> None:
         if request.beforeIncident:
             words = f"rolled back to {result.snapshot_id}" if result else f"failed: {error}"
@@ -129,5 +141,52 @@ class Rollbacks:
                 "components": request.components,
                 "safetyBackupId": result.safety_snapshot_id if result else None,
                 "error": error,
+                "run": run,
             },
         )
+
+
+INTERRUPTED = (
+    "the process running it stopped before its outcome was written (a kill or a crash): the "
+    "live state is wholly the one before it or wholly the snapshot's (a swap it had begun is "
+    "undone at the next start: rollback_undone); its safety snapshot, if taken, is tagged "
+    "safety"
+)
+
+
+def record_interrupted(audit: AuditLog) -> list[dict[str, object]]:
+    """Blocking; at the service's start, before anything can roll back. Each rollback in the
+    trail with no outcome, started by a process of this host that no longer runs, gets the
+    entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries' details.
+    A process with this process's pid counts as gone: on a restart in a container, ERS has
+    the same pid every time. Another host's rollbacks are left to a start on that host."""
+    try:
+        return _record_interrupted(audit)
+    except Exception as exc:  # an unwritable trail, a database down: health says so
+        log.warning("could not look for rollbacks cut off in the audit trail: %s", exc)
+        return []
+
+
+def _record_interrupted(audit: AuditLog) -> list[dict[str, object]]:
+    host, pid = socket.gethostname(), os.getpid()
+    recorded = []
+    for entry in audit.unfinished_rollbacks():
+        started = entry["detail"]
+        if started.get("host") != host:
+            continue
+        if started.get("pid") != pid and process_is_running(int(started.get("pid") or 0)):
+            continue
+        detail = {
+            key: started.get(key)
+            for key in ("run", "backupId", "components", "beforeIncident", "reason", "pid")
+        } | {"startedBy": entry["actor"], "startedAt": entry["at"], "outcome": INTERRUPTED}
+        audit.record("ers", "rollback_interrupted", detail)
+        log.warning(
+            "the audit trail's rollback %s to snapshot %s (started by %s) has no outcome: "
+            "the process running it stopped first; recorded as rollback_interrupted",
+            started["run"],
+            started.get("backupId"),
+            entry["actor"],
+        )
+        recorded.append(detail)
+    return recorded

@@ -191,6 +191,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         return preview_reply(await manager.test_rollback(args.backup_id, args.components or None))
     if action == "rollback":
         from backup.events import RollbackStepStarted
+        from service.incidents.audit import ROLLBACK_STARTED, rollback_run
 
         @contextlib.asynccontextmanager
         async def nothing_to_pause() -> AsyncIterator[None]:
@@ -202,8 +203,9 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
 
         manager.events.subscribe(on_event)
         with _audit_trail(load_settings()) as trail:
-            detail = {"backupId": args.backup_id, "reason": args.reason}
-            trail.record("rollback_started", detail | {"components": args.components})
+            run = rollback_run()
+            detail = {"backupId": args.backup_id, "reason": args.reason, "run": run["run"]}
+            trail.record(ROLLBACK_STARTED, detail | run | {"components": args.components})
             try:
                 result = await manager.rollback(
                     args.backup_id,

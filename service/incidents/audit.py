@@ -5,7 +5,10 @@ shares (its table there is the migrations' component ``audit``)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+import uuid
 from typing import Any
 
 from service.incidents.store_pg import SCHEMA
@@ -13,6 +16,11 @@ from service.stores.postgres_migrations import Migration
 from service.stores.sql import Database, create_table_on_sqlite
 
 COMPONENT = "audit"
+# The rollbacks' entries: one before it begins, then its outcome, or at a later start on its
+# host the word that the process running it stopped first (service.backups.rollbacks).
+ROLLBACK_STARTED, ROLLBACK_OUTCOMES = "rollback_started", ("rollback", "rollback_interrupted")
+# How many of the newest rollbacks a start looks at for one with no outcome.
+RECENT_ROLLBACKS = 200
 SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -35,6 +43,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
     ),
 )
+
+
+def rollback_run() -> dict[str, Any]:
+    """What a rollback's start carries besides its request: its run, which its outcome names
+    too, and the process running it (host and pid), which a later start on that host can find
+    gone."""
+    return {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 class AuditLog:
@@ -62,3 +77,22 @@ class AuditLog:
             }
             for row in rows
         ]
+
+    def unfinished_rollbacks(self) -> list[dict[str, Any]]:
+        """Of the newest rollbacks started (``RECENT_ROLLBACKS``), those with a run and no
+        outcome in the trail, oldest first: running now, or cut off by their process's end."""
+        started = self._database.rows(
+            "SELECT at, actor, detail FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?",
+            (ROLLBACK_STARTED, RECENT_ROLLBACKS),
+        )
+        outcomes = self._database.rows(
+            "SELECT detail FROM audit WHERE action IN (?, ?) ORDER BY id DESC LIMIT ?",
+            (*ROLLBACK_OUTCOMES, 2 * RECENT_ROLLBACKS),
+        )
+        ended = {json.loads(row["detail"]).get("run") for row in outcomes}
+        unfinished = []
+        for row in reversed(started):
+            detail = json.loads(row["detail"])
+            if detail.get("run") and detail["run"] not in ended:
+                unfinished.append({"at": row["at"], "actor": row["actor"], "detail": detail})
+        return unfinished

@@ -35,6 +35,7 @@ from service.incidents.action_claims import (
     claim_name,
     give_back,
 )
+from service.incidents.audit import ROLLBACK_STARTED, rollback_run
 from service.incidents.recovery import ACTOR as ALERTMANAGER
 from service.resilience.breaker_config import BreakerState
 
@@ -359,32 +360,25 @@ class Responder:
             )
         if self.rollback is None:
             return ActionResult("rollback", "not_available", "backups are not set up")
-        await self._audit_rollback(context, None, None, "rollback_started")
+        run = rollback_run()
+        await self._audit_rollback(context, run, ROLLBACK_STARTED)
         try:
             done = await self.rollback(context)
         except Exception as exc:
-            await self._audit_rollback(context, None, f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            await self._audit_rollback(context, {"result": None, "error": error, "run": run["run"]})
             raise
-        await self._audit_rollback(context, done, None)
+        await self._audit_rollback(context, {"result": done, "error": None, "run": run["run"]})
         return ActionResult("rollback", "success", done)
 
     async def _audit_rollback(
-        self,
-        context: ResponseContext,
-        done: str | None,
-        error: str | None,
-        action: str = "rollback",
+        self, context: ResponseContext, more: dict[str, Any], action: str = "rollback"
     ) -> None:
         """The trail's entry of the rollback's outcome, or of its start (``rollback_started``:
         one a kill cuts off is in the trail all the same)."""
         if self.audit is None:
             return
-        detail: dict[str, str | None] = {
-            "beforeIncident": context.incident_id,
-            "reason": context.reason,
-        }
-        if action == "rollback":
-            detail |= {"result": done, "error": error}
+        detail = {"beforeIncident": context.incident_id, "reason": context.reason} | more
         try:
             await asyncio.to_thread(self.audit.record, context.source, action, detail)
         except Exception:  # the rollback is done either way; its timeline still says so

@@ -156,9 +156,13 @@ def test_a_rollback_a_kill_cuts_off_is_in_the_audit_trail_by_its_start(tmp_path:
     try:
         assert expenses(workdir) == 1  # the live state is the one before the rollback
         entries = httpx.get(f"{again.url}/api/emergency/audit", timeout=10).json()["entries"]
-        assert [e["action"] for e in entries] == ["rollback_started"], entries
-        (entry,) = entries
+        # The start tells the rollback was cut off: its process is gone, its outcome unwritten.
+        assert [e["action"] for e in entries] == ["rollback_interrupted", "rollback_started"]
+        told, entry = entries
         assert entry["actor"] == "admin" and entry["detail"]["reason"] == "bad import", entry
         assert entry["detail"]["backupId"] == backup_id, entry
+        assert told["actor"] == "ers" and told["detail"]["run"] == entry["detail"]["run"], told
+        assert told["detail"]["backupId"] == backup_id and told["detail"]["startedBy"] == "admin"
+        assert "recorded as rollback_interrupted" in again.log()
     finally:
         assert again.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,16 @@ async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
         ("responder", "rollback_started"),
         ("responder", "rollback"),
     ]
-    assert trail.entries[0][2] == {"beforeIncident": "INC_7", "reason": "alert X"}
+    start = trail.entries[0][2]
+    assert {
+        "beforeIncident": "INC_7",
+        "reason": "alert X",
+        "pid": os.getpid(),
+    }.items() <= start.items()
     first, second = (detail for _, action, detail in trail.entries if action == "rollback")
+    # Each outcome names its start's run, so that a start without one is found (a kill).
+    assert first["run"] == start["run"] and second["run"] == trail.entries[2][2]["run"]
+    assert first["run"] != second["run"]
     assert first["beforeIncident"] == "INC_7" and first["result"] == "rolled back to 1234abcd"
     assert first["error"] is None
     assert second["result"] is None and "repository unreachable" in second["error"]

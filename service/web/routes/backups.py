@@ -260,7 +260,7 @@ async def rollback(
             status.HTTP_409_CONFLICT,
             "emergency rollback is disabled (emergency_rollback_enabled=false)",
         )
-    started = False  # the trail has the rollback's start: it gets its outcome too
+    started = None  # the run of the rollback's start in the trail: it gets its outcome too
     try:
         components = list(body.components) if body.components else None
         one_each = backups.one_component_per_snapshot
@@ -279,15 +279,17 @@ async def rollback(
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
         _report(exc)  # the incident it opens names the failed step, not a bare 503
-        unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc))
+        unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc), started)
         # The failure's own words name its step and that the live data is as before.
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             str(exc) + (f"; {unrecorded}" if unrecorded else ""),
         ) from None
     except (BackupError, BackupsUnavailable) as exc:
-        if started:  # refused (an unknown snapshot, components it lacks): nothing was touched
-            await asyncio.to_thread(rollbacks.record, body, None, f"refused: {exc}")
+        if (
+            started is not None
+        ):  # refused (an unknown snapshot, components it lacks): nothing was touched
+            await asyncio.to_thread(rollbacks.record, body, None, f"refused: {exc}", started)
         raise _fail(exc, "rollback") from None
     except asyncio.CancelledError:
         # The server is stopping and its grace for requests ran out. Recorded at once, on
@@ -296,13 +298,13 @@ async def rollback(
             "cut short: the service stopped before the rollback finished; live state as"
             " before it (a swap cut short is undone at the next start)"
         )
-        unrecorded = rollbacks.record(body, None, cut)
+        unrecorded = rollbacks.record(body, None, cut, started)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"rollback {cut}; run it again once the service is back"
             + (f"; {unrecorded}" if unrecorded else ""),
         ) from None
-    if unrecorded := await asyncio.to_thread(rollbacks.record, body, result, None):
+    if unrecorded := await asyncio.to_thread(rollbacks.record, body, result, None, started):
         result = dataclasses.replace(result, notes=(*result.notes, unrecorded))
     return rollback_reply(result, body.reason)
 
