@@ -19,11 +19,11 @@ from service.health.checks import (
     IncidentsCheck,
     LoopLagMonitor,
     MemoryCheck,
-    StoresCheck,
 )
 from service.health.incidents import HealthIncidents
 from service.health.metrics import register_health_metrics
 from service.health.monitor import HealthMonitor, HealthReport
+from service.health.stores_check import StoresCheck
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.service import IncidentService
 from service.incidents.store import IncidentStore

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -15,8 +15,6 @@ from typing import Any, Protocol
 
 import psutil
 
-from service.errors import StorePaused, StoreUnavailable
-from service.stores.registry import ComponentStore
 from service.tasks import cancel_and_wait
 
 
@@ -40,10 +38,6 @@ class MemoryPressure(MemoryError):
 
 class EventLoopStalled(RuntimeError):
     """The event loop did not get to run for too long."""
-
-
-class StoreNotWritable(OSError):
-    """A state store cannot be written."""
 
 
 class DiskSpaceLow(OSError):
@@ -260,48 +254,6 @@ class EventLoopCheck:
         if lag >= self.warning_s:
             return CheckResult(self.name, Status.DEGRADED, f"event loop lag {lag:.2f} s", figures)
         return CheckResult(self.name, Status.HEALTHY, "event loop responsive", figures)
-
-
-# --- state stores ---------------------------------------------------------------------
-
-
-class Probed(Protocol):
-    async def probe_writable(self) -> None: ...
-
-
-class StoresCheck:
-    name = "stores"
-
-    def __init__(self, stores: Mapping[str, ComponentStore | Probed]) -> None:
-        self._stores = stores
-
-    async def run(self) -> CheckResult:
-        failing: dict[str, str] = {}
-        paused: dict[str, str] = {}
-        for component, store in self._stores.items():
-            try:
-                await store.probe_writable()
-            except StorePaused as exc:  # a rollback's, for a moment: no failure
-                paused[component] = f"paused: {exc.reason}"
-            except StoreUnavailable as exc:
-                failing[component] = exc.reason
-        figures = {name: failing.get(name) or paused.get(name, "writable") for name in self._stores}
-        if failing:
-            names = ", ".join(sorted(failing))
-            # The count, not the names, in the error: one incident for the check whichever
-            # stores fail (names would make each set of stores an incident of its own).
-            error = StoreNotWritable(
-                f"{len(failing)} of {len(self._stores)} state stores not writable"
-            )
-            return CheckResult(
-                self.name, Status.UNHEALTHY, f"not writable: {names}", figures, error
-            )
-        if paused:
-            names = ", ".join(sorted(paused))
-            return CheckResult(
-                self.name, Status.DEGRADED, f"paused for a rollback: {names}", figures
-            )
-        return CheckResult(self.name, Status.HEALTHY, "every store writable", figures)
 
 
 # --- disk -----------------------------------------------------------------------------

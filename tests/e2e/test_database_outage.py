@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from service.health.stores_check import PROBE_WAIT_S
 from tests.conftest import ErsProcess, start_ers
 from tests.pg import PostgresServer
 
@@ -155,6 +156,18 @@ def quick(ers: ErsProcess, method: str, path: str, **kwargs: Any) -> httpx.Respo
         ) from None
 
 
+def health_within_the_probes_wait(ers: ErsProcess) -> dict[str, Any]:
+    """A full health report, which waits PROBE_WAIT_S for the stores and no longer (bounded:
+    the wait plus QUICK_S, or the test fails naming it)."""
+    path = "/api/emergency/health"
+    try:
+        got = httpx.get(f"{ers.url}{path}", timeout=PROBE_WAIT_S + QUICK_S, headers=ADMIN_HEADERS)
+    except httpx.TimeoutException:
+        raise AssertionError(f"GET {path} waited for the frozen database") from None
+    assert got.status_code == 503, got.text
+    return dict(got.json())
+
+
 def test_the_service_answers_while_postgres_is_down_and_recovers_when_it_is_back(
     tmp_path: Path, own_server: PostgresServer
 ) -> None:
@@ -236,6 +249,13 @@ def test_a_frozen_postgres_holds_up_only_the_requests_that_need_it(
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         try:
+            # Health names the stores that do not answer, twice in a row, rather than wait
+            # for them as long as psycopg waits for a statement it cancelled (10 s more).
+            for _ in range(2):
+                report = health_within_the_probes_wait(ers)
+                stores = report["checks"]["stores"]
+                assert stores["status"] == "unhealthy", stores
+                assert "no answer to its write probe" in stores["figures"]["budgets"], stores
             for _ in range(3):
                 threads += send_in_background(ers, incident_calls(), results)
                 assert quick(ers, "GET", "/livez").status_code == 200

@@ -16,11 +16,11 @@ from service.health.checks import (
     HealthCheckFailed,
     MemoryCheck,
     MemoryReading,
-    StoresCheck,
 )
 from service.health.checks import Status as Health
 from service.health.incidents import HealthIncidents
 from service.health.monitor import HealthMonitor
+from service.health.stores_check import StoresCheck
 from service.incidents.service import UNCLASSIFIED_ROUTES
 from service.incidents.store import IncidentStore
 from service.stores import Stores

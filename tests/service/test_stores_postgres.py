@@ -14,7 +14,8 @@ import pytest
 from psycopg import sql
 
 from service.errors import StoreUnavailable
-from service.health.checks import Status, StoresCheck
+from service.health.checks import Status
+from service.health.stores_check import StoresCheck
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
