@@ -155,8 +155,7 @@ async def run_schedule(
                 leading = True
             await _due_backups(backups)
             now = time.time()
-            drill_every = backups.settings.restore_drill_interval_minutes * 60
-            if backups.last_drill_at is None or now - backups.last_drill_at >= drill_every:
+            if drill_due(backups, now):
                 await drill(backups)
             if now - last_prune >= backups.settings.prune_interval_hours * 3600:
                 # Snapshots added elsewhere (`ers backup --offline`) are forgotten here too.
@@ -193,6 +192,23 @@ async def _due_backups(backups: BackupService) -> bool:
 
 async def forget(backups: BackupService) -> None:
     await backups.require().forget(keep_last=backups.settings.max_backups)
+
+
+# A failed drill runs again before its schedule: this long after it, and at once when a full
+# snapshot newer than it exists (the fix its runbook gives ends with one), so that its health
+# check and alert end soon after the cause does.
+DRILL_RETRY_S = 900.0
+
+
+def drill_due(backups: BackupService, now: float) -> bool:
+    every = backups.settings.restore_drill_interval_minutes * 60
+    last = backups.last_drill_at
+    if last is None or now - last >= every:
+        return True
+    if backups.last_drill_ok is not False:
+        return False
+    full = backups.last_full()
+    return now - last >= DRILL_RETRY_S or (full is not None and full > last)
 
 
 async def drill(backups: BackupService) -> bool:

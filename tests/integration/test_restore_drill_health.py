@@ -3,12 +3,13 @@ says what it found, in the health check's reason and in the log, not only that i
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_ers
+from tests.conftest import ErsProcess, start_ers
 
 DRILLS_OFTEN = {
     "ERS_BACKUPS_ENABLED": "true",
@@ -60,3 +61,51 @@ def test_a_failed_restore_drill_names_what_it_found(tmp_path: Path) -> None:
         assert "restore drill failed: snapshot " in ers.log()
     finally:
         ers.stop()
+
+
+def test_a_failed_drill_runs_again_once_a_full_backup_follows_the_fix(tmp_path: Path) -> None:
+    """Drills due every 6 hours: the one a start runs fails on a damaged repository; once the
+    packs are whole again and a full backup follows (the runbook's fix), the next drill comes
+    within a tick of the schedule, not 6 hours later."""
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    (workdir / "restic-password").write_text("drill-password\n")
+    env = {**DRILLS_OFTEN, "ERS_RESTORE_DRILL_INTERVAL_MINUTES": "360"}
+    ers = start_ers(workdir, env=env)
+    try:
+        ers.wait_for_backups()
+        wait_for_drill(ers, "last drill passed")
+    finally:
+        assert ers.stop() == 0
+    whole = tmp_path / "whole-packs"
+    shutil.copytree(workdir / "repo" / "data", whole)
+    damage_every_pack(workdir / "repo")
+
+    ers = start_ers(workdir, env=env)
+    try:
+        ers.wait_for_backups()
+        failed = wait_for_drill(ers, "the last restore drill failed")
+        assert failed["status"] == "degraded", failed
+        shutil.copytree(whole, workdir / "repo" / "data", dirs_exist_ok=True)
+        created = httpx.post(
+            f"{ers.url}/api/emergency/backups/create",
+            json={"type": "full_system", "reason": "after-failed-drill"},
+            timeout=120,
+        )
+        assert created.status_code == 200, created.text
+        passed = wait_for_drill(ers, "last drill passed")
+        assert passed["figures"]["lastDrillAt"] > failed["figures"]["lastDrillAt"], passed
+    finally:
+        assert ers.stop() == 0
+
+
+def wait_for_drill(ers: ErsProcess, reason: str, limit_s: float = 90.0) -> dict:
+    """The restore drill's health check once its reason starts with `reason` (bounded)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = httpx.get(f"{ers.url}/api/emergency/health", timeout=60).json()
+        check = found["checks"]["restore_drill"]
+        if check["reason"].startswith(reason):
+            return dict(check)
+        assert time.monotonic() < deadline, check
+        time.sleep(0.5)

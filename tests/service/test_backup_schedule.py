@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from service.backups.jobs import _due_backups
+from service.backups.jobs import DRILL_RETRY_S, _due_backups, drill_due
 
 
 class Backups:
@@ -54,3 +54,25 @@ async def test_a_backup_that_made_a_snapshot_is_followed_by_retention() -> None:
     backups = Backups(last=time.time() - 7200, snapshot_id="abc")
     assert await _due_backups(backups) is True  # type: ignore[arg-type]
     assert backups.calls == [("create", ["budgets"]), ("forget", 50)]
+
+
+def drilled(last_drill_at: float | None, ok: bool | None, last_full: float) -> Any:
+    return SimpleNamespace(
+        settings=SimpleNamespace(restore_drill_interval_minutes=360),
+        last_drill_at=last_drill_at,
+        last_drill_ok=ok,
+        last_full=lambda: last_full,
+    )
+
+
+def test_a_failed_drill_runs_again_after_a_newer_full_snapshot_or_its_retry_time() -> None:
+    now = 1_000_000.0
+    assert drill_due(drilled(None, None, now - 60), now)  # none yet
+    assert drill_due(drilled(now - 6 * 3600, True, now), now)  # its schedule
+    # Passed: a newer snapshot does not bring the next one forward.
+    assert not drill_due(drilled(now - 60, True, now - 30), now)
+    # Failed: again once the fix's full snapshot is in, or after DRILL_RETRY_S at most.
+    assert not drill_due(drilled(now - 60, False, now - 120), now)
+    assert drill_due(drilled(now - 60, False, now - 30), now)
+    assert not drill_due(drilled(now - DRILL_RETRY_S + 1, False, now - 7200), now)
+    assert drill_due(drilled(now - DRILL_RETRY_S, False, now - 7200), now)
