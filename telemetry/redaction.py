@@ -28,6 +28,12 @@ QUERY_ATTRIBUTES = frozenset({"url.query"})
 SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
+# And any header with one of these words in its name (x-goog-api-key, x-auth-token,
+# x-amz-security-token, x-session-id): a provider names its key header as it likes.
+SECRET_HEADER_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "auth", "credential", "credentials"}
+    | {"session", "signature", "cookie"}
+)
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 
 
@@ -37,7 +43,8 @@ def is_secret_header(attribute: str) -> bool:
     instrumentations write ``x-api-key`` as ``http.request.header.x_api_key``."""
     if not attribute.startswith(_HEADER_PREFIXES):
         return False
-    return attribute.rsplit(".", 1)[-1].lower().replace("_", "-") in SECRET_HEADERS
+    name = attribute.rsplit(".", 1)[-1].lower().replace("_", "-")
+    return name in SECRET_HEADERS or not SECRET_HEADER_WORDS.isdisjoint(name.split("-"))
 
 
 def redacted_text(text: str) -> str:

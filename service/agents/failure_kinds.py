@@ -29,10 +29,11 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from service.errors import DependencyError
+from telemetry.redaction import REDACTED
 
 # Longest Retry-After taken at its word; a larger one (or a date far ahead) is cut to this.
 MAX_RETRY_AFTER_S = 3600.0
@@ -159,11 +160,20 @@ def error_code(body: bytes) -> str | None:
 
 
 def failure_from_response(
-    agent: str, status: int, headers: Mapping[str, str], body: bytes
+    agent: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str] = (),
 ) -> FailureKind:
     """The kind of an error reply (status 400 and up). The message names the agent, the
-    status and the error code, never the body (it may echo what was sent)."""
+    status and the error code, never the body (it may echo what was sent); the code too may
+    echo what was sent, so each of ``secrets`` (the credentials the request carried) in it
+    is replaced."""
     code = error_code(body)
+    for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold another
+        if code and secret:
+            code = code.replace(secret, REDACTED)
     said = f"HTTP {status}" + (f" ({code})" if code else "")
     if code == "context_length_exceeded":
         return ContextLengthExceeded(

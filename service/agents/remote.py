@@ -35,6 +35,7 @@ import stat
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 from opentelemetry import trace
@@ -190,7 +191,9 @@ class RemoteAgent:
         try:
             status, headers, content = await self._exchange(outgoing, span)
             if status >= 400:
-                failure = failure_from_response(self.name, status, headers, content or b"")
+                failure = failure_from_response(
+                    self.name, status, headers, content or b"", self._secrets()
+                )
                 self._reread_auth = self._reread_auth or isinstance(failure, CredentialsRejected)
                 span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
                 raise failure
@@ -249,6 +252,15 @@ class RemoteAgent:
             span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
             raise failure from None
         return response.status_code, response.headers, content
+
+    def _secrets(self) -> list[str]:
+        """What the request carried that may be a credential, as an error reply could echo
+        it: the auth header's value and its token after a scheme (Bearer), and the values of
+        the URL's query (a key=...), those of 4 characters or more."""
+        found = [value for _, value in parse_qsl(self._url.query.decode("ascii"))]
+        if (header := self._transport.header) is not None:
+            found += [header[1], header[1].split(" ", 1)[-1]]
+        return [value for value in found if len(value) >= 4]
 
     def _without_secrets(self, exc: Exception) -> Exception:
         """``exc``, or one like it whose text no longer holds what the request carried of a

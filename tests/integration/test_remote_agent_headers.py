@@ -48,6 +48,14 @@ async def failing(request: Request) -> JSONResponse:
     return JSONResponse({"error": {"code": code}}, status_code=500)
 
 
+@app.post("/echoing")
+async def echoing(request: Request) -> JSONResponse:
+    # A gateway that names, as its error code, the key it was given and turned down.
+    if request.query_params.get("reject") == "header":
+        return JSONResponse({"error": {"code": request.headers["x-api-key"]}}, status_code=401)
+    return JSONResponse({"error": {"code": "bad-" + request.query_params["key"]}}, status_code=500)
+
+
 @app.post("/chat")
 async def chat(request: Request) -> JSONResponse:
     body = await request.json()
@@ -167,3 +175,29 @@ async def test_free_text_in_an_error_bodys_code_stays_out_of_the_failure_message
     # One line, the same for both: one incident, not one per request.
     assert str(first.value) == "agent 'remote' failed: HTTP 500"
     assert str(second.value) == str(first.value)
+
+
+async def test_a_credential_an_error_code_echoes_stays_out_of_the_failure_message(
+    session_agent: str, tmp_path: Path
+) -> None:
+    auth_file = tmp_path / "agent-auth"
+    auth_file.write_text("sk-header-7f3a\n")
+    auth_file.chmod(0o600)
+    base = session_agent.removesuffix("/chat") + "/echoing?key=sk-query-c81d"
+    failures = []
+    for reject, kind in (("header", CredentialsRejected), ("query", ServerError)):
+        spec = HttpAgentSpec(
+            url=f"{base}&reject={reject}", auth_header="X-Api-Key", auth_file=auth_file
+        )
+        agent = RemoteAgent("remote", spec, default_timeout_s=5.0)
+        try:
+            with pytest.raises(kind) as failed:
+                await agent.handle(AgentRequest(message="hi", user_id="ann"))
+        finally:
+            await agent.aclose()
+        failures.append(str(failed.value))
+    assert failures[0].startswith("credentials rejected: agent 'remote' answered HTTP 401 ("), (
+        failures
+    )
+    assert failures[1] == "agent 'remote' failed: HTTP 500 (bad-REDACTED)", failures
+    assert "sk-header-7f3a" not in repr(failures) and "sk-query-c81d" not in repr(failures)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from telemetry.redaction import redacted_text, redacted_url
+from telemetry.redaction import is_secret_header, redacted_text, redacted_url
 
 
 @pytest.mark.parametrize(
@@ -83,3 +83,28 @@ def test_a_url_keeps_no_secret(url: str, redacted: str) -> None:
 )
 def test_text_keeps_no_credentials_of_the_urls_in_it(text: str, redacted: str) -> None:
     assert redacted_text(text) == redacted
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "authorization",
+        "set_cookie",
+        "x_api_key",
+        "x_goog_api_key",
+        "x_auth_token",
+        "x_amz_security_token",
+        "openai_session_id",
+        "x_signature",
+        "X-Custom-Secret",
+    ],
+)
+def test_a_header_named_as_a_credential_is_a_secret(name: str) -> None:
+    assert is_secret_header(f"http.request.header.{name}")
+    assert is_secret_header(f"http.response.header.{name}")
+
+
+@pytest.mark.parametrize("name", ["content_type", "keep_alive", "x_request_id", "retry_after"])
+def test_other_headers_are_kept(name: str) -> None:
+    assert not is_secret_header(f"http.response.header.{name}")
+    assert not is_secret_header("http.url")
