@@ -77,6 +77,13 @@ def checked_reply(name: str, reply: object) -> AgentReply:
                 f"agent '{name}' returned text holding a lone surrogate (half of a UTF-16 "
                 "pair), which can be neither stored nor sent"
             )
+        if "\x00" in reply.content:
+            # PostgreSQL's text holds no NUL: storing the turn would fail with a 503 that no
+            # retry ends, the same on every chat this agent answers so.
+            raise BadResponse(
+                f"agent '{name}' returned text holding a NUL character, which the state "
+                "stores cannot hold"
+            )
         confidence = reply.confidence
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):
             said = f"a {type(confidence).__name__}"

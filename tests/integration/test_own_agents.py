@@ -194,19 +194,26 @@ WHY_NOT_A_REPLY = {
     "replies_confidence_above_one": "a number from 0 to 1",
     "replies_too_long": "a reply is at most",
     "replies_a_lone_surrogate": "a lone surrogate",
+    "replies_a_nul": "a NUL character",
 }
 
 
-@pytest.mark.parametrize("factory", list(WHY_NOT_A_REPLY))
+@pytest.mark.parametrize(
+    "factory,engine",
+    [(factory, "sqlite") for factory in WHY_NOT_A_REPLY] + [("replies_a_nul", "postgresql")],
+)
 def test_an_agent_replying_with_a_confidence_out_of_range_falls_back_instead_of_a_500(
-    tmp_path: Path, factory: str
+    tmp_path: Path, factory: str, engine: str, request: pytest.FixtureRequest
 ) -> None:
     agents = {
         **BUILT_IN,
         "my_coach": {"kind": "python", "factory": f"{HELPERS}:{factory}", "fallbacks": ["workout"]},
     }
     config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
-    ers = start_ers(tmp_path / "ers", env={"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT)})
+    env = {"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    if engine == "postgresql":  # where a NUL cannot be stored: a 503 on every chat it was
+        env["ERS_DATABASE_URL"] = request.getfixturevalue("pg_url")
+    ers = start_ers(tmp_path / "ers", env=env)
     try:
         with httpx.Client(base_url=ers.url, timeout=30) as http:
             chat = {"message": "make me a workout plan", "userId": "u"}

@@ -208,6 +208,10 @@ def replies_a_lone_surrogate(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("Squats today \ud83d", name))
 
 
+def replies_a_nul(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("Squats\x00 today", name))
+
+
 def replies_confidence_above_one(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("sure", name, confidence=85))
 
