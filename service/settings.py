@@ -348,11 +348,20 @@ def load_settings(**overrides: Any) -> Settings:
         ) from None
 
 
+# What pydantic adds to a location for each member of a union it tried (``float | int``):
+# no key of the settings.
+UNION_MEMBERS = frozenset({"float", "int"})
+
+
+def _key(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location if part not in UNION_MEMBERS)
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     cause = first.get("ctx", {}).get("error")
     named = cause.key if isinstance(cause, InvalidSetting) else "settings"
-    key = ".".join(str(part) for part in first["loc"]) or named
+    key = _key(first["loc"]) or named
     if first["type"] == "extra_forbidden" and key.split(".")[0] == "notifications":
         return (  # nothing read the key: remove it
             f"invalid setting '{key}': ERS sends no notifications itself; people are notified "
@@ -361,7 +370,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"invalid setting '{key}': unknown key; {_nearest_key(key)}"
     message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    # One mistake per key: a value no member of a union takes is an error for each.
+    others = len({_key(error["loc"]) for error in exc.errors()}) - 1
+    more = f" (and {others} more)" if others else ""
     return f"invalid setting '{key}': {message}{more}"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -78,6 +79,18 @@ class HttpAgentSpec(AgentSpecBase):
     auth_header: str = Field("Authorization", max_length=100)
     auth_file: Path | None = None
     max_connections: int = Field(10, ge=1, le=1000)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _a_host_in_the_url(cls, url: object) -> object:
+        # http:///chat and http:/chat have no host; the URL parser would read http://chat/.
+        parts = urlsplit(url.strip()) if isinstance(url, str) else None
+        if parts is not None and parts.scheme.lower() in ("http", "https") and not parts.netloc:
+            raise ValueError(
+                "the url has no host (nothing between :// and the path): write it as "
+                "http://HOST:PORT/PATH"
+            )
+        return url
 
     @field_validator("url")
     @classmethod

@@ -264,6 +264,12 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             "invalid setting 'agents.gpt.auth_header': not an HTTP header name (it holds ' ')",
         ),
         (
+            {"gpt": {"kind": "http", "url": "http:///chat"}},
+            {},
+            "invalid setting 'agents.gpt.url': the url has no host (nothing between :// and "
+            "the path): write it as http://HOST:PORT/PATH",
+        ),
+        (
             {"gpt": {"kind": "http", "url": "http://me:s3cret@127.0.0.1:9/chat"}},
             {},
             "invalid setting 'agents.gpt.url': credentials in the url would show in logs",

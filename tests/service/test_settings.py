@@ -277,6 +277,18 @@ def test_a_job_that_runs_restic_each_time_has_a_floor(
         load_settings()
 
 
+def test_a_word_for_a_breakers_number_names_its_key_once(tmp_path: Path) -> None:
+    """A value that is neither member of ``float | int`` was named with pydantic's tag for
+    the member (agent_breakers.helper.open_duration_s.float) and counted twice."""
+    (tmp_path / "ers.yaml").write_text("agent_breakers:\n  helper:\n    open_duration_s: soon\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "invalid setting 'agent_breakers.helper.open_duration_s': Input should be a valid "
+        "number, unable to parse string as a number"
+    )
+
+
 def test_an_infinite_interval_in_yaml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ers.yaml").write_text("backup_interval_minutes:\n  budgets: .inf\n")
     with pytest.raises(SettingsError, match="'backup_interval_minutes.budgets': .*finite"):
