@@ -323,7 +323,7 @@ class Responder:
             "serve_cached",
             "success",
             f"for {ttl_s:g} s, {guard.name} answers from its last good answers "
-            f"({len(self.team.answers)} cached) without being called",
+            f"({self.team.answers.count(guard.name)} cached) without being called",
         )
 
     async def _emergency_backup(self, context: ResponseContext) -> ActionResult:

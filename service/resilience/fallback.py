@@ -75,6 +75,10 @@ class LastGoodAnswers:
     def __len__(self) -> int:
         return len(self._answers)
 
+    def count(self, agent: str) -> int:
+        """How many of the answers are ``agent``'s."""
+        return sum(1 for _, by, _ in self._answers if by == agent)
+
 
 class FallbackPolicy:
     def __init__(

@@ -105,8 +105,12 @@ async def serve_cached_answers_from_the_last_good_answer_without_the_agent(rig: 
     first = await guard.handle(request)
     assert (await guard.handle(request)).content != first.content  # before: the agent answers
     assert agent.calls == 2
+    await rig.team.get("workout").handle(AgentRequest("make me a workout", "u1"))
 
-    assert (await rig.run("serve_cached")).result == "success"
+    served = await rig.run("serve_cached")
+    assert served.result == "success"
+    # Its own answers are counted, not the workout agent's beside them.
+    assert "nutrition answers from its last good answers (1 cached)" in served.detail, served
     cached = await guard.handle(request)
     assert agent.calls == 2  # not called
     assert cached.degraded and cached.fallback == "cached"
