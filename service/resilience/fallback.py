@@ -162,6 +162,18 @@ class ChainAnswer:
         )
 
 
+@dataclass(frozen=True)
+class ChainMiss:
+    """No agent of the chain answered: which were tried and which skipped, for the reply."""
+
+    tried: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+    def noted_on(self, reply: AgentReply) -> AgentReply:
+        chain = {"chain": list(self.tried), "skipped": list(self.skipped)}
+        return replace(reply, recovery={**(reply.recovery or {}), **chain})
+
+
 # Set while an alternate answers for another agent: a failing alternate does not try its
 # own fallback agents, so chains never loop (A -> B -> A) nor fan out.
 _ANSWERING_FOR: ContextVar[str | None] = ContextVar("ers_answering_for", default=None)
@@ -186,7 +198,9 @@ class FallbackChain:
         self._team = team
         self._tracer = tracer
 
-    async def answer(self, request: AgentRequest) -> ChainAnswer | None:
+    async def answer(self, request: AgentRequest) -> ChainAnswer | ChainMiss | None:
+        """The first alternate's answer; else which were tried and skipped; None when there
+        is no chain to try (none set, or this is itself an alternate answering)."""
         if not self.names or _ANSWERING_FOR.get() is not None:
             return None
         tried: list[str] = []
@@ -200,7 +214,7 @@ class FallbackChain:
             reply = await self._ask(alternate, request)
             if reply is not None:
                 return ChainAnswer(reply, name, tuple(tried), tuple(skipped))
-        return None
+        return ChainMiss(tuple(tried), tuple(skipped))
 
     async def _ask(self, alternate: Alternate, request: AgentRequest) -> AgentReply | None:
         with self._tracer.start_as_current_span(

@@ -365,17 +365,17 @@ class GuardedAgent:
         chain: bool = True,
     ) -> AgentReply:
         # The responder's serve_cached chose the cached answer: no other agent is asked.
-        if chain and self.chain is not None:
-            answer = await self.chain.answer(request)
-            if answer is not None:
-                return self._answered_by_alternate(answer, span, started, outcome, cause)
+        answer = await self.chain.answer(request) if chain and self.chain is not None else None
+        if isinstance(answer, ChainAnswer):
+            return self._answered_by_alternate(answer, span, started, outcome, cause)
         fallback = self.fallback.answer(request)
         span.set_attribute("ers.degraded", True)
         span.set_attribute("ers.fallback", fallback.kind)
         self._record(outcome, started)
         if self._instruments is not None:
             self._instruments.fallbacks.add(1, {"agent": self.name, "kind": fallback.kind})
-        return fallback.as_reply(self.name, cause, self.breaker.state.value, outcome)
+        reply = fallback.as_reply(self.name, cause, self.breaker.state.value, outcome)
+        return reply if answer is None else answer.noted_on(reply)  # the agents tried
 
     def _record(self, outcome: str, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -160,6 +160,21 @@ async def test_a_chain_that_cannot_answer_leaves_the_cached_answer(
     assert reply.fallback == "cached"
     assert first.content in reply.content
     assert len(spans.named("fallback.down")) == 1
+    # The reply still says which agents were asked before the cached answer.
+    assert reply.recovery is not None
+    assert (reply.recovery["chain"], reply.recovery["skipped"]) == (["down"], [])
+
+
+async def test_a_chain_of_skipped_agents_is_named_in_the_generic_answer(
+    tmp_path: Path, sqlite_stores: Stores, spans: Spans
+) -> None:
+    agents = {"primary": python_agent("broken", "resting"), "resting": python_agent("coach")}
+    team = team_of(tmp_path, sqlite_stores, spans, agents, "primary")
+    team.guards["resting"].breaker.force_open("maintenance", "test", ttl_s=300)
+
+    reply = await team.router.handle(WORKOUT)
+    assert reply.fallback == "generic" and reply.recovery is not None
+    assert (reply.recovery["chain"], reply.recovery["skipped"]) == ([], ["resting"])
 
 
 async def test_cached_answers_the_responder_serves_ask_no_other_agent(
