@@ -69,3 +69,21 @@ class WebhookPayload(BaseModel):
     commonAnnotations: LabelMap = Field(default_factory=dict)
     externalURL: str = Field("", max_length=2048)
     alerts: list[Alert] = Field(min_length=1, max_length=1000)
+
+
+# The responder's action an alert's `action` label names, and the type of incident it is.
+ACTIONS = {
+    "isolate": "isolate",
+    "backup": "emergency_backup",
+    "rollback": "rollback",
+    "cleanup": "trim_caches",
+}
+ACTION_TYPES = {"isolate": "agent", "backup": "system", "rollback": "system", "cleanup": "resource"}
+# Alertmanager's severities, as an incident's.
+SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "ticket": "medium"}
+SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+def incident_severity(alert: Alert) -> str:
+    """The severity of the incident an alert opens, from its ``severity`` label."""
+    return SEVERITIES.get(alert.labels.get("severity", ""), "medium")

@@ -22,9 +22,12 @@ stale, recorded and left alone, when its own resolution arrived first (a retry, 
 Alertmanager of a pair), or when it is about the active incidents (label ``about:
 incidents``) and none is active any more.
 
-A ``backup``, ``rollback`` or ``cleanup`` alert with no incident of its own target and kind
-lands on the most severe active incident: such alerts (``CriticalIncidentActive``) are about
-the incidents already open, and an incident of their own would keep them firing.
+An alert about the incidents (``CriticalIncidentActive``) lands on the most severe active
+incident of its severity or worse: an incident of its own (an active critical incident, the
+alert's very condition) would keep it firing, and a lesser one is no reason to back up or
+roll back; with none, its delivery is stale. An ``isolate`` alert lands on its agent's active
+incident, whatever its type; a ``backup``, ``rollback`` or ``cleanup`` alert with no incident
+of its own target and kind on the most severe active one; any other alert on one of its own.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ from typing import Any
 
 from service.chat.holds import with_ended_holds
 from service.errors import UnknownAgent
-from service.incidents.alert_payload import Alert, WebhookPayload
+from service.incidents.alert_payload import (
+    ACTION_TYPES,
+    ACTIONS,
+    SEVERITY_RANK,
+    Alert,
+    WebhookPayload,
+    incident_severity,
+)
 from service.incidents.ledger import AlertLedger, LedgerUnavailable, firing_handled
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
@@ -48,16 +58,6 @@ from telemetry.classifier import Classification
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.alerts")
-
-ACTIONS = {
-    "isolate": "isolate",
-    "backup": "emergency_backup",
-    "rollback": "rollback",
-    "cleanup": "trim_caches",
-}
-ACTION_TYPES = {"isolate": "agent", "backup": "system", "rollback": "system", "cleanup": "resource"}
-SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "ticket": "medium"}
-SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 # A rollback's outcome while it runs, and for good when its process dies meanwhile.
@@ -181,11 +181,10 @@ class AlertHandler:
             # Delivered late (a retry, the other Alertmanager of a pair): acting now would
             # isolate or open an incident that no resolution will ever come to end.
             return "its resolution arrived first"
-        if alert.labels.get("about") == "incidents" and not self._most_severe_active():
-            # Resolved between Prometheus's evaluation and this delivery. An incident of
-            # the alert's own would be an active critical incident: the very condition of
-            # the alert, which would then keep itself firing (and roll back for nothing).
-            return "it is about the active incidents, and none is active"
+        if alert.labels.get("about") == "incidents" and not self._most_severe_active(alert):
+            # Resolved between Prometheus's evaluation and this delivery (see the module).
+            floor = incident_severity(alert)
+            return f"it is about the active incidents ({floor} or worse), and none is active"
         return None
 
     def _land(self, alert: Alert) -> Incident | None:
@@ -196,9 +195,7 @@ class AlertHandler:
             # reached ERS (down meanwhile) must not resolve another cause's incident.
             incident = self._fired_on(alert)
         else:
-            incident = self.incidents.find_active(component, kind)
-            if incident is None and alert.action in ("backup", "rollback", "cleanup"):
-                incident = self._most_severe_active()
+            incident = self._existing(alert, component, kind)
             if incident is None:
                 incident = self._open(alert, component, kind)
         if incident is None:
@@ -232,8 +229,23 @@ class AlertHandler:
         except IncidentNotFound:
             return None
 
-    def _most_severe_active(self) -> Incident | None:
+    def _existing(self, alert: Alert, component: str, kind: str) -> Incident | None:
+        """The active incident a firing lands on (see the module); None for an alert that
+        opens, or joins by its own fingerprint, an incident of its own."""
+        if alert.labels.get("about") == "incidents":
+            return self._most_severe_active(alert)
+        if "type" in alert.labels or alert.action in ("backup", "rollback", "cleanup"):
+            found = self.incidents.find_active(component, kind)
+            return found if found or "type" in alert.labels else self._most_severe_active()
+        if alert.action == "isolate":
+            return self.incidents.find_active(component)
+        return None
+
+    def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:
+        """The most severe active incident; of ``alert``'s severity or worse when named."""
         active, _ = self.incidents.list(status="active", limit=50)
+        floor = SEVERITY_RANK[incident_severity(alert)] if alert is not None else 4
+        active = [i for i in active if SEVERITY_RANK.get(i.severity, 4) <= floor]
         if not active:
             return None
         return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
@@ -255,7 +267,7 @@ class AlertHandler:
             exception_message=alert.describe(),
         )
         classification = Classification(
-            severity=SEVERITIES.get(alert.labels.get("severity", ""), "medium"),
+            severity=incident_severity(alert),
             type=kind,
             impact="service_degraded",
             recoverable=True,

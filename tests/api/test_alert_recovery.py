@@ -167,6 +167,68 @@ async def test_an_alert_about_incidents_lands_on_them_instead_of_opening_its_own
     assert ("alert_received", "CriticalIncidentActive") in kinds
 
 
+async def failed_chat(client: httpx.AsyncClient, app: FastAPI) -> None:
+    """A chat the workout agent fails for a network error: its incident, of the type its
+    cause gives (not ``agent``)."""
+    fault = {"component": "workout", "errorType": "network"}
+    assert (await client.post("/api/emergency/simulate-error", json=fault)).status_code == 200
+    await client.post("/chat", json={"message": "make me a workout plan", "userId": "t"})
+    app.state.runtime.incident_service.processor.force_flush()
+
+
+async def test_an_alert_about_critical_incidents_is_stale_with_a_lesser_one_active(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """CriticalIncidentUnresolved delivered late, with only a high incident left: landing on
+    it would back up or (with auto rollback) roll back all of the state for that one."""
+    store = app.state.runtime.incidents
+    await failed_chat(client, app)
+    (high,) = store.list(status="active")[0]
+    assert high.severity != "critical"
+    about = alert("CriticalIncidentUnresolved", "rollback", "77aa03")
+    about["alerts"][0]["labels"]["about"] = "incidents"
+    await deliver(hook, app, about)
+    entry = app.state.runtime.alerts.ledger.entry("77aa03", "2026-11-28T12:00:00+00:00", "firing")
+    assert entry is not None and entry["outcome"].startswith("stale: it is about the active"), entry
+    assert "(critical or worse)" in entry["outcome"]
+    assert store.list(status="active")[1] == 1
+    assert not [e for e in store.timeline(high.id) if e.kind == "alert_received"]
+
+
+async def test_an_agents_alert_lands_on_its_incident_whatever_its_type(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """An agent's failures are typed by their cause (dependency, timeout): AgentErrorRatioHigh
+    opened a critical incident of its own beside the agent's, and put the system in
+    emergency."""
+    store = app.state.runtime.incidents
+    await failed_chat(client, app)
+    (failing,) = store.list(status="active")[0]
+    assert failing.component == "workout" and failing.type != "agent", failing
+    await deliver(hook, app, FIRING)
+    assert store.list(status="active")[1] == 1
+    kinds = [(e.kind, e.data.get("alertname")) for e in store.timeline(failing.id)]
+    assert ("alert_received", "AgentErrorRatioHigh") in kinds
+
+
+async def test_two_alerts_without_an_action_get_an_incident_each(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """They shared one, which the first one's resolution closed while the other fired on."""
+    store = app.state.runtime.incidents
+    first, second = alert("FooAlert", "none", "77aa04"), alert("BarAlert", "none", "77aa05")
+    await deliver(hook, app, first)
+    await deliver(hook, app, second)
+    active, count = store.list(status="active")
+    assert count == 2 and {i.fingerprint for i in active} == {
+        "alert:FooAlert:ers",
+        "alert:BarAlert:ers",
+    }
+    await deliver(hook, app, alert("FooAlert", "none", "77aa04", status="resolved"))
+    (left,) = store.list(status="active")[0]
+    assert left.fingerprint == "alert:BarAlert:ers"
+
+
 async def test_an_alert_that_opened_its_own_incident_resolves_it(
     hook: httpx.AsyncClient, app: FastAPI
 ) -> None:
