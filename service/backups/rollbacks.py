@@ -154,20 +154,25 @@ INTERRUPTED = (
 )
 
 
-def record_interrupted(audit: AuditLog) -> list[dict[str, object]]:
+def record_interrupted(
+    audit: AuditLog, incidents: IncidentStore | None = None
+) -> list[dict[str, object]]:
     """Blocking; at the service's start, before anything can roll back. Each rollback in the
     trail with no outcome, started by a process of this host that no longer runs, gets the
     entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries' details.
     A process with this process's pid counts as gone: on a restart in a container, ERS has
-    the same pid every time. Another host's rollbacks are left to a start on that host."""
+    the same pid every time. Another host's rollbacks are left to a start on that host. A
+    rollback for an incident gets a note on its timeline too."""
     try:
-        return _record_interrupted(audit)
+        return _record_interrupted(audit, incidents)
     except Exception as exc:  # an unwritable trail, a database down: health says so
         log.warning("could not look for rollbacks cut off in the audit trail: %s", exc)
         return []
 
 
-def _record_interrupted(audit: AuditLog) -> list[dict[str, object]]:
+def _record_interrupted(
+    audit: AuditLog, incidents: IncidentStore | None
+) -> list[dict[str, object]]:
     host, pid = socket.gethostname(), os.getpid()
     recorded = []
     for entry in audit.unfinished_rollbacks():
@@ -181,12 +186,18 @@ def _record_interrupted(audit: AuditLog) -> list[dict[str, object]]:
             for key in ("run", "backupId", "components", "beforeIncident", "reason", "pid")
         } | {"startedBy": entry["actor"], "startedAt": entry["at"], "outcome": INTERRUPTED}
         audit.record("ers", "rollback_interrupted", detail)
+        before = started.get("beforeIncident")
+        target = started.get("backupId") or f"the snapshot before {before}"
         log.warning(
-            "the audit trail's rollback %s to snapshot %s (started by %s) has no outcome: "
-            "the process running it stopped first; recorded as rollback_interrupted",
+            "the audit trail's rollback %s to %s (started by %s) has no outcome: the process "
+            "running it stopped first; recorded as rollback_interrupted",
             started["run"],
-            started.get("backupId"),
+            target,
             entry["actor"],
         )
+        if before and incidents is not None:
+            note = f"rollback cut off: {INTERRUPTED}"
+            with contextlib.suppress(LookupError):
+                incidents.add_timeline(before, "note", note, "ers", {"run": started["run"]})
         recorded.append(detail)
     return recorded

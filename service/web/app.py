@@ -223,7 +223,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
         # A rollback a kill cut off on this host is in the trail by its start alone; it gets
         # the word that its process stopped first (rollback_interrupted).
-        await asyncio.to_thread(record_interrupted, audit)
+        await asyncio.to_thread(record_interrupted, audit, incident_store)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,

@@ -146,6 +146,18 @@ def test_a_rollback_cut_off_by_a_kill_is_not_run_again_by_the_next_delivery(
         with sqlite3.connect(workdir / "data" / "incidents.sqlite3") as db:
             (outcome,) = db.execute("SELECT outcome FROM alert_ledger").fetchone()
         assert "ERS stopped before it finished" in outcome, outcome
+        # The trail and the incident's timeline say the rollback was cut off.
+        (told,) = [
+            entry
+            for entry in http.get("/api/emergency/audit").json()["entries"]
+            if entry["action"] == "rollback_interrupted"
+        ]
+        assert told["detail"]["startedBy"] == "alertmanager", told
+        incident_id = told["detail"]["beforeIncident"]
+        timeline = http.get(f"/api/emergency/incidents/{incident_id}").json()["timeline"]
+        notes = [e["message"] for e in timeline if e["kind"] == "note"]
+        assert any(note.startswith("rollback cut off: ") for note in notes), timeline
+        assert f"to the snapshot before {incident_id}" in again.log()
     finally:
         http.close()
         assert again.stop() == 0
