@@ -94,3 +94,15 @@ async def test_a_call_turned_away_after_a_recovery_names_no_old_incident(
     )
     assert forced.status_code == 200, forced.text
     assert (await chat(client))["incident"] is None
+
+
+async def test_the_incident_list_takes_the_seeds_agent_names(client: httpx.AsyncClient) -> None:
+    """component=BMA listed nothing, though the API takes the seed's names everywhere else."""
+    await inject(client, "database")
+    await chat(client)
+    database = await incident_of(client, "database")
+    for name in ("BMA", "bma", "budget"):
+        listed = (await client.get(f"/api/emergency/incidents?component={name}")).json()
+        assert [i["id"] for i in listed["incidents"]] == [database], (name, listed)
+    listed = (await client.get("/api/emergency/incidents?component=Budget-Svc")).json()
+    assert listed["total"] == 0

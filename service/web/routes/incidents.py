@@ -11,6 +11,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.agents.base import ALIASES
 from service.incidents.model import INCIDENT_ID_PATTERN as INCIDENT_ID
 from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound, iso
@@ -106,7 +107,8 @@ async def list_incidents(
         incidents.store.list,
         status=status_filter,
         severity=severity,
-        component=component,
+        # The seed's agent names (WPA) are the agents' (workout); other components as given.
+        component=ALIASES.get(component.strip().lower(), component) if component else None,
         since=since.timestamp() if since else None,
         limit=limit,
         offset=offset,

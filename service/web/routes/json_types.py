@@ -111,7 +111,7 @@ def _says_why(value: str) -> str:
     value = _unicode_text(value).strip()
     if not value:
         raise PydanticCustomError(
-            "blank_reason", "must say why, in words: it is kept in the audit trail"
+            "blank_reason", "must say why, in words: it is kept with what was done"
         )
     return value
 
