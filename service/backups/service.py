@@ -332,7 +332,7 @@ class BackupService:
             age = (datetime.now(UTC) - result.started_at).total_seconds()
             return EmergencyBackup(
                 False,
-                f"an emergency backup ran {age:.0f} s ago, within the cooldown of "
+                f"an emergency backup ran {int(age)} s ago, within the cooldown of "
                 f"{self.settings.emergency_backup_cooldown_s:g} s: {made(result)}",
             )
         return EmergencyBackup(True, f"emergency {made(result)} ({why[:100]})")
