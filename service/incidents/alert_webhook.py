@@ -1,33 +1,28 @@
 """What ERS does with an alert from Alertmanager.
 
 Each alert is recorded in the ledger first (a duplicate delivery stops there), then, in the
-background: it lands on an incident (the open one of the same component and type, else a new
-one), its receipt goes on the timeline, and a firing alert runs its action —
-``isolate`` force-opens the agent's breaker with source ``alertmanager``, ``backup`` takes an
-emergency backup, ``rollback`` rolls back only when automatic rollback is on, ``cleanup``
-trims caches. A resolved alert never starts an action: it lands on the incident its firing
-landed on and recovers it (``recovery``): a resolved ``isolate`` releases the breaker to
-half-open, mitigates the incident and resolves it once the breaker closes. ERS asks the
-agent itself at once, with the synthetic call an operator's reset makes, and closes the
-breaker when it answers: waiting for a chat to run the half-open trial could wait for ever,
-since health answers 503 while the critical incident is open and a balancer that heeds it
-sends no chat. An agent that still fails stays half-open, for chats' trials to decide.
-
-A resolution is kept in the ledger as delivered: one a stopped process (a crash, a ``kill
--9``) had taken and not finished is handled again at the next start, or on PostgreSQL by any
-replica once it has been unfinished for the ledger's limit; Alertmanager sends it only once.
+background: it lands on an incident, its receipt goes on the timeline, and a firing alert
+runs its action — ``isolate`` force-opens the agent's breaker with source ``alertmanager``,
+``backup`` takes an emergency backup, ``rollback`` rolls back only when automatic rollback
+is on, ``cleanup`` trims caches. A resolved alert never starts an action: it recovers the
+incident its firing landed on (``recovery``). A resolved ``isolate`` releases the breaker to
+half-open and asks the agent at once, with the synthetic call an operator's reset makes
+(a chat's trial could wait for ever: health answers 503 while a critical incident is open,
+and a balancer that heeds it sends no chat); it closes the breaker and resolves the incident
+when the agent answers, else mitigates it for chats' trials to decide. A breaker found
+closed (an operator's reset, a restart) is asked the same before the incident is resolved.
+A resolution a stopped process had taken and not finished is handled again at the next
+start, or on PostgreSQL by another replica (see the ledger).
 
 Deliveries of one alert are handled one at a time, in the order they arrived. A firing is
 stale, recorded and left alone, when its own resolution arrived first (a retry, the other
 Alertmanager of a pair), or when it is about the active incidents (label ``about:
-incidents``) and none is active any more.
-
-An alert about the incidents (``CriticalIncidentActive``) lands on the most severe active
-incident of its severity or worse: an incident of its own (an active critical incident, the
-alert's very condition) would keep it firing, and a lesser one is no reason to back up or
-roll back; with none, its delivery is stale. An ``isolate`` alert lands on its agent's active
-incident, whatever its type; a ``backup``, ``rollback`` or ``cleanup`` alert with no incident
-of its own target and kind on the most severe active one; any other alert on one of its own.
+incidents``) and none of its severity or worse is active. Such an alert lands on the most
+severe of those: an incident of its own (an active critical incident, the alert's very
+condition) would keep it firing, and a lesser one is no reason to back up or roll back. An
+``isolate`` alert lands on its agent's active incident, whatever its type; a ``backup``,
+``rollback`` or ``cleanup`` alert on its target's of its kind, else the most severe active
+one; any other alert on one of its own.
 """
 
 from __future__ import annotations
@@ -178,8 +173,7 @@ class AlertHandler:
     def _stale(self, alert: Alert) -> str | None:
         """Why a firing alert no longer holds by the time it is handled, else None."""
         if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
-            # Delivered late (a retry, the other Alertmanager of a pair): acting now would
-            # isolate or open an incident that no resolution will ever come to end.
+            # Delivered late: acting now would make what no resolution will come to end.
             return "its resolution arrived first"
         if alert.labels.get("about") == "incidents" and not self._most_severe_active(alert):
             # Resolved between Prometheus's evaluation and this delivery (see the module).
@@ -200,8 +194,7 @@ class AlertHandler:
                 incident = self._open(alert, component, kind)
         if incident is None:
             return None
-        # Kept before the action runs: a resolution undoes what this firing did even when a
-        # crash or ``kill -9`` stops it before its outcome is written.
+        # Kept before the action runs, for a resolution to undo even after a ``kill -9``.
         self.ledger.land(alert.fingerprint, alert.startsAt.isoformat(), alert.status, incident.id)
         words = "firing" if alert.status == "firing" else "resolved"
         self.incidents.add_timeline(
@@ -343,8 +336,8 @@ class AlertHandler:
                 return "resolved: the incident is left to the failures that opened it"
             return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         released, breaker_state = self._release(alert, incident)
-        if breaker_state == "half_open":
-            released, breaker_state = await self._probe(alert, released)
+        if breaker_state in ("half_open", "closed"):
+            released, breaker_state = await self._probe(alert, released, incident, breaker_state)
         await asyncio.to_thread(self._note, incident.id, released)
         # No breaker (the target is no agent here): no trial will ever come to resolve the
         # alert's own incident, which would stay mitigated, and active, until quiet.
@@ -375,14 +368,21 @@ class AlertHandler:
             self.recovery.watch_trial(breaker, incident.id, alert)
         return message, state
 
-    async def _probe(self, alert: Alert, released: str) -> tuple[str, str]:
-        """Ask the released agent now and close its breaker when it answers (the incident is
-        then resolved with the alert); what was done, and "closed" when this closed it, else
-        "half_open": the incident is left to the trials' watch."""
+    async def _probe(
+        self, alert: Alert, released: str, incident: Incident, state: str
+    ) -> tuple[str, str]:
+        """Ask the agent now. Released to half-open here: close its breaker when it answers.
+        Closed already (an operator's reset; a restart, which keeps no released isolation):
+        it must answer all the same. What was done, and "closed" when the incident is to be
+        resolved with the alert, else "half_open": it is left to the trials' watch."""
         guard = self.responder.team.get(alert.target or "ers")
         probe = await guard.probe()
         if probe.error is not None:
+            if state == "closed":  # resolved when the breaker, opened by failures, closes
+                self.recovery.watch_trial(guard.breaker, incident.id, alert)
             return f"{released}; its health probe failed ({probe.error})", "half_open"
+        if state == "closed":
+            return f"{released}; its health probe passed", "closed"
         if guard.breaker.state.value != "half_open":
             # A chat's trial decided meanwhile: its watch resolves the incident, or notes it.
             return released, "half_open"

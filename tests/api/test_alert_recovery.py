@@ -261,6 +261,31 @@ async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(
     assert "its breaker closed (reset with force, by operator:ana)" in last.message
 
 
+@pytest.mark.parametrize("agent_answers", [True, False], ids=["answering", "still-failing"])
+async def test_a_breaker_found_closed_at_the_resolution_is_asked_before_the_incident_resolves(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient, agent_answers: bool
+) -> None:
+    """Closed by an operator's reset, or by a restart, which keeps no released isolation
+    (a kill -9 during the resolution): the replayed resolution resolved the incident while
+    the agent still failed."""
+    runtime = app.state.runtime
+    breaker = runtime.team.get("workout").breaker
+    await deliver(hook, app, FIRING)
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    breaker.reset(force=True, source="operator:ana")
+    if not agent_answers:
+        await fail(client, "workout")
+    await deliver(hook, app, resolved_payload())
+    found = runtime.incidents.get(incident.id)
+    notes = [e.message for e in runtime.incidents.timeline(incident.id) if e.kind == "note"]
+    if agent_answers:
+        assert found.status == "resolved"
+        assert any("its health probe passed" in note for note in notes), notes
+    else:
+        assert found.status == "mitigated"
+        assert any("its health probe failed" in note for note in notes), notes
+
+
 async def test_the_next_firing_after_a_resolved_one_isolates_again_within_the_cooldown(
     hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
 ) -> None:
