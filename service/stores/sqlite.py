@@ -151,17 +151,7 @@ class SqliteStore:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-                )
-                conn.row_factory = sqlite3.Row
-                enter_wal(conn, BUSY_TIMEOUT_MS / 1000)
-                # Opening waits inside SQLite (it runs once, before serving); statements on
-                # the loop do not (``outwaiting_writers``).
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTER does it
-                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+                conn = self._connect()
                 with conn:
                     for statement in self.ddl:
                         conn.execute(statement)
@@ -172,6 +162,34 @@ class SqliteStore:
             self._conn = conn
             self._paused_reason = None
         CHECKPOINTER.add(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        enter_wal(conn, BUSY_TIMEOUT_MS / 1000)
+        # Opening waits inside SQLite (it runs once, before serving); statements on the loop
+        # do not (``outwaiting_writers``).
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # CHECKPOINTER does it
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+        return conn
+
+    def _afresh_if_read_only(self, exc: sqlite3.Error) -> None:
+        """SQLite opens a file it may not write (an immutable file, a read-only mount)
+        read-only, without a word, and such a connection stays so after the file is fixed:
+        on its refusal, the store's connection is replaced by a fresh one, which writes once
+        the file can. Under the store's lock."""
+        if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) != sqlite3.SQLITE_READONLY:
+            return
+        try:
+            fresh = self._connect()
+        except sqlite3.Error:
+            return  # still unusable: the old connection keeps serving reads
+        fresh.execute("PRAGMA busy_timeout=0")
+        old, self._conn = self._conn, fresh
+        if old is not None:
+            old.close()
 
     def on_close(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever the store closes (a pause included), before its own
@@ -234,8 +252,12 @@ class SqliteStore:
         """One statement in its own transaction, under the store's lock."""
         with self._lock:
             conn = self._connection()
-            with conn:
-                return conn.execute(sql, params).fetchall()
+            try:
+                with conn:
+                    return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                self._afresh_if_read_only(exc)
+                raise
 
     async def _statement(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         try:  # the usual case, without a coroutine of its own
@@ -266,14 +288,18 @@ class SqliteStore:
         async def attempt() -> Applied:
             with self._lock:
                 conn = self._connection()
-                with conn:
-                    return await apply(
-                        SqliteTransaction(conn),
-                        {self.component: "main"},
-                        unit,
-                        dialect=SQLITE,
-                        policy=policy or DEFAULT_POLICY,
-                    )
+                try:
+                    with conn:
+                        return await apply(
+                            SqliteTransaction(conn),
+                            {self.component: "main"},
+                            unit,
+                            dialect=SQLITE,
+                            policy=policy or DEFAULT_POLICY,
+                        )
+                except sqlite3.Error as exc:
+                    self._afresh_if_read_only(exc)
+                    raise
 
         return await outwaiting_writers(self.component, attempt)
 
@@ -291,11 +317,15 @@ class SqliteStore:
         async def attempt() -> None:
             with self._lock:
                 conn = self._connection()
-                with conn:
-                    conn.execute("CREATE TABLE IF NOT EXISTS _probe (v TEXT)")
-                    conn.execute("INSERT INTO _probe (v) VALUES ('probe')")
-                    if conn.execute("SELECT count(*) FROM _probe").fetchone()[0] < 1:
-                        raise StoreUnavailable(self.component, "probe row not readable")
-                    conn.execute("DELETE FROM _probe")
+                try:
+                    with conn:
+                        conn.execute("CREATE TABLE IF NOT EXISTS _probe (v TEXT)")
+                        conn.execute("INSERT INTO _probe (v) VALUES ('probe')")
+                        if conn.execute("SELECT count(*) FROM _probe").fetchone()[0] < 1:
+                            raise StoreUnavailable(self.component, "probe row not readable")
+                        conn.execute("DELETE FROM _probe")
+                except sqlite3.Error as exc:
+                    self._afresh_if_read_only(exc)
+                    raise
 
         await outwaiting_writers(self.component, attempt)

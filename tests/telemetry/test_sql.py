@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from service.errors import StoreUnavailable
 from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
 from service.incidents.model import IncidentStoreUnavailable
@@ -154,6 +156,37 @@ def test_a_thread_that_first_met_the_file_unwritable_writes_again_once_it_can(
     assert outcomes[1] == "written", outcomes
     assert [entry["actor"] for entry in audit.recent(10)] == ["ana"]
     store.close()
+
+
+async def test_a_store_opened_while_its_file_was_unwritable_writes_once_it_can(
+    tmp_path: Path, immutable: list[Path]
+) -> None:
+    """A component store started with its file immutable opened read-only, and its health
+    probe kept failing with 'attempt to write a readonly database' after the file was fixed,
+    until a restart."""
+    path = tmp_path / "budgets.sqlite3"
+    ddl = ("CREATE TABLE IF NOT EXISTS b (x)",)
+    first = SqliteStore("budgets", path, ddl)
+    first.open()
+    first.close()
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this filesystem cannot make files immutable: {done.stderr.strip()}")
+    immutable.append(path)
+    store = SqliteStore("budgets", path, ddl)
+    store.open()  # read-only, without a word from SQLite
+    try:
+        with pytest.raises(StoreUnavailable, match="readonly"):
+            await store.probe_writable()
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+        immutable.clear()
+        with contextlib.suppress(StoreUnavailable):
+            await store.probe_writable()  # the read-only connection's last refusal
+        await store.probe_writable()
+        await store.execute("INSERT INTO b (x) VALUES (1)")
+        assert [tuple(row) for row in await store.fetch_all("SELECT x FROM b")] == [(1,)]
+    finally:
+        store.close()
 
 
 def test_close_waits_for_the_statements_other_threads_are_running(tmp_path: Path) -> None:
