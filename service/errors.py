@@ -38,6 +38,11 @@ class StoreUnavailable(ErsError):
         return " and " in self.component
 
     @property
+    def components(self) -> list[str]:
+        """Each store by its component's name."""
+        return self.component.split(" and ")
+
+    @property
     def stores(self) -> str:
         """The store or stores, in words: "the budgets store", "the budgets and
         conversations stores"."""

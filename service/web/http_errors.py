@@ -161,7 +161,7 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
     if paused:  # the operator's rollback, not an outage
         span.set_attribute(NOT_AN_INCIDENT, "a store paused for a rollback")
     else:  # the store's failure in its own words, not a bare 503, is the incident
-        span.set_attribute("ers.component", exc.component)
+        span.set_attribute("ers.component", exc.components[0])
         record_failure(span, exc)
     verb = "are" if exc.several else "is"
     detail = f"{exc.stores} cannot be used right now; try again shortly"
@@ -169,7 +169,9 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
         {
             "error": "state store unavailable",
             "detail": f"{exc.stores} {verb} paused: {exc.reason}" if paused else detail,
-            "component": exc.component,
+            # A component's name, as a script reads it; every one of a turn's in components.
+            "component": exc.components[0],
+            "components": exc.components,
         },
         status_code=503,
         headers={"Retry-After": "1" if paused else "5"},

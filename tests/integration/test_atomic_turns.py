@@ -97,7 +97,9 @@ def test_a_turn_whose_commit_hits_a_full_disk_stores_nothing_and_a_keyed_retry_s
             assert full.json()["error"] == "state store unavailable"
             # The commit itself failed, after the budgets file had committed its part: the
             # expense was taken back.
-            assert full.json()["component"] == "budgets and conversations"
+            # A name a script can match, and every store of the turn.
+            assert full.json()["component"] == "budgets"
+            assert full.json()["components"] == ["budgets", "conversations"]
             assert full.json()["detail"] == (
                 "the budgets and conversations stores cannot be used right now; try again shortly"
             )
