@@ -307,7 +307,11 @@ class BreakersCheck:
         states, cooling = self._states(), self._cooling()
         isolated = sorted(n for n, s in states.items() if s in ("open", "forced_open"))
         testing = sorted(n for n, s in states.items() if s == "half_open")
+        # Disabled by an operator: no breaker guards its calls, which is no failure, but not
+        # "closed" either.
+        disabled = sorted(n for n, s in states.items() if s == "disabled")
         figures = {"states": states, "isolated": isolated, "halfOpen": testing}
+        figures["disabled"] = disabled
         figures["coolingDown"] = {name: round(left, 1) for name, left in sorted(cooling.items())}
         if isolated and len(isolated) * 2 > len(states):
             return CheckResult(
@@ -323,6 +327,9 @@ class BreakersCheck:
             words = ", ".join(f"{n} ({left:.0f} s left)" for n, left in sorted(cooling.items()))
             reason = f"cooling down (rate limited): {words}"
             return CheckResult(self.name, Status.DEGRADED, reason, figures)
+        if disabled:
+            reason = f"no breaker open; disabled (calls unguarded): {', '.join(disabled)}"
+            return CheckResult(self.name, Status.HEALTHY, reason, figures)
         return CheckResult(self.name, Status.HEALTHY, "every breaker closed", figures)
 
 

@@ -40,3 +40,17 @@ async def test_the_responder_leaves_an_operators_disabled_breaker_alone(
     ]
     breakers = (await client.get("/api/emergency/circuit-breakers")).json()["breakers"]
     assert breakers["workout"]["state"] == "disabled"
+
+
+async def test_health_names_a_disabled_breaker(client: httpx.AsyncClient) -> None:
+    """Health said "every breaker closed" with a breaker disabled, so a disable forgotten
+    after an investigation never showed."""
+    disabled = await client.post("/api/emergency/circuit-breaker/workout/disable")
+    assert disabled.status_code == 200, disabled.text
+    check = (await client.get("/api/emergency/health")).json()["checks"]["breakers"]
+    assert check["reason"] == "no breaker open; disabled (calls unguarded): workout", check
+    assert check["figures"]["disabled"] == ["workout"]
+    enabled = await client.post("/api/emergency/circuit-breaker/workout/enable")
+    assert enabled.status_code == 200, enabled.text
+    check = (await client.get("/api/emergency/health")).json()["checks"]["breakers"]
+    assert check["reason"] == "every breaker closed", check
