@@ -54,3 +54,20 @@ async def test_health_names_a_disabled_breaker(client: httpx.AsyncClient) -> Non
     assert enabled.status_code == 200, enabled.text
     check = (await client.get("/api/emergency/health")).json()["checks"]["breakers"]
     assert check["reason"] == "every breaker closed", check
+
+
+async def test_a_force_open_and_a_disable_say_which_one_they_replace(
+    client: httpx.AsyncClient,
+) -> None:
+    """A breaker has one state: a force-open of a disabled breaker ended the disable (and a
+    disable ended a forced open) without a word, and 'enable' later found nothing to enable."""
+    base = "/api/emergency/circuit-breaker/workout"
+    assert (await client.post(f"{base}/disable")).status_code == 200
+    forced = await client.post(f"{base}/force-open", json={"reason": "x", "ttlSeconds": 60})
+    assert forced.status_code == 200, forced.text
+    assert "it was disabled, and when this forced open ends it guards calls again" in (
+        forced.json()["message"]
+    ), forced.json()
+    disabled = await client.post(f"{base}/disable")
+    assert disabled.status_code == 200, disabled.text
+    assert "its forced open by operator is lifted" in disabled.json()["message"], disabled.json()

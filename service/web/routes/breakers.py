@@ -109,7 +109,10 @@ async def force_open_breaker(
     name: str, body: ForceOpenRequest, team: Team, keeper: Keeper, who: AdminAuth
 ) -> dict[str, Any]:
     guard = team.get(name)
+    was_disabled = guard.breaker.state.value == "disabled"
     message = guard.breaker.force_open(body.reason, source="operator", ttl_s=body.ttlSeconds)
+    if was_disabled:  # one state at a time: the disable is gone, and said to be
+        message += "; it was disabled, and when this forced open ends it guards calls again"
     return await changed(keeper, guard.breaker, message)
 
 
@@ -124,7 +127,10 @@ async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth)
 async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
     guard = team.get(name)
+    forced = guard.breaker.snapshot().get("forced")
     message = guard.breaker.disable(source=who)
+    if forced and guard.breaker.state.value == "disabled":  # the forced open is gone
+        message += f"; its forced open by {forced.get('source')} is lifted"
     return await changed(keeper, guard.breaker, message)
 
 
