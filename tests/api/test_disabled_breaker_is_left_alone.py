@@ -65,8 +65,9 @@ async def test_a_force_open_and_a_disable_say_which_one_they_replace(
     assert (await client.post(f"{base}/disable")).status_code == 200
     forced = await client.post(f"{base}/force-open", json={"reason": "x", "ttlSeconds": 60})
     assert forced.status_code == 200, forced.text
-    assert "it was disabled, and when this forced open ends it guards calls again" in (
-        forced.json()["message"]
+    assert (
+        "it was disabled, and when this forced open ends it guards calls again"
+        in (forced.json()["message"])
     ), forced.json()
     disabled = await client.post(f"{base}/disable")
     assert disabled.status_code == 200, disabled.text
