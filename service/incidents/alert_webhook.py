@@ -227,11 +227,12 @@ class AlertHandler:
         opens, or joins by its own fingerprint, an incident of its own."""
         if alert.labels.get("about") == "incidents":
             return self._most_severe_active(alert)
-        if "type" in alert.labels or alert.action in ("backup", "rollback", "cleanup"):
-            found = self.incidents.find_active(component, kind)
-            return found if found or "type" in alert.labels else self._most_severe_active()
+        if "type" in alert.labels:  # the incident's type, named by the alert
+            return self.incidents.find_active(component, kind)
         if alert.action == "isolate":
             return self.incidents.find_active(component)
+        if alert.action in ("backup", "rollback", "cleanup"):
+            return self.incidents.find_active(component, kind) or self._most_severe_active()
         return None
 
     def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:
@@ -371,10 +372,9 @@ class AlertHandler:
     async def _probe(
         self, alert: Alert, released: str, incident: Incident, state: str
     ) -> tuple[str, str]:
-        """Ask the agent now. Released to half-open here: close its breaker when it answers.
-        Closed already (an operator's reset; a restart, which keeps no released isolation):
-        it must answer all the same. What was done, and "closed" when the incident is to be
-        resolved with the alert, else "half_open": it is left to the trials' watch."""
+        """Ask the agent now: released to half-open here, close its breaker when it answers;
+        closed already (an operator's reset, a restart), it must answer all the same. What was
+        done, and "closed" to resolve the incident with the alert, else "half_open"."""
         guard = self.responder.team.get(alert.target or "ers")
         probe = await guard.probe()
         if probe.error is not None:

@@ -248,16 +248,22 @@ class SqliteStore:
             raise StoreUnavailable(self.component, "the store is closed")
         return self._conn
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection in a transaction, under the store's lock (the caller's);
+        a refusal to write replaces a read-only connection (``_afresh_if_read_only``)."""
+        conn = self._connection()
+        try:
+            with conn:
+                yield conn
+        except sqlite3.Error as exc:
+            self._afresh_if_read_only(exc)
+            raise
+
     def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         """One statement in its own transaction, under the store's lock."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn:
-                    return conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                self._afresh_if_read_only(exc)
-                raise
+        with self._lock, self._transaction() as conn:
+            return conn.execute(sql, params).fetchall()
 
     async def _statement(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         try:  # the usual case, without a coroutine of its own
@@ -286,20 +292,14 @@ class SqliteStore:
         """Commit a unit that writes this file alone, in one transaction on its connection."""
 
         async def attempt() -> Applied:
-            with self._lock:
-                conn = self._connection()
-                try:
-                    with conn:
-                        return await apply(
-                            SqliteTransaction(conn),
-                            {self.component: "main"},
-                            unit,
-                            dialect=SQLITE,
-                            policy=policy or DEFAULT_POLICY,
-                        )
-                except sqlite3.Error as exc:
-                    self._afresh_if_read_only(exc)
-                    raise
+            with self._lock, self._transaction() as conn:
+                return await apply(
+                    SqliteTransaction(conn),
+                    {self.component: "main"},
+                    unit,
+                    dialect=SQLITE,
+                    policy=policy or DEFAULT_POLICY,
+                )
 
         return await outwaiting_writers(self.component, attempt)
 
@@ -315,17 +315,11 @@ class SqliteStore:
         """Write, read back and delete a probe row; raises StoreUnavailable when it can't."""
 
         async def attempt() -> None:
-            with self._lock:
-                conn = self._connection()
-                try:
-                    with conn:
-                        conn.execute("CREATE TABLE IF NOT EXISTS _probe (v TEXT)")
-                        conn.execute("INSERT INTO _probe (v) VALUES ('probe')")
-                        if conn.execute("SELECT count(*) FROM _probe").fetchone()[0] < 1:
-                            raise StoreUnavailable(self.component, "probe row not readable")
-                        conn.execute("DELETE FROM _probe")
-                except sqlite3.Error as exc:
-                    self._afresh_if_read_only(exc)
-                    raise
+            with self._lock, self._transaction() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS _probe (v TEXT)")
+                conn.execute("INSERT INTO _probe (v) VALUES ('probe')")
+                if conn.execute("SELECT count(*) FROM _probe").fetchone()[0] < 1:
+                    raise StoreUnavailable(self.component, "probe row not readable")
+                conn.execute("DELETE FROM _probe")
 
         await outwaiting_writers(self.component, attempt)
