@@ -157,10 +157,12 @@ def backed_up_fleet(
             replica.stop()
 
 
-def tagged_snapshots(repository: Path, password_file: Path, tag: str) -> list[dict[str, Any]]:
-    """The snapshots restic lists with ``tag`` (``reason:emergency``), read without a lock."""
-    done = subprocess.run(
-        ["restic", "snapshots", "--json", "--no-lock", "--tag", tag],
+def run_restic(
+    repository: Path, password_file: Path, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``restic args`` on ``repository``, as a person would run it; judged by the caller."""
+    return subprocess.run(
+        ["restic", *args],
         env={
             **os.environ,
             "RESTIC_REPOSITORY": str(repository),
@@ -168,9 +170,16 @@ def tagged_snapshots(repository: Path, password_file: Path, tag: str) -> list[di
         },
         capture_output=True,
         text=True,
-        timeout=60,
-        check=True,
+        timeout=timeout,
     )
+
+
+def tagged_snapshots(repository: Path, password_file: Path, tag: str) -> list[dict[str, Any]]:
+    """The snapshots restic lists with ``tag`` (``reason:emergency``), read without a lock;
+    raises CalledProcessError when restic fails (a repository not initialised yet)."""
+    listing = ("snapshots", "--json", "--no-lock", "--tag", tag)
+    done = run_restic(repository, password_file, *listing, timeout=60)
+    done.check_returncode()
     return list(json.loads(done.stdout or "[]") or [])
 
 

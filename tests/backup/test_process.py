@@ -18,6 +18,7 @@ import pytest
 
 from backup.locks import lock_is_stale
 from backup.process import SETPRIV
+from tests.conftest import run_restic
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed"),
@@ -43,14 +44,8 @@ asyncio.run(main())
 """
 
 
-def restic(repo: Path, env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        ["restic", "--repo", str(repo), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def restic(repo: Path, password: Path, *args: str) -> str:
+    done = run_restic(repo, password, *args, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -74,7 +69,7 @@ def test_restic_stops_with_the_process_that_started_it(tmp_path: Path) -> None:
     password.write_text("a password\n")
     env = {**os.environ, "RESTIC_PASSWORD_FILE": str(password)}
     repo = tmp_path / "repo"
-    restic(repo, env, "init")
+    restic(repo, password, "init")
     # restic reads its input from a pipe whose writing end this test holds open: it waits
     # for more for as long as it runs, and a killed starter does not end its input.
     reading, writing = os.pipe()
@@ -93,17 +88,17 @@ def test_restic_stops_with_the_process_that_started_it(tmp_path: Path) -> None:
         restic_pid = int(starter.stdout.readline())
         assert psutil.Process(restic_pid).name() == "restic"
         wait_until(
-            lambda: restic(repo, env, "list", "locks", "--no-lock").strip(),
+            lambda: restic(repo, password, "list", "locks", "--no-lock").strip(),
             "restic taking its lock",
         )
         starter.send_signal(signal.SIGKILL)
         starter.wait(timeout=30)
         wait_until(lambda: gone(restic_pid), "restic stopping after its starter's kill -9")
-        for lock_id in restic(repo, env, "list", "locks", "--no-lock").split():
-            lock = json.loads(restic(repo, env, "cat", "lock", lock_id, "--no-lock"))
+        for lock_id in restic(repo, password, "list", "locks", "--no-lock").split():
+            lock = json.loads(restic(repo, password, "cat", "lock", lock_id, "--no-lock"))
             assert lock["pid"] == restic_pid
             assert lock_is_stale(lock)
-        assert json.loads(restic(repo, env, "snapshots", "--json")) == []
+        assert json.loads(restic(repo, password, "snapshots", "--json")) == []
     finally:
         os.close(writing)
         starter.kill()

@@ -5,8 +5,6 @@ backups, and another takes them over when it stops."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ErsProcess, start_ers
+from tests.conftest import ErsProcess, start_ers, tagged_snapshots
 
 TOKEN = "fleet-alert-token-7c1d"
 AGENT = "workout"
@@ -175,21 +173,10 @@ def test_one_failure_hit_on_both_replicas_is_one_incident_with_both_counts(
 
 def scheduled_snapshots(repository: Path, password_file: Path) -> list[dict[str, Any]]:
     """The repository's scheduled snapshots, read with restic itself."""
-    done = subprocess.run(
-        ["restic", "snapshots", "--json", "--no-lock", "--tag", "reason:scheduled"],
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(repository),
-            "RESTIC_PASSWORD_FILE": str(password_file),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode != 0:
+    try:
+        return tagged_snapshots(repository, password_file, "reason:scheduled")
+    except subprocess.CalledProcessError:
         return []  # not initialised yet
-    return list(json.loads(done.stdout or "[]") or [])
 
 
 def test_exactly_one_replica_runs_the_scheduled_backups_and_another_takes_over(

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import threading
 from pathlib import Path
 
 from backup.repository import RepositoryConfig, ensure_password_file, open_identified
-
-
-def _restic(repository: Path, password_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["restic", *args],
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(repository),
-            "RESTIC_PASSWORD_FILE": str(password_file),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.conftest import run_restic
 
 
 def test_openers_starting_together_create_one_repository_with_one_key(tmp_path: Path) -> None:
@@ -37,10 +22,10 @@ def test_openers_starting_together_create_one_repository_with_one_key(tmp_path: 
     opened = asyncio.run(open_together())
     assert len(opened) == 4
 
-    keys = _restic(repository, password_file, "key", "list", "--json")
+    keys = run_restic(repository, password_file, "key", "list", "--json")
     assert keys.returncode == 0, keys.stderr
     assert len(json.loads(keys.stdout)) == 1
-    snapshots = _restic(repository, password_file, "snapshots", "--json")
+    snapshots = run_restic(repository, password_file, "snapshots", "--json")
     assert snapshots.returncode == 0, snapshots.stderr  # the config opens with that key
 
 
