@@ -102,7 +102,7 @@ async def test_force_open_and_release(client: httpx.AsyncClient) -> None:
         json={"reason": "maintenance", "ttlSeconds": 60},
     )
     assert forced.status_code == 200
-    assert forced.json()["breaker"]["forced"]["source"] == "operator"
+    assert forced.json()["breaker"]["forced"]["source"] == "admin:loopback"
     reply = await client.post("/chat", json={"message": "make me a workout plan"})
     assert reply.json()["emergency"] is True
     released = await client.post("/api/emergency/circuit-breaker/workout/release")

@@ -110,7 +110,7 @@ async def force_open_breaker(
 ) -> dict[str, Any]:
     guard = team.get(name)
     was_disabled = guard.breaker.state.value == "disabled"
-    message = guard.breaker.force_open(body.reason, source="operator", ttl_s=body.ttlSeconds)
+    message = guard.breaker.force_open(body.reason, source=who, ttl_s=body.ttlSeconds)
     if was_disabled:  # one state at a time: the disable is gone, and said to be
         message += "; it was disabled, and when this forced open ends it guards calls again"
     return await changed(keeper, guard.breaker, message)
