@@ -1,4 +1,5 @@
-"""``ers breakers``: list, reset and force open breakers of a running service."""
+"""``ers breakers``: list and show the breakers of a running service; reset, force open,
+release, disable and enable one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from service.cli.output import emit, new_table
+from service.cli.output import emit, new_table, when
 from service.cli.remote import call, command, command_group, segment
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 
@@ -25,8 +26,18 @@ def ttl_seconds(text: str) -> float:
     return value
 
 
+def _until(b: dict[str, Any]) -> str:
+    """When the state ends by itself: an open breaker's half-open, a forced open's expiry."""
+    forced = b.get("forced")
+    if forced:
+        return when(forced.get("expiresAt")) if forced.get("expiresAt") else "released"
+    return when(b.get("nextAttemptAt")) if b["state"] == "open" else "-"
+
+
 def _table(out: Console, report: dict[str, Any]) -> None:
-    table = new_table("AGENT", "STATE", "FAILURES", "RATE", "REJECTED", "LAST ERROR / FORCED BY")
+    table = new_table(
+        "AGENT", "STATE", "UNTIL", "FAILURES", "RATE", "REJECTED", "LAST ERROR / FORCED BY"
+    )
     for name, b in sorted(report["breakers"].items()):
         rate = "-" if b.get("failureRate") is None else f"{b['failureRate']:.0%}"
         forced = b.get("forced")
@@ -39,6 +50,7 @@ def _table(out: Console, report: dict[str, Any]) -> None:
         table.add_row(
             name,
             state,
+            _until(b),
             str(b["failureCount"]),
             rate,
             str(b.get("rejectedCalls", 0)),
@@ -60,6 +72,46 @@ def list_breakers(args: argparse.Namespace) -> int:
         call(args, "GET", "/api/emergency/circuit-breakers", expect=("breakers", "totals")),
         _table,
     )
+    return 0
+
+
+def _details(out: Console, b: dict[str, Any]) -> None:
+    rate = "-" if b.get("failureRate") is None else f"{b['failureRate']:.0%}"
+    slow = "-" if b.get("slowCallRate") is None else f"{b['slowCallRate']:.0%}"
+    forced = b.get("forced")
+    lines = [
+        ("state", b["state"].replace("_", " ")),
+        ("until", _until(b)),
+        ("forced by", f"{forced['source']}: {forced['reason']}" if forced else "-"),
+        ("failures in a row", str(b["failureCount"])),
+        ("failure rate", f"{rate} of {b.get('bufferedCalls', 0)} calls (slow {slow})"),
+        ("last failure", f"{when(b.get('lastFailureAt'))} {b.get('lastError') or ''}".strip()),
+        ("opened", when(b.get("openedAt"))),
+        ("rejected calls", str(b.get("rejectedCalls", 0))),
+    ]
+    if b.get("cooldownRemainingS"):
+        lines.append(("cooling down", f"called again in {b['cooldownRemainingS']:.0f} s"))
+    width = max(len(key) for key, _ in lines)
+    out.print(f"breaker {b['name']}")
+    for key, value in lines:
+        out.print(f"  {key:<{width}}  {value}")
+    history = new_table("AT", "FROM", "TO", "BY", "WHY", title="history, oldest first")
+    for event in b.get("history") or []:
+        moved = event["from"] != event["to"]
+        history.add_row(
+            when(event["at"]),
+            event["from"] if moved else "-",
+            event["to"] if moved else event["kind"].replace("_", " "),
+            event.get("source") or "-",
+            (event.get("reason") or "-")[:80],
+        )
+    out.print()
+    out.print(history if b.get("history") else "no changes of state since the service started")
+
+
+def show_breaker(args: argparse.Namespace) -> int:
+    path = f"/api/emergency/circuit-breakers/{segment(args.name)}"
+    emit(args, call(args, "GET", path, expect=("state", "history")), _details)
     return 0
 
 
@@ -89,6 +141,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = command_group(commands, "breakers", "circuit breakers of a running service")
     listing = command(actions, "list", "every breaker with its state")
     listing.set_defaults(handler=list_breakers)
+    showing = command(actions, "show", "one breaker: its state, why, until when, its history")
+    showing.add_argument("name", help=NAME_HELP)
+    showing.set_defaults(handler=show_breaker)
     reset = command(actions, "reset", "close a breaker (refused while still failing)")
     reset.add_argument("--force", action="store_true", help="reset even if still failing")
     forcing = command(actions, "force-open", "isolate an agent")

@@ -116,7 +116,7 @@ def test_every_listing_is_a_table_and_the_same_data_as_json_and_yaml(
     table = ers(env, "breakers", "list")
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
-    assert header.split()[:3] == ["AGENT", "STATE", "FAILURES"]
+    assert header.split()[:3] == ["AGENT", "STATE", "UNTIL"]
     assert [r.split()[0] for r in rows[:4]] == ["budget", "nutrition", "router", "workout"]
     assert not table.stdout.lstrip().startswith("{")
 

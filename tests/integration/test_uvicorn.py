@@ -78,9 +78,22 @@ def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None
     assert listed.returncode == 0, listed.stderr
     assert "budget" in listed.stdout and "total 4: 4 closed" in listed.stdout
     forced = ers("breakers", "force-open", "WPA", "--reason", "maintenance", "--ttl", "30")
-    assert forced.returncode == 0 and "forced open by admin:" in forced.stdout and "for 30 s" in forced.stdout
+    assert forced.returncode == 0, forced.stderr
+    assert "forced open by admin:loopback for 30 s: maintenance" in forced.stdout
     as_json = json.loads(ers("breakers", "list", "--json").stdout)
+    forcing = as_json["breakers"]["workout"]["forced"]
     assert as_json["breakers"]["workout"]["state"] == "forced_open"
+    # The list says until when; show says who, why and what happened, oldest first.
+    expires = forcing["expiresAt"].replace("T", " ").split(".")[0] + "Z"
+    workout_row = next(r for r in ers("breakers", "list").stdout.splitlines() if "workout" in r)
+    assert expires in workout_row and "admin:loopback: maintenance" in workout_row
+    shown = ers("breakers", "show", "WPA")
+    assert shown.returncode == 0, shown.stderr
+    assert "breaker workout" in shown.stdout and f"until              {expires}" in shown.stdout
+    assert "forced by          admin:loopback: maintenance" in shown.stdout
+    event = next(r for r in shown.stdout.splitlines() if "forced_open" in r)
+    assert "closed" in event and "admin:loopback" in event and "maintenance" in event
+    assert ers("breakers", "show", "nope").returncode == 4
     # While the agent still fails its probe, a reset without force is refused.
     httpx.post(
         f"{ers_process.url}/api/emergency/simulate-error",
