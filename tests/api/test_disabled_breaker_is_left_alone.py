@@ -71,4 +71,6 @@ async def test_a_force_open_and_a_disable_say_which_one_they_replace(
     ), forced.json()
     disabled = await client.post(f"{base}/disable")
     assert disabled.status_code == 200, disabled.text
-    assert "its forced open by admin:loopback is lifted" in disabled.json()["message"], disabled.json()
+    assert "its forced open by admin:loopback is lifted" in disabled.json()["message"], (
+        disabled.json()
+    )
