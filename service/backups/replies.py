@@ -120,7 +120,7 @@ def made(result: BackupResult) -> str:
     component) ``snapshots 1a2b3c4d (budgets), 5e6f7a8b (profiles)``."""
     snapshots = result.snapshots
     if len(snapshots) <= 1:
-        return f"snapshot {result.snapshot_id}"
+        return f"snapshot {(result.snapshot_id or '')[:8]}"
     each = ", ".join(f"{i[:8]} ({', '.join(components)})" for i, components in snapshots)
     return f"snapshots {each}"
 

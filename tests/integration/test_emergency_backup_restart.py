@@ -98,7 +98,7 @@ def test_the_emergency_backup_cooldown_holds_after_a_restart(
     try:
         incident_id, note = critical_failure(http, "budget")
         taken = emergency_snapshots(http)
-        assert len(taken) == 1 and f"emergency snapshot {next(iter(taken))}" in note, note
+        assert len(taken) == 1 and f"emergency snapshot {next(iter(taken))} (" in note, note
         assert note.startswith("emergency_backup: success — "), note
         assert wait_kept(workdir)["snapshotId"][:8] in taken
     finally:
@@ -142,7 +142,7 @@ def test_an_emergency_backup_cooldown_that_ended_while_down_is_not_put_back(
         assert http.delete("/api/emergency/minimal-mode").status_code == 200
         _, note = critical_failure(http, "budget", notes_before=1)
         new = emergency_snapshots(http) - taken
-        assert len(new) == 1 and f"emergency snapshot {next(iter(new))}" in note, note
+        assert len(new) == 1 and f"emergency snapshot {next(iter(new))} (" in note, note
     finally:
         http.close()
         again.stop()
