@@ -1,5 +1,5 @@
-"""Whether a start is the first of its data directory: only then may the service create the
-backup repository on its own."""
+"""Where backups keep their files in the data directory, and whether a start is the first of
+that directory: only then may the service create the backup repository on its own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from service.settings import COMPONENTS
 
 # Left in a brand-new data directory until its backup repository is recorded.
 FIRST_START_MARK = ".ers-first-start"
+# Staging copies and scratch folders of backups and rollbacks.
+WORK_DIR_NAME = ".backup-work"
+
+
+def backup_work_dir(data_dir: Path) -> Path:
+    """Inside the data directory, the one place the service is sure to be able to write (in
+    the image, a volume owned by its user, where the folder beside it is not), and on the
+    same disk as the files a rollback swaps."""
+    return data_dir / WORK_DIR_NAME
 
 
 def finds_no_state(data_dir: Path, *, backups_enabled: bool = True) -> bool:

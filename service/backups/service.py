@@ -35,7 +35,7 @@ from backup.emergency import EmergencyCooldown
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME, is_local
 from backup.repository import InitOutcome, adopt_repository
-from service.backups.first_start import first_start_done
+from service.backups.first_start import backup_work_dir, first_start_done
 from service.backups.fleet_cooldown import follow_fleet_cooldown
 from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
@@ -64,7 +64,7 @@ def state_to_back_up(settings: Settings, stores: Stores, incidents_path: Path) -
         files = {name: cast(SqliteStore, store).path for name, store in found}
         return BackupConfig(
             components={**files, "incidents": incidents_path},
-            work_dir=settings.data_dir.parent / "backup-work",
+            work_dir=backup_work_dir(settings.data_dir),
         )
     schemas = {name: cast(PostgresStore, store).schema for name, store in found}
     return PgBackupConfig(
@@ -194,7 +194,9 @@ class BackupService:
                     emergency_cooldown=self.emergency_cooldown,
                     shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
                 )
-            except BackupError as exc:
+            except (BackupError, OSError) as exc:  # OSError: its work folder cannot be made
+                if not isinstance(exc, BackupError):
+                    exc = BackupError(f"the backups' own files cannot be written: {exc}")
                 self.connection_failures += 1
                 self.error, self.failure = str(exc), exc
                 self.first_attempt_done.set()

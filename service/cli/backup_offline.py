@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from service.backups.first_start import backup_work_dir
 from service.backups.replies import (
     created_reply,
     details_reply,
@@ -63,7 +64,7 @@ def _state_config(settings: Any) -> Any:
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
     return BackupConfig(
         components={k: v for k, v in components.items() if Path(v).exists()},
-        work_dir=settings.data_dir.parent / "backup-work",
+        work_dir=backup_work_dir(settings.data_dir),
     )
 
 
