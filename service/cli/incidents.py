@@ -189,7 +189,7 @@ def _emit_value(args: argparse.Namespace, value: Any, draw: Any) -> None:
 
 
 def classify(args: argparse.Namespace) -> int:
-    from service.incidents.alert_webhook import ALERT_RULE
+    from service.incidents.alert_payload import ALERT_RULE
     from service.settings import load_settings
     from telemetry.classifier import RulesError, load_rules, replay_stored
 

@@ -1,13 +1,21 @@
-"""Alertmanager's webhook payload, version 4, validated."""
+"""Alertmanager's webhook payload, version 4, validated; the vocabulary of its labels (the
+actions, the severities), and an alert as the failure its incident is opened with."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.agents.base import canonical_agent_name
+from telemetry.classifier import Classification
+from telemetry.span_record import SpanRecord
+
+# The rule an alert's incident is classified by: its labels, not the classification rules.
+ALERT_RULE = "alertmanager"
 
 
 def _encodable(value: dict[str, str]) -> dict[str, str]:
@@ -87,3 +95,38 @@ SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 def incident_severity(alert: Alert) -> str:
     """The severity of the incident an alert opens, from its ``severity`` label."""
     return SEVERITIES.get(alert.labels.get("severity", ""), "medium")
+
+
+def alert_fingerprint(alert: Alert, component: str) -> str:
+    """The fingerprint of the incident an alert opens when none is active."""
+    return f"alert:{alert.name}:{component}"
+
+
+def alert_failure(alert: Alert, component: str, kind: str) -> tuple[SpanRecord, Classification]:
+    """The failure an alert that lands on no incident opens its own with."""
+    now_ns = time.time_ns()
+    record = SpanRecord(
+        name=f"alert.{alert.name}",
+        trace_id="",
+        span_id=secrets.token_hex(8),
+        parent_span_id=None,
+        start_ns=now_ns,
+        end_ns=now_ns,
+        status_code="ERROR",
+        status_message=alert.describe(),
+        attributes={"ers.component": component, "ers.alert": alert.name},
+        service_name="alertmanager",
+        exception_type=f"Alert{alert.name}",
+        exception_message=alert.describe(),
+    )
+    classification = Classification(
+        severity=incident_severity(alert),
+        type=kind,
+        impact="service_degraded",
+        recoverable=True,
+        protocol=None,
+        rule=ALERT_RULE,
+        component=component,
+        fingerprint=alert_fingerprint(alert, component),
+    )
+    return record, classification

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,15 +40,15 @@ from service.incidents.alert_payload import (
     SEVERITY_RANK,
     Alert,
     WebhookPayload,
+    alert_failure,
+    alert_fingerprint,
     incident_severity,
 )
 from service.incidents.ledger import AlertLedger, LedgerUnavailable, firing_handled
 from service.incidents.model import Incident, IncidentNotFound
-from service.incidents.recovery import ACTOR, IncidentRecovery, alert_fingerprint
+from service.incidents.recovery import ACTOR, IncidentMeters, IncidentRecovery
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
 from service.incidents.store import IncidentStore
-from telemetry.classifier import Classification
-from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.alerts")
 
@@ -61,15 +59,13 @@ UNFINISHED_ROLLBACK = (
     " (the state may be rolled back already): see the audit trail and the incident's timeline"
 )
 
-# The rule an alert's incident is classified by: its labels, not the classification rules.
-ALERT_RULE = "alertmanager"
-
 
 @dataclass(eq=False)
 class AlertHandler:
     ledger: AlertLedger
     incidents: IncidentStore
     responder: Responder
+    meters: IncidentMeters  # alert-opened and recovered incidents, in the pipeline's metrics
     isolate_ttl_s: float = 900.0
     recovery: IncidentRecovery = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
@@ -78,7 +74,7 @@ class AlertHandler:
     _locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.recovery = IncidentRecovery(self.incidents)
+        self.recovery = IncidentRecovery(self.incidents, self.meters)
 
     async def receive(self, payload: WebhookPayload) -> dict[str, Any]:
         """Record every alert (raises LedgerUnavailable) and act on the new ones later."""
@@ -244,33 +240,10 @@ class AlertHandler:
             return None
         return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
 
-    def _open(self, alert: Alert, component: str, kind: str):  # noqa: ANN202
-        now_ns = time.time_ns()
-        record = SpanRecord(
-            name=f"alert.{alert.name}",
-            trace_id="",
-            span_id=secrets.token_hex(8),
-            parent_span_id=None,
-            start_ns=now_ns,
-            end_ns=now_ns,
-            status_code="ERROR",
-            status_message=alert.describe(),
-            attributes={"ers.component": component, "ers.alert": alert.name},
-            service_name="alertmanager",
-            exception_type=f"Alert{alert.name}",
-            exception_message=alert.describe(),
-        )
-        classification = Classification(
-            severity=incident_severity(alert),
-            type=kind,
-            impact="service_degraded",
-            recoverable=True,
-            protocol=None,
-            rule=ALERT_RULE,
-            component=component,
-            fingerprint=alert_fingerprint(alert, component),
-        )
-        incident, _ = self.incidents.record_error(record, classification)
+    def _open(self, alert: Alert, component: str, kind: str) -> Incident:
+        incident, outcome = self.incidents.record_error(*alert_failure(alert, component, kind))
+        if outcome != "updated":  # counted as the incident pipeline counts its own
+            self.meters.opened(incident)
         return incident
 
     async def _act(self, alert: Alert, incident: Incident | None) -> str:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from service.incidents.alert_payload import Alert
-from service.incidents.model import IllegalTransition, IncidentNotFound
+from service.incidents.model import IllegalTransition, Incident, IncidentNotFound
 from service.incidents.store import IncidentStore
 from service.resilience.breaker import CircuitBreaker
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
@@ -24,17 +25,22 @@ log = logging.getLogger("ers.alerts")
 ACTOR = "alertmanager"
 
 
-def alert_fingerprint(alert: Alert, component: str) -> str:
-    """The fingerprint of the incident an alert opens when none is active."""
-    return f"alert:{alert.name}:{component}"
+class IncidentMeters(Protocol):
+    """The incident pipeline's metrics (``IncidentService``): what alerts open and recover
+    counts there as what failures open and what the responder or an operator recovers."""
+
+    def opened(self, incident: Incident) -> None: ...
+
+    def observe_recovery(self, incident: Incident) -> None: ...
 
 
 class IncidentRecovery:
     """Mitigates and resolves the incidents of resolved alerts; keeps at most one watch per
     breaker (a new firing of the agent's alert replaces it)."""
 
-    def __init__(self, incidents: IncidentStore) -> None:
+    def __init__(self, incidents: IncidentStore, meters: IncidentMeters) -> None:
         self.incidents = incidents
+        self.meters = meters
         self._watches: dict[str, Callable[[], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -42,17 +48,19 @@ class IncidentRecovery:
         """Blocking: call off the event loop."""
         note = f"alert {alert.name} resolved (fingerprint {alert.fingerprint})"
         try:
-            self.incidents.mitigate(incident_id, ACTOR, note)
+            incident = self.incidents.mitigate(incident_id, ACTOR, note)
         except IllegalTransition as exc:
             return f"incident left {exc.status}"
+        self.meters.observe_recovery(incident)
         return "incident mitigated"
 
     def resolve(self, incident_id: str, actor: str, note: str) -> str:
         """Blocking: call off the event loop."""
         try:
-            self.incidents.resolve(incident_id, actor, note)
+            incident = self.incidents.resolve(incident_id, actor, note)
         except (IllegalTransition, IncidentNotFound) as exc:
             return f"incident not resolved: {exc}"
+        self.meters.observe_recovery(incident)
         return "incident resolved"
 
     def forget(self, agent: str) -> None:

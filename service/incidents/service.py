@@ -189,14 +189,7 @@ class IncidentService:
         self.replies.heard(event)
         self._counts_stale.set()
         if event.outcome in ("opened", "reopened"):
-            self._opened.add(
-                1,
-                {
-                    "severity": incident.severity,
-                    "type": incident.type,
-                    "component": incident.component,
-                },
-            )
+            self.opened(incident)
             self._responded.discard(incident.id)
         # A canary's failure (test-system) opens the incident but does not act on it; the
         # first real failure grouped into it does.
@@ -245,8 +238,18 @@ class IncidentService:
             return
         self.observe_recovery(incident)
 
+    def opened(self, incident: Incident) -> None:
+        """Counted once per opening, and once per reopening."""
+        labels = {"severity": incident.severity, "type": incident.type}
+        self._opened.add(1, {**labels, "component": incident.component})
+
     def observe_recovery(self, incident: Incident) -> None:
-        if incident.recovery_time_s is not None:
+        """After a change of state: recorded by the change that recovered the incident (its
+        mitigation, or a resolution that had none), not again by a later one."""
+        first = incident.status == "mitigated" or (
+            incident.status == "resolved" and incident.mitigated_at is None
+        )
+        if first and incident.recovery_time_s is not None:
             self._recovery.record(incident.recovery_time_s, {"severity": incident.severity})
 
     async def drain(self) -> None:

@@ -328,7 +328,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             run_in_background(stack, incident_service.run_counts_refresh(), "incident-counts")
         # Alerts from Alertmanager land on the same incidents.
         alerts = AlertHandler(
-            alert_ledger, incident_store, responder, isolate_ttl_s=settings.alert_isolate_ttl_s
+            alert_ledger,
+            incident_store,
+            responder,
+            incident_service,
+            isolate_ttl_s=settings.alert_isolate_ttl_s,
         )
         stack.push_async_callback(alerts.drain)
         run_in_background(stack, alerts.run_replays(), "alert-replays")

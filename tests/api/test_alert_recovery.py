@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from service.settings import Settings
@@ -77,6 +78,21 @@ def alert(name: str, action: str, fingerprint: str, status: str = "firing") -> d
     return payload
 
 
+async def metric(client: httpx.AsyncClient, sample_name: str, **labels: str) -> float:
+    """A sample of ``/metrics`` as Prometheus scrapes it (0 when there is none)."""
+    text = (await client.get("/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == sample_name and labels.items() <= sample.labels.items()
+    )
+
+
+OPENED = "ers_incidents_total"
+RECOVERED = "ers_incident_recovery_seconds_count"
+
+
 def changed_by_alertmanager(store: Any, incident_id: str) -> None:
     """The incident's last status change was the alert's resolution."""
     change = [e for e in store.timeline(incident_id) if e.kind == "status_changed"][-1]
@@ -103,6 +119,8 @@ async def test_resolution_resolves_the_incident_once_the_agent_answers_without_a
     await deliver(hook, app, FIRING)
     (incident,) = store.list(component="workout")[0]
     assert incident.severity == "critical" and incident.status == "open"
+    # Counted where the dashboards read the incidents the pipeline opens.
+    assert await metric(client, OPENED, component="workout", severity="critical") == 1
     health = await health_code(client, 503)
     assert health.status_code == 503 and health.json()["systemState"] == "emergency"
 
@@ -112,6 +130,7 @@ async def test_resolution_resolves_the_incident_once_the_agent_answers_without_a
     notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
     assert any("health probe passed and its breaker closed" in note for note in notes)
     changed_by_alertmanager(store, incident.id)
+    assert await metric(client, RECOVERED, severity="critical") == 1
     await healthy_again(client)
 
 
@@ -130,11 +149,14 @@ async def test_resolution_mitigates_and_the_trial_resolves_the_incident(
     notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
     assert any("health probe failed" in note for note in notes)
     changed_by_alertmanager(store, incident.id)
+    assert await metric(client, RECOVERED, severity="critical") == 1
 
     assert (await client.delete("/api/emergency/simulate-error")).status_code == 200
     await trial(client, app, "closed")
     resolved = store.get(incident.id)
     assert resolved.status == "resolved"
+    # Recovered once, when it was mitigated: its resolution is not a second recovery.
+    assert await metric(client, RECOVERED, severity="critical") == 1
     last = [e for e in store.timeline(incident.id) if e.kind != "state_changed"][-1]
     assert (last.kind, last.actor) == ("status_changed", "breaker:workout")
     assert "trial" in last.message and FINGERPRINT in last.message
