@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import SecretStr
 
+from telemetry.classifier import yaml_error_where
+
 
 class SettingsError(Exception):
     """Start-up configuration is invalid; the message names the key and the problem."""
@@ -161,7 +163,7 @@ def check_yaml(path: Path) -> None:
         duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML {_where(exc)}") from None
+        raise SettingsError(f"{path}: not valid YAML {yaml_error_where(exc)}") from None
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
         raise SettingsError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     if duplicate is not None:
@@ -179,16 +181,6 @@ def check_yaml(path: Path) -> None:
                 f"{path}: {key!r} at the top level is not a setting name; "
                 "write setting names there (max_backups: 5)"
             )
-
-
-def _where(exc: yaml.MarkedYAMLError) -> str:
-    """Where the parser stopped and why, without the line's text (it may hold a secret)."""
-    mark = exc.problem_mark or exc.context_mark
-    at = "" if mark is None else f"at line {mark.line + 1}, column {mark.column + 1}"
-    why = exc.problem or exc.__class__.__name__
-    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
-        why += f", {exc.context} that starts at line {exc.context_mark.line + 1}"
-    return f"{at} ({why}); check the indentation, quotes and brackets there"
 
 
 def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:

@@ -102,15 +102,30 @@ class Explanation:
         return lines
 
 
+def yaml_error_where(exc: yaml.MarkedYAMLError) -> str:
+    """Where the parser stopped and why, in one line, without the line's text (it may hold
+    a secret)."""
+    mark = exc.problem_mark or exc.context_mark
+    at = "" if mark is None else f"at line {mark.line + 1}, column {mark.column + 1}"
+    why = exc.problem or exc.__class__.__name__
+    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+        why += f", {exc.context} that starts at line {exc.context_mark.line + 1}"
+    return f"{at} ({why}); check the indentation, quotes and brackets there"
+
+
 def load_rules(path: str | Path | None = None) -> Classifier:
     """Read and check a rules file; an invalid file raises ``RulesError`` naming the rule."""
     rules_path = Path(path) if path is not None else DEFAULT_RULES_PATH
     try:
-        document = yaml.safe_load(rules_path.read_text())
+        document = yaml.safe_load(rules_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"{rules_path} is not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise RulesError(f"cannot read the rules file {rules_path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{rules_path} is not valid YAML: {exc}") from exc
+    except yaml.MarkedYAMLError as exc:
+        raise RulesError(f"{rules_path} is not valid YAML {yaml_error_where(exc)}") from None
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: an anchor inside itself
+        raise RulesError(f"{rules_path} is not valid YAML ({exc.__class__.__name__})") from None
     try:
         return Classifier(parse_rules(document), source=str(rules_path))
     except RulesError as exc:

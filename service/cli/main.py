@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from service.cli.output import EXIT_CODES, OK, USAGE, CliError, add_output_option
+from service.cli.output import EXIT_CODES, FAILED, OK, USAGE, CliError, add_output_option
 from service.cli.remote import DEFAULT_URL, add_connection_options
 from service.settings import SettingsError, load_settings
 
@@ -266,6 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # e.g. stdout cannot be written (a full disk): one line, no trace
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ers: {exc.strerror or exc}{where}", file=sys.stderr)
+        # What is left in stdout's buffer would fail again, with a trace, at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILED
 
 
 if __name__ == "__main__":

@@ -63,10 +63,10 @@ def admin_token(args: argparse.Namespace) -> str | None:
         token_file, origin = Path(named), "$ERS_ADMIN_TOKEN_FILE"
     try:
         token = token_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # not a text file: not the token either
         raise CliError(
             f"cannot read the admin token file {token_file} (from {origin}): "
-            f"{exc.strerror or exc}; give a readable file with --token-file or "
+            f"{getattr(exc, 'strerror', None) or exc}; give a readable file with --token-file or "
             "$ERS_ADMIN_TOKEN_FILE, or the token itself in $ERS_ADMIN_TOKEN",
             USAGE,
         ) from None

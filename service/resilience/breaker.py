@@ -209,17 +209,17 @@ class CircuitBreaker:
     ) -> str:
         """Close the breaker and clear its counters and backoff.
 
-        Without ``force``, an open or forced-open breaker is reset only when its cause is
-        gone: a health ``probe`` run just now decides; without one, a failure within the
+        Without ``force``, a breaker is reset only when its cause is gone: a health
+        ``probe`` run just now decides; without one, an open breaker's failure within the
         open duration says the cause may still be there. ``ResetRefused`` says why and what
         to do instead.
         """
         state, name, window = self._state, self.name, self._window
-        if not force and state in (OPEN, FORCED_OPEN):
+        if not force:
             last = window.last_failure_at
             refused = ResetRefused.unless_cause_gone(
                 name,
-                state is FORCED_OPEN,
+                state.value,
                 probe,
                 None if last is None else self._clock() - last,
                 window.last_error,

@@ -40,22 +40,25 @@ class ResetRefused(ErsError):
     def unless_cause_gone(
         cls,
         name: str,
-        forced: bool,
+        state: str,
         probe: ProbeOutcome | None,
         failure_age_s: float | None,
         last_error: str | None,
         open_duration_s: float,
     ) -> ResetRefused | None:
-        """Why an open (or ``forced`` open) breaker is not reset without force: a health
-        ``probe`` run just now still fails, or, without one, its last failure came within
-        the open duration (``failure_age_s`` ago), so its cause may still be there."""
-        words = "forced open" if forced else "open"
+        """Why a breaker is not reset without force: a health ``probe`` run just now still
+        fails (whatever its state: a reset says the agent is fit for calls), or, without
+        one, an open (or ``forced`` open) breaker's last failure came within the open
+        duration (``failure_age_s`` ago), so its cause may still be there."""
+        words = state.replace("_", " ").replace("half open", "half-open")
         if probe is not None and probe.error is not None:
             return cls(
                 f"breaker '{name}' is {words} and its health probe still fails "
                 f"({probe.error}); fix the cause or reset with force"
             )
-        if probe is None and failure_age_s is not None and failure_age_s < open_duration_s:
+        recent = failure_age_s is not None and failure_age_s < open_duration_s
+        if probe is None and state in ("open", "forced_open") and recent:
+            forced = state == "forced_open"
             next_step = "release it for a trial" if forced else "wait for the half-open trial"
             return cls(
                 f"breaker '{name}' is {words} and its last failure was {failure_age_s:.1f} s "

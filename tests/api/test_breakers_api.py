@@ -81,6 +81,34 @@ async def test_reset_refused_while_the_cause_still_fails_then_forced(
     assert forced.json()["breaker"]["state"] == "closed"
 
 
+@pytest.mark.parametrize(
+    ("state", "words"), [("half_open", "half-open"), ("disabled", "disabled"), ("closed", "closed")]
+)
+async def test_a_reset_is_refused_in_any_state_while_the_probe_fails(
+    client: httpx.AsyncClient, app: FastAPI, state: str, words: str
+) -> None:
+    """A reset says the agent is fit for calls: a released (half-open), disabled or closed
+    breaker whose agent still fails its probe was closed all the same."""
+    base = "/api/emergency/circuit-breaker/BMA"
+    if state == "half_open":
+        await client.post(f"{base}/force-open", json={"reason": "look"})
+        await client.post(f"{base}/release")
+    elif state == "disabled":
+        await client.post(f"{base}/disable")
+    breaker = app.state.runtime.team.get("budget").breaker
+    assert breaker.state.value == state
+    fault = {"component": "BMA", "errorType": "database"}
+    assert (await client.post("/api/emergency/simulate-error", json=fault)).status_code == 200
+    refused = await client.post(f"{base}/reset")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"].startswith(
+        f"breaker 'budget' is {words} and its health probe still fails (SimulatedDatabaseError"
+    )
+    assert breaker.state.value == state
+    forced = await client.post(f"{base}/reset", json={"force": True})
+    assert forced.status_code == 200 and breaker.state.value == "closed"
+
+
 async def test_reset_without_force_closes_the_breaker_once_the_fault_is_cleared(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:

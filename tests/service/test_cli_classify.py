@@ -193,3 +193,31 @@ def test_json_nested_deeper_than_it_can_be_read_is_refused_in_one_line(tmp_path:
     assert result.returncode == 2, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     assert "nested deeper than it can be read" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"rules: [a: {", "is not valid YAML at line 1, column 13 (expected the node content"),
+        (b"\xff\xfe rules", "is not UTF-8 text (byte 0)"),
+    ],
+)
+def test_a_rules_file_that_cannot_be_read_is_refused_in_one_line(
+    tmp_path: Path, content: bytes, said: str
+) -> None:
+    """PyYAML's own message is several lines, with the file's text in it."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_bytes(content)
+    span = tmp_path / "span.json"
+    span.write_text(json.dumps({"name": "agent.budget", "status": {"status_code": "ERROR"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "classify", "--explain", str(span)]
+        + ["--rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and said in lines[0], result.stderr
+    assert lines[0].startswith(f"ers: {rules} "), result.stderr

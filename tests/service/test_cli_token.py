@@ -4,6 +4,9 @@ does for ``ers serve``, so it does not hide the token file named beside it."""
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +29,35 @@ def test_a_blank_admin_token_variable_alone_is_no_token(monkeypatch: pytest.Monk
     monkeypatch.setenv("ERS_ADMIN_TOKEN", "  ")
     monkeypatch.delenv("ERS_ADMIN_TOKEN_FILE", raising=False)
     assert admin_token(argparse.Namespace(token_file=None)) is None
+
+
+def test_a_token_file_that_is_not_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_bytes(b"\xff\xfe")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--token-file", str(token_file)]
+        + ["--url", "http://127.0.0.1:9", "breakers", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"ers: cannot read the admin token file {token_file}")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_an_output_that_cannot_be_written_is_one_line_not_a_trace(tmp_path: Path) -> None:
+    """``> /dev/full``: every write fails with ENOSPC."""
+    span = tmp_path / "span.json"
+    span.write_text(json.dumps({"name": "agent.budget", "status": {"status_code": "ERROR"}}))
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "classify", "--explain", str(span)]
+            + ["-o", "json"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "ers: No space left on device\n", result.stderr
