@@ -10,11 +10,13 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from backup import RollbackResult, SnapshotNotFound
 from backup.locks import process_is_running
+from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.model import IncidentNotFound
@@ -36,6 +38,7 @@ class Rollbacks:
         self.backups = backups
         self.incidents = incidents
         self.audit = audit
+        self._unwritten: list[_Outcome] = []
 
     async def snapshot_before(self, incident_id: str | None, components: Sequence[str]) -> str:
         """The newest snapshot taken before the incident first appeared that holds all of
@@ -105,33 +108,65 @@ class Rollbacks:
         run: str | None = None,
     ) -> str | None:
         """Blocking (the incident store and the audit file): call off the event loop. A
-        record that cannot be written (a full disk) must not hide what the rollback did:
-        it is logged, and the reason is returned to be told with the rollback's outcome."""
+        record that cannot be written (a full disk, the database down) must not hide what the
+        rollback did: it is logged, kept to be written once the trail takes it
+        (``write_unwritten``), and the reason is returned to be told with the outcome."""
+        pending = _Outcome(request, result, error, run)
         try:
-            self._record(request, result, error, run)
+            pending.write(self)
         except Exception as exc:
             log.exception("could not record the rollback in the audit trail")
-            return f"the rollback is not in the audit trail: writing it failed ({exc})"
+            self._unwritten.append(pending)
+            return (
+                f"the rollback is not in the audit trail yet: writing it failed ({exc}); it is"
+                " written once the trail can be written again"
+            )
         return None
 
-    def _record(
-        self,
-        request: RollbackRequest,
-        result: RollbackResult | None,
-        error: str | None,
-        run: str | None,
-    ) -> None:
-        if request.beforeIncident:
+    def write_unwritten(self) -> None:
+        """Blocking: write the outcomes the trail could not take, oldest first; at shutdown
+        too, before the stores close."""
+        while self._unwritten:
+            try:
+                self._unwritten[0].write(self)
+            except Exception as exc:
+                log.warning("a rollback's outcome is still not in the audit trail: %s", exc)
+                return
+            done = self._unwritten.pop(0)
+            log.warning("the outcome of rollback %s is in the audit trail now", done.run)
+
+    async def run_retries(self, every_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if self._unwritten:
+                await asyncio.to_thread(self.write_unwritten)
+
+
+@dataclass(eq=False)
+class _Outcome:
+    """A rollback's outcome on its incident's timeline and in the audit trail; each written
+    once, also when the second fails and the outcome is written again later."""
+
+    request: RollbackRequest
+    result: RollbackResult | None
+    error: str | None
+    run: str | None
+    noted: bool = False
+
+    def write(self, rollbacks: Rollbacks) -> None:
+        request, result, error = self.request, self.result, self.error
+        if request.beforeIncident and not self.noted:
             words = f"rolled back to {result.snapshot_id}" if result else f"failed: {error}"
             with contextlib.suppress(LookupError):
-                self.incidents.add_timeline(
+                rollbacks.incidents.add_timeline(
                     request.beforeIncident,
                     "note",
                     f"rollback {words}",
                     "admin",
                     {"reason": request.reason},
                 )
-        self.audit.record(
+        self.noted = True
+        rollbacks.audit.record(
             "admin",
             "rollback",
             {
@@ -141,16 +176,16 @@ class Rollbacks:
                 "components": request.components,
                 "safetyBackupId": result.safety_snapshot_id if result else None,
                 "error": error,
-                "run": run,
+                "run": self.run,
             },
         )
 
 
 INTERRUPTED = (
-    "the process running it stopped before its outcome was written (a kill or a crash): the "
-    "live state is wholly the one before it or wholly the snapshot's (a swap it had begun is "
-    "undone at the next start: rollback_undone); its safety snapshot, if taken, is tagged "
-    "safety"
+    "the process running it stopped before its outcome was written (a kill or a crash, or a "
+    "trail it could not write to until it stopped): the live state is wholly the one before "
+    "it or wholly the snapshot's (a swap it had begun is undone at the next start: "
+    "rollback_undone); its safety snapshot, if taken, is tagged reason:pre-rollback"
 )
 
 
@@ -184,7 +219,7 @@ def _record_interrupted(
         detail = {
             key: started.get(key)
             for key in ("run", "backupId", "components", "beforeIncident", "reason", "pid")
-        } | {"startedBy": entry["actor"], "startedAt": entry["at"], "outcome": INTERRUPTED}
+        } | {"startedBy": entry["actor"], "startedAt": _iso(entry["at"]), "outcome": INTERRUPTED}
         audit.record("ers", "rollback_interrupted", detail)
         before = started.get("beforeIncident")
         target = started.get("backupId") or f"the snapshot before {before}"
@@ -201,3 +236,10 @@ def _record_interrupted(
                 incidents.add_timeline(before, "note", note, "ers", {"run": started["run"]})
         recorded.append(detail)
     return recorded
+
+
+def _iso(at: object) -> object:
+    """The trail's own time of an entry (seconds since the epoch), as every other time."""
+    if isinstance(at, int | float):
+        return iso(datetime.fromtimestamp(at, UTC))
+    return at

@@ -232,10 +232,11 @@ class BackupService:
             await self.manager.refresh()
         else:
             self._retry_now.set()
+        same = not outcome.created and outcome.previous_id == outcome.identity.expected_id
         log.warning(
             "backup repository %s %s (recorded before: %s)",
             outcome.identity.expected_id[:8],
-            "created" if outcome.created else "adopted",
+            "kept: it was the one in use" if same else "created" if outcome.created else "adopted",
             (outcome.previous_id or "none")[:8],
         )
         return outcome

@@ -296,6 +296,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             emergency_cooldown=emergency_cooldown,
         )
         rollbacks = Rollbacks(backups, incident_store, audit) if backups is not None else None
+        if rollbacks is not None:  # outcomes the trail could not take, written once it can
+            stack.callback(rollbacks.write_unwritten)
+            run_in_background(stack, rollbacks.run_retries(), "rollback-outcomes")
 
         # The responder runs each protocol's actions on the incidents; after a critical
         # failure, chat answers with short guidance for a while (minimal mode).

@@ -11,10 +11,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from service.backups.rollbacks import INTERRUPTED, record_interrupted
+from service.backups.rollbacks import INTERRUPTED, Rollbacks, record_interrupted
+from service.errors import StoreUnavailable
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.incidents.store import IncidentStore
@@ -71,6 +74,8 @@ def test_a_rollback_whose_process_is_gone_is_recorded_interrupted_once(audit: Au
     assert all(
         entry["startedBy"] == "admin" and entry["outcome"] == INTERRUPTED for entry in recorded
     )
+    # A time as every other time of the trail's replies, not seconds since the epoch.
+    assert all(str(entry["startedAt"]).endswith("Z") for entry in recorded), recorded
     newest = audit.recent(2)
     assert [(e["actor"], e["action"], e["detail"]["run"]) for e in newest] == [
         ("ers", "rollback_interrupted", restarted),
@@ -78,3 +83,33 @@ def test_a_rollback_whose_process_is_gone_is_recorded_interrupted_once(audit: Au
     ]
     assert newest[1]["detail"]["backupId"] == "abc123"
     assert record_interrupted(audit) == []  # the next start finds each one told already
+
+
+def test_an_outcome_the_trail_could_not_take_is_written_once_it_can(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback that failed while the database was down: its outcome was lost, and the
+    next start called it cut off by a kill or a crash."""
+    rollbacks = Rollbacks(None, None, audit)  # type: ignore[arg-type]
+    request = SimpleNamespace(
+        backupId="abc123", beforeIncident=None, reason="bad deploy", components=["budgets"]
+    )
+    run = started(audit, "bad deploy")
+    write = audit.record
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the database is down")
+
+    monkeypatch.setattr(audit, "record", down)
+    said = rollbacks.record(request, None, "failed at step 'restore'", run)  # type: ignore[arg-type]
+    assert said is not None and "not in the audit trail yet" in said
+    assert "written once the trail can be written again" in said
+    rollbacks.write_unwritten()  # still down: kept
+    monkeypatch.setattr(audit, "record", write)
+    rollbacks.write_unwritten()
+    (outcome,) = [e for e in audit.recent(5) if e["action"] == "rollback"]
+    assert outcome["detail"]["run"] == run
+    assert outcome["detail"]["error"] == "failed at step 'restore'"
+    rollbacks.write_unwritten()  # written once
+    assert [e["action"] for e in audit.recent(5)].count("rollback") == 1
+    assert record_interrupted(audit) == []
