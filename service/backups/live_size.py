@@ -1,9 +1,10 @@
 """The live state's size the status shows, read without holding the status up.
 
 On PostgreSQL the size is a query on a connection of its own, and the status is read often:
-the size is read again at most every ``READ_EVERY_S``, by one read at a time, which a status
-waits ``WAIT_S`` for at most before it shows the last size known. A hung database server then
-holds up that read alone, not every status request behind it.
+the size is read again at most every ``READ_EVERY_S``, by one read at a time, in the
+background: a status shows the last size known at once (one read old at most), and waits
+``WAIT_S`` at most only for the first read. A hung database server then holds up that read
+alone, never a status request.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ class LiveSize:
             return self._known[1]
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self._read_now())
+        if self._known is not None:  # the next status shows what this read finds
+            return self._known[1]
         try:
             async with asyncio.timeout(WAIT_S):
                 return await asyncio.shield(self._reading)
         except TimeoutError:
-            return self._known[1] if self._known else f"not read within {WAIT_S:g} s"
+            return f"not read within {WAIT_S:g} s"
 
     async def _read_now(self) -> int | str:
         size: int | str
