@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -96,6 +97,22 @@ class BackupResult:
     coalesced: bool = False
     reused_snapshot_id: str | None = None
     made: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def nothing_changed(
+        cls,
+        names: Sequence[str],
+        reason: str,
+        started_at: datetime,
+        duration_s: float,
+        holders: set[str | None],
+    ) -> BackupResult:
+        """Every component skipped; ``holders``: the snapshots that hold them as they are
+        (one: it is reused, and named)."""
+        reused = next(iter(holders)) if len(holders) == 1 else None
+        return cls(
+            None, reason, (), tuple(names), started_at, duration_s, reused_snapshot_id=reused
+        )
 
     @property
     def data_added(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import socket
 import time
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from psycopg import sql
 
 from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
@@ -31,7 +34,7 @@ from backup.errors import (
     SnapshotNotFound,
     UnknownComponent,
 )
-from backup.events import BackupFailed, BackupSucceeded, EventPublisher
+from backup.events import BackupFailed, BackupSkipped, BackupSucceeded, EventPublisher
 from backup.index import SnapshotIndex, tags_for
 from backup.models import (
     BackupResult,
@@ -47,6 +50,8 @@ from backup.restic import Restic
 POSTGRES_TAG = "backend:postgresql"
 # Room for pg_rollback's "__old_<random>" within PostgreSQL's 63-byte names.
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class PgSchemas:
         self.index = index
         self.events = events
         self.database = PgConnection.from_url(config.database_url)
+        # Per component, its contents when it was last backed up here, and that snapshot.
+        self._signed: dict[str, tuple[str, str]] = {}
         self.tools = PgTools.find(config.bin_dir)
         self.rollback = PgRollback(restic, self.database, self.tools, config, self.backup_one)
         self.preview, self.apply = self.rollback.preview, self.rollback.apply
@@ -125,9 +132,24 @@ class PgSchemas:
     async def take(self, request: BackupRequest) -> BackupResult:
         """One snapshot per component, made side by side; every backup runs to its end and
         the first failure, if any, is raised after. The result names the first snapshot,
-        every snapshot with its component, and the summaries added up."""
+        every snapshot with its component, and the summaries added up. With
+        ``skip_unchanged``, a component whose contents are those of its last snapshot here
+        (still in the repository) is skipped; a ``full`` request skips all or none."""
         names, reason, timeout = request.names, request.reason, request.timeout
-        started = time.monotonic()
+        started, started_at = time.monotonic(), datetime.now(UTC)
+        # Read before the dumps: a write that lands meanwhile makes the next reading differ.
+        looks = await self._contents(names) if request.skip_unchanged else {}
+        unchanged = [n for n in names if self._unchanged(n, looks.get(n))]
+        if request.full and len(unchanged) < len(names):
+            unchanged = []  # a full backup is all of them or none, as with SQLite
+        if unchanged and len(unchanged) == len(names):
+            holders: set[str | None] = {self._signed[n][1] for n in names}
+            result = BackupResult.nothing_changed(
+                names, reason, started_at, time.monotonic() - started, holders
+            )
+            self.events.publish(BackupSkipped(result))
+            return result
+        names = [n for n in names if n not in unchanged]
         backups = asyncio.gather(
             *(self.backup_one(c, reason) for c in names), return_exceptions=True
         )
@@ -147,15 +169,60 @@ class PgSchemas:
                 raise ResticCommandFailed(message) from None
             raise
         results = [o for o in outcomes if isinstance(o, BackupResult)]
+        for name, made in zip(names, results, strict=True):
+            if looks.get(name) is not None and made.snapshot_id is not None:
+                self._signed[name] = (str(looks[name]), made.snapshot_id)
         summaries = [r.summary for r in results if r.summary is not None]
         return dataclasses.replace(
             results[0],
+            skipped=tuple(unchanged),
             components=tuple(c for r in results for c in r.components),
             duration_seconds=time.monotonic() - started,
             total_size=sum(r.total_size for r in results),
             summary=BackupSummary.of_all(summaries) if summaries else None,
             made=tuple(p for r in results for p in r.snapshots),
         )
+
+    def _unchanged(self, component: str, contents: str | None) -> bool:
+        signed = self._signed.get(component)
+        if contents is None or signed is None or signed[0] != contents:
+            return False
+        return self.index.contains(signed[1])  # forgotten since: a new one is due
+
+    async def _contents(self, names: Sequence[str]) -> dict[str, str | None]:
+        """Each component's contents in a few bytes: per table, its rows and the sum of their
+        64-bit hashes (in no order, holding no row in memory); equal for equal contents, a
+        row changed, added or removed changes it. None when it cannot be read: backed up."""
+        found: dict[str, str | None] = {}
+        for name in names:
+            try:
+                found[name] = await self._read_contents(self.config.schemas[name])
+            except BackupError as exc:
+                found[name] = None
+                log.warning("%s is backed up: whether it changed is not known (%s)", name, exc)
+        return found
+
+    async def _read_contents(self, schema: str) -> str:
+        tables = await self.database.execute(
+            "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'"
+            " ORDER BY c.relname",
+            f"listing the tables of {schema}",
+            (schema,),
+            failure=BackupError,
+        )
+        if not tables:
+            return ""
+        each = sql.SQL(
+            "SELECT {name}, count(*), COALESCE(sum(hashtextextended(t::text, 0)::numeric), 0)"
+            " FROM {table} t"
+        )
+        query = sql.SQL(" UNION ALL ").join(
+            each.format(name=sql.Literal(str(table)), table=sql.Identifier(schema, str(table)))
+            for (table,) in tables
+        )
+        rows = await self.database.execute(query, f"reading {schema}", failure=BackupError)
+        return ";".join(f"{table}:{count}:{total}" for table, count, total in sorted(rows))
 
     async def backup_one(self, component: str, reason: str) -> BackupResult:
         schema = self.config.schemas[component]

@@ -226,15 +226,8 @@ class Snapshotter:
         started: float,
         holders: set[str | None],
     ) -> BackupResult:
-        reused = next(iter(holders)) if len(holders) == 1 else None
-        result = BackupResult(
-            snapshot_id=None,
-            reason=reason,
-            components=(),
-            skipped=tuple(names),
-            started_at=started_at,
-            duration_seconds=time.monotonic() - started,
-            reused_snapshot_id=reused,
+        result = BackupResult.nothing_changed(
+            names, reason, started_at, time.monotonic() - started, holders
         )
         self.events.publish(BackupSkipped(result))
         return result

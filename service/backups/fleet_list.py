@@ -4,7 +4,8 @@ within ``fleet_poll_interval_s``, not only at its next ``backup_refresh_interval
 Replicas share one repository, but each serves the snapshot list from memory: the one that
 ran the fleet's scheduled backups listed five new snapshots while the others' `ers status`
 said `backups 0` for minutes. The replica that changed the repository (a backup, a
-rollback's safety snapshot, retention) stamps ``snapshots`` in the shared system_state store;
+rollback's safety snapshot, retention) stamps ``snapshots`` in the fleet's stamps
+(``service.fleet.stamps``, not the backed-up system_state, which it would change each time);
 every replica reads the stamp every poll and re-reads its list (`restic snapshots`) when the
 stamp moved.
 """
@@ -21,7 +22,7 @@ from backup import BackupError
 from backup.events import BackupSucceeded, RollbackFinished, SnapshotsForgotten
 from service.backups.service import BackupService, BackupsUnavailable
 from service.errors import StoreUnavailable
-from service.stores.base import SystemStateBackend
+from service.fleet.stamps import FleetStamps
 
 log = logging.getLogger("ers.backups")
 
@@ -31,7 +32,7 @@ KEY = "snapshots"
 class FleetSnapshotList:
     """Stamps this replica's changes to the repository, and follows the others'."""
 
-    def __init__(self, backups: BackupService, state: SystemStateBackend, replica: str) -> None:
+    def __init__(self, backups: BackupService, state: FleetStamps, replica: str) -> None:
         self._backups, self._state, self._replica = backups, state, replica
         self._seen: Any = None
         self._stamping: set[asyncio.Task[None]] = set()

@@ -23,6 +23,7 @@ from service.backups.metrics import BackupMetrics
 from service.backups.offsite import start_offsite_copies
 from service.backups.service import BackupService, BackupsUnavailable
 from service.fleet import FleetLeader
+from service.fleet.stamps import FleetStamps
 from service.settings import Settings
 from service.stores import Stores
 from service.tasks import run_in_background
@@ -97,7 +98,7 @@ def start_backup_jobs(
     run_in_background(stack, backups.connect(), "backups-connect")
     run_in_background(stack, run_refresh(backups), "backups-refresh")
     if replica is not None and stores.database is not None:
-        shared = FleetSnapshotList(backups, stores.system_state, replica)
+        shared = FleetSnapshotList(backups, FleetStamps(stores.database), replica)
         backups.subscribe(shared.on_event)
         every_s = settings.fleet_poll_interval_s
         run_in_background(stack, shared.follow(every_s), "backups-fleet-list")

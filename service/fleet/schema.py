@@ -34,6 +34,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("ALTER TABLE ers_fleet.overrides ADD COLUMN incident TEXT",),
     # A breaker an operator disabled (every call let through), on every replica.
     ("ALTER TABLE ers_fleet.overrides ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT false",),
+    # Stamps replicas leave each other (service.fleet.stamps).
+    (
+        """CREATE TABLE ers_fleet.stamps (
+            key TEXT PRIMARY KEY,
+            value JSONB NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ),
 )
 
 # A forced open starts a new round of trials, so it clears the lease, and so does a trial

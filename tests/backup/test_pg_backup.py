@@ -437,3 +437,42 @@ async def test_a_scratch_database_in_use_by_another_replica_is_left_alone(
     assert leftovers(pg_url) == ([], [])
     preview = await backups.test_rollback(made.snapshot_id)
     assert preview.ok
+
+
+async def scheduled(backups: BackupManager) -> BackupResult:
+    """A scheduled backup: unchanged components are skipped."""
+    return await backups.create(["budgets", "profiles"], "scheduled", skip_unchanged=True)
+
+
+async def test_a_scheduled_backup_skips_a_component_whose_rows_did_not_change(
+    backups: BackupManager, stores: Stores, restic: Restic
+) -> None:
+    """Every scheduled backup on PostgreSQL used to be a snapshot, identical ones too, and
+    retention keeps a number of snapshots per component: an idle component's history
+    shrank to that many intervals."""
+    await set_limit(stores, "u1", "food", 10_000)
+    await upsert_profile(stores, "u1", goal="run a marathon")
+    first = await scheduled(backups)
+    assert sorted(first.components) == ["budgets", "profiles"] and first.skipped == ()
+
+    nothing = await scheduled(backups)  # no row written since
+    assert nothing.snapshot_id is None and sorted(nothing.skipped) == ["budgets", "profiles"]
+
+    await add_expense(stores, "u1", "food", 1_250)
+    one = await scheduled(backups)
+    assert one.components == ("budgets",) and one.skipped == ("profiles",)
+
+    await upsert_profile(stores, "u1", goal="run a half marathon")
+    other = await scheduled(backups)
+    assert other.components == ("profiles",) and other.skipped == ("budgets",)
+
+    # A full backup is all of the components or none: one changed, all of them again.
+    await add_expense(stores, "u1", "food", 300)
+    full = await backups.create(None, "scheduled", skip_unchanged=True)
+    assert sorted(full.components) == sorted(backups.backend.components), full
+    assert (await backups.create(None, "scheduled")).skipped == tuple(backups.backend.components)
+
+    asked = await backups.create(["budgets"], "manual", skip_unchanged=False)
+    assert asked.components == ("budgets",)  # one a person asks for is always a snapshot
+    snapshots = json.loads((await restic.run(["snapshots", "--json"])).stdout)
+    assert len(snapshots) == 2 + 1 + 1 + len(backups.backend.components) + 1
