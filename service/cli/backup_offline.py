@@ -20,7 +20,7 @@ from service.backups.replies import (
     rollback_reply,
     snapshot_reply,
 )
-from service.cli.output import Activity
+from service.cli.output import USAGE, Activity, CliError
 from service.settings import load_settings
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
@@ -152,7 +152,16 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
     from service.fleet.datadir_lock import offline_access
 
     mutating = args.action in OFFLINE_CHANGES
-    async with offline_access(load_settings(), mutating=mutating) as owns_data_dir:
+    settings = load_settings()
+    if settings.database_url is None and args.action != "init" and not settings.data_dir.exists():
+        # A mistyped ERS_DATA_DIR was made, with a lock and a repository record in it, and
+        # its empty state listed as the service's.
+        raise CliError(
+            f"the data directory {settings.data_dir} does not exist: set ERS_DATA_DIR to the"
+            " service's (its default is var/data, under the directory ERS runs in)",
+            USAGE,
+        )
+    async with offline_access(settings, mutating=mutating) as owns_data_dir:
         if args.action == "init":
             return await _offline_init()
         manager = await _offline_manager(owns_data_dir)

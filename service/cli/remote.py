@@ -77,7 +77,10 @@ def admin_token(args: argparse.Namespace) -> str | None:
 
 def segment(value: str) -> str:
     """An argument as one segment of a path: a '/', '?' or '..' in it would otherwise make
-    the request go to another route (`ers incidents show ../backups` read the backups)."""
+    the request go to another route (`ers incidents show ../backups` read the backups), and
+    an empty one to the list's route, whose redirect read as a service that is not ERS."""
+    if not value.strip():
+        raise CliError("the name or id given is empty; the list commands show them", USAGE)
     if value in (".", ".."):
         return value.replace(".", "%2E")  # quote() keeps dots, and a client drops these
     return quote(value, safe="")

@@ -156,3 +156,21 @@ def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: P
     assert json.loads(fresh.stdout)["previousRepositoryId"] == first_id
     empty = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
     assert empty.returncode == 0 and json.loads(empty.stdout)["backups"] == []
+
+
+def test_an_offline_command_on_a_data_directory_that_does_not_exist_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A mistyped ERS_DATA_DIR was created, with a lock and a repository record in it, and
+    its empty state listed as the service's."""
+    typo = tmp_path / "dta"
+    env = {
+        "ERS_DATA_DIR": str(typo),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    for action in (["list"], ["check"], ["create", "--reason", "manual"]):
+        refused = ers(["backup", "--offline", *action], env, tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith(f"ers: the data directory {typo} does not exist")
+        assert not typo.exists()
