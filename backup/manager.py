@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -64,6 +65,8 @@ from backup.models import (
 from backup.repository import RepositoryConfig, open_identified
 from backup.restic import ProgressCallback, Restic
 from backup.sharing import RepositorySharing
+
+log = logging.getLogger(__name__)
 
 
 class BackupManager:
@@ -183,7 +186,10 @@ class BackupManager:
     async def shutdown_backup(self, timeout: float | None = None) -> BackupResult:
         """The final full backup when the service stops, bounded by `timeout` seconds."""
         limit = self.shutdown_timeout_seconds if timeout is None else timeout
-        return await self.create(None, BackupReason.SHUTDOWN, timeout=limit)
+        result = await self.create(None, BackupReason.SHUTDOWN, timeout=limit)
+        if result.snapshot_id is None:
+            log.info("final backup: nothing changed since the last snapshot; none taken")
+        return result
 
     def _check_components(self, components: Sequence[str] | None) -> list[str]:
         known = self.backend.components

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from service.cli.backup_offline import COMPONENTS, run_offline
@@ -177,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         result["undoCommand"] = undo_command(result, offline=args.offline)
     emit(args, result, TABLES[args.action])
     if args.action in ("check", "drill") and not result.get("ok"):
+        what = "repository check" if args.action == "check" else "restore drill"
+        print(f"ers: the {what} found problems: see its output", file=sys.stderr)
         return FAILED
     return OK
 

@@ -103,6 +103,13 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     assert not_an_id.returncode == 4, not_an_id.stderr
     assert "latest" in not_an_id.stderr
 
+    # A check that finds problems: its report on stdout, one line on stderr, exit 1.
+    next((tmp_path / "repo" / "data").glob("*/*")).unlink()
+    damaged = ers(["backup", "check", "--offline"], env, tmp_path)
+    assert damaged.returncode == 1, damaged.stderr
+    assert damaged.stdout.startswith("repository check FAILED"), damaged.stdout
+    assert damaged.stderr == "ers: the repository check found problems: see its output\n"
+
 
 def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: Path) -> None:
     env = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -225,10 +226,15 @@ async def test_retention_keeps_the_last_snapshots_of_every_component(
 
 
 async def test_drill_newest_before_and_shutdown_backup(
-    manager: BackupManager, state_files: dict[str, Path]
+    manager: BackupManager, state_files: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     full = await manager.shutdown_backup(timeout=60)
     assert full.reason == "shutdown"
+    # Nothing changed since: no snapshot, and the log says so rather than nothing.
+    with caplog.at_level(logging.INFO, logger="backup.manager"):
+        again = await manager.shutdown_backup(timeout=60)
+    assert again.snapshot_id is None
+    assert "final backup: nothing changed since the last snapshot; none taken" in caplog.text
     drill = await manager.verify_latest()
     assert drill.ok and {f.component for f in drill.files} == set(state_files)
     assert manager.status().last_verified == drill.verified_at
