@@ -137,20 +137,20 @@ def system_health() -> Json:
 def agents() -> Json:
     calls = f"ers_agent_calls_total{{{AGENT}"
     failed = f'sum by (agent) (rate({calls}, outcome=~"failure|timeout"}}{RATE}))'
+    reached = f'sum by (agent) (rate({calls}, outcome!="rejected"}}{RATE}))'
     codes = {"closed": 0, "half_open": 1, "open": 2, "forced_open": 3, "disabled": 4}
     # One number per agent for the timeline: only the current state's series is 1.
-    state = " or ".join(
-        f'ers_breaker_state{{{AGENT}, state="{s}"}} * {c}' for s, c in codes.items()
-    )
+    state = " or ".join(f'ers_breaker_state{{{AGENT}, state="{s}"}} * {c}'
+                        for s, c in codes.items())
     state_text = {str(c): (s.replace("_", " "), BREAKERS[s]) for s, c in codes.items()}
     forced = f"ers_breaker_forced_opens_total{{{AGENT}}}"
     panels = [
         timeseries("Calls by outcome", "ops",
                    q(f"sum by (agent, outcome) (rate({calls}}}{RATE}))", "{{agent}} {{outcome}}")),
         timeseries("Error ratio", "percentunit",
-                   q(f"{failed} / sum by (agent) (rate({calls}}}{RATE}))", "{{agent}}"),
-                   description="Failures and timeouts over all calls; breaker rejections and "
-                   "user errors are not the agent's failures."),
+                   q(f"{failed} / {reached}", "{{agent}}"),
+                   description="Failures and timeouts over the calls that reached the agent, as "
+                   "AgentErrorRatioHigh reads them: a breaker's rejections count in neither."),
         timeseries("Latency", "s",
                    *quantiles(f"ers_agent_call_duration_seconds_bucket{{{AGENT}}}", "agent",
                               "{{agent}} "),
