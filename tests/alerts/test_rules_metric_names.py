@@ -43,7 +43,15 @@ ERS_METRICS = frozenset(
     }
 )
 # What the watchers serve, for the alerts that watch them (the ers-monitoring group).
-WATCHER_METRICS = frozenset({"alertmanager_notifications_failed_total"})
+WATCHER_METRICS = frozenset(
+    {
+        "alertmanager_notifications_failed_total",
+        # The collector's failed sends to ERS's intake, with the name v0.109 on gives, and
+        # the one it gave before.
+        "otelcol_exporter_send_failed_spans_total",
+        "otelcol_exporter_send_failed_spans",
+    }
+)
 
 PROMQL_KEYWORDS = frozenset(
     {
