@@ -19,7 +19,7 @@ from service.cli.output import (
     activity,
     emit,
 )
-from service.cli.remote import actions_of, call, command, segment
+from service.cli.remote import DEFAULT_URL, actions_of, call, command, segment
 
 # What each action's table (and the undo command of a rollback) reads of the service's reply.
 REPLY_KEYS = {
@@ -175,13 +175,21 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "create" and result.get("backupId") is None:
         result["unchangedSince"] = _unchanged_since(result, args)
     if args.action == "rollback":
-        result["undoCommand"] = undo_command(result, offline=args.offline)
+        result["undoCommand"] = undo_command(result, offline=args.offline, where=_where(args))
     emit(args, result, TABLES[args.action])
     if args.action in ("check", "drill") and not result.get("ok"):
         what = "repository check" if args.action == "check" else "restore drill"
         print(f"ers: the {what} found problems: see its output", file=sys.stderr)
         return FAILED
     return OK
+
+
+def _where(args: argparse.Namespace) -> list[str]:
+    """The options an undo needs to reach the same service as the rollback did."""
+    where = [] if args.url == DEFAULT_URL else ["--url", args.url]
+    if getattr(args, "token_file", None) is not None:
+        where += ["--token-file", str(args.token_file)]
+    return where
 
 
 OFFLINE_HELP = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -135,13 +137,15 @@ def _rollback_table(out: Console, data: dict[str, Any]) -> None:
         out.print(note)
 
 
-def undo_command(data: dict[str, Any], *, offline: bool) -> str:
+def undo_command(data: dict[str, Any], *, offline: bool, where: Sequence[str] = ()) -> str:
     """The command that puts back what a rollback replaced, complete as printed: an offline
-    rollback's undo is offline too, since the service it ran without is not there to ask."""
+    rollback's undo is offline too, since the service it ran without is not there to ask;
+    ``where``: the options naming the service and the token, as given to the rollback."""
     safety, target = short_id(data["safetyBackupId"]), short_id(data["backupId"])
     return (
         f"ers backup rollback {safety} --components {' '.join(data['components'])} "
-        f'--reason "undo the rollback to {target}" --yes' + (" --offline" if offline else "")
+        f'--reason "undo the rollback to {target}" --yes'
+        + (" --offline" if offline else "".join(f" {shlex.quote(o)}" for o in where))
     )
 
 

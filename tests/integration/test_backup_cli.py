@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
             ["backup", "rollback", backup_id, "--reason", "x", "--url", service.url], env, tmp_path
         )
         assert refused.returncode == 2 and "--yes" in refused.stderr
+        # The undo it prints reaches the same service when run as printed (it went to the
+        # default URL when the rollback was given --url).
+        rolled = ers(
+            ["backup", "rollback", backup_id, "--reason", "x", "--yes", "--url", service.url]
+            + ["--json"],
+            env,
+            tmp_path,
+        )
+        assert rolled.returncode == 0, rolled.stderr
+        undo = shlex.split(json.loads(rolled.stdout)["undoCommand"])
+        assert undo[-2:] == ["--url", service.url], undo
+        undone = ers(undo[1:], env, tmp_path)
+        assert undone.returncode == 0, undone.stderr
         httpx.post(f"{service.url}/chat", json={"message": "budget report"}, timeout=30)
     finally:
         assert service.stop() == 0
@@ -56,7 +70,7 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     offline = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
     assert offline.returncode == 0, offline.stderr
     snapshots = json.loads(offline.stdout)["backups"]
-    assert {s["reason"] for s in snapshots} == {"manual", "shutdown"}
+    assert {s["reason"] for s in snapshots} == {"manual", "pre-rollback", "shutdown"}
 
     # With the service down: change data, then roll back offline.
     db = sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
