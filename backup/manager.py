@@ -289,7 +289,13 @@ class BackupManager:
                 continue
             files += [c.verification for c in preview.components]
         newest = max(plan, key=lambda step: step[0].time)[0]
-        result = DrillResult(newest.id, datetime.now(UTC), time.monotonic() - started, (*files,))
+        result = DrillResult(
+            newest.id,
+            datetime.now(UTC),
+            time.monotonic() - started,
+            (*files,),
+            {name: snapshot.id for snapshot, names in plan for name in names},
+        )
         if result.ok:
             self._last_verified = result.verified_at
         self.events.publish(DrillFinished(result))

@@ -179,10 +179,12 @@ class FileVerification:
 class DrillResult:
     """A restore drill: the latest full snapshot restored into scratch and verified."""
 
-    snapshot_id: str
+    snapshot_id: str  # the newest of those restored
     verified_at: datetime
     duration_seconds: float
     files: tuple[FileVerification, ...]
+    # The snapshot each component was restored from (with PostgreSQL, one per component).
+    snapshot_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

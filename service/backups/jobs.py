@@ -231,7 +231,8 @@ async def drill(backups: BackupService) -> bool:
 
 def drill_problem(result: DrillResult) -> str | None:
     """What the drill found wrong, with the components it concerns (one failed restore of
-    a snapshot holding several is said once); None when every file verified."""
+    a snapshot holding several is said once), and the snapshot they came from; None when
+    every file verified."""
     components: dict[str, list[str]] = {}
     for f in result.files:
         if not f.ok:
@@ -239,5 +240,15 @@ def drill_problem(result: DrillResult) -> str | None:
             components.setdefault(found, []).append(f.component)
     if not components:
         return None
-    problems = "; ".join(f"{', '.join(names)}: {found}" for found, names in components.items())
-    return f"snapshot {result.snapshot_id[:8]}: {problems}"
+
+    def source(component: str) -> str:
+        return result.snapshot_of.get(component, result.snapshot_id)[:8]
+
+    sources = {source(c) for names in components.values() for c in names}
+    if len(sources) == 1:  # one snapshot (always with SQLite): named once
+        problems = "; ".join(f"{', '.join(names)}: {found}" for found, names in components.items())
+        return f"snapshot {next(iter(sources))}: {problems}"
+    return "; ".join(
+        ", ".join(f"{c} (snapshot {source(c)})" for c in names) + f": {found}"
+        for found, names in components.items()
+    )

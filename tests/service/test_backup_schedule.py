@@ -76,3 +76,30 @@ def test_a_failed_drill_runs_again_after_a_newer_full_snapshot_or_its_retry_time
     assert drill_due(drilled(now - 60, False, now - 30), now)
     assert not drill_due(drilled(now - DRILL_RETRY_S + 1, False, now - 7200), now)
     assert drill_due(drilled(now - DRILL_RETRY_S, False, now - 7200), now)
+
+
+def test_a_failed_drill_names_the_snapshot_each_failing_component_came_from() -> None:
+    """With PostgreSQL each component is restored from its own snapshot: the problem named
+    the newest of them, a budgets snapshot, for a conversations failure."""
+    from datetime import UTC, datetime
+
+    from backup.models import DrillResult, FileVerification
+    from service.backups.jobs import drill_problem
+
+    files = (
+        FileVerification("budgets", "ok", True, 10),
+        FileVerification("conversations", "pg_restore failed", None, 0),
+        FileVerification("profiles", "pg_restore failed", None, 0),
+    )
+    per_component = {"budgets": "b9c0a844" * 8, "conversations": "c0ffee00" * 8}
+    per_component["profiles"] = "d00dfeed" * 8
+    result = DrillResult(per_component["budgets"], datetime.now(UTC), 1.0, files, per_component)
+    assert drill_problem(result) == (
+        "conversations (snapshot c0ffee00), profiles (snapshot d00dfeed): pg_restore failed"
+    )
+    one = DrillResult("aaaabbbb" * 8, datetime.now(UTC), 1.0, files[:2])  # SQLite: one snapshot
+    assert drill_problem(one) == "snapshot aaaabbbb: conversations: pg_restore failed"
+    failing_one = {**per_component, "profiles": per_component["conversations"]}
+    assert drill_problem(DrillResult("x" * 64, datetime.now(UTC), 1.0, files, failing_one)) == (
+        "snapshot c0ffee00: conversations, profiles: pg_restore failed"
+    )
