@@ -73,7 +73,7 @@ def roll_back_the_isolation(http: httpx.Client, backup: httpx.Response) -> None:
     )
     assert rolled.status_code == 200, rolled.text
     assert rolled.json()["restored"] == [
-        "restored 1 forced open: workout until released (operator: bad plans)"
+        "restored 1 forced open: workout until released (admin:loopback: bad plans)"
     ]
 
 
@@ -105,7 +105,7 @@ def test_forced_open_and_disabled_breakers_survive_a_restart(
         assert workout["state"] == "forced_open"
         assert workout["forced"] == {
             "reason": "bad plans",
-            "source": "operator",
+            "source": "admin:loopback",
             "expiresAt": expires_at,
         }
         assert after["budget"]["state"] == "disabled"
@@ -236,7 +236,7 @@ def test_on_postgresql_the_fleet_and_the_kept_state_agree_across_a_restart(
         after = breakers(again)
         workout = after["workout"]
         assert workout["state"] == "forced_open"
-        assert workout["forced"]["source"] == "operator"
+        assert workout["forced"]["source"] == "admin:loopback"
         assert workout["forced"]["reason"].startswith("bad plans")
         restored_until = datetime.fromisoformat(workout["forced"]["expiresAt"])
         assert abs((restored_until - expires_at).total_seconds()) < 1
