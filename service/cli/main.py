@@ -250,7 +250,14 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # named by the command they were given to, whose help lists what it takes
+        command = " ".join(filter(None, ("ers", args.command, getattr(args, "action", None))))
+        parser.exit(
+            USAGE,
+            f"ers: unrecognized arguments: {' '.join(extras)}; `{command} --help` shows the"
+            " usage\n",
+        )
     handler: Handler = args.handler
     try:
         code = handler(args)
