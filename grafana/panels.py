@@ -19,9 +19,8 @@ TEMPO = {"type": "tempo", "uid": TEMPO_UID}
 # Exemplars, the trace ids Grafana links a latency point to, come from Tempo's metrics
 # generator alone: its span-metrics histogram (remote-written to Prometheus with
 # send_exemplars, deploy/tempo.yaml) puts the trace id in an exemplar label named traceID.
-# ERS's own /metrics carries none (opentelemetry-exporter-prometheus writes no exemplars),
-# and the collector's spanmetrics connector would label them trace_id but runs without
-# exemplars. The Prometheus datasource's exemplar destination must use the same name.
+# ERS's own /metrics carries none (opentelemetry-exporter-prometheus writes no exemplars).
+# The Prometheus datasource's exemplar destination must use the same name.
 SPAN_LATENCY = "traces_spanmetrics_latency_bucket"
 EXEMPLAR_TRACE_ID_LABEL = "traceID"
 # Grafana 11's dashboard schema; Grafana migrates older ones on load, never newer ones.

@@ -134,7 +134,6 @@ def test_prometheus_scrapes_ers_itself_and_the_watchers_every_15s_and_alerts_ale
         "prometheus": ["localhost:9090"],
         "alertmanager": ["alertmanager:9093"],
         "otel-collector": ["otel-collector:8888"],
-        "otel-collector-spanmetrics": ["otel-collector:8889"],
         "tempo": ["tempo:3200"],
         "grafana": ["grafana:3000"],
     }
