@@ -18,12 +18,20 @@ thread, one outcome per incident touched per batch (not one per failure: a storm
 is one "updated" outcome per batch with its occurrence count).
 A subscriber must be quick and must not block; to reach an event loop it should hand over with
 ``loop.call_soon_threadsafe``. A subscriber that raises is logged and never stops the worker.
+
+Through an outage of the store (``outages``: its database down, a full disk), this process's
+own error spans are held, classified, up to ``hold_max``, and written with the next batch or
+within ``retry_s`` once the store takes them: they were the only record of what failed
+during the outage (the intake's senders are told and send theirs again). Written late, each
+carries ``ers.held_s``, the seconds it waited, so that nothing acts on it as on a new
+failure.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -104,6 +112,8 @@ class IncidentProcessor(SpanProcessor):
         linger_s: float = 0.05,
         ignore: Callable[[ReadableSpan], bool] | None = None,
         outages: tuple[type[Exception], ...] = (),
+        hold_max: int = 1_000,
+        retry_s: float = 5.0,
     ) -> None:
         """``ignore``: error spans it returns True for are not incidents (e.g. the server
         span of a health endpoint reporting a failure with its status code). ``outages``:
@@ -135,6 +145,9 @@ class IncidentProcessor(SpanProcessor):
         self._enclosing = EnclosingFailures()
         self._subscriber_errors = 0
         self._subscribers: list[Subscriber] = []
+        # Own error spans the store could not take through an outage, with when they ended.
+        self._held: deque[tuple[SpanRecord, Classification]] = deque()
+        self._hold_max, self._retry_s, self._retry_at = hold_max, retry_s, 0.0
         self._worker = threading.Thread(target=self._run, name="ers-incidents", daemon=True)
         self._worker.start()
 
@@ -256,7 +269,10 @@ class IncidentProcessor(SpanProcessor):
             self._wake.clear()
             if not queue:
                 if self._exit:
+                    self._give_up_held()
                     return
+                if self._held and time.monotonic() >= self._retry_at:
+                    self._write([])
                 self._wake.wait(self._idle_wait_s)
                 continue
             if self._linger_s > 0 and self._waiting() < self.batch_size:
@@ -299,27 +315,68 @@ class IncidentProcessor(SpanProcessor):
         if sent:  # other services' spans: a failure reported around itself counts once
             counted = self._enclosing.counted(sent)
             batch = [item for item in batch if not isinstance(item, SpanRecord)] + counted
+        own = 0  # this process's spans come first in the batch
         for item in batch:
             try:
                 record = (
                     item if isinstance(item, SpanRecord) else SpanRecord.from_readable_span(item)
                 )
                 items.append((record, classify(record)))
+                own += not isinstance(item, SpanRecord)
             except Exception:
                 self._failed += 1
                 log.exception("could not classify an error span; it is skipped")
         self._classified += len(items)
-        try:
-            outcomes = self.store.record_errors(items)
-        except Exception as exc:
-            self._failed += len(items)
-            if isinstance(exc, self._outages):
-                log.error("could not write %d error spans: %s", len(items), exc)
-            else:
-                log.exception("could not write %d error spans to the incident store", len(items))
+        if not self._write(items, own):
             return False
         self._enclosing.remember(counted)
         self._joined += len(sent) - len(counted)
+        return True
+
+    def _write(self, items: list[tuple[SpanRecord, Classification]], own: int = 0) -> bool:
+        """Write the held spans and ``items`` in one transaction, and publish the outcomes.
+        The first ``own`` of ``items`` are this process's: held through an outage."""
+        held = list(self._held)
+        if held:
+            now_ns = time.time_ns()
+            for record, _ in held:
+                record.attributes["ers.held_s"] = round((now_ns - record.end_ns) / 1e9, 1)
+        try:
+            outcomes = self.store.record_errors(held + items)
+        except Exception as exc:
+            self._retry_at = time.monotonic() + self._retry_s
+            if isinstance(exc, self._outages):
+                self._hold(items[:own])
+                self._failed += len(items) - own
+                log.error("could not write %d error spans: %s", len(held) + len(items), exc)
+            else:  # not the store being away: writing the same again would fail the same
+                self._failed += len(held) + len(items)
+                self._held.clear()
+                log.exception("could not write %d error spans to the incident store", len(items))
+            return False
+        if held:
+            self._held.clear()
+            log.warning("wrote %d error spans held through the incident store's outage", len(held))
+        self._publish(outcomes)
+        return True
+
+    def _hold(self, items: list[tuple[SpanRecord, Classification]]) -> None:
+        room = self._hold_max - len(self._held)
+        self._held.extend(items[:room])
+        if len(items) > room:
+            self._failed += len(items) - room  # the oldest are kept: they began the outage
+
+    def _give_up_held(self) -> None:
+        if self._held:
+            self._failed += len(self._held)
+            log.error(
+                "%d error spans held through the incident store's outage were not written: "
+                "it was still unavailable when the service stopped",
+                len(self._held),
+            )
+            self._held.clear()
+
+    def _publish(self, outcomes: Sequence[Any]) -> None:
         subscribers = self._subscribers
         for outcome in outcomes:
             for subscriber in subscribers:
@@ -333,4 +390,3 @@ class IncidentProcessor(SpanProcessor):
                         log.exception(
                             "an incident subscriber failed (%d so far)", self._subscriber_errors
                         )
-        return True

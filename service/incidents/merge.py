@@ -93,7 +93,11 @@ def merge_group(
     # Only the last few can survive the cap; the rest need not be looked at.
     recent_ids = [r.trace_id for r, _ in group[-max_trace_ids:] if r.trace_id]
     if current is None:
-        incident = _new_incident(record, classification, now, new_id(now))
+        # Failures held through an outage of the store began it when they happened.
+        held = [r.end_ns / 1e9 for r, _ in group if "ers.held_s" in r.attributes]
+        began = min([now, *held])
+        incident = _new_incident(record, classification, began, new_id(began))
+        incident.last_seen = now
         incident.trace_ids = merge_trace_ids([], recent_ids, max_trace_ids)
         incident.count = len(group)
         return Merge(incident, OPENED, [("classified", classified_message(classification))])

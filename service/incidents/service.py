@@ -192,8 +192,10 @@ class IncidentService:
             self.opened(incident)
             self._responded.discard(incident.id)
         # A canary's failure (test-system) opens the incident but does not act on it; the
-        # first real failure grouped into it does.
-        synthetic = bool(event.record.attributes.get("ers.synthetic"))
+        # first real failure grouped into it does. Nor does one written late, held through
+        # an outage of the incident store: what it would call for may be long over.
+        attributes = event.record.attributes
+        synthetic = bool(attributes.get("ers.synthetic")) or "ers.held_s" in attributes
         if (
             self.responder is not None
             and not synthetic

@@ -345,3 +345,67 @@ def test_a_submission_its_sender_gave_up_on_is_not_written(
     assert store.list()[0][0].count == 1
     processor.shutdown()
     store.close()
+
+
+def test_own_error_spans_are_held_through_a_store_outage_and_written_after(
+    tracing: Tracing, tmp_path: Path, default_classifier: Classifier
+) -> None:
+    """They were the only record of what failed while the incident store was away (its
+    database down): lost, no incident told of the outage once it was back. The intake's
+    senders are told (a 503) and send theirs again, so theirs are not held."""
+    down = threading.Event()
+    down.set()
+
+    class StoreAway(IncidentStore):
+        def record_errors(self, items):  # type: ignore[override]
+            if down.is_set():
+                raise IncidentStoreUnavailable("the database at db:5432 does not answer")
+            return super().record_errors(items)
+
+    store = StoreAway(tmp_path / "i.db")
+    processor = IncidentProcessor(
+        store, default_classifier, outages=(IncidentStoreUnavailable,), retry_s=0.05
+    )
+    tracing.provider.add_span_processor(processor)
+    heard: list[GroupOutcome] = []
+    processor.subscribe(heard.append)
+    try:
+        for _ in range(3):
+            fail_agent(tracing, "NPA", DatabaseDown("Connection refused"))
+        assert processor.submit_records([error_record()]).result(10) is False  # told: a 503
+        assert processor.force_flush(10_000)
+        assert store.list(status=None)[1] == 0 and processor.spans_failed == 1  # the intake's
+        down.clear()
+        for _ in range(100):  # retried within retry_s of the store's return, bounded
+            if store.list()[1]:
+                break
+            time.sleep(0.05)
+        (incident,), _ = store.list()
+        assert incident.count == 3 and incident.component == "NPA"
+        assert processor.spans_failed == 1
+        # Told as written late: nothing acts on it as on a new failure.
+        assert heard and all("ers.held_s" in outcome.record.attributes for outcome in heard)
+    finally:
+        processor.shutdown()
+        store.close()
+
+
+def test_held_spans_beyond_the_bound_and_at_shutdown_are_counted_as_not_written(
+    tracing: Tracing, tmp_path: Path, default_classifier: Classifier
+) -> None:
+    class StoreAway(IncidentStore):
+        def record_errors(self, items):  # type: ignore[override]
+            raise IncidentStoreUnavailable("the database does not answer")
+
+    store = StoreAway(tmp_path / "i.db")
+    processor = IncidentProcessor(
+        store, default_classifier, outages=(IncidentStoreUnavailable,), hold_max=2
+    )
+    tracing.provider.add_span_processor(processor)
+    for _ in range(5):
+        fail_agent(tracing, "NPA", DatabaseDown("Connection refused"))
+    assert processor.force_flush(10_000)
+    assert processor.spans_failed == 3  # two held
+    processor.shutdown()
+    assert processor.spans_failed == 5
+    store.close()
