@@ -121,10 +121,11 @@ class ReferenceBreaker:
             self.enter("half_open")
 
     def reset(self, force: bool, probe_passed: bool | None) -> bool:
-        """``probe_passed`` is None when no probe ran."""
+        """``probe_passed`` is None when no probe ran. A failed probe refuses the reset in
+        any state; without one, an open breaker's recent failure does."""
+        if not force and probe_passed is False:
+            return False
         if not force and self.state in ("open", "forced_open"):
-            if probe_passed is False:
-                return False
             recent = (
                 probe_passed is None
                 and self.last_failure_at is not None
