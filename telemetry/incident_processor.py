@@ -342,7 +342,7 @@ class IncidentProcessor(SpanProcessor):
             for record, _ in held:
                 record.attributes["ers.held_s"] = round((now_ns - record.end_ns) / 1e9, 1)
         try:
-            outcomes = self.store.record_errors(held + items)
+            outcomes = self.store.record_errors(held + items if held else items)
         except Exception as exc:
             self._retry_at = time.monotonic() + self._retry_s
             if isinstance(exc, self._outages):
