@@ -45,8 +45,11 @@ class TrialLeases:
         return agent in self._needs_lease
 
     def follow(self, event: BreakerEvent) -> bool:
-        """Keep the lease bookkeeping of ``event``'s breaker; True when a trial this replica
-        ran under the lease just closed it."""
+        """Keep the lease bookkeeping of ``event``'s breaker; True when this replica closed
+        a breaker that left a fleet-wide forced open: a trial under its lease, or a reset
+        whose probe passed (an alert's resolution, an operator), lease or not. The other
+        replicas close theirs on that word; without it they stayed half-open, their trials
+        held back by a lease that only a trial here would have given up."""
         name, to_state = event.breaker, event.to_state
         if event.kind is not BreakerEventKind.STATE_TRANSITION:
             return False
@@ -62,10 +65,10 @@ class TrialLeases:
                 ttl_s = float(breaker.snapshot()["openDurationS"]) + _lease_ttl_s(breaker)
                 self._claim_soon(name, ttl_s)
         elif to_state is not BreakerState.HALF_OPEN:
-            held = self._holds_lease(name)
+            needed = name in self._needs_lease
             self._needs_lease.discard(name)
             self._lease_until.pop(name, None)
-            return held and to_state is BreakerState.CLOSED
+            return needed and to_state is BreakerState.CLOSED
         return False
 
     def may_run_trial(self, agent: str) -> bool:

@@ -176,7 +176,11 @@ class FleetOverrides:
             return
         name = event.breaker
         if trial_passed:
-            reason = f"the trial call on {self.replica} succeeded"
+            reason = (
+                f"{event.reason} by {event.source} on {self.replica}"
+                if event.source
+                else f"the trial call on {self.replica} succeeded"
+            )
             self._queue(Override(name, False, "trial", reason, trial_passed=True))
         elif event.to_state is BreakerState.FORCED_OPEN:
             forcing = self._breakers[name].forcing

@@ -19,7 +19,7 @@ from service.fleet import FleetOverrides
 from service.resilience.breaker import BreakerState, CircuitBreaker
 from service.resilience.breaker_config import BreakerConfig
 from service.resilience.breaker_events import BreakerEventKind
-from service.resilience.breaker_permit import CallNotPermitted, Permit
+from service.resilience.breaker_permit import CallNotPermitted, Permit, ProbeOutcome
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresDatabase
@@ -280,6 +280,33 @@ async def test_only_the_lease_holder_runs_the_trial_and_its_success_closes_every
             "SELECT forced, trial_passed, lease_holder FROM ers_fleet.overrides"
         ).fetchone()
     assert row == (False, True, None)
+
+
+async def test_a_reset_whose_probe_passed_closes_every_replica_whoever_holds_the_lease(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    """An alert's resolution handled on the replica without the lease closed its breaker
+    by the probe; the other stayed half-open for good, turning chats away while it waited
+    for a trial that only the lease holder could run."""
+    (a, _), (b, _) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the force on b")
+    a["workout"].release(source="alertmanager")
+    await eventually(lambda: b["workout"].state is HALF_OPEN, 2, "the release on b")
+
+    def holder() -> str | None:
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT lease_holder FROM ers_fleet.overrides").fetchone()
+        return None if row is None else row[0]
+
+    await eventually(lambda: holder() is not None, 5, "a lease taken")
+    with_lease, without = (a, b) if holder() == "a" else (b, a)
+    without["workout"].reset(probe=ProbeOutcome(None), source="alertmanager")
+    assert without["workout"].state is CLOSED
+    await eventually(lambda: with_lease["workout"].state is CLOSED, 5, "the close on the other")
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT trial_passed, lease_holder FROM ers_fleet.overrides").fetchone()
+    assert row == (True, None)
 
 
 async def test_a_failed_trial_keeps_the_lease_with_its_holder_through_the_open_period(
