@@ -14,41 +14,40 @@ closed (an operator's reset, a restart) is asked the same before the incident is
 A resolution a stopped process had taken and not finished is handled again at the next
 start, or on PostgreSQL by another replica (see the ledger).
 
-Deliveries of one alert are handled one at a time, in the order they arrived. A firing is
-stale, recorded and left alone, when its own resolution arrived first (a retry, the other
-Alertmanager of a pair), or when it is about the active incidents (label ``about:
-incidents``) and none of its severity or worse is active. Such an alert lands on the most
-severe of those: an incident of its own (an active critical incident, the alert's very
-condition) would keep it firing, and a lesser one is no reason to back up or roll back. An
-``isolate`` alert lands on its agent's active incident, whatever its type; a ``backup``,
-``rollback`` or ``cleanup`` alert on its target's of its kind, else the most severe active
-one; any other alert on one of its own.
+Deliveries of one alert are handled one at a time, in the order they arrived; where each
+lands is ``alert_landing``'s. An action the responder ran for the incident within its
+cooldown is not run again; while the alert still fires, it runs when the cooldown ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.chat.holds import with_ended_holds
 from service.errors import UnknownAgent
+from service.incidents.alert_landing import AlertLanding
 from service.incidents.alert_payload import (
-    ACTION_TYPES,
     ACTIONS,
-    SEVERITY_RANK,
     Alert,
     WebhookPayload,
-    alert_failure,
     alert_fingerprint,
-    incident_severity,
 )
-from service.incidents.ledger import AlertLedger, LedgerUnavailable, firing_handled
+from service.incidents.ledger import (
+    COOLDOWN_OUTCOME,
+    AlertLedger,
+    LedgerUnavailable,
+    firing_handled,
+)
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentMeters, IncidentRecovery
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
 from service.incidents.store import IncidentStore
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.alerts")
 
@@ -68,13 +67,17 @@ class AlertHandler:
     meters: IncidentMeters  # alert-opened and recovered incidents, in the pipeline's metrics
     isolate_ttl_s: float = 900.0
     recovery: IncidentRecovery = field(init=False)
+    landing: AlertLanding = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    # Actions waiting out the responder's cooldown for a firing that asked for them.
+    _timers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     # One alert is handled at a time, in the order its deliveries arrived: a resolution
     # waits for the action of its firing instead of racing it.
     _locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.recovery = IncidentRecovery(self.incidents, self.meters)
+        self.landing = AlertLanding(self.ledger, self.incidents, self.meters)
 
     async def receive(self, payload: WebhookPayload) -> dict[str, Any]:
         """Record every alert (raises LedgerUnavailable) and act on the new ones later."""
@@ -97,9 +100,13 @@ class AlertHandler:
         return {"received": len(payload.alerts), "new": new, "duplicates": duplicates}
 
     def _start(self, alert: Alert) -> None:
-        task = asyncio.get_running_loop().create_task(self._process(alert))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._process(alert), self._tasks)
+
+    @staticmethod
+    def _spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def replay_lost(self) -> int:
         """Handle again the resolutions a stopped process had taken and not finished
@@ -126,6 +133,12 @@ class AlertHandler:
                 log.warning("lost alert resolutions not looked for: %s", exc)
             await asyncio.sleep(every_s)
 
+    async def close(self) -> None:
+        """At shutdown: no action waits out a cooldown any more (the alert's next delivery
+        takes it again), and the alerts being acted on finish."""
+        await cancel_and_wait(*self._timers)
+        await self.drain()
+
     async def drain(self) -> None:
         """Wait for the alerts being acted on (shutdown, tests)."""
         while self._tasks:
@@ -133,15 +146,21 @@ class AlertHandler:
         await self.recovery.drain()
 
     async def _process(self, alert: Alert) -> None:
-        lock, users = self._locks.setdefault(alert.fingerprint, (asyncio.Lock(), [0]))
+        async with self._turn(alert.fingerprint):
+            await self._handle(alert)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, fingerprint: str) -> AsyncIterator[None]:
+        """One alert's deliveries (and its action after a cooldown) one at a time."""
+        lock, users = self._locks.setdefault(fingerprint, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
-                await self._handle(alert)
+                yield
         finally:
             users[0] -= 1
             if not users[0]:
-                del self._locks[alert.fingerprint]
+                del self._locks[fingerprint]
 
     async def _handle(self, alert: Alert) -> None:
         starts_at = alert.startsAt.isoformat()
@@ -151,12 +170,14 @@ class AlertHandler:
             if alert.status == "resolved" and self._locks[alert.fingerprint][1][0] == 1:
                 await firing_handled(self.ledger, alert.fingerprint, starts_at)
             stale = (
-                await asyncio.to_thread(self._stale, alert) if alert.status == "firing" else None
+                await asyncio.to_thread(self.landing.stale, alert)
+                if alert.status == "firing"
+                else None
             )
             if stale is not None:
                 outcome = f"stale: {stale}; nothing done"
             else:
-                incident = await asyncio.to_thread(self._land, alert)
+                incident = await asyncio.to_thread(self.landing.land, alert)
                 incident_id = incident.id if incident is not None else ""
                 outcome = await self._act(alert, incident)
         except Exception as exc:  # an alert must never take the service down
@@ -165,86 +186,6 @@ class AlertHandler:
         await asyncio.to_thread(
             self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
         )
-
-    def _stale(self, alert: Alert) -> str | None:
-        """Why a firing alert no longer holds by the time it is handled, else None."""
-        if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
-            # Delivered late: acting now would make what no resolution will come to end.
-            return "its resolution arrived first"
-        if alert.labels.get("about") == "incidents" and not self._most_severe_active(alert):
-            # Resolved between Prometheus's evaluation and this delivery (see the module).
-            floor = incident_severity(alert)
-            return f"it is about the active incidents ({floor} or worse), and none is active"
-        return None
-
-    def _land(self, alert: Alert) -> Incident | None:
-        component = alert.target or "ers"
-        kind = alert.labels.get("type") or ACTION_TYPES.get(alert.action or "", "alert")
-        if alert.status == "resolved":
-            # Only what its firing did is the resolution's to undo: one whose firing never
-            # reached ERS (down meanwhile) must not resolve another cause's incident.
-            incident = self._fired_on(alert)
-        else:
-            incident = self._existing(alert, component, kind)
-            if incident is None:
-                incident = self._open(alert, component, kind)
-        if incident is None:
-            return None
-        # Kept before the action runs, for a resolution to undo even after a ``kill -9``.
-        self.ledger.land(alert.fingerprint, alert.startsAt.isoformat(), alert.status, incident.id)
-        words = "firing" if alert.status == "firing" else "resolved"
-        self.incidents.add_timeline(
-            incident.id,
-            "alert_received",
-            f"alert {alert.name} {words}: {alert.describe()}",
-            "alertmanager",
-            {
-                "alertname": alert.name,
-                "status": alert.status,
-                "fingerprint": alert.fingerprint,
-                "action": alert.action,
-                "labels": alert.labels,
-            },
-        )
-        return incident
-
-    def _fired_on(self, alert: Alert) -> Incident | None:
-        """The incident the firing of this alert landed on, as the ledger recorded it."""
-        entry = self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "firing")
-        if not entry or not entry["incidentId"]:
-            return None
-        try:
-            return self.incidents.get(entry["incidentId"])
-        except IncidentNotFound:
-            return None
-
-    def _existing(self, alert: Alert, component: str, kind: str) -> Incident | None:
-        """The active incident a firing lands on (see the module); None for an alert that
-        opens, or joins by its own fingerprint, an incident of its own."""
-        if alert.labels.get("about") == "incidents":
-            return self._most_severe_active(alert)
-        if "type" in alert.labels:  # the incident's type, named by the alert
-            return self.incidents.find_active(component, kind)
-        if alert.action == "isolate":
-            return self.incidents.find_active(component)
-        if alert.action in ("backup", "rollback", "cleanup"):
-            return self.incidents.find_active(component, kind) or self._most_severe_active()
-        return None
-
-    def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:
-        """The most severe active incident; of ``alert``'s severity or worse when named."""
-        active, _ = self.incidents.list(status="active", limit=50)
-        floor = SEVERITY_RANK[incident_severity(alert)] if alert is not None else 4
-        active = [i for i in active if SEVERITY_RANK.get(i.severity, 4) <= floor]
-        if not active:
-            return None
-        return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
-
-    def _open(self, alert: Alert, component: str, kind: str) -> Incident:
-        incident, outcome = self.incidents.record_error(*alert_failure(alert, component, kind))
-        if outcome != "updated":  # counted as the incident pipeline counts its own
-            self.meters.opened(incident)
-        return incident
 
     async def _act(self, alert: Alert, incident: Incident | None) -> str:
         action = alert.action
@@ -295,8 +236,46 @@ class AlertHandler:
                 f"{result.action}: skipped — already tried for this incident within the last"
                 f" {self.responder.cooldown_s:g} s; its result is above"
             )
+            if action == "isolate":
+                # An isolation released since (by an operator) while the alert still fires:
+                # it asks for it again once the cooldown ends (and by its next delivery,
+                # which the ledger takes again, after a restart). A backup or a rollback is
+                # not repeated so: the one that ran covers the incident.
+                left = self.responder.cooldown_left(ACTIONS[action], context)
+                note += f". Run again in {left:.0f} s if the alert still fires"
+                self._spawn(self._after_cooldown(alert, context, left), self._timers)
             await asyncio.to_thread(self._note, incident_id, note)
+            if action == "isolate":
+                return f"{result.action}: {COOLDOWN_OUTCOME}"
         return f"{result.action}: {result.result}"
+
+    async def _after_cooldown(self, alert: Alert, context: ResponseContext, wait_s: float) -> None:
+        await asyncio.sleep(wait_s + 0.5)
+        starts_at, action = alert.startsAt.isoformat(), ACTIONS[alert.action or ""]
+        async with self._turn(alert.fingerprint):
+            try:
+                if await asyncio.to_thread(self._still_firing, alert, context.incident_id):
+                    result = await self.responder.run_action(action, context)
+                    outcome = f"{result.action}: {result.result}, once the cooldown ended"
+                    await asyncio.to_thread(
+                        self.ledger.finish,
+                        alert.fingerprint,
+                        starts_at,
+                        alert.status,
+                        context.incident_id,
+                        outcome,
+                    )
+            except Exception:  # an alert must never take the service down
+                log.exception("alert %s could not be acted on after the cooldown", alert.name)
+
+    def _still_firing(self, alert: Alert, incident_id: str) -> bool:
+        """No resolution of the alert arrived, and its incident is still active."""
+        if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
+            return False
+        try:
+            return self.incidents.get(incident_id).active
+        except IncidentNotFound:
+            return False
 
     async def _recover(self, alert: Alert, incident: Incident | None) -> str:
         """The alert's condition has cleared: recover the incident its firing landed on."""

@@ -53,6 +53,10 @@ KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
 # process was killed): longer than an action may run (the responder's limit is 120 s).
 UNFINISHED_AFTER_S = 300.0
 LOST = "failed: lost, the service stopped before it finished; taken again on the next delivery"
+# An isolation the responder had run for the incident within its cooldown: the alert asks
+# for it again once the cooldown ends, so its next delivery is taken again (and, in the
+# process that took it, it runs when the cooldown ends).
+COOLDOWN_OUTCOME = "skipped within the cooldown; run once it ends if the alert still fires"
 # How long a resolution waits for its firing while another writer acts on it: longer than
 # an action may run (the responder's limit is 120 s).
 FIRING_WAIT_S = 130.0
@@ -73,6 +77,7 @@ def _retake(dialect: object) -> str:
         lost = f"({lost} OR NOT {_taker_alive('ledger')})"
     again = (
         "(ledger.outcome LIKE 'failed%' OR ledger.outcome LIKE '%: failed'"
+        f" OR ledger.outcome LIKE '%: {COOLDOWN_OUTCOME}'"
         f" OR (ledger.outcome IS NULL AND {lost}))"
     )
     return ", ".join(

@@ -145,6 +145,11 @@ class Responder:
         """Run the protocol's actions in order."""
         return [await self.run_action(a, context) for a in self.actions_for(context.protocol)]
 
+    def cooldown_left(self, action: str, context: ResponseContext) -> float:
+        """Seconds until ``action`` may run again for ``context``'s incident (0: it may)."""
+        last = self._last_run.get((context.incident_id, action, context.episode))
+        return 0.0 if last is None else max(0.0, self.cooldown_s - (self.clock() - last))
+
     async def run_action(self, action: str, context: ResponseContext) -> ActionResult:
         key = (context.incident_id, action, context.episode)
         now = self.clock()

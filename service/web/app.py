@@ -337,7 +337,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             incident_service,
             isolate_ttl_s=settings.alert_isolate_ttl_s,
         )
-        stack.push_async_callback(alerts.drain)
+        stack.push_async_callback(alerts.close)
         run_in_background(stack, alerts.run_replays(), "alert-replays")
         if backups is not None:
             start_backup_jobs(

@@ -322,3 +322,36 @@ async def test_the_next_firing_after_a_resolved_one_isolates_again_within_the_co
     # Before: "isolate: skipped — already tried for this incident", the breaker left closed.
     assert breaker.state.value == "forced_open"
     assert breaker.snapshot()["forced"]["source"] == "alertmanager"
+
+
+async def test_an_isolation_skipped_for_the_cooldown_runs_when_it_ends_if_still_firing(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The responder isolated the agent, an operator released it with the agent still
+    failing, and the alert that fired then was skipped for the cooldown: every later
+    delivery was a duplicate, so nothing isolated the agent again, ever."""
+    runtime = app.state.runtime
+    runtime.alerts.responder.cooldown_s = 1.0  # what responder_cooldown_s sets, shortened
+    breaker = runtime.team.get("workout").breaker
+    await deliver(hook, app, FIRING)
+    assert breaker.state.value == "forced_open"
+    breaker.release(source="admin:ana")
+    again = alert("AgentErrorRatioHigh", "isolate", "77aa09")
+    again["alerts"][0]["labels"]["agent"] = "workout"
+    await deliver(hook, app, again)
+    starts_at = "2026-11-28T12:00:00+00:00"  # as the ledger keeps it
+    entry = runtime.alerts.ledger.entry("77aa09", starts_at, "firing")
+    assert entry is not None and "skipped within the cooldown" in entry["outcome"], entry
+    assert breaker.state.value != "forced_open"
+    for _ in range(50):  # the cooldown's end, bounded at about 5 s
+        if breaker.state.value == "forced_open":
+            break
+        await asyncio.sleep(0.1)
+    assert breaker.state.value == "forced_open"
+    assert (breaker.snapshot()["forced"] or {}).get("source") == "alertmanager"
+    for _ in range(50):  # its outcome is written once the action has run
+        entry = runtime.alerts.ledger.entry("77aa09", starts_at, "firing")
+        if entry and "once the cooldown ended" in (entry["outcome"] or ""):
+            break
+        await asyncio.sleep(0.1)
+    assert entry and entry["outcome"] == "isolate: success, once the cooldown ended", entry

@@ -1,0 +1,117 @@
+"""Where an alert from Alertmanager lands, and whether a firing still holds.
+
+A firing is stale, recorded and left alone, when its own resolution arrived first (a retry,
+the other Alertmanager of a pair), or when it is about the active incidents (label ``about:
+incidents``) and none of its severity or worse is active. Such an alert lands on the most
+severe of those: an incident of its own (an active critical incident, the alert's very
+condition) would keep it firing, and a lesser one is no reason to back up or roll back. An
+``isolate`` alert lands on its agent's active incident, whatever its type; a ``backup``,
+``rollback`` or ``cleanup`` alert on its target's of its kind, else the most severe active
+one; any other alert on one of its own. A resolution lands on the incident its firing
+landed on, as the ledger kept it. Each landing goes on the incident's timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.incidents.alert_payload import (
+    ACTION_TYPES,
+    SEVERITY_RANK,
+    Alert,
+    alert_failure,
+    incident_severity,
+)
+from service.incidents.ledger import AlertLedger
+from service.incidents.model import Incident, IncidentNotFound
+from service.incidents.recovery import IncidentMeters
+from service.incidents.store import IncidentStore
+
+
+@dataclass(eq=False)
+class AlertLanding:
+    """Blocking (the incident store and the ledger): call off the event loop."""
+
+    ledger: AlertLedger
+    incidents: IncidentStore
+    meters: IncidentMeters
+
+    def stale(self, alert: Alert) -> str | None:
+        """Why a firing alert no longer holds by the time it is handled, else None."""
+        if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
+            # Delivered late: acting now would make what no resolution will come to end.
+            return "its resolution arrived first"
+        if alert.labels.get("about") == "incidents" and not self._most_severe_active(alert):
+            # Resolved between Prometheus's evaluation and this delivery (see the module).
+            floor = incident_severity(alert)
+            return f"it is about the active incidents ({floor} or worse), and none is active"
+        return None
+
+    def land(self, alert: Alert) -> Incident | None:
+        component = alert.target or "ers"
+        kind = alert.labels.get("type") or ACTION_TYPES.get(alert.action or "", "alert")
+        if alert.status == "resolved":
+            # Only what its firing did is the resolution's to undo: one whose firing never
+            # reached ERS (down meanwhile) must not resolve another cause's incident.
+            incident = self._fired_on(alert)
+        else:
+            incident = self._existing(alert, component, kind)
+            if incident is None:
+                incident = self._open(alert, component, kind)
+        if incident is None:
+            return None
+        # Kept before the action runs, for a resolution to undo even after a ``kill -9``.
+        self.ledger.land(alert.fingerprint, alert.startsAt.isoformat(), alert.status, incident.id)
+        words = "firing" if alert.status == "firing" else "resolved"
+        self.incidents.add_timeline(
+            incident.id,
+            "alert_received",
+            f"alert {alert.name} {words}: {alert.describe()}",
+            "alertmanager",
+            {
+                "alertname": alert.name,
+                "status": alert.status,
+                "fingerprint": alert.fingerprint,
+                "action": alert.action,
+                "labels": alert.labels,
+            },
+        )
+        return incident
+
+    def _fired_on(self, alert: Alert) -> Incident | None:
+        """The incident the firing of this alert landed on, as the ledger recorded it."""
+        entry = self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "firing")
+        if not entry or not entry["incidentId"]:
+            return None
+        try:
+            return self.incidents.get(entry["incidentId"])
+        except IncidentNotFound:
+            return None
+
+    def _existing(self, alert: Alert, component: str, kind: str) -> Incident | None:
+        """The active incident a firing lands on (see the module); None for an alert that
+        opens, or joins by its own fingerprint, an incident of its own."""
+        if alert.labels.get("about") == "incidents":
+            return self._most_severe_active(alert)
+        if "type" in alert.labels:  # the incident's type, named by the alert
+            return self.incidents.find_active(component, kind)
+        if alert.action == "isolate":
+            return self.incidents.find_active(component)
+        if alert.action in ("backup", "rollback", "cleanup"):
+            return self.incidents.find_active(component, kind) or self._most_severe_active()
+        return None
+
+    def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:
+        """The most severe active incident; of ``alert``'s severity or worse when named."""
+        active, _ = self.incidents.list(status="active", limit=50)
+        floor = SEVERITY_RANK[incident_severity(alert)] if alert is not None else 4
+        active = [i for i in active if SEVERITY_RANK.get(i.severity, 4) <= floor]
+        if not active:
+            return None
+        return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
+
+    def _open(self, alert: Alert, component: str, kind: str) -> Incident:
+        incident, outcome = self.incidents.record_error(*alert_failure(alert, component, kind))
+        if outcome != "updated":  # counted as the incident pipeline counts its own
+            self.meters.opened(incident)
+        return incident
