@@ -114,10 +114,19 @@ class ReplyIncidents:
                         self.acted(incident.id, entry.data["action"], entry.data["result"])
         return named
 
-    def on_breaker_transition(self, event: BreakerEvent) -> None:
+    def on_breaker_transition(
+        self, event: BreakerEvent, breaker: CircuitBreaker | None = None
+    ) -> None:
         """An agent's breaker closed: its incidents are no longer what a call turned away
         from it is about. Until a new failure's incident is written, such a reply names none
-        rather than one that may be resolved by now."""
+        rather than one that may be resolved by now. Forced open for an incident (here, or
+        on another replica of the fleet, whose override names it): the calls it turns away
+        name that incident, and the isolation done for it."""
+        if event.to_state is BreakerState.FORCED_OPEN:
+            forcing = breaker.forcing if breaker is not None else None
+            if forcing is not None and forcing.incident is not None:
+                self.acted(forcing.incident, "isolate", "success", event.breaker)
+            return
         if event.to_state is not BreakerState.CLOSED:
             return
         self._latest.pop(event.breaker, None)

@@ -8,6 +8,7 @@ and the chat service.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -254,7 +255,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for breaker in team.breakers():
             breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
             breaker.subscribe(
-                incident_service.replies.on_breaker_transition,
+                functools.partial(incident_service.replies.on_breaker_transition, breaker=breaker),
                 [BreakerEventKind.STATE_TRANSITION],
             )
         incident_service.subscribe(lambda event: state.evaluate())

@@ -106,3 +106,21 @@ async def test_the_incident_list_takes_the_seeds_agent_names(client: httpx.Async
         assert [i["id"] for i in listed["incidents"]] == [database], (name, listed)
     listed = (await client.get("/api/emergency/incidents?component=Budget-Svc")).json()
     assert listed["total"] == 0
+
+
+async def test_a_call_turned_away_by_another_replicas_isolation_names_its_incident(
+    client: httpx.AsyncClient, app: Any
+) -> None:
+    """The fleet's override forces the breaker open here for an incident this replica never
+    acted on: the replies named no incident (its other replica's did)."""
+    breaker = app.state.runtime.team.get("budget").breaker
+    # As the fleet applies another replica's override (service.fleet.overrides).
+    breaker.force_open(
+        "critical database incident INC_1796464959850_h2e716 (fleet override from b:1)",
+        "responder",
+        ttl_s=600,
+        incident="INC_1796464959850_h2e716",
+    )
+    body = await chat(client)
+    assert body["incident"] == "INC_1796464959850_h2e716", body
+    assert {"action": "isolate", "result": "success"} in body["recovery"]["actions"], body
