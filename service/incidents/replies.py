@@ -40,6 +40,8 @@ class ReplyIncidents:
         # (agent, the failure's words, normalised) -> the incident it grouped into, last seen.
         self._latest_by_cause: dict[tuple[str, str], str] = {}
         self._actions: dict[str, dict[str, str]] = {}  # incident -> action -> result
+        # Agent -> the incident its breaker is forced open for (here, or by the fleet).
+        self._forced_for: dict[str, str] = {}
 
     def heard(self, event: GroupOutcome) -> None:
         """An incident event, on the event loop: the component's latest incident."""
@@ -75,7 +77,7 @@ class ReplyIncidents:
             cause = _cause_key(str(reply.data.get("cause", "")))
             incident_id = self._latest_by_cause.get((reply.agent, cause))
         else:
-            incident_id = self._latest.get(reply.agent)
+            incident_id = self._forced_for.get(reply.agent) or self._latest.get(reply.agent)
         # Keeps what the guard said (an agent that answered instead, and the chain tried).
         recovery: dict[str, Any] = {**(reply.recovery or {}), "fallback": reply.fallback}
         if incident_id is not None:
@@ -91,14 +93,16 @@ class ReplyIncidents:
         named = []
         for breaker in breakers:
             forcing = breaker.forcing
-            if forcing is None or forcing.incident is None or breaker.name in self._latest:
+            if forcing is None or forcing.incident is None:
                 continue
             try:
                 incident = await asyncio.to_thread(self.store.get, forcing.incident)
                 timeline = await asyncio.to_thread(self.store.timeline, incident.id)
             except IncidentNotFound:
+                self._forced_for.pop(breaker.name, None)
                 continue
             except Exception as exc:  # the store is out: the replies name none, as before
+                self._forced_for.pop(breaker.name, None)
                 log.warning(
                     "the incident %s that %s is isolated for could not be read: %s",
                     forcing.incident,
@@ -106,7 +110,9 @@ class ReplyIncidents:
                     exc,
                 )
                 continue
-            if incident.status != "resolved":
+            if incident.status == "resolved":  # no reply names a resolved incident
+                self._forced_for.pop(breaker.name, None)
+            elif breaker.name not in self._latest:
                 self._latest[breaker.name] = incident.id
                 named.append(breaker.name)
                 for entry in timeline:
@@ -125,8 +131,10 @@ class ReplyIncidents:
         if event.to_state is BreakerState.FORCED_OPEN:
             forcing = breaker.forcing if breaker is not None else None
             if forcing is not None and forcing.incident is not None:
-                self.acted(forcing.incident, "isolate", "success", event.breaker)
+                self._forced_for[event.breaker] = forcing.incident
+                self._actions.setdefault(forcing.incident, {}).setdefault("isolate", "success")
             return
+        self._forced_for.pop(event.breaker, None)
         if event.to_state is not BreakerState.CLOSED:
             return
         self._latest.pop(event.breaker, None)
