@@ -58,7 +58,11 @@ class IncidentRecovery:
         """Blocking: call off the event loop."""
         try:
             incident = self.incidents.resolve(incident_id, actor, note)
-        except (IllegalTransition, IncidentNotFound) as exc:
+        except IllegalTransition as exc:
+            if exc.status == "resolved":  # by an operator, or by its quiet period, before
+                return "incident resolved already"
+            return f"incident not resolved: {exc}"
+        except IncidentNotFound as exc:
             return f"incident not resolved: {exc}"
         self.meters.observe_recovery(incident)
         return "incident resolved"

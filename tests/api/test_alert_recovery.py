@@ -355,3 +355,20 @@ async def test_an_isolation_skipped_for_the_cooldown_runs_when_it_ends_if_still_
             break
         await asyncio.sleep(0.1)
     assert entry and entry["outcome"] == "isolate: success, once the cooldown ended", entry
+
+
+async def test_a_resolution_after_an_operator_resolved_the_incident_says_so_plainly(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Its outcome read "incident not resolved: incident … is resolved and cannot be
+    resolved; it reopens by itself when the error recurs"."""
+    runtime = app.state.runtime
+    await deliver(hook, app, FIRING)
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    done = await client.post(
+        f"/api/emergency/incidents/{incident.id}/resolve", json={"resolution": "fixed by hand"}
+    )
+    assert done.status_code == 200, done.text
+    await deliver(hook, app, resolved_payload())
+    entry = runtime.alerts.ledger.entry(FINGERPRINT, "2026-11-28T12:00:00+00:00", "resolved")
+    assert entry is not None and entry["outcome"].endswith("; incident resolved already"), entry
