@@ -306,6 +306,8 @@ class StateKeeper:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             state = SystemState(record["state"])
             self._machine.resume(state, str(record["reason"]), float(record["since"]))
+            if state is SystemState.NORMAL:  # nothing to tell (a warning on every start)
+                return None
             return f"{state.value} since {iso_utc(float(record['since']))}"
         return None
 
