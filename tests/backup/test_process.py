@@ -86,7 +86,8 @@ def test_restic_stops_with_the_process_that_started_it(tmp_path: Path) -> None:
     try:
         assert starter.stdout is not None
         restic_pid = int(starter.stdout.readline())
-        assert psutil.Process(restic_pid).name() == "restic"
+        # setpriv execs restic in the same process, a moment after it is started.
+        wait_until(lambda: psutil.Process(restic_pid).name() == "restic", "restic's exec")
         wait_until(
             lambda: restic(repo, password, "list", "locks", "--no-lock").strip(),
             "restic taking its lock",

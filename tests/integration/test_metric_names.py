@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from grafana.build import datasources
-from tests.alerts.test_rules_metric_names import metric_names
+from tests.alerts.test_rules_metric_names import WATCHER_METRICS, metric_names
 from tests.conftest import ROOT, ErsProcess, start_ers
 from tests.grafana.queries import dashboard_queries
 
@@ -33,9 +33,9 @@ BACKUPS_ON = {
 }
 # Series Prometheus writes for every target itself.
 FROM_PROMETHEUS = frozenset({"up"})
-# Served by the watchers the ers-monitoring rules watch, not by ERS; tests/alerts checks that
-# a real Alertmanager exports it.
-FROM_WATCHERS = frozenset({"alertmanager_notifications_failed_total"})
+# Served by the watchers (Alertmanager, the collector), not by ERS: the rules' own list
+# (tests/alerts, which checks that a real Alertmanager exports its counter).
+FROM_WATCHERS = WATCHER_METRICS
 # Series Tempo's metrics generator remote-writes from ERS's spans (deploy/tempo.yaml).
 FROM_TEMPO = frozenset({"traces_spanmetrics_latency_bucket"})
 MESSAGES = ("plan my meals", "make me a workout plan", "budget report", "hello")
