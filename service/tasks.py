@@ -16,6 +16,14 @@ def run_in_background(
     stack.push_async_callback(cancel_and_wait, task)
 
 
+def spawn(tasks: set[asyncio.Task[Any]], coroutine: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coroutine`` as a task held in ``tasks`` until it ends: the loop keeps only a
+    weak reference to a task, so one that nobody holds may be collected mid-run."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel ``tasks`` (None stands for one never started) and wait until each has ended;
     how they ended is not raised."""

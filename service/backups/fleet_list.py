@@ -23,6 +23,7 @@ from backup.events import BackupSucceeded, RollbackFinished, SnapshotsForgotten
 from service.backups.service import BackupService, BackupsUnavailable
 from service.errors import StoreUnavailable
 from service.fleet.stamps import FleetStamps
+from service.tasks import spawn
 
 log = logging.getLogger("ers.backups")
 
@@ -44,14 +45,12 @@ class FleetSnapshotList:
         if not isinstance(event, BackupSucceeded | RollbackFinished | SnapshotsForgotten):
             return
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # not published on the event loop: nothing to stamp with
             return
         stamp = {"at": time.time(), "replica": self._replica, "change": secrets.token_hex(4)}
         self._seen = stamp  # this replica's own list has the change already
-        task = loop.create_task(self._stamp(stamp))
-        self._stamping.add(task)
-        task.add_done_callback(self._stamping.discard)
+        spawn(self._stamping, self._stamp(stamp))
 
     async def _stamp(self, stamp: dict[str, Any]) -> None:
         try:

@@ -25,6 +25,7 @@ from backup.identity import RECORD_FILE_NAME, RepositoryRecord
 from service.backups.service import BackupService
 from service.errors import StoreUnavailable
 from service.stores.base import SystemStateBackend
+from service.tasks import spawn
 
 log = logging.getLogger("ers.backups")
 
@@ -46,9 +47,7 @@ class FleetRepository:
         stamp = {"id": event.repository_id, "replica": self._replica, "at": time.time()}
         stamp["change"] = secrets.token_hex(4)
         self._seen = stamp
-        task = asyncio.get_running_loop().create_task(self._stamp(stamp))
-        self._stamping.add(task)
-        task.add_done_callback(self._stamping.discard)
+        spawn(self._stamping, self._stamp(stamp))
 
     async def _stamp(self, stamp: dict[str, Any]) -> None:
         try:

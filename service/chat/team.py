@@ -28,6 +28,7 @@ from service.resilience.guard_config import GuardConfig
 from service.resilience.instruments import AgentInstruments
 from service.settings import Settings, SettingsError
 from service.stores import Stores
+from service.tasks import spawn
 
 log = logging.getLogger("ers.team")
 # How long an agent's aclose may take at shutdown before the service stops without it.
@@ -158,9 +159,7 @@ class Team:
         if (close := getattr(replaced, "aclose", None)) is not None:
             queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
             wait = queued + guard.config.total_budget_s
-            task = asyncio.create_task(self._close_retired(guard.name, close, wait))
-            self.retired.add(task)
-            task.add_done_callback(self.retired.discard)
+            spawn(self.retired, self._close_retired(guard.name, close, wait))
         return True
 
     async def _close_retired(self, name: str, close: Closer, wait: float) -> None:

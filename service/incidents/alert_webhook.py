@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentMeters, IncidentRecovery
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
 from service.incidents.store import IncidentStore
-from service.tasks import cancel_and_wait
+from service.tasks import cancel_and_wait, spawn
 
 log = logging.getLogger("ers.alerts")
 
@@ -100,13 +100,7 @@ class AlertHandler:
         return {"received": len(payload.alerts), "new": new, "duplicates": duplicates}
 
     def _start(self, alert: Alert) -> None:
-        self._spawn(self._process(alert), self._tasks)
-
-    @staticmethod
-    def _spawn(work: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        spawn(self._tasks, self._process(alert))
 
     async def replay_lost(self) -> int:
         """Handle again the resolutions a stopped process had taken and not finished
@@ -230,24 +224,25 @@ class AlertHandler:
                 UNFINISHED_ROLLBACK,
             )
         result = await self.responder.run_action(ACTIONS[action], context)
-        if result.detail == COOLDOWN_SKIP:
-            # The responder keeps quiet about it; the alert's reader would see nothing done.
-            note = (
-                f"{result.action}: skipped — already tried for this incident within the last"
-                f" {self.responder.cooldown_s:g} s; its result is above"
-            )
-            if action == "isolate":
-                # An isolation released since (by an operator) while the alert still fires:
-                # it asks for it again once the cooldown ends (and by its next delivery,
-                # which the ledger takes again, after a restart). A backup or a rollback is
-                # not repeated so: the one that ran covers the incident.
-                left = self.responder.cooldown_left(ACTIONS[action], context)
-                note += f". Run again in {left:.0f} s if the alert still fires"
-                self._spawn(self._after_cooldown(alert, context, left), self._timers)
-            await asyncio.to_thread(self._note, incident_id, note)
-            if action == "isolate":
-                return f"{result.action}: {COOLDOWN_OUTCOME}"
-        return f"{result.action}: {result.result}"
+        if result.detail != COOLDOWN_SKIP:
+            return f"{result.action}: {result.result}"
+        # The responder keeps quiet about it; the alert's reader would see nothing done.
+        note = (
+            f"{result.action}: skipped — already tried for this incident within the last"
+            f" {self.responder.cooldown_s:g} s; its result is above"
+        )
+        outcome = f"{result.action}: {result.result}"
+        if action == "isolate":
+            # An isolation released since (by an operator) while the alert still fires: it
+            # asks for it again once the cooldown ends (and by its next delivery, which the
+            # ledger takes again, after a restart). A backup or a rollback is not repeated
+            # so: the one that ran covers the incident.
+            left = self.responder.cooldown_left(ACTIONS[action], context)
+            note += f". Run again in {left:.0f} s if the alert still fires"
+            outcome = f"{result.action}: {COOLDOWN_OUTCOME}"
+            spawn(self._timers, self._after_cooldown(alert, context, left))
+        await asyncio.to_thread(self._note, incident_id, note)
+        return outcome
 
     async def _after_cooldown(self, alert: Alert, context: ResponseContext, wait_s: float) -> None:
         await asyncio.sleep(wait_s + 0.5)
@@ -269,8 +264,9 @@ class AlertHandler:
                 log.exception("alert %s could not be acted on after the cooldown", alert.name)
 
     def _still_firing(self, alert: Alert, incident_id: str) -> bool:
-        """No resolution of the alert arrived, and its incident is still active."""
-        if self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), "resolved"):
+        """The firing holds as a delivery now would (no resolution arrived first), and its
+        incident is still active."""
+        if self.landing.stale(alert) is not None:
             return False
         try:
             return self.incidents.get(incident_id).active

@@ -19,6 +19,7 @@ from service.incidents.model import IllegalTransition, Incident, IncidentNotFoun
 from service.incidents.store import IncidentStore
 from service.resilience.breaker import CircuitBreaker
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
+from service.tasks import spawn
 
 log = logging.getLogger("ers.alerts")
 
@@ -99,11 +100,7 @@ class IncidentRecovery:
         )
 
     def _spawn(self, closed: bool, how: str, agent: str, incident_id: str, alert: Alert) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._after_trial(closed, how, agent, incident_id, alert)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, self._after_trial(closed, how, agent, incident_id, alert))
 
     async def _after_trial(
         self, closed: bool, how: str, agent: str, incident_id: str, alert: Alert

@@ -37,6 +37,7 @@ from service.resilience.instruments import event_counter, seconds_histogram
 from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from service.stores.session_names import presence_name
+from service.tasks import spawn
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
 
@@ -203,9 +204,7 @@ class IncidentService:
             and incident.id not in self._responded
         ):
             self._responded.add(incident.id)
-            task = asyncio.get_running_loop().create_task(self._respond(incident))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            spawn(self._tasks, self._respond(incident))
         for listener in self._listeners:
             try:
                 listener(event)
