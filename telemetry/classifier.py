@@ -241,7 +241,15 @@ class ReplaySummary:
     changes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """In the API's and the other commands' JSON spelling."""
+        return {
+            "total": self.total,
+            "changed": self.changed,
+            "regrouped": self.regrouped,
+            "byRuleBefore": self.by_rule_before,
+            "byRuleAfter": self.by_rule_after,
+            "changes": self.changes,
+        }
 
 
 def replay_stored(

@@ -234,13 +234,17 @@ def classify(args: argparse.Namespace) -> int:
     # An alert's incident is classified by the alert's labels, not by the rules.
     by_rules = [s for s in stored if _rule_of(s[1]) != ALERT_RULE]
     summary = replay_stored(by_rules, classifier)
-    _emit_value(args, summary, _replay)
     left_out = len(stored) - len(by_rules)
-    if left_out and getattr(args, "output", "table") == "table":
-        stdout().print(
-            f"{left_out} span{'s' if left_out > 1 else ''} of Alertmanager alerts left out: "
-            "their alerts' labels classify them, not the rules"
-        )
+
+    def draw(out: Console, _: Any) -> None:
+        _replay(out, summary)
+        if left_out:
+            out.print(
+                f"{left_out} span{'s' if left_out > 1 else ''} of Alertmanager alerts left"
+                " out: their alerts' labels classify them, not the rules"
+            )
+
+    emit(args, {**summary.to_dict(), "alertSpansLeftOut": left_out}, draw)
     return 0
 
 

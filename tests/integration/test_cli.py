@@ -514,6 +514,9 @@ def test_classify_against_stored_with_the_shipped_rules_finds_no_difference(
     summary = json.loads(replay.stdout)
     assert summary["total"] >= 2, summary
     assert (summary["changed"], summary["regrouped"], summary["changes"]) == (0, 0, {})
+    assert summary["byRuleBefore"] == summary["byRuleAfter"], summary
+    assert sum(summary["byRuleAfter"].values()) == summary["total"], summary
+    assert summary["alertSpansLeftOut"] == 1, summary
     people = ers(env, "classify", "--against-stored")
     assert f"{summary['total']} stored error spans: 0 would be classified" in people.stdout
     assert "1 span of Alertmanager alerts left out" in people.stdout, people.stdout
