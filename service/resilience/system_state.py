@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 log = logging.getLogger("ers.state")
 
@@ -33,6 +34,17 @@ class StateTransition:
     to_state: SystemState
     reason: str
     at: float
+    # What called for the new state: the severity of the incidents behind it, else the
+    # agents or subsystems behind it; neither when the conditions cleared.
+    severity: str | None = None
+    components: tuple[str, ...] = ()
+
+
+class Conditions(NamedTuple):
+    state: SystemState | None  # None when clean
+    reason: str
+    severity: str | None = None
+    components: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,37 +82,43 @@ class SystemStateMachine:
         self.state, self.reason, self.since = state, reason, since
         self._clean_since = since if state is SystemState.RECOVERY else None
 
-    def conditions(self) -> tuple[SystemState | None, str]:
-        """The state the current conditions call for (None when clean) and why."""
+    def conditions(self) -> Conditions:
+        """The state the current conditions call for (None when clean), why, and what."""
         breakers = self._inputs.breaker_states()
         incidents = self._inputs.active_incidents()
         isolated = sorted(n for n, s in breakers.items() if s in ("open", "forced_open"))
         cooling = sorted(set(self._inputs.cooling_down()) - set(isolated))
         if incidents.get("critical"):
-            return SystemState.EMERGENCY, f"{incidents['critical']} critical incident(s) active"
+            why = f"{incidents['critical']} critical incident(s) active"
+            return Conditions(SystemState.EMERGENCY, why, severity="critical")
         if breakers and (len(isolated) + len(cooling)) * 2 > len(breakers):
             out = ", ".join(isolated + [f"{name} (cooling down)" for name in cooling])
-            return SystemState.EMERGENCY, f"most agents isolated: {out}"
+            why = f"most agents isolated: {out}"
+            return Conditions(SystemState.EMERGENCY, why, components=(*isolated, *cooling))
         if isolated:
-            return SystemState.DEGRADED, f"breaker open: {', '.join(isolated)}"
+            why = f"breaker open: {', '.join(isolated)}"
+            return Conditions(SystemState.DEGRADED, why, components=tuple(isolated))
         if cooling:
-            return SystemState.DEGRADED, f"cooling down (rate limited): {', '.join(cooling)}"
+            why = f"cooling down (rate limited): {', '.join(cooling)}"
+            return Conditions(SystemState.DEGRADED, why, components=tuple(cooling))
         if incidents.get("high"):
-            return SystemState.DEGRADED, f"{incidents['high']} high-severity incident(s) active"
+            why = f"{incidents['high']} high-severity incident(s) active"
+            return Conditions(SystemState.DEGRADED, why, severity="high")
         failing = self._inputs.failing_subsystems()
         if failing:
-            return SystemState.DEGRADED, f"failing subsystem: {', '.join(failing)}"
-        return (
+            why = f"failing subsystem: {', '.join(failing)}"
+            return Conditions(SystemState.DEGRADED, why, components=tuple(failing))
+        return Conditions(
             None,
             "no open breakers or cooldowns, no high or critical incidents, subsystems healthy",
         )
 
     def evaluate(self) -> SystemState:
-        wanted, reason = self.conditions()
+        wanted = self.conditions()
         now = self._clock()
-        if wanted is not None:
+        if wanted.state is not None:
             self._clean_since = None
-            self._move(wanted, reason, now)
+            self._move(wanted.state, wanted.reason, now, wanted)
         elif self.state in (SystemState.DEGRADED, SystemState.EMERGENCY):
             self._clean_since = now
             self._move(SystemState.RECOVERY, "conditions cleared; watching for relapse", now)
@@ -111,11 +129,14 @@ class SystemStateMachine:
                 self._move(SystemState.NORMAL, f"clean for {self.recovery_clean_s:g} s", now)
         return self.state
 
-    def _move(self, to: SystemState, reason: str, now: float) -> None:
+    def _move(
+        self, to: SystemState, reason: str, now: float, cause: Conditions | None = None
+    ) -> None:
         if to is self.state:
             self.reason = reason
             return
-        transition = StateTransition(self.state, to, reason, now)
+        severity, components = (cause.severity, cause.components) if cause else (None, ())
+        transition = StateTransition(self.state, to, reason, now, severity, components)
         log.warning("system state %s -> %s: %s", self.state, to, reason)
         self.state, self.reason, self.since = to, reason, now
         self.history.append(transition)

@@ -259,7 +259,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 [BreakerEventKind.STATE_TRANSITION],
             )
         incident_service.subscribe(lambda event: state.evaluate())
-        state_notes = StateNotes(incident_service, fleet.replica if fleet is not None else "")
+        state_notes = StateNotes(incident_store, fleet.replica if fleet is not None else "")
         state.subscribe(state_notes)
         # Isolations (forced opens, disabled breakers), the system state, minimal mode, the
         # agents' rate-limit cooldowns and the emergency-backup cooldown outlive a restart:
