@@ -175,15 +175,9 @@ async def _write(
     policy: KeyPolicy,
 ) -> None:
     if isinstance(write, AddExpense):
-        if unit.key is not None:
-            # A key older than the policy's time names a new request: the expense its first
-            # use recorded no longer stands in for this one.
-            await tx.rows(
-                "budgets",
-                f"UPDATE {names['budgets']}.expenses SET turn_key = NULL"
-                " WHERE turn_key = ? AND spent_at < ?",
-                (unit.turn_key, unit.now - policy.ttl_s),
-            )
+        # The expense keeps its turn's key for good: a send of the same key, even once its
+        # reply is forgotten (its time is up, or it was pushed out of the newest), finds the
+        # expense recorded and adds none (ExpenseRecordedBefore, a 409).
         added = await tx.rows(
             "budgets",
             f"INSERT INTO {names['budgets']}.expenses (user_id, category, amount_cents, note,"

@@ -14,7 +14,7 @@ from service.errors import StoreUnavailable
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.budgets import BudgetStore, current_month
-from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
+from service.stores.unit_of_work import ExpenseRecordedBefore, KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
 from tests.store_writes import stored_turns, turn_count
 
@@ -67,15 +67,19 @@ async def test_a_key_committed_first_by_another_request_takes_nothing_from_the_s
     assert await stores.units.remembered("PUT /api/profiles", "k") is None
 
 
-async def test_a_key_used_again_after_its_time_records_a_new_expense(stores: Stores) -> None:
+async def test_a_key_used_again_after_its_time_finds_its_expense_recorded(stores: Stores) -> None:
+    # Its reply is forgotten, its expense is not: a late retry (a client's queue sent again
+    # the next day) adds no second expense.
     ttl = stores.key_policy.ttl_s
     key = KeyToRemember("POST /chat", "k", "f", 200, lambda applied: {})
     long_ago = time.time() - ttl - 60
     await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key, now=long_ago))
-    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key))
+    with pytest.raises(ExpenseRecordedBefore):
+        await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="t6", key=key))
     months = {current_month(long_ago), current_month()}
     reports = [await stores.budgets.report("u1", month) for month in months]
-    assert sum(row.spent_cents for report in reports for row in report) == 1000
+    assert sum(row.spent_cents for report in reports for row in report) == 500
+    assert await turn_count(stores.conversations) == 1
 
 
 async def test_a_failing_statement_leaves_every_store_as_it_was(stores: Stores) -> None:
