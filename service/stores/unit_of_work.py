@@ -88,9 +88,9 @@ class ExpenseRecordedBefore(UserInputError):
         super().__init__(
             f"the expense of this request was recorded by an earlier send with the "
             f"Idempotency-Key '{key}', whose reply is no longer remembered (older than "
-            "idempotency_key_ttl_s, pushed out by idempotency_keys_max newer keys, or "
-            "rolled back with the conversations store); nothing was recorded again. A new "
-            "expense needs a new key"
+            "idempotency_key_ttl_s, pushed out by idempotency_keys_max newer keys, "
+            "rolled back with the conversations store, or never stored: the disk filled as "
+            "it was committed); nothing was recorded again. A new expense needs a new key"
         )
 
 

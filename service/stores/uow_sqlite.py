@@ -13,8 +13,11 @@ commits attached files one after another and atomically per file only, so a fail
 commit itself (the disk fills as the conversations file's log is written, or the process
 dies) can leave the earlier files committed: then the unit's expense is deleted again at
 once (by its turn key), and a retry with the same Idempotency-Key re-applies the unit
-without adding that expense twice. Budget limits and profile fields are set to a value, so
-applying them again changes nothing.
+without adding that expense twice. When even that delete fails (the disk that failed the
+commit refuses it too), the expense is stored for good, and the turn is answered as
+committed (a 503 would ask for a retry that records it again, without a key twice): only
+its line in the conversation history is missing, as the error log says. Budget limits and
+profile fields are set to a value, so applying them again changes nothing.
 """
 
 from __future__ import annotations
@@ -118,7 +121,10 @@ class SqliteUnitOfWork:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._undo_expense(conn, unit)
+            if self._expense_stands(conn, unit, exc):
+                # Stored, and not to be taken back: the reply that reports it is the truth
+                # (a 503 would ask for a retry that records it again).
+                return Applied(turn_id=None, profile=applied.profile)
             raise StoreUnavailable(" and ".join(components), str(exc)) from exc
         return applied
 
@@ -164,20 +170,47 @@ class SqliteUnitOfWork:
                 raise StoreUnavailable(name, str(exc)) from exc
         return conn
 
-    def _undo_expense(self, conn: sqlite3.Connection, unit: Unit) -> None:
+    def _expense_stands(self, conn: sqlite3.Connection, unit: Unit, cause: Exception) -> bool:
         """After a commit that failed part way: the conversations file (last) holds neither
-        turn nor key, so delete the expense an earlier file may have committed."""
+        turn nor key, so delete the expense an earlier file may have committed. True when it
+        is stored and could not be deleted (the disk that failed the commit refuses the
+        delete too)."""
         if conn.in_transaction:
             conn.rollback()
         if unit.turn_key is None or not any(isinstance(w, AddExpense) for w in unit.writes):
-            return
+            return False
         try:
             conn.execute("DELETE FROM ers_budgets.expenses WHERE turn_key = ?", (unit.turn_key,))
+            return False
         except sqlite3.Error as exc:
+            undo = exc
+        try:
+            stored = conn.execute(
+                "SELECT 1 FROM ers_budgets.expenses WHERE turn_key = ?", (unit.turn_key,)
+            ).fetchone()
+        except sqlite3.Error:
+            stored = None  # not known: answered as not stored, and logged
+        retry = (
+            "a retry with the same Idempotency-Key does not add it again"
+            if unit.key is not None
+            else "the request carried no Idempotency-Key"
+        )
+        if stored is not None:
             log.error(
-                "a chat turn's commit failed part way and its expense (turn key %s) could "
-                "not be removed: %s; a retry with the same Idempotency-Key will not add it "
-                "again, otherwise delete it from budgets.expenses by that turn_key",
+                "a chat turn's commit failed part way (%s) after its expense (turn key %s) was"
+                " stored, and the expense could not be taken back (%s): the reply reports it"
+                " as recorded; the turn is missing from the conversation history",
+                cause,
                 unit.turn_key,
-                exc,
+                undo,
             )
+            return True
+        log.error(
+            "a chat turn's commit failed part way (%s) and whether its expense (turn key %s)"
+            " is stored cannot be read: the reply is a 503; if it is in budgets.expenses"
+            " by that turn_key, %s",
+            cause,
+            unit.turn_key,
+            retry,
+        )
+        return False

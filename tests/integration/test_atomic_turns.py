@@ -10,12 +10,17 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
+from service.stores import Stores
+from service.stores.base import ChatTurn
 from service.stores.conversations import ConversationStore
+from service.stores.unit_of_work import ExpenseRecordedBefore, KeyToRemember, Unit
+from service.stores.writes import AddExpense
 from tests.conftest import ErsProcess, start_ers
 
 SPEND = "spent $5 on groceries"
@@ -214,3 +219,83 @@ def test_on_postgresql_a_failed_turn_stores_nothing_and_a_keyed_retry_stores_onc
             assert conn.execute(turns).fetchone() == (1,)
     finally:
         ers.stop()
+
+
+# Chats before the disk fills leave room in pages each file's log holds already.
+@pytest.mark.parametrize("warm", [0, 10])
+def test_a_full_data_dir_answers_each_chat_as_its_expense_was_stored(
+    warm: int, tmp_path: Path, small_volume: Path
+) -> None:
+    # Each file has some room left in pages it holds already: the commit that fails may be
+    # the conversations file's after the budgets file's went through, with no room left to
+    # take the expense back. Whatever each chat was answered, the expenses stored are the
+    # ones answered 200.
+    env = {**QUIET_HEALTH, "ERS_DATA_DIR": str(small_volume)}
+    ers = start_ers(tmp_path / "ers", env=env)
+    answered: list[int] = []
+    try:
+        for number in range(warm):
+            assert chat(ers, f"spent $1 on groceries (-{number})").status_code == 200
+        answered += [200] * warm
+        filler = fill(small_volume)
+        for number in range(12):
+            reply = chat(ers, f"spent $1 on groceries ({number})", key=f"full-{number}")
+            answered.append(reply.status_code)
+            if reply.status_code == 200:
+                assert "Recorded $1.00" in reply.json()["response"], reply.text
+            else:
+                assert reply.status_code == 503, reply.text
+        filler.unlink()
+        with sqlite3.connect(small_volume / "budgets.sqlite3") as conn:
+            stored = int(conn.execute("SELECT count(*) FROM expenses").fetchone()[0])
+        assert stored == answered.count(200), answered
+    finally:
+        ers.stop()
+    assert "Traceback" not in ers.log()
+
+
+class NoRoomToUndo(sqlite3.Connection):
+    """The connection that attaches the files, where the delete that takes a turn's expense
+    back finds the disk as full as the commit before it did."""
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.startswith("DELETE FROM ers_budgets.expenses"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, *args)
+
+
+async def test_an_expense_that_cannot_be_taken_back_is_answered_as_recorded(
+    tmp_path: Path, small_volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The conversations file fills as it commits, after the budgets file committed the
+    # expense; the delete that would take it back fails too. A 503 would ask for a retry
+    # that records it a second time: the unit is answered as committed, less its turn.
+    connect = sqlite3.connect
+
+    def attaching(database: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if database == ":memory:":
+            kwargs["factory"] = NoRoomToUndo
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", attaching)
+    data = tmp_path / "data"
+    data.mkdir()
+    on_volume = small_volume / "conversations.sqlite3"
+    (data / "conversations.sqlite3").symlink_to(on_volume)
+    stores = Stores.in_directory(data)
+    await stores.open()
+    try:
+        fill(small_volume)
+        key = KeyToRemember("POST /chat", "k-1", "f", 200, lambda applied: {"response": "ok"})
+        spend = AddExpense("u1", "food", 500, "spent $5 on food")
+        turn = ChatTurn("u1", LONG_SPEND, "Recorded $5.00 for food", "budget", True, False)
+        applied = await stores.units.commit(Unit((spend,), turn, turn_key="t-1", key=key))
+        assert applied.turn_id is None
+        assert count(data / "budgets.sqlite3", "expenses") == 1
+        assert count(on_volume, "turns") == 0
+        # Its key is not remembered; its retry finds the expense and records nothing.
+        with pytest.raises(ExpenseRecordedBefore):
+            await stores.units.commit(Unit((spend,), turn, turn_key="t-1", key=key))
+        assert count(data / "budgets.sqlite3", "expenses") == 1
+    finally:
+        await stores.close()
