@@ -19,6 +19,7 @@ from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
 from service.chat.holds import end_holds_when_back
 from service.errors import UnknownAgent, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
+from service.resilience.breaker_config import SECONDS_LIMITS
 from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.fallback import FallbackChain, FallbackPolicy, LastGoodAnswers
@@ -336,7 +337,8 @@ def _breaker_for_timeout(
     changes = {}
     if "slow_call_duration_s" not in set_here:
         share = spec.timeout_s / settings.agent_timeout_s
-        changes["slow_call_duration_s"] = base.slow_call_duration_s * share
+        slow = base.slow_call_duration_s * share
+        changes["slow_call_duration_s"] = min(slow, SECONDS_LIMITS["slow_call_duration_s"])
     if "half_open_max_wait_s" not in set_here:
         budget = spec.timeout_s * BUDGET_FACTOR
         changes["half_open_max_wait_s"] = max(base.half_open_max_wait_s, budget)

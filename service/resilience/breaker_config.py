@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -15,6 +14,24 @@ class BreakerState(StrEnum):
     FORCED_OPEN = "forced_open"
     # Permits every call and records nothing.
     DISABLED = "disabled"
+
+
+# The most each field takes: beyond these a breaker would keep more calls than it needs, or
+# an agent out for longer than an operator would wait (a duration past a day is a typo).
+COUNT_LIMITS = {
+    "failure_threshold": 1000,
+    "sliding_window_size": 10_000,
+    "minimum_calls": 10_000,
+    "half_open_max_calls": 1000,
+    "half_open_success_threshold": 1000,
+    "history_size": 10_000,
+}
+SECONDS_LIMITS = {
+    "slow_call_duration_s": 86_400.0,
+    "open_duration_s": 86_400.0,
+    "max_open_duration_s": 86_400.0,
+    "half_open_max_wait_s": 86_400.0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,30 +79,21 @@ class BreakerConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        for name in (
-            "failure_threshold",
-            "sliding_window_size",
-            "minimum_calls",
-            "half_open_max_calls",
-            "half_open_success_threshold",
-            "history_size",
-        ):
+        for name, most in COUNT_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a whole number of at least 1, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                problems.append(f"{name} must be a whole number from 1 to {most}, got {value!r}")
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 problems.append(f"{name} is a share of calls in (0, 1], got {value!r}")
-        for name in (
-            "slow_call_duration_s",
-            "open_duration_s",
-            "max_open_duration_s",
-            "half_open_max_wait_s",
-        ):
+        for name, most in SECONDS_LIMITS.items():
             value = getattr(self, name)
-            if math.isnan(value) or value <= 0:
-                problems.append(f"{name} must be a positive number of seconds, got {value!r}")
+            # Not NaN, not 0, not past a day (a time that far ahead cannot be shown).
+            if not 0 < value <= most:
+                problems.append(
+                    f"{name} must be a positive number of seconds, at most {most:g}, got {value!r}"
+                )
         if not problems:
             if self.minimum_calls > self.sliding_window_size:
                 problems.append(
@@ -97,9 +105,10 @@ class BreakerConfig:
                     f"max_open_duration_s ({self.max_open_duration_s}) must be at least "
                     f"open_duration_s ({self.open_duration_s})"
                 )
-        if not self.open_backoff_multiplier >= 1:
+        if not 1 <= self.open_backoff_multiplier <= 100:
             problems.append(
-                f"open_backoff_multiplier must be at least 1, got {self.open_backoff_multiplier!r}"
+                "open_backoff_multiplier must be from 1 to 100, got "
+                f"{self.open_backoff_multiplier!r}"
             )
         for name in ("record_exceptions", "ignore_exceptions"):
             classes = tuple(getattr(self, name))

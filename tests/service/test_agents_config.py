@@ -445,6 +445,40 @@ def test_a_breaker_override_of_an_unknown_key_names_it_and_the_keys_allowed(
     assert "ignore_exceptions" not in str(raised.value)
 
 
+def test_a_breaker_override_past_a_day_is_refused_at_start(tmp_path: Path) -> None:
+    # Taken, it made the status and the breaker's page fail with an OverflowError (500)
+    # once the breaker opened: its trial time was past what a date can hold.
+    settings = make_settings(
+        tmp_path,
+        agent_breakers={"budget": {"open_duration_s": 1e300, "max_open_duration_s": 1e300}},
+    )
+    with pytest.raises(SettingsError) as raised:
+        breaker_configs(settings)
+    assert str(raised.value).startswith(
+        "invalid setting 'agent_breakers.budget': invalid breaker config: open_duration_s must"
+        " be a positive number of seconds, at most 86400, got 1e+300"
+    )
+
+
+async def test_a_long_agent_timeout_keeps_its_slow_line_within_a_day(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        agent_timeout_s=0.001,
+        agents={
+            **DEFAULT_TEAM,
+            "slow": {"kind": "http", "url": "http://127.0.0.1:9/chat", "timeout_s": 600},
+        },
+        agent_routes={"workout": "slow"},
+    )
+    team = team_of(settings, sqlite_stores)
+    try:
+        assert team.guards["slow"].breaker.config.slow_call_duration_s == 86_400
+    finally:
+        await team.aclose()
+
+
 async def test_the_team_closes_the_agents_that_hold_something_open(
     tmp_path: Path, sqlite_stores: Stores
 ) -> None:
