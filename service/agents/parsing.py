@@ -214,6 +214,7 @@ _MONEY = re.compile(
 _PLAIN = re.compile(
     rf"(?P<minus>(?<![\w.,{_MINUS}])[{_MINUS}])?(?<![\w.,])(?P<amount>{_AMOUNT})(?!\w)"
 )
+_SIGN_THEN_POINT = re.compile(r"[$€£]\s?[.,]\d")
 _WHOLE = re.compile(r"\d+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"\d+[.,]\d+")
@@ -266,10 +267,28 @@ def parse_money_cents(message: str) -> int | None:
     """The first amount of money in a message, in cents; bare numbers count as a last resort.
 
     Raises NotUnderstood when any amount of money in it cannot be taken as written (see the
-    module): recording $25 of "spent $25 on food and $-5 on gas" would drop the rest unsaid.
+    module), or when it has more than one: recording $25 of "spent $25 on groceries and $30
+    on rent" would drop the rest unsaid.
     """
     text = message.lower()
-    if amounts := [_money_cents(match) for match in _MONEY.finditer(text)]:
+    if point := _SIGN_THEN_POINT.search(text):
+        raise NotUnderstood(
+            point.group(0) + "...",
+            "write a digit before the point (0.50, not .50)",
+            _MONEY_EXAMPLE,
+            _NOTHING_RECORDED,
+        )
+    matches = list(_MONEY.finditer(text))
+    if amounts := [_money_cents(match) for match in matches]:
+        if len(amounts) > 1:
+            # Recording the first would drop the others unsaid.
+            raise NotUnderstood(
+                matches[1].group(0).strip(),
+                f"one amount per message, and this one has {len(amounts)} "
+                f"({', '.join(format_cents(cents) for cents in amounts)}); send each on its own",
+                _MONEY_EXAMPLE,
+                _NOTHING_RECORDED,
+            )
         return amounts[0]
     if match := _PLAIN.search(text):
         return _cents(match.group(0), match.group("amount"), bool(match.group("minus")))

@@ -122,6 +122,14 @@ def test_money_as_meant(text: str, cents: int) -> None:
         # Any amount of money in the message, not only the first one.
         ("spent $25 on food and $-5 on gas", "cannot be negative"),
         ("spent $25 on food and 1e308 dollars on gas", "without an exponent"),
+        # Recording one of two would drop the other unsaid.
+        (
+            "spent $25 on groceries and $30 on rent",
+            "'$30': one amount per message, and this one has 2 ($25.00, $30.00)",
+        ),
+        ("spent 25 dollars and 5 dollars", "one amount per message"),
+        ("spent $.5 on food", "'$.5...': write a digit before the point (0.50, not .50)"),
+        ("spent € ,50 on food", "write a digit before the point"),
     ],
 )
 def test_money_not_taken_as_written(text: str, reason: str) -> None:
