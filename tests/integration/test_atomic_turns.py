@@ -142,11 +142,21 @@ def test_a_data_dir_that_fills_up_answers_503_and_every_store_stays_empty(
 ) -> None:
     ers = start_ers(tmp_path / "ers", env={**QUIET_HEALTH, "ERS_DATA_DIR": str(small_volume)})
     try:
+        assert httpx.get(f"{ers.url}/readyz", timeout=10).status_code == 200
         filler = fill(small_volume)
         for message in (LONG_SPEND, "I am 30, 80 kg, 180 cm, male: " + LONG_SPEND):
             full = chat(ers, message, key=f"k-{len(message)}")
             assert full.status_code == 503, full.text
+        # The files are this replica's own: a balancer is told to send its chats elsewhere,
+        # though the stores' tiny write probes may still fit.
+        ready = httpx.get(f"{ers.url}/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert ready.json() == {
+            "status": "not ready",
+            "reason": f"the state cannot be written: disk of {small_volume} is 100% full",
+        }
         filler.unlink()
+        assert httpx.get(f"{ers.url}/readyz", timeout=10).status_code == 200
     finally:
         ers.stop()
     assert count(small_volume / "budgets.sqlite3", "expenses") == 0
