@@ -8,14 +8,16 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 from service.cli.output import EXIT_CODES, FAILED, OK, USAGE, CliError, add_output_option
 from service.cli.remote import DEFAULT_URL, add_connection_options
-from service.settings import SettingsError, load_settings
+from service.settings import Environment, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,6 +51,8 @@ def serve(args: argparse.Namespace) -> int:
     refused = SettingsRefusal()
     logging.getLogger("uvicorn.error").addFilter(refused)
     app = create_app(settings)
+    if settings.env is Environment.PRODUCTION:
+        keep_state_private(settings.data_dir)
     if settings.database_url is None:
         # Taken before the server says anything: a refusal is then one line and exit 2. The
         # lifespan holds it from there and releases it after its teardown.
@@ -77,6 +81,30 @@ def serve(args: argparse.Namespace) -> int:
             raise SettingsError(refused.message) from None
         raise
     return 0 if server.started else 1
+
+
+def keep_state_private(data_dir: Path) -> None:
+    """Production: profiles and conversations are personal data. What the service writes is
+    its user's alone (umask 077), and so is the data directory (its files made before too:
+    no other user can reach them through it)."""
+    os.umask(0o077)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        mode = stat.S_IMODE(data_dir.stat().st_mode)
+        if mode & 0o077:
+            data_dir.chmod(0o700)
+            logging.getLogger("ers").warning(
+                "the data directory %s had mode %o, which lets other users read personal data;"
+                " it is 700 now",
+                data_dir,
+                mode,
+            )
+    except OSError as exc:
+        raise SettingsError(
+            f"invalid setting 'data_dir': cannot make {data_dir} private to this user"
+            f" ({exc.strerror}); production keeps personal data there: run as its owner, or"
+            f" chmod 700 {data_dir}"
+        ) from None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
