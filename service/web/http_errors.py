@@ -119,6 +119,9 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     problem = unreadable_body(exc)
     if problem is not None:
         return invalid_request([problem])
+    if exc.status_code == 422 and isinstance(exc.detail, str):
+        # A route's own check: the shape of the body's validation errors, for one reader.
+        return invalid_request([exc.detail])
     try:
         error = HTTPStatus(exc.status_code).phrase.lower()
     except ValueError:

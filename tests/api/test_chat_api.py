@@ -92,6 +92,9 @@ async def test_bad_input_gets_422_with_a_reason(
     reply = await client.post("/chat", json=body)
     assert reply.status_code == 422
     assert expected in reply.json()["detail"]
+    # One shape, whether the body's validation or the route's own check refused it.
+    assert reply.json()["error"] == "invalid request"
+    assert reply.json()["detail"] == "; ".join(reply.json()["problems"])
 
 
 async def test_malformed_json_gets_422(client: httpx.AsyncClient) -> None:

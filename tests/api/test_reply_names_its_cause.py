@@ -10,7 +10,7 @@ import pytest
 
 from service.settings import Settings
 
-NEVER_TRIP = {"failure_threshold": 10**9, "sliding_window_size": 10**6, "minimum_calls": 10**6}
+NEVER_TRIP = {"failure_threshold": 1000, "sliding_window_size": 10_000, "minimum_calls": 10_000}
 AGENTS = {
     "nutrition": {"kind": "python", "factory": "nutrition"},
     "coach": {"kind": "python", "factory": "tests.service.own_agents:moody"},

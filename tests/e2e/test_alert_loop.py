@@ -32,7 +32,7 @@ from tests.integration.prom import start_alertmanager, start_prometheus
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "alert-loop-token-5d2e"
 T = TypeVar("T")
-NEVER_TRIP = {"failure_threshold": 10**9, "sliding_window_size": 10**6, "minimum_calls": 10**6}
+NEVER_TRIP = {"failure_threshold": 1000, "sliding_window_size": 10_000, "minimum_calls": 10_000}
 
 
 def fast_rules(tmp_path: Path) -> Path:
