@@ -128,7 +128,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, not to float
         seconds = float(value)
     else:
         try:
@@ -166,10 +166,10 @@ def failure_from_response(
     body: bytes,
     secrets: Sequence[str] = (),
 ) -> FailureKind:
-    """The kind of an error reply (status 400 and up). The message names the agent, the
-    status and the error code, never the body (it may echo what was sent); the code too may
-    echo what was sent, so each of ``secrets`` (the credentials the request carried) in it
-    is replaced."""
+    """The kind of an error reply (status 300 and up: a redirect is a wrong url). The message
+    names the agent, the status and the error code, never the body (it may echo what was
+    sent); the code too may echo what was sent, so each of ``secrets`` (the credentials the
+    request carried) in it is replaced."""
     code = error_code(body)
     for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold another
         if code and secret:
@@ -206,6 +206,12 @@ def failure_from_response(
         return BadRequest(f"agent '{agent}' refused the request: {said}", status=status)
     if status >= 500:
         return ServerError(f"agent '{agent}' failed: {said}", status=status)
+    if status < 400:
+        return ClientError(
+            f"agent '{agent}' answered {said}, a redirect, which ERS does not follow: set its"
+            " url to where the agent answers now",
+            status=status,
+        )
     return ClientError(
         f"agent '{agent}' answered {said}; check its url and contract settings", status=status
     )

@@ -190,7 +190,7 @@ class RemoteAgent:
         span = self._spans.start(outgoing)
         try:
             status, headers, content = await self._exchange(outgoing, span)
-            if status >= 400:
+            if status >= 300:
                 failure = failure_from_response(
                     self.name, status, headers, content or b"", self._secrets()
                 )

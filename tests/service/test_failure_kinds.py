@@ -37,7 +37,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after("999999") == MAX_RETRY_AFTER_S
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-3", "1.5e3", "Mon, 99 Foo 2026"])
+@pytest.mark.parametrize(
+    "value", [None, "", "soon", "-3", "1.5e3", "Mon, 99 Foo 2026", "\u00b2", "3\u00b2", "\u0663"]
+)
 def test_an_unreadable_retry_after_is_none(value: str | None) -> None:
     assert parse_retry_after(value) is None
 
@@ -59,6 +61,8 @@ OPENAI_ERROR = b'{"error": {"message": "too long", "code": "%s"}}'
         (400, OPENAI_ERROR % b"context_length_exceeded", "context_length", False, False),
         (400, OPENAI_ERROR % b"content_filter", "content_filter", False, False),
         (404, b"", "client_error", False, True),
+        (302, b"", "client_error", False, True),  # a moved agent: ERS follows no redirect
+        (307, b"", "client_error", False, True),
         # Nested deeper than the JSON parser goes: read as having no error code.
         (502, b"[" * 30_000 + b"]" * 30_000, "server_error", True, True),
     ],
