@@ -10,7 +10,9 @@ every ``poll_interval_s`` (the fallback, and the catch-up after a reconnect), re
 overrides and applies those it has not seen to its own breakers. Changes applied from the
 fleet are not written back, so nothing echoes. Failure counting stays per replica.
 
-When a forced open ends (released, or its time is up) every replica's breaker goes
+A reset (an operator's, or an alert's resolution, whose probe passed) closes the breaker on
+every replica, whatever its state there. When a forced open ends (released, or its time is
+up) every replica's breaker goes
 half-open, but only one replica at a time runs the trial call: the one holding the agent's
 lease in the same row. The others answer with fallbacks until the holder's trial succeeds
 (and the fleet closes the breaker everywhere) or the lease lapses. A failed trial keeps the
@@ -46,6 +48,8 @@ from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
 
+# The source of a fleet row that closes the breaker everywhere after a reset.
+RESET = "reset"
 # A forced open released within this long of its expiry counts as having expired.
 EXPIRY_SLACK_S = 0.5
 STOP_FLUSH_S = 3.0
@@ -135,7 +139,11 @@ class FleetOverrides:
                 self.poll_interval_s,
             )
         for breaker in self._breakers.values():
-            kinds = [BreakerEventKind.STATE_TRANSITION, BreakerEventKind.FORCE_RENEWED]
+            kinds = [
+                BreakerEventKind.STATE_TRANSITION,
+                BreakerEventKind.FORCE_RENEWED,
+                BreakerEventKind.RESET,
+            ]
             self._unsubscribes.append(breaker.subscribe(self._on_event, kinds))
             breaker.trial_gate = functools.partial(self._leases.may_run_trial, breaker.name)
         self._tasks = [
@@ -175,7 +183,14 @@ class FleetOverrides:
         if self._applying:
             return
         name = event.breaker
-        if trial_passed:
+        if _is_reset(event):
+            # An operator's reset, or an alert's resolution, whose probe passed (or forced):
+            # the agent answers, so the breaker closes on every replica, whatever its state
+            # there (forced open by the fleet, or opened by that replica's own failures).
+            self._forced_until.pop(name, None)
+            reason = f"{event.reason} by {event.source or 'an operator'} on {self.replica}"
+            self._queue(Override(name, False, RESET, reason, trial_passed=True))
+        elif trial_passed:
             reason = (
                 f"{event.reason} by {event.source} on {self.replica}"
                 if event.source
@@ -296,9 +311,12 @@ class FleetOverrides:
             elif breaker.state is BreakerState.DISABLED:
                 breaker.enable(source=row["source"])
             elif row["trial_passed"] and (
-                self._leases.needs_lease(agent) or breaker.state is BreakerState.FORCED_OPEN
+                self._leases.needs_lease(agent)
+                or breaker.state is BreakerState.FORCED_OPEN
+                or (row["source"] == RESET and breaker.state is not BreakerState.CLOSED)
             ):
-                breaker.reset(force=True, source=f"trial on {row['replica']}")
+                how = "reset" if row["source"] == RESET else "trial"
+                breaker.reset(force=True, source=f"{how} on {row['replica']}")
                 self._forced_until.pop(agent, None)
             elif breaker.state is BreakerState.FORCED_OPEN:
                 breaker.release(source=row["source"])
@@ -347,6 +365,17 @@ class FleetOverrides:
                 outage.failed(self.database.reason(exc), MAX_BACKOFF_S)
             await asyncio.sleep(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+
+def _is_reset(event: BreakerEvent) -> bool:
+    """A reset of the breaker: closed from any state, or its counters cleared when closed."""
+    if event.kind is BreakerEventKind.RESET:
+        return True
+    return (
+        event.kind is BreakerEventKind.STATE_TRANSITION
+        and event.to_state is BreakerState.CLOSED
+        and event.reason in ("reset", "reset with force")
+    )
 
 
 def _applied_words(row: DictRow, state: BreakerState) -> str:

@@ -309,6 +309,39 @@ async def test_a_reset_whose_probe_passed_closes_every_replica_whoever_holds_the
     assert row == (True, None)
 
 
+async def test_a_reset_of_a_forced_open_closes_every_replica_not_half_open(
+    start_replica: StartReplica, pg_url: str
+) -> None:
+    """It was shared as a release: the other replica went half-open and turned chats away
+    until a trial ran there."""
+    (a, _), (b, fleet_b) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("isolated by an operator", "admin:token", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the force on b")
+    b["workout"].reset(probe=ProbeOutcome(None), source="admin:token")
+    await eventually(lambda: a["workout"].state is CLOSED, 2, "the close on a")
+    assert a["workout"].history()[-1].source == "reset on b"
+    await asyncio.sleep(0.3)  # room for an echo, if there were one
+    assert b["workout"].state is CLOSED and fleet_b.writes == 1
+
+
+async def test_a_reset_closes_a_breaker_another_replica_opened_by_its_own_failures(
+    start_replica: StartReplica,
+) -> None:
+    """Reset on the replica where the breaker was closed changed nothing there, and so was
+    shared with no one: the other kept turning chats away for its whole open time."""
+    config = BreakerConfig(failure_threshold=1, open_duration_s=600, max_open_duration_s=600)
+    (a, _), (b, _) = (
+        await start_replica("a", config=config),
+        await start_replica("b", config=config),
+    )
+    permit = a["workout"].acquire()
+    permit.record_failure(RuntimeError("the agent's database is down"), 0.01)
+    assert a["workout"].state is OPEN and b["workout"].state is CLOSED
+    b["workout"].reset(probe=ProbeOutcome(None), source="admin:token")
+    await eventually(lambda: a["workout"].state is CLOSED, 2, "the close on a")
+    assert b["budget"].state is CLOSED and a["budget"].state is CLOSED
+
+
 async def test_a_failed_trial_keeps_the_lease_with_its_holder_through_the_open_period(
     start_replica: StartReplica,
 ) -> None:
