@@ -7,17 +7,11 @@ talks to the team through ``MinimalModeGate``, which answers on its own while th
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Callable
 
 from service.agents.base import AgentReply, AgentRequest
-from service.errors import StoreUnavailable
 from service.resilience.guard import GuardedAgent
-from service.stores.base import SystemStateBackend
-
-log = logging.getLogger("ers.minimal_mode")
 
 MINIMAL_ANSWER = (
     "ERS is answering in minimal mode while it recovers from a critical failure: meal plans, "
@@ -141,21 +135,3 @@ class MinimalModeGate:
             incident=self.mode.incident,
             data={"cause": f"minimal response mode: {self.mode.reason[:200]}"},
         )
-
-
-async def follow_the_fleet(
-    mode: MinimalMode, state: SystemStateBackend, key: str, every_s: float
-) -> None:
-    """On PostgreSQL: the responder of the replica that saw a critical failure turns minimal
-    mode on there, and an operator's `ers minimal-mode end` reaches one replica; each replica
-    matches the mode kept in the shared system_state store, every ``every_s``. Without this
-    the other replicas kept calling the agents, and a mode ended on one stayed on the others."""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            record = await state.get(key)
-        except StoreUnavailable as exc:
-            log.warning("minimal response mode of the fleet not read: %s", exc)
-            continue
-        if (words := mode.follow(record, settle_s=2 * every_s)) is not None:
-            log.warning("minimal response mode as another replica set it: %s", words)

@@ -4,7 +4,9 @@ the agent, with its breaker closed.
 
 It is a switch the state keeper keeps (``service.resilience.state_keeper.KeptSwitch``): its
 end is stored as a wall-clock moment, so a restart of ERS leaves the agent alone for the rest
-of the time it asked for instead of calling it again at once.
+of the time it asked for instead of calling it again at once. On PostgreSQL every replica
+follows the kept record (``follow_the_fleet``): a cooldown the agent asked one replica for,
+or an operator's reset that ended it, holds on all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Cooldown:
         self._clock = clock
         self._wall_clock = wall_clock
         self._listeners: list[Callable[[], None]] = []
+        self._changed_at = float("-inf")  # monotonic: when it last started or ended here
 
     def remaining(self) -> float:
         """Seconds left; 0 when the agent takes calls."""
@@ -62,6 +65,25 @@ class Cooldown:
         self.until = max(self.until, self._clock() + left)
         return f"agent '{self.agent}' left alone for {left:.0f} s more (it asked: rate limited)"
 
+    def follow(self, record: dict[str, Any] | None, settle_s: float) -> str | None:
+        """Match the kept record, which on PostgreSQL every replica shares: the agent asked
+        another replica to leave it alone, or an operator's reset there ended the cooldown.
+        What changed, in words; None when nothing did. A change made here within
+        ``settle_s`` may not be stored yet: it stands."""
+        if self._clock() - self._changed_at < settle_s:
+            return None
+        left = 0.0 if record is None else float(record["until"]) - self._wall_clock()
+        if left <= 0:
+            if self.remaining() <= 0:
+                return None
+            self.until = 0.0
+            return f"agent '{self.agent}' takes calls again: its cooldown ended"
+        if abs(self.remaining() - left) < 1.0:
+            return None
+        self.until = self._clock() + left
+        return f"agent '{self.agent}' left alone for {left:.0f} s (it asked: rate limited)"
+
     def _changed(self) -> None:
+        self._changed_at = self._clock()
         for listener in self._listeners:
             listener()

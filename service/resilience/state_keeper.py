@@ -53,6 +53,32 @@ class KeptSwitch(Protocol):
     def subscribe(self, listener: Callable[[], None]) -> None: ...
 
 
+class FollowedSwitch(KeptSwitch, Protocol):
+    """A kept switch every replica of a fleet matches to the shared record."""
+
+    def follow(self, record: dict[str, Any] | None, settle_s: float) -> str | None: ...
+
+
+async def follow_the_fleet(
+    switches: dict[str, FollowedSwitch], state: SystemStateBackend, every_s: float
+) -> None:
+    """On PostgreSQL each replica matches its switches to the records kept in the shared
+    system_state store, every ``every_s``: minimal mode the responder of one replica turned
+    on, or an operator ended on one; an agent's rate-limit cooldown one replica was asked
+    for, or a reset ended. Without this the other replicas kept calling the agents, and what
+    ended on one stayed on the others."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            records = await state.items()
+        except StoreUnavailable as exc:
+            log.warning("the fleet's kept switches not read: %s", exc)
+            continue
+        for key, switch in switches.items():
+            if (words := switch.follow(records.get(key), settle_s=2 * every_s)) is not None:
+                log.warning("%s as another replica set it: %s", key, words)
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """What ``restore()`` put back, in words an operator reads in a rollback's result."""

@@ -29,11 +29,7 @@ from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks, record_interrupted  # noqa: E402
 from service.backups.service import undo_interrupted_swap  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
-from service.chat.minimal_mode import (  # noqa: E402
-    MinimalMode,
-    MinimalModeGate,
-    follow_the_fleet,
-)
+from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
 from service.chat.service import ChatService  # noqa: E402
 from service.chat.team import breaker_configs, build_team  # noqa: E402
 from service.config_checks import unknown_variables  # noqa: E402
@@ -54,7 +50,7 @@ from service.resilience.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.resilience.bulkhead import register_bulkhead_metrics  # noqa: E402
 from service.resilience.faults import FaultInjector  # noqa: E402
 from service.resilience.instruments import AgentInstruments  # noqa: E402
-from service.resilience.state_keeper import StateKeeper  # noqa: E402
+from service.resilience.state_keeper import StateKeeper, follow_the_fleet  # noqa: E402
 from service.resilience.system_state import (  # noqa: E402
     StateInputs,
     SystemStateMachine,
@@ -281,8 +277,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(keeper.stop)
         if settings.database_url is not None:
             every_s = settings.fleet_poll_interval_s
-            following = follow_the_fleet(minimal_mode, stores.system_state, "minimal_mode", every_s)
-            run_in_background(stack, following, "minimal-mode-fleet")
+            followed = {"minimal_mode": minimal_mode, **cooldowns}
+            following = follow_the_fleet(followed, stores.system_state, every_s)
+            run_in_background(stack, following, "kept-switches-fleet")
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.replies.name_kept_isolations(team.breakers())
 

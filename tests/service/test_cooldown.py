@@ -51,3 +51,28 @@ def test_a_kept_cooldown_resumes_what_is_left_and_an_elapsed_one_nothing() -> No
     late = clocks.cooldown()
     assert late.resume(kept) is None
     assert late.remaining() == 0
+
+
+def test_follows_another_replicas_cooldown_and_its_end_but_not_its_own_yet_unstored() -> None:
+    clocks = Clocks()
+    cooldown = clocks.cooldown()
+    asked = {"agent": "helper", "until": clocks.wall + 30}  # a 429 on another replica
+    assert cooldown.follow(asked, settle_s=4) == (
+        "agent 'helper' left alone for 30 s (it asked: rate limited)"
+    )
+    assert cooldown.remaining() == 30
+    clocks.advance(5)
+    assert cooldown.follow(asked, settle_s=4) is None  # the same end: nothing to change
+    assert (
+        cooldown.follow(None, settle_s=4) == "agent 'helper' takes calls again: its cooldown ended"
+    )
+    assert cooldown.remaining() == 0
+
+    cooldown.start(60)  # this replica's own, not stored yet
+    clocks.advance(1)
+    assert cooldown.follow(None, settle_s=4) is None and cooldown.remaining() == 59
+    clocks.advance(10)
+    stale = {"agent": "helper", "until": clocks.wall - 1}
+    assert (
+        cooldown.follow(stale, settle_s=4) == "agent 'helper' takes calls again: its cooldown ended"
+    )

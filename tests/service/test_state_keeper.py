@@ -3,7 +3,9 @@ it puts back, and what it does while the store is paused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from service.resilience.breaker import (
     BreakerState,
     CircuitBreaker,
 )
-from service.resilience.state_keeper import StateKeeper
+from service.resilience.cooldown import Cooldown
+from service.resilience.state_keeper import StateKeeper, follow_the_fleet
 from service.resilience.system_state import StateInputs, SystemState, SystemStateMachine
 from service.stores.system_state import SystemStateStore
 
@@ -224,3 +227,43 @@ async def test_a_forced_open_keeps_the_incident_it_isolates_for(
     assert workout.forcing is not None and workout.forcing.incident == "INC_1"
     assert budget.forcing is not None and budget.forcing.incident is None
     await restarted.stop()
+
+
+async def test_replicas_sharing_the_store_follow_each_others_cooldowns(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    """A 429 on one replica left the agent alone there only; a reset on another, which ends
+    the cooldown there, left it running on the first."""
+    replicas = []
+    for _ in range(2):
+        breakers = team(clock)
+        cooldown = Cooldown("helper")
+        keeper = StateKeeper(
+            store, breakers, machine_of(breakers, clock), switches={"cooldown:helper": cooldown}
+        )
+        await keeper.start()
+        follows = asyncio.create_task(
+            follow_the_fleet({"cooldown:helper": cooldown}, store, every_s=0.05)
+        )
+        replicas.append((cooldown, keeper, follows))
+    (first, first_keeper, _), (second, second_keeper, _) = replicas
+
+    async def until(check: Callable[[], bool], what: str) -> None:
+        for _ in range(200):  # 10 s at most
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"{what} did not happen")
+
+    first.start(30)
+    await first_keeper.flush()
+    await until(lambda: second.remaining() > 25, "the cooldown on the second replica")
+    await asyncio.sleep(0.3)  # past the second's settle time: its end must be its own
+    second.end()
+    await second_keeper.flush()
+    await until(lambda: first.remaining() == 0, "the end on the first replica")
+    for _, keeper, follows in replicas:
+        follows.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follows
+        await keeper.stop()
