@@ -68,14 +68,17 @@ class ReplyIncidents:
         """Name the agent's incident and what was done about it in a degraded reply: for a
         failed call, the incident of its error, found by the words of its cause, which are
         its span's status (none yet when this is the cause's first failure: the incident is
-        written off the request path); for a call turned away
-        (breaker, cooldown, bulkhead), the agent's latest incident. A reply that names its
-        incident already (minimal mode's) keeps it."""
+        written off the request path); for a call turned away (breaker, cooldown), the
+        agent's latest incident; for one its full bulkhead turned away, none. A reply that
+        names its incident already (minimal mode's) keeps it. The actions are those taken
+        since the agent's breaker last closed: a reset undid the ones before."""
         if reply.incident is not None:
             incident_id: str | None = reply.incident
         elif reply.data.get("outcome") in ("failure", "timeout"):
             cause = _cause_key(str(reply.data.get("cause", "")))
             incident_id = self._latest_by_cause.get((reply.agent, cause))
+        elif reply.data.get("bulkhead"):  # busy, not failing: no incident is its cause
+            incident_id = None
         else:
             incident_id = self._forced_for.get(reply.agent) or self._latest.get(reply.agent)
         # Keeps what the guard said (an agent that answered instead, and the chain tried).
@@ -137,6 +140,11 @@ class ReplyIncidents:
         self._forced_for.pop(event.breaker, None)
         if event.to_state is not BreakerState.CLOSED:
             return
-        self._latest.pop(event.breaker, None)
+        # What was done for its incidents is undone (released, reset): a new failure in the
+        # same incident is a new episode, whose replies name only what is done for it.
+        ended = {self._latest.pop(event.breaker, None)}
         for key in [key for key in self._latest_by_cause if key[0] == event.breaker]:
-            del self._latest_by_cause[key]
+            ended.add(self._latest_by_cause.pop(key))
+        for incident_id in ended:
+            if incident_id is not None:
+                self._actions.pop(incident_id, None)

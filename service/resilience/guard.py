@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import lru_cache
 
 from opentelemetry import trace
@@ -137,8 +138,7 @@ class GuardedAgent:
     async def _turned_away(
         self, request: AgentRequest, bulkhead: Bulkhead, started: float
     ) -> AgentReply:
-        """No slot of the bulkhead came in time: a fallback answers; the agent is not at
-        fault, so its breaker counts nothing."""
+        """No bulkhead slot came in time: a fallback answers; the breaker counts nothing."""
         with self._tracer.start_as_current_span(
             self._span_name,
             attributes={
@@ -149,7 +149,8 @@ class GuardedAgent:
             },
         ) as span:
             cause = bulkhead.describe_full()
-            return await self._degrade(request, span, started, "rejected", cause)
+            reply = await self._degrade(request, span, started, "rejected", cause)
+            return replace(reply, data={**reply.data, "bulkhead": True})  # busy, not failing
 
     def _answered_by_alternate(
         self, answer: ChainAnswer, span: trace.Span, started: float, outcome: str, cause: str

@@ -143,6 +143,7 @@ async def test_a_full_agent_falls_back_without_a_breaker_failure(
     assert reply.fallback == "agent"
     assert reply.recovery is not None and reply.recovery["via"] == "spare"
     assert "no slot freed within 0.01 s" in reply.data["cause"]
+    assert reply.data["bulkhead"] is True  # busy, not failing: the reply names no incident
     turned_away = [
         s for s in harness.spans.get_finished_spans() if s.attributes.get("ers.bulkhead.rejected")
     ]

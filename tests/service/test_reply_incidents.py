@@ -1,0 +1,68 @@
+"""What a degraded reply names: unit tests of ReplyIncidents over the events it hears."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from service.agents.base import AgentReply
+from service.incidents.replies import ReplyIncidents
+from service.resilience.breaker_config import BreakerState
+from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
+
+CAUSE = "SimulatedDatabaseError: Database connection timeout"
+
+
+def failure(incident: str, cause: str = CAUSE) -> Any:
+    """What the pipeline says of a failure of budget grouped into ``incident``."""
+    return SimpleNamespace(
+        incident=SimpleNamespace(id=incident, component="budget"),
+        record=SimpleNamespace(status_message=cause),
+    )
+
+
+def degraded(**data: Any) -> AgentReply:
+    return AgentReply("fallback", "budget", success=False, degraded=True, data=data)
+
+
+def actions(reply: AgentReply) -> list[str]:
+    return [a["action"] for a in (reply.recovery or {}).get("actions", [])]
+
+
+def test_a_call_its_full_bulkhead_turned_away_names_no_incident() -> None:
+    """It named the agent's latest incident, whatever that was (a critical one from
+    minutes before), while the agent was only busy."""
+    replies = ReplyIncidents(store=None)  # type: ignore[arg-type]
+    replies.heard(failure("INC_1_aaaaaa"))
+    away = replies.enrich(degraded(outcome="rejected", breaker="closed", bulkhead=True))
+    assert away.incident is None and "actions" not in (away.recovery or {})
+    breaker = replies.enrich(degraded(outcome="rejected", breaker="open"))
+    assert breaker.incident == "INC_1_aaaaaa"
+
+
+def test_actions_undone_by_a_reset_are_not_named_by_the_next_failures() -> None:
+    """A reset undid the isolation; the next storm in the same incident still said
+    isolate: success and serve_cached: success."""
+    replies = ReplyIncidents(store=None)  # type: ignore[arg-type]
+    replies.heard(failure("INC_1_aaaaaa"))
+    replies.acted("INC_1_aaaaaa", "isolate", "success", "budget")
+    replies.acted("INC_1_aaaaaa", "serve_cached", "success", "budget")
+    turned_away = replies.enrich(degraded(outcome="rejected", breaker="forced_open"))
+    assert actions(turned_away) == ["isolate", "serve_cached"]
+
+    closed = BreakerEvent(
+        BreakerEventKind.STATE_TRANSITION,
+        "budget",
+        BreakerState.FORCED_OPEN,
+        BreakerState.CLOSED,
+        0.0,
+        "reset",
+        "admin:token",
+    )
+    replies.on_breaker_transition(closed)
+    replies.heard(failure("INC_1_aaaaaa"))  # the same failure again: the same incident
+    again = replies.enrich(degraded(outcome="failure", cause=CAUSE))
+    assert again.incident == "INC_1_aaaaaa"
+    assert actions(again) == []
+    replies.acted("INC_1_aaaaaa", "isolate", "success", "budget")  # done for this episode
+    assert actions(replies.enrich(degraded(outcome="failure", cause=CAUSE))) == ["isolate"]
