@@ -138,7 +138,8 @@ def test_a_forced_open_that_expired_while_down_is_dropped(tmp_path: Path) -> Non
     workdir = tmp_path / "ers"
     ers = start_ers(workdir)
     try:
-        forced = ers_cli(ers, "breakers", "force-open", "workout", "--reason", "r", "--ttl", "1")
+        # Long enough to be still in force at the kill on a busy machine, short to wait out.
+        forced = ers_cli(ers, "breakers", "force-open", "workout", "--reason", "r", "--ttl", "5")
         expires_at = datetime.fromisoformat(forced["breaker"]["forced"]["expiresAt"])
         ers_cli(ers, "breakers", "force-open", "budget", "--reason", "long", "--ttl", "3600")
     finally:
