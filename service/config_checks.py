@@ -135,6 +135,10 @@ def config_path() -> Path | None:
     explicit = os.environ.get("ERS_CONFIG")
     if explicit:
         path = Path(explicit)
+        if path.is_dir():
+            raise SettingsError(
+                f"ERS_CONFIG: {path} is a directory; point it at the YAML file itself"
+            )
         if not path.is_file():
             raise SettingsError(f"ERS_CONFIG: no such file {path}; fix the path or unset it")
         check_yaml(path)
@@ -202,7 +206,9 @@ def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, in
 
 # ERS_ variables that name no setting but are read elsewhere: the CLI's service URL and the
 # YAML file's path.
-NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG"})
+# Read by the command line (ERS_URL), for the settings file (ERS_CONFIG), and by the tests
+# (ERS_TEST_DATABASE_URL, README "Set up"): none is a setting of the service.
+NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG", "ERS_TEST_DATABASE_URL"})
 
 
 def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:

@@ -55,6 +55,7 @@ def test_explicit_config_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ({"ERS_CIRCUIT_BREAKER_THRESHOLD": "0"}, "invalid setting 'circuit_breaker_threshold'"),
         ({"ERS_ENV": "staging"}, "invalid setting 'env'"),
         ({"ERS_CONFIG": "/nonexistent/ers.yaml"}, "ERS_CONFIG: no such file"),
+        ({"ERS_CONFIG": "/tmp"}, "ERS_CONFIG: /tmp is a directory; point it at the YAML file"),
         (
             {"ERS_INTAKE_TOKEN_FILE": "/nonexistent/token"},
             "invalid setting 'intake_token_file': cannot read /nonexistent/token (",
@@ -343,6 +344,7 @@ def test_an_ers_variable_that_names_no_setting_is_told_with_the_nearest_one() ->
         "ers_max_backups": "3",  # variables are read case-blind
         "ERS_URL": "http://127.0.0.1:8000",  # the CLI's
         "ERS_CONFIG": "ers.yaml",  # the YAML file's path
+        "ERS_TEST_DATABASE_URL": "postgresql://127.0.0.1/ers_test",  # the tests' server
         "PATH": "/usr/bin",
     }
     # Before: the typo was ignored without a word and the default applied.
