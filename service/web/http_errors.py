@@ -146,6 +146,11 @@ async def incident_store_unavailable(
     request: Request, exc: IncidentStoreUnavailable
 ) -> JSONResponse:
     log.warning("%s", exc)
+    # The store's failure in its own words is the incident, as for the other stores: a
+    # bare "HTTP 503" of the route said nothing of what failed.
+    span = trace.get_current_span()
+    span.set_attribute("ers.component", "incidents")
+    record_failure(span, exc)
     return JSONResponse(
         {
             "error": "state store unavailable",

@@ -82,6 +82,17 @@ def test_an_unwritable_incidents_file_answers_503_naming_the_store_then_recovers
         )
         assert resolved.status_code == 200, resolved.text
         assert resolved.json()["status"] == "resolved"
+        # The refusals are the store's incident, in its own words, held until it could be
+        # written: not a route's bare "HTTP 503".
+        deadline = time.monotonic() + 15
+        while not (
+            mine := http.get("/api/emergency/incidents?component=incidents").json()["incidents"]
+        ):
+            assert time.monotonic() < deadline, "the store's outage opened no incident"
+            time.sleep(0.2)
+        assert all("HTTP 503" not in str(i) for i in mine), mine
+        refusals = [i for i in mine if i["exceptionType"] == "IncidentStoreUnavailable"]
+        assert refusals and refusals[0]["classification"]["type"] == "database", mine
 
 
 def test_health_names_an_unwritable_incidents_file_and_recovers(
