@@ -17,26 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import queue
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
-
-from telemetry.span_record import (
-    STACKTRACE_LIMIT,
-    STATUS_NAMES,
-    SpanEventRecord,
-    SpanRecord,
-    plain_attributes,
-    resource_attributes,
-)
+from telemetry.span_record import SpanRecord
 from telemetry.sqlite import connect_sqlite
+from telemetry.trace_packing import unpack
 
 log = logging.getLogger("ers.traces")
 
@@ -44,97 +33,8 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS traces (
     trace_id TEXT PRIMARY KEY, kept_at REAL NOT NULL, spans TEXT NOT NULL)"""
 KEPT_AT_INDEX = "CREATE INDEX IF NOT EXISTS traces_kept_at ON traces (kept_at)"
 
-Span = ReadableSpan | SpanRecord
 _STOP = object()
 WRITE_BATCH = 64  # traces written in one transaction at most
-_STATUS_BY_VALUE = {code.value: name for code, name in STATUS_NAMES.items()}
-_KIND_BY_VALUE = {kind.value: kind.name for kind in SpanKind}
-
-
-def as_record(span: Span) -> SpanRecord:
-    return span if isinstance(span, SpanRecord) else SpanRecord.from_readable_span(span)
-
-
-def pack(spans: Sequence[Span]) -> bytes:
-    """A trace's spans as one bytes object: what the trace keeper holds in memory and hands
-    to ``offer``. Pickled, only in this process's memory (the file holds JSON). An SDK span
-    is packed as a tuple of what it holds, without building its ``SpanRecord`` first: a
-    kept trace is packed on the event loop, in an error storm for every failing chat, and
-    most are never read; ``unpack`` builds the records. The resource, one dict shared by a
-    process's spans, is pickled once per trace."""
-    return pickle.dumps([_packed(span) for span in spans], protocol=5)
-
-
-def unpack(packed: bytes) -> list[SpanRecord]:
-    return [
-        SpanRecord.from_dict(item) if isinstance(item, dict) else _unpacked(item)
-        for item in pickle.loads(packed)
-    ]
-
-
-def _packed(span: Span) -> tuple[Any, ...] | dict[str, Any]:
-    if isinstance(span, SpanRecord):
-        return span.to_dict()
-    if type(span) is ReadableSpan:  # what the SDK hands a processor: read its fields directly
-        context, parent, status, start = span._context, span._parent, span._status, span._start_time
-        name, end, kind, resource = span._name, span._end_time, span._kind, span._resource
-        attributes, events = span._attributes, span._events
-        events = getattr(events, "_dq", events)  # the BoundedList's deque, without a copy
-    else:
-        context, parent, status, start = span.context, span.parent, span.status, span.start_time
-        name, end, kind, resource = span.name, span.end_time, span.kind, span.resource
-        attributes, events = span.attributes, span.events
-    return (
-        name,
-        context.trace_id,
-        context.span_id,
-        parent.span_id if parent is not None else None,
-        start or 0,
-        end or start or 0,
-        status.status_code.value,
-        status.description or "",
-        kind.value,
-        _plain_dict(attributes),
-        resource_attributes(resource),
-        [(event.name, event.timestamp, _event_attributes(event)) for event in events or ()],
-    )
-
-
-def _unpacked(row: tuple[Any, ...]) -> SpanRecord:
-    name, trace_id, span_id, parent, start, end, code, message, kind, attributes = row[:10]
-    resource, events = row[10:]
-    record = SpanRecord(
-        name=name,
-        trace_id=format(trace_id, "032x"),
-        span_id=format(span_id, "016x"),
-        parent_span_id=format(parent, "016x") if parent is not None else None,
-        start_ns=start,
-        end_ns=end,
-        status_code=_STATUS_BY_VALUE[code],
-        status_message=message,
-        kind=_KIND_BY_VALUE[kind],
-        attributes=plain_attributes(attributes),
-        resource=resource,
-        events=[SpanEventRecord(n, t, plain_attributes(a)) for n, t, a in events],
-        service_name=str(resource.get("service.name", "unknown_service")),
-    )
-    record.fill_exception()
-    return record
-
-
-def _plain_dict(attributes: Any) -> dict[str, Any]:
-    if not attributes:
-        return {}
-    inner = getattr(attributes, "_dict", None)  # the SDK's BoundedAttributes' own dict
-    return inner if isinstance(inner, dict) else dict(attributes)
-
-
-def _event_attributes(event: Any) -> dict[str, Any]:
-    plain = _plain_dict(event.attributes)
-    stacktrace = plain.get("exception.stacktrace")
-    if isinstance(stacktrace, str) and len(stacktrace) > STACKTRACE_LIMIT:
-        plain = {**plain, "exception.stacktrace": stacktrace[:STACKTRACE_LIMIT]}
-    return plain
 
 
 class TraceArchive:

@@ -6,7 +6,7 @@ most ``span_budget`` spans and evicts the oldest traces first; the others are dr
 
 ``on_end`` only appends a reference to the finished span under a lock (no copying, no
 conversion) while its trace is pending; a trace that is kept is packed into one bytes object
-(``trace_archive.pack``), which the garbage collector never has to visit. Spans other
+(``trace_packing.pack``), which the garbage collector never has to visit. Spans other
 services send to the OTLP intake arrive as records (``keep_records``) and are kept the same
 way. A trace no longer in memory is read from the archive, when there is one.
 
@@ -33,7 +33,8 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from telemetry.span_record import SpanRecord
-from telemetry.trace_archive import TraceArchive, as_record, pack, unpack
+from telemetry.trace_archive import TraceArchive
+from telemetry.trace_packing import as_record, pack, unpack
 
 ERROR = StatusCode.ERROR
 log = logging.getLogger("ers.traces")

@@ -9,7 +9,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from telemetry.span_record import STACKTRACE_LIMIT
-from telemetry.trace_archive import TraceArchive, as_record, pack, unpack
+from telemetry.trace_archive import TraceArchive
+from telemetry.trace_packing import as_record, pack, unpack
 from tests.telemetry.conftest import error_record
 
 
