@@ -1,16 +1,23 @@
-"""Kept traces in a SQLite file beside the incidents, so an incident's trace link still
-answers after a restart.
+"""The archive of kept traces: a bounded table that outlives the process, so an incident's
+trace link still answers after a restart. The table is a seam (``TraceTable``): a SQLite file
+beside the incidents (``SqliteTraceTable``, here), or, for a fleet on PostgreSQL, one table
+every replica writes and reads (the service's ``service.incidents.trace_archive_pg``), so
+the link answers on every replica.
 
 Bounded: at most ``max_traces`` traces, the least recently kept deleted first. Once full,
-the oldest tenth goes at once, so a full file holds between nine tenths of ``max_traces`` and
-all of it, and the trim (a walk over the kept_at index) runs once per that many writes rather
-than after each: in an error storm every failing chat keeps a trace, and every statement of
-the writer thread is one more time it takes the GIL back from the event loop.
+the oldest tenth goes at once, so a full table holds between nine tenths of ``max_traces`` and
+all of it. In the file the trim (a walk over the kept_at index) runs once per that many writes
+rather than after each: in an error storm every failing chat keeps a trace, and every
+statement of the writer thread is one more time it takes the GIL back from the event loop.
 
 Writes never run on the caller's thread unless it asks (``write``): ``offer`` hands a trace to
 a writer thread through a bounded queue and drops it when the queue is full, so a span
-processor on the event loop never waits for the disk. The writer writes what has queued in
-one transaction (up to ``WRITE_BATCH`` traces). ``close`` writes what is queued, then stops.
+processor on the event loop never waits for the disk or the database. The writer writes what
+has queued in one transaction (up to ``WRITE_BATCH`` traces). While the table cannot be
+reached (``ArchiveUnavailable``: the database server is down) the writer holds what it was
+given, the newest ``max_traces``, and tries again after 1, 2, 4 ... up to ``RETRY_MAX_S``
+seconds; a trace the table refuses loses only itself. ``close`` writes what is queued and held,
+then stops, and says in the log what it could not write.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from telemetry.span_record import SpanRecord
 from telemetry.sqlite import connect_sqlite
@@ -35,23 +44,98 @@ KEPT_AT_INDEX = "CREATE INDEX IF NOT EXISTS traces_kept_at ON traces (kept_at)"
 
 _STOP = object()
 WRITE_BATCH = 64  # traces written in one transaction at most
+RETRY_MAX_S = 30.0  # the longest pause between attempts while the table cannot be reached
 
 
-class TraceArchive:
-    def __init__(self, path: Path, *, max_traces: int = 2000, queue_size: int = 1000) -> None:
-        if max_traces < 1:
-            raise ValueError("max_traces must be at least 1")
+class ArchiveUnavailable(Exception):
+    """The table cannot be reached now (its database server is down or unreachable): what
+    was to be written is written again later."""
+
+
+# A trace as the table holds it: hex id, when it was kept (seconds since the epoch), and
+# its spans as JSON.
+Row = tuple[str, float, str]
+
+
+class TraceTable(Protocol):
+    """Where the archive keeps its traces. Both methods are called off the event loop, from
+    any thread; they raise ``ArchiveUnavailable`` when the table cannot be reached."""
+
+    place: str  # where the traces go, for the log: "on disk", "in PostgreSQL"
+
+    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
+        """Insert or replace ``rows`` in one transaction; when the table then holds more than
+        ``max_traces``, keep its newest ``trim_to`` by kept_at."""
+
+    def spans(self, trace_id_hex: str) -> str | None:
+        """The spans (JSON) kept for the trace, or None."""
+
+    def close(self) -> None: ...
+
+
+class SqliteTraceTable:
+    """The traces in a SQLite file of this process's own (the data directory's lock keeps
+    other processes off it), so a count of the rows it may hold stands in for a count of
+    the table at each write."""
+
+    place = "on disk"
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.max_traces = max_traces
         self._db = connect_sqlite(path)
         self._db.execute(SCHEMA)
         self._db.execute(KEPT_AT_INDEX)
-        # The rows a trim leaves: nine tenths of the bound (all of it for a bound under ten).
-        self._trim_to = max_traces - max_traces // 10
         # At least the rows the file holds: a rewrite of a kept trace counts as one more.
         self._rows_at_most = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
         self._lock = threading.Lock()
+
+    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
+                    rows,
+                )
+                self._rows_at_most += len(rows)
+                if self._rows_at_most > max_traces:
+                    self._db.execute(
+                        "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
+                        "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
+                        (trim_to,),
+                    )
+                    self._rows_at_most = trim_to
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def spans(self, trace_id_hex: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT spans FROM traces WHERE trace_id = ?", (trace_id_hex,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class TraceArchive:
+    def __init__(
+        self, table: TraceTable | Path, *, max_traces: int = 2000, queue_size: int = 1000
+    ) -> None:
+        """``table``: where the traces go; a path is a SQLite file (``SqliteTraceTable``)."""
+        if max_traces < 1:
+            raise ValueError("max_traces must be at least 1")
+        self.table = SqliteTraceTable(table) if isinstance(table, Path) else table
+        self.max_traces = max_traces
+        # The rows a trim leaves: nine tenths of the bound (all of it for a bound under ten).
+        self._trim_to = max_traces - max_traces // 10
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        # What the writer was given and could not write yet, oldest first.
+        self._held: OrderedDict[int, bytes] = OrderedDict()
         self._writer = threading.Thread(target=self._drain, name="trace-archive", daemon=True)
         self._writer.start()
 
@@ -80,62 +164,99 @@ class TraceArchive:
             )
             for index, (trace_id, packed) in enumerate(traces)
         ]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
-                    rows,
-                )
-                self._rows_at_most += len(rows)
-                if self._rows_at_most > self.max_traces:
-                    self._db.execute(
-                        "DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM traces "
-                        "ORDER BY kept_at DESC LIMIT -1 OFFSET ?)",
-                        (self._trim_to,),
-                    )
-                    self._rows_at_most = self._trim_to
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        self.table.put(rows, self.max_traces, self._trim_to)
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT spans FROM traces WHERE trace_id = ?", (trace_id_hex,)
-            ).fetchone()
-        if row is None:
+        """The trace's spans, or None; raises what the table raises when it cannot be read
+        (``ArchiveUnavailable``)."""
+        spans = self.table.spans(trace_id_hex)
+        if spans is None:
             return None
-        return [SpanRecord.from_dict(item) for item in json.loads(row[0])]
+        return [SpanRecord.from_dict(item) for item in json.loads(spans)]
 
     def close(self) -> None:
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
-        with self._lock:
-            self._db.close()
+        self.table.close()
 
     def _drain(self) -> None:
+        pause, retry_at = 1.0, 0.0
         while True:
-            batch = [self._queue.get()]
+            wait = max(0.0, retry_at - time.monotonic()) if self._held else None
+            try:
+                batch = [self._queue.get(timeout=wait)]
+            except queue.Empty:
+                batch = []
             # What queued meanwhile goes in the same transaction: in an error storm every
             # failing chat keeps a trace, and each commit is more statements that take the
             # GIL back from the event loop.
-            while len(batch) < WRITE_BATCH and batch[-1] is not _STOP:
+            while len(batch) < WRITE_BATCH and (not batch or batch[-1] is not _STOP):
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = batch[-1] is _STOP
-            traces = [item for item in batch if item is not _STOP]
-            if traces:
-                try:
-                    self.write_many(traces)  # type: ignore[arg-type]
-                except Exception:  # then one by one: an unwritable trace loses only itself
-                    for trace_id, packed in traces:  # type: ignore[misc]
-                        try:
-                            self.write(trace_id, packed)
-                        except Exception:  # and must not stop the writer
-                            log.exception("could not keep trace %032x on disk", trace_id)
+            stop = bool(batch) and batch[-1] is _STOP
+            self._hold(batch)
+            unreachable = None
+            if self._held and (stop or time.monotonic() >= retry_at):
+                unreachable = self._write_held()
+                if unreachable is None:
+                    pause = 1.0
+                else:  # again later, less often
+                    log.warning(
+                        "%d kept traces wait to be written %s, tried again in %g s: %s",
+                        len(self._held),
+                        self.table.place,
+                        pause,
+                        unreachable,
+                    )
+                    retry_at, pause = time.monotonic() + pause, min(pause * 2, RETRY_MAX_S)
             if stop:
+                if unreachable is not None:
+                    log.error(
+                        "%d kept traces were not written %s before stopping (%s); only "
+                        "the replica that kept them can show them, until it evicts them",
+                        len(self._held),
+                        self.table.place,
+                        unreachable,
+                    )
                 return
+
+    def _hold(self, batch: list[object]) -> None:
+        for item in batch:
+            if item is _STOP:
+                continue
+            trace_id, packed = item  # type: ignore[misc]
+            self._held.pop(trace_id, None)  # a late span's rewrite: the newest counts
+            self._held[trace_id] = packed
+        while len(self._held) > self.max_traces:  # older than the table would keep anyway
+            self._held.popitem(last=False)
+
+    def _write_held(self) -> ArchiveUnavailable | None:
+        """Write what is held, a batch at a time; what the table raised when it could not
+        be reached (the rest stays held), else None."""
+        while self._held:
+            traces = list(self._held.items())[:WRITE_BATCH]
+            try:
+                self._write_batch(traces)
+            except ArchiveUnavailable as exc:
+                return exc
+        return None
+
+    def _write_batch(self, traces: list[tuple[int, bytes]]) -> None:
+        try:
+            self.write_many(traces)
+        except ArchiveUnavailable:
+            raise
+        except Exception:  # then one by one: an unwritable trace loses only itself
+            for trace_id, packed in traces:
+                try:
+                    self.write(trace_id, packed)
+                except ArchiveUnavailable:
+                    raise
+                except Exception:  # and must not stop the writer
+                    log.exception("could not keep trace %032x %s", trace_id, self.table.place)
+                del self._held[trace_id]
+            return
+        for trace_id, _ in traces:
+            del self._held[trace_id]

@@ -251,7 +251,9 @@ class TraceKeeper(SpanProcessor):
 
     def get_trace(self, trace_id_hex: str) -> list[SpanRecord] | None:
         """Every span kept for the trace, by start time; also a trace still pending when it
-        already has an error. None when the trace is not kept."""
+        already has an error. None when the trace is not kept. A trace this process does not
+        hold is read from the archive, which raises when it cannot be read (its database is
+        down): what is held here answers all the same."""
         try:
             trace_id = int(trace_id_hex, 16)
         except ValueError:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -9,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from telemetry.span_record import STACKTRACE_LIMIT
-from telemetry.trace_archive import TraceArchive
+from telemetry.trace_archive import ArchiveUnavailable, Row, SqliteTraceTable, TraceArchive
 from telemetry.trace_packing import as_record, pack, unpack
 from tests.telemetry.conftest import error_record
 
@@ -81,6 +84,53 @@ def test_a_trace_that_cannot_be_written_loses_only_itself(tmp_path, caplog) -> N
     archive.close()
     assert trace_ids(path) == {1, 3}
     assert "could not keep trace 00000000000000000000000000000002 on disk" in caplog.text
+
+
+class FlakyTable(SqliteTraceTable):
+    """A file whose writes fail as an unreachable database server's do while ``down``."""
+
+    place = "in the flaky table"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.down = True
+        self.attempts = threading.Semaphore(0)
+
+    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
+        self.attempts.release()
+        if self.down:
+            raise ArchiveUnavailable("no connection within 0.5 s: the server is unreachable")
+        super().put(rows, max_traces, trim_to)
+
+
+def test_traces_offered_while_the_table_is_unreachable_are_written_once_it_is_back(
+    tmp_path: Path, caplog
+) -> None:  # noqa: ANN001
+    path = tmp_path / "kept-traces.sqlite3"
+    table = FlakyTable(path)
+    archive = TraceArchive(table, max_traces=20)
+    for trace_id in (1, 2):
+        archive.offer(trace_id, pack([error_record(trace_id=format(trace_id, "032x"))]))
+    assert table.attempts.acquire(timeout=10)
+    assert trace_ids(path) == set()
+
+    table.down = False
+    deadline = time.monotonic() + 30  # the next attempt is a second or two later
+    while trace_ids(path) != {1, 2}:
+        assert time.monotonic() < deadline, trace_ids(path)
+        assert table.attempts.acquire(timeout=10)
+    archive.close()
+    assert "kept traces wait to be written in the flaky table, tried again in 1 s" in caplog.text
+
+
+def test_traces_still_unwritten_when_the_archive_closes_are_named_in_the_log(
+    tmp_path: Path, caplog
+) -> None:  # noqa: ANN001
+    archive = TraceArchive(FlakyTable(tmp_path / "kept-traces.sqlite3"), max_traces=20)
+    for trace_id in (1, 2, 3):
+        archive.offer(trace_id, pack([error_record(trace_id=format(trace_id, "032x"))]))
+    archive.close()
+    assert "3 kept traces were not written in the flaky table before stopping" in caplog.text
 
 
 def test_a_packed_trace_unpacks_to_the_records_of_its_spans() -> None:
