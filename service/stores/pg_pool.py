@@ -66,6 +66,7 @@ class PgPool:
         schema: str | None = None,
         tables: Sequence[str] = (),
         component: str = "",
+        refused: Callable[[str], Exception] | None = None,
         min_size: int = POOL_MIN_SIZE,
         max_size: int = POOL_MAX_SIZE,
         statement_timeout_s: float = STATEMENT_TIMEOUT_S,
@@ -73,11 +74,14 @@ class PgPool:
         """Connects once first, so that a wrong URL or password fails here with the
         server's reason, or the schema's missing ``tables`` with the migrations of
         ``component`` (the migration components that make them) to run, then fills the
-        pool."""
+        pool. ``refused(reason)``, when given, builds the exception for a statement the
+        server refused and rolled back (a value it cannot store), as against one that could
+        not reach it."""
         self.location = server_location(url)
         self.statement_timeout_s = statement_timeout_s
         self._password = password_of(url)
         self._unavailable = unavailable
+        self._refused = refused
         # Set when a wait for a connection ran out; statements then wait OUTAGE_WAIT_S.
         self.unreachable = False
         self._search_path = valid_identifier(schema) if schema else None
@@ -162,6 +166,8 @@ class PgPool:
             self.unreachable = True
             raise self._unavailable(self.reason(exc, wait_s)) from None
         except psycopg.Error as exc:
+            if self._refused is not None and refused_statement(exc):
+                raise self._refused(self.reason(exc)) from None
             raise self._unavailable(self.reason(exc)) from None
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
@@ -188,7 +194,8 @@ class PgPool:
             return (
                 f"a statement ran longer than {self.statement_timeout_s:g} s at "
                 f"{self.location} and was cancelled: another session may hold a lock on the "
-                "incidents schema (see pg_stat_activity), or the server is overloaded"
+                f"{self._search_path or 'incidents'} schema (see pg_stat_activity), or the "
+                "server is overloaded"
             )
         unreachable = unreachable_reason(exc, self.location, waited_s)
         if unreachable is not None:
@@ -208,6 +215,14 @@ class _Statements:
 
     def executemany(self, sql: str, params: Any) -> None:
         self._cursor.executemany(POSTGRESQL.sql(sql), params)
+
+
+def refused_statement(exc: psycopg.Error) -> bool:
+    """The server refused the statement and rolled it back (or the driver refused to send
+    it); a lost, cancelled or timed-out connection leaves open whether it committed."""
+    return isinstance(exc, psycopg.DatabaseError) and not isinstance(
+        exc, psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 def unreachable_reason(exc: psycopg.Error, location: str, waited_s: float) -> str | None:

@@ -31,6 +31,7 @@ from service.stores.pg_pool import (
     POOL_TIMEOUT_S,
     RECONNECT_TIMEOUT_S,
     password_of,
+    refused_statement,
     scrub_password,
     server_location,
     unreachable_reason,
@@ -144,14 +145,6 @@ def schema_of(component: str) -> str:
     return f"ers_{component}"
 
 
-def _refused(exc: psycopg.Error) -> bool:
-    """The statement was refused (by the server, which rolled it back, or by the driver
-    before sending it); a lost or cancelled connection leaves open whether it committed."""
-    return isinstance(exc, psycopg.DatabaseError) and not isinstance(
-        exc, psycopg.OperationalError | psycopg.InterfaceError
-    )
-
-
 class PostgresTransaction:
     """The unit of work's statements on a cursor."""
 
@@ -232,7 +225,7 @@ class PostgresStore:
             self.database.unreachable = True
             raise StoreUnavailable(self.component, self.database.reason(exc, wait_s)) from None
         except psycopg.Error as exc:
-            error = StatementRefused if _refused(exc) else StoreUnavailable
+            error = StatementRefused if refused_statement(exc) else StoreUnavailable
             raise error(self.component, self.database.reason(exc)) from None
 
     async def commit_unit(self, unit: Unit, policy: KeyPolicy | None = None) -> Applied:
