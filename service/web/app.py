@@ -45,6 +45,7 @@ from service.incidents.responder import Responder  # noqa: E402
 from service.incidents.service import IncidentService, open_incident_state  # noqa: E402
 from service.incidents.state_notes import StateNotes  # noqa: E402
 from service.incidents.store_pg import PgIncidentStore  # noqa: E402
+from service.incidents.trace_archive_pg import open_trace_archive  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
 from service.resilience.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.resilience.bulkhead import register_bulkhead_metrics  # noqa: E402
@@ -83,7 +84,6 @@ from service.web.routes import backups as backup_routes  # noqa: E402
 from service.web.runtime import Readiness, Runtime  # noqa: E402
 from telemetry.classifier import RulesError, load_rules  # noqa: E402
 from telemetry.providers import Telemetry, build_telemetry  # noqa: E402
-from telemetry.trace_archive import TraceArchive  # noqa: E402
 from telemetry.trace_keeper import TraceKeeper  # noqa: E402
 
 log = logging.getLogger("ers")
@@ -164,7 +164,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Each part is built from the parts before it and registers its own stop right after:
     # the stack stops them in the reverse order.
     async with AsyncExitStack() as stack:
-        stack.callback(telemetry.shutdown)
+        # Off the loop: the trace keeper's last writes may go to the database.
+        stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
         # Routes answer 503 again once everything they reach is stopped.
         stack.callback(setattr, app.state, "runtime", None)
         readiness = Readiness()
@@ -228,9 +229,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             cache_active_counts=stores.database is not None,
         )
         telemetry.add_span_processor(incident_service.processor)
-        # Kept traces an incident names also go to a bounded file within a second, so incident
-        # trace links outlive a restart, a kill -9 too (a clean stop writes all kept traces).
-        trace_keeper = TraceKeeper(archive=TraceArchive(settings.data_dir / "kept-traces.sqlite3"))
+        # Kept traces an incident names also go to a bounded archive within a second (a file,
+        # or the fleet's table on PostgreSQL), so incident trace links outlive a restart, a
+        # kill -9 too (a clean stop writes all kept traces), and answer on every replica.
+        trace_archive = await open_trace_archive(settings, stores.database)
+        trace_keeper = TraceKeeper(archive=trace_archive)
         telemetry.add_span_processor(trace_keeper)
         incident_service.subscribe(
             lambda event: trace_keeper.name(event.incident.id, event.incident.trace_ids)

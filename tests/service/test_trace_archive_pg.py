@@ -1,0 +1,165 @@
+"""The archive of kept traces, the same bounds on a SQLite file and on PostgreSQL; on
+PostgreSQL shared by replicas (one bound for the fleet, each reading what another wrote), and
+through an outage: a read says the store is unavailable, a write waits for the server."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service.errors import StoreUnavailable
+from service.incidents.trace_archive_pg import (
+    COMPONENT,
+    MIGRATIONS,
+    SCHEMA,
+    KeptTracesUnavailable,
+    PgTraceTable,
+)
+from telemetry.trace_archive import TraceArchive
+from telemetry.trace_packing import pack
+from tests.pg import PostgresServer, apply_migrations
+from tests.telemetry.conftest import error_record
+
+Held = Callable[[], set[int]]
+
+
+def packed(trace_id: int) -> bytes:
+    return pack([error_record(trace_id=format(trace_id, "032x"))])
+
+
+def pg_held(url: str) -> set[int]:
+    with psycopg.connect(url) as conn:
+        return {int(row[0], 16) for row in conn.execute(f"SELECT trace_id FROM {SCHEMA}.traces")}
+
+
+@pytest.fixture
+def migrated(pg_url: str) -> str:
+    apply_migrations(pg_url, {COMPONENT: MIGRATIONS})
+    return pg_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archives(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Callable[[int], TraceArchive], Held]]:
+    """Builds archives of a bound on one file or one migrated database, and reads which
+    traces it holds; closes them afterwards."""
+    opened: list[TraceArchive] = []
+    if request.param == "sqlite":
+        path = tmp_path / "kept-traces.sqlite3"
+
+        def held() -> set[int]:
+            with sqlite3.connect(path) as db:
+                return {int(row[0], 16) for row in db.execute("SELECT trace_id FROM traces")}
+
+        def new(max_traces: int) -> TraceArchive:
+            opened.append(TraceArchive(path, max_traces=max_traces))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("migrated")
+
+        def held() -> set[int]:
+            return pg_held(url)
+
+        def new(max_traces: int) -> TraceArchive:
+            opened.append(TraceArchive(PgTraceTable(url), max_traces=max_traces))
+            return opened[-1]
+
+    try:
+        yield new, held
+    finally:
+        for archive in opened:
+            archive.close()
+
+
+def test_the_table_never_holds_more_than_max_traces_and_keeps_the_newest(archives) -> None:  # noqa: ANN001
+    new, held = archives
+    archive = new(20)
+    for trace_id in range(1, 76):
+        archive.write(trace_id, packed(trace_id))
+        now = held()
+        assert len(now) <= 20, f"{len(now)} traces after writing trace {trace_id}"
+        # Only the oldest go: what is held is always the newest run of traces.
+        assert now == set(range(trace_id - len(now) + 1, trace_id + 1))
+    assert len(held()) >= 18  # a trim leaves nine tenths of the bound
+    assert archive.get(format(75, "032x")) is not None
+    assert archive.get(format(1, "032x")) is None
+
+
+def test_a_rewritten_trace_is_one_row(archives) -> None:  # noqa: ANN001
+    new, held = archives
+    archive = new(10)
+    for _ in range(15):  # late spans of one trace rewrite its row
+        archive.write(1, packed(1))
+    for trace_id in range(2, 11):
+        archive.write(trace_id, packed(trace_id))
+    assert held() >= set(range(2, 11))
+
+
+def test_replicas_share_one_bound_and_read_what_the_other_wrote(migrated: str) -> None:
+    replicas = [TraceArchive(PgTraceTable(migrated), max_traces=20) for _ in range(2)]
+    try:
+        for trace_id in range(1, 61):  # turn about, as two replicas' incidents name traces
+            replicas[trace_id % 2].write(trace_id, packed(trace_id))
+            now = pg_held(migrated)
+            assert len(now) <= 20, f"{len(now)} traces after writing trace {trace_id}"
+            assert now == set(range(trace_id - len(now) + 1, trace_id + 1))
+        for trace_id in (59, 60):
+            for replica in replicas:
+                spans = replica.get(format(trace_id, "032x"))
+                assert spans is not None and spans[0].trace_id == format(trace_id, "032x")
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def test_offered_traces_are_written_by_the_writer_in_batches_within_the_bound(
+    migrated: str,
+) -> None:
+    archive = TraceArchive(PgTraceTable(migrated), max_traces=20)
+    for trace_id in range(1, 201):  # faster than the writer: they queue, and go in batches
+        assert archive.offer(trace_id, packed(trace_id))
+    archive.close()
+    held = pg_held(migrated)
+    assert 18 <= len(held) <= 20
+    assert held == set(range(201 - len(held), 201))
+
+
+def test_an_outage_fails_reads_by_name_and_holds_writes_until_the_server_is_back(
+    own_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = own_server.create_database()
+    apply_migrations(url, {COMPONENT: MIGRATIONS})
+    archive = TraceArchive(PgTraceTable(url), max_traces=20)
+    try:
+        archive.write(1, packed(1))
+        own_server.halt()
+        with pytest.raises(KeptTracesUnavailable) as raised:
+            archive.get(format(1, "032x"))
+        assert isinstance(raised.value, StoreUnavailable)
+        assert raised.value.component == "kept_traces"
+        assert "check that the server is running" in raised.value.reason
+        assert archive.offer(2, packed(2))
+        deadline = time.monotonic() + 30
+        while "1 kept traces wait to be written in PostgreSQL" not in caplog.text:
+            assert time.monotonic() < deadline, "the writer did not try while the server was down"
+            time.sleep(0.1)
+
+        own_server.start()
+        deadline = time.monotonic() + 60  # attempts 1, 2, 4 ... s apart; the pool reconnects
+        while True:
+            try:
+                if archive.get(format(2, "032x")) is not None:
+                    break
+            except KeptTracesUnavailable:
+                pass  # the pool has not reconnected yet
+            assert time.monotonic() < deadline, "the trace offered in the outage was not written"
+            time.sleep(0.2)
+        assert pg_held(url) == {1, 2}
+    finally:
+        archive.close()
