@@ -8,7 +8,8 @@ from telemetry.trace_keeper import TraceKeeper, span_tree
 class KeptTraces:
     """The traces endpoint's view of the trace keeper, a span tree or None, and the keeper
     the OTLP intake hands other services' spans to. Both may read or write the keeper's
-    file: call them off the event loop."""
+    archive (its file, or the fleet's table on PostgreSQL): call them off the event loop.
+    A trace not held here whose archive cannot be read raises ``StoreUnavailable``."""
 
     def __init__(self, keeper: TraceKeeper) -> None:
         self.keeper = keeper

@@ -214,7 +214,7 @@ async def list_audit(audit: Audit, limit: int = Query(50, ge=1, le=1000)) -> dic
 
 @router.get("/traces/{trace_id}", responses=errors(404))
 async def get_trace(traces: Traces, trace_id: str = Path(pattern=TRACE_ID)) -> dict[str, Any]:
-    tree = await asyncio.to_thread(traces.tree, trace_id)  # may read the file
+    tree = await asyncio.to_thread(traces.tree, trace_id)  # may read the archive
     if tree is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
