@@ -46,6 +46,17 @@ async def test_a_bad_key_is_refused_with_a_reason(
     assert await app.state.runtime.stores.profiles.get("u1") is None
 
 
+async def test_two_keys_on_one_request_are_refused(client: httpx.AsyncClient, app: FastAPI) -> None:
+    # The first was used without a word: which one the client meant is not known.
+    headers = [("Idempotency-Key", "k-1"), ("Idempotency-Key", "k-2")]
+    chat = await client.post("/chat", json={"message": "spent $5 on food"}, headers=headers)
+    assert chat.status_code == 422
+    assert "carries 2 Idempotency-Key headers; send exactly one" in chat.json()["detail"]
+    put = await client.put("/api/profiles/u1", json={"age": 30}, headers=headers)
+    assert put.status_code == 422
+    assert await turns(app) == 0
+
+
 async def test_a_key_of_128_printable_characters_is_accepted(client: httpx.AsyncClient) -> None:
     key = "a ~" + "x" * 125
     reply = await client.post("/chat", json={"message": "hello"}, headers={"Idempotency-Key": key})

@@ -8,7 +8,13 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.chat.idempotency import HEADER, MAX_KEY_LENGTH, REPLAY_HEADER, valid_key
+from service.chat.idempotency import (
+    HEADER,
+    MAX_KEY_LENGTH,
+    REPLAY_HEADER,
+    InvalidIdempotencyKey,
+    valid_key,
+)
 from service.errors import UserInputError
 from service.web.deps import Chat, Settings
 from service.web.routes.json_types import JsonText
@@ -67,7 +73,12 @@ IDEMPOTENCY_KEY_DOC: dict[str, Any] = {
 
 def idempotency_key(request: Request) -> str | None:
     """The request's valid Idempotency-Key, or None; raises InvalidIdempotencyKey (422)."""
-    return valid_key(request.headers.get(HEADER))
+    sent = request.headers.getlist(HEADER)
+    if len(sent) > 1:  # which one names the request? A proxy or a client bug: say so
+        raise InvalidIdempotencyKey(
+            f"the request carries {len(sent)} {HEADER} headers; send exactly one per request"
+        )
+    return valid_key(sent[0] if sent else None)
 
 
 @router.post("/chat", response_model=ChatResponse, openapi_extra=IDEMPOTENCY_KEY_DOC)
