@@ -245,12 +245,12 @@ class CircuitBreaker:
         until: float | None = None,
         incident: str | None = None,
         carried: bool = False,
+        since: float | None = None,
     ) -> str:
         """Hold the breaker open until released, reset, or ``ttl_s`` seconds have passed
-        (or the wall-clock time ``until``, for a forced open carried over from before a
-        restart); then it moves to HALF_OPEN, never straight to CLOSED. ``incident``: the
-        incident the agent is isolated for, kept with the forcing. ``carried``: a forcing
-        put back after a restart or taken from another replica, not a new one."""
+        (or the wall-clock time ``until``); then it moves to HALF_OPEN, never straight to
+        CLOSED. ``incident``: the incident the agent is isolated for. ``carried``: a forcing
+        put back after a restart (opened at wall-clock ``since``) or from another replica."""
         now, wall = self._clock(), self._wall_clock()
         self._forced = forcing = Forcing.until(reason, source, ttl_s, until, now, wall, incident)
         remaining = forcing.remaining(now)
@@ -258,7 +258,7 @@ class CircuitBreaker:
         if self._state is FORCED_OPEN:
             self._publish(BreakerEventKind.FORCE_RENEWED, FORCED_OPEN, FORCED_OPEN, reason, source)
             return f"breaker '{self.name}' stays forced open by {source} {span}: {reason}"
-        self._open.opened_at_wall = wall
+        self._open.opened_at_wall = since if carried and since is not None else wall
         self._transition(FORCED_OPEN, reason, source, carried)
         return f"breaker '{self.name}' is forced open by {source} {span}: {reason}"
 

@@ -322,7 +322,11 @@ class StateKeeper:
         reason, source = str(record.get("reason") or "isolated"), str(record.get("source"))
         incident = record.get("incident")
         incident = incident if isinstance(incident, str) else None
-        breaker.force_open(reason, source, until=until, incident=incident, carried=True)
+        since = record.get("since")  # opened then, not at this start
+        since = float(since) if isinstance(since, int | float) else None
+        breaker.force_open(
+            reason, source, until=until, incident=incident, carried=True, since=since
+        )
         words = "until released" if until is None else f"until {iso_utc(until)}"
         return "forced", f"{name} {words} ({source}: {reason})"
 

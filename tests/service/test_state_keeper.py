@@ -121,7 +121,13 @@ async def test_start_puts_back_isolations_and_drops_the_expired(
 ) -> None:
     await store.put(
         "breaker:workout",
-        {"state": "forced_open", "reason": "r", "source": "alert", "until": NOW + 30},
+        {
+            "state": "forced_open",
+            "reason": "r",
+            "source": "alert",
+            "until": NOW + 30,
+            "since": NOW - 90,
+        },
     )
     await store.put(
         "breaker:budget",
@@ -136,6 +142,8 @@ async def test_start_puts_back_isolations_and_drops_the_expired(
     restored = await keeper.start()
 
     assert workout.forcing is not None and workout.forcing.expires_at_wall == NOW + 30
+    # Opened when it was forced, not at this start.
+    assert workout.snapshot()["openedAt"] == "2027-01-15T07:58:30.000Z"
     assert budget.state is BreakerState.CLOSED
     assert restored.lines() == [
         "restored 1 forced open: workout until 2027-01-15T08:00:30.000Z (alert: r)",
