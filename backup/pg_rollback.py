@@ -20,13 +20,14 @@ replica's writers, which this process cannot pause) are held off by SHARE locks 
 tables, taken before the safety backup starts and kept until the commit: their writes wait,
 then go into the restored tables, so each is in the safety snapshot or in the live state.
 
-pg_restore cannot rename a schema, so the other way (restore under a new name, then two
-renames in a short transaction) needs a scratch database and a second dump and restore;
-measured on 100 MB it took about twice as long as this one (bench/pg_backup.py).
+An interrupt (Ctrl-C, a cancelled task) after the commit does not undo or hide the rollback:
+it returns its result, and leaves the old schema to the next start. (Restoring under a new
+name, then two renames, needs a scratch database and a second restore: twice as long.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -49,7 +50,12 @@ from backup.models import (
     Snapshot,
     TableRows,
 )
-from backup.pg_scratch import drop_abandoned_scratch_databases, scratch_database
+from backup.pg_scratch import (
+    OLD_SCHEMA_MARKER,
+    drop_abandoned_scratch_databases,
+    drop_old_schemas,
+    scratch_database,
+)
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
 from backup.restic import Restic
@@ -63,7 +69,6 @@ SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reas
 
 log = logging.getLogger(__name__)
 
-OLD_SCHEMA_MARKER = "__old_"
 # The last line of psql's input, which only this process writes, once the dump has been read
 # whole and the safety snapshot taken: psql's check before the commit refuses input that
 # ended without it. Killed midway, this process leaves restic, pg_restore and psql running;
@@ -203,32 +208,16 @@ class PgRollback:
         schema = self.config.schemas[component]
         old = f"{schema}{OLD_SCHEMA_MARKER}{secrets.token_hex(4)}"
         started = time.monotonic()
-        async with self._other_writers_held(component, schema):
-            pipeline = Pipeline()
-            dump_out, dump_in = pipeline.pipe()
-            sql_out, sql_in = pipeline.pipe()
-            pipeline.add(
-                "safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK)
-            )
-            pipeline.add(
-                "restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in)
-            )
-            to_sql = self._run(
-                self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",
-                stdin=dump_out, stdout=sql_in,
-            )  # fmt: skip
-            pipeline.add("pg_restore", to_sql)
-            pipeline.add("psql", self._load_and_swap(schema, old, stdin=sql_out))
-            pipeline.hold_open(dump_in, until=["restic dump"])
-            # The commit waits for the safety backup too: the current state is in restic first.
-            pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"], then=CONFIRM_LINE)
-            try:
-                await pipeline.run()
-            except Exception as exc:
-                step = _failed_step(pipeline)
-                if step != "verify-and-swap" or not await self.database.schema_exists(old):
-                    raise RollbackFailed(step, exc) from exc
-                # psql failed after its COMMIT went through (stopped on its way out): done.
+        pipeline = Pipeline()
+        try:
+            async with self._other_writers_held(component, schema):
+                await self._load_with_safety_snapshot(pipeline, snapshot, component, old)
+        except asyncio.CancelledError:
+            # Interrupted once the swap had committed (psql on its way out, the writers'
+            # locks being let go): the rollback is done, and is told as done.
+            if "psql" not in pipeline.finished_at and not await self._committed(old):
+                raise
+            _interrupted_after_swap(component)
         done = pipeline.finished_at
         inputs_done = max(done.get("pg_restore", started), done.get("safety-snapshot", started))
         steps = {
@@ -239,7 +228,10 @@ class PgRollback:
         restored = pipeline.results.get("psql")
         log.info("rolled %s back to %s; rows now: %s", component, snapshot.short_id, restored)
         drop_started = time.monotonic()
-        await self.drop_old_schemas(schema)
+        try:
+            await self.drop_old_schemas(schema)
+        except asyncio.CancelledError:
+            _interrupted_after_swap(component)  # the next start drops the old copy
         steps["drop-old"] = time.monotonic() - drop_started
         safety: BackupResult = pipeline.results["safety-snapshot"]
         return RollbackResult(
@@ -250,6 +242,37 @@ class PgRollback:
             step_seconds=steps,
             duration_seconds=time.monotonic() - started,
         )
+
+    async def _load_with_safety_snapshot(
+        self, pipeline: Pipeline, snapshot: Snapshot, component: str, old: str
+    ) -> None:
+        """The safety snapshot beside restic dump | pg_restore | psql, whose COMMIT waits
+        for both; returns once the swap has committed, else raises (RollbackFailed, or the
+        interrupt) with the live schema as it was."""
+        schema = self.config.schemas[component]
+        dump_out, dump_in = pipeline.pipe()
+        sql_out, sql_in = pipeline.pipe()
+        pipeline.add("safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK))
+        pipeline.add("restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in))
+        to_sql = self._run(
+            self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",
+            stdin=dump_out, stdout=sql_in,
+        )  # fmt: skip
+        pipeline.add("pg_restore", to_sql)
+        pipeline.add("psql", self._load_and_swap(schema, old, stdin=sql_out))
+        pipeline.hold_open(dump_in, until=["restic dump"])
+        # The commit waits for the safety backup too: the current state is in restic first.
+        pipeline.hold_open(sql_in, until=["pg_restore", "safety-snapshot"], then=CONFIRM_LINE)
+        try:
+            await pipeline.run()
+        except Exception as exc:
+            step = _failed_step(pipeline)
+            if step != "verify-and-swap" or not await self._committed(old):
+                raise RollbackFailed(step, exc) from exc
+            # psql failed after its COMMIT went through (stopped on its way out): done.
+
+    async def _committed(self, old: str) -> bool:
+        return await self.database.schema_exists(old)  # seen by others only once committed
 
     @contextlib.asynccontextmanager
     async def _other_writers_held(self, component: str, schema: str) -> AsyncIterator[None]:
@@ -295,9 +318,11 @@ class PgRollback:
             yield
         finally:
             # Closing ends the transaction and its locks, also when COMMIT cannot be sent.
-            with contextlib.suppress(psycopg.Error):
-                await conn.execute("COMMIT")
-            await conn.close()
+            try:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("COMMIT")
+            finally:
+                await conn.close()
 
     async def _load_and_swap(self, schema: str, old: str, *, stdin: int) -> dict[str, int]:
         """psql: in one transaction, rename the live schema away, run the restore's SQL from
@@ -325,28 +350,14 @@ class PgRollback:
         return {row[1]: int(row[2]) for row in rows if len(row) == 3 and row[0] == COUNT_MARKER}
 
     async def drop_old_schemas(self, schema: str) -> list[str]:
-        """Drop this and earlier rollbacks' old copies of `schema`; one still held by a long
-        query past the lock wait is logged and left for the next rollback or start-up."""
-        pattern = f"^{schema}{OLD_SCHEMA_MARKER}[0-9a-f]+$"
-        dropped: list[str] = []
-        try:
-            async with await self.database.connect() as conn:
-                wait_ms = int(self.config.lock_wait_seconds * 1000)
-                await conn.execute(f"SET lock_timeout = {wait_ms}")
-                cursor = await conn.execute(
-                    "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname ~ %s", (pattern,)
-                )
-                for (name,) in await cursor.fetchall():
-                    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
-                    await conn.execute(drop.format(sql.Identifier(str(name))))
-                    dropped.append(str(name))
-        except psycopg.Error as exc:
-            log.warning(
-                "could not drop the old copy of %s (%s); it is retried after the next rollback",
-                schema,
-                self.database.explain(exc),
-            )
-        return dropped
+        return await drop_old_schemas(self.database, schema, self.config.lock_wait_seconds)
+
+
+def _interrupted_after_swap(component: str) -> None:
+    """Taken, not raised over the result: the rollback is done, and must be told so."""
+    if (task := asyncio.current_task()) is not None:
+        task.uncancel()
+    log.warning("interrupted after the rollback of %s had committed: it is done", component)
 
 
 def _failed_step(pipeline: Pipeline) -> str:

@@ -1,4 +1,5 @@
-"""Scratch databases for test rollbacks and restore drills, and the ones a dead process left.
+"""Scratch databases for test rollbacks and restore drills, and the ones a dead process left;
+the old copies of schemas that rollbacks swapped out.
 
 A test rollback restores a snapshot into a database of its own and drops it afterwards. A
 process killed in between (kill -9, the OOM killer, a lost host) cannot drop it, and the
@@ -29,6 +30,7 @@ from backup.pg_tools import PgConnection
 log = logging.getLogger(__name__)
 
 SCRATCH_DATABASE_PREFIX = "ers_scratch_"
+OLD_SCHEMA_MARKER = "__old_"  # a rollback's swapped-out schema: <schema>__old_<random>
 # The class half of the two-key advisory locks that mark scratch databases in use; the
 # other half is the hash of the scratch database's name.
 SCRATCH_LOCK_CLASS = 0x45525353  # "ERSS"
@@ -88,6 +90,30 @@ async def drop_abandoned_scratch_databases(live: PgConnection) -> list[str]:
         )
     if dropped:
         log.info("dropped scratch databases an interrupted test rollback left: %s", dropped)
+    return dropped
+
+
+async def drop_old_schemas(live: PgConnection, schema: str, lock_wait_seconds: float) -> list[str]:
+    """Drop the old copies of `schema` rollbacks left; one still held by a long query past
+    the lock wait is logged and left for the next rollback or start-up."""
+    pattern = f"^{schema}{OLD_SCHEMA_MARKER}[0-9a-f]+$"
+    dropped: list[str] = []
+    try:
+        async with await live.connect() as conn:
+            await conn.execute(f"SET lock_timeout = {int(lock_wait_seconds * 1000)}")
+            cursor = await conn.execute(
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname ~ %s", (pattern,)
+            )
+            for (name,) in await cursor.fetchall():
+                drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
+                await conn.execute(drop.format(sql.Identifier(str(name))))
+                dropped.append(str(name))
+    except psycopg.Error as exc:
+        log.warning(
+            "could not drop the old copy of %s (%s); it is retried after the next rollback",
+            schema,
+            live.explain(exc),
+        )
     return dropped
 
 

@@ -5,6 +5,7 @@ route for it, so ``-o json`` and the tables are the same online and offline."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -161,11 +162,22 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
             " service's (its default is var/data, under the directory ERS runs in)",
             USAGE,
         )
-    async with offline_access(settings, mutating=mutating) as owns_data_dir:
-        if args.action == "init":
-            return await _offline_init()
-        manager = await _offline_manager(owns_data_dir)
-        return await _offline_action(args, manager, progress)
+    result: Any = None
+    try:
+        async with offline_access(settings, mutating=mutating) as owns_data_dir:
+            if args.action == "init":
+                result = await _offline_init()
+            else:
+                manager = await _offline_manager(owns_data_dir)
+                result = await _offline_action(args, manager, progress)
+        await asyncio.sleep(0)  # an interrupt that came meanwhile is delivered here
+    except asyncio.CancelledError:
+        if result is None:
+            raise
+        # Interrupted once the work was done (a rollback that committed): it is told as done.
+        if (task := asyncio.current_task()) is not None:
+            task.uncancel()
+    return result
 
 
 async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:
@@ -200,52 +212,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         progress.stage("restoring into scratch and comparing")
         return preview_reply(await manager.test_rollback(args.backup_id, args.components or None))
     if action == "rollback":
-        from backup.events import RollbackStepStarted
-        from service.incidents.audit import ROLLBACK_STARTED, rollback_run
-
-        @contextlib.asynccontextmanager
-        async def nothing_to_pause() -> AsyncIterator[None]:
-            yield
-
-        def on_event(event: Any) -> None:
-            if isinstance(event, RollbackStepStarted):
-                progress.stage(f"rollback: {event.step}")
-
-        manager.events.subscribe(on_event)
-        with _audit_trail(load_settings()) as trail:
-            run = rollback_run()
-            detail = {"backupId": args.backup_id, "reason": args.reason, "run": run["run"]}
-            trail.record(ROLLBACK_STARTED, detail | run | {"components": args.components})
-            try:
-                result = await manager.rollback(
-                    args.backup_id,
-                    args.components or None,
-                    args.reason,
-                    nothing_to_pause,
-                    lambda: None,
-                    on_progress=progress.restic_status,
-                )
-            except Exception as exc:
-                # As the service says it: refused (nothing touched) or failed at a step.
-                from backup import RollbackFailed
-
-                said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
-                trail.record("rollback", detail | {"error": said})
-                raise
-            trail.record(
-                "rollback",
-                detail
-                | {
-                    "backupId": result.snapshot_id,
-                    "components": list(result.components),
-                    "safetyBackupId": result.safety_snapshot_id,
-                    "error": None,
-                },
-            )
-        reply = rollback_reply(result, args.reason)
-        if trail.problem:
-            reply["restored"].append(trail.problem)
-        return reply
+        return await _offline_rollback(args, manager, progress)
     if action == "drill":
         progress.stage("restoring the newest snapshots into scratch and verifying")
         drill = await manager.verify_latest()
@@ -273,3 +240,74 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         await manager.prune()
         return {"kept": len(forgotten.kept), "removed": len(forgotten.removed)}
     raise ValueError(action)
+
+
+# How a shell reports a command that SIGINT (Ctrl-C) stopped.
+INTERRUPTED = 130
+
+
+async def _offline_rollback(
+    args: argparse.Namespace, manager: Any, progress: Activity
+) -> dict[str, Any]:
+    from backup.events import RollbackStepStarted
+    from service.incidents.audit import ROLLBACK_STARTED, rollback_run
+
+    @contextlib.asynccontextmanager
+    async def nothing_to_pause() -> AsyncIterator[None]:
+        yield
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, RollbackStepStarted):
+            progress.stage(f"rollback: {event.step}")
+
+    manager.events.subscribe(on_event)
+    settings = load_settings()
+    with _audit_trail(settings) as trail:
+        run = rollback_run()
+        detail = {"backupId": args.backup_id, "reason": args.reason, "run": run["run"]}
+        trail.record(ROLLBACK_STARTED, detail | run | {"components": args.components})
+        try:
+            result = await manager.rollback(
+                args.backup_id,
+                args.components or None,
+                args.reason,
+                nothing_to_pause,
+                lambda: None,
+                on_progress=progress.restic_status,
+            )
+        except asyncio.CancelledError:
+            # Ctrl-C before the swap (one that came after it is taken by the backend, and
+            # the rollback is told as done).
+            said = _interrupted(settings)
+            trail.record("rollback", detail | {"error": said})
+            raise CliError(said, INTERRUPTED) from None
+        except Exception as exc:
+            # As the service says it: refused (nothing touched) or failed at a step.
+            from backup import RollbackFailed
+
+            said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
+            trail.record("rollback", detail | {"error": said})
+            raise
+        trail.record(
+            "rollback",
+            detail
+            | {
+                "backupId": result.snapshot_id,
+                "components": list(result.components),
+                "safetyBackupId": result.safety_snapshot_id,
+                "error": None,
+            },
+        )
+    reply = rollback_reply(result, args.reason)
+    if trail.problem:
+        reply["restored"].append(trail.problem)
+    return reply
+
+
+def _interrupted(settings: Any) -> str:
+    if settings.database_url is not None:
+        return "the rollback was interrupted before its swap: the live data was left unchanged"
+    return (
+        "the rollback was interrupted before it was done: the live data is as it was (a swap "
+        "it had begun is put back by the next start of the service or of an offline command)"
+    )

@@ -1,0 +1,194 @@
+"""``ers backup --offline`` on PostgreSQL as an operator meets it: the real ``ers`` command,
+the real restic and a real server, interrupted, on a database that goes away, with the
+settings wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from service.incidents.service import MIGRATIONS as INCIDENT_STATE
+from service.stores import Stores
+from tests.pg import apply_migrations
+from tests.store_writes import add_expense, opened
+
+pytestmark = pytest.mark.integration
+
+ERS = [sys.executable, "-m", "service.cli"]
+WAIT_S = 120  # for a state to be reached, never a measure of how long something took
+
+
+@dataclass
+class OfflineSite:
+    """A PostgreSQL database with ERS's schemas, a repository and the settings of both."""
+
+    url: str
+    env: dict[str, str]
+    cwd: Path
+
+    def ers(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*ERS, *args],
+            env=self.environment(**env),
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """In a session of its own, so that a Ctrl-C can reach it and its programs alone."""
+        return subprocess.Popen(
+            [*ERS, *args],
+            env=self.environment(),
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def environment(self, **env: str) -> dict[str, str]:
+        kept = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")}
+        return {k: v for k, v in {**kept, **self.env, **env}.items() if v}
+
+    def expenses(self) -> int:
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute("SELECT count(*) FROM ers_budgets.expenses").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def trail(self) -> list[tuple[str, str, dict[str, Any]]]:
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(
+                "SELECT actor, action, detail FROM ers_incidents.audit ORDER BY id"
+            ).fetchall()
+        return [(a, b, d if isinstance(d, dict) else json.loads(d)) for a, b, d in rows]
+
+
+async def add_expenses(url: str, count: int) -> None:
+    async with opened(Stores.on_postgres(url)) as stores:
+        for number in range(count):
+            await add_expense(stores, "u1", "food", 1000 + number)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, pg_url: str) -> OfflineSite:
+    """One expense in a budgets snapshot, two more added since."""
+    apply_migrations(pg_url, INCIDENT_STATE)
+    await add_expenses(pg_url, 1)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "restic-password").write_text("a test password\n")
+    env = {
+        "ERS_ENV": "test",
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    made = OfflineSite(pg_url, env, tmp_path)
+    for command in (["init"], ["create", "--type", "budgets", "-o", "json"]):
+        done = made.ers("backup", "--offline", *command)
+        assert done.returncode == 0, done.stderr
+    made.env["SNAPSHOT"] = json.loads(done.stdout)["backupId"]
+    await add_expenses(pg_url, 2)
+    return made
+
+
+def wait_until(found: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not found():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.05)
+
+
+def one_row(url: str, query: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(query).fetchone() is not None
+
+
+@pytest.fixture
+def held(site: OfflineSite) -> Iterator[Callable[[str], None]]:
+    """Another session holding a lock on the live expenses table, until the test ends."""
+    conn = psycopg.connect(site.url)
+    try:
+        yield lambda statement: conn.execute(statement) and None
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def interrupt(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C, as a terminal sends it: to the command and every program it runs."""
+    os.killpg(process.pid, signal.SIGINT)
+    return process.communicate(timeout=WAIT_S)
+
+
+def test_a_ctrl_c_after_the_swap_committed_reports_the_rollback_done_and_records_it(
+    site: OfflineSite, held: Callable[[str], None]
+) -> None:
+    """Before: exit 130 and not a word, the safety snapshot named nowhere and only the
+    rollback's start in the trail, though the data was the snapshot's."""
+    snapshot = site.env["SNAPSHOT"]
+    # A reader of the live table: the old schema's drop, after the commit, waits for it.
+    held("SELECT count(*) FROM ers_budgets.expenses")
+    rolling = site.start(
+        "backup", "--offline", "rollback", snapshot, "--reason", "r", "--yes", "-o", "json"
+    )
+    wait_until(
+        lambda: one_row(
+            site.url, "SELECT 1 FROM pg_namespace WHERE nspname LIKE 'ers\\_budgets\\_\\_old\\_%'"
+        ),
+        "the swap commit",
+    )
+    out, err = interrupt(rolling)
+
+    assert rolling.returncode == 0, err
+    reply = json.loads(out)
+    assert reply["backupId"].startswith(snapshot) and reply["safetyBackupId"], reply
+    assert reply["undoCommand"].startswith(f"ers backup rollback {reply['safetyBackupId'][:8]}")
+    assert site.expenses() == 1
+    (actor, action, detail) = site.trail()[-1]
+    assert (actor, action) == ("offline", "rollback")
+    assert detail["safetyBackupId"] == reply["safetyBackupId"] and detail["error"] is None
+
+
+def test_a_ctrl_c_before_the_swap_says_the_data_was_left_unchanged_and_records_it(
+    site: OfflineSite, held: Callable[[str], None]
+) -> None:
+    """Before: exit 130 and not a word, and the next start called it a kill or a crash."""
+    # A writer's open transaction: the rollback waits to hold off the other writers.
+    held("LOCK TABLE ers_budgets.expenses IN ROW EXCLUSIVE MODE")
+    rolling = site.start(
+        "backup", "--offline", "rollback", site.env["SNAPSHOT"], "--reason", "r", "--yes"
+    )
+    wait_until(
+        lambda: one_row(
+            site.url,
+            "SELECT 1 FROM pg_locks WHERE NOT granted"
+            " AND relation = 'ers_budgets.expenses'::regclass",
+        ),
+        "the rollback waiting for the writer",
+    )
+    out, err = interrupt(rolling)
+
+    assert rolling.returncode == 130, err
+    assert out == ""
+    assert err.strip().splitlines() == [
+        "ers: the rollback was interrupted before its swap: the live data was left unchanged"
+    ]
+    assert site.expenses() == 3
+    (actor, action, detail) = site.trail()[-1]
+    assert (actor, action) == ("offline", "rollback")
+    assert "left unchanged" in detail["error"]
