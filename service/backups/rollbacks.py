@@ -184,8 +184,9 @@ class _Outcome:
 INTERRUPTED = (
     "the process running it stopped before its outcome was written (a kill or a crash, or a "
     "trail it could not write to until it stopped): the live state is wholly the one before "
-    "it or wholly the snapshot's (a swap it had begun is undone at the next start: "
-    "rollback_undone); its safety snapshot, if taken, is tagged reason:pre-rollback"
+    "it or wholly the snapshot's (on SQLite a swap it had begun is undone at the next start: "
+    "rollback_undone; on PostgreSQL a swap that committed stays: `ers backup test-rollback` "
+    "on the snapshot shows which); its safety snapshot, if taken, is tagged reason:pre-rollback"
 )
 
 

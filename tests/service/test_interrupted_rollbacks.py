@@ -113,3 +113,9 @@ def test_an_outcome_the_trail_could_not_take_is_written_once_it_can(
     rollbacks.write_unwritten()  # written once
     assert [e["action"] for e in audit.recent(5)].count("rollback") == 1
     assert record_interrupted(audit) == []
+
+
+def test_the_words_for_a_cut_off_rollback_hold_on_postgresql_where_a_committed_swap_stays() -> None:
+    """Before: "a swap it had begun is undone at the next start", false on PostgreSQL."""
+    assert "on SQLite a swap it had begun is undone at the next start" in INTERRUPTED
+    assert "on PostgreSQL a swap that committed stays" in INTERRUPTED
