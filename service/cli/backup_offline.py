@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
+import json
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,6 @@ from service.cli.output import USAGE, Activity, CliError
 from service.settings import load_settings
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
-
-log = logging.getLogger("ers.backups")
 
 
 def _repository_config():  # noqa: ANN202
@@ -80,36 +80,51 @@ async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
 
 class _OfflineTrail:
     """The service's audit trail, for an offline rollback to be in it as the service's are
-    (actor ``offline``). A trail that cannot be written must not stop the rollback: the
-    reason is kept in ``problem``, to be told with the rollback's outcome."""
+    (actor ``offline``). A trail that cannot be written must not stop the rollback: each
+    entry is tried again for ``retry_for_s`` (a database restarting), then kept, and `tell`
+    says once, on stderr, what to record by hand."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, audit: Any, *, retry_for_s: float = 5.0, pause_s: float = 0.25) -> None:
         self.problem = ""
-        self._audit: Any = None
-        self._database: Any = None
-        try:
-            self._database = _incident_database(settings)
-            from service.incidents.audit import AuditLog
-
-            self._audit = AuditLog(self._database)
-        except Exception as exc:
-            self._failed(exc)
+        self.unwritten: list[tuple[str, dict[str, Any]]] = []
+        self._audit = audit
+        self._retry_for_s, self._pause_s = retry_for_s, pause_s
+        self._told = False
 
     def record(self, action: str, detail: dict[str, Any]) -> None:
-        if self._audit is not None and not self.problem:
+        """Blocking, and so not cut short by an interrupt of the event loop's task."""
+        deadline = time.monotonic() + self._retry_for_s
+        while self._audit is not None:
             try:
                 self._audit.record("offline", action, detail)
+                return
             except Exception as exc:
-                self._failed(exc)
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                self.problem = f"writing it failed ({reason})"
+                if time.monotonic() >= deadline:
+                    break
+            time.sleep(self._pause_s)
+        self.unwritten.append((action, detail))
 
-    def _failed(self, exc: Exception) -> None:
-        self.problem = f"the rollback is not in the audit trail: writing it failed ({exc})"
-        log.warning("%s", self.problem)
+    def untold(self) -> str | None:
+        """What the trail lacks, as the entry to record; None when the outcome is in it (a
+        start alone not written is no loss: the outcome names the same run)."""
+        outcomes = [(a, d) for a, d in self.unwritten if a != "rollback_started"]
+        if not outcomes:
+            return None
+        action, detail = outcomes[-1]
+        entry = json.dumps(detail, sort_keys=True, default=str)
+        return (
+            f"the rollback is not in the audit trail: {self.problem or 'it cannot be opened'}; "
+            f"record it by hand: actor offline, action {action}, detail {entry}"
+        )
 
-    def close(self) -> None:
-        if self._database is not None:
-            with contextlib.suppress(Exception):
-                self._database.close()
+    def tell(self) -> str | None:
+        said = self.untold()
+        if said and not self._told:
+            self._told = True
+            print(f"ers: {said}", file=sys.stderr)
+        return said
 
 
 def _incident_database(settings: Any) -> Any:
@@ -137,11 +152,22 @@ def _incident_database(settings: Any) -> Any:
 
 @contextlib.contextmanager
 def _audit_trail(settings: Any) -> Iterator[_OfflineTrail]:
-    trail = _OfflineTrail(settings)
+    database: Any = None
+    try:
+        database = _incident_database(settings)
+        from service.incidents.audit import AuditLog
+
+        trail = _OfflineTrail(AuditLog(database))
+    except Exception as exc:
+        trail = _OfflineTrail(None)
+        trail.problem = f"it cannot be opened ({exc})"
     try:
         yield trail
     finally:
-        trail.close()
+        trail.tell()
+        if database is not None:
+            with contextlib.suppress(Exception):
+                database.close()
 
 
 # Offline actions that write the data directory, the service's working files or the
@@ -212,7 +238,8 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         progress.stage("restoring into scratch and comparing")
         return preview_reply(await manager.test_rollback(args.backup_id, args.components or None))
     if action == "rollback":
-        return await _offline_rollback(args, manager, progress)
+        with _audit_trail(load_settings()) as trail:
+            return await _offline_rollback(args, manager, progress, trail)
     if action == "drill":
         progress.stage("restoring the newest snapshots into scratch and verifying")
         drill = await manager.verify_latest()
@@ -247,7 +274,7 @@ INTERRUPTED = 130
 
 
 async def _offline_rollback(
-    args: argparse.Namespace, manager: Any, progress: Activity
+    args: argparse.Namespace, manager: Any, progress: Activity, trail: _OfflineTrail
 ) -> dict[str, Any]:
     from backup.events import RollbackStepStarted
     from service.incidents.audit import ROLLBACK_STARTED, rollback_run
@@ -261,46 +288,44 @@ async def _offline_rollback(
             progress.stage(f"rollback: {event.step}")
 
     manager.events.subscribe(on_event)
-    settings = load_settings()
-    with _audit_trail(settings) as trail:
-        run = rollback_run()
-        detail = {"backupId": args.backup_id, "reason": args.reason, "run": run["run"]}
-        trail.record(ROLLBACK_STARTED, detail | run | {"components": args.components})
-        try:
-            result = await manager.rollback(
-                args.backup_id,
-                args.components or None,
-                args.reason,
-                nothing_to_pause,
-                lambda: None,
-                on_progress=progress.restic_status,
-            )
-        except asyncio.CancelledError:
-            # Ctrl-C before the swap (one that came after it is taken by the backend, and
-            # the rollback is told as done).
-            said = _interrupted(settings)
-            trail.record("rollback", detail | {"error": said})
-            raise CliError(said, INTERRUPTED) from None
-        except Exception as exc:
-            # As the service says it: refused (nothing touched) or failed at a step.
-            from backup import RollbackFailed
-
-            said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
-            trail.record("rollback", detail | {"error": said})
-            raise
-        trail.record(
-            "rollback",
-            detail
-            | {
-                "backupId": result.snapshot_id,
-                "components": list(result.components),
-                "safetyBackupId": result.safety_snapshot_id,
-                "error": None,
-            },
+    run = rollback_run()
+    detail = {"backupId": args.backup_id, "reason": args.reason, "run": run["run"]}
+    trail.record(ROLLBACK_STARTED, detail | run | {"components": args.components})
+    try:
+        result = await manager.rollback(
+            args.backup_id,
+            args.components or None,
+            args.reason,
+            nothing_to_pause,
+            lambda: None,
+            on_progress=progress.restic_status,
         )
+    except asyncio.CancelledError:
+        # Ctrl-C before the swap (one that came after it is taken by the backend, and the
+        # rollback is told as done).
+        said = _interrupted(load_settings())
+        trail.record("rollback", detail | {"error": said})
+        raise CliError(said, INTERRUPTED) from None
+    except Exception as exc:
+        # As the service says it: refused (nothing touched) or failed at a step.
+        from backup import RollbackFailed
+
+        said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
+        trail.record("rollback", detail | {"error": said})
+        raise
+    trail.record(
+        "rollback",
+        detail
+        | {
+            "backupId": result.snapshot_id,
+            "components": list(result.components),
+            "safetyBackupId": result.safety_snapshot_id,
+            "error": None,
+        },
+    )
     reply = rollback_reply(result, args.reason)
-    if trail.problem:
-        reply["restored"].append(trail.problem)
+    if said := trail.tell():
+        reply["auditTrailError"] = said
     return reply
 
 
