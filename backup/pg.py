@@ -80,6 +80,23 @@ class PgBackupConfig:
         return PgSchemas(restic, self, index, events)
 
 
+def _partly_made(names: Sequence[str], outcomes: Sequence[object]) -> BaseException:
+    """The first failure of a backup of several components, naming the components that
+    failed and the snapshots the others made (they are kept: each is whole)."""
+    failed = [(n, o) for n, o in zip(names, outcomes, strict=True) if isinstance(o, BaseException)]
+    made = [(n, o) for n, o in zip(names, outcomes, strict=True) if isinstance(o, BackupResult)]
+    first = failed[0][1]
+    if not isinstance(first, BackupError) or len(names) == 1:
+        return first
+    which = ", ".join(name for name, _ in failed)
+    kept = ", ".join(f"{(o.snapshot_id or '')[:8]} ({name})" for name, o in made)
+    first.args = (
+        f"the backup of {which} failed: {first}"
+        + (f"; the snapshots of the others were made and kept: {kept}" if kept else ""),
+    )
+    return first
+
+
 class PgSchemas:
     """Backups, test rollbacks and rollbacks of the component schemas (`BackupBackend`)."""
 
@@ -158,7 +175,7 @@ class PgSchemas:
                 outcomes = await backups
             failures = [o for o in outcomes if isinstance(o, BaseException)]
             if failures:
-                raise failures[0]
+                raise _partly_made(names, outcomes)
         except (BackupError, TimeoutError) as exc:
             label = "timeout" if isinstance(exc, TimeoutError) else exc.label
             message = str(exc) or f"no backup within {timeout} s"

@@ -156,7 +156,10 @@ _ADVICE = (
     (r"could not translate host name", "check the host name in ERS_DATABASE_URL"),
     (r"server version mismatch", "install client programs at least as new as the server"),
     (r"permission denied", "grant the ERS role access to the component's schema"),
-    (r"could not obtain lock", "a schema change holds the tables: retry when it has ended"),
+    (
+        r"could not obtain lock|canceling statement due to (statement|lock) timeout",
+        "a schema change or a long transaction holds the tables: retry when it has ended",
+    ),
     (r"no space left on device", "free disk space on the database server"),
     (
         r"could not read from input file|input file appears to be a text|did not find magic",

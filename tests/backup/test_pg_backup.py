@@ -215,6 +215,34 @@ async def test_a_failing_pg_dump_raises_a_named_error_without_the_password(
     assert await restic.snapshots() == []  # restic was stopped before it saved anything
 
 
+async def test_a_full_backup_that_fails_for_one_component_names_the_snapshots_it_made(
+    restic: Restic, stores: Stores, pg_url: str
+) -> None:
+    """Before: only pg_dump's lock timeout was said, with advice to see the server's log,
+    and the snapshots of the three other components went unmentioned."""
+    config = dataclasses.replace(config_for(stores, pg_url), lock_wait_seconds=0.5)
+    backups = BackupManager(restic, config)
+    await set_limit(stores, "u1", "food", 40_000)
+    with psycopg.connect(pg_url) as holder:  # a schema change, holding the budgets tables
+        holder.execute("LOCK TABLE ers_budgets.budgets IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(PgDumpFailed) as failure:
+            await backups.create(None, "manual", skip_unchanged=False)
+    message = str(failure.value)
+
+    assert message.startswith("the backup of budgets failed: pg_dump failed dumping schema ")
+    assert "canceling statement due to statement timeout" in message
+    assert "long transaction holds the tables: retry when it has ended" in message
+    made = {
+        s["id"][:8]: t.removeprefix("component:")
+        for s in await restic.snapshots()
+        for t in s["tags"]
+        if t.startswith("component:")
+    }
+    assert sorted(made.values()) == sorted(c for c in stores.by_component() if c != "budgets")
+    kept = message.split("; the snapshots of the others were made and kept: ", 1)[1]
+    assert sorted(kept.split(", ")) == sorted(f"{i} ({c})" for i, c in made.items())
+
+
 async def test_live_sizes_are_each_component_schemas_bytes_and_fail_in_plain_words(
     restic: Restic, stores: Stores, pg_url: str, backups: BackupManager
 ) -> None:
