@@ -20,9 +20,8 @@ replica's writers, which this process cannot pause) are held off by SHARE locks 
 tables, taken before the safety backup starts and kept until the commit: their writes wait,
 then go into the restored tables, so each is in the safety snapshot or in the live state.
 
-An interrupt (Ctrl-C, a cancelled task) after the commit does not undo or hide the rollback:
-it returns its result, and leaves the old schema to the next start. (Restoring under a new
-name, then two renames, needs a scratch database and a second restore: twice as long.)
+An interrupt (Ctrl-C) after the commit does not hide the rollback: its result is returned,
+the old schema left to the next start. (A restore under a new name took twice as long.)
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -77,6 +77,12 @@ log = logging.getLogger(__name__)
 CONFIRMED = "ers.rollback_confirmed"
 CONFIRM_LINE = f"\nSELECT pg_catalog.set_config('{CONFIRMED}', 'yes', true);\n".encode()
 COUNT_MARKER = "ers-count"
+_NOT_THE_DUMP = re.compile(
+    r"connection to server|could not connect|connection option|invalid connection|"
+    r"password authentication failed|no password supplied|no pg_hba\.conf entry|"
+    r"could not translate host name|no space left on device|out of memory|did not finish",
+    re.IGNORECASE,
+)
 # The class half of the two-key transaction advisory lock a rollback of a schema holds until
 # its swap has committed; the other half is the hash of the schema's name.
 ROLLBACK_LOCK_CLASS = 0x45525352  # "ERSR"
@@ -163,6 +169,8 @@ class PgRollback:
         try:
             await pipeline.run()
         except PgRestoreFailed as exc:
+            if _NOT_THE_DUMP.search(str(exc)):
+                raise  # the settings or the server failed pg_restore: not the snapshot's fault
             return str(exc)
         return "ok"
 

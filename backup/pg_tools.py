@@ -153,6 +153,7 @@ _ADVICE = (
     (r'(database|role) "[^"]*" does not exist', "check the names in ERS_DATABASE_URL"),
     (r"no matching schemas were found", "start ERS once on this database to create it"),
     (r"connection refused", "check that the server is running, and its host and port"),
+    (r"connection option|invalid connection", "fix the options in ERS_DATABASE_URL"),
     (r"could not translate host name", "check the host name in ERS_DATABASE_URL"),
     (r"server version mismatch", "install client programs at least as new as the server"),
     (r"permission denied", "grant the ERS role access to the component's schema"),

@@ -192,3 +192,20 @@ def test_a_ctrl_c_before_the_swap_says_the_data_was_left_unchanged_and_records_i
     (actor, action, detail) = site.trail()[-1]
     assert (actor, action) == ("offline", "rollback")
     assert "left unchanged" in detail["error"]
+
+
+def test_a_test_rollback_the_settings_keep_from_restoring_fails_naming_them_not_the_snapshot(
+    site: OfflineSite,
+) -> None:
+    """Before: "the snapshot's copy fails its check", exit 0, for pg_restore's refusal of
+    the URL's options."""
+    url = site.url + ("&" if "?" in site.url else "?") + "connect_timeout=abc"
+    tested = site.ers(
+        "backup", "--offline", "test-rollback", site.env["SNAPSHOT"], ERS_DATABASE_URL=url
+    )
+
+    assert tested.returncode == 1, tested.stdout
+    assert tested.stdout == ""
+    (line,) = tested.stderr.splitlines()
+    assert 'invalid integer value "abc" for connection option "connect_timeout"' in line
+    assert "ERS_DATABASE_URL" in line and "snapshot" not in line
