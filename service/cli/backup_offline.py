@@ -180,7 +180,7 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
 
     mutating = args.action in OFFLINE_CHANGES
     settings = load_settings()
-    if settings.database_url is None and args.action != "init" and not settings.data_dir.exists():
+    if args.action != "init" and not settings.data_dir.exists():
         # A mistyped ERS_DATA_DIR was made, with a lock and a repository record in it, and
         # its empty state listed as the service's.
         raise CliError(
@@ -188,6 +188,8 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
             " service's (its default is var/data, under the directory ERS runs in)",
             USAGE,
         )
+    if settings.database_url is None and args.action != "init":
+        await _refuse_postgresql_snapshots(settings)
     result: Any = None
     try:
         async with offline_access(settings, mutating=mutating) as owns_data_dir:
@@ -204,6 +206,29 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
         if (task := asyncio.current_task()) is not None:
             task.uncancel()
     return result
+
+
+async def _refuse_postgresql_snapshots(settings: Any) -> None:
+    """Without ERS_DATABASE_URL the state is taken for SQLite files: a data directory with
+    none of them, over a repository of PostgreSQL snapshots, is a PostgreSQL service's whose
+    URL was left out (each command would misname what is missing, and make SQLite files)."""
+    if any((settings.data_dir / f"{name}.sqlite3").exists() for name in COMPONENTS):
+        return
+    from backup import BackupError
+    from backup.pg import POSTGRES_TAG
+    from backup.repository import restic_for
+
+    try:
+        found = await restic_for(_repository_config()).snapshots(tag=POSTGRES_TAG)
+    except BackupError:
+        return  # the command itself says what keeps the repository from being read
+    if found:
+        raise CliError(
+            f"the snapshots in {settings.restic_repository} are a PostgreSQL service's (tag "
+            f"{POSTGRES_TAG}) and ERS_DATABASE_URL is not set: set it to that service's "
+            "database, as `ers serve` has it",
+            USAGE,
+        )
 
 
 async def _offline_action(args: argparse.Namespace, manager: Any, progress: Activity) -> Any:

@@ -209,3 +209,39 @@ def test_a_test_rollback_the_settings_keep_from_restoring_fails_naming_them_not_
     (line,) = tested.stderr.splitlines()
     assert 'invalid integer value "abc" for connection option "connect_timeout"' in line
     assert "ERS_DATABASE_URL" in line and "snapshot" not in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["test-rollback", "SNAPSHOT"],
+        ["test-rollback", "SNAPSHOT", "--components", "budgets"],
+        ["rollback", "SNAPSHOT", "--reason", "r", "--yes"],
+    ],
+)
+def test_a_postgresql_repository_without_its_database_url_says_so_and_makes_nothing(
+    site: OfflineSite, command: list[str]
+) -> None:
+    """Before: "holds no component that can be rolled back", "unknown component(s) budgets",
+    and SQLite files, a lock and a working folder made in the data directory."""
+    data_dir = Path(site.env["ERS_DATA_DIR"])
+    before = sorted(data_dir.iterdir())
+    args = [site.env["SNAPSHOT"] if a == "SNAPSHOT" else a for a in command]
+    done = site.ers("backup", "--offline", *args, ERS_DATABASE_URL="")
+
+    assert done.returncode == 2, done.stdout
+    (line,) = done.stderr.splitlines()
+    assert "are a PostgreSQL service's (tag backend:postgresql)" in line
+    assert "ERS_DATABASE_URL is not set" in line
+    assert sorted(data_dir.iterdir()) == before
+
+
+def test_a_mistyped_data_directory_is_refused_on_postgresql_too(site: OfflineSite) -> None:
+    """Before: `list` made the directory, and a repository record in it."""
+    typo = site.cwd / "dat"
+    done = site.ers("backup", "--offline", "list", ERS_DATA_DIR=str(typo))
+
+    assert done.returncode == 2
+    assert f"the data directory {typo} does not exist" in done.stderr
+    assert not typo.exists()
