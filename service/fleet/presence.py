@@ -27,6 +27,7 @@ from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
 
+OFFLINE_ROLE = "ers backup --offline"  # how an offline command's session is named
 # pg_advisory_lock key of the live state: the bytes of "ERS_LIVE".
 LIVE_STATE_LOCK_KEY = 0x4552_535F_4C49_5645
 # How pg_locks spells a bigint advisory key: its high and low 32 bits.
@@ -126,7 +127,7 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
     runs (or another such command does)."""
     database = PostgresDatabase(url)
     try:
-        conn = await connect_session(url, application_name=session_name("ers backup --offline"))
+        conn = await connect_session(url, application_name=session_name(OFFLINE_ROLE))
     except psycopg.Error as exc:
         raise DataDirInUse(
             f"cannot tell whether a replica runs on {database.location}: "
@@ -134,8 +135,11 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
         ) from None
     async with conn:
         if not await _try_lock(conn, "pg_try_advisory_lock"):
-            raise DataDirInUse(
-                f"the state on {database.location} is in use by {await _holders(conn)}: "
-                f"{OFFLINE_ADVICE} (stop every replica)"
+            holders = await _holders(conn)
+            advice = (
+                "let it finish, then try again"
+                if all(h.startswith(OFFLINE_ROLE) for h in holders.split(", "))
+                else f"{OFFLINE_ADVICE} (stop every replica)"
             )
+            raise DataDirInUse(f"the state on {database.location} is in use by {holders}: {advice}")
         yield

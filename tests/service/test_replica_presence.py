@@ -52,6 +52,20 @@ async def test_replicas_share_the_state_and_an_offline_command_waits_for_none(
     assert holders(pg_url) == 0
 
 
+async def test_a_second_offline_command_is_told_another_holds_the_state_not_to_stop_the_service(
+    pg_url: str,
+) -> None:
+    """Before: "stop the service first", with no service running."""
+    async with offline_exclusive(pg_url):
+        with pytest.raises(DataDirInUse) as refused:
+            async with offline_exclusive(pg_url):
+                pytest.fail("two offline changes ran at once")
+    said = str(refused.value)
+    assert f"in use by ers backup --offline pid {os.getpid()}" in said
+    assert said.endswith(": let it finish, then try again")
+    assert "stop the service" not in said
+
+
 async def test_a_replica_whose_connection_breaks_holds_the_state_again(pg_url: str) -> None:
     presence = ReplicaPresence(pg_url, check_interval_s=0.1)
     await presence.start()
