@@ -68,7 +68,11 @@ async def drop_abandoned_scratch_databases(live: PgConnection) -> list[str]:
     names. A failure is logged: the next start tries again."""
     dropped: list[str] = []
     try:
-        async with await live.connect() as conn:
+        conn = await live.connect()
+    except psycopg.Error:
+        return dropped  # no server to look at: what runs next says why, in its own words
+    try:
+        async with conn:
             pattern = f"^{re.escape(SCRATCH_DATABASE_PREFIX)}{await _owner_tag(conn)}_[0-9a-f]+$"
             cursor = await conn.execute(
                 "SELECT datname FROM pg_catalog.pg_database WHERE datname ~ %s", (pattern,)
