@@ -162,6 +162,17 @@ async def _take_for_service(settings: Settings) -> Callable[[], Awaitable[None]]
     if settings.database_url is not None:
         from service.fleet.presence import ReplicaPresence
 
+        # The state is on the server; the data directory still holds this replica's backup
+        # work folder and repository record, and the disk check reads it.
+        try:
+            await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(
+                f"invalid setting 'data_dir': cannot keep the data in {settings.data_dir} "
+                f"({exc.strerror or exc}); set ERS_DATA_DIR to a directory this user may "
+                "create and write"
+            ) from None
+
         presence = ReplicaPresence(settings.database_url.get_secret_value())
         await presence.start()
         return presence.stop

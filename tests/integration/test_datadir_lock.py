@@ -176,6 +176,10 @@ def test_on_postgresql_an_offline_rollback_is_refused_while_a_replica_runs(
     first = start_ers(tmp_path, env=env)
     second = start_ers(tmp_path, env=env)
     try:
+        # The state is on the server, yet the data directory is made: without it the disk
+        # check failed and held every replica's system state degraded.
+        disk = httpx.get(f"{first.url}/api/emergency/health", timeout=10).json()["checks"]["disk"]
+        assert disk["status"] == "healthy", disk
         second.stop()
         refused = offline_rollback(tmp_path, "deadbeef", ERS_DATABASE_URL=pg_url)
         assert refused.returncode != 0
