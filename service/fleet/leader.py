@@ -132,14 +132,19 @@ async def connect_session(url: str, **options: str) -> psycopg.AsyncConnection[t
     )
 
 
-async def watch_session(conn: psycopg.AsyncConnection[object], check_interval_s: float) -> None:
-    """Returns never; raises once the session holding a lock is gone.
+async def watch_session(
+    conn: psycopg.AsyncConnection[object], check_interval_s: float, rounds: int | None = None
+) -> None:
+    """Returns never (or after ``rounds`` checks); raises once the session holding a lock
+    is gone.
 
     Waiting for notifications reads the socket, so a connection the server closes (a
     restart, pg_terminate_backend) ends this at once rather than at the next check; the
     check itself catches a connection that went silent.
     """
-    while True:
+    checked = 0
+    while rounds is None or checked < rounds:
+        checked += 1
         async for _ in conn.notifies(timeout=check_interval_s):
             pass
         async with asyncio.timeout(check_interval_s):

@@ -7,6 +7,12 @@ connection of its own, as the fleet jobs lock does (``service.fleet.leader``): a
 dies loses its connection and the server drops its lock with it. A replica whose connection
 breaks takes the lock again on a new one. Each lock connection names its process in
 ``application_name``, which is how a refusal says who holds the lock.
+
+A lock lost with its connection (a server restart, a network blip) left a window in which an
+offline command took the lock beside a replica still serving. So each replica also stamps
+``ers_fleet.stamps`` (``presence:<its session name>``) on every check of its lock, and
+removes the stamp when it stops; an offline command refuses while a stamp is younger than
+``SEEN_WITHIN_S``, whether or not the replica holds the lock at that moment.
 """
 
 from __future__ import annotations
@@ -40,6 +46,24 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
 """
 
 
+# A replica stamps every check_interval_s (5 s): three missed stamps, and it is gone.
+SEEN_WITHIN_S = 15.0
+_STAMPS_EXIST = "SELECT to_regclass('ers_fleet.stamps') IS NOT NULL"
+_STAMP = """INSERT INTO ers_fleet.stamps (key, value) VALUES (%s, '{}')
+ON CONFLICT (key) DO UPDATE SET updated_at = now()"""
+_UNSTAMP = "DELETE FROM ers_fleet.stamps WHERE key = %s"
+_SEEN = """SELECT substr(key, 10), extract(epoch FROM now() - updated_at)::float8
+FROM ers_fleet.stamps
+WHERE key LIKE 'presence:%%' AND updated_at > now() - make_interval(secs => %s)
+ORDER BY updated_at DESC"""
+
+
+async def _stamps(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
+    """Whether the stamps' table exists (the fleet's migrations make it at a first start)."""
+    row = await (await conn.execute(_STAMPS_EXIST)).fetchone()
+    return bool(row and row[0])
+
+
 async def _try_lock(conn: psycopg.AsyncConnection[tuple[object, ...]], function: str) -> bool:
     cursor = await conn.execute(f"SELECT {function}(%s)", (LIVE_STATE_LOCK_KEY,))
     row = await cursor.fetchone()
@@ -57,6 +81,7 @@ class ReplicaPresence:
 
     def __init__(self, url: str, *, check_interval_s: float = 5.0) -> None:
         self._url = url
+        self._stamp = f"presence:{presence_name()}"
         self._database = PostgresDatabase(url)
         self.check_interval_s = check_interval_s
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
@@ -81,7 +106,7 @@ class ReplicaPresence:
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
-        await self._drop()
+        await self._drop(stopping=True)
 
     async def _take(self) -> str | None:
         """Hold the shared lock on a connection of its own; else who holds it exclusively."""
@@ -93,11 +118,26 @@ class ReplicaPresence:
         await conn.close()
         return holders
 
-    async def _drop(self) -> None:
+    async def _drop(self, *, stopping: bool = False) -> None:
         conn, self._conn = self._conn, None
+        with contextlib.suppress(psycopg.Error, OSError):
+            if stopping:  # gone: offline commands may run now (a new connection if need be)
+                if conn is None:
+                    conn = await connect_session(self._url, application_name=presence_name())
+                if await _stamps(conn):
+                    await conn.execute(_UNSTAMP, (self._stamp,))
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()  # the server drops the lock with the session
+
+    async def _watch(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """Returns never; raises once the session holding the lock is gone. Each round
+        stamps this replica as seen (once the fleet's table exists)."""
+        while True:
+            async with asyncio.timeout(self.check_interval_s):
+                if await _stamps(conn):
+                    await conn.execute(_STAMP, (self._stamp,))
+            await watch_session(conn, self.check_interval_s, rounds=1)
 
     async def _keep(self) -> None:
         outage = Outage(
@@ -113,7 +153,7 @@ class ReplicaPresence:
                         raise RuntimeError(f"an offline command holds it: {holders}")
                     outage.recovered()
                 assert self._conn is not None
-                await watch_session(self._conn, self.check_interval_s)
+                await self._watch(self._conn)
             except (psycopg.Error, TimeoutError, RuntimeError) as exc:
                 reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
                 await self._drop()
@@ -142,4 +182,14 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
                 else f"{OFFLINE_ADVICE} (stop every replica)"
             )
             raise DataDirInUse(f"the state on {database.location} is in use by {holders}: {advice}")
+        if await _stamps(conn):
+            rows = await (await conn.execute(_SEEN, (SEEN_WITHIN_S,))).fetchall()
+            if rows:
+                who, ago = str(rows[0][0]), float(rows[0][1])  # type: ignore[arg-type]
+                raise DataDirInUse(
+                    f"the state on {database.location} was in use by {who} {ago:.0f} s ago"
+                    " (its connection broke; it may be taking its lock again): "
+                    f"{OFFLINE_ADVICE} (stop every replica); a replica that was killed is"
+                    f" taken for gone {SEEN_WITHIN_S - ago:.0f} s from now"
+                )
         yield

@@ -10,6 +10,9 @@ import pytest
 
 from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
 from service.fleet.presence import LIVE_STATE_LOCK_KEY, ReplicaPresence, offline_exclusive
+from service.fleet.schema import COMPONENT as FLEET
+from service.fleet.schema import MIGRATIONS as FLEET_MIGRATIONS
+from tests.pg import apply_migrations
 from tests.service.test_fleet import eventually
 
 HOLDERS = (
@@ -80,3 +83,39 @@ async def test_a_replica_whose_connection_breaks_holds_the_state_again(pg_url: s
     finally:
         await presence.stop()
     assert holders(pg_url) == 0
+
+
+async def test_a_replica_whose_lock_went_with_its_connection_still_stops_offline_changes(
+    pg_url: str,
+) -> None:
+    """A server restart took the replica's lock with its connection; an offline backup and
+    rollback then ran beside the replica, which went on serving and took its lock again."""
+    apply_migrations(pg_url, {FLEET: FLEET_MIGRATIONS})
+    presence = ReplicaPresence(pg_url, check_interval_s=30)  # no retake during the test
+    await presence.start()
+    try:
+        await eventually(lambda: stamps(pg_url) == 1, 5, "the replica's stamp")
+        [first] = holder_pids(pg_url)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+        await eventually(lambda: holders(pg_url) == 0, 5, "the lock gone with its session")
+        with pytest.raises(DataDirInUse) as refused:
+            async with offline_exclusive(pg_url):
+                pytest.fail("an offline change ran beside a live replica")
+        said = str(refused.value)
+        assert f"was in use by ers serve pid {os.getpid()}" in said, said
+        assert "its connection broke" in said and OFFLINE_ADVICE in said
+    finally:
+        await presence.stop()
+    # Stopped: its stamp goes with it, and an offline change may run at once.
+    assert stamps(pg_url) == 0
+    async with offline_exclusive(pg_url):
+        pass
+
+
+def stamps(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ers_fleet.stamps WHERE key LIKE 'presence:%'"
+        ).fetchone()
+    return 0 if row is None else int(row[0])
