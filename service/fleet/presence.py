@@ -12,7 +12,9 @@ A lock lost with its connection (a server restart, a network blip) left a window
 offline command took the lock beside a replica still serving. So each replica also stamps
 ``ers_fleet.stamps`` (``presence:<its session name>``) on every check of its lock, and
 removes the stamp when it stops; an offline command refuses while a stamp is younger than
-``SEEN_WITHIN_S``, whether or not the replica holds the lock at that moment.
+``SEEN_WITHIN_S`` (counted from the server's start when it restarted since: nobody could
+stamp while it was down), whether or not the replica holds the lock at that moment. A replica
+cut off from a server that stayed up longer than that (a network partition) is not counted.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
 
 # A replica stamps every check_interval_s (5 s): three missed stamps, and it is gone.
 SEEN_WITHIN_S = 15.0
+# How soon a replica that lost its lock asks for it again.
+RETAKE_S = 1.0
 _STAMPS_EXIST = "SELECT to_regclass('ers_fleet.stamps') IS NOT NULL"
 _STAMP = """INSERT INTO ers_fleet.stamps (key, value) VALUES (%s, '{}')
 ON CONFLICT (key) DO UPDATE SET updated_at = now()"""
 _UNSTAMP = "DELETE FROM ers_fleet.stamps WHERE key = %s"
-_SEEN = """SELECT substr(key, 10), extract(epoch FROM now() - updated_at)::float8
-FROM ers_fleet.stamps
-WHERE key LIKE 'presence:%%' AND updated_at > now() - make_interval(secs => %s)
+# Seen within the window, counted from the server's own start when that is later: no
+# replica could stamp while the server was down, however long that was.
+_SEEN = """SELECT substr(key, 10),
+    extract(epoch FROM now() - greatest(updated_at, pg_postmaster_start_time()))::float8
+FROM ers_fleet.stamps WHERE key LIKE 'presence:%%'
+    AND greatest(updated_at, pg_postmaster_start_time()) > now() - make_interval(secs => %s)
 ORDER BY updated_at DESC"""
 
 
@@ -157,8 +164,10 @@ class ReplicaPresence:
             except (psycopg.Error, TimeoutError, RuntimeError) as exc:
                 reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
                 await self._drop()
-                outage.failed(reason or type(exc).__name__, self.check_interval_s)
-            await asyncio.sleep(self.check_interval_s)
+                outage.failed(reason or type(exc).__name__, RETAKE_S)
+            # Without the lock, asked for again soon: the server back, it is taken again
+            # well within the window in which offline commands still count this replica.
+            await asyncio.sleep(self.check_interval_s if self._conn is not None else RETAKE_S)
 
 
 @contextlib.asynccontextmanager
@@ -185,11 +194,12 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
         if await _stamps(conn):
             rows = await (await conn.execute(_SEEN, (SEEN_WITHIN_S,))).fetchall()
             if rows:
-                who, ago = str(rows[0][0]), float(rows[0][1])  # type: ignore[arg-type]
+                who = ", ".join(str(row[0]) for row in rows)
+                ago = min(float(row[1]) for row in rows)  # type: ignore[arg-type]
                 raise DataDirInUse(
                     f"the state on {database.location} was in use by {who} {ago:.0f} s ago"
-                    " (its connection broke; it may be taking its lock again): "
-                    f"{OFFLINE_ADVICE} (stop every replica); a replica that was killed is"
-                    f" taken for gone {SEEN_WITHIN_S - ago:.0f} s from now"
+                    " (a connection broke, or the server restarted; it may be taking its"
+                    f" lock again): {OFFLINE_ADVICE} (stop every replica); a replica that"
+                    f" was killed is taken for gone {SEEN_WITHIN_S - ago:.0f} s from now"
                 )
         yield

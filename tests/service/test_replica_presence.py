@@ -3,16 +3,18 @@ takes it alone, and a replica whose connection breaks takes it again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import psycopg
 import pytest
 
+from service.fleet import presence as presence_module
 from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
 from service.fleet.presence import LIVE_STATE_LOCK_KEY, ReplicaPresence, offline_exclusive
 from service.fleet.schema import COMPONENT as FLEET
 from service.fleet.schema import MIGRATIONS as FLEET_MIGRATIONS
-from tests.pg import apply_migrations
+from tests.pg import PostgresServer, apply_migrations
 from tests.service.test_fleet import eventually
 
 HOLDERS = (
@@ -86,12 +88,13 @@ async def test_a_replica_whose_connection_breaks_holds_the_state_again(pg_url: s
 
 
 async def test_a_replica_whose_lock_went_with_its_connection_still_stops_offline_changes(
-    pg_url: str,
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server restart took the replica's lock with its connection; an offline backup and
     rollback then ran beside the replica, which went on serving and took its lock again."""
+    monkeypatch.setattr(presence_module, "RETAKE_S", 30.0)  # no retake during the test
     apply_migrations(pg_url, {FLEET: FLEET_MIGRATIONS})
-    presence = ReplicaPresence(pg_url, check_interval_s=30)  # no retake during the test
+    presence = ReplicaPresence(pg_url, check_interval_s=30)
     await presence.start()
     try:
         await eventually(lambda: stamps(pg_url) == 1, 5, "the replica's stamp")
@@ -104,7 +107,7 @@ async def test_a_replica_whose_lock_went_with_its_connection_still_stops_offline
                 pytest.fail("an offline change ran beside a live replica")
         said = str(refused.value)
         assert f"was in use by ers serve pid {os.getpid()}" in said, said
-        assert "its connection broke" in said and OFFLINE_ADVICE in said
+        assert "a connection broke" in said and OFFLINE_ADVICE in said
     finally:
         await presence.stop()
     # Stopped: its stamp goes with it, and an offline change may run at once.
@@ -119,3 +122,27 @@ def stamps(url: str) -> int:
             "SELECT count(*) FROM ers_fleet.stamps WHERE key LIKE 'presence:%'"
         ).fetchone()
     return 0 if row is None else int(row[0])
+
+
+async def test_a_replica_counts_from_the_servers_return_however_long_it_was_down(
+    own_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Down longer than the window, the server took every replica's stamp out of it: an
+    offline backup ran beside replicas that were about to take their locks again."""
+    monkeypatch.setattr(presence_module, "SEEN_WITHIN_S", 2.0)  # the window, made short
+    monkeypatch.setattr(presence_module, "RETAKE_S", 30.0)  # no retake during the test
+    url = own_server.create_database()
+    apply_migrations(url, {FLEET: FLEET_MIGRATIONS})
+    presence = ReplicaPresence(url, check_interval_s=30)
+    await presence.start()
+    try:
+        await eventually(lambda: stamps(url) == 1, 5, "the replica's stamp")
+        own_server.halt()
+        await asyncio.sleep(3)  # down longer than the window
+        own_server.start()
+        assert holders(url) == 0
+        with pytest.raises(DataDirInUse, match="or the server restarted"):
+            async with offline_exclusive(url):
+                pytest.fail("an offline change ran beside a replica taking its lock again")
+    finally:
+        await presence.stop()
