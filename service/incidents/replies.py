@@ -137,12 +137,13 @@ class ReplyIncidents:
                 self._forced_for[event.breaker] = forcing.incident
                 self._actions.setdefault(forcing.incident, {}).setdefault("isolate", "success")
             return
-        self._forced_for.pop(event.breaker, None)
+        forced_for = self._forced_for.pop(event.breaker, None)
         if event.to_state is not BreakerState.CLOSED:
             return
         # What was done for its incidents is undone (released, reset): a new failure in the
-        # same incident is a new episode, whose replies name only what is done for it.
-        ended = {self._latest.pop(event.breaker, None)}
+        # same incident is a new episode, whose replies name only what is done for it. (The
+        # isolation another replica did is known here by its forced open alone.)
+        ended = {forced_for, self._latest.pop(event.breaker, None)}
         for key in [key for key in self._latest_by_cause if key[0] == event.breaker]:
             ended.add(self._latest_by_cause.pop(key))
         for incident_id in ended:

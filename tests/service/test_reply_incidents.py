@@ -7,6 +7,7 @@ from typing import Any
 
 from service.agents.base import AgentReply
 from service.incidents.replies import ReplyIncidents
+from service.resilience.breaker import CircuitBreaker
 from service.resilience.breaker_config import BreakerState
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
 
@@ -66,3 +67,26 @@ def test_actions_undone_by_a_reset_are_not_named_by_the_next_failures() -> None:
     assert actions(again) == []
     replies.acted("INC_1_aaaaaa", "isolate", "success", "budget")  # done for this episode
     assert actions(replies.enrich(degraded(outcome="failure", cause=CAUSE))) == ["isolate"]
+
+
+def test_an_isolation_by_another_replica_is_not_named_after_a_reset_here() -> None:
+    """Known here by the fleet's forced open alone: its isolate: success outlived the
+    reset that closed the breaker, and the next failures' replies named it."""
+    replies = ReplyIncidents(store=None)  # type: ignore[arg-type]
+    breaker = CircuitBreaker("budget")
+    breaker.force_open("isolated", "responder", incident="INC_1_aaaaaa", carried=True)
+    replies.on_breaker_transition(
+        transition(BreakerState.CLOSED, BreakerState.FORCED_OPEN), breaker
+    )
+    assert actions(replies.enrich(degraded(outcome="rejected", breaker="forced_open"))) == [
+        "isolate"
+    ]
+    replies.on_breaker_transition(transition(BreakerState.FORCED_OPEN, BreakerState.CLOSED))
+    replies.heard(failure("INC_1_aaaaaa"))  # its own failures now, in the same incident
+    again = replies.enrich(degraded(outcome="failure", cause=CAUSE))
+    assert again.incident == "INC_1_aaaaaa" and actions(again) == []
+
+
+def transition(before: BreakerState, after: BreakerState) -> BreakerEvent:
+    kind = BreakerEventKind.STATE_TRANSITION
+    return BreakerEvent(kind, "budget", before, after, 0.0, "reset", "admin:token")
