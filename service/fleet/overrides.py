@@ -61,7 +61,9 @@ class Override:
     forced: bool
     source: str | None
     reason: str
-    ttl_s: float | None = None
+    # When a forced open ends (wall clock): the time left is worked out as it is written, so
+    # a write delayed by an outage does not hold the other replicas forced open longer.
+    until: float | None = None
     # A release written because this replica's trial call succeeded: close everywhere.
     trial_passed: bool = False
     # The incident a forced open isolates the agent for.
@@ -201,9 +203,8 @@ class FleetOverrides:
             forcing = self._breakers[name].forcing
             until = None if forcing is None else forcing.expires_at_wall
             self._forced_until[name] = until
-            ttl_s = None if until is None else max(0.001, until - time.time())
             incident = None if forcing is None else forcing.incident
-            self._queue(Override(name, True, event.source, event.reason, ttl_s, incident=incident))
+            self._queue(Override(name, True, event.source, event.reason, until, incident=incident))
         elif event.to_state is BreakerState.DISABLED:
             self._forced_until.pop(name, None)
             self._queue(Override(name, False, event.source, event.reason, disabled=True))
@@ -252,7 +253,9 @@ class FleetOverrides:
                             "forced": override.forced,
                             "source": override.source,
                             "reason": override.reason[:500],
-                            "ttl_s": override.ttl_s,
+                            "ttl_s": None
+                            if override.until is None
+                            else max(0.001, override.until - time.time()),
                             "replica": self.replica,
                             "trial_passed": override.trial_passed,
                             "incident": override.incident,

@@ -342,6 +342,20 @@ async def test_a_reset_closes_a_breaker_another_replica_opened_by_its_own_failur
     assert b["budget"].state is CLOSED and a["budget"].state is CLOSED
 
 
+async def test_a_forced_open_written_late_ends_when_it_ends_where_it_was_made(
+    start_replica: StartReplica,
+) -> None:
+    """Its time left was worked out when it was queued: written 7 s late (the server was
+    down), it held the other replicas forced open 7 s longer."""
+    (a, fleet_a), (b, _) = await start_replica("a"), await start_replica("b")
+    async with fleet_a._turn:  # the write waits, as for a server that is away
+        a["workout"].force_open("isolated", "admin:token", ttl_s=300)
+        await asyncio.sleep(2)
+    await eventually(lambda: b["workout"].state is FORCED, 5, "the force on b")
+    ends = [r["workout"].forcing.expires_at_wall for r in (a, b)]  # type: ignore[union-attr]
+    assert abs(ends[0] - ends[1]) < 1.0, ends
+
+
 async def test_a_failed_trial_keeps_the_lease_with_its_holder_through_the_open_period(
     start_replica: StartReplica,
 ) -> None:
