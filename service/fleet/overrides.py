@@ -303,7 +303,15 @@ class FleetOverrides:
                     return 0  # expired: each replica's own TTL already let it go half-open
                 reason = f"{row['reason']} (fleet override from {row['replica']})"
                 source, incident = row["source"] or "fleet", row["incident"]
-                breaker.force_open(reason, source, ttl_s=remaining, incident=incident, carried=True)
+                # Opened when the override was written, on this replica's start too.
+                breaker.force_open(
+                    reason,
+                    source,
+                    ttl_s=remaining,
+                    incident=incident,
+                    carried=True,
+                    since=row["since"],
+                )
                 until = None if remaining is None else time.time() + remaining
                 self._forced_until[agent] = until
             elif row["disabled"]:

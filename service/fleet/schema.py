@@ -73,5 +73,6 @@ HAS_ROW = "SELECT 1 FROM ers_fleet.overrides WHERE agent = %(agent)s"
 
 # The time left is computed by the server, so replicas' clocks need not agree.
 READ = """SELECT agent, forced, source, reason, replica, version, trial_passed, incident, disabled,
-    extract(epoch FROM until - now())::float8 AS remaining_s
+    extract(epoch FROM until - now())::float8 AS remaining_s,
+    extract(epoch FROM updated_at)::float8 AS since
 FROM ers_fleet.overrides"""

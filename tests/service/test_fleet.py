@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -196,9 +197,12 @@ async def test_a_replica_starting_later_applies_the_overrides_in_force(
 ) -> None:
     a, _ = await start_replica("a")
     a["budget"].force_open("alert", "alertmanager", ttl_s=600)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.5)
     b, _ = await start_replica("b")
     assert b["budget"].state is FORCED
+    # Opened when it was forced, not when b started (a restarted replica said its start).
+    opened = [datetime.fromisoformat(r["budget"].snapshot()["openedAt"]) for r in (a, b)]
+    assert abs((opened[0] - opened[1]).total_seconds()) < 1.0, opened
 
 
 async def test_a_lost_listen_connection_is_reopened_and_the_app_keeps_working(
