@@ -41,6 +41,7 @@ from service.fleet.lease import TrialLeases
 from service.fleet.outage import MAX_BACKOFF_S, Outage, pool_of
 from service.fleet.schema import CHANNEL, COMPONENT, MIGRATIONS, READ, UPSERT
 from service.resilience.breaker import BreakerEvent, BreakerEventKind, BreakerState, CircuitBreaker
+from service.resilience.breaker_permit import ProbeOutcome
 from service.settings import Settings
 from service.stores import Stores
 from service.stores.postgres import CONNECT_TIMEOUT_S, PostgresDatabase
@@ -50,6 +51,7 @@ log = logging.getLogger("ers.fleet")
 
 # The source of a fleet row that closes the breaker everywhere after a reset.
 RESET = "reset"
+PASSED = ProbeOutcome(None)
 # A forced open released within this long of its expiry counts as having expired.
 EXPIRY_SLACK_S = 0.5
 STOP_FLUSH_S = 3.0
@@ -295,25 +297,19 @@ class FleetOverrides:
         breaker = self._breakers.get(agent)
         if breaker is None:
             return 0
-        remaining = row["remaining_s"]
+        left = row["remaining_s"]
         self._applying = True
         try:
             if row["forced"]:
-                if remaining is not None and remaining <= 0:
+                if left is not None and left <= 0:
                     return 0  # expired: each replica's own TTL already let it go half-open
                 reason = f"{row['reason']} (fleet override from {row['replica']})"
-                source, incident = row["source"] or "fleet", row["incident"]
+                source, incident, since = row["source"] or "fleet", row["incident"], row["since"]
                 # Opened when the override was written, on this replica's start too.
                 breaker.force_open(
-                    reason,
-                    source,
-                    ttl_s=remaining,
-                    incident=incident,
-                    carried=True,
-                    since=row["since"],
+                    reason, source, left, incident=incident, carried=True, since=since
                 )
-                until = None if remaining is None else time.time() + remaining
-                self._forced_until[agent] = until
+                self._forced_until[agent] = None if left is None else time.time() + left
             elif row["disabled"]:
                 if breaker.state is BreakerState.DISABLED:
                     return 0
@@ -327,7 +323,9 @@ class FleetOverrides:
                 or (row["source"] == RESET and breaker.state is not BreakerState.CLOSED)
             ):
                 how = "reset" if row["source"] == RESET else "trial"
-                breaker.reset(force=True, source=f"{how} on {row['replica']}")
+                # The probe passed there; a reset with force is one here too.
+                force = how == "trial" or str(row["reason"]).startswith("reset with force")
+                breaker.reset(force=force, probe=PASSED, source=f"{how} on {row['replica']}")
                 self._forced_until.pop(agent, None)
             elif breaker.state is BreakerState.FORCED_OPEN:
                 breaker.release(source=row["source"])
