@@ -235,10 +235,38 @@ def unreachable_reason(exc: psycopg.Error, location: str, waited_s: float) -> st
             "unreachable or overloaded; check that it is running"
         )
     if isinstance(exc, psycopg.OperationalError):
+        if refused := refused_connection(str(exc), location):
+            return refused
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (
             f"cannot use PostgreSQL at {location} ({first}); check that the server is running "
             "and that ERS_DATABASE_URL names the right host, database and role"
+        )
+    return None
+
+
+_PASSWORD_FAILED = re.compile(r'password authentication failed for user "([^"]*)"')
+# libpq's words for a TCP port, or a socket file, where no server listens.
+_NOT_LISTENING = re.compile(
+    r"failed: connection refused|on socket .* failed: no such file or directory", re.IGNORECASE
+)
+
+
+def refused_connection(message: str, location: str) -> str | None:
+    """The two connection failures with one cause each, named as such: the server refused
+    the password (PostgreSQL says the same of a role it does not have), or nothing listens
+    where ERS_DATABASE_URL points. None for any other."""
+    if role := _PASSWORD_FAILED.search(message):
+        return (
+            f'PostgreSQL at {location} refused the password of role "{role[1]}", or has no '
+            "such role (password authentication failed): put that role's password in "
+            "ERS_DATABASE_URL, or name a role that exists"
+        )
+    if _NOT_LISTENING.search(message):
+        return (
+            f"the PostgreSQL server at {location} is not running (nothing accepts connections "
+            "there): start it, or correct the host and port in ERS_DATABASE_URL if it runs "
+            "elsewhere"
         )
     return None
 

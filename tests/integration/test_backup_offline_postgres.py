@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.stores import Stores
 from tests.pg import apply_migrations
+from tests.processes import free_port
 from tests.store_writes import add_expense, opened
 
 pytestmark = pytest.mark.integration
@@ -245,3 +247,45 @@ def test_a_mistyped_data_directory_is_refused_on_postgresql_too(site: OfflineSit
     assert done.returncode == 2
     assert f"the data directory {typo} does not exist" in done.stderr
     assert not typo.exists()
+
+
+# The offline commands that take the state for themselves, and so must reach the server.
+CHANGES = [["create"], ["rollback", "SNAPSHOT", "--reason", "r", "--yes"], ["prune"], ["init"]]
+
+
+def with_netloc(url: str, *, password: str | None = None, port: int | None = None) -> str:
+    parts = urlsplit(url)
+    login = f"{parts.username}:{password or parts.password}"
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.hostname}:{port or parts.port}"))
+
+
+def refusals(site: OfflineSite, url: str) -> list[str]:
+    """The one line each change says when ERS_DATABASE_URL is ``url``."""
+    lines = []
+    for command in CHANGES:
+        args = [site.env["SNAPSHOT"] if a == "SNAPSHOT" else a for a in command]
+        done = site.ers("backup", "--offline", *args, ERS_DATABASE_URL=url)
+        assert done.returncode == 1, done.stdout
+        (line,) = done.stderr.splitlines()
+        lines.append(line)
+    return lines
+
+
+def test_a_refused_password_is_named_as_such_and_never_shown(site: OfflineSite) -> None:
+    """Before: "check that the server is running and that ERS_DATABASE_URL names the right
+    host", the rest of the advice cut off."""
+    wrong = "not-the-password-9f2c"
+    for line in refusals(site, with_netloc(site.url, password=wrong)):
+        assert 'refused the password of role "ers_test", or has no such role' in line
+        assert "put that role's password in ERS_DATABASE_URL" in line
+        assert "server is running" not in line
+        assert wrong not in line and str(urlsplit(site.url).password) not in line
+
+
+def test_a_server_that_is_not_running_is_named_as_such(site: OfflineSite) -> None:
+    """Before: the same advice as for a refused password, the server's own words within it."""
+    port = free_port()
+    for line in refusals(site, with_netloc(site.url, port=port)):
+        assert f"the PostgreSQL server at postgresql://ers_test@127.0.0.1:{port}/" in line
+        assert "is not running (nothing accepts connections there): start it" in line
+        assert str(urlsplit(site.url).password) not in line
