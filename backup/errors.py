@@ -121,6 +121,13 @@ class WrongPassword(ResticError):
     label = "wrong_password"
 
 
+class PasswordFileUnreadable(ResticError):
+    """The repository's password file is gone or cannot be read: restic 0.14 calls that a
+    wrong password."""
+
+    label = "password_file"
+
+
 class DiskFull(ResticError):
     label = "disk_full"
 
@@ -229,6 +236,14 @@ def locked_error(holder: LockHolder) -> RepositoryLocked:
         f"the restic repository is in use by {holder.describe()}: wait for that process to "
         "finish, or stop it, then try again",
         holder,
+    )
+
+
+def password_file_missing(password_file: object) -> PasswordFileUnreadable:
+    return PasswordFileUnreadable(
+        f"the restic password file '{password_file}' does not exist: put it back, or fix the "
+        "password file setting if it lives elsewhere (a new password opens no existing "
+        "repository)"
     )
 
 

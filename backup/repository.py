@@ -94,7 +94,7 @@ class RepositoryConfig:
 def restic_for(config: RepositoryConfig) -> Restic:
     return Restic(
         normalise_repository(config.repository),
-        ensure_password_file(config.password_file),
+        Path(config.password_file).expanduser(),
         binary=config.binary,
         timeout=config.command_timeout_seconds,
         cache_dir=config.cache_dir,
@@ -185,6 +185,9 @@ async def _create(restic: Restic, config: RepositoryConfig) -> tuple[str, bool]:
             return found, False
         if is_local(restic.repository):
             Path(restic.repository).parent.mkdir(parents=True, exist_ok=True)
+        # Made with the repository only: a new password beside an existing repository opens
+        # nothing, and restic 0.14 then calls the file that went missing a wrong password.
+        ensure_password_file(restic.password_file)
         await restic.init()
     created = await restic.repository_id()
     if created is None:

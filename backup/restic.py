@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backup.errors import (
+    PasswordFileUnreadable,
     RepositoryLocked,
     RepositoryNotFound,
     RepositoryReadOnly,
@@ -21,6 +23,7 @@ from backup.errors import (
     ResticError,
     SnapshotNotFound,
     classify_failure,
+    password_file_missing,
     stderr_tail,
     validate_snapshot_id,
 )
@@ -149,13 +152,30 @@ class Restic:
             stdout=stdout,
         )
         if output.exit_code != 0:
-            raise classify_failure(
+            failure = classify_failure(
                 output.exit_code,
                 output.stderr,
                 repository=self.repository,
                 password_file=str(self.password_file),
             )
+            # restic reads the password first; 0.14 calls a file that cannot be read a wrong
+            # password, or shows its Go error.
+            raise self.password_file_problem() or failure
         return output
+
+    def password_file_problem(self) -> PasswordFileUnreadable | None:
+        """Why restic cannot read the password file, or None when it can."""
+        try:
+            with self.password_file.open("rb"):
+                return None
+        except FileNotFoundError:
+            return password_file_missing(self.password_file)
+        except OSError as exc:
+            return PasswordFileUnreadable(
+                f"the restic password file '{self.password_file}' cannot be read "
+                f"({exc.strerror or exc}): make it a file this user may read, or fix the "
+                "password file setting if it lives elsewhere"
+            )
 
     # Commands -------------------------------------------------------------------------------
 
@@ -165,12 +185,28 @@ class Restic:
             output = await self.run(["cat", "config", "--no-lock"], timeout=60)
         except RepositoryNotFound:
             return None
+        except PasswordFileUnreadable:
+            if await self._found_without_password():
+                raise
+            return None
         try:
             return str(json.loads(output.stdout)["id"])
         except (ValueError, KeyError, TypeError):
             raise ResticCommandFailed(
                 f"restic printed no repository id: {stderr_tail(output.stdout)}"
             ) from None
+
+    async def _found_without_password(self) -> bool:
+        """Whether there is a repository, asked with a throwaway password (restic reads the
+        password before it looks): a missing password file must not hide a missing one."""
+        env = {k: v for k, v in self._env.items() if k != "RESTIC_PASSWORD_FILE"}
+        env["RESTIC_PASSWORD"] = secrets.token_hex(16)
+        args = ["cat", "config", "--no-lock"]
+        output = await run_program(self.binary, args, env=env, timeout=60)
+        failure = classify_failure(
+            output.exit_code, output.stderr, repository=self.repository, password_file=""
+        )
+        return output.exit_code == 0 or not isinstance(failure, RepositoryNotFound)
 
     async def init(self) -> None:
         await self.run(["init"], timeout=120)

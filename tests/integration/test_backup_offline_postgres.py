@@ -289,3 +289,16 @@ def test_a_server_that_is_not_running_is_named_as_such(site: OfflineSite) -> Non
         assert f"the PostgreSQL server at postgresql://ers_test@127.0.0.1:{port}/" in line
         assert "is not running (nothing accepts connections there): start it" in line
         assert str(urlsplit(site.url).password) not in line
+
+
+def test_a_missing_restic_password_file_is_named_and_not_made(site: OfflineSite) -> None:
+    """Before: "the password in '...' does not open the repository", and a new random
+    password written there, which every later command then tried."""
+    missing = site.cwd / "gone.pass"
+    for _ in range(2):
+        done = site.ers("backup", "--offline", "list", ERS_RESTIC_PASSWORD_FILE=str(missing))
+        assert done.returncode == 1, done.stdout
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"ers: the restic password file '{missing}' does not exist: ")
+        assert "fix the password file setting" in line
+    assert not missing.exists()

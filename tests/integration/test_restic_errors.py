@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from backup import BackupManager, RepositoryConfig
+from backup import BackupManager, RepositoryConfig, RepositoryMissing, init_repository
 from backup.errors import (
+    PasswordFileUnreadable,
     RepositoryLocked,
     RepositoryNotFound,
     ResticNotInstalled,
     WrongPassword,
 )
-from backup.repository import restic_for
+from backup.repository import open_identified, restic_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,53 @@ async def test_wrong_password_is_named_and_keeps_the_password_secret(
     assert "password" in str(failure.value)
 
 
+async def test_a_missing_password_file_is_named_and_not_made_anew(
+    repository_config: RepositoryConfig,
+) -> None:
+    """Before: a new random password was written in its place, and restic's "wrong password"
+    was all that was said, then and on every later try."""
+    password_file = Path(repository_config.password_file)
+    password_file.unlink()
+    for _ in range(2):
+        with pytest.raises(PasswordFileUnreadable) as failure:
+            await restic_for(repository_config).snapshots()
+        assert str(failure.value).startswith(
+            f"the restic password file '{password_file}' does not exist: put it back"
+        )
+    assert not password_file.exists()
+
+
+async def test_an_init_over_a_repository_whose_password_file_is_gone_makes_none(
+    repository_config: RepositoryConfig,
+) -> None:
+    password_file = Path(repository_config.password_file)
+    password_file.unlink()
+    with pytest.raises(PasswordFileUnreadable, match="does not exist: put it back"):
+        await init_repository(repository_config)
+    assert not password_file.exists()
+
+
+async def test_a_missing_password_file_does_not_hide_a_missing_repository(tmp_path: Path) -> None:
+    config = RepositoryConfig(str(tmp_path / "nowhere"), tmp_path / "password")
+    with pytest.raises(RepositoryMissing, match="no restic repository at .* run `ers backup init`"):
+        await open_identified(config)
+    assert not config.password_file.exists()
+    created = await init_repository(config)
+    assert created.created and config.password_file.exists()
+
+
+async def test_a_password_file_that_cannot_be_read_is_named(
+    repository_config: RepositoryConfig,
+) -> None:
+    password_file = Path(repository_config.password_file)
+    password_file.unlink()
+    password_file.mkdir()
+    with pytest.raises(PasswordFileUnreadable, match="cannot be read \\(Is a directory\\)"):
+        await restic_for(repository_config).snapshots()
+
+
 async def test_missing_repository_is_named(tmp_path: Path) -> None:
+    (tmp_path / "password").write_text("a password\n")
     restic = restic_for(RepositoryConfig(str(tmp_path / "nowhere"), tmp_path / "password"))
     with pytest.raises(RepositoryNotFound, match="no restic repository"):
         await restic.snapshots()
