@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -192,7 +193,7 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
         await _refuse_postgresql_snapshots(settings)
     result: Any = None
     try:
-        async with offline_access(settings, mutating=mutating) as owns_data_dir:
+        async with offline_access(settings, mutating=mutating) as owns_data_dir, _pool_quiet():
             if args.action == "init":
                 result = await _offline_init()
             else:
@@ -206,6 +207,20 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
         if (task := asyncio.current_task()) is not None:
             task.uncancel()
     return result
+
+
+@contextlib.asynccontextmanager
+async def _pool_quiet() -> AsyncIterator[None]:
+    """The connection pool's warnings (each failed reconnect, several lines of libpq's) are
+    kept off the terminal: a command's failure is its one line on stderr, and a database
+    that went away is named there by the step it stopped, or by the audit trail's entry."""
+    pool_log = logging.getLogger("psycopg.pool")
+    level = pool_log.level
+    pool_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
 
 
 async def _refuse_postgresql_snapshots(settings: Any) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.stores import Stores
-from tests.pg import apply_migrations
+from tests.pg import PostgresServer, apply_migrations
 from tests.processes import free_port
 from tests.store_writes import add_expense, opened
 
@@ -87,6 +87,10 @@ async def add_expenses(url: str, count: int) -> None:
 
 @pytest.fixture
 async def site(tmp_path: Path, pg_url: str) -> OfflineSite:
+    return await a_site(tmp_path, pg_url)
+
+
+async def a_site(tmp_path: Path, pg_url: str) -> OfflineSite:
     """One expense in a budgets snapshot, two more added since."""
     apply_migrations(pg_url, INCIDENT_STATE)
     await add_expenses(pg_url, 1)
@@ -302,3 +306,37 @@ def test_a_missing_restic_password_file_is_named_and_not_made(site: OfflineSite)
         assert line.startswith(f"ers: the restic password file '{missing}' does not exist: ")
         assert "fix the password file setting" in line
     assert not missing.exists()
+
+
+async def test_a_server_stopped_during_a_rollback_says_so_in_its_lines_alone(
+    tmp_path: Path, own_server: PostgresServer
+) -> None:
+    """Before: the connection pool's warnings came first, several lines of libpq's for each
+    reconnect it tried ("error connecting in 'ers-offline-audit' ... Is the server running")."""
+    site = await a_site(tmp_path, own_server.create_database())
+    writer = psycopg.connect(site.url)  # the rollback waits for this writer's lock
+    try:
+        writer.execute("LOCK TABLE ers_budgets.expenses IN ROW EXCLUSIVE MODE")
+        rolling = site.start(
+            "backup", "--offline", "rollback", site.env["SNAPSHOT"], "--reason", "r", "--yes"
+        )
+        wait_until(
+            lambda: one_row(
+                site.url,
+                "SELECT 1 FROM pg_locks WHERE NOT granted"
+                " AND relation = 'ers_budgets.expenses'::regclass",
+            ),
+            "the rollback waiting for the writer",
+        )
+        own_server.halt()
+        out, err = rolling.communicate(timeout=WAIT_S)
+    finally:
+        writer.close()
+
+    assert rolling.returncode == 1, out
+    lines = err.splitlines()
+    assert all(line.startswith("ers: ") for line in lines), err
+    assert lines[-1].startswith("ers: rollback failed at step 'pause-writers'")
+    assert lines[-1].endswith("the live data was left unchanged")
+    assert lines[0].startswith("ers: the rollback is not in the audit trail")
+    assert str(urlsplit(site.url).password) not in err
