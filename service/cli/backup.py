@@ -8,7 +8,7 @@ import asyncio
 import sys
 from typing import Any
 
-from service.cli.backup_offline import COMPONENTS, run_offline
+from service.cli.backup_offline import COMPONENTS, offline_advice, run_offline
 from service.cli.backup_tables import TABLES, undo_command
 from service.cli.output import (
     FAILED,
@@ -165,9 +165,9 @@ def run(args: argparse.Namespace) -> int:
                 result = asyncio.run(run_offline(args, progress))
         except (SnapshotNotFound, RollbackRefused, InvalidSnapshotId) as exc:
             # What the service answers with a 404, 409 or 422: the same exit as online.
-            raise CliError(str(exc), REFUSED) from None
+            raise CliError(offline_advice(str(exc)), REFUSED) from None
         except (BackupError, DataDirInUse) as exc:
-            raise CliError(str(exc), FAILED) from None
+            raise CliError(offline_advice(str(exc)), FAILED) from None
         except DataDirUnusable as exc:
             raise CliError(str(exc), USAGE) from None
     else:

@@ -223,6 +223,12 @@ async def _pool_quiet() -> AsyncIterator[None]:
         pool_log.setLevel(level)
 
 
+def offline_advice(message: str) -> str:
+    """A failure's advice as it applies offline: the backup library names `ers backup init`,
+    which asks the service that is not running."""
+    return message.replace("`ers backup init`", "`ers backup --offline init`")
+
+
 async def _refuse_postgresql_snapshots(settings: Any) -> None:
     """Without ERS_DATABASE_URL the state is taken for SQLite files: a data directory with
     none of them, over a repository of PostgreSQL snapshots, is a PostgreSQL service's whose

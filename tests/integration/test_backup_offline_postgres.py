@@ -340,3 +340,13 @@ async def test_a_server_stopped_during_a_rollback_says_so_in_its_lines_alone(
     assert lines[-1].endswith("the live data was left unchanged")
     assert lines[0].startswith("ers: the rollback is not in the audit trail")
     assert str(urlsplit(site.url).password) not in err
+
+
+def test_a_missing_repository_offline_is_told_to_run_the_offline_init(site: OfflineSite) -> None:
+    """Before: `ers backup init`, which asks the service that is not running."""
+    done = site.ers("backup", "--offline", "list", ERS_RESTIC_REPOSITORY=str(site.cwd / "moved"))
+
+    assert done.returncode == 1, done.stdout
+    (line,) = done.stderr.splitlines()
+    assert "that held the backups is gone from" in line
+    assert line.endswith("`ers backup --offline init` starts a new, empty repository instead")
