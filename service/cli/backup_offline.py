@@ -296,6 +296,8 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
             "files": [
                 {
                     "component": f.component,
+                    # With PostgreSQL each component comes from a snapshot of its own.
+                    "backupId": drill.snapshot_of.get(f.component, drill.snapshot_id),
                     "integrity": f.integrity,
                     "checksumMatches": f.checksum_matches,
                     "size": f.size,

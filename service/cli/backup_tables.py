@@ -156,16 +156,20 @@ def _check_table(out: Console, data: dict[str, Any]) -> None:
 
 
 def _drill_table(out: Console, data: dict[str, Any]) -> None:
-    table = new_table("COMPONENT", "INTEGRITY", "CHECKSUM", "SIZE")
+    table = new_table("COMPONENT", "SNAPSHOT", "INTEGRITY", "CHECKSUM", "SIZE")
     for f in data["files"]:
         checksum = {True: "matches", False: "DIFFERS", None: "-"}[f["checksumMatches"]]
-        table.add_row(f["component"], f["integrity"], checksum, size(f["size"]))
+        snapshot = short_id(f.get("backupId") or data["backupId"])
+        table.add_row(f["component"], snapshot, f["integrity"], checksum, size(f["size"]))
     out.print(table)
     verdict = "passed" if data["ok"] else "FAILED"
-    out.print(
-        f"restore drill {verdict}: newest snapshot {short_id(data['backupId'])}, "
-        f"{data['durationSeconds']:.1f} s"
+    snapshots = {f.get("backupId") or data["backupId"] for f in data["files"]}
+    drilled = (
+        f"{len(snapshots)} snapshots, each component's newest"
+        if len(snapshots) > 1
+        else f"newest snapshot {short_id(data['backupId'])}"
     )
+    out.print(f"restore drill {verdict}: {drilled}, {data['durationSeconds']:.1f} s")
 
 
 def _prune_table(out: Console, data: dict[str, Any]) -> None:

@@ -350,3 +350,20 @@ def test_a_missing_repository_offline_is_told_to_run_the_offline_init(site: Offl
     (line,) = done.stderr.splitlines()
     assert "that held the backups is gone from" in line
     assert line.endswith("`ers backup --offline init` starts a new, empty repository instead")
+
+
+def test_a_drill_names_the_snapshot_each_component_was_restored_from(site: OfflineSite) -> None:
+    """Before: "restore drill passed: newest snapshot <one of them>" for the four drilled."""
+    done = site.ers("backup", "--offline", "create", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    made = {
+        c: s["backupId"][:8] for s in json.loads(done.stdout)["snapshots"] for c in s["components"]
+    }
+    drill = site.ers("backup", "--offline", "drill")
+
+    assert drill.returncode == 0, drill.stderr
+    header, *rows, verdict = drill.stdout.splitlines()
+    assert header.split()[:2] == ["COMPONENT", "SNAPSHOT"]
+    shown = dict(row.split()[:2] for row in rows)
+    assert shown == {c: made[c] for c in ("conversations", "budgets", "profiles", "system_state")}
+    assert verdict.startswith("restore drill passed: 4 snapshots, each component's newest, ")

@@ -58,6 +58,22 @@ def test_test_rollback_rows_name_tables_that_come_back_or_go_and_failed_checks()
     assert "budgets: the snapshot's copy fails its check" in text
 
 
+def test_a_drill_of_one_snapshot_per_component_names_each_on_its_row() -> None:
+    """Before: "restore drill passed: newest snapshot <one of them>", the others unnamed."""
+    ids = {"budgets": "6568ea4b" + "1" * 56, "profiles": "8dfa07fa" + "2" * 56}
+    files = [
+        {"component": c, "backupId": i, "integrity": "ok", "checksumMatches": None, "size": 10}
+        for c, i in ids.items()
+    ]
+    reply = {"ok": True, "backupId": ids["profiles"], "durationSeconds": 5.8, "files": files}
+    text = drawn("drill", reply)
+
+    header, *rows, verdict = text.splitlines()
+    assert header.split()[:2] == ["COMPONENT", "SNAPSHOT"]
+    assert [row.split()[:2] for row in rows] == [["budgets", "6568ea4b"], ["profiles", "8dfa07fa"]]
+    assert verdict == "restore drill passed: 2 snapshots, each component's newest, 5.8 s"
+
+
 def test_ids_and_times_are_shown_one_way() -> None:
     assert short_id("85453c5b" + "0" * 56) == "85453c5b" == short_id("85453c5b")
     assert short_id(None) == "-"
