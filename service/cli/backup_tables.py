@@ -177,14 +177,15 @@ def _prune_table(out: Console, data: dict[str, Any]) -> None:
 
 
 def _init_table(out: Console, data: dict[str, Any]) -> None:
+    # Shown short, as snapshot ids are (-o json has them in full).
     repository, previous = data["repositoryId"], data.get("previousRepositoryId")
     if previous == repository:
-        out.print(f"repository {repository} was already the one in use; nothing changed")
+        out.print(f"repository {short_id(repository)} was already the one in use; nothing changed")
         return
     verb = "created" if data["created"] else "adopted the existing"
-    out.print(f"{verb} repository {repository}")
+    out.print(f"{verb} repository {short_id(repository)}")
     if previous:
-        out.print(f"(it replaces repository {previous})")
+        out.print(f"(it replaces repository {short_id(previous)})")
 
 
 TABLES = {

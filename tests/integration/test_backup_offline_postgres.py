@@ -367,3 +367,13 @@ def test_a_drill_names_the_snapshot_each_component_was_restored_from(site: Offli
     shown = dict(row.split()[:2] for row in rows)
     assert shown == {c: made[c] for c in ("conversations", "budgets", "profiles", "system_state")}
     assert verdict.startswith("restore drill passed: 4 snapshots, each component's newest, ")
+
+
+def test_an_init_names_the_repository_by_its_short_id(site: OfflineSite) -> None:
+    """Before: the 64 characters of its full id."""
+    full = json.loads(site.ers("backup", "--offline", "init", "-o", "json").stdout)["repositoryId"]
+    again = site.ers("backup", "--offline", "init")
+
+    assert again.returncode == 0, again.stderr
+    assert len(full) == 64
+    assert again.stdout == f"repository {full[:8]} was already the one in use; nothing changed\n"

@@ -74,6 +74,16 @@ def test_a_drill_of_one_snapshot_per_component_names_each_on_its_row() -> None:
     assert verdict == "restore drill passed: 2 snapshots, each component's newest, 5.8 s"
 
 
+def test_an_init_that_replaced_a_repository_names_both_by_their_short_ids() -> None:
+    new, old = "3632a29a" + "0" * 56, "178c40da" + "1" * 56
+    reply = {"repositoryId": new, "created": True, "previousRepositoryId": old}
+
+    assert drawn("init", reply).splitlines() == [
+        "created repository 3632a29a",
+        "(it replaces repository 178c40da)",
+    ]
+
+
 def test_ids_and_times_are_shown_one_way() -> None:
     assert short_id("85453c5b" + "0" * 56) == "85453c5b" == short_id("85453c5b")
     assert short_id(None) == "-"
