@@ -177,10 +177,9 @@ async def offline_exclusive(url: str) -> AsyncIterator[None]:
     database = PostgresDatabase(url)
     try:
         conn = await connect_session(url, application_name=session_name(OFFLINE_ROLE))
-    except psycopg.Error as exc:
+    except psycopg.Error as exc:  # the server's words say what to fix: no replica to stop
         raise DataDirInUse(
-            f"cannot tell whether a replica runs on {database.location}: "
-            f"{database.reason(exc)}; {OFFLINE_ADVICE}"
+            f"cannot tell whether a replica runs on {database.location}: {database.reason(exc)}"
         ) from None
     async with conn:
         if not await _try_lock(conn, "pg_try_advisory_lock"):
