@@ -92,12 +92,12 @@ def merge_group(
     record, classification = group[-1]
     # Only the last few can survive the cap; the rest need not be looked at.
     recent_ids = [r.trace_id for r, _ in group[-max_trace_ids:] if r.trace_id]
+    # Failures held through an outage of the store happened when they ended, not now.
+    seen = [r.end_ns / 1e9 if "ers.held_s" in r.attributes else now for r, _ in group]
+    began, last = min(seen), max(seen)
     if current is None:
-        # Failures held through an outage of the store began it when they happened.
-        held = [r.end_ns / 1e9 for r, _ in group if "ers.held_s" in r.attributes]
-        began = min([now, *held])
         incident = _new_incident(record, classification, began, new_id(began))
-        incident.last_seen = now
+        incident.last_seen = last
         incident.trace_ids = merge_trace_ids([], recent_ids, max_trace_ids)
         incident.count = len(group)
         return Merge(incident, OPENED, [("classified", classified_message(classification))])
@@ -123,7 +123,7 @@ def merge_group(
         _apply_classification(incident, classification)
         notes.append(("classified", classified_message(classification)))
     incident.count += len(group)
-    incident.last_seen = now
+    incident.last_seen = max(incident.last_seen, last)
     incident.message = failure_message(record)
     incident.trace_ids = merge_trace_ids(incident.trace_ids, recent_ids, max_trace_ids)
     return Merge(incident, outcome, notes)

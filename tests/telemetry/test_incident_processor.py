@@ -375,6 +375,7 @@ def test_own_error_spans_are_held_through_a_store_outage_and_written_after(
         assert processor.submit_records([error_record()]).result(10) is False  # told: a 503
         assert processor.force_flush(10_000)
         assert store.list(status=None)[1] == 0 and processor.spans_failed == 1  # the intake's
+        back = time.time()
         down.clear()
         for _ in range(100):  # retried within retry_s of the store's return, bounded
             if store.list()[1]:
@@ -383,6 +384,9 @@ def test_own_error_spans_are_held_through_a_store_outage_and_written_after(
         (incident,), _ = store.list()
         assert incident.count == 3 and incident.component == "NPA"
         assert processor.spans_failed == 1
+        # Seen when they failed, not when they could be written.
+        assert incident.last_seen == max(o.record.end_ns / 1e9 for o in heard)
+        assert incident.first_seen <= incident.last_seen < back
         # Told as written late: nothing acts on it as on a new failure.
         assert heard and all("ers.held_s" in outcome.record.attributes for outcome in heard)
     finally:
