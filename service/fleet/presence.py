@@ -56,12 +56,16 @@ _STAMPS_EXIST = "SELECT to_regclass('ers_fleet.stamps') IS NOT NULL"
 _STAMP = """INSERT INTO ers_fleet.stamps (key, value) VALUES (%s, '{}')
 ON CONFLICT (key) DO UPDATE SET updated_at = now()"""
 _UNSTAMP = "DELETE FROM ers_fleet.stamps WHERE key = %s"
-# Seen within the window, counted from the server's own start when that is later: no
-# replica could stamp while the server was down, however long that was.
-_SEEN = """SELECT substr(key, 10),
-    extract(epoch FROM now() - greatest(updated_at, pg_postmaster_start_time()))::float8
-FROM ers_fleet.stamps WHERE key LIKE 'presence:%%'
-    AND greatest(updated_at, pg_postmaster_start_time()) > now() - make_interval(secs => %s)
+# Seen within the window, counted from when the server last began to take connections if
+# that is later: no replica could stamp while it was down or recovering, however long that
+# was. The launchers start then (after crash recovery, at a standby's promotion); the
+# postmaster's own start is the floor when neither runs.
+_SEEN = """WITH since AS (SELECT greatest(pg_postmaster_start_time(), (SELECT max(backend_start)
+    FROM pg_stat_activity WHERE backend_type IN ('autovacuum launcher',
+    'logical replication launcher'))) AS accepting)
+SELECT substr(key, 10), extract(epoch FROM now() - greatest(updated_at, accepting))::float8
+FROM ers_fleet.stamps, since WHERE key LIKE 'presence:%%'
+    AND greatest(updated_at, accepting) > now() - make_interval(secs => %s)
 ORDER BY updated_at DESC"""
 
 
@@ -118,10 +122,14 @@ class ReplicaPresence:
     async def _take(self) -> str | None:
         """Hold the shared lock on a connection of its own; else who holds it exclusively."""
         conn = await connect_session(self._url, application_name=presence_name())
-        if await _try_lock(conn, "pg_try_advisory_lock_shared"):
-            self._conn = conn
-            return None
-        holders = await _holders(conn)
+        try:
+            if await _try_lock(conn, "pg_try_advisory_lock_shared"):
+                self._conn = conn
+                return None
+            holders = await _holders(conn)
+        except BaseException:
+            await conn.close()
+            raise
         await conn.close()
         return holders
 
@@ -153,10 +161,12 @@ class ReplicaPresence:
             meanwhile="an offline command could not tell that this replica runs",
         )
         while True:
+            wait_s = RETAKE_S
             try:
                 if self._conn is None:
                     holders = await self._take()
                     if holders is not None:
+                        wait_s = self.check_interval_s  # it runs a while: no session a second
                         raise RuntimeError(f"an offline command holds it: {holders}")
                     outage.recovered()
                 assert self._conn is not None
@@ -164,10 +174,10 @@ class ReplicaPresence:
             except (psycopg.Error, TimeoutError, RuntimeError) as exc:
                 reason = self._database.reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
                 await self._drop()
-                outage.failed(reason or type(exc).__name__, RETAKE_S)
+                outage.failed(reason or type(exc).__name__, wait_s)
             # Without the lock, asked for again soon: the server back, it is taken again
             # well within the window in which offline commands still count this replica.
-            await asyncio.sleep(self.check_interval_s if self._conn is not None else RETAKE_S)
+            await asyncio.sleep(wait_s)
 
 
 @contextlib.asynccontextmanager
