@@ -78,7 +78,9 @@ class Cooldown:
                 return None
             self.until = 0.0
             return f"agent '{self.agent}' takes calls again: its cooldown ended"
-        if abs(self.remaining() - left) < 1.0:
+        if left < self.remaining() + 1.0:
+            # The same, or shorter (another replica's own, written before it followed this
+            # one): a longer cooldown running stays, as start() keeps it; only an end ends it.
             return None
         self.until = self._clock() + left
         return f"agent '{self.agent}' left alone for {left:.0f} s (it asked: rate limited)"

@@ -60,7 +60,10 @@ class FollowedSwitch(KeptSwitch, Protocol):
 
 
 async def follow_the_fleet(
-    switches: dict[str, FollowedSwitch], state: SystemStateBackend, every_s: float
+    switches: dict[str, FollowedSwitch],
+    state: SystemStateBackend,
+    every_s: float,
+    pending: Callable[[str], bool] = lambda key: False,
 ) -> None:
     """On PostgreSQL each replica matches its switches to the records kept in the shared
     system_state store, every ``every_s``: minimal mode the responder of one replica turned
@@ -75,6 +78,8 @@ async def follow_the_fleet(
             log.warning("the fleet's kept switches not read: %s", exc)
             continue
         for key, switch in switches.items():
+            if pending(key):  # changed here and not stored yet (the store was away): it stands
+                continue
             if (words := switch.follow(records.get(key), settle_s=2 * every_s)) is not None:
                 log.warning("%s as another replica set it: %s", key, words)
 
@@ -204,6 +209,10 @@ class StateKeeper:
     def _system_record(self) -> dict[str, Any]:
         machine = self._machine
         return {"state": machine.state.value, "reason": machine.reason, "since": machine.since}
+
+    def pending(self, key: str) -> bool:
+        """Whether a change of ``key`` made here waits to be stored."""
+        return key in self._dirty
 
     def _mark(self, key: str, record: dict[str, Any] | None) -> None:
         self._dirty[key] = record

@@ -76,3 +76,14 @@ def test_follows_another_replicas_cooldown_and_its_end_but_not_its_own_yet_unsto
     assert (
         cooldown.follow(stale, settle_s=4) == "agent 'helper' takes calls again: its cooldown ended"
     )
+
+
+def test_a_shorter_record_does_not_cut_a_longer_cooldown_running_here() -> None:
+    """Last writer wins in the store: a replica that wrote its own shorter cooldown before
+    it followed this one cut this one short, and the agent was called early."""
+    clocks = Clocks()
+    cooldown = clocks.cooldown()
+    cooldown.start(120)
+    clocks.advance(10)  # past the settle time
+    assert cooldown.follow({"agent": "helper", "until": clocks.wall + 30}, settle_s=4) is None
+    assert cooldown.remaining() == 110

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,6 +272,64 @@ async def test_replicas_sharing_the_store_follow_each_others_cooldowns(
     await second_keeper.flush()
     await until(lambda: first.remaining() == 0, "the end on the first replica")
     for _, keeper, follows in replicas:
+        follows.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follows
+        await keeper.stop()
+
+
+class WritesRefused:
+    """A system_state store that reads, and refuses writes while ``refusing``."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Any] = {}
+        self.refusing = False
+
+    async def get(self, key: str) -> Any | None:
+        return self.records.get(key)
+
+    async def put(self, key: str, value: Any) -> None:
+        if self.refusing:
+            raise StoreUnavailable("system_state", "the database does not answer")
+        self.records[key] = value
+
+    async def delete(self, key: str) -> None:
+        if self.refusing:
+            raise StoreUnavailable("system_state", "the database does not answer")
+        self.records.pop(key, None)
+
+    async def items(self) -> dict[str, Any]:
+        return dict(self.records)
+
+
+async def test_a_change_not_stored_yet_is_not_undone_by_the_fleets_older_record(
+    clock: Clock,
+) -> None:
+    """The fleet's record, read before this replica could store its change (the store
+    away longer than the settle time), ended the change here and for the whole fleet."""
+    store = WritesRefused()
+    breakers = team(clock)
+    cooldown = Cooldown("helper")
+    keeper = StateKeeper(
+        store, breakers, machine_of(breakers, clock), switches={"cooldown:helper": cooldown}
+    )
+    await keeper.start()
+    follows = asyncio.create_task(
+        follow_the_fleet({"cooldown:helper": cooldown}, store, 0.05, keeper.pending)
+    )
+    try:
+        store.refusing = True
+        cooldown.start(60)
+        await asyncio.sleep(0.5)  # many polls past the settle time, the record still absent
+        assert keeper.pending("cooldown:helper") and cooldown.remaining() > 55
+        store.refusing = False
+        for _ in range(200):  # stored by the keeper's retries, bounded
+            if "cooldown:helper" in store.records:
+                break
+            await asyncio.sleep(0.05)
+        assert store.records["cooldown:helper"]["agent"] == "helper"
+        assert cooldown.remaining() > 50
+    finally:
         follows.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follows
