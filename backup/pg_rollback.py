@@ -55,6 +55,7 @@ from backup.pg_scratch import (
     drop_abandoned_scratch_databases,
     drop_old_schemas,
     scratch_database,
+    swap_committed,
 )
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
@@ -223,7 +224,7 @@ class PgRollback:
         except asyncio.CancelledError:
             # Interrupted once the swap had committed (psql on its way out, the writers'
             # locks being let go): the rollback is done, and is told as done.
-            if "psql" not in pipeline.finished_at and not await self._committed(old):
+            if "psql" not in pipeline.finished_at and not await swap_committed(self.database, old):
                 raise
             _interrupted_after_swap(component)
         done = pipeline.finished_at
@@ -275,12 +276,9 @@ class PgRollback:
             await pipeline.run()
         except Exception as exc:
             step = _failed_step(pipeline)
-            if step != "verify-and-swap" or not await self._committed(old):
+            if step != "verify-and-swap" or not await swap_committed(self.database, old):
                 raise RollbackFailed(step, exc) from exc
             # psql failed after its COMMIT went through (stopped on its way out): done.
-
-    async def _committed(self, old: str) -> bool:
-        return await self.database.schema_exists(old)  # seen by others only once committed
 
     @contextlib.asynccontextmanager
     async def _other_writers_held(self, component: str, schema: str) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ another database of the same server never takes them for its own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator
 import psycopg
 from psycopg import sql
 
-from backup.errors import PgRestoreFailed
+from backup.errors import BackupError, PgRestoreFailed
 from backup.pg_tools import PgConnection
 
 log = logging.getLogger(__name__)
@@ -128,3 +129,31 @@ async def _owner_tag(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> str:
 
 def _drop(name: str) -> sql.Composed:
     return sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+
+
+async def swap_committed(database: PgConnection, old: str) -> bool:
+    """After an interrupt at a rollback's swap: whether it committed (the old copy of the
+    schema is there, seen by others only once committed). A COMMIT psql sent as it was cut
+    off may still be landing, so it is asked for up to 2 s; a server that cannot be asked
+    raises BackupError: the outcome is not known, and a guess either way would be told as
+    the truth."""
+    unknown: psycopg.Error | None = None
+    for _ in range(10):
+        try:
+            async with await database.connect() as conn:
+                cursor = await conn.execute(
+                    "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (old,)
+                )
+                if await cursor.fetchone() is not None:
+                    return True
+            unknown = None
+        except psycopg.Error as exc:
+            unknown = exc
+        await asyncio.sleep(0.2)
+    if unknown is not None:
+        raise BackupError(
+            f"the rollback was interrupted at its swap, and whether the swap committed cannot"
+            f" be read ({type(unknown).__name__}): if the schema {old} is on the server, the"
+            " rollback is done (drop it once checked); otherwise the live data is unchanged"
+        )
+    return False
