@@ -91,23 +91,31 @@ def keep_state_private(data_dir: Path) -> None:
     its user's alone (umask 077), and so is the data directory (its files made before too:
     no other user can reach them through it)."""
     os.umask(0o077)
+    log = logging.getLogger("ers")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         mode = stat.S_IMODE(data_dir.stat().st_mode)
-        if mode & 0o077:
-            data_dir.chmod(0o700)
-            logging.getLogger("ers").warning(
-                "the data directory %s had mode %o, which lets other users read personal data;"
-                " it is 700 now",
-                data_dir,
-                mode,
-            )
-    except OSError as exc:
-        raise SettingsError(
-            f"invalid setting 'data_dir': cannot make {data_dir} private to this user"
-            f" ({exc.strerror}); production keeps personal data there: run as its owner, or"
-            f" chmod 700 {data_dir}"
-        ) from None
+    except OSError:
+        return  # said by the data directory's own checks, in one line
+    if not mode & 0o077:
+        return
+    try:
+        data_dir.chmod(0o700)
+    except OSError as exc:  # not its owner (a volume mounted for a group): files are 600
+        log.warning(
+            "the data directory %s has mode %o, which lets other users reach personal data,"
+            " and cannot be made 700 (%s); the files ERS writes there are its user's alone",
+            data_dir,
+            mode,
+            exc.strerror,
+        )
+        return
+    log.warning(
+        "the data directory %s had mode %o, which lets other users read personal data;"
+        " it is 700 now",
+        data_dir,
+        mode,
+    )
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
