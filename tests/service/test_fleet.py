@@ -197,12 +197,12 @@ async def test_a_replica_starting_later_applies_the_overrides_in_force(
 ) -> None:
     a, _ = await start_replica("a")
     a["budget"].force_open("alert", "alertmanager", ttl_s=600)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(4)  # b starts well after: its own start is not taken for the opening
     b, _ = await start_replica("b")
     assert b["budget"].state is FORCED
     # Opened when it was forced, not when b started (a restarted replica said its start).
     opened = [datetime.fromisoformat(r["budget"].snapshot()["openedAt"]) for r in (a, b)]
-    assert abs((opened[0] - opened[1]).total_seconds()) < 1.0, opened
+    assert abs((opened[0] - opened[1]).total_seconds()) < 2.0, opened
 
 
 async def test_a_lost_listen_connection_is_reopened_and_the_app_keeps_working(
