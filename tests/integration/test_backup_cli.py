@@ -139,7 +139,7 @@ def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: P
     db.close()
 
     refused = ers(["backup", "list", "--offline"], env, tmp_path)
-    assert refused.returncode == 1 and "ers backup init" in refused.stderr
+    assert refused.returncode == 1 and "ers backup --offline init" in refused.stderr
     assert not (tmp_path / "repo").exists()
     initialised = ers(["backup", "init", "--offline", "--json"], env, tmp_path)
     assert initialised.returncode == 0, initialised.stderr
