@@ -358,6 +358,13 @@ async def _offline_rollback(
         # As the service says it: refused (nothing touched) or failed at a step.
         from backup import RollbackFailed
 
+        task = asyncio.current_task()
+        if isinstance(exc, RollbackFailed) and task is not None and task.cancelling():
+            # Ctrl-C while a statement that could not be cut short ran on (a lock wait, to
+            # its timeout): failed before its swap, as interrupted, the data unchanged.
+            said = _interrupted(load_settings())
+            trail.record("rollback", detail | {"error": said})
+            raise CliError(said, INTERRUPTED) from None
         said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
         trail.record("rollback", detail | {"error": said})
         raise
