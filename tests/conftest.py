@@ -131,6 +131,24 @@ def start_ers(
     return ErsProcess(url, process, log_path)
 
 
+# The tokens production refuses to start without (admin, alert, intake).
+PRODUCTION_TOKENS = {
+    "ERS_ADMIN_TOKEN": "adm1n",
+    "ERS_ALERT_TOKEN": "al3rt",
+    "ERS_INTAKE_TOKEN": "int4ke",
+}
+
+
+def start_production_ers(workdir: Path) -> ErsProcess:
+    """``ers serve`` with ERS_ENV=production, its tokens (PRODUCTION_TOKENS) and a restic
+    password file only its user may read, as production requires."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    password = workdir / "restic-password"
+    password.write_text("correct horse battery staple\n")
+    password.chmod(0o600)
+    return start_ers(workdir, env={"ERS_ENV": "production", **PRODUCTION_TOKENS})
+
+
 @contextlib.contextmanager
 def backed_up_fleet(
     workdir: Path, database_url: str, *, schedule: bool = False

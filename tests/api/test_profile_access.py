@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from service.settings import Settings
 from service.web.app import create_app
 from tests.api.test_security import production
-from tests.conftest import start_ers
+from tests.conftest import start_production_ers
 
 PROFILE = {"age": 40, "weightKg": 70, "heightCm": 170, "sex": "female"}
 ADMIN = {"Authorization": "Bearer adm1n"}
@@ -95,20 +95,7 @@ async def test_the_openapi_document_lists_401_for_profiles(
 
 @pytest.mark.integration
 def test_profiles_over_http_in_production(tmp_path: Path) -> None:
-    workdir = tmp_path / "ers"
-    workdir.mkdir()
-    password = workdir / "restic-password"
-    password.write_text("pw")
-    password.chmod(0o600)
-    ers = start_ers(
-        workdir,
-        env={
-            "ERS_ENV": "production",
-            "ERS_ADMIN_TOKEN": "adm1n",
-            "ERS_ALERT_TOKEN": "al3rt",
-            "ERS_INTAKE_TOKEN": "int4ke",
-        },
-    )
+    ers = start_production_ers(tmp_path / "ers")
     try:
         url = f"{ers.url}/api/profiles/u1"
         refused = httpx.put(url, json=PROFILE, timeout=10)

@@ -135,6 +135,23 @@ def held(site: OfflineSite) -> Iterator[Callable[[str], None]]:
         conn.close()
 
 
+def rollback_waiting_for_a_writer(site: OfflineSite) -> subprocess.Popen[str]:
+    """An offline rollback of budgets, once it waits for a writer's lock (held by the test)
+    to hold off the other writers."""
+    rolling = site.start(
+        "backup", "--offline", "rollback", site.env["SNAPSHOT"], "--reason", "r", "--yes"
+    )
+    wait_until(
+        lambda: one_row(
+            site.url,
+            "SELECT 1 FROM pg_locks WHERE NOT granted"
+            " AND relation = 'ers_budgets.expenses'::regclass",
+        ),
+        "the rollback waiting for the writer",
+    )
+    return rolling
+
+
 def interrupt(process: subprocess.Popen[str]) -> tuple[str, str]:
     """Ctrl-C, as a terminal sends it: to the command and every program it runs."""
     os.killpg(process.pid, signal.SIGINT)
@@ -176,17 +193,7 @@ def test_a_ctrl_c_before_the_swap_says_the_data_was_left_unchanged_and_records_i
     """Before: exit 130 and not a word, and the next start called it a kill or a crash."""
     # A writer's open transaction: the rollback waits to hold off the other writers.
     held("LOCK TABLE ers_budgets.expenses IN ROW EXCLUSIVE MODE")
-    rolling = site.start(
-        "backup", "--offline", "rollback", site.env["SNAPSHOT"], "--reason", "r", "--yes"
-    )
-    wait_until(
-        lambda: one_row(
-            site.url,
-            "SELECT 1 FROM pg_locks WHERE NOT granted"
-            " AND relation = 'ers_budgets.expenses'::regclass",
-        ),
-        "the rollback waiting for the writer",
-    )
+    rolling = rollback_waiting_for_a_writer(site)
     out, err = interrupt(rolling)
 
     assert rolling.returncode == 130, err
@@ -318,17 +325,7 @@ async def test_a_server_stopped_during_a_rollback_says_so_in_its_lines_alone(
     writer = psycopg.connect(site.url)  # the rollback waits for this writer's lock
     try:
         writer.execute("LOCK TABLE ers_budgets.expenses IN ROW EXCLUSIVE MODE")
-        rolling = site.start(
-            "backup", "--offline", "rollback", site.env["SNAPSHOT"], "--reason", "r", "--yes"
-        )
-        wait_until(
-            lambda: one_row(
-                site.url,
-                "SELECT 1 FROM pg_locks WHERE NOT granted"
-                " AND relation = 'ers_budgets.expenses'::regclass",
-            ),
-            "the rollback waiting for the writer",
-        )
+        rolling = rollback_waiting_for_a_writer(site)
         own_server.halt()
         out, err = rolling.communicate(timeout=WAIT_S)
     finally:

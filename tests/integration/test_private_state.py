@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_ers
+from tests.conftest import start_production_ers
 
 
 def mode(path: Path) -> int:
@@ -20,18 +20,7 @@ def test_production_keeps_the_state_to_its_own_user(tmp_path: Path) -> None:
     data = work / "data"
     data.mkdir(parents=True, mode=0o755)
     data.chmod(0o755)  # as an operator's mkdir under umask 022 makes it
-    password = work / "restic-password"
-    password.write_text("correct horse battery staple\n")
-    password.chmod(0o600)
-    ers = start_ers(
-        work,
-        env={
-            "ERS_ENV": "production",
-            "ERS_ADMIN_TOKEN": "admin-token-5b1e",
-            "ERS_ALERT_TOKEN": "alert-token-77c2",
-            "ERS_INTAKE_TOKEN": "intake-token-9d03",
-        },
-    )
+    ers = start_production_ers(work)
     try:
         said = httpx.post(
             f"{ers.url}/chat",

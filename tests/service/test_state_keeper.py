@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from service.resilience.breaker import (
 from service.resilience.cooldown import Cooldown
 from service.resilience.state_keeper import StateKeeper, follow_the_fleet
 from service.resilience.system_state import StateInputs, SystemState, SystemStateMachine
+from service.stores.base import SystemStateBackend
 from service.stores.system_state import SystemStateStore
+from tests.service.test_fleet import eventually
 
 NOW = 1_800_000_000.0
 
@@ -238,44 +240,46 @@ async def test_a_forced_open_keeps_the_incident_it_isolates_for(
     await restarted.stop()
 
 
+@contextlib.asynccontextmanager
+async def following_replica(
+    store: SystemStateBackend, clock: Clock
+) -> AsyncIterator[tuple[Cooldown, StateKeeper]]:
+    """A replica's cooldown of agent helper, kept by its state keeper and following the
+    fleet's record as the lifespan wires them (every 0.05 s here)."""
+    breakers = team(clock)
+    cooldown = Cooldown("helper")
+    keeper = StateKeeper(
+        store, breakers, machine_of(breakers, clock), switches={"cooldown:helper": cooldown}
+    )
+    await keeper.start()
+    follows = asyncio.create_task(
+        follow_the_fleet({"cooldown:helper": cooldown}, store, 0.05, keeper.pending)
+    )
+    try:
+        yield cooldown, keeper
+    finally:
+        follows.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follows
+        await keeper.stop()
+
+
 async def test_replicas_sharing_the_store_follow_each_others_cooldowns(
     store: SystemStateStore, clock: Clock
 ) -> None:
     """A 429 on one replica left the agent alone there only; a reset on another, which ends
     the cooldown there, left it running on the first."""
-    replicas = []
-    for _ in range(2):
-        breakers = team(clock)
-        cooldown = Cooldown("helper")
-        keeper = StateKeeper(
-            store, breakers, machine_of(breakers, clock), switches={"cooldown:helper": cooldown}
-        )
-        await keeper.start()
-        follows = asyncio.create_task(
-            follow_the_fleet({"cooldown:helper": cooldown}, store, every_s=0.05)
-        )
-        replicas.append((cooldown, keeper, follows))
-    (first, first_keeper, _), (second, second_keeper, _) = replicas
-
-    async def until(check: Callable[[], bool], what: str) -> None:
-        for _ in range(200):  # 10 s at most
-            if check():
-                return
-            await asyncio.sleep(0.05)
-        pytest.fail(f"{what} did not happen")
-
-    first.start(30)
-    await first_keeper.flush()
-    await until(lambda: second.remaining() > 25, "the cooldown on the second replica")
-    await asyncio.sleep(0.3)  # past the second's settle time: its end must be its own
-    second.end()
-    await second_keeper.flush()
-    await until(lambda: first.remaining() == 0, "the end on the first replica")
-    for _, keeper, follows in replicas:
-        follows.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follows
-        await keeper.stop()
+    async with (
+        following_replica(store, clock) as (first, first_keeper),
+        following_replica(store, clock) as (second, second_keeper),
+    ):
+        first.start(30)
+        await first_keeper.flush()
+        await eventually(lambda: second.remaining() > 25, 10, "the cooldown on the second")
+        await asyncio.sleep(0.3)  # past the second's settle time: its end must be its own
+        second.end()
+        await second_keeper.flush()
+        await eventually(lambda: first.remaining() == 0, 10, "the end on the first replica")
 
 
 class WritesRefused:
@@ -308,29 +312,12 @@ async def test_a_change_not_stored_yet_is_not_undone_by_the_fleets_older_record(
     """The fleet's record, read before this replica could store its change (the store
     away longer than the settle time), ended the change here and for the whole fleet."""
     store = WritesRefused()
-    breakers = team(clock)
-    cooldown = Cooldown("helper")
-    keeper = StateKeeper(
-        store, breakers, machine_of(breakers, clock), switches={"cooldown:helper": cooldown}
-    )
-    await keeper.start()
-    follows = asyncio.create_task(
-        follow_the_fleet({"cooldown:helper": cooldown}, store, 0.05, keeper.pending)
-    )
-    try:
+    async with following_replica(store, clock) as (cooldown, keeper):
         store.refusing = True
         cooldown.start(60)
         await asyncio.sleep(0.5)  # many polls past the settle time, the record still absent
         assert keeper.pending("cooldown:helper") and cooldown.remaining() > 55
         store.refusing = False
-        for _ in range(200):  # stored by the keeper's retries, bounded
-            if "cooldown:helper" in store.records:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: "cooldown:helper" in store.records, 10, "the keeper's retry")
         assert store.records["cooldown:helper"]["agent"] == "helper"
         assert cooldown.remaining() > 50
-    finally:
-        follows.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follows
-        await keeper.stop()
