@@ -140,12 +140,8 @@ async def swap_committed(database: PgConnection, old: str) -> bool:
     unknown: psycopg.Error | None = None
     for _ in range(10):
         try:
-            async with await database.connect() as conn:
-                cursor = await conn.execute(
-                    "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (old,)
-                )
-                if await cursor.fetchone() is not None:
-                    return True
+            if await database.schema_exists(old):
+                return True
             unknown = None
         except psycopg.Error as exc:
             unknown = exc

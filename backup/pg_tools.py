@@ -137,14 +137,12 @@ class PgConnection:
             raise failure(f"{doing} at {self.location} failed: {self.explain(exc)}") from None
 
     async def schema_exists(self, name: str) -> bool:
-        try:
-            async with await self.connect() as conn:
-                cursor = await conn.execute(
-                    "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (name,)
-                )
-                return await cursor.fetchone() is not None
-        except psycopg.Error:
-            return False
+        """Raises psycopg.Error when the server cannot be asked: not knowing is not "no"."""
+        async with await self.connect() as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (name,)
+            )
+            return await cursor.fetchone() is not None
 
 
 # What libpq, pg_dump and pg_restore say, and what a person should do about it.

@@ -12,8 +12,9 @@ A lock lost with its connection (a server restart, a network blip) left a window
 offline command took the lock beside a replica still serving. So each replica also stamps
 ``ers_fleet.stamps`` (``presence:<its session name>``) on every check of its lock, and
 removes the stamp when it stops; an offline command refuses while a stamp is younger than
-``SEEN_WITHIN_S`` (counted from the server's start when it restarted since: nobody could
-stamp while it was down), whether or not the replica holds the lock at that moment. A replica
+``SEEN_WITHIN_S`` (counted from when the server last began to take connections, if later:
+nobody could stamp while it was down or recovering), whether or not the replica holds the
+lock at that moment. A replica
 cut off from a server that stayed up longer than that (a network partition) is not counted.
 """
 
