@@ -63,13 +63,14 @@ async def follow_the_fleet(
     switches: dict[str, FollowedSwitch],
     state: SystemStateBackend,
     every_s: float,
-    pending: Callable[[str], bool] = lambda key: False,
+    pending: Callable[[str], bool],
 ) -> None:
     """On PostgreSQL each replica matches its switches to the records kept in the shared
     system_state store, every ``every_s``: minimal mode the responder of one replica turned
     on, or an operator ended on one; an agent's rate-limit cooldown one replica was asked
     for, or a reset ended. Without this the other replicas kept calling the agents, and what
-    ended on one stayed on the others."""
+    ended on one stayed on the others. A key ``pending`` here (changed, not stored yet) is
+    left as it is."""
     while True:
         await asyncio.sleep(every_s)
         try:

@@ -190,11 +190,6 @@ class SqliteUnitOfWork:
             ).fetchone()
         except sqlite3.Error:
             stored = None  # not known: answered as not stored, and logged
-        retry = (
-            "a retry with the same Idempotency-Key does not add it again"
-            if unit.key is not None
-            else "the request carried no Idempotency-Key"
-        )
         if stored is not None:
             log.error(
                 "a chat turn's commit failed part way (%s) after its expense (turn key %s) was"
@@ -211,6 +206,8 @@ class SqliteUnitOfWork:
             " by that turn_key, %s",
             cause,
             unit.turn_key,
-            retry,
+            "a retry with the same Idempotency-Key does not add it again"
+            if unit.key is not None
+            else "the request carried no Idempotency-Key",
         )
         return False
