@@ -42,19 +42,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
     ),
+    # When the agent's forced open began: a renewal moves updated_at, not the opening.
+    ("ALTER TABLE ers_fleet.overrides ADD COLUMN forced_since TIMESTAMPTZ",),
 )
 
 # A forced open starts a new round of trials, so it clears the lease, and so does a trial
 # that closed the breaker; a release keeps the lease its own replica may have taken already.
 UPSERT = """INSERT INTO ers_fleet.overrides AS o
-    (agent, forced, source, reason, until, replica, trial_passed, incident, disabled)
+    (agent, forced, source, reason, until, replica, trial_passed, incident, disabled,
+     forced_since)
 VALUES (%(agent)s, %(forced)s, %(source)s, %(reason)s,
         now() + make_interval(secs => %(ttl_s)s::float8), %(replica)s, %(trial_passed)s,
-        %(incident)s, %(disabled)s)
+        %(incident)s, %(disabled)s, CASE WHEN %(forced)s THEN now() END)
 ON CONFLICT (agent) DO UPDATE SET forced = EXCLUDED.forced, source = EXCLUDED.source,
     reason = EXCLUDED.reason, until = EXCLUDED.until, replica = EXCLUDED.replica,
     trial_passed = EXCLUDED.trial_passed, incident = EXCLUDED.incident,
     disabled = EXCLUDED.disabled,
+    forced_since = CASE WHEN NOT EXCLUDED.forced THEN NULL
+        WHEN o.forced THEN coalesce(o.forced_since, o.updated_at) ELSE now() END,
     lease_holder = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
         THEN NULL ELSE o.lease_holder END,
     lease_until = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
@@ -74,5 +79,5 @@ HAS_ROW = "SELECT 1 FROM ers_fleet.overrides WHERE agent = %(agent)s"
 # The time left is computed by the server, so replicas' clocks need not agree.
 READ = """SELECT agent, forced, source, reason, replica, version, trial_passed, incident, disabled,
     extract(epoch FROM until - now())::float8 AS remaining_s,
-    extract(epoch FROM updated_at)::float8 AS since
+    extract(epoch FROM coalesce(forced_since, updated_at))::float8 AS since
 FROM ers_fleet.overrides"""

@@ -195,12 +195,17 @@ async def test_the_expiry_is_honoured_everywhere_and_not_written_as_a_release(
 async def test_a_replica_starting_later_applies_the_overrides_in_force(
     start_replica: StartReplica,
 ) -> None:
-    a, _ = await start_replica("a")
+    a, fleet_a = await start_replica("a")
     a["budget"].force_open("alert", "alertmanager", ttl_s=600)
-    await asyncio.sleep(4)  # b starts well after: its own start is not taken for the opening
+    await asyncio.sleep(3)
+    # A renewal (the alert firing again) keeps the opening, and writes the row again.
+    a["budget"].force_open("alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: fleet_a.writes == 2, 2, "the renewal's write")
+    await asyncio.sleep(1.5)  # b starts well after: its own start is not taken for the opening
     b, _ = await start_replica("b")
     assert b["budget"].state is FORCED
-    # Opened when it was forced, not when b started (a restarted replica said its start).
+    # Opened when it was first forced: not when b started (a restarted replica said its
+    # start), nor when it was renewed (the row's last write).
     opened = [datetime.fromisoformat(r["budget"].snapshot()["openedAt"]) for r in (a, b)]
     assert abs((opened[0] - opened[1]).total_seconds()) < 2.0, opened
 
