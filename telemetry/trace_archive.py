@@ -63,9 +63,13 @@ class TraceTable(Protocol):
 
     place: str  # where the traces go, for the log: "on disk", "in PostgreSQL"
 
-    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
+    def put(
+        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+    ) -> None:
         """Insert or replace ``rows`` in one transaction; when the table then holds more than
-        ``max_traces``, keep its newest ``trim_to`` by kept_at."""
+        ``max_traces``, keep its newest ``trim_to`` by kept_at. ``fill_only``: insert only
+        the last of ``rows`` that fit under ``max_traces`` beside what the table holds, and
+        none that is there already, so that they push nothing out."""
 
     def spans(self, trace_id_hex: str) -> str | None:
         """The spans (JSON) kept for the trace, or None."""
@@ -89,10 +93,22 @@ class SqliteTraceTable:
         self._rows_at_most = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
         self._lock = threading.Lock()
 
-    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
+    def put(
+        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+    ) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             try:
+                if fill_only:
+                    held = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
+                    room = max(0, max_traces - held)
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
+                        rows[len(rows) - room :] if room else (),
+                    )
+                    self._rows_at_most = held + room
+                    self._db.execute("COMMIT")
+                    return
                 self._db.executemany(
                     "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
                     rows,
@@ -152,8 +168,10 @@ class TraceArchive:
         """Write the trace (``pack``ed) now, on this thread (never the event loop's)."""
         self.write_many([(trace_id, packed)])
 
-    def write_many(self, traces: Sequence[tuple[int, bytes]]) -> None:
-        """Write the traces (``pack``ed) now, on this thread, in one transaction."""
+    def write_many(self, traces: Sequence[tuple[int, bytes]], *, fill_only: bool = False) -> None:
+        """Write the traces (``pack``ed) now, on this thread, in one transaction.
+        ``fill_only``: only the newest that fit in the room the table has left, pushing out
+        no trace it holds."""
         now = time.time()
         rows = [
             # In order: the trim keeps the newest by kept_at.
@@ -164,7 +182,7 @@ class TraceArchive:
             )
             for index, (trace_id, packed) in enumerate(traces)
         ]
-        self.table.put(rows, self.max_traces, self._trim_to)
+        self.table.put(rows, self.max_traces, self._trim_to, fill_only=fill_only)
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         """The trace's spans, or None; raises what the table raises when it cannot be read
@@ -174,9 +192,16 @@ class TraceArchive:
             return None
         return [SpanRecord.from_dict(item) for item in json.loads(spans)]
 
-    def close(self) -> None:
+    def close(self, *, fill: Sequence[tuple[int, bytes]] = ()) -> None:
+        """Write what is queued and held, then the traces ``fill`` into the room the table
+        has left (``write_many(fill_only=True)``), and stop."""
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
+        if fill:
+            try:
+                self.write_many(fill, fill_only=True)
+            except Exception:  # the file is full or gone: what was written stays
+                log.exception("could not write %d kept traces on closing", len(fill))
         self.table.close()
 
     def _drain(self) -> None:

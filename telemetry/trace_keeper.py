@@ -20,7 +20,6 @@ writing all of them was most of what a storm cost the healthy requests.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -37,7 +36,6 @@ from telemetry.trace_archive import TraceArchive
 from telemetry.trace_packing import as_record, pack, unpack
 
 ERROR = StatusCode.ERROR
-log = logging.getLogger("ers.traces")
 
 
 KeptSpan = ReadableSpan | SpanRecord
@@ -295,7 +293,10 @@ class TraceKeeper(SpanProcessor):
         return True
 
     def shutdown(self) -> None:
-        """Write every kept trace not written yet (the newest the archive holds), then stop."""
+        """Write the named traces not written yet, and the other kept traces into the room
+        the archive has left (none pushes out a trace written before: in a fleet, another
+        replica's incident's), then stop."""
+        self.archive_named()
         with self._lock:
             self._pending.clear()
             self._pending_spans = 0
@@ -305,11 +306,7 @@ class TraceKeeper(SpanProcessor):
                 if trace_id not in self._archived
             ]
         if self.archive is not None:
-            try:
-                self.archive.write_many(unwritten[-self.archive.max_traces :])
-            except Exception:  # the file is full or gone: what was written stays
-                log.exception("could not write %d kept traces on shutdown", len(unwritten))
-            self.archive.close()
+            self.archive.close(fill=unwritten[-self.archive.max_traces :])
 
 
 def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:

@@ -76,9 +76,21 @@ class PgTraceTable:
             component=COMPONENT,
         )
 
-    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
+    def put(
+        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+    ) -> None:
         with self._pool.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
+            if fill_only:
+                held = int(db.execute("SELECT count(*) AS n FROM traces").fetchone()["n"])
+                room = max(0, max_traces - held)
+                if room:
+                    db.executemany(
+                        "INSERT INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?) "
+                        "ON CONFLICT (trace_id) DO NOTHING",
+                        rows[len(rows) - room :],
+                    )
+                return
             db.executemany(
                 "INSERT INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?) "
                 "ON CONFLICT (trace_id) DO UPDATE "

@@ -101,6 +101,28 @@ def test_a_rewritten_trace_is_one_row(archives) -> None:  # noqa: ANN001
     assert held() >= set(range(2, 11))
 
 
+def test_a_stop_writes_the_unnamed_traces_only_into_the_room_left(archives) -> None:  # noqa: ANN001
+    # Replica a's incident named six traces; replica b stops in an error storm that its
+    # incident named one trace of. b's stop writes that one, and of the rest only what fits:
+    # a's traces stay (before, the stop wrote them all and the trim pushed a's out).
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from telemetry.trace_keeper import TraceKeeper
+    from tests.telemetry.test_trace_keeper import run_trace
+
+    new, held = archives
+    replica_a = new(10)
+    for trace_id in range(1, 7):
+        replica_a.write(trace_id, packed(trace_id))
+    keeper = TraceKeeper(archive=new(10))
+    provider = TracerProvider()
+    provider.add_span_processor(keeper)
+    storm = [int(run_trace(provider, fail=True), 16) for _ in range(12)]
+    keeper.name("incident-b", [format(storm[0], "032x")])
+    provider.shutdown()
+    assert held() == {*range(1, 7), storm[0], *storm[-3:]}
+
+
 def test_replicas_share_one_bound_and_read_what_the_other_wrote(migrated: str) -> None:
     replicas = [TraceArchive(PgTraceTable(migrated), max_traces=20) for _ in range(2)]
     try:

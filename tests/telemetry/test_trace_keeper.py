@@ -161,8 +161,9 @@ def test_kept_traces_outlive_the_keeper_in_its_bounded_file(tmp_path) -> None:  
     assert any(r.is_error for r in records)
 
     intake = ["a" * 32, "b" * 32, "c" * 32]
-    for trace_id in intake:  # written on this thread, in this order
+    for trace_id in intake:
         reopened.keep_records([error_record("charge", trace_id=trace_id)])
+    reopened.name("incident-1", intake)  # named: written on shutdown, pushing out the oldest
     reopened.shutdown()
     last = TraceKeeper(archive=TraceArchive(path, max_traces=3))
     assert last.get_trace(local) is None  # the oldest of four went first
