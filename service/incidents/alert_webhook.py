@@ -284,7 +284,10 @@ class AlertHandler:
             if incident.fingerprint != alert_fingerprint(alert, alert.target or "ers"):
                 return "resolved: the incident is left to the failures that opened it"
             return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
-        released, breaker_state = self._release(alert, incident)
+        firing = await asyncio.to_thread(
+            self.ledger.entry, alert.fingerprint, alert.startsAt.isoformat(), "firing"
+        )
+        released, breaker_state = self._release(alert, incident, isolated_nothing(firing))
         if breaker_state in ("half_open", "closed"):
             released, breaker_state = await self._probe(alert, released, incident, breaker_state)
         await asyncio.to_thread(self._note, incident.id, released)
@@ -297,9 +300,13 @@ class AlertHandler:
             outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)
         return f"{released}; {outcome}"
 
-    def _release(self, alert: Alert, incident: Incident | None) -> tuple[str, str | None]:
+    def _release(
+        self, alert: Alert, incident: Incident | None, isolated_nothing: bool = False
+    ) -> tuple[str, str | None]:
         """Lift the forced open this alert made; watch the trial that follows. Returns what
-        was done and the breaker's state after it (None when the target is no agent)."""
+        was done and the breaker's state after it (None when the target is no agent). A
+        firing that isolated nothing (skipped, failed) leaves a forced open of alertmanager
+        to the alert that made it, which may still fire."""
         agent = alert.target or "ers"
         try:
             guard = self.responder.team.get(agent)
@@ -309,6 +316,11 @@ class AlertHandler:
         forced = breaker.snapshot().get("forced")
         if not forced or forced.get("source") != "alertmanager":
             message = "the breaker is not held by alertmanager; left as it is"
+        elif isolated_nothing:
+            message = (
+                f"the breaker is held for another alert ({forced.get('reason')}); this one's"
+                " firing isolated nothing, so it is left as it is"
+            )
         else:
             message = breaker.release(source="alertmanager")
         state = breaker.state.value
@@ -346,3 +358,11 @@ class AlertHandler:
     def _note(self, incident_id: str, message: str) -> None:
         if incident_id:
             self.incidents.add_timeline(incident_id, "note", message, ACTOR, {})
+
+
+def isolated_nothing(firing: dict[str, Any] | None) -> bool:
+    """The ledger entry of an ``isolate`` alert's firing says it isolated nothing: skipped
+    (held by someone else, within the cooldown, no such agent) or failed. Unknown (no entry,
+    no outcome yet, lost with its process) is not taken to be nothing."""
+    outcome = (firing or {}).get("outcome") or ""
+    return outcome.startswith("isolate: ") and not outcome.startswith("isolate: success")

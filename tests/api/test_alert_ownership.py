@@ -65,3 +65,40 @@ async def test_an_alert_leaves_an_operators_isolation_as_it_was(
         # Before: the alert took the forcing over (900 s), and its resolution released it.
         assert breaker.state.value == "forced_open"
         assert breaker.snapshot()["forced"] == before
+
+
+async def test_a_resolution_whose_firing_isolated_nothing_leaves_another_alerts_isolation(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Two isolate alerts about one agent: the first isolates it, the second, landing on the
+    same incident within the cooldown, does nothing. The second's resolution released the
+    first's isolation and resolved the incident the first still fired for."""
+    runtime = app.state.runtime
+    breaker = runtime.team.get("workout").breaker
+    await settle_after(hook, app, FIRING)
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    assert breaker.state.value == "forced_open"
+    other = copy.deepcopy(FIRING)
+    other["alerts"][0]["labels"]["alertname"] = "WorkoutSlowCalls"
+    other["alerts"][0]["fingerprint"] = "6a1b2c3d4e5f6071"
+    await settle_after(hook, app, other)
+    entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "firing")
+    assert entry is not None and entry["outcome"].startswith("isolate: skipped"), entry
+
+    other_resolved = copy.deepcopy(other)
+    other_resolved["status"] = other_resolved["alerts"][0]["status"] = "resolved"
+    await settle_after(hook, app, other_resolved)
+    assert breaker.state.value == "forced_open"
+    assert breaker.snapshot()["forced"]["source"] == "alertmanager"
+    assert runtime.incidents.get(incident.id).status != "resolved"
+
+    # The alert that isolated the agent resolves: its own resolution recovers as before.
+    await settle_after(hook, app, resolved_payload())
+    assert breaker.state.value == "closed"
+    assert runtime.incidents.get(incident.id).status == "resolved"
+
+
+async def settle_after(hook: httpx.AsyncClient, app: FastAPI, payload: dict) -> None:
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    await settle(app)
