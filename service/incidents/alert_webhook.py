@@ -294,6 +294,9 @@ class AlertHandler:
         # No breaker (the target is no agent here): no trial will ever come to resolve the
         # alert's own incident, which would stay mitigated, and active, until quiet.
         own = incident.fingerprint == alert_fingerprint(alert, alert.target or "ers")
+        if breaker_state is None and not own:
+            # Nothing was isolated for it: the incident is not this alert's to mitigate.
+            return f"{released}; the incident is left to what opened it"
         if breaker_state == "closed" or (breaker_state is None and own):
             outcome = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         else:

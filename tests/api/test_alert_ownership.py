@@ -102,3 +102,27 @@ async def settle_after(hook: httpx.AsyncClient, app: FastAPI, payload: dict) -> 
     reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
     assert reply.status_code == 200, reply.text
     await settle(app)
+
+
+async def test_an_isolate_alert_about_no_agent_leaves_the_incident_it_landed_on_as_it_was(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """An isolate alert naming a component that is no agent (another service's, whose
+    incident came from its spans) isolates nothing; its resolution marked that incident
+    mitigated all the same, though nothing had been done about it."""
+    runtime = app.state.runtime
+    other = copy.deepcopy(FIRING)
+    other["alerts"][0]["labels"] = {"alertname": "ShopDown", "component": "shop"}
+    other["alerts"][0]["fingerprint"] = "7b2c3d4e5f607182"
+    await settle_after(hook, app, other)  # no action: an incident of its own, for shop
+    (incident,) = runtime.incidents.list(component="shop")[0]
+
+    isolate = copy.deepcopy(FIRING)
+    isolate["alerts"][0]["labels"]["agent"] = "shop"
+    await settle_after(hook, app, isolate)
+    resolved = copy.deepcopy(isolate)
+    resolved["status"] = resolved["alerts"][0]["status"] = "resolved"
+    await settle_after(hook, app, resolved)
+    assert runtime.incidents.get(incident.id).status == "open"
+    entry = runtime.alerts.ledger.entry("5e0f1c9a2b3d4e5f", "2026-11-28T12:00:00+00:00", "resolved")
+    assert entry is not None and "left to" in entry["outcome"], entry
