@@ -31,6 +31,12 @@ from tests.telemetry.conftest import error_record
         ("at 2026-11-28T13:54:51Z the job died", "at <ts> the job died"),
         ("too   many\n spaces", "too many spaces"),
         ("utf8 decode failed on http2 stream", "utf8 decode failed on http2 stream"),
+        # A number with its unit glued on: "30s" and "31s" were two incidents, and "1.5s"
+        # became "<num>.5s".
+        ("read timed out after 30s", "read timed out after <num>s"),
+        ("read timed out after 1.5s", "read timed out after <num>s"),
+        ("query took 1200ms", "query took <num>ms"),
+        ("sha256 check of the v2 api failed", "sha256 check of the v2 api failed"),
     ],
 )
 def test_variable_parts_of_messages_are_normalised_away(message: str, normalised: str) -> None:
