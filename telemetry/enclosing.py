@@ -14,8 +14,8 @@ and parent links cannot tell nesting; time can, within one service's clock. Two 
 side by side in one request (two calls that each failed) do not enclose one another and are
 counted both, and so are two calls of one parent that ran at once (siblings, the longer
 around the shorter). A span sent again (the same span id) counts once; a span without its
-times always counts. ERS's own spans are not judged here: its guard reports each failure
-once.
+times is judged by its id alone (it encloses nothing and nothing encloses it). ERS's own
+spans are not judged here: its guard reports each failure once.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ MAX_TRACES = 8192
 MAX_SPANS_PER_TRACE = 32
 _TIMES_END = 1 << 63  # OTLP times are unsigned 64-bit; these are kept signed (to 2262)
 _FIELDS = 4  # start, end, span id, parent span id (0 for none)
+# The times a span without usable ones is remembered with: no timed span starts before it.
+_UNTIMED = -1
 
 
 def _timed(record: SpanRecord) -> bool:
@@ -45,9 +47,11 @@ def _timed(record: SpanRecord) -> bool:
 
 def _span(record: SpanRecord) -> tuple[int, int, int, int]:
     """Its times and its and its parent's ids, as hashes: a third of the cost of parsing the
-    hex, and only told apart within this process, where they are kept."""
+    hex, and only told apart within this process, where they are kept. Without usable
+    times, times no timed span can enclose."""
     parent = record.parent_span_id
-    return (record.start_ns, record.end_ns, hash(record.span_id), hash(parent) if parent else 0)
+    start, end = (record.start_ns, record.end_ns) if _timed(record) else (_UNTIMED, _UNTIMED)
+    return (start, end, hash(record.span_id), hash(parent) if parent else 0)
 
 
 def _encloses(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]) -> bool:
@@ -80,10 +84,12 @@ class EnclosingFailures:
         if len(set(keys)) == len(keys) and seen.keys().isdisjoint(keys):
             return list(records)  # the usual case: each span alone in its trace and service
         by_key: dict[tuple[str, str], list[SpanRecord]] = {}
+        joined: set[int] = set()
         for key, record in zip(keys, records, strict=True):
             if _timed(record):
                 by_key.setdefault(key, []).append(record)
-        joined: set[int] = set()
+            elif _sent_before(seen.get(key), hash(record.span_id)):
+                joined.add(id(record))
         for key, group in by_key.items():
             earlier = seen.get(key)
             if earlier is None and len(group) == 1:  # the usual case: nothing to judge
@@ -104,8 +110,6 @@ class EnclosingFailures:
         """``records`` (as ``counted`` returned them) are written."""
         seen = self._seen
         for record in records:
-            if not _timed(record):
-                continue
             key = (record.trace_id, record.service_name)
             spans = seen.get(key)
             if spans is None:
@@ -118,3 +122,8 @@ class EnclosingFailures:
                 if isinstance(spans, tuple):  # a second span: 8 bytes a number from now on
                     seen[key] = spans = array("q", spans)
                 spans.extend(_span(record))
+
+
+def _sent_before(spans: tuple[int, ...] | array[int] | None, span_id: int) -> bool:
+    """A span with this id is among ``spans`` (as remembered), i.e. it is sent again."""
+    return spans is not None and any(spans[i + 2] == span_id for i in range(0, len(spans), _FIELDS))

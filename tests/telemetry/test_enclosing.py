@@ -84,6 +84,19 @@ def test_spans_without_times_are_each_counted() -> None:
     assert enclosing.counted([later, no_start]) == [later, no_start]
 
 
+def test_a_span_without_times_sent_again_counts_once() -> None:
+    """A sender that sends 0 for the times sends its spans again after a 200 whose reply
+    was lost: each was counted again, the same span id or not."""
+    enclosing = EnclosingFailures()
+    untimed = sent_at(0, 0)
+    assert enclosing.counted([untimed]) == [untimed]
+    enclosing.remember([untimed])
+    assert enclosing.counted([untimed]) == []
+    # Still nothing encloses it, nor does it enclose anything: other spans count.
+    other, around = sent_at(0, 0), span(0, 100, parent=None)
+    assert enclosing.counted([other, around]) == [other, around]
+
+
 def test_a_span_is_judged_against_a_bounded_number_of_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
