@@ -89,6 +89,7 @@ class ResponseContext:
     # How often the incident reopened: a reopened incident is a new episode, whose actions
     # run again even within the cooldown of the last episode's.
     episode: int = 0
+    service: str | None = None  # another service, whose spans came to /v1/traces: no agent
 
 
 ActionFn = Callable[[ResponseContext], Awaitable[ActionResult]]
@@ -217,10 +218,15 @@ class Responder:
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:
         """Why the action does not run here: it does not apply to the component, or another
         replica holds it for this incident; None when it runs."""
-        guard = self._agent(context) if action in AGENT_ACTIONS else None
+        # Another service's incident acts on no agent, named like one or not.
+        guard = self._agent(context) if action in AGENT_ACTIONS and not context.service else None
         if action in AGENT_ACTIONS and guard is None:
             agents = ", ".join(sorted(self.team.guards))
-            return f"'{context.component}' is not an agent here ({agents}); {action} acts on agents"
+            svc = context.service
+            whose = f": its incident is service {svc}'s, from /v1/traces" if svc else ""
+            return (
+                f"'{context.component}' is not an agent{whose} ({agents}); {action} acts on agents"
+            )
         if action in WITHHOLDING_ACTIONS and guard and guard.breaker.state is BreakerState.DISABLED:
             return (
                 f"an operator disabled {guard.name}'s breaker (every call let through); "

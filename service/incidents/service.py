@@ -115,11 +115,14 @@ class IncidentService:
         *,
         rules_path: Path | None,
         cache_active_counts: bool = False,
+        service_name: str = "ers",
     ) -> None:
         """``cache_active_counts``: the store is a database server, so the active counts the
         state machine reads every second come from a cache refreshed off the event loop
-        (``run_counts_refresh``) rather than from a query on it."""
+        (``run_counts_refresh``) rather than from a query on it. ``service_name``: this
+        service's own spans'; an incident of another's acts on none of its agents."""
         self.store = store
+        self.service_name = service_name
         self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
         self._counts_stale = asyncio.Event()
         self.processor = IncidentProcessor(
@@ -204,14 +207,15 @@ class IncidentService:
             and incident.id not in self._responded
         ):
             self._responded.add(incident.id)
-            spawn(self._tasks, self._respond(incident))
+            spawn(self._tasks, self._respond(incident, event.record.service_name))
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 log.exception("incident listener failed")
 
-    async def _respond(self, incident: Incident) -> None:
+    async def _respond(self, incident: Incident, service: str) -> None:
+        """Run the protocol for the failure (of ``service``'s spans) that asked for it."""
         assert self.responder is not None
         context = ResponseContext(
             incident.id,
@@ -219,6 +223,7 @@ class IncidentService:
             incident.component,
             f"{incident.severity} {incident.type} incident {incident.id}: {incident.message}",
             episode=incident.reopen_count,
+            service=None if service == self.service_name else service,
         )
         results = await self.responder.respond(context)
         if len(self._responded) > 10_000:

@@ -227,6 +227,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             telemetry.meter,
             rules_path=settings.classification_rules,
             cache_active_counts=stores.database is not None,
+            service_name=settings.service_name,
         )
         telemetry.add_span_processor(incident_service.processor)
         # Kept traces an incident names also go to a bounded archive within a second (a file,

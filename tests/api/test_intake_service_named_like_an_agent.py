@@ -1,0 +1,48 @@
+"""Another service's spans sent to /v1/traces never act on ERS's agents, even when that
+service is named like one: a service called ``budget`` whose call failed had the responder
+force ERS's own budget agent open and serve its cached answers."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import httpx
+
+
+def export(service: str, message: str) -> dict:
+    now = time.time_ns()
+    span = {
+        "traceId": secrets.token_hex(16),
+        "spanId": secrets.token_hex(8),
+        "name": "post ledger entry",
+        "startTimeUnixNano": str(now - 9_000_000),
+        "endTimeUnixNano": str(now),
+        "status": {"code": 2, "message": message},
+    }
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [span]}]}]}
+
+
+async def test_a_service_named_like_an_agent_does_not_get_the_agent_isolated(
+    client: httpx.AsyncClient,
+) -> None:
+    sent = await client.post("/v1/traces", json=export("budget", "connection refused by ledger"))
+    assert sent.status_code == 200, sent.text
+    skipped: list[str] = []
+    for _ in range(100):  # the response runs off the request path
+        incidents = (await client.get("/api/emergency/incidents?component=budget")).json()
+        if incidents["incidents"]:
+            incident = incidents["incidents"][0]
+            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
+            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
+            skipped = [e["message"] for e in done if e["kind"] == "action_skipped"]
+            if len(skipped) == 2 or any(e["kind"] == "action_finished" for e in done):
+                break
+        await asyncio.sleep(0.05)
+    assert incident["sourceService"] == "budget"
+    assert [m.split(" — ")[0] for m in skipped] == ["isolate: skipped", "serve_cached: skipped"]
+    assert all("service budget" in m for m in skipped), skipped
+    breaker = (await client.get("/api/emergency/circuit-breakers/budget")).json()
+    assert breaker["state"] == "closed", breaker
