@@ -165,18 +165,11 @@ class Responder:
         why_not = await self._why_not(action, context)
         if why_not is not None:
             return await self._skip(action, context, why_not)
-        started = {"action": action, "episode": context.episode}
-        await self._note(context, "action_started", f"{action} started", started)
-        try:
-            async with asyncio.timeout(120):
-                result = await self._actions[action](context)
-        except Exception as exc:  # an action must never take the service down
-            # A named failure says what to do in its message; only a surprise needs the trace.
-            named = isinstance(exc, BackupError | ErsError)
-            log.error(
-                "action %s failed for %s: %s", action, context.incident_id, exc, exc_info=not named
-            )
-            result = ActionResult(action, "failed", f"{type(exc).__name__}: {exc}")
+        result = self._cannot_run(action)
+        if result is None:
+            result = await self._run(action, context)
+        else:  # nothing starts, nor holds off the next call: said as it is
+            self._last_run.pop(key, None)
         if result.result == "failed":  # not done: the next call for it tries again
             self._last_run.pop(key, None)
             if action in FLEET_WIDE_ACTIONS and self.claims is not None:  # here or elsewhere
@@ -252,6 +245,34 @@ class Responder:
                 )
         return None
 
+    async def _run(self, action: str, context: ResponseContext) -> ActionResult:
+        """Start ``action`` (its timeline says so) and run it; a failure is its result."""
+        started = {"action": action, "episode": context.episode}
+        await self._note(context, "action_started", f"{action} started", started)
+        try:
+            async with asyncio.timeout(120):
+                return await self._actions[action](context)
+        except Exception as exc:  # an action must never take the service down
+            # A named failure says what to do in its message; only a surprise needs the trace.
+            named = isinstance(exc, BackupError | ErsError)
+            why, incident = f"{type(exc).__name__}: {exc}", context.incident_id
+            log.error("action %s failed for %s: %s", action, incident, exc, exc_info=not named)
+            return ActionResult(action, "failed", why)
+
+    def _cannot_run(self, action: str) -> ActionResult | None:
+        """What ``action`` says without starting: it is off, or not set up, here."""
+        if action == "rollback" and not self.rollback_allowed:
+            why = "rollbacks are disabled (emergency_rollback_enabled=false)"
+            return ActionResult(action, "not_available", why)
+        if action == "rollback" and not self.auto_rollback:
+            why = "automatic rollback is off; a person must approve a rollback"
+            return ActionResult(action, "approval_needed", why)
+        if action in ("rollback", "emergency_backup") and getattr(self, action) is None:
+            return ActionResult(action, "not_available", "backups are not set up")
+        if action == "minimal_response_mode" and self.minimal_mode is None:
+            return ActionResult(action, "not_available", "chat has no minimal mode here")
+        return None
+
     async def _skip(self, action: str, context: ResponseContext, reason: str) -> ActionResult:
         result = ActionResult(action, "skipped", reason)
         await self._note(
@@ -290,8 +311,7 @@ class Responder:
 
     async def _isolate(self, context: ResponseContext) -> ActionResult:
         guard = self._agent(context)
-        if guard is None:
-            return ActionResult("isolate", "skipped", f"'{context.component}' is not an agent")
+        assert guard is not None  # _why_not skips a component that is no agent
         forced = guard.breaker.snapshot().get("forced")
         if forced and forced.get("source") != context.source:
             # An operator's isolation (or another automatic one) is not taken over: its
@@ -312,22 +332,19 @@ class Responder:
 
     async def _release(self, context: ResponseContext) -> ActionResult:
         guard = self._agent(context)
-        if guard is None:
-            return ActionResult("release", "skipped", f"'{context.component}' is not an agent")
+        assert guard is not None
         return ActionResult("release", "success", guard.breaker.release(source=context.source))
 
     async def _restart_agent(self, context: ResponseContext) -> ActionResult:
         guard = self._agent(context)
-        if guard is None:
-            return ActionResult("restart_agent", "skipped", "not an agent")
+        assert guard is not None
         if not await self.team.restart(guard):
             return ActionResult("restart_agent", "not_available", "the agent has no factory")
         return ActionResult("restart_agent", "success", f"new {guard.name} instance in place")
 
     async def _serve_cached(self, context: ResponseContext) -> ActionResult:
         guard = self._agent(context)
-        if guard is None:
-            return ActionResult("serve_cached", "skipped", "not an agent")
+        assert guard is not None
         ttl_s = context.ttl_s or self.isolate_ttl_s
         guard.fallback.serve_cached_for(ttl_s)
         return ActionResult(
@@ -338,16 +355,12 @@ class Responder:
         )
 
     async def _emergency_backup(self, context: ResponseContext) -> ActionResult:
-        if self.emergency_backup is None:
-            return ActionResult("emergency_backup", "not_available", "backups are not set up")
+        assert self.emergency_backup is not None  # _cannot_run said so otherwise
         taken, detail = await self.emergency_backup(context)
         return ActionResult("emergency_backup", "success" if taken else "skipped", detail)
 
     async def _minimal_mode(self, context: ResponseContext) -> ActionResult:
-        if self.minimal_mode is None:
-            return ActionResult(
-                "minimal_response_mode", "not_available", "chat has no minimal mode here"
-            )
+        assert self.minimal_mode is not None
         ttl_s = context.ttl_s or self.isolate_ttl_s
         self.minimal_mode.enter(ttl_s, context.reason, context.incident_id)
         return ActionResult(
@@ -357,20 +370,7 @@ class Responder:
         )
 
     async def _rollback(self, context: ResponseContext) -> ActionResult:
-        if not self.rollback_allowed:
-            return ActionResult(
-                "rollback",
-                "not_available",
-                "rollbacks are disabled (emergency_rollback_enabled=false)",
-            )
-        if not self.auto_rollback:
-            return ActionResult(
-                "rollback",
-                "approval_needed",
-                "automatic rollback is off; a person must approve a rollback",
-            )
-        if self.rollback is None:
-            return ActionResult("rollback", "not_available", "backups are not set up")
+        assert self.rollback is not None
         run = rollback_run()
         await self._audit_rollback(context, run, ROLLBACK_STARTED)
         try:

@@ -167,8 +167,12 @@ def test_an_alert_whose_action_already_ran_for_the_incident_says_so_on_its_timel
     """CriticalIncidentActive fires again for the same incident (Prometheus lost the series
     for a scrape, an ERS restart): the emergency backup ran minutes ago and is not run again,
     and the incident's timeline says so instead of showing the alert with nothing done."""
-    ers = serve(workdir, ERS_AUTO_RESPONSE_ENABLED="false")
+    # With backups (real restic): an action that is not set up holds nothing off.
+    workdir.mkdir(exist_ok=True)
+    (workdir / "restic-password").write_text("alert-delivery-password\n")
+    ers = serve(workdir, ERS_AUTO_RESPONSE_ENABLED="false", ERS_BACKUPS_ENABLED="true")
     try:
+        ers.wait_for_backups()
         http = httpx.Client(base_url=ers.url, timeout=10)
         fail_the_budget_agent_once(http)
         deadline = time.monotonic() + 20
@@ -179,6 +183,7 @@ def test_an_alert_whose_action_already_ran_for_the_incident_says_so_on_its_timel
         first = payload("firing", "CriticalIncidentActive", "1a2b", action="backup")
         post(ers, first)
         assert handled(workdir, "1a2b", "firing")["incident_id"] == incident["id"]
+        assert ledger_rows(workdir, "1a2b") == ["emergency_backup: success"]
         again = payload("firing", "CriticalIncidentActive", "1a2b", action="backup")
         again["alerts"][0]["startsAt"] = "2026-12-03T12:05:00.000Z"
         assert post(ers, again)["new"] == 1

@@ -90,6 +90,18 @@ async def test_critical_failure_without_backups_and_auto_rollback(team) -> None:
         ("rollback", "approval_needed"),
     ]
     assert responder.minimal_mode is not None and responder.minimal_mode.active
+    # What did not start says so and no more: no "started" on the timeline (which a restart
+    # would read as a cooldown), and nothing held off when it is asked again.
+    started = [e[4]["action"] for e in timeline.entries if e[1] == "action_started"]
+    assert started == ["minimal_response_mode"]
+    again = await responder.respond(
+        ResponseContext("INC_4", "CRITICAL_SYSTEM_FAILURE", "core", "uncaught")
+    )
+    assert [(r.action, r.result) for r in again] == [
+        ("emergency_backup", "not_available"),
+        ("minimal_response_mode", "skipped"),
+        ("rollback", "approval_needed"),
+    ]
 
 
 async def test_critical_failure_with_backups_and_auto_rollback(team) -> None:  # noqa: ANN001
