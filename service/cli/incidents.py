@@ -53,16 +53,17 @@ def _incident_list(out: Console, data: dict[str, Any]) -> None:
     for incident in shown:
         table.add_row(*_incident_row(incident))
     out.print(table)
+    total = f"{data['total']} incident{'' if data['total'] == 1 else 's'}"
     if len(shown) < data["total"]:
         first = data.get("offset", 0) + 1
         out.print(
-            f"{first}-{first + len(shown) - 1} of {data['total']} incidents, newest first "
+            f"{first}-{first + len(shown) - 1} of {total}, newest first "
             "(--limit, --offset for others)"
             if shown
-            else f"none of {data['total']} incidents from offset {first - 1}"
+            else f"none of {total} from offset {first - 1}"
         )
     else:
-        out.print(f"{data['total']} incidents")
+        out.print(total)
 
 
 def _incident(out: Console, data: dict[str, Any]) -> None:

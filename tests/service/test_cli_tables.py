@@ -132,3 +132,22 @@ def test_a_force_open_ttl_out_of_range_is_refused_in_the_flags_terms(
         main(["breakers", "force-open", "workout", "--reason", "bad deploy", "--ttl", ttl])
     assert exited.value.code == 2
     assert f"argument --ttl: {said}" in capsys.readouterr().err
+
+
+def test_an_incident_list_counts_one_incident_in_the_singular() -> None:
+    from service.cli.incidents import _incident_list
+
+    incident = {
+        "id": "INC_1",
+        "status": "open",
+        "classification": {"type": "network", "severity": "high"},
+        "component": "budget",
+        "count": 1,
+        "message": "boom",
+    }
+    out = Console(file=io.StringIO(), width=200, highlight=False)
+    _incident_list(out, {"incidents": [incident], "total": 1})
+    assert out.file.getvalue().splitlines()[-1] == "1 incident"  # type: ignore[attr-defined]
+    out = Console(file=io.StringIO(), width=200, highlight=False)
+    _incident_list(out, {"incidents": [], "total": 1, "offset": 5})
+    assert out.file.getvalue().splitlines()[-1] == "none of 1 incident from offset 5"  # type: ignore[attr-defined]
