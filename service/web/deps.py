@@ -85,3 +85,25 @@ Minimal = Annotated[MinimalMode, _part(lambda r: r.minimal_mode)]
 MaybeBackups = Annotated[BackupService | None, _part(lambda r: r.backups)]
 Backups = Annotated[BackupService, Depends(get_backups)]
 Rollbacks = Annotated[RollbacksModel, Depends(get_rollbacks)]
+
+
+def _one_value_each(request: Request) -> None:
+    """A query parameter of the route's given twice (``?status=open&status=resolved``): the
+    route takes one value of each, and which was meant cannot be told, so it is refused
+    (422). Parameters the route does not take are ignored, repeated or not."""
+    query = request.query_params
+    if len(query.multi_items()) == len(query):
+        return
+    route = request.scope["route"]  # the endpoint's own parameters (none come by a Depends)
+    taken = {field.alias for field in route.dependant.query_params}
+    repeated = sorted(key for key in query if key in taken and len(query.getlist(key)) > 1)
+    if repeated:
+        raise HTTPException(
+            422,
+            f"query parameter {', '.join(repeated)} is given more than once; give it once "
+            "(it takes one value)",
+        )
+
+
+# On routers whose routes take query parameters.
+OneValueEach = Depends(_one_value_each)

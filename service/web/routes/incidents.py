@@ -17,12 +17,24 @@ from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound, iso
 from service.incidents.service import IncidentService
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Audit, Incidents, Keeper, Minimal, Settings, State, Team, Traces
+from service.web.deps import (
+    Audit,
+    Incidents,
+    Keeper,
+    Minimal,
+    OneValueEach,
+    Settings,
+    State,
+    Team,
+    Traces,
+)
 from service.web.openapi import errors
 from service.web.routes.json_types import JsonText, Reason
 from telemetry.providers import otlp_endpoint_configured
 
-router = APIRouter(prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead])
+router = APIRouter(
+    prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead, OneValueEach]
+)
 
 IncidentId = Path(pattern=INCIDENT_ID, description="INC_<epoch ms>_<6 characters>")
 Status = Literal["open", "acknowledged", "mitigated", "resolved", "active"]

@@ -22,6 +22,7 @@ from service.web.deps import (
     MaybeBackups,
     MemoryCheck,
     Minimal,
+    OneValueEach,
     StartedAt,
     State,
     Stores,
@@ -31,7 +32,7 @@ from service.web.deps import (
 from service.web.routes.breakers import breaker_report
 
 log = logging.getLogger("ers")
-router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead])
+router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead, OneValueEach])
 NO_BACKUPS = {"available": 0, "lastBackup": None, "totalSize": None}
 
 
