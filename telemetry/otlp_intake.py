@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -155,6 +156,16 @@ def encode_response(content_type: str) -> tuple[bytes, str]:
     return response.SerializeToString(), PROTOBUF
 
 
+# The gRPC code an HTTP error stands for, in the Status an OTLP/HTTP error reply carries.
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 415: 3, 422: 3, 429: 8, 500: 13, 503: 14}
+
+
+def encode_error(status: int, message: str) -> bytes:
+    """An error reply to a protobuf request, as OTLP/HTTP has it: a ``google.rpc.Status``
+    whose message says what went wrong (a collector's exporter writes it to its log)."""
+    return Status(code=_GRPC_CODES.get(status, 2), message=message).SerializeToString()
+
+
 __all__ = [
     "JSON",
     "PROTOBUF",
@@ -163,5 +174,6 @@ __all__ = [
     "decode_request",
     "decode_traces",
     "decompress",
+    "encode_error",
     "encode_response",
 ]

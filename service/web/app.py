@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(faults.router)
     app.include_router(probes.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(intake.ProtobufErrors)  # outside the limit: its 413 too
     if settings.telemetry_enabled:  # outermost: a request refused for its size is traced too
         app.add_middleware(
             HttpTelemetry,

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from google.rpc.status_pb2 import Status as RpcStatus
 from starlette.types import ASGIApp
 
 from service.settings import Settings
@@ -61,11 +62,14 @@ def check_reply(case: Case, reply: httpx.Response) -> None:
     assert "Traceback" not in reply.text, f"{case.id}: the reply carries a stack trace"
     if reply.is_redirect:
         return
-    assert reply.headers.get("content-type", "").startswith("application/json"), (
-        f"{case.id}: a {reply.status_code} must be JSON: {excerpt(reply)}"
+    # OTLP/HTTP answers a protobuf request's error with a protobuf google.rpc.Status.
+    otlp = case.route == "/v1/traces" and case.content_type == "application/x-protobuf"
+    kind = "application/x-protobuf" if otlp and reply.status_code >= 400 else "application/json"
+    assert reply.headers.get("content-type", "").startswith(kind), (
+        f"{case.id}: a {reply.status_code} must be {kind}: {excerpt(reply)}"
     )
     if reply.status_code >= 400:
-        detail = reply.json().get("detail")
+        detail = RpcStatus.FromString(reply.content).message if otlp else reply.json()["detail"]
         assert isinstance(detail, str) and detail, f"{case.id}: no detail: {excerpt(reply)}"
         if case.detail is not None:
             assert case.detail in detail, f"{case.id}: {case.detail!r} not in {detail!r}"

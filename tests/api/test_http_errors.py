@@ -45,7 +45,7 @@ async def test_an_unreadable_body_is_named(
 @pytest.mark.parametrize(
     "method,url,body,status,error",
     [
-        ("POST", "/v1/traces", "not protobuf", 400, "bad request"),
+        ("POST", "/v1/traces", "not json", 400, "bad request"),
         (
             "POST",
             "/api/emergency/rollback",
@@ -64,7 +64,8 @@ async def test_every_refusal_has_the_shape_of_a_validation_error(
 ) -> None:
     """A client reads one shape for every 4xx: what kind of refusal, and what to do."""
     if isinstance(body, str):
-        headers = {"content-type": "application/x-protobuf"}
+        # A protobuf request's refusal is a google.rpc.Status, as OTLP/HTTP has it.
+        headers = {"content-type": "application/json"}
         reply = await client.request(method, url, content=body.encode(), headers=headers)
     else:
         reply = await client.request(method, url, json=body)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from google.rpc.status_pb2 import Status as RpcStatus
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -22,6 +23,7 @@ from opentelemetry.trace import Status, StatusCode
 from tests.conftest import start_ers
 
 TOKEN = "intake-test-7c1e"
+PROTOBUF = "application/x-protobuf"
 
 
 def test_error_spans_from_another_service_become_its_incidents(tmp_path: Path) -> None:
@@ -61,7 +63,12 @@ def test_error_spans_from_another_service_become_its_incidents(tmp_path: Path) -
                 content=b"\x00\xffnot protobuf",
                 headers={**auth, "content-type": "application/x-protobuf"},
             )
-            assert garbage.status_code == 400 and garbage.json()["detail"]
+            # An error reply to protobuf is a protobuf google.rpc.Status, as OTLP/HTTP has it
+            # (before: JSON, which a collector's exporter cannot read into its log).
+            assert garbage.status_code == 400
+            assert garbage.headers["content-type"] == "application/x-protobuf"
+            status = RpcStatus.FromString(garbage.content)
+            assert status.code == 3 and "protobuf" in status.message, status
             bad_json = http.post(
                 url,
                 content=b'{"resourceSpans": 7}',
@@ -74,12 +81,19 @@ def test_error_spans_from_another_service_become_its_incidents(tmp_path: Path) -
                 url, content=b"", headers={"content-type": "application/x-protobuf"}
             )
             assert missing.status_code == 401
+            status = RpcStatus.FromString(missing.content)
+            assert status.code == 16 and "Authorization: Bearer" in status.message, status
+            too_big = http.post(
+                url, content=b"\0" * 2_000_000, headers={**auth, "content-type": PROTOBUF}
+            )
+            assert too_big.status_code == 413
+            assert "at most" in RpcStatus.FromString(too_big.content).message
             wrong = http.post(
                 url,
                 content=b"",
                 headers={"Authorization": "Bearer nope", "content-type": "application/json"},
             )
-            assert wrong.status_code == 401
+            assert wrong.status_code == 401 and "token" in wrong.json()["detail"]  # JSON asked
     finally:
         assert ers.stop() == 0
 

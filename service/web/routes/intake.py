@@ -11,9 +11,11 @@ land after its 503, and its retry then counts those spans twice.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ErsError
 from service.web.auth import IntakeAuth
@@ -22,9 +24,11 @@ from service.web.openapi import errors
 from telemetry.exception_events import record_failure
 from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
 from telemetry.otlp_intake import (
+    PROTOBUF,
     MalformedOtlp,
     UnsupportedContentType,
     decode_traces,
+    encode_error,
     encode_response,
 )
 from telemetry.span_record import SpanRecord
@@ -121,3 +125,62 @@ def _unavailable(detail: str) -> HTTPException:
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE, f"{detail}; send them again", {"Retry-After": "2"}
     )
+
+
+class ProtobufErrors:
+    """An error reply to a protobuf OTLP request is a protobuf ``google.rpc.Status`` with the
+    reply's ``detail`` as its message, as OTLP/HTTP requires: a collector's exporter reads
+    it into its log, and could make nothing of the JSON the other routes answer. Every error
+    of the route: the token's 401, the size limit's 413, a 503."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/traces" or not _protobuf(scope):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def send_status(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start = message
+            elif start is None or message["type"] != "http.response.body":
+                await send(message)
+            else:
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = encode_error(start["status"], _detail(b"".join(chunks)))
+                headers = [
+                    (name, value)
+                    for name, value in start.get("headers", ())
+                    if name not in (b"content-type", b"content-length")
+                ]
+                headers += [
+                    (b"content-type", PROTOBUF.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_status)
+
+
+def _protobuf(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower() == PROTOBUF.encode()
+    return False
+
+
+def _detail(body: bytes) -> str:
+    """The ``detail`` of a JSON error reply (what to do), else the body as text."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")
+    text = body.decode(errors="replace")
+    return str(document.get("detail", text)) if isinstance(document, dict) else text
