@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from backup.pg_rollback import ROLLBACK_LOCK_CLASS
 from service.errors import StatementRefused, StorePaused, StoreUnavailable
 from service.stores.pg_pool import (
     CONNECT_TIMEOUT_S,
@@ -49,6 +50,27 @@ from service.stores.unit_of_work import (
 
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 10
+
+# How long the write probe waits for a lock on its table before it asks why: less than the
+# stores check waits for it (3 s), so that a rollback holding the schema's tables (another
+# replica's, for as long as its restore and safety snapshot take) is told as a pause.
+PROBE_LOCK_WAIT_MS = 2000
+# Whether a session (another replica's rollback, or an offline one) holds the rollback lock
+# of a schema: the two-key advisory lock `backup.pg_rollback` takes until its swap commits.
+_ROLLBACK_RUNNING_SQL = (
+    "SELECT pg_catalog.count(*) AS n FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+    "AND granted AND objsubid = 2 AND database = (SELECT oid FROM pg_catalog.pg_database "
+    "WHERE datname = pg_catalog.current_database()) AND classid = ?::bigint::oid "
+    "AND objid = (pg_catalog.hashtext(?)::bigint & 4294967295)::oid"
+)
+ROLLBACK_ELSEWHERE = (
+    "a rollback on another replica (or an `ers backup --offline` one) is replacing this "
+    "store; its writes wait until that rollback is done"
+)
+
+
+class _ProbeLockWait(Exception):
+    """The write probe waited ``PROBE_LOCK_WAIT_MS`` for a lock on its table."""
 
 
 class PostgresDatabase:
@@ -265,10 +287,27 @@ class PostgresStore:
 
     async def probe_writable(self) -> None:
         """Write, read back and delete a probe row in one transaction; raises
-        StoreUnavailable when it can't."""
+        StoreUnavailable when it can't, StorePaused while a rollback elsewhere holds it."""
         table = f"{self.schema}.write_probe"
+        try:
+            await self._probe(table)
+        except _ProbeLockWait:
+            row = await self.fetch_one(_ROLLBACK_RUNNING_SQL, (ROLLBACK_LOCK_CLASS, self.schema))
+            if row is not None and row["n"] > 0:
+                raise StorePaused(self.component, ROLLBACK_ELSEWHERE) from None
+            raise StoreUnavailable(
+                self.component,
+                f"its write probe waited {PROBE_LOCK_WAIT_MS / 1000:g} s for a lock that "
+                f"another session holds on {table}",
+            ) from None
+
+    async def _probe(self, table: str) -> None:
         async with self._cursor(transaction=True) as cursor:
-            await cursor.execute(f"INSERT INTO {table} (v) VALUES ('probe')")
+            await cursor.execute(f"SET LOCAL lock_timeout = {PROBE_LOCK_WAIT_MS}")
+            try:
+                await cursor.execute(f"INSERT INTO {table} (v) VALUES ('probe')")
+            except psycopg.errors.LockNotAvailable:
+                raise _ProbeLockWait from None
             await cursor.execute(f"SELECT count(*) AS n FROM {table}")
             row = await cursor.fetchone()
             if row is None or row["n"] < 1:

@@ -22,6 +22,8 @@ from backup import (
     pg_rollback,
 )
 from backup.errors import PgRestoreFailed
+from service.health.checks import Status
+from service.health.stores_check import StoresCheck
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
 
@@ -142,3 +144,26 @@ async def test_psql_commits_a_rollback_only_once_ers_confirmed_its_input(
     assert (tables == swapped) is confirmed, tables
     if not confirmed:
         assert tables, "the live schema is as it was"
+
+
+async def test_another_replicas_rollback_is_a_pause_in_the_stores_check_not_a_failure(
+    repository: RepositoryConfig, pg_url: str, schemas: dict[str, str]
+) -> None:
+    """A rollback holds off every other session's writes to its schema until its swap has
+    committed, as long as its restore and safety snapshot take. Another replica's write
+    probe used to wait for it past the check's 3 s, and the check called the store not
+    writable: a high incident shared by the fleet, for the operator's own rollback."""
+    manager = await open_manager(repository, pg_url, schemas, may_create=True)
+    rollback = manager.backend.rollback  # type: ignore[attr-defined]
+    replica = Stores.on_postgres(pg_url)  # the other replica's stores
+    await replica.open()
+    try:
+        async with rollback._other_writers_held("budgets", schemas["budgets"]):
+            result = await StoresCheck(replica.by_component()).run()
+        assert result.status is Status.DEGRADED, result
+        assert result.reason == "paused for a rollback: budgets"
+        assert result.error is None  # no incident
+        assert "another replica" in result.figures["budgets"]
+        assert (await StoresCheck(replica.by_component()).run()).status is Status.HEALTHY
+    finally:
+        await replica.close()
