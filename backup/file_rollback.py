@@ -109,12 +109,16 @@ class FileRollback:
 
         async def safety_snapshot() -> str:
             async with steps.step("safety-snapshot"):
-                safety = BackupRequest(names, BackupReason.PRE_ROLLBACK, full=True)
+                # Always a snapshot of its own, as on PostgreSQL: the last snapshot of an
+                # unchanged state is known from the list in memory, which may still hold one
+                # gone from the repository, and the replaced state would then be in none.
+                safety = BackupRequest(
+                    names, BackupReason.PRE_ROLLBACK, full=True, skip_unchanged=False
+                )
                 backup = await self.snapshotter.take(safety)
-                safety_id = backup.snapshot_id or backup.reused_snapshot_id
-                if safety_id is None:
+                if backup.snapshot_id is None:
                     raise BackupError("no snapshot holds the current state")
-                return safety_id
+                return backup.snapshot_id
 
         async def restore_and_verify(target: Path) -> list[Path]:
             async with steps.step("restore"):

@@ -243,3 +243,26 @@ async def test_drill_newest_before_and_shutdown_backup(
     assert manager.newest_snapshot_before(later, ["budgets"]) is not None
     assert manager.newest_snapshot_before(full.started_at - timedelta(seconds=1)) is None
     assert set(manager.status().last_success) == set(state_files)
+
+
+async def test_the_safety_snapshot_is_one_the_repository_holds(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    """The state a rollback replaces was said to be in the last snapshot of it when it had
+    not changed since, though that snapshot could be gone from the repository (forgotten by
+    hand, or by a process whose change the list had not read yet): the undo then named a
+    snapshot that did not exist, and the replaced state was in none."""
+    first = await manager.create(["budgets"], "manual")
+    write_budgets(state_files["budgets"], {"food": 1.0})
+    second = await manager.create(["budgets"], "manual")
+    assert first.snapshot_id and second.snapshot_id
+    await manager.restic.forget([second.snapshot_id])  # behind the list's back
+    writers = Writers()
+    result = await manager.rollback(
+        first.snapshot_id, ["budgets"], "x", writers.pause, writers.reopen
+    )
+    await manager.refresh()
+    assert manager.index.contains(result.safety_snapshot_id), result.safety_snapshot_id
+    assert manager.index.get(result.safety_snapshot_id).reason == "pre-rollback"
+    undo = await manager.test_rollback(result.safety_snapshot_id, ["budgets"])
+    assert undo.components[0].tables[0].changed == 1  # food at 1.0, as before the rollback
