@@ -31,6 +31,7 @@ from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
     ResticCommandFailed,
+    RollbackFailed,
     SnapshotNotFound,
     UnknownComponent,
     validate_reason,
@@ -367,10 +368,19 @@ class BackupManager:
                 result = await self.backend.apply(
                     RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
                 )
-            except BackupError:
+            except BackupError as exc:
                 self.events.publish(
                     RollbackFinished(snapshot.id, tuple(names), time.monotonic() - started)
                 )
+                if isinstance(exc, RollbackFailed) and isinstance(exc.cause, SnapshotNotFound):
+                    # Forgotten behind the list's back (restic run by hand): the list is read
+                    # afresh, so this and every retry get the "not found" a fresh list gives.
+                    await self.refresh()
+                    raise SnapshotNotFound(
+                        f"snapshot {snapshot.short_id} is gone from the repository (forgotten "
+                        "since the list was read); the live data was left unchanged: pick one "
+                        "of `ers backup list --refresh`"
+                    ) from None
                 raise
         self.events.publish(
             RollbackFinished(snapshot.id, tuple(names), result.duration_seconds, result=result)

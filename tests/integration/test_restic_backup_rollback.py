@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from backup import BackupManager, RollbackFailed, RollbackRefused
+from backup.errors import SnapshotNotFound
 from backup.events import BackupSkipped, BackupSucceeded, RollbackFinished
 from backup.locks import parse_restic_time
 from tests.integration.conftest import rows, write_budgets, write_conversations
@@ -266,3 +267,24 @@ async def test_the_safety_snapshot_is_one_the_repository_holds(
     assert manager.index.get(result.safety_snapshot_id).reason == "pre-rollback"
     undo = await manager.test_rollback(result.safety_snapshot_id, ["budgets"])
     assert undo.components[0].tables[0].changed == 1  # food at 1.0, as before the rollback
+
+
+async def test_a_rollback_to_a_snapshot_gone_from_the_repository_is_not_found(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    """The list in memory may still hold a snapshot forgotten behind its back (restic run by
+    hand): the rollback failed at its restore with a 503 (exit 5), and so did every retry,
+    where a test rollback of it, which reads the list afresh, said it does not exist (404)."""
+    kept = await manager.create(["budgets"], "manual")
+    write_budgets(state_files["budgets"], {"food": 1.0})
+    gone = await manager.create(["budgets"], "manual")
+    assert kept.snapshot_id and gone.snapshot_id
+    await manager.restic.forget([gone.snapshot_id])  # behind the list's back
+    writers = Writers()
+    for said in ("is gone from the repository", "no ERS snapshot"):  # and its retry
+        with pytest.raises(SnapshotNotFound, match=said):
+            await manager.rollback(
+                gone.snapshot_id, ["budgets"], "x", writers.pause, writers.reopen
+            )
+    assert writers.paused == 1  # the retry pauses nothing: the list knows
+    assert rows(state_files["budgets"], "budgets") == [("food", 1.0), ("gym", 60.0)]
