@@ -188,7 +188,7 @@ def _where(args: argparse.Namespace) -> list[str]:
     """The options an undo needs to reach the same service as the rollback did."""
     where = [] if args.url == DEFAULT_URL else ["--url", args.url]
     if getattr(args, "token_file", None) is not None:
-        where += ["--token-file", str(args.token_file)]
+        where += ["--token-file", str(args.token_file.absolute())]  # from any directory
     return where
 
 

@@ -5,6 +5,7 @@ whose copy fails its check; and flags refused in their own terms before any requ
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -151,3 +152,21 @@ def test_an_incident_list_counts_one_incident_in_the_singular() -> None:
     out = Console(file=io.StringIO(), width=200, highlight=False)
     _incident_list(out, {"incidents": [], "total": 1, "offset": 5})
     assert out.file.getvalue().splitlines()[-1] == "none of 1 incident from offset 5"  # type: ignore[attr-defined]
+
+
+def test_the_undo_names_the_token_file_by_its_absolute_path(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    # Before: as written, so a relative path worked only from the directory it was run in.
+    import argparse
+
+    from service.cli.backup import _where
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(url="http://127.0.0.1:8100", token_file=Path("admin.token"))
+    assert _where(args) == [
+        "--url",
+        "http://127.0.0.1:8100",
+        "--token-file",
+        str(tmp_path / "admin.token"),
+    ]
