@@ -201,6 +201,9 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
                 result = await _offline_action(args, manager, progress)
         await asyncio.sleep(0)  # an interrupt that came meanwhile is delivered here
     except asyncio.CancelledError:
+        if result is None and args.action == "rollback":  # one under way says so itself
+            said = "the rollback was interrupted before it began: nothing was changed"
+            raise CliError(said, INTERRUPTED) from None
         if result is None:
             raise
         # Interrupted once the work was done (a rollback that committed): it is told as done.
