@@ -57,6 +57,11 @@ _STAMPS_EXIST = "SELECT to_regclass('ers_fleet.stamps') IS NOT NULL"
 _STAMP = """INSERT INTO ers_fleet.stamps (key, value) VALUES (%s, '{}')
 ON CONFLICT (key) DO UPDATE SET updated_at = now()"""
 _UNSTAMP = "DELETE FROM ers_fleet.stamps WHERE key = %s"
+# The stamps of replicas gone without removing theirs (killed), older than this, are cleared
+# by a replica's start: else one more row at every kill, for good.
+GONE_AFTER_S = 86_400.0
+_FORGET_GONE = """DELETE FROM ers_fleet.stamps WHERE key LIKE 'presence:%%'
+    AND updated_at < now() - make_interval(secs => %s)"""
 # Seen within the window, counted from when the server last began to take connections if
 # that is later: no replica could stamp while it was down or recovering, however long that
 # was. The launchers start then (after crash recovery, at a standby's promotion); the
@@ -126,6 +131,8 @@ class ReplicaPresence:
         try:
             if await _try_lock(conn, "pg_try_advisory_lock_shared"):
                 self._conn = conn
+                if await _stamps(conn):
+                    await conn.execute(_FORGET_GONE, (GONE_AFTER_S,))
                 return None
             holders = await _holders(conn)
         except BaseException:

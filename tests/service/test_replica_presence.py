@@ -147,3 +147,29 @@ async def test_a_replica_counts_from_the_servers_return_however_long_it_was_down
                 pytest.fail("an offline change ran beside a replica taking its lock again")
     finally:
         await presence.stop()
+
+
+async def test_the_stamps_of_killed_replicas_are_cleared_not_kept_for_good(pg_url: str) -> None:
+    """Before: a replica killed left its stamp for good, one row more at every kill."""
+    apply_migrations(pg_url, {FLEET: FLEET_MIGRATIONS})
+
+    def killed(name: str, ago_s: float) -> None:
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(
+                "INSERT INTO ers_fleet.stamps (key, value, updated_at) VALUES "
+                "(%s, '{}', now() - make_interval(secs => %s))",
+                (f"presence:{name}", ago_s),
+            )
+
+    killed("ers serve pid 1 on old", 2 * 86_400)
+    killed("ers serve pid 2 on recent", 3600)
+    replica = ReplicaPresence(pg_url)
+    await replica.start()  # a day on, a stamp is cleared by a replica's start
+    try:
+        with psycopg.connect(pg_url) as conn:
+            keys = {row[0] for row in conn.execute("SELECT key FROM ers_fleet.stamps")}
+        assert "presence:ers serve pid 1 on old" not in keys
+        assert "presence:ers serve pid 2 on recent" in keys
+    finally:
+        await replica.stop()
+    assert stamps(pg_url) == 1  # its own removed at its stop; the recent one kept
