@@ -50,7 +50,9 @@ class OfflineSite:
         )
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        """In a session of its own, so that a Ctrl-C can reach it and its programs alone."""
+        """In a session of its own, so that a Ctrl-C can reach it and its programs alone, and
+        with Ctrl-C heeded as in a terminal: a test run started in the background (`&` in a
+        script) ignores SIGINT, which its children inherit, and the command never saw it."""
         return subprocess.Popen(
             [*ERS, *args],
             env=self.environment(),
@@ -59,6 +61,7 @@ class OfflineSite:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def environment(self, **env: str) -> dict[str, str]:
