@@ -201,6 +201,14 @@ class AlertHandler:
         if action is None:
             return "recorded; the alert names no action"
         if action not in ACTIONS:
+            # Alertmanager had its 200: only ERS's log tells the rule's author.
+            log.warning(
+                "alert %s names an unknown action '%s' (ERS knows %s): recorded, nothing "
+                "done; fix the rule's action label",
+                alert.labels.get("alertname", "?"),
+                action,
+                ", ".join(ACTIONS),
+            )
             await asyncio.to_thread(
                 self._note, incident_id, f"unknown action '{action}': recorded, nothing done"
             )

@@ -4,6 +4,7 @@ unknown actions, bad tokens and malformed bodies."""
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -167,8 +168,9 @@ async def test_resolved_alert_never_starts_an_action(hook: httpx.AsyncClient, ap
 
 
 async def test_unknown_action_is_recorded_and_answered_200(
-    hook: httpx.AsyncClient, app: FastAPI
+    hook: httpx.AsyncClient, app: FastAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="ers.alerts")
     payload = copy.deepcopy(FIRING)
     payload["alerts"][0]["labels"]["action"] = "reboot-the-moon"
     payload["alerts"][0]["fingerprint"] = "aaaa1111bbbb2222"
@@ -180,6 +182,9 @@ async def test_unknown_action_is_recorded_and_answered_200(
     notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
     assert any("unknown action 'reboot-the-moon'" in n for n in notes)
     assert app.state.runtime.team.get("workout").breaker.state.value == "closed"
+    # Alertmanager logs nothing of a 200: ERS's log names the rule to fix.
+    (said,) = [r.getMessage() for r in caplog.records if "unknown action" in r.getMessage()]
+    assert "'reboot-the-moon' (ERS knows isolate, backup, rollback, cleanup)" in said
 
 
 async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
