@@ -48,6 +48,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 # A forced open starts a new round of trials, so it clears the lease, and so does a trial
 # that closed the breaker; a release keeps the lease its own replica may have taken already.
+# A renewal keeps forced_since; a forcing after an expired one (whose row stays forced: an
+# expiry is not written) is a new opening.
 UPSERT = """INSERT INTO ers_fleet.overrides AS o
     (agent, forced, source, reason, until, replica, trial_passed, incident, disabled,
      forced_since)
@@ -59,7 +61,8 @@ ON CONFLICT (agent) DO UPDATE SET forced = EXCLUDED.forced, source = EXCLUDED.so
     trial_passed = EXCLUDED.trial_passed, incident = EXCLUDED.incident,
     disabled = EXCLUDED.disabled,
     forced_since = CASE WHEN NOT EXCLUDED.forced THEN NULL
-        WHEN o.forced THEN coalesce(o.forced_since, o.updated_at) ELSE now() END,
+        WHEN o.forced AND (o.until IS NULL OR o.until > now())
+        THEN coalesce(o.forced_since, o.updated_at) ELSE now() END,
     lease_holder = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed
         THEN NULL ELSE o.lease_holder END,
     lease_until = CASE WHEN EXCLUDED.forced OR EXCLUDED.trial_passed

@@ -210,6 +210,24 @@ async def test_a_replica_starting_later_applies_the_overrides_in_force(
     assert abs((opened[0] - opened[1]).total_seconds()) < 2.0, opened
 
 
+async def test_a_force_after_an_expired_one_is_a_new_opening_everywhere(
+    start_replica: StartReplica,
+) -> None:
+    (a, _), (b, _) = await start_replica("a"), await start_replica("b")
+    a["workout"].force_open("first alert", "alertmanager", ttl_s=1.0)
+    await eventually(lambda: b["workout"].state is FORCED, 0.8, "the force on b")
+    await asyncio.sleep(3.5)  # expired: its row stays forced (an expiry is not written)
+    for breaker in (a["workout"], b["workout"]):
+        with pytest.raises(CallNotPermitted):
+            breaker.acquire()
+        assert breaker.state is HALF_OPEN
+    a["workout"].force_open("second alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the second force on b")
+    # Opened now on both: b said the expired forcing's opening, 3.5 s before.
+    opened = [datetime.fromisoformat(r["workout"].snapshot()["openedAt"]) for r in (a, b)]
+    assert abs((opened[0] - opened[1]).total_seconds()) < 2.0, opened
+
+
 async def test_a_lost_listen_connection_is_reopened_and_the_app_keeps_working(
     start_replica: StartReplica, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
