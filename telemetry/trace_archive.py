@@ -192,16 +192,24 @@ class TraceArchive:
             return None
         return [SpanRecord.from_dict(item) for item in json.loads(spans)]
 
-    def close(self, *, fill: Sequence[tuple[int, bytes]] = ()) -> None:
-        """Write what is queued and held, then the traces ``fill`` into the room the table
-        has left (``write_many(fill_only=True)``), and stop."""
+    def close(
+        self,
+        *,
+        named: Sequence[tuple[int, bytes]] = (),
+        fill: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
+        """Write what is queued and held, then the traces ``named`` (as any write: the
+        oldest held go if need be), then ``fill`` into the room the table has left
+        (``write_many(fill_only=True)``), and stop."""
         self._queue.put(_STOP)
         self._writer.join(timeout=30)
-        if fill:
+        for traces, fill_only in ((named, False), (fill, True)):
+            if not traces:
+                continue
             try:
-                self.write_many(fill, fill_only=True)
+                self.write_many(traces, fill_only=fill_only)
             except Exception:  # the file is full or gone: what was written stays
-                log.exception("could not write %d kept traces on closing", len(fill))
+                log.exception("could not write %d kept traces on closing", len(traces))
         self.table.close()
 
     def _drain(self) -> None:

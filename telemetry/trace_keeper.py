@@ -91,6 +91,8 @@ class TraceKeeper(SpanProcessor):
         self._wanted: set[int] = set()
         # Written to the archive: a late span of one writes it again.
         self._archived: OrderedDict[int, None] = OrderedDict()
+        # Named, but the writer was behind and could not take them: written at the stop.
+        self._behind: OrderedDict[int, None] = OrderedDict()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
@@ -183,7 +185,11 @@ class TraceKeeper(SpanProcessor):
         # Under the lock.
         assert self.archive is not None
         if not self.archive.offer(trace_id, packed):
-            return  # the writer is behind: written on shutdown, if still kept then
+            self._behind[trace_id] = None  # the writer is behind: written at the stop
+            if len(self._behind) > self.archive.max_traces:
+                self._behind.popitem(last=False)
+            return
+        self._behind.pop(trace_id, None)
         self._archived[trace_id] = None
         if len(self._archived) > self.archive.max_traces:
             self._archived.popitem(last=False)
@@ -306,7 +312,10 @@ class TraceKeeper(SpanProcessor):
                 if trace_id not in self._archived
             ]
         if self.archive is not None:
-            self.archive.close(fill=unwritten[-self.archive.max_traces :])
+            named = [trace for trace in unwritten if trace[0] in self._behind]
+            rest = [trace for trace in unwritten if trace[0] not in self._behind]
+            bound = self.archive.max_traces
+            self.archive.close(named=named[-bound:], fill=rest[-bound:])
 
 
 def span_tree(records: list[SpanRecord]) -> list[dict[str, Any]]:

@@ -123,6 +123,30 @@ def test_a_stop_writes_the_unnamed_traces_only_into_the_room_left(archives) -> N
     assert held() == {*range(1, 7), storm[0], *storm[-3:]}
 
 
+def test_a_named_trace_the_writer_was_too_busy_for_is_written_at_the_stop(archives) -> None:  # noqa: ANN001
+    # The writer's queue was full when the incident named its trace: the stop writes it as
+    # any named trace, pushing out the oldest of a full table, not only into the room left.
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from telemetry.trace_keeper import TraceKeeper
+    from tests.telemetry.test_trace_keeper import run_trace
+
+    new, held = archives
+    replica_a = new(5)
+    for trace_id in range(1, 6):  # full
+        replica_a.write(trace_id, packed(trace_id))
+    archive = new(5)
+    keeper = TraceKeeper(archive=archive)
+    provider = TracerProvider()
+    provider.add_span_processor(keeper)
+    named = run_trace(provider, fail=True)
+    keeper.name("incident-b", [named])
+    archive.offer = lambda trace_id, packed: False  # type: ignore[method-assign]  # queue full
+    assert keeper.archive_named() == 1
+    provider.shutdown()
+    assert int(named, 16) in held()
+
+
 def test_replicas_share_one_bound_and_read_what_the_other_wrote(migrated: str) -> None:
     replicas = [TraceArchive(PgTraceTable(migrated), max_traces=20) for _ in range(2)]
     try:
