@@ -162,13 +162,12 @@ class Responder:
         self._last_run[key] = now
         if len(self._last_run) > 10_000:
             self._forget_old(now)
-        why_not = await self._why_not(action, context)
-        if why_not is not None:
-            return await self._skip(action, context, why_not)
         result = self._cannot_run(action)
         if result is None:
+            if (why_not := await self._why_not(action, context)) is not None:
+                return await self._skip(action, context, why_not)
             result = await self._run(action, context)
-        else:  # nothing starts, nor holds off the next call: said as it is
+        else:  # nothing starts, nor holds off the next call (or replica): said as it is
             self._last_run.pop(key, None)
         if result.result == "failed":  # not done: the next call for it tries again
             self._last_run.pop(key, None)
@@ -239,7 +238,7 @@ class Responder:
                 self.claims, self.replica, context.incident_id, name, self.cooldown_s
             )
             if holder is not None:
-                # Taken, not necessarily run: it may have found approval needed, or failed.
+                # Taken, not necessarily done: it may have failed (then given back).
                 return (
                     f"replica {holder} took {action} for this incident (its entry says how it went)"
                 )

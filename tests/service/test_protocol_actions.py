@@ -275,6 +275,15 @@ async def test_a_fleet_wide_action_another_replica_holds_is_skipped(rig: Rig) ->
     assert first.result == "success" and taken == ["INC_9"]
     assert second.result == "skipped"
     assert "replica a took emergency_backup for this incident" in second.detail
+    # A rollback awaiting approval starts nothing, so it claims nothing either: another
+    # replica says so too, where before it said replica a took it.
+    for responder in replicas:
+        refused = await responder.run_action("rollback", context)
+        assert refused.result == "approval_needed", refused
+    assert ("INC_9", "rollback-0") not in claims.holder and (
+        "INC_9",
+        "rollback",
+    ) not in claims.holder
 
 
 async def test_a_fleet_wide_action_runs_here_when_its_claim_cannot_be_made(rig: Rig) -> None:
