@@ -295,13 +295,22 @@ class AlertHandler:
         firing = await asyncio.to_thread(
             self.ledger.entry, alert.fingerprint, alert.startsAt.isoformat(), "firing"
         )
-        released, breaker_state = self._release(alert, incident, isolated_nothing(firing))
+        own = incident.fingerprint == alert_fingerprint(alert, alert.target or "ers")
+        if isolated_nothing(firing):
+            # A forced open of alertmanager is another alert's, which may still fire: left
+            # to it, with no trial watched and nothing mitigated for this one.
+            left = "its firing isolated nothing; the breaker is left as it is"
+            await asyncio.to_thread(self._note, incident.id, f"{note}: {left}")
+            if not own:
+                return f"{left}; the incident is left to what opened it"
+            resolved = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
+            return f"{left}; {resolved}"
+        released, breaker_state = self._release(alert, incident)
         if breaker_state in ("half_open", "closed"):
             released, breaker_state = await self._probe(alert, released, incident, breaker_state)
         await asyncio.to_thread(self._note, incident.id, released)
         # No breaker (the target is no agent here): no trial will ever come to resolve the
         # alert's own incident, which would stay mitigated, and active, until quiet.
-        own = incident.fingerprint == alert_fingerprint(alert, alert.target or "ers")
         if breaker_state is None and not own:
             # Nothing was isolated for it: the incident is not this alert's to mitigate.
             return f"{released}; the incident is left to what opened it"
@@ -311,13 +320,9 @@ class AlertHandler:
             outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)
         return f"{released}; {outcome}"
 
-    def _release(
-        self, alert: Alert, incident: Incident | None, isolated_nothing: bool = False
-    ) -> tuple[str, str | None]:
+    def _release(self, alert: Alert, incident: Incident | None) -> tuple[str, str | None]:
         """Lift the forced open this alert made; watch the trial that follows. Returns what
-        was done and the breaker's state after it (None when the target is no agent). A
-        firing that isolated nothing (skipped, failed) leaves a forced open of alertmanager
-        to the alert that made it, which may still fire."""
+        was done and the breaker's state after it (None when the target is no agent)."""
         agent = alert.target or "ers"
         try:
             guard = self.responder.team.get(agent)
@@ -327,11 +332,6 @@ class AlertHandler:
         forced = breaker.snapshot().get("forced")
         if not forced or forced.get("source") != "alertmanager":
             message = "the breaker is not held by alertmanager; left as it is"
-        elif isolated_nothing:
-            message = (
-                f"the breaker is held for another alert ({forced.get('reason')}); this one's"
-                " firing isolated nothing, so it is left as it is"
-            )
         else:
             message = breaker.release(source="alertmanager")
         state = breaker.state.value

@@ -87,10 +87,15 @@ async def test_a_resolution_whose_firing_isolated_nothing_leaves_another_alerts_
 
     other_resolved = copy.deepcopy(other)
     other_resolved["status"] = other_resolved["alerts"][0]["status"] = "resolved"
+    status_before = runtime.incidents.get(incident.id).status
     await settle_after(hook, app, other_resolved)
     assert breaker.state.value == "forced_open"
     assert breaker.snapshot()["forced"]["source"] == "alertmanager"
-    assert runtime.incidents.get(incident.id).status != "resolved"
+    # Nothing done for it, nothing recovered by it: the incident is neither resolved nor
+    # marked mitigated by this alert.
+    assert runtime.incidents.get(incident.id).status == status_before
+    entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "resolved")
+    assert entry is not None and "isolated nothing" in entry["outcome"], entry
 
     # The alert that isolated the agent resolves: its own resolution recovers as before.
     await settle_after(hook, app, resolved_payload())
