@@ -375,7 +375,10 @@ class BackupManager:
                 if isinstance(exc, RollbackFailed) and isinstance(exc.cause, SnapshotNotFound):
                     # Forgotten behind the list's back (restic run by hand): the list is read
                     # afresh, so this and every retry get the "not found" a fresh list gives.
-                    await self.refresh()
+                    try:
+                        await self.refresh()
+                    except BackupError as unread:  # the answer stays: the snapshot is gone
+                        log.warning("the snapshot list could not be read again: %s", unread)
                     raise SnapshotNotFound(
                         f"snapshot {snapshot.short_id} is gone from the repository (forgotten "
                         "since the list was read); the live data was left unchanged: pick one "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backup import BackupManager, RollbackFailed, RollbackRefused
-from backup.errors import SnapshotNotFound
+from backup.errors import ResticCommandFailed, SnapshotNotFound
 from backup.events import BackupSkipped, BackupSucceeded, RollbackFinished
 from backup.locks import parse_restic_time
 from tests.integration.conftest import rows, write_budgets, write_conversations
@@ -281,6 +281,17 @@ async def test_a_rollback_to_a_snapshot_gone_from_the_repository_is_not_found(
     assert kept.snapshot_id and gone.snapshot_id
     await manager.restic.forget([gone.snapshot_id])  # behind the list's back
     writers = Writers()
+
+    async def unreadable() -> None:
+        raise ResticCommandFailed("repository is already locked")
+
+    with pytest.MonkeyPatch.context() as patch:  # the list cannot be read again: still 404
+        patch.setattr(manager, "refresh", unreadable)
+        with pytest.raises(SnapshotNotFound, match="is gone from the repository"):
+            await manager.rollback(
+                gone.snapshot_id, ["budgets"], "x", writers.pause, writers.reopen
+            )
+    writers.paused = 0
     for said in ("is gone from the repository", "no ERS snapshot"):  # and its retry
         with pytest.raises(SnapshotNotFound, match=said):
             await manager.rollback(
