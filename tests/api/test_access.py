@@ -177,6 +177,10 @@ async def test_development_with_a_token_set_asks_for_it(tmp_path: Path, settings
         reset = "/api/emergency/circuit-breaker/budget/reset"
         assert (await call(http, "POST", reset)).status_code == 401
         assert (await call(http, "POST", reset, ADMIN)).status_code == 200
+        # The token is asked for before anything else is said of the request.
+        repeated = "/api/emergency/simulate-error?component=budget&component=nutrition"
+        assert (await http.delete(repeated)).status_code == 401
+        assert (await http.delete(repeated, headers=ADMIN)).status_code == 422
 
 
 async def test_development_with_a_blank_token_keeps_changes_to_loopback(
