@@ -96,11 +96,15 @@ class FlakyTable(SqliteTraceTable):
         self.down = True
         self.attempts = threading.Semaphore(0)
 
-    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int) -> None:
-        self.attempts.release()
-        if self.down:
-            raise ArchiveUnavailable("no connection within 0.5 s: the server is unreachable")
-        super().put(rows, max_traces, trim_to)
+    def put(
+        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+    ) -> None:
+        try:
+            if self.down:
+                raise ArchiveUnavailable("no connection within 0.5 s: the server is unreachable")
+            super().put(rows, max_traces, trim_to, fill_only=fill_only)
+        finally:  # once the attempt is over: a reader then sees what it wrote
+            self.attempts.release()
 
 
 def test_traces_offered_while_the_table_is_unreachable_are_written_once_it_is_back(
