@@ -52,8 +52,9 @@ _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Identifiers mixing letters and digits (req_8f3a91, user-42x7, INC_1700_ab12cd).
     (re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"), "<id>"),
     (re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{8,}\b"), "<id>"),
-    # A unit may follow (30s, 1200ms), a letter may not lead (utf8, http2, sha256).
-    (re.compile(r"[-+]?\b\d+(?:\.\d+)?"), "<num>"),
+    # A unit may follow (30s, 1200ms), a letter may not lead (utf8, http2, sha256); a class
+    # of HTTP statuses (4xx, 5xx) is kept, so client and server errors stay apart.
+    (re.compile(r"[-+]?\b\d+(?:\.\d+)?(?!\d|[xX]{2}\b)"), "<num>"),
     (re.compile(r"\s+"), " "),
 )
 

@@ -37,6 +37,9 @@ from tests.telemetry.conftest import error_record
         ("read timed out after 1.5s", "read timed out after <num>s"),
         ("query took 1200ms", "query took <num>ms"),
         ("sha256 check of the v2 api failed", "sha256 check of the v2 api failed"),
+        ("upstream answered 4xx", "upstream answered 4xx"),
+        ("upstream answered 45xx after 1.25s", "upstream answered 45xx after <num>s"),
+        ("upstream answered 5xx 3 times", "upstream answered 5xx <num> times"),
     ],
 )
 def test_variable_parts_of_messages_are_normalised_away(message: str, normalised: str) -> None:
