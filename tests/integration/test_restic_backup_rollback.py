@@ -16,6 +16,7 @@ from backup import BackupManager, RollbackFailed, RollbackRefused
 from backup.errors import ResticCommandFailed, SnapshotNotFound
 from backup.events import BackupSkipped, BackupSucceeded, RollbackFinished
 from backup.locks import parse_restic_time
+from backup.models import BackupResult
 from tests.integration.conftest import rows, write_budgets, write_conversations
 
 pytestmark = pytest.mark.integration
@@ -246,6 +247,19 @@ async def test_drill_newest_before_and_shutdown_backup(
     assert set(manager.status().last_success) == set(state_files)
 
 
+async def two_snapshots_the_second_forgotten(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> tuple[BackupResult, BackupResult]:
+    """Two snapshots of budgets, food changed to 1.0 between them, the second forgotten
+    behind the list's back (restic run by hand)."""
+    first = await manager.create(["budgets"], "manual")
+    write_budgets(state_files["budgets"], {"food": 1.0})
+    second = await manager.create(["budgets"], "manual")
+    assert first.snapshot_id and second.snapshot_id
+    await manager.restic.forget([second.snapshot_id])
+    return first, second
+
+
 async def test_the_safety_snapshot_is_one_the_repository_holds(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:
@@ -253,11 +267,7 @@ async def test_the_safety_snapshot_is_one_the_repository_holds(
     not changed since, though that snapshot could be gone from the repository (forgotten by
     hand, or by a process whose change the list had not read yet): the undo then named a
     snapshot that did not exist, and the replaced state was in none."""
-    first = await manager.create(["budgets"], "manual")
-    write_budgets(state_files["budgets"], {"food": 1.0})
-    second = await manager.create(["budgets"], "manual")
-    assert first.snapshot_id and second.snapshot_id
-    await manager.restic.forget([second.snapshot_id])  # behind the list's back
+    first, second = await two_snapshots_the_second_forgotten(manager, state_files)
     writers = Writers()
     result = await manager.rollback(
         first.snapshot_id, ["budgets"], "x", writers.pause, writers.reopen
@@ -275,11 +285,7 @@ async def test_a_rollback_to_a_snapshot_gone_from_the_repository_is_not_found(
     """The list in memory may still hold a snapshot forgotten behind its back (restic run by
     hand): the rollback failed at its restore with a 503 (exit 5), and so did every retry,
     where a test rollback of it, which reads the list afresh, said it does not exist (404)."""
-    kept = await manager.create(["budgets"], "manual")
-    write_budgets(state_files["budgets"], {"food": 1.0})
-    gone = await manager.create(["budgets"], "manual")
-    assert kept.snapshot_id and gone.snapshot_id
-    await manager.restic.forget([gone.snapshot_id])  # behind the list's back
+    _, gone = await two_snapshots_the_second_forgotten(manager, state_files)
     writers = Writers()
 
     async def unreadable() -> None:
