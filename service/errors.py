@@ -61,6 +61,11 @@ class StatementRefused(StoreUnavailable):
     rolled it back: unlike a lost connection, it is known that nothing of it committed."""
 
 
+class CommitUnknown(StoreUnavailable):
+    """The connection to PostgreSQL was lost while a transaction's COMMIT was on its way:
+    the server may have committed it. Only a look at the rows it wrote can tell."""
+
+
 class DependencyError(ErsError):
     """Something an agent depends on failed; recoverable, counts against the breaker."""
 

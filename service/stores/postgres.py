@@ -24,7 +24,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from backup.pg_rollback import ROLLBACK_LOCK_CLASS
-from service.errors import StatementRefused, StorePaused, StoreUnavailable
+from service.errors import CommitUnknown, StatementRefused, StorePaused, StoreUnavailable
 from service.stores.pg_pool import (
     CONNECT_TIMEOUT_S,
     IDLE_CHECK_S,
@@ -231,6 +231,8 @@ class PostgresStore:
         if pool is None or self._paused_reason is not None:
             raise self._unusable()
         wait_s = self.database.connection_wait_s()
+        # Set once the block's statements ran: leaving the transaction sends its COMMIT.
+        committing = False
         try:
             async with pool.connection(timeout=wait_s) as conn:
                 self.database.unreachable = False
@@ -241,13 +243,19 @@ class PostgresStore:
                             return
                         async with conn.transaction():
                             yield cursor
+                            committing = True
                 finally:
                     self.database.note_used(conn)
         except PoolTimeout as exc:
             self.database.unreachable = True
             raise StoreUnavailable(self.component, self.database.reason(exc, wait_s)) from None
         except psycopg.Error as exc:
-            error = StatementRefused if refused_statement(exc) else StoreUnavailable
+            if refused_statement(exc):
+                error: type[StoreUnavailable] = StatementRefused
+            else:
+                # A connection lost before the COMMIT took the transaction with it; one lost
+                # during the COMMIT leaves open whether the server committed.
+                error = CommitUnknown if committing else StoreUnavailable
             raise error(self.component, self.database.reason(exc)) from None
 
     async def commit_unit(self, unit: Unit, policy: KeyPolicy | None = None) -> Applied:

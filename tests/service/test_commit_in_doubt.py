@@ -1,0 +1,115 @@
+"""A PostgreSQL commit whose answer is lost: the server committed, the connection went before
+it said so. The unit of work looks for the unit's rows before it answers, so a chat whose
+expense is stored is not answered 503 (which asks for a retry that records it again).
+
+The lost answer is made as PostgreSQL makes it with a synchronous standby that never
+confirms: the commit is written locally and waits; ending that session drops the connection
+with the transaction committed. On a private cluster, as the setting is the server's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from service.errors import StoreUnavailable
+from service.stores import Stores
+from service.stores.base import ChatTurn
+from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
+from service.stores.writes import AddExpense, SetBudgetLimit
+from tests.pg import PostgresServer
+from tests.store_writes import opened
+
+
+def _standby_that_never_answers(url: str, on: bool) -> None:
+    # The test cluster runs with synchronous_commit off: on, for the commit to wait.
+    settings = {"synchronous_standby_names": "'nobody'", "synchronous_commit": "on"}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, value in settings.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = {value if on else 'DEFAULT'}")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+async def _commit_losing_its_answer(stores: Stores, url: str, unit: Unit) -> object:
+    """Commit ``unit`` while commits wait for the standby; end the waiting session once the
+    commit is written, then let commits through again. Returns what the commit returned,
+    or the exception it raised."""
+    _standby_that_never_answers(url, True)
+    try:
+        pending = asyncio.ensure_future(stores.units.commit(unit))
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _ in range(200):
+                ended = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE wait_event = 'SyncRep' AND pid <> pg_backend_pid()"
+                ).fetchone()
+                if ended and ended[0]:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the commit never waited for the standby")
+    finally:
+        _standby_that_never_answers(url, False)
+    try:
+        return await pending
+    except Exception as exc:  # noqa: BLE001 - the outcome under test
+        return exc
+
+
+def _expenses(url: str, user: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ers_budgets.expenses WHERE user_id = %s", (user,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _turn(user: str) -> ChatTurn:
+    return ChatTurn(user, "spent $5 on food", "Recorded $5.00 for food.", "budget", True, False)
+
+
+@pytest.fixture
+async def private(own_server: PostgresServer) -> tuple[Stores, str]:
+    url = own_server.create_database()
+    async with opened(Stores.on_postgres(url)) as stores:
+        yield stores, url
+
+
+async def test_a_stored_expense_whose_commit_answer_was_lost_is_answered_as_stored(
+    private: tuple[Stores, str],
+) -> None:
+    stores, url = private
+    unit = Unit((AddExpense("u1", "food", 500, "spent $5 on food"),), _turn("u1"), "t-lost")
+
+    outcome = await _commit_losing_its_answer(stores, url, unit)
+
+    assert _expenses(url, "u1") == 1
+    # Stored: a 503 here would ask the client to send it again, and record it twice.
+    assert not isinstance(outcome, Exception), outcome
+
+
+async def test_a_keyed_unit_whose_commit_answer_was_lost_is_answered_with_its_reply(
+    private: tuple[Stores, str],
+) -> None:
+    stores, url = private
+    key = KeyToRemember("POST /chat", "k-lost", "f", 200, lambda applied: {"ok": True})
+    unit = Unit((AddExpense("u2", "food", 500, "spent $5 on food"),), _turn("u2"), "t-k", key=key)
+
+    outcome = await _commit_losing_its_answer(stores, url, unit)
+
+    assert _expenses(url, "u2") == 1
+    # The remembered reply answers it, as for a request that committed first.
+    assert isinstance(outcome, KeyTaken), outcome
+    remembered = await stores.units.remembered("POST /chat", "k-lost")
+    assert remembered is not None and remembered.body == {"ok": True}
+
+
+async def test_a_unit_with_nothing_to_find_stays_a_503(private: tuple[Stores, str]) -> None:
+    # A budget limit sets a value: its retry sets it again; the 503 stands.
+    stores, url = private
+    unit = Unit((SetBudgetLimit("u3", "food", 40_000),), _turn("u3"))
+
+    outcome = await _commit_losing_its_answer(stores, url, unit)
+
+    assert isinstance(outcome, StoreUnavailable), outcome
