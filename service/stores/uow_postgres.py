@@ -48,8 +48,11 @@ class PgUnitOfWork:
         try:
             return await self._stores[components[-1]].commit_unit(unit, self.policy)
         except CommitUnknown as lost:
-            if not await self._stored(unit, lost):
-                raise
+            stored = await self._stored(unit, lost)
+            if stored is None:
+                raise  # the reply says that whether it is stored is not known
+            if not stored:
+                raise StoreUnavailable(lost.component, lost.reason) from None
         if unit.key is not None:
             # Its reply is remembered with it: the caller answers with that, as for a
             # request with the same key that committed first.
@@ -57,10 +60,11 @@ class PgUnitOfWork:
         # Stored: a 503 would ask for a retry that records the expense again.
         return Applied()
 
-    async def _stored(self, unit: Unit, lost: CommitUnknown) -> bool:
+    async def _stored(self, unit: Unit, lost: CommitUnknown) -> bool | None:
         """Whether the unit whose COMMIT lost its answer is stored, by the rows only it
         writes: its idempotency key, or its expense's turn key. False when it has neither
-        (a budget limit or profile facts: a retry sets them again) or they cannot be read."""
+        (a budget limit or profile facts: a retry sets them again); None when they cannot
+        be read."""
         if unit.key is not None:
             sql = "SELECT 1 FROM ers_conversations.idempotency_keys WHERE scope = ? AND key = ?"
             params: tuple[str, ...] = (unit.key.scope, unit.key.key)
@@ -74,12 +78,13 @@ class PgUnitOfWork:
         except StoreUnavailable as exc:
             log.error(
                 "a unit's commit lost its answer (%s) and whether it is stored cannot be read"
-                " (%s): the reply is a 503; if budgets.expenses holds turn key %s, it is",
+                " (%s): the reply is a 503 that says so; if budgets.expenses holds turn key"
+                " %s, it is",
                 lost.reason,
                 exc.reason,
                 unit.turn_key,
             )
-            return False
+            return None
         log.warning(
             "a unit's commit lost its answer (%s); it is %s",
             lost.reason,

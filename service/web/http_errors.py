@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.chat.admission import ChatOverloaded
-from service.errors import NO_ROUTE, StorePaused, StoreUnavailable, UnknownAgent
+from service.errors import NO_ROUTE, CommitUnknown, StorePaused, StoreUnavailable, UnknownAgent
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.routes.json_types import json_kind
 from telemetry.exception_events import record_failure
@@ -173,6 +173,14 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
         record_failure(span, exc)
     verb = "are" if exc.several else "is"
     detail = f"{exc.stores} cannot be used right now; try again shortly"
+    if isinstance(exc, CommitUnknown):
+        # Its expense may be stored: "try again" would ask for it twice.
+        detail = (
+            "the connection to the database was lost as this request's writes were being "
+            "committed, and whether they were stored cannot be read yet: sent again with "
+            "the same Idempotency-Key it gets the first reply if they were; without a key, "
+            "read the budget report before sending it again"
+        )
     return JSONResponse(
         {
             "error": "state store unavailable",

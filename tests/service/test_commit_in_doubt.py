@@ -9,15 +9,19 @@ with the transaction committed. On a private cluster, as the setting is the serv
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import psycopg
 import pytest
+from starlette.requests import Request
 
-from service.errors import StoreUnavailable
+from service.errors import CommitUnknown, StoreUnavailable
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit
+from service.web.http_errors import store_unavailable
 from tests.pg import PostgresServer
 from tests.store_writes import opened
 
@@ -106,10 +110,32 @@ async def test_a_keyed_unit_whose_commit_answer_was_lost_is_answered_with_its_re
 
 
 async def test_a_unit_with_nothing_to_find_stays_a_503(private: tuple[Stores, str]) -> None:
-    # A budget limit sets a value: its retry sets it again; the 503 stands.
+    # A budget limit sets a value: its retry sets it again; the 503 asking for one stands.
     stores, url = private
     unit = Unit((SetBudgetLimit("u3", "food", 40_000),), _turn("u3"))
 
     outcome = await _commit_losing_its_answer(stores, url, unit)
 
     assert isinstance(outcome, StoreUnavailable), outcome
+    assert not isinstance(outcome, CommitUnknown)
+
+
+async def test_an_expense_that_cannot_be_looked_for_gets_a_503_saying_so(
+    private: tuple[Stores, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores, url = private
+
+    async def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("conversations", "the server is gone again")
+
+    monkeypatch.setattr(stores.conversations.db, "fetch_one", unreadable)
+    unit = Unit((AddExpense("u4", "food", 500, "spent $5 on food"),), _turn("u4"), "t-u")
+
+    outcome = await _commit_losing_its_answer(stores, url, unit)
+
+    assert _expenses(url, "u4") == 1
+    assert isinstance(outcome, CommitUnknown), outcome
+    reply = await store_unavailable(Request({"type": "http"}), outcome)
+    detail = json.loads(bytes(reply.body))["detail"]
+    assert reply.status_code == 503
+    assert "try again" not in detail and "whether they were stored cannot be read" in detail
