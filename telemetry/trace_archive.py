@@ -57,6 +57,19 @@ class ArchiveUnavailable(Exception):
 Row = tuple[str, float, str]
 
 
+def below(rows: Sequence[Row], oldest: float | None) -> list[Row]:
+    """``rows`` in their order, kept_at just under ``oldest`` (the oldest row the table
+    holds): the traces a stop writes into the room left are the first the next trim deletes,
+    before any trace an incident named, however long ago that one was written."""
+    if oldest is None:
+        return list(rows)
+    count = len(rows)
+    return [
+        (trace_id, oldest - (count - index) * 1e-6, spans)
+        for index, (trace_id, _, spans) in enumerate(rows)
+    ]
+
+
 class TraceTable(Protocol):
     """Where the archive keeps its traces. Both methods are called off the event loop, from
     any thread; they raise ``ArchiveUnavailable`` when the table cannot be reached."""
@@ -69,7 +82,8 @@ class TraceTable(Protocol):
         """Insert or replace ``rows`` in one transaction; when the table then holds more than
         ``max_traces``, keep its newest ``trim_to`` by kept_at. ``fill_only``: insert only
         the last of ``rows`` that fit under ``max_traces`` beside what the table holds, and
-        none that is there already, so that they push nothing out."""
+        none that is there already, older than every row it holds (``below``), so that they
+        push nothing out, now or at a later trim."""
 
     def spans(self, trace_id_hex: str) -> str | None:
         """The spans (JSON) kept for the trace, or None."""
@@ -100,11 +114,13 @@ class SqliteTraceTable:
             self._db.execute("BEGIN")
             try:
                 if fill_only:
-                    held = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
+                    held, oldest = self._db.execute(
+                        "SELECT count(*), min(kept_at) FROM traces"
+                    ).fetchone()
                     room = max(0, max_traces - held)
                     self._db.executemany(
                         "INSERT OR IGNORE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
-                        rows[len(rows) - room :] if room else (),
+                        below(rows[len(rows) - room :], oldest) if room else (),
                     )
                     self._rows_at_most = held + room
                     self._db.execute("COMMIT")

@@ -23,7 +23,7 @@ from service.settings import Settings
 from service.stores.pg_pool import PgPool
 from service.stores.postgres import PostgresDatabase
 from service.stores.postgres_migrations import Migration
-from telemetry.trace_archive import ArchiveUnavailable, Row, TraceArchive
+from telemetry.trace_archive import ArchiveUnavailable, Row, TraceArchive, below
 
 COMPONENT = "kept_traces"
 SCHEMA = "ers_kept_traces"
@@ -82,13 +82,14 @@ class PgTraceTable:
         with self._pool.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
             if fill_only:
-                held = int(db.execute("SELECT count(*) AS n FROM traces").fetchone()["n"])
-                room = max(0, max_traces - held)
+                held = db.execute("SELECT count(*) AS n, min(kept_at) AS oldest FROM traces")
+                row = held.fetchone()
+                room = max(0, max_traces - int(row["n"]))
                 if room:
                     db.executemany(
                         "INSERT INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?) "
                         "ON CONFLICT (trace_id) DO NOTHING",
-                        rows[len(rows) - room :],
+                        below(rows[len(rows) - room :], row["oldest"]),
                     )
                 return
             db.executemany(

@@ -123,6 +123,28 @@ def test_a_stop_writes_the_unnamed_traces_only_into_the_room_left(archives) -> N
     assert held() == {*range(1, 7), storm[0], *storm[-3:]}
 
 
+def test_the_traces_a_stop_wrote_into_the_room_left_are_the_first_a_later_trim_deletes(
+    archives,  # noqa: ANN001
+) -> None:
+    # An incident named traces 1-5; a replica's clean stop then filled the table with
+    # traces no incident names; the next named write trims the table. The trim must take
+    # the stop's traces, not the incident's (before, the stop's were the newest by kept_at,
+    # and the incident's oldest traces went: its trace links answered 404).
+    new, held = archives
+    archive = new(10)
+    for trace_id in range(1, 6):
+        archive.write(trace_id, packed(trace_id))
+    archive.write_many(
+        [(trace_id, packed(trace_id)) for trace_id in range(101, 106)], fill_only=True
+    )
+    assert held() == {*range(1, 6), *range(101, 106)}
+    archive.write(6, packed(6))
+    now = held()
+    assert set(range(1, 7)) <= now, f"named traces pushed out: {sorted(set(range(1, 7)) - now)}"
+    assert len(now) == 9  # nine tenths of the bound: the two oldest of the stop's went
+    assert now - set(range(1, 7)) == {103, 104, 105}
+
+
 def test_a_named_trace_the_writer_was_too_busy_for_is_written_at_the_stop(archives) -> None:  # noqa: ANN001
     # The writer's queue was full when the incident named its trace: the stop writes it as
     # any named trace, pushing out the oldest of a full table, not only into the room left.
