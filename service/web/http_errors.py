@@ -142,6 +142,13 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+def _trace_of_reply() -> dict[str, str]:
+    """The request's trace id, for a reply whose failure is recorded on its trace (kept, so
+    `ers trace` shows it), as a chat's 200 carries it; none when the request is untraced."""
+    context = trace.get_current_span().get_span_context()
+    return {"traceId": format(context.trace_id, "032x")} if context.is_valid else {}
+
+
 async def incident_store_unavailable(
     request: Request, exc: IncidentStoreUnavailable
 ) -> JSONResponse:
@@ -156,6 +163,7 @@ async def incident_store_unavailable(
             "error": "state store unavailable",
             "detail": "the incidents store cannot be used right now; try again shortly",
             "component": "incidents",
+            **_trace_of_reply(),
         },
         status_code=503,
         headers={"Retry-After": "5"},
@@ -188,6 +196,7 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
             # A component's name, as a script reads it; every one of a turn's in components.
             "component": exc.components[0],
             "components": exc.components,
+            **({} if paused else _trace_of_reply()),
         },
         status_code=503,
         headers={"Retry-After": "1" if paused else "5"},
@@ -228,6 +237,7 @@ class ErrorBody(BaseModel):
     error: str | None = None
     problems: list[str] | None = None
     component: str | None = None
+    traceId: str | None = None  # a failure recorded on the request's trace: `ers trace` it
 
 
 async def client_gone(request: Request, exc: ClientDisconnect) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,16 @@ def test_a_turn_whose_commit_hits_a_full_disk_stores_nothing_and_a_keyed_retry_s
                 "the budgets and conversations stores cannot be used right now; try again shortly"
             )
             assert full.headers["Retry-After"]
+        # The failure's trace is kept, and the reply names it as a 200 does (before: no
+        # traceId in a 503, so nothing led from the failed chat to its trace).
+        failed_trace = full.json()["traceId"]
+        deadline = time.monotonic() + 10
+        while (
+            kept := httpx.get(f"{ers.url}/api/emergency/traces/{failed_trace}")
+        ).status_code != 200:
+            assert time.monotonic() < deadline, kept.text
+            time.sleep(0.1)
+        assert kept.json()["errorSpans"] >= 1, kept.json()
         budgets = data / "budgets.sqlite3"
         assert count(budgets, "expenses") == 0
         assert count(on_volume, "turns") == 0
