@@ -224,6 +224,8 @@ class TraceArchive:
                 continue
             try:
                 self.write_many(traces, fill_only=fill_only)
+            except ArchiveUnavailable as exc:  # an outage, told in its words: no trace
+                log.error("could not write %d kept traces on closing: %s", len(traces), exc)
             except Exception:  # the file is full or gone: what was written stays
                 log.exception("could not write %d kept traces on closing", len(traces))
         self.table.close()

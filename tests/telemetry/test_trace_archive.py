@@ -137,6 +137,15 @@ def test_traces_still_unwritten_when_the_archive_closes_are_named_in_the_log(
     assert "3 kept traces were not written in the flaky table before stopping" in caplog.text
 
 
+def test_a_stop_during_an_outage_says_what_it_could_not_write_without_a_traceback(
+    tmp_path: Path, caplog
+) -> None:  # noqa: ANN001
+    archive = TraceArchive(FlakyTable(tmp_path / "kept-traces.sqlite3"), max_traces=20)
+    archive.close(fill=[(7, pack([error_record(trace_id=format(7, "032x"))]))])
+    assert "could not write 1 kept traces on closing: no connection within 0.5 s" in caplog.text
+    assert "Traceback" not in caplog.text  # an outage, not a bug
+
+
 def test_a_packed_trace_unpacks_to_the_records_of_its_spans() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
