@@ -159,7 +159,9 @@ def test_error_spans_the_store_cannot_write_get_a_503_and_none_is_recorded(
             refused = http.post("/v1/traces", content=body, headers=headers)
             assert refused.status_code == 503, refused.text
             assert refused.headers["retry-after"] == "2"
-            assert "could not write the 5 error spans" in refused.json()["detail"]
+            # The reason, as a google.rpc.Status (the request was protobuf), 14 UNAVAILABLE.
+            status = RpcStatus.FromString(refused.content)
+            assert status.code == 14 and "could not write the 5 error spans" in status.message
             assert incident_count(http, "refused-svc") == 0
 
             database.execute("DROP TRIGGER refuse")
