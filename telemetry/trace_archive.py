@@ -57,16 +57,19 @@ class ArchiveUnavailable(Exception):
 Row = tuple[str, float, str]
 
 
-def below(rows: Sequence[Row], oldest: float | None) -> list[Row]:
-    """``rows`` in their order, kept_at just under ``oldest`` (the oldest row the table
+def into_room(rows: Sequence[Row], max_traces: int, held: int, oldest: float | None) -> list[Row]:
+    """The last of ``rows`` that fit beside the ``held`` rows of a table bound to
+    ``max_traces``, in their order, kept_at just under ``oldest`` (the oldest row the table
     holds): the traces a stop writes into the room left are the first the next trim deletes,
     before any trace an incident named, however long ago that one was written."""
+    room = max(0, max_traces - held)
+    fitting = list(rows[len(rows) - room :]) if room else []
     if oldest is None:
-        return list(rows)
-    count = len(rows)
+        return fitting
+    count = len(fitting)
     return [
         (trace_id, oldest - (count - index) * 1e-6, spans)
-        for index, (trace_id, _, spans) in enumerate(rows)
+        for index, (trace_id, _, spans) in enumerate(fitting)
     ]
 
 
@@ -82,7 +85,7 @@ class TraceTable(Protocol):
         """Insert or replace ``rows`` in one transaction; when the table then holds more than
         ``max_traces``, keep its newest ``trim_to`` by kept_at. ``fill_only``: insert only
         the last of ``rows`` that fit under ``max_traces`` beside what the table holds, and
-        none that is there already, older than every row it holds (``below``), so that they
+        none that is there already, older than every row it holds (``into_room``), so that they
         push nothing out, now or at a later trim."""
 
     def spans(self, trace_id_hex: str) -> str | None:
@@ -117,12 +120,12 @@ class SqliteTraceTable:
                     held, oldest = self._db.execute(
                         "SELECT count(*), min(kept_at) FROM traces"
                     ).fetchone()
-                    room = max(0, max_traces - held)
+                    fitting = into_room(rows, max_traces, held, oldest)
                     self._db.executemany(
                         "INSERT OR IGNORE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
-                        below(rows[len(rows) - room :], oldest) if room else (),
+                        fitting,
                     )
-                    self._rows_at_most = held + room
+                    self._rows_at_most = held + len(fitting)
                     self._db.execute("COMMIT")
                     return
                 self._db.executemany(

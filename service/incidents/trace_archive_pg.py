@@ -23,7 +23,7 @@ from service.settings import Settings
 from service.stores.pg_pool import PgPool
 from service.stores.postgres import PostgresDatabase
 from service.stores.postgres_migrations import Migration
-from telemetry.trace_archive import ArchiveUnavailable, Row, TraceArchive, below
+from telemetry.trace_archive import ArchiveUnavailable, Row, TraceArchive, into_room
 
 COMPONENT = "kept_traces"
 SCHEMA = "ers_kept_traces"
@@ -84,12 +84,12 @@ class PgTraceTable:
             if fill_only:
                 held = db.execute("SELECT count(*) AS n, min(kept_at) AS oldest FROM traces")
                 row = held.fetchone()
-                room = max(0, max_traces - int(row["n"]))
-                if room:
+                fitting = into_room(rows, max_traces, int(row["n"]), row["oldest"])
+                if fitting:
                     db.executemany(
                         "INSERT INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?) "
                         "ON CONFLICT (trace_id) DO NOTHING",
-                        below(rows[len(rows) - room :], row["oldest"]),
+                        fitting,
                     )
                 return
             db.executemany(
