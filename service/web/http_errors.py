@@ -142,10 +142,10 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-def _trace_of_reply() -> dict[str, str]:
+def _trace_of(span: trace.Span) -> dict[str, str]:
     """The request's trace id, for a reply whose failure is recorded on its trace (kept, so
     `ers trace` shows it), as a chat's 200 carries it; none when the request is untraced."""
-    context = trace.get_current_span().get_span_context()
+    context = span.get_span_context()
     return {"traceId": format(context.trace_id, "032x")} if context.is_valid else {}
 
 
@@ -163,7 +163,7 @@ async def incident_store_unavailable(
             "error": "state store unavailable",
             "detail": "the incidents store cannot be used right now; try again shortly",
             "component": "incidents",
-            **_trace_of_reply(),
+            **_trace_of(span),
         },
         status_code=503,
         headers={"Retry-After": "5"},
@@ -196,7 +196,7 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
             # A component's name, as a script reads it; every one of a turn's in components.
             "component": exc.components[0],
             "components": exc.components,
-            **({} if paused else _trace_of_reply()),
+            **({} if paused else _trace_of(span)),
         },
         status_code=503,
         headers={"Retry-After": "1" if paused else "5"},

@@ -178,9 +178,9 @@ def _protobuf(scope: Scope) -> bool:
 
 def _detail(body: bytes) -> str:
     """The ``detail`` of a JSON error reply (what to do), else the body as text."""
+    text = body.decode(errors="replace")
     try:
         document = json.loads(body)
     except ValueError:
-        return body.decode(errors="replace")
-    text = body.decode(errors="replace")
+        return text
     return str(document.get("detail", text)) if isinstance(document, dict) else text
