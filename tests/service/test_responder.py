@@ -81,10 +81,12 @@ async def test_actions_run_once_per_incident_within_the_cooldown(team) -> None: 
 
 async def test_critical_failure_without_backups_and_auto_rollback(team) -> None:  # noqa: ANN001
     responder, timeline, _ = make(team)
-    results = await responder.respond(
-        ResponseContext("INC_4", "CRITICAL_SYSTEM_FAILURE", "core", "uncaught")
-    )
-    assert [(r.action, r.result) for r in results] == [
+    context = ResponseContext("INC_4", "CRITICAL_SYSTEM_FAILURE", "core", "uncaught")
+
+    async def results() -> list[tuple[str, str]]:
+        return [(r.action, r.result) for r in await responder.respond(context)]
+
+    assert await results() == [
         ("emergency_backup", "not_available"),
         ("minimal_response_mode", "success"),
         ("rollback", "approval_needed"),
@@ -94,10 +96,7 @@ async def test_critical_failure_without_backups_and_auto_rollback(team) -> None:
     # would read as a cooldown), and nothing held off when it is asked again.
     started = [e[4]["action"] for e in timeline.entries if e[1] == "action_started"]
     assert started == ["minimal_response_mode"]
-    again = await responder.respond(
-        ResponseContext("INC_4", "CRITICAL_SYSTEM_FAILURE", "core", "uncaught")
-    )
-    assert [(r.action, r.result) for r in again] == [
+    assert await results() == [
         ("emergency_backup", "not_available"),
         ("minimal_response_mode", "skipped"),
         ("rollback", "approval_needed"),
