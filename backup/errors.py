@@ -9,6 +9,7 @@ stderr itself.
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass
 
 EXIT_REPOSITORY_MISSING = 10
@@ -144,6 +145,14 @@ class ResticCommandFailed(ResticError):
     label = "command_failed"
 
 
+class ResticInterrupted(ResticError):
+    """restic was stopped by SIGINT or SIGTERM before it finished: a terminal's Ctrl-C, or a
+    service manager stopping ERS (systemd signals every process of the unit), not a fault
+    of the repository or of what it was given."""
+
+    label = "interrupted"
+
+
 @dataclass(frozen=True)
 class LockHolder:
     """Who holds a repository lock, as far as restic told us."""
@@ -252,6 +261,8 @@ def classify_failure(
 ) -> ResticError:
     """Turn a failed restic call into the matching named exception."""
     lowered = stderr.lower()
+    if (stopped := _stopped_by_signal(exit_code, lowered)) is not None:
+        return stopped
     if exit_code == EXIT_REPOSITORY_MISSING or (
         "is there a repository at the following location" in lowered
         or "repository does not exist" in lowered
@@ -279,6 +290,26 @@ def classify_failure(
             "restic does not know that snapshot: refresh the list and pick an existing id"
         )
     return ResticCommandFailed(f"restic exited with code {exit_code}: {stderr_tail(stderr)}")
+
+
+def _stopped_by_signal(exit_code: int, lowered: str) -> ResticError | None:
+    """restic 0.14 ends with 130 after its own SIGINT handler has run; a signal it does not
+    catch (SIGTERM, SIGKILL) ends it, which the exit code tells as minus the signal."""
+    if exit_code == 130 or "signal interrupt received" in lowered:
+        name = "SIGINT"
+    elif exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+    else:
+        return None
+    if name in ("SIGINT", "SIGTERM"):
+        return ResticInterrupted(f"restic was stopped by {name} before it finished")
+    return ResticCommandFailed(
+        f"restic was killed by {name} before it finished"
+        + (" (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else "")
+    )
 
 
 # restic retries a refused write for about 45 s, then ends with a Go stack trace; the first

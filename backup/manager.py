@@ -31,6 +31,7 @@ from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
     ResticCommandFailed,
+    ResticInterrupted,
     RollbackFailed,
     SnapshotNotFound,
     UnknownComponent,
@@ -285,6 +286,8 @@ class BackupManager:
             try:
                 async with self._turn():
                     preview = await self.backend.preview(snapshot, names)
+            except ResticInterrupted:
+                raise  # stopped, not a verdict on the snapshot
             except BackupError as exc:
                 files += [FileVerification(name, str(exc)[:200], None, 0) for name in names]
                 continue

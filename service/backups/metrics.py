@@ -27,6 +27,7 @@ FAILURE_REASONS = (
     "wrong_password",
     "disk_full",
     "timeout",
+    "interrupted",
     "locked",
     "unavailable",
 )

@@ -1,0 +1,87 @@
+"""A restic stopped by a signal says so: SIGINT (a terminal's Ctrl-C) and SIGTERM (a service
+manager stopping ERS and every process of its unit) are an interruption, not a failure of the
+repository, so a restore drill stopped that way is no failed drill; SIGKILL is a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from backup.errors import ResticCommandFailed, ResticInterrupted
+from backup.restic import Restic
+from service.backups.jobs import drill
+
+pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
+
+
+async def restic_child(limit_s: float = 30.0) -> psutil.Process:
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = [p for p in psutil.Process().children(recursive=True) if p.name() == "restic"]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, "restic did not start"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("sig", "expected", "words"),
+    [
+        (signal.SIGINT, ResticInterrupted, "restic was stopped by SIGINT before it finished"),
+        (signal.SIGTERM, ResticInterrupted, "restic was stopped by SIGTERM before it finished"),
+        (signal.SIGKILL, ResticCommandFailed, "restic was killed by SIGKILL before it finished"),
+    ],
+)
+async def test_a_restic_stopped_by_a_signal_is_named_by_it(
+    tmp_path: Path, sig: signal.Signals, expected: type, words: str
+) -> None:
+    password = tmp_path / "password"
+    password.write_text("pw\n")
+    restic = Restic(str(tmp_path / "repo"), password, cache_dir=tmp_path / "cache")
+    await restic.init()
+    reading, writing = os.pipe()  # restic waits for its input until the signal
+    try:
+        backup = asyncio.ensure_future(restic.backup_stdin(reading, "state.db", tags=["t"]))
+        child = await restic_child()
+        await asyncio.sleep(0.5)  # restic has installed its SIGINT handler
+        child.send_signal(sig)
+        with pytest.raises(expected) as raised:
+            await backup
+    finally:
+        os.close(reading)
+        os.close(writing)
+    assert type(raised.value) is expected
+    assert str(raised.value).startswith(words), str(raised.value)
+
+
+async def test_a_drill_stopped_by_a_signal_is_no_verdict_and_stays_due(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def stopped() -> Any:
+        raise ResticInterrupted("restic was stopped by SIGTERM before it finished")
+
+    backups = SimpleNamespace(
+        last_drill_at=None,
+        last_drill_ok=None,
+        last_drill_problem=None,
+        require=lambda: SimpleNamespace(verify_latest=stopped),
+    )
+    with caplog.at_level(logging.INFO, logger="ers.backups"):
+        assert await drill(backups) is False  # type: ignore[arg-type]
+    assert (backups.last_drill_at, backups.last_drill_ok, backups.last_drill_problem) == (
+        None,
+        None,
+        None,
+    )
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "restore drill did not finish: restic was stopped by SIGTERM" in caplog.text
