@@ -11,6 +11,7 @@ import ipaddress
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.routing import APIRoute
 
 from service.settings import Environment, Settings
 
@@ -81,6 +82,26 @@ async def require_admin_read(request: Request) -> str:
     if settings.env is Environment.PRODUCTION:
         return check_token(request, settings, "admin")
     return "reader"
+
+
+TOKEN_CHECKS = (require_admin, require_alert, require_intake, require_admin_read)
+
+
+async def refused_before_the_body(request: Request) -> HTTPException | None:
+    """The 401/403 the route's token check gives this request, None when it passes or the
+    route takes no token. FastAPI decodes a JSON body before it runs the dependencies, so
+    a body it cannot decode was answered 422 to a caller without the token."""
+    route = request.scope.get("route")
+    pending = [route.dependant] if isinstance(route, APIRoute) else []
+    while pending:
+        dependant = pending.pop()
+        pending += dependant.dependencies
+        if dependant.call in TOKEN_CHECKS:
+            try:
+                await dependant.call(request)
+            except HTTPException as refused:
+                return refused
+    return None
 
 
 AdminRead = Depends(require_admin_read)

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from service.chat.admission import ChatOverloaded
 from service.errors import NO_ROUTE, CommitUnknown, StorePaused, StoreUnavailable, UnknownAgent
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
+from service.web.auth import refused_before_the_body
 from service.web.routes.json_types import json_kind
 from telemetry.exception_events import record_failure
 from telemetry.incident_processor import NOT_AN_INCIDENT
@@ -90,7 +91,10 @@ def invalid_request(problems: list[str]) -> JSONResponse:
     )
 
 
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    undecoded = any(e.get("type") == "json_invalid" for e in exc.errors())
+    if undecoded and (refused := await refused_before_the_body(request)) is not None:
+        return await http_error(request, refused)
     return invalid_request([describe(e) for e in exc.errors()[:10]])
 
 
@@ -118,6 +122,8 @@ def unreadable_body(exc: StarletteHTTPException) -> str | None:
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     problem = unreadable_body(exc)
     if problem is not None:
+        if (refused := await refused_before_the_body(request)) is not None:
+            return await http_error(request, refused)
         return invalid_request([problem])
     if exc.status_code == 422 and isinstance(exc.detail, str):
         # A route's own check: the shape of the body's validation errors, for one reader.

@@ -130,6 +130,35 @@ async def test_production_answers_each_operation_as_the_readme_and_the_document_
         assert checked >= 25, checked
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"reason": ', b'{"reason": "\xff"}', b"[" * 5000], ids=["cut", "utf8", "deep"]
+)
+async def test_a_body_that_cannot_be_read_is_refused_for_its_token_first(
+    tmp_path: Path, body: bytes
+) -> None:
+    """FastAPI decodes a JSON body before the token check runs: a caller without the token
+    was told what was wrong with its body (422) instead of 401."""
+    async with serving(in_production(tmp_path)) as http:
+        document = (await http.get("/openapi.json")).json()
+        checked = 0
+        for method, path, operation in operations(document):
+            rule = rule_of(method, path)
+            if rule is None or "requestBody" not in operation or path == "/v1/traces":
+                continue
+            headers = {"Content-Type": "application/json"}
+            sent = {"url": url_of(path), "content": body, "headers": headers}
+            refused = await http.request(method, **sent)
+            assert refused.status_code == 401, f"{method} {path}: {refused.text}"
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            wrong = {**headers, "Authorization": "Bearer not-it"}
+            assert (await http.request(method, **{**sent, "headers": wrong})).status_code == 401
+            right = {**headers, "Authorization": f"Bearer {TOKENS[rule]}"}
+            told = await http.request(method, **{**sent, "headers": right})
+            assert told.status_code == 422, f"{method} {path}: {told.text}"
+            checked += 1
+        assert checked >= 5, checked
+
+
 async def test_production_reads_need_the_admin_token(tmp_path: Path) -> None:
     async with serving(in_production(tmp_path)) as http:
         for path in ("/api/emergency/status", "/api/emergency/circuit-breakers"):
