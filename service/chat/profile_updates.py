@@ -26,8 +26,8 @@ class ProfileReply:
     replayed: bool = False
 
     @classmethod
-    def replay(cls, remembered: RememberedReply) -> ProfileReply:
-        return cls(remembered.body, remembered.status, True)
+    def replay(cls, remembered: RememberedReply, replayed: bool = True) -> ProfileReply:
+        return cls(remembered.body, remembered.status, replayed)
 
 
 def _body(applied: Applied) -> dict[str, Any]:
@@ -54,10 +54,10 @@ async def update_profile(
     )
     try:
         applied = await units.commit(unit)
-    except KeyTaken:
+    except KeyTaken as taken:
         remembered = await units.remembered(SCOPE, key or "")
         if remembered is None:
             raise
         check_same_request(remembered, request)
-        return ProfileReply.replay(remembered)
+        return ProfileReply.replay(remembered, replayed=not taken.ours)
     return ProfileReply(_body(applied))

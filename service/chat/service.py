@@ -50,9 +50,9 @@ class ChatResult:
         return self.body
 
     @classmethod
-    def replay(cls, remembered: RememberedReply) -> ChatResult:
+    def replay(cls, remembered: RememberedReply, replayed: bool = True) -> ChatResult:
         body = remembered.body
-        return cls(body, None, bool(body.get("emergency")), True, remembered.status)
+        return cls(body, None, bool(body.get("emergency")), replayed, remembered.status)
 
 
 class ChatService:
@@ -133,12 +133,12 @@ class ChatService:
         )
         try:
             applied = await self._units.commit(unit)
-        except KeyTaken:
+        except KeyTaken as taken:
             # The same request, sent again while the first was being answered, committed
             # first: answer as it was answered, with nothing written by this one.
             remembered = await self._units.remembered(SCOPE, key or "")
             if remembered is None:
                 raise
             check_same_request(remembered, request)
-            return ChatResult.replay(remembered)
+            return ChatResult.replay(remembered, replayed=not taken.ours)
         return ChatResult(body, applied.turn_id, reply.degraded)

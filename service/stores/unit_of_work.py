@@ -95,12 +95,14 @@ class ExpenseRecordedBefore(UserInputError):
 
 
 class KeyTaken(Exception):
-    """Another request with the same idempotency key committed first."""
+    """Another request with the same idempotency key committed first; or (``ours``) this
+    one did, and its commit lost its answer: its reply is the one remembered, not a replay."""
 
-    def __init__(self, scope: str, key: str) -> None:
+    def __init__(self, scope: str, key: str, *, ours: bool = False) -> None:
         super().__init__(f"idempotency key already used in {scope}")
         self.scope = scope
         self.key = key
+        self.ours = ours
 
 
 class Transaction(Protocol):

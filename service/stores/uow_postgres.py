@@ -54,9 +54,9 @@ class PgUnitOfWork:
             if not stored:
                 raise StoreUnavailable(lost.component, lost.reason) from None
         if unit.key is not None:
-            # Its reply is remembered with it: the caller answers with that, as for a
-            # request with the same key that committed first.
-            raise KeyTaken(unit.key.scope, unit.key.key)
+            # Its reply is remembered with it: the caller answers with that. (Another
+            # request's key row would have failed this unit's INSERT, before its COMMIT.)
+            raise KeyTaken(unit.key.scope, unit.key.key, ours=True)
         # Stored: a 503 would ask for a retry that records the expense again.
         return Applied()
 

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 import psycopg
 import pytest
+from opentelemetry import trace
 from starlette.requests import Request
 
+from service.agents.budget import BudgetAgent
+from service.agents.router import RouterAgent
+from service.chat.service import ChatResult, ChatService
+from service.chat.team import Team
 from service.errors import CommitUnknown, StoreUnavailable
+from service.resilience.breaker import BreakerConfig
+from service.resilience.guard_config import GuardConfig
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.unit_of_work import KeyTaken, KeyToRemember, Unit
@@ -36,12 +44,16 @@ def _standby_that_never_answers(url: str, on: bool) -> None:
 
 
 async def _commit_losing_its_answer(stores: Stores, url: str, unit: Unit) -> object:
-    """Commit ``unit`` while commits wait for the standby; end the waiting session once the
-    commit is written, then let commits through again. Returns what the commit returned,
+    return await _losing_its_answer(url, stores.units.commit(unit))
+
+
+async def _losing_its_answer(url: str, committing: Awaitable[object]) -> object:
+    """Await ``committing`` while commits wait for the standby; end the waiting session
+    once the commit is written, then let commits through again. Returns what it returned,
     or the exception it raised."""
     _standby_that_never_answers(url, True)
     try:
-        pending = asyncio.ensure_future(stores.units.commit(unit))
+        pending = asyncio.ensure_future(committing)
         with psycopg.connect(url, autocommit=True) as conn:
             for _ in range(200):
                 ended = conn.execute(
@@ -103,10 +115,31 @@ async def test_a_keyed_unit_whose_commit_answer_was_lost_is_answered_with_its_re
     outcome = await _commit_losing_its_answer(stores, url, unit)
 
     assert _expenses(url, "u2") == 1
-    # The remembered reply answers it, as for a request that committed first.
-    assert isinstance(outcome, KeyTaken), outcome
+    # The remembered reply answers it: its own, not another request's.
+    assert isinstance(outcome, KeyTaken) and outcome.ours, outcome
     remembered = await stores.units.remembered("POST /chat", "k-lost")
     assert remembered is not None and remembered.body == {"ok": True}
+
+
+async def test_a_keyed_chat_whose_commit_answer_was_lost_is_no_replay(
+    private: tuple[Stores, str],
+) -> None:
+    """Its first answer said `Idempotent-Replayed: true`, as if an earlier send had been
+    answered: a client that sent it once would look for a duplicate it never sent."""
+    stores, url = private
+    team = Team(trace.get_tracer("test"), None, None, BreakerConfig(), GuardConfig())
+    team.protect(RouterAgent({"budget": team.protect(BudgetAgent(stores.budgets))}))
+    chat = ChatService(team.router, stores.units)
+
+    outcome = await _losing_its_answer(url, chat.chat("spent $5 on food", "u6", key="k-6"))
+
+    assert isinstance(outcome, ChatResult), outcome
+    assert _expenses(url, "u6") == 1
+    assert "Recorded $5.00 for food" in outcome.body["response"]
+    assert not outcome.replayed
+    again = await chat.chat("spent $5 on food", "u6", key="k-6")  # the client's retry
+    assert again.replayed and again.body == outcome.body
+    assert _expenses(url, "u6") == 1
 
 
 async def test_a_unit_with_nothing_to_find_stays_a_503(private: tuple[Stores, str]) -> None:
