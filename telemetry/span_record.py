@@ -108,6 +108,7 @@ class SpanRecord:
             events=events,
             service_name=str(resource.get("service.name", "unknown_service")),
         )
+        record.redact()
         record.fill_exception()
         return record
 
@@ -120,9 +121,6 @@ class SpanRecord:
             SpanEventRecord(event.name, event.time_unix_nano, otlp_attributes(event.attributes))
             for event in span.events
         ]
-        attributes = otlp_attributes(span.attributes)
-        for found in (attributes, *(event.attributes for event in events)):
-            redact_attributes(found)
         record = cls(
             name=span.name[:NAME_LIMIT],
             trace_id=span.trace_id.hex(),
@@ -131,15 +129,24 @@ class SpanRecord:
             start_ns=span.start_time_unix_nano,
             end_ns=span.end_time_unix_nano,
             status_code=OTLP_STATUS_NAMES.get(span.status.code, "UNSET"),
-            status_message=redacted_text(span.status.message),
+            status_message=span.status.message,
             kind=OTLP_KIND_NAMES.get(span.kind, "UNSPECIFIED"),
-            attributes=attributes,
+            attributes=otlp_attributes(span.attributes),
             resource=dict(resource),
             events=events,
             service_name=str(resource.get("service.name", "unknown_service"))[:NAME_LIMIT],
         )
+        record.redact()
         record.fill_exception()
         return record
+
+    def redact(self) -> None:
+        """Take out, in place, the secrets the span may carry (``telemetry.redaction``): a
+        service's, or this process's own, whose agents' code (and the instrumentations it
+        uses, capturing headers as the environment says) is the operators'."""
+        for found in (self.attributes, *(event.attributes for event in self.events)):
+            redact_attributes(found)
+        self.status_message = redacted_text(self.status_message)
 
     def fill_exception(self) -> None:
         for event in reversed(self.events):

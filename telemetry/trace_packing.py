@@ -92,6 +92,7 @@ def _unpacked(row: tuple[Any, ...]) -> SpanRecord:
         events=[SpanEventRecord(n, t, plain_attributes(a)) for n, t, a in events],
         service_name=str(resource.get("service.name", "unknown_service")),
     )
+    record.redact()  # on the way out of memory: to a reader or the archive
     record.fill_exception()
     return record
 

@@ -20,7 +20,6 @@ in what is captured.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import httpx
@@ -49,16 +48,16 @@ from opentelemetry.util.types import AttributeValue
 
 from telemetry.exception_events import described, record_exception
 from telemetry.incident_processor import NOT_AN_INCIDENT
-from telemetry.redaction import SECRET_HEADERS, redacted_url
+from telemetry.redaction import is_secret_header, redacted_url
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
 SANITIZE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
-# Headers whose values are credentials are redacted whatever the setting above names: a
-# capture of every header (".*") would otherwise keep an agent's Set-Cookie or API key in
-# the kept traces and incidents operators read. Each name whole (the instrumentation
-# searches), so "cookie" does not also take "x-cookie-consent".
-ALWAYS_SANITIZED = [f"^{re.escape(name)}$" for name in sorted(SECRET_HEADERS)]
+# Headers whose values are credentials (``is_secret_header``: Set-Cookie, an API key, any
+# name with "token", "session", "signature"...) are redacted whatever the setting above
+# names: a capture of every header (".*") would otherwise keep them in the kept traces and
+# incidents operators read. The instrumentation's own mark.
+REDACTED_VALUE = "[REDACTED]"
 
 
 class AttemptSpans:
@@ -82,7 +81,7 @@ class AttemptSpans:
         # Read once, as the instrumentation reads them when it instruments a client.
         self._request_headers = get_custom_headers(CAPTURE_REQUEST_HEADERS)
         self._response_headers = get_custom_headers(CAPTURE_RESPONSE_HEADERS)
-        self._sanitize = SanitizeValue([*get_custom_headers(SANITIZE_HEADERS), *ALWAYS_SANITIZED])
+        self._sanitize = SanitizeValue(get_custom_headers(SANITIZE_HEADERS))
 
     def start(self, request: httpx.Request) -> trace.Span:
         """The attempt's span, a child of the current one, and its context in
@@ -135,4 +134,8 @@ class AttemptSpans:
         normalise = (
             normalise_request_header_name if request_side else normalise_response_header_name
         )
-        return self._sanitize.sanitize_header_values(values, wanted, normalise)
+        captured = self._sanitize.sanitize_header_values(values, wanted, normalise)
+        return {
+            name: [REDACTED_VALUE] * len(found) if is_secret_header(name) else found
+            for name, found in captured.items()
+        }

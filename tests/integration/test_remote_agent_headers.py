@@ -62,6 +62,9 @@ async def chat(request: Request) -> JSONResponse:
     reply = JSONResponse({"response": f"cookie: {request.headers.get('cookie')}"})
     reply.set_cookie("session", f"sess-{body['userId']}-9d2e")
     reply.headers["x-api-key"] = "sk-resp-51c0"
+    # A provider's own names for its credentials.
+    reply.headers["x-session-token"] = "sk-sess-77aa"
+    reply.headers["x-trace-signature"] = "sk-sig-3b1e"
     return reply
 """
 
@@ -128,9 +131,12 @@ async def test_credential_headers_captured_on_the_attempt_span_are_redacted(
     attributes = dict(span.attributes or {})
     assert attributes["http.response.header.set_cookie"] == ("[REDACTED]",)
     assert attributes["http.response.header.x_api_key"] == ("[REDACTED]",)
+    assert attributes["http.response.header.x_session_token"] == ("[REDACTED]",)
+    assert attributes["http.response.header.x_trace_signature"] == ("[REDACTED]",)
     # The others are captured as asked.
     assert attributes["http.response.header.content_type"] == ("application/json",)
-    assert "sess-ann" not in repr(attributes) and "sk-resp-51c0" not in repr(attributes)
+    for secret in ("sess-ann", "sk-resp-51c0", "sk-sess-77aa", "sk-sig-3b1e"):
+        assert secret not in repr(attributes)
 
 
 async def test_a_key_rotated_in_the_auth_file_is_used_after_the_old_one_is_rejected(

@@ -282,3 +282,33 @@ def test_a_span_of_a_kept_trace_reads_back_as_the_classifier_saw_it(
         record.end_ns,
         record.kind,
     )
+
+
+def test_secrets_this_processs_own_spans_carry_are_redacted_when_kept() -> None:
+    """An in-process agent is the operators' code: the instrumentation it uses may capture
+    every header, or put a credential in a URL or a status. A kept trace is read by operators
+    and written to the archive: redacted, as another service's spans are on arrival."""
+    keeper, provider = keeper_and_tracer()
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("POST /chat") as root:
+        with tracer.start_as_current_span("GET") as span:
+            span.set_attributes(
+                {
+                    "http.request.header.authorization": ("Bearer sk-req-1a2b",),
+                    "http.response.header.x_session_token": ("sk-sess-3c4d",),
+                    "url.full": "https://bot:pw-5e6f@api.example/v1?key=sk-q-7a8b",
+                    "http.response.header.content_type": ("application/json",),
+                }
+            )
+            span.set_status(Status(StatusCode.ERROR, "failed at postgres://ers:pw-9c0d@db/x"))
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        still_open = keeper.get_trace(trace_id)  # the root pending: built from the SDK's spans
+    kept = keeper.get_trace(trace_id)  # packed: built from the bytes kept
+    for records in (still_open, kept):
+        assert records is not None
+        (call,) = [r for r in records if r.name == "GET"]
+        text = json.dumps([r.to_dict() for r in records])
+        for secret in ("sk-req-1a2b", "sk-sess-3c4d", "pw-5e6f", "sk-q-7a8b", "pw-9c0d"):
+            assert secret not in text, secret
+        assert call.attributes["http.response.header.content_type"] == ["application/json"]
+        assert call.attributes["http.response.header.x_session_token"] == ["REDACTED"]
