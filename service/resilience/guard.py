@@ -23,7 +23,7 @@ from opentelemetry.trace import Status, StatusCode, set_span_in_context
 from service.agents.base import Agent, AgentReply, AgentRequest, checked_reply
 from service.agents.failure_kinds import FAILURE_KIND_ATTRIBUTE, FailureKind, RateLimited
 from service.errors import StoreUnavailable, UserInputError
-from service.resilience.breaker import CallNotPermitted, CircuitBreaker, ProbeOutcome
+from service.resilience.breaker import DISABLED, CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_events import report_trip
 from service.resilience.breaker_permit import Permit, describe_error
 from service.resilience.bulkhead import Bulkhead
@@ -86,8 +86,8 @@ class GuardedAgent:
         self.cooldown = Cooldown(agent.name)
 
     def cooldown_remaining(self) -> float:
-        """Seconds left of the agent's cooldown; 0 when it takes calls."""
-        return self.cooldown.remaining()
+        """Seconds left of the agent's cooldown; 0 when it takes calls (or is disabled)."""
+        return 0.0 if self.breaker.state is DISABLED else self.cooldown.remaining()
 
     def end_cooldown(self) -> bool:
         """End the cooldown now (an operator's reset); False when there was none."""
@@ -192,7 +192,7 @@ class GuardedAgent:
                 return await self._degrade(
                     request, span, started, "rejected", "serving cached answers", chain=False
                 )
-            if self.cooldown.until and self.cooldown.remaining() > 0:
+            if self.cooldown.until and self.cooldown_remaining() > 0:
                 span.set_attribute("ers.cooldown", True)
                 return await self._degrade(
                     request,

@@ -340,6 +340,28 @@ async def test_a_rate_limit_longer_than_the_budget_cools_the_agent_down(
     assert rig.client_spans() == []
 
 
+async def test_a_disabled_breaker_lets_calls_through_a_cooldown(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    """A disabled breaker is the operator's word that calls are to reach the agent: its
+    cooldown held them back (`disabled, cooling down`) all the same."""
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file)
+    rig.guard.breaker.disable(source="admin:test")
+    agent_side.fail_next("rate_limit", count=1, retryAfter="120")
+    assert_fell_back(await rig.ask())
+    assert rig.guard.cooldown_remaining() == 0
+    assert rig.guard.available_now()
+
+    reply = await rig.ask()
+    assert not reply.degraded
+    assert attempts(agent_side) == 2  # the second chat reached the agent
+
+    rig.guard.breaker.enable(source="admin:test")  # guarded again: the agent's Retry-After holds
+    assert 0 < rig.guard.cooldown_remaining() <= 120
+    assert (await rig.ask()).degraded  # its last answer, from the fallback
+    assert attempts(agent_side) == 2
+
+
 async def test_calls_reach_the_agent_again_once_its_cooldown_is_over(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
 ) -> None:
