@@ -137,6 +137,10 @@ def _relative(path: Path) -> str:
 class RemoteAgent:
     """An ``Agent`` whose ``handle`` is one HTTP call to ``spec.url``."""
 
+    # A call its guard's deadline cuts is this kind on the guard's span: its own timeout is
+    # as long, and the guard's, armed first, ends it first.
+    deadline_kind = RemoteTimeout.kind
+
     def __init__(
         self,
         name: str,

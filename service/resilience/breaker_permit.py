@@ -123,8 +123,13 @@ class Permit:
 
     def record_failure(self, exc: BaseException, duration_s: float = 0.0) -> None:
         """Count ``exc`` against the breaker, or treat the call as ignored if its class
-        does not count. A failure counts the same however long it took: ``duration_s``
-        only keeps the signature symmetric with ``record_success``."""
+        does not count. A failure that says nothing of the agent's health (a rate limit, a
+        request it refused: ``counts_against_breaker`` False) frees the permit. A failure
+        counts the same however long it took: ``duration_s`` only keeps the signature
+        symmetric with ``record_success``."""
+        if not getattr(exc, "counts_against_breaker", True):
+            self.release()
+            return
         breaker = self._breaker
         if breaker is not None:
             self._breaker = None

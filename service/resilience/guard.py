@@ -25,7 +25,7 @@ from service.agents.failure_kinds import FAILURE_KIND_ATTRIBUTE, FailureKind, Ra
 from service.errors import StoreUnavailable, UserInputError
 from service.resilience.breaker import DISABLED, CallNotPermitted, CircuitBreaker, ProbeOutcome
 from service.resilience.breaker_events import report_trip
-from service.resilience.breaker_permit import Permit, describe_error
+from service.resilience.breaker_permit import describe_error
 from service.resilience.bulkhead import Bulkhead
 from service.resilience.call_stats import CallStats
 from service.resilience.cooldown import Cooldown
@@ -216,7 +216,7 @@ class GuardedAgent:
                 self._record(passed.call_outcome, started)
                 raise
             except Exception as first_error:
-                _record_failure(permit, first_error, time.perf_counter() - started)
+                permit.record_failure(first_error, time.perf_counter() - started)
                 try:
                     reply = await self._retry(request, span, started, first_error)
                 except (UserInputError, StoreUnavailable) as passed:
@@ -247,10 +247,7 @@ class GuardedAgent:
         try:
             reply = await self._attempt(request, self.config.timeout_s)
         except Exception as exc:
-            span.set_status(Status(StatusCode.ERROR, described(exc)))
-            span.set_attribute("error.type", type(exc).__qualname__)
-            if isinstance(exc, FailureKind):
-                span.set_attributes(exc.span_attributes())
+            self._mark_failed(span, exc)
             self._count_synthetic("synthetic_failure")
             raise
         self._count_synthetic("synthetic_success")
@@ -263,13 +260,21 @@ class GuardedAgent:
     async def _fail(
         self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
     ) -> AgentReply:
+        cause = self._mark_failed(span, exc)
+        outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
+        return await self._degrade(request, span, started, outcome, cause)
+
+    def _mark_failed(self, span: trace.Span, exc: Exception) -> str:
+        """``span`` failed with ``exc``, and its kind for the rules (a remote agent's call
+        the guard's deadline cut is a ``timeout`` too); returns the status's words."""
         span.set_status(Status(StatusCode.ERROR, cause := described(exc)))
         span.set_attribute("error.type", type(exc).__qualname__)
         span.set_attribute(BASES_ATTRIBUTE, exception_bases(exc))
         if isinstance(exc, FailureKind):
             span.set_attributes(exc.span_attributes())
-        outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
-        return await self._degrade(request, span, started, outcome, cause)
+        elif isinstance(exc, TimeoutError) and (kind := getattr(self.agent, "deadline_kind", "")):
+            span.set_attribute(FAILURE_KIND_ATTRIBUTE, kind)
+        return cause
 
     async def _retry(
         self, request: AgentRequest, span: trace.Span, started: float, error: Exception
@@ -331,7 +336,7 @@ class GuardedAgent:
                 permit.release()
                 raise
             except Exception as exc:
-                _record_failure(permit, exc, time.perf_counter() - call_started)
+                permit.record_failure(exc, time.perf_counter() - call_started)
                 error = exc
                 continue
             if permit.record_success(time.perf_counter() - call_started):
@@ -389,12 +394,3 @@ class GuardedAgent:
             labels = self._outcome_labels[outcome] = {"agent": self.name, "outcome": outcome}
         self._instruments.calls.add(1, labels)
         self._instruments.duration.record(elapsed, self.name)
-
-
-def _record_failure(permit: Permit, error: Exception, duration_s: float) -> None:
-    """A failure of a kind that says nothing about the agent's health (a rate limit, a
-    request it refused) frees the permit; any other counts against the breaker."""
-    if isinstance(error, FailureKind) and not error.counts_against_breaker:
-        permit.release()
-    else:
-        permit.record_failure(error, duration_s)

@@ -37,6 +37,7 @@ from service.resilience.guard import GuardedAgent
 from service.resilience.guard_config import GuardConfig
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor
+from telemetry.span_record import SpanRecord
 from tests.conftest import free_port
 from tests.example_agent import ExampleAgent, running_example_agent
 
@@ -260,6 +261,24 @@ async def test_an_attempt_the_guards_deadline_cuts_is_an_error_span(
     assert cut.attributes is not None and cut.attributes["error.type"] == "CancelledError"
     assert "http.response.status_code" not in cut.attributes
     assert answered.status.status_code is StatusCode.UNSET
+
+
+async def test_a_hanging_agent_the_guard_cuts_is_a_timeout_for_the_rules(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    """The guard's deadline and the agent's own timeout are as long, and the guard's ends
+    the call first: the kind, `timeout` for no answer within timeout_s, was missing."""
+    guard = GuardConfig(timeout_s=0.3, total_budget_s=0.5, backoff_initial_s=0.01)
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file, guard=guard)
+    agent_side.fail_next("slow", count=5, delayS=3.0)
+    assert_fell_back(await rig.ask())
+
+    (span,) = rig.agent_spans()
+    attributes = failure_attributes(rig)
+    assert attributes["error.type"] == "TimeoutError"
+    assert attributes["ers.failure.kind"] == "timeout"
+    found = load_rules().classify(SpanRecord.from_readable_span(span))
+    assert found is not None and found.rule == "remote-timeout", found
 
 
 async def test_an_unreachable_agent_is_retried_then_falls_back(rig_factory: Any) -> None:
