@@ -45,11 +45,15 @@ class MinimalMode:
         self.incident = incident
         self._changed()
 
-    def leave(self) -> bool:
-        """End the mode now (an operator says the system is back); whether it was on."""
-        was_on = self.active
+    def leave(self, kept: dict[str, object] | None = None) -> bool:
+        """End the mode now (an operator says the system is back); whether it was on, here or
+        in ``kept``, the record the fleet shares on PostgreSQL (another replica's responder
+        may have turned it on, not followed here yet). Only an end of a mode that was on is
+        a change to store: a replica where it was off has nothing to delete."""
+        was_on = self.active or (kept is not None and self._left(kept) > 0)
         self._until = 0.0
-        self._changed()
+        if was_on:
+            self._changed()
         return was_on
 
     def leave_for(self, incident: str) -> bool:
@@ -67,29 +71,37 @@ class MinimalMode:
         }
 
     def resume(self, record: dict[str, object]) -> str | None:
-        """Put back a kept record whose moment has not passed; what was done, in words."""
-        left = float(record["until"]) - self._wall_clock()  # type: ignore[arg-type]
+        """Put back a kept record whose moment has not passed; what was done, in words. The
+        record is the store's already: nothing to store again."""
+        left = self._left(record)
         if left <= 0:
             return None
         self._until = self._clock() + left
         self.reason = str(record["reason"])
         incident = record.get("incident")
         self.incident = None if incident is None else str(incident)
-        self._changed()
         return f"minimal response mode for {left:.0f} s more ({self.reason[:200]})"
 
     def follow(self, record: dict[str, object] | None, settle_s: float) -> str | None:
         """Match the kept record, which on PostgreSQL every replica shares: another replica
         turned the mode on, or ended it. What changed, in words; None when nothing did. A
-        change made here within ``settle_s`` may not be stored yet: it stands."""
+        change made here within ``settle_s`` may not be stored yet: it stands. Following
+        stores nothing: a delete or a put back here could undo a record another replica
+        wrote after this one read, and would hold this replica's next reads off."""
         if self._clock() - self._changed_at < settle_s:
             return None
         if record is None:
-            return "ended" if self.leave() else None
-        left = float(record["until"]) - self._wall_clock()  # type: ignore[arg-type]
+            if not self.active:
+                return None
+            self._until = 0.0  # ended on another replica, which deleted the record
+            return "ended"
+        left = self._left(record)
         if left <= 0 or (self.active and abs(self.remaining_s() - left) < 1.0):
             return None
         return self.resume(record)
+
+    def _left(self, record: dict[str, object]) -> float:
+        return float(record["until"]) - self._wall_clock()  # type: ignore[arg-type]
 
     def _changed(self) -> None:
         self._changed_at = self._clock()

@@ -231,6 +231,11 @@ class StateKeeper:
                 if self._dirty.get(key) is record:
                     del self._dirty[key]
 
+    async def kept(self, key: str) -> Any | None:
+        """The stored record of ``key``: on PostgreSQL the fleet's, which another replica
+        may have written since this one last followed it. Raises StoreUnavailable."""
+        return await self._store.get(key)
+
     async def saved(self) -> str | None:
         """``flush()`` for an operator's reply: None once every change is stored, else why
         not (the changes stay marked; the writer retries them in the background)."""

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from service.errors import StoreUnavailable
 from service.health.checks import Status
 from service.health.system_test import run_steps, system_steps
 from service.health.uptime import describe_uptime
@@ -85,8 +86,14 @@ async def end_minimal_mode(minimal_mode: Minimal, keeper: Keeper, who: AdminAuth
     """End minimal response mode now: chat calls the agents again. The responder turns it
     on for a critical incident, for a limited time; an operator who has dealt with the
     cause need not wait for that time to run out. Answered once the end is saved, so a
-    restart does not put the mode back."""
-    ended = minimal_mode.leave()
+    restart does not put the mode back. On PostgreSQL the mode is the fleet's: another
+    replica's responder may have turned it on, not followed here yet; the shared record
+    says so, and ending it here ends it on every replica."""
+    try:
+        kept, unread = await keeper.kept("minimal_mode"), None
+    except StoreUnavailable as exc:
+        kept, unread = None, str(exc)
+    ended = minimal_mode.leave(kept if isinstance(kept, dict) else None)
     log.info("minimal response mode %s by %s", "ended" if ended else "was already off", who)
     problem = await keeper.saved()
     message = (
@@ -94,6 +101,8 @@ async def end_minimal_mode(minimal_mode: Minimal, keeper: Keeper, who: AdminAuth
         if ended
         else "minimal response mode was not on; nothing to end"
     )
+    if unread is not None and not ended:  # off here; on other replicas, it is not known
+        message = f"minimal response mode was not on here; the fleet's record not read ({unread})"
     if problem is not None:
         message += f"; not saved across restarts yet ({problem}), retried in the background"
     return {
