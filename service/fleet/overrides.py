@@ -322,10 +322,12 @@ class FleetOverrides:
                 or breaker.state is BreakerState.FORCED_OPEN
                 or (row["source"] == RESET and breaker.state is not BreakerState.CLOSED)
             ):
-                how = "reset" if row["source"] == RESET else "trial"
-                # The probe passed there; a reset with force is one here too.
-                force = how == "trial" or str(row["reason"]).startswith("reset with force")
-                breaker.reset(force=force, probe=PASSED, source=f"{how} on {row['replica']}")
+                on = f" on {row['replica']}"
+                if row["source"] == RESET:  # its probe passed there; one with force is here too
+                    force = str(row["reason"]).startswith("reset with force")
+                    breaker.reset(force=force, probe=PASSED, source="reset" + on)
+                else:  # its trial call passed there: closed here in its words, not as a reset
+                    breaker.close(str(row["reason"]), source="trial" + on)
                 self._forced_until.pop(agent, None)
             elif breaker.state is BreakerState.FORCED_OPEN:
                 breaker.release(source=row["source"])

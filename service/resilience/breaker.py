@@ -207,13 +207,10 @@ class CircuitBreaker:
     def reset(
         self, force: bool = False, probe: ProbeOutcome | None = None, *, source: str | None = None
     ) -> str:
-        """Close the breaker and clear its counters and backoff.
-
-        Without ``force``, a breaker is reset only when its cause is gone: a health
-        ``probe`` run just now decides; without one, an open breaker's failure within the
-        open duration says the cause may still be there. ``ResetRefused`` says why and what
-        to do instead.
-        """
+        """Close the breaker and clear its counters and backoff. Without ``force``, only when
+        its cause is gone: a health ``probe`` run just now decides; without one, an open
+        breaker's failure within the open duration says the cause may still be there.
+        ``ResetRefused`` says why and what to do instead."""
         state, name, window = self._state, self.name, self._window
         if not force:
             last = window.last_failure_at
@@ -235,6 +232,10 @@ class CircuitBreaker:
         else:
             self._close(reason, source)
         return f"breaker '{name}' was {state.value} and is now closed with cleared counters"
+
+    def close(self, reason: str, *, source: str | None = None) -> None:
+        """Close the breaker for ``reason``, not a reset: another replica's trial passed."""
+        self._close(reason, source)
 
     def force_open(
         self,

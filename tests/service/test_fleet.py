@@ -307,6 +307,14 @@ async def test_only_the_lease_holder_runs_the_trial_and_its_success_closes_every
             "SELECT forced, trial_passed, lease_holder FROM ers_fleet.overrides"
         ).fetchone()
     assert row == (False, True, None)
+    # The other's history says the trial closed it there, not a reset with force (nobody
+    # forced one).
+    closed, name = other["workout"].history()[-1], "a" if holder is a else "b"
+    assert (closed.from_state, closed.to_state) == (HALF_OPEN, CLOSED)
+    assert (closed.source, closed.reason) == (
+        f"trial on {name}",
+        f"the trial call on {name} succeeded",
+    )
 
 
 async def test_a_reset_whose_probe_passed_closes_every_replica_whoever_holds_the_lease(

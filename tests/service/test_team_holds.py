@@ -73,7 +73,8 @@ async def test_a_forcing_that_runs_out_keeps_the_cached_answers_for_their_time()
 def test_another_replicas_trial_ends_the_cached_answers_and_leaves_the_cooldown() -> None:
     guarded = held()
     guarded.breaker.force_open("incident inc-1: database", "responder", ttl_s=600)
-    guarded.breaker.reset(force=True, source="trial on replica-b")  # as the fleet applies it
+    # As the fleet applies it.
+    guarded.breaker.close("the trial call on replica-b succeeded", source="trial on replica-b")
     assert guarded.breaker.state is BreakerState.CLOSED
     assert not guarded.fallback.serving_cached()
     # The agent asked this replica to leave it alone; a call elsewhere getting through does
