@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from opentelemetry import trace
@@ -261,7 +261,7 @@ def build_team(
             factory=_rebuilder(name, spec, config, stores, settings),
             guard_config=_guard_config(spec, team.guard_config),
             breaker_config=_breaker_for_timeout(name, spec, per_agent, default, settings),
-            guidance=getattr(agent, "guidance", None),
+            guidance=getattr(agent, "guidance", None) or _domain_guidance(name, config.routes),
             fallbacks=spec.fallbacks,
             bulkhead=_bulkhead(name, spec),
         )
@@ -362,6 +362,13 @@ def _guard_config(spec: AgentSpec, default: GuardConfig) -> GuardConfig | None:
         return None
     budget = spec.timeout_s * BUDGET_FACTOR
     return replace(default, timeout_s=spec.timeout_s, total_budget_s=budget)
+
+
+def _domain_guidance(name: str, routes: Mapping[str, str]) -> str | None:
+    """The general guidance of the first intent routed to the agent ``name`` that has one
+    (``agent_routes: {workout: my_coach}``: workout's); None for none."""
+    served = (GENERAL_GUIDANCE.get(intent) for intent, agent in routes.items() if agent == name)
+    return next((guidance for guidance in served if guidance), None)
 
 
 def _rebuilder(

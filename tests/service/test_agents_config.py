@@ -16,8 +16,9 @@ from service.agents.budget import BudgetAgent
 from service.agents.config import OWN_COMPONENTS, build_agent, load_team_config
 from service.agents.nutrition import NutritionAgent
 from service.agents.specs import HttpAgentSpec, PythonAgentSpec
+from service.agents.workout import GENERAL_GUIDANCE as WORKOUT_GUIDANCE
 from service.agents.workout import WorkoutAgent
-from service.chat.team import Team, breaker_configs, build_team
+from service.chat.team import GENERIC_FALLBACK, Team, breaker_configs, build_team
 from service.fleet.schema import COMPONENT as FLEET
 from service.health.checks import CheckResult
 from service.health.system_test import SYSTEM_TEST_COMPONENT
@@ -78,6 +79,30 @@ async def test_an_agent_by_import_path_answers_the_intent_routed_to_it(
     assert isinstance(coach, Coach) and coach.calls == 1
     # agents: lists the whole team: the built-in workout agent is not in it.
     assert "workout" not in team.guards
+
+
+async def test_an_agent_routed_for_an_intent_falls_back_to_that_intents_guidance(
+    tmp_path: Path, sqlite_stores: Stores
+) -> None:
+    """An agent of the operator's own, with no guidance of its own, answered its failures
+    with the generic "recovering from a fault" where the README promises general guidance
+    for its domain: the domain is the intent routed to it."""
+    settings = make_settings(
+        tmp_path,
+        agents={
+            **DEFAULT_TEAM,
+            "my_coach": {"kind": "python", "factory": f"{HELPERS}:replies_a_dict"},
+            "spare": {"kind": "python", "factory": f"{HELPERS}:replies_a_dict"},
+        },
+        agent_routes={"workout": "my_coach"},
+    )
+    team = team_of(settings, sqlite_stores)
+    reply = await team.router.handle(AgentRequest("make me a workout plan", "u1"))
+    assert reply.agent == "my_coach" and reply.degraded
+    assert reply.content.startswith(WORKOUT_GUIDANCE)
+    # An agent no intent routes to has no domain: the generic words.
+    spare = team.guards["spare"]
+    assert spare.fallback.answer(AgentRequest("hi", "u1")).content == GENERIC_FALLBACK
 
 
 async def test_a_built_in_agent_by_entry_point_under_another_name(
