@@ -177,8 +177,9 @@ def report_trip(tracer: trace.Tracer, span_name: str, breaker: CircuitBreaker) -
     pipeline."""
     history = breaker.history()
     why = history[-1].reason if history else "opened"
+    last = breaker.snapshot()["lastError"]  # None when slow calls alone opened it
     trip = BreakerOpened(
-        f"breaker '{breaker.name}' opened: {why}; last error: {breaker.snapshot()['lastError']}"
+        f"breaker '{breaker.name}' opened: {why}" + (f"; last error: {last}" if last else "")
     )
     with tracer.start_as_current_span(
         span_name,

@@ -296,6 +296,29 @@ async def test_a_breaker_opening_on_a_success_reports_the_trip_as_an_error_span(
     assert [span.name for span in harness.spans.get_finished_spans()] == ["agent.budget"]
 
 
+async def test_a_trip_on_slow_calls_alone_names_no_last_error(harness: Harness) -> None:
+    # Every call answers, too slowly: the trip's message said "last error: None".
+    agent = ScriptedAgent("budget", [0.02])
+    config = BreakerConfig(
+        failure_threshold=100,
+        minimum_calls=2,
+        sliding_window_size=2,
+        slow_call_duration_s=0.001,
+        slow_call_rate_threshold=0.5,
+    )
+    breaker = CircuitBreaker("budget", config, span_events=False)
+    guard = GuardedAgent(
+        agent, breaker, FallbackPolicy("budget", "g", None), harness.tracer, None, None
+    )
+    for _ in range(2):
+        assert not (await guard.handle(REQUEST)).degraded
+    assert breaker.state.value == "open"
+    trip = {span.name: span for span in harness.spans.get_finished_spans()}["agent.budget.breaker"]
+    message = str(trip.events[0].attributes["exception.message"])
+    assert message.startswith("breaker 'budget' opened: "), message
+    assert "last error" not in message and "None" not in message, message
+
+
 class FailingAgent:
     name = "budget"
 
