@@ -51,7 +51,12 @@ def check_token(request: Request, settings: Settings, kind: str) -> str:
                 " only; set the token to reach it from elsewhere",
             )
         return f"{kind}:loopback"
-    header = request.headers.get("authorization", "")
+    sent = request.headers.getlist("authorization")
+    if len(sent) > 1:  # which one is the caller's cannot be told
+        raise _unauthorized(
+            f"the request has {len(sent)} Authorization headers; send one Authorization header"
+        )
+    header = sent[0] if sent else ""
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
         raise _unauthorized("send 'Authorization: Bearer <token>'")
