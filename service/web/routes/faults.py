@@ -71,7 +71,9 @@ async def clear_simulated_errors(
     faults: Faults,
     who: AdminAuth,
     _: Annotated[None, OneValueEach],  # after the token: a 401 comes first
-    component: str | None = Query(None, max_length=64),
+    component: str | None = Query(
+        None, min_length=1, max_length=64, description="one agent; leave out for every agent"
+    ),
 ) -> dict[str, Any]:
     if faults is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "fault injection is off")
