@@ -1,5 +1,5 @@
-"""Checks of what the settings point at: the YAML file and the database URL. Each failure
-is one line a person can act on; none quotes a secret."""
+"""Checks of what the settings point at (the YAML file, the database URL) and of settings
+that must agree. Each failure is one line a person can act on; none quotes a secret."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import UnionType
-from typing import Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +28,40 @@ class InvalidSetting(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+def check_open_durations(settings: Any) -> Any:
+    """A breaker's open time backs off from its open duration up to its max: a max shorter
+    than the duration cannot be kept, and is refused rather than quietly raised to it."""
+    first, most = settings.breaker_open_duration_s, settings.breaker_max_open_duration_s
+    if most < first:
+        raise InvalidSetting(
+            "breaker_max_open_duration_s",
+            f"breaker_max_open_duration_s ({most:g}) is shorter than breaker_open_duration_s "
+            f"({first:g}), the open time it backs off from; set it to at least {first:g}, or "
+            "lower breaker_open_duration_s",
+        )
+    for name, overrides in settings.agent_breakers.items():
+        # Each side the agent's own, or the default it leaves in place.
+        own_first = _own(overrides, "open_duration_s", first, "breaker_open_duration_s")
+        own_most = _own(overrides, "max_open_duration_s", most, "breaker_max_open_duration_s")
+        if own_most[0] < own_first[0]:
+            raise InvalidSetting(
+                f"agent_breakers.{name}",
+                f"max_open_duration_s ({own_most[1]}) is shorter than open_duration_s "
+                f"({own_first[1]}); give agent_breakers.{name} a max_open_duration_s of at "
+                f"least {own_first[0]:g}, or a shorter open_duration_s",
+            )
+    return settings
+
+
+def _own(
+    overrides: Mapping[str, float], key: str, default: float, setting: str
+) -> tuple[float, str]:
+    """An agent's breaker value, and how to say it: the default's says which setting it is."""
+    if key in overrides:
+        return overrides[key], f"{overrides[key]:g}"
+    return default, f"{default:g}, from {setting}"
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")

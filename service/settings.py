@@ -38,6 +38,7 @@ from service.config_checks import (
     SettingsError,
     blank_to_none,
     check_database_url,
+    check_open_durations,
     check_private_file,
     config_path,
     read_token_file,
@@ -266,6 +267,8 @@ class Settings(BaseSettings):
                 "ERS_OFFSITE_PASSWORD_FILE at the file holding that repository's password",
             )
         return self
+
+    _open_durations_fit = model_validator(mode="after")(check_open_durations)
 
     _blank_token_is_none = field_validator("admin_token", "alert_token", "intake_token")(
         blank_to_none

@@ -207,9 +207,7 @@ def breaker_configs(settings: Settings) -> tuple[BreakerConfig, dict[str, Breake
         failure_rate_threshold=settings.breaker_failure_rate_threshold,
         slow_call_duration_s=settings.breaker_slow_call_s,
         open_duration_s=settings.breaker_open_duration_s,
-        max_open_duration_s=max(
-            settings.breaker_max_open_duration_s, settings.breaker_open_duration_s
-        ),
+        max_open_duration_s=settings.breaker_max_open_duration_s,
         ignore_exceptions=(UserInputError,),
     )
     names = ("router", *settings.agents)
