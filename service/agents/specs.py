@@ -126,6 +126,28 @@ class HttpAgentSpec(AgentSpecBase):
         return self
 
     @model_validator(mode="after")
+    def _only_openai_takes_a_model(self) -> HttpAgentSpec:
+        if self.model is not None and self.contract != "openai":
+            raise _field_error(
+                "model",
+                f"contract '{self.contract}' sends no model, only contract 'openai' does; "
+                "remove model, or set contract: openai",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_header_needs_its_file(self) -> HttpAgentSpec:
+        # Without the file no header is sent: against an API that needs it, every call
+        # would be refused (401), a critical incident each.
+        if "auth_header" in self.model_fields_set and self.auth_file is None:
+            raise _field_error(
+                "auth_header",
+                "it is sent only with auth_file, the file holding its whole value; set "
+                "auth_file, or remove auth_header",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _openai_url_is_the_base(self) -> HttpAgentSpec:
         # ERS adds /v1/chat/completions itself: a url that already ends with it (or with
         # the /v1 of an SDK's base_url) would be called at .../v1/v1/chat/completions.

@@ -289,6 +289,19 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             "invalid setting 'agents.gpt.auth_header': not an HTTP header name (it holds ' ')",
         ),
         (
+            # No file, no header: every call to an API that needs it would get a 401.
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "auth_header": "X-Api-Key"}},
+            {},
+            "invalid setting 'agents.gpt.auth_header': it is sent only with auth_file, the file "
+            "holding its whole value; set auth_file, or remove auth_header",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "model": "gpt-4o-mini"}},
+            {},
+            "invalid setting 'agents.gpt.model': contract 'ers' sends no model, only contract "
+            "'openai' does; remove model, or set contract: openai",
+        ),
+        (
             {"gpt": {"kind": "http", "url": "http:///chat"}},
             {},
             "invalid setting 'agents.gpt.url': the url has no host (nothing between :// and "
