@@ -109,6 +109,14 @@ def free_text_outcome(
     return ok, None
 
 
+def reason_outcome(name: str, field: str, max_chars: int, ok: int = 200) -> tuple[int, str | None]:
+    """A reason is free text on one line: it also refuses a control character and a
+    bidirectional override, which break or reorder the table row that shows it."""
+    if name in ("control-chars", "rtl-override"):
+        return 422, "control character"
+    return free_text_outcome(name, field, max_chars, ok)
+
+
 def in_url(name: str) -> str:
     if name in RAW_IN_URL:
         return RAW_IN_URL[name]
@@ -548,7 +556,7 @@ def _breaker_cases() -> list[Case]:
         )
     # A reason is free text kept in the breaker's history and echoed in replies.
     for name, value in STRINGS.items():
-        status, detail = free_text_outcome(name, "reason", 500)
+        status, detail = reason_outcome(name, "reason", 500)
         rows.append(
             Case(
                 f"breaker-force-open-reason-{name}",
@@ -1054,12 +1062,12 @@ def _incident_cases() -> list[Case]:
             detail="must say why",
         )
     )
-    for prefix, url, route, field, max_chars in (
-        ("acknowledge", ack_url, ACKNOWLEDGE, "note", 2000),
-        ("resolve", resolve_url, RESOLVE, "resolution", 2000),
+    for prefix, url, route, field, max_chars, outcome in (
+        ("acknowledge", ack_url, ACKNOWLEDGE, "note", 2000, free_text_outcome),
+        ("resolve", resolve_url, RESOLVE, "resolution", 2000, reason_outcome),
     ):
         for name, value in STRINGS.items():
-            status, detail = free_text_outcome(name, field, max_chars, ok=404)
+            status, detail = outcome(name, field, max_chars, ok=404)
             rows.append(
                 Case(
                     f"{prefix}-{field}-{name}",

@@ -12,6 +12,7 @@ a NUL character (``\u0000``), which PostgreSQL cannot store as text.
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
@@ -107,13 +108,29 @@ def _unicode_text(value: str) -> str:
     return value
 
 
+# Directional formatting (embeddings, overrides, isolates, marks): shown raw, they reorder
+# what an operator reads, as "\u202eevil" does.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+
 def _says_why(value: str) -> str:
-    value = _unicode_text(value).strip()
-    if not value:
+    words = _unicode_text(value).strip()
+    if not words:
         raise PydanticCustomError(
             "blank_reason", "must say why, in words: it is kept with what was done"
         )
-    return value
+    # The spaces around the words are dropped, a trailing newline among them; inside, a line
+    # break or an escape sequence breaks the table row that shows the reason.
+    lead = len(value) - len(value.lstrip())
+    for at, char in enumerate(words, lead + 1):
+        if char in BIDI_CONTROLS or unicodedata.category(char) == "Cc":
+            raise PydanticCustomError(
+                "reason_control",
+                "must be one line of plain text; it holds the control character {char} at "
+                "character {at}; remove it",
+                {"char": f"U+{ord(char):04X}", "at": at},
+            )
+    return words
 
 
 JsonBool = Annotated[bool, BeforeValidator(_boolean)]
@@ -140,5 +157,6 @@ JsonText = Annotated[str, AfterValidator(_unicode_text)]
 
 Reason = Annotated[str, AfterValidator(_says_why)]
 """Why an operator acts (a forced open's reason, a rollback's reason, an incident's
-resolution): ``JsonText`` with words in it, kept without the spaces around them; a blank one
-would leave nothing in the trail to say why."""
+resolution): ``JsonText`` with words in it, kept without the spaces around them, on one
+line without control or bidirectional formatting characters; a blank one would leave nothing
+in the trail to say why."""
