@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from service.errors import StoreUnavailable
 from service.health.checks import Status
@@ -132,11 +135,30 @@ async def health(
     return JSONResponse(body, status_code=503 if report.overall is Status.UNHEALTHY else 200)
 
 
+def _finite_hours(value: Any) -> Any:
+    # A NaN fails every range check, and was told "less than or equal to 168".
+    try:
+        hours = float(value)
+    except (TypeError, ValueError):
+        return value  # not a number at all: said so as such
+    if not math.isfinite(hours):
+        raise PydanticCustomError(
+            "finite_hours",
+            "must be a finite number of hours, from 1 to {most}, not NaN or infinity",
+            {"most": MAX_HOURS},
+        )
+    return value
+
+
 @router.get("/metrics")
 async def metrics_summary(
     team: Team,
     incidents: Incidents,
-    timeRange: float = Query(24, ge=1, le=MAX_HOURS, description="hours, 1 to 168"),
+    timeRange: Annotated[
+        float,
+        Query(ge=1, le=MAX_HOURS, description="hours, 1 to 168"),
+        BeforeValidator(_finite_hours),
+    ] = 24,
 ) -> dict[str, Any]:
     stats = team.stats
     return {
