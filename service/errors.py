@@ -7,6 +7,16 @@ from __future__ import annotations
 NO_ROUTE = "ERS has no route"
 
 
+# The most of a client's value a reply or a log line repeats: a path, a name, may be as long
+# as a request line allows.
+ECHOED_CHARS = 200
+
+
+def cut_short(text: str, most: int = ECHOED_CHARS) -> str:
+    """``text`` as a reply repeats it: whole up to ``most`` characters, else cut there."""
+    return text if len(text) <= most else f"{text[:most]}…"
+
+
 class ErsError(Exception):
     """Base of the errors ERS raises on purpose."""
 
@@ -76,5 +86,5 @@ class AgentFailure(ErsError):
 
 class UnknownAgent(ErsError):
     def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"no agent named '{name}'; known agents: {', '.join(known)}")
+        super().__init__(f"no agent named '{cut_short(name)}'; known agents: {', '.join(known)}")
         self.name = name

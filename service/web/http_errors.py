@@ -16,7 +16,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.chat.admission import ChatOverloaded
-from service.errors import NO_ROUTE, CommitUnknown, StorePaused, StoreUnavailable, UnknownAgent
+from service.errors import (
+    NO_ROUTE,
+    CommitUnknown,
+    StorePaused,
+    StoreUnavailable,
+    UnknownAgent,
+    cut_short,
+)
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.auth import refused_before_the_body
 from service.web.routes.json_types import json_kind
@@ -137,7 +144,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     detail = exc.detail
     # The router's own answers name neither the path nor the way out. (The path as sent,
     # cut short: it is the client's own, and may be as long as a request line allows.)
-    path = request.url.path if len(request.url.path) <= 200 else f"{request.url.path[:200]}…"
+    path = cut_short(request.url.path)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"{NO_ROUTE} {path}: check the path (/docs lists the routes)"
     elif exc.status_code == 405 and detail == "Method Not Allowed":
