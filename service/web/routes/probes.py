@@ -11,9 +11,20 @@ from telemetry.providers import PROMETHEUS_CONTENT_TYPE
 router = APIRouter(tags=["probes"])
 
 
+def _headless(reply: Response) -> Response:
+    """The answer to a HEAD probe (some load balancers send one): the GET's status and
+    headers, without its body."""
+    return Response(status_code=reply.status_code, headers=dict(reply.headers))
+
+
 @router.get("/livez")
 async def livez() -> dict[str, str]:
     return {"status": "alive"}
+
+
+@router.head("/livez", include_in_schema=False)
+async def livez_head() -> Response:
+    return _headless(JSONResponse(await livez()))
 
 
 @router.get(
@@ -41,6 +52,11 @@ async def readyz(request: Request) -> JSONResponse:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
     return JSONResponse({"status": "ready"})
+
+
+@router.head("/readyz", include_in_schema=False)
+async def readyz_head(request: Request) -> Response:
+    return _headless(await readyz(request))
 
 
 # Below this much free space on the disk of an SQLite state, turns' commits fail.
