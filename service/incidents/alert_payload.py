@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -60,8 +61,17 @@ class Alert(BaseModel):
         return canonical_agent_name(agent) if agent else self.labels.get("component")
 
     def describe(self) -> str:
+        """The alert in one line of plain text: its words become a forced open's reason and
+        an incident's message, shown in table rows; an annotation often holds several lines,
+        and may hold escape sequences or bidirectional overrides that reorder what is read."""
         summary = self.annotations.get("summary") or self.annotations.get("description") or ""
-        return f"{self.name}: {summary}".strip(": ")[:300]
+        plain = "".join(_PLAIN.get(unicodedata.category(c), c) for c in f"{self.name}: {summary}")
+        return " ".join(plain.split())[:300].strip(": ")
+
+
+# In an alert's words, a control character (a line break, an escape) reads as a space and a
+# format character (a bidirectional override, a zero-width one) is dropped.
+_PLAIN = {"Cc": " ", "Cf": ""}
 
 
 class WebhookPayload(BaseModel):

@@ -222,3 +222,22 @@ async def test_unrecordable_alert_gets_503_so_alertmanager_retries(
     reply = await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
     assert reply.status_code == 503
     assert "could not record" in reply.json()["detail"]
+
+
+async def test_an_alerts_words_become_a_reason_of_one_plain_line(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The isolate action's reason is the alert's summary, shown in `ers breakers show`'s
+    table: an annotation of several lines, with an escape sequence or a right-to-left
+    override, broke the row or reordered what an operator reads."""
+    payload = copy.deepcopy(FIRING)
+    payload["alerts"][0]["annotations"]["summary"] = (
+        "workout agent failing\n  since 12:00\x1b[31m red\u202eevil\u200b"
+    )
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.status_code == 200
+    await settle(app)
+    reason = app.state.runtime.team.get("workout").breaker.snapshot()["forced"]["reason"]
+    assert reason == (
+        "alert AgentErrorRatioHigh: workout agent failing since 12:00 [31m redevil"
+    ), reason
