@@ -12,7 +12,8 @@ and a balancer that heeds it sends no chat); it closes the breaker and resolves 
 when the agent answers, else mitigates it for chats' trials to decide. A breaker found
 closed (an operator's reset, a restart) is asked the same before the incident is resolved.
 A resolution a stopped process had taken and not finished is handled again at the next
-start, or on PostgreSQL by another replica (see the ledger).
+start, or on PostgreSQL by another replica (see the ledger). An agent another isolate alert
+isolated and still fires for stays isolated.
 
 Deliveries of one alert are handled one at a time, in the order they arrived; where each
 lands is ``alert_landing``'s. An action the responder ran for the incident within its
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +86,10 @@ class AlertHandler:
         new = duplicates = 0
         for alert in payload.alerts:
             starts_at = alert.startsAt.isoformat()
-            delivered = alert.model_dump_json() if alert.status == "resolved" else None
+            # Kept: a lost resolution is handled again from it, an isolate alert's firing
+            # holds its agent against other alerts' resolutions.
+            kept = alert.status == "resolved" or alert.action == "isolate"
+            delivered = alert.model_dump_json() if kept else None
             if await asyncio.to_thread(
                 self.ledger.record,
                 alert.fingerprint,
@@ -299,7 +304,10 @@ class AlertHandler:
         if isolated_nothing(firing):
             # A forced open of alertmanager is another alert's, which may still fire: left
             # to it, with no trial watched and nothing mitigated for this one.
-            left = "its firing isolated nothing; the breaker is left as it is"
+            left: str | None = "its firing isolated nothing; the breaker is left as it is"
+        else:
+            left = await asyncio.to_thread(self._held_for_another, alert)
+        if left is not None:
             await asyncio.to_thread(self._note, incident.id, f"{note}: {left}")
             if not own:
                 return f"{left}; the incident is left to what opened it"
@@ -319,6 +327,19 @@ class AlertHandler:
         else:
             outcome = await asyncio.to_thread(self.recovery.mitigate, incident.id, alert)
         return f"{released}; {outcome}"
+
+    def _held_for_another(self, alert: Alert) -> str | None:
+        """Why the agent stays isolated when another isolate alert about it isolated it
+        within the isolation time and still fires; None when none does."""
+        since = time.time() - self.isolate_ttl_s
+        for delivered in self.ledger.isolating(alert.fingerprint, since):
+            other = Alert.model_validate_json(delivered)
+            if other.action == "isolate" and other.target == alert.target:
+                return (
+                    f"alert {other.name} (fingerprint {other.fingerprint}) isolated it too and"
+                    " still fires; the breaker is left as it is"
+                )
+        return None
 
     def _release(self, alert: Alert, incident: Incident | None) -> tuple[str, str | None]:
         """Lift the forced open this alert made; watch the trial that follows. Returns what

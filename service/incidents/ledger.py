@@ -229,6 +229,18 @@ class AlertLedger:
             "outcome": rows[0]["outcome"],
         }
 
+    def isolating(self, fingerprint: str, since: float) -> list[str]:
+        """The alerts other than ``fingerprint`` (as delivered, JSON) whose firing isolated
+        an agent since ``since`` and whose resolution has not arrived."""
+        rows = self._database.rows(
+            "SELECT f.alert FROM alert_ledger f WHERE f.status = 'firing' AND f.fingerprint <> ?"
+            " AND f.alert IS NOT NULL AND f.received_at >= ? AND f.outcome LIKE 'isolate: success%'"
+            " AND NOT EXISTS (SELECT 1 FROM alert_ledger r WHERE r.fingerprint = f.fingerprint"
+            " AND r.starts_at = f.starts_at AND r.status = 'resolved')",
+            (fingerprint, since),
+        )
+        return [row["alert"] for row in rows]
+
     def taken_at(self, fingerprint: str, starts_at: str, status: str) -> float | None:
         """When the attempt at a delivery still under way was taken, else None (also when
         its taker is gone)."""

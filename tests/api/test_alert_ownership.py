@@ -131,3 +131,36 @@ async def test_an_isolate_alert_about_no_agent_leaves_the_incident_it_landed_on_
     assert runtime.incidents.get(incident.id).status == "open"
     entry = runtime.alerts.ledger.entry("5e0f1c9a2b3d4e5f", "2026-11-28T12:00:00+00:00", "resolved")
     assert entry is not None and "left to" in entry["outcome"], entry
+
+
+async def test_an_isolation_another_alert_still_fires_for_outlives_this_ones_resolution(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Two isolate alerts about one agent, the second's isolation run too (the responder's
+    cooldown over): the second's resolution released the agent and resolved the incident
+    while the first still fired. An isolation now stands while any alert that made it does."""
+    runtime = app.state.runtime
+    runtime.alerts.responder.cooldown_s = 0.0  # the second alert's isolation runs as well
+    breaker = runtime.team.get("workout").breaker
+    await settle_after(hook, app, FIRING)
+    (incident,) = runtime.incidents.list(component="workout")[0]
+    other = copy.deepcopy(FIRING)
+    other["alerts"][0]["labels"]["alertname"] = "WorkoutSlowCalls"
+    other["alerts"][0]["fingerprint"] = "6a1b2c3d4e5f6071"
+    await settle_after(hook, app, other)
+    entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "firing")
+    assert entry is not None and entry["outcome"].startswith("isolate: success"), entry
+
+    other_resolved = copy.deepcopy(other)
+    other_resolved["status"] = other_resolved["alerts"][0]["status"] = "resolved"
+    await settle_after(hook, app, other_resolved)
+    assert breaker.state.value == "forced_open"
+    assert runtime.incidents.get(incident.id).status != "resolved"
+    entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "resolved")
+    assert entry is not None and "AgentErrorRatioHigh" in entry["outcome"], entry
+    assert "still fires" in entry["outcome"], entry
+
+    # The first resolves: nothing holds the agent any more.
+    await settle_after(hook, app, resolved_payload())
+    assert breaker.state.value == "closed"
+    assert runtime.incidents.get(incident.id).status == "resolved"
