@@ -206,8 +206,13 @@ def parse_profile_facts(message: str) -> dict[str, Any]:
 # --- money ---------------------------------------------------------------------------------
 
 _AMOUNT = r"(?>\d[\d.,]*\d|\d)(?:e[-+]?\d+)?|nan|inf(?:inity)?"
+# What sticks to an amount's digits is part of what was written: a letter of any script, an
+# underscore ($1_000), a combining mark (a struck-through digit); so is a digit group after a
+# space ($1 000). Each ended the amount unsaid, and $1.00 was recorded.
+_TAIL = r"[\w\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]*"
 _MONEY = re.compile(
-    rf"(?P<before>(?<!\w)[{_MINUS}])?[$€£]\s?(?P<after>[{_MINUS}])?(?P<amount>{_AMOUNT})(?P<tail>[a-z]*)"
+    rf"(?P<before>(?<!\w)[{_MINUS}])?[$€£]\s?(?P<after>[{_MINUS}])?(?P<amount>{_AMOUNT})"
+    rf"(?P<tail>{_TAIL})(?P<spaced>[ \u00a0\u202f]+\d+)?"
     rf"|(?P<minus>(?<![\w.,{_MINUS}])[{_MINUS}])?(?<![\w.,])(?P<worded>{_AMOUNT})\s?"
     r"(?:dollars|usd|eur|euros?|bucks)\b"
 )
@@ -256,6 +261,13 @@ def _money_cents(match: re.Match[str]) -> int:
         raise NotUnderstood(
             written,
             "write the amount in digits only (1200, not 1.2k)",
+            _MONEY_EXAMPLE,
+            _NOTHING_RECORDED,
+        )
+    if match.group("spaced"):
+        raise NotUnderstood(
+            written,
+            "write the amount without spaces (1000 or 1,000)",
             _MONEY_EXAMPLE,
             _NOTHING_RECORDED,
         )

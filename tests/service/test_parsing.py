@@ -117,6 +117,13 @@ def test_money_as_meant(text: str, cents: int) -> None:
         ("spent $1,000,000.01", "at most $1,000,000.00"),
         ("spent $" + "9" * 4000, "at most $1,000,000.00"),
         ("spent $25k", "digits only"),
+        # Each was recorded as $1.00 or $2.00: what followed the first digits ended the amount.
+        ("spent $1_000 on food", "'$1_000': write the amount in digits only"),
+        ("spent $2\u0335\u00335 on food", "digits only"),
+        ("spent $1\u00e9 on food", "digits only"),
+        ("spent $1 000 on rent", "'$1 000': write the amount without spaces (1000 or 1,000)"),
+        ("spent $2 5 on food", "without spaces"),
+        ("spent \u20ac1\u202f000 on rent", "without spaces"),
         ("spent $1,2,3", "write amounts like"),
         ("spent $1,2000", "at most two decimals"),
         # Any amount of money in the message, not only the first one.
