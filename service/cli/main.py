@@ -18,6 +18,7 @@ from typing import NoReturn
 from service.cli.output import EXIT_CODES, FAILED, OK, USAGE, CliError, add_output_option
 from service.cli.remote import DEFAULT_URL, add_connection_options
 from service.settings import Environment, SettingsError, load_settings
+from telemetry.redaction import redacted_query
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,6 +52,7 @@ def serve(args: argparse.Namespace) -> int:
     # database wrote some 70 of them, burying ERS's own line that says it (and its end).
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     logging.getLogger("uvicorn.error").addFilter(HideRefusalTraceback())
+    logging.getLogger("uvicorn.access").addFilter(AccessLogWithoutQueryValues())
     refused = SettingsRefusal()
     logging.getLogger("uvicorn.error").addFilter(refused)
     app = create_app(settings)
@@ -167,6 +169,20 @@ class SettingsRefusal(logging.Filter):
         return not (self.message is not None and "Application startup failed" in text)
 
 
+class AccessLogWithoutQueryValues(logging.Filter):
+    """uvicorn's access log line with the values of its query redacted, names kept: a query
+    can carry a credential (a client's `?token=...`, which ERS never takes), as ERS's own
+    telemetry leaves the query string out for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, question, query = args[2].partition("?")
+            if question:
+                record.args = (*args[:2], f"{path}?{redacted_query(query)}", *args[3:])
+        return True
+
+
 def tune_garbage_collector() -> None:
     """Move start-up objects out of the collector's sight and collect young objects less
     often: every request allocates spans, attributes and replies that die young, and the
@@ -266,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", type=host_name, help="address to listen on (default from settings)"
     )
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default from settings)")
-    serve_cmd.add_argument("--access-log", action="store_true", help="log every request")
+    serve_cmd.add_argument(
+        "--access-log", action="store_true", help="log every request (its query values redacted)"
+    )
     serve_cmd.set_defaults(handler=serve)
     for register in _extra_commands():
         register(commands)
