@@ -26,6 +26,7 @@ from service.errors import (
 )
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.auth import refused_before_the_body
+from service.web.routes.chat import USER_ID_PATTERN
 from service.web.routes.json_types import json_kind
 from telemetry.exception_events import record_failure
 from telemetry.incident_processor import NOT_AN_INCIDENT
@@ -54,6 +55,7 @@ _MUST_BE = {
 _LOOKS_LIKE = {
     INCIDENT_ID_PATTERN: "an incident id like INC_1796294115000_ab12cd (see `ers incidents list`)",
     TRACE_ID_PATTERN: "a trace id of 32 lowercase hex characters (a chat reply's traceId)",
+    USER_ID_PATTERN: "a user id: letters, digits and _ . @ : - only",
 }
 
 

@@ -81,7 +81,10 @@ async def test_default_user_is_anonymous(client: httpx.AsyncClient, app: FastAPI
         ({"message": 42}, "message: Input should be a valid string"),
         ({"userId": "u1"}, "message is required"),
         ({"message": "hi", "userId": ""}, "userId"),
-        ({"message": "hi", "userId": "../etc/passwd"}, "userId"),
+        (
+            {"message": "hi", "userId": "../etc/passwd"},
+            "userId: '../etc/passwd' is not a user id: letters, digits and _ . @ : - only",
+        ),
         ({"message": "hi", "extra": 1}, "extra is not a known field"),
         ([1, 2], "must be a JSON object"),
     ],
