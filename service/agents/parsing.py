@@ -101,12 +101,9 @@ def _figure(match: re.Match[str], what: str) -> float:
     return float(figure.replace(",", "."))
 
 
-def _first(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
-    """The first match that states a figure rather than a change of it ('lose 5 kg')."""
-    for match in pattern.finditer(text):
-        if not _CHANGE.search(text, 0, match.start()):
-            return match
-    return None
+def _stated(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
+    """The matches that state a figure rather than a change of it ('lose 5 kg')."""
+    return [m for m in pattern.finditer(text) if not _CHANGE.search(text, 0, m.start())]
 
 
 def _in_range(written: str, what: str, value: float, limits: Limits) -> float:
@@ -142,14 +139,24 @@ def _measurement(
     factor: float,
     limits: Limits,
 ) -> float | None:
-    """The first figure written in the unit of ``limits``, else in the other unit (converted
-    by ``factor`` and rounded to 0.1), checked against ``limits``."""
-    if match := _first(written_in_unit, text):
-        value = _figure(match, what)
-    elif match := _first(written_otherwise, text):
-        value = round(_figure(match, what) * factor, 1)
-    else:
+    """The figure written in the unit of ``limits``, else in the other unit (converted by
+    ``factor`` and rounded to 0.1), checked against ``limits``; a message that states two
+    different ones is refused: saving the first would drop the other unsaid."""
+    stated = [(m, 1.0) for m in _stated(written_in_unit, text)]
+    stated += [(m, factor) for m in _stated(written_otherwise, text)]
+    if not stated:
         return None
+    match, value = stated[0][0], round(_figure(stated[0][0], what) * stated[0][1], 1)
+    for other, times in stated[1:]:
+        # The same figure again, in the other unit or rounded ("80 kg (176 lb)"), is one.
+        if abs(round(_figure(other, what) * times, 1) - value) > 1.0:
+            figures = ", ".join(m.group(0).strip() for m, _ in stated)
+            raise NotUnderstood(
+                other.group(0).strip(),
+                f"one {what[2:]} per message, and this one has {len(stated)} ({figures})",
+                _PROFILE_EXAMPLE,
+                _NOTHING_SAVED,
+            )
     return _in_range(match.group(0).strip(), what, value, limits)
 
 

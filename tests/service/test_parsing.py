@@ -169,6 +169,12 @@ def test_the_cap_is_one_million() -> None:
         # Said of oneself, a lone figure is refused rather than passed over.
         ("my weight is -80 kg", "a weight cannot be negative"),
         ("I weigh 900 kg", "a weight must be more than 20 and at most 400 kg"),
+        # Two figures of one kind: the first was saved, the other dropped unsaid.
+        (
+            "I am 30, 80 kg, 180 cm, male and I weigh 90 kg",
+            "'90 kg': one weight per message, and this one has 2 (80 kg, 90 kg)",
+        ),
+        ("I am 30, 180 cm, 6.1 m", "one height per message"),
     ],
 )
 def test_profile_figures_not_taken_as_written(text: str, reason: str) -> None:
@@ -190,6 +196,9 @@ def test_profile_figures_not_taken_as_written(text: str, reason: str) -> None:
         ("I am 2 weeks into training", {}),
         ("im 40 minutes from the gym", {}),
         ("I am 80 kg", {"weight_kg": 80.0}),
+        # The same figure in the other unit, rounded.
+        ("I weigh 80 kg (176 lbs)", {"weight_kg": 80.0}),
+        ("I am 30, 180 cm (1.80 m)", {"age": 30, "height_cm": 180.0}),
     ],
 )
 def test_profile_figures_at_the_edges(text: str, expected: dict[str, object]) -> None:
