@@ -5,15 +5,14 @@ background: it lands on an incident, its receipt goes on the timeline, and a fir
 runs its action — ``isolate`` force-opens the agent's breaker with source ``alertmanager``,
 ``backup`` takes an emergency backup, ``rollback`` rolls back only when automatic rollback
 is on, ``cleanup`` trims caches. A resolved alert never starts an action: it recovers the
-incident its firing landed on (``recovery``). A resolved ``isolate`` releases the breaker to
-half-open and asks the agent at once, with the synthetic call an operator's reset makes
-(a chat's trial could wait for ever: health answers 503 while a critical incident is open,
-and a balancer that heeds it sends no chat); it closes the breaker and resolves the incident
-when the agent answers, else mitigates it for chats' trials to decide. A breaker found
-closed (an operator's reset, a restart) is asked the same before the incident is resolved.
+incident its firing landed on (``recovery``). A resolved ``isolate`` (no other isolate alert
+still firing for the agent) releases the breaker to half-open and asks the agent at once, as
+an operator's reset does (a chat's trial could wait for ever: health answers 503 while a
+critical incident is open, and a balancer that heeds it sends no chat); it closes the breaker
+and resolves the incident when the agent answers, else mitigates it for chats' trials to
+decide. A breaker found closed (a reset, a restart) is asked the same before it is resolved.
 A resolution a stopped process had taken and not finished is handled again at the next
-start, or on PostgreSQL by another replica (see the ledger). An agent another isolate alert
-isolated and still fires for stays isolated.
+start, or on PostgreSQL by another replica (see the ledger).
 
 Deliveries of one alert are handled one at a time, in the order they arrived; where each
 lands is ``alert_landing``'s. An action the responder ran for the incident within its
@@ -41,6 +40,7 @@ from service.incidents.alert_payload import (
 )
 from service.incidents.ledger import (
     COOLDOWN_OUTCOME,
+    ISOLATING,
     AlertLedger,
     LedgerUnavailable,
     firing_handled,
@@ -301,15 +301,14 @@ class AlertHandler:
             self.ledger.entry, alert.fingerprint, alert.startsAt.isoformat(), "firing"
         )
         own = incident.fingerprint == alert_fingerprint(alert, alert.target or "ers")
-        if isolated_nothing(firing):
-            # A forced open of alertmanager is another alert's, which may still fire: left
-            # to it, with no trial watched and nothing mitigated for this one.
-            left: str | None = "its firing isolated nothing; the breaker is left as it is"
-        else:
-            left = await asyncio.to_thread(self._held_for_another, alert)
-        if left is not None:
+        # A forced open of alertmanager another alert holds, which still fires, is left to it,
+        # with its incident (which it landed on too), no trial watched, nothing mitigated.
+        nothing = isolated_nothing(firing)
+        held = None if nothing else await asyncio.to_thread(self._held_for_another, alert)
+        if nothing or held is not None:
+            left = held or "its firing isolated nothing; the breaker is left as it is"
             await asyncio.to_thread(self._note, incident.id, f"{note}: {left}")
-            if not own:
+            if not own or held is not None:
                 return f"{left}; the incident is left to what opened it"
             resolved = await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
             return f"{left}; {resolved}"
@@ -394,7 +393,7 @@ class AlertHandler:
 
 def isolated_nothing(firing: dict[str, Any] | None) -> bool:
     """The ledger entry of an ``isolate`` alert's firing says it isolated nothing: skipped
-    (held by someone else, within the cooldown, no such agent) or failed. Unknown (no entry,
-    no outcome yet, lost with its process) is not taken to be nothing."""
+    (held by someone else, no such agent) or failed; within the cooldown, the isolation that
+    ran holds for it too. Unknown (no entry, no outcome yet) is not taken to be nothing."""
     outcome = (firing or {}).get("outcome") or ""
-    return outcome.startswith("isolate: ") and not outcome.startswith("isolate: success")
+    return outcome.startswith("isolate: ") and not outcome.startswith(ISOLATING)

@@ -57,6 +57,9 @@ LOST = "failed: lost, the service stopped before it finished; taken again on the
 # for it again once the cooldown ends, so its next delivery is taken again (and, in the
 # process that took it, it runs when the cooldown ends).
 COOLDOWN_OUTCOME = "skipped within the cooldown; run once it ends if the alert still fires"
+# The outcomes of an isolate alert's firing that hold its agent: another isolate alert's
+# resolution leaves the agent isolated while one of these still fires.
+ISOLATING = ("isolate: success", f"isolate: {COOLDOWN_OUTCOME}")
 # How long a resolution waits for its firing while another writer acts on it: longer than
 # an action may run (the responder's limit is 120 s).
 FIRING_WAIT_S = 130.0
@@ -231,13 +234,15 @@ class AlertLedger:
 
     def isolating(self, fingerprint: str, since: float) -> list[str]:
         """The alerts other than ``fingerprint`` (as delivered, JSON) whose firing isolated
-        an agent since ``since`` and whose resolution has not arrived."""
+        an agent since ``since``, or found it isolated within the responder's cooldown, and
+        whose resolution has not arrived."""
         rows = self._database.rows(
             "SELECT f.alert FROM alert_ledger f WHERE f.status = 'firing' AND f.fingerprint <> ?"
-            " AND f.alert IS NOT NULL AND f.received_at >= ? AND f.outcome LIKE 'isolate: success%'"
+            " AND f.alert IS NOT NULL AND f.received_at >= ?"
+            " AND (f.outcome LIKE 'isolate: success%' OR f.outcome = ?)"
             " AND NOT EXISTS (SELECT 1 FROM alert_ledger r WHERE r.fingerprint = f.fingerprint"
             " AND r.starts_at = f.starts_at AND r.status = 'resolved')",
-            (fingerprint, since),
+            (fingerprint, since, f"isolate: {COOLDOWN_OUTCOME}"),
         )
         return [row["alert"] for row in rows]
 

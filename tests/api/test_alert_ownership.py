@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from tests.api.test_alert_webhook import AUTH, FIRING, hook, resolved_payload, settings, settle
@@ -95,7 +96,8 @@ async def test_a_resolution_whose_firing_isolated_nothing_leaves_another_alerts_
     # marked mitigated by this alert.
     assert runtime.incidents.get(incident.id).status == status_before
     entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "resolved")
-    assert entry is not None and "isolated nothing" in entry["outcome"], entry
+    assert entry is not None and "AgentErrorRatioHigh" in entry["outcome"], entry
+    assert "still fires; the breaker is left as it is" in entry["outcome"], entry
 
     # The alert that isolated the agent resolves: its own resolution recovers as before.
     await settle_after(hook, app, resolved_payload())
@@ -133,14 +135,16 @@ async def test_an_isolate_alert_about_no_agent_leaves_the_incident_it_landed_on_
     assert entry is not None and "left to" in entry["outcome"], entry
 
 
-async def test_an_isolation_another_alert_still_fires_for_outlives_this_ones_resolution(
-    hook: httpx.AsyncClient, app: FastAPI
+@pytest.mark.parametrize("cooldown_s", [300.0, 0.0], ids=["skipped-within-cooldown", "ran"])
+async def test_an_isolation_another_alert_still_fires_for_outlives_the_first_resolution(
+    hook: httpx.AsyncClient, app: FastAPI, cooldown_s: float
 ) -> None:
-    """Two isolate alerts about one agent, the second's isolation run too (the responder's
-    cooldown over): the second's resolution released the agent and resolved the incident
-    while the first still fired. An isolation now stands while any alert that made it does."""
+    """Two isolate alerts about one agent: the second's isolation skipped within the
+    responder's cooldown (the first's holds the agent), or run as well. The first to resolve
+    released the agent and resolved the incident while the other still fired. An isolation
+    now stands while an alert it holds the agent for still fires; the last one releases it."""
     runtime = app.state.runtime
-    runtime.alerts.responder.cooldown_s = 0.0  # the second alert's isolation runs as well
+    runtime.alerts.responder.cooldown_s = cooldown_s
     breaker = runtime.team.get("workout").breaker
     await settle_after(hook, app, FIRING)
     (incident,) = runtime.incidents.list(component="workout")[0]
@@ -149,18 +153,20 @@ async def test_an_isolation_another_alert_still_fires_for_outlives_this_ones_res
     other["alerts"][0]["fingerprint"] = "6a1b2c3d4e5f6071"
     await settle_after(hook, app, other)
     entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "firing")
-    assert entry is not None and entry["outcome"].startswith("isolate: success"), entry
+    ran = "isolate: success" if cooldown_s == 0 else "isolate: skipped within the cooldown"
+    assert entry is not None and entry["outcome"].startswith(ran), entry
 
+    # The first resolves; the second still fires.
+    await settle_after(hook, app, resolved_payload())
+    assert breaker.state.value == "forced_open"
+    assert runtime.incidents.get(incident.id).status != "resolved"
+    entry = runtime.alerts.ledger.entry("5e0f1c9a2b3d4e5f", "2026-11-28T12:00:00+00:00", "resolved")
+    assert entry is not None and "alert WorkoutSlowCalls" in entry["outcome"], entry
+    assert "still fires" in entry["outcome"], entry
+
+    # The second resolves: nothing holds the agent any more.
     other_resolved = copy.deepcopy(other)
     other_resolved["status"] = other_resolved["alerts"][0]["status"] = "resolved"
     await settle_after(hook, app, other_resolved)
-    assert breaker.state.value == "forced_open"
-    assert runtime.incidents.get(incident.id).status != "resolved"
-    entry = runtime.alerts.ledger.entry("6a1b2c3d4e5f6071", "2026-11-28T12:00:00+00:00", "resolved")
-    assert entry is not None and "AgentErrorRatioHigh" in entry["outcome"], entry
-    assert "still fires" in entry["outcome"], entry
-
-    # The first resolves: nothing holds the agent any more.
-    await settle_after(hook, app, resolved_payload())
     assert breaker.state.value == "closed"
     assert runtime.incidents.get(incident.id).status == "resolved"
