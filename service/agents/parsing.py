@@ -9,6 +9,7 @@ as $1 would change what the user said without a word.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from decimal import Decimal
 from typing import Any
@@ -59,6 +60,9 @@ _HEIGHT_CM = re.compile(rf"{_FIGURE}\s*(?:cm|centimet(?:er|re)s?)\b")
 _OF_ONESELF = re.compile(
     rf"\b(?:i weigh|i am|i'm|im|my (?:weight|height|age)(?: is)?)\s+(?:about\s+|around\s+)?"
     rf"{_FIGURE}(?!\s*(?:{_NOT_A_PROFILE_FIGURE}))"
+)
+_OF_ONESELF_BEFORE = re.compile(
+    r"\b(?:i weigh|i am|i'm|im|my (?:weight|height)(?: is)?)\s+(?:about\s+|around\s+)?$"
 )
 _HEIGHT_M = re.compile(rf"(?P<minus>(?<![\w.,])[{_MINUS}])?\b(?P<figure>\d\.\d{{1,2}})\s*m\b")
 # "lose 5 kg" is a goal, not a weight.
@@ -148,15 +152,20 @@ def _measurement(
         return None
     match, value = stated[0][0], round(_figure(stated[0][0], what) * stated[0][1], 1)
     for other, times in stated[1:]:
-        # The same figure again, in the other unit or rounded ("80 kg (176 lb)"), is one.
-        if abs(round(_figure(other, what) * times, 1) - value) > 1.0:
-            figures = ", ".join(m.group(0).strip() for m, _ in stated)
-            raise NotUnderstood(
-                other.group(0).strip(),
-                f"one {what[2:]} per message, and this one has {len(stated)} ({figures})",
-                _PROFILE_EXAMPLE,
-                _NOTHING_SAVED,
-            )
+        # Another figure said of oneself ("... and I weigh 90 kg"), not the same one again in
+        # the other unit or rounded; "squat 100 kg" or "a goal of 72 kg" is of something else.
+        if not _OF_ONESELF_BEFORE.search(text, 0, other.start()):
+            continue
+        with contextlib.suppress(NotUnderstood):
+            if abs(round(_figure(other, what) * times, 1) - value) <= 1.0:
+                continue
+        figures = f"{match.group(0).strip()}, {other.group(0).strip()}"
+        raise NotUnderstood(
+            other.group(0).strip(),
+            f"one {what[2:]} per message, and this one has two ({figures})",
+            _PROFILE_EXAMPLE,
+            _NOTHING_SAVED,
+        )
     return _in_range(match.group(0).strip(), what, value, limits)
 
 
@@ -214,12 +223,12 @@ def parse_profile_facts(message: str) -> dict[str, Any]:
 
 _AMOUNT = r"(?>\d[\d.,]*\d|\d)(?:e[-+]?\d+)?|nan|inf(?:inity)?"
 # What sticks to an amount's digits is part of what was written: a letter of any script, an
-# underscore ($1_000), a combining mark (a struck-through digit); so is a digit group after a
-# space ($1 000). Each ended the amount unsaid, and $1.00 was recorded.
+# underscore ($1_000), a combining mark (a struck-through digit); so is a thousands group
+# after a space ($1 000, not "$20 2 days ago"). Each ended the amount unsaid: $1.00 recorded.
 _TAIL = r"[\w\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]*"
 _MONEY = re.compile(
     rf"(?P<before>(?<!\w)[{_MINUS}])?[$€£]\s?(?P<after>[{_MINUS}])?(?P<amount>{_AMOUNT})"
-    rf"(?P<tail>{_TAIL})(?P<spaced>[ \u00a0\u202f]+\d+)?"
+    rf"(?P<tail>{_TAIL})(?P<spaced>[ \u00a0\u202f]\d{{3}}(?!\d))?"
     rf"|(?P<minus>(?<![\w.,{_MINUS}])[{_MINUS}])?(?<![\w.,])(?P<worded>{_AMOUNT})\s?"
     r"(?:dollars|usd|eur|euros?|bucks)\b"
 )
@@ -271,7 +280,7 @@ def _money_cents(match: re.Match[str]) -> int:
             _MONEY_EXAMPLE,
             _NOTHING_RECORDED,
         )
-    if match.group("spaced"):
+    if match.group("spaced") and re.fullmatch(r"\d{1,3}", match.group("amount")):
         raise NotUnderstood(
             written,
             "write the amount without spaces (1000 or 1,000)",

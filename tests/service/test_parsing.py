@@ -93,6 +93,10 @@ def test_format_cents() -> None:
         ("spent 20-30 on food", 2_000),
         ("spent $ 25 on lunch", 2_500),
         ("spent 25 on the 5th", 2_500),
+        # A number after an amount that is no thousands group is not part of it.
+        ("spent $20 2 days ago on food", 2_000),
+        ("spent $5 3 times on coffee", 500),
+        ("spent \u20ac20 2x on lunch", 2_000),
     ],
 )
 def test_money_as_meant(text: str, cents: int) -> None:
@@ -122,7 +126,7 @@ def test_money_as_meant(text: str, cents: int) -> None:
         ("spent $2\u0335\u00335 on food", "digits only"),
         ("spent $1\u00e9 on food", "digits only"),
         ("spent $1 000 on rent", "'$1 000': write the amount without spaces (1000 or 1,000)"),
-        ("spent $2 5 on food", "without spaces"),
+        ("spent $1 000.50 on rent", "without spaces"),
         ("spent \u20ac1\u202f000 on rent", "without spaces"),
         ("spent $1,2,3", "write amounts like"),
         ("spent $1,2000", "at most two decimals"),
@@ -172,9 +176,9 @@ def test_the_cap_is_one_million() -> None:
         # Two figures of one kind: the first was saved, the other dropped unsaid.
         (
             "I am 30, 80 kg, 180 cm, male and I weigh 90 kg",
-            "'90 kg': one weight per message, and this one has 2 (80 kg, 90 kg)",
+            "'90 kg': one weight per message, and this one has two (80 kg, 90 kg)",
         ),
-        ("I am 30, 180 cm, 6.1 m", "one height per message"),
+        ("I am 30, 180 cm and my height is 190 cm", "one height per message"),
     ],
 )
 def test_profile_figures_not_taken_as_written(text: str, reason: str) -> None:
@@ -199,6 +203,14 @@ def test_profile_figures_not_taken_as_written(text: str, reason: str) -> None:
         # The same figure in the other unit, rounded.
         ("I weigh 80 kg (176 lbs)", {"weight_kg": 80.0}),
         ("I am 30, 180 cm (1.80 m)", {"age": 30, "height_cm": 180.0}),
+        # Another figure of something else than the person.
+        (
+            "I am 30, 80 kg, 180 cm, goal weight 72 kg",
+            {"age": 30, "weight_kg": 80.0, "height_cm": 180.0},
+        ),
+        ("I am 30, 80 kg and I squat 100 kg", {"age": 30, "weight_kg": 80.0}),
+        ("I am 30, 80 kg; I want to reach 75 kg", {"age": 30, "weight_kg": 80.0}),
+        ("I am 30, 80 kg, I carry a -5 kg vest", {"age": 30, "weight_kg": 80.0}),
     ],
 )
 def test_profile_figures_at_the_edges(text: str, expected: dict[str, object]) -> None:
