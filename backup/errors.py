@@ -145,12 +145,22 @@ class ResticCommandFailed(ResticError):
     label = "command_failed"
 
 
-class ResticInterrupted(ResticError):
-    """restic was stopped by SIGINT or SIGTERM before it finished: a terminal's Ctrl-C, or a
-    service manager stopping ERS (systemd signals every process of the unit), not a fault
-    of the repository or of what it was given."""
+class Interrupted(BackupError):
+    """A program (restic, pg_dump, pg_restore) was stopped by SIGINT or SIGTERM before it
+    finished: a terminal's Ctrl-C, or a service manager stopping ERS (systemd signals every
+    process of the unit), not a fault of the repository, the database or what it was given."""
 
     label = "interrupted"
+
+
+class ResticInterrupted(Interrupted, ResticError):
+    label = "interrupted"
+
+
+def stopping_signal(exit_code: int | None) -> str | None:
+    """SIGINT or SIGTERM when a program's exit code says one ended it (minus the signal),
+    else None."""
+    return {-signal.SIGINT: "SIGINT", -signal.SIGTERM: "SIGTERM"}.get(exit_code or 0)
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from backup.backend import (
 from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
+    Interrupted,
     ResticCommandFailed,
-    ResticInterrupted,
     RollbackFailed,
     SnapshotNotFound,
     UnknownComponent,
@@ -286,7 +286,7 @@ class BackupManager:
             try:
                 async with self._turn():
                     preview = await self.backend.preview(snapshot, names)
-            except ResticInterrupted:
+            except Interrupted:
                 raise  # stopped, not a verdict on the snapshot
             except BackupError as exc:
                 files += [FileVerification(name, str(exc)[:200], None, 0) for name in names]

@@ -21,7 +21,14 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backup.errors import BackupError, PgRestoreFailed, PgToolNotInstalled, stderr_tail
+from backup.errors import (
+    BackupError,
+    Interrupted,
+    PgRestoreFailed,
+    PgToolNotInstalled,
+    stderr_tail,
+    stopping_signal,
+)
 from backup.process import CANNOT_START, inherited_environment, start_program, stop_process
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
@@ -211,6 +218,8 @@ async def run_pg_program(
     except BaseException:
         await _stop(process)
         raise
+    if (stopped := stopping_signal(process.returncode)) is not None:
+        raise Interrupted(f"{program} was stopped by {stopped} before it finished {doing}")
     if process.returncode != 0:
         said = connection.scrub(stderr_tail(errors.decode(errors="replace")))
         raise failure(

@@ -16,7 +16,7 @@ from opentelemetry.metrics import Meter
 
 from backup import BackupError
 from backup.emergency import EmergencyCooldown
-from backup.errors import ResticInterrupted
+from backup.errors import Interrupted
 from backup.models import DrillResult
 from service.backups.fleet_list import FleetSnapshotList
 from service.backups.fleet_repository import FleetRepository
@@ -167,7 +167,7 @@ async def run_schedule(
             if now - last_check >= backups.settings.repository_check_interval_hours * 3600:
                 await backups.require().check()
                 last_check = now
-        except ResticInterrupted as exc:
+        except Interrupted as exc:
             log.warning("scheduled backup work did not finish: %s", exc)
         except (BackupError, BackupsUnavailable) as exc:
             log.error("scheduled backup work failed: %s", exc)
@@ -228,7 +228,7 @@ async def drill(backups: BackupService) -> bool:
     before, backups.last_drill_at = backups.last_drill_at, time.time()
     try:
         result = await backups.require().verify_latest()
-    except ResticInterrupted as exc:
+    except Interrupted as exc:
         # Stopped with the service (systemd signals every process of the unit) or by hand:
         # it says nothing of the backups, and the drill stays due.
         backups.last_drill_at = before

@@ -17,20 +17,21 @@ from typing import Any
 import psutil
 import pytest
 
-from backup.errors import ResticCommandFailed, ResticInterrupted
+from backup.errors import Interrupted, PgRestoreFailed, ResticCommandFailed, ResticInterrupted
+from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.restic import Restic
 from service.backups.jobs import drill
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
 
 
-async def restic_child(limit_s: float = 30.0) -> psutil.Process:
+async def child_named(name: str = "restic", limit_s: float = 30.0) -> psutil.Process:
     deadline = time.monotonic() + limit_s
     while True:
-        found = [p for p in psutil.Process().children(recursive=True) if p.name() == "restic"]
+        found = [p for p in psutil.Process().children(recursive=True) if p.name() == name]
         if found:
             return found[0]
-        assert time.monotonic() < deadline, "restic did not start"
+        assert time.monotonic() < deadline, f"{name} did not start"
         await asyncio.sleep(0.05)
 
 
@@ -52,7 +53,7 @@ async def test_a_restic_stopped_by_a_signal_is_named_by_it(
     reading, writing = os.pipe()  # restic waits for its input until the signal
     try:
         backup = asyncio.ensure_future(restic.backup_stdin(reading, "state.db", tags=["t"]))
-        child = await restic_child()
+        child = await child_named()
         await asyncio.sleep(0.5)  # restic has installed its SIGINT handler
         child.send_signal(sig)
         with pytest.raises(expected) as raised:
@@ -85,3 +86,36 @@ async def test_a_drill_stopped_by_a_signal_is_no_verdict_and_stays_due(
     )
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     assert "restore drill did not finish: restic was stopped by SIGTERM" in caplog.text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_a_pg_restore_stopped_by_a_signal_is_an_interruption(
+    sig: signal.Signals,
+) -> None:
+    """On PostgreSQL a drill restores with pg_restore, which a service manager stops with
+    ERS: its exit was a failed restore, and the drill a failed one."""
+    tools = PgTools.find()
+    connection = PgConnection.from_url("postgresql://ers@127.0.0.1:1/nowhere")
+    reading, writing = os.pipe()  # pg_restore waits for the dump until the signal
+    try:
+        restore = asyncio.ensure_future(
+            run_pg_program(
+                tools.pg_restore,
+                ["--dbname", connection.conninfo],
+                connection=connection,
+                failure=PgRestoreFailed,
+                doing="restoring into a scratch database",
+                timeout=60,
+                stdin=reading,
+            )
+        )
+        child = await child_named("pg_restore")
+        child.send_signal(sig)
+        with pytest.raises(Interrupted) as raised:
+            await restore
+    finally:
+        os.close(reading)
+        os.close(writing)
+    assert str(raised.value) == (
+        f"pg_restore was stopped by {sig.name} before it finished restoring into a scratch database"
+    )
