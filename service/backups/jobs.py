@@ -178,29 +178,20 @@ async def _due_backups(backups: BackupService) -> bool:
     """The backups that are due; True when one made a snapshot. Retention runs only then:
     `restic forget` locks the repository for itself (and writes a lock file to a remote one),
     so running it on every tick would turn people's test rollbacks away for nothing."""
-    if _due(backups) == []:
-        return False
-    # A snapshot forgotten by hand (`restic forget`) stays in the list in memory until its
-    # next refresh, and the state it held would pass for backed up and unchanged.
-    await backups.require().refresh()
-    due = _due(backups)
-    if due == []:
-        return False
-    result = await backups.create(due, "scheduled")
+    now = time.time()
+    last = backups.last_success()
+    full = backups.last_full()
+    if full is None or now - full >= backups.full_interval_s:
+        result = await backups.create(None, "scheduled")
+    else:
+        due = [c for c, every in backups.intervals_s.items() if now - last.get(c, 0) >= every]
+        if not due:
+            return False
+        result = await backups.create(due, "scheduled")
     if result.snapshot_id is None:
         return False
     await forget(backups)
     return True
-
-
-def _due(backups: BackupService) -> list[str] | None:
-    """The components whose backup is due; None for the whole state, [] for none."""
-    now = time.time()
-    full = backups.last_full()
-    if full is None or now - full >= backups.full_interval_s:
-        return None
-    last = backups.last_success()
-    return [c for c, every in backups.intervals_s.items() if now - last.get(c, 0) >= every]
 
 
 async def forget(backups: BackupService) -> None:

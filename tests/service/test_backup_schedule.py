@@ -35,10 +35,7 @@ class Backups:
         async def forget(keep_last: int) -> None:
             self.calls.append(("forget", keep_last))
 
-        async def refresh() -> None:
-            self.calls.append(("refresh",))
-
-        return SimpleNamespace(forget=forget, refresh=refresh)
+        return SimpleNamespace(forget=forget)
 
 
 async def test_a_tick_with_nothing_due_runs_no_restic_forget() -> None:
@@ -50,13 +47,13 @@ async def test_a_tick_with_nothing_due_runs_no_restic_forget() -> None:
 async def test_a_due_backup_of_unchanged_state_runs_no_restic_forget() -> None:
     backups = Backups(last=time.time() - 7200, snapshot_id=None)
     assert await _due_backups(backups) is False  # type: ignore[arg-type]
-    assert backups.calls == [("refresh",), ("create", ["budgets"])]
+    assert backups.calls == [("create", ["budgets"])]
 
 
 async def test_a_backup_that_made_a_snapshot_is_followed_by_retention() -> None:
     backups = Backups(last=time.time() - 7200, snapshot_id="abc")
     assert await _due_backups(backups) is True  # type: ignore[arg-type]
-    assert backups.calls == [("refresh",), ("create", ["budgets"]), ("forget", 50)]
+    assert backups.calls == [("create", ["budgets"]), ("forget", 50)]
 
 
 def drilled(last_drill_at: float | None, ok: bool | None, last_full: float) -> Any:
