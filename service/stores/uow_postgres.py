@@ -54,8 +54,9 @@ class PgUnitOfWork:
             if not stored:
                 raise StoreUnavailable(lost.component, lost.reason) from None
         if unit.key is not None:
-            # Its reply is remembered with it: the caller answers with that. (Another
-            # request's key row would have failed this unit's INSERT, before its COMMIT.)
+            # Its reply is remembered with it: the caller answers with that, as its own. (A
+            # retry's row is found instead only when this COMMIT rolled back and a retry that
+            # waited on its key row committed since: the same request, the same reply.)
             raise KeyTaken(unit.key.scope, unit.key.key, ours=True)
         # Stored: a 503 would ask for a retry that records the expense again.
         return Applied()
