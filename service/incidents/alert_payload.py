@@ -46,7 +46,7 @@ class Alert(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.labels.get("alertname", "unnamed")
+        return plain_line(self.labels.get("alertname", "unnamed"))
 
     @property
     def action(self) -> str | None:
@@ -65,13 +65,17 @@ class Alert(BaseModel):
         an incident's message, shown in table rows; an annotation often holds several lines,
         and may hold escape sequences or bidirectional overrides that reorder what is read."""
         summary = self.annotations.get("summary") or self.annotations.get("description") or ""
-        plain = "".join(_PLAIN.get(unicodedata.category(c), c) for c in f"{self.name}: {summary}")
-        return " ".join(plain.split())[:300].strip(": ")
+        return plain_line(f"{self.name}: {summary}")[:300].strip(": ")
 
 
 # In an alert's words, a control character (a line break, an escape) reads as a space and a
 # format character (a bidirectional override, a zero-width one) is dropped.
 _PLAIN = {"Cc": " ", "Cf": ""}
+
+
+def plain_line(text: str) -> str:
+    """``text`` as one line of plain text (see _PLAIN), its runs of spaces made one."""
+    return " ".join("".join(_PLAIN.get(unicodedata.category(c), c) for c in text).split())
 
 
 class WebhookPayload(BaseModel):

@@ -55,7 +55,7 @@ _MUST_BE = {
 _LOOKS_LIKE = {
     INCIDENT_ID_PATTERN: "an incident id like INC_1796294115000_ab12cd (see `ers incidents list`)",
     TRACE_ID_PATTERN: "a trace id of 32 lowercase hex characters (a chat reply's traceId)",
-    USER_ID_PATTERN: "a user id: letters, digits and _ . @ : - only",
+    USER_ID_PATTERN: "a user id: ASCII letters, digits and _ . @ : - only",
 }
 
 

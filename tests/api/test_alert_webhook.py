@@ -231,6 +231,7 @@ async def test_an_alerts_words_become_a_reason_of_one_plain_line(
     table: an annotation of several lines, with an escape sequence or a right-to-left
     override, broke the row or reordered what an operator reads."""
     payload = copy.deepcopy(FIRING)
+    payload["alerts"][0]["labels"]["alertname"] = "AgentErrorRatio\nHigh"
     payload["alerts"][0]["annotations"]["summary"] = (
         "workout agent failing\n  since 12:00\x1b[31m red\u202eevil\u200b"
     )
@@ -239,5 +240,5 @@ async def test_an_alerts_words_become_a_reason_of_one_plain_line(
     await settle(app)
     reason = app.state.runtime.team.get("workout").breaker.snapshot()["forced"]["reason"]
     assert reason == (
-        "alert AgentErrorRatioHigh: workout agent failing since 12:00 [31m redevil"
+        "alert AgentErrorRatio High: workout agent failing since 12:00 [31m redevil"
     ), reason

@@ -83,7 +83,7 @@ async def test_default_user_is_anonymous(client: httpx.AsyncClient, app: FastAPI
         ({"message": "hi", "userId": ""}, "userId"),
         (
             {"message": "hi", "userId": "../etc/passwd"},
-            "userId: '../etc/passwd' is not a user id: letters, digits and _ . @ : - only",
+            "userId: '../etc/passwd' is not a user id: ASCII letters, digits and _ . @ : - only",
         ),
         ({"message": "hi", "extra": 1}, "extra is not a known field"),
         ([1, 2], "must be a JSON object"),

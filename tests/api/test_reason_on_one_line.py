@@ -21,6 +21,9 @@ FORCE_OPEN = "/api/emergency/circuit-breaker/budget/force-open"
         ("  ok\u2066x", "U+2066 at character 5"),  # counted in the text as sent
         ("mark\u200f", "U+200F at character 5"),
         ("tab\there", "U+0009 at character 4"),
+        ("para\u2029graph", "U+2029 at character 5"),
+        ("line\u2028sep", "U+2028 at character 5"),
+        ("arabic\u061cmark", "U+061C at character 7"),
         ("esc\x1b[31m", "U+001B at character 4"),
         ("del\x7f", "U+007F at character 4"),
         ("c1\x85x", "U+0085 at character 3"),

@@ -110,7 +110,11 @@ def _unicode_text(value: str) -> str:
 
 # Directional formatting (embeddings, overrides, isolates, marks): shown raw, they reorder
 # what an operator reads, as "\u202eevil" does.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+BIDI_CONTROLS = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+# Control characters, and the line and paragraph separators (U+2028, U+2029).
+BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
 
 def _says_why(value: str) -> str:
@@ -123,7 +127,7 @@ def _says_why(value: str) -> str:
     # break or an escape sequence breaks the table row that shows the reason.
     lead = len(value) - len(value.lstrip())
     for at, char in enumerate(words, lead + 1):
-        if char in BIDI_CONTROLS or unicodedata.category(char) == "Cc":
+        if char in BIDI_CONTROLS or unicodedata.category(char) in BREAKING:
             raise PydanticCustomError(
                 "reason_control",
                 "must be one line of plain text; it holds the control character {char} at "
