@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +36,28 @@ async def child_named(name: str = "restic", limit_s: float = 30.0) -> psutil.Pro
         await asyncio.sleep(0.05)
 
 
+async def stopped_by(
+    sig: signal.Signals,
+    program: str,
+    start: Callable[[int], Awaitable[object]],
+    settle_s: float = 0.0,
+) -> BaseException:
+    """What ``start(stdin)`` raises when ``program``, which it starts waiting for its input
+    on ``stdin`` (a pipe nobody writes to), gets ``sig``."""
+    reading, writing = os.pipe()
+    try:
+        running = asyncio.ensure_future(start(reading))
+        child = await child_named(program)
+        await asyncio.sleep(settle_s)
+        child.send_signal(sig)
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - the callers judge it
+            await running
+    finally:
+        os.close(reading)
+        os.close(writing)
+    return raised.value
+
+
 @pytest.mark.parametrize(
     ("sig", "expected", "words"),
     [
@@ -50,19 +73,14 @@ async def test_a_restic_stopped_by_a_signal_is_named_by_it(
     password.write_text("pw\n")
     restic = Restic(str(tmp_path / "repo"), password, cache_dir=tmp_path / "cache")
     await restic.init()
-    reading, writing = os.pipe()  # restic waits for its input until the signal
-    try:
-        backup = asyncio.ensure_future(restic.backup_stdin(reading, "state.db", tags=["t"]))
-        child = await child_named()
-        await asyncio.sleep(0.5)  # restic has installed its SIGINT handler
-        child.send_signal(sig)
-        with pytest.raises(expected) as raised:
-            await backup
-    finally:
-        os.close(reading)
-        os.close(writing)
-    assert type(raised.value) is expected
-    assert str(raised.value).startswith(words), str(raised.value)
+    raised = await stopped_by(
+        sig,
+        "restic",
+        lambda stdin: restic.backup_stdin(stdin, "state.db", tags=["t"]),
+        settle_s=0.5,  # restic has installed its SIGINT handler
+    )
+    assert type(raised) is expected
+    assert str(raised).startswith(words), str(raised)
 
 
 async def test_a_drill_stopped_by_a_signal_is_no_verdict_and_stays_due(
@@ -95,26 +113,20 @@ async def test_a_pg_restore_stopped_by_a_signal_is_an_interruption() -> None:
     sig = signal.SIGTERM
     tools = PgTools.find()
     connection = PgConnection.from_url("postgresql://ers@127.0.0.1:1/nowhere")
-    reading, writing = os.pipe()  # pg_restore waits for the dump until the signal
-    try:
-        restore = asyncio.ensure_future(
-            run_pg_program(
-                tools.pg_restore,
-                ["--dbname", connection.conninfo],
-                connection=connection,
-                failure=PgRestoreFailed,
-                doing="restoring into a scratch database",
-                timeout=60,
-                stdin=reading,
-            )
-        )
-        child = await child_named("pg_restore")
-        child.send_signal(sig)
-        with pytest.raises(Interrupted) as raised:
-            await restore
-    finally:
-        os.close(reading)
-        os.close(writing)
-    assert str(raised.value) == (
+    raised = await stopped_by(
+        sig,
+        "pg_restore",
+        lambda stdin: run_pg_program(
+            tools.pg_restore,
+            ["--dbname", connection.conninfo],
+            connection=connection,
+            failure=PgRestoreFailed,
+            doing="restoring into a scratch database",
+            timeout=60,
+            stdin=stdin,
+        ),
+    )
+    assert isinstance(raised, Interrupted), raised
+    assert str(raised) == (
         f"pg_restore was stopped by {sig.name} before it finished restoring into a scratch database"
     )
