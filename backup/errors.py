@@ -305,17 +305,15 @@ def classify_failure(
 def _stopped_by_signal(exit_code: int, lowered: str) -> ResticError | None:
     """restic 0.14 ends with 130 after its own SIGINT handler has run; a signal it does not
     catch (SIGTERM, SIGKILL) ends it, which the exit code tells as minus the signal."""
-    if exit_code == 130 or "signal interrupt received" in lowered:
-        name = "SIGINT"
-    elif exit_code < 0:
-        try:
-            name = signal.Signals(-exit_code).name
-        except ValueError:
-            name = f"signal {-exit_code}"
-    else:
+    handled = exit_code == 130 or "signal interrupt received" in lowered
+    if (stopped := "SIGINT" if handled else stopping_signal(exit_code)) is not None:
+        return ResticInterrupted(f"restic was stopped by {stopped} before it finished")
+    if exit_code >= 0:
         return None
-    if name in ("SIGINT", "SIGTERM"):
-        return ResticInterrupted(f"restic was stopped by {name} before it finished")
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"signal {-exit_code}"
     return ResticCommandFailed(
         f"restic was killed by {name} before it finished"
         + (" (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else "")
