@@ -208,9 +208,9 @@ class AlertHandler:
         if action not in ACTIONS:
             # Alertmanager had its 200: only ERS's log tells the rule's author.
             log.warning(
-                "alert %s names an unknown action '%s' (ERS knows %s): recorded, nothing "
+                "alert %s names an unknown action %r (ERS knows %s): recorded, nothing "
                 "done; fix the rule's action label",
-                alert.labels.get("alertname", "?"),
+                alert.name,
                 action,
                 ", ".join(ACTIONS),
             )
@@ -332,8 +332,8 @@ class AlertHandler:
         within the isolation time and still fires; None when none does."""
         since = time.time() - self.isolate_ttl_s
         for delivered in self.ledger.isolating(alert.fingerprint, since):
-            other = Alert.model_validate_json(delivered)
-            if other.action == "isolate" and other.target == alert.target:
+            other = Alert.model_validate_json(delivered)  # an isolate alert's firing
+            if other.target == alert.target:
                 return (
                     f"alert {other.name} (fingerprint {other.fingerprint}) isolated it too and"
                     " still fires; the breaker is left as it is"

@@ -239,10 +239,10 @@ class AlertLedger:
         rows = self._database.rows(
             "SELECT f.alert FROM alert_ledger f WHERE f.status = 'firing' AND f.fingerprint <> ?"
             " AND f.alert IS NOT NULL AND f.received_at >= ?"
-            " AND (f.outcome LIKE 'isolate: success%' OR f.outcome = ?)"
+            " AND (f.outcome LIKE ? OR f.outcome = ?)"
             " AND NOT EXISTS (SELECT 1 FROM alert_ledger r WHERE r.fingerprint = f.fingerprint"
             " AND r.starts_at = f.starts_at AND r.status = 'resolved')",
-            (fingerprint, since, f"isolate: {COOLDOWN_OUTCOME}"),
+            (fingerprint, since, f"{ISOLATING[0]}%", ISOLATING[1]),
         )
         return [row["alert"] for row in rows]
 
