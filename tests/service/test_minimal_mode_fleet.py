@@ -5,18 +5,17 @@ next read, and an end on either says what it did."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from service.chat.minimal_mode import MinimalMode
-from service.resilience.state_keeper import StateKeeper, follow_the_fleet
+from service.resilience.state_keeper import StateKeeper
 from service.stores import Stores
 from service.stores.base import SystemStateBackend
 from service.web.routes.status import end_minimal_mode
 from tests.service.test_fleet import eventually
-from tests.service.test_state_keeper import Clock, machine_of, team
+from tests.service.test_state_keeper import Clock, keeping_and_following
 from tests.store_writes import opened
 
 KEY = "minimal_mode"
@@ -63,19 +62,8 @@ async def replica(pg_url: str, every_s: float) -> AsyncIterator[tuple[Replica, S
     async with opened(Stores.on_postgres(pg_url)) as stores:
         mode = MinimalMode()
         shared = Replica(stores.system_state, mode)
-        breakers = team(Clock())
-        keeper = StateKeeper(shared, breakers, machine_of(breakers, Clock()), switches={KEY: mode})
-        await keeper.start()
-        follows = asyncio.create_task(
-            follow_the_fleet({KEY: mode}, shared, every_s, keeper.pending)
-        )
-        try:
+        async with keeping_and_following(shared, {KEY: mode}, Clock(), every_s) as keeper:
             yield shared, keeper
-        finally:
-            follows.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follows
-            await keeper.stop()
 
 
 async def test_an_idle_replica_leaves_the_record_alone_and_takes_it_at_its_next_read(

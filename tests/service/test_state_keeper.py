@@ -19,7 +19,7 @@ from service.resilience.breaker import (
     CircuitBreaker,
 )
 from service.resilience.cooldown import Cooldown
-from service.resilience.state_keeper import StateKeeper, follow_the_fleet
+from service.resilience.state_keeper import FollowedSwitch, StateKeeper, follow_the_fleet
 from service.resilience.system_state import StateInputs, SystemState, SystemStateMachine
 from service.stores.base import SystemStateBackend
 from service.stores.system_state import SystemStateStore
@@ -241,27 +241,36 @@ async def test_a_forced_open_keeps_the_incident_it_isolates_for(
 
 
 @contextlib.asynccontextmanager
-async def following_replica(
-    store: SystemStateBackend, clock: Clock
-) -> AsyncIterator[tuple[Cooldown, StateKeeper]]:
-    """A replica's cooldown of agent helper, kept by its state keeper and following the
-    fleet's record as the lifespan wires them (every 0.05 s here)."""
+async def keeping_and_following(
+    store: SystemStateBackend,
+    switches: dict[str, FollowedSwitch],
+    clock: Clock,
+    every_s: float = 0.05,
+) -> AsyncIterator[StateKeeper]:
+    """A replica's state keeper of ``switches``, started, and its poll of the fleet's
+    records every ``every_s``, as the lifespan wires them; both stopped after."""
     breakers = team(clock)
-    cooldown = Cooldown("helper")
-    keeper = StateKeeper(
-        store, breakers, machine_of(breakers, clock), switches={"cooldown:helper": cooldown}
-    )
+    keeper = StateKeeper(store, breakers, machine_of(breakers, clock), switches=switches)
     await keeper.start()
-    follows = asyncio.create_task(
-        follow_the_fleet({"cooldown:helper": cooldown}, store, 0.05, keeper.pending)
-    )
+    follows = asyncio.create_task(follow_the_fleet(switches, store, every_s, keeper.pending))
     try:
-        yield cooldown, keeper
+        yield keeper
     finally:
         follows.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follows
         await keeper.stop()
+
+
+@contextlib.asynccontextmanager
+async def following_replica(
+    store: SystemStateBackend, clock: Clock
+) -> AsyncIterator[tuple[Cooldown, StateKeeper]]:
+    """A replica's cooldown of agent helper, kept by its state keeper and following the
+    fleet's record as the lifespan wires them (every 0.05 s here)."""
+    cooldown = Cooldown("helper")
+    async with keeping_and_following(store, {"cooldown:helper": cooldown}, clock) as keeper:
+        yield cooldown, keeper
 
 
 async def test_replicas_sharing_the_store_follow_each_others_cooldowns(
