@@ -231,7 +231,7 @@ class CircuitBreaker:
             self._publish(BreakerEventKind.RESET, CLOSED, CLOSED, reason, source)
         else:
             self._close(reason, source)
-        return f"breaker '{name}' was {state.value} and is now closed with cleared counters"
+        return f"breaker '{name}' was {state.words} and is now closed with cleared counters"
 
     def close(self, reason: str, *, source: str | None = None) -> None:
         """Close the breaker for ``reason``, not a reset: another replica's trial passed."""
@@ -267,7 +267,7 @@ class CircuitBreaker:
         """Lift a forced open: the breaker goes HALF_OPEN and trial calls decide the rest."""
         if self._state is not FORCED_OPEN:
             return (
-                f"breaker '{self.name}' is {self._state.value}, not forced open; nothing to release"
+                f"breaker '{self.name}' is {self._state.words}, not forced open; nothing to release"
             )
         self._transition(HALF_OPEN, "forced open released; admitting trial calls", source)
         return f"breaker '{self.name}' was released and is half-open"
@@ -281,7 +281,7 @@ class CircuitBreaker:
 
     def enable(self, *, source: str | None = None) -> str:
         if self._state is not DISABLED:
-            return f"breaker '{self.name}' is {self._state.value}, not disabled; nothing to enable"
+            return f"breaker '{self.name}' is {self._state.words}, not disabled; nothing to enable"
         self._close("enabled", source)
         return f"breaker '{self.name}' is enabled and closed"
 

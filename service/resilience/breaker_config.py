@@ -15,6 +15,11 @@ class BreakerState(StrEnum):
     # Permits every call and records nothing.
     DISABLED = "disabled"
 
+    @property
+    def words(self) -> str:
+        """The state as a sentence says it: "half-open", "forced open"."""
+        return self.value.replace("_", " ").replace("half open", "half-open")
+
 
 # The most each field takes: beyond these a breaker would keep more calls than it needs, or
 # an agent out for longer than an operator would wait (a duration past a day is a typo).

@@ -50,7 +50,7 @@ class ResetRefused(ErsError):
         fails (whatever its state: a reset says the agent is fit for calls), or, without
         one, an open (or ``forced`` open) breaker's last failure came within the open
         duration (``failure_age_s`` ago), so its cause may still be there."""
-        words = state.replace("_", " ").replace("half open", "half-open")
+        words = BreakerState(state).words
         if probe is not None and probe.error is not None:
             return cls(
                 f"breaker '{name}' is {words} and its health probe still fails "

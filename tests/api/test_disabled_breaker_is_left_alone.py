@@ -1,6 +1,6 @@
 """An operator who disabled an agent's breaker (every call let through) has said the calls
 are to reach the agent. The responder's isolate used to force that breaker open anyway,
-replacing the operator's choice ("forced_open, not disabled; nothing to enable")."""
+replacing the operator's choice ("forced open, not disabled; nothing to enable")."""
 
 from __future__ import annotations
 

@@ -492,6 +492,28 @@ def test_reset_of_a_forced_open_breaker_with_recent_failures_is_refused(
         breaker.reset()
 
 
+@pytest.mark.parametrize(
+    ("steps", "words"), [("force=60", "forced open"), ("force release", "half-open")]
+)
+def test_reset_says_the_state_it_ended_in_words(clock: ManualClock, steps: str, words: str) -> None:
+    breaker = make_breaker(clock, failure_threshold=3)
+    run_steps(breaker, clock, steps)
+    message = breaker.reset(force=True, source="cli")
+    assert message == f"breaker 'budget' was {words} and is now closed with cleared counters"
+
+
+def test_enable_and_release_of_a_breaker_in_another_state_say_it_in_words(
+    clock: ManualClock,
+) -> None:
+    breaker = make_breaker(clock)
+    breaker.force_open("deploy freeze", "operator")
+    expected = "breaker 'budget' is forced open, not disabled; nothing to enable"
+    assert breaker.enable() == expected
+    breaker.release()
+    expected = "breaker 'budget' is half-open, not forced open; nothing to release"
+    assert breaker.release() == expected
+
+
 def test_reset_with_force_always_closes_and_clears_counters(clock: ManualClock) -> None:
     breaker = make_breaker(clock, failure_threshold=3)
     run_steps(breaker, clock, "fail*3")
