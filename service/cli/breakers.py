@@ -8,8 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from service.cli.output import emit, new_table, when
+from service.cli.output import cell, emit, new_table, when
 from service.cli.remote import call, command, command_group, segment
+from service.resilience.breaker_config import in_words
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 
 
@@ -42,7 +43,7 @@ def _table(out: Console, report: dict[str, Any]) -> None:
         rate = "-" if b.get("failureRate") is None else f"{b['failureRate']:.0%}"
         forced = b.get("forced")
         note = f"{forced['source']}: {forced['reason']}" if forced else (b.get("lastError") or "")
-        state = b["state"]
+        state = in_words(b["state"])
         if b.get("cooldownRemainingS"):
             # Closed, yet no call reaches the agent: it asked to be left alone.
             state += ", cooling down"
@@ -54,7 +55,7 @@ def _table(out: Console, report: dict[str, Any]) -> None:
             str(b["failureCount"]),
             rate,
             str(b.get("rejectedCalls", 0)),
-            note[:80] or "-",
+            cell(note),
         )
     out.print(table)
     totals = report["totals"]
@@ -80,7 +81,7 @@ def _details(out: Console, b: dict[str, Any]) -> None:
     slow = "-" if b.get("slowCallRate") is None else f"{b['slowCallRate']:.0%}"
     forced = b.get("forced")
     lines = [
-        ("state", b["state"].replace("_", " ")),
+        ("state", in_words(b["state"])),
         ("until", _until(b)),
         ("forced by", f"{forced['source']}: {forced['reason']}" if forced else "-"),
         ("failures in a row", str(b["failureCount"])),
@@ -100,10 +101,10 @@ def _details(out: Console, b: dict[str, Any]) -> None:
         moved = event["from"] != event["to"]
         history.add_row(
             when(event["at"]),
-            event["from"] if moved else "-",
-            event["to"] if moved else event["kind"].replace("_", " "),
+            in_words(event["from"]) if moved else "-",
+            in_words(event["to"] if moved else event["kind"]),
             event.get("source") or "-",
-            (event.get("reason") or "-")[:80],
+            cell(event.get("reason")),
         )
     out.print()
     out.print(history if b.get("history") else "no changes of state since the service started")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
-from service.cli.output import USAGE, CliError, emit, joined, new_table, stdout, when
+from service.cli.output import USAGE, CliError, cell, emit, joined, new_table, stdout, when
 from service.cli.remote import call, command, command_group, segment, whole_number
 
 
@@ -26,7 +26,7 @@ def _incident_row(i: dict[str, Any]) -> list[str]:
         i["component"],
         str(i["count"]),
         when(i.get("lastSeen") or i.get("firstSeen")),
-        i["message"][:80],
+        cell(i["message"]),
     ]
 
 

@@ -22,6 +22,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from service.errors import cut_short
+
 # Exit codes, the same for every command (listed in `ers --help` and the README).
 OK = 0
 FAILED = 1  # the operation ran and failed (a backup, a rollback, a repository check)
@@ -145,6 +147,15 @@ def new_table(*columns: str, title: str | None = None) -> Table:
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
+
+
+# A free-text cell of a list (an error, a reason, a message): whole up to this many characters,
+# else cut with "…"; the command's ``show`` prints it whole.
+CELL_CHARS = 80
+
+
+def cell(text: str | None) -> str:
+    return cut_short(text, CELL_CHARS) if text else "-"
 
 
 def short_id(snapshot_id: str | None) -> str:

@@ -17,8 +17,12 @@ class BreakerState(StrEnum):
 
     @property
     def words(self) -> str:
-        """The state as a sentence says it: "half-open", "forced open"."""
-        return self.value.replace("_", " ").replace("half open", "half-open")
+        return in_words(self.value)
+
+
+def in_words(state: str) -> str:
+    """A state's value as a sentence or a table says it: "half-open", "forced open"."""
+    return state.replace("_", " ").replace("half open", "half-open")
 
 
 # The most each field takes: beyond these a breaker would keep more calls than it needs, or

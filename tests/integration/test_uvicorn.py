@@ -91,7 +91,7 @@ def test_breakers_cli_against_a_running_service(ers_process: ErsProcess) -> None
     assert shown.returncode == 0, shown.stderr
     assert "breaker workout" in shown.stdout and f"until              {expires}" in shown.stdout
     assert "forced by          admin:loopback: maintenance" in shown.stdout
-    event = next(r for r in shown.stdout.splitlines() if "forced_open" in r)
+    event = next(r for r in shown.stdout.splitlines() if "forced open" in r and r[:1].isdigit())
     assert "closed" in event and "admin:loopback" in event and "maintenance" in event
     assert ers("breakers", "show", "nope").returncode == 4
     # While the agent still fails its probe, a reset without force is refused.

@@ -120,6 +120,24 @@ def test_the_breakers_total_adds_up_with_forced_and_disabled_ones() -> None:
     assert "total 4: 1 closed, 2 open (1 forced), 0 half-open, 1 disabled" in text
 
 
+def test_a_breakers_row_names_its_state_in_words_and_marks_a_cut_reason() -> None:
+    # Before: "forced_open", and a long reason cut at 80 characters without a mark, so the
+    # row read as the whole reason; `ers breakers show` prints it whole.
+    from service.cli.breakers import _table
+
+    reason = "a bad deploy of the budget agent that answers with the wrong currency " * 2
+    forced = {"state": "forced_open", "failureCount": 0, "failureRate": None, "rejectedCalls": 0}
+    forced["forced"] = {"source": "admin:loopback", "reason": reason.strip()}
+    trial = {"state": "half_open", "failureCount": 3, "failureRate": 0.5, "rejectedCalls": 2}
+    totals = {"total": 2, "open": 1, "closed": 0, "half_open": 1, "forced_open": 1}
+    out = Console(file=io.StringIO(), width=300, highlight=False)
+    _table(out, {"breakers": {"budget": forced, "workout": trial}, "totals": totals})
+    rows = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert rows[1].split()[:2] == ["budget", "forced"] and rows[1].split()[2] == "open"
+    assert rows[1].endswith("…") and f"admin:loopback: {reason[:40]}" in rows[1]
+    assert rows[2].split()[:2] == ["workout", "half-open"]
+
+
 @pytest.mark.parametrize(
     "ttl,said",
     [("0", "must be more than 0 and at most 604800 seconds"), ("abc", "'abc' is not a number")],
