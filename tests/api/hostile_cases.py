@@ -2,13 +2,13 @@
 
 A row names its operation as the OpenAPI document spells it (``METHOD /path/{param}``), so a
 test can prove that every documented operation has rows. Bodies are bytes: the JSON that
-Python's encoder refuses to write (``NaN``, ``1e309``, duplicate keys, invalid UTF-8) is
+Python's encoder refuses to write (``NaN``, ``1e309``, a key given twice, invalid UTF-8) is
 exactly what a hostile client sends.
 
 With backups turned off (the test settings), the backup routes answer 503 from a dependency
 that runs before the body is validated; only bodies over the size limit (413) and bodies that
 cannot be decoded (422: a JSON syntax error, nesting too deep to read, bytes that are not
-UTF-8) are refused earlier.
+UTF-8, a key given twice in one object) are refused earlier.
 """
 
 from __future__ import annotations
@@ -340,12 +340,13 @@ def _chat_cases() -> list[Case]:
             detail="NUL character",
         ),
         Case(
-            "chat-duplicate-keys-last-wins",
+            "chat-duplicate-keys",
             "POST",
             CHAT,
             CHAT,
-            200,
+            422,
             b'{"message": "", "message": "plan my meals"}',
+            detail='gives the key "message" more than once',
         ),
         Case(
             "chat-duplicate-keys-last-is-empty",
@@ -354,7 +355,7 @@ def _chat_cases() -> list[Case]:
             CHAT,
             422,
             b'{"message": "plan my meals", "message": ""}',
-            detail="message is empty",
+            detail='gives the key "message" more than once',
         ),
         Case("chat-wrong-method", "GET", CHAT, CHAT, 405),
     ]
@@ -456,12 +457,13 @@ def _profile_cases() -> list[Case]:
         Case("profile-age-integral-decimal", "PUT", PROFILE, url, 200, b'{"age": 30.0}'),
         Case("profile-weightKg-integer", "PUT", PROFILE, url, 200, b'{"weightKg": 80}'),
         Case(
-            "profile-duplicate-keys-last-wins",
+            "profile-duplicate-keys",
             "PUT",
             PROFILE,
             url,
-            200,
+            422,
             b'{"age": -5, "age": 30}',
+            detail='gives the key "age" more than once',
         ),
         Case("profile-wrong-method", "DELETE", PROFILE, url, 405),
     ]

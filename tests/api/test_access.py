@@ -131,7 +131,9 @@ async def test_production_answers_each_operation_as_the_readme_and_the_document_
 
 
 @pytest.mark.parametrize(
-    "body", [b'{"reason": ', b'{"reason": "\xff"}', b"[" * 5000], ids=["cut", "utf8", "deep"]
+    "body",
+    [b'{"reason": ', b'{"reason": "\xff"}', b"[" * 5000, b'{"reason": "a", "reason": "b"}'],
+    ids=["cut", "utf8", "deep", "repeated-key"],
 )
 async def test_a_body_that_cannot_be_read_is_refused_for_its_token_first(
     tmp_path: Path, body: bytes

@@ -10,8 +10,9 @@ from service.incidents.alert_payload import WebhookPayload
 from service.incidents.ledger import LedgerUnavailable
 from service.web.auth import AlertAuth
 from service.web.deps import Alerts
+from service.web.json_route import JsonRoute
 
-router = APIRouter(prefix="/api/emergency", tags=["alerts"])
+router = APIRouter(route_class=JsonRoute, prefix="/api/emergency", tags=["alerts"])
 
 
 @router.post("/alerts")

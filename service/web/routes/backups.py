@@ -45,12 +45,15 @@ from service.health.backup_checks import reported_failure
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
+from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import Confirmation, Reason
 from telemetry.exception_events import record_failure
 from telemetry.incident_processor import NOT_AN_INCIDENT
 
-router = APIRouter(prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead])
+router = APIRouter(
+    route_class=JsonRoute, prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead]
+)
 
 BackupType = Literal[
     "full_system", "conversations", "budgets", "profiles", "system_state", "incidents"

@@ -13,10 +13,16 @@ from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Keeper, Team
+from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import AnyNumber, JsonBool, Reason
 
-router = APIRouter(prefix="/api/emergency", tags=["circuit breakers"], dependencies=[AdminRead])
+router = APIRouter(
+    route_class=JsonRoute,
+    prefix="/api/emergency",
+    tags=["circuit breakers"],
+    dependencies=[AdminRead],
+)
 
 
 class ResetRequest(BaseModel):

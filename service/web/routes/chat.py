@@ -17,9 +17,10 @@ from service.chat.idempotency import (
 )
 from service.errors import UserInputError
 from service.web.deps import Chat, Settings
+from service.web.json_route import JsonRoute
 from service.web.routes.json_types import JsonText
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(route_class=JsonRoute, tags=["chat"])
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.@:-]+$"
 

@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.resilience.faults import ERROR_TYPES
 from service.web.auth import AdminAuth
 from service.web.deps import Faults, OneValueEach, Team
+from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import AnyNumber, JsonNumber, WholeNumber
 
-router = APIRouter(prefix="/api/emergency", tags=["fault injection"])
+router = APIRouter(route_class=JsonRoute, prefix="/api/emergency", tags=["fault injection"])
 
 ErrorType = Literal["database", "network", "agent", "system", "resource", "timeout"]
 

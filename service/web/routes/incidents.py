@@ -28,12 +28,16 @@ from service.web.deps import (
     Team,
     Traces,
 )
+from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import JsonText, Reason
 from telemetry.providers import otlp_endpoint_configured
 
 router = APIRouter(
-    prefix="/api/emergency", tags=["incidents"], dependencies=[AdminRead, OneValueEach]
+    route_class=JsonRoute,
+    prefix="/api/emergency",
+    tags=["incidents"],
+    dependencies=[AdminRead, OneValueEach],
 )
 
 IncidentId = Path(pattern=INCIDENT_ID, description="INC_<epoch ms>_<6 characters>")

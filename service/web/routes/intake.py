@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import ErsError
 from service.web.auth import IntakeAuth
 from service.web.deps import Incidents, Traces
+from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from telemetry.exception_events import record_failure
 from telemetry.incident_processor import IncidentProcessor, SubmissionRefused
@@ -33,7 +34,7 @@ from telemetry.otlp_intake import (
 )
 from telemetry.span_record import SpanRecord
 
-router = APIRouter(tags=["otlp intake"])
+router = APIRouter(route_class=JsonRoute, tags=["otlp intake"])
 # Spans the pipeline has not taken after this are withdrawn and answered 503.
 TAKE_WAIT_S = 10.0
 # A write under way is waited for (the store waits up to 5 s for a lock) this long more.

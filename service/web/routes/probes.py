@@ -6,9 +6,10 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from service.health.checks import HealthCheck, Status
+from service.web.json_route import JsonRoute
 from telemetry.providers import PROMETHEUS_CONTENT_TYPE
 
-router = APIRouter(tags=["probes"])
+router = APIRouter(route_class=JsonRoute, tags=["probes"])
 
 
 def _headless(reply: Response) -> Response:

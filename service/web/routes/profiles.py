@@ -14,6 +14,7 @@ from service.chat.profile_updates import update_profile
 from service.errors import UserInputError
 from service.web.auth import require_admin
 from service.web.deps import Stores
+from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.chat import IDEMPOTENCY_KEY_DOC, USER_ID_PATTERN, idempotency_key
 from service.web.routes.json_types import AnyNumber, WholeNumber
@@ -21,6 +22,7 @@ from service.web.routes.json_types import AnyNumber, WholeNumber
 # A profile is personal data: the same access as the admin endpoints (the admin token;
 # without one, loopback clients only, and never in production).
 router = APIRouter(
+    route_class=JsonRoute,
     prefix="/api/profiles",
     tags=["profiles"],
     dependencies=[Depends(require_admin)],

@@ -33,10 +33,16 @@ from service.web.deps import (
     Team,
     Tracer,
 )
+from service.web.json_route import JsonRoute
 from service.web.routes.breakers import breaker_report
 
 log = logging.getLogger("ers")
-router = APIRouter(prefix="/api/emergency", tags=["status"], dependencies=[AdminRead, OneValueEach])
+router = APIRouter(
+    route_class=JsonRoute,
+    prefix="/api/emergency",
+    tags=["status"],
+    dependencies=[AdminRead, OneValueEach],
+)
 NO_BACKUPS = {"available": 0, "lastBackup": None, "totalSize": None}
 
 

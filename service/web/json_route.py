@@ -1,0 +1,69 @@
+"""The route class of every ERS router: a JSON body that gives one key twice in an object
+(``{"confirm": false, "confirm": true}``) is refused with a 422 naming the key, as a query
+parameter given twice is, instead of taking the last value as ``json.loads`` does: which one
+was meant cannot be told, and a proxy or a log that read the first would disagree with ERS.
+
+FastAPI decodes the body with ``Request.json``; the route hands its handler a request whose
+``json`` decodes with a check of each object's keys, and a repeated key is a
+``json.JSONDecodeError``, so FastAPI's own handling (a token check first, then the 422 that
+``service.web.http_errors`` words) is the one every malformed body gets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+from service.errors import cut_short
+
+# How the decode error's message begins: ``service.web.http_errors`` gives it as it is.
+REPEATED_KEY = "the request body gives the key"
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return document
+
+
+class _OneValueEachRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(body, object_pairs_hook=_once_each)
+            except _RepeatedKey as exc:
+                shown = json.dumps(cut_short(exc.key, 80))
+                message = (
+                    f"{REPEATED_KEY} {shown} more than once in one object; give each key "
+                    "once (which value was meant cannot be told)"
+                )
+                text = body.decode("utf-8", "replace")
+                first = text.find(shown)
+                again = text.find(shown, first + 1) if first >= 0 else -1
+                raise json.JSONDecodeError(message, text, max(again, 0)) from None
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def one_value_each(request: Request) -> Response:
+            return await handler(_OneValueEachRequest(request.scope, request.receive))
+
+        return one_value_each
