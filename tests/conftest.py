@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,9 +104,13 @@ def fail_the_budget_agent_once(http: httpx.Client) -> None:
 
 
 def start_ers(
-    workdir: Path, env: dict[str, str] | None = None, port: int | None = None
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> ErsProcess:
-    """Start ``ers serve`` as its own process and wait until /readyz answers 200."""
+    """Start ``ers serve`` as its own process (run by ``prefix``, a command that ends by
+    executing its arguments, if given) and wait until /readyz answers 200."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     full_env = {
@@ -121,7 +125,11 @@ def start_ers(
     log_path = workdir / f"ers-{port}.log"
     url = f"http://127.0.0.1:{port}"
     process = start_process(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *prefix,
+            sys.executable,
+            *("-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)),
+        ],
         cwd=workdir,
         env=full_env,
         log_path=log_path,

@@ -10,18 +10,22 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from backup import RollbackResult, SnapshotNotFound
 from backup.locks import process_is_running
 from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
+from service.fleet.presence import SEEN_WITHIN_S, process_gone
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
+from service.stores.sql import Statements
+from service.tasks import run_in_background
 
 log = logging.getLogger("ers.backups")
 
@@ -190,15 +194,33 @@ INTERRUPTED = (
 )
 
 
+async def record_interrupted_at_start(
+    stack: AsyncExitStack, audit: AuditLog, incidents: IncidentStore
+) -> None:
+    """``record_interrupted`` at the service's start, and on PostgreSQL once more when the
+    presence stamp of a replica killed just before the start has aged out of its window
+    (``SEEN_WITHIN_S``): until then that replica is seen, and its rollback left alone."""
+    await asyncio.to_thread(record_interrupted, audit, incidents)
+    if audit.shared:
+
+        async def once_more() -> None:
+            await asyncio.sleep(SEEN_WITHIN_S + 1)
+            await asyncio.to_thread(record_interrupted, audit, incidents)
+
+        run_in_background(stack, once_more(), "rollbacks-cut-off")
+
+
 def record_interrupted(
     audit: AuditLog, incidents: IncidentStore | None = None
 ) -> list[dict[str, object]]:
     """Blocking; at the service's start, before anything can roll back. Each rollback in the
-    trail with no outcome, started by a process of this host that no longer runs, gets the
-    entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries' details.
-    A process with this process's pid counts as gone: on a restart in a container, ERS has
-    the same pid every time. Another host's rollbacks are left to a start on that host. A
-    rollback for an incident gets a note on its timeline too."""
+    trail with no outcome whose process no longer runs gets the entry
+    ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries' details. A
+    process of this host is looked for by its pid, and one with this process's pid counts as
+    gone: on a restart in a container, ERS has the same pid every time. On PostgreSQL, a
+    process of another host is gone when the fleet's database has neither a session of it
+    nor a recent presence stamp (``service.fleet.presence``); on SQLite only this host's
+    rollbacks are in the trail. A rollback for an incident gets a note on its timeline too."""
     try:
         return _record_interrupted(audit, incidents)
     except Exception as exc:  # an unwritable trail, a database down: health says so
@@ -210,32 +232,36 @@ def _record_interrupted(
     audit: AuditLog, incidents: IncidentStore | None
 ) -> list[dict[str, object]]:
     host, pid = socket.gethostname(), os.getpid()
-    recorded = []
-    for entry in audit.unfinished_rollbacks():
+
+    def cut_off(db: Statements, entry: dict[str, Any]) -> dict[str, Any] | None:
         started = entry["detail"]
-        if started.get("host") != host:
-            continue
-        if started.get("pid") != pid and process_is_running(int(started.get("pid") or 0)):
-            continue
-        detail = {
+        of = int(started.get("pid") or 0)
+        if started.get("host") == host:
+            if of != pid and process_is_running(of):
+                return None
+        elif not (audit.shared and process_gone(db, str(started.get("host")), of)):
+            return None
+        return {
             key: started.get(key)
-            for key in ("run", "backupId", "components", "beforeIncident", "reason", "pid")
+            for key in ("run", "backupId", "components", "beforeIncident", "reason", "host", "pid")
         } | {"startedBy": entry["actor"], "startedAt": _iso(entry["at"]), "outcome": INTERRUPTED}
-        audit.record("ers", "rollback_interrupted", detail)
-        before = started.get("beforeIncident")
-        target = started.get("backupId") or f"the snapshot before {before}"
+
+    recorded = audit.record_cut_off(cut_off)
+    for detail in recorded:
+        before = detail.get("beforeIncident")
+        target = detail.get("backupId") or f"the snapshot before {before}"
         log.warning(
-            "the audit trail's rollback %s to %s (started by %s) has no outcome: the process "
-            "running it stopped first; recorded as rollback_interrupted",
-            started["run"],
+            "the audit trail's rollback %s to %s (started by %s on %s) has no outcome: the "
+            "process running it stopped first; recorded as rollback_interrupted",
+            detail["run"],
             target,
-            entry["actor"],
+            detail["startedBy"],
+            detail["host"],
         )
         if before and incidents is not None:
             note = f"rollback cut off: {INTERRUPTED}"
             with contextlib.suppress(LookupError):
-                incidents.add_timeline(before, "note", note, "ers", {"run": started["run"]})
-        recorded.append(detail)
+                incidents.add_timeline(before, "note", note, "ers", {"run": detail["run"]})
     return recorded
 
 

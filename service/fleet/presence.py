@@ -32,6 +32,7 @@ from service.fleet.leader import connect_session, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import PostgresDatabase
 from service.stores.session_names import presence_name, session_name
+from service.stores.sql import Statements
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger("ers.fleet")
@@ -53,7 +54,7 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
 SEEN_WITHIN_S = 15.0
 # How soon a replica that lost its lock asks for it again.
 RETAKE_S = 1.0
-_STAMPS_EXIST = "SELECT to_regclass('ers_fleet.stamps') IS NOT NULL"
+_STAMPS_EXIST = "SELECT to_regclass('ers_fleet.stamps') IS NOT NULL AS present"
 _STAMP = """INSERT INTO ers_fleet.stamps (key, value) VALUES (%s, '{}')
 ON CONFLICT (key) DO UPDATE SET updated_at = now()"""
 _UNSTAMP = "DELETE FROM ers_fleet.stamps WHERE key = %s"
@@ -66,13 +67,34 @@ _FORGET_GONE = """DELETE FROM ers_fleet.stamps WHERE key LIKE 'presence:%%'
 # that is later: no replica could stamp while it was down or recovering, however long that
 # was. The launchers start then (after crash recovery, at a standby's promotion); the
 # postmaster's own start is the floor when neither runs.
-_SEEN = """WITH since AS (SELECT greatest(pg_postmaster_start_time(), (SELECT max(backend_start)
+ACCEPTING = """greatest(pg_postmaster_start_time(), (SELECT max(backend_start)
     FROM pg_stat_activity WHERE backend_type IN ('autovacuum launcher',
-    'logical replication launcher'))) AS accepting)
+    'logical replication launcher')))"""
+_SEEN = f"""WITH since AS (SELECT {ACCEPTING} AS accepting)
 SELECT substr(key, 10), extract(epoch FROM now() - greatest(updated_at, accepting))::float8
 FROM ers_fleet.stamps, since WHERE key LIKE 'presence:%%'
     AND greatest(updated_at, accepting) > now() - make_interval(secs => %s)
 ORDER BY updated_at DESC"""
+
+# A process of the fleet that stopped, in a query with ``?`` marks: no session of the
+# database carries one of its names (``names``), and its presence stamp (``key``), if it has
+# one, was not seen within the window (as ``_SEEN`` counts it).
+_SESSION_GONE = """SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = ANY(?)) AS gone"""
+_STAMP_SEEN = f"""SELECT EXISTS (SELECT 1 FROM ers_fleet.stamps WHERE key = ?
+    AND greatest(updated_at, {ACCEPTING}) > now() - make_interval(secs => ?)) AS seen"""
+
+
+def process_gone(db: Statements, host: str, pid: int) -> bool:
+    """Blocking, on the fleet's database: whether the ERS process ``pid`` of ``host`` (an
+    ``ers serve`` or an offline command) has stopped, as another host can tell."""
+    serve = presence_name(f"{host}:{pid}")
+    names = [serve, session_name(OFFLINE_ROLE, pid, host)]
+    if not db.execute(_SESSION_GONE, (names,)).fetchone()["gone"]:
+        return False
+    if not db.execute(_STAMPS_EXIST).fetchone()["present"]:
+        return True
+    return not db.execute(_STAMP_SEEN, (f"presence:{serve}", SEEN_WITHIN_S)).fetchone()["seen"]
 
 
 async def _stamps(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:

@@ -9,18 +9,24 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
-from service.stores.sql import Database, create_table_on_sqlite
+from service.stores.sql import POSTGRESQL, Database, Statements, create_table_on_sqlite
 
 COMPONENT = "audit"
-# The rollbacks' entries: one before it begins, then its outcome, or at a later start on its
-# host the word that the process running it stopped first (service.backups.rollbacks).
+# The rollbacks' entries: one before it begins, then its outcome, or at a later start the
+# word that the process running it stopped first (service.backups.rollbacks).
 ROLLBACK_STARTED, ROLLBACK_OUTCOMES = "rollback_started", ("rollback", "rollback_interrupted")
 # How many of the newest rollbacks a start looks at for one with no outcome.
 RECENT_ROLLBACKS = 200
+# One start at a time looks for rollbacks cut off, so that each is recorded once: on
+# PostgreSQL under this transaction advisory lock (the bytes of "ERS_CUTS"), on SQLite under
+# the write transaction.
+CUT_OFF_LOCK_KEY = 0x4552_535F_4355_5453
+ROLLBACK_INTERRUPTED = ROLLBACK_OUTCOMES[1]
 SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -45,6 +51,13 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+_INSERT = "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)"
+
+
+def _row(actor: str, action: str, detail: dict[str, Any]) -> tuple[Any, ...]:
+    return (time.time(), actor, action, json.dumps(detail, default=str))
+
+
 def rollback_run() -> dict[str, Any]:
     """What a rollback's start carries besides its request: its run, which its outcome names
     too, and the process running it (host and pid), which a later start on that host can find
@@ -59,10 +72,7 @@ class AuditLog:
         self._database = database
 
     def record(self, actor: str, action: str, detail: dict[str, Any]) -> None:
-        self._database.rows(
-            "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-            (time.time(), actor, action, json.dumps(detail, default=str)),
-        )
+        self._database.rows(_INSERT, _row(actor, action, detail))
 
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._database.rows(
@@ -78,14 +88,43 @@ class AuditLog:
             for row in rows
         ]
 
-    def unfinished_rollbacks(self) -> list[dict[str, Any]]:
+    @property
+    def shared(self) -> bool:
+        """On PostgreSQL, where every replica of the fleet, of any host, shares the trail."""
+        return self._database.dialect is POSTGRESQL
+
+    def record_cut_off(
+        self, cut_off: Callable[[Statements, dict[str, Any]], dict[str, Any] | None]
+    ) -> list[dict[str, Any]]:
+        """Blocking. For each rollback with no outcome (``unfinished_rollbacks``),
+        ``cut_off`` gives the detail of its ``rollback_interrupted`` entry (actor ``ers``),
+        or None while its process may still run; the entries are written in one transaction,
+        one caller at a time, so two replicas starting at once record each rollback once.
+        Returns the details written."""
+        recorded = []
+        with self._database.transaction() as db:
+            if self.shared:
+                db.execute("SELECT pg_advisory_xact_lock(?)", (CUT_OFF_LOCK_KEY,))
+            for entry in self.unfinished_rollbacks(db):
+                detail = cut_off(db, entry)
+                if detail is not None:
+                    db.execute(_INSERT, _row("ers", ROLLBACK_INTERRUPTED, detail))
+                    recorded.append(detail)
+        return recorded
+
+    def unfinished_rollbacks(self, db: Statements | None = None) -> list[dict[str, Any]]:
         """Of the newest rollbacks started (``RECENT_ROLLBACKS``), those with a run and no
-        outcome in the trail, oldest first: running now, or cut off by their process's end."""
-        started = self._database.rows(
+        outcome in the trail, oldest first: running now, or cut off by their process's end.
+        Read in the transaction ``db`` if given."""
+
+        def rows(sql: str, params: tuple[Any, ...]) -> list[Any]:
+            return db.execute(sql, params).fetchall() if db else self._database.rows(sql, params)
+
+        started = rows(
             "SELECT at, actor, detail FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?",
             (ROLLBACK_STARTED, RECENT_ROLLBACKS),
         )
-        outcomes = self._database.rows(
+        outcomes = rows(
             "SELECT detail FROM audit WHERE action IN (?, ?) ORDER BY id DESC LIMIT ?",
             (*ROLLBACK_OUTCOMES, 2 * RECENT_ROLLBACKS),
         )

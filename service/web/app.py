@@ -26,7 +26,7 @@ from service.agents.config import load_team_config  # noqa: E402
 from service.backups.first_start import finds_no_state  # noqa: E402
 from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
-from service.backups.rollbacks import Rollbacks, record_interrupted  # noqa: E402
+from service.backups.rollbacks import Rollbacks, record_interrupted_at_start  # noqa: E402
 from service.backups.service import undo_interrupted_swap  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
@@ -220,9 +220,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         for swap in undone:  # the trail says what start-up did besides its log line
             await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
-        # A rollback a kill cut off on this host is in the trail by its start alone; it gets
-        # the word that its process stopped first (rollback_interrupted).
-        await asyncio.to_thread(record_interrupted, audit, incident_store)
+        # A rollback a kill cut off is in the trail by its start alone; it gets the word that
+        # its process stopped first (rollback_interrupted).
+        await record_interrupted_at_start(stack, audit, incident_store)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,

@@ -9,19 +9,26 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
 
 from service.backups.rollbacks import INTERRUPTED, Rollbacks, record_interrupted
 from service.errors import StoreUnavailable
+from service.fleet.presence import OFFLINE_ROLE
+from service.fleet.schema import COMPONENT as FLEET
+from service.fleet.schema import MIGRATIONS as FLEET_STATE
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
+from service.stores.session_names import presence_name, session_name
 from tests.pg import apply_migrations
 
 
@@ -59,29 +66,30 @@ def test_a_rollback_whose_process_is_gone_is_recorded_interrupted_once(audit: Au
     cut = started(audit, "cut by a kill", pid=a_pid_gone())
     restarted = started(audit, "ers again under the same pid")  # a container's restart
     started(audit, "running in a live process", pid=os.getppid())
-    started(audit, "another host's", host=f"not-{socket.gethostname()}", pid=a_pid_gone())
+    elsewhere = started(audit, "another host's", host=f"not-{socket.gethostname()}", pid=1234)
     finished = started(audit, "finished", pid=a_pid_gone())
     audit.record("admin", "rollback", {"run": finished, "error": None})
     audit.record("admin", ROLLBACK_STARTED, {"backupId": "old", "reason": "before runs"})
 
     recorded = record_interrupted(audit)
 
-    assert [entry["run"] for entry in recorded] == [cut, restarted]
-    assert [entry["reason"] for entry in recorded] == [
-        "cut by a kill",
-        "ers again under the same pid",
-    ]
+    # On SQLite the trail is this host's; on PostgreSQL another host's replica that has no
+    # session and no presence stamp in the fleet's database is gone too.
+    runs, reasons = [cut, restarted], ["cut by a kill", "ers again under the same pid"]
+    if audit.shared:
+        runs, reasons = [cut, restarted, elsewhere], [*reasons, "another host's"]
+    assert [entry["run"] for entry in recorded] == runs
+    assert [entry["reason"] for entry in recorded] == reasons
     assert all(
         entry["startedBy"] == "admin" and entry["outcome"] == INTERRUPTED for entry in recorded
     )
     # A time as every other time of the trail's replies, not seconds since the epoch.
     assert all(str(entry["startedAt"]).endswith("Z") for entry in recorded), recorded
-    newest = audit.recent(2)
+    newest = audit.recent(len(runs))
     assert [(e["actor"], e["action"], e["detail"]["run"]) for e in newest] == [
-        ("ers", "rollback_interrupted", restarted),
-        ("ers", "rollback_interrupted", cut),
+        ("ers", "rollback_interrupted", run) for run in reversed(runs)
     ]
-    assert newest[1]["detail"]["backupId"] == "abc123"
+    assert newest[-1]["detail"]["backupId"] == "abc123"
     assert record_interrupted(audit) == []  # the next start finds each one told already
 
 
@@ -119,3 +127,79 @@ def test_the_words_for_a_cut_off_rollback_hold_on_postgresql_where_a_committed_s
     """Before: "a swap it had begun is undone at the next start", false on PostgreSQL."""
     assert "on SQLite a swap it had begun is undone at the next start" in INTERRUPTED
     assert "on PostgreSQL a swap that committed stays" in INTERRUPTED
+
+
+@pytest.fixture
+def fleet_audit(pg_url: str) -> Iterator[AuditLog]:
+    apply_migrations(pg_url, INCIDENT_STATE | {FLEET: FLEET_STATE})
+    store = PgIncidentStore(pg_url)
+    try:
+        yield AuditLog(store.database)
+    finally:
+        store.close()
+
+
+def test_another_hosts_rollback_is_left_alone_while_its_replica_is_seen(
+    fleet_audit: AuditLog, pg_url: str
+) -> None:
+    """Before: another host's rollback was recorded only by a start on that host, so one cut
+    off on a host whose replica came back elsewhere (a container moved, a new pod) stayed
+    without an outcome for good. Now the fleet's database tells: a replica with a session,
+    or whose presence stamp is recent, still runs."""
+    other = f"not-{socket.gethostname()}"
+    with_session = started(fleet_audit, "its replica is connected", host=other, pid=41)
+    stamped = started(fleet_audit, "its replica stamped just now", host=other, pid=42)
+    offline = started(fleet_audit, "an offline rollback running there", host=other, pid=43)
+    gone = started(fleet_audit, "its replica left no trace", host=other, pid=44)
+    stamp = "INSERT INTO ers_fleet.stamps (key, value, updated_at) VALUES (%s, '{{}}', {})"
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(stamp.format("now()"), (f"presence:{presence_name(f'{other}:42')}",))
+    names = [presence_name(f"{other}:41"), session_name(OFFLINE_ROLE, 43, other)]
+    with (
+        psycopg.connect(pg_url, application_name=names[0]),
+        psycopg.connect(pg_url, application_name=names[1]),
+    ):
+        recorded = record_interrupted(fleet_audit)
+    assert [entry["run"] for entry in recorded] == [gone]
+    assert recorded[0]["host"] == other
+    # Once their sessions are gone, the next start records them; the stamp is still recent.
+    sessions_gone(pg_url, names)
+    assert [e["run"] for e in record_interrupted(fleet_audit)] == [with_session, offline]
+    told = fleet_audit.recent(20)
+    assert stamped not in {e["detail"]["run"] for e in told if e["action"] != ROLLBACK_STARTED}
+
+
+def sessions_gone(url: str, names: list[str]) -> None:
+    """Wait (10 s at most) until the server has ended the sessions named ``names``."""
+    with psycopg.connect(url, autocommit=True) as db:
+        for _ in range(200):
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s)"
+            row = db.execute(query, (names,)).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"the sessions {names} are still there")
+
+
+def test_two_starts_at_once_record_each_cut_off_rollback_once(
+    fleet_audit: AuditLog, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas starting together, each with its own pool: each rollback is recorded
+    once, not once by each (the look at a process takes a while: both looks overlap)."""
+    cut = [started(fleet_audit, f"cut {n}", pid=a_pid_gone()) for n in range(3)]
+
+    def slow_look(pid: int) -> bool:
+        time.sleep(0.1)
+        return False
+
+    monkeypatch.setattr("service.backups.rollbacks.process_is_running", slow_look)
+    other = PgIncidentStore(pg_url)
+    try:
+        trails = [fleet_audit, AuditLog(other.database)]
+        with ThreadPoolExecutor(2) as pool:
+            found = list(pool.map(record_interrupted, trails))
+    finally:
+        other.close()
+    assert sorted(e["run"] for told in found for e in told) == sorted(cut)
+    entries = [e for e in fleet_audit.recent(20) if e["action"] == "rollback_interrupted"]
+    assert sorted(e["detail"]["run"] for e in entries) == sorted(cut)

@@ -1,0 +1,107 @@
+"""A rollback cut off by a ``kill -9`` of a replica on another host is told by a replica of
+this host sharing the PostgreSQL trail: before, only a start on the host that ran it looked,
+so one whose replica came back on another host (a container moved, a new pod) stayed in the
+trail without an outcome for good. Real ``ers serve`` processes, the first in a UTS
+namespace of its own with another host name, real restic behind a wrapper whose ``restore``
+is slow, so that the kill lands in the middle of the rollback."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import start_ers
+
+pytestmark = pytest.mark.integration
+
+ELSEWHERE = "ers-elsewhere"
+# Runs its arguments in a UTS namespace of its own, whose host name is ELSEWHERE.
+ON_ANOTHER_HOST = ("unshare", "--uts", "sh", "-c", f'hostname {ELSEWHERE} && exec "$@"', "sh")
+
+
+def trail(client: httpx.Client, action: str) -> list[dict[str, Any]]:
+    entries = client.get("/api/emergency/audit").json()["entries"]
+    return [entry for entry in entries if entry["action"] == action]
+
+
+def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
+    tmp_path: Path, pg_url: str
+) -> None:
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is not installed")
+    restic = shutil.which("restic")
+    assert restic is not None, "restic is not installed"
+    wrapper = tmp_path / "slow-restic"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase " $* " in *" restore "*) sleep 30 ;; esac\nexec {restic} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    shared = tmp_path / "elsewhere"
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_AUTO_RESPONSE_ENABLED": "false",
+        "ERS_RESTIC_BINARY": str(wrapper),
+    }
+    there = start_ers(shared, env=env, prefix=ON_ANOTHER_HOST)
+    try:
+        there.wait_for_backups()
+        with httpx.Client(base_url=there.url, timeout=60) as client:
+            backup = client.post("/api/emergency/backups/create", json={"type": "budgets"})
+            assert backup.status_code == 200, backup.text
+            body = {
+                "backupId": backup.json()["backupId"],
+                "components": ["budgets"],
+                "confirm": True,
+                "reason": "cut off elsewhere",
+            }
+
+            def roll_back() -> None:
+                with contextlib.suppress(httpx.HTTPError):  # the kill ends it unanswered
+                    client.post("/api/emergency/rollback", json=body)
+
+            rolling = threading.Thread(target=roll_back)
+            rolling.start()
+            for _ in range(200):  # at most ten seconds
+                if trail(client, "rollback_started"):
+                    break
+                time.sleep(0.05)
+            (started,) = trail(client, "rollback_started")
+            assert started["detail"]["host"] == ELSEWHERE, started
+    finally:
+        there.stop(signal.SIGKILL)
+    rolling.join(timeout=60)
+
+    here_env = {
+        **env,
+        "ERS_RESTIC_BINARY": restic,
+        "ERS_RESTIC_REPOSITORY": str(shared / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(shared / "restic-password"),
+    }
+    here = start_ers(tmp_path / "here", env=here_env)
+    try:
+        with httpx.Client(base_url=here.url, timeout=30) as client:
+            # The killed replica's presence stamp is a few seconds old: this start sees it
+            # and looks once more when it has aged out of its window (16 s after the start).
+            told: list[dict[str, Any]] = []
+            for _ in range(300):  # at most thirty seconds
+                told = trail(client, "rollback_interrupted")
+                if told:
+                    break
+                time.sleep(0.1)
+            assert len(told) == 1, told
+            detail = told[0]["detail"]
+            assert detail["run"] == started["detail"]["run"]
+            assert detail["host"] == ELSEWHERE and detail["reason"] == "cut off elsewhere"
+            assert f"started by admin on {ELSEWHERE}) has no outcome" in here.log()
+    finally:
+        assert here.stop() == 0
