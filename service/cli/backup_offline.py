@@ -24,7 +24,7 @@ from service.backups.replies import (
     rollback_reply,
     snapshot_reply,
 )
-from service.cli.output import USAGE, Activity, CliError
+from service.cli.output import REFUSED, USAGE, Activity, CliError
 from service.settings import load_settings
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
@@ -189,6 +189,8 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
             " service's (its default is var/data, under the directory ERS runs in)",
             USAGE,
         )
+    if args.action == "rollback" and not settings.emergency_rollback_enabled:  # as online
+        raise CliError("emergency rollback is disabled (emergency_rollback_enabled=false)", REFUSED)
     if settings.database_url is None and args.action != "init":
         await _refuse_postgresql_snapshots(settings)
     result: Any = None

@@ -195,3 +195,41 @@ def test_an_offline_command_on_a_data_directory_that_does_not_exist_changes_noth
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.startswith(f"ers: the data directory {typo} does not exist")
         assert not typo.exists()
+
+
+def test_an_offline_rollback_is_refused_when_rollbacks_are_disabled(tmp_path: Path) -> None:
+    """emergency_rollback_enabled=false forbids rollbacks at all: the service refuses them with
+    a 409, and an offline rollback, which reads the same settings, is refused too (exit 4)
+    before anything is restored, snapshotted or swapped."""
+    env = {
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    (tmp_path / "data").mkdir()
+    budgets = tmp_path / "data" / "budgets.sqlite3"
+    db = sqlite3.connect(budgets)
+    with db:
+        db.execute("CREATE TABLE budgets (category TEXT PRIMARY KEY, limit_cents INTEGER)")
+        db.execute("INSERT INTO budgets VALUES ('food', 10000)")
+    db.close()
+    assert ers(["backup", "init", "--offline"], env, tmp_path).returncode == 0
+    created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
+    assert created.returncode == 0, created.stderr
+    backup_id = json.loads(created.stdout)["backupId"]
+    db = sqlite3.connect(budgets)
+    with db:
+        db.execute("UPDATE budgets SET limit_cents = 20000")
+    db.close()
+
+    disabled = {**env, "ERS_EMERGENCY_ROLLBACK_ENABLED": "false"}
+    rollback = ["backup", "rollback", backup_id, "--reason", "r", "--offline", "--yes"]
+    refused = ers(rollback, disabled, tmp_path)
+    assert refused.returncode == 4, refused.stderr
+    assert "emergency_rollback_enabled=false" in refused.stderr
+    rows = sqlite3.connect(budgets).execute("SELECT limit_cents FROM budgets").fetchall()
+    assert rows == [(20000,)]
+    listed = json.loads(ers(["backup", "list", "--offline", "--json"], env, tmp_path).stdout)
+    assert [b["reason"] for b in listed["backups"]] == ["manual"]  # no safety snapshot
+    allowed = ers(rollback, env, tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
