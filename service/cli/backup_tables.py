@@ -100,10 +100,14 @@ def _preview_table(out: Console, data: dict[str, Any]) -> None:
     problems = []
     for component, info in data["components"].items():
         verification = info["verification"]
-        if verification["integrity"] != "ok" or verification["checksumMatches"] is False:
+        readable = verification["integrity"] == "ok"
+        if not readable or verification["checksumMatches"] is False:
+            checksum = {True: "matches", False: "differs", None: "not recorded"}
             problems.append(
                 f"{component}: the snapshot's copy fails its check (integrity "
-                f"{verification['integrity']}, checksum {verification['checksumMatches']})"
+                f"{verification['integrity']}, checksum "
+                f"{checksum[verification['checksumMatches']]}): a rollback to it fails its "
+                "verify step and leaves the live data unchanged"
             )
         for name, rows in sorted(info["tables"].items()):
             if _internal(name):
@@ -116,7 +120,8 @@ def _preview_table(out: Console, data: dict[str, Any]) -> None:
                     for key in ("rowsNow", "rowsInSnapshot", "added", "removed", "changed")
                 ),
             )
-            note = _note(rows["rowsNow"], rows["rowsInSnapshot"])
+            # A copy that cannot be read has no tables to count: none of them "goes away".
+            note = _note(rows["rowsNow"], rows["rowsInSnapshot"]) if readable else ""
             if note:
                 problems.append(f"{component}.{name}: {note}")
     out.print(table)

@@ -59,6 +59,38 @@ def test_test_rollback_rows_name_tables_that_come_back_or_go_and_failed_checks()
     assert "budgets: the snapshot's copy fails its check" in text
 
 
+def test_a_test_rollback_of_an_unreadable_copy_claims_no_table_goes_away() -> None:
+    """Before: "budgets.budgets: the table goes away" for each live table, and "checksum
+    None", for a snapshot whose copy is not a database: the rollback would fail its verify
+    step and change nothing, so no table goes anywhere."""
+    text = drawn(
+        "test-rollback",
+        {
+            "backupId": "1f1e1e49",
+            "snapshotTime": "2026-12-05T21:24:35.469850Z",
+            "snapshotReason": "manual",
+            "components": {
+                "budgets": {
+                    "verification": {
+                        "integrity": "unreadable: file is not a database",
+                        "checksumMatches": None,
+                    },
+                    "tables": {
+                        "budgets": {"rowsNow": 1, "rowsInSnapshot": None},
+                        "expenses": {"rowsNow": 71, "rowsInSnapshot": None},
+                    },
+                }
+            },
+        },
+    )
+    assert "goes away" not in text and "None" not in text
+    assert (
+        "budgets: the snapshot's copy fails its check (integrity unreadable: file is not a "
+        "database, checksum not recorded): a rollback to it fails its verify step and leaves "
+        "the live data unchanged"
+    ) in " ".join(text.split())
+
+
 def test_a_drill_of_one_snapshot_per_component_names_each_on_its_row() -> None:
     """Before: "restore drill passed: newest snapshot <one of them>", the others unnamed."""
     ids = {"budgets": "6568ea4b" + "1" * 56, "profiles": "8dfa07fa" + "2" * 56}
