@@ -41,6 +41,13 @@ class Workspace:
     def remove_leftovers(self, live_files: Iterable[Path]) -> None:
         """Clear what an interrupted run (a crash, a kill) left behind."""
         shutil.rmtree(self.scratch_root(), ignore_errors=True)
+        # A backup killed mid-way leaves a copy of every file it staged, as large as the state;
+        # the folder itself stays, at the path restic finds the parent snapshot by.
+        for entry in (self.root / "staging").glob("*"):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         for folder in {Path(f).resolve().parent for f in live_files}:
             if not folder.is_dir() or (folder / SWAP_JOURNAL_NAME).exists():
                 # A swap's journal that start-up could not undo names files that may be the

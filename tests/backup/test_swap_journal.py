@@ -152,6 +152,23 @@ def test_leftovers_of_a_journal_that_cannot_be_undone_are_kept(tmp_path: Path) -
     assert (data / ".ers-rollback-x").is_dir()
 
 
+def test_the_copies_a_killed_backup_staged_are_cleared_and_the_folder_kept(
+    tmp_path: Path,
+) -> None:
+    """Before: a backup killed while restic read its staged copies left them, as large as
+    the state, until the next backup."""
+    pairs = three_components(tmp_path)
+    staging = Workspace(tmp_path / "work").staging_dir()
+    for name in NAMES:
+        (staging / f"{name}.sqlite3").write_bytes(b"x" * 4096)
+    (staging / "ers-manifest.json").write_text("{}")
+
+    Workspace(tmp_path / "work").remove_leftovers([live for _, live in pairs])
+
+    assert staging.is_dir() and list(staging.iterdir()) == []
+    assert live_values(pairs) == [[1], [2], [3]]
+
+
 def test_a_new_swap_is_refused_while_an_interrupted_one_is_unresolved(tmp_path: Path) -> None:
     pairs = three_components(tmp_path)
     killed_swap(pairs, renames=1)
