@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from backup.staging import clear_folder
+
 ROLLBACK_SCRATCH_PREFIX = ".ers-rollback-"
 OLD_FILE_MARKER = ".ers-old-"
 # Written by `backup.swap_journal` (which imports this module) while a swap is unfinished.
@@ -41,13 +43,8 @@ class Workspace:
     def remove_leftovers(self, live_files: Iterable[Path]) -> None:
         """Clear what an interrupted run (a crash, a kill) left behind."""
         shutil.rmtree(self.scratch_root(), ignore_errors=True)
-        # A backup killed mid-way leaves a copy of every file it staged, as large as the state;
-        # the folder itself stays, at the path restic finds the parent snapshot by.
-        for entry in (self.root / "staging").glob("*"):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        # A backup killed mid-way leaves a copy of every file it staged, as large as the state.
+        clear_folder(self.root / "staging")
         for folder in {Path(f).resolve().parent for f in live_files}:
             if not folder.is_dir() or (folder / SWAP_JOURNAL_NAME).exists():
                 # A swap's journal that start-up could not undo names files that may be the
