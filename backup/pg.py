@@ -337,10 +337,12 @@ class PgSchemas:
         return [component]
 
     def drill_plan(self, index: SnapshotIndex) -> list[tuple[Snapshot, list[str]]]:
+        """Each component's newest snapshot, incidents too: never rolled back, its dump is
+        still restored into scratch and checked, as the SQLite drill checks its file."""
         plan = []
         for component in self.components:
             snapshot = index.newest_containing([component])
-            if component not in self.config.never_roll_back and snapshot is not None:
+            if snapshot is not None:
                 plan.append((snapshot, [component]))
         if not plan:
             raise SnapshotNotFound(

@@ -354,7 +354,8 @@ def test_a_missing_repository_offline_is_told_to_run_the_offline_init(site: Offl
 
 
 def test_a_drill_names_the_snapshot_each_component_was_restored_from(site: OfflineSite) -> None:
-    """Before: "restore drill passed: newest snapshot <one of them>" for the four drilled."""
+    """Before: "restore drill passed: newest snapshot <one of them>" for the four drilled,
+    and the incidents' snapshots were never restored: the drill now checks all five."""
     done = site.ers("backup", "--offline", "create", "-o", "json")
     assert done.returncode == 0, done.stderr
     made = {
@@ -366,8 +367,9 @@ def test_a_drill_names_the_snapshot_each_component_was_restored_from(site: Offli
     header, *rows, verdict = drill.stdout.splitlines()
     assert header.split()[:2] == ["COMPONENT", "SNAPSHOT"]
     shown = dict(row.split()[:2] for row in rows)
-    assert shown == {c: made[c] for c in ("conversations", "budgets", "profiles", "system_state")}
-    assert verdict.startswith("restore drill passed: 4 snapshots, each component's newest, ")
+    components = ("conversations", "budgets", "profiles", "system_state", "incidents")
+    assert shown == {c: made[c] for c in components}
+    assert verdict.startswith("restore drill passed: 5 snapshots, each component's newest, ")
 
 
 def test_an_init_names_the_repository_by_its_short_id(site: OfflineSite) -> None:
