@@ -7,6 +7,7 @@ import argparse
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -108,10 +109,13 @@ _TRAILING_SPACES = re.compile(r"[ \t]+\n")
 
 
 def stdout() -> Console:
-    console = _Stdout(highlight=False)
+    # markup=False: what is printed comes from the service (an agent's error, a reason, an
+    # alert's words), where "[/var/log]" is text, not a closing tag of rich's markup.
+    console = _Stdout(highlight=False, markup=False)
     if not console.is_terminal:
         console = _Stdout(
             highlight=False,
+            markup=False,
             width=PIPE_WIDTH,
             file=_NoTrailingSpaces(sys.stdout),  # type: ignore[arg-type]
         )
@@ -132,14 +136,40 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[Console, Any], No
 
         sys.stdout.write(yaml.safe_dump(data, sort_keys=True, default_flow_style=False))
     elif getattr(args, "offline", False):
-        table(stdout(), data)
+        table(stdout(), printable(data))
     else:
         try:
-            table(stdout(), data)
+            table(stdout(), printable(data))
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             # Deeper than the keys `call` checks: a value of another shape than ERS's.
             what = f"{exc.__class__.__name__}: {exc}"
             raise not_ers(f"{args.url} answered with JSON ERS does not give ({what})") from None
+
+
+# Shown raw, a control character (a line break, an escape sequence) breaks the row or drives
+# the terminal, and a directional formatting character reorders what is read ("\u202eevil").
+_UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def _escaped(char: str) -> str:
+    if char in _BIDI or unicodedata.category(char) in _UNPRINTABLE:
+        return char.encode("unicode_escape").decode("ascii")
+    return char
+
+
+def printable(data: Any) -> Any:
+    """``data`` with every text in it on one line for a table: each control or directional
+    formatting character written as its escape (``\\n``, ``\\x1b``, ``\\u202e``). A
+    message an agent, another service or a person wrote reaches the operator's terminal as
+    what it says, not as what it does; ``-o json`` keeps the text as it is."""
+    if isinstance(data, str):
+        return "".join(map(_escaped, data))
+    if isinstance(data, dict):
+        return {key: printable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [printable(item) for item in data]
+    return data
 
 
 def new_table(*columns: str, title: str | None = None) -> Table:

@@ -220,3 +220,42 @@ def test_the_undo_names_the_token_file_by_its_absolute_path(
         "--token-file",
         str(tmp_path / "admin.token"),
     ]
+
+
+def test_text_from_the_service_is_printed_as_written_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: a forced open's reason "see [/var/log]" (or an agent's error naming a path in
+    # brackets) was read as rich's markup, and `ers breakers list` ended in a MarkupError
+    # traceback for as long as the breaker said so; an agent's error with a line break or an
+    # escape sequence broke the row and reached the terminal as a command.
+    import argparse
+
+    from service.cli.breakers import _table
+    from service.cli.output import emit
+
+    def breaker(state: str, error: str | None, forced: dict | None = None) -> dict:
+        return {
+            "state": state,
+            "failureCount": 1,
+            "failureRate": 0,
+            "rejectedCalls": 0,
+            "lastError": error,
+            "forced": forced,
+        }
+
+    report = {
+        "breakers": {
+            "budget": breaker("forced_open", None, {"source": "admin", "reason": "see [/var/log]"}),
+            "workout": breaker("closed", "SimulatedNetworkError: bad\nthing \x1b[31mRED\u202eevil"),
+        },
+        "totals": {"total": 2, "open": 1, "closed": 1, "half_open": 0, "forced_open": 1},
+    }
+    emit(argparse.Namespace(output="table", url="http://127.0.0.1:1"), report, _table)
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert "admin: see [/var/log]" in text
+    workout = next(line for line in lines if line.startswith("workout"))
+    assert workout.endswith("SimulatedNetworkError: bad\\nthing \\x1b[31mRED\\u202eevil")
+    assert "\x1b" not in text and "\u202e" not in text
+    assert len(lines) == 4  # the header, two rows and the total
