@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from service.incidents.alert_payload import (
     ACTION_TYPES,
+    ALERT_RULE,
     SEVERITY_RANK,
     Alert,
     alert_failure,
@@ -77,6 +78,22 @@ class AlertLanding:
             },
         )
         return incident
+
+    def held_open(self, incident: Incident) -> str | None:
+        """Why an alert's resolution (but an ``isolate`` alert's) leaves the incident its
+        firing landed on open, else None: failures opened it, or another alert whose firing
+        landed on it still fires (an alert about the active incidents holds none open: it
+        fires because they are)."""
+        if incident.rule != ALERT_RULE:
+            return "the incident is left to the failures that opened it"
+        for delivered in self.ledger.firing_on(incident.id):
+            other = Alert.model_validate_json(delivered)
+            if other.labels.get("about") != "incidents":
+                return (
+                    f"alert {other.name} (fingerprint {other.fingerprint}) landed on the"
+                    " incident too and still fires; the incident is left open"
+                )
+        return None
 
     def _fired_on(self, alert: Alert) -> Incident | None:
         """The incident the firing of this alert landed on, as the ledger recorded it."""

@@ -86,10 +86,9 @@ class AlertHandler:
         new = duplicates = 0
         for alert in payload.alerts:
             starts_at = alert.startsAt.isoformat()
-            # Kept: a lost resolution is handled again from it, an isolate alert's firing
-            # holds its agent against other alerts' resolutions.
-            kept = alert.status == "resolved" or alert.action == "isolate"
-            delivered = alert.model_dump_json() if kept else None
+            # Kept: a lost resolution is handled again from it, a firing holds its incident
+            # (an isolate alert's, its agent) against other alerts' resolutions.
+            delivered = alert.model_dump_json()
             if await asyncio.to_thread(
                 self.ledger.record,
                 alert.fingerprint,
@@ -292,10 +291,9 @@ class AlertHandler:
             return "resolved: its firing reached no incident here; nothing to recover"
         note = f"alert {alert.name} resolved (fingerprint {alert.fingerprint})"
         if alert.action != "isolate":
-            # Only an incident the alert opened is the alert's to close; one it landed on
-            # belongs to the failures that opened it.
-            if incident.fingerprint != alert_fingerprint(alert, alert.target or "ers"):
-                return "resolved: the incident is left to the failures that opened it"
+            # An incident alerts opened is resolved by the last alert on it to resolve.
+            if held := await asyncio.to_thread(self.landing.held_open, incident):
+                return f"resolved: {held}"
             return await asyncio.to_thread(self.recovery.resolve, incident.id, ACTOR, note)
         firing = await asyncio.to_thread(
             self.ledger.entry, alert.fingerprint, alert.startsAt.isoformat(), "firing"

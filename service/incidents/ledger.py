@@ -246,6 +246,18 @@ class AlertLedger:
         )
         return [row["alert"] for row in rows]
 
+    def firing_on(self, incident_id: str) -> list[str]:
+        """The alerts (as delivered, JSON) whose firing landed on ``incident_id`` and whose
+        resolution has not arrived."""
+        rows = self._database.rows(
+            "SELECT f.alert FROM alert_ledger f WHERE f.status = 'firing' AND f.incident_id = ?"
+            " AND f.alert IS NOT NULL AND NOT EXISTS (SELECT 1 FROM alert_ledger r"
+            " WHERE r.fingerprint = f.fingerprint AND r.starts_at = f.starts_at"
+            " AND r.status = 'resolved')",
+            (incident_id,),
+        )
+        return [row["alert"] for row in rows]
+
     def taken_at(self, fingerprint: str, starts_at: str, status: str) -> float | None:
         """When the attempt at a delivery still under way was taken, else None (also when
         its taker is gone)."""

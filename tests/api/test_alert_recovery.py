@@ -262,6 +262,34 @@ async def test_an_alert_that_opened_its_own_incident_resolves_it(
     assert store.get(incident.id).status == "resolved"
 
 
+async def test_an_alert_incident_stays_open_while_another_alert_on_it_still_fires(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """BackupStale opens an incident of its own; MemoryCritical, firing next, lands on it
+    (the most severe active one). Before: BackupStale's resolution resolved it while the
+    critical alert fired on, and no incident was left active for it."""
+    store = app.state.runtime.incidents
+    await deliver(hook, app, alert("BackupStale", "backup", "77ab01"))
+    (incident,) = store.list(status="active")[0]
+    await deliver(hook, app, alert("MemoryCritical", "cleanup", "77ab02"))
+    # An alert about the active incidents fires because they are: it holds none open.
+    about = alert("CriticalIncidentActive", "backup", "77ab03")
+    about["alerts"][0]["labels"]["about"] = "incidents"
+    await deliver(hook, app, about)
+    assert store.list(status="active")[1] == 1
+
+    await deliver(hook, app, alert("BackupStale", "backup", "77ab01", status="resolved"))
+    assert store.get(incident.id).status == "open"
+    entry = app.state.runtime.alerts.ledger.entry("77ab01", "2026-11-28T12:00:00+00:00", "resolved")
+    assert (
+        "alert MemoryCritical (fingerprint 77ab02) landed on the incident too" in entry["outcome"]
+    )
+
+    # The last alert on it to resolve resolves it, whichever opened it.
+    await deliver(hook, app, alert("MemoryCritical", "cleanup", "77ab02", status="resolved"))
+    assert store.get(incident.id).status == "resolved"
+
+
 async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(
     hook: httpx.AsyncClient, app: FastAPI
 ) -> None:
