@@ -15,7 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-from service.cli.output import EXIT_CODES, FAILED, OK, USAGE, CliError, add_output_option
+from service.cli.output import (
+    EXIT_CODES,
+    FAILED,
+    OK,
+    USAGE,
+    CliError,
+    add_output_option,
+    printable,
+)
 from service.cli.remote import DEFAULT_URL, add_connection_options
 from service.settings import Environment, SettingsError, load_settings
 from telemetry.redaction import redacted_query
@@ -322,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    except CliError as exc:
-        print(f"ers: {exc}", file=sys.stderr)
+    except CliError as exc:  # one line, though the service quotes an agent's error of two
+        print(f"ers: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except SettingsError as exc:
         print(f"ers: {exc}", file=sys.stderr)

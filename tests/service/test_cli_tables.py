@@ -259,3 +259,25 @@ def test_text_from_the_service_is_printed_as_written_on_one_line(
     assert workout.endswith("SimulatedNetworkError: bad\\nthing \\x1b[31mRED\\u202eevil")
     assert "\x1b" not in text and "\u202e" not in text
     assert len(lines) == 4  # the header, two rows and the total
+
+
+def test_a_refusal_quoting_an_agents_error_is_one_line_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: `ers breakers reset` printed the 409 of a probe whose error held a line break
+    # on two lines of stderr, and an escape sequence in it reached the terminal.
+    from service.cli import breakers
+    from service.cli.output import REFUSED, CliError
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise CliError(
+            "refused (409): its health probe still fails (SimulatedNetworkError: line one\n"
+            "line two \x1b[2J); fix the cause or reset with force",
+            REFUSED,
+        )
+
+    monkeypatch.setattr(breakers, "call", refused)
+    assert main(["breakers", "reset", "budget"]) == REFUSED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err
+    assert "line one\\nline two \\x1b[2J);" in err
