@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 # How the 404 for a path no route takes begins: the CLI tells it from ERS's own 404s (an
 # incident or a snapshot that is not there) to say --url is wrong.
 NO_ROUTE = "ERS has no route"
@@ -10,6 +12,19 @@ NO_ROUTE = "ERS has no route"
 # The most of a client's value a reply or a log line repeats: a path, a name, may be as long
 # as a request line allows.
 ECHOED_CHARS = 200
+
+
+# Characters that, shown raw in a line an operator reads, break it or reorder it: control
+# characters and the line and paragraph separators (by category), and directional formatting
+# (embeddings, overrides, isolates, marks), which reorders what is read, as "\u202eevil" does.
+BREAKING = frozenset({"Cc", "Zl", "Zp"})
+BIDI_CONTROLS = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+)
+
+
+def breaks_a_line(char: str) -> bool:
+    return char in BIDI_CONTROLS or unicodedata.category(char) in BREAKING
 
 
 def cut_short(text: str, most: int = ECHOED_CHARS) -> str:

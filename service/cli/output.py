@@ -7,7 +7,6 @@ import argparse
 import json
 import re
 import sys
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -23,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from service.errors import cut_short
+from service.errors import breaks_a_line, cut_short
 
 # Exit codes, the same for every command (listed in `ers --help` and the README).
 OK = 0
@@ -146,16 +145,10 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[Console, Any], No
             raise not_ers(f"{args.url} answered with JSON ERS does not give ({what})") from None
 
 
-# Shown raw, a control character (a line break, an escape sequence) breaks the row or drives
-# the terminal, and a directional formatting character reorders what is read ("\u202eevil").
-_UNPRINTABLE = frozenset({"Cc", "Zl", "Zp"})
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
-
-
 def _escaped(char: str) -> str:
-    if char in _BIDI or unicodedata.category(char) in _UNPRINTABLE:
-        return char.encode("unicode_escape").decode("ascii")
-    return char
+    # Shown raw, a control character (a line break, an escape sequence) breaks the row or
+    # drives the terminal, and a directional formatting character reorders what is read.
+    return char.encode("unicode_escape").decode("ascii") if breaks_a_line(char) else char
 
 
 def printable(data: Any) -> Any:

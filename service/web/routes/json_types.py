@@ -12,11 +12,12 @@ a NUL character (``\u0000``), which PostgreSQL cannot store as text.
 from __future__ import annotations
 
 import math
-import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
+
+from service.errors import breaks_a_line
 
 
 def json_kind(value: Any) -> str:
@@ -108,15 +109,6 @@ def _unicode_text(value: str) -> str:
     return value
 
 
-# Directional formatting (embeddings, overrides, isolates, marks): shown raw, they reorder
-# what an operator reads, as "\u202eevil" does.
-BIDI_CONTROLS = frozenset(
-    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
-)
-# Control characters, and the line and paragraph separators (U+2028, U+2029).
-BREAKING = frozenset({"Cc", "Zl", "Zp"})
-
-
 def _says_why(value: str) -> str:
     words = _unicode_text(value).strip()
     if not words:
@@ -127,7 +119,7 @@ def _says_why(value: str) -> str:
     # break or an escape sequence breaks the table row that shows the reason.
     lead = len(value) - len(value.lstrip())
     for at, char in enumerate(words, lead + 1):
-        if char in BIDI_CONTROLS or unicodedata.category(char) in BREAKING:
+        if breaks_a_line(char):
             raise PydanticCustomError(
                 "reason_control",
                 "must be one line of plain text; it holds the control character {char} at "
