@@ -1065,7 +1065,7 @@ def _incident_cases() -> list[Case]:
         )
     )
     for prefix, url, route, field, max_chars, outcome in (
-        ("acknowledge", ack_url, ACKNOWLEDGE, "note", 2000, free_text_outcome),
+        ("acknowledge", ack_url, ACKNOWLEDGE, "note", 2000, reason_outcome),
         ("resolve", resolve_url, RESOLVE, "resolution", 2000, reason_outcome),
     ):
         for name, value in STRINGS.items():

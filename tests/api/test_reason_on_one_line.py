@@ -1,4 +1,5 @@
-"""An operator's reason (a forced open's, a rollback's, an incident's resolution) is shown in
+"""An operator's reason (a forced open's, a rollback's, an incident's resolution, an
+acknowledgement's note) is shown in
 table rows and read to decide what to do: a line break splits the row, and a bidirectional
 override reorders what is read. Both are refused, naming the character and where it is."""
 
@@ -60,6 +61,18 @@ async def test_a_resolution_with_a_control_character_is_refused(
     )
     assert reply.status_code == 422, reply.text
     assert "resolution: must be one line of plain text" in reply.json()["detail"]
+
+
+async def test_an_acknowledgement_note_with_a_control_character_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    # Before: taken, and shown raw in the incident's timeline.
+    url = "/api/emergency/incidents/INC_0000000000000_abcdef/acknowledge"
+    reply = await client.post(url, json={"note": "looking\nat it"})
+    assert reply.status_code == 422, reply.text
+    assert "note: must be one line of plain text" in reply.json()["detail"]
+    unknown = await client.post(url, json={"note": ""})  # blank is fine: the note is optional
+    assert unknown.status_code == 404, unknown.text
 
 
 def test_a_rollback_reason_with_a_control_character_is_refused() -> None:

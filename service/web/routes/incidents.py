@@ -30,7 +30,7 @@ from service.web.deps import (
 )
 from service.web.json_route import JsonRoute
 from service.web.openapi import errors
-from service.web.routes.json_types import JsonText, Reason
+from service.web.routes.json_types import OneLine, Reason
 from telemetry.providers import otlp_endpoint_configured
 
 router = APIRouter(
@@ -48,7 +48,7 @@ Severity = Literal["low", "medium", "high", "critical"]
 class Acknowledge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: JsonText = Field("", max_length=2000)
+    note: OneLine = Field("", max_length=2000)
 
 
 class Resolve(BaseModel):

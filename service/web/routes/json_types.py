@@ -110,11 +110,16 @@ def _unicode_text(value: str) -> str:
 
 
 def _says_why(value: str) -> str:
-    words = _unicode_text(value).strip()
+    words = _one_line(value)
     if not words:
         raise PydanticCustomError(
             "blank_reason", "must say why, in words: it is kept with what was done"
         )
+    return words
+
+
+def _one_line(value: str) -> str:
+    words = _unicode_text(value).strip()
     # The spaces around the words are dropped, a trailing newline among them; inside, a line
     # break or an escape sequence breaks the table row that shows the reason.
     lead = len(value) - len(value.lstrip())
@@ -156,3 +161,7 @@ Reason = Annotated[str, AfterValidator(_says_why)]
 resolution): ``JsonText`` with words in it, kept without the spaces around them, on one
 line without control or bidirectional formatting characters; a blank one would leave nothing
 in the trail to say why."""
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+"""A person's words kept with an action (an acknowledgement's note): a ``Reason`` that may be
+blank."""
