@@ -82,17 +82,15 @@ class AlertLanding:
     def held_open(self, incident: Incident) -> str | None:
         """Why an alert's resolution (but an ``isolate`` alert's) leaves the incident its
         firing landed on open, else None: failures opened it, or another alert whose firing
-        landed on it still fires (an alert about the active incidents holds none open: it
-        fires because they are)."""
+        landed on it still fires."""
         if incident.rule != ALERT_RULE:
             return "the incident is left to the failures that opened it"
-        for delivered in self.ledger.firing_on(incident.id):
-            other = Alert.model_validate_json(delivered)
-            if other.labels.get("about") != "incidents":
-                return (
-                    f"alert {other.name} (fingerprint {other.fingerprint}) landed on the"
-                    " incident too and still fires; the incident is left open"
-                )
+        other = still_firing_on(self.ledger, incident)
+        if other is not None:
+            return (
+                f"alert {other.name} (fingerprint {other.fingerprint}) landed on the"
+                " incident too and still fires; the incident is left open"
+            )
         return None
 
     def _fired_on(self, alert: Alert) -> Incident | None:
@@ -132,3 +130,16 @@ class AlertLanding:
         if outcome != "updated":  # counted as the incident pipeline counts its own
             self.meters.opened(incident)
         return incident
+
+
+def still_firing_on(ledger: AlertLedger, incident: Incident) -> Alert | None:
+    """Blocking. An alert whose firing landed on ``incident``, one that alerts opened, and
+    whose resolution has not arrived, else None. An alert about the active incidents holds
+    none: it fires because they are."""
+    if incident.rule != ALERT_RULE:
+        return None
+    for delivered in ledger.firing_on(incident.id):
+        alert = Alert.model_validate_json(delivered)
+        if alert.labels.get("about") != "incidents":
+            return alert
+    return None

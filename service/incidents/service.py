@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from service.errors import StoreUnavailable
 from service.incidents import audit, ledger, store_pg
+from service.incidents.alert_landing import still_firing_on
 from service.incidents.audit import AuditLog
 from service.incidents.ledger import AlertLedger
 from service.incidents.merge import GroupOutcome
@@ -116,13 +117,17 @@ class IncidentService:
         rules_path: Path | None,
         cache_active_counts: bool = False,
         service_name: str = "ers",
+        alert_ledger: AlertLedger | None = None,
     ) -> None:
-        """``cache_active_counts``: the store is a database server, so the active counts the
+        """``alert_ledger``: an incident an alert opened is not resolved by its quiet period
+        while an alert that landed on it still fires (its resolution resolves it).
+        ``cache_active_counts``: the store is a database server, so the active counts the
         state machine reads every second come from a cache refreshed off the event loop
         (``run_counts_refresh``) rather than from a query on it. ``service_name``: this
         service's own spans'; an incident of another's acts on none of its agents."""
         self.store = store
         self.service_name = service_name
+        self._alert_ledger = alert_ledger
         self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
         self._counts_stale = asyncio.Event()
         self.processor = IncidentProcessor(
@@ -275,10 +280,14 @@ class IncidentService:
             except Exception:
                 log.exception("auto-resolve failed")
 
+    def _held(self, incident: Incident) -> bool:
+        ledger = self._alert_ledger
+        return ledger is not None and still_firing_on(ledger, incident) is not None
+
     async def tick(self) -> None:
         """Resolve the incidents quiet for long enough; end minimal mode once its incident is
         resolved, whoever resolved it (on PostgreSQL, maybe another replica)."""
-        for incident in await asyncio.to_thread(self.store.auto_resolve):
+        for incident in await asyncio.to_thread(self.store.auto_resolve, None, self._held):
             self.observe_recovery(incident)
         mode = self.responder.minimal_mode if self.responder is not None else None
         if mode is not None and mode.active and mode.incident is not None:

@@ -153,9 +153,12 @@ class IncidentStore:
     def resolve(self, incident_id: str, who: str, resolution: str = "") -> Incident:
         return self._transition(incident_id, "resolved", who, resolution, ACTIVE_STATUSES)
 
-    def auto_resolve(self, now: float | None = None) -> builtins.list[Incident]:
+    def auto_resolve(
+        self, now: float | None = None, held: Callable[[Incident], bool] | None = None
+    ) -> builtins.list[Incident]:
         """Resolve active incidents quiet for ``quiet_period_s`` whose component is healthy
-        again; the service calls this periodically."""
+        again, but those ``held`` open (an alert that opened one still fires); the service
+        calls this periodically."""
         now = self.options.clock() if now is None else now
         quiet_since = now - self.options.quiet_period_s
         candidates, _ = self.list(status="active", limit=1_000_000)
@@ -165,6 +168,8 @@ class IncidentStore:
                 continue
             healthy = self.options.is_component_healthy
             if healthy is not None and not healthy(incident.component):
+                continue
+            if held is not None and held(incident):
                 continue
             note = (
                 f"no new errors for {now - incident.last_seen:.0f} s and "

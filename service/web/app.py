@@ -229,6 +229,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             rules_path=settings.classification_rules,
             cache_active_counts=stores.database is not None,
             service_name=settings.service_name,
+            alert_ledger=alert_ledger,
         )
         telemetry.add_span_processor(incident_service.processor)
         # Kept traces an incident names also go to a bounded archive within a second (a file,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,6 +289,24 @@ async def test_an_alert_incident_stays_open_while_another_alert_on_it_still_fire
     # The last alert on it to resolve resolves it, whichever opened it.
     await deliver(hook, app, alert("MemoryCritical", "cleanup", "77ab02", status="resolved"))
     assert store.get(incident.id).status == "resolved"
+
+
+async def test_an_alert_incident_outlasts_its_quiet_period_while_the_alert_fires(
+    hook: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: BackupStale's incident was resolved by the quiet period ("no new errors for
+    300 s and ers is healthy") while the alert fired on; its repeats are duplicates, so
+    nothing opened it again, and the alert's resolution found it resolved already."""
+    runtime = app.state.runtime
+    store = runtime.incidents
+    monkeypatch.setattr(store, "options", dataclasses.replace(store.options, quiet_period_s=0))
+    await deliver(hook, app, alert("BackupStale", "backup", "77ac01"))
+    (incident,) = store.list(status="active")[0]
+    await runtime.incident_service.tick()
+    assert store.get(incident.id).status == "open"
+    await deliver(hook, app, alert("BackupStale", "backup", "77ac01", status="resolved"))
+    assert store.get(incident.id).status == "resolved"
+    assert "auto-resolve" not in {entry.actor for entry in store.timeline(incident.id)}
 
 
 async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(
