@@ -70,6 +70,12 @@ def describe(error: dict[str, Any]) -> str:
             return reason
         at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
         return f"the request body is not valid JSON ({reason}{at}); check quotes and commas"
+    if kind.startswith(("datetime_", "date_")):
+        why = error.get("ctx", {}).get("error")
+        return (
+            f"{where}: must be a time in ISO 8601, such as 2026-12-03T07:30:00Z or 2026-12-03"
+            + (f" ({why})" if why else "")
+        )
     if kind in _MUST_BE:
         # A query value is always text; a body value's JSON kind says what was sent instead.
         sent = f", not {json_kind(error.get('input'))}" if loc[:1] == ("body",) else ""

@@ -115,8 +115,22 @@ async def test_every_refusal_has_the_shape_of_a_validation_error(
         ("GET", "/api/emergency/metrics?timeRange=true", None, "timeRange: must be a number"),
         ("GET", "/api/emergency/incidents?limit=1.5", None, "limit: must be a whole number"),
         ("GET", "/api/emergency/health?refresh=maybe", None, "refresh: must be true or false"),
+        (
+            "GET",
+            "/api/emergency/incidents?since=yesterday",
+            None,
+            "since: must be a time in ISO 8601, such as 2026-12-03T07:30:00Z or 2026-12-03 (",
+        ),
     ],
-    ids=["weight-false", "ttl-true", "truncatedAlerts-true", "timeRange", "limit", "refresh"],
+    ids=[
+        "weight-false",
+        "ttl-true",
+        "truncatedAlerts-true",
+        "timeRange",
+        "limit",
+        "refresh",
+        "since",
+    ],
 )
 async def test_a_value_of_the_wrong_type_says_what_it_must_be(
     client: httpx.AsyncClient, method: str, url: str, body: object, expected: str
