@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -33,14 +33,26 @@ def _encodable(value: dict[str, str]) -> dict[str, str]:
 LabelMap = Annotated[dict[str, str], AfterValidator(_encodable)]
 
 
+def _in_utc(moment: datetime) -> datetime:
+    """One spelling per instant (the ledger's key): ``12:25+01:00`` is ``11:25Z``, and a time
+    without an offset is UTC, as Alertmanager's are."""
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:30:00+01:00 is before the first day there is
+        raise ValueError("is out of the range of times in UTC") from None
+
+
+Moment = Annotated[datetime, AfterValidator(_in_utc)]
+
+
 class Alert(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["firing", "resolved"]
     labels: LabelMap = Field(max_length=64)
     annotations: LabelMap = Field(default_factory=dict, max_length=64)
-    startsAt: datetime
-    endsAt: datetime | None = None
+    startsAt: Moment
+    endsAt: Moment | None = None
     generatorURL: str = Field("", max_length=2048)
     fingerprint: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-zA-Z]+$")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -185,6 +186,23 @@ async def test_unknown_action_is_recorded_and_answered_200(
     # Alertmanager logs nothing of a 200: ERS's log names the rule to fix.
     (said,) = [r.getMessage() for r in caplog.records if "unknown action" in r.getMessage()]
     assert "'reboot-the-moon' (ERS knows isolate, backup, rollback, cleanup)" in said
+
+
+async def test_one_instant_in_another_offset_is_the_same_delivery(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Before: the ledger's key kept the offset as sent, so ``13:00+01:00`` after ``12:00Z``
+    was a new firing of the alert, acted on again."""
+    first = await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
+    assert first.json() == {"received": 1, "new": 1, "duplicates": 0}
+    again = copy.deepcopy(FIRING)
+    starts = datetime.fromisoformat(FIRING["alerts"][0]["startsAt"])
+    shifted = starts.astimezone(timezone(timedelta(hours=1))).isoformat()
+    again["alerts"][0]["startsAt"] = shifted
+    assert not shifted.endswith(("Z", "+00:00"))
+    reply = await hook.post("/api/emergency/alerts", json=again, headers=AUTH)
+    assert reply.json() == {"received": 1, "new": 0, "duplicates": 1}
+    await settle(app)
 
 
 async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
