@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -194,42 +195,55 @@ INTERRUPTED = (
 )
 
 
-async def record_interrupted_at_start(
-    stack: AsyncExitStack, audit: AuditLog, incidents: IncidentStore
-) -> None:
-    """``record_interrupted`` at the service's start, and on PostgreSQL once more when the
-    presence stamp of a replica killed just before the start has aged out of its window
-    (``SEEN_WITHIN_S``): until then that replica is seen, and its rollback left alone."""
+async def record_interrupted_at_start(audit: AuditLog, incidents: IncidentStore | None) -> float:
+    """``record_interrupted`` at the service's start, before anything can roll back; returns
+    when it looked, which ``look_again`` takes."""
+    looked = time.time()
     await asyncio.to_thread(record_interrupted, audit, incidents)
-    if audit.shared:
+    return looked
 
-        async def once_more() -> None:
-            await asyncio.sleep(SEEN_WITHIN_S + 1)
-            await asyncio.to_thread(record_interrupted, audit, incidents)
 
-        run_in_background(stack, once_more(), "rollbacks-cut-off")
+def look_again(
+    stack: AsyncExitStack, audit: AuditLog, incidents: IncidentStore | None, looked: float
+) -> None:
+    """On PostgreSQL, ``record_interrupted`` once more when the presence stamp of a replica
+    killed just before the start has aged out of its window (``SEEN_WITHIN_S``): until then
+    that replica is seen, and its rollback left alone. By then this process may be running
+    a rollback of its own, which carries its pid: one started after ``looked`` is left
+    alone. The look stops when ``stack`` unwinds to here, so it is registered after what
+    closes the trail's database."""
+    if not audit.shared:
+        return
+
+    async def once_more() -> None:
+        await asyncio.sleep(SEEN_WITHIN_S + 1)
+        await asyncio.to_thread(record_interrupted, audit, incidents, looked)
+
+    run_in_background(stack, once_more(), "rollbacks-cut-off")
 
 
 def record_interrupted(
-    audit: AuditLog, incidents: IncidentStore | None = None
+    audit: AuditLog, incidents: IncidentStore | None = None, since: float | None = None
 ) -> list[dict[str, object]]:
-    """Blocking; at the service's start, before anything can roll back. Each rollback in the
-    trail with no outcome whose process no longer runs gets the entry
-    ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries' details. A
-    process of this host is looked for by its pid, and one with this process's pid counts as
-    gone: on a restart in a container, ERS has the same pid every time. On PostgreSQL, a
-    process of another host is gone when the fleet's database has neither a session of it
-    nor a recent presence stamp (``service.fleet.presence``); on SQLite only this host's
-    rollbacks are in the trail. A rollback for an incident gets a note on its timeline too."""
+    """Blocking; at the service's start, before anything can roll back, or later with
+    ``since``. Each rollback in the trail with no outcome whose process no longer runs gets
+    the entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries'
+    details. A process of this host is looked for by its pid, and one with this process's
+    pid counts as gone: on a restart in a container, ERS has the same pid every time. With
+    ``since`` (when the start looked), only one started before it does: one started since
+    is this process's own. On PostgreSQL, a process of another host is gone when the
+    fleet's database has neither a session of it nor a recent presence stamp
+    (``service.fleet.presence``); on SQLite only this host's rollbacks are in the trail. A
+    rollback for an incident gets a note on its timeline too."""
     try:
-        return _record_interrupted(audit, incidents)
+        return _record_interrupted(audit, incidents, since)
     except Exception as exc:  # an unwritable trail, a database down: health says so
         log.warning("could not look for rollbacks cut off in the audit trail: %s", exc)
         return []
 
 
 def _record_interrupted(
-    audit: AuditLog, incidents: IncidentStore | None
+    audit: AuditLog, incidents: IncidentStore | None, since: float | None
 ) -> list[dict[str, object]]:
     host, pid = socket.gethostname(), os.getpid()
 
@@ -239,6 +253,8 @@ def _record_interrupted(
         if started.get("host") == host:
             if of != pid and process_is_running(of):
                 return None
+            if of == pid and since is not None and entry["at"] >= since:
+                return None  # this process's own, running
         elif not (audit.shared and process_gone(db, str(started.get("host")), of)):
             return None
         return {

@@ -26,7 +26,11 @@ from service.agents.config import load_team_config  # noqa: E402
 from service.backups.first_start import finds_no_state  # noqa: E402
 from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
-from service.backups.rollbacks import Rollbacks, record_interrupted_at_start  # noqa: E402
+from service.backups.rollbacks import (  # noqa: E402
+    Rollbacks,
+    look_again,
+    record_interrupted_at_start,
+)
 from service.backups.service import undo_interrupted_swap  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
@@ -222,7 +226,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
         # A rollback a kill cut off is in the trail by its start alone; it gets the word that
         # its process stopped first (rollback_interrupted).
-        await record_interrupted_at_start(stack, audit, incident_store)
+        looked = await record_interrupted_at_start(audit, incident_store)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,
@@ -330,6 +334,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(incident_service.shutdown)
         stack.callback(state_notes.close)  # after the drain's last notes, before the store closes
         stack.push_async_callback(incident_service.drain)
+        # On PostgreSQL, once more when a replica killed just before the start is no longer
+        # seen; stopped before the store closes.
+        look_again(stack, audit, incident_store, looked)
         run_in_background(stack, incident_service.run_auto_resolve(), "resolve")
         if stores.database is not None:
             run_in_background(stack, incident_service.run_counts_refresh(), "incident-counts")

@@ -5,6 +5,7 @@ On SQLite and on PostgreSQL, where every replica shares the trail."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +21,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.backups.rollbacks import INTERRUPTED, Rollbacks, record_interrupted
+from service.backups import rollbacks as rollbacks_module
+from service.backups.rollbacks import (
+    INTERRUPTED,
+    Rollbacks,
+    look_again,
+    record_interrupted,
+    record_interrupted_at_start,
+)
 from service.errors import StoreUnavailable
 from service.fleet.presence import OFFLINE_ROLE
 from service.fleet.schema import COMPONENT as FLEET
@@ -203,3 +212,23 @@ def test_two_starts_at_once_record_each_cut_off_rollback_once(
     assert sorted(e["run"] for told in found for e in told) == sorted(cut)
     entries = [e for e in fleet_audit.recent(20) if e["action"] == "rollback_interrupted"]
     assert sorted(e["detail"]["run"] for e in entries) == sorted(cut)
+
+
+async def test_the_look_after_the_stamp_window_leaves_this_process_s_own_rollback_alone(
+    fleet_audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the second look, 16 s after the start, counted a rollback this process had
+    begun since as cut off (its pid is this process's, which at the start stands for the
+    process before a restart), and the trail said it was interrupted while it ran."""
+    monkeypatch.setattr(rollbacks_module, "SEEN_WITHIN_S", 0.0)  # the second look 1 s after
+    restarted = started(fleet_audit, "ers again under the same pid")
+    async with AsyncExitStack() as stack:
+        looked = await record_interrupted_at_start(fleet_audit, None)
+        running = started(fleet_audit, "running in this process")
+        elsewhere = started(fleet_audit, "cut off since", host=f"not-{socket.gethostname()}")
+        look_again(stack, fleet_audit, None, looked)
+        (again,) = [t for t in asyncio.all_tasks() if t.get_name() == "rollbacks-cut-off"]
+        await asyncio.wait_for(asyncio.shield(again), 10)
+    told = [e["detail"]["run"] for e in fleet_audit.recent(20) if e["action"] != ROLLBACK_STARTED]
+    assert sorted(told) == sorted([restarted, elsewhere])
+    assert running not in told
