@@ -45,6 +45,7 @@ SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS alert_ledger (
     outcome TEXT,
     alert TEXT,
     taker TEXT,
+    delivered_at REAL,
     PRIMARY KEY (fingerprint, starts_at, status)
 )"""
 KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
@@ -63,6 +64,11 @@ ISOLATING = ("isolate: success", f"isolate: {COOLDOWN_OUTCOME}")
 # How long a resolution waits for its firing while another writer acts on it: longer than
 # an action may run (the responder's limit is 120 s).
 FIRING_WAIT_S = 130.0
+# A firing holds the incident it landed on open (``firing_on``) while Alertmanager keeps
+# repeating it: for twice the longest repeat_interval of alerts/alertmanager.yml (4 h) after
+# its last delivery. An alert muted (inhibited, silenced) when it resolved never gets its
+# resolution sent; past this it holds nothing, and the incident's quiet period decides.
+FIRING_HOLD_S = 8 * 3600.0
 
 
 def _taker_alive(table: str) -> str:
@@ -113,6 +119,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     (f"ALTER TABLE {SCHEMA}.alert_ledger ADD COLUMN alert TEXT",),
     # Who took the attempt under way: a replica gone with it lost it.
     (f"ALTER TABLE {SCHEMA}.alert_ledger ADD COLUMN taker TEXT",),
+    # When Alertmanager last delivered it: a firing holds its incident while it is repeated.
+    (f"ALTER TABLE {SCHEMA}.alert_ledger ADD COLUMN delivered_at DOUBLE PRECISION",),
 )
 
 
@@ -127,9 +135,10 @@ class AlertLedger:
         create_table_on_sqlite(database, SQLITE_SCHEMA)
         if database.dialect is SQLITE:
             columns = {row["name"] for row in database.rows("PRAGMA table_info(alert_ledger)")}
-            for added in ("alert", "taker"):  # a file from before the ledger kept them
-                if added not in columns:
-                    database.rows(f"ALTER TABLE alert_ledger ADD COLUMN {added} TEXT")
+            added = {"alert": "TEXT", "taker": "TEXT", "delivered_at": "REAL"}
+            for name, kind in added.items():  # a file from before the ledger kept them
+                if name not in columns:
+                    database.rows(f"ALTER TABLE alert_ledger ADD COLUMN {name} {kind}")
         self._database = database
         self.taker = taker
         self._retake = _retake(database.dialect)
@@ -153,11 +162,11 @@ class AlertLedger:
         try:
             rows = self._database.rows(
                 "INSERT INTO alert_ledger AS ledger (fingerprint, starts_at, status,"
-                " alertname, received_at, alert, taker) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (fingerprint, starts_at, status)"
+                " alertname, received_at, alert, taker, delivered_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, starts_at, status)"
                 f" DO UPDATE SET deliveries = ledger.deliveries + 1, {self._retake},"
-                " alert = COALESCE(excluded.alert, ledger.alert)"
-                " RETURNING received_at",
+                " alert = COALESCE(excluded.alert, ledger.alert),"
+                " delivered_at = excluded.delivered_at RETURNING received_at",
                 (
                     fingerprint,
                     starts_at,
@@ -166,6 +175,7 @@ class AlertLedger:
                     now,
                     alert,
                     self.taker,
+                    now,
                     *[now - UNFINISHED_AFTER_S] * 3,
                 ),
             )
@@ -247,14 +257,14 @@ class AlertLedger:
         return [row["alert"] for row in rows]
 
     def firing_on(self, incident_id: str) -> list[str]:
-        """The alerts (as delivered, JSON) whose firing landed on ``incident_id`` and whose
-        resolution has not arrived."""
+        """The alerts (as delivered, JSON) whose firing landed on ``incident_id``, was
+        delivered within ``FIRING_HOLD_S`` and has no resolution."""
         rows = self._database.rows(
             "SELECT f.alert FROM alert_ledger f WHERE f.status = 'firing' AND f.incident_id = ?"
-            " AND f.alert IS NOT NULL AND NOT EXISTS (SELECT 1 FROM alert_ledger r"
-            " WHERE r.fingerprint = f.fingerprint AND r.starts_at = f.starts_at"
-            " AND r.status = 'resolved')",
-            (incident_id,),
+            " AND f.alert IS NOT NULL AND COALESCE(f.delivered_at, f.received_at) > ?"
+            " AND NOT EXISTS (SELECT 1 FROM alert_ledger r WHERE r.fingerprint ="
+            " f.fingerprint AND r.starts_at = f.starts_at AND r.status = 'resolved')",
+            (incident_id, time.time() - FIRING_HOLD_S),
         )
         return [row["alert"] for row in rows]
 

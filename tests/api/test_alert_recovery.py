@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from service.incidents import ledger
 from service.settings import Settings
 from tests.api.test_alert_webhook import AUTH, FIRING, TOKEN, resolved_payload
 
@@ -307,6 +309,42 @@ async def test_an_alert_incident_outlasts_its_quiet_period_while_the_alert_fires
     await deliver(hook, app, alert("BackupStale", "backup", "77ac01", status="resolved"))
     assert store.get(incident.id).status == "resolved"
     assert "auto-resolve" not in {entry.actor for entry in store.timeline(incident.id)}
+
+
+class LedgerClock:
+    """The ledger's clock, moved by hand; monotonic time stays the real one."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+async def test_a_firing_no_longer_repeated_holds_its_incident_no_more(
+    hook: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert muted (inhibited, silenced) when it resolves never gets its resolution sent:
+    its firing held the incident it landed on open for good. It holds it while Alertmanager
+    repeats it, FIRING_HOLD_S after its last delivery."""
+    runtime = app.state.runtime
+    store = runtime.incidents
+    monkeypatch.setattr(store, "options", dataclasses.replace(store.options, quiet_period_s=0))
+    clock = LedgerClock()
+    monkeypatch.setattr(ledger, "time", clock)
+    await deliver(hook, app, alert("BackupStale", "backup", "77ad01"))
+    (incident,) = store.list(status="active")[0]
+    clock.now += ledger.FIRING_HOLD_S - 60
+    await deliver(hook, app, alert("BackupStale", "backup", "77ad01"))  # repeated: held on
+    clock.now += ledger.FIRING_HOLD_S - 60
+    await runtime.incident_service.tick()
+    assert store.get(incident.id).status == "open"
+    clock.now += 120  # no repeat since: muted, its resolution will not come
+    await runtime.incident_service.tick()
+    assert store.get(incident.id).status == "resolved"
 
 
 async def test_a_breaker_held_by_an_operator_resolves_the_incident_when_reset(

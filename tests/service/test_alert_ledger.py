@@ -4,7 +4,9 @@ notification at once still act on it once."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -248,3 +250,26 @@ def test_on_postgresql_an_attempt_whose_taker_is_gone_is_taken_again_at_once(
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_ledger_file_from_before_its_later_columns_gets_them(tmp_path: Path) -> None:
+    """A file made before the ledger kept the alert, its taker and its last delivery: the
+    columns are added at start, and a firing delivered again is known as such."""
+    path = tmp_path / "incidents.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE alert_ledger (fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL,"
+            " status TEXT NOT NULL, alertname TEXT NOT NULL, received_at REAL NOT NULL,"
+            " deliveries INTEGER NOT NULL DEFAULT 1, incident_id TEXT, outcome TEXT,"
+            " PRIMARY KEY (fingerprint, starts_at, status))"
+        )
+        db.commit()
+    store = IncidentStore(path)
+    try:
+        ledger = AlertLedger(store.database)
+        columns = {row["name"] for row in store.database.rows("PRAGMA table_info(alert_ledger)")}
+        assert {"alert", "taker", "delivered_at"} <= columns
+        assert ledger.record("f1", "2026-12-05T10:00:00+00:00", "firing", "A", "{}") is True
+        assert ledger.record("f1", "2026-12-05T10:00:00+00:00", "firing", "A", "{}") is False
+    finally:
+        store.close()
