@@ -17,6 +17,8 @@ import httpx
 import pytest
 import yaml
 
+from service.incidents.ledger import FIRING_HOLD_S
+
 ALERTS = Path(__file__).resolve().parents[2] / "alerts"
 PROMETHEUS_CONFIG = ALERTS / "prometheus.yml"
 RULES = ALERTS / "rules.yml"
@@ -299,6 +301,22 @@ def test_ers_receivers_post_to_the_webhook_with_the_token_file_and_resolutions()
     [switch] = receivers[WATCHDOG]["webhook_configs"]
     assert switch["url_file"] == "/run/secrets/alert_watchdog_url"
     assert "url:" not in ALERTMANAGER_CONFIG.read_text()
+
+
+def test_a_firing_holds_its_incident_for_twice_the_longest_repeat_interval() -> None:
+    """ERS counts an alert as still firing while Alertmanager repeats it (FIRING_HOLD_S after
+    its last delivery): a route that repeats less often would let its incident resolve."""
+    units = {"s": 1, "m": 60, "h": 3600}
+
+    def intervals(route: dict[str, Any]) -> Iterator[float]:
+        if "repeat_interval" in route:
+            number, unit = re.fullmatch(r"(\d+)([smh])", route["repeat_interval"]).groups()  # type: ignore[union-attr]
+            yield int(number) * units[unit]
+        for child in route.get("routes", []):
+            yield from intervals(child)
+
+    longest = max(intervals(load_yaml(ALERTMANAGER_CONFIG)["route"]))
+    assert 2 * longest <= FIRING_HOLD_S
 
 
 def test_alerts_are_grouped_by_alertname_and_target() -> None:
