@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from telemetry.json_keys import RepeatedKey, loads_once_each
 from telemetry.span_record import SpanRecord, otlp_attributes
 
 PROTOBUF = "application/x-protobuf"
@@ -114,7 +115,9 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         return request
     if kind == JSON:
         try:
-            document = json.loads(body)
+            document = loads_once_each(body)
+        except RepeatedKey as exc:
+            raise MalformedOtlp(f"the JSON body is ambiguous: {exc}") from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise MalformedOtlp(f"the JSON body does not parse: {exc}") from exc
         if not isinstance(document, dict):

@@ -18,26 +18,10 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from service.errors import cut_short
+from telemetry.json_keys import RepeatedKey, loads_once_each
 
 # How the decode error's message begins: ``service.web.http_errors`` gives it as it is.
 REPEATED_KEY = "the request body gives the key"
-
-
-class _RepeatedKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) < len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
-    return document
 
 
 class _OneValueEachRequest(Request):
@@ -45,8 +29,8 @@ class _OneValueEachRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = json.loads(body, object_pairs_hook=_once_each)
-            except _RepeatedKey as exc:
+                self._json = loads_once_each(body)
+            except RepeatedKey as exc:
                 shown = json.dumps(cut_short(exc.key, 80))
                 message = (
                     f"{REPEATED_KEY} {shown} more than once in one object; give each key "

@@ -124,6 +124,12 @@ def test_names_and_types_other_services_send_are_cut() -> None:
         ),
         (b'{"resourceSpans": 5}', "application/json", None, "not an OTLP trace request"),
         (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "a", "name": "b"}]}]}]}',
+            "application/json",
+            None,
+            'ambiguous: the key "name" is given more than once in one object',
+        ),
+        (
             b'{"resourceSpans": [{"scopeSpans": [{"spans": '
             b'[{"traceId": "abcd", "spanId": "01"}]}]}]}',
             "application/json",

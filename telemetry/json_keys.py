@@ -1,0 +1,31 @@
+"""JSON objects that give one key twice (``{"confirm": false, "confirm": true}``):
+``json.loads`` keeps the last value, while a proxy, a log or a person reading the first saw
+another document. ``loads_once_each`` refuses them instead."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        shown = json.dumps(key if len(key) <= 80 else f"{key[:80]}…")
+        super().__init__(f"the key {shown} is given more than once in one object")
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RepeatedKey(key)
+            seen.add(key)
+    return document
+
+
+def loads_once_each(body: bytes | str) -> Any:
+    """``json.loads``, raising RepeatedKey for an object that gives one key twice."""
+    return json.loads(body, object_pairs_hook=_once_each)
