@@ -31,7 +31,7 @@ from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
 from service.fleet.leader import connect_session, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import PostgresDatabase
-from service.stores.session_names import presence_name, session_name
+from service.stores.session_names import presence_name, session_alive, session_name
 from service.stores.sql import Statements
 from service.tasks import cancel_and_wait
 
@@ -79,8 +79,7 @@ ORDER BY updated_at DESC"""
 # A process of the fleet that stopped, in a query with ``?`` marks: no session of the
 # database carries one of its names (``names``), and its presence stamp (``key``), if it has
 # one, was not seen within the window (as ``_SEEN`` counts it).
-_SESSION_GONE = """SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
-    WHERE datname = current_database() AND application_name = ANY(?)) AS gone"""
+_SESSION_GONE = f"SELECT NOT {session_alive('ANY(?)')} AS gone"
 _STAMP_SEEN = f"""SELECT EXISTS (SELECT 1 FROM ers_fleet.stamps WHERE key = ?
     AND greatest(updated_at, {ACCEPTING}) > now() - make_interval(secs => ?)) AS seen"""
 

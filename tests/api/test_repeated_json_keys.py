@@ -59,9 +59,17 @@ async def test_a_chat_with_a_key_given_twice_records_nothing(client: httpx.Async
 async def test_keys_given_once_each_in_several_objects_are_read_as_before(
     client: httpx.AsyncClient,
 ) -> None:
-    # The same key in two objects is two keys; only one object repeating one is refused.
-    body = b'{"message": "plan my meals", "userId": "u1"}'
-    assert (await client.post("/chat", content=body, headers=JSON)).status_code == 200
+    # The same key in two objects is two keys ("status" of the notification and of its
+    # alert, "alertname" of its labels and its common labels); one object repeating one is
+    # refused.
+    body = (
+        b'{"version": "4", "groupKey": "{}", "status": "firing", "receiver": "ers",'
+        b' "commonLabels": {"alertname": "ErsKeysTest"}, "alerts": [{"status": "firing",'
+        b' "labels": {"alertname": "ErsKeysTest"}, "startsAt": "2026-12-05T10:00:00Z",'
+        b' "fingerprint": "abc123"}]}'
+    )
+    reply = await client.post("/api/emergency/alerts", content=body, headers=JSON)
+    assert reply.status_code == 200, reply.text
 
 
 async def test_every_operation_that_takes_a_body_refuses_a_key_given_twice(
