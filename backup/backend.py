@@ -72,9 +72,11 @@ class BackupBackend(Protocol):
         """The newest snapshots that, restored and verified, prove every component can come
         back; SnapshotNotFound when there is none yet."""
 
-    async def preview(self, snapshot: Snapshot, names: Sequence[str]) -> RollbackPreview:
-        """Restore into scratch, verify, and count rows now and in the snapshot; nothing live
-        is touched."""
+    async def preview(
+        self, snapshot: Snapshot, names: Sequence[str], *, rows: bool = True
+    ) -> RollbackPreview:
+        """Restore into scratch, verify, and (with ``rows``) compare the rows now and in the
+        snapshot; nothing live is touched. A restore drill verifies only."""
 
     async def apply(self, request: RollbackRequest) -> RollbackResult:
         """Safety snapshot, restore, verify, swap in; RollbackFailed(step) leaves the live

@@ -279,13 +279,14 @@ class BackupManager:
 
     async def verify_latest(self) -> DrillResult:
         """Restore drill: the newest snapshots of every component restored into scratch and
-        verified (the same work as a test rollback)."""
+        verified, as a test rollback restores and verifies them."""
         started, files = time.monotonic(), list[FileVerification]()
         plan = self.backend.drill_plan(self.index)
         for snapshot, names in plan:
             try:
                 async with self._turn():
-                    preview = await self.backend.preview(snapshot, names)
+                    # Verified only: the rows' comparison with the live state is not read.
+                    preview = await self.backend.preview(snapshot, names, rows=False)
             except Interrupted:
                 raise  # stopped, not a verdict on the snapshot
             except BackupError as exc:
