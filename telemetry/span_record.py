@@ -67,6 +67,10 @@ class SpanRecord:
     # Taken from the last exception event, else from ``error.type`` and the status message.
     exception_type: str = ""
     exception_message: str = ""
+    # Sent to the OTLP intake: another process's span, whatever its service.name says (one
+    # calling itself ``ers`` is not this process). Neither stored nor compared: it decides
+    # what the responder may do with the failure as it arrives.
+    received: bool = field(default=False, compare=False)
 
     @property
     def is_error(self) -> bool:
@@ -135,6 +139,7 @@ class SpanRecord:
             resource=dict(resource),
             events=events,
             service_name=str(resource.get("service.name", "unknown_service"))[:NAME_LIMIT],
+            received=True,
         )
         record.redact()
         record.fill_exception()

@@ -41,6 +41,7 @@ from service.stores.session_names import presence_name
 from service.tasks import spawn
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
+from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
 
@@ -212,15 +213,23 @@ class IncidentService:
             and incident.id not in self._responded
         ):
             self._responded.add(incident.id)
-            spawn(self._tasks, self._respond(incident, event.record.service_name))
+            spawn(self._tasks, self._respond(incident, self._service_of(event.record)))
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 log.exception("incident listener failed")
 
-    async def _respond(self, incident: Incident, service: str) -> None:
-        """Run the protocol for the failure (of ``service``'s spans) that asked for it."""
+    def _service_of(self, record: SpanRecord) -> str | None:
+        """The other service whose failure this is, None for this process's own: a span
+        sent to /v1/traces is another's even when it calls itself ERS."""
+        if record.received or record.service_name != self.service_name:
+            return record.service_name
+        return None
+
+    async def _respond(self, incident: Incident, service: str | None) -> None:
+        """Run the protocol for the failure (of ``service``'s spans, None: this process's)
+        that asked for it."""
         assert self.responder is not None
         context = ResponseContext(
             incident.id,
@@ -228,7 +237,7 @@ class IncidentService:
             incident.component,
             f"{incident.severity} {incident.type} incident {incident.id}: {incident.message}",
             episode=incident.reopen_count,
-            service=None if service == self.service_name else service,
+            service=service,
         )
         results = await self.responder.respond(context)
         if len(self._responded) > 10_000:

@@ -46,3 +46,33 @@ async def test_a_service_named_like_an_agent_does_not_get_the_agent_isolated(
     assert all("service budget" in m for m in skipped), skipped
     breaker = (await client.get("/api/emergency/circuit-breakers/budget")).json()
     assert breaker["state"] == "closed", breaker
+
+
+async def test_a_span_sent_in_ers_name_does_not_get_an_agent_isolated(
+    client: httpx.AsyncClient,
+) -> None:
+    """A span at /v1/traces is another process's, even when its service.name is ERS's own
+    and it names an agent as its component: the responder forced ERS's nutrition agent open
+    and restarted it for it."""
+    export_ = export("ers", "AgentCrashed: the agent crashed")
+    span = export_["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"] = [
+        {"key": "ers.component", "value": {"stringValue": "nutrition"}},
+        {"key": "ers.agent", "value": {"stringValue": "nutrition"}},
+    ]
+    sent = await client.post("/v1/traces", json=export_)
+    assert sent.status_code == 200, sent.text
+    done: list[dict] = []
+    for _ in range(100):  # the response runs off the request path
+        incidents = (await client.get("/api/emergency/incidents?component=nutrition")).json()
+        if incidents["incidents"]:
+            incident = incidents["incidents"][0]
+            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
+            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
+            if len(done) == 2:
+                break
+        await asyncio.sleep(0.05)
+    assert [e["kind"] for e in done] == ["action_skipped", "action_skipped"], done
+    assert all("service ers's, from /v1/traces" in e["message"] for e in done), done
+    breaker = (await client.get("/api/emergency/circuit-breakers/nutrition")).json()
+    assert breaker["state"] == "closed", breaker
