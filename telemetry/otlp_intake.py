@@ -28,6 +28,9 @@ JSON = "application/json"
 # A decompressed body larger than this is refused: a small gzip body can expand enormously.
 # Eight times the default body limit; the collector's batches stay under that limit unpacked.
 MAX_DECODED_BYTES = 8 * 1024 * 1024
+# protobuf's json_format refuses messages nested deeper than this (an attribute's kvlist
+# inside a kvlist ...), with a ParseError.
+MAX_JSON_MESSAGE_DEPTH = 100
 ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 
 
@@ -123,7 +126,14 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         if not isinstance(document, dict):
             raise MalformedOtlp("the JSON body must be an object with resourceSpans")
         try:
-            json_format.ParseDict(_hex_ids_to_base64(document), request, ignore_unknown_fields=True)
+            converted = _hex_ids_to_base64(document)
+        except RecursionError:  # json.loads takes deeper nesting than Python's recursion
+            raise MalformedOtlp(
+                "the JSON body nests deeper than an OTLP trace request can (protobuf reads "
+                f"messages {MAX_JSON_MESSAGE_DEPTH} deep at most)"
+            ) from None
+        try:
+            json_format.ParseDict(converted, request, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
             raise MalformedOtlp(f"the JSON body is not an OTLP trace request: {exc}") from exc
         return request

@@ -158,6 +158,20 @@ def test_malformed_bodies_raise_with_a_reason(
         decode_traces(body, content_type, encoding)
 
 
+def test_json_nested_deeper_than_python_recurses_is_malformed() -> None:
+    """A kvlist 200 deep parses as JSON but took the id conversion past Python's recursion
+    limit: a RecursionError, answered 500 (and an incident of ERS's own) instead of 400."""
+    value = '{"kvlistValue": {"values": [{"key": "k", "value": ' * 200
+    value += '{"stringValue": "leaf"}' + "}]}}" * 200
+    span = (
+        f'{{"traceId": "{"01" * 16}", "spanId": "{"02" * 8}", "name": "deep", '
+        f'"status": {{"code": 2}}, "attributes": [{{"key": "deep", "value": {value}}}]}}'
+    )
+    body = f'{{"resourceSpans": [{{"scopeSpans": [{{"spans": [{span}]}}]}}]}}'
+    with pytest.raises(MalformedOtlp, match="nests deeper than an OTLP trace request can"):
+        decode_traces(body.encode(), "application/json")
+
+
 def test_other_content_types_are_unsupported() -> None:
     with pytest.raises(UnsupportedContentType, match="'text/plain' is not supported"):
         decode_traces(b"", "text/plain")
