@@ -20,8 +20,9 @@ REDACTED = "REDACTED"
 # authority up to the last "@". In any text after a scheme; a URL alone may have none.
 _CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
-# Attributes holding a whole URL, or its query alone (the stable and the old conventions).
-URL_ATTRIBUTES = frozenset({"url.full", "http.url"})
+# Attributes holding a whole URL, or its query alone (the stable and the old conventions;
+# the old ``http.target`` is a server's path and query, /orders/7?api_key=...).
+URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target"})
 QUERY_ATTRIBUTES = frozenset({"url.query"})
 # Headers whose values are credentials (captured as http.request.header.<name> and
 # http.response.header.<name>).

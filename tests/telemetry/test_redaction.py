@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from telemetry.redaction import is_secret_header, redacted_text, redacted_url
+from telemetry.redaction import (
+    is_secret_header,
+    redact_attributes,
+    redacted_text,
+    redacted_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -108,3 +113,16 @@ def test_a_header_named_as_a_credential_is_a_secret(name: str) -> None:
 def test_other_headers_are_kept(name: str) -> None:
     assert not is_secret_header(f"http.response.header.{name}")
     assert not is_secret_header("http.url")
+
+
+def test_the_query_of_a_server_spans_http_target_keeps_no_secret() -> None:
+    """The old conventions' server spans (a WSGI app's, a Java agent's) carry the request's
+    path and query in http.target beside http.url: the key redacted in one was kept in the
+    other."""
+    attributes = {
+        "http.url": "https://shop.example/orders/7?api_key=sk-live-1",
+        "http.target": "/orders/7?api_key=sk-live-1&page=2#token=t-1",
+    }
+    redact_attributes(attributes)
+    assert attributes["http.target"] == "/orders/7?api_key=REDACTED&page=REDACTED#token=REDACTED"
+    assert "sk-live-1" not in str(attributes)
