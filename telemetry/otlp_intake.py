@@ -51,27 +51,47 @@ def media_type(content_type: str) -> str:
 
 
 def decode_traces(
-    body: bytes, content_type: str, content_encoding: str | None = None
+    body: bytes,
+    content_type: str,
+    content_encoding: str | None = None,
+    rejected: list[str] | None = None,
 ) -> list[SpanRecord]:
-    """Every span of the request as a record (errors and not); raises ``MalformedOtlp``."""
+    """Every span of the request as a record (errors and not); raises ``MalformedOtlp``.
+    With ``rejected``, a span with invalid ids is left out and why is appended there (the
+    request is then partly accepted, as OTLP's partial success has it); without it, and
+    when no span of the request is valid, it makes the whole request malformed."""
     request = decode_request(decompress(body, content_encoding), content_type)
     records: list[SpanRecord] = []
+    refused: list[str] = []
     for resource_spans in request.resource_spans:
         resource = otlp_attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                if len(span.trace_id) != 16 or len(span.span_id) != 8:
-                    raise MalformedOtlp(
-                        f"span {span.name[:256]!r} has a trace id of {len(span.trace_id)} bytes "
-                        f"and a span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
-                    )
-                if not any(span.trace_id) or not any(span.span_id):
-                    raise MalformedOtlp(
-                        f"span {span.name[:256]!r} has an all-zero trace or span id, which "
-                        "OTLP calls invalid"
-                    )
-                records.append(SpanRecord.from_otlp(span, resource))
+                if reason := _invalid_ids(span):
+                    if rejected is None:
+                        raise MalformedOtlp(reason)
+                    refused.append(reason)
+                else:
+                    records.append(SpanRecord.from_otlp(span, resource))
+    if refused and not records:
+        more = f" (and {len(refused) - 1} more spans like it)" if len(refused) > 1 else ""
+        raise MalformedOtlp(refused[0] + more)
+    if rejected is not None:
+        rejected += refused
     return records
+
+
+def _invalid_ids(span: Any) -> str | None:
+    if len(span.trace_id) != 16 or len(span.span_id) != 8:
+        return (
+            f"span {span.name[:256]!r} has a trace id of {len(span.trace_id)} bytes "
+            f"and a span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
+        )
+    if not any(span.trace_id) or not any(span.span_id):
+        return (
+            f"span {span.name[:256]!r} has an all-zero trace or span id, which OTLP calls invalid"
+        )
+    return None
 
 
 def decompress(body: bytes, content_encoding: str | None) -> bytes:
@@ -161,11 +181,17 @@ def _hex_ids_to_base64(node: Any) -> Any:
     return converted
 
 
-def encode_response(content_type: str) -> tuple[bytes, str]:
-    """The success reply in the request's encoding: an empty ExportTraceServiceResponse."""
+def encode_response(content_type: str, rejected: list[str] | None = None) -> tuple[bytes, str]:
+    """The success reply in the request's encoding: an ExportTraceServiceResponse, empty
+    unless spans were ``rejected``: then its partial_success counts them and says why (the
+    first reason), and the sender drops them rather than sending them again."""
     response = ExportTraceServiceResponse()
+    if rejected:
+        response.partial_success.rejected_spans = len(rejected)
+        more = f" (and {len(rejected) - 1} more spans like it)" if len(rejected) > 1 else ""
+        response.partial_success.error_message = f"{rejected[0]}{more}; the other spans were taken"
     if media_type(content_type) == JSON:
-        return b"{}", JSON
+        return json.dumps(json_format.MessageToDict(response)).encode(), JSON
     return response.SerializeToString(), PROTOBUF
 
 

@@ -58,9 +58,10 @@ async def receive_traces(
     content_type = request.headers.get("content-type", "")
     body = await request.body()
     encoding = request.headers.get("content-encoding")
+    rejected: list[str] = []  # spans with invalid ids, left out: a partial success
     try:
         # Off the event loop: a body may expand to MAX_DECODED_BYTES of spans.
-        records = await asyncio.to_thread(decode_traces, body, content_type, encoding)
+        records = await asyncio.to_thread(decode_traces, body, content_type, encoding, rejected)
     except UnsupportedContentType as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from None
     except MalformedOtlp as exc:
@@ -72,7 +73,7 @@ async def receive_traces(
     errors = [record for record in records if record.is_error]
     if errors:
         await _written(incidents.processor, errors)
-    payload, media = encode_response(content_type)
+    payload, media = encode_response(content_type, rejected)
     return Response(payload, media_type=media)
 
 
