@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from telemetry.json_keys import RepeatedKey, loads_once_each
+from telemetry.redaction import redact_attributes
 from telemetry.span_record import SpanRecord, otlp_attributes
 
 PROTOBUF = "application/x-protobuf"
@@ -65,6 +66,7 @@ def decode_traces(
     refused: list[str] = []
     for resource_spans in request.resource_spans:
         resource = otlp_attributes(resource_spans.resource.attributes)
+        redact_attributes(resource)  # once for all its spans
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 if reason := _invalid_ids(span):

@@ -70,15 +70,24 @@ def redacted_url(url: str) -> str:
 
 
 def redact_attributes(attributes: MutableMapping[str, Any]) -> None:
-    """Redact, in place, what ``attributes`` may hold of secrets (see the module)."""
+    """Redact, in place, what ``attributes`` may hold of secrets (see the module): in the
+    strings of array and map values too (a process's arguments, a kvlist of settings)."""
     for key, value in attributes.items():
         if is_secret_header(key):
             attributes[key] = [REDACTED] if isinstance(value, list) else REDACTED
-        elif not isinstance(value, str):
-            continue
-        elif key in URL_ATTRIBUTES:
-            attributes[key] = redacted_url(value)
-        elif key in QUERY_ATTRIBUTES:
-            attributes[key] = redacted_query(value)
-        else:
-            attributes[key] = redacted_text(value)
+        elif isinstance(value, str | list | dict):
+            attributes[key] = _redacted_value(key, value)
+
+
+def _redacted_value(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if key in URL_ATTRIBUTES:
+            return redacted_url(value)
+        if key in QUERY_ATTRIBUTES:
+            return redacted_query(value)
+        return redacted_text(value)
+    if isinstance(value, list):
+        return [_redacted_value(key, item) for item in value]
+    if isinstance(value, dict):
+        redact_attributes(value)
+    return value

@@ -212,3 +212,31 @@ def test_secrets_in_other_services_spans_are_redacted_as_they_arrive() -> None:
     assert record.attributes["http.request.header.authorization"] == ["REDACTED"]
     assert record.attributes["db.statement"] == "SELECT 1"
     assert record.exception_message == "no route to postgres://REDACTED:REDACTED@db/pay"
+
+
+def test_credentials_in_resource_array_and_map_attributes_are_redacted() -> None:
+    """The URLs of a resource's attributes (a service's DSN, its command line) and of array
+    and map values were kept verbatim: only a span's string attributes were redacted."""
+    exporter = InMemorySpanExporter()
+    resource = Resource.create(
+        {
+            "service.name": "payments",
+            "db.url": "postgres://svc:sk-live-1@db/pay",
+            "process.command_args": ["app", "--db=postgres://svc:sk-live-2@db/pay"],
+        }
+    )
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    attributes = {"peers": ["https://u:sk-live-3@a.example", "plain"], "ports": [1, 2]}
+    with provider.get_tracer("t").start_as_current_span("work", attributes=attributes) as span:
+        span.set_status(Status(StatusCode.ERROR, "RuntimeError: x"))
+    provider.shutdown()
+    request = encode_spans(list(exporter.get_finished_spans()))
+    kvlist = request.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="cfg")
+    kvlist.value.kvlist_value.values.add(key="dsn").value.string_value = "mysql://r:sk-live-4@m/db"
+    (record,) = decode_traces(request.SerializeToString(), "application/x-protobuf")
+    assert "sk-live" not in json.dumps(record.to_dict())
+    assert record.resource["db.url"] == "postgres://REDACTED:REDACTED@db/pay"
+    assert record.attributes["peers"] == ["https://REDACTED:REDACTED@a.example", "plain"]
+    assert record.attributes["ports"] == [1, 2]
+    assert record.attributes["cfg"] == {"dsn": "mysql://REDACTED:REDACTED@m/db"}
