@@ -152,6 +152,9 @@ class SpanRecord:
         for found in (self.attributes, *(event.attributes for event in self.events)):
             redact_attributes(found)
         self.status_message = redacted_text(self.status_message)
+        # A name may be a URL (a client span named by what it fetched): a message without
+        # words is made of it (GET https://...: HTTP 500).
+        self.name = redacted_text(self.name)
 
     def fill_exception(self) -> None:
         for event in reversed(self.events):

@@ -240,3 +240,20 @@ def test_credentials_in_resource_array_and_map_attributes_are_redacted() -> None
     assert record.attributes["peers"] == ["https://REDACTED:REDACTED@a.example", "plain"]
     assert record.attributes["ports"] == [1, 2]
     assert record.attributes["cfg"] == {"dsn": "mysql://REDACTED:REDACTED@m/db"}
+
+
+def test_the_credentials_of_a_url_in_a_spans_name_are_redacted() -> None:
+    """A client span named by the URL it fetched kept its password, and an incident of a
+    failure without words is named after its span: the password was in its message."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "payments"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    name = "GET https://bob:sk-live-1@api.example/v1/charge"
+    with provider.get_tracer("t").start_as_current_span(name) as span:
+        span.set_attribute("error.type", "500")
+        span.set_status(Status(StatusCode.ERROR))
+    provider.shutdown()
+    (record,) = decode_traces(
+        protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
+    )
+    assert record.name == "GET https://REDACTED:REDACTED@api.example/v1/charge"
