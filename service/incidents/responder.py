@@ -9,8 +9,9 @@ Protocols and their actions (the seed's four scenarios):
   with short guidance and calls no agent), rollback (only when automatic rollback is on;
   otherwise "approval needed");
 - RESOURCE_EXHAUSTION: trim the cache of last good answers.
-An action for agents on a component that is not one (an external service's incident) is
-skipped, with the reason, on the timeline. Actions whose effect is fleet-wide (isolate,
+An action for agents on a component that is not one, and an action on ERS's own chat and
+state for another service's incident (from /v1/traces), is skipped with the reason on the
+timeline. Actions whose effect is fleet-wide (isolate,
 emergency backup, rollback) are claimed in the shared database first, so one replica runs
 each per incident. An action that fails is recorded as failed; it never takes the service down.
 """
@@ -49,8 +50,10 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
 }
 # Why an action is skipped without a word on the timeline: it ran for the incident already.
 COOLDOWN_SKIP = "ran within the cooldown"
-# Actions on one agent: skipped for a component that is not an agent of the team.
+# Actions on one agent: skipped for a component that is not an agent of the team. Actions
+# on ERS's own chat and state: skipped for another service's failure.
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
+OWN_ACTIONS = frozenset({"minimal_response_mode", "rollback"})
 # Actions whose effect outlives the process (kept isolations and minimal mode, a rolled-back
 # state): their cooldown holds across a restart. The others act on what a restart renews
 # (agent instances, cached answers), or keep a cooldown of their own (emergency backups,
@@ -128,16 +131,9 @@ class Responder:
     _actions: dict[str, ActionFn] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._actions = {
-            "isolate": self._isolate,
-            "release": self._release,
-            "restart_agent": self._restart_agent,
-            "serve_cached": self._serve_cached,
-            "emergency_backup": self._emergency_backup,
-            "minimal_response_mode": self._minimal_mode,
-            "rollback": self._rollback,
-            "trim_caches": self._trim_caches,
-        }
+        # Each action is the method of its name: "isolate" is _isolate.
+        named = {"release", *(a for actions in PROTOCOL_ACTIONS.values() for a in actions)}
+        self._actions = {action: getattr(self, f"_{action}") for action in named}
 
     def actions_for(self, protocol: str | None) -> tuple[str, ...]:
         return PROTOCOL_ACTIONS.get(protocol or "", ())
@@ -212,13 +208,16 @@ class Responder:
         replica holds it for this incident; None when it runs."""
         # Another service's incident acts on no agent, named like one or not.
         guard = self._agent(context) if action in AGENT_ACTIONS and not context.service else None
+        svc = context.service
+        whose = f"its incident is service {svc}'s, from /v1/traces" if svc else ""
         if action in AGENT_ACTIONS and guard is None:
             agents = ", ".join(sorted(self.team.guards))
-            svc = context.service
-            whose = f": its incident is service {svc}'s, from /v1/traces" if svc else ""
+            where = f": {whose}" if svc else ""
             return (
-                f"'{context.component}' is not an agent{whose} ({agents}); {action} acts on agents"
+                f"'{context.component}' is not an agent{where} ({agents}); {action} acts on agents"
             )
+        if action in OWN_ACTIONS and svc:
+            return f"{whose}; {action} acts on ERS's own chat and state, not on {svc}"
         if action in WITHHOLDING_ACTIONS and guard and guard.breaker.state is BreakerState.DISABLED:
             return (
                 f"an operator disabled {guard.name}'s breaker (every call let through); "
@@ -358,7 +357,7 @@ class Responder:
         taken, detail = await self.emergency_backup(context)
         return ActionResult("emergency_backup", "success" if taken else "skipped", detail)
 
-    async def _minimal_mode(self, context: ResponseContext) -> ActionResult:
+    async def _minimal_response_mode(self, context: ResponseContext) -> ActionResult:
         assert self.minimal_mode is not None
         ttl_s = context.ttl_s or self.isolate_ttl_s
         self.minimal_mode.enter(ttl_s, context.reason, context.incident_id)

@@ -76,3 +76,37 @@ async def test_a_span_sent_in_ers_name_does_not_get_an_agent_isolated(
     assert all("service ers's, from /v1/traces" in e["message"] for e in done), done
     breaker = (await client.get("/api/emergency/circuit-breakers/nutrition")).json()
     assert breaker["state"] == "closed", breaker
+
+
+async def test_another_services_critical_failure_leaves_ers_chat_and_state_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    """A critical span of another service (an unhandled error) put ERS's own chat into
+    minimal mode (every user got short guidance, no agent called), and with automatic
+    rollback on would have rolled ERS's state back, for a failure that was not ERS's."""
+    export_ = export("checkout", "Unhandled exception: the process crashed")
+    span = export_["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"] = [{"key": "ers.component", "value": {"stringValue": "core"}}]
+    sent = await client.post("/v1/traces", json=export_)
+    assert sent.status_code == 200, sent.text
+    done: list[dict] = []
+    for _ in range(100):  # the response runs off the request path
+        incidents = (await client.get("/api/emergency/incidents?component=core")).json()
+        if incidents["incidents"]:
+            incident = incidents["incidents"][0]
+            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
+            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
+            if len(done) == 3:
+                break
+        await asyncio.sleep(0.05)
+    assert incident["response"]["protocol"] == "CRITICAL_SYSTEM_FAILURE", incident
+    said = {e["message"].split(":")[0]: e for e in done}
+    assert said["minimal_response_mode"]["kind"] == "action_skipped", done
+    message = said["minimal_response_mode"]["message"]
+    assert "acts on ERS's own chat and state, not on checkout" in message
+    # Automatic rollback is off here: it asks for approval (with it on, it is skipped too).
+    assert said["rollback"]["message"].startswith("rollback: approval_needed"), done
+    status = (await client.get("/api/emergency/status")).json()
+    assert status["minimalMode"]["active"] is False, status
+    reply = (await client.post("/chat", json={"message": "plan my meals", "userId": "u1"})).json()
+    assert reply["emergency"] is False, reply

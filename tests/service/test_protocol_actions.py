@@ -229,6 +229,31 @@ async def test_an_agent_action_on_an_external_service_is_skipped_with_its_reason
     assert guard.breaker.state.value == "closed"
 
 
+@pytest.mark.parametrize("action", ["minimal_response_mode", "rollback"])
+async def test_an_action_on_ers_own_chat_and_state_skips_another_services_incident(
+    rig: Rig, action: str
+) -> None:
+    """A critical failure another service sent to /v1/traces put ERS's chat in minimal mode,
+    and with automatic rollback on, rolled ERS's state back."""
+    rolled: list[str] = []
+
+    async def rollback(context: ResponseContext) -> str:
+        rolled.append(context.incident_id)
+        return "rolled back"
+
+    rig.responder.auto_rollback, rig.responder.rollback = True, rollback
+    context = ResponseContext(
+        "INC_x", "CRITICAL_SYSTEM_FAILURE", "core", "unhandled", service="checkout"
+    )
+    result = await rig.responder.run_action(action, context)
+    assert result.result == "skipped", result
+    assert "acts on ERS's own chat and state, not on checkout" in result.detail
+    assert not rig.minimal.active and rolled == []
+    own = ResponseContext("INC_y", "CRITICAL_SYSTEM_FAILURE", "core", "unhandled")
+    assert (await rig.responder.run_action(action, own)).result == "success"
+    assert rig.minimal.active or rolled == ["INC_y"]
+
+
 @pytest.mark.parametrize("action", ["isolate", "serve_cached"])
 async def test_an_action_keeping_calls_from_an_agent_skips_a_disabled_breaker(
     rig: Rig, action: str
