@@ -4,6 +4,7 @@ started with its output in a log file and waited for until it answers."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,3 +82,18 @@ def serve(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
         text=True,
         timeout=60,
     )
+
+
+def slow_restic(folder: Path, command: str = "restore", seconds: float = 30) -> Path:
+    """A restic that sleeps ``seconds`` before running ``command`` (its other commands run
+    at once), written in ``folder``: a rollback or a backup in the middle of its work, for
+    a test to stop or kill there."""
+    restic = shutil.which("restic")
+    assert restic is not None, "restic is not installed"
+    wrapper = folder / "slow-restic"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase " $* " in *" {command} "*) sleep {seconds:g} ;; esac\n'
+        f'exec {restic} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper

@@ -25,22 +25,32 @@ def export(service: str, message: str) -> dict:
     return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [span]}]}]}
 
 
+async def actions_taken(
+    client: httpx.AsyncClient, component: str, count: int
+) -> tuple[dict, list[dict]]:
+    """The incident of ``component`` and the entries of the actions the responder took for
+    it, once there are ``count`` (five seconds at most: it runs off the request path)."""
+    incident: dict = {}
+    done: list[dict] = []
+    for _ in range(100):
+        incidents = (await client.get(f"/api/emergency/incidents?component={component}")).json()
+        if incidents["incidents"]:
+            incident = incidents["incidents"][0]
+            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
+            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
+            if len(done) >= count:
+                break
+        await asyncio.sleep(0.05)
+    return incident, done
+
+
 async def test_a_service_named_like_an_agent_does_not_get_the_agent_isolated(
     client: httpx.AsyncClient,
 ) -> None:
     sent = await client.post("/v1/traces", json=export("budget", "connection refused by ledger"))
     assert sent.status_code == 200, sent.text
-    skipped: list[str] = []
-    for _ in range(100):  # the response runs off the request path
-        incidents = (await client.get("/api/emergency/incidents?component=budget")).json()
-        if incidents["incidents"]:
-            incident = incidents["incidents"][0]
-            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
-            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
-            skipped = [e["message"] for e in done if e["kind"] == "action_skipped"]
-            if len(skipped) == 2 or any(e["kind"] == "action_finished" for e in done):
-                break
-        await asyncio.sleep(0.05)
+    incident, done = await actions_taken(client, "budget", 2)
+    skipped = [e["message"] for e in done if e["kind"] == "action_skipped"]
     assert incident["sourceService"] == "budget"
     assert [m.split(" — ")[0] for m in skipped] == ["isolate: skipped", "serve_cached: skipped"]
     assert all("service budget" in m for m in skipped), skipped
@@ -62,16 +72,7 @@ async def test_a_span_sent_in_ers_name_does_not_get_an_agent_isolated(
     ]
     sent = await client.post("/v1/traces", json=export_)
     assert sent.status_code == 200, sent.text
-    done: list[dict] = []
-    for _ in range(100):  # the response runs off the request path
-        incidents = (await client.get("/api/emergency/incidents?component=nutrition")).json()
-        if incidents["incidents"]:
-            incident = incidents["incidents"][0]
-            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
-            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
-            if len(done) == 2:
-                break
-        await asyncio.sleep(0.05)
+    _, done = await actions_taken(client, "nutrition", 2)
     assert [e["kind"] for e in done] == ["action_skipped", "action_skipped"], done
     assert all("service ers's, from /v1/traces" in e["message"] for e in done), done
     breaker = (await client.get("/api/emergency/circuit-breakers/nutrition")).json()
@@ -89,16 +90,7 @@ async def test_another_services_critical_failure_leaves_ers_chat_and_state_alone
     span["attributes"] = [{"key": "ers.component", "value": {"stringValue": "core"}}]
     sent = await client.post("/v1/traces", json=export_)
     assert sent.status_code == 200, sent.text
-    done: list[dict] = []
-    for _ in range(100):  # the response runs off the request path
-        incidents = (await client.get("/api/emergency/incidents?component=core")).json()
-        if incidents["incidents"]:
-            incident = incidents["incidents"][0]
-            timeline = (await client.get(f"/api/emergency/incidents/{incident['id']}")).json()
-            done = [e for e in timeline["timeline"] if e["kind"].startswith("action_")]
-            if len(done) == 3:
-                break
-        await asyncio.sleep(0.05)
+    incident, done = await actions_taken(client, "core", 3)
     assert incident["response"]["protocol"] == "CRITICAL_SYSTEM_FAILURE", incident
     said = {e["message"].split(":")[0]: e for e in done}
     assert said["minimal_response_mode"]["kind"] == "action_skipped", done

@@ -18,6 +18,7 @@ import pytest
 
 from backup.workspace import SWAP_JOURNAL_NAME
 from tests.conftest import ErsProcess, start_ers
+from tests.processes import slow_restic
 
 pytestmark = pytest.mark.integration
 
@@ -96,11 +97,7 @@ def test_a_rollback_cut_off_by_a_kill_is_not_run_again_by_the_next_delivery(
 ) -> None:
     restic = shutil.which("restic")
     assert restic is not None, "restic is not installed"
-    wrapper = tmp_path / "slow-restic"
-    wrapper.write_text(
-        f'#!/bin/sh\ncase " $* " in *" restore "*) sleep 3 ;; esac\nexec {restic} "$@"\n'
-    )
-    wrapper.chmod(0o755)
+    wrapper = slow_restic(tmp_path, seconds=3)
     workdir = tmp_path / "ers"
     env = {
         "ERS_ALERT_TOKEN": TOKEN,

@@ -8,7 +8,6 @@ slow."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import sqlite3
 import threading
@@ -20,23 +19,11 @@ import httpx
 import pytest
 
 from tests.conftest import ErsProcess, start_ers
+from tests.processes import slow_restic
 
 pytestmark = pytest.mark.integration
 
 SLOW_RESTORE_S = 30  # longer than the grace a stopping server gives a request
-
-
-def slow_restic(tmp_path: Path, command: str = "restore") -> Path:
-    restic = shutil.which("restic")
-    assert restic is not None, "restic is not installed"
-    wrapper = tmp_path / "slow-restic"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'case " $* " in *" {command} "*) sleep {SLOW_RESTORE_S} ;; esac\n'
-        f'exec {restic} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return wrapper
 
 
 def expenses(workdir: Path) -> int:
@@ -50,7 +37,7 @@ def backed_up_then_spent(tmp_path: Path) -> tuple[ErsProcess, dict[str, str], st
     env = {
         "ERS_BACKUPS_ENABLED": "true",
         "ERS_BACKUP_SCHEDULE_ENABLED": "false",
-        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path)),
+        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path, seconds=SLOW_RESTORE_S)),
     }
     ers = start_ers(tmp_path / "ers", env=env)
     ers.wait_for_backups()
@@ -105,7 +92,7 @@ def test_a_backup_cut_short_by_a_shutdown_answers_503_in_words(tmp_path: Path) -
         "ERS_BACKUPS_ENABLED": "true",
         "ERS_BACKUP_SCHEDULE_ENABLED": "false",
         "ERS_SHUTDOWN_BACKUP_TIMEOUT_S": "2",
-        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path, "backup")),
+        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path, "backup", seconds=SLOW_RESTORE_S)),
     }
     ers = start_ers(tmp_path / "ers", env=env)
     ers.wait_for_backups()

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import start_ers
+from tests.processes import slow_restic
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +40,7 @@ def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
         pytest.fail("unshare (util-linux) is not installed")
     restic = shutil.which("restic")
     assert restic is not None, "restic is not installed"
-    wrapper = tmp_path / "slow-restic"
-    wrapper.write_text(
-        f'#!/bin/sh\ncase " $* " in *" restore "*) sleep 30 ;; esac\nexec {restic} "$@"\n'
-    )
-    wrapper.chmod(0o755)
+    wrapper = slow_restic(tmp_path)
     shared = tmp_path / "elsewhere"
     env = {
         "ERS_DATABASE_URL": pg_url,
