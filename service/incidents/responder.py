@@ -209,15 +209,14 @@ class Responder:
         # Another service's incident acts on no agent, named like one or not.
         guard = self._agent(context) if action in AGENT_ACTIONS and not context.service else None
         svc = context.service
-        whose = f"its incident is service {svc}'s, from /v1/traces" if svc else ""
+        whose = f"its incident is service {svc}'s, from /v1/traces; {action} acts on ERS's own"
+        if action in AGENT_ACTIONS and svc:
+            return f"{whose} agents, not on {svc}'s"
         if action in AGENT_ACTIONS and guard is None:
             agents = ", ".join(sorted(self.team.guards))
-            where = f": {whose}" if svc else ""
-            return (
-                f"'{context.component}' is not an agent{where} ({agents}); {action} acts on agents"
-            )
+            return f"'{context.component}' is not an agent ({agents}); {action} acts on agents"
         if action in OWN_ACTIONS and svc:
-            return f"{whose}; {action} acts on ERS's own chat and state, not on {svc}"
+            return f"{whose} chat and state, not on {svc}"
         if action in WITHHOLDING_ACTIONS and guard and guard.breaker.state is BreakerState.DISABLED:
             return (
                 f"an operator disabled {guard.name}'s breaker (every call let through); "

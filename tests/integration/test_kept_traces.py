@@ -75,7 +75,7 @@ def test_an_intake_incidents_trace_link_answers_before_and_after_restarts(
         # The responder's actions on agents do not apply to another service: skipped, why.
         detail = get(ers, f"/api/emergency/incidents/{incident['id']}").json()
         skipped = [e["message"] for e in detail["timeline"] if e["kind"] == "action_skipped"]
-        assert any("isolate" in m and "'payments' is not an agent" in m for m in skipped)
+        assert any("isolate" in m and "service payments's, from /v1/traces" in m for m in skipped)
         counted = [
             line
             for line in get(ers, "/metrics").text.splitlines()
