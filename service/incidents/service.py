@@ -153,6 +153,11 @@ class IncidentService:
         self.actions = event_counter(
             meter, "ers_protocol_actions", "Protocol actions and their results"
         )
+        # Left out of a request the OTLP intake took otherwise (OTLP's partial success): the
+        # sender logs them and drops them, so this is where they show here.
+        self.spans_rejected = event_counter(
+            meter, "ers_intake_spans_rejected", "Spans the OTLP intake left out: invalid ids"
+        )
         meter.create_observable_gauge(
             "ers_incidents_active", [self._observe_active], description="Active incidents"
         )

@@ -56,6 +56,9 @@ async def test_a_span_with_a_short_trace_id_is_refused_alone(client: httpx.Async
     assert "'legacy call' has a trace id of 8 bytes" in partial["errorMessage"]
     (incident,) = await incident_of(client, "ledger")
     assert incident["message"] == "ledger db refused"
+    # The sender drops what was refused; the refusal shows here.
+    metrics = (await client.get("/metrics")).text
+    assert "ers_intake_spans_rejected_total 1.0" in metrics.splitlines(), metrics[:2000]
 
 
 async def test_a_protobuf_reply_counts_the_refused_spans(client: httpx.AsyncClient) -> None:

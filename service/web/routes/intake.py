@@ -73,6 +73,8 @@ async def receive_traces(
     errors = [record for record in records if record.is_error]
     if errors:
         await _written(incidents.processor, errors)
+    if rejected:
+        incidents.spans_rejected.add(len(rejected))
     payload, media = encode_response(content_type, rejected)
     return Response(payload, media_type=media)
 
