@@ -10,8 +10,9 @@ from typing import Any
 
 class RepeatedKey(ValueError):
     def __init__(self, key: str) -> None:
-        shown = json.dumps(key if len(key) <= 80 else f"{key[:80]}…")
-        super().__init__(f"the key {shown} is given more than once in one object")
+        # As a message shows the key: quoted, and cut at 80 characters.
+        self.shown = json.dumps(key if len(key) <= 80 else f"{key[:80]}…")
+        super().__init__(f"the key {self.shown} is given more than once in one object")
         self.key = key
 
 

@@ -76,11 +76,16 @@ def decode_traces(
                 else:
                     records.append(SpanRecord.from_otlp(span, resource))
     if refused and not records:
-        more = f" (and {len(refused) - 1} more spans like it)" if len(refused) > 1 else ""
-        raise MalformedOtlp(refused[0] + more)
+        raise MalformedOtlp(_first_of(refused))
     if rejected is not None:
         rejected += refused
     return records
+
+
+def _first_of(reasons: list[str]) -> str:
+    """Why spans were refused, in one line: the first reason, and how many more there are."""
+    more = f" (and {len(reasons) - 1} more spans like it)" if len(reasons) > 1 else ""
+    return reasons[0] + more
 
 
 def _invalid_ids(span: Any) -> str | None:
@@ -190,8 +195,9 @@ def encode_response(content_type: str, rejected: list[str] | None = None) -> tup
     response = ExportTraceServiceResponse()
     if rejected:
         response.partial_success.rejected_spans = len(rejected)
-        more = f" (and {len(rejected) - 1} more spans like it)" if len(rejected) > 1 else ""
-        response.partial_success.error_message = f"{rejected[0]}{more}; the other spans were taken"
+        response.partial_success.error_message = (
+            f"{_first_of(rejected)}; the other spans were taken"
+        )
     if media_type(content_type) == JSON:
         return json.dumps(json_format.MessageToDict(response)).encode(), JSON
     return response.SerializeToString(), PROTOBUF

@@ -17,7 +17,6 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.errors import cut_short
 from telemetry.json_keys import RepeatedKey, loads_once_each
 
 # How the decode error's message begins: ``service.web.http_errors`` gives it as it is.
@@ -31,7 +30,7 @@ class _OneValueEachRequest(Request):
             try:
                 self._json = loads_once_each(body)
             except RepeatedKey as exc:
-                shown = json.dumps(cut_short(exc.key, 80))
+                shown = exc.shown
                 message = (
                     f"{REPEATED_KEY} {shown} more than once in one object; give each key "
                     "once (which value was meant cannot be told)"
