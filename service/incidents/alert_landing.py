@@ -5,7 +5,8 @@ the other Alertmanager of a pair), or when it is about the active incidents (lab
 incidents``) and none of its severity or worse is active. Such an alert lands on the most
 severe of those: an incident of its own (an active critical incident, the alert's very
 condition) would keep it firing, and a lesser one is no reason to back up or roll back. An
-``isolate`` alert lands on its agent's active incident, whatever its type; a ``backup``,
+``isolate`` alert lands on its agent's active incident, whatever its type (one naming no
+agent on one of its own); a ``backup``,
 ``rollback`` or ``cleanup`` alert on its target's of its kind, else the most severe active
 one; any other alert on one of its own. A resolution lands on the incident its firing
 landed on, as the ledger kept it. Each landing goes on the incident's timeline.
@@ -111,7 +112,8 @@ class AlertLanding:
         if "type" in alert.labels:  # the incident's type, named by the alert
             return self.incidents.find_active(component, kind)
         if alert.action == "isolate":
-            return self.incidents.find_active(component)
+            # One naming no agent isolates nothing: another alert's incident is not its own.
+            return self.incidents.find_active(component) if alert.target else None
         if alert.action in ("backup", "rollback", "cleanup"):
             return self.incidents.find_active(component, kind) or self._most_severe_active()
         return None

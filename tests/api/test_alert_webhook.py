@@ -260,3 +260,47 @@ async def test_an_alerts_words_become_a_reason_of_one_plain_line(
     assert reason == (
         "alert AgentErrorRatio High: workout agent failing since 12:00 [31m redevil"
     ), reason
+
+
+def one_alert(name: str, fingerprint: str, status: str, **labels: str) -> dict[str, Any]:
+    """A delivery of one alert about ERS itself (no agent label) with ``labels`` added."""
+    payload = copy.deepcopy(resolved_payload() if status == "resolved" else FIRING)
+    alert = payload["alerts"][0]
+    alert["labels"] = {"alertname": name, "severity": "warning", "job": "ers", **labels}
+    alert["fingerprint"] = fingerprint
+    payload["commonLabels"] = payload["groupLabels"] = {"alertname": name}
+    return payload
+
+
+async def test_an_isolate_alert_naming_no_agent_opens_an_incident_of_its_own(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Before: it landed on whatever incident of ERS was active, another alert's, and held
+    that one open after its own alert resolved, until the quiet period."""
+    store = app.state.runtime.incidents
+    other = one_alert("DiskFilling", "1111aaaa2222bbbb", "firing")
+    await hook.post("/api/emergency/alerts", json=other, headers=AUTH)
+    await settle(app)
+    (opened,) = store.list(component="ers")[0]
+
+    isolate = one_alert("IsolateSomething", "3333cccc4444dddd", "firing", action="isolate")
+    await hook.post("/api/emergency/alerts", json=isolate, headers=AUTH)
+    await settle(app)
+    incidents = store.list(component="ers")[0]
+    assert len(incidents) == 2
+    (its_own,) = [i for i in incidents if i.id != opened.id]
+    assert "IsolateSomething" in its_own.message
+    timeline = [e.message for e in store.timeline(opened.id)]
+    assert not any("IsolateSomething" in line for line in timeline)
+
+    # The other alert resolves while the isolate alert still fires: its incident resolves.
+    resolved = one_alert("DiskFilling", "1111aaaa2222bbbb", "resolved")
+    await hook.post("/api/emergency/alerts", json=resolved, headers=AUTH)
+    await settle(app)
+    assert store.get(opened.id).status == "resolved"
+    assert store.get(its_own.id).status != "resolved"
+
+    resolved = one_alert("IsolateSomething", "3333cccc4444dddd", "resolved", action="isolate")
+    await hook.post("/api/emergency/alerts", json=resolved, headers=AUTH)
+    await settle(app)
+    assert store.get(its_own.id).status == "resolved"
