@@ -42,6 +42,11 @@ class AgentReply:
     recovery: dict[str, Any] | None = None
     # What the agent wants stored; the chat service commits it with the turn, or nothing.
     writes: tuple[Write, ...] = ()
+    # Whether the answer may stand in for the user's later request when the agent cannot
+    # (a last good answer). None: only when it carries no writes, as a confirmation of a
+    # recorded write ("Recorded $25.00") answers no later request; a plan that also saves
+    # the preferences it was asked for does.
+    reusable: bool | None = None
 
 
 @runtime_checkable

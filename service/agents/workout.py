@@ -147,11 +147,13 @@ class WorkoutAgent:
         for day, focus, moves in plan:
             lines.append(f"- {day} ({focus}): {', '.join(moves)}")
         lines.append("Rest on the other days; add weight or reps when the last set feels easy.")
+        # The plan answers a later request too: its writes only keep the level and equipment.
         return AgentReply(
             content="\n".join(lines),
             agent=self.name,
             data={"goal": goal, "level": level, "equipment": equipment, "days": len(plan)},
             writes=writes,
+            reusable=True,
         )
 
 

@@ -230,8 +230,11 @@ class GuardedAgent:
             self._record("success", started)
             # The router passes on other agents' replies; those agents remember their own.
             # A reply that records something ("Recorded $25") answers no later request.
-            if self._cache is not None and not (
-                reply.degraded or reply.writes or reply.agent != self.name
+            reusable = not reply.writes if reply.reusable is None else reply.reusable
+            if (
+                self._cache is not None
+                and reusable
+                and not (reply.degraded or reply.agent != self.name)
             ):
                 self._cache.remember(request, reply)
             return reply
