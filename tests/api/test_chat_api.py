@@ -70,6 +70,12 @@ async def test_default_user_is_anonymous(client: httpx.AsyncClient, app: FastAPI
     assert reply.status_code == 200
     turns = await stored_turns(app.state.runtime.stores, "anonymous")
     assert turns[-1].message == "budget report"
+    # A client without a user at hand that sends null: before, a 422 "Input should be a
+    # valid string" that did not say the field may be left out.
+    reply = await client.post("/chat", json={"message": "spent $5 on tea", "userId": None})
+    assert reply.status_code == 200, reply.text
+    turns = await stored_turns(app.state.runtime.stores, "anonymous")
+    assert turns[-1].message == "spent $5 on tea"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.chat.idempotency import (
     HEADER,
@@ -36,8 +36,14 @@ class ChatRequest(BaseModel):
         min_length=1,
         max_length=128,
         pattern=USER_ID_PATTERN,
-        description="Who is talking: letters, digits and _ . @ : -",
+        description="Who is talking: letters, digits and _ . @ : -; left out or null: anonymous",
     )
+
+    @field_validator("userId", mode="before")
+    @classmethod
+    def _null_is_anonymous(cls, value: object) -> object:
+        # A client without a user at hand often sends null rather than leaving the field out.
+        return "anonymous" if value is None else value
 
 
 class ChatResponse(BaseModel):
