@@ -362,9 +362,9 @@ def _chat_cases() -> list[Case]:
     return rows
 
 
-# --- /api/profiles/{user_id} --------------------------------------------------------------
+# --- /api/profiles/{userId} --------------------------------------------------------------
 
-PROFILE = "/api/profiles/{user_id}"
+PROFILE = "/api/profiles/{userId}"
 PROFILE_OK = {"age": 30, "weightKg": 80, "heightCm": 180, "sex": "male"}
 
 
@@ -391,7 +391,7 @@ def _profile_cases() -> list[Case]:
                     f"/api/profiles/{in_url(name)}",
                     status,
                     encode(PROFILE_OK) if method == "PUT" else None,
-                    detail="user_id" if status == 422 else None,
+                    detail="userId" if status == 422 else None,
                 )
             )
     url = "/api/profiles/u1"

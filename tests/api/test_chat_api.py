@@ -63,6 +63,9 @@ async def test_profile_api_round_trip_and_bounds(client: httpx.AsyncClient) -> N
         unknown.status_code == 422 and "shoeSize is not a known field" in unknown.json()["detail"]
     )
     assert (await client.get("/api/profiles/nobody")).status_code == 404
+    # The path's user is named as everywhere else in the API (it said "user_id").
+    bad_id = await client.put("/api/profiles/bad%20id", json={"age": 40})
+    assert bad_id.status_code == 422 and bad_id.json()["detail"].startswith("userId"), bad_id.text
 
 
 async def test_default_user_is_anonymous(client: httpx.AsyncClient, app: FastAPI) -> None:

@@ -85,7 +85,7 @@ async def test_the_openapi_document_lists_401_for_profiles(
     client: httpx.AsyncClient, method: str
 ) -> None:
     document = (await client.get("/openapi.json")).json()
-    responses = document["paths"]["/api/profiles/{user_id}"][method]["responses"]
+    responses = document["paths"]["/api/profiles/{userId}"][method]["responses"]
     assert "401" in responses
     assert "ERS_ADMIN_TOKEN" in responses["401"]["description"]
     assert responses["401"]["content"]["application/json"]["schema"] == {

@@ -28,7 +28,8 @@ router = APIRouter(
     dependencies=[Depends(require_admin)],
 )
 
-UserId = Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)
+# Named as the API names it everywhere else: a 422 says "userId: ...".
+UserId = Path(alias="userId", min_length=1, max_length=128, pattern=USER_ID_PATTERN)
 
 
 class ProfileUpdate(BaseModel):
@@ -46,7 +47,7 @@ class ProfileUpdate(BaseModel):
     )
 
 
-@router.get("/{user_id}", responses=errors(404))
+@router.get("/{userId}", responses=errors(404))
 async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
     profile = await stores.profiles.get(user_id)
     if profile is None:
@@ -54,7 +55,7 @@ async def get_profile(stores: Stores, user_id: str = UserId) -> dict[str, Any]:
     return profile.as_dict()
 
 
-@router.put("/{user_id}", openapi_extra=IDEMPOTENCY_KEY_DOC)
+@router.put("/{userId}", openapi_extra=IDEMPOTENCY_KEY_DOC)
 async def put_profile(
     body: ProfileUpdate, stores: Stores, request: Request, user_id: str = UserId
 ) -> Any:
