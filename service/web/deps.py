@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from opentelemetry import trace
 from opentelemetry.trace import Tracer as TracerModel
 
 from service.backups.rollbacks import Rollbacks as RollbacksModel
@@ -25,6 +26,7 @@ from service.settings import Settings as SettingsModel
 from service.stores import Stores as StoresModel
 from service.web.kept_traces import KeptTraces
 from service.web.runtime import Runtime
+from telemetry.incident_processor import NOT_AN_INCIDENT
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -54,15 +56,22 @@ def _part(pick: Callable[[Runtime], object]) -> Any:
     return Depends(get)
 
 
+def _backups_off() -> HTTPException:
+    """The 503 of a backup route with backups_enabled=false: what the operator chose, not a
+    failure, so no incident (each route's request opened one, `ers backup list` too)."""
+    trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "backups are turned off")
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+
+
 async def get_backups(runtime: _Runtime) -> BackupService:
     if runtime.backups is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+        raise _backups_off()
     return runtime.backups
 
 
 async def get_rollbacks(runtime: _Runtime) -> RollbacksModel:
     if runtime.rollbacks is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "backups are turned off")
+        raise _backups_off()
     return runtime.rollbacks
 
 
