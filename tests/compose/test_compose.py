@@ -407,6 +407,23 @@ def test_the_collector_reads_the_intake_token_from_its_secret_file() -> None:
     assert "${env:ERS_INTAKE_TOKEN}" not in yaml.safe_dump(config)
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_collector_knows_ers_by_the_name_ers_gives_itself(stack: str) -> None:
+    """The collector sends other services' error spans to ERS's intake and drops ERS's own
+    by their service.name. Before, the filter said "ers" while ``service_name`` could say
+    otherwise, and compose set OTEL_SERVICE_NAME, which ERS does not read: ERS's own
+    failures came back as another service's and were counted twice."""
+    config = collector_config()
+    conditions = config["processors"]["filter/errors_from_others"]["traces"]["span"]
+    assert 'resource.attributes["service.name"] == "${env:ERS_SERVICE_NAME}"' in conditions
+    collector = merge.environment_of(STACKS[stack]["otel-collector"])
+    for name, replica in replicas(STACKS[stack]).items():
+        env = merge.environment_of(replica)
+        assert "OTEL_SERVICE_NAME" not in env, f"{name}: ERS names itself by service_name"
+        assert env["ERS_SERVICE_NAME"] == collector["ERS_SERVICE_NAME"], name
+    assert "ERS_SERVICE_NAME" in {f"ERS_{field.upper()}" for field in Settings.model_fields}
+
+
 # Exporters that listen (Prometheus scrapes them) rather than send to another service.
 LISTENING_EXPORTERS = ("prometheus",)
 
