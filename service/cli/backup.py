@@ -20,6 +20,7 @@ from service.cli.output import (
     emit,
 )
 from service.cli.remote import DEFAULT_URL, actions_of, call, command, segment
+from telemetry.redaction import redacted_url
 
 # What each action's table (and the undo command of a rollback) reads of the service's reply.
 REPLY_KEYS = {
@@ -186,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _where(args: argparse.Namespace) -> list[str]:
     """The options an undo needs to reach the same service as the rollback did."""
-    where = [] if args.url == DEFAULT_URL else ["--url", args.url]
+    # A password or query value in --url is shown redacted: the operator puts it back.
+    where = [] if args.url == DEFAULT_URL else ["--url", redacted_url(args.url)]
     if getattr(args, "token_file", None) is not None:
         where += ["--token-file", str(args.token_file.absolute())]  # from any directory
     return where

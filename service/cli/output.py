@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from service.errors import breaks_a_line, cut_short
+from telemetry.redaction import redacted_url
 
 # Exit codes, the same for every command (listed in `ers --help` and the README).
 OK = 0
@@ -142,7 +143,8 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[Console, Any], No
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             # Deeper than the keys `call` checks: a value of another shape than ERS's.
             what = f"{exc.__class__.__name__}: {exc}"
-            raise not_ers(f"{args.url} answered with JSON ERS does not give ({what})") from None
+            at = redacted_url(args.url)
+            raise not_ers(f"{at} answered with JSON ERS does not give ({what})") from None
 
 
 def _escaped(char: str) -> str:

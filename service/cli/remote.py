@@ -23,6 +23,7 @@ from service.cli.output import (
     not_ers,
 )
 from service.errors import NO_ROUTE
+from telemetry.redaction import redacted_url
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_SOURCES = "--token-file, $ERS_ADMIN_TOKEN or $ERS_ADMIN_TOKEN_FILE"
@@ -122,6 +123,9 @@ def call(
     while the service does it (its routes answer once, when the work is done). ERS answers
     each of these routes with a JSON object holding ``expect`` (the keys the caller reads)."""
     url: str = args.url
+    # What the messages show of it: a password or a query value typed into --url stays on
+    # the command line, not in the output (a terminal's scrollback, a CI log).
+    shown = redacted_url(url)
     headers = {}
     token = admin_token(args)
     if token:
@@ -135,14 +139,14 @@ def call(
             else:
                 response = http.request(method, path, json=body, params=params)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise CliError(f"--url {url!r} is not a URL: {exc}", USAGE) from None
+        raise CliError(f"--url {shown!r} is not a URL: {exc}", USAGE) from None
     except httpx.TimeoutException:
         raise CliError(
-            f"ERS at {url} did not answer {method} {path} within {timeout:.0f} s", UNREACHABLE
+            f"ERS at {shown} did not answer {method} {path} within {timeout:.0f} s", UNREACHABLE
         ) from None
     except httpx.HTTPError as exc:
         raise CliError(
-            f"cannot reach ERS at {url} ({exc.__class__.__name__}: {exc}); is it running? "
+            f"cannot reach ERS at {shown} ({exc.__class__.__name__}: {exc}); is it running? "
             "Point --url or $ERS_URL at it",
             UNREACHABLE,
         ) from None
@@ -161,7 +165,8 @@ def call(
                 f"refused (404): ERS knows no {slashed[0]!r}: no id or name holds a '/'", REFUSED
             )
         raise CliError(
-            f"{url.rstrip('/')}{path} is no route of ERS: is --url the service's base URL, "
+            f"{redacted_url(str(response.request.url))} is no route of ERS: is --url the "
+            "service's base URL, "
             f"without a path (e.g. {DEFAULT_URL})?",
             USAGE,
         )
@@ -171,11 +176,11 @@ def call(
         data = response.json()
     except ValueError:
         status = response.status_code
-        raise not_ers(f"{method} {path} at {url} answered {status} with no JSON") from None
+        raise not_ers(f"{method} {path} at {shown} answered {status} with no JSON") from None
     missing = [key for key in expect if key not in data] if isinstance(data, dict) else None
     if missing is None or missing:
         what = "no JSON object" if missing is None else f"JSON without {missing[0]!r}"
-        raise not_ers(f"{method} {path} at {url} answered {response.status_code} with {what}")
+        raise not_ers(f"{method} {path} at {shown} answered {response.status_code} with {what}")
     return data
 
 

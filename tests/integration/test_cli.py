@@ -287,6 +287,21 @@ def test_an_unreachable_server_is_exit_3_and_one_line(tmp_path: Path) -> None:
         assert nobody in line and "ERS_URL" in line
 
 
+def test_a_password_or_query_in_the_url_is_not_shown(tmp_path: Path, env: dict[str, str]) -> None:
+    """Before, `--url http://user:pw@host` came back whole in the message, in a terminal's
+    scrollback or a CI log, and so did a query's value."""
+    port = free_port()
+    nobody = ers(cli_env(tmp_path), "--url", f"http://ops:s3cr3t-pw@127.0.0.1:{port}", "status")
+    assert nobody.returncode == 3, nobody
+    line = one_plain_line(nobody)
+    assert "s3cr3t-pw" not in line and f"REDACTED:REDACTED@127.0.0.1:{port}" in line, line
+    with_query = ers(env, "--url", env["ERS_URL"] + "/api?key=s3cr3t-key", "status")
+    assert with_query.returncode == 2, with_query
+    line = one_plain_line(with_query)
+    assert "s3cr3t-key" not in line and "/api?key=REDACTED" in line, line
+    assert "is no route of ERS" in line, line
+
+
 def test_another_server_at_the_url_is_one_line_not_its_page(tmp_path: Path) -> None:
     import http.server
 
