@@ -36,6 +36,9 @@ SECRET_HEADER_WORDS = frozenset(
     | {"session", "signature", "cookie"}
 )
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
+# Headers whose values are URLs: a redirect's Location keeps the query it was asked with,
+# an API key in it too; their credentials and query values are redacted as url.full's.
+URL_HEADERS = frozenset({"location", "content-location", "referer"})
 
 
 def is_secret_header(attribute: str) -> bool:
@@ -46,6 +49,13 @@ def is_secret_header(attribute: str) -> bool:
         return False
     name = attribute.rsplit(".", 1)[-1].lower().replace("_", "-")
     return name in SECRET_HEADERS or not SECRET_HEADER_WORDS.isdisjoint(name.split("-"))
+
+
+def is_url_header(attribute: str) -> bool:
+    """Whether ``attribute`` is a captured header whose value is a URL (``Location``)."""
+    if not attribute.startswith(_HEADER_PREFIXES):
+        return False
+    return attribute.rsplit(".", 1)[-1].lower().replace("_", "-") in URL_HEADERS
 
 
 def redacted_text(text: str) -> str:
@@ -81,7 +91,7 @@ def redact_attributes(attributes: MutableMapping[str, Any]) -> None:
 
 def _redacted_value(key: str, value: Any) -> Any:
     if isinstance(value, str):
-        if key in URL_ATTRIBUTES:
+        if key in URL_ATTRIBUTES or is_url_header(key):
             return redacted_url(value)
         if key in QUERY_ATTRIBUTES:
             return redacted_query(value)

@@ -8,7 +8,8 @@ and query values redacted), ``server.address``/``server.port``, the peer's,
 for a 4xx/5xx answer or an exception (recorded as an event), and the request and response
 headers named by ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`` /
 ``..._RESPONSE`` (values matching ``..._SANITIZE_FIELDS``, and those of credential headers
-such as ``Set-Cookie``, redacted). The instrumentation
+such as ``Set-Cookie``, redacted; a URL header's, ``Location``, with its query values
+redacted as ``url.full``'s). The instrumentation
 works out most of that per request, wrapping the transport; one agent always POSTs to one
 URL, so here it is worked out once, and an attempt costs a span and a ``traceparent``.
 
@@ -48,7 +49,7 @@ from opentelemetry.util.types import AttributeValue
 
 from telemetry.exception_events import described, record_exception
 from telemetry.incident_processor import NOT_AN_INCIDENT
-from telemetry.redaction import is_secret_header, redacted_url
+from telemetry.redaction import is_secret_header, is_url_header, redacted_url
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
@@ -135,7 +136,15 @@ class AttemptSpans:
             normalise_request_header_name if request_side else normalise_response_header_name
         )
         captured = self._sanitize.sanitize_header_values(values, wanted, normalise)
-        return {
-            name: [REDACTED_VALUE] * len(found) if is_secret_header(name) else found
-            for name, found in captured.items()
-        }
+        return {name: _shown(name, found) for name, found in captured.items()}
+
+
+def _shown(name: str, values: list[str]) -> list[str]:
+    """A captured header's values as the span keeps them: a credential's redacted, a URL's
+    (a redirect's ``Location`` keeps the query it was asked with, an API key in it) with
+    its query values redacted."""
+    if is_secret_header(name):
+        return [REDACTED_VALUE] * len(values)
+    if is_url_header(name):
+        return [redacted_url(value) for value in values]
+    return values

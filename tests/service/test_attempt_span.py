@@ -139,3 +139,22 @@ def test_headers_are_captured_as_configured_and_sanitized(
     assert attributes["http.response.header.retry_after"] == ("30",)
     assert "http.response.header.x_other" not in attributes
     assert "http.request.header.traceparent" not in attributes  # read before it is added
+
+
+def test_a_captured_location_has_its_query_values_redacted(
+    provider: TracerProvider, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An API that takes its key in the query redirects (http to https) with the same query.
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "location")
+    url = "http://127.0.0.1:8701/v1/chat/completions?key=k-123"
+    spans = AttemptSpans("POST", url, provider)
+    span = spans.start(post(url))
+    moved = "https://127.0.0.1:8701/v1/chat/completions?key=k-123"
+    spans.answered(span, httpx.Response(301, headers={"location": moved}))
+    span.end()
+
+    (attempt,) = exporter.get_finished_spans()
+    assert (attempt.attributes or {})["http.response.header.location"] == (
+        "https://127.0.0.1:8701/v1/chat/completions?key=REDACTED",
+    )
+    assert "k-123" not in attempt.to_json()

@@ -126,3 +126,16 @@ def test_the_query_of_a_server_spans_http_target_keeps_no_secret() -> None:
     redact_attributes(attributes)
     assert attributes["http.target"] == "/orders/7?api_key=REDACTED&page=REDACTED#token=REDACTED"
     assert "sk-live-1" not in str(attributes)
+
+
+def test_a_captured_location_from_another_service_keeps_no_key() -> None:
+    # The OTLP intake: another service's client span with the redirect it was answered.
+    attributes = {
+        "http.response.header.location": ["https://api.example/v1?key=k-123"],
+        "http.request.header.referer": ["https://app.example/p?session=s-9"],
+    }
+    redact_attributes(attributes)
+    assert attributes == {
+        "http.response.header.location": ["https://api.example/v1?key=REDACTED"],
+        "http.request.header.referer": ["https://app.example/p?session=REDACTED"],
+    }
