@@ -36,3 +36,7 @@ async def test_other_time_ranges_are_told_as_before(
     assert reply.status_code == 422, reply.text
     assert reply.json()["detail"] == said
     assert (await client.get(f"{METRICS}?timeRange=1.5")).json()["timeRangeHours"] == 1.5
+    # The same type whether given or not (it said 24 left out and 24.0 given).
+    given = (await client.get(f"{METRICS}?timeRange=24")).text
+    assert '"timeRangeHours":24.0' in given
+    assert '"timeRangeHours":24.0' in (await client.get(METRICS)).text

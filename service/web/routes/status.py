@@ -164,7 +164,7 @@ async def metrics_summary(
         float,
         Query(ge=1, le=MAX_HOURS, description="hours, 1 to 168"),
         BeforeValidator(_finite_hours),
-    ] = 24,
+    ] = 24.0,  # a float as a given one is: 24.0 whether given or not
 ) -> dict[str, Any]:
     stats = team.stats
     return {
