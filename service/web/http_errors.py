@@ -26,7 +26,7 @@ from service.errors import (
 )
 from service.incidents.model import INCIDENT_ID_PATTERN, TRACE_ID_PATTERN, IncidentStoreUnavailable
 from service.web.auth import refused_before_the_body
-from service.web.json_route import REPEATED_KEY
+from service.web.json_route import REFUSED_AS_SENT
 from service.web.routes.chat import USER_ID_PATTERN
 from service.web.routes.json_types import json_kind
 from telemetry.exception_events import record_failure
@@ -66,7 +66,7 @@ def describe(error: dict[str, Any]) -> str:
     where = _field(loc)
     if kind == "json_invalid":
         reason = error.get("ctx", {}).get("error", "syntax error")
-        if reason.startswith(REPEATED_KEY):
+        if reason.startswith(REFUSED_AS_SENT):
             return reason
         at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
         return f"the request body is not valid JSON ({reason}{at}); check quotes and commas"

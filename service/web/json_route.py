@@ -2,6 +2,7 @@
 (``{"confirm": false, "confirm": true}``) is refused with a 422 naming the key, as a query
 parameter given twice is, instead of taking the last value as ``json.loads`` does: which one
 was meant cannot be told, and a proxy or a log that read the first would disagree with ERS.
+A JSON body sent with two Content-Type headers is refused the same way.
 
 FastAPI decodes the body with ``Request.json``; the route hands its handler a request whose
 ``json`` decodes with a check of each object's keys, and a repeated key is a
@@ -21,11 +22,21 @@ from telemetry.json_keys import RepeatedKey, loads_once_each
 
 # How the decode error's message begins: ``service.web.http_errors`` gives it as it is.
 REPEATED_KEY = "the request body gives the key"
+CONTENT_TYPES = "the request carries"
+REFUSED_AS_SENT = (REPEATED_KEY, CONTENT_TYPES)
 
 
 class _OneValueEachRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
+            kinds = self.headers.getlist("content-type")
+            if len(kinds) > 1:  # FastAPI reads the first; a proxy may read another
+                raise json.JSONDecodeError(
+                    f"{CONTENT_TYPES} {len(kinds)} Content-Type headers; send one, "
+                    "Content-Type: application/json",
+                    "",
+                    0,
+                )
             body = await self.body()
             try:
                 self._json = loads_once_each(body)

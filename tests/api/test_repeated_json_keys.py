@@ -86,3 +86,17 @@ async def test_every_operation_that_takes_a_body_refuses_a_key_given_twice(
         assert reply.json()["detail"].startswith('the request body gives the key "reason"')
         checked.append(path)
     assert len(checked) >= 8, checked
+
+
+async def test_a_body_with_two_content_types_is_refused(client: httpx.AsyncClient) -> None:
+    """Before, FastAPI read the first Content-Type and took the body as JSON, while a proxy
+    or a log reading the other saw text; a repeated Authorization or Idempotency-Key header
+    was refused already."""
+    headers = [("content-type", "application/json"), ("content-type", "text/plain")]
+    body = b'{"message": "spent $12 on lunch", "userId": "u8"}'
+    reply = await client.post("/chat", content=body, headers=headers)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["detail"] == (
+        "the request carries 2 Content-Type headers; send one, Content-Type: application/json"
+    )
+    assert (await client.get("/api/profiles/u8")).status_code == 404  # nothing recorded
