@@ -130,7 +130,8 @@ class ReplyIncidents:
         from it is about. Until a new failure's incident is written, such a reply names none
         rather than one that may be resolved by now. Forced open for an incident (here, or
         on another replica of the fleet, whose override names it): the calls it turns away
-        name that incident, and the isolation done for it."""
+        name that incident, and the isolation done for it; a renewal for another incident
+        (two failures of one agent at once) names the new one, as the breaker does."""
         if event.to_state is BreakerState.FORCED_OPEN:
             forcing = breaker.forcing if breaker is not None else None
             if forcing is not None and forcing.incident is not None:

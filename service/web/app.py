@@ -260,9 +260,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         for breaker in team.breakers():
             breaker.subscribe(lambda event: state.evaluate(), [BreakerEventKind.STATE_TRANSITION])
-            breaker.subscribe(
+            breaker.subscribe(  # a renewal may be for another incident: replies name it
                 functools.partial(incident_service.replies.on_breaker_transition, breaker=breaker),
-                [BreakerEventKind.STATE_TRANSITION],
+                [BreakerEventKind.STATE_TRANSITION, BreakerEventKind.FORCE_RENEWED],
             )
         incident_service.subscribe(lambda event: state.evaluate())
         state_notes = StateNotes(incident_store, fleet.replica if fleet is not None else "")

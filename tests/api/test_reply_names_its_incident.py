@@ -124,3 +124,21 @@ async def test_a_call_turned_away_by_another_replicas_isolation_names_its_incide
     body = await chat(client)
     assert body["incident"] == "INC_1796464959850_h2e716", body
     assert {"action": "isolate", "result": "success"} in body["recovery"]["actions"], body
+
+
+async def test_a_forced_open_renewed_for_another_incident_is_named_as_the_breaker_names_it(
+    client: httpx.AsyncClient, app: Any
+) -> None:
+    """Two failures of one agent at once, two incidents: the isolation for the second renews
+    the first's forced open ("stays forced open"). The breaker named the second incident,
+    the replies it turned away still the first."""
+    breaker = app.state.runtime.team.get("budget").breaker
+    first, second = "INC_1796464959850_aaaaaa", "INC_1796464959851_bbbbbb"
+    breaker.force_open(f"incident {first}", "responder", ttl_s=600, incident=first)
+    assert (await chat(client))["incident"] == first
+    said = breaker.force_open(f"incident {second}", "responder", ttl_s=600, incident=second)
+    assert "stays forced open" in said
+    assert breaker.forcing is not None and breaker.forcing.incident == second
+    assert second in breaker.snapshot()["forced"]["reason"]
+    body = await chat(client)
+    assert body["incident"] == second, body
