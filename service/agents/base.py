@@ -62,8 +62,9 @@ MAX_REPLY_CHARS = 1_048_576
 
 def checked_reply(name: str, reply: object) -> AgentReply:
     """``reply`` when it is an ``AgentReply`` with text (not blank, ``MAX_REPLY_CHARS`` at
-    most) and a confidence from 0 to 1; otherwise a ``BadResponse`` of agent ``name``, whose
-    guard then falls back (not the router's, which would pass it on)."""
+    most) in the agent's own name (the router's: any) and a confidence from 0 to 1;
+    otherwise a ``BadResponse`` of agent ``name``, whose guard then falls back (not the
+    router's, which would pass it on)."""
     if isinstance(reply, AgentReply) and isinstance(reply.content, str):
         if len(reply.content) > MAX_REPLY_CHARS:
             # Stored with the turn and sent to the user: no chat answer is that long.
@@ -88,6 +89,13 @@ def checked_reply(name: str, reply: object) -> AgentReply:
             raise BadResponse(
                 f"agent '{name}' returned text holding a NUL character, which the state "
                 "stores cannot hold"
+            )
+        if reply.agent != name and name != "router":
+            # Only the router passes on another agent's reply. Said in another's name, the
+            # chat credits that agent, and no last good answer is ever kept for this one.
+            raise BadResponse(
+                f"agent '{name}' returned a reply in the name of {reply.agent!r}; an agent's "
+                f"reply names the agent itself (AgentReply(agent='{name}', ...))"
             )
         confidence = reply.confidence
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):

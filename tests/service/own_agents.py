@@ -216,5 +216,9 @@ def replies_confidence_above_one(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("sure", name, confidence=85))
 
 
+def replies_as_another_agent(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("Three sets of squats today.", "workout"))
+
+
 def moody(name: str, stores: Stores) -> MoodyCoach:
     return MoodyCoach(name)
