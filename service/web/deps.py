@@ -116,16 +116,3 @@ def _one_value_each(request: Request) -> None:
 
 # On routers whose routes take query parameters.
 OneValueEach = Depends(_one_value_each)
-
-
-async def _takes_no_body(request: Request) -> None:
-    """A body sent to a route that reads none: its fields would be dropped unsaid (a
-    ``reason`` sent to ``disable``), where its siblings refuse fields they do not take."""
-    if await request.body():
-        raise HTTPException(
-            422, "this endpoint takes no request body; send none (nothing here would read it)"
-        )
-
-
-# A route's parameter after its auth, so that a caller without the token gets the 401.
-NoBody = Annotated[None, Depends(_takes_no_body)]

@@ -168,27 +168,6 @@ async def test_a_set_token_is_required(guarded_app: FastAPI) -> None:
         assert (await http.get("/api/emergency/circuit-breakers")).status_code == 200
 
 
-async def test_a_body_sent_to_a_change_that_reads_none_is_refused(
-    guarded_app: FastAPI,
-) -> None:
-    """Before, `disable` with {"reason": ...} answered 200 and dropped the reason unsaid,
-    where `reset` and `force-open` refuse a field they do not take."""
-    transport = httpx.ASGITransport(app=guarded_app, client=("127.0.0.1", 1))
-    admin = {"Authorization": "Bearer t0ken-admin"}
-    breaker = guarded_app.state.runtime.team.get("budget").breaker
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        base = "/api/emergency/circuit-breaker/budget"
-        # The token is checked first: a caller without it learns nothing of the body.
-        assert (await http.post(f"{base}/disable", json={"x": 1})).status_code == 401
-        for action in ("disable", "enable", "release"):
-            sent = await http.post(f"{base}/{action}", json={"reason": "db move"}, headers=admin)
-            assert sent.status_code == 422, sent.text
-            assert sent.json()["detail"].startswith("this endpoint takes no request body")
-        assert breaker.state.value == "closed"
-        assert (await http.post(f"{base}/disable", headers=admin)).status_code == 200
-        assert breaker.state.value == "disabled"
-
-
 async def test_unset_token_answers_loopback_only(app: FastAPI) -> None:
     url = "/api/emergency/circuit-breaker/budget/reset"
     remote = httpx.ASGITransport(app=app, client=("203.0.113.9", 1))

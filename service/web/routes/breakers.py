@@ -12,7 +12,7 @@ from service.resilience.breaker import CircuitBreaker, ResetRefused
 from service.resilience.breaker_open import MAX_FORCE_OPEN_S
 from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Keeper, NoBody, Team
+from service.web.deps import Keeper, Team
 from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import AnyNumber, JsonBool, Reason
@@ -123,18 +123,14 @@ async def force_open_breaker(
 
 
 @router.post("/circuit-breaker/{name}/release", responses=errors(404))
-async def release_breaker(
-    name: str, team: Team, keeper: Keeper, who: AdminAuth, _: NoBody
-) -> dict[str, Any]:
+async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = with_ended_holds(guard, lambda: guard.breaker.release(source=who))
     return await changed(keeper, guard.breaker, message)
 
 
 @router.post("/circuit-breaker/{name}/disable", responses=errors(404))
-async def disable_breaker(
-    name: str, team: Team, keeper: Keeper, who: AdminAuth, _: NoBody
-) -> dict[str, Any]:
+async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
     guard = team.get(name)
     forced = guard.breaker.snapshot().get("forced")
@@ -145,9 +141,7 @@ async def disable_breaker(
 
 
 @router.post("/circuit-breaker/{name}/enable", responses=errors(404))
-async def enable_breaker(
-    name: str, team: Team, keeper: Keeper, who: AdminAuth, _: NoBody
-) -> dict[str, Any]:
+async def enable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.enable(source=who)
     return await changed(keeper, guard.breaker, message)
