@@ -45,17 +45,23 @@ def is_secret_header(attribute: str) -> bool:
     """Whether ``attribute`` is a captured header (``http.request.header.<name>``) whose
     value is a credential. The name is matched with ``_`` read as ``-``: the Python
     instrumentations write ``x-api-key`` as ``http.request.header.x_api_key``."""
-    if not attribute.startswith(_HEADER_PREFIXES):
+    name = _header_name(attribute)
+    if name is None:
         return False
-    name = attribute.rsplit(".", 1)[-1].lower().replace("_", "-")
     return name in SECRET_HEADERS or not SECRET_HEADER_WORDS.isdisjoint(name.split("-"))
 
 
 def is_url_header(attribute: str) -> bool:
     """Whether ``attribute`` is a captured header whose value is a URL (``Location``)."""
+    return _header_name(attribute) in URL_HEADERS
+
+
+def _header_name(attribute: str) -> str | None:
+    """The header a captured-header attribute names, lower case with ``_`` read as ``-``;
+    None for any other attribute."""
     if not attribute.startswith(_HEADER_PREFIXES):
-        return False
-    return attribute.rsplit(".", 1)[-1].lower().replace("_", "-") in URL_HEADERS
+        return None
+    return attribute.rsplit(".", 1)[-1].lower().replace("_", "-")
 
 
 def redacted_text(text: str) -> str:
