@@ -52,15 +52,11 @@ def media_type(content_type: str) -> str:
 
 
 def decode_traces(
-    body: bytes,
-    content_type: str,
-    content_encoding: str | None = None,
-    rejected: list[str] | None = None,
-) -> list[SpanRecord]:
-    """Every span of the request as a record (errors and not); raises ``MalformedOtlp``.
-    With ``rejected``, a span with invalid ids is left out and why is appended there (the
-    request is then partly accepted, as OTLP's partial success has it); without it, and
-    when no span of the request is valid, it makes the whole request malformed."""
+    body: bytes, content_type: str, content_encoding: str | None = None
+) -> tuple[list[SpanRecord], list[str]]:
+    """Every span of the request as a record (errors and not), and why each span with
+    invalid ids was left out (the request is then partly accepted, as OTLP's partial
+    success has it). Raises ``MalformedOtlp``, also when no span of the request is valid."""
     request = decode_request(decompress(body, content_encoding), content_type)
     records: list[SpanRecord] = []
     refused: list[str] = []
@@ -70,16 +66,12 @@ def decode_traces(
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 if reason := _invalid_ids(span):
-                    if rejected is None:
-                        raise MalformedOtlp(reason)
                     refused.append(reason)
                 else:
                     records.append(SpanRecord.from_otlp(span, resource))
     if refused and not records:
         raise MalformedOtlp(_first_of(refused))
-    if rejected is not None:
-        rejected += refused
-    return records
+    return records, refused
 
 
 def _first_of(reasons: list[str]) -> str:

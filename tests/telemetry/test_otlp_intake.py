@@ -42,6 +42,13 @@ def protobuf_body(spans: list[ReadableSpan] | None = None) -> bytes:
     return encode_spans(spans or other_service_spans()).SerializeToString()
 
 
+def decoded(body: bytes, content_type: str, encoding: str | None = None) -> list[SpanRecord]:
+    """The records of a request whose every span is valid."""
+    records, rejected = decode_traces(body, content_type, encoding)
+    assert rejected == []
+    return records
+
+
 def otlp_json_body(spans: list[ReadableSpan]) -> bytes:
     """OTLP/JSON as senders write it: camelCase, ids in hex."""
     document = json_format.MessageToDict(encode_spans(spans))
@@ -62,7 +69,7 @@ def _base64_to_hex(value: str) -> str:
 
 def test_protobuf_bodies_decode_into_records_matching_the_sdk_spans() -> None:
     spans = other_service_spans()
-    records = decode_traces(encode_spans(spans).SerializeToString(), "application/x-protobuf")
+    records = decoded(encode_spans(spans).SerializeToString(), "application/x-protobuf")
     assert records == [SpanRecord.from_readable_span(span) for span in spans]
     child = next(r for r in records if r.name == "db.query")
     assert child.service_name == "orders"
@@ -74,21 +81,21 @@ def test_protobuf_bodies_decode_into_records_matching_the_sdk_spans() -> None:
 
 def test_json_bodies_with_hex_ids_decode_like_protobuf() -> None:
     spans = other_service_spans()
-    from_json = decode_traces(otlp_json_body(spans), "application/json; charset=utf-8")
-    from_protobuf = decode_traces(protobuf_body(spans), "application/x-protobuf")
+    from_json = decoded(otlp_json_body(spans), "application/json; charset=utf-8")
+    from_protobuf = decoded(protobuf_body(spans), "application/x-protobuf")
     assert from_json == from_protobuf
     assert from_json[0].parent_span_id == from_json[1].span_id
 
 
 def test_gzip_bodies_are_decoded() -> None:
-    records = decode_traces(gzip.compress(protobuf_body()), "application/x-protobuf", "gzip")
+    records = decoded(gzip.compress(protobuf_body()), "application/x-protobuf", "gzip")
     assert len(records) == 2
 
 
 def test_every_member_of_a_gzip_body_is_decoded() -> None:
     first, second = protobuf_body(), protobuf_body()  # two requests' messages concatenated
     body = gzip.compress(first) + gzip.compress(second)  # are one message of both (protobuf)
-    records = decode_traces(body, "application/x-protobuf", "gzip")
+    records = decoded(body, "application/x-protobuf", "gzip")
     assert len(records) == 4
 
 
@@ -100,7 +107,7 @@ def test_names_and_types_other_services_send_are_cut() -> None:
         span.set_attribute("error.type", "T" * 300_000)
         span.set_status(Status(StatusCode.ERROR, "m"))
     provider.shutdown()
-    (record,) = decode_traces(
+    (record,) = decoded(
         protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
     )
     assert (len(record.name), len(record.service_name), len(record.exception_type)) == (
@@ -158,6 +165,15 @@ def test_malformed_bodies_raise_with_a_reason(
         decode_traces(body, content_type, encoding)
 
 
+def test_spans_with_invalid_ids_are_left_out_of_a_request_with_valid_ones() -> None:
+    valid = f'{{"traceId": "{"01" * 16}", "spanId": "{"02" * 8}", "name": "kept"}}'
+    short = '{"traceId": "abcd", "spanId": "01", "name": "short"}'
+    body = f'{{"resourceSpans": [{{"scopeSpans": [{{"spans": [{short}, {valid}]}}]}}]}}'
+    records, rejected = decode_traces(body.encode(), "application/json")
+    assert [record.name for record in records] == ["kept"]
+    assert len(rejected) == 1 and "span 'short' has a trace id of 2 bytes" in rejected[0]
+
+
 def test_json_nested_deeper_than_python_recurses_is_malformed() -> None:
     """A kvlist 200 deep parses as JSON but took the id conversion past Python's recursion
     limit: a RecursionError, answered 500 (and an incident of ERS's own) instead of 400."""
@@ -178,8 +194,8 @@ def test_other_content_types_are_unsupported() -> None:
 
 
 def test_an_empty_request_has_no_spans() -> None:
-    assert decode_traces(b"", "application/x-protobuf") == []
-    assert decode_traces(b"{}", "application/json") == []
+    assert decoded(b"", "application/x-protobuf") == []
+    assert decoded(b"{}", "application/json") == []
 
 
 def test_responses_use_the_request_encoding() -> None:
@@ -201,7 +217,7 @@ def test_secrets_in_other_services_spans_are_redacted_as_they_arrive() -> None:
         span.record_exception(ConnectionError("no route to postgres://admin:sk-live-5@db/pay"))
         span.set_status(Status(StatusCode.ERROR, "postgres://admin:sk-live-6@db refused"))
     provider.shutdown()
-    (record,) = decode_traces(
+    (record,) = decoded(
         protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
     )
     kept = json.dumps(record.to_dict())
@@ -234,7 +250,7 @@ def test_credentials_in_resource_array_and_map_attributes_are_redacted() -> None
     request = encode_spans(list(exporter.get_finished_spans()))
     kvlist = request.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="cfg")
     kvlist.value.kvlist_value.values.add(key="dsn").value.string_value = "mysql://r:sk-live-4@m/db"
-    (record,) = decode_traces(request.SerializeToString(), "application/x-protobuf")
+    (record,) = decoded(request.SerializeToString(), "application/x-protobuf")
     assert "sk-live" not in json.dumps(record.to_dict())
     assert record.resource["db.url"] == "postgres://REDACTED:REDACTED@db/pay"
     assert record.attributes["peers"] == ["https://REDACTED:REDACTED@a.example", "plain"]
@@ -253,7 +269,7 @@ def test_the_credentials_of_a_url_in_a_spans_name_are_redacted() -> None:
         span.set_attribute("error.type", "500")
         span.set_status(Status(StatusCode.ERROR))
     provider.shutdown()
-    (record,) = decode_traces(
+    (record,) = decoded(
         protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
     )
     assert record.name == "GET https://REDACTED:REDACTED@api.example/v1/charge"

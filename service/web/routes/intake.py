@@ -58,10 +58,10 @@ async def receive_traces(
     content_type = request.headers.get("content-type", "")
     body = await request.body()
     encoding = request.headers.get("content-encoding")
-    rejected: list[str] = []  # spans with invalid ids, left out: a partial success
     try:
-        # Off the event loop: a body may expand to MAX_DECODED_BYTES of spans.
-        records = await asyncio.to_thread(decode_traces, body, content_type, encoding, rejected)
+        # Off the event loop: a body may expand to MAX_DECODED_BYTES of spans. Spans with
+        # invalid ids are left out (rejected): a partial success.
+        records, rejected = await asyncio.to_thread(decode_traces, body, content_type, encoding)
     except UnsupportedContentType as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from None
     except MalformedOtlp as exc:
