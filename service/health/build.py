@@ -55,7 +55,7 @@ def start_health(
         StoresCheck({**stores.by_component(), "incidents": IncidentStoreProbe(incidents.store)}),
         DiskCheck(settings.data_dir),
         BreakersCheck(lambda: team.breaker_states(advance=True), team.cooling_down),
-        IncidentsCheck(incidents.active_counts),
+        IncidentsCheck(incidents.active_counts, incidents.counts_unread),
     ]
     if backups is not None:
         checks += [RepositoryCheck(backups), BackupAgeCheck(backups), RestoreDrillCheck(backups)]

@@ -337,17 +337,26 @@ class IncidentsCheck:
     name = "incidents"
     live = True  # reads the counts the incident service keeps
 
-    def __init__(self, active: Callable[[], dict[str, int]], alert_at: int = 5) -> None:
-        self._active, self.alert_at = active, alert_at
+    def __init__(
+        self,
+        active: Callable[[], dict[str, int]],
+        unread: Callable[[], str | None] = lambda: None,
+        alert_at: int = 5,
+    ) -> None:
+        """``unread``: why ``active`` gives the counts last read, while they cannot be read."""
+        self._active, self._unread, self.alert_at = active, unread, alert_at
 
     async def run(self) -> CheckResult:
         by_severity = self._active()
         total = sum(by_severity.values())
         figures = {"active": total, "bySeverity": by_severity}
+        why = self._unread()
+        # While the store cannot be read, what was last read, and that it is not current (the
+        # stores check says the store is down): never a healthy count.
+        counted = f"{total} active incidents" + ("" if why is None else f" when last read; {why}")
         if by_severity.get("critical"):
-            return CheckResult(
-                self.name, Status.UNHEALTHY, "a critical incident is active", figures
-            )
-        if total >= self.alert_at or by_severity.get("high"):
-            return CheckResult(self.name, Status.DEGRADED, f"{total} active incidents", figures)
-        return CheckResult(self.name, Status.HEALTHY, f"{total} active incidents", figures)
+            reason = "a critical incident is active" + ("" if why is None else f" ({counted})")
+            return CheckResult(self.name, Status.UNHEALTHY, reason, figures)
+        if why is not None or total >= self.alert_at or by_severity.get("high"):
+            return CheckResult(self.name, Status.DEGRADED, counted, figures)
+        return CheckResult(self.name, Status.HEALTHY, counted, figures)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -131,6 +132,8 @@ class IncidentService:
         self._alert_ledger = alert_ledger
         self._cached_counts: dict[str, int] | None = {} if cache_active_counts else None
         self._counts_stale = asyncio.Event()
+        # Since when (monotonic) and why the cached counts could not be read, while they cannot.
+        self._counts_unread: tuple[float, str] | None = None
         self.processor = IncidentProcessor(
             self.store,
             load_rules(rules_path),
@@ -324,6 +327,14 @@ class IncidentService:
             counts = self.store.active_counts_by_severity()
         return {k: v for k, v in counts.items() if v}
 
+    def counts_unread(self) -> str | None:
+        """Why the active counts are the last ones read, while the store cannot be read."""
+        if (unread := self._counts_unread) is None:
+            return None
+        since, why = unread
+        seconds = time.monotonic() - since
+        return f"the incident store has not been readable for {seconds:.0f} s: {why}"
+
     async def changed_by_hand(self) -> None:
         """An operator acknowledged or resolved an incident: what the status reads of the
         active incidents is read again now, not at the next refresh."""
@@ -333,18 +344,17 @@ class IncidentService:
     async def run_counts_refresh(self, every_s: float = 1.0) -> None:
         """Keep the cached active counts fresh: every ``every_s``, and soon after an
         incident event. A failing read keeps the last counts and is logged once."""
-        failing = False
         while True:
             try:
                 self._cached_counts = await asyncio.to_thread(self.store.active_counts_by_severity)
             except Exception as exc:
-                if not failing:
+                if self._counts_unread is None:
                     log.warning("active incident counts could not be read: %s", exc)
-                failing = True
+                    self._counts_unread = (time.monotonic(), str(exc))
             else:
-                if failing:
+                if self._counts_unread is not None:
                     log.info("active incident counts can be read again")
-                failing = False
+                self._counts_unread = None
             self._counts_stale.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(every_s):

@@ -146,6 +146,17 @@ def wait_until_stores_unhealthy(ers: ErsProcess) -> None:
     raise AssertionError(f"the stores check never saw the database gone: {report.text}")
 
 
+def incidents_check_once_unread(ers: ErsProcess) -> dict[str, Any]:
+    """The incidents check once the active counts could not be read (bounded)."""
+    deadline = time.monotonic() + 20
+    while True:
+        report = quick(ers, "GET", "/api/emergency/health?refresh=false", headers=ADMIN_HEADERS)
+        check = dict(report.json()["checks"]["incidents"])
+        if "when last read" in check["reason"] or time.monotonic() > deadline:
+            return check
+        time.sleep(0.2)
+
+
 def quick(ers: ErsProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """The request, answered within QUICK_S or the test fails naming it."""
     try:
@@ -193,6 +204,11 @@ def test_the_service_answers_while_postgres_is_down_and_recovers_when_it_is_back
             assert status.status_code == 200, status.text
             if attempt == 0:
                 wait_until_stores_unhealthy(ers)
+                counts = incidents_check_once_unread(ers)
+                # What was last read, and that it is not current: not a healthy count.
+                assert counts["status"] == "degraded", counts
+                assert counts["reason"].startswith("1 active incidents when last read; "), counts
+                assert "the incident store has not been readable for" in counts["reason"]
             # Chat's stores are down too, and known to be: a 503 that names the store at once.
             chat = quick(ers, "POST", "/chat", json={"message": "plan my meals", "userId": "u1"})
             assert chat.status_code == 503, chat.text
@@ -235,6 +251,9 @@ def test_the_service_answers_while_postgres_is_down_and_recovers_when_it_is_back
                 break
             time.sleep(0.2)
         assert ok.status_code == 200, ok.text
+        report = httpx.get(f"{ers.url}/api/emergency/health", headers=admin, timeout=10).json()
+        counted = report["checks"]["incidents"]["reason"]
+        assert counted.endswith(" active incidents") or "critical" in counted, report
         # Alertmanager retries a 5xx; the ledger's pool reconnects with a backoff of its own.
         deadline = time.monotonic() + 30
         while True:
