@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from telemetry.span_record import SpanRecord
 from telemetry.sqlite import connect_sqlite
@@ -192,16 +192,29 @@ class TraceArchive:
         ``fill_only``: only the newest that fit in the room the table has left, pushing out
         no trace it holds."""
         now = time.time()
-        rows = [
+        rows = []
+        for index, (trace_id, packed) in enumerate(traces):
+            trace_id_hex = format(trace_id, "032x")
+            spans = [record.to_dict() for record in unpack(packed)]
+            if not fill_only:  # which inserts no trace the table holds
+                spans += self._stored_beside(trace_id_hex, spans)
             # In order: the trim keeps the newest by kept_at.
-            (
-                format(trace_id, "032x"),
-                now + index * 1e-6,
-                json.dumps([record.to_dict() for record in unpack(packed)], default=str),
-            )
-            for index, (trace_id, packed) in enumerate(traces)
-        ]
+            rows.append((trace_id_hex, now + index * 1e-6, json.dumps(spans, default=str)))
         self.table.put(rows, self.max_traces, self._trim_to, fill_only=fill_only)
+
+    def _stored_beside(self, trace_id_hex: str, spans: list[dict[str, Any]]) -> list[Any]:
+        """The spans the table holds of the trace that ``spans`` lack: written before a
+        restart, or by another replica, which a keeper holding only the trace's later spans
+        does not have; the rewrite keeps them instead of replacing them."""
+        stored = self.table.spans(trace_id_hex)
+        if stored is None:
+            return []
+        try:
+            items = json.loads(stored)
+        except ValueError:  # unreadable: the rewrite replaces it
+            return []
+        have = {span["spanId"] for span in spans}
+        return [item for item in items if isinstance(item, dict) and item.get("spanId") not in have]
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         """The trace's spans, or None; raises what the table raises when it cannot be read

@@ -269,10 +269,9 @@ class TraceKeeper(SpanProcessor):
                 pending = self._pending.get(trace_id)
                 if pending is not None and pending.has_error:
                     spans = list(pending.spans)
-        if kept is not None:
-            records = unpack(kept.packed)
-        elif spans is not None:
-            records = [as_record(span) for span in spans]
+        if kept is not None or spans is not None:
+            records = unpack(kept.packed) if kept is not None else [as_record(s) for s in spans]
+            records += self._archived_beside(format(trace_id, "032x"), records)
         elif self.archive is not None:  # kept before a restart, or evicted from memory
             stored = self.archive.get(format(trace_id, "032x"))
             if stored is None:
@@ -282,6 +281,19 @@ class TraceKeeper(SpanProcessor):
             return None
         records.sort(key=lambda record: record.start_ns)
         return records
+
+    def _archived_beside(self, trace_id_hex: str, records: list[SpanRecord]) -> list[SpanRecord]:
+        """The spans of the trace the archive holds and this process does not: kept before a
+        restart, or by another replica. None when the archive cannot be read (its database is
+        down): what is held here answers all the same."""
+        if self.archive is None:
+            return []
+        try:
+            stored = self.archive.get(trace_id_hex) or []
+        except Exception:
+            return []
+        have = {record.span_id for record in records}
+        return [record for record in stored if record.span_id not in have]
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -312,3 +312,28 @@ def test_secrets_this_processs_own_spans_carry_are_redacted_when_kept() -> None:
             assert secret not in text, secret
         assert call.attributes["http.response.header.content_type"] == ["application/json"]
         assert call.attributes["http.response.header.x_session_token"] == ["REDACTED"]
+
+
+def test_a_failure_arriving_after_a_restart_adds_to_its_archived_trace(tmp_path) -> None:  # noqa: ANN001
+    """A trace written before a restart (or by another replica of a fleet) and a later span
+    of it that reaches a keeper holding none of it: the trace answers with both, now and
+    after the next restart, and the spans an earlier incident named are not overwritten."""
+    from telemetry.trace_archive import TraceArchive
+
+    path = tmp_path / "kept-traces.sqlite3"
+    trace_id = "d263bec89195e84ba252d150e68ba81f"
+    first = TraceKeeper(archive=TraceArchive(path))
+    first.keep_records([error_record("call carrier", trace_id=trace_id)])
+    first.name("incident-1", [trace_id])
+    first.shutdown()
+
+    second = TraceKeeper(archive=TraceArchive(path))  # after a restart
+    second.keep_records([error_record("second failure", trace_id=trace_id)])
+    names = ["call carrier", "second failure"]
+    assert sorted(r.name for r in second.get_trace(trace_id) or []) == names
+    second.name("incident-2", [trace_id])
+    second.shutdown()  # writes the trace it holds
+
+    third = TraceKeeper(archive=TraceArchive(path))
+    assert sorted(r.name for r in third.get_trace(trace_id) or []) == names
+    third.shutdown()
