@@ -19,6 +19,8 @@ REDACTED = "REDACTED"
 # The user information of a URL (user:password, or a name alone, which may be a token): its
 # authority up to the last "@". In any text after a scheme; a URL alone may have none.
 _CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
+# A URL in text, up to a space or a quote: its query and fragment run to there.
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*")
 _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
 # Attributes holding a whole URL, or its query alone (the stable and the old conventions;
 # the old ``http.target`` is a server's path and query, /orders/7?api_key=...).
@@ -65,7 +67,15 @@ def _header_name(attribute: str) -> str | None:
 
 
 def redacted_text(text: str) -> str:
-    """``text`` with the credentials of every URL in it redacted."""
+    """``text`` with the credentials and the query values of every URL in it redacted: an
+    error message quotes the URL it failed on (``Client error '401 Unauthorized' for url
+    'https://api.example/v1?key=...'``), API key and all."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda url: redacted_url(url.group()), _without_credentials(text))
+
+
+def _without_credentials(text: str) -> str:
     return _CREDENTIALS.sub(rf"\1{REDACTED}:{REDACTED}@", text) if "://" in text else text
 
 
@@ -79,7 +89,7 @@ def redacted_url(url: str) -> str:
     """``url`` without its user information and with every value of its query and fragment
     redacted (an API key may go in the query under any name, a token in the fragment); read
     as text, so a URL no parser accepts is redacted too."""
-    url = _USERINFO.sub(rf"\1{REDACTED}:{REDACTED}@", redacted_text(url), count=1)
+    url = _USERINFO.sub(rf"\1{REDACTED}:{REDACTED}@", _without_credentials(url), count=1)
     rest, hash_, fragment = url.partition("#")
     rest, question, query = rest.partition("?")
     return f"{rest}{question}{redacted_query(query)}{hash_}{redacted_query(fragment)}"

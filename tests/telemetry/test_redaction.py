@@ -83,10 +83,36 @@ def test_a_url_keeps_no_secret(url: str, redacted: str) -> None:
             "GET https://h.example/users/@bob by bob@example.org",
             "GET https://h.example/users/@bob by bob@example.org",
         ),
-        ("https://h.example?to=a@b", "https://h.example?to=a@b"),
+        ("https://h.example?to=a@b", "https://h.example?to=REDACTED"),
     ],
 )
 def test_text_keeps_no_credentials_of_the_urls_in_it(text: str, redacted: str) -> None:
+    assert redacted_text(text) == redacted
+
+
+@pytest.mark.parametrize(
+    "text,redacted",
+    [
+        # the messages of httpx's and requests' HTTP errors quote the URL, API key and all
+        (
+            "Client error '401 Unauthorized' for url 'https://api.example/v1?api_key=k-1&x=2'",
+            "Client error '401 Unauthorized' for url 'https://api.example/v1?api_key=REDACTED"
+            "&x=REDACTED'",
+        ),
+        (
+            "401 Client Error: Unauthorized for url: https://api.example/v1?key=k-2 (retry 3)",
+            "401 Client Error: Unauthorized for url: https://api.example/v1?key=REDACTED (retry 3)",
+        ),
+        (
+            'GET "https://u:pw@h.example/cb#token=t-3" failed',
+            'GET "https://REDACTED:REDACTED@h.example/cb#token=REDACTED" failed',
+        ),
+        # no URL, or one without a query: as it was
+        ("search ?q=shoes failed", "search ?q=shoes failed"),
+        ("see https://docs.example/errors#E42.", "see https://docs.example/errors#E42."),
+    ],
+)
+def test_text_keeps_no_query_value_of_the_urls_in_it(text: str, redacted: str) -> None:
     assert redacted_text(text) == redacted
 
 
