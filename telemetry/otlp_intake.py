@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from telemetry.json_keys import RepeatedKey, loads_once_each
-from telemetry.redaction import redact_attributes
+from telemetry.redaction import redact_attributes, redacted_text
 from telemetry.span_record import SpanRecord, otlp_attributes
 
 PROTOBUF = "application/x-protobuf"
@@ -81,14 +81,17 @@ def _first_of(reasons: list[str]) -> str:
 
 
 def _invalid_ids(span: Any) -> str | None:
+    """Why the span's ids are invalid, naming it as a kept span is named (its secrets
+    redacted: the reason goes into the reply, and from there into the sender's log)."""
     if len(span.trace_id) != 16 or len(span.span_id) != 8:
         return (
-            f"span {span.name[:256]!r} has a trace id of {len(span.trace_id)} bytes "
-            f"and a span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
+            f"span {redacted_text(span.name[:256])!r} has a trace id of {len(span.trace_id)} "
+            f"bytes and a span id of {len(span.span_id)} bytes; OTLP wants 16 and 8"
         )
     if not any(span.trace_id) or not any(span.span_id):
         return (
-            f"span {span.name[:256]!r} has an all-zero trace or span id, which OTLP calls invalid"
+            f"span {redacted_text(span.name[:256])!r} has an all-zero trace or span id, "
+            "which OTLP calls invalid"
         )
     return None
 

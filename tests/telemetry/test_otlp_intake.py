@@ -273,3 +273,20 @@ def test_the_credentials_of_a_url_in_a_spans_name_are_redacted() -> None:
         protobuf_body(list(exporter.get_finished_spans())), "application/x-protobuf"
     )
     assert record.name == "GET https://REDACTED:REDACTED@api.example/v1/charge"
+
+
+def test_a_span_left_out_for_its_ids_is_named_without_its_secrets() -> None:
+    """The reason a span was left out goes back in the reply (a 400, or a partial success),
+    and the collector writes it to its log: named as a kept span would be, redacted."""
+    name = "GET https://bob:sk-live-2@api.example/v1/charge?key=sk-q-3"
+    span = {"traceId": "0" * 32, "spanId": "0102030405060708", "name": name}
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    with pytest.raises(MalformedOtlp) as refused:
+        decode_traces(body, "application/json")
+    valid = {"traceId": "ab" * 16, "spanId": "0102030405060708", "name": "ok"}
+    both = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span, valid]}]}]}).encode()
+    records, rejected = decode_traces(both, "application/json")  # a partial success
+    assert len(records) == 1 and len(rejected) == 1
+    for reason in (refused.value.reason, *rejected):
+        assert "sk-live-2" not in reason and "sk-q-3" not in reason, reason
+        assert "api.example/v1/charge?key=REDACTED" in reason
