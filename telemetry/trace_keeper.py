@@ -284,8 +284,8 @@ class TraceKeeper(SpanProcessor):
 
     def _archived_beside(self, trace_id_hex: str, records: list[SpanRecord]) -> list[SpanRecord]:
         """The spans of the trace the archive holds and this process does not: kept before a
-        restart, or by another replica. None when the archive cannot be read (its database is
-        down): what is held here answers all the same."""
+        restart, or by another replica. None of them when the archive cannot be read (its
+        database is down): what is held here answers all the same."""
         if self.archive is None:
             return []
         try:
