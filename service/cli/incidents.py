@@ -336,7 +336,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--severity", choices=["low", "medium", "high", "critical"], help="only this severity"
     )
     listing.add_argument("--component", help="only incidents of this component")
-    listing.add_argument("--since", help="only those last seen at or after this ISO-8601 time")
+    listing.add_argument(
+        "--since",
+        help="only those last seen at or after this ISO-8601 time (UTC without an offset)",
+    )
     listing.add_argument(
         "--limit", type=whole_number(1, 500), default=50, help="at most this many (1 to 500)"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -115,7 +115,9 @@ async def list_incidents(
     status_filter: Status | None = Query(None, alias="status"),
     severity: Severity | None = None,
     component: str | None = Query(None, min_length=1, max_length=64),
-    since: datetime | None = Query(None, description="ISO-8601; last seen at or after"),
+    since: datetime | None = Query(
+        None, description="ISO-8601, UTC unless it names an offset; last seen at or after"
+    ),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
@@ -125,7 +127,7 @@ async def list_incidents(
         severity=severity,
         # The seed's agent names (WPA) are the agents' (workout); other components as given.
         component=ALIASES.get(component.strip().lower(), component) if component else None,
-        since=since.timestamp() if since else None,
+        since=utc_timestamp(since) if since else None,
         limit=limit,
         offset=offset,
     )
@@ -135,6 +137,12 @@ async def list_incidents(
         "offset": offset,
         "incidents": [incident_view(settings, i) for i in items],
     }
+
+
+def utc_timestamp(moment: datetime) -> float:
+    """A time without an offset (``2026-12-03T07:30:00``, ``2026-12-03``) is UTC, as every
+    time ERS shows is, not the server's local time."""
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).timestamp()
 
 
 @router.get("/incidents/{incident_id}", responses=errors(404))
