@@ -43,8 +43,9 @@ def parse_restic_time(value: str) -> datetime | None:
     text = value.replace("Z", "+00:00")
     head, dot, rest = text.partition(".")
     if dot:
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits) :]
+        # The fraction's digits run up to the offset (`+09:00`), whose digits are not its own.
+        zone = rest.lstrip("0123456789")
+        digits = rest[: len(rest) - len(zone)]
         text = f"{head}.{digits[:6]}{zone}"
     try:
         parsed = datetime.fromisoformat(text)

@@ -34,6 +34,21 @@ def test_restic_nanosecond_times_are_read() -> None:
     assert parsed == datetime(2026, 11, 28, 13, 21, 3, 203834, tzinfo=UTC)
 
 
+def test_a_time_with_an_offset_keeps_it() -> None:
+    """restic writes the local time of the host that made the snapshot (or lock) with its
+    offset. The offset's digits were read as more of the fraction and the offset dropped, so
+    a snapshot taken at 02:54:41Z on a host set to +09:00 was listed at 11:54:41Z, after the
+    snapshots taken since, and the newest snapshot and a rollback's "before" went wrong."""
+    for text in ("2026-12-06T11:54:41.749284588+09:00", "2026-12-06T11:54:41+09:00"):
+        parsed = parse_restic_time(text)
+        assert parsed is not None, text
+        assert parsed.astimezone(UTC).replace(microsecond=0) == datetime(
+            2026, 12, 6, 2, 54, 41, tzinfo=UTC
+        ), text
+    west = parse_restic_time("2026-12-05T16:54:41.7-10:00")
+    assert west == datetime(2026, 12, 6, 2, 54, 41, 700000, tzinfo=UTC)
+
+
 def test_a_live_local_process_holds_a_fresh_lock() -> None:
     assert not lock_is_stale(lock(1, os.getpid()), now=NOW)
 
