@@ -119,13 +119,17 @@ class AlertLanding:
         return None
 
     def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:
-        """The most severe active incident; of ``alert``'s severity or worse when named."""
-        active, _ = self.incidents.list(status="active", limit=50)
+        """The most severe active incident (the newest seen of those); of ``alert``'s
+        severity or worse when named. Asked severity by severity, most severe first: a page
+        of the newest active incidents may hold none of a critical one seen before them."""
         floor = SEVERITY_RANK[incident_severity(alert)] if alert is not None else 4
-        active = [i for i in active if SEVERITY_RANK.get(i.severity, 4) <= floor]
-        if not active:
-            return None
-        return min(active, key=lambda i: (SEVERITY_RANK.get(i.severity, 4), -i.last_seen))
+        for severity, rank in sorted(SEVERITY_RANK.items(), key=lambda item: item[1]):
+            if rank > floor:
+                break
+            newest, _ = self.incidents.list(status="active", severity=severity, limit=1)
+            if newest:
+                return newest[0]
+        return None
 
     def _open(self, alert: Alert, component: str, kind: str) -> Incident:
         incident, outcome = self.incidents.record_error(*alert_failure(alert, component, kind))
