@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from service.incidents.alert_payload import SEVERITY_RANK
 from service.incidents.store import IncidentStore
 from service.resilience.system_state import StateTransition, SystemState
 
@@ -55,13 +56,23 @@ class StateNotes:
     def _behind(self, transition: StateTransition) -> str | None:
         if transition.to_state in (SystemState.RECOVERY, SystemState.NORMAL):
             return self._trouble
-        active, _ = self._incidents.list(status="active", limit=50)
+        # Asked severity by severity, most severe first: a page of the newest active
+        # incidents may hold none of the one behind the change, seen before them.
         if transition.severity is not None:
-            behind = [i for i in active if i.severity == transition.severity]
+            asked: list[tuple[str, list[str] | None]] = [(transition.severity, None)]
+        elif transition.components:
+            components = sorted(transition.components)
+            asked = [(severity, components) for severity in SEVERITY_RANK]  # most severe first
         else:
-            behind = [i for i in active if i.component in transition.components]
-        rank = {"critical": 0, "high": 1, "medium": 2, "low": 3}
-        cause = min(behind, key=lambda i: (rank.get(i.severity, 4), -i.last_seen), default=None)
+            asked = []
+        cause = None
+        for severity, components in asked:
+            newest, _ = self._incidents.list(
+                status="active", severity=severity, component=components, limit=1
+            )
+            if newest:
+                cause = newest[0]
+                break
         self._trouble = cause.id if cause is not None else None
         return self._trouble
 

@@ -64,3 +64,48 @@ def test_a_state_change_is_noted_where_its_cause_is_and_nowhere_else(tmp_path: P
         ("degraded", "recovery"),
     ]
     store.close()
+
+
+def test_the_incident_behind_a_change_is_found_among_many_newer_ones(tmp_path: Path) -> None:
+    """A high incident seen before 60 lesser ones, and a medium one of the agent whose breaker
+    opens seen before 60 of other components: each change is still noted on its own cause."""
+    classifier = load_rules()
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    budget = error_record(
+        "agent.budget",
+        "SimulatedDatabaseError",
+        "Database connection timeout",
+        attributes={"ers.agent": "budget"},
+    )
+    high, _ = store.record_error(budget, classifier.classify(budget))
+    workout = error_record(
+        "agent.workout", "SimulatedNetworkError", "ECONNRESET", attributes={"ers.agent": "workout"}
+    )
+    medium, _ = store.record_error(workout, classifier.classify(workout))
+    for n in range(60):  # newer, lesser, and of other components
+        other = error_record(f"agent.other{n}", "ValidationError", f"bad plan {'x' * n}")
+        store.record_error(other, classifier.classify(other))
+    assert (high.severity, medium.severity) == ("high", "medium")
+    world = World()
+    machine = world.machine()
+    notes = StateNotes(store)
+    machine.subscribe(notes)
+    world.breakers["workout"] = "open"
+    machine.evaluate()
+    world.breakers["workout"] = "closed"
+    machine.evaluate()  # recovery
+    world.incidents = {"high": 1}
+    machine.evaluate()
+    notes.close()
+
+    def noted(incident_id: str) -> list[str]:
+        return [e.message for e in store.timeline(incident_id) if e.kind == "state_changed"]
+
+    assert noted(medium.id) == [
+        "system state normal -> degraded: breaker open: workout",
+        "system state degraded -> recovery: conditions cleared; watching for relapse",
+    ]
+    assert noted(high.id) == [
+        "system state recovery -> degraded: 1 high-severity incident(s) active"
+    ]
+    store.close()
