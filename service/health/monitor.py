@@ -154,6 +154,16 @@ class HealthMonitor:
         has just changed (the backup repository answered or failed for the first time)."""
         self._wake.set()
 
+    def check_soon(self, name: str, every_s: float = 5.0) -> None:
+        """``evaluate_soon`` when the last report found check ``name`` healthy: a request has
+        just met what it checks failing (a store that cannot be used). At most once every
+        ``every_s`` of that check's result, however many requests meet the failure."""
+        result = self.last.checks.get(name) if self.last is not None else None
+        if result is None or result.status is not Status.HEALTHY:
+            return  # the first report is on its way, or this one knows already
+        if time.time() - result.at >= every_s:
+            self.evaluate_soon()
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="health")
 

@@ -182,6 +182,7 @@ async def incident_store_unavailable(
     span = trace.get_current_span()
     span.set_attribute("ers.component", "incidents")
     record_failure(span, exc)
+    _stores_check_soon(request)
     return JSONResponse(
         {
             "error": "state store unavailable",
@@ -194,6 +195,14 @@ async def incident_store_unavailable(
     )
 
 
+def _stores_check_soon(request: Request) -> None:
+    """A store failed a request: the health report, and the status and system state that
+    read it, learn it now rather than at the end of the checks' interval."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        runtime.health.check_soon("stores")
+
+
 async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
     log.warning("store unavailable: %s", exc)
     paused = isinstance(exc, StorePaused)  # for a moment: a rollback swaps its state
@@ -203,6 +212,7 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
     else:  # the store's failure in its own words, not a bare 503, is the incident
         span.set_attribute("ers.component", exc.components[0])
         record_failure(span, exc)
+        _stores_check_soon(request)
     verb = "are" if exc.several else "is"
     detail = f"{exc.stores} cannot be used right now; try again shortly"
     if isinstance(exc, CommitUnknown):

@@ -319,3 +319,34 @@ def test_a_frozen_postgres_holds_up_only_the_requests_that_need_it(
                 os.kill(pid, signal.SIGCONT)
     finally:
         ers.stop()
+
+
+def test_a_store_failing_a_request_is_in_the_status_before_the_next_health_round(
+    tmp_path: Path, own_server: PostgresServer
+) -> None:
+    """Checks run once an hour here: the chats that get the stores' 503 are what tells the
+    status (its health and system state) that the stores are down, not the next round."""
+    env = {"ERS_DATABASE_URL": own_server.create_database(), "ERS_HEALTH_CHECK_INTERVAL_S": "3600"}
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        first = quick(ers, "GET", "/api/emergency/status").json()
+        assert first["health"]["overall"] == "healthy", first
+        own_server.halt()
+        deadline = time.monotonic() + 30
+        while True:
+            # Until the stores are known to be down, a chat waits for a connection (bounded).
+            chat = httpx.post(
+                f"{ers.url}/chat",
+                json={"message": "plan my meals", "userId": "u1"},
+                timeout=STORE_BOUND_S,
+            )
+            assert chat.status_code == 503, chat.text
+            status = quick(ers, "GET", "/api/emergency/status").json()
+            if status["health"]["overall"] == "unhealthy" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status["health"]["overall"] == "unhealthy", status
+        assert status["systemState"] == "degraded", status
+        assert status["stateReason"] == "failing subsystem: stores", status
+    finally:
+        ers.stop()
