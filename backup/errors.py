@@ -22,6 +22,24 @@ _SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 # space or colon would make the tag ambiguous to read back.
 REASON_MAX_CHARS = 64
 _REASON = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# The user and password of a URL-style repository address (`rest:https://ers:pw@host/`):
+# restic needs them, a message, a log line or a reply body does not.
+_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]+@")
+# restic 0.14 ends a server it cannot reach with "Is there a repository at the following
+# location?", as it ends a repository that is not there; the network error before it tells
+# the two apart; the most telling first, as it names the cause.
+_NOT_REACHED = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "network is unreachable",
+    "no route to host",
+    "connection reset by peer",
+    "tls handshake",
+    "x509",
+    "ssh: connect to host",
+    "dial tcp",
+)
 
 
 class BackupError(Exception):
@@ -98,6 +116,11 @@ class ResticNotInstalled(ResticError):
 
 class RepositoryNotFound(ResticError):
     label = "repository_not_found"
+
+
+class RepositoryNotReached(ResticError):
+    """The repository's server did not answer: the repository may well be there, so it is
+    neither reported gone nor created anew."""
 
 
 class RepositoryMissing(RepositoryNotFound):
@@ -258,6 +281,11 @@ def locked_error(holder: LockHolder) -> RepositoryLocked:
     )
 
 
+def shown_repository(repository: str) -> str:
+    """A repository address fit for a message: the user and password of a URL left out."""
+    return _CREDENTIALS.sub("***@", repository)
+
+
 def password_file_missing(password_file: object) -> PasswordFileUnreadable:
     return PasswordFileUnreadable(
         f"the restic password file '{password_file}' does not exist: put it back, or fix the "
@@ -271,8 +299,15 @@ def classify_failure(
 ) -> ResticError:
     """Turn a failed restic call into the matching named exception."""
     lowered = stderr.lower()
+    repository = shown_repository(repository)
     if (stopped := _stopped_by_signal(exit_code, lowered)) is not None:
         return stopped
+    network = next((cause for cause in _NOT_REACHED if cause in lowered), None)
+    if exit_code != EXIT_REPOSITORY_MISSING and network is not None:
+        return RepositoryNotReached(
+            f"the restic repository '{repository}' cannot be reached ({network}): "
+            "bring its server back or fix the repository setting; nothing was changed"
+        )
     if exit_code == EXIT_REPOSITORY_MISSING or (
         "is there a repository at the following location" in lowered
         or "repository does not exist" in lowered

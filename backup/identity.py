@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backup.errors import RepositoryMissing, RepositoryReplaced
+from backup.errors import RepositoryMissing, RepositoryReplaced, shown_repository
 from backup.restic import Restic
 
 RECORD_FILE_NAME = "restic-repository.json"
@@ -69,6 +69,7 @@ class RepositoryRecord:
 
 
 def missing(repository: str, record: RepositoryRecord | None) -> RepositoryMissing:
+    repository = shown_repository(repository)
     if record is None:
         return RepositoryMissing(
             f"no restic repository at '{repository}', and none is created implicitly: run "
@@ -82,6 +83,7 @@ def missing(repository: str, record: RepositoryRecord | None) -> RepositoryMissi
 
 
 def replaced(repository: str, record: RepositoryRecord, found: str) -> RepositoryReplaced:
+    repository = shown_repository(repository)
     return RepositoryReplaced(
         f"the restic repository at '{repository}' is {found[:8]}, not {record.id[:8]} that "
         "held the backups: put the original back (or fix the repository setting); "

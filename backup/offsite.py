@@ -18,7 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup.errors import ResticCommandFailed, ResticError, classify_failure, stderr_tail
+from backup.errors import (
+    ResticCommandFailed,
+    ResticError,
+    classify_failure,
+    stderr_tail,
+)
+from backup.errors import shown_repository as shown
 from backup.process import inherited_environment, run_program
 from backup.restic import DEFAULT_TIMEOUT_SECONDS, Restic
 
@@ -29,12 +35,6 @@ COPY_TIMEOUT_SECONDS = 6 * 3600.0
 MIN_RESTIC = (0, 14, 0)
 _SAVED = re.compile(r"^snapshot [0-9a-f]+ saved$", re.MULTILINE)
 _SKIPPED = re.compile(r"^skipping source snapshot ", re.MULTILINE)
-_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]+@")
-
-
-def shown(repository: str) -> str:
-    """A repository address fit for a message: user and password of a URL left out."""
-    return _CREDENTIALS.sub("***@", repository)
 
 
 class OffsiteCopyFailed(ResticError):

@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup.errors import BackupError
+from backup.errors import BackupError, shown_repository
 from backup.identity import RepositoryIdentity, RepositoryRecord, is_local, missing, replaced
 from backup.restic import Restic
 
@@ -191,7 +191,8 @@ async def _create(restic: Restic, config: RepositoryConfig) -> tuple[str, bool]:
         await restic.init()
     created = await restic.repository_id()
     if created is None:
-        raise BackupError(f"restic init left no repository at '{restic.repository}'")
+        where = shown_repository(restic.repository)
+        raise BackupError(f"restic init left no repository at '{where}'")
     return created, True
 
 

@@ -241,6 +241,7 @@ async def _refuse_postgresql_snapshots(settings: Any) -> None:
     if any((settings.data_dir / f"{name}.sqlite3").exists() for name in COMPONENTS):
         return
     from backup import BackupError
+    from backup.errors import shown_repository
     from backup.pg import POSTGRES_TAG
     from backup.repository import restic_for
 
@@ -249,8 +250,9 @@ async def _refuse_postgresql_snapshots(settings: Any) -> None:
     except BackupError:
         return  # the command itself says what keeps the repository from being read
     if found:
+        where = shown_repository(settings.restic_repository)
         raise CliError(
-            f"the snapshots in {settings.restic_repository} are a PostgreSQL service's (tag "
+            f"the snapshots in {where} are a PostgreSQL service's (tag "
             f"{POSTGRES_TAG}) and ERS_DATABASE_URL is not set: set it to that service's "
             "database, as `ers serve` has it",
             USAGE,

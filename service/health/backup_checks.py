@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from backup import BackupError, RepositoryMissing, RepositoryReplaced
+from backup.errors import shown_repository
 from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -37,7 +38,7 @@ class RepositoryCheck:
 
     async def run(self) -> CheckResult:
         backups = self._backups
-        where = {"repository": backups.settings.restic_repository}
+        where = {"repository": shown_repository(backups.settings.restic_repository)}
         if backups.manager is None and backups.connection_failures == 0:
             return CheckResult(self.name, Status.DEGRADED, "connecting to the repository", where)
         if backups.manager is None:

@@ -12,6 +12,7 @@ from backup.errors import (
     InvalidSnapshotId,
     RepositoryLocked,
     RepositoryNotFound,
+    RepositoryNotReached,
     ResticCommandFailed,
     SnapshotNotFound,
     WrongPassword,
@@ -56,6 +57,22 @@ def test_wrong_password_0_14() -> None:
     error = classify(1, "Fatal: wrong password or no key found\n")
     assert isinstance(error, WrongPassword)
     assert PASSWORD_FILE in str(error)
+
+
+def test_a_server_restic_cannot_reach_is_not_a_missing_repository() -> None:
+    """restic 0.14 ends a refused connection with the question it asks of a missing
+    repository; the address shown keeps the user and password out."""
+    stderr = (
+        'Fatal: unable to open config file: client.Head: Head "http://ers:***@127.0.0.1:9/ers/'
+        'config": dial tcp 127.0.0.1:9: connect: connection refused\nIs there a repository at '
+        "the following location?\nrest:http://ers:***@127.0.0.1:9/ers/\n"
+    )
+    address = "rest:http://ers:s3cret@127.0.0.1:9/ers"
+    error = classify_failure(1, stderr, repository=address, password_file=PASSWORD_FILE)
+    assert isinstance(error, RepositoryNotReached)
+    assert "'rest:http://***@127.0.0.1:9/ers' cannot be reached (connection refused)" in str(error)
+    missing = classify_failure(10, "", repository=address, password_file=PASSWORD_FILE)
+    assert isinstance(missing, RepositoryNotFound) and "s3cret" not in str(missing)
 
 
 def test_missing_repository_0_14() -> None:

@@ -15,10 +15,13 @@ from backup.errors import (
     PasswordFileUnreadable,
     RepositoryLocked,
     RepositoryNotFound,
+    RepositoryNotReached,
     ResticNotInstalled,
     WrongPassword,
 )
+from backup.identity import RepositoryRecord
 from backup.repository import open_identified, restic_for
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +125,25 @@ async def test_missing_repository_is_named(tmp_path: Path) -> None:
     restic = restic_for(RepositoryConfig(str(tmp_path / "nowhere"), tmp_path / "password"))
     with pytest.raises(RepositoryNotFound, match="no restic repository"):
         await restic.snapshots()
+
+
+async def test_a_server_that_does_not_answer_is_unreachable_not_gone_and_keeps_its_password(
+    tmp_path: Path,
+) -> None:
+    """Before: restic's "Is there a repository at the following location?", which it also
+    says of a server that refused the connection, made a recorded repository "gone" (a
+    critical incident that offered `ers backup init`), and the message, the status and the
+    log carried the address with its password."""
+    (tmp_path / "password").write_text("a password\n")
+    record = tmp_path / "restic-repository.json"
+    RepositoryRecord.now("5c4da2830000").write(record)
+    address = f"rest:http://ers:s3cret-in-url@127.0.0.1:{free_port()}/ers"
+    config = RepositoryConfig(address, tmp_path / "password", record_file=record)
+    with pytest.raises(RepositoryNotReached) as failure:
+        await open_identified(config, may_create=True)
+    message = str(failure.value)
+    assert "cannot be reached (connection refused)" in message
+    assert "s3cret-in-url" not in message and "rest:http://***@127.0.0.1:" in message
 
 
 async def test_missing_binary_is_named(repository_config: RepositoryConfig, tmp_path: Path) -> None:
