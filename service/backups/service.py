@@ -305,19 +305,21 @@ class BackupService:
         return reply
 
     async def _repository_problem(self) -> str | None:
-        """Why the repository the backups went to cannot be used now (gone, replaced,
-        read-only), or None. A local repository is looked at each time (a file read); a
-        remote one, which takes a restic call, at most every ``PROBLEM_READ_EVERY_S``."""
+        """Why the repository cannot be used now (gone, replaced, read-only, its password
+        refused), or None. restic (which tries the password) is asked at most every
+        ``PROBLEM_READ_EVERY_S``; a local repository's config file is read each time between."""
         assert self.manager is not None
-        now, local = time.monotonic(), is_local(self.manager.restic.repository)
-        if not local and self._problem and now - self._problem[0] < PROBLEM_READ_EVERY_S:
-            return self._problem[1]
+        now, local, last = time.monotonic(), is_local(self.manager.restic.repository), self._problem
+        asked = last is None or now - last[0] >= PROBLEM_READ_EVERY_S
+        if last is not None and not asked and (not local or last[1]):
+            return last[1]
         try:
-            await self.manager.verify_repository()
+            await self.manager.verify_repository(thorough=asked)
             problem = self.manager.restic.read_only()
         except BackupError as exc:
             problem = str(exc)
-        self._problem = (now, problem)
+        if asked:
+            self._problem = (now, problem)
         return problem
 
     # --- operations ---------------------------------------------------------------------
