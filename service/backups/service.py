@@ -98,7 +98,7 @@ def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
     return []
 
 
-# A remote repository's problem is told again from a restic call at most this often.
+# The repository's problem is told again from a restic call at most this often.
 PROBLEM_READ_EVERY_S = 10.0
 
 
@@ -126,10 +126,7 @@ class BackupService:
         self.state = state_to_back_up(settings, stores, incidents_path)
         minutes = settings.backup_interval_minutes
         self.intervals_s = {
-            "conversations": minutes.conversations * 60,
-            "budgets": minutes.budgets * 60,
-            "profiles": minutes.profiles * 60,
-            "system_state": minutes.system_state * 60,
+            **{name: getattr(minutes, name) * 60 for name in ROLLBACK_COMPONENTS},
             "incidents": minutes.full_system * 60,
         }
         self.full_interval_s = minutes.full_system * 60
@@ -148,6 +145,7 @@ class BackupService:
         # When the live state's size was read, and what it was (or why it was not known).
         self._live_size = LiveSize(lambda: self.require().backend.live_sizes())
         self._problem: tuple[float, str | None] | None = None
+        self._asking = asyncio.Lock()  # restic, by the status, of the repository's problem
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
         self.last_drill_at: float | None = None
@@ -305,19 +303,21 @@ class BackupService:
         return reply
 
     async def _repository_problem(self) -> str | None:
-        """Why the repository cannot be used now (gone, replaced, read-only, its password
-        refused), or None. restic (which tries the password) is asked at most every
-        ``PROBLEM_READ_EVERY_S``; a local repository's config file is read each time between."""
+        """Why the repository cannot be used (gone, replaced, read-only, its password refused),
+        or None. restic (which tries the password) is asked every ``PROBLEM_READ_EVERY_S`` by
+        one read (the others go on the last finding); a local config file is read between."""
         assert self.manager is not None
         now, local, last = time.monotonic(), is_local(self.manager.restic.repository), self._problem
-        asked = last is None or now - last[0] >= PROBLEM_READ_EVERY_S
+        due = last is None or now - last[0] >= PROBLEM_READ_EVERY_S
+        asked = due and (last is None or not self._asking.locked())
         if last is not None and not asked and (not local or last[1]):
             return last[1]
-        try:
-            await self.manager.verify_repository(thorough=asked)
-            problem = self.manager.restic.read_only()
-        except BackupError as exc:
-            problem = str(exc)
+        async with self._asking if asked else contextlib.nullcontext():
+            try:
+                await self.manager.verify_repository(thorough=asked)
+                problem = self.manager.restic.read_only()
+            except BackupError as exc:
+                problem = str(exc)
         if asked:
             self._problem = (now, problem)
         return problem
