@@ -51,6 +51,9 @@ RECOVERY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 # The health endpoint answers 503 to report an unhealthy check; the check that crossed its
 # line is the incident (``health.<check>``), never the request that read it.
 UNCLASSIFIED_ROUTES = ("/api/emergency/health",)
+# A read of the active counts that has not answered in this long (the stores check's wait
+# for its write probes) leaves them unread: the last ones read are not current.
+COUNTS_ANSWER_WAIT_S = 3.0
 
 
 def not_an_incident(routes: tuple[str, ...]) -> Callable[[ReadableSpan], bool]:
@@ -134,6 +137,9 @@ class IncidentService:
         self._counts_stale = asyncio.Event()
         # Since when (monotonic) and why the cached counts could not be read, while they cannot.
         self._counts_unread: tuple[float, str] | None = None
+        # Since when (monotonic) the read under way has waited: a frozen server answers no
+        # read and raises nothing, so a read that waits this long is unread as well.
+        self._reading_since: float | None = None
         self.processor = IncidentProcessor(
             self.store,
             load_rules(rules_path),
@@ -329,11 +335,14 @@ class IncidentService:
 
     def counts_unread(self) -> str | None:
         """Why the active counts are the last ones read, while the store cannot be read."""
-        if (unread := self._counts_unread) is None:
-            return None
-        since, why = unread
-        seconds = time.monotonic() - since
-        return f"the incident store has not been readable for {seconds:.0f} s: {why}"
+        if (unread := self._counts_unread) is not None:
+            since, why = unread
+            seconds = time.monotonic() - since
+            return f"the incident store has not been readable for {seconds:.0f} s: {why}"
+        began = self._reading_since
+        if began is not None and (waited := time.monotonic() - began) >= COUNTS_ANSWER_WAIT_S:
+            return f"the incident store has not answered a read for {waited:.0f} s"
+        return None
 
     async def changed_by_hand(self) -> None:
         """An operator acknowledged or resolved an incident: what the status reads of the
@@ -345,16 +354,19 @@ class IncidentService:
         """Keep the cached active counts fresh: every ``every_s``, and soon after an
         incident event. A failing read keeps the last counts and is logged once."""
         while True:
+            self._reading_since = began = time.monotonic()
             try:
                 self._cached_counts = await asyncio.to_thread(self.store.active_counts_by_severity)
             except Exception as exc:
                 if self._counts_unread is None:
                     log.warning("active incident counts could not be read: %s", exc)
-                    self._counts_unread = (time.monotonic(), str(exc))
+                    self._counts_unread = (began, str(exc))
             else:
                 if self._counts_unread is not None:
                     log.info("active incident counts can be read again")
                 self._counts_unread = None
+            finally:
+                self._reading_since = None
             self._counts_stale.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(every_s):
