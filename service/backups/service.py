@@ -144,7 +144,8 @@ class BackupService:
         self.connection_failures = 0
         # When the live state's size was read, and what it was (or why it was not known).
         self._live_size = LiveSize(lambda: self.require().backend.live_sizes())
-        self._problem: tuple[float, str | None] | None = None
+        # restic's last open of the repository (the status's or its check's): when, what it found
+        self.problem_seen: tuple[float, str | None] | None = None
         self._asking = asyncio.Lock()  # restic, by the status, of the repository's problem
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
@@ -307,7 +308,8 @@ class BackupService:
         or None. restic (which tries the password) is asked every ``PROBLEM_READ_EVERY_S`` by
         one read (the others go on the last finding); a local config file is read between."""
         assert self.manager is not None
-        now, local, last = time.monotonic(), is_local(self.manager.restic.repository), self._problem
+        now, last = time.monotonic(), self.problem_seen
+        local = is_local(self.manager.restic.repository)
         due = last is None or now - last[0] >= PROBLEM_READ_EVERY_S
         asked = due and (last is None or not self._asking.locked())
         if last is not None and not asked and (not local or last[1]):
@@ -319,7 +321,7 @@ class BackupService:
             except BackupError as exc:
                 problem = str(exc)
         if asked:
-            self._problem = (now, problem)
+            self.problem_seen = (now, problem)
         return problem
 
     # --- operations ---------------------------------------------------------------------
@@ -369,9 +371,7 @@ class BackupService:
 
         result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
         notes: list[str] = []
-        for name in names:
-            if name not in self._restored_with:
-                continue
+        for name in [name for name in names if name in self._restored_with]:
             try:
                 notes += await self._restored_with[name]()
             except Exception as exc:  # the files are rolled back either way

@@ -61,6 +61,9 @@ class RepositoryCheck:
         except (RepositoryMissing, RepositoryReplaced) as exc:
             return self._lost(exc, where)
         except BackupError as exc:
+            # A password that no longer opens it, or no restic to run: the status's cheap look
+            # at a local repository (its config file) cannot tell, so it is told here.
+            backups.problem_seen = (time.monotonic(), str(exc))
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,
@@ -69,7 +72,8 @@ class RepositoryCheck:
                 RepositoryUnreachable(str(exc)),
                 component="backups",
             )
-        if problem := backups.manager.restic.read_only():
+        backups.problem_seen = (time.monotonic(), problem := backups.manager.restic.read_only())
+        if problem:
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,

@@ -311,28 +311,3 @@ def test_a_backup_asked_for_on_unchanged_state_is_still_a_snapshot_with_its_reas
             assert "reason:one" in tags_of(work, one.json()["backupId"])
     finally:
         assert service.stop() == 0
-
-
-def test_a_password_that_stops_opening_the_repository_makes_the_status_say_unavailable(
-    tmp_path: Path,
-) -> None:
-    """Before: for a local repository the status only compared its config file, which a
-    changed password leaves as it was, so `ers status` went on counting the snapshots while
-    every backup and rollback failed on the password."""
-    work = tmp_path / "ers"
-    service = start_ers(work, env=BACKUPS_ON)
-    try:
-        with httpx.Client(base_url=service.url, timeout=120) as http:
-            # Not through the status or the list, whose reads of the repository stand for
-            # a few seconds: the first one below is the one that asks restic.
-            wait_for(
-                lambda: repository_check(http)["status"] == "healthy", "the repository reached"
-            )
-            (work / "restic-password").write_text("not-the-password-any-more\n")
-            backups = http.get("/api/emergency/status").json()["backups"]
-            assert "does not open the repository" in backups["error"], backups
-            assert backups["available"] == 0 and "not-the-password" not in backups["error"]
-            refused = http.post("/api/emergency/backups/create", json={})
-            assert refused.status_code == 503, refused.text
-    finally:
-        service.stop()

@@ -1,4 +1,4 @@
-"""A repository that can no longer be written, through a real `ers serve` and the real restic:
+"""A repository that can no longer be written (or opened), through a real `ers serve` and the real
 health and status say so instead of "healthy", and a backup fails naming the repository and
 what to do, not with the tail of restic's stack trace."""
 
@@ -57,3 +57,33 @@ def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
         subprocess.run(["chattr", "-i", str(locks)], check=True)
         check = http.get("/api/emergency/health").json()["checks"]["repository"]
         assert check["status"] == "healthy", check
+
+
+def test_a_repository_the_password_no_longer_opens_is_unavailable_in_the_status(
+    service: ErsProcess, tmp_path: Path
+) -> None:
+    """A local repository's status looks at its config file, which opens without the
+    password: the count was shown ("backups 1, last ...") while the repository check found
+    that the password no longer opens it, and every backup failed on it. What restic last
+    found, by the check or by the status's own look every 10 s, is what the status says."""
+    password = tmp_path / "restic-password"
+    good = password.read_text()
+    with httpx.Client(base_url=service.url, timeout=180) as http:
+        assert http.post("/api/emergency/backups/create", json={}).status_code == 200
+        status = http.get("/api/emergency/status").json()["backups"]
+        assert status.get("error") is None and status["available"] == 1, status
+        password.write_text("not-the-password\n")
+        check = http.get("/api/emergency/health").json()["checks"]["repository"]
+        assert check["status"] == "unhealthy", check
+        status = http.get("/api/emergency/status").json()["backups"]
+        assert "does not open the repository" in (status.get("error") or ""), status
+        assert status["available"] == 0, status
+        assert "not-the-password" not in str(status)
+        refused = http.post("/api/emergency/backups/create", json={})
+        assert refused.status_code == 503, refused.text
+
+        password.write_text(good)
+        check = http.get("/api/emergency/health").json()["checks"]["repository"]
+        assert check["status"] == "healthy", check
+        status = http.get("/api/emergency/status").json()["backups"]
+        assert status.get("error") is None and status["available"] == 1, status

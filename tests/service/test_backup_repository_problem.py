@@ -34,7 +34,7 @@ def service_over(restic: SlowRestic) -> BackupService:
     service.manager = SimpleNamespace(  # type: ignore[assignment]
         restic=restic, verify_repository=restic.verify_repository
     )
-    service._problem = None
+    service.problem_seen = None
     service._asking = asyncio.Lock()
     return service
 
@@ -46,9 +46,9 @@ def test_one_read_asks_restic_and_the_others_go_on_the_last_finding() -> None:
         restic.opened.set()
         assert await service._repository_problem() is None  # the first ask
         restic.opened.clear()
-        seen = service._problem
+        seen = service.problem_seen
         assert seen is not None
-        service._problem = (time.monotonic() - PROBLEM_READ_EVERY_S - 1, "password refused")
+        service.problem_seen = (time.monotonic() - PROBLEM_READ_EVERY_S - 1, "password refused")
         asking = asyncio.create_task(service._repository_problem())
         await asyncio.sleep(0)  # it holds the lock, waiting on restic
         others = [asyncio.create_task(service._repository_problem()) for _ in range(5)]
