@@ -7,28 +7,14 @@ emergency backup while a critical incident was open."""
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
-from pydantic import SecretStr
 
-from service.settings import Settings
-from tests.api.test_alert_webhook import AUTH, FIRING, TOKEN
+from tests.api.test_alert_webhook import AUTH, FIRING, hook, settings
 
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"alert_token": SecretStr(TOKEN)})
-
-
-@pytest.fixture
-async def hook(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 1))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ers") as http:
-        yield http
+__all__ = ["hook", "settings"]  # the fixtures, shared with the webhook's tests
 
 
 async def deliver(hook: httpx.AsyncClient, app: FastAPI, payload: dict[str, Any]) -> None:
