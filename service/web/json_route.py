@@ -2,7 +2,9 @@
 (``{"confirm": false, "confirm": true}``) is refused with a 422 naming the key, as a query
 parameter given twice is, instead of taking the last value as ``json.loads`` does: which one
 was meant cannot be told, and a proxy or a log that read the first would disagree with ERS.
-A JSON body sent with two Content-Type headers is refused the same way.
+A JSON body sent with two Content-Type headers is refused the same way, and so is one sent
+with a Content-Encoding (gzip, br, ...): ERS decodes none, so a compressed body would be
+refused as bytes that are not UTF-8, and a plain one labelled compressed taken as it is.
 
 FastAPI decodes the body with ``Request.json``; the route hands its handler a request whose
 ``json`` decodes with a check of each object's keys, and a repeated key is a
@@ -23,7 +25,8 @@ from telemetry.json_keys import RepeatedKey, loads_once_each
 # How the decode error's message begins: ``service.web.http_errors`` gives it as it is.
 REPEATED_KEY = "the request body gives the key"
 CONTENT_TYPES = "the request carries"
-REFUSED_AS_SENT = (REPEATED_KEY, CONTENT_TYPES)
+ENCODED = "the request body is sent with Content-Encoding"
+REFUSED_AS_SENT = (REPEATED_KEY, CONTENT_TYPES, ENCODED)
 
 
 class _OneValueEachRequest(Request):
@@ -34,6 +37,15 @@ class _OneValueEachRequest(Request):
                 raise json.JSONDecodeError(
                     f"{CONTENT_TYPES} {len(kinds)} Content-Type headers; send one, "
                     "Content-Type: application/json",
+                    "",
+                    0,
+                )
+            codings = ",".join(self.headers.getlist("content-encoding")).split(",")
+            encoded = [c.strip() for c in codings if c.strip().lower() not in ("", "identity")]
+            if encoded:
+                raise json.JSONDecodeError(
+                    f"{ENCODED} {', '.join(encoded)}, which ERS does not decode; send the "
+                    "JSON uncompressed, without a Content-Encoding header",
                     "",
                     0,
                 )
