@@ -272,6 +272,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # kept in system_state and put back here, after the fleet's own forced opens.
         minimal_mode = MinimalMode()
         cooldowns = {f"cooldown:{name}": guard.cooldown for name, guard in team.guards.items()}
+        for cooldown in cooldowns.values():  # one starting or reset moves the state at once
+            cooldown.subscribe(lambda: state.evaluate())
         emergency_cooldown = EmergencyCooldown(settings.emergency_backup_cooldown_s)
         keeper = StateKeeper(
             stores.system_state,
