@@ -313,20 +313,21 @@ class BreakersCheck:
         figures = {"states": states, "isolated": isolated, "halfOpen": testing}
         figures["disabled"] = disabled
         figures["coolingDown"] = {name: round(left, 1) for name, left in sorted(cooling.items())}
-        if isolated and len(isolated) * 2 > len(states):
-            return CheckResult(
-                self.name,
-                Status.UNHEALTHY,
-                f"most agents isolated: {', '.join(isolated)}",
-                figures,
-            )
+        # Closed, yet no call reaches the agent: its fallbacks answer, as for an isolated one
+        # (the system state counts both alike), so it is named whatever else is said.
+        cool = {n: left for n, left in sorted(cooling.items()) if n not in isolated}
+        words = ", ".join(f"{n} ({left:.0f} s left)" for n, left in cool.items())
+        cooled = f"cooling down (rate limited): {words}" if cool else ""
+        if (len(isolated) + len(cool)) * 2 > len(states):
+            out = ", ".join(isolated + [f"{n} (cooling down)" for n in cool])
+            return CheckResult(self.name, Status.UNHEALTHY, f"most agents isolated: {out}", figures)
         if isolated or testing:
-            words = ", ".join(isolated + testing)
-            return CheckResult(self.name, Status.DEGRADED, f"not closed: {words}", figures)
-        if cooling:  # closed, yet no call reaches the agent: its fallbacks answer
-            words = ", ".join(f"{n} ({left:.0f} s left)" for n, left in sorted(cooling.items()))
-            reason = f"cooling down (rate limited): {words}"
+            reason = "; ".join(
+                filter(None, [f"not closed: {', '.join(isolated + testing)}", cooled])
+            )
             return CheckResult(self.name, Status.DEGRADED, reason, figures)
+        if cool:
+            return CheckResult(self.name, Status.DEGRADED, cooled, figures)
         if disabled:
             reason = f"no breaker open; disabled (calls unguarded): {', '.join(disabled)}"
             return CheckResult(self.name, Status.HEALTHY, reason, figures)
