@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import re
 import stat
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -337,7 +336,9 @@ class RemoteAgent:
         if (
             isinstance(confidence, bool)
             or not isinstance(confidence, int | float)
-            or not (math.isfinite(confidence) and 0 <= confidence <= 1)
+            # NaN compares false; an int past any float compares as it is, where
+            # math.isfinite would raise OverflowError
+            or not 0 <= confidence <= 1
         ):
             raise self._bad('"confidence" must be a number from 0 to 1')
         return AgentReply(content=document["response"], agent=self.name, confidence=confidence)

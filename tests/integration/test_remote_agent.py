@@ -493,3 +493,31 @@ async def test_the_auth_secret_is_in_no_span_log_or_reply(
     assert "s3cret" not in caplog.text
     assert all("s3cret" not in json.dumps(r.data) + r.content for r in replies)
     assert "s3cret" not in rig.guard.breaker.snapshot()["lastError"]  # type: ignore[operator]
+
+
+async def test_a_confidence_past_any_float_is_a_bad_response_not_a_crash(
+    rig_factory: Any,
+) -> None:
+    # An integer of 400 digits is valid JSON; taken to a float it overflows.
+    body = b'{"response": "hi", "confidence": 1' + b"0" * 400 + b"}"
+    asked: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.read(65_536))
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+        writer.write(head.encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        rig = rig_factory(f"http://127.0.0.1:{port}/chat")
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert len(asked) == 1  # not retried: the same request gets the same reply
+    assert failure_attributes(rig)["ers.failure.kind"] == "bad_response"
+    assert str(rig.guard.breaker.snapshot()["lastError"]).endswith(
+        "agent 'remote' broke the ers contract: \"confidence\" must be a number from 0 to 1"
+    )

@@ -216,6 +216,10 @@ def replies_confidence_above_one(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("sure", name, confidence=85))
 
 
+def replies_confidence_past_any_float(name: str, stores: Stores) -> MisreplyingCoach:
+    return MisreplyingCoach(name, AgentReply("sure", name, confidence=10**400))
+
+
 def replies_as_another_agent(name: str, stores: Stores) -> MisreplyingCoach:
     return MisreplyingCoach(name, AgentReply("Three sets of squats today.", "workout"))
 

@@ -220,6 +220,7 @@ def test_a_breaker_says_whether_it_admits_a_call_without_taking_a_permit() -> No
         "replies_a_number",
         "replies_nan_confidence",
         "replies_confidence_above_one",
+        "replies_confidence_past_any_float",  # before: OverflowError, no bad_response
         # Before: the chat credited the workout agent, and no last good answer was kept.
         "replies_as_another_agent",
     ],
