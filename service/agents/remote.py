@@ -51,6 +51,7 @@ from service.agents.failure_kinds import (
     RemoteTimeout,
     failure_from_response,
 )
+from service.agents.reply_body import read_at_most
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
 from telemetry.redaction import REDACTED, redacted_query
@@ -238,7 +239,7 @@ class RemoteAgent:
             response = await self._client.send(outgoing, stream=True)
             try:
                 self._spans.answered(span, response)
-                content = await _read_at_most(response, MAX_REPLY_BYTES)
+                content = await read_at_most(response, MAX_REPLY_BYTES)
             finally:
                 await response.aclose()
         except asyncio.CancelledError as exc:  # the guard's deadline, or a shutdown
@@ -347,15 +348,3 @@ class RemoteAgent:
         return BadResponse(
             f"agent '{self.name}' broke the {self.spec.contract} contract: {why}", status=200
         )
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes | None:
-    """The body, or None when it is longer than ``limit`` (the rest is not read)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
