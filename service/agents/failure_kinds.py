@@ -74,6 +74,9 @@ class FailureKind(DependencyError):
 class RateLimited(FailureKind):
     kind = "rate_limit"
     counts_against_breaker = False
+    # The call's outcome in ers_agent_calls_total: not "failure", which AgentErrorRatioHigh
+    # counts to isolate an agent that is only busy, or only asked too much.
+    call_outcome = "refused"
 
 
 class ServerError(FailureKind):
@@ -100,6 +103,7 @@ class BadRequest(FailureKind):
     kind = "bad_request"
     retryable = False
     counts_against_breaker = False
+    call_outcome = "refused"
 
 
 class ContextLengthExceeded(BadRequest):

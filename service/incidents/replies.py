@@ -74,7 +74,7 @@ class ReplyIncidents:
         since the agent's breaker last closed: a reset undid the ones before."""
         if reply.incident is not None:
             incident_id: str | None = reply.incident
-        elif reply.data.get("outcome") in ("failure", "timeout"):
+        elif reply.data.get("outcome") in ("failure", "timeout", "refused"):
             cause = _cause_key(str(reply.data.get("cause", "")))
             incident_id = self._latest_by_cause.get((reply.agent, cause))
         elif reply.data.get("bulkhead"):  # busy, not failing: no incident is its cause

@@ -23,7 +23,8 @@ BUCKET_COUNT = 1 + math.ceil(math.log(60 / BUCKET_FIRST_S) / math.log(BUCKET_RAT
 BUCKET_BOUNDS = [BUCKET_FIRST_S * BUCKET_RATIO**i for i in range(BUCKET_COUNT)]
 _LOG_RATIO = math.log(BUCKET_RATIO)
 ERROR_OUTCOMES = frozenset({"failure", "timeout"})
-DEGRADED_OUTCOMES = frozenset({"failure", "timeout", "rejected"})
+# "refused": a remote agent's 429 or 400, answered by its fallbacks, yet no error of the agent.
+DEGRADED_OUTCOMES = frozenset({"failure", "timeout", "rejected", "refused"})
 
 
 def bucket_of(seconds: float) -> int:

@@ -22,7 +22,7 @@ class Fallback:
 
     def as_reply(self, agent: str, cause: str, breaker_state: str, outcome: str) -> AgentReply:
         """The degraded reply ``agent`` gives with this answer, after a call that ended as
-        ``outcome`` (failure, timeout, rejected) because of ``cause``."""
+        ``outcome`` (failure, timeout, refused, rejected) because of ``cause``."""
         return AgentReply(
             content=self.content,
             agent=agent,

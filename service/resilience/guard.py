@@ -263,9 +263,9 @@ class GuardedAgent:
     async def _fail(
         self, request: AgentRequest, span: trace.Span, started: float, exc: Exception
     ) -> AgentReply:
-        cause = self._mark_failed(span, exc)
         outcome = "timeout" if isinstance(exc, TimeoutError) else "failure"
-        return await self._degrade(request, span, started, outcome, cause)
+        outcome = getattr(exc, "call_outcome", outcome)  # "refused": a remote agent's 429, 400
+        return await self._degrade(request, span, started, outcome, self._mark_failed(span, exc))
 
     def _mark_failed(self, span: trace.Span, exc: Exception) -> str:
         """``span`` failed with ``exc``, and its kind for the rules (a remote agent's call

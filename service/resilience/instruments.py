@@ -50,6 +50,7 @@ AGENT_CALL_OUTCOMES = (
     "failure",
     "timeout",
     "rejected",
+    "refused",  # a remote agent's rate limit or refusal of the request (failure_kinds)
     UserInputError.call_outcome,
     StorePaused.call_outcome,
     StoreUnavailable.call_outcome,

@@ -19,10 +19,13 @@ from typing import Any
 
 import pytest
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
 
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.remote import RemoteAgent
@@ -35,6 +38,7 @@ from service.resilience.breaker import BreakerConfig
 from service.resilience.breaker_events import BreakerEvent, BreakerEventKind
 from service.resilience.guard import GuardedAgent
 from service.resilience.guard_config import GuardConfig
+from service.resilience.instruments import AgentInstruments
 from telemetry.classifier import load_rules
 from telemetry.incident_processor import IncidentProcessor
 from telemetry.span_record import SpanRecord
@@ -93,6 +97,7 @@ async def rig_factory(tmp_path: Path) -> AsyncIterator[Any]:
         *,
         guard: GuardConfig | None = None,
         provider: TracerProvider | None = None,
+        instruments: AgentInstruments | None = None,
         **spec: Any,
     ) -> Rig:
         exporter = InMemorySpanExporter()
@@ -100,7 +105,7 @@ async def rig_factory(tmp_path: Path) -> AsyncIterator[Any]:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         team = Team(
             tracer=provider.get_tracer("test"),
-            instruments=None,
+            instruments=instruments,
             faults=None,
             breaker_config=BreakerConfig(ignore_exceptions=(UserInputError,)),
             guard_config=guard
@@ -521,3 +526,30 @@ async def test_a_confidence_past_any_float_is_a_bad_response_not_a_crash(
     assert str(rig.guard.breaker.snapshot()["lastError"]).endswith(
         "agent 'remote' broke the ers contract: \"confidence\" must be a number from 0 to 1"
     )
+
+
+async def test_a_rate_limit_or_a_refused_request_is_no_failure_in_the_call_metrics(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
+) -> None:
+    """Neither counts against the breaker: counted as failures, they made AgentErrorRatioHigh
+    isolate an agent that was only rate limited or asked too much."""
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    instruments = AgentInstruments.create(meter, CollectorRegistry())
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file, instruments=instruments)
+    agent_side.fail_next("context_length", count=1)
+    assert_fell_back(await rig.ask())
+    agent_side.fail_next("rate_limit", count=1, retryAfter="30")
+    assert_fell_back(await rig.ask())
+
+    [metric] = [
+        m
+        for m in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+        if m.name == "ers_agent_calls"
+    ]
+    counted = {
+        p.attributes["outcome"]: p.value
+        for p in metric.data.data_points
+        if p.attributes is not None and p.attributes["agent"] == "remote" and p.value
+    }
+    assert counted == {"refused": 2}

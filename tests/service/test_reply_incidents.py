@@ -90,3 +90,14 @@ def test_an_isolation_by_another_replica_is_not_named_after_a_reset_here() -> No
 def transition(before: BreakerState, after: BreakerState) -> BreakerEvent:
     kind = BreakerEventKind.STATE_TRANSITION
     return BreakerEvent(kind, "budget", before, after, 0.0, "reset", "admin:token")
+
+
+def test_a_refused_call_names_the_incident_of_its_own_cause() -> None:
+    """A remote agent's 429 or 400 is counted apart from failures ("refused"), and its reply
+    still names the incident of its cause, not the agent's latest incident of another."""
+    cause = "RateLimited: agent 'budget' is rate limited (HTTP 429); it asks to wait 30 s"
+    replies = ReplyIncidents(store=None)  # type: ignore[arg-type]
+    replies.heard(failure("INC_1_aaaaaa"))
+    replies.heard(failure("INC_2_bbbbbb", cause))
+    replies.heard(failure("INC_3_cccccc", "ServerError: agent 'budget' failed: HTTP 500"))
+    assert replies.enrich(degraded(outcome="refused", cause=cause)).incident == "INC_2_bbbbbb"
