@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import PydanticBaseSettingsSource
 
 from telemetry.classifier import yaml_error_where
 
@@ -140,6 +142,26 @@ def refuse_blank(value: object) -> object:
     if isinstance(value, str) and not value.strip():
         raise ValueError("empty; set it, or leave the variable out for the default")
     return value
+
+
+class BlankIsUnset(PydanticBaseSettingsSource):
+    """The environment's settings without the blank values of ``names``: a blank variable
+    (``ERS_DATABASE_URL=``, as an unset compose variable gives) is unset, so the YAML file's
+    value of that setting holds, as it does with the variable left out."""
+
+    def __init__(self, source: PydanticBaseSettingsSource, names: frozenset[str]) -> None:
+        super().__init__(source.settings_cls)
+        self.source, self.names = source, names
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name, value in self.source().items()
+            if not (name in self.names and isinstance(value, str) and not value.strip())
+        }
 
 
 def read_token_file(key: str, path: Path) -> SecretStr | None:

@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 from service.config_checks import (
+    BlankIsUnset,
     InvalidSetting,
     SettingsError,
     blank_to_none,
@@ -217,7 +218,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        environment = BlankIsUnset(env_settings, BLANK_MEANS_UNSET)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, environment]
         yaml_file = config_path()
         if yaml_file is not None:
             sources.append(

@@ -236,6 +236,25 @@ def test_a_blank_token_is_unset_and_does_not_hide_its_file(
     assert settings.token("intake") is None
 
 
+def test_a_blank_variable_leaves_the_yaml_files_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Blank is unset for these settings: it does not hide what the YAML file says, as an
+    # unset compose variable (ERS_DATABASE_URL=) would otherwise move the state to SQLite.
+    (tmp_path / "ers.yaml").write_text(
+        "admin_token: from-yaml\n"
+        "database_url: postgresql://ers@db.example:5432/ers\n"
+        "trace_url_template: http://grafana.example/{trace_id}\n"
+    )
+    for variable in ("ERS_ADMIN_TOKEN", "ERS_DATABASE_URL", "ERS_TRACE_URL_TEMPLATE"):
+        monkeypatch.setenv(variable, " ")
+    settings = load_settings()
+    assert settings.token("admin") == "from-yaml"
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == "postgresql://ers@db.example:5432/ers"
+    assert settings.trace_url_template == "http://grafana.example/{trace_id}"
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "key"),
     [
