@@ -76,7 +76,7 @@ async def run_program(
     except CANNOT_START as exc:
         raise ResticNotInstalled(
             f"restic could not be started from '{binary}' ({exc.strerror}): install restic "
-            "(apt install restic) or point the backup settings at its binary"
+            "(apt install restic) or point restic_binary (ERS_RESTIC_BINARY) at its binary"
         ) from None
     collected = CommandOutput(exit_code=-1, stdout="", stderr="")
     try:

@@ -152,8 +152,10 @@ async def test_missing_binary_is_named(repository_config: RepositoryConfig, tmp_
         repository_config.password_file,
         binary=str(tmp_path / "bin" / "restic"),
     )
-    with pytest.raises(ResticNotInstalled, match="install restic"):
+    with pytest.raises(ResticNotInstalled, match="install restic") as failure:
         await restic_for(config).version()
+    # The setting that names the binary, so the fix is clear without reading the code.
+    assert "restic_binary (ERS_RESTIC_BINARY)" in str(failure.value)
 
 
 async def test_live_lock_is_reported_with_its_holder(
