@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Exact versions of every package `pip install -e '.[test]'` pulls in; `make lock` refreshes it.
 LOCK := requirements.lock
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# `make run HOST=... PORT=...` override the settings; unset, `ers serve` listens where they say
+# (ERS_HOST / ERS_PORT or ers.yaml, else 127.0.0.1:8000).
+HOST ?=
+PORT ?=
 
 .PHONY: run test bench lint lock venv system-run system-test
 
@@ -37,7 +39,7 @@ system-test:
 	@scripts/ensure-system-packages restic prometheus alertmanager postgresql nginx
 
 run: $(STAMP) system-run
-	$(VENV)/bin/ers serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/ers serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) system-test
 	$(PY) -m pytest -q

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tomllib
@@ -75,6 +76,33 @@ def test_make_dry_run_installs_with_the_lock() -> None:
         pytest.skip("make is not installed")
     assert result.returncode == 0, result.stderr
     assert "pip install --quiet --constraint requirements.lock -e '.[test]'" in result.stdout
+
+
+def make_run_command(**variables: str) -> str:
+    """The `ers serve` line `make run` runs, with these make variables given."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    given = [f"{name}={value}" for name, value in variables.items()]
+    result = subprocess.run(
+        ["make", "--dry-run", "run", "VENV=/nonexistent-venv", *given],
+        cwd=ROOT,
+        env={**environ, "ERS_PORT": "8100"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if result.returncode != 0 and "make: not found" in result.stderr:
+        pytest.skip("make is not installed")
+    assert result.returncode == 0, result.stderr
+    return next(line for line in result.stdout.splitlines() if "ers serve" in line)
+
+
+def test_make_run_leaves_host_and_port_to_the_settings_unless_given() -> None:
+    # ERS_PORT (or ers.yaml's port) is where `ers serve` listens: `make run` passed
+    # --port 8000 and --host 127.0.0.1 always, which override every setting of them.
+    assert "--port" not in make_run_command() and "--host" not in make_run_command()
+    assert make_run_command(PORT="8200").split()[-2:] == ["--port", "8200"]
+    assert "--host 0.0.0.0" in make_run_command(HOST="0.0.0.0")
 
 
 def test_the_image_installs_through_the_lock() -> None:
