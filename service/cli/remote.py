@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -130,6 +130,13 @@ def call(
     token = admin_token(args)
     if token:
         headers["Authorization"] = f"Bearer {token}"
+        if "@" in urlsplit(url).netloc:  # httpx would send them instead of the token
+            raise CliError(
+                f"--url {shown!r} holds a user name and password, which would be sent instead "
+                "of the admin token (a request has one Authorization header); take them out "
+                "of --url / $ERS_URL",
+                USAGE,
+            )
     timeout = WORK_TIMEOUT_S if waiting else READ_TIMEOUT_S
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:

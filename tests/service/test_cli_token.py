@@ -61,3 +61,23 @@ def test_an_output_that_cannot_be_written_is_one_line_not_a_trace(tmp_path: Path
         )
     assert result.returncode == 1, result.stderr
     assert result.stderr == "ers: No space left on device\n", result.stderr
+
+
+def test_a_url_with_credentials_is_refused_rather_than_sent_instead_of_the_token(
+    tmp_path: Path,
+) -> None:
+    # httpx turns a URL's user:password into a Basic Authorization header that replaces
+    # the Bearer token: the service refused the token the operator gave with a 401.
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("the-token\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--token-file", str(token_file)]
+        + ["--url", "http://bob:s3cret@127.0.0.1:9", "breakers", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "holds a user name and password" in result.stderr
+    assert "s3cret" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
