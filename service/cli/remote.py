@@ -146,7 +146,13 @@ def call(
             else:
                 response = http.request(method, path, json=body, params=params)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise CliError(f"--url {shown!r} is not a URL: {exc}", USAGE) from None
+        # Named by where it came from: ERS_URL=127.0.0.1:8100 was blamed on a --url not given.
+        given = "$ERS_URL" if url == os.environ.get("ERS_URL") else "--url"
+        raise CliError(
+            f"{given} {shown!r} is not a URL: {str(exc).rstrip('.')}; give the service's "
+            f"base URL, e.g. {DEFAULT_URL}",
+            USAGE,
+        ) from None
     except httpx.TimeoutException:
         raise CliError(
             f"ERS at {shown} did not answer {method} {path} within {timeout:.0f} s", UNREACHABLE

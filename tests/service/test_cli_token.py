@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,4 +81,18 @@ def test_a_url_with_credentials_is_refused_rather_than_sent_instead_of_the_token
     assert result.returncode == 2, result.stderr
     assert "holds a user name and password" in result.stderr
     assert "s3cret" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8100", ""])
+def test_a_url_from_the_environment_that_is_no_url_is_named_as_the_variable(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "breakers", "list"],
+        env={**os.environ, "ERS_URL": value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"ers: $ERS_URL {value!r} is not a URL"), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
