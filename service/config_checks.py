@@ -144,10 +144,11 @@ def refuse_blank(value: object) -> object:
     return value
 
 
-class BlankIsUnset(PydanticBaseSettingsSource):
-    """The environment's settings without the blank values of ``names``: a blank variable
-    (``ERS_DATABASE_URL=``, as an unset compose variable gives) is unset, so the YAML file's
-    value of that setting holds, as it does with the variable left out."""
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """The environment's settings as they stand over the YAML file's. A blank value of one
+    of ``names`` (``ERS_DATABASE_URL=``, as an unset compose variable gives) is unset, so
+    the file's value holds, as with the variable left out; and a token the environment
+    gives, itself or by its ``_FILE``, is the one used, whichever form the file's takes."""
 
     def __init__(self, source: PydanticBaseSettingsSource, names: frozenset[str]) -> None:
         super().__init__(source.settings_cls)
@@ -157,11 +158,15 @@ class BlankIsUnset(PydanticBaseSettingsSource):
         return self.source.get_field_value(field, field_name)
 
     def __call__(self) -> dict[str, Any]:
-        return {
+        values = {
             name: value
             for name, value in self.source().items()
             if not (name in self.names and isinstance(value, str) and not value.strip())
         }
+        for token in ("admin_token", "alert_token", "intake_token"):
+            if f"{token}_file" in values:  # read from it unless the variable holds one
+                values.setdefault(token, None)
+        return values
 
 
 def read_token_file(key: str, path: Path) -> SecretStr | None:

@@ -34,7 +34,7 @@ from pydantic_settings import (
 )
 
 from service.config_checks import (
-    BlankIsUnset,
+    EnvironmentSource,
     InvalidSetting,
     SettingsError,
     blank_to_none,
@@ -218,7 +218,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        environment = BlankIsUnset(env_settings, BLANK_MEANS_UNSET)
+        environment = EnvironmentSource(env_settings, BLANK_MEANS_UNSET)
         sources: list[PydanticBaseSettingsSource] = [init_settings, environment]
         yaml_file = config_path()
         if yaml_file is not None:

@@ -255,6 +255,22 @@ def test_a_blank_variable_leaves_the_yaml_files_value(
     assert settings.trace_url_template == "http://grafana.example/{trace_id}"
 
 
+def test_a_token_file_in_the_environment_wins_over_a_token_in_the_yaml_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The environment stands over the YAML file, whichever form each gives the token in.
+    (tmp_path / "ers.yaml").write_text(
+        f"admin_token: old-from-yaml\nalert_token_file: {tmp_path / 'alert.yaml-file'}\n"
+    )
+    (tmp_path / "admin.token").write_text("new-from-file\n")
+    (tmp_path / "alert.yaml-file").write_text("alert-from-yaml-file\n")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", str(tmp_path / "admin.token"))
+    monkeypatch.setenv("ERS_ALERT_TOKEN", "alert-from-variable")
+    settings = load_settings()
+    assert settings.token("admin") == "new-from-file"
+    assert settings.token("alert") == "alert-from-variable"
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "key"),
     [
