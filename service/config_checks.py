@@ -169,6 +169,23 @@ class EnvironmentSource(PydanticBaseSettingsSource):
         return values
 
 
+def token_needed(settings: Any, name: str) -> str:
+    """What production asks for when the ``name`` token is missing."""
+    needed = f"ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE"
+    file = getattr(settings, f"{name}_token_file")
+    return f"{needed} ({file} is blank)" if file is not None else needed
+
+
+def a_mapping_expected(key: str) -> str:
+    """A setting of names and their values given one value (``backup_interval_minutes: 5``,
+    ``ERS_AGENT_ROUTES=5``): how to write it. The value itself is not repeated."""
+    variable = "ERS_" + key.upper().replace(".", "__")
+    return (
+        f"a mapping of names to values, not a single value: write {key}: {{NAME: value}} in "
+        f"the YAML file, or one variable per name ({variable}__NAME=value)"
+    )
+
+
 def read_token_file(key: str, path: Path) -> SecretStr | None:
     """The token in ``path``; None when the file holds only blanks."""
     try:

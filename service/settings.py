@@ -37,6 +37,7 @@ from service.config_checks import (
     EnvironmentSource,
     InvalidSetting,
     SettingsError,
+    a_mapping_expected,
     blank_to_none,
     check_database_url,
     check_open_durations,
@@ -45,6 +46,7 @@ from service.config_checks import (
     read_token_file,
     refuse_blank,
     refuse_boolean_number,
+    token_needed,
 )
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
@@ -304,7 +306,7 @@ def check_production(settings: Settings) -> None:
         return
     # Every missing token at once: one start to learn them all, not one per token.
     if missing := [n for n in ("admin", "alert", "intake") if settings.token(n) is None]:
-        needed = "; and ".join(_token_needed(settings, name) for name in missing)
+        needed = "; and ".join(token_needed(settings, name) for name in missing)
         them = "them" if len(missing) > 1 else "it"
         raise SettingsError(f"production needs {needed}; set {them} before starting")
     if settings.fault_injection_enabled:
@@ -329,12 +331,6 @@ def check_production(settings: Settings) -> None:
             check_private_file(
                 f"{name} token file", path, f"invalid setting '{name}_token_file': {path} is gone"
             )
-
-
-def _token_needed(settings: Settings, name: str) -> str:
-    needed = f"ERS_{name.upper()}_TOKEN or ERS_{name.upper()}_TOKEN_FILE"
-    file = getattr(settings, f"{name}_token_file")
-    return f"{needed} ({file} is blank)" if file is not None else needed
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -374,6 +370,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         )
     if first["type"] == "extra_forbidden":
         return f"invalid setting '{key}': unknown key; {_nearest_key(key)}"
+    if first["type"] in ("model_type", "dict_type"):  # one value where names map to values
+        return f"invalid setting '{key}': {a_mapping_expected(key)}"
     message = first["msg"].removeprefix("Value error, ")
     # One mistake per key: a value no member of a union takes is an error for each.
     others = len({_key(error["loc"]) for error in exc.errors()}) - 1

@@ -272,6 +272,26 @@ def test_a_token_file_in_the_environment_wins_over_a_token_in_the_yaml_file(
 
 
 @pytest.mark.parametrize(
+    ("variable", "key", "how"),
+    [
+        ("ERS_BACKUP_INTERVAL_MINUTES", "backup_interval_minutes", "ERS_BACKUP_INTERVAL_MINUTES__"),
+        ("ERS_AGENT_ROUTES", "agent_routes", "ERS_AGENT_ROUTES__NAME=value"),
+        ("ERS_AGENT_BREAKERS", "agent_breakers", "ERS_AGENT_BREAKERS__NAME=value"),
+    ],
+)
+def test_one_value_for_a_mapping_says_how_to_write_the_mapping(
+    monkeypatch: pytest.MonkeyPatch, variable: str, key: str, how: str
+) -> None:
+    # Was pydantic's "Input should be a valid dictionary or instance of BackupIntervals".
+    monkeypatch.setenv(variable, "5")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith(f"invalid setting '{key}': a mapping of names to values")
+    assert how in message and "BackupIntervals" not in message
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "key"),
     [
         ("ERS_BACKUP_INTERVAL_MINUTES__BUDGETS", "inf", "backup_interval_minutes.budgets"),
