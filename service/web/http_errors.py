@@ -198,7 +198,7 @@ async def incident_store_unavailable(
 def _stores_check_soon(request: Request) -> None:
     """A store failed a request: the health report, and the status and system state that
     read it, learn it now rather than at the end of the checks' interval."""
-    runtime = getattr(request.app.state, "runtime", None)
+    runtime = getattr(getattr(request.scope.get("app"), "state", None), "runtime", None)
     if runtime is not None:
         runtime.health.check_soon("stores")
 
