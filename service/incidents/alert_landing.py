@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from service.incidents.alert_payload import (
     ACTION_TYPES,
     ALERT_RULE,
-    SEVERITY_RANK,
     Alert,
     alert_failure,
     incident_severity,
@@ -120,16 +119,9 @@ class AlertLanding:
 
     def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:
         """The most severe active incident (the newest seen of those); of ``alert``'s
-        severity or worse when named. Asked severity by severity, most severe first: a page
-        of the newest active incidents may hold none of a critical one seen before them."""
-        floor = SEVERITY_RANK[incident_severity(alert)] if alert is not None else 4
-        for severity, rank in sorted(SEVERITY_RANK.items(), key=lambda item: item[1]):
-            if rank > floor:
-                break
-            newest, _ = self.incidents.list(status="active", severity=severity, limit=1)
-            if newest:
-                return newest[0]
-        return None
+        severity or worse when named."""
+        at_least = incident_severity(alert) if alert is not None else "low"
+        return self.incidents.most_severe_active(at_least)
 
     def _open(self, alert: Alert, component: str, kind: str) -> Incident:
         incident, outcome = self.incidents.record_error(*alert_failure(alert, component, kind))

@@ -115,7 +115,6 @@ ACTIONS = {
 ACTION_TYPES = {"isolate": "agent", "backup": "system", "rollback": "system", "cleanup": "resource"}
 # Alertmanager's severities, as an incident's.
 SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "ticket": "medium"}
-SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 def incident_severity(alert: Alert) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from service.incidents.alert_payload import SEVERITY_RANK
 from service.incidents.store import IncidentStore
 from service.resilience.system_state import StateTransition, SystemState
 
@@ -56,23 +55,13 @@ class StateNotes:
     def _behind(self, transition: StateTransition) -> str | None:
         if transition.to_state in (SystemState.RECOVERY, SystemState.NORMAL):
             return self._trouble
-        # Asked severity by severity, most severe first: a page of the newest active
-        # incidents may hold none of the one behind the change, seen before them.
         if transition.severity is not None:
-            asked: list[tuple[str, list[str] | None]] = [(transition.severity, None)]
+            newest, _ = self._incidents.list(status="active", severity=transition.severity, limit=1)
+            cause = newest[0] if newest else None
         elif transition.components:
-            components = sorted(transition.components)
-            asked = [(severity, components) for severity in SEVERITY_RANK]  # most severe first
+            cause = self._incidents.most_severe_active(component=sorted(transition.components))
         else:
-            asked = []
-        cause = None
-        for severity, components in asked:
-            newest, _ = self._incidents.list(
-                status="active", severity=severity, component=components, limit=1
-            )
-            if newest:
-                cause = newest[0]
-                break
+            cause = None
         self._trouble = cause.id if cause is not None else None
         return self._trouble
 

@@ -257,6 +257,18 @@ class IncidentStore:
             del row["matching"]
         return [Incident.from_row(row) for row in rows], total
 
+    def most_severe_active(
+        self, at_least: str = "low", component: Sequence[str] | None = None
+    ) -> Incident | None:
+        """The newest active incident of the most severe severity any has, ``at_least`` or
+        worse (of ``component`` when named). Asked severity by severity: a page of the
+        newest active incidents may hold none of a critical one seen before them."""
+        for severity in reversed(SEVERITIES[SEVERITIES.index(at_least) :]):
+            found, _ = self.list(status="active", severity=severity, component=component, limit=1)
+            if found:
+                return found[0]
+        return None
+
     def timeline(self, incident_id: str) -> builtins.list[TimelineEntry]:
         rows = self._database.rows(
             "SELECT * FROM timeline WHERE incident_id = ? ORDER BY seq", (incident_id,)
