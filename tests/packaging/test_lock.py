@@ -63,10 +63,12 @@ def test_make_installs_through_the_lock_and_reinstalls_when_it_changes() -> None
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_make_dry_run_installs_with_the_lock() -> None:
+def make_dry_run(*arguments: str, env: dict[str, str] | None = None) -> str:
+    """What `make --dry-run` with these arguments would run, with a venv that is not there."""
     result = subprocess.run(
-        ["make", "--dry-run", "--always-make", "venv", "VENV=/nonexistent-venv"],
+        ["make", "--dry-run", *arguments, "VENV=/nonexistent-venv"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,
@@ -75,26 +77,20 @@ def test_make_dry_run_installs_with_the_lock() -> None:
     if result.returncode != 0 and "make: not found" in result.stderr:
         pytest.skip("make is not installed")
     assert result.returncode == 0, result.stderr
-    assert "pip install --quiet --constraint requirements.lock -e '.[test]'" in result.stdout
+    return result.stdout
+
+
+def test_make_dry_run_installs_with_the_lock() -> None:
+    printed = make_dry_run("--always-make", "venv")
+    assert "pip install --quiet --constraint requirements.lock -e '.[test]'" in printed
 
 
 def make_run_command(**variables: str) -> str:
     """The `ers serve` line `make run` runs, with these make variables given."""
     environ = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
     given = [f"{name}={value}" for name, value in variables.items()]
-    result = subprocess.run(
-        ["make", "--dry-run", "run", "VENV=/nonexistent-venv", *given],
-        cwd=ROOT,
-        env={**environ, "ERS_PORT": "8100"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if result.returncode != 0 and "make: not found" in result.stderr:
-        pytest.skip("make is not installed")
-    assert result.returncode == 0, result.stderr
-    return next(line for line in result.stdout.splitlines() if "ers serve" in line)
+    printed = make_dry_run("run", *given, env={**environ, "ERS_PORT": "8100"})
+    return next(line for line in printed.splitlines() if "ers serve" in line)
 
 
 def test_make_run_leaves_host_and_port_to_the_settings_unless_given() -> None:
