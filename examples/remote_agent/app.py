@@ -14,11 +14,12 @@ Endpoints:
 - ``POST /admin/failures`` ``{"mode", "count", "retryAfter", "delayS"}``: the next
   ``count`` calls fail as ``mode`` says: ``rate_limit`` (429 with Retry-After),
   ``server_error`` (503), ``slow`` (answers after ``delayS``), ``auth`` (401),
-  ``context_length`` (400 with code context_length_exceeded), ``malformed`` (200 without the
-  contract's field), ``not_json`` (200 with a body cut off mid-JSON), ``nested`` (200 with
-  arrays nested 100,000 deep), ``oversized`` (a 2 MB answer), ``empty`` (200 with an
-  empty answer), ``lone_surrogate`` (200 whose answer ends in half of a UTF-16 pair, as a
-  model cut off in the middle of an emoji writes it);
+  ``context_length`` (400 with code context_length_exceeded), ``quota`` (429 with code
+  insufficient_quota, as a provider whose billing limit is spent answers), ``malformed``
+  (200 without the contract's field), ``not_json`` (200 with a body cut off mid-JSON),
+  ``nested`` (200 with arrays nested 100,000 deep), ``oversized`` (a 2 MB answer),
+  ``empty`` (200 with an empty answer), ``lone_surrogate`` (200 whose answer ends in half of
+  a UTF-16 pair, as a model cut off in the middle of an emoji writes it);
 - ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
   traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
@@ -53,6 +54,7 @@ Mode = Literal[
     "slow",
     "auth",
     "context_length",
+    "quota",
     "malformed",
     "not_json",
     "nested",
@@ -159,6 +161,15 @@ def _failure_reply(contract: str, failure: Failures) -> Response | None:
             }
         }
         return JSONResponse(body, status_code=400)
+    if failure.mode == "quota":
+        body = {
+            "error": {
+                "message": "You exceeded your current quota.",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+            }
+        }
+        return JSONResponse(body, status_code=429)
     if failure.mode == "malformed":
         return JSONResponse({"answer": "a field no contract has"})
     if failure.mode == "not_json":

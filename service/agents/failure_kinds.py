@@ -9,6 +9,7 @@ agents') keep the guard's usual handling.
 | kind | from | retried | breaker failure |
 |---|---|---|---|
 | rate_limit | 429 | after Retry-After, if it fits the call's budget; else cooldown | no |
+| quota | error code insufficient_quota (a 429 that waiting does not end) | no | yes |
 | server_error | 5xx | yes | yes |
 | timeout | no answer within the attempt's time limit, 408 | yes | yes |
 | connection | refused, reset, DNS | yes | yes |
@@ -77,6 +78,14 @@ class RateLimited(FailureKind):
     # The call's outcome in ers_agent_calls_total: not "failure", which AgentErrorRatioHigh
     # counts to isolate an agent that is only busy, or only asked too much.
     call_outcome = "refused"
+
+
+class QuotaExhausted(FailureKind):
+    """The provider's quota or billing limit is spent: every call fails until someone raises
+    it, so waiting (a retry, a cooldown) does not help, and the breaker may stop the calls."""
+
+    kind = "quota"
+    retryable = False
 
 
 class ServerError(FailureKind):
@@ -188,6 +197,12 @@ def failure_from_response(
     if code in ("content_filter", "content_policy_violation"):
         return ContentFiltered(
             f"agent '{agent}' answered {said}: its provider's content filter refused the message",
+            status=status,
+        )
+    if code == "insufficient_quota":
+        return QuotaExhausted(
+            f"agent '{agent}' answered {said}: its provider's quota or billing limit is spent;"
+            " every call fails until it is raised",
             status=status,
         )
     if status == 429:

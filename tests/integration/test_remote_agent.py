@@ -438,6 +438,43 @@ async def test_rejected_credentials_are_not_retried_and_make_one_critical_incide
     assert incident.message.startswith("credentials rejected: agent 'remote'")
 
 
+async def test_a_spent_quota_is_not_retried_or_waited_out_and_makes_one_incident(
+    rig_factory: Any, agent_side: ExampleAgent, auth_file: Path, tmp_path: Path
+) -> None:
+    """OpenAI answers a spent quota with 429 too, without Retry-After: taken as a rate limit,
+    each call was retried and no breaker ever stopped the calls that could only fail."""
+    store = IncidentStore(tmp_path / "incidents.db")
+    processor = IncidentProcessor(store, load_rules(), ignore=not_an_incident(UNCLASSIFIED_ROUTES))
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    rig = rig_factory(chat_url(agent_side), auth_file=auth_file, provider=provider)
+    agent_side.fail_next("quota", count=3)
+    try:
+        for _ in range(2):
+            assert_fell_back(await rig.ask())
+        assert processor.force_flush(10_000)
+        incidents, total = store.list()
+    finally:
+        processor.shutdown()
+
+    assert attempts(agent_side) == 2  # one per call: never retried
+    assert len(rig.breaker_failures) == 2
+    assert rig.guard.cooldown_remaining() == 0
+    for span in rig.agent_spans():
+        assert span.status.status_code is StatusCode.ERROR
+        attributes = dict(span.attributes or {})
+        assert attributes["ers.failure.kind"] == "quota"
+        assert attributes["http.response.status_code"] == 429
+    assert total == 1
+    (incident,) = incidents
+    assert (incident.rule, incident.severity, incident.count) == (
+        "remote-quota-exhausted",
+        "high",
+        2,
+    )
+    assert "quota or billing limit is spent" in incident.message
+
+
 async def test_a_context_window_overflow_falls_back_without_a_retry_or_a_breaker_failure(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
 ) -> None:

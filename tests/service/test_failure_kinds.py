@@ -60,6 +60,8 @@ OPENAI_ERROR = b'{"error": {"message": "too long", "code": "%s"}}'
         (422, b"{}", "bad_request", False, False),
         (400, OPENAI_ERROR % b"context_length_exceeded", "context_length", False, False),
         (400, OPENAI_ERROR % b"content_filter", "content_filter", False, False),
+        # A spent quota answers 429 too, but no wait ends it: not retried, and it counts.
+        (429, OPENAI_ERROR % b"insufficient_quota", "quota", False, True),
         (404, b"", "client_error", False, True),
         (302, b"", "client_error", False, True),  # a moved agent: ERS follows no redirect
         (307, b"", "client_error", False, True),

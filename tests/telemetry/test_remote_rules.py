@@ -31,6 +31,7 @@ def remote_failure(kind: str, exception: str, message: str, **attributes: object
     [
         ("auth", "CredentialsRejected", "remote-credentials-rejected", "critical", "LOG_ONLY"),
         ("rate_limit", "RateLimited", "remote-rate-limited", "medium", "LOG_ONLY"),
+        ("quota", "QuotaExhausted", "remote-quota-exhausted", "high", "LOG_ONLY"),
         ("context_length", "ContextLengthExceeded", "remote-context-length", "low", "LOG_ONLY"),
         ("content_filter", "ContentFiltered", "remote-content-filter", "low", "LOG_ONLY"),
         ("bad_request", "BadRequest", "remote-bad-request", "medium", "LOG_ONLY"),
