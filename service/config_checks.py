@@ -148,7 +148,8 @@ class EnvironmentSource(PydanticBaseSettingsSource):
     """The environment's settings as they stand over the YAML file's. A blank value of one
     of ``names`` (``ERS_DATABASE_URL=``, as an unset compose variable gives) is unset, so
     the file's value holds, as with the variable left out; and a token the environment
-    gives, itself or by its ``_FILE``, is the one used, whichever form the file's takes."""
+    gives, itself or by its ``_FILE`` (not both), is the one used, whichever form the file's
+    takes."""
 
     def __init__(self, source: PydanticBaseSettingsSource, names: frozenset[str]) -> None:
         super().__init__(source.settings_cls)
@@ -164,8 +165,15 @@ class EnvironmentSource(PydanticBaseSettingsSource):
             if not (name in self.names and isinstance(value, str) and not value.strip())
         }
         for token in ("admin_token", "alert_token", "intake_token"):
-            if f"{token}_file" in values:  # read from it unless the variable holds one
-                values.setdefault(token, None)
+            if f"{token}_file" not in values:
+                continue
+            if values.get(token) is not None:  # which one was meant cannot be told
+                variable = f"ERS_{token.upper()}"
+                raise SettingsError(
+                    f"invalid setting '{token}': {variable} and {variable}_FILE are both set;"
+                    " keep one of them"
+                )
+            values[token] = None  # read from the file, whatever form the YAML file's takes
         return values
 
 

@@ -271,6 +271,22 @@ def test_a_token_file_in_the_environment_wins_over_a_token_in_the_yaml_file(
     assert settings.token("alert") == "alert-from-variable"
 
 
+def test_a_token_and_its_file_both_in_the_environment_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The variable won without a word: an operator who moved the token to a file (and
+    # rotated it there) kept the old one in use.
+    (tmp_path / "admin.token").write_text("rotated\n")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN", "old-secret")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", str(tmp_path / "admin.token"))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        "invalid setting 'admin_token': ERS_ADMIN_TOKEN and ERS_ADMIN_TOKEN_FILE are both set;"
+        " keep one of them"
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "key", "how"),
     [
