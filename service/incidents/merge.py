@@ -107,8 +107,11 @@ def merge_group(
     resolved_at = incident.resolved_at or 0.0
     if incident.status == "resolved" and all(0 < r.end_ns <= resolved_at * 1e9 for r, _ in group):
         # Late arrivals (a sender's retry, a collector's backlog): failures that ended before
-        # the resolution are counted on it, not taken for a recurrence.
+        # the resolution are counted on it, not taken for a recurrence. Their traces are
+        # named with the others, so that what the note counts can be looked at, also after
+        # a restart (an incident's traces are the ones the archive keeps).
         incident.count += len(group)
+        incident.trace_ids = merge_trace_ids(incident.trace_ids, recent_ids, max_trace_ids)
         note = f"{len(group)} failure(s) that ended before it was resolved arrived late; counted"
         return Merge(incident, UPDATED, [("note", note)])
     if incident.status == "resolved":
