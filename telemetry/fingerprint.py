@@ -107,6 +107,13 @@ class FingerprintTemplate:
             parts.append((text[position : match.start()], name))
             position = match.end()
         parts.append((text[position:], None))
+        # A brace left over is a placeholder mistyped ("{message"): taken as text, it would
+        # give every failure the rule classifies one fingerprint, and so one incident.
+        if any("{" in literal or "}" in literal for literal, _ in parts):
+            raise TemplateError(
+                f"fingerprint {text!r} has a {{ or }} that opens or closes no placeholder; "
+                "write each placeholder as {name}, such as {message}"
+            )
         return cls(text, tuple(parts))
 
     @property

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
 from rich.tree import Tree
 
@@ -221,3 +222,42 @@ def test_a_rules_file_that_cannot_be_read_is_refused_in_one_line(
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and said in lines[0], result.stderr
     assert lines[0].startswith(f"ers: {rules} "), result.stderr
+
+
+@pytest.mark.parametrize("template", ["{component}:{message", "{component}:message}", "{{type}}"])
+def test_a_fingerprint_with_a_brace_of_no_placeholder_is_refused(
+    tmp_path: Path, template: str
+) -> None:
+    """Taken as text, a mistyped placeholder made one fingerprint of every failure the rule
+    classified: every component's failures in one incident."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "fingerprint": template,
+                "rules": [
+                    {
+                        "name": "default",
+                        "severity": "low",
+                        "type": "system",
+                        "impact": "none",
+                        "recoverable": True,
+                    }
+                ],
+            }
+        )
+    )
+    span = tmp_path / "span.json"
+    span.write_text(json.dumps({"name": "agent.budget", "status": {"code": "ERROR"}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "classify", "--explain", str(span)]
+        + ["--rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith(f"ers: {rules}: rules[0] (default): fingerprint "), (
+        result.stderr
+    )
+    assert "opens or closes no placeholder" in result.stderr, result.stderr
