@@ -34,9 +34,14 @@ from telemetry.span_record import SpanRecord
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("rules.yaml")
 CACHE_LIMIT = 4096
+# Set on a span whose error status is no failure of its own (a 503 while the backup
+# repository is still being reached, a remote agent's attempt under the agent span that is
+# the incident); its value says why. The incident processor leaves such spans out.
+NOT_AN_INCIDENT = "ers.not_an_incident"
 
 __all__ = [
     "DEFAULT_RULES_PATH",
+    "NOT_AN_INCIDENT",
     "Classification",
     "Classifier",
     "Explanation",
@@ -78,11 +83,14 @@ class RuleCheck:
 class Explanation:
     classification: Classification
     checks: list[RuleCheck]  # every rule up to and including the one that matched
+    # Why the span is no incident whatever the rules say (its NOT_AN_INCIDENT), else None.
+    not_an_incident: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "classification": self.classification.to_dict(),
             "checks": [check.to_dict() for check in self.checks],
+            "notAnIncident": self.not_an_incident,
         }
 
     def lines(self) -> list[str]:
@@ -99,6 +107,11 @@ class Explanation:
             f"{f'protocol {c.protocol}' if c.protocol else 'no response protocol'}, "
             f"component {c.component}, fingerprint {c.fingerprint}"
         )
+        if self.not_an_incident:
+            lines.append(
+                f"but no incident: the span says its failure is not its own "
+                f"({NOT_AN_INCIDENT}: {self.not_an_incident}), so ERS counts it nowhere"
+            )
         return lines
 
 
@@ -163,7 +176,10 @@ class Classifier:
             failure = rule.first_failure(record)
             if failure is None:
                 checks.append(RuleCheck(rule.index, rule.name, True, rule.describe_match()))
-                return Explanation(self._build(rule, record), checks)
+                skipped = record.attributes.get(NOT_AN_INCIDENT)
+                return Explanation(
+                    self._build(rule, record), checks, str(skipped) if skipped else None
+                )
             checks.append(RuleCheck(rule.index, rule.name, False, failure))
         raise AssertionError("the last rule matches every record")  # guarded in __init__
 

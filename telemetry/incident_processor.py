@@ -46,10 +46,6 @@ from telemetry.enclosing import EnclosingFailures
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
-# Set on a span whose error status is no failure of its own (a 503 while the backup
-# repository is still being reached, a remote agent's attempt under the agent span that is
-# the incident); its value says why. An ``ignore`` reads it.
-NOT_AN_INCIDENT = "ers.not_an_incident"
 ERROR = StatusCode.ERROR
 
 

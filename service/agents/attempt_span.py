@@ -47,8 +47,8 @@ from opentelemetry.util.http import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from telemetry.classifier import NOT_AN_INCIDENT
 from telemetry.exception_events import described, record_exception
-from telemetry.incident_processor import NOT_AN_INCIDENT
 from telemetry.redaction import is_secret_header, is_url_header, redacted_url
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"

@@ -40,8 +40,8 @@ from service.settings import Settings
 from service.stores.postgres import PostgresDatabase
 from service.stores.session_names import presence_name
 from service.tasks import spawn
-from telemetry.classifier import load_rules
-from telemetry.incident_processor import NOT_AN_INCIDENT, IncidentProcessor, server_span_of
+from telemetry.classifier import NOT_AN_INCIDENT, load_rules
+from telemetry.incident_processor import IncidentProcessor, server_span_of
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")

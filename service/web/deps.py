@@ -26,7 +26,7 @@ from service.settings import Settings as SettingsModel
 from service.stores import Stores as StoresModel
 from service.web.kept_traces import KeptTraces
 from service.web.runtime import Runtime
-from telemetry.incident_processor import NOT_AN_INCIDENT
+from telemetry.classifier import NOT_AN_INCIDENT
 
 
 async def get_runtime(request: Request) -> Runtime:

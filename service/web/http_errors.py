@@ -29,8 +29,8 @@ from service.web.auth import refused_before_the_body
 from service.web.json_route import REFUSED_AS_SENT
 from service.web.routes.chat import USER_ID_PATTERN
 from service.web.routes.json_types import json_kind
+from telemetry.classifier import NOT_AN_INCIDENT
 from telemetry.exception_events import record_failure
-from telemetry.incident_processor import NOT_AN_INCIDENT
 
 log = logging.getLogger("ers.http")
 

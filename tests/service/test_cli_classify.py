@@ -261,3 +261,28 @@ def test_a_fingerprint_with_a_brace_of_no_placeholder_is_refused(
         result.stderr
     )
     assert "opens or closes no placeholder" in result.stderr, result.stderr
+
+
+def test_a_failing_span_ers_counts_nowhere_is_explained_as_no_incident() -> None:
+    """A remote agent's failed attempt is an error span under the agent span, which is the
+    incident. Before, `ers classify --explain` gave it a component and fingerprint of its
+    own, as though it were (or would be) an incident of its own."""
+    document, _ = a_trace()
+    attempt = error_record(
+        "POST",
+        "503",
+        "",
+        attributes={"ers.not_an_incident": "reported by the agent span", "error.type": "503"},
+    )
+    attempt.span_id, attempt.start_ns, attempt.end_ns = "00000000000000ff", 1, 2
+    budget = document["spans"][0]["children"][0]["children"][0]  # type: ignore[index]
+    budget["children"] = span_tree([attempt])
+    result = explain_stdin(document, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    explained = {item["span"]: item for item in json.loads(result.stdout)}
+    assert explained["POST"]["notAnIncident"] == "reported by the agent span"
+    assert explained["agent.budget"]["notAnIncident"] is None
+    table = explain_stdin(document)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count("but no incident") == 1, table.stdout
+    assert "(ers.not_an_incident: reported by the agent span)" in table.stdout

@@ -48,8 +48,8 @@ from service.web.deps import Backups, Rollbacks, Settings
 from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import Confirmation, Reason
+from telemetry.classifier import NOT_AN_INCIDENT
 from telemetry.exception_events import record_failure
-from telemetry.incident_processor import NOT_AN_INCIDENT
 
 router = APIRouter(
     route_class=JsonRoute, prefix="/api/emergency", tags=["backups"], dependencies=[AdminRead]
