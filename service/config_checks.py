@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import UnionType
@@ -92,6 +93,25 @@ def check_database_url(url: str) -> None:
             "not a valid URL (check the port and percent-encode special characters in "
             "the user name and password)"
         ) from None
+
+
+def check_trace_link(template: str) -> None:
+    """``trace_url_template`` fills in ``{trace_id}`` and nothing else: any other field
+    (``{id}``, ``{trace_id.real}``, ``{trace_id[0]}``, ``{trace_id:>40}``) raises ValueError
+    here, at start, instead of in every reply that shows an incident's traces."""
+    wrong = "a URL with {trace_id} where the trace id goes and no other braces"
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError:
+        raise ValueError(wrong) from None
+    if any(field != ("trace_id", "", None) for field in fields):
+        raise ValueError(wrong)
+    if not fields:
+        raise ValueError("the URL has no {trace_id}; put it where the trace id goes")
 
 
 def blank_to_none(value: SecretStr | None) -> SecretStr | None:

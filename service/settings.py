@@ -42,6 +42,7 @@ from service.config_checks import (
     check_database_url,
     check_open_durations,
     check_private_file,
+    check_trace_link,
     config_path,
     read_token_file,
     refuse_blank,
@@ -252,14 +253,7 @@ class Settings(BaseSettings):
     def _trace_link(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        try:
-            value.format(trace_id="0" * 32)
-        except (KeyError, IndexError, ValueError):
-            raise ValueError(
-                "a URL with {trace_id} where the trace id goes and no other braces"
-            ) from None
-        if "{trace_id}" not in value:
-            raise ValueError("the URL has no {trace_id}; put it where the trace id goes")
+        check_trace_link(value)
         return value
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import free_port, start_ers
 from tests.processes import ers_env, serve
@@ -294,3 +295,23 @@ def test_a_program_still_running_after_a_kill_does_not_hold_the_port_of_the_next
         if restore_pid.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(restore_pid.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "https://t.example/{trace_id.real}",  # before: AttributeError, a traceback, exit 1
+        "https://t.example/{trace_id}/{trace_id.__class__}",  # before: started, links garbled
+        "https://t.example/{trace_id:>40}",
+    ],
+)
+def test_a_trace_link_template_with_another_field_is_refused_in_one_line(
+    tmp_path: Path, template: str
+) -> None:
+    done = serve(tmp_path, "--port", str(free_port()), ERS_TRACE_URL_TEMPLATE=template)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ers: invalid setting 'trace_url_template': a URL with {trace_id} where the trace id "
+        "goes and no other braces"
+    ), done.stderr
