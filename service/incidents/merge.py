@@ -111,6 +111,8 @@ def merge_group(
         # named with the others, so that what the note counts can be looked at, also after
         # a restart (an incident's traces are the ones the archive keeps).
         incident.count += len(group)
+        # When they happened, for since=: a late one may have ended after the last seen.
+        incident.last_seen = max(incident.last_seen, max(r.end_ns for r, _ in group) / 1e9)
         incident.trace_ids = merge_trace_ids(incident.trace_ids, recent_ids, max_trace_ids)
         note = f"{len(group)} failure(s) that ended before it was resolved arrived late; counted"
         return Merge(incident, UPDATED, [("note", note)])

@@ -260,6 +260,29 @@ def test_failures_that_ended_before_the_resolution_arrive_late_and_reopen_nothin
     assert store.record_error(late, default_classifier.classify(late))[1] == "reopened"
 
 
+def test_a_late_failure_moves_last_seen_to_when_it_happened(
+    store: IncidentStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    # It was left at the failure before: since= between the two did not list the incident.
+    incident, _ = record_db_error(store, default_classifier)
+    first_seen = clock.now
+    clock.now += 100
+    store.resolve(incident.id, "ana", "fixed")
+    clock.now += 600
+    late = error_record(
+        "agent.bma",
+        "SimulatedDatabaseError",
+        "Database connection timeout after 1 ms",
+        attributes={"ers.agent": "BMA"},
+    )
+    late.end_ns = int((first_seen + 50) * 1e9)
+    after, outcome = store.record_error(late, default_classifier.classify(late))
+    assert (outcome, after.status) == ("updated", "resolved")
+    assert after.last_seen == first_seen + 50
+    listed, total = store.list(since=first_seen + 40)
+    assert total == 1 and listed[0].id == incident.id
+
+
 def test_auto_resolve_waits_for_quiet_and_a_healthy_component(
     new_store: NewStore, default_classifier: Classifier, clock: Clock
 ) -> None:
