@@ -76,6 +76,15 @@ def admin_token(args: argparse.Namespace) -> str | None:
     return token
 
 
+def _token_origin(args: argparse.Namespace) -> str:
+    """Where ``admin_token`` took the token from, in the words of its option or variable."""
+    if getattr(args, "token_file", None) is not None:
+        return "--token-file"
+    if os.environ.get("ERS_ADMIN_TOKEN", "").strip():
+        return "$ERS_ADMIN_TOKEN"
+    return "the file $ERS_ADMIN_TOKEN_FILE names"
+
+
 def segment(value: str) -> str:
     """An argument as one segment of a path: a '/', '?' or '..' in it would otherwise make
     the request go to another route (`ers incidents show ../backups` read the backups), and
@@ -164,7 +173,11 @@ def call(
             UNREACHABLE,
         ) from None
     if response.status_code == 401:
-        hint = "" if token else f"; give the admin token with {TOKEN_SOURCES}"
+        hint = (
+            f"; the admin token from {_token_origin(args)} is not the one ERS was given"
+            if token
+            else f"; give the admin token with {TOKEN_SOURCES}"
+        )
         raise CliError(f"refused (401): {_detail(response)}{hint}", REFUSED)
     if response.status_code >= 500:
         raise CliError(f"ERS failed ({response.status_code}): {_detail(response)}", SERVER_ERROR)

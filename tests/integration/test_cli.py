@@ -376,6 +376,12 @@ def test_the_admin_token_comes_from_a_file_or_the_environment(tmp_path: Path) ->
         assert refused.returncode == 4
         line = one_plain_line(refused)
         assert "401" in line and "ERS_ADMIN_TOKEN" in line and "--token-file" in line
+        # A wrong token says which one was sent, not how to give one: it was given.
+        wrong = ers({**env, "ERS_ADMIN_TOKEN": "not-" + token}, "breakers", "disable", "budget")
+        assert wrong.returncode == 4
+        line = one_plain_line(wrong)
+        assert line.endswith("the admin token from $ERS_ADMIN_TOKEN is not the one ERS was given")
+        assert token not in line
         token_file = tmp_path / "admin-token"
         token_file.write_text(token + "\n")
         by_file = ers(env, "breakers", "disable", "budget", "--token-file", str(token_file))
