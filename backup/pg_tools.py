@@ -155,6 +155,12 @@ class PgConnection:
 # What libpq, pg_dump and pg_restore say, and what a person should do about it.
 _ADVICE = (
     (r"password authentication failed", "check the password in ERS_DATABASE_URL"),
+    (
+        r"no password supplied",
+        "ERS_DATABASE_URL gives no password for this database: give it in the URL, or in a "
+        "line of the file its passfile names whose database is * (test rollbacks and drills "
+        "restore into scratch databases beside it)",
+    ),
     (r'(database|role) "[^"]*" does not exist', "check the names in ERS_DATABASE_URL"),
     (r"no matching schemas were found", "start ERS once on this database to create it"),
     (r"connection refused", "check that the server is running, and its host and port"),

@@ -215,6 +215,29 @@ async def test_a_failing_pg_dump_raises_a_named_error_without_the_password(
     assert await restic.snapshots() == []  # restic was stopped before it saved anything
 
 
+async def test_a_database_the_password_file_has_no_line_for_is_said_with_the_fix(
+    restic: Restic, stores: Stores, pg_url: str, tmp_path: Path
+) -> None:
+    """The fleet's URL names no password but a libpq password file. Before, a line there
+    that did not cover the database was met with "see the PostgreSQL server log", which
+    says nothing of it: the server only logs that no password came."""
+    parts = urlsplit(pg_url)
+    assert parts.password, "the test server's URL carries a password"
+    host, port, user = parts.hostname, parts.port or 5432, parts.username
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{host}:{port}:another_database:{user}:{parts.password}\n")
+    passfile.chmod(0o600)
+    url = urlunsplit(parts._replace(netloc=f"{user}@{host}:{port}", query=f"passfile={passfile}"))
+    backups = BackupManager(restic, config_for(stores, url))
+
+    with pytest.raises(PgDumpFailed) as failure:
+        await backups.create(["budgets"], "manual")
+    message = str(failure.value)
+    assert "no password supplied" in message, message
+    assert "passfile names whose database is *" in message, message
+    assert "server log" not in message and parts.password not in message
+
+
 async def test_a_full_backup_that_fails_for_one_component_names_the_snapshots_it_made(
     restic: Restic, stores: Stores, pg_url: str
 ) -> None:
