@@ -16,11 +16,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.cli.remote import WORK_TIMEOUT_S
 from tests.balancer import Balancer, start_balancer
 from tests.conftest import ErsProcess, start_ers
 from tests.e2e.test_database_outage import alert
 from tests.pg import PostgresServer
-from tests.processes import free_port
+from tests.processes import free_port, slow_restic
 
 TOKEN = "lb-alert-token-61c0"
 ADMIN = "lb-admin-token-0d7e"
@@ -177,3 +178,33 @@ def test_replicas_failing_together_still_give_ers_own_answers(
         assert body["component"] == "profiles", body
     assert status.status_code == 200, status.text
     assert live.status_code == 200
+
+
+def test_long_work_through_the_balancer_is_waited_for_as_long_as_ers_cli_waits(
+    tmp_path: Path,
+) -> None:
+    """Backups, test rollbacks, rollbacks and restic's check and prune answer once the work is
+    done, and `ers` waits up to WORK_TIMEOUT_S for them. Before, nginx gave every request
+    30 s (proxy_read_timeout): `ers --url http://127.0.0.1:8080 backup check` on a
+    repository whose check took longer got nginx's 504 page while the check went on."""
+    slow_s = 35  # over the 30 s nginx gives any other request
+    env = {
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTIC_BINARY": str(slow_restic(tmp_path, command="check", seconds=slow_s)),
+    }
+    port = free_port()
+    replica = start_ers(tmp_path / "ers", env=env, port=port)
+    balancer: Balancer | None = None
+    try:
+        replica.wait_for_backups()
+        # Both of compose's names on the one replica: only the wait is under test.
+        balancer = start_balancer(tmp_path / "lb", {"ers": port, "ers-2": port})
+        with httpx.Client(base_url=balancer.url, timeout=WORK_TIMEOUT_S) as http:
+            checked = http.post("/api/emergency/backups/check")
+        assert checked.status_code == 200, (checked.status_code, checked.text[:300])
+        assert checked.headers["content-type"].startswith("application/json")
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        replica.stop()
