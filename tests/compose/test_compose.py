@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from backup.identity import RECORD_FILE_NAME
 from service.cli.main import REQUEST_GRACE_S
 from service.settings import Settings
 from tests.balancer import LB_CONFIG, check_config
@@ -591,6 +592,18 @@ def test_ers_2_is_built_and_run_like_ers() -> None:
     # Each replica is told apart in traces.
     instances = {r["environment"]["OTEL_RESOURCE_ATTRIBUTES"] for r in fleet_replicas().values()}
     assert len(instances) == 2
+
+
+def test_what_a_replica_keeps_on_its_own_volume_is_said_as_it_is() -> None:
+    """On PostgreSQL the audit trail lives beside the incidents in the shared schema
+    (service/incidents/service.py); before, the comment on ers-2's volume said it was "still
+    a SQLite file per replica", so an operator would look for it there."""
+    text = (ROOT / "compose.yaml").read_text()
+    found = re.search(r"((?:^\s*#.*\n)+)^\s*- ers-2-data:/data$", text, re.MULTILINE)
+    assert found, "no comment on ers-2's volume"
+    comment = " ".join(line.strip(" #") for line in found[1].splitlines())
+    assert RECORD_FILE_NAME in comment, comment
+    assert "SQLite" not in comment and "audit trail are all in PostgreSQL" in comment, comment
 
 
 def test_the_load_balancer_config_names_both_replicas() -> None:
