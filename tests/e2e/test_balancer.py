@@ -202,6 +202,9 @@ def test_long_work_through_the_balancer_is_waited_for_as_long_as_ers_cli_waits(
         balancer = start_balancer(tmp_path / "lb", {"ers": port, "ers-2": port})
         with httpx.Client(base_url=balancer.url, timeout=WORK_TIMEOUT_S) as http:
             checked = http.post("/api/emergency/backups/check")
+            # The routes beside them keep working as before (the list is no redirect).
+            listed = http.get("/api/emergency/backups")
+            assert listed.status_code == 200 and "backups" in listed.json(), listed.text
         assert checked.status_code == 200, (checked.status_code, checked.text[:300])
         assert checked.headers["content-type"].startswith("application/json")
     finally:
