@@ -26,6 +26,12 @@ official instrumentation costs a bare client) and ``guard_vs_instrumented_ratio`
 instrumented / guarded: ERS against a client traced the generic way; below 1 when a guarded
 call costs less than an instrumented bare one).
 
+Where a guarded call's time goes is measured apart, in this process, with every reply from
+a transport that answers at once (the network taken out, one call at a time):
+``guard_telemetry_us_per_call`` is a guarded call's CPU with the service's telemetry minus
+without any (no-op tracer, no metrics), printed after the bare client and the guarded call
+without telemetry on the line above it.
+
 The benchmark is bound by this process's CPU (the agent's replies cost it less than the
 client's calls cost this process), so the ratios are ratios of client CPU per call, which
 are printed too.
@@ -45,7 +51,7 @@ from typing import Any
 
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import NoOpTracerProvider, TracerProvider
 
 from service.agents.base import AgentRequest
 from service.agents.remote import RemoteAgent
@@ -104,17 +110,20 @@ class Bare:
 class Guarded:
     """A remote agent as the service runs it: behind its guard, on the service's telemetry."""
 
-    def __init__(self, url: str, telemetry: Telemetry) -> None:
+    def __init__(
+        self, url: str, telemetry: Telemetry, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        """With ``tracer_provider`` (a no-op one): that one's spans, and no metrics."""
         spec = HttpAgentSpec(url=url)  # type: ignore[arg-type]
+        provider = tracer_provider or telemetry.tracer_provider
         self.agent = RemoteAgent(
-            "remote",
-            spec,
-            default_timeout_s=TIMEOUT_S,
-            tracer_provider=telemetry.tracer_provider,
+            "remote", spec, default_timeout_s=TIMEOUT_S, tracer_provider=provider
         )
         team = Team(
-            tracer=telemetry.tracer,
-            instruments=AgentInstruments.create(telemetry.meter, telemetry.registry),
+            tracer=provider.get_tracer("ers") if tracer_provider else telemetry.tracer,
+            instruments=None
+            if tracer_provider
+            else AgentInstruments.create(telemetry.meter, telemetry.registry),
             faults=None,
             breaker_config=BreakerConfig(),
             guard_config=GuardConfig(timeout_s=TIMEOUT_S, total_budget_s=TIMEOUT_S * 1.6),
@@ -198,6 +207,39 @@ async def measure(
     return samples, cpu
 
 
+BODY = b'{"response": "The example agent read: what should I eat before a run?", "confidence": 0.9}'
+
+
+async def _answer_at_once(self: Any, request: httpx.Request) -> httpx.Response:
+    await request.aread()
+    headers = {"content-type": "application/json", "content-length": str(len(BODY))}
+    return httpx.Response(200, headers=headers, stream=httpx.ByteStream(BODY), request=request)
+
+
+async def in_process(telemetry: Telemetry, rounds: int, calls: int) -> dict[str, float]:
+    """CPU microseconds per call, medians, of each variant one call at a time, every reply
+    from a transport that answers at once: what the client side costs, without the network."""
+    noop = NoOpTracerProvider()
+    bare = Bare("http://127.0.0.1:9/chat", 1)
+    guarded = Guarded("http://127.0.0.1:9/chat", telemetry)
+    untraced = Guarded("http://127.0.0.1:9/chat", telemetry, tracer_provider=noop)
+    variants = {"bare": bare, "guarded": guarded, "untraced": untraced}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    real = httpx.AsyncHTTPTransport.handle_async_request
+    httpx.AsyncHTTPTransport.handle_async_request = _answer_at_once  # type: ignore[method-assign]
+    try:
+        for variant in variants.values():
+            await one_round(variant.call, max(calls // 5, 1), 1)
+        for _ in range(rounds):
+            for name, variant in variants.items():
+                cpu[name].append((await one_round(variant.call, calls, 1))[1])
+    finally:
+        httpx.AsyncHTTPTransport.handle_async_request = real  # type: ignore[method-assign]
+        for variant in variants.values():
+            await variant.aclose()
+    return {name: statistics.median(values) for name, values in cpu.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -214,6 +256,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 )
         finally:
             agent.stop()
+        apart_folder = Path(folder) / "apart"
+        apart_folder.mkdir()
+        with service_telemetry(apart_folder) as telemetry:  # a registry of its own
+            apart = asyncio.run(in_process(telemetry, args.rounds, args.calls))
     median = {name: statistics.median(values) for name, values in samples.items()}
     for name, values in samples.items():
         shown = " ".join(f"{v:.0f}" for v in values)
@@ -237,6 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     print(f"guard_vs_instrumented_ratio={ours:.3f}")
     ratio = median["bare"] / median["guarded"]
+    spans = apart["guarded"] - apart["untraced"]
+    print(
+        f"anchor in process, replies at once: bare httpx {apart['bare']:.1f} us/call; guarded "
+        f"without telemetry {apart['untraced']:.1f}, with the service's {apart['guarded']:.1f}"
+    )
+    print(f"guard_telemetry_us_per_call={spans:.1f}")
     # Time cost of the guard: bare req/s over guarded req/s; <= 1.10 meets the target.
     rounds_of = {name: " ".join(f"{v:.0f}" for v in values) for name, values in samples.items()}
     print(
@@ -250,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         **median,
         "instrumentation_alone_ratio": alone,
         "guard_vs_instrumented_ratio": ours,
+        "guard_telemetry_us_per_call": spans,
         "remote_guard_ratio": ratio,
     }
 
