@@ -6,8 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from backup import BackupError, RepositoryMissing, RepositoryReplaced
-from backup.errors import shown_repository
+from backup import BackupError, RepositoryMissing, RepositoryReplaced, RollbackFailed
+from backup.errors import (
+    PasswordFileUnreadable,
+    RepositoryNotReached,
+    WrongPassword,
+    shown_repository,
+)
 from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -24,6 +29,28 @@ def reported_failure(failure: BaseException) -> BaseException:
     if isinstance(failure, RepositoryMissing | RepositoryReplaced):
         return failure
     return RepositoryUnreachable(str(failure))
+
+
+# What keeps every operation from opening the repository, whichever it is, and what the
+# repository check meets and reports too, in the same words.
+REPOSITORY_REFUSALS = (
+    WrongPassword,
+    PasswordFileUnreadable,
+    RepositoryNotReached,
+    RepositoryMissing,
+    RepositoryReplaced,
+)
+
+
+def reported_operation_failure(failure: BaseException) -> BaseException:
+    """A failed backup operation as its request reports it: refused by the repository itself
+    (a rollback by its failed step's cause), as the repository check reports that cause, so
+    that each refused request counts in the check's incident instead of opening one of its
+    own, classified otherwise; any other failure as it is."""
+    cause = failure.cause if isinstance(failure, RollbackFailed) else failure
+    if isinstance(cause, REPOSITORY_REFUSALS):
+        return reported_failure(cause)
+    return failure
 
 
 class RepositoryCheck:

@@ -159,3 +159,75 @@ def test_a_wrong_password_is_one_incident_for_the_health_check_and_the_requests(
             assert [i["id"] for i in wrong()] == [seen["id"]]
     finally:
         ers.stop()
+
+
+def test_requests_a_changed_password_refuses_count_in_the_repository_checks_incident(
+    tmp_path: Path,
+) -> None:
+    """On a service that had reached its repository, a password file that stops opening it
+    is one cause: every refused operation (a rollback too, by its failed step's cause) answers
+    503 naming it and counts in the metrics, and joins the repository check's incident
+    instead of opening one of its own."""
+    workdir = tmp_path / "ers"
+    # The checks run when asked (GET /health), so that their spans leave the requests' trace
+    # ids among the incident's most recent ones.
+    ers = start_ers(workdir, env={**CHECKED_BACKUPS, "ERS_HEALTH_CHECK_INTERVAL_S": "3600"})
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+            created = http.post("/api/emergency/backups/create", json={})
+            assert created.status_code == 200, created.text
+            snapshot = created.json()["backupId"]
+            (workdir / "restic-password").write_text("no-longer-the-password\n")
+
+            def incidents() -> list[dict]:
+                return http.get("/api/emergency/incidents?limit=100").json()["incidents"]
+
+            def wrong() -> list[dict]:
+                return [i for i in incidents() if "does not open the repository" in i["message"]]
+
+            health = http.get("/api/emergency/health").json()
+            assert health["checks"]["repository"]["status"] == "unhealthy", health
+            (seen,) = wait_for(wrong, 10)
+
+            refused = [
+                ("POST", "/api/emergency/backups/create", {}),
+                ("POST", "/api/emergency/backups/test-rollback", {"backupId": snapshot}),
+                (
+                    "POST",
+                    "/api/emergency/rollback",
+                    {"backupId": snapshot, "confirm": True, "reason": "walk"},
+                ),
+                ("POST", "/api/emergency/backups/check", {}),
+                ("POST", "/api/emergency/backups/prune", {}),
+                ("POST", "/api/emergency/backups/refresh", {}),
+                ("GET", f"/api/emergency/backups/{snapshot}", None),
+            ]
+            traces = []
+            for number, (method, path, body) in enumerate(refused, start=1):
+                trace_id = f"{number:032x}"
+                traces.append(trace_id)
+                reply = http.request(
+                    method, path, json=body, headers={"traceparent": f"00-{trace_id}-{1:016x}-01"}
+                )
+                assert reply.status_code == 503, (path, reply.text)
+                assert "does not open the repository" in reply.json()["detail"], path
+
+            def placed() -> bool:
+                found = {t for i in incidents() for t in i["traceIds"]}
+                return all(t in found for t in traces)
+
+            assert wait_for(placed, 20), incidents()
+            # Before: a medium "system" incident of the requests (WrongPassword), and one more
+            # of the rollback's failed step, beside the check's high "network" one.
+            backups = [i for i in incidents() if i["component"] == "backups"]
+            assert [i["id"] for i in backups] == [seen["id"]], backups
+            assert set(traces) <= set(backups[0]["traceIds"])
+            # (The rollback's safety snapshot may meet the password too, before the restore.)
+            metrics = dict(
+                line.rsplit(" ", 1) for line in http.get("/metrics").text.splitlines() if line
+            )
+            assert float(metrics['ers_backup_failures_total{reason="wrong_password"}']) >= 1
+            assert metrics['ers_rollbacks_total{result="failure"}'] == "1.0"
+    finally:
+        ers.stop()

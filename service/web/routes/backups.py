@@ -41,7 +41,7 @@ from service.backups.replies import (
     snapshot_reply,
 )
 from service.backups.service import ROLLBACK_COMPONENTS, BackupsUnavailable
-from service.health.backup_checks import reported_failure
+from service.health.backup_checks import reported_failure, reported_operation_failure
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
 from service.web.deps import Backups, Rollbacks, Settings
@@ -118,7 +118,7 @@ def _fail(exc: Exception, operation: str) -> HTTPException:
         return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, RollbackRefused):
         return HTTPException(status.HTTP_409_CONFLICT, str(exc))
-    _report(exc)
+    _report(reported_operation_failure(exc))
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{operation} failed: {exc}")
 
 
@@ -281,7 +281,9 @@ async def rollback(
         started = await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
         result = await backups.rollback(snapshot_id, components, body.reason)
     except RollbackFailed as exc:
-        _report(exc)  # the incident it opens names the failed step, not a bare 503
+        # The incident it opens names the failed step, not a bare 503; a repository that
+        # refused the rollback counts in the repository check's instead.
+        _report(reported_operation_failure(exc))
         unrecorded = await asyncio.to_thread(rollbacks.record, body, None, str(exc), started)
         # The failure's own words name its step and that the live data is as before.
         raise HTTPException(
