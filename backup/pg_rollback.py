@@ -60,7 +60,7 @@ from backup.pg_scratch import (
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
 from backup.restic import Restic
-from backup.row_diff import TableRead, changes_between, pg_tables
+from backup.row_diff import TableRead, changes_between, read_rows
 
 if TYPE_CHECKING:
     from backup.backend import RollbackRequest
@@ -376,20 +376,6 @@ def _failed_step(pipeline: Pipeline) -> str:
 
 
 # Statements -----------------------------------------------------------------------------
-
-
-async def read_rows(
-    connection: PgConnection, schema: str, counts: dict[str, int]
-) -> dict[str, TableRead | None]:
-    """The tables of `schema` as keys and row digests, to compare (backup.row_diff)."""
-    try:
-        async with await connection.connect() as conn:
-            return await pg_tables(conn, schema, counts)
-    except psycopg.Error as exc:
-        raise PgRestoreFailed(
-            f"reading the rows of {schema} at {connection.location} failed: "
-            f"{connection.explain(exc)}"
-        ) from None
 
 
 async def row_counts(connection: PgConnection, schema: str) -> dict[str, int]:

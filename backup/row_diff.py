@@ -21,6 +21,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from backup.errors import PgRestoreFailed
+from backup.pg_tools import PgConnection
+
 MAX_ROWS_COMPARED = 1_000_000
 
 
@@ -127,6 +130,20 @@ async def pg_tables(
         else:
             read[table] = TableRead([(r[0], None) for r in pairs], keyed=False)
     return read
+
+
+async def read_rows(
+    connection: PgConnection, schema: str, counts: dict[str, int]
+) -> dict[str, TableRead | None]:
+    """``pg_tables`` over a connection of its own; PgRestoreFailed when it cannot be read."""
+    try:
+        async with await connection.connect() as conn:
+            return await pg_tables(conn, schema, counts)
+    except psycopg.Error as exc:
+        raise PgRestoreFailed(
+            f"reading the rows of {schema} at {connection.location} failed: "
+            f"{connection.explain(exc)}"
+        ) from None
 
 
 def changes_between(
