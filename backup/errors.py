@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 EXIT_REPOSITORY_MISSING = 10
@@ -62,6 +63,14 @@ class UnknownComponent(BackupError, ValueError):
 
 class RollbackRefused(BackupError, ValueError):
     label = "rollback_refused"
+
+
+def lacking(snapshot_short_id: str, paths: Sequence[str]) -> RollbackRefused:
+    """A snapshot tagged as ERS's (by hand) that does not hold a component's file or dump:
+    refused by a test rollback and a rollback in the same words, with nothing changed."""
+    return RollbackRefused(
+        f"snapshot {snapshot_short_id} holds no {', '.join(paths)}: pick another"
+    )
 
 
 class RollbackInProgress(RollbackRefused):

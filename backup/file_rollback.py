@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from backup import swap
 from backup.backend import BackupRequest, Reopen, RollbackRequest
-from backup.errors import BackupError, RollbackFailed
+from backup.errors import BackupError, RollbackFailed, RollbackRefused, lacking
 from backup.events import EventPublisher, RollbackStepStarted
 from backup.models import (
     BackupReason,
@@ -73,6 +73,15 @@ class FileRollback:
         await self.restic.restore(snapshot.id, target, include=include, on_progress=on_progress)
 
     @staticmethod
+    def _check_restored(snapshot: Snapshot, names: Sequence[str], folder: Path) -> None:
+        """RollbackRefused when the snapshot held no file of a component (tagged as ERS's by
+        hand): restic restores what it has and says nothing of what it lacks."""
+        if missing := [
+            f"/{staged_name(c)}" for c in names if not (folder / staged_name(c)).exists()
+        ]:
+            raise lacking(snapshot.short_id, missing)
+
+    @staticmethod
     async def _verify(names: Sequence[str], folder: Path) -> list[FileVerification]:
         manifest = read_manifest(folder)
         checks = [
@@ -85,6 +94,7 @@ class FileRollback:
     ) -> RollbackPreview:
         with self.workspace.scratch("test-rollback") as scratch:
             await self._restore(snapshot, names, scratch)
+            self._check_restored(snapshot, names, scratch)
             files = await self._verify(names, scratch)
             previews = await asyncio.gather(
                 *(
@@ -127,6 +137,8 @@ class FileRollback:
         async def restore_and_verify(target: Path) -> list[Path]:
             async with steps.step("restore"):
                 await self._restore(snapshot, names, target, request.on_progress)
+            # Refused, not failed: the safety snapshot beside it is stopped, nothing changed.
+            self._check_restored(snapshot, names, target)
             async with steps.step("verify"):
                 # Making the restored files durable does not depend on the checks: both at once.
                 durable = asyncio.gather(
@@ -197,7 +209,7 @@ class _Steps:
         started = time.monotonic()
         try:
             yield
-        except RollbackFailed:
+        except (RollbackFailed, RollbackRefused):  # named its step, or turned away
             raise
         except Exception as exc:
             raise RollbackFailed(name, exc) from exc

@@ -33,6 +33,7 @@ from backup.errors import (
     Interrupted,
     ResticCommandFailed,
     RollbackFailed,
+    RollbackRefused,
     SnapshotNotFound,
     UnknownComponent,
     validate_reason,
@@ -372,6 +373,8 @@ class BackupManager:
                 result = await self.backend.apply(
                     RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
                 )
+            except RollbackRefused:
+                raise  # turned away (it says why), with nothing changed: no failed rollback
             except BackupError as exc:
                 self.events.publish(
                     RollbackFinished(snapshot.id, tuple(names), time.monotonic() - started)

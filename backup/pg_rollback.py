@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from backup.errors import PgRestoreFailed, RollbackFailed, RollbackInProgress, RollbackRefused
+from backup.errors import PgRestoreFailed, RollbackFailed, RollbackInProgress, lacking
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -84,6 +84,8 @@ _NOT_THE_DUMP = re.compile(
     r"could not translate host name|no space left on device|out of memory|did not finish",
     re.IGNORECASE,
 )
+# What `restic dump` says of a path the snapshot does not hold.
+NOT_IN_SNAPSHOT = "not found in snapshot"
 # The class half of the two-key transaction advisory lock a rollback of a schema holds until
 # its swap has committed; the other half is the hash of the schema's name.
 ROLLBACK_LOCK_CLASS = 0x45525352  # "ERSR"
@@ -136,7 +138,7 @@ class PgRollback:
         nodes = await self.restic.ls(snapshot.id)
         sizes = [int(node.get("size", 0)) for node in nodes if node.get("path") == path]
         if not sizes:
-            raise RollbackRefused(f"snapshot {snapshot.short_id} holds no {path}: pick another")
+            raise lacking(snapshot.short_id, [path])
         then_rows: dict[str, TableRead | None] = {}
         await drop_abandoned_scratch_databases(self.database)  # a killed run's, if any
         async with scratch_database(self.database) as scratch:
@@ -277,6 +279,10 @@ class PgRollback:
         try:
             await pipeline.run()
         except Exception as exc:
+            if pipeline.failed == "restic dump" and NOT_IN_SNAPSHOT in str(exc):
+                # Tagged as ERS's by hand: refused, as the test rollback refuses it; the
+                # safety snapshot beside it may have been taken, nothing else was done.
+                raise lacking(snapshot.short_id, [dump_path(component)]) from None
             step = _failed_step(pipeline)
             if step != "verify-and-swap" or not await swap_committed(self.database, old):
                 raise RollbackFailed(step, exc) from exc

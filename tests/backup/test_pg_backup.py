@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from backup.errors import BackupError, PgDumpFailed, RollbackFailed
-from backup.events import BackupSucceeded
+from backup.errors import BackupError, PgDumpFailed, RollbackFailed, RollbackRefused
+from backup.events import BackupSucceeded, RollbackFinished
 from backup.index import tags_for
 from backup.manager import BackupManager
 from backup.models import BackupResult, RollbackResult
@@ -316,6 +316,38 @@ async def test_a_truncated_dump_fails_the_rollback_and_leaves_the_live_schema_al
     assert "left unchanged" in str(failure.value)
     assert await turn_count(stores.conversations) == 2005
     assert leftovers(pg_url) == ([], [])
+
+
+async def test_a_snapshot_without_the_components_dump_is_refused_with_nothing_changed(
+    backups: BackupManager, stores: Stores, restic: Restic, tmp_path: Path
+) -> None:
+    """Tagged as a budgets snapshot by hand, holding no /budgets.pgdump: the rollback refuses
+    it in the test rollback's words, and counts as no failed rollback. Before: its restore
+    failed (a 503 and an incident over HTTP)."""
+    await set_limit(stores, "u1", "food", 40_000)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a dump\n")
+    with notes.open("rb") as source:
+        tags = [*tags_for(["budgets"], "manual"), POSTGRES_TAG]
+        summary = await restic.backup_stdin(source.fileno(), "notes.txt", tags=tags)
+    hand_made = str(summary["snapshot_id"])
+    await backups.refresh()
+    events: list[object] = []
+    backups.subscribe(events.append)
+
+    @contextlib.asynccontextmanager
+    async def pause() -> AsyncIterator[None]:
+        yield
+
+    with pytest.raises(RollbackRefused) as tested:
+        await backups.test_rollback(hand_made)
+    with pytest.raises(RollbackRefused) as refused:
+        await backups.rollback(hand_made, None, "manual", pause, lambda: None)
+    assert str(refused.value) == str(tested.value)
+    assert str(refused.value) == f"snapshot {hand_made[:8]} holds no /budgets.pgdump: pick another"
+    assert not [e for e in events if isinstance(e, RollbackFinished)]  # no failed rollback
+    [food] = await stores.budgets.report("u1")
+    assert food.limit_cents == 40_000
 
 
 async def test_readers_during_the_swap_see_the_old_or_the_new_table_never_a_missing_one(

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -320,3 +321,42 @@ async def test_a_rollback_to_a_snapshot_gone_from_the_repository_is_not_found(
             )
     assert writers.paused == 1  # the retry pauses nothing: the list knows
     assert rows(state_files["budgets"], "budgets") == [("food", 1.0), ("gym", 60.0)]
+
+
+async def test_a_snapshot_without_a_components_file_is_refused_with_nothing_changed(
+    manager: BackupManager, state_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Tagged as a budgets snapshot by hand, holding no /budgets.sqlite3: the test rollback
+    and the rollback refuse it in the same words, and the rollback counts as none. Before:
+    the test rollback reported a copy failing its check, and the rollback failed at its
+    verify step on "[Errno 2] No such file or directory" (a 503 and an incident)."""
+    notes = tmp_path / "hand-made" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("not a component\n")
+    env = {
+        **os.environ,
+        "RESTIC_REPOSITORY": manager.restic.repository,
+        "RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    tags = ["--tag", "ers", "--tag", "component:budgets", "--tag", "reason:manual"]
+    subprocess.run(
+        ["restic", "backup", "--json", *tags, "notes.txt"],
+        cwd=notes.parent,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    await manager.refresh()
+    [hand_made] = manager.list()
+    events: list[object] = []
+    manager.subscribe(events.append)
+    writers = Writers()
+    with pytest.raises(RollbackRefused) as tested:
+        await manager.test_rollback(hand_made.id)
+    with pytest.raises(RollbackRefused) as refused:
+        await manager.rollback(hand_made.id, None, "x", writers.pause, writers.reopen)
+    expected = f"snapshot {hand_made.short_id} holds no /budgets.sqlite3: pick another"
+    assert str(tested.value) == str(refused.value) == expected
+    assert not [e for e in events if isinstance(e, RollbackFinished)]  # no failed rollback
+    assert rows(state_files["budgets"], "budgets") == [("food", 400.0), ("gym", 60.0)]
