@@ -100,7 +100,9 @@ def checked_reply(name: str, reply: object) -> AgentReply:
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):
             said = f"a {type(confidence).__name__}"
         elif not 0 <= confidence <= 1:  # NaN compares false; math.isfinite(10**400) raises
-            said = f"{confidence:g}" if abs(confidence) < 2**1000 else "an integer past any float"
+            # A float formats as it is (nan, inf, 1e+305); an int past any float cannot.
+            past = isinstance(confidence, int) and abs(confidence) >= 2**1000
+            said = "an integer past any float" if past else f"{confidence:g}"
         else:
             return reply
         # The chat's reply carries it: past the agent's guard it would fail the turn,

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.agents.base import Agent, AgentReply, AgentRequest
+from service.agents.base import Agent, AgentReply, AgentRequest, checked_reply
 from service.agents.budget import BudgetAgent
+from service.agents.failure_kinds import BadResponse
 from service.agents.nutrition import NutritionAgent, daily_target, plan_meals
 from service.agents.router import RouterAgent
 from service.agents.workout import WorkoutAgent
@@ -171,3 +172,27 @@ async def test_router_facts_reach_the_chosen_agent_before_they_are_stored(
     assert reply.agent == "nutrition" and "2759 kcal" in reply.content
     assert await stores.profiles.get("u1") is None
     assert [type(write) for write in reply.writes] == [UpdateProfile]
+
+
+@pytest.mark.parametrize(
+    ("confidence", "said"),
+    [
+        (float("nan"), "nan"),
+        (float("inf"), "inf"),
+        (-float("inf"), "-inf"),
+        (1e305, "1e+305"),
+        (85, "85"),
+        (10**400, "an integer past any float"),
+    ],
+)
+def test_a_confidence_out_of_range_is_named_as_it_was_returned(
+    confidence: float, said: str
+) -> None:
+    """The message is the incident's and the breaker's last error: a NaN or an infinity was
+    said to be "an integer past any float", which sends the agent's author after an integer
+    the agent never returned."""
+    with pytest.raises(BadResponse) as refused:
+        checked_reply("coach", AgentReply("sure", "coach", confidence=confidence))
+    assert str(refused.value) == (
+        f"agent 'coach' returned a confidence of {said}; it must be a number from 0 to 1"
+    )
