@@ -64,13 +64,15 @@ async def follow_the_fleet(
     state: SystemStateBackend,
     every_s: float,
     pending: Callable[[str], bool],
+    changed: Callable[[], None] = lambda: None,
 ) -> None:
     """On PostgreSQL each replica matches its switches to the records kept in the shared
     system_state store, every ``every_s``: minimal mode the responder of one replica turned
     on, or an operator ended on one; an agent's rate-limit cooldown one replica was asked
     for, or a reset ended. Without this the other replicas kept calling the agents, and what
     ended on one stayed on the others. A key ``pending`` here (changed, not stored yet) is
-    left as it is."""
+    left as it is. ``changed`` is called once a poll has changed a switch: a cooldown
+    followed here moves the system state as one started here does."""
     while True:
         await asyncio.sleep(every_s)
         try:
@@ -78,11 +80,15 @@ async def follow_the_fleet(
         except StoreUnavailable as exc:
             log.warning("the fleet's kept switches not read: %s", exc)
             continue
+        followed = False
         for key, switch in switches.items():
             if pending(key):  # changed here and not stored yet (the store was away): it stands
                 continue
             if (words := switch.follow(records.get(key), settle_s=2 * every_s)) is not None:
                 log.warning("%s as another replica set it: %s", key, words)
+                followed = True
+        if followed:
+            changed()
 
 
 @dataclass(frozen=True, slots=True)

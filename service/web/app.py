@@ -288,9 +288,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await keeper.start()
         stack.push_async_callback(keeper.stop)
         if settings.database_url is not None:
-            every_s = settings.fleet_poll_interval_s
-            followed = {"minimal_mode": minimal_mode, **cooldowns}
-            following = follow_the_fleet(followed, stores.system_state, every_s, keeper.pending)
+            kept, every_s = stores.system_state, settings.fleet_poll_interval_s
+            followed = {"minimal_mode": minimal_mode, **cooldowns}  # a change moves the state
+            following = follow_the_fleet(followed, kept, every_s, keeper.pending, state.evaluate)
             run_in_background(stack, following, "kept-switches-fleet")
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.replies.name_kept_isolations(team.breakers())

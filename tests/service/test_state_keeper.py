@@ -330,3 +330,50 @@ async def test_a_change_not_stored_yet_is_not_undone_by_the_fleets_older_record(
         await eventually(lambda: "cooldown:helper" in store.records, 10, "the keeper's retry")
         assert store.records["cooldown:helper"]["agent"] == "helper"
         assert cooldown.remaining() > 50
+
+
+async def test_a_cooldown_followed_from_another_replica_moves_the_system_state_there(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    """A cooldown started on this replica moves its system state at once (the lifespan
+    subscribes the state to it); one this replica followed from another replica's record
+    moved nothing, so the chats it turned away answered "systemState": "normal" until the
+    state was next looked at."""
+    cooldown = Cooldown("helper")
+    breakers = team(clock)
+    machine = SystemStateMachine(
+        StateInputs(
+            lambda: {b.name: b.state.value for b in breakers},
+            lambda: {},
+            lambda: [],
+            cooling_down=lambda: {"helper": left} if (left := cooldown.remaining()) else {},
+        ),
+        recovery_clean_s=60,
+        clock=clock,
+    )
+    cooldown.subscribe(lambda: machine.evaluate())  # as the lifespan wires it
+    switches: dict[str, FollowedSwitch] = {"cooldown:helper": cooldown}
+    keeper = StateKeeper(store, breakers, machine, switches=switches)
+    await keeper.start()
+    follows = asyncio.create_task(
+        follow_the_fleet(switches, store, 0.05, keeper.pending, machine.evaluate)
+    )
+    try:
+        async with following_replica(store, clock) as (other, other_keeper):
+            other.start(30)
+            await other_keeper.flush()
+            await eventually(lambda: cooldown.remaining() > 25, 10, "the cooldown followed")
+            assert (machine.state, machine.reason) == (
+                SystemState.DEGRADED,
+                "cooling down (rate limited): helper",
+            )
+            await asyncio.sleep(0.3)  # past the other's settle time: its end is its own
+            other.end()
+            await other_keeper.flush()
+            await eventually(lambda: cooldown.remaining() == 0, 10, "the end followed")
+            assert machine.state is SystemState.RECOVERY, machine.reason
+    finally:
+        follows.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follows
+        await keeper.stop()
