@@ -307,17 +307,17 @@ class BackupService:
         """Why the repository cannot be used (gone, replaced, read-only, its password refused),
         or None. restic (which tries the password) is asked every ``PROBLEM_READ_EVERY_S`` by
         one read (the others go on the last finding); a local config file is read between."""
-        assert self.manager is not None
-        now, last = time.monotonic(), self.problem_seen
-        local = is_local(self.manager.restic.repository)
-        due = last is None or now - last[0] >= PROBLEM_READ_EVERY_S
-        asked = due and (last is None or not self._asking.locked())
+        manager = self.require()
+        now, last, local = time.monotonic(), self.problem_seen, is_local(manager.restic.repository)
+        asked = not (last and (now - last[0] < PROBLEM_READ_EVERY_S or self._asking.locked()))
         if last is not None and not asked and (not local or last[1]):
             return last[1]
         async with self._asking if asked else contextlib.nullcontext():
+            if asked and (seen := self.problem_seen) is not None and seen is not last:
+                return seen[1]  # found by the first read (or the check) while this one waited
             try:
-                await self.manager.verify_repository(thorough=asked)
-                problem = self.manager.restic.read_only()
+                await manager.verify_repository(thorough=asked)
+                problem = manager.restic.read_only()
             except BackupError as exc:
                 problem = str(exc)
         if asked:

@@ -62,3 +62,24 @@ def test_one_read_asks_restic_and_the_others_go_on_the_last_finding() -> None:
         assert restic.asked == 2
 
     asyncio.run(main())
+
+
+def test_the_reads_that_wait_for_the_first_ask_go_on_its_finding() -> None:
+    """Before anything was found (the first status reads after the start), every read
+    waiting for the first ask ran restic again once it was through, one after another: the
+    last of them waited for all the repository opens before it."""
+
+    async def main() -> None:
+        restic = SlowRestic()
+        service = service_over(restic)
+        first = asyncio.create_task(service._repository_problem())
+        await asyncio.sleep(0)  # it holds the lock, waiting on restic
+        others = [asyncio.create_task(service._repository_problem()) for _ in range(5)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        restic.opened.set()
+        assert await first is None
+        assert [await task for task in others] == [None] * 5
+        assert restic.asked == 1
+
+    asyncio.run(main())
