@@ -50,15 +50,22 @@ def add_connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def admin_token(args: argparse.Namespace) -> str | None:
-    """--token-file first, then $ERS_ADMIN_TOKEN, then the file $ERS_ADMIN_TOKEN_FILE names."""
+    """--token-file first, else $ERS_ADMIN_TOKEN or the file $ERS_ADMIN_TOKEN_FILE names (not
+    both)."""
     token_file: Path | None = getattr(args, "token_file", None)
     origin = "--token-file"
     if token_file is None:
         # Blank counts as unset, as for `ers serve`: it does not hide the file.
         token = os.environ.get("ERS_ADMIN_TOKEN", "").strip()
+        named = os.environ.get("ERS_ADMIN_TOKEN_FILE")
+        if token and named:  # as `ers serve` refuses them: a token rotated in the file lost
+            raise CliError(
+                "$ERS_ADMIN_TOKEN and $ERS_ADMIN_TOKEN_FILE are both set, and which one is "
+                "meant cannot be told; unset one of them, or give --token-file",
+                USAGE,
+            )
         if token:
             return token
-        named = os.environ.get("ERS_ADMIN_TOKEN_FILE")
         if not named:
             return None
         token_file, origin = Path(named), "$ERS_ADMIN_TOKEN_FILE"

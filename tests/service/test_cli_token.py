@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.cli.output import USAGE, CliError
 from service.cli.remote import admin_token
 
 
@@ -96,3 +97,23 @@ def test_a_url_from_the_environment_that_is_no_url_is_named_as_the_variable(valu
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"ers: $ERS_URL {value!r} is not a URL"), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_token_variable_and_a_token_file_variable_both_set_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `ers serve` refuses the two together; the command sent the variable's token without a
+    # word, so a token rotated in the file was never the one sent.
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("rotated\n")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN", "old-secret")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", str(token_file))
+    with pytest.raises(CliError) as refused:
+        admin_token(argparse.Namespace(token_file=None))
+    assert refused.value.code == USAGE
+    assert str(refused.value).startswith(
+        "$ERS_ADMIN_TOKEN and $ERS_ADMIN_TOKEN_FILE are both set"
+    ), refused.value
+    assert "old-secret" not in str(refused.value) and "rotated" not in str(refused.value)
+    # --token-file names the one meant.
+    assert admin_token(argparse.Namespace(token_file=token_file)) == "rotated"
