@@ -185,8 +185,8 @@ class EnvironmentSource(PydanticBaseSettingsSource):
             if not (name in self.names and isinstance(value, str) and not value.strip())
         }
         for token in ("admin_token", "alert_token", "intake_token"):
-            if f"{token}_file" not in values:
-                continue
+            if not str(values.get(f"{token}_file") or "").strip():
+                continue  # none, or blank: refused as blank, naming its own variable
             if values.get(token) is not None:  # which one was meant cannot be told
                 variable = f"ERS_{token.upper()}"
                 raise SettingsError(

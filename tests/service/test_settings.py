@@ -287,6 +287,18 @@ def test_a_token_and_its_file_both_in_the_environment_are_refused(
     )
 
 
+def test_a_blank_token_file_variable_beside_the_token_is_refused_as_blank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ERS_ADMIN_TOKEN_FILE= (an unset compose variable) gives no file: "both are set" sent
+    # the operator to unset one of two variables of which only one held anything.
+    monkeypatch.setenv("ERS_ADMIN_TOKEN", "the-token")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", " ")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value).startswith("invalid setting 'admin_token_file': empty"), error.value
+
+
 @pytest.mark.parametrize(
     ("variable", "key", "how"),
     [
