@@ -16,7 +16,8 @@ agents') keep the guard's usual handling.
 | auth | 401, 403 | no | yes |
 | bad_request | 400, 413, 422 | no | no |
 | context_length | error code context_length_exceeded | no | no |
-| content_filter | error code content_filter | no | no |
+| content_filter | error code content_filter, or finish_reason content_filter | no | no |
+| refusal | a completion whose message.refusal is set (the model declined) | no | no |
 | client_error | any other 4xx (wrong URL, wrong method) | no | yes |
 | bad_response | a 2xx whose body breaks the contract | no | yes |
 
@@ -121,6 +122,13 @@ class ContextLengthExceeded(BadRequest):
 
 class ContentFiltered(BadRequest):
     kind = "content_filter"
+
+
+class ModelRefused(BadRequest):
+    """The model declined to answer (an OpenAI completion's ``message.refusal``): a refusal of
+    this request, as a content filter's is."""
+
+    kind = "refusal"
 
 
 class ClientError(FailureKind):

@@ -21,7 +21,8 @@ Contracts:
   ``traceId`` may be null), answer ``{"response": str, "confidence": float in [0, 1]}``
   (``confidence`` optional);
 - ``openai``: POST ``{url}/v1/chat/completions`` with ``{"model", "messages": [{"role":
-  "user", "content": message}]}``, answer ``choices[0].message.content``.
+  "user", "content": message}]}``, answer ``choices[0].message.content`` (read by
+  ``service.agents.openai_reply``, which tells a refusal or a cut-off answer from an answer).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from service.agents.failure_kinds import (
     RemoteTimeout,
     failure_from_response,
 )
+from service.agents.openai_reply import completion_text
 from service.agents.reply_body import read_at_most
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
@@ -202,10 +204,10 @@ class RemoteAgent:
                 span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)
                 raise failure
             self._reread_auth = False
-            # Read while the attempt's span is open, so a reply that breaks the contract is
-            # on it as bad_response, as every other failure of the attempt is.
+            # Read while the attempt's span is open, so a reply that holds no answer is on it
+            # with its kind (bad_response, refusal, ...), as every other failure of the attempt is.
             return self._answer(status, content)
-        except BadResponse as exc:
+        except FailureKind as exc:
             span.set_attribute(FAILURE_KIND_ATTRIBUTE, exc.kind)
             raise
         finally:
@@ -218,7 +220,7 @@ class RemoteAgent:
             )
         if content is None:
             raise self._bad(f"the reply is over {MAX_REPLY_BYTES} bytes")
-        return self._reply(content)
+        return self._reply(status, content)
 
     async def _reread_auth_file(self) -> None:
         if self.spec.auth_file is None:
@@ -315,7 +317,7 @@ class RemoteAgent:
             "traceId": format(context.trace_id, "032x") if context.is_valid else None,
         }
 
-    def _reply(self, content: bytes) -> AgentReply:
+    def _reply(self, status: int, content: bytes) -> AgentReply:
         try:
             document = json.loads(content)
         except ValueError:
@@ -324,13 +326,7 @@ class RemoteAgent:
             # Arrays or objects nested deeper than the parser goes: not an answer either.
             raise self._bad("the reply's JSON is nested too deep") from None
         if self.spec.contract == "openai":
-            try:
-                text = document["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError):
-                raise self._bad("the reply has no choices[0].message.content") from None
-            if not isinstance(text, str):
-                raise self._bad("choices[0].message.content is not a string")
-            return AgentReply(content=text, agent=self.name)
+            return AgentReply(content=completion_text(self.name, status, document), agent=self.name)
         if not isinstance(document, dict) or not isinstance(document.get("response"), str):
             raise self._bad('the reply has no string "response"')
         confidence = document.get("confidence", 1.0)

@@ -13,6 +13,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -590,3 +591,82 @@ async def test_a_rate_limit_or_a_refused_request_is_no_failure_in_the_call_metri
         if p.attributes is not None and p.attributes["agent"] == "remote" and p.value
     }
     assert counted == {"refused": 2}
+
+
+@asynccontextmanager
+async def answering(document: dict[str, Any], asked: list[bytes]) -> AsyncIterator[str]:
+    """A raw HTTP server on a free loopback port that answers every request 200 with
+    ``document``, each request's bytes put in ``asked``; yields its base URL."""
+    body = json.dumps(document).encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.read(65_536))
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+        writer.write(head.encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def completion(content: str | None, finish_reason: str = "stop", **message: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m-1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": finish_reason,
+            }
+        ],
+    }
+
+
+def counted_calls(reader: InMemoryMetricReader) -> dict[str, int]:
+    [metric] = [
+        m
+        for m in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
+        if m.name == "ers_agent_calls"
+    ]
+    return {
+        p.attributes["outcome"]: p.value
+        for p in metric.data.data_points
+        if p.attributes is not None and p.value
+    }
+
+
+@pytest.mark.parametrize(
+    ("document", "kind"),
+    [
+        (completion(None, refusal="I'm sorry, I can't help with that."), "refusal"),
+        (completion(None, "content_filter"), "content_filter"),
+        (completion("Here is how to", "content_filter"), "content_filter"),
+    ],
+)
+async def test_a_completion_refusing_the_request_falls_back_without_a_breaker_failure(
+    rig_factory: Any, document: dict[str, Any], kind: str
+) -> None:
+    """A model's refusal and a content filter's finish were bad_response (breaker failures,
+    outcome failure, isolating an agent that was only asked what it declines), and a
+    partly filtered answer went to the user as a whole one."""
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    instruments = AgentInstruments.create(meter, CollectorRegistry())
+    asked: list[bytes] = []
+    async with answering(document, asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1", instruments=instruments)
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert len(asked) == 1  # not retried
+    assert rig.breaker_failures == []
+    attributes = failure_attributes(rig)
+    assert attributes["ers.failure.kind"] == kind
+    assert attributes["http.response.status_code"] == 200
+    (attempt,) = rig.client_spans()
+    assert (attempt.attributes or {})["ers.failure.kind"] == kind
+    assert counted_calls(reader) == {"refused": 1}

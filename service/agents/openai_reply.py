@@ -1,0 +1,58 @@
+"""The answer in an OpenAI-compatible chat completion, read the way providers really reply.
+
+A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_reason`` and
+``message.refusal``; vLLM, Ollama and LiteLLM answer the same shapes):
+
+- ``message.refusal`` set: the model declined the request (``refusal``);
+- ``finish_reason: content_filter``: the provider's filter withheld the answer, whole or in
+  part (``content_filter``).
+
+Any other ``finish_reason`` (``stop``, null, a server's own such as ``eos``) passes the
+content on. Of several choices (ERS asks for one) the first is the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.agents.failure_kinds import (
+    BadResponse,
+    ContentFiltered,
+    ModelRefused,
+)
+
+
+def completion_text(agent: str, status: int, document: Any) -> str:
+    """The answer's text, or the failure kind of a completion that holds none."""
+    choices = document.get("choices") if isinstance(document, dict) else None
+    if not choices:
+        raise _broke(agent, status, "the reply has no choices[0].message.content")
+    first = choices[0] if isinstance(choices, list) else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        raise _broke(agent, status, "the reply has no choices[0].message.content")
+    reason = first.get("finish_reason")
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal.strip():
+        # The refusal's words are the model's free text: not in the message (nor incidents).
+        raise ModelRefused(
+            f"agent '{agent}' declined the request: its model answered with a refusal "
+            "(message.refusal) instead of content",
+            status=status,
+        )
+    if reason == "content_filter":
+        raise ContentFiltered(
+            f"agent '{agent}' answered finish_reason content_filter: its provider's content "
+            "filter withheld the answer",
+            status=status,
+        )
+    if "content" not in message:
+        raise _broke(agent, status, "the reply has no choices[0].message.content")
+    content = message["content"]
+    if not isinstance(content, str):
+        raise _broke(agent, status, "choices[0].message.content is not a string")
+    return content
+
+
+def _broke(agent: str, status: int, why: str) -> BadResponse:
+    return BadResponse(f"agent '{agent}' broke the openai contract: {why}", status=status)

@@ -1,0 +1,97 @@
+"""An OpenAI-compatible completion read the way providers answer: an answer, or the failure
+kind of a completion that holds none (the shapes of the OpenAI API reference's chat
+completion object, and of vLLM, Ollama and LiteLLM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.agents.failure_kinds import BadResponse, FailureKind
+from service.agents.openai_reply import completion_text
+
+
+def completion(*choices: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "choices": list(choices)}
+
+
+def choice(
+    content: str | None, finish_reason: str | None = "stop", **message: Any
+) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": content, **message},
+        "finish_reason": finish_reason,
+    }
+
+
+def failure_of(document: Any) -> FailureKind:
+    with pytest.raises(FailureKind) as raised:
+        completion_text("helper", 200, document)
+    return raised.value
+
+
+@pytest.mark.parametrize("finish_reason", ["stop", None, "eos"])
+def test_an_answer_is_its_content(finish_reason: str | None) -> None:
+    document = completion(choice("Three sets of squats.", finish_reason, refusal=None))
+    assert completion_text("helper", 200, document) == "Three sets of squats."
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        completion(choice(None, refusal="I'm sorry, I can't help with that.")),
+        # A refusal beside text: still the model declining, not an answer.
+        completion(choice("I'm sorry", refusal="I can't help with that.")),
+    ],
+)
+def test_a_models_refusal_is_a_refusal_of_the_request_not_a_broken_reply(
+    document: dict[str, Any],
+) -> None:
+    """It was a bad_response: a breaker failure of an agent that was only asked something its
+    model declines, counted to isolate it."""
+    failure = failure_of(document)
+    assert failure.kind == "refusal"
+    assert not failure.retryable and not failure.counts_against_breaker
+    assert getattr(failure, "call_outcome", None) == "refused"
+    assert failure.status == 200
+    assert "sorry" not in str(failure) and "help with" not in str(failure)  # its free text
+
+
+@pytest.mark.parametrize("content", [None, "Here is how to"])
+def test_a_content_filter_finish_is_a_content_filter_refusal_whole_or_partial(
+    content: str | None,
+) -> None:
+    """Filtered with null content it was a bad_response counted against the breaker; filtered
+    part-way it was passed to the user as a whole answer."""
+    failure = failure_of(completion(choice(content, "content_filter")))
+    assert failure.kind == "content_filter"
+    assert not failure.retryable and not failure.counts_against_breaker
+    assert str(failure) == (
+        "agent 'helper' answered finish_reason content_filter: its provider's content filter "
+        "withheld the answer"
+    )
+
+
+def test_of_several_choices_the_first_is_the_answer() -> None:
+    second = {**choice("Second."), "index": 1}
+    assert completion_text("helper", 200, completion(choice("First."), second)) == "First."
+
+
+@pytest.mark.parametrize(
+    ("document", "why"),
+    [
+        ({"answer": "x"}, "the reply has no choices[0].message.content"),
+        ([1, 2], "the reply has no choices[0].message.content"),
+        (completion({"index": 0}), "the reply has no choices[0].message.content"),
+        (completion({"message": {"role": "assistant"}}), "has no choices[0].message.content"),
+        (completion(choice(None)), "choices[0].message.content is not a string"),
+    ],
+)
+def test_a_completion_without_text_breaks_the_contract(document: Any, why: str) -> None:
+    failure = failure_of(document)
+    assert isinstance(failure, BadResponse) and failure.kind == "bad_response"
+    assert failure.counts_against_breaker
+    assert str(failure).startswith("agent 'helper' broke the openai contract: ")
+    assert why in str(failure)
