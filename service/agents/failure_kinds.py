@@ -18,6 +18,7 @@ agents') keep the guard's usual handling.
 | context_length | error code context_length_exceeded | no | no |
 | content_filter | error code content_filter, or finish_reason content_filter | no | no |
 | refusal | a completion whose message.refusal is set (the model declined) | no | no |
+| truncated | a completion's finish_reason length (cut off at the token limit) | no | no |
 | client_error | any other 4xx (wrong URL, wrong method) | no | yes |
 | bad_response | a 2xx whose body breaks the contract | no | yes |
 
@@ -129,6 +130,14 @@ class ModelRefused(BadRequest):
     this request, as a content filter's is."""
 
     kind = "refusal"
+
+
+class Truncated(BadRequest):
+    """The model stopped at its output token limit (``finish_reason: length``): the answer is
+    cut off, no answer to pass on as whole. A shorter answer to another question fits, so
+    the agent is no less healthy for it."""
+
+    kind = "truncated"
 
 
 class ClientError(FailureKind):

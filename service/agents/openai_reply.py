@@ -5,7 +5,8 @@ A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_rea
 
 - ``message.refusal`` set: the model declined the request (``refusal``);
 - ``finish_reason: content_filter``: the provider's filter withheld the answer, whole or in
-  part (``content_filter``).
+  part (``content_filter``);
+- ``finish_reason: length``: the answer stopped at the token limit, cut off (``truncated``).
 
 Any other ``finish_reason`` (``stop``, null, a server's own such as ``eos``) passes the
 content on. Of several choices (ERS asks for one) the first is the answer.
@@ -19,6 +20,7 @@ from service.agents.failure_kinds import (
     BadResponse,
     ContentFiltered,
     ModelRefused,
+    Truncated,
 )
 
 
@@ -44,6 +46,13 @@ def completion_text(agent: str, status: int, document: Any) -> str:
         raise ContentFiltered(
             f"agent '{agent}' answered finish_reason content_filter: its provider's content "
             "filter withheld the answer",
+            status=status,
+        )
+    if reason == "length":
+        raise Truncated(
+            f"agent '{agent}' answered finish_reason length: its model stopped at its output "
+            "token limit, so the answer is cut off; raise that limit on the model's server "
+            "(ERS sends no max_tokens)",
             status=status,
         )
     if "content" not in message:

@@ -645,14 +645,15 @@ def counted_calls(reader: InMemoryMetricReader) -> dict[str, int]:
         (completion(None, refusal="I'm sorry, I can't help with that."), "refusal"),
         (completion(None, "content_filter"), "content_filter"),
         (completion("Here is how to", "content_filter"), "content_filter"),
+        (completion("A full plan: squats, push-", "length"), "truncated"),
     ],
 )
-async def test_a_completion_refusing_the_request_falls_back_without_a_breaker_failure(
+async def test_a_completion_with_no_whole_answer_falls_back_without_a_breaker_failure(
     rig_factory: Any, document: dict[str, Any], kind: str
 ) -> None:
     """A model's refusal and a content filter's finish were bad_response (breaker failures,
-    outcome failure, isolating an agent that was only asked what it declines), and a
-    partly filtered answer went to the user as a whole one."""
+    outcome failure, isolating an agent that was only asked what it declines); a partly
+    filtered answer, and one cut off at the token limit, went to the user as whole ones."""
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader]).get_meter("test")
     instruments = AgentInstruments.create(meter, CollectorRegistry())

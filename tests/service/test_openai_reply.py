@@ -74,6 +74,17 @@ def test_a_content_filter_finish_is_a_content_filter_refusal_whole_or_partial(
     )
 
 
+@pytest.mark.parametrize("content", ["A full plan: squats, push-", "", None])
+def test_an_answer_cut_off_at_the_token_limit_is_no_answer(content: str | None) -> None:
+    """It went to the user as a whole answer ("emergency": false); a reasoning model that
+    spent its tokens thinking answers it with content empty or null."""
+    failure = failure_of(completion(choice(content, "length")))
+    assert failure.kind == "truncated"
+    assert not failure.retryable and not failure.counts_against_breaker
+    assert getattr(failure, "call_outcome", None) == "refused"
+    assert "output token limit" in str(failure) and "squats" not in str(failure)
+
+
 def test_of_several_choices_the_first_is_the_answer() -> None:
     second = {**choice("Second."), "index": 1}
     assert completion_text("helper", 200, completion(choice("First."), second)) == "First."

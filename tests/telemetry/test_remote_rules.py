@@ -35,6 +35,7 @@ def remote_failure(kind: str, exception: str, message: str, **attributes: object
         ("context_length", "ContextLengthExceeded", "remote-context-length", "low", "LOG_ONLY"),
         ("content_filter", "ContentFiltered", "remote-content-filter", "low", "LOG_ONLY"),
         ("refusal", "ModelRefused", "remote-refusal", "low", "LOG_ONLY"),
+        ("truncated", "Truncated", "remote-truncated", "medium", "LOG_ONLY"),
         ("bad_request", "BadRequest", "remote-bad-request", "medium", "LOG_ONLY"),
         ("client_error", "ClientError", "remote-client-error", "high", "LOG_ONLY"),
         ("bad_response", "BadResponse", "remote-bad-response", "high", "LOG_ONLY"),
