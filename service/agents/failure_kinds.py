@@ -20,6 +20,7 @@ agents') keep the guard's usual handling.
 | refusal | a completion whose message.refusal is set (the model declined) | no | no |
 | truncated | a completion's finish_reason length (cut off at the token limit) | no | no |
 | client_error | any other 4xx (wrong URL, wrong method) | no | yes |
+| tool_calls | a completion asking for a tool call (ERS sends no tools) | no | yes |
 | bad_response | a 2xx whose body breaks the contract | no | yes |
 
 A malformed reply is not retried: it comes from an agent that speaks another contract (or
@@ -148,6 +149,13 @@ class ClientError(FailureKind):
 class BadResponse(FailureKind):
     kind = "bad_response"
     retryable = False
+
+
+class ToolCallRequested(BadResponse):
+    """The model asked for a tool call. ERS sends no tools and runs none, so they come from
+    the agent's server or a proxy in front of it: the agent's setup, not this request."""
+
+    kind = "tool_calls"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -6,6 +6,9 @@ A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_rea
 - ``message.refusal`` set: the model declined the request (``refusal``);
 - ``finish_reason: content_filter``: the provider's filter withheld the answer, whole or in
   part (``content_filter``);
+- ``finish_reason: tool_calls`` (or ``function_call``, or ``message.tool_calls`` with any
+  reason, as Ollama answers): the model asks ERS to run a tool, and ERS sends none
+  (``tool_calls``);
 - ``finish_reason: length``: the answer stopped at the token limit, cut off (``truncated``).
 
 Any other ``finish_reason`` (``stop``, null, a server's own such as ``eos``) passes the
@@ -20,8 +23,11 @@ from service.agents.failure_kinds import (
     BadResponse,
     ContentFiltered,
     ModelRefused,
+    ToolCallRequested,
     Truncated,
 )
+
+TOOL_CALL_REASONS = ("tool_calls", "function_call")
 
 
 def completion_text(agent: str, status: int, document: Any) -> str:
@@ -46,6 +52,13 @@ def completion_text(agent: str, status: int, document: Any) -> str:
         raise ContentFiltered(
             f"agent '{agent}' answered finish_reason content_filter: its provider's content "
             "filter withheld the answer",
+            status=status,
+        )
+    if reason in TOOL_CALL_REASONS or message.get("tool_calls") or message.get("function_call"):
+        said = f"finish_reason {reason}" if reason in TOOL_CALL_REASONS else "message.tool_calls"
+        raise ToolCallRequested(
+            f"agent '{agent}' asked for a tool call ({said}), but ERS sends no tools and runs "
+            "none: turn off the tools its server, or a proxy in front of it, adds to requests",
             status=status,
         )
     if reason == "length":

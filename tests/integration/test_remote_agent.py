@@ -671,3 +671,20 @@ async def test_a_completion_with_no_whole_answer_falls_back_without_a_breaker_fa
     (attempt,) = rig.client_spans()
     assert (attempt.attributes or {})["ers.failure.kind"] == kind
     assert counted_calls(reader) == {"refused": 1}
+
+
+async def test_a_tool_call_falls_back_and_counts_against_the_breaker(rig_factory: Any) -> None:
+    """ERS sends no tools: a model asking for one is set up so by its server or a proxy, for
+    every question that calls for the tool. It was a bad_response saying only that the
+    content was not a string."""
+    tool_call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    asked: list[bytes] = []
+    async with answering(completion(None, "tool_calls", tool_calls=[tool_call]), asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert len(asked) == 1
+    assert len(rig.breaker_failures) == 1
+    assert failure_attributes(rig)["ers.failure.kind"] == "tool_calls"
+    assert "ERS sends no tools" in str(rig.guard.breaker.snapshot()["lastError"])

@@ -85,6 +85,29 @@ def test_an_answer_cut_off_at_the_token_limit_is_no_answer(content: str | None) 
     assert "output token limit" in str(failure) and "squats" not in str(failure)
 
 
+TOOL_CALL = [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        completion(choice(None, "tool_calls", tool_calls=TOOL_CALL)),
+        # Ollama: empty content, and the tool calls beside finish_reason stop.
+        completion(choice("", "stop", tool_calls=TOOL_CALL)),
+        completion(choice(None, "function_call", function_call={"name": "f", "arguments": "{}"})),
+    ],
+)
+def test_a_tool_call_is_the_agents_setup_not_a_broken_reply(document: dict[str, Any]) -> None:
+    """It was a bad_response saying the content is not a string (or an empty reply), which
+    named no cause: ERS sends no tools, so the agent's server adds them."""
+    failure = failure_of(document)
+    assert failure.kind == "tool_calls"
+    assert not failure.retryable and failure.counts_against_breaker
+    assert "ERS sends no tools" in str(failure) and "get_weather" not in str(failure)
+
+
 def test_of_several_choices_the_first_is_the_answer() -> None:
     second = {**choice("Second."), "index": 1}
     assert completion_text("helper", 200, completion(choice("First."), second)) == "First."
