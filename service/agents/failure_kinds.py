@@ -21,7 +21,7 @@ agents') keep the guard's usual handling.
 | truncated | a completion's finish_reason length (cut off at the token limit) | no | no |
 | client_error | any other 4xx (wrong URL, wrong method) | no | yes |
 | tool_calls | a completion asking for a tool call (ERS sends no tools) | no | yes |
-| bad_response | a 2xx whose body breaks the contract | no | yes |
+| bad_response | a 2xx whose body breaks the contract (an error object too) | no | yes |
 
 A malformed reply is not retried: it comes from an agent that speaks another contract (or
 another version of it), and the same request gets the same reply again.
@@ -187,7 +187,11 @@ def error_code(body: bytes) -> str | None:
         document = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
-    error = document.get("error") if isinstance(document, dict) else None
+    return code_of_error(document.get("error") if isinstance(document, dict) else None)
+
+
+def code_of_error(error: object) -> str | None:
+    """The ``code`` (or ``type``) of an OpenAI-compatible ``error`` object, if it is one."""
     if not isinstance(error, dict):
         return None
     for key in ("code", "type"):
@@ -208,28 +212,11 @@ def failure_from_response(
     names the agent, the status and the error code, never the body (it may echo what was
     sent); the code too may echo what was sent, so each of ``secrets`` (the credentials the
     request carried) in it is replaced."""
-    code = error_code(body)
-    for secret in sorted(secrets, key=len, reverse=True):  # a longer one may hold another
-        if code and secret:
-            code = code.replace(secret, REDACTED)
+    code = _without_secrets(error_code(body), secrets)
     said = f"HTTP {status}" + (f" ({code})" if code else "")
-    if code == "context_length_exceeded":
-        return ContextLengthExceeded(
-            f"agent '{agent}' answered {said}: the conversation is longer than its model's "
-            "context window",
-            status=status,
-        )
-    if code in ("content_filter", "content_policy_violation"):
-        return ContentFiltered(
-            f"agent '{agent}' answered {said}: its provider's content filter refused the message",
-            status=status,
-        )
-    if code == "insufficient_quota":
-        return QuotaExhausted(
-            f"agent '{agent}' answered {said}: its provider's quota or billing limit is spent;"
-            " every call fails until it is raised",
-            status=status,
-        )
+    failure = _failure_of_code(agent, said, code, status)
+    if failure is not None:
+        return failure
     if status == 429:
         retry_after = parse_retry_after(headers.get("retry-after"))
         wait = f"; it asks to wait {retry_after:g} s" if retry_after is not None else ""
@@ -259,3 +246,52 @@ def failure_from_response(
     return ClientError(
         f"agent '{agent}' answered {said}; check its url and contract settings", status=status
     )
+
+
+def failure_from_error_object(
+    agent: str, status: int, error: object, secrets: Sequence[str] = ()
+) -> FailureKind:
+    """The kind of a 2xx whose body is an ``{"error": ...}`` object instead of a completion,
+    as some proxies answer a failed request: by its error code as for an error status, else
+    a ``BadResponse`` naming the code."""
+    code = _without_secrets(code_of_error(error), secrets)
+    said = f"HTTP {status} with an error object" + (f" ({code})" if code else "")
+    failure = _failure_of_code(agent, said, code, status)
+    if failure is not None:
+        return failure
+    return BadResponse(
+        f"agent '{agent}' answered {said} instead of a completion: its server, or a proxy in "
+        "front of it, failed the request",
+        status=status,
+    )
+
+
+def _without_secrets(code: str | None, secrets: Sequence[str]) -> str | None:
+    # An error code may echo what was sent: each credential the request carried is replaced
+    # (a longer one first, as it may hold another).
+    for secret in sorted(secrets, key=len, reverse=True):
+        if code and secret:
+            code = code.replace(secret, REDACTED)
+    return code
+
+
+def _failure_of_code(agent: str, said: str, code: str | None, status: int) -> FailureKind | None:
+    """The kind an error code names, whatever the status it came with."""
+    if code == "context_length_exceeded":
+        return ContextLengthExceeded(
+            f"agent '{agent}' answered {said}: the conversation is longer than its model's "
+            "context window",
+            status=status,
+        )
+    if code in ("content_filter", "content_policy_violation"):
+        return ContentFiltered(
+            f"agent '{agent}' answered {said}: its provider's content filter refused the message",
+            status=status,
+        )
+    if code == "insufficient_quota":
+        return QuotaExhausted(
+            f"agent '{agent}' answered {said}: its provider's quota or billing limit is spent;"
+            " every call fails until it is raised",
+            status=status,
+        )
+    return None

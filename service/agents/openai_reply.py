@@ -9,7 +9,9 @@ A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_rea
 - ``finish_reason: tool_calls`` (or ``function_call``, or ``message.tool_calls`` with any
   reason, as Ollama answers): the model asks ERS to run a tool, and ERS sends none
   (``tool_calls``);
-- ``finish_reason: length``: the answer stopped at the token limit, cut off (``truncated``).
+- ``finish_reason: length``: the answer stopped at the token limit, cut off (``truncated``);
+- an ``{"error": ...}`` object instead of ``choices``, as some proxies answer a failed request
+  with a 200: by its error code, as for an error status (``failure_from_error_object``).
 
 Any other ``finish_reason`` (``stop``, null, a server's own such as ``eos``) passes the
 content on. Of several choices (ERS asks for one) the first is the answer.
@@ -17,6 +19,7 @@ content on. Of several choices (ERS asks for one) the first is the answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from service.agents.failure_kinds import (
@@ -25,15 +28,22 @@ from service.agents.failure_kinds import (
     ModelRefused,
     ToolCallRequested,
     Truncated,
+    failure_from_error_object,
 )
 
 TOOL_CALL_REASONS = ("tool_calls", "function_call")
 
 
-def completion_text(agent: str, status: int, document: Any) -> str:
-    """The answer's text, or the failure kind of a completion that holds none."""
+def completion_text(agent: str, status: int, document: Any, secrets: Sequence[str] = ()) -> str:
+    """The answer's text, or the failure kind of a completion that holds none; ``secrets``
+    (what the request carried of a credential) are in no message."""
     choices = document.get("choices") if isinstance(document, dict) else None
     if not choices:
+        error = document.get("error") if isinstance(document, dict) else None
+        if error:
+            raise failure_from_error_object(agent, status, error, secrets)
+        if isinstance(choices, list):
+            raise _broke(agent, status, "its choices are an empty list, with no answer")
         raise _broke(agent, status, "the reply has no choices[0].message.content")
     first = choices[0] if isinstance(choices, list) else None
     message = first.get("message") if isinstance(first, dict) else None

@@ -326,7 +326,8 @@ class RemoteAgent:
             # Arrays or objects nested deeper than the parser goes: not an answer either.
             raise self._bad("the reply's JSON is nested too deep") from None
         if self.spec.contract == "openai":
-            return AgentReply(content=completion_text(self.name, status, document), agent=self.name)
+            text = completion_text(self.name, status, document, self._secrets())
+            return AgentReply(content=text, agent=self.name)
         if not isinstance(document, dict) or not isinstance(document.get("response"), str):
             raise self._bad('the reply has no string "response"')
         confidence = document.get("confidence", 1.0)

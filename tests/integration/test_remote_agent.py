@@ -688,3 +688,30 @@ async def test_a_tool_call_falls_back_and_counts_against_the_breaker(rig_factory
     assert len(rig.breaker_failures) == 1
     assert failure_attributes(rig)["ers.failure.kind"] == "tool_calls"
     assert "ERS sends no tools" in str(rig.guard.breaker.snapshot()["lastError"])
+
+
+async def test_an_error_object_answered_with_a_200_is_read_by_its_error_code(
+    rig_factory: Any,
+) -> None:
+    """A proxy that answers a failed request 200 with an error object: its content filter's
+    code was a bad_response (a breaker failure), and the message said only that no
+    choices[0].message.content came."""
+    filtered = {"error": {"message": "filtered", "code": "content_filter"}}
+    unknown = {"error": {"message": "No models available", "type": "invalid_request_error"}}
+    asked: list[bytes] = []
+    async with answering(filtered, asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        assert_fell_back(await rig.ask())
+    assert rig.breaker_failures == []
+    assert failure_attributes(rig)["ers.failure.kind"] == "content_filter"
+
+    async with answering(unknown, asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        assert_fell_back(await rig.ask())
+    assert len(asked) == 2  # neither retried
+    assert len(rig.breaker_failures) == 1
+    assert failure_attributes(rig)["ers.failure.kind"] == "bad_response"
+    assert str(rig.guard.breaker.snapshot()["lastError"]).endswith(
+        "answered HTTP 200 with an error object (invalid_request_error) instead of a "
+        "completion: its server, or a proxy in front of it, failed the request"
+    )

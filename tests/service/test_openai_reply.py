@@ -129,3 +129,50 @@ def test_a_completion_without_text_breaks_the_contract(document: Any, why: str) 
     assert failure.counts_against_breaker
     assert str(failure).startswith("agent 'helper' broke the openai contract: ")
     assert why in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "said"),
+    [
+        # LiteLLM's proxy answered an unknown model so (BerriAI/litellm#27030).
+        (
+            {"message": "No models available", "type": "invalid_request_error"},
+            "bad_response",
+            "agent 'helper' answered HTTP 200 with an error object (invalid_request_error) "
+            "instead of a completion: its server, or a proxy in front of it, failed the request",
+        ),
+        ("upstream failed", "bad_response", "answered HTTP 200 with an error object instead"),
+        (
+            {"message": "filtered", "code": "content_filter"},
+            "content_filter",
+            "agent 'helper' answered HTTP 200 with an error object (content_filter): its "
+            "provider's content filter refused the message",
+        ),
+        ({"code": "context_length_exceeded"}, "context_length", "context window"),
+        ({"code": "insufficient_quota"}, "quota", "quota or billing limit"),
+    ],
+)
+def test_an_error_object_in_a_200_is_read_by_its_code(error: Any, kind: str, said: str) -> None:
+    """It read as a broken contract, "the reply has no choices[0].message.content", which hid
+    the error the proxy reported."""
+    failure = failure_of({"error": error})
+    assert failure.kind == kind
+    assert failure.status == 200
+    assert said in str(failure)
+    assert "No models" not in str(failure)  # the error's free text
+
+
+def test_an_error_code_echoing_a_credential_is_redacted() -> None:
+    with pytest.raises(BadResponse) as raised:
+        completion_text("helper", 200, {"error": {"code": "bad_key_sk-s3cret"}}, ["sk-s3cret"])
+    assert "s3cret" not in str(raised.value)
+    assert "(bad_key_REDACTED)" in str(raised.value)
+
+
+@pytest.mark.parametrize("document", [completion(), {**completion(), "error": None}])
+def test_an_empty_list_of_choices_says_so(document: dict[str, Any]) -> None:
+    failure = failure_of(document)
+    assert failure.kind == "bad_response"
+    assert str(failure) == (
+        "agent 'helper' broke the openai contract: its choices are an empty list, with no answer"
+    )
