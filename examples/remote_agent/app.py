@@ -19,7 +19,12 @@ Endpoints:
   (200 without the contract's field), ``not_json`` (200 with a body cut off mid-JSON),
   ``nested`` (200 with arrays nested 100,000 deep), ``oversized`` (a 2 MB answer),
   ``empty`` (200 with an empty answer), ``lone_surrogate`` (200 whose answer ends in half of
-  a UTF-16 pair, as a model cut off in the middle of an emoji writes it);
+  a UTF-16 pair, as a model cut off in the middle of an emoji writes it); and the OpenAI
+  contract's completions that hold no answer (``/chat`` answers them as usual):
+  ``truncated`` (``finish_reason: length``, cut off mid-word), ``content_filter``
+  (``finish_reason: content_filter``, content null), ``refusal`` (``message.refusal`` set,
+  content null), ``tool_calls`` (``finish_reason: tool_calls`` with a tool call),
+  ``error_object`` (200 with an ``{"error": ...}`` object, as some proxies answer);
 - ``GET /admin/calls``: the calls received so far (mode served, traceparent, the body's
   traceId, whether the expected Authorization header came), ``DELETE /admin/calls`` forgets them.
 
@@ -61,7 +66,32 @@ Mode = Literal[
     "oversized",
     "empty",
     "lone_surrogate",
+    "truncated",
+    "content_filter",
+    "refusal",
+    "tool_calls",
+    "error_object",
 ]
+
+# The OpenAI contract's 200s that hold no answer: (content, finish_reason, message fields).
+COMPLETIONS: dict[str, tuple[str | None, str, dict[str, Any]]] = {
+    "truncated": ("Here is your plan: squats, push-", "length", {}),
+    "content_filter": (None, "content_filter", {}),
+    "refusal": (None, "stop", {"refusal": "I'm sorry, I can't help with that."}),
+    "tool_calls": (
+        None,
+        "tool_calls",
+        {
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ]
+        },
+    ),
+}
 
 
 class Failures(BaseModel):
@@ -170,6 +200,14 @@ def _failure_reply(contract: str, failure: Failures) -> Response | None:
             }
         }
         return JSONResponse(body, status_code=429)
+    if failure.mode in COMPLETIONS or failure.mode == "error_object":
+        if contract != "openai":
+            return None
+        if failure.mode == "error_object":
+            error = {"message": "No models available", "type": "invalid_request_error"}
+            return JSONResponse({"error": error})
+        content, finish_reason, fields = COMPLETIONS[failure.mode]
+        return JSONResponse(_completion(content, finish_reason, fields))
     if failure.mode == "malformed":
         return JSONResponse({"answer": "a field no contract has"})
     if failure.mode == "not_json":
@@ -189,8 +227,16 @@ def _failure_reply(contract: str, failure: Failures) -> Response | None:
 
 def _answer(contract: str, text: str) -> dict[str, Any]:
     if contract == "openai":
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+        return _completion(text, "stop", {})
     return {"response": text, "confidence": 0.9}
+
+
+def _completion(content: str | None, finish_reason: str, fields: dict[str, Any]) -> dict[str, Any]:
+    message = {"role": "assistant", "content": content, **fields}
+    return {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    }
 
 
 async def _serve(

@@ -5,8 +5,11 @@ fallback answers, never a 500 of the service and never an empty reply called a s
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,3 +91,91 @@ def test_an_empty_answer_falls_back_and_fails_the_system_test(
     assert report["passed"] is False, report
     (step,) = [step for step in report["steps"] if step["step"] == "agent:helper"]
     assert step["passed"] is False and "empty reply" in step["detail"], step
+
+
+# Each mode of the example agent: the failure kind, the incident's rule, and whether the
+# agent's breaker counted it.
+NO_ANSWER = {
+    "truncated": ("truncated", "remote-truncated", False),
+    "content_filter": ("content_filter", "remote-content-filter", False),
+    "refusal": ("refusal", "remote-refusal", False),
+    "tool_calls": ("tool_calls", "remote-tool-calls", True),
+    "error_object": ("bad_response", "remote-bad-response", True),
+}
+
+
+def helper_incidents(ers: ErsProcess, rules: set[str]) -> dict[str, dict[str, Any]]:
+    """The open incidents of agent helper by rule, once each of ``rules`` has one (15 s at
+    most: they are classified off the request path)."""
+    deadline = time.monotonic() + 15
+    while True:
+        listed = httpx.get(f"{ers.url}/api/emergency/incidents", timeout=10).json()
+        found = {
+            i["classification"]["rule"]: i
+            for i in listed["incidents"]
+            if i["component"] == "helper"
+        }
+        if rules <= found.keys() or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def failure_kinds(spans: list[dict[str, Any]]) -> set[str]:
+    """The ers.failure.kind of each agent.helper span of a kept trace."""
+    found = set()
+    for span in spans:
+        if span["name"] == "agent.helper":
+            found.add(span["attributes"].get("ers.failure.kind"))
+        found |= failure_kinds(span["children"])
+    return found
+
+
+def calls_counted(ers: ErsProcess) -> dict[str, float]:
+    metrics = httpx.get(f"{ers.url}/metrics", timeout=10).text
+    found = re.findall(r'ers_agent_calls_total\{agent="helper",outcome="(\w+)"\} (\S+)', metrics)
+    return {outcome: float(value) for outcome, value in found if float(value)}
+
+
+def test_openai_completions_without_an_answer_fall_back_each_as_its_kind(
+    tmp_path: Path, example_agent: ExampleAgent
+) -> None:
+    """Through the whole service, an LLM agent's 200s that hold no answer: an answer cut off
+    at the token limit went to the user as a whole one; a refusal, a content filter's finish
+    and a tool call were bad_response breaker failures that named no cause; an error object
+    in a 200 read as a reply without choices."""
+    example_agent.forget()
+    ers = start_routed_ers(
+        tmp_path, example_agent, contract="openai", model="example", url=example_agent.url
+    )
+    try:
+        bodies = {}
+        for mode in NO_ANSWER:
+            example_agent.fail_next(mode)
+            bodies[mode] = ask_for_a_workout(ers, "ann")
+        incidents = helper_incidents(ers, {rule for _, rule, _ in NO_ANSWER.values()})
+        breaker = httpx.get(f"{ers.url}/api/emergency/circuit-breakers/helper", timeout=10)
+        counted = calls_counted(ers)
+        kept = {
+            mode: httpx.get(f"{ers.url}/api/emergency/traces/{body['traceId']}", timeout=10)
+            for mode, body in bodies.items()
+        }
+        answered = ask_for_a_workout(ers, "ann")
+    finally:
+        assert ers.stop() == 0, ers.log()[-4000:]
+
+    assert [call["mode"] for call in example_agent.calls()] == [*NO_ANSWER, None]
+    for mode, (kind, rule, _) in NO_ANSWER.items():
+        body = bodies[mode]
+        assert body["emergency"] is True and body["recovery"]["via"] == "workout", (mode, body)
+        assert "squats, push-" not in body["response"]
+        assert incidents[rule]["count"] == 1, (mode, incidents.keys())
+        assert failure_kinds(kept[mode].json()["spans"]) == {kind}, mode
+    assert "output token limit" in incidents["remote-truncated"]["message"]
+    assert incidents["remote-truncated"]["classification"]["severity"] == "medium"
+    assert "ERS sends no tools" in incidents["remote-tool-calls"]["message"]
+    assert "error object (invalid_request_error)" in incidents["remote-bad-response"]["message"]
+    assert "sorry" not in incidents["remote-refusal"]["message"]
+    # Only the tool call and the error object counted against the breaker.
+    assert counted == {"refused": 3, "failure": 2}, counted
+    assert breaker.json()["state"] == "closed"
+    assert answered["emergency"] is False
