@@ -348,3 +348,28 @@ def test_records_with_nested_attribute_values_are_classified(
     record = error_record("agent.npa", "Boom", "Agent processing failure", attributes=nested)
     assert default_classifier.classify(record).type == "agent"
     assert default_classifier.classify(record).type == "agent"
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        "i/o timeout",  # matched the timeout-message rule: a medium incident
+        "connection refused",
+    ],
+)
+def test_an_unreachable_repository_is_high_whatever_restics_words(
+    default_classifier: Classifier, cause: str
+) -> None:
+    record = error_record(
+        "health.backups",
+        "service.health.backup_checks.RepositoryUnreachable",
+        f"the restic repository 'rest:http://***@backup.db.example:8000/ers' cannot be reached "
+        f"({cause}): bring its server back or fix the repository setting; nothing was changed",
+        attributes={"ers.component": "backups", "ers.exception.bases": ["ConnectionError"]},
+    )
+    result = default_classifier.classify(record)
+    assert (result.rule, result.severity, result.type) == (
+        "backup-repository-unreachable",
+        "high",
+        "network",
+    )
