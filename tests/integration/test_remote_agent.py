@@ -147,6 +147,26 @@ def failure_attributes(rig: Rig) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
+async def fallbacks_and_incidents(
+    rig_factory: Any, tmp_path: Path, calls: int, url: str, **spec: Any
+) -> tuple[Rig, list[Any], int]:
+    """``calls`` asks that each fall back, through the incident pipeline on a store of its
+    own: the rig, and the incidents they made with their total."""
+    store = IncidentStore(tmp_path / "incidents.db")
+    processor = IncidentProcessor(store, load_rules(), ignore=not_an_incident(UNCLASSIFIED_ROUTES))
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    rig = rig_factory(url, provider=provider, **spec)
+    try:
+        for _ in range(calls):
+            assert_fell_back(await rig.ask())
+        assert processor.force_flush(10_000)
+        incidents, total = store.list()
+    finally:
+        processor.shutdown()
+    return rig, incidents, total
+
+
 async def test_an_ers_contract_answer_carries_the_chats_trace_to_the_agent(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path
 ) -> None:
@@ -412,18 +432,9 @@ async def test_rejected_credentials_are_not_retried_and_make_one_critical_incide
 ) -> None:
     wrong = tmp_path / "wrong-auth"
     wrong.write_text("Bearer not-the-token\n")
-    store = IncidentStore(tmp_path / "incidents.db")
-    processor = IncidentProcessor(store, load_rules(), ignore=not_an_incident(UNCLASSIFIED_ROUTES))
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    rig = rig_factory(chat_url(agent_side), auth_file=wrong, provider=provider)
-    try:
-        for _ in range(3):
-            assert_fell_back(await rig.ask())
-        assert processor.force_flush(10_000)
-        incidents, total = store.list()
-    finally:
-        processor.shutdown()
+    rig, incidents, total = await fallbacks_and_incidents(
+        rig_factory, tmp_path, 3, chat_url(agent_side), auth_file=wrong
+    )
 
     assert attempts(agent_side) == 3  # one per call: never retried
     assert len(rig.breaker_failures) == 3
@@ -444,19 +455,10 @@ async def test_a_spent_quota_is_not_retried_or_waited_out_and_makes_one_incident
 ) -> None:
     """OpenAI answers a spent quota with 429 too, without Retry-After: taken as a rate limit,
     each call was retried and no breaker ever stopped the calls that could only fail."""
-    store = IncidentStore(tmp_path / "incidents.db")
-    processor = IncidentProcessor(store, load_rules(), ignore=not_an_incident(UNCLASSIFIED_ROUTES))
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    rig = rig_factory(chat_url(agent_side), auth_file=auth_file, provider=provider)
     agent_side.fail_next("quota", count=3)
-    try:
-        for _ in range(2):
-            assert_fell_back(await rig.ask())
-        assert processor.force_flush(10_000)
-        incidents, total = store.list()
-    finally:
-        processor.shutdown()
+    rig, incidents, total = await fallbacks_and_incidents(
+        rig_factory, tmp_path, 2, chat_url(agent_side), auth_file=auth_file
+    )
 
     assert attempts(agent_side) == 2  # one per call: never retried
     assert len(rig.breaker_failures) == 2

@@ -196,6 +196,19 @@ def test_json_nested_deeper_than_it_can_be_read_is_refused_in_one_line(tmp_path:
     assert "nested deeper than it can be read" in result.stderr
 
 
+def classify_with_rules(tmp_path: Path, rules: Path) -> subprocess.CompletedProcess[str]:
+    """``ers classify --explain`` of one failed span with the rules file ``rules``."""
+    span = tmp_path / "span.json"
+    span.write_text(json.dumps({"name": "agent.budget", "status": {"status_code": "ERROR"}}))
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "classify", "--explain", str(span)]
+        + ["--rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "said"),
     [
@@ -209,15 +222,7 @@ def test_a_rules_file_that_cannot_be_read_is_refused_in_one_line(
     """PyYAML's own message is several lines, with the file's text in it."""
     rules = tmp_path / "rules.yaml"
     rules.write_bytes(content)
-    span = tmp_path / "span.json"
-    span.write_text(json.dumps({"name": "agent.budget", "status": {"status_code": "ERROR"}}))
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "classify", "--explain", str(span)]
-        + ["--rules", str(rules)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = classify_with_rules(tmp_path, rules)
     assert result.returncode == 2, result.stdout
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and said in lines[0], result.stderr
@@ -247,15 +252,7 @@ def test_a_fingerprint_with_a_brace_of_no_placeholder_is_refused(
             }
         )
     )
-    span = tmp_path / "span.json"
-    span.write_text(json.dumps({"name": "agent.budget", "status": {"code": "ERROR"}}))
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "classify", "--explain", str(span)]
-        + ["--rules", str(rules)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = classify_with_rules(tmp_path, rules)
     assert result.returncode == 2, result.stdout
     assert result.stderr.startswith(f"ers: {rules}: rules[0] (default): fingerprint "), (
         result.stderr
