@@ -173,6 +173,12 @@ app.state.calls = []
 app.state.expected_auth = None if (token := _token()) is None else f"Bearer {token}"
 
 
+def _error(status: int, message: str, kind: str, code: str | None = None) -> Response:
+    """An OpenAI-style error reply."""
+    error = {"message": message, "type": kind, "code": code or kind}
+    return JSONResponse({"error": error}, status_code=status)
+
+
 def _failure_reply(contract: str, failure: Failures) -> Response | None:
     if failure.mode == "rate_limit":
         headers = {} if failure.retryAfter is None else {"Retry-After": failure.retryAfter}
@@ -183,23 +189,10 @@ def _failure_reply(contract: str, failure: Failures) -> Response | None:
     if failure.mode == "auth":
         return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
     if failure.mode == "context_length":
-        body = {
-            "error": {
-                "message": "This model's maximum context length is 8192 tokens.",
-                "type": "invalid_request_error",
-                "code": "context_length_exceeded",
-            }
-        }
-        return JSONResponse(body, status_code=400)
+        said = "This model's maximum context length is 8192 tokens."
+        return _error(400, said, "invalid_request_error", "context_length_exceeded")
     if failure.mode == "quota":
-        body = {
-            "error": {
-                "message": "You exceeded your current quota.",
-                "type": "insufficient_quota",
-                "code": "insufficient_quota",
-            }
-        }
-        return JSONResponse(body, status_code=429)
+        return _error(429, "You exceeded your current quota.", "insufficient_quota")
     if failure.mode in COMPLETIONS or failure.mode == "error_object":
         if contract != "openai":
             return None

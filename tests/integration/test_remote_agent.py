@@ -546,18 +546,8 @@ async def test_a_confidence_past_any_float_is_a_bad_response_not_a_crash(
     # An integer of 400 digits is valid JSON; taken to a float it overflows.
     body = b'{"response": "hi", "confidence": 1' + b"0" * 400 + b"}"
     asked: list[bytes] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        asked.append(await reader.read(65_536))
-        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
-        writer.write(head.encode() + b"\r\nconnection: close\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        rig = rig_factory(f"http://127.0.0.1:{port}/chat")
+    async with answering(body, asked) as url:
+        rig = rig_factory(f"{url}/chat")
         reply = await rig.ask()
 
     assert_fell_back(reply)
@@ -596,10 +586,11 @@ async def test_a_rate_limit_or_a_refused_request_is_no_failure_in_the_call_metri
 
 
 @asynccontextmanager
-async def answering(document: dict[str, Any], asked: list[bytes]) -> AsyncIterator[str]:
+async def answering(document: dict[str, Any] | bytes, asked: list[bytes]) -> AsyncIterator[str]:
     """A raw HTTP server on a free loopback port that answers every request 200 with
-    ``document``, each request's bytes put in ``asked``; yields its base URL."""
-    body = json.dumps(document).encode()
+    ``document`` (as JSON, or the bytes given), each request's bytes put in ``asked``;
+    yields its base URL."""
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         asked.append(await reader.read(65_536))
