@@ -10,7 +10,7 @@ agents') keep the guard's usual handling.
 |---|---|---|---|
 | rate_limit | 429 | after Retry-After, if it fits the call's budget; else cooldown | no |
 | quota | error code insufficient_quota (a 429 that waiting does not end) | no | yes |
-| server_error | 5xx | yes | yes |
+| server_error | 5xx, or a completion's finish_reason error, abort, ... | yes | yes |
 | timeout | no answer within the attempt's time limit, 408 | yes | yes |
 | connection | refused, reset, DNS | yes | yes |
 | auth | 401, 403 | no | yes |
@@ -18,7 +18,7 @@ agents') keep the guard's usual handling.
 | context_length | error code context_length_exceeded | no | no |
 | content_filter | error code content_filter, or finish_reason content_filter | no | no |
 | refusal | a completion whose message.refusal is set (the model declined) | no | no |
-| truncated | a completion's finish_reason length (cut off at the token limit) | no | no |
+| truncated | a completion's finish_reason length or model_length (cut off) | no | no |
 | client_error | any other 4xx (wrong URL, wrong method) | no | yes |
 | tool_calls | a completion asking for a tool call (ERS sends no tools) | no | yes |
 | bad_response | a 2xx whose body breaks the contract (an error object too) | no | yes |

@@ -9,7 +9,11 @@ A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_rea
 - ``finish_reason: tool_calls`` (or ``function_call``, or ``message.tool_calls`` with any
   reason, as Ollama answers): the model asks ERS to run a tool, and ERS sends none
   (``tool_calls``);
-- ``finish_reason: length``: the answer stopped at the token limit, cut off (``truncated``);
+- ``finish_reason: length`` (or Mistral's ``model_length``): the answer stopped at the
+  model's output token limit (or its context window), cut off (``truncated``);
+- ``finish_reason: error`` (Mistral), ``abort`` (vLLM) or ``insufficient_system_resource``
+  (DeepSeek): the server stopped the answer on a failure of its own, cut off, as a 5xx
+  (``server_error``; vLLM itself answers its own ``error`` with a 500);
 - an ``{"error": ...}`` object instead of ``choices``, as some proxies answer a failed request
   with a 200: by its error code, as for an error status (``failure_from_error_object``).
 
@@ -26,12 +30,15 @@ from service.agents.failure_kinds import (
     BadResponse,
     ContentFiltered,
     ModelRefused,
+    ServerError,
     ToolCallRequested,
     Truncated,
     failure_from_error_object,
 )
 
 TOOL_CALL_REASONS = ("tool_calls", "function_call")
+# Cut off by a failure of the server's own, which another attempt may not meet.
+GENERATION_FAILED_REASONS = ("error", "abort", "insufficient_system_resource")
 
 
 def completion_text(agent: str, status: int, document: Any, secrets: Sequence[str] = ()) -> str:
@@ -76,6 +83,19 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
             f"agent '{agent}' answered finish_reason length: its model stopped at its output "
             "token limit, so the answer is cut off; raise that limit on the model's server "
             "(ERS sends no max_tokens)",
+            status=status,
+        )
+    if reason == "model_length":
+        raise Truncated(
+            f"agent '{agent}' answered finish_reason model_length: its model reached the end "
+            "of its context window, so the answer is cut off; give the agent a model with a "
+            "longer one",
+            status=status,
+        )
+    if reason in GENERATION_FAILED_REASONS:
+        raise ServerError(
+            f"agent '{agent}' answered finish_reason {reason}: its server stopped the answer "
+            "on a failure of its own, so the answer is cut off",
             status=status,
         )
     if "content" not in message:

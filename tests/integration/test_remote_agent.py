@@ -639,6 +639,7 @@ def counted_calls(reader: InMemoryMetricReader) -> dict[str, int]:
         (completion(None, "content_filter"), "content_filter"),
         (completion("Here is how to", "content_filter"), "content_filter"),
         (completion("A full plan: squats, push-", "length"), "truncated"),
+        (completion("A full plan: squats, push-", "model_length"), "truncated"),
     ],
 )
 async def test_a_completion_with_no_whole_answer_falls_back_without_a_breaker_failure(
@@ -664,6 +665,25 @@ async def test_a_completion_with_no_whole_answer_falls_back_without_a_breaker_fa
     (attempt,) = rig.client_spans()
     assert (attempt.attributes or {})["ers.failure.kind"] == kind
     assert counted_calls(reader) == {"refused": 1}
+
+
+async def test_an_answer_its_server_cut_off_on_a_failure_is_retried_as_a_server_error(
+    rig_factory: Any,
+) -> None:
+    """finish_reason error (Mistral): the generation stopped on the server's failure, which
+    vLLM answers with a 500. The part written before it went to the user as a whole answer
+    ("emergency": false), with no retry and no breaker failure."""
+    asked: list[bytes] = []
+    async with answering(completion("A full plan: squats, push-", "error"), asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert len(asked) == 3  # retried, as a 5xx is
+    assert len(rig.breaker_failures) == 3
+    attributes = failure_attributes(rig)
+    assert attributes["ers.failure.kind"] == "server_error"
+    assert attributes["http.response.status_code"] == 200
 
 
 async def test_a_tool_call_falls_back_and_counts_against_the_breaker(rig_factory: Any) -> None:

@@ -85,6 +85,32 @@ def test_an_answer_cut_off_at_the_token_limit_is_no_answer(content: str | None) 
     assert "output token limit" in str(failure) and "squats" not in str(failure)
 
 
+def test_an_answer_cut_off_at_the_models_context_window_is_no_answer() -> None:
+    """Mistral's model_length (its context window reached): it went to the user as a whole
+    answer, ending mid-word."""
+    failure = failure_of(completion(choice("A full plan: squats, push-", "model_length")))
+    assert failure.kind == "truncated"
+    assert not failure.retryable and not failure.counts_against_breaker
+    assert getattr(failure, "call_outcome", None) == "refused"
+    assert "context window" in str(failure) and "squats" not in str(failure)
+
+
+@pytest.mark.parametrize("reason", ["error", "abort", "insufficient_system_resource"])
+def test_an_answer_its_server_cut_off_on_a_failure_is_a_server_error(reason: str) -> None:
+    """Mistral's error, vLLM's abort, DeepSeek's insufficient_system_resource: the server
+    stopped the generation on a failure of its own (vLLM answers its own error with a 500).
+    The part written before went to the user as a whole answer."""
+    failure = failure_of(completion(choice("A full plan: squats, push-", reason)))
+    assert failure.kind == "server_error"
+    assert failure.retryable and failure.counts_against_breaker
+    assert getattr(failure, "call_outcome", "failure") == "failure"
+    assert failure.status == 200
+    assert str(failure) == (
+        f"agent 'helper' answered finish_reason {reason}: its server stopped the answer on a "
+        "failure of its own, so the answer is cut off"
+    )
+
+
 TOOL_CALL = [
     {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
 ]
