@@ -44,8 +44,8 @@ def add_connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
         "--token-file",
         type=Path,
         default=None if top else argparse.SUPPRESS,
-        help="file holding the admin token (default $ERS_ADMIN_TOKEN, else the file named "
-        "by $ERS_ADMIN_TOKEN_FILE)",
+        help="file holding the admin token (default $ERS_ADMIN_TOKEN, or the file named by "
+        "$ERS_ADMIN_TOKEN_FILE; not both)",
     )
 
 
@@ -55,9 +55,9 @@ def admin_token(args: argparse.Namespace) -> str | None:
     token_file: Path | None = getattr(args, "token_file", None)
     origin = "--token-file"
     if token_file is None:
-        # Blank counts as unset, as for `ers serve`: it does not hide the file.
+        # Blank counts as unset (an unset compose variable gives one): it hides nothing.
         token = os.environ.get("ERS_ADMIN_TOKEN", "").strip()
-        named = os.environ.get("ERS_ADMIN_TOKEN_FILE")
+        named = os.environ.get("ERS_ADMIN_TOKEN_FILE", "").strip()
         if token and named:  # as `ers serve` refuses them: a token rotated in the file lost
             raise CliError(
                 "$ERS_ADMIN_TOKEN and $ERS_ADMIN_TOKEN_FILE are both set, and which one is "

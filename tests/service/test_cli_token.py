@@ -117,3 +117,12 @@ def test_a_token_variable_and_a_token_file_variable_both_set_are_refused(
     assert "old-secret" not in str(refused.value) and "rotated" not in str(refused.value)
     # --token-file names the one meant.
     assert admin_token(argparse.Namespace(token_file=token_file)) == "rotated"
+
+
+def test_a_blank_token_file_variable_beside_the_token_leaves_the_token_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Was refused as "both set", though only one of the two held anything.
+    monkeypatch.setenv("ERS_ADMIN_TOKEN", "the-token")
+    monkeypatch.setenv("ERS_ADMIN_TOKEN_FILE", "  ")
+    assert admin_token(argparse.Namespace(token_file=None)) == "the-token"
