@@ -30,10 +30,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from telemetry.span_record import SpanRecord
 from telemetry.sqlite import connect_sqlite
+from telemetry.trace_merge import encoded, merged_with_stored
 from telemetry.trace_packing import unpack
 
 log = logging.getLogger("ers.traces")
@@ -80,9 +81,16 @@ class TraceTable(Protocol):
     place: str  # where the traces go, for the log: "on disk", "in PostgreSQL"
 
     def put(
-        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+        self,
+        rows: Sequence[Row],
+        max_traces: int,
+        trim_to: int,
+        *,
+        fill_only: bool = False,
     ) -> None:
-        """Insert or replace ``rows`` in one transaction; when the table then holds more than
+        """Insert ``rows`` in one transaction, each row's spans merged with those the table
+        holds of its trace, read in that transaction under the row's lock
+        (``trace_merge.merged_with_stored``); when the table then holds more than
         ``max_traces``, keep its newest ``trim_to`` by kept_at. ``fill_only``: insert only
         the last of ``rows`` that fit under ``max_traces`` beside what the table holds, and
         none that is there already, older than every row it holds (``into_room``), so that they
@@ -111,10 +119,17 @@ class SqliteTraceTable:
         self._lock = threading.Lock()
 
     def put(
-        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+        self,
+        rows: Sequence[Row],
+        max_traces: int,
+        trim_to: int,
+        *,
+        fill_only: bool = False,
     ) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
+            # IMMEDIATE: the file is locked before the trace's stored spans are read, so a
+            # writer of another connection cannot write between that read and this write.
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 if fill_only:
                     held, oldest = self._db.execute(
@@ -130,7 +145,7 @@ class SqliteTraceTable:
                     return
                 self._db.executemany(
                     "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
-                    rows,
+                    merged_with_stored(self._db, rows, lock_rows=""),
                 )
                 self._rows_at_most += len(rows)
                 if self._rows_at_most > max_traces:
@@ -159,7 +174,11 @@ class SqliteTraceTable:
 
 class TraceArchive:
     def __init__(
-        self, table: TraceTable | Path, *, max_traces: int = 2000, queue_size: int = 1000
+        self,
+        table: TraceTable | Path,
+        *,
+        max_traces: int = 2000,
+        queue_size: int = 1000,
     ) -> None:
         """``table``: where the traces go; a path is a SQLite file (``SqliteTraceTable``)."""
         if max_traces < 1:
@@ -192,29 +211,18 @@ class TraceArchive:
         ``fill_only``: only the newest that fit in the room the table has left, pushing out
         no trace it holds."""
         now = time.time()
-        rows = []
-        for index, (trace_id, packed) in enumerate(traces):
-            trace_id_hex = format(trace_id, "032x")
-            spans = [record.to_dict() for record in unpack(packed)]
-            if not fill_only:  # which inserts no trace the table holds
-                spans += self._stored_beside(trace_id_hex, spans)
+        rows = [
             # In order: the trim keeps the newest by kept_at.
-            rows.append((trace_id_hex, now + index * 1e-6, json.dumps(spans, default=str)))
+            (
+                format(trace_id, "032x"),
+                now + index * 1e-6,
+                encoded([record.to_dict() for record in unpack(packed)]),
+            )
+            for index, (trace_id, packed) in enumerate(traces)
+        ]
+        # The table adds the spans it holds of each trace (written before a restart, or by
+        # another replica), in the same transaction, under the row's lock.
         self.table.put(rows, self.max_traces, self._trim_to, fill_only=fill_only)
-
-    def _stored_beside(self, trace_id_hex: str, spans: list[dict[str, Any]]) -> list[Any]:
-        """The spans the table holds of the trace that ``spans`` lack: written before a
-        restart, or by another replica, which a keeper holding only the trace's later spans
-        does not have; the rewrite keeps them instead of replacing them."""
-        stored = self.table.spans(trace_id_hex)
-        if stored is None:
-            return []
-        try:
-            items = json.loads(stored)
-        except ValueError:  # unreadable: the rewrite replaces it
-            return []
-        have = {span["spanId"] for span in spans}
-        return [item for item in items if isinstance(item, dict) and item.get("spanId") not in have]
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         """The trace's spans, or None; raises what the table raises when it cannot be read

@@ -23,7 +23,9 @@ from service.settings import Settings
 from service.stores.pg_pool import PgPool
 from service.stores.postgres import PostgresDatabase
 from service.stores.postgres_migrations import Migration
+from service.stores.sql import POSTGRESQL
 from telemetry.trace_archive import ArchiveUnavailable, Row, TraceArchive, into_room
+from telemetry.trace_merge import merged_with_stored
 
 COMPONENT = "kept_traces"
 SCHEMA = "ers_kept_traces"
@@ -77,7 +79,12 @@ class PgTraceTable:
         )
 
     def put(
-        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
+        self,
+        rows: Sequence[Row],
+        max_traces: int,
+        trim_to: int,
+        *,
+        fill_only: bool = False,
     ) -> None:
         with self._pool.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
@@ -96,7 +103,9 @@ class PgTraceTable:
                 "INSERT INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?) "
                 "ON CONFLICT (trace_id) DO UPDATE "
                 "SET kept_at = EXCLUDED.kept_at, spans = EXCLUDED.spans",
-                rows,
+                # The advisory lock above already orders the fleet's writes (a trace new to
+                # the table has no row to lock); the row lock holds off any other writer.
+                merged_with_stored(db, rows, lock_rows=POSTGRESQL.lock_rows),
             )
             db.execute(
                 "DELETE FROM traces WHERE (SELECT count(*) FROM traces) > ? AND trace_id IN "

@@ -5,9 +5,11 @@ through an outage: a read says the store is unavailable, a write waits for the s
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -231,3 +233,50 @@ def test_an_outage_fails_reads_by_name_and_holds_writes_until_the_server_is_back
         assert pg_held(url) == {1, 2}
     finally:
         archive.close()
+
+
+def entering_the_write_together(archive: TraceArchive, barrier: threading.Barrier) -> None:
+    """``archive``'s writes wait at ``barrier`` before they begin: writers that read what a
+    table holds before writing have all read it by then."""
+    put = archive.table.put
+
+    def together(*args: Any, **options: Any) -> None:
+        barrier.wait(timeout=30)
+        put(*args, **options)
+
+    archive.table.put = together  # type: ignore[method-assign]
+
+
+def test_two_writers_adding_spans_to_one_trace_at_once_lose_none(archives) -> None:  # noqa: ANN001
+    # Two replicas (or a replica's writer and its stop) archive new spans of one trace at
+    # the same moment. Each must add to what the other wrote: before, each read the stored
+    # spans outside its write's transaction, and the second write put back the row without
+    # the first one's span.
+    new, _ = archives
+    trace_id = format(0x5EED, "032x")
+    writers = [new(20), new(20)]
+    writers[0].write(0x5EED, pack([error_record("first failure", trace_id=trace_id)]))
+    barrier = threading.Barrier(len(writers))
+    for writer in writers:
+        entering_the_write_together(writer, barrier)
+    failures: list[BaseException] = []
+
+    def write(writer: TraceArchive, name: str) -> None:
+        try:
+            writer.write(0x5EED, pack([error_record(name, trace_id=trace_id)]))
+        except BaseException as exc:  # told by the test, not lost in the thread
+            failures.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=(writer, f"failure on replica {n}"))
+        for n, writer in enumerate(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a write never finished"
+    assert failures == []
+    stored = writers[1].get(trace_id) or []
+    names = ["failure on replica 0", "failure on replica 1", "first failure"]
+    assert sorted(span.name for span in stored) == names

@@ -5,6 +5,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -96,13 +97,11 @@ class FlakyTable(SqliteTraceTable):
         self.down = True
         self.attempts = threading.Semaphore(0)
 
-    def put(
-        self, rows: Sequence[Row], max_traces: int, trim_to: int, *, fill_only: bool = False
-    ) -> None:
+    def put(self, rows: Sequence[Row], max_traces: int, trim_to: int, **options: Any) -> None:
         try:
             if self.down:
                 raise ArchiveUnavailable("no connection within 0.5 s: the server is unreachable")
-            super().put(rows, max_traces, trim_to, fill_only=fill_only)
+            super().put(rows, max_traces, trim_to, **options)
         finally:  # once the attempt is over: a reader then sees what it wrote
             self.attempts.release()
 
