@@ -34,7 +34,7 @@ from typing import Protocol
 
 from telemetry.span_record import SpanRecord
 from telemetry.sqlite import connect_sqlite
-from telemetry.trace_merge import encoded, merged_with_stored
+from telemetry.trace_merge import TraceBound, encoded, merged_with_stored
 from telemetry.trace_packing import unpack
 
 log = logging.getLogger("ers.traces")
@@ -87,10 +87,11 @@ class TraceTable(Protocol):
         trim_to: int,
         *,
         fill_only: bool = False,
+        bound: TraceBound = TraceBound(),
     ) -> None:
         """Insert ``rows`` in one transaction, each row's spans merged with those the table
-        holds of its trace, read in that transaction under the row's lock
-        (``trace_merge.merged_with_stored``); when the table then holds more than
+        holds of its trace, read in that transaction under the row's lock and kept within
+        ``bound`` (``trace_merge.merged_with_stored``); when the table then holds more than
         ``max_traces``, keep its newest ``trim_to`` by kept_at. ``fill_only``: insert only
         the last of ``rows`` that fit under ``max_traces`` beside what the table holds, and
         none that is there already, older than every row it holds (``into_room``), so that they
@@ -125,6 +126,7 @@ class SqliteTraceTable:
         trim_to: int,
         *,
         fill_only: bool = False,
+        bound: TraceBound = TraceBound(),
     ) -> None:
         with self._lock:
             # IMMEDIATE: the file is locked before the trace's stored spans are read, so a
@@ -145,7 +147,7 @@ class SqliteTraceTable:
                     return
                 self._db.executemany(
                     "INSERT OR REPLACE INTO traces (trace_id, kept_at, spans) VALUES (?, ?, ?)",
-                    merged_with_stored(self._db, rows, lock_rows=""),
+                    merged_with_stored(self._db, rows, bound, lock_rows=""),
                 )
                 self._rows_at_most += len(rows)
                 if self._rows_at_most > max_traces:
@@ -179,12 +181,15 @@ class TraceArchive:
         *,
         max_traces: int = 2000,
         queue_size: int = 1000,
+        bound: TraceBound = TraceBound(),
     ) -> None:
-        """``table``: where the traces go; a path is a SQLite file (``SqliteTraceTable``)."""
+        """``table``: where the traces go; a path is a SQLite file (``SqliteTraceTable``).
+        ``bound``: the most one trace's row holds, however many writes add to it."""
         if max_traces < 1:
             raise ValueError("max_traces must be at least 1")
         self.table = SqliteTraceTable(table) if isinstance(table, Path) else table
         self.max_traces = max_traces
+        self.bound = bound
         # The rows a trim leaves: nine tenths of the bound (all of it for a bound under ten).
         self._trim_to = max_traces - max_traces // 10
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
@@ -216,13 +221,13 @@ class TraceArchive:
             (
                 format(trace_id, "032x"),
                 now + index * 1e-6,
-                encoded([record.to_dict() for record in unpack(packed)]),
+                encoded([record.to_dict() for record in unpack(packed)], self.bound),
             )
             for index, (trace_id, packed) in enumerate(traces)
         ]
         # The table adds the spans it holds of each trace (written before a restart, or by
         # another replica), in the same transaction, under the row's lock.
-        self.table.put(rows, self.max_traces, self._trim_to, fill_only=fill_only)
+        self.table.put(rows, self.max_traces, self._trim_to, fill_only=fill_only, bound=self.bound)
 
     def get(self, trace_id_hex: str) -> list[SpanRecord] | None:
         """The trace's spans, or None; raises what the table raises when it cannot be read

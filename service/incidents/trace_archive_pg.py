@@ -25,7 +25,7 @@ from service.stores.postgres import PostgresDatabase
 from service.stores.postgres_migrations import Migration
 from service.stores.sql import POSTGRESQL
 from telemetry.trace_archive import ArchiveUnavailable, Row, TraceArchive, into_room
-from telemetry.trace_merge import merged_with_stored
+from telemetry.trace_merge import TraceBound, merged_with_stored
 
 COMPONENT = "kept_traces"
 SCHEMA = "ers_kept_traces"
@@ -85,6 +85,7 @@ class PgTraceTable:
         trim_to: int,
         *,
         fill_only: bool = False,
+        bound: TraceBound = TraceBound(),
     ) -> None:
         with self._pool.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
@@ -105,7 +106,7 @@ class PgTraceTable:
                 "SET kept_at = EXCLUDED.kept_at, spans = EXCLUDED.spans",
                 # The advisory lock above already orders the fleet's writes (a trace new to
                 # the table has no row to lock); the row lock holds off any other writer.
-                merged_with_stored(db, rows, lock_rows=POSTGRESQL.lock_rows),
+                merged_with_stored(db, rows, bound, lock_rows=POSTGRESQL.lock_rows),
             )
             db.execute(
                 "DELETE FROM traces WHERE (SELECT count(*) FROM traces) > ? AND trace_id IN "

@@ -4,6 +4,7 @@ through an outage: a read says the store is unavailable, a write waits for the s
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -22,12 +23,15 @@ from service.incidents.trace_archive_pg import (
     KeptTracesUnavailable,
     PgTraceTable,
 )
+from telemetry.span_record import SpanRecord
 from telemetry.trace_archive import TraceArchive
 from telemetry.trace_packing import pack
 from tests.pg import PostgresServer, apply_migrations
 from tests.telemetry.conftest import error_record
 
 Held = Callable[[], set[int]]
+# The most JSON one trace's row holds by default, as the README says.
+TRACE_BYTES = 8 * 1024 * 1024
 
 
 def packed(trace_id: int) -> bytes:
@@ -48,7 +52,7 @@ def migrated(pg_url: str) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def archives(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[Callable[[int], TraceArchive], Held]]:
+) -> Iterator[tuple[Callable[..., TraceArchive], Held]]:
     """Builds archives of a bound on one file or one migrated database, and reads which
     traces it holds; closes them afterwards."""
     opened: list[TraceArchive] = []
@@ -59,8 +63,8 @@ def archives(
             with sqlite3.connect(path) as db:
                 return {int(row[0], 16) for row in db.execute("SELECT trace_id FROM traces")}
 
-        def new(max_traces: int) -> TraceArchive:
-            opened.append(TraceArchive(path, max_traces=max_traces))
+        def new(max_traces: int, **options: Any) -> TraceArchive:
+            opened.append(TraceArchive(path, max_traces=max_traces, **options))
             return opened[-1]
     else:
         url = request.getfixturevalue("migrated")
@@ -68,8 +72,8 @@ def archives(
         def held() -> set[int]:
             return pg_held(url)
 
-        def new(max_traces: int) -> TraceArchive:
-            opened.append(TraceArchive(PgTraceTable(url), max_traces=max_traces))
+        def new(max_traces: int, **options: Any) -> TraceArchive:
+            opened.append(TraceArchive(PgTraceTable(url), max_traces=max_traces, **options))
             return opened[-1]
 
     try:
@@ -280,3 +284,67 @@ def test_two_writers_adding_spans_to_one_trace_at_once_lose_none(archives) -> No
     stored = writers[1].get(trace_id) or []
     names = ["failure on replica 0", "failure on replica 1", "first failure"]
     assert sorted(span.name for span in stored) == names
+
+
+def span(name: str, number: int, parent: int | None = None, *, error: bool = False) -> SpanRecord:
+    """A span of trace 0x7ACE, id ``number``, under span ``parent``."""
+    return SpanRecord.from_dict(
+        {
+            "name": name,
+            "traceId": format(0x7ACE, "032x"),
+            "spanId": format(number, "016x"),
+            "parentSpanId": format(parent, "016x") if parent is not None else None,
+            "startNs": 1_700_000_000_000_000_000 + number,
+            "endNs": 1_700_000_000_000_000_000 + number + 1,
+            "status": {"code": "ERROR" if error else "UNSET", "message": ""},
+        }
+    )
+
+
+def test_one_traces_row_stays_within_its_bound_keeping_the_failure_and_its_ancestors(
+    archives,  # noqa: ANN001
+) -> None:
+    # A sender holding the intake token keeps adding spans to a trace an incident names,
+    # at one replica after another: the row stops growing at the bound, and what the
+    # incident needs stays, the failing span and the spans above it first.
+    from telemetry.trace_merge import TraceBound
+
+    new, _ = archives
+    bound = TraceBound(spans=6, bytes=1_000_000)
+    first = new(20, bound=bound)
+    incident = [span("POST /chat", 1), span("agent.budget", 2, 1, error=True), span("sql", 3, 2)]
+    first.write(0x7ACE, pack([*incident, span("cache", 4, 1)]))
+    for batch in range(10):
+        replica = new(20, bound=bound)
+        numbers = range(100 + batch * 3, 103 + batch * 3)
+        replica.write(0x7ACE, pack([span(f"flood {n}", n, 1) for n in numbers]))
+    # A later failure (with the span above it) comes before spans without one.
+    late = [span("remote call", 50, 1), span("remote failure", 51, 50, error=True)]
+    new(20, bound=bound).write(0x7ACE, pack(late))
+
+    stored = first.get(format(0x7ACE, "032x")) or []
+    names = {s.name for s in stored}
+    assert len(stored) == 6, sorted(names)
+    assert {"POST /chat", "agent.budget", "remote call", "remote failure"} <= names
+    # The rest are what the row held first: the later flood found no room.
+    assert names - {"POST /chat", "agent.budget", "remote call", "remote failure"} == {
+        "sql",
+        "cache",
+    }
+
+
+def test_one_traces_row_holds_at_most_the_bytes_of_its_bound(archives) -> None:  # noqa: ANN001
+    # Spans of a megabyte each, sent again and again: by default a row stops at 8 MiB of
+    # JSON, as the README says (before, it grew by each write).
+    new, _ = archives
+    archive = new(20)
+    archive.write(0x7ACE, pack([span("POST /chat", 1), span("failure", 2, 1, error=True)]))
+    for number in range(10, 10 + TRACE_BYTES // 1_000_000 + 3):
+        big = span(f"big {number}", number, 1)
+        big.attributes["payload"] = "x" * 1_000_000
+        archive.write(0x7ACE, pack([big]))
+    stored = archive.get(format(0x7ACE, "032x")) or []
+    size = len(json.dumps([s.to_dict() for s in stored]))
+    assert size <= TRACE_BYTES, size
+    assert {"POST /chat", "failure"} <= {s.name for s in stored}
+    assert len(stored) >= TRACE_BYTES // 1_000_000 - 1  # filled, not emptied
