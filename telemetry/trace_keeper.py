@@ -31,6 +31,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
+from telemetry.prompt_read import PromptRead
 from telemetry.span_record import SpanRecord
 from telemetry.trace_archive import TraceArchive
 from telemetry.trace_packing import as_record, pack, unpack
@@ -73,6 +74,8 @@ class TraceKeeper(SpanProcessor):
     ) -> None:
         self.span_budget = span_budget
         self.archive = archive
+        # The archive's spans of a trace held here: waited for briefly (``prompt_read``).
+        self._prompt_read = PromptRead(archive.get) if archive is not None else None
         self.pending_span_limit = pending_span_limit
         self.linger_s = linger_s
         self._clock = clock
@@ -254,10 +257,18 @@ class TraceKeeper(SpanProcessor):
             self.traces_evicted += 1
 
     def get_trace(self, trace_id_hex: str) -> list[SpanRecord] | None:
+        """Every span kept for the trace, by start time (``read_trace``'s spans)."""
+        found = self.read_trace(trace_id_hex)
+        return None if found is None else found[0]
+
+    def read_trace(self, trace_id_hex: str) -> tuple[list[SpanRecord], str] | None:
         """Every span kept for the trace, by start time; also a trace still pending when it
         already has an error. None when the trace is not kept. A trace this process does not
         hold is read from the archive, which raises when it cannot be read (its database is
-        down): what is held here answers all the same."""
+        down). One held here answers with the archive's other spans of it (kept before a
+        restart, or by another replica), and without them, saying why (the second item, else
+        ""), when the archive cannot be read or does not answer within a second: what is held
+        here answers all the same, never held up by a frozen database."""
         try:
             trace_id = int(trace_id_hex, 16)
         except ValueError:
@@ -269,9 +280,13 @@ class TraceKeeper(SpanProcessor):
                 pending = self._pending.get(trace_id)
                 if pending is not None and pending.has_error:
                     spans = list(pending.spans)
+        unread = ""
         if kept is not None or spans is not None:
             records = unpack(kept.packed) if kept is not None else [as_record(s) for s in spans]
-            records += self._archived_beside(format(trace_id, "032x"), records)
+            if self._prompt_read is not None:
+                stored, unread = self._prompt_read(format(trace_id, "032x"))
+                have = {record.span_id for record in records}
+                records += [record for record in stored or () if record.span_id not in have]
         elif self.archive is not None:  # kept before a restart, or evicted from memory
             stored = self.archive.get(format(trace_id, "032x"))
             if stored is None:
@@ -280,20 +295,7 @@ class TraceKeeper(SpanProcessor):
         else:
             return None
         records.sort(key=lambda record: record.start_ns)
-        return records
-
-    def _archived_beside(self, trace_id_hex: str, records: list[SpanRecord]) -> list[SpanRecord]:
-        """The spans of the trace the archive holds and this process does not: kept before a
-        restart, or by another replica. None of them when the archive cannot be read (its
-        database is down): what is held here answers all the same."""
-        if self.archive is None:
-            return []
-        try:
-            stored = self.archive.get(trace_id_hex) or []
-        except Exception:
-            return []
-        have = {record.span_id for record in records}
-        return [record for record in stored if record.span_id not in have]
+        return records, unread
 
     def stats(self) -> dict[str, int]:
         with self._lock:

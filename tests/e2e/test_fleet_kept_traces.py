@@ -2,11 +2,14 @@
 replica, linked from its incident, answers on the other too (a load balancer sends the
 link to either), and still answers after the first replica restarts. While the database is
 down, a trace the replica holds still answers, and one it must read answers 503 naming the
-store."""
+store; while it is frozen (stopped, its connections open), a held trace answers without
+waiting for it."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,13 @@ from typing import Any
 import httpx
 
 from tests.conftest import ErsProcess, start_ers
+from tests.e2e.test_database_outage import cluster_processes
 from tests.pg import PostgresServer
 
 DEADLINE_S = 15.0
+# A held trace answers within this while the database is frozen: the archive's wait (1 s)
+# and the request's own time, far below a wait for the frozen server (until it runs again).
+HELD_ANSWER_S = 5.0
 
 
 def failed_chat(replica: ErsProcess) -> str:
@@ -111,5 +118,42 @@ def test_while_postgres_is_down_a_held_trace_answers_and_another_is_a_503_naming
             time.sleep(0.2)
             other = httpx.get(f"{ers.url}/api/emergency/traces/{secrets.token_hex(16)}")
         assert other.status_code == 404, other.text
+    finally:
+        ers.stop()
+
+
+def test_while_postgres_is_frozen_a_held_trace_answers_from_memory_saying_so(
+    tmp_path: Path, own_server: PostgresServer
+) -> None:
+    env = {"ERS_DATABASE_URL": own_server.create_database(), "ERS_AUTO_RESPONSE_ENABLED": "false"}
+    ers = start_ers(tmp_path / "a", env=env)
+    try:
+        trace_id = failed_chat(ers)
+        link = trace_link(ers, trace_id)
+        held = kept_trace(ers, link)
+        frozen = cluster_processes(own_server)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):  # and the reads still waiting for the server do not pile up
+                try:
+                    reply = httpx.get(f"{ers.url}{link}", timeout=HELD_ANSWER_S)
+                except httpx.TimeoutException:
+                    raise AssertionError(f"{link} waited for the frozen database") from None
+                assert reply.status_code == 200, reply.text
+                assert reply.json() == held
+                unread = reply.headers.get("ERS-Archive-Not-Read", "")
+                assert "the archive did not answer within 1 s" in unread or (
+                    "earlier reads of the archive have not answered" in unread
+                ), reply.headers
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30  # the frozen reads finish, then the archive is read
+        while "ERS-Archive-Not-Read" in reply.headers:
+            assert time.monotonic() < deadline, reply.headers
+            time.sleep(0.2)
+            reply = httpx.get(f"{ers.url}{link}", timeout=10)
+        assert reply.status_code == 200 and reply.json() == held, reply.text
     finally:
         ers.stop()

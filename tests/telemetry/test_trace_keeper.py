@@ -337,3 +337,39 @@ def test_a_failure_arriving_after_a_restart_adds_to_its_archived_trace(tmp_path)
     third = TraceKeeper(archive=TraceArchive(path))
     assert sorted(r.name for r in third.get_trace(trace_id) or []) == names
     third.shutdown()
+
+
+def test_a_held_trace_answers_from_memory_when_the_archive_does_not_answer(tmp_path) -> None:  # noqa: ANN001
+    """An archive whose reads hang (its database server stopped, its connections open): a
+    trace held here answers with what is held, and says why the archive's spans are not
+    among them; the read hanging meanwhile does not hold up the next answer either."""
+    import threading
+
+    from telemetry.trace_archive import SqliteTraceTable, TraceArchive
+
+    class FrozenTable(SqliteTraceTable):
+        def __init__(self, path) -> None:  # noqa: ANN001
+            super().__init__(path)
+            self.thawed = threading.Event()
+
+        def spans(self, trace_id_hex: str) -> str | None:
+            self.thawed.wait(timeout=60)
+            return super().spans(trace_id_hex)
+
+    table = FrozenTable(tmp_path / "kept-traces.sqlite3")
+    keeper = TraceKeeper(archive=TraceArchive(table))
+    trace_id = format(0xF0F0, "032x")
+    keeper.keep_records([error_record("held here", trace_id=trace_id)])
+    try:
+        for _ in range(6):  # more than the reads that may run at once
+            found = keeper.read_trace(trace_id)
+            assert found is not None
+            records, unread = found
+            assert [r.name for r in records] == ["held here"]
+            assert unread in (
+                "the archive did not answer within 1 s",
+                "earlier reads of the archive have not answered for 1 s",
+            ), unread
+    finally:
+        table.thawed.set()
+    keeper.shutdown()

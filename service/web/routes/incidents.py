@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.agents.base import ALIASES
@@ -236,12 +236,24 @@ async def list_audit(audit: Audit, limit: int = Query(50, ge=1, le=1000)) -> dic
     return {"entries": [{**entry, "at": iso(entry["at"])} for entry in entries]}
 
 
+# Set on a trace answered from memory alone: why the archive's spans of it were not read.
+ARCHIVE_NOT_READ = "ERS-Archive-Not-Read"
+
+
 @router.get("/traces/{trace_id}", responses=errors(404))
-async def get_trace(traces: Traces, trace_id: str = Path(pattern=TRACE_ID)) -> dict[str, Any]:
-    tree = await asyncio.to_thread(traces.tree, trace_id)  # may read the archive
+async def get_trace(
+    traces: Traces, response: Response, trace_id: str = Path(pattern=TRACE_ID)
+) -> dict[str, Any]:
+    """The kept trace as a span tree. A trace held in memory answers without waiting for the
+    archive when the archive does not answer within a second (a frozen database) or cannot
+    be read: the header ``ERS-Archive-Not-Read`` then says why, and the spans kept only
+    elsewhere (before a restart, or by another replica) may be missing."""
+    tree, archive_unread = await asyncio.to_thread(traces.tree, trace_id)  # may read the archive
     if tree is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             f"trace {trace_id} is not kept: unknown, without errors, or evicted",
         )
+    if archive_unread:  # answered from memory alone: spans kept elsewhere may be missing
+        response.headers[ARCHIVE_NOT_READ] = archive_unread
     return tree
