@@ -19,6 +19,11 @@ A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_rea
 
 Any other ``finish_reason`` (``stop``, null, a server's own such as ``eos``) passes the
 content on. Of several choices (ERS asks for one) the first is the answer.
+
+``message.content`` is a string, or a list of content parts, as Mistral answers with a
+reasoning model (``{"type": "text", "text": ...}`` beside ``{"type": "thinking", ...}``):
+the answer is its text parts, in order; reasoning and anything else that is not text is
+left out (a thinking part holds text parts of its own, which are not the answer).
 """
 
 from __future__ import annotations
@@ -101,9 +106,29 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
     if "content" not in message:
         raise _broke(agent, status, "the reply has no choices[0].message.content")
     content = message["content"]
+    if isinstance(content, list):
+        return _text_of_parts(agent, status, content)
     if not isinstance(content, str):
         raise _broke(agent, status, "choices[0].message.content is not a string")
     return content
+
+
+def _text_of_parts(agent: str, status: int, parts: list[Any]) -> str:
+    texts = [
+        part["text"]
+        for part in parts
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    ]
+    if not texts:
+        raise _broke(
+            agent,
+            status,
+            "choices[0].message.content is a list of content parts, none of type text: no "
+            "answer, only reasoning or parts that are not text",
+        )
+    return "".join(texts)
 
 
 def _broke(agent: str, status: int, why: str) -> BadResponse:

@@ -604,7 +604,9 @@ async def answering(document: dict[str, Any] | bytes, asked: list[bytes]) -> Asy
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-def completion(content: str | None, finish_reason: str = "stop", **message: Any) -> dict[str, Any]:
+def completion(
+    content: str | list[Any] | None, finish_reason: str = "stop", **message: Any
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -701,6 +703,38 @@ async def test_a_tool_call_falls_back_and_counts_against_the_breaker(rig_factory
     assert len(rig.breaker_failures) == 1
     assert failure_attributes(rig)["ers.failure.kind"] == "tool_calls"
     assert "ERS sends no tools" in str(rig.guard.breaker.snapshot()["lastError"])
+
+
+async def test_content_as_a_list_of_parts_answers_with_its_text_parts(rig_factory: Any) -> None:
+    """Mistral's reasoning models answer content as a list of chunks, the thinking beside the
+    answer's text: every such answer was a bad_response ("content is not a string") and a
+    breaker failure, and the fallback answered."""
+    thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "Squats or lunges?"}]}
+    parts = [
+        thinking,
+        {"type": "text", "text": "Squats, "},
+        {"type": "text", "text": "then a run."},
+    ]
+    asked: list[bytes] = []
+    async with answering(completion(parts), asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        reply = await rig.ask()
+    assert reply.success and not reply.degraded
+    assert reply.content == "Squats, then a run."
+    assert rig.breaker_failures == []
+
+    async with answering(completion([thinking]), asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        assert_fell_back(await rig.ask())
+    assert len(asked) == 2  # not retried
+    assert len(rig.breaker_failures) == 1
+    assert failure_attributes(rig)["ers.failure.kind"] == "bad_response"
+    last_error = str(rig.guard.breaker.snapshot()["lastError"])
+    assert last_error.endswith(
+        "is a list of content parts, none of type text: no answer, only reasoning or parts "
+        "that are not text"
+    )
+    assert "Squats" not in last_error
 
 
 async def test_an_error_object_answered_with_a_200_is_read_by_its_error_code(

@@ -17,7 +17,7 @@ def completion(*choices: dict[str, Any]) -> dict[str, Any]:
 
 
 def choice(
-    content: str | None, finish_reason: str | None = "stop", **message: Any
+    content: str | list[Any] | None, finish_reason: str | None = "stop", **message: Any
 ) -> dict[str, Any]:
     return {
         "index": 0,
@@ -137,6 +137,54 @@ def test_a_tool_call_is_the_agents_setup_not_a_broken_reply(document: dict[str, 
 def test_of_several_choices_the_first_is_the_answer() -> None:
     second = {**choice("Second."), "index": 1}
     assert completion_text("helper", 200, completion(choice("First."), second)) == "First."
+
+
+# Mistral's reasoning models answer content as a list of chunks: the thinking (which holds
+# text chunks of its own) before the answer's text.
+THINKING = {"type": "thinking", "thinking": [{"type": "text", "text": "Squats or lunges?"}]}
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [
+            THINKING,
+            {"type": "text", "text": "Three sets of squats, "},
+            {"type": "text", "text": "then a run."},
+        ],
+        [
+            {"type": "text", "text": "Three sets of squats, "},
+            {"type": "reference", "reference_ids": [1]},
+            {"type": "text", "text": "then a run."},
+        ],
+        [
+            {"type": "image_url", "image_url": "x"},
+            "stray",
+            {"type": "text", "text": "Three sets of squats, then a run."},
+        ],
+    ],
+)
+def test_content_as_a_list_of_parts_answers_with_its_text_parts_in_order(
+    parts: list[Any],
+) -> None:
+    """It was a bad_response ("content is not a string") and a breaker failure, for every
+    answer of a reasoning model that sends its thinking beside the answer."""
+    document = completion(choice(parts))
+    assert completion_text("helper", 200, document) == "Three sets of squats, then a run."
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[THINKING], [], [{"type": "text"}, {"type": "text", "text": None}], [{"text": "untyped"}]],
+)
+def test_content_parts_with_no_text_part_break_the_contract_saying_so(parts: list[Any]) -> None:
+    failure = failure_of(completion(choice(parts)))
+    assert failure.kind == "bad_response" and failure.counts_against_breaker
+    assert str(failure) == (
+        "agent 'helper' broke the openai contract: choices[0].message.content is a list of "
+        "content parts, none of type text: no answer, only reasoning or parts that are not text"
+    )
+    assert "Squats" not in str(failure) and "untyped" not in str(failure)  # the model's words
 
 
 @pytest.mark.parametrize(
