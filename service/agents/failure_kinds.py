@@ -21,10 +21,14 @@ agents') keep the guard's usual handling.
 | truncated | a completion's finish_reason length or model_length (cut off) | no | no |
 | client_error | any other 4xx (wrong URL, wrong method) | no | yes |
 | tool_calls | a completion asking for a tool call (ERS sends no tools) | no | yes |
-| bad_response | a 2xx whose body breaks the contract (an error object too) | no | yes |
+| bad_response | a 2xx whose body breaks the contract (an error object, unless by code) | no | yes |
 
 A malformed reply is not retried: it comes from an agent that speaks another contract (or
-another version of it), and the same request gets the same reply again.
+another version of it), and the same request gets the same reply again. A 2xx holding an
+error object (a proxy's answer to a failed request) whose code says a rate limit or a
+failure of the server is not a malformed reply: it gets the kind of the status that code
+stands for (``STATUS_OF_ERROR_CODE``), as a rate_limit without Retry-After or a
+server_error.
 """
 
 from __future__ import annotations
@@ -48,6 +52,25 @@ MAX_ERROR_BODY_BYTES = 65_536
 # anything else is the agent's free text, which is not put in messages and incidents (it
 # may be long, span lines, or differ on every reply and split one failure into many).
 ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+
+# The error codes of a 2xx error object (a proxy such as LiteLLM or OpenRouter answering a
+# failed request with a 200) that say what an error status would have said, and the status
+# each stands for: the call gets that status's kind and treatment. Only a rate limit and a
+# failure of the server or its upstream, which a wait or another attempt may end, where a
+# broken reply comes the same again; any other code stays a bad_response naming it.
+#   rate_limit_exceeded (OpenAI's code for a 429), rate_limit_error (Anthropic's type for it)
+#   server_error (OpenAI's type for a 500), overloaded_error (Anthropic's, its 529),
+#   service_unavailable (a 503 by name)
+# and the status itself as the code: "429" and "500" to "599", as LiteLLM's proxy writes it
+# ("code": "429"), or a number, as OpenRouter writes an error met after its 200 was sent.
+# A 200 carries no Retry-After for it: the rate limit is retried after the usual backoff.
+STATUS_OF_ERROR_CODE = {
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "server_error": 500,
+    "overloaded_error": 529,
+    "service_unavailable": 503,
+}
 
 # Span attribute naming the kind, read by the classification rules.
 FAILURE_KIND_ATTRIBUTE = "ers.failure.kind"
@@ -252,18 +275,38 @@ def failure_from_error_object(
     agent: str, status: int, error: object, secrets: Sequence[str] = ()
 ) -> FailureKind:
     """The kind of a 2xx whose body is an ``{"error": ...}`` object instead of a completion,
-    as some proxies answer a failed request: by its error code as for an error status, else
-    a ``BadResponse`` naming the code."""
-    code = _without_secrets(code_of_error(error), secrets)
+    as some proxies answer a failed request: by its error code as for an error status, or as
+    the status the code stands for (``STATUS_OF_ERROR_CODE``), else a ``BadResponse`` naming
+    the code."""
+    number = error.get("code") if isinstance(error, dict) else None
+    if type(number) is int and 100 <= number <= 599:  # a status as a number (OpenRouter)
+        code: str | None = str(number)
+    else:
+        code = _without_secrets(code_of_error(error), secrets)
     said = f"HTTP {status} with an error object" + (f" ({code})" if code else "")
     failure = _failure_of_code(agent, said, code, status)
     if failure is not None:
         return failure
+    meant = _status_of_code(code)
+    if meant == 429:
+        return RateLimited(f"agent '{agent}' is rate limited ({said})", status=status)
+    if meant is not None and 500 <= meant <= 599:
+        return ServerError(f"agent '{agent}' failed: {said}", status=status)
     return BadResponse(
         f"agent '{agent}' answered {said} instead of a completion: its server, or a proxy in "
         "front of it, failed the request",
         status=status,
     )
+
+
+def _status_of_code(code: str | None) -> int | None:
+    """The status an error object's code stands for: a status written as the code, or one
+    of ``STATUS_OF_ERROR_CODE``."""
+    if code is None:
+        return None
+    if len(code) == 3 and code.isdigit():
+        return int(code)
+    return STATUS_OF_ERROR_CODE.get(code)
 
 
 def _without_secrets(code: str | None, secrets: Sequence[str]) -> str | None:

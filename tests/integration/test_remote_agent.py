@@ -762,3 +762,41 @@ async def test_an_error_object_answered_with_a_200_is_read_by_its_error_code(
         "answered HTTP 200 with an error object (invalid_request_error) instead of a "
         "completion: its server, or a proxy in front of it, failed the request"
     )
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "breaker_failures", "outcome"),
+    [
+        # LiteLLM's proxy passing on its upstream's 429: retried as a 429 without
+        # Retry-After is, no breaker failure and no cooldown.
+        (
+            {"message": "slow down", "type": "throttling_error", "code": "429"},
+            "rate_limit",
+            0,
+            "refused",
+        ),
+        # Anthropic's overload through a proxy: retried as a 5xx is, each a breaker failure.
+        ({"type": "overloaded_error", "message": "Overloaded"}, "server_error", 3, "failure"),
+    ],
+)
+async def test_an_error_object_naming_a_rate_limit_or_a_server_error_is_retried_as_its_status(
+    rig_factory: Any, error: dict[str, Any], kind: str, breaker_failures: int, outcome: str
+) -> None:
+    """It was a bad_response: not retried, and a breaker failure even for a rate limit."""
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    instruments = AgentInstruments.create(meter, CollectorRegistry())
+    asked: list[bytes] = []
+    async with answering({"error": error}, asked) as url:
+        rig = rig_factory(url, contract="openai", model="m-1", instruments=instruments)
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert len(asked) == 3  # retried
+    assert len(rig.breaker_failures) == breaker_failures
+    assert rig.guard.cooldown_remaining() == 0
+    attributes = failure_attributes(rig)
+    assert attributes["ers.failure.kind"] == kind
+    assert attributes["http.response.status_code"] == 200
+    assert counted_calls(reader) == {outcome: 1}
+    assert "slow down" not in str(rig.guard.breaker.snapshot()["lastError"])

@@ -236,6 +236,54 @@ def test_an_error_object_in_a_200_is_read_by_its_code(error: Any, kind: str, sai
     assert "No models" not in str(failure)  # the error's free text
 
 
+@pytest.mark.parametrize(
+    ("error", "kind", "said"),
+    [
+        # LiteLLM's proxy writes the status as the code, OpenRouter as a number.
+        ({"message": "slow down", "type": "throttling_error", "code": "429"}, "rate_limit", "429"),
+        ({"message": "Provider returned error", "code": 429}, "rate_limit", "429"),
+        ({"type": "requests", "code": "rate_limit_exceeded"}, "rate_limit", "rate_limit_exceeded"),
+        ({"type": "rate_limit_error", "message": "slow down"}, "rate_limit", "rate_limit_error"),
+        ({"message": "upstream failed", "code": "500"}, "server_error", "500"),
+        ({"message": "Provider returned error", "code": 502}, "server_error", "502"),
+        ({"type": "server_error", "code": None}, "server_error", "server_error"),
+        ({"type": "overloaded_error", "message": "Overloaded"}, "server_error", "overloaded_error"),
+        ({"code": "service_unavailable"}, "server_error", "service_unavailable"),
+    ],
+)
+def test_an_error_object_whose_code_says_rate_limit_or_server_error_is_that_kind(
+    error: dict[str, Any], kind: str, said: str
+) -> None:
+    """A proxy answering its upstream's 429 or 5xx with a 200 and an error object: it was a
+    bad_response, not retried and a breaker failure, where the status would have been
+    retried (and a rate limit no breaker failure)."""
+    failure = failure_of({"error": error})
+    assert failure.kind == kind
+    assert failure.status == 200
+    assert failure.retryable
+    assert failure.counts_against_breaker is (kind == "server_error")
+    assert failure.retry_after_s is None  # a 200 says no wait
+    assert f"HTTP 200 with an error object ({said})" in str(failure)
+    assert "slow down" not in str(failure) and "Provider" not in str(failure)
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ({"code": "404"}, "(404)"),
+        ({"code": 1113, "type": "invalid_request_error"}, "(invalid_request_error)"),
+        ({"code": True}, "error object instead"),
+        ({"code": "timeout"}, "(timeout)"),
+    ],
+)
+def test_an_error_object_with_another_code_stays_a_bad_response_naming_it(
+    error: dict[str, Any], said: str
+) -> None:
+    failure = failure_of({"error": error})
+    assert failure.kind == "bad_response" and not failure.retryable
+    assert said in str(failure)
+
+
 def test_an_error_code_echoing_a_credential_is_redacted() -> None:
     with pytest.raises(BadResponse) as raised:
         completion_text("helper", 200, {"error": {"code": "bad_key_sk-s3cret"}}, ["sk-s3cret"])
