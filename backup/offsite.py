@@ -8,11 +8,17 @@ with its own password file. restic 0.14 and later take both from the environment
 credentials in it is ever on a command line. copy skips the snapshots the destination already
 holds, so each run moves only what is new. A missing destination is created with the
 source's chunker parameters (`init --copy-chunker-params`), which keeps copied data
-deduplicated there.
+deduplicated there; only the first time: its id is then recorded (`record_file`, beside the
+location's digest, never the location), and a destination that is gone later (an unmounted
+disk, an emptied bucket) or another one at its place is a failure, not a new empty
+repository that passes for the off-host copy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -53,6 +59,35 @@ class OffsiteRepository:
     password_file: Path
 
 
+def _location_digest(repository: str) -> str:
+    """Of the address without its credentials: a digest of a password is no place for one."""
+    return hashlib.sha256(shown(repository).encode()).hexdigest()
+
+
+def _recorded_id(record_file: Path | None, repository: str) -> str | None:
+    """The id recorded for this location; None for none, or for another location's (the
+    setting changed: the new destination is created as the first one was)."""
+    try:
+        data = json.loads(record_file.read_text()) if record_file else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise OffsiteCopyFailed(
+            f"the off-host repository's record {record_file} cannot be read ({exc}): restore "
+            "it, or delete it to take the repository there now as the off-host one",
+            "repository_replaced",
+        ) from None
+    if not isinstance(data, dict) or data.get("location") != _location_digest(repository):
+        return None
+    return str(data.get("id"))
+
+
+def _record(record_file: Path, repository: str, repository_id: str) -> None:
+    staged = record_file.with_name(f".{record_file.name}.new")
+    staged.write_text(json.dumps({"id": repository_id, "location": _location_digest(repository)}))
+    os.replace(staged, record_file)
+
+
 @dataclass(frozen=True)
 class CopyResult:
     copied: int
@@ -68,8 +103,12 @@ class OffsiteCopier:
         *,
         timeout: float = COPY_TIMEOUT_SECONDS,
         cache_dir: Path | None = None,
+        record_file: Path | None = None,
     ) -> None:
+        """``record_file``: where the destination's id is remembered once it is made or
+        first reached; None remembers nothing (every missing destination is created)."""
         self.source = source
+        self.record_file = record_file
         self.destination = Restic(
             destination.repository,
             destination.password_file,
@@ -121,8 +160,10 @@ class OffsiteCopier:
                 "restic 0.14 or later for the off-host copy"
             )
         started = time.monotonic()
+        where = shown(self.destination.repository)
+        recorded = _recorded_id(self.record_file, self.destination.repository)
         try:
-            exists = await self.destination.repository_id() is not None
+            found = await self.destination.repository_id()
         except ResticError as exc:
             # restic's own message would name the address, credentials and all.
             raise OffsiteCopyFailed(
@@ -131,8 +172,25 @@ class OffsiteCopier:
                 f"'{self.destination.password_file}' holds its password",
                 exc.label,
             ) from None
-        if not exists:
+        if found is None and recorded is not None:
+            raise OffsiteCopyFailed(
+                f"the off-host repository {recorded[:8]} that held the copies is gone from "
+                f"'{where}': put it back (mount its disk, restore the folder or bucket); to "
+                f"start a new, empty one there, delete {self.record_file}",
+                "repository_not_found",
+            )
+        if found is not None and recorded is not None and found != recorded:
+            raise OffsiteCopyFailed(
+                f"the off-host repository at '{where}' is {found[:8]}, not {recorded[:8]} that "
+                f"held the copies: put the original back, or delete {self.record_file} to "
+                "copy into the one there now",
+                "repository_replaced",
+            )
+        if found is None:
             await self._run(["init", "--copy-chunker-params"], timeout=120)
+            found = await self.destination.repository_id()
+        if self.record_file is not None and recorded is None and found is not None:
+            _record(self.record_file, self.destination.repository, found)
         stdout = await self._run(["copy"], timeout=self.timeout)
         return CopyResult(
             copied=len(_SAVED.findall(stdout)),

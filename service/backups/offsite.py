@@ -26,6 +26,9 @@ from service.tasks import run_in_background
 
 log = logging.getLogger("ers.backups.offsite")
 
+# The off-host repository's id, once the first copy made or reached it.
+OFFSITE_RECORD_FILE = "offsite-repository.json"
+
 # After a failure the copy is tried again this soon, or at its interval if that is shorter.
 RETRY_AFTER_FAILURE_S = 300.0
 
@@ -74,7 +77,7 @@ def build_copier(settings: Settings) -> OffsiteCopier | None:
         settings.restic_repository, settings.restic_password_file, binary=settings.restic_binary
     )
     target = OffsiteRepository(settings.offsite_repository, settings.offsite_password_file)
-    return OffsiteCopier(source, target)
+    return OffsiteCopier(source, target, record_file=settings.data_dir / OFFSITE_RECORD_FILE)
 
 
 def start_offsite_copies(

@@ -82,7 +82,7 @@ class Repos:
         out = restic(repository, password_file, self.cache, "snapshots", "--json")
         return json.loads(out)
 
-    def copier(self, binary: str | None = None) -> OffsiteCopier:
+    def copier(self, binary: str | None = None, record: bool = False) -> OffsiteCopier:
         source = Restic(
             str(self.source),
             self.source_password,
@@ -90,7 +90,13 @@ class Repos:
             cache_dir=self.cache,
         )
         target = OffsiteRepository(str(self.destination), self.destination_password)
-        return OffsiteCopier(source, target, timeout=RESTIC_TIMEOUT_S, cache_dir=self.cache)
+        return OffsiteCopier(
+            source,
+            target,
+            timeout=RESTIC_TIMEOUT_S,
+            cache_dir=self.cache,
+            record_file=self.root / "offsite-repository.json" if record else None,
+        )
 
 
 @pytest.fixture
@@ -140,6 +146,33 @@ async def test_later_copies_move_only_new_snapshots(repos: Repos) -> None:
     newer = await copier.copy()
     assert (newer.copied, newer.skipped) == (1, 1)
     assert len(repos.snapshots(repos.destination, repos.destination_password)) == 2
+
+
+async def test_an_offsite_repository_gone_after_the_first_copy_is_not_made_anew(
+    repos: Repos, tmp_path: Path
+) -> None:
+    """An unmounted backup disk leaves an empty folder at the off-host path: a new
+    repository there would take the copies onto this host while every copy "succeeds"."""
+    repos.backup("budgets.db", "groceries 120\n")
+    await repos.copier(record=True).copy()
+    shutil.move(repos.destination, tmp_path / "unmounted")
+
+    with pytest.raises(OffsiteCopyFailed) as gone:
+        await repos.copier(record=True).copy()
+    assert gone.value.label == "repository_not_found"
+    assert "gone from" in str(gone.value)
+    assert not repos.destination.exists()
+
+    restic(repos.destination, repos.destination_password, repos.cache, "init")
+    with pytest.raises(OffsiteCopyFailed) as replaced:
+        await repos.copier(record=True).copy()
+    assert replaced.value.label == "repository_replaced"
+
+    shutil.rmtree(repos.destination)
+    shutil.move(tmp_path / "unmounted", repos.destination)
+    repos.backup("budgets.db", "groceries 150\n")
+    back = await repos.copier(record=True).copy()
+    assert (back.copied, back.skipped) == (1, 1)
 
 
 async def test_no_password_and_no_repository_reach_the_command_line(
