@@ -1,12 +1,17 @@
-"""Where backups keep their files in the data directory, and whether a start is the first of
-that directory: only then may the service create the backup repository on its own."""
+"""Where backups keep their files in the data directory, whether a start is the first of
+that directory (only then may the service create the backup repository on its own), and
+what a start puts right before the stores open."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from backup import swap_journal
 from backup.identity import RECORD_FILE_NAME
-from service.settings import COMPONENTS
+from service.settings import COMPONENTS, Settings
+
+log = logging.getLogger("ers.backups")
 
 # Left in a brand-new data directory until its backup repository is recorded.
 FIRST_START_MARK = ".ers-first-start"
@@ -53,3 +58,17 @@ def finds_no_state(data_dir: Path, *, backups_enabled: bool = True) -> bool:
 def first_start_done(data_dir: Path) -> None:
     """The repository is recorded: later starts go by the record."""
     (data_dir / FIRST_START_MARK).unlink(missing_ok=True)
+
+
+def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
+    """A rollback killed in the middle of its swap left some component files rolled back and
+    others not: put them all back (one log line each) before any store opens them; what was
+    undone, for the audit trail. On PostgreSQL a rollback is one transaction and leaves
+    nothing to undo."""
+    if settings.database_url is None:
+        try:
+            return swap_journal.recover([settings.data_dir])
+        except swap_journal.SwapRecoveryFailed as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+    return []

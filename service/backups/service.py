@@ -28,12 +28,12 @@ from backup import (
     RollbackResult,
     Snapshot,
     init_repository,
-    swap_journal,
 )
 from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME, is_local
+from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
 from service.backups.first_start import backup_work_dir, first_start_done
 from service.backups.fleet_cooldown import follow_fleet_cooldown
@@ -82,20 +82,6 @@ class EmergencyBackup(NamedTuple):
 
 class BackupsUnavailable(ErsError):
     """The backup repository cannot be used right now."""
-
-
-def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
-    """A rollback killed in the middle of its swap left some component files rolled back and
-    others not: put them all back (one log line each) before any store opens them; what was
-    undone, for the audit trail. On PostgreSQL a rollback is one transaction and leaves
-    nothing to undo."""
-    if settings.database_url is None:
-        try:
-            return swap_journal.recover([settings.data_dir])
-        except swap_journal.SwapRecoveryFailed as exc:
-            log.error("refusing to start: %s", exc)
-            raise
-    return []
 
 
 # The repository's problem is told again from a restic call at most this often.
@@ -152,6 +138,7 @@ class BackupService:
         self.last_drill_at: float | None = None
         self.last_drill_ok: bool | None = None
         self.last_drill_problem: str | None = None  # what the last failed drill found
+        self.check_problem: str | None = None  # what the last `restic check` found wrong
         # In a fleet: the jobs lock; the schedule runs while this replica holds it.
         self.leader: FleetLeader | None = None
 
@@ -381,6 +368,15 @@ class BackupService:
                     "a restart of the service puts it back"
                 )
         return dataclasses.replace(result, notes=tuple(notes)) if notes else result
+
+    async def check(self) -> CheckResult:
+        """`restic check`; what it found wrong stays in the repository health check until
+        a check passes."""
+        result = await self.require().check()
+        self.check_problem = None if result.ok else result.output_tail
+        if not result.ok:
+            log.error("the repository check found problems: %s", result.output_tail)
+        return result
 
     def newest_before(self, moment: datetime, components: Sequence[str] = ()) -> str | None:
         snapshot = self.require().newest_snapshot_before(moment, components)

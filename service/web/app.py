@@ -23,7 +23,7 @@ from fastapi import FastAPI  # noqa: E402
 
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
-from service.backups.first_start import finds_no_state  # noqa: E402
+from service.backups.first_start import finds_no_state, undo_interrupted_swap  # noqa: E402
 from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import (  # noqa: E402
@@ -31,7 +31,6 @@ from service.backups.rollbacks import (  # noqa: E402
     look_again,
     record_interrupted_at_start,
 )
-from service.backups.service import undo_interrupted_swap  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
 from service.chat.service import ChatService  # noqa: E402
