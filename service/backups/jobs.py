@@ -134,7 +134,8 @@ async def run_schedule(
     if leader is not None:
         # Only a replica that can reach the repository competes for the jobs.
         leader.start()
-    last_prune = last_check = time.time()
+    next_prune = time.time() + backups.settings.prune_interval_hours * 3600
+    next_check = time.time() + backups.settings.repository_check_interval_hours * 3600
     leading = leader is None
     while True:
         if leader is not None and not leader.is_leader:
@@ -153,25 +154,51 @@ async def run_schedule(
                 # repository, not yet in this replica's list; prune and check wait
                 # their full interval from now.
                 await backups.require().refresh()
-                last_prune = last_check = time.time()
+                now = time.time()
+                next_prune = now + backups.settings.prune_interval_hours * 3600
+                next_check = now + backups.settings.repository_check_interval_hours * 3600
                 leading = True
             await _due_backups(backups)
             now = time.time()
             if drill_due(backups, now):
                 await drill(backups)
-            if now - last_prune >= backups.settings.prune_interval_hours * 3600:
-                # Snapshots added elsewhere (`ers backup --offline`) are forgotten here too.
-                await forget(backups)
-                await backups.require().prune()
-                last_prune = now
-            if now - last_check >= backups.settings.repository_check_interval_hours * 3600:
-                await backups.require().check()
-                last_check = now
+            if now >= next_prune:
+                every = backups.settings.prune_interval_hours * 3600
+                next_prune = await _periodic("prune", _forget_and_prune(backups), now, every)
+            if now >= next_check:
+                every = backups.settings.repository_check_interval_hours * 3600
+                next_check = await _periodic("repository check", backups.check(), now, every)
         except Interrupted as exc:
             log.warning("scheduled backup work did not finish: %s", exc)
         except (BackupError, BackupsUnavailable) as exc:
             log.error("scheduled backup work failed: %s", exc)
         await asyncio.sleep(tick_s)
+
+
+# A failed prune or check is tried again this soon (or at its interval if shorter): on
+# every tick, each attempt locked the repository alone (turning people's requests into
+# waits), and a prune that kept failing kept the check from ever running.
+PERIODIC_RETRY_S = 900.0
+
+
+async def _periodic(what: str, job: Awaitable[object], now: float, every_s: float) -> float:
+    """Run one periodic job; when it is due next."""
+    try:
+        await job
+    except Interrupted as exc:
+        log.warning("scheduled %s did not finish: %s", what, exc)
+        return now  # stopped, not failed: due again
+    except (BackupError, BackupsUnavailable) as exc:
+        retry_s = min(every_s, PERIODIC_RETRY_S)
+        log.error("scheduled %s failed: %s; tried again in %.0f s", what, exc, retry_s)
+        return now + retry_s
+    return now + every_s
+
+
+async def _forget_and_prune(backups: BackupService) -> None:
+    # Snapshots added elsewhere (`ers backup --offline`) are forgotten here too.
+    await forget(backups)
+    await backups.require().prune()
 
 
 async def _due_backups(backups: BackupService) -> bool:

@@ -21,6 +21,10 @@ class RepositoryUnreachable(ConnectionError):
     """The restic repository cannot be reached or opened."""
 
 
+class RepositoryDamaged(RuntimeError):
+    """`restic check` found errors in the repository: its snapshots may not restore."""
+
+
 def reported_failure(failure: BaseException) -> BaseException:
     """Why the backups cannot be used, as the repository check reports it: a lost or replaced
     repository as itself, anything else (a wrong password, an unreachable server) as
@@ -107,6 +111,18 @@ class RepositoryCheck:
                 f"backups stopped: {problem}",
                 where,
                 RepositoryUnreachable(problem),
+                component="backups",
+            )
+        if found := backups.check_problem:
+            return CheckResult(
+                self.name,
+                Status.UNHEALTHY,
+                f"the last repository check found problems: {found}",
+                where,
+                RepositoryDamaged(
+                    "restic check found errors in the backup repository: run `ers backup "
+                    "check` for them, and see restic's `repair` commands"
+                ),
                 component="backups",
             )
         return CheckResult(

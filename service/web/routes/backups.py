@@ -317,7 +317,7 @@ async def rollback(
 @router.post("/backups/check")
 async def check_repository(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     with _failures_as_http_errors("repository check"):
-        result = await backups.require().check()
+        result = await backups.check()
     return {"ok": result.ok, "output": result.output_tail}
 
 
