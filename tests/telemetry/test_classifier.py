@@ -373,3 +373,19 @@ def test_an_unreachable_repository_is_high_whatever_restics_words(
         "high",
         "network",
     )
+
+
+def test_a_damaged_repository_is_a_high_incident_of_its_own(default_classifier: Classifier) -> None:
+    # A RuntimeError matched no rule but the default: a medium "system" incident.
+    record = error_record(
+        "health.repository",
+        "service.health.backup_checks.RepositoryDamaged",
+        "restic check found errors in the backup repository: run `ers backup check` for them",
+        attributes={"ers.component": "backups", "ers.exception.bases": ["RuntimeError"]},
+    )
+    result = default_classifier.classify(record)
+    assert (result.rule, result.severity, result.protocol) == (
+        "backup-repository-damaged",
+        "high",
+        "LOG_ONLY",
+    )
