@@ -25,11 +25,15 @@ FAILURE_REASONS = (
     "repository_not_found",
     "repository_replaced",
     "wrong_password",
+    "password_file",
+    "read_only",
     "disk_full",
     "timeout",
     "interrupted",
     "locked",
     "unavailable",
+    "pg_dump_failed",
+    "pg_tool_not_installed",
 )
 
 
