@@ -13,7 +13,7 @@ holding the intake token could otherwise keep enlarging one trace. A row holds a
 ``MAX_TRACE_SPANS`` spans and ``MAX_TRACE_BYTES`` of JSON. What it keeps first is what an
 incident needs: the error spans and their ancestors, then the others, in both cases the
 spans it already held before the ones arriving (a later flood cannot push out what an
-incident named).
+incident named). The keeper bounds a trace it holds in memory the same way (``fitting``).
 """
 
 from __future__ import annotations
@@ -93,34 +93,51 @@ def merged_with_stored(
 
 
 def _within(spans: Sequence[dict[str, Any]], parts: list[str], bound: TraceBound) -> list[str]:
-    """The parts (each span's JSON) that fit in ``bound``, in their order: first the error
-    spans and their ancestors, then the others, each group in the order given."""
+    """The parts (each span's JSON) that fit in ``bound``, in their order (``fitting``)."""
     if len(parts) <= bound.spans and sum(len(p) + 2 for p in parts) <= bound.bytes:
         return parts
+    shapes = [(span.get("spanId"), span.get("parentSpanId"), _failed(span)) for span in spans]
+    # Each part with its separator, within the room the brackets leave.
+    sizes = [len(part) + 2 for part in parts]
+    return [parts[index] for index in fitting(shapes, sizes, bound, room=bound.bytes - 2)]
+
+
+def fitting(
+    spans: Sequence[tuple[object, object, bool]], sizes: Sequence[int], bound: TraceBound, room: int
+) -> list[int]:
+    """The indexes, in order, of the ``spans`` (each its span id, its parent's span id and
+    whether it failed) that fit in ``bound``'s count and in ``room`` bytes, span ``i`` taking
+    ``sizes[i]``: first the error spans and their ancestors, then the others, each group in
+    the order given (the spans held before the arriving ones come first). The archive's row
+    and the keeper's trace in memory are bounded alike."""
     needed = _errors_and_ancestors(spans)
     chosen: set[int] = set()
-    size = 2  # the brackets
+    used = 0
     for wanted in (True, False):
-        for index, part in enumerate(parts):
+        for index, size in enumerate(sizes):
             if len(chosen) >= bound.spans:
                 break
-            if (index in needed) is wanted and size + len(part) + 2 <= bound.bytes:
+            if (index in needed) is wanted and used + size <= room:
                 chosen.add(index)
-                size += len(part) + 2  # and its separator
-    return [part for index, part in enumerate(parts) if index in chosen]
+                used += size
+    return sorted(chosen)
 
 
-def _errors_and_ancestors(spans: Sequence[dict[str, Any]]) -> set[int]:
+def _failed(span: dict[str, Any]) -> bool:
+    status = span.get("status")
+    return isinstance(status, dict) and status.get("code") == "ERROR"
+
+
+def _errors_and_ancestors(spans: Sequence[tuple[object, object, bool]]) -> set[int]:
     """The indexes of the error spans and of every span above one of them."""
-    index_of = {span.get("spanId"): index for index, span in enumerate(spans)}
+    index_of = {span_id: index for index, (span_id, _, _) in enumerate(spans)}
     needed: set[int] = set()
-    for index, span in enumerate(spans):
-        status = span.get("status")
-        if not isinstance(status, dict) or status.get("code") != "ERROR":
+    for index, (_, _, failed) in enumerate(spans):
+        if not failed:
             continue
         while index not in needed:
             needed.add(index)
-            parent = index_of.get(spans[index].get("parentSpanId"))
+            parent = index_of.get(spans[index][1])
             if parent is None:
                 break
             index = parent
