@@ -2,7 +2,10 @@
 
 A trace's spans wait in a bounded pending area until its fate is known: its local root span
 ended, or it lingered too long. Traces with an error move to the kept area, which holds at
-most ``span_budget`` spans and evicts the oldest traces first; the others are dropped.
+most ``span_budget`` spans and evicts the oldest traces first; the others are dropped. One
+kept trace holds at most what its archived row does (``trace_merge.TraceBound``, and no more
+spans than the budget): eviction never takes the last trace, and one that keeps receiving
+spans (late spans, or a sender repeating one trace id) would otherwise grow without end.
 
 ``on_end`` only appends a reference to the finished span under a lock (no copying, no
 conversion) while its trace is pending; a trace that is kept is packed into one bytes object
@@ -34,7 +37,8 @@ from opentelemetry.trace import StatusCode
 from telemetry.prompt_read import PromptRead
 from telemetry.span_record import SpanRecord
 from telemetry.trace_archive import TraceArchive
-from telemetry.trace_packing import as_record, pack, unpack
+from telemetry.trace_merge import TraceBound
+from telemetry.trace_packing import as_record, pack_within, unpack
 
 ERROR = StatusCode.ERROR
 
@@ -51,8 +55,10 @@ class _Kept:
     spans: int
 
     @classmethod
-    def of(cls, spans: Sequence[KeptSpan]) -> _Kept:
-        return cls(pack(spans), len(spans))
+    def of(cls, spans: Sequence[KeptSpan], bound: TraceBound) -> _Kept:
+        """The spans within ``bound``: checked by their count and the packed size, at hand
+        (a chat's trace costs nothing more); only a trace over it is sorted out."""
+        return cls(*pack_within(spans, bound))
 
 
 @dataclass(slots=True)
@@ -71,8 +77,13 @@ class TraceKeeper(SpanProcessor):
         linger_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         archive: TraceArchive | None = None,
+        bound: TraceBound | None = None,
     ) -> None:
         self.span_budget = span_budget
+        # The most one kept trace holds: its archived row's bound (``archive.bound``, unless
+        # given), within the budget.
+        bound = bound or (archive.bound if archive is not None else TraceBound())
+        self.bound = TraceBound(min(bound.spans, span_budget), bound.bytes)
         self.archive = archive
         # The archive's spans of a trace held here: waited for briefly (``prompt_read``).
         self._prompt_read = PromptRead(archive.get) if archive is not None else None
@@ -88,6 +99,8 @@ class TraceKeeper(SpanProcessor):
         self.traces_kept = 0
         self.traces_evicted = 0
         self.traces_dropped = 0
+        # Spans of kept traces left out by ``bound``.
+        self.spans_left_out = 0
         # Traces named to be written, by who names them (only the newest naming counts).
         self._named: dict[str, Sequence[str]] = {}
         # Named while still pending: written when they settle.
@@ -107,8 +120,7 @@ class TraceKeeper(SpanProcessor):
         with self._lock:
             kept = self._kept.get(trace_id)
             if kept is not None:  # a late span of a trace already kept (rare)
-                self._kept[trace_id] = kept = _Kept.of([*unpack(kept.packed), span])
-                self._kept_spans += 1
+                kept = self._join(trace_id, kept, [*unpack(kept.packed), span])
                 self._evict_over_budget()
                 if self.archive is not None and trace_id in self._archived:
                     self.archive.offer(trace_id, kept.packed)
@@ -137,8 +149,9 @@ class TraceKeeper(SpanProcessor):
         if not pending.has_error:
             self.traces_dropped += 1
             return
-        self._kept[trace_id] = kept = _Kept.of(pending.spans)
+        self._kept[trace_id] = kept = _Kept.of(pending.spans, self.bound)
         self._kept_spans += kept.spans
+        self.spans_left_out += len(pending.spans) - kept.spans
         self.traces_kept += 1
         self._evict_over_budget()
         if trace_id in self._wanted:
@@ -227,13 +240,20 @@ class TraceKeeper(SpanProcessor):
                     before = unpack(kept.packed)
                     have = {span.span_id for span in before}
                     spans = [span for span in spans if span.span_id not in have]
-                self._kept[trace_id] = kept = _Kept.of([*before, *spans])
-                self._kept_spans += len(spans)
+                kept = self._join(trace_id, kept, [*before, *spans])
                 kept_now += 1
                 if self.archive is not None and trace_id in self._archived:
                     self._write_soon(trace_id, kept.packed)
             self._evict_over_budget()
         return kept_now
+
+    def _join(self, trace_id: int, kept: _Kept | None, spans: list[KeptSpan]) -> _Kept:
+        """Keep ``spans`` (those held before first) as the trace's, within ``bound``; under
+        the lock."""
+        self._kept[trace_id] = joined = _Kept.of(spans, self.bound)
+        self._kept_spans += joined.spans - (kept.spans if kept is not None else 0)
+        self.spans_left_out += len(spans) - joined.spans
+        return joined
 
     def _settle_oldest(self) -> None:
         while self._pending_spans > self.pending_span_limit and self._pending:
@@ -307,6 +327,7 @@ class TraceKeeper(SpanProcessor):
                 "traces_kept": self.traces_kept,
                 "traces_evicted": self.traces_evicted,
                 "traces_dropped": self.traces_dropped,
+                "spans_left_out": self.spans_left_out,
             }
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:

@@ -4,6 +4,7 @@ where the SDK's spans are a dozen objects each."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +20,13 @@ from telemetry.span_record import (
     plain_attributes,
     resource_attributes,
 )
+from telemetry.trace_merge import TraceBound, fitting
 
 Span = ReadableSpan | SpanRecord
 _STATUS_BY_VALUE = {code.value: name for code, name in STATUS_NAMES.items()}
 _KIND_BY_VALUE = {kind.value: kind.name for kind in SpanKind}
+# What one ``pickle.dump`` writes besides its object: protocol (2), frame (9), stop (1).
+_DUMP_OPCODES = 12
 
 
 def as_record(span: Span) -> SpanRecord:
@@ -37,6 +41,43 @@ def pack(spans: Sequence[Span]) -> bytes:
     most are never read; ``unpack`` builds the records. The resource, one dict shared by a
     process's spans, is pickled once per trace."""
     return pickle.dumps([_packed(span) for span in spans], protocol=5)
+
+
+def pack_within(spans: Sequence[Span], bound: TraceBound) -> tuple[bytes, int]:
+    """``pack(spans)``, within ``bound`` (spans, and bytes of the packed object): when they
+    do not fit, the error spans and their ancestors are kept first, then the others, each
+    group in the order given (``trace_merge.fitting``). Also how many spans it holds. A trace
+    that fits costs nothing more than ``pack``: its count and size are at hand. One over is
+    sorted out span by span, each measured by what it adds to the packed object."""
+    packed = pack(spans)
+    if len(spans) <= bound.spans and len(packed) <= bound.bytes:
+        return packed, len(spans)
+    records = [as_record(span) for span in spans]
+    shapes = [(record.span_id, record.parent_span_id, record.is_error) for record in records]
+    sizes = _added_sizes([_packed(record) for record in records])
+    # The list's own opcodes: its frames (one each 64 KiB) and its appends (one each 1,000).
+    room = bound.bytes - 16 - 9 * (bound.bytes // 65_536 + 1) - 2 * (len(spans) // 1000 + 1)
+    while True:
+        chosen = fitting(shapes, sizes, bound, room)
+        packed = pack([records[index] for index in chosen])
+        if len(packed) <= bound.bytes or not chosen:
+            return packed, len(chosen)
+        # What a span left out shared with the ones kept (a resource) is now theirs to hold.
+        room -= len(packed) - bound.bytes
+
+
+def _added_sizes(items: list[Any]) -> list[int]:
+    """What each item adds to ``pickle.dumps(items)``: each is pickled after the ones
+    before, by one pickler, so an object they share (a resource, a key) counts once, where
+    they first hold it; less each dump's own opcodes (protocol, frame, stop)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    sizes = []
+    for item in items:
+        start = buffer.tell()
+        pickler.dump(item)  # the memo is kept from one dump to the next
+        sizes.append(max(1, buffer.tell() - start - _DUMP_OPCODES))
+    return sizes
 
 
 def unpack(packed: bytes) -> list[SpanRecord]:

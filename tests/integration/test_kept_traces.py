@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import Status, StatusCode
 
 from tests.conftest import ErsProcess, start_ers
 
@@ -175,3 +181,37 @@ def test_spans_sent_after_their_traces_error_join_the_kept_trace(tmp_path: Path)
             assert tree["spans"][0]["children"][0]["name"] == "SELECT cart"
     finally:
         ers.stop()
+
+
+def test_one_trace_flooded_through_the_intake_stays_within_its_bound(tmp_path: Path) -> None:
+    """A sender holding the intake token repeats one failing trace's id with span after span
+    (the official OTLP exporter, ~12 MB in all): the lone kept trace stops at its bound
+    (8 MiB), keeping the failure, instead of growing the process without end."""
+    token = "intake-flood-7c1e"
+    ers = start_ers(tmp_path, env={"ERS_INTAKE_TOKEN": token})
+    exporter = OTLPSpanExporter(
+        endpoint=f"{ers.url}/v1/traces", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    tracer = TracerProvider(resource=Resource.create({"service.name": "poller"})).get_tracer("t")
+    try:
+        failing = tracer.start_span("charge card")
+        failing.set_status(Status(StatusCode.ERROR, "card processor unreachable"))
+        failing.end()
+        assert exporter.export([failing]) is SpanExportResult.SUCCESS
+        under_it = trace.set_span_in_context(failing)
+        sent = 1
+        padded = {"payload": "x" * 1500}
+        for _ in range(14):  # each request under the body limit
+            batch = [tracer.start_span("poll", under_it, attributes=padded) for _ in range(500)]
+            for span in batch:
+                span.end()
+            assert exporter.export(batch) is SpanExportResult.SUCCESS
+            sent += len(batch)
+        trace_id = format(failing.get_span_context().trace_id, "032x")
+        kept = get(ers, f"/api/emergency/traces/{trace_id}").json()
+        # Before: all 7,001 spans, the trace as large as what was sent.
+        assert 0 < kept["spanCount"] < sent and kept["errorSpans"] == 1
+        assert kept["spans"][0]["name"] == "charge card"
+    finally:
+        exporter.shutdown()
+        assert ers.stop() == 0

@@ -8,6 +8,8 @@ from opentelemetry.trace import Status, StatusCode
 from telemetry.classifier import Classifier
 from telemetry.span_record import SpanRecord
 from telemetry.trace_keeper import TraceKeeper, span_tree
+from telemetry.trace_merge import TraceBound
+from telemetry.trace_packing import pack
 from tests.telemetry.conftest import error_record
 
 
@@ -373,3 +375,57 @@ def test_a_held_trace_answers_from_memory_when_the_archive_does_not_answer(tmp_p
     finally:
         table.thawed.set()
     keeper.shutdown()
+
+
+def test_one_trace_receiving_spans_without_end_holds_its_bound_and_keeps_its_failure() -> None:
+    """A lone kept trace is never evicted (the budget always leaves one), so a sender repeating
+    its trace id would grow it without end: it stops at its own bound, keeping the error
+    span and the spans above it first, then the spans it held before the arrivals; what is
+    left out is counted."""
+    keeper = TraceKeeper(bound=TraceBound(spans=5, bytes=1_000_000))
+    trace_id = "d" * 32
+    root = error_record("GET /cart", trace_id=trace_id, status="OK")
+    failing = error_record("SELECT cart", trace_id=trace_id)
+    failing.parent_span_id = root.span_id
+    polls = [error_record(f"poll {index}", trace_id=trace_id, status="OK") for index in range(2)]
+    assert keeper.keep_records([failing, *polls]) == 1
+    for index in range(50):
+        keeper.keep_records([error_record(f"flood {index}", trace_id=trace_id, status="OK")])
+    keeper.keep_records([root])  # the failure's parent, arriving last, comes before the rest
+    names = {record.name for record in keeper.get_trace(trace_id) or []}
+    assert names == {"GET /cart", "SELECT cart", "poll 0", "poll 1", "flood 0"}
+    assert keeper.stats()["spans_kept_now"] == 5
+    assert keeper.stats()["spans_left_out"] == 49  # flood 2 to 49, then flood 1
+
+
+def test_late_spans_of_a_lone_kept_trace_stay_within_the_span_budget() -> None:
+    from opentelemetry import trace
+
+    keeper, provider = keeper_and_tracer(span_budget=10)
+    trace_id = run_trace(provider, fail=True, children=3)  # 4 spans, one failed
+    context = trace.SpanContext(
+        int(trace_id, 16), 0xABC, is_remote=True, trace_flags=trace.TraceFlags(1)
+    )
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(context))
+    tracer = provider.get_tracer("tests")
+    for _ in range(30):
+        tracer.start_span("late", context=parent).end()
+    records = keeper.get_trace(trace_id) or []
+    assert len(records) == 10 and keeper.stats()["spans_kept_now"] == 10
+    assert [record.name for record in records if record.is_error] == ["agent.step1"]
+    assert keeper.stats()["spans_left_out"] == 24
+
+
+def test_a_kept_trace_holds_at_most_the_bytes_of_its_bound() -> None:
+    bound = TraceBound(spans=1000, bytes=50_000)
+    keeper = TraceKeeper(bound=bound)
+    trace_id = "e" * 32
+    keeper.keep_records([error_record("charge", trace_id=trace_id)])
+    for index in range(40):
+        payload = {"payload": f"{index:04}" + "x" * 4000}  # one string each, as received
+        spans = [error_record(f"poll {index}", trace_id=trace_id, status="OK", attributes=payload)]
+        keeper.keep_records(spans)
+    records = keeper.get_trace(trace_id) or []
+    assert len(pack(records)) <= bound.bytes
+    assert "charge" in {record.name for record in records} and 5 < len(records) < 41
+    assert keeper.stats()["spans_left_out"] == 41 - len(records)
