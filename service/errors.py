@@ -8,6 +8,10 @@ import unicodedata
 # incident or a snapshot that is not there) to say --url is wrong.
 NO_ROUTE = "ERS has no route"
 
+# The header of a kept trace answered from memory alone: why the archive's spans of it were
+# not read. ``ers trace`` tells the operator that spans kept elsewhere may be missing.
+ARCHIVE_NOT_READ = "ERS-Archive-Not-Read"
+
 
 # The most of a client's value a reply or a log line repeats: a path, a name, may be as long
 # as a request line allows.

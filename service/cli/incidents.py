@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
-from service.cli.output import USAGE, CliError, cell, emit, joined, new_table, stdout, when
-from service.cli.remote import call, command, command_group, segment, whole_number
+from service.cli.output import USAGE, CliError, cell, emit, joined, new_table, note, stdout, when
+from service.cli.remote import call, command, command_group, exchange, segment, whole_number
+from service.errors import ARCHIVE_NOT_READ
 
 
 def _incident_row(i: dict[str, Any]) -> list[str]:
@@ -154,7 +155,13 @@ def _trace(out: Console, data: dict[str, Any]) -> None:
 
 def trace(args: argparse.Namespace) -> int:
     path = f"/api/emergency/traces/{segment(args.trace_id)}"
-    emit(args, call(args, "GET", path, expect=TRACE_KEYS), _trace)
+    data, headers = exchange(args, "GET", path, expect=TRACE_KEYS)
+    emit(args, data, _trace)
+    if unread := headers.get(ARCHIVE_NOT_READ):  # what the service holds is shown all the same
+        note(
+            f"only the spans in the service's memory ({unread}): spans kept before a restart "
+            "or by another replica may be missing"
+        )
     return 0
 
 

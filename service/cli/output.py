@@ -126,6 +126,12 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def note(message: str) -> None:
+    """One line on stderr beside a command's output, which it leaves as it is (a pipe reads
+    stdout): what the operator should know of what was shown."""
+    print(f"ers: {printable(message)}", file=sys.stderr)
+
+
 def emit(args: argparse.Namespace, data: Any, table: Callable[[Console, Any], None]) -> None:
     """Print ``data`` in the chosen format: ``table`` draws it for people."""
     fmt = getattr(args, "output", "table")

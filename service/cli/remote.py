@@ -138,6 +138,20 @@ def call(
     """One request; ``waiting`` names long work, shown with a spinner and the elapsed time
     while the service does it (its routes answer once, when the work is done). ERS answers
     each of these routes with a JSON object holding ``expect`` (the keys the caller reads)."""
+    return exchange(args, method, path, body, params=params, waiting=waiting, expect=expect)[0]
+
+
+def exchange(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    params: dict[str, Any] | None = None,
+    waiting: str | None = None,
+    expect: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], httpx.Headers]:
+    """``call``, and the reply's headers, for a command that says what one of them says."""
     url: str = args.url
     # What the messages show of it: a password or a query value typed into --url stays on
     # the command line, not in the output (a terminal's scrollback, a CI log).
@@ -214,7 +228,7 @@ def call(
     if missing is None or missing:
         what = "no JSON object" if missing is None else f"JSON without {missing[0]!r}"
         raise not_ers(f"{method} {path} at {shown} answered {response.status_code} with {what}")
-    return data
+    return data, response.headers
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:

@@ -23,6 +23,9 @@ import yaml
 
 from tests.conftest import ErsProcess, free_port, start_ers
 from tests.e2e.test_alert_delivery import payload
+from tests.integration.test_late_failure_trace import TOKEN as INTAKE_TOKEN
+from tests.integration.test_late_failure_trace import send_failure
+from tests.pg import PostgresServer
 
 ERS = Path(sys.executable).with_name("ers")
 SHORT_ID = re.compile(r"\b[0-9a-f]{8}\b")
@@ -555,3 +558,30 @@ def test_status_at_a_glance_and_ending_minimal_mode(env: dict[str, str]) -> None
     ended = ers(env, "minimal-mode", "end")
     assert ended.returncode == 0, ended.stderr
     assert ended.stdout.strip() == "minimal response mode was not on; nothing to end"
+
+
+def test_ers_trace_says_when_the_service_answered_from_memory_alone(
+    tmp_path: Path, own_server: PostgresServer
+) -> None:
+    """With the fleet's archive down, the service answers a trace it holds from memory and
+    says so in a header; `ers trace` prints the same tree and says, in one line on stderr,
+    that spans kept elsewhere may be missing."""
+    env = {"ERS_DATABASE_URL": own_server.create_database(), "ERS_INTAKE_TOKEN": INTAKE_TOKEN}
+    server = start_ers(tmp_path / "ers", env=env)
+    try:
+        trace_id = send_failure(server.url)  # by the official OTLP exporter
+        shell = cli_env(tmp_path, server.url)
+        read = ers(shell, "trace", trace_id)
+        assert (read.returncode, read.stderr) == (0, ""), read.stderr
+        assert "charge card" in read.stdout
+
+        own_server.halt()
+        alone = ers(shell, "trace", trace_id)
+        assert alone.returncode == 0, alone.stderr
+        assert alone.stdout == read.stdout
+        # Before: nothing said the archive's spans were not in it.
+        (line,) = alone.stderr.splitlines()
+        assert line.startswith("ers: only the spans in the service's memory (the archive "), line
+        assert line.endswith("spans kept before a restart or by another replica may be missing")
+    finally:
+        assert server.stop() == 0

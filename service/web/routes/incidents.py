@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.agents.base import ALIASES
+from service.errors import ARCHIVE_NOT_READ
 from service.incidents.model import INCIDENT_ID_PATTERN as INCIDENT_ID
 from service.incidents.model import TRACE_ID_PATTERN as TRACE_ID
 from service.incidents.model import IllegalTransition, Incident, IncidentNotFound, iso
@@ -234,10 +235,6 @@ async def list_audit(audit: Audit, limit: int = Query(50, ge=1, le=1000)) -> dic
     interrupted ones undone at start-up."""
     entries = await asyncio.to_thread(audit.recent, limit)
     return {"entries": [{**entry, "at": iso(entry["at"])} for entry in entries]}
-
-
-# Set on a trace answered from memory alone: why the archive's spans of it were not read.
-ARCHIVE_NOT_READ = "ERS-Archive-Not-Read"
 
 
 @router.get("/traces/{trace_id}", responses=errors(404))
