@@ -150,6 +150,11 @@ class PostgresDatabase:
     def scrub(self, text: str) -> str:
         return scrub_password(text, self._password)
 
+    @property
+    def url(self) -> str:
+        """The database URL, password included: for connecting, never for a message."""
+        return self._url
+
     def connection_wait_s(self) -> float:
         """How long a statement waits for a pooled connection."""
         return OUTAGE_WAIT_S if self.unreachable else POOL_TIMEOUT_S
@@ -290,6 +295,24 @@ class PostgresStore:
         async with self._cursor() as cursor:
             await cursor.execute(POSTGRES.sql(sql), params)
             return await cursor.fetchone()
+
+    async def fetch_one_anew(self, sql: str, params: Sequence[Any] = ()) -> DictRow | None:
+        """One row, read on a connection of its own rather than a pooled one: after a
+        connection was lost (a restart, ended sessions), the pool's others were most likely
+        lost with it, and one used in the last ``IDLE_CHECK_S`` is handed out unchecked."""
+        if self._paused_reason is not None:
+            raise self._unusable()
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.database.url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                row_factory=dict_row,
+            ) as conn:
+                cursor = await conn.execute(POSTGRES.sql(sql), params)
+                return await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(self.component, self.database.reason(exc)) from None
 
     # -- health --------------------------------------------------------------------------
 

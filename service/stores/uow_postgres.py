@@ -75,7 +75,9 @@ class PgUnitOfWork:
         else:
             return False
         try:
-            found = await self._stores["conversations"].fetch_one(sql, params) is not None
+            # On a new connection: the pool's were most likely lost with the COMMIT's, and
+            # the first one handed out would answer "not known" with the server back.
+            found = await self._stores["conversations"].fetch_one_anew(sql, params) is not None
         except StoreUnavailable as exc:
             log.error(
                 "a unit's commit lost its answer (%s) and whether it is stored cannot be read"
