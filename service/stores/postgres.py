@@ -13,6 +13,7 @@ only redacted and the password never.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,6 +21,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg import waiting
+from psycopg.abc import PQGen
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -73,6 +77,27 @@ class _ProbeLockWait(Exception):
     """The write probe waited ``PROBE_LOCK_WAIT_MS`` for a lock on its table."""
 
 
+class _Connection(psycopg.AsyncConnection[DictRow]):
+    """A pooled connection whose statement, cancelled by its caller's deadline (an agent's
+    timeout cutting a store read), is closed at once: psycopg would send a cancel request
+    and wait for the statement, up to 10 s against a frozen server, so a budget read cut
+    at 5 s ended after the router's own deadline, which isolated the router. The pool
+    replaces a closed connection; the server rolls the statement back when it finds the
+    client gone."""
+
+    async def wait(
+        self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None
+    ) -> Any:
+        try:
+            return await waiting.wait_async(
+                gen, self.pgconn.socket, interval=interval, timeout=timeout
+            )
+        except asyncio.CancelledError:
+            if self.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                self.pgconn.finish()
+            raise
+
+
 class PostgresDatabase:
     """The server behind every PostgreSQL store: start-up migrations and the shared pool."""
 
@@ -106,6 +131,7 @@ class PostgresDatabase:
         applied = await self.migrate({store.component: store.migrations for store in stores})
         pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]] = AsyncConnectionPool(
             self._url,
+            connection_class=_Connection,
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
             timeout=POOL_TIMEOUT_S,

@@ -4,7 +4,10 @@ replicas can run at once, and failures that name the cause without the password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -19,8 +22,9 @@ from service.health.stores_check import StoresCheck
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
+from tests.e2e.test_database_outage import cluster_processes
 from tests.pg import PostgresServer
-from tests.store_writes import record_turn, set_limit, turn_count, upsert_profile
+from tests.store_writes import opened, record_turn, set_limit, turn_count, upsert_profile
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # Every migration of every component, as the ledger records them once applied.
@@ -249,3 +253,29 @@ async def test_idle_connections_the_server_dropped_are_replaced_before_a_stateme
     # fails.
     for _ in range(5):
         assert (await pg_stores.profiles.get("u1")).age == 30
+
+
+async def test_a_read_cut_by_its_callers_deadline_on_a_frozen_server_ends_at_once(
+    own_server: PostgresServer,
+) -> None:
+    """The server stopped (SIGSTOP): a budget read an agent's timeout cancels must end then.
+    psycopg sent a cancel request and waited for the statement, up to 10 s, so a read cut at
+    the agent's 5 s ended past the router's own deadline, and the router was isolated."""
+    async with opened(Stores.on_postgres(own_server.create_database())) as stores:
+        await stores.budgets.report("u1")  # the pool's connections are open and used
+        frozen = cluster_processes(own_server)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            read = asyncio.create_task(stores.budgets.report("u1"))
+            await asyncio.sleep(0.3)  # on its way to the frozen server
+            assert not read.done()
+            read.cancel()
+            done, _ = await asyncio.wait({read}, timeout=3.0)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(asyncio.CancelledError):
+            await read
+        assert done == {read} and read.cancelled()
+        assert await stores.budgets.report("u1") == []  # the pool serves again
