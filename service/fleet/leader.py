@@ -56,7 +56,11 @@ class FleetLeader:
     check_interval_s: float = 5.0
     _is_leader: bool = field(default=False, init=False)
     _became_leader: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _not_leader: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._not_leader.set()
 
     @property
     def is_leader(self) -> bool:
@@ -65,6 +69,11 @@ class FleetLeader:
     async def wait_leader(self) -> None:
         """Until this replica holds the lock (it may lose it again later)."""
         await self._became_leader.wait()
+
+    async def wait_not_leader(self) -> None:
+        """Until this replica does not hold the lock: at once when it does not, else when
+        it steps down (what it started under the lock may stop then)."""
+        await self._not_leader.wait()
 
     def start(self) -> None:
         if self._task is None:
@@ -105,6 +114,7 @@ class FleetLeader:
             row = await cursor.fetchone()
             if row is not None and row[0]:  # type: ignore[index]
                 self._is_leader = True
+                self._not_leader.clear()
                 self._became_leader.set()
                 log.info("this replica (%s) now runs the fleet jobs", self.replica)
                 break
@@ -116,6 +126,7 @@ class FleetLeader:
             return
         self._is_leader = False
         self._became_leader.clear()
+        self._not_leader.set()
         if reason is not None:
             log.warning(
                 "this replica (%s) stopped running the fleet jobs: %s; another replica takes "

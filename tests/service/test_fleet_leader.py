@@ -74,6 +74,7 @@ async def test_a_lost_connection_steps_down_at_once_and_the_jobs_move_on(
     caplog.set_level(logging.INFO, logger="ers.fleet")
     a = start_leader("a")
     await eventually(lambda: a.is_leader, 5, "a leader")
+    stepped_down = asyncio.create_task(a.wait_not_leader())
     b = start_leader("b")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
@@ -84,6 +85,7 @@ async def test_a_lost_connection_steps_down_at_once_and_the_jobs_move_on(
     await eventually(
         lambda: "this replica (a) stopped running the fleet jobs" in caplog.text, 5, "the step down"
     )
+    await asyncio.wait_for(stepped_down, 5)  # what a ran under the lock may stop now
     await eventually(lambda: a.is_leader or b.is_leader, 5, "a new leader")
     await asyncio.sleep(0.3)
     assert [a.is_leader, b.is_leader].count(True) == 1
