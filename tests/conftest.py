@@ -159,13 +159,19 @@ def start_production_ers(workdir: Path) -> ErsProcess:
 
 @contextlib.contextmanager
 def backed_up_fleet(
-    workdir: Path, database_url: str, *, schedule: bool = False
+    workdir: Path,
+    database_url: str,
+    *,
+    schedule: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Iterator[list[ErsProcess]]:
     """Replicas ``a`` and ``b`` on ``database_url``, sharing the restic repository
     ``workdir/repo`` (its password in ``workdir/restic-password``), each waited for until it
     reaches the repository (the first creates it); the scheduled backups only with
-    ``schedule``. Stopped on the way out; the list outlives the block, for their logs."""
+    ``schedule``; ``env``: more settings of both. Stopped on the way out; the list outlives
+    the block, for their logs."""
     env = {
+        **(env or {}),
         "ERS_DATABASE_URL": database_url,
         "ERS_BACKUPS_ENABLED": "true",
         "ERS_BACKUP_SCHEDULE_ENABLED": "true" if schedule else "false",

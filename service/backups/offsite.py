@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import TypeVar
 
 from opentelemetry.metrics import Meter
 
@@ -22,9 +24,11 @@ from service.backups.service import BackupService
 from service.fleet import FleetLeader
 from service.resilience.instruments import event_counter, value_gauge
 from service.settings import Settings
-from service.tasks import run_in_background
+from service.tasks import cancel_and_wait, run_in_background
 
 log = logging.getLogger("ers.backups.offsite")
+
+T = TypeVar("T")
 
 # The off-host repository's id, once the first copy made or reached it.
 OFFSITE_RECORD_FILE = "offsite-repository.json"
@@ -122,12 +126,34 @@ async def run_offsite_copies(
     metrics: OffsiteMetrics,
     leader: FleetLeader | None,
 ) -> None:
-    """A copy as soon as the repository is reachable, then one every interval."""
+    """A copy as soon as the repository is reachable, then one every interval. In a fleet
+    only the holder of the jobs lock copies: at once when it takes the lock (when the former
+    holder last copied is not known here), then every interval while it holds it; a copy
+    under way when the lock is lost is stopped, so that the new holder's copy never runs
+    beside it."""
     await backups.connected.wait()
     while True:
-        delay = metrics.interval_s
-        leading = leader is None or leader.is_leader
+        if leader is not None and not leader.is_leader:
+            await leader.wait_leader()
         sharing = backups.require().sharing_repository()
-        if leading and not await copy_once(copier, metrics, sharing):
-            delay = min(delay, RETRY_AFTER_FAILURE_S)
-        await asyncio.sleep(delay)
+        copied = await _while_leading(leader, copy_once(copier, metrics, sharing))
+        if copied is None:
+            log.warning("off-host copy stopped: this replica no longer holds the jobs lock")
+            continue
+        delay = metrics.interval_s if copied else min(metrics.interval_s, RETRY_AFTER_FAILURE_S)
+        await _while_leading(leader, asyncio.sleep(delay))
+
+
+async def _while_leading(leader: FleetLeader | None, work: Awaitable[T]) -> T | None:
+    """``work``'s result; None when this replica stepped down from the jobs lock first,
+    ``work`` then cancelled (a copy's restic stopped)."""
+    if leader is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    stepped_down = asyncio.ensure_future(leader.wait_not_leader())
+    try:
+        await asyncio.wait({task, stepped_down}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped = not task.done()
+        await cancel_and_wait(task, stepped_down)
+    return None if stopped else task.result()
