@@ -129,8 +129,8 @@ async def run_offsite_copies(
     """A copy as soon as the repository is reachable, then one every interval. In a fleet
     only the holder of the jobs lock copies: at once when it takes the lock (when the former
     holder last copied is not known here), then every interval while it holds it; a copy
-    under way when the lock is lost is stopped, so that the new holder's copy never runs
-    beside it."""
+    under way when the replica notices it lost the lock is stopped, so that it does not run
+    on beside the new holder's."""
     await backups.connected.wait()
     while True:
         if leader is not None and not leader.is_leader:
