@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backup.errors import SnapshotNotFound, validate_snapshot_id
 from backup.locks import parse_restic_time
 from backup.models import Snapshot
+
+if TYPE_CHECKING:
+    from backup.restic import Restic
 
 ERS_TAG = "ers"
 COMPONENT_TAG = "component:"
@@ -54,6 +57,20 @@ def retained(
             seen[component] = seen.get(component, 0) + 1
         (kept if wanted else forgotten).append(entry)
     return kept, forgotten
+
+
+async def forget_unretained(
+    restic: Restic, tag: str, keep_last: int
+) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """`retained` applied to one repository: over its own list of snapshots tagged ``tag``,
+    the ones it does not keep are forgotten there (their data stays until `prune`); the
+    snapshots kept, and the ids forgotten. The list read is the repository's own, so what
+    another repository holds or lacks never decides what goes here."""
+    kept, forgotten = retained(await restic.snapshots(tag=tag), keep_last)
+    removed = tuple(entry["id"] for entry in forgotten)
+    if removed:
+        await restic.forget(removed)
+    return kept, removed
 
 
 class SnapshotIndex:

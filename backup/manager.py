@@ -49,7 +49,7 @@ from backup.events import (
     SnapshotsForgotten,
 )
 from backup.identity import RepositoryIdentity
-from backup.index import SnapshotIndex, retained
+from backup.index import SnapshotIndex, forget_unretained
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -253,10 +253,7 @@ class BackupManager:
         their data is freed by `prune`."""
         async with self._turn(exclusive=True):
             await self.verify_repository()
-            kept, forgotten = retained(await self.restic.snapshots(tag=self.backend.tag), keep_last)
-            removed = tuple(entry["id"] for entry in forgotten)
-            if removed:
-                await self.restic.forget(removed)
+            kept, removed = await forget_unretained(self.restic, self.backend.tag, keep_last)
             self.index.replace(kept)
         if removed:
             self.events.publish(SnapshotsForgotten(removed))
