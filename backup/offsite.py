@@ -12,6 +12,11 @@ deduplicated there; only the first time: its id is then recorded (`record_file`,
 location's digest, never the location), and a destination that is gone later (an unmounted
 disk, an emptied bucket) or another one at its place is a failure, not a new empty
 repository that passes for the off-host copy.
+
+copy only adds, so the destination has a retention of its own (`forget`, `prune`): the
+policy of the local repository (`backup.index.retained`) over the destination's own list of
+snapshots, never over the source's, so a source that was emptied or replaced never takes
+the last copies off the host with it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from backup.errors import (
     stderr_tail,
 )
 from backup.errors import shown_repository as shown
+from backup.index import forget_unretained
 from backup.process import inherited_environment, run_program
 from backup.restic import DEFAULT_TIMEOUT_SECONDS, Restic
 
@@ -45,6 +51,15 @@ _SKIPPED = re.compile(r"^skipping source snapshot ", re.MULTILINE)
 
 class OffsiteCopyFailed(ResticError):
     """restic copy to the off-host repository failed; `label` is the underlying reason."""
+
+    def __init__(self, message: str, label: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
+class OffsiteRetentionFailed(ResticError):
+    """restic forget or prune on the off-host repository failed (the copy before it did
+    not); `label` is the underlying reason."""
 
     def __init__(self, message: str, label: str) -> None:
         super().__init__(message)
@@ -160,8 +175,69 @@ class OffsiteCopier:
                 "restic 0.14 or later for the off-host copy"
             )
         started = time.monotonic()
-        where = shown(self.destination.repository)
         recorded = _recorded_id(self.record_file, self.destination.repository)
+        found = await self._destination_id(recorded)
+        if found is None:
+            await self._run(["init", "--copy-chunker-params"], timeout=120)
+            found = await self.destination.repository_id()
+        if self.record_file is not None and recorded is None and found is not None:
+            _record(self.record_file, self.destination.repository, found)
+        stdout = await self._run(["copy"], timeout=self.timeout)
+        return CopyResult(
+            copied=len(_SAVED.findall(stdout)),
+            skipped=len(_SKIPPED.findall(stdout)),
+            duration_s=time.monotonic() - started,
+        )
+
+    async def forget(self, keep_last: int, tag: str) -> tuple[str, ...]:
+        """Forget the destination's snapshots tagged ``tag`` that retention does not keep
+        over its own list: the newest ``keep_last`` of each component there stay, whatever
+        the source holds now; the ids forgotten (their data is freed by `prune`)."""
+        await self._retention_target("forget")
+        try:
+            _, removed = await forget_unretained(self.destination, tag, keep_last)
+        except ResticError as exc:
+            raise self._retention_failed("forget", exc) from None
+        return removed
+
+    async def prune(self) -> None:
+        """Free the data of the snapshots forgotten on the destination."""
+        await self._retention_target("prune")
+        try:
+            await self.destination.prune(timeout=self.timeout)
+        except ResticError as exc:
+            raise self._retention_failed("prune", exc) from None
+
+    async def _retention_target(self, command: str) -> None:
+        """Only the repository the copies went to is forgotten from or pruned."""
+        recorded = _recorded_id(self.record_file, self.destination.repository)
+        try:
+            if self.record_file is not None and recorded is None:
+                raise OffsiteCopyFailed(
+                    f"no copy to '{shown(self.destination.repository)}' is recorded in "
+                    f"{self.record_file} yet",
+                    "repository_not_found",
+                )
+            if await self._destination_id(recorded) is None:
+                raise OffsiteCopyFailed(
+                    f"no repository at '{shown(self.destination.repository)}'",
+                    "repository_not_found",
+                )
+        except OffsiteCopyFailed as exc:
+            raise OffsiteRetentionFailed(
+                f"restic {command} of the off-host repository was not run: {exc}", exc.label
+            ) from None
+
+    def _retention_failed(self, command: str, exc: ResticError) -> OffsiteRetentionFailed:
+        return OffsiteRetentionFailed(
+            f"restic {command} of the off-host repository '{shown(self.destination.repository)}'"
+            f" failed: {shown(str(exc))}",
+            exc.label,
+        )
+
+    async def _destination_id(self, recorded: str | None) -> str | None:
+        """The destination's id (None: there is none), checked against ``recorded``."""
+        where = shown(self.destination.repository)
         try:
             found = await self.destination.repository_id()
         except ResticError as exc:
@@ -186,14 +262,4 @@ class OffsiteCopier:
                 "copy into the one there now",
                 "repository_replaced",
             )
-        if found is None:
-            await self._run(["init", "--copy-chunker-params"], timeout=120)
-            found = await self.destination.repository_id()
-        if self.record_file is not None and recorded is None and found is not None:
-            _record(self.record_file, self.destination.repository, found)
-        stdout = await self._run(["copy"], timeout=self.timeout)
-        return CopyResult(
-            copied=len(_SAVED.findall(stdout)),
-            skipped=len(_SKIPPED.findall(stdout)),
-            duration_s=time.monotonic() - started,
-        )
+        return found

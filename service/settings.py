@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     offsite_password_file: Path | None = None
     # Each copy runs restic: at least a minute apart.
     offsite_copy_interval_minutes: float = Field(360, ge=1, le=YEAR_MINUTES)
+    # Snapshots of each component the off-host repository keeps; unset: max_backups.
+    offsite_max_backups: int | None = Field(None, ge=1, le=10_000)
 
     # Access tokens: from the variable itself or from a file named by ``*_FILE``.
     admin_token: SecretStr | None = None

@@ -2,7 +2,10 @@
 snapshots the second repository lacks (backup/offsite.py), and its outcome becomes metrics:
 `ers_backup_offsite_last_success_timestamp_seconds` (absent until a copy succeeded),
 `ers_backup_offsite_interval_seconds` and `ers_backup_offsite_failures_total{reason}`, which
-the BackupOffsiteStale alert reads. In a fleet only the holder of the jobs lock copies."""
+the BackupOffsiteStale alert reads. After each copy that succeeded, the off-host repository's
+own retention (`OffsiteRetention`); its failures count apart, in
+`ers_backup_offsite_retention_failures_total{reason}`. In a fleet only the holder of the jobs
+lock copies."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass
 from typing import TypeVar
 
 from opentelemetry.metrics import Meter
@@ -35,6 +39,9 @@ OFFSITE_RECORD_FILE = "offsite-repository.json"
 
 # After a failure the copy is tried again this soon, or at its interval if that is shorter.
 RETRY_AFTER_FAILURE_S = 300.0
+# A failed prune of the off-host repository is tried again after the first copy this long
+# after it, or at the prune interval if that is shorter (as the local prune is).
+PRUNE_RETRY_S = 900.0
 
 
 class OffsiteMetrics:
@@ -65,6 +72,16 @@ class OffsiteMetrics:
             "ers_backup_offsite_snapshots_copied",
             "Snapshots copied to the off-host repository",
         )
+        self._retention_failures = failure_counter(
+            meter,
+            "ers_backup_offsite_retention_failures",
+            "Forgets and prunes of the off-host repository that failed, by reason",
+        )
+        self._forgotten = event_counter(
+            meter,
+            "ers_backup_offsite_snapshots_forgotten",
+            "Snapshots the off-host repository's retention forgot",
+        )
 
     def succeeded(self, copied: int) -> None:
         self.last_success = time.time()
@@ -72,6 +89,55 @@ class OffsiteMetrics:
 
     def failed(self, reason: str) -> None:
         self._failures.add(1, {"reason": reason})
+
+    def forgot(self, count: int) -> None:
+        self._forgotten.add(count)
+
+    def retention_failed(self, reason: str) -> None:
+        self._retention_failures.add(1, {"reason": reason})
+
+
+@dataclass
+class OffsiteRetention:
+    """What the off-host repository keeps: the local policy (`keep_last` snapshots of each
+    component, over the snapshots tagged `tag`) applied to its own list after each copy that
+    succeeded, and a prune once `next_prune` (a `time.time()`) has come."""
+
+    keep_last: int
+    tag: str
+    prune_every_s: float
+    next_prune: float
+
+    async def after_copy(self, copier: OffsiteCopier, metrics: OffsiteMetrics) -> None:
+        """Forget, then prune when due; a failure is the retention's, never the copy's."""
+        where = shown(copier.destination.repository)
+        try:
+            removed = await copier.forget(self.keep_last, self.tag)
+        except BackupError as exc:
+            metrics.retention_failed(exc.label)
+            log.error("off-host retention failed (the copy itself succeeded): %s", exc)
+            return
+        metrics.forgot(len(removed))
+        if removed:
+            log.info("off-host retention forgot %d snapshot(s) in %s", len(removed), where)
+        now = time.time()
+        if now < self.next_prune:
+            return
+        try:
+            await copier.prune()
+        except BackupError as exc:
+            metrics.retention_failed(exc.label)
+            self.next_prune = now + min(self.prune_every_s, PRUNE_RETRY_S)
+            log.error("off-host prune failed (the copy itself succeeded): %s", exc)
+            return
+        self.next_prune = now + self.prune_every_s
+        log.info("off-host prune of %s done", where)
+
+
+def offsite_keep_last(settings: Settings) -> int:
+    """Snapshots of each component the off-host repository keeps: `offsite_max_backups`,
+    or `max_backups` when unset."""
+    return settings.offsite_max_backups or settings.max_backups
 
 
 def build_copier(settings: Settings) -> OffsiteCopier | None:
@@ -99,9 +165,12 @@ async def copy_once(
     copier: OffsiteCopier,
     metrics: OffsiteMetrics,
     sharing: AbstractAsyncContextManager[None] | None = None,
+    *,
+    retention: OffsiteRetention | None = None,
 ) -> bool:
     """One copy; `sharing` is held around it (the manager's `sharing_repository`), so the
-    service's own forget, prune and check never meet the copy's lock on the repository."""
+    service's own forget, prune and check never meet the copy's lock on the repository.
+    Then, once the copy succeeded, `retention`."""
     try:
         async with sharing or contextlib.nullcontext():
             result = await copier.copy()
@@ -117,6 +186,8 @@ async def copy_once(
         result.skipped,
         result.duration_s,
     )
+    if retention is not None:
+        await retention.after_copy(copier, metrics)
     return True
 
 
@@ -130,13 +201,24 @@ async def run_offsite_copies(
     only the holder of the jobs lock copies: at once when it takes the lock (when the former
     holder last copied is not known here), then every interval while it holds it; a copy
     under way when the replica notices it lost the lock is stopped, so that it does not run
-    on beside the new holder's."""
+    on beside the new holder's. Each copy is followed by the off-host retention, its first
+    prune one prune interval after start."""
     await backups.connected.wait()
+    settings = backups.settings
+    prune_every_s = settings.prune_interval_hours * 3600
+    retention = OffsiteRetention(
+        offsite_keep_last(settings),
+        backups.require().backend.tag,
+        prune_every_s,
+        next_prune=time.time() + prune_every_s,
+    )
     while True:
         if leader is not None and not leader.is_leader:
             await leader.wait_leader()
         sharing = backups.require().sharing_repository()
-        copied = await _while_leading(leader, copy_once(copier, metrics, sharing))
+        copied = await _while_leading(
+            leader, copy_once(copier, metrics, sharing, retention=retention)
+        )
         if copied is None:
             log.warning("off-host copy stopped: this replica no longer holds the jobs lock")
             continue

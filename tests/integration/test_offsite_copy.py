@@ -1,6 +1,7 @@
 """The off-host copy with the real restic binary, between two local repositories: the copy
 restores to the same bytes, copies only what is new, keeps both passwords off the command
-line, and reports failures as named reasons that the job's metrics count."""
+line, and reports failures as named reasons that the job's metrics count; the off-host
+repository keeps what the local retention keeps, over its own list of snapshots."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from backup.index import forget_unretained
 from backup.offsite import OffsiteCopier, OffsiteCopyFailed, OffsiteRepository
 from backup.restic import Restic
-from service.backups.offsite import OffsiteMetrics, copy_once
+from service.backups.offsite import OffsiteMetrics, OffsiteRetention, copy_once
 from service.settings import Settings
 from service.web.app import create_app
 
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.integration
 SOURCE_PASSWORD = "source-password-1f3a"
 DESTINATION_PASSWORD = "offsite-password-9c2e"
 RESTIC_TIMEOUT_S = 120
+CHUNK_BYTES = 256 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +75,33 @@ class Repos:
         self.binary = binary
         restic(self.source, self.source_password, self.cache, "init")
 
-    def backup(self, name: str, content: str) -> None:
+    def backup(self, name: str, content: str, *tags: str) -> None:
         (self.data / name).write_text(content)
-        restic(
-            self.source, self.source_password, self.cache, "backup", "--tag", "ers", str(self.data)
-        )
+        tagged = [arg for tag in ("ers", *tags) for arg in ("--tag", tag)]
+        restic(self.source, self.source_password, self.cache, "backup", *tagged, str(self.data))
+
+    def backup_component(self, component: str) -> None:
+        """A snapshot of one component, of data no other snapshot holds (so a prune frees
+        it once the snapshot is forgotten)."""
+        content = os.urandom(CHUNK_BYTES // 2).hex()
+        self.backup(f"{component}.db", content, f"component:{component}")
 
     def snapshots(self, repository: Path, password_file: Path) -> list[dict[str, object]]:
         out = restic(repository, password_file, self.cache, "snapshots", "--json")
         return json.loads(out)
+
+    def local_ids(self) -> set[str]:
+        return {str(s["id"]) for s in self.snapshots(self.source, self.source_password)}
+
+    def offsite_originals(self) -> set[str]:
+        """The local snapshot each off-host one is a copy of."""
+        copies = self.snapshots(self.destination, self.destination_password)
+        return {str(s["original"]) for s in copies}
+
+    async def local_retention(self, keep_last: int) -> None:
+        """What the service's retention does to the local repository after a backup."""
+        source = Restic(str(self.source), self.source_password, cache_dir=self.cache)
+        await forget_unretained(source, "ers", keep_last)
 
     def copier(self, binary: str | None = None, record: bool = False) -> OffsiteCopier:
         source = Restic(
@@ -246,6 +267,133 @@ async def test_the_job_exports_the_last_success_and_counts_failures(repos: Repos
         assert failures["locked"] == 0
     finally:
         meters.shutdown()
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, object], float]]]:
+    data = reader.get_metrics_data()
+    found: dict[str, list[tuple[dict[str, object], float]]] = {}
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found[metric.name] = [
+                    (dict(p.attributes or {}), p.value) for p in metric.data.data_points
+                ]
+    return found
+
+
+def by_reason(points: list[tuple[dict[str, object], float]]) -> dict[str, float]:
+    return {str(attrs["reason"]): value for attrs, value in points}
+
+
+def data_bytes(repository: Path) -> int:
+    return sum(f.stat().st_size for f in (repository / "data").rglob("*") if f.is_file())
+
+
+def retention(keep_last: int) -> OffsiteRetention:
+    """The off-host retention with a prune after every copy."""
+    return OffsiteRetention(keep_last, "ers", prune_every_s=0.0, next_prune=0.0)
+
+
+async def test_the_offsite_repository_keeps_what_retention_keeps_and_prunes_the_rest(
+    repos: Repos,
+) -> None:
+    """copy only adds: without a retention of its own the off-host repository held every
+    snapshot ever copied, and grew until its disk was full."""
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    metrics = OffsiteMetrics(meters.get_meter("test"), interval_s=3600)
+    copier = repos.copier(record=True)
+    keep = retention(2)
+    try:
+        for _ in range(4):
+            repos.backup_component("budgets")
+            repos.backup_component("budgets")
+            repos.backup_component("profiles")
+            await repos.local_retention(2)
+            assert await copy_once(copier, metrics, retention=keep) is True
+            assert repos.offsite_originals() == repos.local_ids()
+        offsite = repos.snapshots(repos.destination, repos.destination_password)
+        assert len(offsite) == 4  # two of budgets, two of profiles; 12 were copied
+        # 12 snapshots of CHUNK_BYTES of their own went over; the prune kept 4 of them.
+        assert data_bytes(repos.destination) < 8 * CHUNK_BYTES
+        points = metric_points(reader)
+        assert points["ers_backup_offsite_snapshots_forgotten"] == [({}, 8)]
+        assert set(by_reason(points["ers_backup_offsite_retention_failures"]).values()) == {0}
+        assert set(by_reason(points["ers_backup_offsite_failures"]).values()) == {0}
+    finally:
+        meters.shutdown()
+
+
+async def test_an_emptied_local_repository_takes_no_copy_off_the_host(repos: Repos) -> None:
+    """The off-host retention reads the off-host list: a local repository that lost its
+    snapshots (forgotten by hand, or put back from an old copy) leaves the newest ones of
+    each component off the host, the last copies there are."""
+    metrics = OffsiteMetrics(MeterProvider().get_meter("test"), interval_s=3600)
+    copier = repos.copier(record=True)
+    for _ in range(3):
+        repos.backup_component("budgets")
+    await repos.local_retention(2)
+    assert await copy_once(copier, metrics, retention=retention(2)) is True
+    kept = repos.offsite_originals()
+    assert len(kept) == 2
+
+    restic(repos.source, repos.source_password, repos.cache, "forget", *repos.local_ids())
+    assert await copy_once(copier, metrics, retention=retention(2)) is True
+
+    assert repos.local_ids() == set()
+    assert repos.offsite_originals() == kept
+
+
+async def test_a_failed_offsite_forget_is_counted_apart_from_the_copy_that_succeeded(
+    repos: Repos, tmp_path: Path
+) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    metrics = OffsiteMetrics(meters.get_meter("test"), interval_s=3600)
+    copier = repos.copier(record=True)
+    for _ in range(3):
+        repos.backup_component("budgets")
+    assert await copy_once(copier, metrics) is True
+    repos.backup_component("budgets")
+
+    # A live restic process holding a shared lock on the off-host repository (a backup
+    # waiting on its input): a copy shares it, a forget and a prune cannot.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    env.update(
+        RESTIC_REPOSITORY=str(repos.destination),
+        RESTIC_PASSWORD_FILE=str(repos.destination_password),
+        RESTIC_CACHE_DIR=str(repos.cache),
+    )
+    holder = subprocess.Popen(
+        ["restic", "backup", "--stdin", "--tag", "holder"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):  # bounded: the lock appears once restic has opened the repository
+            if any((repos.destination / "locks").iterdir()):
+                break
+            await asyncio.sleep(0.1)
+        assert any((repos.destination / "locks").iterdir())
+
+        assert await copy_once(copier, metrics, retention=retention(2)) is True
+    finally:
+        # Killed, it leaves its lock behind: stale, as its process is gone from this host.
+        holder.kill()
+        holder.wait(timeout=RESTIC_TIMEOUT_S)
+
+    points = metric_points(reader)
+    assert points["ers_backup_offsite_snapshots_copied"] == [({}, 4)]
+    assert metrics.last_success is not None
+    assert set(by_reason(points["ers_backup_offsite_failures"]).values()) == {0}
+    assert by_reason(points["ers_backup_offsite_retention_failures"])["locked"] == 1
+    assert len(repos.offsite_originals()) == 4  # nothing forgotten yet: the next copy will
+
+    assert await copy_once(copier, metrics, retention=retention(2)) is True
+    assert len(repos.offsite_originals()) == 2
+    meters.shutdown()
 
 
 async def test_the_service_starts_the_copy_job_with_its_backup_jobs(

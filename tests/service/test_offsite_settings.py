@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.backups.offsite import build_copier
+from service.backups.offsite import build_copier, offsite_keep_last
 from service.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.usefixtures("without_ers_settings")
@@ -42,3 +42,16 @@ def test_the_copier_reads_the_local_repository_into_the_offsite_one(
     assert copier.source.repository == str(tmp_path / "local")
     assert copier.destination.repository == "rest:https://ers:secret@vault.example/ers"
     assert copier.destination.password_file == (tmp_path / "offsite.pw").resolve()
+
+
+def test_the_offsite_repository_keeps_max_backups_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ERS_MAX_BACKUPS", "7")
+    assert load_settings().offsite_max_backups is None
+    assert offsite_keep_last(load_settings()) == 7
+    monkeypatch.setenv("ERS_OFFSITE_MAX_BACKUPS", "30")
+    assert offsite_keep_last(load_settings()) == 30
+    monkeypatch.setenv("ERS_OFFSITE_MAX_BACKUPS", "0")
+    with pytest.raises(SettingsError, match="^invalid setting 'offsite_max_backups'"):
+        load_settings()
