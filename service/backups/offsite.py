@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import TypeVar
@@ -166,13 +166,18 @@ async def copy_once(
     metrics: OffsiteMetrics,
     sharing: AbstractAsyncContextManager[None] | None = None,
     *,
+    verify_source: Callable[[], Awaitable[object]] | None = None,
     retention: OffsiteRetention | None = None,
 ) -> bool:
     """One copy; `sharing` is held around it (the manager's `sharing_repository`), so the
     service's own forget, prune and check never meet the copy's lock on the repository.
-    Then, once the copy succeeded, `retention`."""
+    `verify_source` first (the manager's `verify_repository`): a local repository that is
+    gone or replaced is copied from no more, as its snapshots would push the real ones out
+    of the off-host repository's retention. Then, once the copy succeeded, `retention`."""
     try:
         async with sharing or contextlib.nullcontext():
+            if verify_source is not None:
+                await verify_source()
             result = await copier.copy()
     except BackupError as exc:
         metrics.failed(exc.label)
@@ -215,9 +220,10 @@ async def run_offsite_copies(
     while True:
         if leader is not None and not leader.is_leader:
             await leader.wait_leader()
-        sharing = backups.require().sharing_repository()
+        manager = backups.require()
+        sharing, verify = manager.sharing_repository(), manager.verify_repository
         copied = await _while_leading(
-            leader, copy_once(copier, metrics, sharing, retention=retention)
+            leader, copy_once(copier, metrics, sharing, verify_source=verify, retention=retention)
         )
         if copied is None:
             log.warning("off-host copy stopped: this replica no longer holds the jobs lock")

@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from backup.identity import RepositoryIdentity
 from backup.index import forget_unretained
 from backup.offsite import OffsiteCopier, OffsiteCopyFailed, OffsiteRepository
 from backup.restic import Restic
@@ -342,6 +343,35 @@ async def test_an_emptied_local_repository_takes_no_copy_off_the_host(repos: Rep
 
     assert repos.local_ids() == set()
     assert repos.offsite_originals() == kept
+
+
+async def test_no_copy_and_no_forget_from_a_local_repository_that_was_replaced(
+    repos: Repos, tmp_path: Path
+) -> None:
+    """Another repository's newer snapshots at the local path would push the real ones out
+    of the off-host retention: the copy checks the local repository is still the one."""
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    metrics = OffsiteMetrics(meters.get_meter("test"), interval_s=3600)
+    copier = repos.copier(record=True)
+    for _ in range(2):
+        repos.backup_component("budgets")
+    source = Restic(str(repos.source), repos.source_password, cache_dir=repos.cache)
+    identity = await RepositoryIdentity.first_seen(source)
+    assert await copy_once(copier, metrics, verify_source=identity.verify) is True
+    before = repos.offsite_originals()
+
+    shutil.move(repos.source, tmp_path / "the-real-one")
+    restic(repos.source, repos.source_password, repos.cache, "init")
+    for _ in range(3):
+        repos.backup_component("budgets")
+    copied = await copy_once(copier, metrics, verify_source=identity.verify, retention=retention(2))
+
+    assert copied is False
+    assert repos.offsite_originals() == before
+    failures = by_reason(metric_points(reader)["ers_backup_offsite_failures"])
+    assert failures["repository_replaced"] == 1
+    meters.shutdown()
 
 
 async def test_a_failed_offsite_forget_is_counted_apart_from_the_copy_that_succeeded(
