@@ -58,8 +58,8 @@ class OffsiteCopyFailed(ResticError):
 
 
 class OffsiteRetentionFailed(ResticError):
-    """restic forget or prune on the off-host repository failed (the copy before it did
-    not); `label` is the underlying reason."""
+    """restic forget or prune on the off-host repository failed, after a copy that
+    succeeded; `label` is the underlying reason."""
 
     def __init__(self, message: str, label: str) -> None:
         super().__init__(message)
