@@ -80,6 +80,12 @@ class Copier:
             self.copying.clear()
         return CopyResult(copied=1, skipped=0, duration_s=0.0)
 
+    async def forget(self, keep_last: int, tag: str) -> tuple[str, ...]:
+        return ()  # the off-host retention after each copy: nothing to forget here
+
+    async def prune(self) -> None:
+        return None
+
 
 def backups() -> Any:
     @contextlib.asynccontextmanager
@@ -88,8 +94,17 @@ def backups() -> Any:
 
     connected = asyncio.Event()
     connected.set()
-    manager = SimpleNamespace(sharing_repository=sharing_repository)
-    return SimpleNamespace(connected=connected, require=lambda: manager)
+
+    async def verify_repository() -> None:
+        return None
+
+    manager = SimpleNamespace(
+        sharing_repository=sharing_repository,
+        verify_repository=verify_repository,
+        backend=SimpleNamespace(tag="ers"),
+    )
+    settings = SimpleNamespace(prune_interval_hours=24, offsite_max_backups=None, max_backups=10)
+    return SimpleNamespace(connected=connected, require=lambda: manager, settings=settings)
 
 
 @pytest.fixture
