@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
+import weakref
 
 # How the 404 for a path no route takes begins: the CLI tells it from ERS's own 404s (an
 # incident or a snapshot that is not there) to say --url is wrong.
@@ -76,6 +78,23 @@ class StoreUnavailable(ErsError):
         """The store or stores, in words: "the budgets store", "the budgets and
         conversations stores"."""
         return f"the {self.component} {'stores' if self.several else 'store'}"
+
+
+# The store each task was waiting on when it was cancelled, while it waits: a call cut by
+# its time limit then failed for the store, not for the agent that made it.
+_CUT_WAITING: weakref.WeakKeyDictionary[asyncio.Task[object], str] = weakref.WeakKeyDictionary()
+
+
+def note_cut_waiting(component: str) -> None:
+    """Said by a store whose wait (for its database, or a file's lock) was cancelled."""
+    task = asyncio.current_task()
+    if task is not None:
+        _CUT_WAITING[task] = component
+
+
+def cut_waiting(task: asyncio.Task[object]) -> str | None:
+    """The store ``task`` was waiting on when it was last cancelled, if it was (once)."""
+    return _CUT_WAITING.pop(task, None)
 
 
 class StorePaused(StoreUnavailable):

@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
+from service.errors import StoreUnavailable, cut_waiting
+
 T = TypeVar("T")
 
 
@@ -101,7 +103,12 @@ class DeadlineWatchdog:
         try:
             return await awaitable
         except asyncio.CancelledError:
+            waited_on = cut_waiting(task)
             if deadline.expired and task.uncancel() == 0:
+                if waited_on is not None:  # the store did not answer in time, not the call
+                    limit = _limit(timeout_s, budget_s)
+                    reason = f"no answer within the call's time limit ({limit})"
+                    raise StoreUnavailable(waited_on, reason) from None
                 raise TimeoutError(_took_longer(timeout_s, budget_s)) from None
             raise
         finally:
@@ -133,9 +140,13 @@ class DeadlineWatchdog:
 
 
 def _took_longer(timeout_s: float, budget_s: float | None) -> str:
+    return f"the call took longer than {_limit(timeout_s, budget_s)}"
+
+
+def _limit(timeout_s: float, budget_s: float | None) -> str:
     if budget_s is None:
-        return f"the call took longer than {round(timeout_s, 2):g} s"
+        return f"{round(timeout_s, 2):g} s"
     return (
-        f"the call took longer than the {round(timeout_s, 2):g} s left of its "
-        f"{round(budget_s, 2):g} s budget for retries (total_budget_s)"
+        f"the {round(timeout_s, 2):g} s left of its {round(budget_s, 2):g} s budget for "
+        "retries (total_budget_s)"
     )

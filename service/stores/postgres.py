@@ -28,7 +28,13 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from backup.pg_rollback import ROLLBACK_LOCK_CLASS
-from service.errors import CommitUnknown, StatementRefused, StorePaused, StoreUnavailable
+from service.errors import (
+    CommitUnknown,
+    StatementRefused,
+    StorePaused,
+    StoreUnavailable,
+    note_cut_waiting,
+)
 from service.stores.pg_pool import (
     CONNECT_TIMEOUT_S,
     IDLE_CHECK_S,
@@ -280,6 +286,9 @@ class PostgresStore:
         except PoolTimeout as exc:
             self.database.unreachable = True
             raise StoreUnavailable(self.component, self.database.reason(exc, wait_s)) from None
+        except asyncio.CancelledError:
+            note_cut_waiting(self.component)  # a frozen server: the call's limit ran out
+            raise
         except psycopg.Error as exc:
             if refused_statement(exc):
                 error: type[StoreUnavailable] = StatementRefused
@@ -337,6 +346,9 @@ class PostgresStore:
             ) as conn:
                 cursor = await conn.execute(POSTGRES.sql(sql), params)
                 return await cursor.fetchone()
+        except asyncio.CancelledError:
+            note_cut_waiting(self.component)
+            raise
         except psycopg.Error as exc:
             raise StoreUnavailable(self.component, self.database.reason(exc)) from None
 

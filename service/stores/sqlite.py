@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import StorePaused, StoreUnavailable
+from service.errors import StorePaused, StoreUnavailable, note_cut_waiting
 from service.stores.sql import SQLITE
 from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
@@ -87,7 +87,11 @@ async def outwaiting_writers(component: str, attempt: Callable[[], Awaitable[T]]
                     f"{exc}: another connection has held its write lock for more than "
                     f"{BUSY_TIMEOUT_MS / 1000:g} s (an open sqlite3 shell or tool on the file?)",
                 ) from exc
-        await asyncio.sleep(pause)
+        try:
+            await asyncio.sleep(pause)
+        except asyncio.CancelledError:
+            note_cut_waiting(busy)  # the call's limit ran out while the file was locked
+            raise
         pause = min(pause * 2, 0.1)
 
 

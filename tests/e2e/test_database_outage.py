@@ -350,3 +350,46 @@ def test_a_store_failing_a_request_is_in_the_status_before_the_next_health_round
         assert status["stateReason"] == "failing subsystem: stores", status
     finally:
         ers.stop()
+
+
+def test_a_frozen_postgres_isolates_no_agent_whose_read_it_holds(
+    tmp_path: Path, own_server: PostgresServer
+) -> None:
+    """The budget agent reads its store on every call. With the server frozen, each call ran
+    out of its time limit waiting for the database, and that was counted as the agent's
+    timeout: its breaker opened and the responder isolated it, so once the database answered
+    again budget questions still got the fallback. The wait is the store's failure: the chat
+    is answered as any other request the store fails, and the agent counts nothing."""
+    env = {
+        "ERS_DATABASE_URL": own_server.create_database(),
+        "ERS_ADMIN_TOKEN": ADMIN,
+        "ERS_AGENT_TIMEOUT_S": "1",
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        first = httpx.post(f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"})
+        assert first.status_code == 200 and first.json()["agent"] == "budget", first.text
+        replies: list[httpx.Response] = []
+        frozen = cluster_processes(own_server)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for n in range(6):
+                chat = {"message": "budget report", "userId": f"frozen-{n}"}
+                replies.append(httpx.post(f"{ers.url}/chat", json=chat, timeout=30))
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        breakers = httpx.get(f"{ers.url}/api/emergency/circuit-breakers", timeout=10).json()
+        after = httpx.post(
+            f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"}, timeout=10
+        )
+    finally:
+        ers.stop()
+    for reply in replies:
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["components"] == ["budgets"], reply.text
+    assert "budgets store is unavailable: no answer within the call's time limit" in ers.log()
+    budget = breakers["breakers"]["budget"]
+    assert budget["state"] == "closed" and budget["failureCount"] == 0, budget
+    assert after.status_code == 200 and after.json()["emergency"] is False, after.text

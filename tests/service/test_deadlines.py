@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from service.errors import StoreUnavailable, cut_waiting, note_cut_waiting
 from service.resilience.deadlines import DeadlineWatchdog
 
 
@@ -65,3 +66,33 @@ async def test_an_outside_cancellation_is_not_a_timeout() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def waits_on_a_store(component: str) -> str:
+    """As a store's statement does when the database does not answer."""
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        note_cut_waiting(component)
+        raise
+    return "read"
+
+
+async def test_a_call_cut_while_it_waited_for_a_store_failed_for_the_store() -> None:
+    watchdog = DeadlineWatchdog()
+    with pytest.raises(StoreUnavailable, match="no answer within the call's time limit") as cut:
+        await watchdog.run(waits_on_a_store("budgets"), 0.05)
+    assert cut.value.component == "budgets"
+    # Said once: the next call the task makes that overruns is its own timeout.
+    with pytest.raises(TimeoutError):
+        await watchdog.run(sleeps(5), 0.05)
+
+
+async def test_an_outside_cancellation_of_a_store_wait_is_not_the_stores_failure() -> None:
+    watchdog = DeadlineWatchdog()
+    task = asyncio.ensure_future(watchdog.run(waits_on_a_store("budgets"), 10))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cut_waiting(task) is None  # nothing left behind for a later call of the task
