@@ -3,7 +3,9 @@
 A 200 is not always an answer (the OpenAI API reference's ``choices[].finish_reason`` and
 ``message.refusal``; vLLM, Ollama and LiteLLM answer the same shapes):
 
-- ``message.refusal`` set: the model declined the request (``refusal``);
+- ``message.refusal`` set, or a content part of type ``refusal`` (as the OpenAI API
+  reference's assistant content parts have it): the model declined the request
+  (``refusal``);
 - ``finish_reason: content_filter``: the provider's filter withheld the answer, whole or in
   part (``content_filter``);
 - ``finish_reason: tool_calls`` (or ``function_call``, or ``message.tool_calls`` with any
@@ -64,12 +66,7 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
     reason = first.get("finish_reason")
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal.strip():
-        # The refusal's words are the model's free text: not in the message (nor incidents).
-        raise ModelRefused(
-            f"agent '{agent}' declined the request: its model answered with a refusal "
-            "(message.refusal) instead of content",
-            status=status,
-        )
+        raise _refused(agent, status, "message.refusal")
     if reason == "content_filter":
         raise ContentFiltered(
             f"agent '{agent}' answered finish_reason content_filter: its provider's content "
@@ -107,6 +104,8 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
         raise _broke(agent, status, "the reply has no choices[0].message.content")
     content = message["content"]
     if isinstance(content, list):
+        if any(isinstance(part, dict) and part.get("type") == "refusal" for part in content):
+            raise _refused(agent, status, "a content part of type refusal")
         return _text_of_parts(agent, status, content)
     if not isinstance(content, str):
         raise _broke(agent, status, "choices[0].message.content is not a string")
@@ -129,6 +128,15 @@ def _text_of_parts(agent: str, status: int, parts: list[Any]) -> str:
             "answer, only reasoning or parts that are not text",
         )
     return "".join(texts)
+
+
+def _refused(agent: str, status: int, where: str) -> ModelRefused:
+    # The refusal's words are the model's free text: not in the message (nor incidents).
+    return ModelRefused(
+        f"agent '{agent}' declined the request: its model answered with a refusal ({where}) "
+        "instead of content",
+        status=status,
+    )
 
 
 def _broke(agent: str, status: int, why: str) -> BadResponse:

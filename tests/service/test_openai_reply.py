@@ -44,6 +44,11 @@ def test_an_answer_is_its_content(finish_reason: str | None) -> None:
         completion(choice(None, refusal="I'm sorry, I can't help with that.")),
         # A refusal beside text: still the model declining, not an answer.
         completion(choice("I'm sorry", refusal="I can't help with that.")),
+        # As a content part (it was a bad_response: "none of type text"), alone or with text.
+        completion(choice([{"type": "refusal", "refusal": "I'm sorry, I can't help with that."}])),
+        completion(
+            choice([{"type": "text", "text": "I'm sorry"}, {"type": "refusal", "refusal": "no"}])
+        ),
     ],
 )
 def test_a_models_refusal_is_a_refusal_of_the_request_not_a_broken_reply(
