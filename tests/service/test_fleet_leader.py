@@ -41,12 +41,14 @@ async def start_leader(pg_url: str) -> AsyncIterator[StartLeader]:
 
 
 def lock_holders(url: str) -> int:
-    """Sessions holding the fleet jobs lock, as the server sees them."""
+    """Sessions holding the fleet jobs lock in the test's database (advisory locks are per
+    database: another test's fleet on the same server holds its own)."""
     key = FLEET_JOBS_LOCK_KEY
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            "AND ((classid::bigint << 32) | objid::bigint) = %s AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
             (key,),
         ).fetchone()
     assert row is not None
@@ -79,7 +81,8 @@ async def test_a_lost_connection_steps_down_at_once_and_the_jobs_move_on(
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' "
-            "AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+            "AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = %s AND "
+            "l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (FLEET_JOBS_LOCK_KEY,),
         )
     await eventually(

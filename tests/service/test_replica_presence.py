@@ -19,7 +19,8 @@ from tests.service.test_fleet import eventually
 
 HOLDERS = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-    "AND ((classid::bigint << 32) | objid::bigint) = %s"
+    "AND ((classid::bigint << 32) | objid::bigint) = %s AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
 
