@@ -4,7 +4,8 @@ snapshots the second repository lacks (backup/offsite.py), and its outcome becom
 `ers_backup_offsite_interval_seconds` and `ers_backup_offsite_failures_total{reason}`, which
 the BackupOffsiteStale alert reads. After each copy that succeeded, the off-host repository's
 own retention (`OffsiteRetention`); its failures count apart, in
-`ers_backup_offsite_retention_failures_total{reason}`. In a fleet only the holder of the jobs
+`ers_backup_offsite_retention_failures_total{reason}`, and the times of its last success and
+failure feed the BackupOffsiteRetentionFailing alert. In a fleet only the holder of the jobs
 lock copies."""
 
 from __future__ import annotations
@@ -82,6 +83,24 @@ class OffsiteMetrics:
             "ers_backup_offsite_snapshots_forgotten",
             "Snapshots the off-host repository's retention forgot",
         )
+        # The newest of the two tells whether the retention's last run failed (the
+        # BackupOffsiteRetentionFailing alert), in a fleet too: each is a replica's own.
+        self.retention_succeeded_at: float | None = None
+        self.retention_failed_at = 0.0  # 0: none has failed
+        value_gauge(
+            meter,
+            "ers_backup_offsite_retention_last_success_timestamp_seconds",
+            "When the off-host repository's forget (and its prune, when due) last succeeded",
+            lambda: self.retention_succeeded_at,
+            unit="s",
+        )
+        value_gauge(
+            meter,
+            "ers_backup_offsite_retention_last_failure_timestamp_seconds",
+            "When a forget or prune of the off-host repository last failed (0: never)",
+            lambda: self.retention_failed_at,
+            unit="s",
+        )
 
     def succeeded(self, copied: int) -> None:
         self.last_success = time.time()
@@ -94,7 +113,11 @@ class OffsiteMetrics:
         self._forgotten.add(count)
 
     def retention_failed(self, reason: str) -> None:
+        self.retention_failed_at = time.time()
         self._retention_failures.add(1, {"reason": reason})
+
+    def retention_succeeded(self) -> None:
+        self.retention_succeeded_at = time.time()
 
 
 @dataclass
@@ -122,6 +145,7 @@ class OffsiteRetention:
             log.info("off-host retention forgot %d snapshot(s) in %s", len(removed), where)
         now = time.time()
         if now < self.next_prune:
+            metrics.retention_succeeded()
             return
         try:
             await copier.prune()
@@ -130,6 +154,7 @@ class OffsiteRetention:
             self.next_prune = now + min(self.prune_every_s, PRUNE_RETRY_S)
             log.error("off-host prune failed (the copy itself succeeded): %s", exc)
             return
+        metrics.retention_succeeded()
         self.next_prune = now + self.prune_every_s
         log.info("off-host prune of %s done", where)
 

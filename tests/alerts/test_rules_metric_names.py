@@ -34,6 +34,8 @@ ERS_METRICS = frozenset(
         "ers_backup_offsite_last_success_timestamp_seconds",
         "ers_backup_offsite_interval_seconds",
         "ers_backup_offsite_failures_total",
+        "ers_backup_offsite_retention_last_success_timestamp_seconds",
+        "ers_backup_offsite_retention_last_failure_timestamp_seconds",
         "ers_restore_drill_success",
         "ers_restore_drill_interval_seconds",
         "ers_process_memory_ratio",

@@ -420,9 +420,16 @@ async def test_a_failed_offsite_forget_is_counted_apart_from_the_copy_that_succe
     assert set(by_reason(points["ers_backup_offsite_failures"]).values()) == {0}
     assert by_reason(points["ers_backup_offsite_retention_failures"])["locked"] == 1
     assert len(repos.offsite_originals()) == 4  # nothing forgotten yet: the next copy will
+    # What BackupOffsiteRetentionFailing reads: a failure, and no success after it.
+    [(_, failed_at)] = points["ers_backup_offsite_retention_last_failure_timestamp_seconds"]
+    assert failed_at > 0
+    assert "ers_backup_offsite_retention_last_success_timestamp_seconds" not in points
 
     assert await copy_once(copier, metrics, retention=retention(2)) is True
     assert len(repos.offsite_originals()) == 2
+    points = metric_points(reader)
+    [(_, succeeded_at)] = points["ers_backup_offsite_retention_last_success_timestamp_seconds"]
+    assert succeeded_at >= failed_at
     meters.shutdown()
 
 
