@@ -41,6 +41,7 @@ from service.incidents.alert_payload import (
 from service.incidents.ledger import (
     COOLDOWN_OUTCOME,
     ISOLATING,
+    NOT_KEPT_OUTCOME,
     AlertLedger,
     LedgerUnavailable,
     firing_handled,
@@ -237,7 +238,8 @@ class AlertHandler:
             )
         result = await self.responder.run_action(ACTIONS[action], context)
         if result.detail != COOLDOWN_SKIP:
-            return f"{result.action}: {result.result}"
+            kept = "" if result.kept else f", {NOT_KEPT_OUTCOME}"
+            return f"{result.action}: {result.result}{kept}"
         # The responder keeps quiet about it; the alert's reader would see nothing done.
         note = (
             f"{result.action}: skipped — already tried for this incident within the last"

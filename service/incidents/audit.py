@@ -4,17 +4,21 @@ shares (its table there is the migrations' component ``audit``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
 from service.stores.sql import POSTGRESQL, Database, Statements, create_table_on_sqlite
+
+log = logging.getLogger("ers.responder")
 
 COMPONENT = "audit"
 # The rollbacks' entries: one before it begins, then its outcome, or at a later start the
@@ -63,6 +67,38 @@ def rollback_run() -> dict[str, Any]:
     too, and the process running it (host and pid), which a later start on that host can find
     gone."""
     return {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+class Trail(Protocol):
+    def record(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
+
+
+async def audited_rollback(
+    trail: Trail | None, actor: str, detail: dict[str, Any], rollback: Awaitable[str]
+) -> str:
+    """Run ``rollback`` between its entries in the trail: ``rollback_started`` before it begins
+    (one a kill cuts off is in the trail all the same), then its outcome, naming the start's
+    run. A trail that cannot be written holds the rollback back no more than its timeline."""
+    run = rollback_run()
+
+    async def write(action: str, more: dict[str, Any]) -> None:
+        if trail is None:
+            return
+        try:
+            await asyncio.to_thread(trail.record, actor, action, detail | more)
+        except Exception:  # the rollback is done either way; its timeline still says so
+            incident = detail.get("beforeIncident")
+            log.exception("the audit trail missed the rollback for %s", incident)
+
+    await write(ROLLBACK_STARTED, run)
+    try:
+        done = await rollback
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        await write("rollback", {"result": None, "error": error, "run": run["run"]})
+        raise
+    await write("rollback", {"result": done, "error": None, "run": run["run"]})
+    return done
 
 
 class AuditLog:

@@ -58,6 +58,9 @@ LOST = "failed: lost, the service stopped before it finished; taken again on the
 # for it again once the cooldown ends, so its next delivery is taken again (and, in the
 # process that took it, it runs when the cooldown ends).
 COOLDOWN_OUTCOME = "skipped within the cooldown; run once it ends if the alert still fires"
+# An isolation in force but not yet saved to outlive the process (its store was out): a kill
+# would lose it, so the next delivery is taken again and isolates again.
+NOT_KEPT_OUTCOME = "not kept across a restart yet; taken again on the next delivery"
 # The outcomes of an isolate alert's firing that hold its agent: another isolate alert's
 # resolution leaves the agent isolated while one of these still fires.
 ISOLATING = ("isolate: success", f"isolate: {COOLDOWN_OUTCOME}")
@@ -78,15 +81,17 @@ def _taker_alive(table: str) -> str:
 
 def _retake(dialect: object) -> str:
     """A repeated delivery is acted on again when the last attempt failed (its outcome says
-    "failed") or was lost; the attempt it starts is stamped with this delivery's time and
-    taker, which is how record() tells that it took it. Each condition reads the row as it
-    was; its parameter is the oldest unfinished time still taken to be running."""
+    "failed"), was lost, or is not kept across a restart; the attempt it starts is stamped
+    with this delivery's time and taker, which is how record() tells that it took it. Each
+    condition reads the row as it was; its parameter is the oldest unfinished time still
+    taken to be running."""
     lost = "ledger.received_at < ?"
     if dialect is not SQLITE:
         lost = f"({lost} OR NOT {_taker_alive('ledger')})"
     again = (
         "(ledger.outcome LIKE 'failed%' OR ledger.outcome LIKE '%: failed'"
         f" OR ledger.outcome LIKE '%: {COOLDOWN_OUTCOME}'"
+        f" OR ledger.outcome LIKE '%, {NOT_KEPT_OUTCOME}'"
         f" OR (ledger.outcome IS NULL AND {lost}))"
     )
     return ", ".join(

@@ -19,6 +19,7 @@ each per incident. An action that fails is recorded as failed; it never takes th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ from service.incidents.action_claims import (
     claim_name,
     give_back,
 )
-from service.incidents.audit import ROLLBACK_STARTED, rollback_run
+from service.incidents.audit import Trail, audited_rollback
 from service.incidents.recovery import ACTOR as ALERTMANAGER
 from service.resilience.breaker_config import BreakerState
 
@@ -70,15 +71,14 @@ class Timeline(Protocol):
     ) -> None: ...
 
 
-class Trail(Protocol):
-    def record(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
-
-
 @dataclass(frozen=True)
 class ActionResult:
     action: str
     result: str  # success | skipped | not_available | approval_needed | failed
     detail: str
+    # False: in force in this process, but not saved to outlive it (a kill loses it), so it
+    # holds nothing back: the next call for it (after a restart too) runs it again.
+    kept: bool = True
 
 
 @dataclass
@@ -127,6 +127,8 @@ class Responder:
     # worth it. An alert's cleanup reaches whichever replica the load balancer picks, not
     # necessarily the one whose memory the alert is about.
     memory: Callable[[], tuple[float, float]] | None = None
+    # Saves the kept isolations and minimal mode now: None once saved, else why not.
+    keep: Callable[[], Awaitable[str | None]] | None = None
     _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
@@ -165,7 +167,7 @@ class Responder:
             result = await self._run(action, context)
         else:  # nothing starts, nor holds off the next call (or replica): said as it is
             self._last_run.pop(key, None)
-        if result.result == "failed":  # not done: the next call for it tries again
+        if result.result == "failed" or not result.kept:  # the next call for it runs it
             self._last_run.pop(key, None)
             if action in FLEET_WIDE_ACTIONS and self.claims is not None:  # here or elsewhere
                 name = claim_name(action, context.episode)
@@ -173,6 +175,8 @@ class Responder:
         finished = {"action": action, "result": result.result}
         if result.result == "skipped":  # it found nothing to do, and says why
             finished["reason"] = result.detail
+        if not result.kept:
+            finished["kept"] = False
         await self._note(
             context, "action_finished", f"{action}: {result.result} — {result.detail}", finished
         )
@@ -199,7 +203,9 @@ class Responder:
                 continue
             if entry.kind == "action_started":
                 started_at = entry.at
-            elif entry.kind == "action_finished" and data.get("result") == "failed":
+            elif entry.kind == "action_finished" and (
+                data.get("result") == "failed" or data.get("kept") is False
+            ):
                 started_at = None
         return None if started_at is None else max(self.wall_clock() - started_at, 0.0)
 
@@ -325,7 +331,14 @@ class Responder:
             ttl_s=context.ttl_s or self.isolate_ttl_s,
             incident=context.incident_id,
         )
-        return ActionResult("isolate", "success", message)
+        return await self._kept(ActionResult("isolate", "success", message))
+
+    async def _kept(self, result: ActionResult) -> ActionResult:
+        """``result`` once what it set is saved to outlive the process, else said not kept."""
+        if self.keep is None or (problem := await self.keep()) is None:
+            return result
+        why = f"in force here, not kept across a restart yet ({problem}); saving is retried"
+        return dataclasses.replace(result, detail=f"{result.detail}; {why}", kept=False)
 
     async def _release(self, context: ResponseContext) -> ActionResult:
         guard = self._agent(context)
@@ -360,37 +373,14 @@ class Responder:
         assert self.minimal_mode is not None
         ttl_s = context.ttl_s or self.isolate_ttl_s
         self.minimal_mode.enter(ttl_s, context.reason, context.incident_id)
-        return ActionResult(
-            "minimal_response_mode",
-            "success",
-            f"for {ttl_s:g} s, chat answers with short guidance and calls no agent",
-        )
+        what = f"for {ttl_s:g} s, chat answers with short guidance and calls no agent"
+        return await self._kept(ActionResult("minimal_response_mode", "success", what))
 
     async def _rollback(self, context: ResponseContext) -> ActionResult:
         assert self.rollback is not None
-        run = rollback_run()
-        await self._audit_rollback(context, run, ROLLBACK_STARTED)
-        try:
-            done = await self.rollback(context)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            await self._audit_rollback(context, {"result": None, "error": error, "run": run["run"]})
-            raise
-        await self._audit_rollback(context, {"result": done, "error": None, "run": run["run"]})
+        detail = {"beforeIncident": context.incident_id, "reason": context.reason}
+        done = await audited_rollback(self.audit, context.source, detail, self.rollback(context))
         return ActionResult("rollback", "success", done)
-
-    async def _audit_rollback(
-        self, context: ResponseContext, more: dict[str, Any], action: str = "rollback"
-    ) -> None:
-        """The trail's entry of the rollback's outcome, or of its start (``rollback_started``:
-        one a kill cuts off is in the trail all the same)."""
-        if self.audit is None:
-            return
-        detail = {"beforeIncident": context.incident_id, "reason": context.reason} | more
-        try:
-            await asyncio.to_thread(self.audit.record, context.source, action, detail)
-        except Exception:  # the rollback is done either way; its timeline still says so
-            log.exception("the audit trail missed the rollback for %s", context.incident_id)
 
     async def _trim_caches(self, context: ResponseContext) -> ActionResult:
         dropped = self.team.answers.trim(keep=len(self.team.answers) // 4)

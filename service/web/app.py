@@ -330,6 +330,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             audit=audit,
             read_timeline=incident_store.timeline,
             memory=memory_share,
+            keep=keeper.saved,
         )
         incident_service.start(responder if settings.auto_response_enabled else None)
         stack.callback(incident_service.shutdown)

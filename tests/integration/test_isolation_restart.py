@@ -488,3 +488,63 @@ def test_a_kept_isolation_names_its_incident_only_while_it_is_unresolved(
             assert reply["emergency"] is True and reply["incident"] is None, reply
     finally:
         third.stop()
+
+
+def alert_outcome(workdir: Path, status: str) -> str | None:
+    """The ledger's outcome of the test alert's delivery, as another reader sees it."""
+    with sqlite3.connect(workdir / "data" / "incidents.sqlite3") as conn:
+        row = conn.execute(
+            "SELECT outcome FROM alert_ledger WHERE alertname = 'AgentErrorRatioHigh'"
+            " AND status = ?",
+            (status,),
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+def test_an_alerts_isolation_not_kept_before_a_kill_9_is_taken_again_by_its_next_delivery(
+    tmp_path: Path,
+) -> None:
+    """The system_state file is locked by another connection (an open sqlite3 shell) while
+    an isolate alert arrives: the isolation is in force but cannot be kept. Its ledger entry
+    must not say it is done for good, or its next delivery after a kill -9 would be answered
+    as a duplicate while the agent, its isolation lost, takes calls again."""
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
+    holder = sqlite3.connect(workdir / "data" / "system_state.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        reply = httpx.post(
+            f"{ers.url}/api/emergency/alerts",
+            json=alert_payload("firing"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 30
+        while (outcome := alert_outcome(workdir, "firing")) is None:
+            assert time.monotonic() < deadline, f"the alert was not acted on: {ers.log()}"
+            time.sleep(0.05)
+        assert breakers(ers)["workout"]["state"] == "forced_open"
+    finally:
+        ers.stop(signal.SIGKILL)
+        holder.close()
+
+    again = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
+    try:
+        reply = httpx.post(
+            f"{again.url}/api/emergency/alerts",
+            json=alert_payload("firing"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert reply.json()["new"] == 1, reply.text
+        assert "not kept across a restart" in outcome, outcome
+        deadline = time.monotonic() + 30
+        while alert_outcome(workdir, "firing") in (None, outcome):
+            assert time.monotonic() < deadline, f"the alert was not acted on: {again.log()}"
+            time.sleep(0.05)
+        assert alert_outcome(workdir, "firing") == "isolate: success"
+        assert breakers(again)["workout"]["state"] == "forced_open"
+        assert "breaker:workout" in kept_records(workdir)
+    finally:
+        again.stop()
