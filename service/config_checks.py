@@ -116,9 +116,22 @@ def check_trace_link(template: str) -> None:
 
 def blank_to_none(value: SecretStr | None) -> SecretStr | None:
     """A token of nothing but blanks is no token: no request could present it."""
-    if value is None or not value.get_secret_value().strip():
-        return None
-    return value
+    return None if value is None else presentable_token(value.get_secret_value())
+
+
+def presentable_token(text: str) -> SecretStr | None:
+    """The token as a request presents it: a header's value arrives without the blanks
+    around it, and holds printable ASCII only. A token kept otherwise refused every request
+    with a 401, the right token included."""
+    token = text.strip()
+    for char in token:
+        if not (char.isascii() and char.isprintable()):
+            raise ValueError(
+                f"the token holds the character U+{ord(char):04X}, which is not printable "
+                "ASCII: no request's Authorization header could present it; use letters, "
+                "digits and punctuation"
+            )
+    return SecretStr(token) if token else None
 
 
 def refuse_boolean_number(value: object, annotation: object) -> object:
@@ -224,7 +237,10 @@ def read_token_file(key: str, path: Path) -> SecretStr | None:
             key,
             f"cannot read {path} ({reason}); point it at a readable file holding the token",
         ) from None
-    return SecretStr(value) if value else None
+    try:
+        return presentable_token(value)
+    except ValueError as exc:
+        raise InvalidSetting(key, f"{path}: {exc}") from None
 
 
 def check_private_file(what: str, path: Path, missing: str) -> None:

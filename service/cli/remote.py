@@ -22,6 +22,7 @@ from service.cli.output import (
     activity,
     not_ers,
 )
+from service.config_checks import presentable_token
 from service.errors import NO_ROUTE
 from telemetry.redaction import redacted_url
 
@@ -65,7 +66,7 @@ def admin_token(args: argparse.Namespace) -> str | None:
                 USAGE,
             )
         if token:
-            return token
+            return _presentable(token, "$ERS_ADMIN_TOKEN")
         if not named:
             return None
         token_file, origin = Path(named), "$ERS_ADMIN_TOKEN_FILE"
@@ -80,6 +81,16 @@ def admin_token(args: argparse.Namespace) -> str | None:
         ) from None
     if not token:
         raise CliError(f"the admin token file {token_file} (from {origin}) is empty", USAGE)
+    return _presentable(token, f"the admin token file {token_file} (from {origin})")
+
+
+def _presentable(token: str, origin: str) -> str:
+    """A token a request can carry, as ``ers serve`` accepts one: the request was never sent
+    (a traceback from the HTTP client) or refused with a 401."""
+    try:
+        presentable_token(token)
+    except ValueError as exc:
+        raise CliError(f"{origin}: {exc}", USAGE) from None
     return token
 
 

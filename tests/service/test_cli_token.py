@@ -48,6 +48,28 @@ def test_a_token_file_that_is_not_text_is_refused_in_one_line(tmp_path: Path) ->
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize("origin", ["ERS_ADMIN_TOKEN", "--token-file"])
+def test_a_token_no_header_could_carry_is_refused_in_one_line(tmp_path: Path, origin: str) -> None:
+    # The HTTP client could not encode it: a traceback instead of the request.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")}
+    options = []
+    if origin == "--token-file":
+        (tmp_path / "admin-token").write_text("s3cr\u00e9t\n")
+        options = ["--token-file", str(tmp_path / "admin-token")]
+    else:
+        env[origin] = "s3cr\u00e9t"
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *options, "--url", "http://127.0.0.1:9", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "the token holds the character U+00E9, which is not printable ASCII" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
 def test_an_output_that_cannot_be_written_is_one_line_not_a_trace(tmp_path: Path) -> None:
     """``> /dev/full``: every write fails with ENOSPC."""
     span = tmp_path / "span.json"

@@ -236,6 +236,33 @@ def test_a_blank_token_is_unset_and_does_not_hide_its_file(
     assert settings.token("intake") is None
 
 
+def test_a_token_is_kept_as_a_request_presents_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A header's value arrives without the blanks around it: kept with them, the token
+    # refused every request with a 401, the right token included.
+    monkeypatch.setenv("ERS_ADMIN_TOKEN", "  s3cret-token\n")
+    assert load_settings().token("admin") == "s3cret-token"
+
+
+@pytest.mark.parametrize("token", ["s3cr\u00e9t", "s3cr\tet", "s3cr\x7fet"])
+def test_a_token_no_request_could_present_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str
+) -> None:
+    monkeypatch.setenv("ERS_ALERT_TOKEN", token)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith("invalid setting 'alert_token': the token holds the character U+")
+    assert "not printable ASCII" in message and token not in message
+    monkeypatch.delenv("ERS_ALERT_TOKEN")
+    (tmp_path / "intake.token").write_text(token + "\n")
+    monkeypatch.setenv("ERS_INTAKE_TOKEN_FILE", str(tmp_path / "intake.token"))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value).startswith(
+        f"invalid setting 'intake_token_file': {tmp_path / 'intake.token'}: the token holds"
+    )
+
+
 def test_a_blank_variable_leaves_the_yaml_files_value(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
