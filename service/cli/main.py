@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from service.cli.argument_text import refuse_undecodable
 from service.cli.output import (
     EXIT_CODES,
     FAILED,
@@ -325,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     handler: Handler = args.handler
     try:
+        refuse_undecodable(parser, args)
         code = handler(args)
         sys.stdout.flush()
         return code
