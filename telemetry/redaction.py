@@ -12,7 +12,7 @@ was sent.
 from __future__ import annotations
 
 import re
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 REDACTED = "REDACTED"
@@ -93,6 +93,15 @@ def redacted_url(url: str) -> str:
     rest, hash_, fragment = url.partition("#")
     rest, question, query = rest.partition("?")
     return f"{rest}{question}{redacted_query(query)}{hash_}{redacted_query(fragment)}"
+
+
+def without(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` (values known to be credentials) replaced, a longer
+    one first, as it may hold another."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def redact_attributes(attributes: MutableMapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ in what is captured.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 from opentelemetry import trace
@@ -49,7 +49,7 @@ from opentelemetry.util.types import AttributeValue
 
 from telemetry.classifier import NOT_AN_INCIDENT
 from telemetry.exception_events import described, record_exception
-from telemetry.redaction import is_secret_header, is_url_header, redacted_url
+from telemetry.redaction import is_secret_header, is_url_header, redacted_url, without
 
 CAPTURE_REQUEST_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
 CAPTURE_RESPONSE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
@@ -103,8 +103,16 @@ class AttemptSpans:
         inject(request.headers, context=trace.set_span_in_context(span))
         return span
 
-    def answered(self, span: trace.Span, response: httpx.Response) -> None:
-        """The response's status (an error from 400 on) and protocol on the span."""
+    def answered(
+        self,
+        span: trace.Span,
+        response: httpx.Response,
+        secrets: Callable[[], Sequence[str]] = tuple,
+    ) -> None:
+        """The response's status (an error from 400 on) and protocol on the span. A captured
+        response header has what ``secrets`` gives (the credentials the request carried)
+        redacted wherever it holds them: an agent or gateway that turns a key down may echo
+        it under any header (``WWW-Authenticate: Bearer error="invalid_token" sk-...``)."""
         status = response.status_code
         attributes: dict[str, AttributeValue] = {
             HTTP_RESPONSE_STATUS_CODE: status,
@@ -114,9 +122,10 @@ class AttemptSpans:
             attributes[ERROR_TYPE] = str(status)
             span.set_status(Status(StatusCode.ERROR))
         if self._response_headers:
-            attributes.update(
-                self._captured(response.headers, self._response_headers, request_side=False)
-            )
+            captured = self._captured(response.headers, self._response_headers, request_side=False)
+            sent = secrets()
+            for name, values in captured.items():
+                attributes[name] = [without(value, sent) for value in values]
         span.set_attributes(attributes)
 
     @staticmethod
@@ -130,7 +139,7 @@ class AttemptSpans:
 
     def _captured(
         self, headers: httpx.Headers, wanted: list[str], *, request_side: bool
-    ) -> Mapping[str, AttributeValue]:
+    ) -> Mapping[str, list[str]]:
         values = {key: headers.get_list(key, split_commas=True) for key in headers}
         normalise = (
             normalise_request_header_name if request_side else normalise_response_header_name

@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from service.errors import DependencyError
-from telemetry.redaction import REDACTED
+from telemetry.redaction import without
 
 # Longest Retry-After taken at its word; a larger one (or a date far ahead) is cut to this.
 MAX_RETRY_AFTER_S = 3600.0
@@ -310,12 +310,8 @@ def _status_of_code(code: str | None) -> int | None:
 
 
 def _without_secrets(code: str | None, secrets: Sequence[str]) -> str | None:
-    # An error code may echo what was sent: each credential the request carried is replaced
-    # (a longer one first, as it may hold another).
-    for secret in sorted(secrets, key=len, reverse=True):
-        if code and secret:
-            code = code.replace(secret, REDACTED)
-    return code
+    # An error code may echo what was sent: each credential the request carried is replaced.
+    return without(code, secrets) if code else code
 
 
 def _failure_of_code(agent: str, said: str, code: str | None, status: int) -> FailureKind | None:

@@ -240,7 +240,7 @@ class RemoteAgent:
         try:
             response = await self._client.send(outgoing, stream=True)
             try:
-                self._spans.answered(span, response)
+                self._spans.answered(span, response, self._secrets)
                 content = await read_at_most(response, MAX_REPLY_BYTES)
             finally:
                 await response.aclose()

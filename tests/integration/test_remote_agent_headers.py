@@ -56,6 +56,13 @@ async def echoing(request: Request) -> JSONResponse:
     return JSONResponse({"error": {"code": "bad-" + request.query_params["key"]}}, status_code=500)
 
 
+@app.post("/challenge")
+async def challenge(request: Request) -> JSONResponse:
+    # A gateway that quotes the key it turned down in its challenge.
+    said = f'Bearer error="invalid_token" {request.headers["authorization"]}'
+    return JSONResponse({}, status_code=401, headers={"www-authenticate": said})
+
+
 @app.post("/chat")
 async def chat(request: Request) -> JSONResponse:
     body = await request.json()
@@ -207,3 +214,27 @@ async def test_a_credential_an_error_code_echoes_stays_out_of_the_failure_messag
     )
     assert failures[1] == "agent 'remote' failed: HTTP 500 (bad-REDACTED)", failures
     assert "sk-header-7f3a" not in repr(failures) and "sk-query-c81d" not in repr(failures)
+
+
+async def test_a_key_a_response_header_echoes_stays_out_of_the_attempt_span(
+    session_agent: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", ".*")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    auth_file = tmp_path / "agent-auth"
+    auth_file.write_text("Bearer sk-agent-4d10\n")
+    url = session_agent.removesuffix("/chat") + "/challenge"
+    spec = HttpAgentSpec(url=url, auth_file=auth_file)
+    agent = RemoteAgent("remote", spec, default_timeout_s=5.0, tracer_provider=provider)
+    try:
+        with pytest.raises(CredentialsRejected):
+            await agent.handle(AgentRequest(message="hi", user_id="ann"))
+    finally:
+        await agent.aclose()
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert (span.attributes or {})["http.response.header.www_authenticate"] == (
+        'Bearer error="invalid_token" REDACTED',
+    )
+    assert "sk-agent-4d10" not in span.to_json()

@@ -158,3 +158,37 @@ def test_a_captured_location_has_its_query_values_redacted(
         "https://127.0.0.1:8701/v1/chat/completions?key=REDACTED",
     )
     assert "k-123" not in attempt.to_json()
+
+
+def test_a_credential_a_response_header_echoes_is_redacted_whatever_the_header(
+    provider: TracerProvider, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gateway turning the key down names it in its challenge and in a debugging header.
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", ".*")
+    url = "http://127.0.0.1:8600/chat?key=q-key-5e21"
+    spans = AttemptSpans("POST", url, provider)
+    span = spans.start(post(url))
+    echoed = {
+        "www-authenticate": 'Bearer error="invalid_token", token="sk-agent-90af"',
+        "x-debug-request": "/chat?key=q-key-5e21 with Bearer sk-agent-90af",
+        "retry-after": "30",
+    }
+    spans.answered(
+        span,
+        httpx.Response(401, headers=echoed),
+        lambda: ["Bearer sk-agent-90af", "sk-agent-90af", "q-key-5e21"],
+    )
+    span.end()
+
+    (attempt,) = exporter.get_finished_spans()
+    attributes = dict(attempt.attributes or {})
+    assert attributes["http.response.header.www_authenticate"] == (
+        'Bearer error="invalid_token"',
+        'token="REDACTED"',
+    )
+    assert attributes["http.response.header.x_debug_request"] == (
+        "/chat?key=REDACTED with REDACTED",
+    )
+    assert attributes["http.response.header.retry_after"] == ("30",)
+    for secret in ("sk-agent-90af", "q-key-5e21"):
+        assert secret not in attempt.to_json()
