@@ -32,10 +32,12 @@ SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
 # And any header with one of these words in its name (x-goog-api-key, x-auth-token,
-# x-amz-security-token, x-session-id): a provider names its key header as it likes.
+# x-amz-security-token, x-session-id, x-forwarded-authorization): a provider names its key
+# header as it likes, and a gateway passes Authorization on under a name of its own
+# (x-amzn-remapped-authorization).
 SECRET_HEADER_WORDS = frozenset(
     {"key", "apikey", "token", "secret", "password", "auth", "credential", "credentials"}
-    | {"session", "signature", "cookie"}
+    | {"session", "signature", "cookie", "authorization"}
 )
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 # Headers whose values are URLs: a redirect's Location keeps the query it was asked with,

@@ -128,6 +128,9 @@ def test_text_keeps_no_query_value_of_the_urls_in_it(text: str, redacted: str) -
         "openai_session_id",
         "x_signature",
         "X-Custom-Secret",
+        # Authorization passed on under another name (AWS API Gateway, proxies).
+        "x_amzn_remapped_authorization",
+        "X-Forwarded-Authorization",
     ],
 )
 def test_a_header_named_as_a_credential_is_a_secret(name: str) -> None:
