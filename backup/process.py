@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backup.errors import ResticNotInstalled, ResticTimeout
+from backup.errors import ResticNotInstalled, ResticTimeout, shown_repository
 from backup.models import Progress
 
 # restic removes its own lock when interrupted; a kill is the last resort.
@@ -44,6 +45,32 @@ def inherited_environment(*dropped_prefixes: str) -> dict[str, str]:
     backend's or libpq's own variables (AWS_*, B2_*, PGSSLMODE...) are the program's to use."""
     dropped = (SERVICE_PREFIX, *dropped_prefixes)
     return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+
+
+# Variables whose values are credentials (AWS_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID,
+# B2_ACCOUNT_KEY, AZURE_ACCOUNT_SAS, GOOGLE_ACCESS_TOKEN, OS_PASSWORD...); a *_FILE variable
+# names a file, which a message may name. A backend's keys are long and random: shorter
+# values are left, as they could take a word out of what restic's failures are told by.
+_CREDENTIAL_VARIABLE = re.compile(r"PASS|SECRET|KEY|TOKEN|CREDENTIAL|SAS", re.IGNORECASE)
+_SHORTEST_CREDENTIAL = 8
+
+
+def without_credentials(text: str, env: Mapping[str, str]) -> str:
+    """What a program wrote, fit for a message, a log line or an incident: the values of
+    `env`'s credential variables and the user information of any URL left out. A program
+    quotes what its server answered (a proxy's 401 echoing the request's Authorization, an
+    AWS access key id and all) and names its repository as it likes: restic 0.14 shows the
+    user of `rest:https://user:pass@host/`, and a token given as the user, in full."""
+    found = [
+        value
+        for name, value in env.items()
+        if _CREDENTIAL_VARIABLE.search(name)
+        and not name.endswith("_FILE")
+        and len(value) >= _SHORTEST_CREDENTIAL
+    ]
+    for value in sorted(found, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return shown_repository(text)
 
 
 @dataclass
@@ -92,6 +119,7 @@ async def run_program(
         await stop_process(process)
         raise
     collected.exit_code = process.returncode if process.returncode is not None else -1
+    collected.stderr = without_credentials(collected.stderr, env)
     return collected
 
 

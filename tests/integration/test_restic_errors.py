@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from backup.errors import (
     RepositoryLocked,
     RepositoryNotFound,
     RepositoryNotReached,
+    ResticError,
     ResticNotInstalled,
     WrongPassword,
 )
@@ -180,3 +184,61 @@ async def test_stale_lock_of_a_dead_process_is_removed_and_the_call_retried(
     assert len(result.kept) == 1
     assert (await manager.check()).ok
     assert not any((Path(manager.restic.repository) / "locks").iterdir())
+
+
+class _EchoingServer(http.server.BaseHTTPRequestHandler):
+    """A server in front of a repository that fails every request and quotes its headers,
+    Authorization and all, as a misconfigured proxy does."""
+
+    def _answer(self) -> None:
+        body = json.dumps({"error": "upstream failed", "request": dict(self.headers)}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_token_given_as_the_repositorys_user_stays_out_of_a_failure(
+    tmp_path: Path, echoing_server: str
+) -> None:
+    """Before: restic 0.14 hides only a URL's password, and its 'create repository at
+    rest:http://tok-...@127.0.0.1:.../ failed' went into the message as it was."""
+    (tmp_path / "password").write_text("a password\n")
+    address = echoing_server.replace("http://", "rest:http://tok-91e2c4d7a0@") + "/ers"
+    restic = restic_for(RepositoryConfig(address, tmp_path / "password"))
+    with pytest.raises(ResticError) as failure:
+        await restic.init()
+    assert "tok-91e2c4d7a0" not in str(failure.value)
+    assert "rest:http://***@127.0.0.1:" in str(failure.value)
+
+
+async def test_a_backend_key_a_server_echoes_stays_out_of_a_failure(
+    tmp_path: Path, echoing_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: restic quotes an S3 server's error reply, and a proxy that echoes the request
+    put the access key id of its Authorization header into the message."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAECHOED7Q2W9E")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-access-key-5b7d0e")
+    (tmp_path / "password").write_text("a password\n")
+    restic = restic_for(RepositoryConfig(f"s3:{echoing_server}/bucket", tmp_path / "password"))
+    with pytest.raises(ResticError) as failure:
+        await restic.init()
+    assert "Credential=***/" in str(failure.value)  # the reply is quoted, the key id not
+    assert "AKIAECHOED7Q2W9E" not in str(failure.value)
