@@ -1,19 +1,22 @@
 """PostgreSQL's client programs (pg_dump, pg_restore, psql): where they are, how they reach the
 server without a password on their command line, and running one with a timeout.
 
-The password travels in the programs' environment (`PGPASSWORD`), the rest of the URL as a
-libpq conninfo string in `--dbname`; messages name the server as host:port/database and never
-carry the password.
+The password travels in the programs' environment (`PGPASSWORD`), the passphrase of a client
+key (`sslpassword`, for which libpq reads no variable) in a service file only the program can
+open, the rest of the URL as a libpq conninfo string in `--dbname`: a command line is read by
+every user of the host (`ps`). Messages name the server as host:port/database and never carry
+either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,8 @@ TOOLS = ("pg_dump", "pg_restore", "psql")
 STOP_GRACE_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 10
 APPLICATION_NAME = "ers-backup"
+# The service of the file that carries a client key's passphrase to a program.
+KEY_SERVICE = "ers-client-key"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class PgConnection:
     conninfo: str  # without the password: for --dbname
     password: str | None = field(repr=False)
     location: str  # host:port/database, fit for messages
+    ssl_password: str | None = field(default=None, repr=False)  # a client key's passphrase
 
     @classmethod
     def from_url(cls, url: str) -> PgConnection:
@@ -91,6 +97,14 @@ class PgConnection:
                 "postgresql://user:password@host:port/database"
             ) from None
         password = params.pop("password", None)
+        ssl_password = params.pop("sslpassword", None)
+        if ssl_password:
+            if "service" in params:
+                raise BackupError(
+                    "the PostgreSQL URL gives both sslpassword and service, which ERS uses to "
+                    "hand the passphrase to pg_dump: put sslpassword in that service's entry"
+                )
+            params["service"] = KEY_SERVICE
         params.setdefault("application_name", APPLICATION_NAME)
         host = params.get("host") or "local socket"
         location = f"{host}:{params.get('port') or 5432}/{params.get('dbname') or '(default)'}"
@@ -99,21 +113,37 @@ class PgConnection:
             conninfo=make_conninfo(**params),  # type: ignore[arg-type]
             password=str(password) if password else None,
             location=location,
+            ssl_password=str(ssl_password) if ssl_password else None,
         )
 
     def database(self, name: str) -> PgConnection:
         """The same server and role, another database."""
         return PgConnection.from_url(make_conninfo(self.url, dbname=name))
 
-    def env(self) -> dict[str, str]:
+    @contextlib.contextmanager
+    def program_env(self) -> Iterator[tuple[dict[str, str], tuple[int, ...]]]:
+        """The environment of a client program, and the descriptors it must inherit: the
+        passphrase goes in a file in memory (a memfd) that the program's libpq opens as its
+        service file, and that is gone with the last program holding it."""
         env = inherited_environment()
         if self.password:
             env["PGPASSWORD"] = self.password
-        return env
+        if not self.ssl_password:
+            yield env, ()
+            return
+        fd = os.memfd_create("ers-pg-service")
+        try:
+            os.write(fd, f"[{KEY_SERVICE}]\nsslpassword={self.ssl_password}\n".encode())
+            env["PGSERVICEFILE"] = f"/dev/fd/{fd}"
+            yield env, (fd,)
+        finally:
+            os.close(fd)
 
     def scrub(self, text: str) -> str:
         text = " ".join(text.split())
-        return text.replace(self.password, "***") if self.password else text
+        for secret in (self.password, self.ssl_password):
+            text = text.replace(secret, "***") if secret else text
+        return text
 
     async def connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         return await psycopg.AsyncConnection.connect(
@@ -204,9 +234,10 @@ async def run_pg_program(
     PgToolNotInstalled) with a message that says what `doing` was and what to do next."""
     program = Path(binary).name
     try:
-        process = await start_program(
-            binary, args, env=connection.env(), stdin=stdin, stdout=stdout
-        )
+        with connection.program_env() as (env, fds):
+            process = await start_program(
+                binary, args, env=env, stdin=stdin, stdout=stdout, pass_fds=fds
+            )
     except CANNOT_START as exc:
         raise PgToolNotInstalled(
             f"{program} could not be started from '{binary}' ({exc.strerror}): install the "

@@ -131,10 +131,12 @@ async def start_program(
     cwd: Path | None = None,
     stdin: int | None = None,
     stdout: int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> asyncio.subprocess.Process:
     """Start `binary args` without a shell: it reads `stdin` (else nothing), writes to `stdout`
     (else a pipe), and its stderr is piped; it gets SIGINT if ERS ends first (see SETPRIV).
-    Raises one of CANNOT_START when it cannot start."""
+    It inherits `pass_fds` as they are numbered here. Raises one of CANNOT_START when it
+    cannot start."""
     return await asyncio.create_subprocess_exec(
         *_stopping_with_parent(binary, env),
         *args,
@@ -143,6 +145,7 @@ async def start_program(
         stderr=asyncio.subprocess.PIPE,
         cwd=cwd,
         env=dict(env),
+        pass_fds=tuple(pass_fds),
     )
 
 

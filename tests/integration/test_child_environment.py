@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from backup.errors import PgDumpFailed
 from backup.offsite import OffsiteCopier, OffsiteRepository
@@ -108,3 +109,32 @@ async def test_pg_dump_gets_no_ers_variables_but_its_password(
     [env] = environments(dumps)
     assert_without_service_settings(env)
     assert env["PGPASSWORD"] == connection.password
+
+
+async def test_a_client_keys_passphrase_reaches_pg_dump_off_its_command_line(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Before: sslpassword stayed in the conninfo of --dbname, where `ps` shows it to every
+    user of the host; libpq reads no variable for it, so it goes in a service file."""
+    real = PgTools.find().pg_dump
+    seen = tmp_path / "seen"
+    wrapper = tmp_path / "recording-pg_dump"
+    wrapper.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > "{seen}-argv"\ncat "$PGSERVICEFILE" > "{seen}-service"\n'
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    connection = PgConnection.from_url(make_conninfo(pg_url, sslpassword="key-phrase-61a0"))
+
+    await run_pg_program(
+        str(wrapper),
+        ["--schema-only", "--dbname", connection.conninfo],
+        connection=connection,
+        failure=PgDumpFailed,
+        doing="dumping the test database",
+        timeout=60,
+    )
+
+    assert "key-phrase-61a0" not in (tmp_path / "seen-argv").read_text()
+    assert "sslpassword=key-phrase-61a0" in (tmp_path / "seen-service").read_text()
+    assert "key-phrase-61a0" not in repr(connection)
