@@ -22,6 +22,12 @@ _CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
 # A URL in text, up to a space or a quote: its query and fragment run to there.
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*")
 _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
+# The credentials of an Authorization header quoted in text ("rejected 'Authorization:
+# Bearer sk-...'"): what follows the scheme, up to a space or a quote; a word of prose
+# ("Basic authentication failed") has no digit or token punctuation, and stays.
+_AUTH_SCHEME = re.compile(
+    r"\b(Bearer|Basic|Token)\s+(?=[^\s'\"<>`,;]*[0-9_+/=-])[^\s'\"<>`,;]{8,}", re.IGNORECASE
+)
 # Attributes holding a whole URL, or its query alone (the stable and the old conventions;
 # the old ``http.target`` is a server's path and query, /orders/7?api_key=...).
 URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target"})
@@ -71,7 +77,9 @@ def _header_name(attribute: str) -> str | None:
 def redacted_text(text: str) -> str:
     """``text`` with the credentials and the query values of every URL in it redacted: an
     error message quotes the URL it failed on (``Client error '401 Unauthorized' for url
-    'https://api.example/v1?key=...'``), API key and all."""
+    'https://api.example/v1?key=...'``), API key and all; and the credentials of an
+    Authorization header it quotes (``Bearer sk-...``)."""
+    text = _AUTH_SCHEME.sub(rf"\1 {REDACTED}", text)
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda url: redacted_url(url.group()), _without_credentials(text))

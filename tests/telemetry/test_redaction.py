@@ -93,6 +93,28 @@ def test_text_keeps_no_credentials_of_the_urls_in_it(text: str, redacted: str) -
 @pytest.mark.parametrize(
     "text,redacted",
     [
+        (
+            "401: header 'Authorization: Bearer sk-live-7c2e91f0' rejected",
+            "401: header 'Authorization: Bearer REDACTED' rejected",
+        ),
+        (
+            "sent authorization=basic ZXJzOnMzY3JldA== to h",
+            "sent authorization=basic REDACTED to h",
+        ),
+        # prose about a scheme keeps its words
+        ("a Bearer token is missing", "a Bearer token is missing"),
+        ("Basic authentication failed", "Basic authentication failed"),
+    ],
+)
+def test_text_keeps_no_credentials_of_an_authorization_header_it_quotes(
+    text: str, redacted: str
+) -> None:
+    assert redacted_text(text) == redacted
+
+
+@pytest.mark.parametrize(
+    "text,redacted",
+    [
         # the messages of httpx's and requests' HTTP errors quote the URL, API key and all
         (
             "Client error '401 Unauthorized' for url 'https://api.example/v1?api_key=k-1&x=2'",
