@@ -28,6 +28,17 @@ _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
 _AUTH_SCHEME = re.compile(
     r"\b(Bearer|Basic|Token)\s+(?=[^\s'\"<>`,;]*[0-9_+/=-])[^\s'\"<>`,;]{8,}", re.IGNORECASE
 )
+# A credential written as a name=value pair outside a URL: a libpq conninfo quoted in an
+# error ("host=db user=ers password=..."), a URL without its scheme ("url: /v1?api_key=...").
+# The name ends in one of these words (sslpassword, client_secret, AWS_SECRET_ACCESS_KEY); a
+# bare "key" (a cache's, a row's) is kept. A name is matched from its first character only,
+# so the search stays linear in the text's length.
+_SECRET_PAIR = re.compile(
+    r"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{0,40}?(?:password|passwd|pwd|secret|token|apikey"
+    r"|api[_-]key|access[_-]key|secret[_-]key|private[_-]key|credentials?))"
+    r"=('[^']*'|\"[^\"]*\"|[^\s&#,;'\"<>`]+)",
+    re.IGNORECASE,
+)
 # Attributes holding a whole URL, or its query alone (the stable and the old conventions;
 # the old ``http.target`` is a server's path and query, /orders/7?api_key=...).
 URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target"})
@@ -77,9 +88,12 @@ def _header_name(attribute: str) -> str | None:
 def redacted_text(text: str) -> str:
     """``text`` with the credentials and the query values of every URL in it redacted: an
     error message quotes the URL it failed on (``Client error '401 Unauthorized' for url
-    'https://api.example/v1?key=...'``), API key and all; and the credentials of an
-    Authorization header it quotes (``Bearer sk-...``)."""
+    'https://api.example/v1?key=...'``), API key and all; the credentials of an
+    Authorization header it quotes (``Bearer sk-...``); and the value of a pair named as a
+    credential outside a URL (``password=...``, ``/v1?api_key=...``)."""
     text = _AUTH_SCHEME.sub(rf"\1 {REDACTED}", text)
+    if "=" in text:
+        text = _SECRET_PAIR.sub(rf"\1={REDACTED}", text)
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda url: redacted_url(url.group()), _without_credentials(text))

@@ -139,6 +139,30 @@ def test_text_keeps_no_query_value_of_the_urls_in_it(text: str, redacted: str) -
 
 
 @pytest.mark.parametrize(
+    "text,redacted",
+    [
+        # libpq quoting its conninfo; urllib3 naming the path it retried, without a scheme
+        (
+            "connection to host=db user=ers password=hunter2 dbname=ers failed",
+            "connection to host=db user=ers password=REDACTED dbname=ers failed",
+        ),
+        (
+            "Max retries exceeded with url: /v1/chat?api_key=k-1234&model=m (Caused by ...)",
+            "Max retries exceeded with url: /v1/chat?api_key=REDACTED&model=m (Caused by ...)",
+        ),
+        ("sslpassword='pass phrase' sslmode=require", "sslpassword=REDACTED sslmode=require"),
+        ('client_secret="s3cr3t", scope=all', "client_secret=REDACTED, scope=all"),
+        ("AWS_SECRET_ACCESS_KEY=abc/def+ghi", "AWS_SECRET_ACCESS_KEY=REDACTED"),
+        # names that are not credentials keep their values
+        ("cache key=budget:u1 missed", "cache key=budget:u1 missed"),
+        ("retry=3 timeout=5", "retry=3 timeout=5"),
+    ],
+)
+def test_text_keeps_no_value_of_a_pair_named_as_a_credential(text: str, redacted: str) -> None:
+    assert redacted_text(text) == redacted
+
+
+@pytest.mark.parametrize(
     "name",
     [
         "authorization",
