@@ -19,16 +19,20 @@ lost resolution is replayed within a minute, not after 5.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
 from service.stores.session_names import session_alive
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
+
+if TYPE_CHECKING:
+    from service.incidents.store import IncidentStore
 
 log = logging.getLogger("ers.alerts")
 
@@ -188,15 +192,17 @@ class AlertLedger:
             raise LedgerUnavailable(f"the alert ledger could not record the alert: {exc}") from exc
         return bool(rows) and rows[0]["received_at"] == now
 
-    def mark_lost(self) -> int:
+    def mark_lost(self) -> list[dict[str, Any]]:
         """At start-up on a file no other process writes: every attempt left unfinished
         was lost with the process before (a crash, a ``kill -9``); the next delivery of
-        each takes it again. Returns how many there were."""
+        each takes it again. Returns them: alertname, status and the incident each landed on
+        (incident_id, None if none yet)."""
         rows = self._database.rows(
-            "UPDATE alert_ledger SET outcome = ? WHERE outcome IS NULL RETURNING alertname",
+            "UPDATE alert_ledger SET outcome = ? WHERE outcome IS NULL"
+            " RETURNING alertname, status, incident_id",
             (LOST,),
         )
-        return len(rows)
+        return [dict(row) for row in rows]
 
     def take_lost_resolutions(self) -> list[str]:
         """Take again every resolution whose attempt was lost with its process (marked lost
@@ -298,3 +304,22 @@ async def firing_handled(ledger: AlertLedger, fingerprint: str, starts_at: str) 
             log.info("alert %s resolved while its firing is acted on: waiting", fingerprint)
             said = True
         await asyncio.sleep(0.2)
+
+
+def note_lost(store: IncidentStore, lost: list[dict[str, Any]]) -> None:
+    """Say at start-up what ``mark_lost`` found: in the log, and on the timeline of each
+    incident a firing landed on, whose ``action_started`` had no end."""
+    log.warning(
+        "%d alert(s) were being acted on when ERS stopped; a resolution among them is acted"
+        " on again now, a firing on its next delivery",
+        len(lost),
+    )
+    for row in lost:
+        if row["status"] != "firing" or not row["incident_id"]:
+            continue
+        note = (
+            f"{row['alertname']}'s action cut off: ERS stopped before it finished; the "
+            "alert's next delivery takes it again"
+        )
+        with contextlib.suppress(LookupError):
+            store.add_timeline(row["incident_id"], "note", note, "ers", {"lost": True})

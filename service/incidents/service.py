@@ -23,7 +23,7 @@ from service.errors import StoreUnavailable
 from service.incidents import audit, ledger, store_pg
 from service.incidents.alert_landing import still_firing_on
 from service.incidents.audit import AuditLog
-from service.incidents.ledger import AlertLedger
+from service.incidents.ledger import AlertLedger, note_lost
 from service.incidents.merge import GroupOutcome
 from service.incidents.model import (
     IllegalTransition,
@@ -102,11 +102,7 @@ async def open_incident_state(
         # unfinished there was lost with the process before.
         on_file = database is None or settings.database_url is None
         if on_file and (lost := await asyncio.to_thread(ledger.mark_lost)):
-            log.warning(
-                "%d alert(s) were being acted on when ERS stopped; a resolution among them is"
-                " acted on again now, a firing on its next delivery",
-                lost,
-            )
+            await asyncio.to_thread(note_lost, store, lost)
         return store, ledger, AuditLog(store.database)
     except Exception:
         store.close()

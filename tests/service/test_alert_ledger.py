@@ -127,7 +127,7 @@ def test_mark_lost_hands_unfinished_attempts_to_their_next_delivery(ledger: Ledg
     ledger.record("done", "t", "firing", "A")
     ledger.finish("done", "t", "firing", "", "isolate: success")
     ledger.record("cut", "t", "firing", "A")
-    assert ledger.mark_lost() == 1
+    assert len(ledger.mark_lost()) == 1
     assert ledger.entry("cut", "t", "firing")["outcome"] == ledger_module.LOST  # type: ignore[index]
     assert ledger.record("cut", "t", "firing", "A") is True
     assert ledger.record("done", "t", "firing", "A") is False
@@ -142,7 +142,7 @@ def test_a_lost_resolution_is_taken_again_as_delivered_once_and_a_lost_firing_is
     first.record("r2", "t", "resolved", "A", '{"status": "resolved", "fingerprint": "r2"}')
     first.finish("r2", "t", "resolved", "", "resolved: no incident to recover")
     assert second.take_lost_resolutions() == []  # still running, as far as anyone knows
-    assert first.mark_lost() == 2  # a start on the file: r1 and f1 were lost
+    assert len(first.mark_lost()) == 2  # a start on the file: r1 and f1 were lost
     assert second.take_lost_resolutions() == ['{"status": "resolved", "fingerprint": "r1"}']
     assert first.take_lost_resolutions() == []  # taken once, by one replica
     assert first.entry("r1", "t", "resolved")["outcome"] is None  # type: ignore[index]
