@@ -104,7 +104,9 @@ def free_text_outcome(
     """Free text takes any of STRINGS but one over its length, a lone surrogate, which has
     no UTF-8 form and so could be neither stored nor logged, and a NUL, which PostgreSQL
     cannot store as text."""
-    if name in ("lone-surrogate", "nul-byte") or len(STRINGS[name]) > max_chars:
+    if name == "lone-surrogate":  # in words, not "unable to parse raw data as a unicode string"
+        return 422, f"{field}: must be Unicode text; it holds a lone surrogate"
+    if name == "nul-byte" or len(STRINGS[name]) > max_chars:
         return 422, field
     return ok, None
 

@@ -152,16 +152,24 @@ JsonNumber = Annotated[float, AnyNumber]
 # as pydantic's own ``ge``/``le`` keys, which no JSON Schema reader knows, instead of
 # ``minimum``/``maximum``: /docs showed no limit.
 
-JsonText = Annotated[str, AfterValidator(_unicode_text)]
+
+def _checked_text(value: object) -> object:
+    """``_unicode_text`` before pydantic's own checks of a string: a length limit's check
+    meets a lone surrogate first and says only "unable to parse raw data as a unicode
+    string"."""
+    return _unicode_text(value) if isinstance(value, str) else value
+
+
+JsonText = Annotated[str, BeforeValidator(_checked_text)]
 """A JSON string that is Unicode text: never a lone surrogate such as ``"\\ud800"``, nor
 ``"\\u0000"``."""
 
-Reason = Annotated[str, AfterValidator(_says_why)]
+Reason = Annotated[str, BeforeValidator(_checked_text), AfterValidator(_says_why)]
 """Why an operator acts (a forced open's reason, a rollback's reason, an incident's
 resolution): ``JsonText`` with words in it, kept without the spaces around them, on one
 line without control or bidirectional formatting characters; a blank one would leave nothing
 in the trail to say why."""
 
-OneLine = Annotated[str, AfterValidator(_one_line)]
+OneLine = Annotated[str, BeforeValidator(_checked_text), AfterValidator(_one_line)]
 """A person's words kept with an action (an acknowledgement's note): a ``Reason`` that may be
 blank."""
