@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -50,6 +50,32 @@ CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_S = 10.0
 # A connection back from the pool after sitting idle longer than this is pinged first.
 IDLE_CHECK_S = 2.0
+
+
+# Why a pool's last attempt to connect failed, by server location, until one succeeds: a
+# wait for a connection that runs out says why none came (the pool logs it only at a level
+# ERS keeps quiet, a line per reconnect), not "unreachable" of a server refusing a password.
+_CONNECT_FAILED: dict[str, str] = {}
+
+
+def note_connect(conninfo: str, failure: psycopg.Error | None) -> None:
+    """Said by a pool's connection class after each attempt to connect."""
+    if failure is None:
+        _CONNECT_FAILED.pop(server_location(conninfo), None)
+    else:
+        _CONNECT_FAILED[server_location(conninfo)] = str(failure)
+
+
+class _NotingConnection(psycopg.Connection[DictRow]):
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            note_connect(conninfo, exc)
+            raise
+        note_connect(conninfo, None)
+        return conn
 
 
 class PgPool:
@@ -115,6 +141,7 @@ class PgPool:
             )
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             url,
+            connection_class=_NotingConnection,
             min_size=min_size,
             max_size=max_size,
             timeout=POOL_TIMEOUT_S,
@@ -230,6 +257,12 @@ def unreachable_reason(exc: psycopg.Error, location: str, waited_s: float) -> st
     connection within ``waited_s``, a connection refused or lost), in words a person can act
     on; None when the server answered with an error of its own."""
     if isinstance(exc, PoolTimeout):
+        if failed := _CONNECT_FAILED.get(location):
+            line = failed.strip().splitlines()[0] if failed.strip() else "no reason given"
+            why = refused_connection(failed, location) or (
+                f"the last attempt to connect to {location} failed ({line})"
+            )
+            return f"no PostgreSQL connection within {waited_s:g} s: {why}"
         return (
             f"no PostgreSQL connection within {waited_s:g} s: the server at {location} is "
             "unreachable or overloaded; check that it is running"

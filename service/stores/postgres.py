@@ -18,7 +18,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import waiting
@@ -41,6 +41,7 @@ from service.stores.pg_pool import (
     OUTAGE_WAIT_S,
     POOL_TIMEOUT_S,
     RECONNECT_TIMEOUT_S,
+    note_connect,
     password_of,
     refused_statement,
     scrub_password,
@@ -90,6 +91,16 @@ class _Connection(psycopg.AsyncConnection[DictRow]):
     at 5 s ended after the router's own deadline, which isolated the router. The pool
     replaces a closed connection; the server rolls the statement back when it finds the
     client gone."""
+
+    @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        try:
+            conn = await super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            note_connect(conninfo, exc)  # why the pool's waits for a connection run out
+            raise
+        note_connect(conninfo, None)
+        return conn
 
     async def wait(
         self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None

@@ -19,8 +19,10 @@ from psycopg import sql
 from service.errors import StoreUnavailable
 from service.health.checks import Status
 from service.health.stores_check import StoresCheck
+from service.incidents.model import IncidentStoreUnavailable
 from service.stores import Stores
 from service.stores.base import ChatTurn
+from service.stores.pg_pool import PgPool
 from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
 from tests.e2e.test_database_outage import cluster_processes
 from tests.pg import PostgresServer
@@ -279,3 +281,62 @@ async def test_a_read_cut_by_its_callers_deadline_on_a_frozen_server_ends_at_onc
             await read
         assert done == {read} and read.cancelled()
         assert await stores.budgets.report("u1") == []  # the pool serves again
+
+
+async def test_a_password_changed_on_the_server_is_named_when_no_connection_comes(
+    own_server: PostgresServer,
+) -> None:
+    """The role's password rotated on the server and the sessions ended: every reconnect of
+    the pool is refused, and statements failed with "the server ... is unreachable or
+    overloaded; check that it is running", while it ran and answered. The pool's own words
+    for the refusal are not logged (one line per reconnect); the reason must carry them."""
+    url = own_server.create_database()
+    stores = Stores.on_postgres(url)
+    await stores.open()
+    try:
+        await upsert_profile(stores, "u1", age=30)
+        rotated = secrets.token_urlsafe(12)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(rotated))
+            )
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        reasons = []
+        for _ in range(10):  # a lost connection first, then waits for a new one
+            with pytest.raises(StoreUnavailable) as caught:
+                await stores.profiles.get("u1")
+            reasons.append(caught.value.reason)
+            if "no PostgreSQL connection within" in caught.value.reason:
+                break
+        assert 'refused the password of role "' in reasons[-1], reasons
+        assert rotated not in str(reasons) and own_server.password not in str(reasons)
+    finally:
+        await stores.close()
+
+
+def test_the_thread_pool_names_a_changed_password_too(own_server: PostgresServer) -> None:
+    """The incident store's synchronous pool: the same reason as the stores'."""
+    url = own_server.create_database()
+    pool = PgPool(url, name="ers-incidents-test", unavailable=IncidentStoreUnavailable)
+    try:
+        assert pool.rows("SELECT 1 AS one") == [{"one": 1}]
+        with psycopg.connect(url, autocommit=True) as conn:
+            rotated = sql.Literal(secrets.token_urlsafe(12))
+            conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(rotated))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        reasons = []
+        for _ in range(10):  # a lost connection first, then waits for a new one
+            with pytest.raises(IncidentStoreUnavailable) as caught:
+                pool.rows("SELECT 1 AS one")
+            reasons.append(str(caught.value))
+            if "no PostgreSQL connection within" in reasons[-1]:
+                break
+        assert 'refused the password of role "' in reasons[-1], reasons
+    finally:
+        pool.close()
