@@ -122,6 +122,19 @@ class AgentFailure(ErsError):
     """An agent failed while processing a request."""
 
 
+class RaisedBaseException(AgentFailure):
+    """A call raised a BaseException that is no Exception (KeyboardInterrupt, SystemExit, a
+    CancelledError of its own): a failure of the agent, not a stop of the chat's task."""
+
+    def __init__(self, raised: BaseException) -> None:
+        name = type(raised).__name__
+        detail = f" ({cut_short(str(raised))})" if str(raised) else ""
+        super().__init__(
+            f"the agent raised {name}{detail}, which stops programs and tasks, not a call; "
+            "an agent fails a call by raising an Exception"
+        )
+
+
 class UnknownAgent(ErsError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"no agent named '{cut_short(name)}'; known agents: {', '.join(known)}")

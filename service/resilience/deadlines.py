@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from service.errors import StoreUnavailable, cut_waiting
+from service.errors import RaisedBaseException, StoreUnavailable, cut_waiting
 
 T = TypeVar("T")
 
@@ -55,6 +55,10 @@ class _Resume:
                     value = coroutine.send(sent)
                 except StopIteration as done:
                     return done.value
+                except Exception:
+                    raise
+                except BaseException as own:  # a step of its own, not thrown in: see run
+                    raise RaisedBaseException(own) from own
 
 
 class DeadlineWatchdog:
@@ -80,6 +84,13 @@ class DeadlineWatchdog:
                 first = call.send(None)
             except StopIteration as done:
                 return done.value
+            except Exception:
+                raise
+            except BaseException as own:
+                # Raised by the call's own code (a cancellation is thrown in, never sent):
+                # let through, a KeyboardInterrupt or SystemExit failed the chat with a 500,
+                # and a CancelledError ended its task, past the breaker and the fallbacks.
+                raise RaisedBaseException(own) from own
             return await self._with_deadline(_Resume(call, first), started, timeout_s, budget_s)
         return await self._with_deadline(call, time.monotonic(), timeout_s, budget_s)
 

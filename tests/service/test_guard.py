@@ -402,3 +402,48 @@ async def test_a_timeout_cut_by_the_budget_says_so_not_the_agents_own_limit(
         "TimeoutError: the call took longer than the 0.1 s left of its 0.1 s budget for retries "
         "(total_budget_s)"
     )
+
+
+class RaisesBase:
+    """An operator's agent that raises a BaseException of its own, at once or after an await."""
+
+    def __init__(self, name: str, raised: BaseException, *, after_await: bool) -> None:
+        self.name, self.raised, self.after_await = name, raised, after_await
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        if self.after_await:
+            await asyncio.sleep(0)
+        raise self.raised
+
+
+@pytest.mark.parametrize("after_await", [False, True], ids=["at-once", "after-await"])
+@pytest.mark.parametrize(
+    "raised",
+    [KeyboardInterrupt(), SystemExit("bye"), asyncio.CancelledError(), GeneratorExit()],
+    ids=lambda e: type(e).__name__,
+)
+async def test_an_agents_own_base_exception_is_its_failure_and_falls_back(
+    harness: Harness, raised: BaseException, after_await: bool
+) -> None:
+    """Let through, it failed the chat with a 500 (and a CancelledError ended the chat's
+    task) with no fallback, no breaker failure, no error span and so no incident."""
+    guard = harness.guard(RaisesBase("coach", raised, after_await=after_await), max_attempts=1)
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded and reply.success is False
+    assert reply.content == "general guidance"
+    assert asyncio.current_task().cancelling() == 0
+    (span,) = harness.spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "RaisedBaseException"
+    assert f"the agent raised {type(raised).__name__}" in (span.status.description or "")
+    assert harness.counts()[("ers_agent_calls", "coach", "failure")] == 1
+    assert guard.breaker.snapshot()["failureCount"] == 1
+
+
+async def test_a_cancellation_of_the_chat_still_cancels_the_agents_call(harness: Harness) -> None:
+    guard = harness.guard(ScriptedAgent("coach", [5.0]), timeout_s=10)
+    call = asyncio.ensure_future(guard.handle(REQUEST))
+    await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
