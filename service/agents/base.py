@@ -96,6 +96,13 @@ def checked_reply(name: str, reply: object) -> AgentReply:
                 f"agent '{name}' returned a reply in the name of {reply.agent!r}; an agent's "
                 f"reply names the agent itself (AgentReply(agent='{name}', ...))"
             )
+        writes = reply.writes
+        if not isinstance(writes, tuple | list) or (
+            writes and not all(isinstance(w, Write) for w in writes)
+        ):
+            # The chat commits them after the guard passed the reply: a write of another
+            # type, or one not in a tuple, failed the turn with a 500 there.
+            raise BadResponse(f"agent '{name}' returned {_what_writes(writes)}")
         confidence = reply.confidence
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):
             said = f"a {type(confidence).__name__}"
@@ -114,6 +121,17 @@ def checked_reply(name: str, reply: object) -> AgentReply:
     if isinstance(reply, AgentReply):
         what = f"an AgentReply with {type(reply.content).__name__} content"
     raise BadResponse(f"agent '{name}' returned {what}, not an AgentReply with text content")
+
+
+def _what_writes(writes: object) -> str:
+    kinds = "AddExpense, SetBudgetLimit or UpdateProfile (service.stores.writes)"
+    if isinstance(writes, tuple | list):
+        odd = next(write for write in writes if not isinstance(write, Write))
+        said = f"writes holding a {type(odd).__name__}"
+    else:
+        kind = type(writes).__name__
+        said = f"writes as {'an' if kind[0] in 'AEIOU' else 'a'} {kind}"
+    return f"{said}; writes is a tuple of {kinds}"
 
 
 def _encodes(text: str) -> bool:

@@ -196,3 +196,26 @@ def test_a_confidence_out_of_range_is_named_as_it_was_returned(
     assert str(refused.value) == (
         f"agent 'coach' returned a confidence of {said}; it must be a number from 0 to 1"
     )
+
+
+@pytest.mark.parametrize(
+    ("writes", "said"),
+    [
+        (("not a write",), "writes holding a str"),
+        ((AddExpense("u1", "food", 2500), {"amount": 25}), "writes holding a dict"),
+        (AddExpense("u1", "food", 2500), "writes as an AddExpense"),
+        (None, "writes as a NoneType"),
+    ],
+)
+def test_writes_of_another_shape_are_a_bad_response(writes: object, said: str) -> None:
+    """The chat commits an agent's writes after its guard passed the reply: a write that is
+    no write, or one not in a tuple, failed the turn there with a 500, past the fallbacks."""
+    with pytest.raises(BadResponse) as refused:
+        checked_reply("coach", AgentReply("sure", "coach", writes=writes))  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        f"agent 'coach' returned {said}; writes is a tuple of AddExpense, SetBudgetLimit or "
+        "UpdateProfile (service.stores.writes)"
+    )
+    write = AddExpense("u1", "food", 2500)
+    for fine in ((write,), [write]):
+        assert checked_reply("coach", AgentReply("ok", "coach", writes=fine)).writes == fine  # type: ignore[arg-type]
