@@ -261,7 +261,9 @@ def build_agent(
     key = f"agents.{name}.factory"
     try:
         agent = config.factories[name](name, stores)
-    except (Exception, SystemExit) as exc:  # sys.exit("...") in a factory: the same mistake
+    except BaseException as exc:  # sys.exit("...") in a factory: the same mistake
+        # A plain call, so nothing cancels it from outside: a KeyboardInterrupt is the
+        # factory's own, which passed up through the lifespan as a wall of traceback, exit 3.
         raise SettingsError(
             f"invalid setting '{key}': '{spec.factory}' failed building agent '{name}' "
             f"({described(exc)})"

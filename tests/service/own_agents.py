@@ -100,6 +100,10 @@ def exiting_factory(name: str, stores: Stores) -> Coach:
     sys.exit("OPENAI_API_KEY is not set")  # as a script-minded agent module does
 
 
+def interrupting_factory(name: str, stores: Stores) -> Coach:
+    raise KeyboardInterrupt  # a prompt's Ctrl-C handler, a library giving up
+
+
 NOT_CALLABLE = 42
 
 

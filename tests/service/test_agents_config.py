@@ -366,6 +366,7 @@ def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
     ("factory", "expected"),
     [
         ("failing_factory", "failed building agent 'coach' (RuntimeError: the model file"),
+        ("interrupting_factory", "failed building agent 'coach' (KeyboardInterrupt)"),
         ("not_an_agent", "returned a dict, not an agent"),
         ("wrong_name", "returned an agent named 'coach-other' for 'coach'"),
     ],
