@@ -135,6 +135,11 @@ class RaisedBaseException(AgentFailure):
         )
 
 
+class AgentRestartFailed(ErsError):
+    """The responder's restart_agent called a Python agent's factory again, and it failed:
+    the instance the agent had stays in place."""
+
+
 class UnknownAgent(ErsError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"no agent named '{cut_short(name)}'; known agents: {', '.join(known)}")

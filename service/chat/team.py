@@ -17,7 +17,7 @@ from service.agents.config import TeamConfig, build_agent, load_team_config
 from service.agents.router import GENERAL_ANSWER, RouterAgent
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
 from service.chat.holds import end_holds_when_back
-from service.errors import UnknownAgent, UserInputError
+from service.errors import AgentRestartFailed, UnknownAgent, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.breaker_config import SECONDS_LIMITS
 from service.resilience.bulkhead import Bulkhead
@@ -376,7 +376,17 @@ def _rebuilder(
     is not rebuilt: a new client would leave the old one's connections open."""
     if not isinstance(spec, PythonAgentSpec):
         return None
-    return lambda: build_agent(name, spec, config, stores, settings)
+
+    def rebuild() -> Agent:
+        try:
+            return build_agent(name, spec, config, stores, settings)
+        except SettingsError as exc:  # the settings were good at start: the factory fails now
+            problem = str(exc).removeprefix(f"invalid setting 'agents.{name}.factory': ")
+            raise AgentRestartFailed(
+                f"agent '{name}' was not restarted and its instance answers on: {problem}"
+            ) from None
+
+    return rebuild
 
 
 def reached_as_fallback(config: TeamConfig) -> set[str]:

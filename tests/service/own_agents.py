@@ -104,6 +104,16 @@ def interrupting_factory(name: str, stores: Stores) -> Coach:
     raise KeyboardInterrupt  # a prompt's Ctrl-C handler, a library giving up
 
 
+# Set by a test: the factory builds the agent at start-up and fails when called again.
+FACTORY_NOW_FAILS = False
+
+
+def fails_at_restart(name: str, stores: Stores) -> Coach:
+    if FACTORY_NOW_FAILS:
+        raise RuntimeError("the model registry cannot be reached")
+    return Coach(name)
+
+
 NOT_CALLABLE = 42
 
 

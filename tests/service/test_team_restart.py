@@ -4,13 +4,19 @@ closed once the calls begun on it have had their time, or at once when the servi
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentReply, AgentRequest
-from service.chat.team import Team
+from service.chat.team import Team, build_team
+from service.errors import AgentRestartFailed, ErsError
 from service.resilience.breaker import BreakerConfig
 from service.resilience.guard_config import GuardConfig
+from service.settings import Settings
+from service.stores import Stores
+from tests.service import own_agents
 
 
 class Connected:
@@ -76,4 +82,32 @@ async def test_the_replaced_instance_is_closed_once_its_calls_had_their_time() -
     await closing  # after the guard's budget of 0.05 s
     assert old.closed is True  # type: ignore[attr-defined]
     assert guard.agent.closed is False  # type: ignore[attr-defined]
+    await team.aclose()
+
+
+async def test_a_restart_whose_factory_now_fails_says_so_and_keeps_the_instance(
+    tmp_path: Path, sqlite_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its failure read "invalid setting 'agents.coach.factory': ..." on the incident's
+    timeline, as if the settings were wrong, with a traceback in the log (no ERS error)."""
+    settings = Settings(
+        env="test",
+        data_dir=tmp_path / "data",
+        backups_enabled=False,
+        agents={"coach": {"kind": "python", "factory": f"{own_agents.__name__}:fails_at_restart"}},
+        agent_routes={},
+    )
+    team = build_team(sqlite_stores, TracerProvider().get_tracer("test"), None, None, settings)
+    guard = team.get("coach")
+    before = guard.agent
+    monkeypatch.setattr(own_agents, "FACTORY_NOW_FAILS", True)
+    with pytest.raises(AgentRestartFailed) as failed:
+        await team.restart(guard)
+    assert isinstance(failed.value, ErsError)
+    assert str(failed.value) == (
+        "agent 'coach' was not restarted and its instance answers on: "
+        f"'{own_agents.__name__}:fails_at_restart' failed building agent 'coach' "
+        "(RuntimeError: the model registry cannot be reached)"
+    )
+    assert guard.agent is before
     await team.aclose()
