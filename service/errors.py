@@ -140,6 +140,18 @@ class AgentRestartFailed(ErsError):
     the instance the agent had stays in place."""
 
 
+class HeldTheLoop(AgentFailure):
+    """A call ran one synchronous step longer than its whole time limit: no timer could cut
+    it, and no other request was served meanwhile. Not retried: another try holds it again."""
+
+    def __init__(self, took_s: float, limit: str) -> None:
+        super().__init__(
+            f"the call held the event loop for {took_s:.1f} s without a pause, longer than its "
+            f"{limit} limit, so no other request was served meanwhile: the agent's code "
+            "sleeps, reads or computes synchronously; run that part with asyncio.to_thread"
+        )
+
+
 class UnknownAgent(ErsError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"no agent named '{cut_short(name)}'; known agents: {', '.join(known)}")

@@ -5,6 +5,10 @@ microseconds on a path that should cost next to nothing. Here every call registe
 deadline in a dict, and one timer, armed for the earliest deadline, cancels the tasks that
 overran. With a fixed timeout, deadlines arrive in order, so the armed timer almost never
 has to move. A call cut this way raises ``TimeoutError`` in the caller, as asyncio's would.
+
+No timer cuts a call while it runs without a pause (a ``time.sleep``, a synchronous read):
+one whose last step alone took longer than its limit raises ``HeldTheLoop`` as it ends, so
+that it is a failure of the agent, not a success that held every other request up.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from service.errors import RaisedBaseException, StoreUnavailable, cut_waiting
+from service.errors import HeldTheLoop, RaisedBaseException, StoreUnavailable, cut_waiting
 
 T = TypeVar("T")
 
@@ -31,11 +35,12 @@ class _Deadline:
 class _Resume:
     """Continues a coroutine that was already stepped once, as ``await`` would have."""
 
-    __slots__ = ("_coroutine", "_first")
+    __slots__ = ("_coroutine", "_first", "_limit_s")
 
-    def __init__(self, coroutine: Coroutine[Any, Any, T], first: Any) -> None:
+    def __init__(self, coroutine: Coroutine[Any, Any, T], first: Any, limit_s: float) -> None:
         self._coroutine = coroutine
         self._first = first
+        self._limit_s = limit_s
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coroutine, value = self._coroutine, self._first
@@ -51,9 +56,13 @@ class _Resume:
                 except StopIteration as done:
                     return done.value
             else:
+                stepped = time.monotonic()
                 try:
                     value = coroutine.send(sent)
                 except StopIteration as done:
+                    # A last step longer than the limit ended before the timer could run.
+                    if (took := time.monotonic() - stepped) > self._limit_s:
+                        raise HeldTheLoop(took, f"{self._limit_s:g} s") from None
                     return done.value
                 except Exception:
                     raise
@@ -83,6 +92,9 @@ class DeadlineWatchdog:
             try:
                 first = call.send(None)
             except StopIteration as done:
+                # No timer can cut a step: one longer than the limit held everyone up.
+                if (took := time.monotonic() - started) > timeout_s:
+                    raise HeldTheLoop(took, _limit(timeout_s, budget_s)) from None
                 return done.value
             except Exception:
                 raise
@@ -91,7 +103,8 @@ class DeadlineWatchdog:
                 # let through, a KeyboardInterrupt or SystemExit failed the chat with a 500,
                 # and a CancelledError ended its task, past the breaker and the fallbacks.
                 raise RaisedBaseException(own) from own
-            return await self._with_deadline(_Resume(call, first), started, timeout_s, budget_s)
+            resumed = _Resume(call, first, timeout_s)
+            return await self._with_deadline(resumed, started, timeout_s, budget_s)
         return await self._with_deadline(call, time.monotonic(), timeout_s, budget_s)
 
     async def _with_deadline(

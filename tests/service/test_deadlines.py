@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from service.errors import StoreUnavailable, cut_waiting, note_cut_waiting
+from service.errors import HeldTheLoop, StoreUnavailable, cut_waiting, note_cut_waiting
 from service.resilience.deadlines import DeadlineWatchdog
 
 
@@ -96,3 +97,22 @@ async def test_an_outside_cancellation_of_a_store_wait_is_not_the_stores_failure
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cut_waiting(task) is None  # nothing left behind for a later call of the task
+
+
+async def holds_the_loop(seconds: float, pause_first: bool) -> str:
+    if pause_first:
+        await asyncio.sleep(0)
+    time.sleep(seconds)  # the agent's code blocking, as a synchronous client would
+    return "held"
+
+
+@pytest.mark.parametrize("pause_first", [False, True])
+async def test_a_call_that_holds_the_loop_past_its_limit_is_no_success(pause_first: bool) -> None:
+    """No timer can cut a step that never pauses: it answered, and counted as a success,
+    however long every other request waited for it."""
+    with pytest.raises(HeldTheLoop, match="held the event loop for 0.2 s without a pause"):
+        await DeadlineWatchdog().run(holds_the_loop(0.2, pause_first), 0.05)
+
+
+async def test_a_short_synchronous_step_within_the_limit_answers() -> None:
+    assert await DeadlineWatchdog().run(holds_the_loop(0.01, True), 1.0) == "held"

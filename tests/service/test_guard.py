@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import time
 import types
 
 import pytest
@@ -447,3 +448,33 @@ async def test_a_cancellation_of_the_chat_still_cancels_the_agents_call(harness:
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+
+
+class HoldsTheLoop:
+    """An operator's agent that calls a synchronous client inside ``async def handle``."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self.seconds = seconds
+        self.calls = 0
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        self.calls += 1
+        time.sleep(self.seconds)  # what the agent does: every other request waits
+        return AgentReply("answered late", self.name)
+
+
+async def test_an_agent_that_holds_the_loop_past_its_timeout_fails_and_is_not_retried(
+    harness: Harness,
+) -> None:
+    """It counted as a success: no timer can cut a step that never pauses, so the breaker
+    never opened and the agent held the whole service up on every call, unnoticed."""
+    agent = HoldsTheLoop("coach", 0.3)
+    guard = harness.guard(agent, timeout_s=0.1, max_attempts=3)
+    reply = await guard.handle(REQUEST)
+    assert reply.degraded and reply.content == "general guidance"
+    assert agent.calls == 1  # another try would hold everyone up again
+    (span,) = harness.spans.get_finished_spans()
+    assert span.attributes["error.type"] == "HeldTheLoop"
+    assert "held the event loop for 0.3 s" in (span.status.description or "")
+    assert guard.breaker.snapshot()["failureCount"] == 1
