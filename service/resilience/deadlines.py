@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -62,7 +63,7 @@ class _Resume:
                 except StopIteration as done:
                     # A last step longer than the limit ended before the timer could run.
                     if (took := time.monotonic() - stepped) > self._limit_s:
-                        raise HeldTheLoop(took, f"{self._limit_s:g} s") from None
+                        _held(stepped, took, f"{self._limit_s:g} s")
                     return done.value
                 except Exception:
                     raise
@@ -94,7 +95,7 @@ class DeadlineWatchdog:
             except StopIteration as done:
                 # No timer can cut a step: one longer than the limit held everyone up.
                 if (took := time.monotonic() - started) > timeout_s:
-                    raise HeldTheLoop(took, _limit(timeout_s, budget_s)) from None
+                    _held(started, took, _limit(timeout_s, budget_s))
                 return done.value
             except Exception:
                 raise
@@ -161,6 +162,23 @@ class DeadlineWatchdog:
                 earliest = deadline.at
         if earliest != float("inf"):
             self._arm(loop, earliest)
+
+
+# When each task last had a call fail as HeldTheLoop: the calls around it (the router's, over
+# its agent's) ran as long, but the one that held the loop has been named and failed.
+_HELD: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _held(step_started: float, took_s: float, limit: str) -> None:
+    """Raise HeldTheLoop for a step that began at ``step_started``, unless a call inside it
+    already did."""
+    task = asyncio.current_task()
+    if task is None:
+        raise HeldTheLoop(took_s, limit)
+    if _HELD.get(task, -1.0) >= step_started:
+        return
+    _HELD[task] = time.monotonic()
+    raise HeldTheLoop(took_s, limit)
 
 
 def _took_longer(timeout_s: float, budget_s: float | None) -> str:

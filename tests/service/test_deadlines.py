@@ -116,3 +116,20 @@ async def test_a_call_that_holds_the_loop_past_its_limit_is_no_success(pause_fir
 
 async def test_a_short_synchronous_step_within_the_limit_answers() -> None:
     assert await DeadlineWatchdog().run(holds_the_loop(0.01, True), 1.0) == "held"
+
+
+async def test_the_call_around_one_that_held_the_loop_is_not_failed_for_it_too() -> None:
+    """The router's call holds its agent's: it ran as long, but the agent's call failed for
+    it and its fallback answered; failing the router too would isolate every intent."""
+    watchdog = DeadlineWatchdog()
+
+    async def router() -> str:
+        try:
+            return await watchdog.run(holds_the_loop(0.2, False), 0.05)
+        except HeldTheLoop:
+            return "fallback"
+
+    assert await watchdog.run(router(), 0.1) == "fallback"
+    # A later call of the same task that holds the loop is its own failure again.
+    with pytest.raises(HeldTheLoop):
+        await watchdog.run(holds_the_loop(0.2, False), 0.05)
