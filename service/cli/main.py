@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import logging
 import os
@@ -238,7 +239,39 @@ class GracefulServer:
         return bool(self._server.started)
 
     def run(self, listener: socket.socket) -> None:
-        self._server.run(sockets=[listener])
+        """``asyncio.run`` of the server, but a task that will not end (an agent that catches
+        the cancellation of its call) does not hold the process once the server is down:
+        asyncio.run waits for every task it cancels, for ever."""
+        factory = self._server.config.get_loop_factory()
+        loop = factory() if factory is not None else asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._server.serve(sockets=[listener]))
+        finally:
+            try:
+                _end_tasks(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+
+# How long the tasks left when the server is down get to end once cancelled.
+TASKS_END_GRACE_S = 5.0
+
+
+def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    _, left = loop.run_until_complete(asyncio.wait(tasks, timeout=TASKS_END_GRACE_S))
+    if left:
+        logging.getLogger("ers").warning(
+            "%d task(s) did not end when cancelled (an agent that catches "
+            "asyncio.CancelledError holds its chat so): ERS stops without them",
+            len(left),
+        )
 
 
 DESCRIPTION = """\

@@ -4,10 +4,13 @@ built stops ``ers serve`` with one line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -468,3 +471,38 @@ def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) 
         assert ers.stop() == 0, ers.log()[-4000:]
     assert closed_while_running == "closed instance 1\n"
     assert close_log.read_text() == "closed instance 1\nclosed instance 2\n"
+
+
+def test_a_sigterm_ends_the_service_though_an_agent_never_lets_its_call_go(
+    tmp_path: Path,
+) -> None:
+    """An agent that catches the cancellation of its call holds its chat, as the README says;
+    it held the process too: uvicorn's shutdown ended, and then Python's own clean-up waited
+    for the chat's task for ever, so a supervisor's SIGTERM never stopped ERS."""
+    agents = {**BUILT_IN, "stuck": {"kind": "python", "factory": f"{HELPERS}:uncancellable"}}
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "stuck"})
+    caught = tmp_path / "cancel-caught"
+    env = {
+        "ERS_CONFIG": str(config),
+        "PYTHONPATH": str(ROOT),
+        "ERS_AGENT_TIMEOUT_S": "1",
+        "ERS_TEST_CANCEL_CAUGHT": str(caught),
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+
+    def ask() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{ers.url}/chat", json={"message": "workout plan"}, timeout=60)
+
+    threading.Thread(target=ask, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not caught.exists():  # the agent's timeout cut the call, and it went on
+            assert time.monotonic() < deadline, ers.log()[-3000:]
+            time.sleep(0.1)
+        ers.process.send_signal(signal.SIGTERM)
+        code = ers.process.wait(timeout=60)
+    finally:
+        ers.stop(signal.SIGKILL)
+    assert code == 0, ers.log()[-3000:]
+    assert "did not end when cancelled" in ers.log(), ers.log()[-3000:]

@@ -240,3 +240,23 @@ def replies_as_another_agent(name: str, stores: Stores) -> MisreplyingCoach:
 
 def moody(name: str, stores: Stores) -> MoodyCoach:
     return MoodyCoach(name)
+
+
+class UncancellableCoach(Coach):
+    """Catches the cancellation of its call and goes on waiting: its timeout cannot cut it,
+    nor can the service's shutdown."""
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                # Where a test waits for it: the call was cut, and goes on.
+                if marker := os.environ.get("ERS_TEST_CANCEL_CAUGHT"):
+                    with open(marker, "a") as caught:
+                        caught.write("caught\n")
+                continue
+
+
+def uncancellable(name: str, stores: Stores) -> UncancellableCoach:
+    return UncancellableCoach(name)
