@@ -40,6 +40,10 @@ log = logging.getLogger("ers.state_keeper")
 BREAKER_PREFIX = "breaker:"
 SYSTEM_KEY = "system"
 RETRY_MAX_S = 30.0
+# How long a reply that says a change is saved waits for the store. PostgreSQL lets a write
+# wait for another session's lock for as long as it is held (SQLite gives up after 2 s): an
+# alert's isolation would stay unanswered, neither done nor said not kept, for that long.
+SAVE_WAIT_S = 5.0
 
 
 class KeptSwitch(Protocol):
@@ -246,9 +250,15 @@ class StateKeeper:
         """``flush()`` for an operator's reply: None once every change is stored, else why
         not (the changes stay marked; the writer retries them in the background)."""
         try:
-            await self.flush()
+            async with asyncio.timeout(SAVE_WAIT_S):
+                await self.flush()
         except StoreUnavailable as exc:
             return str(exc)
+        except TimeoutError:
+            return (
+                f"the system_state store did not take the write within {SAVE_WAIT_S:g} s: "
+                "another session may hold a lock on its table (see pg_stat_activity)"
+            )
         return None
 
     async def _write_loop(self) -> None:

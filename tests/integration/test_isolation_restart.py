@@ -548,3 +548,63 @@ def test_an_alerts_isolation_not_kept_before_a_kill_9_is_taken_again_by_its_next
         assert "breaker:workout" in kept_records(workdir)
     finally:
         again.stop()
+
+
+def pg_alert_outcome(pg_url: str, status: str) -> str | None:
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(
+            "SELECT outcome FROM ers_incidents.alert_ledger WHERE alertname = 'AgentErrorRatioHigh'"
+            " AND status = %s",
+            (status,),
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+def test_on_postgresql_an_isolation_whose_save_waits_on_a_lock_is_said_not_kept(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Another session holds the system_state table locked while an isolate alert arrives.
+    PostgreSQL lets the save wait as long as the lock is held: the alert's action stood
+    unanswered (no ledger outcome, an ``action_started`` with no end), and after a kill -9
+    that start held the next delivery off as within its cooldown. Said not kept after a
+    bounded wait, the next delivery after the restart isolates again."""
+    workdir = tmp_path / "ers"
+    env = {"ERS_ALERT_TOKEN": TOKEN, "ERS_DATABASE_URL": pg_url}
+    ers = start_ers(workdir, env=env)
+    holder = psycopg.connect(pg_url)
+    try:
+        holder.execute("LOCK TABLE ers_system_state.state IN ACCESS EXCLUSIVE MODE")
+        reply = httpx.post(
+            f"{ers.url}/api/emergency/alerts",
+            json=alert_payload("firing"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 30
+        while (outcome := pg_alert_outcome(pg_url, "firing")) is None:
+            assert time.monotonic() < deadline, f"the alert was not answered: {ers.log()}"
+            time.sleep(0.1)
+        assert "not kept across a restart" in outcome, outcome
+        assert breakers(ers)["workout"]["state"] == "forced_open"
+    finally:
+        ers.stop(signal.SIGKILL)
+        holder.close()
+
+    again = start_ers(workdir, env=env)
+    try:
+        reply = httpx.post(
+            f"{again.url}/api/emergency/alerts",
+            json=alert_payload("firing"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert reply.json()["new"] == 1, reply.text
+        deadline = time.monotonic() + 30
+        while pg_alert_outcome(pg_url, "firing") in (None, outcome):
+            assert time.monotonic() < deadline, f"the alert was not acted on: {again.log()}"
+            time.sleep(0.1)
+        assert pg_alert_outcome(pg_url, "firing") == "isolate: success"
+        assert breakers(again)["workout"]["state"] == "forced_open"
+    finally:
+        again.stop()
