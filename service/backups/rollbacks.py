@@ -71,12 +71,15 @@ class Rollbacks:
         reason = f"automatic rollback for {incident_id}"
         if backups.one_component_per_snapshot:
             # Each component from its own newest snapshot before the incident.
+            # Each swap commits on its own: one noted as it is done tells, after a kill cuts
+            # the rest off, which components are rolled back and which are as they were.
             done = []
             for component in ROLLBACK_COMPONENTS:
                 snapshot_id = await self.snapshot_before(incident_id, [component])
                 result = await backups.rollback(snapshot_id, [component], reason)
                 done.append(f"{component} to {result.snapshot_id[:8]}")
                 done += result.notes
+                await asyncio.to_thread(self._note_done, incident_id, component, result)
             return f"rolled back {', '.join(done)}"
         snapshot_id = await self.snapshot_before(incident_id, ROLLBACK_COMPONENTS)
         result = await backups.rollback(snapshot_id, None, reason)
@@ -85,6 +88,18 @@ class Rollbacks:
             f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
             f"{notes}"
         )
+
+    def _note_done(self, incident_id: str, component: str, result: RollbackResult) -> None:
+        note = (
+            f"rollback: {component} rolled back to {result.snapshot_id[:8]} (its state before in"
+            f" safety snapshot {result.safety_snapshot_id[:8]})"
+        )
+        try:
+            self.incidents.add_timeline(incident_id, "note", note, "ers", {"component": component})
+        except Exception as exc:  # the rollback goes on; its outcome names every component
+            log.warning(
+                "could not note on %s that %s is rolled back: %s", incident_id, component, exc
+            )
 
     def record_start(self, request: RollbackRequest, snapshot_id: str) -> str | None:
         """Blocking: the trail's entry before the rollback begins, so that one a kill cuts
@@ -188,10 +203,11 @@ class _Outcome:
 
 INTERRUPTED = (
     "the process running it stopped before its outcome was written (a kill or a crash, or a "
-    "trail it could not write to until it stopped): the live state is wholly the one before "
+    "trail it could not write to until it stopped): each component is wholly the state before "
     "it or wholly the snapshot's (on SQLite a swap it had begun is undone at the next start: "
     "rollback_undone; on PostgreSQL a swap that committed stays: `ers backup test-rollback` "
-    "on the snapshot shows which); its safety snapshot, if taken, is tagged reason:pre-rollback"
+    "on the snapshot shows which, and an automatic rollback notes on its incident's timeline "
+    "each component it rolled back); its safety snapshot, if taken, is tagged reason:pre-rollback"
 )
 
 

@@ -232,3 +232,42 @@ async def test_the_look_after_the_stamp_window_leaves_this_process_s_own_rollbac
     told = [e["detail"]["run"] for e in fleet_audit.recent(20) if e["action"] != ROLLBACK_STARTED]
     assert sorted(told) == sorted([restarted, elsewhere])
     assert running not in told
+
+
+async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() -> None:
+    """On PostgreSQL each component's swap commits on its own: an automatic rollback a kill
+    cuts off after some of them has replaced those and left the others as they were. Before,
+    nothing but its end said which; each component is noted on the incident as it is done."""
+    notes: list[tuple[str, str, str]] = []
+    incidents = SimpleNamespace(
+        get=lambda incident_id: SimpleNamespace(first_seen=1_800_000_000.0),
+        add_timeline=lambda incident_id, kind, message, who, data=None: notes.append(
+            (incident_id, kind, message)
+        ),
+    )
+    rolled: list[str] = []
+
+    async def rollback(snapshot_id: str, components: list[str], reason: str) -> Any:
+        if rolled:
+            raise RuntimeError("the process stopped here")
+        rolled.extend(components)
+        return SimpleNamespace(snapshot_id=snapshot_id, safety_snapshot_id="5afe7e00", notes=[])
+
+    backups = SimpleNamespace(
+        one_component_per_snapshot=True,
+        newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
+        rollback=rollback,
+    )
+    rollbacks = Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
+    context = SimpleNamespace(incident_id="INC_1", source="alertmanager")
+    with pytest.raises(RuntimeError):
+        await rollbacks.automatic(context)  # type: ignore[arg-type]
+    assert rolled == ["conversations"]
+    assert notes == [
+        (
+            "INC_1",
+            "note",
+            "rollback: conversations rolled back to conv0000 (its state before in safety "
+            "snapshot 5afe7e00)",
+        )
+    ]
