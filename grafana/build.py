@@ -180,7 +180,7 @@ def agents() -> Json:
         timeseries("Forced opens by source", "none",
                    per_step("agent, source", forced, "{{agent}} by {{source}}"), bars=True),
         table("Forced opens in range", "none",
-              q(f"sum by (agent, source) (increase({forced}[$__range])) > 0"),
+              q(f"sum by (agent, source) ({grown_in_range(forced)}) > 0"),
               columns={"Value": "forced opens"}),
     ]
     variables = [query_variable("agent", "Agent", "label_values(ers_agent_calls_total, agent)")]
@@ -259,7 +259,7 @@ def backups() -> Json:
         timeseries("Backup duration", "s", *quantiles("ers_backup_duration_seconds_bucket"),
                    description="All components together: the histogram has no component label."),
         timeseries("Bytes added", "bytes",
-                   q(f"sum(increase(ers_backup_added_bytes_total{RATE}))", "added"), bars=True),
+                   per_step("", "ers_backup_added_bytes_total", "added"), bars=True),
         timeseries("Failures by reason", "none",
                    per_step("reason", "ers_backup_failures_total", "{{reason}}"), bars=True),
         timeseries("Snapshot count", "none", q("max(ers_backup_snapshots)", "snapshots")),

@@ -286,13 +286,17 @@ def dashboard(
 
 # --- PromQL shapes the dashboards share ---------------------------------------------
 
-RATE = "[$__rate_interval]"
+RATE_WINDOW = "$__rate_interval"
+RATE = f"[{RATE_WINDOW}]"
 
 
 def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
+    """p50, p95 and p99 over each $__rate_interval. histogram_quantile() reads the buckets'
+    growth (``grown_in``), not their rate: the quantiles are the same, and a histogram's first
+    observations (a first rollback, a first recovery) count."""
     group = f"{by}, le" if by else "le"
-    rate = f"sum by ({group}) (rate({bucket}{RATE}))"
-    return [q(f"histogram_quantile({p / 100}, {rate})", f"{legend}p{p}") for p in (50, 95, 99)]
+    grown = f"sum by ({group}) ({grown_in(bucket, RATE_WINDOW)})"
+    return [q(f"histogram_quantile({p / 100}, {grown})", f"{legend}p{p}") for p in (50, 95, 99)]
 
 
 def traced_p95(selector: str, by: str = "", legend: str = "") -> Query:
@@ -303,17 +307,27 @@ def traced_p95(selector: str, by: str = "", legend: str = "") -> Query:
     return q(f"histogram_quantile(0.95, {rate})", f"{legend}p95 of traced spans", exemplar=True)
 
 
-def grown_in_range(series: str) -> str:
-    """How much a counter (or histogram series) grew over the dashboard's range.
+def grown_in(series: str, window: str) -> str:
+    """How much a counter (or histogram series) grew over ``window``.
 
     increase() cannot count a series' first sample, and a counter of rare events (incidents,
-    protocol actions, recoveries) first appears already at 1: series that appeared within
-    the range count with their whole value."""
-    return f"(({series} unless {series} offset $__range) or increase({series}[$__range]))"
+    breaker transitions, forced opens, rollbacks, protocol actions, recoveries) first appears
+    already at 1, so its first event would never show: a series with no sample in the
+    $__rate_interval before the window counts with its whole value. present_over_time()
+    skips staleness markers, so a failed scrape does not make a series look new."""
+    new = f"{series} unless present_over_time({series}[{RATE_WINDOW}] offset {window})"
+    return f"(({new}) or increase({series}[{window}]))"
+
+
+def grown_in_range(series: str) -> str:
+    """How much a counter (or histogram series) grew over the dashboard's range."""
+    return grown_in(series, "$__range")
 
 
 INCIDENTS_IN_RANGE = grown_in_range("ers_incidents_total")
 
 
 def per_step(by: str, counter: str, legend: str) -> Query:
-    return q(f"sum by ({by}) (increase({counter}{RATE}))", legend)
+    """Counts per $__rate_interval, the first event of each series included."""
+    grouping = f"sum by ({by})" if by else "sum"
+    return q(f"{grouping} ({grown_in(counter, RATE_WINDOW)})", legend)

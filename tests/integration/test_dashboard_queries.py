@@ -18,13 +18,7 @@ pytestmark = pytest.mark.integration
 
 # Panels that a short run cannot fill, by (dashboard uid, panel title), with the reason.
 # Trace tables query Tempo, not Prometheus, and never appear in dashboard_queries().
-EXEMPT: dict[tuple[str, str], str] = {
-    ("ers-incidents", "Time to recover"): (
-        "a rate over a few minutes of a rare event: it shows a line once two incidents of "
-        "one severity recovered within the window, which a short run does not promise; the "
-        "range table beside it covers the same data"
-    ),
-}
+EXEMPT: dict[tuple[str, str], str] = {}
 WAIT_FOR_DATA_S = 30.0
 
 
