@@ -16,12 +16,8 @@ from typing import Any
 import yaml
 
 from grafana.panels import (
-    ALERTMANAGER_UID,
-    EXEMPLAR_TRACE_ID_LABEL,
     INCIDENTS_IN_RANGE,
-    PROMETHEUS_UID,
     RATE,
-    TEMPO_UID,
     Json,
     color_by_name,
     dashboard,
@@ -39,16 +35,12 @@ from grafana.panels import (
     traced_p95,
     value_text,
 )
+from grafana.sources import dashboard_provider, datasources
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASOURCES_FILE = "grafana/provisioning/datasources/datasources.yaml"
 PROVIDER_FILE = "grafana/provisioning/dashboards/dashboards.yaml"
 DASHBOARDS_DIR = "grafana/dashboards"
-# Where compose mounts grafana/dashboards inside the Grafana container.
-CONTAINER_DASHBOARDS_DIR = "/var/lib/grafana/dashboards"
-FOLDER_UID = "ers"
-# Prometheus scrapes ERS every 15s; Grafana must not ask for finer steps than that.
-SCRAPE_INTERVAL = "15s"
 SLO = "99.9%"
 BUDGET = "0.001"
 
@@ -77,8 +69,8 @@ BURN_NOTE = (
 )
 
 
-# Dashboards and data sources read as tables, one panel or source per statement; the
-# formatter would spread each call over a dozen lines.
+# Dashboards read as tables, one panel per statement; the formatter would spread each call
+# over a dozen lines.
 # fmt: off
 def system_health() -> Json:
     chat = "ers_chat_requests_total"
@@ -273,52 +265,6 @@ def backups() -> Json:
 
 def dashboards() -> list[Json]:
     return [system_health(), agents(), incidents(), backups()]
-
-
-def datasources() -> Json:
-    tags = [{"key": "ers.agent", "value": "agent"}]  # the span attribute and the metric label
-    agent_queries = [
-        {"name": "Agent calls", "query": "sum by (agent, outcome) "
-         "(rate(ers_agent_calls_total{$__tags}[5m]))"},
-        {"name": "Agent p95 latency", "query": "histogram_quantile(0.95, sum by (le) "
-         "(rate(ers_agent_call_duration_seconds_bucket{$__tags}[5m])))"},
-    ]
-    # Exemplars reach Prometheus from Tempo's span metrics alone (grafana/panels.py says why),
-    # with the trace id in the label Tempo's generator names it.
-    exemplars = [{"name": EXEMPLAR_TRACE_ID_LABEL, "datasourceUid": TEMPO_UID,
-                  "urlDisplayLabel": "Trace ${__value.raw}"}]
-    prometheus = {"timeInterval": SCRAPE_INTERVAL, "httpMethod": "POST",
-                  "exemplarTraceIdDestinations": exemplars}
-    tempo = {
-        "tracesToMetrics": {"datasourceUid": PROMETHEUS_UID, "tags": tags,
-                            "spanStartTimeShift": "-5m", "spanEndTimeShift": "5m",
-                            "queries": agent_queries},
-        "serviceMap": {"datasourceUid": PROMETHEUS_UID},
-        "nodeGraph": {"enabled": True},
-        "search": {"hide": False},
-        "traceQuery": {"timeShiftEnabled": True, "spanStartTimeShift": "-30m",
-                       "spanEndTimeShift": "30m"},
-    }
-    alertmanager = {"implementation": "prometheus", "handleGrafanaManagedAlerts": False}
-    sources = [
-        ("Prometheus", "prometheus", PROMETHEUS_UID, "http://prometheus:9090", prometheus),
-        ("Tempo", "tempo", TEMPO_UID, "http://tempo:3200", tempo),
-        ("Alertmanager", "alertmanager", ALERTMANAGER_UID, "http://alertmanager:9093",
-         alertmanager),
-    ]
-    return {"apiVersion": 1, "datasources": [
-        {"name": name, "type": kind, "uid": uid, "access": "proxy", "url": url,
-         "isDefault": kind == "prometheus", "editable": False, "jsonData": json_data}
-        for name, kind, uid, url, json_data in sources
-    ]}
-
-
-def dashboard_provider() -> Json:
-    provider = {"name": "ers", "orgId": 1, "type": "file", "folder": "ERS",
-                "folderUid": FOLDER_UID, "disableDeletion": True, "allowUiUpdates": False,
-                "updateIntervalSeconds": 30,
-                "options": {"path": CONTAINER_DASHBOARDS_DIR, "foldersFromFilesStructure": False}}
-    return {"apiVersion": 1, "providers": [provider]}
 
 
 # fmt: on
