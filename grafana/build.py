@@ -50,6 +50,9 @@ AGENT = 'agent=~"$agent"'
 # Tempo's span metrics of ERS's spans; the probes' server spans are left out as above.
 ERS_SPANS = 'service="ers"'
 SERVED_SPANS = 'span_name!~"GET /(metrics|livez|readyz)"'
+# The guarded calls' spans, agent.<name> (an agent's name has no dot): the fallback.<name>
+# spans under them and agent.<name>.breaker carry the same ers.agent.
+AGENT_SPANS = 'span_name=~"agent\\\\.[^.]+"'
 MEMORY = ((None, "green"), (0.8, "orange"), (0.9, "red"))
 ALARM = ((None, "green"), (1, "red"))
 STATES = {"normal": "green", "degraded": "orange", "emergency": "red", "recovery": "blue"}
@@ -146,7 +149,8 @@ def agents() -> Json:
         timeseries("Latency", "s",
                    *quantiles(f"ers_agent_call_duration_seconds_bucket{{{AGENT}}}", "agent",
                               "{{agent}} "),
-                   traced_p95(f'{ERS_SPANS}, ers_agent=~"$agent"', "ers_agent", "{{ers_agent}} "),
+                   traced_p95(f'{ERS_SPANS}, {AGENT_SPANS}, ers_agent=~"$agent"', "ers_agent",
+                              "{{ers_agent}} "),
                    description="Agent call latency. The traced lines and their dots "
                    "(exemplars) come from Tempo's span metrics of the agent.<name> spans; a "
                    "dot opens its trace."),

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -22,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 build = importlib.import_module("grafana.build")
 panels = importlib.import_module("grafana.panels")
+dashboard_queries = importlib.import_module("tests.grafana.queries").dashboard_queries
 
 TEMPO_CONFIG = ROOT / "deploy" / "tempo.yaml"
 # Tempo's metrics generator names the exemplar label traceID unless the overrides set
@@ -127,3 +131,39 @@ def test_ers_own_prometheus_exporter_writes_no_exemplars() -> None:
     lines = text.splitlines()
     assert any(line.startswith(bucket) and 'le="5.0"' in line for line in lines), text
     assert "# {" not in text
+
+
+def test_the_agents_traced_line_reads_the_agent_spans_alone(tmp_path: Path) -> None:
+    """Tempo's span metrics label every span carrying ers.agent with ers_agent: besides the
+    guarded call's agent.<name>, the fallback.<name> spans under it and a breaker's trip span
+    agent.<name>.breaker. The per-agent p95 is that of the calls, as the panel says."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    [expr] = [
+        e
+        for uid, title, e in dashboard_queries()
+        if (uid, title) == ("ers-agents", "Latency") and panels.SPAN_LATENCY in e
+    ]
+    # Ten spans a minute each; the calls all under 0.1 s, the others all between 1 and 5 s.
+    spans = {"agent.budget": "0.1", "fallback.workout": "5", "agent.budget.breaker": "5"}
+    series = []
+    for span_name, le_of_all in spans.items():
+        for le in ("0.1", "5", "+Inf"):
+            labels = f'service="ers", span_name="{span_name}", ers_agent="budget", le="{le}"'
+            below = float(le) < float(le_of_all)
+            values = "0x30" if below else "0+10x30"
+            series.append({"series": f"{panels.SPAN_LATENCY}{{{labels}}}", "values": values})
+    # The calls' p95 is under 0.1 s; with the other spans mixed in it would be over 1 s.
+    case = {
+        "expr": f"({expr}) < bool 0.1",
+        "eval_time": "20m",
+        "exp_samples": [{"labels": '{ers_agent="budget"}', "value": 1}],
+    }
+    test = {"interval": "1m", "input_series": series, "promql_expr_test": [case]}
+    path = tmp_path / "traced.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "tests": [test]}, sort_keys=False))
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{expr}"
