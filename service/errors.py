@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import unicodedata
 import weakref
 
@@ -80,21 +81,25 @@ class StoreUnavailable(ErsError):
         return f"the {self.component} {'stores' if self.several else 'store'}"
 
 
-# The store each task was waiting on when it was cancelled, while it waits: a call cut by
-# its time limit then failed for the store, not for the agent that made it.
-_CUT_WAITING: weakref.WeakKeyDictionary[asyncio.Task[object], str] = weakref.WeakKeyDictionary()
+# The store each task was waiting on when it was last cancelled, and when: a call cut by its
+# time limit while it waited failed for the store, not for the agent that made it.
+_CUT_WAITING: weakref.WeakKeyDictionary[asyncio.Task[object], tuple[str, float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def note_cut_waiting(component: str) -> None:
     """Said by a store whose wait (for its database, or a file's lock) was cancelled."""
     task = asyncio.current_task()
     if task is not None:
-        _CUT_WAITING[task] = component
+        _CUT_WAITING[task] = (component, time.monotonic())
 
 
-def cut_waiting(task: asyncio.Task[object]) -> str | None:
-    """The store ``task`` was waiting on when it was last cancelled, if it was (once)."""
-    return _CUT_WAITING.pop(task, None)
+def cut_waiting(task: asyncio.Task[object], since: float) -> str | None:
+    """The store ``task`` was waiting on when it was last cancelled, if that was at or after
+    ``since`` (a ``time.monotonic()``: the cut call's start, not an earlier wait's); once."""
+    component, at = _CUT_WAITING.pop(task, ("", -1.0))
+    return component if at >= since else None
 
 
 class StorePaused(StoreUnavailable):

@@ -128,7 +128,7 @@ class DeadlineWatchdog:
         try:
             return await awaitable
         except asyncio.CancelledError:
-            waited_on = cut_waiting(task)
+            waited_on = cut_waiting(task, started)
             if deadline.expired and task.uncancel() == 0:
                 if waited_on is not None:  # the store did not answer in time, not the call
                     limit = _limit(timeout_s, budget_s)

@@ -84,6 +84,11 @@ async def test_a_call_cut_while_it_waited_for_a_store_failed_for_the_store() -> 
     with pytest.raises(StoreUnavailable, match="no answer within the call's time limit") as cut:
         await watchdog.run(waits_on_a_store("budgets"), 0.05)
     assert cut.value.component == "budgets"
+
+    # A wait cut earlier in the task (a save given up on) is not this call's.
+    note_cut_waiting("system_state")
+    with pytest.raises(TimeoutError):
+        await watchdog.run(sleeps(5), 0.05)
     # Said once: the next call the task makes that overruns is its own timeout.
     with pytest.raises(TimeoutError):
         await watchdog.run(sleeps(5), 0.05)
@@ -96,7 +101,7 @@ async def test_an_outside_cancellation_of_a_store_wait_is_not_the_stores_failure
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert cut_waiting(task) is None  # nothing left behind for a later call of the task
+    assert cut_waiting(task, 0.0) is None  # nothing left behind for a later call of the task
 
 
 async def holds_the_loop(seconds: float, pause_first: bool) -> str:
