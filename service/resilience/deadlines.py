@@ -67,8 +67,8 @@ class _Resume:
                     return done.value
                 except Exception:
                     raise
-                except BaseException as own:  # a step of its own, not thrown in: see run
-                    raise RaisedBaseException(own) from own
+                except BaseException as raised:
+                    _raise_own(raised)
 
 
 class DeadlineWatchdog:
@@ -99,11 +99,8 @@ class DeadlineWatchdog:
                 return done.value
             except Exception:
                 raise
-            except BaseException as own:
-                # Raised by the call's own code (a cancellation is thrown in, never sent):
-                # let through, a KeyboardInterrupt or SystemExit failed the chat with a 500,
-                # and a CancelledError ended its task, past the breaker and the fallbacks.
-                raise RaisedBaseException(own) from own
+            except BaseException as raised:
+                _raise_own(raised)
             resumed = _Resume(call, first, timeout_s)
             return await self._with_deadline(resumed, started, timeout_s, budget_s)
         return await self._with_deadline(call, time.monotonic(), timeout_s, budget_s)
@@ -162,6 +159,19 @@ class DeadlineWatchdog:
                 earliest = deadline.at
         if earliest != float("inf"):
             self._arm(loop, earliest)
+
+
+def _raise_own(raised: BaseException) -> None:
+    """Re-raise what a step of the call raised that is no Exception: as it is when it is the
+    cancellation of the task (a code's cleanup that awaits, as ``async with`` does, passes
+    it on in a later step), else as the agent's own failure. Let through, an agent's own
+    KeyboardInterrupt or SystemExit failed the chat with a 500, and its own CancelledError
+    ended the chat's task, past the breaker and the fallbacks."""
+    if isinstance(raised, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise raised
+    raise RaisedBaseException(raised) from raised
 
 
 # When each task last had a call fail as HeldTheLoop: the calls around it (the router's, over

@@ -138,3 +138,22 @@ async def test_the_call_around_one_that_held_the_loop_is_not_failed_for_it_too()
     # A later call of the same task that holds the loop is its own failure again.
     with pytest.raises(HeldTheLoop):
         await watchdog.run(holds_the_loop(0.2, False), 0.05)
+
+
+async def cleans_up_then_lets_the_cancellation_go() -> str:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0)  # an async cleanup first, as an `async with` block's exit
+        raise
+    return "slept"
+
+
+async def test_a_cancellation_passed_on_after_an_async_cleanup_is_still_a_timeout() -> None:
+    """The cut reaches the call's code thrown in, and code that awaits its cleanup passes it
+    on in a later step: taken for the agent's own CancelledError, every timeout of a call
+    reading a store (whose connection goes back to its pool so) was an agent failure."""
+    watchdog = DeadlineWatchdog()
+    with pytest.raises(TimeoutError):
+        await watchdog.run(cleans_up_then_lets_the_cancellation_go(), 0.05)
+    assert asyncio.current_task().cancelling() == 0
