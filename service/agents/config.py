@@ -259,8 +259,14 @@ def build_agent(
             private_auth_file=settings.env is Environment.PRODUCTION,
         )
     key = f"agents.{name}.factory"
+    factory = config.factories[name]
+    if problem := _takes_name_and_stores(factory):
+        raise SettingsError(
+            f"invalid setting '{key}': '{spec.factory}' cannot be called as the factory is, "
+            f"with the agent's name and the stores, factory(name, stores): {problem}"
+        )
     try:
-        agent = config.factories[name](name, stores)
+        agent = factory(name, stores)
     except BaseException as exc:  # sys.exit("...") in a factory: the same mistake
         # A plain call, so nothing cancels it from outside: a KeyboardInterrupt is the
         # factory's own, which passed up through the lifespan as a wall of traceback, exit 3.
@@ -302,3 +308,17 @@ def build_agent(
             f"'{agent.name}' for '{name}'; give it the name the factory is called with"
         )
     return agent
+
+
+def _takes_name_and_stores(factory: Callable[..., object]) -> str | None:
+    """Why ``factory`` cannot take (name, stores), or None: called so, its TypeError named
+    neither what ERS passes nor why."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call will tell
+        return None
+    try:
+        signature.bind("name", "stores")
+    except TypeError as exc:
+        return f"{exc} (its signature is {signature})"
+    return None

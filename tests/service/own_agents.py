@@ -260,3 +260,11 @@ class UncancellableCoach(Coach):
 
 def uncancellable(name: str, stores: Stores) -> UncancellableCoach:
     return UncancellableCoach(name)
+
+
+def takes_settings(name: str, stores: Stores, settings: dict[str, str]) -> Coach:
+    return Coach(name)
+
+
+def takes_nothing() -> Coach:
+    return Coach("coach")

@@ -369,6 +369,14 @@ def test_a_mistake_in_the_team_is_one_line_naming_the_setting(
         ("interrupting_factory", "failed building agent 'coach' (KeyboardInterrupt)"),
         ("not_an_agent", "returned a dict, not an agent"),
         ("wrong_name", "returned an agent named 'coach-other' for 'coach'"),
+        # It was Python's TypeError alone, naming neither what ERS passes nor the signature.
+        (
+            "takes_settings",
+            "cannot be called as the factory is, with the agent's name and the stores, "
+            "factory(name, stores): missing a required argument: 'settings' (its signature "
+            "is (name: 'str', stores: 'Stores', settings: 'dict[str, str]') -> 'Coach')",
+        ),
+        ("takes_nothing", "factory(name, stores): too many positional arguments (its signa"),
     ],
 )
 async def test_a_factory_that_does_not_give_the_agent_stops_the_build(
