@@ -5,10 +5,12 @@ database is back, so is everything that needs it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,19 @@ def start_with_an_incident(workdir: Path, url: str) -> ErsProcess:
         time.sleep(0.1)
     assert incidents_of(ers, "budget"), "the failing chat opened no incident"
     return ers
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer) -> Iterator[None]:
+    """Every process of ``server`` stopped (SIGSTOP) for the block, and let go after it."""
+    stopped = cluster_processes(server)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
 
 
 def cluster_processes(server: PostgresServer) -> list[int]:
@@ -283,19 +298,13 @@ def test_a_frozen_postgres_holds_up_only_the_requests_that_need_it(
     try:
         results: list[tuple[str, int | str]] = []
         threads: list[threading.Thread] = []
-        frozen = cluster_processes(own_server)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(own_server):
             for _ in range(3):
                 threads += send_in_background(ers, incident_calls(), results)
                 assert quick(ers, "GET", "/livez").status_code == 200
                 status = quick(ers, "GET", "/api/emergency/status", headers=ADMIN_HEADERS)
                 assert status.status_code == 200, status.text
             assert results == [], "answered from a frozen database"
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
         # The held requests go through once the server runs again.
         for thread in threads:
             thread.join(STORE_BOUND_S + 5)
@@ -305,18 +314,12 @@ def test_a_frozen_postgres_holds_up_only_the_requests_that_need_it(
         # Frozen again: health names the stores that do not answer, twice in a row, rather
         # than wait for them as long as psycopg waits for a statement it cancelled (10 s).
         # (Its probes find the server down, which cuts the wait of the requests above.)
-        frozen = cluster_processes(own_server)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(own_server):
             for _ in range(2):
                 report = health_within_the_probes_wait(ers)
                 stores = report["checks"]["stores"]
                 assert stores["status"] == "unhealthy", stores
                 assert "no answer to its write probe" in stores["figures"]["budgets"], stores
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
     finally:
         ers.stop()
 
@@ -370,16 +373,10 @@ def test_a_frozen_postgres_isolates_no_agent_whose_read_it_holds(
         first = httpx.post(f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"})
         assert first.status_code == 200 and first.json()["agent"] == "budget", first.text
         replies: list[httpx.Response] = []
-        frozen = cluster_processes(own_server)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(own_server):
             for n in range(6):
                 chat = {"message": "budget report", "userId": f"frozen-{n}"}
                 replies.append(httpx.post(f"{ers.url}/chat", json=chat, timeout=30))
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
         breakers = httpx.get(f"{ers.url}/api/emergency/circuit-breakers", timeout=10).json()
         after = httpx.post(
             f"{ers.url}/chat", json={"message": "budget report", "userId": "u1"}, timeout=10

@@ -7,9 +7,7 @@ waiting for it."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ErsProcess, start_ers
-from tests.e2e.test_database_outage import cluster_processes
+from tests.e2e.test_database_outage import frozen
 from tests.pg import PostgresServer
 
 DEADLINE_S = 15.0
@@ -131,10 +129,7 @@ def test_while_postgres_is_frozen_a_held_trace_answers_from_memory_saying_so(
         trace_id = failed_chat(ers)
         link = trace_link(ers, trace_id)
         held = kept_trace(ers, link)
-        frozen = cluster_processes(own_server)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(own_server):
             for _ in range(3):  # and the reads still waiting for the server do not pile up
                 try:
                     reply = httpx.get(f"{ers.url}{link}", timeout=HELD_ANSWER_S)
@@ -146,9 +141,6 @@ def test_while_postgres_is_frozen_a_held_trace_answers_from_memory_saying_so(
                 assert "the archive did not answer within 1 s" in unread or (
                     "earlier reads of the archive have not answered" in unread
                 ), reply.headers
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
         deadline = time.monotonic() + 30  # the frozen reads finish, then the archive is read
         while "ERS-Archive-Not-Read" in reply.headers:
             assert time.monotonic() < deadline, reply.headers

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -252,13 +253,7 @@ def test_an_alerts_isolation_survives_a_kill_9(tmp_path: Path) -> None:
     workdir = tmp_path / "ers"
     ers = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
     try:
-        reply = httpx.post(
-            f"{ers.url}/api/emergency/alerts",
-            json=alert_payload("firing"),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
-        )
-        assert reply.status_code == 200, reply.text
+        deliver_firing(ers)
         deadline = time.monotonic() + 10
         while "breaker:workout" not in kept_records(workdir):
             assert time.monotonic() < deadline, f"the alert's isolation was not kept: {ers.log()}"
@@ -501,6 +496,28 @@ def alert_outcome(workdir: Path, status: str) -> str | None:
     return None if row is None else row[0]
 
 
+def deliver_firing(ers: ErsProcess) -> dict[str, Any]:
+    """The test's isolate alert, firing, as Alertmanager delivers it."""
+    reply = httpx.post(
+        f"{ers.url}/api/emergency/alerts",
+        json=alert_payload("firing"),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def next_outcome(ers: ErsProcess, read: Callable[[], str | None], before: str | None = None) -> str:
+    """The ledger's outcome of the firing, once it is there and not ``before`` (bounded)."""
+    deadline = time.monotonic() + 30
+    while (outcome := read()) in (None, before):
+        assert time.monotonic() < deadline, f"the alert was not acted on: {ers.log()}"
+        time.sleep(0.05)
+    assert outcome is not None
+    return outcome
+
+
 def test_an_alerts_isolation_not_kept_before_a_kill_9_is_taken_again_by_its_next_delivery(
     tmp_path: Path,
 ) -> None:
@@ -513,17 +530,8 @@ def test_an_alerts_isolation_not_kept_before_a_kill_9_is_taken_again_by_its_next
     holder = sqlite3.connect(workdir / "data" / "system_state.sqlite3", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        reply = httpx.post(
-            f"{ers.url}/api/emergency/alerts",
-            json=alert_payload("firing"),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
-        )
-        assert reply.status_code == 200, reply.text
-        deadline = time.monotonic() + 30
-        while (outcome := alert_outcome(workdir, "firing")) is None:
-            assert time.monotonic() < deadline, f"the alert was not acted on: {ers.log()}"
-            time.sleep(0.05)
+        deliver_firing(ers)
+        outcome = next_outcome(ers, lambda: alert_outcome(workdir, "firing"))
         assert breakers(ers)["workout"]["state"] == "forced_open"
     finally:
         ers.stop(signal.SIGKILL)
@@ -531,19 +539,11 @@ def test_an_alerts_isolation_not_kept_before_a_kill_9_is_taken_again_by_its_next
 
     again = start_ers(workdir, env={"ERS_ALERT_TOKEN": TOKEN})
     try:
-        reply = httpx.post(
-            f"{again.url}/api/emergency/alerts",
-            json=alert_payload("firing"),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
-        )
-        assert reply.json()["new"] == 1, reply.text
+        reply = deliver_firing(again)
+        assert reply["new"] == 1, reply
         assert "not kept across a restart" in outcome, outcome
-        deadline = time.monotonic() + 30
-        while alert_outcome(workdir, "firing") in (None, outcome):
-            assert time.monotonic() < deadline, f"the alert was not acted on: {again.log()}"
-            time.sleep(0.05)
-        assert alert_outcome(workdir, "firing") == "isolate: success"
+        again_outcome = next_outcome(again, lambda: alert_outcome(workdir, "firing"), outcome)
+        assert again_outcome == "isolate: success"
         assert breakers(again)["workout"]["state"] == "forced_open"
         assert "breaker:workout" in kept_records(workdir)
     finally:
@@ -574,17 +574,8 @@ def test_on_postgresql_an_isolation_whose_save_waits_on_a_lock_is_said_not_kept(
     holder = psycopg.connect(pg_url)
     try:
         holder.execute("LOCK TABLE ers_system_state.state IN ACCESS EXCLUSIVE MODE")
-        reply = httpx.post(
-            f"{ers.url}/api/emergency/alerts",
-            json=alert_payload("firing"),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
-        )
-        assert reply.status_code == 200, reply.text
-        deadline = time.monotonic() + 30
-        while (outcome := pg_alert_outcome(pg_url, "firing")) is None:
-            assert time.monotonic() < deadline, f"the alert was not answered: {ers.log()}"
-            time.sleep(0.1)
+        deliver_firing(ers)
+        outcome = next_outcome(ers, lambda: pg_alert_outcome(pg_url, "firing"))
         assert "not kept across a restart" in outcome, outcome
         assert breakers(ers)["workout"]["state"] == "forced_open"
     finally:
@@ -593,18 +584,10 @@ def test_on_postgresql_an_isolation_whose_save_waits_on_a_lock_is_said_not_kept(
 
     again = start_ers(workdir, env=env)
     try:
-        reply = httpx.post(
-            f"{again.url}/api/emergency/alerts",
-            json=alert_payload("firing"),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=10,
-        )
-        assert reply.json()["new"] == 1, reply.text
-        deadline = time.monotonic() + 30
-        while pg_alert_outcome(pg_url, "firing") in (None, outcome):
-            assert time.monotonic() < deadline, f"the alert was not acted on: {again.log()}"
-            time.sleep(0.1)
-        assert pg_alert_outcome(pg_url, "firing") == "isolate: success"
+        reply = deliver_firing(again)
+        assert reply["new"] == 1, reply
+        again_outcome = next_outcome(again, lambda: pg_alert_outcome(pg_url, "firing"), outcome)
+        assert again_outcome == "isolate: success"
         assert breakers(again)["workout"]["state"] == "forced_open"
     finally:
         again.stop()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +22,7 @@ from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.pg_pool import PgPool
 from service.stores.postgres_migrations import MIGRATION_LOCK_KEY, MigrationError, migrate
-from tests.e2e.test_database_outage import cluster_processes
+from tests.e2e.test_database_outage import frozen
 from tests.pg import PostgresServer
 from tests.store_writes import opened, record_turn, set_limit, turn_count, upsert_profile
 
@@ -265,22 +263,29 @@ async def test_a_read_cut_by_its_callers_deadline_on_a_frozen_server_ends_at_onc
     the agent's 5 s ended past the router's own deadline, and the router was isolated."""
     async with opened(Stores.on_postgres(own_server.create_database())) as stores:
         await stores.budgets.report("u1")  # the pool's connections are open and used
-        frozen = cluster_processes(own_server)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(own_server):
             read = asyncio.create_task(stores.budgets.report("u1"))
             await asyncio.sleep(0.3)  # on its way to the frozen server
             assert not read.done()
             read.cancel()
             done, _ = await asyncio.wait({read}, timeout=3.0)
-        finally:
-            for pid in frozen:
-                os.kill(pid, signal.SIGCONT)
         with contextlib.suppress(asyncio.CancelledError):
             await read
         assert done == {read} and read.cancelled()
         assert await stores.budgets.report("u1") == []  # the pool serves again
+
+
+def rotate_password_and_end_sessions(url: str) -> str:
+    """The role's password changed on the server, and every other session of the database
+    ended: the pool's connections are gone, and each new one is refused. The new password."""
+    rotated = secrets.token_urlsafe(12)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(rotated)))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    return rotated
 
 
 async def test_a_password_changed_on_the_server_is_named_when_no_connection_comes(
@@ -295,15 +300,7 @@ async def test_a_password_changed_on_the_server_is_named_when_no_connection_come
     await stores.open()
     try:
         await upsert_profile(stores, "u1", age=30)
-        rotated = secrets.token_urlsafe(12)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(rotated))
-            )
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+        rotated = rotate_password_and_end_sessions(url)
         reasons = []
         for _ in range(10):  # a lost connection first, then waits for a new one
             with pytest.raises(StoreUnavailable) as caught:
@@ -323,13 +320,7 @@ def test_the_thread_pool_names_a_changed_password_too(own_server: PostgresServer
     pool = PgPool(url, name="ers-incidents-test", unavailable=IncidentStoreUnavailable)
     try:
         assert pool.rows("SELECT 1 AS one") == [{"one": 1}]
-        with psycopg.connect(url, autocommit=True) as conn:
-            rotated = sql.Literal(secrets.token_urlsafe(12))
-            conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(rotated))
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+        rotate_password_and_end_sessions(url)
         reasons = []
         for _ in range(10):  # a lost connection first, then waits for a new one
             with pytest.raises(IncidentStoreUnavailable) as caught:
