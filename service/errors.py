@@ -81,25 +81,28 @@ class StoreUnavailable(ErsError):
         return f"the {self.component} {'stores' if self.several else 'store'}"
 
 
-# The store each task was waiting on when it was last cancelled, and when: a call cut by its
-# time limit while it waited failed for the store, not for the agent that made it.
-_CUT_WAITING: weakref.WeakKeyDictionary[asyncio.Task[object], tuple[str, float]] = (
+# The store each task was waiting on when it was last cancelled: since when it waited, and
+# when it was cut. A call cut by its time limit while it had long waited for a store failed
+# for the store, not for the agent that made it.
+_CUT_WAITING: weakref.WeakKeyDictionary[asyncio.Task[object], tuple[str, float, float]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def note_cut_waiting(component: str) -> None:
-    """Said by a store whose wait (for its database, or a file's lock) was cancelled."""
+def note_cut_waiting(component: str, since: float) -> None:
+    """Said by a store whose wait (for its database, or a file's lock), begun at ``since``
+    (a ``time.monotonic()``), was cancelled."""
     task = asyncio.current_task()
     if task is not None:
-        _CUT_WAITING[task] = (component, time.monotonic())
+        _CUT_WAITING[task] = (component, since, time.monotonic())
 
 
-def cut_waiting(task: asyncio.Task[object], since: float) -> str | None:
-    """The store ``task`` was waiting on when it was last cancelled, if that was at or after
-    ``since`` (a ``time.monotonic()``: the cut call's start, not an earlier wait's); once."""
-    component, at = _CUT_WAITING.pop(task, ("", -1.0))
-    return component if at >= since else None
+def cut_waiting(task: asyncio.Task[object], after: float, longer_than: float) -> str | None:
+    """The store ``task`` was waiting on when it was last cancelled, if it was cut at or after
+    ``after`` (the call's deadline: not an agent's own earlier cut) and had waited longer
+    than ``longer_than`` seconds (not a read that began as the limit ran out); once."""
+    component, since, cut = _CUT_WAITING.pop(task, ("", 0.0, -1.0))
+    return component if cut >= after and cut - since > longer_than else None
 
 
 class StorePaused(StoreUnavailable):

@@ -123,18 +123,30 @@ class DeadlineWatchdog:
         if deadline.at < self._timer_at:
             self._arm(loop, deadline.at)
         try:
-            return await awaitable
-        except asyncio.CancelledError:
-            waited_on = cut_waiting(task, started)
-            if deadline.expired and task.uncancel() == 0:
-                if waited_on is not None:  # the store did not answer in time, not the call
+            result = await awaitable
+        except asyncio.CancelledError as cut:
+            # Half its limit and more spent waiting for a store: the store did not answer.
+            waited_on = cut_waiting(task, deadline.at, timeout_s / 2)
+            if not deadline.expired:
+                if task.cancelling() == 0:  # the call's own, not the task's (see _raise_own)
+                    raise RaisedBaseException(cut) from cut
+                raise
+            if task.uncancel() == 0:
+                if waited_on is not None:
                     limit = _limit(timeout_s, budget_s)
                     reason = f"no answer within the call's time limit ({limit})"
                     raise StoreUnavailable(waited_on, reason) from None
                 raise TimeoutError(_took_longer(timeout_s, budget_s)) from None
             raise
+        except BaseException:
+            if deadline.expired:  # the call made its cut into another error: taken back
+                task.uncancel()
+            raise
         finally:
             self._pending.pop(deadline, None)
+        if deadline.expired:  # the call caught its cut and answered: taken back
+            task.uncancel()
+        return result
 
     @property
     def in_flight(self) -> int:

@@ -278,6 +278,7 @@ class PostgresStore:
         pool = self.database.pool
         if pool is None or self._paused_reason is not None:
             raise self._unusable()
+        began = time.monotonic()
         wait_s = self.database.connection_wait_s()
         # Set once the block's statements ran: leaving the transaction sends its COMMIT.
         committing = False
@@ -298,7 +299,7 @@ class PostgresStore:
             self.database.unreachable = True
             raise StoreUnavailable(self.component, self.database.reason(exc, wait_s)) from None
         except asyncio.CancelledError:
-            note_cut_waiting(self.component)  # a frozen server: the call's limit ran out
+            note_cut_waiting(self.component, began)  # a frozen server: the call's limit ran out
             raise
         except psycopg.Error as exc:
             if refused_statement(exc):
@@ -348,6 +349,7 @@ class PostgresStore:
         lost with it, and one used in the last ``IDLE_CHECK_S`` is handed out unchecked."""
         if self._paused_reason is not None:
             raise self._unusable()
+        began = time.monotonic()
         try:
             async with await psycopg.AsyncConnection.connect(
                 self.database.url,
@@ -358,7 +360,7 @@ class PostgresStore:
                 cursor = await conn.execute(POSTGRES.sql(sql), params)
                 return await cursor.fetchone()
         except asyncio.CancelledError:
-            note_cut_waiting(self.component)
+            note_cut_waiting(self.component, began)
             raise
         except psycopg.Error as exc:
             raise StoreUnavailable(self.component, self.database.reason(exc)) from None

@@ -90,7 +90,8 @@ async def outwaiting_writers(component: str, attempt: Callable[[], Awaitable[T]]
         try:
             await asyncio.sleep(pause)
         except asyncio.CancelledError:
-            note_cut_waiting(busy)  # the call's limit ran out while the file was locked
+            # The call's limit ran out while the file was locked.
+            note_cut_waiting(busy, deadline - BUSY_TIMEOUT_MS / 1000)
             raise
         pause = min(pause * 2, 0.1)
 

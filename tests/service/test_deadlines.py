@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Any
 
 import pytest
 
-from service.errors import HeldTheLoop, StoreUnavailable, cut_waiting, note_cut_waiting
+from service.errors import (
+    HeldTheLoop,
+    RaisedBaseException,
+    StoreUnavailable,
+    cut_waiting,
+    note_cut_waiting,
+)
 from service.resilience.deadlines import DeadlineWatchdog
 
 
@@ -69,12 +77,13 @@ async def test_an_outside_cancellation_is_not_a_timeout() -> None:
         await task
 
 
-async def waits_on_a_store(component: str) -> str:
-    """As a store's statement does when the database does not answer."""
+async def waits_on_a_store(component: str, seconds: float = 5) -> str:
+    """As a store's statement does when the database does not answer in time."""
+    began = time.monotonic()
     try:
-        await asyncio.sleep(5)
+        await asyncio.sleep(seconds)
     except asyncio.CancelledError:
-        note_cut_waiting(component)
+        note_cut_waiting(component, began)
         raise
     return "read"
 
@@ -86,7 +95,7 @@ async def test_a_call_cut_while_it_waited_for_a_store_failed_for_the_store() -> 
     assert cut.value.component == "budgets"
 
     # A wait cut earlier in the task (a save given up on) is not this call's.
-    note_cut_waiting("system_state")
+    note_cut_waiting("system_state", time.monotonic() - 10)
     with pytest.raises(TimeoutError):
         await watchdog.run(sleeps(5), 0.05)
     # Said once: the next call the task makes that overruns is its own timeout.
@@ -101,7 +110,7 @@ async def test_an_outside_cancellation_of_a_store_wait_is_not_the_stores_failure
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert cut_waiting(task, 0.0) is None  # nothing left behind for a later call of the task
+    assert cut_waiting(task, 0.0, 0.0) is None  # nothing left behind for a later call
 
 
 async def holds_the_loop(seconds: float, pause_first: bool) -> str:
@@ -156,4 +165,68 @@ async def test_a_cancellation_passed_on_after_an_async_cleanup_is_still_a_timeou
     watchdog = DeadlineWatchdog()
     with pytest.raises(TimeoutError):
         await watchdog.run(cleans_up_then_lets_the_cancellation_go(), 0.05)
+    assert asyncio.current_task().cancelling() == 0
+
+
+async def works_then_reads(work_s: float) -> str:
+    """An agent that spends most of its limit on its own work, then reads a healthy store."""
+    await asyncio.sleep(work_s)
+    return await waits_on_a_store("budgets", 0.02)
+
+
+async def cuts_its_own_read_then_hangs() -> str:
+    """An agent whose own timeout cuts a store read, which then hangs on something else."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await waits_on_a_store("budgets")
+    await asyncio.sleep(5)
+    return "late"
+
+
+@pytest.mark.parametrize("call", [lambda: works_then_reads(0.19), cuts_its_own_read_then_hangs])
+async def test_a_timeout_is_the_stores_only_after_a_long_wait_for_it(call: Any) -> None:
+    """Both were put on the store (a 503, a database incident) with the store healthy: the
+    deadline fell in a read just begun, or an earlier cut of the agent's own was taken."""
+    with pytest.raises(TimeoutError):
+        await DeadlineWatchdog().run(call(), 0.2)
+
+
+async def turns_its_cut_into(error: BaseException) -> str:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        raise error from None
+    return "slept"
+
+
+async def swallows_its_cut() -> str:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        return "partial answer"
+    return "slept"
+
+
+@pytest.mark.parametrize("first", [lambda: turns_its_cut_into(ConnectionError()), swallows_its_cut])
+async def test_a_cut_the_call_does_not_pass_on_is_taken_back_all_the_same(first: Any) -> None:
+    """The task stayed marked as cancelled: the next timeout in it (the guard's retry) came
+    out as a bare CancelledError, past the fallbacks, and ended the chat."""
+    watchdog = DeadlineWatchdog()
+    with contextlib.suppress(ConnectionError):
+        await watchdog.run(first(), 0.05)
+    assert asyncio.current_task().cancelling() == 0
+    with pytest.raises(TimeoutError):
+        await watchdog.run(sleeps(5), 0.05)
+
+
+async def awaits_a_cancelled_helper() -> str:
+    helper = asyncio.ensure_future(asyncio.sleep(5))
+    await asyncio.sleep(0)
+    helper.cancel()
+    return await helper  # its CancelledError, thrown in while the call waits
+
+
+async def test_an_agents_own_cancelled_error_thrown_in_while_it_waits_is_its_failure() -> None:
+    with pytest.raises(RaisedBaseException):
+        await DeadlineWatchdog().run(awaits_a_cancelled_helper(), 1.0)
     assert asyncio.current_task().cancelling() == 0
