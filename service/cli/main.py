@@ -244,15 +244,27 @@ class GracefulServer:
         asyncio.run waits for every task it cancels, for ever."""
         factory = self._server.config.get_loop_factory()
         loop = factory() if factory is not None else asyncio.new_event_loop()
+        threads_done = True
         try:
             loop.run_until_complete(self._server.serve(sockets=[listener]))
         finally:
             try:
                 _end_tasks(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                # Python 3.11 waits for the threads without a limit, and so does its exit.
+                ending = loop.create_task(loop.shutdown_default_executor())
+                loop.run_until_complete(asyncio.wait({ending}, timeout=TASKS_END_GRACE_S))
+                threads_done = ending.done()
             finally:
                 loop.close()
+        if not threads_done:  # work handed to a thread that never returns (asyncio.to_thread)
+            logging.getLogger("ers").warning(
+                "threads of asyncio.to_thread still run %g s after the shutdown (an agent's "
+                "synchronous call that never returns?): ERS stops without them",
+                TASKS_END_GRACE_S,
+            )
+            logging.shutdown()
+            os._exit(0 if self.started else 1)
 
 
 # How long the tasks left when the server is down get to end once cancelled.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 
 from service.agents.base import AgentReply, AgentRequest
 from service.errors import AgentFailure
@@ -268,3 +269,18 @@ def takes_settings(name: str, stores: Stores, settings: dict[str, str]) -> Coach
 
 def takes_nothing() -> Coach:
     return Coach("coach")
+
+
+class ThreadStuckCoach(Coach):
+    """Hands a synchronous call that never returns to a thread, as advised for blocking work."""
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        if marker := os.environ.get("ERS_TEST_CANCEL_CAUGHT"):
+            with open(marker, "a") as called:
+                called.write("in a thread\n")
+        await asyncio.to_thread(threading.Event().wait)
+        return AgentReply("never", self.name)
+
+
+def thread_stuck(name: str, stores: Stores) -> ThreadStuckCoach:
+    return ThreadStuckCoach(name)
