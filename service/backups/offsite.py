@@ -130,6 +130,8 @@ class OffsiteRetention:
     tag: str
     prune_every_s: float
     next_prune: float
+    # The last prune failed, and none has succeeded since: a forget alone is no success.
+    prune_failed: bool = False
 
     async def after_copy(self, copier: OffsiteCopier, metrics: OffsiteMetrics) -> None:
         """Forget, then prune when due; a failure is the retention's, never the copy's."""
@@ -145,15 +147,18 @@ class OffsiteRetention:
             log.info("off-host retention forgot %d snapshot(s) in %s", len(removed), where)
         now = time.time()
         if now < self.next_prune:
-            metrics.retention_succeeded()
+            if not self.prune_failed:  # else the failed prune stands until it is retried
+                metrics.retention_succeeded()
             return
         try:
             await copier.prune()
         except BackupError as exc:
             metrics.retention_failed(exc.label)
+            self.prune_failed = True
             self.next_prune = now + min(self.prune_every_s, PRUNE_RETRY_S)
             log.error("off-host prune failed (the copy itself succeeded): %s", exc)
             return
+        self.prune_failed = False
         metrics.retention_succeeded()
         self.next_prune = now + self.prune_every_s
         log.info("off-host prune of %s done", where)

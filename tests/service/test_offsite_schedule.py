@@ -16,8 +16,9 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from backup.errors import BackupError
 from backup.offsite import CopyResult
-from service.backups.offsite import OffsiteMetrics, run_offsite_copies
+from service.backups.offsite import OffsiteMetrics, OffsiteRetention, run_offsite_copies
 
 HOUR_S = 3600.0
 WAIT_S = 10.0  # a bound on waits for what should happen at once, never a measured time
@@ -166,3 +167,31 @@ async def test_a_copy_under_way_stops_when_the_replica_loses_the_lock(
         await until(lambda: copier.cancelled == 1)
         assert copier.started == 1
         assert metrics.last_success is None  # stopped, neither a success nor a failure
+
+
+class PruneFailsOnce(Copier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prunes = 0
+
+    async def prune(self) -> None:
+        self.prunes += 1
+        if self.prunes == 1:
+            raise BackupError("the off-host repository is locked")
+
+
+async def test_a_failed_prune_stands_until_a_prune_succeeds(metrics: OffsiteMetrics) -> None:
+    """The next copy's forget, which succeeded, reported the retention healthy while the
+    failed prune waited for its retry: with copies more often than that, the alert on it
+    never held long enough to fire, as the repository grew."""
+    copier = PruneFailsOnce()
+    retention = OffsiteRetention(10, "ers", prune_every_s=HOUR_S, next_prune=0.0)
+    await retention.after_copy(copier, metrics)  # type: ignore[arg-type]
+    assert metrics.retention_failed_at > 0 and metrics.retention_succeeded_at is None
+    await retention.after_copy(copier, metrics)  # type: ignore[arg-type]  # prune not due yet
+    assert metrics.retention_succeeded_at is None
+    retention.next_prune = 0.0
+    await retention.after_copy(copier, metrics)  # type: ignore[arg-type]
+    assert copier.prunes == 2
+    assert metrics.retention_succeeded_at is not None
+    assert metrics.retention_succeeded_at >= metrics.retention_failed_at
