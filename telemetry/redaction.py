@@ -26,7 +26,14 @@ _USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
 # Bearer sk-...'"): what follows the scheme, up to a space or a quote; a word of prose
 # ("Basic authentication failed") has no digit or token punctuation, and stays.
 _AUTH_SCHEME = re.compile(
-    r"\b(Bearer|Basic|Token)\s+(?=[^\s'\"<>`,;]*[0-9_+/=-])[^\s'\"<>`,;]{8,}", re.IGNORECASE
+    r"\b(Bearer|Basic|Token)\s+(?![\w-]+=[\"'])(?=[^\s'\"<>`,;]*[0-9_+/=-])[^\s'\"<>`,;]{8,}",
+    re.IGNORECASE,
+)
+# The header itself quoted ("Authorization: Basic dXNlcjpwYXNz"): whatever follows its scheme
+# is the credential, letters alone or short as it may be.
+_AUTH_HEADER = re.compile(
+    r"(\b(?:proxy-)?authorization\s*[:=]\s*['\"]?[A-Za-z][\w-]*\s+)[^\s'\"<>`,;]+",
+    re.IGNORECASE,
 )
 # A credential written as a name=value pair outside a URL: a libpq conninfo quoted in an
 # error ("host=db user=ers password=..."), a URL without its scheme ("url: /v1?api_key=...").
@@ -91,6 +98,8 @@ def redacted_text(text: str) -> str:
     'https://api.example/v1?key=...'``), API key and all; the credentials of an
     Authorization header it quotes (``Bearer sk-...``); and the value of a pair named as a
     credential outside a URL (``password=...``, ``/v1?api_key=...``)."""
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_HEADER.sub(rf"\1{REDACTED}", text)
     text = _AUTH_SCHEME.sub(rf"\1 {REDACTED}", text)
     if "=" in text:
         text = _SECRET_PAIR.sub(rf"\1={REDACTED}", text)

@@ -101,6 +101,14 @@ def test_text_keeps_no_credentials_of_the_urls_in_it(text: str, redacted: str) -
             "sent authorization=basic ZXJzOnMzY3JldA== to h",
             "sent authorization=basic REDACTED to h",
         ),
+        # the header quoted: its credential whatever it looks like (user:pass is 12 letters)
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic REDACTED"),
+        ("proxy-authorization: Bearer abcdefgh", "proxy-authorization: Bearer REDACTED"),
+        # a challenge's parameters are no credential
+        (
+            'WWW-Authenticate: Bearer error_description="expired"',
+            'WWW-Authenticate: Bearer error_description="expired"',
+        ),
         # prose about a scheme keeps its words
         ("a Bearer token is missing", "a Bearer token is missing"),
         ("Basic authentication failed", "Basic authentication failed"),
