@@ -288,6 +288,8 @@ def dashboard(
 
 RATE_WINDOW = "$__rate_interval"
 RATE = f"[{RATE_WINDOW}]"
+# A series unseen this long before a window is new in it (``grown_in``).
+NEW_AFTER = "1h"
 
 
 def quantiles(bucket: str, by: str = "", legend: str = "") -> list[Query]:
@@ -313,9 +315,11 @@ def grown_in(series: str, window: str) -> str:
     increase() cannot count a series' first sample, and a counter of rare events (incidents,
     breaker transitions, forced opens, rollbacks, protocol actions, recoveries) first appears
     already at 1, so its first event would never show: a series with no sample in the
-    $__rate_interval before the window counts with its whole value. present_over_time()
-    skips staleness markers, so a failed scrape does not make a series look new."""
-    new = f"{series} unless present_over_time({series}[{RATE_WINDOW}] offset {window})"
+    ``NEW_AFTER`` before the window counts with its whole value. present_over_time() skips
+    staleness markers, and the hour outlasts a scrape outage, so neither a failed scrape nor
+    minutes without one make an old series look new (with the $__rate_interval before the
+    window, a gap of two drew a lifetime's count as new events)."""
+    new = f"{series} unless present_over_time({series}[{NEW_AFTER}] offset {window})"
     return f"(({new}) or increase({series}[{window}]))"
 
 

@@ -105,8 +105,8 @@ def shows(expr: str, at_s: int, anything: bool) -> dict[str, Any]:
 
 def per_step_queries() -> list[tuple[str, str]]:
     """The queries over each $__rate_interval, not over the dashboard's range."""
-    in_range = GRAFANA_INTERVALS["__range"]
-    return [(where, expr) for where, expr in first_event_queries() if f"{in_range}" not in expr]
+    window = f"[{GRAFANA_INTERVALS['__rate_interval']}]"
+    return [(where, expr) for where, expr in first_event_queries() if window in expr]
 
 
 def test_each_panel_of_rare_events_shows_the_first_one_and_only_while_it_is_recent(
@@ -125,3 +125,15 @@ def test_a_failed_scrape_does_not_show_an_old_series_as_a_new_event(tmp_path: Pa
     # The scrape at APPEARS_S failed; a window later, `offset` would land on its marker.
     cases = [shows(expr, APPEARS_S + window_s, False) for _, expr in per_step_queries()]
     run_promtool(tmp_path, f"{{value}}x{ABSENT_SCRAPES - 1} stale {{value}}x480", cases)
+
+
+def test_a_scrape_gap_longer_than_two_windows_does_not_show_an_old_series_as_new(
+    tmp_path: Path,
+) -> None:
+    """Prometheus could not scrape ERS for 12.5 minutes (ERS overloaded in an incident, a
+    Prometheus restart): the series was back, no event since, and every per-step panel drew
+    the whole lifetime count as new events for a window, each quantile its lifetime's."""
+    gap = 50
+    back_s = APPEARS_S + gap * 15
+    cases = [shows(expr, back_s + 60, False) for _, expr in per_step_queries()]
+    run_promtool(tmp_path, f"{{value}}x{ABSENT_SCRAPES - 1} stale _x{gap - 1} {{value}}x480", cases)
