@@ -19,7 +19,6 @@ lost resolution is replayed within a minute, not after 5.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -321,5 +320,9 @@ def note_lost(store: IncidentStore, lost: list[dict[str, Any]]) -> None:
             f"{row['alertname']}'s action cut off: ERS stopped before it finished; the "
             "alert's next delivery takes it again"
         )
-        with contextlib.suppress(LookupError):
+        try:
             store.add_timeline(row["incident_id"], "note", note, "ers", {"lost": True})
+        except LookupError:
+            pass  # the incident is gone: nothing to note it on
+        except Exception:  # the note is a courtesy: the start goes on without it
+            log.exception("could not note the cut-off action on %s", row["incident_id"])

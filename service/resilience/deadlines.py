@@ -36,12 +36,15 @@ class _Deadline:
 class _Resume:
     """Continues a coroutine that was already stepped once, as ``await`` would have."""
 
-    __slots__ = ("_coroutine", "_first", "_limit_s")
+    __slots__ = ("_coroutine", "_first", "_limit_s", "_budget_s")
 
-    def __init__(self, coroutine: Coroutine[Any, Any, T], first: Any, limit_s: float) -> None:
+    def __init__(
+        self, coroutine: Coroutine[Any, Any, T], first: Any, limit_s: float, budget_s: float | None
+    ) -> None:
         self._coroutine = coroutine
         self._first = first
         self._limit_s = limit_s
+        self._budget_s = budget_s
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coroutine, value = self._coroutine, self._first
@@ -63,7 +66,7 @@ class _Resume:
                 except StopIteration as done:
                     # A last step longer than the limit ended before the timer could run.
                     if (took := time.monotonic() - stepped) > self._limit_s:
-                        _held(stepped, took, f"{self._limit_s:g} s")
+                        _held(stepped, took, _limit(self._limit_s, self._budget_s))
                     return done.value
                 except Exception:
                     raise
@@ -101,7 +104,7 @@ class DeadlineWatchdog:
                 raise
             except BaseException as raised:
                 _raise_own(raised)
-            resumed = _Resume(call, first, timeout_s)
+            resumed = _Resume(call, first, timeout_s, budget_s)
             return await self._with_deadline(resumed, started, timeout_s, budget_s)
         return await self._with_deadline(call, time.monotonic(), timeout_s, budget_s)
 
