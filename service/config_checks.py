@@ -286,7 +286,8 @@ def check_yaml(path: Path) -> None:
             "or point ERS_CONFIG at another file"
         ) from None
     try:
-        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        duplicate = _duplicate_key(root)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML {yaml_error_where(exc)}") from None
@@ -299,6 +300,12 @@ def check_yaml(path: Path) -> None:
             f"invalid setting '{key}': written twice in {path} (lines {first} and {second}); "
             "keep one, or give the second its own name"
         )
+    if (unquoted := _name_read_as_no_text(root)) is not None:
+        section, written, line, kind = unquoted
+        raise SettingsError(
+            f"invalid setting '{section}': the name {written} (line {line} of {path}) is read "
+            f"by YAML as {kind}, not as a name; write it in quotes: '{written}'"
+        )
     if data is not None and not isinstance(data, dict):
         raise SettingsError(f"{path}: the top level must be a mapping of setting names")
     for key in data or {}:
@@ -307,6 +314,32 @@ def check_yaml(path: Path) -> None:
                 f"{path}: {key!r} at the top level is not a setting name; "
                 "write setting names there (max_backups: 5)"
             )
+
+
+# The settings whose keys are names (of agents, of intents), and how YAML reads a bare word
+# that is no text: an agent named yes, off or null was said as "agents.1.[key]" otherwise.
+NAMED_SECTIONS = ("agents", "agent_routes", "agent_breakers")
+_NOT_TEXT = {
+    "tag:yaml.org,2002:bool": "true or false",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+}
+
+
+def _name_read_as_no_text(root: yaml.Node | None) -> tuple[str, str, int, str] | None:
+    """The first name in NAMED_SECTIONS that YAML reads as no text: (section, as written,
+    line, what YAML reads it as)."""
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for key_node, value_node in root.value:
+        if key_node.value not in NAMED_SECTIONS or not isinstance(value_node, yaml.MappingNode):
+            continue
+        for name_node, _ in value_node.value:
+            if (kind := _NOT_TEXT.get(name_node.tag)) is not None:
+                written = name_node.value or "(nothing)"
+                return key_node.value, written, name_node.start_mark.line + 1, kind
+    return None
 
 
 def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, int, int] | None:

@@ -130,6 +130,30 @@ def test_a_key_written_twice_is_named(tmp_path: Path, text: str, key: str, lines
 
 
 @pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "agents:\n  yes: {kind: python, factory: 'my_agents:coach'}\n",
+            "invalid setting 'agents': the name yes (line 2 of",
+        ),
+        ("agent_routes:\n  null: coach\n", "the name null (line 2 of"),
+        ("agent_breakers:\n  off: {open_duration_s: 60}\n", "is read by YAML as true or false"),
+        ("agents:\n  2024: {kind: python, factory: 'my_agents:coach'}\n", "as a number"),
+    ],
+)
+def test_a_name_yaml_reads_as_no_text_is_named_as_written(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """It was "invalid setting 'agents.1.[key]': Input should be a valid string", naming
+    neither the agent nor the line, for an agent called yes, off or null."""
+    (tmp_path / "ers.yaml").write_text(text)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert said in str(error.value)
+    assert "write it in quotes" in str(error.value)
+
+
+@pytest.mark.parametrize(
     ("content", "expected"),
     [
         (b"max_backups: 5\n\xff\n", "not UTF-8 text (byte 0xff at offset 15); save it as UTF-8"),
