@@ -130,10 +130,8 @@ class DeadlineWatchdog:
         except asyncio.CancelledError as cut:
             # Half its limit and more spent waiting for a store: the store did not answer.
             waited_on = cut_waiting(task, deadline.at, timeout_s / 2)
-            if not deadline.expired:
-                if task.cancelling() == 0:  # the call's own, not the task's (see _raise_own)
-                    raise RaisedBaseException(cut) from cut
-                raise
+            if not deadline.expired:  # the task's cancellation, or the call's own
+                _raise_own(cut)
             if task.uncancel() == 0:
                 if waited_on is not None:
                     limit = _limit(timeout_s, budget_s)
