@@ -90,6 +90,18 @@ async def test_restic_and_the_offsite_copy_get_no_ers_variables(
         assert env["RESTIC_PASSWORD_FILE"] == str(password)
 
 
+async def dump_schema(pg_dump: Path, connection: PgConnection) -> None:
+    """pg_dump of the test database's schema, run by ERS as a backup runs it."""
+    await run_pg_program(
+        str(pg_dump),
+        ["--schema-only", "--dbname", connection.conninfo],
+        connection=connection,
+        failure=PgDumpFailed,
+        doing="dumping the test database",
+        timeout=60,
+    )
+
+
 async def test_pg_dump_gets_no_ers_variables_but_its_password(
     tmp_path: Path, pg_url: str, service_environment: None
 ) -> None:
@@ -97,14 +109,7 @@ async def test_pg_dump_gets_no_ers_variables_but_its_password(
     connection = PgConnection.from_url(pg_url)
     assert connection.password, "the test server's URL carries a password"
 
-    await run_pg_program(
-        str(wrapper),
-        ["--schema-only", "--dbname", connection.conninfo],
-        connection=connection,
-        failure=PgDumpFailed,
-        doing="dumping the test database",
-        timeout=60,
-    )
+    await dump_schema(wrapper, connection)
 
     [env] = environments(dumps)
     assert_without_service_settings(env)
@@ -126,14 +131,7 @@ async def test_a_client_keys_passphrase_reaches_pg_dump_off_its_command_line(
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     connection = PgConnection.from_url(make_conninfo(pg_url, sslpassword="key-phrase-61a0"))
 
-    await run_pg_program(
-        str(wrapper),
-        ["--schema-only", "--dbname", connection.conninfo],
-        connection=connection,
-        failure=PgDumpFailed,
-        doing="dumping the test database",
-        timeout=60,
-    )
+    await dump_schema(wrapper, connection)
 
     assert "key-phrase-61a0" not in (tmp_path / "seen-argv").read_text()
     assert "sslpassword=key-phrase-61a0" in (tmp_path / "seen-service").read_text()

@@ -235,35 +235,20 @@ async def test_the_job_exports_the_last_success_and_counts_failures(repos: Repos
     meters = MeterProvider(metric_readers=[reader])
     metrics = OffsiteMetrics(meters.get_meter("test"), interval_s=3600)
     repos.backup("budgets.db", "groceries 120\n")
-
-    def points() -> dict[str, list[tuple[dict[str, object], float]]]:
-        data = reader.get_metrics_data()
-        found: dict[str, list[tuple[dict[str, object], float]]] = {}
-        for resource in data.resource_metrics if data else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    found[metric.name] = [
-                        (dict(p.attributes or {}), p.value) for p in metric.data.data_points
-                    ]
-        return found
-
     try:
-        before = points()
+        before = metric_points(reader)
         assert "ers_backup_offsite_last_success_timestamp_seconds" not in before
         assert before["ers_backup_offsite_interval_seconds"] == [({}, 3600)]
 
         assert await copy_once(repos.copier(), metrics) is True
-        after = points()
+        after = metric_points(reader)
         [(_, last_success)] = after["ers_backup_offsite_last_success_timestamp_seconds"]
         assert last_success == metrics.last_success
         assert after["ers_backup_offsite_snapshots_copied"] == [({}, 1)]
 
         repos.destination_password.write_text("not-the-password")
         assert await copy_once(repos.copier(), metrics) is False
-        failures = dict(
-            (str(attrs["reason"]), value)
-            for attrs, value in points()["ers_backup_offsite_failures"]
-        )
+        failures = by_reason(metric_points(reader)["ers_backup_offsite_failures"])
         assert failures["wrong_password"] == 1
         assert failures["locked"] == 0
     finally:
