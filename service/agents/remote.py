@@ -1,13 +1,21 @@
 """An agent reached over HTTP: ERS's own small JSON contract, or OpenAI chat completions.
 
-One pooled ``httpx.AsyncClient`` per agent. Each attempt is a CLIENT span of its own under
-the guard's ``agent.<name>`` span (``service.agents.attempt_span``: the HTTP attributes the
-OpenTelemetry httpx instrumentation would set, made by the agent itself at a fraction of the
-instrumentation's cost) and carries a W3C ``traceparent`` to the agent. The client never
-retries (the transport makes one try, and httpx has no retries of its own): the guard is the
-only retry loop, so attempts, backoff and the time budget are counted in one place. Failures
-are raised as the kinds of ``service.agents.failure_kinds``, which the guard reads, and their
-kind is on the attempt's span too.
+One pooled ``httpx.AsyncHTTPTransport`` per agent, sent to without an ``httpx.AsyncClient``:
+the client's layer (cookies, redirects, auth from the URL, event hooks) holds nothing an
+agent call uses, and cost about as much CPU per call as the telemetry below. Without it no
+cookie is kept: one transport calls for every user, so a cookie the agent set in one
+chat's reply would otherwise go out with every later chat's request, whoever sent it; and
+a redirect is answered as the agent's reply (a 3xx is no answer); the proxy settings of the
+environment are not read (a proxy's transport would be one without the auth header).
+
+Each attempt is a CLIENT span of its own under the guard's ``agent.<name>`` span
+(``service.agents.attempt_span``: the HTTP attributes the OpenTelemetry httpx
+instrumentation would set, made by the agent itself at a fraction of the instrumentation's
+cost) and carries a W3C ``traceparent`` to the agent. Nothing retries below the guard (the
+transport makes one try): the guard is the only retry loop, so attempts, backoff and the
+time budget are counted in one place. Failures are raised as the kinds of
+``service.agents.failure_kinds``, which the guard reads, and their kind is on the attempt's
+span too.
 
 The auth header's value is read from ``auth_file`` (again before each call after a 401 or
 403, until one is let in) and added by the transport, after the
@@ -32,7 +40,6 @@ import json
 import logging
 import re
 import stat
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -63,6 +70,16 @@ log = logging.getLogger("ers.agents")
 MAX_AUTH_FILE_BYTES = 65_536
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
+# What httpx's client sends on every request; the two encodings are those ``read_at_most``
+# inflates as it reads.
+HEADERS = httpx.Headers(
+    {
+        "Accept": "*/*",
+        "Accept-Encoding": "gzip, deflate",
+        "Connection": "keep-alive",
+        "User-Agent": f"python-httpx/{httpx.__version__}",
+    }
+)
 # What an auth header's value may hold: visible ASCII, spaces and tabs.
 HEADER_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
 
@@ -165,7 +182,7 @@ class RemoteAgent:
         # Set by a 401 or 403: the file is read again before each call until one is let in,
         # so a key rotated in the file is used without a restart.
         self._reread_auth = False
-        self._transport = transport = _AuthTransport(
+        self._transport = _AuthTransport(
             read_auth_header(name, spec, private=private_auth_file),
             retries=0,
             limits=httpx.Limits(
@@ -173,26 +190,23 @@ class RemoteAgent:
                 max_keepalive_connections=spec.max_connections,
             ),
         )
-        # trust_env off: proxies from the environment would get transports of their own,
-        # without the auth header. A jar that keeps no cookie: one client calls for every
-        # user, so a cookie the agent sets in one chat's reply would go out with the
-        # requests of every later chat, whoever sent it.
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(self.timeout_s),
-            follow_redirects=False,
-            trust_env=False,
-            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
-        )
+        # Connect, write, read and wait for a pooled connection: each within the timeout.
+        self._extensions = {"timeout": httpx.Timeout(self.timeout_s).as_dict()}
         self._spans = AttemptSpans("POST", self.url, tracer_provider)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     async def handle(self, request: AgentRequest) -> AgentReply:
         if self._reread_auth:
             await self._reread_auth_file()
-        outgoing = self._client.build_request("POST", self._url, json=self._body(request))
+        outgoing = httpx.Request(
+            "POST",
+            self._url,
+            headers=HEADERS,
+            json=self._body(request),
+            extensions=self._extensions,
+        )
         span = self._spans.start(outgoing)
         try:
             status, headers, content = await self._exchange(outgoing, span)
@@ -238,7 +252,8 @@ class RemoteAgent:
         """Send the request and read the reply (None past ``MAX_REPLY_BYTES``); a transport
         failure is recorded on the attempt's span and raised as its failure kind."""
         try:
-            response = await self._client.send(outgoing, stream=True)
+            response = await self._transport.handle_async_request(outgoing)
+            response.request = outgoing
             try:
                 self._spans.answered(span, response, self._secrets)
                 content = await read_at_most(response, MAX_REPLY_BYTES)
