@@ -1,8 +1,8 @@
 """What passes between ERS and a remote agent besides the answer: a cookie the agent sets is
-not sent with later chats (one client serves every user), credential headers captured on the
-attempt's span are redacted, an auth header the agent rejects is read again from its file,
-and an error body's free text is not taken for an error code. Against real uvicorn processes
-on loopback ports."""
+not sent with later chats (one client serves every user), the environment's proxy
+variables divert nothing, credential headers captured on the attempt's span are redacted,
+an auth header the agent rejects is read again from its file, and an error body's free
+text is not taken for an error code. Against real uvicorn processes on loopback ports."""
 
 from __future__ import annotations
 
@@ -114,6 +114,24 @@ async def test_a_cookie_one_chats_reply_sets_is_not_sent_with_the_next_chat(
     assert first.content == "cookie: None"
     # Bob's request went out without Ann's session.
     assert second.content == "cookie: None"
+
+
+async def test_proxy_variables_of_the_environment_do_not_divert_the_call(
+    session_agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy would get the request without the auth header, or not answer at all: this one
+    # is a closed port, and the agent is still reached directly.
+    closed = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, closed)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    agent = RemoteAgent("remote", HttpAgentSpec(url=session_agent), default_timeout_s=5.0)
+    try:
+        reply = await agent.handle(AgentRequest(message="hi", user_id="ann"))
+    finally:
+        await agent.aclose()
+    assert reply.content == "cookie: None"
 
 
 async def test_credential_headers_captured_on_the_attempt_span_are_redacted(
