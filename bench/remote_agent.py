@@ -16,7 +16,10 @@ calls per second of wall time. Medians over the rounds are reported.
   service's telemetry (``build_telemetry``: its tracer provider with the incident and
   kept-trace span processors, its Prometheus-read meter provider, ``AgentInstruments``); the
   agent makes its own client span per attempt on that tracer provider and sends the
-  ``traceparent`` (``service.agents.attempt_span``).
+  ``traceparent`` (``service.agents.attempt_span``). It sends through the same kind of
+  pooled transport, without the client's layer (cookies, redirects, hooks: nothing an agent
+  call uses); what that saves against the bare client shows as "guarded without telemetry"
+  in the in-process line below.
 
 ``remote_guard_ratio`` is bare throughput / guarded throughput (medians), i.e. the time a
 guarded call costs relative to a bare one: 1.10 means 10 % more time per call, and the
