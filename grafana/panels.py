@@ -206,6 +206,8 @@ def trace_search(title: str, traceql: str, *, description: str = "", limit: int 
     }
     target = {"datasource": TEMPO, "queryType": "traceql", "query": traceql, "refId": "A"}
     target.update(limit=limit, tableType="traces")
+    # The Tempo data source's traces table names this field traceID and shows it as "Trace ID"
+    # (its displayNameFromDS); the byName matcher takes a field's name as well as its shown one.
     trace_id = {"id": "byName", "options": "traceID"}
     return {
         **_panel("table", title, [], {}, description=description, size=(24, 10)),
