@@ -42,12 +42,14 @@ from backup.models import (
     Snapshot,
 )
 from backup.pg_rollback import PgRollback, dump_name
-from backup.pg_scratch import drop_abandoned_scratch_databases
+from backup.pg_scratch import drop_abandoned_scratch_databases, drop_old_schemas
 from backup.pg_tools import PgConnection, PgTools, run_pg_program
 from backup.pipeline import Pipeline
 from backup.restic import Restic
 
 POSTGRES_TAG = "backend:postgresql"
+# How long a start waits for the lock on a rollback's old schema that a query still reads.
+START_LOCK_WAIT_SECONDS = 1.0
 # Room for pg_rollback's "__old_<random>" within PostgreSQL's 63-byte names.
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 
@@ -123,9 +125,11 @@ class PgSchemas:
 
     async def start(self) -> None:
         """Drop old schemas that rollbacks could not drop (a reader held them), and scratch
-        databases whose test rollback or drill was killed."""
+        databases whose test rollback or drill was killed. An old schema a query still reads
+        is left after a short wait: the start does not wait out the query (the backups are
+        not ready until it ends), and the next rollback or start drops it."""
         for schema in self.config.schemas.values():
-            await self.rollback.drop_old_schemas(schema)
+            await drop_old_schemas(self.database, schema, START_LOCK_WAIT_SECONDS)
         await drop_abandoned_scratch_databases(self.database)
 
     async def live_sizes(self) -> dict[str, int]:

@@ -569,3 +569,24 @@ async def test_a_scheduled_backup_skips_a_component_whose_rows_did_not_change(
     assert asked.components == ("budgets",)  # one a person asks for is always a snapshot
     snapshots = json.loads((await restic.run(["snapshots", "--json"])).stdout)
     assert len(snapshots) == 2 + 1 + 1 + len(backups.backend.components) + 1
+
+
+async def test_a_start_does_not_wait_out_a_query_that_reads_a_rollbacks_old_schema(
+    stores: Stores, restic: Restic, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rollback's swapped-out copy of the conversations schema, still read by a report.
+    config = dataclasses.replace(config_for(stores, pg_url), lock_wait_seconds=600)
+    old = f"{config.schemas['conversations']}__old_0a1b2c3d"
+    backups = BackupManager(restic, config)
+    with psycopg.connect(pg_url, autocommit=True) as setup:
+        setup.execute(f"CREATE SCHEMA {old}")
+        setup.execute(f"CREATE TABLE {old}.turns (id int)")
+    with psycopg.connect(pg_url) as reader:
+        reader.execute(f"SELECT count(*) FROM {old}.turns").fetchone()  # its transaction stays open
+        # Before: the start waited the whole lock wait (600 s here, 30 by default) for the
+        # report to end, and the service's backups were not ready meanwhile.
+        await asyncio.wait_for(backups.backend.start(), 120)
+        assert old in leftovers(pg_url)[0]
+        assert f"could not drop the old copy of {config.schemas['conversations']}" in caplog.text
+    await backups.backend.start()  # the next start, the report over
+    assert leftovers(pg_url) == ([], [])
