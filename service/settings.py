@@ -9,7 +9,6 @@ automatic rollback off.
 
 from __future__ import annotations
 
-import difflib
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -37,7 +36,6 @@ from service.config_checks import (
     EnvironmentSource,
     InvalidSetting,
     SettingsError,
-    a_mapping_expected,
     blank_to_none,
     check_database_url,
     check_open_durations,
@@ -49,6 +47,7 @@ from service.config_checks import (
     refuse_boolean_number,
     token_needed,
 )
+from service.settings_errors import describe_validation_error
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # The team by default: the built-in agents, each loaded by its ``ers.agents`` entry point.
@@ -334,7 +333,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc)) from None
+        raise SettingsError(describe_validation_error(exc, Settings)) from None
     except pydantic_settings.SettingsError as exc:  # a list or mapping variable, not JSON
         # Its value is not repeated: settings such as the agents' may hold credentials.
         name = (re.findall(r'field "([^"]+)"', str(exc)) or ["settings"])[0]
@@ -343,51 +342,3 @@ def load_settings(**overrides: Any) -> Settings:
             f'write it as JSON (ERS_AGENT_ROUTES=\'{{"workout": "helper"}}\') or in the '
             "YAML file"
         ) from None
-
-
-# What pydantic adds to a location for each member of a union it tried (``float | int``):
-# no key of the settings.
-UNION_MEMBERS = frozenset({"float", "int"})
-
-
-def _key(location: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in location if part not in UNION_MEMBERS)
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    cause = first.get("ctx", {}).get("error")
-    named = cause.key if isinstance(cause, InvalidSetting) else "settings"
-    key = _key(first["loc"]) or named
-    if first["type"] == "extra_forbidden" and key.split(".")[0] == "notifications":
-        return (  # nothing read the key: remove it
-            f"invalid setting '{key}': ERS sends no notifications itself; people are notified "
-            "by Alertmanager's `people` receiver (alerts/alertmanager.yml), of every alert"
-        )
-    if first["type"] == "extra_forbidden":
-        return f"invalid setting '{key}': unknown key; {_nearest_key(key)}"
-    if first["type"] in ("model_type", "dict_type"):  # one value where names map to values
-        return f"invalid setting '{key}': {a_mapping_expected(key)}"
-    message = first["msg"].removeprefix("Value error, ")
-    # One mistake per key: a value no member of a union takes is an error for each.
-    others = len({_key(error["loc"]) for error in exc.errors()}) - 1
-    more = f" (and {others} more)" if others else ""
-    return f"invalid setting '{key}': {message}{more}"
-
-
-def _nearest_key(key: str) -> str:
-    """What to write instead of the unknown ``key`` (``a.b`` for a nested one): the nearest
-    key its level takes, or the spelling to check, as a YAML key or an ``ERS_`` variable."""
-    *parents, name = key.split(".")
-    model: Any = Settings
-    for part in parents:
-        field = model.model_fields.get(part)
-        model = field.annotation if field is not None else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            model = None
-            break
-    close = difflib.get_close_matches(name, list(model.model_fields), n=1) if model else []
-    if close:
-        return f"did you mean {'.'.join([*parents, close[0]])}?"
-    variable = "ERS_" + key.upper().replace(".", "__")
-    return f"check its spelling (in the YAML file, or {variable})"
