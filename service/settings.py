@@ -95,6 +95,12 @@ BLANK_MEANS_UNSET = frozenset(
 )
 
 
+# The off-host copy's settings besides its repository: each means something only with it.
+OFFSITE_SETTINGS = frozenset(
+    ("offsite_password_file", "offsite_copy_interval_minutes", "offsite_max_backups")
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ERS_",
@@ -258,12 +264,23 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _offsite_needs_its_password_file(self) -> Settings:
+    def _offsite_settings_go_together(self) -> Settings:
         if self.offsite_repository and self.offsite_password_file is None:
             raise InvalidSetting(
                 "offsite_password_file",
                 "offsite_repository is set without offsite_password_file: point "
                 "ERS_OFFSITE_PASSWORD_FILE at the file holding that repository's password",
+            )
+        # Without the repository no copy is made: a setting of the copy given alone (the
+        # repository's line forgotten, or misspelt) did nothing, and nothing said so.
+        orphans = OFFSITE_SETTINGS & self.model_fields_set
+        if not self.offsite_repository and orphans:
+            name = min(orphans)
+            raise InvalidSetting(
+                name,
+                f"{name} is set without offsite_repository, so no off-host copy is made and "
+                "it does nothing; set offsite_repository (ERS_OFFSITE_REPOSITORY) too, or "
+                f"remove {name}",
             )
         return self
 

@@ -47,6 +47,8 @@ def test_the_copier_reads_the_local_repository_into_the_offsite_one(
 def test_the_offsite_repository_keeps_max_backups_unless_told_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "sftp:backup@vault.example:/srv/ers")
+    monkeypatch.setenv("ERS_OFFSITE_PASSWORD_FILE", "/run/secrets/offsite_password")
     monkeypatch.setenv("ERS_MAX_BACKUPS", "7")
     assert load_settings().offsite_max_backups is None
     assert offsite_keep_last(load_settings()) == 7
@@ -55,3 +57,26 @@ def test_the_offsite_repository_keeps_max_backups_unless_told_otherwise(
     monkeypatch.setenv("ERS_OFFSITE_MAX_BACKUPS", "0")
     with pytest.raises(SettingsError, match="^invalid setting 'offsite_max_backups'"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("ERS_OFFSITE_PASSWORD_FILE", "/run/secrets/offsite_password"),
+        ("ERS_OFFSITE_COPY_INTERVAL_MINUTES", "60"),
+        ("ERS_OFFSITE_MAX_BACKUPS", "30"),
+    ],
+)
+def test_an_offsite_setting_without_the_offsite_repository_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # No copy is made without the repository: the setting alone would do nothing.
+    monkeypatch.setenv(variable, value)
+    key = variable.removeprefix("ERS_").lower()
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"invalid setting '{key}': {key} is set without offsite_repository, so no off-host "
+        "copy is made and it does nothing; set offsite_repository (ERS_OFFSITE_REPOSITORY) "
+        f"too, or remove {key}"
+    )
