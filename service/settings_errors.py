@@ -4,9 +4,10 @@ instead (the nearest key for an unknown one)."""
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from service.config_checks import InvalidSetting, a_mapping_expected
 
@@ -36,10 +37,86 @@ def describe_validation_error(exc: ValidationError, settings: type[BaseModel]) -
     if first["type"] in ("model_type", "dict_type"):  # one value where names map to values
         return f"invalid setting '{key}': {a_mapping_expected(key)}"
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] in SHOWN_MISTAKES:
+        field = _field(key, settings)
+        value = first.get("input")
+        told = [f"given {_written(value)}"] if _shown(value) else []
+        if field is not None and (allowed := _allowed(field)):
+            told.append(f"allowed: {allowed}")
+        message += f" ({'; '.join(told)})" if told else ""
     # One mistake per key: a value no member of a union takes is an error for each.
     others = len({_key(error["loc"]) for error in exc.errors()}) - 1
     more = f" (and {others} more)" if others else ""
     return f"invalid setting '{key}': {message}{more}"
+
+
+# Mistakes of a number, a switch or a word of a few: their value is shown as given (the
+# settings' errors show no input, since a URL or a token may hold a password; none of these
+# is one), with the whole range allowed, where pydantic names only the bound broken.
+SHOWN_MISTAKES = frozenset(
+    {
+        "int_parsing",
+        "int_from_float",
+        "float_parsing",
+        "finite_number",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "bool_parsing",
+        "enum",
+    }
+)
+
+
+def _shown(value: object) -> bool:
+    return isinstance(value, (str, int, float)) and len(str(value)) <= 40
+
+
+def _written(value: object) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _field(key: str, settings: type[BaseModel]) -> FieldInfo | None:
+    """The field of a dotted ``key`` (``backup_interval_minutes.budgets``), if a model has it."""
+    model: Any = settings
+    field = None
+    for part in key.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _allowed(field: FieldInfo) -> str | None:
+    """What a number or a switch takes, a number's bounds both named (``a whole number from 1
+    to 10000``); None for any other field."""
+    members = {a for a in (field.annotation, *get_args(field.annotation)) if a is not type(None)}
+    if bool in members:
+        return "true or false"
+    if not members & {int, float}:
+        return None
+    bounds = {
+        name: _number(getattr(rule, name))
+        for rule in field.metadata
+        for name in ("ge", "gt", "le")
+        if hasattr(rule, name)
+    }
+    kind = "a whole number" if int in members else "a number"
+    if "ge" in bounds and "le" in bounds:
+        return f"{kind} from {bounds['ge']} to {bounds['le']}"
+    low = f"above {bounds['gt']}" if "gt" in bounds else None
+    low = f"at least {bounds['ge']}" if "ge" in bounds else low
+    high = f"at most {bounds['le']}" if "le" in bounds else None
+    told = ", ".join(filter(None, (low, high)))
+    return f"{kind} {told}" if told else None
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _nearest_key(key: str, settings: type[BaseModel]) -> str:

@@ -77,7 +77,8 @@ def test_a_port_or_host_given_on_the_command_line_is_used_even_when_zero_or_empt
     zero = serve(tmp_path, "--port", "0", ERS_PORT=str(free_port()))
     assert zero.returncode == 2, zero.stderr
     assert zero.stderr.strip().splitlines() == [
-        "ers: invalid setting 'port': Input should be greater than or equal to 1"
+        "ers: invalid setting 'port': Input should be greater than or equal to 1 (given 0; "
+        "allowed: a whole number from 1 to 65535)"
     ]
     empty = serve(tmp_path, "--host", "", ERS_PORT=str(free_port()))
     assert empty.returncode == 2, empty.stderr

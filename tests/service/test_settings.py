@@ -420,7 +420,7 @@ def test_a_word_for_a_breakers_number_names_its_key_once(tmp_path: Path) -> None
         load_settings()
     assert str(raised.value) == (
         "invalid setting 'agent_breakers.helper.open_duration_s': Input should be a valid "
-        "number, unable to parse string as a number"
+        "number, unable to parse string as a number (given 'soon')"
     )
 
 
@@ -494,3 +494,61 @@ def test_a_token_file_variable_without_the_token_s_name_is_told() -> None:
     [line] = unknown_variables({"ERS_TOKEN_FILE": "/run/secrets/t"}, Settings.model_fields)
     assert line.startswith("ERS_TOKEN_FILE names no setting and is ignored; did you mean ERS_")
     assert line.endswith("_TOKEN_FILE?")
+
+
+@pytest.mark.parametrize(
+    "variable,value,told",
+    [
+        (
+            "ERS_MAX_BACKUPS",
+            "-3",
+            "max_backups': Input should be greater than or equal to 1 (given '-3'; allowed: "
+            "a whole number from 1 to 10000)",
+        ),
+        (
+            "ERS_PORT",
+            "80OO",
+            "port': Input should be a valid integer, unable to parse string as an integer "
+            "(given '80OO'; allowed: a whole number from 1 to 65535)",
+        ),
+        (
+            "ERS_BACKUP_INTERVAL_MINUTES__BUDGETS",
+            "0",
+            "backup_interval_minutes.budgets': Input should be greater than 0 (given '0'; "
+            "allowed: a number above 0, at most 525600)",
+        ),
+        (
+            "ERS_SHUTDOWN_BACKUP_TIMEOUT_S",
+            "7200",
+            "shutdown_backup_timeout_s': Input should be less than or equal to 3600 (given "
+            "'7200'; allowed: a number above 0, at most 3600)",
+        ),
+        (
+            "ERS_ENV",
+            "prod",
+            "env': Input should be 'development', 'test' or 'production' (given 'prod')",
+        ),
+        (
+            "ERS_AUTO_ROLLBACK_ENABLED",
+            "sometimes",
+            "auto_rollback_enabled': Input should be a valid boolean, unable to interpret "
+            "input (given 'sometimes'; allowed: true or false)",
+        ),
+    ],
+)
+def test_a_refused_value_is_told_as_given_with_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, told: str
+) -> None:
+    # pydantic names one bound broken and not the value: "greater than or equal to 1" left
+    # out the upper bound, and which of several places set the value was not told.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == f"invalid setting '{told}"
+
+
+def test_a_refused_secret_is_not_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERS_DATABASE_URL", "mysql://ers:hunter2@db/ers")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert "hunter2" not in str(error.value)
