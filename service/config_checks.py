@@ -169,11 +169,15 @@ def _is_number(annotation: object) -> bool:
     )
 
 
-def refuse_blank(value: object) -> object:
+def refuse_blank(value: object, annotation: object) -> object:
     """An empty path means the working directory, never what was meant (an unset compose
-    variable gives one): refuse it before it becomes ``Path('.')``."""
+    variable gives one): refuse it before it becomes ``Path('.')``. A key of the YAML file
+    with nothing after it (its value commented out) is as empty, where None means nothing:
+    pydantic's word for it named a type (``not a valid path for <class 'pathlib.Path'>``)."""
     if isinstance(value, str) and not value.strip():
         raise ValueError("empty; set it, or leave the variable out for the default")
+    if value is None and type(None) not in (annotation, *get_args(annotation)):
+        raise ValueError("empty (null in the YAML file); write a value, or remove the key")
     return value
 
 

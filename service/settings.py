@@ -84,8 +84,9 @@ class BackupIntervals(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
-        refuse_blank(value)
-        return refuse_boolean_number(value, cls.model_fields[str(info.field_name)].annotation)
+        annotation = cls.model_fields[str(info.field_name)].annotation
+        refuse_blank(value, annotation)
+        return refuse_boolean_number(value, annotation)
 
 
 # Settings a blank value leaves unset: no request could present a blank token, and blank
@@ -243,9 +244,10 @@ class Settings(BaseSettings):
     @classmethod
     def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
         name = str(info.field_name)
+        annotation = cls.model_fields[name].annotation
         if name not in BLANK_MEANS_UNSET:
-            refuse_blank(value)
-        return refuse_boolean_number(value, cls.model_fields[name].annotation)
+            refuse_blank(value, annotation)
+        return refuse_boolean_number(value, annotation)
 
     @field_validator("database_url")
     @classmethod
@@ -273,7 +275,7 @@ class Settings(BaseSettings):
             )
         # Without the repository no copy is made: a setting of the copy given alone (the
         # repository's line forgotten, or misspelt) did nothing, and nothing said so.
-        orphans = OFFSITE_SETTINGS & self.model_fields_set
+        orphans = {n for n in OFFSITE_SETTINGS & self.model_fields_set if getattr(self, n)}
         if not self.offsite_repository and orphans:
             name = min(orphans)
             raise InvalidSetting(

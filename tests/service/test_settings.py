@@ -552,3 +552,36 @@ def test_a_refused_secret_is_not_told(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError) as error:
         load_settings()
     assert "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,key",
+    [
+        ("data_dir:\n", "data_dir"),
+        ("max_backups:\n", "max_backups"),
+        ("env:\n", "env"),
+        ("agents:\n#  helper: {kind: http, url: 'http://127.0.0.1:8600/chat'}\n", "agents"),
+        ("backup_interval_minutes:\n  budgets:\n", "backup_interval_minutes.budgets"),
+    ],
+)
+def test_a_yaml_key_with_no_value_is_refused_as_empty(
+    tmp_path: Path, yaml_text: str, key: str
+) -> None:
+    # Was pydantic's word for the type: "Input is not a valid path for <class
+    # 'pathlib.Path'>", "Input should be a valid integer".
+    (tmp_path / "ers.yaml").write_text(yaml_text)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"invalid setting '{key}': empty (null in the YAML file); write a value, or remove the key"
+    )
+
+
+def test_a_yaml_key_with_no_value_leaves_an_optional_setting_unset(tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text(
+        "offsite_max_backups:\nclassification_rules:\ndatabase_url:\n"
+    )
+    settings = load_settings()
+    assert settings.offsite_max_backups is None
+    assert settings.classification_rules is None
+    assert settings.database_url is None
