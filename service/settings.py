@@ -273,6 +273,18 @@ class Settings(BaseSettings):
                 "offsite_repository is set without offsite_password_file: point "
                 "ERS_OFFSITE_PASSWORD_FILE at the file holding that repository's password",
             )
+        if self.offsite_repository and self.offsite_password_file is not None:
+            # ERS makes the local repository's password, never the off-host one's (it must
+            # be kept off the host too): without it every copy failed, from the first.
+            try:
+                self.offsite_password_file.open("rb").close()
+            except OSError as exc:
+                raise InvalidSetting(
+                    "offsite_password_file",
+                    f"cannot read {self.offsite_password_file} ({exc.strerror}); point "
+                    "ERS_OFFSITE_PASSWORD_FILE at the file holding the off-host repository's "
+                    "password",
+                ) from None
         # Without the repository no copy is made: a setting of the copy given alone (the
         # repository's line forgotten, or misspelt) did nothing, and nothing said so.
         orphans = {n for n in OFFSITE_SETTINGS & self.model_fields_set if getattr(self, n)}

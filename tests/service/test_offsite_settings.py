@@ -36,6 +36,7 @@ def test_the_copier_reads_the_local_repository_into_the_offsite_one(
     monkeypatch.setenv("ERS_RESTIC_REPOSITORY", str(tmp_path / "local"))
     monkeypatch.setenv("ERS_RESTIC_PASSWORD_FILE", str(tmp_path / "local.pw"))
     monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "rest:https://ers:secret@vault.example/ers")
+    (tmp_path / "offsite.pw").write_text("offsite-password\n")
     monkeypatch.setenv("ERS_OFFSITE_PASSWORD_FILE", str(tmp_path / "offsite.pw"))
     copier = build_copier(load_settings())
     assert copier is not None
@@ -45,10 +46,11 @@ def test_the_copier_reads_the_local_repository_into_the_offsite_one(
 
 
 def test_the_offsite_repository_keeps_max_backups_unless_told_otherwise(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "sftp:backup@vault.example:/srv/ers")
-    monkeypatch.setenv("ERS_OFFSITE_PASSWORD_FILE", "/run/secrets/offsite_password")
+    (tmp_path / "offsite.pw").write_text("offsite-password\n")
+    monkeypatch.setenv("ERS_OFFSITE_PASSWORD_FILE", str(tmp_path / "offsite.pw"))
     monkeypatch.setenv("ERS_MAX_BACKUPS", "7")
     assert load_settings().offsite_max_backups is None
     assert offsite_keep_last(load_settings()) == 7
@@ -79,4 +81,19 @@ def test_an_offsite_setting_without_the_offsite_repository_is_refused(
         f"invalid setting '{key}': {key} is set without offsite_repository, so no off-host "
         "copy is made and it does nothing; set offsite_repository (ERS_OFFSITE_REPOSITORY) "
         f"too, or remove {key}"
+    )
+
+
+def test_an_offsite_password_file_that_cannot_be_read_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # ERS never makes it: without it every copy failed, from the first, after start-up.
+    monkeypatch.setenv("ERS_OFFSITE_REPOSITORY", "sftp:backup@vault.example:/srv/ers")
+    monkeypatch.setenv("ERS_OFFSITE_PASSWORD_FILE", str(tmp_path / "offsite.pw"))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"invalid setting 'offsite_password_file': cannot read {tmp_path / 'offsite.pw'} (No "
+        "such file or directory); point ERS_OFFSITE_PASSWORD_FILE at the file holding the "
+        "off-host repository's password"
     )
