@@ -55,7 +55,9 @@ def describe_validation_error(exc: ValidationError, settings: type[BaseModel]) -
 # is one), with the whole range allowed, where pydantic names only the bound broken.
 SHOWN_MISTAKES = frozenset(
     {
+        "int_type",
         "int_parsing",
+        "float_type",
         "int_from_float",
         "float_parsing",
         "finite_number",
@@ -63,6 +65,7 @@ SHOWN_MISTAKES = frozenset(
         "greater_than_equal",
         "less_than",
         "less_than_equal",
+        "bool_type",
         "bool_parsing",
         "enum",
     }

@@ -547,6 +547,16 @@ def test_a_refused_value_is_told_as_given_with_what_is_allowed(
     assert str(error.value) == f"invalid setting '{told}"
 
 
+def test_a_list_for_a_number_is_told_what_is_allowed(tmp_path: Path) -> None:
+    (tmp_path / "ers.yaml").write_text("max_backups: [5]\n")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        "invalid setting 'max_backups': Input should be a valid integer (allowed: a whole "
+        "number from 1 to 10000)"
+    )
+
+
 def test_a_refused_secret_is_not_told(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ERS_DATABASE_URL", "mysql://ers:hunter2@db/ers")
     with pytest.raises(SettingsError) as error:
