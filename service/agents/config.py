@@ -54,6 +54,17 @@ _SPEC: TypeAdapter[AgentSpec] = TypeAdapter(AgentSpec)
 KINDS = ("python", "http")
 
 
+class FactoryFailed(SettingsError):
+    """A Python agent's factory did not give a usable agent; ``problem`` says why and what
+    to do, without the setting's name the message leads with, for a caller (a restart) that
+    tells it in words of its own."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.key = f"agents.{name}.factory"
+        self.problem = problem
+        super().__init__(f"invalid setting '{self.key}': {problem}")
+
+
 @dataclass(frozen=True)
 class TeamConfig:
     """The checked ``agents:`` (in the settings' order), and the agent of each routed intent:
@@ -245,7 +256,7 @@ def build_agent(
     settings: Settings,
     tracer_provider: TracerProvider | None = None,
 ) -> Agent:
-    """One agent of the team, as its spec says; SettingsError when a factory fails. A remote
+    """One agent of the team, as its spec says; FactoryFailed when a factory fails. A remote
     agent's client records each attempt as a span of ``tracer_provider`` (the service's)."""
     if isinstance(spec, HttpAgentSpec):
         # Imported here: a team of Python agents does not load the HTTP client.
@@ -258,54 +269,58 @@ def build_agent(
             tracer_provider=tracer_provider,
             private_auth_file=settings.env is Environment.PRODUCTION,
         )
-    key = f"agents.{name}.factory"
     factory = config.factories[name]
     if problem := _takes_name_and_stores(factory):
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' cannot be called as the factory is, "
-            f"with the agent's name and the stores, factory(name, stores): {problem}"
+        raise FactoryFailed(
+            name,
+            f"'{spec.factory}' cannot be called as the factory is, "
+            f"with the agent's name and the stores, factory(name, stores): {problem}",
         )
     try:
         agent = factory(name, stores)
     except BaseException as exc:  # sys.exit("...") in a factory: the same mistake
         # A plain call, so nothing cancels it from outside: a KeyboardInterrupt is the
         # factory's own, which passed up through the lifespan as a wall of traceback, exit 3.
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' failed building agent '{name}' "
-            f"({described(exc)})"
+        raise FactoryFailed(
+            name, f"'{spec.factory}' failed building agent '{name}' ({described(exc)})"
         ) from None
     if inspect.iscoroutine(agent):
         agent.close()  # never to be awaited: no "coroutine was never awaited" warning
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' is an async function; the factory is "
-            "called once at start-up, not awaited: make it a plain def"
+        raise FactoryFailed(
+            name,
+            f"'{spec.factory}' is an async function; the factory is "
+            "called once at start-up, not awaited: make it a plain def",
         )
     if not isinstance(agent, Agent):
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' returned a {type(agent).__name__}, "
-            "not an agent; return an object with a name and an async handle(request)"
+        raise FactoryFailed(
+            name,
+            f"'{spec.factory}' returned a {type(agent).__name__}, "
+            "not an agent; return an object with a name and an async handle(request)",
         )
     handle = inspect.unwrap(agent.handle)
     if inspect.isroutine(handle) and not inspect.iscoroutinefunction(handle):
         # Its reply cannot be awaited: every call would fail, found by the users only.
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' returned an agent whose handle is a "
-            "plain def; write it as async def handle(self, request)"
+        raise FactoryFailed(
+            name,
+            f"'{spec.factory}' returned an agent whose handle is a "
+            "plain def; write it as async def handle(self, request)",
         )
     guidance = getattr(agent, "guidance", None)
     if guidance is not None and not (isinstance(guidance, str) and guidance.strip()):
         # The last fallback's reply: one that is no text would fail the router's guard in
         # turn, and open the router's breaker for every chat.
         what = "empty" if isinstance(guidance, str) else f"a {type(guidance).__name__}"
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' returned an agent whose guidance is "
+        raise FactoryFailed(
+            name,
+            f"'{spec.factory}' returned an agent whose guidance is "
             f"{what}, not text; make it a string (a trailing comma makes a tuple), or leave "
-            "it out"
+            "it out",
         )
     if agent.name != name:
-        raise SettingsError(
-            f"invalid setting '{key}': '{spec.factory}' returned an agent named "
-            f"'{agent.name}' for '{name}'; give it the name the factory is called with"
+        raise FactoryFailed(
+            name,
+            f"'{spec.factory}' returned an agent named "
+            f"'{agent.name}' for '{name}'; give it the name the factory is called with",
         )
     return agent
 

@@ -13,7 +13,7 @@ from opentelemetry.trace import TracerProvider
 
 from service.agents import budget, nutrition, workout
 from service.agents.base import Agent, canonical_agent_name
-from service.agents.config import TeamConfig, build_agent, load_team_config
+from service.agents.config import FactoryFailed, TeamConfig, build_agent, load_team_config
 from service.agents.router import GENERAL_ANSWER, RouterAgent
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
 from service.chat.holds import end_holds_when_back
@@ -380,10 +380,9 @@ def _rebuilder(
     def rebuild() -> Agent:
         try:
             return build_agent(name, spec, config, stores, settings)
-        except SettingsError as exc:  # the settings were good at start: the factory fails now
-            problem = str(exc).removeprefix(f"invalid setting 'agents.{name}.factory': ")
+        except FactoryFailed as exc:  # the settings were good at start: the factory fails now
             raise AgentRestartFailed(
-                f"agent '{name}' was not restarted and its instance answers on: {problem}"
+                f"agent '{name}' was not restarted and its instance answers on: {exc.problem}"
             ) from None
 
     return rebuild

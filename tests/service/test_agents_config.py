@@ -13,7 +13,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from service.agents.base import AgentRequest
 from service.agents.budget import BudgetAgent
-from service.agents.config import OWN_COMPONENTS, build_agent, load_team_config
+from service.agents.config import (
+    OWN_COMPONENTS,
+    FactoryFailed,
+    build_agent,
+    load_team_config,
+)
 from service.agents.nutrition import NutritionAgent
 from service.agents.specs import HttpAgentSpec, PythonAgentSpec
 from service.agents.workout import GENERAL_GUIDANCE as WORKOUT_GUIDANCE
@@ -387,10 +392,13 @@ async def test_a_factory_that_does_not_give_the_agent_stops_the_build(
         agents={"coach": {"kind": "python", "factory": f"{HELPERS}:{factory}"}},
         agent_routes={},
     )
-    with pytest.raises(SettingsError) as raised:
+    with pytest.raises(FactoryFailed) as raised:
         team_of(settings, sqlite_stores)
-    assert str(raised.value).startswith("invalid setting 'agents.coach.factory': ")
-    assert expected in str(raised.value)
+    # A SettingsError at start; the problem apart, for a restart to tell in its own words.
+    assert isinstance(raised.value, SettingsError)
+    assert raised.value.key == "agents.coach.factory"
+    assert expected in raised.value.problem
+    assert str(raised.value) == f"invalid setting 'agents.coach.factory': {raised.value.problem}"
 
 
 async def test_an_async_factory_is_named_as_such_and_leaves_no_coroutine_behind(
