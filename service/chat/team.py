@@ -13,11 +13,12 @@ from opentelemetry.trace import TracerProvider
 
 from service.agents import budget, nutrition, workout
 from service.agents.base import Agent, canonical_agent_name
-from service.agents.config import FactoryFailed, TeamConfig, build_agent, load_team_config
+from service.agents.config import TeamConfig, build_agent, load_team_config
 from service.agents.router import GENERAL_ANSWER, RouterAgent
-from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
+from service.agents.specs import AgentSpec, HttpAgentSpec
 from service.chat.holds import end_holds_when_back
-from service.errors import AgentRestartFailed, UnknownAgent, UserInputError
+from service.chat.restarts import built_off_loop, rebuilder
+from service.errors import UnknownAgent, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.breaker_config import SECONDS_LIMITS
 from service.resilience.bulkhead import Bulkhead
@@ -150,18 +151,24 @@ class Team:
         return {name: seconds for name, seconds in left if seconds > 0}
 
     async def restart(self, guard: GuardedAgent) -> bool:
-        """A new instance of ``guard``'s agent from its factory; the one it replaces is
-        closed (as at shutdown) once the calls begun on it have had their whole time, a
-        bulkhead's wait and the guard's budget: closed at once, a remote agent's calls still
-        on its connections failed. False without a factory."""
-        replaced = guard.agent
-        if not guard.restart():
+        """A new instance of ``guard``'s agent from its factory, built in a thread: a factory
+        that loads a model or opens a connection held every request of the service while it
+        ran. The instance it replaces answers until then, and is closed (as at shutdown)
+        once the calls begun on it have had their whole time, a bulkhead's wait and the
+        guard's budget: closed at once, a remote agent's calls still on its connections
+        failed. False without a factory; the factory's failure is raised as it is."""
+        if guard.factory is None:
             return False
-        if (close := getattr(replaced, "aclose", None)) is not None:
-            queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
-            wait = queued + guard.config.total_budget_s
-            spawn(self.retired, self._close_retired(guard.name, close, wait))
+        queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
+        wait = queued + guard.config.total_budget_s
+        agent = await built_off_loop(guard.factory, lambda unused: self._retire(guard, unused, 0))
+        replaced, guard.agent = guard.agent, agent  # the one in place now: restarts may overlap
+        self._retire(guard, replaced, wait)
         return True
+
+    def _retire(self, guard: GuardedAgent, agent: Agent, wait: float) -> None:
+        if (close := getattr(agent, "aclose", None)) is not None:
+            spawn(self.retired, self._close_retired(guard.name, close, wait))
 
     async def _close_retired(self, name: str, close: Closer, wait: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -256,7 +263,7 @@ def build_team(
         agent = build_agent(name, spec, config, stores, settings, tracer_provider)
         members[name] = team.protect(
             agent,
-            factory=_rebuilder(name, spec, config, stores, settings),
+            factory=rebuilder(name, spec, config, stores, settings),
             guard_config=_guard_config(spec, team.guard_config),
             breaker_config=_breaker_for_timeout(name, spec, per_agent, default, settings),
             guidance=getattr(agent, "guidance", None) or _domain_guidance(name, config.routes),
@@ -367,25 +374,6 @@ def _domain_guidance(name: str, routes: Mapping[str, str]) -> str | None:
     (``agent_routes: {workout: my_coach}``: workout's); None for none."""
     served = (GENERAL_GUIDANCE.get(intent) for intent, agent in routes.items() if agent == name)
     return next((guidance for guidance in served if guidance), None)
-
-
-def _rebuilder(
-    name: str, spec: AgentSpec, config: TeamConfig, stores: Stores, settings: Settings
-) -> Callable[[], Agent] | None:
-    """What the responder's restart calls: a Python agent's factory again. A remote agent
-    is not rebuilt: a new client would leave the old one's connections open."""
-    if not isinstance(spec, PythonAgentSpec):
-        return None
-
-    def rebuild() -> Agent:
-        try:
-            return build_agent(name, spec, config, stores, settings)
-        except FactoryFailed as exc:  # the settings were good at start: the factory fails now
-            raise AgentRestartFailed(
-                f"agent '{name}' was not restarted and its instance answers on: {exc.problem}"
-            ) from None
-
-    return rebuild
 
 
 def reached_as_fallback(config: TeamConfig) -> set[str]:

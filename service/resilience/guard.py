@@ -72,7 +72,8 @@ class GuardedAgent:
         self._tracer = tracer
         self._instruments = instruments
         self._faults = faults
-        self._factory = factory
+        # What a restart builds a new instance with (Team.restart); None: not restarted.
+        self.factory = factory
         self._span_name = f"agent.{agent.name}"
         self._outcome_labels: dict[str, dict[str, str]] = {}
         self._deadlines = deadlines or SHARED_DEADLINES
@@ -92,13 +93,6 @@ class GuardedAgent:
     def end_cooldown(self) -> bool:
         """End the cooldown now (an operator's reset); False when there was none."""
         return self.cooldown.end()
-
-    def restart(self) -> bool:
-        """Replace the agent instance with a fresh one; False when there is no factory."""
-        if self._factory is None:
-            return False
-        self.agent = self._factory()
-        return True
 
     async def probe(self) -> ProbeOutcome:
         """A synthetic call now, bypassing the breaker: passed, or the error it met."""

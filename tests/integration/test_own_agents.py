@@ -445,21 +445,7 @@ def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) 
         with httpx.Client(base_url=ers.url, timeout=30) as http:
             reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
             assert reply.status_code == 200, reply.text
-            restarted = None
-            deadline = time.monotonic() + 30
-            while restarted is None and time.monotonic() < deadline:
-                listed = http.get("/api/emergency/incidents", params={"component": "my_coach"})
-                for incident in listed.json()["incidents"]:
-                    timeline = http.get(f"/api/emergency/incidents/{incident['id']}").json()
-                    done = [
-                        entry
-                        for entry in timeline["timeline"]
-                        if entry["kind"] == "action_finished"
-                        and entry["data"].get("action") == "restart_agent"
-                    ]
-                    restarted = done[0] if done else None
-                if restarted is None:
-                    time.sleep(0.2)
+            restarted = restart_finished(http, "my_coach")
             assert restarted is not None and restarted["data"]["result"] == "success", restarted
             # Closed once the calls begun on it have had their time (the guard's budget,
             # 1.6 s here), before the service stops; polled for 30 s at most.
@@ -471,6 +457,71 @@ def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) 
         assert ers.stop() == 0, ers.log()[-4000:]
     assert closed_while_running == "closed instance 1\n"
     assert close_log.read_text() == "closed instance 1\nclosed instance 2\n"
+
+
+def restart_finished(http: httpx.Client, agent: str) -> dict[str, Any] | None:
+    """The timeline entry of the responder's restart_agent of ``agent`` once it has finished
+    (polled for 30 s at most), or None."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = http.get("/api/emergency/incidents", params={"component": agent})
+        for incident in listed.json()["incidents"]:
+            timeline = http.get(f"/api/emergency/incidents/{incident['id']}").json()
+            for entry in timeline["timeline"]:
+                if (
+                    entry["kind"] == "action_finished"
+                    and entry["data"].get("action") == "restart_agent"
+                ):
+                    return dict(entry)
+        time.sleep(0.2)
+    return None
+
+
+def test_the_service_answers_while_a_restarted_agents_factory_is_building(
+    tmp_path: Path,
+) -> None:
+    """restart_agent called the agent's factory on the event loop: a factory that loads a
+    model or opens a connection for seconds stalled every request of the service, /livez
+    too, until it returned. It builds in a thread, and the service answers meanwhile."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    agents = {
+        **BUILT_IN,
+        "my_coach": {
+            "kind": "python",
+            "factory": f"{HELPERS}:slow_at_restart",
+            "fallbacks": ["workout"],
+        },
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    env = {
+        "ERS_CONFIG": str(config),
+        "PYTHONPATH": str(ROOT),
+        "OWN_AGENT_RESTART_DIR": str(flags),
+        "ERS_AGENT_TIMEOUT_S": "1",
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+            failed = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
+            assert failed.status_code == 200, failed.text  # its incident restarts my_coach
+            deadline = time.monotonic() + 30
+            while not (flags / "building").exists():
+                assert time.monotonic() < deadline, ers.log()[-3000:]
+                time.sleep(0.05)
+
+            alive = http.get("/livez")
+            other = http.post("/chat", json={"message": "what should I eat?", "userId": "v"})
+            answered_before_built = not (flags / "returned").exists()
+            (flags / "go").touch()
+            restarted = restart_finished(http, "my_coach")
+    finally:
+        assert ers.stop() == 0, ers.log()[-4000:]
+    assert alive.status_code == 200, alive.text
+    assert other.status_code == 200 and other.json()["agent"] == "nutrition", other.text
+    assert answered_before_built, (flags / "returned").read_text()
+    assert (flags / "returned").read_text() == "let go"
+    assert restarted is not None and restarted["data"]["result"] == "success", restarted
 
 
 @pytest.mark.parametrize("factory", ["uncancellable", "thread_stuck"])

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 
 from service.agents.base import AgentReply, AgentRequest
 from service.errors import AgentFailure
@@ -284,3 +285,24 @@ class ThreadStuckCoach(Coach):
 
 def thread_stuck(name: str, stores: Stores) -> ThreadStuckCoach:
     return ThreadStuckCoach(name)
+
+
+def slow_at_restart(name: str, stores: Stores) -> BrokenCoach:
+    """Fails every call; called again (a restart), it loads its model until the file ``go``
+    appears in the folder ``OWN_AGENT_RESTART_DIR`` names (20 s at most), writing ``building``
+    there as it begins and ``returned`` (saying whether it was let go) as it ends, so a test
+    outside the process sees what was served meanwhile."""
+    folder = os.environ.get("OWN_AGENT_RESTART_DIR")
+    if folder is None or not os.path.exists(os.path.join(folder, "started")):
+        if folder is not None:
+            open(os.path.join(folder, "started"), "w").close()
+        return BrokenCoach(name)
+    open(os.path.join(folder, "building"), "w").close()
+    let_go = False
+    for _ in range(400):
+        if let_go := os.path.exists(os.path.join(folder, "go")):
+            break
+        time.sleep(0.05)
+    with open(os.path.join(folder, "returned"), "w") as returned:
+        returned.write("let go" if let_go else "not let go")
+    return BrokenCoach(name)

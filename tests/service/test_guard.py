@@ -241,7 +241,7 @@ async def test_a_users_own_agent_is_protected_with_one_call(harness: Harness) ->
     guarded = team.protect(ScriptedAgent("sleep", [AgentFailure("boom")]), factory=factory)
     assert team.get("sleep") is guarded
     assert (await guarded.handle(REQUEST)).degraded
-    assert guarded.restart() is True
+    assert await team.restart(guarded) is True
     assert (await guarded.handle(REQUEST)).content == "rested 1"
     with pytest.raises(ValueError, match="already in the team"):
         team.protect(ScriptedAgent("sleep", ["x"]))

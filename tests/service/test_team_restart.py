@@ -4,6 +4,7 @@ closed once the calls begun on it have had their time, or at once when the servi
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,4 +111,64 @@ async def test_a_restart_whose_factory_now_fails_says_so_and_keeps_the_instance(
         "(RuntimeError: the model registry cannot be reached)"
     )
     assert guard.agent is before
+    await team.aclose()
+
+
+class SlowFactory:
+    """A factory that loads a model for as long as the test holds it: it says when it has
+    begun, and returns once let go (or after 10 s, saying it was not let go)."""
+
+    def __init__(self) -> None:
+        self.building = threading.Event()
+        self.let_go = threading.Event()
+        self.held_past_release = False
+        self.built: Connected | None = None
+
+    def __call__(self) -> Connected:
+        self.building.set()
+        self.held_past_release = not self.let_go.wait(10)
+        self.built = Connected()
+        return self.built
+
+
+async def test_the_factory_builds_in_a_thread_while_the_instance_in_place_answers() -> None:
+    """restart_agent called the factory on the event loop: a factory loading a model for
+    seconds held every request of the service until it returned."""
+    team = team_with(budget_s=30)
+    factory = SlowFactory()
+    guard = team.protect(Connected(), factory=factory)
+    old = guard.agent
+    assert isinstance(old, Connected)
+    old.go_on.set()
+    restarting = asyncio.create_task(team.restart(guard))
+    assert await asyncio.to_thread(factory.building.wait, 10)
+
+    reply = await guard.handle(AgentRequest("plan my week", "ana"))  # while it builds
+    assert reply.content == f"answered by instance {old.number}"
+    assert not restarting.done() and guard.agent is old
+
+    factory.let_go.set()
+    assert await restarting is True
+    assert not factory.held_past_release
+    assert guard.agent is not old and isinstance(guard.agent, Connected)
+    await team.aclose()
+
+
+async def test_an_instance_built_after_its_restart_was_cut_short_is_closed() -> None:
+    team = team_with(budget_s=30)
+    factory = SlowFactory()
+    guard = team.protect(Connected(), factory=factory)
+    old = guard.agent
+    restarting = asyncio.create_task(team.restart(guard))
+    assert await asyncio.to_thread(factory.building.wait, 10)
+    restarting.cancel()  # the action's time limit
+    with pytest.raises(asyncio.CancelledError):
+        await restarting
+
+    factory.let_go.set()
+    async with asyncio.timeout(10):
+        # The thread returns, and the instance it built, never put in place, is closed.
+        while factory.built is None or not factory.built.closed:
+            await asyncio.sleep(0.01)
+    assert guard.agent is old and not old.closed  # type: ignore[attr-defined]
     await team.aclose()
