@@ -46,6 +46,11 @@ _SECRET_PAIR = re.compile(
     r"=('[^']*'|\"[^\"]*\"|[^\s&#,;'\"<>`]+)",
     re.IGNORECASE,
 )
+# Query parameters that carry no secret, each with the shape its value must have to be kept:
+# Azure OpenAI's api-version (?api-version=2024-02-01, 2024-02-15-preview) names the API a
+# call was made to, which a span of a failing call needs; under that name any other value
+# is redacted, as every value of any other parameter is (a key goes under any name).
+PUBLIC_QUERY_VALUES = {"api-version": re.compile(r"\d{4}-\d{2}-\d{2}(?:-[a-z]{1,12})?")}
 # Attributes holding a whole URL, or its query alone (the stable and the old conventions;
 # the old ``http.target`` is a server's path and query, /orders/7?api_key=...).
 URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target"})
@@ -113,9 +118,17 @@ def _without_credentials(text: str) -> str:
 
 
 def redacted_query(query: str) -> str:
-    """Every value of a query string redacted, its names kept."""
+    """Every value of a query string redacted, its names kept, but for a parameter known
+    to carry none (``PUBLIC_QUERY_VALUES``) whose value has the shape it is known by."""
     pairs = (pair.partition("=") for pair in query.split("&"))
-    return "&".join(f"{name}={REDACTED}" if value else name + sep for name, sep, value in pairs)
+    return "&".join(_redacted_pair(name, sep, value) for name, sep, value in pairs)
+
+
+def _redacted_pair(name: str, sep: str, value: str) -> str:
+    if not value:
+        return name + sep
+    shape = PUBLIC_QUERY_VALUES.get(name)
+    return f"{name}={value if shape is not None and shape.fullmatch(value) else REDACTED}"
 
 
 def redacted_url(url: str) -> str:

@@ -115,6 +115,22 @@ def test_every_query_value_is_redacted_an_api_key_too(
     assert "k-123" not in attempt.to_json()
 
 
+def test_an_azure_api_version_is_kept_and_the_key_beside_it_is_not(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Every query value was redacted, the api-version of an Azure OpenAI deployment's URL
+    too: the span of a failing call no longer said which API version it was made to."""
+    base = "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+    url = f"{base}?api-version=2024-02-01&api-key=k-123"
+    spans = AttemptSpans("POST", url, provider)
+    spans.start(post(url)).end()
+
+    (attempt,) = exporter.get_finished_spans()
+    assert attempt.attributes is not None
+    assert attempt.attributes["url.full"] == f"{base}?api-version=2024-02-01&api-key=REDACTED"
+    assert "k-123" not in attempt.to_json()
+
+
 def test_headers_are_captured_as_configured_and_sanitized(
     provider: TracerProvider, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -222,3 +222,60 @@ def test_a_captured_location_from_another_service_keeps_no_key() -> None:
         "http.response.header.location": ["https://api.example/v1?key=REDACTED"],
         "http.request.header.referer": ["https://app.example/p?session=REDACTED"],
     }
+
+
+AZURE = "https://res.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{AZURE}?api-version=2024-02-01",
+        f"{AZURE}?api-version=2024-02-15-preview",
+        "http://h.example/p#api-version=2023-05-01",
+    ],
+)
+def test_an_api_version_is_kept(url: str) -> None:
+    """Azure OpenAI's api-version names the API, no secret; redacted, a failing call's span
+    and error no longer said which version the call was made to."""
+    assert redacted_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url,redacted",
+    [
+        # beside a key, under any name
+        (
+            f"{AZURE}?api-version=2024-02-01&api-key=k-1",
+            f"{AZURE}?api-version=2024-02-01&api-key=REDACTED",
+        ),
+        (
+            f"{AZURE}?apikey=k-1&api-version=2024-02-01",
+            f"{AZURE}?apikey=REDACTED&api-version=2024-02-01",
+        ),
+        (
+            f"{AZURE}?token=t-1&api-version=2024-02-01",
+            f"{AZURE}?token=REDACTED&api-version=2024-02-01",
+        ),
+        # the name alone is not enough: a value not shaped as a version is redacted
+        (f"{AZURE}?api-version=sk-live-51Hx", f"{AZURE}?api-version=REDACTED"),
+        (f"{AZURE}?api-version=2024-02-01-{'x' * 40}", f"{AZURE}?api-version=REDACTED"),
+        (f"{AZURE}?api-version=2024-02-01%26key=k", f"{AZURE}?api-version=REDACTED"),
+        # nor is a value shaped as one under another name, or the name in other letters
+        (f"{AZURE}?version=2024-02-01", f"{AZURE}?version=REDACTED"),
+        (f"{AZURE}?API-Version=2024-02-01", f"{AZURE}?API-Version=REDACTED"),
+    ],
+)
+def test_near_an_api_version_every_secret_goes(url: str, redacted: str) -> None:
+    assert redacted_url(url) == redacted
+
+
+def test_an_error_quoting_an_azure_url_keeps_its_api_version() -> None:
+    text = (
+        "Client error '404 Not Found' for url "
+        f"'{AZURE}?api-version=2024-02-01&api_key=k-1'; password=hunter2"
+    )
+    assert redacted_text(text) == (
+        "Client error '404 Not Found' for url "
+        f"'{AZURE}?api-version=2024-02-01&api_key=REDACTED'; password=REDACTED"
+    )
