@@ -52,6 +52,14 @@ def inherited_environment(*dropped_prefixes: str) -> dict[str, str]:
 # names a file, which a message may name. A backend's keys are long and random: shorter
 # values are left, as they could take a word out of what restic's failures are told by.
 _CREDENTIAL_VARIABLE = re.compile(r"PASS|SECRET|KEY|TOKEN|CREDENTIAL|SAS", re.IGNORECASE)
+# Named so but public: the official Python images set GPG_KEY (PHP's, GPG_KEYS), the
+# fingerprint of the key their releases are signed with, and a public key or a fingerprint
+# is published to be read. None whose name also says secret (GPG_PRIVATE_KEY stays out).
+_PUBLIC_VARIABLE = re.compile(
+    r"(?!.*(?:PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL))"
+    r"(?:GPG_KEYS?|(?:\w*_)?(?:PUBLIC_KEY|FINGERPRINT)S?)",
+    re.IGNORECASE,
+)
 _SHORTEST_CREDENTIAL = 8
 
 
@@ -65,6 +73,7 @@ def without_credentials(text: str, env: Mapping[str, str]) -> str:
         value
         for name, value in env.items()
         if _CREDENTIAL_VARIABLE.search(name)
+        and not _PUBLIC_VARIABLE.fullmatch(name)
         and not name.endswith("_FILE")
         and len(value) >= _SHORTEST_CREDENTIAL
     ]
