@@ -162,9 +162,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 class SettingsRefusal(logging.Filter):
     """A setting only the start-up can check (an agent whose factory fails) stops it with a
     SettingsError: uvicorn logs it as a traceback; it is kept here instead, to be said in
-    one line like every other setting."""
-
-    PREFIX = f"{SettingsError.__module__}.{SettingsError.__qualname__}: "
+    one line like every other setting. A subclass (FactoryFailed) is one as well."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -172,9 +170,12 @@ class SettingsRefusal(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        kinds = (SettingsError, *SettingsError.__subclasses__())
+        names = {f"{kind.__module__}.{kind.__qualname__}" for kind in kinds}
         for line in text.splitlines():
-            if line.startswith(self.PREFIX):
-                self.message = line.removeprefix(self.PREFIX)
+            raised, colon, message = line.partition(": ")
+            if colon and raised in names:
+                self.message = message
                 return False
         return not (self.message is not None and "Application startup failed" in text)
 
