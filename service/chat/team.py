@@ -164,6 +164,8 @@ class Team:
         agent = await built_off_loop(guard.factory, lambda unused: self._retire(guard, unused, 0))
         replaced, guard.agent = guard.agent, agent  # the one in place now: restarts may overlap
         self._retire(guard, replaced, wait)
+        if self.stopping.is_set():  # built after aclose closed the team's instances
+            self._retire(guard, agent, 0)
         return True
 
     def _retire(self, guard: GuardedAgent, agent: Agent, wait: float) -> None:

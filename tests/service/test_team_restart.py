@@ -172,3 +172,21 @@ async def test_an_instance_built_after_its_restart_was_cut_short_is_closed() -> 
             await asyncio.sleep(0.01)
     assert guard.agent is old and not old.closed  # type: ignore[attr-defined]
     await team.aclose()
+
+
+async def test_an_instance_built_as_the_service_stops_is_closed_too() -> None:
+    """Built after the team's aclose, the new instance was put in place and never closed."""
+    team = team_with(budget_s=30)
+    factory = SlowFactory()
+    guard = team.protect(Connected(), factory=factory)
+    old = guard.agent
+    restarting = asyncio.create_task(team.restart(guard))
+    assert await asyncio.to_thread(factory.building.wait, 10)
+    await team.aclose()
+    assert old.closed  # type: ignore[attr-defined]
+
+    factory.let_go.set()
+    assert await restarting is True
+    async with asyncio.timeout(10):
+        while factory.built is None or not factory.built.closed:
+            await asyncio.sleep(0.01)
