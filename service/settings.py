@@ -287,7 +287,9 @@ class Settings(BaseSettings):
                 ) from None
         # Without the repository no copy is made: a setting of the copy given alone (the
         # repository's line forgotten, or misspelt) did nothing, and nothing said so.
-        orphans = {n for n in OFFSITE_SETTINGS & self.model_fields_set if getattr(self, n)}
+        # Its default said again (settings dumped and loaded back) is no mistake.
+        fields = type(self).model_fields
+        orphans = {n for n in OFFSITE_SETTINGS if getattr(self, n) not in (None, fields[n].default)}
         if not self.offsite_repository and orphans:
             name = min(orphans)
             raise InvalidSetting(
