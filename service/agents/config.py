@@ -289,7 +289,7 @@ def build_agent(
         raise FactoryFailed(
             name,
             f"'{spec.factory}' is an async function; the factory is "
-            "called once at start-up, not awaited: make it a plain def",
+            "called (at start-up, and again by a restart), not awaited: make it a plain def",
         )
     if not isinstance(agent, Agent):
         raise FactoryFailed(

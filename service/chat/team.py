@@ -249,7 +249,11 @@ def build_team(
     tracer_provider: TracerProvider | None = None,
 ) -> Team:
     """The team of the settings' ``agents:``, each behind its guard, and the router over
-    them by ``agent_routes``; SettingsError (one line) when an agent cannot be built."""
+    them by ``agent_routes``; SettingsError (one line) when an agent cannot be built.
+
+    The service calls it in a thread (``asyncio.to_thread``), as a restart calls a factory
+    again: a factory meets the same conditions at start and at restart, and one that needs
+    the running event loop fails at start, not at its first restart."""
     default, per_agent = breaker_configs(settings)
     config = load_team_config(settings)
     timeout = settings.agent_timeout_s

@@ -191,7 +191,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             else None
         )
         faults = FaultInjector() if settings.fault_injection else None
-        team = build_team(
+        team = await asyncio.to_thread(  # as a restart builds an agent: see build_team
+            build_team,
             stores,
             telemetry.tracer,
             instruments,

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 HELPERS = "tests.service.own_agents"
 NOT_AN_AGENT = f"{HELPERS}:not_an_agent"
 EXITING = f"{HELPERS}:exiting_factory"
+LOOP_BOUND = f"{HELPERS}:loop_bound_factory"
 BUILT_IN = {name: {"kind": "python", "factory": name} for name in ("nutrition", "workout")}
 
 
@@ -110,6 +111,15 @@ def test_a_failing_agent_of_ones_own_falls_back_along_its_chain(tmp_path: Path) 
             "ers: invalid setting 'agents.my_coach.factory': "
             f"'{EXITING}' failed building agent 'my_coach' (SystemExit: OPENAI_API_KEY is not set)",
         ),
+        (
+            # It would fail at its first restart (the factory runs in a thread then); it fails
+            # where it is written, at start.
+            {**BUILT_IN, "my_coach": {"kind": "python", "factory": LOOP_BOUND}},
+            {"workout": "my_coach"},
+            "ers: invalid setting 'agents.my_coach.factory': "
+            f"'{LOOP_BOUND}' failed building agent 'my_coach' (RuntimeError: no running event "
+            "loop",
+        ),
     ],
 )
 def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
@@ -129,7 +139,7 @@ def test_serve_with_a_team_that_cannot_be_built_prints_one_line(
     lines = result.stderr.strip().splitlines()
     # Names and imports are checked before the server starts; a factory runs in its start-up,
     # after uvicorn has said it is starting.
-    built = agents.get("my_coach", {}).get("factory") in (NOT_AN_AGENT, EXITING)
+    built = agents.get("my_coach", {}).get("factory") in (NOT_AN_AGENT, EXITING, LOOP_BOUND)
     said = lines[-1:] if built else lines
     assert len(said) == 1 and said[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr, result.stderr

@@ -102,6 +102,11 @@ def exiting_factory(name: str, stores: Stores) -> Coach:
     sys.exit("OPENAI_API_KEY is not set")  # as a script-minded agent module does
 
 
+def loop_bound_factory(name: str, stores: Stores) -> Coach:
+    asyncio.get_running_loop()  # as a factory that starts a background task does
+    return Coach(name)
+
+
 def interrupting_factory(name: str, stores: Stores) -> Coach:
     raise KeyboardInterrupt  # a prompt's Ctrl-C handler, a library giving up
 

@@ -413,7 +413,8 @@ async def test_an_async_factory_is_named_as_such_and_leaves_no_coroutine_behind(
         team_of(settings, sqlite_stores)
     assert str(raised.value) == (
         f"invalid setting 'agents.coach.factory': '{HELPERS}:async_factory' is an async "
-        "function; the factory is called once at start-up, not awaited: make it a plain def"
+        "function; the factory is called (at start-up, and again by a restart), not awaited: "
+        "make it a plain def"
     )
     gc.collect()
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
