@@ -370,9 +370,12 @@ def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, in
 NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG", "ERS_TEST_DATABASE_URL"})
 
 
-def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
+def unknown_variables(
+    environ: Mapping[str, str], fields: Iterable[str], *, ignored: bool = True
+) -> list[str]:
     """One line per ``ERS_`` variable that names no setting (a misspelt one is otherwise
-    ignored without a word), with the nearest setting's variable when one is close."""
+    ignored without a word), with the nearest setting's variable when one is close; with
+    ``ignored`` False, without the words "and is ignored" (production refuses it)."""
     known = sorted(f"ERS_{name.upper()}" for name in fields)
     lines = []
     for variable in sorted(environ):
@@ -380,6 +383,11 @@ def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list
         if not top.startswith("ERS_") or variable in NOT_SETTINGS or top in known:
             continue
         close = difflib.get_close_matches(top, known, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        lines.append(f"{variable} names no setting and is ignored{hint}")
+        if ignored:
+            hint = f"; did you mean {close[0]}?" if close else ""
+            lines.append(f"{variable} names no setting and is ignored{hint}")
+        else:
+            lines.append(
+                f"{variable} names no setting" + (f" (did you mean {close[0]}?)" if close else "")
+            )
     return lines

@@ -9,6 +9,7 @@ automatic rollback off.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -46,6 +47,7 @@ from service.config_checks import (
     refuse_blank,
     refuse_boolean_number,
     token_needed,
+    unknown_variables,
 )
 from service.settings_errors import describe_validation_error
 
@@ -329,7 +331,8 @@ class Settings(BaseSettings):
 
 def check_production(settings: Settings) -> None:
     """Production refuses to start without its tokens, with a password or token file that
-    others can read, or with fault injection on."""
+    others can read, with fault injection on, or beside an ERS_ variable that names no
+    setting."""
     if settings.env is not Environment.PRODUCTION:
         return
     # Every missing token at once: one start to learn them all, not one per token.
@@ -359,6 +362,13 @@ def check_production(settings: Settings) -> None:
             check_private_file(
                 f"{name} token file", path, f"invalid setting '{name}_token_file': {path} is gone"
             )
+    # Elsewhere a log line says so; a production replica started with ERS_DATABSE_URL would
+    # run on SQLite files of its own, beside the fleet's database.
+    if unknown := unknown_variables(os.environ, Settings.model_fields, ignored=False):
+        raise SettingsError(
+            f"{'; '.join(unknown)}: production does not start beside a variable it would "
+            "ignore; correct or unset it"
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -50,6 +50,22 @@ def test_production_refuses_to_start(
         create_app(production(tmp_path, **changes))
 
 
+def test_production_refuses_to_start_beside_a_variable_that_names_no_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a log line, and the replica ran on SQLite files of its own beside the fleet.
+    monkeypatch.setenv("ERS_DATABSE_URL", "postgresql://ers@db/ers")
+    with pytest.raises(SettingsError) as refused:
+        create_app(production(tmp_path))
+    assert str(refused.value) == (
+        "ERS_DATABSE_URL names no setting (did you mean ERS_DATABASE_URL?): production does "
+        "not start beside a variable it would ignore; correct or unset it"
+    )
+    monkeypatch.delenv("ERS_DATABSE_URL")
+    monkeypatch.setenv("ERS_URL", "http://127.0.0.1:8000")  # the command line's: no setting
+    create_app(production(tmp_path))
+
+
 def test_production_names_a_token_file_that_holds_only_blanks(tmp_path: Path) -> None:
     blank = tmp_path / "intake.token"
     blank.write_text(" \n")
