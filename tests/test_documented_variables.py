@@ -14,8 +14,8 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = ("*.md", "*.yaml", "*.yml", "*.toml", "Dockerfile", "Makefile", "*.conf")
-# The README's example of a misspelt variable, which the service names as such.
-MISSPELT_ON_PURPOSE = frozenset({"ERS_MAX_MESSAGE_CHAR"})
+# The README's examples of misspelt variables, which the service names as such.
+MISSPELT_ON_PURPOSE = frozenset({"ERS_MAX_MESSAGE_CHAR", "ERS_DATABSE_URL"})
 
 
 def tracked_documents() -> list[Path]:
