@@ -192,14 +192,21 @@ class AlertLedger:
         return bool(rows) and rows[0]["received_at"] == now
 
     def mark_lost(self) -> list[dict[str, Any]]:
-        """At start-up on a file no other process writes: every attempt left unfinished
-        was lost with the process before (a crash, a ``kill -9``); the next delivery of
-        each takes it again. Returns them: alertname, status and the incident each landed on
-        (incident_id, None if none yet)."""
+        """At start-up, before this process takes any alert: every attempt left unfinished
+        by a process that is gone was lost with it (a crash, a ``kill -9``); the next
+        delivery of each takes it again. On a file no other process writes, that is every
+        unfinished attempt; on PostgreSQL, those whose taker's presence session is gone, or
+        that carry this process's own name (a restarted container's process has its
+        predecessor's host and pid), never another running replica's. Returns them:
+        alertname, status and the incident each landed on (incident_id, None if none yet)."""
+        gone, params = "", ()
+        if self._database.dialect is not SQLITE:
+            gone = f" AND (taker IS NOT DISTINCT FROM ? OR NOT {self._taker_alive})"
+            params = (self.taker,)
         rows = self._database.rows(
-            "UPDATE alert_ledger SET outcome = ? WHERE outcome IS NULL"
+            f"UPDATE alert_ledger SET outcome = ? WHERE outcome IS NULL{gone}"
             " RETURNING alertname, status, incident_id",
-            (LOST,),
+            (LOST, *params),
         )
         return [dict(row) for row in rows]
 

@@ -98,10 +98,10 @@ async def open_incident_state(
         # finds the session gone takes the attempt again.
         taker = None if database is None or settings.database_url is None else presence_name()
         ledger = AlertLedger(store.database, taker)
-        # On a file the data directory's lock keeps every other process off: what is left
-        # unfinished there was lost with the process before.
-        on_file = database is None or settings.database_url is None
-        if on_file and (lost := await asyncio.to_thread(ledger.mark_lost)):
+        # What a process gone left unfinished (on a file the data directory's lock keeps
+        # every other process off; on PostgreSQL, a replica whose session is gone) was lost
+        # with it: said on its incident's timeline.
+        if lost := await asyncio.to_thread(ledger.mark_lost):
             await asyncio.to_thread(note_lost, store, lost)
         return store, ledger, AuditLog(store.database)
     except Exception:

@@ -252,6 +252,31 @@ def test_on_postgresql_an_attempt_whose_taker_is_gone_is_taken_again_at_once(
             store.close()
 
 
+def test_on_postgresql_a_start_marks_lost_only_what_replicas_gone_left_unfinished(
+    ledger_url: str,
+) -> None:
+    """A replica's start marks lost (and so notes on the incident's timeline) the attempts
+    of a replica that is gone, and those under its own name (a restarted container's
+    process has its predecessor's host and pid), never those of a replica still running."""
+    stores = [PgIncidentStore(ledger_url) for _ in range(3)]
+    try:
+        with psycopg.connect(ledger_url, application_name="ers serve pid 7 on alive"):
+            alive = AlertLedger(stores[0].database, "ers serve pid 7 on alive")
+            gone = AlertLedger(stores[1].database, "ers serve pid 8 on gone")
+            starting = AlertLedger(stores[2].database, "ers serve pid 9 on again")
+            for ledger in (alive, gone, starting):
+                ledger.record(ledger.taker or "", "t", "firing", "A")
+            lost = starting.mark_lost()
+            assert len(lost) == 2, lost
+            assert alive.entry(alive.taker or "", "t", "firing")["outcome"] is None  # type: ignore[index]
+            for ledger in (gone, starting):
+                entry = ledger.entry(ledger.taker or "", "t", "firing")
+                assert entry["outcome"] == ledger_module.LOST  # type: ignore[index]
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_a_ledger_file_from_before_its_later_columns_gets_them(tmp_path: Path) -> None:
     """A file made before the ledger kept the alert, its taker and its last delivery: the
     columns are added at start, and a firing delivered again is known as such."""
