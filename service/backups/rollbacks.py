@@ -20,7 +20,7 @@ from backup import RollbackResult, SnapshotNotFound
 from backup.locks import process_is_running
 from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
-from service.fleet.presence import SEEN_WITHIN_S, process_gone
+from service.fleet.presence import process_gone
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
@@ -29,6 +29,10 @@ from service.stores.sql import Statements
 from service.tasks import run_in_background
 
 log = logging.getLogger("ers.backups")
+
+# How often a running replica on PostgreSQL looks in the shared trail for a rollback whose
+# process is gone: as often as replicas stamp their presence (``service.fleet.presence``).
+LOOK_EVERY_S = 5.0
 
 
 class RollbackRequest(Protocol):
@@ -213,29 +217,47 @@ INTERRUPTED = (
 
 async def record_interrupted_at_start(audit: AuditLog, incidents: IncidentStore | None) -> float:
     """``record_interrupted`` at the service's start, before anything can roll back; returns
-    when it looked, which ``look_again`` takes."""
+    when it looked, which ``keep_looking`` takes."""
     looked = time.time()
     await asyncio.to_thread(record_interrupted, audit, incidents)
     return looked
 
 
-def look_again(
-    stack: AsyncExitStack, audit: AuditLog, incidents: IncidentStore | None, looked: float
+def keep_looking(
+    stack: AsyncExitStack,
+    audit: AuditLog,
+    incidents: IncidentStore | None,
+    looked: float,
+    every_s: float = LOOK_EVERY_S,
 ) -> None:
-    """On PostgreSQL, ``record_interrupted`` once more when the presence stamp of a replica
-    killed just before the start has aged out of its window (``SEEN_WITHIN_S``): until then
-    that replica is seen, and its rollback left alone. By then this process may be running
-    a rollback of its own, which carries its pid: one started after ``looked`` is left
-    alone. The look stops when ``stack`` unwinds to here, so it is registered after what
-    closes the trail's database."""
+    """On PostgreSQL, ``record_interrupted`` every ``every_s`` while the trail holds a
+    rollback with no outcome: a replica killed in the middle of one (its rollback lock
+    freed, the writes that waited on it let through) is recorded by the replicas still
+    running, as a start records it, once the fleet's database no longer sees it (its
+    session gone, its presence stamp older than ``SEEN_WITHIN_S``); so is a replica killed
+    just before this start, still seen then. A rollback of this process's own starts after
+    ``looked``: left alone. The looks stop when ``stack`` unwinds to here, so it is
+    registered after what closes the trail's database."""
     if not audit.shared:
         return
 
-    async def once_more() -> None:
-        await asyncio.sleep(SEEN_WITHIN_S + 1)
-        await asyncio.to_thread(record_interrupted, audit, incidents, looked)
+    async def looking() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if await asyncio.to_thread(_has_unfinished, audit):
+                await asyncio.to_thread(record_interrupted, audit, incidents, looked)
 
-    run_in_background(stack, once_more(), "rollbacks-cut-off")
+    run_in_background(stack, looking(), "rollbacks-cut-off")
+
+
+def _has_unfinished(audit: AuditLog) -> bool:
+    """Whether the trail holds a rollback with no outcome; False while it cannot be read
+    (the stores check says so, and this look comes again)."""
+    try:
+        return bool(audit.unfinished_rollbacks())
+    except Exception as exc:
+        log.debug("could not read the audit trail's rollbacks: %s", exc)
+        return False
 
 
 def record_interrupted(

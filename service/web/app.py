@@ -28,7 +28,7 @@ from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import (  # noqa: E402
     Rollbacks,
-    look_again,
+    keep_looking,
     record_interrupted_at_start,
 )
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
@@ -337,9 +337,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(incident_service.shutdown)
         stack.callback(state_notes.close)  # after the drain's last notes, before the store closes
         stack.push_async_callback(incident_service.drain)
-        # On PostgreSQL, once more when a replica killed just before the start is no longer
-        # seen; stopped before the store closes.
-        look_again(stack, audit, incident_store, looked)
+        # On PostgreSQL, again while this replica runs: a replica killed in a rollback, once
+        # no longer seen; stopped before the store closes.
+        keep_looking(stack, audit, incident_store, looked)
         run_in_background(stack, incident_service.run_auto_resolve(), "resolve")
         if stores.database is not None:
             run_in_background(stack, incident_service.run_counts_refresh(), "incident-counts")

@@ -1,9 +1,11 @@
-"""A rollback cut off by a ``kill -9`` of a replica on another host is told by a replica of
-this host sharing the PostgreSQL trail: before, only a start on the host that ran it looked,
-so one whose replica came back on another host (a container moved, a new pod) stayed in the
-trail without an outcome for good. Real ``ers serve`` processes, the first in a UTS
-namespace of its own with another host name, real restic behind a wrapper whose ``restore``
-is slow, so that the kill lands in the middle of the rollback."""
+"""A rollback cut off by a ``kill -9`` is told by the replicas sharing the PostgreSQL trail:
+by a replica of this host when the rollback ran on another (before, only a start on the
+host that ran it looked, so one whose replica came back on another host, a container moved
+or a new pod, stayed in the trail without an outcome for good), and by a replica that kept
+running beside the one killed (before, only starts looked). Real ``ers serve`` processes,
+real restic behind a wrapper whose ``restore`` or ``dump`` is slow, so that the kill lands
+in the middle of the rollback; the first test's killed replica in a UTS namespace of its
+own, with another host name."""
 
 from __future__ import annotations
 
@@ -87,8 +89,8 @@ def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
     here = start_ers(tmp_path / "here", env=here_env)
     try:
         with httpx.Client(base_url=here.url, timeout=30) as client:
-            # The killed replica's presence stamp is a few seconds old: this start sees it
-            # and looks once more when it has aged out of its window (16 s after the start).
+            # The killed replica's presence stamp is a few seconds old: this start sees it,
+            # and a later look (every 5 s) records it once it has aged out of its window.
             told: list[dict[str, Any]] = []
             for _ in range(300):  # at most thirty seconds
                 told = trail(client, "rollback_interrupted")
@@ -102,3 +104,70 @@ def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
             assert f"started by admin on {ELSEWHERE}) has no outcome" in here.log()
     finally:
         assert here.stop() == 0
+
+
+def test_a_replica_that_keeps_running_records_a_peers_rollback_cut_off_by_a_kill(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Before: only a start looked (and once more 16 s after it), so replica b, running all
+    along beside a whose rollback a ``kill -9`` cut off, never recorded it: the trail kept
+    the rollback without an outcome until some replica started. Two real replicas on one
+    database and repository, a's restic slow to dump the snapshot."""
+    wrapper = slow_restic(tmp_path, command="dump")
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_AUTO_RESPONSE_ENABLED": "false",
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    b = start_ers(tmp_path / "b", env=env)
+    a = start_ers(tmp_path / "a", env={**env, "ERS_RESTIC_BINARY": str(wrapper)})
+    rolling: threading.Thread | None = None
+    try:
+        b.wait_for_backups()
+        a.wait_for_backups()
+        here = httpx.Client(base_url=b.url, timeout=30)
+        # Past b's start and its second look (16 s after it): what follows is b running on.
+        while here.get("/api/emergency/status").json()["health"]["uptimeSeconds"] < 17:
+            time.sleep(0.5)
+        there = httpx.Client(base_url=a.url, timeout=60)
+        backup = there.post("/api/emergency/backups/create", json={"type": "budgets"})
+        assert backup.status_code == 200, backup.text
+        body = {
+            "backupId": backup.json()["backupId"],
+            "components": ["budgets"],
+            "confirm": True,
+            "reason": "cut off beside b",
+        }
+
+        def roll_back() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the kill ends it unanswered
+                there.post("/api/emergency/rollback", json=body)
+
+        rolling = threading.Thread(target=roll_back)
+        rolling.start()
+        for _ in range(200):  # at most ten seconds
+            if trail(here, "rollback_started"):
+                break
+            time.sleep(0.05)
+        (started,) = trail(here, "rollback_started")
+        a.stop(signal.SIGKILL)
+        # On one host a's pid tells at once; of another host, 15 s after its last stamp.
+        told: list[dict[str, Any]] = []
+        for _ in range(400):  # at most forty seconds
+            told = trail(here, "rollback_interrupted")
+            if told:
+                break
+            time.sleep(0.1)
+        assert len(told) == 1, told
+        assert told[0]["detail"]["run"] == started["detail"]["run"]
+        assert "(started by admin on" in b.log() and "has no outcome" in b.log()
+        here.close()
+        there.close()
+    finally:
+        a.stop(signal.SIGKILL)
+        if rolling is not None:
+            rolling.join(timeout=60)
+        assert b.stop() == 0

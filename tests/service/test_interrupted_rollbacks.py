@@ -21,11 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.backups import rollbacks as rollbacks_module
 from service.backups.rollbacks import (
     INTERRUPTED,
     Rollbacks,
-    look_again,
+    keep_looking,
     record_interrupted,
     record_interrupted_at_start,
 )
@@ -214,24 +213,55 @@ def test_two_starts_at_once_record_each_cut_off_rollback_once(
     assert sorted(e["detail"]["run"] for e in entries) == sorted(cut)
 
 
-async def test_the_look_after_the_stamp_window_leaves_this_process_s_own_rollback_alone(
-    fleet_audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+def interrupted(audit: AuditLog) -> list[str]:
+    return [e["detail"]["run"] for e in audit.recent(50) if e["action"] != ROLLBACK_STARTED]
+
+
+async def until_recorded(audit: AuditLog, runs: list[str]) -> None:
+    """Wait (10 s at most) until the trail records every run of ``runs`` as interrupted."""
+    for _ in range(200):
+        if set(runs) <= set(await asyncio.to_thread(interrupted, audit)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not recorded: {set(runs) - set(interrupted(audit))}")
+
+
+async def test_the_looks_after_the_start_leave_this_process_s_own_rollback_alone(
+    fleet_audit: AuditLog,
 ) -> None:
     """Before: the second look, 16 s after the start, counted a rollback this process had
     begun since as cut off (its pid is this process's, which at the start stands for the
     process before a restart), and the trail said it was interrupted while it ran."""
-    monkeypatch.setattr(rollbacks_module, "SEEN_WITHIN_S", 0.0)  # the second look 1 s after
     restarted = started(fleet_audit, "ers again under the same pid")
     async with AsyncExitStack() as stack:
         looked = await record_interrupted_at_start(fleet_audit, None)
         running = started(fleet_audit, "running in this process")
         elsewhere = started(fleet_audit, "cut off since", host=f"not-{socket.gethostname()}")
-        look_again(stack, fleet_audit, None, looked)
-        (again,) = [t for t in asyncio.all_tasks() if t.get_name() == "rollbacks-cut-off"]
-        await asyncio.wait_for(asyncio.shield(again), 10)
-    told = [e["detail"]["run"] for e in fleet_audit.recent(20) if e["action"] != ROLLBACK_STARTED]
-    assert sorted(told) == sorted([restarted, elsewhere])
-    assert running not in told
+        keep_looking(stack, fleet_audit, None, looked, every_s=0.05)
+        await until_recorded(fleet_audit, [elsewhere])
+    assert sorted(interrupted(fleet_audit)) == sorted([restarted, elsewhere])
+    assert running not in interrupted(fleet_audit)
+
+
+async def test_a_running_replica_records_a_peers_rollback_once_the_peer_is_gone(
+    fleet_audit: AuditLog, pg_url: str
+) -> None:
+    """Before: only a start looked (and once more 16 s after it), so a replica that kept
+    running never recorded a rollback whose replica was killed in the middle of it, and the
+    trail kept it without an outcome until some replica started. Now a running replica
+    looks while the trail holds a rollback with no outcome, and records it once the peer
+    is gone, never while it runs."""
+    other = f"not-{socket.gethostname()}"
+    async with AsyncExitStack() as stack:
+        looked = await record_interrupted_at_start(fleet_audit, None)
+        keep_looking(stack, fleet_audit, None, looked, every_s=0.05)
+        name = presence_name(f"{other}:51")
+        with psycopg.connect(pg_url, application_name=name):
+            peer = started(fleet_audit, "a peer's rollback, killed", host=other, pid=51)
+            # What each look does, while the peer runs: nothing.
+            assert await asyncio.to_thread(record_interrupted, fleet_audit, None, looked) == []
+        await until_recorded(fleet_audit, [peer])
+    assert interrupted(fleet_audit) == [peer]
 
 
 async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() -> None:
