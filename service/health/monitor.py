@@ -43,6 +43,8 @@ class HealthReport:
     checks: dict[str, CheckResult]
     at: float = field(default_factory=time.time)
     duration_s: float = 0.0
+    # When every check last ran: a report refreshed since has its live checks newer.
+    full_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,7 +94,8 @@ class HealthMonitor:
         last = self.last
         if last is None:
             return None
-        return self._publish(await self._run_live(), last.checks, last.duration_s)
+        live = await self._run_live()
+        return self._publish(live, last.checks, last.duration_s, full_at=last.full_at)
 
     def refresh_soon(self) -> None:
         """``refresh`` in a task of its own, one at a time: what a live check reads changed."""
@@ -103,7 +106,11 @@ class HealthMonitor:
         return [await self._run(check) for check in self.checks if _is_live(check)]
 
     def _publish(
-        self, results: list[CheckResult], earlier: dict[str, CheckResult], duration_s: float
+        self,
+        results: list[CheckResult],
+        earlier: dict[str, CheckResult],
+        duration_s: float,
+        full_at: float | None = None,
     ) -> HealthReport:
         checks = {**earlier, **{r.name: r for r in results}}
         # In the checks' order, whichever of them ran now.
@@ -112,6 +119,7 @@ class HealthMonitor:
             overall=worst([r.status for r in ordered.values()]),
             checks=ordered,
             duration_s=duration_s,
+            full_at=time.time() if full_at is None else full_at,
         )
         self.last = report
         for result in results:

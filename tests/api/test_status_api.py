@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from service.cli.status import _health_row
 from service.health.checks import MemoryReading
 from service.settings import Settings
 
@@ -96,6 +97,12 @@ async def test_the_health_report_follows_a_breaker_between_intervals(
     assert cached["overall"] == "degraded"
     # The slow checks are not run again for it: their results are the interval's.
     assert cached["checks"]["disk"]["checkedAt"] == before.checks["disk"].at
+    # And the status says when they ran: its "healthy" may be that old for the stores.
+    assert runtime.health.last.full_at == before.full_at
+    assert status["health"]["fullCheckSecondsAgo"] >= 0
+    assert _health_row({"overall": "healthy", "fullCheckSecondsAgo": 14.4}) == (
+        "healthy (every check 14 s ago)"
+    )
 
     budget.reset(force=True)
     await asyncio.sleep(0.05)

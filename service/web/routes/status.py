@@ -81,6 +81,8 @@ async def status(
         "backups": await backups.summary() if backups is not None else NO_BACKUPS,
         "health": {
             "overall": report.overall.value if report else "unknown",
+            # Its checks of the stores, disk and backups ran then; breakers and incidents now.
+            "fullCheckSecondsAgo": round(time.time() - report.full_at, 1) if report else None,
             "memoryUsage": (f"{memory.ratio:.0%}" if memory.ratio >= 0.1 else f"{memory.ratio:.1%}")
             if memory
             else None,
