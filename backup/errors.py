@@ -127,6 +127,12 @@ class RepositoryNotFound(ResticError):
     label = "repository_not_found"
 
 
+class RepositoryNotAFolder(ResticError):
+    """A local repository path that is a file: no repository, and none can be made there."""
+
+    label = "repository_not_found"
+
+
 class RepositoryNotReached(ResticError):
     """The repository's server did not answer: the repository may well be there, so it is
     neither reported gone nor created anew."""
@@ -316,6 +322,11 @@ def classify_failure(
         return RepositoryNotReached(
             f"the restic repository '{repository}' cannot be reached ({network}): "
             "bring its server back or fix the repository setting; nothing was changed"
+        )
+    if "unable to open repository" in lowered and "not a directory" in lowered:
+        return RepositoryNotAFolder(
+            f"the restic repository '{repository}' is a file, not a repository's folder: point "
+            "the repository setting at a folder (ERS makes the repository there)"
         )
     if exit_code == EXIT_REPOSITORY_MISSING or (
         "is there a repository at the following location" in lowered

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from backup.errors import (
     PasswordFileUnreadable,
     RepositoryLocked,
+    RepositoryNotAFolder,
     RepositoryNotFound,
     RepositoryReadOnly,
     ResticCommandFailed,
@@ -206,6 +207,8 @@ class Restic:
         failure = classify_failure(
             output.exit_code, output.stderr, repository=self.repository, password_file=""
         )
+        if isinstance(failure, RepositoryNotAFolder):
+            raise failure  # not the missing password's fault
         return output.exit_code == 0 or not isinstance(failure, RepositoryNotFound)
 
     async def init(self) -> None:

@@ -17,6 +17,7 @@ from backup import BackupManager, RepositoryConfig, RepositoryMissing, init_repo
 from backup.errors import (
     PasswordFileUnreadable,
     RepositoryLocked,
+    RepositoryNotAFolder,
     RepositoryNotFound,
     RepositoryNotReached,
     ResticError,
@@ -112,6 +113,23 @@ async def test_a_missing_password_file_does_not_hide_a_missing_repository(tmp_pa
     assert not config.password_file.exists()
     created = await init_repository(config)
     assert created.created and config.password_file.exists()
+
+
+@pytest.mark.parametrize("password", [False, True])
+async def test_a_repository_path_that_is_a_file_is_named_so(tmp_path: Path, password: bool) -> None:
+    # Before: a first start (no password file yet, ERS makes it) blamed the password file,
+    # and with one restic's own words ("ReadDir: open .../keys: not a directory") were told.
+    (tmp_path / "repository").write_text("not a repository\n")
+    if password:
+        (tmp_path / "password").write_text("a password\n")
+    config = RepositoryConfig(str(tmp_path / "repository"), tmp_path / "password")
+    with pytest.raises(RepositoryNotAFolder) as raised:
+        await open_identified(config, may_create=True)
+    assert str(raised.value) == (
+        f"the restic repository '{tmp_path / 'repository'}' is a file, not a repository's "
+        "folder: point the repository setting at a folder (ERS makes the repository there)"
+    )
+    assert (tmp_path / "password").exists() is password
 
 
 async def test_a_password_file_that_cannot_be_read_is_named(
