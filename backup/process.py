@@ -54,11 +54,22 @@ def inherited_environment(*dropped_prefixes: str) -> dict[str, str]:
 _CREDENTIAL_VARIABLE = re.compile(r"PASS|SECRET|KEY|TOKEN|CREDENTIAL|SAS", re.IGNORECASE)
 # Named so but public: the official Python images set GPG_KEY (PHP's, GPG_KEYS), the
 # fingerprint of the key their releases are signed with, and a public key or a fingerprint
-# is published to be read. None whose name also says secret (GPG_PRIVATE_KEY stays out).
+# is published to be read. None whose name also says secret (GPG_PRIVATE_KEY stays out),
+# and only a value shaped as what the name promises: CI setups put the whole private key,
+# or its passphrase, in a GPG_KEY as well.
 _PUBLIC_VARIABLE = re.compile(
     r"(?!.*(?:PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL))"
     r"(?:GPG_KEYS?|(?:\w*_)?(?:PUBLIC_KEY|FINGERPRINT)S?)",
     re.IGNORECASE,
+)
+# A key id or a fingerprint (gpg prints one in groups of four), or an OpenSSH or armoured
+# public key.
+_KEY_ID = re.compile(r"(?:0x)?(?:[0-9A-F]{16}|[0-9A-F]{40})", re.IGNORECASE)
+_PUBLIC_KEY = re.compile(
+    r"-----BEGIN (?:PGP )?PUBLIC KEY(?: BLOCK)?-----.*"
+    r"|(?:sk-)?(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp\d+)(?:@openssh\.com)?"
+    r" [A-Za-z0-9+/]+={0,2}(?: .*)?",
+    re.DOTALL,
 )
 _SHORTEST_CREDENTIAL = 8
 
@@ -73,13 +84,26 @@ def without_credentials(text: str, env: Mapping[str, str]) -> str:
         value
         for name, value in env.items()
         if _CREDENTIAL_VARIABLE.search(name)
-        and not _PUBLIC_VARIABLE.fullmatch(name)
+        and not (_PUBLIC_VARIABLE.fullmatch(name) and _is_public(value))
         and not name.endswith("_FILE")
         and len(value) >= _SHORTEST_CREDENTIAL
     ]
     for value in sorted(found, key=len, reverse=True):
         text = text.replace(value, "***")
     return shown_repository(text)
+
+
+def _is_public(value: str) -> bool:
+    """Whether ``value`` is fingerprints or key ids, or a public key, and holds no private
+    key."""
+    if "PRIVATE" in value.upper():
+        return False
+    words = value.split()
+    if words and all(len(word) == 4 for word in words):
+        words = ["".join(words)]
+    if words and all(_KEY_ID.fullmatch(word) for word in words):
+        return True
+    return _PUBLIC_KEY.fullmatch(value.strip()) is not None
 
 
 @dataclass

@@ -50,3 +50,34 @@ def test_a_credential_near_a_public_name_is_left_out(name: str) -> None:
     assert without_credentials(text, {name: SECRET, "GPG_KEY": FINGERPRINT}) == (
         "Fatal: the server answered 403 for ***"
     )
+
+
+# What CI setups put in a GPG_KEY besides a fingerprint: the private key, armoured and then
+# base64-encoded onto one line, or its passphrase.
+PRIVATE_KEY_BASE64 = "LS0tLS1CRUdJTiBQR1AgUFJJVkFURSBLRVkgQkxPQ0stLS0tLQpsUWRHQkdaeg=="
+PRIVATE_KEY_BLOCK = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQdGBGZz\n"
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.mark.parametrize("value", [PRIVATE_KEY_BASE64, PRIVATE_KEY_BLOCK, PASSPHRASE])
+@pytest.mark.parametrize("name", ["GPG_KEY", "GPG_KEYS", "SSH_PUBLIC_KEY"])
+def test_a_secret_under_a_public_name_is_left_out(name: str, value: str) -> None:
+    """GPG_KEY's value was kept whatever it held: a private key put there went into
+    restic's messages, the log and the incidents as it was."""
+    text = f"Fatal: unable to open the repository: {value}"
+    assert without_credentials(text, {name: value}) == ("Fatal: unable to open the repository: ***")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "A035 C8C1 9219 BA82 1ECE  A86B 64E6 28F8 D684 696D",  # as gpg prints it
+        "0x64E628F8D684696D",
+        f"{FINGERPRINT} 1198C0117593497A5EC5C199286AF1F9897469DC",  # PHP's GPG_KEYS
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2dBcQd8vEi7Ck4Vq0hT9wKx backup@host",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\nmQINBGZz\n-----END PGP PUBLIC KEY BLOCK-----",
+    ],
+)
+def test_a_fingerprint_or_public_key_under_a_public_name_is_kept(value: str) -> None:
+    text = f"Fatal: gpg: {value}"
+    assert without_credentials(text, {"GPG_KEY": value}) == text
