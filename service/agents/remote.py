@@ -193,8 +193,11 @@ class RemoteAgent:
         # Connect, write, read and wait for a pooled connection: each within the timeout.
         self._extensions = {"timeout": httpx.Timeout(self.timeout_s).as_dict()}
         self._spans = AttemptSpans("POST", self.url, tracer_provider)
+        # A closed transport sends on, over a connection of its own that nothing closes.
+        self._closed = False
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._transport.aclose()
 
     async def handle(self, request: AgentRequest) -> AgentReply:
@@ -252,6 +255,8 @@ class RemoteAgent:
         """Send the request and read the reply (None past ``MAX_REPLY_BYTES``); a transport
         failure is recorded on the attempt's span and raised as its failure kind."""
         try:
+            if self._closed:
+                raise RuntimeError(f"agent '{self.name}' is closed: the service is stopping")
             response = await self._transport.handle_async_request(outgoing)
             response.request = outgoing
             try:

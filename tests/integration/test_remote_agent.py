@@ -800,3 +800,15 @@ async def test_an_error_object_naming_a_rate_limit_or_a_server_error_is_retried_
     assert attributes["http.response.status_code"] == 200
     assert counted_calls(reader) == {outcome: 1}
     assert "slow down" not in str(rig.guard.breaker.snapshot()["lastError"])
+
+
+async def test_a_closed_agent_sends_nothing() -> None:
+    """Its transport, closed, opened a connection of its own for a later call (one still
+    running as the service stopped), which nothing closed."""
+    asked: list[bytes] = []
+    async with answering({"response": "hi"}, asked) as url:
+        agent = RemoteAgent("remote", HttpAgentSpec(kind="http", url=url), default_timeout_s=5)
+        await agent.aclose()
+        with pytest.raises(RuntimeError, match="agent 'remote' is closed"):
+            await agent.handle(AgentRequest("plan my week", "ana"))
+    assert asked == []
