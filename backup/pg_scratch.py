@@ -115,7 +115,8 @@ async def drop_old_schemas(live: PgConnection, schema: str, lock_wait_seconds: f
                 dropped.append(str(name))
     except psycopg.Error as exc:
         log.warning(
-            "could not drop the old copy of %s (%s); it is retried after the next rollback",
+            "could not drop the old copy of %s (%s); it is tried again at the next start and "
+            "after the next rollback",
             schema,
             live.explain(exc),
         )

@@ -588,5 +588,7 @@ async def test_a_start_does_not_wait_out_a_query_that_reads_a_rollbacks_old_sche
         await asyncio.wait_for(backups.backend.start(), 120)
         assert old in leftovers(pg_url)[0]
         assert f"could not drop the old copy of {config.schemas['conversations']}" in caplog.text
+        # Said after a start as after a rollback: the next start tries again too.
+        assert "it is tried again at the next start and after the next rollback" in caplog.text
     await backups.backend.start()  # the next start, the report over
     assert leftovers(pg_url) == ([], [])
