@@ -162,10 +162,11 @@ class Team:
         queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
         wait = queued + guard.config.total_budget_s
         agent = await built_off_loop(guard.factory, lambda unused: self._retire(guard, unused, 0))
+        if self.stopping.is_set():  # built after aclose closed the instance in place
+            self._retire(guard, agent, 0)
+            return True
         replaced, guard.agent = guard.agent, agent  # the one in place now: restarts may overlap
         self._retire(guard, replaced, wait)
-        if self.stopping.is_set():  # built after aclose closed the team's instances
-            self._retire(guard, agent, 0)
         return True
 
     def _retire(self, guard: GuardedAgent, agent: Agent, wait: float) -> None:
