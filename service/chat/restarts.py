@@ -37,12 +37,27 @@ def rebuilder(
     return rebuild
 
 
-async def built_off_loop(factory: Callable[[], Agent], unused: Callable[[Agent], None]) -> Agent:
+async def built_off_loop(
+    name: str,
+    factory: Callable[[], Agent],
+    unused: Callable[[Agent], None],
+    running: dict[str, asyncio.Future[Agent]],
+) -> Agent:
     """``factory()``, run in a thread (``asyncio.to_thread``: one still running at shutdown
     is left behind as any other). No cancellation stops a thread: when the wait for it is
     cancelled (the action's time limit, the service stopping), the instance it goes on to
-    build is handed to ``unused``, to be closed rather than left holding what it opened."""
-    building = asyncio.ensure_future(asyncio.to_thread(factory))
+    build is handed to ``unused``, to be closed rather than left holding what it opened.
+
+    One build of agent ``name`` at a time (``running`` holds those under way): a factory that
+    never returns, restarted again and again, held one more thread of the loop's executor
+    each time, until every ``asyncio.to_thread`` of the service waited behind them."""
+    if name in running:
+        raise AgentRestartFailed(
+            f"agent '{name}' was not restarted and its instance answers on: the factory has "
+            "not yet returned the instance an earlier restart asked for"
+        )
+    building = running[name] = asyncio.ensure_future(asyncio.to_thread(factory))
+    building.add_done_callback(lambda _: running.pop(name, None))
     try:
         return await asyncio.shield(building)
     except asyncio.CancelledError:

@@ -81,6 +81,8 @@ class Team:
     guards: dict[str, GuardedAgent] = field(default_factory=dict)
     # Closing the instances a restart replaced, once the calls begun on them had their time.
     retired: set[asyncio.Task[None]] = field(default_factory=set)
+    # The factories a restart runs, by agent, until they return.
+    building: dict[str, asyncio.Future[Agent]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def protect(
@@ -156,16 +158,22 @@ class Team:
         ran. The instance it replaces answers until then, and is closed (as at shutdown)
         once the calls begun on it have had their whole time, a bulkhead's wait and the
         guard's budget: closed at once, a remote agent's calls still on its connections
-        failed. False without a factory; the factory's failure is raised as it is."""
+        failed. False without a factory; the factory's failure is raised as it is, and
+        AgentRestartFailed while the factory an earlier restart called has not returned."""
         if guard.factory is None:
             return False
         queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
         wait = queued + guard.config.total_budget_s
-        agent = await built_off_loop(guard.factory, lambda unused: self._retire(guard, unused, 0))
+        agent = await built_off_loop(
+            guard.name,
+            guard.factory,
+            lambda unused: self._retire(guard, unused, 0),
+            self.building,
+        )
         if self.stopping.is_set():  # built after aclose closed the instance in place
             self._retire(guard, agent, 0)
             return True
-        replaced, guard.agent = guard.agent, agent  # the one in place now: restarts may overlap
+        replaced, guard.agent = guard.agent, agent
         self._retire(guard, replaced, wait)
         return True
 

@@ -122,12 +122,14 @@ class SlowFactory:
     begun, and returns once let go (or after 10 s, saying it was not let go)."""
 
     def __init__(self) -> None:
+        self.calls = 0
         self.building = threading.Event()
         self.let_go = threading.Event()
         self.held_past_release = False
         self.built: Connected | None = None
 
     def __call__(self) -> Connected:
+        self.calls += 1
         self.building.set()
         self.held_past_release = not self.let_go.wait(10)
         self.built = Connected()
@@ -195,3 +197,29 @@ async def test_an_instance_built_as_the_service_stops_is_closed_once_as_is_the_o
     await asyncio.gather(*team.retired)
     assert factory.built is not None and factory.built.closes == 1
     assert old.closes == 1 and guard.agent is old
+
+
+async def test_no_second_build_starts_while_the_factory_has_not_returned() -> None:
+    """Each restart of an agent whose factory never returns started one more thread of the
+    loop's executor, which the one before still held: restarted again and again, they took
+    every thread, and each asyncio.to_thread of the service waited behind them."""
+    team = team_with(budget_s=30)
+    guard, old, factory, restarting = await restart_held_building(team)
+    restarting.cancel()  # the action's time limit: the thread builds on
+    with pytest.raises(asyncio.CancelledError):
+        await restarting
+    with pytest.raises(AgentRestartFailed) as refused:
+        await team.restart(guard)
+    assert str(refused.value) == (
+        "agent 'coach' was not restarted and its instance answers on: the factory has not "
+        "yet returned the instance an earlier restart asked for"
+    )
+    assert factory.calls == 1 and guard.agent is old
+
+    factory.let_go.set()
+    async with asyncio.timeout(10):
+        while team.building:  # the thread returns
+            await asyncio.sleep(0.01)
+    assert await team.restart(guard) is True  # let go at once: the event is set
+    assert factory.calls == 2 and guard.agent is factory.built
+    await team.aclose()
