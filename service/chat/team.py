@@ -18,7 +18,7 @@ from service.agents.router import GENERAL_ANSWER, RouterAgent
 from service.agents.specs import AgentSpec, HttpAgentSpec
 from service.chat.holds import end_holds_when_back
 from service.chat.restarts import built_off_loop, rebuilder
-from service.errors import UnknownAgent, UserInputError
+from service.errors import AgentRestartFailed, UnknownAgent, UserInputError
 from service.resilience.breaker import BreakerConfig, CircuitBreaker
 from service.resilience.breaker_config import SECONDS_LIMITS
 from service.resilience.bulkhead import Bulkhead
@@ -159,7 +159,8 @@ class Team:
         once the calls begun on it have had their whole time, a bulkhead's wait and the
         guard's budget: closed at once, a remote agent's calls still on its connections
         failed. False without a factory; the factory's failure is raised as it is, and
-        AgentRestartFailed while the factory an earlier restart called has not returned."""
+        AgentRestartFailed while the factory an earlier restart called has not returned, or
+        when the service stopped while it built."""
         if guard.factory is None:
             return False
         queued = guard.bulkhead.max_wait_s if guard.bulkhead is not None else 0.0
@@ -172,7 +173,7 @@ class Team:
         )
         if self.stopping.is_set():  # built after aclose closed the instance in place
             self._retire(guard, agent, 0)
-            return True
+            raise AgentRestartFailed(f"agent '{guard.name}' was not restarted: the service stopped")
         replaced, guard.agent = guard.agent, agent
         self._retire(guard, replaced, wait)
         return True
