@@ -127,8 +127,13 @@ def redacted_query(query: str) -> str:
 def _redacted_pair(name: str, sep: str, value: str) -> str:
     if not value:
         return name + sep
+    return f"{name}={value if is_public_query_value(name, value) else REDACTED}"
+
+
+def is_public_query_value(name: str, value: str) -> bool:
+    """Whether a query's ``name=value`` is one known to carry no secret."""
     shape = PUBLIC_QUERY_VALUES.get(name)
-    return f"{name}={value if shape is not None and shape.fullmatch(value) else REDACTED}"
+    return shape is not None and shape.fullmatch(value) is not None
 
 
 def redacted_url(url: str) -> str:

@@ -63,7 +63,7 @@ from service.agents.openai_reply import completion_text
 from service.agents.reply_body import read_at_most
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
-from telemetry.redaction import REDACTED, redacted_query
+from telemetry.redaction import REDACTED, is_public_query_value, redacted_query
 
 log = logging.getLogger("ers.agents")
 # An auth file bigger than this holds no header value.
@@ -282,8 +282,10 @@ class RemoteAgent:
     def _secrets(self) -> list[str]:
         """What the request carried that may be a credential, as an error reply could echo
         it: the auth header's value and its token after a scheme (Bearer), and the values of
-        the URL's query (a key=...), those of 4 characters or more."""
-        found = [value for _, value in parse_qsl(self._url.query.decode("ascii"))]
+        the URL's query (a key=...; not an api-version date, shown in the span's URL), those
+        of 4 characters or more."""
+        query = parse_qsl(self._url.query.decode("ascii"))
+        found = [value for name, value in query if not is_public_query_value(name, value)]
         if (header := self._transport.header) is not None:
             found += [header[1], header[1].split(" ", 1)[-1]]
         return [value for value in found if len(value) >= 4]

@@ -11,6 +11,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from service.agents.attempt_span import AttemptSpans
+from service.agents.base import AgentRequest
+from service.agents.failure_kinds import FailureKind
+from service.agents.remote import RemoteAgent
+from service.agents.specs import HttpAgentSpec
 
 
 @pytest.fixture
@@ -129,6 +133,30 @@ def test_an_azure_api_version_is_kept_and_the_key_beside_it_is_not(
     assert attempt.attributes is not None
     assert attempt.attributes["url.full"] == f"{base}?api-version=2024-02-01&api-key=REDACTED"
     assert "k-123" not in attempt.to_json()
+
+
+async def test_an_error_quoting_the_api_version_keeps_it_and_the_key_beside_it_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The span's URL shows the api-version; an error quoting it was still cut to REDACTED,
+    as if it were the key."""
+    said = b'{"error": {"code": "retired:2024-02-01:k-live-1234"}}'
+
+    async def answer(self: object, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, stream=httpx.ByteStream(said), request=request)
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", answer)
+    base = "https://res.openai.azure.com/openai/deployments/gpt-4o"
+    spec = HttpAgentSpec(
+        url=f"{base}?api-version=2024-02-01&api-key=k-live-1234", contract="openai", model="gpt-4o"
+    )
+    agent = RemoteAgent("azure", spec, default_timeout_s=5.0)
+    try:
+        with pytest.raises(FailureKind) as failed:
+            await agent.handle(AgentRequest(message="hi", user_id="u1"))
+    finally:
+        await agent.aclose()
+    assert str(failed.value) == "agent 'azure' failed: HTTP 500 (retired:2024-02-01:REDACTED)"
 
 
 def test_headers_are_captured_as_configured_and_sanitized(
