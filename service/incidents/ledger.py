@@ -77,6 +77,13 @@ FIRING_WAIT_S = 130.0
 FIRING_HOLD_S = 8 * 3600.0
 
 
+# PostgreSQL: how many sessions of the current database carry the name ``?``.
+_SESSIONS_NAMED = (
+    "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name = ?)"
+)
+
+
 def _taker_alive(table: str) -> str:
     """PostgreSQL: the row's taker still runs (or is not known): its presence session is on."""
     return f"({table}.taker IS NULL OR {session_alive(f'{table}.taker')})"
@@ -201,8 +208,15 @@ class AlertLedger:
         alertname, status and the incident each landed on (incident_id, None if none yet)."""
         gone, params = "", ()
         if self._database.dialect is not SQLITE:
-            gone = f" AND (taker IS NOT DISTINCT FROM ? OR NOT {self._taker_alive})"
-            params = (self.taker,)
+            # Its own name only while no session but this process's presence carries it: a
+            # second is a process still running under it (a replica of another host with
+            # this hostname and pid, or the predecessor's session the server has yet to
+            # drop), whose attempts are taken again once UNFINISHED_AFTER_S has passed.
+            gone = (
+                f" AND ((taker IS NOT DISTINCT FROM ? AND {_SESSIONS_NAMED} <= 1)"
+                f" OR NOT {self._taker_alive})"
+            )
+            params = (self.taker, self.taker)
         rows = self._database.rows(
             f"UPDATE alert_ledger SET outcome = ? WHERE outcome IS NULL{gone}"
             " RETURNING alertname, status, incident_id",

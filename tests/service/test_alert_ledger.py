@@ -277,6 +277,29 @@ def test_on_postgresql_a_start_marks_lost_only_what_replicas_gone_left_unfinishe
             store.close()
 
 
+def test_on_postgresql_a_start_leaves_its_own_name_to_another_process_still_under_it(
+    ledger_url: str,
+) -> None:
+    """Two hosts with one hostname, each running ERS as pid 1 in a container: their
+    replicas carry one name. A start marks lost none of what the one still running has
+    under way (its next delivery would run the action again beside it)."""
+    name = "ers serve pid 1 on ers"
+    stores = [PgIncidentStore(ledger_url) for _ in range(2)]
+    try:
+        with (
+            psycopg.connect(ledger_url, application_name=name),  # the replica running
+            psycopg.connect(ledger_url, application_name=name),  # the start's presence
+        ):
+            running = AlertLedger(stores[0].database, name)
+            starting = AlertLedger(stores[1].database, name)
+            assert running.record("fp", "t", "firing", "A")
+            assert starting.mark_lost() == []
+            assert running.entry("fp", "t", "firing")["outcome"] is None  # type: ignore[index]
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_a_ledger_file_from_before_its_later_columns_gets_them(tmp_path: Path) -> None:
     """A file made before the ledger kept the alert, its taker and its last delivery: the
     columns are added at start, and a firing delivered again is known as such."""
