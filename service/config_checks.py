@@ -363,11 +363,13 @@ def _duplicate_key(node: yaml.Node, path: tuple[str, ...] = ()) -> tuple[str, in
     return next(filter(None, (_duplicate_key(n, (*path, k)) for k, n in children)), None)
 
 
-# ERS_ variables that name no setting but are read elsewhere: the CLI's service URL and the
-# YAML file's path.
-# Read by the command line (ERS_URL), for the settings file (ERS_CONFIG), and by the tests
-# (ERS_TEST_DATABASE_URL, README "Set up"): none is a setting of the service.
+# ERS_ variables read elsewhere, none a setting of the service: by the command line
+# (ERS_URL), for the settings file (ERS_CONFIG), and by the tests (ERS_TEST_DATABASE_URL,
+# README "Set up"; ERS_LONG_TESTS, ERS_FUZZ_EXAMPLES and every ERS_TEST_ one, which a test
+# run's environment hands to the production service its tests start).
 NOT_SETTINGS = frozenset({"ERS_URL", "ERS_CONFIG", "ERS_TEST_DATABASE_URL"})
+TESTS_VARIABLES = frozenset({"ERS_LONG_TESTS", "ERS_FUZZ_EXAMPLES"})
+TESTS_PREFIX = "ERS_TEST_"
 
 
 def unknown_variables(
@@ -381,6 +383,8 @@ def unknown_variables(
     for variable in sorted(environ):
         top = variable.upper().split("__", 1)[0]
         if not top.startswith("ERS_") or variable in NOT_SETTINGS or top in known:
+            continue
+        if variable in TESTS_VARIABLES or variable.startswith(TESTS_PREFIX):
             continue
         close = difflib.get_close_matches(top, known, n=1)
         if ignored:

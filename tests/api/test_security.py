@@ -66,6 +66,18 @@ def test_production_refuses_to_start_beside_a_variable_that_names_no_setting(
     create_app(production(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "variable", ["ERS_LONG_TESTS", "ERS_FUZZ_EXAMPLES", "ERS_TEST_KILL_AFTER_RENAMES"]
+)
+def test_production_starts_beside_the_tests_own_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # A test run's environment reaches the production service its tests start: with
+    # ERS_LONG_TESTS=1 (the long run) every production test was refused instead.
+    monkeypatch.setenv(variable, "1")
+    create_app(production(tmp_path))
+
+
 def test_production_names_a_token_file_that_holds_only_blanks(tmp_path: Path) -> None:
     blank = tmp_path / "intake.token"
     blank.write_text(" \n")
