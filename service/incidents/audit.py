@@ -52,10 +52,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             detail TEXT NOT NULL
         )""",
     ),
+    # The rollbacks' entries by their action: every replica reads them every few seconds
+    # (``service.backups.rollbacks.keep_looking``), and the trail is never pruned.
+    (f"CREATE INDEX audit_action_id ON {SCHEMA}.audit (action, id)",),
 )
 
 
 _INSERT = "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)"
+STARTED_ROLLBACKS = "SELECT at, actor, detail FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?"
+ROLLBACKS_ENDED = "SELECT detail FROM audit WHERE action IN (?, ?) ORDER BY id DESC LIMIT ?"
 
 
 def _row(actor: str, action: str, detail: dict[str, Any]) -> tuple[Any, ...]:
@@ -156,14 +161,8 @@ class AuditLog:
         def rows(sql: str, params: tuple[Any, ...]) -> list[Any]:
             return db.execute(sql, params).fetchall() if db else self._database.rows(sql, params)
 
-        started = rows(
-            "SELECT at, actor, detail FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?",
-            (ROLLBACK_STARTED, RECENT_ROLLBACKS),
-        )
-        outcomes = rows(
-            "SELECT detail FROM audit WHERE action IN (?, ?) ORDER BY id DESC LIMIT ?",
-            (*ROLLBACK_OUTCOMES, 2 * RECENT_ROLLBACKS),
-        )
+        started = rows(STARTED_ROLLBACKS, (ROLLBACK_STARTED, RECENT_ROLLBACKS))
+        outcomes = rows(ROLLBACKS_ENDED, (*ROLLBACK_OUTCOMES, 2 * RECENT_ROLLBACKS))
         ended = {json.loads(row["detail"]).get("run") for row in outcomes}
         unfinished = []
         for row in reversed(started):

@@ -32,7 +32,15 @@ from service.errors import StoreUnavailable
 from service.fleet.presence import OFFLINE_ROLE
 from service.fleet.schema import COMPONENT as FLEET
 from service.fleet.schema import MIGRATIONS as FLEET_STATE
-from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
+from service.incidents.audit import (
+    RECENT_ROLLBACKS,
+    ROLLBACK_OUTCOMES,
+    ROLLBACK_STARTED,
+    ROLLBACKS_ENDED,
+    STARTED_ROLLBACKS,
+    AuditLog,
+    rollback_run,
+)
 from service.incidents.service import MIGRATIONS as INCIDENT_STATE
 from service.incidents.store import IncidentStore
 from service.incidents.store_pg import PgIncidentStore
@@ -262,6 +270,27 @@ async def test_a_running_replica_records_a_peers_rollback_once_the_peer_is_gone(
             assert await asyncio.to_thread(record_interrupted, fleet_audit, None, looked) == []
         await until_recorded(fleet_audit, [peer])
     assert interrupted(fleet_audit) == [peer]
+
+
+def test_the_looks_read_the_rollbacks_by_their_action_not_the_whole_trail(
+    fleet_audit: AuditLog, pg_url: str
+) -> None:
+    """Every replica reads the trail's rollbacks every few seconds, and the trail is never
+    pruned. Before: each read walked every entry of the trail, twice."""
+    started(fleet_audit, "a rollback among many other entries")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ers_incidents.audit (at, actor, action, detail)"
+            " SELECT n, 'admin', 'isolate', '{}' FROM generate_series(1, 20000) AS n"
+        )
+        conn.execute("ANALYZE ers_incidents.audit")
+        for sql, params in (
+            (STARTED_ROLLBACKS, (ROLLBACK_STARTED, RECENT_ROLLBACKS)),
+            (ROLLBACKS_ENDED, (*ROLLBACK_OUTCOMES, 2 * RECENT_ROLLBACKS)),
+        ):
+            query = sql.replace("?", "%s").replace("FROM audit", "FROM ers_incidents.audit")
+            plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {query}", params))
+            assert "Index Cond: (action =" in plan, plan
 
 
 async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() -> None:

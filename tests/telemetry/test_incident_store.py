@@ -596,7 +596,14 @@ def pg_replicas(pg_incidents_url: str) -> Iterator[tuple[PgIncidentStore, PgInci
 def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
     applied = apply_migrations(pg_url, INCIDENT_STATE)
     alerts = [("alerts", 1), ("alerts", 2), ("alerts", 3), ("alerts", 4)]
-    assert applied == [(COMPONENT, 1), (COMPONENT, 2), (COMPONENT, 3), *alerts, ("audit", 1)]
+    assert applied == [
+        (COMPONENT, 1),
+        (COMPONENT, 2),
+        (COMPONENT, 3),
+        *alerts,
+        ("audit", 1),
+        ("audit", 2),
+    ]
     assert apply_migrations(pg_url, INCIDENT_STATE) == []
     with psycopg.connect(pg_url) as conn:
         tables = conn.execute(
