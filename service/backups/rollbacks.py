@@ -25,6 +25,7 @@ from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
+from service.stores.session_names import presence_name
 from service.stores.sql import Statements
 from service.tasks import run_in_background
 
@@ -289,10 +290,16 @@ def _record_interrupted(
         started = entry["detail"]
         of = int(started.get("pid") or 0)
         if started.get("host") == host:
-            if of != pid and process_is_running(of):
+            # On PostgreSQL the fleet's database has a say too: hosts may share a hostname
+            # (and containers pid 1), and a pid not running here may run there.
+            if of != pid and (
+                process_is_running(of) or (audit.shared and not process_gone(db, host, of))
+            ):
                 return None
             if of == pid and since is not None and entry["at"] >= since:
                 return None  # this process's own, running
+            if of == pid and audit.shared and _name_shared(db):
+                return None  # another process runs under this one's name
         elif not (audit.shared and process_gone(db, str(started.get("host")), of)):
             return None
         return {
@@ -317,6 +324,20 @@ def _record_interrupted(
             with contextlib.suppress(LookupError):
                 incidents.add_timeline(before, "note", note, "ers", {"run": detail["run"]})
     return recorded
+
+
+def _name_shared(db: Statements) -> bool:
+    """Whether a session besides this process's presence carries its name: a replica of
+    another host with this hostname and pid, or the session of this process's predecessor
+    the server has yet to drop (looked at again every ``LOOK_EVERY_S``)."""
+    sessions = db.execute(_SESSIONS_NAMED, (presence_name(),)).fetchone()["n"]
+    return int(sessions) > 1
+
+
+_SESSIONS_NAMED = (
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+    " AND application_name = ?"
+)
 
 
 def _iso(at: object) -> object:

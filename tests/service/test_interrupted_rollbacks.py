@@ -221,6 +221,27 @@ def test_two_starts_at_once_record_each_cut_off_rollback_once(
     assert sorted(e["detail"]["run"] for e in entries) == sorted(cut)
 
 
+def test_a_rollback_under_this_hostname_is_left_alone_while_the_fleet_sees_its_process(
+    fleet_audit: AuditLog, pg_url: str
+) -> None:
+    """Hosts may share a hostname (and containers pid 1). Before: a rollback another such
+    host's replica was running, its pid not running here, was recorded interrupted by every
+    replica's look; and one under this process's own host and pid was taken for its
+    predecessor's while a replica of the other host still ran it."""
+    host, other = socket.gethostname(), a_pid_gone()
+    there = started(fleet_audit, "run by a replica of another host", host=host, pid=other)
+    predecessor = started(fleet_audit, "under this process's own name")
+    since = time.time()
+    with (
+        psycopg.connect(pg_url, application_name=presence_name(f"{host}:{other}")),
+        psycopg.connect(pg_url, application_name=presence_name()),  # this process's
+        psycopg.connect(pg_url, application_name=presence_name()),  # the other host's
+    ):
+        assert record_interrupted(fleet_audit, None, since) == []
+    recorded = record_interrupted(fleet_audit, None, since)
+    assert [entry["run"] for entry in recorded] == [there, predecessor]
+
+
 def interrupted(audit: AuditLog) -> list[str]:
     return [e["detail"]["run"] for e in audit.recent(50) if e["action"] != ROLLBACK_STARTED]
 
