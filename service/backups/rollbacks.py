@@ -25,7 +25,7 @@ from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
-from service.stores.session_names import presence_name
+from service.stores.session_names import presence_name, sessions_named
 from service.stores.sql import Statements
 from service.tasks import run_in_background
 
@@ -330,14 +330,8 @@ def _name_shared(db: Statements) -> bool:
     """Whether a session besides this process's presence carries its name: a replica of
     another host with this hostname and pid, or the session of this process's predecessor
     the server has yet to drop (looked at again every ``LOOK_EVERY_S``)."""
-    sessions = db.execute(_SESSIONS_NAMED, (presence_name(),)).fetchone()["n"]
-    return int(sessions) > 1
-
-
-_SESSIONS_NAMED = (
-    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
-    " AND application_name = ?"
-)
+    sessions = db.execute(f"SELECT {sessions_named('?')} AS n", (presence_name(),))
+    return int(sessions.fetchone()["n"]) > 1
 
 
 def _iso(at: object) -> object:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
-from service.stores.session_names import session_alive
+from service.stores.session_names import session_alive, sessions_named
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
 
 if TYPE_CHECKING:
@@ -75,13 +75,6 @@ FIRING_WAIT_S = 130.0
 # its last delivery. An alert muted (inhibited, silenced) when it resolved never gets its
 # resolution sent; past this it holds nothing, and the incident's quiet period decides.
 FIRING_HOLD_S = 8 * 3600.0
-
-
-# PostgreSQL: how many sessions of the current database carry the name ``?``.
-_SESSIONS_NAMED = (
-    "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-    " AND application_name = ?)"
-)
 
 
 def _taker_alive(table: str) -> str:
@@ -213,7 +206,7 @@ class AlertLedger:
             # this hostname and pid, or the predecessor's session the server has yet to
             # drop), whose attempts are taken again once UNFINISHED_AFTER_S has passed.
             gone = (
-                f" AND ((taker IS NOT DISTINCT FROM ? AND {_SESSIONS_NAMED} <= 1)"
+                f" AND ((taker IS NOT DISTINCT FROM ? AND {sessions_named('?')} <= 1)"
                 f" OR NOT {self._taker_alive})"
             )
             params = (self.taker, self.taker)

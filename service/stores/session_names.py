@@ -29,3 +29,13 @@ def session_alive(name: str) -> str:
         "EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
         f" AND application_name = {name})"
     )
+
+
+def sessions_named(name: str) -> str:
+    """SQL: how many sessions of the current database carry the name ``name`` (an SQL
+    expression) as their ``application_name``; more than this process's own means another
+    process runs under its name (hosts that share a hostname, containers pid 1)."""
+    return (
+        "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        f" AND application_name = {name})"
+    )
