@@ -323,7 +323,10 @@ def classify_failure(
             f"the restic repository '{repository}' cannot be reached ({network}): "
             "bring its server back or fix the repository setting; nothing was changed"
         )
-    if "unable to open repository" in lowered and "not a directory" in lowered:
+    # The path (or a folder above it) a file; a repository's keys folder a file is damage.
+    if "unable to open repository" in lowered and re.search(
+        r"\bopen [^:]+/keys: not a dir", lowered
+    ):
         return RepositoryNotAFolder(
             f"the restic repository '{repository}' is a file, not a repository's folder: point "
             "the repository setting at a folder (ERS makes the repository there)"

@@ -132,6 +132,22 @@ async def test_a_repository_path_that_is_a_file_is_named_so(tmp_path: Path, pass
     assert (tmp_path / "password").exists() is password
 
 
+async def test_a_repository_whose_keys_folder_is_a_file_is_not_called_a_file(
+    repository_config: RepositoryConfig,
+) -> None:
+    # Before: a damaged repository was told to be a file, and the advice was to point the
+    # setting at another folder, leaving its snapshots behind.
+    keys = Path(repository_config.repository) / "keys"
+    for key in keys.iterdir():
+        key.unlink()
+    keys.rmdir()
+    keys.write_text("not a folder\n")
+    with pytest.raises(ResticError) as raised:
+        await open_identified(repository_config)
+    assert not isinstance(raised.value, RepositoryNotAFolder)
+    assert "is a file" not in str(raised.value)
+
+
 async def test_a_password_file_that_cannot_be_read_is_named(
     repository_config: RepositoryConfig,
 ) -> None:
