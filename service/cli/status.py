@@ -49,7 +49,7 @@ def _health_row(health: dict[str, Any]) -> str:
     # since shows there first).
     ago = health.get("fullCheckSecondsAgo")
     return (
-        health["overall"] if ago is None else f"{health['overall']} (every check {ago:.0f} s ago)"
+        health["overall"] if ago is None else f"{health['overall']} (full check {ago:.0f} s ago)"
     )
 
 

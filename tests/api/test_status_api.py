@@ -101,7 +101,7 @@ async def test_the_health_report_follows_a_breaker_between_intervals(
     assert runtime.health.last.full_at == before.full_at
     assert status["health"]["fullCheckSecondsAgo"] >= 0
     assert _health_row({"overall": "healthy", "fullCheckSecondsAgo": 14.4}) == (
-        "healthy (every check 14 s ago)"
+        "healthy (full check 14 s ago)"
     )
 
     budget.reset(force=True)
