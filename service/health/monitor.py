@@ -91,10 +91,11 @@ class HealthMonitor:
 
     async def refresh(self) -> HealthReport | None:
         """The last report with its live checks run again now; None before the first."""
-        last = self.last
-        if last is None:
+        if self.last is None:
             return None
         live = await self._run_live()
+        # Read after the live checks: a full report published meanwhile is the newer one.
+        last = self.last
         return self._publish(live, last.checks, last.duration_s, full_at=last.full_at)
 
     def refresh_soon(self) -> None:
