@@ -19,7 +19,7 @@ agents') keep the guard's usual handling.
 | content_filter | error code content_filter, or finish_reason content_filter | no | no |
 | refusal | a completion whose message.refusal is set (the model declined) | no | no |
 | truncated | a completion's finish_reason length or model_length (cut off) | no | no |
-| client_error | any other 4xx (wrong URL, wrong method) | no | yes |
+| client_error | any other 4xx (wrong URL, wrong method); error code model_not_found | no | yes |
 | tool_calls | a completion asking for a tool call (ERS sends no tools) | no | yes |
 | bad_response | a 2xx whose body breaks the contract (an error object, unless by code) | no | yes |
 
@@ -325,6 +325,14 @@ def _failure_of_code(agent: str, said: str, code: str | None, status: int) -> Fa
     if code in ("content_filter", "content_policy_violation"):
         return ContentFiltered(
             f"agent '{agent}' answered {said}: its provider's content filter refused the message",
+            status=status,
+        )
+    if code == "model_not_found":
+        # A 404 from OpenAI and Groq, a 400 from others: either way no call can succeed until
+        # the settings change, and the url and contract are not what is wrong.
+        return ClientError(
+            f"agent '{agent}' answered {said}: its server serves no model of the name its model"
+            " setting gives; set model to one the server lists (GET /v1/models)",
             status=status,
         )
     if code == "insufficient_quota":

@@ -63,6 +63,9 @@ OPENAI_ERROR = b'{"error": {"message": "too long", "code": "%s"}}'
         # A spent quota answers 429 too, but no wait ends it: not retried, and it counts.
         (429, OPENAI_ERROR % b"insufficient_quota", "quota", False, True),
         (404, b"", "client_error", False, True),
+        # A model the server does not serve fails every call, whatever status says so.
+        (404, OPENAI_ERROR % b"model_not_found", "client_error", False, True),
+        (400, OPENAI_ERROR % b"model_not_found", "client_error", False, True),
         (302, b"", "client_error", False, True),  # a moved agent: ERS follows no redirect
         (307, b"", "client_error", False, True),
         # Nested deeper than the JSON parser goes: read as having no error code.
@@ -90,6 +93,12 @@ def test_a_rate_limit_carries_its_retry_after_and_the_message_never_the_body() -
     assert isinstance(failure, RateLimited)
     assert failure.retry_after_s == 12.0
     assert "hunter2" not in str(failure)
+
+
+def test_a_model_the_server_does_not_serve_names_the_model_setting() -> None:
+    message = str(failure_from_response("helper", 404, {}, OPENAI_ERROR % b"model_not_found"))
+    assert "model setting" in message
+    assert "url and contract" not in message
 
 
 def spec_with_auth(path: Path) -> HttpAgentSpec:
