@@ -72,6 +72,19 @@ STATUS_OF_ERROR_CODE = {
     "service_unavailable": 503,
 }
 
+# What to check when an agent's credentials are rejected, by where they come from.
+CREDENTIALS_IN_AUTH_FILE = (
+    "check the file its auth_file setting names (read again at the next call)"
+)
+CREDENTIALS_IN_URL = (
+    "check the key in the query of its url setting (read at start: restart ers serve after"
+    " changing it), or send it from an auth_file instead, read again at the next call"
+)
+NO_CREDENTIALS = (
+    "it was sent none: write the whole value of its auth header (e.g. 'Bearer <key>') to a"
+    " file and name it in its auth_file setting"
+)
+
 # Span attribute naming the kind, read by the classification rules.
 FAILURE_KIND_ATTRIBUTE = "ers.failure.kind"
 HTTP_STATUS_ATTRIBUTE = "http.response.status_code"
@@ -230,11 +243,13 @@ def failure_from_response(
     headers: Mapping[str, str],
     body: bytes,
     secrets: Sequence[str] = (),
+    credentials: str = CREDENTIALS_IN_AUTH_FILE,
 ) -> FailureKind:
     """The kind of an error reply (status 300 and up: a redirect is a wrong url). The message
     names the agent, the status and the error code, never the body (it may echo what was
     sent); the code too may echo what was sent, so each of ``secrets`` (the credentials the
-    request carried) in it is replaced."""
+    request carried) in it is replaced. ``credentials`` is what to check when they are
+    rejected: where the agent's come from (``CREDENTIALS_IN_AUTH_FILE`` and the others)."""
     code = _without_secrets(error_code(body), secrets)
     said = f"HTTP {status}" + (f" ({code})" if code else "")
     failure = _failure_of_code(agent, said, code, status)
@@ -250,8 +265,7 @@ def failure_from_response(
         )
     if status in (401, 403):
         return CredentialsRejected(
-            f"credentials rejected: agent '{agent}' answered {said}; check the file its "
-            "auth_file setting names (read again at the next call)",
+            f"credentials rejected: agent '{agent}' answered {said}; {credentials}",
             status=status,
         )
     if status == 408:

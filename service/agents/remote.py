@@ -51,7 +51,10 @@ from opentelemetry.trace import TracerProvider
 from service.agents.attempt_span import AttemptSpans
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.failure_kinds import (
+    CREDENTIALS_IN_AUTH_FILE,
+    CREDENTIALS_IN_URL,
     FAILURE_KIND_ATTRIBUTE,
+    NO_CREDENTIALS,
     AgentUnreachable,
     BadResponse,
     CredentialsRejected,
@@ -148,6 +151,16 @@ def read_auth_header(
     return spec.auth_header, value
 
 
+def _credentials_to_check(spec: HttpAgentSpec, url: httpx.URL) -> str:
+    """What a 401 or 403 tells the operator to check: where the agent's credentials are."""
+    if spec.auth_file is not None:
+        return CREDENTIALS_IN_AUTH_FILE
+    query = parse_qsl(url.query.decode("ascii"))
+    if any(not is_public_query_value(name, value) for name, value in query):
+        return CREDENTIALS_IN_URL
+    return NO_CREDENTIALS
+
+
 def _relative(path: Path) -> str:
     # Not the settings file's folder: one beside ers.yaml is not found from elsewhere.
     return f"{path} ({path.absolute()}; a relative path is read from the folder ers serve runs in)"
@@ -178,6 +191,7 @@ class RemoteAgent:
             path = self._url.path.rstrip("/") + "/v1/chat/completions"
             self._url = self._url.copy_with(path=path)
         self.url = str(self._url)
+        self._credentials = _credentials_to_check(spec, self._url)
         self._private_auth_file = private_auth_file
         # Set by a 401 or 403: the file is read again before each call until one is let in,
         # so a key rotated in the file is used without a restart.
@@ -215,7 +229,7 @@ class RemoteAgent:
             status, headers, content = await self._exchange(outgoing, span)
             if status >= 300:
                 failure = failure_from_response(
-                    self.name, status, headers, content or b"", self._secrets()
+                    self.name, status, headers, content or b"", self._secrets(), self._credentials
                 )
                 self._reread_auth = self._reread_auth or isinstance(failure, CredentialsRejected)
                 span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)

@@ -450,6 +450,35 @@ async def test_rejected_credentials_are_not_retried_and_make_one_critical_incide
     assert incident.message.startswith("credentials rejected: agent 'remote'")
 
 
+@pytest.mark.parametrize(
+    ("query", "auth", "to_check"),
+    [
+        ("", True, "check the file its auth_file setting names"),
+        ("?key=not-the-token", False, "check the key in the query of its url setting"),
+        ("", False, "it was sent none"),
+    ],
+)
+async def test_rejected_credentials_name_where_the_agents_credentials_come_from(
+    rig_factory: Any,
+    agent_side: ExampleAgent,
+    tmp_path: Path,
+    query: str,
+    auth: bool,
+    to_check: str,
+) -> None:
+    wrong = tmp_path / "wrong-auth"
+    wrong.write_text("Bearer not-the-token\n")
+    spec = {"auth_file": wrong} if auth else {}
+    _, incidents, _ = await fallbacks_and_incidents(
+        rig_factory, tmp_path, 1, chat_url(agent_side) + query, **spec
+    )
+
+    (incident,) = incidents
+    assert incident.rule == "remote-credentials-rejected"
+    assert to_check in incident.message
+    assert "not-the-token" not in incident.message
+
+
 async def test_a_spent_quota_is_not_retried_or_waited_out_and_makes_one_incident(
     rig_factory: Any, agent_side: ExampleAgent, auth_file: Path, tmp_path: Path
 ) -> None:
