@@ -38,6 +38,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from service.errors import DependencyError
@@ -84,6 +85,15 @@ NO_CREDENTIALS = (
     "it was sent none: write the whole value of its auth header (e.g. 'Bearer <key>') to a"
     " file and name it in its auth_file setting"
 )
+
+
+@dataclass(frozen=True)
+class NextSteps:
+    """What an error reply tells the operator to check, by how the agent is set up."""
+
+    credentials: str = CREDENTIALS_IN_AUTH_FILE  # on a 401 or 403
+    settings: str = "url and contract"  # on any other 4xx: the settings that may be wrong
+
 
 # Span attribute naming the kind, read by the classification rules.
 FAILURE_KIND_ATTRIBUTE = "ers.failure.kind"
@@ -243,13 +253,12 @@ def failure_from_response(
     headers: Mapping[str, str],
     body: bytes,
     secrets: Sequence[str] = (),
-    credentials: str = CREDENTIALS_IN_AUTH_FILE,
+    steps: NextSteps = NextSteps(),
 ) -> FailureKind:
     """The kind of an error reply (status 300 and up: a redirect is a wrong url). The message
     names the agent, the status and the error code, never the body (it may echo what was
     sent); the code too may echo what was sent, so each of ``secrets`` (the credentials the
-    request carried) in it is replaced. ``credentials`` is what to check when they are
-    rejected: where the agent's come from (``CREDENTIALS_IN_AUTH_FILE`` and the others)."""
+    request carried) in it is replaced. ``steps`` says what to check, by the agent's setup."""
     code = _without_secrets(error_code(body), secrets)
     said = f"HTTP {status}" + (f" ({code})" if code else "")
     failure = _failure_of_code(agent, said, code, status)
@@ -265,7 +274,7 @@ def failure_from_response(
         )
     if status in (401, 403):
         return CredentialsRejected(
-            f"credentials rejected: agent '{agent}' answered {said}; {credentials}",
+            f"credentials rejected: agent '{agent}' answered {said}; {steps.credentials}",
             status=status,
         )
     if status == 408:
@@ -281,7 +290,7 @@ def failure_from_response(
             status=status,
         )
     return ClientError(
-        f"agent '{agent}' answered {said}; check its url and contract settings", status=status
+        f"agent '{agent}' answered {said}; check its {steps.settings} settings", status=status
     )
 
 

@@ -59,6 +59,7 @@ from service.agents.failure_kinds import (
     BadResponse,
     CredentialsRejected,
     FailureKind,
+    NextSteps,
     RemoteTimeout,
     failure_from_response,
 )
@@ -151,14 +152,18 @@ def read_auth_header(
     return spec.auth_header, value
 
 
-def _credentials_to_check(spec: HttpAgentSpec, url: httpx.URL) -> str:
-    """What a 401 or 403 tells the operator to check: where the agent's credentials are."""
-    if spec.auth_file is not None:
-        return CREDENTIALS_IN_AUTH_FILE
+def _next_steps(spec: HttpAgentSpec, url: httpx.URL) -> NextSteps:
+    """What an error reply tells the operator to check: where the agent's credentials are,
+    and which settings a 404 may point at (for openai, a model the server does not serve)."""
+    settings = "url, contract and model" if spec.contract == "openai" else "url and contract"
     query = parse_qsl(url.query.decode("ascii"))
-    if any(not is_public_query_value(name, value) for name, value in query):
-        return CREDENTIALS_IN_URL
-    return NO_CREDENTIALS
+    if spec.auth_file is not None:
+        credentials = CREDENTIALS_IN_AUTH_FILE
+    elif any(not is_public_query_value(name, value) for name, value in query):
+        credentials = CREDENTIALS_IN_URL
+    else:
+        credentials = NO_CREDENTIALS
+    return NextSteps(credentials, settings)
 
 
 def _relative(path: Path) -> str:
@@ -191,7 +196,7 @@ class RemoteAgent:
             path = self._url.path.rstrip("/") + "/v1/chat/completions"
             self._url = self._url.copy_with(path=path)
         self.url = str(self._url)
-        self._credentials = _credentials_to_check(spec, self._url)
+        self._next_steps = _next_steps(spec, self._url)
         self._private_auth_file = private_auth_file
         # Set by a 401 or 403: the file is read again before each call until one is let in,
         # so a key rotated in the file is used without a restart.
@@ -229,7 +234,7 @@ class RemoteAgent:
             status, headers, content = await self._exchange(outgoing, span)
             if status >= 300:
                 failure = failure_from_response(
-                    self.name, status, headers, content or b"", self._secrets(), self._credentials
+                    self.name, status, headers, content or b"", self._secrets(), self._next_steps
                 )
                 self._reread_auth = self._reread_auth or isinstance(failure, CredentialsRejected)
                 span.set_attribute(FAILURE_KIND_ATTRIBUTE, failure.kind)

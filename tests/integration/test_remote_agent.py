@@ -615,15 +615,19 @@ async def test_a_rate_limit_or_a_refused_request_is_no_failure_in_the_call_metri
 
 
 @asynccontextmanager
-async def answering(document: dict[str, Any] | bytes, asked: list[bytes]) -> AsyncIterator[str]:
-    """A raw HTTP server on a free loopback port that answers every request 200 with
+async def answering(
+    document: dict[str, Any] | bytes, asked: list[bytes], status: int = 200
+) -> AsyncIterator[str]:
+    """A raw HTTP server on a free loopback port that answers every request ``status`` with
     ``document`` (as JSON, or the bytes given), each request's bytes put in ``asked``;
     yields its base URL."""
     body = document if isinstance(document, bytes) else json.dumps(document).encode()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         asked.append(await reader.read(65_536))
-        head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+        head = (
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}"
+        )
         writer.write(head.encode() + b"\r\nconnection: close\r\n\r\n" + body)
         await writer.drain()
         writer.close()
@@ -841,3 +845,22 @@ async def test_a_closed_agent_sends_nothing() -> None:
         with pytest.raises(RuntimeError, match="agent 'remote' is closed"):
             await agent.handle(AgentRequest("plan my week", "ana"))
     assert asked == []
+
+
+async def test_a_model_the_server_does_not_serve_names_the_model_setting(
+    rig_factory: Any, tmp_path: Path
+) -> None:
+    # vLLM's answer to a model it does not serve: no error code ERS knows, only a 404.
+    not_served = {
+        "object": "error",
+        "message": "The model `m-2` does not exist.",
+        "type": "NotFoundError",
+        "code": 404,
+    }
+    async with answering(not_served, [], status=404) as url:
+        _, (incident,), _ = await fallbacks_and_incidents(
+            rig_factory, tmp_path, 1, url, contract="openai", model="m-2"
+        )
+
+    assert incident.rule == "remote-client-error"
+    assert "check its url, contract and model settings" in incident.message
