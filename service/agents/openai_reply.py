@@ -25,11 +25,15 @@ content on. Of several choices (ERS asks for one) the first is the answer.
 ``message.content`` is a string, or a list of content parts, as Mistral answers with a
 reasoning model (``{"type": "text", "text": ...}`` beside ``{"type": "thinking", ...}``):
 the answer is its text parts, in order; reasoning and anything else that is not text is
-left out (a thinking part holds text parts of its own, which are not the answer).
+left out (a thinking part holds text parts of its own, which are not the answer). Reasoning
+written into the content itself, a ``<think>...</think>`` block before the answer (DeepSeek-R1
+and Qwen models served without a reasoning parser, Groq's raw reasoning format), is left out
+too: the user gets the answer, not the model's notes on the way to it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +50,8 @@ from service.agents.failure_kinds import (
 TOOL_CALL_REASONS = ("tool_calls", "function_call")
 # Cut off by a failure of the server's own, which another attempt may not meet.
 GENERATION_FAILED_REASONS = ("error", "abort", "insufficient_system_resource")
+# A reasoning model's notes, written before its answer in the content.
+LEADING_REASONING = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 
 
 def completion_text(agent: str, status: int, document: Any, secrets: Sequence[str] = ()) -> str:
@@ -106,10 +112,16 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
     if isinstance(content, list):
         if any(isinstance(part, dict) and part.get("type") == "refusal" for part in content):
             raise _refused(agent, status, "a content part of type refusal")
-        return _text_of_parts(agent, status, content)
+        return _without_reasoning(_text_of_parts(agent, status, content))
     if not isinstance(content, str):
         raise _broke(agent, status, "choices[0].message.content is not a string")
-    return content
+    return _without_reasoning(content)
+
+
+def _without_reasoning(text: str) -> str:
+    # Only a block that is closed: a lone <think> leaves no way to tell where an answer is.
+    reasoning = LEADING_REASONING.match(text)
+    return text[reasoning.end() :] if reasoning else text
 
 
 def _text_of_parts(agent: str, status: int, parts: list[Any]) -> str:

@@ -139,6 +139,32 @@ def test_a_tool_call_is_the_agents_setup_not_a_broken_reply(document: dict[str, 
     assert "ERS sends no tools" in str(failure) and "get_weather" not in str(failure)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>Squats or lunges? Squats.</think>\n\nThree sets of squats.",
+        "\n<think>\nline one\n\nline two\n</think>Three sets of squats.",
+        [{"type": "text", "text": "<think>hmm</think>\n"}, {"type": "text", "text": "Three "}]
+        + [{"type": "text", "text": "sets of squats."}],
+    ],
+)
+def test_reasoning_written_before_the_answer_is_left_out(content: str | list[Any]) -> None:
+    """DeepSeek-R1 and Qwen models served without a reasoning parser write their reasoning
+    into the content, in a <think> block: the user got the model's notes before the answer."""
+    assert completion_text("helper", 200, completion(choice(content))) == "Three sets of squats."
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Write <think>...</think> tags around notes.",  # not before the answer: part of it
+        "<think>cut off before its end, so no answer can be told apart",
+    ],
+)
+def test_text_that_holds_no_reasoning_block_before_the_answer_is_kept(content: str) -> None:
+    assert completion_text("helper", 200, completion(choice(content))) == content
+
+
 def test_of_several_choices_the_first_is_the_answer() -> None:
     second = {**choice("Second."), "index": 1}
     assert completion_text("helper", 200, completion(choice("First."), second)) == "First."
