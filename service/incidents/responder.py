@@ -349,7 +349,12 @@ class Responder:
         guard = self._agent(context)
         assert guard is not None
         if not await self.team.restart(guard):
-            return ActionResult("restart_agent", "not_available", "the agent has no factory")
+            return ActionResult(
+                "restart_agent",
+                "not_available",
+                f"agent '{guard.name}' has no factory to build it again: a remote agent (kind:"
+                " http) runs in a process of its own, restarted where it runs, not by ERS",
+            )
         return ActionResult("restart_agent", "success", f"new {guard.name} instance in place")
 
     async def _serve_cached(self, context: ResponseContext) -> ActionResult:

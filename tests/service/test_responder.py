@@ -66,6 +66,29 @@ async def test_agent_failure_isolates_and_restarts(team) -> None:  # noqa: ANN00
     ]
 
 
+async def test_a_remote_agent_is_not_restarted_and_the_timeline_says_where_it_is(
+    tmp_path: Path,
+) -> None:
+    stores = Stores.in_directory(tmp_path)
+    await stores.open()
+    remote = {"helper": {"kind": "http", "url": "http://127.0.0.1:9/chat", "fallbacks": []}}
+    settings = Settings(
+        data_dir=tmp_path, agents={"workout": {"kind": "python", "factory": "workout"}, **remote}
+    )
+    team = build_team(stores, TracerProvider().get_tracer("t"), None, None, settings)
+    try:
+        responder, timeline, _ = make(team)
+        await responder.respond(ResponseContext("INC_R", "AGENT_FAILURE", "helper", "times out"))
+    finally:
+        await team.aclose()
+        await stores.close()
+
+    assert timeline.results() == [("isolate", "success"), ("restart_agent", "not_available")]
+    (restart,) = [e[2] for e in timeline.entries if e[4]["action"] == "restart_agent"][1:]
+    assert "a remote agent (kind: http)" in restart
+    assert "restarted where it runs" in restart
+
+
 async def test_actions_run_once_per_incident_within_the_cooldown(team) -> None:  # noqa: ANN001
     responder, timeline, now = make(team, cooldown_s=60)
     context = ResponseContext("INC_2", "SERVICE_DEGRADATION", "budget", "db timeouts")
