@@ -362,6 +362,12 @@ class RemoteAgent:
         try:
             document = json.loads(content)
         except ValueError:
+            # Server-sent events: a field, or a comment (OpenRouter's ": OPENROUTER PROCESSING")
+            if content.lstrip().startswith((b"data:", b"event:", b":")):
+                raise self._bad(
+                    "the reply is a stream of server-sent events, not one JSON document: ERS"
+                    " asks for no stream, so its server or a proxy in front of it streams anyway"
+                ) from None
             raise self._bad("the reply is not JSON") from None
         except RecursionError:
             # Arrays or objects nested deeper than the parser goes: not an answer either.

@@ -864,3 +864,17 @@ async def test_a_model_the_server_does_not_serve_names_the_model_setting(
 
     assert incident.rule == "remote-client-error"
     assert "check its url, contract and model settings" in incident.message
+
+
+async def test_a_streamed_reply_says_it_is_a_stream(rig_factory: Any) -> None:
+    """A server or proxy that streams although ERS asks for no stream: the reply was only
+    'not JSON', which sent the operator looking at the wrong thing."""
+    chunk = json.dumps({"choices": [{"index": 0, "delta": {"content": "Squats."}}]})
+    events = f": OPENROUTER PROCESSING\n\ndata: {chunk}\n\ndata: [DONE]\n\n".encode()
+    async with answering(events, []) as url:
+        rig = rig_factory(url, contract="openai", model="m-1")
+        reply = await rig.ask()
+
+    assert_fell_back(reply)
+    assert failure_attributes(rig)["ers.failure.kind"] == "bad_response"
+    assert "a stream of server-sent events" in str(rig.guard.breaker.snapshot()["lastError"])
