@@ -49,6 +49,12 @@ _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"\b0x[0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=\d*[a-fA-F])[0-9a-fA-F]{8,}\b"),
         "<hex>",
     ),
+    # Short hex ids (a git commit's 7 characters, 5f3a9c), each its own incident otherwise;
+    # digits with one letter after them are a number with its unit (123456b).
+    (
+        re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=\d*[a-fA-F])(?!\d+[a-fA-F]\b)[0-9a-fA-F]{6,7}\b"),
+        "<hex>",
+    ),
     # Identifiers mixing letters and digits (req_8f3a91, user-42x7, INC_1700_ab12cd).
     (re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"), "<id>"),
     (re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{8,}\b"), "<id>"),

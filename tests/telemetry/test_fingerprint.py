@@ -40,6 +40,13 @@ from tests.telemetry.conftest import error_record
         ("upstream answered 4xx", "upstream answered 4xx"),
         ("upstream answered 45xx after 1.25s", "upstream answered 45xx after <num>s"),
         ("upstream answered 5xx 3 times", "upstream answered 5xx <num> times"),
+        # Short hex ids, a git commit's among them: one incident, not one per commit.
+        ("deploy of 3f2a1bc failed", "deploy of <hex> failed"),
+        ("deploy of 9e8d7c6 failed", "deploy of <hex> failed"),
+        ("job 5f3a9c failed", "job <hex> failed"),
+        ("job a1b2c3 failed", "job <hex> failed"),
+        ("sent 123456b in 12s", "sent <num>b in <num>s"),
+        ("the cafe is decade old", "the cafe is decade old"),
     ],
 )
 def test_variable_parts_of_messages_are_normalised_away(message: str, normalised: str) -> None:
