@@ -55,6 +55,15 @@ _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=\d*[a-fA-F])(?!\d+[a-fA-F]\b)[0-9a-fA-F]{6,7}\b"),
         "<hex>",
     ),
+    # A prefixed random id may hold no digit (cus_NffrFeUfNVxHib's 14 characters go without
+    # one about once in twelve): capitals a letter or two apart tell it from snake_case and
+    # camelCase words (db_primaryReplica).
+    (
+        re.compile(
+            r"\b[a-z]{2,}_(?=[A-Za-z\d]*[A-Z][a-z\d]?[A-Z])(?=[A-Z\d]*[a-z])[A-Za-z\d]{10,}\b"
+        ),
+        "<id>",
+    ),
     # Identifiers mixing letters and digits (req_8f3a91, user-42x7, INC_1700_ab12cd).
     (re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[_-][A-Za-z0-9]+)+\b"), "<id>"),
     (re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{8,}\b"), "<id>"),

@@ -47,6 +47,15 @@ from tests.telemetry.conftest import error_record
         ("job a1b2c3 failed", "job <hex> failed"),
         ("sent 123456b in 12s", "sent <num>b in <num>s"),
         ("the cafe is decade old", "the cafe is decade old"),
+        # A prefixed random id without a digit, as often as with one.
+        ("no customer cus_NffrFeUfNVxHib", "no customer <id>"),
+        ("no customer cus_Nffr8eUfNV2Hib", "no customer <id>"),
+        ("session sess_AbCdEfGhIjKl expired", "session <id> expired"),
+        (
+            "max_connections_exceeded on db_primaryReplica",
+            "max_connections_exceeded on db_primaryReplica",
+        ),
+        ("user_not_found: lookup_failed", "user_not_found: lookup_failed"),
     ],
 )
 def test_variable_parts_of_messages_are_normalised_away(message: str, normalised: str) -> None:
