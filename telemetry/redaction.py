@@ -46,6 +46,12 @@ _SECRET_PAIR = re.compile(
     r"=('[^']*'|\"[^\"]*\"|[^\s&#,;'\"<>`]+)",
     re.IGNORECASE,
 )
+# The same words ending an attribute's or a map key's name: its whole value is the secret.
+_SECRET_NAME = re.compile(
+    r"(?:password|passwd|secret|token|apikey|api[_-]key|access[_-]key|private[_-]key"
+    r"|credentials?)$",
+    re.IGNORECASE,
+)
 # Query parameters that carry no secret, each with the shape its value must have to be kept:
 # Azure OpenAI's api-version (?api-version=2024-02-01, 2024-02-15-preview) names the API a
 # call was made to, which a span of a failing call needs; under that name any other value
@@ -82,6 +88,16 @@ def is_secret_header(attribute: str) -> bool:
     if name is None:
         return False
     return name in SECRET_HEADERS or not SECRET_HEADER_WORDS.isdisjoint(name.split("-"))
+
+
+def is_secret_name(key: str) -> bool:
+    """Whether an attribute, or a key in an attribute's map, is named as a credential: a
+    captured credential header, a header recorded under its own name (``authorization``,
+    ``Cookie``, in a map of headers too), or a name ending as a credential's does (a kvlist of
+    settings with its ``password``, ``db.api_key``)."""
+    if is_secret_header(key):
+        return True
+    return key.lower().replace("_", "-") in SECRET_HEADERS or bool(_SECRET_NAME.search(key))
 
 
 def is_url_header(attribute: str) -> bool:
@@ -157,9 +173,10 @@ def without(text: str, secrets: Sequence[str]) -> str:
 
 def redact_attributes(attributes: MutableMapping[str, Any]) -> None:
     """Redact, in place, what ``attributes`` may hold of secrets (see the module): in the
-    strings of array and map values too (a process's arguments, a kvlist of settings)."""
+    strings of array and map values too (a process's arguments, a kvlist of settings); the
+    whole value of one named as a credential (``is_secret_name``), in a map too."""
     for key, value in attributes.items():
-        if is_secret_header(key):
+        if is_secret_name(key):
             attributes[key] = [REDACTED] if isinstance(value, list) else REDACTED
         elif isinstance(value, str | list | dict):
             attributes[key] = _redacted_value(key, value)

@@ -258,6 +258,27 @@ def test_credentials_in_resource_array_and_map_attributes_are_redacted() -> None
     assert record.attributes["cfg"] == {"dsn": "mysql://REDACTED:REDACTED@m/db"}
 
 
+def test_a_map_of_headers_or_settings_keeps_no_credential() -> None:
+    """A kvlist attribute holding headers or settings kept its Authorization and password:
+    only captured-header attributes were judged by their name."""
+    request = encode_spans(other_service_spans())
+    span = request.resource_spans[0].scope_spans[0].spans[-1]
+    headers = span.attributes.add(key="http.request.headers").value.kvlist_value.values
+    headers.add(key="Authorization").value.string_value = "Basic dXNlcjpwYXNz"
+    headers.add(key="Accept").value.string_value = "application/json"
+    settings = span.attributes.add(key="db.settings").value.kvlist_value.values
+    settings.add(key="password").value.string_value = "hunter2"
+    records = decoded(request.SerializeToString(), "application/x-protobuf")
+    assert "dXNlcjpwYXNz" not in json.dumps([record.to_dict() for record in records])
+    assert "hunter2" not in json.dumps([record.to_dict() for record in records])
+    record = records[-1]
+    assert record.attributes["http.request.headers"] == {
+        "Authorization": "REDACTED",
+        "Accept": "application/json",
+    }
+    assert record.attributes["db.settings"] == {"password": "REDACTED"}
+
+
 def test_the_credentials_of_a_url_in_a_spans_name_are_redacted() -> None:
     """A client span named by the URL it fetched kept its password, and an incident of a
     failure without words is named after its span: the password was in its message."""

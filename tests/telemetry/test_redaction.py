@@ -279,3 +279,27 @@ def test_an_error_quoting_an_azure_url_keeps_its_api_version() -> None:
         "Client error '404 Not Found' for url "
         f"'{AZURE}?api-version=2024-02-01&api_key=REDACTED'; password=REDACTED"
     )
+
+
+def test_an_attribute_or_map_key_named_as_a_credential_keeps_no_value() -> None:
+    attributes = {
+        "authorization": "Basic dXNlcjpwYXNz",
+        "Cookie": "sid=abcdef",
+        "http.request.headers": {"Authorization": "Bearer abc", "Accept": "application/json"},
+        "db.settings": {"password": "hunter2", "user": "app", "port": 5432},
+        "clients": [{"client_secret": "s3", "name": "billing"}],
+        "auth.token": "t0k",
+        "gen_ai.usage.output_tokens": 12,
+        "cache.key": "user:42",
+    }
+    redact_attributes(attributes)
+    assert attributes == {
+        "authorization": "REDACTED",
+        "Cookie": "REDACTED",
+        "http.request.headers": {"Authorization": "REDACTED", "Accept": "application/json"},
+        "db.settings": {"password": "REDACTED", "user": "app", "port": 5432},
+        "clients": [{"client_secret": "REDACTED", "name": "billing"}],
+        "auth.token": "REDACTED",
+        "gen_ai.usage.output_tokens": 12,
+        "cache.key": "user:42",
+    }
