@@ -160,7 +160,10 @@ class Responder:
         self._last_run[key] = now
         if len(self._last_run) > 10_000:
             self._forget_old(now)
-        result = self._cannot_run(action)
+        # Another service's incident is no case for an action on ERS's own chat and state,
+        # whether or not that action is set up to run here: said so, not "approval needed".
+        foreign = action in OWN_ACTIONS and context.service
+        result = None if foreign else self._cannot_run(action)
         if result is None:
             if (why_not := await self._why_not(action, context)) is not None:
                 return await self._skip(action, context, why_not)

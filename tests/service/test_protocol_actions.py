@@ -254,6 +254,22 @@ async def test_an_action_on_ers_own_chat_and_state_skips_another_services_incide
     assert rig.minimal.active or rolled == ["INC_y"]
 
 
+async def test_a_rollback_not_set_to_run_still_says_it_skips_another_services_incident(
+    rig: Rig,
+) -> None:
+    """With automatic rollback off (the default), another service's critical incident asked
+    for a person's approval of a rollback, which its incident never calls for."""
+    rig.responder.auto_rollback = False
+    context = ResponseContext(
+        "INC_x", "CRITICAL_SYSTEM_FAILURE", "core", "unhandled", service="checkout"
+    )
+    result = await rig.responder.run_action("rollback", context)
+    assert result.result == "skipped", result
+    assert "acts on ERS's own chat and state, not on checkout" in result.detail
+    own = ResponseContext("INC_y", "CRITICAL_SYSTEM_FAILURE", "core", "unhandled")
+    assert (await rig.responder.run_action("rollback", own)).result == "approval_needed"
+
+
 @pytest.mark.parametrize("action", ["isolate", "serve_cached"])
 async def test_an_action_keeping_calls_from_an_agent_skips_a_disabled_breaker(
     rig: Rig, action: str
