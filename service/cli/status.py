@@ -48,9 +48,7 @@ def _health_row(health: dict[str, Any]) -> str:
     # /api/emergency/health runs them now (a store paused by another replica's rollback
     # since shows there first).
     ago = health.get("fullCheckSecondsAgo")
-    return (
-        health["overall"] if ago is None else f"{health['overall']} (full check {ago:.0f} s ago)"
-    )
+    return health["overall"] if ago is None else f"{health['overall']} (full check {ago:.0f} s ago)"
 
 
 def _backups_row(backups: dict[str, Any]) -> str:
