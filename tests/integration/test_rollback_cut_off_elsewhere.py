@@ -35,6 +35,39 @@ def trail(client: httpx.Client, action: str) -> list[dict[str, Any]]:
     return [entry for entry in entries if entry["action"] == action]
 
 
+def trail_once_written(client: httpx.Client, action: str, tries: int) -> list[dict[str, Any]]:
+    """The entries ``action`` has once it has one, a tenth of a second between ``tries``."""
+    for _ in range(tries):
+        if written := trail(client, action):
+            return written
+        time.sleep(0.1)
+    return []
+
+
+def rollback_begun(
+    there: httpx.Client, watch: httpx.Client, reason: str
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """A backup of the budgets on ``there``, then their rollback in a thread of its own
+    (whose request the kill ends unanswered), once ``watch`` sees its ``rollback_started``."""
+    backup = there.post("/api/emergency/backups/create", json={"type": "budgets"})
+    assert backup.status_code == 200, backup.text
+    body = {
+        "backupId": backup.json()["backupId"],
+        "components": ["budgets"],
+        "confirm": True,
+        "reason": reason,
+    }
+
+    def roll_back() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            there.post("/api/emergency/rollback", json=body)
+
+    rolling = threading.Thread(target=roll_back)
+    rolling.start()
+    (started,) = trail_once_written(watch, "rollback_started", 100)  # ten seconds at most
+    return rolling, started
+
+
 def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -55,26 +88,7 @@ def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
     try:
         there.wait_for_backups()
         with httpx.Client(base_url=there.url, timeout=60) as client:
-            backup = client.post("/api/emergency/backups/create", json={"type": "budgets"})
-            assert backup.status_code == 200, backup.text
-            body = {
-                "backupId": backup.json()["backupId"],
-                "components": ["budgets"],
-                "confirm": True,
-                "reason": "cut off elsewhere",
-            }
-
-            def roll_back() -> None:
-                with contextlib.suppress(httpx.HTTPError):  # the kill ends it unanswered
-                    client.post("/api/emergency/rollback", json=body)
-
-            rolling = threading.Thread(target=roll_back)
-            rolling.start()
-            for _ in range(200):  # at most ten seconds
-                if trail(client, "rollback_started"):
-                    break
-                time.sleep(0.05)
-            (started,) = trail(client, "rollback_started")
+            rolling, started = rollback_begun(client, client, "cut off elsewhere")
             assert started["detail"]["host"] == ELSEWHERE, started
     finally:
         there.stop(signal.SIGKILL)
@@ -91,12 +105,7 @@ def test_a_rollback_cut_off_on_another_host_is_told_by_a_replica_of_this_one(
         with httpx.Client(base_url=here.url, timeout=30) as client:
             # The killed replica's presence stamp is a few seconds old: this start sees it,
             # and a later look (every 5 s) records it once it has aged out of its window.
-            told: list[dict[str, Any]] = []
-            for _ in range(300):  # at most thirty seconds
-                told = trail(client, "rollback_interrupted")
-                if told:
-                    break
-                time.sleep(0.1)
+            told = trail_once_written(client, "rollback_interrupted", 300)  # thirty seconds
             assert len(told) == 1, told
             detail = told[0]["detail"]
             assert detail["run"] == started["detail"]["run"]
@@ -133,34 +142,10 @@ def test_a_replica_that_keeps_running_records_a_peers_rollback_cut_off_by_a_kill
         while here.get("/api/emergency/status").json()["health"]["uptimeSeconds"] < 17:
             time.sleep(0.5)
         there = httpx.Client(base_url=a.url, timeout=60)
-        backup = there.post("/api/emergency/backups/create", json={"type": "budgets"})
-        assert backup.status_code == 200, backup.text
-        body = {
-            "backupId": backup.json()["backupId"],
-            "components": ["budgets"],
-            "confirm": True,
-            "reason": "cut off beside b",
-        }
-
-        def roll_back() -> None:
-            with contextlib.suppress(httpx.HTTPError):  # the kill ends it unanswered
-                there.post("/api/emergency/rollback", json=body)
-
-        rolling = threading.Thread(target=roll_back)
-        rolling.start()
-        for _ in range(200):  # at most ten seconds
-            if trail(here, "rollback_started"):
-                break
-            time.sleep(0.05)
-        (started,) = trail(here, "rollback_started")
+        rolling, started = rollback_begun(there, here, "cut off beside b")
         a.stop(signal.SIGKILL)
         # On one host a's pid tells at once; of another host, 15 s after its last stamp.
-        told: list[dict[str, Any]] = []
-        for _ in range(400):  # at most forty seconds
-            told = trail(here, "rollback_interrupted")
-            if told:
-                break
-            time.sleep(0.1)
+        told = trail_once_written(here, "rollback_interrupted", 400)  # forty seconds at most
         assert len(told) == 1, told
         assert told[0]["detail"]["run"] == started["detail"]["run"]
         assert "(started by admin on" in b.log() and "has no outcome" in b.log()
