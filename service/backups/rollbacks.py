@@ -9,7 +9,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from backup.locks import process_is_running
 from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
 from service.fleet.presence import process_gone
-from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run
+from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run, started_here
 from service.incidents.model import IncidentNotFound
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
@@ -216,19 +215,15 @@ INTERRUPTED = (
 )
 
 
-async def record_interrupted_at_start(audit: AuditLog, incidents: IncidentStore | None) -> float:
-    """``record_interrupted`` at the service's start, before anything can roll back; returns
-    when it looked, which ``keep_looking`` takes."""
-    looked = time.time()
+async def record_interrupted_at_start(audit: AuditLog, incidents: IncidentStore | None) -> None:
+    """``record_interrupted`` at the service's start, before anything can roll back."""
     await asyncio.to_thread(record_interrupted, audit, incidents)
-    return looked
 
 
 def keep_looking(
     stack: AsyncExitStack,
     audit: AuditLog,
     incidents: IncidentStore | None,
-    looked: float,
     every_s: float = LOOK_EVERY_S,
 ) -> None:
     """On PostgreSQL, ``record_interrupted`` every ``every_s`` while the trail holds a
@@ -236,8 +231,8 @@ def keep_looking(
     freed, the writes that waited on it let through) is recorded by the replicas still
     running, as a start records it, once the fleet's database no longer sees it (its
     session gone, its presence stamp older than ``SEEN_WITHIN_S``); so is a replica killed
-    just before this start, still seen then. A rollback of this process's own starts after
-    ``looked``: left alone. The looks stop when ``stack`` unwinds to here, so it is
+    just before this start, still seen then. A rollback this process started is left
+    alone. The looks stop when ``stack`` unwinds to here, so it is
     registered after what closes the trail's database."""
     if not audit.shared:
         return
@@ -246,7 +241,7 @@ def keep_looking(
         while True:
             await asyncio.sleep(every_s)
             if await asyncio.to_thread(_has_unfinished, audit):
-                await asyncio.to_thread(record_interrupted, audit, incidents, looked)
+                await asyncio.to_thread(record_interrupted, audit, incidents)
 
     run_in_background(stack, looking(), "rollbacks-cut-off")
 
@@ -262,27 +257,27 @@ def _has_unfinished(audit: AuditLog) -> bool:
 
 
 def record_interrupted(
-    audit: AuditLog, incidents: IncidentStore | None = None, since: float | None = None
+    audit: AuditLog, incidents: IncidentStore | None = None
 ) -> list[dict[str, object]]:
-    """Blocking; at the service's start, before anything can roll back, or later with
-    ``since``. Each rollback in the trail with no outcome whose process no longer runs gets
-    the entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those entries'
-    details. A process of this host is looked for by its pid, and one with this process's
-    pid counts as gone: on a restart in a container, ERS has the same pid every time. With
-    ``since`` (when the start looked), only one started before it does: one started since
-    is this process's own. On PostgreSQL, a process of another host is gone when the
-    fleet's database has neither a session of it nor a recent presence stamp
-    (``service.fleet.presence``); on SQLite only this host's rollbacks are in the trail. A
-    rollback for an incident gets a note on its timeline too."""
+    """Blocking; at the service's start, before anything can roll back, and while it runs
+    (``keep_looking``). Each rollback in the trail with no outcome whose process no longer
+    runs gets the entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those
+    entries' details. A process of this host is looked for by its pid, and one with this
+    process's pid counts as gone unless this process started the rollback
+    (``started_here``): on a restart in a container, ERS has the same pid every time. On
+    PostgreSQL, a process of another host is gone when the fleet's database has neither a
+    session of it nor a recent presence stamp (``service.fleet.presence``); on SQLite only
+    this host's rollbacks are in the trail. A rollback for an incident gets a note on its
+    timeline too."""
     try:
-        return _record_interrupted(audit, incidents, since)
+        return _record_interrupted(audit, incidents)
     except Exception as exc:  # an unwritable trail, a database down: health says so
         log.warning("could not look for rollbacks cut off in the audit trail: %s", exc)
         return []
 
 
 def _record_interrupted(
-    audit: AuditLog, incidents: IncidentStore | None, since: float | None
+    audit: AuditLog, incidents: IncidentStore | None
 ) -> list[dict[str, object]]:
     host, pid = socket.gethostname(), os.getpid()
 
@@ -296,7 +291,7 @@ def _record_interrupted(
                 process_is_running(of) or (audit.shared and not process_gone(db, host, of))
             ):
                 return None
-            if of == pid and since is not None and entry["at"] >= since:
+            if of == pid and started_here(started.get("run")):
                 return None  # this process's own, running
             if of == pid and audit.shared and _name_shared(db):
                 return None  # another process runs under this one's name

@@ -67,11 +67,25 @@ def _row(actor: str, action: str, detail: dict[str, Any]) -> tuple[Any, ...]:
     return (time.time(), actor, action, json.dumps(detail, default=str))
 
 
+# The runs of the rollbacks this process started. One under this process's host and pid
+# that is not among them is a predecessor's (a container restarted has the same pid): told
+# by the run, not by comparing the trail's times with a start's, which a clock stepped back
+# would turn into this process's own rollback recorded as cut off while it runs.
+_STARTED_HERE: set[str] = set()
+
+
 def rollback_run() -> dict[str, Any]:
     """What a rollback's start carries besides its request: its run, which its outcome names
     too, and the process running it (host and pid), which a later start on that host can find
-    gone."""
-    return {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+    gone. The run is this process's own from then on (``started_here``)."""
+    run = uuid.uuid4().hex
+    _STARTED_HERE.add(run)
+    return {"run": run, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def started_here(run: object) -> bool:
+    """Whether this process started the rollback of ``run``."""
+    return run in _STARTED_HERE
 
 
 class Trail(Protocol):

@@ -226,7 +226,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
         # A rollback a kill cut off is in the trail by its start alone; it gets the word that
         # its process stopped first (rollback_interrupted).
-        looked = await record_interrupted_at_start(audit, incident_store)
+        await record_interrupted_at_start(audit, incident_store)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,
@@ -339,7 +339,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(incident_service.drain)
         # On PostgreSQL, again while this replica runs: a replica killed in a rollback, once
         # no longer seen; stopped before the store closes.
-        keep_looking(stack, audit, incident_store, looked)
+        keep_looking(stack, audit, incident_store)
         run_in_background(stack, incident_service.run_auto_resolve(), "resolve")
         if stores.database is not None:
             run_in_background(stack, incident_service.run_counts_refresh(), "incident-counts")

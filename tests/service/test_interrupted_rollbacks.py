@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -72,8 +73,15 @@ def a_pid_gone() -> int:
     return int(done.stdout)
 
 
-def started(audit: AuditLog, reason: str, **process: object) -> str:
-    run = rollback_run() | process
+def started(audit: AuditLog, reason: str, *, here: bool = False, **process: object) -> str:
+    """A rollback's start in the trail: by this process with ``here``, else as another
+    process wrote it (by default one of this host under this process's pid: the process
+    before a container's restart)."""
+    if here:
+        run = rollback_run() | process
+    else:
+        run = {"run": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        run |= process
     audit.record("admin", ROLLBACK_STARTED, {"backupId": "abc123", "reason": reason} | run)
     return str(run["run"])
 
@@ -231,15 +239,29 @@ def test_a_rollback_under_this_hostname_is_left_alone_while_the_fleet_sees_its_p
     host, other = socket.gethostname(), a_pid_gone()
     there = started(fleet_audit, "run by a replica of another host", host=host, pid=other)
     predecessor = started(fleet_audit, "under this process's own name")
-    since = time.time()
     with (
         psycopg.connect(pg_url, application_name=presence_name(f"{host}:{other}")),
         psycopg.connect(pg_url, application_name=presence_name()),  # this process's
         psycopg.connect(pg_url, application_name=presence_name()),  # the other host's
     ):
-        assert record_interrupted(fleet_audit, None, since) == []
-    recorded = record_interrupted(fleet_audit, None, since)
+        assert record_interrupted(fleet_audit) == []
+    recorded = record_interrupted(fleet_audit)
     assert [entry["run"] for entry in recorded] == [there, predecessor]
+
+
+def test_this_process_s_own_rollback_is_left_alone_whatever_the_clock_says(
+    fleet_audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a rollback of this process's host and pid was its own only when the trail's
+    time of its start was after the start's look; with the clock stepped back since (an NTP
+    step), every look recorded the rollback it was running as cut off."""
+    record_interrupted(fleet_audit)  # the start's look
+    stepped_back = time.time() - 3600
+    monkeypatch.setattr("service.incidents.audit.time.time", lambda: stepped_back)
+    running = started(fleet_audit, "running in this process", here=True)
+    monkeypatch.undo()
+    assert record_interrupted(fleet_audit) == []
+    assert running not in interrupted(fleet_audit)
 
 
 def interrupted(audit: AuditLog) -> list[str]:
@@ -263,10 +285,10 @@ async def test_the_looks_after_the_start_leave_this_process_s_own_rollback_alone
     process before a restart), and the trail said it was interrupted while it ran."""
     restarted = started(fleet_audit, "ers again under the same pid")
     async with AsyncExitStack() as stack:
-        looked = await record_interrupted_at_start(fleet_audit, None)
-        running = started(fleet_audit, "running in this process")
+        await record_interrupted_at_start(fleet_audit, None)
+        running = started(fleet_audit, "running in this process", here=True)
         elsewhere = started(fleet_audit, "cut off since", host=f"not-{socket.gethostname()}")
-        keep_looking(stack, fleet_audit, None, looked, every_s=0.05)
+        keep_looking(stack, fleet_audit, None, every_s=0.05)
         await until_recorded(fleet_audit, [elsewhere])
     assert sorted(interrupted(fleet_audit)) == sorted([restarted, elsewhere])
     assert running not in interrupted(fleet_audit)
@@ -282,13 +304,13 @@ async def test_a_running_replica_records_a_peers_rollback_once_the_peer_is_gone(
     is gone, never while it runs."""
     other = f"not-{socket.gethostname()}"
     async with AsyncExitStack() as stack:
-        looked = await record_interrupted_at_start(fleet_audit, None)
-        keep_looking(stack, fleet_audit, None, looked, every_s=0.05)
+        await record_interrupted_at_start(fleet_audit, None)
+        keep_looking(stack, fleet_audit, None, every_s=0.05)
         name = presence_name(f"{other}:51")
         with psycopg.connect(pg_url, application_name=name):
             peer = started(fleet_audit, "a peer's rollback, killed", host=other, pid=51)
             # What each look does, while the peer runs: nothing.
-            assert await asyncio.to_thread(record_interrupted, fleet_audit, None, looked) == []
+            assert await asyncio.to_thread(record_interrupted, fleet_audit) == []
         await until_recorded(fleet_audit, [peer])
     assert interrupted(fleet_audit) == [peer]
 
