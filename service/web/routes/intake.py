@@ -67,8 +67,9 @@ async def receive_traces(
     except MalformedOtlp as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     if records:
-        # Kept (and on disk) before the incident exists, so its trace link answers at once;
-        # spans without an error join a trace kept already, or are dropped.
+        # Kept here before the incident exists, so its trace link answers at once on this
+        # replica (the archive has it within a second: a kill -9 sooner loses it); spans
+        # without an error join a trace kept already, or are dropped.
         await asyncio.to_thread(traces.keeper.keep_records, records)
     errors = [record for record in records if record.is_error]
     if errors:
