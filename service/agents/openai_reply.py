@@ -112,16 +112,20 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
     if isinstance(content, list):
         if any(isinstance(part, dict) and part.get("type") == "refusal" for part in content):
             raise _refused(agent, status, "a content part of type refusal")
-        return _without_reasoning(_text_of_parts(agent, status, content))
+        return _without_reasoning(agent, status, _text_of_parts(agent, status, content))
     if not isinstance(content, str):
         raise _broke(agent, status, "choices[0].message.content is not a string")
-    return _without_reasoning(content)
+    return _without_reasoning(agent, status, content)
 
 
-def _without_reasoning(text: str) -> str:
+def _without_reasoning(agent: str, status: int, text: str) -> str:
     # Only a block that is closed: a lone <think> leaves no way to tell where an answer is.
     reasoning = LEADING_REASONING.match(text)
-    return text[reasoning.end() :] if reasoning else text
+    if reasoning is None:
+        return text
+    if reasoning.end() == len(text):  # the model stopped after thinking, or was cut there
+        raise _broke(agent, status, "the completion holds a <think> block and no answer after it")
+    return text[reasoning.end() :]
 
 
 def _text_of_parts(agent: str, status: int, parts: list[Any]) -> str:

@@ -165,6 +165,16 @@ def test_text_that_holds_no_reasoning_block_before_the_answer_is_kept(content: s
     assert completion_text("helper", 200, completion(choice(content))) == content
 
 
+def test_a_completion_of_reasoning_alone_is_said_to_hold_no_answer() -> None:
+    """Before: it came out as the same "empty reply" as a model that said nothing."""
+    failure = failure_of(completion(choice("<think>Squats or lunges? Hmm.</think>\n")))
+    assert failure.kind == "bad_response"
+    assert "a <think> block and no answer after it" in str(failure)
+    assert "Squats" not in str(failure)
+    cut = failure_of(completion(choice("<think>Squats or lunges?</think>", "length")))
+    assert cut.kind == "truncated"  # the token limit, not the model's choice
+
+
 def test_of_several_choices_the_first_is_the_answer() -> None:
     second = {**choice("Second."), "index": 1}
     assert completion_text("helper", 200, completion(choice("First."), second)) == "First."
