@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -225,6 +226,18 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
+def _retry_after_ms(value: str | None) -> float | None:
+    """Seconds from a ``retry-after-ms`` header (Azure OpenAI's, read first by OpenAI's own
+    clients: finer than Retry-After, or alone); None when absent or not a number."""
+    try:
+        milliseconds = float(value or "")
+    except ValueError:
+        return None
+    if not math.isfinite(milliseconds):
+        return None
+    return min(max(milliseconds / 1000, 0.0), MAX_RETRY_AFTER_S)
+
+
 def error_code(body: bytes) -> str | None:
     """The OpenAI-compatible ``error.code`` (or ``error.type``) of an error body, if any."""
     if not body or len(body) > MAX_ERROR_BODY_BYTES:
@@ -265,7 +278,9 @@ def failure_from_response(
     if failure is not None:
         return failure
     if status == 429:
-        retry_after = parse_retry_after(headers.get("retry-after"))
+        retry_after = _retry_after_ms(headers.get("retry-after-ms"))
+        if retry_after is None:
+            retry_after = parse_retry_after(headers.get("retry-after"))
         wait = f"; it asks to wait {retry_after:g} s" if retry_after is not None else ""
         return RateLimited(
             f"agent '{agent}' is rate limited ({said}){wait}",

@@ -95,6 +95,26 @@ def test_a_rate_limit_carries_its_retry_after_and_the_message_never_the_body() -
     assert "hunter2" not in str(failure)
 
 
+@pytest.mark.parametrize(
+    "headers,seconds",
+    [
+        ({"retry-after-ms": "1500"}, 1.5),  # alone: it was not read, and no wait was told
+        ({"retry-after-ms": "250", "retry-after": "1"}, 0.25),  # the finer one first
+        ({"retry-after-ms": "later", "retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "nan"}, None),
+        ({"retry-after-ms": "-5"}, 0.0),
+    ],
+)
+def test_a_rate_limits_retry_after_ms_is_read_before_retry_after(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    """Azure OpenAI says how long to wait in milliseconds too; OpenAI's clients read that
+    header first."""
+    failure = failure_from_response("helper", 429, headers, b"")
+    assert isinstance(failure, RateLimited)
+    assert failure.retry_after_s == seconds
+
+
 def test_a_model_the_server_does_not_serve_names_the_model_setting() -> None:
     message = str(failure_from_response("helper", 404, {}, OPENAI_ERROR % b"model_not_found"))
     assert "model setting" in message
