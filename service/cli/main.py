@@ -55,9 +55,6 @@ def serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx says every remote agent call at INFO (its URL and status): a line per chat, as
-    # an access log the operator did not ask for; the call's span and metrics say it.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     # The pool warns, in several lines, at every failed reconnect: a 20 s outage of the
     # database wrote some 70 of them, burying ERS's own line that says it (and its end).
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
