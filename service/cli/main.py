@@ -159,19 +159,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
 class SettingsRefusal(logging.Filter):
     """A setting only the start-up can check (an agent whose factory fails) stops it with a
     SettingsError: uvicorn logs it as a traceback; it is kept here instead, to be said in
-    one line like every other setting. A subclass (FactoryFailed) is one as well."""
+    one line like every other setting. Made once the app is imported: its subclasses
+    (FactoryFailed), at any depth, are known by then."""
 
     def __init__(self) -> None:
         super().__init__()
         self.message: str | None = None
+        kinds = [SettingsError]
+        for kind in kinds:
+            kinds.extend(kind.__subclasses__())
+        self._names = {f"{kind.__module__}.{kind.__qualname__}" for kind in kinds}
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        kinds = (SettingsError, *SettingsError.__subclasses__())
-        names = {f"{kind.__module__}.{kind.__qualname__}" for kind in kinds}
         for line in text.splitlines():
             raised, colon, message = line.partition(": ")
-            if colon and raised in names:
+            if colon and raised in self._names:
                 self.message = message
                 return False
         return not (self.message is not None and "Application startup failed" in text)
