@@ -25,17 +25,15 @@ def presence_name(replica: str | None = None) -> str:
 def session_alive(name: str) -> str:
     """SQL that is true while a session of the current database carries the name ``name``
     (an SQL expression: a column, or a placeholder) as its ``application_name``."""
-    return (
-        "EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-        f" AND application_name = {name})"
-    )
+    return f"EXISTS (SELECT 1 {_sessions_of(name)})"
 
 
 def sessions_named(name: str) -> str:
     """SQL: how many sessions of the current database carry the name ``name`` (an SQL
     expression) as their ``application_name``; more than this process's own means another
     process runs under its name (hosts that share a hostname, containers pid 1)."""
-    return (
-        "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        f" AND application_name = {name})"
-    )
+    return f"(SELECT count(*) {_sessions_of(name)})"
+
+
+def _sessions_of(name: str) -> str:
+    return f"FROM pg_stat_activity WHERE datname = current_database() AND application_name = {name}"
