@@ -40,18 +40,18 @@ _AUTH_HEADER = re.compile(
 # The name ends in one of these words (sslpassword, client_secret, AWS_SECRET_ACCESS_KEY); a
 # bare "key" (a cache's, a row's) is kept. A name is matched from its first character only,
 # so the search stays linear in the text's length.
+_SECRET_WORDS = (
+    r"password|passwd|secret|token|apikey|api[_-]key|access[_-]key|secret[_-]key"
+    r"|private[_-]key|credentials?"
+)
 _SECRET_PAIR = re.compile(
-    r"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{0,40}?(?:password|passwd|pwd|secret|token|apikey"
-    r"|api[_-]key|access[_-]key|secret[_-]key|private[_-]key|credentials?))"
+    rf"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{{0,40}}?(?:pwd|{_SECRET_WORDS}))"
     r"=('[^']*'|\"[^\"]*\"|[^\s&#,;'\"<>`]+)",
     re.IGNORECASE,
 )
 # The same words ending an attribute's or a map key's name: its whole value is the secret.
-_SECRET_NAME = re.compile(
-    r"(?:password|passwd|secret|token|apikey|api[_-]key|access[_-]key|private[_-]key"
-    r"|credentials?)$",
-    re.IGNORECASE,
-)
+# Not pwd: there it names a working directory (a process's PWD), not a password.
+_SECRET_NAME = re.compile(rf"(?:{_SECRET_WORDS})$", re.IGNORECASE)
 # Query parameters that carry no secret, each with the shape its value must have to be kept:
 # Azure OpenAI's api-version (?api-version=2024-02-01, 2024-02-15-preview) names the API a
 # call was made to, which a span of a failing call needs; under that name any other value

@@ -291,6 +291,8 @@ def test_an_attribute_or_map_key_named_as_a_credential_keeps_no_value() -> None:
         "auth.token": "t0k",
         "gen_ai.usage.output_tokens": 12,
         "cache.key": "user:42",
+        "django": {"SECRET_KEY": "django-insecure-abc", "DEBUG": "false"},
+        "process.pwd": "/srv/app",  # a working directory
     }
     redact_attributes(attributes)
     assert attributes == {
@@ -302,4 +304,6 @@ def test_an_attribute_or_map_key_named_as_a_credential_keeps_no_value() -> None:
         "auth.token": "REDACTED",
         "gen_ai.usage.output_tokens": 12,
         "cache.key": "user:42",
+        "django": {"SECRET_KEY": "REDACTED", "DEBUG": "false"},
+        "process.pwd": "/srv/app",
     }
