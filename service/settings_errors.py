@@ -82,16 +82,20 @@ def _written(value: object) -> str:
 
 def _field(key: str, settings: type[BaseModel]) -> FieldInfo | None:
     """The field of a dotted ``key`` (``backup_interval_minutes.budgets``), if a model has it."""
+    *parents, name = key.split(".")
+    model = _model_at(parents, settings)
+    return model.model_fields.get(name) if model is not None else None
+
+
+def _model_at(parents: list[str], settings: type[BaseModel]) -> type[BaseModel] | None:
+    """The model the keys ``parents`` lead to from ``settings``; None past a value."""
     model: Any = settings
-    field = None
-    for part in key.split("."):
+    for part in parents:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = field.annotation
-    return field
+    return model
 
 
 def _allowed(field: FieldInfo) -> str | None:
@@ -126,13 +130,7 @@ def _nearest_key(key: str, settings: type[BaseModel]) -> str:
     """What to write instead of the unknown ``key`` (``a.b`` for a nested one): the nearest
     key its level takes, or the spelling to check, as a YAML key or an ``ERS_`` variable."""
     *parents, name = key.split(".")
-    model: Any = settings
-    for part in parents:
-        field = model.model_fields.get(part)
-        model = field.annotation if field is not None else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            model = None
-            break
+    model = _model_at(parents, settings)
     close = difflib.get_close_matches(name, list(model.model_fields), n=1) if model else []
     if close:
         return f"did you mean {'.'.join([*parents, close[0]])}?"
