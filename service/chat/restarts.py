@@ -30,11 +30,15 @@ def rebuilder(
         try:
             return build_agent(name, spec, config, stores, settings)
         except FactoryFailed as exc:  # the settings were good at start: the factory fails now
-            raise AgentRestartFailed(
-                f"agent '{name}' was not restarted and its instance answers on: {exc.problem}"
-            ) from None
+            raise not_restarted(name, exc.problem) from None
 
     return rebuild
+
+
+def not_restarted(name: str, why: str) -> AgentRestartFailed:
+    return AgentRestartFailed(
+        f"agent '{name}' was not restarted and its instance answers on: {why}"
+    )
 
 
 async def built_off_loop(
@@ -52,9 +56,8 @@ async def built_off_loop(
     never returns, restarted again and again, held one more thread of the loop's executor
     each time, until every ``asyncio.to_thread`` of the service waited behind them."""
     if name in running:
-        raise AgentRestartFailed(
-            f"agent '{name}' was not restarted and its instance answers on: the factory has "
-            "not yet returned the instance an earlier restart asked for"
+        raise not_restarted(
+            name, "the factory has not yet returned the instance an earlier restart asked for"
         )
     building = running[name] = asyncio.ensure_future(asyncio.to_thread(factory))
     building.add_done_callback(lambda _: running.pop(name, None))
