@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, start_ers
+from tests.conftest import ROOT, ErsProcess, free_port, start_ers
 from tests.processes import serve
 
 pytestmark = pytest.mark.integration
@@ -429,28 +429,25 @@ def test_an_agent_the_guard_cannot_run_stops_the_start(
     ), result.stderr
 
 
+def serve_coach(tmp_path: Path, factory: str, **env: str) -> ErsProcess:
+    """``ers serve`` with my_coach, built by ``factory`` of the test helpers, answering
+    workout questions, workout its fallback, each attempt's limit 1 s; ``env`` added."""
+    agents = {
+        **BUILT_IN,
+        "my_coach": {"kind": "python", "factory": f"{HELPERS}:{factory}", "fallbacks": ["workout"]},
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    env |= {"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT), "ERS_AGENT_TIMEOUT_S": "1"}
+    return start_ers(tmp_path / "ers", env=env)
+
+
 def test_the_responders_restart_closes_the_instance_it_replaces(tmp_path: Path) -> None:
     """restart_agent put a new instance from the factory in place and dropped the old one
     without its aclose: each restart of an agent holding connections (an LLM client) left
     them open for the life of the process; only the last instance was closed at shutdown.
     The old one is closed once the calls begun on it have had their time."""
     close_log = tmp_path / "closed.log"
-    agents = {
-        **BUILT_IN,
-        "my_coach": {
-            "kind": "python",
-            "factory": f"{HELPERS}:broken_closing",
-            "fallbacks": ["workout"],
-        },
-    }
-    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
-    env = {
-        "ERS_CONFIG": str(config),
-        "PYTHONPATH": str(ROOT),
-        "OWN_AGENT_CLOSE_LOG": str(close_log),
-        "ERS_AGENT_TIMEOUT_S": "1",
-    }
-    ers = start_ers(tmp_path / "ers", env=env)
+    ers = serve_coach(tmp_path, "broken_closing", OWN_AGENT_CLOSE_LOG=str(close_log))
     try:
         with httpx.Client(base_url=ers.url, timeout=30) as http:
             reply = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
@@ -495,22 +492,7 @@ def test_the_service_answers_while_a_restarted_agents_factory_is_building(
     too, until it returned. It builds in a thread, and the service answers meanwhile."""
     flags = tmp_path / "flags"
     flags.mkdir()
-    agents = {
-        **BUILT_IN,
-        "my_coach": {
-            "kind": "python",
-            "factory": f"{HELPERS}:slow_at_restart",
-            "fallbacks": ["workout"],
-        },
-    }
-    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
-    env = {
-        "ERS_CONFIG": str(config),
-        "PYTHONPATH": str(ROOT),
-        "OWN_AGENT_RESTART_DIR": str(flags),
-        "ERS_AGENT_TIMEOUT_S": "1",
-    }
-    ers = start_ers(tmp_path / "ers", env=env)
+    ers = serve_coach(tmp_path, "slow_at_restart", OWN_AGENT_RESTART_DIR=str(flags))
     try:
         with httpx.Client(base_url=ers.url, timeout=60) as http:
             failed = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
