@@ -245,6 +245,8 @@ def test_a_rollback_under_this_hostname_is_left_alone_while_the_fleet_sees_its_p
         psycopg.connect(pg_url, application_name=presence_name()),  # the other host's
     ):
         assert record_interrupted(fleet_audit) == []
+    # The server ends a closed connection's session a moment later.
+    sessions_gone(pg_url, [presence_name(f"{host}:{other}"), presence_name()])
     recorded = record_interrupted(fleet_audit)
     assert [entry["run"] for entry in recorded] == [there, predecessor]
 
