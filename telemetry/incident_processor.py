@@ -12,8 +12,9 @@ asked for) so that a storm is written in a few large transactions instead of one
 a transaction per span would cost the request path more CPU than the failures themselves.
 
 The processor knows nothing of incidents themselves: it hands each batch of classified records
-to its sink (``ClassifiedSink``, the incident store), and passes what the sink returns, one
-outcome per incident touched, to its subscribers as it is. Subscribers are called on the worker
+to its sink (``telemetry.sink.ClassifiedSink``, the incident store), other services' by the
+request they came in, and passes what the sink returns, one outcome per incident touched, to
+its subscribers as it is. Subscribers are called on the worker
 thread, one outcome per incident touched per batch (not one per failure: a storm of one error
 is one "updated" outcome per batch with its occurrence count).
 A subscriber must be quick and must not block; to reach an event loop it should hand over with
@@ -35,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -43,6 +44,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry.classifier import Classification, Classifier
 from telemetry.enclosing import EnclosingFailures
+from telemetry.sink import ClassifiedSink, Sent, Subscriber, sent_key
 from telemetry.span_record import SpanRecord
 
 log = logging.getLogger("ers.incidents")
@@ -61,18 +63,6 @@ def server_span_of(routes: Iterable[str]) -> Callable[[ReadableSpan], bool]:
         return (span.attributes or {}).get("http.route") in wanted
 
     return matches
-
-
-class ClassifiedSink(Protocol):
-    """Where classified error spans go: one call writes a batch at once and returns what it
-    did (the incident store returns one outcome per incident touched)."""
-
-    def record_errors(
-        self, items: Sequence[tuple[SpanRecord, Classification]]
-    ) -> Sequence[Any]: ...
-
-
-Subscriber = Callable[[Any], None]  # receives each outcome the sink returned
 
 
 class _FlushMarker(threading.Event):
@@ -293,7 +283,7 @@ class IncidentProcessor(SpanProcessor):
             written = False
             if batch:
                 try:
-                    written = self._process(batch)
+                    written = self._process(batch, submitted)
                 except Exception:  # the worker must outlive any one batch
                     self._failed += len(batch)
                     log.exception("could not process %d error spans", len(batch))
@@ -302,53 +292,68 @@ class IncidentProcessor(SpanProcessor):
             if marker is not None:
                 marker.set()
 
-    def _process(self, batch: list[ReadableSpan | SpanRecord]) -> bool:
-        """Classify and write ``batch`` in one transaction; False when the store failed."""
-        classify = self.classifier.classify
-        items: list[tuple[SpanRecord, Classification]] = []
-        sent = [item for item in batch if isinstance(item, SpanRecord)]
-        counted: list[SpanRecord] = []
-        if sent:  # other services' spans: a failure reported around itself counts once
-            counted = self._enclosing.counted(sent)
-            batch = [item for item in batch if not isinstance(item, SpanRecord)] + counted
-        own = 0  # this process's spans come first in the batch
-        for item in batch:
+    def _process(self, batch: list[ReadableSpan | SpanRecord], submitted: list[_Submitted]) -> bool:
+        """Classify and write ``batch``'s own spans and ``submitted``'s records in one
+        transaction; False when the store failed."""
+        own = self._classify(item for item in batch if not isinstance(item, SpanRecord))
+        records = [record for item in submitted for record in item.records]
+        # Other services' spans: a failure reported around itself counts once.
+        counted = self._enclosing.counted(records) if records else []
+        kept = {id(record) for record in counted} if len(counted) < len(records) else None
+        sent = [
+            (
+                sent_key(item.records),
+                self._classify(
+                    item.records if kept is None else [r for r in item.records if id(r) in kept]
+                ),
+            )
+            for item in submitted
+        ]
+        if not self._write(own, sent):
+            return False
+        self._enclosing.remember(counted)
+        self._joined += len(records) - len(counted)
+        return True
+
+    def _classify(
+        self, items: Iterable[ReadableSpan | SpanRecord]
+    ) -> list[tuple[SpanRecord, Classification]]:
+        classify, classified = self.classifier.classify, []
+        for item in items:
             try:
                 record = (
                     item if isinstance(item, SpanRecord) else SpanRecord.from_readable_span(item)
                 )
-                items.append((record, classify(record)))
-                own += not isinstance(item, SpanRecord)
+                classified.append((record, classify(record)))
             except Exception:
                 self._failed += 1
                 log.exception("could not classify an error span; it is skipped")
-        self._classified += len(items)
-        if not self._write(items, own):
-            return False
-        self._enclosing.remember(counted)
-        self._joined += len(sent) - len(counted)
-        return True
+        self._classified += len(classified)
+        return classified
 
-    def _write(self, items: list[tuple[SpanRecord, Classification]], own: int = 0) -> bool:
-        """Write the held spans and ``items`` in one transaction, and publish the outcomes.
-        The first ``own`` of ``items`` are this process's: held through an outage."""
+    def _write(self, own: list[tuple[SpanRecord, Classification]], sent: Sent = ()) -> bool:
+        """Write the held spans, ``own`` (this process's: held through an outage) and
+        ``sent`` in one transaction, and publish the outcomes."""
         held = list(self._held)
         if held:
             now_ns = time.time_ns()
             for record, _ in held:
                 record.attributes["ers.held_s"] = round((now_ns - record.end_ns) / 1e9, 1)
+        others = sum(len(items) for _, items in sent)
         try:
-            outcomes = self.store.record_errors(held + items if held else items)
+            outcomes = self.store.record_errors(held + own if held else own, sent)
         except Exception as exc:
             self._retry_at = time.monotonic() + self._retry_s
             if isinstance(exc, self._outages):
-                self._hold(items[:own])
-                self._failed += len(items) - own
-                log.error("could not write %d error spans: %s", len(held) + len(items), exc)
+                self._hold(own)
+                self._failed += others
+                log.error("could not write %d error spans: %s", len(held) + len(own) + others, exc)
             else:  # not the store being away: writing the same again would fail the same
-                self._failed += len(held) + len(items)
+                self._failed += len(held) + len(own) + others
                 self._held.clear()
-                log.exception("could not write %d error spans to the incident store", len(items))
+                log.exception(
+                    "could not write %d error spans to the incident store", len(own) + others
+                )
             return False
         if held:
             self._held.clear()

@@ -10,9 +10,9 @@ from rich.console import Console
 
 from service.cli.output import joined, new_table, short_id, size, when
 
-# Tables a component keeps for itself (write probes, request dedup, SQLite's own): what a
-# rollback does to them tells an operator nothing.
-INTERNAL_TABLES = frozenset({"idempotency_keys", "write_probe"})
+# Tables a component keeps for itself (write probes, the ids of requests and spans seen, SQLite's
+# own): what a rollback does to them tells an operator nothing.
+INTERNAL_TABLES = frozenset({"idempotency_keys", "sent_batches", "write_probe"})
 
 
 def _internal(table: str) -> bool:

@@ -40,6 +40,8 @@ from service.incidents.model import (
 from service.incidents.writes import (
     GroupOutcome,
     StoredSpanRecord,
+    first_sent,
+    forget_sent,
     insert_timeline,
     keep_span_records,
     read_span_records,
@@ -47,6 +49,7 @@ from service.incidents.writes import (
 )
 from service.stores.sql import Database, SqliteDatabase
 from telemetry.classifier import Classification
+from telemetry.sink import Sent
 from telemetry.span_record import SpanRecord
 
 SQLITE_SCHEMA = """
@@ -71,6 +74,7 @@ CREATE TABLE IF NOT EXISTS span_records (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, incident_id TEXT NOT NULL,
     classification TEXT NOT NULL, record TEXT NOT NULL, weight INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sent_batches (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS write_probe (v TEXT NOT NULL);
 """
 
@@ -99,6 +103,7 @@ class IncidentStore:
             path = SqliteDatabase(self.path, SQLITE_SCHEMA, IncidentStoreUnavailable)
         self._database: Database = path
         self._dialect = path.dialect
+        self._sent_forgotten_at = 0.0  # when old keys of sent requests were last deleted
 
     @property
     def database(self) -> Database:
@@ -128,13 +133,24 @@ class IncidentStore:
         return outcome.incident, outcome.outcome
 
     def record_errors(
-        self, items: Sequence[tuple[SpanRecord, Classification]]
+        self, items: Sequence[tuple[SpanRecord, Classification]], sent: Sent = ()
     ) -> list[GroupOutcome]:
-        """Many failures in one transaction: one row write per fingerprint, not per failure."""
-        if not items:
+        """Many failures in one transaction: one row write per fingerprint, not per failure.
+        ``sent``: other services' spans by request (``telemetry.sink.Sent``);
+        one sent again (its answer lost to a restart, a timeout, another replica) is not
+        counted again."""
+        if not items and not sent:
             return []
-        groups, now, options = group_by_fingerprint(items), self.options.clock(), self.options
+        now, options = self.options.clock(), self.options
         with self._database.transaction() as db:
+            if sent:
+                if now >= self._sent_forgotten_at + 60:
+                    forget_sent(db, now)
+                    self._sent_forgotten_at = now
+                items = [*items, *first_sent(db, sent, now)]
+                if not items:
+                    return []
+            groups = group_by_fingerprint(items)
             outcomes = write_groups(
                 db, self._dialect, groups, now, options.max_trace_ids, new_incident_id
             )

@@ -21,7 +21,7 @@ from service.stores.session_names import presence_name, session_alive
 
 COMPONENT = "incidents"
 SCHEMA = "ers_incidents"
-TABLES = ("incidents", "timeline", "span_records", "action_claims")
+TABLES = ("incidents", "timeline", "span_records", "action_claims", "sent_batches")
 # Claims older than this are deleted when a new one is taken.
 CLAIMS_KEPT_S = 7 * 86_400
 
@@ -93,6 +93,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # The health check's write probe, as each component's schema has one.
     (f"CREATE TABLE {SCHEMA}.write_probe (v TEXT NOT NULL)",),
+    # The keys of requests of spans other services sent, so that one sent again counts once.
+    (
+        f"""CREATE TABLE {SCHEMA}.sent_batches (
+            id BIGINT PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+        f"CREATE INDEX sent_batches_at ON {SCHEMA}.sent_batches (at)",
+    ),
 )
 
 

@@ -30,10 +30,19 @@ from service.incidents.merge import (
 )
 from service.incidents.model import OPENED, Incident
 from service.stores.sql import Database, Dialect, Statements
+from telemetry.sink import Sent
+from telemetry.span_record import SpanRecord
 
 UPDATE_SQL = (
     f"UPDATE incidents SET {', '.join(f'{name} = ?' for name in MERGED_COLUMNS)} WHERE id = ?"
 )
+# Requests of spans other services sent are remembered this long (``sent_key``), and one
+# sent again within it is not counted again: three times the 5 minutes an OpenTelemetry
+# exporter (the collector's otlphttp among them) goes on resending a batch it got no answer
+# for.
+SENT_BATCHES_KEPT_S = 900.0
+# Rows of one INSERT: 2 parameters each, well under either engine's limit.
+_SENT_ROWS = 300
 
 
 def write_groups(
@@ -61,6 +70,41 @@ def write_groups(
         record, classification = group[-1]
         by_fingerprint[fingerprint] = GroupOutcome(incident, outcome, classification, record)
     return [by_fingerprint[fingerprint] for fingerprint in groups]
+
+
+def first_sent(db: Statements, sent: Sent, now: float) -> list[tuple[SpanRecord, Any]]:
+    """The spans of the requests in ``sent`` not written before, by this process or another
+    replica, before a restart or a ``kill -9`` that took the answer: a request's key is
+    remembered in the same transaction as its spans' occurrences, so they count once
+    however often their sender sends them (also one whose spans all enclosed failures
+    counted before, so that none of them counts after a restart either). A request without
+    a key counts each time."""
+    keys = [key for key in dict.fromkeys(key for key, _ in sent) if key is not None]
+    new: set[int] = set()
+    for start in range(0, len(keys), _SENT_ROWS):
+        chunk = keys[start : start + _SENT_ROWS]
+        rows = db.execute(
+            "INSERT INTO sent_batches (id, at) VALUES "
+            + ", ".join(["(?, ?)"] * len(chunk))
+            + " ON CONFLICT (id) DO NOTHING RETURNING id",
+            [value for key in chunk for value in (key, now)],
+        ).fetchall()
+        new.update(row["id"] for row in rows)
+    kept: list[tuple[SpanRecord, Any]] = []
+    for key, items in sent:
+        if key is None:
+            kept.extend(items)
+        elif key in new:
+            new.discard(key)  # the first of a batch that holds it twice
+            kept.extend(items)
+    return kept
+
+
+def forget_sent(db: Statements, now: float) -> None:
+    """Forget the requests sent more than ``SENT_BATCHES_KEPT_S`` ago (the store does it at
+    most once a minute: on SQLite it reads the whole table, whose only index is the key, as
+    an index on the time would cost each insert more than these reads)."""
+    db.execute("DELETE FROM sent_batches WHERE at < ?", (now - SENT_BATCHES_KEPT_S,))
 
 
 def _locked(db: Statements, dialect: Dialect, fingerprint: str) -> Incident | None:
@@ -141,6 +185,8 @@ def read_span_records(
 __all__ = [
     "GroupOutcome",
     "StoredSpanRecord",
+    "first_sent",
+    "forget_sent",
     "group_by_fingerprint",
     "insert_timeline",
     "keep_span_records",

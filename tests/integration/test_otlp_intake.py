@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from google.rpc.status_pb2 import Status as RpcStatus
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -138,6 +139,44 @@ def test_a_200_means_the_error_spans_are_written_even_across_a_kill(tmp_path: Pa
         ers = start_ers(tmp_path)
         with httpx.Client(base_url=ers.url, timeout=10) as http:
             assert incident_count(http, "killed-svc") == 1
+    finally:
+        ers.stop()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_spans_sent_again_after_a_kill_or_to_another_replica_count_once(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
+    """A sender whose answer was lost (the process killed after the write, a timeout)
+    sends the same request again, to the restarted process or, behind a balancer, to
+    another replica: its spans were counted the first time and are not counted again."""
+    env = {} if database == "sqlite" else {"ERS_DATABASE_URL": request.getfixturevalue("pg_url")}
+    body = error_spans_body("resent-svc", "payment declined", count=3)
+    headers = {"content-type": PROTOBUF}
+    ers = start_ers(tmp_path / "a", env)
+    try:
+        sent = httpx.post(f"{ers.url}/v1/traces", content=body, headers=headers, timeout=10)
+        assert sent.status_code == 200, sent.text
+        ers.stop(signal.SIGKILL)
+        ers = start_ers(tmp_path / "a", env)
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            again = http.post("/v1/traces", content=body, headers=headers)
+            assert again.status_code == 200, again.text
+            assert incident_count(http, "resent-svc") == 3  # 6 before
+            # New spans of the same failure still count.
+            fresh = error_spans_body("resent-svc", "payment declined", count=2)
+            sent = http.post("/v1/traces", content=fresh, headers=headers)
+            assert sent.status_code == 200, sent.text
+            assert incident_count(http, "resent-svc") == 5
+        if database == "postgresql":
+            other = start_ers(tmp_path / "b", env)
+            try:
+                with httpx.Client(base_url=other.url, timeout=10) as http:
+                    again = http.post("/v1/traces", content=fresh, headers=headers)
+                    assert again.status_code == 200, again.text
+                    assert incident_count(http, "resent-svc") == 5
+            finally:
+                assert other.stop() == 0
     finally:
         ers.stop()
 

@@ -105,6 +105,6 @@ class HeldStore(IncidentStore):
         super().__init__(path)
         self.release = threading.Event()
 
-    def record_errors(self, items):  # type: ignore[override]
+    def record_errors(self, items, sent=()):  # type: ignore[override]
         self.release.wait(10)
-        return super().record_errors(items)
+        return super().record_errors(items, sent)

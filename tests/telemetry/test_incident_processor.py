@@ -88,10 +88,10 @@ def test_a_full_queue_drops_and_counts_without_blocking(
     entered = threading.Event()
 
     class BlockedStore(IncidentStore):
-        def record_errors(self, items):  # type: ignore[override]
+        def record_errors(self, items, sent=()):  # type: ignore[override]
             entered.set()
             release.wait(10)
-            return super().record_errors(items)
+            return super().record_errors(items, sent)
 
     store = BlockedStore(tmp_path / "i.db")
     processor = pipeline(tracing, store, default_classifier, queue_size=2, batch_size=1)
@@ -204,11 +204,11 @@ def test_a_failing_store_is_counted_and_the_worker_goes_on(
     calls = []
 
     class FlakyStore(IncidentStore):
-        def record_errors(self, items):  # type: ignore[override]
+        def record_errors(self, items, sent=()):  # type: ignore[override]
             calls.append(len(items))
             if len(calls) == 1:
                 raise OSError("disk full")
-            return super().record_errors(items)
+            return super().record_errors(items, sent)
 
     store = FlakyStore(tmp_path / "i.db")
     processor = IncidentProcessor(store, default_classifier)
@@ -357,10 +357,10 @@ def test_own_error_spans_are_held_through_a_store_outage_and_written_after(
     down.set()
 
     class StoreAway(IncidentStore):
-        def record_errors(self, items):  # type: ignore[override]
+        def record_errors(self, items, sent=()):  # type: ignore[override]
             if down.is_set():
                 raise IncidentStoreUnavailable("the database at db:5432 does not answer")
-            return super().record_errors(items)
+            return super().record_errors(items, sent)
 
     store = StoreAway(tmp_path / "i.db")
     processor = IncidentProcessor(
@@ -398,7 +398,7 @@ def test_held_spans_beyond_the_bound_and_at_shutdown_are_counted_as_not_written(
     tracing: Tracing, tmp_path: Path, default_classifier: Classifier
 ) -> None:
     class StoreAway(IncidentStore):
-        def record_errors(self, items):  # type: ignore[override]
+        def record_errors(self, items, sent=()):  # type: ignore[override]
             raise IncidentStoreUnavailable("the database does not answer")
 
     store = StoreAway(tmp_path / "i.db")

@@ -26,9 +26,11 @@ from service.incidents.store import (
     UnknownTimelineKind,
 )
 from service.incidents.store_pg import COMPONENT, PgIncidentStore
+from service.incidents.writes import SENT_BATCHES_KEPT_S
 from service.stores.pg_pool import PgPool
 from service.stores.session_names import presence_name
 from telemetry.classifier import Classification, Classifier
+from telemetry.sink import sent_key
 from telemetry.span_record import SpanRecord
 from tests.pg import PostgresServer, apply_migrations
 from tests.telemetry.conftest import error_record
@@ -569,6 +571,54 @@ def test_a_failure_with_nul_characters_is_still_recorded(
         store.get("INC_0_\x00")
 
 
+def test_a_request_sent_again_counts_once_until_its_key_is_forgotten(
+    new_store: NewStore, default_classifier: Classifier, clock: Clock
+) -> None:
+    """Another service's request of spans, sent again because its answer was lost, counts
+    once: on this store or on a second one on the same database (another replica), alone
+    or in a batch with others; a request without a key counts each time; keys are
+    forgotten after the window."""
+    first, second = new_store(clock=clock), new_store(clock=clock)
+
+    def request(count: int) -> list[tuple[SpanRecord, Classification]]:
+        records = [error_record(message="card declined") for _ in range(count)]
+        return [(r, default_classifier.classify(r)) for r in records]
+
+    def key(items: list[tuple[SpanRecord, Classification]]) -> int | None:
+        return sent_key([record for record, _ in items])
+
+    one, two, own = request(3), request(2), request(1)
+    (outcome,) = first.record_errors([], [(key(one), one), (None, two)])
+    assert outcome.incident.count == 5
+    # Again on the other replica, twice in one batch, beside a new one and an own span.
+    new = request(1)
+    sent = [(key(one), one), (key(new), new), (key(one), one), (None, two)]
+    (outcome,) = second.record_errors(own, sent)
+    assert outcome.incident.count == 5 + 1 + 1 + 2
+    assert second.record_errors([], [(key(one), one), (key(new), new)]) == []
+    # A request whose spans all enclosed failures counted before (none left to write) is
+    # remembered too: sent again after a restart, when nothing tells the nesting, it
+    # counts nothing.
+    nested = request(2)
+    assert first.record_errors([], [(key(nested), [])]) == []
+    assert second.record_errors([], [(key(nested), nested)]) == []
+    clock.now += SENT_BATCHES_KEPT_S + 61
+    (outcome,) = first.record_errors([], [(key(new), new)])  # forgets first: counted
+    (outcome,) = first.record_errors([], [(key(one), one)])
+    assert outcome.incident.count == 9 + 1 + 3
+
+
+def test_a_requests_key_is_its_spans_ids() -> None:
+    records = [error_record() for _ in range(3)]
+    assert sent_key(records) == sent_key([SpanRecord.from_dict(r.to_dict()) for r in records])
+    assert sent_key(records) != sent_key(records[:2])
+    assert sent_key(records) != sent_key(records[::-1])
+    assert sent_key([]) is None
+    assert (
+        sent_key([*records, SpanRecord.from_dict({**records[0].to_dict(), "spanId": ""})]) is None
+    )
+
+
 # -- PostgreSQL only ----------------------------------------------------------------------
 
 
@@ -600,6 +650,7 @@ def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
         (COMPONENT, 1),
         (COMPONENT, 2),
         (COMPONENT, 3),
+        (COMPONENT, 4),
         *alerts,
         ("audit", 1),
         ("audit", 2),
@@ -615,6 +666,7 @@ def test_migrations_are_recorded_and_applied_once(pg_url: str) -> None:
         "alert_ledger",
         "audit",
         "incidents",
+        "sent_batches",
         "span_records",
         "timeline",
         "write_probe",

@@ -40,7 +40,7 @@ TAKE_WAIT_S = 10.0
 # A write under way is waited for (the store waits up to 5 s for a lock) this long more.
 # Both waits end within the 30 s after which the collector's exporter (its default timeout)
 # and the fleet's balancer (proxy_read_timeout) give up and resend: an answer later than
-# that reaches no one, and the resend counts a write that landed meanwhile again.
+# that reaches no one (the resend is not counted again: the store keeps the spans' ids).
 WRITE_WAIT_S = 15.0
 
 
