@@ -16,6 +16,8 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+from telemetry.redaction import redacted_text
+
 # The attribute that lets classification rules match a family of errors ("any
 # DependencyError"), not only the exact class; read back from span records.
 from telemetry.span_record import EXCEPTION_BASES_ATTRIBUTE
@@ -88,9 +90,12 @@ def exception_message(exc: BaseException) -> str:
 
 
 def described(exc: BaseException) -> str:
-    """``Name: message`` (the name alone without a message), for a status or a log line."""
+    """``Name: message`` (the name alone without a message), for a status or a log line,
+    its secrets redacted: an agent's error may quote the URL or the conninfo it failed on,
+    password and all, and these words reach a breaker's ``lastError``, a refused reset, the
+    system test's steps and the log, which an operator reads as they read an incident."""
     message = exception_message(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return redacted_text(f"{type(exc).__name__}: {message}") if message else type(exc).__name__
 
 
 def exception_bases(exc: BaseException) -> list[str]:
