@@ -40,15 +40,16 @@ from service.incidents.alert_payload import (
 )
 from service.incidents.ledger import (
     COOLDOWN_OUTCOME,
-    ISOLATING,
     NOT_KEPT_OUTCOME,
     AlertLedger,
     LedgerUnavailable,
     firing_handled,
+    isolated_nothing,
 )
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentMeters, IncidentRecovery
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
+from service.incidents.rewatch import rewatch_trials
 from service.incidents.store import IncidentStore
 from service.tasks import cancel_and_wait, spawn
 
@@ -125,6 +126,8 @@ class AlertHandler:
     async def run_replays(self, every_s: float = 60.0) -> None:
         """Replay lost resolutions now (start-up) and every ``every_s`` (on PostgreSQL a
         replica may die with one it had taken), until cancelled."""
+        with contextlib.suppress(LedgerUnavailable):  # the trials' watches a stop dropped
+            await rewatch_trials(self.ledger, self.incidents, self.recovery, self.responder.team)
         while True:
             try:
                 await self.replay_lost()
@@ -389,11 +392,3 @@ class AlertHandler:
     def _note(self, incident_id: str, message: str) -> None:
         if incident_id:
             self.incidents.add_timeline(incident_id, "note", message, ACTOR, {})
-
-
-def isolated_nothing(firing: dict[str, Any] | None) -> bool:
-    """The ledger entry of an ``isolate`` alert's firing says it isolated nothing: skipped
-    (held by someone else, no such agent) or failed; within the cooldown, the isolation that
-    ran holds for it too. Unknown (no entry, no outcome yet) is not taken to be nothing."""
-    outcome = (firing or {}).get("outcome") or ""
-    return outcome.startswith("isolate: ") and not outcome.startswith(ISOLATING)

@@ -292,6 +292,20 @@ class AlertLedger:
         )
         return [row["alert"] for row in rows]
 
+    def left_to_trials(self, ending: str) -> list[tuple[str, str]]:
+        """The newest resolution (as delivered, JSON) on each incident whose outcome ends in
+        ``ending`` (it left the incident to a trial of the agent), with that incident."""
+        rows = self._database.rows(
+            "SELECT alert, incident_id FROM alert_ledger WHERE status = 'resolved'"
+            " AND alert IS NOT NULL AND incident_id IS NOT NULL AND outcome LIKE ?"
+            " ORDER BY received_at DESC LIMIT 1000",
+            (f"%{ending}",),
+        )
+        newest: dict[str, str] = {}
+        for row in rows:
+            newest.setdefault(row["incident_id"], row["alert"])
+        return [(alert, incident_id) for incident_id, alert in newest.items()]
+
     def taken_at(self, fingerprint: str, starts_at: str, status: str) -> float | None:
         """When the attempt at a delivery still under way was taken, else None (also when
         its taker is gone)."""
@@ -340,3 +354,11 @@ def note_lost(store: IncidentStore, lost: list[dict[str, Any]]) -> None:
             pass  # the incident is gone: nothing to note it on
         except Exception:  # the note is a courtesy: the start goes on without it
             log.exception("could not note the cut-off action on %s", row["incident_id"])
+
+
+def isolated_nothing(firing: dict[str, Any] | None) -> bool:
+    """The ledger entry of an ``isolate`` alert's firing says it isolated nothing: skipped
+    (held by someone else, no such agent) or failed; within the cooldown, the isolation that
+    ran holds for it too. Unknown (no entry, no outcome yet) is not taken to be nothing."""
+    outcome = (firing or {}).get("outcome") or ""
+    return outcome.startswith("isolate: ") and not outcome.startswith(ISOLATING)
