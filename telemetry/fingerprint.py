@@ -45,8 +45,17 @@ _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?"),
         "<ts>",
     ),
+    # A number in scientific notation, as floats are written (1.2e3, 1.5E-07, 1e+16): left to
+    # the passes below, its mantissa's digits and exponent made a <hex> or an <id>. A bare
+    # 4821e93 stays a short hex id (a git commit's).
+    (re.compile(r"[-+]?\b\d+(?:\.\d+[eE][-+]?|[eE][-+])\d+"), "<num>"),
+    # A hex id of a span id's 16 characters with no letter in it (one in two thousand) is
+    # still a hex id: as a <num>, it opened an incident apart from the others'. Those of a
+    # trace id's 32 are <uuid> above, with or without a letter.
     (
-        re.compile(r"\b0x[0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=\d*[a-fA-F])[0-9a-fA-F]{8,}\b"),
+        re.compile(
+            r"\b0x[0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?:(?=\d*[a-fA-F])[0-9a-fA-F]{8,}|\d{16})\b"
+        ),
         "<hex>",
     ),
     # Short hex ids (a git commit's 7 characters, 5f3a9c), each its own incident otherwise;

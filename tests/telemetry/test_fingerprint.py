@@ -56,6 +56,26 @@ from tests.telemetry.conftest import error_record
             "max_connections_exceeded on db_primaryReplica",
         ),
         ("user_not_found: lookup_failed", "user_not_found: lookup_failed"),
+        # A span id's 16 hex characters are a <hex> with a letter or without one: all-digit,
+        # it was a <num> (or an <id> after a dash), an incident of its own.
+        ("span 4a2f9c0e7b1d3e58 lost", "span <hex> lost"),
+        ("span 4829105738201938 lost", "span <hex> lost"),
+        ("span-4829105738201938 lost", "span-<hex> lost"),
+        ("trace 48291057382019384829105738201938 lost", "trace <uuid> lost"),
+        # Numbers of other lengths stay numbers, long ones too.
+        ("sent 12345678 bytes", "sent <num> bytes"),
+        ("at 1700000000000 ms", "at <num> ms"),
+        ("ledger 1234567890123456789 full", "ledger <num> full"),
+        # Floats in scientific notation are numbers; they were <num>e3, <num>.<hex>, <id>.
+        ("loss 1.2e3 over", "loss <num> over"),
+        ("loss 1.2345e6 over", "loss <num> over"),
+        ("loss 1.2345678E7 over", "loss <num> over"),
+        ("loss 1.5e-07 over", "loss <num> over"),
+        ("loss 1e-05 over", "loss <num> over"),
+        ("loss -1e+16 over", "loss <num> over"),
+        ("loss 1.200000e+03 over", "loss <num> over"),
+        ("took 2.5e3ms", "took <num>ms"),
+        ("deploy of 4821e93 failed", "deploy of <hex> failed"),
     ],
 )
 def test_variable_parts_of_messages_are_normalised_away(message: str, normalised: str) -> None:
