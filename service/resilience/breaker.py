@@ -253,15 +253,16 @@ class CircuitBreaker:
         CLOSED. ``incident``: the incident the agent is isolated for. ``carried``: a forcing
         put back after a restart (opened at wall-clock ``since``) or from another replica."""
         now, wall = self._clock(), self._wall_clock()
-        self._forced = forcing = Forcing.until(reason, source, ttl_s, until, now, wall, incident)
-        remaining = forcing.remaining(now)
-        span = "until released" if remaining is None else f"for {remaining:g} s"
-        if self._state is FORCED_OPEN:
+        held = self.forcing  # renewed: still the isolation that began when it was forced
+        since = held.since if held else since if carried else None
+        forcing = Forcing.until(reason, source, ttl_s, until, now, wall, incident, since)
+        self._forced = forcing
+        if held is not None:
             self._publish(BreakerEventKind.FORCE_RENEWED, FORCED_OPEN, FORCED_OPEN, reason, source)
-            return f"breaker '{self.name}' stays forced open by {source} {span}: {reason}"
-        self._open.opened_at_wall = since if carried and since is not None else wall
+            return forcing.said(self.name, now, renewed=True)
+        self._open.opened_at_wall = forcing.since
         self._transition(FORCED_OPEN, reason, source, carried)
-        return f"breaker '{self.name}' is forced open by {source} {span}: {reason}"
+        return forcing.said(self.name, now)
 
     def release(self, *, source: str | None = None) -> str:
         """Lift a forced open: the breaker goes HALF_OPEN and trial calls decide the rest."""
@@ -327,9 +328,8 @@ class CircuitBreaker:
         source: str | None = None,
         carried: bool = False,
     ) -> None:
-        event = BreakerEvent(
-            kind, self.name, from_state, to_state, self._wall_clock(), reason, source, carried
-        )
+        at = self._forced.since if carried and self._forced else self._wall_clock()
+        event = BreakerEvent(kind, self.name, from_state, to_state, at, reason, source, carried)
         self._events.publish(event)
 
     # --- inspection ------------------------------------------------------------------------

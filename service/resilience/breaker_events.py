@@ -61,7 +61,7 @@ class BreakerEvent:
     reason: str
     source: str | None = None
     # A forcing put back after a restart or taken from another replica: the same isolation
-    # as before, not a new one, so it is not counted again.
+    # as before, not a new one, so it is not counted again, and ``at`` is when it began.
     carried: bool = False
 
     def to_dict(self) -> dict[str, str | None]:

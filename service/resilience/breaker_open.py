@@ -59,12 +59,14 @@ class OpenPeriod:
 class Forcing:
     """Who holds a breaker forced open, why, and until when (monotonic and wall time); and
     the incident it isolates the agent for, when the responder or an alert forced it for one
-    (a call turned away by it names that incident)."""
+    (a call turned away by it names that incident). ``since``: the wall-clock time the
+    isolation began, kept through renewals and restarts."""
 
     reason: str
     source: str
     expires_at: float | None
     expires_at_wall: float | None
+    since: float
     incident: str | None = None
 
     @classmethod
@@ -77,9 +79,10 @@ class Forcing:
         now: float,
         wall: float,
         incident: str | None = None,
+        since: float | None = None,
     ) -> Forcing:
         """Held ``ttl_s`` seconds from now, until the wall-clock time ``until``, or (neither)
-        until released; ValueError says what is missing or wrong."""
+        until released; begun at ``since``, else now. ValueError says what is wrong."""
         if not reason or not source:
             raise ValueError(
                 "force_open needs a reason and a source, so the history says who held the "
@@ -91,10 +94,11 @@ class Forcing:
             ttl_s = until - wall
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        since = wall if since is None else since
         if ttl_s is None:
-            return cls(reason, source, None, None, incident)
+            return cls(reason, source, None, None, since, incident)
         expires_wall = wall + ttl_s if until is None else until
-        return cls(reason, source, now + ttl_s, expires_wall, incident)
+        return cls(reason, source, now + ttl_s, expires_wall, since, incident)
 
     def remaining(self, now: float) -> float | None:
         """Seconds until it expires, None when it lasts until released."""
@@ -106,6 +110,13 @@ class Forcing:
         until = "it is released" if retry_after is None else f"{retry_after:.1f} s from now"
         why = f"breaker '{name}' is forced open by {self.source} ({self.reason}) until {until}"
         return retry_after, why
+
+    def said(self, name: str, now: float, renewed: bool = False) -> str:
+        """The reply to whoever forced the breaker open (or forced it again, ``renewed``)."""
+        remaining = self.remaining(now)
+        span = "until released" if remaining is None else f"for {remaining:g} s"
+        held = "stays" if renewed else "is"
+        return f"breaker '{name}' {held} forced open by {self.source} {span}: {self.reason}"
 
     def to_dict(self) -> dict[str, str | None]:
         return {

@@ -135,7 +135,8 @@ def breaker_record(
             "reason": forcing.reason,
             "source": forcing.source,
             "until": forcing.expires_at_wall,
-            "since": now,
+            # When the isolation began: not this renewal's, nor this start's, time.
+            "since": forcing.since,
         }
         if forcing.incident is not None:
             record["incident"] = forcing.incident

@@ -160,6 +160,34 @@ def test_a_forced_open_that_expired_while_down_is_dropped(tmp_path: Path) -> Non
     assert "breaker:workout" not in kept_records(workdir)
 
 
+def test_a_restored_forced_open_keeps_the_time_it_was_forced(tmp_path: Path) -> None:
+    """``ers breakers show`` after a restart: the history's forced open and ``opened`` both
+    say when the operator forced the breaker, not when it was put back; after a renewal and
+    a second restart too. Before, the history said the restart's time, and a renewal or the
+    first restart became ``opened`` after the next one."""
+    workdir = tmp_path / "ers"
+    ers = start_ers(workdir)
+    try:
+        ers_cli(ers, "breakers", "force-open", "workout", "--reason", "bad plans")
+        ers_cli(ers, "breakers", "force-open", "workout", "--reason", "still bad plans")
+        shown = ers_cli(ers, "breakers", "show", "workout")
+    finally:
+        ers.stop()
+    opened = shown["openedAt"]
+    assert [(e["kind"], e["at"]) for e in shown["history"]][0] == ("state_transition", opened)
+
+    for _ in range(2):  # the second start reads back what the first one stored
+        again = start_ers(workdir)
+        try:
+            restored = ers_cli(again, "breakers", "show", "workout")
+        finally:
+            again.stop()
+        assert restored["state"] == "forced_open"
+        history = [(e["from"], e["to"], e["at"]) for e in restored["history"]]
+        assert history == [("closed", "forced_open", opened)]
+        assert restored["openedAt"] == opened
+
+
 def test_a_recovery_keeps_watching_across_a_restart(tmp_path: Path) -> None:
     workdir = tmp_path / "ers"
     # A long clean period: the recovery cannot end by itself while this test runs.
