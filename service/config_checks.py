@@ -372,12 +372,11 @@ TESTS_VARIABLES = frozenset({"ERS_LONG_TESTS", "ERS_FUZZ_EXAMPLES"})
 TESTS_PREFIX = "ERS_TEST_"
 
 
-def unknown_variables(
-    environ: Mapping[str, str], fields: Iterable[str], *, ignored: bool = True
-) -> list[str]:
+def unknown_variables(environ: Mapping[str, str], fields: Iterable[str]) -> list[str]:
     """One line per ``ERS_`` variable that names no setting (a misspelt one is otherwise
-    ignored without a word), with the nearest setting's variable when one is close; with
-    ``ignored`` False, without the words "and is ignored" (production refuses it)."""
+    ignored without a word), with the nearest setting's variable when one is close. The same
+    line is logged where the variable is ignored and joined into production's refusal, so
+    whoever looks for it finds it in either."""
     known = sorted(f"ERS_{name.upper()}" for name in fields)
     lines = []
     for variable in sorted(environ):
@@ -387,11 +386,6 @@ def unknown_variables(
         if variable in TESTS_VARIABLES or variable.startswith(TESTS_PREFIX):
             continue
         close = difflib.get_close_matches(top, known, n=1)
-        if ignored:
-            hint = f"; did you mean {close[0]}?" if close else ""
-            lines.append(f"{variable} names no setting and is ignored{hint}")
-        else:
-            lines.append(
-                f"{variable} names no setting" + (f" (did you mean {close[0]}?)" if close else "")
-            )
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{variable} names no setting and is ignored{hint}")
     return lines

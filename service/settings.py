@@ -364,10 +364,10 @@ def check_production(settings: Settings) -> None:
             )
     # Elsewhere a log line says so; a production replica started with ERS_DATABSE_URL would
     # run on SQLite files of its own, beside the fleet's database.
-    if unknown := unknown_variables(os.environ, Settings.model_fields, ignored=False):
+    if unknown := unknown_variables(os.environ, Settings.model_fields):
         raise SettingsError(
-            f"{'; '.join(unknown)}: production does not start beside a variable it would "
-            "ignore; correct or unset it"
+            f"{'; '.join(unknown)}: production does not start beside such a variable; "
+            "correct or unset it"
         )
 
 

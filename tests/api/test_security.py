@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from service.config_checks import unknown_variables
 from service.settings import Settings, SettingsError
 from service.web.app import create_app
 
@@ -57,9 +59,13 @@ def test_production_refuses_to_start_beside_a_variable_that_names_no_setting(
     monkeypatch.setenv("ERS_DATABSE_URL", "postgresql://ers@db/ers")
     with pytest.raises(SettingsError) as refused:
         create_app(production(tmp_path))
+    # Worded as the log line of a service that is not in production: one line to look for.
+    [logged] = unknown_variables(os.environ, Settings.model_fields)
     assert str(refused.value) == (
-        "ERS_DATABSE_URL names no setting (did you mean ERS_DATABASE_URL?): production does "
-        "not start beside a variable it would ignore; correct or unset it"
+        f"{logged}: production does not start beside such a variable; correct or unset it"
+    )
+    assert logged == (
+        "ERS_DATABSE_URL names no setting and is ignored (did you mean ERS_DATABASE_URL?)"
     )
     monkeypatch.delenv("ERS_DATABSE_URL")
     monkeypatch.setenv("ERS_URL", "http://127.0.0.1:8000")  # the command line's: no setting
