@@ -8,7 +8,12 @@ import asyncio
 import sys
 from typing import Any
 
-from service.cli.backup_offline import COMPONENTS, offline_advice, run_offline
+from service.cli.backup_offline import (
+    COMPONENTS,
+    offline_advice,
+    run_offline,
+    tell_unknown_variables,
+)
 from service.cli.backup_tables import TABLES, undo_command
 from service.cli.output import (
     FAILED,
@@ -161,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             USAGE,
         )
     if args.offline:
+        tell_unknown_variables()  # once, not again for the listing after a skipped create
         try:
             with activity(args.action) as progress:
                 result = asyncio.run(run_offline(args, progress))

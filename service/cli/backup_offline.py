@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,10 @@ from service.backups.replies import (
     rollback_reply,
     snapshot_reply,
 )
-from service.cli.output import REFUSED, USAGE, Activity, CliError
-from service.settings import load_settings
+from service.cli.offline_trail import OfflineTrail, audit_trail
+from service.cli.output import REFUSED, USAGE, Activity, CliError, note
+from service.config_checks import unknown_variables
+from service.settings import Settings, load_settings
 
 COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 
@@ -79,96 +79,12 @@ async def _offline_manager(owns_data_dir: bool):  # noqa: ANN202
     return await BackupManager.open(_repository_config(), config, owns_state=owns_data_dir)
 
 
-class _OfflineTrail:
-    """The service's audit trail, for an offline rollback to be in it as the service's are
-    (actor ``offline``). A trail that cannot be written must not stop the rollback: each
-    entry is tried again for ``retry_for_s`` (a database restarting), then kept, and `tell`
-    says once, on stderr, what to record by hand."""
-
-    def __init__(self, audit: Any, *, retry_for_s: float = 5.0, pause_s: float = 0.25) -> None:
-        self.problem = ""
-        self.unwritten: list[tuple[str, dict[str, Any]]] = []
-        self._audit = audit
-        self._retry_for_s, self._pause_s = retry_for_s, pause_s
-        self._told = False
-
-    def record(self, action: str, detail: dict[str, Any]) -> None:
-        """Blocking, and so not cut short by an interrupt of the event loop's task."""
-        deadline = time.monotonic() + self._retry_for_s
-        while self._audit is not None:
-            try:
-                self._audit.record("offline", action, detail)
-                return
-            except Exception as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                self.problem = f"writing it failed ({reason})"
-                if time.monotonic() >= deadline:
-                    break
-            time.sleep(self._pause_s)
-        self.unwritten.append((action, detail))
-
-    def untold(self) -> str | None:
-        """What the trail lacks, as the entry to record; None when the outcome is in it (a
-        start alone not written is no loss: the outcome names the same run)."""
-        outcomes = [(a, d) for a, d in self.unwritten if a != "rollback_started"]
-        if not outcomes:
-            return None
-        action, detail = outcomes[-1]
-        entry = json.dumps(detail, sort_keys=True, default=str)
-        return (
-            f"the rollback is not in the audit trail: {self.problem or 'it cannot be opened'}; "
-            f"record it by hand: actor offline, action {action}, detail {entry}"
-        )
-
-    def tell(self) -> str | None:
-        said = self.untold()
-        if said and not self._told:
-            self._told = True
-            print(f"ers: {said}", file=sys.stderr)
-        return said
-
-
-def _incident_database(settings: Any) -> Any:
-    """The database of the incidents and the audit trail: their SQLite file, or their schema
-    on PostgreSQL."""
-    if settings.database_url is None:
-        from service.stores.sql import SqliteDatabase
-
-        return SqliteDatabase(settings.data_dir / "incidents.sqlite3")
-    from service.incidents.model import IncidentStoreUnavailable
-    from service.incidents.store_pg import SCHEMA
-    from service.stores.pg_pool import PgPool
-
-    return PgPool(
-        settings.database_url.get_secret_value(),
-        name="ers-offline-audit",
-        unavailable=IncidentStoreUnavailable,
-        schema=SCHEMA,
-        tables=("audit",),
-        component="incidents, alerts, audit",
-        min_size=1,
-        max_size=1,
-    )
-
-
-@contextlib.contextmanager
-def _audit_trail(settings: Any) -> Iterator[_OfflineTrail]:
-    database: Any = None
-    try:
-        database = _incident_database(settings)
-        from service.incidents.audit import AuditLog
-
-        trail = _OfflineTrail(AuditLog(database))
-    except Exception as exc:
-        trail = _OfflineTrail(None)
-        trail.problem = f"it cannot be opened ({exc})"
-    try:
-        yield trail
-    finally:
-        trail.tell()
-        if database is not None:
-            with contextlib.suppress(Exception):
-                database.close()
+def tell_unknown_variables() -> None:
+    """Each ``ERS_`` variable that names no setting, on stderr in the line ``ers serve`` logs
+    for it: a misspelt ERS_DATA_DIR or ERS_RESTIC_REPOSITORY is otherwise ignored without a
+    word, and the command works on the default's data directory or repository."""
+    for line in unknown_variables(os.environ, Settings.model_fields):
+        note(line)
 
 
 # Offline actions that write the data directory, the service's working files or the
@@ -291,7 +207,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         progress.stage("restoring into scratch and comparing")
         return preview_reply(await manager.test_rollback(args.backup_id, args.components or None))
     if action == "rollback":
-        with _audit_trail(load_settings()) as trail:
+        with audit_trail(load_settings()) as trail:
             return await _offline_rollback(args, manager, progress, trail)
     if action == "drill":
         progress.stage("restoring the newest snapshots into scratch and verifying")
@@ -329,7 +245,7 @@ INTERRUPTED = 130
 
 
 async def _offline_rollback(
-    args: argparse.Namespace, manager: Any, progress: Activity, trail: _OfflineTrail
+    args: argparse.Namespace, manager: Any, progress: Activity, trail: OfflineTrail
 ) -> dict[str, Any]:
     from backup.events import RollbackStepStarted
     from service.incidents.audit import ROLLBACK_STARTED, rollback_run

@@ -11,7 +11,8 @@ import pytest
 
 from backup.events import EventPublisher
 from backup.models import RollbackResult
-from service.cli.backup_offline import _offline_rollback, _OfflineTrail
+from service.cli.backup_offline import _offline_rollback
+from service.cli.offline_trail import OfflineTrail
 from service.errors import StoreUnavailable
 
 
@@ -55,7 +56,7 @@ class Progress:
 ARGS = argparse.Namespace(backup_id="3f2a1b4c", components=None, reason="bad data")
 
 
-async def roll_back(trail: _OfflineTrail) -> dict[str, Any]:
+async def roll_back(trail: OfflineTrail) -> dict[str, Any]:
     return await _offline_rollback(ARGS, Manager(), Progress(), trail)  # type: ignore[arg-type]
 
 
@@ -63,7 +64,7 @@ async def test_a_trail_back_within_its_retries_holds_the_rollback_and_nothing_is
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     audit = Audit(down_for=2)
-    reply = await roll_back(_OfflineTrail(audit, retry_for_s=60, pause_s=0))
+    reply = await roll_back(OfflineTrail(audit, retry_for_s=60, pause_s=0))
 
     assert [action for _, action, _ in audit.entries] == ["rollback_started", "rollback"]
     assert audit.entries[-1][2]["safetyBackupId"] == reply["safetyBackupId"]
@@ -76,7 +77,7 @@ async def test_a_trail_still_down_is_told_once_on_stderr_with_the_entry_to_recor
 ) -> None:
     """Before: the warning was logged, and appended to the `restored` list as well (twice on
     the terminal, and inside `restored` in `-o json`); the trail was never tried again."""
-    trail = _OfflineTrail(Audit(down_for=1_000), retry_for_s=0, pause_s=0)
+    trail = OfflineTrail(Audit(down_for=1_000), retry_for_s=0, pause_s=0)
     reply = await roll_back(trail)
     trail.tell()  # as the trail's end does: still said once
 
