@@ -78,8 +78,10 @@ def first_sent(db: Statements, sent: Sent, now: float) -> list[tuple[SpanRecord,
     remembered in the same transaction as its spans' occurrences, so they count once
     however often their sender sends them (also one whose spans all enclosed failures
     counted before, so that none of them counts after a restart either). A request without
-    a key counts each time."""
-    keys = [key for key in dict.fromkeys(key for key, _ in sent) if key is not None]
+    a key counts each time. Keys are inserted in sorted order, as fingerprints are locked:
+    each waits on a replica inserting the same one, so two batches of the same requests in
+    other orders (a resend to another replica) must not wait on each other in a circle."""
+    keys = sorted({key for key, _ in sent if key is not None})
     new: set[int] = set()
     for start in range(0, len(keys), _SENT_ROWS):
         chunk = keys[start : start + _SENT_ROWS]

@@ -531,6 +531,36 @@ def test_replicas_batching_fingerprints_in_opposite_orders_lose_nothing(
     assert [i.count for i in incidents] == [2 * 2 * batches] * 2
 
 
+def test_replicas_writing_the_same_requests_in_opposite_orders_count_each_once(
+    replicas: tuple[IncidentStore, IncidentStore], default_classifier: Classifier
+) -> None:
+    """A request's key is locked as it is inserted; two replicas writing the same requests
+    at once (resent to the other after a timeout), in opposite orders, take the keys in one
+    order too: neither waits on the other in a circle (PostgreSQL would abort one batch as
+    a deadlock, a 503), and each request counts once."""
+    batches, per_batch = 20, 200
+
+    def request() -> tuple[int | None, list[tuple[SpanRecord, Classification]]]:
+        items = [classified(default_classifier, "card declined") for _ in range(2)]
+        return sent_key([record for record, _ in items]), items
+
+    sent = [[request() for _ in range(per_batch)] for _ in range(batches)]
+    together = threading.Barrier(2)
+
+    def replica(store: IncidentStore, reverse: bool) -> Callable[[], None]:
+        def job() -> None:
+            for requests in sent:
+                together.wait(timeout=30)
+                store.record_errors([], requests[::-1] if reverse else requests)
+
+        return job
+
+    run_together(replica(replicas[0], False), replica(replicas[1], True))
+    incidents, total = replicas[0].list()
+    assert total == 1
+    assert incidents[0].count == batches * per_batch * 2
+
+
 def test_two_replicas_resolving_at_once_resolve_once(
     replicas: tuple[IncidentStore, IncidentStore], default_classifier: Classifier
 ) -> None:
