@@ -126,8 +126,12 @@ class AlertHandler:
     async def run_replays(self, every_s: float = 60.0) -> None:
         """Replay lost resolutions now (start-up) and every ``every_s`` (on PostgreSQL a
         replica may die with one it had taken), until cancelled."""
-        with contextlib.suppress(LedgerUnavailable):  # the trials' watches a stop dropped
+        try:  # the trials' watches a stop dropped; whatever fails, the replays go on
             await rewatch_trials(self.ledger, self.incidents, self.recovery, self.responder.team)
+        except LedgerUnavailable as exc:
+            log.warning("the trials resolved alerts left incidents to not asked again: %s", exc)
+        except Exception:
+            log.exception("the trials resolved alerts left incidents to not asked again")
         while True:
             try:
                 await self.replay_lost()

@@ -294,13 +294,17 @@ class AlertLedger:
 
     def left_to_trials(self, ending: str) -> list[tuple[str, str]]:
         """The newest resolution (as delivered, JSON) on each incident whose outcome ends in
-        ``ending`` (it left the incident to a trial of the agent), with that incident."""
-        rows = self._database.rows(
-            "SELECT alert, incident_id FROM alert_ledger WHERE status = 'resolved'"
-            " AND alert IS NOT NULL AND incident_id IS NOT NULL AND outcome LIKE ?"
-            " ORDER BY received_at DESC LIMIT 1000",
-            (f"%{ending}",),
-        )
+        ``ending`` (it left the incident to a trial of the agent), with that incident.
+        Raises LedgerUnavailable."""
+        try:
+            rows = self._database.rows(
+                "SELECT alert, incident_id FROM alert_ledger WHERE status = 'resolved'"
+                " AND alert IS NOT NULL AND incident_id IS NOT NULL AND outcome LIKE ?"
+                " ORDER BY received_at DESC LIMIT 1000",
+                (f"%{ending}",),
+            )
+        except (sqlite3.Error, IncidentStoreUnavailable) as exc:
+            raise LedgerUnavailable(f"the alert ledger could not be read: {exc}") from exc
         newest: dict[str, str] = {}
         for row in rows:
             newest.setdefault(row["incident_id"], row["alert"])
