@@ -73,6 +73,9 @@ async def test_a_write_that_never_ends_gets_the_503_that_says_it_may_land(
         await intake._written(processor, [error_record()])
     assert refused.value.status_code == 503
     assert "still being written after 0.5 s; they may yet be" in refused.value.detail
+    # The store keeps each request's key with what it wrote: a retry does not count twice.
+    assert "a retry is then not counted again" in refused.value.detail
+    assert "twice" not in refused.value.detail
 
 
 def test_the_wait_ends_before_the_collector_and_the_balancer_give_up() -> None:

@@ -5,7 +5,8 @@ A 200 means the request's error spans are in the incident store: the reply waits
 incident pipeline to write them. A 503 means none of them was recorded (a full queue, a
 store that failed, a pipeline too far behind to take them in ``TAKE_WAIT_S``, a stop), and
 the sender retries; only a write that outlasts ``WRITE_WAIT_S`` once under way may still
-land after its 503, and its retry then counts those spans twice.
+land after its 503, and its retry is then not counted again (the store keeps the request's
+key with what it wrote).
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ async def _written(processor: IncidentProcessor, errors: list[SpanRecord]) -> No
         except TimeoutError:
             raise _unavailable(
                 f"the {len(errors)} error spans were still being written after "
-                f"{TAKE_WAIT_S + WRITE_WAIT_S:g} s; they may yet be, and a retry would then "
-                "count them twice"
+                f"{TAKE_WAIT_S + WRITE_WAIT_S:g} s; they may yet be, and a retry is then not "
+                "counted again"
             ) from None
     except asyncio.CancelledError:
         written.cancel()  # the request is gone: spans not taken yet are not written
