@@ -292,23 +292,24 @@ class AlertLedger:
         )
         return [row["alert"] for row in rows]
 
-    def left_to_trials(self, ending: str) -> list[tuple[str, str]]:
+    def left_to_trials(self, ending: str) -> list[tuple[str, str, float]]:
         """The newest resolution (as delivered, JSON) on each incident whose outcome ends in
-        ``ending`` (it left the incident to a trial of the agent), with that incident.
-        Raises LedgerUnavailable."""
+        ``ending`` (it left the incident to a trial of the agent), with that incident and
+        when it was received. Raises LedgerUnavailable."""
         try:
             rows = self._database.rows(
-                "SELECT alert, incident_id FROM alert_ledger WHERE status = 'resolved'"
+                "SELECT alert, incident_id, received_at FROM alert_ledger"
+                " WHERE status = 'resolved'"
                 " AND alert IS NOT NULL AND incident_id IS NOT NULL AND outcome LIKE ?"
                 " ORDER BY received_at DESC LIMIT 1000",
                 (f"%{ending}",),
             )
         except (sqlite3.Error, IncidentStoreUnavailable) as exc:
             raise LedgerUnavailable(f"the alert ledger could not be read: {exc}") from exc
-        newest: dict[str, str] = {}
+        newest: dict[str, tuple[str, float]] = {}
         for row in rows:
-            newest.setdefault(row["incident_id"], row["alert"])
-        return [(alert, incident_id) for incident_id, alert in newest.items()]
+            newest.setdefault(row["incident_id"], (row["alert"], row["received_at"]))
+        return [(alert, incident_id, at) for incident_id, (alert, at) in newest.items()]
 
     def taken_at(self, fingerprint: str, starts_at: str, status: str) -> float | None:
         """When the attempt at a delivery still under way was taken, else None (also when

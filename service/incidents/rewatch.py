@@ -32,14 +32,16 @@ async def rewatch_trials(
     """Ask again the agents whose incidents a resolution left mitigated for a trial; returns
     how many incidents were still waiting. Raises LedgerUnavailable."""
     waiting = 0
-    for delivered, incident_id in await asyncio.to_thread(ledger.left_to_trials, MITIGATED):
+    for delivered, incident_id, at in await asyncio.to_thread(ledger.left_to_trials, MITIGATED):
         alert = Alert.model_validate_json(delivered)
         try:
             incident = await asyncio.to_thread(incidents.get, incident_id)
             guard = team.get(alert.target or "ers")
         except (IncidentNotFound, UnknownAgent):
             continue
-        if incident.status != "mitigated":
+        # Reopened since (a trial resolved it, the failures came back), it is mitigated by
+        # someone else now, for reasons of their own: not this resolution's to end.
+        if incident.status != "mitigated" or incident.opened_at > at:
             continue
         waiting += 1
         note = (
