@@ -32,13 +32,14 @@ from backup import (
 from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
 from backup.events import RepositoryInitialised
-from backup.identity import RECORD_FILE_NAME, is_local
+from backup.identity import RECORD_FILE_NAME
 from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
 from service.backups.first_start import backup_work_dir, first_start_done
 from service.backups.fleet_cooldown import follow_fleet_cooldown
 from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
+from service.backups.repository_look import RepositoryLook
 from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock, repository_turn_lock
@@ -84,10 +85,6 @@ class BackupsUnavailable(ErsError):
     """The backup repository cannot be used right now."""
 
 
-# The repository's problem is told again from a restic call at most this often.
-PROBLEM_READ_EVERY_S = 10.0
-
-
 class BackupService:
     def __init__(
         self,
@@ -130,9 +127,8 @@ class BackupService:
         self.connection_failures = 0
         # When the live state's size was read, and what it was (or why it was not known).
         self._live_size = LiveSize(lambda: self.require().backend.live_sizes())
-        # restic's last open of the repository (the status's or its check's): when, what it found
-        self.problem_seen: tuple[float, str | None] | None = None
-        self._asking = asyncio.Lock()  # restic, by the status, of the repository's problem
+        # What the status says of the repository's problem (restic asked in the background).
+        self.repository_look = RepositoryLook()
         self._listeners: list[Callable[[object], None]] = []
         self.started_at = time.time()
         self.last_drill_at: float | None = None
@@ -274,7 +270,7 @@ class BackupService:
         the size cannot be read; None, with `error`, while the repository is not reached)."""
         if self.manager is None:
             return {"available": 0, "lastBackup": None, "totalSize": None, "error": self.error}
-        if problem := await self._repository_problem():
+        if problem := await self.repository_look.problem(self.manager):
             # The count is of a list in memory, of snapshots that may no longer exist.
             return {"available": 0, "lastBackup": None, "totalSize": None, "error": problem}
         snapshots = self.manager.list()
@@ -289,27 +285,6 @@ class BackupService:
         else:
             reply |= {"totalSize": None, "sizeError": size}
         return reply
-
-    async def _repository_problem(self) -> str | None:
-        """Why the repository cannot be used (gone, replaced, read-only, its password refused),
-        or None. restic (which tries the password) is asked every ``PROBLEM_READ_EVERY_S`` by
-        one read (the others go on the last finding); a local config file is read between."""
-        manager = self.require()
-        now, last, local = time.monotonic(), self.problem_seen, is_local(manager.restic.repository)
-        asked = not (last and (now - last[0] < PROBLEM_READ_EVERY_S or self._asking.locked()))
-        if last is not None and not asked and (not local or last[1]):
-            return last[1]
-        async with self._asking if asked else contextlib.nullcontext():
-            if asked and (seen := self.problem_seen) is not None and seen is not last:
-                return seen[1]  # found by the first read (or the check) while this one waited
-            try:
-                await manager.verify_repository(thorough=asked)
-                problem = manager.restic.read_only()
-            except BackupError as exc:
-                problem = str(exc)
-        if asked:
-            self.problem_seen = (now, problem)
-        return problem
 
     # --- operations ---------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ class RepositoryCheck:
         except BackupError as exc:
             # A password that no longer opens it, or no restic to run: the status's cheap look
             # at a local repository (its config file) cannot tell, so it is told here.
-            backups.problem_seen = (time.monotonic(), str(exc))
+            backups.repository_look.seen = (time.monotonic(), str(exc))
             return CheckResult(
                 self.name,
                 Status.UNHEALTHY,
@@ -103,7 +103,8 @@ class RepositoryCheck:
                 RepositoryUnreachable(str(exc)),
                 component="backups",
             )
-        backups.problem_seen = (time.monotonic(), problem := backups.manager.restic.read_only())
+        problem = backups.manager.restic.read_only()
+        backups.repository_look.seen = (time.monotonic(), problem)
         if problem:
             return CheckResult(
                 self.name,

@@ -1,5 +1,6 @@
 """What the status reads of the repository's problem: restic (a repository open, about half
-a second of key derivation) is asked by one status read at a time, however many arrive."""
+a second of key derivation) is asked by one ask at a time in the background, however many
+reads arrive, and no read but the very first waits for it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from service.backups.service import PROBLEM_READ_EVERY_S, BackupService
+from service.backups.repository_look import PROBLEM_READ_EVERY_S, RepositoryLook
 
 
 class SlowRestic:
@@ -29,36 +30,30 @@ class SlowRestic:
         return None
 
 
-def service_over(restic: SlowRestic) -> BackupService:
-    service = BackupService.__new__(BackupService)
-    service.manager = SimpleNamespace(  # type: ignore[assignment]
-        restic=restic, verify_repository=restic.verify_repository
-    )
-    service.problem_seen = None
-    service._asking = asyncio.Lock()
-    return service
+def manager_over(restic: SlowRestic) -> SimpleNamespace:
+    return SimpleNamespace(restic=restic, verify_repository=restic.verify_repository)
 
 
-def test_one_read_asks_restic_and_the_others_go_on_the_last_finding() -> None:
+def test_one_ask_runs_restic_and_every_read_goes_on_the_last_finding() -> None:
     async def main() -> None:
         restic = SlowRestic()
-        service = service_over(restic)
+        manager, look = manager_over(restic), RepositoryLook()
         restic.opened.set()
-        assert await service._repository_problem() is None  # the first ask
+        assert await look.problem(manager) is None  # the first ask
         restic.opened.clear()
-        seen = service.problem_seen
-        assert seen is not None
-        service.problem_seen = (time.monotonic() - PROBLEM_READ_EVERY_S - 1, "password refused")
-        asking = asyncio.create_task(service._repository_problem())
-        await asyncio.sleep(0)  # it holds the lock, waiting on restic
-        others = [asyncio.create_task(service._repository_problem()) for _ in range(5)]
+        assert look.seen is not None
+        look.seen = (time.monotonic() - PROBLEM_READ_EVERY_S - 1, "password refused")
+        reads = [asyncio.create_task(look.problem(manager)) for _ in range(6)]
         for _ in range(3):
             await asyncio.sleep(0)
-        waiting = [task for task in others if not task.done()]
+        waiting = [task for task in reads if not task.done()]
+        assert waiting == [], "status reads waited for the repository open"
+        assert [await task for task in reads] == ["password refused"] * 6
+        assert restic.asked == 2  # the ask is under way, one for all six
         restic.opened.set()
-        assert await asking is None
-        assert waiting == [], "status reads waited for another's repository open"
-        assert [await task for task in others] == ["password refused"] * 5
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert await look.problem(manager) is None  # its finding, once through
         assert restic.asked == 2
 
     asyncio.run(main())
@@ -71,15 +66,31 @@ def test_the_reads_that_wait_for_the_first_ask_go_on_its_finding() -> None:
 
     async def main() -> None:
         restic = SlowRestic()
-        service = service_over(restic)
-        first = asyncio.create_task(service._repository_problem())
-        await asyncio.sleep(0)  # it holds the lock, waiting on restic
-        others = [asyncio.create_task(service._repository_problem()) for _ in range(5)]
+        manager, look = manager_over(restic), RepositoryLook()
+        first = asyncio.create_task(look.problem(manager))
+        await asyncio.sleep(0)  # its ask waits on restic
+        others = [asyncio.create_task(look.problem(manager)) for _ in range(5)]
         for _ in range(3):
             await asyncio.sleep(0)
         restic.opened.set()
         assert await first is None
         assert [await task for task in others] == [None] * 5
         assert restic.asked == 1
+
+    asyncio.run(main())
+
+
+def test_an_ask_does_not_write_over_a_newer_finding_of_the_check() -> None:
+    async def main() -> None:
+        restic = SlowRestic()
+        manager, look = manager_over(restic), RepositoryLook()
+        look.seen = (time.monotonic() - PROBLEM_READ_EVERY_S - 1, None)
+        assert await look.problem(manager) is None  # starts the ask
+        await asyncio.sleep(0)
+        look.seen = (time.monotonic(), "password refused")  # the check, meanwhile
+        restic.opened.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert await look.problem(manager) == "password refused"
 
     asyncio.run(main())
