@@ -14,9 +14,9 @@ a transaction per span would cost the request path more CPU than the failures th
 The processor knows nothing of incidents themselves: it hands each batch of classified records
 to its sink (``telemetry.sink.ClassifiedSink``, the incident store), other services' by the
 request they came in, and passes what the sink returns, one outcome per incident touched, to
-its subscribers as it is. Subscribers are called on the worker
-thread, one outcome per incident touched per batch (not one per failure: a storm of one error
-is one "updated" outcome per batch with its occurrence count).
+its subscribers as it is. Subscribers are called on the worker thread, one outcome per
+incident touched per batch (not one per failure: a storm of one error is one "updated"
+outcome per batch with its occurrence count).
 A subscriber must be quick and must not block; to reach an event loop it should hand over with
 ``loop.call_soon_threadsafe``. A subscriber that raises is logged and never stops the worker.
 
