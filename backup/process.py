@@ -233,14 +233,20 @@ async def stop_process(
 ) -> None:
     """Send ``sig`` (restic releases its repository lock on SIGINT), then kill the process
     if it has not exited within ``grace_s``."""
-    if process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(sig)
+    _signal(process, sig)
     try:
         async with asyncio.timeout(grace_s):
             await process.wait()
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        _signal(process, signal.SIGKILL)
         await process.wait()
+
+
+def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
+    """``os.kill``, not ``process.send_signal``: that one first polls the child (as
+    subprocess.Popen does), and a poll that finds it just exited takes its exit status from
+    the event loop's child watcher, which then reports 255 for it and logs "Unknown child
+    process pid" on stderr, under the CLI's own message."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)

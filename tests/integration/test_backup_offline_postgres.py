@@ -222,7 +222,9 @@ def test_a_test_rollback_the_settings_keep_from_restoring_fails_naming_them_not_
 
     assert tested.returncode == 1, tested.stdout
     assert tested.stdout == ""
-    (line,) = tested.stderr.splitlines()
+    lines = tested.stderr.splitlines()
+    assert len(lines) == 1, tested.stderr
+    (line,) = lines
     assert 'invalid integer value "abc" for connection option "connect_timeout"' in line
     assert "ERS_DATABASE_URL" in line and "snapshot" not in line
 
