@@ -49,6 +49,7 @@ _SECRET_PAIR = re.compile(
     r"=('[^']*'|\"[^\"]*\"|[^\s&#,;'\"<>`]+)",
     re.IGNORECASE,
 )
+_OPENERS = {")": "(", "]": "[", "}": "{"}
 # The same words ending an attribute's or a map key's name: its whole value is the secret.
 # Not pwd: there it names a working directory (a process's PWD), not a password.
 _SECRET_NAME = re.compile(rf"(?:{_SECRET_WORDS})$", re.IGNORECASE)
@@ -123,10 +124,26 @@ def redacted_text(text: str) -> str:
         text = _AUTH_HEADER.sub(rf"\1{REDACTED}", text)
     text = _AUTH_SCHEME.sub(rf"\1 {REDACTED}", text)
     if "=" in text:
-        text = _SECRET_PAIR.sub(rf"\1={REDACTED}", text)
+        text = _SECRET_PAIR.sub(_redacted_credential, text)
     if "://" not in text:
         return text
     return _URL_IN_TEXT.sub(lambda url: redacted_url(url.group()), _without_credentials(text))
+
+
+def _redacted_credential(pair: re.Match[str]) -> str:
+    """A credential pair with its value redacted. A closing bracket the value ends with is
+    kept when the text opened one before the pair and the value opens none: ``(host=db
+    password=hunter2)`` keeps its ``)``, as the value runs to a space."""
+    value = pair.group(2)
+    opener = _OPENERS.get(value[-1])
+    before = pair.string[: pair.start()]
+    if (
+        opener is not None
+        and opener not in value
+        and before.rfind(opener) > before.rfind(value[-1])
+    ):
+        return f"{pair.group(1)}={REDACTED}{value[-1]}"
+    return f"{pair.group(1)}={REDACTED}"
 
 
 def _without_credentials(text: str) -> str:

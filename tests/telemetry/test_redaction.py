@@ -161,6 +161,13 @@ def test_text_keeps_no_query_value_of_the_urls_in_it(text: str, redacted: str) -
         ("sslpassword='pass phrase' sslmode=require", "sslpassword=REDACTED sslmode=require"),
         ('client_secret="s3cr3t", scope=all', "client_secret=REDACTED, scope=all"),
         ("AWS_SECRET_ACCESS_KEY=abc/def+ghi", "AWS_SECRET_ACCESS_KEY=REDACTED"),
+        # a bracket opened before the pair keeps its close; a value's own brackets go with it
+        (
+            "connect failed (host=db password=hunter2) after 3 tries",
+            "connect failed (host=db password=REDACTED) after 3 tries",
+        ),
+        ("[token=abc123], {api_key=k-99}", "[token=REDACTED], {api_key=REDACTED}"),
+        ("password=abc) and (token=f(x)", "password=REDACTED and (token=REDACTED"),
         # names that are not credentials keep their values
         ("cache key=budget:u1 missed", "cache key=budget:u1 missed"),
         ("retry=3 timeout=5", "retry=3 timeout=5"),
