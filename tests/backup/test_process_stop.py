@@ -5,6 +5,7 @@ the stderr of ``ers`` under its one-line message."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,9 +15,11 @@ import pytest
 
 from backup.process import start_program, stop_process
 
-# Ignores SIGINT, says so, then waits to be killed.
-DEAF = (
-    "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+# Takes SIGINT (or ignores it), says so, then waits. A program ERS runs takes SIGINT as
+# restic does, which asks for it even when it starts with it ignored, as any program started
+# in the background by a script does (pytest run with `&`, and so its children).
+LISTENING = (
+    "import signal, time; signal.signal(signal.SIGINT, signal.{}); "
     "print('ready', flush=True); time.sleep(60)"
 )
 
@@ -35,10 +38,17 @@ def polls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
+async def started(program: str) -> asyncio.subprocess.Process:
+    process = await start_program(sys.executable, ["-c", program], env=os.environ)
+    assert process.stdout is not None
+    assert await process.stdout.readline() == b"ready\n"
+    return process
+
+
 async def test_a_program_stopped_by_sigint_exits_with_its_own_status_and_is_never_polled(
     polls: list[int],
 ) -> None:
-    process = await start_program("sleep", ["60"], env=os.environ)
+    process = await started(LISTENING.format("SIG_DFL"))
 
     await stop_process(process)
 
@@ -47,9 +57,7 @@ async def test_a_program_stopped_by_sigint_exits_with_its_own_status_and_is_neve
 
 
 async def test_a_program_deaf_to_sigint_is_killed_and_never_polled(polls: list[int]) -> None:
-    process = await start_program(sys.executable, ["-c", DEAF], env=os.environ)
-    assert process.stdout is not None
-    assert await process.stdout.readline() == b"ready\n"
+    process = await started(LISTENING.format("SIG_IGN"))
 
     await stop_process(process, grace_s=0.2)
 
