@@ -49,7 +49,7 @@ from service.incidents.ledger import (
 from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import ACTOR, IncidentMeters, IncidentRecovery
 from service.incidents.responder import COOLDOWN_SKIP, Responder, ResponseContext
-from service.incidents.rewatch import rewatch_trials
+from service.incidents.rewatch import Rewatch
 from service.incidents.store import IncidentStore
 from service.tasks import cancel_and_wait, spawn
 
@@ -126,17 +126,15 @@ class AlertHandler:
     async def run_replays(self, every_s: float = 60.0) -> None:
         """Replay lost resolutions now (start-up) and every ``every_s`` (on PostgreSQL a
         replica may die with one it had taken), until cancelled."""
-        try:  # the trials' watches a stop dropped; whatever fails, the replays go on
-            await rewatch_trials(self.ledger, self.incidents, self.recovery, self.responder.team)
-        except LedgerUnavailable as exc:
-            log.warning("the trials resolved alerts left incidents to not asked again: %s", exc)
-        except Exception:
-            log.exception("the trials resolved alerts left incidents to not asked again")
+        rewatch = Rewatch(self.ledger, self.incidents, self.recovery, self.responder.team)
         while True:
+            await rewatch.until_done()  # the trials' watches a stop dropped; never raises
             try:
                 await self.replay_lost()
             except LedgerUnavailable as exc:
                 log.warning("lost alert resolutions not looked for: %s", exc)
+            except Exception:  # a row that no longer reads as an alert must not end them
+                log.exception("lost alert resolutions not replayed")
             await asyncio.sleep(every_s)
 
     async def close(self) -> None:

@@ -292,6 +292,19 @@ class AlertLedger:
         )
         return [row["alert"] for row in rows]
 
+    def firings_since(self, since: float) -> list[str]:
+        """The alerts (as delivered, JSON) whose firing was first received after ``since``
+        and acted on (not found stale). Raises LedgerUnavailable."""
+        try:
+            rows = self._database.rows(
+                "SELECT alert FROM alert_ledger WHERE status = 'firing' AND alert IS NOT NULL"
+                " AND received_at > ? AND (outcome IS NULL OR outcome NOT LIKE ?)",
+                (since, "stale:%"),
+            )
+        except (sqlite3.Error, IncidentStoreUnavailable) as exc:
+            raise LedgerUnavailable(f"the alert ledger could not be read: {exc}") from exc
+        return [row["alert"] for row in rows]
+
     def left_to_trials(self, ending: str) -> list[tuple[str, str, float]]:
         """The newest resolution (as delivered, JSON) on each incident whose outcome ends in
         ``ending`` (it left the incident to a trial of the agent), with that incident and

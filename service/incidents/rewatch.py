@@ -7,43 +7,91 @@ released isolation) the breaker is closed, no trial ever comes, and the incident
 mitigated, a critical one keeping health at 503 and ``CriticalIncidentActive`` firing, until
 its quiet period. So each such incident is handled as a resolution that finds its breaker
 closed: the agent is asked once, the incident resolved when it answers, else watched until
-its breaker, opened by the failures, closes again.
+its breaker, opened by the failures, closes again. An incident whose agent an isolate alert
+isolated again since is left to that alert (its firing ended the watch). With the database
+away, the pass is tried again at each round of the replays until it goes through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
 from service.chat.team import Team
 from service.errors import UnknownAgent
 from service.incidents.alert_payload import Alert
-from service.incidents.ledger import AlertLedger
-from service.incidents.model import IncidentNotFound
+from service.incidents.ledger import AlertLedger, LedgerUnavailable
+from service.incidents.model import IncidentNotFound, IncidentStoreUnavailable
 from service.incidents.recovery import ACTOR, MITIGATED, IncidentRecovery
 from service.incidents.store import IncidentStore
+from service.resilience.guard import GuardedAgent
 
 log = logging.getLogger("ers.alerts")
 
 
-async def rewatch_trials(
-    ledger: AlertLedger, incidents: IncidentStore, recovery: IncidentRecovery, team: Team
-) -> int:
-    """Ask again the agents whose incidents a resolution left mitigated for a trial; returns
-    how many incidents were still waiting. Raises LedgerUnavailable."""
-    waiting = 0
-    for delivered, incident_id, at in await asyncio.to_thread(ledger.left_to_trials, MITIGATED):
-        alert = Alert.model_validate_json(delivered)
+@dataclass(eq=False)
+class Rewatch:
+    """The trials resolved alerts left incidents to, asked again once after a start: tried at
+    each round of the replays until one pass has gone through every incident (a database
+    away at start must not leave them mitigated until their quiet period)."""
+
+    ledger: AlertLedger
+    incidents: IncidentStore
+    recovery: IncidentRecovery
+    team: Team
+    finished: bool = False
+    done: set[str] = field(default_factory=set)  # handled by a pass that failed further on
+
+    async def until_done(self) -> None:
+        """One pass, unless one has gone through already; never raises."""
+        if self.finished:
+            return
         try:
-            incident = await asyncio.to_thread(incidents.get, incident_id)
-            guard = team.get(alert.target or "ers")
-        except (IncidentNotFound, UnknownAgent):
-            continue
-        # Reopened since (a trial resolved it, the failures came back), it is mitigated by
-        # someone else now, for reasons of their own: not this resolution's to end.
-        if incident.status != "mitigated" or incident.opened_at > at:
-            continue
-        waiting += 1
+            await self.trials()
+            self.finished = True
+        except (LedgerUnavailable, IncidentStoreUnavailable) as exc:
+            log.warning("the trials resolved alerts left incidents to not asked yet: %s", exc)
+        except Exception:  # not the database: the next round would fail the same way
+            self.finished = True
+            log.exception("the trials resolved alerts left incidents to not asked again")
+
+    async def trials(self) -> int:
+        """Ask again the agents whose incidents a resolution left mitigated for a trial;
+        returns how many incidents were still waiting. Raises LedgerUnavailable and
+        IncidentStoreUnavailable."""
+        waiting = 0
+        left = await asyncio.to_thread(self.ledger.left_to_trials, MITIGATED)
+        # Oldest first: each watch on a breaker replaces the one before, and the newest
+        # resolution held it before the stop.
+        for delivered, incident_id, at in reversed(left):
+            if incident_id in self.done:
+                continue
+            alert = Alert.model_validate_json(delivered)
+            try:
+                incident = await asyncio.to_thread(self.incidents.get, incident_id)
+                guard = self.team.get(alert.target or "ers")
+            except (IncidentNotFound, UnknownAgent):
+                continue
+            # Reopened since (a trial resolved it, the failures came back), it is mitigated
+            # by someone else now, for reasons of their own: not this resolution's to end.
+            if incident.status != "mitigated" or incident.opened_at > at:
+                continue
+            # Isolated again since: that firing ended the watch, and its own resolution
+            # decides.
+            if await self._isolated_since(alert.target, at):
+                continue
+            waiting += 1
+            await self._ask(guard, incident.id, alert)
+            self.done.add(incident_id)
+        return waiting
+
+    async def _isolated_since(self, target: str | None, since: float) -> bool:
+        later = await asyncio.to_thread(self.ledger.firings_since, since)
+        alerts = (Alert.model_validate_json(delivered) for delivered in later)
+        return any(a.action == "isolate" and a.target == target for a in alerts)
+
+    async def _ask(self, guard: GuardedAgent, incident_id: str, alert: Alert) -> None:
         note = (
             f"alert {alert.name} resolved (fingerprint {alert.fingerprint}); ERS restarted"
             f" before a trial of {guard.name} decided"
@@ -53,14 +101,17 @@ async def rewatch_trials(
                 probe = await guard.probe()
                 if probe.error is None:
                     note = f"{note}; its health probe passed"
-                    await asyncio.to_thread(recovery.resolve, incident.id, ACTOR, note)
-                    continue
+                    await asyncio.to_thread(self.recovery.resolve, incident_id, ACTOR, note)
+                    return
                 note = f"{note}; its health probe failed ({probe.error})"
             # Resolved when the breaker, opened by the failures, closes again.
-            recovery.watch_trial(guard.breaker, incident.id, alert)
-            await asyncio.to_thread(incidents.add_timeline, incident.id, "note", note, ACTOR, {})
+            self.recovery.watch_trial(guard.breaker, incident_id, alert)
+            await asyncio.to_thread(
+                self.incidents.add_timeline, incident_id, "note", note, ACTOR, {}
+            )
+        except IncidentStoreUnavailable:
+            raise  # the pass is tried again at the next round
         except Exception:  # one incident's trouble must not keep the others waiting
             log.exception(
-                "the trial of %s for %s could not be watched again", guard.name, incident.id
+                "the trial of %s for %s could not be watched again", guard.name, incident_id
             )
-    return waiting

@@ -158,6 +158,27 @@ def test_a_lost_resolution_is_taken_again_as_delivered_once_and_a_lost_firing_is
     assert second.take_lost_resolutions() == []  # finished: never again
 
 
+def test_the_firings_since_a_time_are_those_acted_on_and_received_after_it(
+    ledger: Ledger,
+) -> None:
+    ledger.record("old", "t", "firing", "A", '{"fingerprint": "old"}')
+    since = time.time()
+    time.sleep(0.01)
+    for fingerprint, outcome in [
+        ("acted", "isolate: success"),
+        ("stale", "stale: x; nothing done"),
+    ]:
+        ledger.record(fingerprint, "t", "firing", "A", f'{{"fingerprint": "{fingerprint}"}}')
+        ledger.finish(fingerprint, "t", "firing", "", outcome)
+    ledger.record("running", "t", "firing", "A", '{"fingerprint": "running"}')
+    ledger.record("resolution", "t", "resolved", "A", '{"fingerprint": "resolution"}')
+
+    assert sorted(ledger.firings_since(since)) == [
+        '{"fingerprint": "acted"}',
+        '{"fingerprint": "running"}',
+    ]
+
+
 def run_together(*jobs: threading.Thread) -> None:
     for job in jobs:
         job.start()

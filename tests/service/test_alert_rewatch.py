@@ -1,6 +1,6 @@
 """At start, the trials resolved isolate alerts left incidents to are asked again, then lost
 resolutions are replayed every minute. A database that does not answer the first look must
-not end the replays for the life of the process."""
+not end the replays for the life of the process, nor leave the trials unasked."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from service.incidents.alert_webhook import AlertHandler
 from service.incidents.ledger import AlertLedger, LedgerUnavailable
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.recovery import MITIGATED, IncidentRecovery
-from service.incidents.rewatch import rewatch_trials
+from service.incidents.rewatch import Rewatch
 from service.incidents.store import IncidentStore
+from service.resilience.breaker import CircuitBreaker
 from telemetry.classifier import load_rules
 from telemetry.span_record import SpanRecord
 from tests.e2e.test_fleet_overrides import alert_payload
@@ -126,9 +127,125 @@ async def test_only_an_incident_the_resolution_left_mitigated_is_resolved_by_a_r
     guard = SimpleNamespace(name="workout", breaker=closed, probe=probe)
     team: Any = SimpleNamespace(get=lambda name: guard)
     try:
-        waiting = await rewatch_trials(ledger, store, IncidentRecovery(store, Meters()), team)
+        waiting = await Rewatch(ledger, store, IncidentRecovery(store, Meters()), team).trials()
         assert waiting == 1
         assert store.get(left.id).status == "resolved"
         assert store.get(reopened.id).status == "mitigated"
+    finally:
+        store.close()
+
+
+def left_to_a_trial(
+    store: IncidentStore, ledger: AlertLedger, message: str, n: int = 0
+) -> tuple[str, Alert]:
+    """An incident of the workout agent a resolved isolate alert left mitigated."""
+    record = error_record("agent.workout", f"E{n}", message)
+    incident, _ = store.record_error(record, load_rules().classify(record))
+    resolved = alert_payload("resolved")["alerts"][0]
+    alert = Alert.model_validate({**resolved, "fingerprint": f"{n}5e0f1c9a2b3d4e5f"})
+    key = (alert.fingerprint, resolved["startsAt"], "resolved")
+    assert ledger.record(*key, alert.name, alert.model_dump_json())
+    store.mitigate(incident.id, "alertmanager")
+    ledger.finish(*key, incident.id, f"probe failed; {MITIGATED}")
+    return incident.id, alert
+
+
+def a_team(probe_error: str | None, probes: list[str]) -> Any:
+    async def probe() -> Any:
+        probes.append("asked")
+        return SimpleNamespace(error=probe_error)
+
+    guard = SimpleNamespace(name="workout", breaker=CircuitBreaker("workout"), probe=probe)
+    return SimpleNamespace(get=lambda name: guard)
+
+
+async def test_an_incident_isolated_again_since_its_resolution_is_left_to_that_firing(
+    tmp_path: Path,
+) -> None:
+    """Before: the watch the new firing ended was armed again, and the incident resolved by
+    the next trial while that alert still fired."""
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    ledger = AlertLedger(store.database)
+    incident_id, alert = left_to_a_trial(store, ledger, "left to a trial")
+    time.sleep(0.01)  # the firing is received after the resolution
+    firing = alert_payload("firing")["alerts"][0]
+    again = Alert.model_validate({**firing, "startsAt": "2030-01-01T00:00:00Z"})
+    assert (again.action, again.target) == ("isolate", alert.target)
+    key = (again.fingerprint, "2030-01-01T00:00:00Z", "firing")
+    assert ledger.record(*key, again.name, again.model_dump_json())
+    ledger.finish(*key, incident_id, "isolate: success")
+    probes: list[str] = []
+    try:
+        recovery = IncidentRecovery(store, Meters())
+        waiting = await Rewatch(ledger, store, recovery, a_team(None, probes)).trials()
+        assert (waiting, probes) == (0, [])
+        assert store.get(incident_id).status == "mitigated"
+    finally:
+        store.close()
+
+
+async def test_a_pass_a_database_outage_cut_short_is_tried_again_at_the_next_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: one look at start; the ledger away for it, or the second incident's read,
+    and the trials were never asked. An incident handled before the outage is not asked
+    twice."""
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    ledger = AlertLedger(store.database)
+    first, _ = left_to_a_trial(store, ledger, "first left", 1)
+    time.sleep(0.01)
+    second, _ = left_to_a_trial(store, ledger, "second left", 2)
+    probes: list[str] = []
+    rewatch = Rewatch(ledger, store, IncidentRecovery(store, Meters()), a_team("503", probes))
+    away = IncidentStoreUnavailable("the database at db:5432 does not answer")
+    left_to_trials, get = ledger.left_to_trials, store.get
+
+    def ledger_away(ending: str) -> Any:
+        raise LedgerUnavailable(f"the alert ledger could not be read: {away}")
+
+    def second_away(incident_id: str) -> Any:
+        if incident_id == second:
+            raise away
+        return get(incident_id)
+
+    try:
+        monkeypatch.setattr(ledger, "left_to_trials", ledger_away)
+        await rewatch.until_done()
+        assert (rewatch.finished, probes) == (False, [])
+        monkeypatch.setattr(ledger, "left_to_trials", left_to_trials)
+        monkeypatch.setattr(store, "get", second_away)
+        await rewatch.until_done()
+        assert (rewatch.finished, probes) == (False, ["asked"])
+        monkeypatch.setattr(store, "get", get)
+        await rewatch.until_done()
+        await rewatch.until_done()
+        assert (rewatch.finished, probes) == (True, ["asked", "asked"])
+        for incident_id in (first, second):
+            notes = [e for e in store.timeline(incident_id) if "ERS restarted" in e.message]
+            assert len(notes) == 1, notes
+            assert store.get(incident_id).status == "mitigated"
+    finally:
+        store.close()
+
+
+async def test_two_incidents_waiting_on_one_agent_leave_the_watch_to_the_newest(
+    tmp_path: Path,
+) -> None:
+    """A breaker has one watch, which the newest resolution held before the stop; asked
+    newest first, the oldest took it over."""
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    ledger = AlertLedger(store.database)
+    older, _ = left_to_a_trial(store, ledger, "older", 1)
+    time.sleep(0.01)
+    newer, _ = left_to_a_trial(store, ledger, "newer", 2)
+    team = a_team("503", [])
+    recovery = IncidentRecovery(store, Meters())
+    try:
+        assert await Rewatch(ledger, store, recovery, team).trials() == 2
+        breaker = team.get("workout").breaker
+        breaker.force_open("down", source="operator")
+        breaker.reset(force=True, source="operator")
+        await recovery.drain()
+        assert (store.get(older).status, store.get(newer).status) == ("mitigated", "resolved")
     finally:
         store.close()
