@@ -11,11 +11,14 @@ its own finding here too (``seen``), so the status says what was last found by e
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol
 
 from backup import BackupError
 from backup.identity import is_local
+
+log = logging.getLogger("ers.backups")
 
 # The repository's problem is told again from a restic call at most this often.
 PROBLEM_READ_EVERY_S = 10.0
@@ -68,3 +71,6 @@ async def _look(manager: _Manager, *, thorough: bool) -> str | None:
         return manager.restic.read_only()
     except BackupError as exc:
         return str(exc)
+    except Exception as exc:  # a status read must still answer, and the next ask still run
+        log.exception("the backup repository could not be looked at")
+        return f"the repository could not be looked at ({type(exc).__name__}): see ERS's log"

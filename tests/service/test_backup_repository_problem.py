@@ -94,3 +94,28 @@ def test_an_ask_does_not_write_over_a_newer_finding_of_the_check() -> None:
         assert await look.problem(manager) == "password refused"
 
     asyncio.run(main())
+
+
+def test_an_ask_that_fails_unforeseen_is_a_finding_and_the_next_ask_still_runs() -> None:
+    """Before: the first status read raised it (a 500), and every later ask's failure was
+    left unread while the status went on the finding before."""
+
+    class Failing(SlowRestic):
+        async def verify_repository(self, *, thorough: bool = False) -> str:
+            self.asked += 1
+            raise PermissionError(13, "Permission denied")
+
+    async def main() -> None:
+        restic = Failing()
+        manager, look = manager_over(restic), RepositoryLook()
+        problem = await look.problem(manager)
+        assert problem == ("the repository could not be looked at (PermissionError): see ERS's log")
+        assert look.seen is not None and look.seen[1] == problem
+        look.seen = (time.monotonic() - PROBLEM_READ_EVERY_S - 1, None)
+        assert await look.problem(manager) is None  # the last finding, while it asks
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert restic.asked == 2
+        assert await look.problem(manager) == problem
+
+    asyncio.run(main())
