@@ -134,14 +134,10 @@ def _redacted_credential(pair: re.Match[str]) -> str:
     """A credential pair with its value redacted. A closing bracket the value ends with is
     kept when the text opened one before the pair and the value opens none: ``(host=db
     password=hunter2)`` keeps its ``)``, as the value runs to a space."""
-    value = pair.group(2)
+    value, text, start = pair.group(2), pair.string, pair.start()
     opener = _OPENERS.get(value[-1])
-    before = pair.string[: pair.start()]
-    if (
-        opener is not None
-        and opener not in value
-        and before.rfind(opener) > before.rfind(value[-1])
-    ):
+    opened = opener is not None and text.rfind(opener, 0, start) > text.rfind(value[-1], 0, start)
+    if opened and opener not in value:
         return f"{pair.group(1)}={REDACTED}{value[-1]}"
     return f"{pair.group(1)}={REDACTED}"
 
