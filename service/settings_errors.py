@@ -8,6 +8,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from service.config_checks import InvalidSetting, a_mapping_expected
 
@@ -36,18 +37,24 @@ def describe_validation_error(exc: ValidationError, settings: type[BaseModel]) -
         return f"invalid setting '{key}': unknown key; {_nearest_key(key, settings)}"
     if first["type"] in ("model_type", "dict_type"):  # one value where names map to values
         return f"invalid setting '{key}': {a_mapping_expected(key)}"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] in SHOWN_MISTAKES:
-        field = _field(key, settings)
-        value = first.get("input")
-        told = [f"given {_written(value)}"] if _shown(value) else []
-        if field is not None and (allowed := _allowed(field)):
-            told.append(f"allowed: {allowed}")
-        message += f" ({'; '.join(told)})" if told else ""
+    message = told_mistake(first, _field(key, settings))
     # One mistake per key: a value no member of a union takes is an error for each.
     others = len({_key(error["loc"]) for error in exc.errors()}) - 1
     more = f" (and {others} more)" if others else ""
     return f"invalid setting '{key}': {message}{more}"
+
+
+def told_mistake(error: ErrorDetails, field: FieldInfo | None) -> str:
+    """pydantic's words for one mistake; for a number's, a switch's or a word's of a few
+    (``field``'s), with the value given and all that the field allows."""
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in SHOWN_MISTAKES:
+        value = error.get("input")
+        told = [f"given {_written(value)}"] if _shown(value) else []
+        if field is not None and (allowed := _allowed(field)):
+            told.append(f"allowed: {allowed}")
+        message += f" ({'; '.join(told)})" if told else ""
+    return message
 
 
 # Mistakes of a number, a switch or a word of a few: their value is shown as given (the
@@ -68,6 +75,7 @@ SHOWN_MISTAKES = frozenset(
         "bool_type",
         "bool_parsing",
         "enum",
+        "literal_error",
     }
 )
 

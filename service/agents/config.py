@@ -26,6 +26,7 @@ from service.agents.base import ALIASES, Agent
 from service.agents.router import INTENTS
 from service.agents.specs import AgentSpec, HttpAgentSpec, PythonAgentSpec
 from service.settings import COMPONENTS, Environment, Settings, SettingsError
+from service.settings_errors import told_mistake
 from service.stores import Stores
 from telemetry.exception_events import described
 
@@ -163,7 +164,8 @@ def parse_spec(name: str, raw: Any) -> AgentSpec:
         elif first["type"] == "tuple_type":
             problem = "not a list; write the agents' names as one, e.g. [workout]"
         else:
-            problem = first["msg"].removeprefix("Value error, ")
+            spec = HttpAgentSpec if raw["kind"] == "http" else PythonAgentSpec
+            problem = told_mistake(first, spec.model_fields.get(field))
             if first["type"] in ("url_parsing", "url_scheme", "url_type"):
                 problem += f"; write the whole URL with its scheme, e.g. {EXAMPLE_URL}"
         key = f"agents.{name}.{field}" if field else f"agents.{name}"

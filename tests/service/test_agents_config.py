@@ -226,6 +226,25 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             {},
             "invalid setting 'agents.coach.max_wait_s': Input should be greater than or equal",
         ),
+        # the value given and all that is allowed, as for the service's own settings
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "timeout_s": 0}},
+            {},
+            "invalid setting 'agents.gpt.timeout_s': Input should be greater than 0 (given 0; "
+            "allowed: a number above 0, at most 600)",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "max_connections": 0}},
+            {},
+            "invalid setting 'agents.gpt.max_connections': Input should be greater than or "
+            "equal to 1 (given 0; allowed: a whole number from 1 to 1000)",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "contract": "openia"}},
+            {},
+            "invalid setting 'agents.gpt.contract': Input should be 'ers' or 'openai' (given "
+            "'openia')",
+        ),
         (
             {"router": {"kind": "python", "factory": f"{HELPERS}:coach"}},
             {},
