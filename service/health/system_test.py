@@ -72,12 +72,16 @@ async def run_steps(steps: list[Step]) -> dict[str, Any]:
     results = []
     for name, step in steps:
         step_started = time.perf_counter()
+        limit = asyncio.timeout(STEP_TIMEOUT_S)
         try:
-            async with asyncio.timeout(STEP_TIMEOUT_S):
+            async with limit:
                 detail = await step()
             passed = True
-        except TimeoutError:
-            detail, passed = f"did not finish within {STEP_TIMEOUT_S:g} s", False
+        except TimeoutError as exc:
+            # The step's own limit, or what it called timing out (an agent's timeout_s)
+            cut = limit.expired()
+            detail = f"did not finish within {STEP_TIMEOUT_S:g} s" if cut else described(exc)
+            passed = False
         except Exception as exc:
             detail, passed = described(exc), False
         results.append(

@@ -191,3 +191,16 @@ async def test_system_test_passes_then_names_the_broken_agent(
     assert "Database connection timeout" in step["detail"]
     # Canary calls never touch the breakers.
     assert app.state.runtime.team.get("budget").breaker.state.value == "closed"
+
+
+async def test_system_test_tells_an_agents_timeout_from_its_own(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Before: every TimeoutError was the step's 30 s, for a fault that timed out at once or
+    an agent past its own timeout_s."""
+    app.state.runtime.faults.inject("nutrition", "timeout")
+    broken = (await client.post("/api/emergency/test-system")).json()
+    step = next(s for s in broken["steps"] if s["step"] == "agent:nutrition")
+    assert step["passed"] is False
+    assert "within 30 s" not in step["detail"]
+    assert step["detail"].startswith("TimeoutError"), step["detail"]
