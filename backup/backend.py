@@ -40,6 +40,9 @@ class BackupRequest:
     on_progress: ProgressCallback | None = None
     # False for a backup a person asked for: a snapshot with its reason even if nothing changed
     skip_unchanged: bool = True
+    # A rollback's safety snapshot: a file SQLite cannot open (its header overwritten, the
+    # very state a rollback is run to replace) is kept byte for byte rather than refused.
+    as_found: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +49,8 @@ from backup.staging import (
     verify_restored,
 )
 from backup.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -110,7 +114,11 @@ class FileRollback:
         self, name: str, scratch: Path, verification: FileVerification
     ) -> ComponentPreview:
         live, restored = Path(self.components[name]), scratch / staged_name(name)
-        now = table_row_counts(live, live=True)
+        try:
+            now = table_row_counts(live, live=True)
+        except sqlite3.DatabaseError as exc:  # what a rollback is there to replace: no rows
+            log.warning("the live %s cannot be read (%s): its rows are not counted", live, exc)
+            now = {}
         then = table_row_counts(restored, live=False) if verification.ok else {}
         changes = sqlite_changes(live, restored, now, then) if now and then else {}
         return ComponentPreview(name, verification, TableRows.between(now, then, changes))
@@ -120,6 +128,13 @@ class FileRollback:
         started = time.monotonic()
         steps = _Steps(self.events, snapshot.id)
         live = {name: Path(self.components[name]).resolve() for name in names}
+        if gone := [f"{name} ({live[name]})" for name in names if not live[name].exists()]:
+            # Nothing of it to keep in the safety snapshot, and a rollback that skipped it
+            # would say it rolled back every component the snapshot holds.
+            raise RollbackRefused(
+                f"the live file of {', '.join(gone)} is missing: start ERS once (it creates an"
+                " empty store), stop it, then roll back"
+            )
 
         async def safety_snapshot() -> str:
             async with steps.step("safety-snapshot"):
@@ -127,7 +142,7 @@ class FileRollback:
                 # unchanged state is known from the list in memory, which may still hold one
                 # gone from the repository, and the replaced state would then be in none.
                 safety = BackupRequest(
-                    names, BackupReason.PRE_ROLLBACK, full=True, skip_unchanged=False
+                    names, BackupReason.PRE_ROLLBACK, full=True, skip_unchanged=False, as_found=True
                 )
                 backup = await self.snapshotter.take(safety)
                 if backup.snapshot_id is None:

@@ -161,7 +161,7 @@ class Snapshotter:
     ) -> tuple[dict[str, Any] | None, list[StagedFile], tuple[str, ...]]:
         """Stage every component, keep what changed, back it up; no message when nothing did."""
         staging, names, timeout = self.staging_dir, request.names, request.timeout
-        staged = await self._stage(names, staging)
+        staged = await self._stage(names, staging, as_found=request.as_found)
         unchanged = {f.component for f in staged if self._unchanged(f)}
         for name in unchanged:
             self._signature_at_last_snapshot[name] = looks[name]
@@ -210,10 +210,14 @@ class Snapshotter:
             return list(names)  # unchanged, but spread over several snapshots
         return chosen
 
-    async def _stage(self, names: Sequence[str], staging: Path) -> list[StagedFile]:
+    async def _stage(
+        self, names: Sequence[str], staging: Path, *, as_found: bool = False
+    ) -> list[StagedFile]:
         clear_folder(staging)
         copies = [
-            asyncio.to_thread(stage_component, name, Path(self.components[name]), staging)
+            asyncio.to_thread(
+                stage_component, name, Path(self.components[name]), staging, as_found=as_found
+            )
             for name in names
         ]
         return list(await asyncio.gather(*copies))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,8 @@ from pathlib import Path
 from backup.discard import remove
 from backup.errors import DiskFull, StagingFailed
 from backup.models import FileVerification
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "ers-manifest.json"
 
@@ -57,8 +61,11 @@ def staged_name(component: str) -> str:
     return f"{component}.sqlite3"
 
 
-def copy_consistently(source: Path, destination: Path, *, busy_timeout: float = 30.0) -> None:
-    """Copy a live SQLite file with the online backup API (one read transaction)."""
+def copy_consistently(
+    source: Path, destination: Path, *, busy_timeout: float = 30.0, as_found: bool = False
+) -> None:
+    """Copy a live SQLite file with the online backup API (one read transaction); with
+    ``as_found``, a file SQLite does not take for a database is copied byte for byte."""
     if not source.exists():
         raise StagingFailed(f"the state file {source} does not exist: check the data directory")
     destination.unlink(missing_ok=True)
@@ -77,7 +84,12 @@ def copy_consistently(source: Path, destination: Path, *, busy_timeout: float = 
             src.close()
     except sqlite3.Error as exc:
         destination.unlink(missing_ok=True)
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if as_found and code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            log.warning("%s is no readable SQLite database (%s): kept byte for byte", source, exc)
+            shutil.copyfile(source, destination)
+            return
+        if code == sqlite3.SQLITE_FULL:
             raise DiskFull(
                 f"could not copy {source} to {destination.parent}: the disk is full; free "
                 "space there (or prune old snapshots), then try again"
@@ -93,9 +105,11 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def stage_component(component: str, source: Path, staging_dir: Path) -> StagedFile:
+def stage_component(
+    component: str, source: Path, staging_dir: Path, *, as_found: bool = False
+) -> StagedFile:
     destination = staging_dir / staged_name(component)
-    copy_consistently(source, destination)
+    copy_consistently(source, destination, as_found=as_found)
     return StagedFile(component, destination, file_sha256(destination), destination.stat().st_size)
 
 

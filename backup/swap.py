@@ -56,7 +56,16 @@ def fold_wal_into(live: Path) -> None:
         return
     db = sqlite3.connect(live, timeout=5, isolation_level=None)
     try:
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # recovers a hot journal
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # recovers a hot journal
+        except sqlite3.DatabaseError as exc:
+            # A file SQLite cannot read (what a rollback is run to replace) has nothing to
+            # fold, when no log beside it could be replayed onto the restored file.
+            logs = [f"{live}-wal", f"{live}-journal"]
+            unreadable = exc.sqlite_errorcode in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+            if unreadable and not any(Path(log).exists() for log in logs):
+                return
+            raise
         if Path(f"{live}-wal").exists():
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if busy:

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from service.backups.first_start import backup_work_dir
@@ -65,7 +64,7 @@ def _state_config(settings: Any) -> Any:
     components = {name: settings.data_dir / f"{name}.sqlite3" for name in COMPONENTS}
     components["incidents"] = settings.data_dir / "incidents.sqlite3"
     return BackupConfig(
-        components={k: v for k, v in components.items() if Path(v).exists()},
+        components=components,
         work_dir=backup_work_dir(settings.data_dir),
     )
 

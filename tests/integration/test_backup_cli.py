@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from service.settings import COMPONENTS
 from tests.conftest import start_ers
 
 
@@ -24,6 +26,19 @@ def ers(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
         text=True,
         timeout=180,
     )
+
+
+def a_data_dir(data: Path) -> Path:
+    """A data directory as ERS leaves it, a file for each component: budgets with one row,
+    the others empty. Returns the budgets file."""
+    data.mkdir()
+    for name in (*COMPONENTS, "incidents"):
+        sqlite3.connect(data / f"{name}.sqlite3").close()
+    budgets = data / "budgets.sqlite3"
+    with contextlib.closing(sqlite3.connect(budgets)) as db, db:
+        db.execute("CREATE TABLE budgets (category TEXT PRIMARY KEY, limit_cents INTEGER)")
+        db.execute("INSERT INTO budgets VALUES ('food', 10000)")
+    return budgets
 
 
 def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
@@ -131,12 +146,7 @@ def test_offline_init_create_with_reason_and_a_repository_moved_away(tmp_path: P
         "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
         "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
     }
-    (tmp_path / "data").mkdir()
-    db = sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
-    with db:
-        db.execute("CREATE TABLE budgets (category TEXT PRIMARY KEY, limit_cents INTEGER)")
-        db.execute("INSERT INTO budgets VALUES ('food', 10000)")
-    db.close()
+    a_data_dir(tmp_path / "data")
 
     refused = ers(["backup", "list", "--offline"], env, tmp_path)
     assert refused.returncode == 1 and "ers backup --offline init" in refused.stderr
@@ -206,13 +216,7 @@ def test_an_offline_rollback_is_refused_when_rollbacks_are_disabled(tmp_path: Pa
         "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
         "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
     }
-    (tmp_path / "data").mkdir()
-    budgets = tmp_path / "data" / "budgets.sqlite3"
-    db = sqlite3.connect(budgets)
-    with db:
-        db.execute("CREATE TABLE budgets (category TEXT PRIMARY KEY, limit_cents INTEGER)")
-        db.execute("INSERT INTO budgets VALUES ('food', 10000)")
-    db.close()
+    budgets = a_data_dir(tmp_path / "data")
     assert ers(["backup", "init", "--offline"], env, tmp_path).returncode == 0
     created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
     assert created.returncode == 0, created.stderr
@@ -233,3 +237,76 @@ def test_an_offline_rollback_is_refused_when_rollbacks_are_disabled(tmp_path: Pa
     assert [b["reason"] for b in listed["backups"]] == ["manual"]  # no safety snapshot
     allowed = ers(rollback, env, tmp_path)
     assert allowed.returncode == 0, allowed.stderr
+
+
+def offline_site(tmp_path: Path) -> tuple[dict[str, str], Path, str]:
+    """A data directory, its repository and a full snapshot of it: (env, budgets, snapshot)."""
+    env = {
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    budgets = a_data_dir(tmp_path / "data")
+    assert ers(["backup", "init", "--offline"], env, tmp_path).returncode == 0
+    created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
+    assert created.returncode == 0, created.stderr
+    return env, budgets, json.loads(created.stdout)["backupId"]
+
+
+def test_a_corrupt_file_is_rolled_back_offline_its_bytes_kept_in_the_safety_snapshot(
+    tmp_path: Path,
+) -> None:
+    """Before: the safety snapshot refused the file SQLite could not open ("could not copy
+    ... file is not a database"), and the test rollback printed a traceback: a component
+    whose file was damaged could not be rolled back at all."""
+    env, budgets, snapshot = offline_site(tmp_path)
+    with budgets.open("r+b") as damaged:
+        damaged.write(b"not a database, overwritten")
+    garbage = budgets.read_bytes()
+
+    tested = ers(["backup", "--offline", "test-rollback", snapshot], env, tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert "Traceback" not in tested.stderr
+    rolled = ers(
+        ["backup", "--offline", "rollback", snapshot, "--reason", "r", "--yes", "--json"],
+        env,
+        tmp_path,
+    )
+
+    assert rolled.returncode == 0, rolled.stderr
+    with contextlib.closing(sqlite3.connect(budgets)) as db:
+        assert db.execute("SELECT category, limit_cents FROM budgets").fetchall() == [
+            ("food", 10000)
+        ]
+    safety = json.loads(rolled.stdout)["safetyBackupId"]
+    kept = subprocess.run(
+        ["restic", "dump", safety, "/budgets.sqlite3"],
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": env["ERS_RESTIC_REPOSITORY"],
+            "RESTIC_PASSWORD_FILE": env["ERS_RESTIC_PASSWORD_FILE"],
+        },
+        capture_output=True,
+        timeout=120,
+    )
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout == garbage
+
+
+def test_a_component_file_gone_is_named_not_left_out(tmp_path: Path) -> None:
+    """Before: offline commands left out a component whose file was missing: a full backup
+    without it said it succeeded, and a rollback of the whole state skipped it, exit 0."""
+    env, budgets, snapshot = offline_site(tmp_path)
+    budgets.rename(tmp_path / "budgets.sqlite3.moved")
+
+    created = ers(["backup", "create", "--offline", "--reason", "after"], env, tmp_path)
+    assert created.returncode == 1
+    assert f"the state file {budgets} does not exist" in created.stderr
+    rolled = ers(
+        ["backup", "--offline", "rollback", snapshot, "--reason", "r", "--yes"], env, tmp_path
+    )
+    assert rolled.returncode == 4
+    assert f"the live file of budgets ({budgets}) is missing" in rolled.stderr
+    assert not budgets.exists()
+    listed = json.loads(ers(["backup", "list", "--offline", "--json"], env, tmp_path).stdout)
+    assert [b["backupId"] for b in listed["backups"]] == [snapshot]
