@@ -5,11 +5,14 @@ what a start puts right before the stores open."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from backup import swap_journal
 from backup.identity import RECORD_FILE_NAME
+from service.errors import StoreUnavailable
 from service.settings import COMPONENTS, Settings
+from service.stores import Stores
 
 log = logging.getLogger("ers.backups")
 
@@ -72,3 +75,30 @@ def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
             log.error("refusing to start: %s", exc)
             raise
     return []
+
+
+class StateFileUnreadable(StoreUnavailable):
+    """A component's SQLite file that cannot be opened at start: refused in one line."""
+
+
+async def open_state(settings: Settings) -> Stores:
+    """The stores, open. On SQLite a file that cannot be opened (overwritten, damaged, not
+    readable by the service's user) refuses the start in one line with the ways out, rather
+    than uvicorn's traceback of the failed start-up."""
+    stores = Stores.from_settings(settings)
+    try:
+        await stores.open()
+    except StoreUnavailable as exc:
+        if settings.database_url is not None:
+            raise
+        damaged = re.search(r"not a database|malformed|corrupt", exc.reason, re.IGNORECASE)
+        out = (
+            f"; roll it back without the service (`ers backup --offline list`, then `ers backup"
+            f" --offline rollback ID --components {exc.component} --reason ... --yes`), or move"
+            " it away to start with an empty store"
+            if damaged
+            else ""
+        )
+        log.error("refusing to start: %s%s", exc, out)
+        raise StateFileUnreadable(exc.component, exc.reason) from None
+    return stores

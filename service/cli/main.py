@@ -87,11 +87,12 @@ def serve(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         server.run(listener)
-    except SystemExit:
-        # uvicorn exits when the start-up fails.
+    except SystemExit as exc:
+        # uvicorn exits when the start-up fails, with 3: the failed operation's 1 here (3 is
+        # the ers command's "the service cannot be reached").
         if refused.message is not None:
             raise SettingsError(refused.message) from None
-        raise
+        raise SystemExit(1 if exc.code == 3 else exc.code) from None
     return 0 if server.started else 1
 
 

@@ -201,7 +201,7 @@ class HideRefusalTraceback(logging.Filter):
     """uvicorn logs a failed start-up with its traceback; a refusal is already said in one
     line by the lifespan, so its traceback is dropped."""
 
-    refusals = (DataDirInUse.__name__, SwapRecoveryFailed.__name__)
+    refusals = (DataDirInUse.__name__, SwapRecoveryFailed.__name__, "StateFileUnreadable")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -23,7 +23,7 @@ from fastapi import FastAPI  # noqa: E402
 
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
-from service.backups.first_start import finds_no_state, undo_interrupted_swap  # noqa: E402
+from service.backups import first_start as starting  # noqa: E402
 from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import (  # noqa: E402
@@ -66,7 +66,6 @@ from service.settings import (  # noqa: E402
     check_production,
     load_settings,
 )
-from service.stores import Stores  # noqa: E402
 from service.tasks import run_in_background  # noqa: E402
 from service.web import http_errors, openapi  # noqa: E402
 from service.web.body_limit import BodySizeLimit  # noqa: E402
@@ -174,14 +173,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(setattr, app.state, "runtime", None)
         readiness = Readiness()
         # Before any store opens a file: a rollback cut short in its swap is undone.
-        undone = await asyncio.to_thread(undo_interrupted_swap, settings)
+        undone = await asyncio.to_thread(starting.undo_interrupted_swap, settings)
         # Only a start that finds no state at all may create the backup repository by itself.
         first_start = await asyncio.to_thread(
-            finds_no_state, settings.data_dir, backups_enabled=settings.backups_enabled
+            starting.finds_no_state, settings.data_dir, backups_enabled=settings.backups_enabled
         )
         # State: one SQLite file per component, or one PostgreSQL schema each.
-        stores = Stores.from_settings(settings)
-        await stores.open()
+        stores = await starting.open_state(settings)
         stack.push_async_callback(stores.close)
 
         # The team: every agent behind its breaker, timeout, retries and fallback.

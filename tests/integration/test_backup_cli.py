@@ -15,6 +15,7 @@ import httpx
 
 from service.settings import COMPONENTS
 from tests.conftest import start_ers
+from tests.processes import free_port
 
 
 def ers(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -310,3 +311,28 @@ def test_a_component_file_gone_is_named_not_left_out(tmp_path: Path) -> None:
     assert not budgets.exists()
     listed = json.loads(ers(["backup", "list", "--offline", "--json"], env, tmp_path).stdout)
     assert [b["backupId"] for b in listed["backups"]] == [snapshot]
+
+
+def test_a_start_on_a_damaged_file_is_refused_in_one_line_with_the_way_out(
+    tmp_path: Path,
+) -> None:
+    """Before: uvicorn's 84-line traceback of the failed start-up, exit 3 (the CLI's "cannot
+    be reached"), and nothing said what to do."""
+    env, budgets, snapshot = offline_site(tmp_path)
+    with budgets.open("r+b") as damaged:
+        damaged.write(b"not a database, overwritten")
+
+    refused = ers(["serve", "--host", "127.0.0.1", "--port", str(free_port())], env, tmp_path)
+
+    assert refused.returncode not in (0, 3), refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr
+    [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
+    assert f"cannot open {budgets}: file is not a database" in line
+    assert "ers backup --offline rollback ID --components budgets" in line
+    rolled = ers(
+        ["backup", "--offline", "rollback", snapshot, "--components", "budgets"]
+        + ["--reason", "damaged", "--yes"],
+        env,
+        tmp_path,
+    )
+    assert rolled.returncode == 0, rolled.stderr
