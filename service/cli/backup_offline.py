@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from backup.discard import settle
 from service.backups.first_start import backup_work_dir
 from service.backups.replies import (
     created_reply,
@@ -116,6 +117,9 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
             else:
                 manager = await _offline_manager(owns_data_dir)
                 result = await _offline_action(args, manager, progress)
+                # The files a rollback replaced go before the command ends, not unfinished
+                # with it (until the next start).
+                await asyncio.to_thread(settle)
         await asyncio.sleep(0)  # an interrupt that came meanwhile is delivered here
     except asyncio.CancelledError:
         if result is None and args.action == "rollback":  # one under way says so itself

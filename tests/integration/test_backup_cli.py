@@ -238,6 +238,8 @@ def test_an_offline_rollback_is_refused_when_rollbacks_are_disabled(tmp_path: Pa
     assert [b["reason"] for b in listed["backups"]] == ["manual"]  # no safety snapshot
     allowed = ers(rollback, env, tmp_path)
     assert allowed.returncode == 0, allowed.stderr
+    # The replaced files are deleted before the command ends, not left until the next start.
+    assert not list(budgets.parent.glob("*.ers-old-*"))
 
 
 def offline_site(tmp_path: Path) -> tuple[dict[str, str], Path, str]:
