@@ -188,7 +188,24 @@ def run(args: argparse.Namespace) -> int:
         what = "repository check" if args.action == "check" else "restore drill"
         print(f"ers: the {what} found problems: see its output", file=sys.stderr)
         return FAILED
+    if args.action == "test-rollback" and (failing := _failing_copies(result)):
+        # A script's `test-rollback ID && rollback ID` stops here.
+        print(
+            f"ers: the snapshot's copy of {', '.join(failing)} fails its check: a rollback to"
+            " it would fail; see its output",
+            file=sys.stderr,
+        )
+        return FAILED
     return OK
+
+
+def _failing_copies(preview: dict[str, Any]) -> list[str]:
+    return [
+        name
+        for name, component in preview["components"].items()
+        if component["verification"]["integrity"] != "ok"
+        or component["verification"]["checksumMatches"] is False
+    ]
 
 
 def _where(args: argparse.Namespace) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from backup.index import tags_for
 from service.settings import COMPONENTS
 from tests.conftest import start_ers
 from tests.processes import free_port
@@ -338,3 +339,36 @@ def test_a_start_on_a_damaged_file_is_refused_in_one_line_with_the_way_out(
         tmp_path,
     )
     assert rolled.returncode == 0, rolled.stderr
+
+
+def test_a_test_rollback_whose_copy_fails_its_check_exits_1(tmp_path: Path) -> None:
+    """Before: exit 0 beside its own words "a rollback to it fails its verify step", so a
+    script's `test-rollback ID && rollback ID` went on to the rollback."""
+    env, _, _ = offline_site(tmp_path)
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "budgets.sqlite3").write_bytes(b"not a database")
+    tags = [arg for tag in tags_for(["budgets"], "manual") for arg in ("--tag", tag)]
+    done = subprocess.run(
+        ["restic", "backup", "--json", ".", *tags],
+        cwd=made,
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": env["ERS_RESTIC_REPOSITORY"],
+            "RESTIC_PASSWORD_FILE": env["ERS_RESTIC_PASSWORD_FILE"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    damaged = json.loads(done.stdout.splitlines()[-1])["snapshot_id"]
+
+    tested = ers(["backup", "--offline", "test-rollback", damaged], env, tmp_path)
+
+    assert tested.returncode == 1, tested.stdout
+    assert "budgets: the snapshot's copy fails its check" in " ".join(tested.stdout.split())
+    assert tested.stderr.splitlines()[-1] == (
+        "ers: the snapshot's copy of budgets fails its check: a rollback to it would fail; see"
+        " its output"
+    )
