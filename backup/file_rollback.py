@@ -117,6 +117,8 @@ class FileRollback:
         try:
             now = table_row_counts(live, live=True)
         except sqlite3.DatabaseError as exc:  # what a rollback is there to replace: no rows
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise  # locked, unreadable to this user, an I/O error: not the file's content
             log.warning("the live %s cannot be read (%s): its rows are not counted", live, exc)
             now = {}
         then = table_row_counts(restored, live=False) if verification.ok else {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backup.discard import delete_soon
+from backup.errors import BackupError
 from backup.staging import fsync_directory, fsync_file
 from backup.swap_journal import JournalEntry, SwapJournal, Undone, remove_side_files
 from backup.workspace import OLD_FILE_MARKER
@@ -61,11 +62,15 @@ def fold_wal_into(live: Path) -> None:
         except sqlite3.DatabaseError as exc:
             # A file SQLite cannot read (what a rollback is run to replace) has nothing to
             # fold, when no log beside it could be replayed onto the restored file.
-            logs = [f"{live}-wal", f"{live}-journal"]
-            unreadable = exc.sqlite_errorcode in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
-            if unreadable and not any(Path(log).exists() for log in logs):
-                return
-            raise
+            logs = [log for log in (Path(f"{live}-wal"), Path(f"{live}-journal")) if log.exists()]
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise
+            if any(log.stat().st_size for log in logs):
+                raise BackupError(
+                    f"{live} cannot be read ({exc}) and {', '.join(map(str, logs))} beside it"
+                    " holds its log: move them away together (keep them), then roll back"
+                ) from exc
+            return
         if Path(f"{live}-wal").exists():
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if busy:

@@ -10,6 +10,7 @@ import pytest
 
 from backup import swap
 from backup.discard import settle
+from backup.errors import BackupError
 
 IDS = {"snapshot_id": "5a5a5a5a", "safety_snapshot_id": "0f0f0f0f"}
 
@@ -96,3 +97,18 @@ def test_a_writer_that_was_not_paused_stops_the_swap(tmp_path: Path) -> None:
     writer.rollback()
     writer.close()
     assert values(live) == [1]
+
+
+def test_a_file_sqlite_cannot_read_has_nothing_to_fold_unless_a_log_beside_it_holds_some(
+    tmp_path: Path,
+) -> None:
+    """The damaged file a rollback replaces: an empty -wal (a stop that left it) is no log;
+    one with content is named, since the restored file must not get its pages."""
+    live = tmp_path / "budgets.sqlite3"
+    live.write_bytes(b"not a database, overwritten" * 200)
+    wal = tmp_path / "budgets.sqlite3-wal"
+    wal.write_bytes(b"")
+    swap.fold_wal_into(live)
+    wal.write_bytes(b"log pages")
+    with pytest.raises(BackupError, match=f"and {wal} beside it holds its log: move them away"):
+        swap.fold_wal_into(live)
