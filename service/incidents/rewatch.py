@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from service.chat.team import Team
@@ -42,6 +43,8 @@ class Rewatch:
     team: Team
     finished: bool = False
     done: set[str] = field(default_factory=set)  # handled by a pass that failed further on
+    # Resolutions from this start on are the running handler's, its watches armed.
+    started: float = field(default_factory=time.time)
 
     async def until_done(self) -> None:
         """One pass, unless one has gone through already; never raises."""
@@ -65,7 +68,7 @@ class Rewatch:
         # Oldest first: each watch on a breaker replaces the one before, and the newest
         # resolution held it before the stop.
         for delivered, incident_id, at in reversed(left):
-            if incident_id in self.done:
+            if incident_id in self.done or at >= self.started:
                 continue
             alert = Alert.model_validate_json(delivered)
             try:
@@ -87,9 +90,14 @@ class Rewatch:
         return waiting
 
     async def _isolated_since(self, target: str | None, since: float) -> bool:
-        later = await asyncio.to_thread(self.ledger.firings_since, since)
-        alerts = (Alert.model_validate_json(delivered) for delivered in later)
-        return any(a.action == "isolate" and a.target == target for a in alerts)
+        for delivered in await asyncio.to_thread(self.ledger.firings_since, since):
+            try:
+                alert = Alert.model_validate_json(delivered)
+            except ValueError:  # a row that no longer reads as an alert isolates nothing here
+                continue
+            if alert.action == "isolate" and alert.target == target:
+                return True
+        return False
 
     async def _ask(self, guard: GuardedAgent, incident_id: str, alert: Alert) -> None:
         note = (

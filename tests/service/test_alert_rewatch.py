@@ -249,3 +249,21 @@ async def test_two_incidents_waiting_on_one_agent_leave_the_watch_to_the_newest(
         assert (store.get(older).status, store.get(newer).status) == ("mitigated", "resolved")
     finally:
         store.close()
+
+
+async def test_a_resolution_handled_since_the_start_is_left_to_the_running_handler(
+    tmp_path: Path,
+) -> None:
+    """A pass tried again after a database outage found the resolutions handled since the
+    start too, asked the agent again and noted a restart that never came."""
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    ledger = AlertLedger(store.database)
+    probes: list[str] = []
+    rewatch = Rewatch(ledger, store, IncidentRecovery(store, Meters()), a_team(None, probes))
+    time.sleep(0.01)
+    incident_id, _ = left_to_a_trial(store, ledger, "since the start")
+    try:
+        assert (await rewatch.trials(), probes) == (0, [])
+        assert store.get(incident_id).status == "mitigated"
+    finally:
+        store.close()
