@@ -43,6 +43,20 @@ def a_data_dir(data: Path) -> Path:
     return budgets
 
 
+def offline_site(tmp_path: Path) -> tuple[dict[str, str], Path, str]:
+    """A data directory, its repository and a full snapshot of it: (env, budgets, snapshot)."""
+    env = {
+        "ERS_DATA_DIR": str(tmp_path / "data"),
+        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+    }
+    budgets = a_data_dir(tmp_path / "data")
+    assert ers(["backup", "init", "--offline"], env, tmp_path).returncode == 0
+    created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
+    assert created.returncode == 0, created.stderr
+    return env, budgets, json.loads(created.stdout)["backupId"]
+
+
 def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     env = {
         "ERS_DATA_DIR": str(tmp_path / "data"),
@@ -213,16 +227,7 @@ def test_an_offline_rollback_is_refused_when_rollbacks_are_disabled(tmp_path: Pa
     """emergency_rollback_enabled=false forbids rollbacks at all: the service refuses them with
     a 409, and an offline rollback, which reads the same settings, is refused too (exit 4)
     before anything is restored, snapshotted or swapped."""
-    env = {
-        "ERS_DATA_DIR": str(tmp_path / "data"),
-        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
-        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
-    }
-    budgets = a_data_dir(tmp_path / "data")
-    assert ers(["backup", "init", "--offline"], env, tmp_path).returncode == 0
-    created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
-    assert created.returncode == 0, created.stderr
-    backup_id = json.loads(created.stdout)["backupId"]
+    env, budgets, backup_id = offline_site(tmp_path)
     db = sqlite3.connect(budgets)
     with db:
         db.execute("UPDATE budgets SET limit_cents = 20000")
@@ -241,20 +246,6 @@ def test_an_offline_rollback_is_refused_when_rollbacks_are_disabled(tmp_path: Pa
     assert allowed.returncode == 0, allowed.stderr
     # The replaced files are deleted before the command ends, not left until the next start.
     assert not list(budgets.parent.glob("*.ers-old-*"))
-
-
-def offline_site(tmp_path: Path) -> tuple[dict[str, str], Path, str]:
-    """A data directory, its repository and a full snapshot of it: (env, budgets, snapshot)."""
-    env = {
-        "ERS_DATA_DIR": str(tmp_path / "data"),
-        "ERS_RESTIC_REPOSITORY": str(tmp_path / "repo"),
-        "ERS_RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
-    }
-    budgets = a_data_dir(tmp_path / "data")
-    assert ers(["backup", "init", "--offline"], env, tmp_path).returncode == 0
-    created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
-    assert created.returncode == 0, created.stderr
-    return env, budgets, json.loads(created.stdout)["backupId"]
 
 
 def test_a_corrupt_file_is_rolled_back_offline_its_bytes_kept_in_the_safety_snapshot(
