@@ -105,6 +105,11 @@ def cut_waiting(task: asyncio.Task[object], after: float, longer_than: float) ->
     return component if cut >= after and cut - since > longer_than else None
 
 
+class StateFileUnreadable(StoreUnavailable):
+    """A state file SQLite cannot open at start (overwritten, damaged): the start is refused
+    in one line saying the way out."""
+
+
 class StorePaused(StoreUnavailable):
     """The store is closed for a moment while a rollback swaps its state: no failure of the
     agent that reads it. A guard passes it on, so the chat gets a 503 with Retry-After."""

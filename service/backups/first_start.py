@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backup import swap_journal
 from backup.identity import RECORD_FILE_NAME
-from service.errors import StoreUnavailable
+from service.errors import StateFileUnreadable, StoreUnavailable
 from service.settings import COMPONENTS, Settings
 from service.stores import Stores
 
@@ -75,10 +75,6 @@ def undo_interrupted_swap(settings: Settings) -> list[swap_journal.Undone]:
             log.error("refusing to start: %s", exc)
             raise
     return []
-
-
-class StateFileUnreadable(StoreUnavailable):
-    """A component's SQLite file that cannot be opened at start: refused in one line."""
 
 
 async def open_state(settings: Settings) -> Stores:

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from backup.swap_journal import SwapRecoveryFailed
+from service.errors import StateFileUnreadable
 from service.settings import Settings, SettingsError
 
 LOCK_FILE_NAME = ".ers.lock"
@@ -201,7 +202,7 @@ class HideRefusalTraceback(logging.Filter):
     """uvicorn logs a failed start-up with its traceback; a refusal is already said in one
     line by the lifespan, so its traceback is dropped."""
 
-    refusals = (DataDirInUse.__name__, SwapRecoveryFailed.__name__, "StateFileUnreadable")
+    refusals = (DataDirInUse.__name__, SwapRecoveryFailed.__name__, StateFileUnreadable.__name__)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 
-from service.errors import StoreUnavailable
+from service.errors import StateFileUnreadable, StoreUnavailable
 from service.incidents import audit, ledger, store_pg
 from service.incidents.alert_landing import still_firing_on
 from service.incidents.audit import AuditLog
@@ -85,7 +86,14 @@ async def open_incident_state(
         "is_component_healthy": is_component_healthy,
     }
     if database is None or settings.database_url is None:
-        store: IncidentStore = IncidentStore(path, **options)
+        try:
+            store: IncidentStore = IncidentStore(path, **options)
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise
+            out = "the incidents are never rolled back: move it away (keep it), and ERS starts"
+            log.error("refusing to start: cannot open %s (%s); %s a new one", path, exc, out)
+            raise StateFileUnreadable("incidents", f"cannot open {path}: {exc}") from None
     else:
         await database.migrate(MIGRATIONS)
         url = settings.database_url.get_secret_value()

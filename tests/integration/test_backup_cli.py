@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from backup.index import tags_for
 from service.settings import COMPONENTS
@@ -307,22 +308,32 @@ def test_a_component_file_gone_is_named_not_left_out(tmp_path: Path) -> None:
     assert [b["backupId"] for b in listed["backups"]] == [snapshot]
 
 
+@pytest.mark.parametrize(
+    "name,way_out",
+    [
+        ("budgets", "ers backup --offline rollback ID --components budgets"),
+        ("incidents", "never rolled back: move it away (keep it), and ERS starts a new one"),
+    ],
+)
 def test_a_start_on_a_damaged_file_is_refused_in_one_line_with_the_way_out(
-    tmp_path: Path,
+    tmp_path: Path, name: str, way_out: str
 ) -> None:
     """Before: uvicorn's 84-line traceback of the failed start-up, exit 3 (the CLI's "cannot
     be reached"), and nothing said what to do."""
     env, budgets, snapshot = offline_site(tmp_path)
-    with budgets.open("r+b") as damaged:
+    state = budgets.with_name(f"{name}.sqlite3")
+    with state.open("r+b") as damaged:
         damaged.write(b"not a database, overwritten")
 
     refused = ers(["serve", "--host", "127.0.0.1", "--port", str(free_port())], env, tmp_path)
 
-    assert refused.returncode not in (0, 3), refused.stderr
+    assert refused.returncode == 1, refused.stderr
     assert "Traceback" not in refused.stderr, refused.stderr
     [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
-    assert f"cannot open {budgets}: file is not a database" in line
-    assert "ers backup --offline rollback ID --components budgets" in line
+    assert f"cannot open {state}" in line and "file is not a database" in line
+    assert way_out in line
+    if name == "incidents":
+        return
     rolled = ers(
         ["backup", "--offline", "rollback", snapshot, "--components", "budgets"]
         + ["--reason", "damaged", "--yes"],
