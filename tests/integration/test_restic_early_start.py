@@ -118,9 +118,9 @@ async def test_restic_ready_before_the_copies_fails_at_the_gate_and_is_run_again
     spy = BackupCalls(manager)
     copy = manager.backend.snapshotter._stage
 
-    async def slow_copies(names: list[str], staging: Path) -> Any:
+    async def slow_copies(names: list[str], staging: Path, **options: Any) -> Any:
         await asyncio.sleep(3.0)  # restic gets ready in under a second
-        return await copy(names, staging)
+        return await copy(names, staging, **options)
 
     manager.backend.snapshotter._stage = slow_copies  # type: ignore[method-assign]
     result = await manager.create(None, "manual")
@@ -144,7 +144,7 @@ async def main():
         BackupConfig({p.stem: p for p in (root / "data").glob("*.sqlite3")}, root / "work"),
     )
 
-    async def copies_that_never_finish(names, staging):
+    async def copies_that_never_finish(names, staging, **options):
         print("copying", flush=True)
         await asyncio.sleep(600)
 
