@@ -43,6 +43,7 @@ from backup.row_diff import sqlite_changes
 from backup.snapshotter import Snapshotter
 from backup.staging import (
     MANIFEST_NAME,
+    not_a_database,
     read_manifest,
     staged_name,
     table_row_counts,
@@ -117,7 +118,7 @@ class FileRollback:
         try:
             now = table_row_counts(live, live=True)
         except sqlite3.DatabaseError as exc:  # what a rollback is there to replace: no rows
-            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            if not not_a_database(exc):
                 raise  # locked, unreadable to this user, an I/O error: not the file's content
             log.warning("the live %s cannot be read (%s): its rows are not counted", live, exc)
             now = {}

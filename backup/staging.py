@@ -25,6 +25,8 @@ from backup.models import FileVerification
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "ers-manifest.json"
+# What SQLite says of a file whose content it cannot take: not a database, or damaged.
+UNREADABLE_CODES = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ def staged_name(component: str) -> str:
     return f"{component}.sqlite3"
 
 
+def not_a_database(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is SQLite refusing a file's content (its header overwritten, its pages
+    damaged), as against a lock, a permission or an I/O error."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code in UNREADABLE_CODES
+
+
 def copy_consistently(
     source: Path, destination: Path, *, busy_timeout: float = 30.0, as_found: bool = False
 ) -> None:
@@ -84,12 +93,11 @@ def copy_consistently(
             src.close()
     except sqlite3.Error as exc:
         destination.unlink(missing_ok=True)
-        code = getattr(exc, "sqlite_errorcode", None)
-        if as_found and code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        if as_found and not_a_database(exc):
             log.warning("%s is no readable SQLite database (%s): kept byte for byte", source, exc)
             shutil.copyfile(source, destination)
             return
-        if code == sqlite3.SQLITE_FULL:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             raise DiskFull(
                 f"could not copy {source} to {destination.parent}: the disk is full; free "
                 "space there (or prune old snapshots), then try again"

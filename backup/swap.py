@@ -16,7 +16,7 @@ from pathlib import Path
 
 from backup.discard import delete_soon
 from backup.errors import BackupError
-from backup.staging import fsync_directory, fsync_file
+from backup.staging import fsync_directory, fsync_file, not_a_database
 from backup.swap_journal import JournalEntry, SwapJournal, Undone, remove_side_files
 from backup.workspace import OLD_FILE_MARKER
 
@@ -63,7 +63,7 @@ def fold_wal_into(live: Path) -> None:
             # A file SQLite cannot read (what a rollback is run to replace) has nothing to
             # fold, when no log beside it could be replayed onto the restored file.
             logs = [log for log in (Path(f"{live}-wal"), Path(f"{live}-journal")) if log.exists()]
-            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            if not not_a_database(exc):
                 raise
             if any(log.stat().st_size for log in logs):
                 raise BackupError(

@@ -5,11 +5,11 @@ what a start puts right before the stores open."""
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from backup import swap_journal
 from backup.identity import RECORD_FILE_NAME
+from backup.staging import not_a_database
 from service.errors import StateFileUnreadable, StoreUnavailable
 from service.settings import COMPONENTS, Settings
 from service.stores import Stores
@@ -87,12 +87,11 @@ async def open_state(settings: Settings) -> Stores:
     except StoreUnavailable as exc:
         if settings.database_url is not None:
             raise
-        damaged = re.search(r"not a database|malformed|corrupt", exc.reason, re.IGNORECASE)
         out = (
             f"; roll it back without the service (`ers backup --offline list`, then `ers backup"
             f" --offline rollback ID --components {exc.component} --reason ... --yes`), or move"
             " it away to start with an empty store"
-            if damaged
+            if not_a_database(exc.__cause__)
             else ""
         )
         log.error("refusing to start: %s%s", exc, out)

@@ -20,6 +20,7 @@ from pathlib import Path
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 
+from backup.staging import not_a_database
 from service.errors import StateFileUnreadable, StoreUnavailable
 from service.incidents import audit, ledger, store_pg
 from service.incidents.alert_landing import still_firing_on
@@ -89,7 +90,7 @@ async def open_incident_state(
         try:
             store: IncidentStore = IncidentStore(path, **options)
         except sqlite3.DatabaseError as exc:
-            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            if not not_a_database(exc):
                 raise
             out = "the incidents are never rolled back: move it away (keep it), and ERS starts"
             log.error("refusing to start: cannot open %s (%s); %s a new one", path, exc, out)
