@@ -67,7 +67,7 @@ from service.agents.openai_reply import completion_text
 from service.agents.reply_body import read_at_most
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
-from telemetry.redaction import REDACTED, is_public_query_value, redacted_query
+from telemetry.redaction import REDACTED, is_public_query_value, redacted_query, without
 
 log = logging.getLogger("ers.agents")
 # An auth file bigger than this holds no header value.
@@ -386,7 +386,9 @@ class RemoteAgent:
             or not 0 <= confidence <= 1
         ):
             raise self._bad('"confidence" must be a number from 0 to 1')
-        return AgentReply(content=document["response"], agent=self.name, confidence=confidence)
+        # A gateway's debug echo of the request is not to hand the user the agent's key.
+        text = without(document["response"], self._secrets())
+        return AgentReply(content=text, agent=self.name, confidence=confidence)
 
     def _bad(self, why: str) -> BadResponse:
         return BadResponse(

@@ -1,8 +1,9 @@
 """What passes between ERS and a remote agent besides the answer: a cookie the agent sets is
 not sent with later chats (one client serves every user), the environment's proxy
 variables divert nothing, credential headers captured on the attempt's span are redacted,
-an auth header the agent rejects is read again from its file, and an error body's free
-text is not taken for an error code. Against real uvicorn processes on loopback ports."""
+an auth header the agent rejects is read again from its file, an error body's free
+text is not taken for an error code, and an answer that echoes the agent's key does not
+hand it to the user. Against real uvicorn processes on loopback ports."""
 
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ async def challenge(request: Request) -> JSONResponse:
     # A gateway that quotes the key it turned down in its challenge.
     said = f'Bearer error="invalid_token" {request.headers["authorization"]}'
     return JSONResponse({}, status_code=401, headers={"www-authenticate": said})
+
+
+@app.post("/debug-echo/v1/chat/completions")
+async def debug_echo_openai(request: Request) -> JSONResponse:
+    # A gateway in debug mode that answers with what it was sent.
+    said = f"sent {request.headers['authorization']} with {request.url.query}"
+    choice = {"message": {"role": "assistant", "content": said}, "finish_reason": "stop"}
+    return JSONResponse({"choices": [choice]})
+
+
+@app.post("/debug-echo")
+async def debug_echo(request: Request) -> JSONResponse:
+    return JSONResponse({"response": f"sent {request.headers['x-api-key']} {request.url.query}"})
 
 
 @app.post("/chat")
@@ -256,3 +270,26 @@ async def test_a_key_a_response_header_echoes_stays_out_of_the_attempt_span(
         'Bearer error="invalid_token" REDACTED',
     )
     assert "sk-agent-4d10" not in span.to_json()
+
+
+@pytest.mark.parametrize("contract", ["ers", "openai"])
+async def test_an_answer_that_echoes_the_agents_key_reaches_the_user_without_it(
+    session_agent: str, tmp_path: Path, contract: str
+) -> None:
+    auth_file = tmp_path / "agent-auth"
+    auth_file.write_text("sk-header-5e0b\n" if contract == "ers" else "Bearer sk-bearer-2c9d\n")
+    url = session_agent.removesuffix("/chat") + "/debug-echo?key=sk-query-a17f"
+    header = {"ers": {"auth_header": "X-Api-Key"}, "openai": {"model": "m"}}[contract]
+    spec = HttpAgentSpec(url=url, contract=contract, auth_file=auth_file, **header)
+    agent = RemoteAgent("remote", spec, default_timeout_s=5.0)
+    try:
+        reply = await agent.handle(AgentRequest(message="hi", user_id="ann"))
+    finally:
+        await agent.aclose()
+    assert (
+        reply.content
+        == {
+            "ers": "sent REDACTED key=REDACTED",
+            "openai": "sent REDACTED with key=REDACTED",
+        }[contract]
+    )
