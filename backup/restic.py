@@ -124,8 +124,12 @@ class Restic:
         see `run_program`), so the retry finds them untouched.
         """
         if "--no-lock" not in args and (read_only := self.read_only()):
-            # restic would retry its lock file for about 45 s, then fail with a stack trace.
-            raise RepositoryReadOnly(f"{read_only}, then try again")
+            if args[0] not in ("dump", "restore"):
+                # restic would retry its lock file for about 45 s, then fail with a stack trace.
+                raise RepositoryReadOnly(f"{read_only}, then try again")
+            # A snapshot's files are read without the lock a read-only repository cannot
+            # take (a test rollback, a drill); nothing here can prune them meanwhile.
+            args = [args[0], "--no-lock", *args[1:]]
         try:
             return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)
         except RepositoryLocked:
