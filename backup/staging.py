@@ -67,7 +67,8 @@ def not_a_database(exc: BaseException | None) -> bool:
     """Whether ``exc`` is SQLite refusing a file's content (its header overwritten, its pages
     damaged), as against a lock, a permission or an I/O error."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.DatabaseError) and code in UNREADABLE_CODES
+    # An extended code (SQLITE_CORRUPT_INDEX is 779) keeps its primary one in its low byte.
+    return isinstance(exc, sqlite3.DatabaseError) and ((code or 0) & 0xFF) in UNREADABLE_CODES
 
 
 def copy_consistently(

@@ -13,6 +13,7 @@ from backup.staging import (
     file_sha256,
     integrity_of,
     live_signature,
+    not_a_database,
     read_manifest,
     stage_component,
     table_row_counts,
@@ -104,3 +105,15 @@ def test_live_signature_changes_with_a_commit_and_not_with_a_read(tmp_path: Path
     assert live_signature(path) != before
     db.close()
     assert live_signature(tmp_path / "absent.sqlite3") is None
+
+
+def test_a_damaged_file_is_told_by_its_extended_codes_too() -> None:
+    """Python gives SQLite's extended result code (SQLITE_CORRUPT_INDEX is 779): only the
+    two primary codes were matched, so a damaged index read as a lock or an I/O error."""
+    for code, damaged in ((26, True), (11, True), (779, True), (523, True), (5, False)):
+        exc = sqlite3.DatabaseError("database disk image is malformed")
+        exc.sqlite_errorcode = code
+        assert not_a_database(exc) is damaged, code
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = 5
+    assert not not_a_database(busy) and not not_a_database(OSError(26, "x"))
