@@ -70,11 +70,16 @@ class Rewatch:
         for delivered, incident_id, at in reversed(left):
             if incident_id in self.done or at >= self.started:
                 continue
-            alert = Alert.model_validate_json(delivered)
             try:
+                alert = Alert.model_validate_json(delivered)
                 incident = await asyncio.to_thread(self.incidents.get, incident_id)
                 guard = self.team.get(alert.target or "ers")
             except (IncidentNotFound, UnknownAgent):
+                continue
+            except ValueError:  # a row that no longer reads as an alert: the others still wait
+                log.warning(
+                    "a resolution left %s to a trial in a row that is no alert", incident_id
+                )
                 continue
             # Reopened since (a trial resolved it, the failures came back), it is mitigated
             # by someone else now, for reasons of their own: not this resolution's to end.

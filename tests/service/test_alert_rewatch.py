@@ -5,6 +5,7 @@ not end the replays for the life of the process, nor leave the trials unasked.""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -265,5 +266,27 @@ async def test_a_resolution_handled_since_the_start_is_left_to_the_running_handl
     try:
         assert (await rewatch.trials(), probes) == (0, [])
         assert store.get(incident_id).status == "mitigated"
+    finally:
+        store.close()
+
+
+async def test_a_resolution_row_that_no_longer_reads_as_an_alert_is_skipped_not_the_end(
+    tmp_path: Path,
+) -> None:
+    """Before: the row's ValidationError ended the pass as "not the database", and every
+    incident after it stayed mitigated until its quiet period."""
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    ledger = AlertLedger(store.database)
+    older, _ = left_to_a_trial(store, ledger, "older", 1)
+    time.sleep(0.01)
+    newer, _ = left_to_a_trial(store, ledger, "newer", 2)
+    with sqlite3.connect(tmp_path / "incidents.sqlite3") as db:
+        db.execute("UPDATE alert_ledger SET alert = '{\"old\": 1}' WHERE incident_id = ?", (older,))
+    probes: list[str] = []
+    rewatch = Rewatch(ledger, store, IncidentRecovery(store, Meters()), a_team(None, probes))
+    try:
+        await rewatch.until_done()
+        assert (rewatch.finished, probes) == (True, ["asked"])
+        assert (store.get(older).status, store.get(newer).status) == ("mitigated", "resolved")
     finally:
         store.close()
