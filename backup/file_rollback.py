@@ -118,8 +118,11 @@ class FileRollback:
         try:
             now = table_row_counts(live, live=True)
         except sqlite3.DatabaseError as exc:  # what a rollback is there to replace: no rows
-            if not not_a_database(exc):
-                raise  # locked, unreadable to this user, an I/O error: not the file's content
+            if not not_a_database(exc):  # locked, unreadable to this user, an I/O error
+                raise BackupError(
+                    f"cannot read the live {name} file {live} to compare it ({exc}): check that"
+                    " no other program holds it locked and that it is a readable file"
+                ) from None
             log.warning("the live %s cannot be read (%s): its rows are not counted", live, exc)
             now = {}
         then = table_row_counts(restored, live=False) if verification.ok else {}

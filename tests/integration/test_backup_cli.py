@@ -374,3 +374,23 @@ def test_a_test_rollback_whose_copy_fails_its_check_exits_1(tmp_path: Path) -> N
         "ers: the snapshot's copy of budgets fails its check: a rollback to it would fail; see"
         " its output"
     )
+
+
+def test_a_live_file_a_test_rollback_cannot_read_is_named_in_one_line(tmp_path: Path) -> None:
+    """A live file that is no file SQLite can read for a reason other than its content (a
+    folder in its place; a lock, a permission): before, a 44-line traceback ending in
+    sqlite3's "disk I/O error"."""
+    env, budgets, snapshot = offline_site(tmp_path)
+    budgets.rename(tmp_path / "budgets.sqlite3.moved")
+    budgets.mkdir()
+
+    tested = ers(
+        ["backup", "--offline", "test-rollback", snapshot, "--components", "budgets"],
+        env,
+        tmp_path,
+    )
+
+    assert tested.returncode == 1, tested.stderr
+    assert "Traceback" not in tested.stderr, tested.stderr
+    [line] = tested.stderr.splitlines()
+    assert f"cannot read the live budgets file {budgets} to compare it" in line, line
