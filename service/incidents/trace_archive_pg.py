@@ -10,14 +10,21 @@ writing at once never leave more than the bound. It is not backed up, as the fil
 The statements run on the archive's writer thread and on the threads the traces endpoint
 reads from, never on the event loop. A server that cannot be reached raises
 ``KeptTracesUnavailable``, both a ``StoreUnavailable`` (the endpoint answers 503 naming the
-store) and the archive's ``ArchiveUnavailable`` (its writer tries again later).
+store) and the archive's ``ArchiveUnavailable`` (its writer tries again later). A file SQLite
+finds damaged at start is moved aside and a new one started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
+from backup.staging import not_a_database
 from service.errors import StatementRefused, StoreUnavailable
 from service.settings import Settings
 from service.stores.pg_pool import PgPool
@@ -29,6 +36,7 @@ from telemetry.trace_merge import TraceBound, merged_with_stored
 
 COMPONENT = "kept_traces"
 SCHEMA = "ers_kept_traces"
+log = logging.getLogger("ers.traces")
 # Append-only, like every schema's migrations: never edit one that has shipped.
 MIGRATIONS: tuple[Migration, ...] = (
     (
@@ -126,7 +134,26 @@ async def open_trace_archive(settings: Settings, database: PostgresDatabase | No
     """The archive of kept traces: the fleet's table when the stores are on PostgreSQL
     (``database``; its schema migrated first), else the file in the data directory."""
     if database is None or settings.database_url is None:
-        return await asyncio.to_thread(TraceArchive, settings.data_dir / FILE_NAME)
+        path = settings.data_dir / FILE_NAME
+        try:
+            return await asyncio.to_thread(TraceArchive, path)
+        except sqlite3.DatabaseError as exc:
+            if not not_a_database(exc):
+                raise
+            # Traces kept for diagnosis, never backed up: not worth a refused start.
+            moved = await asyncio.to_thread(_move_aside, path)
+            log.error("cannot open %s (%s): moved to %s, a new archive started", path, exc, moved)
+        return await asyncio.to_thread(TraceArchive, path)
     await database.migrate({COMPONENT: MIGRATIONS})
     table = await asyncio.to_thread(PgTraceTable, settings.database_url.get_secret_value())
     return TraceArchive(table)
+
+
+def _move_aside(path: Path) -> Path:
+    """Move a damaged archive away with its log files (a new file must not take up an old
+    log): ``kept-traces.sqlite3.damaged-<UTC time>``, kept for whoever wants to look."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for suffix in ("-wal", "-shm", ""):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").rename(f"{path}.damaged-{stamp}{suffix}")
+    return Path(f"{path}.damaged-{stamp}")

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -316,3 +317,35 @@ def test_a_trace_link_template_with_another_field_is_refused_in_one_line(
         "ers: invalid setting 'trace_url_template': a URL with {trace_id} where the trace id "
         "goes and no other braces"
     ), done.stderr
+
+
+def test_a_damaged_archive_of_kept_traces_is_moved_aside_and_the_service_starts(
+    tmp_path: Path,
+) -> None:
+    """Before: uvicorn's traceback of the failed start-up over a file that is never backed
+    up, and nothing said what to do. Its log files go with it: a new archive must not take up
+    an old log."""
+    data = tmp_path / "data"
+    data.mkdir()
+    archive = data / "kept-traces.sqlite3"
+    archive.write_bytes(b"not a database, overwritten" * 200)
+    Path(f"{archive}-wal").write_bytes(b"an old log")
+
+    proc = start_ers(tmp_path)
+    try:
+        ready = httpx.get(f"{proc.url}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        [moved] = [
+            p
+            for p in data.iterdir()
+            if p.name.startswith("kept-traces.sqlite3.damaged-")
+            and not p.name.endswith(("-wal", "-shm"))
+        ]
+        assert moved.read_bytes() == b"not a database, overwritten" * 200
+        assert Path(f"{moved}-wal").read_bytes() == b"an old log"
+        with contextlib.closing(sqlite3.connect(archive)) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert f"moved to {moved}" in proc.log()
+        assert "Traceback" not in proc.log()
+    finally:
+        proc.stop()
