@@ -31,6 +31,7 @@ from backup.errors import BackupError, RollbackFailed, RollbackRefused, lacking
 from backup.events import EventPublisher, RollbackStepStarted
 from backup.models import (
     BackupReason,
+    BackupResult,
     ComponentPreview,
     FileVerification,
     RollbackPreview,
@@ -142,7 +143,7 @@ class FileRollback:
                 " empty store), stop it, then roll back"
             )
 
-        async def safety_snapshot() -> str:
+        async def safety_snapshot() -> BackupResult:
             async with steps.step("safety-snapshot"):
                 # Always a snapshot of its own, as on PostgreSQL: the last snapshot of an
                 # unchanged state is known from the list in memory, which may still hold one
@@ -153,13 +154,14 @@ class FileRollback:
                 backup = await self.snapshotter.take(safety)
                 if backup.snapshot_id is None:
                     raise BackupError("no snapshot holds the current state")
-                return backup.snapshot_id
+                return backup
 
         async def restore_and_verify(target: Path) -> list[Path]:
             async with steps.step("restore"):
                 await self._restore(snapshot, names, target, request.on_progress)
             # Refused, not failed: the safety snapshot beside it is stopped, nothing changed.
             self._check_restored(snapshot, names, target)
+            _refuse_kept_as_found(snapshot, names, read_manifest(target))
             async with steps.step("verify"):
                 # Making the restored files durable does not depend on the checks: both at once.
                 durable = asyncio.gather(
@@ -187,7 +189,8 @@ class FileRollback:
                 # between its copy and the swap would be in neither it nor the rolled-back
                 # files. The restore runs beside it, so the rollback costs about the longer of
                 # the two, not their sum, and the writers wait about as long as for either.
-                ready, safety_id = await _both(restore_and_verify(scratch), safety_snapshot())
+                ready, safety = await _both(restore_and_verify(scratch), safety_snapshot())
+                safety_id = str(safety.snapshot_id)
                 async with steps.step("swap"):
                     swapped = await asyncio.to_thread(
                         partial(
@@ -213,6 +216,21 @@ class FileRollback:
             safety_snapshot_id=safety_id,
             step_seconds=dict(steps.seconds),
             duration_seconds=time.monotonic() - started,
+            kept_as_found=safety.as_found,
+        )
+
+
+def _refuse_kept_as_found(
+    snapshot: Snapshot, names: Sequence[str], manifest: Mapping[str, Mapping[str, object]]
+) -> None:
+    """RollbackRefused for a component the snapshot holds as a rollback found it, damaged:
+    it would fail its verify step (SQLite cannot read it) as if the snapshot were."""
+    if found := [c for c in names if manifest.get(c, {}).get("asFound")]:
+        dumps = " and ".join(f"restic dump {snapshot.short_id} /{staged_name(c)}" for c in found)
+        raise RollbackRefused(
+            f"snapshot {snapshot.short_id} holds {', '.join(found)} as a rollback found it, "
+            f"damaged: no rollback goes back to it; leave it out with --components (its bytes:"
+            f" {dumps})"
         )
 
 

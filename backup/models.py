@@ -97,6 +97,7 @@ class BackupResult:
     coalesced: bool = False
     reused_snapshot_id: str | None = None
     made: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    as_found: tuple[str, ...] = ()  # copied byte for byte, damaged (``BackupRequest.as_found``)
 
     @classmethod
     def nothing_changed(
@@ -254,3 +255,6 @@ class RollbackResult:
     duration_seconds: float = 0.0
     # What the caller put back from the restored state besides the files, in words.
     notes: tuple[str, ...] = ()
+    # Damaged when replaced: kept byte for byte in the safety snapshot, which cannot put
+    # them back (no undo for them).
+    kept_as_found: tuple[str, ...] = ()

@@ -117,6 +117,7 @@ class Snapshotter:
             duration_seconds=time.monotonic() - started,
             summary=summary,
             total_size=sum(f.size for f in staged),
+            as_found=tuple(sorted(f.component for f in staged if f.as_found)),
         )
         self.events.publish(BackupSucceeded(result))
         return result

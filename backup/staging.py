@@ -35,6 +35,7 @@ class StagedFile:
     path: Path
     sha256: str
     size: int
+    as_found: bool = False  # copied byte for byte: SQLite took it for no database
 
 
 # (inode, size, mtime, ctime) of a live file, then (size, mtime) of its write-ahead log.
@@ -73,9 +74,10 @@ def not_a_database(exc: BaseException | None) -> bool:
 
 def copy_consistently(
     source: Path, destination: Path, *, busy_timeout: float = 30.0, as_found: bool = False
-) -> None:
+) -> bool:
     """Copy a live SQLite file with the online backup API (one read transaction); with
-    ``as_found``, a file SQLite does not take for a database is copied byte for byte."""
+    ``as_found``, a file SQLite does not take for a database is copied byte for byte, and
+    True returned."""
     if not source.exists():
         raise StagingFailed(f"the state file {source} does not exist: check the data directory")
     destination.unlink(missing_ok=True)
@@ -97,7 +99,7 @@ def copy_consistently(
         if as_found and not_a_database(exc):
             log.warning("%s is no readable SQLite database (%s): kept byte for byte", source, exc)
             shutil.copyfile(source, destination)
-            return
+            return True
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             raise DiskFull(
                 f"could not copy {source} to {destination.parent}: the disk is full; free "
@@ -106,6 +108,7 @@ def copy_consistently(
         raise StagingFailed(
             f"could not copy {source} ({exc}): check that it is a readable SQLite database"
         ) from exc
+    return False
 
 
 def file_sha256(path: Path) -> str:
@@ -118,13 +121,19 @@ def stage_component(
     component: str, source: Path, staging_dir: Path, *, as_found: bool = False
 ) -> StagedFile:
     destination = staging_dir / staged_name(component)
-    copy_consistently(source, destination, as_found=as_found)
-    return StagedFile(component, destination, file_sha256(destination), destination.stat().st_size)
+    found = copy_consistently(source, destination, as_found=as_found)
+    digest, size = file_sha256(destination), destination.stat().st_size
+    return StagedFile(component, destination, digest, size, found)
 
 
 def write_manifest(staging_dir: Path, staged: Iterable[StagedFile]) -> Path:
-    """Checksums travel inside the snapshot so a restore can be verified anywhere, any time."""
-    manifest = {f.component: {"sha256": f.sha256, "size": f.size} for f in staged}
+    """Checksums travel inside the snapshot so a restore can be verified anywhere, any time;
+    a file kept as found is marked so, as no rollback can go back to it."""
+    manifest: dict[str, dict[str, object]] = {}
+    for f in staged:
+        manifest[f.component] = {"sha256": f.sha256, "size": f.size}
+        if f.as_found:
+            manifest[f.component]["asFound"] = True
     path = staging_dir / MANIFEST_NAME
     path.write_text(json.dumps(manifest, sort_keys=True, indent=1))
     return path

@@ -112,6 +112,7 @@ def rollback_reply(result: RollbackResult, reason: str) -> dict[str, Any]:
         "durationSeconds": round(result.duration_seconds, 3),
         "reason": reason,
         "restored": list(result.notes),
+        "keptAsFound": list(result.kept_as_found),
     }
 
 

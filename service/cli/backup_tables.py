@@ -135,20 +135,32 @@ def _rollback_table(out: Console, data: dict[str, Any]) -> None:
         f"rolled back {joined(data['components'])} to snapshot {short_id(data['backupId'])} "
         f"in {data['durationSeconds']:.1f} s"
     )
-    out.print(f"the state before is in snapshot {short_id(data['safetyBackupId'])}; to undo this:")
-    # One line however narrow the terminal, so that it can be copied and run as it is.
-    out.print(f"  {data['undoCommand']}", soft_wrap=True, markup=False, highlight=False)
+    safety = short_id(data["safetyBackupId"])
+    for name in data.get("keptAsFound") or []:
+        out.print(
+            f"{name} was damaged: snapshot {safety} keeps its bytes as found, which no rollback "
+            f"puts back (restic dump {safety} /{name}.sqlite3)"
+        )
+    if data["undoCommand"] is not None:
+        out.print(f"the state before is in snapshot {safety}; to undo this:")
+        # One line however narrow the terminal, so that it can be copied and run as it is.
+        out.print(f"  {data['undoCommand']}", soft_wrap=True, markup=False, highlight=False)
     for note in data.get("restored") or []:
         out.print(note)
 
 
-def undo_command(data: dict[str, Any], *, offline: bool, where: Sequence[str] = ()) -> str:
+def undo_command(data: dict[str, Any], *, offline: bool, where: Sequence[str] = ()) -> str | None:
     """The command that puts back what a rollback replaced, complete as printed: an offline
     rollback's undo is offline too, since the service it ran without is not there to ask;
-    ``where``: the options naming the service and the token, as given to the rollback."""
+    ``where``: the options naming the service and the token, as given to the rollback. A
+    component damaged when replaced is left out (kept as found, it cannot be put back);
+    None when that leaves none."""
     safety, target = short_id(data["safetyBackupId"]), short_id(data["backupId"])
+    damaged = set(data.get("keptAsFound") or ())
+    if not (components := [c for c in data["components"] if c not in damaged]):
+        return None
     return (
-        f"ers backup rollback {safety} --components {' '.join(data['components'])} "
+        f"ers backup rollback {safety} --components {' '.join(components)} "
         f'--reason "undo the rollback to {target}" --yes'
         + (" --offline" if offline else "".join(f" {shlex.quote(o)}" for o in where))
     )

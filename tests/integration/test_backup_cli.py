@@ -288,6 +288,24 @@ def test_a_corrupt_file_is_rolled_back_offline_its_bytes_kept_in_the_safety_snap
     assert kept.returncode == 0, kept.stderr
     assert kept.stdout == garbage
 
+    # The undo leaves out what no rollback can put back (before: every component, and it
+    # failed its verify step on the damaged copy, "the snapshot may be damaged").
+    reply = json.loads(rolled.stdout)
+    assert reply["keptAsFound"] == ["budgets"]
+    undo = shlex.split(reply["undoCommand"])
+    assert "budgets" not in undo and "conversations" in undo, undo
+    undone = ers([*undo[1:], "--json"], env, tmp_path)
+    assert undone.returncode == 0, undone.stderr
+    back = ers(
+        ["backup", "--offline", "rollback", safety, "--components", "budgets"]
+        + ["--reason", "r", "--yes"],
+        env,
+        tmp_path,
+    )
+    assert back.returncode == 4, back.stderr
+    assert "holds budgets as a rollback found it, damaged" in back.stderr, back.stderr
+    assert f"restic dump {safety[:8]} /budgets.sqlite3" in back.stderr, back.stderr
+
 
 def test_a_component_file_gone_is_named_not_left_out(tmp_path: Path) -> None:
     """Before: offline commands left out a component whose file was missing: a full backup

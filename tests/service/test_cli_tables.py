@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from service.cli.backup_tables import TABLES
+from service.cli.backup_tables import TABLES, undo_command
 from service.cli.main import main
 from service.cli.output import short_id, when
 
@@ -281,3 +281,27 @@ def test_a_refusal_quoting_an_agents_error_is_one_line_on_stderr(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err
     assert "line one\\nline two \\x1b[2J);" in err
+
+
+def test_a_rollback_over_a_damaged_file_names_it_and_leaves_it_out_of_the_undo() -> None:
+    """Its bytes are in the safety snapshot as found, which no rollback puts back: an undo
+    naming it always failed at its verify step, the healthy components with it."""
+    reply = {
+        "backupId": "3f2a1b4c" + "0" * 56,
+        "safetyBackupId": "178c40da" + "0" * 56,
+        "components": ["budgets", "profiles"],
+        "durationSeconds": 1.2,
+        "keptAsFound": ["budgets"],
+    }
+    undo = undo_command(reply, offline=True)
+    assert undo == (
+        'ers backup rollback 178c40da --components profiles --reason "undo the rollback to '
+        '3f2a1b4c" --yes --offline'
+    )
+    text = drawn("rollback", {**reply, "undoCommand": undo})
+    assert "budgets was damaged: snapshot 178c40da keeps its bytes as found" in text
+    assert "(restic dump 178c40da /budgets.sqlite3)" in text and undo in text
+    alone = {**reply, "components": ["budgets"]}
+    assert undo_command(alone, offline=True) is None
+    text = drawn("rollback", {**alone, "undoCommand": None})
+    assert "to undo this" not in text and "budgets was damaged" in text
