@@ -5,8 +5,9 @@ request becomes (one line and an exit code, see ``service.cli.output``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -182,7 +183,7 @@ def exchange(
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:
             if waiting:
-                with activity(waiting, with_bar=False):
+                with activity(waiting, with_bar=False), _told_when_interrupted(waiting):
                     response = http.request(method, path, json=body, params=params)
             else:
                 response = http.request(method, path, json=body, params=params)
@@ -285,3 +286,17 @@ def actions_of(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     add_connection_options(parser, top=False)
     add_output_option(parser, top=False)
     return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+@contextlib.contextmanager
+def _told_when_interrupted(waiting: str) -> Iterator[None]:
+    """A Ctrl-C while long work runs stops this command's wait, not the work: exit 130
+    saying so (before: nothing, and a rollback that went on looked cancelled)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise CliError(
+            f"interrupted: only this command stopped waiting; the service goes on {waiting} "
+            "if it received the request: see how it ends with `ers audit` and `ers backup list`",
+            130,
+        ) from None
