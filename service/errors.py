@@ -81,6 +81,13 @@ class StoreUnavailable(ErsError):
         return f"the {self.component} {'stores' if self.several else 'store'}"
 
 
+class StoreDamaged(StoreUnavailable):
+    """A store's file whose content SQLite finds damaged: no retry helps, a rollback of the
+    component does."""
+
+    call_outcome = "store_unavailable"
+
+
 # The store each task was waiting on when it was last cancelled: since when it waited, and
 # when it was cut. A call cut by its time limit while it had long waited for a store failed
 # for the store, not for the agent that made it.

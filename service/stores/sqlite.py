@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import StorePaused, StoreUnavailable, note_cut_waiting
+from backup.staging import not_a_database
+from service.errors import StoreDamaged, StorePaused, StoreUnavailable, note_cut_waiting
 from service.stores.sql import SQLITE
 from service.stores.unit_of_work import DEFAULT_POLICY, Applied, KeyPolicy, Unit, apply
 from service.stores.wal_checkpoint import CHECKPOINTER
@@ -56,6 +57,12 @@ class FileBusy(Exception):
 _WAIT_LOGGED: dict[str, float] = {}
 
 
+def store_failure(component: str, exc: sqlite3.Error) -> StoreUnavailable:
+    """The store's failure for SQLite's error: StoreDamaged when the file's content is."""
+    damaged = not_a_database(exc)
+    return (StoreDamaged if damaged else StoreUnavailable)(component, str(exc))
+
+
 async def outwaiting_writers(component: str, attempt: Callable[[], Awaitable[T]]) -> T:
     """``attempt()``, tried again while another connection holds the file's write lock, with
     sleeps on the loop between tries (other requests go on meanwhile) and for up to
@@ -69,7 +76,7 @@ async def outwaiting_writers(component: str, attempt: Callable[[], Awaitable[T]]
         except (sqlite3.Error, FileBusy) as exc:
             busy = exc.component if isinstance(exc, FileBusy) else component
             if isinstance(exc, sqlite3.Error) and not is_busy(exc):
-                raise StoreUnavailable(component, str(exc)) from exc
+                raise store_failure(component, exc) from exc
             now = time.monotonic()
             if not deadline:
                 deadline = now + BUSY_TIMEOUT_MS / 1000
@@ -142,6 +149,8 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._paused_reason: str | None = None
+        # What SQLite said of the file's damage, until a rollback's swap opens another file.
+        self.damage: str | None = None
         # The checkpointer's own connection, opened and closed under its lock.
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
@@ -165,7 +174,7 @@ class SqliteStore:
                 raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
             conn.execute("PRAGMA busy_timeout=0")
             self._conn = conn
-            self._paused_reason = None
+            self._paused_reason = self.damage = None
         CHECKPOINTER.add(self)
 
     def _connect(self) -> sqlite3.Connection:
@@ -262,8 +271,14 @@ class SqliteStore:
             with conn:
                 yield conn
         except sqlite3.Error as exc:
+            self.note_damage(exc)
             self._afresh_if_read_only(exc)
             raise
+
+    def note_damage(self, exc: sqlite3.Error) -> None:
+        """Remember a damaged file, which the write probe (one page of its own) may miss."""
+        if not_a_database(exc):
+            self.damage = str(exc)
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         """One statement in its own transaction, under the store's lock."""
@@ -275,7 +290,7 @@ class SqliteStore:
             return self._run(sql, params)
         except sqlite3.Error as exc:
             if not is_busy(exc):
-                raise StoreUnavailable(self.component, str(exc)) from exc
+                raise store_failure(self.component, exc) from exc
 
         async def again() -> list[sqlite3.Row]:
             return self._run(sql, params)
@@ -318,6 +333,9 @@ class SqliteStore:
 
     async def probe_writable(self) -> None:
         """Write, read back and delete a probe row; raises StoreUnavailable when it can't."""
+
+        if self.damage is not None:  # its own page written and read back proves nothing
+            raise StoreDamaged(self.component, f"{self.path} is damaged ({self.damage})")
 
         async def attempt() -> None:
             with self._lock, self._transaction() as conn:

@@ -36,6 +36,7 @@ from service.stores.sqlite import (
     SqliteTransaction,
     is_busy,
     outwaiting_writers,
+    store_failure,
 )
 from service.stores.unit_of_work import (
     Applied,
@@ -114,7 +115,9 @@ class SqliteUnitOfWork:
             conn.rollback()
             if is_busy(exc):  # waited out by ``outwaiting_writers``, which names the file
                 raise FileBusy(tx.component or components[-1], exc) from exc
-            raise StoreUnavailable(tx.component, str(exc)) from exc
+            if (store := self._stores.get(tx.component)) is not None:
+                store.note_damage(exc)
+            raise store_failure(tx.component, exc) from exc
         except BaseException:
             conn.rollback()
             raise

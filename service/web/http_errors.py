@@ -19,6 +19,7 @@ from service.chat.admission import ChatOverloaded
 from service.errors import (
     NO_ROUTE,
     CommitUnknown,
+    StoreDamaged,
     StorePaused,
     StoreUnavailable,
     UnknownAgent,
@@ -215,7 +216,13 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
         _stores_check_soon(request)
     verb = "are" if exc.several else "is"
     detail = f"{exc.stores} cannot be used right now; try again shortly"
-    if isinstance(exc, CommitUnknown):
+    if isinstance(exc, StoreDamaged):  # trying again only fails again
+        detail = (
+            f"{exc.stores} {verb} damaged ({exc.reason}): sending this again will not help; "
+            "ERS's operator rolls it back (ers backup rollback ID --components "
+            f"{' '.join(exc.components)})"
+        )
+    elif isinstance(exc, CommitUnknown):
         # Its expense may be stored: "try again" would ask for it twice.
         detail = (
             "the connection to the database was lost as this request's writes were being "
@@ -233,7 +240,8 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
             **({} if paused else _trace_of(span)),
         },
         status_code=503,
-        headers={"Retry-After": "1" if paused else "5"},
+        # No retry is asked of a damaged file's caller: it would only fail again.
+        headers={} if isinstance(exc, StoreDamaged) else {"Retry-After": "1" if paused else "5"},
     )
 
 

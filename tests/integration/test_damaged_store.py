@@ -1,0 +1,83 @@
+"""A store file whose pages SQLite finds damaged while the service runs, through a real
+`ers serve`: every budget chat failed with "try again shortly" (and Retry-After) while the
+stores check, the system test's store step and the readiness said the file was writable,
+since the write probe touches a page of its own. The damage is remembered from the failed
+call until a rollback puts another file in place."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ErsProcess, start_ers
+from tests.integration.test_cli import BACKUPS_ON
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ErsProcess]:
+    proc = start_ers(tmp_path, env=BACKUPS_ON)
+    proc.wait_for_backups()
+    yield proc
+    proc.stop()
+
+
+def damage_the_budget_tables(path: Path) -> None:
+    """Overwrite the root pages of the budget tables (not the probe's), after moving the
+    log's pages into the file so that they are read from it."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        roots = [
+            page
+            for (page,) in db.execute(
+                "SELECT rootpage FROM sqlite_master WHERE tbl_name IN ('budgets', 'expenses')"
+            )
+        ]
+    with path.open("r+b") as file:
+        for page in roots:
+            file.seek((page - 1) * size)
+            file.write(b"\xa5" * size)
+
+
+def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled_back(
+    service: ErsProcess, tmp_path: Path
+) -> None:
+    with httpx.Client(base_url=service.url, timeout=120) as http:
+        said = http.post("/chat", json={"message": "set my food budget to $100", "userId": "a"})
+        assert said.status_code == 200, said.text
+        made = http.post("/api/emergency/backups/create", json={})
+        assert made.status_code == 200, made.text
+        damage_the_budget_tables(tmp_path / "data" / "budgets.sqlite3")
+
+        failed = http.post("/chat", json={"message": "budget report", "userId": "a"})
+        assert failed.status_code == 503, failed.text
+        detail = failed.json()["detail"]
+        assert "the budgets store is damaged (database disk image is malformed)" in detail
+        assert "--components budgets" in detail and "try again" not in detail, detail
+        assert "retry-after" not in failed.headers
+        stores = http.get("/api/emergency/health").json()["checks"]["stores"]
+        assert stores["status"] == "unhealthy", stores
+        assert "is damaged (database disk image is malformed)" in stores["figures"]["budgets"]
+        tested = http.post("/api/emergency/test-system").json()
+        assert "store:budgets" in tested["failedSteps"], tested
+
+        rolled = http.post(
+            "/api/emergency/rollback",
+            json={"backupId": made.json()["backupId"], "components": ["budgets"]}
+            | {"confirm": True, "reason": "damaged"},
+        )
+        assert rolled.status_code == 200, rolled.text
+        report = http.post("/chat", json={"message": "budget report", "userId": "a"})
+        assert report.status_code == 200, report.text
+        stores = http.get("/api/emergency/health").json()["checks"]["stores"]
+        assert stores["figures"]["budgets"] == "writable", stores
+        tested = http.post("/api/emergency/test-system").json()
+        assert "store:budgets" not in tested["failedSteps"], tested
+
