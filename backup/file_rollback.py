@@ -171,16 +171,8 @@ class FileRollback:
                     )
                 )
                 files, ready = await asyncio.gather(self._verify(names, target), durable)
-                bad = [
-                    f"{f.component}: {f.integrity}, checksum {f.checksum_matches}"
-                    for f in files
-                    if not f.ok
-                ]
-                if bad:
-                    raise BackupError(
-                        f"restored files failed verification ({'; '.join(bad)}): the snapshot "
-                        "may be damaged, run a repository check"
-                    )
+                if bad := [f for f in files if not f.ok]:
+                    raise _unusable(snapshot, bad)
             return ready
 
         with self.workspace.scratch_next_to(live[names[0]]) as scratch:
@@ -218,6 +210,26 @@ class FileRollback:
             duration_seconds=time.monotonic() - started,
             kept_as_found=safety.as_found,
         )
+
+
+_CHECKSUM = {True: "checksum matches", False: "checksum differs", None: "no checksum recorded"}
+
+
+def _unusable(snapshot: Snapshot, bad: Sequence[FileVerification]) -> BackupError:
+    """The restored copies that fail their check: the rollback is refused when each is what
+    was backed up (its checksum matches, or none was recorded: the file was damaged when the
+    snapshot was taken, nothing is wrong with the repository), failed when one differs."""
+    said = "; ".join(f"{f.component}: {f.integrity}, {_CHECKSUM[f.checksum_matches]}" for f in bad)
+    if any(f.checksum_matches is False for f in bad):
+        return BackupError(
+            f"restored files failed verification ({said}): the repository may be damaged, run"
+            " a repository check"
+        )
+    return RollbackRefused(
+        f"snapshot {snapshot.short_id} holds a copy SQLite cannot read ({said}): it was "
+        "damaged when the snapshot was taken; pick an older snapshot (`ers backup "
+        "test-rollback ID` checks one)"
+    )
 
 
 def _refuse_kept_as_found(

@@ -7,14 +7,19 @@ call until a rollback puts another file in place."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sqlite3
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ErsProcess, start_ers
+from backup.index import tags_for
+from tests.conftest import ErsProcess, fail_the_budget_agent_once, start_ers
 from tests.integration.test_cli import BACKUPS_ON
 
 pytestmark = pytest.mark.integration
@@ -81,3 +86,50 @@ def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled
         tested = http.post("/api/emergency/test-system").json()
         assert "store:budgets" not in tested["failedSteps"], tested
 
+
+def test_a_rollback_to_a_snapshot_holding_a_damaged_copy_is_refused_not_an_incident(
+    service: ErsProcess, tmp_path: Path
+) -> None:
+    """The copy was damaged when the snapshot was taken (its checksum matches): before, a
+    503 "failed at step 'verify'" naming Python values (checksum None), and a high database
+    incident (the words "not a database") that put the system in degraded."""
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "budgets.sqlite3").write_bytes(b"not a database" * 100)
+    tags = [arg for tag in tags_for(["budgets"], "manual") for arg in ("--tag", tag)]
+    done = subprocess.run(
+        ["restic", "backup", "--json", ".", *tags],
+        cwd=made,
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": str(tmp_path / "repo"),
+            "RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    damaged = json.loads(done.stdout.splitlines()[-1])["snapshot_id"]
+    with httpx.Client(base_url=service.url, timeout=120) as http:
+        assert http.post("/api/emergency/backups/refresh").status_code == 200
+        refused = http.post(
+            "/api/emergency/rollback",
+            json={"backupId": damaged, "confirm": True, "reason": "r"},
+        )
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"] == (
+            f"snapshot {damaged[:8]} holds a copy SQLite cannot read (budgets: unreadable: file "
+            "is not a database, no checksum recorded): it was damaged when the snapshot was "
+            "taken; "
+            "pick an older snapshot (`ers backup test-rollback ID` checks one)"
+        )
+        # A failure after it, taken by the same pipeline after the refusal's span: the only
+        # incident there is.
+        fail_the_budget_agent_once(http)
+        for _ in range(100):
+            listed = http.get("/api/emergency/incidents").json()["incidents"]
+            if listed:
+                break
+            time.sleep(0.1)
+        assert [i["component"] for i in listed] == ["budget"], listed
