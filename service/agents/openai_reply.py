@@ -46,7 +46,6 @@ from service.agents.failure_kinds import (
     Truncated,
     failure_from_error_object,
 )
-from telemetry.redaction import without
 
 TOOL_CALL_REASONS = ("tool_calls", "function_call")
 # Cut off by a failure of the server's own, which another attempt may not meet.
@@ -57,7 +56,7 @@ LEADING_REASONING = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
 
 def completion_text(agent: str, status: int, document: Any, secrets: Sequence[str] = ()) -> str:
     """The answer's text, or the failure kind of a completion that holds none; ``secrets``
-    (what the request carried of a credential) are in no message and not in the answer."""
+    (what the request carried of a credential) are in no message."""
     choices = document.get("choices") if isinstance(document, dict) else None
     if not choices:
         error = document.get("error") if isinstance(document, dict) else None
@@ -113,11 +112,10 @@ def completion_text(agent: str, status: int, document: Any, secrets: Sequence[st
     if isinstance(content, list):
         if any(isinstance(part, dict) and part.get("type") == "refusal" for part in content):
             raise _refused(agent, status, "a content part of type refusal")
-        content = _text_of_parts(agent, status, content)
-    elif not isinstance(content, str):
+        return _without_reasoning(agent, status, _text_of_parts(agent, status, content))
+    if not isinstance(content, str):
         raise _broke(agent, status, "choices[0].message.content is not a string")
-    # Nor is the answer to hand the user the key (a gateway's debug echo of the request).
-    return without(_without_reasoning(agent, status, content), secrets)
+    return _without_reasoning(agent, status, content)
 
 
 def _without_reasoning(agent: str, status: int, text: str) -> str:

@@ -38,9 +38,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-import stat
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -49,6 +46,7 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from service.agents.attempt_span import AttemptSpans
+from service.agents.auth_file import read_auth_header
 from service.agents.base import AgentReply, AgentRequest
 from service.agents.failure_kinds import (
     CREDENTIALS_IN_AUTH_FILE,
@@ -67,11 +65,15 @@ from service.agents.openai_reply import completion_text
 from service.agents.reply_body import read_at_most
 from service.agents.specs import HttpAgentSpec
 from service.settings import SettingsError
-from telemetry.redaction import REDACTED, is_public_query_value, redacted_query, without
+from telemetry.redaction import (
+    REDACTED,
+    is_public_query_value,
+    is_secret_name,
+    redacted_query,
+    without,
+)
 
 log = logging.getLogger("ers.agents")
-# An auth file bigger than this holds no header value.
-MAX_AUTH_FILE_BYTES = 65_536
 # A reply bigger than this is not a chat answer.
 MAX_REPLY_BYTES = 1_048_576
 # What httpx's client sends on every request; the two encodings are those ``read_at_most``
@@ -84,8 +86,6 @@ HEADERS = httpx.Headers(
         "User-Agent": f"python-httpx/{httpx.__version__}",
     }
 )
-# What an auth header's value may hold: visible ASCII, spaces and tabs.
-HEADER_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
 
 
 class _AuthTransport(httpx.AsyncHTTPTransport):
@@ -102,56 +102,6 @@ class _AuthTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-def read_auth_header(
-    name: str, spec: HttpAgentSpec, *, private: bool = False
-) -> tuple[str, str] | None:
-    """The auth header (name, value) from ``spec.auth_file``, one trailing newline removed;
-    None without a file. With ``private`` (production), a file that group or others may
-    read is refused, as the restic password file is. Raises SettingsError naming the
-    setting and the file, never its text."""
-    if spec.auth_file is None:
-        return None
-    path = Path(spec.auth_file)
-    key = f"invalid setting 'agents.{name}.auth_file'"
-    try:
-        found = path.stat()
-        if not stat.S_ISREG(found.st_mode) or found.st_size > MAX_AUTH_FILE_BYTES:
-            # A device (/dev/zero) or a log file would be read into memory without end.
-            raise SettingsError(
-                f"{key}: {path} is not a small regular file; write the whole value of its "
-                f"{spec.auth_header} header to a file of its own"
-            )
-        mode = found.st_mode & 0o777
-        if private and mode & 0o077:
-            raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
-        value = path.read_text()
-    except OSError as exc:
-        where = path if path.is_absolute() else _relative(path)
-        raise SettingsError(
-            f"{key}: cannot read {where}: {exc.strerror}; write the whole value of its "
-            f"{spec.auth_header} header there"
-        ) from None
-    except UnicodeDecodeError:
-        raise SettingsError(f"{key}: {path} is not UTF-8 text") from None
-    if value.endswith("\n"):
-        value = value[:-1]
-        if value.endswith("\r"):
-            value = value[:-1]
-    if not value or "\n" in value or "\r" in value:
-        raise SettingsError(
-            f"{key}: {path} must hold one line, the whole value of its {spec.auth_header} "
-            "header (e.g. 'Bearer <token>')"
-        )
-    if not HEADER_VALUE.fullmatch(value):
-        # httpx would refuse it on every call, which the guard would take for an agent
-        # that cannot be reached.
-        raise SettingsError(
-            f"{key}: {path} holds characters a header cannot carry; only printable ASCII, "
-            "spaces and tabs"
-        )
-    return spec.auth_header, value
-
-
 def _next_steps(spec: HttpAgentSpec, url: httpx.URL) -> NextSteps:
     """What an error reply tells the operator to check: where the agent's credentials are,
     and which settings a 404 may point at (for openai, a model the server does not serve)."""
@@ -164,11 +114,6 @@ def _next_steps(spec: HttpAgentSpec, url: httpx.URL) -> NextSteps:
     else:
         credentials = NO_CREDENTIALS
     return NextSteps(credentials, settings)
-
-
-def _relative(path: Path) -> str:
-    # Not the settings file's folder: one beside ers.yaml is not found from elsewhere.
-    return f"{path} ({path.absolute()}; a relative path is read from the folder ers serve runs in)"
 
 
 class RemoteAgent:
@@ -298,16 +243,20 @@ class RemoteAgent:
             raise failure from None
         return response.status_code, response.headers, content
 
-    def _secrets(self) -> list[str]:
+    def _secrets(self, *, in_answer: bool = False) -> list[str]:
         """What the request carried that may be a credential, as an error reply could echo
         it: the auth header's value and its token after a scheme (Bearer), and the values of
         the URL's query (a key=...; not an api-version date, shown in the span's URL), those
-        of 4 characters or more."""
+        of 4 characters or more. An answer's words are left alone (team=support, a key
+        "test"): only values of 8 or more, the query's named as a credential (key=, token=)."""
         query = parse_qsl(self._url.query.decode("ascii"))
-        found = [value for name, value in query if not is_public_query_value(name, value)]
+        if in_answer:
+            found = [v for n, v in query if is_secret_name(n) or n.lower() in ("key", "sig")]
+        else:
+            found = [v for n, v in query if not is_public_query_value(n, v)]
         if (header := self._transport.header) is not None:
             found += [header[1], header[1].split(" ", 1)[-1]]
-        return [value for value in found if len(value) >= 4]
+        return [value for value in found if len(value) >= (8 if in_answer else 4)]
 
     def _without_secrets(self, exc: Exception) -> Exception:
         """``exc``, or one like it whose text no longer holds what the request carried of a
@@ -373,11 +322,11 @@ class RemoteAgent:
             # Arrays or objects nested deeper than the parser goes: not an answer either.
             raise self._bad("the reply's JSON is nested too deep") from None
         if self.spec.contract == "openai":
-            text = completion_text(self.name, status, document, self._secrets())
-            return AgentReply(content=text, agent=self.name)
-        if not isinstance(document, dict) or not isinstance(document.get("response"), str):
+            text, confidence = completion_text(self.name, status, document, self._secrets()), 1.0
+        elif not isinstance(document, dict) or not isinstance(document.get("response"), str):
             raise self._bad('the reply has no string "response"')
-        confidence = document.get("confidence", 1.0)
+        else:
+            text, confidence = document["response"], document.get("confidence", 1.0)
         if (
             isinstance(confidence, bool)
             or not isinstance(confidence, int | float)
@@ -387,7 +336,7 @@ class RemoteAgent:
         ):
             raise self._bad('"confidence" must be a number from 0 to 1')
         # A gateway's debug echo of the request is not to hand the user the agent's key.
-        text = without(document["response"], self._secrets())
+        text = without(text, self._secrets(in_answer=True))
         return AgentReply(content=text, agent=self.name, confidence=confidence)
 
     def _bad(self, why: str) -> BadResponse:

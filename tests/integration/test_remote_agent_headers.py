@@ -278,7 +278,8 @@ async def test_an_answer_that_echoes_the_agents_key_reaches_the_user_without_it(
 ) -> None:
     auth_file = tmp_path / "agent-auth"
     auth_file.write_text("sk-header-5e0b\n" if contract == "ers" else "Bearer sk-bearer-2c9d\n")
-    url = session_agent.removesuffix("/chat") + "/debug-echo?key=sk-query-a17f"
+    # A word of the query (team=support) is no credential: it stays in the answer.
+    url = session_agent.removesuffix("/chat") + "/debug-echo?key=sk-query-a17f&team=support"
     header = {"ers": {"auth_header": "X-Api-Key"}, "openai": {"model": "m"}}[contract]
     spec = HttpAgentSpec(url=url, contract=contract, auth_file=auth_file, **header)
     agent = RemoteAgent("remote", spec, default_timeout_s=5.0)
@@ -289,7 +290,7 @@ async def test_an_answer_that_echoes_the_agents_key_reaches_the_user_without_it(
     assert (
         reply.content
         == {
-            "ers": "sent REDACTED key=REDACTED",
-            "openai": "sent REDACTED with key=REDACTED",
+            "ers": "sent REDACTED key=REDACTED&team=support",
+            "openai": "sent REDACTED with key=REDACTED&team=support",
         }[contract]
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service.agents.auth_file import read_auth_header
 from service.agents.base import AgentRequest
 from service.agents.failure_kinds import (
     MAX_RETRY_AFTER_S,
@@ -19,7 +20,6 @@ from service.agents.failure_kinds import (
     failure_from_response,
     parse_retry_after,
 )
-from service.agents.remote import read_auth_header
 from service.agents.specs import HttpAgentSpec
 from service.errors import DependencyError
 from service.settings import SettingsError
