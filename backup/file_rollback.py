@@ -225,10 +225,15 @@ def _unusable(snapshot: Snapshot, bad: Sequence[FileVerification]) -> BackupErro
             f"restored files failed verification ({said}): the repository may be damaged, run"
             " a repository check"
         )
+    way_on = (
+        "leave it out with --components (a rollback's safety snapshot keeps a damaged file as"
+        " it was)"
+        if snapshot.reason == BackupReason.PRE_ROLLBACK
+        else "pick an older snapshot (`ers backup test-rollback ID` checks one)"
+    )
     return RollbackRefused(
         f"snapshot {snapshot.short_id} holds a copy SQLite cannot read ({said}): it was "
-        "damaged when the snapshot was taken; pick an older snapshot (`ers backup "
-        "test-rollback ID` checks one)"
+        f"damaged when the snapshot was taken; {way_on}"
     )
 
 

@@ -331,7 +331,12 @@ class BackupService:
             for store in stores:
                 store.open()
 
+        # A store a call found damaged is in the safety snapshot as it was: no undo for it.
+        damaged = {name for name in names if getattr(self.stores.by_component()[name], "damage", 0)}
         result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
+        if damaged - set(result.kept_as_found):
+            kept = tuple(sorted({*result.kept_as_found, *damaged}))
+            result = dataclasses.replace(result, kept_as_found=kept)
         notes: list[str] = []
         for name in [name for name in names if name in self._restored_with]:
             try:

@@ -149,8 +149,10 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._paused_reason: str | None = None
-        # What SQLite said of the file's damage, until a rollback's swap opens another file.
+        # What SQLite said of the file's damage, and the file (device, inode) it said it of:
+        # kept until another file is opened at the path (a rollback's swap).
         self.damage: str | None = None
+        self._damaged_file: tuple[int, int] | None = None
         # The checkpointer's own connection, opened and closed under its lock.
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
@@ -174,7 +176,9 @@ class SqliteStore:
                 raise StoreUnavailable(self.component, f"cannot open {self.path}: {exc}") from exc
             conn.execute("PRAGMA busy_timeout=0")
             self._conn = conn
-            self._paused_reason = self.damage = None
+            self._paused_reason = None
+            if self.damage is not None and self._damaged_file != _file_of(self.path):
+                self.damage = None  # a refused or failed rollback reopens the same file
         CHECKPOINTER.add(self)
 
     def _connect(self) -> sqlite3.Connection:
@@ -278,7 +282,7 @@ class SqliteStore:
     def note_damage(self, exc: sqlite3.Error) -> None:
         """Remember a damaged file, which the write probe (one page of its own) may miss."""
         if not_a_database(exc):
-            self.damage = str(exc)
+            self.damage, self._damaged_file = str(exc), _file_of(self.path)
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
         """One statement in its own transaction, under the store's lock."""
@@ -346,3 +350,11 @@ class SqliteStore:
                 conn.execute("DELETE FROM _probe")
 
         await outwaiting_writers(self.component, attempt)
+
+
+def _file_of(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino

@@ -117,3 +117,27 @@ def test_a_damaged_file_is_told_by_its_extended_codes_too() -> None:
     busy = sqlite3.OperationalError("database is locked")
     busy.sqlite_errorcode = 5
     assert not not_a_database(busy) and not not_a_database(OSError(26, "x"))
+
+
+def test_a_copy_of_damaged_pages_is_refused_unless_kept_as_found(tmp_path: Path) -> None:
+    """SQLite's backup API copies a damaged page as it is: the snapshot of it was listed as
+    a restore point, and only a test rollback found it."""
+    source = tmp_path / "budgets.sqlite3"
+    with sqlite3.connect(source) as db:
+        db.execute("CREATE TABLE expenses (id INTEGER PRIMARY KEY, note TEXT)")
+        db.executemany("INSERT INTO expenses (note) VALUES (?)", [("x" * 200,)] * 200)
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'expenses'"
+        ).fetchone()
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with source.open("r+b") as file:
+        file.seek(root * size)  # the table's second page: the file still opens
+        file.write(b"\xa5" * size)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(StagingFailed, match=r"budgets.sqlite3 is damaged \(.+\): not backed up"):
+        stage_component("budgets", source, staging)
+    assert list(staging.iterdir()) == []
+    kept = stage_component("budgets", source, staging, as_found=True)
+    assert kept.path.stat().st_size == source.stat().st_size  # the safety copy: kept

@@ -51,6 +51,28 @@ def damage_the_budget_tables(path: Path) -> None:
             file.write(b"\xa5" * size)
 
 
+def a_snapshot_of_a_damaged_copy(tmp_path: Path) -> str:
+    """A snapshot of budgets made by hand with restic from a file that is no database."""
+    made = tmp_path / "made"
+    made.mkdir(exist_ok=True)
+    (made / "budgets.sqlite3").write_bytes(b"not a database" * 100)
+    tags = [arg for tag in tags_for(["budgets"], "manual") for arg in ("--tag", tag)]
+    done = subprocess.run(
+        ["restic", "backup", "--json", ".", *tags],
+        cwd=made,
+        env={
+            **os.environ,
+            "RESTIC_REPOSITORY": str(tmp_path / "repo"),
+            "RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout.splitlines()[-1])["snapshot_id"])
+
+
 def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled_back(
     service: ErsProcess, tmp_path: Path
 ) -> None:
@@ -72,6 +94,20 @@ def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled
         assert "is damaged (database disk image is malformed)" in stores["figures"]["budgets"]
         tested = http.post("/api/emergency/test-system").json()
         assert "store:budgets" in tested["failedSteps"], tested
+        # Before: a snapshot of the damaged pages, exit 0, listed as a restore point.
+        backup = http.post("/api/emergency/backups/create", json={"type": "budgets"})
+        assert backup.status_code == 503, backup.text
+        assert "budgets.sqlite3 is damaged (" in backup.json()["detail"], backup.text
+        assert "not backed up" in backup.json()["detail"], backup.text
+        # A rollback turned away reopens the same file: still damaged (before: "writable").
+        unusable = a_snapshot_of_a_damaged_copy(tmp_path)
+        assert http.post("/api/emergency/backups/refresh").status_code == 200
+        refused = http.post(
+            "/api/emergency/rollback", json={"backupId": unusable, "confirm": True, "reason": "r"}
+        )
+        assert refused.status_code == 409, refused.text
+        stores = http.get("/api/emergency/health").json()["checks"]["stores"]
+        assert "is damaged" in stores["figures"]["budgets"], stores
 
         rolled = http.post(
             "/api/emergency/rollback",
@@ -79,6 +115,14 @@ def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled
             | {"confirm": True, "reason": "damaged"},
         )
         assert rolled.status_code == 200, rolled.text
+        # Its safety snapshot keeps the damaged pages, which no rollback can put back.
+        assert rolled.json()["keptAsFound"] == ["budgets"], rolled.text
+        back = http.post(
+            "/api/emergency/rollback",
+            json={"backupId": rolled.json()["safetyBackupId"], "confirm": True, "reason": "r"},
+        )
+        assert back.status_code == 409, back.text
+        assert "damaged when the snapshot was taken; leave it out with --components" in back.text
         report = http.post("/chat", json={"message": "budget report", "userId": "a"})
         assert report.status_code == 200, report.text
         stores = http.get("/api/emergency/health").json()["checks"]["stores"]
@@ -93,24 +137,7 @@ def test_a_rollback_to_a_snapshot_holding_a_damaged_copy_is_refused_not_an_incid
     """The copy was damaged when the snapshot was taken (its checksum matches): before, a
     503 "failed at step 'verify'" naming Python values (checksum None), and a high database
     incident (the words "not a database") that put the system in degraded."""
-    made = tmp_path / "made"
-    made.mkdir()
-    (made / "budgets.sqlite3").write_bytes(b"not a database" * 100)
-    tags = [arg for tag in tags_for(["budgets"], "manual") for arg in ("--tag", tag)]
-    done = subprocess.run(
-        ["restic", "backup", "--json", ".", *tags],
-        cwd=made,
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(tmp_path / "repo"),
-            "RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    damaged = json.loads(done.stdout.splitlines()[-1])["snapshot_id"]
+    damaged = a_snapshot_of_a_damaged_copy(tmp_path)
     with httpx.Client(base_url=service.url, timeout=120) as http:
         assert http.post("/api/emergency/backups/refresh").status_code == 200
         refused = http.post(
