@@ -128,7 +128,8 @@ class Restic:
                 # restic would retry its lock file for about 45 s, then fail with a stack trace.
                 raise RepositoryReadOnly(f"{read_only}, then try again")
             # A snapshot's files are read without the lock a read-only repository cannot
-            # take (a test rollback, a drill); nothing here can prune them meanwhile.
+            # take (a test rollback, a drill): ERS cannot prune it meanwhile (a prune by
+            # another owner could, and the read then fails as on a damaged repository).
             args = [args[0], "--no-lock", *args[1:]]
         try:
             return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)

@@ -295,8 +295,10 @@ def _told_when_interrupted(waiting: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        changes = waiting in ("rolling back", "backing up", "restic prune", "initialising")
+        see = "; see how it ends with `ers audit` and `ers backup list`" if changes else ""
         raise CliError(
-            f"interrupted: only this command stopped waiting; the service goes on {waiting} "
-            "if it received the request: see how it ends with `ers audit` and `ers backup list`",
+            f"interrupted: only this command stopped waiting ({waiting}); the service finishes"
+            f" the work if it received the request{see}",
             130,
         ) from None

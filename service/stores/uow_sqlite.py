@@ -128,7 +128,7 @@ class SqliteUnitOfWork:
                 # Stored, and not to be taken back: the reply that reports it is the truth
                 # (a 503 would ask for a retry that records it again).
                 return Applied(turn_id=None, profile=applied.profile)
-            raise StoreUnavailable(" and ".join(components), str(exc)) from exc
+            raise store_failure(" and ".join(components), exc) from exc
         return applied
 
     def _shared_connection(self) -> sqlite3.Connection | None:
@@ -170,7 +170,7 @@ class SqliteUnitOfWork:
                 conn.execute(f"PRAGMA ers_{name}.synchronous=NORMAL")
             except sqlite3.Error as exc:
                 conn.close()
-                raise StoreUnavailable(name, str(exc)) from exc
+                raise store_failure(name, exc) from exc
         return conn
 
     def _expense_stands(self, conn: sqlite3.Connection, unit: Unit, cause: Exception) -> bool:
