@@ -190,11 +190,12 @@ def backed_up_fleet(
 
 
 def run_restic(
-    repository: Path, password_file: Path, *args: str, timeout: float = 120
+    repository: Path, password_file: Path, *args: str, timeout: float = 120, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``restic args`` on ``repository``, as a person would run it; judged by the caller."""
     return subprocess.run(
         ["restic", *args],
+        cwd=cwd,
         env={
             **os.environ,
             "RESTIC_REPOSITORY": str(repository),

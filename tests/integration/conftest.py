@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from backup import BackupConfig, BackupManager, RepositoryConfig, init_repository
+from tests.conftest import ErsProcess, start_ers
 
 COMPONENTS = ("conversations", "budgets", "profiles", "incidents")
 
@@ -115,3 +116,14 @@ async def manager(
 ) -> AsyncIterator[BackupManager]:
     config = BackupConfig(components=state_files, work_dir=tmp_path / "work")
     yield await BackupManager.open(repository_config, config)
+
+
+@pytest.fixture
+def backups_service(tmp_path: Path) -> Iterator[ErsProcess]:
+    """A real ``ers serve`` with backups on and no schedule, its repository made."""
+    proc = start_ers(
+        tmp_path, env={"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
+    )
+    proc.wait_for_backups()
+    yield proc
+    proc.stop()

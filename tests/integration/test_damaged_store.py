@@ -8,29 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from backup.index import tags_for
-from tests.conftest import ErsProcess, fail_the_budget_agent_once, start_ers
-from tests.integration.test_cli import BACKUPS_ON
+from tests.conftest import ErsProcess, fail_the_budget_agent_once, run_restic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ErsProcess]:
-    proc = start_ers(tmp_path, env=BACKUPS_ON)
-    proc.wait_for_backups()
-    yield proc
-    proc.stop()
 
 
 def damage_the_budget_tables(path: Path) -> None:
@@ -57,26 +45,16 @@ def a_snapshot_of_a_damaged_copy(tmp_path: Path) -> str:
     made.mkdir(exist_ok=True)
     (made / "budgets.sqlite3").write_bytes(b"not a database" * 100)
     tags = [arg for tag in tags_for(["budgets"], "manual") for arg in ("--tag", tag)]
-    done = subprocess.run(
-        ["restic", "backup", "--json", ".", *tags],
-        cwd=made,
-        env={
-            **os.environ,
-            "RESTIC_REPOSITORY": str(tmp_path / "repo"),
-            "RESTIC_PASSWORD_FILE": str(tmp_path / "restic-password"),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    repository, password = tmp_path / "repo", tmp_path / "restic-password"
+    done = run_restic(repository, password, "backup", "--json", ".", *tags, cwd=made)
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout.splitlines()[-1])["snapshot_id"])
 
 
 def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled_back(
-    service: ErsProcess, tmp_path: Path
+    backups_service: ErsProcess, tmp_path: Path
 ) -> None:
-    with httpx.Client(base_url=service.url, timeout=120) as http:
+    with httpx.Client(base_url=backups_service.url, timeout=120) as http:
         said = http.post("/chat", json={"message": "set my food budget to $100", "userId": "a"})
         assert said.status_code == 200, said.text
         made = http.post("/api/emergency/backups/create", json={})
@@ -132,13 +110,13 @@ def test_a_damaged_store_is_named_by_the_health_and_the_system_test_until_rolled
 
 
 def test_a_rollback_to_a_snapshot_holding_a_damaged_copy_is_refused_not_an_incident(
-    service: ErsProcess, tmp_path: Path
+    backups_service: ErsProcess, tmp_path: Path
 ) -> None:
     """The copy was damaged when the snapshot was taken (its checksum matches): before, a
     503 "failed at step 'verify'" naming Python values (checksum None), and a high database
     incident (the words "not a database") that put the system in degraded."""
     damaged = a_snapshot_of_a_damaged_copy(tmp_path)
-    with httpx.Client(base_url=service.url, timeout=120) as http:
+    with httpx.Client(base_url=backups_service.url, timeout=120) as http:
         assert http.post("/api/emergency/backups/refresh").status_code == 200
         refused = http.post(
             "/api/emergency/rollback",

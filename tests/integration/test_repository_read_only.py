@@ -6,31 +6,21 @@ still works."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ErsProcess, start_ers
-from tests.integration.test_cli import BACKUPS_ON
+from tests.conftest import ErsProcess
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ErsProcess]:
-    proc = start_ers(tmp_path, env=BACKUPS_ON)
-    proc.wait_for_backups()
-    yield proc
-    proc.stop()
-
-
 def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
-    service: ErsProcess, tmp_path: Path, immutable: list[Path]
+    backups_service: ErsProcess, tmp_path: Path, immutable: list[Path]
 ) -> None:
     locks = tmp_path / "repo" / "locks"
-    with httpx.Client(base_url=service.url, timeout=180) as http:
+    with httpx.Client(base_url=backups_service.url, timeout=180) as http:
         made = http.post("/api/emergency/backups/create", json={})
         assert made.status_code == 200, made.text
         backup_id = made.json()["backupId"]
@@ -66,7 +56,7 @@ def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
 
 
 def test_a_repository_the_password_no_longer_opens_is_unavailable_in_the_status(
-    service: ErsProcess, tmp_path: Path
+    backups_service: ErsProcess, tmp_path: Path
 ) -> None:
     """A local repository's status looks at its config file, which opens without the
     password: the count was shown ("backups 1, last ...") while the repository check found
@@ -74,7 +64,7 @@ def test_a_repository_the_password_no_longer_opens_is_unavailable_in_the_status(
     found, by the check or by the status's own look every 10 s, is what the status says."""
     password = tmp_path / "restic-password"
     good = password.read_text()
-    with httpx.Client(base_url=service.url, timeout=180) as http:
+    with httpx.Client(base_url=backups_service.url, timeout=180) as http:
         assert http.post("/api/emergency/backups/create", json={}).status_code == 200
         status = http.get("/api/emergency/status").json()["backups"]
         assert status.get("error") is None and status["available"] == 1, status
