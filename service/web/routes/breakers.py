@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.chat.holds import with_ended_holds
+from service.incidents.model import IncidentNotFound, IncidentStoreUnavailable
+from service.incidents.service import IncidentService
 from service.resilience.breaker import CircuitBreaker, ResetRefused
-from service.resilience.breaker_open import MAX_FORCE_OPEN_S
+from service.resilience.breaker_open import MAX_FORCE_OPEN_S, Forcing
 from service.resilience.state_keeper import StateKeeper
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Keeper, Team
+from service.web.deps import Incidents, Keeper, Team
 from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import AnyNumber, JsonBool, Reason
 
+log = logging.getLogger("ers.breakers")
 router = APIRouter(
     route_class=JsonRoute,
     prefix="/api/emergency",
@@ -44,6 +49,22 @@ async def changed(keeper: StateKeeper, breaker: CircuitBreaker, message: str) ->
     if problem is not None:
         message += f"; not saved across restarts yet ({problem}), retried in the background"
     return {"message": message, "saved": problem is None, "breaker": breaker.snapshot()}
+
+
+async def note_lifted(
+    incidents: IncidentService, forcing: Forcing | None, breaker: CircuitBreaker, who: str
+) -> None:
+    """A note on the incident an isolation was for, once an operator's action lifted it (the
+    incident read "mitigated: agent isolated" with nothing to say it no longer was)."""
+    if forcing is None or forcing.incident is None or breaker.forcing is forcing:
+        return
+    note = f"the isolation of {breaker.name} was lifted by {who}: it takes calls again"
+    try:
+        await asyncio.to_thread(
+            incidents.store.add_timeline, forcing.incident, "note", note, who, {}
+        )
+    except (IncidentNotFound, IncidentStoreUnavailable) as exc:
+        log.warning("could not note on %s that %s: %s", forcing.incident, note, exc)
 
 
 def guard_snapshot(guard: Any) -> dict[str, Any]:
@@ -84,9 +105,15 @@ async def get_breaker(name: str, team: Team) -> dict[str, Any]:
 
 @router.post("/circuit-breaker/{name}/reset", responses=errors(404, 409))
 async def reset_breaker(
-    name: str, team: Team, keeper: Keeper, who: AdminAuth, body: ResetRequest | None = None
+    name: str,
+    team: Team,
+    keeper: Keeper,
+    incidents: Incidents,
+    who: AdminAuth,
+    body: ResetRequest | None = None,
 ) -> dict[str, Any]:
     guard = team.get(name)
+    forcing = guard.breaker.forcing
     force = body.force if body is not None else False
     # The cause may be gone although the last failure is recent: the probe asks now.
     probe = None if force else await guard.probe()
@@ -107,6 +134,7 @@ async def reset_breaker(
         )
     except ResetRefused as refused:
         raise HTTPException(status.HTTP_409_CONFLICT, str(refused)) from None
+    await note_lifted(incidents, forcing, guard.breaker, who)
     return {"reset": True, "force": force, **await changed(keeper, guard.breaker, message)}
 
 
@@ -123,20 +151,27 @@ async def force_open_breaker(
 
 
 @router.post("/circuit-breaker/{name}/release", responses=errors(404))
-async def release_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
+async def release_breaker(
+    name: str, team: Team, keeper: Keeper, incidents: Incidents, who: AdminAuth
+) -> dict[str, Any]:
     guard = team.get(name)
+    forcing = guard.breaker.forcing
     message = with_ended_holds(guard, lambda: guard.breaker.release(source=who))
+    await note_lifted(incidents, forcing, guard.breaker, who)
     return await changed(keeper, guard.breaker, message)
 
 
 @router.post("/circuit-breaker/{name}/disable", responses=errors(404))
-async def disable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
+async def disable_breaker(
+    name: str, team: Team, keeper: Keeper, incidents: Incidents, who: AdminAuth
+) -> dict[str, Any]:
     """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
     guard = team.get(name)
-    forced = guard.breaker.snapshot().get("forced")
+    forcing = guard.breaker.forcing
     message = guard.breaker.disable(source=who)
-    if forced and guard.breaker.state.value == "disabled":  # the forced open is gone
-        message += f"; its forced open by {forced.get('source')} is lifted"
+    if forcing and guard.breaker.state.value == "disabled":  # the forced open is gone
+        message += f"; its forced open by {forcing.source} is lifted"
+        await note_lifted(incidents, forcing, guard.breaker, who)
     return await changed(keeper, guard.breaker, message)
 
 
