@@ -9,6 +9,10 @@ has to move. A call cut this way raises ``TimeoutError`` in the caller, as async
 No timer cuts a call while it runs without a pause (a ``time.sleep``, a synchronous read):
 one whose last step alone took longer than its limit raises ``HeldTheLoop`` as it ends, so
 that it is a failure of the agent, not a success that held every other request up.
+
+A call that catches its cut and goes on holds the calls around it past their own limits: when
+one of theirs cuts it there, the overrun is the inner call's, which fails with ``TimeoutError``
+for its own limit, and the limits around it are taken back.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class DeadlineWatchdog:
 
     def __init__(self) -> None:
         self._pending: dict[_Deadline, None] = {}
+        # Deadlines that expired while their call has not ended yet, by task: inner last.
+        self._cut: dict[asyncio.Task[object], list[_Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +126,7 @@ class DeadlineWatchdog:
             # A new event loop (tests run one per test): the old loop's timer will never fire.
             self._loop, self._timer, self._timer_at = loop, None, float("inf")
             self._pending.clear()
+            self._cut.clear()
         # The loop's clock is time.monotonic, so a deadline taken from either agrees.
         deadline = _Deadline(task, started + timeout_s)
         self._pending[deadline] = None
@@ -132,6 +139,7 @@ class DeadlineWatchdog:
             waited_on = cut_waiting(task, deadline.at, timeout_s / 2)
             if not deadline.expired:  # the task's cancellation, or the call's own
                 _raise_own(cut)
+            self._take_back_outer_cuts(task, deadline)
             if task.uncancel() == 0:
                 if waited_on is not None:
                     limit = _limit(timeout_s, budget_s)
@@ -145,9 +153,32 @@ class DeadlineWatchdog:
             raise
         finally:
             self._pending.pop(deadline, None)
+            if deadline.expired:
+                self._forget_cut(task, deadline)
         if deadline.expired:  # the call caught its cut and answered: taken back
             task.uncancel()
         return result
+
+    def _take_back_outer_cuts(self, task: asyncio.Task[object], deadline: _Deadline) -> None:
+        """The call of ``deadline`` overran its limit, caught that cut and went on until the
+        limit of a call around it cut it too (an agent's ``except BaseException``, under the
+        router's limit). When nothing but such limits cancelled the task, the overrun is
+        this call's: theirs are taken back, so the call fails for its own limit (its breaker,
+        its fallbacks) and the calls around it go on, instead of the router's timeout
+        isolating the router for an agent's fault."""
+        outer = [cut for cut in self._cut.get(task, ()) if cut is not deadline]
+        if outer and task.cancelling() == 1 + len(outer):
+            for cut in outer:
+                cut.expired = False
+                self._forget_cut(task, cut)
+                task.uncancel()
+
+    def _forget_cut(self, task: asyncio.Task[object], deadline: _Deadline) -> None:
+        cuts = self._cut.get(task)
+        if cuts is not None and deadline in cuts:
+            cuts.remove(deadline)
+            if not cuts:
+                del self._cut[task]
 
     @property
     def in_flight(self) -> int:
@@ -167,6 +198,7 @@ class DeadlineWatchdog:
             if deadline.at <= now:
                 del self._pending[deadline]
                 deadline.expired = True
+                self._cut.setdefault(deadline.task, []).append(deadline)
                 deadline.task.cancel()
             elif deadline.at < earliest:
                 earliest = deadline.at

@@ -516,6 +516,45 @@ def test_the_service_answers_while_a_restarted_agents_factory_is_building(
     assert restarted is not None and restarted["data"]["result"] == "success", restarted
 
 
+def test_an_agent_that_catches_its_cut_fails_itself_not_the_router(tmp_path: Path) -> None:
+    """An agent that caught the cancellation of its call and went on was cut by the router's
+    limit instead: the router's timeout isolated the router, so every chat of every user got
+    the generic "recovering" answer for two minutes, while the agent's breaker counted
+    nothing and its fallback was never asked."""
+    agents = {
+        **BUILT_IN,
+        "my_coach": {
+            "kind": "python",
+            "factory": f"{HELPERS}:catches_its_cut_once",
+            "fallbacks": ["workout"],
+        },
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "my_coach"})
+    env = {"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT), "ERS_AGENT_TIMEOUT_S": "1"}
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+            cut = http.post("/chat", json={"message": "make me a workout plan", "userId": "u"})
+            after = http.post("/chat", json={"message": "what should I eat?", "userId": "v"})
+            breakers = http.get("/api/emergency/circuit-breakers").json()["breakers"]
+            deadline = time.monotonic() + 15  # spans are classified off the chat's path
+            while not (incidents := http.get("/api/emergency/incidents").json()["incidents"]):
+                assert time.monotonic() < deadline, "no incident was opened"
+                time.sleep(0.2)
+    finally:
+        assert ers.stop() == 0, ers.log()[-4000:]
+    assert cut.status_code == 200, cut.text
+    body = cut.json()
+    assert body["agent"] == "my_coach" and body["recovery"]["via"] == "workout", body
+    assert after.status_code == 200 and after.json()["agent"] == "nutrition", after.text
+    assert after.json()["emergency"] is False, after.text
+    assert breakers["router"]["state"] == "closed", breakers["router"]
+    assert breakers["router"]["failureCount"] == 0, breakers["router"]
+    assert breakers["my_coach"]["failureCount"] == 1, breakers["my_coach"]
+    assert {i["component"] for i in incidents} == {"my_coach"}, incidents
+    assert incidents[0]["exceptionType"] == "TimeoutError", incidents[0]
+
+
 @pytest.mark.parametrize("factory", ["uncancellable", "thread_stuck"])
 def test_a_sigterm_ends_the_service_though_an_agent_never_lets_its_call_go(
     tmp_path: Path, factory: str

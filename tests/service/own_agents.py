@@ -269,6 +269,22 @@ def uncancellable(name: str, stores: Stores) -> UncancellableCoach:
     return UncancellableCoach(name)
 
 
+class CatchesItsCutOnce(Coach):
+    """Catches the cancellation of its call once and goes on, for longer than the router's
+    limit (``except BaseException:`` around an await, then a slow cleanup)."""
+
+    async def handle(self, request: AgentRequest) -> AgentReply:
+        try:
+            await asyncio.sleep(3600)
+        except BaseException:
+            await asyncio.sleep(60)
+        return AgentReply("too late", self.name)
+
+
+def catches_its_cut_once(name: str, stores: Stores) -> CatchesItsCutOnce:
+    return CatchesItsCutOnce(name)
+
+
 def takes_settings(name: str, stores: Stores, settings: dict[str, str]) -> Coach:
     return Coach(name)
 

@@ -230,3 +230,48 @@ async def test_an_agents_own_cancelled_error_thrown_in_while_it_waits_is_its_fai
     with pytest.raises(RaisedBaseException):
         await DeadlineWatchdog().run(awaits_a_cancelled_helper(), 1.0)
     assert asyncio.current_task().cancelling() == 0
+
+
+async def keeps_going_when_cut(for_s: float) -> str:
+    try:
+        await asyncio.sleep(5)
+    except BaseException:  # an agent that catches its cut, as the README warns against
+        await asyncio.sleep(for_s)
+    return "late"
+
+
+async def test_a_call_that_ignores_its_cut_fails_for_its_own_limit_not_the_callers() -> None:
+    """An agent that caught its cut ran on until the router's limit cut it there: the
+    router's call failed with TimeoutError (its breaker, an incident isolating the router,
+    every chat's generic answer) and the agent's own fallbacks never answered."""
+    watchdog = DeadlineWatchdog()
+
+    async def router() -> str:
+        try:
+            return await watchdog.run(keeps_going_when_cut(5), 0.05)
+        except TimeoutError as exc:
+            assert "0.05 s" in str(exc)
+            return "fallback"
+
+    assert await watchdog.run(router(), 0.2) == "fallback"
+    assert asyncio.current_task().cancelling() == 0
+    # The router's own limit still holds for its own next call.
+    with pytest.raises(TimeoutError):
+        await watchdog.run(sleeps(5), 0.05)
+
+
+async def test_a_caught_cut_under_an_outside_cancellation_stays_cancelled() -> None:
+    """The task's own cancellation (a client gone, a shutdown) is no limit to take back."""
+    watchdog = DeadlineWatchdog()
+
+    async def router() -> str:
+        return await watchdog.run(keeps_going_when_cut(5), 0.05)
+
+    async def chat() -> str:
+        return await watchdog.run(router(), 0.2)
+
+    task = asyncio.ensure_future(chat())
+    await asyncio.sleep(0.1)  # the agent's limit cut it, and it went on
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
