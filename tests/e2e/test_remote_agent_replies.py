@@ -100,7 +100,7 @@ NO_ANSWER = {
     "content_filter": ("content_filter", "remote-content-filter", False),
     "refusal": ("refusal", "remote-refusal", False),
     "tool_calls": ("tool_calls", "remote-tool-calls", True),
-    "error_object": ("bad_response", "remote-bad-response", True),
+    "error_object": ("bad_response", "bad-response", True),
 }
 
 
@@ -173,7 +173,7 @@ def test_openai_completions_without_an_answer_fall_back_each_as_its_kind(
     assert "output token limit" in incidents["remote-truncated"]["message"]
     assert incidents["remote-truncated"]["classification"]["severity"] == "medium"
     assert "ERS sends no tools" in incidents["remote-tool-calls"]["message"]
-    assert "error object (invalid_request_error)" in incidents["remote-bad-response"]["message"]
+    assert "error object (invalid_request_error)" in incidents["bad-response"]["message"]
     assert "sorry" not in incidents["remote-refusal"]["message"]
     # Only the tool call and the error object counted against the breaker.
     assert counted == {"refused": 3, "failure": 2}, counted

@@ -39,7 +39,7 @@ def remote_failure(kind: str, exception: str, message: str, **attributes: object
         ("bad_request", "BadRequest", "remote-bad-request", "medium", "LOG_ONLY"),
         ("client_error", "ClientError", "remote-client-error", "high", "LOG_ONLY"),
         ("tool_calls", "ToolCallRequested", "remote-tool-calls", "high", "LOG_ONLY"),
-        ("bad_response", "BadResponse", "remote-bad-response", "high", "LOG_ONLY"),
+        ("bad_response", "BadResponse", "bad-response", "high", "LOG_ONLY"),
         ("server_error", "ServerError", "remote-server-error", "high", "SERVICE_DEGRADATION"),
         ("timeout", "RemoteTimeout", "remote-timeout", "medium", "AGENT_FAILURE"),
         ("connection", "AgentUnreachable", "remote-unreachable", "high", "SERVICE_DEGRADATION"),
