@@ -9,7 +9,6 @@ automatic rollback off.
 
 from __future__ import annotations
 
-import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -40,14 +39,11 @@ from service.config_checks import (
     blank_to_none,
     check_database_url,
     check_open_durations,
-    check_private_file,
     check_trace_link,
     config_path,
     read_token_file,
     refuse_blank,
     refuse_boolean_number,
-    token_needed,
-    unknown_variables,
 )
 from service.settings_errors import describe_validation_error
 
@@ -304,6 +300,18 @@ class Settings(BaseSettings):
 
     _open_durations_fit = model_validator(mode="after")(check_open_durations)
 
+    @field_validator("restic_password_file")
+    @classmethod
+    def _password_file_not_a_folder(cls, path: Path) -> Path:
+        # A missing one is made at the first start; a folder ran the service degraded, its
+        # repository retried each second for good.
+        if path.is_dir():
+            raise ValueError(
+                f"{path} is a directory; point ERS_RESTIC_PASSWORD_FILE at the file holding "
+                "the repository's password (ERS makes it at the first start if it is missing)"
+            )
+        return path
+
     _blank_token_is_none = field_validator("admin_token", "alert_token", "intake_token")(
         blank_to_none
     )
@@ -327,48 +335,6 @@ class Settings(BaseSettings):
     def token(self, name: str) -> str | None:
         secret: SecretStr | None = getattr(self, f"{name}_token")
         return secret.get_secret_value() if secret is not None else None
-
-
-def check_production(settings: Settings) -> None:
-    """Production refuses to start without its tokens, with a password or token file that
-    others can read, with fault injection on, or beside an ERS_ variable that names no
-    setting."""
-    if settings.env is not Environment.PRODUCTION:
-        return
-    # Every missing token at once: one start to learn them all, not one per token.
-    if missing := [n for n in ("admin", "alert", "intake") if settings.token(n) is None]:
-        needed = "; and ".join(token_needed(settings, name) for name in missing)
-        them = "them" if len(missing) > 1 else "it"
-        raise SettingsError(f"production needs {needed}; set {them} before starting")
-    if settings.fault_injection_enabled:
-        raise SettingsError(
-            "invalid setting 'fault_injection_enabled': fault injection is never allowed in "
-            "production; unset it"
-        )
-    check_private_file(
-        "restic password file",
-        settings.restic_password_file,
-        f"production needs the restic password file {settings.restic_password_file}; "
-        "create it with mode 0600",
-    )
-    if settings.offsite_password_file is not None:
-        gone = f"production needs the off-host password file {settings.offsite_password_file}"
-        check_private_file("off-host password file", settings.offsite_password_file, gone)
-    # The alert token is left out: Alertmanager, another user, reads the same file (see
-    # deploy/secrets/README.md).
-    for name in ("admin", "intake"):
-        path: Path | None = getattr(settings, f"{name}_token_file")
-        if path is not None:
-            check_private_file(
-                f"{name} token file", path, f"invalid setting '{name}_token_file': {path} is gone"
-            )
-    # Elsewhere a log line says so; a production replica started with ERS_DATABSE_URL would
-    # run on SQLite files of its own, beside the fleet's database.
-    if unknown := unknown_variables(os.environ, Settings.model_fields):
-        raise SettingsError(
-            f"{'; '.join(unknown)}: production does not start beside such a variable; "
-            "correct or unset it"
-        )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ that ``GET /metrics`` renders. Traces go to an OTLP/HTTP exporter only when
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("ers.telemetry")
 
 INSTRUMENTATION_SCOPE = "ers"
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -89,6 +92,11 @@ def build_telemetry(
         }
     )
     sampler = None if enabled else ParentBased(ALWAYS_OFF)
+    if not enabled:
+        log.warning(
+            "telemetry is off: no spans, so no failing call becomes an incident and nothing "
+            "responds to one; /metrics has no request, chat or agent figures for the alert rules"
+        )
     tracer_provider = (
         TracerProvider(resource=resource)
         if sampler is None

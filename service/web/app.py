@@ -60,17 +60,13 @@ from service.resilience.system_state import (  # noqa: E402
     SystemStateMachine,
     tick_state,  # noqa: E402
 )
-from service.settings import (  # noqa: E402
-    Settings,
-    SettingsError,
-    check_production,
-    load_settings,
-)
+from service.settings import Settings, SettingsError, load_settings  # noqa: E402
 from service.tasks import run_in_background  # noqa: E402
 from service.web import http_errors, openapi  # noqa: E402
 from service.web.body_limit import BodySizeLimit  # noqa: E402
 from service.web.http_telemetry import HttpTelemetry, request_durations  # noqa: E402
 from service.web.kept_traces import KeptTraces  # noqa: E402
+from service.web.production import check_production  # noqa: E402
 from service.web.routes import (  # noqa: E402
     alerts,
     breakers,

@@ -43,6 +43,8 @@ def production(tmp_path: Path, **changes: object) -> Settings:
         ({"admin_token": ""}, "production needs ERS_ADMIN_TOKEN or ERS_ADMIN_TOKEN_FILE; set"),
         ({"alert_token": " \t"}, "production needs ERS_ALERT_TOKEN or ERS_ALERT_TOKEN_FILE; set"),
         ({"fault_injection_enabled": True}, "fault injection is never allowed in production"),
+        # Without spans no failure became an incident: production without its response.
+        ({"telemetry_enabled": False}, "no failing call becomes an incident"),
     ],
 )
 def test_production_refuses_to_start(

@@ -595,3 +595,18 @@ def test_a_yaml_key_with_no_value_leaves_an_optional_setting_unset(tmp_path: Pat
     assert settings.offsite_max_backups is None
     assert settings.classification_rules is None
     assert settings.database_url is None
+
+
+def test_a_restic_password_file_that_is_a_folder_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A missing one is made at the first start; a folder was taken, and the service ran
+    degraded, trying its repository again each second for good."""
+    monkeypatch.setenv("ERS_RESTIC_PASSWORD_FILE", str(tmp_path))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert str(error.value) == (
+        f"invalid setting 'restic_password_file': {tmp_path} is a directory; point "
+        "ERS_RESTIC_PASSWORD_FILE at the file holding the repository's password (ERS makes "
+        "it at the first start if it is missing)"
+    )

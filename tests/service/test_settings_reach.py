@@ -42,7 +42,7 @@ def test_the_idempotency_settings_are_the_stores_key_policy(
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_telemetry_enabled_decides_whether_spans_are_recorded(
-    monkeypatch: pytest.MonkeyPatch, enabled: bool
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, enabled: bool
 ) -> None:
     monkeypatch.setenv("ERS_TELEMETRY_ENABLED", str(enabled).lower())
     app = create_app(load_settings())
@@ -53,3 +53,6 @@ def test_telemetry_enabled_decides_whether_spans_are_recorded(
             assert span.is_recording() is enabled
     finally:
         telemetry.shutdown()
+    # Incidents come from spans: a start without them says what it goes without.
+    warned = "no failing call becomes an incident" in caplog.text
+    assert warned is not enabled, caplog.text
