@@ -61,7 +61,12 @@ def build_backups(
         backups.last_success,
         backups.intervals_s,
         lambda: len(backups.manager.list()) if backups.manager else 0,
-        drill_interval_s=settings.restore_drill_interval_minutes * 60,
+        # No drill is due with the schedule off: RestoreDrillOverdue has nothing to judge.
+        drill_interval_s=(
+            settings.restore_drill_interval_minutes * 60
+            if settings.backup_schedule_enabled
+            else None
+        ),
     )
     backups.subscribe(metrics.on_event)
     return backups

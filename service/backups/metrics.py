@@ -52,7 +52,7 @@ class BackupMetrics:
         last_success: Callable[[], dict[str, float]],
         intervals_s: dict[str, float],
         snapshot_count: Callable[[], int],
-        drill_interval_s: float = 6 * 3600,
+        drill_interval_s: float | None = 6 * 3600,
     ) -> None:
         self._last_success = last_success
         self._intervals = intervals_s

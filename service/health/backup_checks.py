@@ -165,12 +165,15 @@ class BackupAgeCheck:
                 stale.append(component)
         figures = {"ageSeconds": ages, "intervalSeconds": self._backups.intervals_s}
         if stale:
-            return CheckResult(
-                self.name,
-                Status.DEGRADED,
-                f"no backup for over twice the schedule: {', '.join(sorted(stale))}",
-                figures,
-            )
+            reason = f"no backup for over twice the schedule: {', '.join(sorted(stale))}"
+            if not self._backups.settings.backup_schedule_enabled:
+                # Backups by hand or from cron still count; the schedule that is off does not.
+                reason = (
+                    f"no backup for over twice its interval: {', '.join(sorted(stale))}; the "
+                    "schedule is off (backup_schedule_enabled=false): take one with "
+                    "`ers backup create`"
+                )
+            return CheckResult(self.name, Status.DEGRADED, reason, figures)
         return CheckResult(self.name, Status.HEALTHY, "every component within schedule", figures)
 
 
@@ -195,6 +198,11 @@ class RestoreDrillCheck:
             problem = backups.last_drill_problem
             reason = "the last restore drill failed" + (f": {problem}" if problem else "")
             return CheckResult(self.name, Status.DEGRADED, reason, figures)
+        if not backups.settings.backup_schedule_enabled:
+            # None is due: a drill degraded health for good, with nothing here to run one.
+            words = "no drills are scheduled (backup_schedule_enabled=false): `ers backup "
+            words += "--offline drill` runs one"
+            return CheckResult(self.name, Status.HEALTHY, words, figures)
         since = backups.last_drill_at or backups.started_at
         if self._clock() - since > 2 * every:
             return CheckResult(

@@ -11,6 +11,7 @@ import httpx
 
 from tests.conftest import ErsProcess, start_ers
 
+INTERVAL_NAMES = ("SYSTEM_STATE", "CONVERSATIONS", "PROFILES", "BUDGETS", "FULL_SYSTEM")
 DRILLS_OFTEN = {
     "ERS_BACKUPS_ENABLED": "true",
     "ERS_BACKUP_SCHEDULE_ENABLED": "true",
@@ -109,3 +110,40 @@ def wait_for_drill(ers: ErsProcess, reason: str, limit_s: float = 90.0) -> dict:
             return dict(check)
         assert time.monotonic() < deadline, check
         time.sleep(0.5)
+
+
+def test_with_the_schedule_off_health_judges_what_an_operator_can_do(tmp_path: Path) -> None:
+    """backup_schedule_enabled=false: health went degraded for good, judging backups and
+    drills against the schedule that was off ("no restore drill within twice its schedule",
+    with no way to run one in the service). A backup taken by hand still counts, and says so;
+    no drill is due, and RestoreDrillOverdue has no interval to judge by."""
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    env = {
+        **DRILLS_OFTEN,
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+        "ERS_RESTORE_DRILL_INTERVAL_MINUTES": "0.02",
+        **{f"ERS_BACKUP_INTERVAL_MINUTES__{name}": "0.02" for name in INTERVAL_NAMES},
+    }
+    ers = start_ers(workdir, env=env)
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=60) as http:
+            time.sleep(3.5)  # over twice every interval (1.2 s) and the drill's
+            checks = http.get("/api/emergency/health").json()["checks"]
+            metrics = http.get("/metrics").text
+            made = http.post("/api/emergency/backups/create", json={})
+            assert made.status_code == 200, made.text
+            after = http.get("/api/emergency/health").json()["checks"]["backups"]
+    finally:
+        assert ers.stop() == 0, ers.log()[-3000:]
+    drill, stale = checks["restore_drill"], checks["backups"]
+    assert drill["status"] == "healthy", drill
+    assert "no drills are scheduled (backup_schedule_enabled=false)" in drill["reason"], drill
+    assert "ers backup --offline drill" in drill["reason"]
+    assert stale["status"] == "degraded", stale
+    assert "the schedule is off (backup_schedule_enabled=false)" in stale["reason"], stale
+    assert "ers backup create" in stale["reason"]
+    assert "ers_restore_drill_interval_seconds" not in metrics
+    assert "ers_backup_interval_seconds" in metrics
+    assert after["status"] == "healthy", after
