@@ -33,6 +33,10 @@ class InvalidSetting(ValueError):
         self.key = key
 
 
+# The longest a breaker may stay open (each agent's open_duration_s and max_open_duration_s).
+LONGEST_OPEN_S = 86_400.0
+
+
 def check_open_durations(settings: Any) -> Any:
     """A breaker's open time backs off from its open duration up to its max: a max shorter
     than the duration cannot be kept, and is refused rather than quietly raised to it."""
@@ -48,7 +52,8 @@ def check_open_durations(settings: Any) -> Any:
         # Each side the agent's own, or the default it leaves in place.
         own_first = _own(overrides, "open_duration_s", first, "breaker_open_duration_s")
         own_most = _own(overrides, "max_open_duration_s", most, "breaker_max_open_duration_s")
-        if own_most[0] < own_first[0]:
+        # One past its range is named as such (breaker_configs), not met with a max past it.
+        if own_most[0] < own_first[0] <= LONGEST_OPEN_S:
             raise InvalidSetting(
                 f"agent_breakers.{name}",
                 f"max_open_duration_s ({own_most[1]}) is shorter than open_duration_s "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import faulthandler
 import logging
 import os
@@ -146,7 +147,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
             sock.close()
         fix = (
             "use an address of this machine with --host / ERS_HOST"
-            if isinstance(exc, socket.gaierror)
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
             else "stop what listens there, or choose another port with --port / ERS_PORT"
         )
         reason = exc.strerror or exc

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from service.config_checks import LONGEST_OPEN_S
+
 
 class BreakerState(StrEnum):
     CLOSED = "closed"
@@ -37,8 +39,8 @@ COUNT_LIMITS = {
 }
 SECONDS_LIMITS = {
     "slow_call_duration_s": 86_400.0,
-    "open_duration_s": 86_400.0,
-    "max_open_duration_s": 86_400.0,
+    "open_duration_s": LONGEST_OPEN_S,
+    "max_open_duration_s": LONGEST_OPEN_S,
     "half_open_max_wait_s": 86_400.0,
 }
 

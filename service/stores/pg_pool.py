@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 from psycopg.abc import Buffer
@@ -304,6 +304,9 @@ def refused_connection(message: str, location: str) -> str | None:
     return None
 
 
+_WHERE = ("host", "hostaddr", "port")
+
+
 def server_location(url: str) -> str:
     """Where the server is, fit for logs: the URL without its password and query, or for a
     ``key=value`` conninfo string its host, port and database."""
@@ -313,7 +316,10 @@ def server_location(url: str) -> str:
             netloc = parts.netloc.rpartition("@")[2]
             if parts.username:
                 netloc = f"{parts.username}@{netloc}"
-            return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+            shown = f"{parts.scheme}://{netloc}{parts.path}"  # "//" kept with no host
+            # The server may be named in the query (postgresql:///ers?host=db&port=5433).
+            where = [f"{k}={v[-1]}" for k, v in parse_qs(parts.query).items() if k in _WHERE]
+            return f"{shown} ({' '.join(where)})" if where else shown
         except ValueError:
             return "(a database URL that does not parse; not shown)"
     try:

@@ -349,3 +349,16 @@ def test_a_damaged_archive_of_kept_traces_is_moved_aside_and_the_service_starts(
         assert "Traceback" not in proc.log()
     finally:
         proc.stop()
+
+
+def test_an_address_this_machine_does_not_have_is_named_as_the_fix() -> None:
+    """It said to stop what listens on the port, or to choose another one: the address is
+    what is wrong (TEST-NET-1, which no interface here has)."""
+    from service.cli.main import listening_socket
+    from service.settings import SettingsError
+
+    with pytest.raises(SettingsError) as refused:
+        listening_socket("192.0.2.1", free_port())
+    line = str(refused.value)
+    assert "Cannot assign requested address" in line, line
+    assert line.endswith("use an address of this machine with --host / ERS_HOST"), line

@@ -75,3 +75,15 @@ def test_the_durations_are_taken_as_given(monkeypatch: pytest.MonkeyPatch) -> No
         60,
         90,
     )
+
+
+def test_an_open_duration_past_its_range_is_named_as_such(tmp_path: Path) -> None:
+    """It was met with "give agent_breakers.budget a max_open_duration_s of at least
+    100000", a value refused in its turn (at most a day)."""
+    (tmp_path / "ers.yaml").write_text("agent_breakers:\n  budget: {open_duration_s: 100000}\n")
+    with pytest.raises(SettingsError) as raised:
+        breaker_configs(load_settings())
+    assert str(raised.value) == (
+        "invalid setting 'agent_breakers.budget': invalid breaker config: open_duration_s "
+        "must be a positive number of seconds, at most 86400, got 100000"
+    )

@@ -104,6 +104,11 @@ def test_a_bad_url_stops_start_up_with_one_line(tmp_path: Path) -> None:
         ("postgresql://ers:a%40b@[::1]:5/ers", "postgresql://ers@[::1]:5/ers"),
         ("postgres://db/ers?user=ers&password=s3cret", "postgres://db/ers"),
         ("postgres://db/ers?sslpassword=s3cret#x", "postgres://db/ers"),
+        # It was "postgresql:/ers", naming no server at all.
+        (
+            "postgresql:///ers?host=127.0.0.1&port=1&user=ers&password=s3cret",
+            "postgresql:///ers (host=127.0.0.1 port=1)",
+        ),
         ("host=db port=5432 dbname=ers password=s3cret", "host=db port=5432 dbname=ers"),
         ("host=db password='s3cret", "(a connection string that does not parse; not shown)"),
     ],
