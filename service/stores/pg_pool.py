@@ -23,7 +23,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
-from psycopg.abc import Buffer
+from psycopg.abc import Buffer, PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.string import StrDumper, StrDumperUnknown
@@ -48,6 +48,8 @@ CONNECT_TIMEOUT_S = 5
 # A statement runs at most this long: one stuck behind another session's lock must not hold
 # the incident worker, or a request's thread, for ever.
 STATEMENT_TIMEOUT_S = 10.0
+# How long a client waits for any answer: past the server's own statement_timeout.
+ANSWER_WAIT_S = STATEMENT_TIMEOUT_S + 5
 # A connection back from the pool after sitting idle longer than this is pinged first.
 IDLE_CHECK_S = 2.0
 
@@ -76,6 +78,21 @@ class _NotingConnection(psycopg.Connection[DictRow]):
             raise
         note_connect(conninfo, None)
         return conn
+
+    def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None) -> Any:
+        """A server that stops answering without closing its connections (frozen, its host
+        paused) cannot run its statement_timeout: a statement waited for it for good, and an
+        alert's delivery with it, where reads answered 503 in 0.5 s. Past ANSWER_WAIT_S the
+        connection is closed (the pool replaces it) and the statement fails."""
+        try:
+            return super().wait(gen, interval, ANSWER_WAIT_S if timeout is None else timeout)
+        except psycopg.errors._WaitTimeout:
+            if timeout is not None:
+                raise
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"the server did not answer within {ANSWER_WAIT_S:g} s"
+            ) from None
 
 
 class PgPool:

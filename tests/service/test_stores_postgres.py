@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -273,6 +274,39 @@ async def test_a_read_cut_by_its_callers_deadline_on_a_frozen_server_ends_at_onc
             await read
         assert done == {read} and read.cancelled()
         assert await stores.budgets.report("u1") == []  # the pool serves again
+
+
+def test_a_statement_of_the_thread_pool_on_a_frozen_server_ends(
+    own_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stopped (SIGSTOP) with the pool's connections open: its statement_timeout
+    cannot run, and a statement of the incident store's pool (an alert's ledger entry)
+    waited for it for good. It fails past ANSWER_WAIT_S; the pool serves again after."""
+    monkeypatch.setattr("service.stores.pg_pool.ANSWER_WAIT_S", 1.0)
+    url = own_server.create_database()
+    pool = PgPool(url, name="ers-frozen", unavailable=IncidentStoreUnavailable)
+    failed: list[BaseException] = []
+
+    def statement() -> None:
+        try:
+            pool.rows("SELECT 2 AS two")
+        except BaseException as exc:
+            failed.append(exc)
+
+    try:
+        assert pool.rows("SELECT 1 AS one") == [{"one": 1}]
+        with frozen(own_server):
+            waiting = threading.Thread(target=statement, daemon=True)
+            waiting.start()
+            waiting.join(30)  # ended while the server is still frozen, not when it runs
+            ended_frozen = not waiting.is_alive()
+        waiting.join(30)
+        assert ended_frozen, "the statement waited for the frozen server"
+        assert isinstance(failed[0], IncidentStoreUnavailable), failed
+        assert "the server did not answer within 1 s" in str(failed[0]), failed
+        assert pool.rows("SELECT 3 AS three") == [{"three": 3}]
+    finally:
+        pool.close()
 
 
 def rotate_password_and_end_sessions(url: str) -> str:
