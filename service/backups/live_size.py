@@ -3,8 +3,8 @@
 On PostgreSQL the size is a query on a connection of its own, and the status is read often:
 the size is read again at most every ``READ_EVERY_S``, by one read at a time, in the
 background: a status shows the last size known at once (one read old at most), and waits
-``WAIT_S`` at most only for the first read. A hung database server then holds up that read
-alone, never a status request.
+``WAIT_S`` at most only for the first read, once. A hung database server then holds up that
+read alone, never a status request after the first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class LiveSize:
         self._read = read
         self._known: tuple[float, int | str] | None = None
         self._reading: asyncio.Future[int | str] | None = None
+        # The first read, once a status has waited WAIT_S for it: the next ones do not.
+        self._waited_out: asyncio.Future[int | str] | None = None
 
     async def get(self) -> int | str:
         """The live state's bytes, or why they are not known."""
@@ -36,10 +38,13 @@ class LiveSize:
             self._reading = asyncio.ensure_future(self._read_now())
         if self._known is not None:  # the next status shows what this read finds
             return self._known[1]
+        if self._reading is self._waited_out:  # each status waited a second for it again
+            return f"not read within {WAIT_S:g} s"
         try:
             async with asyncio.timeout(WAIT_S):
                 return await asyncio.shield(self._reading)
         except TimeoutError:
+            self._waited_out = self._reading
             return f"not read within {WAIT_S:g} s"
 
     async def _read_now(self) -> int | str:
