@@ -389,3 +389,46 @@ def test_a_damaged_repository_is_a_high_incident_of_its_own(default_classifier: 
         "high",
         "LOG_ONLY",
     )
+
+
+def test_one_outage_of_a_store_is_one_incident_whatever_step_each_failure_met_it_at(
+    default_classifier: Classifier,
+) -> None:
+    """A frozen PostgreSQL server: the budgets store's failures said "no PostgreSQL
+    connection within 0.5 s: the last attempt ...", "... within 3 s: the server ..." and
+    "no answer within the call's time limit (5 s)", three incidents for one store."""
+    messages = [
+        "the budgets store is unavailable: no PostgreSQL connection within 0.5 s: the last "
+        "attempt to connect to postgresql://ers@db/ers failed (connection timeout expired)",
+        "the budgets store is unavailable: no PostgreSQL connection within 3 s: the server "
+        "at postgresql://ers@db/ers is unreachable or overloaded",
+        "the budgets store is unavailable: no answer within the call's time limit (5 s)",
+    ]
+    found = {
+        default_classifier.classify(
+            error_record(
+                exception_type="service.errors.StoreUnavailable",
+                message=message,
+                attributes={"ers.component": "budgets"},
+            )
+        )
+        for message in messages
+    }
+    assert {(c.rule, c.fingerprint) for c in found} == {
+        ("store-unavailable", "budgets:database:StoreUnavailable")
+    }, found
+    profiles = error_record(
+        exception_type="service.errors.StoreUnavailable",
+        message=messages[0].replace("budgets", "profiles"),
+        attributes={"ers.component": "profiles"},
+    )
+    assert default_classifier.classify(profiles).fingerprint == (
+        "profiles:database:StoreUnavailable"
+    )
+    # A store found damaged is a cause of its own, not the outage's.
+    damaged = error_record(
+        exception_type="service.errors.StoreDamaged",
+        message="the budgets store is damaged (database disk image is malformed)",
+        attributes={"ers.component": "budgets"},
+    )
+    assert default_classifier.classify(damaged).rule != "store-unavailable"
