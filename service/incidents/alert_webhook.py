@@ -242,6 +242,8 @@ class AlertHandler:
                 UNFINISHED_ROLLBACK,
             )
         result = await self.responder.run_action(ACTIONS[action], context)
+        if action == "isolate" and result.result == "success" and incident_id:
+            await asyncio.to_thread(self.recovery.isolated, incident_id, alert)
         if result.detail != COOLDOWN_SKIP:
             kept = "" if result.kept else f", {NOT_KEPT_OUTCOME}"
             return f"{result.action}: {result.result}{kept}"

@@ -53,9 +53,22 @@ class IncidentRecovery:
         try:
             incident = self.incidents.mitigate(incident_id, ACTOR, note)
         except IllegalTransition as exc:
-            return f"incident left {exc.status}"
+            # Mitigated by its firing's isolation already: so it stays, for a trial.
+            return MITIGATED if exc.status == "mitigated" else f"incident left {exc.status}"
         self.meters.observe_recovery(incident)
         return MITIGATED
+
+    def isolated(self, incident_id: str, alert: Alert) -> None:
+        """The firing's isolation took: mitigated, as the responder's own isolation makes it
+        (an alert's left its incident open, where the responder's read mitigated). Blocking:
+        call off the event loop."""
+        note = f"agent isolated by alert {alert.name} (fingerprint {alert.fingerprint}); "
+        note += "fallbacks answer"
+        try:
+            incident = self.incidents.mitigate(incident_id, ACTOR, note)
+        except (IllegalTransition, IncidentNotFound):
+            return  # mitigated already, or resolved meanwhile
+        self.meters.observe_recovery(incident)
 
     def resolve(self, incident_id: str, actor: str, note: str) -> str:
         """Blocking: call off the event loop."""

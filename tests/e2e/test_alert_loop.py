@@ -230,9 +230,10 @@ def test_fault_fires_alert_that_isolates_then_resolution_recovers_the_incident(
     assert [step for step in steps_taken if step[0] != "failure classified"] == [
         ("alert firing", "alertmanager"),
         ("isolate success", "alertmanager"),
+        ("open → mitigated", "alertmanager"),
         ("alert resolved", "alertmanager"),
         ("breaker released", "alertmanager"),
-        ("open → resolved", "alertmanager"),
+        ("mitigated → resolved", "alertmanager"),
     ], detail["timeline"]
     last = [e for e in detail["timeline"] if e["kind"] != "state_changed"][-1]
     assert fingerprint in last["message"], last
