@@ -197,7 +197,8 @@ class _Outcome:
                 "backupId": result.snapshot_id if result else request.backupId,
                 "beforeIncident": request.beforeIncident,
                 "reason": request.reason,
-                "components": request.components,
+                # What it rolled back (all the snapshot holds when none were named).
+                "components": list(result.components) if result else request.components,
                 "safetyBackupId": result.safety_snapshot_id if result else None,
                 "error": error,
                 "run": self.run,

@@ -131,6 +131,22 @@ async def test_backup_test_rollback_and_rollback_round_trip(
     assert 'ers_backup_last_success_timestamp_seconds{component="budgets"}' in text
 
 
+async def test_the_trail_names_what_a_rollback_of_every_component_replaced(
+    http: httpx.AsyncClient,
+) -> None:
+    """No components named: the trail's entry said `components: null`, where the offline
+    rollback's names them; which files were replaced could not be read from it."""
+    created = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    assert created.status_code == 200, created.text
+    body = {"backupId": created.json()["backupId"], "confirm": True, "reason": "whole"}
+    done = await http.post("/api/emergency/rollback", json=body)
+    assert done.status_code == 200, done.text
+    [entry] = (await http.get("/api/emergency/audit", params={"limit": 1})).json()["entries"]
+    assert entry["action"] == "rollback"
+    assert entry["detail"]["components"] == done.json()["components"]
+    assert {"budgets", "conversations", "profiles"} <= set(entry["detail"]["components"])
+
+
 async def test_the_pause_before_the_swap_says_the_store_is_being_replaced(
     http: httpx.AsyncClient, backup_app: FastAPI
 ) -> None:
