@@ -81,8 +81,14 @@ class SqliteFiles:
         self.workspace.remove_leftovers(live_files)
 
     async def live_sizes(self) -> dict[str, int]:
-        paths = self.config.components.items()
-        return {name: Path(p).stat().st_size for name, p in paths if Path(p).exists()}
+        """Each file's bytes with its write-ahead log's: the rows written since the last
+        checkpoint are there (without it the size moved at each checkpoint)."""
+        sizes = {}
+        for name, path in self.config.components.items():
+            live, wal = Path(path), Path(f"{path}-wal")
+            if live.exists():
+                sizes[name] = live.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return sizes
 
     async def take(self, request: BackupRequest) -> BackupResult:
         """One snapshot of the named components; unchanged ones are skipped, and a full

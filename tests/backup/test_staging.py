@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from backup.errors import StagingFailed
+from backup.events import EventPublisher
+from backup.files import BackupConfig
+from backup.index import SnapshotIndex
 from backup.staging import (
     clear_folder,
     file_sha256,
@@ -141,3 +144,24 @@ def test_a_copy_of_damaged_pages_is_refused_unless_kept_as_found(tmp_path: Path)
     assert list(staging.iterdir()) == []
     kept = stage_component("budgets", source, staging, as_found=True)
     assert kept.path.stat().st_size == source.stat().st_size  # the safety copy: kept
+
+
+async def test_the_live_size_holds_the_rows_still_in_the_write_ahead_log(tmp_path: Path) -> None:
+    """It was the main file's bytes alone: the status's size moved at each checkpoint, and
+    a store whose rows sat in its -wal read as small as an empty one."""
+    path = tmp_path / "budgets.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE t (x TEXT)")
+    db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    db.commit()
+    try:
+        wal = tmp_path / "budgets.sqlite3-wal"
+        assert wal.stat().st_size > 0
+        config = BackupConfig(components={"budgets": path}, work_dir=tmp_path / "work")
+        files = config.build(None, SnapshotIndex(), EventPublisher())  # type: ignore[arg-type]
+        sizes = await files.live_sizes()
+        assert sizes == {"budgets": path.stat().st_size + wal.stat().st_size}
+    finally:
+        db.close()
