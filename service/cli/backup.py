@@ -161,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(str(exc), USAGE) from None
     if args.action == "drill" and not args.offline:
         raise CliError(
-            "the service runs restore drills on its own schedule (its status shows the last "
-            "one); `ers backup --offline drill` runs one now, beside the service or without it",
+            "the service runs restore drills on its own schedule (the last one is its health's "
+            "restore_drill check: GET /api/emergency/health); `ers backup --offline drill` runs "
+            "one now, beside the service or without it",
             USAGE,
         )
     if args.offline:

@@ -36,11 +36,14 @@ SERVER_ERROR = 5  # the service answered 5xx: it failed or is not ready
 EXIT_CODES = f"""\
 exit codes:
   {OK}  done
-  {FAILED}  the operation failed (an offline backup or rollback, a failed repository check)
+  {FAILED}  the operation failed (an offline backup or rollback, a failed repository check,
+     a test rollback whose copy fails its check, an `ers serve` whose start-up failed)
   {USAGE}  bad usage: unknown option, rollback without --yes, missing token file, bad settings
   {UNREACHABLE}  cannot reach the service at --url / $ERS_URL
   {REFUSED}  the service refused the request (4xx: not found, unauthorized, invalid)
-  {SERVER_ERROR}  the service failed (5xx: backup failed, repository unavailable)"""
+  {SERVER_ERROR}  the service failed (5xx: backup failed, repository unavailable)
+  130  interrupted (Ctrl-C): only the command's wait stops; the service goes on with work
+     it received"""
 
 FORMATS = ("table", "json", "yaml")
 SHORT_ID = 8
