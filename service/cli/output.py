@@ -84,8 +84,9 @@ def add_output_option(parser: argparse.ArgumentParser, top: bool) -> None:
     )
 
 
-# Piped into grep or less, a row stays on one line: rich's 80 columns are for terminals.
-PIPE_WIDTH = 250
+# Piped into grep or less, a row stays on one line: rich's 80 columns are for terminals (at
+# 250, a long footer or an audit entry's detail was folded onto a second line).
+PIPE_WIDTH = 100_000
 
 
 class _Stdout(Console):

@@ -305,3 +305,19 @@ def test_a_rollback_over_a_damaged_file_names_it_and_leaves_it_out_of_the_undo()
     assert undo_command(alone, offline=True) is None
     text = drawn("rollback", {**alone, "undoCommand": None})
     assert "to undo this" not in text and "budgets was damaged" in text
+
+
+def test_piped_output_keeps_each_line_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped (not a terminal), a footer or a cell of 300 characters was folded at 250."""
+    from service.cli.output import new_table, stdout
+
+    out = stdout()
+    assert not out.is_terminal
+    footer = "the list above is the last one read; " + "word " * 60 + "starts a new repository"
+    out.print(footer)
+    table = new_table("ACTOR", "DETAIL")
+    table.add_row("admin", "run " + "r" * 300)
+    out.print(table)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == footer.rstrip()
+    assert lines[2].startswith("admin") and lines[2].endswith("r" * 300), lines
