@@ -29,11 +29,12 @@ T = TypeVar("T")
 
 
 class _Deadline:
-    __slots__ = ("task", "at", "expired")
+    __slots__ = ("task", "at", "limit_s", "expired")
 
-    def __init__(self, task: asyncio.Task[object], at: float) -> None:
+    def __init__(self, task: asyncio.Task[object], at: float, limit_s: float) -> None:
         self.task = task
         self.at = at
+        self.limit_s = limit_s
         self.expired = False
 
 
@@ -128,7 +129,7 @@ class DeadlineWatchdog:
             self._pending.clear()
             self._cut.clear()
         # The loop's clock is time.monotonic, so a deadline taken from either agrees.
-        deadline = _Deadline(task, started + timeout_s)
+        deadline = _Deadline(task, started + timeout_s, timeout_s)
         self._pending[deadline] = None
         if deadline.at < self._timer_at:
             self._arm(loop, deadline.at)
@@ -165,13 +166,18 @@ class DeadlineWatchdog:
         router's limit). When nothing but such limits cancelled the task, the overrun is
         this call's: theirs are taken back, so the call fails for its own limit (its breaker,
         its fallbacks) and the calls around it go on, instead of the router's timeout
-        isolating the router for an agent's fault."""
+        isolating the router for an agent's fault. Each goes on with its whole limit again
+        from now, so what it calls next (the fallbacks) still has a limit above it."""
         outer = [cut for cut in self._cut.get(task, ()) if cut is not deadline]
-        if outer and task.cancelling() == 1 + len(outer):
+        if outer and task.cancelling() == 1 + len(outer) and self._loop is not None:
             for cut in outer:
                 cut.expired = False
                 self._forget_cut(task, cut)
                 task.uncancel()
+                cut.at = time.monotonic() + cut.limit_s
+                self._pending[cut] = None
+                if cut.at < self._timer_at:
+                    self._arm(self._loop, cut.at)
 
     def _forget_cut(self, task: asyncio.Task[object], deadline: _Deadline) -> None:
         cuts = self._cut.get(task)

@@ -260,6 +260,28 @@ async def test_a_call_that_ignores_its_cut_fails_for_its_own_limit_not_the_calle
         await watchdog.run(sleeps(5), 0.05)
 
 
+async def test_the_limit_taken_back_still_bounds_what_the_call_does_next() -> None:
+    """Taken back, the router's limit was gone for good: a fallback that caught its own
+    cut too held the chat for as long as it liked."""
+    watchdog = DeadlineWatchdog()
+
+    async def router() -> str:
+        try:
+            return await watchdog.run(keeps_going_when_cut(5), 0.05)
+        except TimeoutError:
+            pass
+        try:
+            return await watchdog.run(keeps_going_when_cut(5), 0.05)  # the fallback
+        except TimeoutError:
+            pass
+        await asyncio.sleep(5)  # the router's own work after both: its limit cuts it
+        return "late"
+
+    with pytest.raises(TimeoutError):
+        await watchdog.run(router(), 0.2)
+    assert asyncio.current_task().cancelling() == 0
+
+
 async def test_a_caught_cut_under_an_outside_cancellation_stays_cancelled() -> None:
     """The task's own cancellation (a client gone, a shutdown) is no limit to take back."""
     watchdog = DeadlineWatchdog()
