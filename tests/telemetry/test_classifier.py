@@ -403,6 +403,9 @@ def test_one_outage_of_a_store_is_one_incident_whatever_step_each_failure_met_it
         "the budgets store is unavailable: no PostgreSQL connection within 3 s: the server "
         "at postgresql://ers@db/ers is unreachable or overloaded",
         "the budgets store is unavailable: no answer within the call's time limit (5 s)",
+        # A server restarting, in libpq's words: it was a critical "uncaught" incident.
+        "the budgets store is unavailable: cannot use PostgreSQL at postgresql://ers@db/ers "
+        "(connection failed: FATAL:  the database system is shutting down)",
     ]
     found = {
         default_classifier.classify(
