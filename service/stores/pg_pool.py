@@ -19,16 +19,21 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
 
 import psycopg
-from psycopg.abc import Buffer, PQGen
+from psycopg.abc import Buffer
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.string import StrDumper, StrDumperUnknown
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from service.stores.pg_connection import (
+    ANSWER_MARGIN_S,
+    NotingConnection,
+    connect_failure,
+    server_location,
+)
 from service.stores.sql import POSTGRESQL
 
 POOL_MIN_SIZE = 1
@@ -48,51 +53,8 @@ CONNECT_TIMEOUT_S = 5
 # A statement runs at most this long: one stuck behind another session's lock must not hold
 # the incident worker, or a request's thread, for ever.
 STATEMENT_TIMEOUT_S = 10.0
-# How long a client waits for any answer: past the server's own statement_timeout.
-ANSWER_WAIT_S = STATEMENT_TIMEOUT_S + 5
 # A connection back from the pool after sitting idle longer than this is pinged first.
 IDLE_CHECK_S = 2.0
-
-
-# Why a pool's last attempt to connect failed, by server location, until one succeeds: a
-# wait for a connection that runs out says why none came (the pool logs it only at a level
-# ERS keeps quiet, a line per reconnect), not "unreachable" of a server refusing a password.
-_CONNECT_FAILED: dict[str, str] = {}
-
-
-def note_connect(conninfo: str, failure: psycopg.Error | None) -> None:
-    """Said by a pool's connection class after each attempt to connect."""
-    if failure is None:
-        _CONNECT_FAILED.pop(server_location(conninfo), None)
-    else:
-        _CONNECT_FAILED[server_location(conninfo)] = str(failure)
-
-
-class _NotingConnection(psycopg.Connection[DictRow]):
-    @classmethod
-    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-        try:
-            conn = super().connect(conninfo, **kwargs)
-        except psycopg.OperationalError as exc:
-            note_connect(conninfo, exc)
-            raise
-        note_connect(conninfo, None)
-        return conn
-
-    def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None) -> Any:
-        """A server that stops answering without closing its connections (frozen, its host
-        paused) cannot run its statement_timeout: a statement waited for it for good, and an
-        alert's delivery with it, where reads answered 503 in 0.5 s. Past ANSWER_WAIT_S the
-        connection is closed (the pool replaces it) and the statement fails."""
-        try:
-            return super().wait(gen, interval, ANSWER_WAIT_S if timeout is None else timeout)
-        except psycopg.errors._WaitTimeout:
-            if timeout is not None:
-                raise
-            self.pgconn.finish()
-            raise psycopg.OperationalError(
-                f"the server did not answer within {ANSWER_WAIT_S:g} s"
-            ) from None
 
 
 class PgPool:
@@ -158,7 +120,7 @@ class PgPool:
             )
         self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
             url,
-            connection_class=_NotingConnection,
+            connection_class=NotingConnection,
             min_size=min_size,
             max_size=max_size,
             timeout=POOL_TIMEOUT_S,
@@ -182,6 +144,7 @@ class PgPool:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         _store_nul_as_replacement(conn)
         conn.execute(f"SET statement_timeout = {int(self.statement_timeout_s * 1000)}")
+        conn.answer_wait_s = self.statement_timeout_s + ANSWER_MARGIN_S
         if self._search_path is not None:
             conn.execute(f"SET search_path TO {self._search_path}")
 
@@ -274,7 +237,7 @@ def unreachable_reason(exc: psycopg.Error, location: str, waited_s: float) -> st
     connection within ``waited_s``, a connection refused or lost), in words a person can act
     on; None when the server answered with an error of its own."""
     if isinstance(exc, PoolTimeout):
-        if failed := _CONNECT_FAILED.get(location):
+        if failed := connect_failure(location):
             line = failed.strip().splitlines()[0] if failed.strip() else "no reason given"
             why = refused_connection(failed, location) or (
                 f"the last attempt to connect to {location} failed ({line})"
@@ -319,31 +282,6 @@ def refused_connection(message: str, location: str) -> str | None:
             "elsewhere"
         )
     return None
-
-
-_WHERE = ("host", "hostaddr", "port")
-
-
-def server_location(url: str) -> str:
-    """Where the server is, fit for logs: the URL without its password and query, or for a
-    ``key=value`` conninfo string its host, port and database."""
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            netloc = parts.netloc.rpartition("@")[2]
-            if parts.username:
-                netloc = f"{parts.username}@{netloc}"
-            shown = f"{parts.scheme}://{netloc}{parts.path}"  # "//" kept with no host
-            # The server may be named in the query (postgresql:///ers?host=db&port=5433).
-            where = [f"{k}={v[-1]}" for k, v in parse_qs(parts.query).items() if k in _WHERE]
-            return f"{shown} ({' '.join(where)})" if where else shown
-        except ValueError:
-            return "(a database URL that does not parse; not shown)"
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "(a connection string that does not parse; not shown)"
-    return " ".join(f"{key}={info[key]}" for key in ("host", "port", "dbname") if key in info)
 
 
 def scrub_password(text: str, password: str | None) -> str:

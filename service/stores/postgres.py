@@ -35,17 +35,16 @@ from service.errors import (
     StoreUnavailable,
     note_cut_waiting,
 )
+from service.stores.pg_connection import note_connect, server_location
 from service.stores.pg_pool import (
     CONNECT_TIMEOUT_S,
     IDLE_CHECK_S,
     OUTAGE_WAIT_S,
     POOL_TIMEOUT_S,
     RECONNECT_TIMEOUT_S,
-    note_connect,
     password_of,
     refused_statement,
     scrub_password,
-    server_location,
     unreachable_reason,
 )
 from service.stores.postgres_migrations import Migration, MigrationError, migrate

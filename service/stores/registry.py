@@ -14,7 +14,7 @@ from service.settings import Settings
 from service.stores.budgets import BudgetStore
 from service.stores.component import Connection
 from service.stores.conversations import ConversationStore
-from service.stores.pg_pool import server_location
+from service.stores.pg_connection import server_location
 from service.stores.postgres import PostgresDatabase, PostgresStore
 from service.stores.profiles import ProfileStore
 from service.stores.sqlite import SqliteStore

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import SettingsError, load_settings
-from service.stores.pg_pool import server_location
+from service.stores.pg_connection import server_location
 from tests.conftest import ROOT
 
 # Settings come from the environment and ./ers.yaml: each test starts from neither.
