@@ -81,8 +81,9 @@ class SqliteFiles:
         self.workspace.remove_leftovers(live_files)
 
     async def live_sizes(self) -> dict[str, int]:
-        """Each file's bytes with its write-ahead log's: the rows written since the last
-        checkpoint are there (without it the size moved at each checkpoint)."""
+        """The disk each component takes: its file and its write-ahead log, where the rows
+        written since the last checkpoint are (left out, a store whose rows sat there read as
+        small as an empty one). SQLite keeps the log at its largest after a checkpoint."""
         sizes = {}
         for name, path in self.config.components.items():
             live, wal = Path(path), Path(f"{path}-wal")

@@ -42,8 +42,8 @@ exit codes:
   {UNREACHABLE}  cannot reach the service at --url / $ERS_URL
   {REFUSED}  the service refused the request (4xx: not found, unauthorized, invalid)
   {SERVER_ERROR}  the service failed (5xx: backup failed, repository unavailable)
-  130  interrupted (Ctrl-C): only the command's wait stops; the service goes on with work
-     it received"""
+  130  interrupted (Ctrl-C); a command waiting on the service stops only its wait: the
+     service goes on with work it received (an --offline command stops its work)"""
 
 FORMATS = ("table", "json", "yaml")
 SHORT_ID = 8

@@ -2,22 +2,18 @@
 
 Each alert is recorded in the ledger first (a duplicate delivery stops there), then, in the
 background: it lands on an incident, its receipt goes on the timeline, and a firing alert
-runs its action — ``isolate`` force-opens the agent's breaker with source ``alertmanager``,
-``backup`` takes an emergency backup, ``rollback`` rolls back only when automatic rollback
-is on, ``cleanup`` trims caches. A resolved alert never starts an action: it recovers the
-incident its firing landed on (``recovery``). A resolved ``isolate`` (no other isolate alert
-still firing for the agent) releases the breaker to half-open and asks the agent at once, as
-an operator's reset does (a chat's trial could wait for ever: health answers 503 while a
-critical incident is open, and a balancer that heeds it sends no chat); it closes the breaker
-and resolves the incident when the agent answers, else mitigates it for chats' trials to
-decide. A breaker found closed (a reset, a restart) is asked the same before it is resolved.
-A resolution a stopped process had taken and not finished is handled again at the next
-start, or on PostgreSQL by another replica (see the ledger).
-
-Deliveries of one alert are handled one at a time, in the order they arrived; where each
-lands is ``alert_landing``'s. An action the responder ran for the incident within its
-cooldown is not run again; while the alert still fires, it runs when the cooldown ends.
-"""
+runs its action — ``isolate`` force-opens the agent's breaker (source ``alertmanager``) and
+mitigates the incident, ``backup`` takes an emergency backup, ``rollback`` rolls back only
+when automatic rollback is on, ``cleanup`` trims caches. A resolved alert never starts an
+action: it recovers the incident its firing landed on (``recovery``). A resolved ``isolate``
+(no other isolate alert still firing for the agent) releases the breaker to half-open and
+asks the agent at once, as an operator's reset does (a chat's trial could wait for ever:
+health answers 503 while a critical incident is open, and a balancer that heeds it sends no
+chat); it closes the breaker and resolves the incident when the agent answers, else leaves
+it mitigated for chats' trials to decide. A breaker found closed (a reset, a restart) is
+asked the same before it is resolved. A resolution a stopped process had taken and not
+finished is handled again at the next start, or on PostgreSQL by another replica (see the
+ledger)."""
 
 from __future__ import annotations
 
@@ -272,6 +268,8 @@ class AlertHandler:
             try:
                 if await asyncio.to_thread(self._still_firing, alert, context.incident_id):
                     result = await self.responder.run_action(action, context)
+                    if alert.action == "isolate" and result.result == "success":
+                        await asyncio.to_thread(self.recovery.isolated, context.incident_id, alert)
                     outcome = f"{result.action}: {result.result}, once the cooldown ended"
                     await asyncio.to_thread(
                         self.ledger.finish,

@@ -1,6 +1,7 @@
-"""What a resolved alert does to the incident its firing landed on.
+"""What an isolation by an alert, and its resolution, do to the incident it landed on.
 
-The condition behind the alert has cleared, so the incident is mitigated, on its timeline,
+An isolation that took mitigates the incident, as the responder's own does. When the alert
+resolves, the condition behind it has cleared, so the incident is mitigated, on its timeline,
 with the alert's fingerprint. An ``isolate`` alert released the agent's breaker to half-open:
 its incident is resolved once a trial call succeeds and the breaker closes (at once when the
 breaker is already closed). An alert with another action that opened its own incident has
@@ -67,7 +68,10 @@ class IncidentRecovery:
         try:
             incident = self.incidents.mitigate(incident_id, ACTOR, note)
         except (IllegalTransition, IncidentNotFound):
-            return  # mitigated already, or resolved meanwhile
+            return  # mitigated already, resolved meanwhile, or no incident (alert:<fp>)
+        except Exception as exc:  # the isolation took: its outcome stays a success
+            log.warning("could not mark %s mitigated after its isolation: %s", incident_id, exc)
+            return
         self.meters.observe_recovery(incident)
 
     def resolve(self, incident_id: str, actor: str, note: str) -> str:

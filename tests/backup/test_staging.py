@@ -147,8 +147,8 @@ def test_a_copy_of_damaged_pages_is_refused_unless_kept_as_found(tmp_path: Path)
 
 
 async def test_the_live_size_holds_the_rows_still_in_the_write_ahead_log(tmp_path: Path) -> None:
-    """It was the main file's bytes alone: the status's size moved at each checkpoint, and
-    a store whose rows sat in its -wal read as small as an empty one."""
+    """It was the main file's bytes alone: a store whose rows sat in its write-ahead log
+    read as small as an empty one."""
     path = tmp_path / "budgets.sqlite3"
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
