@@ -165,13 +165,13 @@ class BackupAgeCheck:
                 stale.append(component)
         figures = {"ageSeconds": ages, "intervalSeconds": self._backups.intervals_s}
         if stale:
-            reason = f"no backup for over twice the schedule: {', '.join(sorted(stale))}"
+            names = ", ".join(sorted(stale))
+            reason = f"no backup for over twice the schedule: {names}"
             if not self._backups.settings.backup_schedule_enabled:
                 # Backups by hand or from cron still count; the schedule that is off does not.
                 reason = (
-                    f"no backup for over twice its interval: {', '.join(sorted(stale))}; the "
-                    "schedule is off (backup_schedule_enabled=false): take one with "
-                    "`ers backup create`"
+                    f"no backup for over twice its interval: {names}; the schedule is off "
+                    "(backup_schedule_enabled=false): take one with `ers backup create`"
                 )
             return CheckResult(self.name, Status.DEGRADED, reason, figures)
         return CheckResult(self.name, Status.HEALTHY, "every component within schedule", figures)

@@ -12,10 +12,13 @@ from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow
 
-# How long a connection may stay quiet past the server's own statement_timeout (10 s by
-# default: ANSWER_WAIT_S, set per connection from its pool's).
+# A statement runs at most this long: one stuck behind another session's lock must not hold
+# the incident worker, or a request's thread, for ever.
+STATEMENT_TIMEOUT_S = 10.0
+# How long a connection may stay quiet past the server's own statement_timeout: by default
+# ANSWER_WAIT_S, set per connection from its pool's.
 ANSWER_MARGIN_S = 5.0
-ANSWER_WAIT_S = 10.0 + ANSWER_MARGIN_S
+ANSWER_WAIT_S = STATEMENT_TIMEOUT_S + ANSWER_MARGIN_S
 
 
 # Why a pool's last attempt to connect failed, by server location, until one succeeds: a

@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from service.stores.pg_connection import (
     ANSWER_MARGIN_S,
+    STATEMENT_TIMEOUT_S,
     NotingConnection,
     connect_failure,
     server_location,
@@ -50,9 +51,6 @@ OUTAGE_WAIT_S = 0.5
 # pool's 5 minutes, an outage of 90 s was followed by 29 s of 503s with the server back.
 RECONNECT_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5
-# A statement runs at most this long: one stuck behind another session's lock must not hold
-# the incident worker, or a request's thread, for ever.
-STATEMENT_TIMEOUT_S = 10.0
 # A connection back from the pool after sitting idle longer than this is pinged first.
 IDLE_CHECK_S = 2.0
 
