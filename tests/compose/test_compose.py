@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import uvicorn
 import yaml
 
 from backup.identity import RECORD_FILE_NAME
@@ -488,6 +489,18 @@ def lb_upstreams() -> list[str]:
     assert block, "proxy_pass names no upstream block"
     found = re.findall(r"^\s*server\s+([\w.-]+:\d+)", block[1], re.MULTILINE)
     return list(dict.fromkeys(found))  # each replica is listed twice (primary and backup)
+
+
+def test_the_balancer_closes_an_idle_connection_before_the_replica_does() -> None:
+    """uvicorn closes a keep-alive connection idle for ``timeout_keep_alive`` (its default,
+    which `ers serve` keeps); nginx keeps one 60 s unless told. A request nginx sends on a
+    connection the replica is closing is lost, and a lost POST is a 502 nginx never retries."""
+    text = LB_CONFIG.read_text()
+    block = re.search(r"upstream\s+ers_fleet\s*\{(.*?)\}", text, re.S)
+    assert block
+    idle = re.findall(r"^\s*keepalive_timeout\s+(\d+)s\s*;", block[1], re.MULTILINE)
+    assert len(idle) == 1, "the upstream block sets no keepalive_timeout"
+    assert int(idle[0]) < uvicorn.Config(app=None).timeout_keep_alive
 
 
 def test_the_fleet_profile_adds_postgres_a_second_replica_and_a_load_balancer_only() -> None:
