@@ -12,8 +12,9 @@ import json
 import zlib
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import FieldDescriptor, FileDescriptor
+from google.protobuf.message import DecodeError, Message
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -133,10 +134,13 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         try:
             request.ParseFromString(body)
         except DecodeError as exc:
-            raise MalformedOtlp(
-                f"the protobuf body does not decode ({exc}): it is not an OTLP trace export "
-                "request, it was cut short, or one of its strings is not UTF-8"
-            ) from exc
+            try:
+                return _with_utf8_repaired(body)
+            except DecodeError:
+                raise MalformedOtlp(
+                    f"the protobuf body does not decode ({exc}): it is not an OTLP trace "
+                    "export request, or it was cut short"
+                ) from exc
         return request
     if kind == JSON:
         try:
@@ -162,6 +166,67 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     raise UnsupportedContentType(
         f"content type {kind or 'none'!r} is not supported; send {PROTOBUF} or {JSON}"
     )
+
+
+class _LenientRequest:
+    """The OTLP request with its string fields read as bytes, so that a string cut inside a
+    character decodes. The collector's truncate_all and Substring (contrib 0.114) cut by
+    byte; a strict decoder refused the whole batch for such a cut, and the exporter drops a
+    refused batch (400 is not retried), with every error span in it."""
+
+    def __init__(self) -> None:
+        pool = descriptor_pool.DescriptorPool()
+        self.strings: set[str] = set()  # full names of the fields OTLP declares as strings
+        for file in _with_dependencies(ExportTraceServiceRequest.DESCRIPTOR.file):
+            proto = descriptor_pb2.FileDescriptorProto()
+            file.CopyToProto(proto)
+            self._strings_as_bytes(proto.package, proto.message_type)
+            pool.Add(proto)
+        name = ExportTraceServiceRequest.DESCRIPTOR.full_name
+        self.message_class = message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+    def _strings_as_bytes(self, scope: str, messages: Any) -> None:
+        for message in messages:
+            full_name = f"{scope}.{message.name}"
+            for field in message.field:
+                if field.type == FieldDescriptor.TYPE_STRING:
+                    field.type = FieldDescriptor.TYPE_BYTES
+                    self.strings.add(f"{full_name}.{field.name}")
+            self._strings_as_bytes(full_name, message.nested_type)
+
+    def repair(self, message: Message) -> None:
+        """Every string field of ``message``, deep, made valid UTF-8 (U+FFFD for what is not)."""
+        for field, value in message.ListFields():
+            if field.full_name in self.strings:
+                if field.is_repeated:
+                    value[:] = [item.decode(errors="replace").encode() for item in value]
+                else:
+                    setattr(message, field.name, value.decode(errors="replace").encode())
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in value if field.is_repeated else [value]:
+                    self.repair(item)
+
+
+def _with_dependencies(file: FileDescriptor) -> list[FileDescriptor]:
+    """``file`` after the files it imports, each once: the order a pool takes them in."""
+    ordered: list[FileDescriptor] = []
+    for dependency in file.dependencies:
+        ordered += [f for f in _with_dependencies(dependency) if f not in ordered]
+    return ordered + [file]
+
+
+_LENIENT: _LenientRequest | None = None
+
+
+def _with_utf8_repaired(body: bytes) -> ExportTraceServiceRequest:
+    """The request, its strings made valid UTF-8 first; raises DecodeError when the body is
+    not one even so."""
+    global _LENIENT
+    if _LENIENT is None:
+        _LENIENT = _LenientRequest()
+    lenient = _LENIENT.message_class.FromString(body)
+    _LENIENT.repair(lenient)
+    return ExportTraceServiceRequest.FromString(lenient.SerializeToString())
 
 
 def _hex_ids_to_base64(node: Any) -> Any:

@@ -111,6 +111,32 @@ def error_spans_body(service: str, message: str, count: int = 1) -> bytes:
     return encode_spans(exporter.get_finished_spans()).SerializeToString()
 
 
+def test_a_string_cut_inside_a_character_is_taken_with_a_replacement_character(
+    tmp_path: Path,
+) -> None:
+    """The collector's truncate_all and Substring cut by byte, so a bounded message can end
+    in part of a character. protobuf calls such a string invalid: the whole batch got 400,
+    which the collector's exporter never sends again, and every error span in it was lost."""
+    message = "Database connection timeout: délai dépassé"
+    whole = error_spans_body("cut-svc", message)
+    # "é" is two bytes: its first one alone, then a space, keeps every length as it was.
+    body = whole.replace("dépassé".encode(), "dépass".encode() + b"\xc3 ")
+    assert body != whole
+    ers = start_ers(tmp_path, env={"ERS_INTAKE_TOKEN": TOKEN})
+    try:
+        with httpx.Client(base_url=ers.url, timeout=10) as http:
+            headers = {"Authorization": f"Bearer {TOKEN}", "content-type": PROTOBUF}
+            reply = http.post("/v1/traces", content=body, headers=headers)
+            assert reply.status_code == 200, reply.content
+            incidents = http.get("/api/emergency/incidents?component=cut-svc").json()
+            assert incidents["total"] == 1
+            (incident,) = incidents["incidents"]
+            detail = http.get(f"/api/emergency/incidents/{incident['id']}").text
+            assert "délai dépass\ufffd " in detail, detail
+    finally:
+        assert ers.stop() == 0
+
+
 def incident_count(http: httpx.Client, component: str) -> int:
     body = http.get("/api/emergency/incidents", params={"component": component}).json()
     return sum(incident["count"] for incident in body["incidents"])

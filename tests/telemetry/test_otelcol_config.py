@@ -72,9 +72,9 @@ def bounds(context: str) -> tuple[int, int]:
     return int(count[1]), int(length[1])
 
 
-def substring_bound(field: str) -> int:
+def substring_bound(field: str, context: str = "span") -> int:
     transform = CONFIG["processors"]["transform/bound_error_spans"]
-    (group,) = [g for g in transform["trace_statements"] if g["context"] == "span"]
+    (group,) = [g for g in transform["trace_statements"] if g["context"] == context]
     pattern = rf"^set\({re.escape(field)}, Substring\({re.escape(field)}, 0, (\d+)\)\)"
     found = re.search(pattern, "\n".join(group["statements"]), re.MULTILINE)
     assert found, f"{field} is not bounded"
@@ -94,6 +94,14 @@ def attributes(rng: random.Random, count: int, length: int) -> list[KeyValue]:
         )
         for i in range(count)
     ]
+
+
+def worst_scope(rng: random.Random) -> InstrumentationScope:
+    return InstrumentationScope(
+        name=random_text(rng, substring_bound("name", "scope")),
+        version=random_text(rng, substring_bound("version", "scope")),
+        attributes=attributes(rng, *bounds("scope")),
+    )
 
 
 def worst_resource_spans(rng: random.Random) -> ResourceSpans:
@@ -122,7 +130,7 @@ def worst_resource_spans(rng: random.Random) -> ResourceSpans:
     )
     return ResourceSpans(
         resource=Resource(attributes=attributes(rng, *bounds("resource"))),
-        scope_spans=[ScopeSpans(scope=InstrumentationScope(name="x" * 64), spans=[span])],
+        scope_spans=[ScopeSpans(scope=worst_scope(rng), spans=[span])],
     )
 
 
@@ -134,6 +142,10 @@ def test_error_spans_are_bounded_before_they_are_batched_for_ers() -> None:
     assert processors[-1] == "batch/ers"
     events = CONFIG["processors"]["filter/errors_from_others"]["traces"]["spanevent"]
     assert events == ['name != "exception"']
+    # The W3C trace state has no bound of its own, and ERS reads nothing of it.
+    transform = CONFIG["processors"]["transform/bound_error_spans"]
+    (span,) = [g for g in transform["trace_statements"] if g["context"] == "span"]
+    assert 'set(trace_state, "") where trace_state != ""' in span["statements"]
 
 
 def test_the_largest_batch_to_ers_fits_under_its_body_limit() -> None:
