@@ -23,6 +23,7 @@ from grafana.panels import (
     dashboard,
     gauge,
     grown_in_range,
+    hidden_variable,
     per_step,
     q,
     quantiles,
@@ -48,7 +49,11 @@ HTTP = "http_server_request_duration_seconds"
 SERVED = 'http_route!~"/metrics|/livez|/readyz"'
 AGENT = 'agent=~"$agent"'
 # Tempo's span metrics of ERS's spans; the probes' server spans are left out as above.
-ERS_SPANS = 'service="ers"'
+# Tempo's label is the spans' service.name, ERS's service_name setting (ERS_SERVICE_NAME in
+# compose): read from ERS's own target_info, which the OpenTelemetry exporter writes.
+ERS_SPANS = 'service="$service"'
+# (its default, "ers", until the dashboard has loaded it).
+SERVICE = hidden_variable("service", 'label_values(target_info{job="ers"}, service_name)', "ers")
 SERVED_SPANS = 'span_name!~"GET /(metrics|livez|readyz)"'
 # The guarded calls' spans, agent.<name> (an agent's name has no dot): the fallback.<name>
 # spans under them and agent.<name>.breaker carry the same ers.agent.
@@ -126,7 +131,7 @@ def system_health() -> Json:
                    "is full, chats are turned away with 503: the shed line of Error ratio."),
     ]
     return dashboard("ers-system-health", "ERS / System health",
-                     "State, resources, traffic, latency and the chat SLO.", panels)
+                     "State, resources, traffic, latency and the chat SLO.", panels, [SERVICE])
 
 
 def agents() -> Json:
@@ -179,7 +184,10 @@ def agents() -> Json:
               q(f"sum by (agent, source) ({grown_in_range(forced)}) > 0"),
               columns={"Value": "forced opens"}),
     ]
-    variables = [query_variable("agent", "Agent", "label_values(ers_agent_calls_total, agent)")]
+    variables = [
+        query_variable("agent", "Agent", "label_values(ers_agent_calls_total, agent)"),
+        SERVICE,
+    ]
     return dashboard("ers-agents", "ERS / Agents and breakers",
                      "Per-agent calls, errors, latency, fallbacks and circuit breakers.",
                      panels, variables)

@@ -237,6 +237,22 @@ def query_variable(name: str, label: str, query: str) -> Json:
     }
 
 
+def hidden_variable(name: str, query: str, default: str) -> Json:
+    """A single-value label variable the dashboard fills in itself when it loads (``default``
+    until then): nothing to choose, so not shown."""
+    return {
+        "name": name,
+        "type": "query",
+        "datasource": PROMETHEUS,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 1,
+        "hide": 2,
+        "includeAll": False,
+        "multi": False,
+        "current": {"selected": False, "text": default, "value": default},
+    }
+
+
 def layout(panels: Sequence[Json]) -> list[Json]:
     """Place panels in reading order and number them."""
     placed: list[Json] = []

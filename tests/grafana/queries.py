@@ -4,7 +4,8 @@ check them."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from grafana.build import dashboards
 
@@ -12,16 +13,19 @@ GRAFANA_INTERVALS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
 
-def promql(expr: str, variables: Sequence[str]) -> str:
+def promql(expr: str, variables: Sequence[Mapping[str, Any]]) -> str:
     """The expression as Prometheus would receive it: Grafana's interval variables at fixed
-    values and every dashboard variable at its "All" value."""
+    values, every dashboard variable at its "All" value, or at its default if it has none."""
+    values = {
+        v["name"]: ".*" if v.get("includeAll") else v["current"]["value"] for v in variables
+    }
 
     def value(match: re.Match[str]) -> str:
         name = next(g for g in match.groups() if g)
         if name in GRAFANA_INTERVALS:
             return GRAFANA_INTERVALS[name]
-        if name in variables:
-            return ".*"
+        if name in values:
+            return str(values[name])
         raise ValueError(f"{expr!r} uses ${name}, which its dashboard does not define")
 
     return VARIABLE.sub(value, expr)
@@ -33,9 +37,10 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
     and dashboard variables are at their "All" value."""
     queries = []
     for board in dashboards():
-        names = [v["name"] for v in board["templating"]["list"]]
+        variables = board["templating"]["list"]
         for panel in board["panels"]:
             for target in panel["targets"]:
                 if "expr" in target:
-                    queries.append((board["uid"], panel["title"], promql(target["expr"], names)))
+                    expr = promql(target["expr"], variables)
+                    queries.append((board["uid"], panel["title"], expr))
     return queries

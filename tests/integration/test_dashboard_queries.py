@@ -4,11 +4,13 @@ its HTTP API as Grafana would send it."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 
+from grafana.build import dashboards
 from tests.conftest import free_port, start_ers
 from tests.grafana.queries import dashboard_queries
 from tests.integration.prom import PromProcess, start_prometheus
@@ -26,6 +28,19 @@ def has_data(prom: PromProcess, expr: str) -> bool:
     """At least one sample that is a number: histogram_quantile over buckets that did not
     move in the window answers NaN, which a panel shows as no value."""
     return any(not sample.is_nan for sample in prom.query(expr))
+
+
+def variable_values(prom: PromProcess) -> dict[tuple[str, str], set[str]]:
+    """(dashboard uid, variable name): the values its ``label_values(selector, label)``
+    query gives, as Grafana asks Prometheus for them."""
+    found = {}
+    for board in dashboards():
+        for variable in board["templating"]["list"]:
+            call = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
+            assert call, variable
+            values = {sample.labels.get(call[2]) for sample in prom.query(call[1])}
+            found[(board["uid"], variable["name"])] = values - {None}
+    return found
 
 
 def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
@@ -49,12 +64,18 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
                 pending = {q for q in pending if not has_data(prom, q[2])}
                 if pending:
                     time.sleep(1)
+            variables = variable_values(prom)
         finally:
             exit_code = ers.stop()
         assert exit_code == 0, ers.log()
     finally:
         prom.stop()
 
+    # What each variable offers: the agents, and ERS's service.name, which Tempo's span
+    # metrics carry as their service label (ERS's default here, "ers").
+    assert variables[("ers-agents", "agent")] >= {"router", "nutrition", "workout", "budget"}
+    for uid in ("ers-agents", "ers-system-health"):
+        assert variables[(uid, "service")] == {"ers"}, variables
     empty = sorted(pending)
     for uid, title, expr in empty:
         print(f"no data: {uid} / {title}: {expr}")
