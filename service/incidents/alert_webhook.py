@@ -283,9 +283,12 @@ class AlertHandler:
                 log.exception("alert %s could not be acted on after the cooldown", alert.name)
 
     def _still_firing(self, alert: Alert, incident_id: str) -> bool:
-        """The firing holds as a delivery now would (no resolution arrived first), and its
-        incident is still active."""
-        if self.landing.stale(alert) is not None:
+        """The firing holds as a delivery now would (no resolution arrived first), its
+        incident is still active, and no other delivery's wait acted for it (a later one's
+        skip would overwrite the first's success: the resolution then released nothing)."""
+        entry = self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), alert.status)
+        waiting = ((entry or {}).get("outcome") or "").endswith(COOLDOWN_OUTCOME)
+        if not waiting or self.landing.stale(alert) is not None:
             return False
         try:
             return self.incidents.get(incident_id).active

@@ -444,6 +444,35 @@ async def test_an_isolation_skipped_for_the_cooldown_runs_when_it_ends_if_still_
     assert entry and entry["outcome"] == "isolate: success, once the cooldown ended", entry
 
 
+async def test_a_firing_delivered_twice_within_the_cooldown_isolates_once_and_is_released(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Each delivery skipped by the cooldown waited for its end: the first isolated the
+    agent, the second was then skipped by the cooldown that isolation started and wrote its
+    skip over the success. The resolution read "its firing isolated nothing" and left the
+    agent forced open by the alert for the isolation's whole TTL (900 s)."""
+    runtime = app.state.runtime
+    runtime.alerts.responder.cooldown_s = 1.0  # what responder_cooldown_s sets, shortened
+    breaker = runtime.team.get("workout").breaker
+    await deliver(hook, app, FIRING)
+    breaker.release(source="admin:ana")
+    again = alert("AgentErrorRatioHigh", "isolate", "77aa0b")
+    again["alerts"][0]["labels"]["agent"] = "workout"
+    await deliver(hook, app, again)
+    await deliver(hook, app, again)  # an Alertmanager pair sends each notification twice
+    await asyncio.wait_for(asyncio.gather(*runtime.alerts._timers), timeout=10)
+    assert breaker.snapshot()["forced"]["source"] == "alertmanager"
+    entry = runtime.alerts.ledger.entry("77aa0b", "2026-11-28T12:00:00+00:00", "firing")
+    assert entry and entry["outcome"] == "isolate: success, once the cooldown ended", entry
+
+    await deliver(hook, app, resolved_payload())  # the first alert: the second holds it
+    assert breaker.state.value == "forced_open"
+    resolved = alert("AgentErrorRatioHigh", "isolate", "77aa0b", status="resolved")
+    resolved["alerts"][0]["labels"]["agent"] = "workout"
+    await deliver(hook, app, resolved)
+    assert breaker.state.value != "forced_open"
+
+
 async def test_a_resolution_after_an_operator_resolved_the_incident_says_so_plainly(
     hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
 ) -> None:
