@@ -16,9 +16,7 @@ VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 def promql(expr: str, variables: Sequence[Mapping[str, Any]]) -> str:
     """The expression as Prometheus would receive it: Grafana's interval variables at fixed
     values, every dashboard variable at its "All" value, or at its default if it has none."""
-    values = {
-        v["name"]: ".*" if v.get("includeAll") else v["current"]["value"] for v in variables
-    }
+    values = {v["name"]: ".*" if v.get("includeAll") else v["current"]["value"] for v in variables}
 
     def value(match: re.Match[str]) -> str:
         name = next(g for g in match.groups() if g)
