@@ -56,11 +56,13 @@ def fingerprint(scope: str, request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def turn_key(scope: str, key: str | None) -> str:
-    """Marks the rows a request writes: the same for every retry of one keyed request."""
+def turn_key(scope: str, key: str | None, request: str) -> str:
+    """Marks the rows a request writes: the same for every retry of one keyed request (its
+    ``fingerprint``). Another request under a forgotten key is a new one: with the key alone,
+    another user's expense was refused as recorded before, and nothing was recorded."""
     if key is None:
         return uuid.uuid4().hex
-    return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{scope}\0{key}\0{request}".encode()).hexdigest()[:32]
 
 
 def check_same_request(remembered: RememberedReply, request_fingerprint: str) -> None:

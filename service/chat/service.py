@@ -123,7 +123,7 @@ class ChatService:
                 degraded=reply.degraded,
                 trace_id=trace_id,
             ),
-            turn_key=turn_key(SCOPE, key) if reply.writes else None,
+            turn_key=turn_key(SCOPE, key, request) if reply.writes else None,
             # A fallback that recorded nothing is not the request's answer: its retry with
             # the same key asks the agents again, as after a 503, instead of getting the
             # fallback back for the key's whole time.

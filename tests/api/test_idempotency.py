@@ -111,6 +111,28 @@ async def test_a_forgotten_keys_expense_is_not_claimed_recorded_again(
     assert "spent $1.00" in report.json()["response"]
 
 
+async def test_another_request_under_a_forgotten_key_is_recorded(
+    client: httpx.AsyncClient,
+) -> None:
+    """A key names one request: once forgotten, another user's expense, or another expense
+    of the same user, sent under it is a new request. Both were refused with the 409 that
+    says the expense was recorded before, and neither was recorded."""
+    first = {"message": "spent $10 on groceries", "userId": "alice"}
+    assert (await client.post("/chat", json=first, headers={"Idempotency-Key": "K"})).is_success
+    for round_, (user, spent) in enumerate((("bob", "$99 on rent"), ("alice", "$7 on coffee"))):
+        for n in range(MAX_KEYS):  # newer keys push K out of what is remembered
+            headers = {"Idempotency-Key": f"n{round_}-{n}"}
+            await client.post("/chat", json={"message": "hi"}, headers=headers)
+        chat = {"message": f"spent {spent}", "userId": user}
+        reply = await client.post("/chat", json=chat, headers={"Idempotency-Key": "K"})
+        assert reply.status_code == 200, reply.text
+        assert "Recorded" in reply.json()["response"]
+    bob = await client.post("/chat", json={"message": "budget report", "userId": "bob"})
+    assert "spent $99.00" in bob.json()["response"]
+    alice = await client.post("/chat", json={"message": "budget report", "userId": "alice"})
+    assert "spent $17.00" in alice.json()["response"], alice.json()["response"]
+
+
 async def test_a_key_older_than_its_time_is_forgotten(app: FastAPI) -> None:
     units = app.state.runtime.stores.units
     ttl = units.policy.ttl_s
