@@ -31,8 +31,10 @@ async def test_a_validation_error_and_an_unreadable_body_share_one_shape(
         (b'{"message": ', "not valid JSON (Expecting value at character 12); check quotes"),
         (b"[" * 10_000 + b"]" * 10_000, "nests arrays or objects too deeply to read"),
         (b'{"message": "\xff plan"}', "not valid UTF-8 (byte 0xff at offset 13)"),
+        # Python's own ValueError (not a JSONDecodeError) was a 400 "error parsing the body".
+        (b'{"age": ' + b"1" * 5000 + b"}", "has more than 4300 digits; send it shorter"),
     ],
-    ids=["truncated", "depth-10000", "latin-1"],
+    ids=["truncated", "depth-10000", "latin-1", "5000-digits"],
 )
 async def test_an_unreadable_body_is_named(
     client: httpx.AsyncClient, body: bytes, expected: str
