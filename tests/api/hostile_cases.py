@@ -114,8 +114,10 @@ def free_text_outcome(
 def reason_outcome(name: str, field: str, max_chars: int, ok: int = 200) -> tuple[int, str | None]:
     """A reason is free text on one line: it also refuses a control character and a
     bidirectional override, which break or reorder the table row that shows it."""
-    if name in ("control-chars", "rtl-override"):
+    if name == "control-chars":
         return 422, "control character"
+    if name == "rtl-override":
+        return 422, "bidirectional formatting character"
     return free_text_outcome(name, field, max_chars, ok)
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from service.errors import breaks_a_line
+from service.errors import BIDI_CONTROLS, breaks_a_line
 
 
 def json_kind(value: Any) -> str:
@@ -127,9 +127,13 @@ def _one_line(value: str) -> str:
         if breaks_a_line(char):
             raise PydanticCustomError(
                 "reason_control",
-                "must be one line of plain text; it holds the control character {char} at "
+                "must be one line of plain text; it holds the {kind} character {char} at "
                 "character {at}; remove it",
-                {"char": f"U+{ord(char):04X}", "at": at},
+                {
+                    "kind": "bidirectional formatting" if char in BIDI_CONTROLS else "control",
+                    "char": f"U+{ord(char):04X}",
+                    "at": at,
+                },
             )
     return words
 
