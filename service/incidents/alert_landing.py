@@ -6,9 +6,9 @@ incidents``) and none of its severity or worse is active. Such an alert lands on
 severe of those: an incident of its own (an active critical incident, the alert's very
 condition) would keep it firing, and a lesser one is no reason to back up or roll back. An
 ``isolate`` alert lands on its agent's active incident, whatever its type (one naming no
-agent on one of its own); a ``backup``,
-``rollback`` or ``cleanup`` alert on its target's of its kind, else the most severe active
-one; any other alert on one of its own. A resolution lands on the incident its firing
+agent on one of its own); a ``backup``, ``rollback`` or ``cleanup`` alert on its target's of
+its kind, else its target's of any kind, else the most severe active one; any other alert on
+one of its own. A resolution lands on the incident its firing
 landed on, as the ledger kept it. Each landing goes on the incident's timeline.
 """
 
@@ -114,7 +114,11 @@ class AlertLanding:
             # One naming no agent isolates nothing: another alert's incident is not its own.
             return self.incidents.find_active(component) if alert.target else None
         if alert.action in ("backup", "rollback", "cleanup"):
-            return self.incidents.find_active(component, kind) or self._most_severe_active()
+            return (
+                self.incidents.find_active(component, kind)
+                or (self.incidents.find_active(component) if alert.target else None)
+                or self._most_severe_active()
+            )
         return None
 
     def _most_severe_active(self, alert: Alert | None = None) -> Incident | None:

@@ -238,6 +238,24 @@ async def test_an_agents_alert_lands_on_its_incident_whatever_its_type(
     assert ("alert_received", "AgentErrorRatioHigh") in kinds
 
 
+async def test_a_backup_alert_lands_on_its_targets_incident_of_any_type(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """As the README has it: the incident of its target, else the most severe active one.
+    Its target's incident of another type than its own was passed over for another
+    component's more severe one."""
+    store = app.state.runtime.incidents
+    await failed_chat(client, app)
+    (failing,) = store.list(status="active")[0]
+    await deliver(hook, app, alert("SomethingCritical", "none", "77aa0c"))
+    assert store.most_severe_active("low").id != failing.id
+    stale = alert("BackupStale", "backup", "77aa0d")
+    stale["alerts"][0]["labels"]["component"] = "workout"
+    await deliver(hook, app, stale)
+    kinds = [(e.kind, e.data.get("alertname")) for e in store.timeline(failing.id)]
+    assert ("alert_received", "BackupStale") in kinds
+
+
 async def test_two_alerts_without_an_action_get_an_incident_each(
     hook: httpx.AsyncClient, app: FastAPI
 ) -> None:
