@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import zlib
 from typing import Any
 
@@ -149,6 +150,11 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             raise MalformedOtlp(f"the JSON body is ambiguous: {exc}") from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise MalformedOtlp(f"the JSON body does not parse: {exc}") from exc
+        except ValueError:  # Python reads integers of 4300 digits at most
+            raise MalformedOtlp(
+                f"the JSON body holds a number of more than {sys.get_int_max_str_digits()} "
+                "digits; OTLP's are 64 bits at most"
+            ) from None
         if not isinstance(document, dict):
             raise MalformedOtlp("the JSON body must be an object with resourceSpans")
         try:

@@ -6,7 +6,19 @@ import zlib
 
 import pytest
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+    KeyValueList,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as ProtoStatus
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -156,6 +168,14 @@ def test_names_and_types_other_services_send_are_cut() -> None:
             "all-zero trace or span id",
         ),
         (b"", "application/x-protobuf", "br", "'br' is not supported; use gzip, deflate or"),
+        (
+            # Python's own ValueError, which left the intake as a 500.
+            b'{"resourceSpans": [{"resource": {"attributes": [{"key": "n", "value": '
+            b'{"intValue": ' + b"1" * 5000 + b"}}]}}]}",
+            "application/json",
+            None,
+            "a number of more than 4300 digits",
+        ),
     ],
 )
 def test_malformed_bodies_raise_with_a_reason(
@@ -311,3 +331,62 @@ def test_a_span_left_out_for_its_ids_is_named_without_its_secrets() -> None:
     for reason in (refused.value.reason, *rejected):
         assert "sk-live-2" not in reason and "sk-q-3" not in reason, reason
         assert "api.example/v1/charge?key=REDACTED" in reason
+
+
+def test_strings_cut_inside_a_character_are_taken_with_a_replacement_character() -> None:
+    """Wherever OTLP has a string: resource, scope, span and event attributes (keys, nested
+    arrays and kvlists, the string_value of AnyValue's oneof), names, status, trace state."""
+    nested = AnyValue(
+        kvlist_value=KeyValueList(
+            values=[KeyValue(key="inner-ZZZ", value=AnyValue(string_value="deep-ZZZ"))]
+        )
+    )
+    values = ArrayValue(values=[AnyValue(string_value="item-ZZZ"), AnyValue(int_value=7)])
+    span = Span(
+        trace_id=b"\x01" * 16,
+        span_id=b"\x02" * 8,
+        name="checkout-ZZZ",
+        trace_state="k=ZZZ",
+        status=ProtoStatus(code=2, message="délai-ZZZ"),
+        attributes=[
+            KeyValue(key="key-ZZZ", value=AnyValue(string_value="value-ZZZ")),
+            KeyValue(key="map", value=nested),
+            KeyValue(key="list", value=AnyValue(array_value=values)),
+            KeyValue(key="empty", value=AnyValue(string_value="")),
+        ],
+        events=[
+            Span.Event(
+                name="exception",
+                attributes=[
+                    KeyValue(key="exception.message", value=AnyValue(string_value="Ω-ZZZ"))
+                ],
+            )
+        ],
+    )
+    request = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=ProtoResource(
+                    attributes=[
+                        KeyValue(key="service.name", value=AnyValue(string_value="svc-ZZZ"))
+                    ]
+                ),
+                scope_spans=[
+                    ScopeSpans(scope=InstrumentationScope(name="scope-ZZZ"), spans=[span])
+                ],
+            )
+        ]
+    )
+    # The first byte of "é" alone, then two letters: every length stays as it was.
+    body = request.SerializeToString().replace(b"ZZZ", b"\xc3ZZ")
+    with pytest.raises(DecodeError):
+        ExportTraceServiceRequest.FromString(body)
+    (record,) = decoded(body, "application/x-protobuf")
+    cut = "\ufffdZZ"
+    assert record.name == f"checkout-{cut}" and record.status_message == f"délai-{cut}"
+    assert record.service_name == f"svc-{cut}"
+    assert record.attributes[f"key-{cut}"] == f"value-{cut}"
+    assert record.attributes["map"] == {f"inner-{cut}": f"deep-{cut}"}
+    assert record.attributes["list"] == [f"item-{cut}", 7]
+    assert record.attributes["empty"] == ""
+    assert record.exception_message == f"Ω-{cut}"
