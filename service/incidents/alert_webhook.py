@@ -36,6 +36,7 @@ from service.incidents.alert_payload import (
 )
 from service.incidents.ledger import (
     COOLDOWN_OUTCOME,
+    ISOLATED,
     NOT_KEPT_OUTCOME,
     AlertLedger,
     LedgerUnavailable,
@@ -271,21 +272,17 @@ class AlertHandler:
                     if alert.action == "isolate" and result.result == "success":
                         await asyncio.to_thread(self.recovery.isolated, context.incident_id, alert)
                     outcome = f"{result.action}: {result.result}, once the cooldown ended"
-                    await asyncio.to_thread(
-                        self.ledger.finish,
-                        alert.fingerprint,
-                        starts_at,
-                        alert.status,
-                        context.incident_id,
-                        outcome,
-                    )
+                    finish = (alert.fingerprint, starts_at, alert.status, context.incident_id)
+                    # Skipped, perhaps as another replica's wait isolated: not over its success.
+                    keep = ISOLATED if result.result == "skipped" else None
+                    await asyncio.to_thread(self.ledger.finish, *finish, outcome, keep)
             except Exception:  # an alert must never take the service down
                 log.exception("alert %s could not be acted on after the cooldown", alert.name)
 
     def _still_firing(self, alert: Alert, incident_id: str) -> bool:
         """The firing holds as a delivery now would (no resolution arrived first), its
-        incident is still active, and no other delivery's wait acted for it (a later one's
-        skip would overwrite the first's success: the resolution then released nothing)."""
+        incident is still active, and no other delivery's wait here acted for it (a later
+        one's skip overwrote the first's success: the resolution then released nothing)."""
         entry = self.ledger.entry(alert.fingerprint, alert.startsAt.isoformat(), alert.status)
         waiting = ((entry or {}).get("outcome") or "").endswith(COOLDOWN_OUTCOME)
         if not waiting or self.landing.stale(alert) is not None:

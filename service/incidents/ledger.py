@@ -66,7 +66,8 @@ COOLDOWN_OUTCOME = "skipped within the cooldown; run once it ends if the alert s
 NOT_KEPT_OUTCOME = "not kept across a restart yet; taken again on the next delivery"
 # The outcomes of an isolate alert's firing that hold its agent: another isolate alert's
 # resolution leaves the agent isolated while one of these still fires.
-ISOLATING = ("isolate: success", f"isolate: {COOLDOWN_OUTCOME}")
+ISOLATED = "isolate: success"
+ISOLATING = (ISOLATED, f"isolate: {COOLDOWN_OUTCOME}")
 # How long a resolution waits for its firing while another writer acts on it: longer than
 # an action may run (the responder's limit is 120 s).
 FIRING_WAIT_S = 130.0
@@ -246,11 +247,19 @@ class AlertLedger:
         )
 
     def finish(
-        self, fingerprint: str, starts_at: str, status: str, incident_id: str | None, outcome: str
+        self,
+        fingerprint: str,
+        starts_at: str,
+        status: str,
+        incident_id: str | None,
+        outcome: str,
+        keep: str | None = None,
     ) -> None:
+        """Write the outcome, unless the one there begins with ``keep``."""
+        kept = " AND (outcome IS NULL OR outcome NOT LIKE ?)" if keep else ""
         self._database.rows(
-            f"UPDATE alert_ledger SET incident_id = ?, outcome = ? WHERE {KEY}",
-            (incident_id, outcome, fingerprint, starts_at, status),
+            f"UPDATE alert_ledger SET incident_id = ?, outcome = ? WHERE {KEY}{kept}",
+            (incident_id, outcome, fingerprint, starts_at, status, *([f"{keep}%"] if keep else [])),
         )
 
     def entry(self, fingerprint: str, starts_at: str, status: str) -> dict[str, Any] | None:

@@ -87,6 +87,27 @@ def test_finish_notes_the_incident_and_outcome(ledger: Ledger) -> None:
     }
 
 
+def test_a_replicas_skip_after_the_cooldown_does_not_overwrite_anothers_isolation(
+    replicas: tuple[Ledger, Ledger],
+) -> None:
+    """Each replica of the fleet that got a delivery skipped by the cooldown waits for its
+    end; one isolates, the other is then skipped. Written in either order, the firing's
+    outcome stays the isolation: its resolution reads a skip as "isolated nothing"."""
+    first, second = replicas
+    key = ("fp-pair", "2024-05-01T10:00:00Z", "firing")
+    first.record(*key, "AgentErrorRatioHigh")
+    waited = "isolate: skipped within the cooldown; run once it ends if the alert still fires"
+    first.finish(*key, "INC_1_abcdef", waited)
+    skipped, isolated = "isolate: skipped, once the cooldown ended", "isolate: success, once ..."
+    second.finish(*key, "INC_1_abcdef", isolated)
+    first.finish(*key, "INC_1_abcdef", skipped, keep=ledger_module.ISOLATED)
+    assert (first.entry(*key) or {})["outcome"] == isolated
+    second.finish(*key, "INC_1_abcdef", waited)  # the other order
+    first.finish(*key, "INC_1_abcdef", skipped, keep=ledger_module.ISOLATED)
+    second.finish(*key, "INC_1_abcdef", isolated)
+    assert (first.entry(*key) or {})["outcome"] == isolated
+
+
 @pytest.mark.parametrize("outcome", ["emergency_backup: failed", "failed: OSError: disk full"])
 def test_a_delivery_whose_action_failed_is_taken_again_once(ledger: Ledger, outcome: str) -> None:
     key = ("fp3", "2024-05-01T10:00:00Z", "firing")
