@@ -65,6 +65,14 @@ def turn_key(scope: str, key: str | None, request: str) -> str:
     return hashlib.sha256(f"{scope}\0{key}\0{request}".encode()).hexdigest()[:32]
 
 
+def turn_key_before(scope: str, key: str | None) -> str | None:
+    """The turn key of an expense stored before turn keys named the request: its retry,
+    once the key is forgotten, is found by it and gets the 409, not a second expense."""
+    if key is None:
+        return None
+    return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()[:32]
+
+
 def check_same_request(remembered: RememberedReply, request_fingerprint: str) -> None:
     """Raise KeyReused when a remembered key is sent again with another request."""
     if remembered.fingerprint != request_fingerprint:

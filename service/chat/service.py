@@ -12,7 +12,12 @@ from opentelemetry import trace
 
 from service.agents.base import AgentReply, AgentRequest
 from service.chat.admission import ChatAdmission, ChatOverloaded
-from service.chat.idempotency import check_same_request, fingerprint, turn_key
+from service.chat.idempotency import (
+    check_same_request,
+    fingerprint,
+    turn_key,
+    turn_key_before,
+)
 from service.errors import UserInputError
 from service.resilience.guard import GuardedAgent
 from service.resilience.instruments import AgentInstruments
@@ -124,6 +129,7 @@ class ChatService:
                 trace_id=trace_id,
             ),
             turn_key=turn_key(SCOPE, key, request) if reply.writes else None,
+            turn_key_before=turn_key_before(SCOPE, key) if reply.writes else None,
             # A fallback that recorded nothing is not the request's answer: its retry with
             # the same key asks the agents again, as after a 503, instead of getting the
             # fallback back for the key's whole time.

@@ -63,6 +63,8 @@ class Unit:
     turn: ChatTurn | None = None
     # Marks this unit's expense rows, so applying the unit again adds none twice.
     turn_key: str | None = None
+    # The turn key its expense had before turn keys named the request (the key alone).
+    turn_key_before: str | None = None
     key: KeyToRemember | None = None
     read_profile: str | None = None
     now: float = field(default_factory=time.time)
@@ -201,6 +203,17 @@ async def _write(
                 # with its reply, not as if the expense were a forgotten send's.
                 raise KeyTaken(unit.key.scope, unit.key.key)
             raise ExpenseRecordedBefore(unit.key.key)
+        if added and unit.key is not None and unit.turn_key_before is not None:
+            before = await tx.rows(
+                "budgets",
+                f"SELECT user_id, category, amount_cents, note FROM {names['budgets']}.expenses"
+                " WHERE turn_key = ?",
+                (unit.turn_key_before,),
+            )
+            expense = (write.user_id, write.category, write.amount_cents, write.note)
+            found = [(r["user_id"], r["category"], r["amount_cents"], r["note"]) for r in before]
+            if expense in found:  # this request, sent before
+                raise ExpenseRecordedBefore(unit.key.key)
     elif isinstance(write, SetBudgetLimit):
         await tx.rows(
             "budgets",

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service.chat.idempotency import turn_key_before
 from service.settings import Settings
 from service.stores.base import ChatTurn
 from service.stores.unit_of_work import KeyToRemember, Unit
@@ -131,6 +132,29 @@ async def test_another_request_under_a_forgotten_key_is_recorded(
     assert "spent $99.00" in bob.json()["response"]
     alice = await client.post("/chat", json={"message": "budget report", "userId": "alice"})
     assert "spent $17.00" in alice.json()["response"], alice.json()["response"]
+
+
+async def test_an_expense_stored_before_turn_keys_named_the_request_is_not_recorded_again(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Expenses stored before keep the turn key of their Idempotency-Key alone: a retry of
+    one, once its key is forgotten, still gets the 409, while another request under the key
+    is recorded."""
+    budgets = app.state.runtime.stores.budgets
+    spent = {"message": "spent $1 on groceries", "userId": "u5"}
+    assert (await client.post("/chat", json=spent, headers={"Idempotency-Key": "O"})).is_success
+    # As the earlier turn key derivation stored it.
+    before = turn_key_before("POST /chat", "O")
+    await budgets.db.execute(f"UPDATE {budgets.at}.expenses SET turn_key = ?", (before,))
+    for n in range(MAX_KEYS):  # newer keys push O out of what is remembered
+        await client.post("/chat", json={"message": "hi"}, headers={"Idempotency-Key": f"o{n}"})
+    retry = await client.post("/chat", json=spent, headers={"Idempotency-Key": "O"})
+    assert retry.status_code == 409, retry.text
+    other = {"message": "spent $2 on groceries", "userId": "u5"}
+    reply = await client.post("/chat", json=other, headers={"Idempotency-Key": "O"})
+    assert reply.status_code == 200, reply.text
+    report = await client.post("/chat", json={"message": "budget report", "userId": "u5"})
+    assert "spent $3.00" in report.json()["response"], report.json()["response"]
 
 
 async def test_a_key_older_than_its_time_is_forgotten(app: FastAPI) -> None:
