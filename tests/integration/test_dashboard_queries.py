@@ -50,7 +50,9 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     # Prometheus first, so that it sees ERS's counters from their first exported value.
     prom = start_prometheus(tmp_path / "prometheus", [f"http://127.0.0.1:{port}"], [RULES])
     try:
-        ers = start_ers(tmp_path / "ers", env=BACKUPS_ON, port=port)
+        # Named otherwise than the default the dashboards hold until they load.
+        env = {**BACKUPS_ON, "ERS_SERVICE_NAME": "ers-eu-1"}
+        ers = start_ers(tmp_path / "ers", env=env, port=port)
         try:
             prom.wait_for(lambda: prom.query('up{job="ers"} == 1'), timeout=10)
             run_faulty_workload(ers)
@@ -72,10 +74,10 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
         prom.stop()
 
     # What each variable offers: the agents, and ERS's service.name, which Tempo's span
-    # metrics carry as their service label (ERS's default here, "ers").
+    # metrics carry as their service label.
     assert variables[("ers-agents", "agent")] >= {"router", "nutrition", "workout", "budget"}
     for uid in ("ers-agents", "ers-system-health"):
-        assert variables[(uid, "service")] == {"ers"}, variables
+        assert variables[(uid, "service")] == {"ers-eu-1"}, variables
     empty = sorted(pending)
     for uid, title, expr in empty:
         print(f"no data: {uid} / {title}: {expr}")
