@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from backup.errors import SnapshotNotFound, validate_snapshot_id
 from backup.locks import parse_restic_time
-from backup.models import Snapshot
+from backup.models import BackupReason, Snapshot
 
 if TYPE_CHECKING:
     from backup.restic import Restic
@@ -116,9 +116,13 @@ class SnapshotIndex:
         )
 
     def newest_before(self, moment: datetime, components: Iterable[str] = ()) -> Snapshot | None:
-        """The newest snapshot taken before ``moment`` that holds every one of ``components``."""
+        """The newest snapshot taken before ``moment`` that holds every one of ``components``,
+        but a rollback's safety snapshot: it holds the state that rollback put aside, not the
+        state that has been live since."""
         wanted = set(components)
         for snapshot in self.all():
+            if snapshot.reason == BackupReason.PRE_ROLLBACK:
+                continue
             if snapshot.time < moment and wanted <= set(snapshot.components):
                 return snapshot
         return None

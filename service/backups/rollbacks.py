@@ -1,4 +1,4 @@
-"""Rollbacks named by an incident: the newest snapshot taken before it first appeared, the
+"""Rollbacks named by an incident: the newest snapshot taken before it opened, the
 automatic rollback the responder runs, and the record of an operator's rollback on the
 incident's timeline and in the audit trail."""
 
@@ -50,21 +50,22 @@ class Rollbacks:
         self._unwritten: list[_Outcome] = []
 
     async def snapshot_before(self, incident_id: str | None, components: Sequence[str]) -> str:
-        """The newest snapshot taken before the incident first appeared that holds all of
-        ``components``: one point in time for all of them, not whatever snapshot came last
-        (with SQLite, a scheduled backup or a safety snapshot may hold one component)."""
+        """The newest snapshot taken before the incident opened (its first failure, or the
+        last reopening: a snapshot taken after an episode was fixed holds that fix) that holds
+        all of ``components``: one point in time for all of them, not whatever snapshot came
+        last (with SQLite, a scheduled backup or a safety snapshot may hold one component)."""
         if incident_id is None:
             raise SnapshotNotFound("no incident named")
         try:
             incident = await asyncio.to_thread(self.incidents.get, incident_id)
         except IncidentNotFound as exc:
             raise SnapshotNotFound(str(exc)) from None
-        moment = datetime.fromtimestamp(incident.first_seen, UTC)
+        moment = datetime.fromtimestamp(incident.opened_at, UTC)
         snapshot_id = self.backups.newest_before(moment, components)
         if snapshot_id is None:
             fewer = "; name fewer components to roll back" if len(components) > 1 else ""
             raise SnapshotNotFound(
-                f"no snapshot taken before {incident_id} first appeared ({moment:%c} UTC) "
+                f"no snapshot taken before {incident_id} opened ({moment:%c} UTC) "
                 f"holds {', '.join(components)}{fewer}"
             )
         return snapshot_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -331,3 +332,65 @@ async def test_a_rollback_to_before_an_incident_takes_a_snapshot_holding_what_it
         "profiles",
         "system_state",
     }
+
+
+async def rollback_before(http: httpx.AsyncClient, incident_id: str) -> dict[str, Any]:
+    reply = await http.post(
+        "/api/emergency/rollback",
+        json={"beforeIncident": incident_id, "confirm": True, "reason": "bad deploy"},
+    )
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+async def test_a_reopened_incident_rolls_back_to_before_its_reopening(
+    http: httpx.AsyncClient,
+) -> None:
+    """The incident was fixed, a backup taken after the fix, and writes acknowledged; then it
+    reopened. The rollback went back to before its first failure, past the backup after the
+    fix, and the writes made since were gone from the live state."""
+    before = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    await asyncio.sleep(0.05)
+    incident_id = await budget_incident(http)
+    first = await rollback_before(http, incident_id)
+    assert first["backupId"] == before.json()["backupId"]
+    done = {"resolution": "fixed the budget agent"}
+    assert (
+        await http.post(f"/api/emergency/incidents/{incident_id}/resolve", json=done)
+    ).is_success
+    fixed = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    assert fixed.status_code == 200, fixed.text
+    await asyncio.sleep(0.05)
+    assert await budget_incident(http) == incident_id  # the same cause: reopened
+    for _ in range(100):  # the pipeline reopens it off the request path
+        found = (await http.get(f"/api/emergency/incidents/{incident_id}")).json()
+        if found["reopenCount"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    again = await rollback_before(http, incident_id)
+    assert again["backupId"] == fixed.json()["backupId"]
+
+
+async def test_a_rollback_before_an_incident_never_takes_a_safety_snapshot(
+    http: httpx.AsyncClient,
+) -> None:
+    """A rollback's safety snapshot is the newest snapshot once it is done, but holds the
+    state that rollback put aside: taken by the next rollback before an incident, it brought
+    that state back."""
+    await http.post("/chat", json={"message": "spent $5 on lunch", "userId": "cy"})
+    good = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    await asyncio.sleep(0.05)
+    first = await rollback_before(http, await budget_incident(http))
+    assert first["backupId"] == good.json()["backupId"] and first["safetyBackupId"]
+    await asyncio.sleep(0.05)
+    fault = {"component": "workout", "errorType": "network"}
+    assert (await http.post("/api/emergency/simulate-error", json=fault)).status_code == 200
+    await http.post("/chat", json={"message": "make me a workout plan", "userId": "cy"})
+    assert (await http.delete("/api/emergency/simulate-error")).status_code == 200
+    for _ in range(100):
+        found = (await http.get("/api/emergency/incidents", params={"component": "workout"})).json()
+        if found["incidents"]:
+            break
+        await asyncio.sleep(0.05)
+    second = await rollback_before(http, found["incidents"][0]["id"])
+    assert second["backupId"] == good.json()["backupId"], second

@@ -344,7 +344,7 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
     nothing but its end said which; each component is noted on the incident as it is done."""
     notes: list[tuple[str, str, str]] = []
     incidents = SimpleNamespace(
-        get=lambda incident_id: SimpleNamespace(first_seen=1_800_000_000.0),
+        get=lambda incident_id: SimpleNamespace(opened_at=1_800_000_000.0),
         add_timeline=lambda incident_id, kind, message, who, data=None: notes.append(
             (incident_id, kind, message)
         ),
