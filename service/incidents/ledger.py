@@ -54,7 +54,8 @@ SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS alert_ledger (
 KEY = "fingerprint = ? AND starts_at = ? AND status = ?"
 
 # An attempt that has not finished this long after it was taken is taken to be lost (its
-# process was killed): longer than an action may run (the responder's limit is 120 s).
+# process was killed): longer than an action may run (the responder's limit is 120 s; a
+# rollback, which has none, is marked unfinished before it runs, and never taken again).
 UNFINISHED_AFTER_S = 300.0
 LOST = "failed: lost, the service stopped before it finished; taken again on the next delivery"
 # An isolation the responder had run for the incident within its cooldown: the alert asks

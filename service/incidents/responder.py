@@ -51,6 +51,7 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
 }
 # Why an action is skipped without a word on the timeline: it ran for the incident already.
 COOLDOWN_SKIP = "ran within the cooldown"
+ACTION_LIMIT_S = 120.0  # how long an action but a rollback may run
 # Actions on one agent: skipped for a component that is not an agent of the team. Actions
 # on ERS's own chat and state: skipped for another service's failure.
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
@@ -256,7 +257,10 @@ class Responder:
         started = {"action": action, "episode": context.episode}
         await self._note(context, "action_started", f"{action} started", started)
         try:
-            async with asyncio.timeout(120):
+            # A rollback runs to its end (restic's calls have their own limits): cut off, it
+            # had paused every writer in vain, failed without a word, and ran again at the
+            # alert's next delivery, pausing them again.
+            async with asyncio.timeout(None if action == "rollback" else ACTION_LIMIT_S):
                 return await self._actions[action](context)
         except Exception as exc:  # an action must never take the service down
             # A named failure says what to do in its message; only a surprise needs the trace.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +14,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from service.backups.service import EmergencyBackup
 from service.chat.minimal_mode import MinimalMode
 from service.chat.team import build_team
-from service.incidents.responder import PROTOCOL_ACTIONS, Responder, ResponseContext
+from service.incidents import responder as responder_module
+from service.incidents.responder import (
+    PROTOCOL_ACTIONS,
+    ActionResult,
+    Responder,
+    ResponseContext,
+)
 from service.settings import Settings
 from service.stores import Stores
 
@@ -150,6 +157,32 @@ class Trail:
 
     def record(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         self.entries.append((actor, action, detail))
+
+
+async def test_a_rollback_is_not_cut_off_at_the_limit_of_other_actions(
+    team,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rollback of a large state, or from a remote repository, takes more than the 120 s
+    an action may run: it was cut off ("failed — TimeoutError:"), having paused every writer
+    for those two minutes, and ran again, from the start, at the alert's next delivery."""
+    monkeypatch.setattr(responder_module, "ACTION_LIMIT_S", 0.05)
+    responder, _, _ = make(team, auto_rollback=True)
+
+    async def slow(context: ResponseContext) -> str:
+        await asyncio.sleep(0.3)
+        return "rolled back to 1234abcd"
+
+    responder.rollback = slow
+    context = ResponseContext("INC_9", "CRITICAL_SYSTEM_FAILURE", "budget", "critical z")
+    assert (await responder.run_action("rollback", context)).result == "success"
+    async def slow_action(context: ResponseContext) -> ActionResult:
+        await asyncio.sleep(0.3)
+        return ActionResult("trim_caches", "success", "trimmed")
+
+    responder._actions["trim_caches"] = slow_action  # any other action is cut off there
+    cut = await responder.run_action("trim_caches", context)
+    assert (cut.result, cut.detail) == ("failed", "TimeoutError: ")
 
 
 async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
