@@ -295,8 +295,10 @@ def _told_when_interrupted(waiting: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        # Rollbacks are in the audit trail; backups, prunes and an init only in the list.
+        audit = "`ers audit` and " if waiting == "rolling back" else ""
         changes = waiting in ("rolling back", "backing up", "restic prune", "initialising")
-        see = "; see how it ends with `ers audit` and `ers backup list`" if changes else ""
+        see = f"; see how it ends with {audit}`ers backup list`" if changes else ""
         raise CliError(
             f"interrupted: only this command stopped waiting ({waiting}); the service finishes"
             f" the work if it received the request{see}",

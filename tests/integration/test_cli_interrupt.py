@@ -17,7 +17,18 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_a_ctrl_c_during_a_rollback_says_the_service_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "waiting", "see"),
+    [
+        (["rollback", "3f2a1b4c", "--reason", "r", "--yes"], "rolling back", "`ers audit` and "),
+        # A backup is in the list, never in the audit trail, which it pointed to.
+        (["create"], "backing up", ""),
+    ],
+    ids=["rollback", "create"],
+)
+def test_a_ctrl_c_during_a_rollback_says_the_service_goes_on(
+    tmp_path: Path, arguments: list[str], waiting: str, see: str
+) -> None:
     received = threading.Event()
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
@@ -29,9 +40,9 @@ def test_a_ctrl_c_during_a_rollback_says_the_service_goes_on(tmp_path: Path) -> 
                     received.set()
 
         threading.Thread(target=hold, daemon=True).start()
-        command = [sys.executable, "-m", "service.cli", "backup", "rollback", "3f2a1b4c"]
+        command = [sys.executable, "-m", "service.cli", "backup", *arguments]
         process = subprocess.Popen(
-            [*command, "--reason", "r", "--yes", "--url", f"http://127.0.0.1:{port}"],
+            [*command, "--url", f"http://127.0.0.1:{port}"],
             env={k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
             cwd=tmp_path,
             stdout=subprocess.PIPE,
@@ -48,8 +59,8 @@ def test_a_ctrl_c_during_a_rollback_says_the_service_goes_on(tmp_path: Path) -> 
             process.kill()
     assert process.returncode == 130, err
     assert err.splitlines() == [
-        "ers: interrupted: only this command stopped waiting (rolling back); the service"
-        " finishes the work if it received the request; see how it ends with `ers audit` and"
-        " `ers backup list`"
+        f"ers: interrupted: only this command stopped waiting ({waiting}); the service"
+        f" finishes the work if it received the request; see how it ends with {see}"
+        "`ers backup list`"
     ], err
     assert out == ""
