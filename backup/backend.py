@@ -14,7 +14,6 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 from backup.errors import UnknownComponent
@@ -44,8 +43,6 @@ class BackupRequest:
     # A rollback's safety snapshot: a file SQLite cannot open (its header overwritten, the
     # very state a rollback is run to replace) is kept byte for byte rather than refused.
     as_found: bool = False
-    # A rollback's safety snapshot: when the snapshot it restores was taken.
-    restores: datetime | None = None
 
 
 @dataclass(frozen=True)

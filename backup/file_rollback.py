@@ -149,12 +149,7 @@ class FileRollback:
                 # unchanged state is known from the list in memory, which may still hold one
                 # gone from the repository, and the replaced state would then be in none.
                 safety = BackupRequest(
-                    names,
-                    BackupReason.PRE_ROLLBACK,
-                    full=True,
-                    skip_unchanged=False,
-                    as_found=True,
-                    restores=snapshot.time,
+                    names, BackupReason.PRE_ROLLBACK, full=True, skip_unchanged=False, as_found=True
                 )
                 backup = await self.snapshotter.take(safety)
                 if backup.snapshot_id is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -17,22 +16,10 @@ if TYPE_CHECKING:
 ERS_TAG = "ers"
 COMPONENT_TAG = "component:"
 REASON_TAG = "reason:"
-# On a rollback's safety snapshot: the time of the snapshot that rollback restored.
-RESTORES_TAG = "restores:"
 
 
-def tags_for(components: Iterable[str], reason: str, restores: datetime | None = None) -> list[str]:
-    tags = [ERS_TAG, *(f"{COMPONENT_TAG}{c}" for c in components), f"{REASON_TAG}{reason}"]
-    return tags + [f"{RESTORES_TAG}{restores.isoformat()}"] if restores else tags
-
-
-def restored_time(snapshot: Snapshot) -> datetime | None:
-    """When the snapshot a rollback restored was taken, from that rollback's safety snapshot."""
-    for tag in snapshot.tags:
-        if tag.startswith(RESTORES_TAG):
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(tag[len(RESTORES_TAG) :])
-    return None
+def tags_for(components: Iterable[str], reason: str) -> list[str]:
+    return [ERS_TAG, *(f"{COMPONENT_TAG}{c}" for c in components), f"{REASON_TAG}{reason}"]
 
 
 def snapshot_from_restic(entry: dict[str, Any]) -> Snapshot:
@@ -133,38 +120,12 @@ class SnapshotIndex:
         but a rollback's safety snapshot: it holds the state that rollback put aside, not the
         state that has been live since."""
         wanted = set(components)
-        live = {c: self._live_spans(c) for c in wanted}
         for snapshot in self.all():
             if snapshot.reason == BackupReason.PRE_ROLLBACK:
                 continue
-            held = snapshot.time < moment and wanted <= set(snapshot.components)
-            if held and all(_within(snapshot.time, live[c]) for c in wanted):
+            if snapshot.time < moment and wanted <= set(snapshot.components):
                 return snapshot
         return None
-
-    def _live_spans(self, component: str) -> list[tuple[datetime | None, datetime | None]]:
-        """The spans of time (after, up to] whose snapshots of ``component`` hold the state
-        that is live now. A rollback to X at T puts aside what was written after X: back
-        from now to T, then from X's time back, and so on. Snapshots taken between X and T
-        (an emergency backup of the incident it rolled back) hold state no longer live."""
-        rollbacks = sorted(
-            (
-                (s.time, restored)
-                for s in self._snapshots.values()
-                if s.reason == BackupReason.PRE_ROLLBACK
-                and component in s.components
-                and (restored := restored_time(s)) is not None
-                and restored < s.time
-            ),
-            reverse=True,
-        )
-        spans: list[tuple[datetime | None, datetime | None]] = []
-        upto: datetime | None = None
-        for rolled_back_at, restored in rollbacks:
-            if upto is None or rolled_back_at < upto:  # a safety snapshot restored: before it
-                spans.append((rolled_back_at, upto))
-                upto = restored
-        return [*spans, (None, upto)]
 
     def newest_containing(self, components: Iterable[str]) -> Snapshot | None:
         wanted = set(components)
@@ -172,10 +133,3 @@ class SnapshotIndex:
             if wanted <= set(snapshot.components):
                 return snapshot
         return None
-
-
-def _within(moment: datetime, spans: list[tuple[datetime | None, datetime | None]]) -> bool:
-    return any(
-        (after is None or moment > after) and (upto is None or moment <= upto)
-        for after, upto in spans
-    )

@@ -34,7 +34,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -67,8 +66,7 @@ if TYPE_CHECKING:
     from backup.backend import RollbackRequest
     from backup.pg import PgBackupConfig
 
-# (component, reason, when the snapshot it is the safety of was taken)
-SafetyBackup = Callable[[str, str, datetime], Awaitable[BackupResult]]
+SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reason)
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +265,7 @@ class PgRollback:
         schema = self.config.schemas[component]
         dump_out, dump_in = pipeline.pipe()
         sql_out, sql_in = pipeline.pipe()
-        safety = self.safety_backup(component, BackupReason.PRE_ROLLBACK, snapshot.time)
-        pipeline.add("safety-snapshot", safety)
+        pipeline.add("safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK))
         pipeline.add("restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in))
         to_sql = self._run(
             self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",

@@ -176,7 +176,6 @@ async def test_a_rollback_is_not_cut_off_at_the_limit_of_other_actions(
     responder.rollback = slow
     context = ResponseContext("INC_9", "CRITICAL_SYSTEM_FAILURE", "budget", "critical z")
     assert (await responder.run_action("rollback", context)).result == "success"
-
     async def slow_action(context: ResponseContext) -> ActionResult:
         await asyncio.sleep(0.3)
         return ActionResult("trim_caches", "success", "trimmed")
