@@ -3,17 +3,16 @@ within a cooldown, and writes what happened on the incident's timeline.
 
 Protocols and their actions (the seed's four scenarios):
 - AGENT_FAILURE: isolate the agent (force its breaker open with a TTL), restart it;
-- SERVICE_DEGRADATION: isolate, serve cached answers (for the TTL, a request with a cached
-  answer gets it without calling the agent);
+- SERVICE_DEGRADATION: isolate, serve cached answers for the TTL, without calling the agent;
 - CRITICAL_SYSTEM_FAILURE: emergency backup, minimal response mode (for the TTL, chat answers
   with short guidance and calls no agent), rollback (only when automatic rollback is on;
   otherwise "approval needed");
 - RESOURCE_EXHAUSTION: trim the cache of last good answers.
 An action for agents on a component that is not one, and an action on ERS's own chat and
 state for another service's incident (from /v1/traces), is skipped with the reason on the
-timeline. Actions whose effect is fleet-wide (isolate,
-emergency backup, rollback) are claimed in the shared database first, so one replica runs
-each per incident. An action that fails is recorded as failed; it never takes the service down.
+timeline. Actions whose effect is fleet-wide (isolate, emergency backup, rollback) are claimed
+in the shared database first, so one replica runs each per incident. An action that fails is
+recorded as failed; it never takes the service down.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ PROTOCOL_ACTIONS: dict[str, tuple[str, ...]] = {
 }
 # Why an action is skipped without a word on the timeline: it ran for the incident already.
 COOLDOWN_SKIP = "ran within the cooldown"
-ACTION_LIMIT_S = 120.0  # how long an action but a rollback may run
+ACTION_LIMIT_S, ROLLBACK_HOLD_S = 120.0, 3600.0  # an action's time; a rollback's claim
 # Actions on one agent: skipped for a component that is not an agent of the team. Actions
 # on ERS's own chat and state: skipped for another service's failure.
 AGENT_ACTIONS = frozenset({"isolate", "release", "restart_agent", "serve_cached"})
@@ -125,12 +124,13 @@ class Responder:
     read_timeline: Callable[[str], list[Any]] | None = None
     wall_clock: Callable[[], float] = time.time
     # This process's memory share now, and the share above which trimming its caches is
-    # worth it. An alert's cleanup reaches whichever replica the load balancer picks, not
-    # necessarily the one whose memory the alert is about.
+    # worth it (an alert's cleanup reaches any replica, not only the one it is about).
     memory: Callable[[], tuple[float, float]] | None = None
     # Saves the kept isolations and minimal mode now: None once saved, else why not.
     keep: Callable[[], Awaitable[str | None]] | None = None
     _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
+    # Actions running now: a rollback runs past the cooldown, and must not start twice.
+    _running: set[tuple[str, str, int]] = field(default_factory=set, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -156,19 +156,22 @@ class Responder:
         last = self._last_run.get(key)
         if last is None and (age := await self._started_before(action, context)) is not None:
             last = self._last_run[key] = now - age
-        if last is not None and now - last < self.cooldown_s:
+        if key in self._running or (last is not None and now - last < self.cooldown_s):
             return ActionResult(action, "skipped", COOLDOWN_SKIP)
         self._last_run[key] = now
         if len(self._last_run) > 10_000:
             self._forget_old(now)
-        # Another service's incident is no case for an action on ERS's own chat and state,
-        # whether or not that action is set up to run here: said so, not "approval needed".
+        # Another service's incident is no case for acting on ERS's own (not "approval needed").
         foreign = action in OWN_ACTIONS and context.service
         result = None if foreign else self._cannot_run(action)
         if result is None:
             if (why_not := await self._why_not(action, context)) is not None:
                 return await self._skip(action, context, why_not)
-            result = await self._run(action, context)
+            self._running.add(key)
+            try:
+                result = await self._run(action, context)
+            finally:
+                self._running.discard(key)
         else:  # nothing starts, nor holds off the next call (or replica): said as it is
             self._last_run.pop(key, None)
         if result.result == "failed" or not result.kept:  # the next call for it runs it
@@ -242,9 +245,8 @@ class Responder:
                 )
         if action in FLEET_WIDE_ACTIONS and self.claims is not None:
             name = claim_name(action, context.episode)
-            holder = await claim(
-                self.claims, self.replica, context.incident_id, name, self.cooldown_s
-            )
+            hold = ROLLBACK_HOLD_S if action == "rollback" else self.cooldown_s  # or running
+            holder = await claim(self.claims, self.replica, context.incident_id, name, hold)
             if holder is not None:
                 # Taken, not necessarily done: it may have failed (then given back).
                 return (
@@ -257,9 +259,8 @@ class Responder:
         started = {"action": action, "episode": context.episode}
         await self._note(context, "action_started", f"{action} started", started)
         try:
-            # A rollback runs to its end (restic's calls have their own limits): cut off, it
-            # had paused every writer in vain, failed without a word, and ran again at the
-            # alert's next delivery, pausing them again.
+            # A rollback runs to its end (restic's calls have their limits): cut, it paused
+            # every writer in vain and ran again at the alert's next delivery.
             async with asyncio.timeout(None if action == "rollback" else ACTION_LIMIT_S):
                 return await self._actions[action](context)
         except Exception as exc:  # an action must never take the service down

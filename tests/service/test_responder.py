@@ -176,6 +176,7 @@ async def test_a_rollback_is_not_cut_off_at_the_limit_of_other_actions(
     responder.rollback = slow
     context = ResponseContext("INC_9", "CRITICAL_SYSTEM_FAILURE", "budget", "critical z")
     assert (await responder.run_action("rollback", context)).result == "success"
+
     async def slow_action(context: ResponseContext) -> ActionResult:
         await asyncio.sleep(0.3)
         return ActionResult("trim_caches", "success", "trimmed")
@@ -183,6 +184,35 @@ async def test_a_rollback_is_not_cut_off_at_the_limit_of_other_actions(
     responder._actions["trim_caches"] = slow_action  # any other action is cut off there
     cut = await responder.run_action("trim_caches", context)
     assert (cut.result, cut.detail) == ("failed", "TimeoutError: ")
+
+
+async def test_a_rollback_still_running_past_the_cooldown_is_not_started_again(
+    team,  # noqa: ANN001
+) -> None:
+    """With no limit on its time, a rollback may outlast the cooldown: a second trigger for
+    the incident (an alert landing on it) then started a second rollback, which restored the
+    same snapshot again once the first was done, over the writes made in between."""
+    responder, _, now = make(team, auto_rollback=True)
+    started, release = asyncio.Event(), asyncio.Event()
+    runs = []
+
+    async def slow(context: ResponseContext) -> str:
+        runs.append(context.source)
+        if len(runs) == 1:  # the first runs on until released
+            started.set()
+            await release.wait()
+        return "rolled back to 1234abcd"
+
+    responder.rollback = slow
+    context = ResponseContext("INC_10", "CRITICAL_SYSTEM_FAILURE", "budget", "critical w")
+    first = asyncio.create_task(responder.run_action("rollback", context))
+    await started.wait()
+    now[0] += responder.cooldown_s + 1  # the cooldown is over; the rollback runs on
+    again = replace(context, source="alertmanager")
+    assert (await responder.run_action("rollback", again)).result == "skipped"
+    release.set()
+    assert (await first).result == "success"
+    assert runs == ["responder"]
 
 
 async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
