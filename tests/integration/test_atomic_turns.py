@@ -28,7 +28,9 @@ SPEND = "spent $5 on groceries"
 # The health probe has written a few pages into the conversations log by the time the
 # disk fills; once checkpointed, a short turn could be written over them in place. A long
 # note needs pages the full disk cannot give.
-LONG_SPEND = SPEND + ", " + "for the picnic and the party " * 700
+# Larger than the pages a store's write-ahead log keeps from its start-up writes: a turn
+# that fits in them is written without a new block of the full disk (20 KB sometimes did).
+LONG_SPEND = SPEND + ", " + "for the picnic and the party " * 3000
 # Health checks write probe rows into every store: once at start, then not during the test.
 QUIET_HEALTH = {"ERS_HEALTH_CHECK_INTERVAL_S": "3600", "ERS_MAX_MESSAGE_CHARS": "100000"}
 
