@@ -129,7 +129,6 @@ class Responder:
     # Saves the kept isolations and minimal mode now: None once saved, else why not.
     keep: Callable[[], Awaitable[str | None]] | None = None
     _last_run: dict[tuple[str, str, int], float] = field(default_factory=dict, init=False)
-    # Actions running now: a rollback runs past the cooldown, and must not start twice.
     _running: set[tuple[str, str, int]] = field(default_factory=set, init=False)
     _actions: dict[str, ActionFn] = field(init=False)
 
@@ -170,8 +169,9 @@ class Responder:
             self._running.add(key)
             try:
                 result = await self._run(action, context)
-            finally:
+            finally:  # a rollback may run past the cooldown: it holds it, and starts it again
                 self._running.discard(key)
+                self._last_run[key] = self.clock()
         else:  # nothing starts, nor holds off the next call (or replica): said as it is
             self._last_run.pop(key, None)
         if result.result == "failed" or not result.kept:  # the next call for it runs it

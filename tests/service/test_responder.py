@@ -213,6 +213,9 @@ async def test_a_rollback_still_running_past_the_cooldown_is_not_started_again(
     release.set()
     assert (await first).result == "success"
     assert runs == ["responder"]
+    # Its cooldown counts from its end too: not run again at once once it is done.
+    assert (await responder.run_action("rollback", again)).result == "skipped"
+    assert runs == ["responder"]
 
 
 async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
