@@ -5,6 +5,7 @@ another document. ``loads_once_each`` refuses them instead."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 
@@ -27,6 +28,18 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+class TooLongNumber(ValueError):
+    """An integer of more digits than Python reads (its own ValueError, no JSONDecodeError)."""
+
+    digits = sys.get_int_max_str_digits()
+
+
 def loads_once_each(body: bytes | str) -> Any:
-    """``json.loads``, raising RepeatedKey for an object that gives one key twice."""
-    return json.loads(body, object_pairs_hook=_once_each)
+    """``json.loads``, raising RepeatedKey for an object that gives one key twice and
+    TooLongNumber for an integer Python will not read."""
+    try:
+        return json.loads(body, object_pairs_hook=_once_each)
+    except (json.JSONDecodeError, UnicodeDecodeError, RepeatedKey):
+        raise
+    except ValueError as exc:
+        raise TooLongNumber(str(exc)) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import zlib
 from typing import Any
 
@@ -22,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from telemetry.json_keys import RepeatedKey, loads_once_each
+from telemetry.json_keys import RepeatedKey, TooLongNumber, loads_once_each
 from telemetry.redaction import redact_attributes, redacted_text
 from telemetry.span_record import SpanRecord, otlp_attributes
 
@@ -150,10 +149,10 @@ def decode_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             raise MalformedOtlp(f"the JSON body is ambiguous: {exc}") from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise MalformedOtlp(f"the JSON body does not parse: {exc}") from exc
-        except ValueError:  # Python reads integers of 4300 digits at most
+        except TooLongNumber:
             raise MalformedOtlp(
-                f"the JSON body holds a number of more than {sys.get_int_max_str_digits()} "
-                "digits; OTLP's are 64 bits at most"
+                f"the JSON body holds a number of more than {TooLongNumber.digits} digits; "
+                "OTLP's are 64 bits at most"
             ) from None
         if not isinstance(document, dict):
             raise MalformedOtlp("the JSON body must be an object with resourceSpans")

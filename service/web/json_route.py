@@ -14,20 +14,17 @@ FastAPI decodes the body with ``Request.json``; the route hands its handler a re
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from telemetry.json_keys import RepeatedKey, loads_once_each
+from telemetry.json_keys import RepeatedKey, TooLongNumber, loads_once_each
 
 # How the decode error's message begins: ``service.web.http_errors`` gives it as it is.
 REPEATED_KEY = "the request body gives the key"
-TOO_LONG_NUMBER = (
-    f"a number in the request body has more than {sys.get_int_max_str_digits()} digits"
-)
+TOO_LONG_NUMBER = f"a number in the request body has more than {TooLongNumber.digits} digits"
 CONTENT_TYPES = "the request carries"
 ENCODED = "the request body is sent with Content-Encoding"
 REFUSED_AS_SENT = (REPEATED_KEY, CONTENT_TYPES, ENCODED, TOO_LONG_NUMBER)
@@ -66,9 +63,7 @@ class _OneValueEachRequest(Request):
                 first = text.find(shown)
                 again = text.find(shown, first + 1) if first >= 0 else -1
                 raise json.JSONDecodeError(message, text, max(again, 0)) from None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise
-            except ValueError:  # Python reads integers of 4300 digits at most
+            except TooLongNumber:
                 raise json.JSONDecodeError(
                     f"{TOO_LONG_NUMBER}; send it shorter, or as a string", "", 0
                 ) from None
