@@ -280,17 +280,24 @@ async def test_system_test_names_an_unreachable_repository(
 
 async def budget_incident(http: httpx.AsyncClient) -> str:
     """A failing budget call, and the id of the incident it opens (bounded wait)."""
-    fault = {"component": "budget", "errorType": "database"}
+    return await failed_call_incident(http, "budget", "database", "budget report")
+
+
+async def failed_call_incident(
+    http: httpx.AsyncClient, agent: str, error_type: str, message: str
+) -> str:
+    """A failing call of ``agent``, and the id of the incident it opens (bounded wait)."""
+    fault = {"component": agent, "errorType": error_type}
     assert (await http.post("/api/emergency/simulate-error", json=fault)).status_code == 200
-    reply = await http.post("/chat", json={"message": "budget report", "userId": "bob"})
+    reply = await http.post("/chat", json={"message": message, "userId": "bob"})
     assert reply.status_code == 200 and reply.json()["success"] is False, reply.text
     assert (await http.delete("/api/emergency/simulate-error")).status_code == 200
     for _ in range(100):
-        found = (await http.get("/api/emergency/incidents", params={"component": "budget"})).json()
+        found = (await http.get("/api/emergency/incidents", params={"component": agent})).json()
         if found["incidents"]:
             return str(found["incidents"][0]["id"])
         await asyncio.sleep(0.05)
-    raise AssertionError("the failing budget call opened no incident")
+    raise AssertionError(f"the failing {agent} call opened no incident")
 
 
 async def test_a_rollback_to_before_an_incident_takes_a_snapshot_holding_what_it_rolls_back(
@@ -383,14 +390,6 @@ async def test_a_rollback_before_an_incident_never_takes_a_safety_snapshot(
     first = await rollback_before(http, await budget_incident(http))
     assert first["backupId"] == good.json()["backupId"] and first["safetyBackupId"]
     await asyncio.sleep(0.05)
-    fault = {"component": "workout", "errorType": "network"}
-    assert (await http.post("/api/emergency/simulate-error", json=fault)).status_code == 200
-    await http.post("/chat", json={"message": "make me a workout plan", "userId": "cy"})
-    assert (await http.delete("/api/emergency/simulate-error")).status_code == 200
-    for _ in range(100):
-        found = (await http.get("/api/emergency/incidents", params={"component": "workout"})).json()
-        if found["incidents"]:
-            break
-        await asyncio.sleep(0.05)
-    second = await rollback_before(http, found["incidents"][0]["id"])
+    workout = await failed_call_incident(http, "workout", "network", "make me a workout plan")
+    second = await rollback_before(http, workout)
     assert second["backupId"] == good.json()["backupId"], second
