@@ -13,10 +13,9 @@ from backup.errors import (
     RollbackFailed,
     RollbackRefused,
     SnapshotNotFound,
-    validate_reason,
-    validate_snapshot_id,
 )
 from backup.files import BackupConfig
+from backup.inputs import validate_reason, validate_snapshot_id
 from backup.manager import BackupManager
 from backup.models import BackupResult, RollbackPreview, RollbackResult, Snapshot
 from backup.pg import PgBackupConfig

@@ -6,9 +6,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from backup.errors import SnapshotNotFound, validate_snapshot_id
+from backup.errors import SnapshotNotFound
+from backup.inputs import validate_snapshot_id
+from backup.lineage import newest_on_line
 from backup.locks import parse_restic_time
-from backup.models import BackupReason, Snapshot
+from backup.models import Snapshot
 
 if TYPE_CHECKING:
     from backup.restic import Restic
@@ -116,16 +118,10 @@ class SnapshotIndex:
         )
 
     def newest_before(self, moment: datetime, components: Iterable[str] = ()) -> Snapshot | None:
-        """The newest snapshot taken before ``moment`` that holds every one of ``components``,
-        but a rollback's safety snapshot: it holds the state that rollback put aside, not the
-        state that has been live since."""
-        wanted = set(components)
-        for snapshot in self.all():
-            if snapshot.reason == BackupReason.PRE_ROLLBACK:
-                continue
-            if snapshot.time < moment and wanted <= set(snapshot.components):
-                return snapshot
-        return None
+        """The newest snapshot taken before ``moment`` that holds every one of ``components``
+        as the live state had them: not one holding a state a rollback put aside
+        (`backup.lineage`)."""
+        return newest_on_line(self.all(), moment, components)
 
     def newest_containing(self, components: Iterable[str]) -> Snapshot | None:
         wanted = set(components)

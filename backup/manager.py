@@ -36,7 +36,6 @@ from backup.errors import (
     RollbackRefused,
     SnapshotNotFound,
     UnknownComponent,
-    validate_reason,
 )
 from backup.events import (
     BackupEvent,
@@ -50,6 +49,8 @@ from backup.events import (
 )
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex, forget_unretained
+from backup.inputs import validate_reason
+from backup.lineage import disown
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -219,6 +220,12 @@ class BackupManager:
         self.index.replace(await self.restic.snapshots(tag=self.backend.tag))
         return self.index.all()
 
+    async def _read_list_again(self) -> None:
+        try:
+            await self.refresh()
+        except BackupError as unread:  # what was being told stays told
+            log.warning("the snapshot list could not be read again: %s", unread)
+
     async def find(self, snapshot_id: str) -> Snapshot:
         """The snapshot by id or unique prefix; an id the list does not know yet is looked
         for once more in a fresh list before it is called unknown."""
@@ -231,7 +238,7 @@ class BackupManager:
     def newest_snapshot_before(
         self, moment: datetime, components: Sequence[str] = ()
     ) -> Snapshot | None:
-        """The newest snapshot taken before ``moment`` holding all of ``components``."""
+        """The newest snapshot before ``moment`` holding ``components`` as they were live."""
         return self.index.newest_before(moment, components)
 
     async def details(self, snapshot_id: str) -> SnapshotDetails:
@@ -366,23 +373,21 @@ class BackupManager:
             snapshot = await self.find(snapshot_id)
             names = self.backend.rollback_components(snapshot, components)
             started = time.monotonic()
+            request = RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
             try:
-                result = await self.backend.apply(
-                    RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
-                )
-            except RollbackRefused:
-                raise  # turned away (it says why), with nothing changed: no failed rollback
+                result = await self.backend.apply(request)
             except BackupError as exc:
+                if await disown(self.restic, request.safety_taken, snapshot.id):
+                    await self._read_list_again()
+                if isinstance(exc, RollbackRefused):
+                    raise  # turned away (it says why), with nothing changed: no failed rollback
                 self.events.publish(
                     RollbackFinished(snapshot.id, tuple(names), time.monotonic() - started)
                 )
                 if isinstance(exc, RollbackFailed) and isinstance(exc.cause, SnapshotNotFound):
                     # Forgotten behind the list's back (restic run by hand): the list is read
                     # afresh, so this and every retry get the "not found" a fresh list gives.
-                    try:
-                        await self.refresh()
-                    except BackupError as unread:  # the answer stays: the snapshot is gone
-                        log.warning("the snapshot list could not be read again: %s", unread)
+                    await self._read_list_again()
                     raise SnapshotNotFound(
                         f"snapshot {snapshot.short_id} is gone from the repository (forgotten "
                         "since the list was read); the live data was left unchanged: pick one "

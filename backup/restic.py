@@ -26,8 +26,8 @@ from backup.errors import (
     classify_failure,
     password_file_missing,
     stderr_tail,
-    validate_snapshot_id,
 )
+from backup.inputs import validate_snapshot_id
 from backup.locks import remove_stale_locks
 from backup.process import CommandOutput, ProgressCallback, inherited_environment, run_program
 
@@ -302,6 +302,12 @@ class Restic:
         for snapshot_id in snapshot_ids:
             validate_snapshot_id(snapshot_id)
         await self.run(["forget", "--", *snapshot_ids])
+
+    async def untag(self, snapshot_ids: Sequence[str], tag: str) -> None:
+        """`restic tag --remove`: each snapshot is written anew without ``tag`` (a new id)."""
+        for snapshot_id in snapshot_ids:
+            validate_snapshot_id(snapshot_id)
+        await self.run(["tag", "--remove", tag, "--", *snapshot_ids])
 
     async def prune(self, timeout: float | None = None) -> CommandOutput:
         return await self.run(["prune"], timeout=timeout)

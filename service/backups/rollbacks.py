@@ -66,7 +66,7 @@ class Rollbacks:
             fewer = "; name fewer components to roll back" if len(components) > 1 else ""
             raise SnapshotNotFound(
                 f"no snapshot taken before {incident_id} opened ({moment:%c} UTC) "
-                f"holds {', '.join(components)}{fewer}"
+                f"holds {', '.join(components)} as the live state had them{fewer}"
             )
         return snapshot_id
 

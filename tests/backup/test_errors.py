@@ -17,9 +17,8 @@ from backup.errors import (
     SnapshotNotFound,
     WrongPassword,
     classify_failure,
-    validate_reason,
-    validate_snapshot_id,
 )
+from backup.inputs import validate_reason, validate_snapshot_id
 
 REPO = "/srv/restic-repo"
 PASSWORD_FILE = "/etc/ers/restic-password"
@@ -142,7 +141,7 @@ def test_other_failures_keep_the_end_of_stderr_on_one_line() -> None:
 
 
 @pytest.mark.parametrize(
-    "good", ["manual", "before-upgrade", "v2.3_rc1", "0day", "x" * 64, "pre-rollback"]
+    "good", ["manual", "before-upgrade", "v2.3_rc1", "0day", "x" * 64, "pre-rollbacks"]
 )
 def test_short_tag_safe_reasons_are_accepted(good: str) -> None:
     assert validate_reason(good) == good
@@ -158,6 +157,8 @@ def test_short_tag_safe_reasons_are_accepted(good: str) -> None:
         ("-x", "start with"),
         ("x" * 65, "at most 64"),
         ("", "required"),
+        # A rollback before an incident never goes back to one (`backup.lineage`).
+        ("pre-rollback", "rollback's own safety snapshot"),
     ],
 )
 def test_reasons_that_cannot_be_a_tag_are_refused_saying_why(bad: str, words: str) -> None:

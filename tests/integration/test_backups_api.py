@@ -393,3 +393,25 @@ async def test_a_rollback_before_an_incident_never_takes_a_safety_snapshot(
     workout = await failed_call_incident(http, "workout", "network", "make me a workout plan")
     second = await rollback_before(http, workout)
     assert second["backupId"] == good.json()["backupId"], second
+
+
+async def test_a_later_rollback_never_brings_back_the_state_an_earlier_one_put_aside(
+    http: httpx.AsyncClient,
+) -> None:
+    """An incident's emergency backup, taken before its rollback, holds the state that
+    rollback put aside; the next incident's rollback took it, the newest snapshot before that
+    incident, and brought the put-aside state back over everything since."""
+    good = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    await asyncio.sleep(0.05)
+    budget = await budget_incident(http)
+    await http.post("/chat", json={"message": "spent $5 on lunch", "userId": "cy"})
+    taken = await http.post(
+        "/api/emergency/backups/create", json={"type": "full_system", "reason": "emergency"}
+    )
+    assert taken.status_code == 200, taken.text
+    first = await rollback_before(http, budget)
+    assert first["backupId"] == good.json()["backupId"]
+    await asyncio.sleep(0.05)
+    workout = await failed_call_incident(http, "workout", "network", "make me a workout plan")
+    second = await rollback_before(http, workout)
+    assert second["backupId"] == good.json()["backupId"], (second, taken.json())

@@ -164,6 +164,51 @@ async def test_a_failing_reopen_puts_the_live_files_back(
     assert not [p for p in os.listdir(state_files["conversations"].parent) if ".ers-" in p]
 
 
+async def test_a_rollback_to_before_a_moment_never_brings_back_what_a_rollback_put_aside(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    """A snapshot taken between the one a rollback restored and that rollback holds the
+    state the rollback put aside: the newest snapshot before a later moment is the restored
+    one, in the list this process kept and in the one read back from restic."""
+    good = await manager.create(None, "manual")
+    write_conversations(state_files["conversations"], 5, start=50)
+    put_aside = await manager.create(None, "emergency")
+    writers = Writers()
+    done = await manager.rollback(good.snapshot_id, None, "x", writers.pause, writers.reopen)
+    safety = manager.index.get(done.safety_snapshot_id)
+    assert f"restores:{good.snapshot_id}" in safety.tags
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    for _ in range(2):
+        found = manager.newest_snapshot_before(later, ["conversations", "budgets"])
+        assert found is not None and found.id == good.snapshot_id, (found, put_aside)
+        await manager.refresh()
+    # Put back by hand (the undo): the safety snapshot holds the live state again.
+    await manager.rollback(done.safety_snapshot_id, None, "undo", writers.pause, writers.reopen)
+    undone = manager.newest_snapshot_before(later + timedelta(seconds=5), ["conversations"])
+    assert undone is not None and undone.id == done.safety_snapshot_id
+
+
+async def test_a_failed_rollbacks_safety_snapshot_names_nothing_restored(
+    manager: BackupManager, state_files: dict[str, Path]
+) -> None:
+    """Nothing was rolled back: the snapshots after the one it would have restored still
+    hold the live state's past, and the newest of them is the one to go back to."""
+    first = await manager.create(None, "manual")
+    write_conversations(state_files["conversations"], 5, start=50)
+    second = await manager.create(None, "manual")
+
+    def reopen() -> None:
+        raise OSError("store refused to open")
+
+    with pytest.raises(RollbackFailed):
+        await manager.rollback(first.snapshot_id, None, "x", Writers().pause, reopen)
+    [safety] = [s for s in await manager.refresh() if s.reason == "pre-rollback"]
+    assert not [t for t in safety.tags if t.startswith("restores:")], safety.tags
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    found = manager.newest_snapshot_before(later, ["conversations"])
+    assert found is not None and found.id == second.snapshot_id
+
+
 async def test_unchanged_component_is_skipped_and_reported(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:
