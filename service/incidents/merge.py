@@ -120,7 +120,7 @@ def merge_group(
         outcome = REOPENED
         incident.status = "open"
         incident.reopen_count += 1
-        incident.opened_at = now
+        incident.opened_at = began  # the failure's time when held through an outage
         incident.acknowledged_at = incident.mitigated_at = incident.resolved_at = None
         incident.recovery_time_s = None
         notes.append(("status_changed", "resolved → open: the error recurred"))
