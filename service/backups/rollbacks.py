@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from backup import RollbackResult, SnapshotNotFound
+from backup import RollbackRefused, RollbackResult, SnapshotNotFound
 from backup.locks import process_is_running
 from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
 from service.fleet.presence import process_gone
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run, started_here
 from service.incidents.model import IncidentNotFound
+from service.incidents.recovery import ACTOR as ALERTMANAGER
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
 from service.stores.session_names import presence_name, sessions_named
@@ -40,6 +41,21 @@ class RollbackRequest(Protocol):
     beforeIncident: str | None
     reason: str
     components: list[str] | None
+
+
+def alert_components(context: ResponseContext) -> tuple[str, ...]:
+    """What a rollback restores: the component an alert names, else the whole state. An
+    alert naming something else (an agent, the incidents) is refused: rolling back all of the
+    state for it would undo the writes of components it never named."""
+    if context.source != ALERTMANAGER or context.component == "ers":
+        return ROLLBACK_COMPONENTS
+    if context.component not in ROLLBACK_COMPONENTS:
+        raise RollbackRefused(
+            f"the alert names '{context.component}', which a rollback does not restore: label"
+            f" a rollback alert with a component of {', '.join(ROLLBACK_COMPONENTS)}, or with"
+            " none for the whole state"
+        )
+    return (context.component,)
 
 
 class Rollbacks:
@@ -71,26 +87,31 @@ class Rollbacks:
         return snapshot_id
 
     async def automatic(self, context: ResponseContext) -> str:
-        """The responder's rollback to before the incident, in words for its timeline."""
+        """The responder's rollback to before the incident, in words for its timeline: of
+        the whole state, or of the one component an alert names (its `component` label)."""
         incident_id, backups = context.incident_id, self.backups
         reason = f"automatic rollback for {incident_id}"
+        components = alert_components(context)
         if backups.one_component_per_snapshot:
             # Each component from its own newest snapshot before the incident.
             # Each swap commits on its own: one noted as it is done tells, after a kill cuts
             # the rest off, which components are rolled back and which are as they were.
             done = []
-            for component in ROLLBACK_COMPONENTS:
+            for component in components:
                 snapshot_id = await self.snapshot_before(incident_id, [component])
                 result = await backups.rollback(snapshot_id, [component], reason)
                 done.append(f"{component} to {result.snapshot_id[:8]}")
                 done += result.notes
                 await asyncio.to_thread(self._note_done, incident_id, component, result)
             return f"rolled back {', '.join(done)}"
-        snapshot_id = await self.snapshot_before(incident_id, ROLLBACK_COMPONENTS)
-        result = await backups.rollback(snapshot_id, None, reason)
+        snapshot_id = await self.snapshot_before(incident_id, components)
+        whole = None if components == ROLLBACK_COMPONENTS else list(components)
+        result = await backups.rollback(snapshot_id, whole, reason)
         notes = "".join(f"; {note}" for note in result.notes)
+        named = "" if whole is None else f" {', '.join(components)}"
         return (
-            f"rolled back to {result.snapshot_id}; safety snapshot {result.safety_snapshot_id}"
+            f"rolled back{named} to {result.snapshot_id}; safety snapshot "
+            f"{result.safety_snapshot_id}"
             f"{notes}"
         )
 
