@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backup.errors import UnknownComponent
@@ -43,8 +43,6 @@ class BackupRequest:
     # A rollback's safety snapshot: a file SQLite cannot open (its header overwritten, the
     # very state a rollback is run to replace) is kept byte for byte rather than refused.
     as_found: bool = False
-    # Tags beside the components' and the reason's (a safety snapshot's `restores:`).
-    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,6 @@ class RollbackRequest:
     pause_writers: PauseWriters
     reopen: Reopen
     on_progress: ProgressCallback | None = None
-    # The safety snapshots taken so far, for `backup.lineage.disown` should the rollback fail.
-    safety_taken: list[str] = field(default_factory=list)
 
 
 class BackupBackend(Protocol):

@@ -29,7 +29,6 @@ from backup import swap
 from backup.backend import BackupRequest, Reopen, RollbackRequest
 from backup.errors import BackupError, RollbackFailed, RollbackRefused, lacking
 from backup.events import EventPublisher, RollbackStepStarted
-from backup.lineage import restores_tag
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -150,13 +149,11 @@ class FileRollback:
                 # unchanged state is known from the list in memory, which may still hold one
                 # gone from the repository, and the replaced state would then be in none.
                 safety = BackupRequest(
-                    names, BackupReason.PRE_ROLLBACK, full=True, skip_unchanged=False,
-                    as_found=True, tags=(restores_tag(snapshot.id),),
-                )  # fmt: skip
+                    names, BackupReason.PRE_ROLLBACK, full=True, skip_unchanged=False, as_found=True
+                )
                 backup = await self.snapshotter.take(safety)
                 if backup.snapshot_id is None:
                     raise BackupError("no snapshot holds the current state")
-                request.safety_taken.append(backup.snapshot_id)
                 return backup
 
         async def restore_and_verify(target: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from backup.errors import SnapshotNotFound
 from backup.inputs import validate_snapshot_id
-from backup.lineage import newest_on_line
+from backup.lineage import RollbackMark, newest_on_line
 from backup.locks import parse_restic_time
 from backup.models import Snapshot
 
@@ -80,10 +80,19 @@ class SnapshotIndex:
 
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
+        self._marks: list[RollbackMark] = []  # the rollbacks' records (`backup.lineage`)
 
-    def replace(self, entries: Iterable[dict[str, Any]]) -> None:
+    def replace(
+        self, entries: Iterable[dict[str, Any]], marks: Iterable[RollbackMark] | None = None
+    ) -> None:
+        """The snapshots, and the rollbacks' records when given (else those known stay)."""
         snapshots = [snapshot_from_restic(e) for e in entries]
         self._snapshots = {s.id: s for s in sorted(snapshots, key=lambda s: s.time)}
+        if marks is not None:
+            self._marks = list(marks)
+
+    def add_mark(self, mark: RollbackMark) -> None:
+        self._marks.append(mark)
 
     def add(self, snapshot: Snapshot) -> None:
         self._snapshots[snapshot.id] = snapshot
@@ -121,7 +130,7 @@ class SnapshotIndex:
         """The newest snapshot taken before ``moment`` that holds every one of ``components``
         as the live state had them: not one holding a state a rollback put aside
         (`backup.lineage`)."""
-        return newest_on_line(self.all(), moment, components)
+        return newest_on_line(self.all(), self._marks, moment, components)
 
     def newest_containing(self, components: Iterable[str]) -> Snapshot | None:
         wanted = set(components)

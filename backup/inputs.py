@@ -32,11 +32,6 @@ def validate_snapshot_id(value: str) -> str:
         raise InvalidSnapshotId(
             f"'{shown}' is not a snapshot id: use the 8 to 64 hex characters shown in the list"
         )
-    if value == PRE_ROLLBACK:
-        raise InvalidBackupReason(
-            f"'{PRE_ROLLBACK}' is the reason of a rollback's own safety snapshot, which a rollback"
-            " before an incident never goes back to: give another, e.g. 'before-rollback'"
-        )
     return value
 
 

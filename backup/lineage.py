@@ -3,47 +3,121 @@
 A rollback puts the live state of its components aside and brings back an older snapshot's.
 A snapshot taken between that older snapshot and the rollback holds the state put aside: the
 live state since did not grow from it, and a later rollback "to before" something must not
-bring it back. The record of each rollback is its safety snapshot (reason `pre-rollback`,
-taken with the writers paused, just before the swap), tagged ``restores:<id>`` with the
-snapshot it brought back. A rollback that failed, with its safety snapshot taken and the live
-state left as it was, has the tag taken off again (`disown`).
+bring it back. Once its swap has committed, each rollback leaves its record in the repository:
+a snapshot of a few bytes tagged ``ers-rollback`` (outside the backups' list and retention),
+``restores:<id>`` and ``rolled-back:<component>``, whose time is after the swap. A rollback
+that failed, or was cut off before its swap, leaves none; one whose record could not be
+written (or was cut off between its swap and its record) is not known here, and the
+snapshots it put aside count as the live state's past, as before there were records.
 
 Walked back from a moment, for one component: the snapshots after the newest rollback of it
 are the live line, then the snapshot that rollback restored, then those before that snapshot
-back to the rollback before it, and so on. A safety snapshot is on the line only as the
-snapshot a later rollback restored (an undo); a snapshot restored that the repository no
-longer lists ends the line: what came before it is not known to be on it.
+back to the rollback before it, and so on. A rollback's safety snapshot (reason
+`pre-rollback`) is on the line only as the snapshot a later rollback restored (an undo); a
+restored snapshot the repository no longer lists ends the line: what came before it is not
+known to be on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from backup.errors import BackupError
-from backup.models import BackupReason, Snapshot
+from backup.locks import parse_restic_time
+from backup.models import BackupReason, RollbackResult, Snapshot
 
 if TYPE_CHECKING:
     from backup.restic import Restic
 
 log = logging.getLogger("ers.backup")
 
+MARK_TAG = "ers-rollback"
 RESTORES_TAG = "restores:"
+ROLLED_BACK_TAG = "rolled-back:"
+MARK_FILE = "rollback.json"
+MARK_TIMEOUT_S = 120.0
 
 
-def restores_tag(snapshot_id: str) -> str:
-    return f"{RESTORES_TAG}{snapshot_id}"
+@dataclass(frozen=True)
+class RollbackMark:
+    """One rollback's record: when (after its swap), the snapshot it restored (a full id, or
+    the short id of one this process listed before restic's list was read), what it rolled
+    back."""
+
+    time: datetime
+    restored: str
+    components: tuple[str, ...]
 
 
-def restored_by(snapshot: Snapshot) -> str | None:
-    """The id of the snapshot the rollback whose safety snapshot this is brought back."""
-    if snapshot.reason != BackupReason.PRE_ROLLBACK:
+def mark_from_restic(entry: dict[str, Any]) -> RollbackMark | None:
+    tags = tuple(entry.get("tags") or ())
+    restored = [t[len(RESTORES_TAG) :] for t in tags if t.startswith(RESTORES_TAG)]
+    at = parse_restic_time(entry.get("time", ""))
+    if MARK_TAG not in tags or not restored or at is None:
         return None
-    found = [t[len(RESTORES_TAG) :] for t in snapshot.tags if t.startswith(RESTORES_TAG)]
-    return found[0] if found else None
+    rolled = tuple(t[len(ROLLED_BACK_TAG) :] for t in tags if t.startswith(ROLLED_BACK_TAG))
+    return RollbackMark(at, restored[0], rolled)
+
+
+async def record_rollback(
+    restic: Restic, result: RollbackResult
+) -> tuple[RollbackMark, RollbackResult]:
+    """The repository's record of a rollback whose swap has committed, written after it.
+    Returns the record, for the list in memory, and the result; one restic could not write
+    is logged, and the result's notes say what that means (the rollback is done either way)."""
+    at = datetime.now(UTC)
+    mark = RollbackMark(at, result.snapshot_id, tuple(result.components))
+    tags = [
+        MARK_TAG,
+        f"{RESTORES_TAG}{result.snapshot_id}",
+        *(f"{ROLLED_BACK_TAG}{c}" for c in result.components),
+    ]
+    body = json.dumps(
+        {
+            "restored": result.snapshot_id,
+            "components": list(result.components),
+            "safetySnapshot": result.safety_snapshot_id,
+            "reason": result.reason,
+        }
+    ).encode()
+    read, write = os.pipe()
+    try:
+        os.write(write, body)  # a few hundred bytes: the pipe holds them
+        os.close(write)
+        write = -1
+        await restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S)
+    except (BackupError, OSError) as exc:
+        log.warning("the record of the rollback to %s was not written: %s", result.snapshot_id, exc)
+        return mark, _unrecorded(result)
+    except asyncio.CancelledError:
+        # The rollback is done, and must be told so: the stop goes on once it is.
+        if (task := asyncio.current_task()) is not None:
+            task.uncancel()
+        log.warning("stopped while writing the record of the rollback to %s", result.snapshot_id)
+        return mark, _unrecorded(result)
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+    return mark, result
+
+
+def _unrecorded(result: RollbackResult) -> RollbackResult:
+    note = (
+        "its record in the repository was not written: until the list is next read, "
+        "this process passes over the snapshots it put aside, but after that (and in any "
+        "other process) a rollback to before a later incident may take one of them; name "
+        "the snapshot to roll back to instead"
+    )
+    return dataclasses.replace(result, notes=(*result.notes, note))
 
 
 @dataclass(frozen=True)
@@ -57,30 +131,39 @@ class LiveLine:
         if snapshot.id in self.restored:
             return True
         if snapshot.reason == BackupReason.PRE_ROLLBACK:
-            return False  # the state its rollback put aside (or, untagged, one it may have)
+            return False  # the state its rollback put aside
         return any(
             (after is None or after < snapshot.time) and snapshot.time < before
             for after, before in self.spans
         )
 
 
-def live_line(newest_first: Sequence[Snapshot], moment: datetime, component: str) -> LiveLine:
-    rollbacks = [
-        (s.time, target)
-        for s in newest_first
-        if component in s.components and (target := restored_by(s)) is not None
-    ]
-    by_id = {s.id: s for s in newest_first}
+def _named(newest_first: Sequence[Snapshot], snapshot_id: str) -> Snapshot | None:
+    """By full id, or by a short id either side holds."""
+    for snapshot in newest_first:
+        if snapshot.id.startswith(snapshot_id) or snapshot_id.startswith(snapshot.id):
+            return snapshot
+    return None
+
+
+def live_line(
+    newest_first: Sequence[Snapshot],
+    marks: Iterable[RollbackMark],
+    moment: datetime,
+    component: str,
+) -> LiveLine:
+    rollbacks = sorted(
+        (m for m in marks if component in m.components), key=lambda m: m.time, reverse=True
+    )
     spans: list[tuple[datetime | None, datetime]] = []
     restored: set[str] = set()
     before: datetime | None = moment
-    for at, target in rollbacks:
-        if before is None:
-            break
-        if at >= before:
-            continue  # put aside by a later rollback, or after the moment
-        spans.append((at, before))
-        brought_back = by_id.get(target)
+    for mark in rollbacks:
+        assert before is not None
+        if mark.time >= before:
+            continue  # undone by a later rollback, or after the moment
+        spans.append((mark.time, before))
+        brought_back = _named(newest_first, mark.restored)
         if brought_back is None:
             before = None  # forgotten: nothing older is known to be on the line
             break
@@ -92,16 +175,19 @@ def live_line(newest_first: Sequence[Snapshot], moment: datetime, component: str
 
 
 def newest_on_line(
-    newest_first: Sequence[Snapshot], moment: datetime, components: Iterable[str]
+    newest_first: Sequence[Snapshot],
+    marks: Sequence[RollbackMark],
+    moment: datetime,
+    components: Iterable[str],
 ) -> Snapshot | None:
     """The newest snapshot taken before ``moment`` that holds every one of ``components``
-    as the live state had it (all it holds, if none are named)."""
+    as the live state had them (all it holds, if none are named)."""
     wanted = set(components)
     lines: dict[str, LiveLine] = {}
 
     def line(component: str) -> LiveLine:
         if component not in lines:
-            lines[component] = live_line(newest_first, moment, component)
+            lines[component] = live_line(newest_first, marks, moment, component)
         return lines[component]
 
     for snapshot in newest_first:
@@ -110,26 +196,3 @@ def newest_on_line(
         if all(line(c).holds(snapshot) for c in wanted or snapshot.components):
             return snapshot
     return None
-
-
-async def disown(restic: Restic, safety_ids: Iterable[str], restored_id: str) -> bool:
-    """Take the ``restores:`` tag off the safety snapshots of a rollback that failed with the
-    live state as it was: they hold a state the live one grew from. Returns whether restic
-    rewrote them (the list must then be read again: a snapshot retagged gets a new id).
-    Not done (the repository unreachable): logged; the line then ends at the restored
-    snapshot, and a later rollback goes back further than it had to, never to a state
-    put aside."""
-    ids = [i for i in safety_ids if i]
-    if not ids:
-        return False
-    try:
-        await restic.untag(ids, restores_tag(restored_id))
-    except BackupError as exc:
-        log.warning(
-            "the safety snapshot(s) %s of a failed rollback still name %s as restored: %s",
-            ", ".join(i[:8] for i in ids),
-            restored_id[:8],
-            exc,
-        )
-        return False
-    return True

@@ -50,7 +50,7 @@ from backup.events import (
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex, forget_unretained
 from backup.inputs import validate_reason
-from backup.lineage import disown
+from backup.lineage import mark_from_restic, record_rollback
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -217,14 +217,10 @@ class BackupManager:
         """Re-read the list from `restic snapshots`: other processes (`ers backup --offline`,
         another replica) add and forget snapshots too."""
         await self.verify_repository()
-        self.index.replace(await self.restic.snapshots(tag=self.backend.tag))
+        entries = await self.restic.snapshots()  # the backend's, and the rollbacks' records
+        ours = [e for e in entries if self.backend.tag in (e.get("tags") or ())]
+        self.index.replace(ours, [m for m in map(mark_from_restic, entries) if m is not None])
         return self.index.all()
-
-    async def _read_list_again(self) -> None:
-        try:
-            await self.refresh()
-        except BackupError as unread:  # what was being told stays told
-            log.warning("the snapshot list could not be read again: %s", unread)
 
     async def find(self, snapshot_id: str) -> Snapshot:
         """The snapshot by id or unique prefix; an id the list does not know yet is looked
@@ -373,27 +369,31 @@ class BackupManager:
             snapshot = await self.find(snapshot_id)
             names = self.backend.rollback_components(snapshot, components)
             started = time.monotonic()
-            request = RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
             try:
-                result = await self.backend.apply(request)
+                result = await self.backend.apply(
+                    RollbackRequest(snapshot, names, reason, pause_writers, reopen, on_progress)
+                )
+            except RollbackRefused:
+                raise  # turned away (it says why), with nothing changed: no failed rollback
             except BackupError as exc:
-                if await disown(self.restic, request.safety_taken, snapshot.id):
-                    await self._read_list_again()
-                if isinstance(exc, RollbackRefused):
-                    raise  # turned away (it says why), with nothing changed: no failed rollback
                 self.events.publish(
                     RollbackFinished(snapshot.id, tuple(names), time.monotonic() - started)
                 )
                 if isinstance(exc, RollbackFailed) and isinstance(exc.cause, SnapshotNotFound):
                     # Forgotten behind the list's back (restic run by hand): the list is read
                     # afresh, so this and every retry get the "not found" a fresh list gives.
-                    await self._read_list_again()
+                    try:
+                        await self.refresh()
+                    except BackupError as unread:  # the answer stays: the snapshot is gone
+                        log.warning("the snapshot list could not be read again: %s", unread)
                     raise SnapshotNotFound(
                         f"snapshot {snapshot.short_id} is gone from the repository (forgotten "
                         "since the list was read); the live data was left unchanged: pick one "
                         "of `ers backup list --refresh`"
                     ) from None
                 raise
+            mark, result = await record_rollback(self.restic, result)  # the swap has committed
+        self.index.add_mark(mark)
         self.events.publish(
             RollbackFinished(snapshot.id, tuple(names), result.duration_seconds, result=result)
         )

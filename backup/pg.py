@@ -245,12 +245,10 @@ class PgSchemas:
         rows = await self.database.execute(query, f"reading {schema}", failure=BackupError)
         return ";".join(f"{table}:{count}:{total}" for table, count, total in sorted(rows))
 
-    async def backup_one(
-        self, component: str, reason: str, more_tags: Sequence[str] = ()
-    ) -> BackupResult:
+    async def backup_one(self, component: str, reason: str) -> BackupResult:
         schema = self.config.schemas[component]
         started_at, started = datetime.now(UTC), time.monotonic()
-        tags = (*tags_for([component], reason), POSTGRES_TAG, *more_tags)
+        tags = (*tags_for([component], reason), POSTGRES_TAG)
         pipeline = Pipeline()
         dump_out, dump_in = pipeline.pipe()
         pipeline.add("pg_dump", self._pg_dump(schema, stdout=dump_in))

@@ -40,7 +40,6 @@ import psycopg
 from psycopg import sql
 
 from backup.errors import PgRestoreFailed, RollbackFailed, RollbackInProgress, lacking
-from backup.lineage import restores_tag
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -67,7 +66,7 @@ if TYPE_CHECKING:
     from backup.backend import RollbackRequest
     from backup.pg import PgBackupConfig
 
-SafetyBackup = Callable[[str, str, Sequence[str]], Awaitable[BackupResult]]
+SafetyBackup = Callable[[str, str], Awaitable[BackupResult]]  # (component, reason)
 
 log = logging.getLogger(__name__)
 
@@ -216,17 +215,16 @@ class PgRollback:
         the commit; the live schema is then as it was."""
         async with request.pause_writers():
             [component] = request.names
-            return await self._apply(request, component)
+            return await self._apply(request.snapshot, component, request.reason)
 
-    async def _apply(self, request: RollbackRequest, component: str) -> RollbackResult:
-        snapshot, reason = request.snapshot, request.reason
+    async def _apply(self, snapshot: Snapshot, component: str, reason: str) -> RollbackResult:
         schema = self.config.schemas[component]
         old = f"{schema}{OLD_SCHEMA_MARKER}{secrets.token_hex(4)}"
         started = time.monotonic()
         pipeline = Pipeline()
         try:
             async with self._other_writers_held(component, schema):
-                await self._load_with_safety_snapshot(pipeline, request, component, old)
+                await self._load_with_safety_snapshot(pipeline, snapshot, component, old)
         except asyncio.CancelledError:
             # Interrupted once the swap had committed (psql on its way out, the writers'
             # locks being let go): the rollback is done, and is told as done.
@@ -259,15 +257,15 @@ class PgRollback:
         )
 
     async def _load_with_safety_snapshot(
-        self, pipeline: Pipeline, request: RollbackRequest, component: str, old: str
+        self, pipeline: Pipeline, snapshot: Snapshot, component: str, old: str
     ) -> None:
         """The safety snapshot beside restic dump | pg_restore | psql, whose COMMIT waits
         for both; returns once the swap has committed, else raises (RollbackFailed, or the
         interrupt) with the live schema as it was."""
-        schema, snapshot = self.config.schemas[component], request.snapshot
+        schema = self.config.schemas[component]
         dump_out, dump_in = pipeline.pipe()
         sql_out, sql_in = pipeline.pipe()
-        pipeline.add("safety-snapshot", self._safety_snapshot(request, component))
+        pipeline.add("safety-snapshot", self.safety_backup(component, BackupReason.PRE_ROLLBACK))
         pipeline.add("restic dump", self._restic_dump(snapshot.id, dump_path(component), dump_in))
         to_sql = self._run(
             self.tools.pg_restore, [*RESTORE_ARGS, "--file=-"], "reading the dump",
@@ -289,12 +287,6 @@ class PgRollback:
             if step != "verify-and-swap" or not await swap_committed(self.database, old):
                 raise RollbackFailed(step, exc) from exc
             # psql failed after its COMMIT went through (stopped on its way out): done.
-
-    async def _safety_snapshot(self, request: RollbackRequest, component: str) -> BackupResult:
-        tags = [restores_tag(request.snapshot.id)]
-        result = await self.safety_backup(component, BackupReason.PRE_ROLLBACK, tags)
-        request.safety_taken.append(result.snapshot_id or "")
-        return result
 
     @contextlib.asynccontextmanager
     async def _other_writers_held(self, component: str, schema: str) -> AsyncIterator[None]:

@@ -303,12 +303,6 @@ class Restic:
             validate_snapshot_id(snapshot_id)
         await self.run(["forget", "--", *snapshot_ids])
 
-    async def untag(self, snapshot_ids: Sequence[str], tag: str) -> None:
-        """`restic tag --remove`: each snapshot is written anew without ``tag`` (a new id)."""
-        for snapshot_id in snapshot_ids:
-            validate_snapshot_id(snapshot_id)
-        await self.run(["tag", "--remove", tag, "--", *snapshot_ids])
-
     async def prune(self, timeout: float | None = None) -> CommandOutput:
         return await self.run(["prune"], timeout=timeout)
 

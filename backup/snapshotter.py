@@ -107,7 +107,7 @@ class Snapshotter:
             return self._skipped(names, reason, started_at, started, holders)
         summary = BackupSummary.from_restic(message)
         snapshot_id = str(message["snapshot_id"])
-        self._record(snapshot_id, staged, looks, started_at, request)
+        self._record(snapshot_id, staged, looks, started_at, reason)
         result = BackupResult(
             snapshot_id=snapshot_id,
             reason=reason,
@@ -147,7 +147,7 @@ class Snapshotter:
             gate = gates.enter_context(start_gate(self.scratch_dir))
         except OSError:
             return None  # no room for the gate's folder: copy first, as without a gate
-        tags = [*tags_for(expected, request.reason), *request.tags]
+        tags = tags_for(expected, request.reason)
         return start_backup_early(
             self.restic, self.staging_dir, expected, tags, gate,
             timeout=request.timeout, on_progress=request.on_progress,
@@ -186,7 +186,7 @@ class Snapshotter:
             self._early_starts_paused = EARLY_PAUSE_AFTER_A_MISS
         elif early is not None:
             await early.run.abandon()  # started with the wrong tags: it must never read
-        tags = [*tags_for(chosen, request.reason), *request.tags]
+        tags = tags_for(chosen, request.reason)
         remaining = self._check_time_left(started, timeout)
         message = await self.restic.backup(
             ["."], cwd=staging, tags=tags, timeout=remaining, on_progress=request.on_progress
@@ -243,21 +243,21 @@ class Snapshotter:
         staged: Sequence[StagedFile],
         looks: Mapping[str, Signature | None],
         started_at: datetime,
-        request: BackupRequest,
+        reason: str,
     ) -> None:
         components = tuple(sorted(f.component for f in staged))
         for f in staged:
             self._hash_at_last_snapshot[f.component] = f.sha256
             self._signature_at_last_snapshot[f.component] = looks[f.component]
             self._snapshot_of[f.component] = snapshot_id
-        tags = (*tags_for(components, request.reason), *request.tags)
+        tags = tuple(tags_for(components, reason))
         self.index.add(
             Snapshot(
                 snapshot_id,
                 snapshot_id[:8],
                 started_at,
                 components,
-                request.reason,
+                reason,
                 tags,
                 socket.gethostname(),
             )

@@ -5,78 +5,107 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from backup.lineage import newest_on_line, restored_by
+from backup.lineage import RollbackMark, mark_from_restic, newest_on_line
 from backup.models import Snapshot
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 BOTH = ("budgets", "conversations")
 
 
-def snap(
-    name: str, minute: int, components: Sequence[str] = BOTH, restores: str | None = None
-) -> Snapshot:
-    reason = "pre-rollback" if restores is not None or name.startswith("safety") else "manual"
-    tags = (f"reason:{reason}", *([f"restores:{restores}"] if restores else []))
-    return Snapshot(name, name[:8], T0 + timedelta(minutes=minute), tuple(components), reason, tags)
+def at(minute: float) -> datetime:
+    return T0 + timedelta(minutes=minute)
 
 
-def newest(snapshots: list[Snapshot], minute: int, components: Sequence[str] = BOTH) -> str | None:
+def snap(name: str, minute: float, components: Sequence[str] = BOTH) -> Snapshot:
+    reason = "pre-rollback" if name.startswith("safety") else "manual"
+    return Snapshot(name, name[:8], at(minute), tuple(components), reason, (f"reason:{reason}",))
+
+
+def rollback(
+    minute: float, restored: str, components: Sequence[str] = BOTH
+) -> tuple[Snapshot, RollbackMark]:
+    """A rollback at ``minute``: its safety snapshot then, its record just after the swap."""
+    return snap(f"safety{minute:g}", minute, components), RollbackMark(
+        at(minute + 0.5), restored, tuple(components)
+    )
+
+
+def newest(
+    snapshots: list[Snapshot],
+    marks: list[RollbackMark],
+    minute: float,
+    components: Sequence[str] = BOTH,
+) -> str | None:
     ordered = sorted(snapshots, key=lambda s: s.time, reverse=True)
-    found = newest_on_line(ordered, T0 + timedelta(minutes=minute), components)
+    found = newest_on_line(ordered, marks, at(minute), components)
     return found.id if found is not None else None
 
 
 def test_without_rollbacks_the_newest_snapshot_before_the_moment() -> None:
     snapshots = [snap("a", 1), snap("b", 2), snap("c", 5)]
-    assert newest(snapshots, 4) == "b"
-    assert newest(snapshots, 1) is None
+    assert newest(snapshots, [], 4) == "b"
+    assert newest(snapshots, [], 1) is None
 
 
 def test_the_snapshots_a_rollback_put_aside_are_passed_over_for_the_one_it_restored() -> None:
-    snapshots = [snap("good", 1), snap("bad", 2), snap("safety1", 3, restores="good")]
-    assert newest(snapshots, 10) == "good"
-    assert newest([*snapshots, snap("after", 4)], 10) == "after"
-    assert newest(snapshots, 3) == "bad"  # before the rollback, it was the live state
+    safety, mark = rollback(3, "good")
+    snapshots = [snap("good", 1), snap("bad", 2), safety]
+    assert newest(snapshots, [mark], 10) == "good"
+    assert newest([*snapshots, snap("after", 4)], [mark], 10) == "after"
+    assert newest(snapshots, [mark], 3) == "bad"  # before the rollback, it was the live state
+    # No record (a failed rollback leaves none): its safety snapshot is still passed over.
+    assert newest(snapshots, [], 10) == "bad"
+
+
+def test_a_snapshot_begun_before_the_swap_holds_the_state_put_aside() -> None:
+    """Another replica's backup of the component, begun while the rollback ran (after its
+    safety snapshot began, before its swap), dumped the old state."""
+    safety, mark = rollback(3, "good")
+    snapshots = [snap("good", 1), safety, snap("beside", 3.2)]
+    assert newest(snapshots, [mark], 10) == "good"
 
 
 def test_an_undo_brings_the_put_aside_line_back() -> None:
-    snapshots = [
-        snap("good", 1),
-        snap("bad", 2),
-        snap("safety1", 3, restores="good"),
-        snap("mid", 4),
-        snap("safety2", 5, restores="safety1"),
-    ]
-    assert newest(snapshots, 10) == "safety1"
-    assert newest([s for s in snapshots if s.id != "safety1"], 10) is None  # forgotten
+    safety1, first = rollback(3, "good")
+    safety2, undo = rollback(5, "safety3")
+    snapshots = [snap("good", 1), snap("bad", 2), safety1, snap("mid", 4), safety2]
+    assert newest(snapshots, [first, undo], 10) == "safety3"
+    # Forgotten since: nothing older is known to be the live state's.
+    assert newest([s for s in snapshots if s.id != "safety3"], [first, undo], 10) is None
 
 
 def test_a_chain_of_rollbacks_is_walked_back() -> None:
-    snapshots = [
-        snap("a", 1),
-        snap("b", 2),
-        snap("c", 3),
-        snap("safety1", 4, restores="b"),  # c put aside
-        snap("d", 5),
-        snap("safety2", 6, restores="a"),  # b and d put aside
-    ]
-    assert newest(snapshots, 10) == "a"
-    assert newest(snapshots, 6) == "d"
-    assert newest(snapshots, 5) == "b"
+    safety1, first = rollback(4, "b")  # c put aside
+    safety2, second = rollback(6, "a")  # b and d put aside
+    snapshots = [snap("a", 1), snap("b", 2), snap("c", 3), safety1, snap("d", 5), safety2]
+    marks = [first, second]
+    assert newest(snapshots, marks, 10) == "a"
+    assert newest(snapshots, marks, 6) == "d"
+    assert newest(snapshots, marks, 5) == "b"
 
 
 def test_a_rollback_of_one_component_leaves_the_others_line_alone() -> None:
-    snapshots = [
-        snap("good", 1),
-        snap("bad", 2),
-        snap("safety1", 3, ["budgets"], restores="good"),
-    ]
-    assert newest(snapshots, 10, ["conversations"]) == "bad"
-    assert newest(snapshots, 10, ["budgets"]) == "good"
-    assert newest(snapshots, 10, BOTH) == "good"  # bad's budgets were put aside
+    safety, mark = rollback(3, "good", ["budgets"])
+    snapshots = [snap("good", 1), snap("bad", 2), safety]
+    assert newest(snapshots, [mark], 10, ["conversations"]) == "bad"
+    assert newest(snapshots, [mark], 10, ["budgets"]) == "good"
+    assert newest(snapshots, [mark], 10, BOTH) == "good"  # bad's budgets were put aside
 
 
-def test_a_safety_snapshot_without_a_restored_snapshot_is_never_taken() -> None:
-    untagged = snap("safety-old", 3)
-    assert restored_by(untagged) is None
-    assert newest([snap("a", 1), untagged], 10) == "a"
+def test_a_record_naming_a_short_id_finds_its_snapshot() -> None:
+    """A snapshot this process made on a remote repository is listed by its short id until
+    restic's list is read; its rollback's record then names that id."""
+    full = "0123abcd" + "e" * 56
+    safety, mark = rollback(3, full[:8])
+    assert newest([snap(full, 1), snap("bad", 2), safety], [mark], 10) == full
+
+
+def test_a_record_is_read_back_from_restics_list() -> None:
+    entry = {
+        "time": "2026-12-01T00:03:30.123456789Z",
+        "tags": ["ers-rollback", "restores:0123abcd", "rolled-back:budgets"],
+    }
+    mark = mark_from_restic(entry)
+    assert mark == RollbackMark(mark.time if mark else at(0), "0123abcd", ("budgets",))
+    assert mark is not None and mark.time.minute == 3
+    assert mark_from_restic({"time": entry["time"], "tags": ["ers", "reason:manual"]}) is None

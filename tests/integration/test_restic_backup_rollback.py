@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import stat
 import subprocess
 from collections.abc import AsyncIterator
@@ -175,8 +176,8 @@ async def test_a_rollback_to_before_a_moment_never_brings_back_what_a_rollback_p
     put_aside = await manager.create(None, "emergency")
     writers = Writers()
     done = await manager.rollback(good.snapshot_id, None, "x", writers.pause, writers.reopen)
-    safety = manager.index.get(done.safety_snapshot_id)
-    assert f"restores:{good.snapshot_id}" in safety.tags
+    [record] = await manager.restic.snapshots(tag="ers-rollback")
+    assert f"restores:{good.snapshot_id}" in record["tags"]
     later = datetime.now(UTC) + timedelta(seconds=1)
     for _ in range(2):
         found = manager.newest_snapshot_before(later, ["conversations", "budgets"])
@@ -188,7 +189,7 @@ async def test_a_rollback_to_before_a_moment_never_brings_back_what_a_rollback_p
     assert undone is not None and undone.id == done.safety_snapshot_id
 
 
-async def test_a_failed_rollbacks_safety_snapshot_names_nothing_restored(
+async def test_a_failed_rollback_leaves_no_record(
     manager: BackupManager, state_files: dict[str, Path]
 ) -> None:
     """Nothing was rolled back: the snapshots after the one it would have restored still
@@ -202,11 +203,37 @@ async def test_a_failed_rollbacks_safety_snapshot_names_nothing_restored(
 
     with pytest.raises(RollbackFailed):
         await manager.rollback(first.snapshot_id, None, "x", Writers().pause, reopen)
-    [safety] = [s for s in await manager.refresh() if s.reason == "pre-rollback"]
-    assert not [t for t in safety.tags if t.startswith("restores:")], safety.tags
+    assert await manager.restic.snapshots(tag="ers-rollback") == []
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    for _ in range(2):  # in the list kept here, and in the one read back
+        found = manager.newest_snapshot_before(later, ["conversations"])
+        assert found is not None and found.id == second.snapshot_id
+        await manager.refresh()
+
+
+async def test_a_rollback_whose_record_is_not_written_says_so(
+    manager: BackupManager, state_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The rollback is done either way; its result tells what a missing record means, and
+    this process still passes over what it put aside."""
+    good = await manager.create(None, "manual")
+    before = rows(state_files["conversations"], "conversations")
+    write_conversations(state_files["conversations"], 5, start=50)
+    await manager.create(None, "emergency")
+    wrapper = tmp_path / "no-records-restic"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase " $* " in *" rollback.json "*) echo "Fatal: disk full" >&2; exit 1;;'
+        f' esac\nexec {shutil.which("restic")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    manager.restic.binary = str(wrapper)
+    writers = Writers()
+    done = await manager.rollback(good.snapshot_id, None, "x", writers.pause, writers.reopen)
+    assert any("record in the repository was not written" in n for n in done.notes), done.notes
+    assert rows(state_files["conversations"], "conversations") == before
     later = datetime.now(UTC) + timedelta(seconds=1)
     found = manager.newest_snapshot_before(later, ["conversations"])
-    assert found is not None and found.id == second.snapshot_id
+    assert found is not None and found.id == good.snapshot_id
 
 
 async def test_unchanged_component_is_skipped_and_reported(
