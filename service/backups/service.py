@@ -51,6 +51,8 @@ from service.stores.sqlite import SqliteStore
 
 log = logging.getLogger("ers.backups")
 
+# How long a backup request in the first moments after a start waits for the repository.
+FIRST_OPENING_WAIT_S = 30.0
 ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # What a rollback does while its components' writers are paused, in the order a person
 # would follow it (the restore and the safety snapshot run side by side).
@@ -225,6 +227,14 @@ class BackupService:
 
     async def refresh(self) -> list[Snapshot]:
         return await self.require().refresh()
+
+    async def first_opening(self, wait_s: float = FIRST_OPENING_WAIT_S) -> None:
+        """Waits, at most ``wait_s``, for the first attempt to open the repository (on a
+        first start, its creation) to end: a request sent just after a start is answered
+        with what happened, not with "connecting"."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await self.first_attempt_done.wait()
 
     def require(self) -> BackupManager:
         if self.manager is None:

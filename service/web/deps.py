@@ -66,6 +66,7 @@ def _backups_off() -> HTTPException:
 async def get_backups(runtime: _Runtime) -> BackupService:
     if runtime.backups is None:
         raise _backups_off()
+    await runtime.backups.first_opening()
     return runtime.backups
 
 

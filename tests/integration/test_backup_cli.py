@@ -17,7 +17,7 @@ import pytest
 from backup.index import tags_for
 from service.settings import COMPONENTS
 from tests.conftest import start_ers
-from tests.processes import free_port
+from tests.processes import free_port, slow_restic
 
 
 def ers(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,6 +56,27 @@ def offline_site(tmp_path: Path) -> tuple[dict[str, str], Path, str]:
     created = ers(["backup", "create", "--offline", "--json"], env, tmp_path)
     assert created.returncode == 0, created.stderr
     return env, budgets, json.loads(created.stdout)["backupId"]
+
+
+def test_a_backup_asked_for_just_after_a_start_waits_for_the_repository(tmp_path: Path) -> None:
+    """The repository is opened (on a first start, created) in the background once the
+    service answers; `ers backup create` sent in that moment exited 5, saying "connecting to
+    the backup repository". Here its creation takes three seconds."""
+    slow = slow_restic(tmp_path, command="init", seconds=3)
+    service = start_ers(
+        tmp_path,
+        env={
+            "ERS_BACKUPS_ENABLED": "true",
+            "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+            "ERS_RESTIC_BINARY": str(slow),
+        },
+    )
+    try:
+        created = ers(["backup", "create", "--url", service.url, "--json"], {}, tmp_path)
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["backupId"]
+    finally:
+        assert service.stop() == 0
 
 
 def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
