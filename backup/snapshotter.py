@@ -221,7 +221,13 @@ class Snapshotter:
             )
             for name in names
         ]
-        return list(await asyncio.gather(*copies))
+        # Every copy ends before this returns or raises: one still running when another
+        # failed would write its file into the staging folder after it was emptied.
+        outcomes = await asyncio.gather(*copies, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [outcome for outcome in outcomes if isinstance(outcome, StagedFile)]
 
     def _skipped(
         self,
