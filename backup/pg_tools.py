@@ -249,8 +249,8 @@ async def run_pg_program(
     except TimeoutError:
         await _stop(process)
         raise failure(
-            f"{program} did not finish {doing} within {timeout:g} s and was stopped: raise the "
-            f"timeout, or check that the server at {connection.location} is not overloaded"
+            f"{program} did not finish {doing} within {timeout:g} s and was stopped: check "
+            f"that the server at {connection.location} answers and is not overloaded"
         ) from None
     except BaseException:
         await _stop(process)

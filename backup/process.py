@@ -145,8 +145,9 @@ async def run_program(
     except TimeoutError:
         await stop_process(process)
         raise ResticTimeout(
-            f"restic {args[0]} did not finish within {timeout:g} s and was stopped: raise the "
-            "timeout or check that the repository is reachable"
+            f"restic {args[0]} did not finish within {timeout:g} s and was stopped: check that "
+            "the repository is reachable and answers (a server that takes connections and never "
+            "answers, a network that drops them)"
         ) from None
     except BaseException:
         await stop_process(process)

@@ -19,6 +19,7 @@ from backup.errors import (
     RepositoryLocked,
     RepositoryNotAFolder,
     RepositoryNotFound,
+    RepositoryNotReached,
     RepositoryReadOnly,
     ResticCommandFailed,
     ResticError,
@@ -212,7 +213,7 @@ class Restic:
         failure = classify_failure(
             output.exit_code, output.stderr, repository=self.repository, password_file=""
         )
-        if isinstance(failure, RepositoryNotAFolder):
+        if isinstance(failure, RepositoryNotAFolder | RepositoryNotReached):
             raise failure  # not the missing password's fault
         return output.exit_code == 0 or not isinstance(failure, RepositoryNotFound)
 

@@ -184,6 +184,18 @@ async def test_a_server_that_does_not_answer_is_unreachable_not_gone_and_keeps_i
     assert "s3cret-in-url" not in message and "rest:http://***@127.0.0.1:" in message
 
 
+async def test_an_unreached_repository_is_not_blamed_on_a_missing_password_file(
+    tmp_path: Path,
+) -> None:
+    """A first start has no password file yet: one whose repository cannot be reached was
+    told "the restic password file does not exist: put it back", a file there never was."""
+    address = f"rest:http://127.0.0.1:{free_port()}/ers"
+    config = RepositoryConfig(address, tmp_path / "password")
+    with pytest.raises(RepositoryNotReached, match="cannot be reached"):
+        await open_identified(config)
+    assert not config.password_file.exists()
+
+
 async def test_missing_binary_is_named(repository_config: RepositoryConfig, tmp_path: Path) -> None:
     config = RepositoryConfig(
         repository_config.repository,
