@@ -88,8 +88,8 @@ class SnapshotIndex:
         """The snapshots, and the rollbacks' records when given (else those known stay)."""
         snapshots = [snapshot_from_restic(e) for e in entries]
         self._snapshots = {s.id: s for s in sorted(snapshots, key=lambda s: s.time)}
-        if marks is not None:
-            self._marks = list(marks)
+        if marks is not None:  # and those known here: one added while the list was read
+            self._marks = list(dict.fromkeys([*marks, *self._marks]))
 
     def add_mark(self, mark: RollbackMark) -> None:
         self._marks.append(mark)

@@ -52,6 +52,7 @@ def validate_reason(value: str) -> str:
     if value == PRE_ROLLBACK:
         raise InvalidBackupReason(
             f"'{PRE_ROLLBACK}' is the reason of a rollback's own safety snapshot, which a rollback"
-            " before an incident never goes back to: give another, e.g. 'before-rollback'"
+            " before an incident passes over unless a later rollback put it back: give another,"
+            " e.g. 'before-rollback'"
         )
     return value

@@ -21,6 +21,7 @@ known to be on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -44,6 +45,7 @@ RESTORES_TAG = "restores:"
 ROLLED_BACK_TAG = "rolled-back:"
 MARK_FILE = "rollback.json"
 MARK_TIMEOUT_S = 120.0
+STOPPING_RECORD_S = 10.0  # how long a stop waits for the record of a rollback just done
 
 
 @dataclass(frozen=True)
@@ -93,15 +95,20 @@ async def record_rollback(
         os.write(write, body)  # a few hundred bytes: the pipe holds them
         os.close(write)
         write = -1
-        await restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S)
+        writing = asyncio.ensure_future(
+            restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S)
+        )
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # Stopped after the swap: the record (a second's work) is written all the same,
+            # within a bound, then the stop goes on.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOPPING_RECORD_S):
+                    await asyncio.shield(writing)
+            raise
     except (BackupError, OSError) as exc:
         log.warning("the record of the rollback to %s was not written: %s", result.snapshot_id, exc)
-        return mark, _unrecorded(result)
-    except asyncio.CancelledError:
-        # The rollback is done, and must be told so: the stop goes on once it is.
-        if (task := asyncio.current_task()) is not None:
-            task.uncancel()
-        log.warning("stopped while writing the record of the rollback to %s", result.snapshot_id)
         return mark, _unrecorded(result)
     finally:
         os.close(read)

@@ -52,7 +52,8 @@ from service.stores.sqlite import SqliteStore
 log = logging.getLogger("ers.backups")
 
 # How long a backup request in the first moments after a start waits for the repository.
-FIRST_OPENING_WAIT_S = 30.0
+# Under the CLI's and a balancer's 30 s, so that they get the answer, not their own timeout.
+FIRST_OPENING_WAIT_S = 15.0
 ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
 # What a rollback does while its components' writers are paused, in the order a person
 # would follow it (the restore and the safety snapshot run side by side).
@@ -165,6 +166,12 @@ class BackupService:
     async def connect(self, max_delay_s: float = 60.0) -> None:
         """Reach the repository, retrying with backoff (at once after `init`); it is created
         here only on the first start of a brand-new data directory."""
+        try:
+            await self._connect(max_delay_s)
+        finally:  # however it ended, no request waits for a first attempt in vain
+            self.first_attempt_done.set()
+
+    async def _connect(self, max_delay_s: float) -> None:
         delay = 1.0
         settings = self.settings
         repository = self.repository_config()
@@ -357,7 +364,7 @@ class BackupService:
                     f"{name} is rolled back, but putting back what it holds failed ({exc}); "
                     "a restart of the service puts it back"
                 )
-        return dataclasses.replace(result, notes=tuple(notes)) if notes else result
+        return dataclasses.replace(result, notes=(*result.notes, *notes)) if notes else result
 
     async def check(self) -> CheckResult:
         """`restic check`; what it found wrong stays in the repository health check until

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from backup.lineage import RollbackMark, mark_from_restic, newest_on_line
-from backup.models import Snapshot
+import pytest
+
+from backup.index import SnapshotIndex
+from backup.lineage import RollbackMark, mark_from_restic, newest_on_line, record_rollback
+from backup.models import RollbackResult, Snapshot
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 BOTH = ("budgets", "conversations")
@@ -109,3 +114,49 @@ def test_a_record_is_read_back_from_restics_list() -> None:
     assert mark == RollbackMark(mark.time if mark else at(0), "0123abcd", ("budgets",))
     assert mark is not None and mark.time.minute == 3
     assert mark_from_restic({"time": entry["time"], "tags": ["ers", "reason:manual"]}) is None
+
+
+def test_a_record_added_while_the_list_was_read_stays() -> None:
+    """A refresh whose `restic snapshots` ran before a rollback's record was written ends
+    after it: its list lacks the record, which must not be dropped."""
+    index = SnapshotIndex()
+    safety, mark = rollback(3, "good")
+    index.add_mark(mark)
+    entries = [
+        {
+            "id": s.id,
+            "time": s.time.isoformat(),
+            "tags": [*s.tags, *(f"component:{c}" for c in s.components)],
+        }
+        for s in [snap("good", 1), snap("bad", 2), safety]
+    ]
+    index.replace(entries, [])
+    found = index.newest_before(at(10), BOTH)
+    assert found is not None and found.id == "good"
+
+
+class SlowRecords:
+    """Stands in for restic: a record takes a moment to write."""
+
+    def __init__(self) -> None:
+        self.written: list[list[str]] = []
+        self.started = asyncio.Event()
+
+    async def backup_stdin(self, stdin: int, filename: str, **options: Any) -> dict[str, Any]:
+        self.started.set()
+        await asyncio.sleep(0.3)
+        self.written.append(list(options["tags"]))
+        return {"snapshot_id": "ab" * 32}
+
+
+async def test_a_stop_while_the_record_is_written_waits_for_it_then_goes_on() -> None:
+    """The stop was taken back (the task uncancelled) for good: a PostgreSQL rollback went
+    on to its other components, and a stopping service kept running the request."""
+    restic = SlowRecords()
+    result = RollbackResult("0123abcd" * 8, ("budgets",), "x", "safety")
+    task = asyncio.ensure_future(record_rollback(restic, result))  # type: ignore[arg-type]
+    await restic.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert restic.written and "restores:" + "0123abcd" * 8 in restic.written[0]
