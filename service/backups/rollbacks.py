@@ -20,6 +20,7 @@ from backup.locks import process_is_running
 from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
 from service.fleet.presence import process_gone
+from service.incidents.alert_payload import rollback_refusal
 from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run, started_here
 from service.incidents.model import IncidentNotFound
 from service.incidents.recovery import ACTOR as ALERTMANAGER
@@ -49,12 +50,8 @@ def alert_components(context: ResponseContext) -> tuple[str, ...]:
     state for it would undo the writes of components it never named."""
     if context.source != ALERTMANAGER or context.component == "ers":
         return ROLLBACK_COMPONENTS
-    if context.component not in ROLLBACK_COMPONENTS:
-        raise RollbackRefused(
-            f"the alert names '{context.component}', which a rollback does not restore: label"
-            f" a rollback alert with a component of {', '.join(ROLLBACK_COMPONENTS)}, or with"
-            " none for the whole state"
-        )
+    if refused := rollback_refusal(context.component):
+        raise RollbackRefused(refused)
     return (context.component,)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.agents.base import canonical_agent_name
+from service.settings import COMPONENTS
 from telemetry.classifier import Classification
 from telemetry.span_record import SpanRecord
 
@@ -72,6 +73,14 @@ class Alert(BaseModel):
         agent = self.labels.get("agent")
         return canonical_agent_name(agent) if agent else self.labels.get("component")
 
+    @property
+    def acts_on(self) -> str:
+        """What its action acts on ("ers": all of it): a rollback's, the component of the
+        state it names, even beside an `agent` label (an agent holds no state of its own)."""
+        if self.action == "rollback":
+            return self.labels.get("component") or self.target or "ers"
+        return self.target or "ers"
+
     def describe(self) -> str:
         """The alert in one line of plain text: its words become a forced open's reason and
         an incident's message, shown in table rows; an annotation often holds several lines,
@@ -120,6 +129,18 @@ SEVERITIES = {"critical": "critical", "page": "critical", "warning": "medium", "
 def incident_severity(alert: Alert) -> str:
     """The severity of the incident an alert opens, from its ``severity`` label."""
     return SEVERITIES.get(alert.labels.get("severity", ""), "medium")
+
+
+def rollback_refusal(component: str) -> str | None:
+    """Why a rollback alert acting on ``component`` is refused; None for the whole state
+    ("ers") or one of its components: rolling all of it back for anything else would undo
+    the writes of components the alert never named."""
+    if component == "ers" or component in COMPONENTS:
+        return None
+    return (
+        f"the alert names '{component}', which a rollback does not restore: label a rollback"
+        f" alert with a component of {', '.join(COMPONENTS)}, or with none for the whole state"
+    )
 
 
 def alert_fingerprint(alert: Alert, component: str) -> str:

@@ -33,6 +33,7 @@ from service.incidents.alert_payload import (
     Alert,
     WebhookPayload,
     alert_fingerprint,
+    rollback_refusal,
 )
 from service.incidents.ledger import (
     COOLDOWN_OUTCOME,
@@ -190,7 +191,7 @@ class AlertHandler:
 
     async def _act(self, alert: Alert, incident: Incident | None) -> str:
         action = alert.action
-        target = alert.target or "ers"
+        target = alert.acts_on
         incident_id = incident.id if incident is not None else ""
         if alert.status == "resolved":
             return await self._recover(alert, incident)
@@ -220,6 +221,9 @@ class AlertHandler:
                 self._note, incident_id, f"unknown action '{action}': recorded, nothing done"
             )
             return f"unknown action '{action}'"
+        if action == "rollback" and (refused := rollback_refusal(target)):
+            await asyncio.to_thread(self._note, incident_id, f"rollback refused: {refused}")
+            return f"rollback refused: {refused}"
         if action == "isolate":
             self.recovery.forget(target)
         if (
