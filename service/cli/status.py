@@ -78,7 +78,8 @@ def _audit_table(out: Console, reply: dict[str, Any]) -> None:
         shown = ", ".join(f"{k} {_short(v)}" for k, v in detail.items() if v not in (None, []))
         table.add_row(when(entry["at"]), entry["actor"], entry["action"], shown)
     out.print(table)
-    out.print(f"{len(reply['entries'])} entries, newest first")
+    count = len(reply["entries"])
+    out.print(f"{count} {'entry' if count == 1 else 'entries'}, newest first")
 
 
 def _short(value: object) -> str:

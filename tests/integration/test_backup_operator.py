@@ -143,6 +143,8 @@ def test_the_printed_undo_of_a_rollback_runs_as_printed(
     assert actions == ["rollback", "rollback_started"] * 2, audit.stdout
     rows = [line for line in lines if "  rollback  " in line]
     assert "reason undo the rollback to" in rows[0] and "reason bad data" in rows[1], rows
+    one = ers(env, "audit", "--limit", "1")
+    assert one.returncode == 0 and "1 entry, newest first" in one.stdout, one.stdout
 
 
 def test_a_second_init_says_the_repository_was_already_in_use(env: dict[str, str]) -> None:
