@@ -21,7 +21,6 @@ known to be on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -102,11 +101,16 @@ async def record_rollback(
             await asyncio.shield(writing)
         except asyncio.CancelledError:
             # Stopped after the swap: the record (a second's work) is written all the same,
-            # within a bound, then the stop goes on.
-            with contextlib.suppress(Exception):
+            # within a bound, and the rollback is told as done. The stop stays asked for
+            # (`stop_asked`): the caller ends there, not at the next component.
+            try:
                 async with asyncio.timeout(STOPPING_RECORD_S):
                     await asyncio.shield(writing)
-            raise
+            except (Exception, asyncio.CancelledError) as exc:  # the bound, or a second stop
+                writing.cancel()  # restic is stopped before its input is closed
+                await asyncio.wait({writing})
+                log.warning("stopped before the record of the rollback was written: %r", exc)
+                return mark, _unrecorded(result)
     except (BackupError, OSError) as exc:
         log.warning("the record of the rollback to %s was not written: %s", result.snapshot_id, exc)
         return mark, _unrecorded(result)
@@ -115,6 +119,12 @@ async def record_rollback(
         if write >= 0:
             os.close(write)
     return mark, result
+
+
+def stop_asked() -> bool:
+    """Whether this task was asked to stop while it wrote a rollback's record."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _unrecorded(result: RollbackResult) -> RollbackResult:

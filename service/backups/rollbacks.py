@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from backup import RollbackRefused, RollbackResult, SnapshotNotFound
+from backup.lineage import stop_asked
 from backup.locks import process_is_running
 from service.backups.replies import iso
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
@@ -93,8 +94,10 @@ class Rollbacks:
             # Each component from its own newest snapshot before the incident.
             # Each swap commits on its own: one noted as it is done tells, after a kill cuts
             # the rest off, which components are rolled back and which are as they were.
-            done = []
+            done: list[str] = []
             for component in components:
+                if done and stop_asked():  # while the last one's record was written
+                    raise asyncio.CancelledError  # the rest stay as they are
                 snapshot_id = await self.snapshot_before(incident_id, [component])
                 result = await backups.rollback(snapshot_id, [component], reason)
                 done.append(f"{component} to {result.snapshot_id[:8]}")

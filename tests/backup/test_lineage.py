@@ -7,10 +7,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from backup.index import SnapshotIndex
-from backup.lineage import RollbackMark, mark_from_restic, newest_on_line, record_rollback
+from backup.lineage import (
+    RollbackMark,
+    mark_from_restic,
+    newest_on_line,
+    record_rollback,
+    stop_asked,
+)
 from backup.models import RollbackResult, Snapshot
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -136,27 +140,58 @@ def test_a_record_added_while_the_list_was_read_stays() -> None:
 
 
 class SlowRecords:
-    """Stands in for restic: a record takes a moment to write."""
+    """Stands in for restic: a record takes ``seconds`` to write."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = 0.3) -> None:
+        self.seconds = seconds
         self.written: list[list[str]] = []
+        self.stopped = False
         self.started = asyncio.Event()
 
     async def backup_stdin(self, stdin: int, filename: str, **options: Any) -> dict[str, Any]:
         self.started.set()
-        await asyncio.sleep(0.3)
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self.stopped = True
+            raise
         self.written.append(list(options["tags"]))
         return {"snapshot_id": "ab" * 32}
 
 
-async def test_a_stop_while_the_record_is_written_waits_for_it_then_goes_on() -> None:
-    """The stop was taken back (the task uncancelled) for good: a PostgreSQL rollback went
-    on to its other components, and a stopping service kept running the request."""
-    restic = SlowRecords()
-    result = RollbackResult("0123abcd" * 8, ("budgets",), "x", "safety")
-    task = asyncio.ensure_future(record_rollback(restic, result))  # type: ignore[arg-type]
+RESULT = RollbackResult("0123abcd" * 8, ("budgets",), "x", "safety")
+
+
+async def told(restic: SlowRecords, stops: int) -> tuple[RollbackResult, bool]:
+    """The result a rollback is told with when ``stops`` stops reach it during its record,
+    and whether the stop is still asked for after."""
+
+    async def run() -> tuple[RollbackResult, bool]:
+        _, result = await record_rollback(restic, RESULT)  # type: ignore[arg-type]
+        return result, stop_asked()
+
+    task = asyncio.ensure_future(run())
     await restic.started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    for _ in range(stops):
+        task.cancel()
+        await asyncio.sleep(0.05)
+    return await task
+
+
+async def test_a_stop_while_the_record_is_written_waits_for_it_and_tells_the_rollback_done() -> (
+    None
+):
+    """Raised on after the swap, the stop told callers the rollback had not happened (the
+    route: "the live state as before it"); taken back for good, it let a PostgreSQL rollback
+    go on to its other components."""
+    restic = SlowRecords()
+    result, asked = await told(restic, stops=1)
+    assert result is RESULT and asked
     assert restic.written and "restores:" + "0123abcd" * 8 in restic.written[0]
+
+
+async def test_a_second_stop_gives_the_record_up_and_stops_restic_first() -> None:
+    restic = SlowRecords(seconds=30)
+    result, asked = await told(restic, stops=2)
+    assert asked and restic.stopped and not restic.written
+    assert any("record in the repository was not written" in n for n in result.notes)

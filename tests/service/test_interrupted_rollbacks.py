@@ -6,6 +6,7 @@ On SQLite and on PostgreSQL, where every replica shares the trail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -363,7 +364,7 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
         rollback=rollback,
     )
     rollbacks = Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
-    context = SimpleNamespace(incident_id="INC_1", source="alertmanager")
+    context = SimpleNamespace(incident_id="INC_1", source="alertmanager", component="ers")
     with pytest.raises(RuntimeError):
         await rollbacks.automatic(context)  # type: ignore[arg-type]
     assert rolled == ["conversations"]
@@ -375,3 +376,33 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
             "snapshot 5afe7e00)",
         )
     ]
+
+
+async def test_a_stop_during_a_components_record_ends_an_automatic_rollback_there() -> None:
+    """The stop is taken while the record is written (the rollback of that component is
+    told as done) and stays asked for: the rollback went on to the other components."""
+    incidents = SimpleNamespace(
+        get=lambda incident_id: SimpleNamespace(opened_at=1_800_000_000.0),
+        add_timeline=lambda *args, **kwargs: None,
+    )
+    rolled: list[str] = []
+
+    async def rollback(snapshot_id: str, components: list[str], reason: str) -> Any:
+        rolled.extend(components)
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # a stop while its record is written, taken there
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)
+        return SimpleNamespace(snapshot_id=snapshot_id, safety_snapshot_id="5afe7e00", notes=[])
+
+    backups = SimpleNamespace(
+        one_component_per_snapshot=True,
+        newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
+        rollback=rollback,
+    )
+    rollbacks = Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
+    context = SimpleNamespace(incident_id="INC_1", source="responder", component="budget")
+    with pytest.raises(asyncio.CancelledError):
+        await rollbacks.automatic(context)  # type: ignore[arg-type]
+    assert rolled == ["conversations"]
