@@ -368,9 +368,8 @@ class PgRollback:
 
 
 def _interrupted_after_swap(component: str) -> None:
-    """Taken, not raised over the result: the rollback is done, and must be told so."""
-    if (task := asyncio.current_task()) is not None:
-        task.uncancel()
+    """Taken, not raised over the result: the rollback is done, and must be told so. The
+    stop stays asked for (`backup.lineage.stop_asked`): an automatic rollback ends there."""
     log.warning("interrupted after the rollback of %s had committed: it is done", component)
 
 

@@ -195,3 +195,20 @@ async def test_a_second_stop_gives_the_record_up_and_stops_restic_first() -> Non
     result, asked = await told(restic, stops=2)
     assert asked and restic.stopped and not restic.written
     assert any("record in the repository was not written" in n for n in result.notes)
+
+
+async def test_a_stop_after_a_postgresql_swap_committed_stays_asked_for() -> None:
+    """Taken back (uncancelled), it let an automatic rollback go on to its next component."""
+    from backup.pg_rollback import _interrupted_after_swap
+
+    async def run() -> bool:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:  # psql on its way out, its COMMIT through
+            _interrupted_after_swap("budgets")
+        return stop_asked()
+
+    assert await asyncio.ensure_future(run())
