@@ -66,7 +66,7 @@ def test_an_incidents_protocol_is_not_run_again_after_a_restart(
         assert http.post("/api/emergency/backups/create", json={}).status_code == 200
         time.sleep(1.1)  # the incident first appears after the snapshot
         incident_id = critical_failure(http)
-        for _ in range(100):  # the responder's rollback: at most about twenty seconds
+        for _ in range(300):  # the responder's backup and rollback: at most about a minute
             if rollbacks_noted(http, incident_id):
                 break
             time.sleep(0.2)
