@@ -13,8 +13,6 @@ _SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 # space or colon would make the tag ambiguous to read back.
 REASON_MAX_CHARS = 64
 _REASON = re.compile(r"[a-z0-9][a-z0-9._-]*")
-# Kept for the library's own: a rollback's safety snapshot (`backup.lineage`).
-PRE_ROLLBACK = BackupReason.PRE_ROLLBACK.value
 
 
 def validate_snapshot_id(value: str) -> str:
@@ -49,9 +47,9 @@ def validate_reason(value: str) -> str:
             "lowercase letters, digits, '.', '_' or '-' (no spaces, commas or colons), "
             "e.g. 'before-upgrade'"
         )
-    if value == PRE_ROLLBACK:
+    if value == BackupReason.PRE_ROLLBACK:  # kept for a rollback's safety snapshot
         raise InvalidBackupReason(
-            f"'{PRE_ROLLBACK}' is the reason of a rollback's own safety snapshot, which a rollback"
+            f"'{value}' is the reason of a rollback's own safety snapshot, which a rollback"
             " before an incident passes over unless a later rollback put it back: give another,"
             " e.g. 'before-rollback'"
         )

@@ -129,10 +129,10 @@ def stop_asked() -> bool:
 
 def _unrecorded(result: RollbackResult) -> RollbackResult:
     note = (
-        "its record in the repository was not written: until the list is next read, "
-        "this process passes over the snapshots it put aside, but after that (and in any "
-        "other process) a rollback to before a later incident may take one of them; name "
-        "the snapshot to roll back to instead"
+        "its record in the repository was not written: this process passes over the "
+        "snapshots it put aside, but another process (or this one after a restart) may take "
+        "one of them for a rollback to before a later incident; name the snapshot to roll "
+        "back to instead"
     )
     return dataclasses.replace(result, notes=(*result.notes, note))
 

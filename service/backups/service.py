@@ -44,7 +44,7 @@ from service.errors import ErsError
 from service.fleet import FleetLeader
 from service.fleet.leader import repository_init_lock, repository_turn_lock
 from service.incidents.store_pg import SCHEMA as INCIDENTS_SCHEMA
-from service.settings import Settings
+from service.settings import COMPONENTS, Settings
 from service.stores import Stores
 from service.stores.postgres import PostgresStore
 from service.stores.sqlite import SqliteStore
@@ -54,7 +54,7 @@ log = logging.getLogger("ers.backups")
 # How long a backup request in the first moments after a start waits for the repository.
 # Under the CLI's and a balancer's 30 s, so that they get the answer, not their own timeout.
 FIRST_OPENING_WAIT_S = 15.0
-ROLLBACK_COMPONENTS = ("conversations", "budgets", "profiles", "system_state")
+ROLLBACK_COMPONENTS = COMPONENTS  # the state a rollback restores: all but the incidents
 # What a rollback does while its components' writers are paused, in the order a person
 # would follow it (the restore and the safety snapshot run side by side).
 _PAUSE_STEPS = "(restore, safety snapshot, swap)"
