@@ -84,6 +84,20 @@ def serve(workdir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
     )
 
 
+def restic_failing_on(folder: Path, word: str, stderr: str = "Fatal: disk full") -> Path:
+    """A restic that fails, saying ``stderr``, whenever ``word`` is one of its arguments
+    (``rollback.json``: the record of a rollback), and runs as restic otherwise."""
+    restic = shutil.which("restic")
+    assert restic is not None, "restic is not installed"
+    wrapper = folder / "failing-restic"
+    wrapper.write_text(
+        f'#!/bin/sh\ncase " $* " in *" {word} "*) echo "{stderr}" >&2; exit 1;; esac\n'
+        f'exec {restic} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def slow_restic(folder: Path, command: str = "restore", seconds: float = 30) -> Path:
     """A restic that sleeps ``seconds`` before running ``command`` (its other commands run
     at once), written in ``folder``: a rollback or a backup in the middle of its work, for

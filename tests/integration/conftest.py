@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from backup import BackupConfig, BackupManager, RepositoryConfig, init_repository
+from service.settings import Settings
+from service.web.app import create_app
 from tests.conftest import ErsProcess, start_ers
 
 COMPONENTS = ("conversations", "budgets", "profiles", "incidents")
+
+
+@contextlib.asynccontextmanager
+async def backups_app(settings: Settings, **updates: Any) -> AsyncIterator[FastAPI]:
+    """The app with backups on and no schedule (and ``updates``), once its repository is
+    reached."""
+    more = {"backups_enabled": True, "backup_schedule_enabled": False, **updates}
+    application = create_app(settings.model_copy(update=more))
+    async with application.router.lifespan_context(application):
+        await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
+        yield application
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app`` from 127.0.0.1, with a backup's or a rollback's time to answer."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+        yield c
 
 
 def write_conversations(path: Path, turns: int, start: int = 0) -> None:

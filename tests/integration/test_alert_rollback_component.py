@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from service.settings import Settings
-from service.web.app import create_app
+from tests.integration.conftest import asgi_client, backups_app
 from tests.store_writes import turn_count
 
 pytestmark = pytest.mark.integration
@@ -24,25 +24,14 @@ TOKEN = "component-rollback-token-5c1d"
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    settings = settings.model_copy(
-        update={
-            "backups_enabled": True,
-            "backup_schedule_enabled": False,
-            "auto_rollback_enabled": True,
-            "auto_response_enabled": False,
-            "alert_token": SecretStr(TOKEN),
-        }
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
+    alerts = {"auto_rollback_enabled": True, "auto_response_enabled": False}
+    async with backups_app(settings, alert_token=SecretStr(TOKEN), **alerts) as application:
         yield application
 
 
 @pytest.fixture
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+    async with asgi_client(app) as c:
         yield c
 
 

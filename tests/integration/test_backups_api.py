@@ -4,7 +4,6 @@ rollback, rollback with its safety snapshot, component-only rollback, and refusa
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,25 +14,20 @@ from fastapi import FastAPI
 
 from backup.events import RollbackStepStarted
 from service.settings import Settings
-from service.web.app import create_app
+from tests.integration.conftest import asgi_client, backups_app
+from tests.processes import restic_failing_on
 from tests.store_writes import turn_count
 
 
 @pytest.fixture
 async def backup_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    settings = settings.model_copy(
-        update={"backups_enabled": True, "backup_schedule_enabled": False}
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
+    async with backups_app(settings) as application:
         yield application
 
 
 @pytest.fixture
 async def http(backup_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=backup_app, client=("127.0.0.1", 1))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+    async with asgi_client(backup_app) as c:
         yield c
 
 
@@ -423,28 +417,14 @@ async def test_a_rollback_whose_record_was_not_written_says_so_in_its_reply(
 ) -> None:
     """The note of the record restic could not write was dropped for the notes of what the
     system state puts back after a rollback ("no breaker isolations to restore")."""
-    restic = shutil.which("restic")
-    wrapper = tmp_path / "no-records-restic"
-    wrapper.write_text(
-        '#!/bin/sh\ncase " $* " in *" rollback.json "*) echo "Fatal: disk full" >&2; exit 1;;'
-        f' esac\nexec {restic} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    settings = settings.model_copy(
-        update={
-            "backups_enabled": True,
-            "backup_schedule_enabled": False,
-            "restic_binary": str(wrapper),
-        }
-    )
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        await asyncio.wait_for(application.state.runtime.backups.connected.wait(), 60)
-        transport = httpx.ASGITransport(app=application, client=("127.0.0.1", 1))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as http:
-            taken = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
-            body = {"backupId": taken.json()["backupId"], "confirm": True, "reason": "x"}
-            reply = await http.post("/api/emergency/rollback", json=body)
+    wrapper = restic_failing_on(tmp_path, "rollback.json")
+    async with (
+        backups_app(settings, restic_binary=str(wrapper)) as application,
+        asgi_client(application) as http,
+    ):
+        taken = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+        body = {"backupId": taken.json()["backupId"], "confirm": True, "reason": "x"}
+        reply = await http.post("/api/emergency/rollback", json=body)
     assert reply.status_code == 200, reply.text
     notes = reply.json()["restored"]
     assert any("record in the repository was not written" in n for n in notes), notes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from backup.events import BackupSkipped, BackupSucceeded, RollbackFinished
 from backup.locks import parse_restic_time
 from backup.models import BackupResult
 from tests.integration.conftest import rows, write_budgets, write_conversations
+from tests.processes import restic_failing_on
 
 pytestmark = pytest.mark.integration
 
@@ -220,13 +220,7 @@ async def test_a_rollback_whose_record_is_not_written_says_so(
     before = rows(state_files["conversations"], "conversations")
     write_conversations(state_files["conversations"], 5, start=50)
     await manager.create(None, "emergency")
-    wrapper = tmp_path / "no-records-restic"
-    wrapper.write_text(
-        f'#!/bin/sh\ncase " $* " in *" rollback.json "*) echo "Fatal: disk full" >&2; exit 1;;'
-        f' esac\nexec {shutil.which("restic")} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    manager.restic.binary = str(wrapper)
+    manager.restic.binary = str(restic_failing_on(tmp_path, "rollback.json"))
     writers = Writers()
     done = await manager.rollback(good.snapshot_id, None, "x", writers.pause, writers.reopen)
     assert any("record in the repository was not written" in n for n in done.notes), done.notes

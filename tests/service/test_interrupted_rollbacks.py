@@ -339,17 +339,26 @@ def test_the_looks_read_the_rollbacks_by_their_action_not_the_whole_trail(
             assert "Index Cond: (action =" in plan, plan
 
 
+def pg_rollbacks(rollback: Any, add_timeline: Any) -> Rollbacks:
+    """Automatic rollbacks on PostgreSQL (one snapshot a component) over ``rollback``, on
+    an incident whose timeline takes ``add_timeline``."""
+    incidents = SimpleNamespace(
+        get=lambda incident_id: SimpleNamespace(opened_at=1_800_000_000.0),
+        add_timeline=add_timeline,
+    )
+    backups = SimpleNamespace(
+        one_component_per_snapshot=True,
+        newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
+        rollback=rollback,
+    )
+    return Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
+
+
 async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() -> None:
     """On PostgreSQL each component's swap commits on its own: an automatic rollback a kill
     cuts off after some of them has replaced those and left the others as they were. Before,
     nothing but its end said which; each component is noted on the incident as it is done."""
     notes: list[tuple[str, str, str]] = []
-    incidents = SimpleNamespace(
-        get=lambda incident_id: SimpleNamespace(opened_at=1_800_000_000.0),
-        add_timeline=lambda incident_id, kind, message, who, data=None: notes.append(
-            (incident_id, kind, message)
-        ),
-    )
     rolled: list[str] = []
 
     async def rollback(snapshot_id: str, components: list[str], reason: str) -> Any:
@@ -358,12 +367,12 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
         rolled.extend(components)
         return SimpleNamespace(snapshot_id=snapshot_id, safety_snapshot_id="5afe7e00", notes=[])
 
-    backups = SimpleNamespace(
-        one_component_per_snapshot=True,
-        newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
-        rollback=rollback,
+    rollbacks = pg_rollbacks(
+        rollback,
+        lambda incident_id, kind, message, who, data=None: notes.append(
+            (incident_id, kind, message)
+        ),
     )
-    rollbacks = Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
     context = SimpleNamespace(incident_id="INC_1", source="alertmanager", component="ers")
     with pytest.raises(RuntimeError):
         await rollbacks.automatic(context)  # type: ignore[arg-type]
@@ -381,10 +390,6 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
 async def test_a_stop_during_a_components_record_ends_an_automatic_rollback_there() -> None:
     """The stop is taken while the record is written (the rollback of that component is
     told as done) and stays asked for: the rollback went on to the other components."""
-    incidents = SimpleNamespace(
-        get=lambda incident_id: SimpleNamespace(opened_at=1_800_000_000.0),
-        add_timeline=lambda *args, **kwargs: None,
-    )
     rolled: list[str] = []
 
     async def rollback(snapshot_id: str, components: list[str], reason: str) -> Any:
@@ -396,12 +401,7 @@ async def test_a_stop_during_a_components_record_ends_an_automatic_rollback_ther
             await asyncio.sleep(1)
         return SimpleNamespace(snapshot_id=snapshot_id, safety_snapshot_id="5afe7e00", notes=[])
 
-    backups = SimpleNamespace(
-        one_component_per_snapshot=True,
-        newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
-        rollback=rollback,
-    )
-    rollbacks = Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
+    rollbacks = pg_rollbacks(rollback, lambda *args, **kwargs: None)
     context = SimpleNamespace(incident_id="INC_1", source="responder", component="budget")
     with pytest.raises(asyncio.CancelledError):
         await rollbacks.automatic(context)  # type: ignore[arg-type]
