@@ -31,6 +31,7 @@ from backup import (
 )
 from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
+from backup.errors import ResticTimeout
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME
 from backup.models import CheckResult
@@ -387,7 +388,10 @@ class BackupService:
     async def shutdown_backup(self) -> None:
         if self.manager is None:
             return
+        limit = self.settings.shutdown_backup_timeout_s
         try:
-            await self.manager.shutdown_backup(self.settings.shutdown_backup_timeout_s)
+            await self.manager.shutdown_backup(limit)
+        except ResticTimeout as exc:
+            log.error("final backup failed: %s (ERS_SHUTDOWN_BACKUP_TIMEOUT_S=%g)", exc, limit)
         except (BackupError, TimeoutError) as exc:
             log.error("final backup failed: %s", exc)

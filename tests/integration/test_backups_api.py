@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from backup.events import RollbackStepStarted
 from service.settings import Settings
 from tests.integration.conftest import asgi_client, backups_app
-from tests.processes import restic_failing_on
+from tests.processes import restic_failing_on, slow_restic
 from tests.store_writes import turn_count
 
 
@@ -428,3 +428,17 @@ async def test_a_rollback_whose_record_was_not_written_says_so_in_its_reply(
     assert reply.status_code == 200, reply.text
     notes = reply.json()["restored"]
     assert any("record in the repository was not written" in n for n in notes), notes
+
+
+async def test_a_final_backup_cut_by_its_bound_names_the_setting(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The final backup's bound is the operator's to raise: its log line names it."""
+    wrapper = slow_restic(tmp_path, "backup", seconds=4)
+    async with backups_app(
+        settings, restic_binary=str(wrapper), shutdown_backup_timeout_s=1
+    ) as application:
+        assert application.state.runtime.backups.manager is not None
+    failed = [r.getMessage() for r in caplog.records if "final backup failed" in r.getMessage()]
+    assert failed and "ERS_SHUTDOWN_BACKUP_TIMEOUT_S=1" in failed[0], failed
+    assert "did not finish within 1 s" in failed[0], failed
