@@ -95,7 +95,8 @@ async def record_rollback(
         os.close(write)
         write = -1
         writing = asyncio.ensure_future(
-            restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S)
+            # Detached: a Ctrl-C at the terminal is a stop, which waits for the record.
+            restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S, detached=True)
         )
         try:
             await asyncio.shield(writing)
@@ -109,7 +110,14 @@ async def record_rollback(
             except (Exception, asyncio.CancelledError) as exc:  # the bound, or a second stop
                 writing.cancel()  # restic is stopped before its input is closed
                 await asyncio.wait({writing})
-                log.warning("stopped before the record of the rollback was written: %r", exc)
+                why = (
+                    f"not done {STOPPING_RECORD_S:g} s after the stop"
+                    if isinstance(exc, TimeoutError)
+                    else "stopped a second time"
+                    if isinstance(exc, asyncio.CancelledError)
+                    else str(exc)
+                )
+                log.warning("the record of the rollback was not written: %s", why)
                 return mark, _unrecorded(result)
     except (BackupError, OSError) as exc:
         log.warning("the record of the rollback to %s was not written: %s", result.snapshot_id, exc)

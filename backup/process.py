@@ -124,15 +124,19 @@ async def run_program(
     on_progress: ProgressCallback | None = None,
     stdin: int | None = None,
     stdout: int | None = None,
+    detached: bool = False,
 ) -> CommandOutput:
     """Run `binary args`; the exit code is returned, not judged.
 
     `stdin` and `stdout` are file descriptors the program reads from or writes to instead of
     nothing and a captured pipe (the caller keeps them and closes them); output written to a
-    given `stdout` is not collected.
+    given `stdout` is not collected. A `detached` program has a process group of its own: a
+    Ctrl-C at the terminal reaches ERS, which decides whether to stop it, and not it.
     """
     try:
-        process = await start_program(binary, args, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
+        process = await start_program(
+            binary, args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, detached=detached
+        )
     except CANNOT_START as exc:
         raise ResticNotInstalled(
             f"restic could not be started from '{binary}' ({exc.strerror}): install restic "
@@ -166,6 +170,7 @@ async def start_program(
     stdin: int | None = None,
     stdout: int | None = None,
     pass_fds: Sequence[int] = (),
+    detached: bool = False,
 ) -> asyncio.subprocess.Process:
     """Start `binary args` without a shell: it reads `stdin` (else nothing), writes to `stdout`
     (else a pipe), and its stderr is piped; it gets SIGINT if ERS ends first (see SETPRIV).
@@ -180,6 +185,7 @@ async def start_program(
         cwd=cwd,
         env=dict(env),
         pass_fds=tuple(pass_fds),
+        process_group=0 if detached else None,
     )
 
 

@@ -118,6 +118,7 @@ class Restic:
         retry_after_stale_lock: bool = True,
         stdin: int | None = None,
         stdout: int | None = None,
+        detached: bool = False,
     ) -> CommandOutput:
         """Run one restic command; a stale lock is removed and the command retried once.
 
@@ -133,11 +134,11 @@ class Restic:
             # another owner could, and the read then fails as on a damaged repository).
             args = [args[0], "--no-lock", *args[1:]]
         try:
-            return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)
+            return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout, detached)
         except RepositoryLocked:
             if not retry_after_stale_lock or not await remove_stale_locks(self):
                 raise
-            return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout)
+            return await self._run_checked(args, timeout, cwd, on_progress, stdin, stdout, detached)
 
     async def _run_checked(
         self,
@@ -147,6 +148,7 @@ class Restic:
         on_progress: ProgressCallback | None,
         stdin: int | None = None,
         stdout: int | None = None,
+        detached: bool = False,
     ) -> CommandOutput:
         output = await run_program(
             self.binary,
@@ -157,6 +159,7 @@ class Restic:
             on_progress=on_progress,
             stdin=stdin,
             stdout=stdout,
+            detached=detached,
         )
         if output.exit_code != 0:
             failure = classify_failure(
@@ -246,16 +249,22 @@ class Restic:
         return self._with_full_id(_backup_summary(output))
 
     async def backup_stdin(
-        self, stdin: int, filename: str, *, tags: Sequence[str], timeout: float | None = None
+        self,
+        stdin: int,
+        filename: str,
+        *,
+        tags: Sequence[str],
+        timeout: float | None = None,
+        detached: bool = False,
     ) -> dict[str, Any]:
         """`restic backup --stdin --json`: what arrives on the file descriptor `stdin`, up to
-        its end, becomes the file `/<filename>` of a new snapshot; returns restic's summary."""
+        its end, becomes the file `/<filename>` of a new snapshot; returns restic's summary.
+        ``detached``: see `run_program`."""
         args = ["backup", "--stdin", "--stdin-filename", filename, "--json"]
         for tag in tags:
             args += ["--tag", tag]
-        return self._with_full_id(
-            _backup_summary(await self.run(args, timeout=timeout, stdin=stdin))
-        )
+        output = await self.run(args, timeout=timeout, stdin=stdin, detached=detached)
+        return self._with_full_id(_backup_summary(output))
 
     async def dump(
         self, snapshot_id: str, path: str, *, stdout: int, timeout: float | None = None

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -111,7 +112,11 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
         await _refuse_postgresql_snapshots(settings)
     result: Any = None
     try:
-        async with offline_access(settings, mutating=mutating) as owns_data_dir, _pool_quiet():
+        async with (
+            offline_access(settings, mutating=mutating) as owns_data_dir,
+            _pool_quiet(),
+            _every_ctrl_c_a_stop(args.action == "rollback"),
+        ):
             if args.action == "init":
                 result = await _offline_init()
             else:
@@ -131,6 +136,24 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
         if (task := asyncio.current_task()) is not None:
             task.uncancel()
     return result
+
+
+@contextlib.asynccontextmanager
+async def _every_ctrl_c_a_stop(rollback: bool) -> AsyncIterator[None]:
+    """During a rollback each Ctrl-C stops the command's task, the second as the first
+    (``asyncio.run`` raises KeyboardInterrupt at the second, anywhere): one that comes once
+    the swap is done cuts short the wait for the rollback's record, and the rollback is
+    printed and written in the audit trail as done, not left to read as cut off."""
+    task = asyncio.current_task()
+    if not rollback or task is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 @contextlib.asynccontextmanager
