@@ -130,7 +130,7 @@ async def run_program(
 
     `stdin` and `stdout` are file descriptors the program reads from or writes to instead of
     nothing and a captured pipe (the caller keeps them and closes them); output written to a
-    given `stdout` is not collected. A `detached` program has a process group of its own: a
+    given `stdout` is not collected. A `detached` program runs in a session of its own: a
     Ctrl-C at the terminal reaches ERS, which decides whether to stop it, and not it.
     """
     try:
@@ -185,7 +185,8 @@ async def start_program(
         cwd=cwd,
         env=dict(env),
         pass_fds=tuple(pass_fds),
-        process_group=0 if detached else None,
+        # A session of its own (uvloop, under `ers serve`, has no process_group).
+        start_new_session=detached,
     )
 
 

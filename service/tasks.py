@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
+
+log = logging.getLogger("ers")
 
 
 def run_in_background(
@@ -13,7 +16,14 @@ def run_in_background(
 ) -> None:
     """Run ``coroutine`` as a task until the stack unwinds to here."""
     task = asyncio.get_running_loop().create_task(coroutine, name=name)
+    task.add_done_callback(_told_if_failed)
     stack.push_async_callback(cancel_and_wait, task)
+
+
+def _told_if_failed(task: asyncio.Task[Any]) -> None:
+    """A background task that ended by an error is logged when it ends, not at shutdown."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the background task %s stopped: %r", task.get_name(), error, exc_info=error)
 
 
 def spawn(tasks: set[asyncio.Task[Any]], coroutine: Coroutine[Any, Any, Any]) -> None:
