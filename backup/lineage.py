@@ -25,7 +25,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -68,12 +68,18 @@ def mark_from_restic(entry: dict[str, Any]) -> RollbackMark | None:
     return RollbackMark(at, restored[0], rolled)
 
 
+# The caller's word that a rollback's swap has committed (its audit trail's entry), said
+# before the repository's record is written: a kill in between leaves it to tell.
+Swapped = Callable[[RollbackResult], Awaitable[None]]
+
+
 async def record_rollback(
-    restic: Restic, result: RollbackResult
+    restic: Restic, result: RollbackResult, swapped: Swapped | None = None
 ) -> tuple[RollbackMark, RollbackResult]:
-    """The repository's record of a rollback whose swap has committed, written after it.
-    Returns the record, for the list in memory, and the result; one restic could not write
-    is logged, and the result's notes say what that means (the rollback is done either way)."""
+    """The repository's record of a rollback whose swap has committed, written after it,
+    and after ``swapped`` (whose failure is logged). Returns the record, for the list in
+    memory, and the result; one restic could not write is logged, and the result's notes say
+    what that means (the rollback is done either way)."""
     at = datetime.now(UTC)
     mark = RollbackMark(at, result.snapshot_id, tuple(result.components))
     tags = [
@@ -94,10 +100,19 @@ async def record_rollback(
         os.write(write, body)  # a few hundred bytes: the pipe holds them
         os.close(write)
         write = -1
-        writing = asyncio.ensure_future(
+
+        async def say_and_record() -> None:
+            if swapped is not None:
+                try:
+                    await swapped(result)
+                except Exception:
+                    log.exception("could not say that the rollback's swap has committed")
             # Detached: a Ctrl-C at the terminal is a stop, which waits for the record.
-            restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S, detached=True)
-        )
+            await restic.backup_stdin(
+                read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S, detached=True
+            )
+
+        writing = asyncio.ensure_future(say_and_record())
         try:
             await asyncio.shield(writing)
         except asyncio.CancelledError:

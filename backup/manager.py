@@ -20,13 +20,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from backup.backend import (
-    BackendConfig,
-    BackupRequest,
-    PauseWriters,
-    Reopen,
-    RollbackRequest,
-)
+from backup.backend import BackendConfig, BackupRequest, PauseWriters, Reopen, RollbackRequest
 from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
@@ -50,7 +44,7 @@ from backup.events import (
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex, forget_unretained
 from backup.inputs import validate_reason
-from backup.lineage import mark_from_restic, record_rollback
+from backup.lineage import Swapped, mark_from_restic, record_rollback
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -361,9 +355,11 @@ class BackupManager:
         pause_writers: PauseWriters,
         reopen: Reopen,
         on_progress: ProgressCallback | None = None,
+        swapped: Swapped | None = None,
     ) -> RollbackResult:
         """Put `components` back as they were in the snapshot, after a safety snapshot of
-        their current state; RollbackFailed names the step and leaves the live state alone."""
+        their current state; RollbackFailed names the step and leaves the live state alone.
+        ``swapped`` is awaited once the swap has committed (`record_rollback`)."""
         async with self._turn():
             await self.verify_repository()
             snapshot = await self.find(snapshot_id)
@@ -392,7 +388,7 @@ class BackupManager:
                         "of `ers backup list --refresh`"
                     ) from None
                 raise
-            mark, result = await record_rollback(self.restic, result)  # the swap has committed
+            mark, result = await record_rollback(self.restic, result, swapped)  # swap committed
         self.index.add_mark(mark)
         self.events.publish(
             RollbackFinished(snapshot.id, tuple(names), result.duration_seconds, result=result)

@@ -7,35 +7,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from backup import RollbackRefused, RollbackResult, SnapshotNotFound
-from backup.lineage import stop_asked
-from backup.locks import process_is_running
-from service.backups.replies import iso
+from backup.lineage import Swapped, stop_asked
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
-from service.fleet.presence import process_gone
 from service.incidents.alert_payload import rollback_refusal
-from service.incidents.audit import ROLLBACK_STARTED, AuditLog, rollback_run, started_here
+from service.incidents.audit import (
+    ROLLBACK_STARTED,
+    ROLLBACK_SWAPPED,
+    AuditLog,
+    rollback_run,
+    swap_detail,
+)
 from service.incidents.model import IncidentNotFound
 from service.incidents.recovery import ACTOR as ALERTMANAGER
 from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
-from service.stores.session_names import presence_name, sessions_named
-from service.stores.sql import Statements
-from service.tasks import run_in_background
 
 log = logging.getLogger("ers.backups")
-
-# How often a running replica on PostgreSQL looks in the shared trail for a rollback whose
-# process is gone: as often as replicas stamp their presence (``service.fleet.presence``).
-LOOK_EVERY_S = 5.0
 
 
 class RollbackRequest(Protocol):
@@ -84,10 +77,23 @@ class Rollbacks:
             )
         return snapshot_id
 
-    async def automatic(self, context: ResponseContext) -> str:
-        """The responder's rollback to before the incident, in words for its timeline: of
-        the whole state, or of the one component an alert names (its `component` label)."""
+    def swapped(self, run: str | None, actor: str) -> Swapped:
+        """The trail's word that the swap of the rollback of ``run`` has committed, which
+        tells one cut off before its outcome as done (``record_interrupted``)."""
+
+        async def said(result: RollbackResult) -> None:
+            if run is not None:
+                detail = swap_detail(run, result)
+                await asyncio.to_thread(self.audit.record, actor, ROLLBACK_SWAPPED, detail)
+
+        return said
+
+    async def automatic(self, context: ResponseContext, run: str) -> str:
+        """The responder's rollback to before the incident (the trail's ``run``), in words
+        for its timeline: of the whole state, or of the one component an alert names (its
+        `component` label)."""
         incident_id, backups = context.incident_id, self.backups
+        swapped = self.swapped(run, context.source)
         reason = f"automatic rollback for {incident_id}"
         components = alert_components(context)
         if backups.one_component_per_snapshot:
@@ -99,14 +105,14 @@ class Rollbacks:
                 if done and stop_asked():  # while the last one's record was written
                     raise asyncio.CancelledError  # the rest stay as they are
                 snapshot_id = await self.snapshot_before(incident_id, [component])
-                result = await backups.rollback(snapshot_id, [component], reason)
+                result = await backups.rollback(snapshot_id, [component], reason, swapped)
                 done.append(f"{component} to {result.snapshot_id[:8]}")
                 done += result.notes
                 await asyncio.to_thread(self._note_done, incident_id, component, result)
             return f"rolled back {', '.join(done)}"
         snapshot_id = await self.snapshot_before(incident_id, components)
         whole = None if components == ROLLBACK_COMPONENTS else list(components)
-        result = await backups.rollback(snapshot_id, whole, reason)
+        result = await backups.rollback(snapshot_id, whole, reason, swapped)
         notes = "".join(f"; {note}" for note in result.notes)
         named = "" if whole is None else f" {', '.join(components)}"
         return (
@@ -202,12 +208,17 @@ class _Outcome:
     def write(self, rollbacks: Rollbacks) -> None:
         request, result, error = self.request, self.result, self.error
         if request.beforeIncident and not self.noted:
-            words = f"rolled back to {result.snapshot_id}" if result else f"failed: {error}"
+            words = (
+                f"{', '.join(result.components)} rolled back to {result.snapshot_id[:8]} (the"
+                f" state before in safety snapshot {str(result.safety_snapshot_id)[:8]})"
+                if result
+                else f"failed: {error}"
+            )
             with contextlib.suppress(LookupError):
                 rollbacks.incidents.add_timeline(
                     request.beforeIncident,
                     "note",
-                    f"rollback {words}",
+                    f"rollback: {words}",
                     "admin",
                     {"reason": request.reason},
                 )
@@ -226,134 +237,3 @@ class _Outcome:
                 "run": self.run,
             },
         )
-
-
-INTERRUPTED = (
-    "the process running it stopped before its outcome was written (a kill or a crash, or a "
-    "trail it could not write to until it stopped): each component is wholly the state before "
-    "it or wholly the snapshot's (on SQLite a swap it had begun is undone at the next start: "
-    "rollback_undone; on PostgreSQL a swap that committed stays: `ers backup test-rollback` "
-    "on the snapshot shows which, and an automatic rollback notes on its incident's timeline "
-    "each component it rolled back); its safety snapshot, if taken, is tagged reason:pre-rollback"
-)
-
-
-async def record_interrupted_at_start(audit: AuditLog, incidents: IncidentStore | None) -> None:
-    """``record_interrupted`` at the service's start, before anything can roll back."""
-    await asyncio.to_thread(record_interrupted, audit, incidents)
-
-
-def keep_looking(
-    stack: AsyncExitStack,
-    audit: AuditLog,
-    incidents: IncidentStore | None,
-    every_s: float = LOOK_EVERY_S,
-) -> None:
-    """On PostgreSQL, ``record_interrupted`` every ``every_s`` while the trail holds a
-    rollback with no outcome: a replica killed in the middle of one (its rollback lock
-    freed, the writes that waited on it let through) is recorded by the replicas still
-    running, as a start records it, once the fleet's database no longer sees it (its
-    session gone, its presence stamp older than ``SEEN_WITHIN_S``); so is a replica killed
-    just before this start, still seen then. A rollback this process started is left
-    alone. The looks stop when ``stack`` unwinds to here, so it is
-    registered after what closes the trail's database."""
-    if not audit.shared:
-        return
-
-    async def looking() -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            if await asyncio.to_thread(_has_unfinished, audit):
-                await asyncio.to_thread(record_interrupted, audit, incidents)
-
-    run_in_background(stack, looking(), "rollbacks-cut-off")
-
-
-def _has_unfinished(audit: AuditLog) -> bool:
-    """Whether the trail holds a rollback with no outcome; False while it cannot be read
-    (the stores check says so, and this look comes again)."""
-    try:
-        return bool(audit.unfinished_rollbacks())
-    except Exception as exc:
-        log.debug("could not read the audit trail's rollbacks: %s", exc)
-        return False
-
-
-def record_interrupted(
-    audit: AuditLog, incidents: IncidentStore | None = None
-) -> list[dict[str, object]]:
-    """Blocking; at the service's start, before anything can roll back, and while it runs
-    (``keep_looking``). Each rollback in the trail with no outcome whose process no longer
-    runs gets the entry ``rollback_interrupted`` (actor ``ers``) naming it; returns those
-    entries' details. A process of this host is looked for by its pid, and one with this
-    process's pid counts as gone unless this process started the rollback
-    (``started_here``): on a restart in a container, ERS has the same pid every time. On
-    PostgreSQL, a process of another host is gone when the fleet's database has neither a
-    session of it nor a recent presence stamp (``service.fleet.presence``); on SQLite only
-    this host's rollbacks are in the trail. A rollback for an incident gets a note on its
-    timeline too."""
-    try:
-        return _record_interrupted(audit, incidents)
-    except Exception as exc:  # an unwritable trail, a database down: health says so
-        log.warning("could not look for rollbacks cut off in the audit trail: %s", exc)
-        return []
-
-
-def _record_interrupted(
-    audit: AuditLog, incidents: IncidentStore | None
-) -> list[dict[str, object]]:
-    host, pid = socket.gethostname(), os.getpid()
-
-    def cut_off(db: Statements, entry: dict[str, Any]) -> dict[str, Any] | None:
-        started = entry["detail"]
-        of = int(started.get("pid") or 0)
-        if started.get("host") == host:
-            # On PostgreSQL the fleet's database has a say too: hosts may share a hostname
-            # (and containers pid 1), and a pid not running here may run there.
-            if of != pid and (
-                process_is_running(of) or (audit.shared and not process_gone(db, host, of))
-            ):
-                return None
-            if of == pid and started_here(started.get("run")):
-                return None  # this process's own, running
-            if of == pid and audit.shared and _name_shared(db):
-                return None  # another process runs under this one's name
-        elif not (audit.shared and process_gone(db, str(started.get("host")), of)):
-            return None
-        return {
-            key: started.get(key)
-            for key in ("run", "backupId", "components", "beforeIncident", "reason", "host", "pid")
-        } | {"startedBy": entry["actor"], "startedAt": _iso(entry["at"]), "outcome": INTERRUPTED}
-
-    recorded = audit.record_cut_off(cut_off)
-    for detail in recorded:
-        before = detail.get("beforeIncident")
-        target = detail.get("backupId") or f"the snapshot before {before}"
-        log.warning(
-            "the audit trail's rollback %s to %s (started by %s on %s) has no outcome: the "
-            "process running it stopped first; recorded as rollback_interrupted",
-            detail["run"],
-            target,
-            detail["startedBy"],
-            detail["host"],
-        )
-        if before and incidents is not None:
-            note = f"rollback cut off: {INTERRUPTED}"
-            with contextlib.suppress(LookupError):
-                incidents.add_timeline(before, "note", note, "ers", {"run": detail["run"]})
-    return recorded
-
-
-def _name_shared(db: Statements) -> bool:
-    """Whether a session besides this process's presence carries its name: a replica of
-    another host with this hostname and pid, or the session of this process's predecessor
-    the server has yet to drop (looked at again every ``LOOK_EVERY_S``)."""
-    sessions = db.execute(f"SELECT {sessions_named('?')} AS n", (presence_name(),))
-    return int(sessions.fetchone()["n"]) > 1
-
-
-def _iso(at: object) -> object:
-    """The trail's own time of an entry (seconds since the epoch), as every other time."""
-    if isinstance(at, int | float):
-        return iso(datetime.fromtimestamp(at, UTC))
-    return at

@@ -34,8 +34,10 @@ from backup.emergency import EmergencyCooldown
 from backup.errors import ResticTimeout
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME
+from backup.lineage import Swapped
 from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
+from service.backups.figures import newest_full, newest_per_component
 from service.backups.first_start import backup_work_dir, first_start_done
 from service.backups.fleet_cooldown import follow_fleet_cooldown
 from service.backups.live_size import LiveSize
@@ -186,9 +188,12 @@ class BackupService:
                     emergency_cooldown=self.emergency_cooldown,
                     shutdown_timeout_seconds=settings.shutdown_backup_timeout_s,
                 )
-            except (BackupError, OSError) as exc:  # OSError: its work folder cannot be made
-                if not isinstance(exc, BackupError):
+            except Exception as exc:
+                if isinstance(exc, OSError):  # its work folder cannot be made
                     exc = BackupError(f"the backups' own files cannot be written: {exc}")
+                elif not isinstance(exc, BackupError):  # a defect: told, and tried again
+                    log.exception("opening the backup repository failed")
+                    exc = BackupError(f"opening the repository failed: {exc!r}")
                 self.connection_failures += 1
                 self.error, self.failure = str(exc), exc
                 self.first_attempt_done.set()
@@ -234,6 +239,14 @@ class BackupService:
         return outcome
 
     async def refresh(self) -> list[Snapshot]:
+        """The list read again; a repository not reached (put back since?) is tried first."""
+        if self.manager is None:
+            failures = self.connection_failures
+            self._retry_now.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FIRST_OPENING_WAIT_S):
+                    while self.manager is None and self.connection_failures == failures:
+                        await asyncio.sleep(0.1)
         return await self.require().refresh()
 
     async def first_opening(self, wait_s: float = FIRST_OPENING_WAIT_S) -> None:
@@ -253,35 +266,10 @@ class BackupService:
     # --- figures ------------------------------------------------------------------------
 
     def last_success(self) -> dict[str, float]:
-        """The newest snapshot time per component, from the index and this run's backups."""
-        if self.manager is None:
-            return {}
-        newest: dict[str, float] = {}
-        for snapshot in self.manager.list():
-            for component in snapshot.components:
-                at = snapshot.time.timestamp()
-                newest[component] = max(newest.get(component, 0.0), at)
-        for component, at in self.manager.status().last_success.items():
-            newest[component] = max(newest.get(component, 0.0), at.timestamp())
-        return newest
+        return newest_per_component(self.manager)
 
     def last_full(self) -> float | None:
-        """When the whole state was last backed up: the newest snapshot holding every
-        component or, where a snapshot holds one component (PostgreSQL), the oldest of the
-        components' newest snapshots (None until each component has one)."""
-        if self.manager is None:
-            return None
-        wanted = set(self.manager.backend.components)
-        snapshots = self.manager.list()
-        if self.one_component_per_snapshot:
-            newest: dict[str, float] = {}
-            for snapshot in snapshots:
-                for component in set(snapshot.components) & wanted:
-                    at = snapshot.time.timestamp()
-                    newest[component] = max(newest.get(component, at), at)
-            return min(newest.values()) if newest.keys() == wanted else None
-        times = [s.time.timestamp() for s in snapshots if wanted <= set(s.components)]
-        return max(times, default=None)
+        return newest_full(self.manager)
 
     async def summary(self) -> dict[str, Any]:
         """The count, the newest and the live state's size (None, with `sizeError`, when
@@ -325,7 +313,11 @@ class BackupService:
         return EmergencyBackup(True, f"emergency {made(result)} ({why[:100]})")
 
     async def rollback(
-        self, snapshot_id: str, components: list[str] | None, reason: str
+        self,
+        snapshot_id: str,
+        components: list[str] | None,
+        reason: str,
+        swapped: Swapped | None = None,
     ) -> RollbackResult:
         manager = self.require()
         names = components or await manager.rollback_components(snapshot_id)
@@ -351,7 +343,9 @@ class BackupService:
 
         # A store a call found damaged is in the safety snapshot as it was: no undo for it.
         damaged = {name for name in names if getattr(self.stores.by_component()[name], "damage", 0)}
-        result = await manager.rollback(snapshot_id, names, reason, pause_writers, reopen)
+        result = await manager.rollback(
+            snapshot_id, names, reason, pause_writers, reopen, swapped=swapped
+        )
         if damaged - set(result.kept_as_found):
             kept = tuple(sorted({*result.kept_as_found, *damaged}))
             result = dataclasses.replace(result, kept_as_found=kept)

@@ -274,7 +274,12 @@ async def _offline_rollback(
     args: argparse.Namespace, manager: Any, progress: Activity, trail: OfflineTrail
 ) -> dict[str, Any]:
     from backup.events import RollbackStepStarted
-    from service.incidents.audit import ROLLBACK_STARTED, rollback_run
+    from service.incidents.audit import (
+        ROLLBACK_STARTED,
+        ROLLBACK_SWAPPED,
+        rollback_run,
+        swap_detail,
+    )
 
     @contextlib.asynccontextmanager
     async def nothing_to_pause() -> AsyncIterator[None]:
@@ -283,6 +288,10 @@ async def _offline_rollback(
     def on_event(event: Any) -> None:
         if isinstance(event, RollbackStepStarted):
             progress.stage(f"rollback: {event.step}")
+
+    async def swapped(result: Any) -> None:
+        entry = swap_detail(run["run"], result)
+        await asyncio.to_thread(trail.record, ROLLBACK_SWAPPED, entry)
 
     manager.events.subscribe(on_event)
     run = rollback_run()
@@ -296,6 +305,7 @@ async def _offline_rollback(
             nothing_to_pause,
             lambda: None,
             on_progress=progress.restic_status,
+            swapped=swapped,
         )
     except asyncio.CancelledError:
         # Ctrl-C before the swap (one that came after it is taken by the backend, and the

@@ -24,6 +24,8 @@ COMPONENT = "audit"
 # The rollbacks' entries: one before it begins, then its outcome, or at a later start the
 # word that the process running it stopped first (service.backups.rollbacks).
 ROLLBACK_STARTED, ROLLBACK_OUTCOMES = "rollback_started", ("rollback", "rollback_interrupted")
+# Between them, once its swap has committed: what a rollback cut off after it did.
+ROLLBACK_SWAPPED = "rollback_swapped"
 # How many of the newest rollbacks a start looks at for one with no outcome.
 RECENT_ROLLBACKS = 200
 # One start at a time looks for rollbacks cut off, so that each is recorded once: on
@@ -53,7 +55,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
     ),
     # The rollbacks' entries by their action: every replica reads them every few seconds
-    # (``service.backups.rollbacks.keep_looking``), and the trail is never pruned.
+    # (``service.backups.cut_off.keep_looking``), and the trail is never pruned.
     (f"CREATE INDEX audit_action_id ON {SCHEMA}.audit (action, id)",),
 )
 
@@ -61,6 +63,16 @@ MIGRATIONS: tuple[Migration, ...] = (
 _INSERT = "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)"
 STARTED_ROLLBACKS = "SELECT at, actor, detail FROM audit WHERE action = ? ORDER BY id DESC LIMIT ?"
 ROLLBACKS_ENDED = "SELECT detail FROM audit WHERE action IN (?, ?) ORDER BY id DESC LIMIT ?"
+
+
+def swap_detail(run: str | None, result: Any) -> dict[str, Any]:
+    """The entry ``rollback_swapped`` of the rollback of ``run`` (a ``RollbackResult``)."""
+    return {
+        "run": run,
+        "backupId": result.snapshot_id,
+        "components": list(result.components),
+        "safetyBackupId": result.safety_snapshot_id,
+    }
 
 
 def _row(actor: str, action: str, detail: dict[str, Any]) -> tuple[Any, ...]:
@@ -93,11 +105,15 @@ class Trail(Protocol):
 
 
 async def audited_rollback(
-    trail: Trail | None, actor: str, detail: dict[str, Any], rollback: Awaitable[str]
+    trail: Trail | None,
+    actor: str,
+    detail: dict[str, Any],
+    rollback: Callable[[str], Awaitable[str]],
 ) -> str:
-    """Run ``rollback`` between its entries in the trail: ``rollback_started`` before it begins
-    (one a kill cuts off is in the trail all the same), then its outcome, naming the start's
-    run. A trail that cannot be written holds the rollback back no more than its timeline."""
+    """Run ``rollback`` of a run between its entries in the trail: ``rollback_started``
+    before it begins (one a kill cuts off is in the trail all the same), then its outcome,
+    naming the start's run. A trail that cannot be written holds the rollback back no more
+    than its timeline."""
     run = rollback_run()
 
     async def write(action: str, more: dict[str, Any]) -> None:
@@ -111,7 +127,7 @@ async def audited_rollback(
 
     await write(ROLLBACK_STARTED, run)
     try:
-        done = await rollback
+        done = await rollback(run["run"])
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         await write("rollback", {"result": None, "error": error, "run": run["run"]})
@@ -169,7 +185,9 @@ class AuditLog:
 
     def unfinished_rollbacks(self, db: Statements | None = None) -> list[dict[str, Any]]:
         """Of the newest rollbacks started (``RECENT_ROLLBACKS``), those with a run and no
-        outcome in the trail, oldest first: running now, or cut off by their process's end.
+        outcome in the trail, oldest first: running now, or cut off by their process's end;
+        each with its entries ``rollback_swapped`` (one per swap that committed: on
+        PostgreSQL an automatic rollback swaps a component at a time) under ``swapped``.
         Read in the transaction ``db`` if given."""
 
         def rows(sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -178,9 +196,15 @@ class AuditLog:
         started = rows(STARTED_ROLLBACKS, (ROLLBACK_STARTED, RECENT_ROLLBACKS))
         outcomes = rows(ROLLBACKS_ENDED, (*ROLLBACK_OUTCOMES, 2 * RECENT_ROLLBACKS))
         ended = {json.loads(row["detail"]).get("run") for row in outcomes}
+        swaps: dict[str, list[dict[str, Any]]] = {}
+        for row in reversed(rows(STARTED_ROLLBACKS, (ROLLBACK_SWAPPED, 4 * RECENT_ROLLBACKS))):
+            swap = json.loads(row["detail"])
+            swaps.setdefault(swap.get("run"), []).append(swap)
         unfinished = []
         for row in reversed(started):
             detail = json.loads(row["detail"])
             if detail.get("run") and detail["run"] not in ended:
-                unfinished.append({"at": row["at"], "actor": row["actor"], "detail": detail})
+                swapped = swaps.get(detail["run"], [])
+                entry = {"at": row["at"], "actor": row["actor"], "detail": detail}
+                unfinished.append(entry | {"swapped": swapped})
         return unfinished

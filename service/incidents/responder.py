@@ -8,11 +8,11 @@ Protocols and their actions (the seed's four scenarios):
   with short guidance and calls no agent), rollback (only when automatic rollback is on;
   otherwise "approval needed");
 - RESOURCE_EXHAUSTION: trim the cache of last good answers.
-An action for agents on a component that is not one, and an action on ERS's own chat and
-state for another service's incident (from /v1/traces), is skipped with the reason on the
-timeline. Actions whose effect is fleet-wide (isolate, emergency backup, rollback) are claimed
-in the shared database first, so one replica runs each per incident. An action that fails is
-recorded as failed; it never takes the service down.
+An action for agents on a component that is not one, and an action on ERS's own chat and state for
+another service's incident (from /v1/traces), is skipped with the reason on the timeline. Actions
+whose effect is fleet-wide (isolate, emergency backup, rollback) are claimed in the shared database
+first, so one replica runs each per incident. An action that fails is recorded as failed; it never
+takes the service down.
 """
 
 from __future__ import annotations
@@ -113,12 +113,10 @@ class Responder:
     minimal_mode: MinimalMode | None = None
     claims: ActionClaims | None = None
     replica: str = ""
-    # Both None without backups. An emergency backup says whether it took a snapshot (not
-    # within the cooldown of the last one, which covers it) and what it did.
+    # None without backups. An emergency backup says if it took one (not within its cooldown).
     emergency_backup: Callable[[ResponseContext], Awaitable[tuple[bool, str]]] | None = None
-    rollback: Callable[[ResponseContext], Awaitable[str]] | None = None
-    # The audit trail, where every rollback is written, whoever ran it.
-    audit: Trail | None = None
+    rollback: Callable[[ResponseContext, str], Awaitable[str]] | None = None  # and its run
+    audit: Trail | None = None  # the audit trail, where every rollback is written
     # An incident's timeline as stored, and the wall clock it is written by: the cooldown
     # of an action started before a restart is read back from there.
     read_timeline: Callable[[str], list[Any]] | None = None
@@ -390,9 +388,11 @@ class Responder:
         return await self._kept(ActionResult("minimal_response_mode", "success", what))
 
     async def _rollback(self, context: ResponseContext) -> ActionResult:
-        assert self.rollback is not None
+        assert (rollback := self.rollback) is not None
         detail = {"beforeIncident": context.incident_id, "reason": context.reason}
-        done = await audited_rollback(self.audit, context.source, detail, self.rollback(context))
+        done = await audited_rollback(
+            self.audit, context.source, detail, lambda run: rollback(context, run)
+        )
         return ActionResult("rollback", "success", done)
 
     async def _trim_caches(self, context: ResponseContext) -> ActionResult:

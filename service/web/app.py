@@ -24,13 +24,10 @@ from fastapi import FastAPI  # noqa: E402
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
 from service.backups import first_start as starting  # noqa: E402
+from service.backups.cut_off import keep_looking, record_interrupted_at_start  # noqa: E402
 from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
-from service.backups.rollbacks import (  # noqa: E402
-    Rollbacks,
-    keep_looking,
-    record_interrupted_at_start,
-)
+from service.backups.rollbacks import Rollbacks  # noqa: E402
 from service.chat.admission import ChatAdmission, register_admission_metrics  # noqa: E402
 from service.chat.minimal_mode import MinimalMode, MinimalModeGate  # noqa: E402
 from service.chat.service import ChatService  # noqa: E402

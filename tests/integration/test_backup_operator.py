@@ -135,12 +135,13 @@ def test_the_printed_undo_of_a_rollback_runs_as_printed(
     assert f"to snapshot {safety}" in undone.stdout
 
     # Both rollbacks are in the audit trail, newest first, with their reasons, each after the
-    # entry of its start.
-    audit = ers({**env, "COLUMNS": "200"}, "audit", "--limit", "4")  # a row a line
+    # entries of its start and of its swap.
+    audit = ers({**env, "COLUMNS": "200"}, "audit", "--limit", "6")  # a row a line
     assert audit.returncode == 0, audit.stderr
     lines = audit.stdout.splitlines()
-    actions = [a for line in lines for a in ("rollback", "rollback_started") if f"  {a}  " in line]
-    assert actions == ["rollback", "rollback_started"] * 2, audit.stdout
+    words = ("rollback", "rollback_swapped", "rollback_started")
+    actions = [a for line in lines for a in words if f"  {a}  " in line]
+    assert actions == list(words) * 2, audit.stdout
     rows = [line for line in lines if "  rollback  " in line]
     assert "reason undo the rollback to" in rows[0] and "reason bad data" in rows[1], rows
     one = ers(env, "audit", "--limit", "1")

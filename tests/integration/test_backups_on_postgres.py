@@ -211,8 +211,10 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
         ("admin", "rollback_started"),
         ("admin", "rollback"),  # refused: the snapshot holds budgets only
         ("admin", "rollback_started"),
+        ("admin", "rollback_swapped"),
         ("admin", "rollback"),
         ("offline", "rollback_started"),
+        ("offline", "rollback_swapped"),
         ("offline", "rollback"),
     ], trail
     detail = trail[-1][2] if isinstance(trail[-1][2], dict) else json.loads(trail[-1][2])

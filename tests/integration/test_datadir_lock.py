@@ -129,6 +129,7 @@ def test_offline_rollback_and_a_second_service_are_refused_while_the_service_run
         trail = httpx.get(f"{restarted.url}/api/emergency/audit", timeout=10).json()["entries"]
         assert [(e["actor"], e["action"]) for e in trail] == [
             ("offline", "rollback"),
+            ("offline", "rollback_swapped"),
             ("offline", "rollback_started"),
         ], trail
         assert trail[0]["detail"]["safetyBackupId"] == rollback["safetyBackupId"], trail

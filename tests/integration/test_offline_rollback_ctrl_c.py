@@ -78,8 +78,9 @@ def test_ctrl_c_during_the_record_of_an_offline_rollback(tmp_path: Path, presses
         assert db.execute("SELECT limit_cents FROM budgets").fetchall() == [(10000,)]
     with contextlib.closing(sqlite3.connect(tmp_path / "data" / "incidents.sqlite3")) as db:
         trail = db.execute("SELECT actor, action, detail FROM audit ORDER BY id").fetchall()
-    assert [(actor, action) for actor, action, _ in trail][-2:] == [
+    assert [(actor, action) for actor, action, _ in trail][-3:] == [
         ("offline", "rollback_started"),
+        ("offline", "rollback_swapped"),
         ("offline", "rollback"),
     ], trail
     assert json.loads(trail[-1][2])["error"] is None, trail[-1]

@@ -18,7 +18,8 @@ def service_over(snapshots: list[tuple[float, tuple[str, ...]]], one_each: bool)
     ]
     service = BackupService.__new__(BackupService)
     service.state = SimpleNamespace(one_component_per_snapshot=one_each)  # type: ignore[assignment]
-    service.manager = SimpleNamespace(backend=backend, list=lambda: listed)  # type: ignore[assignment]
+    config = SimpleNamespace(one_component_per_snapshot=one_each)
+    service.manager = SimpleNamespace(backend=backend, config=config, list=lambda: listed)  # type: ignore[assignment]
     return service
 
 

@@ -23,13 +23,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.backups.rollbacks import (
+from service.backups.cut_off import (
     INTERRUPTED,
-    Rollbacks,
     keep_looking,
     record_interrupted,
     record_interrupted_at_start,
 )
+from service.backups.rollbacks import Rollbacks
 from service.errors import StoreUnavailable
 from service.fleet.presence import OFFLINE_ROLE
 from service.fleet.schema import COMPONENT as FLEET
@@ -151,7 +151,9 @@ def test_an_outcome_the_trail_could_not_take_is_written_once_it_can(
 def test_the_words_for_a_cut_off_rollback_hold_on_postgresql_where_a_committed_swap_stays() -> None:
     """Before: "a swap it had begun is undone at the next start", false on PostgreSQL."""
     assert "on SQLite a swap it had begun is undone at the next start" in INTERRUPTED
-    assert "on PostgreSQL a swap that committed stays" in INTERRUPTED
+    assert "on PostgreSQL while a commit's outcome was unknown (a swap that committed stays)" in (
+        INTERRUPTED
+    )
 
 
 @pytest.fixture
@@ -217,7 +219,7 @@ def test_two_starts_at_once_record_each_cut_off_rollback_once(
         time.sleep(0.1)
         return False
 
-    monkeypatch.setattr("service.backups.rollbacks.process_is_running", slow_look)
+    monkeypatch.setattr("service.backups.cut_off.process_is_running", slow_look)
     other = PgIncidentStore(pg_url)
     try:
         trails = [fleet_audit, AuditLog(other.database)]
@@ -361,7 +363,7 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
     notes: list[tuple[str, str, str]] = []
     rolled: list[str] = []
 
-    async def rollback(snapshot_id: str, components: list[str], reason: str) -> Any:
+    async def rollback(snapshot_id: str, components: list[str], reason: str, swapped: Any) -> Any:
         if rolled:
             raise RuntimeError("the process stopped here")
         rolled.extend(components)
@@ -375,7 +377,7 @@ async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() 
     )
     context = SimpleNamespace(incident_id="INC_1", source="alertmanager", component="ers")
     with pytest.raises(RuntimeError):
-        await rollbacks.automatic(context)  # type: ignore[arg-type]
+        await rollbacks.automatic(context, "run1")  # type: ignore[arg-type]
     assert rolled == ["conversations"]
     assert notes == [
         (
@@ -392,7 +394,7 @@ async def test_a_stop_during_a_components_record_ends_an_automatic_rollback_ther
     told as done) and stays asked for: the rollback went on to the other components."""
     rolled: list[str] = []
 
-    async def rollback(snapshot_id: str, components: list[str], reason: str) -> Any:
+    async def rollback(snapshot_id: str, components: list[str], reason: str, swapped: Any) -> Any:
         rolled.extend(components)
         task = asyncio.current_task()
         assert task is not None
@@ -404,5 +406,5 @@ async def test_a_stop_during_a_components_record_ends_an_automatic_rollback_ther
     rollbacks = pg_rollbacks(rollback, lambda *args, **kwargs: None)
     context = SimpleNamespace(incident_id="INC_1", source="responder", component="budget")
     with pytest.raises(asyncio.CancelledError):
-        await rollbacks.automatic(context)  # type: ignore[arg-type]
+        await rollbacks.automatic(context, "run1")  # type: ignore[arg-type]
     assert rolled == ["conversations"]

@@ -156,7 +156,7 @@ async def minimal_response_mode_answers_chat_without_agents(rig: Rig) -> None:
 async def rollback_rolls_back_only_when_allowed(rig: Rig) -> None:
     rolled: list[str] = []
 
-    async def rollback(context: ResponseContext) -> str:
+    async def rollback(context: ResponseContext, run: str) -> str:
         rolled.append(context.incident_id)
         return "rolled back to 1234abcd"
 
@@ -237,7 +237,7 @@ async def test_an_action_on_ers_own_chat_and_state_skips_another_services_incide
     and with automatic rollback on, rolled ERS's state back."""
     rolled: list[str] = []
 
-    async def rollback(context: ResponseContext) -> str:
+    async def rollback(context: ResponseContext, run: str) -> str:
         rolled.append(context.incident_id)
         return "rolled back"
 

@@ -141,7 +141,7 @@ async def test_critical_failure_with_backups_and_auto_rollback(team) -> None:  #
         calls.append("backup")
         return True, "snapshot 1234abcd"
 
-    async def rollback(context: ResponseContext) -> str:
+    async def rollback(context: ResponseContext, run: str) -> str:
         calls.append("rollback")
         return "rolled back to 1234abcd"
 
@@ -169,7 +169,7 @@ async def test_a_rollback_is_not_cut_off_at_the_limit_of_other_actions(
     monkeypatch.setattr(responder_module, "ACTION_LIMIT_S", 0.05)
     responder, _, _ = make(team, auto_rollback=True)
 
-    async def slow(context: ResponseContext) -> str:
+    async def slow(context: ResponseContext, run: str) -> str:
         await asyncio.sleep(0.3)
         return "rolled back to 1234abcd"
 
@@ -196,7 +196,7 @@ async def test_a_rollback_still_running_past_the_cooldown_is_not_started_again(
     started, release = asyncio.Event(), asyncio.Event()
     runs = []
 
-    async def slow(context: ResponseContext) -> str:
+    async def slow(context: ResponseContext, run: str) -> str:
         runs.append(context.source)
         if len(runs) == 1:  # the first runs on until released
             started.set()
@@ -225,7 +225,7 @@ async def test_every_automatic_rollback_is_in_the_audit_trail_failed_ones_too(
     responder.audit = trail = Trail()
     outcomes = iter(["rolled back to 1234abcd", OSError("repository unreachable")])
 
-    async def rollback(context: ResponseContext) -> str:
+    async def rollback(context: ResponseContext, run: str) -> str:
         outcome = next(outcomes)
         if isinstance(outcome, Exception):
             raise outcome
@@ -354,7 +354,7 @@ async def test_a_rollback_an_alert_started_before_a_kill_holds_off_another_alert
     )
     rollbacks: list[str] = []
 
-    async def rollback(context: ResponseContext) -> str:
+    async def rollback(context: ResponseContext, run: str) -> str:
         rollbacks.append(context.reason)
         return "rolled back to 1234abcd"
 

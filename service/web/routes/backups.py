@@ -279,7 +279,8 @@ async def rollback(
             body.beforeIncident, components or ROLLBACK_COMPONENTS
         )
         started = await asyncio.to_thread(rollbacks.record_start, body, snapshot_id)
-        result = await backups.rollback(snapshot_id, components, body.reason)
+        swapped = rollbacks.swapped(started, "admin")
+        result = await backups.rollback(snapshot_id, components, body.reason, swapped)
     except RollbackFailed as exc:
         # The incident it opens names the failed step, not a bare 503; a repository that
         # refused the rollback counts in the repository check's instead.
