@@ -14,6 +14,8 @@ landed on, as the ledger kept it. Each landing goes on the incident's timeline.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from service.incidents.alert_payload import (
@@ -28,6 +30,8 @@ from service.incidents.model import Incident, IncidentNotFound
 from service.incidents.recovery import IncidentMeters
 from service.incidents.store import IncidentStore
 
+log = logging.getLogger("ers.alerts")
+
 
 @dataclass(eq=False)
 class AlertLanding:
@@ -36,6 +40,10 @@ class AlertLanding:
     ledger: AlertLedger
     incidents: IncidentStore
     meters: IncidentMeters
+    # The team's agents: an isolate alert naming none of them isolates nothing, and its
+    # incident is low whatever its severity label (a mistyped label would otherwise raise
+    # a critical incident, an emergency backup, and with it a rollback of the whole state).
+    agents: Callable[[], Collection[str]] = tuple
 
     def stale(self, alert: Alert) -> str | None:
         """Why a firing alert no longer holds by the time it is handled, else None."""
@@ -128,7 +136,19 @@ class AlertLanding:
         return self.incidents.most_severe_active(at_least)
 
     def _open(self, alert: Alert, component: str, kind: str) -> Incident:
-        incident, outcome = self.incidents.record_error(*alert_failure(alert, component, kind))
+        severity = None
+        if alert.action == "isolate" and component not in (agents := self.agents()):
+            severity = "low"
+            log.warning(
+                "alert %s would isolate '%s', which is not an agent (%s): its incident is %s,"
+                " whatever its severity label; fix the rule's agent label",
+                alert.name,
+                component,
+                ", ".join(sorted(agents)),
+                severity,
+            )
+        failure = alert_failure(alert, component, kind, severity)
+        incident, outcome = self.incidents.record_error(*failure)
         if outcome != "updated":  # counted as the incident pipeline counts its own
             self.meters.opened(incident)
         return incident

@@ -148,8 +148,11 @@ def alert_fingerprint(alert: Alert, component: str) -> str:
     return f"alert:{alert.name}:{component}"
 
 
-def alert_failure(alert: Alert, component: str, kind: str) -> tuple[SpanRecord, Classification]:
-    """The failure an alert that lands on no incident opens its own with."""
+def alert_failure(
+    alert: Alert, component: str, kind: str, severity: str | None = None
+) -> tuple[SpanRecord, Classification]:
+    """The failure an alert that lands on no incident opens its own with, of ``severity``
+    (else the one its label names)."""
     now_ns = time.time_ns()
     record = SpanRecord(
         name=f"alert.{alert.name}",
@@ -166,7 +169,7 @@ def alert_failure(alert: Alert, component: str, kind: str) -> tuple[SpanRecord, 
         exception_message=alert.describe(),
     )
     classification = Classification(
-        severity=incident_severity(alert),
+        severity=severity or incident_severity(alert),
         type=kind,
         impact="service_degraded",
         recoverable=True,

@@ -1,19 +1,18 @@
 """What ERS does with an alert from Alertmanager.
 
 Each alert is recorded in the ledger first (a duplicate delivery stops there), then, in the
-background: it lands on an incident, its receipt goes on the timeline, and a firing alert
-runs its action — ``isolate`` force-opens the agent's breaker (source ``alertmanager``) and
-mitigates the incident, ``backup`` takes an emergency backup, ``rollback`` rolls back only
-when automatic rollback is on, ``cleanup`` trims caches. A resolved alert never starts an
-action: it recovers the incident its firing landed on (``recovery``). A resolved ``isolate``
-(no other isolate alert still firing for the agent) releases the breaker to half-open and
-asks the agent at once, as an operator's reset does (a chat's trial could wait for ever:
-health answers 503 while a critical incident is open, and a balancer that heeds it sends no
-chat); it closes the breaker and resolves the incident when the agent answers, else leaves
-it mitigated for chats' trials to decide. A breaker found closed (a reset, a restart) is
-asked the same before it is resolved. A resolution a stopped process had taken and not
-finished is handled again at the next start, or on PostgreSQL by another replica (see the
-ledger)."""
+background: it lands on an incident, its receipt goes on the timeline, and a firing alert runs
+its action — ``isolate`` force-opens the agent's breaker (source ``alertmanager``) and mitigates
+the incident, ``backup`` takes an emergency backup, ``rollback`` rolls back only when automatic
+rollback is on, ``cleanup`` trims caches. A resolved alert never starts an action: it recovers
+the incident its firing landed on (``recovery``). A resolved ``isolate`` (no other isolate alert
+still firing for the agent) releases the breaker to half-open and asks the agent at once, as an
+operator's reset does (a chat's trial could wait for ever: health answers 503 while a critical
+incident is open, and a balancer that heeds it sends no chat); it closes the breaker and
+resolves the incident when the agent answers, else leaves it mitigated for chats' trials to
+decide. A breaker found closed (a reset, a restart) is asked the same before it is resolved. A
+resolution a stopped process had taken and not finished is handled again at the next start, or
+on PostgreSQL by another replica (see the ledger)."""
 
 from __future__ import annotations
 
@@ -79,7 +78,8 @@ class AlertHandler:
 
     def __post_init__(self) -> None:
         self.recovery = IncidentRecovery(self.incidents, self.meters)
-        self.landing = AlertLanding(self.ledger, self.incidents, self.meters)
+        agents = self.responder.team.guards.keys
+        self.landing = AlertLanding(self.ledger, self.incidents, self.meters, agents)
 
     async def receive(self, payload: WebhookPayload) -> dict[str, Any]:
         """Record every alert (raises LedgerUnavailable) and act on the new ones later."""

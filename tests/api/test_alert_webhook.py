@@ -304,3 +304,30 @@ async def test_an_isolate_alert_naming_no_agent_opens_an_incident_of_its_own(
     await hook.post("/api/emergency/alerts", json=resolved, headers=AUTH)
     await settle(app)
     assert store.get(its_own.id).status == "resolved"
+
+
+async def test_an_isolate_alert_naming_no_agent_of_the_team_opens_no_critical_incident(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Before: a mistyped agent label on a critical isolate alert isolated nothing, yet
+    opened a critical incident: the system state went to emergency (health 503), the
+    CriticalIncidentActive alert took an emergency backup, and CriticalIncidentUnresolved
+    would have rolled the whole state back."""
+    typo = copy.deepcopy(FIRING)
+    typo["alerts"][0]["labels"]["agent"] = "wokrout"
+    typo["alerts"][0]["fingerprint"] = "aaaa1111bbbb2222"
+    reply = await hook.post("/api/emergency/alerts", json=typo, headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    await settle(app)
+    store = app.state.runtime.incidents
+    (incident,) = store.list(component="wokrout")[0]
+    assert incident.severity == "low", incident
+    timeline = [e.message for e in store.timeline(incident.id)]
+    assert any("'wokrout' is not an agent" in line for line in timeline), timeline
+    health = await hook.get("/api/emergency/health")
+    assert health.json()["systemState"] != "emergency", health.json()
+    # A real agent's critical isolate alert stays critical.
+    await hook.post("/api/emergency/alerts", json=FIRING, headers=AUTH)
+    await settle(app)
+    (real,) = store.list(component="workout")[0]
+    assert real.severity == "critical"
