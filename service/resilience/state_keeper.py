@@ -322,6 +322,9 @@ class StateKeeper:
             if name not in mentioned and not at_start:
                 kept.append(f"{name} {record['state'].replace('_', ' ')}")
         self._mark(SYSTEM_KEY, self._system_record())
+        if not at_start:  # the switches in force (cooldowns, minimal mode) stay, and are kept
+            for key, switch in self._switches.items():
+                self._mark(key, switch.record())
         result = Restored(
             tuple(forced), tuple(disabled), tuple(dropped), tuple(kept), system, switches
         )

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backup.emergency import EmergencyCooldown
+from backup.models import BackupResult
 from service.errors import StoreUnavailable
 from service.resilience.breaker import (
     BreakerConfig,
@@ -197,6 +200,34 @@ async def test_a_rollback_reports_isolations_kept_in_force(
     ]
     assert (await store.get("breaker:budget"))["state"] == "disabled"
     await keeper.stop()
+
+
+async def test_a_rollback_of_system_state_keeps_the_switches_in_force(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    """Before: the restored file's switches stayed in the store, and the next start resumed
+    them: an emergency-backup cooldown running at the rollback was gone after a restart (a
+    second emergency backup within it), and a minimal mode ended since could come back."""
+    breakers = team(clock)
+    cooldown = EmergencyCooldown(300, clock=clock, wall_clock=clock)
+    keeper = StateKeeper(
+        store, breakers, machine_of(breakers, clock), clock=clock, switches={"ebk": cooldown}
+    )
+    await keeper.start()
+    taken = BackupResult("5afe7e00", "emergency", ("budgets",), (), datetime.now(UTC), 1.0)
+    cooldown.started(taken)
+    await keeper.flush()
+    await store.delete("ebk")  # the snapshot's file was taken before that backup
+    await keeper.restored_lines()
+    await keeper.stop()
+
+    restarted = EmergencyCooldown(300, clock=clock, wall_clock=clock)
+    again = StateKeeper(
+        store, breakers, machine_of(breakers, clock), clock=clock, switches={"ebk": restarted}
+    )
+    await again.start()
+    assert restarted.coalesced() is not None and restarted.remaining() == 300
+    await again.stop()
 
 
 async def test_changes_made_while_the_store_is_paused_are_saved_once_it_reopens(
