@@ -286,13 +286,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.replies.name_kept_isolations(team.breakers())
 
+        async def answers_dropped() -> list[str]:  # they may tell of the state put aside
+            dropped = team.answers.trim(keep=0)
+            return [f"cached answers given before the rollback dropped: {dropped}"] * (dropped > 0)
+
         backups = build_backups(
             settings,
             stores,
             incidents_path,
             telemetry.meter,
             readiness.set,
-            {"system_state": keeper.restored_lines},
+            {"system_state": keeper.restored_lines}
+            | dict.fromkeys(("conversations", "budgets", "profiles"), answers_dropped),
             first_start=first_start,
             emergency_cooldown=emergency_cooldown,
         )

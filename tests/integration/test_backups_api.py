@@ -442,3 +442,21 @@ async def test_a_final_backup_cut_by_its_bound_names_the_setting(
     failed = [r.getMessage() for r in caplog.records if "final backup failed" in r.getMessage()]
     assert failed and "ERS_SHUTDOWN_BACKUP_TIMEOUT_S=1" in failed[0], failed
     assert "did not finish within 1 s" in failed[0], failed
+
+
+async def test_a_rollback_drops_the_cached_answers_given_before_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """Before: with the budget agent failing after a rollback of budgets, chat served its
+    last good answer, which told the figures the rollback had put aside."""
+    taken = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
+    assert taken.status_code == 200, taken.text
+    await http.post("/chat", json={"message": "spent $55 on groceries", "userId": "ann"})
+    assert "$55.00" in await budget_left(http)  # the last good answer, now cached
+    body = {"backupId": taken.json()["backupId"], "confirm": True, "reason": "bad import"}
+    rolled = await http.post("/api/emergency/rollback", json=body | {"components": ["budgets"]})
+    assert rolled.status_code == 200, rolled.text
+    assert "cached answers given before the rollback dropped: 1" in rolled.json()["restored"]
+    fault = {"errorType": "database", "component": "budget", "count": 5}
+    assert (await http.post("/api/emergency/simulate-error", json=fault)).status_code == 200
+    assert "$55.00" not in await budget_left(http)
