@@ -36,7 +36,8 @@ def _list_table(out: Console, data: dict[str, Any]) -> None:
         )
         return
     size_note = f", {data['totalSize']} live" if data.get("totalSize") else ""
-    out.print(f"{data['available']} snapshots, last {when(data.get('lastBackup'))}{size_note}")
+    count = f"{data['available']} snapshot{'' if data['available'] == 1 else 's'}"
+    out.print(f"{count}, last {when(data.get('lastBackup'))}{size_note}")
 
 
 def _show_table(out: Console, data: dict[str, Any]) -> None:

@@ -321,3 +321,16 @@ def test_piped_output_keeps_each_line_whole(capsys: pytest.CaptureFixture[str]) 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == footer.rstrip()
     assert lines[2].startswith("admin") and lines[2].endswith("r" * 300), lines
+
+
+def test_a_backup_list_counts_one_snapshot_in_the_singular() -> None:
+    snapshot = {
+        "backupId": "5b02cf1f",
+        "time": "2026-12-03T07:30:50Z",
+        "reason": "manual",
+        "components": ["budgets"],
+    }
+    one = {"backups": [snapshot], "available": 1, "lastBackup": snapshot["time"]}
+    assert "1 snapshot, last 2026-12-03 07:30:50Z" in drawn("list", one)
+    two = {"backups": [snapshot, snapshot], "available": 2, "lastBackup": snapshot["time"]}
+    assert "2 snapshots, last" in drawn("list", two)
