@@ -54,17 +54,17 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any, str | None]:
         return "POST", "/api/emergency/backups/create", body, "backing up"
     if action == "show":
         return "GET", f"/api/emergency/backups/{segment(args.backup_id)}", None, None
+    # A snapshot named, or the one the service picks from before the incident.
+    target = (
+        {"beforeIncident": args.before_incident}
+        if getattr(args, "before_incident", None)
+        else {"backupId": getattr(args, "backup_id", None)}
+    )
     if action == "test-rollback":
-        body = {"backupId": args.backup_id, "components": args.components or None}
+        body = {**target, "components": args.components or None}
         path = "/api/emergency/backups/test-rollback"
         return "POST", path, body, "restoring into scratch and comparing"
     if action == "rollback":
-        # A snapshot named, or the one the service picks from before the incident.
-        target = (
-            {"beforeIncident": args.before_incident}
-            if args.before_incident
-            else {"backupId": args.backup_id}
-        )
         body = {
             **target,
             "confirm": args.yes,
@@ -125,7 +125,7 @@ def _check_target(args: argparse.Namespace) -> None:
             "--before-incident INCIDENT_ID",
             USAGE,
         )
-    if not args.reason.strip():
+    if args.action == "rollback" and not args.reason.strip():
         raise CliError("--reason must say why: it is kept in the audit trail", USAGE)
     if args.before_incident and args.offline:
         raise CliError(
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from service.fleet.datadir_lock import DataDirInUse, DataDirUnusable
 
-    if args.action == "rollback":
+    if args.action in ("test-rollback", "rollback"):
         _check_target(args)
     if args.action == "rollback" and not args.yes:
         raise CliError(
@@ -275,16 +275,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         # A rollback may name the incident instead (--before-incident).
         subs[name].add_argument(
             "backup_id",
-            nargs="?" if name == "rollback" else None,
+            nargs=None if name == "show" else "?",
             help="snapshot id: the 8-character short id or the full one",
         )
-    subs["rollback"].add_argument(
-        "--before-incident",
-        metavar="INCIDENT_ID",
-        help="instead of a snapshot id: the newest snapshot from before the incident first "
-        "appeared that holds the components rolled back",
-    )
     for name in ("test-rollback", "rollback"):
+        subs[name].add_argument(
+            "--before-incident",
+            metavar="INCIDENT_ID",
+            help="instead of a snapshot id: the newest snapshot from before the incident first"
+            " appeared that holds the components rolled back",
+        )
         subs[name].add_argument(
             "--components",
             nargs="+",

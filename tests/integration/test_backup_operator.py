@@ -327,6 +327,15 @@ def test_a_rollback_to_before_an_incident_by_its_id(tmp_path: Path) -> None:
         unknown = ers(env, *rollback, "--before-incident", "INC_1700000000000_abcdef")
         assert unknown.returncode == 4, unknown.stderr
 
+        # Its snapshot previewed first, as a test rollback of it.
+        preview = ["backup", "test-rollback", "--components", "budgets"]
+        previewed = ers(env, *preview, "--before-incident", incident, "-o", "json")
+        assert previewed.returncode == 0, previewed.stderr
+        assert json.loads(previewed.stdout)["backupId"] == before
+        refused = ers(env, *preview)
+        assert refused.returncode == 2, refused.stderr
+        assert "name the snapshot to roll back to" in refused.stderr
+
         rolled = ers(env, *rollback, "--before-incident", incident, "-o", "json")
         assert rolled.returncode == 0, rolled.stderr
         assert json.loads(rolled.stdout)["backupId"] == before

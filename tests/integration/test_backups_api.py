@@ -460,3 +460,26 @@ async def test_a_rollback_drops_the_cached_answers_given_before_it(
     fault = {"errorType": "database", "component": "budget", "count": 5}
     assert (await http.post("/api/emergency/simulate-error", json=fault)).status_code == 200
     assert "$55.00" not in await budget_left(http)
+
+
+async def test_a_rollback_to_before_an_incident_can_be_previewed_first(
+    http: httpx.AsyncClient,
+) -> None:
+    """Before: the test rollback took a snapshot id only, so the snapshot a rollback
+    ``beforeIncident`` would take could not be seen before it ran."""
+    before = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    await asyncio.sleep(0.05)
+    incident_id = await failed_call_incident(http, "budget", "network", "budget report")
+    after = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
+    assert after.status_code == 200, after.text
+    body = {"beforeIncident": incident_id, "components": ["budgets"]}
+    preview = await http.post("/api/emergency/backups/test-rollback", json=body)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["backupId"] == before.json()["backupId"]
+    rolled = await http.post(
+        "/api/emergency/rollback", json=body | {"confirm": True, "reason": "bad deploy"}
+    )
+    assert rolled.json()["backupId"] == preview.json()["backupId"]
+    both = body | {"backupId": before.json()["backupId"]}
+    refused = await http.post("/api/emergency/backups/test-rollback", json=both)
+    assert refused.status_code == 422 and "exactly one of" in refused.text, refused.text

@@ -158,24 +158,20 @@ class CreateBackup(BaseModel):
 class TestRollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backupId: SnapshotId
-    components: Components = None
-
-
-class Rollback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
     backupId: SnapshotId | None = None
     beforeIncident: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
-    confirm: Confirmation = False
-    reason: Reason = Field(min_length=1, max_length=500)
     components: Components = None
 
     @model_validator(mode="after")
-    def _one_target(self) -> Rollback:
+    def _one_target(self) -> Any:
         if (self.backupId is None) == (self.beforeIncident is None):
             raise ValueError("give exactly one of backupId or beforeIncident")
         return self
+
+
+class Rollback(TestRollback):
+    confirm: Confirmation = False
+    reason: Reason = Field(min_length=1, max_length=500)
 
 
 @router.get("/backups")
@@ -236,11 +232,16 @@ async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) ->
 
 
 @router.post("/backups/test-rollback", responses=errors(404, 409))
-async def test_rollback(body: TestRollback, who: AdminAuth, backups: Backups) -> dict[str, Any]:
+async def test_rollback(
+    body: TestRollback, who: AdminAuth, backups: Backups, rollbacks: Rollbacks
+) -> dict[str, Any]:
     with _failures_as_http_errors("test rollback"):
-        preview = await backups.require().test_rollback(
-            body.backupId, list(body.components) if body.components else None
+        components = list(body.components) if body.components else None
+        # The snapshot a rollback before the incident would take, previewed before it runs.
+        snapshot_id = body.backupId or await rollbacks.snapshot_before(
+            body.beforeIncident, components or ROLLBACK_COMPONENTS
         )
+        preview = await backups.require().test_rollback(snapshot_id, components)
     return preview_reply(preview)
 
 
