@@ -1,7 +1,7 @@
 """An alert's action that a ``kill -9`` cut off says so on its incident's timeline at the
 next start. The ledger marks the attempt lost and its next delivery takes it again, but the
 timeline kept ``action_started`` with nothing after it until then (up to Alertmanager's
-``repeat_interval``, an hour), so an operator reading the incident saw a backup still
+``repeat_interval``), so an operator reading the incident saw a backup still
 running that had died with the process. On PostgreSQL the start did not look at all. Real
 ``ers serve`` and restic, on SQLite and on PostgreSQL."""
 
