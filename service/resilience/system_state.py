@@ -101,11 +101,6 @@ class SystemStateMachine:
         if cooling:
             why = f"cooling down (rate limited): {', '.join(cooling)}"
             return Conditions(SystemState.DEGRADED, why, components=tuple(cooling))
-        # On trial, not recovered: each trial that fails would otherwise move the state to
-        # recovery and back to degraded, two transitions on the timeline every open period.
-        if trying := sorted(n for n, s in breakers.items() if s == "half_open"):
-            why = f"breaker half-open, on trial: {', '.join(trying)}"
-            return Conditions(SystemState.DEGRADED, why, components=tuple(trying))
         if incidents.get("high"):
             why = f"{incidents['high']} high-severity incident(s) active"
             return Conditions(SystemState.DEGRADED, why, severity="high")
@@ -115,8 +110,7 @@ class SystemStateMachine:
             return Conditions(SystemState.DEGRADED, why, components=tuple(failing))
         return Conditions(
             None,
-            "no open or half-open breakers or cooldowns, no high or critical incidents, "
-            "subsystems healthy",
+            "no open breakers or cooldowns, no high or critical incidents, subsystems healthy",
         )
 
     def evaluate(self) -> SystemState:
