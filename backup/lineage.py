@@ -45,6 +45,7 @@ ROLLED_BACK_TAG = "rolled-back:"
 MARK_FILE = "rollback.json"
 MARK_TIMEOUT_S = 120.0
 STOPPING_RECORD_S = 10.0  # how long a stop waits for the record of a rollback just done
+_TELLING: set[asyncio.Task[None]] = set()  # the trail's words of swaps, while written
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def mark_from_restic(entry: dict[str, Any]) -> RollbackMark | None:
 
 
 # The caller's word that a rollback's swap has committed (its audit trail's entry), said
-# before the repository's record is written: a kill in between leaves it to tell.
+# while the repository's record is written: a kill before that record leaves it to tell.
 Swapped = Callable[[RollbackResult], Awaitable[None]]
 
 
@@ -77,7 +78,7 @@ async def record_rollback(
     restic: Restic, result: RollbackResult, swapped: Swapped | None = None
 ) -> tuple[RollbackMark, RollbackResult]:
     """The repository's record of a rollback whose swap has committed, written after it,
-    and after ``swapped`` (whose failure is logged). Returns the record, for the list in
+    beside ``swapped`` (whose failure is logged). Returns the record, for the list in
     memory, and the result; one restic could not write is logged, and the result's notes say
     what that means (the rollback is done either way)."""
     at = datetime.now(UTC)
@@ -101,20 +102,24 @@ async def record_rollback(
         os.close(write)
         write = -1
 
-        async def say_and_record() -> None:
-            if swapped is not None:
-                try:
+        async def say() -> None:
+            try:
+                if swapped is not None:
                     await swapped(result)
-                except Exception:
-                    log.exception("could not say that the rollback's swap has committed")
-            # Detached: a Ctrl-C at the terminal is a stop, which waits for the record.
-            await restic.backup_stdin(
-                read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S, detached=True
-            )
+            except Exception:
+                log.exception("could not say that the rollback's swap has committed")
 
-        writing = asyncio.ensure_future(say_and_record())
+        # Side by side: a slow trail holds the record back no longer than a stop does.
+        # Detached: a Ctrl-C at the terminal is a stop, which waits for the record.
+        writing = asyncio.ensure_future(
+            restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S, detached=True)
+        )
+        telling = asyncio.ensure_future(say())
+        _TELLING.add(telling)  # held until it ends, even once the record is given up
+        telling.add_done_callback(_TELLING.discard)
         try:
             await asyncio.shield(writing)
+            await asyncio.shield(telling)
         except asyncio.CancelledError:
             # Stopped after the swap: the record (a second's work) is written all the same,
             # within a bound, and the rollback is told as done. The stop stays asked for

@@ -182,7 +182,7 @@ class PgSchemas:
                 raise _partly_made(names, outcomes)
         except (BackupError, TimeoutError) as exc:
             label = "timeout" if isinstance(exc, TimeoutError) else exc.label
-            message = str(exc) or f"no backup within {timeout} s"
+            message = str(exc) or f"no backup within {timeout or 0:g} s"
             self.events.publish(
                 BackupFailed(tuple(names), reason, label, message, time.monotonic() - started)
             )

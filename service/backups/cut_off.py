@@ -33,11 +33,13 @@ LOOK_EVERY_S = 5.0
 INTERRUPTED = (
     "the process running it stopped before its outcome was written (a kill or a crash, or a "
     "trail it could not write to until it stopped), and the trail has no word that its swap "
-    "committed: the live state is the one before it (on SQLite a swap it had begun is undone "
-    "at the next start: rollback_undone), unless it stopped in the instant between a swap's "
-    "commit and that word, or on PostgreSQL while a commit's outcome was unknown (a swap that "
-    "committed stays): `ers backup test-rollback` on the snapshot shows which; its safety "
-    "snapshot, if taken, is tagged reason:pre-rollback"
+    "committed, written as soon as it has (one that could not be written is in the log: "
+    "`could not say that the rollback's swap has committed`): the live state is then the one "
+    "before it (on SQLite a swap it had begun is undone at the next start: rollback_undone), "
+    "unless it stopped between a swap's commit and that word (a second), or on PostgreSQL "
+    "while a commit's outcome was unknown (a swap that committed stays): `ers backup "
+    "test-rollback` on the snapshot shows which; its safety snapshot, if taken, is tagged "
+    "reason:pre-rollback"
 )
 SWAPPED_THEN_CUT = (
     "the process running it stopped after its swap committed, before its outcome was written: "
@@ -137,6 +139,7 @@ def _record_interrupted(
                 "outcome": SWAPPED_THEN_CUT,
                 "backupId": swaps[-1]["backupId"],
                 "rolledBack": [c for swap in swaps for c in swap["components"]],
+                "backupIds": {c: swap["backupId"] for swap in swaps for c in swap["components"]},
                 "safetyBackupIds": {
                     c: swap["safetyBackupId"] for swap in swaps for c in swap["components"]
                 },
@@ -167,10 +170,10 @@ def _record_interrupted(
 
 def _swapped_words(detail: dict[str, Any]) -> str:
     """What a rollback cut off after its swap did, in words; "" when no swap is known."""
-    kept = detail.get("safetyBackupIds") or {}
+    kept, targets = detail.get("safetyBackupIds") or {}, detail.get("backupIds") or {}
     return "; ".join(
-        f"{component} rolled back to {str(detail['backupId'])[:8]} (the state before in safety "
-        f"snapshot {str(safety)[:8]})"
+        f"{component} rolled back to {str(targets.get(component))[:8]} (the state before in "
+        f"safety snapshot {str(safety)[:8]})"
         for component, safety in kept.items()
     )
 

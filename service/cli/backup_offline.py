@@ -148,12 +148,13 @@ async def _every_ctrl_c_a_stop(rollback: bool) -> AsyncIterator[None]:
     if not rollback or task is None:
         yield
         return
-    loop = asyncio.get_running_loop()
+    loop, runners = asyncio.get_running_loop(), signal.getsignal(signal.SIGINT)
     loop.add_signal_handler(signal.SIGINT, task.cancel)
     try:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, runners)  # asyncio.run's, which it sets back itself
 
 
 @contextlib.asynccontextmanager

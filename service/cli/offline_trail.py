@@ -42,7 +42,9 @@ class OfflineTrail:
     def untold(self) -> str | None:
         """What the trail lacks, as the entry to record; None when the outcome is in it (a
         start alone not written is no loss: the outcome names the same run)."""
-        outcomes = [(a, d) for a, d in self.unwritten if a != "rollback_started"]
+        outcomes = [
+            (a, d) for a, d in self.unwritten if a not in ("rollback_started", "rollback_swapped")
+        ]
         if not outcomes:
             return None
         action, detail = outcomes[-1]

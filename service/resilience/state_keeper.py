@@ -324,7 +324,9 @@ class StateKeeper:
         self._mark(SYSTEM_KEY, self._system_record())
         if not at_start:  # the switches in force (cooldowns, minimal mode) stay, and are kept
             for key, switch in self._switches.items():
-                self._mark(key, switch.record())
+                # One not in force here is left as stored: on PostgreSQL another replica's.
+                if (record := switch.record()) is not None:
+                    self._mark(key, record)
         result = Restored(
             tuple(forced), tuple(disabled), tuple(dropped), tuple(kept), system, switches
         )

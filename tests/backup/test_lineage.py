@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from backup.index import SnapshotIndex
 from backup.lineage import (
     RollbackMark,
@@ -212,3 +214,26 @@ async def test_a_stop_after_a_postgresql_swap_committed_stays_asked_for() -> Non
         return stop_asked()
 
     assert await asyncio.ensure_future(run())
+
+
+async def test_a_slow_word_of_the_swap_holds_the_record_back_no_longer_than_its_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: the trail's word of the swap was awaited before restic began the record, so
+    a trail slower than the stop's bound lost the record to a single stop."""
+    monkeypatch.setattr("backup.lineage.STOPPING_RECORD_S", 0.5)
+    restic, said = SlowRecords(seconds=0.1), []
+
+    async def slow_word(result: RollbackResult) -> None:
+        await asyncio.sleep(1)  # a trail waiting for a lock
+        said.append(result.snapshot_id)
+
+    async def run() -> RollbackResult:
+        return (await record_rollback(restic, RESULT, slow_word))[1]  # type: ignore[arg-type]
+
+    task = asyncio.ensure_future(run())
+    await asyncio.sleep(0.05)  # the word of the swap on its way
+    task.cancel()
+    result = await task
+    assert restic.written, "the record was lost to one stop"
+    assert not any("not written" in note for note in result.notes)

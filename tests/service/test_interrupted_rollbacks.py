@@ -25,6 +25,7 @@ import pytest
 
 from service.backups.cut_off import (
     INTERRUPTED,
+    SWAPPED_THEN_CUT,
     keep_looking,
     record_interrupted,
     record_interrupted_at_start,
@@ -38,6 +39,7 @@ from service.incidents.audit import (
     RECENT_ROLLBACKS,
     ROLLBACK_OUTCOMES,
     ROLLBACK_STARTED,
+    ROLLBACK_SWAPPED,
     ROLLBACKS_ENDED,
     STARTED_ROLLBACKS,
     AuditLog,
@@ -408,3 +410,29 @@ async def test_a_stop_during_a_components_record_ends_an_automatic_rollback_ther
     with pytest.raises(asyncio.CancelledError):
         await rollbacks.automatic(context, "run1")  # type: ignore[arg-type]
     assert rolled == ["conversations"]
+
+
+def test_a_rollback_cut_off_after_swaps_names_each_components_own_snapshot(
+    audit: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On PostgreSQL an automatic rollback swaps a component at a time, each to a snapshot
+    of its own: before, every component was said to be rolled back to the last one's."""
+    run = started(audit, "automatic", pid=a_pid_gone())
+    for component, target, safety in (
+        ("budgets", "aaaa1111", "5afe0001"),
+        ("profiles", "bbbb2222", "5afe0002"),
+    ):
+        swap = {"run": run, "backupId": target, "components": [component]}
+        audit.record("responder", ROLLBACK_SWAPPED, swap | {"safetyBackupId": safety})
+
+    (recorded,) = record_interrupted(audit)
+
+    assert recorded["outcome"] == SWAPPED_THEN_CUT
+    assert recorded["rolledBack"] == ["budgets", "profiles"]
+    assert recorded["backupIds"] == {"budgets": "aaaa1111", "profiles": "bbbb2222"}
+    assert recorded["safetyBackupIds"] == {"budgets": "5afe0001", "profiles": "5afe0002"}
+    assert (
+        "after its swap committed: budgets rolled back to aaaa1111 (the state before in safety"
+        " snapshot 5afe0001); profiles rolled back to bbbb2222 (the state before in safety"
+        " snapshot 5afe0002)"
+    ) in caplog.text
