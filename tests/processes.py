@@ -98,15 +98,19 @@ def restic_failing_on(folder: Path, word: str, stderr: str = "Fatal: disk full")
     return wrapper
 
 
-def slow_restic(folder: Path, command: str = "restore", seconds: float = 30) -> Path:
+def slow_restic(
+    folder: Path, command: str = "restore", seconds: float = 30, marker: Path | None = None
+) -> Path:
     """A restic that sleeps ``seconds`` before running ``command`` (its other commands run
-    at once), written in ``folder``: a rollback or a backup in the middle of its work, for
-    a test to stop or kill there."""
+    at once; ``rollback.json``: the record of a rollback), written in ``folder``: a rollback
+    or a backup in the middle of its work, for a test to stop or kill there once ``marker``
+    (touched as the sleep begins) exists."""
     restic = shutil.which("restic")
     assert restic is not None, "restic is not installed"
     wrapper = folder / "slow-restic"
+    touch = f"touch {marker}; " if marker else ""
     wrapper.write_text(
-        f'#!/bin/sh\ncase " $* " in *" {command} "*) sleep {seconds:g} ;; esac\n'
+        f'#!/bin/sh\ncase " $* " in *" {command} "*) {touch}sleep {seconds:g} ;; esac\n'
         f'exec {restic} "$@"\n'
     )
     wrapper.chmod(0o755)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,23 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_backup_cli import offline_site
+from tests.processes import slow_restic
 
 pytestmark = pytest.mark.integration
 
 RECORD_WRITE_S = 5  # how long the record's restic takes here: the stop waits up to 10 s
-
-
-def restic_slow_at_the_record(folder: Path, marker: Path) -> Path:
-    restic = shutil.which("restic")
-    assert restic is not None, "restic is not installed"
-    wrapper = folder / "slow-record-restic"
-    wrapper.write_text(
-        f'#!/bin/sh\ncase " $* " in *" rollback.json "*) touch {marker}; '
-        f"sleep {RECORD_WRITE_S};; esac\n"
-        f'exec {restic} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return wrapper
 
 
 @pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
@@ -45,7 +32,7 @@ def test_ctrl_c_during_the_record_of_an_offline_rollback(tmp_path: Path, presses
     with contextlib.closing(sqlite3.connect(budgets)) as db, db:
         db.execute("UPDATE budgets SET limit_cents = 1")
     marker = tmp_path / "writing-the-record"
-    env["ERS_RESTIC_BINARY"] = str(restic_slow_at_the_record(tmp_path, marker))
+    env["ERS_RESTIC_BINARY"] = str(slow_restic(tmp_path, "rollback.json", RECORD_WRITE_S, marker))
     rollback = ["backup", "--offline", "rollback", snapshot, "--reason", "r", "--yes", "--json"]
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", *rollback],
