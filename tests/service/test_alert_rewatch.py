@@ -64,7 +64,7 @@ async def test_a_database_away_at_start_does_not_end_the_replays(
 
         monkeypatch.setattr(store, "get", get)
 
-    responder: Any = SimpleNamespace(team=None)
+    responder: Any = SimpleNamespace(team=SimpleNamespace(guards={}))
     handler = AlertHandler(ledger, store, responder, Meters())
     replayed = asyncio.Event()
 
