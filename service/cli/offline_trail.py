@@ -42,8 +42,10 @@ class OfflineTrail:
     def untold(self) -> str | None:
         """What the trail lacks, as the entry to record; None when the outcome is in it (a
         start alone not written is no loss: the outcome names the same run)."""
+        from service.incidents.audit import ROLLBACK_STARTED, ROLLBACK_SWAPPED
+
         outcomes = [
-            (a, d) for a, d in self.unwritten if a not in ("rollback_started", "rollback_swapped")
+            (a, d) for a, d in self.unwritten if a not in (ROLLBACK_STARTED, ROLLBACK_SWAPPED)
         ]
         if not outcomes:
             return None
