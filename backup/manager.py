@@ -24,8 +24,10 @@ from backup.backend import BackendConfig, BackupRequest, PauseWriters, Reopen, R
 from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
+    FinalBackupOutOfTime,
     Interrupted,
     ResticCommandFailed,
+    ResticTimeout,
     RollbackFailed,
     RollbackRefused,
     SnapshotNotFound,
@@ -184,7 +186,10 @@ class BackupManager:
     async def shutdown_backup(self, timeout: float | None = None) -> BackupResult:
         """The final full backup when the service stops, bounded by `timeout` seconds."""
         limit = self.shutdown_timeout_seconds if timeout is None else timeout
-        result = await self.create(None, BackupReason.SHUTDOWN, timeout=limit)
+        try:
+            result = await self.create(None, BackupReason.SHUTDOWN, timeout=limit)
+        except (ResticTimeout, TimeoutError) as exc:
+            raise FinalBackupOutOfTime(str(exc) or f"not made in {limit:g} s", limit) from None
         if result.snapshot_id is None:
             log.info("final backup: nothing changed since the last snapshot; none taken")
         return result

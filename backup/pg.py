@@ -29,7 +29,7 @@ from backup.backend import BackupRequest, check_component_name
 from backup.errors import (
     BackupError,
     PgDumpFailed,
-    ResticCommandFailed,
+    ResticTimeout,
     RollbackRefused,
     SnapshotNotFound,
     UnknownComponent,
@@ -187,7 +187,7 @@ class PgSchemas:
                 BackupFailed(tuple(names), reason, label, message, time.monotonic() - started)
             )
             if isinstance(exc, TimeoutError):
-                raise ResticCommandFailed(message) from None
+                raise ResticTimeout(message) from None
             raise
         results = [o for o in outcomes if isinstance(o, BackupResult)]
         for name, made in zip(names, results, strict=True):

@@ -31,6 +31,7 @@ from backup import (
 )
 from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
+from backup.errors import FinalBackupOutOfTime
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME
 from backup.lineage import Swapped
@@ -384,10 +385,7 @@ class BackupService:
         limit = self.settings.shutdown_backup_timeout_s
         try:
             await self.manager.shutdown_backup(limit)
-        except (BackupError, TimeoutError) as exc:  # its own bound, on SQLite or PostgreSQL
-            bound = (
-                f" (ERS_SHUTDOWN_BACKUP_TIMEOUT_S={limit:g})"
-                if f"in {limit:g} s" in str(exc)
-                else ""
-            )
-            log.error("final backup failed: %s%s", exc, bound)
+        except FinalBackupOutOfTime as exc:  # its own bound, on SQLite or PostgreSQL
+            log.error("final backup failed: %s (ERS_SHUTDOWN_BACKUP_TIMEOUT_S=%g)", exc, limit)
+        except BackupError as exc:
+            log.error("final backup failed: %s", exc)

@@ -20,7 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from backup.errors import BackupError, PgDumpFailed, RollbackFailed, RollbackRefused
+from backup.errors import (
+    BackupError,
+    FinalBackupOutOfTime,
+    PgDumpFailed,
+    RollbackFailed,
+    RollbackRefused,
+)
 from backup.events import BackupSucceeded, RollbackFinished
 from backup.index import tags_for
 from backup.manager import BackupManager
@@ -33,6 +39,7 @@ from backup.restic import Restic
 from service.stores import Stores
 from service.stores.base import ChatTurn
 from service.stores.postgres import PostgresStore
+from tests.processes import slow_restic
 from tests.store_writes import (
     add_expense,
     opened,
@@ -596,3 +603,21 @@ async def test_a_start_does_not_wait_out_a_query_that_reads_a_rollbacks_old_sche
         assert "it is tried again at the next start and after the next rollback" in caplog.text
     await backups.backend.start()  # the next start, the report over
     assert leftovers(pg_url) == ([], [])
+
+
+async def test_a_final_backup_cut_by_its_bound_is_told_as_the_bound_as_on_sqlite(
+    tmp_path: Path, template_repository: Path, stores: Stores, pg_url: str
+) -> None:
+    """Before: on PostgreSQL the bound's end was raised as a failed restic command, and the
+    log line named the setting only when its words matched the bound's number."""
+    shutil.copytree(template_repository / "repo", tmp_path / "repo")
+    shutil.copy2(template_repository / "password", tmp_path / "password")
+    slow = slow_restic(tmp_path, "backup", seconds=30)
+    config = RepositoryConfig(
+        str(tmp_path / "repo"), tmp_path / "password", binary=str(slow), cache_dir=tmp_path / "c"
+    )
+    backups = BackupManager((await open_identified(config)).restic, config_for(stores, pg_url))
+    with pytest.raises(FinalBackupOutOfTime) as cut:
+        await backups.shutdown_backup(timeout=1.5)
+    assert cut.value.limit_s == 1.5
+    assert "1.5 s" in str(cut.value), cut.value
