@@ -80,6 +80,48 @@ class LastGoodAnswers:
         return sum(1 for _, by, _ in self._answers if by == agent)
 
 
+ROLLED_BACK_KEY = "answers_rolled_back"
+
+
+class AnswersRolledBack:
+    """The moment of the newest rollback of a store the cached answers were read from
+    (conversations, budgets, profiles), kept in the system_state store under its own key: a
+    kept switch each replica of a fleet follows. The replica that ran the rollback drops its
+    cached answers at once, the others when they see the newer moment; before, they went on
+    serving, as an agent's fallback, answers that told of the state the rollback put aside."""
+
+    def __init__(self, answers: LastGoodAnswers, wall_clock: Callable[[], float] = time.time):
+        self._answers = answers
+        self._wall_clock = wall_clock
+        self._at = 0.0
+        self._listeners: list[Callable[[], None]] = []
+
+    async def dropped(self) -> list[str]:
+        """After a rollback here: mark it for the fleet and drop this replica's answers."""
+        self._at = max(self._wall_clock(), self._at + 1e-6)
+        for listener in self._listeners:
+            listener()
+        dropped = self._answers.trim(keep=0)
+        return [f"cached answers given before the rollback dropped: {dropped}"] * (dropped > 0)
+
+    def record(self) -> dict[str, object] | None:
+        return {"at": self._at} if self._at else None
+
+    def resume(self, record: dict[str, object]) -> str | None:
+        self._at = float(record["at"])  # type: ignore[arg-type]
+        return None  # nothing cached yet at a start: nothing to say
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def follow(self, record: dict[str, object] | None, settle_s: float) -> str | None:
+        """A rollback another replica ran since the last one seen here: drop the answers."""
+        if record is None or float(record["at"]) <= self._at:  # type: ignore[arg-type]
+            return None
+        self._at = float(record["at"])  # type: ignore[arg-type]
+        return f"cached answers given before a rollback there dropped: {self._answers.trim(0)}"
+
+
 class FallbackPolicy:
     def __init__(
         self,

@@ -49,6 +49,7 @@ from service.incidents.trace_archive_pg import open_trace_archive  # noqa: E402
 from service.resilience.breaker_events import BreakerEventKind  # noqa: E402
 from service.resilience.breaker_metrics import BreakerMetrics  # noqa: E402
 from service.resilience.bulkhead import register_bulkhead_metrics  # noqa: E402
+from service.resilience.fallback import ROLLED_BACK_KEY, AnswersRolledBack  # noqa: E402
 from service.resilience.faults import FaultInjector  # noqa: E402
 from service.resilience.instruments import AgentInstruments  # noqa: E402
 from service.resilience.state_keeper import StateKeeper, follow_the_fleet  # noqa: E402
@@ -263,6 +264,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # kept in system_state and put back here, after the fleet's own forced opens.
         minimal_mode = MinimalMode()
         cooldowns = {f"cooldown:{name}": guard.cooldown for name, guard in team.guards.items()}
+        rolled_back = AnswersRolledBack(team.answers)  # cached answers a rollback outdated
         for cooldown in cooldowns.values():  # one starting or reset moves the state at once
             cooldown.subscribe(lambda: state.evaluate())
         emergency_cooldown = EmergencyCooldown(settings.emergency_backup_cooldown_s)
@@ -273,6 +275,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             switches={
                 "minimal_mode": minimal_mode,
                 EMERGENCY_COOLDOWN_KEY: emergency_cooldown,
+                ROLLED_BACK_KEY: rolled_back,
                 **cooldowns,
             },
         )
@@ -280,15 +283,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(keeper.stop)
         if settings.database_url is not None:
             kept, every_s = stores.system_state, settings.fleet_poll_interval_s
-            followed = {"minimal_mode": minimal_mode, **cooldowns}  # a change moves the state
+            followed = {"minimal_mode": minimal_mode, ROLLED_BACK_KEY: rolled_back, **cooldowns}
             following = follow_the_fleet(followed, kept, every_s, keeper.pending, state.evaluate)
             run_in_background(stack, following, "kept-switches-fleet")
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.replies.name_kept_isolations(team.breakers())
-
-        async def answers_dropped() -> list[str]:  # they may tell of the state put aside
-            dropped = team.answers.trim(keep=0)
-            return [f"cached answers given before the rollback dropped: {dropped}"] * (dropped > 0)
 
         backups = build_backups(
             settings,
@@ -297,7 +296,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             telemetry.meter,
             readiness.set,
             {"system_state": keeper.restored_lines}
-            | dict.fromkeys(("conversations", "budgets", "profiles"), answers_dropped),
+            | dict.fromkeys(("conversations", "budgets", "profiles"), rolled_back.dropped),
             first_start=first_start,
             emergency_cooldown=emergency_cooldown,
         )
