@@ -357,11 +357,10 @@ class AlertHandler:
             guard = self.responder.team.get(agent)
         except UnknownAgent:
             return f"'{agent}' is not an agent", None
-        breaker = guard.breaker
-        forced = breaker.snapshot().get("forced")
-        if not forced or forced.get("source") != "alertmanager":
-            message = "the breaker is not held by alertmanager; left as it is"
-        else:
+        breaker, forced = guard.breaker, guard.breaker.snapshot().get("forced")
+        if forced and (source := forced.get("source")) != "alertmanager":
+            message = f"the breaker is forced open by {source or 'another'}; left as it is"
+        else:  # not forced open (released already, or before a kill cut this off): it says so
             message = breaker.release(source="alertmanager")
         state = breaker.state.value
         if incident is not None and state != "closed":

@@ -68,6 +68,26 @@ async def test_an_alert_leaves_an_operators_isolation_as_it_was(
         assert breaker.snapshot()["forced"] == before
 
 
+async def test_a_resolution_of_an_isolation_released_already_says_so(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Before: it said "not held by alertmanager", as if someone else held the breaker."""
+    reply = await hook.post("/api/emergency/alerts", json=about(FIRING, "nutrition"), headers=AUTH)
+    assert reply.status_code == 200
+    await settle(app)
+    assert app.state.runtime.team.get("nutrition").breaker.state.value == "forced_open"
+    released = await client.post("/api/emergency/circuit-breaker/nutrition/release")
+    assert released.status_code == 200, released.text
+
+    payload = about(resolved_payload(), "nutrition")
+    assert (await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)).is_success
+    await settle(app)
+    entry = app.state.runtime.alerts.ledger.entry(
+        "5e0f1c9a2b3d4e5f", "2026-11-28T12:00:00+00:00", "resolved"
+    )
+    assert "is half-open, not forced open; nothing to release" in entry["outcome"], entry
+
+
 async def test_a_resolution_whose_firing_isolated_nothing_leaves_another_alerts_isolation(
     hook: httpx.AsyncClient, app: FastAPI
 ) -> None:

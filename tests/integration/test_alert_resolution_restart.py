@@ -82,7 +82,7 @@ def test_a_resolution_cut_off_by_a_kill_is_acted_on_at_the_next_start(tmp_path: 
         finally:
             ers.stop(signal.SIGKILL)
         # Killed while acting on it, before the release was stored. (Killed after, the next
-        # start finds the breaker released and says "not held by alertmanager; left as it is".)
+        # start finds the breaker released and says "not forced open; nothing to release".)
         if outcome(workdir, fingerprint, "resolved") is None and held_by_alertmanager(workdir):
             break
     else:
