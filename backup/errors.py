@@ -174,15 +174,6 @@ class ResticTimeout(ResticError):
     label = "timeout"
 
 
-class FinalBackupOutOfTime(ResticTimeout):
-    """The final backup at shutdown was cut by its bound, ``limit_s``: the operator's to
-    raise."""
-
-    def __init__(self, message: str, limit_s: float) -> None:
-        super().__init__(message)
-        self.limit_s = limit_s
-
-
 class ResticCommandFailed(ResticError):
     label = "command_failed"
 

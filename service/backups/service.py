@@ -31,7 +31,7 @@ from backup import (
 )
 from backup.backend import BackendConfig
 from backup.emergency import EmergencyCooldown
-from backup.errors import FinalBackupOutOfTime
+from backup.errors import ResticTimeout
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME
 from backup.lineage import Swapped
@@ -385,7 +385,7 @@ class BackupService:
         limit = self.settings.shutdown_backup_timeout_s
         try:
             await self.manager.shutdown_backup(limit)
-        except FinalBackupOutOfTime as exc:  # its own bound, on SQLite or PostgreSQL
+        except (ResticTimeout, TimeoutError) as exc:  # its bound, on SQLite or PostgreSQL
             log.error("final backup failed: %s (ERS_SHUTDOWN_BACKUP_TIMEOUT_S=%g)", exc, limit)
         except BackupError as exc:
             log.error("final backup failed: %s", exc)

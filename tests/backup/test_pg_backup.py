@@ -22,8 +22,8 @@ import pytest
 
 from backup.errors import (
     BackupError,
-    FinalBackupOutOfTime,
     PgDumpFailed,
+    ResticTimeout,
     RollbackFailed,
     RollbackRefused,
 )
@@ -617,7 +617,6 @@ async def test_a_final_backup_cut_by_its_bound_is_told_as_the_bound_as_on_sqlite
         str(tmp_path / "repo"), tmp_path / "password", binary=str(slow), cache_dir=tmp_path / "c"
     )
     backups = BackupManager((await open_identified(config)).restic, config_for(stores, pg_url))
-    with pytest.raises(FinalBackupOutOfTime) as cut:
+    with pytest.raises(ResticTimeout) as cut:  # as restic's own bound on SQLite
         await backups.shutdown_backup(timeout=1.5)
-    assert cut.value.limit_s == 1.5
     assert "1.5 s" in str(cut.value), cut.value
