@@ -94,6 +94,9 @@ class SnapshotIndex:
     def add_mark(self, mark: RollbackMark) -> None:
         self._marks.append(mark)
 
+    def marks(self) -> list[RollbackMark]:
+        return list(self._marks)
+
     def add(self, snapshot: Snapshot) -> None:
         self._snapshots[snapshot.id] = snapshot
 

@@ -7,8 +7,8 @@ bring it back. Once its swap has committed, each rollback leaves its record in t
 a snapshot of a few bytes tagged ``ers-rollback`` (outside the backups' list and retention),
 ``restores:<id>`` and ``rolled-back:<component>``, whose time is after the swap. A rollback
 that failed, or was cut off before its swap, leaves none; one whose record could not be
-written (or was cut off between its swap and its record) is not known here, and the
-snapshots it put aside count as the live state's past, as before there were records.
+written (or was cut off between its swap and its record) is written late, at its swap's
+time, from the caller's trail (``unrecorded``, ``record_late``).
 
 Walked back from a moment, for one component: the snapshots after the newest rollback of it
 are the live line, then the snapshot that rollback restored, then those before that snapshot
@@ -83,19 +83,8 @@ async def record_rollback(
     what that means (the rollback is done either way)."""
     at = datetime.now(UTC)
     mark = RollbackMark(at, result.snapshot_id, tuple(result.components))
-    tags = [
-        MARK_TAG,
-        f"{RESTORES_TAG}{result.snapshot_id}",
-        *(f"{ROLLED_BACK_TAG}{c}" for c in result.components),
-    ]
-    body = json.dumps(
-        {
-            "restored": result.snapshot_id,
-            "components": list(result.components),
-            "safetySnapshot": result.safety_snapshot_id,
-            "reason": result.reason,
-        }
-    ).encode()
+    tags = _tags(mark)
+    body = _body(mark, result.safety_snapshot_id, result.reason)
     read, write = os.pipe()
     try:
         os.write(write, body)  # a few hundred bytes: the pipe holds them
@@ -149,6 +138,67 @@ async def record_rollback(
     return mark, result
 
 
+def _tags(mark: RollbackMark) -> list[str]:
+    restored = f"{RESTORES_TAG}{mark.restored}"
+    return [MARK_TAG, restored, *(f"{ROLLED_BACK_TAG}{c}" for c in mark.components)]
+
+
+def _body(mark: RollbackMark, safety_snapshot_id: str | None, reason: str | None) -> bytes:
+    return json.dumps(
+        {
+            "restored": mark.restored,
+            "components": list(mark.components),
+            "safetySnapshot": safety_snapshot_id,
+            "reason": reason,
+        }
+    ).encode()
+
+
+# How far apart a rollback's record and the trail's word of its swap may be: both are
+# written once the swap has committed, side by side, the record within its bounds.
+RECORD_WINDOW_S = MARK_TIMEOUT_S + STOPPING_RECORD_S + 60.0
+
+
+def unrecorded(swaps: Iterable[RollbackMark], marks: Iterable[RollbackMark]) -> list[RollbackMark]:
+    """Of the swaps an audit trail tells of (each as the record it would have had, at the
+    trail's time), those no record in ``marks`` stands for: written by neither a stop nor
+    a kill between the swap and the record, nor a repository away at that moment."""
+    known: dict[str, list[RollbackMark]] = {}
+    for mark in marks:  # by the short id restic prints: a full id starts with it
+        known.setdefault(mark.restored[:8], []).append(mark)
+
+    def recorded(swap: RollbackMark) -> bool:
+        return any(
+            (mark.restored.startswith(swap.restored) or swap.restored.startswith(mark.restored))
+            and set(swap.components) <= set(mark.components)
+            and abs((mark.time - swap.time).total_seconds()) <= RECORD_WINDOW_S
+            for mark in known.get(swap.restored[:8], ())
+        )
+
+    return [swap for swap in swaps if not recorded(swap)]
+
+
+async def record_late(restic: Restic, swap: RollbackMark, safety_snapshot_id: str | None) -> None:
+    """The repository's record of a rollback whose own was not written, at its swap's time:
+    a later rollback "to before" then passes over the snapshots it put aside, in every
+    process. Raises BackupError or OSError when restic cannot write it."""
+    read, write = os.pipe()
+    try:
+        os.write(write, _body(swap, safety_snapshot_id, "written late: " + LATE_REASON))
+        os.close(write)
+        write = -1
+        await restic.backup_stdin(
+            read, MARK_FILE, tags=_tags(swap), timeout=MARK_TIMEOUT_S, at=swap.time
+        )
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+LATE_REASON = "its process stopped, or the repository was away, before it was written"
+
+
 def stop_asked() -> bool:
     """Whether this task was asked to stop while it wrote a rollback's record."""
     task = asyncio.current_task()
@@ -157,10 +207,9 @@ def stop_asked() -> bool:
 
 def _unrecorded(result: RollbackResult) -> RollbackResult:
     note = (
-        "its record in the repository was not written: this process passes over the "
-        "snapshots it put aside, but another process (or this one after a restart) may take "
-        "one of them for a rollback to before a later incident; name the snapshot to roll "
-        "back to instead"
+        "its record in the repository was not written: the next choice of a snapshot "
+        "before an incident, on any replica, writes it from the audit trail's "
+        "rollback_swapped and passes over the snapshots it put aside"
     )
     return dataclasses.replace(result, notes=(*result.notes, note))
 

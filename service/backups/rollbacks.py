@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from backup import RollbackRefused, RollbackResult, SnapshotNotFound
-from backup.lineage import Swapped, stop_asked
+from backup import BackupError, RollbackRefused, RollbackResult, SnapshotNotFound
+from backup.lineage import RollbackMark, Swapped, record_late, stop_asked, unrecorded
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService
 from service.incidents.alert_payload import rollback_refusal
 from service.incidents.audit import (
@@ -68,6 +68,7 @@ class Rollbacks:
         except IncidentNotFound as exc:
             raise SnapshotNotFound(str(exc)) from None
         moment = datetime.fromtimestamp(incident.opened_at, UTC)
+        await self.swaps_recorded()
         snapshot_id = self.backups.newest_before(moment, components)
         if snapshot_id is None:
             fewer = "; name fewer components to roll back" if len(components) > 1 else ""
@@ -76,6 +77,41 @@ class Rollbacks:
                 f"holds {', '.join(components)} as the live state had them{fewer}"
             )
         return snapshot_id
+
+    async def swaps_recorded(self) -> None:
+        """Each swap the trail tells of has its rollback's record in the repository before a
+        snapshot "before" an incident is chosen, lest the choice fall on one holding a state
+        a rollback put aside: a record not written (a kill or a stop between the swap and
+        it, a repository away then) is written now at its swap's time, and counts in this
+        choice even if it cannot be."""
+        manager = self.backups.require()
+        try:
+            entries = await asyncio.to_thread(self.audit.swaps)
+        except Exception as exc:  # the trail's database away: the stores check says so
+            log.warning("the audit trail's rollbacks could not be read: %s", exc)
+            return
+        swaps = {
+            RollbackMark(datetime.fromtimestamp(at, UTC), str(swap["backupId"]), components): swap
+            for at, swap in entries
+            if swap.get("backupId") and (components := tuple(swap.get("components") or ()))
+        }
+        away: BaseException | None = None
+        if unrecorded(swaps, manager.index.marks()):
+            try:  # another process may have written some
+                await manager.refresh()
+            except BackupError as exc:  # no write is tried then: it would wait out its bound
+                away = exc
+        for mark in unrecorded(swaps, manager.index.marks()):
+            about = f"the rollback to {mark.restored[:8]} of {', '.join(mark.components)}"
+            try:
+                if away is not None:
+                    raise away
+                await record_late(manager.restic, mark, swaps[mark].get("safetyBackupId"))
+                log.warning("%s had no record in the repository: written now", about)
+            except (BackupError, OSError) as exc:
+                why = f"nor could it be written ({exc}): this choice passes over what it put aside"
+                log.warning("%s has no record in the repository, %s", about, why)
+            manager.index.add_mark(mark)
 
     def swapped(self, run: str | None, actor: str) -> Swapped:
         """The trail's word that the swap of the rollback of ``run`` has committed, which

@@ -159,6 +159,12 @@ class AuditLog:
             for row in rows
         ]
 
+    def swaps(self) -> list[tuple[float, dict[str, Any]]]:
+        """The newest entries ``rollback_swapped``, newest first: when each swap committed
+        (the trail's time, seconds since the epoch) and its detail (``swap_detail``)."""
+        rows = self._database.rows(STARTED_ROLLBACKS, (ROLLBACK_SWAPPED, 4 * RECENT_ROLLBACKS))
+        return [(float(row["at"]), json.loads(row["detail"])) for row in rows]
+
     @property
     def shared(self) -> bool:
         """On PostgreSQL, where every replica of the fleet, of any host, shares the trail."""

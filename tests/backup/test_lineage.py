@@ -16,6 +16,7 @@ from backup.lineage import (
     newest_on_line,
     record_rollback,
     stop_asked,
+    unrecorded,
 )
 from backup.models import RollbackResult, Snapshot
 
@@ -237,3 +238,16 @@ async def test_a_slow_word_of_the_swap_holds_the_record_back_no_longer_than_its_
     result = await task
     assert restic.written, "the record was lost to one stop"
     assert not any("not written" in note for note in result.notes)
+
+
+def test_a_swap_is_unrecorded_unless_a_record_of_it_stands_near_its_time() -> None:
+    """A record stands for a swap when it restores the same snapshot (a short id either
+    side), covers its components and was written within the record's bounds of it."""
+    swap = RollbackMark(at(10), "aaaa1111bbbb", ("budgets",))
+    near = RollbackMark(at(10.02), "aaaa1111", BOTH)  # the short id this process listed
+    assert unrecorded([swap], [near]) == []
+    other_snapshot = RollbackMark(at(10), "cccc2222", ("budgets",))
+    other_component = RollbackMark(at(10), "aaaa1111bbbb", ("conversations",))
+    long_before = RollbackMark(at(2), "aaaa1111bbbb", ("budgets",))  # an earlier rollback
+    assert unrecorded([swap], [other_snapshot, other_component, long_before]) == [swap]
+    assert unrecorded([swap], []) == [swap]

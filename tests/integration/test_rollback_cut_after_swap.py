@@ -7,18 +7,23 @@ real restic behind a wrapper that is slow to write the rollback's record."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import sqlite3
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from backup.locks import parse_restic_time
 from service.backups.cut_off import SWAPPED_THEN_CUT
-from tests.conftest import start_ers
+from tests.conftest import run_restic, start_ers
+from tests.integration.test_backups_on_postgres import budget_incident
 from tests.processes import slow_restic
 
 pytestmark = pytest.mark.integration
@@ -27,6 +32,13 @@ pytestmark = pytest.mark.integration
 def expenses(workdir: Path) -> list[str]:
     with contextlib.closing(sqlite3.connect(workdir / "data" / "budgets.sqlite3")) as db:
         return [str(row[0]) for row in db.execute("SELECT note FROM expenses")]
+
+
+def run_json(workdir: Path, *args: str) -> list[dict[str, Any]]:
+    """restic's JSON answer to ``args`` on the service's repository."""
+    done = run_restic(workdir / "repo", workdir / "restic-password", *args)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
 
 
 def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
@@ -48,6 +60,9 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
         spent = http.post("/chat", json={"message": "spent $25 on groceries", "userId": "bob"})
         assert "Recorded" in spent.json()["response"], spent.text
         assert expenses(workdir) == ["spent $25 on groceries"]
+        # The state the rollback puts aside, in a snapshot of its own.
+        aside = http.post("/api/emergency/backups/create", json={"type": "budgets"})
+        assert aside.status_code == 200, aside.text
         body = {"backupId": snapshot, "confirm": True, "reason": "bad import"}
         body["components"] = ["budgets"]
 
@@ -75,6 +90,7 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
         (told,) = [e for e in entries if e["action"] == "rollback_interrupted"]
         (swapped,) = [e for e in entries if e["action"] == "rollback_swapped"]
         detail = told["detail"]
+        swap_time = datetime.fromisoformat(swapped["at"])
         assert detail["outcome"] == SWAPPED_THEN_CUT
         assert detail["rolledBack"] == ["budgets"]
         safety = swapped["detail"]["safetyBackupId"]
@@ -85,5 +101,22 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
             f"before in safety snapshot {safety[:8]})"
         )
         assert said in again.log()
+
+        # Before: its record never written, a rollback to before a later incident took the
+        # snapshot holding the state this one put aside (the $25 brought back).
+        with httpx.Client(base_url=again.url, timeout=60) as http:
+            incident = budget_incident(http)
+            preview = http.post(
+                "/api/emergency/backups/test-rollback",
+                json={"beforeIncident": incident, "components": ["budgets"]},
+            )
+        assert preview.status_code == 200, preview.text
+        assert preview.json()["backupId"].startswith(snapshot[:8]), (preview.json(), aside.json())
+        assert "had no record in the repository: written now" in again.log()
+        (record,) = run_json(workdir, "snapshots", "--json", "--tag", "ers-rollback")
+        assert f"restores:{swapped['detail']['backupId']}" in record["tags"], record
+        assert "rolled-back:budgets" in record["tags"], record
+        at = parse_restic_time(record["time"])  # the swap's time, not the late write's
+        assert at is not None and 0 <= (swap_time - at).total_seconds() < 1, (record, swapped)
     finally:
         assert again.stop() == 0

@@ -354,8 +354,10 @@ def pg_rollbacks(rollback: Any, add_timeline: Any) -> Rollbacks:
         one_component_per_snapshot=True,
         newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
         rollback=rollback,
+        require=lambda: SimpleNamespace(index=SimpleNamespace(marks=list)),
     )
-    return Rollbacks(backups, incidents, audit=None)  # type: ignore[arg-type]
+    audit = SimpleNamespace(swaps=list)  # no swap without its record in the repository
+    return Rollbacks(backups, incidents, audit)  # type: ignore[arg-type]
 
 
 async def test_an_automatic_rollback_notes_each_component_as_its_swap_is_done() -> None:
