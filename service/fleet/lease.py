@@ -6,6 +6,7 @@ replica with no row, or no server, runs its own trial."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -20,6 +21,8 @@ from service.tasks import cancel_and_wait
 
 # How long a trial lease lasts beyond the trial call's own limit (half_open_max_wait_s).
 LEASE_MARGIN_S = 5.0
+# How long a call waits for a lease asked for before it (one statement, when granted).
+CLAIM_WAIT_S = 0.5
 
 
 @dataclass(eq=False)
@@ -70,6 +73,27 @@ class TrialLeases:
             self._lease_until.pop(name, None)
             return needed and to_state is BreakerState.CLOSED
         return False
+
+    def gate(self, agent: str) -> _Gate:
+        """The agent's breaker's trial gate (``TrialGate``)."""
+        return _Gate(self, agent)
+
+    async def claim_now(self, agent: str) -> None:
+        """Before each call to the agent: where its breaker's trial needs the lease
+        and no claim is under way, ask for it now, for up to ``CLAIM_WAIT_S``. Before, the
+        gate asked only in the background as it turned the call away: a lease given up by
+        then (no call within its 15 s) was asked for by the next call, and turned that one
+        away too, so with calls further apart than that, every call was turned away and the
+        breaker stayed half-open."""
+        if agent not in self._needs_lease or self._holds_lease(agent):
+            return
+        running = self._claims.get(agent)
+        if running is not None and not running.done():
+            return  # asked for already and not given (another replica holds it): no wait
+        self._claim_soon(agent)
+        with contextlib.suppress(TimeoutError):  # the gate turns the call away, as before
+            async with asyncio.timeout(CLAIM_WAIT_S):
+                await asyncio.shield(self._claims[agent])
 
     def may_run_trial(self, agent: str) -> bool:
         """The breaker's trial gate: free unless the agent left a fleet-wide forced open;
@@ -132,6 +156,18 @@ class TrialLeases:
                 return True
             # No row at all: the forced open was never shared, nothing to coordinate.
             return await (await conn.execute(HAS_ROW, params)).fetchone() is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    leases: TrialLeases
+    agent: str
+
+    def __call__(self) -> bool:
+        return self.leases.may_run_trial(self.agent)
+
+    async def ready(self) -> None:
+        await self.leases.claim_now(self.agent)
 
 
 def _lease_ttl_s(breaker: CircuitBreaker) -> float:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -149,7 +148,7 @@ class FleetOverrides:
                 BreakerEventKind.RESET,
             ]
             self._unsubscribes.append(breaker.subscribe(self._on_event, kinds))
-            breaker.trial_gate = functools.partial(self._leases.may_run_trial, breaker.name)
+            breaker.trial_gate = self._leases.gate(breaker.name)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="fleet-write"),
             asyncio.create_task(self._sync_loop(), name="fleet-sync"),

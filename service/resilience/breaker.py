@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import ParamSpec, TypeVar
 
-from service.resilience.breaker_config import BreakerConfig, BreakerState
+from service.resilience.breaker_config import BreakerConfig, BreakerState, TrialGate
 from service.resilience.breaker_events import (
     BreakerEvent,
     BreakerEventKind,
@@ -71,7 +71,7 @@ class CircuitBreaker:
         self._rejected_calls = 0
         # When set, a half-open trial call is admitted only while it returns True: a fleet
         # of replicas lets one of them at a time run the trial (see service.fleet).
-        self.trial_gate: Callable[[], bool] | None = None
+        self.trial_gate: TrialGate | None = None
         self._window = FailureWindow(config)
         self._open = OpenPeriod(config)
         self._forced: Forcing | None = None

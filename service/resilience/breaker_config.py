@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from service.config_checks import LONGEST_OPEN_S
+
+
+class TrialGate(Protocol):
+    """A fleet's say in a half-open breaker's trials (see service.fleet): called, whether
+    this replica may run a trial now; ``ready``, awaited before a call to a breaker that is
+    not closed, asks the fleet first, within a short bound."""
+
+    def __call__(self) -> bool: ...
+
+    async def ready(self) -> None: ...
 
 
 class BreakerState(StrEnum):

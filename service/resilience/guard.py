@@ -196,6 +196,8 @@ class GuardedAgent:
                     f"agent '{self.name}' asked to be left alone (rate limited); it is called "
                     f"again in {self.cooldown_remaining():.1f} s",
                 )
+            if (gate := self.breaker.trial_gate) is not None:
+                await gate.ready()  # a fleet's trial lease, if a trial needs one: asked first
             try:
                 permit = self.breaker.acquire()
             except CallNotPermitted as rejected:

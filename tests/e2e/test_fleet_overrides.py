@@ -5,6 +5,7 @@ backups, and another takes them over when it stops."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -377,3 +378,29 @@ def test_a_snapshot_one_replica_makes_is_listed_by_the_other_within_a_poll(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_chat_long_after_a_release_runs_the_trial_and_closes_the_breaker(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Before: on PostgreSQL the trial lease asked for at the release lapsed (its trial's
+    limit and 5 s) with no chat, and each later chat was turned away while the lease was
+    asked for again, which lapsed before the next: with chats further apart than that, every
+    one got a fallback and the breaker stayed half-open, the agent healthy all along."""
+    breakers = json.dumps({AGENT: {"half_open_max_wait_s": 0.5}})  # a lease of 5.5 s
+    env = {"ERS_DATABASE_URL": pg_url, "ERS_ALERT_TOKEN": TOKEN, "ERS_AGENT_BREAKERS": breakers}
+    ers = start_ers(tmp_path / "a", env=env)
+    try:
+        post_alert(ers, "firing")
+        wait_for_state([ers], {"forced_open"}, "after the firing alert")
+        released = httpx.post(f"{ers.url}/api/emergency/circuit-breaker/{AGENT}/release")
+        assert released.status_code == 200, released.text
+        assert state_of(ers) == "half_open"
+        time.sleep(6.5)  # no chat while the lease lapses
+        chat = {"message": "beginner workout plan", "userId": "sparse"}
+        reply = httpx.post(f"{ers.url}/chat", json=chat, timeout=30).json()
+        assert reply["success"] is True, reply
+        assert state_of(ers) == "closed"
+    finally:
+        ers.stop()
+    assert "Traceback" not in ers.log(), ers.log()[-3000:]

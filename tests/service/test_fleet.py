@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from service.fleet import FleetOverrides
+from service.fleet import FleetOverrides, lease
 from service.resilience.breaker import BreakerState, CircuitBreaker
 from service.resilience.breaker_config import BreakerConfig
 from service.resilience.breaker_events import BreakerEventKind
@@ -435,3 +435,30 @@ async def test_without_a_shared_row_a_replica_runs_its_own_trial(
         return bool(admitted)
 
     await eventually(trial, 3, "a trial call without a lease row")
+
+
+async def test_a_call_after_the_lease_lapsed_asks_for_it_first_and_runs_the_trial(
+    start_replica: StartReplica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the lease taken at the release lapsed with no call; each later call was
+    turned away while it was asked for again in the background, and lapsed again before the
+    next: with calls further apart than the lease (15 s), the breaker stayed half-open."""
+    monkeypatch.setattr(lease, "LEASE_MARGIN_S", 0.0)
+    config = BreakerConfig(half_open_max_wait_s=0.3)
+    (a, _), (b, _) = (
+        await start_replica("a", config=config),
+        await start_replica("b", config=config),
+    )
+    a["workout"].force_open("alert", "alertmanager", ttl_s=600)
+    await eventually(lambda: b["workout"].state is FORCED, 2, "the force on b")
+    a["workout"].release(source="alertmanager")
+    await eventually(lambda: b["workout"].state is HALF_OPEN, 2, "the release on b")
+    await asyncio.sleep(1.0)  # both asked for the lease at the release; it lapsed since
+
+    gate = b["workout"].trial_gate
+    assert gate is not None
+    await gate.ready()
+    trial = b["workout"].acquire()  # before: CallNotPermitted, "runs on another replica"
+    trial.record_success(0.01)
+    assert b["workout"].state is CLOSED
+    await eventually(lambda: a["workout"].state is CLOSED, 2, "the close on the other")
