@@ -46,6 +46,12 @@ class EmergencyCooldown:
         self._last = (self._clock() + self.seconds, result)
         self._changed()
 
+    def end(self) -> None:
+        """The cooldown ends now: the state its backup holds is no longer the live one."""
+        if self._last is not None:
+            self._last = None
+            self._changed()
+
     # --- kept across restarts -------------------------------------------------------------
 
     def subscribe(self, listener: Callable[[], None]) -> None:

@@ -302,6 +302,9 @@ class BackupService:
     async def emergency(self, why: str) -> EmergencyBackup:
         if self.settings.database_url is not None:  # another replica's may cover it
             await follow_fleet_cooldown(self.emergency_cooldown, self.stores.system_state)
+        recent, manager = self.emergency_cooldown.recent(), self.require()
+        if recent and any(m.time > recent.started_at for m in manager.index.marks()):
+            self.emergency_cooldown.end()  # a rollback since put aside the state it holds
         result = await self.create(None, "emergency")
         if result.coalesced:
             age = (datetime.now(UTC) - result.started_at).total_seconds()

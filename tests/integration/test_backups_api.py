@@ -483,3 +483,23 @@ async def test_a_rollback_to_before_an_incident_can_be_previewed_first(
     both = body | {"backupId": before.json()["backupId"]}
     refused = await http.post("/api/emergency/backups/test-rollback", json=both)
     assert refused.status_code == 422 and "exactly one of" in refused.text, refused.text
+
+
+async def test_a_rollback_ends_the_emergency_backup_cooldown(
+    http: httpx.AsyncClient, backup_app: FastAPI
+) -> None:
+    """Before: an emergency backup asked for after a rollback was answered with the one
+    taken before it, which holds the state the rollback put aside, as "the state from before
+    any further damage"; no snapshot held the live state."""
+    backups = backup_app.state.runtime.backups
+    taken = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
+    await http.post("/chat", json={"message": "spent $55 on groceries", "userId": "ann"})
+    first = await backups.emergency("a critical incident")
+    assert first.taken, first
+    covered = await backups.emergency("another, within the cooldown")
+    assert not covered.taken and "within the cooldown" in covered.detail, covered
+    body = {"backupId": taken.json()["backupId"], "confirm": True, "reason": "bad import"}
+    rolled = await http.post("/api/emergency/rollback", json=body | {"components": ["budgets"]})
+    assert rolled.status_code == 200, rolled.text
+    after = await backups.emergency("an incident after the rollback")
+    assert after.taken, after
