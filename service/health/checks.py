@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from service.resilience.system_state import all_but_out
 from service.tasks import cancel_and_wait
 
 
@@ -318,9 +319,8 @@ class BreakersCheck:
         cool = {n: left for n, left in sorted(cooling.items()) if n not in isolated}
         words = ", ".join(f"{n} ({left:.0f} s left)" for n, left in cool.items())
         cooled = f"cooling down (rate limited): {words}" if cool else ""
-        if (len(isolated) + len(cool)) * 2 > len(states):
-            out = ", ".join(isolated + [f"{n} (cooling down)" for n in cool])
-            return CheckResult(self.name, Status.UNHEALTHY, f"most agents isolated: {out}", figures)
+        if out := all_but_out(states, isolated, list(cool)):
+            return CheckResult(self.name, Status.UNHEALTHY, out, figures)
         if isolated or testing:
             reason = "; ".join(
                 filter(None, [f"not closed: {', '.join(isolated + testing)}", cooled])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -56,6 +56,27 @@ class StateInputs:
     cooling_down: Callable[[], dict[str, float]] = dict
 
 
+ROUTER = "router"  # every chat passes it first
+
+
+def all_but_out(agents: Iterable[str], isolated: Sequence[str], cooling: Sequence[str]) -> str:
+    """Why the agents out (isolated, or ``cooling`` down after a rate limit: no call reaches
+    either) leave chat all but out, or "": the router, which every chat passes first, or
+    most of the agents it routes to. Before, the router counted as one agent among four: it
+    out (every chat answered by a fallback) or two of three others was only "degraded"."""
+    out = [*isolated, *cooling]
+    if ROUTER in out:
+        return f"the router is out, every chat answered by a fallback: {_named(isolated, cooling)}"
+    routed = [agent for agent in agents if agent != ROUTER]
+    if routed and len(out) * 2 > len(routed):
+        return f"most agents isolated: {_named(isolated, cooling)}"
+    return ""
+
+
+def _named(isolated: Sequence[str], cooling: Sequence[str]) -> str:
+    return ", ".join([*isolated, *(f"{name} (cooling down)" for name in cooling)])
+
+
 class SystemStateMachine:
     def __init__(
         self,
@@ -91,9 +112,7 @@ class SystemStateMachine:
         if incidents.get("critical"):
             why = f"{incidents['critical']} critical incident(s) active"
             return Conditions(SystemState.EMERGENCY, why, severity="critical")
-        if breakers and (len(isolated) + len(cooling)) * 2 > len(breakers):
-            out = ", ".join(isolated + [f"{name} (cooling down)" for name in cooling])
-            why = f"most agents isolated: {out}"
+        if why := all_but_out(breakers, isolated, cooling):
             return Conditions(SystemState.EMERGENCY, why, components=(*isolated, *cooling))
         if isolated:
             why = f"breaker open: {', '.join(isolated)}"

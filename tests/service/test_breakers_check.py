@@ -39,3 +39,11 @@ def test_alone_each_reads_as_before() -> None:
         "cooling down (rate limited): helper (598 s left)",
     )
     assert run(closed, {}) == (Status.HEALTHY, "every breaker closed")
+
+
+def test_the_router_out_is_unhealthy_as_the_system_state_says() -> None:
+    states = {"router": "open", "workout": "closed", "helper": "closed", "budget": "closed"}
+    assert run(states, {}) == (
+        Status.UNHEALTHY,
+        "the router is out, every chat answered by a fallback: router",
+    )

@@ -111,3 +111,22 @@ def test_an_agent_cooling_down_degrades_the_system_until_it_is_back() -> None:
     world.breakers["budget"] = "closed"
     world.cooling = {}
     assert machine.evaluate() is SystemState.RECOVERY
+
+
+def test_the_router_out_or_two_of_its_three_agents_out_is_an_emergency() -> None:
+    """Before: the router counted as one agent among four, so with it isolated (every chat
+    answered by a fallback), or two of the three agents it routes to, the state was only
+    degraded."""
+    world = World()
+    machine = world.machine()
+    world.breakers["router"] = "forced_open"
+    assert machine.evaluate() is SystemState.EMERGENCY
+    assert machine.reason == "the router is out, every chat answered by a fallback: router"
+
+    world = World()
+    machine = world.machine()
+    world.breakers["nutrition"] = world.breakers["workout"] = "forced_open"
+    assert machine.evaluate() is SystemState.EMERGENCY
+    assert machine.reason == "most agents isolated: nutrition, workout"
+    world.breakers["nutrition"] = "closed"
+    assert machine.evaluate() is SystemState.DEGRADED  # one of three: degraded, as before
