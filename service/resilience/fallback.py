@@ -160,8 +160,10 @@ class FallbackPolicy:
         cached = self.cache.recall(request, self.agent) if self.cache is not None else None
         if cached is not None:
             return Fallback(
-                f"The {self.agent} agent is recovering; here is your last answer from it:\n"
-                f"{cached}",
+                # Said first: an old report is no answer to "spent $10 on food", and the
+                # message was not acted on (nothing recorded) by an agent not called.
+                f"The {self.agent} agent is recovering and did not act on this message (send "
+                f"it again later to have it done); here is your last answer from it:\n{cached}",
                 "cached",
             )
         return Fallback(self.guidance, "generic")

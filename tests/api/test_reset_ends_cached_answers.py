@@ -66,3 +66,15 @@ async def test_resolving_the_incident_ends_the_cached_answers_of_serve_cached(
     after = (await client.post("/chat", json=CHAT)).json()
     assert after["emergency"] is False, after
     assert after["response"] == first["response"]
+
+
+async def test_a_message_answered_from_the_cache_says_it_was_not_acted_on(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Before: an expense sent while cached answers stood in for the agent got the last
+    budget report, with no word that the $10 was not recorded."""
+    await serving_cached(client, app)
+    spent = {"message": "spent $10 on food", "userId": "ana"}
+    reply = (await client.post("/chat", json=spent)).json()
+    assert reply["success"] is False and reply["recovery"]["fallback"] == "cached", reply
+    assert "did not act on this message (send it again later" in reply["response"], reply
