@@ -195,9 +195,19 @@ def exchange(
             f"base URL, e.g. {DEFAULT_URL}",
             USAGE,
         ) from None
-    except httpx.TimeoutException:
+    except httpx.TimeoutException as exc:
+        going_on = f"; {FINISHES}{_see(waiting)}" if waiting else ""
+        going_on = "" if isinstance(exc, httpx.ConnectTimeout) else going_on
         raise CliError(
-            f"ERS at {shown} did not answer {method} {path} within {timeout:.0f} s", UNREACHABLE
+            f"ERS at {shown} did not answer {method} {path} within {timeout:.0f} s{going_on}",
+            UNREACHABLE,
+        ) from None
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # the request was sent
+        raise CliError(
+            f"ERS at {shown} closed the connection before it answered {method} {path} "
+            f"({exc}): it may have stopped (a crash, a kill) in the middle of the request"
+            f"{_see(waiting, 'ended') if waiting else ''}",
+            UNREACHABLE,
         ) from None
     except httpx.HTTPError as exc:
         raise CliError(
@@ -295,12 +305,19 @@ def _told_when_interrupted(waiting: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        # Rollbacks are in the audit trail; backups, prunes and an init only in the list.
-        audit = "`ers audit` and " if waiting == "rolling back" else ""
-        changes = waiting in ("rolling back", "backing up", "restic prune", "initialising")
-        see = f"; see how it ends with {audit}`ers backup list`" if changes else ""
         raise CliError(
-            f"interrupted: only this command stopped waiting ({waiting}); the service finishes"
-            f" the work if it received the request{see}",
+            f"interrupted: only this command stopped waiting ({waiting}); {FINISHES}"
+            f"{_see(waiting)}",
             130,
         ) from None
+
+
+FINISHES = "the service finishes the work if it received the request"
+
+
+def _see(waiting: str, tense: str = "ends") -> str:
+    """Where to see how long work whose answer did not come went."""
+    # Rollbacks are in the audit trail; backups, prunes and an init only in the list.
+    audit = "`ers audit` and " if waiting == "rolling back" else ""
+    changes = waiting in ("rolling back", "backing up", "restic prune", "initialising")
+    return f"; see how it {tense} with {audit}`ers backup list`" if changes else ""

@@ -64,3 +64,33 @@ def test_a_ctrl_c_during_a_rollback_says_the_service_goes_on(
         "`ers backup list`"
     ], err
     assert out == ""
+
+
+def test_a_service_gone_in_the_middle_of_a_rollback_is_not_called_unreachable(
+    tmp_path: Path,
+) -> None:
+    """Before: "cannot reach ERS ...; is it running? Point --url or $ERS_URL at it", for a
+    service that took the rollback and stopped (a kill) before it answered."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def drop() -> None:  # takes the request, then closes without an answer
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+
+        threading.Thread(target=drop, daemon=True).start()
+        command = [sys.executable, "-m", "service.cli", "backup", "rollback", "3f2a1b4c"]
+        done = subprocess.run(
+            [*command, "--reason", "r", "--yes", "--url", f"http://127.0.0.1:{port}"],
+            env={k: v for k, v in os.environ.items() if not k.startswith("ERS_")},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 3, done.stderr
+    assert "closed the connection before it answered POST /api/emergency/rollback" in done.stderr
+    assert "it may have stopped (a crash, a kill) in the middle of the request" in done.stderr
+    assert "see how it ended with `ers audit` and `ers backup list`" in done.stderr
+    assert "is it running?" not in done.stderr
