@@ -163,6 +163,10 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             )
             assert unnamed.status_code == 400, unnamed.text
             assert "name one component" in unnamed.text
+            # Its test says the same (before: a 404, "no snapshot ... name fewer components").
+            body = {"beforeIncident": incident_id}
+            tested = client.post("/api/emergency/backups/test-rollback", json=body)
+            assert (tested.status_code, tested.json()) == (400, unnamed.json()), tested.text
             result = post(
                 client,
                 "/api/emergency/rollback",

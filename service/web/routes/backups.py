@@ -40,7 +40,7 @@ from service.backups.replies import (
     rollback_reply,
     snapshot_reply,
 )
-from service.backups.service import ROLLBACK_COMPONENTS, BackupsUnavailable
+from service.backups.service import ROLLBACK_COMPONENTS, BackupService, BackupsUnavailable
 from service.health.backup_checks import reported_failure, reported_operation_failure
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
@@ -231,12 +231,28 @@ async def create_backup(body: CreateBackup, who: AdminAuth, backups: Backups) ->
     return created_reply(result, body.reason, body.type)
 
 
-@router.post("/backups/test-rollback", responses=errors(404, 409))
+def one_component_before_an_incident(
+    snapshot_id: str | None, components: list[str] | None, backups: BackupService
+) -> None:
+    """On PostgreSQL a rollback to before an incident names one component, and so does its
+    test: the test answered 404 "no snapshot ... name fewer components" where the rollback
+    answered this 400."""
+    one_each = backups.one_component_per_snapshot
+    if snapshot_id is None and one_each and (components is None or len(components) != 1):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            "with the state on PostgreSQL each component has snapshots of its own: "
+            'name one component in "components" to roll it back to before the incident',
+        )
+
+
+@router.post("/backups/test-rollback", responses=errors(400, 404, 409))
 async def test_rollback(
     body: TestRollback, who: AdminAuth, backups: Backups, rollbacks: Rollbacks
 ) -> dict[str, Any]:
     with _failures_as_http_errors("test rollback"):
         components = list(body.components) if body.components else None
+        one_component_before_an_incident(body.backupId, components, backups)
         # The snapshot a rollback before the incident would take, previewed before it runs.
         snapshot_id = body.backupId or await rollbacks.snapshot_before(
             body.beforeIncident, components or ROLLBACK_COMPONENTS
@@ -267,13 +283,7 @@ async def rollback(
     started = None  # the run of the rollback's start in the trail: it gets its outcome too
     try:
         components = list(body.components) if body.components else None
-        one_each = backups.one_component_per_snapshot
-        if body.backupId is None and one_each and (components is None or len(components) != 1):
-            raise HTTPException(
-                status.HTTP_400_BAD_REQUEST,
-                "with the state on PostgreSQL each component has snapshots of its own: "
-                'name one component in "components" to roll it back to before the incident',
-            )
+        one_component_before_an_incident(body.backupId, components, backups)
         # Before an incident: one snapshot holding every component rolled back (all of them
         # when none is named), not merely the newest, which may hold another component.
         snapshot_id = body.backupId or await rollbacks.snapshot_before(
