@@ -217,3 +217,23 @@ async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
     store.open()
     await runtime.state_keeper.flush()
     assert (await runtime.stores.system_state.get("breaker:workout"))["reason"] == "drill"
+
+
+@pytest.mark.parametrize("action", ["release", "disable", "enable"])
+async def test_an_action_without_options_refuses_a_body_with_some(
+    client: httpx.AsyncClient, action: str
+) -> None:
+    """Before: the body was not read, so a reason sent with a disable (or a body that was no
+    JSON at all) was dropped without a word and the action done."""
+    url = f"/api/emergency/circuit-breaker/budget/{action}"
+    refused = await client.post(url, json={"reason": "whatever"})
+    assert refused.status_code == 422, refused.text
+    assert "reason" in refused.json()["detail"], refused.text
+    json_type = {"content-type": "application/json"}
+    garbled = await client.post(url, content=b"not json", headers=json_type)
+    assert garbled.status_code == 422, garbled.text
+    state = (await client.get("/api/emergency/circuit-breakers/budget")).json()["state"]
+    assert state == "closed"  # nothing was done
+    for body in ({}, None):  # an empty object, or no body: done as before
+        done = await client.post(url, json=body)
+        assert done.status_code == 200, done.text

@@ -30,6 +30,13 @@ router = APIRouter(
 )
 
 
+class NoOptions(BaseModel):
+    """The body of an action that takes none: an empty object, or no body at all. Before, a
+    body was not read, so a "reason" sent with a disable was dropped without a word."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -152,7 +159,12 @@ async def force_open_breaker(
 
 @router.post("/circuit-breaker/{name}/release", responses=errors(404))
 async def release_breaker(
-    name: str, team: Team, keeper: Keeper, incidents: Incidents, who: AdminAuth
+    name: str,
+    team: Team,
+    keeper: Keeper,
+    incidents: Incidents,
+    who: AdminAuth,
+    body: NoOptions | None = None,
 ) -> dict[str, Any]:
     guard = team.get(name)
     forcing = guard.breaker.forcing
@@ -163,7 +175,12 @@ async def release_breaker(
 
 @router.post("/circuit-breaker/{name}/disable", responses=errors(404))
 async def disable_breaker(
-    name: str, team: Team, keeper: Keeper, incidents: Incidents, who: AdminAuth
+    name: str,
+    team: Team,
+    keeper: Keeper,
+    incidents: Incidents,
+    who: AdminAuth,
+    body: NoOptions | None = None,
 ) -> dict[str, Any]:
     """Let every call of the agent through, unguarded, until enabled (kept across restarts)."""
     guard = team.get(name)
@@ -176,7 +193,9 @@ async def disable_breaker(
 
 
 @router.post("/circuit-breaker/{name}/enable", responses=errors(404))
-async def enable_breaker(name: str, team: Team, keeper: Keeper, who: AdminAuth) -> dict[str, Any]:
+async def enable_breaker(
+    name: str, team: Team, keeper: Keeper, who: AdminAuth, body: NoOptions | None = None
+) -> dict[str, Any]:
     guard = team.get(name)
     message = guard.breaker.enable(source=who)
     return await changed(keeper, guard.breaker, message)
