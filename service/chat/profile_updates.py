@@ -36,19 +36,25 @@ def _body(applied: Applied) -> dict[str, Any]:
 
 
 async def update_profile(
-    units: UnitOfWork, user_id: str, fields: dict[str, Any], key: str | None
+    units: UnitOfWork,
+    user_id: str,
+    fields: dict[str, Any],
+    key: str | None,
+    cleared: tuple[str, ...] = (),
 ) -> ProfileReply:
-    """Set the given fields (None: unchanged) and reply with the whole profile; with ``key``,
-    a request already answered gets its first reply again and writes nothing."""
+    """Set the given fields (None: unchanged), empty those ``cleared``, and reply with the
+    whole profile; with ``key``, a request already answered gets its first reply again and
+    writes nothing."""
     request = ""
     if key is not None:
-        request = fingerprint(SCOPE, {"userId": user_id, "fields": fields})
+        asked = {"userId": user_id, "fields": fields} | ({"cleared": cleared} if cleared else {})
+        request = fingerprint(SCOPE, asked)
         remembered = await units.remembered(SCOPE, key)
         if remembered is not None:
             check_same_request(remembered, request)
             return ProfileReply.replay(remembered)
     unit = Unit(
-        writes=(UpdateProfile.of(user_id, **fields),),
+        writes=(UpdateProfile.of(user_id, cleared, **fields),),
         read_profile=user_id,
         key=KeyToRemember(SCOPE, key, request, 200, _body) if key is not None else None,
     )

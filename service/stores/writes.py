@@ -71,11 +71,13 @@ class UpdateProfile:
     component = "profiles"
 
     @classmethod
-    def of(cls, user_id: str, **fields: Any) -> UpdateProfile:
-        """Raises ValueError naming a field a profile does not have; None means unchanged."""
-        check_profile_fields(fields)
-        given = tuple((k, v) for k, v in fields.items() if v is not None)
-        return cls(user_id, given)
+    def of(cls, user_id: str, cleared: Sequence[str] = (), **fields: Any) -> UpdateProfile:
+        """Raises ValueError naming a field a profile does not have; None means unchanged,
+        and the fields ``cleared`` are emptied (no value; no equipment)."""
+        check_profile_fields({**fields, **dict.fromkeys(cleared)})
+        given = [(k, v) for k, v in fields.items() if v is not None and k not in cleared]
+        given += [(name, () if name == "equipment" else None) for name in cleared]
+        return cls(user_id, tuple(given))
 
 
 Write = AddExpense | SetBudgetLimit | UpdateProfile

@@ -220,3 +220,15 @@ async def test_http_metrics_nobody_reads_are_not_recorded(client: httpx.AsyncCli
     assert "http_server_request_duration_seconds_bucket" in text
     assert "http_server_active_requests" not in text
     assert "http_server_request_body_size" not in text
+
+
+async def test_a_profile_field_sent_as_null_is_emptied(client: httpx.AsyncClient) -> None:
+    """Before: null meant "leave as it is", so a wrong goal or level could be replaced but
+    never unset; a field left out still keeps its value."""
+    body = {"age": 40, "goal": "lose", "level": "advanced", "equipment": ["barbell"]}
+    assert (await client.put("/api/profiles/u10", json=body)).status_code == 200
+    put = await client.put("/api/profiles/u10", json={"goal": None, "equipment": None})
+    assert put.status_code == 200, put.text
+    profile = (await client.get("/api/profiles/u10")).json()
+    assert (profile["goal"], profile["equipment"]) == (None, []), profile
+    assert (profile["age"], profile["level"]) == (40, "advanced"), profile

@@ -119,3 +119,23 @@ async def test_a_file_swapped_by_a_rollback_gets_the_next_units_writes(tmp_path:
         await stores.close()
     with sqlite3.connect(stores.budgets.db.path) as conn:
         assert conn.execute("SELECT turn_key FROM expenses").fetchall() == [("after",)]
+
+
+async def test_cleared_profile_fields_are_emptied_and_the_others_kept(stores: Stores) -> None:
+    await stores.units.commit(
+        Unit((UpdateProfile.of("u1", age=30, goal="lose", equipment=("bands",)),))
+    )
+    cleared = UpdateProfile.of("u1", ("goal", "equipment"), level="beginner")
+    applied = await stores.units.commit(Unit((cleared,), read_profile="u1"))
+    profile = await stores.profiles.get("u1")
+    assert profile is not None and applied.profile == profile
+    assert (profile.age, profile.goal, profile.level, profile.equipment) == (
+        30,
+        None,
+        "beginner",
+        (),
+    )
+    # A profile that did not exist yet starts with the cleared fields empty.
+    await stores.units.commit(Unit((UpdateProfile.of("u2", ("sex",), age=41),)))
+    new = await stores.profiles.get("u2")
+    assert new is not None and (new.age, new.sex) == (41, None)

@@ -69,8 +69,12 @@ async def put_profile(
         "level": body.level,
         "equipment": tuple(body.equipment) if body.equipment is not None else None,
     }
+    # A field sent as null is emptied: a wrong goal or level could be replaced, not unset.
+    names = dict(zip(ProfileUpdate.model_fields, fields, strict=True))
+    cleared = tuple(names[n] for n in sorted(body.model_fields_set) if getattr(body, n) is None)
     try:
-        reply = await update_profile(stores.units, user_id, fields, idempotency_key(request))
+        key = idempotency_key(request)
+        reply = await update_profile(stores.units, user_id, fields, key, cleared)
     except UserInputError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     if reply.replayed:
