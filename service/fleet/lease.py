@@ -6,7 +6,6 @@ replica with no row, or no server, runs its own trial."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -91,9 +90,9 @@ class TrialLeases:
         if running is not None and not running.done():
             return  # asked for already and not given (another replica holds it): no wait
         self._claim_soon(agent)
-        with contextlib.suppress(TimeoutError):  # the gate turns the call away, as before
-            async with asyncio.timeout(CLAIM_WAIT_S):
-                await asyncio.shield(self._claims[agent])
+        # Not given in time, the gate turns the call away, as before; a claim cancelled (a
+        # stop) is no error of this call's.
+        await asyncio.wait({self._claims[agent]}, timeout=CLAIM_WAIT_S)
 
     def may_run_trial(self, agent: str) -> bool:
         """The breaker's trial gate: free unless the agent left a fleet-wide forced open;
