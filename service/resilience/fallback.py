@@ -4,6 +4,7 @@ name, in order; then its last good answer; else its guidance."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -84,42 +85,46 @@ ROLLED_BACK_KEY = "answers_rolled_back"
 
 
 class AnswersRolledBack:
-    """The moment of the newest rollback of a store the cached answers were read from
+    """A token of the newest rollback of a store the cached answers were read from
     (conversations, budgets, profiles), kept in the system_state store under its own key: a
     kept switch each replica of a fleet follows. The replica that ran the rollback drops its
-    cached answers at once, the others when they see the newer moment; before, they went on
-    serving, as an agent's fallback, answers that told of the state the rollback put aside."""
+    cached answers at once, the others when they see the token change; before, they went on
+    serving, as an agent's fallback, answers that told of the state the rollback put aside.
+    A token, not a time: replicas' clocks need not agree."""
 
-    def __init__(self, answers: LastGoodAnswers, wall_clock: Callable[[], float] = time.time):
+    def __init__(self, answers: LastGoodAnswers) -> None:
         self._answers = answers
-        self._wall_clock = wall_clock
-        self._at = 0.0
+        self._token: str | None = None
         self._listeners: list[Callable[[], None]] = []
 
     async def dropped(self) -> list[str]:
         """After a rollback here: mark it for the fleet and drop this replica's answers."""
-        self._at = max(self._wall_clock(), self._at + 1e-6)
+        self._token = uuid.uuid4().hex
         for listener in self._listeners:
             listener()
         dropped = self._answers.trim(keep=0)
         return [f"cached answers given before the rollback dropped: {dropped}"] * (dropped > 0)
 
     def record(self) -> dict[str, object] | None:
-        return {"at": self._at} if self._at else None
+        return {"token": self._token} if self._token else None
 
     def resume(self, record: dict[str, object]) -> str | None:
-        self._at = float(record["at"])  # type: ignore[arg-type]
+        self._token = str(record.get("token"))
         return None  # nothing cached yet at a start: nothing to say
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
     def follow(self, record: dict[str, object] | None, settle_s: float) -> str | None:
-        """A rollback another replica ran since the last one seen here: drop the answers."""
-        if record is None or float(record["at"]) <= self._at:  # type: ignore[arg-type]
+        """A rollback another replica ran since the last one seen here: drop the answers.
+        (A record gone, or an older one a system_state rollback put back, is said again by
+        the replica that keeps the newest: at worst the answers are dropped twice.)"""
+        if record is None or str(record.get("token")) == self._token:
             return None
-        self._at = float(record["at"])  # type: ignore[arg-type]
-        return f"cached answers given before a rollback there dropped: {self._answers.trim(0)}"
+        self._token = str(record.get("token"))
+        if dropped := self._answers.trim(0):
+            return f"cached answers given before a rollback there dropped: {dropped}"
+        return None
 
 
 class FallbackPolicy:
