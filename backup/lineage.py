@@ -21,6 +21,7 @@ known to be on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +43,7 @@ log = logging.getLogger("ers.backup")
 MARK_TAG = "ers-rollback"
 RESTORES_TAG = "restores:"
 ROLLED_BACK_TAG = "rolled-back:"
+SWAPPED_AT_TAG = "swapped-at:"  # seconds since the epoch, on a record written late
 MARK_FILE = "rollback.json"
 MARK_TIMEOUT_S = 120.0
 STOPPING_RECORD_S = 10.0  # how long a stop waits for the record of a rollback just done
@@ -63,6 +65,10 @@ def mark_from_restic(entry: dict[str, Any]) -> RollbackMark | None:
     tags = tuple(entry.get("tags") or ())
     restored = [t[len(RESTORES_TAG) :] for t in tags if t.startswith(RESTORES_TAG)]
     at = parse_restic_time(entry.get("time", ""))
+    # A record written late carries its swap's moment; the snapshot's own time is the write's.
+    for moment in (t[len(SWAPPED_AT_TAG) :] for t in tags if t.startswith(SWAPPED_AT_TAG)):
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            at = datetime.fromtimestamp(float(moment), UTC)
     if MARK_TAG not in tags or not restored or at is None:
         return None
     rolled = tuple(t[len(ROLLED_BACK_TAG) :] for t in tags if t.startswith(ROLLED_BACK_TAG))
@@ -162,34 +168,42 @@ RECORD_WINDOW_S = MARK_TIMEOUT_S + STOPPING_RECORD_S + 60.0
 def unrecorded(swaps: Iterable[RollbackMark], marks: Iterable[RollbackMark]) -> list[RollbackMark]:
     """Of the swaps an audit trail tells of (each as the record it would have had, at the
     trail's time), those no record in ``marks`` stands for: written by neither a stop nor
-    a kill between the swap and the record, nor a repository away at that moment."""
+    a kill between the swap and the record, nor a repository away at that moment. A record
+    stands for one swap at most, the nearest in time: a rollback undone and done again
+    within minutes has two."""
     known: dict[str, list[RollbackMark]] = {}
     for mark in marks:  # by the short id restic prints: a full id starts with it
         known.setdefault(mark.restored[:8], []).append(mark)
-
-    def recorded(swap: RollbackMark) -> bool:
-        return any(
-            (mark.restored.startswith(swap.restored) or swap.restored.startswith(mark.restored))
-            and set(swap.components) <= set(mark.components)
-            and abs((mark.time - swap.time).total_seconds()) <= RECORD_WINDOW_S
-            for mark in known.get(swap.restored[:8], ())
-        )
-
-    return [swap for swap in swaps if not recorded(swap)]
+    told = list(swaps)
+    pairs = sorted(  # each record that could stand for a swap, nearest first
+        (abs((mark.time - swap.time).total_seconds()), n, id(mark))
+        for n, swap in enumerate(told)
+        for mark in known.get(swap.restored[:8], ())
+        if (mark.restored.startswith(swap.restored) or swap.restored.startswith(mark.restored))
+        and set(swap.components) <= set(mark.components)
+        and abs((mark.time - swap.time).total_seconds()) <= RECORD_WINDOW_S
+    )
+    matched: set[int] = set()
+    taken: set[int] = set()
+    for _, n, record in pairs:
+        if n not in matched and record not in taken:
+            matched.add(n)
+            taken.add(record)
+    return [swap for n, swap in enumerate(told) if n not in matched]
 
 
 async def record_late(restic: Restic, swap: RollbackMark, safety_snapshot_id: str | None) -> None:
-    """The repository's record of a rollback whose own was not written, at its swap's time:
-    a later rollback "to before" then passes over the snapshots it put aside, in every
+    """The repository's record of a rollback whose own was not written, carrying its swap's
+    moment (``SWAPPED_AT_TAG``: restic's own time is read in local time, to the second): a
+    later rollback "to before" then passes over the snapshots it put aside, in every
     process. Raises BackupError or OSError when restic cannot write it."""
     read, write = os.pipe()
+    tags = [*_tags(swap), f"{SWAPPED_AT_TAG}{swap.time.timestamp():.6f}"]
     try:
         os.write(write, _body(swap, safety_snapshot_id, "written late: " + LATE_REASON))
         os.close(write)
         write = -1
-        await restic.backup_stdin(
-            read, MARK_FILE, tags=_tags(swap), timeout=MARK_TIMEOUT_S, at=swap.time
-        )
+        await restic.backup_stdin(read, MARK_FILE, tags=tags, timeout=MARK_TIMEOUT_S)
     finally:
         os.close(read)
         if write >= 0:

@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,15 +256,11 @@ class Restic:
         tags: Sequence[str],
         timeout: float | None = None,
         detached: bool = False,
-        at: datetime | None = None,
     ) -> dict[str, Any]:
         """`restic backup --stdin --json`: what arrives on the file descriptor `stdin`, up to
         its end, becomes the file `/<filename>` of a new snapshot; returns restic's summary.
-        ``detached``: see `run_program`. ``at``: the snapshot's time, to the second, if not
-        now (restic reads it in the local time zone, which it shares with this process)."""
+        ``detached``: see `run_program`."""
         args = ["backup", "--stdin", "--stdin-filename", filename, "--json"]
-        if at is not None:
-            args += ["--time", at.astimezone().strftime("%Y-%m-%d %H:%M:%S")]
         for tag in tags:
             args += ["--tag", tag]
         output = await self.run(args, timeout=timeout, stdin=stdin, detached=detached)

@@ -29,6 +29,12 @@ from service.incidents.responder import ResponseContext
 from service.incidents.store import IncidentStore
 
 log = logging.getLogger("ers.backups")
+# How long choosing a snapshot before an incident may spend writing rollbacks' records.
+RECORDING_S = 15.0
+
+
+def _of(mark: RollbackMark) -> str:
+    return f"the rollback to {mark.restored[:8]} of {', '.join(mark.components)}"
 
 
 class RollbackRequest(Protocol):
@@ -56,7 +62,9 @@ class Rollbacks:
         self.audit = audit
         self._unwritten: list[_Outcome] = []
 
-    async def snapshot_before(self, incident_id: str | None, components: Sequence[str]) -> str:
+    async def snapshot_before(
+        self, incident_id: str | None, components: Sequence[str], write: bool = True
+    ) -> str:
         """The newest snapshot taken before the incident opened (its first failure, or the
         last reopening: a snapshot taken after an episode was fixed holds that fix) that holds
         all of ``components``: one point in time for all of them, not whatever snapshot came
@@ -68,8 +76,8 @@ class Rollbacks:
         except IncidentNotFound as exc:
             raise SnapshotNotFound(str(exc)) from None
         moment = datetime.fromtimestamp(incident.opened_at, UTC)
-        await self.swaps_recorded()
-        snapshot_id = self.backups.newest_before(moment, components)
+        unwritten = await self.swaps_recorded(write)
+        snapshot_id = self.backups.newest_before(moment, components, unwritten)
         if snapshot_id is None:
             fewer = "; name fewer components to roll back" if len(components) > 1 else ""
             raise SnapshotNotFound(
@@ -78,40 +86,37 @@ class Rollbacks:
             )
         return snapshot_id
 
-    async def swaps_recorded(self) -> None:
+    async def swaps_recorded(self, write: bool = True) -> list[RollbackMark]:
         """Each swap the trail tells of has its rollback's record in the repository before a
         snapshot "before" an incident is chosen, lest the choice fall on one holding a state
         a rollback put aside: a record not written (a kill or a stop between the swap and
-        it, a repository away then) is written now at its swap's time, and counts in this
-        choice even if it cannot be."""
+        it, a repository away then) is written now (with ``write``: not for a test's
+        preview), within ``RECORDING_S`` in all. Returns those still unwritten, which count
+        in this choice all the same."""
         manager = self.backups.require()
         try:
             entries = await asyncio.to_thread(self.audit.swaps)
         except Exception as exc:  # the trail's database away: the stores check says so
             log.warning("the audit trail's rollbacks could not be read: %s", exc)
-            return
+            return []
         swaps = {
             RollbackMark(datetime.fromtimestamp(at, UTC), str(swap["backupId"]), components): swap
             for at, swap in entries
             if swap.get("backupId") and (components := tuple(swap.get("components") or ()))
         }
-        away: BaseException | None = None
-        if unrecorded(swaps, manager.index.marks()):
-            try:  # another process may have written some
-                await manager.refresh()
-            except BackupError as exc:  # no write is tried then: it would wait out its bound
-                away = exc
-        for mark in unrecorded(swaps, manager.index.marks()):
-            about = f"the rollback to {mark.restored[:8]} of {', '.join(mark.components)}"
-            try:
-                if away is not None:
-                    raise away
-                await record_late(manager.restic, mark, swaps[mark].get("safetyBackupId"))
-                log.warning("%s had no record in the repository: written now", about)
-            except (BackupError, OSError) as exc:
-                why = f"nor could it be written ({exc}): this choice passes over what it put aside"
-                log.warning("%s has no record in the repository, %s", about, why)
-            manager.index.add_mark(mark)
+        if not unrecorded(swaps, manager.index.marks()):
+            return []
+        try:
+            async with asyncio.timeout(RECORDING_S):
+                await manager.refresh()  # another process may have written some
+                for mark in unrecorded(swaps, manager.index.marks()) if write else ():
+                    await record_late(manager.restic, mark, swaps[mark].get("safetyBackupId"))
+                    manager.index.add_mark(mark)
+                    log.warning("%s had no record in the repository: written now", _of(mark))
+        except (BackupError, OSError, TimeoutError) as exc:
+            why = str(exc) or f"not done within {RECORDING_S:g} s"
+            log.warning("rollbacks' records not written (%s): counted all the same", why)
+        return unrecorded(swaps, manager.index.marks())
 
     def swapped(self, run: str | None, actor: str) -> Swapped:
         """The trail's word that the swap of the rollback of ``run`` has committed, which

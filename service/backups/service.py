@@ -34,7 +34,7 @@ from backup.emergency import EmergencyCooldown
 from backup.errors import ResticTimeout
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME
-from backup.lineage import Swapped
+from backup.lineage import RollbackMark, Swapped, newest_on_line
 from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
 from service.backups.figures import newest_full, newest_per_component
@@ -52,6 +52,7 @@ from service.stores import Stores
 from service.stores.postgres import PostgresStore
 from service.stores.sqlite import SqliteStore
 
+Marks = Sequence[RollbackMark]  # rollbacks' records
 log = logging.getLogger("ers.backups")
 
 # How long a backup request in the first moments after a start waits for the repository.
@@ -373,8 +374,10 @@ class BackupService:
             log.error("the repository check found problems: %s", result.output_tail)
         return result
 
-    def newest_before(self, moment: datetime, components: Sequence[str] = ()) -> str | None:
-        snapshot = self.require().newest_snapshot_before(moment, components)
+    def newest_before(self, moment: datetime, parts: Sequence[str], also: Marks = ()) -> str | None:
+        """``also``: rollbacks the trail tells of, with no record in the repository (yet)."""
+        index = self.require().index
+        snapshot = newest_on_line(index.all(), [*index.marks(), *also], moment, parts)
         return snapshot.id if snapshot is not None else None
 
     @property

@@ -251,3 +251,24 @@ def test_a_swap_is_unrecorded_unless_a_record_of_it_stands_near_its_time() -> No
     long_before = RollbackMark(at(2), "aaaa1111bbbb", ("budgets",))  # an earlier rollback
     assert unrecorded([swap], [other_snapshot, other_component, long_before]) == [swap]
     assert unrecorded([swap], []) == [swap]
+
+
+def test_a_record_stands_for_one_swap_the_nearest() -> None:
+    """Rolled back to X, undone, and rolled back to X again within minutes: one record does
+    not stand for both swaps."""
+    first, again = (RollbackMark(at(m), "aaaa1111", ("budgets",)) for m in (10, 12))
+    record = RollbackMark(at(12.01), "aaaa1111", ("budgets",))
+    assert unrecorded([first, again], [record]) == [first]
+
+
+def test_a_record_written_late_is_at_its_swaps_moment() -> None:
+    entry = {
+        "time": "2026-12-01T00:30:00.5+01:00",
+        "tags": ["ers-rollback", "restores:aaaa1111", "rolled-back:budgets", "swapped-at:1.5"],
+    }
+    mark = mark_from_restic(entry)
+    assert mark is not None and mark.time == datetime.fromtimestamp(1.5, UTC)
+    entry["tags"][-1] = "swapped-at:not-a-number"  # a tag typed by hand: restic's time
+    assert mark_from_restic(entry) == RollbackMark(
+        at(-30) + timedelta(seconds=0.5), "aaaa1111", ("budgets",)
+    )

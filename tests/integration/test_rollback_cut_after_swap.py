@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backup.locks import parse_restic_time
+from backup.lineage import mark_from_restic
 from service.backups.cut_off import SWAPPED_THEN_CUT
 from tests.conftest import run_restic, start_ers
 from tests.integration.test_backups_on_postgres import budget_incident
@@ -103,20 +103,27 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
         assert said in again.log()
 
         # Before: its record never written, a rollback to before a later incident took the
-        # snapshot holding the state this one put aside (the $25 brought back).
+        # snapshot holding the state this one put aside (the $25 brought back). The test
+        # rollback writes nothing; the rollback writes the record first.
+        target = {"beforeIncident": "", "components": ["budgets"]}
         with httpx.Client(base_url=again.url, timeout=60) as http:
-            incident = budget_incident(http)
-            preview = http.post(
-                "/api/emergency/backups/test-rollback",
-                json={"beforeIncident": incident, "components": ["budgets"]},
-            )
-        assert preview.status_code == 200, preview.text
-        assert preview.json()["backupId"].startswith(snapshot[:8]), (preview.json(), aside.json())
+            target["beforeIncident"] = budget_incident(http)
+            preview = http.post("/api/emergency/backups/test-rollback", json=target)
+            assert preview.status_code == 200, preview.text
+            assert preview.json()["backupId"].startswith(snapshot[:8]), preview.json()
+            assert run_json(workdir, "snapshots", "--json", "--tag", "ers-rollback") == []
+            body = target | {"confirm": True, "reason": "after the incident"}
+            rolled = http.post("/api/emergency/rollback", json=body)
+        assert rolled.status_code == 200, rolled.text
+        assert rolled.json()["backupId"].startswith(snapshot[:8]), (rolled.json(), aside.json())
+        assert expenses(workdir) == []
         assert "had no record in the repository: written now" in again.log()
-        (record,) = run_json(workdir, "snapshots", "--json", "--tag", "ers-rollback")
-        assert f"restores:{swapped['detail']['backupId']}" in record["tags"], record
-        assert "rolled-back:budgets" in record["tags"], record
-        at = parse_restic_time(record["time"])  # the swap's time, not the late write's
-        assert at is not None and 0 <= (swap_time - at).total_seconds() < 1, (record, swapped)
+        records = run_json(workdir, "snapshots", "--json", "--tag", "ers-rollback")
+        (late,) = [r for r in records if any(t.startswith("swapped-at:") for t in r["tags"])]
+        assert f"restores:{swapped['detail']['backupId']}" in late["tags"], late
+        assert "rolled-back:budgets" in late["tags"], late
+        mark = mark_from_restic(late)  # at the swap's moment, not the late write's
+        assert mark is not None and abs((mark.time - swap_time).total_seconds()) < 0.001, late
+        assert len(records) == 2  # and the record of the rollback just done
     finally:
         assert again.stop() == 0

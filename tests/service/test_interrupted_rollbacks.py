@@ -352,7 +352,7 @@ def pg_rollbacks(rollback: Any, add_timeline: Any) -> Rollbacks:
     )
     backups = SimpleNamespace(
         one_component_per_snapshot=True,
-        newest_before=lambda moment, components: f"{components[0][:4]}0000aa",
+        newest_before=lambda moment, components, also: f"{components[0][:4]}0000aa",
         rollback=rollback,
         require=lambda: SimpleNamespace(index=SimpleNamespace(marks=list)),
     )

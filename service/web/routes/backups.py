@@ -253,9 +253,10 @@ async def test_rollback(
     with _failures_as_http_errors("test rollback"):
         components = list(body.components) if body.components else None
         one_component_before_an_incident(body.backupId, components, backups)
-        # The snapshot a rollback before the incident would take, previewed before it runs.
+        # The snapshot a rollback before the incident would take, previewed before it runs
+        # (writing nothing: the rollbacks' records it lacks count all the same).
         snapshot_id = body.backupId or await rollbacks.snapshot_before(
-            body.beforeIncident, components or ROLLBACK_COMPONENTS
+            body.beforeIncident, components or ROLLBACK_COMPONENTS, write=False
         )
         preview = await backups.require().test_rollback(snapshot_id, components)
     return preview_reply(preview)
