@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 
 from backup.emergency import EmergencyCooldown
+from backup.errors import BackupError
+from backup.manager import BackupManager
 from service.errors import StoreUnavailable
 from service.stores.base import SystemStateBackend
 
@@ -34,3 +36,24 @@ async def follow_fleet_cooldown(cooldown: EmergencyCooldown, state: SystemStateB
             return
         if words:
             log.info("%s, taken by another replica", words)
+
+
+async def match_cooldown(
+    cooldown: EmergencyCooldown, manager: BackupManager, state: SystemStateBackend | None
+) -> None:
+    """Before an emergency backup: the cooldown that stands, if any. On PostgreSQL (``state``)
+    another replica's covers this one's (``follow_fleet_cooldown``); and one whose backup a
+    rollback has since put aside (on any replica, or offline: the repository's list is read
+    again to see them) ends, lest its snapshot, which holds the state put aside, be given as
+    the state from before the new incident."""
+    if state is not None:
+        await follow_fleet_cooldown(cooldown, state)
+    if (recent := cooldown.recent()) is None:
+        return
+    try:
+        await manager.refresh()
+    except BackupError as exc:  # the rollbacks known here decide
+        log.warning("the snapshot list was not read again before an emergency backup: %s", exc)
+    if any(mark.time > recent.started_at for mark in manager.index.marks()):
+        cooldown.end()
+        log.info("a rollback since the last emergency backup ended its cooldown")

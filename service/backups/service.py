@@ -39,7 +39,7 @@ from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
 from service.backups.figures import newest_full, newest_per_component
 from service.backups.first_start import backup_work_dir, first_start_done
-from service.backups.fleet_cooldown import follow_fleet_cooldown
+from service.backups.fleet_cooldown import match_cooldown
 from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
 from service.backups.repository_look import RepositoryLook
@@ -301,11 +301,8 @@ class BackupService:
         return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
 
     async def emergency(self, why: str) -> EmergencyBackup:
-        if self.settings.database_url is not None:  # another replica's may cover it
-            await follow_fleet_cooldown(self.emergency_cooldown, self.stores.system_state)
-        recent, manager = self.emergency_cooldown.recent(), self.require()
-        if recent and any(m.time > recent.started_at for m in manager.index.marks()):
-            self.emergency_cooldown.end()  # a rollback since put aside the state it holds
+        fleet = self.stores.system_state if self.settings.database_url is not None else None
+        await match_cooldown(self.emergency_cooldown, self.require(), fleet)
         result = await self.create(None, "emergency")
         if result.coalesced:
             age = (datetime.now(UTC) - result.started_at).total_seconds()
@@ -350,6 +347,7 @@ class BackupService:
         result = await manager.rollback(
             snapshot_id, names, reason, pause_writers, reopen, swapped=swapped
         )
+        self.emergency_cooldown.end()  # its snapshot holds the state put aside: for the fleet
         if damaged - set(result.kept_as_found):
             kept = tuple(sorted({*result.kept_as_found, *damaged}))
             result = dataclasses.replace(result, kept_as_found=kept)

@@ -213,3 +213,34 @@ def test_an_emergency_backup_on_one_replica_covers_the_others_within_its_cooldow
 
         snapshots = emergency_snapshots(repository, password_file)
         assert len(snapshots) == 5, snapshots  # one of each component, once
+
+
+def test_a_rollback_on_one_replica_ends_the_emergency_backup_cooldown_of_the_other(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Before: replica b answered a critical incident after a rollback on a with the
+    emergency snapshot taken before it, which holds the state the rollback put aside."""
+    repository, password_file = tmp_path / "repo", tmp_path / "restic-password"
+    with backed_up_fleet(tmp_path, pg_url) as replicas:
+        a, b = replicas
+        send(b, fatal_span_export("billing", secrets.token_hex(16), "fatal: ledger"))
+        first = finished_backup(b, "billing")
+        assert first["message"].startswith("emergency_backup: success"), first
+        (budgets,) = [
+            s
+            for s in emergency_snapshots(repository, password_file)
+            if "component:budgets" in s["tags"]
+        ]
+        body = {
+            "backupId": budgets["id"],
+            "components": ["budgets"],
+            "confirm": True,
+            "reason": "r",
+        }
+        rolled = httpx.post(f"{a.url}/api/emergency/rollback", json=body, timeout=120)
+        assert rolled.status_code == 200, rolled.text
+
+        send(b, fatal_span_export("shipping", secrets.token_hex(16), "fatal: queue"))
+        second = finished_backup(b, "shipping")
+        assert second["message"].startswith("emergency_backup: success"), second
+        assert len(emergency_snapshots(repository, password_file)) == 10
