@@ -226,7 +226,9 @@ class Rollbacks:
                 log.warning("a rollback's outcome is still not in the audit trail: %s", exc)
                 return
             done = self._unwritten.pop(0)
-            log.warning("the outcome of rollback %s is in the audit trail now", done.run)
+            # With no run when its start could not be written either: named by its target.
+            named = done.run or f"to {done.request.backupId or done.request.beforeIncident}"
+            log.warning("the outcome of rollback %s is in the audit trail now", named)
 
     async def run_retries(self, every_s: float = 5.0) -> None:
         while True:

@@ -150,6 +150,27 @@ def test_an_outcome_the_trail_could_not_take_is_written_once_it_can(
     assert record_interrupted(audit) == []
 
 
+def test_an_outcome_written_late_of_a_rollback_with_no_run_is_named_by_its_target(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its start could not be written either (no run): the log said "rollback None"."""
+    rollbacks = Rollbacks(None, None, audit)  # type: ignore[arg-type]
+    request = SimpleNamespace(
+        backupId="abc123", beforeIncident=None, reason="bad deploy", components=["budgets"]
+    )
+    write = audit.record
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("the database is down")
+
+    monkeypatch.setattr(audit, "record", down)
+    rollbacks.record(request, None, "failed at step 'restore'", None)  # type: ignore[arg-type]
+    monkeypatch.setattr(audit, "record", write)
+    rollbacks.write_unwritten()
+    assert "the outcome of rollback to abc123 is in the audit trail now" in caplog.text
+    assert "rollback None" not in caplog.text
+
+
 def test_the_words_for_a_cut_off_rollback_hold_on_postgresql_where_a_committed_swap_stays() -> None:
     """Before: "a swap it had begun is undone at the next start", false on PostgreSQL."""
     assert "on SQLite a swap it had begun is undone at the next start" in INTERRUPTED
