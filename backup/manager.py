@@ -25,6 +25,7 @@ from backup.emergency import EmergencyCooldown
 from backup.errors import (
     BackupError,
     Interrupted,
+    RepositoryReadOnly,
     ResticCommandFailed,
     RollbackFailed,
     RollbackRefused,
@@ -362,6 +363,8 @@ class BackupManager:
         ``swapped`` is awaited once the swap has committed (`record_rollback`)."""
         async with self._turn():
             await self.verify_repository()
+            if problem := self.restic.read_only():  # no safety snapshot: refused at once
+                raise RepositoryReadOnly(f"{problem}, then roll back")
             snapshot = await self.find(snapshot_id)
             names = self.backend.rollback_components(snapshot, components)
             started = time.monotonic()

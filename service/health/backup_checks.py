@@ -10,6 +10,7 @@ from backup import BackupError, RepositoryMissing, RepositoryReplaced, RollbackF
 from backup.errors import (
     PasswordFileUnreadable,
     RepositoryNotReached,
+    RepositoryReadOnly,
     WrongPassword,
     shown_repository,
 )
@@ -43,6 +44,7 @@ REPOSITORY_REFUSALS = (
     RepositoryNotReached,
     RepositoryMissing,
     RepositoryReplaced,
+    RepositoryReadOnly,
 )
 
 

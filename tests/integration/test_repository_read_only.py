@@ -6,6 +6,7 @@ still works."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,22 @@ import pytest
 from tests.conftest import ErsProcess
 
 pytestmark = pytest.mark.integration
+
+
+def one_incident(http: httpx.Client, component: str) -> dict[str, object]:
+    """The one incident of ``component``, once the refusals' spans are in (bounded wait)."""
+    deadline = time.monotonic() + 10
+    while not (
+        found := http.get("/api/emergency/incidents", params={"component": component}).json()[
+            "incidents"
+        ]
+    ):
+        assert time.monotonic() < deadline, "no incident"
+        time.sleep(0.1)
+    time.sleep(1.0)  # the spans of the later refusals too
+    found = http.get("/api/emergency/incidents", params={"component": component}).json()
+    assert len(found["incidents"]) == 1, found
+    return found["incidents"][0]
 
 
 def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
@@ -43,6 +60,14 @@ def test_a_read_only_repository_is_unhealthy_and_named_when_a_backup_fails(
             detail = refused.json()["detail"]
             assert "cannot be written" in detail and str(tmp_path / "repo") in detail, detail
             assert "github.com" not in detail
+        # Before: a rollback restored the snapshot and paused the writers, then failed at
+        # its safety snapshot, and each refusal opened an incident of its own.
+        body = {"backupId": backup_id, "confirm": True, "reason": "r", "components": ["budgets"]}
+        rolled = http.post("/api/emergency/rollback", json=body)
+        assert rolled.status_code == 503, rolled.text
+        assert "cannot be written" in rolled.json()["detail"], rolled.text
+        assert "safety" not in rolled.json()["detail"], rolled.text
+        assert one_incident(http, "backups")["status"] == "open"
         # A test rollback only reads its snapshot, which needs no lock: it was refused too
         # (each component "cannot be written" in a drill), where the snapshots are sound.
         tried = http.post("/api/emergency/backups/test-rollback", json={"backupId": backup_id})
