@@ -60,8 +60,7 @@ OWN_ACTIONS = frozenset({"minimal_response_mode", "rollback"})
 # (agent instances, cached answers), or keep a cooldown of their own (emergency backups,
 # which then name the backup that covers them), so they run again after one.
 LASTING_ACTIONS = frozenset({"isolate", "minimal_response_mode", "rollback"})
-# Actions that keep calls from the agent: not for one whose breaker an operator disabled
-# (every call let through), which says the calls are to reach it.
+# Actions that keep calls from the agent: not for one whose breaker an operator disabled.
 WITHHOLDING_ACTIONS = frozenset({"isolate", "serve_cached"})
 
 
@@ -231,7 +230,8 @@ class Responder:
         if action in WITHHOLDING_ACTIONS and guard and guard.breaker.state is BreakerState.DISABLED:
             return (
                 f"an operator disabled {guard.name}'s breaker (every call let through); "
-                f"`ers breakers enable {guard.name}` lets ERS {action.replace('_', ' ')} again"
+                f"`ers breakers enable {guard.name}` lets ERS {action.replace('_', ' ')} again "
+                f"(for this incident once this skip's cooldown, {self.cooldown_s:g} s, is over)"
             )
         if action == "trim_caches" and context.source == ALERTMANAGER and self.memory:
             share, line = await asyncio.to_thread(self.memory)

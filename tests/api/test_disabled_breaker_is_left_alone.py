@@ -36,7 +36,8 @@ async def test_the_responder_leaves_an_operators_disabled_breaker_alone(
         await asyncio.sleep(0.05)
     assert skipped == [
         "isolate: skipped — an operator disabled workout's breaker (every call let through); "
-        "`ers breakers enable workout` lets ERS isolate again",
+        "`ers breakers enable workout` lets ERS isolate again (for this incident once this "
+        "skip's cooldown, 300 s, is over)",
     ]
     breakers = (await client.get("/api/emergency/circuit-breakers")).json()["breakers"]
     assert breakers["workout"]["state"] == "disabled"
