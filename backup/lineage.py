@@ -304,3 +304,22 @@ def newest_on_line(
         if all(line(c).holds(snapshot) for c in wanted or snapshot.components):
             return snapshot
     return None
+
+
+def passed_over(newest_first: Sequence[Snapshot], marks: Sequence[RollbackMark]) -> set[str]:
+    """The ids of the snapshots a rollback "to before" passes over now: those holding a
+    state a rollback put aside (safety snapshots say so by their reason, and are left out
+    here), and those older than a restored snapshot the repository no longer lists."""
+    moment = datetime.now(UTC)
+    lines: dict[str, LiveLine] = {}
+    over = set()
+    for snapshot in newest_first:
+        if snapshot.reason == BackupReason.PRE_ROLLBACK:
+            continue
+        for component in snapshot.components:
+            if component not in lines:
+                lines[component] = live_line(newest_first, marks, moment, component)
+            if not lines[component].holds(snapshot):
+                over.add(snapshot.id)
+                break
+    return over

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from backup import BackupResult, RollbackPreview, RollbackResult, Snapshot
+from backup.lineage import RollbackMark, passed_over
 from backup.models import SnapshotDetails
 from backup.repository import InitOutcome
 
@@ -24,6 +26,14 @@ def init_reply(outcome: InitOutcome) -> dict[str, Any]:
         "previousRepositoryId": outcome.previous_id,
         "alreadyInUse": outcome.previous_id == repository_id,
     }
+
+
+def listed(snapshots: Sequence[Snapshot], marks: Sequence[RollbackMark]) -> list[dict[str, Any]]:
+    """A list's entries; ``putAside``: a rollback "to before" an incident passes over the
+    snapshot, which holds a state a rollback has put aside (roll back to it by its id only
+    knowingly)."""
+    over = passed_over(snapshots, marks)
+    return [snapshot_reply(s) | {"putAside": s.id in over} for s in snapshots]
 
 
 def snapshot_reply(s: Snapshot) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from service.backups.replies import (
     created_reply,
     details_reply,
     iso,
+    listed,
     preview_reply,
     rollback_reply,
-    snapshot_reply,
 )
 from service.cli.offline_trail import OfflineTrail, audit_trail
 from service.cli.output import REFUSED, USAGE, Activity, CliError, note
@@ -220,7 +220,7 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
             reply["totalSize"] = human_size(sum((await manager.backend.live_sizes()).values()))
         except BackupError as exc:
             reply |= {"totalSize": None, "sizeError": str(exc)}
-        return reply | {"backups": [snapshot_reply(s) for s in snapshots]}
+        return reply | {"backups": listed(snapshots, manager.index.marks())}
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
         progress.stage("backing up")

@@ -25,7 +25,7 @@ def _list_table(out: Console, data: dict[str, Any]) -> None:
         table.add_row(
             short_id(s["backupId"]),
             when(s["time"]),
-            s.get("reason") or "-",
+            (s.get("reason") or "-") + (" (put aside)" if s.get("putAside") else ""),
             joined(s["components"]),
             s.get("hostname") or "-",
         )

@@ -334,3 +334,18 @@ def test_a_backup_list_counts_one_snapshot_in_the_singular() -> None:
     assert "1 snapshot, last 2026-12-03 07:30:50Z" in drawn("list", one)
     two = {"backups": [snapshot, snapshot], "available": 2, "lastBackup": snapshot["time"]}
     assert "2 snapshots, last" in drawn("list", two)
+
+
+def test_a_snapshot_a_rollback_put_aside_is_marked_in_the_list() -> None:
+    entry = {"time": "2026-12-01T10:00:00Z", "components": ["budgets"], "hostname": "h"}
+    data = {
+        "backups": [
+            entry | {"backupId": "a" * 64, "reason": "manual", "putAside": True},
+            entry | {"backupId": "b" * 64, "reason": "scheduled", "putAside": False},
+        ],
+        "available": 2,
+        "lastBackup": "2026-12-01T10:00:00Z",
+    }
+    rows = drawn("list", data).splitlines()
+    assert any("aaaaaaaa" in row and "manual (put aside)" in row for row in rows), rows
+    assert any("bbbbbbbb" in row and "scheduled" in row and "put aside" not in row for row in rows)

@@ -36,9 +36,9 @@ from service.backups.replies import (
     created_reply,
     details_reply,
     init_reply,
+    listed,
     preview_reply,
     rollback_reply,
-    snapshot_reply,
 )
 from service.backups.service import ROLLBACK_COMPONENTS, BackupService, BackupsUnavailable
 from service.health.backup_checks import reported_failure, reported_operation_failure
@@ -177,16 +177,16 @@ class Rollback(TestRollback):
 @router.get("/backups")
 async def list_backups(backups: Backups) -> dict[str, Any]:
     with _failures_as_http_errors("listing the backups"):
-        snapshots = backups.require().list()
-    return {**await backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
+        snapshots, marks = backups.require().list(), backups.require().index.marks()
+    return {**await backups.summary(), "backups": listed(snapshots, marks)}
 
 
 @router.post("/backups/refresh")
 async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
     with _failures_as_http_errors("refreshing the snapshot list"):
-        snapshots = await backups.refresh()
-    return {**await backups.summary(), "backups": [snapshot_reply(s) for s in snapshots]}
+        snapshots, marks = await backups.refresh(), backups.require().index.marks()
+    return {**await backups.summary(), "backups": listed(snapshots, marks)}
 
 
 @router.post("/backups/init")
