@@ -58,7 +58,8 @@ def find_category(text: str) -> str | None:
 
 
 GENERAL_GUIDANCE = (
-    "General guidance while your budget records are unavailable: a common starting split is "
+    "Your budget records are unavailable, so no expense or limit in this message was "
+    "recorded: send it again later. General guidance meanwhile: a common starting split is "
     "50% of take-home pay for needs, 30% for wants and 20% for savings; write down each "
     "expense the day you make it and check the totals weekly."
 )

@@ -78,3 +78,18 @@ async def test_a_message_answered_from_the_cache_says_it_was_not_acted_on(
     reply = (await client.post("/chat", json=spent)).json()
     assert reply["success"] is False and reply["recovery"]["fallback"] == "cached", reply
     assert "did not act on this message (send it again later" in reply["response"], reply
+
+
+async def test_an_expense_answered_by_guidance_says_it_was_not_recorded(
+    client: httpx.AsyncClient,
+) -> None:
+    """Before: with no cached answer, the budget agent's guidance told how to keep a budget
+    and not that the expense just sent was not recorded."""
+    forced = await client.post(
+        "/api/emergency/circuit-breaker/budget/force-open", json={"reason": "maintenance"}
+    )
+    assert forced.status_code == 200, forced.text
+    spent = {"message": "spent $12 on groceries", "userId": "new-user"}
+    reply = (await client.post("/chat", json=spent)).json()
+    assert reply["success"] is False and reply["recovery"]["fallback"] == "generic", reply
+    assert "no expense or limit in this message was recorded" in reply["response"], reply
