@@ -364,7 +364,7 @@ class BackupManager:
         async with self._turn():
             await self.verify_repository()
             if problem := self.restic.read_only():  # no safety snapshot: refused at once
-                raise RepositoryReadOnly(f"{problem}, then roll back")
+                raise RepositoryReadOnly(f"{problem}, then try again")  # as restic's refusal
             snapshot = await self.find(snapshot_id)
             names = self.backend.rollback_components(snapshot, components)
             started = time.monotonic()

@@ -88,7 +88,10 @@ def _partly_made(names: Sequence[str], outcomes: Sequence[object]) -> BaseExcept
     failed = [(n, o) for n, o in zip(names, outcomes, strict=True) if isinstance(o, BaseException)]
     made = [(n, o) for n, o in zip(names, outcomes, strict=True) if isinstance(o, BackupResult)]
     first = failed[0][1]
-    if not isinstance(first, BackupError) or len(names) == 1:
+    # One cause for every component (a repository that cannot be written): said as it is,
+    # in the words the same cause has elsewhere (a rollback's refusal, the health check).
+    same_cause = not made and {str(o) for _, o in failed} == {str(first)}
+    if not isinstance(first, BackupError) or len(names) == 1 or same_cause:
         return first
     which = ", ".join(name for name, _ in failed)
     kept = ", ".join(f"{(o.snapshot_id or '')[:8]} ({name})" for name, o in made)

@@ -23,6 +23,7 @@ import pytest
 from backup.errors import (
     BackupError,
     PgDumpFailed,
+    RepositoryReadOnly,
     ResticTimeout,
     RollbackFailed,
     RollbackRefused,
@@ -620,3 +621,22 @@ async def test_a_final_backup_cut_by_its_bound_is_told_as_the_bound_as_on_sqlite
     with pytest.raises(ResticTimeout) as cut:  # as restic's own bound on SQLite
         await backups.shutdown_backup(timeout=1.5)
     assert "1.5 s" in str(cut.value), cut.value
+
+
+async def test_a_repository_that_cannot_be_written_refuses_a_backup_in_its_own_words(
+    backups: BackupManager, tmp_path: Path
+) -> None:
+    """Before: the refusal of each component was said as "the backup of conversations,
+    budgets, ... failed: ...", which a rollback's and the health check's refusal of the same
+    repository did not share, so the backup's opened an incident of its own."""
+    locks = tmp_path / "repo" / "locks"
+    done = subprocess.run(["chattr", "+i", str(locks)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this filesystem cannot make folders immutable: {done.stderr.strip()}")
+    try:
+        with pytest.raises(RepositoryReadOnly) as refused:
+            await backups.create(None, "manual")
+        assert str(refused.value).startswith("the restic repository"), refused.value
+        assert str(refused.value).endswith("then try again"), refused.value
+    finally:
+        subprocess.run(["chattr", "-i", str(locks)], check=True)
