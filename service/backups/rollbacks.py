@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from backup import BackupError, RollbackRefused, RollbackResult, SnapshotNotFound
 from backup.lineage import RollbackMark, Swapped, record_late, stop_asked, unrecorded
@@ -94,16 +94,7 @@ class Rollbacks:
         preview), within ``RECORDING_S`` in all. Returns those still unwritten, which count
         in this choice all the same."""
         manager = self.backups.require()
-        try:
-            entries = await asyncio.to_thread(self.audit.swaps)
-        except Exception as exc:  # the trail's database away: the stores check says so
-            log.warning("the audit trail's rollbacks could not be read: %s", exc)
-            return []
-        swaps = {
-            RollbackMark(datetime.fromtimestamp(at, UTC), str(swap["backupId"]), components): swap
-            for at, swap in entries
-            if swap.get("backupId") and (components := tuple(swap.get("components") or ()))
-        }
+        swaps = await self._swaps()
         if not unrecorded(swaps, manager.index.marks()):
             return []
         try:
@@ -117,6 +108,17 @@ class Rollbacks:
             why = str(exc) or f"not done within {RECORDING_S:g} s"
             log.warning("rollbacks' records not written (%s): counted all the same", why)
         return unrecorded(swaps, manager.index.marks())
+
+    async def unwritten(self) -> list[RollbackMark]:
+        """The rollbacks the trail tells of whose records the repository lacks (for now)."""
+        return unrecorded(await self._swaps(), self.backups.require().index.marks())
+
+    async def _swaps(self) -> dict[RollbackMark, dict[str, Any]]:
+        try:
+            return await asyncio.to_thread(self.audit.swaps)
+        except Exception as exc:  # the trail's database away: the stores check says so
+            log.warning("the audit trail's rollbacks could not be read: %s", exc)
+            return {}
 
     def swapped(self, run: str | None, actor: str) -> Swapped:
         """The trail's word that the swap of the rollback of ``run`` has committed, which

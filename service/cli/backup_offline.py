@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from backup.discard import settle
+from backup.lineage import unrecorded
 from service.backups.first_start import backup_work_dir
 from service.backups.replies import (
     created_reply,
@@ -220,7 +221,11 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
             reply["totalSize"] = human_size(sum((await manager.backend.live_sizes()).values()))
         except BackupError as exc:
             reply |= {"totalSize": None, "sizeError": str(exc)}
-        return reply | {"backups": listed(snapshots, manager.index.marks())}
+        # With the rollbacks the audit trail alone tells of (a kill before their records).
+        with audit_trail(load_settings()) as trail:
+            told = await asyncio.to_thread(trail.swaps)
+        marks = [*manager.index.marks(), *unrecorded(told, manager.index.marks())]
+        return reply | {"backups": listed(snapshots, marks)}
     if action == "create":
         components = None if args.type == "full_system" else [args.type]
         progress.stage("backing up")

@@ -39,6 +39,15 @@ class OfflineTrail:
             time.sleep(self._pause_s)
         self.unwritten.append((action, detail))
 
+    def swaps(self) -> dict[Any, dict[str, Any]]:
+        """Blocking: the rollbacks' swaps the trail tells of (``AuditLog.swaps``); none when
+        it cannot be read."""
+        try:
+            return self._audit.swaps() if self._audit is not None else {}
+        except Exception as exc:
+            self.problem = self.problem or f"reading it failed ({exc})"
+            return {}
+
     def untold(self) -> str | None:
         """What the trail lacks, as the entry to record; None when the outcome is in it (a
         start alone not written is no loss: the outcome names the same run)."""

@@ -12,8 +12,10 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from backup.lineage import RollbackMark
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
 from service.stores.sql import POSTGRESQL, Database, Statements, create_table_on_sqlite
@@ -159,11 +161,17 @@ class AuditLog:
             for row in rows
         ]
 
-    def swaps(self) -> list[tuple[float, dict[str, Any]]]:
-        """The newest entries ``rollback_swapped``, newest first: when each swap committed
-        (the trail's time, seconds since the epoch) and its detail (``swap_detail``)."""
+    def swaps(self) -> dict[RollbackMark, dict[str, Any]]:
+        """The swaps of the newest entries ``rollback_swapped``, each as the record it would
+        have in the repository (``backup.lineage``), at the trail's time (after the swap
+        committed), with its detail (``swap_detail``)."""
         rows = self._database.rows(STARTED_ROLLBACKS, (ROLLBACK_SWAPPED, 4 * RECENT_ROLLBACKS))
-        return [(float(row["at"]), json.loads(row["detail"])) for row in rows]
+        told = {}
+        for row in rows:
+            swap, at = json.loads(row["detail"]), datetime.fromtimestamp(float(row["at"]), UTC)
+            if swap.get("backupId") and (components := tuple(swap.get("components") or ())):
+                told[RollbackMark(at, str(swap["backupId"]), components)] = swap
+        return told
 
     @property
     def shared(self) -> bool:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -39,6 +42,26 @@ def run_json(workdir: Path, *args: str) -> list[dict[str, Any]]:
     done = run_restic(workdir / "repo", workdir / "restic-password", *args)
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout))
+
+
+def offline_list(workdir: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    """``ers backup --offline list -o json`` with the settings the service had."""
+    settings = {
+        "ERS_ENV": "test",
+        "ERS_DATA_DIR": str(workdir / "data"),
+        "ERS_RESTIC_REPOSITORY": str(workdir / "repo"),
+        "ERS_RESTIC_PASSWORD_FILE": str(workdir / "restic-password"),
+    }
+    outside = {k: v for k, v in os.environ.items() if not k.startswith(("ERS_", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "backup", "--offline", "list", "-o", "json"],
+        env=outside | settings | {"ERS_BACKUPS_ENABLED": env["ERS_BACKUPS_ENABLED"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout)["backups"])
 
 
 def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
@@ -101,6 +124,16 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
             f"before in safety snapshot {safety[:8]})"
         )
         assert said in again.log()
+        # Before: the list marked the snapshot put aside only once the record was written.
+        with httpx.Client(base_url=again.url, timeout=60) as http:
+            listed = http.get("/api/emergency/backups").json()["backups"]
+        put_aside = {b["backupId"] for b in listed if b["putAside"]}
+        assert put_aside == {aside.json()["backupId"]}, listed
+        again.stop(signal.SIGKILL)  # no final backup, which would stand for the live state
+        offline = offline_list(workdir, env)
+        assert {b["backupId"] for b in offline if b["putAside"]} == put_aside, offline
+        again = start_ers(workdir, env={**env, "ERS_RESTIC_BINARY": shutil.which("restic") or ""})
+        again.wait_for_backups()
 
         # Before: its record never written, a rollback to before a later incident took the
         # snapshot holding the state this one put aside (the $25 brought back). The test

@@ -377,7 +377,7 @@ def pg_rollbacks(rollback: Any, add_timeline: Any) -> Rollbacks:
         rollback=rollback,
         require=lambda: SimpleNamespace(index=SimpleNamespace(marks=list)),
     )
-    audit = SimpleNamespace(swaps=list)  # no swap without its record in the repository
+    audit = SimpleNamespace(swaps=dict)  # no swap without its record in the repository
     return Rollbacks(backups, incidents, audit)  # type: ignore[arg-type]
 
 

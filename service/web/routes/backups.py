@@ -175,17 +175,19 @@ class Rollback(TestRollback):
 
 
 @router.get("/backups")
-async def list_backups(backups: Backups) -> dict[str, Any]:
+async def list_backups(backups: Backups, rollbacks: Rollbacks) -> dict[str, Any]:
     with _failures_as_http_errors("listing the backups"):
         snapshots, marks = backups.require().list(), backups.require().index.marks()
+    marks = [*marks, *await rollbacks.unwritten()]  # and those the trail alone tells of
     return {**await backups.summary(), "backups": listed(snapshots, marks)}
 
 
 @router.post("/backups/refresh")
-async def refresh_backups(who: AdminAuth, backups: Backups) -> dict[str, Any]:
+async def refresh_backups(who: AdminAuth, backups: Backups, rollbacks: Rollbacks) -> dict[str, Any]:
     """Re-read the snapshot list from the repository (snapshots made or forgotten elsewhere)."""
     with _failures_as_http_errors("refreshing the snapshot list"):
         snapshots, marks = await backups.refresh(), backups.require().index.marks()
+    marks = [*marks, *await rollbacks.unwritten()]
     return {**await backups.summary(), "backups": listed(snapshots, marks)}
 
 
