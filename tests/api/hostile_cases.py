@@ -604,11 +604,19 @@ def _breaker_cases() -> list[Case]:
         ),
     ]
 
-    release_url = RELEASE.replace("{name}", "budget")
-    rows += ignored_body_cases("breaker-release", "POST", RELEASE, release_url, 200)
-    for action, route in (("disable", DISABLE), ("enable", ENABLE)):
+    # Release, disable and enable take no options: no body, null or {} (before, the body was
+    # not read at all, so a "reason" was dropped without a word).
+    for action, route in (("release", RELEASE), ("disable", DISABLE), ("enable", ENABLE)):
         url = route.replace("{name}", "budget")
-        rows += ignored_body_cases(f"breaker-{action}", "POST", route, url, 200)
+        optional = (f"breaker-{action}-empty-body", f"breaker-{action}-top-level-null")
+        rows += [
+            with_status(r, 200) if r.id in optional else r
+            for r in shape_cases(f"breaker-{action}", "POST", route, url, {})
+        ]
+        field = encode({"reason": "x"})
+        rows.append(
+            Case(f"breaker-{action}-reason", "POST", route, url, 422, field, detail="reason")
+        )
     return rows
 
 
