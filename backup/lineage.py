@@ -82,11 +82,12 @@ Swapped = Callable[[RollbackResult], Awaitable[None]]
 
 async def record_rollback(
     restic: Restic, result: RollbackResult, swapped: Swapped | None = None
-) -> tuple[RollbackMark, RollbackResult]:
+) -> tuple[RollbackMark | None, RollbackResult]:
     """The repository's record of a rollback whose swap has committed, written after it,
     beside ``swapped`` (whose failure is logged). Returns the record, for the list in
     memory, and the result; one restic could not write is logged, and the result's notes say
-    what that means (the rollback is done either way)."""
+    what that means (the rollback is done either way): no record then, which the trail's
+    word of the swap stands for until it is written late (``unrecorded``)."""
     at = datetime.now(UTC)
     mark = RollbackMark(at, result.snapshot_id, tuple(result.components))
     tags = _tags(mark)
@@ -133,10 +134,10 @@ async def record_rollback(
                     else str(exc)
                 )
                 log.warning("the record of the rollback was not written: %s", why)
-                return mark, _unrecorded(result)
+                return None, _unrecorded(result)
     except (BackupError, OSError) as exc:
         log.warning("the record of the rollback to %s was not written: %s", result.snapshot_id, exc)
-        return mark, _unrecorded(result)
+        return None, _unrecorded(result)
     finally:
         os.close(read)
         if write >= 0:
@@ -172,8 +173,12 @@ def unrecorded(swaps: Iterable[RollbackMark], marks: Iterable[RollbackMark]) -> 
     stands for one swap at most, the nearest in time: a rollback undone and done again
     within minutes has two."""
     known: dict[str, list[RollbackMark]] = {}
-    for mark in marks:  # by the short id restic prints: a full id starts with it
-        known.setdefault(mark.restored[:8], []).append(mark)
+    for mark in sorted(marks, key=lambda m: m.time):  # by the short id restic prints
+        same = known.setdefault(mark.restored[:8], [])
+        # One rollback's record known twice (this process's, then restic's, a moment
+        # later; or written late by two replicas at once) stands for one swap.
+        if not any(_twin(mark, other) for other in same[-4:]):
+            same.append(mark)
     told = list(swaps)
     pairs = sorted(  # each record that could stand for a swap, nearest first
         (abs((mark.time - swap.time).total_seconds()), n, id(mark))
@@ -190,6 +195,17 @@ def unrecorded(swaps: Iterable[RollbackMark], marks: Iterable[RollbackMark]) -> 
             matched.add(n)
             taken.add(record)
     return [swap for n, swap in enumerate(told) if n not in matched]
+
+
+def _twin(mark: RollbackMark, other: RollbackMark) -> bool:
+    return (
+        mark.components == other.components
+        and (mark.restored.startswith(other.restored) or other.restored.startswith(mark.restored))
+        and abs((mark.time - other.time).total_seconds()) <= TWIN_S
+    )
+
+
+TWIN_S = 5.0  # a record's copies: closer than two rollbacks to one snapshot (an undo between)
 
 
 async def record_late(restic: Restic, swap: RollbackMark, safety_snapshot_id: str | None) -> None:

@@ -392,7 +392,8 @@ class BackupManager:
                     ) from None
                 raise
             mark, result = await record_rollback(self.restic, result, swapped)  # swap committed
-        self.index.add_mark(mark)
+        if mark is not None:  # not written: the caller's trail stands for it
+            self.index.add_mark(mark)
         self.events.publish(
             RollbackFinished(snapshot.id, tuple(names), result.duration_seconds, result=result)
         )

@@ -272,3 +272,13 @@ def test_a_record_written_late_is_at_its_swaps_moment() -> None:
     assert mark_from_restic(entry) == RollbackMark(
         at(-30) + timedelta(seconds=0.5), "aaaa1111", ("budgets",)
     )
+
+
+def test_a_record_known_twice_stands_for_one_swap() -> None:
+    """This process's copy and restic's, a moment apart: before, the spare copy stood for a
+    second rollback to the same snapshot two minutes later, whose record was lost."""
+    first, again = (RollbackMark(at(m), "aaaa1111", ("budgets",)) for m in (10, 12))
+    copies = [
+        RollbackMark(at(10) + timedelta(seconds=s), "aaaa1111", ("budgets",)) for s in (-0.2, 0.5)
+    ]
+    assert unrecorded([first, again], copies) == [again]

@@ -425,6 +425,10 @@ async def test_a_rollback_whose_record_was_not_written_says_so_in_its_reply(
         taken = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
         body = {"backupId": taken.json()["backupId"], "confirm": True, "reason": "x"}
         reply = await http.post("/api/emergency/rollback", json=body)
+        # Not known here as written (before: this replica kept its record in memory, so the
+        # late write never came from it): the trail's word of the swap stands for it.
+        unwritten = await application.state.runtime.rollbacks.unwritten()
+        assert [m.restored for m in unwritten] == [taken.json()["backupId"]], unwritten
     assert reply.status_code == 200, reply.text
     notes = reply.json()["restored"]
     assert any("record in the repository was not written" in n for n in notes), notes
