@@ -6,9 +6,11 @@ cooldown, as one of its own would, instead of each replica taking one."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from backup.emergency import EmergencyCooldown
 from backup.errors import BackupError
+from backup.lineage import RollbackMark
 from backup.manager import BackupManager
 from service.errors import StoreUnavailable
 from service.stores.base import SystemStateBackend
@@ -38,8 +40,16 @@ async def follow_fleet_cooldown(cooldown: EmergencyCooldown, state: SystemStateB
             log.info("%s, taken by another replica", words)
 
 
+async def none_told() -> list[RollbackMark]:
+    """No rollback the audit trail alone tells of (until the service wires its trail)."""
+    return []
+
+
 async def match_cooldown(
-    cooldown: EmergencyCooldown, manager: BackupManager, state: SystemStateBackend | None
+    cooldown: EmergencyCooldown,
+    manager: BackupManager,
+    state: SystemStateBackend | None,
+    told: Sequence[RollbackMark] = (),
 ) -> None:
     """Before an emergency backup: the cooldown that stands, if any. On PostgreSQL (``state``)
     another replica's covers this one's (``follow_fleet_cooldown``); and one whose backup a
@@ -54,6 +64,7 @@ async def match_cooldown(
         await manager.refresh()
     except BackupError as exc:  # the rollbacks known here decide
         log.warning("the snapshot list was not read again before an emergency backup: %s", exc)
-    if any(mark.time > recent.started_at for mark in manager.index.marks()):
+    # With the rollbacks only the audit trail tells of (``told``: a kill before the record).
+    if any(mark.time > recent.started_at for mark in [*manager.index.marks(), *told]):
         cooldown.end()
         log.info("a rollback since the last emergency backup ended its cooldown")

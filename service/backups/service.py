@@ -39,7 +39,7 @@ from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
 from service.backups.figures import newest_full, newest_per_component
 from service.backups.first_start import backup_work_dir, first_start_done
-from service.backups.fleet_cooldown import match_cooldown
+from service.backups.fleet_cooldown import match_cooldown, none_told
 from service.backups.live_size import LiveSize
 from service.backups.replies import human_size, made
 from service.backups.repository_look import RepositoryLook
@@ -142,6 +142,7 @@ class BackupService:
         self.last_drill_ok: bool | None = None
         self.last_drill_problem: str | None = None  # what the last failed drill found
         self.check_problem: str | None = None  # what the last `restic check` found wrong
+        self.told: Callable[[], Awaitable[list[RollbackMark]]] = none_told  # rollbacks unrecorded
         # In a fleet: the jobs lock; the schedule runs while this replica holds it.
         self.leader: FleetLeader | None = None
 
@@ -302,7 +303,7 @@ class BackupService:
 
     async def emergency(self, why: str) -> EmergencyBackup:
         fleet = self.stores.system_state if self.settings.database_url is not None else None
-        await match_cooldown(self.emergency_cooldown, self.require(), fleet)
+        await match_cooldown(self.emergency_cooldown, self.require(), fleet, await self.told())
         result = await self.create(None, "emergency")
         if result.coalesced:
             age = (datetime.now(UTC) - result.started_at).total_seconds()

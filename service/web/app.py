@@ -301,7 +301,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             emergency_cooldown=emergency_cooldown,
         )
         rollbacks = Rollbacks(backups, incident_store, audit) if backups is not None else None
-        if rollbacks is not None:  # outcomes the trail could not take, written once it can
+        if backups is not None and rollbacks is not None:  # outcomes the trail could not take,
+            backups.told = rollbacks.unwritten  # written once it can; its unrecorded rollbacks
             stack.callback(rollbacks.write_unwritten)
             run_in_background(stack, rollbacks.run_retries(), "rollback-outcomes")
 
