@@ -58,8 +58,8 @@ def find_category(text: str) -> str | None:
 
 
 GENERAL_GUIDANCE = (
-    "Your budget records are unavailable, so no expense or limit in this message was "
-    "recorded: send it again later. General guidance meanwhile: a common starting split is "
+    "The budget agent is unavailable, so no expense or limit in this message was recorded: "
+    "send it again later. General guidance meanwhile: a common starting split is "
     "50% of take-home pay for needs, 30% for wants and 20% for savings; write down each "
     "expense the day you make it and check the totals weekly."
 )

@@ -229,7 +229,10 @@ class Rollbacks:
                 return
             done = self._unwritten.pop(0)
             # With no run when its start could not be written either: named by its target.
-            named = done.run or f"to {done.request.backupId or done.request.beforeIncident}"
+            request = done.request
+            named = done.run or (
+                f"to {request.backupId}" if request.backupId else f"before {request.beforeIncident}"
+            )
             log.warning("the outcome of rollback %s is in the audit trail now", named)
 
     async def run_retries(self, every_s: float = 5.0) -> None:

@@ -165,10 +165,10 @@ class FallbackPolicy:
         cached = self.cache.recall(request, self.agent) if self.cache is not None else None
         if cached is not None:
             return Fallback(
-                # Said first: an old report is no answer to "spent $10 on food", and the
-                # message was not acted on (nothing recorded) by an agent not called.
-                f"The {self.agent} agent is recovering and did not act on this message (send "
-                f"it again later to have it done); here is your last answer from it:\n{cached}",
+                # Said first: an old report is no answer to "spent $10 on food", which the
+                # agent, not called, did not record (profile facts the router saves are its).
+                f"The {self.agent} agent is recovering, so what you asked of it was not done "
+                f"(send it again later); here is your last answer from it:\n{cached}",
                 "cached",
             )
         return Fallback(self.guidance, "generic")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -219,13 +221,23 @@ async def test_a_change_the_store_cannot_take_yet_says_so_and_is_saved_later(
     assert (await runtime.stores.system_state.get("breaker:workout"))["reason"] == "drill"
 
 
-@pytest.mark.parametrize("action", ["release", "disable", "enable"])
+@pytest.mark.parametrize(
+    ("action", "before", "setup"),
+    [
+        ("release", "forced_open", ("force-open", {"reason": "maintenance"})),
+        ("disable", "closed", None),
+        ("enable", "disabled", ("disable", None)),
+    ],
+)
 async def test_an_action_without_options_refuses_a_body_with_some(
-    client: httpx.AsyncClient, action: str
+    client: httpx.AsyncClient, action: str, before: str, setup: tuple[str, Any] | None
 ) -> None:
     """Before: the body was not read, so a reason sent with a disable (or a body that was no
     JSON at all) was dropped without a word and the action done."""
-    url = f"/api/emergency/circuit-breaker/budget/{action}"
+    base = "/api/emergency/circuit-breaker/budget"
+    if setup is not None:
+        assert (await client.post(f"{base}/{setup[0]}", json=setup[1])).status_code == 200
+    url = f"{base}/{action}"
     refused = await client.post(url, json={"reason": "whatever"})
     assert refused.status_code == 422, refused.text
     assert "reason" in refused.json()["detail"], refused.text
@@ -233,7 +245,8 @@ async def test_an_action_without_options_refuses_a_body_with_some(
     garbled = await client.post(url, content=b"not json", headers=json_type)
     assert garbled.status_code == 422, garbled.text
     state = (await client.get("/api/emergency/circuit-breakers/budget")).json()["state"]
-    assert state == "closed"  # nothing was done
-    for body in ({}, None):  # an empty object, or no body: done as before
-        done = await client.post(url, json=body)
-        assert done.status_code == 200, done.text
+    assert state == before  # nothing was done
+    done = await client.post(url, json={})  # an empty object, as no body: done
+    assert done.status_code == 200, done.text
+    state = (await client.get("/api/emergency/circuit-breakers/budget")).json()["state"]
+    assert state != before

@@ -77,7 +77,7 @@ async def test_a_message_answered_from_the_cache_says_it_was_not_acted_on(
     spent = {"message": "spent $10 on food", "userId": "ana"}
     reply = (await client.post("/chat", json=spent)).json()
     assert reply["success"] is False and reply["recovery"]["fallback"] == "cached", reply
-    assert "did not act on this message (send it again later" in reply["response"], reply
+    assert "so what you asked of it was not done (send it again later)" in reply["response"]
 
 
 async def test_an_expense_answered_by_guidance_says_it_was_not_recorded(
