@@ -224,6 +224,8 @@ async def _offline_action(args: argparse.Namespace, manager: Any, progress: Acti
         # With the rollbacks the audit trail alone tells of (a kill before their records).
         with audit_trail(load_settings()) as trail:
             told = await asyncio.to_thread(trail.swaps)
+        if trail.problem:  # the marks then stand on the repository's records alone
+            note(f"the audit trail was not read ({trail.problem}): '(put aside)' may be missing")
         marks = [*manager.index.marks(), *unrecorded(told, manager.index.marks())]
         return reply | {"backups": listed(snapshots, marks)}
     if action == "create":

@@ -124,6 +124,18 @@ def test_backup_cli_online_then_offline(tmp_path: Path) -> None:
     assert offline.returncode == 0, offline.stderr
     snapshots = json.loads(offline.stdout)["backups"]
     assert {s["reason"] for s in snapshots} == {"manual", "pre-rollback", "shutdown"}
+    # An audit trail that cannot be read is said beside the list, which stands without it.
+    trail = tmp_path / "data" / "incidents.sqlite3"
+    trail.rename(tmp_path / "incidents.aside")
+    trail.mkdir()
+    try:
+        unread = ers(["backup", "list", "--offline", "--json"], env, tmp_path)
+    finally:
+        trail.rmdir()
+        (tmp_path / "incidents.aside").rename(trail)
+    assert unread.returncode == 0, unread.stderr
+    assert json.loads(unread.stdout)["backups"] == snapshots
+    assert "the audit trail was not read" in unread.stderr, unread.stderr
 
     # With the service down: change data, then roll back offline.
     db = sqlite3.connect(tmp_path / "data" / "budgets.sqlite3")
