@@ -322,13 +322,16 @@ def newest_on_line(
     return None
 
 
-def passed_over(newest_first: Sequence[Snapshot], marks: Sequence[RollbackMark]) -> set[str]:
-    """The ids of the snapshots a rollback "to before" passes over now: those holding a
-    state a rollback put aside (safety snapshots say so by their reason, and are left out
-    here), and those older than a restored snapshot the repository no longer lists."""
+def passed_over(
+    newest_first: Sequence[Snapshot], marks: Sequence[RollbackMark]
+) -> dict[str, list[str]]:
+    """Per snapshot id, the components a rollback "to before" passes over in it now: those
+    whose state there a rollback put aside, or which are older than a restored snapshot the
+    repository no longer lists (not known to be the live state's past). Safety snapshots say
+    so by their reason, and are left out here."""
     moment = datetime.now(UTC)
     lines: dict[str, LiveLine] = {}
-    over = set()
+    over: dict[str, list[str]] = {}
     for snapshot in newest_first:
         if snapshot.reason == BackupReason.PRE_ROLLBACK:
             continue
@@ -336,6 +339,5 @@ def passed_over(newest_first: Sequence[Snapshot], marks: Sequence[RollbackMark])
             if component not in lines:
                 lines[component] = live_line(newest_first, marks, moment, component)
             if not lines[component].holds(snapshot):
-                over.add(snapshot.id)
-                break
+                over.setdefault(snapshot.id, []).append(component)
     return over

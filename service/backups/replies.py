@@ -29,11 +29,11 @@ def init_reply(outcome: InitOutcome) -> dict[str, Any]:
 
 
 def listed(snapshots: Sequence[Snapshot], marks: Sequence[RollbackMark]) -> list[dict[str, Any]]:
-    """A list's entries; ``putAside``: a rollback "to before" an incident passes over the
-    snapshot, which holds a state a rollback has put aside (roll back to it by its id only
-    knowingly)."""
+    """A list's entries; ``putAside``: the components a rollback "to before" an incident
+    passes over in the snapshot, whose state there a rollback has put aside (roll back to
+    them by its id only knowingly)."""
     over = passed_over(snapshots, marks)
-    return [snapshot_reply(s) | {"putAside": s.id in over} for s in snapshots]
+    return [snapshot_reply(s) | {"putAside": over.get(s.id, [])} for s in snapshots]
 
 
 def snapshot_reply(s: Snapshot) -> dict[str, Any]:

@@ -19,13 +19,19 @@ def _internal(table: str) -> bool:
     return table.startswith(("_", "sqlite_")) or table in INTERNAL_TABLES
 
 
+def _put_aside(components: list[str] | None, held: list[str]) -> str:
+    if not components:
+        return ""
+    return " (put aside)" if set(components) == set(held) else f" ({joined(components)} put aside)"
+
+
 def _list_table(out: Console, data: dict[str, Any]) -> None:
     table = new_table("ID", "TIME", "REASON", "COMPONENTS", "HOST")
     for s in data["backups"]:
         table.add_row(
             short_id(s["backupId"]),
             when(s["time"]),
-            (s.get("reason") or "-") + (" (put aside)" if s.get("putAside") else ""),
+            (s.get("reason") or "-") + _put_aside(s.get("putAside"), s["components"]),
             joined(s["components"]),
             s.get("hostname") or "-",
         )

@@ -509,19 +509,24 @@ async def test_a_rollback_ends_the_emergency_backup_cooldown(
     assert after.taken, after
 
 
-async def test_the_list_marks_the_snapshots_a_rollback_put_aside(http: httpx.AsyncClient) -> None:
+async def test_the_list_marks_the_components_of_a_snapshot_a_rollback_put_aside(
+    http: httpx.AsyncClient,
+) -> None:
     """Before: a snapshot holding the state a rollback put aside looked like any other in
     the list, so one picked by its time brought that state back."""
     first = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
     await http.post("/chat", json={"message": "spent $55 on groceries", "userId": "ann"})
     aside = await http.post("/api/emergency/backups/create", json={"type": "budgets"})
+    whole = await http.post("/api/emergency/backups/create", json={"type": "full_system"})
     body = {"backupId": first.json()["backupId"], "confirm": True, "reason": "bad import"}
     rolled = await http.post("/api/emergency/rollback", json=body | {"components": ["budgets"]})
     assert rolled.status_code == 200, rolled.text
     listed = {
         b["backupId"]: b for b in (await http.get("/api/emergency/backups")).json()["backups"]
     }
-    assert listed[aside.json()["backupId"]]["putAside"] is True
-    assert listed[first.json()["backupId"]]["putAside"] is False
+    assert listed[aside.json()["backupId"]]["putAside"] == ["budgets"]
+    assert listed[first.json()["backupId"]]["putAside"] == []
+    # Of the whole state's snapshot only budgets were put aside: its other parts are live.
+    assert listed[whole.json()["backupId"]]["putAside"] == ["budgets"]
     safety = [b for b in listed.values() if b["reason"] == "pre-rollback"]
     assert safety and not any(b["putAside"] for b in safety)  # said by their reason

@@ -340,8 +340,10 @@ def test_a_snapshot_a_rollback_put_aside_is_marked_in_the_list() -> None:
     entry = {"time": "2026-12-01T10:00:00Z", "components": ["budgets"], "hostname": "h"}
     data = {
         "backups": [
-            entry | {"backupId": "a" * 64, "reason": "manual", "putAside": True},
-            entry | {"backupId": "b" * 64, "reason": "scheduled", "putAside": False},
+            entry | {"backupId": "a" * 64, "reason": "manual", "putAside": ["budgets"]},
+            entry | {"backupId": "b" * 64, "reason": "scheduled", "putAside": []},
+            {**entry, "components": ["budgets", "profiles"]}
+            | {"backupId": "c" * 64, "reason": "shutdown", "putAside": ["budgets"]},
         ],
         "available": 2,
         "lastBackup": "2026-12-01T10:00:00Z",
@@ -349,3 +351,5 @@ def test_a_snapshot_a_rollback_put_aside_is_marked_in_the_list() -> None:
     rows = drawn("list", data).splitlines()
     assert any("aaaaaaaa" in row and "manual (put aside)" in row for row in rows), rows
     assert any("bbbbbbbb" in row and "scheduled" in row and "put aside" not in row for row in rows)
+    # Of a snapshot of two components, the one put aside is named: the other is live.
+    assert any("cccccccc" in row and "shutdown (budgets put aside)" in row for row in rows), rows
