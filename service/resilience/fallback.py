@@ -109,7 +109,7 @@ class AnswersRolledBack:
         return {"token": self._token} if self._token else None
 
     def resume(self, record: dict[str, object]) -> str | None:
-        self._token = str(record.get("token"))
+        self._token = str(record["token"]) if record.get("token") else None
         return None  # nothing cached yet at a start: nothing to say
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -119,9 +119,9 @@ class AnswersRolledBack:
         """A rollback another replica ran since the last one seen here: drop the answers.
         (A record gone, or an older one a system_state rollback put back, is said again by
         the replica that keeps the newest: at worst the answers are dropped twice.)"""
-        if record is None or str(record.get("token")) == self._token:
+        if record is None or not record.get("token") or str(record["token"]) == self._token:
             return None
-        self._token = str(record.get("token"))
+        self._token = str(record["token"])
         if dropped := self._answers.trim(0):
             return f"cached answers given before a rollback there dropped: {dropped}"
         return None
