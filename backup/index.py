@@ -129,11 +129,13 @@ class SnapshotIndex:
             f"{snapshot_id} matches {len(matches)} snapshots: give more characters of the id"
         )
 
-    def newest_before(self, moment: datetime, components: Iterable[str] = ()) -> Snapshot | None:
+    def newest_before(
+        self, moment: datetime, components: Iterable[str] = (), also: Iterable[RollbackMark] = ()
+    ) -> Snapshot | None:
         """The newest snapshot taken before ``moment`` that holds every one of ``components``
         as the live state had them: not one holding a state a rollback put aside
-        (`backup.lineage`)."""
-        return newest_on_line(self.all(), self._marks, moment, components)
+        (`backup.lineage`; ``also``: rollbacks whose records are not in the list)."""
+        return newest_on_line(self.all(), [*self._marks, *also], moment, components)
 
     def newest_containing(self, components: Iterable[str]) -> Snapshot | None:
         wanted = set(components)

@@ -45,7 +45,7 @@ from backup.events import (
 from backup.identity import RepositoryIdentity
 from backup.index import SnapshotIndex, forget_unretained
 from backup.inputs import validate_reason
-from backup.lineage import Swapped, mark_from_restic, record_rollback
+from backup.lineage import RollbackMark, Swapped, mark_from_restic, record_rollback
 from backup.models import (
     BackupReason,
     BackupResult,
@@ -227,10 +227,10 @@ class BackupManager:
             return self.index.get(snapshot_id)
 
     def newest_snapshot_before(
-        self, moment: datetime, components: Sequence[str] = ()
+        self, moment: datetime, parts: Sequence[str] = (), also: Sequence[RollbackMark] = ()
     ) -> Snapshot | None:
-        """The newest snapshot before ``moment`` holding ``components`` as they were live."""
-        return self.index.newest_before(moment, components)
+        """`SnapshotIndex.newest_before`: as the live state had ``parts``, before ``moment``."""
+        return self.index.newest_before(moment, parts, also)
 
     async def details(self, snapshot_id: str) -> SnapshotDetails:
         snapshot = await self.find(snapshot_id)

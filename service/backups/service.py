@@ -34,7 +34,7 @@ from backup.emergency import EmergencyCooldown
 from backup.errors import ResticTimeout
 from backup.events import RepositoryInitialised
 from backup.identity import RECORD_FILE_NAME
-from backup.lineage import RollbackMark, Swapped, newest_on_line
+from backup.lineage import RollbackMark, Swapped
 from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
 from service.backups.figures import newest_full, newest_per_component
@@ -375,8 +375,7 @@ class BackupService:
 
     def newest_before(self, moment: datetime, parts: Sequence[str], also: Marks = ()) -> str | None:
         """``also``: rollbacks the trail tells of, with no record in the repository (yet)."""
-        index = self.require().index
-        snapshot = newest_on_line(index.all(), [*index.marks(), *also], moment, parts)
+        snapshot = self.require().newest_snapshot_before(moment, parts, also)
         return snapshot.id if snapshot is not None else None
 
     @property
