@@ -81,12 +81,32 @@ class SnapshotIndex:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._marks: list[RollbackMark] = []  # the rollbacks' records (`backup.lineage`)
+        # The snapshots `add`ed here that no list read since has shown, by the order they came.
+        self._unread: dict[str, tuple[int, Snapshot]] = {}
+        self._added = 0
+
+    def reading(self) -> int:
+        """Where a list read starts, for `replace` (``since``)."""
+        return self._added
 
     def replace(
-        self, entries: Iterable[dict[str, Any]], marks: Iterable[RollbackMark] | None = None
+        self,
+        entries: Iterable[dict[str, Any]],
+        marks: Iterable[RollbackMark] | None = None,
+        since: int | None = None,
     ) -> None:
-        """The snapshots, and the rollbacks' records when given (else those known stay)."""
+        """The snapshots, and the rollbacks' records when given (else those known stay). With
+        ``since`` (`reading`, taken before the list was read) a snapshot `add`ed while it was
+        read stays, though the list was read before it was made; one added earlier that the
+        list lacks was forgotten since. Without it the list is whole (read in the exclusive
+        turn)."""
         snapshots = [snapshot_from_restic(e) for e in entries]
+        listed = [s.id for s in snapshots]
+        later = (i for i, e in self._unread.items() if since is not None and e[0] > since)
+        # restic 0.14 tells a backup's id short; its list has the whole one.
+        unlisted = [i for i in later if not any(s.startswith(i) for s in listed)]
+        self._unread = {i: self._unread[i] for i in unlisted}
+        snapshots += [snapshot for _, snapshot in self._unread.values()]
         self._snapshots = {s.id: s for s in sorted(snapshots, key=lambda s: s.time)}
         if marks is not None:  # and those known here: one added while the list was read
             self._marks = list(dict.fromkeys([*marks, *self._marks]))
@@ -99,6 +119,8 @@ class SnapshotIndex:
 
     def add(self, snapshot: Snapshot) -> None:
         self._snapshots[snapshot.id] = snapshot
+        self._added += 1
+        self._unread[snapshot.id] = (self._added, snapshot)
 
     def contains(self, snapshot_id: str) -> bool:
         """Full id or the short id restic prints after a backup."""

@@ -209,12 +209,12 @@ class BackupManager:
         return self.index.all()
 
     async def refresh(self) -> list[Snapshot]:
-        """Re-read the list from `restic snapshots`: other processes (`ers backup --offline`,
-        another replica) add and forget snapshots too."""
+        """Re-read the list from `restic snapshots`: other processes and replicas change it."""
         await self.verify_repository()
+        since = self.index.reading()  # a backup made while the list is read stays in it
         entries = await self.restic.snapshots()  # the backend's, and the rollbacks' records
         ours = [e for e in entries if self.backend.tag in (e.get("tags") or ())]
-        self.index.replace(ours, [m for m in map(mark_from_restic, entries) if m is not None])
+        self.index.replace(ours, [m for m in map(mark_from_restic, entries) if m], since)
         return self.index.all()
 
     async def find(self, snapshot_id: str) -> Snapshot:
