@@ -24,6 +24,8 @@ from telemetry.fingerprint import normalise_message
 log = logging.getLogger("ers.incidents")
 # Incidents whose actions are remembered for the replies; the oldest go first.
 REMEMBERED = 1000
+# Actions in force in the process that ran them alone: after a restart no reply names them.
+ENDED_BY_A_RESTART = frozenset({"serve_cached"})
 
 
 @functools.lru_cache(maxsize=4096)
@@ -91,8 +93,8 @@ class ReplyIncidents:
     async def name_kept_isolations(self, breakers: Iterable[CircuitBreaker]) -> list[str]:
         """At start, after the isolations kept from before are put back: a call turned away
         by one names the incident it was forced open for, while that incident is unresolved,
-        and the actions its timeline says were taken (the agents' latest incidents are
-        remembered in memory only). The agents named."""
+        and the actions its timeline says were taken, but those a restart ended (the agents'
+        latest incidents are remembered in memory only). The agents named."""
         named = []
         for breaker in breakers:
             forcing = breaker.forcing
@@ -119,8 +121,9 @@ class ReplyIncidents:
                 self._latest[breaker.name] = incident.id
                 named.append(breaker.name)
                 for entry in timeline:
-                    if entry.kind == "action_finished" and "action" in entry.data:
-                        self.acted(incident.id, entry.data["action"], entry.data["result"])
+                    action = entry.data.get("action") if entry.kind == "action_finished" else None
+                    if action is not None and action not in ENDED_BY_A_RESTART:
+                        self.acted(incident.id, action, entry.data["result"])
         return named
 
     def on_breaker_transition(
