@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
@@ -48,15 +49,40 @@ SWAPPED_THEN_CUT = (
 )
 
 
-async def record_interrupted_at_start(audit: AuditLog, incidents: IncidentStore | None) -> None:
-    """``record_interrupted`` at the service's start, before anything can roll back."""
-    await asyncio.to_thread(record_interrupted, audit, incidents)
+# Per component, what follows its swap in a rollback (``BackupService``'s ``restored_with``).
+AfterSwap = Mapping[str, Callable[[], Awaitable[list[str]]]]
+
+
+async def record_interrupted_at_start(
+    audit: AuditLog, incidents: IncidentStore | None
+) -> list[dict[str, object]]:
+    """``record_interrupted`` at the service's start, before anything can roll back; what
+    follows their swaps is left to ``after_swaps_cut_off`` once the service has its parts."""
+    return await asyncio.to_thread(record_interrupted, audit, incidents)
+
+
+async def after_swaps_cut_off(recorded: Sequence[dict[str, Any]], after: AfterSwap) -> None:
+    """What a rollback cut off after its swap never ran, run by the process that records it
+    cut off: for each component rolled back, what follows its swap (system_state's
+    isolations put back; the cached answers that told of the state put aside dropped, and
+    the fleet's token of it moved, so that every replica drops its own). Once each."""
+    rolled_back = [c for detail in recorded for c in detail.get("rolledBack") or ()]
+    named = ", ".join(dict.fromkeys(rolled_back))
+    for then in dict.fromkeys(after[c] for c in rolled_back if c in after):
+        try:
+            lines = await then()
+        except Exception:  # the trail has the rollback; a restart puts the rest back
+            log.exception("what follows the swap of %s failed after a rollback cut off", named)
+        else:
+            said = f": {'; '.join(lines)}" if lines else ""
+            log.warning("what follows the swap of %s a rollback cut off: done%s", named, said)
 
 
 def keep_looking(
     stack: AsyncExitStack,
     audit: AuditLog,
     incidents: IncidentStore | None,
+    after: AfterSwap | None = None,
     every_s: float = LOOK_EVERY_S,
 ) -> None:
     """On PostgreSQL, ``record_interrupted`` every ``every_s`` while the trail holds a
@@ -65,8 +91,8 @@ def keep_looking(
     running, as a start records it, once the fleet's database no longer sees it (its
     session gone, its presence stamp older than ``SEEN_WITHIN_S``); so is a replica killed
     just before this start, still seen then. A rollback this process started is left
-    alone. The looks stop when ``stack`` unwinds to here, so it is
-    registered after what closes the trail's database."""
+    alone; what follows their swaps is run (``after_swaps_cut_off``). The looks stop when
+    ``stack`` unwinds to here, so it is registered after what closes the trail's database."""
     if not audit.shared:
         return
 
@@ -74,7 +100,8 @@ def keep_looking(
         while True:
             await asyncio.sleep(every_s)
             if await asyncio.to_thread(_has_unfinished, audit):
-                await asyncio.to_thread(record_interrupted, audit, incidents)
+                recorded = await asyncio.to_thread(record_interrupted, audit, incidents)
+                await after_swaps_cut_off(recorded, after or {})
 
     run_in_background(stack, looking(), "rollbacks-cut-off")
 

@@ -23,8 +23,8 @@ from fastapi import FastAPI  # noqa: E402
 
 from backup.emergency import EmergencyCooldown  # noqa: E402
 from service.agents.config import load_team_config  # noqa: E402
+from service.backups import cut_off as cutting  # noqa: E402
 from service.backups import first_start as starting  # noqa: E402
-from service.backups.cut_off import keep_looking, record_interrupted_at_start  # noqa: E402
 from service.backups.fleet_cooldown import EMERGENCY_COOLDOWN_KEY  # noqa: E402
 from service.backups.jobs import build_backups, start_backup_jobs  # noqa: E402
 from service.backups.rollbacks import Rollbacks  # noqa: E402
@@ -218,7 +218,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
         # A rollback a kill cut off is in the trail by its start alone; it gets the word that
         # its process stopped first (rollback_interrupted).
-        await record_interrupted_at_start(audit, incident_store)
+        cut_off = await cutting.record_interrupted_at_start(audit, incident_store)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,
@@ -289,14 +289,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.replies.name_kept_isolations(team.breakers())
 
+        after_swap = {"system_state": keeper.restored_lines} | dict.fromkeys(
+            ("conversations", "budgets", "profiles"), rolled_back.dropped
+        )  # what a rollback's swap is followed by: run here for one a kill cut off after it
+        await cutting.after_swaps_cut_off(cut_off, after_swap)
         backups = build_backups(
             settings,
             stores,
             incidents_path,
             telemetry.meter,
             readiness.set,
-            {"system_state": keeper.restored_lines}
-            | dict.fromkeys(("conversations", "budgets", "profiles"), rolled_back.dropped),
+            after_swap,
             first_start=first_start,
             emergency_cooldown=emergency_cooldown,
         )
@@ -335,7 +338,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(incident_service.drain)
         # On PostgreSQL, again while this replica runs: a replica killed in a rollback, once
         # no longer seen; stopped before the store closes.
-        keep_looking(stack, audit, incident_store)
+        cutting.keep_looking(stack, audit, incident_store, after_swap)
         run_in_background(stack, incident_service.run_auto_resolve(), "resolve")
         if stores.database is not None:
             run_in_background(stack, incident_service.run_counts_refresh(), "incident-counts")
