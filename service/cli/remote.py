@@ -233,8 +233,11 @@ def exchange(
             raise CliError(
                 f"refused (404): ERS knows no {slashed[0]!r}: no id or name holds a '/'", REFUSED
             )
+        sent = response.request.url  # without the command's own query: no route had them
+        for name in params or ():
+            sent = sent.copy_remove_param(name)
         raise CliError(
-            f"{redacted_url(str(response.request.url))} is no route of ERS: is --url the "
+            f"{redacted_url(str(sent))} is no route of ERS: is --url the "
             "service's base URL, "
             f"without a path (e.g. {DEFAULT_URL})?",
             USAGE,

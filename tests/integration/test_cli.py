@@ -341,6 +341,12 @@ def test_refusals_are_exit_4_and_server_failures_exit_5(env: dict[str, str]) -> 
     assert with_path.returncode == 2
     line = one_plain_line(with_path)
     assert "/api/api/emergency/status is no route of ERS" in line and "base URL" in line, line
+    # The command's own query is no secret, and no part of the fault: before, it read
+    # `?limit=REDACTED&offset=REDACTED`.
+    listed = ers({**env, "ERS_URL": env["ERS_URL"] + "/api"}, "incidents", "list")
+    assert listed.returncode == 2
+    line = one_plain_line(listed)
+    assert "/api/api/emergency/incidents is no route of ERS" in line, line
 
 
 def test_a_service_without_backups_answers_5xx_as_exit_5(tmp_path: Path) -> None:
