@@ -93,8 +93,9 @@ class ReplyIncidents:
     async def name_kept_isolations(self, breakers: Iterable[CircuitBreaker]) -> list[str]:
         """At start, after the isolations kept from before are put back: a call turned away
         by one names the incident it was forced open for, while that incident is unresolved,
-        and the actions its timeline says were taken, but those a restart ended (the agents'
-        latest incidents are remembered in memory only). The agents named."""
+        and the actions its timeline says were taken in its current episode, but those a
+        restart ended or that kept nothing (the agents' latest incidents are remembered in
+        memory only). The agents named."""
         named = []
         for breaker in breakers:
             forcing = breaker.forcing
@@ -120,10 +121,15 @@ class ReplyIncidents:
             elif breaker.name not in self._latest:
                 self._latest[breaker.name] = incident.id
                 named.append(breaker.name)
+                episode_of: dict[str, int] = {}  # an action's, as its start said
                 for entry in timeline:
-                    action = entry.data.get("action") if entry.kind == "action_finished" else None
-                    if action is not None and action not in ENDED_BY_A_RESTART:
-                        self.acted(incident.id, action, entry.data["result"])
+                    data, action = entry.data, entry.data.get("action")
+                    if entry.kind == "action_started" and action is not None:
+                        episode_of[action] = data.get("episode", 0)
+                    if entry.kind != "action_finished" or action in ENDED_BY_A_RESTART:
+                        continue
+                    if episode_of.get(action, 0) == incident.reopen_count and data.get("kept", 1):
+                        self.acted(incident.id, action, data["result"])
         return named
 
     def on_breaker_transition(

@@ -101,3 +101,45 @@ def test_a_refused_call_names_the_incident_of_its_own_cause() -> None:
     replies.heard(failure("INC_2_bbbbbb", cause))
     replies.heard(failure("INC_3_cccccc", "ServerError: agent 'budget' failed: HTTP 500"))
     assert replies.enrich(degraded(outcome="refused", cause=cause)).incident == "INC_2_bbbbbb"
+
+
+def entry(kind: str, **data: Any) -> Any:
+    return SimpleNamespace(kind=kind, data=data)
+
+
+class ReopenedStore:
+    """An incident reopened once (episode 1), isolated in both episodes."""
+
+    incident = SimpleNamespace(id="INC_1_aaaaaa", status="open", reopen_count=1)
+
+    def get(self, incident_id: str) -> Any:
+        return self.incident
+
+    def timeline(self, incident_id: str) -> list[Any]:
+        ran = [
+            ("isolate", 0, {}),
+            ("restart_agent", 0, {}),  # the first episode's: a reopening is a new one
+            ("isolate", 1, {}),
+            ("serve_cached", 1, {}),  # this process's alone: gone with it
+            ("minimal_response_mode", 1, {"kept": False}),  # kept nothing
+            ("emergency_backup", 1, {}),
+        ]
+        return [
+            e
+            for action, episode, more in ran
+            for e in (
+                entry("action_started", action=action, episode=episode),
+                entry("action_finished", action=action, result="success", **more),
+            )
+        ]
+
+
+async def test_after_a_restart_the_actions_named_are_those_of_its_episode_still_true() -> None:
+    """Before: a kept isolation's replies named every action its timeline held, serve_cached
+    (which the new process does not do) and the earlier episodes' among them."""
+    replies = ReplyIncidents(store=ReopenedStore())  # type: ignore[arg-type]
+    breaker = SimpleNamespace(name="budget", forcing=SimpleNamespace(incident="INC_1_aaaaaa"))
+    assert await replies.name_kept_isolations([breaker]) == ["budget"]  # type: ignore[list-item]
+    turned_away = replies.enrich(degraded(outcome="rejected", breaker="forced_open"))
+    assert turned_away.incident == "INC_1_aaaaaa"
+    assert actions(turned_away) == ["isolate", "emergency_backup"]
