@@ -71,7 +71,7 @@ async def after_swaps_cut_off(recorded: Sequence[dict[str, Any]], after: AfterSw
     for then in dict.fromkeys(after[c] for c in rolled_back if c in after):
         try:
             lines = await then()
-        except Exception:  # the trail has the rollback; a restart puts the rest back
+        except Exception:  # the rollback stands: the cached answers stay until a restart
             log.exception("what follows the swap of %s failed after a rollback cut off", named)
         else:
             said = f": {'; '.join(lines)}" if lines else ""

@@ -216,9 +216,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         for swap in undone:  # the trail says what start-up did besides its log line
             await asyncio.to_thread(audit.record, "ers", "rollback_undone", swap.record())
-        # A rollback a kill cut off is in the trail by its start alone; it gets the word that
-        # its process stopped first (rollback_interrupted).
-        cut_off = await cutting.record_interrupted_at_start(audit, incident_store)
         incident_service = IncidentService(
             incident_store,
             telemetry.meter,
@@ -292,6 +289,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         after_swap = {"system_state": keeper.restored_lines} | dict.fromkeys(
             ("conversations", "budgets", "profiles"), rolled_back.dropped
         )  # what a rollback's swap is followed by: run here for one a kill cut off after it
+        # A rollback a kill cut off is in the trail by its start alone; it gets the word that
+        # its process stopped first (rollback_interrupted), told here with all it needs.
+        cut_off = await cutting.record_interrupted_at_start(audit, incident_store)
         await cutting.after_swaps_cut_off(cut_off, after_swap)
         backups = build_backups(
             settings,

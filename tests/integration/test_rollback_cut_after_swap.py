@@ -124,6 +124,7 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
             f"before in safety snapshot {safety[:8]})"
         )
         assert said in again.log()
+        assert "what follows the swap of budgets a rollback cut off: done" in again.log()
         # Before: the list marked the snapshot put aside only once the record was written.
         with httpx.Client(base_url=again.url, timeout=60) as http:
             listed = http.get("/api/emergency/backups").json()["backups"]
