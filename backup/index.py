@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -75,39 +76,52 @@ async def forget_unretained(
     return kept, removed
 
 
+def _same(one: str, other: str) -> bool:
+    """One snapshot's ids: restic 0.14 tells a backup's id short, its list the whole one."""
+    return one.startswith(other) or other.startswith(one)
+
+
+def _holds(snapshots: Iterable[str], snapshot_id: str) -> bool:
+    return any(_same(i, snapshot_id) for i in snapshots)
+
+
 class SnapshotIndex:
     """ERS snapshots, oldest first, replaced wholesale by `replace` or edited by each operation."""
 
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._marks: list[RollbackMark] = []  # the rollbacks' records (`backup.lineage`)
-        # The snapshots `add`ed here that no list read since has shown, by the order they came.
-        self._unread: dict[str, tuple[int, Snapshot]] = {}
-        self._added = 0
+        # The changes made here, numbered, for a list read before them (`replace`): a
+        # snapshot `add`ed, or ids forgotten. A read takes seconds; this holds far more.
+        self._changes: deque[tuple[int, Snapshot | None, tuple[str, ...]]] = deque(maxlen=1024)
+        self._changed = 0
 
     def reading(self) -> int:
         """Where a list read starts, for `replace` (``since``)."""
-        return self._added
+        return self._changed
 
     def replace(
         self,
         entries: Iterable[dict[str, Any]],
         marks: Iterable[RollbackMark] | None = None,
         since: int | None = None,
+        forgotten: Iterable[str] = (),
     ) -> None:
         """The snapshots, and the rollbacks' records when given (else those known stay). With
-        ``since`` (`reading`, taken before the list was read) a snapshot `add`ed while it was
-        read stays, though the list was read before it was made; one added earlier that the
-        list lacks was forgotten since. Without it the list is whole (read in the exclusive
-        turn)."""
-        snapshots = [snapshot_from_restic(e) for e in entries]
-        listed = [s.id for s in snapshots]
-        later = (i for i, e in self._unread.items() if since is not None and e[0] > since)
-        # restic 0.14 tells a backup's id short; its list has the whole one.
-        unlisted = [i for i in later if not any(s.startswith(i) for s in listed)]
-        self._unread = {i: self._unread[i] for i in unlisted}
-        snapshots += [snapshot for _, snapshot in self._unread.values()]
-        self._snapshots = {s.id: s for s in sorted(snapshots, key=lambda s: s.time)}
+        ``since`` (`reading`, taken before the list was read) the changes made here while it
+        was read are made to it again: a backup made then stays, and a snapshot forgotten
+        then stays gone, whichever read ends first. Without it the list is whole (read in the
+        exclusive turn, as `forget` does: ``forgotten``, the ids it forgot)."""
+        snapshots = {s.id: s for s in map(snapshot_from_restic, entries)}
+        for _, added, gone in (c for c in self._changes if since is not None and c[0] > since):
+            if added is not None and not _holds(snapshots, added.id):
+                snapshots[added.id] = added
+            for known in [i for i in snapshots if any(_same(i, g) for g in gone)]:
+                del snapshots[known]
+        if forgotten := tuple(forgotten):
+            self._changed += 1
+            self._changes.append((self._changed, None, forgotten))
+        self._snapshots = dict(sorted(snapshots.items(), key=lambda item: item[1].time))
         if marks is not None:  # and those known here: one added while the list was read
             self._marks = list(dict.fromkeys([*marks, *self._marks]))
 
@@ -119,14 +133,12 @@ class SnapshotIndex:
 
     def add(self, snapshot: Snapshot) -> None:
         self._snapshots[snapshot.id] = snapshot
-        self._added += 1
-        self._unread[snapshot.id] = (self._added, snapshot)
+        self._changed += 1
+        self._changes.append((self._changed, snapshot, ()))
 
     def contains(self, snapshot_id: str) -> bool:
         """Full id or the short id restic prints after a backup."""
-        if not snapshot_id:
-            return False
-        return any(i.startswith(snapshot_id) or snapshot_id.startswith(i) for i in self._snapshots)
+        return bool(snapshot_id) and _holds(self._snapshots, snapshot_id)
 
     def __len__(self) -> int:
         return len(self._snapshots)

@@ -252,7 +252,7 @@ class BackupManager:
         async with self._turn(exclusive=True):
             await self.verify_repository()
             kept, removed = await forget_unretained(self.restic, self.backend.tag, keep_last)
-            self.index.replace(kept)
+            self.index.replace(kept, forgotten=removed)
         if removed:
             self.events.publish(SnapshotsForgotten(removed))
         return ForgetResult(tuple(entry["id"] for entry in kept), removed)
