@@ -591,3 +591,37 @@ def test_a_sigterm_ends_the_service_though_an_agent_never_lets_its_call_go(
     assert code == 0, ers.log()[-3000:]
     said = "did not end when cancelled" if factory == "uncancellable" else "threads of asyncio"
     assert said in ers.log(), ers.log()[-3000:]
+
+
+def test_a_chat_the_services_stop_cuts_short_is_a_503_that_says_so(tmp_path: Path) -> None:
+    """An agent with a long time limit (an LLM's) still at work when ``ers serve`` stops and
+    its grace for requests (10 s) runs out. Before: a bare text 500 and a traceback in the
+    log."""
+    agents = {
+        **BUILT_IN,
+        "slow_coach": {"kind": "python", "factory": f"{HELPERS}:gated", "timeout_s": 120},
+    }
+    config = settings_file(tmp_path / "ers.yaml", agents, {"workout": "slow_coach"})
+    ers = start_ers(tmp_path / "ers", env={"ERS_CONFIG": str(config), "PYTHONPATH": str(ROOT)})
+    reply: dict[str, Any] = {}
+
+    def ask() -> None:
+        chat = {"message": "make me a workout plan", "userId": "u"}
+        try:
+            reply["response"] = httpx.post(f"{ers.url}/chat", json=chat, timeout=60)
+        except httpx.HTTPError as exc:
+            reply["error"] = exc
+
+    sender = threading.Thread(target=ask)
+    sender.start()
+    time.sleep(1)  # the coach holds the call
+    assert ers.stop(signal.SIGTERM, timeout=60) == 0
+    sender.join(timeout=30)
+    answered = reply.get("response")
+    assert answered is not None, reply
+    assert answered.status_code == 503, answered.text
+    assert answered.headers["Retry-After"] == "5"
+    detail = answered.json()["detail"]
+    assert detail.startswith("the service stopped before this chat was answered"), detail
+    assert "Idempotency-Key" in detail
+    assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -103,6 +104,13 @@ async def chat(body: ChatRequest, chat: Chat, settings: Settings, request: Reque
         result = await chat.chat(message, body.userId, idempotency_key(request))
     except UserInputError as exc:
         raise HTTPException(exc.status, str(exc)) from None
+    except asyncio.CancelledError:  # the server stopped, its grace for requests ran out
+        raise HTTPException(
+            503,
+            "the service stopped before this chat was answered: send it again once it is "
+            f"back (with an {HEADER}, it is answered once, whatever became of this one)",
+            headers={"Retry-After": "5"},
+        ) from None
     if result.replayed:
         headers = {REPLAY_HEADER: "true"}
         return JSONResponse(result.as_seed_shape(), status_code=result.status, headers=headers)
