@@ -14,15 +14,18 @@ from service.settings import SettingsError
 MAX_AUTH_FILE_BYTES = 65_536
 # What an auth header's value may hold: visible ASCII, spaces and tabs.
 HEADER_VALUE = re.compile(r"[\x21-\x7e]([\t\x20-\x7e]*[\x21-\x7e])?")
+# What a header's value given where its file's path belongs looks like: a scheme and a
+# token, or a key of a known shape; it is not repeated in a message.
+LIKE_A_VALUE = re.compile(r"\S+\s+\S|(sk|ghp|xox[abp])[-_]")
 
 
 def read_auth_header(
     name: str, spec: HttpAgentSpec, *, private: bool = False
 ) -> tuple[str, str] | None:
-    """The auth header (name, value) from ``spec.auth_file``, one trailing newline removed;
-    None without a file. With ``private`` (production), a file that group or others may
-    read is refused, as the restic password file is. Raises SettingsError naming the
-    setting and the file, never its text."""
+    """The auth header (name, value) from ``spec.auth_file``: its one line, without a
+    byte-order mark or the spaces around it; None without a file. With ``private``
+    (production), a file that group or others may read is refused, as the restic password
+    file is. Raises SettingsError naming the setting and the file, never its text."""
     if spec.auth_file is None:
         return None
     path = Path(spec.auth_file)
@@ -40,6 +43,12 @@ def read_auth_header(
             raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
         value = path.read_text()
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and LIKE_A_VALUE.match(str(spec.auth_file)):
+            raise SettingsError(
+                f"{key}: no such file, and what it holds looks like the {spec.auth_header} "
+                "header's value itself (not shown here): write the value to a file of its own "
+                "and give that file's path"
+            ) from None
         where = path if path.is_absolute() else _relative(path)
         raise SettingsError(
             f"{key}: cannot read {where}: {exc.strerror}; write the whole value of its "
@@ -47,10 +56,8 @@ def read_auth_header(
         ) from None
     except UnicodeDecodeError:
         raise SettingsError(f"{key}: {path} is not UTF-8 text") from None
-    if value.endswith("\n"):
-        value = value[:-1]
-        if value.endswith("\r"):
-            value = value[:-1]
+    # One line; a byte-order mark an editor wrote, and spaces around it, are no part of it.
+    value = value.removeprefix("\ufeff").removesuffix("\n").removesuffix("\r").strip(" \t")
     if not value or "\n" in value or "\r" in value:
         raise SettingsError(
             f"{key}: {path} must hold one line, the whole value of its {spec.auth_header} "

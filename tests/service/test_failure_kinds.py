@@ -125,13 +125,38 @@ def spec_with_auth(path: Path) -> HttpAgentSpec:
     return HttpAgentSpec(url="http://127.0.0.1:9/chat", auth_file=path)
 
 
-def test_the_auth_file_loses_one_trailing_newline(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Bearer abc\n",
+        "Bearer abc\r\n",
+        "Bearer abc",
+        "Bearer abc \n",
+        "\ufeffBearer abc\n",
+        " Bearer abc\t",
+    ],
+)
+def test_the_auth_file_loses_one_trailing_newline_a_bom_and_spaces_around(
+    tmp_path: Path, text: str
+) -> None:
+    """Before: a space an editor left at the end, or its byte-order mark, was refused as
+    "characters a header cannot carry; only printable ASCII, spaces and tabs"."""
     path = tmp_path / "auth"
-    path.write_text("Bearer abc\n")
-    assert read_auth_header("helper", spec_with_auth(path)) == ("Authorization", "Bearer abc")
-    path.write_text("Bearer abc\r\n")
+    path.write_text(text, encoding="utf-8")
     assert read_auth_header("helper", spec_with_auth(path)) == ("Authorization", "Bearer abc")
     assert read_auth_header("helper", HttpAgentSpec(url="http://127.0.0.1:9/chat")) is None
+
+
+@pytest.mark.parametrize("given", ["Bearer sk-INLINE12345", "sk-INLINE12345", "token abc-INLINE"])
+def test_a_value_given_for_the_auth_files_path_is_not_shown(given: str) -> None:
+    """Before: `cannot read Bearer sk-INLINE12345 (/srv/Bearer sk-INLINE12345; ...)`, twice
+    in a message that goes to the log."""
+    spec = HttpAgentSpec(url="http://127.0.0.1:9/chat", auth_file=given)  # type: ignore[arg-type]
+    with pytest.raises(
+        SettingsError, match="looks like the Authorization header's value"
+    ) as raised:
+        read_auth_header("helper", spec)
+    assert "INLINE" not in str(raised.value)
 
 
 @pytest.mark.parametrize("text", ["", "\n", "Bearer abc\n\n", "Bearer abc\nsecond line\n"])
@@ -155,7 +180,7 @@ def test_a_missing_auth_file_names_the_setting_and_the_file(tmp_path: Path) -> N
         read_auth_header("helper", spec_with_auth(path))
 
 
-@pytest.mark.parametrize("text", ["Bearer tök-abc\n", "Bearer abc\x00\n", "Bearer abc \n"])
+@pytest.mark.parametrize("text", ["Bearer tök-abc\n", "Bearer abc\x00\n", "Bearer a\x7fbc\n"])
 def test_an_auth_value_a_header_cannot_carry_stops_the_start_without_showing_it(
     tmp_path: Path, text: str
 ) -> None:
