@@ -156,8 +156,9 @@ class DeadlineWatchdog:
             self._pending.pop(deadline, None)
             if deadline.expired:
                 self._forget_cut(task, deadline)
-        if deadline.expired:  # the call caught its cut and answered: taken back
+        if deadline.expired:  # the call caught its cut and answered late: not an answer
             task.uncancel()
+            raise TimeoutError(_took_longer(timeout_s, budget_s))
         return result
 
     def _take_back_outer_cuts(self, task: asyncio.Task[object], deadline: _Deadline) -> None:

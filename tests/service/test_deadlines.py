@@ -212,11 +212,19 @@ async def test_a_cut_the_call_does_not_pass_on_is_taken_back_all_the_same(first:
     """The task stayed marked as cancelled: the next timeout in it (the guard's retry) came
     out as a bare CancelledError, past the fallbacks, and ended the chat."""
     watchdog = DeadlineWatchdog()
-    with contextlib.suppress(ConnectionError):
+    with contextlib.suppress(ConnectionError, TimeoutError):
         await watchdog.run(first(), 0.05)
     assert asyncio.current_task().cancelling() == 0
     with pytest.raises(TimeoutError):
         await watchdog.run(sleeps(5), 0.05)
+
+
+async def test_an_answer_given_after_the_cut_was_caught_is_a_timeout() -> None:
+    """An agent that catches its cut and answers after its limit: before, its answer was
+    taken as a success, its breaker never told it had run five times over its limit."""
+    with pytest.raises(TimeoutError, match="took longer than"):
+        await DeadlineWatchdog().run(swallows_its_cut(), 0.05)
+    assert asyncio.current_task().cancelling() == 0
 
 
 async def awaits_a_cancelled_helper() -> str:
