@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import faulthandler
 import logging
@@ -12,8 +11,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -41,6 +39,7 @@ REQUEST_GRACE_S = 10
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.cli.server import GracefulServer
     from service.fleet.datadir_lock import (
         DataDirInUse,
         DataDirUnusable,
@@ -205,88 +204,6 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-
-
-class GracefulServer:
-    """uvicorn's server, but a SIGTERM or SIGINT that shut it down cleanly exits 0.
-
-    uvicorn re-raises the signal after a graceful shutdown, which makes the exit status
-    look like a crash to supervisors; ERS finishes in-flight requests, runs its shutdown
-    (final backup, telemetry flush) and then exits normally.
-    """
-
-    def __init__(self, config: object) -> None:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            @contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                handled = (signal.SIGINT, signal.SIGTERM)
-                original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-                try:
-                    yield
-                finally:
-                    for sig, handler in original.items():
-                        signal.signal(sig, handler)
-
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                await super().startup(sockets)
-                if self.started and sockets:
-                    # uvicorn says where it listens only for the sockets it bound itself.
-                    self._log_started_message(sockets)
-
-        self._server = _Server(config)  # type: ignore[arg-type]
-
-    @property
-    def started(self) -> bool:
-        return bool(self._server.started)
-
-    def run(self, listener: socket.socket) -> None:
-        """``asyncio.run`` of the server, but a task that will not end (an agent that catches
-        the cancellation of its call) does not hold the process once the server is down:
-        asyncio.run waits for every task it cancels, for ever."""
-        factory = self._server.config.get_loop_factory()
-        loop = factory() if factory is not None else asyncio.new_event_loop()
-        threads_done = True
-        try:
-            loop.run_until_complete(self._server.serve(sockets=[listener]))
-        finally:
-            try:
-                _end_tasks(loop)
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                # Python 3.11 waits for the threads without a limit, and so does its exit.
-                ending = loop.create_task(loop.shutdown_default_executor())
-                loop.run_until_complete(asyncio.wait({ending}, timeout=TASKS_END_GRACE_S))
-                threads_done = ending.done()
-            finally:
-                loop.close()
-        if not threads_done:  # work handed to a thread that never returns (asyncio.to_thread)
-            logging.getLogger("ers").warning(
-                "threads of asyncio.to_thread still run %g s after the shutdown (an agent's "
-                "synchronous call that never returns?): ERS stops without them",
-                TASKS_END_GRACE_S,
-            )
-            logging.shutdown()
-            os._exit(0 if self.started else 1)
-
-
-# How long the tasks left when the server is down get to end once cancelled.
-TASKS_END_GRACE_S = 5.0
-
-
-def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    _, left = loop.run_until_complete(asyncio.wait(tasks, timeout=TASKS_END_GRACE_S))
-    if left:
-        logging.getLogger("ers").warning(
-            "%d task(s) did not end when cancelled (an agent that catches "
-            "asyncio.CancelledError holds its chat so): ERS stops without them",
-            len(left),
-        )
 
 
 DESCRIPTION = """\

@@ -58,6 +58,20 @@ def test_sigterm_exits_cleanly(ers_process: ErsProcess) -> None:
     assert "Traceback" not in ers_process.log()
 
 
+def test_a_sighup_is_said_and_the_service_goes_on(ers_process: ErsProcess) -> None:
+    """The signal that asks many services to reload: before, ers serve died of it at once,
+    without its shutdown (the final backup, the telemetry flush) or a word in its log."""
+    ers_process.process.send_signal(signal.SIGHUP)
+    for _ in range(50):  # at most five seconds
+        if "SIGHUP ignored" in ers_process.log():
+            break
+        time.sleep(0.1)
+    assert "restart it to apply a change" in ers_process.log(), ers_process.log()[-2000:]
+    with httpx.Client(base_url=ers_process.url, timeout=10) as http:
+        assert http.get("/livez").status_code == 200
+    assert ers_process.stop(signal.SIGTERM) == 0
+
+
 def cli_of(service: ErsProcess) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``ers <args> --url <the service>``, run as its own process."""
 
