@@ -4,6 +4,9 @@ instead (the nearest key for an unknown one)."""
 from __future__ import annotations
 
 import difflib
+import os
+import re
+from collections.abc import Sequence
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -144,3 +147,18 @@ def _nearest_key(key: str, settings: type[BaseModel]) -> str:
         return f"did you mean {'.'.join([*parents, close[0]])}?"
     variable = "ERS_" + key.upper().replace(".", "__")
     return f"check its spelling (in the YAML file, or {variable})"
+
+
+def where_set(message: str, options: Sequence[str] = ()) -> str:
+    """``message`` (``invalid setting 'a.b.c': ...``) with the environment variable that set
+    that setting (or the mapping holding it), which wins over the settings file: a mistake
+    was looked for in the file in vain. Not for one of the command line's ``options``."""
+    found = re.match(r"invalid setting '([^']+)'", message)
+    if found is None or found.group(1) in options:
+        return message
+    parts = found.group(1).upper().split(".")
+    given = {name.upper(): name for name in os.environ}
+    for length in range(len(parts), 0, -1):  # ERS_AGENTS__HELPER__TIMEOUT_S, ..., ERS_AGENTS
+        if (name := given.get("ERS_" + "__".join(parts[:length]))) is not None:
+            return f"{message} (set by ${name})"
+    return message

@@ -29,6 +29,7 @@ from service.settings import COMPONENTS, Environment, Settings, SettingsError
 from service.settings_errors import told_mistake
 from service.stores import Stores
 from telemetry.exception_events import described
+from telemetry.redaction import is_secret_name
 
 ENTRY_POINT_GROUP = "ers.agents"
 # The router is the team's own; the seed's aliases (npa, ...) already name built-in agents.
@@ -177,6 +178,11 @@ def _unknown_key(key: str, kind: str) -> str:
     takes, else every key it takes."""
     spec = PythonAgentSpec if kind == "python" else HttpAgentSpec
     keys = sorted(set(spec.model_fields) - {"kind"})
+    if kind == "http" and (is_secret_name(key) or key.lower() in ("headers", "key", "auth")):
+        return (
+            "unknown key; an agent's credential goes in the file auth_file names (the whole "
+            "value of its auth_header, e.g. 'Bearer <token>'), never in the settings"
+        )
     if near := difflib.get_close_matches(key, keys, n=1, cutoff=0.75):
         return f"unknown key; did you mean {near[0]}?"
     return f"unknown key; check its spelling (kind {kind} takes {', '.join(keys)})"

@@ -27,6 +27,7 @@ from service.cli.output import (
 )
 from service.cli.remote import DEFAULT_URL, add_connection_options
 from service.settings import Environment, SettingsError, load_settings
+from service.settings_errors import where_set
 from telemetry.redaction import redacted_query
 
 Handler = Callable[[argparse.Namespace], int]
@@ -301,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ers: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except SettingsError as exc:
-        print(f"ers: {exc}", file=sys.stderr)
+        options = [name for name in ("host", "port") if getattr(args, name, None) is not None]
+        print(f"ers: {where_set(str(exc), options)}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         return 130

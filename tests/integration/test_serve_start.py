@@ -240,8 +240,20 @@ def test_a_blank_variable_is_refused_as_empty_whatever_its_setting(tmp_path: Pat
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines() == [
             f"ers: invalid setting '{key}': empty; set it, or leave the variable out for the "
-            "default"
+            f"default (set by ${variable})"
         ]
+
+
+def test_a_setting_a_variable_made_wrong_names_the_variable(tmp_path: Path) -> None:
+    """The settings file had it right; before, nothing said the environment had set it."""
+    (tmp_path / "ers.yaml").write_text(
+        "agents: {helper: {kind: http, url: 'http://127.0.0.1:9/chat', timeout_s: 5}}\n"
+    )
+    done = serve(tmp_path, "--port", str(free_port()), ERS_AGENTS__HELPER__TIMEOUT_S="abc")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("ers: invalid setting 'agents.helper.timeout_s': "), line
+    assert line.endswith(" (set by $ERS_AGENTS__HELPER__TIMEOUT_S)"), line
 
 
 def test_a_program_still_running_after_a_kill_does_not_hold_the_port_of_the_next_start(
@@ -315,7 +327,7 @@ def test_a_trace_link_template_with_another_field_is_refused_in_one_line(
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "ers: invalid setting 'trace_url_template': a URL with {trace_id} where the trace id "
-        "goes and no other braces"
+        "goes and no other braces (set by $ERS_TRACE_URL_TEMPLATE)"
     ), done.stderr
 
 

@@ -221,6 +221,17 @@ def test_an_agent_nothing_reaches_is_named_at_start_up(
             {},
             "invalid setting 'agents.coach.fallback': unknown key",
         ),
+        (  # the credential, refused and not shown: where it goes instead
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "api_key": "sk-abc"}},
+            {},
+            "invalid setting 'agents.gpt.api_key': unknown key; an agent's credential goes in "
+            "the file auth_file names",
+        ),
+        (
+            {"gpt": {"kind": "http", "url": "http://127.0.0.1:9", "headers": {"X": "sk-abc"}}},
+            {},
+            "invalid setting 'agents.gpt.headers': unknown key; an agent's credential goes in",
+        ),
         (
             {"coach": {"kind": "python", "factory": f"{HELPERS}:coach", "max_wait_s": -1}},
             {},
