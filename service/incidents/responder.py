@@ -8,11 +8,10 @@ Protocols and their actions (the seed's four scenarios):
   with short guidance and calls no agent), rollback (only when automatic rollback is on;
   otherwise "approval needed");
 - RESOURCE_EXHAUSTION: trim the cache of last good answers.
-An action for agents on a component that is not one, and an action on ERS's own chat and state for
-another service's incident (from /v1/traces), is skipped with the reason on the timeline. Actions
-whose effect is fleet-wide (isolate, emergency backup, rollback) are claimed in the shared database
-first, so one replica runs each per incident. An action that fails is recorded as failed; it never
-takes the service down.
+Agent actions on a component that is no agent, and actions on ERS's own chat and state for another
+service's incident (/v1/traces), are skipped with the reason on the timeline. Fleet-wide actions
+(isolate, emergency backup, rollback) are claimed in the shared database first: one replica runs
+each per incident. A failed action is recorded as failed; it never takes the service down.
 """
 
 from __future__ import annotations
@@ -191,9 +190,9 @@ class Responder:
     async def _started_before(self, action: str, context: ResponseContext) -> float | None:
         """Seconds since this process, or the one before a restart, started ``action`` for
         the incident's episode, as its timeline says, whoever asked for it (the responder,
-        an alert: a rollback an alert started holds off another alert's as well); None when
-        none was started, the last one failed, or the timeline cannot be read (the action
-        then runs)."""
+        an alert: a rollback an alert started, even one a kill cut off, holds off another
+        alert's); None when none was started, the last one failed or was cut off, or the
+        timeline is unreadable."""
         if self.read_timeline is None or action not in LASTING_ACTIONS:
             return None
         try:
@@ -203,14 +202,14 @@ class Responder:
         started_at = None
         for entry in entries:
             data = entry.data
-            if data.get("action") != action or data.get("episode", 0) != context.episode:
-                continue
-            if entry.kind == "action_started":
-                started_at = entry.at
-            elif entry.kind == "action_finished" and (
-                data.get("result") == "failed" or data.get("kept") is False
-            ):
-                started_at = None
+            if entry.kind == "note" and data.get("lost") and action != "rollback":
+                started_at = None  # cut off by a kill (``note_lost``)
+            elif data.get("action") == action and data.get("episode", 0) == context.episode:
+                undone = data.get("result") == "failed" or data.get("kept") is False
+                if entry.kind == "action_started":
+                    started_at = entry.at
+                elif entry.kind == "action_finished" and undone:
+                    started_at = None
         return None if started_at is None else max(self.wall_clock() - started_at, 0.0)
 
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:

@@ -374,6 +374,28 @@ async def test_a_rollback_an_alert_started_before_a_kill_holds_off_another_alert
     assert (ran.result, len(rollbacks)) == ("success", 1)
 
 
+async def test_an_isolation_a_kill_cut_off_is_run_by_the_alerts_next_delivery(
+    team,  # noqa: ANN001
+) -> None:
+    """The start after the kill noted the alert's action cut off and said its next delivery
+    takes it again; before, that delivery was skipped for the cooldown ("its result is
+    above", none was), and the agent stayed in service for 300 s more."""
+    lost = {"lost": True}
+    entries = [
+        Stored("action_started", "alertmanager", 990.0, {"action": "isolate", "episode": 0}),
+        Stored("note", "ers", 995.0, lost),
+    ]
+    responder, timeline, _ = make(
+        team, read_timeline=lambda incident_id: entries, wall_clock=lambda: 1000.0
+    )
+    alert = ResponseContext(
+        "INC_9", "ALERT", "nutrition", "alert AgentErrorRatioHigh", source="alertmanager"
+    )
+    ran = await responder.run_action("isolate", alert)
+    assert ran.result == "success", ran
+    assert team.get("nutrition").breaker.state.value == "forced_open"
+
+
 async def test_a_failed_action_is_run_again_by_the_next_call_within_the_cooldown(
     team,  # noqa: ANN001
 ) -> None:
