@@ -9,7 +9,8 @@ condition) would keep it firing, and a lesser one is no reason to back up or rol
 agent on one of its own); a ``backup``, ``rollback`` or ``cleanup`` alert on its target's of
 its kind, else its target's of any kind, else the most severe active one; any other alert on
 one of its own. A resolution lands on the incident its firing
-landed on, as the ledger kept it. Each landing goes on the incident's timeline.
+landed on, as the ledger kept it. Each landing goes on the incident's timeline, and so, at a
+start, does the action of a firing that a kill cut off (``note_lost``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from service.incidents.alert_payload import (
     ACTION_TYPES,
@@ -165,3 +167,26 @@ def still_firing_on(ledger: AlertLedger, incident: Incident) -> Alert | None:
         if alert.labels.get("about") != "incidents":
             return alert
     return None
+
+
+def note_lost(store: IncidentStore, lost: list[dict[str, Any]]) -> None:
+    """Say at start-up what ``mark_lost`` found: in the log, and on the timeline of each
+    incident a firing landed on, whose ``action_started`` had no end."""
+    log.warning(
+        "%d alert(s) were being acted on when ERS stopped; a resolution among them is acted"
+        " on again now, a firing on its next delivery",
+        len(lost),
+    )
+    for row in lost:
+        if row["status"] != "firing" or not row["incident_id"]:
+            continue
+        note = (
+            f"{row['alertname']}'s action cut off: ERS stopped before it finished; the "
+            "alert's next delivery takes it again"
+        )
+        try:
+            store.add_timeline(row["incident_id"], "note", note, "ers", {"lost": True})
+        except LookupError:
+            pass  # the incident is gone: nothing to note it on
+        except Exception:  # the note is a courtesy: the start goes on without it
+            log.exception("could not note the cut-off action on %s", row["incident_id"])

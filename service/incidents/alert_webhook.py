@@ -40,6 +40,7 @@ from service.incidents.ledger import (
     NOT_KEPT_OUTCOME,
     AlertLedger,
     LedgerUnavailable,
+    finish_outcome,
     firing_handled,
     isolated_nothing,
 )
@@ -185,8 +186,8 @@ class AlertHandler:
         except Exception as exc:  # an alert must never take the service down
             log.exception("alert %s could not be handled", alert.name)
             outcome = f"failed: {type(exc).__name__}: {exc}"
-        await asyncio.to_thread(
-            self.ledger.finish, alert.fingerprint, starts_at, alert.status, incident_id, outcome
+        await finish_outcome(
+            self.ledger, alert.fingerprint, starts_at, alert.status, incident_id, outcome
         )
 
     async def _act(self, alert: Alert, incident: Incident | None) -> str:

@@ -31,7 +31,7 @@ from service.stores.session_names import session_alive, sessions_named
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
 
 if TYPE_CHECKING:
-    from service.incidents.store import IncidentStore
+    pass
 
 log = logging.getLogger("ers.alerts")
 
@@ -361,27 +361,26 @@ async def firing_handled(ledger: AlertLedger, fingerprint: str, starts_at: str) 
         await asyncio.sleep(0.2)
 
 
-def note_lost(store: IncidentStore, lost: list[dict[str, Any]]) -> None:
-    """Say at start-up what ``mark_lost`` found: in the log, and on the timeline of each
-    incident a firing landed on, whose ``action_started`` had no end."""
-    log.warning(
-        "%d alert(s) were being acted on when ERS stopped; a resolution among them is acted"
-        " on again now, a firing on its next delivery",
-        len(lost),
-    )
-    for row in lost:
-        if row["status"] != "firing" or not row["incident_id"]:
-            continue
-        note = (
-            f"{row['alertname']}'s action cut off: ERS stopped before it finished; the "
-            "alert's next delivery takes it again"
-        )
+async def finish_outcome(
+    ledger: AlertLedger, fingerprint: str, starts_at: str, status: str, *outcome: str | None
+) -> None:
+    """``finish`` (``outcome``: the incident and the outcome) off the event loop, a busy store
+    (a lock held past the write timeout) waited for a while: the outcome not written, the
+    alert's next deliveries were duplicates of an attempt that seemed to run on. One still
+    not written is said in the log, and the attempt is taken again after a while."""
+    for wait_s in (1.0, 2.0, 4.0, 8.0, None):
         try:
-            store.add_timeline(row["incident_id"], "note", note, "ers", {"lost": True})
-        except LookupError:
-            pass  # the incident is gone: nothing to note it on
-        except Exception:  # the note is a courtesy: the start goes on without it
-            log.exception("could not note the cut-off action on %s", row["incident_id"])
+            await asyncio.to_thread(ledger.finish, fingerprint, starts_at, status, *outcome)
+            return
+        except Exception as exc:
+            if wait_s is None:
+                log.error(
+                    "the outcome of alert %s (%s) is not in the ledger (%s): its delivery "
+                    "after %g s takes it again",
+                    fingerprint, outcome[-1], exc, UNFINISHED_AFTER_S,
+                )  # fmt: skip
+                return
+            await asyncio.sleep(wait_s)
 
 
 def isolated_nothing(firing: dict[str, Any] | None) -> bool:

@@ -23,9 +23,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from backup.staging import not_a_database
 from service.errors import StateFileUnreadable, StoreUnavailable
 from service.incidents import audit, ledger, store_pg
-from service.incidents.alert_landing import still_firing_on
+from service.incidents.alert_landing import note_lost, still_firing_on
 from service.incidents.audit import AuditLog
-from service.incidents.ledger import AlertLedger, note_lost
+from service.incidents.ledger import AlertLedger
 from service.incidents.merge import GroupOutcome
 from service.incidents.model import (
     IllegalTransition,

@@ -363,3 +363,27 @@ def test_a_ledger_file_from_before_its_later_columns_gets_them(tmp_path: Path) -
         assert ledger.record("f1", "2026-12-05T10:00:00+00:00", "firing", "A", "{}") is False
     finally:
         store.close()
+
+
+async def test_an_outcome_the_store_took_late_is_written_once_it_is_free(tmp_path: Path) -> None:
+    """A lock held on the incident store past its write timeout (5 s) as an alert's action
+    ended: before, its outcome was never written (an exception no one retrieved), and the
+    alert's next deliveries were duplicates of an attempt that seemed to run on."""
+    store = IncidentStore(tmp_path / "incidents.sqlite3")
+    ledger = AlertLedger(store.database)
+    assert ledger.record("f1", "2026-12-07T10:00:00+00:00", "firing", "BackupStale")
+    path = tmp_path / "incidents.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # as a person's sqlite3 shell would hold it
+    release = threading.Timer(6.0, holder.rollback)
+    release.start()
+    try:
+        await ledger_module.finish_outcome(
+            ledger, "f1", "2026-12-07T10:00:00+00:00", "firing", None, "emergency_backup: success"
+        )
+    finally:
+        release.join()
+        holder.close()
+    entry = ledger.entry("f1", "2026-12-07T10:00:00+00:00", "firing")
+    assert entry is not None and entry["outcome"] == "emergency_backup: success"
+    store.close()
