@@ -22,6 +22,7 @@ from typing import Any
 
 from service.incidents.alert_payload import (
     ACTION_TYPES,
+    ACTIONS,
     ALERT_RULE,
     Alert,
     alert_failure,
@@ -149,6 +150,8 @@ class AlertLanding:
                 ", ".join(sorted(agents)),
                 severity,
             )
+        elif alert.action is not None and alert.action not in ACTIONS:
+            severity = "low"  # a mistyped action label: no emergency of its own (the log says)
         failure = alert_failure(alert, component, kind, severity)
         incident, outcome = self.incidents.record_error(*failure)
         if outcome != "updated":  # counted as the incident pipeline counts its own

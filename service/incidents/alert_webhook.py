@@ -212,8 +212,8 @@ class AlertHandler:
         if action not in ACTIONS:
             # Alertmanager had its 200: only ERS's log tells the rule's author.
             log.warning(
-                "alert %s names an unknown action %r (ERS knows %s): recorded, nothing "
-                "done; fix the rule's action label",
+                "alert %s names an unknown action %r (ERS knows %s): recorded on a low "
+                "incident, nothing done; fix the rule's action label",
                 alert.name,
                 action,
                 ", ".join(ACTIONS),

@@ -174,6 +174,7 @@ async def test_unknown_action_is_recorded_and_answered_200(
     caplog.set_level(logging.WARNING, logger="ers.alerts")
     payload = copy.deepcopy(FIRING)
     payload["alerts"][0]["labels"]["action"] = "reboot-the-moon"
+    payload["alerts"][0]["labels"]["severity"] = "critical"
     payload["alerts"][0]["fingerprint"] = "aaaa1111bbbb2222"
     reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
     assert reply.status_code == 200
@@ -182,6 +183,8 @@ async def test_unknown_action_is_recorded_and_answered_200(
     (incident,) = store.list(component="workout")[0]
     notes = [e.message for e in store.timeline(incident.id) if e.kind == "note"]
     assert any("unknown action 'reboot-the-moon'" in n for n in notes)
+    # Before: a critical incident at its severity label, an emergency, a backup, a rollback.
+    assert incident.severity == "low"
     assert app.state.runtime.team.get("workout").breaker.state.value == "closed"
     # Alertmanager logs nothing of a 200: ERS's log names the rule to fix.
     (said,) = [r.getMessage() for r in caplog.records if "unknown action" in r.getMessage()]
