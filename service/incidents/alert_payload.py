@@ -20,10 +20,16 @@ from telemetry.span_record import SpanRecord
 ALERT_RULE = "alertmanager"
 
 
-def _encodable(value: dict[str, str]) -> dict[str, str]:
-    """Label names and values must be text that can be stored: no lone surrogates."""
+def _encodable(value: dict[str, str], longest: int = 1024) -> dict[str, str]:
+    """Label names and values must be text that can be stored: no lone surrogates, and no
+    longer than ``longest`` characters (a label becomes an incident's component, a column
+    of every list)."""
     for key, item in value.items():
         for text in (key, item):
+            if len(text) > longest:
+                raise ValueError(
+                    f"{key[:40]!r} is {len(text)} characters long; at most {longest} here"
+                )
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
@@ -32,6 +38,8 @@ def _encodable(value: dict[str, str]) -> dict[str, str]:
 
 
 LabelMap = Annotated[dict[str, str], AfterValidator(_encodable)]
+# An annotation (a description, a runbook's URL) may be longer than a label.
+AnnotationMap = Annotated[dict[str, str], AfterValidator(lambda v: _encodable(v, 16_384))]
 
 
 def _in_utc(moment: datetime) -> datetime:
@@ -51,7 +59,7 @@ class Alert(BaseModel):
 
     status: Literal["firing", "resolved"]
     labels: LabelMap = Field(max_length=64)
-    annotations: LabelMap = Field(default_factory=dict, max_length=64)
+    annotations: AnnotationMap = Field(default_factory=dict, max_length=64)
     startsAt: Moment
     endsAt: Moment | None = None
     generatorURL: str = Field("", max_length=2048)

@@ -223,6 +223,9 @@ async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
         (lambda p: p["alerts"][0].pop("fingerprint"), "fingerprint"),
         (lambda p: p["alerts"][0].update(status="pending"), "status"),
         (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+        # Before: an incident whose component was 900,000 characters, in every list.
+        (lambda p: p["alerts"][0]["labels"].update(agent="y" * 900_000), "at most 1024"),
+        (lambda p: p["alerts"][0]["annotations"].update(x="y" * 20_000), "at most 16384"),
     ],
 )
 async def test_malformed_payloads_get_422_with_the_reason(
