@@ -64,6 +64,7 @@ class EmergencyCooldown:
         result = self._last[1]
         return {
             "until": self._wall_clock() + left,
+            "seconds": self.seconds,
             "snapshotId": result.snapshot_id,
             "snapshots": [[i, list(components)] for i, components in result.snapshots],
             "components": list(result.components),
@@ -72,10 +73,13 @@ class EmergencyCooldown:
         }
 
     def resume(self, record: dict[str, Any]) -> str | None:
-        """Put back a kept cooldown whose end has not passed (never longer than ``seconds``
-        from now, should the setting have been lowered); what was done, in words."""
-        left = min(float(record["until"]) - self._wall_clock(), self.seconds)
-        if left <= 0:
+        """Put back a kept cooldown whose end has not passed (never past ``seconds`` from
+        where it began, should the setting have been lowered: not again at every start);
+        what was done, in words."""
+        until = float(record["until"])
+        if "seconds" in record:  # from where it began, as long as this process has it
+            until = min(until, until - float(record["seconds"]) + self.seconds)
+        if (left := min(until - self._wall_clock(), self.seconds)) <= 0:
             return None
         made = tuple((str(i), tuple(c)) for i, c in record.get("snapshots") or ())
         result = BackupResult(

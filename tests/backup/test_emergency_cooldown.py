@@ -85,6 +85,14 @@ def test_a_lowered_setting_shortens_a_kept_cooldown() -> None:
     after.resume(record)
     assert after.remaining() == 60
 
+    # The record kept stays the one written before (a resume writes none). Before: each
+    # start put back the lowered length from that start, until the old end.
+    clocks.advance(40)
+    again = cooldown(clocks, seconds=60)
+    assert again.resume(record) is not None and again.remaining() == 20
+    clocks.advance(20)
+    assert cooldown(clocks, seconds=60).resume(record) is None
+
 
 def test_the_snapshots_of_a_backup_on_postgresql_are_kept_each_with_its_component() -> None:
     clocks = Clocks()
