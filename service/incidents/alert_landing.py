@@ -93,7 +93,9 @@ class AlertLanding:
     def held_open(self, incident: Incident) -> str | None:
         """Why an alert's resolution (but an ``isolate`` alert's) leaves the incident its
         firing landed on open, else None: failures opened it, or another alert whose firing
-        landed on it still fires."""
+        landed on it still fires; or it is resolved already (an operator's word)."""
+        if not incident.active:
+            return f"the incident is {incident.status} already; nothing to recover"
         if incident.rule != ALERT_RULE:
             return "the incident is left to the failures that opened it"
         other = still_firing_on(self.ledger, incident)

@@ -313,6 +313,27 @@ async def test_an_alert_incident_stays_open_while_another_alert_on_it_still_fire
     assert store.get(incident.id).status == "resolved"
 
 
+async def test_a_resolution_on_an_alert_incident_resolved_by_hand_says_so(
+    hook: httpx.AsyncClient, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Before: "alert MemoryCritical ... still fires; the incident is left open", of an
+    incident an operator had resolved."""
+    store = app.state.runtime.incidents
+    await deliver(hook, app, alert("BackupStale", "backup", "78ab01"))
+    (incident,) = store.list(status="active")[0]
+    await deliver(hook, app, alert("MemoryCritical", "cleanup", "78ab02"))
+    done = await client.post(
+        f"/api/emergency/incidents/{incident.id}/resolve", json={"resolution": "fixed by hand"}
+    )
+    assert done.status_code == 200, done.text
+    await deliver(hook, app, alert("BackupStale", "backup", "78ab01", status="resolved"))
+    entry = app.state.runtime.alerts.ledger.entry("78ab01", "2026-11-28T12:00:00+00:00", "resolved")
+    assert entry is not None, entry
+    assert entry["outcome"] == ("resolved: the incident is resolved already; nothing to recover"), (
+        entry
+    )
+
+
 async def test_an_alert_incident_outlasts_its_quiet_period_while_the_alert_fires(
     hook: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
