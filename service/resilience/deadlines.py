@@ -156,9 +156,11 @@ class DeadlineWatchdog:
             self._pending.pop(deadline, None)
             if deadline.expired:
                 self._forget_cut(task, deadline)
-        if deadline.expired:  # the call caught its cut and answered late: not an answer
-            task.uncancel()
-            raise TimeoutError(_took_longer(timeout_s, budget_s))
+        if deadline.expired:  # the call caught its cut (and those around it) and answered late:
+            self._take_back_outer_cuts(task, deadline)  # no answer, and its own overrun
+            if task.uncancel() == 0:
+                raise TimeoutError(_took_longer(timeout_s, budget_s))
+            raise asyncio.CancelledError  # the task's own cancellation, caught with its cut
         return result
 
     def _take_back_outer_cuts(self, task: asyncio.Task[object], deadline: _Deadline) -> None:

@@ -305,3 +305,41 @@ async def test_a_caught_cut_under_an_outside_cancellation_stays_cancelled() -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def catches_two_cuts() -> str:
+    for _ in range(2):
+        with contextlib.suppress(BaseException):  # its own cut, then the router's
+            await asyncio.sleep(5)
+    return "late"
+
+
+async def blocks_then_catches() -> str:
+    await asyncio.sleep(0)
+    time.sleep(0.1)  # past both limits: one timer run cuts both
+    try:
+        await asyncio.sleep(5)
+    except BaseException:
+        return "late"
+    return "slept"
+
+
+@pytest.mark.parametrize(
+    "agent,limits", [(catches_two_cuts, (0.05, 0.2)), (blocks_then_catches, (0.05, 0.06))]
+)
+async def test_a_late_answer_past_the_routers_limit_too_is_the_agents_timeout(
+    agent: Any, limits: tuple[float, float]
+) -> None:
+    """Taken as no answer, a late one must still take back the router's cut it caught: the
+    router's call failed for the agent's overrun, its breaker and its fallback blamed."""
+    watchdog = DeadlineWatchdog()
+    inner, outer = limits
+
+    async def router() -> str:
+        try:
+            return await watchdog.run(agent(), inner)
+        except TimeoutError:
+            return "fallback"
+
+    assert await watchdog.run(router(), outer) == "fallback"
+    assert asyncio.current_task().cancelling() == 0
