@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -232,3 +234,21 @@ async def test_a_profile_field_sent_as_null_is_emptied(client: httpx.AsyncClient
     profile = (await client.get("/api/profiles/u10")).json()
     assert (profile["goal"], profile["equipment"]) == (None, []), profile
     assert (profile["age"], profile["level"]) == (40, "advanced"), profile
+
+
+async def test_a_chat_the_stop_cuts_short_is_a_503_and_no_incident(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The server's stop, its grace for requests run out, cancels the chat: an operator's
+    doing, which opened a medium incident 'POST /chat: HTTP 503' for every chat it cut."""
+
+    async def cut(*args: object, **kwargs: object) -> None:
+        raise asyncio.CancelledError  # as the server's stop delivers it
+
+    app.state.runtime.chat.chat = cut
+    reply = await client.post("/chat", json={"message": "make me a plan", "userId": "ann"})
+    assert reply.status_code == 503, reply.text
+    assert reply.headers["Retry-After"] == "5"
+    await asyncio.sleep(0.3)  # an error span would have been classified by now
+    incidents = (await client.get("/api/emergency/incidents")).json()["incidents"]
+    assert incidents == [], [(i["spanName"], i["message"]) for i in incidents]

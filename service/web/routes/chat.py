@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.chat.idempotency import (
@@ -20,6 +21,7 @@ from service.errors import UserInputError
 from service.web.deps import Chat, Settings
 from service.web.json_route import JsonRoute
 from service.web.routes.json_types import JsonText
+from telemetry.classifier import NOT_AN_INCIDENT
 
 router = APIRouter(route_class=JsonRoute, tags=["chat"])
 
@@ -105,6 +107,7 @@ async def chat(body: ChatRequest, chat: Chat, settings: Settings, request: Reque
     except UserInputError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     except asyncio.CancelledError:  # the server stopped, its grace for requests ran out
+        trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "cut short by the stop")
         raise HTTPException(
             503,
             "the service stopped before this chat was answered: send it again once it is "
