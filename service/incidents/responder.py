@@ -199,17 +199,16 @@ class Responder:
             entries = await asyncio.to_thread(self.read_timeline, context.incident_id)
         except Exception:  # no such incident (an alert's), or the store is out
             return None
-        started_at = None
+        started_at, running = None, False
         for entry in entries:
             data = entry.data
-            if entry.kind == "note" and data.get("lost") and action != "rollback":
-                started_at = None  # cut off by a kill (``note_lost``)
+            if entry.kind == "note" and data.get("lost") and running and action != "rollback":
+                started_at = None  # a start a kill cut off (``note_lost``)
             elif data.get("action") == action and data.get("episode", 0) == context.episode:
                 undone = data.get("result") == "failed" or data.get("kept") is False
-                if entry.kind == "action_started":
-                    started_at = entry.at
-                elif entry.kind == "action_finished" and undone:
-                    started_at = None
+                running = entry.kind == "action_started"
+                if running or undone:
+                    started_at = entry.at if running else None
         return None if started_at is None else max(self.wall_clock() - started_at, 0.0)
 
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:

@@ -395,6 +395,17 @@ async def test_an_isolation_a_kill_cut_off_is_run_by_the_alerts_next_delivery(
     assert ran.result == "success", ran
     assert team.get("nutrition").breaker.state.value == "forced_open"
 
+    # A note of another alert's action cut off leaves an isolation that finished in force.
+    entries[:] = [
+        Stored("action_started", "alertmanager", 900.0, {"action": "isolate", "episode": 0}),
+        Stored(
+            "action_finished", "alertmanager", 901.0, {"action": "isolate", "result": "success"}
+        ),
+        Stored("note", "ers", 995.0, lost),
+    ]
+    responder._last_run.clear()  # as a new process has it
+    assert (await responder.run_action("isolate", alert)).result == "skipped"
+
 
 async def test_a_failed_action_is_run_again_by_the_next_call_within_the_cooldown(
     team,  # noqa: ANN001
