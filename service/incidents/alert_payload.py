@@ -20,7 +20,7 @@ from telemetry.span_record import SpanRecord
 ALERT_RULE = "alertmanager"
 
 
-def _encodable(value: dict[str, str], longest: int = 1024) -> dict[str, str]:
+def _encodable(value: dict[str, str], longest: int = 4096) -> dict[str, str]:
     """Label names and values must be text that can be stored: no lone surrogates, and no
     longer than ``longest`` characters (a label becomes an incident's component, a column
     of every list)."""
@@ -39,7 +39,7 @@ def _encodable(value: dict[str, str], longest: int = 1024) -> dict[str, str]:
 
 LabelMap = Annotated[dict[str, str], AfterValidator(_encodable)]
 # An annotation (a description, a runbook's URL) may be longer than a label.
-AnnotationMap = Annotated[dict[str, str], AfterValidator(lambda v: _encodable(v, 16_384))]
+AnnotationMap = Annotated[dict[str, str], AfterValidator(lambda v: _encodable(v, 65_536))]
 
 
 def _in_utc(moment: datetime) -> datetime:
@@ -117,7 +117,7 @@ class WebhookPayload(BaseModel):
     receiver: str = Field(max_length=256)
     groupLabels: LabelMap = Field(default_factory=dict)
     commonLabels: LabelMap = Field(default_factory=dict)
-    commonAnnotations: LabelMap = Field(default_factory=dict)
+    commonAnnotations: AnnotationMap = Field(default_factory=dict)
     externalURL: str = Field("", max_length=2048)
     alerts: list[Alert] = Field(min_length=1, max_length=1000)
 

@@ -1203,7 +1203,7 @@ def _alert_cases() -> list[Case]:
     # Labels steer actions (``action``, ``agent``): hostile values must name nothing real,
     # be recorded, and be answered without an action running.
     for name, value in STRINGS.items():
-        status = 422 if name in ("lone-surrogate", "10k-chars") else 200  # a label: 1024 at most
+        status = 422 if name in ("lone-surrogate", "10k-chars") else 200  # a label: 4096 at most
         rows.append(
             Case(
                 f"alerts-action-labels-{name}",

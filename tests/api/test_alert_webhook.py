@@ -208,6 +208,19 @@ async def test_one_instant_in_another_offset_is_the_same_delivery(
     await settle(app)
 
 
+async def test_a_long_description_is_taken_where_alertmanager_repeats_it(
+    hook: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """A group of one alert repeats its annotations in commonAnnotations: a description
+    longer than a label may be was refused there (422), and with it the whole batch."""
+    payload = copy.deepcopy(FIRING)
+    payload["alerts"][0]["annotations"]["description"] = "d" * 20_000
+    payload["commonAnnotations"] = dict(payload["alerts"][0]["annotations"])
+    reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    await settle(app)
+
+
 async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
         reply = await hook.post("/api/emergency/alerts", json=FIRING, headers=headers)
@@ -224,8 +237,8 @@ async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
         (lambda p: p["alerts"][0].update(status="pending"), "status"),
         (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
         # Before: an incident whose component was 900,000 characters, in every list.
-        (lambda p: p["alerts"][0]["labels"].update(agent="y" * 900_000), "at most 1024"),
-        (lambda p: p["alerts"][0]["annotations"].update(x="y" * 20_000), "at most 16384"),
+        (lambda p: p["alerts"][0]["labels"].update(agent="y" * 900_000), "at most 4096"),
+        (lambda p: p["alerts"][0]["annotations"].update(x="y" * 70_000), "at most 65536"),
     ],
 )
 async def test_malformed_payloads_get_422_with_the_reason(
