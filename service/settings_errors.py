@@ -4,6 +4,7 @@ instead (the nearest key for an unknown one)."""
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -151,14 +152,29 @@ def _nearest_key(key: str, settings: type[BaseModel]) -> str:
 
 def where_set(message: str, options: Sequence[str] = ()) -> str:
     """``message`` (``invalid setting 'a.b.c': ...``) with the environment variable that set
-    that setting (or the mapping holding it), which wins over the settings file: a mistake
-    was looked for in the file in vain. Not for one of the command line's ``options``."""
+    that setting (or the JSON mapping holding it), which wins over the settings file: a
+    mistake was looked for in the file in vain. Not for one of the command line's
+    ``options``, nor a variable the message names already, or that left it unset (blank)."""
     found = re.match(r"invalid setting '([^']+)'", message)
     if found is None or found.group(1) in options:
         return message
-    parts = found.group(1).upper().split(".")
+    keys = found.group(1).split(".")
     given = {name.upper(): name for name in os.environ}
-    for length in range(len(parts), 0, -1):  # ERS_AGENTS__HELPER__TIMEOUT_S, ..., ERS_AGENTS
-        if (name := given.get("ERS_" + "__".join(parts[:length]))) is not None:
+    for length in range(len(keys), 0, -1):  # ERS_AGENTS__HELPER__TIMEOUT_S, ..., ERS_AGENTS
+        name = given.get("ERS_" + "__".join(keys[:length]).upper())
+        if name is None or name in message:
+            continue
+        value = os.environ[name]
+        if length == len(keys):
+            if value.strip() or ": empty;" in message:
+                return f"{message} (set by ${name})"
+            continue
+        try:
+            held: Any = json.loads(value)
+        except ValueError:
+            continue
+        for key in keys[length:]:  # the setting is in the mapping the variable gives
+            held = held.get(key) if isinstance(held, dict) else None
+        if held is not None:
             return f"{message} (set by ${name})"
     return message

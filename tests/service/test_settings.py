@@ -610,3 +610,26 @@ def test_a_restic_password_file_that_is_a_folder_is_refused(
         "ERS_RESTIC_PASSWORD_FILE at the file holding the repository's password (ERS makes "
         "it at the first start if it is missing)"
     )
+
+
+def test_a_mistake_names_the_variable_that_made_it_and_only_that(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A variable wins over the settings file, where the operator looked in vain; but one
+    that only sits beside the setting must not take the blame for the file's mistake."""
+    from service.settings_errors import where_set
+
+    said = "invalid setting 'agents.helper.timeout_s': not a number"
+    monkeypatch.setenv("ers_agents__helper__timeout_s", "abc")  # any case, as read
+    assert where_set(said) == f"{said} (set by $ers_agents__helper__timeout_s)"
+    assert where_set(said, ["agents.helper.timeout_s"]) == said  # a command-line option's
+    monkeypatch.delenv("ers_agents__helper__timeout_s")
+    monkeypatch.setenv("ERS_AGENTS", '{"helper": {"timeout_s": "abc"}}')
+    assert where_set(said) == f"{said} (set by $ERS_AGENTS)"
+    monkeypatch.setenv("ERS_AGENTS", '{"other": {"kind": "python"}}')  # merged with the file's
+    assert where_set(said) == said
+    blank = "invalid setting 'database_url': not a URL"
+    monkeypatch.setenv("ERS_DATABASE_URL", "")  # blank: unset, the file's value stands
+    assert where_set(blank) == blank
+    named = "invalid setting 'agents': ERS_AGENTS is not valid JSON"
+    assert where_set(named) == named
