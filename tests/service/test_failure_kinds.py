@@ -147,7 +147,16 @@ def test_the_auth_file_loses_one_trailing_newline_a_bom_and_spaces_around(
     assert read_auth_header("helper", HttpAgentSpec(url="http://127.0.0.1:9/chat")) is None
 
 
-@pytest.mark.parametrize("given", ["Bearer sk-INLINE12345", "sk-INLINE12345", "token abc-INLINE"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "Bearer sk-INLINE12345",
+        "sk-INLINE12345",
+        "token abc-INLINE",
+        "Bearer eyJINLINE" + "x" * 300,  # longer than a file's name: ENAMETOOLONG
+        "INLINE7f3a9c2e4b1d8f6a0c5e",  # a bare key for X-Api-Key
+    ],
+)
 def test_a_value_given_for_the_auth_files_path_is_not_shown(given: str) -> None:
     """Before: `cannot read Bearer sk-INLINE12345 (/srv/Bearer sk-INLINE12345; ...)`, twice
     in a message that goes to the log."""
