@@ -15,18 +15,23 @@ from types import FrameType
 log = logging.getLogger("ers")
 
 
-def _no_reload(signum: int, frame: FrameType | None) -> None:
-    """SIGHUP, which asks many services to read their settings again: ERS reads them (and
-    its team of agents) at start alone, and goes on serving rather than die of it."""
-    log.warning(
-        "SIGHUP ignored: ers serve reads its settings and its agents at start only; restart "
-        "it to apply a change (SIGTERM stops it gracefully)"
-    )
+HANG_UP = (
+    "SIGHUP: ERS stops as for SIGTERM (a terminal closed, or a reload asked for: ers serve "
+    "reads its settings and its agents at start only; start it again to apply a change)"
+)
+
+
+def _said_soon(words: str) -> None:
+    """Logged from a signal handler by the event loop, not in the middle of another line."""
+    try:
+        asyncio.get_running_loop().call_soon_threadsafe(log.warning, words)
+    except RuntimeError:  # no loop runs (the start, the end): said at once
+        log.warning(words)
 
 
 class GracefulServer:
-    """uvicorn's server, but a SIGTERM or SIGINT that shut it down cleanly exits 0, and a
-    SIGHUP is logged and let go (``_no_reload``).
+    """uvicorn's server, but a SIGTERM, SIGINT or SIGHUP (``HANG_UP``) that shut it down
+    cleanly exits 0.
 
     uvicorn re-raises the signal after a graceful shutdown, which makes the exit status
     look like a crash to supervisors; ERS finishes in-flight requests, runs its shutdown
@@ -41,12 +46,16 @@ class GracefulServer:
             def capture_signals(self) -> Iterator[None]:
                 handled = (signal.SIGINT, signal.SIGTERM)
                 original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-                original[signal.SIGHUP] = signal.signal(signal.SIGHUP, _no_reload)
+                original[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.hang_up)
                 try:
                     yield
                 finally:
                     for sig, handler in original.items():
                         signal.signal(sig, handler)
+
+            def hang_up(self, sig: int, frame: FrameType | None) -> None:
+                _said_soon(HANG_UP)
+                self.handle_exit(signal.SIGTERM, frame)
 
             async def startup(self, sockets: list[socket.socket] | None = None) -> None:
                 await super().startup(sockets)
