@@ -280,7 +280,7 @@ class AlertHandler:
                     finish = (alert.fingerprint, starts_at, alert.status, context.incident_id)
                     # Skipped, perhaps as another replica's wait isolated: not over its success.
                     keep = ISOLATED if result.result == "skipped" else None
-                    await asyncio.to_thread(self.ledger.finish, *finish, outcome, keep)
+                    await finish_outcome(self.ledger, *finish, outcome, keep)
             except Exception:  # an alert must never take the service down
                 log.exception("alert %s could not be acted on after the cooldown", alert.name)
 

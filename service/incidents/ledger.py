@@ -22,16 +22,13 @@ import asyncio
 import logging
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.incidents.model import IncidentStoreUnavailable
 from service.incidents.store_pg import SCHEMA
 from service.stores.postgres_migrations import Migration
 from service.stores.session_names import session_alive, sessions_named
 from service.stores.sql import SQLITE, Database, create_table_on_sqlite
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("ers.alerts")
 
@@ -364,10 +361,11 @@ async def firing_handled(ledger: AlertLedger, fingerprint: str, starts_at: str) 
 async def finish_outcome(
     ledger: AlertLedger, fingerprint: str, starts_at: str, status: str, *outcome: str | None
 ) -> None:
-    """``finish`` (``outcome``: the incident and the outcome) off the event loop, a busy store
-    (a lock held past the write timeout) waited for a while: the outcome not written, the
-    alert's next deliveries were duplicates of an attempt that seemed to run on. One still
-    not written is said in the log, and the attempt is taken again after a while."""
+    """``finish`` (``outcome``: the incident, the outcome and what to keep) off the event
+    loop, a busy store (a lock held past the write timeout) waited for, some 15 s besides
+    the attempts' own waits: the outcome not written, the alert's next deliveries were
+    duplicates of an attempt that seemed to run on. One still not written is said in the
+    log, and the attempt is taken again after a while."""
     for wait_s in (1.0, 2.0, 4.0, 8.0, None):
         try:
             await asyncio.to_thread(ledger.finish, fingerprint, starts_at, status, *outcome)
@@ -377,7 +375,7 @@ async def finish_outcome(
                 log.error(
                     "the outcome of alert %s (%s) is not in the ledger (%s): its delivery "
                     "after %g s takes it again",
-                    fingerprint, outcome[-1], exc, UNFINISHED_AFTER_S,
+                    fingerprint, outcome[1], exc, UNFINISHED_AFTER_S,
                 )  # fmt: skip
                 return
             await asyncio.sleep(wait_s)
