@@ -299,7 +299,8 @@ class BackupService:
     async def create(
         self, components: list[str] | None, reason: str, *, skip_unchanged: bool = True
     ) -> BackupResult:
-        return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
+        with self.repository_look.watching():
+            return await self.require().create(components, reason, skip_unchanged=skip_unchanged)
 
     async def emergency(self, why: str) -> EmergencyBackup:
         fleet = self.stores.system_state if self.settings.database_url is not None else None
@@ -345,9 +346,10 @@ class BackupService:
 
         # A store a call found damaged is in the safety snapshot as it was: no undo for it.
         damaged = {name for name in names if getattr(self.stores.by_component()[name], "damage", 0)}
-        result = await manager.rollback(
-            snapshot_id, names, reason, pause_writers, reopen, swapped=swapped
-        )
+        with self.repository_look.watching():
+            result = await manager.rollback(
+                snapshot_id, names, reason, pause_writers, reopen, swapped=swapped
+            )
         self.emergency_cooldown.end()  # its snapshot holds the state put aside: for the fleet
         if damaged - set(result.kept_as_found):
             kept = tuple(sorted({*result.kept_as_found, *damaged}))

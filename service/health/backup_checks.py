@@ -8,12 +8,9 @@ from collections.abc import Callable
 
 from backup import BackupError, RepositoryMissing, RepositoryReplaced, RollbackFailed
 from backup.errors import (
-    PasswordFileUnreadable,
-    RepositoryNotReached,
-    RepositoryReadOnly,
-    WrongPassword,
     shown_repository,
 )
+from service.backups.repository_look import REPOSITORY_REFUSALS
 from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
 
@@ -34,18 +31,6 @@ def reported_failure(failure: BaseException) -> BaseException:
     if isinstance(failure, RepositoryMissing | RepositoryReplaced):
         return failure
     return RepositoryUnreachable(str(failure))
-
-
-# What keeps every operation from opening the repository, whichever it is, and what the
-# repository check meets and reports too, in the same words.
-REPOSITORY_REFUSALS = (
-    WrongPassword,
-    PasswordFileUnreadable,
-    RepositoryNotReached,
-    RepositoryMissing,
-    RepositoryReplaced,
-    RepositoryReadOnly,
-)
 
 
 def reported_operation_failure(failure: BaseException) -> BaseException:

@@ -5,9 +5,11 @@ reads arrive, and no read but the very first waits for it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from types import SimpleNamespace
 
+from backup.errors import WrongPassword
 from service.backups.repository_look import PROBLEM_READ_EVERY_S, RepositoryLook
 
 
@@ -117,5 +119,54 @@ def test_an_ask_that_fails_unforeseen_is_a_finding_and_the_next_ask_still_runs()
             await asyncio.sleep(0)
         assert restic.asked == 2
         assert await look.problem(manager) == problem
+
+    asyncio.run(main())
+
+
+class PasswordRestic(SlowRestic):
+    """Refuses the password its opens that began while ``wrong`` held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrong = False
+        self.refused = asyncio.Event()  # when an open begun with the wrong password ends
+
+    async def verify_repository(self, *, thorough: bool = False) -> str:
+        if self.wrong:
+            self.asked += 1
+            await self.refused.wait()
+            raise WrongPassword("the password in 'pw' does not open the repository")
+        return await super().verify_repository(thorough=thorough)
+
+
+def test_a_backups_own_word_on_the_repository_is_the_status_at_once() -> None:
+    """Before: a backup refused for a wrong password beside a status of 31 backups, and
+    one done with the password put back beside "unavailable", each for up to 10 s."""
+
+    async def main() -> None:
+        restic = PasswordRestic()
+        manager, look = manager_over(restic), RepositoryLook()
+        restic.opened.set()
+        assert await look.problem(manager) is None
+        refused = "the password in 'pw' does not open the repository"
+        with contextlib.suppress(WrongPassword), look.watching():
+            raise WrongPassword(refused)
+        assert await look.problem(manager) == refused  # no new ask: its word
+        assert restic.asked == 1
+
+        restic.opened.clear()
+        restic.wrong = True
+        stale = asyncio.create_task(look._ask(manager))  # begun before the password is back
+        await asyncio.sleep(0)
+        restic.wrong = False
+        with look.watching():
+            pass  # a backup done: the password put back
+        restic.refused.set()
+        assert await stale == refused  # the older ask ends first: its word is not taken
+        reading = asyncio.create_task(look.problem(manager))
+        await asyncio.sleep(0)
+        assert not reading.done()  # it asks restic again rather than tell the old word
+        restic.opened.set()
+        assert await reading is None
 
     asyncio.run(main())
