@@ -309,7 +309,7 @@ def classify_failure(
     if "no space left on device" in lowered or "disk quota exceeded" in lowered:
         return DiskFull(
             "restic ran out of disk space: free space where the repository and the data "
-            "directory live, or prune old snapshots"
+            "directory live (pruning old snapshots frees only the repository's disk)"
         )
     if refused := _REFUSED_WRITE.search(stderr):
         return _write_refused(refused["path"], refused["why"].lower(), repository)

@@ -103,7 +103,8 @@ def copy_consistently(
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             raise DiskFull(
                 f"could not copy {source} to {destination.parent}: the disk is full; free "
-                "space there (or prune old snapshots), then try again"
+                "space there (pruning old snapshots frees only the repository's disk), then "
+                "try again"
             ) from None
         raise StagingFailed(
             f"could not copy {source} ({exc}): check that it is a readable SQLite database"
