@@ -40,3 +40,13 @@ def test_the_cli_names_each_component_once() -> None:
     assert rollback.components == ["budgets", "profiles"]
     drill = parser.parse_args(["backup", "test-rollback", "a1b2c3d4", "--components", "budgets"])
     assert drill.components == ["budgets"]
+
+
+def test_the_incidents_named_to_roll_back_are_refused_with_the_reason() -> None:
+    """Before: "Input should be 'conversations', 'budgets', 'profiles' or 'system_state'",
+    which leaves the operator to guess why the incidents, which are backed up, are not."""
+    body = {"backupId": "a1b2c3d4", "confirm": True, "reason": "r", "components": ["incidents"]}
+    with pytest.raises(ValidationError, match="the incidents are never rolled back"):
+        Rollback.model_validate(body)
+    with pytest.raises(ValidationError, match="the incidents are never rolled back"):
+        Drill.model_validate({"backupId": "a1b2c3d4", "components": ["budgets", "incidents"]})

@@ -15,6 +15,7 @@ from opentelemetry import trace
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     WithJsonSchema,
@@ -66,9 +67,22 @@ def _once_each(components: list[str]) -> list[str]:
     return list(dict.fromkeys(components))
 
 
+def _not_incidents(components: object) -> object:
+    """The incidents are backed up, never rolled back: said so, not as a word not allowed."""
+    if isinstance(components, list) and "incidents" in components:
+        raise ValueError(
+            "the incidents are never rolled back (they hold what happened, the audit trail "
+            "among it); name conversations, budgets, profiles or system_state"
+        )
+    return components
+
+
 Components = (
     Annotated[
-        list[RollbackComponent], Field(min_length=1, max_length=4), AfterValidator(_once_each)
+        list[RollbackComponent],
+        Field(min_length=1, max_length=4),
+        BeforeValidator(_not_incidents),
+        AfterValidator(_once_each),
     ]
     | None
 )
