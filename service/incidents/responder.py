@@ -199,16 +199,18 @@ class Responder:
             entries = await asyncio.to_thread(self.read_timeline, context.incident_id)
         except Exception:  # no such incident (an alert's), or the store is out
             return None
-        started_at, running = None, False
+        started_at, running = None, False  # the episode's last start, and it unfinished
         for entry in entries:
-            data = entry.data
+            data, ours = entry.data, entry.data.get("action") == action
             if entry.kind == "note" and data.get("lost") and running and action != "rollback":
                 started_at = None  # a start a kill cut off (``note_lost``)
-            elif data.get("action") == action and data.get("episode", 0) == context.episode:
-                undone = data.get("result") == "failed" or data.get("kept") is False
-                running = entry.kind == "action_started"
-                if running or undone:
-                    started_at = entry.at if running else None
+            elif entry.kind == "action_started" and ours:
+                running = data.get("episode", 0) == context.episode
+                started_at = entry.at if running else started_at
+            elif entry.kind == "action_finished" and ours and running:  # that start's end
+                running = False
+                if data.get("result") == "failed" or data.get("kept") is False:
+                    started_at = None
         return None if started_at is None else max(self.wall_clock() - started_at, 0.0)
 
     async def _why_not(self, action: str, context: ResponseContext) -> str | None:

@@ -406,6 +406,29 @@ async def test_an_isolation_a_kill_cut_off_is_run_by_the_alerts_next_delivery(
     responder._last_run.clear()  # as a new process has it
     assert (await responder.run_action("isolate", alert)).result == "skipped"
 
+    # In a reopened incident (episode 1) too: its ends carry no episode of their own.
+    reopened = ResponseContext(
+        "INC_9", "ALERT", "nutrition", "alert AgentErrorRatioHigh", source="alertmanager", episode=1
+    )
+    entries[:] = [
+        Stored("action_started", "alertmanager", 900.0, {"action": "isolate", "episode": 1}),
+        Stored(
+            "action_finished", "alertmanager", 901.0, {"action": "isolate", "result": "success"}
+        ),
+        Stored("note", "ers", 995.0, lost),
+    ]
+    responder._last_run.clear()
+    assert (await responder.run_action("isolate", reopened)).result == "skipped"
+    # Another alert's receipt (which names its action) ends no start: the kill still cut it.
+    entries[:] = [
+        Stored("action_started", "alertmanager", 990.0, {"action": "isolate", "episode": 0}),
+        Stored("alert_received", "alertmanager", 991.0, {"action": "isolate"}),
+        Stored("note", "ers", 995.0, lost),
+    ]
+    responder._last_run.clear()
+    team.get("nutrition").breaker.reset()
+    assert (await responder.run_action("isolate", alert)).result == "success"
+
 
 async def test_a_failed_action_is_run_again_by_the_next_call_within_the_cooldown(
     team,  # noqa: ANN001
