@@ -170,8 +170,10 @@ class DeadlineWatchdog:
         this call's: theirs are taken back, so the call fails for its own limit (its breaker,
         its fallbacks) and the calls around it go on, instead of the router's timeout
         isolating the router for an agent's fault. Each goes on with its whole limit again
-        from now, so what it calls next (the fallbacks) still has a limit above it."""
-        outer = [cut for cut in self._cut.get(task, ()) if cut is not deadline]
+        from now, so what it calls next (the fallbacks) still has a limit above it. A cut
+        made before this call began is its caller's own overrun, and is never taken back."""
+        began = deadline.at - deadline.limit_s
+        outer = [cut for cut in self._cut.get(task, ()) if cut is not deadline and cut.at > began]
         if outer and task.cancelling() == 1 + len(outer) and self._loop is not None:
             for cut in outer:
                 cut.expired = False

@@ -343,3 +343,21 @@ async def test_a_late_answer_past_the_routers_limit_too_is_the_agents_timeout(
 
     assert await watchdog.run(router(), outer) == "fallback"
     assert asyncio.current_task().cancelling() == 0
+
+
+async def test_a_cut_the_caller_caught_before_the_call_began_is_not_taken_back() -> None:
+    """The router caught its own cut, then asked an agent that answered late: the router's
+    overrun was taken back with the agent's, and its call ended as a success."""
+    watchdog = DeadlineWatchdog()
+
+    async def router() -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)  # cut at 0.05 s, caught
+        try:
+            return await watchdog.run(swallows_its_cut(), 0.05)
+        except TimeoutError:
+            return "fallback"
+
+    with pytest.raises(TimeoutError):
+        await watchdog.run(router(), 0.05)
+    assert asyncio.current_task().cancelling() == 0
