@@ -162,8 +162,8 @@ def where_set(message: str, options: Sequence[str] = ()) -> str:
     given = {name.upper(): name for name in os.environ}
     for length in range(len(keys), 0, -1):  # ERS_AGENTS__HELPER__TIMEOUT_S, ..., ERS_AGENTS
         name = given.get("ERS_" + "__".join(keys[:length]).upper())
-        if name is None or name in message:
-            continue
+        if name is None or re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message, re.I):
+            continue  # none, or named already (not as the start of a longer name)
         value = os.environ[name]
         if length == len(keys):
             if value.strip() or ": empty;" in message:

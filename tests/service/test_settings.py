@@ -633,3 +633,5 @@ def test_a_mistake_names_the_variable_that_made_it_and_only_that(
     assert where_set(blank) == blank
     named = "invalid setting 'agents': ERS_AGENTS is not valid JSON"
     assert where_set(named) == named
+    longer = "invalid setting 'agents': a mapping; or ERS_AGENTS__NAME=value"
+    assert where_set(longer) == f"{longer} (set by $ERS_AGENTS)"  # that is another name
