@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from service.agents.base import canonical_agent_name
 from service.settings import COMPONENTS
 from telemetry.classifier import Classification
-from telemetry.span_record import SpanRecord
+from telemetry.span_record import NAME_LIMIT, SpanRecord
 
 # The rule an alert's incident is classified by: its labels, not the classification rules.
 ALERT_RULE = "alertmanager"
@@ -37,7 +37,21 @@ def _encodable(value: dict[str, str], longest: int = 4096) -> dict[str, str]:
     return value
 
 
-LabelMap = Annotated[dict[str, str], AfterValidator(_encodable)]
+# The labels an incident is named and found by (its component, its fingerprint, indexed):
+# no longer than a span's names are kept.
+NAMING_LABELS = ("alertname", "agent", "component", "type", "action", "severity")
+
+
+def _naming(value: dict[str, str]) -> dict[str, str]:
+    for key in NAMING_LABELS:
+        if len(value.get(key, "")) > NAME_LIMIT:
+            raise ValueError(
+                f"label {key!r} is {len(value[key])} characters long; at most {NAME_LIMIT}"
+            )
+    return value
+
+
+LabelMap = Annotated[dict[str, str], AfterValidator(_encodable), AfterValidator(_naming)]
 # An annotation (a description, a runbook's URL) may be longer than a label.
 AnnotationMap = Annotated[dict[str, str], AfterValidator(lambda v: _encodable(v, 65_536))]
 

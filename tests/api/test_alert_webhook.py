@@ -215,6 +215,7 @@ async def test_a_long_description_is_taken_where_alertmanager_repeats_it(
     longer than a label may be was refused there (422), and with it the whole batch."""
     payload = copy.deepcopy(FIRING)
     payload["alerts"][0]["annotations"]["description"] = "d" * 20_000
+    payload["alerts"][0]["labels"]["instance"] = "i" * 3000  # no name of the incident's
     payload["commonAnnotations"] = dict(payload["alerts"][0]["annotations"])
     reply = await hook.post("/api/emergency/alerts", json=payload, headers=AUTH)
     assert reply.status_code == 200, reply.text
@@ -238,6 +239,9 @@ async def test_bad_token_gets_401(hook: httpx.AsyncClient) -> None:
         (lambda p: p["alerts"][0].update(startsAt="yesterday"), "startsAt"),
         # Before: an incident whose component was 900,000 characters, in every list.
         (lambda p: p["alerts"][0]["labels"].update(agent="y" * 900_000), "at most 4096"),
+        # It names the incident: no longer than a span's names are kept (and PostgreSQL
+        # indexes it, 2704 bytes at most).
+        (lambda p: p["alerts"][0]["labels"].update(agent="y" * 300), "at most 256"),
         (lambda p: p["alerts"][0]["annotations"].update(x="y" * 70_000), "at most 65536"),
     ],
 )
