@@ -43,11 +43,11 @@ def read_auth_header(
             raise SettingsError(f"{key}: {path} has mode {mode:o}; run: chmod 600 {path}")
         value = path.read_text()
     except OSError as exc:
-        if _like_a_value(str(spec.auth_file)):
+        if _may_be_a_value(str(spec.auth_file)):
             raise SettingsError(
-                f"{key}: cannot read it ({exc.strerror}), and what it holds looks like the "
-                f"{spec.auth_header} header's value itself (not shown here): write the value to "
-                "a file of its own and give that file's path"
+                f"{key}: cannot read the file it names ({exc.strerror}; not shown here, as it "
+                f"may be the {spec.auth_header} header's value itself): write the value to a "
+                "file of its own and give that file's path"
             ) from None
         where = path if path.is_absolute() else _relative(path)
         raise SettingsError(
@@ -78,13 +78,19 @@ def _relative(path: Path) -> str:
     return f"{path} ({path.absolute()}; a relative path is read from the folder ers serve runs in)"
 
 
-def _like_a_value(given: str) -> bool:
-    """Whether what ``auth_file`` holds looks like a header's value rather than a path: a
-    scheme and a token, a key of a known shape, or a long run of letters and digits with no
-    '/' or '.' (a bare key), or longer than a file's name may be (a token)."""
-    bare = "/" not in given and "." not in given and len(given) >= 20
+def _may_be_a_value(given: str) -> bool:
+    """Whether what ``auth_file`` holds may be a header's value rather than a path, and so is
+    not to be shown: a scheme and a token, a key of a known shape, a name longer than a
+    file's may be, or 20 characters and more of mixed case and digits (a token; a file's
+    name seldom mixes them)."""
+    text = given.replace("/", "")
     return (
         bool(LIKE_A_VALUE.match(given))
-        or len(given) > 255
-        or (bare and any(c.isdigit() for c in given) and any(c.isalpha() for c in given))
+        or any(len(part) > 255 for part in given.split("/"))
+        or (
+            len(text) >= 20
+            and any(c.isdigit() for c in text)
+            and any(c.isupper() for c in text)
+            and any(c.islower() for c in text)
+        )
     )

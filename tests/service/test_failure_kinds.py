@@ -155,15 +155,15 @@ def test_the_auth_file_loses_one_trailing_newline_a_bom_and_spaces_around(
         "token abc-INLINE",
         "Bearer eyJINLINE" + "x" * 300,  # longer than a file's name: ENAMETOOLONG
         "INLINE7f3a9c2e4b1d8f6a0c5e",  # a bare key for X-Api-Key
+        "wJalrXUtnFEMI/K7MDENG/bPxINLINEKEY",  # a secret with '/' in it
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJINLINE",  # a JWT, dots and all
     ],
 )
 def test_a_value_given_for_the_auth_files_path_is_not_shown(given: str) -> None:
     """Before: `cannot read Bearer sk-INLINE12345 (/srv/Bearer sk-INLINE12345; ...)`, twice
     in a message that goes to the log."""
     spec = HttpAgentSpec(url="http://127.0.0.1:9/chat", auth_file=given)  # type: ignore[arg-type]
-    with pytest.raises(
-        SettingsError, match="looks like the Authorization header's value"
-    ) as raised:
+    with pytest.raises(SettingsError, match="may be the Authorization header's value") as raised:
         read_auth_header("helper", spec)
     assert "INLINE" not in str(raised.value)
 
@@ -179,6 +179,16 @@ def test_an_auth_file_must_hold_one_line_and_the_error_never_shows_it(
     ) as raised:
         read_auth_header("helper", spec_with_auth(path))
     assert "abc" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "given", ["helper-auth-token-2024", "/run/secrets/helper-auth", "./var/helper-auth"]
+)
+def test_a_path_of_the_usual_kind_is_shown(given: str) -> None:
+    spec = HttpAgentSpec(url="http://127.0.0.1:9/chat", auth_file=given)  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="cannot read") as raised:
+        read_auth_header("helper", spec)
+    assert given.removeprefix("./") in str(raised.value)
 
 
 def test_a_missing_auth_file_names_the_setting_and_the_file(tmp_path: Path) -> None:
