@@ -3,13 +3,16 @@ started with its output in a log file and waited for until it answers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -115,3 +118,21 @@ def slow_restic(
     )
     wrapper.chmod(0o755)
     return wrapper
+
+
+def rollback_until_recording(url: str, body: dict[str, Any], marker: Path, said: str) -> None:
+    """POST the rollback ``body`` to the service at ``url`` from a thread (its answer never
+    comes: the test kills the service), and wait at most a minute for ``marker``, which a
+    ``slow_restic`` of ``rollback.json`` touches once the swap has committed and the record
+    is being written; ``said`` when it never is."""
+
+    def roll_back() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{url}/api/emergency/rollback", json=body, timeout=150)
+
+    threading.Thread(target=roll_back, daemon=True).start()
+    for _ in range(300):
+        if marker.exists():
+            return
+        time.sleep(0.2)
+    raise AssertionError(said)

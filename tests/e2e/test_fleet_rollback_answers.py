@@ -5,16 +5,14 @@ one whose replica a ``kill -9`` cut off after its swap."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import ErsProcess, backed_up_fleet
-from tests.processes import slow_restic
+from tests.processes import rollback_until_recording, slow_restic
 
 USER = "fleet-ann"
 
@@ -78,18 +76,8 @@ def test_a_rollback_cut_off_after_its_swap_drops_the_cached_answers_all_the_same
         with on_a, on_b:
             snapshot = cache_then_back_up(on_a, on_b)
             rollback = {"backupId": snapshot, "confirm": True, "reason": "x"}
-
-            def roll_back() -> None:  # its answer never comes: a is killed first
-                with contextlib.suppress(httpx.HTTPError):
-                    httpx.post(f"{a.url}/api/emergency/rollback", json=rollback, timeout=150)
-
-            threading.Thread(target=roll_back, daemon=True).start()
-            for _ in range(300):  # at most a minute
-                if marker.exists():
-                    break
-                time.sleep(0.2)
-            assert marker.exists(), a.log()[-3000:]  # the swap has committed
-            a.stop(signal.SIGKILL)
+            rollback_until_recording(a.url, rollback, marker, a.log()[-3000:])
+            a.stop(signal.SIGKILL)  # the swap has committed
             # b records the rollback cut off once a is no longer seen (15 s), and drops.
             answers_without_the_expense(on_b, b, 60)
             log = b.log()

@@ -14,8 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from backup.lineage import mark_from_restic
 from service.backups.cut_off import SWAPPED_THEN_CUT
 from tests.conftest import run_restic, start_ers
 from tests.integration.test_backups_on_postgres import budget_incident
-from tests.processes import slow_restic
+from tests.processes import rollback_until_recording, slow_restic
 
 pytestmark = pytest.mark.integration
 
@@ -88,17 +86,7 @@ def test_a_rollback_killed_after_its_swap_is_told_as_done_at_the_next_start(
         assert aside.status_code == 200, aside.text
         body = {"backupId": snapshot, "confirm": True, "reason": "bad import"}
         body["components"] = ["budgets"]
-
-        def roll_back() -> None:  # its answer never comes: the service is killed first
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.post(f"{ers.url}/api/emergency/rollback", json=body, timeout=60)
-
-        threading.Thread(target=roll_back, daemon=True).start()
-        for _ in range(300):  # at most a minute
-            if marker.exists():
-                break
-            time.sleep(0.2)
-        assert marker.exists(), "the rollback never wrote its record"
+        rollback_until_recording(ers.url, body, marker, "the rollback never wrote its record")
     ers.stop(signal.SIGKILL)
 
     again = start_ers(workdir, env={**env, "ERS_RESTIC_BINARY": shutil.which("restic") or ""})
