@@ -51,6 +51,29 @@ SWAPPED_THEN_CUT = (
 
 # Per component, what follows its swap in a rollback (``BackupService``'s ``restored_with``).
 AfterSwap = Mapping[str, Callable[[], Awaitable[list[str]]]]
+Then = Callable[[], Awaitable[list[str]]]
+
+
+def after_swaps(
+    restored_lines: Then, answers_dropped: Then, forget_replies: Callable[[str], Then]
+) -> dict[str, Then]:
+    """What each component's swap is followed by: system_state's isolations put back; for
+    the stores cached answers were read from, those answers dropped; and for budgets and
+    profiles, the replies remembered for the keyed requests that wrote to them forgotten
+    (the conversations store keeps them: its own rollback puts back the ones of its time)."""
+
+    def then(component: str) -> Then:
+        async def both() -> list[str]:
+            return [*await answers_dropped(), *await forget_replies(component)()]
+
+        return both
+
+    return {
+        "system_state": restored_lines,
+        "conversations": answers_dropped,
+        "budgets": then("budgets"),
+        "profiles": then("profiles"),
+    }
 
 
 async def record_interrupted_at_start(

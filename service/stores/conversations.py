@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+
 from service.stores.component import ComponentStore, probe_table
+
+log = logging.getLogger("ers.stores")
 
 # The replies to requests that carried an Idempotency-Key (see unit_of_work).
 _KEYS = """CREATE TABLE {if_new}{at}.idempotency_keys (
@@ -12,9 +18,17 @@ _KEYS = """CREATE TABLE {if_new}{at}.idempotency_keys (
     fingerprint TEXT NOT NULL,
     status INTEGER NOT NULL,
     body TEXT NOT NULL,
-    created_at {real} NOT NULL,
+    created_at {real} NOT NULL,{wrote}
     UNIQUE (scope, key)
 )"""
+# The stores a keyed request wrote, as ",budgets,profiles,"; NULL in rows of older releases.
+_WROTE = "\n    wrote TEXT,"
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(idempotency_keys)")}
+    if "wrote" not in columns:
+        conn.execute("ALTER TABLE idempotency_keys ADD COLUMN wrote TEXT")
 
 
 class ConversationStore(ComponentStore):
@@ -33,10 +47,15 @@ class ConversationStore(ComponentStore):
         )""",
         "CREATE INDEX IF NOT EXISTS turns_by_user ON turns (user_id, id)",
         _KEYS.format(
-            if_new="IF NOT EXISTS ", at="main", id="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"
+            if_new="IF NOT EXISTS ",
+            at="main",
+            id="INTEGER PRIMARY KEY AUTOINCREMENT",
+            real="REAL",
+            wrote=_WROTE,
         ),
         "CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at)",
     )
+    sqlite_upgrade = staticmethod(_upgrade)
     pg_migrations = (
         (
             "CREATE SCHEMA IF NOT EXISTS ers_conversations",
@@ -60,8 +79,40 @@ class ConversationStore(ComponentStore):
                 at="ers_conversations",
                 id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
                 real="DOUBLE PRECISION",
+                wrote="",
             ),
             "CREATE INDEX idempotency_keys_by_age ON ers_conversations.idempotency_keys"
             " (created_at)",
         ),
+        ("ALTER TABLE ers_conversations.idempotency_keys ADD COLUMN wrote TEXT",),
     )
+
+    def replies_forgetting(self, component: str) -> Callable[[], Awaitable[list[str]]]:
+        """What forgets, after a rollback of ``component``, the replies remembered for keyed
+        requests that wrote to it: they may tell of writes it no longer holds ("Recorded
+        $25.00" for an expense it put aside). A retry of one runs again and answers what is
+        true now: its expense recorded anew, or a 409 where the rollback kept it."""
+
+        async def forget() -> list[str]:
+            try:
+                gone = await self.db.fetch_all(
+                    f"DELETE FROM {self.at}.idempotency_keys WHERE wrote IS NULL"
+                    " OR wrote LIKE ? RETURNING id",
+                    (f"%,{component},%",),
+                )
+            except Exception as exc:
+                log.exception("the replies that wrote to %s were not forgotten", component)
+                return [
+                    f"the replies remembered for Idempotency-Keys that wrote to {component} "
+                    f"could not be forgotten ({exc}): a retry of such a request within "
+                    "idempotency_key_ttl_s gets its first reply again, which may tell of a "
+                    "write the rollback put aside"
+                ]
+            if not gone:
+                return []
+            return [
+                f"replies remembered for Idempotency-Keys that wrote to {component} "
+                f"forgotten: {len(gone)}"
+            ]
+
+        return forget

@@ -91,8 +91,9 @@ class ExpenseRecordedBefore(UserInputError):
             f"the expense of this request was recorded by an earlier send with the "
             f"Idempotency-Key '{key}', whose reply is no longer remembered (older than "
             "idempotency_key_ttl_s, pushed out by idempotency_keys_max newer keys, "
-            "rolled back with the conversations store, or never stored: the disk filled as "
-            "it was committed); nothing was recorded again. A new expense needs a new key"
+            "rolled back with the conversations store, forgotten at a rollback of the budgets "
+            "store, or never stored: the disk filled as it was committed); nothing was "
+            "recorded again. A new expense needs a new key"
         )
 
 
@@ -166,7 +167,8 @@ async def apply(
     turn_id = await _record_turn(tx, names, unit.turn) if unit.turn is not None else None
     applied = Applied(turn_id=turn_id, profile=profile)
     if unit.key is not None:
-        await _remember(tx, names["conversations"], unit.key, applied, unit.now, policy)
+        wrote = ",".join(["", *sorted({write.component for write in unit.writes}), ""])
+        await _remember(tx, names["conversations"], unit.key, applied, wrote, unit.now, policy)
     return applied
 
 
@@ -298,6 +300,7 @@ async def _remember(
     schema: str,
     key: KeyToRemember,
     applied: Applied,
+    wrote: str,
     now: float,
     policy: KeyPolicy,
 ) -> None:
@@ -307,9 +310,17 @@ async def _remember(
     )
     rows = await tx.rows(
         "conversations",
-        f"INSERT INTO {table} (scope, key, fingerprint, status, body, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
-        (key.scope, key.key, key.fingerprint, key.status, json.dumps(key.body(applied)), now),
+        f"INSERT INTO {table} (scope, key, fingerprint, status, body, created_at, wrote)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO NOTHING RETURNING id",
+        (
+            key.scope,
+            key.key,
+            key.fingerprint,
+            key.status,
+            json.dumps(key.body(applied)),
+            now,
+            wrote,
+        ),
     )
     if not rows:
         raise KeyTaken(key.scope, key.key)

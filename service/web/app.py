@@ -286,9 +286,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A call turned away by a kept isolation names the incident it was forced open for.
         await incident_service.replies.name_kept_isolations(team.breakers())
 
-        after_swap = {"system_state": keeper.restored_lines} | dict.fromkeys(
-            ("conversations", "budgets", "profiles"), rolled_back.dropped
-        )  # what a rollback's swap is followed by: run here for one a kill cut off after it
+        after_swap = cutting.after_swaps(  # run here too for a rollback cut off after it
+            keeper.restored_lines, rolled_back.dropped, stores.conversations.replies_forgetting
+        )
         # A rollback a kill cut off is in the trail by its start alone; it gets the word that
         # its process stopped first (rollback_interrupted), told here with all it needs.
         cut_off = await cutting.record_interrupted_at_start(audit, incident_store)

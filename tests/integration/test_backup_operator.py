@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -282,6 +283,46 @@ def test_a_retry_after_a_rollback_of_the_conversations_says_the_rollback_may_be_
     # Before: "(only the newest idempotency_keys_max keys are)", which sent the operator to
     # a setting that had nothing to do with it.
     assert "rolled back" in detail, detail
+
+
+def test_a_retry_after_a_rollback_of_the_budgets_answers_what_the_budgets_hold(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    user = "retry-after-budgets-rollback"
+
+    def spend(dollars: int, key: str) -> httpx.Response:
+        chat = {"message": f"I spent {dollars} dollars on groceries", "userId": user}
+        headers = {"Idempotency-Key": key}
+        return httpx.post(f"{service.url}/chat", json=chat, headers=headers, timeout=30)
+
+    def expenses() -> list[int]:
+        with contextlib.closing(sqlite3.connect(budgets_file(service))) as conn:
+            query = "SELECT amount_cents FROM expenses WHERE user_id = ? ORDER BY id"
+            return [row[0] for row in conn.execute(query, (user,))]
+
+    kept = spend(31, "budgets-kept")
+    assert kept.status_code == 200 and "Recorded $31.00" in kept.text, kept.text
+    created = ers(env, "backup", "create", "--type", "budgets", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    put_aside = spend(57, "budgets-put-aside")
+    assert put_aside.status_code == 200 and "Recorded $57.00" in put_aside.text, put_aside.text
+    rolled = ers(
+        env, "backup", "rollback", json.loads(created.stdout)["backupId"],
+        "--components", "budgets", "--reason", "bad expenses", "--yes",
+    )  # fmt: skip
+    assert rolled.returncode == 0, rolled.stderr
+    assert "wrote to budgets forgotten: 2" in rolled.stdout, rolled.stdout
+    assert expenses() == [3100]
+    # Before: both replayed their first reply; the $57 one said "Recorded" for an expense
+    # the rollback had put aside, and was not recorded again.
+    again = spend(57, "budgets-put-aside")
+    assert again.status_code == 200 and "Recorded $57.00" in again.text, again.text
+    assert "Idempotent-Replayed" not in again.headers
+    once = spend(31, "budgets-kept")
+    assert once.status_code == 409 and "nothing was recorded again" in once.text, once.text
+    assert expenses() == [3100, 5700]
+    replayed = spend(57, "budgets-put-aside")
+    assert replayed.headers.get("Idempotent-Replayed") == "true", replayed.headers
 
 
 def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from service.stores.base import ChatTurn
 from service.stores.budgets import BudgetStore, current_month
 from service.stores.unit_of_work import ExpenseRecordedBefore, KeyTaken, KeyToRemember, Unit
 from service.stores.writes import AddExpense, SetBudgetLimit, UpdateProfile
-from tests.store_writes import stored_turns, turn_count
+from tests.store_writes import opened, stored_turns, turn_count
 
 
 def turn(message: str = "spent $5 on food") -> ChatTurn:
@@ -139,3 +139,48 @@ async def test_cleared_profile_fields_are_emptied_and_the_others_kept(stores: St
     await stores.units.commit(Unit((UpdateProfile.of("u2", ("sex",), age=41),)))
     new = await stores.profiles.get("u2")
     assert new is not None and (new.age, new.sex) == (41, None)
+
+
+async def test_a_rollback_of_a_store_forgets_the_replies_of_the_requests_that_wrote_to_it(
+    stores: Stores,
+) -> None:
+    def key(name: str) -> KeyToRemember:
+        return KeyToRemember("POST /chat", name, "f", 200, lambda applied: {"reply": name})
+
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="e", key=key("expense")))
+    await stores.units.commit(Unit(WRITES[2:], turn(), turn_key="p", key=key("profile")))
+    await stores.units.commit(Unit((), turn("how are my muscles"), turn_key="q", key=key("ask")))
+    forget_budgets = stores.conversations.replies_forgetting("budgets")
+    assert await forget_budgets() == [
+        "replies remembered for Idempotency-Keys that wrote to budgets forgotten: 1"
+    ]
+    assert await stores.units.remembered("POST /chat", "expense") is None
+    assert await forget_budgets() == []  # nothing more to forget
+    assert await stores.units.remembered("POST /chat", "profile") is not None
+    assert len(await stores.conversations.replies_forgetting("profiles")()) == 1
+    assert await stores.units.remembered("POST /chat", "profile") is None
+    # A reply that wrote nothing tells of no store a rollback changes.
+    assert await stores.units.remembered("POST /chat", "ask") is not None
+
+
+async def test_a_reply_remembered_by_an_older_release_is_forgotten_at_any_such_rollback(
+    tmp_path: Path,
+) -> None:
+    # The file as an older release left it: no column for the stores a request wrote.
+    with sqlite3.connect(tmp_path / "conversations.sqlite3") as conn:
+        conn.execute(
+            "CREATE TABLE idempotency_keys (id INTEGER PRIMARY KEY AUTOINCREMENT, scope TEXT"
+            " NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, status INTEGER NOT NULL,"
+            " body TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (scope, key))"
+        )
+        conn.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at)"
+            " VALUES ('POST /chat', 'old', 'f', 200, '{}', ?)",
+            (time.time(),),
+        )
+    conn.close()
+    async with opened(Stores.in_directory(tmp_path)) as stores:
+        assert await stores.units.remembered("POST /chat", "old") is not None
+        # What it wrote is not known: it may be an expense the rollback put aside.
+        assert len(await stores.conversations.replies_forgetting("profiles")()) == 1
+        assert await stores.units.remembered("POST /chat", "old") is None
