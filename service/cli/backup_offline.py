@@ -345,10 +345,38 @@ async def _offline_rollback(
             "error": None,
         },
     )
-    reply = rollback_reply(result, args.reason)
+    reply = rollback_reply(await _replies_forgotten(result), args.reason)
     if said := trail.tell():
         reply["auditTrailError"] = said
     return reply
+
+
+async def _replies_forgotten(result: Any) -> Any:
+    """What the service does after it rolls back budgets or profiles, done here: the
+    replies remembered for the keyed requests that wrote to them forgotten (they may tell
+    of writes put aside), with the count in the rollback's notes."""
+    import dataclasses
+
+    from service.stores import Stores
+    from service.stores.conversations import not_forgotten
+
+    wrote_to = [name for name in ("budgets", "profiles") if name in result.components]
+    if not wrote_to:
+        return result
+    stores = Stores.from_settings(load_settings())
+    conversations, notes = stores.conversations, []
+    try:
+        if stores.database is None:
+            conversations.db.open()
+        else:
+            await stores.database.open([conversations.db])
+        for name in wrote_to:
+            notes += await conversations.replies_forgetting(name)()
+    except Exception as exc:  # the rollback stands
+        notes.append(not_forgotten(", ".join(wrote_to), exc))
+    finally:
+        await stores.close()
+    return dataclasses.replace(result, notes=(*result.notes, *notes)) if notes else result
 
 
 def _interrupted(settings: Any) -> str:

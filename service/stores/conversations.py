@@ -31,6 +31,14 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE idempotency_keys ADD COLUMN wrote TEXT")
 
 
+def not_forgotten(components: str, exc: Exception) -> str:
+    return (
+        f"the replies remembered for Idempotency-Keys that wrote to {components} could not be "
+        f"forgotten ({exc}): a retry of such a request within idempotency_key_ttl_s gets its "
+        "first reply again, which may tell of a write the rollback put aside"
+    )
+
+
 class ConversationStore(ComponentStore):
     component = "conversations"
     sqlite_ddl = (
@@ -102,12 +110,7 @@ class ConversationStore(ComponentStore):
                 )
             except Exception as exc:
                 log.exception("the replies that wrote to %s were not forgotten", component)
-                return [
-                    f"the replies remembered for Idempotency-Keys that wrote to {component} "
-                    f"could not be forgotten ({exc}): a retry of such a request within "
-                    "idempotency_key_ttl_s gets its first reply again, which may tell of a "
-                    "write the rollback put aside"
-                ]
+                return [not_forgotten(component, exc)]
             if not gone:
                 return []
             return [

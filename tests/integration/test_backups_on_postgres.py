@@ -23,8 +23,9 @@ pytestmark = pytest.mark.integration
 USER = "pg-backup-user"
 
 
-def chat(client: httpx.Client, message: str) -> str:
-    reply = client.post("/chat", json={"message": message, "userId": USER})
+def chat(client: httpx.Client, message: str, key: str | None = None) -> str:
+    headers = {"Idempotency-Key": key} if key else {}
+    reply = client.post("/chat", json={"message": message, "userId": USER}, headers=headers)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["success"] is True, body
@@ -91,7 +92,7 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             backup = post(client, "/api/emergency/backups/create", {"type": "budgets"})
             assert backup["components"] == ["budgets"]
             chat(client, "spent $10 on groceries")
-            chat(client, "spent $12 on groceries")
+            chat(client, "spent $12 on groceries", key="twelve")
             assert expenses(pg_url) == 3
 
             listed = client.get("/api/emergency/backups").json()
@@ -182,12 +183,16 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
             assert result["safetyBackupId"]
             assert expenses(pg_url) == 1
             assert "$25" in chat(client, "budget report")
+            # Its reply told of an expense put aside: a retry records it again.
+            assert "wrote to budgets forgotten: 1" in " ".join(result["restored"]), result
+            assert "Recorded $12.00" in chat(client, "spent $12 on groceries", key="twelve")
+            assert expenses(pg_url) == 2
             # The conversation kept every turn, including those after the snapshot.
             with psycopg.connect(pg_url) as conn:
                 turns = conn.execute(
                     "SELECT count(*) FROM ers_conversations.turns WHERE user_id = %s", (USER,)
                 ).fetchone()
-            assert turns == (5,)
+            assert turns == (6,)
     finally:
         assert ers.stop() == 0, ers.log()
     assert "Traceback" not in ers.log(), ers.log()[-3000:]
@@ -207,6 +212,9 @@ def test_a_budgets_backup_is_previewed_and_rolled_back_without_touching_the_rest
     )
     assert undone.returncode == 0, undone.stderr
     assert expenses(pg_url) == 3
+    # Offline too: the retry's reply told of an expense the undo put aside.
+    restored = " ".join(json.loads(undone.stdout)["restored"])
+    assert "wrote to budgets forgotten: 1" in restored, undone.stdout
     with psycopg.connect(pg_url) as conn:
         trail = conn.execute(
             "SELECT actor, action, detail FROM ers_incidents.audit ORDER BY id"
