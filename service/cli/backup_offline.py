@@ -24,7 +24,7 @@ from service.backups.replies import (
     preview_reply,
     rollback_reply,
 )
-from service.cli.offline_trail import OfflineTrail, audit_trail
+from service.cli.offline_trail import OfflineTrail, audit_trail, undo_interrupted_swap
 from service.cli.output import REFUSED, USAGE, Activity, CliError, note
 from service.config_checks import unknown_variables
 from service.settings import Settings, load_settings
@@ -121,6 +121,8 @@ async def run_offline(args: argparse.Namespace, progress: Activity) -> Any:
             if args.action == "init":
                 result = await _offline_init()
             else:
+                if owns_data_dir:
+                    await undo_interrupted_swap(settings)
                 manager = await _offline_manager(owns_data_dir)
                 result = await _offline_action(args, manager, progress)
                 # The files a rollback replaced go before the command ends, not unfinished

@@ -1,14 +1,18 @@
-"""The audit trail of an offline rollback (``ers backup --offline rollback``): the service's
-own, written as actor ``offline``, and told on stderr when it cannot be written."""
+"""The audit trail of an offline rollback (``ers backup --offline rollback``), and of the undo
+of a swap a kill cut off, done by any offline command: the service's own, written as actor
+``offline``, and told on stderr when it cannot be written."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from backup import swap_journal
 
 
 class OfflineTrail:
@@ -60,8 +64,9 @@ class OfflineTrail:
             return None
         action, detail = outcomes[-1]
         entry = json.dumps(detail, sort_keys=True, default=str)
+        what = "undo of a rollback" if action == "rollback_undone" else "rollback"
         return (
-            f"the rollback is not in the audit trail: {self.problem or 'it cannot be opened'}; "
+            f"the {what} is not in the audit trail: {self.problem or 'it cannot be opened'}; "
             f"record it by hand: actor offline, action {action}, detail {entry}"
         )
 
@@ -114,3 +119,16 @@ def audit_trail(settings: Any) -> Iterator[OfflineTrail]:
         if database is not None:
             with contextlib.suppress(Exception):
                 database.close()
+
+
+async def undo_interrupted_swap(settings: Any) -> None:
+    """A rollback's swap a kill cut off is undone before anything opens the files, as the
+    service's start does, and written in the audit trail (``rollback_undone``) as the
+    service writes it."""
+    if settings.database_url is not None:  # one transaction: nothing to undo
+        return
+    undone = await asyncio.to_thread(swap_journal.recover, [settings.data_dir])
+    if undone:
+        with audit_trail(settings) as trail:
+            for swap in undone:
+                await asyncio.to_thread(trail.record, "rollback_undone", swap.record())

@@ -341,6 +341,35 @@ def test_kill_9_in_the_swap_of_an_offline_rollback_is_undone_on_restart(tmp_path
     assert "put back conversations.sqlite3, budgets.sqlite3" in line
 
 
+def test_an_offline_command_that_undoes_a_swap_writes_it_in_the_audit_trail(
+    tmp_path: Path,
+) -> None:
+    service, backup_id, before = prepare_every_component(tmp_path, BACKUP_ENV)
+    assert service.stop() == 0
+    before = state_of(tmp_path / "data")
+    killed = ers(
+        tmp_path,
+        *("backup", "rollback", backup_id, "--offline", "--reason", "swapkill", "--yes"),
+        **kill_in_swap_env(renames=2),
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    safety = json.loads((tmp_path / "data" / ".ers-swap-journal.json").read_text())
+
+    listed = ers(tmp_path, "backup", "--offline", "list")
+
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    data = tmp_path / "data"
+    assert state_of(data) == before
+    assert not list(data.glob(".ers-swap-journal*"))
+    # Before: in its log line alone, not in the trail the service's undo is written in.
+    audit = content(data / "incidents.sqlite3")["audit"]
+    [(actor, detail)] = [
+        (row[2], json.loads(row[4])) for row in audit if row[3] == "rollback_undone"
+    ]
+    assert actor == "offline" and detail["safetyBackupId"] == safety["safety_snapshot"]
+    assert detail["putBack"] == ["conversations.sqlite3", "budgets.sqlite3"], detail
+
+
 def test_a_swap_that_cannot_be_undone_stops_start_up_and_keeps_its_files(
     tmp_path: Path,
 ) -> None:
