@@ -1,7 +1,7 @@
 """The system state: normal → degraded → emergency → recovery → normal.
 
 - emergency: an active critical incident, or most agents isolated or cooling down;
-- degraded: any breaker open or forced, an agent cooling down after a rate limit (no call
+- degraded: any breaker open, forced or half-open, an agent cooling down after a rate limit (no call
   reaches it either), an active high incident, or a failing subsystem;
 - recovery: the conditions above have cleared, until the system has been clean for
   ``recovery_clean_s``; then normal. Trouble during recovery goes back to degraded or
@@ -107,7 +107,11 @@ class SystemStateMachine:
         """The state the current conditions call for (None when clean), why, and what."""
         breakers = self._inputs.breaker_states()
         incidents = self._inputs.active_incidents()
-        isolated = sorted(n for n, s in breakers.items() if s in ("open", "forced_open"))
+        # A half-open breaker lets its trial calls through, every other call still gets the
+        # fallback: the agent is out until a trial closes it. Before, each trial moved the
+        # state to recovery and each failed one back to degraded, on every open duration.
+        out = ("open", "forced_open", "half_open")
+        isolated = sorted(n for n, s in breakers.items() if s in out)
         cooling = sorted(set(self._inputs.cooling_down()) - set(isolated))
         if incidents.get("critical"):
             why = f"{incidents['critical']} critical incident(s) active"
@@ -115,7 +119,8 @@ class SystemStateMachine:
         if why := all_but_out(breakers, isolated, cooling):
             return Conditions(SystemState.EMERGENCY, why, components=(*isolated, *cooling))
         if isolated:
-            why = f"breaker open: {', '.join(isolated)}"
+            named = [f"{n} (half-open)" if breakers[n] == "half_open" else n for n in isolated]
+            why = f"breaker open: {', '.join(named)}"
             return Conditions(SystemState.DEGRADED, why, components=tuple(isolated))
         if cooling:
             why = f"cooling down (rate limited): {', '.join(cooling)}"

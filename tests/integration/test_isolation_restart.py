@@ -196,6 +196,11 @@ def test_a_recovery_keeps_watching_across_a_restart(tmp_path: Path) -> None:
     try:
         ers_cli(ers, "breakers", "force-open", "workout", "--reason", "drill")
         ers_cli(ers, "breakers", "release", "workout")
+        # Half-open: out until a trial closes it, which a chat to it runs.
+        status = httpx.get(f"{ers.url}/api/emergency/status", timeout=10).json()
+        assert status["systemState"] == "degraded"
+        chat = {"message": "make me a workout plan"}
+        assert httpx.post(f"{ers.url}/chat", json=chat, timeout=10).json()["success"] is True
         status = httpx.get(f"{ers.url}/api/emergency/status", timeout=10).json()
         assert status["systemState"] == "recovery"
     finally:

@@ -130,3 +130,25 @@ def test_the_router_out_or_two_of_its_three_agents_out_is_an_emergency() -> None
     assert machine.reason == "most agents isolated: nutrition, workout"
     world.breakers["nutrition"] = "closed"
     assert machine.evaluate() is SystemState.DEGRADED  # one of three: degraded, as before
+
+
+def test_a_failed_half_open_trial_leaves_the_state_where_it_was() -> None:
+    world = World()
+    machine = world.machine()
+    seen = []
+    machine.subscribe(seen.append)
+    world.breakers["budget"] = "open"
+    assert machine.evaluate() is SystemState.DEGRADED
+    for _ in range(3):  # a trial each open duration, each failing
+        world.breakers["budget"] = "half_open"
+        assert machine.evaluate() is SystemState.DEGRADED
+        assert machine.reason == "breaker open: budget (half-open)"
+        world.breakers["budget"] = "open"
+        assert machine.evaluate() is SystemState.DEGRADED
+    # Before: degraded → recovery → degraded at each trial.
+    assert [(t.from_state.value, t.to_state.value) for t in seen] == [("normal", "degraded")]
+    world.breakers["budget"] = "closed"  # a trial that passed
+    assert machine.evaluate() is SystemState.RECOVERY
+    # The router half-open: every chat but its trials still answered by a fallback.
+    world.breakers["router"] = "half_open"
+    assert machine.evaluate() is SystemState.EMERGENCY
