@@ -7,9 +7,7 @@ import time
 from collections.abc import Callable
 
 from backup import BackupError, RepositoryMissing, RepositoryReplaced, RollbackFailed
-from backup.errors import (
-    shown_repository,
-)
+from backup.errors import PasswordFileUnreadable, WrongPassword, shown_repository
 from service.backups.repository_look import REPOSITORY_REFUSALS
 from service.backups.service import BackupService
 from service.health.checks import CheckResult, Status
@@ -19,17 +17,25 @@ class RepositoryUnreachable(ConnectionError):
     """The restic repository cannot be reached or opened."""
 
 
+class RepositoryNotOpened(PermissionError):
+    """The repository's password, or its password file, does not open it: one problem of
+    access, whichever of the two causes it (an incident typed ``auth``, not ``network``)."""
+
+
 class RepositoryDamaged(RuntimeError):
     """`restic check` found errors in the repository: its snapshots may not restore."""
 
 
 def reported_failure(failure: BaseException) -> BaseException:
     """Why the backups cannot be used, as the repository check reports it: a lost or replaced
-    repository as itself, anything else (a wrong password, an unreachable server) as
-    RepositoryUnreachable. A request's 503 reporting it this way joins the check's incident
+    repository as itself, a password (or password file) that does not open it as
+    RepositoryNotOpened, anything else (an unreachable server) as RepositoryUnreachable.
+    A request's 503 reporting it this way joins the check's incident
     instead of opening one of its own, classified otherwise."""
     if isinstance(failure, RepositoryMissing | RepositoryReplaced):
         return failure
+    if isinstance(failure, WrongPassword | PasswordFileUnreadable):
+        return RepositoryNotOpened(str(failure))
     return RepositoryUnreachable(str(failure))
 
 
@@ -87,7 +93,7 @@ class RepositoryCheck:
                 Status.UNHEALTHY,
                 f"repository not answering: {exc}",
                 where,
-                RepositoryUnreachable(str(exc)),
+                reported_failure(exc),
                 component="backups",
             )
         problem = backups.manager.restic.read_only()

@@ -229,5 +229,21 @@ def test_requests_a_changed_password_refuses_count_in_the_repository_checks_inci
             )
             assert float(metrics['ers_backup_failures_total{reason="wrong_password"}']) >= 1
             assert metrics['ers_rollbacks_total{result="failure"}'] == "1.0"
+            assert backups[0]["classification"]["type"] == "auth", backups  # was "network"
+            # The password file made a folder: the same problem of access, the same incident.
+            (workdir / "restic-password").unlink()
+            (workdir / "restic-password").mkdir()
+            folder = http.post("/api/emergency/backups/create", json={})
+            assert folder.status_code == 503 and "cannot be read" in folder.text, folder.text
+            assert http.get("/api/emergency/health").json()["checks"]["repository"]["status"] == (
+                "unhealthy"
+            )
+            count = backups[0]["count"]
+
+            def counted() -> bool:
+                found = [i for i in incidents() if i["component"] == "backups"]
+                return [i["id"] for i in found] == [seen["id"]] and found[0]["count"] > count
+
+            assert wait_for(counted, 20), incidents()
     finally:
         ers.stop()

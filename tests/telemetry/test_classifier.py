@@ -375,6 +375,32 @@ def test_an_unreachable_repository_is_high_whatever_restics_words(
     )
 
 
+def test_a_password_that_does_not_open_the_repository_is_one_auth_incident_whatever_the_cause(
+    default_classifier: Classifier,
+) -> None:
+    messages = [
+        "the password in the restic password file '/srv/ers/pw' does not open the repository",
+        "the restic password file '/srv/ers/pw' cannot be read (Is a directory): make it a "
+        "file this user may read, or fix the password file setting if it lives elsewhere",
+    ]
+    results = [
+        default_classifier.classify(
+            error_record(
+                "health.repository",
+                "service.health.backup_checks.RepositoryNotOpened",
+                message,
+                attributes={"ers.component": "backups", "ers.exception.bases": ["OSError"]},
+            )
+        )
+        for message in messages
+    ]
+    # Before: both "network", as an unreachable server, and two incidents by their words.
+    assert {(r.rule, r.severity, r.type) for r in results} == {
+        ("backup-repository-password", "high", "auth")
+    }
+    assert len({r.fingerprint for r in results}) == 1
+
+
 def test_a_damaged_repository_is_a_high_incident_of_its_own(default_classifier: Classifier) -> None:
     # A RuntimeError matched no rule but the default: a medium "system" incident.
     record = error_record(
