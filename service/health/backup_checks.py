@@ -14,7 +14,7 @@ from service.health.checks import CheckResult, Status
 
 
 class RepositoryUnreachable(ConnectionError):
-    """The restic repository cannot be reached or opened."""
+    """The restic repository cannot be reached (its server, its folder)."""
 
 
 class RepositoryNotOpened(PermissionError):
