@@ -58,9 +58,9 @@ def after_swaps(
     restored_lines: Then, answers_dropped: Then, forget_replies: Callable[[str], Then]
 ) -> dict[str, Then]:
     """What each component's swap is followed by: system_state's isolations put back; for
-    the stores cached answers were read from, those answers dropped; and for budgets and
-    profiles, the replies remembered for the keyed requests that wrote to them forgotten
-    (the conversations store keeps them: its own rollback puts back the ones of its time)."""
+    the stores cached answers were read from, those answers dropped, and the replies
+    remembered for keyed requests that may tell of writes put aside forgotten
+    (``ConversationStore.replies_forgetting``)."""
 
     def then(component: str) -> Then:
         async def both() -> list[str]:
@@ -68,12 +68,8 @@ def after_swaps(
 
         return both
 
-    return {
-        "system_state": restored_lines,
-        "conversations": answers_dropped,
-        "budgets": then("budgets"),
-        "profiles": then("profiles"),
-    }
+    stores = ("conversations", "budgets", "profiles")
+    return {"system_state": restored_lines} | {name: then(name) for name in stores}
 
 
 async def record_interrupted_at_start(

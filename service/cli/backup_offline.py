@@ -354,15 +354,15 @@ async def _offline_rollback(
 
 
 async def _replies_forgotten(result: Any) -> Any:
-    """What the service does after it rolls back budgets or profiles, done here: the
-    replies remembered for the keyed requests that wrote to them forgotten (they may tell
-    of writes put aside), with the count in the rollback's notes."""
+    """What the service does after it rolls back conversations, budgets or profiles, done
+    here: the remembered replies that may tell of writes put aside forgotten
+    (``ConversationStore.replies_forgetting``), with the count in the rollback's notes."""
     import dataclasses
 
     from service.stores import Stores
-    from service.stores.conversations import not_forgotten
+    from service.stores.conversations import FORGOTTEN_AT_ROLLBACK_OF, not_forgotten
 
-    wrote_to = [name for name in ("budgets", "profiles") if name in result.components]
+    wrote_to = [name for name in FORGOTTEN_AT_ROLLBACK_OF if name in result.components]
     if not wrote_to:
         return result
     stores = Stores.from_settings(load_settings())
@@ -375,7 +375,8 @@ async def _replies_forgotten(result: Any) -> Any:
         for name in wrote_to:
             notes += await conversations.replies_forgetting(name)()
     except Exception as exc:  # the rollback stands
-        notes.append(not_forgotten(", ".join(wrote_to), exc))
+        stores_written = {store for name in wrote_to for store in FORGOTTEN_AT_ROLLBACK_OF[name]}
+        notes.append(not_forgotten(" or ".join(sorted(stores_written)), exc))
     finally:
         await stores.close()
     return dataclasses.replace(result, notes=(*result.notes, *notes)) if notes else result

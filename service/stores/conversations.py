@@ -31,6 +31,14 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE idempotency_keys ADD COLUMN wrote TEXT")
 
 
+# Per component rolled back, the stores whose writes the replies forgotten then wrote to.
+FORGOTTEN_AT_ROLLBACK_OF = {
+    "budgets": ("budgets",),
+    "profiles": ("profiles",),
+    "conversations": ("budgets", "profiles"),
+}
+
+
 def not_forgotten(components: str, exc: Exception) -> str:
     return (
         f"the replies remembered for Idempotency-Keys that wrote to {components} could not be "
@@ -96,25 +104,31 @@ class ConversationStore(ComponentStore):
     )
 
     def replies_forgetting(self, component: str) -> Callable[[], Awaitable[list[str]]]:
-        """What forgets, after a rollback of ``component``, the replies remembered for keyed
-        requests that wrote to it: they may tell of writes it no longer holds ("Recorded
-        $25.00" for an expense it put aside). A retry of one runs again and answers what is
-        true now: its expense recorded anew, or a 409 where the rollback kept it."""
+        """What forgets, after a rollback of ``component``, the remembered replies that may
+        tell of writes the stores no longer hold ("Recorded $25.00" for an expense put
+        aside): those of keyed requests that wrote to budgets or profiles, when either is
+        rolled back; and when the conversations store is, all of them its snapshot brought
+        back (budgets may have been rolled back since they were taken). A retry of one runs
+        again and answers what is true now: its expense recorded anew, or a 409 where the
+        store kept it."""
+        wrote = FORGOTTEN_AT_ROLLBACK_OF[component]
+        named = " or ".join(wrote)
+        which = " OR ".join("wrote LIKE ?" for _ in wrote)
 
         async def forget() -> list[str]:
             try:
                 gone = await self.db.fetch_all(
-                    f"DELETE FROM {self.at}.idempotency_keys WHERE wrote IS NULL"
-                    " OR wrote LIKE ? RETURNING id",
-                    (f"%,{component},%",),
+                    f"DELETE FROM {self.at}.idempotency_keys WHERE wrote IS NULL OR {which}"
+                    " RETURNING id",
+                    tuple(f"%,{name},%" for name in wrote),
                 )
             except Exception as exc:
-                log.exception("the replies that wrote to %s were not forgotten", component)
-                return [not_forgotten(component, exc)]
+                log.exception("the replies that wrote to %s were not forgotten", named)
+                return [not_forgotten(named, exc)]
             if not gone:
                 return []
             return [
-                f"replies remembered for Idempotency-Keys that wrote to {component} "
+                f"replies remembered for Idempotency-Keys that wrote to {named} "
                 f"forgotten: {len(gone)}"
             ]
 

@@ -91,9 +91,8 @@ class ExpenseRecordedBefore(UserInputError):
             f"the expense of this request was recorded by an earlier send with the "
             f"Idempotency-Key '{key}', whose reply is no longer remembered (older than "
             "idempotency_key_ttl_s, pushed out by idempotency_keys_max newer keys, "
-            "rolled back with the conversations store, forgotten at a rollback of the budgets "
-            "store, or never stored: the disk filled as it was committed); nothing was "
-            "recorded again. A new expense needs a new key"
+            "rolled back or forgotten at a rollback of a store, or never stored: the disk "
+            "filled as it was committed); nothing was recorded again. A new expense needs a new key"
         )
 
 

@@ -325,6 +325,47 @@ def test_a_retry_after_a_rollback_of_the_budgets_answers_what_the_budgets_hold(
     assert replayed.headers.get("Idempotent-Replayed") == "true", replayed.headers
 
 
+def test_a_rollback_of_the_conversations_after_one_of_the_budgets_brings_back_no_reply_of_it(
+    env: dict[str, str], service: ErsProcess
+) -> None:
+    # How a whole state is rolled back where each snapshot holds one component.
+    user = "budgets-then-conversations"
+    chat = {"message": "I spent 45 dollars on paint", "userId": user}
+    headers = {"Idempotency-Key": "budgets-then-conversations"}
+
+    def snapshot(component: str) -> str:
+        created = ers(env, "backup", "create", "--type", component, "-o", "json")
+        assert created.returncode == 0, created.stderr
+        return str(json.loads(created.stdout)["backupId"])
+
+    def rollback(backup_id: str, component: str) -> str:
+        rolled = ers(
+            env, "backup", "rollback", backup_id, "--components", component,
+            "--reason", "walk", "--yes",
+        )  # fmt: skip
+        assert rolled.returncode == 0, rolled.stderr
+        return rolled.stdout
+
+    def expenses() -> int:
+        with contextlib.closing(sqlite3.connect(budgets_file(service))) as conn:
+            query = "SELECT count(*) FROM expenses WHERE user_id = ?"
+            return int(conn.execute(query, (user,)).fetchone()[0])
+
+    budgets = snapshot("budgets")
+    first = httpx.post(f"{service.url}/chat", json=chat, headers=headers, timeout=30)
+    assert first.status_code == 200 and "Recorded $45.00" in first.text, first.text
+    conversations = snapshot("conversations")  # holds the reply
+    rollback(budgets, "budgets")
+    said = rollback(conversations, "conversations")
+    assert "wrote to budgets or profiles forgotten" in said, said
+    assert expenses() == 0
+    # Before: the conversations' snapshot brought the reply back, and it was replayed.
+    retry = httpx.post(f"{service.url}/chat", json=chat, headers=headers, timeout=30)
+    assert retry.status_code == 200 and "Recorded $45.00" in retry.text, retry.text
+    assert "Idempotent-Replayed" not in retry.headers
+    assert expenses() == 1
+
+
 def test_status_names_why_backups_are_unavailable(tmp_path: Path) -> None:
     service = start_ers(
         tmp_path / "ers", env={**BACKUPS_ON, "ERS_RESTIC_BINARY": str(tmp_path / "no-restic")}

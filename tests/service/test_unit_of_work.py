@@ -161,6 +161,14 @@ async def test_a_rollback_of_a_store_forgets_the_replies_of_the_requests_that_wr
     assert await stores.units.remembered("POST /chat", "profile") is None
     # A reply that wrote nothing tells of no store a rollback changes.
     assert await stores.units.remembered("POST /chat", "ask") is not None
+    # A rollback of the conversations store forgets the replies that wrote to either, as
+    # its snapshot may bring back ones whose writes a rollback of budgets put aside since.
+    await stores.units.commit(Unit(WRITES[:1], turn(), turn_key="e2", key=key("expense2")))
+    await stores.units.commit(Unit(WRITES[2:], turn(), turn_key="p2", key=key("profile2")))
+    assert await stores.conversations.replies_forgetting("conversations")() == [
+        "replies remembered for Idempotency-Keys that wrote to budgets or profiles forgotten: 2"
+    ]
+    assert await stores.units.remembered("POST /chat", "ask") is not None
 
 
 async def test_a_reply_remembered_by_an_older_release_is_forgotten_at_any_such_rollback(
