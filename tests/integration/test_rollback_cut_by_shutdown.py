@@ -31,6 +31,11 @@ def expenses(workdir: Path) -> int:
         return int(db.execute("SELECT count(*) FROM expenses").fetchone()[0])
 
 
+def incidents_of(ers: ErsProcess, path: str) -> list[dict[str, Any]]:
+    found = httpx.get(f"{ers.url}/api/emergency/incidents?limit=100", timeout=10).json()
+    return [i for i in found["incidents"] if path in i["message"]]
+
+
 def backed_up_then_spent(tmp_path: Path) -> tuple[ErsProcess, dict[str, str], str]:
     """ERS with its restores slow, a snapshot, then an expense it does not hold; returns the
     service, its settings and the snapshot's id."""
@@ -80,6 +85,8 @@ def test_a_rollback_cut_short_by_a_shutdown_is_in_the_audit_trail(tmp_path: Path
         (entry,) = rollbacks
         assert entry["actor"] == "admin" and entry["detail"]["reason"] == "bad import", entry
         assert "stopped" in entry["detail"]["error"], entry
+        # The operator's stop is no incident (before: a medium one, which alerts landed on).
+        assert incidents_of(again, "/api/emergency/rollback") == []
     finally:
         assert again.stop() == 0
     assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]
@@ -119,6 +126,11 @@ def test_a_backup_cut_short_by_a_shutdown_answers_503_in_words(tmp_path: Path) -
     assert said["detail"].startswith("backup cut short: the service stopped before it finished")
     assert "GET /api/emergency/backups" in said["detail"], said
     assert "Exception in ASGI application" not in ers.log(), ers.log()[-3000:]
+    again = start_ers(tmp_path / "ers", env={**env, "ERS_RESTIC_BINARY": "restic"})
+    try:
+        assert incidents_of(again, "/api/emergency/backups/create") == []
+    finally:
+        assert again.stop() == 0
 
 
 def test_a_rollback_a_kill_cuts_off_is_in_the_audit_trail_by_its_start(tmp_path: Path) -> None:

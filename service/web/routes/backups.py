@@ -146,11 +146,17 @@ def _failures_as_http_errors(operation: str, cut: str = "") -> Iterator[None]:
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc, operation) from None
     except asyncio.CancelledError:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
+        raise _cut_by_the_stop(
             f"{operation} cut short: the service stopped before it finished{cut}; run it again"
             " once the service is back",
         ) from None
+
+
+def _cut_by_the_stop(detail: str) -> HTTPException:
+    """The 503 of an operation the server's stop cut short (its grace for requests ran
+    out): the operator's stop, no incident (as a chat's)."""
+    trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "cut short by the stop")
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})
 
 
 class CreateBackup(BaseModel):
@@ -333,10 +339,9 @@ async def rollback(
             " before it (a swap cut short is undone at the next start)"
         )
         unrecorded = rollbacks.record(body, None, cut, started)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
+        raise _cut_by_the_stop(
             f"rollback {cut}; run it again once the service is back"
-            + (f"; {unrecorded}" if unrecorded else ""),
+            + (f"; {unrecorded}" if unrecorded else "")
         ) from None
     if unrecorded := await asyncio.to_thread(rollbacks.record, body, result, None, started):
         result = dataclasses.replace(result, notes=(*result.notes, unrecorded))
