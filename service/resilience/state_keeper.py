@@ -286,9 +286,14 @@ class StateKeeper:
 
     async def restore(self, *, at_start: bool = False) -> Restored:
         """Put back the kept isolations (and, at start, the system state). Isolations in
-        force now stay, also when the kept state lacks them; the store then holds them."""
-        now = self._clock()
+        force now stay, also when the kept state lacks them; the store then holds them. The
+        system state moves once, from the kept one to what all of them call for."""
         records = await self._store.items()
+        with self._machine.settling():
+            return self._restore(records, at_start=at_start)
+
+    def _restore(self, records: dict[str, Any], *, at_start: bool) -> Restored:
+        now = self._clock()
         # The system state first: the breakers put back below move it on from there.
         system = self._resume_system(records.get(SYSTEM_KEY)) if at_start else None
         switches = self._resume_switches(records) if at_start else ()

@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -93,6 +94,7 @@ class SystemStateMachine:
         self._clean_since: float | None = None
         self._listeners: list[Callable[[StateTransition], None]] = []
         self.history: list[StateTransition] = []
+        self._settling, self._put_off = 0, False
 
     def subscribe(self, listener: Callable[[StateTransition], None]) -> None:
         self._listeners.append(listener)
@@ -137,7 +139,24 @@ class SystemStateMachine:
             "no open breakers or cooldowns, no high or critical incidents, subsystems healthy",
         )
 
+    @contextlib.contextmanager
+    def settling(self) -> Iterator[None]:
+        """Evaluations asked for within are put off to one at its end: a start putting back
+        several isolations one by one passed through states that never were (emergency →
+        degraded → emergency), each logged, and the state's "since" moved to the start."""
+        self._settling += 1
+        try:
+            yield
+        finally:
+            self._settling -= 1
+        if not self._settling and self._put_off:
+            self._put_off = False
+            self.evaluate()
+
     def evaluate(self) -> SystemState:
+        if self._settling:
+            self._put_off = True
+            return self.state
         wanted = self.conditions()
         now = self._clock()
         if wanted.state is not None:

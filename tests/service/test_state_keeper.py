@@ -163,6 +163,32 @@ async def test_start_puts_back_isolations_and_drops_the_expired(
     await keeper.stop()
 
 
+async def test_a_start_that_puts_back_two_isolations_keeps_the_emergency_and_its_onset(
+    store: SystemStateStore, clock: Clock
+) -> None:
+    for name in ("workout", "budget"):
+        forced = {"state": "forced_open", "reason": "r", "source": "operator", "since": NOW - 90}
+        await store.put(f"breaker:{name}", forced)
+    why = "most agents isolated: budget, workout"
+    await store.put("system", {"state": "emergency", "reason": why, "since": NOW - 90})
+    breakers = team(clock)
+    machine = machine_of(breakers, clock)
+    seen: list[Any] = []
+    machine.subscribe(seen.append)
+    keeper = StateKeeper(store, breakers, machine, clock=clock)
+    clock.now += 5
+
+    await keeper.start()
+
+    # Before: emergency → degraded at the first forced open, → emergency at the second,
+    # and the emergency began at this start.
+    assert seen == []
+    assert (machine.state, machine.since) == (SystemState.EMERGENCY, NOW - 90)
+    await keeper.flush()
+    assert (await store.items())["system"]["since"] == NOW - 90
+    await keeper.stop()
+
+
 async def test_a_breaker_already_forced_open_by_the_fleet_is_left_as_it_is(
     store: SystemStateStore, clock: Clock
 ) -> None:
