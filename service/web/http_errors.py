@@ -14,6 +14,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from service.chat.admission import ChatOverloaded
 from service.errors import (
@@ -160,11 +161,26 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"{NO_ROUTE} {path}: check the path (/docs lists the routes)"
     elif exc.status_code == 405 and detail == "Method Not Allowed":
-        allowed = (exc.headers or {}).get("Allow", "another method")
+        # The router names the methods of the first route the path matched; a path served
+        # by several (GET and PUT /api/profiles/{userId}) takes each of theirs.
+        allowed = _methods_of(request) or (exc.headers or {}).get("Allow", "another method")
         detail = f"{path} does not take {request.method}: use {allowed}"
+        exc.headers = {**(exc.headers or {}), "Allow": allowed}
     # The shape of every other error reply: what kind of refusal, then what to do.
     body = {"error": error, "detail": detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _methods_of(request: Request) -> str:
+    """Every method the request's path is served with, as an Allow header lists them."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
 
 
 def _trace_of(span: trace.Span) -> dict[str, str]:

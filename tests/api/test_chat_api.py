@@ -148,6 +148,13 @@ async def test_a_wrong_path_or_method_is_told_what_to_use(client: httpx.AsyncCli
     wrong_method = await client.get("/chat")
     assert wrong_method.status_code == 405
     assert wrong_method.json()["detail"] == "/chat does not take GET: use POST"
+    # A path two routes serve names both (before: "use GET", the first route's alone).
+    profile = await client.post("/api/profiles/u1", json={})
+    assert profile.status_code == 405
+    assert profile.json()["detail"] == "/api/profiles/u1 does not take POST: use GET, PUT"
+    assert profile.headers["allow"] == "GET, PUT"
+    simulate = await client.get("/api/emergency/simulate-error")
+    assert simulate.headers["allow"] == "DELETE, POST", simulate.headers
 
 
 async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncClient) -> None:
