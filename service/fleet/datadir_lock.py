@@ -38,6 +38,11 @@ class DataDirInUse(RuntimeError):
     """The state is held by another process (a running service, or an offline command)."""
 
 
+class LiveStateUnreachable(RuntimeError):
+    """The fleet's lock on the live state could not be taken: its PostgreSQL server does not
+    answer. A failed start-up (exit 1), not a setting to fix (exit 2)."""
+
+
 class DataDirUnusable(RuntimeError):
     """The data directory cannot be created or written (a file, or a read-only place)."""
 
@@ -153,6 +158,9 @@ async def hold_state(settings: Settings, held: DataDirLock | None = None) -> Asy
     except DataDirInUse as exc:
         # Said by `ers serve` in one line with exit 2, as the SQLite service's refusal is.
         raise SettingsError(str(exc)) from None
+    except LiveStateUnreachable as exc:
+        logging.getLogger("ers").error("%s", exc)  # one line; its traceback is left out
+        raise
     try:
         yield
     finally:
@@ -202,7 +210,12 @@ class HideRefusalTraceback(logging.Filter):
     """uvicorn logs a failed start-up with its traceback; a refusal is already said in one
     line by the lifespan, so its traceback is dropped."""
 
-    refusals = (DataDirInUse.__name__, SwapRecoveryFailed.__name__, StateFileUnreadable.__name__)
+    refusals = (
+        DataDirInUse.__name__,
+        LiveStateUnreachable.__name__,
+        SwapRecoveryFailed.__name__,
+        StateFileUnreadable.__name__,
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 import psycopg
 
-from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse
+from service.fleet.datadir_lock import OFFLINE_ADVICE, DataDirInUse, LiveStateUnreachable
 from service.fleet.leader import connect_session, watch_session
 from service.fleet.outage import Outage
 from service.stores.postgres import PostgresDatabase
@@ -130,9 +130,10 @@ class ReplicaPresence:
         try:
             holders = await self._take()
         except psycopg.Error as exc:
-            raise DataDirInUse(
+            raise LiveStateUnreachable(
                 f"refusing to start: cannot take the live state's lock on "
-                f"{self._database.location}: {self._database.reason(exc)}"
+                f"{self._database.location}: {self._database.reason(exc)}; start it again "
+                "once the server answers"
             ) from None
         if holders is not None:
             raise DataDirInUse(

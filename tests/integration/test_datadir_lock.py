@@ -19,7 +19,7 @@ import pytest
 from service.fleet.datadir_lock import LOCK_FILE_NAME
 from service.fleet.presence import LIVE_STATE_LOCK_KEY
 from tests.conftest import ErsProcess, start_ers
-from tests.processes import ers_env
+from tests.processes import ers_env, free_port
 
 BACKUPS_ON = {"ERS_BACKUPS_ENABLED": "true", "ERS_BACKUP_SCHEDULE_ENABLED": "false"}
 OFFLINE_ADVICE = "stop the service first, or run the command without --offline"
@@ -207,3 +207,20 @@ def test_on_postgresql_an_offline_rollback_is_refused_while_a_replica_runs(
     [refusal] = [line for line in said[1].strip().splitlines() if "ers: " in line]
     assert refusal.startswith("ers: refusing to start"), refusal
     assert "Traceback" not in str(refused_start.value), str(refused_start.value)
+
+
+def test_a_replica_whose_database_does_not_answer_fails_its_start_with_exit_1(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    nowhere = f"postgresql://ers@127.0.0.1:{free_port()}/ers"
+    port = str(free_port())
+
+    refused = ers(workdir, "serve", "--port", port, ERS_DATABASE_URL=nowhere)
+
+    # Before: exit 2, "bad usage ... unusable settings", for a server that was down.
+    assert refused.returncode == 1, refused.stderr
+    [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
+    assert "cannot take the live state's lock" in line and "once the server answers" in line
+    assert "Traceback" not in refused.stderr, refused.stderr
