@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -114,6 +115,13 @@ async def _holders(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> str:
     return ", ".join(names) or "a session that gave no name"
 
 
+# The server's refusals of what ERS_DATABASE_URL names (its password, role or database):
+# unusable settings, not a server away.
+_SETTING_REFUSED = re.compile(
+    r'password authentication failed|(role|database) "[^"]*" does not exist|permission denied'
+)
+
+
 class ReplicaPresence:
     """This replica's shared hold on the live state, for as long as it runs."""
 
@@ -130,11 +138,12 @@ class ReplicaPresence:
         try:
             holders = await self._take()
         except psycopg.Error as exc:
-            raise LiveStateUnreachable(
-                f"refusing to start: cannot take the live state's lock on "
-                f"{self._database.location}: {self._database.reason(exc)}; start it again "
-                "once the server answers"
-            ) from None
+            said = "refusing to start: cannot take the live state's lock on " + (
+                f"{self._database.location}: {self._database.reason(exc)}"
+            )
+            if _SETTING_REFUSED.search(str(exc)):  # the server answered: a setting to fix
+                raise DataDirInUse(said) from None
+            raise LiveStateUnreachable(f"{said}; start it again once the server answers") from None
         if holders is not None:
             raise DataDirInUse(
                 f"refusing to start: the state on {self._database.location} is held by "

@@ -163,9 +163,9 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     elif exc.status_code == 405 and detail == "Method Not Allowed":
         # The router names the methods of the first route the path matched; a path served
         # by several (GET and PUT /api/profiles/{userId}) takes each of theirs.
-        allowed = _methods_of(request) or (exc.headers or {}).get("Allow", "another method")
-        detail = f"{path} does not take {request.method}: use {allowed}"
-        exc.headers = {**(exc.headers or {}), "Allow": allowed}
+        if allowed := _methods_of(request):
+            exc.headers = {**(exc.headers or {}), "Allow": allowed}
+        detail = f"{path} does not take {request.method}: use {allowed or 'another method'}"
     # The shape of every other error reply: what kind of refusal, then what to do.
     body = {"error": error, "detail": detail}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
@@ -176,7 +176,7 @@ def _methods_of(request: Request) -> str:
     routes = request.app.router.routes
     return ", ".join(
         method
-        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
         if any(
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )

@@ -155,6 +155,8 @@ async def test_a_wrong_path_or_method_is_told_what_to_use(client: httpx.AsyncCli
     assert profile.headers["allow"] == "GET, PUT"
     simulate = await client.get("/api/emergency/simulate-error")
     assert simulate.headers["allow"] == "DELETE, POST", simulate.headers
+    schema = await client.post("/openapi.json")
+    assert schema.headers["allow"] == "GET, HEAD", schema.headers
 
 
 async def test_agent_side_input_error_is_422_not_a_failure(client: httpx.AsyncClient) -> None:

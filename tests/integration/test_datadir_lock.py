@@ -224,3 +224,20 @@ def test_a_replica_whose_database_does_not_answer_fails_its_start_with_exit_1(
     [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
     assert "cannot take the live state's lock" in line and "once the server answers" in line
     assert "Traceback" not in refused.stderr, refused.stderr
+
+
+def test_a_replica_whose_database_refuses_its_settings_stops_with_exit_2(
+    tmp_path: Path, pg_url: str
+) -> None:
+    workdir = tmp_path / "ers"
+    workdir.mkdir()
+    base, _, _ = pg_url.rpartition("/")
+    port = str(free_port())
+
+    refused = ers(workdir, "serve", "--port", port, ERS_DATABASE_URL=f"{base}/no_such_db")
+
+    # A database that does not exist is a setting to fix, not a server away: restarting it
+    # (a supervisor's answer to exit 1) would fail the same way each time.
+    assert refused.returncode == 2, refused.stderr
+    [line] = [ln for ln in refused.stderr.splitlines() if "refusing to start" in ln]
+    assert '"no_such_db" does not exist' in line and "once the server answers" not in line
