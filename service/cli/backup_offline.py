@@ -337,6 +337,9 @@ async def _offline_rollback(
         said = str(exc) if isinstance(exc, RollbackFailed) else f"refused: {exc}"
         trail.record("rollback", detail | {"error": said})
         raise
+    # Before the outcome: a kill meanwhile leaves the rollback cut off after its swap, and
+    # the service's next start runs what follows it (this too).
+    result = await _replies_forgotten(result)
     trail.record(
         "rollback",
         detail
@@ -347,7 +350,7 @@ async def _offline_rollback(
             "error": None,
         },
     )
-    reply = rollback_reply(await _replies_forgotten(result), args.reason)
+    reply = rollback_reply(result, args.reason)
     if said := trail.tell():
         reply["auditTrailError"] = said
     return reply
@@ -374,7 +377,10 @@ async def _replies_forgotten(result: Any) -> Any:
             await stores.database.open([conversations.db])
         for name in wrote_to:
             notes += await conversations.replies_forgetting(name)()
-    except Exception as exc:  # the rollback stands
+    except (Exception, asyncio.CancelledError) as exc:  # the rollback stands, told as done
+        if isinstance(exc, asyncio.CancelledError) and (task := asyncio.current_task()):
+            task.uncancel()  # Ctrl-C: the swap is done, and the rollback is told as done
+            exc = RuntimeError("interrupted")
         stores_written = {store for name in wrote_to for store in FORGOTTEN_AT_ROLLBACK_OF[name]}
         notes.append(not_forgotten(" or ".join(sorted(stores_written)), exc))
     finally:

@@ -4,7 +4,9 @@ seconds, and else told once, on stderr, as the entry to record by hand."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from backup.models import RollbackResult
 from service.cli.backup_offline import _offline_rollback
 from service.cli.offline_trail import OfflineTrail
 from service.errors import StoreUnavailable
+from service.stores.conversations import ConversationStore
 
 
 class Audit:
@@ -56,6 +59,13 @@ class Progress:
 ARGS = argparse.Namespace(backup_id="3f2a1b4c", components=None, reason="bad data")
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The rollback forgets replies in the conversations store of this data directory."""
+    monkeypatch.setenv("ERS_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
 async def roll_back(trail: OfflineTrail) -> dict[str, Any]:
     return await _offline_rollback(ARGS, Manager(), Progress(), trail)  # type: ignore[arg-type]
 
@@ -90,3 +100,31 @@ async def test_a_trail_still_down_is_told_once_on_stderr_with_the_entry_to_recor
     assert entry["backupId"] == reply["backupId"] and entry["reason"] == "bad data"
     assert capsys.readouterr().err.splitlines() == [f"ers: {said}"]
     json.dumps(reply)  # well-formed for -o json
+
+
+async def test_a_ctrl_c_while_the_replies_are_forgotten_tells_the_rollback_as_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = asyncio.Event()
+
+    def forgetting(self: Any, component: str) -> Any:
+        async def forget() -> list[str]:
+            started.set()
+            await asyncio.sleep(60)  # a database slow to answer
+            return []
+
+        return forget
+
+    monkeypatch.setattr(ConversationStore, "replies_forgetting", forgetting)
+    audit = Audit(down_for=0)
+    rolling = asyncio.create_task(roll_back(OfflineTrail(audit)))
+    await started.wait()
+    rolling.cancel()  # as the command's Ctrl-C does
+    reply = await rolling
+
+    # Before: "interrupted before it began: nothing was changed", for a rollback done.
+    assert reply["safetyBackupId"] and audit.entries[-1][1] == "rollback"
+    assert audit.entries[-1][2]["error"] is None
+    [note] = reply["restored"]
+    assert note.startswith("the replies remembered for Idempotency-Keys that wrote to budgets")
+    assert "could not be forgotten (interrupted)" in note
