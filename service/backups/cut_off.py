@@ -20,6 +20,8 @@ from service.backups.replies import iso
 from service.fleet.presence import process_gone
 from service.incidents.audit import AuditLog, started_here
 from service.incidents.store import IncidentStore
+from service.stores import Stores
+from service.stores.component import ComponentStore
 from service.stores.session_names import presence_name, sessions_named
 from service.stores.sql import Statements
 from service.tasks import run_in_background
@@ -54,22 +56,35 @@ AfterSwap = Mapping[str, Callable[[], Awaitable[list[str]]]]
 Then = Callable[[], Awaitable[list[str]]]
 
 
-def after_swaps(
-    restored_lines: Then, answers_dropped: Then, forget_replies: Callable[[str], Then]
-) -> dict[str, Then]:
+def after_swaps(restored_lines: Then, answers_dropped: Then, stores: Stores) -> dict[str, Then]:
     """What each component's swap is followed by: system_state's isolations put back; for
-    the stores cached answers were read from, those answers dropped, and the replies
-    remembered for keyed requests that may tell of writes put aside forgotten
-    (``ConversationStore.replies_forgetting``)."""
+    the stores cached answers were read from, their schema brought up to date (one a
+    rollback restored from an older release's snapshot on PostgreSQL), those answers
+    dropped, and the replies remembered for keyed requests that may tell of writes put
+    aside forgotten (``ConversationStore.replies_forgetting``)."""
 
     def then(component: str) -> Then:
-        async def both() -> list[str]:
-            return [*await answers_dropped(), *await forget_replies(component)()]
+        async def in_turn() -> list[str]:
+            lines = []
+            # The conversations store too: the forget below writes to it.
+            for store in dict.fromkeys([by_name[component], stores.conversations]):
+                try:
+                    await store.bring_up_to_date()
+                except Exception as exc:  # said; what follows may fail for it, and says so
+                    log.exception("%s was not brought up to date", store.component)
+                    lines.append(f"{store.component} was not brought up to date: {exc}")
+            forget = stores.conversations.replies_forgetting(component)
+            return [*lines, *await answers_dropped(), *await forget()]
 
-        return both
+        return in_turn
 
-    stores = ("conversations", "budgets", "profiles")
-    return {"system_state": restored_lines} | {name: then(name) for name in stores}
+    by_name: dict[str, ComponentStore] = {
+        "conversations": stores.conversations,
+        "budgets": stores.budgets,
+        "profiles": stores.profiles,
+    }
+
+    return {"system_state": restored_lines} | {name: then(name) for name in by_name}
 
 
 async def record_interrupted_at_start(

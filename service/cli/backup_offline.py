@@ -358,8 +358,9 @@ async def _offline_rollback(
 
 async def _replies_forgotten(result: Any) -> Any:
     """What the service does after it rolls back conversations, budgets or profiles, done
-    here: the remembered replies that may tell of writes put aside forgotten
-    (``ConversationStore.replies_forgetting``), with the count in the rollback's notes."""
+    here: their schema brought up to date, and the remembered replies that may tell of
+    writes put aside forgotten (``ConversationStore.replies_forgetting``), with the count in
+    the rollback's notes."""
     import dataclasses
 
     from service.stores import Stores
@@ -371,10 +372,10 @@ async def _replies_forgotten(result: Any) -> Any:
     stores = Stores.from_settings(load_settings())
     conversations, notes = stores.conversations, []
     try:
-        if stores.database is None:
-            conversations.db.open()
-        else:
-            await stores.database.open([conversations.db])
+        await stores.open()
+        for name in wrote_to:
+            await getattr(stores, name).bring_up_to_date()
+        await conversations.bring_up_to_date()
         for name in wrote_to:
             notes += await conversations.replies_forgetting(name)()
     except (Exception, asyncio.CancelledError) as exc:  # the rollback stands, told as done

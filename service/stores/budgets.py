@@ -62,6 +62,10 @@ class BudgetStore(ComponentStore):
             "CREATE UNIQUE INDEX expenses_by_turn ON ers_budgets.expenses (turn_key)",
         ),
     )
+    pg_after_restore = (
+        "ALTER TABLE ers_budgets.expenses ADD COLUMN IF NOT EXISTS turn_key TEXT",
+        "CREATE UNIQUE INDEX IF NOT EXISTS expenses_by_turn ON ers_budgets.expenses (turn_key)",
+    )
 
     async def report(self, user_id: str, month: str | None = None) -> list[CategoryReport]:
         rows = await self.db.fetch_all(

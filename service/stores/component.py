@@ -23,12 +23,23 @@ class ComponentStore:
     sqlite_ddl: ClassVar[Sequence[str]]
     sqlite_upgrade: ClassVar[Upgrade] = staticmethod(no_upgrade)
     pg_migrations: ClassVar[Sequence[Migration]]
+    # Idempotent statements that bring a schema restored by a PostgreSQL rollback from a
+    # snapshot of an older release up to this one's: the migrations' ledger is not rolled
+    # back with it, so they do not run again.
+    pg_after_restore: ClassVar[Sequence[str]] = ()
 
     def __init__(self, db: Connection) -> None:
         self.db = db
         self.dialect = db.dialect
         # Where the component's tables are: ``{self.at}.turns``.
         self.at = db.schema
+
+    async def bring_up_to_date(self) -> None:
+        """After a rollback: on PostgreSQL, ``pg_after_restore``; a SQLite file is brought
+        up to date as it is reopened (``sqlite_upgrade``)."""
+        if isinstance(self.db, PostgresStore):
+            for statement in self.pg_after_restore:
+                await self.db.execute(statement)
 
     @classmethod
     def in_file(cls, path: Path) -> Self:

@@ -102,6 +102,9 @@ class ConversationStore(ComponentStore):
         ),
         ("ALTER TABLE ers_conversations.idempotency_keys ADD COLUMN wrote TEXT",),
     )
+    pg_after_restore = (
+        "ALTER TABLE ers_conversations.idempotency_keys ADD COLUMN IF NOT EXISTS wrote TEXT",
+    )
 
     def replies_forgetting(self, component: str) -> Callable[[], Awaitable[list[str]]]:
         """What forgets, after a rollback of ``component``, the remembered replies that may

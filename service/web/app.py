@@ -287,7 +287,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await incident_service.replies.name_kept_isolations(team.breakers())
 
         after_swap = cutting.after_swaps(  # run here too for a rollback cut off after it
-            keeper.restored_lines, rolled_back.dropped, stores.conversations.replies_forgetting
+            keeper.restored_lines, rolled_back.dropped, stores
         )
         # A rollback a kill cut off is in the trail by its start alone; it gets the word that
         # its process stopped first (rollback_interrupted), told here with all it needs.

@@ -399,3 +399,43 @@ def test_a_rollback_of_a_component_another_replica_is_rolling_back_is_refused_by
         for replica in (second, first):
             if replica is not None:
                 replica.stop()
+
+
+def test_a_rollback_to_a_snapshot_of_an_older_schema_leaves_keyed_chats_working(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A snapshot taken before the column of the stores a keyed request wrote existed:
+    before, restoring it dropped the column for good (the migrations' ledger is not rolled
+    back), and every chat with an Idempotency-Key failed with a 503."""
+    env = {
+        "ERS_DATABASE_URL": pg_url,
+        "ERS_BACKUPS_ENABLED": "true",
+        "ERS_BACKUP_SCHEDULE_ENABLED": "false",
+    }
+    ers = start_ers(tmp_path / "ers", env=env)
+    try:
+        ers.wait_for_backups()
+        with httpx.Client(base_url=ers.url, timeout=30) as client:
+            chat(client, "spent $5 on tea", key="older")
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE ers_conversations.idempotency_keys DROP COLUMN wrote")
+            older = post(client, "/api/emergency/backups/create", {"type": "conversations"})
+            with psycopg.connect(pg_url, autocommit=True) as conn:  # this release's start
+                conn.execute("ALTER TABLE ers_conversations.idempotency_keys ADD COLUMN wrote TEXT")
+            body = {
+                "backupId": older["backupId"],
+                "components": ["conversations"],
+                "confirm": True,
+                "reason": "older replies",
+            }
+            rolled = post(client, "/api/emergency/rollback", body)
+            assert not [n for n in rolled["restored"] if "not" in n], rolled
+            assert "Recorded $7.00" in chat(client, "spent $7 on tea", key="after")
+            again = client.post(
+                "/chat",
+                json={"message": "spent $7 on tea", "userId": USER},
+                headers={"Idempotency-Key": "after"},
+            )
+            assert again.headers.get("Idempotent-Replayed") == "true", again.text
+    finally:
+        assert ers.stop() == 0, ers.log()
