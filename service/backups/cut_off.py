@@ -95,21 +95,35 @@ async def record_interrupted_at_start(
     return await asyncio.to_thread(record_interrupted, audit, incidents)
 
 
+async def after_the_swap(after: AfterSwap, components: Sequence[str]) -> list[str]:
+    """What follows the swap of each of ``components`` (``after_swaps``), run once each, in
+    words; one that fails is said, and the rest still run: the rollback stands."""
+    lines: list[str] = []
+    done: set[Then] = set()
+    for component in components:
+        if (then := after.get(component)) is None or then in done:
+            continue
+        done.add(then)
+        try:
+            lines += await then()
+        except Exception as exc:
+            log.exception("what follows the swap of %s failed after its rollback", component)
+            lines.append(f"{component} is rolled back, but what follows its swap failed ({exc})")
+    return lines
+
+
 async def after_swaps_cut_off(recorded: Sequence[dict[str, Any]], after: AfterSwap) -> None:
     """What a rollback cut off after its swap never ran, run by the process that records it
     cut off: for each component rolled back, what follows its swap (system_state's
     isolations put back; the cached answers that told of the state put aside dropped, and
     the fleet's token of it moved, so that every replica drops its own). Once each."""
     rolled_back = [c for detail in recorded for c in detail.get("rolledBack") or ()]
+    if not rolled_back:
+        return
     named = ", ".join(dict.fromkeys(rolled_back))
-    for then in dict.fromkeys(after[c] for c in rolled_back if c in after):
-        try:
-            lines = await then()
-        except Exception:  # the rollback stands: the cached answers stay until a restart
-            log.exception("what follows the swap of %s failed after a rollback cut off", named)
-        else:
-            said = f": {'; '.join(lines)}" if lines else ""
-            log.warning("what follows the swap of %s a rollback cut off: done%s", named, said)
+    lines = await after_the_swap(after, list(dict.fromkeys(rolled_back)))
+    said = f": {'; '.join(lines)}" if lines else ""
+    log.warning("what follows the swap of %s a rollback cut off: done%s", named, said)
 
 
 def keep_looking(

@@ -37,6 +37,7 @@ from backup.identity import RECORD_FILE_NAME
 from backup.lineage import RollbackMark, Swapped
 from backup.models import CheckResult
 from backup.repository import InitOutcome, adopt_repository
+from service.backups.cut_off import after_the_swap
 from service.backups.figures import newest_full, newest_per_component
 from service.backups.first_start import backup_work_dir, first_start_done
 from service.backups.fleet_cooldown import match_cooldown, none_told
@@ -344,26 +345,27 @@ class BackupService:
             for store in stores:
                 store.open()
 
+        notes: list[str] = []
+
+        async def then(result: RollbackResult) -> None:
+            # As the swap commits, beside its record: a reply it made untrue ("Recorded
+            # $57.00") is replayed for a moment, not for the second the record takes.
+            try:
+                if swapped is not None:
+                    await swapped(result)
+            finally:
+                notes.extend(await after_the_swap(self._restored_with, names))
+
         # A store a call found damaged is in the safety snapshot as it was: no undo for it.
         damaged = {name for name in names if getattr(self.stores.by_component()[name], "damage", 0)}
         with self.repository_look.watching():
             result = await manager.rollback(
-                snapshot_id, names, reason, pause_writers, reopen, swapped=swapped
+                snapshot_id, names, reason, pause_writers, reopen, swapped=then
             )
         self.emergency_cooldown.end()  # its snapshot holds the state put aside: for the fleet
         if damaged - set(result.kept_as_found):
             kept = tuple(sorted({*result.kept_as_found, *damaged}))
             result = dataclasses.replace(result, kept_as_found=kept)
-        notes: list[str] = []
-        for name in [name for name in names if name in self._restored_with]:
-            try:
-                notes += await self._restored_with[name]()
-            except Exception as exc:  # the files are rolled back either way
-                log.exception("putting back what %s holds failed after its rollback", name)
-                notes.append(
-                    f"{name} is rolled back, but putting back what it holds failed ({exc}); "
-                    "a restart of the service puts it back"
-                )
         return dataclasses.replace(result, notes=(*result.notes, *notes)) if notes else result
 
     async def check(self) -> CheckResult:
