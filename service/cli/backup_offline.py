@@ -357,33 +357,33 @@ async def _offline_rollback(
 
 
 async def _replies_forgotten(result: Any) -> Any:
-    """What the service does after it rolls back conversations, budgets or profiles, done
-    here: their schema brought up to date, and the remembered replies that may tell of
-    writes put aside forgotten (``ConversationStore.replies_forgetting``), with the count in
-    the rollback's notes."""
+    """What follows the swap of each component, as the service runs it (``after_swaps``),
+    done here: the schema brought up to date and the remembered replies that may tell of
+    writes put aside forgotten, with what was done in the rollback's notes. (The cached
+    answers and the isolations it also puts back live in a running service alone.)"""
     import dataclasses
 
+    from service.backups.cut_off import after_swaps, after_the_swap
     from service.stores import Stores
     from service.stores.conversations import FORGOTTEN_AT_ROLLBACK_OF, not_forgotten
 
     wrote_to = [name for name in FORGOTTEN_AT_ROLLBACK_OF if name in result.components]
     if not wrote_to:
         return result
+
+    async def nothing() -> list[str]:
+        return []
+
     stores = Stores.from_settings(load_settings())
-    conversations, notes = stores.conversations, []
     try:
         await stores.open()
-        for name in wrote_to:
-            await getattr(stores, name).bring_up_to_date()
-        await conversations.bring_up_to_date()
-        for name in wrote_to:
-            notes += await conversations.replies_forgetting(name)()
+        notes = await after_the_swap(after_swaps(nothing, nothing, stores), wrote_to)
     except (Exception, asyncio.CancelledError) as exc:  # the rollback stands, told as done
         if isinstance(exc, asyncio.CancelledError) and (task := asyncio.current_task()):
             task.uncancel()  # Ctrl-C: the swap is done, and the rollback is told as done
             exc = RuntimeError("interrupted")
         stores_written = {store for name in wrote_to for store in FORGOTTEN_AT_ROLLBACK_OF[name]}
-        notes.append(not_forgotten(" or ".join(sorted(stores_written)), exc))
+        notes = [not_forgotten(" or ".join(sorted(stores_written)), exc)]
     finally:
         await stores.close()
     return dataclasses.replace(result, notes=(*result.notes, *notes)) if notes else result
