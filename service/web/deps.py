@@ -117,3 +117,10 @@ def _one_value_each(request: Request) -> None:
 
 # On routers whose routes take query parameters.
 OneValueEach = Depends(_one_value_each)
+
+
+def cut_by_the_stop(detail: str) -> HTTPException:
+    """The 503 of a request the server's stop cut short (its grace for requests ran out):
+    the operator's stop, no incident; sent again once the service is back."""
+    trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "cut short by the stop")
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})

@@ -45,7 +45,7 @@ from service.backups.service import ROLLBACK_COMPONENTS, BackupService, BackupsU
 from service.health.backup_checks import reported_failure, reported_operation_failure
 from service.incidents.model import INCIDENT_ID_PATTERN
 from service.web.auth import AdminAuth, AdminRead
-from service.web.deps import Backups, Rollbacks, Settings
+from service.web.deps import Backups, Rollbacks, Settings, cut_by_the_stop
 from service.web.json_route import JsonRoute
 from service.web.openapi import errors
 from service.web.routes.json_types import Confirmation, Reason
@@ -146,17 +146,10 @@ def _failures_as_http_errors(operation: str, cut: str = "") -> Iterator[None]:
     except (BackupError, BackupsUnavailable) as exc:
         raise _fail(exc, operation) from None
     except asyncio.CancelledError:
-        raise _cut_by_the_stop(
+        raise cut_by_the_stop(
             f"{operation} cut short: the service stopped before it finished{cut}; run it again"
             " once the service is back",
         ) from None
-
-
-def _cut_by_the_stop(detail: str) -> HTTPException:
-    """The 503 of an operation the server's stop cut short (its grace for requests ran
-    out): the operator's stop, no incident (as a chat's)."""
-    trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "cut short by the stop")
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})
 
 
 class CreateBackup(BaseModel):
@@ -339,7 +332,7 @@ async def rollback(
             " before it (a swap cut short is undone at the next start)"
         )
         unrecorded = rollbacks.record(body, None, cut, started)
-        raise _cut_by_the_stop(
+        raise cut_by_the_stop(
             f"rollback {cut}; run it again once the service is back"
             + (f"; {unrecorded}" if unrecorded else "")
         ) from None

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.chat.idempotency import (
@@ -18,10 +17,9 @@ from service.chat.idempotency import (
     valid_key,
 )
 from service.errors import UserInputError
-from service.web.deps import Chat, Settings
+from service.web.deps import Chat, Settings, cut_by_the_stop
 from service.web.json_route import JsonRoute
 from service.web.routes.json_types import JsonText
-from telemetry.classifier import NOT_AN_INCIDENT
 
 router = APIRouter(route_class=JsonRoute, tags=["chat"])
 
@@ -107,12 +105,9 @@ async def chat(body: ChatRequest, chat: Chat, settings: Settings, request: Reque
     except UserInputError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     except asyncio.CancelledError:  # the server stopped, its grace for requests ran out
-        trace.get_current_span().set_attribute(NOT_AN_INCIDENT, "cut short by the stop")
-        raise HTTPException(
-            503,
+        raise cut_by_the_stop(
             "the service stopped before this chat was answered: send it again once it is "
-            f"back (with an {HEADER}, it is answered once, whatever became of this one)",
-            headers={"Retry-After": "5"},
+            f"back (with an {HEADER}, it is answered once, whatever became of this one)"
         ) from None
     if result.replayed:
         headers = {REPLAY_HEADER: "true"}
